@@ -1,0 +1,94 @@
+-- Argo CD health check for proton.eac.dev/EnvironmentAccountConnection.
+-- Install as argocd-cm key
+--   resource.customizations.health.proton.eac.dev_EnvironmentAccountConnection
+-- Written for Lua 5.1 (gopher-lua, as embedded in Argo CD); `obj` is the live object.
+--
+--   metadata.deletionTimestamp set            -> Progressing "Deleting"
+--   no status yet                             -> Progressing
+--   status.observedGeneration < generation    -> Progressing (spec change not yet seen)
+--   Stalled=True                              -> Degraded (Stalled's message)
+--   status.status == "REJECTED"               -> Degraded
+--   Ready=True                                -> Healthy
+--   anything else (e.g. PENDING)              -> Progressing (Ready's message)
+local hs = {}
+
+local function condition(status, ctype)
+  if status == nil or type(status.conditions) ~= "table" then
+    return nil
+  end
+  for _, c in ipairs(status.conditions) do
+    if type(c) == "table" and c.type == ctype then
+      return c
+    end
+  end
+  return nil
+end
+
+local function describe(c, fallback)
+  if c ~= nil then
+    if c.message ~= nil and c.message ~= "" then
+      return c.message
+    end
+    if c.reason ~= nil and c.reason ~= "" then
+      return c.reason
+    end
+  end
+  return fallback
+end
+
+local status = obj.status
+local ready = condition(status, "Ready")
+local stalled = condition(status, "Stalled")
+
+if obj.metadata ~= nil and obj.metadata.deletionTimestamp ~= nil then
+  hs.status = "Progressing"
+  hs.message = "Deleting"
+  if stalled ~= nil and stalled.status == "True" then
+    hs.message = "Deleting: " .. describe(stalled, "stalled")
+  elseif ready ~= nil and ready.message ~= nil and ready.message ~= "" then
+    hs.message = "Deleting: " .. ready.message
+  end
+  return hs
+end
+
+if status == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the controller to reconcile the connection"
+  return hs
+end
+
+local generation = nil
+if obj.metadata ~= nil then
+  generation = obj.metadata.generation
+end
+if generation ~= nil and status.observedGeneration ~= nil and status.observedGeneration < generation then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the controller to observe generation " .. tostring(generation)
+  return hs
+end
+
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = describe(stalled, "Reconciliation is stalled")
+  return hs
+end
+
+if status.status == "REJECTED" then
+  hs.status = "Degraded"
+  hs.message = describe(ready, "The management account rejected the connection")
+  return hs
+end
+
+if ready ~= nil and ready.status == "True" then
+  hs.status = "Healthy"
+  hs.message = describe(ready, "Connected")
+  return hs
+end
+
+hs.status = "Progressing"
+if status.status == "PENDING" then
+  hs.message = describe(ready, "Waiting for the management account to accept the connection")
+else
+  hs.message = describe(ready, "Waiting for the connection to become ready")
+end
+return hs

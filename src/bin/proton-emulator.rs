@@ -1,0 +1,137 @@
+//! `proton-emulator`: a local AWS Proton (environment account connections only) on one port.
+//!
+//! The first line on stdout is `proton-emulator listening on http://HOST:PORT`, so scripts and
+//! tests that pass `--listen 127.0.0.1:0` can find the port; logs go to stderr.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use eac_controller::emulator::{EmulatorConfig, Faults, RunningEmulator};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "proton-emulator",
+    version,
+    about = "A local AWS Proton emulator for environment account connections"
+)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "PROTON_EMULATOR_LISTEN", default_value = "127.0.0.1:4599")]
+    listen: SocketAddr,
+
+    /// The environment account the connections are created in (12 digits).
+    #[arg(long, env = "PROTON_EMULATOR_ACCOUNT_ID", default_value = "444455556666", value_parser = parse_account_id)]
+    account_id: String,
+
+    /// Region used in the connections' ARNs.
+    #[arg(long, env = "PROTON_EMULATOR_REGION", default_value = "us-east-1")]
+    region: String,
+
+    /// Serve at most N requests per second; the others get ThrottlingException.
+    #[arg(long, env = "PROTON_EMULATOR_THROTTLE_RPS")]
+    throttle_rps: Option<u32>,
+
+    /// Fraction of requests (0 to 1) answered with InternalServerException.
+    #[arg(long, env = "PROTON_EMULATOR_ERROR_RATE", default_value_t = 0.0, value_parser = parse_error_rate)]
+    error_rate: f64,
+
+    /// Milliseconds added to every answer.
+    #[arg(long, env = "PROTON_EMULATOR_LATENCY_MS", default_value_t = 0)]
+    latency_ms: u64,
+
+    /// Operations answered with AccessDeniedException (comma-separated or repeated).
+    #[arg(long, env = "PROTON_EMULATOR_DENY", value_delimiter = ',')]
+    deny: Vec<String>,
+
+    /// Refuse Create beyond this many live connections (ServiceQuotaExceededException).
+    #[arg(long, env = "PROTON_EMULATOR_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+}
+
+fn parse_account_id(s: &str) -> Result<String, String> {
+    if s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(s.to_string())
+    } else {
+        Err("must be exactly 12 digits".to_string())
+    }
+}
+
+fn parse_error_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|e| format!("not a number: {e}"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err("must be between 0 and 1".to_string())
+    }
+}
+
+impl Args {
+    fn config(&self) -> EmulatorConfig {
+        EmulatorConfig {
+            account_id: self.account_id.clone(),
+            region: self.region.clone(),
+            faults: Faults {
+                throttle_rps: self.throttle_rps,
+                error_rate: self.error_rate,
+                latency: Duration::from_millis(self.latency_ms),
+                deny: self.deny.iter().cloned().collect(),
+            },
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let emulator = match RunningEmulator::start(args.listen, args.config()).await {
+        Ok(emulator) => emulator,
+        Err(err) => {
+            tracing::error!(listen = %args.listen, %err, "cannot start the emulator");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Scripts wait for this exact line, so it goes out before anything else on stdout.
+    let mut stdout = std::io::stdout().lock();
+    let announced = writeln!(stdout, "proton-emulator listening on {}", emulator.url())
+        .and_then(|()| stdout.flush());
+    drop(stdout);
+    if let Err(err) = announced {
+        tracing::warn!(%err, "cannot write the listening line to stdout");
+    }
+
+    if let Err(err) = shutdown_signal().await {
+        tracing::error!(%err, "cannot wait for a shutdown signal");
+        emulator.shutdown().await;
+        return ExitCode::FAILURE;
+    }
+    tracing::info!("shutting down");
+    emulator.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+#[cfg(unix)]
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = terminate.recv() => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+async fn shutdown_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}

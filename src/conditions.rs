@@ -1,0 +1,111 @@
+//! kstatus-style conditions: `Ready`, `Synced`, `Stalled`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const SYNCED: &str = "Synced";
+pub const STALLED: &str = "Stalled";
+
+/// One condition as the controller wants it; the transition time is filled in by [`build`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Want {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Want {
+    pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Want {
+            type_,
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Builds the conditions, keeping each `lastTransitionTime` unless its status flips, so an
+/// unchanged state produces an identical status (and no write).
+pub fn build(previous: &[Condition], wanted: &[Want], generation: i64, now: jiff::Timestamp) -> Vec<Condition> {
+    wanted
+        .iter()
+        .map(|w| {
+            let status = if w.status { "True" } else { "False" };
+            let since = previous
+                .iter()
+                .find(|c| c.type_ == w.type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| Time(whole_seconds(now)));
+            Condition {
+                type_: w.type_.to_string(),
+                status: status.to_string(),
+                reason: w.reason.clone(),
+                message: truncate(&w.message, 1024),
+                last_transition_time: since,
+                observed_generation: Some(generation),
+            }
+        })
+        .collect()
+}
+
+/// True when the condition is present with status True (and, if given, for this generation).
+pub fn is_true(conditions: &[Condition], type_: &str, generation: Option<i64>) -> bool {
+    conditions.iter().any(|c| {
+        c.type_ == type_ && c.status == "True" && generation.is_none_or(|g| c.observed_generation == Some(g))
+    })
+}
+
+/// Kubernetes serialises times to whole seconds; keeping more would make every status differ.
+fn whole_seconds(t: jiff::Timestamp) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// Condition messages are capped at 32 KiB by the API server; keep them short and readable.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn transition_time_kept_while_status_unchanged() {
+        let first = build(&[], &[Want::new(READY, false, "Pending", "waiting")], 1, t(100));
+        let second = build(&first, &[Want::new(READY, false, "Pending", "still waiting")], 2, t(200));
+        assert_eq!(second[0].last_transition_time, Time(t(100)));
+        assert_eq!(second[0].observed_generation, Some(2));
+        let third = build(&second, &[Want::new(READY, true, "Connected", "ok")], 2, t(300));
+        assert_eq!(third[0].last_transition_time, Time(t(300)));
+    }
+
+    #[test]
+    fn is_true_respects_generation() {
+        let c = build(&[], &[Want::new(SYNCED, true, "ReconcileSuccess", "")], 3, t(1));
+        assert!(is_true(&c, SYNCED, Some(3)));
+        assert!(!is_true(&c, SYNCED, Some(4)));
+        assert!(is_true(&c, SYNCED, None));
+        assert!(!is_true(&c, READY, None));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(1000);
+        let c = build(&[], &[Want::new(SYNCED, false, "AwsError", long)], 1, t(1));
+        assert!(c[0].message.len() <= 1027);
+        assert!(c[0].message.ends_with("..."));
+    }
+}

@@ -1,0 +1,208 @@
+//! HTTP: the awsJson API on `POST /` and the emulator's own endpoints under `/_emulator/`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::faults::FaultsDocument;
+use super::wire;
+use super::{ApiError, EmulatorConfig, EmulatorState};
+
+/// The routes of the emulator, over `state`.
+pub fn router(state: EmulatorState) -> Router {
+    Router::new()
+        .route("/", post(api))
+        .route("/_emulator/calls", get(get_calls))
+        .route("/_emulator/faults", get(get_faults).put(put_faults))
+        .route("/_emulator/fail-next", post(post_fail_next))
+        .with_state(state)
+}
+
+async fn api(State(state): State<EmulatorState>, headers: HeaderMap, body: Bytes) -> Response {
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
+    let answer = state.handle(target, &body);
+    let operation = answer.operation.map_or("unknown", |op| op.name());
+    match &answer.result {
+        Ok(_) => tracing::debug!(operation, "answered"),
+        Err(err) => {
+            tracing::debug!(operation, error = err.kind.type_name(), message = %err.message, "failed")
+        }
+    }
+    if !answer.latency.is_zero() {
+        tokio::time::sleep(answer.latency).await;
+    }
+    match answer.result {
+        Ok(output) => aws_response(StatusCode::OK, None, &output),
+        Err(err) => error_response(&err),
+    }
+}
+
+fn aws_response(status: StatusCode, error_type: Option<&str>, body: &Value) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(wire::CONTENT_TYPE),
+    );
+    if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        headers.insert(HeaderName::from_static("x-amzn-requestid"), id);
+    }
+    // A scripted error type is free text: leave the header out rather than fail the answer.
+    if let Some(value) = error_type.and_then(|t| HeaderValue::from_str(t).ok()) {
+        headers.insert(HeaderName::from_static("x-amzn-errortype"), value);
+    }
+    (status, headers, body.to_string()).into_response()
+}
+
+fn error_response(err: &ApiError) -> Response {
+    let status =
+        StatusCode::from_u16(err.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    aws_response(status, Some(err.kind.type_name()), &wire::error_body(err))
+}
+
+fn admin_error(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "message": message })),
+    )
+        .into_response()
+}
+
+async fn get_calls(State(state): State<EmulatorState>) -> Response {
+    axum::Json(state.calls()).into_response()
+}
+
+async fn get_faults(State(state): State<EmulatorState>) -> Response {
+    axum::Json(FaultsDocument::from(&state.faults())).into_response()
+}
+
+async fn put_faults(State(state): State<EmulatorState>, body: Bytes) -> Response {
+    let faults = serde_json::from_slice::<FaultsDocument>(&body)
+        .map_err(|e| format!("invalid faults document: {e}"))
+        .and_then(FaultsDocument::into_faults);
+    match faults {
+        Ok(faults) => {
+            tracing::info!(?faults, "faults replaced");
+            let document = FaultsDocument::from(&faults);
+            state.set_faults(faults);
+            axum::Json(document).into_response()
+        }
+        Err(message) => admin_error(message),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FailNext {
+    operation: String,
+    error_type: String,
+    count: u32,
+}
+
+async fn post_fail_next(State(state): State<EmulatorState>, body: Bytes) -> Response {
+    match serde_json::from_slice::<FailNext>(&body) {
+        Ok(req) => {
+            state.fail_next(&req.operation, &req.error_type, req.count);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => admin_error(format!("invalid fail-next request: {e}")),
+    }
+}
+
+/// How long a graceful shutdown may wait for in-flight requests before the server is stopped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// An emulator serving on a tokio task. Dropping it stops the server at once.
+pub struct RunningEmulator {
+    addr: SocketAddr,
+    state: EmulatorState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningEmulator {
+    /// Binds `listen` (port 0 picks a free port) and serves until shut down or dropped.
+    pub async fn start(
+        listen: SocketAddr,
+        config: EmulatorConfig,
+    ) -> std::io::Result<RunningEmulator> {
+        config
+            .check()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let state = EmulatorState::new(&config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = router(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    // A dropped sender stops the server too.
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, account_id = %config.account_id, region = %config.region, "proton emulator listening");
+        Ok(RunningEmulator {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A URL clients can use: an unspecified bind address is reached through loopback.
+    pub fn url(&self) -> String {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    pub fn state(&self) -> EmulatorState {
+        self.state.clone()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (for a few seconds at most), and returns.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(err))) => tracing::warn!(%err, "emulator server failed"),
+                Ok(Err(err)) => tracing::warn!(%err, "emulator server task failed"),
+                Err(_) => {
+                    tracing::warn!("emulator still busy after the grace period: stopping it");
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

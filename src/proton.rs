@@ -1,0 +1,578 @@
+//! The Proton port: a thin adapter over `aws-sdk-proton` that speaks in the controller's own
+//! plain types, classifies every AWS error as retryable or terminal, and applies the shared
+//! client-side call budget. It makes no decisions of its own.
+
+// Every Proton operation is `#[deprecated]` (the service closed to new customers); this module
+// is the one place that calls them.
+#![allow(deprecated)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_proton::Client;
+use aws_sdk_proton::config::timeout::TimeoutConfig;
+use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_proton::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_proton::types::{
+    EnvironmentAccountConnectionRequesterAccountType, EnvironmentAccountConnectionStatus, Tag,
+};
+use aws_smithy_types::date_time::Format;
+
+use crate::api::ConnectionState;
+use crate::budget::CallBudget;
+use crate::metrics::Metrics;
+
+/// Tags as a sorted map, the way the controller compares them.
+pub type Tags = BTreeMap<String, String>;
+
+/// The three updatable role ARNs of a connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleArns {
+    pub role_arn: Option<String>,
+    pub codebuild_role_arn: Option<String>,
+    pub component_role_arn: Option<String>,
+}
+
+/// A connection as Proton reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub id: String,
+    pub arn: String,
+    pub state: ConnectionState,
+    pub environment_name: String,
+    pub management_account_id: String,
+    pub environment_account_id: String,
+    pub roles: RoleArns,
+    /// RFC 3339.
+    pub requested_at: String,
+    /// RFC 3339.
+    pub last_modified_at: String,
+}
+
+/// Everything `CreateEnvironmentAccountConnection` is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateRequest {
+    /// Idempotency token derived from the resource's uid: a repeat returns the same connection.
+    pub client_token: String,
+    pub environment_name: String,
+    pub management_account_id: String,
+    pub roles: RoleArns,
+    pub tags: Tags,
+}
+
+/// How the controller should react to a failed call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// ThrottlingException: retry with backoff, and slow all callers down.
+    Throttled,
+    /// InternalServerException, 5xx, timeouts, connection failures: retry with backoff.
+    Transient,
+    /// AccessDeniedException: IAM is fixed elsewhere, so retry slowly.
+    AccessDenied,
+    /// ValidationException: the request cannot succeed as sent.
+    Validation,
+    /// ServiceQuotaExceededException.
+    QuotaExceeded,
+    /// ConflictException: the connection is in a state that forbids the call.
+    Conflict,
+    /// ResourceNotFoundException.
+    NotFound,
+    /// Anything else (unknown error codes, requests the SDK could not build).
+    Other,
+}
+
+/// How soon a failed call may be tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Exponential backoff with jitter.
+    Backoff,
+    /// A long, fixed interval: the fix happens outside Kubernetes (IAM).
+    Slow,
+    /// Retrying the same generation will not help; wait for a spec change (or a resync).
+    Terminal,
+}
+
+impl ErrorClass {
+    pub fn retry(self) -> Retry {
+        match self {
+            ErrorClass::Throttled | ErrorClass::Transient | ErrorClass::Other => Retry::Backoff,
+            ErrorClass::AccessDenied => Retry::Slow,
+            ErrorClass::Validation
+            | ErrorClass::QuotaExceeded
+            | ErrorClass::Conflict
+            | ErrorClass::NotFound => Retry::Terminal,
+        }
+    }
+
+    /// The condition reason (and Event reason) naming this class.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ErrorClass::Throttled => "Throttled",
+            ErrorClass::Transient => "AwsUnavailable",
+            ErrorClass::AccessDenied => "AccessDenied",
+            ErrorClass::Validation => "InvalidSpec",
+            ErrorClass::QuotaExceeded => "QuotaExceeded",
+            ErrorClass::Conflict => "Conflict",
+            ErrorClass::NotFound => "NotFound",
+            ErrorClass::Other => "AwsError",
+        }
+    }
+
+    /// Classifies an AWS error code (the `__type` of the response).
+    pub fn from_code(code: &str) -> ErrorClass {
+        match code {
+            "ThrottlingException" | "Throttling" | "TooManyRequestsException" => {
+                ErrorClass::Throttled
+            }
+            "InternalServerException" | "ServiceUnavailable" | "ServiceUnavailableException" => {
+                ErrorClass::Transient
+            }
+            "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException"
+            | "InvalidSignatureException" | "ExpiredTokenException" => ErrorClass::AccessDenied,
+            "ValidationException" => ErrorClass::Validation,
+            "ServiceQuotaExceededException" => ErrorClass::QuotaExceeded,
+            "ConflictException" => ErrorClass::Conflict,
+            "ResourceNotFoundException" => ErrorClass::NotFound,
+            _ => ErrorClass::Other,
+        }
+    }
+}
+
+/// A failed Proton call: which operation, its class, and AWS's own code and message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{operation} failed: {code}: {message}")]
+pub struct ProtonError {
+    pub operation: &'static str,
+    pub class: ErrorClass,
+    pub code: String,
+    pub message: String,
+}
+
+impl ProtonError {
+    pub fn is_not_found(&self) -> bool {
+        self.class == ErrorClass::NotFound
+    }
+
+    fn from_sdk<E>(operation: &'static str, err: SdkError<E, aws_smithy_runtime_api::http::Response>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match &err {
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().unwrap_or("Unknown").to_string();
+                let message = service
+                    .err()
+                    .message()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("HTTP {}", service.raw().status().as_u16()));
+                let mut class = ErrorClass::from_code(&code);
+                if class == ErrorClass::Other && service.raw().status().is_server_error() {
+                    class = ErrorClass::Transient;
+                }
+                ProtonError { operation, class, code, message }
+            }
+            SdkError::TimeoutError(_) => ProtonError {
+                operation,
+                class: ErrorClass::Transient,
+                code: "Timeout".into(),
+                message: "the request timed out".into(),
+            },
+            SdkError::DispatchFailure(failure) => ProtonError {
+                operation,
+                class: ErrorClass::Transient,
+                code: "DispatchFailure".into(),
+                message: format!("could not reach Proton: {}", describe(&err, failure.is_io())),
+            },
+            SdkError::ResponseError(_) => ProtonError {
+                operation,
+                class: ErrorClass::Transient,
+                code: "ResponseError".into(),
+                message: format!("unreadable response from Proton: {}", describe(&err, false)),
+            },
+            _ => ProtonError {
+                operation,
+                class: ErrorClass::Other,
+                code: "ConstructionFailure".into(),
+                message: describe(&err, false),
+            },
+        }
+    }
+}
+
+/// The full error chain in one line: SDK errors hide their cause in `source()`.
+fn describe(err: &dyn std::error::Error, _io: bool) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Where and how to reach Proton.
+#[derive(Clone, Debug)]
+pub struct ProtonSettings {
+    /// Region used when a resource names none.
+    pub default_region: String,
+    /// A Proton-compatible endpoint replacing AWS's (the emulator, a proxy).
+    pub endpoint: Option<String>,
+    /// Per-attempt timeout of each call.
+    pub timeout: Duration,
+}
+
+/// The Proton port shared by all workers: one SDK client per region, one call budget.
+#[derive(Clone)]
+pub struct Proton {
+    base: aws_sdk_proton::config::Builder,
+    settings: ProtonSettings,
+    clients: Arc<Mutex<HashMap<String, Client>>>,
+    budget: CallBudget,
+    metrics: Metrics,
+}
+
+impl Proton {
+    /// From a loaded AWS configuration (credentials chain, `AWS_ENDPOINT_URL_PROTON`, ...).
+    pub fn from_sdk_config(
+        sdk: &aws_config::SdkConfig,
+        settings: ProtonSettings,
+        budget: CallBudget,
+        metrics: Metrics,
+    ) -> Self {
+        Self::from_builder(aws_sdk_proton::config::Builder::from(sdk), settings, budget, metrics)
+    }
+
+    /// With static test credentials, for the emulator (tests, demos).
+    pub fn with_static_credentials(settings: ProtonSettings, budget: CallBudget, metrics: Metrics) -> Self {
+        let base = aws_sdk_proton::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .credentials_provider(Credentials::new("AKIDEMULATOR", "emulator", None, None, "static"));
+        Self::from_builder(base, settings, budget, metrics)
+    }
+
+    fn from_builder(
+        base: aws_sdk_proton::config::Builder,
+        settings: ProtonSettings,
+        budget: CallBudget,
+        metrics: Metrics,
+    ) -> Self {
+        // Retries are the controller's (per-object backoff, shared budget), so every attempt is
+        // counted and rate-limited; the SDK's own retry loop would hide both.
+        let mut base = base
+            .retry_config(aws_sdk_proton::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(settings.timeout)
+                    .connect_timeout(Duration::from_secs(5))
+                    .build(),
+            );
+        if let Some(endpoint) = &settings.endpoint {
+            base = base.endpoint_url(endpoint);
+        }
+        Proton {
+            base,
+            settings,
+            clients: Arc::default(),
+            budget,
+            metrics,
+        }
+    }
+
+    /// The region a resource's connection lives in.
+    pub fn region_for<'a>(&'a self, region: Option<&'a str>) -> &'a str {
+        region.unwrap_or(&self.settings.default_region)
+    }
+
+    fn client(&self, region: Option<&str>) -> Client {
+        let region = self.region_for(region).to_string();
+        let mut clients = match self.clients.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        clients
+            .entry(region.clone())
+            .or_insert_with(|| Client::from_conf(self.base.clone().region(Region::new(region)).build()))
+            .clone()
+    }
+
+    /// Runs one call under the budget and records its outcome.
+    async fn call<T, E, F>(&self, operation: &'static str, fut: F) -> Result<T, ProtonError>
+    where
+        F: std::future::Future<Output = Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>>,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        self.budget.acquire().await;
+        let result = fut.await.map_err(|e| ProtonError::from_sdk(operation, e));
+        match &result {
+            Ok(_) => self.metrics.aws_call(operation, "success"),
+            Err(e) => {
+                self.metrics.aws_call(operation, e.class.reason());
+                if e.class == ErrorClass::Throttled {
+                    self.metrics.aws_throttled();
+                    self.budget.throttled();
+                }
+            }
+        }
+        result
+    }
+
+    pub async fn create(&self, region: Option<&str>, req: &CreateRequest) -> Result<Connection, ProtonError> {
+        let client = self.client(region);
+        let out = self
+            .call(
+                "CreateEnvironmentAccountConnection",
+                client
+                    .create_environment_account_connection()
+                    .client_token(&req.client_token)
+                    .environment_name(&req.environment_name)
+                    .management_account_id(&req.management_account_id)
+                    .set_role_arn(req.roles.role_arn.clone())
+                    .set_codebuild_role_arn(req.roles.codebuild_role_arn.clone())
+                    .set_component_role_arn(req.roles.component_role_arn.clone())
+                    .set_tags(Some(to_sdk_tags(&req.tags)?))
+                    .send(),
+            )
+            .await?;
+        connection_of("CreateEnvironmentAccountConnection", out.environment_account_connection())
+    }
+
+    pub async fn get(&self, region: Option<&str>, id: &str) -> Result<Connection, ProtonError> {
+        let client = self.client(region);
+        let out = self
+            .call(
+                "GetEnvironmentAccountConnection",
+                client.get_environment_account_connection().id(id).send(),
+            )
+            .await?;
+        connection_of("GetEnvironmentAccountConnection", out.environment_account_connection())
+    }
+
+    pub async fn update(&self, region: Option<&str>, id: &str, roles: &RoleArns) -> Result<Connection, ProtonError> {
+        let client = self.client(region);
+        let out = self
+            .call(
+                "UpdateEnvironmentAccountConnection",
+                client
+                    .update_environment_account_connection()
+                    .id(id)
+                    .set_role_arn(roles.role_arn.clone())
+                    .set_codebuild_role_arn(roles.codebuild_role_arn.clone())
+                    .set_component_role_arn(roles.component_role_arn.clone())
+                    .send(),
+            )
+            .await?;
+        connection_of("UpdateEnvironmentAccountConnection", out.environment_account_connection())
+    }
+
+    pub async fn delete(&self, region: Option<&str>, id: &str) -> Result<(), ProtonError> {
+        let client = self.client(region);
+        self.call(
+            "DeleteEnvironmentAccountConnection",
+            client.delete_environment_account_connection().id(id).send(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Every connection of this environment account for the environment, all pages.
+    pub async fn list_for_environment(
+        &self,
+        region: Option<&str>,
+        environment_name: &str,
+    ) -> Result<Vec<Connection>, ProtonError> {
+        let client = self.client(region);
+        let mut found = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .call(
+                    "ListEnvironmentAccountConnections",
+                    client
+                        .list_environment_account_connections()
+                        .requested_by(EnvironmentAccountConnectionRequesterAccountType::EnvironmentAccount)
+                        .environment_name(environment_name)
+                        .set_next_token(next.take())
+                        .send(),
+                )
+                .await?;
+            for summary in out.environment_account_connections() {
+                found.push(Connection {
+                    id: summary.id().to_string(),
+                    arn: summary.arn().to_string(),
+                    state: from_sdk_state(summary.status())?,
+                    environment_name: summary.environment_name().to_string(),
+                    management_account_id: summary.management_account_id().to_string(),
+                    environment_account_id: summary.environment_account_id().to_string(),
+                    roles: RoleArns {
+                        role_arn: non_empty(summary.role_arn()),
+                        codebuild_role_arn: None,
+                        component_role_arn: summary.component_role_arn().map(str::to_string),
+                    },
+                    requested_at: rfc3339(summary.requested_at()),
+                    last_modified_at: rfc3339(summary.last_modified_at()),
+                });
+            }
+            match out.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_string()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// All tags of a resource, all pages.
+    pub async fn list_tags(&self, region: Option<&str>, arn: &str) -> Result<Tags, ProtonError> {
+        let client = self.client(region);
+        let mut tags = Tags::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .call(
+                    "ListTagsForResource",
+                    client
+                        .list_tags_for_resource()
+                        .resource_arn(arn)
+                        .set_next_token(next.take())
+                        .send(),
+                )
+                .await?;
+            for tag in out.tags() {
+                tags.insert(tag.key().to_string(), tag.value().to_string());
+            }
+            match out.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_string()),
+                _ => return Ok(tags),
+            }
+        }
+    }
+
+    pub async fn tag(&self, region: Option<&str>, arn: &str, tags: &Tags) -> Result<(), ProtonError> {
+        let client = self.client(region);
+        self.call(
+            "TagResource",
+            client
+                .tag_resource()
+                .resource_arn(arn)
+                .set_tags(Some(to_sdk_tags(tags)?))
+                .send(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn untag(&self, region: Option<&str>, arn: &str, keys: &[String]) -> Result<(), ProtonError> {
+        let client = self.client(region);
+        self.call(
+            "UntagResource",
+            client
+                .untag_resource()
+                .resource_arn(arn)
+                .set_tag_keys(Some(keys.to_vec()))
+                .send(),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+fn to_sdk_tags(tags: &Tags) -> Result<Vec<Tag>, ProtonError> {
+    tags.iter()
+        .map(|(k, v)| {
+            Tag::builder().key(k).value(v).build().map_err(|e| ProtonError {
+                operation: "TagResource",
+                class: ErrorClass::Validation,
+                code: "InvalidTag".into(),
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn from_sdk_state(state: &EnvironmentAccountConnectionStatus) -> Result<ConnectionState, ProtonError> {
+    match state {
+        EnvironmentAccountConnectionStatus::Pending => Ok(ConnectionState::Pending),
+        EnvironmentAccountConnectionStatus::Connected => Ok(ConnectionState::Connected),
+        EnvironmentAccountConnectionStatus::Rejected => Ok(ConnectionState::Rejected),
+        other => Err(ProtonError {
+            operation: "GetEnvironmentAccountConnection",
+            class: ErrorClass::Other,
+            code: "UnknownStatus".into(),
+            message: format!("Proton reported an unknown connection status {:?}", other.as_str()),
+        }),
+    }
+}
+
+/// The connection member is required by the model; a peer that leaves it out is broken.
+fn connection_of(
+    operation: &'static str,
+    c: Option<&aws_sdk_proton::types::EnvironmentAccountConnection>,
+) -> Result<Connection, ProtonError> {
+    match c {
+        Some(c) => from_sdk_connection(c),
+        None => Err(ProtonError {
+            operation,
+            class: ErrorClass::Other,
+            code: "MalformedResponse".into(),
+            message: "the response carries no environmentAccountConnection".into(),
+        }),
+    }
+}
+
+fn from_sdk_connection(c: &aws_sdk_proton::types::EnvironmentAccountConnection) -> Result<Connection, ProtonError> {
+    Ok(Connection {
+        id: c.id().to_string(),
+        arn: c.arn().to_string(),
+        state: from_sdk_state(c.status())?,
+        environment_name: c.environment_name().to_string(),
+        management_account_id: c.management_account_id().to_string(),
+        environment_account_id: c.environment_account_id().to_string(),
+        roles: RoleArns {
+            role_arn: non_empty(c.role_arn()),
+            codebuild_role_arn: c.codebuild_role_arn().map(str::to_string),
+            component_role_arn: c.component_role_arn().map(str::to_string),
+        },
+        requested_at: rfc3339(c.requested_at()),
+        last_modified_at: rfc3339(c.last_modified_at()),
+    })
+}
+
+/// `roleArn` is a required output member, so a connection created without one reports "".
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn rfc3339(t: &aws_smithy_types::DateTime) -> String {
+    // Whole seconds: the status must not change when nothing but sub-second noise does.
+    let secs = aws_smithy_types::DateTime::from_secs(t.secs());
+    secs.fmt(Format::DateTime).unwrap_or_else(|_| t.secs().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_model_error_is_classified() {
+        let cases = [
+            ("ThrottlingException", ErrorClass::Throttled, Retry::Backoff),
+            ("InternalServerException", ErrorClass::Transient, Retry::Backoff),
+            ("AccessDeniedException", ErrorClass::AccessDenied, Retry::Slow),
+            ("ValidationException", ErrorClass::Validation, Retry::Terminal),
+            ("ServiceQuotaExceededException", ErrorClass::QuotaExceeded, Retry::Terminal),
+            ("ConflictException", ErrorClass::Conflict, Retry::Terminal),
+            ("ResourceNotFoundException", ErrorClass::NotFound, Retry::Terminal),
+            ("SomethingNew", ErrorClass::Other, Retry::Backoff),
+        ];
+        for (code, class, retry) in cases {
+            assert_eq!(ErrorClass::from_code(code), class, "{code}");
+            assert_eq!(class.retry(), retry, "{code}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_whole_second_rfc3339() {
+        let t = aws_smithy_types::DateTime::from_fractional_secs(1_795_000_000, 0.75);
+        assert_eq!(rfc3339(&t), "2026-11-18T08:26:40Z");
+    }
+}

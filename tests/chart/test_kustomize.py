@@ -1,0 +1,168 @@
+"""The plain manifests in deploy/: they build with kustomize (`kubectl kustomize`, offline) and
+are the chart's defaults; the example resources in deploy/examples are valid."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import CRD_FILE, NAMESPACE, ROOT, find, one, parse_manifests
+
+DEPLOY = ROOT / "deploy"
+EXAMPLES = DEPLOY / "examples"
+
+# Labels only Helm adds; everything else must be the same in the chart and in deploy/base.
+HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/version")
+
+STUB_CRD = """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: environmentaccountconnections.proton.eac.dev
+spec:
+  group: proton.eac.dev
+  names:
+    kind: EnvironmentAccountConnection
+    plural: environmentaccountconnections
+  scope: Namespaced
+  versions: []
+"""
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.skip("kubectl is not installed: `kubectl kustomize` builds deploy/ offline")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """The repository's deploy/ and crds/; with a stub CRD while crds/ has none generated yet."""
+    if CRD_FILE.exists():
+        return ROOT
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copytree(DEPLOY, root / "deploy")
+    shutil.copytree(ROOT / "crds", root / "crds")
+    (root / "crds" / CRD_FILE.name).write_text(STUB_CRD)
+    return root
+
+
+def kustomize(kubectl: str, directory: Path) -> list[dict]:
+    result = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    return parse_manifests(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def base(kubectl, tree) -> list[dict]:
+    return kustomize(kubectl, tree / "deploy" / "base")
+
+
+@pytest.fixture(scope="module")
+def overlay(kubectl, tree) -> list[dict]:
+    return kustomize(kubectl, tree / "deploy" / "overlays" / "example")
+
+
+def without_helm_labels(obj: dict) -> dict:
+    obj = copy.deepcopy(obj)
+    for meta in (obj["metadata"], obj.get("spec", {}).get("template", {}).get("metadata", {})):
+        for label in HELM_ONLY_LABELS:
+            meta.get("labels", {}).pop(label, None)
+    return obj
+
+
+def test_base_builds_with_the_crd(base):
+    crd = one(base, "CustomResourceDefinition")
+    assert crd["metadata"]["name"] == "environmentaccountconnections.proton.eac.dev"
+    assert one(base, "Namespace")["metadata"]["name"] == NAMESPACE
+    if CRD_FILE.exists():
+        assert crd == yaml.safe_load(CRD_FILE.read_text())
+
+
+def test_base_is_the_chart_default(base, default_objs):
+    """Every object the chart renders by default is in deploy/base, field for field."""
+    base_by_key = {(o["kind"], o["metadata"]["name"]): o for o in base}
+    for rendered in default_objs:
+        key = (rendered["kind"], rendered["metadata"]["name"])
+        assert key in base_by_key, f"deploy/base lacks {key}"
+        assert base_by_key[key] == without_helm_labels(rendered), f"deploy/base differs from the chart in {key}"
+    extra = set(base_by_key) - {(o["kind"], o["metadata"]["name"]) for o in default_objs}
+    assert extra == {("Namespace", NAMESPACE), ("CustomResourceDefinition", "environmentaccountconnections.proton.eac.dev")}
+
+
+def test_overlay_example(overlay):
+    namespace = "platform-eac"
+    assert one(overlay, "Namespace")["metadata"]["name"] == namespace
+    for obj in overlay:
+        if obj["kind"] in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"):
+            assert "namespace" not in obj["metadata"], obj["metadata"]
+        else:
+            assert obj["metadata"]["namespace"] == namespace, (obj["kind"], obj["metadata"])
+    for binding in find(overlay, "ClusterRoleBinding") + find(overlay, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "eac-controller", "namespace": namespace}]
+    account = one(overlay, "ServiceAccount")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    container = one(overlay, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["EAC_REGION"]["value"] == "eu-west-1"
+    assert {"POD_NAME", "POD_NAMESPACE"} <= env.keys(), "the patch must merge into env, not replace it"
+    assert container["image"].startswith("ghcr.io/eac-dev/eac-controller:")
+    assert container["args"][0] == "run"
+
+
+# --- deploy/examples --------------------------------------------------------------------------
+
+
+def example(name: str) -> dict:
+    docs = parse_manifests((EXAMPLES / name).read_text())
+    assert len(docs) == 1
+    return docs[0]
+
+
+@pytest.mark.parametrize("name", ["basic.yaml", "full.yaml", "retain.yaml", "adopt.yaml"])
+def test_example_is_a_connection(name):
+    obj = example(name)
+    assert obj["apiVersion"] == "proton.eac.dev/v1alpha1"
+    assert obj["kind"] == "EnvironmentAccountConnection"
+    spec = obj["spec"]
+    assert isinstance(spec["managementAccountId"], str) and len(spec["managementAccountId"]) == 12
+    assert spec["environmentName"]
+
+
+def test_examples_say_what_they_show():
+    assert example("retain.yaml")["spec"]["deletionPolicy"] == "Retain"
+    assert example("adopt.yaml")["metadata"]["annotations"]["proton.eac.dev/adopt-id"]
+    full = example("full.yaml")["spec"]
+    assert set(full) == {
+        "environmentName",
+        "managementAccountId",
+        "roleArn",
+        "codebuildRoleArn",
+        "componentRoleArn",
+        "tags",
+        "region",
+        "deletionPolicy",
+    }
+
+
+@pytest.mark.parametrize("name", ["basic.yaml", "full.yaml", "retain.yaml", "adopt.yaml"])
+def test_example_matches_the_crd_schema(name):
+    if not CRD_FILE.exists():
+        pytest.skip(f"{CRD_FILE} is not generated yet")
+    jsonschema = pytest.importorskip("jsonschema")
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    jsonschema.validate(example(name)["spec"], schema)
+    if name == "full.yaml":
+        # Every field of the spec appears in full.yaml.
+        assert set(example(name)["spec"]) == set(schema["properties"])
