@@ -26,7 +26,8 @@ LABEL org.opencontainers.image.title="eac-controller" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/eac-controller /eac-controller
 COPY --from=builder /out/proton-emulator /proton-emulator
-USER nonroot:nonroot
+# Numeric, so that the kubelet can check runAsNonRoot (65532 is distroless "nonroot").
+USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/eac-controller"]
 CMD ["run"]

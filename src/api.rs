@@ -35,8 +35,7 @@ pub mod patterns {
     /// `AwsAccountId`.
     pub const ACCOUNT_ID: &str = r"^\d{12}$";
     /// `RoleArn`: IAM role ARNs.
-    pub const ROLE_ARN: &str =
-        r"^arn:(aws|aws-cn|aws-us-gov):iam::\d{12}:role/([\w+=,.@-]{1,512}[/:])*([\w+=,.@-]{1,64})$";
+    pub const ROLE_ARN: &str = r"^arn:(aws|aws-cn|aws-us-gov):iam::\d{12}:role/([\w+=,.@-]{1,512}[/:])*([\w+=,.@-]{1,64})$";
     /// AWS region names, e.g. `eu-west-1`, `us-gov-west-1`.
     pub const REGION: &str = r"^[a-z]{2}(-[a-z]+)+-\d$";
 }
@@ -71,7 +70,10 @@ pub struct EnvironmentAccountConnectionSpec {
     /// Name of the Proton environment (in the management account) that this connection serves.
     /// 1-100 characters: letters, digits, `_` and `-`, starting with a letter or digit.
     /// Immutable: changing it would need a new connection.
-    #[schemars(length(min = 1, max = 100), regex(pattern = r"^[0-9A-Za-z]+[0-9A-Za-z_\-]*$"))]
+    #[schemars(
+        length(min = 1, max = 100),
+        regex(pattern = r"^[0-9A-Za-z]+[0-9A-Za-z_\-]*$")
+    )]
     #[x_kube(validation = Rule::new("self == oldSelf").message("environmentName is immutable: a connection cannot move to another environment (delete and re-create the resource)"))]
     pub environment_name: String,
 
@@ -84,19 +86,34 @@ pub struct EnvironmentAccountConnectionSpec {
     /// IAM service role in the environment account that Proton uses to provision environment
     /// infrastructure. Updatable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^arn:(aws|aws-cn|aws-us-gov):iam::\d{12}:role/([\w+=,.@-]{1,512}[/:])*([\w+=,.@-]{1,64})$"))]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(
+            pattern = r"^arn:(aws|aws-cn|aws-us-gov):iam::\d{12}:role/([\w+=,.@-]{1,512}[/:])*([\w+=,.@-]{1,64})$"
+        )
+    )]
     pub role_arn: Option<String>,
 
     /// IAM role in the environment account that Proton uses for CodeBuild-based provisioning.
     /// Updatable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^arn:(aws|aws-cn|aws-us-gov):iam::\d{12}:role/([\w+=,.@-]{1,512}[/:])*([\w+=,.@-]{1,64})$"))]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(
+            pattern = r"^arn:(aws|aws-cn|aws-us-gov):iam::\d{12}:role/([\w+=,.@-]{1,512}[/:])*([\w+=,.@-]{1,64})$"
+        )
+    )]
     pub codebuild_role_arn: Option<String>,
 
     /// IAM role in the environment account that Proton uses to provision directly defined
     /// components. Updatable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^arn:(aws|aws-cn|aws-us-gov):iam::\d{12}:role/([\w+=,.@-]{1,512}[/:])*([\w+=,.@-]{1,64})$"))]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(
+            pattern = r"^arn:(aws|aws-cn|aws-us-gov):iam::\d{12}:role/([\w+=,.@-]{1,512}[/:])*([\w+=,.@-]{1,64})$"
+        )
+    )]
     pub component_role_arn: Option<String>,
 
     /// Tags to put on the connection. At most 47 (Proton allows 50, three are the controller's

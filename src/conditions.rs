@@ -16,7 +16,12 @@ pub struct Want {
 }
 
 impl Want {
-    pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Want {
             type_,
             status,
@@ -28,7 +33,12 @@ impl Want {
 
 /// Builds the conditions, keeping each `lastTransitionTime` unless its status flips, so an
 /// unchanged state produces an identical status (and no write).
-pub fn build(previous: &[Condition], wanted: &[Want], generation: i64, now: jiff::Timestamp) -> Vec<Condition> {
+pub fn build(
+    previous: &[Condition],
+    wanted: &[Want],
+    generation: i64,
+    now: jiff::Timestamp,
+) -> Vec<Condition> {
     wanted
         .iter()
         .map(|w| {
@@ -53,7 +63,9 @@ pub fn build(previous: &[Condition], wanted: &[Want], generation: i64, now: jiff
 /// True when the condition is present with status True (and, if given, for this generation).
 pub fn is_true(conditions: &[Condition], type_: &str, generation: Option<i64>) -> bool {
     conditions.iter().any(|c| {
-        c.type_ == type_ && c.status == "True" && generation.is_none_or(|g| c.observed_generation == Some(g))
+        c.type_ == type_
+            && c.status == "True"
+            && generation.is_none_or(|g| c.observed_generation == Some(g))
     })
 }
 
@@ -84,17 +96,37 @@ mod tests {
 
     #[test]
     fn transition_time_kept_while_status_unchanged() {
-        let first = build(&[], &[Want::new(READY, false, "Pending", "waiting")], 1, t(100));
-        let second = build(&first, &[Want::new(READY, false, "Pending", "still waiting")], 2, t(200));
+        let first = build(
+            &[],
+            &[Want::new(READY, false, "Pending", "waiting")],
+            1,
+            t(100),
+        );
+        let second = build(
+            &first,
+            &[Want::new(READY, false, "Pending", "still waiting")],
+            2,
+            t(200),
+        );
         assert_eq!(second[0].last_transition_time, Time(t(100)));
         assert_eq!(second[0].observed_generation, Some(2));
-        let third = build(&second, &[Want::new(READY, true, "Connected", "ok")], 2, t(300));
+        let third = build(
+            &second,
+            &[Want::new(READY, true, "Connected", "ok")],
+            2,
+            t(300),
+        );
         assert_eq!(third[0].last_transition_time, Time(t(300)));
     }
 
     #[test]
     fn is_true_respects_generation() {
-        let c = build(&[], &[Want::new(SYNCED, true, "ReconcileSuccess", "")], 3, t(1));
+        let c = build(
+            &[],
+            &[Want::new(SYNCED, true, "ReconcileSuccess", "")],
+            3,
+            t(1),
+        );
         assert!(is_true(&c, SYNCED, Some(3)));
         assert!(!is_true(&c, SYNCED, Some(4)));
         assert!(is_true(&c, SYNCED, None));

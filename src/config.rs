@@ -147,7 +147,10 @@ fn check_url(value: &str, source_name: &'static str) -> Result<String, ConfigErr
     };
     let url = url::Url::parse(value).map_err(|e| bad(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad(format!("scheme must be http or https, not {:?}", url.scheme())));
+        return Err(bad(format!(
+            "scheme must be http or https, not {:?}",
+            url.scheme()
+        )));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("no host".into()));
@@ -169,7 +172,10 @@ mod tests {
             resolve_endpoint(Some("http://127.0.0.1:4599/"), true, None),
             Ok(Endpoint::Url("http://127.0.0.1:4599".into()))
         );
-        assert_eq!(resolve_endpoint(Some("embedded"), true, None), Ok(Endpoint::Embedded));
+        assert_eq!(
+            resolve_endpoint(Some("embedded"), true, None),
+            Ok(Endpoint::Embedded)
+        );
         assert_eq!(
             resolve_endpoint(Some("embedded"), false, None),
             Err(ConfigError::EmbeddedFromEnv("EAC_PROTON_ENDPOINT"))

@@ -15,7 +15,10 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::api::{ADOPT_ANNOTATION, EnvironmentAccountConnection, EnvironmentAccountConnectionStatus, FINALIZER, TAG_UID};
+use crate::api::{
+    ADOPT_ANNOTATION, EnvironmentAccountConnection, EnvironmentAccountConnectionStatus, FINALIZER,
+    TAG_UID,
+};
 use crate::decide::{self, Note, Observed, Origin, Problem, Settings, Step};
 use crate::metrics::Metrics;
 use crate::proton::{Proton, ProtonError};
@@ -70,7 +73,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, proton: Proton, settings: Settings, metrics: Metrics, reporter: Reporter) -> Self {
+    pub fn new(
+        client: Client,
+        proton: Proton,
+        settings: Settings,
+        metrics: Metrics,
+        reporter: Reporter,
+    ) -> Self {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -78,6 +87,15 @@ impl Context {
             settings,
             metrics,
             checkpoints: Mutex::default(),
+        }
+    }
+
+    /// Makes every resource due now, as if each one's requeue time had come (tests, and a
+    /// forced resync).
+    pub fn expire_checkpoints(&self) {
+        let now = Instant::now();
+        for c in self.checkpoints().values_mut() {
+            c.due = now;
         }
     }
 
@@ -95,7 +113,10 @@ pub fn reporter() -> Reporter {
 }
 
 /// One reconcile of one resource.
-pub async fn reconcile(obj: Arc<EnvironmentAccountConnection>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    obj: Arc<EnvironmentAccountConnection>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let span = info_span!(
         "reconcile",
@@ -114,7 +135,11 @@ pub async fn reconcile(obj: Arc<EnvironmentAccountConnection>, ctx: Arc<Context>
 }
 
 /// After a failed reconcile (a Kubernetes error: AWS errors are handled inside).
-pub fn error_policy(obj: Arc<EnvironmentAccountConnection>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(
+    obj: Arc<EnvironmentAccountConnection>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     warn!(error = %error, "reconcile failed");
     let uid = obj.uid().unwrap_or_default();
     let failures = {
@@ -133,22 +158,38 @@ pub fn error_policy(obj: Arc<EnvironmentAccountConnection>, error: &Error, ctx: 
         message: error.to_string(),
         retry: crate::proton::Retry::Backoff,
     };
-    Action::requeue(decide::retry_after(&problem, failures, &ctx.settings, rand::random()))
+    Action::requeue(decide::retry_after(
+        &problem,
+        failures,
+        &ctx.settings,
+        rand::random(),
+    ))
 }
 
-async fn reconcile_inner(obj: &EnvironmentAccountConnection, ctx: &Context) -> Result<(Action, &'static str), Error> {
+async fn reconcile_inner(
+    obj: &EnvironmentAccountConnection,
+    ctx: &Context,
+) -> Result<(Action, &'static str), Error> {
     let object = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
     let namespace = obj
         .namespace()
         .ok_or_else(|| Error::MissingMetadata(object.clone(), "namespace"))?;
-    let uid = obj.uid().ok_or_else(|| Error::MissingMetadata(object.clone(), "uid"))?;
+    let uid = obj
+        .uid()
+        .ok_or_else(|| Error::MissingMetadata(object.clone(), "uid"))?;
     let name = obj.name_any();
     let generation = obj.metadata.generation.unwrap_or_default();
     let deleting = obj.metadata.deletion_timestamp.is_some();
-    let adopt_id = obj.annotations().get(ADOPT_ANNOTATION).map(|s| s.trim().to_string());
+    let adopt_id = obj
+        .annotations()
+        .get(ADOPT_ANNOTATION)
+        .map(|s| s.trim().to_string());
 
     if let Some(wait) = still_quiet(ctx, &uid, generation, deleting, adopt_id.as_deref()) {
-        debug!(wait_secs = wait.as_secs(), "nothing changed since the last reconcile");
+        debug!(
+            wait_secs = wait.as_secs(),
+            "nothing changed since the last reconcile"
+        );
         return Ok((Action::requeue(wait), "quiet"));
     }
 
@@ -172,101 +213,136 @@ async fn reconcile_inner(obj: &EnvironmentAccountConnection, ctx: &Context) -> R
     for _ in 0..MAX_STEPS {
         let step = decide::decide(&resource, &observed, &ctx.settings, now());
         debug!(?step, "next step");
-        let result = match &step {
-            Step::AddFinalizer => {
-                add_finalizer(&api, &name, &finalizers).await.map_err(|source| Error::Kube {
-                    step: "adding the finalizer",
-                    object: object.clone(),
-                    source,
-                })?;
-                finalizers.push(FINALIZER.to_string());
-                resource.has_finalizer = true;
-                continue;
-            }
-            Step::RemoveFinalizer => {
-                remove_finalizer(&api, &name, &finalizers).await.map_err(|source| Error::Kube {
-                    step: "removing the finalizer",
-                    object: object.clone(),
-                    source,
-                })?;
-                ctx.checkpoints().remove(&uid);
-                ctx.metrics.forget(&uid);
-                info!("finalizer removed; the resource is released");
-                return Ok((Action::await_change(), "released"));
-            }
-            Step::Nothing => {
-                ctx.checkpoints().remove(&uid);
-                ctx.metrics.forget(&uid);
-                return Ok((Action::await_change(), "ignored"));
-            }
-            Step::Settle(settled) => {
-                write_status(&api, &name, &recorded, &settled.status, &object).await?;
-                for note in &settled.events {
-                    publish(ctx, obj, note).await;
+        let result =
+            match &step {
+                Step::AddFinalizer => {
+                    add_finalizer(&api, &name, &finalizers)
+                        .await
+                        .map_err(|source| Error::Kube {
+                            step: "adding the finalizer",
+                            object: object.clone(),
+                            source,
+                        })?;
+                    finalizers.push(FINALIZER.to_string());
+                    resource.has_finalizer = true;
+                    continue;
                 }
-                ctx.metrics.connection_state(&uid, settled.status.status);
-                remember(ctx, &uid, generation, deleting, adopt_id.clone(), settled.requeue, 0);
-                return Ok((Action::requeue(settled.requeue), "settled"));
-            }
-            Step::Fail(failure) => {
-                let problem = Problem::from(failure);
-                let wait = report_problem(ctx, obj, &resource, &observed, &problem, &object).await?;
-                remember(ctx, &uid, generation, deleting, adopt_id.clone(), wait, 1);
-                return Ok((Action::requeue(wait), failure.reason));
-            }
-            Step::Get { id } => ctx.proton.get(region, id).await.map(|connection| Observed::Connection {
-                connection,
-                tags: None,
-                origin: if recorded.id.as_deref() == Some(id.as_str()) {
-                    Origin::Recorded
-                } else {
-                    Origin::Adopted
-                },
-            }),
-            Step::FindOwned { environment_name } => find_owned(&ctx.proton, region, environment_name, &uid).await,
-            Step::ListTags { arn } => ctx.proton.list_tags(region, arn).await.map(|t| with_tags(&observed, Some(t))),
-            Step::Create { request, recreation } => {
-                ctx.proton.create(region, request).await.map(|connection| Observed::Connection {
-                    connection,
-                    tags: Some(request.tags.clone()),
-                    origin: Origin::Created {
-                        recreation: *recreation,
-                    },
-                })
-            }
-            Step::Update { id, roles } => ctx.proton.update(region, id, roles).await.map(|connection| match &observed {
-                Observed::Connection { tags, origin, .. } => Observed::Connection {
-                    connection,
-                    tags: tags.clone(),
-                    origin: *origin,
-                },
-                _ => Observed::Connection {
-                    connection,
-                    tags: None,
-                    origin: Origin::Recorded,
-                },
-            }),
-            Step::Tag { arn, tags } => ctx.proton.tag(region, arn, tags).await.map(|()| {
-                let mut now_tags = current_tags(&observed);
-                now_tags.extend(tags.clone());
-                with_tags(&observed, Some(now_tags))
-            }),
-            Step::Untag { arn, keys, retain } => ctx.proton.untag(region, arn, keys).await.map(|()| {
-                if *retain {
-                    Observed::Released
-                } else {
+                Step::RemoveFinalizer => {
+                    remove_finalizer(&api, &name, &finalizers)
+                        .await
+                        .map_err(|source| Error::Kube {
+                            step: "removing the finalizer",
+                            object: object.clone(),
+                            source,
+                        })?;
+                    ctx.checkpoints().remove(&uid);
+                    ctx.metrics.forget(&uid);
+                    info!("finalizer removed; the resource is released");
+                    return Ok((Action::await_change(), "released"));
+                }
+                Step::Nothing => {
+                    ctx.checkpoints().remove(&uid);
+                    ctx.metrics.forget(&uid);
+                    return Ok((Action::await_change(), "ignored"));
+                }
+                Step::Settle(settled) => {
+                    write_status(&api, &name, &recorded, &settled.status, &object).await?;
+                    for note in &settled.events {
+                        publish(ctx, obj, note).await;
+                    }
+                    ctx.metrics.connection_state(&uid, settled.status.status);
+                    remember(
+                        ctx,
+                        &uid,
+                        generation,
+                        deleting,
+                        adopt_id.clone(),
+                        settled.requeue,
+                        0,
+                    );
+                    return Ok((Action::requeue(settled.requeue), "settled"));
+                }
+                Step::Fail(failure) => {
+                    let problem = Problem::from(failure);
+                    let wait =
+                        report_problem(ctx, obj, &resource, &observed, &problem, &object).await?;
+                    remember(ctx, &uid, generation, deleting, adopt_id.clone(), wait, 1);
+                    return Ok((Action::requeue(wait), failure.reason));
+                }
+                Step::Get { id } => {
+                    ctx.proton
+                        .get(region, id)
+                        .await
+                        .map(|connection| Observed::Connection {
+                            connection,
+                            tags: None,
+                            origin: if recorded.id.as_deref() == Some(id.as_str()) {
+                                Origin::Recorded
+                            } else {
+                                Origin::Adopted
+                            },
+                        })
+                }
+                Step::FindOwned { environment_name } => {
+                    find_owned(&ctx.proton, region, environment_name, &uid).await
+                }
+                Step::ListTags { arn } => ctx
+                    .proton
+                    .list_tags(region, arn)
+                    .await
+                    .map(|t| with_tags(&observed, Some(t))),
+                Step::Create {
+                    request,
+                    recreation,
+                } => ctx.proton.create(region, request).await.map(|connection| {
+                    Observed::Connection {
+                        connection,
+                        tags: Some(request.tags.clone()),
+                        origin: Origin::Created {
+                            recreation: *recreation,
+                        },
+                    }
+                }),
+                Step::Update { id, roles } => {
+                    ctx.proton
+                        .update(region, id, roles)
+                        .await
+                        .map(|connection| match &observed {
+                            Observed::Connection { tags, origin, .. } => Observed::Connection {
+                                connection,
+                                tags: tags.clone(),
+                                origin: *origin,
+                            },
+                            _ => Observed::Connection {
+                                connection,
+                                tags: None,
+                                origin: Origin::Recorded,
+                            },
+                        })
+                }
+                Step::Tag { arn, tags } => ctx.proton.tag(region, arn, tags).await.map(|()| {
                     let mut now_tags = current_tags(&observed);
-                    now_tags.retain(|k, _| !keys.contains(k));
+                    now_tags.extend(tags.clone());
                     with_tags(&observed, Some(now_tags))
+                }),
+                Step::Untag { arn, keys, retain } => {
+                    ctx.proton.untag(region, arn, keys).await.map(|()| {
+                        if *retain {
+                            Observed::Released
+                        } else {
+                            let mut now_tags = current_tags(&observed);
+                            now_tags.retain(|k, _| !keys.contains(k));
+                            with_tags(&observed, Some(now_tags))
+                        }
+                    })
                 }
-            }),
-            Step::Delete { id } => match ctx.proton.delete(region, id).await {
-                Ok(()) => Ok(Observed::Released),
-                // Already gone counts as deleted.
-                Err(e) if e.is_not_found() => Ok(Observed::Released),
-                Err(e) => Err(e),
-            },
-        };
+                Step::Delete { id } => match ctx.proton.delete(region, id).await {
+                    Ok(()) => Ok(Observed::Released),
+                    // Already gone counts as deleted.
+                    Err(e) if e.is_not_found() => Ok(Observed::Released),
+                    Err(e) => Err(e),
+                },
+            };
 
         match result {
             Ok(next) => {
@@ -291,9 +367,18 @@ async fn reconcile_inner(obj: &EnvironmentAccountConnection, ctx: &Context) -> R
                 let problem = Problem::from(&e);
                 warn!(error = %e, class = ?e.class, "proton call failed");
                 let failures = previous_failures(ctx, &uid) + 1;
-                let computed = decide::retry_after(&problem, failures, &ctx.settings, rand::random());
+                let computed =
+                    decide::retry_after(&problem, failures, &ctx.settings, rand::random());
                 report_problem(ctx, obj, &resource, &observed, &problem, &object).await?;
-                remember(ctx, &uid, generation, deleting, adopt_id.clone(), computed, failures);
+                remember(
+                    ctx,
+                    &uid,
+                    generation,
+                    deleting,
+                    adopt_id.clone(),
+                    computed,
+                    failures,
+                );
                 return Ok((Action::requeue(computed), e.class.reason()));
             }
         }
@@ -305,7 +390,11 @@ async fn reconcile_inner(obj: &EnvironmentAccountConnection, ctx: &Context) -> R
 }
 
 /// The id a failed step was about, to tell "the recorded connection vanished" apart.
-fn step_target_id(step: &Step, observed: &Observed, recorded: &EnvironmentAccountConnectionStatus) -> Option<String> {
+fn step_target_id(
+    step: &Step,
+    observed: &Observed,
+    recorded: &EnvironmentAccountConnectionStatus,
+) -> Option<String> {
     match step {
         Step::Get { id } | Step::Update { id, .. } | Step::Delete { id } => Some(id.clone()),
         Step::ListTags { .. } | Step::Tag { .. } | Step::Untag { .. } => match observed {
@@ -325,7 +414,9 @@ fn current_tags(observed: &Observed) -> crate::proton::Tags {
 
 fn with_tags(observed: &Observed, tags: Option<crate::proton::Tags>) -> Observed {
     match observed {
-        Observed::Connection { connection, origin, .. } => Observed::Connection {
+        Observed::Connection {
+            connection, origin, ..
+        } => Observed::Connection {
             connection: connection.clone(),
             tags,
             origin: *origin,
@@ -335,8 +426,16 @@ fn with_tags(observed: &Observed, tags: Option<crate::proton::Tags>) -> Observed
 }
 
 /// Lists the environment's connections and keeps the one carrying this resource's uid tag.
-async fn find_owned(proton: &Proton, region: Option<&str>, environment_name: &str, uid: &str) -> Result<Observed, ProtonError> {
-    for connection in proton.list_for_environment(region, environment_name).await? {
+async fn find_owned(
+    proton: &Proton,
+    region: Option<&str>,
+    environment_name: &str,
+    uid: &str,
+) -> Result<Observed, ProtonError> {
+    for connection in proton
+        .list_for_environment(region, environment_name)
+        .await?
+    {
         let tags = match proton.list_tags(region, &connection.arn).await {
             Ok(tags) => tags,
             // Deleted between the List and now: not ours to find.
@@ -358,10 +457,17 @@ fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
 }
 
-fn still_quiet(ctx: &Context, uid: &str, generation: i64, deleting: bool, adopt_id: Option<&str>) -> Option<Duration> {
+fn still_quiet(
+    ctx: &Context,
+    uid: &str,
+    generation: i64,
+    deleting: bool,
+    adopt_id: Option<&str>,
+) -> Option<Duration> {
     let checkpoints = ctx.checkpoints();
     let c = checkpoints.get(uid)?;
-    let unchanged = c.generation == generation && c.deleting == deleting && c.adopt_id.as_deref() == adopt_id;
+    let unchanged =
+        c.generation == generation && c.deleting == deleting && c.adopt_id.as_deref() == adopt_id;
     let now = Instant::now();
     (unchanged && c.due > now).then(|| c.due - now)
 }
@@ -401,8 +507,10 @@ async fn report_problem(
     problem: &Problem,
     object: &str,
 ) -> Result<Duration, Error> {
-    let (status, news) = decide::status_after_problem(resource, observed, problem, &ctx.settings, now());
-    let api: Api<EnvironmentAccountConnection> = Api::namespaced(ctx.client.clone(), resource.namespace);
+    let (status, news) =
+        decide::status_after_problem(resource, observed, problem, &ctx.settings, now());
+    let api: Api<EnvironmentAccountConnection> =
+        Api::namespaced(ctx.client.clone(), resource.namespace);
     write_status(&api, resource.name, resource.status, &status, object).await?;
     if news {
         let note = Note {
@@ -432,19 +540,27 @@ async fn write_status(
         "kind": "EnvironmentAccountConnection",
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
-        .await
-        .map(|_| ())
-        .map_err(|source| Error::Kube {
-            step: "writing the status",
-            object: object.to_string(),
-            source,
-        })
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Kube {
+        step: "writing the status",
+        object: object.to_string(),
+        source,
+    })
 }
 
 /// Adds the finalizer with a guarded JSON patch: it fails (and is retried) if the list changed
 /// under us, instead of overwriting someone else's finalizer.
-async fn add_finalizer(api: &Api<EnvironmentAccountConnection>, name: &str, current: &[String]) -> Result<(), kube::Error> {
+async fn add_finalizer(
+    api: &Api<EnvironmentAccountConnection>,
+    name: &str,
+    current: &[String],
+) -> Result<(), kube::Error> {
     let ops = if current.is_empty() {
         json!([
             {"op": "test", "path": "/metadata/finalizers", "value": null},
@@ -457,10 +573,16 @@ async fn add_finalizer(api: &Api<EnvironmentAccountConnection>, name: &str, curr
         ])
     };
     let patch: json_patch::Patch = serde_json::from_value(ops).map_err(kube::Error::SerdeError)?;
-    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await.map(|_| ())
+    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map(|_| ())
 }
 
-async fn remove_finalizer(api: &Api<EnvironmentAccountConnection>, name: &str, current: &[String]) -> Result<(), kube::Error> {
+async fn remove_finalizer(
+    api: &Api<EnvironmentAccountConnection>,
+    name: &str,
+    current: &[String],
+) -> Result<(), kube::Error> {
     let Some(index) = current.iter().position(|f| f == FINALIZER) else {
         return Ok(());
     };
@@ -470,7 +592,10 @@ async fn remove_finalizer(api: &Api<EnvironmentAccountConnection>, name: &str, c
         {"op": "remove", "path": path},
     ]);
     let patch: json_patch::Patch = serde_json::from_value(ops).map_err(kube::Error::SerdeError)?;
-    match api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+    match api
+        .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
         Ok(_) => Ok(()),
         // The object is already gone: nothing holds it any more.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -480,7 +605,11 @@ async fn remove_finalizer(api: &Api<EnvironmentAccountConnection>, name: &str, c
 
 async fn publish(ctx: &Context, obj: &EnvironmentAccountConnection, note: &Note) {
     let event = Event {
-        type_: if note.warning { EventType::Warning } else { EventType::Normal },
+        type_: if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
         reason: note.reason.to_string(),
         note: Some(note.note.clone()),
         action: "Reconcile".into(),

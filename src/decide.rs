@@ -87,13 +87,20 @@ pub enum Step {
     /// `ListTagsForResource`.
     ListTags { arn: String },
     /// `CreateEnvironmentAccountConnection`.
-    Create { request: CreateRequest, recreation: u32 },
+    Create {
+        request: CreateRequest,
+        recreation: u32,
+    },
     /// `UpdateEnvironmentAccountConnection`.
     Update { id: String, roles: RoleArns },
     /// `TagResource` with only the tags that differ.
     Tag { arn: String, tags: Tags },
     /// `UntagResource` with only the keys to remove.
-    Untag { arn: String, keys: Vec<String>, retain: bool },
+    Untag {
+        arn: String,
+        keys: Vec<String>,
+        retain: bool,
+    },
     /// `DeleteEnvironmentAccountConnection` (NotFound counts as deleted).
     Delete { id: String },
     /// Remove the finalizer: the resource may go.
@@ -131,10 +138,18 @@ pub struct Note {
 
 impl Note {
     fn normal(reason: &'static str, note: String) -> Self {
-        Note { reason, note, warning: false }
+        Note {
+            reason,
+            note,
+            warning: false,
+        }
     }
     fn warning(reason: &'static str, note: String) -> Self {
-        Note { reason, note, warning: true }
+        Note {
+            reason,
+            note,
+            warning: true,
+        }
     }
 }
 
@@ -149,7 +164,11 @@ pub fn client_token(uid: &str, recreation: u32) -> String {
     };
     // Proton: `^[!-~]*$`, at most 64 characters. A Kubernetes uid always fits; keep the promise
     // for anything else too.
-    token.chars().filter(|c| c.is_ascii_graphic()).take(64).collect()
+    token
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
 }
 
 /// The tags the controller uses to recognise its own connections.
@@ -192,7 +211,12 @@ fn generation_applied(r: &Resource) -> bool {
 }
 
 /// The next step for this resource.
-pub fn decide(r: &Resource, observed: &Observed, settings: &Settings, now: jiff::Timestamp) -> Step {
+pub fn decide(
+    r: &Resource,
+    observed: &Observed,
+    settings: &Settings,
+    now: jiff::Timestamp,
+) -> Step {
     if r.deleting {
         return decide_deletion(r, observed);
     }
@@ -202,7 +226,9 @@ pub fn decide(r: &Resource, observed: &Observed, settings: &Settings, now: jiff:
     match observed {
         Observed::Nothing => match (&r.status.id, r.adopt_id) {
             (Some(id), _) => Step::Get { id: id.clone() },
-            (None, Some(adopt)) => Step::Get { id: adopt.to_string() },
+            (None, Some(adopt)) => Step::Get {
+                id: adopt.to_string(),
+            },
             (None, None) => create(r, r.status.recreations),
         },
         Observed::Gone { id } => {
@@ -218,7 +244,11 @@ pub fn decide(r: &Resource, observed: &Observed, settings: &Settings, now: jiff:
             // The recorded connection was deleted behind the controller's back.
             create(r, r.status.recreations + 1)
         }
-        Observed::Connection { connection, tags, origin } => decide_sync(r, connection, tags.as_ref(), *origin, settings, now),
+        Observed::Connection {
+            connection,
+            tags,
+            origin,
+        } => decide_sync(r, connection, tags.as_ref(), *origin, settings, now),
         Observed::Released => Step::Nothing,
     }
 }
@@ -261,7 +291,11 @@ fn decide_sync(
         if !mismatches.is_empty() {
             return Step::Fail(Failure {
                 reason: "AdoptionMismatch",
-                message: format!("cannot adopt connection {}: {}", c.id, mismatches.join("; ")),
+                message: format!(
+                    "cannot adopt connection {}: {}",
+                    c.id,
+                    mismatches.join("; ")
+                ),
             });
         }
         if let Some(owner) = tags.and_then(|t| t.get(TAG_UID))
@@ -343,7 +377,12 @@ fn settle(
     };
     let (ready, stalled) = match c.state {
         ConnectionState::Connected => (
-            Want::new(READY, true, "Connected", format!("connection {} is CONNECTED", c.id)),
+            Want::new(
+                READY,
+                true,
+                "Connected",
+                format!("connection {} is CONNECTED", c.id),
+            ),
             Want::new(STALLED, false, "Reconciled", ""),
         ),
         ConnectionState::Pending => (
@@ -369,14 +408,24 @@ fn settle(
             )
         }
     };
-    let synced = Want::new(SYNCED, true, "ReconcileSuccess", "the spec is applied in Proton");
+    let synced = Want::new(
+        SYNCED,
+        true,
+        "ReconcileSuccess",
+        "the spec is applied in Proton",
+    );
     let status = Status {
         observed_generation: Some(r.generation),
         id: Some(c.id.clone()),
         arn: Some(c.arn.clone()),
         status: Some(c.state),
         environment_account_id: Some(c.environment_account_id.clone()),
-        region: Some(r.spec.region.clone().unwrap_or_else(|| settings.default_region.clone())),
+        region: Some(
+            r.spec
+                .region
+                .clone()
+                .unwrap_or_else(|| settings.default_region.clone()),
+        ),
         requested_at: Some(c.requested_at.clone()),
         last_modified_at: Some(c.last_modified_at.clone()),
         role_arn: c.roles.role_arn.clone(),
@@ -384,21 +433,33 @@ fn settle(
         component_role_arn: c.roles.component_role_arn.clone(),
         applied_tag_keys,
         recreations,
-        conditions: conditions::build(&r.status.conditions, &[ready, synced, stalled], r.generation, now),
+        conditions: conditions::build(
+            &r.status.conditions,
+            &[ready, synced, stalled],
+            r.generation,
+            now,
+        ),
     };
 
     let mut events = Vec::new();
     if origin == Origin::Adopted && r.status.id.as_deref() != Some(c.id.as_str()) {
-        events.push(Note::normal("Adopted", format!("adopted existing connection {}", c.id)));
+        events.push(Note::normal(
+            "Adopted",
+            format!("adopted existing connection {}", c.id),
+        ));
     }
     if r.status.status != Some(c.state) {
         match c.state {
-            ConnectionState::Connected => {
-                events.push(Note::normal("Connected", format!("connection {} is CONNECTED", c.id)))
-            }
+            ConnectionState::Connected => events.push(Note::normal(
+                "Connected",
+                format!("connection {} is CONNECTED", c.id),
+            )),
             ConnectionState::Rejected => events.push(Note::warning(
                 "Rejected",
-                format!("management account {} rejected connection {}", c.management_account_id, c.id),
+                format!(
+                    "management account {} rejected connection {}",
+                    c.management_account_id, c.id
+                ),
             )),
             ConnectionState::Pending => {}
         }
@@ -423,7 +484,10 @@ fn requeue_after(c: &Connection, settings: &Settings, now: jiff::Timestamp) -> D
         .ok()
         .and_then(|t| Duration::try_from(now.duration_since(t)).ok())
         .unwrap_or_default();
-    (age / 10).clamp(settings.pending_poll, settings.resync.max(settings.pending_poll))
+    (age / 10).clamp(
+        settings.pending_poll,
+        settings.resync.max(settings.pending_poll),
+    )
 }
 
 fn decide_deletion(r: &Resource, observed: &Observed) -> Step {
@@ -470,10 +534,14 @@ pub fn event_for(step: &Step, result: &Observed) -> Option<Note> {
         _ => String::new(),
     };
     match step {
-        Step::Create { recreation: 0, .. } => Some(Note::normal("Created", format!("created connection {id}"))),
+        Step::Create { recreation: 0, .. } => {
+            Some(Note::normal("Created", format!("created connection {id}")))
+        }
         Step::Create { recreation, .. } => Some(Note::normal(
             "Recreated",
-            format!("re-created connection as {id} (re-creation {recreation}) after it was deleted outside the controller"),
+            format!(
+                "re-created connection as {id} (re-creation {recreation}) after it was deleted outside the controller"
+            ),
         )),
         Step::Update { id, roles } => Some(Note::normal(
             "Updated",
@@ -486,14 +554,26 @@ pub fn event_for(step: &Step, result: &Observed) -> Option<Note> {
         )),
         Step::Tag { tags, .. } => Some(Note::normal(
             "TagsUpdated",
-            format!("tagged connection with {}", tags.keys().cloned().collect::<Vec<_>>().join(", ")),
+            format!(
+                "tagged connection with {}",
+                tags.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
         )),
-        Step::Untag { keys, retain: false, .. } => {
-            Some(Note::normal("TagsUpdated", format!("untagged {} from the connection", keys.join(", "))))
-        }
-        Step::Untag { arn, retain: true, .. } => Some(Note::normal(
+        Step::Untag {
+            keys,
+            retain: false,
+            ..
+        } => Some(Note::normal(
+            "TagsUpdated",
+            format!("untagged {} from the connection", keys.join(", ")),
+        )),
+        Step::Untag {
+            arn, retain: true, ..
+        } => Some(Note::normal(
             "Retained",
-            format!("kept connection {arn} in Proton (deletionPolicy: Retain) and removed the ownership tags"),
+            format!(
+                "kept connection {arn} in Proton (deletionPolicy: Retain) and removed the ownership tags"
+            ),
         )),
         Step::Delete { id } => Some(Note::normal("Deleted", format!("deleted connection {id}"))),
         _ => None,
@@ -504,7 +584,9 @@ pub fn event_for(step: &Step, result: &Observed) -> Option<Note> {
 /// is re-created, so the loss is on record even if the re-creation fails).
 pub fn status_vanished(r: &Resource, id: &str, now: jiff::Timestamp) -> Status {
     let mut status = r.status.clone();
-    let message = format!("connection {id} no longer exists in Proton (deleted outside the controller); re-creating it");
+    let message = format!(
+        "connection {id} no longer exists in Proton (deleted outside the controller); re-creating it"
+    );
     let wanted = [
         Want::new(READY, false, "NotFound", message.clone()),
         Want::new(SYNCED, false, "NotFound", message),
@@ -518,7 +600,9 @@ pub fn status_vanished(r: &Resource, id: &str, now: jiff::Timestamp) -> Status {
 pub fn vanished_note(id: &str) -> Note {
     Note::warning(
         "NotFound",
-        format!("connection {id} no longer exists in Proton (deleted outside the controller); re-creating it"),
+        format!(
+            "connection {id} no longer exists in Proton (deleted outside the controller); re-creating it"
+        ),
     )
 }
 
@@ -561,7 +645,11 @@ pub fn status_after_problem(
     now: jiff::Timestamp,
 ) -> (Status, bool) {
     let mut status = r.status.clone();
-    if let Observed::Connection { connection: c, origin, .. } = observed
+    if let Observed::Connection {
+        connection: c,
+        origin,
+        ..
+    } = observed
         && *origin != Origin::Adopted
     {
         status.id = Some(c.id.clone());
@@ -573,7 +661,12 @@ pub fn status_after_problem(
         status.role_arn = c.roles.role_arn.clone();
         status.codebuild_role_arn = c.roles.codebuild_role_arn.clone();
         status.component_role_arn = c.roles.component_role_arn.clone();
-        status.region = Some(r.spec.region.clone().unwrap_or_else(|| settings.default_region.clone()));
+        status.region = Some(
+            r.spec
+                .region
+                .clone()
+                .unwrap_or_else(|| settings.default_region.clone()),
+        );
         if let Origin::Created { recreation } = origin {
             status.recreations = *recreation;
         }
@@ -585,7 +678,12 @@ pub fn status_after_problem(
     let stalled = if terminal {
         Want::new(STALLED, true, problem.reason, problem.message.clone())
     } else {
-        Want::new(STALLED, false, "Retrying", format!("retrying: {}", problem.message))
+        Want::new(
+            STALLED,
+            false,
+            "Retrying",
+            format!("retrying: {}", problem.message),
+        )
     };
     // A passing fault (throttling, a 5xx) says nothing about the connection: Ready keeps its
     // last value so a CONNECTED resource does not flap. Anything else means the spec is not
@@ -598,13 +696,25 @@ pub fn status_after_problem(
             reason: prev.reason.clone(),
             message: prev.message.clone(),
         },
-        (Retry::Backoff, None) => Want::new(READY, false, "Creating", format!("waiting to retry: {}", problem.message)),
+        (Retry::Backoff, None) => Want::new(
+            READY,
+            false,
+            "Creating",
+            format!("waiting to retry: {}", problem.message),
+        ),
         _ => Want::new(READY, false, problem.reason, problem.message.clone()),
     };
-    status.conditions = conditions::build(&r.status.conditions, &[ready, synced, stalled], r.generation, now);
+    status.conditions = conditions::build(
+        &r.status.conditions,
+        &[ready, synced, stalled],
+        r.generation,
+        now,
+    );
 
     let previous_synced = r.status.condition(SYNCED);
-    let news = previous_synced.is_none_or(|c| c.status != "False" || c.reason != problem.reason || c.message != problem.message);
+    let news = previous_synced.is_none_or(|c| {
+        c.status != "False" || c.reason != problem.reason || c.message != problem.message
+    });
     (status, news)
 }
 
@@ -616,7 +726,9 @@ pub fn retry_after(problem: &Problem, attempt: u32, settings: &Settings, jitter:
     const SLOW: Duration = Duration::from_secs(300);
     match problem.retry {
         Retry::Backoff => {
-            let exp = BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(CAP);
+            let exp = BASE
+                .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+                .min(CAP);
             // Full jitter on the upper half keeps a herd of resources from retrying in step.
             exp.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
         }

@@ -43,7 +43,10 @@ pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }
@@ -52,7 +55,10 @@ async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
     if state.readiness.get() {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the watch cache has not synced yet")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the watch cache has not synced yet",
+        )
     }
 }
 
@@ -66,6 +72,10 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = router(metrics, readiness);
-    let task = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    });
     Ok((local, task))
 }

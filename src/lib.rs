@@ -2,14 +2,14 @@
 //! `EnvironmentAccountConnection` resources, and ships a Proton emulator to test against.
 
 pub mod api;
+pub mod budget;
 pub mod conditions;
+pub mod config;
 pub mod controller;
 pub mod decide;
 pub mod emulator;
-pub mod proton;
-pub mod budget;
-pub mod metrics;
-pub mod config;
 pub mod http;
-pub mod telemetry;
+pub mod metrics;
+pub mod proton;
 pub mod runner;
+pub mod telemetry;

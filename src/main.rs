@@ -9,7 +9,11 @@ use eac_controller::config::{RunArgs, resolve_endpoint};
 use eac_controller::runner;
 
 #[derive(Parser)]
-#[command(name = "eac-controller", version, about = "Keeps AWS Proton environment account connections in step with Kubernetes resources")]
+#[command(
+    name = "eac-controller",
+    version,
+    about = "Keeps AWS Proton environment account connections in step with Kubernetes resources"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

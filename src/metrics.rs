@@ -55,7 +55,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let reconciles = Family::<ResultLabel, Counter>::default();
-        let reconcile_duration = Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        let reconcile_duration =
+            Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let aws_requests = Family::<CallLabels, Counter>::default();
         let aws_throttled = Counter::default();
         let connections = Family::<StatusLabel, Gauge>::default();
@@ -71,11 +72,27 @@ impl Metrics {
             "Proton API calls by operation and outcome",
             aws_requests.clone(),
         );
-        registry.register("eac_aws_throttled", "Proton calls answered with ThrottlingException", aws_throttled.clone());
-        registry.register("eac_connections", "Resources by connection status", connections.clone());
-        registry.register("eac_leader", "1 while this process holds the leader lease", leader.clone());
+        registry.register(
+            "eac_aws_throttled",
+            "Proton calls answered with ThrottlingException",
+            aws_throttled.clone(),
+        );
+        registry.register(
+            "eac_connections",
+            "Resources by connection status",
+            connections.clone(),
+        );
+        registry.register(
+            "eac_leader",
+            "1 while this process holds the leader lease",
+            leader.clone(),
+        );
         for status in ["PENDING", "CONNECTED", "REJECTED", "unknown"] {
-            connections.get_or_create(&StatusLabel { status: status.into() }).set(0);
+            connections
+                .get_or_create(&StatusLabel {
+                    status: status.into(),
+                })
+                .set(0);
         }
         Metrics(Arc::new(Inner {
             registry,
@@ -90,7 +107,12 @@ impl Metrics {
     }
 
     pub fn reconciled(&self, result: &str, took: Duration) {
-        self.0.reconciles.get_or_create(&ResultLabel { result: result.into() }).inc();
+        self.0
+            .reconciles
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
         self.0.reconcile_duration.observe(took.as_secs_f64());
     }
 
@@ -130,12 +152,16 @@ impl Metrics {
     fn recount(&self, states: &HashMap<String, Option<ConnectionState>>) {
         let mut counts: HashMap<&str, i64> = HashMap::new();
         for state in states.values() {
-            *counts.entry(state.map_or("unknown", ConnectionState::as_str)).or_default() += 1;
+            *counts
+                .entry(state.map_or("unknown", ConnectionState::as_str))
+                .or_default() += 1;
         }
         for status in ["PENDING", "CONNECTED", "REJECTED", "unknown"] {
             self.0
                 .connections
-                .get_or_create(&StatusLabel { status: status.into() })
+                .get_or_create(&StatusLabel {
+                    status: status.into(),
+                })
                 .set(counts.get(status).copied().unwrap_or(0));
         }
     }
@@ -161,11 +187,23 @@ mod tests {
         m.connection_state("a", Some(ConnectionState::Connected));
         m.connection_state("c", None);
         let text = m.encode();
-        assert!(text.contains("eac_connections{status=\"PENDING\"} 1"), "{text}");
-        assert!(text.contains("eac_connections{status=\"CONNECTED\"} 1"), "{text}");
-        assert!(text.contains("eac_connections{status=\"unknown\"} 1"), "{text}");
+        assert!(
+            text.contains("eac_connections{status=\"PENDING\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eac_connections{status=\"CONNECTED\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eac_connections{status=\"unknown\"} 1"),
+            "{text}"
+        );
         m.forget("a");
-        assert!(m.encode().contains("eac_connections{status=\"CONNECTED\"} 0"));
+        assert!(
+            m.encode()
+                .contains("eac_connections{status=\"CONNECTED\"} 0")
+        );
     }
 
     #[test]

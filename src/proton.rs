@@ -128,8 +128,11 @@ impl ErrorClass {
             "InternalServerException" | "ServiceUnavailable" | "ServiceUnavailableException" => {
                 ErrorClass::Transient
             }
-            "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException"
-            | "InvalidSignatureException" | "ExpiredTokenException" => ErrorClass::AccessDenied,
+            "AccessDeniedException"
+            | "AccessDenied"
+            | "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "ExpiredTokenException" => ErrorClass::AccessDenied,
             "ValidationException" => ErrorClass::Validation,
             "ServiceQuotaExceededException" => ErrorClass::QuotaExceeded,
             "ConflictException" => ErrorClass::Conflict,
@@ -154,7 +157,10 @@ impl ProtonError {
         self.class == ErrorClass::NotFound
     }
 
-    fn from_sdk<E>(operation: &'static str, err: SdkError<E, aws_smithy_runtime_api::http::Response>) -> Self
+    fn from_sdk<E>(
+        operation: &'static str,
+        err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
@@ -170,7 +176,12 @@ impl ProtonError {
                 if class == ErrorClass::Other && service.raw().status().is_server_error() {
                     class = ErrorClass::Transient;
                 }
-                ProtonError { operation, class, code, message }
+                ProtonError {
+                    operation,
+                    class,
+                    code,
+                    message,
+                }
             }
             SdkError::TimeoutError(_) => ProtonError {
                 operation,
@@ -182,7 +193,10 @@ impl ProtonError {
                 operation,
                 class: ErrorClass::Transient,
                 code: "DispatchFailure".into(),
-                message: format!("could not reach Proton: {}", describe(&err, failure.is_io())),
+                message: format!(
+                    "could not reach Proton: {}",
+                    describe(&err, failure.is_io())
+                ),
             },
             SdkError::ResponseError(_) => ProtonError {
                 operation,
@@ -241,14 +255,29 @@ impl Proton {
         budget: CallBudget,
         metrics: Metrics,
     ) -> Self {
-        Self::from_builder(aws_sdk_proton::config::Builder::from(sdk), settings, budget, metrics)
+        Self::from_builder(
+            aws_sdk_proton::config::Builder::from(sdk),
+            settings,
+            budget,
+            metrics,
+        )
     }
 
     /// With static test credentials, for the emulator (tests, demos).
-    pub fn with_static_credentials(settings: ProtonSettings, budget: CallBudget, metrics: Metrics) -> Self {
+    pub fn with_static_credentials(
+        settings: ProtonSettings,
+        budget: CallBudget,
+        metrics: Metrics,
+    ) -> Self {
         let base = aws_sdk_proton::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
-            .credentials_provider(Credentials::new("AKIDEMULATOR", "emulator", None, None, "static"));
+            .credentials_provider(Credentials::new(
+                "AKIDEMULATOR",
+                "emulator",
+                None,
+                None,
+                "static",
+            ));
         Self::from_builder(base, settings, budget, metrics)
     }
 
@@ -293,14 +322,18 @@ impl Proton {
         };
         clients
             .entry(region.clone())
-            .or_insert_with(|| Client::from_conf(self.base.clone().region(Region::new(region)).build()))
+            .or_insert_with(|| {
+                Client::from_conf(self.base.clone().region(Region::new(region)).build())
+            })
             .clone()
     }
 
     /// Runs one call under the budget and records its outcome.
     async fn call<T, E, F>(&self, operation: &'static str, fut: F) -> Result<T, ProtonError>
     where
-        F: std::future::Future<Output = Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>>,
+        F: std::future::Future<
+                Output = Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>,
+            >,
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         self.budget.acquire().await;
@@ -318,7 +351,11 @@ impl Proton {
         result
     }
 
-    pub async fn create(&self, region: Option<&str>, req: &CreateRequest) -> Result<Connection, ProtonError> {
+    pub async fn create(
+        &self,
+        region: Option<&str>,
+        req: &CreateRequest,
+    ) -> Result<Connection, ProtonError> {
         let client = self.client(region);
         let out = self
             .call(
@@ -335,7 +372,10 @@ impl Proton {
                     .send(),
             )
             .await?;
-        connection_of("CreateEnvironmentAccountConnection", out.environment_account_connection())
+        connection_of(
+            "CreateEnvironmentAccountConnection",
+            out.environment_account_connection(),
+        )
     }
 
     pub async fn get(&self, region: Option<&str>, id: &str) -> Result<Connection, ProtonError> {
@@ -346,10 +386,18 @@ impl Proton {
                 client.get_environment_account_connection().id(id).send(),
             )
             .await?;
-        connection_of("GetEnvironmentAccountConnection", out.environment_account_connection())
+        connection_of(
+            "GetEnvironmentAccountConnection",
+            out.environment_account_connection(),
+        )
     }
 
-    pub async fn update(&self, region: Option<&str>, id: &str, roles: &RoleArns) -> Result<Connection, ProtonError> {
+    pub async fn update(
+        &self,
+        region: Option<&str>,
+        id: &str,
+        roles: &RoleArns,
+    ) -> Result<Connection, ProtonError> {
         let client = self.client(region);
         let out = self
             .call(
@@ -363,7 +411,10 @@ impl Proton {
                     .send(),
             )
             .await?;
-        connection_of("UpdateEnvironmentAccountConnection", out.environment_account_connection())
+        connection_of(
+            "UpdateEnvironmentAccountConnection",
+            out.environment_account_connection(),
+        )
     }
 
     pub async fn delete(&self, region: Option<&str>, id: &str) -> Result<(), ProtonError> {
@@ -391,7 +442,9 @@ impl Proton {
                     "ListEnvironmentAccountConnections",
                     client
                         .list_environment_account_connections()
-                        .requested_by(EnvironmentAccountConnectionRequesterAccountType::EnvironmentAccount)
+                        .requested_by(
+                            EnvironmentAccountConnectionRequesterAccountType::EnvironmentAccount,
+                        )
                         .environment_name(environment_name)
                         .set_next_token(next.take())
                         .send(),
@@ -447,7 +500,12 @@ impl Proton {
         }
     }
 
-    pub async fn tag(&self, region: Option<&str>, arn: &str, tags: &Tags) -> Result<(), ProtonError> {
+    pub async fn tag(
+        &self,
+        region: Option<&str>,
+        arn: &str,
+        tags: &Tags,
+    ) -> Result<(), ProtonError> {
         let client = self.client(region);
         self.call(
             "TagResource",
@@ -461,7 +519,12 @@ impl Proton {
         .map(|_| ())
     }
 
-    pub async fn untag(&self, region: Option<&str>, arn: &str, keys: &[String]) -> Result<(), ProtonError> {
+    pub async fn untag(
+        &self,
+        region: Option<&str>,
+        arn: &str,
+        keys: &[String],
+    ) -> Result<(), ProtonError> {
         let client = self.client(region);
         self.call(
             "UntagResource",
@@ -479,17 +542,23 @@ impl Proton {
 fn to_sdk_tags(tags: &Tags) -> Result<Vec<Tag>, ProtonError> {
     tags.iter()
         .map(|(k, v)| {
-            Tag::builder().key(k).value(v).build().map_err(|e| ProtonError {
-                operation: "TagResource",
-                class: ErrorClass::Validation,
-                code: "InvalidTag".into(),
-                message: e.to_string(),
-            })
+            Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+                .map_err(|e| ProtonError {
+                    operation: "TagResource",
+                    class: ErrorClass::Validation,
+                    code: "InvalidTag".into(),
+                    message: e.to_string(),
+                })
         })
         .collect()
 }
 
-fn from_sdk_state(state: &EnvironmentAccountConnectionStatus) -> Result<ConnectionState, ProtonError> {
+fn from_sdk_state(
+    state: &EnvironmentAccountConnectionStatus,
+) -> Result<ConnectionState, ProtonError> {
     match state {
         EnvironmentAccountConnectionStatus::Pending => Ok(ConnectionState::Pending),
         EnvironmentAccountConnectionStatus::Connected => Ok(ConnectionState::Connected),
@@ -498,7 +567,10 @@ fn from_sdk_state(state: &EnvironmentAccountConnectionStatus) -> Result<Connecti
             operation: "GetEnvironmentAccountConnection",
             class: ErrorClass::Other,
             code: "UnknownStatus".into(),
-            message: format!("Proton reported an unknown connection status {:?}", other.as_str()),
+            message: format!(
+                "Proton reported an unknown connection status {:?}",
+                other.as_str()
+            ),
         }),
     }
 }
@@ -519,7 +591,9 @@ fn connection_of(
     }
 }
 
-fn from_sdk_connection(c: &aws_sdk_proton::types::EnvironmentAccountConnection) -> Result<Connection, ProtonError> {
+fn from_sdk_connection(
+    c: &aws_sdk_proton::types::EnvironmentAccountConnection,
+) -> Result<Connection, ProtonError> {
     Ok(Connection {
         id: c.id().to_string(),
         arn: c.arn().to_string(),
@@ -545,7 +619,8 @@ fn non_empty(s: &str) -> Option<String> {
 fn rfc3339(t: &aws_smithy_types::DateTime) -> String {
     // Whole seconds: the status must not change when nothing but sub-second noise does.
     let secs = aws_smithy_types::DateTime::from_secs(t.secs());
-    secs.fmt(Format::DateTime).unwrap_or_else(|_| t.secs().to_string())
+    secs.fmt(Format::DateTime)
+        .unwrap_or_else(|_| t.secs().to_string())
 }
 
 #[cfg(test)]
@@ -556,12 +631,32 @@ mod tests {
     fn every_model_error_is_classified() {
         let cases = [
             ("ThrottlingException", ErrorClass::Throttled, Retry::Backoff),
-            ("InternalServerException", ErrorClass::Transient, Retry::Backoff),
-            ("AccessDeniedException", ErrorClass::AccessDenied, Retry::Slow),
-            ("ValidationException", ErrorClass::Validation, Retry::Terminal),
-            ("ServiceQuotaExceededException", ErrorClass::QuotaExceeded, Retry::Terminal),
+            (
+                "InternalServerException",
+                ErrorClass::Transient,
+                Retry::Backoff,
+            ),
+            (
+                "AccessDeniedException",
+                ErrorClass::AccessDenied,
+                Retry::Slow,
+            ),
+            (
+                "ValidationException",
+                ErrorClass::Validation,
+                Retry::Terminal,
+            ),
+            (
+                "ServiceQuotaExceededException",
+                ErrorClass::QuotaExceeded,
+                Retry::Terminal,
+            ),
             ("ConflictException", ErrorClass::Conflict, Retry::Terminal),
-            ("ResourceNotFoundException", ErrorClass::NotFound, Retry::Terminal),
+            (
+                "ResourceNotFoundException",
+                ErrorClass::NotFound,
+                Retry::Terminal,
+            ),
             ("SomethingNew", ErrorClass::Other, Retry::Backoff),
         ];
         for (code, class, retry) in cases {

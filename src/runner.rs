@@ -34,8 +34,14 @@ pub enum RunError {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot reach the Kubernetes API server {server} (configuration from {tried}): {reason}")]
-    KubeUnreachable { server: String, tried: String, reason: String },
+    #[error(
+        "cannot reach the Kubernetes API server {server} (configuration from {tried}): {reason}"
+    )]
+    KubeUnreachable {
+        server: String,
+        tried: String,
+        reason: String,
+    },
     #[error("no AWS region: pass --region (or EAC_REGION), or set AWS_REGION / a profile region")]
     NoRegion,
     #[error("cannot start the embedded Proton emulator: {0}")]
@@ -47,7 +53,11 @@ pub enum RunError {
         source: std::io::Error,
     },
     #[error("leader election on Lease {namespace}/{name} failed: {reason}")]
-    LeaderElection { namespace: String, name: String, reason: String },
+    LeaderElection {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
 }
 
 /// Where the Kubernetes configuration was looked for, for error messages.
@@ -57,7 +67,9 @@ fn kubeconfig_tried() -> String {
     {
         return format!("KUBECONFIG={path}");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     format!(
         "{} (no KUBECONFIG set), then the in-cluster service account",
         home.join(".kube").join("config").display()
@@ -66,10 +78,12 @@ fn kubeconfig_tried() -> String {
 
 async fn kube_client() -> Result<Client, RunError> {
     let tried = kubeconfig_tried();
-    let config = kube::Config::infer().await.map_err(|source| RunError::KubeConfig {
-        tried: tried.clone(),
-        source,
-    })?;
+    let config = kube::Config::infer()
+        .await
+        .map_err(|source| RunError::KubeConfig {
+            tried: tried.clone(),
+            source,
+        })?;
     let server = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|source| RunError::KubeClient {
         tried: tried.clone(),
@@ -130,7 +144,10 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
                 loader = loader.region(aws_config::Region::new(region.clone()));
             }
             let sdk = loader.load().await;
-            let region = sdk.region().map(|r| r.to_string()).ok_or(RunError::NoRegion)?;
+            let region = sdk
+                .region()
+                .map(|r| r.to_string())
+                .ok_or(RunError::NoRegion)?;
             let endpoint = match &endpoint {
                 Endpoint::Url(url) => Some(url.clone()),
                 _ => None,
@@ -166,12 +183,17 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
     });
 
     let readiness = Readiness::default();
-    let (addr, http_task) = http::serve(args.metrics_addr, metrics.clone(), readiness.clone(), wait_stop(stop_rx.clone()))
-        .await
-        .map_err(|source| RunError::Http {
-            addr: args.metrics_addr,
-            source,
-        })?;
+    let (addr, http_task) = http::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        readiness.clone(),
+        wait_stop(stop_rx.clone()),
+    )
+    .await
+    .map_err(|source| RunError::Http {
+        addr: args.metrics_addr,
+        source,
+    })?;
     info!(%addr, "serving /metrics, /healthz, /readyz");
 
     let scope = WatchScope {
@@ -234,7 +256,11 @@ async fn lead_then_run(
     let namespace = args
         .leader_election_namespace
         .clone()
-        .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
         .unwrap_or_else(|| "default".into());
     let identity = identity();
     let lease_error = |reason: String| RunError::LeaderElection {
@@ -281,7 +307,13 @@ async fn lead_then_run(
                 }
             }
         };
-        let controller = run_controller(ctx.clone(), scope.clone(), args.concurrency, readiness.clone(), wait_stop(stop_rx.clone()));
+        let controller = run_controller(
+            ctx.clone(),
+            scope.clone(),
+            args.concurrency,
+            readiness.clone(),
+            wait_stop(stop_rx.clone()),
+        );
         tokio::select! {
             _ = controller => break,
             _ = lost => {

@@ -254,7 +254,7 @@ async fn get_returns_what_create_made() {
 }
 
 #[tokio::test]
-async fn update_changes_only_the_roles_given() {
+async fn update_replaces_the_optional_roles_and_keeps_an_absent_service_role() {
     let Emu { emu: _emu, client } = start().await;
     let created = create(&client, "dev").await;
     let updated = client
@@ -266,7 +266,7 @@ async fn update_changes_only_the_roles_given() {
         .unwrap()
         .environment_account_connection
         .unwrap();
-    assert_eq!(updated.role_arn, ROLE, "an absent member is left unchanged");
+    assert_eq!(updated.role_arn, ROLE, "an absent roleArn is left unchanged");
     assert_eq!(updated.component_role_arn.as_deref(), Some(COMPONENT_ROLE));
     assert_eq!(updated.codebuild_role_arn, None);
     assert_eq!(updated.requested_at, created.requested_at);
@@ -286,7 +286,10 @@ async fn update_changes_only_the_roles_given() {
         .unwrap();
     assert_eq!(again.role_arn, new_role);
     assert_eq!(again.codebuild_role_arn.as_deref(), Some(CODEBUILD_ROLE));
-    assert_eq!(again.component_role_arn.as_deref(), Some(COMPONENT_ROLE));
+    assert_eq!(
+        again.component_role_arn, None,
+        "an optional role absent from the request is cleared"
+    );
 }
 
 #[tokio::test]
@@ -443,6 +446,27 @@ async fn same_client_token_returns_the_same_connection_until_it_is_deleted() {
         .unwrap();
     assert_ne!(third.id, first.id, "a deleted connection frees its token");
     assert_eq!(emu.state().connections().len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_creates_with_one_token_make_one_connection() {
+    let Emu { emu, client } = start().await;
+    let sends = (0..8).map(|_| {
+        client
+            .create_environment_account_connection()
+            .environment_name("race")
+            .management_account_id(MGMT)
+            .client_token("same-uid")
+            .send()
+    });
+    let ids: Vec<String> = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|out| out.unwrap().environment_account_connection.unwrap().id)
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert_eq!(emu.state().connections().len(), 1);
+    assert_eq!(emu.state().calls().count(CREATE), 8);
 }
 
 #[tokio::test]
@@ -1603,6 +1627,18 @@ async fn changes_made_behind_the_api_s_back_show_through_it() {
             .unwrap_err()
             .contains("could not be found")
     );
+}
+
+#[tokio::test]
+async fn start_refuses_an_account_id_that_cannot_make_arns() {
+    let config = EmulatorConfig {
+        account_id: "not-an-account".into(),
+        ..EmulatorConfig::default()
+    };
+    let Err(err) = RunningEmulator::start("127.0.0.1:0".parse().unwrap(), config).await else {
+        panic!("a bad account id was accepted");
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
 
 #[tokio::test]

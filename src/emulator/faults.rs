@@ -190,14 +190,17 @@ impl FaultState {
         let queue = self.scripted.get_mut(operation)?;
         let front = queue.front_mut()?;
         let kind = ErrorKind::from_type_name(&front.error_type);
-        front.remaining -= 1;
+        front.remaining = front.remaining.saturating_sub(1);
         if front.remaining == 0 {
             queue.pop_front();
         }
-        let message = match kind {
-            ErrorKind::Throttling => "Rate exceeded (injected by proton-emulator: fail_next)",
-            _ => "Injected by proton-emulator: fail_next",
+        let what = match &kind {
+            ErrorKind::Throttling => "Rate exceeded",
+            ErrorKind::InternalServer => "Internal server error",
+            ErrorKind::AccessDenied => "Access denied",
+            other => other.type_name(),
         };
+        let message = format!("{what} (injected by proton-emulator: fail_next)");
         Some(ApiError::new(kind, message))
     }
 

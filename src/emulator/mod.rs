@@ -2,22 +2,23 @@
 //! 1.0), for the ten environment-account-connection operations, so the unmodified
 //! `aws-sdk-proton` client (or boto3) can be pointed at it.
 //!
-//! - [`store`] is the service's state machine, plain data behind one mutex.
-//! - [`validate`] enforces the constraints of the Proton API model.
-//! - [`faults`] injects throttling, errors, latency and denials, and counts calls.
-//! - [`server`] serves it all over HTTP (axum); [`RunningEmulator`] is the handle tests use.
+//! - `store` is the service's state machine, plain data behind one mutex; `validate` enforces
+//!   the constraints of the Proton API model; `operations` joins the two; `wire` is the
+//!   awsJson encoding.
+//! - `faults` injects throttling, errors, latency and denials, and counts calls.
+//! - `server` serves it all over HTTP (axum); [`RunningEmulator`] is the handle tests use.
 //!
 //! Besides the API on `POST /`, the server answers `GET /_emulator/calls` (call counts),
 //! `GET`/`PUT /_emulator/faults` (the faults in force) and `POST /_emulator/fail-next`
 //! (`{"operation", "errorType", "count"}`), for tests that run the binary.
 
-pub mod error;
-pub mod faults;
-pub mod operations;
-pub mod server;
-pub mod store;
-pub mod validate;
-pub mod wire;
+mod error;
+mod faults;
+mod operations;
+mod server;
+mod store;
+mod validate;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -25,10 +26,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-pub use error::{ApiError, ErrorKind};
 pub use faults::{CallCounts, Faults, FaultsDocument};
 pub use server::RunningEmulator;
 
+use error::{ApiError, ErrorKind};
 use faults::FaultState;
 use store::{Connection, Millis, Store};
 use wire::Operation;

@@ -135,10 +135,6 @@ impl Store {
         }
     }
 
-    pub fn account_id(&self) -> &str {
-        &self.account_id
-    }
-
     fn tick(&mut self, now: Millis) -> Millis {
         self.clock = now.max(self.clock + 1);
         self.clock
@@ -239,16 +235,15 @@ impl Store {
                 req.id
             )));
         }
+        // The request states the connection's complete set of optional roles: an absent
+        // codebuild or component role is cleared (the only way the API can remove one). The
+        // service role is required on every connection, so an absent roleArn keeps it.
         let mut next = current.clone();
         if req.role_arn.is_some() {
             next.role_arn = req.role_arn;
         }
-        if req.codebuild_role_arn.is_some() {
-            next.codebuild_role_arn = req.codebuild_role_arn;
-        }
-        if req.component_role_arn.is_some() {
-            next.component_role_arn = req.component_role_arn;
-        }
+        next.codebuild_role_arn = req.codebuild_role_arn;
+        next.component_role_arn = req.component_role_arn;
         if next != *current {
             next.last_modified_at = self.tick(now);
         }
@@ -406,7 +401,7 @@ fn encode_token(position: &str) -> String {
 }
 
 fn decode_token(token: &str) -> Option<String> {
-    if token.is_empty() || token.len() % 2 != 0 {
+    if token.is_empty() || !token.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..token.len())
@@ -544,7 +539,7 @@ mod tests {
     }
 
     #[test]
-    fn update_changes_only_given_members_and_bumps_time_only_on_change() {
+    fn update_replaces_optional_roles_keeps_service_role_and_bumps_time_only_on_change() {
         let mut s = store();
         let c = s.create(create("dev", None), 10).unwrap();
         let same = s

@@ -1,0 +1,398 @@
+//! Controller scenarios: the real reconcile against an in-memory API server (tower-test) and the
+//! Proton emulator over HTTP on 127.0.0.1. One scenario per test, named after what the user sees.
+
+mod support;
+
+use eac_controller::api::{ConnectionState, FINALIZER, TAG_NAME, TAG_NAMESPACE, TAG_UID};
+use support::{Env, condition, spec};
+
+const UID: &str = "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f";
+const CREATE: &str = "CreateEnvironmentAccountConnection";
+const GET: &str = "GetEnvironmentAccountConnection";
+const DELETE: &str = "DeleteEnvironmentAccountConnection";
+const LIST: &str = "ListEnvironmentAccountConnections";
+
+#[tokio::test]
+async fn a_new_resource_gets_a_pending_connection_and_a_full_status() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+
+    env.reconcile("prod").await.unwrap();
+
+    let obj = env.api.get("prod").unwrap();
+    assert!(
+        obj.metadata
+            .finalizers
+            .as_ref()
+            .unwrap()
+            .contains(&FINALIZER.to_string())
+    );
+    let conns = env.proton().connections();
+    assert_eq!(conns.len(), 1);
+    let c = &conns[0];
+    assert_eq!(
+        c.client_token.as_deref(),
+        Some(UID),
+        "clientToken must be the uid"
+    );
+    assert_eq!(c.tags.get(TAG_UID).map(String::as_str), Some(UID));
+    assert_eq!(
+        c.tags.get(TAG_NAMESPACE).map(String::as_str),
+        Some("platform")
+    );
+    assert_eq!(c.tags.get(TAG_NAME).map(String::as_str), Some("prod"));
+    assert_eq!(
+        c.role_arn.as_deref(),
+        Some("arn:aws:iam::444455556666:role/proton-env")
+    );
+
+    let status = obj.status.clone().unwrap();
+    assert_eq!(status.id.as_deref(), Some(c.id.as_str()));
+    assert_eq!(status.arn.as_deref(), Some(c.arn.as_str()));
+    assert_eq!(status.status, Some(ConnectionState::Pending));
+    assert_eq!(
+        status.environment_account_id.as_deref(),
+        Some("444455556666")
+    );
+    assert_eq!(status.observed_generation, Some(1));
+    assert!(
+        status
+            .requested_at
+            .as_deref()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    assert!(status.last_modified_at.is_some());
+    assert_eq!(condition(&obj, "Ready").unwrap().0, "False");
+    assert_eq!(condition(&obj, "Ready").unwrap().1, "Pending");
+    assert_eq!(condition(&obj, "Synced").unwrap().0, "True");
+    assert_eq!(condition(&obj, "Stalled").unwrap().0, "False");
+    assert_eq!(env.calls(CREATE), 1);
+    assert_eq!(env.api.event_reasons(), vec!["Created"]);
+}
+
+#[tokio::test]
+async fn the_finalizer_is_written_before_the_first_create() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+
+    let writes: Vec<_> = env
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/environmentaccountconnections/"))
+        .collect();
+    // First write: the guarded finalizer patch; only then the status (after the Create).
+    assert_eq!(writes[0].method, http::Method::PATCH);
+    assert!(!writes[0].path.ends_with("/status"));
+    assert_eq!(writes[0].body[1]["value"][0], FINALIZER);
+    assert!(writes[1].path.ends_with("/status"));
+}
+
+#[tokio::test]
+async fn a_crash_between_create_and_status_write_still_yields_one_connection() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.api.fail_status_writes(1);
+
+    assert!(
+        env.reconcile("prod").await.is_err(),
+        "the status write failed"
+    );
+    assert!(env.api.get("prod").unwrap().status.is_none());
+    env.resync("prod").await.unwrap();
+
+    assert_eq!(
+        env.calls(CREATE),
+        2,
+        "the retry sends Create again, with the same token"
+    );
+    let conns = env.proton().connections();
+    assert_eq!(
+        conns.len(),
+        1,
+        "the same client token returns the same connection"
+    );
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(conns[0].id.as_str()));
+}
+
+#[tokio::test]
+async fn acceptance_makes_the_resource_connected_and_ready() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    let id = env.proton().connections()[0].id.clone();
+
+    env.proton().accept(&id).unwrap();
+    env.resync("prod").await.unwrap();
+
+    let obj = env.api.get("prod").unwrap();
+    assert_eq!(
+        obj.status.as_ref().unwrap().status,
+        Some(ConnectionState::Connected)
+    );
+    assert_eq!(condition(&obj, "Ready").unwrap().0, "True");
+    assert_eq!(condition(&obj, "Ready").unwrap().1, "Connected");
+    assert_eq!(env.calls(CREATE), 1);
+    assert_eq!(env.api.event_reasons(), vec!["Created", "Connected"]);
+}
+
+#[tokio::test]
+async fn rejection_is_reported_as_stalled() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    let id = env.proton().connections()[0].id.clone();
+
+    env.proton().reject(&id).unwrap();
+    env.resync("prod").await.unwrap();
+
+    let obj = env.api.get("prod").unwrap();
+    assert_eq!(
+        obj.status.as_ref().unwrap().status,
+        Some(ConnectionState::Rejected)
+    );
+    assert_eq!(condition(&obj, "Ready").unwrap().0, "False");
+    assert_eq!(condition(&obj, "Ready").unwrap().1, "Rejected");
+    assert_eq!(condition(&obj, "Stalled").unwrap().0, "True");
+    assert_eq!(
+        env.api.event_reasons().last().map(String::as_str),
+        Some("Rejected")
+    );
+
+    // A REJECTED connection costs one Get per resync and nothing else.
+    let before = env.total_calls();
+    let writes = env.api.resource_writes();
+    env.resync("prod").await.unwrap();
+    assert_eq!(env.total_calls() - before, 1);
+    assert_eq!(env.calls(GET), 2);
+    assert_eq!(env.api.resource_writes(), writes);
+}
+
+#[tokio::test]
+async fn an_idle_connected_resource_costs_one_get_and_no_write() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    env.proton()
+        .accept(&env.proton().connections()[0].id)
+        .unwrap();
+    env.resync("prod").await.unwrap();
+
+    let calls = env.total_calls();
+    let writes = env.api.resource_writes();
+    let events = env.api.event_reasons().len();
+    env.resync("prod").await.unwrap();
+
+    assert_eq!(env.total_calls() - calls, 1);
+    assert_eq!(env.calls(GET), 2);
+    assert_eq!(
+        env.api.resource_writes(),
+        writes,
+        "nothing changed, nothing written"
+    );
+    assert_eq!(env.api.event_reasons().len(), events);
+}
+
+#[tokio::test]
+async fn a_reconcile_triggered_by_the_controllers_own_status_write_does_nothing() {
+    let env = Env::start_with(
+        eac_controller::decide::Settings {
+            resync: std::time::Duration::from_secs(600),
+            pending_poll: std::time::Duration::from_secs(30),
+            default_region: "us-east-1".into(),
+        },
+        eac_controller::budget::CallBudget::unlimited(),
+    )
+    .await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    let calls = env.total_calls();
+    let requests = env.api.requests().len();
+
+    // The status write wakes the watch; the resulting reconcile must cost nothing.
+    let action = env.reconcile("prod").await.unwrap();
+
+    assert_eq!(env.total_calls(), calls);
+    assert_eq!(env.api.requests().len(), requests);
+    let text = format!("{action:?}");
+    assert!(text.contains("requeue_after: Some"), "{text}");
+}
+
+#[tokio::test]
+async fn deleting_the_resource_deletes_the_connection_then_releases_it() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+
+    env.api.delete("prod");
+    env.reconcile("prod").await.unwrap();
+
+    assert!(env.proton().connections().is_empty());
+    assert!(
+        env.api.get("prod").is_none(),
+        "finalizer removed, resource gone"
+    );
+    assert_eq!(env.calls(DELETE), 1);
+    assert_eq!(env.calls(LIST), 0, "the recorded id is enough");
+    assert_eq!(env.api.event_reasons(), vec!["Created", "Deleted"]);
+}
+
+#[tokio::test]
+async fn deleting_when_the_connection_is_already_gone_releases_the_resource() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    let id = env.proton().connections()[0].id.clone();
+    assert!(env.proton().delete_out_of_band(&id));
+
+    env.api.delete("prod");
+    env.reconcile("prod").await.unwrap();
+
+    assert!(env.api.get("prod").is_none(), "NotFound counts as deleted");
+}
+
+#[tokio::test]
+async fn deleting_when_the_id_never_reached_the_status_finds_and_deletes_the_connection() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    // Another connection in the same environment that is not ours must survive.
+    env.api
+        .create("other", "11111111-2222-3333-4444-555555555555", {
+            let mut s = spec("prod");
+            s.management_account_id = "999988887777".into();
+            s
+        });
+    env.reconcile("other").await.unwrap();
+    env.api.fail_status_writes(1);
+    assert!(env.reconcile("prod").await.is_err());
+    assert!(env.api.get("prod").unwrap().status.is_none());
+    assert_eq!(env.proton().connections().len(), 2);
+
+    env.api.delete("prod");
+    env.resync("prod").await.unwrap();
+
+    let left = env.proton().connections();
+    assert_eq!(left.len(), 1, "ours is deleted");
+    assert_eq!(
+        left[0].management_account_id, "999988887777",
+        "theirs is kept"
+    );
+    assert!(env.api.get("prod").is_none());
+    assert_eq!(env.calls(LIST), 1);
+}
+
+#[tokio::test]
+async fn a_resource_whose_create_never_succeeded_is_released_on_delete() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.proton().fail_next(CREATE, "ValidationException", 1);
+    env.reconcile("prod").await.unwrap();
+    assert!(env.proton().connections().is_empty());
+
+    env.api.delete("prod");
+    env.resync("prod").await.unwrap();
+
+    assert!(env.api.get("prod").is_none());
+    assert_eq!(env.calls(DELETE), 0, "nothing to delete");
+}
+
+#[tokio::test]
+async fn throttling_is_reported_then_retried_to_success() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.proton().fail_next(CREATE, "ThrottlingException", 2);
+
+    env.reconcile("prod").await.unwrap();
+    let obj = env.api.get("prod").unwrap();
+    let synced = condition(&obj, "Synced").unwrap();
+    assert_eq!(
+        (synced.0.as_str(), synced.1.as_str()),
+        ("False", "Throttled")
+    );
+    assert_eq!(
+        condition(&obj, "Stalled").unwrap().0,
+        "False",
+        "throttling is not terminal"
+    );
+
+    env.resync("prod").await.unwrap();
+    env.resync("prod").await.unwrap();
+
+    let obj = env.api.get("prod").unwrap();
+    assert_eq!(
+        obj.status.as_ref().unwrap().status,
+        Some(ConnectionState::Pending)
+    );
+    assert_eq!(condition(&obj, "Synced").unwrap().0, "True");
+    assert_eq!(env.proton().connections().len(), 1);
+    // The same error twice in a row is one Event.
+    let reasons = env.api.event_reasons();
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "Throttled").count(),
+        1,
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_terminal_error_stalls_the_resource_with_the_aws_message() {
+    let env = Env::start().await;
+    env.api.create("first", UID, spec("prod"));
+    env.reconcile("first").await.unwrap();
+    // A second resource for the same environment and management account: Proton refuses it.
+    env.api.create(
+        "second",
+        "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+        spec("prod"),
+    );
+
+    env.reconcile("second").await.unwrap();
+
+    let obj = env.api.get("second").unwrap();
+    let synced = condition(&obj, "Synced").unwrap();
+    assert_eq!(
+        (synced.0.as_str(), synced.1.as_str()),
+        ("False", "Conflict")
+    );
+    assert!(
+        synced.2.contains("already exists"),
+        "the AWS message is shown: {}",
+        synced.2
+    );
+    assert_eq!(condition(&obj, "Stalled").unwrap().0, "True");
+    assert_eq!(condition(&obj, "Ready").unwrap().1, "Conflict");
+    assert_eq!(env.proton().connections().len(), 1);
+
+    // Retried at the next resync; the same error is not announced twice.
+    env.resync("second").await.unwrap();
+    let conflicts = env
+        .api
+        .event_reasons()
+        .iter()
+        .filter(|r| *r == "Conflict")
+        .count();
+    assert_eq!(conflicts, 1);
+}
+
+#[tokio::test]
+async fn access_denied_is_reported_and_not_hot_looped() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    let mut faults = eac_controller::emulator::Faults::default();
+    faults.deny.insert(CREATE.to_string());
+    env.proton().set_faults(faults);
+
+    let action = env.reconcile("prod").await.unwrap();
+
+    let obj = env.api.get("prod").unwrap();
+    assert_eq!(condition(&obj, "Synced").unwrap().1, "AccessDenied");
+    assert_eq!(condition(&obj, "Ready").unwrap().1, "AccessDenied");
+    // The watch event of our own status write must not cause another attempt before the
+    // slow retry interval.
+    let before = env.calls(CREATE);
+    env.reconcile("prod").await.unwrap();
+    assert_eq!(env.calls(CREATE), before);
+    assert!(format!("{action:?}").contains("requeue_after: Some"));
+}
