@@ -210,9 +210,19 @@ async fn reconcile_inner(
     let mut observed = Observed::Nothing;
     let mut finalizers = obj.finalizers().to_vec();
 
+    // Mutations already sent in this reconcile: asking for the same one again means Proton
+    // accepted it without applying it, and repeating it would only loop.
+    let mut sent: Vec<Step> = Vec::new();
     for _ in 0..MAX_STEPS {
-        let step = decide::decide(&resource, &observed, &ctx.settings, now());
+        let mut step = decide::decide(&resource, &observed, &ctx.settings, now());
         debug!(?step, "next step");
+        if step.is_mutation() {
+            if sent.contains(&step) {
+                step = Step::Fail(decide::not_applied(&step));
+            } else {
+                sent.push(step.clone());
+            }
+        }
         let result =
             match &step {
                 Step::AddFinalizer => {

@@ -736,3 +736,31 @@ pub fn retry_after(problem: &Problem, attempt: u32, settings: &Settings, jitter:
         Retry::Terminal => settings.resync,
     }
 }
+
+impl Step {
+    /// Whether the step changes something in Proton.
+    pub fn is_mutation(&self) -> bool {
+        matches!(
+            self,
+            Step::Create { .. } | Step::Update { .. } | Step::Tag { .. } | Step::Untag { .. } | Step::Delete { .. }
+        )
+    }
+}
+
+/// The failure for a mutation Proton accepted but did not apply (asked for twice in one reconcile).
+pub fn not_applied(step: &Step) -> Failure {
+    let what = match step {
+        Step::Update { .. } => "UpdateEnvironmentAccountConnection (role ARNs)",
+        Step::Tag { .. } => "TagResource",
+        Step::Untag { .. } => "UntagResource",
+        Step::Create { .. } => "CreateEnvironmentAccountConnection",
+        Step::Delete { .. } => "DeleteEnvironmentAccountConnection",
+        _ => "the change",
+    };
+    Failure {
+        reason: "NotApplied",
+        message: format!(
+            "Proton accepted {what} but still reports the old values; not repeating it until the spec changes or the next resync"
+        ),
+    }
+}

@@ -1,0 +1,441 @@
+//! Full-lifecycle scenarios: updates, tags, Retain, adoption, drift, Events, the AWS call budget.
+//! Real reconcile, in-memory API server (tower-test), Proton emulator over HTTP on 127.0.0.1.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use eac_controller::api::{
+    ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, TAG_NAME, TAG_NAMESPACE, TAG_UID,
+};
+use eac_controller::budget::CallBudget;
+use eac_controller::emulator::Faults;
+use support::{Env, condition, eager_settings, spec};
+
+const UID: &str = "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f";
+const CREATE: &str = "CreateEnvironmentAccountConnection";
+const UPDATE: &str = "UpdateEnvironmentAccountConnection";
+const TAG: &str = "TagResource";
+const UNTAG: &str = "UntagResource";
+const LIST_TAGS: &str = "ListTagsForResource";
+const DELETE: &str = "DeleteEnvironmentAccountConnection";
+const CODEBUILD: &str = "arn:aws:iam::444455556666:role/codebuild";
+const COMPONENT: &str = "arn:aws:iam::444455556666:role/component";
+
+async fn created(env: &Env, name: &str) -> String {
+    env.api.create(name, UID, spec("prod"));
+    env.reconcile(name).await.unwrap();
+    env.proton().connections()[0].id.clone()
+}
+
+#[tokio::test]
+async fn changing_role_arns_updates_the_connection_once() {
+    let env = Env::start().await;
+    let id = created(&env, "prod").await;
+
+    env.api.edit("prod", |o| {
+        o.spec.role_arn = Some("arn:aws:iam::444455556666:role/new-env".into());
+        o.spec.codebuild_role_arn = Some(CODEBUILD.into());
+        o.spec.component_role_arn = Some(COMPONENT.into());
+    });
+    env.reconcile("prod").await.unwrap();
+
+    assert_eq!(env.calls(UPDATE), 1);
+    assert_eq!(env.calls(CREATE), 1, "no second connection");
+    let c = &env.proton().connections()[0];
+    assert_eq!(c.id, id);
+    assert_eq!(
+        c.role_arn.as_deref(),
+        Some("arn:aws:iam::444455556666:role/new-env")
+    );
+    assert_eq!(c.codebuild_role_arn.as_deref(), Some(CODEBUILD));
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(
+        status.role_arn.as_deref(),
+        Some("arn:aws:iam::444455556666:role/new-env")
+    );
+    assert_eq!(status.codebuild_role_arn.as_deref(), Some(CODEBUILD));
+    assert_eq!(status.component_role_arn.as_deref(), Some(COMPONENT));
+    assert_eq!(status.observed_generation, Some(2));
+    assert!(env.api.event_reasons().contains(&"Updated".to_string()));
+
+    // Removing one is an update too.
+    env.api.edit("prod", |o| o.spec.component_role_arn = None);
+    env.reconcile("prod").await.unwrap();
+    assert_eq!(env.calls(UPDATE), 2);
+    assert_eq!(env.proton().connections()[0].component_role_arn, None);
+    assert_eq!(
+        env.api
+            .get("prod")
+            .unwrap()
+            .status
+            .unwrap()
+            .component_role_arn,
+        None
+    );
+}
+
+#[tokio::test]
+async fn role_arns_changed_out_of_band_are_set_back() {
+    let env = Env::start().await;
+    let id = created(&env, "prod").await;
+    // Someone edits the connection behind the controller's back (through the API).
+    let client = support_client(&env).await;
+    #[allow(deprecated)]
+    client
+        .update_environment_account_connection()
+        .id(&id)
+        .role_arn("arn:aws:iam::444455556666:role/intruder")
+        .send()
+        .await
+        .unwrap();
+
+    env.resync("prod").await.unwrap();
+
+    assert_eq!(
+        env.proton().connections()[0].role_arn.as_deref(),
+        Some("arn:aws:iam::444455556666:role/proton-env")
+    );
+}
+
+#[tokio::test]
+async fn spec_tags_and_ownership_tags_are_kept_and_only_the_difference_is_sent() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, {
+        let mut s = spec("prod");
+        s.tags = BTreeMap::from([
+            ("team".into(), "payments".into()),
+            ("tier".into(), "gold".into()),
+        ]);
+        s
+    });
+    env.reconcile("prod").await.unwrap();
+    let c = &env.proton().connections()[0];
+    assert_eq!(c.tags.get("team").map(String::as_str), Some("payments"));
+    for key in [TAG_UID, TAG_NAMESPACE, TAG_NAME] {
+        assert!(c.tags.contains_key(key), "{key}");
+    }
+    assert_eq!(env.calls(TAG), 0, "Create carried the tags");
+    assert_eq!(env.calls(LIST_TAGS), 0, "tags sent with Create are known");
+
+    // An out-of-band tag the spec never had must survive.
+    let client = support_client(&env).await;
+    #[allow(deprecated)]
+    client
+        .tag_resource()
+        .resource_arn(&c.arn)
+        .tags(
+            aws_sdk_proton::types::Tag::builder()
+                .key("cost-center")
+                .value("42")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let tags_before = env.calls(TAG);
+    env.api.edit("prod", |o| {
+        o.spec.tags.insert("team".into(), "billing".into());
+        o.spec.tags.remove("tier");
+    });
+    env.reconcile("prod").await.unwrap();
+
+    let tags = &env.proton().connections()[0].tags;
+    assert_eq!(tags.get("team").map(String::as_str), Some("billing"));
+    assert!(
+        !tags.contains_key("tier"),
+        "removed from the spec, so untagged"
+    );
+    assert_eq!(
+        tags.get("cost-center").map(String::as_str),
+        Some("42"),
+        "not ours: left alone"
+    );
+    assert!(tags.contains_key(TAG_UID));
+    assert_eq!(
+        env.calls(TAG) - tags_before,
+        1,
+        "one TagResource for the changed value"
+    );
+    assert_eq!(env.calls(UNTAG), 1, "one UntagResource for the removed key");
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(status.applied_tag_keys, vec!["team".to_string()]);
+    assert!(env.api.event_reasons().contains(&"TagsUpdated".to_string()));
+}
+
+#[tokio::test]
+async fn retain_keeps_the_connection_and_removes_the_ownership_tags() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, {
+        let mut s = spec("prod");
+        s.deletion_policy = DeletionPolicy::Retain;
+        s.tags = BTreeMap::from([("team".into(), "payments".into())]);
+        s
+    });
+    env.reconcile("prod").await.unwrap();
+
+    env.api.delete("prod");
+    env.reconcile("prod").await.unwrap();
+
+    assert!(env.api.get("prod").is_none(), "resource released");
+    let conns = env.proton().connections();
+    assert_eq!(conns.len(), 1, "connection kept");
+    assert_eq!(env.calls(DELETE), 0);
+    for key in [TAG_UID, TAG_NAMESPACE, TAG_NAME] {
+        assert!(
+            !conns[0].tags.contains_key(key),
+            "{key} removed so another resource may adopt it"
+        );
+    }
+    assert_eq!(
+        conns[0].tags.get("team").map(String::as_str),
+        Some("payments")
+    );
+    assert!(env.api.event_reasons().contains(&"Retained".to_string()));
+}
+
+#[tokio::test]
+async fn adoption_takes_over_an_existing_connection_without_create() {
+    let env = Env::start().await;
+    let existing = existing_connection(&env, "prod", "111122223333").await;
+
+    env.api.create("prod", UID, spec("prod"));
+    env.api.edit("prod", |o| {
+        o.metadata.annotations = Some(BTreeMap::from([(
+            ADOPT_ANNOTATION.to_string(),
+            existing.clone(),
+        )]));
+    });
+    env.reconcile("prod").await.unwrap();
+
+    assert_eq!(env.calls(CREATE), 1, "only the setup's own Create");
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(existing.as_str()));
+    assert_eq!(status.status, Some(ConnectionState::Pending));
+    let c = &env.proton().connections()[0];
+    assert_eq!(
+        c.tags.get(TAG_UID).map(String::as_str),
+        Some(UID),
+        "ownership tags applied"
+    );
+    assert_eq!(
+        c.role_arn.as_deref(),
+        Some("arn:aws:iam::444455556666:role/proton-env")
+    );
+    assert!(env.api.event_reasons().contains(&"Adopted".to_string()));
+}
+
+#[tokio::test]
+async fn adoption_of_a_connection_for_another_environment_is_refused() {
+    let env = Env::start().await;
+    let existing = existing_connection(&env, "staging", "111122223333").await;
+    let tags_before = env.proton().connections()[0].tags.clone();
+
+    env.api.create("prod", UID, spec("prod"));
+    env.api.edit("prod", |o| {
+        o.metadata.annotations = Some(BTreeMap::from([(
+            ADOPT_ANNOTATION.to_string(),
+            existing.clone(),
+        )]));
+    });
+    env.reconcile("prod").await.unwrap();
+
+    let obj = env.api.get("prod").unwrap();
+    let stalled = condition(&obj, "Stalled").unwrap();
+    assert_eq!(
+        (stalled.0.as_str(), stalled.1.as_str()),
+        ("True", "AdoptionMismatch")
+    );
+    assert!(stalled.2.contains("environmentName"), "{}", stalled.2);
+    assert_eq!(env.calls(CREATE), 1, "nothing created");
+    assert_eq!(
+        env.calls(UPDATE) + env.calls(TAG) + env.calls(UNTAG),
+        0,
+        "nothing changed in Proton"
+    );
+    assert_eq!(env.proton().connections()[0].tags, tags_before);
+}
+
+#[tokio::test]
+async fn a_connection_deleted_out_of_band_is_reported_and_recreated_once() {
+    let env = Env::start().await;
+    let id = created(&env, "prod").await;
+    assert!(env.proton().delete_out_of_band(&id));
+
+    env.resync("prod").await.unwrap();
+
+    let conns = env.proton().connections();
+    assert_eq!(conns.len(), 1);
+    assert_ne!(conns[0].id, id);
+    assert_eq!(
+        conns[0].client_token.as_deref(),
+        Some(format!("{UID}-r1").as_str())
+    );
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(conns[0].id.as_str()));
+    assert_eq!(status.recreations, 1);
+    let reasons = env.api.event_reasons();
+    assert!(reasons.contains(&"NotFound".to_string()), "{reasons:?}");
+    assert!(reasons.contains(&"Recreated".to_string()), "{reasons:?}");
+    // The NotFound report reached the status before the re-creation.
+    let reported = env.api.requests().iter().any(|r| {
+        r.path.ends_with("/status")
+            && r.body["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["reason"] == "NotFound")
+            })
+    });
+    assert!(reported);
+
+    // A repeat of the same recovery (the status write after re-creation lost) is idempotent.
+    env.resync("prod").await.unwrap();
+    assert_eq!(env.proton().connections().len(), 1);
+    assert_eq!(env.calls(CREATE), 2);
+}
+
+#[tokio::test]
+async fn a_lost_status_write_after_recreation_does_not_make_a_second_connection() {
+    let env = Env::start().await;
+    let id = created(&env, "prod").await;
+    assert!(env.proton().delete_out_of_band(&id));
+    // The NotFound report is written, the status write after the re-creation is lost.
+    env.ctx.expire_checkpoints();
+    let obj = env.api.get("prod").unwrap();
+    env.reconcile("prod").await.unwrap();
+    let recreated = env.proton().connections()[0].id.clone();
+    // Simulate the crash: put the old status back, as if the last write never happened.
+    env.api.edit("prod", |o| o.status = obj.status.clone());
+    env.resync("prod").await.unwrap();
+
+    let conns = env.proton().connections();
+    assert_eq!(conns.len(), 1, "same derived token, same connection");
+    assert_eq!(conns[0].id, recreated);
+}
+
+#[tokio::test]
+async fn events_are_not_repeated_for_the_same_state() {
+    let env = Env::start().await;
+    let id = created(&env, "prod").await;
+    env.proton().accept(&id).unwrap();
+    for _ in 0..3 {
+        env.resync("prod").await.unwrap();
+    }
+    let reasons = env.api.event_reasons();
+    assert_eq!(reasons, vec!["Created", "Connected"]);
+}
+
+#[tokio::test]
+async fn fifty_resources_converge_under_emulator_throttling_within_the_budget() {
+    let rate = 5;
+    let burst = 1;
+    let env = Env::start_with(
+        eager_settings(),
+        CallBudget::new(
+            NonZeroU32::new(rate).unwrap(),
+            NonZeroU32::new(burst).unwrap(),
+        ),
+    )
+    .await;
+    env.proton().set_faults(Faults {
+        throttle_rps: Some(5),
+        ..Faults::default()
+    });
+    let names: Vec<String> = (0..50).map(|i| format!("env-{i:02}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        env.api.create(
+            name,
+            &format!("00000000-0000-4000-8000-{i:012}"),
+            spec(name),
+        );
+    }
+
+    let started = std::time::Instant::now();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        assert!(rounds <= 20, "did not converge in 20 rounds");
+        let mut pending = 0;
+        for name in &names {
+            let obj = env.api.get(name).unwrap();
+            if obj.status.as_ref().and_then(|s| s.id.as_ref()).is_some() {
+                continue;
+            }
+            pending += 1;
+            env.resync(name).await.unwrap();
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    let counts = env.proton().calls();
+    println!(
+        "50 resources converged in {:.1}s over {rounds} rounds: {} calls, {} throttled, peak {} req/s (budget {rate}/s, burst {burst})",
+        started.elapsed().as_secs_f64(),
+        counts.total(),
+        counts.throttled,
+        counts.peak_requests_per_second
+    );
+    assert_eq!(env.proton().connections().len(), 50);
+    assert!(
+        counts.peak_requests_per_second <= u64::from(rate + burst),
+        "peak {} req/s exceeds the budget {rate}/s + burst {burst}",
+        counts.peak_requests_per_second
+    );
+}
+
+#[tokio::test]
+async fn a_throttled_call_pauses_every_caller() {
+    let env = Env::start_with(eager_settings(), CallBudget::unlimited()).await;
+    env.api.create("a", UID, spec("a"));
+    env.api
+        .create("b", "11111111-2222-4333-8444-555555555555", spec("b"));
+    env.proton().fail_next(CREATE, "ThrottlingException", 1);
+    env.reconcile("a").await.unwrap();
+    assert_eq!(
+        condition(&env.api.get("a").unwrap(), "Synced").unwrap().1,
+        "Throttled"
+    );
+
+    let started = tokio::time::Instant::now();
+    env.reconcile("b").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the next call waited for the shared cooldown"
+    );
+    assert_eq!(
+        env.api.get("b").unwrap().status.unwrap().status,
+        Some(ConnectionState::Pending)
+    );
+}
+
+/// A connection made directly in Proton (not by a resource), as adoption would find it.
+async fn existing_connection(env: &Env, environment: &str, management: &str) -> String {
+    let client = support_client(env).await;
+    #[allow(deprecated)]
+    let out = client
+        .create_environment_account_connection()
+        .environment_name(environment)
+        .management_account_id(management)
+        .role_arn("arn:aws:iam::444455556666:role/old")
+        .client_token("made-by-hand")
+        .send()
+        .await
+        .unwrap();
+    out.environment_account_connection.unwrap().id
+}
+
+async fn support_client(env: &Env) -> aws_sdk_proton::Client {
+    let config = aws_sdk_proton::Config::builder()
+        .behavior_version(aws_sdk_proton::config::BehaviorVersion::latest())
+        .region(aws_sdk_proton::config::Region::new("us-east-1"))
+        .endpoint_url(env.emulator.url())
+        .credentials_provider(aws_sdk_proton::config::Credentials::new(
+            "AKIDTEST", "secret", None, None, "test",
+        ))
+        .build();
+    aws_sdk_proton::Client::from_conf(config)
+}
