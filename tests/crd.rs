@@ -571,22 +571,23 @@ fn invalid_manifests_are_refused_for_the_stated_reason() {
         "fixtures/manifests/invalid holds exactly the manifests INVALID describes"
     );
     let validator = manifest_validator();
+    let mut wrong = Vec::new();
     for (name, path, keyword, word) in INVALID {
         let (_, manifest) = load_fixture("invalid", name);
         let errors = schema_errors(&validator, &manifest);
-        assert!(
-            errors
-                .iter()
-                .any(|(p, k, message)| p == path && k == keyword && message.contains(word)),
-            "invalid/{name}.yaml: expected `{keyword}` at `{path}` (message containing {word:?}), \
-             got {errors:?}"
-        );
+        let refused_as_stated = errors
+            .iter()
+            .any(|(p, k, message)| p == path && k == keyword && message.contains(word));
         // Nothing else is wrong with it, so it tests exactly one thing.
-        assert!(
-            errors.iter().all(|(p, ..)| p == path),
-            "invalid/{name}.yaml also fails elsewhere: {errors:?}"
-        );
+        let only_there = errors.iter().all(|(p, ..)| p == path);
+        if !refused_as_stated || !only_there {
+            wrong.push(format!(
+                "invalid/{name}.yaml: expected only `{keyword}` at `{path}` (message containing \
+                 {word:?}), got {errors:?}"
+            ));
+        }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// Kubernetes matches `pattern` with Go's RE2 (ECMA-262 syntax accepted): `\d` and `\w` are
@@ -759,9 +760,26 @@ fn refused_once(result: Result<(), ValidationErrors>, field_path: &str, message_
 
 #[test]
 fn tag_keys_of_1_to_128_characters_are_accepted() {
-    for key in ["a".to_owned(), "k".repeat(128), "\u{e9}".repeat(128)] {
+    for key in ["a".to_owned(), "k".repeat(128)] {
         assert_eq!(refusals(with_tag(&key).validate_cel()), [], "key {key:?}");
     }
+}
+
+/// Kubernetes evaluates CEL with cel-go, whose `size(string)` counts code points, so a tag key of
+/// 128 non-ASCII characters is accepted by the API server (and by Proton, whose limit is in
+/// characters). The client-side evaluator (the `cel` crate under kube-cel) counts UTF-8 bytes
+/// instead, so it cannot check the rule for non-ASCII keys. This test pins that gap: when it
+/// fails, the client-side CEL counts characters like Kubernetes; then add `"\u{e9}".repeat(128)`
+/// to the accepted keys above and delete this test.
+#[test]
+fn client_side_cel_counts_tag_key_bytes_not_characters() {
+    let key = "\u{e9}".repeat(128);
+    assert_eq!(key.chars().count(), 128);
+    refused_once(
+        with_tag(&key).validate_cel(),
+        "spec.tags",
+        "tag keys must be 1-128 characters long",
+    );
 }
 
 #[test]
@@ -986,14 +1004,7 @@ fn cel_rules<'a>(node: &'a Value, path: String, out: &mut Vec<(String, &'a Value
 /// rules loop over the tag map, so its bound must stay.
 #[test]
 fn looping_cel_rules_are_bounded() {
-    const MACROS: [&str; 6] = [
-        ".all(",
-        ".exists(",
-        ".exists_one(",
-        ".map(",
-        ".filter(",
-        ".existsOne(",
-    ];
+    const MACROS: [&str; 5] = [".all(", ".exists(", ".exists_one(", ".map(", ".filter("];
     let schema = open_api_schema();
     let mut rules = Vec::new();
     cel_rules(&schema, String::new(), &mut rules);

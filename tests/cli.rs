@@ -1,0 +1,137 @@
+//! The binaries as a user runs them: `crd`, and `run`'s refusals that must come before anything
+//! touches a cluster or AWS.
+
+use std::process::Command;
+
+fn controller() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_eac-controller"));
+    for var in [
+        "EAC_PROTON_ENDPOINT",
+        "AWS_ENDPOINT_URL_PROTON",
+        "KUBECONFIG",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+#[test]
+fn crd_prints_the_generated_definition() {
+    let out = controller().arg("crd").output().unwrap();
+    assert!(out.status.success());
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(yaml, eac_controller::api::crd_yaml().unwrap());
+    assert!(yaml.contains("name: environmentaccountconnections.proton.eac.dev"));
+}
+
+#[test]
+fn run_without_a_cluster_exits_at_once_naming_the_kubeconfig_it_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-kubeconfig");
+    let out = controller()
+        .args([
+            "run",
+            "--proton-endpoint",
+            "http://127.0.0.1:9",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("KUBECONFIG", &missing)
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+    assert!(stderr.contains("Kubernetes"), "{stderr}");
+}
+
+#[test]
+fn run_without_a_reachable_api_server_names_the_server_and_the_kubeconfig() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bind, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t\n"
+        ),
+    )
+    .unwrap();
+    let out = controller()
+        .args([
+            "run",
+            "--proton-endpoint",
+            "http://127.0.0.1:9",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the Kubernetes API server"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        stderr.contains(&kubeconfig.display().to_string()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_malformed_endpoint_is_refused_before_anything_starts() {
+    let out = controller()
+        .args(["run", "--proton-endpoint", "localhost:4599"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid Proton endpoint \"localhost:4599\""),
+        "{stderr}"
+    );
+
+    let out = controller()
+        .arg("run")
+        .env("AWS_ENDPOINT_URL_PROTON", "not a url")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AWS_ENDPOINT_URL_PROTON"));
+}
+
+#[test]
+fn embedded_mode_cannot_come_from_the_environment() {
+    let out = controller()
+        .arg("run")
+        .env("EAC_PROTON_ENDPOINT", "embedded")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("must be given on the command line"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_durations_are_refused_with_the_flag_name() {
+    let out = controller()
+        .args(["run", "--resync-period", "ten minutes"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resync-period"));
+}
