@@ -346,12 +346,13 @@ async fn reconcile_inner(
                         }
                     })
                 }
-                Step::Delete { id } => match ctx.proton.delete(region, id).await {
-                    Ok(()) => Ok(Observed::Released),
-                    // Already gone counts as deleted.
-                    Err(e) if e.is_not_found() => Ok(Observed::Released),
-                    Err(e) => Err(e),
-                },
+                // NotFound falls through to the common handling below: the recorded connection is
+                // gone, and the decision searches once for a re-creation before releasing.
+                Step::Delete { id } => ctx
+                    .proton
+                    .delete(region, id)
+                    .await
+                    .map(|()| Observed::Released),
             };
 
         match result {
@@ -368,8 +369,10 @@ async fn reconcile_inner(
                     let id = missing.clone().unwrap_or_default();
                     warn!(connection = %id, "connection deleted outside the controller");
                     let status = decide::status_vanished(&resource, &id, now());
-                    write_status(&api, &name, &recorded, &status, &object).await?;
-                    publish(ctx, obj, &decide::vanished_note(&id)).await;
+                    // Announced once: a retry that finds it still missing writes nothing new.
+                    if write_status(&api, &name, &recorded, &status, &object).await? {
+                        publish(ctx, obj, &decide::vanished_note(&id)).await;
+                    }
                 }
                 observed = Observed::Gone { id: missing };
             }
@@ -535,15 +538,16 @@ async fn report_problem(
 }
 
 /// Server-side apply of the status subresource, only when it differs from the recorded one.
+/// Returns whether anything was written.
 async fn write_status(
     api: &Api<EnvironmentAccountConnection>,
     name: &str,
     recorded: &EnvironmentAccountConnectionStatus,
     status: &EnvironmentAccountConnectionStatus,
     object: &str,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     if recorded == status {
-        return Ok(());
+        return Ok(false);
     }
     let patch = json!({
         "apiVersion": "proton.eac.dev/v1alpha1",
@@ -556,7 +560,7 @@ async fn write_status(
         &Patch::Apply(patch),
     )
     .await
-    .map(|_| ())
+    .map(|_| true)
     .map_err(|source| Error::Kube {
         step: "writing the status",
         object: object.to_string(),
@@ -661,9 +665,20 @@ pub async fn run(
     let store = controller.store();
     if let Some(ready) = ready {
         tokio::spawn(async move {
-            // Readiness: the watch cache has synced once.
-            if store.wait_until_ready().await.is_ok() {
-                let _ = ready.send(true);
+            // Readiness: the watch cache has synced once. The store's ready signal is re-polled
+            // on a short tick because its wake-up was seen to be missed when awaited from another
+            // task (kube-runtime 5 DelayedInit); once set, a poll answers at once.
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    result = store.wait_until_ready() => {
+                        if result.is_ok() {
+                            let _ = ready.send(true);
+                        }
+                        return;
+                    }
+                    _ = tick.tick() => {}
+                }
             }
         });
     }

@@ -157,18 +157,20 @@ impl Note {
 /// retried or repeated Create returns the same connection; a derived token for each re-creation
 /// after an out-of-band delete, so a repeat of the same recovery is idempotent too.
 pub fn client_token(uid: &str, recreation: u32) -> String {
-    let token = if recreation == 0 {
-        uid.to_string()
-    } else {
-        format!("{uid}-r{recreation}")
-    };
     // Proton: `^[!-~]*$`, at most 64 characters. A Kubernetes uid always fits; keep the promise
-    // for anything else too.
-    token
+    // for anything else too, shortening the uid rather than the suffix so that every
+    // re-creation keeps a token of its own.
+    let suffix = if recreation == 0 {
+        String::new()
+    } else {
+        format!("-r{recreation}")
+    };
+    let uid: String = uid
         .chars()
         .filter(|c| c.is_ascii_graphic())
-        .take(64)
-        .collect()
+        .take(64 - suffix.len())
+        .collect();
+    uid + &suffix
 }
 
 /// The tags the controller uses to recognise its own connections.
@@ -298,7 +300,11 @@ fn decide_sync(
                 ),
             });
         }
-        if let Some(owner) = tags.and_then(|t| t.get(TAG_UID))
+        // Ownership is judged by the uid tag: read the tags before anything can be changed.
+        let Some(tags) = tags else {
+            return Step::ListTags { arn: c.arn.clone() };
+        };
+        if let Some(owner) = tags.get(TAG_UID)
             && owner != r.uid
         {
             return Step::Fail(Failure {
@@ -514,7 +520,12 @@ fn decide_deletion(r: &Resource, observed: &Observed) -> Step {
                 }
             }
         }
-        Observed::Gone { .. } | Observed::Released => Step::RemoveFinalizer,
+        // The recorded connection is gone, but a re-creation whose id never reached the status
+        // may exist: search by the uid tag once before letting go.
+        Observed::Gone { id: Some(_) } => Step::FindOwned {
+            environment_name: r.spec.environment_name.clone(),
+        },
+        Observed::Gone { id: None } | Observed::Released => Step::RemoveFinalizer,
     }
 }
 
@@ -673,7 +684,9 @@ pub fn status_after_problem(
     }
     status.observed_generation = Some(r.generation);
 
-    let terminal = problem.retry == Retry::Terminal;
+    // AccessDenied (retried slowly) is reported as terminal too: only a fix made elsewhere
+    // (IAM) ends it.
+    let terminal = problem.retry != Retry::Backoff;
     let synced = Want::new(SYNCED, false, problem.reason, problem.message.clone());
     let stalled = if terminal {
         Want::new(STALLED, true, problem.reason, problem.message.clone())
@@ -711,9 +724,13 @@ pub fn status_after_problem(
         now,
     );
 
+    // Compared with the message as stored (conditions cut long messages), not the raw one.
     let previous_synced = r.status.condition(SYNCED);
+    let stored_message = status.condition(SYNCED).map(|c| c.message.as_str());
     let news = previous_synced.is_none_or(|c| {
-        c.status != "False" || c.reason != problem.reason || c.message != problem.message
+        c.status != "False"
+            || c.reason != problem.reason
+            || Some(c.message.as_str()) != stored_message
     });
     (status, news)
 }
@@ -730,7 +747,12 @@ pub fn retry_after(problem: &Problem, attempt: u32, settings: &Settings, jitter:
                 .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
                 .min(CAP);
             // Full jitter on the upper half keeps a herd of resources from retrying in step.
-            exp.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+            let jitter = if jitter.is_finite() {
+                jitter.clamp(0.0, 1.0)
+            } else {
+                0.5
+            };
+            exp.mul_f64(0.5 + 0.5 * jitter)
         }
         Retry::Slow => SLOW.min(settings.resync.max(BASE)),
         Retry::Terminal => settings.resync,
@@ -742,7 +764,11 @@ impl Step {
     pub fn is_mutation(&self) -> bool {
         matches!(
             self,
-            Step::Create { .. } | Step::Update { .. } | Step::Tag { .. } | Step::Untag { .. } | Step::Delete { .. }
+            Step::Create { .. }
+                | Step::Update { .. }
+                | Step::Tag { .. }
+                | Step::Untag { .. }
+                | Step::Delete { .. }
         )
     }
 }

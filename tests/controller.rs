@@ -396,3 +396,66 @@ async fn access_denied_is_reported_and_not_hot_looped() {
     assert_eq!(env.calls(CREATE), before);
     assert!(format!("{action:?}").contains("requeue_after: Some"));
 }
+
+/// The whole controller as `eac-controller run` wires it (kube-runtime Controller, watch,
+/// workers), against the in-memory API server, which serves list and watch too.
+#[tokio::test]
+async fn the_running_controller_drives_a_resource_through_its_lifecycle() {
+    let settings = eac_controller::decide::Settings {
+        resync: std::time::Duration::from_secs(600),
+        pending_poll: std::time::Duration::from_millis(200),
+        default_region: "us-east-1".into(),
+    };
+    let env = Env::start_with(settings, eac_controller::budget::CallBudget::unlimited()).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(eac_controller::controller::run(
+        env.ctx.clone(),
+        eac_controller::controller::WatchScope::default(),
+        2,
+        async move {
+            let _ = stop_rx.await;
+        },
+        Some(ready_tx),
+    ));
+    let limit = std::time::Duration::from_secs(20);
+    tokio::time::timeout(limit, ready_rx.wait_for(|ready| *ready))
+        .await
+        .expect("the watch cache syncs")
+        .unwrap();
+
+    env.api.create("prod", UID, spec("prod"));
+    env.api
+        .wait_for("prod", "a PENDING connection", limit, |o| {
+            o.and_then(|o| o.status.as_ref())
+                .is_some_and(|s| s.status == Some(ConnectionState::Pending))
+        })
+        .await;
+
+    let id = env.proton().connections()[0].id.clone();
+    env.proton().accept(&id).unwrap();
+    env.api
+        .wait_for("prod", "Ready=True", limit, |o| {
+            o.is_some_and(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+        })
+        .await;
+    assert_eq!(
+        env.calls(CREATE),
+        1,
+        "the watch events of our own writes created nothing"
+    );
+
+    env.api.delete("prod");
+    env.api
+        .wait_for("prod", "the resource to be released", limit, |o| {
+            o.is_none()
+        })
+        .await;
+    assert!(env.proton().connections().is_empty());
+
+    let _ = stop_tx.send(());
+    tokio::time::timeout(limit, running)
+        .await
+        .expect("the controller stops on shutdown")
+        .unwrap();
+}

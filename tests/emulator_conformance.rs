@@ -266,7 +266,10 @@ async fn update_replaces_the_optional_roles_and_keeps_an_absent_service_role() {
         .unwrap()
         .environment_account_connection
         .unwrap();
-    assert_eq!(updated.role_arn, ROLE, "an absent roleArn is left unchanged");
+    assert_eq!(
+        updated.role_arn, ROLE,
+        "an absent roleArn is left unchanged"
+    );
     assert_eq!(updated.component_role_arn.as_deref(), Some(COMPONENT_ROLE));
     assert_eq!(updated.codebuild_role_arn, None);
     assert_eq!(updated.requested_at, created.requested_at);

@@ -439,3 +439,24 @@ async fn support_client(env: &Env) -> aws_sdk_proton::Client {
         .build();
     aws_sdk_proton::Client::from_conf(config)
 }
+
+#[tokio::test]
+async fn deleting_after_a_lost_recreation_status_write_orphans_nothing() {
+    let env = Env::start().await;
+    let id = created(&env, "prod").await;
+    let old = env.api.get("prod").unwrap().status;
+    assert!(env.proton().delete_out_of_band(&id));
+    env.resync("prod").await.unwrap();
+    assert_eq!(env.proton().connections().len(), 1, "re-created");
+    // The status write after the re-creation is lost: the status still names the old id.
+    env.api.edit("prod", |o| o.status = old.clone());
+
+    env.api.delete("prod");
+    env.resync("prod").await.unwrap();
+
+    assert!(
+        env.proton().connections().is_empty(),
+        "the re-created connection is found by its uid tag and deleted"
+    );
+    assert!(env.api.get("prod").is_none());
+}

@@ -14,7 +14,12 @@ use eac_controller::decide::Settings;
 use eac_controller::emulator::{EmulatorConfig, EmulatorState, RunningEmulator};
 use eac_controller::metrics::Metrics;
 use eac_controller::proton::{Proton, ProtonSettings};
+use std::convert::Infallible;
+
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::Reporter;
@@ -30,13 +35,49 @@ pub struct Seen {
     pub body: Value,
 }
 
-#[derive(Default)]
 struct ApiState {
     objects: BTreeMap<String, Value>,
     resource_version: u64,
     requests: Vec<Seen>,
     events: Vec<Value>,
     fail_status_writes: u32,
+    /// Open watch streams: each gets one JSON line per change.
+    watchers: Vec<tokio::sync::mpsc::UnboundedSender<Bytes>>,
+    /// Bumped on every change, so tests can wait for one without sleeping.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for ApiState {
+    fn default() -> Self {
+        ApiState {
+            objects: BTreeMap::new(),
+            resource_version: 0,
+            requests: Vec::new(),
+            events: Vec::new(),
+            fail_status_writes: 0,
+            watchers: Vec::new(),
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl ApiState {
+    /// Tells watchers and waiting tests that an object changed.
+    fn changed(&mut self, kind: &str, object: &Value) {
+        let line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap();
+        let mut line = Bytes::from(line).to_vec();
+        line.push(b'\n');
+        let line = Bytes::from(line);
+        self.watchers.retain(|w| w.send(line.clone()).is_ok());
+        self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+/// Response bodies: whole JSON documents, or an endless watch stream.
+pub type FakeBody = UnsyncBoxBody<Bytes, Infallible>;
+
+fn whole(value: &Value) -> FakeBody {
+    Full::new(Bytes::from(serde_json::to_vec(value).unwrap())).boxed_unsync()
 }
 
 /// The in-memory API server: stores EnvironmentAccountConnections, applies JSON patches and
@@ -68,9 +109,43 @@ impl FakeApi {
         let mut st = self.lock();
         st.resource_version += 1;
         obj.metadata.resource_version = Some(st.resource_version.to_string());
-        st.objects
-            .insert(name.into(), serde_json::to_value(&obj).unwrap());
+        let value = serde_json::to_value(&obj).unwrap();
+        st.objects.insert(name.into(), value.clone());
+        st.changed("ADDED", &value);
         obj
+    }
+
+    /// A receiver that sees a new value after every change to any object.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.lock().changes.subscribe()
+    }
+
+    /// Waits, woken by each change (no polling), until `done` holds for the object named
+    /// `name`; panics after `limit` naming `what` and showing the object.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(Option<&EnvironmentAccountConnection>) -> bool,
+    ) {
+        let mut rx = self.subscribe();
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                if done(self.get(name).as_ref()) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "timed out after {limit:?} waiting for {what}; {name} is {:#?}",
+            self.get(name)
+        );
     }
 
     /// The stored resource, if it still exists.
@@ -93,24 +168,32 @@ impl FakeApi {
         }
         st.resource_version += 1;
         obj.metadata.resource_version = Some(st.resource_version.to_string());
-        st.objects
-            .insert(name.into(), serde_json::to_value(&obj).unwrap());
+        let value = serde_json::to_value(&obj).unwrap();
+        st.objects.insert(name.into(), value.clone());
+        st.changed("MODIFIED", &value);
     }
 
     /// `kubectl delete`: sets the deletion timestamp (the object stays while finalizers remain).
     pub fn delete(&self, name: &str) {
         let mut st = self.lock();
-        let gone = {
+        st.resource_version += 1;
+        let rv = st.resource_version.to_string();
+        let (gone, value) = {
             let obj = st.objects.get_mut(name).unwrap();
             obj["metadata"]["deletionTimestamp"] = json!("2026-11-23T12:00:00Z");
             let g = obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             obj["metadata"]["generation"] = json!(g);
-            obj["metadata"]["finalizers"]
+            obj["metadata"]["resourceVersion"] = json!(rv);
+            let gone = obj["metadata"]["finalizers"]
                 .as_array()
-                .is_none_or(|f| f.is_empty())
+                .is_none_or(|f| f.is_empty());
+            (gone, obj.clone())
         };
         if gone {
             st.objects.remove(name);
+            st.changed("DELETED", &value);
+        } else {
+            st.changed("MODIFIED", &value);
         }
     }
 
@@ -195,7 +278,9 @@ impl FakeApi {
                 let obj = st.objects.get_mut(&name).unwrap();
                 obj["status"] = body["status"].clone();
                 obj["metadata"]["resourceVersion"] = json!(rv);
-                (StatusCode::OK, obj.clone())
+                let value = obj.clone();
+                st.changed("MODIFIED", &value);
+                (StatusCode::OK, value)
             }
             (Method::PATCH, None) => {
                 let patch: json_patch::Patch = match serde_json::from_value(body) {
@@ -233,8 +318,10 @@ impl FakeApi {
                         .is_none_or(|f| f.is_empty());
                 if released {
                     st.objects.remove(&name);
+                    st.changed("DELETED", &doc);
                 } else {
                     st.objects.insert(name.clone(), doc.clone());
+                    st.changed("MODIFIED", &doc);
                 }
                 (StatusCode::OK, doc)
             }
@@ -249,14 +336,45 @@ impl FakeApi {
         }
     }
 
-    /// A kube client whose every request this fake answers.
+    /// Answers a collection GET: a List, or (with `watch=true`) an endless stream of changes.
+    fn list_or_watch(&self, query: &str) -> FakeBody {
+        let mut st = self.lock();
+        st.requests.push(Seen {
+            method: Method::GET,
+            path: format!("{COLLECTION}?{query}"),
+            body: Value::Null,
+        });
+        if query
+            .split('&')
+            .any(|kv| kv == "watch=true" || kv == "watch=1")
+        {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+            st.watchers.push(tx);
+            let frames = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|line| (Ok::<_, Infallible>(http_body::Frame::data(line)), rx))
+            });
+            return StreamBody::new(frames).boxed_unsync();
+        }
+        let list = json!({
+            "apiVersion": "proton.eac.dev/v1alpha1",
+            "kind": "EnvironmentAccountConnectionList",
+            "metadata": {"resourceVersion": st.resource_version.to_string()},
+            "items": st.objects.values().cloned().collect::<Vec<_>>(),
+        });
+        whole(&list)
+    }
+
+    /// A kube client whose every request this fake answers, watches included.
     pub fn client(&self) -> Client {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<FakeBody>>();
         let api = self.clone();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
                 let method = request.method().clone();
                 let path = request.uri().path().to_string();
+                let query = request.uri().query().unwrap_or_default().to_string();
                 let bytes = request
                     .into_body()
                     .collect_bytes()
@@ -267,11 +385,21 @@ impl FakeApi {
                 } else {
                     serde_json::from_slice(&bytes).unwrap_or(Value::Null)
                 };
-                let (code, answer) = api.handle(method, &path, body);
+                let (code, answer) = if method == Method::GET
+                    && (path == COLLECTION
+                        || path
+                            == format!(
+                                "/apis/proton.eac.dev/v1alpha1/namespaces/{NS}/environmentaccountconnections"
+                            )) {
+                    (StatusCode::OK, api.list_or_watch(&query))
+                } else {
+                    let (code, value) = api.handle(method, &path, body);
+                    (code, whole(&value))
+                };
                 let response = Response::builder()
                     .status(code)
                     .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .body(answer)
                     .unwrap();
                 send.send_response(response);
             }
@@ -279,6 +407,9 @@ impl FakeApi {
         Client::new(service, NS)
     }
 }
+
+/// The all-namespaces collection path of the resource.
+const COLLECTION: &str = "/apis/proton.eac.dev/v1alpha1/environmentaccountconnections";
 
 /// Everything a controller test needs.
 pub struct Env {
