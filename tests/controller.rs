@@ -444,6 +444,14 @@ async fn the_running_controller_drives_a_resource_through_its_lifecycle() {
         1,
         "the watch events of our own writes created nothing"
     );
+    let metrics = env.ctx.metrics.encode();
+    for series in [
+        "eac_connections{status=\"CONNECTED\"} 1",
+        "eac_reconcile_total{result=\"settled\"}",
+        "eac_aws_requests_total{operation=\"GetEnvironmentAccountConnection\",outcome=\"success\"}",
+    ] {
+        assert!(metrics.contains(series), "missing {series} in\n{metrics}");
+    }
 
     env.api.delete("prod");
     env.api

@@ -438,6 +438,8 @@ impl Env {
                 .await
                 .unwrap();
         let api = FakeApi::default();
+        // One registry, as `run` wires it: the Proton port and the controller record into it.
+        let metrics = Metrics::new();
         let proton = Proton::with_static_credentials(
             ProtonSettings {
                 default_region: "us-east-1".into(),
@@ -445,13 +447,13 @@ impl Env {
                 timeout: Duration::from_secs(10),
             },
             budget,
-            Metrics::new(),
+            metrics.clone(),
         );
         let ctx = Arc::new(Context::new(
             api.client(),
             proton,
             settings,
-            Metrics::new(),
+            metrics,
             Reporter {
                 controller: "eac-controller".into(),
                 instance: Some("test".into()),
