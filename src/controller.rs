@@ -99,6 +99,12 @@ impl Context {
         }
     }
 
+    /// The resource is gone: drop what was kept about it.
+    fn forget(&self, uid: &str) {
+        self.checkpoints().remove(uid);
+        self.metrics.forget(uid);
+    }
+
     fn checkpoints(&self) -> std::sync::MutexGuard<'_, HashMap<String, Checkpoint>> {
         self.checkpoints.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -228,11 +234,7 @@ async fn reconcile_inner(
                 Step::AddFinalizer => {
                     add_finalizer(&api, &name, &finalizers)
                         .await
-                        .map_err(|source| Error::Kube {
-                            step: "adding the finalizer",
-                            object: object.clone(),
-                            source,
-                        })?;
+                        .map_err(kube_error("adding the finalizer", &object))?;
                     finalizers.push(FINALIZER.to_string());
                     resource.has_finalizer = true;
                     continue;
@@ -240,19 +242,13 @@ async fn reconcile_inner(
                 Step::RemoveFinalizer => {
                     remove_finalizer(&api, &name, &finalizers)
                         .await
-                        .map_err(|source| Error::Kube {
-                            step: "removing the finalizer",
-                            object: object.clone(),
-                            source,
-                        })?;
-                    ctx.checkpoints().remove(&uid);
-                    ctx.metrics.forget(&uid);
+                        .map_err(kube_error("removing the finalizer", &object))?;
+                    ctx.forget(&uid);
                     info!("finalizer removed; the resource is released");
                     return Ok((Action::await_change(), "released"));
                 }
                 Step::Nothing => {
-                    ctx.checkpoints().remove(&uid);
-                    ctx.metrics.forget(&uid);
+                    ctx.forget(&uid);
                     return Ok((Action::await_change(), "ignored"));
                 }
                 Step::Settle(settled) => {
@@ -561,11 +557,17 @@ async fn write_status(
     )
     .await
     .map(|_| true)
-    .map_err(|source| Error::Kube {
-        step: "writing the status",
-        object: object.to_string(),
+    .map_err(kube_error("writing the status", object))
+}
+
+/// Names the step and the object in a Kubernetes error.
+fn kube_error(step: &'static str, object: &str) -> impl FnOnce(kube::Error) -> Error {
+    let object = object.to_string();
+    move |source| Error::Kube {
+        step,
+        object,
         source,
-    })
+    }
 }
 
 /// Adds the finalizer with a guarded JSON patch: it fails (and is retried) if the list changed
