@@ -127,7 +127,7 @@ pub async fn reconcile(
     let span = info_span!(
         "reconcile",
         namespace = obj.namespace().unwrap_or_default(),
-        name = obj.name_any(),
+        resource = obj.name_any(),
         uid = obj.uid().unwrap_or_default(),
         generation = obj.metadata.generation.unwrap_or_default()
     );

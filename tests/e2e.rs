@@ -1,0 +1,1633 @@
+//! End-to-end tests: the built `eac-controller` and `proton-emulator` binaries against a real
+//! Kubernetes API server. Opt-in: set `EAC_E2E_KUBECONFIG` to a kubeconfig (cluster-admin on a
+//! disposable cluster: kind, k3d, minikube ...). Without it every cluster test prints why it is
+//! skipped and passes, so they stay part of a plain `cargo test`.
+//!
+//! Each test installs the CRD from `crds/` (server-side apply, idempotent), works in a namespace
+//! of its own (`eac-e2e-<random>`, deleted at the end even when the test fails) and starts its own
+//! emulator and controller(s) on 127.0.0.1, so the tests run in parallel. The CRD stays installed.
+//!
+//! The harness is in `e2e_support`; the tests at the end of this file check the parts of it that
+//! need no cluster (processes, raw HTTP, manifests) and always run.
+//!
+//! `EAC_E2E_KUBECONFIG=~/.kube/config cargo test --test e2e -- --nocapture` shows the namespaces,
+//! log locations and measurements. The controller gets the same kubeconfig (as `KUBECONFIG`) but
+//! fake AWS credentials (`AWS_ACCESS_KEY_ID=AKIDE2E`), so the kubeconfig must authenticate without
+//! AWS (client certificate or token, as kind/k3d/minikube write them; not `aws eks get-token`).
+//! After an interrupted run: `kubectl delete ns -l eac-e2e=true`.
+
+// Every operation of aws-sdk-proton is deprecated (the service closed to new customers).
+#![allow(deprecated)]
+
+mod e2e_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use e2e_support::timeouts::{CONVERGE, MANY, TAKEOVER};
+use e2e_support::{
+    CREATE, Cluster, Controller, ControllerOptions, DELETE, ENVIRONMENT_ACCOUNT, Eac, Emulator,
+    GET, KUBECONFIG_VAR, MANAGEMENT_ACCOUNT, ROLE_ARN, SERVING_MESSAGE, SKIP_MESSAGE, UNTAG,
+    UPDATE, design_example, e2e_kubeconfig, eac, get_connection, has_condition, has_connection,
+    http_request, http_until, invalid_cases, list_connections, parse_emulator_banner,
+    parse_http_response, parse_serving_line, raw_manifest, spec, spec_changes, status, summarize,
+    synced, tags_of, uid, valid_raw_spec, wait_object,
+};
+use eac_controller::api::{
+    ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, FINALIZER, OWNERSHIP_TAG_PREFIX, TAG_NAME,
+    TAG_NAMESPACE, TAG_UID, crd_yaml,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const CODEBUILD_ROLE_ARN: &str = "arn:aws:iam::444455556666:role/proton-codebuild";
+const NEW_ROLE_ARN: &str = "arn:aws:iam::444455556666:role/proton-env-v2";
+
+fn pending(o: &Eac) -> bool {
+    status(o).status == Some(ConnectionState::Pending) && has_connection(o)
+}
+
+fn id_of(o: &Eac) -> String {
+    status(o)
+        .id
+        .unwrap_or_else(|| panic!("no id in the status: {}", summarize(o)))
+}
+
+// -------------------------------------------------------------------------------------------
+// 1. The CRD
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crd_installs_is_established_and_the_server_stores_the_generated_schema() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    // `from_env` applied crds/ and waited for Established.
+    let stored = cluster.stored_crd().await;
+    let established = stored["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Established" && c["status"] == "True")
+    });
+    assert!(established, "{}", stored["status"]);
+
+    let generated: Value = serde_yaml::from_str(&crd_yaml().expect("the CRD renders"))
+        .expect("the generated CRD is YAML");
+    let stored_schema = numbers_as_f64(&stored["spec"]["versions"][0]["schema"]);
+    let generated_schema = numbers_as_f64(&generated["spec"]["versions"][0]["schema"]);
+    if let Some(difference) = first_difference("schema", &stored_schema, &generated_schema) {
+        panic!(
+            "the schema stored by the API server differs from eac_controller::api::crd_yaml() \
+             (is crds/ stale? regenerate it): {difference}"
+        );
+    }
+
+    // What `kubectl explain` shows: every field documented.
+    let mut undocumented = Vec::new();
+    undocumented_fields(
+        &stored["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
+        "",
+        &mut undocumented,
+    );
+    assert!(
+        undocumented.is_empty(),
+        "fields without a description: {undocumented:?}"
+    );
+
+    // What `kubectl get eac` / `kubectl get proton` resolve.
+    let accepted = &stored["status"]["acceptedNames"];
+    assert_eq!(accepted["kind"], "EnvironmentAccountConnection");
+    assert_eq!(accepted["shortNames"], json!(["eac"]));
+    assert_eq!(accepted["categories"], json!(["proton"]));
+}
+
+/// Numbers compared by value: `minimum: 0.0` in the YAML comes back as `0`.
+fn numbers_as_f64(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| value.clone(), Value::Number),
+        Value::Array(items) => Value::Array(items.iter().map(numbers_as_f64).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), numbers_as_f64(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The first place where `actual` and `expected` differ, as `path: actual vs expected`.
+fn first_difference(path: &str, actual: &Value, expected: &Value) -> Option<String> {
+    match (actual, expected) {
+        (Value::Object(a), Value::Object(e)) => {
+            let keys: BTreeSet<&String> = a.keys().chain(e.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let child = format!("{path}.{k}");
+                match (a.get(k), e.get(k)) {
+                    (Some(av), Some(ev)) => first_difference(&child, av, ev),
+                    (av, ev) => Some(format!("{child}: stored {av:?}, generated {ev:?}")),
+                }
+            })
+        }
+        (Value::Array(a), Value::Array(e)) if a.len() == e.len() => a
+            .iter()
+            .zip(e)
+            .enumerate()
+            .find_map(|(i, (av, ev))| first_difference(&format!("{path}[{i}]"), av, ev)),
+        _ if actual == expected => None,
+        _ => Some(format!("{path}: stored {actual}, generated {expected}")),
+    }
+}
+
+fn undocumented_fields(node: &Value, path: &str, out: &mut Vec<String>) {
+    if let Some(properties) = node.get("properties").and_then(Value::as_object) {
+        for (name, child) in properties {
+            let child_path = format!("{path}.{name}");
+            if child
+                .get("description")
+                .and_then(Value::as_str)
+                .is_none_or(|d| d.trim().is_empty())
+            {
+                out.push(child_path.clone());
+            }
+            undocumented_fields(child, &child_path, out);
+        }
+    }
+    if let Some(items) = node.get("items") {
+        undocumented_fields(items, &format!("{path}[]"), out);
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// 2. Bad input is refused by the API server
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_manifests_and_changes_to_immutable_fields_are_refused_by_the_api_server() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("invalid-manifests").await;
+    let api = ns.raw_eacs();
+
+    let mut failures = Vec::new();
+    for (i, case) in invalid_cases().into_iter().enumerate() {
+        let manifest: DynamicObject =
+            serde_json::from_value(raw_manifest(&format!("invalid-{i}"), case.spec))
+                .expect("a manifest is an object");
+        match api.create(&PostParams::default(), &manifest).await {
+            Ok(_) => failures.push(format!("{}: accepted", case.what)),
+            Err(kube::Error::Api(s))
+                if s.code == 422 && case.expect.iter().all(|f| s.message.contains(f)) => {}
+            Err(kube::Error::Api(s)) => failures.push(format!(
+                "{}: HTTP {} {:?}, expected 422 with {:?}",
+                case.what, s.code, s.message, case.expect
+            )),
+            Err(e) => failures.push(format!("{}: {e}", case.what)),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Immutability, on an object that exists (no controller runs: nothing else changes it).
+    let valid: DynamicObject = serde_json::from_value(raw_manifest("immutable", valid_raw_spec()))
+        .expect("a manifest is an object");
+    api.create(&PostParams::default(), &valid)
+        .await
+        .unwrap_or_else(|e| panic!("the valid manifest was refused: {e}"));
+    for change in spec_changes() {
+        let result = api
+            .patch(
+                "immutable",
+                &PatchParams::default(),
+                &Patch::Merge(&change.patch),
+            )
+            .await;
+        match (change.refused_with, result) {
+            (None, Ok(obj)) => {
+                assert_eq!(
+                    obj.data["spec"][change.field],
+                    change.patch["spec"][change.field]
+                );
+                assert_eq!(
+                    obj.metadata.generation,
+                    Some(2),
+                    "a spec change is a new generation"
+                );
+            }
+            (None, Err(e)) => failures.push(format!("changing {} was refused: {e}", change.field)),
+            (Some(_), Ok(_)) => failures.push(format!("{} was accepted", change.patch)),
+            (Some(needle), Err(kube::Error::Api(s)))
+                if s.code == 422 && s.message.contains(needle) => {}
+            (Some(needle), Err(e)) => failures.push(format!(
+                "{}: expected 422 with {needle:?}, got {e}",
+                change.patch
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// -------------------------------------------------------------------------------------------
+// 3-4. Lifecycle: PENDING -> CONNECTED -> deleted; REJECTED
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_resource_gets_a_pending_connection_is_ready_once_accepted_and_deleting_it_deletes_the_connection()
+ {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("lifecycle").await;
+    let emulator = ns.start_emulator().await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let sdk = emulator.sdk();
+
+    let example = design_example();
+    let name = example.name_any();
+    ns.apply(&example).await;
+
+    let obj = ns
+        .wait_eac(
+            &name,
+            "a PENDING connection in the status",
+            CONVERGE,
+            pending,
+        )
+        .await;
+    let s = status(&obj);
+    let id = id_of(&obj);
+    let uid = uid(&obj);
+    assert!(
+        s.arn
+            .as_deref()
+            .is_some_and(|arn| arn.starts_with("arn:aws:proton:") && arn.ends_with(&id)),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.environment_account_id.as_deref(),
+        Some(ENVIRONMENT_ACCOUNT)
+    );
+    assert_eq!(s.region.as_deref(), Some("eu-west-1"));
+    for (field, time) in [
+        ("requestedAt", &s.requested_at),
+        ("lastModifiedAt", &s.last_modified_at),
+    ] {
+        assert!(
+            time.as_deref()
+                .is_some_and(|t| t.parse::<jiff::Timestamp>().is_ok()),
+            "{field} is not RFC 3339: {time:?}"
+        );
+    }
+    assert_eq!(s.observed_generation, obj.metadata.generation);
+    assert!(
+        has_condition(&obj, "Ready", "False", Some("Pending")),
+        "{}",
+        summarize(&obj)
+    );
+    assert!(
+        has_condition(&obj, "Synced", "True", None),
+        "{}",
+        summarize(&obj)
+    );
+    assert!(
+        has_condition(&obj, "Stalled", "False", None),
+        "{}",
+        summarize(&obj)
+    );
+    assert!(
+        obj.finalizers().iter().any(|f| f == FINALIZER),
+        "finalizer {FINALIZER} missing: {:?}",
+        obj.finalizers()
+    );
+
+    let created = ns.wait_event(&uid, "Created").await;
+    assert_eq!(created.type_.as_deref(), Some("Normal"));
+    assert_eq!(
+        created.reporting_controller.as_deref(),
+        Some("eac-controller")
+    );
+    assert!(
+        created.note.as_deref().is_some_and(|n| n.contains(&id)),
+        "{created:?}"
+    );
+
+    let connection = get_connection(&sdk, &id)
+        .await
+        .expect("the connection exists");
+    assert_eq!(connection.environment_name, "prod-eu");
+    assert_eq!(connection.management_account_id, MANAGEMENT_ACCOUNT);
+    assert_eq!(connection.role_arn, ROLE_ARN);
+    assert_eq!(emulator.calls().await.count(CREATE), 1);
+
+    // The management account accepts.
+    sdk.accept_environment_account_connection()
+        .id(&id)
+        .send()
+        .await
+        .expect("AcceptEnvironmentAccountConnection");
+    // `kubectl wait --for=condition=Ready eac/prod-eu`
+    let obj = ns.kubectl_wait_for_condition(&name, "Ready").await;
+    assert_eq!(
+        status(&obj).status,
+        Some(ConnectionState::Connected),
+        "{}",
+        summarize(&obj)
+    );
+    assert!(synced(&obj), "{}", summarize(&obj));
+    ns.wait_event(&uid, "Connected").await;
+
+    // `kubectl delete`: the connection goes, then the resource.
+    ns.delete(&name).await;
+    ns.wait_deleted(&name, &uid).await;
+    assert!(
+        get_connection(&sdk, &id).await.is_none(),
+        "connection {id} still exists"
+    );
+    assert!(list_connections(&sdk).await.is_empty());
+    assert_eq!(emulator.calls().await.count(DELETE), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_connection_shows_rejected_not_ready_and_stalled() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("rejected").await;
+    let emulator = ns.start_emulator().await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+
+    ns.apply(&eac("rejected", spec("rejected"))).await;
+    let obj = ns
+        .wait_eac("rejected", "a PENDING connection", CONVERGE, pending)
+        .await;
+    let id = id_of(&obj);
+
+    emulator
+        .sdk()
+        .reject_environment_account_connection()
+        .id(&id)
+        .send()
+        .await
+        .expect("RejectEnvironmentAccountConnection");
+
+    let obj = ns
+        .wait_eac(
+            "rejected",
+            "REJECTED with Ready=False/Rejected and Stalled=True",
+            CONVERGE,
+            |o| {
+                status(o).status == Some(ConnectionState::Rejected)
+                    && has_condition(o, "Ready", "False", Some("Rejected"))
+                    && has_condition(o, "Stalled", "True", None)
+            },
+        )
+        .await;
+    assert_eq!(status(&obj).id.as_deref(), Some(id.as_str()));
+    let rejected = ns.wait_event(&uid(&obj), "Rejected").await;
+    assert_eq!(rejected.type_.as_deref(), Some("Warning"));
+}
+
+// -------------------------------------------------------------------------------------------
+// 5-6. Updates and tags
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_role_arns_updates_the_connection_once_without_a_second_create() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("update").await;
+    let emulator = ns.start_emulator().await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+
+    ns.apply(&eac("roles", spec("roles"))).await;
+    let obj = ns
+        .wait_eac("roles", "a connection", CONVERGE, has_connection)
+        .await;
+    let id = id_of(&obj);
+    let before = emulator.calls().await;
+
+    let mut changed = spec("roles");
+    changed.role_arn = Some(NEW_ROLE_ARN.into());
+    changed.codebuild_role_arn = Some(CODEBUILD_ROLE_ARN.into());
+    ns.apply(&eac("roles", changed)).await;
+    let obj = ns
+        .wait_eac(
+            "roles",
+            "the new role ARNs in the status, generation 2 synced",
+            CONVERGE,
+            |o| {
+                let s = status(o);
+                o.metadata.generation == Some(2)
+                    && synced(o)
+                    && s.role_arn.as_deref() == Some(NEW_ROLE_ARN)
+                    && s.codebuild_role_arn.as_deref() == Some(CODEBUILD_ROLE_ARN)
+            },
+        )
+        .await;
+    assert_eq!(
+        status(&obj).id.as_deref(),
+        Some(id.as_str()),
+        "same connection"
+    );
+
+    let after = emulator.calls().await;
+    assert_eq!(after.count(UPDATE), before.count(UPDATE) + 1, "{after:?}");
+    assert_eq!(after.count(CREATE), 1, "{after:?}");
+    // And it stays so over the next resyncs (each one Get).
+    let later = emulator
+        .calls_until("two more Gets (resyncs after the update)", CONVERGE, |c| {
+            c.count(GET) >= after.count(GET) + 2
+        })
+        .await;
+    assert_eq!(later.count(UPDATE), after.count(UPDATE), "{later:?}");
+    assert_eq!(later.count(CREATE), 1, "{later:?}");
+
+    let connection = get_connection(&emulator.sdk(), &id)
+        .await
+        .expect("the connection exists");
+    assert_eq!(connection.role_arn, NEW_ROLE_ARN);
+    assert_eq!(
+        connection.codebuild_role_arn.as_deref(),
+        Some(CODEBUILD_ROLE_ARN)
+    );
+    ns.wait_event(&uid(&obj), "Updated").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_tags_and_ownership_tags_are_on_the_connection_and_a_removed_spec_tag_is_untagged() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("tags").await;
+    let emulator = ns.start_emulator().await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let sdk = emulator.sdk();
+
+    let mut tagged = spec("tags");
+    tagged.tags = BTreeMap::from([
+        ("team".into(), "payments".into()),
+        ("tier".into(), "gold".into()),
+    ]);
+    ns.apply(&eac("tags", tagged.clone())).await;
+    let obj = ns
+        .wait_eac("tags", "a connection", CONVERGE, has_connection)
+        .await;
+    let arn = status(&obj).arn.expect("an ARN in the status");
+    let expected_ownership = [
+        (TAG_UID, uid(&obj)),
+        (TAG_NAMESPACE, ns.name.clone()),
+        (TAG_NAME, "tags".to_string()),
+    ];
+
+    let tags = tags_of(&sdk, &arn).await;
+    assert_eq!(
+        tags.get("team").map(String::as_str),
+        Some("payments"),
+        "{tags:?}"
+    );
+    assert_eq!(
+        tags.get("tier").map(String::as_str),
+        Some("gold"),
+        "{tags:?}"
+    );
+    for (key, value) in &expected_ownership {
+        assert_eq!(tags.get(*key), Some(value), "{tags:?}");
+    }
+
+    tagged.tags.remove("tier");
+    ns.apply(&eac("tags", tagged)).await;
+    ns.wait_eac(
+        "tags",
+        "generation 2 synced with only `team` applied",
+        CONVERGE,
+        |o| o.metadata.generation == Some(2) && synced(o) && status(o).applied_tag_keys == ["team"],
+    )
+    .await;
+
+    let tags = tags_of(&sdk, &arn).await;
+    assert!(
+        !tags.contains_key("tier"),
+        "removed from the spec, still tagged: {tags:?}"
+    );
+    assert_eq!(
+        tags.get("team").map(String::as_str),
+        Some("payments"),
+        "{tags:?}"
+    );
+    for (key, value) in &expected_ownership {
+        assert_eq!(tags.get(*key), Some(value), "{tags:?}");
+    }
+    assert_eq!(emulator.calls().await.count(UNTAG), 1);
+    ns.wait_event(&uid(&obj), "TagsUpdated").await;
+}
+
+// -------------------------------------------------------------------------------------------
+// 7-9. Retain, adoption, drift
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_retained_resource_keeps_the_connection_without_ownership_tags() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("retain").await;
+    let emulator = ns.start_emulator().await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let sdk = emulator.sdk();
+
+    let mut retained = spec("retained");
+    retained.deletion_policy = DeletionPolicy::Retain;
+    retained.tags = BTreeMap::from([("team".into(), "payments".into())]);
+    ns.apply(&eac("retained", retained)).await;
+    let obj = ns
+        .wait_eac("retained", "a connection", CONVERGE, has_connection)
+        .await;
+    let id = id_of(&obj);
+    let arn = status(&obj).arn.expect("an ARN in the status");
+
+    ns.delete("retained").await;
+    ns.wait_deleted("retained", &uid(&obj)).await;
+
+    assert!(
+        get_connection(&sdk, &id).await.is_some(),
+        "connection {id} was deleted"
+    );
+    let tags = tags_of(&sdk, &arn).await;
+    assert!(
+        tags.keys().all(|k| !k.starts_with(OWNERSHIP_TAG_PREFIX)),
+        "ownership tags left on the retained connection: {tags:?}"
+    );
+    assert_eq!(
+        tags.get("team").map(String::as_str),
+        Some("payments"),
+        "{tags:?}"
+    );
+    assert_eq!(emulator.calls().await.count(DELETE), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adopt_annotation_takes_over_an_existing_connection_without_creating_one() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("adoption").await;
+    let emulator = ns.start_emulator().await;
+    let sdk = emulator.sdk();
+
+    // A connection made by hand, before any controller runs.
+    let existing = sdk
+        .create_environment_account_connection()
+        .client_token(format!("made-by-hand-{}", ns.name))
+        .environment_name("adopted")
+        .management_account_id(MANAGEMENT_ACCOUNT)
+        .role_arn("arn:aws:iam::444455556666:role/made-by-hand")
+        .send()
+        .await
+        .expect("CreateEnvironmentAccountConnection")
+        .environment_account_connection
+        .expect("a connection");
+    assert_eq!(emulator.calls().await.count(CREATE), 1);
+
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let mut adopting = eac("adopted", spec("adopted"));
+    adopting.metadata.annotations = Some(BTreeMap::from([(
+        ADOPT_ANNOTATION.to_string(),
+        existing.id.clone(),
+    )]));
+    ns.apply(&adopting).await;
+
+    let obj = ns
+        .wait_eac(
+            "adopted",
+            &format!("status.id {} (adopted)", existing.id),
+            CONVERGE,
+            |o| status(o).id.as_deref() == Some(existing.id.as_str()) && has_connection(o),
+        )
+        .await;
+    assert_eq!(status(&obj).status, Some(ConnectionState::Pending));
+    assert_eq!(
+        emulator.calls().await.count(CREATE),
+        1,
+        "the controller created a connection"
+    );
+    assert_eq!(list_connections(&sdk).await.len(), 1);
+
+    let tags = tags_of(&sdk, &existing.arn).await;
+    assert_eq!(
+        tags.get(TAG_UID),
+        Some(&uid(&obj)),
+        "ownership tags applied: {tags:?}"
+    );
+    let connection = get_connection(&sdk, &existing.id)
+        .await
+        .expect("still there");
+    assert_eq!(connection.role_arn, ROLE_ARN, "spec applied");
+    ns.wait_event(&uid(&obj), "Adopted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_deleted_out_of_band_is_reported_and_recreated_once() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("drift").await;
+    let emulator = ns.start_emulator().await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let sdk = emulator.sdk();
+
+    ns.apply(&eac("drift", spec("drift"))).await;
+    let obj = ns
+        .wait_eac("drift", "a connection", CONVERGE, has_connection)
+        .await;
+    let first = id_of(&obj);
+    let uid = uid(&obj);
+
+    sdk.delete_environment_account_connection()
+        .id(&first)
+        .send()
+        .await
+        .expect("DeleteEnvironmentAccountConnection (out of band)");
+
+    let obj = ns
+        .wait_eac(
+            "drift",
+            &format!("a new connection replacing {first}"),
+            CONVERGE,
+            |o| {
+                let s = status(o);
+                s.id.is_some() && s.id.as_deref() != Some(first.as_str()) && has_connection(o)
+            },
+        )
+        .await;
+    let second = id_of(&obj);
+    assert_eq!(status(&obj).recreations, 1, "{}", summarize(&obj));
+    let not_found = ns.wait_event(&uid, "NotFound").await;
+    assert_eq!(not_found.type_.as_deref(), Some("Warning"));
+    ns.wait_event(&uid, "Recreated").await;
+
+    // Exactly once, also over the next resyncs.
+    let after = emulator.calls().await;
+    let later = emulator
+        .calls_until(
+            "two more Gets (resyncs after the re-creation)",
+            CONVERGE,
+            |c| c.count(GET) >= after.count(GET) + 2,
+        )
+        .await;
+    assert_eq!(
+        later.count(CREATE),
+        2,
+        "one Create, one re-creation: {later:?}"
+    );
+    let connections = list_connections(&sdk).await;
+    assert_eq!(
+        connections
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        [second.as_str()]
+    );
+
+    // The re-creation used the token derived from the uid: the same token names it.
+    let probe = sdk
+        .create_environment_account_connection()
+        .client_token(format!("{uid}-r1"))
+        .environment_name("drift")
+        .management_account_id(MANAGEMENT_ACCOUNT)
+        .role_arn(ROLE_ARN)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("the connection was not made with token {uid}-r1: {e:?}"))
+        .environment_account_connection
+        .expect("a connection");
+    assert_eq!(probe.id, second);
+}
+
+// -------------------------------------------------------------------------------------------
+// 10-11. Crashes and throttling
+
+/// How many times the crash scenario kills the controller.
+const KILLS: usize = 5;
+/// Resources in the crash and throttling scenarios.
+const MANY_RESOURCES: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_controller_at_random_moments_never_makes_a_second_connection() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("crash").await;
+    let emulator = ns.start_emulator().await;
+    let sdk = emulator.sdk();
+
+    let names: Vec<String> = (0..MANY_RESOURCES)
+        .map(|i| format!("crash-{i:02}"))
+        .collect();
+    for name in &names {
+        ns.apply(&eac(name, spec(name))).await;
+    }
+
+    // Proton answers 150 ms after making the change, so kills often land between a Create and
+    // the status write that records it: the window the client token protects.
+    emulator.set_faults(json!({"latencyMs": 150})).await;
+    for round in 1..=KILLS {
+        let controller = ns
+            .start_controller(&emulator, ControllerOptions::default())
+            .await;
+        controller.metrics_addr().await; // up and connected to the API server
+        let delay = rand::random_range(50..=400u64);
+        // Not a synchronisation: the point is an arbitrary moment.
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let exit = controller.kill();
+        println!(
+            "crash: kill {round}/{KILLS} {delay} ms after start-up ({exit:?}); Create calls so far: {}",
+            emulator.calls().await.count(CREATE)
+        );
+    }
+    emulator.set_faults(json!({})).await;
+
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let all = ns
+        .wait_all_eacs(
+            "every resource with a connection",
+            MANY_RESOURCES,
+            MANY,
+            has_connection,
+        )
+        .await;
+
+    let connections = list_connections(&sdk).await;
+    println!(
+        "crash: {} connections, {} Create calls",
+        connections.len(),
+        emulator.calls().await.count(CREATE)
+    );
+    assert_eq!(connections.len(), MANY_RESOURCES, "{connections:#?}");
+
+    // Each connection carries the uid of one resource, and it is the one in that one's status.
+    let mut by_owner: BTreeMap<String, String> = BTreeMap::new();
+    for c in &connections {
+        let tags = tags_of(&sdk, &c.arn).await;
+        let owner = tags
+            .get(TAG_UID)
+            .unwrap_or_else(|| panic!("connection {} has no {TAG_UID} tag: {tags:?}", c.id));
+        if let Some(other) = by_owner.insert(owner.clone(), c.id.clone()) {
+            panic!("two connections ({other}, {}) belong to uid {owner}", c.id);
+        }
+    }
+    for o in &all {
+        assert_eq!(
+            by_owner.get(&uid(o)),
+            status(o).id.as_ref(),
+            "{}",
+            summarize(o)
+        );
+    }
+
+    // Distinct client tokens: a Create with token = uid returns the resource's connection (a
+    // connection made with any other token would make it a ConflictException instead).
+    let mut tokens = BTreeSet::new();
+    for o in &all {
+        let token = uid(o);
+        let probe = sdk
+            .create_environment_account_connection()
+            .client_token(&token)
+            .environment_name(&o.spec.environment_name)
+            .management_account_id(&o.spec.management_account_id)
+            .role_arn(ROLE_ARN)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: no connection made with clientToken = uid: {e:?}",
+                    o.name_any()
+                )
+            })
+            .environment_account_connection
+            .expect("a connection");
+        assert_eq!(Some(probe.id), status(o).id, "{}", summarize(o));
+        tokens.insert(token);
+    }
+    assert_eq!(tokens.len(), MANY_RESOURCES);
+    assert_eq!(
+        list_connections(&sdk).await.len(),
+        MANY_RESOURCES,
+        "the probes created nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_resources_converge_under_proton_throttling_within_the_call_budget() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("throttling").await;
+    let emulator = ns.start_emulator().await;
+    emulator.set_faults(json!({"throttleRps": 5})).await;
+    let _controller = ns
+        .start_controller(
+            &emulator,
+            ControllerOptions::with_args(&["--aws-rate-limit", "4", "--aws-burst", "1"]),
+        )
+        .await;
+
+    for i in 0..MANY_RESOURCES {
+        let name = format!("throttled-{i:02}");
+        ns.apply(&eac(&name, spec(&name))).await;
+    }
+    let all = ns
+        .wait_all_eacs(
+            "every resource with a connection",
+            MANY_RESOURCES,
+            MANY,
+            has_connection,
+        )
+        .await;
+
+    // Read before the test makes any call of its own.
+    let calls = emulator.calls().await;
+    println!(
+        "throttling: {} calls ({} Create), {} throttled, peak {} requests/s",
+        calls.total(),
+        calls.count(CREATE),
+        calls.throttled,
+        calls.peak_requests_per_second
+    );
+    assert!(
+        calls.peak_requests_per_second <= 5,
+        "peak {} requests/s above the emulator's limit of 5: {calls:?}",
+        calls.peak_requests_per_second
+    );
+
+    emulator.set_faults(json!({})).await;
+    let ids: BTreeSet<String> = all.iter().map(|o| id_of(o)).collect();
+    assert_eq!(ids.len(), MANY_RESOURCES);
+    assert_eq!(
+        list_connections(&emulator.sdk()).await.len(),
+        MANY_RESOURCES
+    );
+}
+
+// -------------------------------------------------------------------------------------------
+// 12. Leader election
+
+const LEASE: &str = "eac-e2e";
+
+fn holder(lease: Option<&Lease>) -> Option<&str> {
+    lease?.spec.as_ref()?.holder_identity.as_deref()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_controller_takes_over_when_the_leader_is_killed() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("leader-election").await;
+    let emulator = ns.start_emulator().await;
+    let leader_args = |identity: &str| ControllerOptions {
+        identity: identity.into(),
+        extra_args: [
+            "--leader-election",
+            "--leader-election-namespace",
+            &ns.name,
+            "--lease-name",
+            LEASE,
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let a = ns
+        .start_controller(&emulator, leader_args("eac-e2e-a"))
+        .await;
+    let b = ns
+        .start_controller(&emulator, leader_args("eac-e2e-b"))
+        .await;
+    let identities = [a.identity.clone(), b.identity.clone()];
+
+    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
+    let lease = wait_object(
+        &leases,
+        LEASE,
+        "a holder of the Lease",
+        CONVERGE,
+        |l: Option<&Lease>| holder(l).is_some_and(|h| identities.iter().any(|i| i == h)),
+    )
+    .await;
+    let first = holder(lease.as_ref()).expect("a holder").to_string();
+    let (leader, standby) = if first == a.identity { (a, b) } else { (b, a) };
+    println!(
+        "leader election: {} leads, {} stands by",
+        leader.identity, standby.identity
+    );
+
+    ns.apply(&eac("lead-1", spec("lead-1"))).await;
+    let one = ns
+        .wait_eac("lead-1", "a connection", CONVERGE, has_connection)
+        .await;
+    let created = ns.wait_event(&uid(&one), "Created").await;
+    assert_eq!(
+        created.reporting_instance.as_deref(),
+        Some(leader.identity.as_str())
+    );
+    assert!(
+        !standby
+            .log()
+            .lines()
+            .iter()
+            .any(|l| l.contains("\"lead-1\"")),
+        "the standby reconciled lead-1"
+    );
+    assert_eq!(leader_gauge(&leader).await, 1);
+    assert_eq!(leader_gauge(&standby).await, 0);
+
+    leader.kill();
+    ns.apply(&eac("lead-2", spec("lead-2"))).await;
+    let two = ns
+        .wait_eac(
+            "lead-2",
+            &format!(
+                "a connection made by {} after the leader died",
+                standby.identity
+            ),
+            TAKEOVER,
+            has_connection,
+        )
+        .await;
+    let standby_holds = |l: Option<&Lease>| holder(l) == Some(standby.identity.as_str());
+    wait_object(
+        &leases,
+        LEASE,
+        "the standby holding the Lease",
+        CONVERGE,
+        standby_holds,
+    )
+    .await;
+    let created = ns.wait_event(&uid(&two), "Created").await;
+    assert_eq!(
+        created.reporting_instance.as_deref(),
+        Some(standby.identity.as_str())
+    );
+    assert_eq!(
+        emulator.calls().await.count(CREATE),
+        2,
+        "one connection per resource"
+    );
+}
+
+/// The `eac_leader` gauge of a controller.
+async fn leader_gauge(controller: &Controller) -> i64 {
+    let addr = controller.metrics_addr().await;
+    let metrics = http_request(addr, "GET", "/metrics", None)
+        .await
+        .unwrap_or_else(|e| panic!("GET /metrics of {}: {e}", controller.identity));
+    metrics
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("eac_leader "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no eac_leader in:\n{}", metrics.body))
+}
+
+// -------------------------------------------------------------------------------------------
+// 13. Operations endpoint
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_are_served_on_the_address_the_controller_logs() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("metrics").await;
+    let emulator = ns.start_emulator().await;
+    let controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let addr = controller.metrics_addr().await;
+
+    let health = http_request(addr, "GET", "/healthz", None)
+        .await
+        .expect("GET /healthz");
+    assert_eq!(health.status, 200, "{health:?}");
+    http_until(
+        addr,
+        "/readyz",
+        "HTTP 200 (watch cache synced)",
+        CONVERGE,
+        |r| r.status == 200,
+    )
+    .await;
+
+    ns.apply(&eac("metrics", spec("metrics"))).await;
+    ns.wait_eac("metrics", "a PENDING connection", CONVERGE, pending)
+        .await;
+    let pending_line = r#"eac_connections{status="PENDING"} 1"#;
+    let metrics = http_until(addr, "/metrics", pending_line, CONVERGE, |r| {
+        r.status == 200 && r.body.lines().any(|l| l == pending_line)
+    })
+    .await;
+    assert!(
+        metrics.body.contains("eac_reconcile_total"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics
+            .body
+            .contains(r#"eac_aws_requests_total{operation="CreateEnvironmentAccountConnection""#),
+        "{}",
+        metrics.body
+    );
+}
+
+// -------------------------------------------------------------------------------------------
+// The harness, checked without a cluster (always run)
+
+#[test]
+fn without_the_variable_the_cluster_tests_are_skipped_with_a_message_naming_it() {
+    assert_eq!(e2e_kubeconfig(None), None);
+    assert_eq!(e2e_kubeconfig(Some("".into())), None);
+    assert_eq!(
+        e2e_kubeconfig(Some("/tmp/kubeconfig".into())),
+        Some(PathBuf::from("/tmp/kubeconfig"))
+    );
+    assert!(SKIP_MESSAGE.starts_with("skipped: "));
+    assert!(SKIP_MESSAGE.contains(&format!("{KUBECONFIG_VAR}=")));
+}
+
+#[test]
+fn raw_http_responses_are_parsed_by_length_chunks_or_connection_close() {
+    let by_length =
+        parse_http_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nokEXTRA")
+            .unwrap();
+    assert_eq!((by_length.status, by_length.body.as_str()), (200, "ok"));
+    assert_eq!(by_length.header("x-a"), Some("b"));
+    let chunked = parse_http_response(
+        b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnot \r\n5;x=y\r\nready\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!((chunked.status, chunked.body.as_str()), (503, "not ready"));
+    let closed = parse_http_response(b"HTTP/1.0 404 Not Found\r\n\r\ngone").unwrap();
+    assert_eq!((closed.status, closed.body.as_str()), (404, "gone"));
+    assert!(parse_http_response(b"HTTP/1.1 200 OK\r\n").is_err());
+    assert!(parse_http_response(b"SSH-2.0\r\n\r\n").is_err());
+
+    assert_eq!(
+        parse_emulator_banner("proton-emulator listening on http://127.0.0.1:4599"),
+        Some((
+            "http://127.0.0.1:4599".into(),
+            "127.0.0.1:4599".parse().unwrap()
+        ))
+    );
+    assert_eq!(parse_emulator_banner("something else"), None);
+    let line = format!(r#"{{"level":"INFO","message":"{SERVING_MESSAGE}","addr":"127.0.0.1:9"}}"#);
+    assert_eq!(
+        parse_serving_line(&line),
+        Some("127.0.0.1:9".parse().unwrap())
+    );
+    assert_eq!(
+        parse_serving_line("serving /metrics, /healthz, /readyz addr=1"),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_runs_the_emulator_binary_and_drives_its_admin_api_over_raw_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::start(dir.path()).await;
+    assert!(
+        emulator.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        emulator.url
+    );
+    assert_ne!(emulator.addr.port(), 0);
+
+    // The documented shape of the call counts, read raw.
+    let raw = http_request(emulator.addr, "GET", "/_emulator/calls", None)
+        .await
+        .expect("GET /_emulator/calls");
+    assert_eq!(raw.status, 200, "{raw:?}");
+    assert!(
+        raw.header("content-type")
+            .is_some_and(|v| v.starts_with("application/json")),
+        "{raw:?}"
+    );
+    let document: Value = serde_json::from_str(&raw.body).expect("JSON");
+    assert_eq!(
+        document,
+        json!({"calls": {}, "throttled": 0, "injectedErrors": 0, "peakRequestsPerSecond": 0})
+    );
+
+    let sdk = emulator.sdk();
+    let created = sdk
+        .create_environment_account_connection()
+        .client_token("harness-1")
+        .environment_name("harness")
+        .management_account_id(MANAGEMENT_ACCOUNT)
+        .role_arn(ROLE_ARN)
+        .send()
+        .await
+        .expect("CreateEnvironmentAccountConnection")
+        .environment_account_connection
+        .expect("a connection");
+    assert_eq!(emulator.calls().await.count(CREATE), 1);
+
+    // Faults replaced as a whole; a partial document resets the rest.
+    emulator
+        .set_faults(json!({"throttleRps": null, "errorRate": 0.0, "latencyMs": 0, "deny": [GET]}))
+        .await;
+    let denied = sdk
+        .get_environment_account_connection()
+        .id(&created.id)
+        .send()
+        .await
+        .expect_err("Get is denied");
+    assert!(denied.into_service_error().is_access_denied_exception());
+    emulator.set_faults(json!({})).await;
+    assert!(get_connection(&sdk, &created.id).await.is_some());
+
+    emulator.fail_next(CREATE, "ThrottlingException", 1).await;
+    let throttled = sdk
+        .create_environment_account_connection()
+        .client_token("harness-2")
+        .environment_name("harness-2")
+        .management_account_id(MANAGEMENT_ACCOUNT)
+        .send()
+        .await
+        .expect_err("the scripted throttle");
+    assert!(throttled.into_service_error().is_throttling_exception());
+    let calls = emulator.calls().await;
+    assert_eq!(
+        (
+            calls.count(CREATE),
+            calls.count(GET),
+            calls.throttled,
+            calls.injected_errors
+        ),
+        (2, 2, 1, 1),
+        "{calls:?}"
+    );
+    assert!(calls.peak_requests_per_second >= 1);
+
+    // The management account's side, and the listing helpers.
+    sdk.accept_environment_account_connection()
+        .id(&created.id)
+        .send()
+        .await
+        .expect("AcceptEnvironmentAccountConnection");
+    let listed = list_connections(&sdk).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, created.id);
+    assert_eq!(
+        listed[0].status,
+        aws_sdk_proton::types::EnvironmentAccountConnectionStatus::Connected
+    );
+    assert!(tags_of(&sdk, &created.arn).await.is_empty());
+
+    assert!(
+        emulator
+            .stderr()
+            .lines()
+            .iter()
+            .any(|l| l.contains("listening")),
+        "stderr captured: {:?}",
+        emulator.stderr().lines()
+    );
+    assert!(emulator.kill().is_some(), "killed and reaped");
+    assert!(
+        http_request(emulator.addr, "GET", "/_emulator/calls", None)
+            .await
+            .is_err(),
+        "a killed emulator still answers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_runs_the_controller_binary_and_finds_its_metrics_address_in_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::start(dir.path()).await;
+    let api_server = FakeApiServer::start(Vec::new()).await;
+    let kubeconfig = api_server.kubeconfig(dir.path());
+
+    let controller = Controller::spawn(
+        &kubeconfig,
+        &emulator.url,
+        "eac-e2e-local",
+        dir.path(),
+        ControllerOptions::default(),
+    );
+    let addr = controller.metrics_addr().await;
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+
+    let health = http_request(addr, "GET", "/healthz", None)
+        .await
+        .expect("GET /healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+    // Ready once the (empty) list is in the watch cache.
+    http_until(addr, "/readyz", "HTTP 200", CONVERGE, |r| r.status == 200).await;
+    let metrics = http_request(addr, "GET", "/metrics", None)
+        .await
+        .expect("GET /metrics");
+    assert_eq!(metrics.status, 200);
+    for line in ["eac_leader 1", r#"eac_connections{status="PENDING"} 0"#] {
+        assert!(
+            metrics.body.lines().any(|l| l == line),
+            "{line} in:\n{}",
+            metrics.body
+        );
+    }
+
+    let exit = controller.kill().expect("killed and reaped");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(exit.signal(), Some(9), "SIGKILL: {exit:?}");
+    }
+    assert!(
+        http_request(addr, "GET", "/healthz", None).await.is_err(),
+        "a killed controller still answers"
+    );
+    let log_path = controller.log().path().expect("the log goes to a file");
+    let log = std::fs::read_to_string(log_path).expect("the log file");
+    assert!(log.contains(SERVING_MESSAGE), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_namespace_guard_kills_its_processes_strips_finalizers_and_deletes_the_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let leftover = json!({
+        "apiVersion": "proton.eac.dev/v1alpha1", "kind": "EnvironmentAccountConnection",
+        "metadata": {"name": "leftover", "uid": "u-1", "finalizers": [FINALIZER]},
+        "spec": {"environmentName": "leftover", "managementAccountId": MANAGEMENT_ACCOUNT},
+    });
+    let api_server = FakeApiServer::start(vec![leftover]).await;
+    let kubeconfig = api_server.kubeconfig(dir.path());
+
+    let cluster = Cluster::connect(&kubeconfig).await;
+    let ns = cluster.namespace("guard").await;
+    let name = ns.name.clone();
+    assert!(name.starts_with("eac-e2e-") && name.len() <= 63, "{name}");
+    let emulator = ns.start_emulator().await;
+    drop(ns);
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let exit = emulator.kill().expect("reaped");
+        assert_eq!(
+            exit.signal(),
+            Some(9),
+            "the guard SIGKILLed the emulator: {exit:?}"
+        );
+    }
+    let seen = api_server.requests();
+    let position = |what: &str, pred: &dyn Fn(&Recorded) -> bool| {
+        seen.iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("no request {what} in {seen:#?}"))
+    };
+    let apply = position("applying the CRD", &|r| {
+        r.method == "PATCH"
+            && r.path.ends_with(
+                "/customresourcedefinitions/environmentaccountconnections.proton.eac.dev",
+            )
+    });
+    let apply = &seen[apply];
+    assert!(apply.query.contains("fieldManager=eac-e2e") && apply.query.contains("force=true"));
+    assert_eq!(apply.content_type, "application/apply-patch+yaml");
+    assert_eq!(apply.body["spec"]["group"], "proton.eac.dev");
+    let created = position("creating the namespace", &|r| {
+        r.method == "POST" && r.path == "/api/v1/namespaces"
+    });
+    assert_eq!(seen[created].body["metadata"]["name"], name.as_str());
+    assert_eq!(seen[created].body["metadata"]["labels"]["eac-e2e"], "true");
+    let eacs =
+        format!("/apis/proton.eac.dev/v1alpha1/namespaces/{name}/environmentaccountconnections");
+    let strip = position("stripping the finalizers", &|r| {
+        r.method == "PATCH" && r.path == format!("{eacs}/leftover")
+    });
+    assert_eq!(seen[strip].content_type, "application/merge-patch+json");
+    assert_eq!(seen[strip].body, json!({"metadata": {"finalizers": null}}));
+    let delete = position("deleting the namespace", &|r| {
+        r.method == "DELETE" && r.path == format!("/api/v1/namespaces/{name}")
+    });
+    assert!(
+        strip < delete,
+        "finalizers are stripped before the namespace is deleted"
+    );
+}
+
+/// One request the fake API server answered.
+#[derive(Clone, Debug)]
+struct Recorded {
+    method: String,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+/// Just enough of an API server for the harness and the controller binary: `/version`; the CRD
+/// (server-side applied, then listed as Established); namespaces (created, deleted); resources
+/// (listed as `leftovers`, patched by echo). Watches stay open without events. Every request is
+/// recorded.
+#[derive(Clone)]
+struct FakeApiServer {
+    addr: std::net::SocketAddr,
+    leftovers: std::sync::Arc<Vec<Value>>,
+    crd: std::sync::Arc<std::sync::Mutex<Option<Value>>>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+}
+
+impl FakeApiServer {
+    async fn start(leftovers: Vec<Value>) -> FakeApiServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let fake = FakeApiServer {
+            addr: listener.local_addr().expect("local address"),
+            leftovers: std::sync::Arc::new(leftovers),
+            crd: std::sync::Arc::default(),
+            requests: std::sync::Arc::default(),
+        };
+        let app = axum::Router::new()
+            .fallback(fake_answer)
+            .with_state(fake.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        fake
+    }
+
+    fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// A kubeconfig for this server, written into `dir`.
+    fn kubeconfig(&self, dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
+                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+                 users:\n- name: fake\n  user:\n    token: e2e-fake\n",
+                self.addr
+            ),
+        )
+        .expect("write the kubeconfig");
+        path
+    }
+}
+
+async fn fake_answer(
+    axum::extract::State(fake): axum::extract::State<FakeApiServer>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::body::{Body, Bytes};
+    use axum::http::{Method, StatusCode, header};
+    use axum::response::Response;
+
+    let respond = |status: StatusCode, value: Value| {
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(value.to_string()))
+            .expect("a valid response")
+    };
+    let path = uri.path().to_string();
+    let query = uri.query().unwrap_or_default().to_string();
+    let body: Value = serde_json::from_slice(&body)
+        .or_else(|_| serde_yaml::from_slice(&body))
+        .unwrap_or(Value::Null);
+    fake.requests.lock().unwrap().push(Recorded {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        body: body.clone(),
+    });
+
+    const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    if query.split('&').any(|p| p == "watch=true") {
+        let silence = futures::stream::pending::<Result<Bytes, std::io::Error>>();
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from_stream(silence))
+            .expect("a valid response");
+    }
+    let list = |kind: &str, api_version: &str, items: Vec<Value>| {
+        json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "1"},
+               "items": items})
+    };
+    match (&method, path.as_str()) {
+        (&Method::GET, "/version") => respond(
+            StatusCode::OK,
+            json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "gitCommit": "",
+                   "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "",
+                   "platform": ""}),
+        ),
+        (&Method::PATCH, p) if p.starts_with(&format!("{CRDS}/")) => {
+            let mut crd = body;
+            crd["metadata"]["resourceVersion"] = json!("1");
+            crd["status"] = json!({
+                "conditions": [{"type": "Established", "status": "True"}],
+                "acceptedNames": crd["spec"]["names"].clone(),
+            });
+            *fake.crd.lock().unwrap() = Some(crd.clone());
+            respond(StatusCode::OK, crd)
+        }
+        (&Method::GET, CRDS) => {
+            let items = fake.crd.lock().unwrap().clone().into_iter().collect();
+            respond(
+                StatusCode::OK,
+                list(
+                    "CustomResourceDefinitionList",
+                    "apiextensions.k8s.io/v1",
+                    items,
+                ),
+            )
+        }
+        (&Method::POST, "/api/v1/namespaces") => {
+            let mut namespace = body;
+            namespace["metadata"]["uid"] = json!("ns-uid");
+            respond(StatusCode::CREATED, namespace)
+        }
+        (&Method::DELETE, p) if p.starts_with("/api/v1/namespaces/") => respond(
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": p.trim_start_matches("/api/v1/namespaces/")},
+                   "status": {"phase": "Terminating"}}),
+        ),
+        (&Method::GET, p) if p.ends_with("/environmentaccountconnections") => respond(
+            StatusCode::OK,
+            list(
+                "EnvironmentAccountConnectionList",
+                "proton.eac.dev/v1alpha1",
+                fake.leftovers.to_vec(),
+            ),
+        ),
+        (&Method::PATCH, p) if p.contains("/environmentaccountconnections/") => {
+            let name = p.rsplit('/').next().unwrap_or_default();
+            match fake
+                .leftovers
+                .iter()
+                .find(|o| o["metadata"]["name"] == name)
+            {
+                Some(obj) => {
+                    let mut obj = obj.clone();
+                    json_patch::merge(&mut obj, &body);
+                    respond(StatusCode::OK, obj)
+                }
+                None => respond(
+                    StatusCode::NOT_FOUND,
+                    json!({"kind": "Status", "code": 404}),
+                ),
+            }
+        }
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                   "reason": "NotFound", "message": format!("{method} {path} is not served by the fake")}),
+        ),
+    }
+}
+
+#[test]
+fn each_invalid_manifest_breaks_exactly_one_field_of_a_valid_one() {
+    use kube::CustomResourceExt;
+
+    // The DESIGN.md example is the valid base, field for field.
+    assert_eq!(
+        serde_json::to_value(design_example()).unwrap(),
+        raw_manifest("prod-eu", valid_raw_spec())
+    );
+    let base: Eac = serde_json::from_value(raw_manifest("prod-eu", valid_raw_spec())).unwrap();
+    assert!(base.validate_cel().is_ok());
+
+    let crd = Eac::crd();
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("a schema"),
+    )
+    .unwrap();
+    let spec_schema = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft4)
+        .build(&schema["properties"]["spec"])
+        .expect("the spec schema compiles");
+    assert!(spec_schema.is_valid(&valid_raw_spec()));
+
+    let base_spec = valid_raw_spec();
+    for case in invalid_cases() {
+        let changed: Vec<&String> = base_spec
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| case.spec[k.as_str()] != base_spec[k.as_str()])
+            .collect();
+        assert_eq!(changed, [case.field], "{}", case.what);
+        assert_eq!(
+            case.spec.as_object().unwrap().len(),
+            base_spec.as_object().unwrap().len()
+        );
+        // Refused here too: by the schema, or by the CEL rules.
+        let by_schema = !spec_schema.is_valid(&case.spec);
+        let by_cel = serde_json::from_value::<Eac>(raw_manifest("x", case.spec.clone()))
+            .is_ok_and(|o| o.validate_cel().is_err());
+        assert!(by_schema || by_cel, "{} is valid", case.what);
+        assert!(
+            case.expect[0].starts_with(&format!("spec.{}", case.field)),
+            "{}",
+            case.what
+        );
+    }
+
+    for change in spec_changes() {
+        let mut changed = raw_manifest("prod-eu", valid_raw_spec());
+        json_patch::merge(&mut changed, &change.patch);
+        let new: Eac = serde_json::from_value(changed).unwrap();
+        let refused = new.validate_cel_update(&base).is_err();
+        assert_eq!(refused, change.refused_with.is_some(), "{}", change.patch);
+        if let Some(needle) = change.refused_with {
+            assert!(needle.starts_with(change.field), "{needle}");
+        }
+    }
+}
+
+#[test]
+fn the_schema_comparison_ignores_number_formatting_and_finds_real_differences() {
+    let generated: Value = serde_yaml::from_str(&crd_yaml().unwrap()).unwrap();
+    let schema = &generated["spec"]["versions"][0]["schema"];
+    // The API server (Go) writes `minimum: 0.0` back as `0`.
+    fn as_go_writes_it(value: &Value) -> Value {
+        match value {
+            Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f >= 0.0) => {
+                json!(n.as_f64().unwrap() as u64)
+            }
+            Value::Array(items) => Value::Array(items.iter().map(as_go_writes_it).collect()),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), as_go_writes_it(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    let stored = as_go_writes_it(schema);
+    assert_ne!(
+        &stored, schema,
+        "the generated schema has a float to normalise"
+    );
+    assert_eq!(
+        first_difference("schema", &numbers_as_f64(&stored), &numbers_as_f64(schema)),
+        None
+    );
+
+    let mut changed = stored.clone();
+    changed["openAPIV3Schema"]["properties"]["spec"]["properties"]["tags"]["maxProperties"] =
+        json!(50);
+    let difference =
+        first_difference("schema", &numbers_as_f64(&changed), &numbers_as_f64(schema)).unwrap();
+    assert!(
+        difference
+            .starts_with("schema.openAPIV3Schema.properties.spec.properties.tags.maxProperties:"),
+        "{difference}"
+    );
+
+    let mut undocumented = Vec::new();
+    undocumented_fields(&schema["openAPIV3Schema"], "", &mut undocumented);
+    assert!(undocumented.is_empty(), "{undocumented:?}");
+    let mut bare = schema["openAPIV3Schema"].clone();
+    bare["properties"]["status"]["properties"]["conditions"]["items"]["properties"]["reason"]
+        .as_object_mut()
+        .unwrap()
+        .remove("description");
+    undocumented_fields(&bare, "", &mut undocumented);
+    assert_eq!(undocumented, [".status.conditions[].reason"]);
+}

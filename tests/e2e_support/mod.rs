@@ -1,0 +1,1564 @@
+//! Harness of the end-to-end tests (`tests/e2e.rs`): a real API server from the kubeconfig named
+//! by `EAC_E2E_KUBECONFIG`, the built `proton-emulator` and `eac-controller` binaries as child
+//! processes, and the helpers the scenarios share.
+//!
+//! - [`Cluster`]: the kube client, the CRD installed from `crds/` by server-side apply.
+//! - [`TestNamespace`]: a fresh namespace per test; its `Drop` kills the child processes it
+//!   started and deletes the namespace (after stripping finalizers, so nothing is left stuck
+//!   Terminating), even when the test failed.
+//! - [`Emulator`] and [`Controller`]: the child processes; their output is captured line by line
+//!   ([`LogCapture`]) into files and printed when a test fails.
+//! - Waiting: every wait is on a watch (`await_condition`, a reflector) under a named timeout,
+//!   and its failure message prints what the object looked like. Only HTTP endpoints without a
+//!   watch (`/readyz`, `/metrics`, the emulator's call counts) are probed at a short interval.
+//! - [`http_request`]: raw HTTP/1.1 over a tokio `TcpStream`, for the emulator's admin API and the
+//!   controller's metrics endpoint.
+//! - Manifest builders.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Debug;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use aws_sdk_proton::types::{
+    EnvironmentAccountConnection as ProtonConnection,
+    EnvironmentAccountConnectionRequesterAccountType, EnvironmentAccountConnectionSummary,
+};
+use eac_controller::api::{
+    EnvironmentAccountConnection, EnvironmentAccountConnectionSpec,
+    EnvironmentAccountConnectionStatus,
+};
+use eac_controller::emulator::CallCounts;
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{
+    Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, ResourceExt,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{Condition as WaitCondition, await_condition, conditions};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, Config, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// The resource under test.
+pub type Eac = EnvironmentAccountConnection;
+
+// -------------------------------------------------------------------------------------------
+// Constants
+
+/// Names the kubeconfig of the cluster to test against; unset: every test is skipped.
+pub const KUBECONFIG_VAR: &str = "EAC_E2E_KUBECONFIG";
+/// What a skipped test prints.
+pub const SKIP_MESSAGE: &str = "skipped: set EAC_E2E_KUBECONFIG=/path/to/kubeconfig to run the end-to-end tests against a real cluster";
+/// Field manager of everything the tests apply.
+pub const FIELD_MANAGER: &str = "eac-e2e";
+/// Name of the CRD.
+pub const CRD_NAME: &str = "environmentaccountconnections.proton.eac.dev";
+/// The CRD manifest the tests install, relative to the package root.
+pub const CRD_FILE: &str = "crds/environmentaccountconnections.yaml";
+/// Label on every namespace the tests create (`kubectl delete ns -l eac-e2e=true` cleans up
+/// after an interrupted run).
+pub const NAMESPACE_LABEL: &str = "eac-e2e";
+
+pub const MANAGEMENT_ACCOUNT: &str = "111122223333";
+/// The emulator's default environment account.
+pub const ENVIRONMENT_ACCOUNT: &str = "444455556666";
+pub const ROLE_ARN: &str = "arn:aws:iam::444455556666:role/proton-env";
+/// The controller's default region (`--region`).
+pub const REGION: &str = "us-east-1";
+
+pub const CREATE: &str = "CreateEnvironmentAccountConnection";
+pub const GET: &str = "GetEnvironmentAccountConnection";
+pub const UPDATE: &str = "UpdateEnvironmentAccountConnection";
+pub const DELETE: &str = "DeleteEnvironmentAccountConnection";
+pub const UNTAG: &str = "UntagResource";
+
+/// How long each kind of wait may take before the test fails.
+pub mod timeouts {
+    use std::time::Duration;
+
+    /// The CRD becomes Established.
+    pub const CRD_ESTABLISHED: Duration = Duration::from_secs(30);
+    /// One resource reaches the state a step of a scenario expects.
+    pub const CONVERGE: Duration = Duration::from_secs(30);
+    /// A deleted resource is gone (finalizer removed).
+    pub const DELETE: Duration = Duration::from_secs(30);
+    /// An Event shows up.
+    pub const EVENT: Duration = Duration::from_secs(30);
+    /// Twenty resources converge (crash and throttling scenarios).
+    pub const MANY: Duration = Duration::from_secs(120);
+    /// The standby takes the lease over from a killed leader (lease duration 15 s).
+    pub const TAKEOVER: Duration = Duration::from_secs(45);
+    /// A child process prints its first line (the controller first connects to the API server,
+    /// which it gives up on after 10 s).
+    pub const PROCESS_START: Duration = Duration::from_secs(30);
+    /// One HTTP exchange with a local process.
+    pub const HTTP: Duration = Duration::from_secs(10);
+    /// Best-effort namespace cleanup in `Drop`.
+    pub const CLEANUP: Duration = Duration::from_secs(60);
+}
+
+/// Interval of the probes of HTTP endpoints that offer no watch (`/readyz`, `/metrics`, the
+/// emulator's call counts), like a kubelet readiness probe.
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The package root.
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The kubeconfig to test against, from the value of [`KUBECONFIG_VAR`]: `None` (skip) when unset
+/// or empty.
+pub fn e2e_kubeconfig(value: Option<OsString>) -> Option<PathBuf> {
+    value.filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+// -------------------------------------------------------------------------------------------
+// Cluster
+
+/// The cluster named by `EAC_E2E_KUBECONFIG`, with the CRD installed.
+pub struct Cluster {
+    pub client: Client,
+    config: Config,
+    /// Absolute path of the kubeconfig, handed to the controller as `KUBECONFIG`.
+    pub kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    /// The cluster, or `None` (after printing [`SKIP_MESSAGE`]) when `EAC_E2E_KUBECONFIG` is not
+    /// set. A variable that is set but names no usable kubeconfig fails the test: a typo must not
+    /// turn into a silent skip.
+    pub async fn from_env() -> Option<Cluster> {
+        let Some(path) = e2e_kubeconfig(std::env::var_os(KUBECONFIG_VAR)) else {
+            println!("{SKIP_MESSAGE}");
+            return None;
+        };
+        Some(Cluster::connect(&path).await)
+    }
+
+    /// The cluster of the kubeconfig at `path`, with the CRD installed.
+    pub async fn connect(path: &Path) -> Cluster {
+        let kubeconfig = std::fs::canonicalize(path)
+            .unwrap_or_else(|e| panic!("{KUBECONFIG_VAR}={}: {e}", path.display()));
+        let file = Kubeconfig::read_from(&kubeconfig).unwrap_or_else(|e| {
+            panic!(
+                "{KUBECONFIG_VAR}={}: not a kubeconfig: {e}",
+                kubeconfig.display()
+            )
+        });
+        let config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{KUBECONFIG_VAR}={}: unusable kubeconfig: {e}",
+                    kubeconfig.display()
+                )
+            });
+        let client = Client::try_from(config.clone())
+            .unwrap_or_else(|e| panic!("cannot build a Kubernetes client: {e}"));
+        let cluster = Cluster {
+            client,
+            config,
+            kubeconfig,
+        };
+        cluster.install_crd().await;
+        cluster
+    }
+
+    /// Server-side applies `crds/` (idempotent: every test does it, in parallel) and waits until
+    /// the CRD is Established.
+    async fn install_crd(&self) {
+        let text = std::fs::read_to_string(repo_path(CRD_FILE))
+            .unwrap_or_else(|e| panic!("cannot read {CRD_FILE}: {e}"));
+        let manifest: Value =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{CRD_FILE} is not YAML: {e}"));
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        crds.patch(
+            CRD_NAME,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&manifest),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot apply {CRD_FILE}: {e}"));
+        wait_object(
+            &crds,
+            CRD_NAME,
+            "the CRD to be Established",
+            timeouts::CRD_ESTABLISHED,
+            conditions::is_crd_established(),
+        )
+        .await;
+    }
+
+    /// A fresh namespace `eac-e2e-<random>` for one test, deleted when the guard drops.
+    pub async fn namespace(&self, test: &str) -> TestNamespace {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("eac-e2e-{}", &suffix[..10]);
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(BTreeMap::from([(NAMESPACE_LABEL.into(), "true".into())])),
+                annotations: Some(BTreeMap::from([("eac-e2e/test".into(), test.into())])),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+        println!(
+            "e2e: test {test} runs in namespace {name}; logs in {}",
+            dir.path().display()
+        );
+        TestNamespace {
+            name,
+            client: self.client.clone(),
+            config: self.config.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            dir: Some(dir),
+            children: Arc::default(),
+        }
+    }
+
+    /// The CRD as the API server stores it, as raw JSON (typed decoding would drop fields).
+    pub async fn stored_crd(&self) -> Value {
+        let resource = kube::api::ApiResource::erase::<CustomResourceDefinition>(&());
+        let api: Api<kube::api::DynamicObject> = Api::all_with(self.client.clone(), &resource);
+        let crd = api
+            .get(CRD_NAME)
+            .await
+            .unwrap_or_else(|e| panic!("cannot read CRD {CRD_NAME}: {e}"));
+        serde_json::to_value(crd).expect("a DynamicObject serializes")
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Namespace guard
+
+/// A child process shared between its handle ([`Emulator`], [`Controller`]) and the namespace
+/// guard, so the guard can make sure it is dead even if the handle outlives it.
+type ChildSlot = Arc<Mutex<Child>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// SIGKILLs the child unless it already exited, and reaps it. `std` never signals a child it
+/// has already reaped, so this cannot hit a recycled pid.
+fn kill_and_reap(slot: &ChildSlot) -> Option<ExitStatus> {
+    let mut child = lock(slot);
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// One test's namespace. Drop order matters: declare it before the processes of the test, so
+/// they are killed (and their logs printed on failure) before the namespace goes.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+    config: Config,
+    kubeconfig: PathBuf,
+    dir: Option<TempDir>,
+    children: Arc<Mutex<Vec<ChildSlot>>>,
+}
+
+impl TestNamespace {
+    /// Where this test's logs go (kept when the test fails).
+    pub fn log_dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .map(TempDir::path)
+            .expect("the log directory lives as long as the guard")
+    }
+
+    pub fn eacs(&self) -> Api<Eac> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub fn events(&self) -> Api<Event> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// The resource API without types, for manifests the Rust types cannot express.
+    pub fn raw_eacs(&self) -> Api<kube::api::DynamicObject> {
+        let resource = kube::api::ApiResource::erase::<Eac>(&());
+        Api::namespaced_with(self.client.clone(), &self.name, &resource)
+    }
+
+    /// `kubectl apply --server-side --field-manager eac-e2e`.
+    pub async fn apply(&self, obj: &Eac) -> Eac {
+        let name = obj.name_any();
+        self.eacs()
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(obj),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot apply {}/{name}: {e}", self.name))
+    }
+
+    /// `kubectl delete` (without waiting).
+    pub async fn delete(&self, name: &str) {
+        self.eacs()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("cannot delete {}/{name}: {e}", self.name));
+    }
+
+    /// Starts `proton-emulator` for this test.
+    pub async fn start_emulator(&self) -> Emulator {
+        let emulator = Emulator::start(self.log_dir()).await;
+        lock(&self.children).push(emulator.child.clone());
+        emulator
+    }
+
+    /// Starts `eac-controller run` against `emulator`, watching this namespace.
+    pub async fn start_controller(
+        &self,
+        emulator: &Emulator,
+        options: ControllerOptions,
+    ) -> Controller {
+        let controller = Controller::spawn(
+            &self.kubeconfig,
+            &emulator.url,
+            &self.name,
+            self.log_dir(),
+            options,
+        );
+        lock(&self.children).push(controller.child.clone());
+        controller
+    }
+
+    /// Waits until the resource satisfies `cond`; on timeout, fails with its current state.
+    pub async fn wait_eac(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&Eac) -> bool,
+    ) -> Eac {
+        wait_object(
+            &self.eacs(),
+            name,
+            what,
+            timeout,
+            move |obj: Option<&Eac>| obj.is_some_and(&cond),
+        )
+        .await
+        .expect("the condition holds only for an existing object")
+    }
+
+    /// `kubectl wait --for=condition=<type>`: the condition has status True.
+    pub async fn kubectl_wait_for_condition(&self, name: &str, type_: &str) -> Eac {
+        self.wait_eac(
+            name,
+            &format!("condition={type_}"),
+            timeouts::CONVERGE,
+            |o| has_condition(o, type_, "True", None),
+        )
+        .await
+    }
+
+    /// Waits until the resource with this uid is gone from the API server.
+    pub async fn wait_deleted(&self, name: &str, uid: &str) {
+        wait_object(
+            &self.eacs(),
+            name,
+            "the resource to be deleted (finalizer removed)",
+            timeouts::DELETE,
+            conditions::is_deleted::<Eac>(uid),
+        )
+        .await;
+    }
+
+    /// Waits until exactly `count` resources exist in the namespace and all satisfy `cond`.
+    pub async fn wait_all_eacs(
+        &self,
+        what: &str,
+        count: usize,
+        timeout: Duration,
+        cond: impl Fn(&Eac) -> bool,
+    ) -> Vec<Arc<Eac>> {
+        wait_list(
+            self.eacs(),
+            what,
+            timeout,
+            |all: &[Arc<Eac>]| all.len() == count && all.iter().all(|o| cond(o)),
+            |all: &[Arc<Eac>]| {
+                let mut text = format!("{} resources:\n", all.len());
+                for o in all {
+                    text.push_str(&summarize(o));
+                    text.push('\n');
+                }
+                text
+            },
+        )
+        .await
+    }
+
+    /// Waits for an Event (events.k8s.io/v1) about the object with this uid with this reason.
+    pub async fn wait_event(&self, uid: &str, reason: &str) -> Event {
+        let about = |e: &Event| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid);
+        let events = wait_list(
+            self.events(),
+            &format!("an Event {reason} about uid {uid}"),
+            timeouts::EVENT,
+            |all: &[Arc<Event>]| {
+                all.iter()
+                    .any(|e| about(e) && e.reason.as_deref() == Some(reason))
+            },
+            |all: &[Arc<Event>]| {
+                let mut text = String::from("Events about the object:\n");
+                for e in all.iter().filter(|e| about(e)) {
+                    text.push_str(&describe_event(e));
+                    text.push('\n');
+                }
+                text
+            },
+        )
+        .await;
+        events
+            .iter()
+            .find(|e| about(e) && e.reason.as_deref() == Some(reason))
+            .map(|e| (**e).clone())
+            .expect("the wait returned once the Event existed")
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        for child in lock(&self.children).iter() {
+            kill_and_reap(child);
+        }
+        let failed = std::thread::panicking();
+        if failed && let Some(dir) = self.dir.take() {
+            eprintln!(
+                "e2e: the test failed; logs kept in {}",
+                dir.keep().display()
+            );
+        }
+        // The test's runtime may be shutting down (or unwinding): clean up on a thread of our own
+        // with a client of its own.
+        let config = self.config.clone();
+        let name = self.name.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start a runtime: {e}"))?;
+            runtime.block_on(async {
+                let client = Client::try_from(config).map_err(|e| e.to_string())?;
+                if failed {
+                    match tokio::time::timeout(timeouts::HTTP, namespace_report(&client, &name))
+                        .await
+                    {
+                        Ok(report) => eprintln!("{report}"),
+                        Err(_) => eprintln!("e2e: no report of namespace {name}: no answer"),
+                    }
+                }
+                tokio::time::timeout(timeouts::CLEANUP, cleanup_namespace(&client, &name))
+                    .await
+                    .map_err(|_| format!("no answer within {:?}", timeouts::CLEANUP))?
+                    .map_err(|e| e.to_string())
+            })
+        });
+        match cleanup.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!(
+                "e2e: WARNING: cleanup of namespace {} failed: {e}; delete it with `kubectl delete ns {}`",
+                self.name, self.name
+            ),
+            Err(_) => eprintln!("e2e: WARNING: cleanup of namespace {} panicked", self.name),
+        }
+    }
+}
+
+/// Strips the finalizers of every resource left in the namespace (no controller runs any more
+/// to remove them), then deletes the namespace, then strips again whatever appeared meanwhile.
+async fn cleanup_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
+    let eacs: Api<Eac> = Api::namespaced(client.clone(), name);
+    strip_finalizers(&eacs).await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e),
+    }
+    strip_finalizers(&eacs).await
+}
+
+async fn strip_finalizers(eacs: &Api<Eac>) -> Result<(), kube::Error> {
+    let list = match eacs.list_metadata(&ListParams::default()).await {
+        Ok(list) => list,
+        // No CRD (installation failed) or no namespace: nothing to strip.
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for obj in list.items {
+        if obj.finalizers().is_empty() {
+            continue;
+        }
+        let patch = json!({"metadata": {"finalizers": null}});
+        match eacs
+            .patch_metadata(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The resources and Events of a namespace, for the output of a failed test.
+async fn namespace_report(client: &Client, name: &str) -> String {
+    let mut text = format!("--- namespace {name} at the end of the failed test ---\n");
+    match Api::<Eac>::namespaced(client.clone(), name)
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => {
+            for o in &list.items {
+                text.push_str(&summarize(o));
+                text.push('\n');
+            }
+        }
+        Err(e) => text.push_str(&format!("(cannot list the resources: {e})\n")),
+    }
+    match Api::<Event>::namespaced(client.clone(), name)
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => {
+            for e in &list.items {
+                text.push_str(&describe_event(e));
+                text.push('\n');
+            }
+        }
+        Err(e) => text.push_str(&format!("(cannot list the Events: {e})\n")),
+    }
+    text
+}
+
+// -------------------------------------------------------------------------------------------
+// Waiting
+
+/// Waits (on a watch) until `cond` holds for the named object (`None` is passed while it does
+/// not exist) and returns it (`None`: the condition held for a missing object); on timeout or
+/// watch failure, fails with what the object looks like now.
+pub async fn wait_object<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl WaitCondition<K>,
+) -> Option<K>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Serialize + Send + 'static,
+{
+    let outcome = tokio::time::timeout(timeout, await_condition(api.clone(), name, cond)).await;
+    let problem = match outcome {
+        Ok(Ok(obj)) => return obj,
+        Ok(Err(e)) => format!("the watch failed: {e}"),
+        Err(_) => format!("timed out after {timeout:?}"),
+    };
+    let now = match api.get_opt(name).await {
+        Ok(Some(obj)) => describe(&obj),
+        Ok(None) => "(the object does not exist)".to_string(),
+        Err(e) => format!("(cannot read it: {e})"),
+    };
+    panic!("waiting for {what} on {name}: {problem}; it is now:\n{now}");
+}
+
+/// Waits (on a list-watch mirrored by a reflector) until `cond` holds for all objects of `api`;
+/// on timeout, fails with `describe` of the objects seen.
+pub async fn wait_list<K>(
+    api: Api<K>,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&[Arc<K>]) -> bool,
+    describe: impl Fn(&[Arc<K>]) -> String,
+) -> Vec<Arc<K>>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let mut stream =
+        pin!(reflector(writer, watcher(api, watcher::Config::default())).default_backoff());
+    let mut last_error = None;
+    let outcome = tokio::time::timeout(timeout, async {
+        // The store shows the initial list only once it is complete.
+        let mut listed = false;
+        loop {
+            match stream.try_next().await {
+                Ok(Some(event)) => {
+                    listed |= matches!(event, watcher::Event::InitDone);
+                    if listed {
+                        let all = reader.state();
+                        if cond(&all) {
+                            return Ok(all);
+                        }
+                    }
+                }
+                Ok(None) => return Err("the watch ended".to_string()),
+                // Retried with backoff by the stream.
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(Ok(all)) => all,
+        Ok(Err(e)) => panic!(
+            "waiting for {what}: {e}; seen:\n{}",
+            describe(&reader.state())
+        ),
+        Err(_) => panic!(
+            "waiting for {what}: timed out after {timeout:?}{}; seen:\n{}",
+            last_error
+                .map(|e| format!(" (last watch error: {e})"))
+                .unwrap_or_default(),
+            describe(&reader.state())
+        ),
+    }
+}
+
+/// An object as YAML without `managedFields`, for failure messages.
+pub fn describe<K: Serialize>(obj: &K) -> String {
+    let mut value = serde_json::to_value(obj).unwrap_or(Value::Null);
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    serde_yaml::to_string(&value).unwrap_or_else(|e| format!("(unprintable: {e})"))
+}
+
+/// One line per resource: name, generation, finalizers, id, state, conditions.
+pub fn summarize(o: &Eac) -> String {
+    let s = status(o);
+    let conditions: Vec<String> = s
+        .conditions
+        .iter()
+        .map(|c| {
+            format!(
+                "{}={}/{} (gen {:?}: {})",
+                c.type_, c.status, c.reason, c.observed_generation, c.message
+            )
+        })
+        .collect();
+    format!(
+        "{} gen={:?} deleting={} finalizers={:?} id={:?} status={:?} observedGeneration={:?} conditions=[{}]",
+        o.name_any(),
+        o.metadata.generation,
+        o.metadata.deletion_timestamp.is_some(),
+        o.finalizers(),
+        s.id,
+        s.status,
+        s.observed_generation,
+        conditions.join("; ")
+    )
+}
+
+fn describe_event(e: &Event) -> String {
+    format!(
+        "{} {} {} by {}/{}: {}",
+        e.type_.as_deref().unwrap_or("?"),
+        e.reason.as_deref().unwrap_or("?"),
+        e.regarding
+            .as_ref()
+            .and_then(|r| r.name.as_deref())
+            .unwrap_or("?"),
+        e.reporting_controller.as_deref().unwrap_or("?"),
+        e.reporting_instance.as_deref().unwrap_or("?"),
+        e.note.as_deref().unwrap_or("")
+    )
+}
+
+// -------------------------------------------------------------------------------------------
+// Resource helpers
+
+/// The status, or an empty one.
+pub fn status(o: &Eac) -> EnvironmentAccountConnectionStatus {
+    o.status.clone().unwrap_or_default()
+}
+
+pub fn condition<'a>(o: &'a Eac, type_: &str) -> Option<&'a Condition> {
+    o.status.as_ref()?.condition(type_)
+}
+
+/// The condition has this status (and reason, if given).
+pub fn has_condition(o: &Eac, type_: &str, status: &str, reason: Option<&str>) -> bool {
+    condition(o, type_).is_some_and(|c| c.status == status && reason.is_none_or(|r| c.reason == r))
+}
+
+/// The current generation was applied: observedGeneration is current and Synced is True.
+pub fn synced(o: &Eac) -> bool {
+    let generation = o.metadata.generation;
+    status(o).observed_generation == generation
+        && condition(o, "Synced")
+            .is_some_and(|c| c.status == "True" && c.observed_generation == generation)
+}
+
+/// The resource has a connection id and is synced at its current generation.
+pub fn has_connection(o: &Eac) -> bool {
+    status(o).id.is_some() && synced(o)
+}
+
+pub fn uid(o: &Eac) -> String {
+    o.uid().expect("a stored object has a uid")
+}
+
+// -------------------------------------------------------------------------------------------
+// Captured output of a child process
+
+#[derive(Clone, Copy, Default)]
+struct Progress {
+    lines: usize,
+    closed: bool,
+}
+
+/// Lines a child process writes to one of its pipes, as they come: kept in memory (to wait for a
+/// line without polling) and appended to a file (to read after a failure).
+pub struct LogCapture {
+    label: String,
+    path: Option<PathBuf>,
+    lines: Mutex<Vec<String>>,
+    progress: watch::Sender<Progress>,
+}
+
+impl LogCapture {
+    /// Reads `pipe` on a thread of its own until the process closes it.
+    fn start(label: String, pipe: impl Read + Send + 'static, path: Option<PathBuf>) -> Arc<Self> {
+        let capture = Arc::new(LogCapture {
+            label,
+            path: path.clone(),
+            lines: Mutex::default(),
+            progress: watch::Sender::new(Progress::default()),
+        });
+        let writer = capture.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("capture {}", capture.label))
+            .spawn(move || {
+                let mut file = path.and_then(|p| File::create(p).ok());
+                for line in BufReader::new(pipe).split(b'\n') {
+                    let Ok(bytes) = line else { break };
+                    let line = String::from_utf8_lossy(&bytes)
+                        .trim_end_matches('\r')
+                        .to_string();
+                    if let Some(file) = file.as_mut() {
+                        let _ = writeln!(file, "{line}");
+                    }
+                    lock(&writer.lines).push(line);
+                    writer.progress.send_modify(|p| p.lines += 1);
+                }
+                writer.progress.send_modify(|p| p.closed = true);
+            });
+        if let Err(e) = spawned {
+            panic!("cannot start the thread capturing {}: {e}", capture.label);
+        }
+        capture
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        lock(&self.lines).clone()
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Waits for a line matching `pred` (already written or still to come).
+    pub async fn wait_for_line(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        let mut progress = self.progress.subscribe();
+        let wait = async {
+            loop {
+                let closed = progress.borrow_and_update().closed;
+                if let Some(line) = lock(&self.lines).iter().find(|l| pred(l)) {
+                    return Ok(line.clone());
+                }
+                if closed {
+                    return Err(format!("{} ended without {what}", self.label));
+                }
+                if progress.changed().await.is_err() {
+                    return Err(format!("{} is no longer captured", self.label));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "{} showed no {what} within {timeout:?}",
+                    self.label
+                ))
+            })
+    }
+
+    /// The last `max` lines, for a failure report.
+    fn tail(&self, max: usize) -> String {
+        let lines = lock(&self.lines);
+        let skipped = lines.len().saturating_sub(max);
+        let mut text = String::new();
+        if skipped > 0 {
+            text.push_str(&format!("... ({skipped} earlier lines in the file)\n"));
+        }
+        for line in &lines[skipped..] {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "--- {}{} ---\n{}--- end of {} ---",
+            self.label,
+            self.path
+                .as_ref()
+                .map(|p| format!(" ({})", p.display()))
+                .unwrap_or_default(),
+            self.tail(400),
+            self.label
+        )
+    }
+}
+
+/// A command without the caller's settings that would change how the child behaves: the tests
+/// say everything explicitly.
+fn hermetic_command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("EAC_")
+            || key.starts_with("AWS_")
+            || key.starts_with("PROTON_EMULATOR_")
+            || matches!(
+                key,
+                "KUBECONFIG" | "POD_NAME" | "POD_NAMESPACE" | "RUST_LOG"
+            )
+        {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("RUST_LOG", "info")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdin(Stdio::null());
+    command
+}
+
+static PROCESS_NUMBER: AtomicUsize = AtomicUsize::new(0);
+
+fn next_process_number() -> usize {
+    PROCESS_NUMBER.fetch_add(1, Ordering::Relaxed)
+}
+
+// -------------------------------------------------------------------------------------------
+// Emulator process
+
+/// The built `proton-emulator`, on 127.0.0.1 with an ephemeral port.
+pub struct Emulator {
+    pub url: String,
+    pub addr: SocketAddr,
+    child: ChildSlot,
+    stderr: Arc<LogCapture>,
+    _stdout: Arc<LogCapture>,
+}
+
+/// The first line the emulator prints on stdout.
+pub const EMULATOR_BANNER: &str = "proton-emulator listening on ";
+
+/// The URL of the emulator's banner line.
+pub fn parse_emulator_banner(line: &str) -> Option<(String, SocketAddr)> {
+    let url = line.strip_prefix(EMULATOR_BANNER)?.trim();
+    let addr = url.strip_prefix("http://")?.parse().ok()?;
+    Some((url.to_string(), addr))
+}
+
+impl Emulator {
+    /// Starts the binary with `--listen 127.0.0.1:0` and reads its address from the first line
+    /// of its stdout.
+    pub async fn start(log_dir: &Path) -> Emulator {
+        let n = next_process_number();
+        let mut child = hermetic_command(env!("CARGO_BIN_EXE_proton-emulator"))
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start proton-emulator: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let child = Arc::new(Mutex::new(child));
+        let stdout = LogCapture::start(format!("proton-emulator #{n} stdout"), stdout, None);
+        let stderr = LogCapture::start(
+            format!("proton-emulator #{n} stderr"),
+            stderr,
+            Some(log_dir.join(format!("proton-emulator-{n}.log"))),
+        );
+        let first = stdout
+            .wait_for_line("a first line", timeouts::PROCESS_START, |_| true)
+            .await;
+        let parsed = first.as_deref().ok().and_then(parse_emulator_banner);
+        let Some((url, addr)) = parsed else {
+            kill_and_reap(&child);
+            panic!(
+                "proton-emulator did not announce its address ({first:?}; expected \
+                 `{EMULATOR_BANNER}http://HOST:PORT`)\n{}",
+                stderr.report()
+            );
+        };
+        Emulator {
+            url,
+            addr,
+            child,
+            stderr,
+            _stdout: stdout,
+        }
+    }
+
+    /// `GET /_emulator/calls`.
+    pub async fn calls(&self) -> CallCounts {
+        let response = http_request(self.addr, "GET", "/_emulator/calls", None)
+            .await
+            .unwrap_or_else(|e| panic!("GET /_emulator/calls: {e}"));
+        assert_eq!(
+            response.status, 200,
+            "GET /_emulator/calls: {}",
+            response.body
+        );
+        serde_json::from_str(&response.body)
+            .unwrap_or_else(|e| panic!("GET /_emulator/calls: {e}: {}", response.body))
+    }
+
+    /// Probes `GET /_emulator/calls` until `cond` holds (the emulator offers no watch).
+    pub async fn calls_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&CallCounts) -> bool,
+    ) -> CallCounts {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let calls = self.calls().await;
+            if cond(&calls) {
+                return calls;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("emulator calls: {what} not seen within {timeout:?}; calls now: {calls:?}");
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// `PUT /_emulator/faults`, e.g. `{"throttleRps": 5, "errorRate": 0.0, "latencyMs": 0, "deny": []}`.
+    pub async fn set_faults(&self, faults: Value) {
+        let body = faults.to_string();
+        let response = http_request(self.addr, "PUT", "/_emulator/faults", Some(&body))
+            .await
+            .unwrap_or_else(|e| panic!("PUT /_emulator/faults: {e}"));
+        assert_eq!(
+            response.status, 200,
+            "PUT /_emulator/faults {body}: {}",
+            response.body
+        );
+    }
+
+    /// `POST /_emulator/fail-next`.
+    pub async fn fail_next(&self, operation: &str, error_type: &str, count: u32) {
+        let body =
+            json!({"operation": operation, "errorType": error_type, "count": count}).to_string();
+        let response = http_request(self.addr, "POST", "/_emulator/fail-next", Some(&body))
+            .await
+            .unwrap_or_else(|e| panic!("POST /_emulator/fail-next: {e}"));
+        assert!(
+            (200..300).contains(&response.status),
+            "POST /_emulator/fail-next {body}: HTTP {} {}",
+            response.status,
+            response.body
+        );
+    }
+
+    /// The real `aws-sdk-proton` client pointed at the emulator, playing the management account
+    /// (or anyone acting out of band). SDK retries are off so every call is counted once.
+    pub fn sdk(&self) -> aws_sdk_proton::Client {
+        use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
+        let config = aws_sdk_proton::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(&self.url)
+            .credentials_provider(Credentials::new("AKIDE2E", "e2e", None, None, "e2e"))
+            .retry_config(RetryConfig::disabled())
+            .build();
+        aws_sdk_proton::Client::from_conf(config)
+    }
+
+    /// SIGKILL; returns how it ended.
+    pub fn kill(&self) -> Option<ExitStatus> {
+        kill_and_reap(&self.child)
+    }
+
+    pub fn stderr(&self) -> &LogCapture {
+        &self.stderr
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        kill_and_reap(&self.child);
+        if std::thread::panicking() {
+            eprintln!("{}", self.stderr.report());
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Controller process
+
+/// How to start one controller.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// `POD_NAME`: the Lease identity and the Events' reporting instance.
+    pub identity: String,
+    /// Flags after the common ones (e.g. `--leader-election`).
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        ControllerOptions {
+            identity: "eac-e2e-controller".into(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+impl ControllerOptions {
+    pub fn with_args(args: &[&str]) -> Self {
+        ControllerOptions {
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            ..ControllerOptions::default()
+        }
+    }
+}
+
+/// The message of the controller's log line that names the metrics address (field `addr`).
+pub const SERVING_MESSAGE: &str = "serving /metrics, /healthz, /readyz";
+
+/// The `addr` of the controller's JSON log line announcing the metrics endpoint.
+pub fn parse_serving_line(line: &str) -> Option<SocketAddr> {
+    let value: Value = serde_json::from_str(line).ok()?;
+    if value.get("message")?.as_str()? != SERVING_MESSAGE {
+        return None;
+    }
+    value.get("addr")?.as_str()?.parse().ok()
+}
+
+/// The built `eac-controller run`, its stderr (JSON logs) captured.
+pub struct Controller {
+    pub identity: String,
+    child: ChildSlot,
+    log: Arc<LogCapture>,
+}
+
+impl Controller {
+    /// Starts the controller against `proton_url`, watching `namespace`, with the kubeconfig at
+    /// `kubeconfig`, its log in `log_dir`.
+    pub fn spawn(
+        kubeconfig: &Path,
+        proton_url: &str,
+        namespace: &str,
+        log_dir: &Path,
+        options: ControllerOptions,
+    ) -> Controller {
+        let n = next_process_number();
+        // Empty AWS profile files: nothing from the machine running the tests.
+        let aws_config = log_dir.join("aws-config");
+        let aws_credentials = log_dir.join("aws-credentials");
+        for file in [&aws_config, &aws_credentials] {
+            std::fs::write(file, "")
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
+        }
+        let mut command = hermetic_command(env!("CARGO_BIN_EXE_eac-controller"));
+        command
+            .args([
+                "run",
+                "--proton-endpoint",
+                proton_url,
+                "--namespace",
+                namespace,
+            ])
+            .args([
+                "--region",
+                REGION,
+                "--resync-period",
+                "2s",
+                "--pending-poll",
+                "1s",
+            ])
+            .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args(&options.extra_args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("AWS_ACCESS_KEY_ID", "AKIDE2E")
+            .env("AWS_SECRET_ACCESS_KEY", "e2e")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", &aws_config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &aws_credentials)
+            .env("POD_NAME", &options.identity)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start eac-controller: {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = LogCapture::start(
+            format!("eac-controller {} #{n}", options.identity),
+            stderr,
+            Some(log_dir.join(format!("eac-controller-{}-{n}.log", options.identity))),
+        );
+        Controller {
+            identity: options.identity,
+            child: Arc::new(Mutex::new(child)),
+            log,
+        }
+    }
+
+    /// The metrics/health address, from the log line that announces it.
+    pub async fn metrics_addr(&self) -> SocketAddr {
+        match self
+            .log
+            .wait_for_line(
+                &format!("a `{SERVING_MESSAGE}` line with an addr"),
+                timeouts::PROCESS_START,
+                |l| parse_serving_line(l).is_some(),
+            )
+            .await
+        {
+            Ok(line) => parse_serving_line(&line).expect("the line was matched by its address"),
+            Err(e) => panic!("{e} (exit: {:?})\n{}", self.try_exit(), self.log.report()),
+        }
+    }
+
+    /// SIGKILL (no graceful shutdown); returns how it ended.
+    pub fn kill(&self) -> Option<ExitStatus> {
+        kill_and_reap(&self.child)
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn try_exit(&self) -> Option<ExitStatus> {
+        lock(&self.child).try_wait().ok().flatten()
+    }
+
+    pub fn log(&self) -> &LogCapture {
+        &self.log
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        kill_and_reap(&self.child);
+        if std::thread::panicking() {
+            eprintln!("{}", self.log.report());
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Raw HTTP/1.1
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 exchange over a fresh connection (`Connection: close`), with a JSON body if
+/// given.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<HttpResponse> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n"
+        );
+        if let Some(body) = body {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        request.push_str("\r\n");
+        request.push_str(body.unwrap_or_default());
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        parse_http_response(&raw)
+    };
+    tokio::time::timeout(timeouts::HTTP, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "{method} {path} on {addr}: no answer within {:?}",
+                    timeouts::HTTP
+                ),
+            ))
+        })
+}
+
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+/// Parses a complete HTTP/1.1 response (status line, headers, body by Content-Length, chunked,
+/// or up to the end of the connection).
+pub fn parse_http_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            invalid(format!(
+                "no end of headers in {:?}",
+                String::from_utf8_lossy(raw)
+            ))
+        })?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let rest = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|_| status_line.starts_with("HTTP/1."))
+        .ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let body = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        decode_chunked(rest)?
+    } else if let Some(length) = find("content-length") {
+        let length: usize = length
+            .parse()
+            .map_err(|e| invalid(format!("bad Content-Length {length:?}: {e}")))?;
+        rest.get(..length)
+            .ok_or_else(|| invalid(format!("body shorter than Content-Length {length}")))?
+            .to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).to_string(),
+    })
+}
+
+fn decode_chunked(mut data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| invalid("truncated chunk size".into()))?;
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|e| invalid(format!("bad chunk size {size_text:?}: {e}")))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        let chunk = data
+            .get(..size)
+            .ok_or_else(|| invalid("truncated chunk".into()))?;
+        body.extend_from_slice(chunk);
+        data = data.get(size + 2..).unwrap_or_default();
+    }
+}
+
+/// Probes `GET path` until `cond` holds, like a kubelet probe (these endpoints offer no watch).
+pub async fn http_until(
+    addr: SocketAddr,
+    path: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&HttpResponse) -> bool,
+) -> HttpResponse {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match http_request(addr, "GET", path, None).await {
+            Ok(response) if cond(&response) => return response,
+            Ok(response) => format!("HTTP {} {}", response.status, response.body),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("GET {path} on {addr}: {what} not seen within {timeout:?}; last answer: {last}");
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Proton (the SDK, playing the management account and acting out of band)
+
+/// Every connection in the emulator's account (all pages).
+pub async fn list_connections(
+    sdk: &aws_sdk_proton::Client,
+) -> Vec<EnvironmentAccountConnectionSummary> {
+    sdk.list_environment_account_connections()
+        .requested_by(EnvironmentAccountConnectionRequesterAccountType::EnvironmentAccount)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap_or_else(|e| panic!("ListEnvironmentAccountConnections: {e:?}"))
+}
+
+/// The tags of a connection (all pages).
+pub async fn tags_of(sdk: &aws_sdk_proton::Client, arn: &str) -> BTreeMap<String, String> {
+    sdk.list_tags_for_resource()
+        .resource_arn(arn)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap_or_else(|e| panic!("ListTagsForResource {arn}: {e:?}"))
+        .into_iter()
+        .map(|t| (t.key, t.value))
+        .collect()
+}
+
+/// The connection, or `None` when Proton says ResourceNotFoundException.
+pub async fn get_connection(sdk: &aws_sdk_proton::Client, id: &str) -> Option<ProtonConnection> {
+    match sdk.get_environment_account_connection().id(id).send().await {
+        Ok(out) => out.environment_account_connection,
+        Err(e) => {
+            let e = e.into_service_error();
+            assert!(
+                e.is_resource_not_found_exception(),
+                "GetEnvironmentAccountConnection {id}: {e:?}"
+            );
+            None
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Manifests
+
+/// A minimal valid spec for an environment.
+pub fn spec(environment: &str) -> EnvironmentAccountConnectionSpec {
+    EnvironmentAccountConnectionSpec {
+        environment_name: environment.into(),
+        management_account_id: MANAGEMENT_ACCOUNT.into(),
+        role_arn: Some(ROLE_ARN.into()),
+        ..EnvironmentAccountConnectionSpec::default()
+    }
+}
+
+/// A resource to apply (the namespace comes from the API it is applied with).
+pub fn eac(name: &str, spec: EnvironmentAccountConnectionSpec) -> Eac {
+    Eac::new(name, spec)
+}
+
+/// The example of DESIGN.md section 2.
+pub fn design_example() -> Eac {
+    eac(
+        "prod-eu",
+        EnvironmentAccountConnectionSpec {
+            environment_name: "prod-eu".into(),
+            management_account_id: MANAGEMENT_ACCOUNT.into(),
+            role_arn: Some(ROLE_ARN.into()),
+            tags: BTreeMap::from([("team".into(), "payments".into())]),
+            region: Some("eu-west-1".into()),
+            deletion_policy: eac_controller::api::DeletionPolicy::Delete,
+            ..EnvironmentAccountConnectionSpec::default()
+        },
+    )
+}
+
+/// A manifest as JSON, for specs the Rust types cannot express.
+pub fn raw_manifest(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "proton.eac.dev/v1alpha1",
+        "kind": "EnvironmentAccountConnection",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+/// The valid spec that every invalid case breaks in one field.
+pub fn valid_raw_spec() -> Value {
+    json!({
+        "environmentName": "prod-eu",
+        "managementAccountId": MANAGEMENT_ACCOUNT,
+        "roleArn": ROLE_ARN,
+        "tags": {"team": "payments"},
+        "region": "eu-west-1",
+        "deletionPolicy": "Delete",
+    })
+}
+
+/// A manifest the API server must refuse at create time.
+pub struct InvalidCase {
+    pub what: &'static str,
+    /// The spec field the case breaks.
+    pub field: &'static str,
+    pub spec: Value,
+    /// Fragments the API server's message must contain (the field path and the reason).
+    pub expect: Vec<&'static str>,
+}
+
+/// The invalid manifests of the bad-input scenario: each is [`valid_raw_spec`] with one field
+/// broken.
+pub fn invalid_cases() -> Vec<InvalidCase> {
+    let with = |field: &str, value: Value| {
+        let mut spec = valid_raw_spec();
+        spec[field] = value;
+        spec
+    };
+    let many_tags: serde_json::Map<String, Value> = (0..51)
+        .map(|i| (format!("tag-{i:02}"), json!("v")))
+        .collect();
+    vec![
+        InvalidCase {
+            what: "an 11-digit management account id",
+            field: "managementAccountId",
+            spec: with("managementAccountId", json!("11112222333")),
+            expect: vec!["spec.managementAccountId", "should match"],
+        },
+        InvalidCase {
+            what: "an environment name starting with '-'",
+            field: "environmentName",
+            spec: with("environmentName", json!("-prod")),
+            expect: vec!["spec.environmentName", "should match"],
+        },
+        InvalidCase {
+            what: "a role ARN that is not an IAM role",
+            field: "roleArn",
+            spec: with("roleArn", json!("arn:aws:s3:::bucket")),
+            expect: vec!["spec.roleArn", "should match"],
+        },
+        InvalidCase {
+            what: "a tag key of 129 characters",
+            field: "tags",
+            spec: with("tags", json!({ "k".repeat(129): "v" })),
+            expect: vec!["spec.tags", "tag keys must be 1-128 characters long"],
+        },
+        InvalidCase {
+            what: "51 tags",
+            field: "tags",
+            spec: with("tags", Value::Object(many_tags)),
+            expect: vec!["spec.tags", "47"],
+        },
+        InvalidCase {
+            what: "a tag key with the controller's prefix",
+            field: "tags",
+            spec: with("tags", json!({"proton.eac.dev/x": "v"})),
+            expect: vec!["spec.tags", "reserved for the controller's ownership tags"],
+        },
+        InvalidCase {
+            what: "an unknown deletionPolicy",
+            field: "deletionPolicy",
+            spec: with("deletionPolicy", json!("Orphan")),
+            expect: vec!["spec.deletionPolicy", "Orphan"],
+        },
+    ]
+}
+
+/// A change of one spec field after creation, as a merge patch, and whether the API server
+/// must refuse it (with a message naming the field).
+pub struct SpecChange {
+    pub field: &'static str,
+    pub patch: Value,
+    /// `Some(fragment)`: refused, the message contains it; `None`: accepted.
+    pub refused_with: Option<&'static str>,
+}
+
+pub fn spec_changes() -> Vec<SpecChange> {
+    let change = |field: &'static str, value: Value, refused_with| SpecChange {
+        field,
+        patch: json!({"spec": {field: value}}),
+        refused_with,
+    };
+    vec![
+        change(
+            "environmentName",
+            json!("prod-us"),
+            Some("environmentName is immutable"),
+        ),
+        change(
+            "managementAccountId",
+            json!("999988887777"),
+            Some("managementAccountId is immutable"),
+        ),
+        change("region", json!("eu-central-1"), Some("region is immutable")),
+        change("region", Value::Null, Some("region is immutable")),
+        change(
+            "roleArn",
+            json!("arn:aws:iam::444455556666:role/proton-env-v2"),
+            None,
+        ),
+    ]
+}
