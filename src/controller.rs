@@ -50,13 +50,20 @@ impl Error {
     }
 }
 
-/// When a resource is next due, and what it looked like then: a reconcile triggered by anything
-/// that does not change these (the controller's own status writes, relists) costs nothing.
+/// What about a resource can make it due at once: anything else that changes (the controller's
+/// own status writes, relists) does not.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Checkpoint {
+struct Shape {
     generation: i64,
     deleting: bool,
     adopt_id: Option<String>,
+}
+
+/// When a resource is next due, and its shape then: a reconcile triggered while the shape is
+/// unchanged and the resource is not yet due costs nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Checkpoint {
+    shape: Shape,
     due: Instant,
     /// Consecutive failed reconciles, for the backoff.
     failures: u32,
@@ -191,7 +198,12 @@ async fn reconcile_inner(
         .get(ADOPT_ANNOTATION)
         .map(|s| s.trim().to_string());
 
-    if let Some(wait) = still_quiet(ctx, &uid, generation, deleting, adopt_id.as_deref()) {
+    let shape = Shape {
+        generation,
+        deleting,
+        adopt_id: adopt_id.clone(),
+    };
+    if let Some(wait) = still_quiet(ctx, &uid, &shape) {
         debug!(
             wait_secs = wait.as_secs(),
             "nothing changed since the last reconcile"
@@ -257,22 +269,14 @@ async fn reconcile_inner(
                         publish(ctx, obj, note).await;
                     }
                     ctx.metrics.connection_state(&uid, settled.status.status);
-                    remember(
-                        ctx,
-                        &uid,
-                        generation,
-                        deleting,
-                        adopt_id.clone(),
-                        settled.requeue,
-                        0,
-                    );
+                    remember(ctx, &uid, &shape, settled.requeue, 0);
                     return Ok((Action::requeue(settled.requeue), "settled"));
                 }
                 Step::Fail(failure) => {
                     let problem = Problem::from(failure);
                     let wait =
                         report_problem(ctx, obj, &resource, &observed, &problem, &object).await?;
-                    remember(ctx, &uid, generation, deleting, adopt_id.clone(), wait, 1);
+                    remember(ctx, &uid, &shape, wait, 1);
                     return Ok((Action::requeue(wait), failure.reason));
                 }
                 Step::Get { id } => {
@@ -379,22 +383,14 @@ async fn reconcile_inner(
                 let computed =
                     decide::retry_after(&problem, failures, &ctx.settings, rand::random());
                 report_problem(ctx, obj, &resource, &observed, &problem, &object).await?;
-                remember(
-                    ctx,
-                    &uid,
-                    generation,
-                    deleting,
-                    adopt_id.clone(),
-                    computed,
-                    failures,
-                );
+                remember(ctx, &uid, &shape, computed, failures);
                 return Ok((Action::requeue(computed), e.class.reason()));
             }
         }
     }
     warn!(steps = MAX_STEPS, "reconcile did not settle; will retry");
     let wait = Duration::from_secs(30);
-    remember(ctx, &uid, generation, deleting, adopt_id, wait, 1);
+    remember(ctx, &uid, &shape, wait, 1);
     Ok((Action::requeue(wait), "unsettled"))
 }
 
@@ -466,40 +462,22 @@ fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
 }
 
-fn still_quiet(
-    ctx: &Context,
-    uid: &str,
-    generation: i64,
-    deleting: bool,
-    adopt_id: Option<&str>,
-) -> Option<Duration> {
+fn still_quiet(ctx: &Context, uid: &str, shape: &Shape) -> Option<Duration> {
     let checkpoints = ctx.checkpoints();
     let c = checkpoints.get(uid)?;
-    let unchanged =
-        c.generation == generation && c.deleting == deleting && c.adopt_id.as_deref() == adopt_id;
     let now = Instant::now();
-    (unchanged && c.due > now).then(|| c.due - now)
+    (c.shape == *shape && c.due > now).then(|| c.due - now)
 }
 
 fn previous_failures(ctx: &Context, uid: &str) -> u32 {
     ctx.checkpoints().get(uid).map_or(0, |c| c.failures)
 }
 
-fn remember(
-    ctx: &Context,
-    uid: &str,
-    generation: i64,
-    deleting: bool,
-    adopt_id: Option<String>,
-    wait: Duration,
-    failures: u32,
-) {
+fn remember(ctx: &Context, uid: &str, shape: &Shape, wait: Duration, failures: u32) {
     ctx.checkpoints().insert(
         uid.to_string(),
         Checkpoint {
-            generation,
-            deleting,
-            adopt_id,
+            shape: shape.clone(),
             due: Instant::now() + wait,
             failures,
         },
