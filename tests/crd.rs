@@ -29,9 +29,10 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-const CRD_FILES: [&str; 2] = [
+const CRD_FILES: [&str; 3] = [
     "crds/environmentaccountconnections.yaml",
     "charts/eac-controller/crds/environmentaccountconnections.yaml",
+    "deploy/crd/environmentaccountconnections.yaml",
 ];
 
 fn repo_path(relative: &str) -> PathBuf {

@@ -44,13 +44,12 @@ def kubectl() -> str:
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    """The repository's deploy/ and crds/; with a stub CRD while crds/ has none generated yet."""
-    if CRD_FILE.exists():
+    """The repository's deploy/; with a stub CRD while deploy/crd has none generated yet."""
+    if (DEPLOY / "crd" / CRD_FILE.name).exists():
         return ROOT
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(DEPLOY, root / "deploy")
-    shutil.copytree(ROOT / "crds", root / "crds")
-    (root / "crds" / CRD_FILE.name).write_text(STUB_CRD)
+    (root / "deploy" / "crd" / CRD_FILE.name).write_text(STUB_CRD)
     return root
 
 
