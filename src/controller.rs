@@ -275,8 +275,8 @@ async fn reconcile_inner(
                 Step::Fail(failure) => {
                     let problem = Problem::from(failure);
                     let wait =
-                        report_problem(ctx, obj, &resource, &observed, &problem, &object).await?;
-                    remember(ctx, &uid, &shape, wait, 1);
+                        report_problem(ctx, obj, &resource, &observed, &problem, &object, &shape)
+                            .await?;
                     return Ok((Action::requeue(wait), failure.reason));
                 }
                 Step::Get { id } => {
@@ -379,12 +379,10 @@ async fn reconcile_inner(
             Err(e) => {
                 let problem = Problem::from(&e);
                 warn!(error = %e, class = ?e.class, "proton call failed");
-                let failures = previous_failures(ctx, &uid) + 1;
-                let computed =
-                    decide::retry_after(&problem, failures, &ctx.settings, rand::random());
-                report_problem(ctx, obj, &resource, &observed, &problem, &object).await?;
-                remember(ctx, &uid, &shape, computed, failures);
-                return Ok((Action::requeue(computed), e.class.reason()));
+                let wait =
+                    report_problem(ctx, obj, &resource, &observed, &problem, &object, &shape)
+                        .await?;
+                return Ok((Action::requeue(wait), e.class.reason()));
             }
         }
     }
@@ -484,8 +482,8 @@ fn remember(ctx: &Context, uid: &str, shape: &Shape, wait: Duration, failures: u
     );
 }
 
-/// Writes the status for a problem and publishes an Event if it is news. Returns the wait
-/// before the next attempt for decision-level failures.
+/// Ends a reconcile on `problem`: writes the status, publishes an Event if the problem is news,
+/// and notes when the resource is next due. Returns that wait.
 async fn report_problem(
     ctx: &Context,
     obj: &EnvironmentAccountConnection,
@@ -493,6 +491,7 @@ async fn report_problem(
     observed: &Observed,
     problem: &Problem,
     object: &str,
+    shape: &Shape,
 ) -> Result<Duration, Error> {
     let (status, news) =
         decide::status_after_problem(resource, observed, problem, &ctx.settings, now());
@@ -508,7 +507,10 @@ async fn report_problem(
         publish(ctx, obj, &note).await;
     }
     ctx.metrics.connection_state(resource.uid, status.status);
-    Ok(decide::retry_after(problem, 1, &ctx.settings, 0.5))
+    let failures = previous_failures(ctx, resource.uid) + 1;
+    let wait = decide::retry_after(problem, failures, &ctx.settings, rand::random());
+    remember(ctx, resource.uid, shape, wait, failures);
+    Ok(wait)
 }
 
 /// Server-side apply of the status subresource, only when it differs from the recorded one.
