@@ -203,13 +203,7 @@ async fn adoption_takes_over_an_existing_connection_without_create() {
     let env = Env::start().await;
     let existing = existing_connection(&env, "prod", "111122223333").await;
 
-    env.api.create("prod", UID, spec("prod"));
-    env.api.edit("prod", |o| {
-        o.metadata.annotations = Some(BTreeMap::from([(
-            ADOPT_ANNOTATION.to_string(),
-            existing.clone(),
-        )]));
-    });
+    create_adopting(&env, "prod", &existing);
     env.reconcile("prod").await.unwrap();
 
     assert_eq!(env.calls(CREATE), 1, "only the setup's own Create");
@@ -235,13 +229,7 @@ async fn adoption_of_a_connection_for_another_environment_is_refused() {
     let existing = existing_connection(&env, "staging", "111122223333").await;
     let tags_before = env.proton().connections()[0].tags.clone();
 
-    env.api.create("prod", UID, spec("prod"));
-    env.api.edit("prod", |o| {
-        o.metadata.annotations = Some(BTreeMap::from([(
-            ADOPT_ANNOTATION.to_string(),
-            existing.clone(),
-        )]));
-    });
+    create_adopting(&env, "prod", &existing);
     env.reconcile("prod").await.unwrap();
 
     let obj = env.api.get("prod").unwrap();
@@ -410,6 +398,17 @@ async fn a_throttled_call_pauses_every_caller() {
         env.api.get("b").unwrap().status.unwrap().status,
         Some(ConnectionState::Pending)
     );
+}
+
+/// A resource `name` for environment "prod" carrying the adopt annotation for `id`.
+fn create_adopting(env: &Env, name: &str, id: &str) {
+    env.api.create(name, UID, spec("prod"));
+    env.api.edit(name, |o| {
+        o.metadata.annotations = Some(BTreeMap::from([(
+            ADOPT_ANNOTATION.to_string(),
+            id.to_string(),
+        )]));
+    });
 }
 
 /// A connection made directly in Proton (not by a resource), as adoption would find it.
