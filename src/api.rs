@@ -17,6 +17,12 @@ pub const GROUP: &str = "proton.eac.dev";
 pub const FINALIZER: &str = "proton.eac.dev/finalizer";
 /// Annotation naming an existing connection id to adopt instead of creating one.
 pub const ADOPT_ANNOTATION: &str = "proton.eac.dev/adopt-id";
+/// Namespace label with which a cluster admin allows adoption (`proton.eac.dev/adopt-id`) in that
+/// namespace, when the controller runs with `--adoption namespace-opt-in` (the default). Tenants
+/// with the usual namespace roles cannot label their own namespace.
+pub const ADOPTION_NAMESPACE_LABEL: &str = "proton.eac.dev/adoption";
+/// The value of [`ADOPTION_NAMESPACE_LABEL`] that allows adoption.
+pub const ADOPTION_ALLOWED: &str = "allowed";
 /// Prefix of the ownership tags the controller puts on every connection it manages.
 pub const OWNERSHIP_TAG_PREFIX: &str = "proton.eac.dev/";
 /// Ownership tag holding the resource's `metadata.uid`.
@@ -191,12 +197,22 @@ pub struct EnvironmentAccountConnectionStatus {
     /// Connection state in Proton: PENDING, CONNECTED or REJECTED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<ConnectionState>,
-    /// The environment account (where the connection lives).
+    /// The environment account the connection lives in. Pinned before the first Create: if the
+    /// controller later runs with credentials of another account, it reports `AccountMismatch`
+    /// and changes nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment_account_id: Option<String>,
-    /// AWS region of the connection.
+    /// AWS region of the connection. Pinned before the first Create: every later call for this
+    /// connection goes to this region, whatever the controller's default region is then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Set (RFC 3339) before the controller sends a CreateEnvironmentAccountConnection whose
+    /// answer is not recorded yet, and cleared once the connection's id is recorded. While it is
+    /// set, deleting the resource searches Proton for the connection (by its uid tag) until a
+    /// Create sent then can no longer appear; without it, a resource with no id is released
+    /// without calling AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_sent_at: Option<String>,
     /// When the connection was requested (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<String>,

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::decide::AdoptionPolicy;
+
 /// Where the controller sends Proton calls.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -30,6 +32,8 @@ pub enum ConfigError {
         "--proton-endpoint embedded must be given on the command line: it starts an in-process emulator for demos and is never taken from {0}"
     )]
     EmbeddedFromEnv(&'static str),
+    #[error("{0}")]
+    Inconsistent(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -58,33 +62,72 @@ pub struct RunArgs {
     #[arg(long, env = "EAC_LABEL_SELECTOR")]
     pub label_selector: Option<String>,
 
-    /// How often a settled connection is checked against Proton.
-    #[arg(long, env = "EAC_RESYNC_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
+    /// STS endpoint URL for GetCallerIdentity (which account the credentials act as). Unset: the
+    /// Proton endpoint when one is given (the proton-emulator serves STS on the same port), else
+    /// AWS's (or AWS_ENDPOINT_URL_STS).
+    #[arg(long, env = "EAC_STS_ENDPOINT")]
+    pub sts_endpoint: Option<String>,
+
+    /// Regions the controller may act in (comma-separated); a resource naming another region is
+    /// refused (RegionNotAllowed). Unset: any region.
+    #[arg(long, env = "EAC_ALLOWED_REGIONS", value_delimiter = ',', value_parser = parse_region)]
+    pub allowed_regions: Vec<String>,
+
+    /// Who may adopt existing connections with the proton.eac.dev/adopt-id annotation:
+    /// namespace-opt-in (only in namespaces labelled proton.eac.dev/adoption=allowed by a cluster
+    /// admin), everywhere, or disabled.
+    #[arg(long, env = "EAC_ADOPTION", value_enum, default_value = "namespace-opt-in")]
+    pub adoption: AdoptionPolicy,
+
+    /// How often a settled connection is checked against Proton (1s to 24h).
+    #[arg(long, env = "EAC_RESYNC_PERIOD", default_value = "10m", value_parser = parse_resync)]
     pub resync_period: Duration,
 
-    /// First poll interval of a PENDING connection (it backs off towards the resync period).
-    #[arg(long, env = "EAC_PENDING_POLL", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// First poll interval of a PENDING connection; it backs off towards the resync period
+    /// (1s to 1h, at most the resync period).
+    #[arg(long, env = "EAC_PENDING_POLL", default_value = "30s", value_parser = parse_pending_poll)]
     pub pending_poll: Duration,
 
-    /// Resources reconciled at once.
-    #[arg(long, env = "EAC_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Resources reconciled at once (1 to 1024).
+    #[arg(long, env = "EAC_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
 
-    /// Proton calls per second, shared by all workers.
-    #[arg(long, env = "EAC_AWS_RATE_LIMIT", default_value = "10")]
+    /// Proton calls per second, shared by all workers (1 to 10000).
+    #[arg(long, env = "EAC_AWS_RATE_LIMIT", default_value = "10", value_parser = parse_rate)]
     pub aws_rate_limit: NonZeroU32,
 
-    /// Proton calls allowed at once above the rate.
-    #[arg(long, env = "EAC_AWS_BURST", default_value = "20")]
+    /// Proton calls allowed at once above the rate (1 to 10000).
+    #[arg(long, env = "EAC_AWS_BURST", default_value = "20", value_parser = parse_rate)]
     pub aws_burst: NonZeroU32,
 
-    /// Timeout of one Proton call.
-    #[arg(long, env = "EAC_AWS_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Timeout of one Proton call (1s to 5m).
+    #[arg(long, env = "EAC_AWS_TIMEOUT", default_value = "30s", value_parser = parse_aws_timeout)]
     pub aws_timeout: Duration,
+
+    /// How long AWS may take to show a new connection in ListEnvironmentAccountConnections
+    /// (eventual consistency; 0s to 10m). A resource deleted while a Create may be in flight is
+    /// released only after twice (timeout + this) without finding the connection.
+    #[arg(long, env = "EAC_AWS_LIST_LAG", default_value = "30s", value_parser = parse_list_lag)]
+    pub aws_list_lag: Duration,
 
     /// Reconcile only while holding the leader Lease.
     #[arg(long, env = "EAC_LEADER_ELECTION", default_value_t = false)]
     pub leader_election: bool,
+
+    /// How long a leader's claim on the Lease lasts without renewal; a standby takes over after
+    /// it (2s to 5m).
+    #[arg(long, env = "EAC_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    pub lease_duration: Duration,
+
+    /// A leader that has not renewed the Lease for this long stops reconciling at once; shorter
+    /// than --lease-duration, so it stops before anyone can take over (1s to 5m).
+    #[arg(long, env = "EAC_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = parse_renew_deadline)]
+    pub lease_renew_deadline: Duration,
+
+    /// /readyz answers 503 once calls to the Kubernetes API (the watch, or a standby's Lease
+    /// calls) have failed continuously for this long (5s to 1h).
+    #[arg(long, env = "EAC_WATCH_FAILURE_TIMEOUT", default_value = "2m", value_parser = parse_watch_failure_timeout)]
+    pub watch_failure_timeout: Duration,
 
     /// Namespace of the leader Lease. Unset: POD_NAMESPACE, else `default`.
     #[arg(long, env = "EAC_LEADER_ELECTION_NAMESPACE")]
@@ -105,6 +148,101 @@ pub struct RunArgs {
     /// Log level or filter (RUST_LOG syntax); RUST_LOG wins when set.
     #[arg(long, env = "EAC_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+impl RunArgs {
+    /// Checks what no single flag can: the relations between flags.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.pending_poll > self.resync_period {
+            return Err(ConfigError::Inconsistent(format!(
+                "--pending-poll ({}) must not be longer than --resync-period ({})",
+                humantime::format_duration(self.pending_poll),
+                humantime::format_duration(self.resync_period)
+            )));
+        }
+        if self.lease_renew_deadline >= self.lease_duration {
+            return Err(ConfigError::Inconsistent(format!(
+                "--lease-renew-deadline ({}) must be shorter than --lease-duration ({}): a leader must stop before a standby can take the Lease",
+                humantime::format_duration(self.lease_renew_deadline),
+                humantime::format_duration(self.lease_duration)
+            )));
+        }
+        if let Some(endpoint) = &self.sts_endpoint {
+            check_url(endpoint, "--sts-endpoint")?;
+        }
+        Ok(())
+    }
+}
+
+fn bounded(value: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if d < min || d > max {
+        return Err(format!(
+            "must be between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn parse_resync(v: &str) -> Result<Duration, String> {
+    bounded(v, SECOND, 24 * HOUR)
+}
+fn parse_pending_poll(v: &str) -> Result<Duration, String> {
+    bounded(v, SECOND, HOUR)
+}
+fn parse_aws_timeout(v: &str) -> Result<Duration, String> {
+    bounded(v, SECOND, 5 * MINUTE)
+}
+fn parse_list_lag(v: &str) -> Result<Duration, String> {
+    bounded(v, Duration::ZERO, 10 * MINUTE)
+}
+fn parse_lease_duration(v: &str) -> Result<Duration, String> {
+    bounded(v, 2 * SECOND, 5 * MINUTE)
+}
+fn parse_renew_deadline(v: &str) -> Result<Duration, String> {
+    bounded(v, SECOND, 5 * MINUTE)
+}
+fn parse_watch_failure_timeout(v: &str) -> Result<Duration, String> {
+    bounded(v, 5 * SECOND, HOUR)
+}
+
+fn parse_rate(v: &str) -> Result<NonZeroU32, String> {
+    let n: u32 = v
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a whole number: {e}"))?;
+    NonZeroU32::new(n)
+        .filter(|n| n.get() <= 10_000)
+        .ok_or_else(|| "must be between 1 and 10000".to_string())
+}
+
+fn parse_region(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    let ok = regex_lite_region(v);
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(format!("{v:?} is not an AWS region name (e.g. eu-west-1)"))
+    }
+}
+
+/// `^[a-z]{2}(-[a-z]+)+-\d$`, the CRD's pattern for regions.
+fn regex_lite_region(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[0].bytes().all(|b| b.is_ascii_lowercase())
+        && parts[1..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].len() == 1
+        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Resolves the endpoint from the flag (noting whether it came from the command line) and from
@@ -193,6 +331,27 @@ mod tests {
             resolve_endpoint(Some("http://a.test"), true, Some("http://b.test")),
             Ok(Endpoint::Url("http://a.test".into()))
         );
+    }
+
+    #[test]
+    fn bounded_values_name_their_range() {
+        assert_eq!(parse_resync("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(
+            parse_resync("0s").unwrap_err(),
+            "must be between 1s and 1day"
+        );
+        assert!(parse_resync("3y").is_err());
+        assert!(parse_pending_poll("0s").is_err());
+        assert!(parse_aws_timeout("0s").is_err());
+        assert_eq!(parse_list_lag("0s"), Ok(Duration::ZERO));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("10001").is_err());
+        assert_eq!(parse_rate("10").map(NonZeroU32::get), Ok(10));
+        assert!(parse_region("eu-west-1").is_ok());
+        assert!(parse_region("us-gov-west-1").is_ok());
+        for bad in ["EU-west-1", "eu-west", "euwest1", "eu--1", ""] {
+            assert!(parse_region(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

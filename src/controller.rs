@@ -1,7 +1,12 @@
-//! The Kubernetes side: runs the step loop of [`crate::decide`] against the API server and the
-//! Proton port, writes status and Events, and wires everything into a kube-runtime controller.
+//! The Kubernetes side: runs a [`decide::Run`] against the API server and the Proton port,
+//! writes status and Events, and wires everything into a kube-runtime controller.
+//!
+//! A reconcile reads as four steps: fetch (what the resource and the controller's memory say),
+//! decide (ask the run for the next step), execute (one Kubernetes or AWS call), record (hand the
+//! answer back to the run), until the run's step is final.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,24 +14,24 @@ use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource as _, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{
-    ADOPT_ANNOTATION, EnvironmentAccountConnection, EnvironmentAccountConnectionStatus, FINALIZER,
-    TAG_UID,
+    ADOPT_ANNOTATION, ADOPTION_ALLOWED, ADOPTION_NAMESPACE_LABEL, EnvironmentAccountConnection,
+    EnvironmentAccountConnectionStatus as Status, FINALIZER,
 };
-use crate::decide::{self, Note, Observed, Origin, Problem, Settings, Step};
+use crate::decide::{self, Memory, Note, Outcome, Run, Settings, Step};
+use crate::http::Readiness;
 use crate::metrics::Metrics;
-use crate::proton::{Proton, ProtonError};
+use crate::proton::{Proton, ProtonError, Retry};
 
 /// Field manager of the controller's server-side-apply status writes.
 pub const FIELD_MANAGER: &str = "eac-controller";
-/// A reconcile that has not settled after this many steps is cut short (and retried later).
-const MAX_STEPS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,23 +55,19 @@ impl Error {
     }
 }
 
-/// What about a resource can make it due at once: anything else that changes (the controller's
-/// own status writes, relists) does not.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Shape {
-    generation: i64,
-    deleting: bool,
-    adopt_id: Option<String>,
-}
-
-/// When a resource is next due, and its shape then: a reconcile triggered while the shape is
-/// unchanged and the resource is not yet due costs nothing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Checkpoint {
-    shape: Shape,
-    due: Instant,
-    /// Consecutive failed reconciles, for the backoff.
+/// What the controller keeps about one resource between reconciles. Dropped when the resource
+/// leaves the watch cache, and when this controller stops leading.
+#[derive(Clone, Debug, Default)]
+struct Tracked {
+    memory: Memory,
+    /// The generation and adopt annotation of the last settled reconcile, and when the resource
+    /// is due again: until then, a trigger that changed neither costs nothing.
+    settled: Option<(i64, Option<String>, Instant)>,
+    /// Consecutive failed reconciles, for the backoff; reset on success and on a spec change.
     failures: u32,
+    failed_generation: i64,
+    /// The last Kubernetes error reported in an Event, so the same one is reported once.
+    last_kube_error: Option<String>,
 }
 
 /// Everything a reconcile needs; shared by all workers.
@@ -76,7 +77,7 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Metrics,
     recorder: Recorder,
-    checkpoints: Mutex<HashMap<String, Checkpoint>>,
+    tracked: Mutex<HashMap<String, Tracked>>,
 }
 
 impl Context {
@@ -93,27 +94,43 @@ impl Context {
             proton,
             settings,
             metrics,
-            checkpoints: Mutex::default(),
+            tracked: Mutex::default(),
         }
+    }
+
+    fn tracked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes every resource due now, as if each one's requeue time had come (tests, and a
     /// forced resync).
     pub fn expire_checkpoints(&self) {
         let now = Instant::now();
-        for c in self.checkpoints().values_mut() {
-            c.due = now;
+        for t in self.tracked().values_mut() {
+            if let Some((_, _, due)) = &mut t.settled {
+                *due = now;
+            }
         }
     }
 
-    /// The resource is gone: drop what was kept about it.
-    fn forget(&self, uid: &str) {
-        self.checkpoints().remove(uid);
-        self.metrics.forget(uid);
+    /// How many resources the controller keeps state for.
+    pub fn tracked_resources(&self) -> usize {
+        self.tracked().len()
     }
 
-    fn checkpoints(&self) -> std::sync::MutexGuard<'_, HashMap<String, Checkpoint>> {
-        self.checkpoints.lock().unwrap_or_else(|p| p.into_inner())
+    /// The resource is gone: drop what was kept about it.
+    pub fn forget(&self, uid: &str) {
+        self.tracked().remove(uid);
+    }
+
+    /// Drops what is kept about resources that are no longer in the watch cache.
+    pub fn retain_only(&self, live: &HashSet<String>) {
+        self.tracked().retain(|uid, _| live.contains(uid));
+    }
+
+    /// Forgets everything (a new term of leadership: another leader may have written since).
+    pub fn forget_all(&self) {
+        self.tracked().clear();
     }
 }
 
@@ -147,397 +164,352 @@ pub async fn reconcile(
     result.map(|(action, _)| action)
 }
 
-/// After a failed reconcile (a Kubernetes error: AWS errors are handled inside).
+/// After a failed reconcile (a Kubernetes error: AWS errors end in a reported status). Backs off
+/// exponentially per resource, and reports a new error in an Event (the status may be what
+/// cannot be written).
 pub fn error_policy(
     obj: Arc<EnvironmentAccountConnection>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    warn!(error = %error, "reconcile failed");
     let uid = obj.uid().unwrap_or_default();
-    let failures = {
-        let mut checkpoints = ctx.checkpoints();
-        match checkpoints.get_mut(&uid) {
-            Some(c) => {
-                c.failures += 1;
-                c.due = Instant::now();
-                c.failures
-            }
-            None => 1,
+    let generation = obj.metadata.generation.unwrap_or_default();
+    let message = error.to_string();
+    let (failures, news) = {
+        let mut tracked = ctx.tracked();
+        let t = tracked.entry(uid).or_default();
+        let failures = t.fail(generation);
+        let news = t.last_kube_error.as_deref() != Some(message.as_str());
+        t.last_kube_error = Some(message.clone());
+        (failures, news)
+    };
+    let wait = decide::retry_after(Retry::Backoff, failures, &ctx.settings, rand::random());
+    warn!(error = %error, failures, retry_in_secs = wait.as_secs_f64(), "reconcile failed");
+    if news {
+        let note = Note::warning("KubernetesError", message);
+        let ctx = ctx.clone();
+        tokio::spawn(async move { publish(&ctx, &obj, &note).await });
+    }
+    Action::requeue(wait)
+}
+
+impl Tracked {
+    /// Counts a failure; a new generation starts the count again.
+    fn fail(&mut self, generation: i64) -> u32 {
+        if self.failed_generation != generation {
+            self.failures = 0;
+            self.failed_generation = generation;
         }
-    };
-    let problem = Problem {
-        reason: "KubernetesError",
-        message: error.to_string(),
-        retry: crate::proton::Retry::Backoff,
-    };
-    Action::requeue(decide::retry_after(
-        &problem,
-        failures,
-        &ctx.settings,
-        rand::random(),
-    ))
+        self.failures = self.failures.saturating_add(1);
+        self.settled = None;
+        self.failures
+    }
+}
+
+/// What a reconcile starts from.
+struct Facts {
+    object: String,
+    namespace: String,
+    name: String,
+    uid: String,
+    generation: i64,
+    adopt_id: Option<String>,
+    finalizers: Vec<String>,
+    /// The status in the watch cache.
+    stored: Option<Status>,
+    /// The status to reconcile from (see [`decide::effective_status`]).
+    status: Status,
+    quiet: Option<Duration>,
+    failures: u32,
+}
+
+impl Facts {
+    fn fetch(obj: &EnvironmentAccountConnection, ctx: &Context) -> Result<Facts, Error> {
+        let object = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+        let namespace = obj
+            .namespace()
+            .ok_or_else(|| Error::MissingMetadata(object.clone(), "namespace"))?;
+        let uid = obj
+            .uid()
+            .ok_or_else(|| Error::MissingMetadata(object.clone(), "uid"))?;
+        let generation = obj.metadata.generation.unwrap_or_default();
+        let adopt_id = obj
+            .annotations()
+            .get(ADOPT_ANNOTATION)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        let deleting = obj.metadata.deletion_timestamp.is_some();
+        let stored = obj.status.clone();
+
+        let mut tracked = ctx.tracked();
+        let (status, quiet, failures) = match tracked.get_mut(&uid) {
+            Some(t) => {
+                t.memory.catch_up(stored.as_ref());
+                let status = decide::effective_status(stored.as_ref(), &t.memory);
+                let now = Instant::now();
+                let quiet = match &t.settled {
+                    Some((g, adopt, due))
+                        if !deleting && *g == generation && *adopt == adopt_id && *due > now =>
+                    {
+                        Some(*due - now)
+                    }
+                    _ => None,
+                };
+                let failures = if t.failed_generation == generation {
+                    t.failures
+                } else {
+                    0
+                };
+                (status, quiet, failures)
+            }
+            None => (stored.clone().unwrap_or_default(), None, 0),
+        };
+        drop(tracked);
+        Ok(Facts {
+            object,
+            name: obj.name_any(),
+            namespace,
+            uid,
+            generation,
+            adopt_id,
+            finalizers: obj.finalizers().to_vec(),
+            stored,
+            status,
+            quiet,
+            failures,
+        })
+    }
+
+    fn resource<'a>(&'a self, obj: &'a EnvironmentAccountConnection) -> decide::Resource<'a> {
+        decide::Resource {
+            uid: &self.uid,
+            namespace: &self.namespace,
+            name: &self.name,
+            generation: self.generation,
+            spec: &obj.spec,
+            status: &self.status,
+            deleting: obj.metadata.deletion_timestamp.is_some(),
+            has_finalizer: self.finalizers.iter().any(|f| f == FINALIZER),
+            adopt_id: self.adopt_id.as_deref(),
+            quiet: self.quiet,
+            failures: self.failures,
+        }
+    }
 }
 
 async fn reconcile_inner(
     obj: &EnvironmentAccountConnection,
     ctx: &Context,
 ) -> Result<(Action, &'static str), Error> {
-    let object = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
-    let namespace = obj
-        .namespace()
-        .ok_or_else(|| Error::MissingMetadata(object.clone(), "namespace"))?;
-    let uid = obj
-        .uid()
-        .ok_or_else(|| Error::MissingMetadata(object.clone(), "uid"))?;
-    let name = obj.name_any();
-    let generation = obj.metadata.generation.unwrap_or_default();
-    let deleting = obj.metadata.deletion_timestamp.is_some();
-    let adopt_id = obj
-        .annotations()
-        .get(ADOPT_ANNOTATION)
-        .map(|s| s.trim().to_string());
-
-    let shape = Shape {
-        generation,
-        deleting,
-        adopt_id: adopt_id.clone(),
-    };
-    if let Some(wait) = still_quiet(ctx, &uid, &shape) {
-        debug!(
-            wait_secs = wait.as_secs(),
-            "nothing changed since the last reconcile"
-        );
-        return Ok((Action::requeue(wait), "quiet"));
-    }
-
-    let recorded = obj.status.clone().unwrap_or_default();
-    let mut resource = decide::Resource {
-        uid: &uid,
-        namespace: &namespace,
-        name: &name,
-        generation,
-        spec: &obj.spec,
-        status: &recorded,
-        deleting,
-        has_finalizer: obj.finalizers().iter().any(|f| f == FINALIZER),
-        adopt_id: adopt_id.as_deref().filter(|s| !s.is_empty()),
-    };
-    let api: Api<EnvironmentAccountConnection> = Api::namespaced(ctx.client.clone(), &namespace);
-    let region = obj.spec.region.as_deref();
-    let mut observed = Observed::Nothing;
-    let mut finalizers = obj.finalizers().to_vec();
-
-    // Mutations already sent in this reconcile: asking for the same one again means Proton
-    // accepted it without applying it, and repeating it would only loop.
-    let mut sent: Vec<Step> = Vec::new();
-    for _ in 0..MAX_STEPS {
-        let mut step = decide::decide(&resource, &observed, &ctx.settings, now());
-        debug!(?step, "next step");
-        if step.is_mutation() {
-            if sent.contains(&step) {
-                step = Step::Fail(decide::not_applied(&step));
-            } else {
-                sent.push(step.clone());
-            }
+    let facts = Facts::fetch(obj, ctx)?;
+    let api: Api<EnvironmentAccountConnection> =
+        Api::namespaced(ctx.client.clone(), &facts.namespace);
+    let mut finalizers = facts.finalizers.clone();
+    let mut run = Run::new(facts.resource(obj), &ctx.settings, rand::random());
+    loop {
+        let step = run.next(now());
+        debug!(step = step.name(), ?step, "next step");
+        if step.is_final() {
+            return finish(ctx, obj, &facts, &finalizers, &api, step).await;
         }
-        let result =
-            match &step {
-                Step::AddFinalizer => {
-                    add_finalizer(&api, &name, &finalizers)
-                        .await
-                        .map_err(kube_error("adding the finalizer", &object))?;
-                    finalizers.push(FINALIZER.to_string());
-                    resource.has_finalizer = true;
-                    continue;
-                }
-                Step::RemoveFinalizer => {
-                    remove_finalizer(&api, &name, &finalizers)
-                        .await
-                        .map_err(kube_error("removing the finalizer", &object))?;
-                    ctx.forget(&uid);
-                    info!("finalizer removed; the resource is released");
-                    return Ok((Action::await_change(), "released"));
-                }
-                Step::Nothing => {
-                    ctx.forget(&uid);
-                    return Ok((Action::await_change(), "ignored"));
-                }
-                Step::Settle(settled) => {
-                    write_status(&api, &name, &recorded, &settled.status, &object).await?;
-                    for note in &settled.events {
-                        publish(ctx, obj, note).await;
-                    }
-                    ctx.metrics.connection_state(&uid, settled.status.status);
-                    remember(ctx, &uid, &shape, settled.requeue, 0);
-                    return Ok((Action::requeue(settled.requeue), "settled"));
-                }
-                Step::Fail(failure) => {
-                    let problem = Problem::from(failure);
-                    let wait =
-                        report_problem(ctx, obj, &resource, &observed, &problem, &object, &shape)
-                            .await?;
-                    return Ok((Action::requeue(wait), failure.reason));
-                }
-                Step::Get { id } => {
-                    ctx.proton
-                        .get(region, id)
-                        .await
-                        .map(|connection| Observed::Connection {
-                            connection,
-                            tags: None,
-                            origin: if recorded.id.as_deref() == Some(id.as_str()) {
-                                Origin::Recorded
-                            } else {
-                                Origin::Adopted
-                            },
-                        })
-                }
-                Step::FindOwned { environment_name } => {
-                    find_owned(&ctx.proton, region, environment_name, &uid).await
-                }
-                Step::ListTags { arn } => ctx
-                    .proton
-                    .list_tags(region, arn)
-                    .await
-                    .map(|t| with_tags(&observed, Some(t))),
-                Step::Create {
-                    request,
-                    recreation,
-                } => ctx.proton.create(region, request).await.map(|connection| {
-                    Observed::Connection {
-                        connection,
-                        tags: Some(request.tags.clone()),
-                        origin: Origin::Created {
-                            recreation: *recreation,
-                        },
-                    }
-                }),
-                Step::Update { id, roles } => {
-                    ctx.proton
-                        .update(region, id, roles)
-                        .await
-                        .map(|connection| match &observed {
-                            Observed::Connection { tags, origin, .. } => Observed::Connection {
-                                connection,
-                                tags: tags.clone(),
-                                origin: *origin,
-                            },
-                            _ => Observed::Connection {
-                                connection,
-                                tags: None,
-                                origin: Origin::Recorded,
-                            },
-                        })
-                }
-                Step::Tag { arn, tags } => ctx.proton.tag(region, arn, tags).await.map(|()| {
-                    let mut now_tags = current_tags(&observed);
-                    now_tags.extend(tags.clone());
-                    with_tags(&observed, Some(now_tags))
-                }),
-                Step::Untag { arn, keys, retain } => {
-                    ctx.proton.untag(region, arn, keys).await.map(|()| {
-                        if *retain {
-                            Observed::Released
-                        } else {
-                            let mut now_tags = current_tags(&observed);
-                            now_tags.retain(|k, _| !keys.contains(k));
-                            with_tags(&observed, Some(now_tags))
-                        }
-                    })
-                }
-                // NotFound falls through to the common handling below: the recorded connection is
-                // gone, and the decision searches once for a re-creation before releasing.
-                Step::Delete { id } => ctx
-                    .proton
-                    .delete(region, id)
-                    .await
-                    .map(|()| Observed::Released),
-            };
-
-        match result {
-            Ok(next) => {
-                if let Some(note) = decide::event_for(&step, &next) {
-                    info!(reason = note.reason, note = %note.note, "proton changed");
-                    publish(ctx, obj, &note).await;
-                }
-                observed = next;
-            }
-            Err(e) if e.is_not_found() && !matches!(step, Step::Create { .. }) => {
-                let missing = step_target_id(&step, &observed, &recorded);
-                if !deleting && missing.is_some() && missing == recorded.id {
-                    let id = missing.clone().unwrap_or_default();
-                    warn!(connection = %id, "connection deleted outside the controller");
-                    let status = decide::status_vanished(&resource, &id, now());
-                    // Announced once: a retry that finds it still missing writes nothing new.
-                    if write_status(&api, &name, &recorded, &status, &object).await? {
-                        publish(ctx, obj, &decide::vanished_note(&id)).await;
-                    }
-                }
-                observed = Observed::Gone { id: missing };
-            }
-            Err(e) => {
-                let problem = Problem::from(&e);
-                warn!(error = %e, class = ?e.class, "proton call failed");
-                let wait =
-                    report_problem(ctx, obj, &resource, &observed, &problem, &object, &shape)
-                        .await?;
-                return Ok((Action::requeue(wait), e.class.reason()));
-            }
+        let result = execute(ctx, obj, &facts, &mut finalizers, &api, run.region(), &step).await?;
+        if let Err(e) = &result {
+            warn!(error = %e, class = ?e.class, "proton call failed");
+        }
+        if let Some(note) = run.record(&step, result) {
+            info!(reason = note.reason, note = %note.note, "proton changed");
+            publish(ctx, obj, &note).await;
         }
     }
-    warn!(steps = MAX_STEPS, "reconcile did not settle; will retry");
-    let wait = Duration::from_secs(30);
-    remember(ctx, &uid, &shape, wait, 1);
-    Ok((Action::requeue(wait), "unsettled"))
 }
 
-/// The id a failed step was about, to tell "the recorded connection vanished" apart.
-fn step_target_id(
+/// Executes one step that is not final. Kubernetes failures end the reconcile (`Err`); AWS
+/// answers, errors included, go back to the run.
+async fn execute(
+    ctx: &Context,
+    obj: &EnvironmentAccountConnection,
+    facts: &Facts,
+    finalizers: &mut Vec<String>,
+    api: &Api<EnvironmentAccountConnection>,
+    region: &str,
     step: &Step,
-    observed: &Observed,
-    recorded: &EnvironmentAccountConnectionStatus,
-) -> Option<String> {
+) -> Result<Result<Outcome, ProtonError>, Error> {
+    let proton = &ctx.proton;
+    let outcome = match step {
+        Step::AddFinalizer => {
+            add_finalizer(api, &facts.name, finalizers)
+                .await
+                .map_err(kube_error("adding the finalizer", &facts.object))?;
+            finalizers.push(FINALIZER.to_string());
+            Ok(Outcome::Done)
+        }
+        Step::ReadAdoptionPolicy => {
+            let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+                Api::all(ctx.client.clone());
+            let ns = namespaces.get(&facts.namespace).await.map_err(kube_error(
+                "reading the namespace's adoption label",
+                &facts.object,
+            ))?;
+            let allowed = ns.labels().get(ADOPTION_NAMESPACE_LABEL).map(String::as_str)
+                == Some(ADOPTION_ALLOWED);
+            Ok(Outcome::AdoptionAllowed(allowed))
+        }
+        Step::Record(recorded) => {
+            write_status(ctx, facts, api, &recorded.status).await?;
+            for note in &recorded.events {
+                publish(ctx, obj, note).await;
+            }
+            Ok(Outcome::Done)
+        }
+        Step::WhoAmI => proton.caller_account().await.map(Outcome::Account),
+        Step::Get { id } => proton.get(region, id).await.map(Outcome::Connection),
+        Step::FindOwned { environment_name } => proton
+            .find_owned(region, environment_name, &facts.uid)
+            .await
+            .map(Outcome::Found),
+        Step::ListTags { arn } => proton.list_tags(region, arn).await.map(Outcome::Tags),
+        Step::Create {
+            request, region, ..
+        } => proton.create(region, request).await.map(Outcome::Connection),
+        Step::Update { id, roles } => proton
+            .update(region, id, roles)
+            .await
+            .map(Outcome::Connection),
+        Step::Tag { arn, tags } => proton.tag(region, arn, tags).await.map(|()| Outcome::Done),
+        Step::Untag { arn, keys, .. } => proton
+            .untag(region, arn, keys)
+            .await
+            .map(|()| Outcome::Done),
+        Step::Delete { id } => proton.delete(region, id).await.map(|()| Outcome::Done),
+        Step::Settle(_)
+        | Step::Report(_)
+        | Step::RemoveFinalizer
+        | Step::Idle { .. }
+        | Step::Nothing => unreachable_final(step),
+    };
+    Ok(outcome)
+}
+
+/// Final steps are handled by [`finish`]; answering one here would be a bug in the loop.
+fn unreachable_final(step: &Step) -> Result<Outcome, ProtonError> {
+    Err(ProtonError {
+        operation: "reconcile",
+        class: crate::proton::ErrorClass::Other,
+        code: "InternalError".into(),
+        message: format!("{} is not executed as an intermediate step", step.name()),
+    })
+}
+
+/// Ends the reconcile on its final step.
+async fn finish(
+    ctx: &Context,
+    obj: &EnvironmentAccountConnection,
+    facts: &Facts,
+    finalizers: &[String],
+    api: &Api<EnvironmentAccountConnection>,
+    step: Step,
+) -> Result<(Action, &'static str), Error> {
     match step {
-        Step::Get { id } | Step::Update { id, .. } | Step::Delete { id } => Some(id.clone()),
-        Step::ListTags { .. } | Step::Tag { .. } | Step::Untag { .. } => match observed {
-            Observed::Connection { connection, .. } => Some(connection.id.clone()),
-            _ => recorded.id.clone(),
-        },
-        _ => None,
-    }
-}
-
-fn current_tags(observed: &Observed) -> crate::proton::Tags {
-    match observed {
-        Observed::Connection { tags: Some(t), .. } => t.clone(),
-        _ => Default::default(),
-    }
-}
-
-fn with_tags(observed: &Observed, tags: Option<crate::proton::Tags>) -> Observed {
-    match observed {
-        Observed::Connection {
-            connection, origin, ..
-        } => Observed::Connection {
-            connection: connection.clone(),
-            tags,
-            origin: *origin,
-        },
-        other => other.clone(),
-    }
-}
-
-/// Lists the environment's connections and keeps the one carrying this resource's uid tag.
-async fn find_owned(
-    proton: &Proton,
-    region: Option<&str>,
-    environment_name: &str,
-    uid: &str,
-) -> Result<Observed, ProtonError> {
-    for connection in proton
-        .list_for_environment(region, environment_name)
-        .await?
-    {
-        let tags = match proton.list_tags(region, &connection.arn).await {
-            Ok(tags) => tags,
-            // Deleted between the List and now: not ours to find.
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e),
-        };
-        if tags.get(TAG_UID).map(String::as_str) == Some(uid) {
-            return Ok(Observed::Connection {
-                connection,
-                tags: Some(tags),
-                origin: Origin::Found,
-            });
+        Step::Settle(settled) => {
+            write_status(ctx, facts, api, &settled.status).await?;
+            for note in &settled.events {
+                publish(ctx, obj, note).await;
+            }
+            let due = Instant::now() + settled.requeue;
+            let mut tracked = ctx.tracked();
+            let t = tracked.entry(facts.uid.clone()).or_default();
+            t.failures = 0;
+            t.last_kube_error = None;
+            t.settled = Some((facts.generation, facts.adopt_id.clone(), due));
+            Ok((Action::requeue(settled.requeue), "settled"))
+        }
+        Step::Report(reported) => {
+            warn!(reason = reported.problem.reason, message = %reported.problem.message, retry_in_secs = reported.requeue.as_secs_f64(), "reconcile ended on a problem");
+            write_status(ctx, facts, api, &reported.status).await?;
+            if let Some(note) = &reported.event {
+                publish(ctx, obj, note).await;
+            }
+            ctx.tracked()
+                .entry(facts.uid.clone())
+                .or_default()
+                .fail(facts.generation);
+            Ok((Action::requeue(reported.requeue), reported.problem.reason))
+        }
+        Step::RemoveFinalizer => {
+            remove_finalizer(api, &facts.name, finalizers)
+                .await
+                .map_err(kube_error("removing the finalizer", &facts.object))?;
+            ctx.forget(&facts.uid);
+            info!("finalizer removed; the resource is released");
+            Ok((Action::await_change(), "released"))
+        }
+        Step::Idle { requeue } => {
+            debug!(
+                wait_secs = requeue.as_secs(),
+                "nothing changed since the last reconcile"
+            );
+            Ok((Action::requeue(requeue), "quiet"))
+        }
+        _ => {
+            ctx.forget(&facts.uid);
+            Ok((Action::await_change(), "ignored"))
         }
     }
-    Ok(Observed::Gone { id: None })
 }
 
 fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
 }
 
-fn still_quiet(ctx: &Context, uid: &str, shape: &Shape) -> Option<Duration> {
-    let checkpoints = ctx.checkpoints();
-    let c = checkpoints.get(uid)?;
-    let now = Instant::now();
-    (c.shape == *shape && c.due > now).then(|| c.due - now)
-}
-
-fn previous_failures(ctx: &Context, uid: &str) -> u32 {
-    ctx.checkpoints().get(uid).map_or(0, |c| c.failures)
-}
-
-fn remember(ctx: &Context, uid: &str, shape: &Shape, wait: Duration, failures: u32) {
-    ctx.checkpoints().insert(
-        uid.to_string(),
-        Checkpoint {
-            shape: shape.clone(),
-            due: Instant::now() + wait,
-            failures,
-        },
-    );
-}
-
-/// Ends a reconcile on `problem`: writes the status, publishes an Event if the problem is news,
-/// and notes when the resource is next due. Returns that wait.
-async fn report_problem(
-    ctx: &Context,
-    obj: &EnvironmentAccountConnection,
-    resource: &decide::Resource<'_>,
-    observed: &Observed,
-    problem: &Problem,
-    object: &str,
-    shape: &Shape,
-) -> Result<Duration, Error> {
-    let (status, news) =
-        decide::status_after_problem(resource, observed, problem, &ctx.settings, now());
-    let api: Api<EnvironmentAccountConnection> =
-        Api::namespaced(ctx.client.clone(), resource.namespace);
-    write_status(&api, resource.name, resource.status, &status, object).await?;
-    if news {
-        let note = Note {
-            reason: problem.reason,
-            note: problem.message.clone(),
-            warning: true,
-        };
-        publish(ctx, obj, &note).await;
-    }
-    ctx.metrics.connection_state(resource.uid, status.status);
-    let failures = previous_failures(ctx, resource.uid) + 1;
-    let wait = decide::retry_after(problem, failures, &ctx.settings, rand::random());
-    remember(ctx, resource.uid, shape, wait, failures);
-    Ok(wait)
-}
-
-/// Server-side apply of the status subresource, only when it differs from the recorded one.
-/// Returns whether anything was written.
+/// Server-side apply of the status subresource, only when it differs from what is recorded.
+/// What was written is remembered until the watch cache shows it; what could not be written is
+/// remembered so the connection it names is not lost track of.
 async fn write_status(
+    ctx: &Context,
+    facts: &Facts,
     api: &Api<EnvironmentAccountConnection>,
-    name: &str,
-    recorded: &EnvironmentAccountConnectionStatus,
-    status: &EnvironmentAccountConnectionStatus,
-    object: &str,
-) -> Result<bool, Error> {
-    if recorded == status {
-        return Ok(false);
+    status: &Status,
+) -> Result<(), Error> {
+    let recorded = {
+        let tracked = ctx.tracked();
+        tracked
+            .get(&facts.uid)
+            .and_then(|t| t.memory.written.clone())
+            .or_else(|| facts.stored.clone())
+            .unwrap_or_default()
+    };
+    if recorded == *status {
+        return Ok(());
     }
     let patch = json!({
         "apiVersion": "proton.eac.dev/v1alpha1",
         "kind": "EnvironmentAccountConnection",
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await
-    .map(|_| true)
-    .map_err(kube_error("writing the status", object))
+    let result = api
+        .patch_status(
+            &facts.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await;
+    let mut tracked = ctx.tracked();
+    let memory = &mut tracked.entry(facts.uid.clone()).or_default().memory;
+    match result {
+        Ok(_) => {
+            memory.written = Some(status.clone());
+            memory.unwritten = None;
+            Ok(())
+        }
+        Err(source) => {
+            memory.unwritten = Some(status.clone());
+            Err(Error::Kube {
+                step: "writing the status",
+                object: facts.object.clone(),
+                source,
+            })
+        }
+    }
 }
 
 /// Names the step and the object in a Kubernetes error.
@@ -550,8 +522,8 @@ fn kube_error(step: &'static str, object: &str) -> impl FnOnce(kube::Error) -> E
     }
 }
 
-/// Adds the finalizer with a guarded JSON patch: it fails (and is retried) if the list changed
-/// under us, instead of overwriting someone else's finalizer.
+/// Adds the finalizer with a guarded JSON patch: it fails (422, and is retried) if the list
+/// changed under us, instead of overwriting someone else's finalizer.
 async fn add_finalizer(
     api: &Api<EnvironmentAccountConnection>,
     name: &str,
@@ -626,13 +598,55 @@ pub struct WatchScope {
     pub label_selector: Option<String>,
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// What makes a change worth a reconcile: the spec (generation; deletion bumps it too), the
+/// finalizers (a stripped one is put back at once) and the adopt annotation. The controller's
+/// own status writes change none of these, so they wake nothing.
+pub fn trigger_hash(obj: &EnvironmentAccountConnection) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    obj.metadata.generation.hash(&mut h);
+    obj.metadata.deletion_timestamp.is_some().hash(&mut h);
+    obj.finalizers().hash(&mut h);
+    obj.annotations().get(ADOPT_ANNOTATION).hash(&mut h);
+    Some(h.finish())
+}
+
+/// Keeps per-resource state and readiness in step with the watch: forgets resources that leave
+/// it (deleted, force-deleted, relabelled out of the selector, gone while this pod was standby),
+/// and marks the watch healthy or failing.
+fn follow_watch(
+    ctx: &Context,
+    store: &Store<EnvironmentAccountConnection>,
+    readiness: &Readiness,
+    event: &Result<watcher::Event<EnvironmentAccountConnection>, watcher::Error>,
+) {
+    match event {
+        Ok(watcher::Event::Delete(obj)) => {
+            readiness.succeeded();
+            if let Some(uid) = obj.uid() {
+                ctx.forget(&uid);
+            }
+        }
+        Ok(watcher::Event::InitDone) => {
+            let live: HashSet<String> = store.state().iter().filter_map(|o| o.uid()).collect();
+            ctx.retain_only(&live);
+            readiness.synced();
+        }
+        Ok(_) => readiness.succeeded(),
+        Err(e) => {
+            readiness.failed();
+            warn!(error = %e, "watching EnvironmentAccountConnections failed; retrying with backoff");
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. While it runs, the `eac_connections` gauge is
+/// counted from its watch cache.
 pub async fn run(
     ctx: Arc<Context>,
     scope: WatchScope,
     concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-    ready: Option<tokio::sync::watch::Sender<bool>>,
+    readiness: Readiness,
 ) {
     let api: Api<EnvironmentAccountConnection> = match &scope.namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
@@ -642,31 +656,21 @@ pub async fn run(
     if let Some(selector) = &scope.label_selector {
         config = config.labels(selector);
     }
-    let controller = Controller::new(api, config)
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
-    let store = controller.store();
-    if let Some(ready) = ready {
-        tokio::spawn(async move {
-            // Readiness: the watch cache has synced once. The store's ready signal is re-polled
-            // on a short tick because its wake-up was seen to be missed when awaited from another
-            // task (kube-runtime 5 DelayedInit); once set, a poll answers at once.
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            loop {
-                tokio::select! {
-                    result = store.wait_until_ready() => {
-                        if result.is_ok() {
-                            let _ = ready.send(true);
-                        }
-                        return;
-                    }
-                    _ = tick.tick() => {}
-                }
-            }
-        });
-    }
-    controller
+    ctx.forget_all();
+    readiness.leading();
+    let (store, writer) = reflector::store();
+    let (follow_ctx, follow_store, follow_ready) = (ctx.clone(), store.clone(), readiness.clone());
+    let triggers = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| follow_watch(&follow_ctx, &follow_store, &follow_ready, event))
+        .applied_objects()
+        .predicate_filter(trigger_hash, Default::default());
+    ctx.metrics.count_connections_from(Some(store.clone()));
+    Controller::for_stream(triggers, store)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => debug!(object = %object, "reconciled"),
@@ -674,4 +678,5 @@ pub async fn run(
             }
         })
         .await;
+    ctx.metrics.count_connections_from(None);
 }

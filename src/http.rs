@@ -1,9 +1,10 @@
 //! The operations endpoint: `/metrics` (Prometheus text), `/healthz` (the process serves),
-//! `/readyz` (the watch cache has synced, or this is a healthy standby).
+//! `/readyz` (this pod does its job: the leader's watch cache has synced and its watch is not
+//! failing, or a standby can reach the API server to take over).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -11,19 +12,105 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
-/// Readiness flag shared with the controller.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Starting,
+    Standby,
+    Leading,
+}
+
+#[derive(Debug)]
+struct ReadyState {
+    role: Role,
+    /// The leader's watch has listed everything once.
+    synced: bool,
+    /// Since when every call to the API server (watch, or the standby's lease calls) has failed.
+    failing_since: Option<Instant>,
+    failure_timeout: Duration,
+}
+
+/// Readiness, fed by the controller's watch and the lease loop, read by `/readyz`.
+#[derive(Clone, Debug)]
+pub struct Readiness(Arc<Mutex<ReadyState>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness::new(Duration::from_secs(120))
+    }
+}
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+    /// Not ready once the API server has failed continuously for `failure_timeout`.
+    pub fn new(failure_timeout: Duration) -> Self {
+        Readiness(Arc::new(Mutex::new(ReadyState {
+            role: Role::Starting,
+            synced: false,
+            failing_since: None,
+            failure_timeout,
+        })))
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadyState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A standby: ready while it can reach the API server (it is able to take over).
+    pub fn standby(&self) {
+        let mut s = self.lock();
+        s.role = Role::Standby;
+        s.failing_since = None;
+    }
+
+    /// Leading: ready once the watch cache has synced.
+    pub fn leading(&self) {
+        let mut s = self.lock();
+        s.role = Role::Leading;
+        s.synced = false;
+        s.failing_since = None;
+    }
+
+    /// The watch has listed every resource once.
+    pub fn synced(&self) {
+        let mut s = self.lock();
+        s.synced = true;
+        s.failing_since = None;
+    }
+
+    /// The API server answered.
+    pub fn succeeded(&self) {
+        self.lock().failing_since = None;
+    }
+
+    /// A call to the API server failed.
+    pub fn failed(&self) {
+        self.lock().failing_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Ok, or why not ready.
+    pub fn check(&self) -> Result<(), String> {
+        let s = self.lock();
+        if let Some(since) = s.failing_since {
+            let failing = since.elapsed();
+            if failing >= s.failure_timeout {
+                return Err(format!(
+                    "not ready: the Kubernetes API server has failed for {}s (watch or lease); see the warnings in the log",
+                    failing.as_secs()
+                ));
+            }
+        }
+        match (s.role, s.synced) {
+            (Role::Starting, _) => Err("not ready: starting".into()),
+            (Role::Leading, false) => Err("not ready: the watch cache has not synced yet".into()),
+            _ => Ok(()),
+        }
+    }
+
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.check().is_ok()
     }
 }
 
@@ -52,13 +139,9 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
-    if state.readiness.get() {
-        (StatusCode::OK, "ready")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the watch cache has not synced yet",
-        )
+    match state.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ready".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -78,4 +161,31 @@ pub async fn serve(
             .await
     });
     Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_follows_role_sync_and_continuous_failure() {
+        let r = Readiness::new(Duration::from_secs(60));
+        assert!(r.check().unwrap_err().contains("starting"));
+        r.standby();
+        assert!(r.get());
+        r.leading();
+        assert!(r.check().unwrap_err().contains("not synced"));
+        r.synced();
+        assert!(r.get());
+
+        r.failed();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        r.failed();
+        assert!(r.get(), "failing for less than the timeout");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let why = r.check().unwrap_err();
+        assert!(why.contains("failed for 60s"), "{why}");
+        r.succeeded();
+        assert!(r.get(), "one answer makes it ready again");
+    }
 }

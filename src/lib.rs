@@ -9,6 +9,8 @@ pub mod controller;
 pub mod decide;
 pub mod emulator;
 pub mod http;
+pub mod identity;
+pub mod leader;
 pub mod metrics;
 pub mod proton;
 pub mod runner;

@@ -49,6 +49,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => {
+            if let Err(e) = args.check() {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
             let endpoint = match resolve_endpoint(
                 args.proton_endpoint.as_deref(),
                 endpoint_from_cli,

@@ -11,7 +11,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::api::ConnectionState;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::api::{ConnectionState, EnvironmentAccountConnection};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -29,16 +35,56 @@ struct StatusLabel {
     status: String,
 }
 
+/// `eac_connections`, counted from the leader's watch cache at scrape time: nothing is kept per
+/// resource, and a standby (no cache) exports no per-status series, so a sum over pods is right.
+#[derive(Default)]
+struct ConnectionsCollector(Mutex<Option<Store<EnvironmentAccountConnection>>>);
+
+impl std::fmt::Debug for ConnectionsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionsCollector")
+    }
+}
+
+const STATUSES: [&str; 4] = ["PENDING", "CONNECTED", "REJECTED", "unknown"];
+
+impl Collector for ConnectionsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(store) = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(());
+        };
+        let mut counts: HashMap<&str, i64> = HashMap::new();
+        for obj in store.state() {
+            let state = obj.status.as_ref().and_then(|s| s.status);
+            *counts
+                .entry(state.map_or("unknown", ConnectionState::as_str))
+                .or_default() += 1;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "eac_connections",
+            "Resources by connection status (exported by the leader only)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for status in STATUSES {
+            let label = StatusLabel {
+                status: status.into(),
+            };
+            let family = metric.encode_family(&label)?;
+            ConstGauge::new(counts.get(status).copied().unwrap_or(0)).encode(family)?;
+        }
+        Ok(())
+    }
+}
+
 struct Inner {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
     reconcile_duration: Histogram,
     aws_requests: Family<CallLabels, Counter>,
     aws_throttled: Counter,
-    connections: Family<StatusLabel, Gauge>,
     leader: Gauge,
-    /// Last known state per resource uid, from which the `eac_connections` gauge is derived.
-    states: Mutex<HashMap<String, Option<ConnectionState>>>,
+    connections: Arc<ConnectionsCollector>,
 }
 
 /// Cheap to clone; every clone records into the same registry.
@@ -59,7 +105,7 @@ impl Metrics {
             Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let aws_requests = Family::<CallLabels, Counter>::default();
         let aws_throttled = Counter::default();
-        let connections = Family::<StatusLabel, Gauge>::default();
+        let connections = Arc::new(ConnectionsCollector::default());
         let leader = Gauge::default();
         registry.register("eac_reconcile", "Reconciles by result", reconciles.clone());
         registry.register(
@@ -77,23 +123,12 @@ impl Metrics {
             "Proton calls answered with ThrottlingException",
             aws_throttled.clone(),
         );
-        registry.register(
-            "eac_connections",
-            "Resources by connection status",
-            connections.clone(),
-        );
+        registry.register_collector(Box::new(connections.clone()));
         registry.register(
             "eac_leader",
             "1 while this process holds the leader lease",
             leader.clone(),
         );
-        for status in ["PENDING", "CONNECTED", "REJECTED", "unknown"] {
-            connections
-                .get_or_create(&StatusLabel {
-                    status: status.into(),
-                })
-                .set(0);
-        }
         Metrics(Arc::new(Inner {
             registry,
             reconciles,
@@ -102,7 +137,6 @@ impl Metrics {
             aws_throttled,
             connections,
             leader,
-            states: Mutex::default(),
         }))
     }
 
@@ -134,36 +168,14 @@ impl Metrics {
         self.0.leader.set(i64::from(leader));
     }
 
-    /// Records a resource's connection state (None: no connection known yet).
-    pub fn connection_state(&self, uid: &str, state: Option<ConnectionState>) {
-        let mut states = self.0.states.lock().unwrap_or_else(|p| p.into_inner());
-        states.insert(uid.to_string(), state);
-        self.recount(&states);
-    }
-
-    /// The resource is gone.
-    pub fn forget(&self, uid: &str) {
-        let mut states = self.0.states.lock().unwrap_or_else(|p| p.into_inner());
-        if states.remove(uid).is_some() {
-            self.recount(&states);
-        }
-    }
-
-    fn recount(&self, states: &HashMap<String, Option<ConnectionState>>) {
-        let mut counts: HashMap<&str, i64> = HashMap::new();
-        for state in states.values() {
-            *counts
-                .entry(state.map_or("unknown", ConnectionState::as_str))
-                .or_default() += 1;
-        }
-        for status in ["PENDING", "CONNECTED", "REJECTED", "unknown"] {
-            self.0
-                .connections
-                .get_or_create(&StatusLabel {
-                    status: status.into(),
-                })
-                .set(counts.get(status).copied().unwrap_or(0));
-        }
+    /// Counts `eac_connections` from this watch cache (the leader's), or exports none.
+    pub fn count_connections_from(&self, store: Option<Store<EnvironmentAccountConnection>>) {
+        *self
+            .0
+            .connections
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = store;
     }
 
     /// Prometheus text exposition.
@@ -179,31 +191,44 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn eac(name: &str, state: Option<ConnectionState>) -> EnvironmentAccountConnection {
+        let mut o = EnvironmentAccountConnection::new(name, Default::default());
+        o.metadata.namespace = Some("ns".into());
+        o.status = Some(crate::api::EnvironmentAccountConnectionStatus {
+            status: state,
+            ..Default::default()
+        });
+        o
+    }
+
     #[test]
-    fn connections_gauge_follows_states() {
+    fn connections_are_counted_from_the_watch_cache_and_only_while_leading() {
+        use kube::runtime::watcher::Event;
         let m = Metrics::new();
-        m.connection_state("a", Some(ConnectionState::Pending));
-        m.connection_state("b", Some(ConnectionState::Pending));
-        m.connection_state("a", Some(ConnectionState::Connected));
-        m.connection_state("c", None);
+        assert!(
+            !m.encode().contains("eac_connections"),
+            "a standby exports no per-status series"
+        );
+        let (store, mut writer) = kube::runtime::reflector::store();
+        for (name, state) in [
+            ("a", Some(ConnectionState::Pending)),
+            ("b", Some(ConnectionState::Pending)),
+            ("c", Some(ConnectionState::Connected)),
+            ("d", None),
+        ] {
+            writer.apply_watcher_event(&Event::Apply(eac(name, state)));
+        }
+        m.count_connections_from(Some(store));
         let text = m.encode();
-        assert!(
-            text.contains("eac_connections{status=\"PENDING\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("eac_connections{status=\"CONNECTED\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("eac_connections{status=\"unknown\"} 1"),
-            "{text}"
-        );
-        m.forget("a");
-        assert!(
-            m.encode()
-                .contains("eac_connections{status=\"CONNECTED\"} 0")
-        );
+        assert!(text.contains("eac_connections{status=\"PENDING\"} 2"), "{text}");
+        assert!(text.contains("eac_connections{status=\"CONNECTED\"} 1"), "{text}");
+        assert!(text.contains("eac_connections{status=\"REJECTED\"} 0"), "{text}");
+        assert!(text.contains("eac_connections{status=\"unknown\"} 1"), "{text}");
+        // A resource that leaves the cache leaves the count, however it left.
+        writer.apply_watcher_event(&Event::Delete(eac("a", None)));
+        assert!(m.encode().contains("eac_connections{status=\"PENDING\"} 1"));
+        m.count_connections_from(None);
+        assert!(!m.encode().contains("eac_connections"));
     }
 
     #[test]

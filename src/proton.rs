@@ -20,7 +20,9 @@ use aws_sdk_proton::types::{
 use aws_smithy_types::date_time::Format;
 
 use crate::api::ConnectionState;
+use crate::api::TAG_UID;
 use crate::budget::CallBudget;
+use crate::identity::CallerIdentity;
 use crate::metrics::Metrics;
 
 /// Tags as a sorted map, the way the controller compares them.
@@ -157,7 +159,7 @@ impl ProtonError {
         self.class == ErrorClass::NotFound
     }
 
-    fn from_sdk<E>(
+    pub(crate) fn from_sdk<E>(
         operation: &'static str,
         err: SdkError<E, aws_smithy_runtime_api::http::Response>,
     ) -> Self
@@ -229,15 +231,19 @@ fn describe(err: &dyn std::error::Error, _io: bool) -> String {
 /// Where and how to reach Proton.
 #[derive(Clone, Debug)]
 pub struct ProtonSettings {
-    /// Region used when a resource names none.
+    /// Region of new connections whose spec names none (and of STS calls).
     pub default_region: String,
     /// A Proton-compatible endpoint replacing AWS's (the emulator, a proxy).
     pub endpoint: Option<String>,
+    /// An STS endpoint replacing AWS's, for GetCallerIdentity (the emulator serves STS on its
+    /// Proton port).
+    pub sts_endpoint: Option<String>,
     /// Per-attempt timeout of each call.
     pub timeout: Duration,
 }
 
-/// The Proton port shared by all workers: one SDK client per region, one call budget.
+/// The Proton port shared by all workers: one SDK client per region, one call budget, and the
+/// caller's identity.
 #[derive(Clone)]
 pub struct Proton {
     base: aws_sdk_proton::config::Builder,
@@ -245,6 +251,7 @@ pub struct Proton {
     clients: Arc<Mutex<HashMap<String, Client>>>,
     budget: CallBudget,
     metrics: Metrics,
+    identity: CallerIdentity,
 }
 
 impl Proton {
@@ -255,8 +262,14 @@ impl Proton {
         budget: CallBudget,
         metrics: Metrics,
     ) -> Self {
+        let mut sts = aws_sdk_sts::config::Builder::from(sdk)
+            .region(Region::new(settings.default_region.clone()));
+        if let Some(endpoint) = &settings.sts_endpoint {
+            sts = sts.endpoint_url(endpoint);
+        }
         Self::from_builder(
             aws_sdk_proton::config::Builder::from(sdk),
+            sts,
             settings,
             budget,
             metrics,
@@ -269,24 +282,38 @@ impl Proton {
         budget: CallBudget,
         metrics: Metrics,
     ) -> Self {
+        let credentials = Credentials::new("AKIDEMULATOR", "emulator", None, None, "static");
         let base = aws_sdk_proton::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
-            .credentials_provider(Credentials::new(
-                "AKIDEMULATOR",
-                "emulator",
-                None,
-                None,
-                "static",
+            .credentials_provider(credentials.clone());
+        let mut sts = aws_sdk_sts::config::Builder::new()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .credentials_provider(credentials)
+            .region(aws_sdk_sts::config::Region::new(
+                settings.default_region.clone(),
             ));
-        Self::from_builder(base, settings, budget, metrics)
+        if let Some(endpoint) = settings.sts_endpoint.as_ref().or(settings.endpoint.as_ref()) {
+            sts = sts.endpoint_url(endpoint);
+        }
+        Self::from_builder(base, sts, settings, budget, metrics)
     }
 
     fn from_builder(
         base: aws_sdk_proton::config::Builder,
+        sts: aws_sdk_sts::config::Builder,
         settings: ProtonSettings,
         budget: CallBudget,
         metrics: Metrics,
     ) -> Self {
+        let sts = sts
+            .retry_config(aws_sdk_sts::config::retry::RetryConfig::standard())
+            .timeout_config(
+                aws_sdk_sts::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(settings.timeout)
+                    .connect_timeout(Duration::from_secs(5))
+                    .build(),
+            );
+        let identity = CallerIdentity::new(aws_sdk_sts::Client::from_conf(sts.build()), metrics.clone());
         // Retries are the controller's (per-object backoff, shared budget), so every attempt is
         // counted and rate-limited; the SDK's own retry loop would hide both.
         let mut base = base
@@ -306,16 +333,22 @@ impl Proton {
             clients: Arc::default(),
             budget,
             metrics,
+            identity,
         }
     }
 
-    /// The region a resource's connection lives in.
-    pub fn region_for<'a>(&'a self, region: Option<&'a str>) -> &'a str {
-        region.unwrap_or(&self.settings.default_region)
+    /// Region of new connections whose spec names none.
+    pub fn default_region(&self) -> &str {
+        &self.settings.default_region
     }
 
-    fn client(&self, region: Option<&str>) -> Client {
-        let region = self.region_for(region).to_string();
+    /// The account the controller's credentials act as.
+    pub async fn caller_account(&self) -> Result<String, ProtonError> {
+        self.identity.account().await
+    }
+
+    fn client(&self, region: &str) -> Client {
+        let region = region.to_string();
         let mut clients = match self.clients.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -353,7 +386,7 @@ impl Proton {
 
     pub async fn create(
         &self,
-        region: Option<&str>,
+        region: &str,
         req: &CreateRequest,
     ) -> Result<Connection, ProtonError> {
         let client = self.client(region);
@@ -378,7 +411,7 @@ impl Proton {
         )
     }
 
-    pub async fn get(&self, region: Option<&str>, id: &str) -> Result<Connection, ProtonError> {
+    pub async fn get(&self, region: &str, id: &str) -> Result<Connection, ProtonError> {
         let client = self.client(region);
         let out = self
             .call(
@@ -394,7 +427,7 @@ impl Proton {
 
     pub async fn update(
         &self,
-        region: Option<&str>,
+        region: &str,
         id: &str,
         roles: &RoleArns,
     ) -> Result<Connection, ProtonError> {
@@ -417,7 +450,7 @@ impl Proton {
         )
     }
 
-    pub async fn delete(&self, region: Option<&str>, id: &str) -> Result<(), ProtonError> {
+    pub async fn delete(&self, region: &str, id: &str) -> Result<(), ProtonError> {
         let client = self.client(region);
         self.call(
             "DeleteEnvironmentAccountConnection",
@@ -430,7 +463,7 @@ impl Proton {
     /// Every connection of this environment account for the environment, all pages.
     pub async fn list_for_environment(
         &self,
-        region: Option<&str>,
+        region: &str,
         environment_name: &str,
     ) -> Result<Vec<Connection>, ProtonError> {
         let client = self.client(region);
@@ -474,8 +507,30 @@ impl Proton {
         }
     }
 
+    /// The environment's connection tagged with this resource's uid, with its tags: lists the
+    /// environment's connections and reads each one's tags until it is found.
+    pub async fn find_owned(
+        &self,
+        region: &str,
+        environment_name: &str,
+        uid: &str,
+    ) -> Result<Option<(Connection, Tags)>, ProtonError> {
+        for connection in self.list_for_environment(region, environment_name).await? {
+            let tags = match self.list_tags(region, &connection.arn).await {
+                Ok(tags) => tags,
+                // Deleted between the List and now (List lags behind): not ours to find.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            if tags.get(TAG_UID).map(String::as_str) == Some(uid) {
+                return Ok(Some((connection, tags)));
+            }
+        }
+        Ok(None)
+    }
+
     /// All tags of a resource, all pages.
-    pub async fn list_tags(&self, region: Option<&str>, arn: &str) -> Result<Tags, ProtonError> {
+    pub async fn list_tags(&self, region: &str, arn: &str) -> Result<Tags, ProtonError> {
         let client = self.client(region);
         let mut tags = Tags::new();
         let mut next: Option<String> = None;
@@ -502,7 +557,7 @@ impl Proton {
 
     pub async fn tag(
         &self,
-        region: Option<&str>,
+        region: &str,
         arn: &str,
         tags: &Tags,
     ) -> Result<(), ProtonError> {
@@ -521,7 +576,7 @@ impl Proton {
 
     pub async fn untag(
         &self,
-        region: Option<&str>,
+        region: &str,
         arn: &str,
         keys: &[String],
     ) -> Result<(), ProtonError> {

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
-use kube::Client;
-use kube_lease_manager::LeaseManagerBuilder;
+use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -17,6 +16,7 @@ use crate::controller::{self, Context, WatchScope};
 use crate::decide::Settings;
 use crate::emulator::{EmulatorConfig, RunningEmulator};
 use crate::http::{self, Readiness};
+use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::proton::{Proton, ProtonSettings};
 
@@ -51,12 +51,6 @@ pub enum RunError {
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
-    },
-    #[error("leader election on Lease {namespace}/{name} failed: {reason}")]
-    LeaderElection {
-        namespace: String,
-        name: String,
-        reason: String,
     },
 }
 
@@ -133,6 +127,7 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
             let settings = ProtonSettings {
                 default_region: region,
                 endpoint: Some(emulator.url()),
+                sts_endpoint: Some(emulator.url()),
                 timeout: args.aws_timeout,
             };
             _embedded = Some(emulator);
@@ -152,10 +147,19 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
                 Endpoint::Url(url) => Some(url.clone()),
                 _ => None,
             };
-            info!(region = %region, endpoint = endpoint.as_deref().unwrap_or("AWS default"), "Proton client ready");
+            // The proton-emulator serves STS on its Proton port; AWS_ENDPOINT_URL_STS, when set,
+            // is read by the SDK and wins over that guess.
+            let sts_endpoint = args.sts_endpoint.clone().or_else(|| {
+                std::env::var_os("AWS_ENDPOINT_URL_STS")
+                    .is_none()
+                    .then(|| endpoint.clone())
+                    .flatten()
+            });
+            info!(region = %region, endpoint = endpoint.as_deref().unwrap_or("AWS default"), sts_endpoint = sts_endpoint.as_deref().unwrap_or("AWS default"), "Proton client ready");
             let settings = ProtonSettings {
                 default_region: region,
                 endpoint,
+                sts_endpoint,
                 timeout: args.aws_timeout,
             };
             Proton::from_sdk_config(&sdk, settings, budget, metrics.clone())
@@ -165,8 +169,14 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
     let settings = Settings {
         resync: args.resync_period,
         pending_poll: args.pending_poll,
-        default_region: proton.region_for(None).to_string(),
+        default_region: proton.default_region().to_string(),
+        allowed_regions: args.allowed_regions.clone(),
+        adoption: args.adoption,
+        create_settle: args.aws_timeout + args.aws_list_lag,
     };
+    if !settings.region_allowed(&settings.default_region) {
+        warn!(region = %settings.default_region, allowed = ?settings.allowed_regions, "the default region is not among --allowed-regions: resources without spec.region will be refused");
+    }
     let ctx = Arc::new(Context::new(
         client.clone(),
         proton,
@@ -182,7 +192,7 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
         let _ = stop_tx.send(true);
     });
 
-    let readiness = Readiness::default();
+    let readiness = Readiness::new(args.watch_failure_timeout);
     let (addr, http_task) = http::serve(
         args.metrics_addr,
         metrics.clone(),
@@ -202,31 +212,14 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
     };
 
     if args.leader_election {
-        lead_then_run(client, &args, ctx, scope, readiness, metrics, stop_rx).await?;
+        lead_then_run(client, &args, ctx, scope, readiness, metrics, stop_rx).await;
     } else {
         metrics.set_leader(true);
-        run_controller(ctx, scope, args.concurrency, readiness, wait_stop(stop_rx)).await;
+        controller::run(ctx, scope, args.concurrency, wait_stop(stop_rx), readiness).await;
     }
     let _ = http_task.await;
     info!("stopped");
     Ok(())
-}
-
-async fn run_controller(
-    ctx: Arc<Context>,
-    scope: WatchScope,
-    concurrency: u16,
-    readiness: Readiness,
-    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let (ready_tx, mut ready_rx) = watch::channel(false);
-    let flag = readiness.clone();
-    tokio::spawn(async move {
-        while ready_rx.changed().await.is_ok() {
-            flag.set(*ready_rx.borrow());
-        }
-    });
-    controller::run(ctx, scope, concurrency, stop, Some(ready_tx)).await;
 }
 
 /// Identity for the Lease: the pod name, else host name and process id.
@@ -242,8 +235,9 @@ fn identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Waits for the lease, runs the controller while holding it, and stops reconciling at once when
-/// it is lost; then waits again, as a standby.
+/// Runs the controller only while this pod leads: it starts when the Lease is acquired and
+/// stops at once when leadership is lost (renew deadline passed, or another holder), then waits
+/// again as a standby.
 async fn lead_then_run(
     client: Client,
     args: &RunArgs,
@@ -252,7 +246,7 @@ async fn lead_then_run(
     readiness: Readiness,
     metrics: Metrics,
     mut stop_rx: watch::Receiver<bool>,
-) -> Result<(), RunError> {
+) {
     let namespace = args
         .leader_election_namespace
         .clone()
@@ -262,35 +256,31 @@ async fn lead_then_run(
                 .filter(|s| !s.is_empty())
         })
         .unwrap_or_else(|| "default".into());
-    let identity = identity();
-    let lease_error = |reason: String| RunError::LeaderElection {
+    let config = LeaseConfig {
         namespace: namespace.clone(),
         name: args.lease_name.clone(),
-        reason,
+        identity: identity(),
+        lease_duration: args.lease_duration,
+        renew_deadline: args.lease_renew_deadline,
+        retry_period: LeaseConfig::retry_period_for(args.lease_renew_deadline),
     };
-    let manager = LeaseManagerBuilder::new(client, &args.lease_name)
-        .with_namespace(&namespace)
-        .with_identity(&identity)
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await
-        .map_err(|e| lease_error(e.to_string()))?;
-    let (mut leader_rx, lease_task) = manager.watch().await;
-    info!(lease = %args.lease_name, namespace = %namespace, identity = %identity, "leader election started");
-    // A healthy standby is ready: it is able to take over.
-    readiness.set(true);
+    info!(lease = %config.name, namespace = %namespace, identity = %config.identity, lease_duration_secs = config.lease_duration.as_secs_f64(), renew_deadline_secs = config.renew_deadline.as_secs_f64(), "leader election started");
+    let (leading_tx, mut leading) = watch::channel(false);
+    let elector = Elector::new(Api::namespaced(client, &namespace), config);
+    let lease_task = tokio::spawn(elector.run(leading_tx, readiness.clone(), stop_rx.clone()));
+    readiness.standby();
+    metrics.set_leader(false);
 
     loop {
         if *stop_rx.borrow() {
             break;
         }
-        if !*leader_rx.borrow_and_update() {
-            metrics.set_leader(false);
+        if !*leading.borrow_and_update() {
             tokio::select! {
-                changed = leader_rx.changed() => {
+                changed = leading.changed() => {
                     if changed.is_err() {
-                        return Err(lease_error("the lease manager stopped".into()));
+                        warn!("leader election stopped");
+                        break;
                     }
                     continue;
                 }
@@ -299,7 +289,7 @@ async fn lead_then_run(
         }
         info!("became leader; reconciling");
         metrics.set_leader(true);
-        let mut lost_rx = leader_rx.clone();
+        let mut lost_rx = leading.clone();
         let lost = async move {
             while *lost_rx.borrow_and_update() {
                 if lost_rx.changed().await.is_err() {
@@ -307,38 +297,33 @@ async fn lead_then_run(
                 }
             }
         };
-        let controller = run_controller(
+        let controller = controller::run(
             ctx.clone(),
             scope.clone(),
             args.concurrency,
-            readiness.clone(),
             wait_stop(stop_rx.clone()),
+            readiness.clone(),
         );
         tokio::select! {
             _ = controller => break,
             _ = lost => {
                 // Dropping the controller future cancels in-flight reconciles: every step is
-                // idempotent (client tokens, guarded patches), so the next leader resumes safely.
+                // idempotent (client tokens, guarded patches, recorded intents), so the next
+                // leader resumes safely.
                 warn!("lost the leader lease; stopped reconciling");
                 metrics.set_leader(false);
-                readiness.set(true);
+                ctx.metrics.count_connections_from(None);
+                readiness.standby();
             }
         }
     }
     metrics.set_leader(false);
-    drop(leader_rx);
-    // Dropping the receiver ends the lease task, which releases the lease for a fast hand-over.
-    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
-        Ok(Ok(Ok(manager))) => {
-            if let Err(e) = manager.release().await {
-                warn!(error = %e, "could not release the lease");
-            }
-        }
-        Ok(Ok(Err(e))) => warn!(error = %e, "lease manager ended with an error"),
-        Ok(Err(e)) => warn!(error = %e, "lease manager task failed"),
-        Err(_) => warn!("lease manager did not stop within 5s"),
+    // The elector sees the stop too, and releases the Lease for a fast hand-over.
+    match tokio::time::timeout(Duration::from_secs(10), lease_task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "leader election task failed"),
+        Err(_) => warn!("leader election did not stop within 10s"),
     }
-    Ok(())
 }
 
 async fn wait_stop(mut rx: watch::Receiver<bool>) {

@@ -1,0 +1,69 @@
+//! What the controller keeps about a resource between reconciles, and the status it reconciles
+//! from.
+//!
+//! The resource's status in the watch cache can be behind: the controller's own last write may
+//! not have come back through the watch yet, or the write failed. Reconciling from it would
+//! repeat work or, worse, Create a connection that is already known. So the controller keeps its
+//! last successful write (the cache catches up with it) and the status of a reconcile whose
+//! write failed (the connection it learned about must not be forgotten), and reconciles from
+//! their combination. A failed write is never taken as durable: the record that a Create may be
+//! in flight (`createSentAt`) counts only once it is really written.
+
+use crate::api::EnvironmentAccountConnectionStatus as Status;
+
+/// Kept per resource while it is in the watch cache (dropped when it leaves, or when this
+/// controller loses the lease).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Memory {
+    /// The last status this controller wrote successfully.
+    pub written: Option<Status>,
+    /// The status of a reconcile whose write failed.
+    pub unwritten: Option<Status>,
+}
+
+impl Memory {
+    /// Forgets what the cached status has caught up with. Returns whether anything is left.
+    pub fn catch_up(&mut self, stored: Option<&Status>) -> bool {
+        if self.written.as_ref() == stored && stored.is_some() {
+            self.written = None;
+        }
+        if let Some(u) = &self.unwritten
+            && (u.id.is_none() || stored.and_then(|s| s.id.as_ref()) == u.id.as_ref())
+        {
+            self.unwritten = None;
+        }
+        self.written.is_some() || self.unwritten.is_some()
+    }
+}
+
+/// The status to reconcile from: the last write if the cache has not caught up with it, plus
+/// the connection a reconcile learned about but could not record.
+pub fn effective_status(stored: Option<&Status>, memory: &Memory) -> Status {
+    let mut status = match &memory.written {
+        Some(written) => written.clone(),
+        None => stored.cloned().unwrap_or_default(),
+    };
+    if let Some(learned) = &memory.unwritten
+        && learned.id.is_some()
+        && learned.id != status.id
+    {
+        status.id = learned.id.clone();
+        status.arn = learned.arn.clone();
+        status.status = learned.status;
+        status.region = learned.region.clone();
+        status.environment_account_id = learned.environment_account_id.clone();
+        status.requested_at = learned.requested_at.clone();
+        status.last_modified_at = learned.last_modified_at.clone();
+        status.role_arn = learned.role_arn.clone();
+        status.codebuild_role_arn = learned.codebuild_role_arn.clone();
+        status.component_role_arn = learned.component_role_arn.clone();
+        status.recreations = learned.recreations;
+        for key in &learned.applied_tag_keys {
+            if !status.applied_tag_keys.contains(key) {
+                status.applied_tag_keys.push(key.clone());
+            }
+        }
+        status.applied_tag_keys.sort();
+    }
+    status
+}

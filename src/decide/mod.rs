@@ -1,0 +1,420 @@
+//! The reconcile decision: pure, synchronous, no I/O.
+//!
+//! A reconcile is a [`Run`]: [`Run::next`] names the one next [`Step`] from the resource and what
+//! this reconcile has learned so far; the controller executes it and hands the raw result back to
+//! [`Run::record`], which folds it into what is known ([`Observed`]); and again, until the step is
+//! final (settle, report a problem, release, idle). Everything the controller does, and every
+//! meaning it gives to an answer (a NotFound, a replayed Create, a conflict), is decided here and
+//! tested as a table without Kubernetes or AWS.
+//!
+//! - `next`: which step comes next;
+//! - `observe`: what an answer means (the fold);
+//! - `status`: the status written for each outcome;
+//! - `events`: the text of Events;
+//! - `retry`: how long to wait after a problem;
+//! - `memory`: what the controller keeps between reconciles, and the status it reconciles from.
+
+mod events;
+mod memory;
+mod next;
+mod observe;
+mod retry;
+mod status;
+
+use std::time::Duration;
+
+use crate::api::{
+    EnvironmentAccountConnectionSpec as Spec, EnvironmentAccountConnectionStatus as Status,
+    TAG_NAME, TAG_NAMESPACE, TAG_UID,
+};
+use crate::proton::{Connection, CreateRequest, ProtonError, RoleArns, Tags};
+
+pub use events::{Note, event_for};
+pub use memory::{Memory, effective_status};
+pub use observe::{Observed, Origin};
+pub use retry::{Problem, retry_after};
+
+/// Who may adopt existing connections with the `proton.eac.dev/adopt-id` annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AdoptionPolicy {
+    /// Only in namespaces a cluster admin labelled `proton.eac.dev/adoption=allowed`.
+    #[default]
+    NamespaceOptIn,
+    /// In every namespace (clusters without untrusted tenants).
+    Everywhere,
+    /// Nowhere.
+    Disabled,
+}
+
+/// Controller-wide settings the decision depends on.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often a settled resource is looked at again.
+    pub resync: Duration,
+    /// How often a PENDING connection is polled at first (it backs off towards `resync`).
+    pub pending_poll: Duration,
+    /// Region of new connections whose spec names none.
+    pub default_region: String,
+    /// Regions the cluster admin allows; empty: any.
+    pub allowed_regions: Vec<String>,
+    pub adoption: AdoptionPolicy,
+    /// How long after a Create was sent its connection may still appear in a List: the AWS call
+    /// timeout plus List's eventual-consistency delay. Deletion searches for twice this long
+    /// after the last recorded Create (see [`Status::create_sent_at`]).
+    pub create_settle: Duration,
+}
+
+impl Settings {
+    pub fn region_allowed(&self, region: &str) -> bool {
+        self.allowed_regions.is_empty() || self.allowed_regions.iter().any(|r| r == region)
+    }
+}
+
+/// What the decision knows about the Kubernetes resource at the start of a reconcile.
+#[derive(Clone, Debug)]
+pub struct Resource<'a> {
+    pub uid: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub generation: i64,
+    pub spec: &'a Spec,
+    /// The status to reconcile from: the recorded one, or what this controller wrote or learned
+    /// since (see [`effective_status`]).
+    pub status: &'a Status,
+    pub deleting: bool,
+    pub has_finalizer: bool,
+    /// The `proton.eac.dev/adopt-id` annotation, trimmed, if not empty.
+    pub adopt_id: Option<&'a str>,
+    /// Set when nothing changed since the last settled reconcile and it is not due yet: how long
+    /// until it is. Only a stripped finalizer is then put back.
+    pub quiet: Option<Duration>,
+    /// Consecutive failed reconciles so far, for the backoff.
+    pub failures: u32,
+}
+
+/// The one next thing to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    // Kubernetes
+    /// Add the finalizer (before anything can be created).
+    AddFinalizer,
+    /// Read the namespace's labels: has the cluster admin allowed adoption there?
+    ReadAdoptionPolicy,
+    /// Write this status now and go on (the intent to create, a vanished connection).
+    Record(Box<Recorded>),
+
+    // AWS
+    /// Which account the controller's credentials act as (STS GetCallerIdentity, cached).
+    WhoAmI,
+    /// `GetEnvironmentAccountConnection`.
+    Get { id: String },
+    /// List the environment's connections and keep the one tagged with this resource's uid.
+    FindOwned { environment_name: String },
+    /// `ListTagsForResource`.
+    ListTags { arn: String },
+    /// `CreateEnvironmentAccountConnection` in `region`. `replay`: a Create with this token may
+    /// have been sent before, so the answer may be an existing connection.
+    Create {
+        request: CreateRequest,
+        region: String,
+        recreation: u32,
+        replay: bool,
+    },
+    /// `UpdateEnvironmentAccountConnection`.
+    Update { id: String, roles: RoleArns },
+    /// `TagResource` with only the tags that differ.
+    Tag { arn: String, tags: Tags },
+    /// `UntagResource` with only the keys to remove; `retain`: releasing on deletion.
+    Untag {
+        arn: String,
+        keys: Vec<String>,
+        retain: bool,
+    },
+    /// `DeleteEnvironmentAccountConnection`.
+    Delete { id: String },
+
+    // Final
+    /// Done: write the status (if it changed), publish the Events, look again after `requeue`.
+    Settle(Box<Settled>),
+    /// Ended on a problem: write the status, publish an Event if it is news, retry after `requeue`.
+    Report(Box<Reported>),
+    /// Remove the finalizer: the resource may go.
+    RemoveFinalizer,
+    /// Nothing is due: look again after `requeue`.
+    Idle { requeue: Duration },
+    /// Not ours to act on (being deleted and never finalized).
+    Nothing,
+}
+
+/// A status to write in the middle of a reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recorded {
+    pub status: Status,
+    pub events: Vec<Note>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settled {
+    pub status: Status,
+    pub requeue: Duration,
+    /// State transitions worth an Event.
+    pub events: Vec<Note>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reported {
+    pub status: Status,
+    pub problem: Problem,
+    /// The Event, when the problem is news.
+    pub event: Option<Note>,
+    pub requeue: Duration,
+}
+
+impl Step {
+    /// Whether the step changes something in Proton.
+    pub fn is_mutation(&self) -> bool {
+        matches!(
+            self,
+            Step::Create { .. }
+                | Step::Update { .. }
+                | Step::Tag { .. }
+                | Step::Untag { .. }
+                | Step::Delete { .. }
+        )
+    }
+
+    /// Whether the step calls AWS.
+    pub fn is_aws(&self) -> bool {
+        self.is_mutation()
+            || matches!(
+                self,
+                Step::WhoAmI | Step::Get { .. } | Step::FindOwned { .. } | Step::ListTags { .. }
+            )
+    }
+
+    /// Whether the reconcile ends with this step.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Step::Settle(_)
+                | Step::Report(_)
+                | Step::RemoveFinalizer
+                | Step::Idle { .. }
+                | Step::Nothing
+        )
+    }
+
+    /// Short name for logs and tests.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::AddFinalizer => "AddFinalizer",
+            Step::ReadAdoptionPolicy => "ReadAdoptionPolicy",
+            Step::Record(_) => "Record",
+            Step::WhoAmI => "WhoAmI",
+            Step::Get { .. } => "Get",
+            Step::FindOwned { .. } => "FindOwned",
+            Step::ListTags { .. } => "ListTags",
+            Step::Create { .. } => "Create",
+            Step::Update { .. } => "Update",
+            Step::Tag { .. } => "Tag",
+            Step::Untag { .. } => "Untag",
+            Step::Delete { .. } => "Delete",
+            Step::Settle(_) => "Settle",
+            Step::Report(_) => "Report",
+            Step::RemoveFinalizer => "RemoveFinalizer",
+            Step::Idle { .. } => "Idle",
+            Step::Nothing => "Nothing",
+        }
+    }
+}
+
+/// The raw answer to a step that succeeded, before it is given a meaning.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// A Kubernetes write, or Tag / Untag / Delete.
+    Done,
+    /// WhoAmI: the account id.
+    Account(String),
+    /// ReadAdoptionPolicy.
+    AdoptionAllowed(bool),
+    /// Get, Create, Update.
+    Connection(Connection),
+    /// FindOwned: the connection carrying this resource's uid tag, with its tags.
+    Found(Option<(Connection, Tags)>),
+    /// ListTags.
+    Tags(Tags),
+}
+
+/// A reconcile gives up after this many steps (and is retried with backoff).
+pub const MAX_STEPS: usize = 24;
+
+/// One reconcile of one resource, from its first step to its final one.
+#[derive(Clone, Debug)]
+pub struct Run<'a> {
+    r: Resource<'a>,
+    settings: &'a Settings,
+    /// Random number in [0, 1) for the backoff's jitter.
+    jitter: f64,
+    /// The status as it stands now: the resource's, then what this reconcile wrote.
+    status: Status,
+    has_finalizer: bool,
+    /// Where the connection is or will be; fixed for the whole reconcile.
+    region: String,
+    observed: Observed,
+    account: Option<String>,
+    adoption_allowed: Option<bool>,
+    /// A Create with the current token may have been sent before this reconcile.
+    replay: bool,
+    /// Create answered ConflictException: the error, reported if our connection is not found.
+    conflict: Option<ProtonError>,
+    /// Mutations already sent: asking for one again means Proton accepted it without applying
+    /// it, and repeating it would only loop.
+    sent: Vec<Step>,
+    steps: usize,
+    problem: Option<Problem>,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(r: Resource<'a>, settings: &'a Settings, jitter: f64) -> Run<'a> {
+        let region = next::region_of(&r, settings);
+        Run {
+            status: r.status.clone(),
+            has_finalizer: r.has_finalizer,
+            replay: r.status.create_sent_at.is_some() && r.status.id.is_none(),
+            r,
+            settings,
+            jitter,
+            region,
+            observed: Observed::Nothing,
+            account: None,
+            adoption_allowed: None,
+            conflict: None,
+            sent: Vec::new(),
+            steps: 0,
+            problem: None,
+        }
+    }
+
+    /// The region every AWS call of this reconcile goes to.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// What is known so far.
+    pub fn observed(&self) -> &Observed {
+        &self.observed
+    }
+
+    /// The next step.
+    pub fn next(&mut self, now: jiff::Timestamp) -> Step {
+        self.steps += 1;
+        let mut step = if self.steps > MAX_STEPS {
+            self.report(
+                Problem {
+                    reason: "Unsettled",
+                    message: format!(
+                        "the reconcile did not settle within {MAX_STEPS} steps; retrying later"
+                    ),
+                    retry: crate::proton::Retry::Backoff,
+                },
+                now,
+            )
+        } else {
+            next::decide(self, now)
+        };
+        if step.is_mutation() {
+            if self.sent.contains(&step) {
+                step = self.report(not_applied(&step), now);
+            } else {
+                self.sent.push(step.clone());
+            }
+        }
+        step
+    }
+
+    /// Folds the answer to `step` into what is known. Returns the Event the change deserves.
+    pub fn record(&mut self, step: &Step, result: Result<Outcome, ProtonError>) -> Option<Note> {
+        observe::record(self, step, result)
+    }
+
+    /// The final step for `problem`: status, Event if news, and the backoff.
+    fn report(&self, problem: Problem, now: jiff::Timestamp) -> Step {
+        let learned = match &self.observed {
+            Observed::Connection {
+                connection, origin, ..
+            } if *origin != Origin::Adopted => {
+                Some((connection, self.region.as_str(), origin.recreations(&self.status)))
+            }
+            _ => None,
+        };
+        let (status, news) =
+            status::after_problem(&self.r, &self.status, learned, &problem, now);
+        let event = news.then(|| Note::warning(problem.reason, problem.message.clone()));
+        let requeue = retry_after(
+            problem.retry,
+            self.r.failures.saturating_add(1),
+            self.settings,
+            self.jitter,
+        );
+        Step::Report(Box::new(Reported {
+            status,
+            problem,
+            event,
+            requeue,
+        }))
+    }
+}
+
+/// The client token for a resource's n-th connection: the uid itself for the first, so a
+/// retried or repeated Create returns the same connection; a derived token for each re-creation
+/// after an out-of-band delete, so a repeat of the same recovery is idempotent too.
+pub fn client_token(uid: &str, recreation: u32) -> String {
+    // Proton: `^[!-~]*$`, at most 64 characters. A Kubernetes uid always fits; keep the promise
+    // for anything else too, shortening the uid rather than the suffix so that every
+    // re-creation keeps a token of its own.
+    let suffix = if recreation == 0 {
+        String::new()
+    } else {
+        format!("-r{recreation}")
+    };
+    let uid: String = uid
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64 - suffix.len())
+        .collect();
+    uid + &suffix
+}
+
+/// The tags the controller uses to recognise its own connections.
+pub fn ownership_tags(r: &Resource) -> Tags {
+    Tags::from([
+        (TAG_UID.to_string(), r.uid.to_string()),
+        (TAG_NAMESPACE.to_string(), r.namespace.to_string()),
+        (TAG_NAME.to_string(), r.name.to_string()),
+    ])
+}
+
+/// Spec tags plus ownership tags: what the connection must carry.
+pub fn desired_tags(r: &Resource) -> Tags {
+    let mut tags = r.spec.tags.clone();
+    tags.extend(ownership_tags(r));
+    tags
+}
+
+/// The failure for a mutation Proton accepted but did not apply (asked for twice in one reconcile).
+fn not_applied(step: &Step) -> Problem {
+    let what = match step {
+        Step::Update { .. } => "UpdateEnvironmentAccountConnection (role ARNs)",
+        Step::Tag { .. } => "TagResource",
+        Step::Untag { .. } => "UntagResource",
+        Step::Create { .. } => "CreateEnvironmentAccountConnection",
+        Step::Delete { .. } => "DeleteEnvironmentAccountConnection",
+        _ => "the change",
+    };
+    Problem::terminal(
+        "NotApplied",
+        format!(
+            "Proton accepted {what} but still reports the old values; not repeating it until the spec changes or the next resync"
+        ),
+    )
+}

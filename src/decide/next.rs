@@ -1,0 +1,472 @@
+//! Which step comes next, from the resource and what this reconcile has observed.
+
+use std::time::Duration;
+
+use crate::api::{ConnectionState, DeletionPolicy, TAG_NAME, TAG_NAMESPACE, TAG_UID};
+use crate::conditions::{self, SYNCED};
+use crate::proton::{Connection, CreateRequest, Retry, RoleArns, Tags};
+
+use super::events;
+use super::status;
+use super::{
+    AdoptionPolicy, Observed, Origin, Problem, Recorded, Resource, Run, Settings, Settled, Step,
+    client_token, desired_tags,
+};
+
+/// The region of the resource's connection: where it was pinned (the status, or the ARN of a
+/// connection recorded before regions were pinned), else where a new one goes.
+pub(super) fn region_of(r: &Resource, settings: &Settings) -> String {
+    if let Some(region) = &r.status.region {
+        return region.clone();
+    }
+    if let Some(region) = r.status.arn.as_deref().and_then(arn_region) {
+        return region.to_string();
+    }
+    r.spec
+        .region
+        .clone()
+        .unwrap_or_else(|| settings.default_region.clone())
+}
+
+/// `arn:PARTITION:proton:REGION:ACCOUNT:...` -> REGION.
+fn arn_region(arn: &str) -> Option<&str> {
+    arn.split(':').nth(3).filter(|r| !r.is_empty())
+}
+
+pub(super) fn decide(run: &Run, now: jiff::Timestamp) -> Step {
+    if let Some(problem) = &run.problem {
+        return run.report(problem.clone(), now);
+    }
+    let step = if run.r.deleting {
+        deletion(run, now)
+    } else {
+        upkeep(run, now)
+    };
+    // Nothing is done in AWS, and no intent to create is recorded, before the controller knows
+    // which account it acts as, and that account is the one the connection was pinned to.
+    if step.is_aws() || matches!(step, Step::Record(_)) {
+        let Some(account) = &run.account else {
+            return Step::WhoAmI;
+        };
+        if let Some(pinned) = &run.status.environment_account_id
+            && pinned != account
+        {
+            return run.report(
+                Problem::terminal(
+                    "AccountMismatch",
+                    format!(
+                        "the connection belongs to account {pinned}, but the controller's credentials act as account {account}; nothing is created, changed or deleted until they match"
+                    ),
+                ),
+                now,
+            );
+        }
+    }
+    step
+}
+
+/// Not being deleted: make Proton match the spec.
+fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
+    let r = &run.r;
+    if !run.has_finalizer {
+        return Step::AddFinalizer;
+    }
+    if let Some(requeue) = r.quiet {
+        return Step::Idle { requeue };
+    }
+    if !run.settings.region_allowed(&run.region) {
+        return run.report(region_not_allowed(run), now);
+    }
+    match &run.observed {
+        Observed::Nothing => match (&run.status.id, r.adopt_id) {
+            (Some(id), _) => Step::Get { id: id.clone() },
+            (None, Some(adopt)) => match adoption_allowed(run) {
+                None => Step::ReadAdoptionPolicy,
+                Some(Ok(())) => Step::Get {
+                    id: adopt.to_string(),
+                },
+                Some(Err(problem)) => run.report(problem, now),
+            },
+            (None, None) => create(run, None, now),
+        },
+        Observed::Gone { id: Some(id) } if run.status.id.as_deref() == Some(id.as_str()) => {
+            // The recorded connection was deleted behind the controller's back.
+            create(run, Some(id), now)
+        }
+        Observed::Gone { id: Some(id) } if r.adopt_id == Some(id.as_str()) => run.report(
+            Problem::terminal(
+                "AdoptionNotFound",
+                format!(
+                    "annotation proton.eac.dev/adopt-id names connection {id}, which does not exist"
+                ),
+            ),
+            now,
+        ),
+        // A connection found in this reconcile vanished before it was recorded.
+        Observed::Gone { id: Some(id) } => run.report(
+            Problem {
+                reason: "NotFound",
+                message: format!("connection {id} disappeared while it was being reconciled"),
+                retry: Retry::Backoff,
+            },
+            now,
+        ),
+        Observed::CreateConflict => Step::FindOwned {
+            environment_name: r.spec.environment_name.clone(),
+        },
+        Observed::Gone { id: None } => {
+            // Create said Conflict and no connection of ours is listed. Within the settle
+            // window ours may just not be listed yet (List is eventually consistent): retry
+            // soon; after it, another connection holds the environment.
+            let error = run.conflict.as_ref();
+            let mut problem = error.map(Problem::from).unwrap_or_else(|| {
+                Problem::terminal("Conflict", "no connection of this resource was found")
+            });
+            if create_may_be_in_flight(run, now).is_some() {
+                problem.retry = Retry::Backoff;
+            }
+            run.report(problem, now)
+        }
+        Observed::Connection {
+            connection,
+            tags,
+            origin,
+        } => sync(run, connection, tags.as_ref(), *origin, now),
+        Observed::Released => Step::Nothing,
+    }
+}
+
+fn region_not_allowed(run: &Run) -> Problem {
+    Problem::terminal(
+        "RegionNotAllowed",
+        format!(
+            "region {} is not among the regions the controller may act in ({}); nothing is done there",
+            run.region,
+            run.settings.allowed_regions.join(", ")
+        ),
+    )
+}
+
+/// Whether the resource may adopt: None while the namespace's opt-in has not been read.
+fn adoption_allowed(run: &Run) -> Option<Result<(), Problem>> {
+    let refused = |why: String| {
+        Err(Problem::terminal(
+            "AdoptionNotAllowed",
+            format!(
+                "annotation proton.eac.dev/adopt-id is set, but {why}; nothing was changed in Proton"
+            ),
+        ))
+    };
+    match run.settings.adoption {
+        AdoptionPolicy::Everywhere => Some(Ok(())),
+        AdoptionPolicy::Disabled => Some(refused(
+            "adoption is disabled on this controller (--adoption disabled)".into(),
+        )),
+        AdoptionPolicy::NamespaceOptIn => match run.adoption_allowed? {
+            true => Some(Ok(())),
+            false => Some(refused(format!(
+                "a cluster admin has not allowed adoption in namespace {} (label {}={})",
+                run.r.namespace,
+                crate::api::ADOPTION_NAMESPACE_LABEL,
+                crate::api::ADOPTION_ALLOWED
+            ))),
+        },
+    }
+}
+
+/// Create the resource's connection: first record the intent (pinning region and account),
+/// then send the Create with the token of this re-creation.
+fn create(run: &Run, vanished: Option<&str>, now: jiff::Timestamp) -> Step {
+    let r = &run.r;
+    let recreation = match vanished {
+        Some(_) => run.status.recreations + 1,
+        None => run.status.recreations,
+    };
+    let account = run.account.as_deref().unwrap_or_default();
+    let intent_fresh = vanished.is_none()
+        && run.status.region.as_deref() == Some(run.region.as_str())
+        && run.status.environment_account_id.as_deref() == Some(account)
+        && run
+            .status
+            .create_sent_at
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|at| age(at, now) < run.settings.create_settle);
+    if !intent_fresh {
+        // WhoAmI comes first: a Create needs the account to pin.
+        if run.account.is_none() {
+            return Step::WhoAmI;
+        }
+        let status = status::intent(
+            r,
+            &run.status,
+            &run.region,
+            account,
+            recreation,
+            vanished,
+            now,
+        );
+        let events = vanished.map(events::vanished).into_iter().collect();
+        return Step::Record(Box::new(Recorded { status, events }));
+    }
+    Step::Create {
+        request: CreateRequest {
+            client_token: client_token(r.uid, recreation),
+            environment_name: r.spec.environment_name.clone(),
+            management_account_id: r.spec.management_account_id.clone(),
+            roles: desired_roles(r),
+            tags: desired_tags(r),
+        },
+        region: run.region.clone(),
+        recreation,
+        replay: run.replay,
+    }
+}
+
+fn age(at: jiff::Timestamp, now: jiff::Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(at)).unwrap_or_default()
+}
+
+/// While a Create sent earlier may still bring a connection into a List: until when.
+fn create_may_be_in_flight(run: &Run, now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+    let sent: jiff::Timestamp = run.status.create_sent_at.as_deref()?.parse().ok()?;
+    // A Create is sent at most one settle window after the recorded time (the intent is
+    // written again before a later one), and shows in List at most one window after it is sent.
+    let window = jiff::SignedDuration::try_from(run.settings.create_settle.saturating_mul(2))
+        .unwrap_or(jiff::SignedDuration::MAX);
+    let until = sent.saturating_add(window).ok()?;
+    (now < until).then_some(until)
+}
+
+fn desired_roles(r: &Resource) -> RoleArns {
+    RoleArns {
+        role_arn: r.spec.role_arn.clone(),
+        codebuild_role_arn: r.spec.codebuild_role_arn.clone(),
+        component_role_arn: r.spec.component_role_arn.clone(),
+    }
+}
+
+/// Whether Proton's roles differ from the spec. `roleArn` is compared only when the spec sets
+/// it (Proton requires one on every connection, so "none" cannot be asked for); the CodeBuild and
+/// component roles are compared exactly, so removing one from the spec clears it.
+fn roles_drifted(r: &Resource, observed: &RoleArns) -> bool {
+    let desired = desired_roles(r);
+    (desired.role_arn.is_some() && desired.role_arn != observed.role_arn)
+        || desired.codebuild_role_arn != observed.codebuild_role_arn
+        || desired.component_role_arn != observed.component_role_arn
+}
+
+/// Whether the current generation was fully applied by an earlier reconcile.
+fn generation_applied(run: &Run) -> bool {
+    conditions::is_true(&run.status.conditions, SYNCED, Some(run.r.generation))
+}
+
+fn sync(
+    run: &Run,
+    c: &Connection,
+    tags: Option<&Tags>,
+    origin: Origin,
+    now: jiff::Timestamp,
+) -> Step {
+    let r = &run.r;
+    if origin == Origin::Adopted {
+        let mut mismatches = Vec::new();
+        if c.environment_name != r.spec.environment_name {
+            mismatches.push(format!(
+                "environmentName is {:?} in Proton but {:?} in the spec",
+                c.environment_name, r.spec.environment_name
+            ));
+        }
+        if c.management_account_id != r.spec.management_account_id {
+            mismatches.push(format!(
+                "managementAccountId is {:?} in Proton but {:?} in the spec",
+                c.management_account_id, r.spec.management_account_id
+            ));
+        }
+        if !mismatches.is_empty() {
+            return run.report(
+                Problem::terminal(
+                    "AdoptionMismatch",
+                    format!(
+                        "cannot adopt connection {}: {}",
+                        c.id,
+                        mismatches.join("; ")
+                    ),
+                ),
+                now,
+            );
+        }
+        // Ownership is judged by the uid tag: read the tags before anything can be changed.
+        let Some(tags) = tags else {
+            return Step::ListTags { arn: c.arn.clone() };
+        };
+        if let Some(owner) = tags.get(TAG_UID)
+            && owner != r.uid
+        {
+            return run.report(
+                Problem::terminal(
+                    "AdoptionMismatch",
+                    format!(
+                        "cannot adopt connection {}: it is owned by another resource (tag {TAG_UID}={owner})",
+                        c.id
+                    ),
+                ),
+                now,
+            );
+        }
+    }
+    // A REJECTED connection accepts no changes; it stays as the record of the answer.
+    if c.state != ConnectionState::Rejected {
+        if roles_drifted(r, &c.roles) {
+            return Step::Update {
+                id: c.id.clone(),
+                roles: desired_roles(r),
+            };
+        }
+        // Tags are read only when something may have changed: a new generation, a connection
+        // not yet fully applied, or one that was just created, found or adopted. An idle
+        // resource costs one Get per resync.
+        let check_tags = !generation_applied(run) || origin != Origin::Recorded;
+        if check_tags {
+            let Some(tags) = tags else {
+                return Step::ListTags { arn: c.arn.clone() };
+            };
+            let desired = desired_tags(r);
+            let missing: Tags = desired
+                .iter()
+                .filter(|(k, v)| tags.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !missing.is_empty() {
+                return Step::Tag {
+                    arn: c.arn.clone(),
+                    tags: missing,
+                };
+            }
+            let removed: Vec<String> = run
+                .status
+                .applied_tag_keys
+                .iter()
+                .filter(|k| !desired.contains_key(*k) && tags.contains_key(*k))
+                .cloned()
+                .collect();
+            if !removed.is_empty() {
+                return Step::Untag {
+                    arn: c.arn.clone(),
+                    keys: removed,
+                    retain: false,
+                };
+            }
+        }
+    }
+    // Tags are not managed on a REJECTED connection, so what was applied stays as it was.
+    let applied_tag_keys = if c.state == ConnectionState::Rejected {
+        run.status.applied_tag_keys.clone()
+    } else {
+        r.spec.tags.keys().cloned().collect()
+    };
+    let status = status::settled(
+        r,
+        &run.status,
+        c,
+        &run.region,
+        origin.recreations(&run.status),
+        applied_tag_keys,
+        now,
+    );
+    let mut events = Vec::new();
+    if origin == Origin::Adopted && run.status.id.as_deref() != Some(c.id.as_str()) {
+        events.push(events::Note::normal(
+            "Adopted",
+            format!("adopted existing connection {}", c.id),
+        ));
+    }
+    events.extend(events::state_change(run.status.status, c));
+    Step::Settle(Box::new(Settled {
+        status,
+        requeue: requeue_after(c, run.settings, now),
+        events,
+    }))
+}
+
+/// PENDING is polled fast at first, then less often the longer the answer takes (a tenth of the
+/// connection's age), never slower than the resync period.
+fn requeue_after(c: &Connection, settings: &Settings, now: jiff::Timestamp) -> Duration {
+    if c.state != ConnectionState::Pending {
+        return settings.resync;
+    }
+    let age = c
+        .requested_at
+        .parse::<jiff::Timestamp>()
+        .map(|t| age(t, now))
+        .unwrap_or_default();
+    (age / 10).clamp(
+        settings.pending_poll,
+        settings.resync.max(settings.pending_poll),
+    )
+}
+
+/// Being deleted: delete (or retain) the connection, then let the resource go. Nothing is
+/// released while a connection of the resource may exist that the controller cannot see yet.
+fn deletion(run: &Run, now: jiff::Timestamp) -> Step {
+    if !run.has_finalizer {
+        return Step::Nothing;
+    }
+    let status = &run.status;
+    // Never sent a Create and holds no connection: nothing in AWS can be ours.
+    if status.id.is_none() && status.create_sent_at.is_none() {
+        return Step::RemoveFinalizer;
+    }
+    if !run.settings.region_allowed(&run.region) {
+        return run.report(region_not_allowed(run), now);
+    }
+    let retain = run.r.spec.deletion_policy == DeletionPolicy::Retain;
+    let find = || Step::FindOwned {
+        environment_name: run.r.spec.environment_name.clone(),
+    };
+    match &run.observed {
+        Observed::Nothing => match (&status.id, &status.arn) {
+            (Some(_), Some(arn)) if retain => release(arn.clone()),
+            (Some(id), _) if !retain => Step::Delete { id: id.clone() },
+            // The id never reached the status (or the ARN is missing): find the connection by
+            // its uid tag, so a crash between Create and the status write orphans nothing.
+            _ => find(),
+        },
+        Observed::Connection { connection, .. } => {
+            if retain {
+                release(connection.arn.clone())
+            } else {
+                Step::Delete {
+                    id: connection.id.clone(),
+                }
+            }
+        }
+        // The recorded connection is gone. Only a Create still in flight can have made another.
+        Observed::Gone { id: Some(_) } if status.create_sent_at.is_some() => find(),
+        Observed::Gone { id: None } => match create_may_be_in_flight(run, now) {
+            Some(until) => {
+                let wait = Duration::try_from(until.duration_since(now))
+                    .unwrap_or_default()
+                    .clamp(Duration::from_secs(1), Duration::from_secs(5));
+                Step::Settle(Box::new(Settled {
+                    status: status::awaiting_create(&run.r, status, until, now),
+                    requeue: wait,
+                    events: Vec::new(),
+                }))
+            }
+            None => Step::RemoveFinalizer,
+        },
+        Observed::Gone { .. } | Observed::Released => Step::RemoveFinalizer,
+        // Not reachable on deletion (no Create is sent); search like any unrecorded connection.
+        Observed::CreateConflict => find(),
+    }
+}
+
+/// Retain: strip the ownership tags so another resource may adopt the connection.
+fn release(arn: String) -> Step {
+    Step::Untag {
+        arn,
+        keys: vec![TAG_UID.into(), TAG_NAMESPACE.into(), TAG_NAME.into()],
+        retain: true,
+    }
+}

@@ -1,0 +1,206 @@
+//! What an answer means: folds the raw result of each step into [`Observed`].
+//!
+//! This is where the controller's interpretations live, in one place: a NotFound on the recorded
+//! connection means it vanished (but on the adopt annotation's id, that there is nothing to
+//! adopt); a Create that may be a replay of an earlier one says nothing about the tags; a
+//! ConflictException from Create means "look for our own connection" first; an error anything
+//! else means the reconcile ends on that problem.
+
+use crate::api::EnvironmentAccountConnectionStatus as Status;
+use crate::proton::{Connection, ErrorClass, ProtonError, Tags};
+
+use super::events::{self, Note};
+use super::{Outcome, Problem, Run, Step};
+
+/// How the connection in [`Observed::Connection`] came to be known in this reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Read back with the id recorded in the status.
+    Recorded,
+    /// Returned by Create; `recreation` 0 is the first connection of the resource.
+    Created { recreation: u32 },
+    /// Read with the id of the adopt annotation.
+    Adopted,
+    /// Found by listing the environment's connections and matching the uid tag.
+    Found,
+}
+
+impl Origin {
+    /// The re-creation count to record with the connection.
+    pub fn recreations(self, status: &Status) -> u32 {
+        match self {
+            Origin::Created { recreation } => recreation,
+            _ => status.recreations,
+        }
+    }
+}
+
+/// What Proton has reported so far in this reconcile.
+// One value lives per reconcile; boxing the connection would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observed {
+    /// Nothing asked yet.
+    Nothing,
+    Connection {
+        connection: Connection,
+        /// The connection's tags, once listed (or as just sent with a first Create).
+        tags: Option<Tags>,
+        origin: Origin,
+    },
+    /// The connection looked up does not exist: `id` is the id asked for (None: a search by
+    /// environment and uid tag found nothing).
+    Gone { id: Option<String> },
+    /// Create answered ConflictException: our own connection may exist already (the token was
+    /// used with other parameters), or another connection holds the environment.
+    CreateConflict,
+    /// On deletion: the connection was deleted, or retained and released.
+    Released,
+}
+
+pub(super) fn record(
+    run: &mut Run,
+    step: &Step,
+    result: Result<Outcome, ProtonError>,
+) -> Option<Note> {
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            failed(run, step, e);
+            return None;
+        }
+    };
+    let note = events::event_for(step, &outcome);
+    match (step, outcome) {
+        (Step::AddFinalizer, _) => run.has_finalizer = true,
+        (Step::Record(recorded), _) => {
+            run.status = recorded.status.clone();
+            // What was observed before the write (a vanished connection) is settled by it.
+            run.observed = Observed::Nothing;
+        }
+        (Step::ReadAdoptionPolicy, Outcome::AdoptionAllowed(allowed)) => {
+            run.adoption_allowed = Some(allowed)
+        }
+        (Step::WhoAmI, Outcome::Account(account)) => run.account = Some(account),
+        (Step::Get { id }, Outcome::Connection(connection)) => {
+            let origin = if run.status.id.as_deref() == Some(id.as_str()) {
+                Origin::Recorded
+            } else {
+                Origin::Adopted
+            };
+            run.observed = Observed::Connection {
+                connection,
+                tags: None,
+                origin,
+            };
+        }
+        (
+            Step::Create {
+                request,
+                recreation,
+                replay,
+                ..
+            },
+            Outcome::Connection(connection),
+        ) => {
+            run.observed = Observed::Connection {
+                connection,
+                // A replayed token returns the connection as it was first created, whatever was
+                // sent now: its tags must be read, not assumed.
+                tags: (!replay).then(|| request.tags.clone()),
+                origin: Origin::Created {
+                    recreation: *recreation,
+                },
+            };
+        }
+        (Step::Update { .. }, Outcome::Connection(connection)) => {
+            let (tags, origin) = match &run.observed {
+                Observed::Connection { tags, origin, .. } => (tags.clone(), *origin),
+                _ => (None, Origin::Recorded),
+            };
+            run.observed = Observed::Connection {
+                connection,
+                tags,
+                origin,
+            };
+        }
+        (Step::FindOwned { .. }, Outcome::Found(found)) => {
+            run.observed = match found {
+                Some((connection, tags)) => Observed::Connection {
+                    connection,
+                    tags: Some(tags),
+                    origin: Origin::Found,
+                },
+                None => Observed::Gone { id: None },
+            };
+        }
+        (Step::ListTags { .. }, Outcome::Tags(tags)) => set_tags(run, |t| *t = tags),
+        (Step::Tag { tags, .. }, _) => set_tags(run, |t| t.extend(tags.clone())),
+        (Step::Untag { retain: true, .. }, _) | (Step::Delete { .. }, _) => {
+            run.observed = Observed::Released;
+        }
+        (Step::Untag { keys, .. }, _) => set_tags(run, |t| t.retain(|k, _| !keys.contains(k))),
+        (step, outcome) => {
+            // The executor answered a step with the wrong kind of outcome: a bug, reported on
+            // the resource rather than trusted.
+            run.problem = Some(Problem {
+                reason: "InternalError",
+                message: format!(
+                    "unexpected answer to {}: {outcome:?}; retrying",
+                    step.name()
+                ),
+                retry: crate::proton::Retry::Backoff,
+            });
+            return None;
+        }
+    }
+    note
+}
+
+fn set_tags(run: &mut Run, change: impl FnOnce(&mut Tags)) {
+    if let Observed::Connection { tags, .. } = &mut run.observed {
+        let mut now = tags.take().unwrap_or_default();
+        change(&mut now);
+        *tags = Some(now);
+    }
+}
+
+/// A step failed: decide what the failure means.
+fn failed(run: &mut Run, step: &Step, e: ProtonError) {
+    match (step, e.class) {
+        // The recorded (or adopted, or just found) connection does not exist.
+        (
+            Step::Get { .. }
+            | Step::Update { .. }
+            | Step::ListTags { .. }
+            | Step::Tag { .. }
+            | Step::Untag { .. }
+            | Step::Delete { .. },
+            ErrorClass::NotFound,
+        ) => {
+            run.observed = Observed::Gone {
+                id: target_id(step, &run.observed, &run.status),
+            };
+        }
+        // Either our own connection exists under this token with other parameters (strict
+        // idempotency after a crash and a spec edit), or another connection holds the
+        // environment: look for ours before reporting anything.
+        (Step::Create { .. }, ErrorClass::Conflict) if run.conflict.is_none() => {
+            run.conflict = Some(e);
+            run.observed = Observed::CreateConflict;
+        }
+        _ => run.problem = Some(Problem::from(&e)),
+    }
+}
+
+/// The id a failed step was about, to tell "the recorded connection vanished" apart.
+fn target_id(step: &Step, observed: &Observed, status: &Status) -> Option<String> {
+    match step {
+        Step::Get { id } | Step::Update { id, .. } | Step::Delete { id } => Some(id.clone()),
+        Step::ListTags { .. } | Step::Tag { .. } | Step::Untag { .. } => match observed {
+            Observed::Connection { connection, .. } => Some(connection.id.clone()),
+            _ => status.id.clone(),
+        },
+        _ => None,
+    }
+}

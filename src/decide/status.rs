@@ -1,0 +1,242 @@
+//! Status rendering: the `status` the controller writes for each way a reconcile can end or pause.
+//!
+//! Every function here starts from the recorded status, so whatever is not about this moment
+//! (the pinned region and account, the re-creation count, condition transition times) carries
+//! over unchanged, and an unchanged state renders an identical status (and costs no write).
+
+use crate::api::{ConnectionState, EnvironmentAccountConnectionStatus as Status};
+use crate::conditions::{self, READY, STALLED, SYNCED, Want};
+use crate::proton::{Connection, Retry};
+
+use super::{Problem, Resource};
+
+/// Copies what Proton reports about the connection into `status`, and pins its account.
+fn record_connection(status: &mut Status, c: &Connection, region: &str) {
+    status.id = Some(c.id.clone());
+    status.arn = Some(c.arn.clone());
+    status.status = Some(c.state);
+    status.environment_account_id = Some(c.environment_account_id.clone());
+    status.region = Some(region.to_string());
+    status.requested_at = Some(c.requested_at.clone());
+    status.last_modified_at = Some(c.last_modified_at.clone());
+    status.role_arn = c.roles.role_arn.clone();
+    status.codebuild_role_arn = c.roles.codebuild_role_arn.clone();
+    status.component_role_arn = c.roles.component_role_arn.clone();
+    // The answer of the Create is on record: nothing is in flight any more.
+    status.create_sent_at = None;
+}
+
+/// The status once the connection is in step with the spec.
+pub fn settled(
+    r: &Resource,
+    recorded: &Status,
+    c: &Connection,
+    region: &str,
+    recreations: u32,
+    applied_tag_keys: Vec<String>,
+    now: jiff::Timestamp,
+) -> Status {
+    let (ready, stalled) = match c.state {
+        ConnectionState::Connected => (
+            Want::new(
+                READY,
+                true,
+                "Connected",
+                format!("connection {} is CONNECTED", c.id),
+            ),
+            Want::new(STALLED, false, "Reconciled", ""),
+        ),
+        ConnectionState::Pending => (
+            Want::new(
+                READY,
+                false,
+                "Pending",
+                format!(
+                    "connection {} is waiting for management account {} to accept it",
+                    c.id, c.management_account_id
+                ),
+            ),
+            Want::new(STALLED, false, "Reconciled", ""),
+        ),
+        ConnectionState::Rejected => {
+            let message = format!(
+                "management account {} rejected connection {}; delete and re-create the resource to request a new connection",
+                c.management_account_id, c.id
+            );
+            (
+                Want::new(READY, false, "Rejected", message.clone()),
+                Want::new(STALLED, true, "Rejected", message),
+            )
+        }
+    };
+    let synced = Want::new(
+        SYNCED,
+        true,
+        "ReconcileSuccess",
+        "the spec is applied in Proton",
+    );
+    let mut status = recorded.clone();
+    record_connection(&mut status, c, region);
+    status.observed_generation = Some(r.generation);
+    status.applied_tag_keys = applied_tag_keys;
+    status.recreations = recreations;
+    status.conditions = conditions::build(
+        &recorded.conditions,
+        &[ready, synced, stalled],
+        r.generation,
+        now,
+    );
+    status
+}
+
+/// The status written before a Create is sent: it pins the region and account and records that
+/// a Create may be in flight, so neither a crash nor a changed default region can lose track of
+/// the connection. `vanished` names the recorded connection that was found deleted, if that is
+/// why a connection is being created again.
+pub fn intent(
+    r: &Resource,
+    recorded: &Status,
+    region: &str,
+    account: &str,
+    recreation: u32,
+    vanished: Option<&str>,
+    now: jiff::Timestamp,
+) -> Status {
+    let mut status = recorded.clone();
+    if vanished.is_some() {
+        // Nothing of the old connection is true any more; the pins stay.
+        status.id = None;
+        status.arn = None;
+        status.status = None;
+        status.requested_at = None;
+        status.last_modified_at = None;
+        status.role_arn = None;
+        status.codebuild_role_arn = None;
+        status.component_role_arn = None;
+        status.applied_tag_keys.clear();
+    }
+    status.region = Some(region.to_string());
+    status.environment_account_id = Some(account.to_string());
+    status.recreations = recreation;
+    status.create_sent_at = Some(whole_seconds(now).to_string());
+    status.observed_generation = Some(r.generation);
+    let wanted = match vanished {
+        Some(id) => {
+            let message = format!(
+                "connection {id} no longer exists in Proton (deleted outside the controller); re-creating it in {region}"
+            );
+            [
+                Want::new(READY, false, "NotFound", message.clone()),
+                Want::new(SYNCED, false, "NotFound", message),
+                Want::new(STALLED, false, "Retrying", ""),
+            ]
+        }
+        None => {
+            let message = format!("creating the connection in {region} (account {account})");
+            [
+                Want::new(READY, false, "Creating", message.clone()),
+                Want::new(SYNCED, false, "Creating", message),
+                Want::new(STALLED, false, "Reconciling", ""),
+            ]
+        }
+    };
+    status.conditions = conditions::build(&recorded.conditions, &wanted, r.generation, now);
+    status
+}
+
+/// The status of a resource being deleted that waits for a Create that may still complete.
+pub fn awaiting_create(
+    r: &Resource,
+    recorded: &Status,
+    until: jiff::Timestamp,
+    now: jiff::Timestamp,
+) -> Status {
+    let mut status = recorded.clone();
+    status.observed_generation = Some(r.generation);
+    let message = format!(
+        "deleting: no connection found yet, but a Create sent at {} may still complete; searching until {}",
+        recorded.create_sent_at.as_deref().unwrap_or("-"),
+        whole_seconds(until)
+    );
+    status.conditions = conditions::build(
+        &recorded.conditions,
+        &[
+            Want::new(READY, false, "Deleting", message.clone()),
+            Want::new(SYNCED, false, "Deleting", message),
+            Want::new(STALLED, false, "Reconciling", ""),
+        ],
+        r.generation,
+        now,
+    );
+    status
+}
+
+/// The status after a reconcile ended on `problem`, and whether that problem is news (worth an
+/// Event: the same error twice in a row is reported once). A connection this reconcile learned
+/// about (`learned`, with its region) is recorded, so one created just before the failure is
+/// never lost track of.
+pub fn after_problem(
+    r: &Resource,
+    recorded: &Status,
+    learned: Option<(&Connection, &str, u32)>,
+    problem: &Problem,
+    now: jiff::Timestamp,
+) -> (Status, bool) {
+    let mut status = recorded.clone();
+    if let Some((c, region, recreations)) = learned {
+        record_connection(&mut status, c, region);
+        status.recreations = recreations;
+    }
+    status.observed_generation = Some(r.generation);
+
+    // AccessDenied (retried slowly) is reported as terminal too: only a fix made elsewhere
+    // (IAM) ends it.
+    let terminal = problem.retry != Retry::Backoff;
+    let synced = Want::new(SYNCED, false, problem.reason, problem.message.clone());
+    let stalled = if terminal {
+        Want::new(STALLED, true, problem.reason, problem.message.clone())
+    } else {
+        Want::new(
+            STALLED,
+            false,
+            "Retrying",
+            format!("retrying: {}", problem.message),
+        )
+    };
+    // A passing fault (throttling, a 5xx) says nothing about the connection: Ready keeps its
+    // last value so a CONNECTED resource does not flap. Anything else means the spec is not
+    // (and will not soon be) in effect.
+    let ready = match (problem.retry, recorded.condition(READY)) {
+        (Retry::Backoff, Some(prev)) => Want {
+            type_: READY,
+            status: prev.status == "True",
+            reason: prev.reason.clone(),
+            message: prev.message.clone(),
+        },
+        (Retry::Backoff, None) => Want::new(
+            READY,
+            false,
+            "Creating",
+            format!("waiting to retry: {}", problem.message),
+        ),
+        _ => Want::new(READY, false, problem.reason, problem.message.clone()),
+    };
+    status.conditions = conditions::build(
+        &recorded.conditions,
+        &[ready, synced, stalled],
+        r.generation,
+        now,
+    );
+
+    // Compared with the message as stored (conditions cut long messages), not the raw one.
+    let stored_message = status.condition(SYNCED).map(|c| c.message.as_str());
+    let news = recorded.condition(SYNCED).is_none_or(|c| {
+        c.status != "False" || c.reason != problem.reason || Some(c.message.as_str()) != stored_message
+    });
+    (status, news)
+}
+
+/// Kubernetes keeps whole seconds; anything finer would make every status differ.
+pub(crate) fn whole_seconds(t: jiff::Timestamp) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t)
+}

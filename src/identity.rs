@@ -1,0 +1,67 @@
+//! Which AWS account the controller's credentials act as (STS GetCallerIdentity), cached.
+//!
+//! Connections are pinned to the account they were created in; before acting on one the
+//! controller checks that its credentials still act as that account, so new credentials for
+//! another account never make every connection look deleted (and re-created).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::proton::ProtonError;
+
+/// How long an answer is trusted before it is asked again.
+const FRESH_FOR: Duration = Duration::from_secs(300);
+
+#[derive(Clone)]
+pub struct CallerIdentity {
+    sts: aws_sdk_sts::Client,
+    cached: Arc<Mutex<Option<(String, Instant)>>>,
+    metrics: Metrics,
+}
+
+impl CallerIdentity {
+    pub fn new(sts: aws_sdk_sts::Client, metrics: Metrics) -> Self {
+        CallerIdentity {
+            sts,
+            cached: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// The account id, from the cache while it is fresh.
+    pub async fn account(&self) -> Result<String, ProtonError> {
+        let cached = self.lock().clone();
+        if let Some((account, at)) = &cached
+            && at.elapsed() < FRESH_FOR
+        {
+            return Ok(account.clone());
+        }
+        match self.sts.get_caller_identity().send().await {
+            Ok(out) => {
+                self.metrics.aws_call("GetCallerIdentity", "success");
+                let Some(account) = out.account().filter(|a| !a.is_empty()) else {
+                    return Err(ProtonError {
+                        operation: "GetCallerIdentity",
+                        class: crate::proton::ErrorClass::Other,
+                        code: "MalformedResponse".into(),
+                        message: "STS answered without an account id".into(),
+                    });
+                };
+                *self.lock() = Some((account.to_string(), Instant::now()));
+                Ok(account.to_string())
+            }
+            Err(e) => {
+                let e = ProtonError::from_sdk("GetCallerIdentity", e);
+                self.metrics.aws_call("GetCallerIdentity", e.class.reason());
+                Err(e)
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, Instant)>> {
+        self.cached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

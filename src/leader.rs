@@ -1,0 +1,250 @@
+//! Leader election on a `coordination.k8s.io` Lease, with client-go's semantics.
+//!
+//! - A candidate takes the Lease when nobody holds it, or when the holder's record has not
+//!   changed for `lease_duration` as this candidate observes it (its own clock only: no clock
+//!   skew between pods matters). Every write carries the `resourceVersion` it read, so two
+//!   candidates cannot both win: the loser gets 409 Conflict.
+//! - The leader renews every `retry_period`. If it has not renewed for `renew_deadline`, it stops
+//!   leading at once, whatever the reason (API server unreachable, a hung request, 403): since
+//!   `renew_deadline < lease_duration`, it has stopped before any other candidate can take over.
+//! - It leads again only after it re-acquires the Lease. On shutdown it releases the Lease so a
+//!   standby takes over without waiting for it to expire.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::http::Readiness;
+
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    /// How long a holder's claim lasts without renewal, for the other candidates.
+    pub lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it stops leading.
+    pub renew_deadline: Duration,
+    /// How often the Lease is tried.
+    pub retry_period: Duration,
+}
+
+impl LeaseConfig {
+    /// client-go's retry period (2 s), shortened for short deadlines so several renewals fit.
+    pub fn retry_period_for(renew_deadline: Duration) -> Duration {
+        (renew_deadline / 4).clamp(Duration::from_millis(100), Duration::from_secs(2))
+    }
+}
+
+/// What a candidate last saw of the Lease's record, and when (its own clock).
+#[derive(Clone, Debug, PartialEq)]
+struct Observed {
+    holder: Option<String>,
+    renew_time: Option<String>,
+    transitions: Option<i32>,
+    duration: Duration,
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    /// This candidate holds the Lease, freshly renewed.
+    Held,
+    /// Someone else holds it (or won the race for it).
+    HeldByOther(String),
+}
+
+pub struct Elector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+    observed: Option<(Observed, Instant)>,
+}
+
+impl Elector {
+    pub fn new(api: Api<Lease>, config: LeaseConfig) -> Self {
+        Elector {
+            api,
+            config,
+            observed: None,
+        }
+    }
+
+    /// Runs until `stop` turns true; `leading` tells the rest of the program whether it may act.
+    /// Returns after releasing the Lease if it held it.
+    pub async fn run(
+        mut self,
+        leading: watch::Sender<bool>,
+        readiness: Readiness,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let cfg = self.config.clone();
+        let far = || Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let mut last_renew: Option<Instant> = None;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let deadline = last_renew.map_or_else(far, |at| at + cfg.renew_deadline);
+            let per_try = cfg.renew_deadline.max(Duration::from_secs(1));
+            tokio::select! {
+                result = tokio::time::timeout(per_try, self.try_acquire_or_renew()) => {
+                    match result {
+                        Ok(Ok(Attempt::Held)) => {
+                            readiness.succeeded();
+                            if last_renew.is_none() {
+                                info!(lease = %cfg.name, identity = %cfg.identity, "acquired the leader lease");
+                            }
+                            last_renew = Some(Instant::now());
+                            leading.send_if_modified(|l| !std::mem::replace(l, true));
+                        }
+                        Ok(Ok(Attempt::HeldByOther(holder))) => {
+                            readiness.succeeded();
+                            if last_renew.take().is_some() {
+                                warn!(holder = %holder, "another candidate holds the leader lease; stopped leading");
+                            }
+                            leading.send_if_modified(|l| std::mem::replace(l, false));
+                        }
+                        Ok(Err(e)) => {
+                            readiness.failed();
+                            warn!(error = %e, lease = %cfg.name, "leader lease call failed");
+                        }
+                        Err(_) => {
+                            readiness.failed();
+                            warn!(timeout_secs = per_try.as_secs_f64(), lease = %cfg.name, "leader lease call timed out");
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = stop.changed() => continue,
+            }
+            // The next try, unless the renew deadline passes first.
+            let deadline = last_renew.map_or_else(far, |at| at + cfg.renew_deadline);
+            if Instant::now() < deadline {
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.retry_period) => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+            if let Some(at) = last_renew
+                && at.elapsed() >= cfg.renew_deadline
+            {
+                warn!(
+                    renew_deadline_secs = cfg.renew_deadline.as_secs_f64(),
+                    "could not renew the leader lease within the renew deadline; stopped leading"
+                );
+                last_renew = None;
+                leading.send_if_modified(|l| std::mem::replace(l, false));
+            }
+        }
+        let was_leading = leading.send_replace(false);
+        if was_leading {
+            match tokio::time::timeout(Duration::from_secs(5), self.release()).await {
+                Ok(Ok(())) => info!(lease = %cfg.name, "released the leader lease"),
+                Ok(Err(e)) => warn!(error = %e, "could not release the leader lease"),
+                Err(_) => warn!("releasing the leader lease timed out"),
+            }
+        }
+    }
+
+    async fn try_acquire_or_renew(&mut self) -> Result<Attempt, kube::Error> {
+        let cfg = &self.config;
+        let now = MicroTime(jiff::Timestamp::now());
+        let duration_secs = i32::try_from(cfg.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+        let Some(lease) = self.api.get_opt(&cfg.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(cfg.name.clone()),
+                    namespace: Some(cfg.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(cfg.identity.clone()),
+                    lease_duration_seconds: Some(duration_secs),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Attempt::Held),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    Ok(Attempt::HeldByOther("(created concurrently)".into()))
+                }
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let record = Observed {
+            holder: holder.clone(),
+            renew_time: spec.renew_time.as_ref().map(|t| t.0.to_string()),
+            transitions: spec.lease_transitions,
+            duration: Duration::from_secs(
+                u64::try_from(spec.lease_duration_seconds.unwrap_or(duration_secs)).unwrap_or(0),
+            ),
+        };
+        // Expiry is judged by when this candidate saw the record change, never by the holder's
+        // clock.
+        let observed_at = match &self.observed {
+            Some((seen, at)) if *seen == record => *at,
+            _ => Instant::now(),
+        };
+        self.observed = Some((record.clone(), observed_at));
+        if let Some(other) = &holder
+            && *other != cfg.identity
+            && observed_at.elapsed() < record.duration
+        {
+            return Ok(Attempt::HeldByOther(other.clone()));
+        }
+
+        let mut next = spec;
+        if holder.as_deref() != Some(cfg.identity.as_str()) {
+            next.acquire_time = Some(now.clone());
+            next.lease_transitions = Some(next.lease_transitions.unwrap_or(0) + 1);
+        }
+        next.holder_identity = Some(cfg.identity.clone());
+        next.lease_duration_seconds = Some(duration_secs);
+        next.renew_time = Some(now);
+        let mut updated = lease;
+        updated.spec = Some(next);
+        // `replace` sends the resourceVersion that was read: a concurrent change wins (409).
+        match self
+            .api
+            .replace(&cfg.name, &PostParams::default(), &updated)
+            .await
+        {
+            Ok(_) => Ok(Attempt::Held),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                Ok(Attempt::HeldByOther("(changed concurrently)".into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the Lease up: no holder, and a one-second duration so others take it at once.
+    async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+        self.api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
+    }
+}
