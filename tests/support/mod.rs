@@ -1,22 +1,33 @@
-//! Test harness for controller tests: a small in-memory Kubernetes API server behind kube's
-//! client (the `tower-test` mock service, as in kube-rs's controller-rs), plus the Proton
-//! emulator on 127.0.0.1 with an ephemeral port.
+//! Test harness for controller tests: an in-memory Kubernetes API server behind kube's client
+//! (the `tower-test` mock service, as in kube-rs's controller-rs), plus the Proton emulator on
+//! 127.0.0.1 with an ephemeral port.
+//!
+//! The fake answers the way a real API server does where the controller depends on it:
+//! - 403 Forbidden for requests a test denies (RBAC), with a Status body;
+//! - 409 Conflict for an update (PUT) carrying a stale `resourceVersion`, and for a create of an
+//!   existing name;
+//! - 422 Invalid when a JSON patch's `test` operation fails;
+//! - 410 Gone (an ERROR event) on a watch whose `resourceVersion` is older than the last
+//!   compaction, or when a test expires the open watches;
+//! - server-side apply on the status subresource: `fieldManager` is required, the fields a
+//!   manager applied and then leaves out are removed, other managers' fields are kept;
+//! - `deletionTimestamp` bumps `generation`, and an object whose finalizers are gone disappears.
+//! A test can also cut the server off: requests then hang until it is healed.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use eac_controller::api::{EnvironmentAccountConnection, EnvironmentAccountConnectionSpec};
 use eac_controller::budget::CallBudget;
 use eac_controller::controller::{self, Context};
-use eac_controller::decide::Settings;
+use eac_controller::decide::{AdoptionPolicy, Settings};
 use eac_controller::emulator::{EmulatorConfig, EmulatorState, RunningEmulator};
 use eac_controller::metrics::Metrics;
 use eac_controller::proton::{Proton, ProtonSettings};
-use std::convert::Infallible;
-
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -26,23 +37,46 @@ use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 
 pub const NS: &str = "platform";
+const GROUP_PATH: &str = "/apis/proton.eac.dev/v1alpha1";
+/// The all-namespaces collection path of the resource.
+const COLLECTION: &str = "/apis/proton.eac.dev/v1alpha1/environmentaccountconnections";
 
 /// One request the fake API server answered.
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub method: Method,
     pub path: String,
+    pub query: String,
     pub body: Value,
+    /// The HTTP status it was answered with.
+    pub code: u16,
+}
+
+/// A request the test refuses, as RBAC would.
+#[derive(Clone, Debug)]
+struct Denial {
+    method: Option<Method>,
+    path_contains: String,
 }
 
 struct ApiState {
+    /// Every stored object by its URL path (`/apis/.../namespaces/ns/kind/name`).
     objects: BTreeMap<String, Value>,
+    /// Per object path: field manager -> the status fields it applied.
+    status_owners: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
     resource_version: u64,
+    /// Watches asking for a resourceVersion older than this get 410 Gone.
+    compacted: u64,
     requests: Vec<Seen>,
     events: Vec<Value>,
     fail_status_writes: u32,
-    /// Open watch streams: each gets one JSON line per change.
-    watchers: Vec<tokio::sync::mpsc::UnboundedSender<Bytes>>,
+    skip_status_writes: u32,
+    denials: Vec<Denial>,
+    cut: bool,
+    /// Requests held while the server is cut off; answered (503) when it is healed.
+    held: Vec<tower_test::mock::SendResponse<Response<FakeBody>>>,
+    /// Open watch streams on EnvironmentAccountConnections, with their label selectors.
+    watchers: Vec<(Option<String>, tokio::sync::mpsc::UnboundedSender<Bytes>)>,
     /// Bumped on every change, so tests can wait for one without sleeping.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -51,24 +85,57 @@ impl Default for ApiState {
     fn default() -> Self {
         ApiState {
             objects: BTreeMap::new(),
+            status_owners: BTreeMap::new(),
             resource_version: 0,
+            compacted: 0,
             requests: Vec::new(),
             events: Vec::new(),
             fail_status_writes: 0,
+            skip_status_writes: 0,
+            denials: Vec::new(),
+            cut: false,
+            held: Vec::new(),
             watchers: Vec::new(),
             changes: tokio::sync::watch::channel(0).0,
         }
     }
 }
 
+fn watch_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
 impl ApiState {
-    /// Tells watchers and waiting tests that an object changed.
-    fn changed(&mut self, kind: &str, object: &Value) {
-        let line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap();
-        let mut line = Bytes::from(line).to_vec();
-        line.push(b'\n');
-        let line = Bytes::from(line);
-        self.watchers.retain(|w| w.send(line.clone()).is_ok());
+    fn next_rv(&mut self) -> String {
+        self.resource_version += 1;
+        self.resource_version.to_string()
+    }
+
+    /// Tells watchers (of EnvironmentAccountConnections) and waiting tests that an object changed.
+    /// As a real API server does, a watch with a label selector sees an object that stops
+    /// matching as DELETED, and one that starts matching as ADDED.
+    fn changed(&mut self, kind: &str, path: &str, object: &Value) {
+        self.changed_from(kind, path, None, object);
+    }
+
+    fn changed_from(&mut self, kind: &str, path: &str, before: Option<&Value>, object: &Value) {
+        if path.starts_with(GROUP_PATH) {
+            self.watchers.retain(|(selector, w)| {
+                let now = selector_matches(selector.as_deref(), object);
+                let was = before.is_none_or(|b| selector_matches(selector.as_deref(), b));
+                let kind = match (was, now, kind) {
+                    (_, _, "DELETED") if was || now => "DELETED",
+                    (_, _, "DELETED") => return true,
+                    (true, true, k) => k,
+                    (false, true, _) => "ADDED",
+                    (true, false, _) => "DELETED",
+                    (false, false, _) => return true,
+                };
+                w.send(watch_line(kind, object)).is_ok()
+            });
+        }
         self.changes.send_modify(|n| *n += 1);
     }
 }
@@ -80,19 +147,40 @@ fn whole(value: &Value) -> FakeBody {
     Full::new(Bytes::from(serde_json::to_vec(value).unwrap())).boxed_unsync()
 }
 
-/// The in-memory API server: stores EnvironmentAccountConnections, applies JSON patches and
-/// status applies the way the real one does, records Events and every request.
-#[derive(Clone, Default)]
-pub struct FakeApi(Arc<Mutex<ApiState>>);
-
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
 }
 
+fn eac_path(name: &str) -> String {
+    format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections/{name}")
+}
+
+/// Equality-based label selectors (`a=b,c=d`), the kind the controller's flag takes.
+fn selector_matches(selector: Option<&str>, object: &Value) -> bool {
+    selector.is_none_or(|sel| {
+        sel.split(',').filter(|kv| !kv.is_empty()).all(|kv| match kv.split_once('=') {
+            Some((k, v)) => object["metadata"]["labels"][k] == json!(v),
+            None => object["metadata"]["labels"].get(kv).is_some(),
+        })
+    })
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// The in-memory API server.
+#[derive(Clone, Default)]
+pub struct FakeApi(Arc<Mutex<ApiState>>);
+
 impl FakeApi {
     fn lock(&self) -> std::sync::MutexGuard<'_, ApiState> {
-        self.0.lock().unwrap()
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stores a new resource, as `kubectl apply` would (uid, generation 1).
@@ -107,12 +195,37 @@ impl FakeApi {
         obj.metadata.uid = Some(uid.into());
         obj.metadata.generation = Some(1);
         let mut st = self.lock();
-        st.resource_version += 1;
-        obj.metadata.resource_version = Some(st.resource_version.to_string());
+        obj.metadata.resource_version = Some(st.next_rv());
         let value = serde_json::to_value(&obj).unwrap();
-        st.objects.insert(name.into(), value.clone());
-        st.changed("ADDED", &value);
+        let path = eac_path(name);
+        st.objects.insert(path.clone(), value.clone());
+        st.changed("ADDED", &path, &value);
         obj
+    }
+
+    /// Stores a Namespace with these labels.
+    pub fn namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        let mut st = self.lock();
+        let rv = st.next_rv();
+        let value = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels, "resourceVersion": rv}});
+        let path = format!("/api/v1/namespaces/{name}");
+        st.objects.insert(path.clone(), value.clone());
+        st.changed("ADDED", &path, &value);
+    }
+
+    /// Any stored object by its path, e.g. a Lease.
+    pub fn object(&self, path: &str) -> Option<Value> {
+        self.lock().objects.get(path).cloned()
+    }
+
+    /// Replaces a stored object as another client would (bumps its resourceVersion).
+    pub fn put_object(&self, path: &str, mut value: Value) {
+        let mut st = self.lock();
+        value["metadata"]["resourceVersion"] = json!(st.next_rv());
+        st.objects.insert(path.to_string(), value.clone());
+        st.changed("MODIFIED", path, &value);
     }
 
     /// A receiver that sees a new value after every change to any object.
@@ -148,41 +261,60 @@ impl FakeApi {
         );
     }
 
+    /// Waits, woken by each change, until `done` holds for the whole fake.
+    pub async fn wait_until(&self, what: &str, limit: Duration, done: impl Fn(&FakeApi) -> bool) {
+        let mut rx = self.subscribe();
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                if done(self) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "timed out after {limit:?} waiting for {what}");
+    }
+
     /// The stored resource, if it still exists.
     pub fn get(&self, name: &str) -> Option<EnvironmentAccountConnection> {
         self.lock()
             .objects
-            .get(name)
+            .get(&eac_path(name))
             .map(|v| serde_json::from_value(v.clone()).unwrap())
     }
 
     /// Edits the spec or metadata as a user would; a spec change bumps the generation.
     pub fn edit(&self, name: &str, f: impl FnOnce(&mut EnvironmentAccountConnection)) {
+        let path = eac_path(name);
         let mut st = self.lock();
-        let mut obj: EnvironmentAccountConnection =
-            serde_json::from_value(st.objects[name].clone()).unwrap();
+        let old = st.objects[&path].clone();
+        let mut obj: EnvironmentAccountConnection = serde_json::from_value(old.clone()).unwrap();
         let before = obj.spec.clone();
         f(&mut obj);
         if obj.spec != before {
             obj.metadata.generation = Some(obj.metadata.generation.unwrap_or(1) + 1);
         }
-        st.resource_version += 1;
-        obj.metadata.resource_version = Some(st.resource_version.to_string());
+        obj.metadata.resource_version = Some(st.next_rv());
         let value = serde_json::to_value(&obj).unwrap();
-        st.objects.insert(name.into(), value.clone());
-        st.changed("MODIFIED", &value);
+        st.objects.insert(path.clone(), value.clone());
+        st.changed_from("MODIFIED", &path, Some(&old), &value);
     }
 
     /// `kubectl delete`: sets the deletion timestamp (the object stays while finalizers remain).
     pub fn delete(&self, name: &str) {
+        let path = eac_path(name);
         let mut st = self.lock();
-        st.resource_version += 1;
-        let rv = st.resource_version.to_string();
+        let rv = st.next_rv();
         let (gone, value) = {
-            let obj = st.objects.get_mut(name).unwrap();
-            obj["metadata"]["deletionTimestamp"] = json!("2026-11-23T12:00:00Z");
-            let g = obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
-            obj["metadata"]["generation"] = json!(g);
+            let obj = st.objects.get_mut(&path).unwrap();
+            if obj["metadata"].get("deletionTimestamp").is_none() {
+                obj["metadata"]["deletionTimestamp"] = json!("2026-11-23T12:00:00Z");
+                let g = obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+                obj["metadata"]["generation"] = json!(g);
+            }
             obj["metadata"]["resourceVersion"] = json!(rv);
             let gone = obj["metadata"]["finalizers"]
                 .as_array()
@@ -190,16 +322,88 @@ impl FakeApi {
             (gone, obj.clone())
         };
         if gone {
-            st.objects.remove(name);
-            st.changed("DELETED", &value);
+            st.objects.remove(&path);
+            st.changed("DELETED", &path, &value);
         } else {
-            st.changed("MODIFIED", &value);
+            st.changed("MODIFIED", &path, &value);
+        }
+    }
+
+    /// `kubectl delete --force` after stripping the finalizers: gone at once, whatever holds it.
+    pub fn force_delete(&self, name: &str) {
+        let path = eac_path(name);
+        let mut st = self.lock();
+        if let Some(mut value) = st.objects.remove(&path) {
+            value["metadata"]["resourceVersion"] = json!(st.next_rv());
+            st.changed("DELETED", &path, &value);
         }
     }
 
     /// The next `n` status writes fail with 500 (e.g. the controller dies before the write).
     pub fn fail_status_writes(&self, n: u32) {
-        self.lock().fail_status_writes = n;
+        self.skip_then_fail_status_writes(0, n);
+    }
+
+    /// After `skip` more status writes succeed, the `n` following fail with 500.
+    pub fn skip_then_fail_status_writes(&self, skip: u32, n: u32) {
+        let mut st = self.lock();
+        st.skip_status_writes = skip;
+        st.fail_status_writes = n;
+    }
+
+    /// Refuses (403) every request whose path contains `path_contains` (and, if given, whose
+    /// method is `method`), as RBAC would.
+    pub fn deny(&self, method: Option<Method>, path_contains: &str) {
+        self.lock().denials.push(Denial {
+            method,
+            path_contains: path_contains.to_string(),
+        });
+    }
+
+    /// Lifts every denial.
+    pub fn allow_all(&self) {
+        self.lock().denials.clear();
+    }
+
+    /// Cuts the server off: requests hang (no answer) until [`FakeApi::heal`].
+    pub fn cut(&self) {
+        self.lock().cut = true;
+    }
+
+    /// Ends a cut: held requests are answered 503, new ones are served.
+    pub fn heal(&self) {
+        let held = {
+            let mut st = self.lock();
+            st.cut = false;
+            std::mem::take(&mut st.held)
+        };
+        for send in held {
+            send.send_response(
+                Response::builder()
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .header("content-type", "application/json")
+                    .body(whole(&status_body(503, "ServiceUnavailable", "healed")))
+                    .unwrap(),
+            );
+        }
+    }
+
+    /// Compacts history and ends every open watch with 410 Gone, as etcd compaction does: the
+    /// watcher must list again.
+    pub fn expire_watches(&self) {
+        let mut st = self.lock();
+        st.compacted = st.resource_version + 1;
+        let gone = watch_line(
+            "ERROR",
+            &status_body(
+                410,
+                "Expired",
+                "too old resource version: the history was compacted",
+            ),
+        );
+        for (_, w) in std::mem::take(&mut st.watchers) {
+            let _ = w.send(gone.clone());
+        }
     }
 
     /// Every request so far.
@@ -218,7 +422,16 @@ impl FakeApi {
             .count()
     }
 
-    /// Reasons of the Events published so far, in order (series updates included once).
+    /// Requests answered with this HTTP status so far.
+    pub fn answered(&self, code: u16) -> usize {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.code == code)
+            .count()
+    }
+
+    /// Reasons of the Events published so far, in order.
     pub fn event_reasons(&self) -> Vec<String> {
         self.lock()
             .events
@@ -231,55 +444,145 @@ impl FakeApi {
         self.lock().events.clone()
     }
 
-    fn handle(&self, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+    fn denied(&self, method: &Method, path: &str) -> bool {
+        self.lock().denials.iter().any(|d| {
+            d.method.as_ref().is_none_or(|m| m == method) && path.contains(&d.path_contains)
+        })
+    }
+
+    /// Answers one request that is not a list or watch.
+    fn handle(
+        &self,
+        method: Method,
+        path: &str,
+        query: &str,
+        content_type: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        if self.denied(&method, path) {
+            return (
+                StatusCode::FORBIDDEN,
+                status_body(
+                    403,
+                    "Forbidden",
+                    &format!(
+                        "{method} {path} is forbidden: User \"system:serviceaccount:eac:eac-controller\" cannot do this"
+                    ),
+                ),
+            );
+        }
         let mut st = self.lock();
-        st.requests.push(Seen {
-            method: method.clone(),
-            path: path.to_string(),
-            body: body.clone(),
-        });
-        let prefix =
-            format!("/apis/proton.eac.dev/v1alpha1/namespaces/{NS}/environmentaccountconnections/");
-        let events = format!("/apis/events.k8s.io/v1/namespaces/{NS}/events");
-        if path.starts_with(&events) {
+        if path.starts_with("/apis/events.k8s.io/v1/") {
             if method == Method::POST {
                 st.events.push(body.clone());
             }
             return (StatusCode::CREATED, body);
         }
-        let Some(rest) = path.strip_prefix(&prefix) else {
-            return (
-                StatusCode::NOT_FOUND,
-                status_body(404, "NotFound", &format!("no route {path}")),
-            );
+        let (object_path, sub) = match path.strip_suffix("/status") {
+            Some(p) if path.starts_with(GROUP_PATH) => (p.to_string(), Some("status")),
+            _ => (path.to_string(), None),
         };
-        let (name, sub) = match rest.split_once('/') {
-            Some((n, s)) => (n.to_string(), Some(s.to_string())),
-            None => (rest.to_string(), None),
-        };
-        if !st.objects.contains_key(&name) {
-            return (
-                StatusCode::NOT_FOUND,
-                status_body(404, "NotFound", &format!("{name} not found")),
-            );
+        match (method.clone(), sub) {
+            (Method::POST, None) => {
+                // Create in a collection: the name comes from the body.
+                let name = body["metadata"]["name"].as_str().unwrap_or_default();
+                let full = format!("{path}/{name}");
+                if st.objects.contains_key(&full) {
+                    return (
+                        StatusCode::CONFLICT,
+                        status_body(409, "AlreadyExists", &format!("{name} already exists")),
+                    );
+                }
+                let mut value = body;
+                value["metadata"]["resourceVersion"] = json!(st.next_rv());
+                value["metadata"]["uid"] = json!(uuid_like(st.resource_version));
+                st.objects.insert(full.clone(), value.clone());
+                st.changed("ADDED", &full, &value);
+                return (StatusCode::CREATED, value);
+            }
+            (Method::GET, None) | (Method::PUT, None) | (Method::PATCH, _) => {}
+            (m, s) => {
+                return (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    status_body(
+                        405,
+                        "MethodNotAllowed",
+                        &format!("{m} on {s:?} not supported by the fake"),
+                    ),
+                );
+            }
         }
-        match (method, sub.as_deref()) {
-            (Method::GET, None) => (StatusCode::OK, st.objects[&name].clone()),
+        let Some(current) = st.objects.get(&object_path).cloned() else {
+            return (
+                StatusCode::NOT_FOUND,
+                status_body(404, "NotFound", &format!("{object_path} not found")),
+            );
+        };
+        match (method, sub) {
+            (Method::GET, None) => (StatusCode::OK, current),
+            (Method::PUT, None) => {
+                let sent = body["metadata"]["resourceVersion"].as_str();
+                let stored = current["metadata"]["resourceVersion"].as_str();
+                if sent != stored {
+                    return (
+                        StatusCode::CONFLICT,
+                        status_body(
+                            409,
+                            "Conflict",
+                            "Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again",
+                        ),
+                    );
+                }
+                let mut value = body;
+                value["metadata"]["resourceVersion"] = json!(st.next_rv());
+                st.objects.insert(object_path.clone(), value.clone());
+                st.changed("MODIFIED", &object_path, &value);
+                (StatusCode::OK, value)
+            }
             (Method::PATCH, Some("status")) => {
-                if st.fail_status_writes > 0 {
+                if st.skip_status_writes > 0 {
+                    st.skip_status_writes -= 1;
+                } else if st.fail_status_writes > 0 {
                     st.fail_status_writes -= 1;
                     return (
                         StatusCode::INTERNAL_SERVER_ERROR,
                         status_body(500, "InternalError", "injected failure"),
                     );
                 }
-                st.resource_version += 1;
-                let rv = st.resource_version.to_string();
-                let obj = st.objects.get_mut(&name).unwrap();
-                obj["status"] = body["status"].clone();
-                obj["metadata"]["resourceVersion"] = json!(rv);
-                let value = obj.clone();
-                st.changed("MODIFIED", &value);
+                if !content_type.starts_with("application/apply-patch") {
+                    return (
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        status_body(415, "UnsupportedMediaType", "the fake only takes apply patches on status"),
+                    );
+                }
+                let Some(manager) = query_param(query, "fieldManager").filter(|m| !m.is_empty())
+                else {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        status_body(400, "BadRequest", "fieldManager is required for apply patch"),
+                    );
+                };
+                let applied = body["status"].as_object().cloned().unwrap_or_default();
+                let mut value = current;
+                let owners = st.status_owners.entry(object_path.clone()).or_default();
+                let previously = owners.remove(manager).unwrap_or_default();
+                let mut status = value["status"].as_object().cloned().unwrap_or_default();
+                // Server-side apply: what this manager applied before and leaves out now is
+                // removed, unless another manager also owns it.
+                for field in &previously {
+                    let owned_by_other = owners.values().any(|o| o.contains(field));
+                    if !applied.contains_key(field) && !owned_by_other {
+                        status.remove(field);
+                    }
+                }
+                for (k, v) in &applied {
+                    status.insert(k.clone(), v.clone());
+                }
+                owners.insert(manager.to_string(), applied.keys().cloned().collect());
+                value["status"] = Value::Object(status);
+                value["metadata"]["resourceVersion"] = json!(st.next_rv());
+                st.objects.insert(object_path.clone(), value.clone());
+                st.changed("MODIFIED", &object_path, &value);
                 (StatusCode::OK, value)
             }
             (Method::PATCH, None) => {
@@ -292,7 +595,7 @@ impl FakeApi {
                         );
                     }
                 };
-                let mut doc = st.objects[&name].clone();
+                let mut doc = current;
                 // The API server's JSON patch (evanphx/json-patch) lets `test` compare a missing
                 // member with null, as kube's finalizer helper relies on; json-patch does not.
                 if doc["metadata"].get("finalizers").is_none() {
@@ -310,18 +613,17 @@ impl FakeApi {
                         .unwrap()
                         .remove("finalizers");
                 }
-                st.resource_version += 1;
-                doc["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
+                doc["metadata"]["resourceVersion"] = json!(st.next_rv());
                 let released = doc["metadata"].get("deletionTimestamp").is_some()
                     && doc["metadata"]["finalizers"]
                         .as_array()
                         .is_none_or(|f| f.is_empty());
                 if released {
-                    st.objects.remove(&name);
-                    st.changed("DELETED", &doc);
+                    st.objects.remove(&object_path);
+                    st.changed("DELETED", &object_path, &doc);
                 } else {
-                    st.objects.insert(name.clone(), doc.clone());
-                    st.changed("MODIFIED", &doc);
+                    st.objects.insert(object_path.clone(), doc.clone());
+                    st.changed("MODIFIED", &object_path, &doc);
                 }
                 (StatusCode::OK, doc)
             }
@@ -336,34 +638,65 @@ impl FakeApi {
         }
     }
 
-    /// Answers a collection GET: a List, or (with `watch=true`) an endless stream of changes.
-    fn list_or_watch(&self, query: &str) -> FakeBody {
+    /// Answers a collection GET of EnvironmentAccountConnections: a List, or (with
+    /// `watch=true`) a stream of changes, or 410 Gone for a compacted resourceVersion.
+    fn list_or_watch(&self, path: &str, query: &str) -> (StatusCode, FakeBody) {
+        if self.denied(&Method::GET, path) {
+            return (
+                StatusCode::FORBIDDEN,
+                whole(&status_body(403, "Forbidden", "list/watch is forbidden")),
+            );
+        }
         let mut st = self.lock();
-        st.requests.push(Seen {
-            method: Method::GET,
-            path: format!("{COLLECTION}?{query}"),
-            body: Value::Null,
-        });
-        if query
-            .split('&')
-            .any(|kv| kv == "watch=true" || kv == "watch=1")
-        {
+        let selector = query_param(query, "labelSelector")
+            .map(|s| s.replace("%3D", "=").replace("%2C", ","));
+        let matches = |o: &Value| selector_matches(selector.as_deref(), o);
+        if query_param(query, "watch").is_some_and(|w| w == "true" || w == "1") {
+            let from: u64 = query_param(query, "resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if from < st.compacted {
+                let gone = watch_line(
+                    "ERROR",
+                    &status_body(410, "Expired", "too old resource version"),
+                );
+                return (
+                    StatusCode::OK,
+                    StreamBody::new(futures::stream::iter([Ok::<_, Infallible>(
+                        http_body::Frame::data(gone),
+                    )]))
+                    .boxed_unsync(),
+                );
+            }
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-            st.watchers.push(tx);
+            st.watchers.push((selector.clone(), tx));
             let frames = futures::stream::unfold(rx, |mut rx| async move {
                 rx.recv()
                     .await
                     .map(|line| (Ok::<_, Infallible>(http_body::Frame::data(line)), rx))
             });
-            return StreamBody::new(frames).boxed_unsync();
+            return (StatusCode::OK, StreamBody::new(frames).boxed_unsync());
         }
+        let items: Vec<Value> = st
+            .objects
+            .iter()
+            .filter(|(p, o)| p.starts_with(GROUP_PATH) && matches(o))
+            .map(|(_, o)| o.clone())
+            .collect();
         let list = json!({
             "apiVersion": "proton.eac.dev/v1alpha1",
             "kind": "EnvironmentAccountConnectionList",
             "metadata": {"resourceVersion": st.resource_version.to_string()},
-            "items": st.objects.values().cloned().collect::<Vec<_>>(),
+            "items": items,
         });
-        whole(&list)
+        (StatusCode::OK, whole(&list))
+    }
+
+    fn record(&self, seen: Seen) {
+        let mut st = self.lock();
+        st.requests.push(seen);
+        // Tests may wait for a request to have been answered.
+        st.changes.send_modify(|n| *n += 1);
     }
 
     /// A kube client whose every request this fake answers, watches included.
@@ -375,6 +708,12 @@ impl FakeApi {
                 let method = request.method().clone();
                 let path = request.uri().path().to_string();
                 let query = request.uri().query().unwrap_or_default().to_string();
+                let content_type = request
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
                 let bytes = request
                     .into_body()
                     .collect_bytes()
@@ -383,19 +722,34 @@ impl FakeApi {
                 let body: Value = if bytes.is_empty() {
                     Value::Null
                 } else {
-                    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+                    serde_json::from_slice(&bytes)
+                        .or_else(|_| serde_yaml::from_slice(&bytes))
+                        .unwrap_or(Value::Null)
                 };
+                {
+                    let mut st = api.lock();
+                    if st.cut {
+                        st.held.push(send);
+                        continue;
+                    }
+                }
+                let namespaced = format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections");
                 let (code, answer) = if method == Method::GET
-                    && (path == COLLECTION
-                        || path
-                            == format!(
-                                "/apis/proton.eac.dev/v1alpha1/namespaces/{NS}/environmentaccountconnections"
-                            )) {
-                    (StatusCode::OK, api.list_or_watch(&query))
+                    && (path == COLLECTION || path == namespaced)
+                {
+                    api.list_or_watch(&path, &query)
                 } else {
-                    let (code, value) = api.handle(method, &path, body);
+                    let (code, value) =
+                        api.handle(method.clone(), &path, &query, &content_type, body.clone());
                     (code, whole(&value))
                 };
+                api.record(Seen {
+                    method,
+                    path,
+                    query,
+                    body,
+                    code: code.as_u16(),
+                });
                 let response = Response::builder()
                     .status(code)
                     .header("content-type", "application/json")
@@ -408,14 +762,17 @@ impl FakeApi {
     }
 }
 
-/// The all-namespaces collection path of the resource.
-const COLLECTION: &str = "/apis/proton.eac.dev/v1alpha1/environmentaccountconnections";
+fn uuid_like(n: u64) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
 
 /// Everything a controller test needs.
 pub struct Env {
     pub api: FakeApi,
     pub emulator: RunningEmulator,
     pub ctx: Arc<Context>,
+    settings: Settings,
+    budget: CallBudget,
 }
 
 /// Settings where every reconcile is "due": tests drive time by calling reconcile.
@@ -424,6 +781,9 @@ pub fn eager_settings() -> Settings {
         resync: Duration::ZERO,
         pending_poll: Duration::ZERO,
         default_region: "us-east-1".into(),
+        allowed_regions: Vec::new(),
+        adoption: AdoptionPolicy::Everywhere,
+        create_settle: Duration::from_secs(40),
     }
 }
 
@@ -433,33 +793,39 @@ impl Env {
     }
 
     pub async fn start_with(settings: Settings, budget: CallBudget) -> Env {
-        let emulator =
-            RunningEmulator::start(([127, 0, 0, 1], 0).into(), EmulatorConfig::default())
-                .await
-                .unwrap();
+        Env::start_full(settings, budget, EmulatorConfig::default()).await
+    }
+
+    pub async fn start_full(settings: Settings, budget: CallBudget, emulator: EmulatorConfig) -> Env {
+        let emulator = RunningEmulator::start(([127, 0, 0, 1], 0).into(), emulator)
+            .await
+            .unwrap();
         let api = FakeApi::default();
-        // One registry, as `run` wires it: the Proton port and the controller record into it.
-        let metrics = Metrics::new();
-        let proton = Proton::with_static_credentials(
-            ProtonSettings {
-                default_region: "us-east-1".into(),
-                endpoint: Some(emulator.url()),
-                timeout: Duration::from_secs(10),
-            },
-            budget,
-            metrics.clone(),
-        );
-        let ctx = Arc::new(Context::new(
-            api.client(),
-            proton,
+        let ctx = context(&api, &emulator, settings.clone(), budget.clone(), "us-east-1");
+        Env {
+            api,
+            emulator,
+            ctx,
             settings,
-            metrics,
-            Reporter {
-                controller: "eac-controller".into(),
-                instance: Some("test".into()),
-            },
-        ));
-        Env { api, emulator, ctx }
+            budget,
+        }
+    }
+
+    /// The controller process dies and a new one starts: nothing kept in memory survives.
+    pub fn restart(&mut self) {
+        self.restart_in_region(&self.settings.default_region.clone());
+    }
+
+    /// A restart with another default region (`--region`).
+    pub fn restart_in_region(&mut self, region: &str) {
+        self.settings.default_region = region.to_string();
+        self.ctx = context(
+            &self.api,
+            &self.emulator,
+            self.settings.clone(),
+            self.budget.clone(),
+            region,
+        );
     }
 
     pub fn proton(&self) -> EmulatorState {
@@ -489,10 +855,55 @@ impl Env {
         self.proton().calls().count(op)
     }
 
-    /// Total Proton calls so far.
+    /// Total Proton calls so far (STS included).
     pub fn total_calls(&self) -> u64 {
         self.proton().calls().calls.values().sum()
     }
+
+    /// Proton calls so far that change something.
+    pub fn mutating_calls(&self) -> u64 {
+        [
+            "CreateEnvironmentAccountConnection",
+            "UpdateEnvironmentAccountConnection",
+            "DeleteEnvironmentAccountConnection",
+            "TagResource",
+            "UntagResource",
+        ]
+        .iter()
+        .map(|op| self.calls(op))
+        .sum()
+    }
+}
+
+fn context(
+    api: &FakeApi,
+    emulator: &RunningEmulator,
+    settings: Settings,
+    budget: CallBudget,
+    region: &str,
+) -> Arc<Context> {
+    // One registry, as `run` wires it: the Proton port and the controller record into it.
+    let metrics = Metrics::new();
+    let proton = Proton::with_static_credentials(
+        ProtonSettings {
+            default_region: region.into(),
+            endpoint: Some(emulator.url()),
+            sts_endpoint: None,
+            timeout: Duration::from_secs(10),
+        },
+        budget,
+        metrics.clone(),
+    );
+    Arc::new(Context::new(
+        api.client(),
+        proton,
+        settings,
+        metrics,
+        Reporter {
+            controller: "eac-controller".into(),
+            instance: Some("test".into()),
+        },
+    ))
 }
 
 pub fn spec(environment: &str) -> EnvironmentAccountConnectionSpec {
