@@ -1,6 +1,7 @@
 //! The Proton emulator, driven through the real `aws-sdk-proton` client (and boto3 when present):
-//! every operation, every error type of the model, idempotency, pagination, tags, fault
-//! injection, call accounting, and the `proton-emulator` binary.
+//! every operation, every error type of the model, idempotency (lenient and strict), regions,
+//! list lag, pagination, tags, fault injection, call accounting, STS GetCallerIdentity through
+//! `aws-sdk-sts`, and the `proton-emulator` binary.
 #![allow(deprecated)] // every operation of aws-sdk-proton is deprecated (Proton closed to new customers)
 
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use aws_sdk_proton::types::{
     EnvironmentAccountConnection, EnvironmentAccountConnectionRequesterAccountType as RequestedBy,
     EnvironmentAccountConnectionStatus as Status, Tag,
 };
-use eac_controller::emulator::{EmulatorConfig, Faults, RunningEmulator};
+use eac_controller::emulator::{EmulatorConfig, Faults, Idempotency, RunningEmulator, Settings};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -58,9 +59,14 @@ async fn start_with(config: EmulatorConfig) -> Emu {
 }
 
 fn sdk_client(url: &str) -> Client {
+    sdk_client_in(url, "us-east-1")
+}
+
+/// A client whose requests are signed for `region`, so the emulator serves them there.
+fn sdk_client_in(url: &str, region: &str) -> Client {
     let config = aws_sdk_proton::Config::builder()
         .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
+        .region(Region::new(region.to_string()))
         .endpoint_url(url)
         .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
         .retry_config(RetryConfig::disabled())
@@ -1653,13 +1659,581 @@ async fn shutdown_stops_serving() {
     assert!(TcpStream::connect(addr).await.is_err());
 }
 
-// ---- the binary and a second client ----------------------------------------------------------
+// ---- regions ----------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn binary_announces_its_port_serves_the_api_and_exits_on_sigterm() {
+async fn clients_of_two_regions_see_disjoint_connections() {
+    let Emu { emu, client: us } = start().await;
+    let eu = sdk_client_in(&emu.url(), "eu-west-1");
+    // Same environment, management account and token: in two regions, two connections.
+    let create_in = |client: &Client| {
+        client
+            .create_environment_account_connection()
+            .environment_name("prod")
+            .management_account_id(MGMT)
+            .role_arn(ROLE)
+            .client_token("one-token")
+            .tags(tag("team", "payments"))
+            .send()
+    };
+    let in_us = create_in(&us)
+        .await
+        .unwrap()
+        .environment_account_connection
+        .unwrap();
+    let in_eu = create_in(&eu)
+        .await
+        .unwrap()
+        .environment_account_connection
+        .unwrap();
+    assert_ne!(in_us.id, in_eu.id);
+    assert_eq!(
+        in_us.arn,
+        format!(
+            "arn:aws:proton:us-east-1:{ACCOUNT}:environment-account-connection/{}",
+            in_us.id
+        )
+    );
+    assert_eq!(
+        in_eu.arn,
+        format!(
+            "arn:aws:proton:eu-west-1:{ACCOUNT}:environment-account-connection/{}",
+            in_eu.id
+        )
+    );
+    assert_eq!(listed_ids(&us).await, [in_us.id.as_str()]);
+    assert_eq!(listed_ids(&eu).await, [in_eu.id.as_str()]);
+
+    // A connection of another region is unknown, exactly like an id that never existed.
+    let err = us
+        .get_environment_account_connection()
+        .id(&in_eu.id)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(
+            err,
+            GetEnvironmentAccountConnectionError::ResourceNotFoundException(_)
+        ),
+        "{err:?}"
+    );
+    assert!(message_of(&err, "ResourceNotFoundException").contains("could not be found"));
+    let err = us
+        .accept_environment_account_connection()
+        .id(&in_eu.id)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    message_of(&err, "ResourceNotFoundException");
+    let err = us
+        .delete_environment_account_connection()
+        .id(&in_eu.id)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    message_of(&err, "ResourceNotFoundException");
+    let err = us
+        .list_tags_for_resource()
+        .resource_arn(&in_eu.arn)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    message_of(&err, "ResourceNotFoundException");
+    let err = us
+        .tag_resource()
+        .resource_arn(&in_eu.arn)
+        .tags(tag("a", "b"))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    message_of(&err, "ResourceNotFoundException");
+    assert_eq!(
+        tags_of(&eu, &in_eu.arn).await,
+        pairs(&[("team", "payments")])
+    );
+
+    // The test helpers find a connection by id in any region.
+    let records = emu.state().connections();
+    let region_of = |id: &str| {
+        records
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.region.clone())
+            .unwrap()
+    };
+    assert_eq!(region_of(&in_us.id), "us-east-1");
+    assert_eq!(region_of(&in_eu.id), "eu-west-1");
+    emu.state().accept(&in_eu.id).unwrap();
+    assert_eq!(get(&eu, &in_eu.id).await.status, Status::Connected);
+    assert_eq!(get(&us, &in_us.id).await.status, Status::Pending);
+    assert!(emu.state().delete_out_of_band(&in_eu.id));
+    assert!(listed_ids(&eu).await.is_empty());
+    assert_eq!(listed_ids(&us).await, [in_us.id]);
+}
+
+#[tokio::test]
+async fn unsigned_requests_are_served_in_the_default_region() {
+    let Emu { emu, client: _ } = start_with(EmulatorConfig {
+        region: "ap-southeast-2".into(),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let body = json!({"environmentName": "dev", "managementAccountId": MGMT}).to_string();
+    let unsigned = raw_call(emu.addr(), CREATE, &body).await;
+    assert_eq!(unsigned.status, 200, "{}", unsigned.body);
+    let arn = unsigned.json()["environmentAccountConnection"]["arn"].clone();
+    assert!(
+        arn.as_str()
+            .unwrap()
+            .starts_with("arn:aws:proton:ap-southeast-2:"),
+        "{arn}"
+    );
+
+    // What decides is the credential scope of the signature (which is not checked).
+    let signed = raw(
+        emu.addr(),
+        "POST",
+        "/",
+        &[
+            (
+                "X-Amz-Target",
+                "AwsProton20200720.CreateEnvironmentAccountConnection",
+            ),
+            ("Content-Type", "application/x-amz-json-1.0"),
+            (
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=AKIDRAW/20261123/sa-east-1/proton/aws4_request, \
+                 SignedHeaders=host;x-amz-date, Signature=0123456789abcdef",
+            ),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(signed.status, 200, "{}", signed.body);
+    let arn = signed.json()["environmentAccountConnection"]["arn"].clone();
+    assert!(
+        arn.as_str()
+            .unwrap()
+            .starts_with("arn:aws:proton:sa-east-1:"),
+        "{arn}"
+    );
+    let mut regions: Vec<String> = emu
+        .state()
+        .connections()
+        .into_iter()
+        .map(|c| c.region)
+        .collect();
+    regions.sort();
+    assert_eq!(regions, ["ap-southeast-2", "sa-east-1"]);
+}
+
+// ---- strict idempotency ---------------------------------------------------------------------
+
+async fn create_with_token(
+    client: &Client,
+    env: &str,
+    token: &str,
+    tags: &[(&str, &str)],
+) -> Result<EnvironmentAccountConnection, CreateEnvironmentAccountConnectionError> {
+    let mut request = client
+        .create_environment_account_connection()
+        .environment_name(env)
+        .management_account_id(MGMT)
+        .role_arn(ROLE)
+        .client_token(token);
+    for (key, value) in tags {
+        request = request.tags(tag(key, value));
+    }
+    request
+        .send()
+        .await
+        .map(|out| out.environment_account_connection.unwrap())
+        .map_err(|e| e.into_service_error())
+}
+
+#[tokio::test]
+async fn strict_idempotency_refuses_a_token_reused_with_other_parameters() {
+    let Emu { emu, client } = start_with(EmulatorConfig {
+        idempotency: Idempotency::Strict,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let tags = [("team", "payments"), ("tier", "gold")];
+    let first = create_with_token(&client, "prod", "tok-1", &tags)
+        .await
+        .unwrap();
+    // Same parameters (tags in another order): the same connection.
+    let again = create_with_token(&client, "prod", "tok-1", &[tags[1], tags[0]])
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id);
+
+    let err = create_with_token(&client, "staging", "tok-1", &tags)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CreateEnvironmentAccountConnectionError::ConflictException(_)
+        ),
+        "{err:?}"
+    );
+    let message = message_of(&err, "ConflictException");
+    assert!(message.contains("'tok-1'"), "{message}");
+    assert!(
+        message.contains("already used with different parameters"),
+        "{message}"
+    );
+    assert!(message.contains("environmentName"), "{message}");
+    let err = create_with_token(&client, "prod", "tok-1", &tags[..1])
+        .await
+        .unwrap_err();
+    assert!(message_of(&err, "ConflictException").contains("tags"));
+    assert_eq!(emu.state().connections().len(), 1);
+
+    // Flipped at run time, the same reuse is replayed.
+    emu.state().set_idempotency(Idempotency::Lenient);
+    let replayed = create_with_token(&client, "staging", "tok-1", &[])
+        .await
+        .unwrap();
+    assert_eq!(replayed.id, first.id);
+    assert_eq!(replayed.environment_name, "prod");
+    assert_eq!(emu.state().connections().len(), 1);
+}
+
+#[tokio::test]
+async fn lenient_idempotency_is_the_default_and_replays_a_reused_token() {
+    let Emu { emu, client } = start().await;
+    assert_eq!(emu.state().settings().idempotency, Idempotency::Lenient);
+    let first = create_with_token(&client, "prod", "tok-2", &[])
+        .await
+        .unwrap();
+    let replayed = create_with_token(&client, "staging", "tok-2", &[("a", "b")])
+        .await
+        .unwrap();
+    assert_eq!(replayed, first);
+
+    emu.state().set_idempotency(Idempotency::Strict);
+    let err = create_with_token(&client, "staging", "tok-2", &[])
+        .await
+        .unwrap_err();
+    message_of(&err, "ConflictException");
+}
+
+// ---- list lag -------------------------------------------------------------------------------
+
+async fn listed_ids(client: &Client) -> Vec<String> {
+    client
+        .list_environment_account_connections()
+        .requested_by(RequestedBy::EnvironmentAccount)
+        .send()
+        .await
+        .unwrap()
+        .environment_account_connections
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn list_lags_behind_creates_and_deletes_while_get_does_not() {
+    // The emulator's clock is moved instead of waiting for the lag to pass.
+    let lag = Duration::from_secs(600);
+    let Emu { emu, client } = start_with(EmulatorConfig {
+        list_lag: lag,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let c = client
+        .create_environment_account_connection()
+        .environment_name("dev")
+        .management_account_id(MGMT)
+        .role_arn(ROLE)
+        .tags(tag("team", "payments"))
+        .send()
+        .await
+        .unwrap()
+        .environment_account_connection
+        .unwrap();
+    assert!(
+        listed_ids(&client).await.is_empty(),
+        "not listed within the lag"
+    );
+    assert_eq!(get(&client, &c.id).await, c, "Get is strongly consistent");
+
+    emu.state().advance_clock(lag);
+    assert_eq!(listed_ids(&client).await, [c.id.as_str()]);
+
+    client
+        .accept_environment_account_connection()
+        .id(&c.id)
+        .send()
+        .await
+        .unwrap();
+    client
+        .delete_environment_account_connection()
+        .id(&c.id)
+        .send()
+        .await
+        .unwrap();
+    // Still listed, as it was when deleted...
+    let listed = client
+        .list_environment_account_connections()
+        .requested_by(RequestedBy::EnvironmentAccount)
+        .send()
+        .await
+        .unwrap()
+        .environment_account_connections;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, c.id);
+    assert_eq!(listed[0].status, Status::Connected);
+    // ... while everything else knows it is gone.
+    get_missing_is_not_found(&client).await;
+    let err = client
+        .get_environment_account_connection()
+        .id(&c.id)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    message_of(&err, "ResourceNotFoundException");
+    let err = client
+        .list_tags_for_resource()
+        .resource_arn(&c.arn)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    message_of(&err, "ResourceNotFoundException");
+
+    emu.state().advance_clock(lag);
+    assert!(listed_ids(&client).await.is_empty());
+}
+
+#[tokio::test]
+async fn without_a_lag_list_shows_changes_at_once() {
+    let Emu { emu, client } = start().await;
+    assert_eq!(emu.state().settings().list_lag, Duration::ZERO);
+    let c = create(&client, "dev").await;
+    assert_eq!(listed_ids(&client).await, [c.id.as_str()]);
+    client
+        .delete_environment_account_connection()
+        .id(&c.id)
+        .send()
+        .await
+        .unwrap();
+    assert!(listed_ids(&client).await.is_empty());
+
+    // A long lag set at run time hides the next connection.
+    emu.state().set_list_lag(Duration::from_secs(3600));
+    let hidden = create(&client, "dev").await;
+    assert!(listed_ids(&client).await.is_empty());
+    emu.state().set_list_lag(Duration::ZERO);
+    assert_eq!(listed_ids(&client).await, [hidden.id]);
+}
+
+#[tokio::test]
+async fn config_can_be_read_and_set_over_http() {
+    let Emu { emu, client } = start().await;
+    let response = raw(emu.addr(), "GET", "/_emulator/config", &[], "").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.json(),
+        json!({"idempotency": "lenient", "listLagMs": 0})
+    );
+
+    let response = raw(
+        emu.addr(),
+        "PUT",
+        "/_emulator/config",
+        &[("Content-Type", "application/json")],
+        r#"{"idempotency": "strict", "listLagMs": 3600000}"#,
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(
+        response.json(),
+        json!({"idempotency": "strict", "listLagMs": 3_600_000})
+    );
+    assert_eq!(
+        emu.state().settings(),
+        Settings {
+            idempotency: Idempotency::Strict,
+            list_lag: Duration::from_secs(3600),
+        }
+    );
+    create_with_token(&client, "dev", "http-token", &[])
+        .await
+        .unwrap();
+    let err = create_with_token(&client, "prod", "http-token", &[])
+        .await
+        .unwrap_err();
+    message_of(&err, "ConflictException");
+    assert!(listed_ids(&client).await.is_empty());
+
+    for (document, member) in [
+        (r#"{"idempotency": "sometimes"}"#, "sometimes"),
+        (r#"{"listLagMs": "soon"}"#, "invalid config document"),
+        (r#"{"lagMs": 1}"#, "lagMs"),
+    ] {
+        let response = raw(emu.addr(), "PUT", "/_emulator/config", &[], document).await;
+        assert_eq!(response.status, 400, "{document}");
+        let message = response.json()["message"].as_str().unwrap().to_string();
+        assert!(message.contains(member), "{message}");
+    }
+    assert_eq!(
+        emu.state().settings().idempotency,
+        Idempotency::Strict,
+        "a refused document changes nothing"
+    );
+
+    // Members left out take their defaults.
+    let response = raw(emu.addr(), "PUT", "/_emulator/config", &[], "{}").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(emu.state().settings(), Settings::default());
+    assert_eq!(listed_ids(&client).await.len(), 1);
+}
+
+// ---- STS ------------------------------------------------------------------------------------
+
+fn sts_client(url: &str) -> aws_sdk_sts::Client {
+    let config = aws_sdk_sts::Config::builder()
+        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        .region(aws_sdk_sts::config::Region::new("eu-west-1"))
+        .endpoint_url(url)
+        .credentials_provider(Credentials::new("AKIDSTS", "secret", None, None, "test"))
+        .retry_config(RetryConfig::disabled())
+        .build();
+    aws_sdk_sts::Client::from_conf(config)
+}
+
+#[tokio::test]
+async fn sts_get_caller_identity_answers_the_configured_account() {
+    let Emu { emu, client } = start_with(EmulatorConfig {
+        account_id: "210987654321".into(),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let identity = sts_client(&emu.url())
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(identity.account(), Some("210987654321"));
+    assert_eq!(identity.user_id(), Some("AKIDSTS"));
+    assert_eq!(
+        identity.arn(),
+        Some("arn:aws:iam::210987654321:user/proton-emulator")
+    );
+    // Proton on the same port is unaffected.
+    let c = create(&client, "dev").await;
+    assert_eq!(c.environment_account_id, "210987654321");
+
+    let calls = emu.state().calls();
+    assert_eq!(calls.count("GetCallerIdentity"), 1);
+    assert_eq!(calls.count(CREATE), 1);
+    let response = raw(emu.addr(), "GET", "/_emulator/calls", &[], "").await;
+    assert_eq!(response.json()["calls"]["GetCallerIdentity"], 1);
+}
+
+#[tokio::test]
+async fn sts_errors_are_awsquery_xml() {
+    let Emu { emu, client: _ } = start().await;
+    let form = [(
+        "Content-Type",
+        "application/x-www-form-urlencoded; charset=utf-8",
+    )];
+    let unknown = raw(
+        emu.addr(),
+        "POST",
+        "/",
+        &form,
+        "Action=AssumeRole&Version=2011-06-15",
+    )
+    .await;
+    assert_eq!(unknown.status, 400);
+    assert_eq!(unknown.header("content-type"), Some("text/xml"));
+    assert!(unknown.header("x-amzn-requestid").is_some());
+    assert!(
+        unknown.body.starts_with("<ErrorResponse"),
+        "{}",
+        unknown.body
+    );
+    assert!(
+        unknown
+            .body
+            .contains("<Error><Type>Sender</Type><Code>InvalidAction</Code><Message>"),
+        "{}",
+        unknown.body
+    );
+    assert!(unknown.body.contains("AssumeRole"), "{}", unknown.body);
+    assert!(unknown.body.contains("<RequestId>"), "{}", unknown.body);
+
+    let unsigned = raw(
+        emu.addr(),
+        "POST",
+        "/",
+        &form,
+        "Action=GetCallerIdentity&Version=2011-06-15",
+    )
+    .await;
+    assert_eq!(unsigned.status, 200, "{}", unsigned.body);
+    assert!(
+        unsigned.body.contains("<UserId>anonymous</UserId>"),
+        "{}",
+        unsigned.body
+    );
+    assert!(
+        unsigned
+            .body
+            .contains(&format!("<Account>{ACCOUNT}</Account>")),
+        "{}",
+        unsigned.body
+    );
+    assert_eq!(
+        emu.state().calls().count("GetCallerIdentity"),
+        1,
+        "unknown actions are not counted"
+    );
+
+    // A scripted failure reaches the SDK as STS's error code.
+    emu.state()
+        .fail_next("GetCallerIdentity", "ThrottlingException", 1);
+    let err = sts_client(&emu.url())
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert_eq!(err.code(), Some("Throttling"), "{err:?}");
+
+    // A body that is no form, without a target, is still a Proton protocol error.
+    let json = raw(
+        emu.addr(),
+        "POST",
+        "/",
+        &[("Content-Type", "application/x-amz-json-1.0")],
+        "{}",
+    )
+    .await;
+    assert_eq!(json.status, 400);
+    assert_eq!(json.json()["__type"], "UnknownOperationException");
+}
+
+// ---- the binary and a second client ----------------------------------------------------------
+
+/// Starts the binary with `args` and `env` and reads the URL it announces; the process is
+/// killed when the handle is dropped.
+async fn spawn_binary(args: &[&str], env: &[(&str, &str)]) -> (tokio::process::Child, String) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_proton-emulator"))
-        .args(["--listen", "127.0.0.1:0", "--account-id", "123456789012"])
-        .env("PROTON_EMULATOR_REGION", "eu-west-1")
+        .args(args)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -1680,8 +2254,22 @@ async fn binary_announces_its_port_serves_the_api_and_exits_on_sigterm() {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    (child, url)
+}
 
-    let client = sdk_client(&url);
+fn addr_of(url: &str) -> SocketAddr {
+    url.strip_prefix("http://").unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn binary_announces_its_port_serves_the_api_and_exits_on_sigterm() {
+    let (mut child, url) = spawn_binary(
+        &["--listen", "127.0.0.1:0", "--account-id", "123456789012"],
+        &[("PROTON_EMULATOR_REGION", "eu-west-1")],
+    )
+    .await;
+
+    let client = sdk_client_in(&url, "eu-west-1");
     get_missing_is_not_found(&client).await;
     let c = create(&client, "dev").await;
     assert!(
@@ -1690,6 +2278,11 @@ async fn binary_announces_its_port_serves_the_api_and_exits_on_sigterm() {
         "{}",
         c.arn
     );
+    // An unsigned request is served in the default region, where that connection lives.
+    let response = raw_call(addr_of(&url), GET, &json!({"id": c.id}).to_string()).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let identity = sts_client(&url).get_caller_identity().send().await.unwrap();
+    assert_eq!(identity.account(), Some("123456789012"));
 
     let pid = child.id().unwrap().to_string();
     let status = tokio::process::Command::new("kill")
@@ -1706,20 +2299,101 @@ async fn binary_announces_its_port_serves_the_api_and_exits_on_sigterm() {
 }
 
 #[tokio::test]
-async fn binary_refuses_bad_flags() {
-    for args in [
-        vec!["--account-id", "12"],
-        vec!["--error-rate", "1.5"],
-        vec!["--listen", "nowhere"],
+async fn binary_takes_idempotency_and_list_lag_from_flags_or_env() {
+    let (_child, url) = spawn_binary(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--idempotency",
+            "strict",
+            "--list-lag-ms",
+            "3600000",
+        ],
+        &[],
+    )
+    .await;
+    let response = raw(addr_of(&url), "GET", "/_emulator/config", &[], "").await;
+    assert_eq!(
+        response.json(),
+        json!({"idempotency": "strict", "listLagMs": 3_600_000})
+    );
+    // And they are in force.
+    let client = sdk_client(&url);
+    let send = |env: &str| {
+        client
+            .create_environment_account_connection()
+            .environment_name(env)
+            .management_account_id(MGMT)
+            .client_token("binary-token")
+            .send()
+    };
+    let created = send("dev")
+        .await
+        .unwrap()
+        .environment_account_connection
+        .unwrap();
+    let err = send("prod").await.unwrap_err().into_service_error();
+    message_of(&err, "ConflictException");
+    assert!(
+        listed_ids(&client).await.is_empty(),
+        "listed within the lag"
+    );
+    get(&client, &created.id).await;
+
+    let (_child, url) = spawn_binary(
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("PROTON_EMULATOR_IDEMPOTENCY", "strict"),
+            ("PROTON_EMULATOR_LIST_LAG_MS", "250"),
+        ],
+    )
+    .await;
+    let response = raw(addr_of(&url), "GET", "/_emulator/config", &[], "").await;
+    assert_eq!(
+        response.json(),
+        json!({"idempotency": "strict", "listLagMs": 250})
+    );
+
+    let (_child, url) = spawn_binary(&["--listen", "127.0.0.1:0"], &[]).await;
+    let response = raw(addr_of(&url), "GET", "/_emulator/config", &[], "").await;
+    assert_eq!(
+        response.json(),
+        json!({"idempotency": "lenient", "listLagMs": 0}),
+        "the defaults"
+    );
+}
+
+#[tokio::test]
+async fn binary_refuses_bad_flags_naming_them() {
+    for (args, flag) in [
+        (vec!["--account-id", "12"], "--account-id"),
+        (vec!["--error-rate", "1.5"], "--error-rate"),
+        (vec!["--listen", "nowhere"], "--listen"),
+        (vec!["--idempotency", "sometimes"], "--idempotency"),
+        (vec!["--list-lag-ms", "soon"], "--list-lag-ms"),
+        (vec!["--list-lag-ms=-5"], "--list-lag-ms"),
     ] {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_proton-emulator"))
             .args(&args)
+            .env_remove("PROTON_EMULATOR_IDEMPOTENCY")
+            .env_remove("PROTON_EMULATOR_LIST_LAG_MS")
             .output()
             .await
             .unwrap();
         assert!(!output.status.success(), "{args:?} was accepted");
         assert!(output.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_proton-emulator"))
+        .env("PROTON_EMULATOR_IDEMPOTENCY", "eventually")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "a bad env value was accepted");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--idempotency"), "{stderr}");
+    assert!(stderr.contains("eventually"), "{stderr}");
 }
 
 const BOTO3_SCRIPT: &str = r#"
@@ -1747,6 +2421,30 @@ assert again["id"] == created["id"], (again, created)
 got = client.get_environment_account_connection(id=created["id"])["environmentAccountConnection"]
 assert got["status"] == "PENDING", got
 assert got["requestedAt"].year >= 2024, got
+assert created["arn"].startswith("arn:aws:proton:us-east-1:"), created
+eu = boto3.client(
+    "proton",
+    region_name="eu-west-1",
+    endpoint_url=sys.argv[1],
+    aws_access_key_id="AKIDTEST",
+    aws_secret_access_key="secret",
+)
+assert eu.list_environment_account_connections(requestedBy="ENVIRONMENT_ACCOUNT")["environmentAccountConnections"] == []
+try:
+    eu.get_environment_account_connection(id=created["id"])
+    raise SystemExit("expected ResourceNotFoundException in another region")
+except eu.exceptions.ResourceNotFoundException:
+    pass
+sts = boto3.client(
+    "sts",
+    region_name="eu-west-1",
+    endpoint_url=sys.argv[1],
+    aws_access_key_id="AKIDBOTO",
+    aws_secret_access_key="secret",
+)
+identity = sts.get_caller_identity()
+assert identity["Account"] == "444455556666", identity
+assert identity["UserId"] == "AKIDBOTO", identity
 client.accept_environment_account_connection(id=created["id"])
 listed = client.list_environment_account_connections(requestedBy="ENVIRONMENT_ACCOUNT", statuses=["CONNECTED"])
 assert [c["id"] for c in listed["environmentAccountConnections"]] == [created["id"]], listed

@@ -2,6 +2,8 @@
 //!
 //! The first line on stdout is `proton-emulator listening on http://HOST:PORT`, so scripts and
 //! tests that pass `--listen 127.0.0.1:0` can find the port; logs go to stderr.
+//!
+//! The same port serves STS GetCallerIdentity: point `AWS_ENDPOINT_URL_STS` at it too.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use eac_controller::emulator::{EmulatorConfig, Faults, RunningEmulator};
+use eac_controller::emulator::{EmulatorConfig, Faults, Idempotency, RunningEmulator};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -27,9 +29,20 @@ struct Args {
     #[arg(long, env = "PROTON_EMULATOR_ACCOUNT_ID", default_value = "444455556666", value_parser = parse_account_id)]
     account_id: String,
 
-    /// Region used in the connections' ARNs.
+    /// Region of requests whose SigV4 signature names none; signed requests are served in the
+    /// region they are signed for.
     #[arg(long, env = "PROTON_EMULATOR_REGION", default_value = "us-east-1")]
     region: String,
+
+    /// A Create whose client token is in use with other parameters: `lenient` answers the
+    /// existing connection, `strict` a ConflictException (as AWS does).
+    #[arg(long, env = "PROTON_EMULATOR_IDEMPOTENCY", default_value_t = Idempotency::Lenient, value_name = "strict|lenient")]
+    idempotency: Idempotency,
+
+    /// Milliseconds List takes to show a new connection and to stop showing a deleted one
+    /// (eventual consistency); Get is always up to date.
+    #[arg(long, env = "PROTON_EMULATOR_LIST_LAG_MS", default_value_t = 0)]
+    list_lag_ms: u64,
 
     /// Serve at most N requests per second; the others get ThrottlingException.
     #[arg(long, env = "PROTON_EMULATOR_THROTTLE_RPS")]
@@ -47,7 +60,7 @@ struct Args {
     #[arg(long, env = "PROTON_EMULATOR_DENY", value_delimiter = ',')]
     deny: Vec<String>,
 
-    /// Refuse Create beyond this many live connections (ServiceQuotaExceededException).
+    /// Refuse Create beyond this many live connections in a region (ServiceQuotaExceededException).
     #[arg(long, env = "PROTON_EMULATOR_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
 }
@@ -81,6 +94,8 @@ impl Args {
                 deny: self.deny.iter().cloned().collect(),
             },
             max_connections: self.max_connections,
+            idempotency: self.idempotency,
+            list_lag: Duration::from_millis(self.list_lag_ms),
         }
     }
 }

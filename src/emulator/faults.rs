@@ -155,12 +155,7 @@ impl FaultState {
     /// Precedence: scripted failures (a test asked for exactly these), then the deny list, the
     /// rate limit, and the error rate.
     pub fn admit(&mut self, operation: &str, now: Instant, roll: f64) -> Result<(), ApiError> {
-        *self.counts.calls.entry(operation.to_string()).or_insert(0) += 1;
-        prune(&mut self.received, now);
-        self.received.push_back(now);
-        let in_window = self.received.len() as u64;
-        self.counts.peak_requests_per_second = self.counts.peak_requests_per_second.max(in_window);
-
+        self.count(operation, now);
         let fault = self
             .scripted_fault(operation)
             .or_else(|| self.denied(operation))
@@ -173,6 +168,29 @@ impl FaultState {
                     )
                 })
             });
+        self.settle(fault)
+    }
+
+    /// [`FaultState::admit`] for a request to another service on the same port (STS): it is
+    /// counted, and fails only when a fault names its operation (scripted failures, the deny
+    /// list). The rate limit and the error rate stand for Proton's own and leave it alone.
+    pub fn admit_targeted(&mut self, operation: &str, now: Instant) -> Result<(), ApiError> {
+        self.count(operation, now);
+        let fault = self
+            .scripted_fault(operation)
+            .or_else(|| self.denied(operation));
+        self.settle(fault)
+    }
+
+    fn count(&mut self, operation: &str, now: Instant) {
+        *self.counts.calls.entry(operation.to_string()).or_insert(0) += 1;
+        prune(&mut self.received, now);
+        self.received.push_back(now);
+        let in_window = self.received.len() as u64;
+        self.counts.peak_requests_per_second = self.counts.peak_requests_per_second.max(in_window);
+    }
+
+    fn settle(&mut self, fault: Option<ApiError>) -> Result<(), ApiError> {
         match fault {
             None => Ok(()),
             Some(fault) => {
@@ -205,11 +223,17 @@ impl FaultState {
     }
 
     fn denied(&self, operation: &str) -> Option<ApiError> {
+        // The IAM action names the service; STS is the only other one served.
+        let service = if operation == "GetCallerIdentity" {
+            "sts"
+        } else {
+            "proton"
+        };
         self.faults.deny.contains(operation).then(|| {
             ApiError::new(
                 ErrorKind::AccessDenied,
                 format!(
-                    "User is not authorized to perform: proton:{operation} (denied by \
+                    "User is not authorized to perform: {service}:{operation} (denied by \
                      proton-emulator)"
                 ),
             )
@@ -382,5 +406,35 @@ mod tests {
                 "peakRequestsPerSecond": 1,
             })
         );
+    }
+
+    #[test]
+    fn targeted_admission_counts_and_applies_only_faults_that_name_the_operation() {
+        const STS: &str = "GetCallerIdentity";
+        let mut f = FaultState::new(Faults {
+            throttle_rps: Some(1),
+            error_rate: 1.0,
+            ..Faults::default()
+        });
+        let t = Instant::now();
+        for _ in 0..3 {
+            f.admit_targeted(STS, t).unwrap();
+        }
+        f.fail_next(STS, "ThrottlingException", 1);
+        assert_eq!(kind(f.admit_targeted(STS, t)), Some(ErrorKind::Throttling));
+        f.set_faults(Faults {
+            deny: [STS.to_string()].into(),
+            ..Faults::default()
+        });
+        let denied = f.admit_targeted(STS, t).unwrap_err();
+        assert!(
+            denied.message.contains("sts:GetCallerIdentity"),
+            "{}",
+            denied.message
+        );
+        let counts = f.counts();
+        assert_eq!(counts.count(STS), 5);
+        assert_eq!((counts.throttled, counts.injected_errors), (1, 1));
+        assert_eq!(counts.peak_requests_per_second, 5);
     }
 }

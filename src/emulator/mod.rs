@@ -5,22 +5,41 @@
 //! - `store` is the service's state machine, plain data behind one mutex; `validate` enforces
 //!   the constraints of the Proton API model; `operations` joins the two; `wire` is the
 //!   awsJson encoding.
+//! - `caller` reads who calls and for which region from the SigV4 `Authorization` header;
+//!   `sts` serves STS GetCallerIdentity (awsQuery) on the same port.
+//! - `settings` holds what may change at run time besides faults (idempotency, list lag).
 //! - `faults` injects throttling, errors, latency and denials, and counts calls.
 //! - `server` serves it all over HTTP (axum); [`RunningEmulator`] is the handle tests use.
 //!
-//! Besides the API on `POST /`, the server answers `GET /_emulator/calls` (call counts),
-//! `GET`/`PUT /_emulator/faults` (the faults in force) and `POST /_emulator/fail-next`
-//! (`{"operation", "errorType", "count"}`), for tests that run the binary.
+//! Regions: AWS keeps connections per region, and so does the emulator. A request is served in
+//! the region its signature's credential scope names (`Credential=AKID/DATE/REGION/SERVICE/
+//! aws4_request`); a request without a readable SigV4 `Authorization` header is served in the
+//! configured default region ([`EmulatorConfig::region`]). A connection exists only in the region
+//! of its Create (its ARN says which); elsewhere it is unknown.
+//!
+//! Besides the API on `POST /` (Proton's awsJson with `X-Amz-Target`; STS's awsQuery for a
+//! form-encoded body without one), the server answers:
+//! - `GET /_emulator/calls`: call counts (STS calls as `GetCallerIdentity`; they fail only by
+//!   `fail-next` or the deny list, since the rate limit, error rate and latency model Proton);
+//! - `GET`/`PUT /_emulator/faults`: the faults in force;
+//! - `POST /_emulator/fail-next`: `{"operation", "errorType", "count"}`;
+//! - `GET`/`PUT /_emulator/config`: `{"idempotency": "lenient"|"strict", "listLagMs": N}`, the
+//!   settings of [`Settings`]; like the faults, a PUT replaces them all (a member left out takes
+//!   its default) and answers the settings now in force.
 
+mod caller;
 mod error;
 mod faults;
 mod operations;
 mod server;
+mod settings;
 mod store;
+mod sts;
 mod validate;
 mod wire;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,22 +47,29 @@ use serde_json::Value;
 
 pub use faults::{CallCounts, Faults, FaultsDocument};
 pub use server::RunningEmulator;
+pub use settings::{ConfigDocument, Idempotency, Settings, UnknownIdempotency};
 
+use caller::{Caller, Identities};
 use error::{ApiError, ErrorKind};
 use faults::FaultState;
 use store::{Connection, Millis, Store};
+use sts::CallerIdentity;
 use wire::Operation;
 
 /// How an emulator starts.
 #[derive(Clone, Debug)]
 pub struct EmulatorConfig {
-    /// The environment account: every connection is created in it.
+    /// The environment account: every connection is created in it, and STS names it.
     pub account_id: String,
-    /// Goes into the connections' ARNs.
+    /// The region of requests whose signature names none.
     pub region: String,
     pub faults: Faults,
-    /// Live connections allowed at once; `None` = unlimited.
+    /// Live connections allowed at once in each region; `None` = unlimited.
     pub max_connections: Option<usize>,
+    /// What a Create answers when its client token is in use with other parameters.
+    pub idempotency: Idempotency,
+    /// How long List takes to show a created connection and to stop showing a deleted one.
+    pub list_lag: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -53,6 +79,8 @@ impl Default for EmulatorConfig {
             region: "us-east-1".to_string(),
             faults: Faults::default(),
             max_connections: None,
+            idempotency: Idempotency::default(),
+            list_lag: Duration::ZERO,
         }
     }
 }
@@ -66,18 +94,20 @@ impl EmulatorConfig {
                 self.account_id
             ));
         }
-        if self.region.is_empty()
-            || !self
-                .region
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
+        if !validate::is_region(&self.region) {
             return Err(format!(
                 "region '{}' must be lowercase letters, digits and '-'",
                 self.region
             ));
         }
         Ok(())
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            idempotency: self.idempotency,
+            list_lag: self.list_lag,
+        }
     }
 }
 
@@ -86,6 +116,8 @@ impl EmulatorConfig {
 pub struct ConnectionRecord {
     pub id: String,
     pub arn: String,
+    /// The region it was created in (and the only one it can be reached from).
+    pub region: String,
     pub environment_name: String,
     pub management_account_id: String,
     pub environment_account_id: String,
@@ -103,6 +135,12 @@ pub struct ConnectionRecord {
 struct Inner {
     store: Mutex<Store>,
     faults: Mutex<FaultState>,
+    settings: Mutex<Settings>,
+    default_region: String,
+    identities: Identities,
+    /// Added to the wall clock: lets tests move the emulator's time forward (see
+    /// [`EmulatorState::advance_clock`]).
+    clock_offset_ms: AtomicI64,
 }
 
 /// Shared handle on the emulator's state: cheap to clone.
@@ -114,22 +152,32 @@ pub struct EmulatorState {
 /// What the API answers to one request, and how long to wait before answering.
 pub(crate) struct Answer {
     pub operation: Option<Operation>,
+    /// The region the request was served in.
+    pub region: String,
     pub result: Result<Value, ApiError>,
     pub latency: Duration,
 }
 
+/// What STS answers to one request.
+pub(crate) struct StsAnswer {
+    pub action: Option<sts::Action>,
+    pub result: Result<CallerIdentity, ApiError>,
+}
+
 impl EmulatorState {
     pub fn new(config: &EmulatorConfig) -> EmulatorState {
-        EmulatorState {
+        let state = EmulatorState {
             inner: Arc::new(Inner {
-                store: Mutex::new(Store::new(
-                    &config.account_id,
-                    &config.region,
-                    config.max_connections,
-                )),
+                store: Mutex::new(Store::new(&config.account_id, config.max_connections)),
                 faults: Mutex::new(FaultState::new(config.faults.clone())),
+                settings: Mutex::new(Settings::default()),
+                default_region: config.region.clone(),
+                identities: Identities::new(&config.account_id),
+                clock_offset_ms: AtomicI64::new(0),
             }),
-        }
+        };
+        state.set_settings(config.settings());
+        state
     }
 
     // A panic while a lock is held cannot leave the plain data half-changed in a way that
@@ -146,6 +194,29 @@ impl EmulatorState {
             .faults
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The emulator's time: the wall clock, plus what tests advanced it by.
+    fn now(&self) -> Millis {
+        now_millis().saturating_add(self.inner.clock_offset_ms.load(Ordering::SeqCst))
+    }
+
+    /// Moves the emulator's clock forward, so a test can see a list lag pass without waiting.
+    /// Timestamps handed out afterwards are in the future by as much.
+    pub fn advance_clock(&self, by: Duration) {
+        let by = duration_millis(by);
+        // The closure always answers Some, so the update cannot fail.
+        let _ =
+            self.inner
+                .clock_offset_ms
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |offset| {
+                    Some(offset.saturating_add(by))
+                });
+    }
+
+    /// The region of requests whose signature names none.
+    pub fn default_region(&self) -> &str {
+        &self.inner.default_region
     }
 
     /// Snapshot of the call accounting.
@@ -173,7 +244,45 @@ impl EmulatorState {
         self.fault_state().fail_next(operation, error_type, count);
     }
 
-    /// Every live connection, oldest first.
+    pub fn settings(&self) -> Settings {
+        *self
+            .inner
+            .settings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the run-time settings as a whole.
+    pub fn set_settings(&self, settings: Settings) {
+        // Store first, under its lock, so no request sees the store and `settings()` disagree
+        // for longer than this call.
+        let mut store = self.store();
+        store.set_idempotency(settings.idempotency);
+        store.set_list_lag(duration_millis(settings.list_lag));
+        *self
+            .inner
+            .settings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = settings;
+    }
+
+    pub fn set_idempotency(&self, idempotency: Idempotency) {
+        self.set_settings(Settings {
+            idempotency,
+            ..self.settings()
+        });
+    }
+
+    /// See `Store::list` for the rule. Connections deleted while no lag was set are gone from
+    /// List for good, even if a lag is set afterwards.
+    pub fn set_list_lag(&self, list_lag: Duration) {
+        self.set_settings(Settings {
+            list_lag,
+            ..self.settings()
+        });
+    }
+
+    /// Every live connection of every region, oldest first.
     pub fn connections(&self) -> Vec<ConnectionRecord> {
         let store = self.store();
         store
@@ -186,30 +295,47 @@ impl EmulatorState {
             .collect()
     }
 
-    /// Accepts a connection as the management account would (same rules as the API).
+    /// Accepts a connection as the management account would (same rules as the API), in
+    /// whichever region it lives.
     pub fn accept(&self, id: &str) -> Result<(), String> {
-        self.store()
-            .accept(id, now_millis())
+        let now = self.now();
+        let mut store = self.store();
+        let region = region_of(&store, id);
+        store
+            .accept(&region, id, now)
             .map(|_| ())
             .map_err(|e| e.message)
     }
 
-    /// Rejects a connection as the management account would (same rules as the API).
+    /// Rejects a connection as the management account would (same rules as the API), in
+    /// whichever region it lives.
     pub fn reject(&self, id: &str) -> Result<(), String> {
-        self.store()
-            .reject(id, now_millis())
+        let now = self.now();
+        let mut store = self.store();
+        let region = region_of(&store, id);
+        store
+            .reject(&region, id, now)
             .map(|_| ())
             .map_err(|e| e.message)
     }
 
-    /// Deletes a connection behind the API's back; false when there was none.
+    /// Deletes a connection behind the API's back, in whichever region it lives; false when
+    /// there was none.
     pub fn delete_out_of_band(&self, id: &str) -> bool {
-        self.store().delete(id).is_ok()
+        let now = self.now();
+        let mut store = self.store();
+        let region = region_of(&store, id);
+        store.delete(&region, id, now).is_ok()
     }
 
-    /// Answers one API request: `target` is the `X-Amz-Target` header.
-    pub(crate) fn handle(&self, target: Option<&str>, body: &[u8]) -> Answer {
+    /// Answers one Proton request: `target` is the `X-Amz-Target` header, `caller` comes from the
+    /// `Authorization` header.
+    pub(crate) fn handle(&self, target: Option<&str>, caller: &Caller, body: &[u8]) -> Answer {
         let latency = self.fault_state().faults().latency;
+        let region = caller
+            .region
+            .clone()
+            .unwrap_or_else(|| self.inner.default_region.clone());
         let Some(op) = target.and_then(Operation::from_target) else {
             let message = match target {
                 Some(target) => format!("Operation '{target}' is not supported"),
@@ -217,6 +343,7 @@ impl EmulatorState {
             };
             return Answer {
                 operation: None,
+                region,
                 result: Err(ApiError::new(ErrorKind::UnknownOperation, message)),
                 latency,
             };
@@ -226,13 +353,49 @@ impl EmulatorState {
             .admit(op.name(), Instant::now(), rand::random::<f64>());
         let result = admitted
             .and_then(|()| validate::parse_body(body))
-            .and_then(|body| operations::execute(&mut self.store(), op, &body, now_millis()));
+            .and_then(|body| {
+                let now = self.now();
+                operations::execute(&mut self.store(), &region, op, &body, now)
+            });
         Answer {
             operation: Some(op),
+            region,
             result,
             latency,
         }
     }
+
+    /// Answers one STS (awsQuery) request.
+    pub(crate) fn handle_sts(&self, caller: &Caller, body: &[u8]) -> StsAnswer {
+        let action = match sts::action(body) {
+            Ok(action) => action,
+            Err(err) => {
+                return StsAnswer {
+                    action: None,
+                    result: Err(err),
+                };
+            }
+        };
+        let result = self
+            .fault_state()
+            .admit_targeted(action.name(), Instant::now())
+            .map(|()| match action {
+                sts::Action::GetCallerIdentity => {
+                    let key = caller.access_key_id.as_deref();
+                    CallerIdentity::new(self.inner.identities.account_for(key), key)
+                }
+            });
+        StsAnswer {
+            action: Some(action),
+            result,
+        }
+    }
+}
+
+/// The region a connection lives in; an unknown id gets none, and the store then reports it as
+/// not found.
+fn region_of(store: &Store, id: &str) -> String {
+    store.region_of(id).unwrap_or_default().to_string()
 }
 
 fn record(c: Connection, tags: BTreeMap<String, String>) -> ConnectionRecord {
@@ -240,6 +403,7 @@ fn record(c: Connection, tags: BTreeMap<String, String>) -> ConnectionRecord {
         status: c.status.as_str().to_string(),
         id: c.id,
         arn: c.arn,
+        region: c.region,
         environment_name: c.environment_name,
         management_account_id: c.management_account_id,
         environment_account_id: c.environment_account_id,
@@ -253,10 +417,14 @@ fn record(c: Connection, tags: BTreeMap<String, String>) -> ConnectionRecord {
     }
 }
 
+fn duration_millis(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
+
 fn now_millis() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX))
+        .map(duration_millis)
         .unwrap_or(0)
 }
 
@@ -276,6 +444,7 @@ mod tests {
         let body = format!(r#"{{"environmentName":"{env}","managementAccountId":"111122223333"}}"#);
         let answer = state.handle(
             Some(&target("CreateEnvironmentAccountConnection")),
+            &Caller::default(),
             body.as_bytes(),
         );
         let value = answer.result.unwrap();
@@ -295,6 +464,7 @@ mod tests {
         );
         let answer = state.handle(
             Some(&target("CreateEnvironmentAccountConnection")),
+            &Caller::default(),
             br#"{"environmentName":"e","managementAccountId":"111122223333"}"#,
         );
         assert_eq!(answer.result.unwrap_err().kind, ErrorKind::InternalServer);
@@ -307,12 +477,20 @@ mod tests {
     #[test]
     fn unknown_targets_and_bad_bodies() {
         let state = EmulatorState::new(&EmulatorConfig::default());
-        let answer = state.handle(Some("AwsProton20200720.CreateService"), b"{}");
+        let answer = state.handle(
+            Some("AwsProton20200720.CreateService"),
+            &Caller::default(),
+            b"{}",
+        );
         assert_eq!(answer.result.unwrap_err().kind, ErrorKind::UnknownOperation);
-        let answer = state.handle(None, b"{}");
+        let answer = state.handle(None, &Caller::default(), b"{}");
         assert_eq!(answer.result.unwrap_err().kind, ErrorKind::UnknownOperation);
         assert_eq!(state.calls().total(), 0);
-        let answer = state.handle(Some(&target("GetEnvironmentAccountConnection")), b"{oops");
+        let answer = state.handle(
+            Some(&target("GetEnvironmentAccountConnection")),
+            &Caller::default(),
+            b"{oops",
+        );
         assert_eq!(answer.result.unwrap_err().kind, ErrorKind::Serialization);
     }
 
@@ -342,5 +520,160 @@ mod tests {
             ..EmulatorConfig::default()
         };
         assert!(bad_region.check().is_err());
+    }
+
+    fn signed_for(region: &str) -> Caller {
+        Caller::from_authorization(Some(&format!(
+            "AWS4-HMAC-SHA256 Credential=AKID/20261123/{region}/proton/aws4_request, \
+             SignedHeaders=host, Signature=abc"
+        )))
+    }
+
+    fn call(state: &EmulatorState, caller: &Caller, op: &str, body: &str) -> Answer {
+        state.handle(Some(&target(op)), caller, body.as_bytes())
+    }
+
+    #[test]
+    fn requests_are_served_in_their_signed_region_or_the_default_one() {
+        let state = EmulatorState::new(&EmulatorConfig {
+            region: "ca-central-1".into(),
+            ..EmulatorConfig::default()
+        });
+        let body = r#"{"environmentName":"e","managementAccountId":"111122223333"}"#;
+        let eu = call(
+            &state,
+            &signed_for("eu-west-1"),
+            "CreateEnvironmentAccountConnection",
+            body,
+        );
+        assert_eq!(eu.region, "eu-west-1");
+        let id = eu.result.unwrap()["environmentAccountConnection"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let unsigned = call(
+            &state,
+            &Caller::default(),
+            "CreateEnvironmentAccountConnection",
+            body,
+        );
+        assert_eq!(unsigned.region, "ca-central-1");
+        assert!(unsigned.result.is_ok(), "another region, so no conflict");
+
+        let regions: Vec<String> = state.connections().into_iter().map(|c| c.region).collect();
+        assert_eq!(regions.len(), 2);
+        assert!(regions.contains(&"eu-west-1".to_string()));
+        assert!(regions.contains(&"ca-central-1".to_string()));
+
+        // The helpers act by id, in whichever region the connection lives.
+        state.accept(&id).unwrap();
+        let get = format!(r#"{{"id":"{id}"}}"#);
+        let got = call(
+            &state,
+            &signed_for("eu-west-1"),
+            "GetEnvironmentAccountConnection",
+            &get,
+        );
+        assert_eq!(
+            got.result.unwrap()["environmentAccountConnection"]["status"],
+            "CONNECTED"
+        );
+        let elsewhere = call(
+            &state,
+            &Caller::default(),
+            "GetEnvironmentAccountConnection",
+            &get,
+        );
+        assert_eq!(
+            elsewhere.result.unwrap_err().kind,
+            ErrorKind::ResourceNotFound
+        );
+        state.reject(&id).unwrap();
+        assert!(state.delete_out_of_band(&id));
+        assert_eq!(state.connections().len(), 1);
+    }
+
+    #[test]
+    fn settings_can_change_at_run_time() {
+        let state = EmulatorState::new(&EmulatorConfig {
+            idempotency: Idempotency::Strict,
+            list_lag: Duration::from_secs(60),
+            ..EmulatorConfig::default()
+        });
+        assert_eq!(
+            state.settings(),
+            Settings {
+                idempotency: Idempotency::Strict,
+                list_lag: Duration::from_secs(60),
+            }
+        );
+        let create = |env: &str| {
+            let body = format!(
+                r#"{{"environmentName":"{env}","managementAccountId":"111122223333","clientToken":"t"}}"#
+            );
+            call(
+                &state,
+                &Caller::default(),
+                "CreateEnvironmentAccountConnection",
+                &body,
+            )
+            .result
+        };
+        let list = || {
+            let answer = call(
+                &state,
+                &Caller::default(),
+                "ListEnvironmentAccountConnections",
+                r#"{"requestedBy":"ENVIRONMENT_ACCOUNT"}"#,
+            );
+            answer.result.unwrap()["environmentAccountConnections"]
+                .as_array()
+                .unwrap()
+                .len()
+        };
+        create("a").unwrap();
+        assert_eq!(create("b").unwrap_err().kind, ErrorKind::Conflict);
+        assert_eq!(list(), 0);
+
+        state.advance_clock(Duration::from_secs(60));
+        assert_eq!(list(), 1);
+
+        state.set_idempotency(Idempotency::Lenient);
+        state.set_list_lag(Duration::ZERO);
+        assert_eq!(state.settings(), Settings::default());
+        assert!(create("b").is_ok());
+        let id = state.connections()[0].id.clone();
+        assert!(state.delete_out_of_band(&id));
+        assert_eq!(list(), 0);
+    }
+
+    #[test]
+    fn sts_answers_the_configured_account_and_is_counted() {
+        let state = EmulatorState::new(&EmulatorConfig {
+            account_id: "123456789012".into(),
+            ..EmulatorConfig::default()
+        });
+        let answer = state.handle_sts(
+            &signed_for("eu-west-1"),
+            b"Action=GetCallerIdentity&Version=2011-06-15",
+        );
+        assert_eq!(answer.action, Some(sts::Action::GetCallerIdentity));
+        let identity = answer.result.unwrap();
+        assert_eq!(identity.account, "123456789012");
+        assert_eq!(identity.user_id, "AKID");
+        assert_eq!(state.calls().count("GetCallerIdentity"), 1);
+
+        let unknown = state.handle_sts(&Caller::default(), b"Action=AssumeRole");
+        assert_eq!(unknown.action, None);
+        assert_eq!(
+            unknown.result.unwrap_err().kind.type_name(),
+            "InvalidAction"
+        );
+        assert_eq!(state.calls().total(), 1, "unknown actions are not counted");
+
+        state.fail_next("GetCallerIdentity", "ThrottlingException", 1);
+        let throttled = state.handle_sts(&Caller::default(), b"Action=GetCallerIdentity");
+        assert_eq!(throttled.result.unwrap_err().kind, ErrorKind::Throttling);
+        assert_eq!(state.calls().count("GetCallerIdentity"), 2);
     }
 }

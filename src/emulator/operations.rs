@@ -7,8 +7,10 @@ use super::store::{Millis, Store};
 use super::validate::{self, Object};
 use super::wire::{self, Operation};
 
+/// Runs `op` in `region`, the region the request is served in.
 pub fn execute(
     store: &mut Store,
+    region: &str,
     op: Operation,
     body: &Object,
     now: Millis,
@@ -16,31 +18,31 @@ pub fn execute(
     match op {
         Operation::Create => {
             let req = validate::create_input(body)?;
-            Ok(wire::connection_output(&store.create(req, now)?))
+            Ok(wire::connection_output(&store.create(region, req, now)?))
         }
         Operation::Get => {
             let id = validate::id_input(body)?;
-            Ok(wire::connection_output(&store.get(&id)?))
+            Ok(wire::connection_output(&store.get(region, &id)?))
         }
         Operation::Update => {
             let req = validate::update_input(body)?;
-            Ok(wire::connection_output(&store.update(req, now)?))
+            Ok(wire::connection_output(&store.update(region, req, now)?))
         }
         Operation::Delete => {
             let id = validate::id_input(body)?;
-            Ok(wire::connection_output(&store.delete(&id)?))
+            Ok(wire::connection_output(&store.delete(region, &id, now)?))
         }
         Operation::Accept => {
             let id = validate::id_input(body)?;
-            Ok(wire::connection_output(&store.accept(&id, now)?))
+            Ok(wire::connection_output(&store.accept(region, &id, now)?))
         }
         Operation::Reject => {
             let id = validate::id_input(body)?;
-            Ok(wire::connection_output(&store.reject(&id, now)?))
+            Ok(wire::connection_output(&store.reject(region, &id, now)?))
         }
         Operation::List => {
             let req = validate::list_input(body)?;
-            let page = store.list(&req)?;
+            let page = store.list(region, &req, now)?;
             let mut output = json!({
                 "environmentAccountConnections":
                     page.items.iter().map(wire::summary).collect::<Vec<_>>(),
@@ -52,17 +54,17 @@ pub fn execute(
         }
         Operation::TagResource => {
             let (arn, tags) = validate::tag_input(body)?;
-            store.tag(&arn, tags)?;
+            store.tag(region, &arn, tags)?;
             Ok(json!({}))
         }
         Operation::UntagResource => {
             let (arn, keys) = validate::untag_input(body)?;
-            store.untag(&arn, &keys)?;
+            store.untag(region, &arn, &keys)?;
             Ok(json!({}))
         }
         Operation::ListTagsForResource => {
             let req = validate::list_tags_input(body)?;
-            let page = store.list_tags(&req)?;
+            let page = store.list_tags(region, &req)?;
             let tags: Vec<Value> = page
                 .items
                 .iter()
@@ -83,15 +85,24 @@ mod tests {
     use super::*;
 
     fn run(store: &mut Store, op: Operation, body: Value) -> Result<Value, ApiError> {
+        run_in(store, "eu-west-1", op, body)
+    }
+
+    fn run_in(
+        store: &mut Store,
+        region: &str,
+        op: Operation,
+        body: Value,
+    ) -> Result<Value, ApiError> {
         let Value::Object(body) = body else {
             panic!("body must be an object")
         };
-        execute(store, op, &body, 1_000)
+        execute(store, region, op, &body, 1_000)
     }
 
     #[test]
     fn create_then_list_tags_and_list() {
-        let mut store = Store::new("444455556666", "eu-west-1", None);
+        let mut store = Store::new("444455556666", None);
         let created = run(
             &mut store,
             Operation::Create,
@@ -138,7 +149,7 @@ mod tests {
 
     #[test]
     fn validation_happens_before_lookup() {
-        let mut store = Store::new("444455556666", "us-east-1", None);
+        let mut store = Store::new("444455556666", None);
         let err = run(&mut store, Operation::Get, json!({"id": "nope"})).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Validation);
         let err = run(
@@ -148,5 +159,32 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.kind, ErrorKind::ResourceNotFound);
+    }
+
+    #[test]
+    fn the_request_s_region_scopes_every_operation() {
+        let mut store = Store::new("444455556666", None);
+        let created = run_in(
+            &mut store,
+            "ap-south-1",
+            Operation::Create,
+            json!({"environmentName": "prod", "managementAccountId": "111122223333"}),
+        )
+        .unwrap();
+        let connection = &created["environmentAccountConnection"];
+        let arn = connection["arn"].as_str().unwrap();
+        assert!(arn.starts_with("arn:aws:proton:ap-south-1:"), "{arn}");
+        let id = connection["id"].clone();
+        let in_ap = run_in(&mut store, "ap-south-1", Operation::Get, json!({"id": id}));
+        assert_eq!(in_ap.unwrap(), created);
+        let elsewhere = run(&mut store, Operation::Get, json!({"id": id})).unwrap_err();
+        assert_eq!(elsewhere.kind, ErrorKind::ResourceNotFound);
+        let listed = run(
+            &mut store,
+            Operation::List,
+            json!({"requestedBy": "ENVIRONMENT_ACCOUNT"}),
+        )
+        .unwrap();
+        assert_eq!(listed, json!({"environmentAccountConnections": []}));
     }
 }

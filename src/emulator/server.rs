@@ -1,4 +1,5 @@
-//! HTTP: the awsJson API on `POST /` and the emulator's own endpoints under `/_emulator/`.
+//! HTTP: the APIs on `POST /` (Proton's awsJson, STS's awsQuery) and the emulator's own
+//! endpoints under `/_emulator/`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -15,9 +16,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::caller::Caller;
 use super::faults::FaultsDocument;
-use super::wire;
+use super::settings::ConfigDocument;
 use super::{ApiError, EmulatorConfig, EmulatorState};
+use super::{sts, wire};
 
 /// The routes of the emulator, over `state`.
 pub fn router(state: EmulatorState) -> Router {
@@ -26,17 +29,25 @@ pub fn router(state: EmulatorState) -> Router {
         .route("/_emulator/calls", get(get_calls))
         .route("/_emulator/faults", get(get_faults).put(put_faults))
         .route("/_emulator/fail-next", post(post_fail_next))
+        .route("/_emulator/config", get(get_config).put(put_config))
         .with_state(state)
 }
 
 async fn api(State(state): State<EmulatorState>, headers: HeaderMap, body: Bytes) -> Response {
-    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
-    let answer = state.handle(target, &body);
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let target = value("x-amz-target");
+    // Only the credential scope is read: the signature is neither kept nor logged.
+    let caller = Caller::from_authorization(value(header::AUTHORIZATION.as_str()));
+    if target.is_none() && sts::is_form(value(header::CONTENT_TYPE.as_str())) {
+        return sts_api(&state, &caller, &body);
+    }
+    let answer = state.handle(target, &caller, &body);
     let operation = answer.operation.map_or("unknown", |op| op.name());
+    let region = answer.region.as_str();
     match &answer.result {
-        Ok(_) => tracing::debug!(operation, "answered"),
+        Ok(_) => tracing::debug!(operation, region, "answered"),
         Err(err) => {
-            tracing::debug!(operation, error = err.kind.type_name(), message = %err.message, "failed")
+            tracing::debug!(operation, region, error = err.kind.type_name(), message = %err.message, "failed")
         }
     }
     if !answer.latency.is_zero() {
@@ -48,15 +59,44 @@ async fn api(State(state): State<EmulatorState>, headers: HeaderMap, body: Bytes
     }
 }
 
-fn aws_response(status: StatusCode, error_type: Option<&str>, body: &Value) -> Response {
+fn sts_api(state: &EmulatorState, caller: &Caller, body: &[u8]) -> Response {
+    let answer = state.handle_sts(caller, body);
+    let action = answer.action.map_or("unknown", |action| action.name());
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let (status, document) = match &answer.result {
+        Ok(identity) => {
+            tracing::debug!(action, "answered");
+            (StatusCode::OK, identity.to_xml(&request_id))
+        }
+        Err(err) => {
+            tracing::debug!(action, error = err.kind.type_name(), message = %err.message, "failed");
+            let status = StatusCode::from_u16(err.kind.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, sts::error_xml(err, &request_id))
+        }
+    };
+    let mut headers = request_id_header(&request_id);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(sts::CONTENT_TYPE),
+    );
+    (status, headers, document).into_response()
+}
+
+fn request_id_header(id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
+    if let Ok(id) = HeaderValue::from_str(id) {
+        headers.insert(HeaderName::from_static("x-amzn-requestid"), id);
+    }
+    headers
+}
+
+fn aws_response(status: StatusCode, error_type: Option<&str>, body: &Value) -> Response {
+    let mut headers = request_id_header(&uuid::Uuid::new_v4().to_string());
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(wire::CONTENT_TYPE),
     );
-    if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        headers.insert(HeaderName::from_static("x-amzn-requestid"), id);
-    }
     // A scripted error type is free text: leave the header out rather than fail the answer.
     if let Some(value) = error_type.and_then(|t| HeaderValue::from_str(t).ok()) {
         headers.insert(HeaderName::from_static("x-amzn-errortype"), value);
@@ -96,6 +136,24 @@ async fn put_faults(State(state): State<EmulatorState>, body: Bytes) -> Response
             let document = FaultsDocument::from(&faults);
             state.set_faults(faults);
             axum::Json(document).into_response()
+        }
+        Err(message) => admin_error(message),
+    }
+}
+
+async fn get_config(State(state): State<EmulatorState>) -> Response {
+    axum::Json(ConfigDocument::from(&state.settings())).into_response()
+}
+
+async fn put_config(State(state): State<EmulatorState>, body: Bytes) -> Response {
+    let settings = serde_json::from_slice::<ConfigDocument>(&body)
+        .map_err(|e| format!("invalid config document: {e}"))
+        .and_then(ConfigDocument::into_settings);
+    match settings {
+        Ok(settings) => {
+            tracing::info!(?settings, "settings replaced");
+            state.set_settings(settings);
+            axum::Json(ConfigDocument::from(&settings)).into_response()
         }
         Err(message) => admin_error(message),
     }
@@ -152,7 +210,14 @@ impl RunningEmulator {
                 })
                 .await
         });
-        tracing::info!(%addr, account_id = %config.account_id, region = %config.region, "proton emulator listening");
+        tracing::info!(
+            %addr,
+            account_id = %config.account_id,
+            default_region = %config.region,
+            idempotency = %config.idempotency,
+            list_lag_ms = config.list_lag.as_millis(),
+            "proton emulator listening"
+        );
         Ok(RunningEmulator {
             addr,
             state,

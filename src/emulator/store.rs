@@ -3,10 +3,15 @@
 //! No I/O and no clock: callers pass `now` (epoch milliseconds) so that every rule here can be
 //! tested synchronously. Inputs are already validated against the model (see `validate`); this
 //! module only decides what the service does with them.
+//!
+//! AWS keeps connections per region, and so does the store: every operation names the region it
+//! is served in, and a connection, its tags and its client token exist only in the region of its
+//! Create. Connection ids are unique across regions, so the test helpers can find one by id.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::error::ApiError;
+use super::settings::Idempotency;
 
 /// Epoch milliseconds.
 pub type Millis = i64;
@@ -40,6 +45,8 @@ impl Status {
 pub struct Connection {
     pub id: String,
     pub arn: String,
+    /// The region of its Create; also in the ARN.
+    pub region: String,
     pub environment_name: String,
     pub management_account_id: String,
     pub environment_account_id: String,
@@ -69,6 +76,37 @@ pub struct CreateRequest {
     pub codebuild_role_arn: Option<String>,
     pub component_role_arn: Option<String>,
     pub tags: Vec<(String, String)>,
+}
+
+impl CreateRequest {
+    /// The members (wire names) in which two Creates differ, the token aside; tags compare as a
+    /// set, since their order carries no meaning.
+    fn differences(&self, other: &CreateRequest) -> Vec<&'static str> {
+        let tags = |req: &CreateRequest| req.tags.iter().cloned().collect::<BTreeSet<_>>();
+        [
+            (
+                "environmentName",
+                self.environment_name == other.environment_name,
+            ),
+            (
+                "managementAccountId",
+                self.management_account_id == other.management_account_id,
+            ),
+            ("roleArn", self.role_arn == other.role_arn),
+            (
+                "codebuildRoleArn",
+                self.codebuild_role_arn == other.codebuild_role_arn,
+            ),
+            (
+                "componentRoleArn",
+                self.component_role_arn == other.component_role_arn,
+            ),
+            ("tags", tags(self) == tags(other)),
+        ]
+        .into_iter()
+        .filter_map(|(member, same)| (!same).then_some(member))
+        .collect()
+    }
 }
 
 /// Absent roles are left as they are: the API has no way to clear one.
@@ -106,33 +144,75 @@ pub struct Page<T> {
 /// The model allows at most this many tags on one resource.
 pub const MAX_TAGS_PER_RESOURCE: usize = 50;
 
-/// Everything the emulator knows, for one account in one region.
+/// A client token in use: the connection it made and the Create that made it, so a replay can be
+/// compared with the original request (strict idempotency).
 #[derive(Debug)]
-pub struct Store {
-    account_id: String,
-    region: String,
-    max_connections: Option<usize>,
+struct TokenUse {
+    id: String,
+    request: CreateRequest,
+}
+
+/// A deleted connection that List still shows until `deleted_at + list_lag`.
+#[derive(Debug)]
+struct Deleted {
+    connection: Connection,
+    deleted_at: Millis,
+}
+
+/// Everything one region holds.
+#[derive(Debug, Default)]
+struct Region {
     connections: BTreeMap<String, Connection>,
     /// Per resource ARN; an entry exists exactly while its connection does.
     tags: BTreeMap<String, BTreeMap<String, String>>,
-    /// clientToken -> connection id.
-    tokens: HashMap<String, String>,
+    /// clientToken -> its use; freed when the connection is deleted.
+    tokens: HashMap<String, TokenUse>,
+    /// Kept only while a list lag is set, and only as long as List may still show them.
+    deleted: Vec<Deleted>,
+}
+
+impl Region {
+    fn forget_deleted_before(&mut self, now: Millis, lag: Millis) {
+        self.deleted
+            .retain(|d| lag > 0 && now < d.deleted_at.saturating_add(lag));
+    }
+}
+
+/// Everything the emulator knows, for one account in every region.
+#[derive(Debug)]
+pub struct Store {
+    account_id: String,
+    /// Live connections allowed at once in each region (AWS quotas are per account and region).
+    max_connections: Option<usize>,
+    idempotency: Idempotency,
+    /// How long List takes to reflect a Create or a Delete; 0 = at once.
+    list_lag: Millis,
+    regions: BTreeMap<String, Region>,
     /// Last timestamp handed out, so that every change gets a strictly later timestamp even when
     /// the wall clock has not moved (or moved back): "lastModifiedAt changed" is then reliable.
     clock: Millis,
 }
 
 impl Store {
-    pub fn new(account_id: &str, region: &str, max_connections: Option<usize>) -> Store {
+    pub fn new(account_id: &str, max_connections: Option<usize>) -> Store {
         Store {
             account_id: account_id.to_string(),
-            region: region.to_string(),
             max_connections,
-            connections: BTreeMap::new(),
-            tags: BTreeMap::new(),
-            tokens: HashMap::new(),
+            idempotency: Idempotency::default(),
+            list_lag: 0,
+            regions: BTreeMap::new(),
             clock: 0,
         }
+    }
+
+    pub fn set_idempotency(&mut self, idempotency: Idempotency) {
+        self.idempotency = idempotency;
+    }
+
+    /// A lag applies to changes made while it is set: deletions made without one are forgotten
+    /// at once and do not come back when a lag is set later.
+    pub fn set_list_lag(&mut self, lag: Millis) {
+        self.list_lag = lag.max(0);
     }
 
     fn tick(&mut self, now: Millis) -> Millis {
@@ -140,39 +220,78 @@ impl Store {
         self.clock
     }
 
-    fn arn_for(&self, id: &str) -> String {
+    fn arn_for(&self, region: &str, id: &str) -> String {
         format!(
-            "arn:aws:proton:{}:{}:environment-account-connection/{id}",
-            self.region, self.account_id
+            "arn:aws:proton:{region}:{}:environment-account-connection/{id}",
+            self.account_id
         )
     }
 
+    /// Unique across regions (deleted connections included), so an id names one connection.
     fn new_id(&self) -> String {
         loop {
             let id = uuid::Uuid::new_v4().to_string();
-            if !self.connections.contains_key(&id) {
+            let taken = self.regions.values().any(|r| {
+                r.connections.contains_key(&id) || r.deleted.iter().any(|d| d.connection.id == id)
+            });
+            if !taken {
                 return id;
             }
         }
     }
 
-    fn existing(&self, id: &str) -> Result<&Connection, ApiError> {
-        self.connections.get(id).ok_or_else(|| not_found(id))
+    /// A connection of another region is as unknown as one that never existed.
+    fn existing(&self, region: &str, id: &str) -> Result<&Connection, ApiError> {
+        self.regions
+            .get(region)
+            .and_then(|r| r.connections.get(id))
+            .ok_or_else(|| not_found(id))
     }
 
-    fn existing_mut(&mut self, id: &str) -> Result<&mut Connection, ApiError> {
-        self.connections.get_mut(id).ok_or_else(|| not_found(id))
+    fn existing_mut(&mut self, region: &str, id: &str) -> Result<&mut Connection, ApiError> {
+        self.regions
+            .get_mut(region)
+            .and_then(|r| r.connections.get_mut(id))
+            .ok_or_else(|| not_found(id))
     }
 
-    pub fn create(&mut self, req: CreateRequest, now: Millis) -> Result<Connection, ApiError> {
+    /// The region a connection lives in, for the test helpers that act by id alone.
+    pub fn region_of(&self, id: &str) -> Option<&str> {
+        self.regions
+            .iter()
+            .find(|(_, r)| r.connections.contains_key(id))
+            .map(|(name, _)| name.as_str())
+    }
+
+    pub fn create(
+        &mut self,
+        region: &str,
+        req: CreateRequest,
+        now: Millis,
+    ) -> Result<Connection, ApiError> {
+        let here = self.regions.get(region);
         // A retried Create must not make a second connection: the token names the first one.
         if let Some(token) = &req.client_token
-            && let Some(id) = self.tokens.get(token)
-            && let Some(existing) = self.connections.get(id)
+            && let Some(used) = here.and_then(|r| r.tokens.get(token))
+            && let Some(existing) = here.and_then(|r| r.connections.get(&used.id))
         {
+            let differences = match self.idempotency {
+                Idempotency::Lenient => vec![],
+                Idempotency::Strict => used.request.differences(&req),
+            };
+            if !differences.is_empty() {
+                return Err(ApiError::conflict(format!(
+                    "The client token '{token}' was already used with different parameters \
+                     (environment account connection {}; different: {}): use a new client \
+                     token for a different request",
+                    existing.id,
+                    differences.join(", ")
+                )));
+            }
             return Ok(existing.clone());
         }
-        if let Some(clash) = self.connections.values().find(|c| {
+        let live = || here.into_iter().flat_map(|r| r.connections.values());
+        if let Some(clash) = live().find(|c| {
             c.status != Status::Rejected
                 && c.management_account_id == req.management_account_id
                 && c.environment_name == req.environment_name
@@ -187,12 +306,13 @@ impl Store {
             )));
         }
         if let Some(max) = self.max_connections
-            && self.connections.len() >= max
+            && live().count() >= max
         {
             return Err(ApiError::new(
                 super::error::ErrorKind::ServiceQuotaExceeded,
                 format!(
-                    "The quota of {max} environment account connections in account {} is reached",
+                    "The quota of {max} environment account connections in account {} and \
+                     region {region} is reached",
                     self.account_id
                 ),
             ));
@@ -201,34 +321,49 @@ impl Store {
         let id = self.new_id();
         let at = self.tick(now);
         let connection = Connection {
-            arn: self.arn_for(&id),
+            arn: self.arn_for(region, &id),
             id: id.clone(),
-            environment_name: req.environment_name,
-            management_account_id: req.management_account_id,
+            region: region.to_string(),
+            environment_name: req.environment_name.clone(),
+            management_account_id: req.management_account_id.clone(),
             environment_account_id: self.account_id.clone(),
-            role_arn: req.role_arn,
-            codebuild_role_arn: req.codebuild_role_arn,
-            component_role_arn: req.component_role_arn,
+            role_arn: req.role_arn.clone(),
+            codebuild_role_arn: req.codebuild_role_arn.clone(),
+            component_role_arn: req.component_role_arn.clone(),
             status: Status::Pending,
             requested_at: at,
             last_modified_at: at,
-            client_token: req.client_token,
+            client_token: req.client_token.clone(),
         };
+        let lag = self.list_lag;
+        let here = self.regions.entry(region.to_string()).or_default();
+        here.forget_deleted_before(now, lag);
+        here.tags
+            .insert(connection.arn.clone(), req.tags.iter().cloned().collect());
         if let Some(token) = &connection.client_token {
-            self.tokens.insert(token.clone(), id.clone());
+            here.tokens.insert(
+                token.clone(),
+                TokenUse {
+                    id: id.clone(),
+                    request: req,
+                },
+            );
         }
-        self.tags
-            .insert(connection.arn.clone(), req.tags.into_iter().collect());
-        self.connections.insert(id, connection.clone());
+        here.connections.insert(id, connection.clone());
         Ok(connection)
     }
 
-    pub fn get(&self, id: &str) -> Result<Connection, ApiError> {
-        self.existing(id).cloned()
+    pub fn get(&self, region: &str, id: &str) -> Result<Connection, ApiError> {
+        self.existing(region, id).cloned()
     }
 
-    pub fn update(&mut self, req: UpdateRequest, now: Millis) -> Result<Connection, ApiError> {
-        let current = self.existing(&req.id)?;
+    pub fn update(
+        &mut self,
+        region: &str,
+        req: UpdateRequest,
+        now: Millis,
+    ) -> Result<Connection, ApiError> {
+        let current = self.existing(region, &req.id)?;
         if current.status == Status::Rejected {
             return Err(ApiError::conflict(format!(
                 "Environment account connection {} is REJECTED and cannot be updated",
@@ -247,21 +382,30 @@ impl Store {
         if next != *current {
             next.last_modified_at = self.tick(now);
         }
-        self.connections.insert(req.id, next.clone());
+        *self.existing_mut(region, &req.id)? = next.clone();
         Ok(next)
     }
 
-    pub fn delete(&mut self, id: &str) -> Result<Connection, ApiError> {
-        let connection = self.connections.remove(id).ok_or_else(|| not_found(id))?;
-        self.tags.remove(&connection.arn);
+    pub fn delete(&mut self, region: &str, id: &str, now: Millis) -> Result<Connection, ApiError> {
+        let lag = self.list_lag;
+        let here = self.regions.get_mut(region).ok_or_else(|| not_found(id))?;
+        let connection = here.connections.remove(id).ok_or_else(|| not_found(id))?;
+        here.tags.remove(&connection.arn);
         if let Some(token) = &connection.client_token {
-            self.tokens.remove(token);
+            here.tokens.remove(token);
+        }
+        here.forget_deleted_before(now, lag);
+        if lag > 0 {
+            here.deleted.push(Deleted {
+                connection: connection.clone(),
+                deleted_at: now,
+            });
         }
         Ok(connection)
     }
 
-    pub fn accept(&mut self, id: &str, now: Millis) -> Result<Connection, ApiError> {
-        let status = self.existing(id)?.status;
+    pub fn accept(&mut self, region: &str, id: &str, now: Millis) -> Result<Connection, ApiError> {
+        let status = self.existing(region, id)?.status;
         if status != Status::Pending {
             return Err(ApiError::conflict(format!(
                 "Environment account connection {id} is {} and cannot be accepted: only a PENDING \
@@ -269,70 +413,128 @@ impl Store {
                 status.as_str()
             )));
         }
-        self.set_status(id, Status::Connected, now)
+        self.set_status(region, id, Status::Connected, now)
     }
 
-    pub fn reject(&mut self, id: &str, now: Millis) -> Result<Connection, ApiError> {
-        let status = self.existing(id)?.status;
+    pub fn reject(&mut self, region: &str, id: &str, now: Millis) -> Result<Connection, ApiError> {
+        let status = self.existing(region, id)?.status;
         if status == Status::Rejected {
             return Err(ApiError::conflict(format!(
                 "Environment account connection {id} is already REJECTED"
             )));
         }
-        self.set_status(id, Status::Rejected, now)
+        self.set_status(region, id, Status::Rejected, now)
     }
 
     fn set_status(
         &mut self,
+        region: &str,
         id: &str,
         status: Status,
         now: Millis,
     ) -> Result<Connection, ApiError> {
         let at = self.tick(now);
-        let connection = self.existing_mut(id)?;
+        let connection = self.existing_mut(region, id)?;
         connection.status = status;
         connection.last_modified_at = at;
         Ok(connection.clone())
     }
 
-    /// Every live connection, in listing order.
+    /// Every live connection of every region, in listing order.
     pub fn all(&self) -> Vec<Connection> {
-        let mut all: Vec<Connection> = self.connections.values().cloned().collect();
+        let mut all: Vec<Connection> = self
+            .regions
+            .values()
+            .flat_map(|r| r.connections.values().cloned())
+            .collect();
         all.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         all
     }
 
-    pub fn list(&self, req: &ListRequest) -> Result<Page<Connection>, ApiError> {
+    /// The connections of `region`, as List sees them at `now`: with a list lag, a connection
+    /// is listed from `requestedAt + lag` on, and a deleted one still is (as it was when deleted)
+    /// until `deleted_at + lag`. So List shows the region as it was `lag` ago, while Get, which
+    /// is strongly consistent, shows it as it is. Without a lag, List is strongly consistent too.
+    pub fn list(
+        &self,
+        region: &str,
+        req: &ListRequest,
+        now: Millis,
+    ) -> Result<Page<Connection>, ApiError> {
         let after = match &req.next_token {
             Some(token) => Some(decode_list_token(token)?),
             None => None,
         };
-        let matching = self.all().into_iter().filter(|c| {
-            req.environment_name
-                .as_ref()
-                .is_none_or(|name| *name == c.environment_name)
-                && (req.statuses.is_empty() || req.statuses.contains(&c.status))
-                && after
+        let lag = self.list_lag;
+        let created_long_enough_ago = |c: &Connection| c.requested_at.saturating_add(lag) <= now;
+        let mut visible: Vec<&Connection> = match self.regions.get(region) {
+            None => vec![],
+            Some(r) if lag == 0 => r.connections.values().collect(),
+            Some(r) => r
+                .connections
+                .values()
+                .filter(|c| created_long_enough_ago(c))
+                .chain(
+                    r.deleted
+                        .iter()
+                        .filter(|d| now < d.deleted_at.saturating_add(lag))
+                        .map(|d| &d.connection)
+                        .filter(|c| created_long_enough_ago(c)),
+                )
+                .collect(),
+        };
+        visible.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        let matching = visible
+            .into_iter()
+            .filter(|c| {
+                req.environment_name
                     .as_ref()
-                    .is_none_or(|(at, id)| c.sort_key() > (*at, id.as_str()))
-        });
+                    .is_none_or(|name| *name == c.environment_name)
+                    && (req.statuses.is_empty() || req.statuses.contains(&c.status))
+                    && after
+                        .as_ref()
+                        .is_none_or(|(at, id)| c.sort_key() > (*at, id.as_str()))
+            })
+            .cloned();
         Ok(paginate(matching, req.max_results, |c| {
             encode_token(&format!("{}/{}", c.requested_at, c.id))
         }))
     }
 
+    /// The tags of a live connection, whatever its region (for the test helpers).
     pub fn tags_of(&self, arn: &str) -> BTreeMap<String, String> {
-        self.tags.get(arn).cloned().unwrap_or_default()
+        self.regions
+            .values()
+            .find_map(|r| r.tags.get(arn))
+            .cloned()
+            .unwrap_or_default()
     }
 
-    fn tags_mut(&mut self, arn: &str) -> Result<&mut BTreeMap<String, String>, ApiError> {
-        self.tags
-            .get_mut(arn)
-            .ok_or_else(|| ApiError::not_found(format!("Resource {arn} not found")))
+    fn tags_in(&self, region: &str, arn: &str) -> Result<&BTreeMap<String, String>, ApiError> {
+        self.regions
+            .get(region)
+            .and_then(|r| r.tags.get(arn))
+            .ok_or_else(|| resource_not_found(arn))
     }
 
-    pub fn tag(&mut self, arn: &str, tags: Vec<(String, String)>) -> Result<(), ApiError> {
-        let current = self.tags_mut(arn)?;
+    fn tags_mut(
+        &mut self,
+        region: &str,
+        arn: &str,
+    ) -> Result<&mut BTreeMap<String, String>, ApiError> {
+        self.regions
+            .get_mut(region)
+            .and_then(|r| r.tags.get_mut(arn))
+            .ok_or_else(|| resource_not_found(arn))
+    }
+
+    pub fn tag(
+        &mut self,
+        region: &str,
+        arn: &str,
+        tags: Vec<(String, String)>,
+    ) -> Result<(), ApiError> {
+        let current = self.tags_mut(region, arn)?;
         let mut next = current.clone();
         next.extend(tags);
         if next.len() > MAX_TAGS_PER_RESOURCE {
@@ -345,18 +547,20 @@ impl Store {
         Ok(())
     }
 
-    pub fn untag(&mut self, arn: &str, keys: &[String]) -> Result<(), ApiError> {
-        let current = self.tags_mut(arn)?;
+    pub fn untag(&mut self, region: &str, arn: &str, keys: &[String]) -> Result<(), ApiError> {
+        let current = self.tags_mut(region, arn)?;
         for key in keys {
             current.remove(key);
         }
         Ok(())
     }
 
-    pub fn list_tags(&self, req: &ListTagsRequest) -> Result<Page<(String, String)>, ApiError> {
-        let tags = self.tags.get(&req.resource_arn).ok_or_else(|| {
-            ApiError::not_found(format!("Resource {} not found", req.resource_arn))
-        })?;
+    pub fn list_tags(
+        &self,
+        region: &str,
+        req: &ListTagsRequest,
+    ) -> Result<Page<(String, String)>, ApiError> {
+        let tags = self.tags_in(region, &req.resource_arn)?;
         let after = match &req.next_token {
             Some(token) => Some(decode_token(token).ok_or_else(|| invalid_token(token))?),
             None => None,
@@ -369,6 +573,10 @@ impl Store {
             encode_token(key)
         }))
     }
+}
+
+fn resource_not_found(arn: &str) -> ApiError {
+    ApiError::not_found(format!("Resource {arn} not found"))
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -434,9 +642,10 @@ mod tests {
     use super::*;
 
     const MGMT: &str = "111122223333";
+    const R: &str = "us-east-1";
 
     fn store() -> Store {
-        Store::new("444455556666", "us-east-1", None)
+        Store::new("444455556666", None)
     }
 
     fn create(env: &str, token: Option<&str>) -> CreateRequest {
@@ -461,7 +670,7 @@ mod tests {
     #[test]
     fn create_makes_a_pending_connection_in_this_account() {
         let mut s = store();
-        let c = s.create(create("dev", None), 1_000).unwrap();
+        let c = s.create(R, create("dev", None), 1_000).unwrap();
         assert_eq!(c.status, Status::Pending);
         assert_eq!(c.environment_account_id, "444455556666");
         assert_eq!(
@@ -479,71 +688,75 @@ mod tests {
     #[test]
     fn same_token_returns_the_first_connection_until_it_is_deleted() {
         let mut s = store();
-        let first = s.create(create("dev", Some("t1")), 1).unwrap();
-        let again = s.create(create("dev", Some("t1")), 2).unwrap();
+        let first = s.create(R, create("dev", Some("t1")), 1).unwrap();
+        let again = s.create(R, create("dev", Some("t1")), 2).unwrap();
         assert_eq!(first, again);
         assert_eq!(s.all().len(), 1);
 
-        s.delete(&first.id).unwrap();
-        let fresh = s.create(create("dev", Some("t1")), 3).unwrap();
+        s.delete(R, &first.id, 0).unwrap();
+        let fresh = s.create(R, create("dev", Some("t1")), 3).unwrap();
         assert_ne!(fresh.id, first.id);
     }
 
     #[test]
     fn same_environment_with_another_token_is_a_conflict_unless_rejected() {
         let mut s = store();
-        let first = s.create(create("dev", Some("a")), 1).unwrap();
-        let err = s.create(create("dev", Some("b")), 2).unwrap_err();
+        let first = s.create(R, create("dev", Some("a")), 1).unwrap();
+        let err = s.create(R, create("dev", Some("b")), 2).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict);
         assert!(err.message.contains(&first.id), "{}", err.message);
         assert_eq!(
-            s.create(create("dev", None), 3).unwrap_err().kind,
+            s.create(R, create("dev", None), 3).unwrap_err().kind,
             ErrorKind::Conflict
         );
 
-        s.reject(&first.id, 4).unwrap();
-        assert!(s.create(create("dev", Some("b")), 5).is_ok());
+        s.reject(R, &first.id, 4).unwrap();
+        assert!(s.create(R, create("dev", Some("b")), 5).is_ok());
     }
 
     #[test]
     fn quota_counts_live_connections() {
-        let mut s = Store::new("444455556666", "us-east-1", Some(1));
-        let first = s.create(create("a", Some("t")), 1).unwrap();
-        let err = s.create(create("b", None), 2).unwrap_err();
+        let mut s = Store::new("444455556666", Some(1));
+        let first = s.create(R, create("a", Some("t")), 1).unwrap();
+        let err = s.create(R, create("b", None), 2).unwrap_err();
         assert_eq!(err.kind, ErrorKind::ServiceQuotaExceeded);
         // A token replay is not a new connection, so it is not refused.
-        assert_eq!(s.create(create("a", Some("t")), 3).unwrap().id, first.id);
-        s.delete(&first.id).unwrap();
-        assert!(s.create(create("b", None), 3).is_ok());
+        assert_eq!(s.create(R, create("a", Some("t")), 3).unwrap().id, first.id);
+        s.delete(R, &first.id, 0).unwrap();
+        assert!(s.create(R, create("b", None), 3).is_ok());
     }
 
     #[test]
     fn status_machine() {
         let mut s = store();
-        let c = s.create(create("dev", None), 1).unwrap();
-        let accepted = s.accept(&c.id, 2).unwrap();
+        let c = s.create(R, create("dev", None), 1).unwrap();
+        let accepted = s.accept(R, &c.id, 2).unwrap();
         assert_eq!(accepted.status, Status::Connected);
         assert!(accepted.last_modified_at > c.last_modified_at);
-        assert_eq!(s.accept(&c.id, 3).unwrap_err().kind, ErrorKind::Conflict);
-        assert_eq!(s.reject(&c.id, 4).unwrap().status, Status::Rejected);
-        let err = s.accept(&c.id, 5).unwrap_err();
+        assert_eq!(s.accept(R, &c.id, 3).unwrap_err().kind, ErrorKind::Conflict);
+        assert_eq!(s.reject(R, &c.id, 4).unwrap().status, Status::Rejected);
+        let err = s.accept(R, &c.id, 5).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict);
         assert!(err.message.contains("REJECTED"), "{}", err.message);
-        assert_eq!(s.reject(&c.id, 6).unwrap_err().kind, ErrorKind::Conflict);
+        assert_eq!(s.reject(R, &c.id, 6).unwrap_err().kind, ErrorKind::Conflict);
         let update = UpdateRequest {
             id: c.id.clone(),
             role_arn: Some("arn:aws:iam::444455556666:role/x".into()),
             ..UpdateRequest::default()
         };
-        assert_eq!(s.update(update, 7).unwrap_err().kind, ErrorKind::Conflict);
+        assert_eq!(
+            s.update(R, update, 7).unwrap_err().kind,
+            ErrorKind::Conflict
+        );
     }
 
     #[test]
     fn update_replaces_optional_roles_keeps_service_role_and_bumps_time_only_on_change() {
         let mut s = store();
-        let c = s.create(create("dev", None), 10).unwrap();
+        let c = s.create(R, create("dev", None), 10).unwrap();
         let same = s
             .update(
+                R,
                 UpdateRequest {
                     id: c.id.clone(),
                     role_arn: c.role_arn.clone(),
@@ -555,6 +768,7 @@ mod tests {
         assert_eq!(same, c);
         let changed = s
             .update(
+                R,
                 UpdateRequest {
                     id: c.id.clone(),
                     component_role_arn: Some("arn:aws:iam::444455556666:role/comp".into()),
@@ -575,14 +789,17 @@ mod tests {
     fn unknown_ids_are_not_found() {
         let mut s = store();
         let id = "00000000-0000-4000-8000-000000000000";
-        assert_eq!(s.get(id).unwrap_err().kind, ErrorKind::ResourceNotFound);
-        assert_eq!(s.delete(id).unwrap_err().kind, ErrorKind::ResourceNotFound);
+        assert_eq!(s.get(R, id).unwrap_err().kind, ErrorKind::ResourceNotFound);
         assert_eq!(
-            s.accept(id, 1).unwrap_err().kind,
+            s.delete(R, id, 0).unwrap_err().kind,
             ErrorKind::ResourceNotFound
         );
         assert_eq!(
-            s.reject(id, 1).unwrap_err().kind,
+            s.accept(R, id, 1).unwrap_err().kind,
+            ErrorKind::ResourceNotFound
+        );
+        assert_eq!(
+            s.reject(R, id, 1).unwrap_err().kind,
             ErrorKind::ResourceNotFound
         );
         let update = UpdateRequest {
@@ -590,7 +807,7 @@ mod tests {
             ..UpdateRequest::default()
         };
         assert_eq!(
-            s.update(update, 1).unwrap_err().kind,
+            s.update(R, update, 1).unwrap_err().kind,
             ErrorKind::ResourceNotFound
         );
     }
@@ -599,13 +816,17 @@ mod tests {
     fn list_pages_cover_every_connection_once_in_creation_order() {
         let mut s = store();
         let ids: Vec<String> = (0..7)
-            .map(|i| s.create(create(&format!("env{i}"), None), 100).unwrap().id)
+            .map(|i| {
+                s.create(R, create(&format!("env{i}"), None), 100)
+                    .unwrap()
+                    .id
+            })
             .collect();
         let mut seen = vec![];
         let mut req = list_all(3);
         let mut pages = 0;
         loop {
-            let page = s.list(&req).unwrap();
+            let page = s.list(R, &req, 0).unwrap();
             pages += 1;
             seen.extend(page.items.into_iter().map(|c| c.id));
             match page.next_token {
@@ -624,9 +845,9 @@ mod tests {
     fn list_page_that_ends_exactly_has_no_token() {
         let mut s = store();
         for i in 0..3 {
-            s.create(create(&format!("env{i}"), None), 1).unwrap();
+            s.create(R, create(&format!("env{i}"), None), 1).unwrap();
         }
-        let page = s.list(&list_all(3)).unwrap();
+        let page = s.list(R, &list_all(3), 0).unwrap();
         assert_eq!(page.items.len(), 3);
         assert_eq!(page.next_token, None);
     }
@@ -634,20 +855,20 @@ mod tests {
     #[test]
     fn list_filters_by_environment_and_status() {
         let mut s = store();
-        let a = s.create(create("a", None), 1).unwrap();
-        let b = s.create(create("b", None), 1).unwrap();
-        s.accept(&b.id, 2).unwrap();
+        let a = s.create(R, create("a", None), 1).unwrap();
+        let b = s.create(R, create("b", None), 1).unwrap();
+        s.accept(R, &b.id, 2).unwrap();
         let by_env = ListRequest {
             environment_name: Some("a".into()),
             ..list_all(100)
         };
-        assert_eq!(s.list(&by_env).unwrap().items, vec![a.clone()]);
+        assert_eq!(s.list(R, &by_env, 0).unwrap().items, vec![a.clone()]);
         let by_status = ListRequest {
             statuses: vec![Status::Connected, Status::Rejected],
             ..list_all(100)
         };
         let connected: Vec<String> = s
-            .list(&by_status)
+            .list(R, &by_status, 0)
             .unwrap()
             .items
             .into_iter()
@@ -665,7 +886,7 @@ mod tests {
                 ..list_all(10)
             };
             assert_eq!(
-                s.list(&req).unwrap_err().kind,
+                s.list(R, &req, 0).unwrap_err().kind,
                 ErrorKind::Validation,
                 "{token}"
             );
@@ -677,13 +898,14 @@ mod tests {
         let mut s = store();
         let mut req = create("dev", None);
         req.tags = vec![("team".into(), "payments".into())];
-        let c = s.create(req, 1).unwrap();
+        let c = s.create(R, req, 1).unwrap();
         assert_eq!(
             s.tags_of(&c.arn).get("team").map(String::as_str),
             Some("payments")
         );
 
         s.tag(
+            R,
             &c.arn,
             vec![
                 ("tier".into(), "gold".into()),
@@ -691,19 +913,20 @@ mod tests {
             ],
         )
         .unwrap();
-        s.untag(&c.arn, &["tier".into(), "absent".into()]).unwrap();
+        s.untag(R, &c.arn, &["tier".into(), "absent".into()])
+            .unwrap();
         let tags = s.tags_of(&c.arn);
         assert_eq!(tags.len(), 1);
         assert_eq!(tags.get("team").map(String::as_str), Some("core"));
 
-        s.delete(&c.id).unwrap();
+        s.delete(R, &c.id, 0).unwrap();
         assert!(s.tags_of(&c.arn).is_empty());
         assert_eq!(
-            s.tag(&c.arn, vec![]).unwrap_err().kind,
+            s.tag(R, &c.arn, vec![]).unwrap_err().kind,
             ErrorKind::ResourceNotFound
         );
         assert_eq!(
-            s.untag(&c.arn, &[]).unwrap_err().kind,
+            s.untag(R, &c.arn, &[]).unwrap_err().kind,
             ErrorKind::ResourceNotFound
         );
     }
@@ -711,14 +934,14 @@ mod tests {
     #[test]
     fn at_most_fifty_tags_on_a_resource() {
         let mut s = store();
-        let c = s.create(create("dev", None), 1).unwrap();
+        let c = s.create(R, create("dev", None), 1).unwrap();
         let forty: Vec<(String, String)> =
             (0..40).map(|i| (format!("k{i}"), String::new())).collect();
-        s.tag(&c.arn, forty).unwrap();
+        s.tag(R, &c.arn, forty).unwrap();
         let eleven: Vec<(String, String)> = (100..111)
             .map(|i| (format!("k{i}"), String::new()))
             .collect();
-        let err = s.tag(&c.arn, eleven).unwrap_err();
+        let err = s.tag(R, &c.arn, eleven).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Validation);
         assert_eq!(
             s.tags_of(&c.arn).len(),
@@ -727,14 +950,15 @@ mod tests {
         );
         // Overwriting existing keys does not count twice.
         let same: Vec<(String, String)> = (0..40).map(|i| (format!("k{i}"), "v".into())).collect();
-        s.tag(&c.arn, same).unwrap();
+        s.tag(R, &c.arn, same).unwrap();
     }
 
     #[test]
     fn list_tags_pages() {
         let mut s = store();
-        let c = s.create(create("dev", None), 1).unwrap();
+        let c = s.create(R, create("dev", None), 1).unwrap();
         s.tag(
+            R,
             &c.arn,
             (0..5).map(|i| (format!("k{i}"), format!("v{i}"))).collect(),
         )
@@ -746,7 +970,7 @@ mod tests {
         };
         let mut keys = vec![];
         loop {
-            let page = s.list_tags(&req).unwrap();
+            let page = s.list_tags(R, &req).unwrap();
             keys.extend(page.items.into_iter().map(|(k, _)| k));
             match page.next_token {
                 Some(t) => req.next_token = Some(t),
@@ -754,5 +978,309 @@ mod tests {
             }
         }
         assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4"]);
+    }
+
+    // ---- regions ----
+
+    const EU: &str = "eu-west-1";
+
+    fn ids(page: Page<Connection>) -> Vec<String> {
+        page.items.into_iter().map(|c| c.id).collect()
+    }
+
+    #[test]
+    fn a_connection_lives_in_the_region_of_its_create_only() {
+        let mut s = store();
+        let c = s.create(EU, create("dev", None), 1).unwrap();
+        assert_eq!(c.region, EU);
+        assert!(
+            c.arn.starts_with(
+                "arn:aws:proton:eu-west-1:444455556666:environment-account-connection/"
+            ),
+            "{}",
+            c.arn
+        );
+        assert_eq!(s.get(EU, &c.id).unwrap(), c);
+        assert_eq!(s.region_of(&c.id), Some(EU));
+
+        // From any other region it is as unknown as an id that never existed.
+        let not_found = |result: Result<Connection, ApiError>| {
+            assert_eq!(result.unwrap_err(), not_found(&c.id));
+        };
+        not_found(s.get(R, &c.id));
+        not_found(s.accept(R, &c.id, 2));
+        not_found(s.reject(R, &c.id, 2));
+        not_found(s.update(
+            R,
+            UpdateRequest {
+                id: c.id.clone(),
+                ..UpdateRequest::default()
+            },
+            2,
+        ));
+        not_found(s.delete(R, &c.id, 2));
+        let missing_resource = resource_not_found(&c.arn);
+        assert_eq!(s.tag(R, &c.arn, vec![]).unwrap_err(), missing_resource);
+        assert_eq!(s.untag(R, &c.arn, &[]).unwrap_err(), missing_resource);
+        let list_tags = ListTagsRequest {
+            resource_arn: c.arn.clone(),
+            max_results: 10,
+            next_token: None,
+        };
+        assert_eq!(s.list_tags(R, &list_tags).unwrap_err(), missing_resource);
+        assert!(s.list(R, &list_all(10), 2).unwrap().items.is_empty());
+
+        // ... and all of that still works in its own region.
+        assert_eq!(ids(s.list(EU, &list_all(10), 2).unwrap()), [c.id.as_str()]);
+        assert!(s.list_tags(EU, &list_tags).unwrap().items.is_empty());
+        s.accept(EU, &c.id, 3).unwrap();
+        s.delete(EU, &c.id, 4).unwrap();
+        assert_eq!(s.region_of(&c.id), None);
+    }
+
+    #[test]
+    fn tokens_conflicts_and_quotas_are_per_region() {
+        let mut s = Store::new("444455556666", Some(1));
+        let us = s.create(R, create("dev", Some("t")), 1).unwrap();
+        // Same token, same environment and management account, quota of one: another region
+        // knows none of it, so this is a second connection.
+        let eu = s.create(EU, create("dev", Some("t")), 2).unwrap();
+        assert_ne!(us.id, eu.id);
+        assert_eq!(s.all().len(), 2);
+        // Each region still replays its own token and refuses its own duplicate.
+        assert_eq!(s.create(EU, create("dev", Some("t")), 3).unwrap(), eu);
+        assert_eq!(s.create(R, create("dev", Some("t")), 3).unwrap(), us);
+        assert_eq!(
+            s.create(R, create("dev", Some("u")), 4).unwrap_err().kind,
+            ErrorKind::Conflict
+        );
+        assert_eq!(
+            s.create(EU, create("other", None), 4).unwrap_err().kind,
+            ErrorKind::ServiceQuotaExceeded
+        );
+    }
+
+    #[test]
+    fn ids_are_unique_across_regions_so_helpers_find_connections_by_id() {
+        let mut s = store();
+        let a = s.create(R, create("dev", None), 1).unwrap();
+        let b = s.create(EU, create("dev", None), 1).unwrap();
+        assert_eq!(s.region_of(&a.id), Some(R));
+        assert_eq!(s.region_of(&b.id), Some(EU));
+        assert_eq!(s.region_of("00000000-0000-4000-8000-000000000000"), None);
+        let all: Vec<(String, String)> = s.all().into_iter().map(|c| (c.region, c.id)).collect();
+        assert_eq!(all.len(), 2);
+        assert!(all.contains(&(R.to_string(), a.id)));
+        assert!(all.contains(&(EU.to_string(), b.id.clone())));
+        assert!(s.tags_of(&b.arn).is_empty());
+    }
+
+    // ---- idempotency ----
+
+    fn full_create(token: &str) -> CreateRequest {
+        CreateRequest {
+            codebuild_role_arn: Some("arn:aws:iam::444455556666:role/cb".into()),
+            component_role_arn: Some("arn:aws:iam::444455556666:role/comp".into()),
+            tags: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
+            ..create("dev", Some(token))
+        }
+    }
+
+    #[test]
+    fn strict_idempotency_refuses_a_token_reused_with_other_parameters() {
+        let mut s = store();
+        s.set_idempotency(Idempotency::Strict);
+        let first = s.create(R, full_create("t1"), 1).unwrap();
+
+        // The same request again, tags in another order, is a replay.
+        let mut same = full_create("t1");
+        same.tags.reverse();
+        assert_eq!(s.create(R, same, 2).unwrap(), first);
+
+        type Change = fn(&mut CreateRequest);
+        let changes: [(&str, Change); 6] = [
+            ("environmentName", |r| r.environment_name = "prod".into()),
+            ("managementAccountId", |r| {
+                r.management_account_id = "999988887777".into()
+            }),
+            ("roleArn", |r| r.role_arn = None),
+            ("codebuildRoleArn", |r| {
+                r.codebuild_role_arn = Some("arn:aws:iam::444455556666:role/other".into())
+            }),
+            ("componentRoleArn", |r| r.component_role_arn = None),
+            ("tags", |r| r.tags.push(("c".into(), "3".into()))),
+        ];
+        for (member, change) in changes {
+            let mut req = full_create("t1");
+            change(&mut req);
+            let err = s.create(R, req, 3).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Conflict, "{member}");
+            assert!(err.message.contains("'t1'"), "{}", err.message);
+            assert!(
+                err.message.contains("different parameters"),
+                "{}",
+                err.message
+            );
+            assert!(err.message.contains(member), "{}", err.message);
+            assert!(err.message.contains(&first.id), "{}", err.message);
+        }
+        assert_eq!(
+            s.all(),
+            vec![first.clone()],
+            "a refused Create changes nothing"
+        );
+
+        // A deleted connection frees its token, for any parameters.
+        s.delete(R, &first.id, 4).unwrap();
+        let mut other = full_create("t1");
+        other.environment_name = "prod".into();
+        assert_ne!(s.create(R, other, 5).unwrap().id, first.id);
+    }
+
+    #[test]
+    fn strict_idempotency_compares_with_the_create_not_the_current_connection() {
+        let mut s = store();
+        s.set_idempotency(Idempotency::Strict);
+        let first = s.create(R, full_create("t1"), 1).unwrap();
+        s.tag(R, &first.arn, vec![("later".into(), "x".into())])
+            .unwrap();
+        let update = UpdateRequest {
+            id: first.id.clone(),
+            ..UpdateRequest::default()
+        };
+        let updated = s.update(R, update, 2).unwrap();
+        // The retried Create is still the same request: it answers the connection as it is now.
+        assert_eq!(s.create(R, full_create("t1"), 3).unwrap(), updated);
+    }
+
+    #[test]
+    fn lenient_idempotency_replays_whatever_the_parameters() {
+        let mut s = store();
+        let first = s.create(R, full_create("t1"), 1).unwrap();
+        let mut other = full_create("t1");
+        other.environment_name = "prod".into();
+        other.tags.clear();
+        assert_eq!(s.create(R, other, 2).unwrap(), first);
+        assert_eq!(s.all().len(), 1);
+    }
+
+    // ---- list lag ----
+
+    const LAG: Millis = 1_000;
+
+    fn lagging_store() -> Store {
+        let mut s = store();
+        s.set_list_lag(LAG);
+        s
+    }
+
+    #[test]
+    fn with_a_lag_a_new_connection_is_listed_only_once_the_lag_has_passed() {
+        let mut s = lagging_store();
+        let c = s.create(R, create("dev", None), 10_000).unwrap();
+        assert!(ids(s.list(R, &list_all(10), 10_000).unwrap()).is_empty());
+        assert!(ids(s.list(R, &list_all(10), 10_999).unwrap()).is_empty());
+        assert_eq!(
+            ids(s.list(R, &list_all(10), 11_000).unwrap()),
+            [c.id.as_str()]
+        );
+        // Get is strongly consistent.
+        assert_eq!(s.get(R, &c.id).unwrap(), c);
+    }
+
+    #[test]
+    fn with_a_lag_a_deleted_connection_is_listed_as_it_was_until_the_lag_has_passed() {
+        let mut s = lagging_store();
+        let c = s.create(R, create("dev", None), 10_000).unwrap();
+        let accepted = s.accept(R, &c.id, 10_500).unwrap();
+        s.delete(R, &c.id, 20_000).unwrap();
+        for now in [20_000, 20_999] {
+            assert_eq!(
+                s.list(R, &list_all(10), now).unwrap().items,
+                std::slice::from_ref(&accepted)
+            );
+        }
+        assert!(ids(s.list(R, &list_all(10), 21_000).unwrap()).is_empty());
+
+        // Everything but List knows at once.
+        assert_eq!(
+            s.get(R, &c.id).unwrap_err().kind,
+            ErrorKind::ResourceNotFound
+        );
+        let list_tags = ListTagsRequest {
+            resource_arn: c.arn.clone(),
+            max_results: 10,
+            next_token: None,
+        };
+        assert_eq!(
+            s.list_tags(R, &list_tags).unwrap_err().kind,
+            ErrorKind::ResourceNotFound
+        );
+        // The deleted connection is listed with the filters and order of a live one.
+        let by_status = ListRequest {
+            statuses: vec![Status::Pending],
+            ..list_all(10)
+        };
+        assert!(ids(s.list(R, &by_status, 20_500).unwrap()).is_empty());
+        assert!(ids(s.list(EU, &list_all(10), 20_500).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn with_a_lag_listing_shows_the_region_as_it_was_lag_ago() {
+        let mut s = lagging_store();
+        let old = s.create(R, create("old", None), 1_000).unwrap();
+        let brief = s.create(R, create("brief", None), 5_000).unwrap();
+        s.delete(R, &brief.id, 5_500).unwrap();
+        let new = s.create(R, create("new", None), 5_600).unwrap();
+        s.delete(R, &old.id, 5_700).unwrap();
+        // List at t shows the region at t - LAG.
+        let at = |s: &Store, now: Millis| ids(s.list(R, &list_all(10), now).unwrap());
+        assert_eq!(at(&s, 5_800), [old.id.as_str()]);
+        assert_eq!(at(&s, 6_200), [old.id.as_str(), brief.id.as_str()]);
+        assert_eq!(at(&s, 6_550), [old.id.as_str()]);
+        assert_eq!(at(&s, 6_650), [old.id.as_str(), new.id.as_str()]);
+        assert_eq!(at(&s, 6_700), [new.id]);
+    }
+
+    #[test]
+    fn lagging_deleted_connections_page_like_live_ones_and_are_forgotten_afterwards() {
+        let mut s = lagging_store();
+        let made: Vec<Connection> = (0..5)
+            .map(|i| s.create(R, create(&format!("env{i}"), None), 100).unwrap())
+            .collect();
+        s.delete(R, &made[1].id, 2_000).unwrap();
+        s.delete(R, &made[3].id, 2_000).unwrap();
+        let mut req = list_all(2);
+        let mut seen = vec![];
+        loop {
+            let page = s.list(R, &req, 2_500).unwrap();
+            seen.extend(ids(page.clone()));
+            match page.next_token {
+                Some(token) => req.next_token = Some(token),
+                None => break,
+            }
+        }
+        let all: Vec<String> = made.iter().map(|c| c.id.clone()).collect();
+        assert_eq!(seen, all);
+
+        // A later change in the region drops what List can no longer show.
+        s.create(R, create("later", None), 3_000).unwrap();
+        assert!(s.regions[R].deleted.is_empty());
+    }
+
+    #[test]
+    fn without_a_lag_list_is_strongly_consistent_and_keeps_nothing_deleted() {
+        let mut s = store();
+        // Timestamps may run ahead of `now` when several changes share a millisecond.
+        let a = s.create(R, create("a", None), 100).unwrap();
+        let b = s.create(R, create("b", None), 100).unwrap();
+        assert!(b.requested_at > 100);
+        assert_eq!(
+            ids(s.list(R, &list_all(10), 100).unwrap()),
+            [a.id.clone(), b.id]
+        );
+        s.delete(R, &a.id, 100).unwrap();
+        assert!(s.regions[R].deleted.is_empty());
+        assert_eq!(s.list(R, &list_all(10), 100).unwrap().items.len(), 1);
     }
 }

@@ -460,6 +460,13 @@ pub fn is_account_id(s: &str) -> bool {
     is_digits(s, 12)
 }
 
+/// A region name that can stand in an ARN (`eu-west-1`, `us-gov-east-1`).
+pub fn is_region(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 pub fn is_resource_name(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())

@@ -122,6 +122,7 @@ mod tests {
         Connection {
             id: "2f6c1e2a-0b1c-4d5e-8f90-a1b2c3d4e5f6".into(),
             arn: "arn:aws:proton:us-east-1:444455556666:environment-account-connection/2f6c1e2a-0b1c-4d5e-8f90-a1b2c3d4e5f6".into(),
+            region: "us-east-1".into(),
             environment_name: "prod".into(),
             management_account_id: "111122223333".into(),
             environment_account_id: "444455556666".into(),
@@ -165,6 +166,7 @@ mod tests {
         );
         assert!(full.get("componentRoleArn").is_none());
         assert!(full.get("clientToken").is_none());
+        assert!(full.get("region").is_none(), "the ARN carries the region");
         let short = summary(&c);
         assert!(short.get("codebuildRoleArn").is_none());
         assert_eq!(short["roleArn"], full["roleArn"]);
