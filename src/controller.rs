@@ -60,9 +60,10 @@ impl Error {
 #[derive(Clone, Debug, Default)]
 struct Tracked {
     memory: Memory,
-    /// The generation and adopt annotation of the last settled reconcile, and when the resource
-    /// is due again: until then, a trigger that changed neither costs nothing.
-    settled: Option<(i64, Option<String>, Instant)>,
+    /// The generation and adopt annotation of the last reconcile, and when the resource is due
+    /// again (its requeue or its backoff): until then, a trigger that changed neither costs
+    /// nothing, so nothing can bypass a backoff.
+    checkpoint: Option<(i64, Option<String>, Instant)>,
     /// Consecutive failed reconciles, for the backoff; reset on success and on a spec change.
     failures: u32,
     failed_generation: i64,
@@ -107,7 +108,7 @@ impl Context {
     pub fn expire_checkpoints(&self) {
         let now = Instant::now();
         for t in self.tracked().values_mut() {
-            if let Some((_, _, due)) = &mut t.settled {
+            if let Some((_, _, due)) = &mut t.checkpoint {
                 *due = now;
             }
         }
@@ -175,15 +176,17 @@ pub fn error_policy(
     let uid = obj.uid().unwrap_or_default();
     let generation = obj.metadata.generation.unwrap_or_default();
     let message = error.to_string();
-    let (failures, news) = {
+    let adopt_id = adopt_annotation(&obj);
+    let (failures, news, wait) = {
         let mut tracked = ctx.tracked();
         let t = tracked.entry(uid).or_default();
         let failures = t.fail(generation);
+        let wait = decide::retry_after(Retry::Backoff, failures, &ctx.settings, rand::random());
+        t.checkpoint = Some((generation, adopt_id, Instant::now() + wait));
         let news = t.last_kube_error.as_deref() != Some(message.as_str());
         t.last_kube_error = Some(message.clone());
-        (failures, news)
+        (failures, news, wait)
     };
-    let wait = decide::retry_after(Retry::Backoff, failures, &ctx.settings, rand::random());
     warn!(error = %error, failures, retry_in_secs = wait.as_secs_f64(), "reconcile failed");
     if news {
         let note = Note::warning("KubernetesError", message);
@@ -201,9 +204,16 @@ impl Tracked {
             self.failed_generation = generation;
         }
         self.failures = self.failures.saturating_add(1);
-        self.settled = None;
         self.failures
     }
+}
+
+/// The `proton.eac.dev/adopt-id` annotation, trimmed, if not empty.
+fn adopt_annotation(obj: &EnvironmentAccountConnection) -> Option<String> {
+    obj.annotations()
+        .get(ADOPT_ANNOTATION)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// What a reconcile starts from.
@@ -233,11 +243,7 @@ impl Facts {
             .uid()
             .ok_or_else(|| Error::MissingMetadata(object.clone(), "uid"))?;
         let generation = obj.metadata.generation.unwrap_or_default();
-        let adopt_id = obj
-            .annotations()
-            .get(ADOPT_ANNOTATION)
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty());
+        let adopt_id = adopt_annotation(obj);
         let deleting = obj.metadata.deletion_timestamp.is_some();
         let stored = obj.status.clone();
 
@@ -247,7 +253,7 @@ impl Facts {
                 t.memory.catch_up(stored.as_ref());
                 let status = decide::effective_status(stored.as_ref(), &t.memory);
                 let now = Instant::now();
-                let quiet = match &t.settled {
+                let quiet = match &t.checkpoint {
                     Some((g, adopt, due))
                         if !deleting && *g == generation && *adopt == adopt_id && *due > now =>
                     {
@@ -420,7 +426,7 @@ async fn finish(
             let t = tracked.entry(facts.uid.clone()).or_default();
             t.failures = 0;
             t.last_kube_error = None;
-            t.settled = Some((facts.generation, facts.adopt_id.clone(), due));
+            t.checkpoint = Some((facts.generation, facts.adopt_id.clone(), due));
             Ok((Action::requeue(settled.requeue), "settled"))
         }
         Step::Report(reported) => {
@@ -429,10 +435,11 @@ async fn finish(
             if let Some(note) = &reported.event {
                 publish(ctx, obj, note).await;
             }
-            ctx.tracked()
-                .entry(facts.uid.clone())
-                .or_default()
-                .fail(facts.generation);
+            let due = Instant::now() + reported.requeue;
+            let mut tracked = ctx.tracked();
+            let t = tracked.entry(facts.uid.clone()).or_default();
+            t.fail(facts.generation);
+            t.checkpoint = Some((facts.generation, facts.adopt_id.clone(), due));
             Ok((Action::requeue(reported.requeue), reported.problem.reason))
         }
         Step::RemoveFinalizer => {

@@ -11,6 +11,7 @@ const CREATE: &str = "CreateEnvironmentAccountConnection";
 const GET: &str = "GetEnvironmentAccountConnection";
 const DELETE: &str = "DeleteEnvironmentAccountConnection";
 const LIST: &str = "ListEnvironmentAccountConnections";
+const LIST_TAGS: &str = "ListTagsForResource";
 
 #[tokio::test]
 async fn a_new_resource_gets_a_pending_connection_and_a_full_status() {
@@ -71,7 +72,7 @@ async fn a_new_resource_gets_a_pending_connection_and_a_full_status() {
 }
 
 #[tokio::test]
-async fn the_finalizer_is_written_before_the_first_create() {
+async fn the_finalizer_then_the_intent_to_create_are_written_before_the_create() {
     let env = Env::start().await;
     env.api.create("prod", UID, spec("prod"));
     env.reconcile("prod").await.unwrap();
@@ -82,30 +83,47 @@ async fn the_finalizer_is_written_before_the_first_create() {
         .into_iter()
         .filter(|r| r.path.contains("/environmentaccountconnections/"))
         .collect();
-    // First write: the guarded finalizer patch; only then the status (after the Create).
+    // First the guarded finalizer patch, then the status recording that a Create is about to be
+    // sent (region and account pinned), and only after the Create the status with the id.
     assert_eq!(writes[0].method, http::Method::PATCH);
     assert!(!writes[0].path.ends_with("/status"));
     assert_eq!(writes[0].body[1]["value"][0], FINALIZER);
+    let intent = &writes[1].body["status"];
     assert!(writes[1].path.ends_with("/status"));
+    assert!(intent["createSentAt"].is_string(), "{intent}");
+    assert_eq!(intent["region"], "us-east-1");
+    assert_eq!(intent["environmentAccountId"], "444455556666");
+    assert!(intent.get("id").is_none());
+    let done = &writes[2].body["status"];
+    assert!(done["id"].is_string(), "{done}");
+    assert!(
+        done.get("createSentAt").is_none(),
+        "cleared once the id is on record: {done}"
+    );
+    assert_eq!(env.calls(CREATE), 1);
 }
 
 #[tokio::test]
 async fn a_crash_between_create_and_status_write_still_yields_one_connection() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
     env.api.create("prod", UID, spec("prod"));
-    env.api.fail_status_writes(1);
-
+    // The intent is written, the Create succeeds, the status write after it is lost...
+    env.api.skip_then_fail_status_writes(1, 1);
     assert!(
         env.reconcile("prod").await.is_err(),
         "the status write failed"
     );
-    assert!(env.api.get("prod").unwrap().status.is_none());
-    env.resync("prod").await.unwrap();
+    let recorded = env.api.get("prod").unwrap().status.unwrap();
+    assert!(recorded.id.is_none());
+    assert!(recorded.create_sent_at.is_some());
+    // ... and the process dies: nothing it knew survives.
+    env.restart();
+    env.reconcile("prod").await.unwrap();
 
     assert_eq!(
         env.calls(CREATE),
         2,
-        "the retry sends Create again, with the same token"
+        "the new process sends Create again, with the same token"
     );
     let conns = env.proton().connections();
     assert_eq!(
@@ -113,6 +131,30 @@ async fn a_crash_between_create_and_status_write_still_yields_one_connection() {
         1,
         "the same client token returns the same connection"
     );
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(conns[0].id.as_str()));
+    assert_eq!(
+        env.calls(LIST_TAGS),
+        1,
+        "a replayed Create says nothing about the tags: they are read"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_known_before_a_failed_status_write_is_never_created_again() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.api.skip_then_fail_status_writes(1, 3);
+    for _ in 0..4 {
+        let _ = env.resync("prod").await;
+    }
+
+    assert_eq!(
+        env.calls(CREATE),
+        1,
+        "the controller remembers the connection it created"
+    );
+    let conns = env.proton().connections();
     let status = env.api.get("prod").unwrap().status.unwrap();
     assert_eq!(status.id.as_deref(), Some(conns[0].id.as_str()));
 }
@@ -201,7 +243,7 @@ async fn a_reconcile_triggered_by_the_controllers_own_status_write_does_nothing(
         eac_controller::decide::Settings {
             resync: std::time::Duration::from_secs(600),
             pending_poll: std::time::Duration::from_secs(30),
-            default_region: "us-east-1".into(),
+            ..support::eager_settings()
         },
         eac_controller::budget::CallBudget::unlimited(),
     )
@@ -255,7 +297,7 @@ async fn deleting_when_the_connection_is_already_gone_releases_the_resource() {
 
 #[tokio::test]
 async fn deleting_when_the_id_never_reached_the_status_finds_and_deletes_the_connection() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
     env.api.create("prod", UID, spec("prod"));
     // Another connection in the same environment that is not ours must survive.
     env.api
@@ -265,10 +307,11 @@ async fn deleting_when_the_id_never_reached_the_status_finds_and_deletes_the_con
             s
         });
     env.reconcile("other").await.unwrap();
-    env.api.fail_status_writes(1);
+    env.api.skip_then_fail_status_writes(1, 1);
     assert!(env.reconcile("prod").await.is_err());
-    assert!(env.api.get("prod").unwrap().status.is_none());
+    assert!(env.api.get("prod").unwrap().status.unwrap().id.is_none());
     assert_eq!(env.proton().connections().len(), 2);
+    env.restart();
 
     env.api.delete("prod");
     env.resync("prod").await.unwrap();
@@ -296,6 +339,28 @@ async fn a_resource_whose_create_never_succeeded_is_released_on_delete() {
 
     assert!(env.api.get("prod").is_none());
     assert_eq!(env.calls(DELETE), 0, "nothing to delete");
+    assert_eq!(
+        env.calls(LIST),
+        0,
+        "a Create refused outright made nothing: no search is needed"
+    );
+}
+
+#[tokio::test]
+async fn a_resource_that_never_sent_a_create_is_released_without_calling_aws() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    // Finalized, but the intent to create could not be written: no Create was ever sent.
+    env.api.fail_status_writes(1);
+    assert!(env.reconcile("prod").await.is_err());
+    assert_eq!(env.calls(CREATE), 0);
+    let before = env.total_calls();
+
+    env.api.delete("prod");
+    env.resync("prod").await.unwrap();
+
+    assert!(env.api.get("prod").is_none());
+    assert_eq!(env.total_calls(), before, "not a single AWS call");
 }
 
 #[tokio::test]
@@ -404,11 +469,11 @@ async fn the_running_controller_drives_a_resource_through_its_lifecycle() {
     let settings = eac_controller::decide::Settings {
         resync: std::time::Duration::from_secs(600),
         pending_poll: std::time::Duration::from_millis(200),
-        default_region: "us-east-1".into(),
+        ..support::eager_settings()
     };
     let env = Env::start_with(settings, eac_controller::budget::CallBudget::unlimited()).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    let readiness = eac_controller::http::Readiness::default();
     let running = tokio::spawn(eac_controller::controller::run(
         env.ctx.clone(),
         eac_controller::controller::WatchScope::default(),
@@ -416,13 +481,9 @@ async fn the_running_controller_drives_a_resource_through_its_lifecycle() {
         async move {
             let _ = stop_rx.await;
         },
-        Some(ready_tx),
+        readiness.clone(),
     ));
     let limit = std::time::Duration::from_secs(20);
-    tokio::time::timeout(limit, ready_rx.wait_for(|ready| *ready))
-        .await
-        .expect("the watch cache syncs")
-        .unwrap();
 
     env.api.create("prod", UID, spec("prod"));
     env.api
@@ -444,6 +505,7 @@ async fn the_running_controller_drives_a_resource_through_its_lifecycle() {
         1,
         "the watch events of our own writes created nothing"
     );
+    assert!(readiness.get(), "{:?}", readiness.check());
     let metrics = env.ctx.metrics.encode();
     for series in [
         "eac_connections{status=\"CONNECTED\"} 1",

@@ -674,6 +674,7 @@ fn controller_status_is_accepted_by_the_schema() {
         status: Some(ConnectionState::Connected),
         environment_account_id: Some("444455556666".to_owned()),
         region: Some("eu-west-1".to_owned()),
+        create_sent_at: Some("2026-11-21T09:59:59Z".to_owned()),
         requested_at: Some("2026-11-21T10:00:00Z".to_owned()),
         last_modified_at: Some("2026-11-21T10:05:00Z".to_owned()),
         role_arn: Some("arn:aws:iam::444455556666:role/proton-env".to_owned()),

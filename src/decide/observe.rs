@@ -182,14 +182,35 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
                 id: target_id(step, &run.observed, &run.status),
             };
         }
-        // Either our own connection exists under this token with other parameters (strict
-        // idempotency after a crash and a spec edit), or another connection holds the
-        // environment: look for ours before reporting anything.
-        (Step::Create { .. }, ErrorClass::Conflict) if run.conflict.is_none() => {
+        // A Create with this token was sent before: our own connection may exist under it with
+        // other parameters (strict idempotency after a crash and a spec edit). Look for it
+        // before reporting anything.
+        (Step::Create { replay: true, .. }, ErrorClass::Conflict) if run.conflict.is_none() => {
             run.conflict = Some(e);
             run.observed = Observed::CreateConflict;
         }
+        (Step::Create { replay, .. }, class) => {
+            // A first Create refused outright created nothing: no connection can appear
+            // later, so the record that one may be in flight goes (and deletion need not wait).
+            // After a timeout or a 5xx it may have been created, and the record stays.
+            if !replay && creates_nothing(class) {
+                run.status.create_sent_at = None;
+            }
+            run.problem = Some(Problem::from(&e));
+        }
         _ => run.problem = Some(Problem::from(&e)),
+    }
+}
+
+/// Whether an error answer to a Create proves that it created nothing.
+fn creates_nothing(class: ErrorClass) -> bool {
+    match class {
+        ErrorClass::Throttled
+        | ErrorClass::AccessDenied
+        | ErrorClass::Validation
+        | ErrorClass::QuotaExceeded
+        | ErrorClass::Conflict => true,
+        ErrorClass::Transient | ErrorClass::NotFound | ErrorClass::Other => false,
     }
 }
 
