@@ -76,7 +76,12 @@ pub struct RunArgs {
     /// Who may adopt existing connections with the proton.eac.dev/adopt-id annotation:
     /// namespace-opt-in (only in namespaces labelled proton.eac.dev/adoption=allowed by a cluster
     /// admin), everywhere, or disabled.
-    #[arg(long, env = "EAC_ADOPTION", value_enum, default_value = "namespace-opt-in")]
+    #[arg(
+        long,
+        env = "EAC_ADOPTION",
+        value_enum,
+        default_value = "namespace-opt-in"
+    )]
     pub adoption: AdoptionPolicy,
 
     /// How often a settled connection is checked against Proton (1s to 24h).

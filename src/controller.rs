@@ -79,6 +79,35 @@ pub struct Context {
     pub metrics: Metrics,
     recorder: Recorder,
     tracked: Mutex<HashMap<String, Tracked>>,
+    /// How many resources are tracked, for whoever waits for that to change (tests).
+    tracked_count: tokio::sync::watch::Sender<usize>,
+}
+
+/// The locked map of tracked resources; publishes its size when released.
+struct TrackedGuard<'a> {
+    map: std::sync::MutexGuard<'a, HashMap<String, Tracked>>,
+    count: &'a tokio::sync::watch::Sender<usize>,
+}
+
+impl std::ops::Deref for TrackedGuard<'_> {
+    type Target = HashMap<String, Tracked>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for TrackedGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl Drop for TrackedGuard<'_> {
+    fn drop(&mut self) {
+        let n = self.map.len();
+        self.count
+            .send_if_modified(|c| std::mem::replace(c, n) != n);
+    }
 }
 
 impl Context {
@@ -96,11 +125,20 @@ impl Context {
             settings,
             metrics,
             tracked: Mutex::default(),
+            tracked_count: tokio::sync::watch::channel(0).0,
         }
     }
 
-    fn tracked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
-        self.tracked.lock().unwrap_or_else(|p| p.into_inner())
+    fn tracked(&self) -> TrackedGuard<'_> {
+        TrackedGuard {
+            map: self.tracked.lock().unwrap_or_else(|p| p.into_inner()),
+            count: &self.tracked_count,
+        }
+    }
+
+    /// Sees the number of tracked resources change.
+    pub fn tracked_changes(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.tracked_count.subscribe()
     }
 
     /// Makes every resource due now, as if each one's requeue time had come (tests, and a
@@ -356,7 +394,10 @@ async fn execute(
                 "reading the namespace's adoption label",
                 &facts.object,
             ))?;
-            let allowed = ns.labels().get(ADOPTION_NAMESPACE_LABEL).map(String::as_str)
+            let allowed = ns
+                .labels()
+                .get(ADOPTION_NAMESPACE_LABEL)
+                .map(String::as_str)
                 == Some(ADOPTION_ALLOWED);
             Ok(Outcome::AdoptionAllowed(allowed))
         }
@@ -376,7 +417,10 @@ async fn execute(
         Step::ListTags { arn } => proton.list_tags(region, arn).await.map(Outcome::Tags),
         Step::Create {
             request, region, ..
-        } => proton.create(region, request).await.map(Outcome::Connection),
+        } => proton
+            .create(region, request)
+            .await
+            .map(Outcome::Connection),
         Step::Update { id, roles } => proton
             .update(region, id, roles)
             .await

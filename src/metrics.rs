@@ -220,10 +220,22 @@ mod tests {
         }
         m.count_connections_from(Some(store));
         let text = m.encode();
-        assert!(text.contains("eac_connections{status=\"PENDING\"} 2"), "{text}");
-        assert!(text.contains("eac_connections{status=\"CONNECTED\"} 1"), "{text}");
-        assert!(text.contains("eac_connections{status=\"REJECTED\"} 0"), "{text}");
-        assert!(text.contains("eac_connections{status=\"unknown\"} 1"), "{text}");
+        assert!(
+            text.contains("eac_connections{status=\"PENDING\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eac_connections{status=\"CONNECTED\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eac_connections{status=\"REJECTED\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eac_connections{status=\"unknown\"} 1"),
+            "{text}"
+        );
         // A resource that leaves the cache leaves the count, however it left.
         writer.apply_watcher_event(&Event::Delete(eac("a", None)));
         assert!(m.encode().contains("eac_connections{status=\"PENDING\"} 1"));

@@ -292,7 +292,11 @@ impl Proton {
             .region(aws_sdk_sts::config::Region::new(
                 settings.default_region.clone(),
             ));
-        if let Some(endpoint) = settings.sts_endpoint.as_ref().or(settings.endpoint.as_ref()) {
+        if let Some(endpoint) = settings
+            .sts_endpoint
+            .as_ref()
+            .or(settings.endpoint.as_ref())
+        {
             sts = sts.endpoint_url(endpoint);
         }
         Self::from_builder(base, sts, settings, budget, metrics)
@@ -313,7 +317,8 @@ impl Proton {
                     .connect_timeout(Duration::from_secs(5))
                     .build(),
             );
-        let identity = CallerIdentity::new(aws_sdk_sts::Client::from_conf(sts.build()), metrics.clone());
+        let identity =
+            CallerIdentity::new(aws_sdk_sts::Client::from_conf(sts.build()), metrics.clone());
         // Retries are the controller's (per-object backoff, shared budget), so every attempt is
         // counted and rate-limited; the SDK's own retry loop would hide both.
         let mut base = base
@@ -555,12 +560,7 @@ impl Proton {
         }
     }
 
-    pub async fn tag(
-        &self,
-        region: &str,
-        arn: &str,
-        tags: &Tags,
-    ) -> Result<(), ProtonError> {
+    pub async fn tag(&self, region: &str, arn: &str, tags: &Tags) -> Result<(), ProtonError> {
         let client = self.client(region);
         self.call(
             "TagResource",
@@ -574,12 +574,7 @@ impl Proton {
         .map(|_| ())
     }
 
-    pub async fn untag(
-        &self,
-        region: &str,
-        arn: &str,
-        keys: &[String],
-    ) -> Result<(), ProtonError> {
+    pub async fn untag(&self, region: &str, arn: &str, keys: &[String]) -> Result<(), ProtonError> {
         let client = self.client(region);
         self.call(
             "UntagResource",

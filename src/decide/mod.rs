@@ -342,13 +342,14 @@ impl<'a> Run<'a> {
         let learned = match &self.observed {
             Observed::Connection {
                 connection, origin, ..
-            } if *origin != Origin::Adopted => {
-                Some((connection, self.region.as_str(), origin.recreations(&self.status)))
-            }
+            } if *origin != Origin::Adopted => Some((
+                connection,
+                self.region.as_str(),
+                origin.recreations(&self.status),
+            )),
             _ => None,
         };
-        let (status, news) =
-            status::after_problem(&self.r, &self.status, learned, &problem, now);
+        let (status, news) = status::after_problem(&self.r, &self.status, learned, &problem, now);
         let event = news.then(|| Note::warning(problem.reason, problem.message.clone()));
         let requeue = retry_after(
             problem.retry,

@@ -231,7 +231,9 @@ pub fn after_problem(
     // Compared with the message as stored (conditions cut long messages), not the raw one.
     let stored_message = status.condition(SYNCED).map(|c| c.message.as_str());
     let news = recorded.condition(SYNCED).is_none_or(|c| {
-        c.status != "False" || c.reason != problem.reason || Some(c.message.as_str()) != stored_message
+        c.status != "False"
+            || c.reason != problem.reason
+            || Some(c.message.as_str()) != stored_message
     });
     (status, news)
 }

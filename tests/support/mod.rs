@@ -159,10 +159,12 @@ fn eac_path(name: &str) -> String {
 /// Equality-based label selectors (`a=b,c=d`), the kind the controller's flag takes.
 fn selector_matches(selector: Option<&str>, object: &Value) -> bool {
     selector.is_none_or(|sel| {
-        sel.split(',').filter(|kv| !kv.is_empty()).all(|kv| match kv.split_once('=') {
-            Some((k, v)) => object["metadata"]["labels"][k] == json!(v),
-            None => object["metadata"]["labels"].get(kv).is_some(),
-        })
+        sel.split(',')
+            .filter(|kv| !kv.is_empty())
+            .all(|kv| match kv.split_once('=') {
+                Some((k, v)) => object["metadata"]["labels"][k] == json!(v),
+                None => object["metadata"]["labels"].get(kv).is_some(),
+            })
     })
 }
 
@@ -275,7 +277,10 @@ impl FakeApi {
             }
         })
         .await;
-        assert!(waited.is_ok(), "timed out after {limit:?} waiting for {what}");
+        assert!(
+            waited.is_ok(),
+            "timed out after {limit:?} waiting for {what}"
+        );
     }
 
     /// The stored resource, if it still exists.
@@ -392,7 +397,7 @@ impl FakeApi {
     /// watcher must list again.
     pub fn expire_watches(&self) {
         let mut st = self.lock();
-        st.compacted = st.resource_version + 1;
+        st.compacted = st.resource_version;
         let gone = watch_line(
             "ERROR",
             &status_body(
@@ -552,14 +557,22 @@ impl FakeApi {
                 if !content_type.starts_with("application/apply-patch") {
                     return (
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        status_body(415, "UnsupportedMediaType", "the fake only takes apply patches on status"),
+                        status_body(
+                            415,
+                            "UnsupportedMediaType",
+                            "the fake only takes apply patches on status",
+                        ),
                     );
                 }
                 let Some(manager) = query_param(query, "fieldManager").filter(|m| !m.is_empty())
                 else {
                     return (
                         StatusCode::BAD_REQUEST,
-                        status_body(400, "BadRequest", "fieldManager is required for apply patch"),
+                        status_body(
+                            400,
+                            "BadRequest",
+                            "fieldManager is required for apply patch",
+                        ),
                     );
                 };
                 let applied = body["status"].as_object().cloned().unwrap_or_default();
@@ -648,8 +661,8 @@ impl FakeApi {
             );
         }
         let mut st = self.lock();
-        let selector = query_param(query, "labelSelector")
-            .map(|s| s.replace("%3D", "=").replace("%2C", ","));
+        let selector =
+            query_param(query, "labelSelector").map(|s| s.replace("%3D", "=").replace("%2C", ","));
         let matches = |o: &Value| selector_matches(selector.as_deref(), o);
         if query_param(query, "watch").is_some_and(|w| w == "true" || w == "1") {
             let from: u64 = query_param(query, "resourceVersion")
@@ -733,16 +746,16 @@ impl FakeApi {
                         continue;
                     }
                 }
-                let namespaced = format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections");
-                let (code, answer) = if method == Method::GET
-                    && (path == COLLECTION || path == namespaced)
-                {
-                    api.list_or_watch(&path, &query)
-                } else {
-                    let (code, value) =
-                        api.handle(method.clone(), &path, &query, &content_type, body.clone());
-                    (code, whole(&value))
-                };
+                let namespaced =
+                    format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections");
+                let (code, answer) =
+                    if method == Method::GET && (path == COLLECTION || path == namespaced) {
+                        api.list_or_watch(&path, &query)
+                    } else {
+                        let (code, value) =
+                            api.handle(method.clone(), &path, &query, &content_type, body.clone());
+                        (code, whole(&value))
+                    };
                 api.record(Seen {
                     method,
                     path,
@@ -773,6 +786,7 @@ pub struct Env {
     pub ctx: Arc<Context>,
     settings: Settings,
     budget: CallBudget,
+    aws_timeout: Duration,
 }
 
 /// Settings where every reconcile is "due": tests drive time by calling reconcile.
@@ -796,18 +810,41 @@ impl Env {
         Env::start_full(settings, budget, EmulatorConfig::default()).await
     }
 
-    pub async fn start_full(settings: Settings, budget: CallBudget, emulator: EmulatorConfig) -> Env {
+    pub async fn start_full(
+        settings: Settings,
+        budget: CallBudget,
+        emulator: EmulatorConfig,
+    ) -> Env {
+        Env::start_timed(settings, budget, emulator, Duration::from_secs(10)).await
+    }
+
+    /// With a timeout on each AWS call.
+    pub async fn start_timed(
+        settings: Settings,
+        budget: CallBudget,
+        emulator: EmulatorConfig,
+        aws_timeout: Duration,
+    ) -> Env {
         let emulator = RunningEmulator::start(([127, 0, 0, 1], 0).into(), emulator)
             .await
             .unwrap();
         let api = FakeApi::default();
-        let ctx = context(&api, &emulator, settings.clone(), budget.clone(), "us-east-1");
+        let region = settings.default_region.clone();
+        let ctx = context(
+            &api,
+            &emulator,
+            settings.clone(),
+            budget.clone(),
+            &region,
+            aws_timeout,
+        );
         Env {
             api,
             emulator,
             ctx,
             settings,
             budget,
+            aws_timeout,
         }
     }
 
@@ -825,6 +862,7 @@ impl Env {
             self.settings.clone(),
             self.budget.clone(),
             region,
+            self.aws_timeout,
         );
     }
 
@@ -881,6 +919,7 @@ fn context(
     settings: Settings,
     budget: CallBudget,
     region: &str,
+    aws_timeout: Duration,
 ) -> Arc<Context> {
     // One registry, as `run` wires it: the Proton port and the controller record into it.
     let metrics = Metrics::new();
@@ -889,7 +928,7 @@ fn context(
             default_region: region.into(),
             endpoint: Some(emulator.url()),
             sts_endpoint: None,
-            timeout: Duration::from_secs(10),
+            timeout: aws_timeout,
         },
         budget,
         metrics.clone(),

@@ -1,0 +1,702 @@
+//! Under pressure, faults and hostile input: persistent Kubernetes errors, a changed default
+//! region or account, a stripped finalizer, a tenant adopting what is not theirs, resources
+//! leaving the watch, a failing watch, and exactly-once under strict idempotency and List lag.
+//! Real reconcile, in-memory API server (tower-test), Proton emulator over HTTP on 127.0.0.1.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eac_controller::api::{ADOPT_ANNOTATION, ConnectionState, FINALIZER, TAG_UID};
+use eac_controller::budget::CallBudget;
+use eac_controller::controller::{self, WatchScope};
+use eac_controller::decide::{AdoptionPolicy, Settings};
+use eac_controller::emulator::{EmulatorConfig, Faults, Idempotency};
+use eac_controller::http::Readiness;
+use support::{Env, condition, eager_settings, spec};
+
+const UID: &str = "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f";
+const CREATE: &str = "CreateEnvironmentAccountConnection";
+const GET: &str = "GetEnvironmentAccountConnection";
+const UPDATE: &str = "UpdateEnvironmentAccountConnection";
+const TAG: &str = "TagResource";
+const LIST: &str = "ListEnvironmentAccountConnections";
+const LIST_TAGS: &str = "ListTagsForResource";
+const DELETE: &str = "DeleteEnvironmentAccountConnection";
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Settings of a production controller: nothing is due before its time.
+fn patient() -> Settings {
+    Settings {
+        resync: Duration::from_secs(600),
+        pending_poll: Duration::from_secs(30),
+        ..eager_settings()
+    }
+}
+
+fn requeue_of(action: &kube::runtime::controller::Action) -> Duration {
+    let text = format!("{action:?}");
+    let secs = text
+        .split("requeue_after: Some(")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no requeue in {text}"));
+    parse_debug_duration(secs)
+}
+
+/// `Duration`'s Debug form, e.g. `1.5s`, `750ms`, `2.25µs`.
+fn parse_debug_duration(text: &str) -> Duration {
+    for (suffix, scale) in [("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9), ("s", 1.0)] {
+        if let Some(n) = text.strip_suffix(suffix) {
+            return Duration::from_secs_f64(n.parse::<f64>().unwrap() * scale);
+        }
+    }
+    panic!("not a duration: {text}")
+}
+
+/// Polls a condition that changes inside the controller, with a deadline.
+async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The whole controller as `run` wires it, until the returned sender is dropped or fired.
+fn run_controller(
+    env: &Env,
+    scope: WatchScope,
+    readiness: Readiness,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller::run(
+        env.ctx.clone(),
+        scope,
+        2,
+        async move {
+            let _ = stop_rx.await;
+        },
+        readiness,
+    ));
+    (stop_tx, task)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Backoff for Kubernetes errors
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_persistent_403_on_the_status_backs_off_exponentially_and_never_creates() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    env.api.create("prod", UID, spec("prod"));
+    // The ServiceAccount may patch the resource but not its status subresource.
+    env.api.deny(
+        Some(http::Method::PATCH),
+        "/environmentaccountconnections/prod/status",
+    );
+
+    let mut waits = Vec::new();
+    for _ in 0..8 {
+        let obj = Arc::new(env.api.get("prod").unwrap());
+        let err = env
+            .resync("prod")
+            .await
+            .expect_err("the status write is forbidden");
+        assert!(
+            err.to_string().contains("403") || err.to_string().contains("forbidden"),
+            "{err}"
+        );
+        let action = controller::error_policy(obj, &err, env.ctx.clone());
+        waits.push(requeue_of(&action));
+    }
+
+    assert_eq!(
+        env.calls(CREATE),
+        0,
+        "the intent to create cannot be recorded, so nothing is created"
+    );
+    for pair in waits.windows(2) {
+        assert!(
+            pair[1] >= pair[0].mul_f64(1.2),
+            "each wait grows (jitter included): {waits:?}"
+        );
+    }
+    // What the real API server showed as 55 attempts in 40 s: now the attempts that fit.
+    let mut elapsed = Duration::ZERO;
+    let attempts_in_40s = 1 + waits
+        .iter()
+        .take_while(|w| {
+            elapsed += **w;
+            elapsed <= Duration::from_secs(40)
+        })
+        .count();
+    assert!(
+        attempts_in_40s <= 8,
+        "{attempts_in_40s} attempts in 40 s: {waits:?}"
+    );
+    assert!(
+        waits.iter().all(|w| *w <= Duration::from_secs(375)),
+        "capped: {waits:?}"
+    );
+
+    // The error is reported once as an Event, not once per attempt.
+    env.api
+        .wait_until("the KubernetesError event", LIMIT, |api| {
+            api.event_reasons().iter().any(|r| r == "KubernetesError")
+        })
+        .await;
+    let reported = env
+        .api
+        .event_reasons()
+        .iter()
+        .filter(|r| *r == "KubernetesError")
+        .count();
+    assert_eq!(reported, 1);
+
+    // Once RBAC is fixed, the next attempt creates the connection.
+    env.api.allow_all();
+    env.resync("prod").await.unwrap();
+    assert_eq!(env.calls(CREATE), 1);
+}
+
+#[tokio::test]
+async fn a_spec_change_starts_the_backoff_again() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    env.api.create("prod", UID, spec("prod"));
+    env.api.deny(
+        Some(http::Method::PATCH),
+        "/environmentaccountconnections/prod/status",
+    );
+    let mut last = Duration::ZERO;
+    for _ in 0..5 {
+        let obj = Arc::new(env.api.get("prod").unwrap());
+        let err = env.resync("prod").await.unwrap_err();
+        last = requeue_of(&controller::error_policy(obj, &err, env.ctx.clone()));
+    }
+    assert!(last >= Duration::from_secs(12), "{last:?}");
+
+    env.api.edit("prod", |o| {
+        o.spec.role_arn = Some("arn:aws:iam::444455556666:role/v2".into())
+    });
+    let obj = Arc::new(env.api.get("prod").unwrap());
+    let err = env.reconcile("prod").await.unwrap_err();
+    let first = requeue_of(&controller::error_policy(obj, &err, env.ctx.clone()));
+    assert!(first <= Duration::from_millis(1250), "{first:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Region and account pinned at creation
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_changed_default_region_never_moves_or_recreates_a_connection() {
+    let mut env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    let id = env.proton().connections()[0].id.clone();
+    assert_eq!(env.proton().connections()[0].region, "us-east-1");
+
+    // The controller restarts with --region eu-west-1.
+    env.restart_in_region("eu-west-1");
+    env.proton().accept(&id).unwrap();
+    env.resync("prod").await.unwrap();
+
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(status.region.as_deref(), Some("us-east-1"), "the pin holds");
+    assert_eq!(status.id.as_deref(), Some(id.as_str()));
+    assert_eq!(status.status, Some(ConnectionState::Connected));
+    assert_eq!(env.calls(CREATE), 1, "nothing re-created in the new region");
+    assert_eq!(env.proton().connections().len(), 1);
+
+    // A new resource goes to the new default region.
+    env.api.create(
+        "staging",
+        "11111111-2222-4333-8444-555555555555",
+        spec("staging"),
+    );
+    env.reconcile("staging").await.unwrap();
+    let staging = env.api.get("staging").unwrap().status.unwrap();
+    assert_eq!(staging.region.as_deref(), Some("eu-west-1"));
+    let regions: Vec<String> = env
+        .proton()
+        .connections()
+        .into_iter()
+        .map(|c| c.region)
+        .collect();
+    assert_eq!(regions, ["us-east-1", "eu-west-1"]);
+}
+
+#[tokio::test]
+async fn credentials_of_another_account_change_nothing_and_say_so() {
+    let mut env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    // The controller restarts with credentials that act as another account than the one the
+    // connection was created in (the emulator answers 444455556666; the pin says otherwise).
+    env.restart();
+    env.api.edit("prod", |o| {
+        if let Some(s) = o.status.as_mut() {
+            s.environment_account_id = Some("999988887777".into());
+        }
+    });
+    let mutating = env.mutating_calls();
+    let gets = env.calls(GET);
+
+    env.resync("prod").await.unwrap();
+
+    let obj = env.api.get("prod").unwrap();
+    let synced = condition(&obj, "Synced").unwrap();
+    assert_eq!(
+        (synced.0.as_str(), synced.1.as_str()),
+        ("False", "AccountMismatch")
+    );
+    assert!(
+        synced.2.contains("999988887777") && synced.2.contains("444455556666"),
+        "{}",
+        synced.2
+    );
+    assert_eq!(
+        env.mutating_calls(),
+        mutating,
+        "nothing created, changed or deleted"
+    );
+    assert_eq!(env.calls(GET), gets, "not even read in the wrong account");
+
+    // Deleting it does not delete (or orphan) the connection either: the finalizer stays.
+    env.api.delete("prod");
+    env.resync("prod").await.unwrap();
+    assert_eq!(env.mutating_calls(), mutating);
+    let obj = env.api.get("prod").expect("still held by the finalizer");
+    assert_eq!(condition(&obj, "Synced").unwrap().1, "AccountMismatch");
+    assert_eq!(env.proton().connections().len(), 1);
+}
+
+#[tokio::test]
+async fn a_region_outside_the_allowed_ones_is_refused_before_any_aws_call() {
+    let settings = Settings {
+        allowed_regions: vec!["us-east-1".into()],
+        ..eager_settings()
+    };
+    let env = Env::start_with(settings, CallBudget::unlimited()).await;
+    let mut s = spec("prod");
+    s.region = Some("ap-south-1".into());
+    env.api.create("prod", UID, s);
+
+    env.reconcile("prod").await.unwrap();
+
+    let obj = env.api.get("prod").unwrap();
+    let stalled = condition(&obj, "Stalled").unwrap();
+    assert_eq!(
+        (stalled.0.as_str(), stalled.1.as_str()),
+        ("True", "RegionNotAllowed")
+    );
+    assert!(stalled.2.contains("ap-south-1"), "{}", stalled.2);
+    assert_eq!(env.total_calls(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A stripped finalizer
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_stripped_finalizer_is_put_back_without_calling_aws() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    let calls = env.total_calls();
+
+    env.api.edit("prod", |o| o.metadata.finalizers = None);
+    env.reconcile("prod").await.unwrap();
+
+    let obj = env.api.get("prod").unwrap();
+    assert_eq!(obj.metadata.finalizers, Some(vec![FINALIZER.to_string()]));
+    assert_eq!(env.total_calls(), calls, "not due: no AWS call");
+}
+
+#[tokio::test]
+async fn the_running_controller_restores_a_stripped_finalizer_at_once() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let (stop, task) = run_controller(&env, WatchScope::default(), Readiness::default());
+    env.api.create("prod", UID, spec("prod"));
+    env.api
+        .wait_for("prod", "a connection", LIMIT, |o| {
+            o.and_then(|o| o.status.as_ref())
+                .is_some_and(|s| s.id.is_some())
+        })
+        .await;
+
+    env.api.edit("prod", |o| o.metadata.finalizers = None);
+    let started = tokio::time::Instant::now();
+    env.api
+        .wait_for("prod", "the finalizer back", Duration::from_secs(2), |o| {
+            o.is_some_and(|o| o.finalizers().iter().any(|f| f == FINALIZER))
+        })
+        .await;
+    println!("finalizer restored in {:?}", started.elapsed());
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+use kube::ResourceExt;
+
+// ---------------------------------------------------------------------------------------------
+// 5. Tenants and adoption
+// ---------------------------------------------------------------------------------------------
+
+/// A connection made directly in Proton by someone else (not by a resource).
+async fn foreign_connection(env: &Env, environment: &str) -> String {
+    let config = aws_sdk_proton::Config::builder()
+        .behavior_version(aws_sdk_proton::config::BehaviorVersion::latest())
+        .region(aws_sdk_proton::config::Region::new("us-east-1"))
+        .endpoint_url(env.emulator.url())
+        .credentials_provider(aws_sdk_proton::config::Credentials::new(
+            "AKIDOTHERTEAM",
+            "secret",
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    #[allow(deprecated)]
+    let out = aws_sdk_proton::Client::from_conf(config)
+        .create_environment_account_connection()
+        .environment_name(environment)
+        .management_account_id("111122223333")
+        .role_arn("arn:aws:iam::444455556666:role/theirs")
+        .client_token("made-by-another-team")
+        .send()
+        .await
+        .unwrap();
+    out.environment_account_connection.unwrap().id
+}
+
+fn adopting(env: &Env, name: &str, id: &str) {
+    env.api.create(name, UID, spec("prod"));
+    env.api.edit(name, |o| {
+        o.metadata.annotations = Some(BTreeMap::from([(
+            ADOPT_ANNOTATION.to_string(),
+            id.to_string(),
+        )]));
+    });
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_adopt_unless_a_cluster_admin_opted_the_namespace_in() {
+    let settings = Settings {
+        adoption: AdoptionPolicy::NamespaceOptIn,
+        ..eager_settings()
+    };
+    let env = Env::start_with(settings, CallBudget::unlimited()).await;
+    env.api.namespace(support::NS, &[("team", "payments")]);
+    let theirs = foreign_connection(&env, "prod").await;
+    let before = env.proton().connections();
+    let calls = env.total_calls();
+
+    adopting(&env, "mine", &theirs);
+    env.reconcile("mine").await.unwrap();
+
+    let obj = env.api.get("mine").unwrap();
+    let synced = condition(&obj, "Synced").unwrap();
+    assert_eq!(
+        (synced.0.as_str(), synced.1.as_str()),
+        ("False", "AdoptionNotAllowed")
+    );
+    assert!(
+        synced.2.contains("proton.eac.dev/adoption=allowed"),
+        "{}",
+        synced.2
+    );
+    assert_eq!(env.total_calls(), calls, "Proton was not even asked");
+    assert_eq!(
+        env.proton().connections(),
+        before,
+        "nothing changed in Proton"
+    );
+    assert!(obj.status.unwrap().id.is_none());
+
+    // Deleting the refused resource leaves their connection alone.
+    env.api.delete("mine");
+    env.resync("mine").await.unwrap();
+    assert!(env.api.get("mine").is_none());
+    assert_eq!(env.proton().connections(), before);
+
+    // The cluster admin opts the namespace in: adoption works there.
+    env.api
+        .namespace(support::NS, &[("proton.eac.dev/adoption", "allowed")]);
+    adopting(&env, "adopter", &theirs);
+    env.reconcile("adopter").await.unwrap();
+    let status = env.api.get("adopter").unwrap().status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(theirs.as_str()));
+}
+
+#[tokio::test]
+async fn adoption_can_be_disabled_everywhere() {
+    let settings = Settings {
+        adoption: AdoptionPolicy::Disabled,
+        ..eager_settings()
+    };
+    let env = Env::start_with(settings, CallBudget::unlimited()).await;
+    env.api
+        .namespace(support::NS, &[("proton.eac.dev/adoption", "allowed")]);
+    let theirs = foreign_connection(&env, "prod").await;
+    adopting(&env, "mine", &theirs);
+    env.reconcile("mine").await.unwrap();
+    let obj = env.api.get("mine").unwrap();
+    assert_eq!(condition(&obj, "Synced").unwrap().1, "AdoptionNotAllowed");
+    assert_eq!(env.calls(GET), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Nothing kept per resource outlives it in the watch cache
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn state_kept_per_resource_goes_when_the_resource_leaves_the_watch() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let scope = WatchScope {
+        namespace: None,
+        label_selector: Some("shard=a".into()),
+    };
+    let (stop, task) = run_controller(&env, scope, Readiness::default());
+    let mut tracked = env.ctx.tracked_changes();
+    for (i, name) in ["kept", "forced", "moved"].iter().enumerate() {
+        env.api.create(
+            name,
+            &format!("00000000-0000-4000-8000-00000000000{i}"),
+            spec(name),
+        );
+        env.api.edit(name, |o| {
+            o.metadata.labels = Some(BTreeMap::from([("shard".into(), "a".into())]));
+        });
+    }
+    for name in ["kept", "forced", "moved"] {
+        env.api
+            .wait_for(name, "a connection", LIMIT, |o| {
+                o.and_then(|o| o.status.as_ref())
+                    .is_some_and(|s| s.id.is_some())
+            })
+            .await;
+    }
+    tokio::time::timeout(LIMIT, tracked.wait_for(|n| *n == 3))
+        .await
+        .expect("three tracked")
+        .unwrap();
+    let metrics = env.ctx.metrics.encode();
+    assert!(
+        metrics.contains("eac_connections{status=\"PENDING\"} 3"),
+        "{metrics}"
+    );
+
+    // Force-deleted (finalizer stripped), and relabelled out of this controller's shard.
+    env.api.edit("forced", |o| o.metadata.finalizers = None);
+    env.api.force_delete("forced");
+    env.api.edit("moved", |o| {
+        o.metadata.labels = Some(BTreeMap::from([("shard".into(), "b".into())]));
+    });
+
+    tokio::time::timeout(LIMIT, tracked.wait_for(|n| *n == 1))
+        .await
+        .expect("only the resource still watched is tracked")
+        .unwrap();
+    eventually("the gauge to follow the watch cache", LIMIT, || {
+        env.ctx
+            .metrics
+            .encode()
+            .contains("eac_connections{status=\"PENDING\"} 1")
+    })
+    .await;
+    let _ = stop.send(());
+    task.await.unwrap();
+    assert!(
+        !env.ctx.metrics.encode().contains("eac_connections"),
+        "a controller that stopped exports no per-status gauge"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Readiness follows the watch
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn readiness_goes_false_while_the_watch_fails_and_comes_back_with_it() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let readiness = Readiness::new(Duration::ZERO);
+    let (stop, task) = run_controller(&env, WatchScope::default(), readiness.clone());
+    env.api.create("prod", UID, spec("prod"));
+    env.api
+        .wait_for("prod", "a connection", LIMIT, |o| {
+            o.and_then(|o| o.status.as_ref())
+                .is_some_and(|s| s.id.is_some())
+        })
+        .await;
+    eventually("ready", LIMIT, || readiness.get()).await;
+
+    // RBAC on the resource is withdrawn, and the watch is expired: every relist is refused.
+    env.api
+        .deny(Some(http::Method::GET), "/environmentaccountconnections");
+    env.api.expire_watches();
+    eventually("not ready", LIMIT, || !readiness.get()).await;
+    let why = readiness.check().unwrap_err();
+    assert!(why.contains("failed"), "{why}");
+
+    env.api.allow_all();
+    eventually("ready again", Duration::from_secs(60), || readiness.get()).await;
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9 and 10. Exactly once under strict idempotency and List lag; tags read after a replay
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_spec_edit_after_a_crash_converges_the_same_connection_under_strict_idempotency() {
+    let emulator = EmulatorConfig {
+        idempotency: Idempotency::Strict,
+        ..EmulatorConfig::default()
+    };
+    let mut env = Env::start_full(eager_settings(), CallBudget::unlimited(), emulator).await;
+    env.api.create("prod", UID, spec("prod"));
+    // The Create succeeds, the status write after it is lost, the process dies.
+    env.api.skip_then_fail_status_writes(1, 1);
+    assert!(env.reconcile("prod").await.is_err());
+    env.restart();
+    // Meanwhile the spec changes: the retried Create carries other parameters.
+    env.api.edit("prod", |o| {
+        o.spec.role_arn = Some("arn:aws:iam::444455556666:role/v2".into());
+        o.spec.tags.insert("tier".into(), "gold".into());
+    });
+
+    env.reconcile("prod").await.unwrap();
+
+    let conns = env.proton().connections();
+    assert_eq!(conns.len(), 1, "exactly one connection");
+    let c = &conns[0];
+    assert_eq!(
+        c.role_arn.as_deref(),
+        Some("arn:aws:iam::444455556666:role/v2")
+    );
+    assert_eq!(c.tags.get("tier").map(String::as_str), Some("gold"));
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(c.id.as_str()));
+    assert_eq!(
+        condition(&env.api.get("prod").unwrap(), "Synced")
+            .unwrap()
+            .0,
+        "True"
+    );
+    assert_eq!(
+        env.calls(CREATE),
+        2,
+        "the replay was refused (Conflict) ..."
+    );
+    assert_eq!(
+        env.calls(LIST),
+        1,
+        "... so the connection was found by its uid tag ..."
+    );
+    assert_eq!(
+        (env.calls(UPDATE), env.calls(TAG)),
+        (1, 1),
+        "... and converged"
+    );
+}
+
+#[tokio::test]
+async fn tags_are_read_after_a_create_answered_by_token_replay() {
+    let mut env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.api.skip_then_fail_status_writes(1, 1);
+    assert!(env.reconcile("prod").await.is_err());
+    env.restart();
+    env.api.edit("prod", |o| {
+        o.spec.tags.insert("tier".into(), "gold".into());
+    });
+
+    // Lenient idempotency: the replay returns the connection as first created, without "tier".
+    env.reconcile("prod").await.unwrap();
+
+    assert_eq!(env.calls(LIST_TAGS), 1, "the tags were read, not assumed");
+    assert_eq!(env.calls(TAG), 1);
+    let c = &env.proton().connections()[0];
+    assert_eq!(c.tags.get("tier").map(String::as_str), Some("gold"));
+    assert_eq!(c.tags.get(TAG_UID).map(String::as_str), Some(UID));
+}
+
+#[tokio::test]
+async fn deleting_while_a_created_connection_is_not_listed_yet_waits_for_it_and_deletes_it() {
+    let emulator = EmulatorConfig {
+        list_lag: Duration::from_secs(60),
+        ..EmulatorConfig::default()
+    };
+    let mut env = Env::start_full(eager_settings(), CallBudget::unlimited(), emulator).await;
+    env.api.create("prod", UID, spec("prod"));
+    env.api.skip_then_fail_status_writes(1, 1);
+    assert!(env.reconcile("prod").await.is_err());
+    env.restart();
+
+    env.api.delete("prod");
+    env.reconcile("prod").await.unwrap();
+
+    // List does not show it yet: the resource is kept, and says why.
+    let obj = env
+        .api
+        .get("prod")
+        .expect("kept while the Create may still appear");
+    assert_eq!(condition(&obj, "Ready").unwrap().1, "Deleting");
+    assert_eq!(env.calls(DELETE), 0);
+    assert_eq!(env.proton().connections().len(), 1);
+
+    // The List catches up.
+    env.proton().advance_clock(Duration::from_secs(61));
+    env.resync("prod").await.unwrap();
+
+    assert!(env.proton().connections().is_empty(), "no orphan");
+    assert!(env.api.get("prod").is_none());
+}
+
+#[tokio::test]
+async fn deleting_after_a_create_that_timed_out_still_deletes_the_connection() {
+    let mut env = Env::start_timed(
+        eager_settings(),
+        CallBudget::unlimited(),
+        EmulatorConfig::default(),
+        Duration::from_millis(500),
+    )
+    .await;
+    env.proton().set_faults(Faults {
+        latency: Duration::from_millis(800),
+        ..Faults::default()
+    });
+    env.api.create("prod", UID, spec("prod"));
+
+    // The Create completes in Proton, but its answer comes after the client gave up.
+    env.reconcile("prod").await.unwrap();
+    let obj = env.api.get("prod").unwrap();
+    assert_eq!(condition(&obj, "Synced").unwrap().1, "AwsUnavailable");
+    assert!(
+        obj.status.unwrap().create_sent_at.is_some(),
+        "kept: it may exist"
+    );
+    assert_eq!(env.proton().connections().len(), 1);
+    env.proton().set_faults(Faults::default());
+    env.restart();
+
+    env.api.delete("prod");
+    env.resync("prod").await.unwrap();
+
+    assert!(
+        env.proton().connections().is_empty(),
+        "found by its uid tag and deleted"
+    );
+    assert!(env.api.get("prod").is_none());
+}
