@@ -714,8 +714,16 @@ impl FakeApi {
 
     /// A kube client whose every request this fake answers, watches included.
     pub fn client(&self) -> Client {
+        self.client_with_switch().0
+    }
+
+    /// A client and its own network switch: while the switch is on, this client's requests
+    /// hang (a pod cut off from the API server), other clients are served.
+    pub fn client_with_switch(&self) -> (Client, Arc<std::sync::atomic::AtomicBool>) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<FakeBody>>();
         let api = self.clone();
+        let switch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut_off = switch.clone();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
                 let method = request.method().clone();
@@ -741,7 +749,7 @@ impl FakeApi {
                 };
                 {
                     let mut st = api.lock();
-                    if st.cut {
+                    if st.cut || cut_off.load(std::sync::atomic::Ordering::SeqCst) {
                         st.held.push(send);
                         continue;
                     }
@@ -771,7 +779,7 @@ impl FakeApi {
                 send.send_response(response);
             }
         });
-        Client::new(service, NS)
+        (Client::new(service, NS), switch)
     }
 }
 
