@@ -135,3 +135,63 @@ fn bad_durations_are_refused_with_the_flag_name() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resync-period"));
 }
+
+#[test]
+fn nonsense_flag_values_are_refused_at_start_naming_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--resync-period", "0s"], "--resync-period"),
+        (&["--resync-period", "3y"], "--resync-period"),
+        (&["--pending-poll", "0s"], "--pending-poll"),
+        (&["--aws-timeout", "0s"], "--aws-timeout"),
+        (&["--aws-list-lag", "1h"], "--aws-list-lag"),
+        (&["--aws-rate-limit", "0"], "--aws-rate-limit"),
+        (&["--aws-burst", "1000000"], "--aws-burst"),
+        (&["--concurrency", "0"], "--concurrency"),
+        (&["--lease-duration", "1s"], "--lease-duration"),
+        (&["--lease-renew-deadline", "0s"], "--lease-renew-deadline"),
+        (
+            &["--watch-failure-timeout", "0s"],
+            "--watch-failure-timeout",
+        ),
+        (&["--allowed-regions", "moon-base"], "--allowed-regions"),
+        (&["--adoption", "sometimes"], "--adoption"),
+        // Relations between flags.
+        (
+            &["--pending-poll", "20m", "--resync-period", "10m"],
+            "--pending-poll",
+        ),
+        (
+            &["--lease-renew-deadline", "15s", "--lease-duration", "15s"],
+            "--lease-renew-deadline",
+        ),
+        (&["--sts-endpoint", "sts.local"], "--sts-endpoint"),
+    ];
+    for (args, flag) in cases {
+        let out = controller()
+            .arg("run")
+            .args(*args)
+            .env("KUBECONFIG", "/nonexistent")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?} must name {flag}: {stderr}");
+        assert!(
+            !stderr.contains("Kubernetes"),
+            "{args:?} is refused before anything connects: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_same_bounds_apply_to_values_from_the_environment() {
+    let out = controller()
+        .arg("run")
+        .env("EAC_RESYNC_PERIOD", "0s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--resync-period"), "{stderr}");
+    assert!(stderr.contains("between 1s and 1day"), "{stderr}");
+}

@@ -33,10 +33,23 @@ async fn health_readiness_and_metrics_are_served() {
 
     assert_eq!(get(addr, "/healthz").await.0, 200);
     let (code, body) = get(addr, "/readyz").await;
-    assert_eq!(code, 503, "not ready before the watch cache synced");
+    assert_eq!(code, 503, "not ready while starting");
+    assert!(body.contains("starting"), "{body}");
+    readiness.leading();
+    let (code, body) = get(addr, "/readyz").await;
+    assert_eq!(
+        code, 503,
+        "a leader is not ready before its watch cache synced"
+    );
     assert!(body.contains("not synced"), "{body}");
-    readiness.set(true);
+    readiness.synced();
     assert_eq!(get(addr, "/readyz").await.0, 200);
+    readiness.standby();
+    assert_eq!(
+        get(addr, "/readyz").await.0,
+        200,
+        "a healthy standby is ready"
+    );
 
     metrics.aws_call("CreateEnvironmentAccountConnection", "success");
     metrics.reconciled("settled", std::time::Duration::from_millis(20));
@@ -48,7 +61,6 @@ async fn health_readiness_and_metrics_are_served() {
         "eac_reconcile_duration_seconds_count 1",
         "eac_aws_requests_total{operation=\"CreateEnvironmentAccountConnection\",outcome=\"success\"} 1",
         "eac_aws_throttled_total 0",
-        "eac_connections{status=\"PENDING\"} 0",
         "eac_leader 1",
     ] {
         assert!(body.contains(series), "missing {series} in:\n{body}");
