@@ -1,0 +1,206 @@
+//! Exactly once, under crashes: reconciles are killed at random moments (the future is dropped
+//! mid-flight, as kill -9 would stop the process: a request may or may not have reached the API
+//! server or Proton), the controller restarts with nothing in memory, the spec is edited between
+//! crashes, and Proton refuses a reused client token with other parameters (strict idempotency)
+//! and lists new connections late (List lag). Afterwards every resource has exactly one
+//! connection, and after deletion none is left.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use eac_controller::api::TAG_UID;
+use eac_controller::budget::CallBudget;
+use eac_controller::decide::Settings;
+use eac_controller::emulator::{EmulatorConfig, Faults, Idempotency};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use support::{Env, eager_settings, spec};
+
+const RESOURCES: usize = 16;
+const LIVES: usize = 25;
+/// List lag in Proton's (real) time: shorter than the settle window the controller assumes.
+const LAG: Duration = Duration::from_secs(2);
+
+fn name(i: usize) -> String {
+    format!("env-{i:02}")
+}
+
+fn uid(i: usize) -> String {
+    format!("7e57c4a5-0000-4000-8000-{i:012}")
+}
+
+/// One life of the controller: a few reconciles, each killed after a random delay.
+async fn life(env: &Env, rng: &mut StdRng, deleting: bool) {
+    for _ in 0..RESOURCES {
+        let i = rng.random_range(0..RESOURCES);
+        if env.api.get(&name(i)).is_none() {
+            continue;
+        }
+        let budget = Duration::from_micros(rng.random_range(0..12_000));
+        let _ = tokio::time::timeout(budget, env.resync(&name(i))).await;
+        let gone_or_going = env
+            .api
+            .get(&name(i))
+            .is_none_or(|o| o.metadata.deletion_timestamp.is_some());
+        if deleting || gone_or_going {
+            continue;
+        }
+        // Sometimes the spec changes between crashes.
+        if rng.random_bool(0.15) {
+            let role = format!("arn:aws:iam::444455556666:role/r{}", rng.random_range(0..3));
+            let tier = format!("t{}", rng.random_range(0..3));
+            env.api.edit(&name(i), |o| {
+                o.spec.role_arn = Some(role);
+                o.spec.tags.insert("tier".into(), tier);
+            });
+        }
+    }
+}
+
+/// Reconciles every resource until `done` holds for all, with a bound.
+async fn converge(env: &Env, what: &str, done: impl Fn(&Env, usize) -> bool) {
+    for round in 0..200 {
+        let pending: Vec<usize> = (0..RESOURCES).filter(|i| !done(env, *i)).collect();
+        if pending.is_empty() {
+            return;
+        }
+        for i in pending {
+            if env.api.get(&name(i)).is_some() {
+                let _ = env.resync(&name(i)).await;
+            }
+        }
+        if round % 10 == 9 {
+            // List catches up, and a deleted resource waits for a Create that may still appear
+            // for twice the settle window: both in real time.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    panic!("{what}: did not converge");
+}
+
+fn owners(env: &Env) -> BTreeMap<String, usize> {
+    let mut owners = BTreeMap::new();
+    for c in env.proton().connections() {
+        let owner = c
+            .tags
+            .get(TAG_UID)
+            .cloned()
+            .unwrap_or_else(|| "(untagged)".into());
+        *owners.entry(owner).or_default() += 1;
+    }
+    owners
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_moments_with_strict_idempotency_list_lag_and_spec_edits_every_resource_has_exactly_one_connection()
+ {
+    let settings = Settings {
+        create_settle: Duration::from_secs(3),
+        ..eager_settings()
+    };
+    let emulator = EmulatorConfig {
+        idempotency: Idempotency::Strict,
+        list_lag: LAG,
+        ..EmulatorConfig::default()
+    };
+    let mut env = Env::start_full(settings, CallBudget::unlimited(), emulator).await;
+    // Proton acts on a request before it answers: a process killed while it waits for the answer
+    // has changed Proton without knowing it.
+    env.proton().set_faults(Faults {
+        latency: Duration::from_millis(2),
+        ..Faults::default()
+    });
+    let seed: u64 = std::env::var("EAC_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (EAC_CRASH_SEED={seed} repeats the choices)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    for i in 0..RESOURCES {
+        env.api.create(&name(i), &uid(i), spec(&name(i)));
+    }
+
+    // A quarter of the resources are deleted half-way, while their Creates may be in flight and
+    // not listed yet.
+    let doomed = |i: usize| i % 4 == 0;
+    for life_no in 0..LIVES {
+        if life_no == LIVES / 2 {
+            for i in (0..RESOURCES).filter(|i| doomed(*i)) {
+                env.api.delete(&name(i));
+            }
+        }
+        life(&env, &mut rng, false).await;
+        env.restart();
+    }
+    converge(&env, "creation", |env, i| {
+        if doomed(i) {
+            return env.api.get(&name(i)).is_none();
+        }
+        env.api.get(&name(i)).is_some_and(|o| {
+            let generation = o.metadata.generation;
+            o.status.is_some_and(|s| {
+                s.id.is_some()
+                    && s.conditions.iter().any(|c| {
+                        c.type_ == "Synced"
+                            && c.status == "True"
+                            && c.observed_generation == generation
+                    })
+            })
+        })
+    })
+    .await;
+
+    let owners_now = owners(&env);
+    for i in 0..RESOURCES {
+        let expected = if doomed(i) { None } else { Some(1) };
+        assert_eq!(
+            owners_now.get(&uid(i)).copied(),
+            expected,
+            "{}: exactly one connection, none once deleted (seed {seed}); owners {owners_now:?}",
+            name(i)
+        );
+    }
+    let live = (0..RESOURCES).filter(|i| !doomed(*i)).count();
+    assert_eq!(env.proton().connections().len(), live, "seed {seed}");
+    for i in (0..RESOURCES).filter(|i| !doomed(*i)) {
+        let status = env.api.get(&name(i)).unwrap().status.unwrap();
+        let c = env
+            .proton()
+            .connections()
+            .into_iter()
+            .find(|c| c.tags.get(TAG_UID) == Some(&uid(i)))
+            .unwrap();
+        assert_eq!(status.id.as_deref(), Some(c.id.as_str()), "seed {seed}");
+        let spec = env.api.get(&name(i)).unwrap().spec;
+        assert_eq!(
+            c.role_arn, spec.role_arn,
+            "converged to the last spec (seed {seed})"
+        );
+        assert_eq!(c.tags.get("tier"), spec.tags.get("tier"), "seed {seed}");
+    }
+
+    let calls = env.proton().calls();
+    println!(
+        "created {live} connections with {} Create calls, {} Lists, {} Updates",
+        calls.count("CreateEnvironmentAccountConnection"),
+        calls.count("ListEnvironmentAccountConnections"),
+        calls.count("UpdateEnvironmentAccountConnection"),
+    );
+
+    // Delete everything, crashing again.
+    for i in (0..RESOURCES).filter(|i| !doomed(*i)) {
+        env.api.delete(&name(i));
+    }
+    for _ in 0..LIVES / 2 {
+        life(&env, &mut rng, true).await;
+        env.restart();
+    }
+    converge(&env, "deletion", |env, i| env.api.get(&name(i)).is_none()).await;
+    assert!(
+        env.proton().connections().is_empty(),
+        "no orphan after deletion (seed {seed}): {:?}",
+        owners(&env)
+    );
+}
