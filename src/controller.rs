@@ -731,3 +731,115 @@ pub async fn run(
         .await;
     ctx.metrics.count_connections_from(None);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::CallBudget;
+    use crate::proton::ProtonSettings;
+    use std::collections::BTreeMap;
+
+    fn eac(uid: &str) -> EnvironmentAccountConnection {
+        let mut o = EnvironmentAccountConnection::new(uid, Default::default());
+        o.metadata.namespace = Some("ns".into());
+        o.metadata.uid = Some(uid.into());
+        o.metadata.generation = Some(1);
+        o
+    }
+
+    #[test]
+    fn only_spec_deletion_finalizers_and_the_adopt_annotation_trigger_a_reconcile() {
+        let base = eac("a");
+        let same = |f: &dyn Fn(&mut EnvironmentAccountConnection)| {
+            let mut o = base.clone();
+            f(&mut o);
+            trigger_hash(&o) == trigger_hash(&base)
+        };
+        assert!(
+            same(&|o| o.status = Some(Status::default())),
+            "own status write"
+        );
+        assert!(same(&|o| o.metadata.resource_version = Some("9".into())));
+        assert!(same(&|o| {
+            o.metadata.annotations = Some(BTreeMap::from([("note".into(), "x".into())]))
+        }));
+        assert!(!same(&|o| o.metadata.generation = Some(2)), "spec change");
+        assert!(!same(
+            &|o| o.metadata.finalizers = Some(vec![FINALIZER.into()])
+        ));
+        assert!(!same(&|o| {
+            o.metadata.deletion_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+            )
+        }));
+        assert!(!same(&|o| {
+            o.metadata.annotations = Some(BTreeMap::from([(ADOPT_ANNOTATION.into(), "id".into())]))
+        }));
+    }
+
+    fn context() -> Context {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = Client::new(service, "default");
+        let metrics = Metrics::new();
+        let proton = Proton::with_static_credentials(
+            ProtonSettings {
+                default_region: "us-east-1".into(),
+                endpoint: Some("http://127.0.0.1:9".into()),
+                sts_endpoint: None,
+                timeout: Duration::from_secs(1),
+            },
+            CallBudget::unlimited(),
+            metrics.clone(),
+        );
+        let settings = Settings {
+            resync: Duration::from_secs(600),
+            pending_poll: Duration::from_secs(30),
+            default_region: "us-east-1".into(),
+            allowed_regions: vec![],
+            adoption: crate::decide::AdoptionPolicy::default(),
+            create_settle: Duration::from_secs(60),
+        };
+        Context::new(client, proton, settings, metrics, reporter())
+    }
+
+    #[tokio::test]
+    async fn what_leaves_the_watch_is_forgotten_and_watch_failures_make_the_pod_unready() {
+        let ctx = context();
+        for uid in ["a", "b", "c"] {
+            ctx.tracked().insert(uid.into(), Tracked::default());
+        }
+        let (store, mut writer) = reflector::store::<EnvironmentAccountConnection>();
+        let readiness = Readiness::new(Duration::ZERO);
+        readiness.leading();
+
+        // Deleted while watched.
+        follow_watch(
+            &ctx,
+            &store,
+            &readiness,
+            &Ok(watcher::Event::Delete(eac("a"))),
+        );
+        assert_eq!(ctx.tracked_resources(), 2);
+
+        // A relist that no longer contains "b" (deleted while the watch was down, or while
+        // this pod was a standby): forgotten once the list is complete.
+        for event in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(eac("c")),
+            watcher::Event::InitDone,
+        ] {
+            writer.apply_watcher_event(&event);
+            follow_watch(&ctx, &store, &readiness, &Ok(event));
+        }
+        assert_eq!(ctx.tracked_resources(), 1);
+        assert!(ctx.tracked().contains_key("c"));
+        assert!(readiness.get(), "synced");
+
+        let failure = watcher::Error::NoResourceVersion;
+        follow_watch(&ctx, &store, &readiness, &Err(failure));
+        assert!(!readiness.get(), "a failing watch is reported");
+    }
+}

@@ -25,14 +25,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use e2e_support::access::{Relay, controller_rules};
 use e2e_support::timeouts::{CONVERGE, MANY, TAKEOVER};
 use e2e_support::{
     CREATE, Cluster, Controller, ControllerOptions, DELETE, ENVIRONMENT_ACCOUNT, Eac, Emulator,
-    GET, KUBECONFIG_VAR, MANAGEMENT_ACCOUNT, ROLE_ARN, SERVING_MESSAGE, SKIP_MESSAGE, UNTAG,
-    UPDATE, design_example, e2e_kubeconfig, eac, get_connection, has_condition, has_connection,
-    http_request, http_until, invalid_cases, list_connections, parse_emulator_banner,
-    parse_http_response, parse_serving_line, raw_manifest, spec, spec_changes, status, summarize,
-    synced, tags_of, uid, valid_raw_spec, wait_object,
+    GET, KUBECONFIG_VAR, MANAGEMENT_ACCOUNT, REGION, ROLE_ARN, SERVING_MESSAGE, SKIP_MESSAGE,
+    UNTAG, UPDATE, design_example, e2e_kubeconfig, eac, get_connection, has_condition,
+    has_connection, http_request, http_until, invalid_cases, list_connections,
+    parse_emulator_banner, parse_http_response, parse_serving_line, raw_manifest, spec,
+    spec_changes, status, summarize, synced, tags_of, uid, valid_raw_spec, wait_object,
 };
 use eac_controller::api::{
     ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, FINALIZER, OWNERSHIP_TAG_PREFIX, TAG_NAME,
@@ -581,6 +582,8 @@ async fn the_adopt_annotation_takes_over_an_existing_connection_without_creating
         return;
     };
     let ns = cluster.namespace("adoption").await;
+    // A cluster admin allows adoption in this namespace.
+    ns.label("proton.eac.dev/adoption", "allowed").await;
     let emulator = ns.start_emulator().await;
     let sdk = emulator.sdk();
 
@@ -911,6 +914,7 @@ async fn the_standby_controller_takes_over_when_the_leader_is_killed() {
         ]
         .map(String::from)
         .to_vec(),
+        ..ControllerOptions::default()
     };
     let a = ns
         .start_controller(&emulator, leader_args("eac-e2e-a"))
@@ -1052,6 +1056,541 @@ async fn health_readiness_and_metrics_are_served_on_the_address_the_controller_l
         "{}",
         metrics.body
     );
+}
+
+// -------------------------------------------------------------------------------------------
+// 14. Under pressure: faults, a cut network, restarts with other flags, hostile tenants
+
+/// Sum of every series of one metric family on a controller's `/metrics`.
+async fn metric_sum(controller: &Controller, family: &str) -> f64 {
+    let addr = controller.metrics_addr().await;
+    let body = http_request(addr, "GET", "/metrics", None)
+        .await
+        .unwrap_or_else(|e| panic!("GET /metrics of {}: {e}", controller.identity))
+        .body;
+    body.lines()
+        .filter(|l| l.starts_with(family))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Probes a controller's metric until `cond` holds (metrics offer no watch).
+async fn metric_until(
+    controller: &Controller,
+    series: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(f64) -> bool,
+) -> tokio::time::Instant {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let value = controller.metric(series).await;
+        if cond(value) {
+            return tokio::time::Instant::now();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: {what} not seen within {timeout:?} ({series} = {value})\n{}",
+            controller.identity,
+            controller.log().report()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Issue "hold up under pressure", item 1: a ServiceAccount that may patch the resource but
+/// not its status. Observed before: 55 failed reconciles and 55 Creates in 40 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_403_on_the_status_backs_off_and_never_repeats_a_create() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("forbidden-status").await;
+    let emulator = ns.start_emulator().await;
+    let kubeconfig = ns
+        .service_account_kubeconfig("no-status", controller_rules(false), None)
+        .await;
+    let controller = ns
+        .start_controller(
+            &emulator,
+            ControllerOptions {
+                kubeconfig: Some(kubeconfig),
+                ..ControllerOptions::default()
+            },
+        )
+        .await;
+    controller.metrics_addr().await;
+
+    ns.apply(&eac("forbidden", spec("forbidden"))).await;
+    let obj = ns
+        .wait_eac(
+            "forbidden",
+            "the finalizer (patching the resource is allowed)",
+            CONVERGE,
+            |o| o.finalizers().iter().any(|f| f == FINALIZER),
+        )
+        .await;
+    let started = tokio::time::Instant::now();
+    ns.wait_event(&uid(&obj), "KubernetesError").await;
+    // The observation window of the report, not a synchronisation.
+    tokio::time::sleep_until(started + Duration::from_secs(40)).await;
+
+    let failed = controller
+        .metric(r#"eac_reconcile_total{result="kube_error"}"#)
+        .await;
+    let creates = emulator.calls().await.count(CREATE);
+    println!("forbidden status: {failed} failed reconciles and {creates} Creates in 40 s");
+    assert!(failed >= 2.0, "the 403 was retried: {failed}");
+    assert!(
+        failed <= 8.0,
+        "{failed} failed reconciles in 40 s: no backoff"
+    );
+    assert_eq!(creates, 0, "no Create without a recorded intent");
+    let events = ns.events().list(&Default::default()).await.unwrap();
+    let reported = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("KubernetesError"))
+        .count();
+    assert_eq!(reported, 1, "the same error is one Event");
+}
+
+/// Item 2: a leader whose connection to the API server is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_can_expire() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("cut-off-leader").await;
+    let emulator = ns.start_emulator().await;
+    let relay = Relay::start(ns.api_server_addr().await).await;
+    let options = |identity: &str, kubeconfig: Option<PathBuf>| ControllerOptions {
+        identity: identity.into(),
+        extra_args: [
+            "--leader-election",
+            "--leader-election-namespace",
+            &ns.name,
+            "--lease-name",
+            LEASE,
+            "--lease-duration",
+            "15s",
+            "--lease-renew-deadline",
+            "10s",
+        ]
+        .map(String::from)
+        .to_vec(),
+        kubeconfig,
+        ..ControllerOptions::default()
+    };
+    let relayed = ns.relayed_kubeconfig(&relay, "a");
+    let a = ns
+        .start_controller(&emulator, options("eac-e2e-a", Some(relayed)))
+        .await;
+    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
+    wait_object(
+        &leases,
+        LEASE,
+        "pod a holding the Lease",
+        CONVERGE,
+        |l: Option<&Lease>| holder(l) == Some("eac-e2e-a"),
+    )
+    .await;
+    let b = ns
+        .start_controller(&emulator, options("eac-e2e-b", None))
+        .await;
+    ns.apply(&eac("before-cut", spec("before-cut"))).await;
+    ns.wait_eac("before-cut", "a connection", CONVERGE, has_connection)
+        .await;
+    assert_eq!(leader_gauge(&a).await, 1);
+    assert_eq!(leader_gauge(&b).await, 0);
+
+    relay.cut();
+    let cut_at = tokio::time::Instant::now();
+    let stopped = metric_until(
+        &a,
+        "eac_leader",
+        "eac_leader 0",
+        Duration::from_secs(20),
+        |v| v == 0.0,
+    )
+    .await;
+    let calls_when_stopped = metric_sum(&a, "eac_aws_requests_total").await;
+    println!(
+        "cut-off leader: stopped leading {:?} after the cut",
+        stopped - cut_at
+    );
+    assert!(
+        stopped - cut_at <= Duration::from_secs(13),
+        "renew deadline 10 s: stopped after {:?}",
+        stopped - cut_at
+    );
+    wait_object(
+        &leases,
+        LEASE,
+        "pod b holding the Lease",
+        TAKEOVER,
+        |l: Option<&Lease>| holder(l) == Some("eac-e2e-b"),
+    )
+    .await;
+    println!(
+        "cut-off leader: pod b took over {:?} after the cut",
+        cut_at.elapsed()
+    );
+    ns.apply(&eac("after-cut", spec("after-cut"))).await;
+    let after = ns
+        .wait_eac(
+            "after-cut",
+            "a connection made by pod b",
+            CONVERGE,
+            has_connection,
+        )
+        .await;
+    let created = ns.wait_event(&uid(&after), "Created").await;
+    assert_eq!(created.reporting_instance.as_deref(), Some("eac-e2e-b"));
+    // The old leader's cache still holds both resources; its reconciles would come due with
+    // --resync-period 2s: it must make no call at all.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(leader_gauge(&a).await, 0);
+    assert_eq!(
+        metric_sum(&a, "eac_aws_requests_total").await,
+        calls_when_stopped,
+        "the cut-off pod made Proton calls after it stopped leading"
+    );
+    assert_eq!(emulator.calls().await.count(CREATE), 2);
+}
+
+/// Item 3: the default region changes between restarts; then the credentials act as another
+/// account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_stays_in_its_region_and_account_whatever_the_controller_runs_with() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("pinned").await;
+    let emulator = ns.start_emulator().await;
+    let sdk = emulator.sdk();
+    let first = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    ns.apply(&eac("pinned", spec("pinned"))).await;
+    let obj = ns
+        .wait_eac("pinned", "a PENDING connection", CONVERGE, pending)
+        .await;
+    assert_eq!(status(&obj).region.as_deref(), Some(REGION));
+    first.kill();
+
+    // Restarted with --region eu-west-1: the connection stays where it is.
+    let _second = ns
+        .start_controller(
+            &emulator,
+            ControllerOptions {
+                region: Some("eu-west-1".into()),
+                ..ControllerOptions::default()
+            },
+        )
+        .await;
+    sdk.accept_environment_account_connection()
+        .id(id_of(&obj))
+        .send()
+        .await
+        .expect("accept");
+    let obj = ns
+        .wait_eac("pinned", "CONNECTED", CONVERGE, |o| {
+            status(o).status == Some(ConnectionState::Connected)
+        })
+        .await;
+    assert_eq!(
+        status(&obj).region.as_deref(),
+        Some(REGION),
+        "{}",
+        summarize(&obj)
+    );
+    assert_eq!(
+        emulator.calls().await.count(CREATE),
+        1,
+        "nothing re-created"
+    );
+    // A new resource goes to the new default region.
+    ns.apply(&eac("new", spec("new"))).await;
+    let new = ns
+        .wait_eac("new", "a connection", CONVERGE, has_connection)
+        .await;
+    assert_eq!(status(&new).region.as_deref(), Some("eu-west-1"));
+    drop(_second);
+
+    // Now the credentials act as another account (an emulator for account 999988887777, which
+    // knows nothing of the first account's connections).
+    let other = ns
+        .start_emulator_with(&["--account-id", "999988887777"])
+        .await;
+    let _third = ns
+        .start_controller(&other, ControllerOptions::default())
+        .await;
+    let obj = ns
+        .wait_eac("pinned", "Synced=False AccountMismatch", CONVERGE, |o| {
+            has_condition(o, "Synced", "False", Some("AccountMismatch"))
+        })
+        .await;
+    assert_eq!(status(&obj).id, Some(id_of(&obj)), "the record is kept");
+    let calls = other.calls().await;
+    assert_eq!(
+        calls.count(CREATE) + calls.count(DELETE) + calls.count(UPDATE),
+        0,
+        "nothing created, changed or deleted in the other account: {calls:?}"
+    );
+}
+
+/// Item 4: a GitOps apply (or a kubectl patch) strips the finalizer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripped_finalizer_is_back_within_two_seconds() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("finalizer").await;
+    let emulator = ns.start_emulator().await;
+    let _controller = ns
+        .start_controller(
+            &emulator,
+            ControllerOptions::with_args(&["--resync-period", "10m"]),
+        )
+        .await;
+    ns.apply(&eac("guarded", spec("guarded"))).await;
+    ns.wait_eac("guarded", "a PENDING connection", CONVERGE, pending)
+        .await;
+
+    let strip = json!([{"op": "remove", "path": "/metadata/finalizers"}]);
+    let patch: json_patch::Patch = serde_json::from_value(strip).unwrap();
+    ns.eacs()
+        .patch(
+            "guarded",
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+        .expect("strip the finalizer");
+    let stripped = tokio::time::Instant::now();
+    ns.wait_eac(
+        "guarded",
+        "the finalizer back",
+        Duration::from_secs(2),
+        |o| o.finalizers().iter().any(|f| f == FINALIZER),
+    )
+    .await;
+    println!("finalizer restored in {:?}", stripped.elapsed());
+}
+
+/// Item 5: a tenant with only the aggregated `edit` role in their namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_make_the_controller_adopt_and_delete_a_connection_that_is_not_theirs() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("tenant").await;
+    let emulator = ns.start_emulator().await;
+    let sdk = emulator.sdk();
+    let theirs = sdk
+        .create_environment_account_connection()
+        .client_token(format!("another-team-{}", ns.name))
+        .environment_name("shared")
+        .management_account_id(MANAGEMENT_ACCOUNT)
+        .role_arn("arn:aws:iam::444455556666:role/another-team")
+        .send()
+        .await
+        .expect("CreateEnvironmentAccountConnection")
+        .environment_account_connection
+        .expect("a connection");
+    let tags_before = tags_of(&sdk, &theirs.arn).await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+
+    ns.ensure_edit_aggregation().await;
+    let tenant_config = ns
+        .service_account_kubeconfig("tenant", vec![], Some("edit"))
+        .await;
+    let tenant = tenant_client(&tenant_config).await;
+    // The opt-in is out of the tenant's reach.
+    let label = json!({"metadata": {"labels": {"proton.eac.dev/adoption": "allowed"}}});
+    let refused = Api::<k8s_openapi::api::core::v1::Namespace>::all(tenant.clone())
+        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 403),
+        "a tenant labelled its own namespace: {refused:?}"
+    );
+
+    let mut takeover = eac("takeover", spec("shared"));
+    takeover.metadata.annotations = Some(BTreeMap::from([(
+        ADOPT_ANNOTATION.to_string(),
+        theirs.id.clone(),
+    )]));
+    Api::<Eac>::namespaced(tenant.clone(), &ns.name)
+        .patch(
+            "takeover",
+            &PatchParams::apply("tenant"),
+            &Patch::Apply(&takeover),
+        )
+        .await
+        .expect("the tenant may apply resources");
+    let obj = ns
+        .wait_eac(
+            "takeover",
+            "Synced=False AdoptionNotAllowed",
+            CONVERGE,
+            |o| has_condition(o, "Synced", "False", Some("AdoptionNotAllowed")),
+        )
+        .await;
+    assert!(status(&obj).id.is_none(), "{}", summarize(&obj));
+
+    Api::<Eac>::namespaced(tenant, &ns.name)
+        .delete("takeover", &Default::default())
+        .await
+        .expect("the tenant may delete their resource");
+    ns.wait_deleted("takeover", &uid(&obj)).await;
+    let still = get_connection(&sdk, &theirs.id).await;
+    assert!(still.is_some(), "their connection was deleted");
+    assert_eq!(
+        tags_of(&sdk, &theirs.arn).await,
+        tags_before,
+        "their tags changed"
+    );
+    let calls = emulator.calls().await;
+    assert_eq!(
+        calls.count(UPDATE) + calls.count(DELETE) + calls.count(UNTAG) + calls.count("TagResource"),
+        0,
+        "{calls:?}"
+    );
+}
+
+async fn tenant_client(kubeconfig: &std::path::Path) -> kube::Client {
+    let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("a kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .expect("a usable kubeconfig");
+    kube::Client::try_from(config).expect("a client")
+}
+
+/// Item 6: nonsense flag values, with a real cluster at hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonsense_flag_values_are_refused_before_the_controller_touches_the_cluster() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    for (flag, value) in [
+        ("--resync-period", "0s"),
+        ("--resync-period", "3y"),
+        ("--pending-poll", "0s"),
+        ("--aws-timeout", "0s"),
+        ("--lease-renew-deadline", "1m"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_eac-controller"))
+            .args([
+                "run",
+                "--proton-endpoint",
+                "http://127.0.0.1:9",
+                flag,
+                value,
+            ])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+        assert!(!stderr.contains("connected to Kubernetes"), "{stderr}");
+    }
+}
+
+/// Item 9: kill -9 at random moments, with strict idempotency, List lag and spec edits
+/// between the kills; then deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_with_strict_idempotency_list_lag_and_spec_edits_leave_one_connection_each_and_none_after_deletion()
+ {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("crash-strict").await;
+    let emulator = ns
+        .start_emulator_with(&["--idempotency", "strict", "--list-lag-ms", "3000"])
+        .await;
+    let sdk = emulator.sdk();
+    let names: Vec<String> = (0..MANY_RESOURCES)
+        .map(|i| format!("strict-{i:02}"))
+        .collect();
+    for name in &names {
+        ns.apply(&eac(name, spec(name))).await;
+    }
+    emulator.set_faults(json!({"latencyMs": 150})).await;
+    for round in 1..=KILLS {
+        let controller = ns
+            .start_controller(&emulator, ControllerOptions::default())
+            .await;
+        controller.metrics_addr().await;
+        let delay = rand::random_range(50..=400u64);
+        // Not a synchronisation: the point is an arbitrary moment.
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        controller.kill();
+        // The spec changes between crashes: a retried Create then carries other parameters.
+        let edited = &names[rand::random_range(0..names.len())];
+        let role = format!("arn:aws:iam::444455556666:role/round-{round}");
+        let patch = json!({"spec": {"roleArn": role, "tags": {"round": round.to_string()}}});
+        ns.eacs()
+            .patch(edited, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("edit the spec");
+    }
+    emulator.set_faults(json!({})).await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let all = ns
+        .wait_all_eacs(
+            "every resource synced to its last spec",
+            MANY_RESOURCES,
+            MANY,
+            |o| has_connection(o) && synced(o),
+        )
+        .await;
+    // Let List catch up before counting with it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let connections = list_connections(&sdk).await;
+    assert_eq!(connections.len(), MANY_RESOURCES, "{connections:#?}");
+    let mut owners = BTreeMap::new();
+    for c in &connections {
+        let owner = tags_of(&sdk, &c.arn)
+            .await
+            .get(TAG_UID)
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            owners.insert(owner.clone(), c.id.clone()).is_none(),
+            "two for {owner}"
+        );
+    }
+    for o in &all {
+        assert_eq!(
+            owners.get(&uid(o)),
+            status(o).id.as_ref(),
+            "{}",
+            summarize(o)
+        );
+        let c = get_connection(&sdk, &id_of(o)).await.expect("exists");
+        assert_eq!(
+            Some(c.role_arn.clone()),
+            o.spec.role_arn,
+            "{}",
+            summarize(o)
+        );
+    }
+
+    for name in &names {
+        ns.delete(name).await;
+    }
+    ns.wait_all_eacs("every resource gone", 0, MANY, |_| true)
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let left = list_connections(&sdk).await;
+    assert!(left.is_empty(), "orphaned after deletion: {left:#?}");
 }
 
 // -------------------------------------------------------------------------------------------

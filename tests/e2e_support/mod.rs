@@ -57,6 +57,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+pub mod access;
+
 /// The resource under test.
 pub type Eac = EnvironmentAccountConnection;
 
@@ -333,9 +335,23 @@ impl TestNamespace {
 
     /// Starts `proton-emulator` for this test.
     pub async fn start_emulator(&self) -> Emulator {
-        let emulator = Emulator::start(self.log_dir()).await;
+        self.start_emulator_with(&[]).await
+    }
+
+    /// Starts `proton-emulator` with more flags (e.g. `--idempotency strict`).
+    pub async fn start_emulator_with(&self, args: &[&str]) -> Emulator {
+        let emulator = Emulator::start_with(self.log_dir(), args).await;
         lock(&self.children).push(emulator.child.clone());
         emulator
+    }
+
+    /// Labels this test's namespace, as a cluster admin would.
+    pub async fn label(&self, key: &str, value: &str) {
+        let patch = json!({"metadata": {"labels": {key: value}}});
+        Api::<Namespace>::all(self.client.clone())
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("cannot label namespace {}: {e}", self.name));
     }
 
     /// Starts `eac-controller run` against `emulator`, watching this namespace.
@@ -845,7 +861,7 @@ impl LogCapture {
         text
     }
 
-    fn report(&self) -> String {
+    pub fn report(&self) -> String {
         format!(
             "--- {}{} ---\n{}--- end of {} ---",
             self.label,
@@ -915,9 +931,15 @@ impl Emulator {
     /// Starts the binary with `--listen 127.0.0.1:0` and reads its address from the first line
     /// of its stdout.
     pub async fn start(log_dir: &Path) -> Emulator {
+        Emulator::start_with(log_dir, &[]).await
+    }
+
+    /// With more flags.
+    pub async fn start_with(log_dir: &Path, args: &[&str]) -> Emulator {
         let n = next_process_number();
         let mut child = hermetic_command(env!("CARGO_BIN_EXE_proton-emulator"))
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -1057,6 +1079,10 @@ pub struct ControllerOptions {
     pub identity: String,
     /// Flags after the common ones (e.g. `--leader-election`).
     pub extra_args: Vec<String>,
+    /// `--region`; default [`REGION`].
+    pub region: Option<String>,
+    /// Another kubeconfig than the test's (a ServiceAccount's, or one through a relay).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Default for ControllerOptions {
@@ -1064,6 +1090,8 @@ impl Default for ControllerOptions {
         ControllerOptions {
             identity: "eac-e2e-controller".into(),
             extra_args: Vec::new(),
+            region: None,
+            kubeconfig: None,
         }
     }
 }
@@ -1125,7 +1153,7 @@ impl Controller {
             ])
             .args([
                 "--region",
-                REGION,
+                options.region.as_deref().unwrap_or(REGION),
                 "--resync-period",
                 "2s",
                 "--pending-poll",
@@ -1133,7 +1161,10 @@ impl Controller {
             ])
             .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "json"])
             .args(&options.extra_args)
-            .env("KUBECONFIG", kubeconfig)
+            .env(
+                "KUBECONFIG",
+                options.kubeconfig.as_deref().unwrap_or(kubeconfig),
+            )
             .env("AWS_ACCESS_KEY_ID", "AKIDE2E")
             .env("AWS_SECRET_ACCESS_KEY", "e2e")
             .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -1186,6 +1217,24 @@ impl Controller {
 
     pub fn log(&self) -> &LogCapture {
         &self.log
+    }
+
+    /// The value of one series of this controller's `/metrics` (0 when absent), e.g.
+    /// `eac_leader` or `eac_reconcile_total{result="kube_error"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let addr = self.metrics_addr().await;
+        let response = http_request(addr, "GET", "/metrics", None)
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics of {}: {e}", self.identity));
+        response
+            .body
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
     }
 }
 
