@@ -6,6 +6,7 @@ Rendered offline with Helm's own Go SDK (helm-python-sdk); no cluster involved.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -16,6 +17,7 @@ from conftest import (
     CRD_FILE,
     NAMESPACE,
     RELEASE,
+    ROOT,
     controller_container,
     find,
     one,
@@ -39,12 +41,20 @@ CONTROLLER_RULES = {
 
 
 def lease_rules(lease_name: str) -> set[tuple]:
+    """The leader election's whole use of Leases: get, create and update (no patch)."""
     return {
         ("coordination.k8s.io", "leases", "create", None),
         ("coordination.k8s.io", "leases", "get", lease_name),
         ("coordination.k8s.io", "leases", "update", lease_name),
-        ("coordination.k8s.io", "leases", "patch", lease_name),
     }
+
+
+def namespace_rules(watch_namespace: str | None = None) -> set[tuple]:
+    """Adoption opt-in: get on Namespaces (only the watched one when there is one)."""
+    return {("", "namespaces", "get", watch_namespace)}
+
+
+NAMESPACES_ROLE = f"{RELEASE}-namespaces"
 
 
 def flatten_rules(role: dict) -> set[tuple]:
@@ -80,7 +90,18 @@ NON_DEFAULTS = {
     "awsRateLimit": 5,
     "awsBurst": 7,
     "awsTimeout": "2m",
-    "leaderElection": {"enabled": True, "namespace": "eac-leases", "leaseName": "eac-shard-a"},
+    "awsListLag": "0s",
+    "allowedRegions": ["us-gov-west-1", "eu-west-1"],
+    "stsEndpoint": "https://sts.us-gov-west-1.amazonaws.com",
+    "watchFailureTimeout": "30s",
+    "adoption": {"mode": "everywhere"},
+    "leaderElection": {
+        "enabled": True,
+        "namespace": "eac-leases",
+        "leaseName": "eac-shard-a",
+        "leaseDuration": "30s",
+        "renewDeadline": "20s",
+    },
     "logging": {"format": "text", "level": "debug"},
     "metrics": {"port": 9090, "bindAddress": "[::]"},
     "extraArgs": ["--some-future-flag=1"],
@@ -98,13 +119,20 @@ EXPECTED_NON_DEFAULT_ARGS = [
     "--aws-rate-limit=5",
     "--aws-burst=7",
     "--aws-timeout=2m",
+    "--aws-list-lag=0s",
+    "--watch-failure-timeout=30s",
+    "--adoption=everywhere",
     "--namespace=team-a",
     "--label-selector=shard in (a,b),team=payments",
     "--region=us-gov-west-1",
+    "--allowed-regions=us-gov-west-1,eu-west-1",
     "--proton-endpoint=http://proton-emulator.eac-demo.svc:4566",
+    "--sts-endpoint=https://sts.us-gov-west-1.amazonaws.com",
     "--leader-election",
     "--leader-election-namespace=eac-leases",
     "--lease-name=eac-shard-a",
+    "--lease-duration=30s",
+    "--lease-renew-deadline=20s",
     "--some-future-flag=1",
 ]
 
@@ -147,8 +175,10 @@ def test_default_render_objects(default_objs):
         [
             ("ClusterRole", "eac-controller"),
             ("ClusterRole", "eac-controller-edit"),
+            ("ClusterRole", "eac-controller-namespaces"),
             ("ClusterRole", "eac-controller-view"),
             ("ClusterRoleBinding", "eac-controller"),
+            ("ClusterRoleBinding", "eac-controller-namespaces"),
             ("Deployment", "eac-controller"),
             ("PodDisruptionBudget", "eac-controller"),
             ("Role", "eac-controller-leader-election"),
@@ -182,8 +212,13 @@ def test_default_deployment(default_objs):
         "--aws-rate-limit=10",
         "--aws-burst=20",
         "--aws-timeout=30s",
+        "--aws-list-lag=30s",
+        "--watch-failure-timeout=2m",
+        "--adoption=namespace-opt-in",
         "--leader-election",
         "--lease-name=eac-controller",
+        "--lease-duration=15s",
+        "--lease-renew-deadline=10s",
     ]
 
 
@@ -221,15 +256,69 @@ def test_every_flag_value_lands_in_the_args(render):
 
 def test_empty_optional_flags_are_left_out(default_objs):
     args = args_of(default_objs)
-    for flag in ("--namespace", "--label-selector", "--region", "--proton-endpoint", "--leader-election-namespace"):
-        assert not [a for a in args if a.startswith(flag + "=")], flag
+    for flag in (
+        "--namespace",
+        "--label-selector",
+        "--region",
+        "--allowed-regions",
+        "--proton-endpoint",
+        "--sts-endpoint",
+        "--leader-election-namespace",
+    ):
+        assert not [a for a in args if a == flag or a.startswith(flag + "=")], flag
 
 
 def test_large_numbers_are_not_printed_in_float_notation(render):
-    args = args_of(render({"awsRateLimit": 1000000, "awsBurst": 2000000, "concurrency": 1000}))
-    assert "--aws-rate-limit=1000000" in args
-    assert "--aws-burst=2000000" in args
-    assert "--concurrency=1000" in args
+    args = args_of(render({"awsRateLimit": 10000, "awsBurst": 10000, "concurrency": 1024}))
+    assert "--aws-rate-limit=10000" in args
+    assert "--aws-burst=10000" in args
+    assert "--concurrency=1024" in args
+
+
+# Each new value, set to a non-default, lands in exactly its flag.
+@pytest.mark.parametrize(
+    ("values", "flag"),
+    [
+        ({"leaderElection": {"leaseDuration": "20s"}}, "--lease-duration=20s"),
+        ({"leaderElection": {"renewDeadline": "5s"}}, "--lease-renew-deadline=5s"),
+        ({"adoption": {"mode": "everywhere"}}, "--adoption=everywhere"),
+        ({"adoption": {"mode": "disabled"}}, "--adoption=disabled"),
+        ({"allowedRegions": ["eu-west-1"]}, "--allowed-regions=eu-west-1"),
+        ({"allowedRegions": ["eu-west-1", "eu-central-1", "us-gov-west-1"]}, "--allowed-regions=eu-west-1,eu-central-1,us-gov-west-1"),
+        ({"watchFailureTimeout": "5m"}, "--watch-failure-timeout=5m"),
+        ({"awsListLag": "2m"}, "--aws-list-lag=2m"),
+        ({"stsEndpoint": "http://proton-emulator.eac-demo.svc:4566"}, "--sts-endpoint=http://proton-emulator.eac-demo.svc:4566"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else json.dumps(v, separators=(",", ":")),
+)
+def test_each_new_value_renders_its_flag(render, values, flag):
+    args = args_of(render(values))
+    name = flag.split("=", 1)[0]
+    assert [a for a in args if a.split("=", 1)[0] == name] == [flag]
+
+
+def test_empty_allowed_regions_and_sts_endpoint_render_no_flag(render):
+    args = args_of(render({"allowedRegions": [], "stsEndpoint": ""}))
+    assert not [a for a in args if a.startswith("--allowed-regions") or a.startswith("--sts-endpoint")]
+
+
+def test_lease_timings_are_left_out_without_leader_election(render):
+    objs = render({"replicaCount": 1, "leaderElection": {"enabled": False, "leaseDuration": "1h", "renewDeadline": "2h"}})
+    args = args_of(objs)
+    assert not [a for a in args if a.startswith("--lease-")], args
+
+
+def test_every_rendered_flag_is_a_flag_of_the_binary(default_objs, render):
+    """Guards against typos in _helpers.tpl: each flag the chart renders is one `eac-controller run`
+    documents (the list in src/config.rs, as `--kebab-case` of its fields)."""
+    config = (ROOT / "src" / "config.rs").read_text()
+    run_args = config.split("pub struct RunArgs", 1)[1].split("\n}\n", 1)[0]
+    known = {"--" + m.replace("_", "-") for m in re.findall(r"pub (\w+):", run_args)}
+    rendered = set()
+    for objs in (default_objs, render(NON_DEFAULTS)):
+        rendered |= {a.split("=", 1)[0] for a in args_of(objs)[1:] if a.startswith("--")}
+    rendered.discard("--some-future-flag")
+    assert rendered - known == set(), f"flags the binary does not have: {rendered - known}"
 
 
 # --- RBAC -------------------------------------------------------------------------------------
@@ -262,7 +351,10 @@ def test_leader_election_role_is_namespaced_and_limited_to_the_lease(default_obj
 def test_watch_namespace_gets_a_role_instead_of_a_cluster_role(render):
     objs = render({"watchNamespace": "team-a"})
     assert not find(objs, "ClusterRole", RELEASE)
-    assert not find(objs, "ClusterRoleBinding")
+    assert not find(objs, "ClusterRoleBinding", RELEASE)
+    # The only cluster-wide grant left: get on the watched Namespace (adoption opt-in).
+    assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {NAMESPACES_ROLE, f"{RELEASE}-view", f"{RELEASE}-edit"}
+    assert [b["metadata"]["name"] for b in find(objs, "ClusterRoleBinding")] == [NAMESPACES_ROLE]
     role = one(objs, "Role", RELEASE)
     assert role["metadata"]["namespace"] == "team-a"
     assert flatten_rules(role) == CONTROLLER_RULES
@@ -324,7 +416,78 @@ def test_rbac_can_be_turned_off(render):
     for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
         assert not find(objs, kind), kind
     objs = render({"rbac": {"aggregateToDefaultRoles": False}})
+    assert sorted(r["metadata"]["name"] for r in find(objs, "ClusterRole")) == [RELEASE, NAMESPACES_ROLE]
+    objs = render({"rbac": {"aggregateToDefaultRoles": False}, "adoption": {"mode": "disabled"}})
     assert [r["metadata"]["name"] for r in find(objs, "ClusterRole")] == [RELEASE]
+
+
+# --- adoption RBAC ----------------------------------------------------------------------------
+
+
+def test_namespace_opt_in_can_get_namespaces(default_objs):
+    role = one(default_objs, "ClusterRole", NAMESPACES_ROLE)
+    assert flatten_rules(role) == namespace_rules()
+    binding = one(default_objs, "ClusterRoleBinding", NAMESPACES_ROLE)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAMESPACES_ROLE}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+    assert "--adoption=namespace-opt-in" in args_of(default_objs)
+
+
+def test_namespace_opt_in_with_watch_namespace_gets_that_namespace_only(render):
+    objs = render({"watchNamespace": "team-a", "adoption": {"mode": "namespace-opt-in"}})
+    role = one(objs, "ClusterRole", NAMESPACES_ROLE)
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["team-a"], "verbs": ["get"]}
+    ]
+    assert flatten_rules(role) == namespace_rules("team-a")
+    assert one(objs, "ClusterRoleBinding", NAMESPACES_ROLE)["subjects"][0]["name"] == RELEASE
+
+
+@pytest.mark.parametrize("mode", ["everywhere", "disabled"])
+@pytest.mark.parametrize("watch_namespace", ["", "team-a"])
+def test_no_namespace_access_without_namespace_opt_in(render, mode, watch_namespace):
+    objs = render({"adoption": {"mode": mode}, "watchNamespace": watch_namespace})
+    assert not find(objs, "ClusterRole", NAMESPACES_ROLE)
+    assert not find(objs, "ClusterRoleBinding", NAMESPACES_ROLE)
+    for kind in ("ClusterRole", "Role"):
+        for role in find(objs, kind):
+            assert not [g for g in flatten_rules(role) if g[1] == "namespaces"], role["metadata"]["name"]
+    assert f"--adoption={mode}" in args_of(objs)
+
+
+def test_namespace_role_uses_an_existing_service_account(render):
+    objs = render({"serviceAccount": {"create": False, "name": "platform-eac"}})
+    assert one(objs, "ClusterRoleBinding", NAMESPACES_ROLE)["subjects"] == [
+        {"kind": "ServiceAccount", "name": "platform-eac", "namespace": NAMESPACE}
+    ]
+    assert not find(render({"rbac": {"create": False}}), "ClusterRole", NAMESPACES_ROLE)
+
+
+def test_leader_election_role_has_no_patch(render, default_objs):
+    for objs in (default_objs, render({"leaderElection": {"namespace": "eac-leases", "leaseName": "shard-a"}})):
+        role = one(objs, "Role", f"{RELEASE}-leader-election")
+        verbs = {verb for (_, _, verb, _) in flatten_rules(role)}
+        assert verbs == {"create", "get", "update"}
+
+
+def test_aggregated_user_roles_cannot_write_status_or_namespaces(render, default_objs):
+    """Tenants with the built-in edit/admin roles write specs, never the status the controller
+    reports, and gain nothing on Namespaces (the adoption opt-in label is the cluster admin's)."""
+    write = {"create", "update", "patch", "delete", "deletecollection"}
+    for objs in (default_objs, render({"watchNamespace": "team-a"})):
+        aggregated = [
+            r
+            for r in find(objs, "ClusterRole")
+            if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in r["metadata"]["labels"])
+        ]
+        assert {r["metadata"]["name"] for r in aggregated} == {f"{RELEASE}-view", f"{RELEASE}-edit"}
+        for role in aggregated:
+            granted = flatten_rules(role)
+            assert {g[0] for g in granted} == {GROUP}, role["metadata"]["name"]
+            status_writes = {g for g in granted if g[1] == f"{PLURAL}/status" and g[2] in write}
+            assert status_writes == set(), role["metadata"]["name"]
+        edit = one(objs, "ClusterRole", f"{RELEASE}-edit")
+        assert {g[1] for g in flatten_rules(edit)} == {PLURAL}
 
 
 # --- probes, ports, security ------------------------------------------------------------------
@@ -404,7 +567,8 @@ def test_existing_service_account(render):
     objs = render({"serviceAccount": {"create": False, "name": "platform-eac"}})
     assert not find(objs, "ServiceAccount")
     assert one(objs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "platform-eac"
-    assert one(objs, "ClusterRoleBinding")["subjects"][0]["name"] == "platform-eac"
+    for binding in find(objs, "ClusterRoleBinding") + find(objs, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "platform-eac", "namespace": NAMESPACE}]
 
 
 def test_pdb_only_with_more_than_one_replica(render, default_objs):
@@ -491,6 +655,36 @@ def test_notes_render(chart):
         {"leaderElection": {"enable": True}},
         {"metrics": {"serviceMonitor": {"interval": "often"}}},
         {"podDisruptionBudget": {"minAvailable": "half"}},
+        {"awsRateLimit": 10001},
+        {"awsBurst": 10001},
+        {"concurrency": 1025},
+        # New flags: durations, adoption mode, regions, STS endpoint.
+        {"leaderElection": {"leaseDuration": "15"}},
+        {"leaderElection": {"leaseDuration": "0s"}},
+        {"leaderElection": {"renewDeadline": "ten seconds"}},
+        {"leaderElection": {"renewDeadline": "1.5s"}},
+        {"watchFailureTimeout": "2 m"},
+        {"watchFailureTimeout": "0m"},
+        {"awsListLag": "-1s"},
+        {"awsListLag": "30"},
+        {"awsListLag": "1d"},
+        {"adoption": {"mode": "namespace"}},
+        {"adoption": {"mode": "Everywhere"}},
+        {"adoption": {"mode": ""}},
+        {"adoption": {"enabled": True}},
+        {"adoption": "everywhere"},
+        {"allowedRegions": "eu-west-1"},
+        {"allowedRegions": "eu-west-1,eu-central-1"},
+        {"allowedRegions": ["Europe"]},
+        {"allowedRegions": ["eu-west-1", "EU-WEST-2"]},
+        {"allowedRegions": ["eu-west"]},
+        {"allowedRegions": ["eu-west-10"]},
+        {"allowedRegions": ["eu-west-1,eu-central-1"]},
+        {"allowedRegions": ["eu-west-1", "eu-west-1"]},
+        {"allowedRegions": [""]},
+        {"stsEndpoint": "sts.amazonaws.com"},
+        {"stsEndpoint": "embedded"},
+        {"stsEndpoint": "https://sts.test/?x=1"},
     ],
     ids=lambda v: json.dumps(v, separators=(",", ":")),
 )
@@ -504,9 +698,124 @@ def test_schema_rejects_bad_values(chart, render, helm, values):
 
 def test_schema_accepts_good_values(chart):
     chart.validate_schema(NON_DEFAULTS)
-    chart.validate_schema({"resyncPeriod": "500ms", "pendingPoll": "2m", "protonEndpoint": "embedded"})
+    chart.validate_schema({"resyncPeriod": "1500ms", "pendingPoll": "1s", "protonEndpoint": "embedded"})
+    chart.validate_schema(
+        {
+            "awsListLag": "0s",
+            "allowedRegions": ["eu-west-1", "us-gov-west-1", "ap-southeast-2"],
+            "stsEndpoint": "http://127.0.0.1:4566/",
+            "watchFailureTimeout": "1h",
+            "adoption": {"mode": "disabled"},
+            "leaderElection": {"leaseDuration": "5m", "renewDeadline": "4500ms"},
+        }
+    )
     chart.validate_schema({"podDisruptionBudget": {"minAvailable": "50%", "unhealthyPodEvictionPolicy": "AlwaysAllow"}})
     chart.validate_schema({"region": "eu-west-1", "replicaCount": 0})
+
+
+def with_value(path: str, value) -> dict:
+    """{"a": {"b": value}} for "a.b"."""
+    keys = path.split(".")
+    values: dict = {keys[-1]: value}
+    for key in reversed(keys[:-1]):
+        values = {key: values}
+    return values
+
+
+# Each new value: what its schema accepts, and what it refuses (so a refusal is the value's own
+# check, not merely an unknown key).
+NEW_VALUE_SCHEMAS = {
+    "leaderElection.leaseDuration": (["2s", "15s", "5m", "30000ms"], ["15", "15 s", "0s", "1.5s", "-5s", "15d", 15, ""]),
+    "leaderElection.renewDeadline": (["1s", "10s", "4500ms"], ["10", "ten seconds", "0s", "1.5s", 10, ""]),
+    "watchFailureTimeout": (["5s", "2m", "1h"], ["2", "2 m", "0m", "1d", 120, ""]),
+    "awsListLag": (["0s", "0ms", "30s", "10m"], ["30", "-1s", "1d", "30 s", 30, ""]),
+    "adoption.mode": (
+        ["namespace-opt-in", "everywhere", "disabled"],
+        ["namespace", "Everywhere", "NamespaceOptIn", "enabled", "", True],
+    ),
+    "allowedRegions": (
+        [[], ["eu-west-1"], ["eu-west-1", "eu-central-1", "us-gov-west-1", "ap-southeast-2"]],
+        [
+            "eu-west-1",
+            "eu-west-1,eu-central-1",
+            ["eu-west-1,eu-central-1"],
+            ["Europe"],
+            ["EU-WEST-1"],
+            ["eu-west"],
+            ["eu-west-10"],
+            ["euwest1"],
+            ["eu--1"],
+            [""],
+            ["eu-west-1", "eu-west-1"],
+            [1],
+        ],
+    ),
+    "stsEndpoint": (
+        ["", "https://sts.eu-west-1.amazonaws.com", "http://127.0.0.1:4566/", "http://proton-emulator.eac-demo.svc:4566"],
+        ["sts.amazonaws.com", "embedded", "ftp://sts.test", "https://sts.test/?x=1", "https://", 42],
+    ),
+}
+
+
+@pytest.mark.parametrize("path", sorted(NEW_VALUE_SCHEMAS))
+def test_schema_checks_each_new_value(chart, helm, path):
+    good, bad = NEW_VALUE_SCHEMAS[path]
+    for value in good:
+        chart.validate_schema(with_value(path, value))
+    for value in bad:
+        with pytest.raises(helm.HelmValuesError):
+            chart.validate_schema(with_value(path, value))
+            pytest.fail(f"{path}={value!r} was accepted")
+
+
+def test_schema_rejects_unknown_keys_under_adoption(chart, helm):
+    chart.validate_schema({"adoption": {"mode": "disabled"}})
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"adoption": {"mode": "disabled", "enabled": False}})
+
+
+# Bounds and relations JSON schema cannot express are checked by the templates (the same ones
+# `eac-controller run` checks at start-up), so a bad value fails the install, not the pod.
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"leaderElection": {"leaseDuration": "15s", "renewDeadline": "15s"}}, "renewDeadline=15s must be shorter than leaderElection.leaseDuration=15s"),
+        ({"leaderElection": {"leaseDuration": "8s"}}, "renewDeadline=10s must be shorter"),
+        ({"leaderElection": {"leaseDuration": "1m", "renewDeadline": "90000ms"}}, "must be shorter"),
+        ({"leaderElection": {"leaseDuration": "1s", "renewDeadline": "500ms"}}, "leaseDuration=1s: must be between 2s and 5m"),
+        ({"leaderElection": {"leaseDuration": "6m"}}, "leaseDuration=6m: must be between 2s and 5m"),
+        ({"leaderElection": {"renewDeadline": "900ms"}}, "renewDeadline=900ms: must be between 1s and 5m"),
+        ({"watchFailureTimeout": "4s"}, "watchFailureTimeout=4s: must be between 5s and 1h"),
+        ({"watchFailureTimeout": "61m"}, "watchFailureTimeout=61m: must be between 5s and 1h"),
+        ({"awsListLag": "11m"}, "awsListLag=11m: must be between 0s and 10m"),
+        ({"resyncPeriod": "500ms"}, "resyncPeriod=500ms: must be between 1s and 24h"),
+        ({"resyncPeriod": "25h"}, "resyncPeriod=25h: must be between 1s and 24h"),
+        ({"resyncPeriod": "99999999999999h"}, "resyncPeriod=99999999999999h: must be between"),
+        ({"pendingPoll": "2h", "resyncPeriod": "3h"}, "pendingPoll=2h: must be between 1s and 1h"),
+        ({"pendingPoll": "2m", "resyncPeriod": "1m"}, "pendingPoll=2m must not be longer than resyncPeriod=1m"),
+        ({"awsTimeout": "6m"}, "awsTimeout=6m: must be between 1s and 5m"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else json.dumps(v, separators=(",", ":")),
+)
+def test_templates_refuse_values_the_binary_would_refuse(render, helm, values, message):
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        render(values)
+
+
+def test_templates_accept_the_bounds(render):
+    args = args_of(
+        render(
+            {
+                "resyncPeriod": "24h",
+                "pendingPoll": "1h",
+                "awsTimeout": "5m",
+                "awsListLag": "10m",
+                "watchFailureTimeout": "5s",
+                "leaderElection": {"leaseDuration": "2s", "renewDeadline": "1s"},
+            }
+        )
+    )
+    assert {"--resync-period=24h", "--pending-poll=1h", "--lease-duration=2s", "--lease-renew-deadline=1s"} <= set(args)
 
 
 # --- CRD and Argo CD --------------------------------------------------------------------------

@@ -98,6 +98,54 @@ def test_base_is_the_chart_default(base, default_objs):
     assert extra == {("Namespace", NAMESPACE), ("CustomResourceDefinition", "environmentaccountconnections.proton.eac.dev")}
 
 
+def base_args(objs: list[dict]) -> list[str]:
+    return one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_base_sets_the_new_flags_like_the_chart(base):
+    """The flags added with the Lease, adoption and readiness work, at the chart's defaults;
+    the optional ones (no default) are left out."""
+    args = base_args(base)
+    for flag in (
+        "--aws-list-lag=30s",
+        "--watch-failure-timeout=2m",
+        "--adoption=namespace-opt-in",
+        "--lease-duration=15s",
+        "--lease-renew-deadline=10s",
+    ):
+        assert args.count(flag) == 1, flag
+    assert not [a for a in args if a.startswith("--allowed-regions") or a.startswith("--sts-endpoint")]
+
+
+def test_base_can_get_namespaces_for_the_adoption_opt_in(base):
+    role = one(base, "ClusterRole", "eac-controller-namespaces")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}]
+    binding = one(base, "ClusterRoleBinding", "eac-controller-namespaces")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "eac-controller-namespaces"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "eac-controller", "namespace": NAMESPACE}]
+    assert "--adoption=namespace-opt-in" in base_args(base)
+
+
+def test_base_leader_election_role_has_no_patch(base):
+    role = one(base, "Role", "eac-controller-leader-election")
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["eac-controller"], "verbs": ["get", "update"]},
+    ]
+
+
+def test_base_user_roles_cannot_write_status(base):
+    """Tenants with the aggregated edit/admin roles must not write the status the controller reports."""
+    for role in find(base, "ClusterRole"):
+        labels = role["metadata"].get("labels", {})
+        if not any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels):
+            continue
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["proton.eac.dev"], rule
+            if "environmentaccountconnections/status" in rule["resources"]:
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+
+
 def test_overlay_example(overlay):
     namespace = "platform-eac"
     assert one(overlay, "Namespace")["metadata"]["name"] == namespace

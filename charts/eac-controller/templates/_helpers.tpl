@@ -60,10 +60,54 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (include "eac-controller.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
-{{/* Checks that the schema cannot express. */}}
+{{/*
+A duration value of the schema's form (a whole number and one unit of ms, s, m or h) in
+milliseconds; -1 when it has more digits than any bound needs (so nothing overflows).
+*/}}
+{{- define "eac-controller.durationMs" -}}
+{{- $value := toString . }}
+{{- $number := regexFind "^[0-9]+" $value }}
+{{- $unit := trimPrefix $number $value }}
+{{- $factor := get (dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000) $unit }}
+{{- if or (not $number) (not $factor) (gt (len $number) 9) }}
+{{- -1 }}
+{{- else }}
+{{- mul (atoi $number) $factor }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fails unless a duration value lies within the bounds `eac-controller run` accepts for its flag.
+Takes (list name value minMs maxMs "min" "max").
+*/}}
+{{- define "eac-controller.checkDuration" -}}
+{{- $name := index . 0 }}
+{{- $value := index . 1 }}
+{{- $ms := atoi (include "eac-controller.durationMs" $value) }}
+{{- if or (lt $ms (index . 2)) (gt $ms (index . 3)) }}
+{{- fail (printf "%s=%v: must be between %s and %s" $name $value (index . 4) (index . 5)) }}
+{{- end }}
+{{- end }}
+
+{{/* Checks that the schema cannot express (the same bounds and relations `eac-controller run` checks). */}}
 {{- define "eac-controller.validate" -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicaCount > 1 needs leaderElection.enabled=true: without a leader every replica would reconcile" }}
+{{- end }}
+{{- include "eac-controller.checkDuration" (list "resyncPeriod" .Values.resyncPeriod 1000 86400000 "1s" "24h") }}
+{{- include "eac-controller.checkDuration" (list "pendingPoll" .Values.pendingPoll 1000 3600000 "1s" "1h") }}
+{{- include "eac-controller.checkDuration" (list "awsTimeout" .Values.awsTimeout 1000 300000 "1s" "5m") }}
+{{- include "eac-controller.checkDuration" (list "awsListLag" .Values.awsListLag 0 600000 "0s" "10m") }}
+{{- include "eac-controller.checkDuration" (list "watchFailureTimeout" .Values.watchFailureTimeout 5000 3600000 "5s" "1h") }}
+{{- if gt (atoi (include "eac-controller.durationMs" .Values.pendingPoll)) (atoi (include "eac-controller.durationMs" .Values.resyncPeriod)) }}
+{{- fail (printf "pendingPoll=%v must not be longer than resyncPeriod=%v" .Values.pendingPoll .Values.resyncPeriod) }}
+{{- end }}
+{{- if .Values.leaderElection.enabled }}
+{{- include "eac-controller.checkDuration" (list "leaderElection.leaseDuration" .Values.leaderElection.leaseDuration 2000 300000 "2s" "5m") }}
+{{- include "eac-controller.checkDuration" (list "leaderElection.renewDeadline" .Values.leaderElection.renewDeadline 1000 300000 "1s" "5m") }}
+{{- if ge (atoi (include "eac-controller.durationMs" .Values.leaderElection.renewDeadline)) (atoi (include "eac-controller.durationMs" .Values.leaderElection.leaseDuration)) }}
+{{- fail (printf "leaderElection.renewDeadline=%v must be shorter than leaderElection.leaseDuration=%v: a leader must stop before a standby can take the Lease" .Values.leaderElection.renewDeadline .Values.leaderElection.leaseDuration) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -79,6 +123,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - --aws-rate-limit={{ int .Values.awsRateLimit }}
 - --aws-burst={{ int .Values.awsBurst }}
 - --aws-timeout={{ .Values.awsTimeout }}
+- --aws-list-lag={{ .Values.awsListLag }}
+- --watch-failure-timeout={{ .Values.watchFailureTimeout }}
+- --adoption={{ .Values.adoption.mode }}
 {{- if .Values.watchNamespace }}
 - --namespace={{ .Values.watchNamespace }}
 {{- end }}
@@ -88,8 +135,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.region }}
 - --region={{ .Values.region }}
 {{- end }}
+{{- with .Values.allowedRegions }}
+- --allowed-regions={{ join "," . }}
+{{- end }}
 {{- if .Values.protonEndpoint }}
 - {{ printf "--proton-endpoint=%s" .Values.protonEndpoint | quote }}
+{{- end }}
+{{- if .Values.stsEndpoint }}
+- {{ printf "--sts-endpoint=%s" .Values.stsEndpoint | quote }}
 {{- end }}
 {{- if .Values.leaderElection.enabled }}
 - --leader-election
@@ -97,6 +150,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - --leader-election-namespace={{ .Values.leaderElection.namespace }}
 {{- end }}
 - --lease-name={{ include "eac-controller.leaseName" . }}
+- --lease-duration={{ .Values.leaderElection.leaseDuration }}
+- --lease-renew-deadline={{ .Values.leaderElection.renewDeadline }}
 {{- end }}
 {{- range .Values.extraArgs }}
 - {{ . | quote }}
