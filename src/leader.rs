@@ -120,7 +120,13 @@ impl Elector {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = stop.changed() => continue,
+                changed = stop.changed() => {
+                    // A dropped sender means nobody can ask any more: stop as asked.
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
             }
             // The next try, unless the renew deadline passes first.
             let deadline = last_renew.map_or_else(far, |at| at + cfg.renew_deadline);
@@ -128,7 +134,11 @@ impl Elector {
                 tokio::select! {
                     _ = tokio::time::sleep(cfg.retry_period) => {}
                     _ = tokio::time::sleep_until(deadline) => {}
-                    _ = stop.changed() => {}
+                    changed = stop.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
                 }
             }
             if let Some(at) = last_renew

@@ -124,7 +124,7 @@ async fn killed_at_random_moments_with_strict_idempotency_list_lag_and_spec_edit
 
     // A quarter of the resources are deleted half-way, while their Creates may be in flight and
     // not listed yet.
-    let doomed = |i: usize| i % 4 == 0;
+    let doomed = |i: usize| i.is_multiple_of(4);
     for life_no in 0..LIVES {
         if life_no == LIVES / 2 {
             for i in (0..RESOURCES).filter(|i| doomed(*i)) {

@@ -80,14 +80,20 @@ fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
     match &run.observed {
         Observed::Nothing => match (&run.status.id, r.adopt_id) {
             (Some(id), _) => Step::Get { id: id.clone() },
-            (None, Some(adopt)) => match adoption_allowed(run) {
-                None => Step::ReadAdoptionPolicy,
-                Some(Ok(())) => Step::Get {
-                    id: adopt.to_string(),
-                },
-                Some(Err(problem)) => run.report(problem, now),
-            },
-            (None, None) => create(run, None, now),
+            // Adoption is for a resource that never had a connection of its own: once one was
+            // requested (or re-created after it vanished), the annotation is history.
+            (None, Some(adopt))
+                if run.status.create_sent_at.is_none() && run.status.recreations == 0 =>
+            {
+                match adoption_allowed(run) {
+                    None => Step::ReadAdoptionPolicy,
+                    Some(Ok(())) => Step::Get {
+                        id: adopt.to_string(),
+                    },
+                    Some(Err(problem)) => run.report(problem, now),
+                }
+            }
+            (None, _) => create(run, None, now),
         },
         Observed::Gone { id: Some(id) } if run.status.id.as_deref() == Some(id.as_str()) => {
             // The recorded connection was deleted behind the controller's back.

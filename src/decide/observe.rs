@@ -182,21 +182,23 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
                 id: target_id(step, &run.observed, &run.status),
             };
         }
-        // A Create with this token was sent before: our own connection may exist under it with
-        // other parameters (strict idempotency after a crash and a spec edit). Look for it
-        // before reporting anything.
-        (Step::Create { replay: true, .. }, ErrorClass::Conflict) if run.conflict.is_none() => {
-            run.conflict = Some(e);
-            run.observed = Observed::CreateConflict;
-        }
         (Step::Create { replay, .. }, class) => {
-            // A first Create refused outright created nothing: no connection can appear
-            // later, so the record that one may be in flight goes (and deletion need not wait).
-            // After a timeout or a 5xx it may have been created, and the record stays.
-            if !replay && creates_nothing(class) {
-                run.status.create_sent_at = None;
+            // A Create refused outright created nothing: the record that a Create may be in
+            // flight goes back to what it was before this reconcile (none for a first attempt,
+            // else the last Create whose answer never came), so neither deletion nor a conflict
+            // waits for this one.
+            if creates_nothing(class) {
+                run.status.create_sent_at = run.r.status.create_sent_at.clone();
             }
-            run.problem = Some(Problem::from(&e));
+            if *replay && class == ErrorClass::Conflict && run.conflict.is_none() {
+                // A Create with this token was sent before: our own connection may exist under
+                // it with other parameters (strict idempotency after a crash and a spec edit).
+                // Look for it before reporting anything.
+                run.conflict = Some(e);
+                run.observed = Observed::CreateConflict;
+            } else {
+                run.problem = Some(Problem::from(&e));
+            }
         }
         _ => run.problem = Some(Problem::from(&e)),
     }

@@ -12,6 +12,7 @@
 //! - server-side apply on the status subresource: `fieldManager` is required, the fields a
 //!   manager applied and then leaves out are removed, other managers' fields are kept;
 //! - `deletionTimestamp` bumps `generation`, and an object whose finalizers are gone disappears.
+//!
 //! A test can also cut the server off: requests then hang until it is healed.
 #![allow(dead_code)]
 
