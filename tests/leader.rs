@@ -207,3 +207,32 @@ async fn a_lease_taken_by_another_holder_ends_leadership_at_the_next_renewal() {
     assert_eq!(holder(&api).as_deref(), Some("intruder"));
     a.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn standbys_racing_for_an_expired_lease_elect_one_and_the_loser_gets_409() {
+    let api = FakeApi::default();
+    let mut a = Candidate::start(&api, "pod-a");
+    a.until(true, Duration::from_secs(5)).await;
+    let b = Candidate::start(&api, "pod-b");
+    let c = Candidate::start(&api, "pod-c");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    a.cut.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+
+    assert!(!a.leads());
+    assert!(b.leads() ^ c.leads(), "exactly one standby took over");
+    assert!(
+        api.answered(409) >= 1,
+        "both read the same expired record and wrote it back: one write was refused"
+    );
+    for standby in [&b, &c] {
+        let flips = standby.flips.lock().unwrap();
+        assert!(flips.len() <= 1, "no flapping: {flips:?}");
+    }
+    a.cut.store(false, Ordering::SeqCst);
+    api.heal();
+    b.shutdown().await;
+    c.shutdown().await;
+    a.shutdown().await;
+}

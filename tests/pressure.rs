@@ -700,3 +700,41 @@ async fn deleting_after_a_create_that_timed_out_still_deletes_the_connection() {
     );
     assert!(env.api.get("prod").is_none());
 }
+
+#[tokio::test]
+async fn a_finalizer_list_that_changed_under_the_controller_is_not_overwritten() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    env.api.create("prod", UID, spec("prod"));
+    // The controller's cache still has the object without finalizers; meanwhile someone else
+    // added theirs.
+    let stale = Arc::new(env.api.get("prod").unwrap());
+    env.api.edit("prod", |o| {
+        o.metadata.finalizers = Some(vec!["example.com/other".into()])
+    });
+
+    let err = controller::reconcile(stale, env.ctx.clone())
+        .await
+        .expect_err("the guarded patch is refused");
+    assert!(
+        err.to_string().contains("422") || err.to_string().contains("test"),
+        "{err}"
+    );
+    assert_eq!(env.api.answered(422), 1);
+    assert_eq!(
+        env.api.get("prod").unwrap().metadata.finalizers,
+        Some(vec!["example.com/other".to_string()]),
+        "theirs is kept"
+    );
+    assert_eq!(
+        env.calls(CREATE),
+        0,
+        "nothing is created without our finalizer"
+    );
+
+    env.resync("prod").await.unwrap();
+    assert_eq!(
+        env.api.get("prod").unwrap().metadata.finalizers,
+        Some(vec!["example.com/other".to_string(), FINALIZER.to_string()])
+    );
+    assert_eq!(env.calls(CREATE), 1);
+}
