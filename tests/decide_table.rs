@@ -1,9 +1,11 @@
-//! Decision-table tests of the pure reconcile decision (`src/decide.rs`).
+//! Decision-table tests of the pure reconcile (`src/decide/`).
 //!
-//! Every test is synchronous and does no I/O: it builds a resource from small owned fixtures,
-//! asks `decide` (or one of its helpers) for an answer, and compares it with the table. A tiny
-//! in-memory Proton (`FakeProton`) replays the controller's step loop where a whole reconcile
-//! matters ("one Get per resync", "finalizer before Create").
+//! Every test is synchronous and does no I/O. A reconcile is driven the way the controller drives
+//! it: `Run::next` names a step, the test answers it, and `Run::record` gives the answer its
+//! meaning. AWS steps are answered by a tiny in-memory Proton (`Fake`) with the raw answer a call
+//! would get (a connection, tags, an error); Kubernetes steps are answered as the API server
+//! would. The fake interprets nothing: what a NotFound, a replayed Create or a conflict means is
+//! decided by the code under test. Tables are kept one row a line (`#[rustfmt::skip]`).
 
 use std::time::Duration;
 
@@ -13,9 +15,9 @@ use eac_controller::api::{
 };
 use eac_controller::conditions::{READY, STALLED, SYNCED};
 use eac_controller::decide::{
-    self, Failure, Note, Observed, Origin, Problem, Resource, Settings, Settled, Step,
-    client_token, decide, event_for, retry_after, status_after_problem, status_vanished,
-    vanished_note,
+    AdoptionPolicy, MAX_STEPS, Memory, Note, Observed, Origin, Outcome, Problem, Recorded,
+    Reported, Resource, Run, Settings, Settled, Step, client_token, desired_tags, effective_status,
+    event_for, ownership_tags, retry_after,
 };
 use eac_controller::proton::{
     Connection, CreateRequest, ErrorClass, ProtonError, Retry, RoleArns, Tags,
@@ -27,11 +29,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 // ---------------------------------------------------------------------------------------------
 
 const UID: &str = "8d7e0c55-2b1f-4c9a-9a51-3f0d2f6e7a10";
+const OTHER_UID: &str = "another-uid";
 const NAMESPACE: &str = "platform";
 const NAME: &str = "prod-eu";
 const ENV: &str = "prod-eu";
 const MGMT: &str = "111122223333";
 const ENV_ACCOUNT: &str = "444455556666";
+const OTHER_ACCOUNT: &str = "777788889999";
 const ID: &str = "2f6c1a7e-5b1d-4c3e-9f00-0123456789ab";
 const ARN: &str = "arn:aws:proton:eu-west-1:444455556666:environment-account-connection/2f6c1a7e-5b1d-4c3e-9f00-0123456789ab";
 const ADOPT_ID: &str = "7a7a7a7a-0000-4000-8000-00000000adop";
@@ -42,8 +46,18 @@ const COMPONENT: &str = "arn:aws:iam::444455556666:role/proton-component";
 const DEFAULT_REGION: &str = "eu-west-1";
 const REQUESTED_AT: &str = "2026-11-21T10:00:00Z";
 const MODIFIED_AT: &str = "2026-11-21T10:05:00Z";
+const UPDATED_AT: &str = "2026-11-21T10:09:00Z";
 const RESYNC: Duration = Duration::from_secs(600);
 const PENDING_POLL: Duration = Duration::from_secs(30);
+/// The controller's default: a 30 s call timeout plus 30 s of List lag.
+const CREATE_SETTLE: Duration = Duration::from_secs(60);
+/// The middle of the jitter range: every backoff is exactly its un-jittered value.
+const JITTER: f64 = 0.5;
+
+const PENDING: ConnectionState = ConnectionState::Pending;
+const CONNECTED: ConnectionState = ConnectionState::Connected;
+const REJECTED: ConnectionState = ConnectionState::Rejected;
+const STATES: [ConnectionState; 3] = [PENDING, CONNECTED, REJECTED];
 
 /// `2026-11-21T10:00:00Z` plus `secs`.
 fn at(secs: i64) -> jiff::Timestamp {
@@ -60,11 +74,23 @@ fn now() -> jiff::Timestamp {
     at(600)
 }
 
+fn later(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
+    t.checked_add(jiff::SignedDuration::try_from(d).unwrap())
+        .unwrap()
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
 fn settings() -> Settings {
     Settings {
         resync: RESYNC,
         pending_poll: PENDING_POLL,
         default_region: DEFAULT_REGION.into(),
+        allowed_regions: Vec::new(),
+        adoption: AdoptionPolicy::NamespaceOptIn,
+        create_settle: CREATE_SETTLE,
     }
 }
 
@@ -77,16 +103,6 @@ fn tags(pairs: &[(&str, &str)]) -> Tags {
 
 fn ownership() -> Tags {
     tags(&[(TAG_UID, UID), (TAG_NAMESPACE, NAMESPACE), (TAG_NAME, NAME)])
-}
-
-fn ownership_keys() -> Vec<String> {
-    let mut keys = vec![
-        TAG_UID.to_string(),
-        TAG_NAMESPACE.to_string(),
-        TAG_NAME.to_string(),
-    ];
-    keys.sort();
-    keys
 }
 
 /// Spec tags plus ownership tags.
@@ -129,6 +145,17 @@ fn conn(state: ConnectionState) -> Connection {
     }
 }
 
+/// The connection named by the adopt annotation.
+fn adoptee(state: ConnectionState) -> Connection {
+    Connection {
+        id: ADOPT_ID.into(),
+        arn: format!(
+            "arn:aws:proton:eu-west-1:{ENV_ACCOUNT}:environment-account-connection/{ADOPT_ID}"
+        ),
+        ..conn(state)
+    }
+}
+
 fn cond(
     type_: &str,
     status: bool,
@@ -147,13 +174,13 @@ fn cond(
     }
 }
 
-/// A status as an earlier reconcile left it: the connection in `state`, generation
-/// `applied` reconciled successfully.
+/// A status as an earlier reconcile left it: the connection in `state`, generation `applied`
+/// reconciled successfully.
 fn recorded(state: ConnectionState, applied: i64) -> Status {
     let (ready, ready_reason, stalled, stalled_reason) = match state {
-        ConnectionState::Connected => (true, "Connected", false, "Reconciled"),
-        ConnectionState::Pending => (false, "Pending", false, "Reconciled"),
-        ConnectionState::Rejected => (false, "Rejected", true, "Rejected"),
+        CONNECTED => (true, "Connected", false, "Reconciled"),
+        PENDING => (false, "Pending", false, "Reconciled"),
+        REJECTED => (false, "Rejected", true, "Rejected"),
     };
     Status {
         observed_generation: Some(applied),
@@ -162,6 +189,7 @@ fn recorded(state: ConnectionState, applied: i64) -> Status {
         status: Some(state),
         environment_account_id: Some(ENV_ACCOUNT.into()),
         region: Some(DEFAULT_REGION.into()),
+        create_sent_at: None,
         requested_at: Some(REQUESTED_AT.into()),
         last_modified_at: Some(MODIFIED_AT.into()),
         role_arn: Some(ROLE.into()),
@@ -185,15 +213,72 @@ fn recorded(state: ConnectionState, applied: i64) -> Status {
 }
 
 fn status_pending() -> Status {
-    recorded(ConnectionState::Pending, 1)
+    recorded(PENDING, 1)
 }
 
 fn status_connected() -> Status {
-    recorded(ConnectionState::Connected, 1)
+    recorded(CONNECTED, 1)
 }
 
 fn status_rejected() -> Status {
-    recorded(ConnectionState::Rejected, 1)
+    recorded(REJECTED, 1)
+}
+
+/// The intent to create, written at `sent` for a resource that never had a connection: region
+/// and account pinned, a Create possibly in flight.
+fn intent(generation: i64, sent: jiff::Timestamp) -> Status {
+    let message = format!("creating the connection in {DEFAULT_REGION} (account {ENV_ACCOUNT})");
+    Status {
+        observed_generation: Some(generation),
+        environment_account_id: Some(ENV_ACCOUNT.into()),
+        region: Some(DEFAULT_REGION.into()),
+        create_sent_at: Some(sent.to_string()),
+        conditions: vec![
+            cond(READY, false, "Creating", &message, generation, sent),
+            cond(SYNCED, false, "Creating", &message, generation, sent),
+            cond(STALLED, false, "Reconciling", "", generation, sent),
+        ],
+        ..Status::default()
+    }
+}
+
+/// An intent written 30 s ago whose Create's answer never reached the status.
+fn creating() -> Status {
+    intent(1, at(570))
+}
+
+/// What a resource looks like at the start of a reconcile.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Before {
+    NoStatus,
+    Creating,
+    Pending,
+    Connected,
+    Rejected,
+}
+
+impl Before {
+    const ALL: [Before; 5] = [
+        Before::NoStatus,
+        Before::Creating,
+        Before::Pending,
+        Before::Connected,
+        Before::Rejected,
+    ];
+
+    fn status(self) -> Status {
+        match self {
+            Before::NoStatus => Status::default(),
+            Before::Creating => creating(),
+            Before::Pending => status_pending(),
+            Before::Connected => status_connected(),
+            Before::Rejected => status_rejected(),
+        }
+    }
+
+    fn has_id(self) -> bool {
+        !matches!(self, Before::NoStatus | Before::Creating)
+    }
 }
 
 /// The Kubernetes side of a test: everything `decide::Resource` borrows, owned.
@@ -206,6 +291,11 @@ struct Case {
     deleting: bool,
     finalizer: bool,
     adopt: Option<String>,
+    quiet: Option<Duration>,
+    failures: u32,
+    settings: Settings,
+    /// The namespace's `proton.eac.dev/adoption=allowed` label, as ReadAdoptionPolicy reads it.
+    namespace_allows_adoption: bool,
 }
 
 impl Case {
@@ -219,6 +309,10 @@ impl Case {
             deleting: false,
             finalizer: true,
             adopt: None,
+            quiet: None,
+            failures: 0,
+            settings: settings(),
+            namespace_allows_adoption: true,
         }
     }
     fn status(mut self, status: Status) -> Self {
@@ -241,11 +335,29 @@ impl Case {
         self.adopt = Some(id.into());
         self
     }
+    /// Adopting, with adoption allowed everywhere.
+    fn adopting(self) -> Self {
+        self.adopt(ADOPT_ID)
+            .settings_with(|s| s.adoption = AdoptionPolicy::Everywhere)
+    }
+    fn quiet(mut self, requeue: Duration) -> Self {
+        self.quiet = Some(requeue);
+        self
+    }
     fn retain(self) -> Self {
         self.spec_with(|s| s.deletion_policy = DeletionPolicy::Retain)
     }
+    /// Generation 2 with `role_arn` changed to ROLE_2.
+    fn new_role(self) -> Self {
+        self.generation(2)
+            .spec_with(|s| s.role_arn = Some(ROLE_2.into()))
+    }
     fn spec_with(mut self, f: impl FnOnce(&mut Spec)) -> Self {
         f(&mut self.spec);
+        self
+    }
+    fn settings_with(mut self, f: impl FnOnce(&mut Settings)) -> Self {
+        f(&mut self.settings);
         self
     }
     fn res(&self) -> Resource<'_> {
@@ -259,47 +371,13 @@ impl Case {
             deleting: self.deleting,
             has_finalizer: self.finalizer,
             adopt_id: self.adopt.as_deref(),
+            quiet: self.quiet,
+            failures: self.failures,
         }
     }
-    fn decide(&self, observed: &Observed) -> Step {
-        self.decide_at(observed, now())
+    fn run(&self) -> Run<'_> {
+        Run::new(self.res(), &self.settings, JITTER)
     }
-    fn decide_at(&self, observed: &Observed, now: jiff::Timestamp) -> Step {
-        decide(&self.res(), observed, &settings(), now)
-    }
-}
-
-fn observed(connection: Connection, tags: Option<Tags>, origin: Origin) -> Observed {
-    Observed::Connection {
-        connection,
-        tags,
-        origin,
-    }
-}
-
-/// Read back with the recorded id; tags not listed yet.
-fn got(state: ConnectionState) -> Observed {
-    observed(conn(state), None, Origin::Recorded)
-}
-
-fn settled(step: Step) -> Settled {
-    match step {
-        Step::Settle(s) => s,
-        other => panic!("expected Settle, got {other:?}"),
-    }
-}
-
-fn failure(step: Step) -> Failure {
-    match step {
-        Step::Fail(f) => f,
-        other => panic!("expected Fail, got {other:?}"),
-    }
-}
-
-fn condition<'a>(status: &'a Status, type_: &str) -> &'a Condition {
-    status
-        .condition(type_)
-        .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
 }
 
 fn release_step(arn: &str) -> Step {
@@ -310,8 +388,14 @@ fn release_step(arn: &str) -> Step {
     }
 }
 
-/// The Create that `decide` must ask for: token, spec, roles and tags.
-fn create_step(case: &Case, token: &str, recreation: u32) -> Step {
+fn find_step() -> Step {
+    Step::FindOwned {
+        environment_name: ENV.into(),
+    }
+}
+
+/// The Create the decision must ask for: token, spec, roles and tags, in the default region.
+fn create_step(case: &Case, token: &str, recreation: u32, replay: bool) -> Step {
     let mut tags = case.spec.tags.clone();
     tags.extend(ownership());
     Step::Create {
@@ -326,242 +410,392 @@ fn create_step(case: &Case, token: &str, recreation: u32) -> Step {
             },
             tags,
         },
+        region: DEFAULT_REGION.into(),
         recreation,
+        replay,
     }
 }
 
-fn name_of(step: &Step) -> &'static str {
-    match step {
-        Step::AddFinalizer => "AddFinalizer",
-        Step::Get { .. } => "Get",
-        Step::FindOwned { .. } => "FindOwned",
-        Step::ListTags { .. } => "ListTags",
-        Step::Create { .. } => "Create",
-        Step::Update { .. } => "Update",
-        Step::Tag { .. } => "Tag",
-        Step::Untag { .. } => "Untag",
-        Step::Delete { .. } => "Delete",
-        Step::RemoveFinalizer => "RemoveFinalizer",
-        Step::Settle(_) => "Settle",
-        Step::Fail(_) => "Fail",
-        Step::Nothing => "Nothing",
-    }
+fn condition<'a>(status: &'a Status, type_: &str) -> &'a Condition {
+    status
+        .condition(type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
 }
 
-fn names(steps: &[Step]) -> Vec<&'static str> {
-    steps.iter().map(name_of).collect()
+/// (status, reason) of a condition, for compact assertions.
+fn cond_of<'a>(status: &'a Status, type_: &str) -> (&'a str, &'a str) {
+    let c = condition(status, type_);
+    (c.status.as_str(), c.reason.as_str())
 }
 
-/// Tag table row: name, spec tags, applied keys on record, tags on the connection, the step
-/// expected after ListTags (None: settle).
-type TagRow = (&'static str, Tags, Vec<&'static str>, Tags, Option<Step>);
-/// Adoption table row: name, what Get returned, the failure expected (reason, message
-/// fragments) or None to proceed.
-type AdoptionRow = (
-    &'static str,
-    Observed,
-    Option<(&'static str, Vec<&'static str>)>,
-);
-/// Event table row: name, status before, origin, state now, the events (reason, warning).
-type TransitionRow = (
-    &'static str,
-    Status,
-    Origin,
-    ConnectionState,
-    Vec<(&'static str, bool)>,
-);
-/// `event_for` table row: step, its result, the Event expected (reason, note).
-type StepEventRow = (Step, Observed, Option<(&'static str, String)>);
-
 // ---------------------------------------------------------------------------------------------
-// An in-memory Proton and the controller's step loop
+// An in-memory Proton, and the driver
 // ---------------------------------------------------------------------------------------------
 
-/// One connection and its tags; executes steps the way `src/controller.rs` folds them into
-/// `Observed`.
+/// One connection and its tags. Answers each AWS step with what Proton would return, raw.
 #[derive(Clone, Debug)]
-struct FakeProton {
+struct Fake {
     conn: Option<Connection>,
     tags: Tags,
+    /// The client token the connection was created with: a Create with it returns the
+    /// connection as it is; any other Create for the same environment is a ConflictException.
+    token: Option<String>,
     /// State a new connection starts in.
     create_state: ConnectionState,
+    /// The account the credentials act as.
+    account: String,
+    /// Errors answered instead, once each: (step name, class, AWS message).
+    errors: Vec<(&'static str, ErrorClass, String)>,
+    /// An answer of the wrong kind, for one step name.
+    wrong: Option<(&'static str, Outcome)>,
+    /// What an Update does to the connection.
+    on_update: fn(&mut Connection, &RoleArns),
+    /// How long one step takes to be answered: (step name, duration).
+    slow: Option<(&'static str, Duration)>,
     calls: Vec<&'static str>,
 }
 
-impl FakeProton {
+fn apply_update(c: &mut Connection, roles: &RoleArns) {
+    c.roles = roles.clone();
+    c.last_modified_at = UPDATED_AT.into();
+}
+
+impl Fake {
     fn empty() -> Self {
-        FakeProton {
+        Fake {
             conn: None,
             tags: Tags::new(),
-            create_state: ConnectionState::Pending,
+            token: None,
+            create_state: PENDING,
+            account: ENV_ACCOUNT.into(),
+            errors: Vec::new(),
+            wrong: None,
+            on_update: apply_update,
+            slow: None,
             calls: Vec::new(),
         }
     }
 
+    /// Holds `connection`, created by this resource's first Create.
     fn with(connection: Connection, tags: Tags) -> Self {
-        FakeProton {
+        Fake {
             conn: Some(connection),
             tags,
-            ..FakeProton::empty()
+            token: Some(UID.into()),
+            ..Fake::empty()
         }
     }
 
-    fn exec(&mut self, step: &Step, observed: &Observed, recorded_id: Option<&str>) -> Observed {
-        self.calls.push(name_of(step));
-        let (known_tags, origin) = match observed {
-            Observed::Connection { tags, origin, .. } => (tags.clone(), *origin),
-            _ => (None, Origin::Recorded),
+    /// Holds the recorded connection in `state`, tagged as `spec()` wants.
+    fn recorded(state: ConnectionState) -> Self {
+        Fake::with(conn(state), with_ownership(&[("team", "payments")]))
+    }
+
+    /// In step with `before`: holding the recorded connection, or empty (a Create makes one in
+    /// `state`).
+    fn for_before(before: Before, state: ConnectionState) -> Self {
+        if before.has_id() {
+            Fake::recorded(state)
+        } else {
+            Fake::empty().state(state)
+        }
+    }
+
+    /// In step with the case's status, the connection CONNECTED.
+    fn for_case(case: &Case) -> Self {
+        if case.status.id.is_some() {
+            Fake::recorded(CONNECTED)
+        } else {
+            Fake::empty()
+        }
+    }
+
+    /// Holds another resource's connection for the same environment.
+    fn taken() -> Self {
+        let mut c = conn(CONNECTED);
+        c.id = "someone-elses".into();
+        c.arn = format!("arn:aws:proton:eu-west-1:{ENV_ACCOUNT}:environment-account-connection/x");
+        Fake {
+            token: Some(OTHER_UID.into()),
+            ..Fake::with(c, tags(&[(TAG_UID, OTHER_UID)]))
+        }
+    }
+
+    fn fail(mut self, step: &'static str, class: ErrorClass, message: &str) -> Self {
+        self.errors.push((step, class, message.into()));
+        self
+    }
+
+    fn throttle(self, step: &'static str) -> Self {
+        self.fail(step, ErrorClass::Throttled, "Rate exceeded")
+    }
+
+    fn account(mut self, account: &str) -> Self {
+        self.account = account.into();
+        self
+    }
+
+    fn state(mut self, state: ConnectionState) -> Self {
+        self.create_state = state;
+        self
+    }
+
+    fn count(&self, call: &str) -> usize {
+        self.calls.iter().filter(|c| **c == call).count()
+    }
+
+    fn answer(&mut self, step: &Step) -> Result<Outcome, ProtonError> {
+        self.calls.push(step.name());
+        if let Some(i) = self.errors.iter().position(|(s, ..)| *s == step.name()) {
+            let (_, class, message) = self.errors.remove(i);
+            return Err(aws_error(step, class, &message));
+        }
+        if let Some((name, outcome)) = &self.wrong
+            && *name == step.name()
+        {
+            return Ok(outcome.clone());
+        }
+        let not_found = || {
+            Err(aws_error(
+                step,
+                ErrorClass::NotFound,
+                "connection not found",
+            ))
         };
-        let connection = |this: &Self| this.conn.clone().expect("no connection in the fake");
+        let arn_matches = |arn: &str| self.conn.as_ref().is_some_and(|c| c.arn == arn);
         match step {
+            Step::WhoAmI => Ok(Outcome::Account(self.account.clone())),
             Step::Get { id } => match &self.conn {
-                Some(c) if c.id == *id => observed_for(
-                    c.clone(),
-                    None,
-                    if recorded_id == Some(id.as_str()) {
-                        Origin::Recorded
-                    } else {
-                        Origin::Adopted
-                    },
-                ),
-                _ => Observed::Gone {
-                    id: Some(id.clone()),
-                },
+                Some(c) if c.id == *id => Ok(Outcome::Connection(c.clone())),
+                _ => not_found(),
             },
-            Step::FindOwned { environment_name } => match &self.conn {
-                Some(c)
-                    if c.environment_name == *environment_name
-                        && self.tags.get(TAG_UID).map(String::as_str) == Some(UID) =>
-                {
-                    observed_for(c.clone(), Some(self.tags.clone()), Origin::Found)
-                }
-                _ => Observed::Gone { id: None },
-            },
-            Step::ListTags { .. } => {
-                observed_for(connection(self), Some(self.tags.clone()), origin)
-            }
+            Step::FindOwned { environment_name } => Ok(Outcome::Found(
+                self.conn
+                    .clone()
+                    .filter(|c| {
+                        c.environment_name == *environment_name
+                            && self.tags.get(TAG_UID).map(String::as_str) == Some(UID)
+                    })
+                    .map(|c| (c, self.tags.clone())),
+            )),
+            Step::ListTags { arn } if arn_matches(arn) => Ok(Outcome::Tags(self.tags.clone())),
             Step::Create {
-                request,
-                recreation,
+                request, region, ..
             } => {
+                if let Some(c) = &self.conn {
+                    if self.token.as_deref() == Some(request.client_token.as_str()) {
+                        return Ok(Outcome::Connection(c.clone()));
+                    }
+                    if c.environment_name == request.environment_name {
+                        let message = "a connection already exists for this environment";
+                        return Err(aws_error(step, ErrorClass::Conflict, message));
+                    }
+                }
                 let id = format!("conn-{}", request.client_token);
                 let c = Connection {
-                    id: id.clone(),
                     arn: format!(
-                        "arn:aws:proton:eu-west-1:{ENV_ACCOUNT}:environment-account-connection/{id}"
+                        "arn:aws:proton:{region}:{}:environment-account-connection/{id}",
+                        self.account
                     ),
+                    id,
                     state: self.create_state,
                     environment_name: request.environment_name.clone(),
                     management_account_id: request.management_account_id.clone(),
-                    environment_account_id: ENV_ACCOUNT.into(),
+                    environment_account_id: self.account.clone(),
                     roles: request.roles.clone(),
                     requested_at: REQUESTED_AT.into(),
                     last_modified_at: REQUESTED_AT.into(),
                 };
                 self.conn = Some(c.clone());
                 self.tags = request.tags.clone();
-                observed_for(
-                    c,
-                    Some(request.tags.clone()),
-                    Origin::Created {
-                        recreation: *recreation,
-                    },
-                )
+                self.token = Some(request.client_token.clone());
+                Ok(Outcome::Connection(c))
             }
-            Step::Update { roles, .. } => {
-                let c = self.conn.as_mut().expect("no connection in the fake");
-                c.roles = roles.clone();
-                c.last_modified_at = "2026-11-21T10:09:00Z".into();
-                observed_for(c.clone(), known_tags, origin)
-            }
-            Step::Tag { tags, .. } => {
-                self.tags.extend(tags.clone());
-                let mut now_tags = known_tags.unwrap_or_default();
-                now_tags.extend(tags.clone());
-                observed_for(connection(self), Some(now_tags), origin)
-            }
-            Step::Untag { keys, retain, .. } => {
-                self.tags.retain(|k, _| !keys.contains(k));
-                if *retain {
-                    Observed::Released
-                } else {
-                    let mut now_tags = known_tags.unwrap_or_default();
-                    now_tags.retain(|k, _| !keys.contains(k));
-                    observed_for(connection(self), Some(now_tags), origin)
+            Step::Update { id, roles } => match &mut self.conn {
+                Some(c) if c.id == *id => {
+                    (self.on_update)(c, roles);
+                    Ok(Outcome::Connection(c.clone()))
                 }
+                _ => not_found(),
+            },
+            Step::Tag { arn, tags } if arn_matches(arn) => {
+                self.tags.extend(tags.clone());
+                Ok(Outcome::Done)
             }
-            Step::Delete { .. } => {
+            Step::Untag { arn, keys, .. } if arn_matches(arn) => {
+                self.tags.retain(|k, _| !keys.contains(k));
+                Ok(Outcome::Done)
+            }
+            Step::Delete { id } if self.conn.as_ref().is_some_and(|c| c.id == *id) => {
                 self.conn = None;
                 self.tags.clear();
-                Observed::Released
+                self.token = None;
+                Ok(Outcome::Done)
             }
-            other => panic!("{other:?} is not a Proton call"),
+            Step::ListTags { .. } | Step::Tag { .. } | Step::Untag { .. } | Step::Delete { .. } => {
+                not_found()
+            }
+            other => panic!("{} is not an AWS call", other.name()),
         }
     }
 }
 
-fn observed_for(connection: Connection, tags: Option<Tags>, origin: Origin) -> Observed {
-    Observed::Connection {
-        connection,
-        tags,
-        origin,
+fn aws_error(step: &Step, class: ErrorClass, message: &str) -> ProtonError {
+    ProtonError {
+        operation: operation(step),
+        class,
+        code: format!("{class:?}"),
+        message: message.into(),
     }
 }
 
-/// Runs one reconcile the way the controller does, until a final step. Returns every step.
-fn reconcile(case: &mut Case, proton: &mut FakeProton, now: jiff::Timestamp) -> Vec<Step> {
-    let mut observed = Observed::Nothing;
-    let mut steps = Vec::new();
-    for _ in 0..16 {
-        let step = case.decide_at(&observed, now);
-        steps.push(step.clone());
-        match &step {
-            Step::AddFinalizer => case.finalizer = true,
-            Step::Settle(_) | Step::Fail(_) | Step::RemoveFinalizer | Step::Nothing => {
-                return steps;
-            }
-            call => observed = proton.exec(call, &observed, case.status.id.as_deref()),
+fn operation(step: &Step) -> &'static str {
+    match step {
+        Step::WhoAmI => "GetCallerIdentity",
+        Step::Get { .. } => "GetEnvironmentAccountConnection",
+        Step::FindOwned { .. } => "ListEnvironmentAccountConnections",
+        Step::ListTags { .. } => "ListTagsForResource",
+        Step::Create { .. } => "CreateEnvironmentAccountConnection",
+        Step::Update { .. } => "UpdateEnvironmentAccountConnection",
+        Step::Tag { .. } => "TagResource",
+        Step::Untag { .. } => "UntagResource",
+        Step::Delete { .. } => "DeleteEnvironmentAccountConnection",
+        other => panic!("{} is not an AWS call", other.name()),
+    }
+}
+
+/// One reconcile: every step, the Events `record` returned, and what the run knew at the end.
+#[derive(Debug)]
+struct Trace {
+    steps: Vec<Step>,
+    notes: Vec<Note>,
+    observed: Observed,
+    region: String,
+}
+
+impl Trace {
+    /// The step names, space-separated.
+    fn path(&self) -> String {
+        path(&self.steps)
+    }
+    fn last(&self) -> &Step {
+        self.steps.last().expect("no steps")
+    }
+    fn settled(&self) -> &Settled {
+        match self.last() {
+            Step::Settle(s) => s,
+            _ => panic!("expected Settle, got {}", self.path()),
         }
     }
-    panic!("the reconcile did not settle: {:?}", names(&steps));
+    fn reported(&self) -> &Reported {
+        match self.last() {
+            Step::Report(r) => r,
+            _ => panic!("expected Report, got {}", self.path()),
+        }
+    }
+    fn recorded(&self) -> &Recorded {
+        match self.step("Record") {
+            Step::Record(r) => r,
+            _ => unreachable!(),
+        }
+    }
+    /// The first step of that name.
+    fn step(&self, name: &str) -> &Step {
+        self.steps
+            .iter()
+            .find(|s| s.name() == name)
+            .unwrap_or_else(|| panic!("no {name} in {}", self.path()))
+    }
+    fn origin(&self) -> Option<Origin> {
+        match &self.observed {
+            Observed::Connection { origin, .. } => Some(*origin),
+            _ => None,
+        }
+    }
 }
 
-/// Writes the settled status as the controller would (the next reconcile reads it back).
-fn apply_settled(case: &mut Case, steps: &[Step]) -> Settled {
-    let last = settled(steps.last().cloned().expect("no steps"));
-    case.status = last.status.clone();
-    last
+fn path(steps: &[Step]) -> String {
+    steps.iter().map(Step::name).collect::<Vec<_>>().join(" ")
+}
+
+/// Runs one reconcile as the controller does, and writes back what the controller would write
+/// (statuses, the finalizer).
+fn reconcile(case: &mut Case, proton: &mut Fake, now: jiff::Timestamp) -> Trace {
+    let mut clock = now;
+    let mut steps: Vec<Step> = Vec::new();
+    let mut notes = Vec::new();
+    let mut written = None;
+    let mut finalized = false;
+    let (observed, region) = {
+        let mut run = case.run();
+        loop {
+            assert!(steps.len() <= 2 * MAX_STEPS, "runaway: {}", path(&steps));
+            let step = run.next(clock);
+            let who_am_i_first =
+                !step.is_aws() || step == Step::WhoAmI || steps.contains(&Step::WhoAmI);
+            assert!(who_am_i_first, "{} before WhoAmI", step.name());
+            steps.push(step.clone());
+            if step.is_final() {
+                break;
+            }
+            let answer = match &step {
+                Step::AddFinalizer => {
+                    finalized = true;
+                    Ok(Outcome::Done)
+                }
+                Step::ReadAdoptionPolicy => {
+                    Ok(Outcome::AdoptionAllowed(case.namespace_allows_adoption))
+                }
+                Step::Record(r) => {
+                    written = Some(r.status.clone());
+                    Ok(Outcome::Done)
+                }
+                call => {
+                    if let Some((name, took)) = proton.slow
+                        && name == call.name()
+                    {
+                        clock = later(clock, took);
+                    }
+                    proton.answer(call)
+                }
+            };
+            notes.extend(run.record(&step, answer));
+        }
+        (run.observed().clone(), run.region().to_string())
+    };
+    case.finalizer |= finalized;
+    if let Some(status) = written {
+        case.status = status;
+    }
+    match steps.last() {
+        Some(Step::Settle(s)) => case.status = s.status.clone(),
+        Some(Step::Report(r)) => case.status = r.status.clone(),
+        Some(Step::RemoveFinalizer) => case.finalizer = false,
+        _ => {}
+    }
+    Trace {
+        steps,
+        notes,
+        observed,
+        region,
+    }
+}
+
+/// The first step of a reconcile, and the one after WhoAmI if that came first (answered with
+/// the account the connections are pinned to).
+fn first_steps(case: &Case) -> Vec<Step> {
+    let mut run = case.run();
+    let first = run.next(now());
+    if first != Step::WhoAmI {
+        return vec![first];
+    }
+    run.record(&first, Ok(Outcome::Account(ENV_ACCOUNT.into())));
+    vec![first, run.next(now())]
 }
 
 // ---------------------------------------------------------------------------------------------
-// The first step of a reconcile
+// The first steps of a reconcile; creating
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Before {
-    NoStatus,
-    Pending,
-    Connected,
-    Rejected,
-}
-
-impl Before {
-    const ALL: [Before; 4] = [
-        Before::NoStatus,
-        Before::Pending,
-        Before::Connected,
-        Before::Rejected,
-    ];
-
-    fn status(self) -> Status {
-        match self {
-            Before::NoStatus => Status::default(),
-            Before::Pending => status_pending(),
-            Before::Connected => status_connected(),
-            Before::Rejected => status_rejected(),
-        }
-    }
-}
 
 #[test]
 fn the_first_step_of_a_reconcile_follows_deletion_finalizer_record_policy_and_adoption() {
@@ -579,30 +813,42 @@ fn the_first_step_of_a_reconcile_follows_deletion_finalizer_record_policy_and_ad
                             case.deleting = deleting;
                             case.finalizer = finalizer;
                             case.adopt = adopt.map(str::to_string);
-                            let recorded_id = before != Before::NoStatus;
                             let retain = policy == DeletionPolicy::Retain;
-
-                            let expected = match (deleting, finalizer, recorded_id) {
-                                // Never finalized: not ours to clean up.
-                                (true, false, _) => Step::Nothing,
-                                (true, true, true) if retain => release_step(ARN),
-                                // Delete policy with a recorded id: delete straight away, no Get.
-                                (true, true, true) => Step::Delete { id: ID.into() },
-                                // The id never reached the status: look the connection up by tag.
-                                (true, true, false) => Step::FindOwned {
-                                    environment_name: ENV.into(),
-                                },
-                                // The finalizer comes before anything else.
-                                (false, false, _) => Step::AddFinalizer,
-                                (false, true, true) => Step::Get { id: ID.into() },
-                                (false, true, false) => match adopt {
-                                    Some(a) => Step::Get { id: a.into() },
-                                    None => create_step(&case, UID, 0),
-                                },
+                            let aws = |step| vec![Step::WhoAmI, step];
+                            let intent_step = || {
+                                Step::Record(Box::new(Recorded {
+                                    status: intent(case.generation, now()),
+                                    events: vec![],
+                                }))
                             };
-                            let step = case.decide(&Observed::Nothing);
+
+                            let expected = match (deleting, finalizer, before) {
+                                // Never finalized: not ours to clean up.
+                                (true, false, _) => vec![Step::Nothing],
+                                // Never sent a Create and holds no connection: released
+                                // without a single AWS call.
+                                (true, true, Before::NoStatus) => vec![Step::RemoveFinalizer],
+                                // A Create may be in flight: find its connection by uid tag.
+                                (true, true, Before::Creating) => aws(find_step()),
+                                (true, true, _) if retain => aws(release_step(ARN)),
+                                // Delete policy with a recorded id: delete straight away.
+                                (true, true, _) => aws(Step::Delete { id: ID.into() }),
+                                // The finalizer comes before anything else.
+                                (false, false, _) => vec![Step::AddFinalizer],
+                                // A recorded id wins over the adopt annotation.
+                                (false, true, b) if b.has_id() => aws(Step::Get { id: ID.into() }),
+                                // Adoption asks the namespace first, before any AWS call.
+                                (false, true, Before::NoStatus) if adopt.is_some() => {
+                                    vec![Step::ReadAdoptionPolicy]
+                                }
+                                (false, true, Before::NoStatus) => aws(intent_step()),
+                                // The intent is fresh: the Create is sent again, as a replay;
+                                // once a connection was requested, adopt-id is history.
+                                (false, true, _) => aws(create_step(&case, UID, 0, true)),
+                            };
                             assert_eq!(
-                                step, expected,
+                                first_steps(&case),
+                                expected,
                                 "before={before:?} spec_changed={spec_changed} deleting={deleting} finalizer={finalizer} policy={policy:?} adopt={adopt:?}"
                             );
                             checked += 1;
@@ -612,28 +858,41 @@ fn the_first_step_of_a_reconcile_follows_deletion_finalizer_record_policy_and_ad
             }
         }
     }
-    assert_eq!(checked, 128);
+    assert_eq!(checked, 160);
 }
 
 #[test]
-fn the_finalizer_is_added_before_the_first_create() {
+fn a_new_resource_gets_the_finalizer_then_whoami_then_the_intent_then_the_create() {
     let mut case = Case::new().without_finalizer();
-    let mut proton = FakeProton::empty();
-    let steps = reconcile(&mut case, &mut proton, now());
-    assert_eq!(names(&steps), ["AddFinalizer", "Create", "Settle"]);
-    assert_eq!(proton.calls, ["Create"]);
-
-    // Whatever Proton has already said, a resource without the finalizer gets it first.
-    let case = Case::new().without_finalizer().status(status_connected());
-    for obs in [
-        Observed::Nothing,
-        got(ConnectionState::Connected),
-        Observed::Gone {
-            id: Some(ID.into()),
+    let mut proton = Fake::empty();
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "AddFinalizer WhoAmI Record Create Settle");
+    assert_eq!(proton.calls, ["WhoAmI", "Create"]);
+    assert!(case.finalizer);
+    assert_eq!(
+        trace.recorded(),
+        &Recorded {
+            status: intent(1, now()),
+            events: vec![]
         },
-    ] {
-        assert_eq!(case.decide(&obs), Step::AddFinalizer, "{obs:?}");
-    }
+        "region and account pinned, a Create in flight, Ready/Synced False Creating"
+    );
+    assert_eq!(trace.steps[3], create_step(&case, UID, 0, false));
+    let created = format!("created connection conn-{UID} in {DEFAULT_REGION}");
+    assert_eq!(trace.notes, [Note::normal("Created", created)]);
+    let s = &trace.settled().status;
+    assert_eq!(s.id.as_deref(), Some(format!("conn-{UID}").as_str()));
+    assert_eq!(s.create_sent_at, None, "the Create's answer is on record");
+    assert_eq!(s.region.as_deref(), Some(DEFAULT_REGION));
+
+    // The account pinned is the one the credentials act as.
+    let mut case = Case::new();
+    let trace = reconcile(&mut case, &mut Fake::empty().account(OTHER_ACCOUNT), now());
+    assert_eq!(trace.path(), "WhoAmI Record Create Settle");
+    let pinned = &trace.recorded().status.environment_account_id;
+    assert_eq!(pinned.as_deref(), Some(OTHER_ACCOUNT));
+    let pinned = &trace.settled().status.environment_account_id;
+    assert_eq!(pinned.as_deref(), Some(OTHER_ACCOUNT));
 }
 
 #[test]
@@ -643,14 +902,17 @@ fn a_new_resource_is_created_with_uid_token_spec_tags_ownership_tags_and_roles()
         s.component_role_arn = Some(COMPONENT.into());
         s.tags = tags(&[("team", "payments"), ("cost-center", "42")]);
     });
+    let trace = reconcile(&mut case.clone(), &mut Fake::empty(), now());
     let Step::Create {
         request,
-        recreation,
-    } = case.decide(&Observed::Nothing)
+        region,
+        recreation: 0,
+        replay: false,
+    } = trace.step("Create")
     else {
-        panic!("expected Create");
+        panic!("expected a first Create: {:?}", trace.step("Create"));
     };
-    assert_eq!(recreation, 0);
+    assert_eq!(region, DEFAULT_REGION);
     assert_eq!(request.client_token, UID);
     assert_eq!(request.environment_name, ENV);
     assert_eq!(request.management_account_id, MGMT);
@@ -658,390 +920,672 @@ fn a_new_resource_is_created_with_uid_token_spec_tags_ownership_tags_and_roles()
         request.roles,
         roles(Some(ROLE), Some(CODEBUILD), Some(COMPONENT))
     );
-    assert_eq!(
-        request.tags,
-        tags(&[
-            ("team", "payments"),
-            ("cost-center", "42"),
-            (TAG_UID, UID),
-            (TAG_NAMESPACE, NAMESPACE),
-            (TAG_NAME, NAME),
-        ])
-    );
-    assert_eq!(decide::ownership_tags(&case.res()), ownership());
-    assert_eq!(decide::desired_tags(&case.res()), request.tags);
+    let expected = with_ownership(&[("team", "payments"), ("cost-center", "42")]);
+    assert_eq!(request.tags, expected);
+    assert_eq!(desired_tags(&case.res()), expected);
+    assert_eq!(ownership_tags(&case.res()), ownership());
 
     // A spec without roles or tags still carries the ownership tags.
-    let bare = Case::new().spec_with(|s| {
+    let mut bare = Case::new().spec_with(|s| {
         s.role_arn = None;
         s.tags.clear();
     });
-    let Step::Create { request, .. } = bare.decide(&Observed::Nothing) else {
-        panic!("expected Create");
+    let trace = reconcile(&mut bare, &mut Fake::empty(), now());
+    let Step::Create { request, .. } = trace.step("Create") else {
+        unreachable!()
     };
     assert_eq!(request.roles, RoleArns::default());
     assert_eq!(request.tags, ownership());
 }
 
 #[test]
-fn a_connection_deleted_out_of_band_is_recreated_with_a_token_derived_from_the_uid() {
-    // (recreations on record, expected token, expected recreation)
+fn a_fresh_intent_is_not_rewritten_before_a_retried_create_and_a_stale_one_is() {
+    // (name, create_sent_at on record, rewritten first)
+    #[rustfmt::skip]
+    let table = [
+        ("sent 30 s ago", at(570).to_string(), false),
+        ("sent 59 s ago", at(541).to_string(), false),
+        ("sent exactly create_settle ago", at(540).to_string(), true),
+        ("sent an hour ago", at(-3000).to_string(), true),
+        ("unreadable time", "yesterday".to_string(), true),
+    ];
+    for (name, sent, rewritten) in table {
+        let mut status = creating();
+        status.create_sent_at = Some(sent);
+        let mut case = Case::new().status(status);
+        // The lost Create did make the connection.
+        let trace = reconcile(&mut case, &mut Fake::recorded(PENDING), now());
+        let expected = match rewritten {
+            true => "WhoAmI Record Create ListTags Settle",
+            false => "WhoAmI Create ListTags Settle",
+        };
+        assert_eq!(trace.path(), expected, "{name}");
+        let create = trace.step("Create");
+        assert_eq!(
+            create,
+            &create_step(&case, UID, 0, true),
+            "{name}: a replay"
+        );
+        if rewritten {
+            let r = &trace.recorded().status;
+            assert_eq!(r.create_sent_at, Some(now().to_string()), "{name}");
+            assert_eq!(r.region.as_deref(), Some(DEFAULT_REGION), "{name}");
+            assert_eq!(
+                r.environment_account_id.as_deref(),
+                Some(ENV_ACCOUNT),
+                "{name}"
+            );
+        }
+        assert_eq!(trace.settled().status.id.as_deref(), Some(ID), "{name}");
+        assert_eq!(trace.settled().status.create_sent_at, None, "{name}");
+    }
+}
+
+#[test]
+fn a_replayed_create_reads_the_tags_and_a_first_create_knows_the_tags_it_sent() {
+    // The lost Create sent team=payments; the spec says team=platform now. A replay returns the
+    // connection as first created, so its tags are read, not assumed.
+    let mut case = Case::new()
+        .status(creating())
+        .generation(2)
+        .spec_with(|s| s.tags = tags(&[("team", "platform")]));
+    let mut proton = Fake::recorded(PENDING);
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Create ListTags Tag Settle");
+    let tag = Step::Tag {
+        arn: ARN.into(),
+        tags: tags(&[("team", "platform")]),
+    };
+    assert_eq!(trace.steps[3], tag);
+    assert_eq!(trace.origin(), Some(Origin::Created { recreation: 0 }));
+    assert_eq!(proton.tags, with_ownership(&[("team", "platform")]));
+
+    let trace = reconcile(&mut Case::new(), &mut Fake::empty(), now());
+    assert_eq!(trace.path(), "WhoAmI Record Create Settle");
+    let Observed::Connection {
+        tags: Some(known),
+        origin: Origin::Created { recreation: 0 },
+        ..
+    } = &trace.observed
+    else {
+        panic!("expected a created connection: {:?}", trace.observed);
+    };
+    assert_eq!(known, &with_ownership(&[("team", "payments")]));
+    assert_eq!(trace.settled().status.applied_tag_keys, ["team"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A connection deleted out of band
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_vanished_connection_is_reported_not_found_then_recreated_with_a_derived_token() {
+    // (re-creations on record, expected token, expected re-creation)
     let table = [
         (0u32, format!("{UID}-r1"), 1u32),
         (1, format!("{UID}-r2"), 2),
         (4, format!("{UID}-r5"), 5),
     ];
     for (before, token, recreation) in table {
-        for state in [
-            ConnectionState::Pending,
-            ConnectionState::Connected,
-            ConnectionState::Rejected,
-        ] {
+        for state in STATES {
+            let what = format!("{state:?} after {before} re-creations");
             let mut status = recorded(state, 1);
             status.recreations = before;
-            let case = Case::new().status(status);
-            let step = case.decide(&Observed::Gone {
-                id: Some(ID.into()),
-            });
+            let mut case = Case::new().status(status);
+            let mut proton = Fake::empty();
+            let trace = reconcile(&mut case, &mut proton, now());
+            assert_eq!(trace.path(), "WhoAmI Get Record Create Settle", "{what}");
+
+            let vanished = trace.recorded();
+            let s = &vanished.status;
+            let old = (&s.id, &s.arn, &s.status, &s.role_arn);
             assert_eq!(
-                step,
-                create_step(&case, &token, recreation),
-                "{state:?} after {before} re-creations"
+                old,
+                (&None, &None, &None, &None),
+                "{what}: nothing of it is kept"
             );
-            let Step::Create { request, .. } = step else {
-                unreachable!()
-            };
-            assert!(request.client_token.len() <= 64);
-            assert!(request.client_token.chars().all(|c| c.is_ascii_graphic()));
+            assert!(s.applied_tag_keys.is_empty(), "{what}");
+            assert_eq!(s.recreations, recreation, "{what}");
+            assert_eq!(s.create_sent_at, Some(now().to_string()), "{what}");
+            assert_eq!(
+                s.region.as_deref(),
+                Some(DEFAULT_REGION),
+                "{what}: pin kept"
+            );
+            assert_eq!(
+                s.environment_account_id.as_deref(),
+                Some(ENV_ACCOUNT),
+                "{what}"
+            );
+            assert_eq!(cond_of(s, READY), ("False", "NotFound"), "{what}");
+            assert_eq!(cond_of(s, SYNCED), ("False", "NotFound"), "{what}");
+            assert_eq!(cond_of(s, STALLED), ("False", "Retrying"), "{what}");
+            assert!(condition(s, READY).message.contains(ID), "{what}");
+            let note = format!(
+                "connection {ID} no longer exists in Proton (deleted outside the controller); re-creating it"
+            );
+            assert_eq!(vanished.events, [Note::warning("NotFound", note)], "{what}");
+
+            let create = create_step(&case, &token, recreation, false);
+            assert_eq!(trace.steps[3], create, "{what}");
+            assert_eq!(trace.notes[0].reason, "Recreated", "{what}");
+            let settled = &trace.settled().status;
+            assert_eq!(settled.recreations, recreation, "{what}");
+            assert_eq!(settled.id, Some(format!("conn-{token}")), "{what}");
+
+            // The next reconcile reads the new connection back and keeps the count.
+            let trace = reconcile(&mut case, &mut proton, now());
+            assert_eq!(trace.path(), "WhoAmI Get Settle", "{what}");
+            assert_eq!(trace.settled().status.recreations, recreation, "{what}");
         }
     }
 }
 
+/// Once a connection was requested or re-created, the adopt annotation is history: a vanished
+/// adopted connection is re-created like any other.
 #[test]
-fn a_recreated_connection_settles_with_its_recreation_count_and_keeps_it_afterwards() {
-    let mut case = Case::new().status(status_connected());
-    // The recorded connection is gone; the fake holds nothing.
-    let mut proton = FakeProton::empty();
-    let mut observed = Observed::Nothing;
-    let mut steps = Vec::new();
-    loop {
-        let step = case.decide(&observed);
-        steps.push(step.clone());
-        if matches!(step, Step::Settle(_)) {
-            break;
-        }
-        observed = proton.exec(&step, &observed, case.status.id.as_deref());
-    }
-    assert_eq!(names(&steps), ["Get", "Create", "Settle"]);
-    let Step::Create {
-        request,
-        recreation: 1,
-    } = &steps[1]
-    else {
-        panic!("expected the first re-creation, got {:?}", steps[1]);
+fn a_vanished_adopted_connection_is_recreated_once_its_id_is_on_record() {
+    let mut status = status_connected();
+    status.id = Some(ADOPT_ID.into());
+    status.arn = Some(adoptee(CONNECTED).arn);
+    let mut case = Case::new().status(status).adopt(ADOPT_ID);
+    let trace = reconcile(&mut case, &mut Fake::empty(), now());
+    let recreate = create_step(&case, &format!("{UID}-r1"), 1, false);
+    assert_eq!(trace.step("Create"), &recreate, "{}", trace.path());
+    assert_eq!(trace.settled().status.recreations, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pinned region and account
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_region_is_pinned_by_the_status_then_the_arn_and_only_a_new_resource_uses_spec_or_default() {
+    let pinned = |region: Option<&str>, arn: &str| {
+        let mut s = status_connected();
+        s.region = region.map(str::to_string);
+        s.arn = Some(arn.into());
+        s
     };
-    assert_eq!(request.client_token, format!("{UID}-r1"));
-    let first = apply_settled(&mut case, &steps);
-    assert_eq!(first.status.recreations, 1);
-    assert_eq!(
-        first.status.id.as_deref(),
-        Some(format!("conn-{UID}-r1").as_str())
-    );
-
-    // The next reconcile reads the new connection back and keeps the count.
-    let steps = reconcile(&mut case, &mut proton, now());
-    assert_eq!(names(&steps), ["Get", "Settle"]);
-    assert_eq!(settled(steps[1].clone()).status.recreations, 1);
+    let legacy = pinned(None, &ARN.replace("eu-west-1", "us-west-2"));
+    let no_region = pinned(None, "arn:aws:proton::444455556666:x");
+    let new = Status::default;
+    // (name, status, spec region, default region, expected region)
+    #[rustfmt::skip]
+    let table = [
+        ("new, no spec region", new(), None, DEFAULT_REGION, DEFAULT_REGION),
+        ("new, spec region", new(), Some("us-east-1"), DEFAULT_REGION, "us-east-1"),
+        ("pinned, default changed", pinned(Some("eu-central-1"), ARN), None, "ap-south-1", "eu-central-1"),
+        ("pinned, spec differs", pinned(Some("eu-central-1"), ARN), Some("us-east-1"), DEFAULT_REGION, "eu-central-1"),
+        ("pinned before the Create", creating(), Some("us-east-1"), "ap-south-1", DEFAULT_REGION),
+        ("recorded before regions were pinned: the ARN's", legacy, None, DEFAULT_REGION, "us-west-2"),
+        ("no pin, an ARN without region", no_region, Some("us-east-1"), DEFAULT_REGION, "us-east-1"),
+    ];
+    for (name, status, spec_region, default, expected) in table {
+        let case = Case::new()
+            .status(status)
+            .spec_with(|s| s.region = spec_region.map(str::to_string))
+            .settings_with(|s| s.default_region = default.into());
+        assert_eq!(case.run().region(), expected, "{name}");
+        let mut proton = Fake::for_case(&case);
+        if let (Some(c), Some(arn)) = (&mut proton.conn, &case.status.arn) {
+            c.arn = arn.clone();
+        }
+        let trace = reconcile(&mut case.clone(), &mut proton, now());
+        assert_eq!(trace.region, expected, "{name}");
+        if let Some(Step::Create { region, .. }) = trace.steps.iter().find(|s| s.is_mutation()) {
+            assert_eq!(region, expected, "{name}: the Create goes there");
+        }
+        let region = trace.settled().status.region.clone();
+        assert_eq!(
+            region.as_deref(),
+            Some(expected),
+            "{name}: pinned from now on"
+        );
+    }
 }
 
 #[test]
-fn a_recorded_connection_is_read_with_the_recorded_id_even_when_an_adopt_annotation_is_set() {
-    let case = Case::new().status(status_connected()).adopt(ADOPT_ID);
-    assert_eq!(case.decide(&Observed::Nothing), Step::Get { id: ID.into() });
+fn a_region_outside_the_allowed_regions_is_refused_without_calling_aws() {
+    let allow = |regions: &[&str]| {
+        let regions: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
+        Case::new().settings_with(|s| s.allowed_regions = regions)
+    };
+    let us_east = |s: &mut Spec| s.region = Some("us-east-1".into());
+    // (name, case, expected steps)
+    #[rustfmt::skip]
+    let table = [
+        ("new resource, spec region refused", allow(&[DEFAULT_REGION]).spec_with(us_east), "Report"),
+        ("new resource, default region refused", allow(&["us-east-1"]), "Report"),
+        ("pinned to a region no longer allowed", allow(&["us-east-1"]).status(status_connected()), "Report"),
+        ("deleting in a refused region", allow(&["us-east-1"]).status(status_connected()).deleting(), "Report"),
+        ("deleting, never sent a Create", allow(&["us-east-1"]).deleting(), "RemoveFinalizer"),
+        ("allowed", allow(&["us-east-1", DEFAULT_REGION]), "WhoAmI Record Create Settle"),
+    ];
+    for (name, mut case, expected) in table {
+        let was_finalized = case.finalizer;
+        let mut proton = Fake::for_case(&case);
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.path(), expected, "{name}");
+        if expected != "Report" {
+            continue;
+        }
+        assert_eq!(proton.calls, Vec::<&str>::new(), "{name}: no AWS call");
+        assert_eq!(case.finalizer, was_finalized, "{name}: finalizer kept");
+        let r = trace.reported();
+        assert_eq!(r.problem.reason, "RegionNotAllowed", "{name}");
+        assert_eq!(r.problem.retry, Retry::Terminal, "{name}");
+        let allowed = case.settings.allowed_regions.join(", ");
+        let message = &r.problem.message;
+        let names_both = message.contains(&trace.region) && message.contains(&allowed);
+        assert!(names_both, "{name}: {message}");
+        assert_eq!(
+            cond_of(&r.status, STALLED),
+            ("True", "RegionNotAllowed"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_connection_pinned_to_another_account_is_never_changed_only_reported() {
+    // The credentials now act as OTHER_ACCOUNT; every connection is pinned to ENV_ACCOUNT.
+    let connected = || Case::new().status(status_connected());
+    // (name, case)
+    #[rustfmt::skip]
+    let table = [
+        ("settled connection", connected()),
+        ("role changed in the spec (would Update)", connected().new_role()),
+        ("fresh intent (would Create)", Case::new().status(creating())),
+        ("stale intent (would rewrite it)", Case::new().status(intent(1, at(0)))),
+        ("deleting, Delete policy", connected().deleting()),
+        ("deleting, Retain policy", connected().deleting().retain()),
+        ("deleting while a Create may be in flight", Case::new().status(creating()).deleting()),
+    ];
+    for (name, mut case) in table {
+        let mut proton = Fake::for_case(&case).account(OTHER_ACCOUNT);
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.path(), "WhoAmI Report", "{name}");
+        assert_eq!(proton.calls, ["WhoAmI"], "{name}: nothing else reaches AWS");
+        assert!(case.finalizer, "{name}: the finalizer stays");
+        let r = trace.reported();
+        assert_eq!(r.problem.reason, "AccountMismatch", "{name}");
+        let message = &r.problem.message;
+        let names_both = message.contains(ENV_ACCOUNT) && message.contains(OTHER_ACCOUNT);
+        assert!(names_both, "{name}: {message}");
+        assert_eq!(
+            cond_of(&r.status, SYNCED),
+            ("False", "AccountMismatch"),
+            "{name}"
+        );
+        assert_eq!(
+            cond_of(&r.status, STALLED),
+            ("True", "AccountMismatch"),
+            "{name}"
+        );
+        let pin = r.status.environment_account_id.as_deref();
+        assert_eq!(pin, Some(ENV_ACCOUNT), "{name}: the pin is not moved");
+        let event = r.event.as_ref().map(|n| (n.reason, n.warning));
+        assert_eq!(event, Some(("AccountMismatch", true)), "{name}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Deletion
+// Quiet, deletion
 // ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_quiet_resource_is_left_idle_without_calling_aws() {
+    let wait = secs(420);
+    let connected = || Case::new().status(status_connected());
+    // (name, case, expected steps)
+    #[rustfmt::skip]
+    let table = [
+        ("settled, not due yet", connected().quiet(wait), "Idle"),
+        ("a Create in flight, not due yet", Case::new().status(creating()).quiet(wait), "Idle"),
+        ("finalizer stripped: restored without AWS", connected().without_finalizer().quiet(wait), "AddFinalizer Idle"),
+        ("deletion is never quiet", connected().deleting().quiet(wait), "WhoAmI Delete RemoveFinalizer"),
+    ];
+    for (name, mut case, expected) in table {
+        let mut proton = Fake::recorded(CONNECTED);
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.path(), expected, "{name}");
+        if trace.last().name() == "Idle" {
+            assert_eq!(trace.last(), &Step::Idle { requeue: wait }, "{name}");
+            assert_eq!(proton.calls, Vec::<&str>::new(), "{name}");
+            assert!(case.finalizer, "{name}");
+        }
+    }
+}
 
 #[test]
 fn deletion_deletes_or_releases_and_then_lets_the_resource_go() {
-    let found = |state| {
-        observed(
-            conn(state),
-            Some(with_ownership(&[("team", "payments")])),
-            Origin::Found,
-        )
-    };
+    let del = |status: Status| Case::new().status(status).deleting();
+    let owned = || Fake::recorded(CONNECTED);
+    let gone = Fake::empty;
     let mut no_arn = status_connected();
     no_arn.arn = None;
-    // (name, case, observed, expected)
-    let table: Vec<(&str, Case, Observed, Step)> = vec![
-        (
-            "Delete, id recorded: Delete with no Get",
-            Case::new().status(status_connected()).deleting(),
-            Observed::Nothing,
-            Step::Delete { id: ID.into() },
-        ),
-        (
-            "Delete, PENDING recorded",
-            Case::new().status(status_pending()).deleting(),
-            Observed::Nothing,
-            Step::Delete { id: ID.into() },
-        ),
-        (
-            "Delete, REJECTED recorded",
-            Case::new().status(status_rejected()).deleting(),
-            Observed::Nothing,
-            Step::Delete { id: ID.into() },
-        ),
-        (
-            "Delete, no id: find it by its uid tag",
-            Case::new().deleting(),
-            Observed::Nothing,
-            Step::FindOwned {
-                environment_name: ENV.into(),
-            },
-        ),
-        (
-            "Delete, found by tag",
-            Case::new().deleting(),
-            found(ConnectionState::Pending),
-            Step::Delete { id: ID.into() },
-        ),
-        (
-            "Delete, nothing found",
-            Case::new().deleting(),
-            Observed::Gone { id: None },
-            Step::RemoveFinalizer,
-        ),
-        (
-            "Delete, deleted",
-            Case::new().status(status_connected()).deleting(),
-            Observed::Released,
-            Step::RemoveFinalizer,
-        ),
-        (
-            "Delete, recorded connection already gone: look for a re-creation once",
-            Case::new().status(status_connected()).deleting(),
-            Observed::Gone {
-                id: Some(ID.into()),
-            },
-            Step::FindOwned {
-                environment_name: ENV.into(),
-            },
-        ),
-        (
-            "Delete, the search found nothing either: release",
-            Case::new().status(status_connected()).deleting(),
-            Observed::Gone { id: None },
-            Step::RemoveFinalizer,
-        ),
-        (
-            "Retain, id recorded: untag the ownership keys",
-            Case::new().status(status_connected()).deleting().retain(),
-            Observed::Nothing,
-            release_step(ARN),
-        ),
-        (
-            "Retain, REJECTED recorded",
-            Case::new().status(status_rejected()).deleting().retain(),
-            Observed::Nothing,
-            release_step(ARN),
-        ),
-        (
-            "Retain, id but no ARN recorded: find it",
-            Case::new().status(no_arn).deleting().retain(),
-            Observed::Nothing,
-            Step::FindOwned {
-                environment_name: ENV.into(),
-            },
-        ),
-        (
-            "Retain, no id: find it",
-            Case::new().deleting().retain(),
-            Observed::Nothing,
-            Step::FindOwned {
-                environment_name: ENV.into(),
-            },
-        ),
-        (
-            "Retain, found by tag",
-            Case::new().deleting().retain(),
-            found(ConnectionState::Connected),
-            release_step(ARN),
-        ),
-        (
-            "Retain, released",
-            Case::new().status(status_connected()).deleting().retain(),
-            Observed::Released,
-            Step::RemoveFinalizer,
-        ),
-        (
-            "Retain, recorded connection already gone: look for a re-creation once",
-            Case::new().status(status_connected()).deleting().retain(),
-            Observed::Gone {
-                id: Some(ID.into()),
-            },
-            Step::FindOwned {
-                environment_name: ENV.into(),
-            },
-        ),
-        (
-            "Retain, nothing found",
-            Case::new().deleting().retain(),
-            Observed::Gone { id: None },
-            Step::RemoveFinalizer,
-        ),
+    let mut gone_while_creating = status_connected();
+    gone_while_creating.create_sent_at = Some(at(570).to_string());
+    // (name, case, proton, expected steps, connection left in Proton)
+    #[rustfmt::skip]
+    let table = [
+        ("Delete, id recorded", del(status_connected()), owned(), "WhoAmI Delete RemoveFinalizer", false),
+        ("Delete, PENDING", del(status_pending()), owned(), "WhoAmI Delete RemoveFinalizer", false),
+        ("Delete, REJECTED", del(status_rejected()), owned(), "WhoAmI Delete RemoveFinalizer", false),
+        ("Delete, already gone (NotFound)", del(status_connected()), gone(), "WhoAmI Delete RemoveFinalizer", false),
+        ("Delete, gone, Create in flight", del(gone_while_creating), gone(), "WhoAmI Delete FindOwned Settle", false),
+        ("Delete after a crash", del(creating()), owned(), "WhoAmI FindOwned Delete RemoveFinalizer", false),
+        ("Delete, never sent a Create", del(Status::default()), owned(), "RemoveFinalizer", true),
+        ("Retain, id recorded", del(status_connected()).retain(), owned(), "WhoAmI Untag RemoveFinalizer", true),
+        ("Retain, already gone", del(status_connected()).retain(), gone(), "WhoAmI Untag RemoveFinalizer", false),
+        ("Retain, no ARN recorded", del(no_arn).retain(), owned(), "WhoAmI FindOwned Untag RemoveFinalizer", true),
+        ("Retain after a crash", del(creating()).retain(), owned(), "WhoAmI FindOwned Untag RemoveFinalizer", true),
+        ("never finalized", del(status_connected()).without_finalizer(), owned(), "Nothing", true),
     ];
-    for (name, case, obs, expected) in table {
-        assert_eq!(case.decide(&obs), expected, "{name}");
-    }
-}
-
-#[test]
-fn a_resource_being_deleted_without_the_finalizer_is_left_alone_whatever_was_observed() {
-    for before in Before::ALL {
-        for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
-            for obs in [
-                Observed::Nothing,
-                got(ConnectionState::Connected),
-                Observed::Gone { id: None },
-                Observed::Released,
-            ] {
-                let case = Case::new()
-                    .status(before.status())
-                    .deleting()
-                    .without_finalizer()
-                    .spec_with(|s| s.deletion_policy = policy);
-                assert_eq!(
-                    case.decide(&obs),
-                    Step::Nothing,
-                    "{before:?} {policy:?} {obs:?}"
-                );
-            }
+    for (name, mut case, mut proton, expected, kept) in table {
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.path(), expected, "{name}");
+        assert_eq!(proton.conn.is_some(), kept, "{name}");
+        assert_eq!(proton.count("Get"), 0, "{name}: no Get on deletion");
+        let released = matches!(trace.last(), Step::RemoveFinalizer | Step::Nothing);
+        assert_eq!(case.finalizer, !released, "{name}");
+        if kept && expected.contains("Untag") {
+            // Retain strips exactly the three ownership tags.
+            assert_eq!(trace.step("Untag"), &release_step(ARN), "{name}");
+            assert_eq!(proton.tags, tags(&[("team", "payments")]), "{name}");
         }
     }
 }
 
 #[test]
-fn retain_untags_exactly_the_three_ownership_keys() {
-    let case = Case::new().status(status_connected()).deleting().retain();
-    let Step::Untag {
-        arn,
-        mut keys,
-        retain,
-    } = case.decide(&Observed::Nothing)
-    else {
-        panic!("expected Untag");
-    };
-    assert_eq!(arn, ARN);
-    assert!(retain);
-    keys.sort();
-    assert_eq!(keys, ownership_keys());
+fn a_resource_deleted_while_a_create_may_be_in_flight_waits_for_it_then_goes() {
+    // The window is twice create_settle (120 s) after the recorded Create.
+    // (seconds since create_sent_at, Some(requeue) while waiting, None once released)
+    let table = [
+        (0, Some(5)),
+        (30, Some(5)),
+        (116, Some(4)),
+        (119, Some(1)),
+        (120, None),
+        (3600, None),
+    ];
+    for (age, wait) in table {
+        let sent = at(600 - age);
+        let mut case = Case::new().status(intent(1, sent)).deleting();
+        let mut proton = Fake::empty();
+        let trace = reconcile(&mut case, &mut proton, now());
+        let what = format!("{age} s after the Create");
+        assert_eq!(proton.calls, ["WhoAmI", "FindOwned"], "{what}");
+        let Some(wait) = wait else {
+            assert_eq!(trace.last(), &Step::RemoveFinalizer, "{what}");
+            continue;
+        };
+        let settled = trace.settled();
+        assert_eq!(settled.requeue, secs(wait), "{what}");
+        assert!((secs(1)..=secs(5)).contains(&settled.requeue), "{what}");
+        assert_eq!(settled.events, [], "{what}");
+        assert!(case.finalizer, "{what}: not released yet");
+        let s = &settled.status;
+        assert_eq!(cond_of(s, READY), ("False", "Deleting"), "{what}");
+        assert_eq!(cond_of(s, SYNCED), ("False", "Deleting"), "{what}");
+        assert_eq!(cond_of(s, STALLED), ("False", "Reconciling"), "{what}");
+        let message = &condition(s, READY).message;
+        let until = at(720 - age).to_string();
+        let both = message.contains(&sent.to_string()) && message.contains(&until);
+        assert!(both, "{what}: {message}");
+        assert_eq!(s.create_sent_at, Some(sent.to_string()), "{what}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Create answered ConflictException
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_replayed_create_that_conflicts_finds_the_resources_own_connection_and_converges_it() {
+    // The lost Create made the connection with the old spec; the replay, with the new spec,
+    // is refused (strict idempotency). The connection is found by its uid tag.
+    let mut case = Case::new()
+        .status(creating())
+        .new_role()
+        .spec_with(|s| s.tags = tags(&[("team", "platform")]));
+    let mut proton = Fake::recorded(CONNECTED).fail(
+        "Create",
+        ErrorClass::Conflict,
+        "client token already used with different parameters",
+    );
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Create FindOwned Update Tag Settle");
+    assert_eq!(trace.origin(), Some(Origin::Found));
+    let s = &trace.settled().status;
+    assert_eq!(s.id.as_deref(), Some(ID));
+    assert_eq!(s.role_arn.as_deref(), Some(ROLE_2));
+    assert_eq!(s.create_sent_at, None);
+    assert_eq!(proton.tags, with_ownership(&[("team", "platform")]));
+
+    // A first Create (never sent before) that conflicts created nothing, and nothing of ours
+    // can exist: reported at once, and no Create is recorded as in flight.
+    let trace = reconcile(&mut Case::new(), &mut Fake::taken(), now());
+    assert_eq!(trace.path(), "WhoAmI Record Create Report");
+    let r = trace.reported();
+    assert_eq!(
+        (r.problem.reason, r.problem.retry),
+        ("Conflict", Retry::Terminal)
+    );
+    assert_eq!(r.status.create_sent_at, None);
 }
 
 #[test]
-fn deleting_whole_reconciles_end_with_the_finalizer_removed() {
-    // (name, case, proton, expected steps, expected calls, connection left in Proton)
-    let owned = || {
-        FakeProton::with(
-            conn(ConnectionState::Connected),
-            with_ownership(&[("team", "payments")]),
-        )
-    };
-    let table: Vec<(&str, Case, FakeProton, Vec<&str>, bool)> = vec![
-        (
-            "Delete with a recorded id",
-            Case::new().status(status_connected()).deleting(),
-            owned(),
-            vec!["Delete", "RemoveFinalizer"],
-            false,
-        ),
-        (
-            "Delete after a crash before the status write",
-            Case::new().deleting(),
-            owned(),
-            vec!["FindOwned", "Delete", "RemoveFinalizer"],
-            false,
-        ),
-        (
-            "Delete of a resource whose Create never succeeded",
-            Case::new().deleting(),
-            FakeProton::empty(),
-            vec!["FindOwned", "RemoveFinalizer"],
-            false,
-        ),
-        (
-            "Retain with a recorded id",
-            Case::new().status(status_connected()).deleting().retain(),
-            owned(),
-            vec!["Untag", "RemoveFinalizer"],
-            true,
-        ),
-        (
-            "Retain after a crash before the status write",
-            Case::new().deleting().retain(),
-            owned(),
-            vec!["FindOwned", "Untag", "RemoveFinalizer"],
-            true,
-        ),
+fn a_replayed_create_blocked_by_another_connection_is_retried_within_the_window_then_terminal() {
+    let message =
+        "CreateEnvironmentAccountConnection: a connection already exists for this environment";
+    // (name, how long the Create took to answer, retry, Stalled)
+    #[rustfmt::skip]
+    let table = [
+        ("answered at once: ours may not be listed yet", secs(0), Retry::Backoff, "False"),
+        ("answered after 2 x create_settle since create_sent_at", secs(100), Retry::Terminal, "True"),
     ];
-    for (name, mut case, mut proton, expected, kept) in table {
-        let steps = reconcile(&mut case, &mut proton, now());
-        assert_eq!(names(&steps), expected, "{name}");
-        assert_eq!(proton.conn.is_some(), kept, "{name}");
-        assert!(!proton.calls.contains(&"Get"), "{name}: no Get on deletion");
-        if kept {
+    for (name, took, retry, stalled) in table {
+        let mut case = Case::new().status(creating());
+        let mut proton = Fake::taken();
+        proton.slow = Some(("Create", took));
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.path(), "WhoAmI Create FindOwned Report", "{name}");
+        let r = trace.reported();
+        let problem = Problem {
+            reason: "Conflict",
+            message: message.into(),
+            retry,
+        };
+        assert_eq!(r.problem, problem, "{name}");
+        assert_eq!(condition(&r.status, STALLED).status, stalled, "{name}");
+        assert_eq!(
+            r.status.id, None,
+            "{name}: the other connection is not taken"
+        );
+        assert!(r.status.create_sent_at.is_some(), "{name}");
+    }
+}
+
+/// The window runs from the last Create that may have made something: a replay refused with a
+/// conflict made nothing, so the retries do not keep the window open.
+#[test]
+fn a_replayed_create_blocked_by_another_connection_is_eventually_reported_stalled() {
+    let mut case = Case::new().status(creating());
+    let mut proton = Fake::taken();
+    let mut clock = now();
+    for attempt in 0..30 {
+        let trace = reconcile(&mut case, &mut proton, clock);
+        let r = trace.reported();
+        if r.problem.retry == Retry::Terminal {
+            assert_eq!(condition(&r.status, STALLED).status, "True");
+            return;
+        }
+        assert_eq!(r.problem.reason, "Conflict", "attempt {attempt}");
+        case.failures += 1;
+        clock = later(clock, r.requeue);
+    }
+    panic!("still retrying with Backoff at {clock}, long after the window");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guards: a change not applied, a reconcile that does not settle, a wrong answer
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_change_proton_accepts_but_does_not_apply_is_reported_not_applied_and_not_repeated() {
+    let mut case = Case::new().status(status_connected()).new_role();
+    let mut proton = Fake::recorded(CONNECTED);
+    proton.on_update = |_, _| {};
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get Update Report");
+    assert_eq!(proton.count("Update"), 1, "sent once");
+    let r = trace.reported();
+    assert_eq!(
+        (r.problem.reason, r.problem.retry),
+        ("NotApplied", Retry::Terminal)
+    );
+    let message = &r.problem.message;
+    let named = message.contains("UpdateEnvironmentAccountConnection (role ARNs)");
+    assert!(named, "{message}");
+    assert_eq!(cond_of(&r.status, STALLED), ("True", "NotApplied"));
+}
+
+#[test]
+fn a_reconcile_that_never_settles_gives_up_after_max_steps() {
+    // Every Update answers with another connection id and the old roles: each Update differs,
+    // so the not-applied guard never fires.
+    let mut case = Case::new().status(status_connected()).new_role();
+    let mut proton = Fake::recorded(CONNECTED);
+    proton.on_update = |c, _| c.id.push('+');
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.steps.len(), MAX_STEPS + 1, "{}", trace.path());
+    assert_eq!(proton.count("Update"), MAX_STEPS - 2);
+    let r = trace.reported();
+    assert_eq!(
+        (r.problem.reason, r.problem.retry),
+        ("Unsettled", Retry::Backoff)
+    );
+    assert!(r.problem.message.contains(&MAX_STEPS.to_string()));
+}
+
+#[test]
+fn an_answer_of_the_wrong_kind_is_reported_not_trusted() {
+    let connection = Outcome::Connection(conn(CONNECTED));
+    let deleting = Case::new().status(creating()).deleting();
+    // (name, case, step answered wrongly, the wrong answer, steps)
+    #[rustfmt::skip]
+    let table = [
+        ("WhoAmI answered with tags", Case::new(), "WhoAmI", Outcome::Tags(Tags::new()), "WhoAmI Report"),
+        ("Get answered Done", Case::new().status(status_connected()), "Get", Outcome::Done, "WhoAmI Get Report"),
+        ("Create answered with a search", Case::new(), "Create", Outcome::Found(None), "WhoAmI Record Create Report"),
+        ("FindOwned answered with a bare connection", deleting, "FindOwned", connection, "WhoAmI FindOwned Report"),
+    ];
+    for (name, mut case, step, wrong, expected) in table {
+        let mut proton = Fake::for_case(&case);
+        proton.wrong = Some((step, wrong));
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.path(), expected, "{name}");
+        let r = trace.reported();
+        let problem = (r.problem.reason, r.problem.retry);
+        assert_eq!(problem, ("InternalError", Retry::Backoff), "{name}");
+        let message = &r.problem.message;
+        assert!(message.contains(step), "{name}: {message}");
+        if step == "Create" {
+            let in_flight = r.status.create_sent_at.clone();
             assert_eq!(
-                proton.tags,
-                tags(&[("team", "payments")]),
-                "{name}: only ownership tags removed"
+                in_flight,
+                Some(now().to_string()),
+                "{name}: may have been created"
             );
         }
     }
 }
 
+#[test]
+fn only_proton_changes_count_as_mutations_and_only_final_steps_end_a_reconcile() {
+    let settle = Step::Settle(Box::new(Settled {
+        status: Status::default(),
+        requeue: RESYNC,
+        events: vec![],
+    }));
+    let report = Step::Report(Box::new(Reported {
+        status: Status::default(),
+        problem: Problem::terminal("AdoptionMismatch", "x"),
+        event: None,
+        requeue: RESYNC,
+    }));
+    let record = Step::Record(Box::new(Recorded {
+        status: intent(1, now()),
+        events: vec![],
+    }));
+    let update = Step::Update {
+        id: ID.into(),
+        roles: roles(Some(ROLE_2), None, None),
+    };
+    let tag = Step::Tag {
+        arn: ARN.into(),
+        tags: tags(&[("team", "platform")]),
+    };
+    // (step, mutation, AWS call, final)
+    #[rustfmt::skip]
+    let table = [
+        (Step::AddFinalizer, false, false, false),
+        (Step::ReadAdoptionPolicy, false, false, false),
+        (record, false, false, false),
+        (Step::WhoAmI, false, true, false),
+        (Step::Get { id: ID.into() }, false, true, false),
+        (find_step(), false, true, false),
+        (Step::ListTags { arn: ARN.into() }, false, true, false),
+        (create_step(&Case::new(), UID, 0, false), true, true, false),
+        (update, true, true, false),
+        (tag, true, true, false),
+        (release_step(ARN), true, true, false),
+        (Step::Delete { id: ID.into() }, true, true, false),
+        (settle, false, false, true),
+        (report, false, false, true),
+        (Step::RemoveFinalizer, false, false, true),
+        (Step::Idle { requeue: RESYNC }, false, false, true),
+        (Step::Nothing, false, false, true),
+    ];
+    for (step, mutation, aws, last) in table {
+        let kinds = (step.is_mutation(), step.is_aws(), step.is_final());
+        assert_eq!(kinds, (mutation, aws, last), "{}", step.name());
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
-// After Get: role drift, tags, settle
+// After Get: role drift, tags
 // ---------------------------------------------------------------------------------------------
 
 #[test]
 fn after_get_the_next_step_depends_on_state_spec_change_and_role_drift() {
-    for state in [
-        ConnectionState::Pending,
-        ConnectionState::Connected,
-        ConnectionState::Rejected,
-    ] {
+    for state in STATES {
         for spec_changed in [false, true] {
             for drift in [false, true] {
-                let case = Case::new()
+                let mut case = Case::new()
                     .status(recorded(state, 1))
-                    .generation(if spec_changed { 2 } else { 1 })
-                    .spec_with(|s| {
-                        if drift {
-                            s.role_arn = Some(ROLE_2.into());
-                        }
-                    });
-                let step = case.decide(&got(state));
+                    .generation(if spec_changed { 2 } else { 1 });
+                if drift {
+                    case.spec.role_arn = Some(ROLE_2.into());
+                }
+                let trace = reconcile(&mut case, &mut Fake::recorded(state), now());
+                let what = format!("{state:?} spec_changed={spec_changed} drift={drift}");
                 let expected = match (state, drift, spec_changed) {
                     // A REJECTED connection accepts no change: it only settles.
-                    (ConnectionState::Rejected, _, _) => "Settle",
-                    (_, true, _) => "Update",
-                    (_, false, true) => "ListTags",
-                    (_, false, false) => "Settle",
+                    (REJECTED, _, _) | (_, false, false) => "WhoAmI Get Settle",
+                    (_, true, _) => "WhoAmI Get Update",
+                    (_, false, true) => "WhoAmI Get ListTags",
                 };
-                assert_eq!(
-                    name_of(&step),
-                    expected,
-                    "{state:?} spec_changed={spec_changed} drift={drift}: {step:?}"
-                );
-                match step {
+                assert_eq!(path(&trace.steps[..3]), expected, "{what}");
+                assert_eq!(trace.steps[1], Step::Get { id: ID.into() }, "{what}");
+                match &trace.steps[2] {
                     Step::Update { id, roles: r } => {
-                        assert_eq!(id, ID);
-                        assert_eq!(r, roles(Some(ROLE_2), None, None));
+                        let wanted = roles(Some(ROLE_2), None, None);
+                        assert_eq!((id.as_str(), r), (ID, &wanted), "{what}")
                     }
-                    Step::ListTags { arn } => assert_eq!(arn, ARN),
+                    Step::ListTags { arn } => assert_eq!(arn, ARN, "{what}"),
                     _ => {}
                 }
             }
@@ -1051,98 +1595,44 @@ fn after_get_the_next_step_depends_on_state_spec_change_and_role_drift() {
 
 #[test]
 fn role_drift_is_corrected_with_the_spec_roles() {
-    let r = |role: Option<&str>, cb: Option<&str>, comp: Option<&str>| roles(role, cb, comp);
+    let r = roles;
     // (name, spec roles, Proton's roles, Update expected)
+    #[rustfmt::skip]
     let table = [
-        (
-            "all equal",
-            r(Some(ROLE), Some(CODEBUILD), Some(COMPONENT)),
-            r(Some(ROLE), Some(CODEBUILD), Some(COMPONENT)),
-            false,
-        ),
-        (
-            "roleArn changed",
-            r(Some(ROLE_2), None, None),
-            r(Some(ROLE), None, None),
-            true,
-        ),
-        (
-            "roleArn unset in spec: Proton's is kept",
-            r(None, None, None),
-            r(Some(ROLE), None, None),
-            false,
-        ),
-        (
-            "roleArn set in spec, none in Proton",
-            r(Some(ROLE), None, None),
-            r(None, None, None),
-            true,
-        ),
-        (
-            "codebuild added",
-            r(Some(ROLE), Some(CODEBUILD), None),
-            r(Some(ROLE), None, None),
-            true,
-        ),
-        (
-            "codebuild removed from the spec",
-            r(Some(ROLE), None, None),
-            r(Some(ROLE), Some(CODEBUILD), None),
-            true,
-        ),
-        (
-            "codebuild changed",
-            r(Some(ROLE), Some(ROLE_2), None),
-            r(Some(ROLE), Some(CODEBUILD), None),
-            true,
-        ),
-        (
-            "component added",
-            r(Some(ROLE), None, Some(COMPONENT)),
-            r(Some(ROLE), None, None),
-            true,
-        ),
-        (
-            "component removed from the spec",
-            r(Some(ROLE), None, None),
-            r(Some(ROLE), None, Some(COMPONENT)),
-            true,
-        ),
-        (
-            "roleArn unset, component removed",
-            r(None, None, None),
-            r(Some(ROLE), None, Some(COMPONENT)),
-            true,
-        ),
+        ("all equal", r(Some(ROLE), Some(CODEBUILD), Some(COMPONENT)), r(Some(ROLE), Some(CODEBUILD), Some(COMPONENT)), false),
+        ("roleArn changed", r(Some(ROLE_2), None, None), r(Some(ROLE), None, None), true),
+        ("roleArn unset in spec: Proton's kept", r(None, None, None), r(Some(ROLE), None, None), false),
+        ("roleArn set in spec, none in Proton", r(Some(ROLE), None, None), r(None, None, None), true),
+        ("codebuild added", r(Some(ROLE), Some(CODEBUILD), None), r(Some(ROLE), None, None), true),
+        ("codebuild removed from the spec", r(Some(ROLE), None, None), r(Some(ROLE), Some(CODEBUILD), None), true),
+        ("codebuild changed", r(Some(ROLE), Some(ROLE_2), None), r(Some(ROLE), Some(CODEBUILD), None), true),
+        ("component added", r(Some(ROLE), None, Some(COMPONENT)), r(Some(ROLE), None, None), true),
+        ("component removed from the spec", r(Some(ROLE), None, None), r(Some(ROLE), None, Some(COMPONENT)), true),
+        ("roleArn unset, component removed", r(None, None, None), r(Some(ROLE), None, Some(COMPONENT)), true),
     ];
     for (name, wanted, actual, update) in table {
-        for state in [
-            ConnectionState::Pending,
-            ConnectionState::Connected,
-            ConnectionState::Rejected,
-        ] {
-            let case = Case::new().status(recorded(state, 1)).spec_with(|s| {
+        for state in STATES {
+            let mut case = Case::new().status(recorded(state, 1)).spec_with(|s| {
                 s.role_arn = wanted.role_arn.clone();
                 s.codebuild_role_arn = wanted.codebuild_role_arn.clone();
                 s.component_role_arn = wanted.component_role_arn.clone();
             });
-            let mut c = conn(state);
-            c.roles = actual.clone();
-            let step = case.decide(&observed(c, None, Origin::Recorded));
-            if update && state != ConnectionState::Rejected {
+            let mut proton = Fake::recorded(state);
+            proton.conn.as_mut().unwrap().roles = actual.clone();
+            let trace = reconcile(&mut case, &mut proton, now());
+            if update && state != REJECTED {
                 assert_eq!(
-                    step,
-                    Step::Update {
-                        id: ID.into(),
-                        roles: wanted.clone()
-                    },
+                    trace.path(),
+                    "WhoAmI Get Update Settle",
                     "{name} ({state:?})"
                 );
+                let step = Step::Update {
+                    id: ID.into(),
+                    roles: wanted.clone(),
+                };
+                assert_eq!(trace.steps[2], step, "{name} ({state:?})");
             } else {
-                assert!(
-                    matches!(step, Step::Settle(_)),
-                    "{name} ({state:?}): {step:?}"
-                );
+                assert_eq!(trace.path(), "WhoAmI Get Settle", "{name} ({state:?})");
             }
         }
     }
@@ -1150,44 +1640,30 @@ fn role_drift_is_corrected_with_the_spec_roles() {
 
 #[test]
 fn a_role_update_is_followed_by_settle_with_the_new_roles() {
-    let mut case = Case::new()
-        .status(status_connected())
-        .generation(2)
-        .spec_with(|s| s.role_arn = Some(ROLE_2.into()));
-    let mut proton = FakeProton::with(
-        conn(ConnectionState::Connected),
-        with_ownership(&[("team", "payments")]),
+    let mut case = Case::new().status(status_connected()).new_role();
+    let trace = reconcile(&mut case, &mut Fake::recorded(CONNECTED), now());
+    assert_eq!(trace.path(), "WhoAmI Get Update ListTags Settle");
+    let note = format!(
+        "updated the role ARNs of connection {ID}: roleArn={ROLE_2}, codebuildRoleArn=-, componentRoleArn=-"
     );
-    let steps = reconcile(&mut case, &mut proton, now());
-    assert_eq!(names(&steps), ["Get", "Update", "ListTags", "Settle"]);
-    let s = settled(steps[3].clone());
-    assert_eq!(s.status.role_arn.as_deref(), Some(ROLE_2));
-    assert_eq!(
-        s.status.last_modified_at.as_deref(),
-        Some("2026-11-21T10:09:00Z")
-    );
-    assert_eq!(s.status.observed_generation, Some(2));
+    assert_eq!(trace.notes, [Note::normal("Updated", note)]);
+    let s = &trace.settled().status;
+    assert_eq!(s.role_arn.as_deref(), Some(ROLE_2));
+    assert_eq!(s.last_modified_at.as_deref(), Some(UPDATED_AT));
+    assert_eq!(s.observed_generation, Some(2));
 }
 
 #[test]
-fn an_idle_connected_resource_costs_one_get_per_resync() {
-    for state in [
-        ConnectionState::Connected,
-        ConnectionState::Pending,
-        ConnectionState::Rejected,
-    ] {
+fn an_idle_resource_costs_one_get_per_resync() {
+    for state in STATES {
         let mut case = Case::new().status(recorded(state, 1));
-        let mut proton = FakeProton::with(conn(state), with_ownership(&[("team", "payments")]));
-        let steps = reconcile(&mut case, &mut proton, now());
-        assert_eq!(names(&steps), ["Get", "Settle"], "{state:?}");
-        assert_eq!(proton.calls, ["Get"], "{state:?}");
+        let mut proton = Fake::recorded(state);
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.path(), "WhoAmI Get Settle", "{state:?}");
+        // WhoAmI is answered from the controller's cache: one Proton call.
+        assert_eq!(proton.calls, ["WhoAmI", "Get"], "{state:?}");
+        assert_eq!(trace.notes, [], "{state:?}");
     }
-    // Decided directly: Settle straight after Get, tags never asked for.
-    let case = Case::new().status(status_connected());
-    assert!(matches!(
-        case.decide(&got(ConnectionState::Connected)),
-        Step::Settle(_)
-    ));
 }
 
 #[test]
@@ -1197,155 +1673,101 @@ fn a_new_generation_lists_tags_then_tags_and_untags_only_what_differs() {
     let mut case = Case::new().status(status).generation(2).spec_with(|s| {
         s.tags = tags(&[("team", "platform"), ("env", "prod"), ("unchanged", "yes")])
     });
-    let on_connection = {
-        let mut t = tags(&[
-            ("team", "payments"),
-            ("cost-center", "42"),
-            ("unchanged", "yes"),
-            ("owner-oob", "alice"),
-        ]);
-        t.extend(ownership());
-        t
+    let on_connection = [
+        ("team", "payments"),
+        ("cost-center", "42"),
+        ("unchanged", "yes"),
+    ];
+    let mut on_connection = with_ownership(&on_connection);
+    on_connection.insert("owner-oob".into(), "alice".into());
+    let mut proton = Fake::with(conn(CONNECTED), on_connection);
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get ListTags Tag Untag Settle");
+    assert_eq!(trace.steps[2], Step::ListTags { arn: ARN.into() });
+    let tag = Step::Tag {
+        arn: ARN.into(),
+        tags: tags(&[("team", "platform"), ("env", "prod")]),
     };
-    let mut proton = FakeProton::with(conn(ConnectionState::Connected), on_connection);
-    let steps = reconcile(&mut case, &mut proton, now());
-    assert_eq!(names(&steps), ["Get", "ListTags", "Tag", "Untag", "Settle"]);
-    assert_eq!(steps[1], Step::ListTags { arn: ARN.into() });
+    assert_eq!(trace.steps[3], tag, "only the missing or different pairs");
+    let untag = Step::Untag {
+        arn: ARN.into(),
+        keys: vec!["cost-center".into()],
+        retain: false,
+    };
     assert_eq!(
-        steps[2],
-        Step::Tag {
-            arn: ARN.into(),
-            tags: tags(&[("team", "platform"), ("env", "prod")]),
-        },
-        "only the missing or different pairs"
+        trace.steps[4], untag,
+        "applied before, gone from the spec, still there"
     );
-    assert_eq!(
-        steps[3],
-        Step::Untag {
-            arn: ARN.into(),
-            keys: vec!["cost-center".into()],
-            retain: false,
-        },
-        "only keys applied before, gone from the spec and still on the connection"
-    );
-    let s = apply_settled(&mut case, &steps);
-    assert_eq!(s.status.applied_tag_keys, ["env", "team", "unchanged"]);
-    // The out-of-band tag is still there.
-    let mut expected = tags(&[
+    let applied = &trace.settled().status.applied_tag_keys;
+    assert_eq!(applied, &["env", "team", "unchanged"]);
+    let expected = [
         ("team", "platform"),
         ("env", "prod"),
         ("unchanged", "yes"),
         ("owner-oob", "alice"),
-    ]);
-    expected.extend(ownership());
-    assert_eq!(proton.tags, expected);
+    ];
+    assert_eq!(
+        proton.tags,
+        with_ownership(&expected),
+        "the out-of-band tag is still there"
+    );
 
     // The next reconcile is idle again.
-    proton.calls.clear();
-    let steps = reconcile(&mut case, &mut proton, now());
-    assert_eq!(names(&steps), ["Get", "Settle"]);
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get Settle");
 }
 
 #[test]
 fn tag_differences_are_computed_against_spec_ownership_and_applied_keys() {
-    // (name, spec tags, applied keys on record, tags on the connection, expected step after ListTags)
-    let untag = |keys: &[&str]| Step::Untag {
-        arn: ARN.into(),
-        keys: keys.iter().map(|k| k.to_string()).collect(),
-        retain: false,
+    let untag = |keys: &[&str]| {
+        let keys = keys.iter().map(|k| k.to_string()).collect();
+        Some(Step::Untag {
+            arn: ARN.into(),
+            keys,
+            retain: false,
+        })
     };
-    let tag = |pairs: &[(&str, &str)]| Step::Tag {
-        arn: ARN.into(),
-        tags: tags(pairs),
+    let tag = |pairs: &[(&str, &str)]| {
+        Some(Step::Tag {
+            arn: ARN.into(),
+            tags: tags(pairs),
+        })
     };
-    let table: Vec<TagRow> = vec![
-        (
-            "in sync",
-            tags(&[("team", "payments")]),
-            vec!["team"],
-            with_ownership(&[("team", "payments")]),
-            None,
-        ),
-        (
-            "value changed",
-            tags(&[("team", "platform")]),
-            vec!["team"],
-            with_ownership(&[("team", "payments")]),
-            Some(tag(&[("team", "platform")])),
-        ),
-        (
-            "key added",
-            tags(&[("team", "payments"), ("env", "prod")]),
-            vec!["team"],
-            with_ownership(&[("team", "payments")]),
-            Some(tag(&[("env", "prod")])),
-        ),
-        (
-            "ownership tags removed out of band are put back",
-            tags(&[("team", "payments")]),
-            vec!["team"],
-            tags(&[("team", "payments"), (TAG_NAME, NAME)]),
-            Some(tag(&[(TAG_UID, UID), (TAG_NAMESPACE, NAMESPACE)])),
-        ),
-        (
-            "applied key left the spec",
-            tags(&[]),
-            vec!["team"],
-            with_ownership(&[("team", "payments")]),
-            Some(untag(&["team"])),
-        ),
-        (
-            "applied key left the spec but is already off the connection",
-            tags(&[]),
-            vec!["team"],
-            ownership(),
-            None,
-        ),
-        (
-            "out-of-band tag never in the spec is left alone",
-            tags(&[("team", "payments")]),
-            vec!["team"],
-            with_ownership(&[("team", "payments"), ("owner-oob", "alice")]),
-            None,
-        ),
-        (
-            "tag with the same key as an applied one but still in the spec is kept",
-            tags(&[("team", "payments")]),
-            vec!["team", "env"],
-            with_ownership(&[("team", "payments"), ("env", "prod")]),
-            Some(untag(&["env"])),
-        ),
-        (
-            "missing tags come before removals",
-            tags(&[("env", "prod")]),
-            vec!["team"],
-            with_ownership(&[("team", "payments")]),
-            Some(tag(&[("env", "prod")])),
-        ),
+    let mine = with_ownership;
+    let team = &[("team", "payments")][..];
+    // (name, spec tags, applied keys on record, tags on the connection, step after ListTags
+    // or None to settle)
+    #[rustfmt::skip]
+    let table = [
+        ("in sync", tags(team), vec!["team"], mine(team), None),
+        ("value changed", tags(&[("team", "platform")]), vec!["team"], mine(team), tag(&[("team", "platform")])),
+        ("key added", tags(&[("team", "payments"), ("env", "prod")]), vec!["team"], mine(team), tag(&[("env", "prod")])),
+        ("ownership tags removed out of band are put back", tags(team), vec!["team"],
+            tags(&[("team", "payments"), (TAG_NAME, NAME)]), tag(&[(TAG_UID, UID), (TAG_NAMESPACE, NAMESPACE)])),
+        ("applied key left the spec", tags(&[]), vec!["team"], mine(team), untag(&["team"])),
+        ("applied key left the spec, already off the connection", tags(&[]), vec!["team"], ownership(), None),
+        ("out-of-band tag never in the spec is left alone", tags(team), vec!["team"],
+            mine(&[("team", "payments"), ("owner-oob", "alice")]), None),
+        ("only the applied key that left the spec is removed", tags(team), vec!["team", "env"],
+            mine(&[("team", "payments"), ("env", "prod")]), untag(&["env"])),
+        ("missing tags come before removals", tags(&[("env", "prod")]), vec!["team"], mine(team), tag(&[("env", "prod")])),
     ];
     for (name, spec_tags, applied, on_connection, expected) in table {
         let mut status = status_connected();
         status.applied_tag_keys = applied.iter().map(|k| k.to_string()).collect();
-        let case = Case::new()
+        let mut case = Case::new()
             .status(status)
             .generation(2)
             .spec_with(|s| s.tags = spec_tags.clone());
-        assert_eq!(
-            case.decide(&got(ConnectionState::Connected)),
-            Step::ListTags { arn: ARN.into() },
-            "{name}"
-        );
-        let step = case.decide(&observed(
-            conn(ConnectionState::Connected),
-            Some(on_connection),
-            Origin::Recorded,
-        ));
+        let mut proton = Fake::with(conn(CONNECTED), on_connection);
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.steps[2], Step::ListTags { arn: ARN.into() }, "{name}");
         match expected {
-            Some(e) => assert_eq!(step, e, "{name}"),
+            Some(step) => assert_eq!(trace.steps[3], step, "{name}"),
             None => {
-                let s = settled(step);
+                assert_eq!(trace.path(), "WhoAmI Get ListTags Settle", "{name}");
                 let spec_keys: Vec<String> = spec_tags.keys().cloned().collect();
-                assert_eq!(s.status.applied_tag_keys, spec_keys, "{name}");
+                assert_eq!(trace.settled().status.applied_tag_keys, spec_keys, "{name}");
             }
         }
     }
@@ -1355,244 +1777,182 @@ fn tag_differences_are_computed_against_spec_ownership_and_applied_keys() {
 fn tags_are_not_managed_on_a_rejected_connection() {
     let mut status = status_rejected();
     status.applied_tag_keys = vec!["team".into(), "old".into()];
-    let case = Case::new()
+    let mut case = Case::new()
         .status(status)
         .generation(2)
         .spec_with(|s| s.tags = tags(&[("env", "prod")]));
-    let s = settled(case.decide(&got(ConnectionState::Rejected)));
-    assert_eq!(
-        s.status.applied_tag_keys,
-        ["team", "old"],
-        "kept as they were"
-    );
-}
-
-#[test]
-fn after_a_create_the_tags_sent_are_known_so_no_list_tags_is_needed() {
-    for spec_changed in [false, true] {
-        let mut case = Case::new().generation(if spec_changed { 3 } else { 1 });
-        let mut proton = FakeProton::empty();
-        let steps = reconcile(&mut case, &mut proton, now());
-        assert_eq!(names(&steps), ["Create", "Settle"]);
-        assert_eq!(proton.calls, ["Create"]);
-        let s = settled(steps[1].clone());
-        assert_eq!(s.status.applied_tag_keys, ["team"]);
-    }
+    let trace = reconcile(&mut case, &mut Fake::recorded(REJECTED), now());
+    assert_eq!(trace.path(), "WhoAmI Get Settle");
+    let applied = &trace.settled().status.applied_tag_keys;
+    assert_eq!(applied, &["team", "old"], "kept as they were");
 }
 
 // ---------------------------------------------------------------------------------------------
 // Adoption
 // ---------------------------------------------------------------------------------------------
 
-fn adopted(c: Connection, tags: Option<Tags>) -> Observed {
-    observed(c, tags, Origin::Adopted)
-}
-
-fn adoptee(state: ConnectionState) -> Connection {
-    Connection {
-        id: ADOPT_ID.into(),
-        arn: format!(
-            "arn:aws:proton:eu-west-1:{ENV_ACCOUNT}:environment-account-connection/{ADOPT_ID}"
-        ),
-        ..conn(state)
+#[test]
+fn adoption_follows_the_controller_policy_and_the_namespace_opt_in() {
+    use AdoptionPolicy::{Disabled, Everywhere, NamespaceOptIn};
+    let not_labelled = "a cluster admin has not allowed adoption in namespace platform (label proton.eac.dev/adoption=allowed)";
+    let disabled = "adoption is disabled on this controller (--adoption disabled)";
+    let adopting = "WhoAmI Get ListTags Tag Settle";
+    let labelled = format!("ReadAdoptionPolicy {adopting}");
+    // (name, policy, namespace labelled, expected steps, refusal)
+    #[rustfmt::skip]
+    let table = [
+        ("opt-in, namespace not labelled", NamespaceOptIn, false, "ReadAdoptionPolicy Report", Some(not_labelled)),
+        ("opt-in, namespace labelled", NamespaceOptIn, true, labelled.as_str(), None),
+        ("everywhere: the label is not read", Everywhere, false, adopting, None),
+        ("disabled, whatever the label", Disabled, true, "Report", Some(disabled)),
+    ];
+    for (name, policy, label, expected, refusal) in table {
+        let mut case = Case::new()
+            .adopt(ADOPT_ID)
+            .settings_with(|s| s.adoption = policy);
+        case.namespace_allows_adoption = label;
+        let mut proton = Fake::with(adoptee(CONNECTED), Tags::new());
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.path(), expected, "{name}");
+        let Some(refusal) = refusal else {
+            let get = Step::Get {
+                id: ADOPT_ID.into(),
+            };
+            assert_eq!(trace.step("Get"), &get, "{name}");
+            assert_eq!(
+                trace.settled().status.id.as_deref(),
+                Some(ADOPT_ID),
+                "{name}"
+            );
+            continue;
+        };
+        assert_eq!(proton.calls, Vec::<&str>::new(), "{name}: not even a Get");
+        let r = trace.reported();
+        assert_eq!(r.problem.reason, "AdoptionNotAllowed", "{name}");
+        assert!(
+            r.problem.message.contains(refusal),
+            "{name}: {}",
+            r.problem.message
+        );
+        let stalled = cond_of(&r.status, STALLED);
+        assert_eq!(stalled, ("True", "AdoptionNotAllowed"), "{name}");
     }
 }
 
 #[test]
 fn adoption_checks_environment_management_account_and_owner() {
+    let connected = adoptee(CONNECTED);
     let other_env = Connection {
         environment_name: "staging".into(),
-        ..adoptee(ConnectionState::Connected)
+        ..connected.clone()
     };
     let other_mgmt = Connection {
         management_account_id: "999988887777".into(),
-        ..adoptee(ConnectionState::Connected)
+        ..connected.clone()
     };
     let both = Connection {
         environment_name: "staging".into(),
-        management_account_id: "999988887777".into(),
-        ..adoptee(ConnectionState::Connected)
+        ..other_mgmt.clone()
     };
-    let other_owner = tags(&[(TAG_UID, "another-uid"), ("team", "payments")]);
-    // (name, observed, Some(message fragments) for a failure, or None to proceed)
-    let table: Vec<AdoptionRow> = vec![
-        (
-            "environment differs",
-            adopted(other_env, None),
-            Some((
-                "AdoptionMismatch",
-                vec!["environmentName is \"staging\" in Proton but \"prod-eu\" in the spec"],
-            )),
-        ),
-        (
-            "management account differs",
-            adopted(other_mgmt, None),
-            Some((
-                "AdoptionMismatch",
-                vec![
-                    "managementAccountId is \"999988887777\" in Proton but \"111122223333\" in the spec",
-                ],
-            )),
-        ),
-        (
-            "both differ",
-            adopted(both, None),
-            Some((
-                "AdoptionMismatch",
-                vec!["environmentName", "managementAccountId"],
-            )),
-        ),
-        (
-            "owned by another resource",
-            adopted(
-                adoptee(ConnectionState::Connected),
-                Some(other_owner.clone()),
-            ),
-            Some((
-                "AdoptionMismatch",
-                vec![
-                    "owned by another resource",
-                    "proton.eac.dev/uid=another-uid",
-                ],
-            )),
-        ),
-        (
-            "owned by another resource, REJECTED",
-            adopted(adoptee(ConnectionState::Rejected), Some(other_owner)),
-            Some(("AdoptionMismatch", vec!["owned by another resource"])),
-        ),
-        (
-            "not found",
-            Observed::Gone {
-                id: Some(ADOPT_ID.into()),
-            },
-            Some(("AdoptionNotFound", vec![ADOPT_ID, "does not exist"])),
-        ),
-        (
-            "matches, tags unknown",
-            adopted(adoptee(ConnectionState::Connected), None),
-            None,
-        ),
-        (
-            "matches, untagged",
-            adopted(
-                adoptee(ConnectionState::Connected),
-                Some(tags(&[("team", "payments")])),
-            ),
-            None,
-        ),
-        (
-            "matches, owned by this resource",
-            adopted(
-                adoptee(ConnectionState::Connected),
-                Some(with_ownership(&[("team", "payments")])),
-            ),
-            None,
-        ),
+    let foreign = tags(&[(TAG_UID, OTHER_UID), ("team", "payments")]);
+    let none = Tags::new;
+    let env = "environmentName is \"staging\" in Proton but \"prod-eu\" in the spec";
+    let mgmt = "managementAccountId is \"999988887777\" in Proton but \"111122223333\" in the spec";
+    let owner = "owned by another resource (tag proton.eac.dev/uid=another-uid)";
+    let mismatch = |fragments: &[&'static str]| Some(("AdoptionMismatch", fragments.to_vec()));
+    // (name, the connection the annotation names, its tags, problem (reason, fragments) or
+    // None to settle)
+    #[rustfmt::skip]
+    let table = [
+        ("environment differs", Some(other_env), none(), mismatch(&[env])),
+        ("management account differs", Some(other_mgmt), none(), mismatch(&[mgmt])),
+        ("both differ", Some(both), none(), mismatch(&[env, mgmt])),
+        ("owned by another resource", Some(connected.clone()), foreign.clone(), mismatch(&[owner])),
+        ("owned by another resource, REJECTED", Some(adoptee(REJECTED)), foreign, mismatch(&[owner])),
+        ("does not exist", None, none(), Some(("AdoptionNotFound", vec!["does not exist"]))),
+        ("matches, untagged", Some(connected.clone()), tags(&[("team", "payments")]), None),
+        ("matches, owned by this resource", Some(connected), with_ownership(&[]), None),
     ];
-    for (name, obs, expected) in table {
-        let case = Case::new().adopt(ADOPT_ID);
-        let step = case.decide(&obs);
-        match expected {
-            Some((reason, fragments)) => {
-                let f = failure(step);
-                assert_eq!(f.reason, reason, "{name}");
-                assert!(f.message.contains(ADOPT_ID), "{name}: {}", f.message);
-                for fragment in fragments {
-                    assert!(
-                        f.message.contains(fragment),
-                        "{name}: {:?} lacks {fragment:?}",
-                        f.message
-                    );
-                }
-            }
-            None => assert!(!matches!(step, Step::Fail(_)), "{name}: {step:?}"),
+    for (name, connection, on_connection, expected) in table {
+        let mut case = Case::new().adopting();
+        let mut proton = match connection {
+            Some(c) => Fake::with(c, on_connection),
+            None => Fake::empty(),
+        };
+        let trace = reconcile(&mut case, &mut proton, now());
+        let Some((reason, fragments)) = expected else {
+            assert_eq!(
+                trace.settled().status.id.as_deref(),
+                Some(ADOPT_ID),
+                "{name}"
+            );
+            continue;
+        };
+        let r = trace.reported();
+        assert_eq!(
+            (r.problem.reason, r.problem.retry),
+            (reason, Retry::Terminal),
+            "{name}"
+        );
+        let message = &r.problem.message;
+        for fragment in [ADOPT_ID].iter().chain(&fragments) {
+            assert!(
+                message.contains(fragment),
+                "{name}: {message:?} lacks {fragment:?}"
+            );
         }
+        let changed = trace.steps.iter().any(Step::is_mutation);
+        assert!(!changed, "{name}: nothing changed");
+        assert_eq!(r.status.id, None, "{name}: not recorded");
+        assert_eq!(cond_of(&r.status, READY), ("False", reason), "{name}");
     }
 }
 
 #[test]
 fn an_adopted_connection_is_tagged_as_ours_and_reported_once() {
-    let mut case = Case::new().adopt(ADOPT_ID);
-    let mut proton = FakeProton::with(
-        adoptee(ConnectionState::Connected),
-        tags(&[("legacy", "x")]),
-    );
-    let steps = reconcile(&mut case, &mut proton, now());
-    assert_eq!(names(&steps), ["Get", "ListTags", "Tag", "Settle"]);
-    assert_eq!(
-        steps[2],
-        Step::Tag {
-            arn: adoptee(ConnectionState::Connected).arn,
-            tags: with_ownership(&[("team", "payments")]),
-        }
-    );
-    let first = apply_settled(&mut case, &steps);
+    let mut case = Case::new().adopting();
+    let mut proton = Fake::with(adoptee(CONNECTED), tags(&[("legacy", "x")]));
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get ListTags Tag Settle");
+    let tag = Step::Tag {
+        arn: adoptee(CONNECTED).arn,
+        tags: with_ownership(&[("team", "payments")]),
+    };
+    assert_eq!(trace.steps[3], tag);
+    assert_eq!(trace.origin(), Some(Origin::Adopted));
+    let first = trace.settled();
     assert_eq!(first.status.id.as_deref(), Some(ADOPT_ID));
-    assert_eq!(first.status.status, Some(ConnectionState::Connected));
-    let reasons: Vec<&str> = first.events.iter().map(|n| n.reason).collect();
-    assert_eq!(reasons, ["Adopted", "Connected"]);
-    assert_eq!(
-        first.events[0].note,
-        format!("adopted existing connection {ADOPT_ID}")
-    );
-    assert!(!first.events[0].warning);
-    assert_eq!(
-        proton.tags.get("legacy").map(String::as_str),
-        Some("x"),
-        "out-of-band tag kept"
-    );
+    assert_eq!(first.status.status, Some(CONNECTED));
+    let events = [
+        Note::normal("Adopted", format!("adopted existing connection {ADOPT_ID}")),
+        Note::normal("Connected", format!("connection {ADOPT_ID} is CONNECTED")),
+    ];
+    assert_eq!(first.events, events);
+    let legacy = proton.tags.get("legacy").map(String::as_str);
+    assert_eq!(legacy, Some("x"), "out-of-band tag kept");
 
     // Later reconciles read it back by the recorded id: no second Adopted, no ListTags.
-    let steps = reconcile(&mut case, &mut proton, now());
-    assert_eq!(names(&steps), ["Get", "Settle"]);
-    assert_eq!(settled(steps[1].clone()).events, []);
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get Settle");
+    assert_eq!(trace.origin(), Some(Origin::Recorded));
+    assert_eq!(trace.settled().events, []);
 }
 
 #[test]
 fn adoption_checks_the_owner_tag_before_changing_anything() {
-    // Roles differ from the spec, and the connection may belong to another resource: its tags
-    // must be read (and the uid tag checked) before any Update.
-    for state in [
-        ConnectionState::Pending,
-        ConnectionState::Connected,
-        ConnectionState::Rejected,
-    ] {
-        let case = Case::new()
-            .adopt(ADOPT_ID)
+    // Roles differ from the spec, and the connection belongs to another resource: its tags are
+    // read (and the uid tag checked) before any Update.
+    for state in STATES {
+        let mut case = Case::new()
+            .adopting()
             .spec_with(|s| s.codebuild_role_arn = Some(CODEBUILD.into()));
-        let c = adoptee(state);
-        let step = case.decide(&adopted(c.clone(), None));
-        assert_eq!(step, Step::ListTags { arn: c.arn.clone() }, "{state:?}");
-        let foreign = tags(&[(TAG_UID, "another-uid")]);
-        assert_eq!(
-            failure(case.decide(&adopted(c, Some(foreign)))).reason,
-            "AdoptionMismatch",
-            "{state:?}"
-        );
+        let mut proton = Fake::with(adoptee(state), tags(&[(TAG_UID, OTHER_UID)]));
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.path(), "WhoAmI Get ListTags Report", "{state:?}");
+        let reason = trace.reported().problem.reason;
+        assert_eq!(reason, "AdoptionMismatch", "{state:?}");
+        assert_eq!(proton.count("Update"), 0, "{state:?}");
     }
-
-    let mut case = Case::new()
-        .adopt(ADOPT_ID)
-        .spec_with(|s| s.codebuild_role_arn = Some(CODEBUILD.into()));
-    let mut proton = FakeProton::with(
-        adoptee(ConnectionState::Connected),
-        tags(&[(TAG_UID, "another-uid")]),
-    );
-    let steps = reconcile(&mut case, &mut proton, now());
-    assert_eq!(names(&steps), ["Get", "ListTags", "Fail"]);
-    assert!(!proton.calls.contains(&"Update"));
-}
-
-#[test]
-fn a_vanished_adopted_connection_is_recreated_once_its_id_is_on_record() {
-    let mut status = status_connected();
-    status.id = Some(ADOPT_ID.into());
-    let case = Case::new().status(status).adopt(ADOPT_ID);
-    let step = case.decide(&Observed::Gone {
-        id: Some(ADOPT_ID.into()),
-    });
-    assert_eq!(step, create_step(&case, &format!("{UID}-r1"), 1));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1601,20 +1961,23 @@ fn a_vanished_adopted_connection_is_recreated_once_its_id_is_on_record() {
 
 #[test]
 fn settle_records_every_status_field() {
-    let case = Case::new()
+    let mut case = Case::new()
         .status(status_pending())
         .spec_with(|s| s.codebuild_role_arn = Some(CODEBUILD.into()));
-    let mut c = conn(ConnectionState::Connected);
+    let mut c = conn(CONNECTED);
     c.roles = roles(Some(ROLE), Some(CODEBUILD), None);
     c.last_modified_at = "2026-11-21T10:07:00Z".into();
-    let s = settled(case.decide(&observed(c, None, Origin::Recorded)));
+    let mut proton = Fake::with(c, with_ownership(&[("team", "payments")]));
+    let trace = reconcile(&mut case, &mut proton, now());
+    let connected = format!("connection {ID} is CONNECTED");
     let expected = Status {
         observed_generation: Some(1),
         id: Some(ID.into()),
         arn: Some(ARN.into()),
-        status: Some(ConnectionState::Connected),
+        status: Some(CONNECTED),
         environment_account_id: Some(ENV_ACCOUNT.into()),
         region: Some(DEFAULT_REGION.into()),
+        create_sent_at: None,
         requested_at: Some(REQUESTED_AT.into()),
         last_modified_at: Some("2026-11-21T10:07:00Z".into()),
         role_arn: Some(ROLE.into()),
@@ -1623,14 +1986,7 @@ fn settle_records_every_status_field() {
         applied_tag_keys: vec!["team".into()],
         recreations: 0,
         conditions: vec![
-            cond(
-                READY,
-                true,
-                "Connected",
-                &format!("connection {ID} is CONNECTED"),
-                1,
-                now(),
-            ),
+            cond(READY, true, "Connected", &connected, 1, now()),
             cond(
                 SYNCED,
                 true,
@@ -1642,89 +1998,39 @@ fn settle_records_every_status_field() {
             cond(STALLED, false, "Reconciled", "", 1, t0()),
         ],
     };
-    assert_eq!(s.status, expected);
-    assert_eq!(s.requeue, RESYNC);
-}
-
-#[test]
-fn the_region_is_the_spec_region_or_the_controller_default() {
-    for (region, expected) in [(None, DEFAULT_REGION), (Some("us-east-1"), "us-east-1")] {
-        let case = Case::new()
-            .status(status_connected())
-            .spec_with(|s| s.region = region.map(str::to_string));
-        let s = settled(case.decide(&got(ConnectionState::Connected)));
-        assert_eq!(s.status.region.as_deref(), Some(expected));
-    }
+    assert_eq!(trace.settled().status, expected);
+    assert_eq!(trace.settled().requeue, RESYNC);
 }
 
 #[test]
 fn conditions_follow_the_connection_state() {
+    let waiting = "waiting for management account 111122223333 to accept it";
+    let rejected = "management account 111122223333 rejected connection";
     // (state, Ready, Ready reason, Stalled, Stalled reason, message fragment)
+    #[rustfmt::skip]
     let table = [
-        (
-            ConnectionState::Pending,
-            false,
-            "Pending",
-            false,
-            "Reconciled",
-            "waiting for management account 111122223333 to accept it",
-        ),
-        (
-            ConnectionState::Connected,
-            true,
-            "Connected",
-            false,
-            "Reconciled",
-            "is CONNECTED",
-        ),
-        (
-            ConnectionState::Rejected,
-            false,
-            "Rejected",
-            true,
-            "Rejected",
-            "management account 111122223333 rejected connection",
-        ),
+        (PENDING, "False", "Pending", "False", "Reconciled", waiting),
+        (CONNECTED, "True", "Connected", "False", "Reconciled", "is CONNECTED"),
+        (REJECTED, "False", "Rejected", "True", "Rejected", rejected),
     ];
     for (state, ready, ready_reason, stalled, stalled_reason, fragment) in table {
         for before in Before::ALL {
-            for spec_changed in [false, true] {
-                let generation = if spec_changed { 2 } else { 1 };
-                let case = Case::new().status(before.status()).generation(generation);
-                let obs = observed(
-                    conn(state),
-                    Some(with_ownership(&[("team", "payments")])),
-                    Origin::Recorded,
-                );
-                let s = settled(case.decide(&obs)).status;
-                let what = format!("{state:?} before={before:?} spec_changed={spec_changed}");
+            for generation in [1, 2] {
+                let mut case = Case::new().status(before.status()).generation(generation);
+                let trace = reconcile(&mut case, &mut Fake::for_before(before, state), now());
+                let s = &trace.settled().status;
+                let what = format!("{state:?} before={before:?} generation={generation}");
+                let id = s.id.clone().unwrap_or_default();
                 assert_eq!(s.status, Some(state), "{what}");
                 assert_eq!(s.observed_generation, Some(generation), "{what}");
                 let types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
                 assert_eq!(types, [READY, SYNCED, STALLED], "{what}");
-                let r = condition(&s, READY);
-                assert_eq!(
-                    (r.status == "True", r.reason.as_str()),
-                    (ready, ready_reason),
-                    "{what}"
-                );
-                assert!(
-                    r.message.contains(fragment) && r.message.contains(ID),
-                    "{what}: {}",
-                    r.message
-                );
-                let st = condition(&s, STALLED);
-                assert_eq!(
-                    (st.status == "True", st.reason.as_str()),
-                    (stalled, stalled_reason),
-                    "{what}"
-                );
-                let sy = condition(&s, SYNCED);
-                assert_eq!(
-                    (sy.status.as_str(), sy.reason.as_str()),
-                    ("True", "ReconcileSuccess"),
-                    "{what}"
-                );
+                assert_eq!(cond_of(s, READY), (ready, ready_reason), "{what}");
+                let message = &condition(s, READY).message;
+                let says = message.contains(fragment) && message.contains(&id);
+                assert!(says, "{what}: {message}");
+                assert_eq!(cond_of(s, STALLED), (stalled, stalled_reason), "{what}");
+                assert_eq!(cond_of(s, SYNCED), ("True", "ReconcileSuccess"), "{what}");
                 for c in &s.conditions {
                     assert_eq!(
                         c.observed_generation,
@@ -1740,442 +2046,265 @@ fn conditions_follow_the_connection_state() {
 
 #[test]
 fn transition_times_are_kept_while_a_condition_does_not_flip() {
+    let times = |before: Status, state, when| {
+        let mut case = Case::new().status(before);
+        let trace = reconcile(&mut case, &mut Fake::recorded(state), when);
+        let s = trace.settled().status.clone();
+        [READY, SYNCED, STALLED].map(|t| condition(&s, t).last_transition_time.clone())
+    };
     // Recorded PENDING at t0; now CONNECTED: Ready flips (now), Synced/Stalled keep t0.
-    let case = Case::new().status(status_pending());
-    let s = settled(case.decide(&got(ConnectionState::Connected))).status;
-    assert_eq!(condition(&s, READY).last_transition_time, Time(now()));
-    assert_eq!(condition(&s, SYNCED).last_transition_time, Time(t0()));
-    assert_eq!(condition(&s, STALLED).last_transition_time, Time(t0()));
-
-    // Recorded CONNECTED, now REJECTED: Ready stays False->... flips from True, Stalled flips.
-    let case = Case::new().status(status_connected());
-    let s = settled(case.decide(&got(ConnectionState::Rejected))).status;
-    assert_eq!(condition(&s, READY).last_transition_time, Time(now()));
-    assert_eq!(condition(&s, STALLED).last_transition_time, Time(now()));
-    assert_eq!(condition(&s, SYNCED).last_transition_time, Time(t0()));
-
+    let flipped = times(status_pending(), CONNECTED, now());
+    assert_eq!(flipped, [Time(now()), Time(t0()), Time(t0())]);
+    // Recorded CONNECTED, now REJECTED: Ready and Stalled flip.
+    let flipped = times(status_connected(), REJECTED, now());
+    assert_eq!(flipped, [Time(now()), Time(t0()), Time(now())]);
     // Sub-second clocks are cut to whole seconds, as the API server would store them.
-    let fractional = now()
-        .checked_add(jiff::SignedDuration::from_millis(750))
-        .unwrap();
-    let case = Case::new().status(status_pending());
-    let s = settled(case.decide_at(&got(ConnectionState::Connected), fractional)).status;
-    assert_eq!(condition(&s, READY).last_transition_time, Time(now()));
+    let fractional = now().checked_add(jiff::SignedDuration::from_millis(750));
+    let flipped = times(status_pending(), CONNECTED, fractional.unwrap());
+    assert_eq!(flipped, [Time(now()), Time(t0()), Time(t0())]);
 }
 
 #[test]
 fn settling_twice_in_the_same_state_yields_the_recorded_status_and_no_events() {
-    for state in [
-        ConnectionState::Pending,
-        ConnectionState::Connected,
-        ConnectionState::Rejected,
-    ] {
+    for state in STATES {
         let mut case = Case::new();
-        let mut proton = FakeProton::empty();
-        proton.create_state = state;
-        let steps = reconcile(&mut case, &mut proton, now());
-        let first = apply_settled(&mut case, &steps);
+        let mut proton = Fake::empty().state(state);
+        let first = reconcile(&mut case, &mut proton, now()).settled().clone();
 
-        let later = now()
-            .checked_add(jiff::SignedDuration::from_secs(3600))
-            .unwrap();
-        let steps = reconcile(&mut case, &mut proton, later);
-        assert_eq!(names(&steps), ["Get", "Settle"], "{state:?}");
-        let second = settled(steps[1].clone());
+        let trace = reconcile(&mut case, &mut proton, at(4200));
+        assert_eq!(trace.path(), "WhoAmI Get Settle", "{state:?}");
+        let second = trace.settled();
         assert_eq!(
             second.status, first.status,
             "{state:?}: the controller writes nothing"
         );
-        assert_eq!(second.status, case.status, "{state:?}");
         assert_eq!(second.events, [], "{state:?}");
     }
 }
 
 #[test]
 fn requeue_is_the_resync_period_except_for_pending_which_backs_off_with_age() {
-    // (state, requested_at, seconds after 10:00:00, expected requeue)
-    let table: Vec<(ConnectionState, &str, i64, Duration)> = vec![
-        (ConnectionState::Pending, REQUESTED_AT, 0, PENDING_POLL),
-        (ConnectionState::Pending, REQUESTED_AT, 60, PENDING_POLL),
-        (ConnectionState::Pending, REQUESTED_AT, 300, PENDING_POLL),
-        (
-            ConnectionState::Pending,
-            REQUESTED_AT,
-            600,
-            Duration::from_secs(60),
-        ),
-        (
-            ConnectionState::Pending,
-            REQUESTED_AT,
-            3000,
-            Duration::from_secs(300),
-        ),
-        (ConnectionState::Pending, REQUESTED_AT, 6000, RESYNC),
-        (ConnectionState::Pending, REQUESTED_AT, 86_400, RESYNC),
+    // (state, requested_at, seconds after 10:00:00, resync, expected requeue)
+    #[rustfmt::skip]
+    let table = [
+        (PENDING, REQUESTED_AT, 0, RESYNC, PENDING_POLL),
+        (PENDING, REQUESTED_AT, 300, RESYNC, PENDING_POLL),
+        (PENDING, REQUESTED_AT, 600, RESYNC, secs(60)),
+        (PENDING, REQUESTED_AT, 3000, RESYNC, secs(300)),
+        (PENDING, REQUESTED_AT, 6000, RESYNC, RESYNC),
+        (PENDING, REQUESTED_AT, 86_400, RESYNC, RESYNC),
         // Clock skew: a request "in the future" is young.
-        (
-            ConnectionState::Pending,
-            "2026-11-21T11:00:00Z",
-            0,
-            PENDING_POLL,
-        ),
+        (PENDING, "2026-11-21T11:00:00Z", 0, RESYNC, PENDING_POLL),
         // An unreadable timestamp is treated as young.
-        (ConnectionState::Pending, "not a time", 86_400, PENDING_POLL),
-        (ConnectionState::Connected, REQUESTED_AT, 0, RESYNC),
-        (ConnectionState::Connected, REQUESTED_AT, 86_400, RESYNC),
-        (ConnectionState::Rejected, REQUESTED_AT, 0, RESYNC),
-        (ConnectionState::Rejected, REQUESTED_AT, 86_400, RESYNC),
+        (PENDING, "not a time", 86_400, RESYNC, PENDING_POLL),
+        // A poll interval longer than the resync period wins.
+        (PENDING, REQUESTED_AT, 86_400, secs(10), PENDING_POLL),
+        (CONNECTED, REQUESTED_AT, 0, RESYNC, RESYNC),
+        (CONNECTED, REQUESTED_AT, 86_400, RESYNC, RESYNC),
+        (REJECTED, REQUESTED_AT, 0, RESYNC, RESYNC),
     ];
-    for (state, requested_at, after, expected) in table {
-        let case = Case::new().status(recorded(state, 1));
-        let mut c = conn(state);
-        c.requested_at = requested_at.into();
-        let s = settled(case.decide_at(&observed(c, None, Origin::Recorded), at(after)));
-        assert_eq!(
-            s.requeue, expected,
-            "{state:?} requested {requested_at}, {after}s later"
-        );
+    for (state, requested_at, after, resync, expected) in table {
+        let mut case = Case::new()
+            .status(recorded(state, 1))
+            .settings_with(|s| s.resync = resync);
+        let mut proton = Fake::recorded(state);
+        proton.conn.as_mut().unwrap().requested_at = requested_at.into();
+        let requeue = reconcile(&mut case, &mut proton, at(after))
+            .settled()
+            .requeue;
+        let what = format!("{state:?} requested {requested_at}, {after}s later, resync {resync:?}");
+        assert_eq!(requeue, expected, "{what}");
     }
 
     // Backing off is monotonic and bounded.
-    let case = Case::new().status(status_pending());
     let mut last = Duration::ZERO;
     for after in (0..20_000).step_by(250) {
-        let s = settled(case.decide_at(&got(ConnectionState::Pending), at(after)));
-        assert!(
-            s.requeue >= last && s.requeue >= PENDING_POLL && s.requeue <= RESYNC,
-            "{after}s: {:?}",
-            s.requeue
-        );
-        last = s.requeue;
+        let mut case = Case::new().status(status_pending());
+        let requeue = reconcile(&mut case, &mut Fake::recorded(PENDING), at(after))
+            .settled()
+            .requeue;
+        let bounded = requeue >= last && requeue >= PENDING_POLL && requeue <= RESYNC;
+        assert!(bounded, "{after}s: {requeue:?}");
+        last = requeue;
     }
     assert_eq!(last, RESYNC);
 }
 
 #[test]
-fn a_poll_interval_longer_than_the_resync_period_wins() {
-    let case = Case::new().status(status_pending());
-    let short = Settings {
-        resync: Duration::from_secs(10),
-        pending_poll: PENDING_POLL,
-        default_region: DEFAULT_REGION.into(),
-    };
-    for after in [0, 600, 86_400] {
-        let s = settled(decide(
-            &case.res(),
-            &got(ConnectionState::Pending),
-            &short,
-            at(after),
-        ));
-        assert_eq!(s.requeue, PENDING_POLL);
-    }
-}
-
-#[test]
 fn events_announce_state_transitions_once() {
-    // (name, status before, origin, state now, expected (reason, warning) list)
-    let table: Vec<TransitionRow> = vec![
-        (
-            "created PENDING",
-            Status::default(),
-            Origin::Created { recreation: 0 },
-            ConnectionState::Pending,
-            vec![],
-        ),
-        (
-            "created and accepted at once",
-            Status::default(),
-            Origin::Created { recreation: 0 },
-            ConnectionState::Connected,
-            vec![("Connected", false)],
-        ),
-        (
-            "still PENDING",
-            status_pending(),
-            Origin::Recorded,
-            ConnectionState::Pending,
-            vec![],
-        ),
-        (
-            "PENDING -> CONNECTED",
-            status_pending(),
-            Origin::Recorded,
-            ConnectionState::Connected,
-            vec![("Connected", false)],
-        ),
-        (
-            "PENDING -> REJECTED",
-            status_pending(),
-            Origin::Recorded,
-            ConnectionState::Rejected,
-            vec![("Rejected", true)],
-        ),
-        (
-            "still CONNECTED",
-            status_connected(),
-            Origin::Recorded,
-            ConnectionState::Connected,
-            vec![],
-        ),
-        (
-            "still REJECTED",
-            status_rejected(),
-            Origin::Recorded,
-            ConnectionState::Rejected,
-            vec![],
-        ),
-        (
-            "re-created after CONNECTED, PENDING again",
-            status_connected(),
-            Origin::Created { recreation: 1 },
-            ConnectionState::Pending,
-            vec![],
-        ),
-        (
-            "adopted PENDING",
-            Status::default(),
-            Origin::Adopted,
-            ConnectionState::Pending,
-            vec![("Adopted", false)],
-        ),
-        (
-            "adopted CONNECTED",
-            Status::default(),
-            Origin::Adopted,
-            ConnectionState::Connected,
-            vec![("Adopted", false), ("Connected", false)],
-        ),
-        (
-            "adopted REJECTED",
-            Status::default(),
-            Origin::Adopted,
-            ConnectionState::Rejected,
-            vec![("Adopted", false), ("Rejected", true)],
-        ),
+    use Before as B;
+    let (connected, rejected) = (("Connected", false), ("Rejected", true));
+    let adopted = ("Adopted", false);
+    // (name, status before, adopted, state now, the Events (reason, warning))
+    #[rustfmt::skip]
+    let table = [
+        ("created PENDING", B::NoStatus, false, PENDING, vec![]),
+        ("created and accepted at once", B::NoStatus, false, CONNECTED, vec![connected]),
+        ("a replayed Create finds it CONNECTED", B::Creating, false, CONNECTED, vec![connected]),
+        ("still PENDING", B::Pending, false, PENDING, vec![]),
+        ("PENDING -> CONNECTED", B::Pending, false, CONNECTED, vec![connected]),
+        ("PENDING -> REJECTED", B::Pending, false, REJECTED, vec![rejected]),
+        ("still CONNECTED", B::Connected, false, CONNECTED, vec![]),
+        ("still REJECTED", B::Rejected, false, REJECTED, vec![]),
+        ("adopted PENDING", B::NoStatus, true, PENDING, vec![adopted]),
+        ("adopted CONNECTED", B::NoStatus, true, CONNECTED, vec![adopted, connected]),
+        ("adopted REJECTED", B::NoStatus, true, REJECTED, vec![adopted, rejected]),
     ];
-    for (name, status, origin, state, expected) in table {
-        let case = Case::new().status(status);
-        let mut c = conn(state);
-        if origin == Origin::Adopted {
-            c = adoptee(state);
+    for (name, before, adopt, state, expected) in table {
+        let mut case = Case::new().status(before.status());
+        let mut proton = Fake::for_before(before, state);
+        if adopt {
+            case = case.adopting();
+            proton = Fake::with(adoptee(state), with_ownership(&[("team", "payments")]));
         }
-        let obs = observed(c, Some(with_ownership(&[("team", "payments")])), origin);
-        let events = settled(case.decide(&obs)).events;
-        let got: Vec<(&str, bool)> = events.iter().map(|n| (n.reason, n.warning)).collect();
+        let trace = reconcile(&mut case, &mut proton, now());
+        let settled = trace.settled();
+        let got: Vec<_> = settled
+            .events
+            .iter()
+            .map(|n| (n.reason, n.warning))
+            .collect();
         assert_eq!(got, expected, "{name}");
-        for n in &events {
-            assert!(n.note.contains(&obs_id(&obs)), "{name}: {}", n.note);
+        let id = settled.status.id.clone().unwrap();
+        for n in &settled.events {
+            assert!(n.note.contains(&id), "{name}: {}", n.note);
         }
     }
-}
-
-fn obs_id(obs: &Observed) -> String {
-    match obs {
-        Observed::Connection { connection, .. } => connection.id.clone(),
-        _ => String::new(),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Out-of-band deletion reported
-// ---------------------------------------------------------------------------------------------
-
-#[test]
-fn a_vanished_connection_is_reported_not_found_with_its_record_kept() {
-    let case = Case::new().status(status_connected());
-    let s = status_vanished(&case.res(), ID, now());
-    assert_eq!(
-        s.id.as_deref(),
-        Some(ID),
-        "the old id stays until the re-creation is on record"
-    );
-    assert_eq!(s.status, Some(ConnectionState::Connected));
-    let ready = condition(&s, READY);
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "NotFound")
-    );
-    assert!(ready.message.contains(ID));
-    assert_eq!(ready.last_transition_time, Time(now()));
-    let synced = condition(&s, SYNCED);
-    assert_eq!(
-        (synced.status.as_str(), synced.reason.as_str()),
-        ("False", "NotFound")
-    );
-    let stalled = condition(&s, STALLED);
-    assert_eq!(stalled.status, "False");
-    assert_eq!(stalled.last_transition_time, Time(t0()));
-    let note = vanished_note(ID);
-    assert_eq!(note.reason, "NotFound");
-    assert!(note.warning && note.note.contains(ID));
 }
 
 // ---------------------------------------------------------------------------------------------
 // Errors: status, news, retry
 // ---------------------------------------------------------------------------------------------
 
-fn proton_error(class: ErrorClass, code: &str, message: &str) -> ProtonError {
-    ProtonError {
-        operation: "GetEnvironmentAccountConnection",
-        class,
-        code: code.into(),
-        message: message.into(),
-    }
-}
-
-/// (class, code, message, reason, terminal for the generation (Stalled), Ready kept when it existed)
-fn error_table() -> Vec<(
-    ErrorClass,
-    &'static str,
-    &'static str,
-    &'static str,
-    bool,
-    bool,
-)> {
+/// (class, AWS message, condition reason)
+#[rustfmt::skip]
+fn error_table() -> Vec<(ErrorClass, &'static str, &'static str)> {
     vec![
-        (
-            ErrorClass::Throttled,
-            "ThrottlingException",
-            "Rate exceeded",
-            "Throttled",
-            false,
-            true,
-        ),
-        (
-            ErrorClass::Transient,
-            "InternalServerException",
-            "Internal failure",
-            "AwsUnavailable",
-            false,
-            true,
-        ),
-        (
-            ErrorClass::AccessDenied,
-            "AccessDeniedException",
-            "User is not authorized to perform proton:GetEnvironmentAccountConnection",
-            "AccessDenied",
-            true,
-            false,
-        ),
-        (
-            ErrorClass::Validation,
-            "ValidationException",
-            "roleArn is not a valid ARN",
-            "InvalidSpec",
-            true,
-            false,
-        ),
-        (
-            ErrorClass::QuotaExceeded,
-            "ServiceQuotaExceededException",
-            "Too many environment account connections",
-            "QuotaExceeded",
-            true,
-            false,
-        ),
-        (
-            ErrorClass::Conflict,
-            "ConflictException",
-            "Connection is being deleted",
-            "Conflict",
-            true,
-            false,
-        ),
-        (
-            ErrorClass::NotFound,
-            "ResourceNotFoundException",
-            "Environment prod-eu not found",
-            "NotFound",
-            true,
-            false,
-        ),
-        (
-            ErrorClass::Other,
-            "WeirdException",
-            "Something odd",
-            "AwsError",
-            false,
-            true,
-        ),
+        (ErrorClass::Throttled, "Rate exceeded", "Throttled"),
+        (ErrorClass::Transient, "Internal failure", "AwsUnavailable"),
+        (ErrorClass::AccessDenied, "User is not authorized to perform this action", "AccessDenied"),
+        (ErrorClass::Validation, "roleArn is not a valid ARN", "InvalidSpec"),
+        (ErrorClass::QuotaExceeded, "Too many environment account connections", "QuotaExceeded"),
+        (ErrorClass::Conflict, "Connection is being deleted", "Conflict"),
+        (ErrorClass::NotFound, "Environment prod-eu not found", "NotFound"),
+        (ErrorClass::Other, "Something odd", "AwsError"),
     ]
 }
 
 #[test]
 fn each_error_class_is_reported_in_the_conditions_with_the_aws_message() {
-    for (class, code, message, reason, terminal, ready_kept) in error_table() {
-        let error = proton_error(class, code, message);
-        let problem = Problem::from(&error);
-        assert_eq!(problem.reason, reason, "{code}");
-        assert_eq!(
-            problem.message,
-            format!("GetEnvironmentAccountConnection: {message}"),
-            "{code}"
-        );
-        assert_eq!(problem.retry, class.retry(), "{code}");
-
+    for (class, message, reason) in error_table() {
         for before in Before::ALL {
-            let case = Case::new().status(before.status());
-            let (s, news) = status_after_problem(
-                &case.res(),
-                &Observed::Nothing,
-                &problem,
-                &settings(),
-                now(),
-            );
-            let what = format!("{code} before={before:?}");
-            assert!(news, "{what}: first time is news");
-            assert_eq!(s.observed_generation, Some(1), "{what}");
-            assert_eq!(s.id, case.status.id, "{what}: record kept");
-            assert_eq!(s.status, case.status.status, "{what}: record kept");
-
-            let synced = condition(&s, SYNCED);
+            // A resource without a connection fails on its first Create, one with a connection
+            // on the Get. (A NotFound on the Get means the connection vanished: tested above;
+            // a replayed Create is tested with the conflicts.)
+            if before == Before::Creating || (before.has_id() && class == ErrorClass::NotFound) {
+                continue;
+            }
+            let failing = if before.has_id() { "Get" } else { "Create" };
+            let mut case = Case::new().status(before.status());
+            let mut proton = Fake::for_before(before, CONNECTED).fail(failing, class, message);
+            let trace = reconcile(&mut case, &mut proton, now());
+            let what = format!("{class:?} on {failing}, before={before:?}");
+            let r = trace.reported();
+            let full = format!("{}: {message}", operation(trace.step(failing)));
+            let retry = class.retry();
+            let problem = Problem {
+                reason,
+                message: full.clone(),
+                retry,
+            };
+            assert_eq!(r.problem, problem, "{what}");
             assert_eq!(
-                (synced.status.as_str(), synced.reason.as_str()),
-                ("False", reason),
+                r.event,
+                Some(Note::warning(reason, full.clone())),
+                "{what}: news"
+            );
+            assert_eq!(
+                r.requeue,
+                retry_after(retry, 1, &settings(), JITTER),
                 "{what}"
             );
-            assert!(
-                synced.message.contains(message),
-                "{what}: {}",
-                synced.message
-            );
 
-            let stalled = condition(&s, STALLED);
-            assert_eq!(stalled.status == "True", terminal, "{what}: Stalled");
-            if terminal {
-                assert_eq!(stalled.reason, reason, "{what}");
-                assert!(stalled.message.contains(message), "{what}");
+            let s = &r.status;
+            assert_eq!(s.observed_generation, Some(1), "{what}");
+            assert_eq!(s.id, before.status().id, "{what}: record kept");
+            assert_eq!(s.status, before.status().status, "{what}: record kept");
+            assert_eq!(cond_of(s, SYNCED), ("False", reason), "{what}");
+            assert_eq!(condition(s, SYNCED).message, full, "{what}");
+            if retry != Retry::Backoff {
+                assert_eq!(cond_of(s, STALLED), ("True", reason), "{what}");
+                assert_eq!(cond_of(s, READY), ("False", reason), "{what}");
+                assert_eq!(condition(s, READY).message, full, "{what}");
             } else {
-                assert_eq!(stalled.reason, "Retrying", "{what}");
+                assert_eq!(cond_of(s, STALLED), ("False", "Retrying"), "{what}");
+                // A passing fault says nothing about the connection: Ready stays as it was
+                // (for a new resource, as the intent left it).
+                let was = match before.has_id() {
+                    true => before.status(),
+                    false => intent(1, now()),
+                };
+                assert_eq!(
+                    condition(s, READY),
+                    condition(&was, READY),
+                    "{what}: Ready kept"
+                );
             }
+        }
+    }
+}
 
-            let ready = condition(&s, READY);
-            match (ready_kept, case.status.condition(READY)) {
-                (true, Some(prev)) => {
-                    assert_eq!(ready.status, prev.status, "{what}: Ready kept");
-                    assert_eq!(ready.reason, prev.reason, "{what}: Ready kept");
-                    assert_eq!(ready.message, prev.message, "{what}: Ready kept");
-                    assert_eq!(
-                        ready.last_transition_time, prev.last_transition_time,
-                        "{what}"
-                    );
-                }
-                (true, None) => {
-                    assert_eq!(
-                        (ready.status.as_str(), ready.reason.as_str()),
-                        ("False", "Creating"),
-                        "{what}"
-                    );
-                    assert!(ready.message.contains(message), "{what}");
-                }
-                (false, _) => {
-                    assert_eq!(
-                        (ready.status.as_str(), ready.reason.as_str()),
-                        ("False", reason),
-                        "{what}"
-                    );
-                    assert!(ready.message.contains(message), "{what}");
-                }
+#[test]
+fn a_first_create_refused_outright_is_no_longer_recorded_as_in_flight() {
+    // (class, proves that nothing was created)
+    #[rustfmt::skip]
+    let table = [
+        (ErrorClass::Throttled, true),
+        (ErrorClass::AccessDenied, true),
+        (ErrorClass::Validation, true),
+        (ErrorClass::QuotaExceeded, true),
+        (ErrorClass::Conflict, true),
+        (ErrorClass::Transient, false),
+        (ErrorClass::Other, false),
+        (ErrorClass::NotFound, false),
+    ];
+    for (class, refused) in table {
+        let mut case = Case::new();
+        let trace = reconcile(
+            &mut case,
+            &mut Fake::empty().fail("Create", class, "no"),
+            now(),
+        );
+        let s = &trace.reported().status;
+        let expected = (!refused).then(|| now().to_string());
+        assert_eq!(s.create_sent_at, expected, "{class:?}");
+        assert_eq!(
+            s.region.as_deref(),
+            Some(DEFAULT_REGION),
+            "{class:?}: still pinned"
+        );
+        // So deleting it needs no search when nothing can exist.
+        let release = match refused {
+            true => vec![Step::RemoveFinalizer],
+            false => vec![Step::WhoAmI, find_step()],
+        };
+        assert_eq!(first_steps(&case.clone().deleting()), release, "{class:?}");
+
+        // A replay: the Create whose answer never came may still have made the connection, so
+        // the record goes back to it; a stale intent rewritten for this Create goes back too if
+        // the Create was refused, and stays rewritten if it may have made something.
+        if class != ErrorClass::Conflict {
+            let stale = if refused { at(0) } else { now() };
+            for (sent, kept) in [(at(570), at(570)), (at(0), stale)] {
+                let mut case = Case::new().status(intent(1, sent));
+                let mut proton = Fake::empty().fail("Create", class, "no");
+                let trace = reconcile(&mut case, &mut proton, now());
+                let in_flight = trace.reported().status.create_sent_at.clone();
+                assert_eq!(
+                    in_flight,
+                    Some(kept.to_string()),
+                    "{class:?}, replay sent {sent}"
+                );
             }
         }
     }
@@ -2183,20 +2312,13 @@ fn each_error_class_is_reported_in_the_conditions_with_the_aws_message() {
 
 #[test]
 fn a_passing_fault_does_not_make_a_connected_resource_flap() {
-    let case = Case::new().status(status_connected());
-    let problem = Problem::from(&proton_error(
-        ErrorClass::Throttled,
-        "ThrottlingException",
-        "Rate exceeded",
-    ));
-    let (s, _) = status_after_problem(
-        &case.res(),
-        &Observed::Nothing,
-        &problem,
-        &settings(),
+    let mut case = Case::new().status(status_connected());
+    let trace = reconcile(
+        &mut case,
+        &mut Fake::recorded(CONNECTED).throttle("Get"),
         now(),
     );
-    let ready = condition(&s, READY);
+    let ready = condition(&trace.reported().status, READY);
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("True", "Connected")
@@ -2206,303 +2328,294 @@ fn a_passing_fault_does_not_make_a_connected_resource_flap() {
 
 #[test]
 fn the_same_error_twice_is_news_only_once() {
-    for (class, code, message, ..) in error_table() {
-        let problem = Problem::from(&proton_error(class, code, message));
+    for (class, message, _) in error_table() {
+        if class == ErrorClass::NotFound {
+            continue;
+        }
         let mut case = Case::new().status(status_connected());
-        let (first, news) = status_after_problem(
-            &case.res(),
-            &Observed::Nothing,
-            &problem,
-            &settings(),
-            now(),
-        );
-        assert!(news, "{code}");
-        case.status = first.clone();
-        let (second, news) = status_after_problem(
-            &case.res(),
-            &Observed::Nothing,
-            &problem,
-            &settings(),
-            at(900),
-        );
-        assert!(!news, "{code}: repeated");
-        assert_eq!(second, first, "{code}: nothing to write the second time");
+        let fail = |message: &str| Fake::recorded(CONNECTED).fail("Get", class, message);
+        let first = reconcile(&mut case, &mut fail(message), now());
+        assert!(first.reported().event.is_some(), "{class:?}");
+        let second = reconcile(&mut case, &mut fail(message), at(900));
+        assert_eq!(second.reported().event, None, "{class:?}: repeated");
+        let unchanged = second.reported().status == first.reported().status;
+        assert!(unchanged, "{class:?}: nothing to write the second time");
 
-        // Another message or another class is news again.
-        let other_message = Problem {
-            message: format!("{} (again, differently)", problem.message),
-            ..problem.clone()
-        };
-        assert!(
-            status_after_problem(
-                &case.res(),
-                &Observed::Nothing,
-                &other_message,
-                &settings(),
-                now()
-            )
-            .1,
-            "{code}"
-        );
-        let other_class = Problem {
-            reason: "SomethingElse",
-            ..problem.clone()
-        };
-        assert!(
-            status_after_problem(
-                &case.res(),
-                &Observed::Nothing,
-                &other_class,
-                &settings(),
-                now()
-            )
-            .1,
-            "{code}"
-        );
+        // Another message is news again.
+        let third = reconcile(&mut case, &mut fail("again, differently"), at(960));
+        assert!(third.reported().event.is_some(), "{class:?}");
     }
 
-    // A success in between makes the same error news again.
-    let problem = Problem::from(&proton_error(
-        ErrorClass::Throttled,
-        "ThrottlingException",
-        "Rate exceeded",
-    ));
-    let case = Case::new().status(status_connected());
-    assert!(
-        status_after_problem(
-            &case.res(),
-            &Observed::Nothing,
-            &problem,
-            &settings(),
-            now()
-        )
-        .1
-    );
+    // Another class is news, and so is the same error after a success.
+    let mut case = Case::new().status(status_connected());
+    let throttled = || Fake::recorded(CONNECTED).throttle("Get");
+    reconcile(&mut case, &mut throttled(), now());
+    let transient = Fake::recorded(CONNECTED).fail("Get", ErrorClass::Transient, "Rate exceeded");
+    let other_class = reconcile(&mut case, &mut transient.clone(), at(700));
+    assert!(other_class.reported().event.is_some(), "another class");
+    reconcile(&mut case, &mut Fake::recorded(CONNECTED), at(800)).settled();
+    let after_success = reconcile(&mut case, &mut throttled(), at(900));
+    assert!(after_success.reported().event.is_some(), "after a success");
 }
 
 #[test]
 fn a_long_aws_message_repeated_is_not_news() {
     // Condition messages are cut to 1 KiB; the comparison must not see that cut as a change.
     let long = format!("1 validation error detected: {}", "x".repeat(3000));
-    let problem = Problem::from(&proton_error(
-        ErrorClass::Validation,
-        "ValidationException",
-        &long,
-    ));
     let mut case = Case::new().status(status_connected());
-    let (first, news) = status_after_problem(
-        &case.res(),
-        &Observed::Nothing,
-        &problem,
-        &settings(),
-        now(),
+    let fail = || Fake::recorded(CONNECTED).fail("Get", ErrorClass::Validation, &long);
+    let first = reconcile(&mut case, &mut fail(), now());
+    assert!(first.reported().event.is_some());
+    assert!(condition(&case.status, SYNCED).message.len() < long.len());
+    let second = reconcile(&mut case, &mut fail(), at(900));
+    assert_eq!(
+        second.reported().event,
+        None,
+        "the same long error twice is reported once"
     );
-    assert!(news);
-    assert!(condition(&first, SYNCED).message.len() < long.len());
-    case.status = first;
-    let (_, news) = status_after_problem(
-        &case.res(),
-        &Observed::Nothing,
-        &problem,
-        &settings(),
-        now(),
-    );
-    assert!(!news, "the same long error twice is reported once");
 }
 
 #[test]
-fn a_decision_failure_is_terminal() {
-    let case = Case::new().adopt(ADOPT_ID);
-    let f = failure(case.decide(&Observed::Gone {
-        id: Some(ADOPT_ID.into()),
-    }));
-    let problem = Problem::from(&f);
-    assert_eq!(problem.retry, Retry::Terminal);
-    assert_eq!(problem.reason, "AdoptionNotFound");
-    let (s, news) = status_after_problem(
-        &case.res(),
-        &Observed::Gone {
-            id: Some(ADOPT_ID.into()),
-        },
-        &problem,
-        &settings(),
-        now(),
-    );
-    assert!(news);
-    assert_eq!(s.id, None);
-    assert_eq!(condition(&s, STALLED).status, "True");
-    assert_eq!(condition(&s, READY).reason, "AdoptionNotFound");
-    assert_eq!(condition(&s, SYNCED).message, f.message);
-}
-
-#[test]
-fn a_connection_created_in_this_reconcile_is_recorded_even_though_a_later_step_failed() {
-    let problem = Problem::from(&proton_error(
-        ErrorClass::Throttled,
-        "ThrottlingException",
-        "Rate exceeded",
-    ));
+fn a_connection_learned_in_this_reconcile_is_recorded_even_though_a_later_step_failed() {
+    // A replayed Create returns the connection; the ListTags after it is throttled.
     for recreation in [0u32, 3] {
-        let mut c = conn(ConnectionState::Pending);
+        let mut status = creating();
+        status.recreations = recreation;
+        status.region = Some("us-west-2".into());
+        let mut case = Case::new().status(status);
+        let mut c = conn(PENDING);
         c.id = "new-connection".into();
-        c.arn =
-            "arn:aws:proton:eu-west-1:444455556666:environment-account-connection/new-connection"
-                .into();
-        c.roles = roles(Some(ROLE), Some(CODEBUILD), None);
-        let case = Case::new().spec_with(|s| s.region = Some("us-west-2".into()));
-        let obs = observed(
-            c.clone(),
-            Some(with_ownership(&[("team", "payments")])),
-            Origin::Created { recreation },
-        );
-        let (s, _) = status_after_problem(&case.res(), &obs, &problem, &settings(), now());
-        assert_eq!(s.id.as_deref(), Some("new-connection"));
-        assert_eq!(s.arn.as_deref(), Some(c.arn.as_str()));
-        assert_eq!(s.status, Some(ConnectionState::Pending));
-        assert_eq!(s.environment_account_id.as_deref(), Some(ENV_ACCOUNT));
-        assert_eq!(s.region.as_deref(), Some("us-west-2"));
-        assert_eq!(s.requested_at.as_deref(), Some(REQUESTED_AT));
-        assert_eq!(s.last_modified_at.as_deref(), Some(MODIFIED_AT));
-        assert_eq!(s.role_arn.as_deref(), Some(ROLE));
-        assert_eq!(s.codebuild_role_arn.as_deref(), Some(CODEBUILD));
-        assert_eq!(s.recreations, recreation);
-        assert_eq!(s.observed_generation, Some(1));
-        assert_eq!(condition(&s, SYNCED).status, "False");
-
-        // The next reconcile reads it back instead of creating another one.
-        let next = Case::new().status(s);
+        c.arn = "arn:aws:proton:us-west-2:444455556666:environment-account-connection/new".into();
+        let mut proton = Fake::with(c.clone(), ownership()).throttle("ListTags");
+        proton.token = Some(client_token(UID, recreation));
+        let trace = reconcile(&mut case, &mut proton, now());
+        let what = format!("re-creation {recreation}");
+        assert_eq!(trace.path(), "WhoAmI Create ListTags Report", "{what}");
+        let s = &trace.reported().status;
+        assert_eq!(s.id.as_deref(), Some("new-connection"), "{what}");
+        assert_eq!(s.arn.as_deref(), Some(c.arn.as_str()), "{what}");
+        assert_eq!(s.status, Some(PENDING), "{what}");
         assert_eq!(
-            next.decide(&Observed::Nothing),
-            Step::Get {
-                id: "new-connection".into()
-            }
+            s.environment_account_id.as_deref(),
+            Some(ENV_ACCOUNT),
+            "{what}"
         );
+        assert_eq!(s.region.as_deref(), Some("us-west-2"), "{what}");
+        assert_eq!(s.requested_at.as_deref(), Some(REQUESTED_AT), "{what}");
+        assert_eq!(s.last_modified_at.as_deref(), Some(MODIFIED_AT), "{what}");
+        assert_eq!(s.role_arn.as_deref(), Some(ROLE), "{what}");
+        assert_eq!(s.recreations, recreation, "{what}");
+        assert_eq!(s.create_sent_at, None, "{what}: the answer is on record");
+        assert_eq!(condition(s, SYNCED).status, "False", "{what}");
+        // The next reconcile reads it back instead of creating another one.
+        let get = Step::Get {
+            id: "new-connection".into(),
+        };
+        assert_eq!(first_steps(&case), [Step::WhoAmI, get], "{what}");
     }
 
-    // A connection found or read back is recorded too; an adopted one is not (it was not
-    // verified yet).
-    let case = Case::new().status(status_connected());
-    let mut c = conn(ConnectionState::Connected);
-    c.last_modified_at = "2026-11-21T10:08:00Z".into();
-    let (s, _) = status_after_problem(
-        &case.res(),
-        &observed(c, None, Origin::Recorded),
-        &problem,
-        &settings(),
-        now(),
-    );
-    assert_eq!(s.last_modified_at.as_deref(), Some("2026-11-21T10:08:00Z"));
+    // A connection read back is recorded as read too.
+    let mut case = Case::new().status(status_connected()).generation(2);
+    let mut proton = Fake::recorded(CONNECTED).throttle("ListTags");
+    proton.conn.as_mut().unwrap().last_modified_at = "2026-11-21T10:08:00Z".into();
+    let trace = reconcile(&mut case, &mut proton, now());
+    let modified = trace.reported().status.last_modified_at.clone();
+    assert_eq!(modified.as_deref(), Some("2026-11-21T10:08:00Z"));
 
-    let case = Case::new().adopt(ADOPT_ID);
-    let (s, _) = status_after_problem(
-        &case.res(),
-        &adopted(adoptee(ConnectionState::Connected), None),
-        &problem,
-        &settings(),
-        now(),
-    );
-    assert_eq!(s.id, None);
-    assert_eq!(s.status, None);
+    // An adopted one is not: it was not verified yet.
+    let mut case = Case::new().adopting();
+    let mut proton = Fake::with(adoptee(CONNECTED), Tags::new()).throttle("ListTags");
+    let trace = reconcile(&mut case, &mut proton, now());
+    let s = &trace.reported().status;
+    assert_eq!((&s.id, &s.status), (&None, &None));
 }
 
 #[test]
-fn retries_back_off_exponentially_with_jitter_and_a_cap() {
-    let backoff = Problem {
-        reason: "Throttled",
-        message: "Rate exceeded".into(),
-        retry: Retry::Backoff,
+fn retries_back_off_exponentially_per_class_with_jitter_and_a_cap() {
+    let resync = |n| Settings {
+        resync: secs(n),
+        ..settings()
     };
-    let s = settings();
-    // (attempt, un-jittered delay)
+    let (backoff, slow, terminal) = (Retry::Backoff, Retry::Slow, Retry::Terminal);
+    // (name, retry, resync seconds, attempt, un-jittered delay in seconds)
+    #[rustfmt::skip]
     let table = [
-        (0u32, 1u64),
-        (1, 1),
-        (2, 2),
-        (3, 4),
-        (4, 8),
-        (5, 16),
-        (6, 32),
-        (7, 64),
-        (8, 128),
-        (9, 256),
-        (10, 300),
-        (11, 300),
-        (17, 300),
-        (40, 300),
-        (u32::MAX, 300),
+        ("backoff, first", backoff, 600, 1, 1),
+        ("backoff, attempt 0 counts as the first", backoff, 600, 0, 1),
+        ("backoff, doubling", backoff, 600, 2, 2),
+        ("backoff, doubling", backoff, 600, 3, 4),
+        ("backoff, doubling", backoff, 600, 9, 256),
+        ("backoff, capped", backoff, 600, 10, 300),
+        ("backoff, capped", backoff, 600, 40, 300),
+        ("backoff, capped", backoff, 600, u32::MAX, 300),
+        ("slow, first", slow, 600, 1, 30),
+        ("slow, doubling", slow, 600, 2, 60),
+        ("slow, doubling", slow, 600, 5, 480),
+        ("slow, capped", slow, 600, 6, 600),
+        ("slow, capped whatever the resync", slow, 3600, u32::MAX, 600),
+        ("terminal, first", terminal, 600, 1, 60),
+        ("terminal, doubling", terminal, 600, 3, 240),
+        ("terminal, capped at the resync", terminal, 600, 5, 600),
+        ("terminal, capped at the resync", terminal, 600, u32::MAX, 600),
+        ("terminal, long resync", terminal, 3600, 7, 3600),
+        ("terminal, long resync", terminal, 3600, u32::MAX, 3600),
+        ("terminal, never below a minute", terminal, 30, 1, 60),
+        ("terminal, never below a minute", terminal, 30, 9, 60),
     ];
-    for (attempt, secs) in table {
-        let full = Duration::from_secs(secs);
-        let low = retry_after(&backoff, attempt, &s, 0.0);
-        let high = retry_after(&backoff, attempt, &s, 0.999_999);
-        assert_eq!(
-            low,
-            full / 2,
-            "attempt {attempt}: the lower bound is half the delay"
+    for (name, retry, resync_secs, attempt, full) in table {
+        let what = format!("{name}: attempt {attempt}, resync {resync_secs}s");
+        let delay = |jitter: f64| retry_after(retry, attempt, &resync(resync_secs), jitter);
+        let (low, high) = (
+            Duration::from_millis(full * 750),
+            Duration::from_millis(full * 1250),
         );
-        assert!(
-            high < full && high >= full.mul_f64(0.999),
-            "attempt {attempt}: {high:?}"
-        );
-        for jitter in [0.1, 0.25, 0.5, 0.75, 0.9] {
-            let d = retry_after(&backoff, attempt, &s, jitter);
-            assert!(
-                d >= low && d <= high,
-                "attempt {attempt} jitter {jitter}: {d:?}"
-            );
+        assert_eq!(delay(0.5), secs(full), "{what}");
+        assert_eq!(delay(0.0), low, "{what}: -25 %");
+        assert_eq!(delay(1.0), high, "{what}: +25 %");
+        for jitter in [0.1, 0.25, 0.75, 0.999_999] {
+            let d = delay(jitter);
+            assert!(d >= low && d <= high, "{what}, jitter {jitter}: {d:?}");
         }
-        // Out-of-range jitter is clamped.
-        assert_eq!(retry_after(&backoff, attempt, &s, -3.0), low);
-        assert_eq!(retry_after(&backoff, attempt, &s, 7.0), full);
+        // Out-of-range jitter is clamped; a jitter that is not a number is the middle.
+        assert_eq!(delay(-3.0), low, "{what}");
+        assert_eq!(delay(7.0), high, "{what}");
+        assert_eq!(delay(f64::NAN), secs(full), "{what}");
+        assert_eq!(delay(f64::INFINITY), secs(full), "{what}");
     }
     // Growth is monotonic for a fixed jitter.
-    let mut last = Duration::ZERO;
-    for attempt in 1..30 {
-        let d = retry_after(&backoff, attempt, &s, 0.5);
-        assert!(d >= last);
-        last = d;
+    for retry in [backoff, slow, terminal] {
+        let mut last = Duration::ZERO;
+        for attempt in 1..40 {
+            let d = retry_after(retry, attempt, &settings(), 0.3);
+            assert!(d >= last, "{retry:?} attempt {attempt}");
+            last = d;
+        }
     }
 }
 
 #[test]
-fn access_denied_is_retried_slowly_and_terminal_errors_wait_for_the_resync() {
-    for (class, code, message, ..) in error_table() {
-        let problem = Problem::from(&proton_error(class, code, message));
-        let d = retry_after(&problem, 1, &settings(), 0.5);
-        let d_later = retry_after(&problem, 12, &settings(), 0.5);
-        match class.retry() {
-            Retry::Backoff => {
-                assert!(d < Duration::from_secs(2), "{code}: {d:?}");
-                assert!(d_later > d, "{code}");
-            }
-            Retry::Slow => {
-                assert_eq!(class, ErrorClass::AccessDenied);
-                assert_eq!(d, Duration::from_secs(300), "{code}");
-                assert_eq!(d_later, d, "{code}: no growth");
-            }
-            Retry::Terminal => {
-                assert_eq!(d, RESYNC, "{code}");
-                assert_eq!(d_later, RESYNC, "{code}");
-            }
-        }
-    }
-    // Slow never exceeds the resync period, and never drops below a second.
-    let slow = Problem {
-        reason: "AccessDenied",
-        message: String::new(),
-        retry: Retry::Slow,
-    };
-    for (resync, expected) in [(600, 300), (120, 120), (0, 1)] {
-        let s = Settings {
-            resync: Duration::from_secs(resync),
-            ..settings()
-        };
+fn a_report_waits_longer_the_more_reconciles_failed_in_a_row() {
+    // (consecutive failures before this one, expected wait in seconds)
+    let table = [(0u32, 1u64), (1, 2), (3, 8), (8, 256), (100, 300)];
+    for (failures, wait) in table {
+        let mut case = Case::new().status(status_connected());
+        case.failures = failures;
+        let trace = reconcile(
+            &mut case,
+            &mut Fake::recorded(CONNECTED).throttle("Get"),
+            now(),
+        );
         assert_eq!(
-            retry_after(&slow, 1, &s, 0.0),
-            Duration::from_secs(expected),
-            "resync {resync}s"
+            trace.reported().requeue,
+            secs(wait),
+            "after {failures} failures"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the controller remembers between reconciles
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_controllers_own_write_wins_until_the_cache_catches_up() {
+    let behind = creating();
+    let written = status_connected();
+    let remembered = Memory {
+        written: Some(written.clone()),
+        unwritten: None,
+    };
+    let mut memory = remembered.clone();
+    assert_eq!(
+        effective_status(Some(&behind), &memory),
+        written,
+        "cache behind"
+    );
+    assert_eq!(
+        effective_status(None, &memory),
+        written,
+        "not in the cache yet"
+    );
+    assert!(memory.catch_up(Some(&behind)), "still behind: kept");
+    assert!(memory.catch_up(None), "still behind: kept");
+    assert_eq!(memory.written.as_ref(), Some(&written));
+    assert!(!memory.catch_up(Some(&written)), "caught up: nothing left");
+    assert_eq!(memory, Memory::default());
+    assert_eq!(
+        effective_status(Some(&behind), &memory),
+        behind,
+        "the cache again"
+    );
+    assert_eq!(effective_status(None, &memory), Status::default());
+
+    // Reconciling from it reads the connection back instead of sending a Create again.
+    let case = Case::new().status(effective_status(Some(&behind), &remembered));
+    assert_eq!(
+        first_steps(&case),
+        [Step::WhoAmI, Step::Get { id: ID.into() }]
+    );
+}
+
+#[test]
+fn a_connection_learned_but_not_written_is_never_created_again() {
+    let mut stored = creating();
+    stored.applied_tag_keys = vec!["owner".into()];
+    let mut learned = status_pending();
+    learned.recreations = 2;
+    learned.applied_tag_keys = vec!["team".into(), "env".into()];
+    learned.create_sent_at = Some(at(300).to_string());
+    learned.observed_generation = Some(7);
+    let memory = Memory {
+        written: None,
+        unwritten: Some(learned.clone()),
+    };
+
+    let s = effective_status(Some(&stored), &memory);
+    let expected = Status {
+        id: learned.id.clone(),
+        arn: learned.arn.clone(),
+        status: learned.status,
+        region: learned.region.clone(),
+        environment_account_id: learned.environment_account_id.clone(),
+        requested_at: learned.requested_at.clone(),
+        last_modified_at: learned.last_modified_at.clone(),
+        role_arn: learned.role_arn.clone(),
+        recreations: 2,
+        applied_tag_keys: vec!["env".into(), "owner".into(), "team".into()],
+        ..stored.clone()
+    };
+    assert_eq!(
+        s, expected,
+        "the connection overlaid; conditions, generation, createSentAt kept"
+    );
+
+    // createSentAt counts only once really written.
+    let bare = Status::default();
+    assert_eq!(effective_status(Some(&bare), &memory).create_sent_at, None);
+    // An unwritten status without a connection (an intent whose write failed) is not durable.
+    let unwritten_intent = Memory {
+        written: None,
+        unwritten: Some(intent(1, now())),
+    };
+    assert_eq!(effective_status(Some(&bare), &unwritten_intent), bare);
+    // The same connection already stored: the stored status wins.
+    let mut same = status_connected();
+    same.last_modified_at = Some(UPDATED_AT.into());
+    assert_eq!(effective_status(Some(&same), &memory), same);
+
+    // Kept until the cache holds the connection.
+    let mut m = memory.clone();
+    assert!(m.catch_up(Some(&stored)), "not stored yet");
+    assert!(!m.catch_up(Some(&same)), "stored");
+    let mut m = unwritten_intent;
+    assert!(!m.catch_up(Some(&bare)), "nothing worth keeping");
+
+    // Reconciling from it reads the connection back instead of sending a Create again.
+    let case = Case::new().status(s);
+    assert_eq!(
+        first_steps(&case),
+        [Step::WhoAmI, Step::Get { id: ID.into() }]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2511,132 +2624,64 @@ fn access_denied_is_retried_slowly_and_terminal_errors_wait_for_the_resync() {
 
 #[test]
 fn every_mutating_step_is_announced_by_an_event() {
-    let created = |id: &str| {
-        let mut c = conn(ConnectionState::Pending);
-        c.id = id.into();
-        observed(c, None, Origin::Created { recreation: 0 })
-    };
     let case = Case::new();
-    let Step::Create { request, .. } = case.decide(&Observed::Nothing) else {
-        panic!("expected Create");
+    let created = |id: &str| {
+        let mut c = conn(PENDING);
+        c.id = id.into();
+        Outcome::Connection(c)
     };
-    // (step, result, Some((reason, note)) or None)
-    let table: Vec<StepEventRow> = vec![
-        (
-            Step::Create {
-                request: request.clone(),
-                recreation: 0,
-            },
-            created("c-1"),
-            Some(("Created", "created connection c-1".into())),
-        ),
-        (
-            Step::Create {
-                request: request.clone(),
-                recreation: 2,
-            },
-            created("c-2"),
-            Some((
-                "Recreated",
-                "re-created connection as c-2 (re-creation 2) after it was deleted outside the controller".into(),
-            )),
-        ),
-        (
-            Step::Update {
-                id: ID.into(),
-                roles: roles(Some(ROLE), None, Some(COMPONENT)),
-            },
-            got(ConnectionState::Connected),
-            Some((
-                "Updated",
-                format!("updated the role ARNs of connection {ID}: roleArn={ROLE}, codebuildRoleArn=-, componentRoleArn={COMPONENT}"),
-            )),
-        ),
-        (
-            Step::Tag {
-                arn: ARN.into(),
-                tags: tags(&[("team", "platform"), ("env", "prod")]),
-            },
-            got(ConnectionState::Connected),
-            Some(("TagsUpdated", "tagged connection with env, team".into())),
-        ),
-        (
-            Step::Untag {
-                arn: ARN.into(),
-                keys: vec!["cost-center".into(), "old".into()],
-                retain: false,
-            },
-            got(ConnectionState::Connected),
-            Some(("TagsUpdated", "untagged cost-center, old from the connection".into())),
-        ),
-        (
-            release_step(ARN),
-            Observed::Released,
-            Some((
-                "Retained",
-                format!("kept connection {ARN} in Proton (deletionPolicy: Retain) and removed the ownership tags"),
-            )),
-        ),
-        (
-            Step::Delete { id: ID.into() },
-            Observed::Released,
-            Some(("Deleted", format!("deleted connection {ID}"))),
-        ),
-        (Step::AddFinalizer, Observed::Nothing, None),
-        (Step::Get { id: ID.into() }, got(ConnectionState::Connected), None),
-        (
-            Step::FindOwned {
-                environment_name: ENV.into(),
-            },
-            Observed::Gone { id: None },
-            None,
-        ),
-        (Step::ListTags { arn: ARN.into() }, got(ConnectionState::Connected), None),
-        (Step::RemoveFinalizer, Observed::Nothing, None),
-        (Step::Nothing, Observed::Nothing, None),
-        (
-            Step::Fail(Failure {
-                reason: "AdoptionMismatch",
-                message: "x".into(),
-            }),
-            Observed::Nothing,
-            None,
-        ),
-        (
-            settle_step_for_event_table(),
-            got(ConnectionState::Connected),
-            None,
-        ),
+    let connected = Outcome::Connection(conn(CONNECTED));
+    let recreate = create_step(&case, &client_token(UID, 2), 2, false);
+    let update = Step::Update {
+        id: ID.into(),
+        roles: roles(Some(ROLE), None, Some(COMPONENT)),
+    };
+    let tag = Step::Tag {
+        arn: ARN.into(),
+        tags: tags(&[("team", "platform"), ("env", "prod")]),
+    };
+    let untag = Step::Untag {
+        arn: ARN.into(),
+        keys: vec!["cost-center".into(), "old".into()],
+        retain: false,
+    };
+    let note = |reason, text: String| Some(Note::normal(reason, text));
+    let recreated = format!(
+        "re-created connection as c-2 in {DEFAULT_REGION} (re-creation 2) after it was deleted outside the controller"
+    );
+    let updated = format!(
+        "updated the role ARNs of connection {ID}: roleArn={ROLE}, codebuildRoleArn=-, componentRoleArn={COMPONENT}"
+    );
+    let retained = format!(
+        "kept connection {ARN} in Proton (deletionPolicy: Retain) and removed the ownership tags"
+    );
+    let created_note = format!("created connection c-1 in {DEFAULT_REGION}");
+    // (step, its raw answer, the Event expected)
+    #[rustfmt::skip]
+    let table = [
+        (create_step(&case, UID, 0, false), created("c-1"), note("Created", created_note)),
+        (recreate, created("c-2"), note("Recreated", recreated)),
+        (update, connected.clone(), note("Updated", updated)),
+        (tag, Outcome::Done, note("TagsUpdated", "tagged connection with env, team".into())),
+        (untag, Outcome::Done, note("TagsUpdated", "untagged cost-center, old from the connection".into())),
+        (release_step(ARN), Outcome::Done, note("Retained", retained)),
+        (Step::Delete { id: ID.into() }, Outcome::Done, note("Deleted", format!("deleted connection {ID}"))),
+        (Step::AddFinalizer, Outcome::Done, None),
+        (Step::ReadAdoptionPolicy, Outcome::AdoptionAllowed(true), None),
+        (Step::WhoAmI, Outcome::Account(ENV_ACCOUNT.into()), None),
+        (Step::Get { id: ID.into() }, connected, None),
+        (find_step(), Outcome::Found(None), None),
+        (Step::ListTags { arn: ARN.into() }, Outcome::Tags(ownership()), None),
     ];
-    for (step, result, expected) in table {
-        let note = event_for(&step, &result);
-        match expected {
-            Some((reason, text)) => {
-                assert_eq!(
-                    note,
-                    Some(Note {
-                        reason,
-                        note: text,
-                        warning: false
-                    }),
-                    "{}",
-                    name_of(&step)
-                );
-            }
-            None => assert_eq!(note, None, "{}", name_of(&step)),
-        }
+    for (step, outcome, expected) in table {
+        assert_eq!(event_for(&step, &outcome), expected, "{}", step.name());
     }
-}
-
-fn settle_step_for_event_table() -> Step {
-    Case::new()
-        .status(status_connected())
-        .decide(&got(ConnectionState::Connected))
 }
 
 #[test]
 fn client_tokens_are_the_uid_then_derived_and_always_fit_proton() {
-    let table: Vec<(&str, u32, String)> = vec![
+    #[rustfmt::skip]
+    let table = [
         (UID, 0, UID.to_string()),
         (UID, 1, format!("{UID}-r1")),
         (UID, 12, format!("{UID}-r12")),
@@ -2656,101 +2701,31 @@ fn client_tokens_are_the_uid_then_derived_and_always_fit_proton() {
 
     // Whatever goes in, Proton's `^[!-~]*$`, max 64, comes out, and each re-creation of the
     // same resource gets a token of its own.
-    let long_uids = [
+    let uids = [
+        UID.to_string(),
         "u".repeat(60),
         "u".repeat(64),
         "v".repeat(200),
         format!("{}ü", "w".repeat(70)),
     ];
-    for uid in [UID.to_string()].iter().chain(long_uids.iter()) {
+    for uid in &uids {
         let mut seen = std::collections::BTreeSet::new();
         for recreation in (0..50).chain([1_000, 65_535, u32::MAX]) {
             let token = client_token(uid, recreation);
-            assert!(!token.is_empty() || uid.is_empty());
-            assert!(
-                token.len() <= 64,
-                "{uid} #{recreation}: {} chars",
-                token.len()
+            let what = format!("{uid:.10}... #{recreation}: {token:?}");
+            assert!(!token.is_empty() && token.len() <= 64, "{what}");
+            assert!(token.chars().all(|c| ('!'..='~').contains(&c)), "{what}");
+            assert!(seen.insert(token.clone()), "{what} repeats");
+            assert_eq!(
+                client_token(uid, recreation),
+                token,
+                "{what}: deterministic"
             );
-            assert!(token.chars().all(|c| ('!'..='~').contains(&c)), "{token:?}");
-            assert!(
-                seen.insert(token.clone()),
-                "{uid:.10}... #{recreation}: token {token} repeats"
-            );
-            assert_eq!(client_token(uid, recreation), token, "deterministic");
-            if recreation > 0 {
-                assert!(token.ends_with(&format!("-r{recreation}")), "{token}");
-            }
+            let suffix = format!("-r{recreation}");
+            assert!(recreation == 0 || token.ends_with(&suffix), "{what}");
         }
     }
     // A uid of exactly 64 characters is used as is for the first connection.
     assert_eq!(client_token(&"u".repeat(64), 0), "u".repeat(64));
     assert_eq!(client_token(&"v".repeat(200), 0), "v".repeat(64));
-}
-
-#[test]
-fn only_proton_changes_count_as_mutations_and_a_repeated_one_is_reported_not_applied() {
-    let create = Case::new().decide(&Observed::Nothing);
-    // (step, mutation, operation named by the failure)
-    let table: Vec<(Step, bool, &str)> = vec![
-        (create, true, "CreateEnvironmentAccountConnection"),
-        (
-            Step::Update {
-                id: ID.into(),
-                roles: roles(Some(ROLE_2), None, None),
-            },
-            true,
-            "UpdateEnvironmentAccountConnection",
-        ),
-        (
-            Step::Tag {
-                arn: ARN.into(),
-                tags: tags(&[("team", "platform")]),
-            },
-            true,
-            "TagResource",
-        ),
-        (
-            Step::Untag {
-                arn: ARN.into(),
-                keys: vec!["team".into()],
-                retain: false,
-            },
-            true,
-            "UntagResource",
-        ),
-        (release_step(ARN), true, "UntagResource"),
-        (
-            Step::Delete { id: ID.into() },
-            true,
-            "DeleteEnvironmentAccountConnection",
-        ),
-        (Step::AddFinalizer, false, ""),
-        (Step::Get { id: ID.into() }, false, ""),
-        (
-            Step::FindOwned {
-                environment_name: ENV.into(),
-            },
-            false,
-            "",
-        ),
-        (Step::ListTags { arn: ARN.into() }, false, ""),
-        (Step::RemoveFinalizer, false, ""),
-        (Step::Nothing, false, ""),
-        (settle_step_for_event_table(), false, ""),
-    ];
-    for (step, mutation, operation) in table {
-        assert_eq!(step.is_mutation(), mutation, "{}", name_of(&step));
-        if mutation {
-            let f = decide::not_applied(&step);
-            assert_eq!(f.reason, "NotApplied", "{}", name_of(&step));
-            assert!(
-                f.message.contains(operation),
-                "{}: {}",
-                name_of(&step),
-                f.message
-            );
-            assert_eq!(Problem::from(&f).retry, Retry::Terminal);
-        }
-    }
 }
