@@ -245,20 +245,9 @@ impl FakeApi {
         limit: Duration,
         done: impl Fn(Option<&EnvironmentAccountConnection>) -> bool,
     ) {
-        let mut rx = self.subscribe();
-        let waited = tokio::time::timeout(limit, async {
-            loop {
-                if done(self.get(name).as_ref()) {
-                    return;
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
+        let held = self.waited(limit, |api| done(api.get(name).as_ref())).await;
         assert!(
-            waited.is_ok(),
+            held,
             "timed out after {limit:?} waiting for {what}; {name} is {:#?}",
             self.get(name)
         );
@@ -266,22 +255,22 @@ impl FakeApi {
 
     /// Waits, woken by each change, until `done` holds for the whole fake.
     pub async fn wait_until(&self, what: &str, limit: Duration, done: impl Fn(&FakeApi) -> bool) {
+        let held = self.waited(limit, done).await;
+        assert!(held, "timed out after {limit:?} waiting for {what}");
+    }
+
+    /// Whether `done` came to hold within `limit`, checked after every change.
+    async fn waited(&self, limit: Duration, done: impl Fn(&FakeApi) -> bool) -> bool {
         let mut rx = self.subscribe();
-        let waited = tokio::time::timeout(limit, async {
-            loop {
-                if done(self) {
-                    return;
-                }
+        tokio::time::timeout(limit, async {
+            while !done(self) {
                 if rx.changed().await.is_err() {
                     return;
                 }
             }
         })
-        .await;
-        assert!(
-            waited.is_ok(),
-            "timed out after {limit:?} waiting for {what}"
-        );
+        .await
+        .is_ok()
     }
 
     /// The stored resource, if it still exists.
