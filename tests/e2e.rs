@@ -244,7 +244,8 @@ async fn a_new_resource_gets_a_pending_connection_is_ready_once_accepted_and_del
     let _controller = ns
         .start_controller(&emulator, ControllerOptions::default())
         .await;
-    let sdk = emulator.sdk();
+    // The design's example names region eu-west-1, where the connection lives.
+    let sdk = emulator.sdk_in("eu-west-1");
 
     let example = design_example();
     let name = example.name_any();

@@ -1039,10 +1039,15 @@ impl Emulator {
     /// The real `aws-sdk-proton` client pointed at the emulator, playing the management account
     /// (or anyone acting out of band). SDK retries are off so every call is counted once.
     pub fn sdk(&self) -> aws_sdk_proton::Client {
+        self.sdk_in(REGION)
+    }
+
+    /// The same, signing for `region`: the emulator keeps connections per region, as AWS does.
+    pub fn sdk_in(&self, region: &str) -> aws_sdk_proton::Client {
         use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
         let config = aws_sdk_proton::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(REGION))
+            .region(Region::new(region.to_string()))
             .endpoint_url(&self.url)
             .credentials_provider(Credentials::new("AKIDE2E", "e2e", None, None, "e2e"))
             .retry_config(RetryConfig::disabled())
