@@ -1,76 +1,463 @@
-//! The AWS call budget shared by every worker: a client-side rate limit, plus a short pause for
-//! everyone when Proton answers ThrottlingException, so a throttled account backs off as a whole
-//! instead of each worker discovering the limit on its own.
+//! The AWS call budget shared by every worker, served by class.
+//!
+//! - **Work** (mutations, and the first observation of a new, changed or deleted resource) goes
+//!   first: it books the next slot of the whole budget.
+//! - **Poll** (reading a PENDING connection) uses at most `poll_share` of the budget, on a
+//!   timeline of its own; when more polls are wanted than that share allows, they are booked
+//!   further out, so the effective poll interval stretches instead of delaying work. A poll
+//!   takes a slot of the whole budget only if one is free at once: polls never queue ahead of
+//!   work.
+//! - **Resync** (reading a settled connection) goes only where polls leave the share idle: it
+//!   never books ahead, it is told to come back later.
+//!
+//! Nobody waits while holding a worker: a slot more than a moment away is *booked* for the
+//! caller, who ends its reconcile and comes back then (the booking is kept under the caller's
+//! key). After a ThrottlingException every caller pauses for a second, so a throttled account
+//! backs off as a whole.
+//!
+//! Time is passed in, so the rules are tested without a clock.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 /// How long every caller pauses after a ThrottlingException.
 const THROTTLE_COOLDOWN: Duration = Duration::from_secs(1);
+/// A slot at most this far away is waited for in place; a later one is booked.
+const SHORT_WAIT: Duration = Duration::from_millis(100);
+/// A booking not claimed this long after its time is forgotten (the resource went elsewhere).
+const STALE_BOOKING: Duration = Duration::from_secs(60);
 
-#[derive(Clone)]
+/// Which kind of AWS call, for the order they are served in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CallClass {
+    /// Mutations, and first observations of new, changed or deleted resources.
+    Work,
+    /// Reading a PENDING connection.
+    Poll,
+    /// Reading a settled (CONNECTED or REJECTED) connection.
+    Resync,
+}
+
+impl CallClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallClass::Work => "work",
+            CallClass::Poll => "poll",
+            CallClass::Resync => "resync",
+        }
+    }
+}
+
+/// What a caller may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Call now.
+    Go,
+    /// A slot is taken for this caller a moment from now: wait that long, then call.
+    Wait(Duration),
+    /// A slot is booked for this caller at this time: come back then (without holding a worker).
+    Later(Instant),
+    /// No room for this class now, and nothing booked (resync reads): come back after the
+    /// caller's own delay.
+    Busy,
+}
+
+/// Generic cell rate algorithm: a rate with a burst, as the time of the next free slot.
+#[derive(Clone, Debug)]
+struct Gcra {
+    interval: Duration,
+    tolerance: Duration,
+    /// Theoretical arrival time of the next call at the steady rate.
+    tat: Option<Instant>,
+}
+
+impl Gcra {
+    fn new(per_second: f64, burst: u32) -> Gcra {
+        let interval = Duration::from_secs_f64(1.0 / per_second.max(1e-6));
+        Gcra {
+            interval,
+            tolerance: interval.saturating_mul(burst.max(1) - 1),
+            tat: None,
+        }
+    }
+
+    /// The earliest time a call conforms.
+    fn earliest(&self, now: Instant) -> Instant {
+        match self.tat {
+            Some(tat) => tat.checked_sub(self.tolerance).map_or(now, |t| t.max(now)),
+            None => now,
+        }
+    }
+
+    /// Takes the earliest slot at or after `now`, and says when it is.
+    fn reserve(&mut self, now: Instant) -> Instant {
+        let at = self.earliest(now);
+        self.tat = Some(self.tat.unwrap_or(at).max(at) + self.interval);
+        at
+    }
+
+    /// Takes a slot only if one is free now; else says when the next one is.
+    fn take_now(&mut self, now: Instant) -> Result<(), Instant> {
+        let at = self.earliest(now);
+        if at <= now {
+            self.tat = Some(self.tat.unwrap_or(now).max(now) + self.interval);
+            Ok(())
+        } else {
+            Err(at)
+        }
+    }
+
+    /// Nothing conforms before `until`.
+    fn pause_until(&mut self, until: Instant) {
+        let floor = until + self.tolerance;
+        self.tat = Some(self.tat.map_or(floor, |t| t.max(floor)));
+    }
+}
+
+/// A slot booked for one caller.
+#[derive(Clone, Copy, Debug)]
+struct Booking {
+    at: Instant,
+    /// The slot is on the whole budget's timeline (else only the poll share's is taken, and a
+    /// slot of the whole budget is still to be found).
+    whole: bool,
+}
+
+#[derive(Debug)]
+struct Limits {
+    whole: Gcra,
+    share: Gcra,
+    booked: HashMap<String, Booking>,
+}
+
+#[derive(Clone, Default)]
 pub struct CallBudget {
-    limiter: Option<Arc<DefaultDirectRateLimiter>>,
-    cooldown_until: Arc<Mutex<Option<Instant>>>,
+    limits: Option<Arc<Mutex<Limits>>>,
+    /// After a ThrottlingException nobody calls before this, with or without limits.
+    cooldown: Arc<Mutex<Option<Instant>>>,
 }
 
 impl CallBudget {
-    /// At most `per_second` calls a second on average, `burst` at once.
-    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
-        let quota = Quota::per_second(per_second).allow_burst(burst);
+    /// At most `per_second` calls a second on average, `burst` at once; polls and resync reads
+    /// at most `poll_share` (0 to 1) of that.
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32, poll_share: f64) -> Self {
+        let rate = f64::from(per_second.get());
+        let share = if poll_share.is_finite() {
+            poll_share.clamp(0.01, 1.0)
+        } else {
+            0.5
+        };
+        // Rounded, but never below one call at a time.
+        let share_burst = ((f64::from(burst.get()) * share).round() as u32).max(1);
         CallBudget {
-            limiter: Some(Arc::new(RateLimiter::direct(quota))),
-            cooldown_until: Arc::default(),
+            limits: Some(Arc::new(Mutex::new(Limits {
+                whole: Gcra::new(rate, burst.get()),
+                share: Gcra::new(rate * share, share_burst),
+                booked: HashMap::new(),
+            }))),
+            cooldown: Arc::default(),
         }
     }
 
-    /// No client-side limit (tests of other behaviour).
+    /// No client-side limit (tests of other behaviour, benchmarks of everything else).
     pub fn unlimited() -> Self {
-        CallBudget {
-            limiter: None,
-            cooldown_until: Arc::default(),
-        }
+        CallBudget::default()
     }
 
-    /// Waits until a call may be made.
-    pub async fn acquire(&self) {
-        let until = *lock(&self.cooldown_until);
-        if let Some(until) = until {
-            tokio::time::sleep_until(until).await;
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Limits>> {
+        self.limits
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// May the caller known as `key` make a call of `class` at `now`?
+    pub fn admit(&self, key: &str, class: CallClass, now: Instant) -> Admission {
+        let cooldown = *self.cooldown.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = cooldown
+            && until > now
+        {
+            return Admission::Later(until);
         }
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
+        let Some(mut limits) = self.lock() else {
+            return Admission::Go;
+        };
+        let limits = &mut *limits;
+        if let Some(booking) = limits.booked.get(key).copied() {
+            if booking.at > now {
+                return Admission::Later(booking.at);
+            }
+            limits.booked.remove(key);
+            if now.saturating_duration_since(booking.at) < STALE_BOOKING {
+                if booking.whole {
+                    return Admission::Go;
+                }
+                // The share's slot is taken; the whole budget's is still to be found.
+                return whole_for(limits, key, class, now);
+            }
+        }
+        match class {
+            CallClass::Work => {
+                let at = limits.whole.reserve(now);
+                wait_or_book(limits, key, at, true, now)
+            }
+            CallClass::Poll => {
+                let at = limits.share.reserve(now);
+                if at.saturating_duration_since(now) > SHORT_WAIT {
+                    limits
+                        .booked
+                        .insert(key.to_string(), Booking { at, whole: false });
+                    return Admission::Later(at);
+                }
+                whole_for(limits, key, class, now)
+            }
+            CallClass::Resync => match limits.share.take_now(now) {
+                Ok(()) => whole_for(limits, key, class, now),
+                Err(_) => Admission::Busy,
+            },
         }
     }
 
     /// Proton said ThrottlingException: everyone pauses briefly.
-    pub fn throttled(&self) {
-        let until = Instant::now() + THROTTLE_COOLDOWN;
-        let mut guard = lock(&self.cooldown_until);
-        if guard.is_none_or(|current| current < until) {
-            *guard = Some(until);
+    pub fn throttled(&self, now: Instant) {
+        let until = now + THROTTLE_COOLDOWN;
+        let mut cooldown = self.cooldown.lock().unwrap_or_else(|p| p.into_inner());
+        if cooldown.is_none_or(|current| current < until) {
+            *cooldown = Some(until);
+        }
+        drop(cooldown);
+        if let Some(mut limits) = self.lock() {
+            limits.whole.pause_until(until);
+        }
+    }
+
+    /// The caller is gone: its booking goes too.
+    pub fn forget(&self, key: &str) {
+        if let Some(mut limits) = self.lock() {
+            limits.booked.remove(key);
+        }
+    }
+
+    /// Keeps only the bookings of these callers.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        if let Some(mut limits) = self.lock() {
+            limits.booked.retain(|k, _| keep(k));
+        }
+    }
+
+    /// How many bookings are held.
+    pub fn bookings(&self) -> usize {
+        self.lock().map_or(0, |l| l.booked.len())
+    }
+}
+
+/// A poll or resync read whose share slot is taken: it takes a slot of the whole budget only if
+/// one is free now (work keeps its place), else books the next one.
+fn whole_for(limits: &mut Limits, key: &str, class: CallClass, now: Instant) -> Admission {
+    if class == CallClass::Work {
+        let at = limits.whole.reserve(now);
+        return wait_or_book(limits, key, at, true, now);
+    }
+    match limits.whole.take_now(now) {
+        Ok(()) => Admission::Go,
+        Err(next) => {
+            // Not booked on the whole timeline: come back when it may be free.
+            limits.booked.insert(
+                key.to_string(),
+                Booking {
+                    at: next,
+                    whole: false,
+                },
+            );
+            Admission::Later(next)
         }
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+fn wait_or_book(
+    limits: &mut Limits,
+    key: &str,
+    at: Instant,
+    whole: bool,
+    now: Instant,
+) -> Admission {
+    let wait = at.saturating_duration_since(now);
+    if wait.is_zero() {
+        Admission::Go
+    } else if wait <= SHORT_WAIT {
+        Admission::Wait(wait)
+    } else {
+        limits.booked.insert(key.to_string(), Booking { at, whole });
+        Admission::Later(at)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn throttling_pauses_later_callers() {
-        let budget = CallBudget::unlimited();
-        budget.throttled();
-        let start = Instant::now();
-        budget.acquire().await;
-        assert!(start.elapsed() >= THROTTLE_COOLDOWN);
+    fn budget(rate: u32, burst: u32, share: f64) -> CallBudget {
+        CallBudget::new(
+            NonZeroU32::new(rate).unwrap(),
+            NonZeroU32::new(burst).unwrap(),
+            share,
+        )
+    }
+
+    /// Admits `key` again and again as time allows, like a caller that comes back when told;
+    /// returns when each call went.
+    fn run_until_go(b: &CallBudget, key: &str, class: CallClass, mut now: Instant) -> Instant {
+        for _ in 0..1000 {
+            match b.admit(key, class, now) {
+                Admission::Go => return now,
+                Admission::Wait(d) => return now + d,
+                Admission::Later(at) => now = at,
+                Admission::Busy => now += Duration::from_millis(500),
+            }
+        }
+        panic!("never admitted");
+    }
+
+    #[test]
+    fn work_gets_the_burst_then_the_rate() {
+        let b = budget(10, 5, 0.5);
+        let t0 = Instant::now();
+        let mut went = vec![];
+        for i in 0..25 {
+            went.push(run_until_go(&b, &format!("r{i}"), CallClass::Work, t0));
+        }
+        let in_first_second = went
+            .iter()
+            .filter(|t| **t < t0 + Duration::from_secs(1))
+            .count();
+        // The burst of 5 at once, then one every 100 ms: 5 + 9 before the second is over.
+        assert_eq!(in_first_second, 5 + 9);
+        let last = *went.last().unwrap();
+        assert!(last >= t0 + Duration::from_millis(1_900), "{:?}", last - t0);
+    }
+
+    #[test]
+    fn polls_use_at_most_their_share_and_are_booked_further_out() {
+        let b = budget(10, 2, 0.5);
+        let t0 = Instant::now();
+        // 60 PENDING connections want a poll at once: 5/s at most.
+        let went: Vec<Instant> = (0..60)
+            .map(|i| run_until_go(&b, &format!("p{i}"), CallClass::Poll, t0))
+            .collect();
+        let last = went.iter().max().unwrap().duration_since(t0);
+        assert!(
+            last >= Duration::from_secs(11) && last <= Duration::from_secs(13),
+            "60 polls at 5/s take about 12 s: {last:?}"
+        );
+        for second in 0..12u64 {
+            let start = t0 + Duration::from_secs(second);
+            let n = went
+                .iter()
+                .filter(|t| **t >= start && **t < start + Duration::from_secs(1))
+                .count();
+            assert!(n <= 6, "second {second}: {n} polls (share 5/s, burst 1)");
+        }
+    }
+
+    #[test]
+    fn work_is_not_delayed_by_polls_booked_ahead() {
+        let b = budget(10, 2, 0.5);
+        let t0 = Instant::now();
+        // 300 polls book the share's timeline a minute ahead...
+        for i in 0..300 {
+            let _ = b.admit(&format!("p{i}"), CallClass::Poll, t0);
+        }
+        // ...and ten new resources still go within a second or two.
+        let went: Vec<Instant> = (0..10)
+            .map(|i| run_until_go(&b, &format!("w{i}"), CallClass::Work, t0))
+            .collect();
+        let last = went.iter().max().unwrap().duration_since(t0);
+        assert!(last <= Duration::from_millis(1_000), "{last:?}");
+    }
+
+    #[test]
+    fn a_poll_whose_share_slot_came_does_not_take_a_slot_work_needs() {
+        let b = budget(1, 1, 0.5);
+        let t0 = Instant::now();
+        // Work books the whole budget for the next few seconds.
+        for i in 0..5 {
+            let _ = b.admit(&format!("w{i}"), CallClass::Work, t0);
+        }
+        match b.admit("p", CallClass::Poll, t0) {
+            Admission::Later(at) => assert!(at > t0, "the poll waits for work"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn resync_reads_go_only_where_polls_leave_the_share_idle() {
+        let b = budget(10, 4, 0.5);
+        let t0 = Instant::now();
+        assert_eq!(
+            b.admit("s0", CallClass::Resync, t0),
+            Admission::Go,
+            "idle: it goes"
+        );
+        for i in 0..50 {
+            let _ = b.admit(&format!("p{i}"), CallClass::Poll, t0);
+        }
+        assert_eq!(
+            b.admit("s1", CallClass::Resync, t0),
+            Admission::Busy,
+            "polls queued: resync reads come back later"
+        );
+        assert_eq!(b.bookings(), 50 - 1, "resync reads book nothing");
+    }
+
+    #[test]
+    fn a_booking_is_claimed_by_its_caller_and_forgotten_with_it() {
+        let b = budget(1, 1, 1.0);
+        let t0 = Instant::now();
+        assert_eq!(b.admit("a", CallClass::Work, t0), Admission::Go);
+        let Admission::Later(at) = b.admit("b", CallClass::Work, t0) else {
+            panic!("booked")
+        };
+        assert_eq!(
+            b.admit("b", CallClass::Work, t0),
+            Admission::Later(at),
+            "still booked"
+        );
+        assert_eq!(b.admit("b", CallClass::Work, at), Admission::Go, "claimed");
+        assert_eq!(b.bookings(), 0);
+        let _ = b.admit("c", CallClass::Work, at);
+        b.forget("c");
+        assert_eq!(b.bookings(), 0);
+    }
+
+    #[test]
+    fn throttling_pauses_every_caller() {
+        let b = budget(100, 10, 0.5);
+        let t0 = Instant::now();
+        b.throttled(t0);
+        match b.admit("a", CallClass::Work, t0) {
+            Admission::Later(at) => assert!(at >= t0 + THROTTLE_COOLDOWN),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unlimited_always_goes_except_after_a_throttle() {
+        let b = CallBudget::unlimited();
+        let t0 = Instant::now();
+        for class in [CallClass::Work, CallClass::Poll, CallClass::Resync] {
+            assert_eq!(b.admit("x", class, t0), Admission::Go);
+        }
+        b.throttled(t0);
+        assert_eq!(
+            b.admit("x", CallClass::Work, t0),
+            Admission::Later(t0 + THROTTLE_COOLDOWN)
+        );
+        assert_eq!(
+            b.admit("x", CallClass::Work, t0 + THROTTLE_COOLDOWN),
+            Admission::Go
+        );
     }
 }

@@ -105,6 +105,11 @@ pub struct RunArgs {
     #[arg(long, env = "EAC_AWS_BURST", default_value = "20", value_parser = parse_rate)]
     pub aws_burst: NonZeroU32,
 
+    /// Share of the call budget that polls of PENDING connections and resync reads may use
+    /// (0.05 to 1); when they want more, their interval stretches instead of delaying work.
+    #[arg(long, env = "EAC_AWS_POLL_SHARE", default_value = "0.5", value_parser = parse_share)]
+    pub aws_poll_share: f64,
+
     /// Timeout of one Proton call (1s to 5m).
     #[arg(long, env = "EAC_AWS_TIMEOUT", default_value = "30s", value_parser = parse_aws_timeout)]
     pub aws_timeout: Duration,
@@ -215,6 +220,15 @@ fn parse_renew_deadline(v: &str) -> Result<Duration, String> {
 }
 fn parse_watch_failure_timeout(v: &str) -> Result<Duration, String> {
     bounded(v, 5 * SECOND, HOUR)
+}
+
+fn parse_share(v: &str) -> Result<f64, String> {
+    let share: f64 = v.trim().parse().map_err(|e| format!("not a number: {e}"))?;
+    if (0.05..=1.0).contains(&share) {
+        Ok(share)
+    } else {
+        Err("must be between 0.05 and 1".into())
+    }
 }
 
 fn parse_rate(v: &str) -> Result<NonZeroU32, String> {

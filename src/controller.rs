@@ -22,13 +22,14 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{
-    ADOPT_ANNOTATION, ADOPTION_ALLOWED, ADOPTION_NAMESPACE_LABEL, EnvironmentAccountConnection,
-    EnvironmentAccountConnectionStatus as Status, FINALIZER,
+    ADOPT_ANNOTATION, ADOPTION_ALLOWED, ADOPTION_NAMESPACE_LABEL, ConnectionState,
+    EnvironmentAccountConnection, EnvironmentAccountConnectionStatus as Status, FINALIZER,
 };
+use crate::budget::CallClass;
 use crate::decide::{self, Memory, Note, Outcome, Run, Settings, Step};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
-use crate::proton::{Proton, ProtonError, Retry};
+use crate::proton::{Proton, ProtonError, Retry, Ticket};
 
 /// Field manager of the controller's server-side-apply status writes.
 pub const FIELD_MANAGER: &str = "eac-controller";
@@ -69,6 +70,8 @@ struct Tracked {
     failed_generation: i64,
     /// The last Kubernetes error reported in an Event, so the same one is reported once.
     last_kube_error: Option<String>,
+    /// The last routine read (poll or resync) and when, for the effective-interval metric.
+    last_read: Option<(CallClass, Instant)>,
 }
 
 /// Everything a reconcile needs; shared by all workers.
@@ -152,24 +155,33 @@ impl Context {
         }
     }
 
+    /// Treats the resource as already seen in this term (its first read is not spread out):
+    /// what a forced resync of one resource wants.
+    pub fn mark_seen(&self, uid: &str) {
+        self.tracked().entry(uid.to_string()).or_default();
+    }
+
     /// How many resources the controller keeps state for.
     pub fn tracked_resources(&self) -> usize {
         self.tracked().len()
     }
 
-    /// The resource is gone: drop what was kept about it.
+    /// The resource is gone: drop what was kept about it (and its booking in the budget).
     pub fn forget(&self, uid: &str) {
         self.tracked().remove(uid);
+        self.proton.forget(uid);
     }
 
     /// Drops what is kept about resources that are no longer in the watch cache.
     pub fn retain_only(&self, live: &HashSet<String>) {
         self.tracked().retain(|uid, _| live.contains(uid));
+        self.proton.retain(|uid| live.contains(uid));
     }
 
     /// Forgets everything (a new term of leadership: another leader may have written since).
     pub fn forget_all(&self) {
         self.tracked().clear();
+        self.proton.retain(|_| false);
     }
 }
 
@@ -256,6 +268,8 @@ fn adopt_annotation(obj: &EnvironmentAccountConnection) -> Option<String> {
 
 /// What a reconcile starts from.
 struct Facts {
+    /// The resource's namespace in the API.
+    api: Api<EnvironmentAccountConnection>,
     object: String,
     namespace: String,
     name: String,
@@ -269,6 +283,8 @@ struct Facts {
     status: Status,
     quiet: Option<Duration>,
     failures: u32,
+    /// Nothing is kept about the resource yet: first seen in this term of leadership.
+    first_sight: bool,
 }
 
 impl Facts {
@@ -286,6 +302,7 @@ impl Facts {
         let stored = obj.status.clone();
 
         let mut tracked = ctx.tracked();
+        let first_sight = !tracked.contains_key(&uid);
         let (status, quiet, failures) = match tracked.get_mut(&uid) {
             Some(t) => {
                 t.memory.catch_up(stored.as_ref());
@@ -310,6 +327,7 @@ impl Facts {
         };
         drop(tracked);
         Ok(Facts {
+            api: Api::namespaced(ctx.client.clone(), &namespace),
             object,
             name: obj.name_any(),
             namespace,
@@ -321,6 +339,7 @@ impl Facts {
             status,
             quiet,
             failures,
+            first_sight,
         })
     }
 
@@ -337,6 +356,7 @@ impl Facts {
             adopt_id: self.adopt_id.as_deref(),
             quiet: self.quiet,
             failures: self.failures,
+            first_sight: self.first_sight,
         }
     }
 }
@@ -346,19 +366,53 @@ async fn reconcile_inner(
     ctx: &Context,
 ) -> Result<(Action, &'static str), Error> {
     let facts = Facts::fetch(obj, ctx)?;
-    let api: Api<EnvironmentAccountConnection> =
-        Api::namespaced(ctx.client.clone(), &facts.namespace);
     let mut finalizers = facts.finalizers.clone();
     let mut run = Run::new(facts.resource(obj), &ctx.settings, rand::random());
+    // A Create whose slot was taken before its intent was written.
+    let mut create_admitted = false;
     loop {
         let step = run.next(now());
         debug!(step = step.name(), ?step, "next step");
         if step.is_final() {
-            return finish(ctx, obj, &facts, &finalizers, &api, step).await;
+            return finish(ctx, obj, &facts, &finalizers, step).await;
         }
-        let result = execute(ctx, obj, &facts, &mut finalizers, &api, run.region(), &step).await?;
-        if let Err(e) = &result {
-            warn!(error = %e, class = ?e.class, "proton call failed");
+        let class = run.class_of(&step);
+        let ticket = Ticket {
+            key: &facts.uid,
+            class,
+            admitted: create_admitted && matches!(step, Step::Create { .. }),
+        };
+        if let Step::Record(recorded) = &step
+            && recorded.before_create
+        {
+            // The Create's slot first: no announcement of a Create the budget has no room for.
+            if let Err(deferred) = ctx
+                .proton
+                .admit(&ticket, "CreateEnvironmentAccountConnection")
+                .await
+            {
+                run.record(&step, Err(deferred));
+                continue;
+            }
+            create_admitted = true;
+        }
+        let result = execute(
+            ctx,
+            obj,
+            &facts,
+            &mut finalizers,
+            run.region(),
+            &ticket,
+            &step,
+        )
+        .await?;
+        match &result {
+            Err(e) if e.class == crate::proton::ErrorClass::Deferred => {}
+            Err(e) => warn!(error = %e, class = ?e.class, "proton call failed"),
+            Ok(_) if ticket.class != CallClass::Work && matches!(step, Step::Get { .. }) => {
+                note_read(ctx, &facts.uid, ticket.class);
+            }
+            Ok(_) => {}
         }
         if let Some(note) = run.record(&step, result) {
             info!(reason = note.reason, note = %note.note, "proton changed");
@@ -374,14 +428,14 @@ async fn execute(
     obj: &EnvironmentAccountConnection,
     facts: &Facts,
     finalizers: &mut Vec<String>,
-    api: &Api<EnvironmentAccountConnection>,
     region: &str,
+    ticket: &Ticket<'_>,
     step: &Step,
 ) -> Result<Result<Outcome, ProtonError>, Error> {
     let proton = &ctx.proton;
     let outcome = match step {
         Step::AddFinalizer => {
-            add_finalizer(api, &facts.name, finalizers)
+            add_finalizer(&facts.api, &facts.name, finalizers)
                 .await
                 .map_err(kube_error("adding the finalizer", &facts.object))?;
             finalizers.push(FINALIZER.to_string());
@@ -402,39 +456,52 @@ async fn execute(
             Ok(Outcome::AdoptionAllowed(allowed))
         }
         Step::Record(recorded) => {
-            write_status(ctx, facts, api, &recorded.status).await?;
+            write_status(ctx, facts, &recorded.status).await?;
             for note in &recorded.events {
                 publish(ctx, obj, note).await;
             }
             Ok(Outcome::Done)
         }
         Step::WhoAmI => proton.caller_account().await.map(Outcome::Account),
-        Step::Get { id } => proton.get(region, id).await.map(Outcome::Connection),
+        Step::Get { id } => proton
+            .get(ticket, region, id)
+            .await
+            .map(Outcome::Connection),
         Step::FindOwned { environment_name } => proton
-            .find_owned(region, environment_name, &facts.uid)
+            .find_owned(ticket, region, environment_name, &facts.uid)
             .await
             .map(Outcome::Found),
-        Step::ListTags { arn } => proton.list_tags(region, arn).await.map(Outcome::Tags),
+        Step::ListTags { arn } => proton
+            .list_tags(ticket, region, arn)
+            .await
+            .map(Outcome::Tags),
         Step::Create {
             request, region, ..
         } => proton
-            .create(region, request)
+            .create(ticket, region, request)
             .await
             .map(Outcome::Connection),
         Step::Update { id, roles } => proton
-            .update(region, id, roles)
+            .update(ticket, region, id, roles)
             .await
             .map(Outcome::Connection),
-        Step::Tag { arn, tags } => proton.tag(region, arn, tags).await.map(|()| Outcome::Done),
-        Step::Untag { arn, keys, .. } => proton
-            .untag(region, arn, keys)
+        Step::Tag { arn, tags } => proton
+            .tag(ticket, region, arn, tags)
             .await
             .map(|()| Outcome::Done),
-        Step::Delete { id } => proton.delete(region, id).await.map(|()| Outcome::Done),
+        Step::Untag { arn, keys, .. } => proton
+            .untag(ticket, region, arn, keys)
+            .await
+            .map(|()| Outcome::Done),
+        Step::Delete { id } => proton
+            .delete(ticket, region, id)
+            .await
+            .map(|()| Outcome::Done),
         Step::Settle(_)
         | Step::Report(_)
         | Step::RemoveFinalizer
         | Step::Idle { .. }
+        | Step::Defer { .. }
         | Step::Nothing => unreachable_final(step),
     };
     Ok(outcome)
@@ -447,6 +514,7 @@ fn unreachable_final(step: &Step) -> Result<Outcome, ProtonError> {
         class: crate::proton::ErrorClass::Other,
         code: "InternalError".into(),
         message: format!("{} is not executed as an intermediate step", step.name()),
+        retry_in: None,
     })
 }
 
@@ -456,12 +524,23 @@ async fn finish(
     obj: &EnvironmentAccountConnection,
     facts: &Facts,
     finalizers: &[String],
-    api: &Api<EnvironmentAccountConnection>,
     step: Step,
 ) -> Result<(Action, &'static str), Error> {
     match step {
         Step::Settle(settled) => {
-            write_status(ctx, facts, api, &settled.status).await?;
+            write_status(ctx, facts, &settled.status).await?;
+            if settled.status.status == Some(ConnectionState::Connected)
+                && facts.status.status != Some(ConnectionState::Connected)
+                && let Some(requested) = settled
+                    .status
+                    .requested_at
+                    .as_deref()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            {
+                let waited = jiff::Timestamp::now().duration_since(requested);
+                ctx.metrics
+                    .connected_after(Duration::try_from(waited).unwrap_or_default());
+            }
             for note in &settled.events {
                 publish(ctx, obj, note).await;
             }
@@ -475,7 +554,7 @@ async fn finish(
         }
         Step::Report(reported) => {
             warn!(reason = reported.problem.reason, message = %reported.problem.message, retry_in_secs = reported.requeue.as_secs_f64(), "reconcile ended on a problem");
-            write_status(ctx, facts, api, &reported.status).await?;
+            write_status(ctx, facts, &reported.status).await?;
             if let Some(note) = &reported.event {
                 publish(ctx, obj, note).await;
             }
@@ -487,7 +566,7 @@ async fn finish(
             Ok((Action::requeue(reported.requeue), reported.problem.reason))
         }
         Step::RemoveFinalizer => {
-            remove_finalizer(api, &facts.name, finalizers)
+            remove_finalizer(&facts.api, &facts.name, finalizers)
                 .await
                 .map_err(kube_error("removing the finalizer", &facts.object))?;
             ctx.forget(&facts.uid);
@@ -499,7 +578,24 @@ async fn finish(
                 wait_secs = requeue.as_secs(),
                 "nothing changed since the last reconcile"
             );
+            checkpoint(ctx, facts, requeue);
             Ok((Action::requeue(requeue), "quiet"))
+        }
+        Step::Defer {
+            class,
+            requeue,
+            status,
+        } => {
+            if let Some(status) = status {
+                write_status(ctx, facts, &status).await?;
+            }
+            debug!(
+                class = class.as_str(),
+                wait_secs = requeue.as_secs_f64(),
+                "no room in the AWS call budget now; coming back"
+            );
+            checkpoint(ctx, facts, requeue);
+            Ok((Action::requeue(requeue), "deferred"))
         }
         _ => {
             ctx.forget(&facts.uid);
@@ -512,15 +608,33 @@ fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
 }
 
+/// Measures the interval between two routine reads of the same connection.
+fn note_read(ctx: &Context, uid: &str, class: CallClass) {
+    let now = Instant::now();
+    let previous = {
+        let mut tracked = ctx.tracked();
+        let t = tracked.entry(uid.to_string()).or_default();
+        t.last_read.replace((class, now))
+    };
+    if let Some((previous_class, at)) = previous
+        && previous_class == class
+    {
+        ctx.metrics.read_interval(class, now - at);
+    }
+}
+
+/// Notes when the resource is next due, so a trigger before then changes nothing.
+fn checkpoint(ctx: &Context, facts: &Facts, requeue: Duration) {
+    let due = Instant::now() + requeue;
+    let mut tracked = ctx.tracked();
+    let t = tracked.entry(facts.uid.clone()).or_default();
+    t.checkpoint = Some((facts.generation, facts.adopt_id.clone(), due));
+}
+
 /// Server-side apply of the status subresource, only when it differs from what is recorded.
 /// What was written is remembered until the watch cache shows it; what could not be written is
 /// remembered so the connection it names is not lost track of.
-async fn write_status(
-    ctx: &Context,
-    facts: &Facts,
-    api: &Api<EnvironmentAccountConnection>,
-    status: &Status,
-) -> Result<(), Error> {
+async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(), Error> {
     let recorded = {
         let tracked = ctx.tracked();
         tracked
@@ -537,7 +651,8 @@ async fn write_status(
         "kind": "EnvironmentAccountConnection",
         "status": status,
     });
-    let result = api
+    let result = facts
+        .api
         .patch_status(
             &facts.name,
             &PatchParams::apply(FIELD_MANAGER).force(),

@@ -19,6 +19,8 @@ const FRESH_FOR: Duration = Duration::from_secs(300);
 pub struct CallerIdentity {
     sts: aws_sdk_sts::Client,
     cached: Arc<Mutex<Option<(String, Instant)>>>,
+    /// One question at a time: callers arriving while STS is asked wait for its answer.
+    asking: Arc<tokio::sync::Mutex<()>>,
     metrics: Metrics,
 }
 
@@ -27,17 +29,20 @@ impl CallerIdentity {
         CallerIdentity {
             sts,
             cached: Arc::default(),
+            asking: Arc::default(),
             metrics,
         }
     }
 
     /// The account id, from the cache while it is fresh.
     pub async fn account(&self) -> Result<String, ProtonError> {
-        let cached = self.lock().clone();
-        if let Some((account, at)) = &cached
-            && at.elapsed() < FRESH_FOR
-        {
-            return Ok(account.clone());
+        if let Some(account) = self.fresh() {
+            return Ok(account);
+        }
+        let _asking = self.asking.lock().await;
+        // Someone else may have asked while this caller waited.
+        if let Some(account) = self.fresh() {
+            return Ok(account);
         }
         match self.sts.get_caller_identity().send().await {
             Ok(out) => {
@@ -48,6 +53,7 @@ impl CallerIdentity {
                         class: crate::proton::ErrorClass::Other,
                         code: "MalformedResponse".into(),
                         message: "STS answered without an account id".into(),
+                        retry_in: None,
                     });
                 };
                 *self.lock() = Some((account.to_string(), Instant::now()));
@@ -58,6 +64,13 @@ impl CallerIdentity {
                 self.metrics.aws_call("GetCallerIdentity", e.class.reason());
                 Err(e)
             }
+        }
+    }
+
+    fn fresh(&self) -> Option<String> {
+        match &*self.lock() {
+            Some((account, at)) if at.elapsed() < FRESH_FOR => Some(account.clone()),
+            _ => None,
         }
     }
 

@@ -18,6 +18,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::api::{ConnectionState, EnvironmentAccountConnection};
+use crate::budget::CallClass;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -28,6 +29,11 @@ struct ResultLabel {
 struct CallLabels {
     operation: String,
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,6 +89,11 @@ struct Inner {
     reconcile_duration: Histogram,
     aws_requests: Family<CallLabels, Counter>,
     aws_throttled: Counter,
+    class_calls: Family<ClassLabel, Counter>,
+    deferred: Family<ClassLabel, Counter>,
+    budget_wait: Family<ClassLabel, Histogram>,
+    poll_interval: Family<ClassLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    time_to_connected: Histogram,
     leader: Gauge,
     connections: Arc<ConnectionsCollector>,
 }
@@ -107,6 +118,43 @@ impl Metrics {
         let aws_throttled = Counter::default();
         let connections = Arc::new(ConnectionsCollector::default());
         let leader = Gauge::default();
+        let class_calls = Family::<ClassLabel, Counter>::default();
+        let deferred = Family::<ClassLabel, Counter>::default();
+        let budget_wait = Family::<ClassLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+            ])
+        });
+        let poll_interval =
+            Family::<ClassLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let time_to_connected = Histogram::new([
+            1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+        ]);
+        registry.register(
+            "eac_aws_calls_by_class",
+            "Proton calls sent, by budget class: work (mutations and first observations), poll (PENDING), resync (settled)",
+            class_calls.clone(),
+        );
+        registry.register(
+            "eac_aws_deferred",
+            "Proton calls not sent at once because the call budget had no room for their class (the resource came back later)",
+            deferred.clone(),
+        );
+        registry.register(
+            "eac_aws_budget_wait_seconds",
+            "How long calls waited, or were deferred, for room in the call budget, by class",
+            budget_wait.clone(),
+        );
+        registry.register(
+            "eac_effective_poll_interval_seconds",
+            "Measured interval between two reads of the same connection, by class (poll: PENDING, resync: settled); above the configured one when the poll share is saturated",
+            poll_interval.clone(),
+        );
+        registry.register(
+            "eac_time_to_connected_seconds",
+            "From a connection's request (requestedAt) to the controller seeing it CONNECTED",
+            time_to_connected.clone(),
+        );
         registry.register("eac_reconcile", "Reconciles by result", reconciles.clone());
         registry.register(
             "eac_reconcile_duration_seconds",
@@ -135,6 +183,11 @@ impl Metrics {
             reconcile_duration,
             aws_requests,
             aws_throttled,
+            class_calls,
+            deferred,
+            budget_wait,
+            poll_interval,
+            time_to_connected,
             connections,
             leader,
         }))
@@ -162,6 +215,49 @@ impl Metrics {
 
     pub fn aws_throttled(&self) {
         self.0.aws_throttled.inc();
+    }
+
+    fn class(class: CallClass) -> ClassLabel {
+        ClassLabel {
+            class: class.as_str().into(),
+        }
+    }
+
+    /// A call of this class was sent.
+    pub fn aws_class_call(&self, class: CallClass) {
+        self.0.class_calls.get_or_create(&Self::class(class)).inc();
+    }
+
+    /// A call waited in place for its slot.
+    pub fn budget_wait(&self, class: CallClass, waited: Duration) {
+        self.0
+            .budget_wait
+            .get_or_create(&Self::class(class))
+            .observe(waited.as_secs_f64());
+    }
+
+    /// A call was deferred (its resource comes back later).
+    pub fn budget_deferred(&self, class: CallClass, until: Duration) {
+        self.0.deferred.get_or_create(&Self::class(class)).inc();
+        self.budget_wait(class, until);
+    }
+
+    /// The measured interval between two reads of the same connection.
+    pub fn read_interval(&self, class: CallClass, interval: Duration) {
+        let gauge = self.0.poll_interval.get_or_create(&Self::class(class));
+        // An exponentially weighted average: recent intervals count most.
+        let previous = gauge.get();
+        let now = interval.as_secs_f64();
+        gauge.set(if previous == 0.0 {
+            now
+        } else {
+            previous * 0.9 + now * 0.1
+        });
+    }
+
+    /// A connection was seen CONNECTED this long after it was requested.
+    pub fn connected_after(&self, waited: Duration) {
+        self.0.time_to_connected.observe(waited.as_secs_f64());
     }
 
     pub fn set_leader(&self, leader: bool) {

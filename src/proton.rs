@@ -21,9 +21,19 @@ use aws_smithy_types::date_time::Format;
 
 use crate::api::ConnectionState;
 use crate::api::TAG_UID;
-use crate::budget::CallBudget;
+use crate::budget::{Admission, CallBudget, CallClass};
 use crate::identity::CallerIdentity;
 use crate::metrics::Metrics;
+
+/// Who makes a call and of which class, for the call budget.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket<'a> {
+    /// The resource's uid: a slot booked for a later call is kept under it.
+    pub key: &'a str,
+    pub class: CallClass,
+    /// The call's slot was taken already (see [`Proton::admit`]).
+    pub admitted: bool,
+}
 
 /// Tags as a sorted map, the way the controller compares them.
 pub type Tags = BTreeMap<String, String>;
@@ -82,6 +92,8 @@ pub enum ErrorClass {
     NotFound,
     /// Anything else (unknown error codes, requests the SDK could not build).
     Other,
+    /// Not sent: the call budget has no room for this class of call now.
+    Deferred,
 }
 
 /// How soon a failed call may be tried again.
@@ -98,7 +110,10 @@ pub enum Retry {
 impl ErrorClass {
     pub fn retry(self) -> Retry {
         match self {
-            ErrorClass::Throttled | ErrorClass::Transient | ErrorClass::Other => Retry::Backoff,
+            ErrorClass::Throttled
+            | ErrorClass::Transient
+            | ErrorClass::Other
+            | ErrorClass::Deferred => Retry::Backoff,
             ErrorClass::AccessDenied => Retry::Slow,
             ErrorClass::Validation
             | ErrorClass::QuotaExceeded
@@ -118,6 +133,7 @@ impl ErrorClass {
             ErrorClass::Conflict => "Conflict",
             ErrorClass::NotFound => "NotFound",
             ErrorClass::Other => "AwsError",
+            ErrorClass::Deferred => "Deferred",
         }
     }
 
@@ -152,11 +168,25 @@ pub struct ProtonError {
     pub class: ErrorClass,
     pub code: String,
     pub message: String,
+    /// For [`ErrorClass::Deferred`]: in how long the call budget has a slot booked for the
+    /// caller (`None`: no room now, nothing booked).
+    pub retry_in: Option<Duration>,
 }
 
 impl ProtonError {
     pub fn is_not_found(&self) -> bool {
         self.class == ErrorClass::NotFound
+    }
+
+    /// The call was not sent: the budget has no room for its class now.
+    pub fn deferred(operation: &'static str, retry_in: Option<Duration>) -> Self {
+        ProtonError {
+            operation,
+            class: ErrorClass::Deferred,
+            code: "Deferred".into(),
+            message: "not sent: no room in the AWS call budget for this class of call now".into(),
+            retry_in,
+        }
     }
 
     pub(crate) fn from_sdk<E>(
@@ -183,6 +213,7 @@ impl ProtonError {
                     class,
                     code,
                     message,
+                    retry_in: None,
                 }
             }
             SdkError::TimeoutError(_) => ProtonError {
@@ -190,6 +221,7 @@ impl ProtonError {
                 class: ErrorClass::Transient,
                 code: "Timeout".into(),
                 message: "the request timed out".into(),
+                retry_in: None,
             },
             SdkError::DispatchFailure(failure) => ProtonError {
                 operation,
@@ -199,18 +231,21 @@ impl ProtonError {
                     "could not reach Proton: {}",
                     describe(&err, failure.is_io())
                 ),
+                retry_in: None,
             },
             SdkError::ResponseError(_) => ProtonError {
                 operation,
                 class: ErrorClass::Transient,
                 code: "ResponseError".into(),
                 message: format!("unreadable response from Proton: {}", describe(&err, false)),
+                retry_in: None,
             },
             _ => ProtonError {
                 operation,
                 class: ErrorClass::Other,
                 code: "ConstructionFailure".into(),
                 message: describe(&err, false),
+                retry_in: None,
             },
         }
     }
@@ -366,37 +401,84 @@ impl Proton {
             .clone()
     }
 
-    /// Runs one call under the budget and records its outcome.
-    async fn call<T, E, F>(&self, operation: &'static str, fut: F) -> Result<T, ProtonError>
+    /// Runs one call if the budget admits it for this caller and class, and records its outcome.
+    async fn call<T, E, F>(
+        &self,
+        ticket: &Ticket<'_>,
+        operation: &'static str,
+        fut: F,
+    ) -> Result<T, ProtonError>
     where
         F: std::future::Future<
                 Output = Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>,
             >,
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        self.budget.acquire().await;
+        if !ticket.admitted {
+            self.admit(ticket, operation).await?;
+        }
         let result = fut.await.map_err(|e| ProtonError::from_sdk(operation, e));
+        self.metrics.aws_class_call(ticket.class);
         match &result {
             Ok(_) => self.metrics.aws_call(operation, "success"),
             Err(e) => {
                 self.metrics.aws_call(operation, e.class.reason());
                 if e.class == ErrorClass::Throttled {
                     self.metrics.aws_throttled();
-                    self.budget.throttled();
+                    self.budget.throttled(tokio::time::Instant::now());
                 }
             }
         }
         result
     }
 
+    /// Takes a slot in the call budget for `ticket`'s caller and class: waits a moment for it,
+    /// or answers Deferred when the slot is further away (booked) or there is no room.
+    pub async fn admit(
+        &self,
+        ticket: &Ticket<'_>,
+        operation: &'static str,
+    ) -> Result<(), ProtonError> {
+        let asked = tokio::time::Instant::now();
+        match self.budget.admit(ticket.key, ticket.class, asked) {
+            Admission::Go => Ok(()),
+            Admission::Wait(wait) => {
+                self.metrics.budget_wait(ticket.class, wait);
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Admission::Later(at) => {
+                let wait = at.saturating_duration_since(asked);
+                self.metrics.budget_deferred(ticket.class, wait);
+                Err(ProtonError::deferred(operation, Some(wait)))
+            }
+            Admission::Busy => {
+                self.metrics.budget_deferred(ticket.class, Duration::ZERO);
+                Err(ProtonError::deferred(operation, None))
+            }
+        }
+    }
+
+    /// The resource is gone: drop its booking in the budget.
+    pub fn forget(&self, key: &str) {
+        self.budget.forget(key);
+    }
+
+    /// Keeps the budget's bookings of these resources only.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.budget.retain(keep);
+    }
+
     pub async fn create(
         &self,
+        ticket: &Ticket<'_>,
         region: &str,
         req: &CreateRequest,
     ) -> Result<Connection, ProtonError> {
         let client = self.client(region);
         let out = self
             .call(
+                ticket,
                 "CreateEnvironmentAccountConnection",
                 client
                     .create_environment_account_connection()
@@ -416,10 +498,16 @@ impl Proton {
         )
     }
 
-    pub async fn get(&self, region: &str, id: &str) -> Result<Connection, ProtonError> {
+    pub async fn get(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        id: &str,
+    ) -> Result<Connection, ProtonError> {
         let client = self.client(region);
         let out = self
             .call(
+                ticket,
                 "GetEnvironmentAccountConnection",
                 client.get_environment_account_connection().id(id).send(),
             )
@@ -432,6 +520,7 @@ impl Proton {
 
     pub async fn update(
         &self,
+        ticket: &Ticket<'_>,
         region: &str,
         id: &str,
         roles: &RoleArns,
@@ -439,6 +528,7 @@ impl Proton {
         let client = self.client(region);
         let out = self
             .call(
+                ticket,
                 "UpdateEnvironmentAccountConnection",
                 client
                     .update_environment_account_connection()
@@ -455,9 +545,15 @@ impl Proton {
         )
     }
 
-    pub async fn delete(&self, region: &str, id: &str) -> Result<(), ProtonError> {
+    pub async fn delete(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        id: &str,
+    ) -> Result<(), ProtonError> {
         let client = self.client(region);
         self.call(
+            ticket,
             "DeleteEnvironmentAccountConnection",
             client.delete_environment_account_connection().id(id).send(),
         )
@@ -468,6 +564,7 @@ impl Proton {
     /// Every connection of this environment account for the environment, all pages.
     pub async fn list_for_environment(
         &self,
+        ticket: &Ticket<'_>,
         region: &str,
         environment_name: &str,
     ) -> Result<Vec<Connection>, ProtonError> {
@@ -477,6 +574,7 @@ impl Proton {
         loop {
             let out = self
                 .call(
+                    ticket,
                     "ListEnvironmentAccountConnections",
                     client
                         .list_environment_account_connections()
@@ -516,12 +614,16 @@ impl Proton {
     /// environment's connections and reads each one's tags until it is found.
     pub async fn find_owned(
         &self,
+        ticket: &Ticket<'_>,
         region: &str,
         environment_name: &str,
         uid: &str,
     ) -> Result<Option<(Connection, Tags)>, ProtonError> {
-        for connection in self.list_for_environment(region, environment_name).await? {
-            let tags = match self.list_tags(region, &connection.arn).await {
+        for connection in self
+            .list_for_environment(ticket, region, environment_name)
+            .await?
+        {
+            let tags = match self.list_tags(ticket, region, &connection.arn).await {
                 Ok(tags) => tags,
                 // Deleted between the List and now (List lags behind): not ours to find.
                 Err(e) if e.is_not_found() => continue,
@@ -535,13 +637,19 @@ impl Proton {
     }
 
     /// All tags of a resource, all pages.
-    pub async fn list_tags(&self, region: &str, arn: &str) -> Result<Tags, ProtonError> {
+    pub async fn list_tags(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        arn: &str,
+    ) -> Result<Tags, ProtonError> {
         let client = self.client(region);
         let mut tags = Tags::new();
         let mut next: Option<String> = None;
         loop {
             let out = self
                 .call(
+                    ticket,
                     "ListTagsForResource",
                     client
                         .list_tags_for_resource()
@@ -560,9 +668,16 @@ impl Proton {
         }
     }
 
-    pub async fn tag(&self, region: &str, arn: &str, tags: &Tags) -> Result<(), ProtonError> {
+    pub async fn tag(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        arn: &str,
+        tags: &Tags,
+    ) -> Result<(), ProtonError> {
         let client = self.client(region);
         self.call(
+            ticket,
             "TagResource",
             client
                 .tag_resource()
@@ -574,9 +689,16 @@ impl Proton {
         .map(|_| ())
     }
 
-    pub async fn untag(&self, region: &str, arn: &str, keys: &[String]) -> Result<(), ProtonError> {
+    pub async fn untag(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        arn: &str,
+        keys: &[String],
+    ) -> Result<(), ProtonError> {
         let client = self.client(region);
         self.call(
+            ticket,
             "UntagResource",
             client
                 .untag_resource()
@@ -601,6 +723,7 @@ fn to_sdk_tags(tags: &Tags) -> Result<Vec<Tag>, ProtonError> {
                     class: ErrorClass::Validation,
                     code: "InvalidTag".into(),
                     message: e.to_string(),
+                    retry_in: None,
                 })
         })
         .collect()
@@ -621,6 +744,7 @@ fn from_sdk_state(
                 "Proton reported an unknown connection status {:?}",
                 other.as_str()
             ),
+            retry_in: None,
         }),
     }
 }
@@ -637,6 +761,7 @@ fn connection_of(
             class: ErrorClass::Other,
             code: "MalformedResponse".into(),
             message: "the response carries no environmentAccountConnection".into(),
+            retry_in: None,
         }),
     }
 }

@@ -105,7 +105,7 @@ async fn kube_client() -> Result<Client, RunError> {
 pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError> {
     let client = kube_client().await?;
     let metrics = Metrics::new();
-    let budget = CallBudget::new(args.aws_rate_limit, args.aws_burst);
+    let budget = CallBudget::new(args.aws_rate_limit, args.aws_burst, args.aws_poll_share);
 
     let mut _embedded: Option<RunningEmulator> = None;
     let proton = match &endpoint {

@@ -382,8 +382,9 @@ async fn throttling_is_reported_then_retried_to_success() {
         "throttling is not terminal"
     );
 
-    env.resync("prod").await.unwrap();
-    env.resync("prod").await.unwrap();
+    // Each throttle pauses every caller for a second; the controller comes back after it.
+    env.resync_through_deferrals("prod", 5).await;
+    env.resync_through_deferrals("prod", 5).await;
 
     let obj = env.api.get("prod").unwrap();
     assert_eq!(

@@ -293,6 +293,8 @@ struct Case {
     adopt: Option<String>,
     quiet: Option<Duration>,
     failures: u32,
+    first_sight: bool,
+    jitter: f64,
     settings: Settings,
     /// The namespace's `proton.eac.dev/adoption=allowed` label, as ReadAdoptionPolicy reads it.
     namespace_allows_adoption: bool,
@@ -311,6 +313,8 @@ impl Case {
             adopt: None,
             quiet: None,
             failures: 0,
+            first_sight: false,
+            jitter: JITTER,
             settings: settings(),
             namespace_allows_adoption: true,
         }
@@ -373,10 +377,11 @@ impl Case {
             adopt_id: self.adopt.as_deref(),
             quiet: self.quiet,
             failures: self.failures,
+            first_sight: self.first_sight,
         }
     }
     fn run(&self) -> Run<'_> {
-        Run::new(self.res(), &self.settings, JITTER)
+        Run::new(self.res(), &self.settings, self.jitter)
     }
 }
 
@@ -646,6 +651,7 @@ fn aws_error(step: &Step, class: ErrorClass, message: &str) -> ProtonError {
         class,
         code: format!("{class:?}"),
         message: message.into(),
+        retry_in: None,
     }
 }
 
@@ -819,6 +825,7 @@ fn the_first_step_of_a_reconcile_follows_deletion_finalizer_record_policy_and_ad
                                 Step::Record(Box::new(Recorded {
                                     status: intent(case.generation, now()),
                                     events: vec![],
+                                    before_create: true,
                                 }))
                             };
 
@@ -873,7 +880,8 @@ fn a_new_resource_gets_the_finalizer_then_whoami_then_the_intent_then_the_create
         trace.recorded(),
         &Recorded {
             status: intent(1, now()),
-            events: vec![]
+            events: vec![],
+            before_create: true,
         },
         "region and account pinned, a Create in flight, Ready/Synced False Creating"
     );
@@ -1519,6 +1527,7 @@ fn only_proton_changes_count_as_mutations_and_only_final_steps_end_a_reconcile()
     let record = Step::Record(Box::new(Recorded {
         status: intent(1, now()),
         events: vec![],
+        before_create: true,
     }));
     let update = Step::Update {
         id: ID.into(),
@@ -2083,22 +2092,26 @@ fn settling_twice_in_the_same_state_yields_the_recorded_status_and_no_events() {
 }
 
 #[test]
-fn requeue_is_the_resync_period_except_for_pending_which_backs_off_with_age() {
+fn requeue_is_the_resync_period_except_for_pending_which_starts_fast_and_backs_off_with_age() {
     // (state, requested_at, seconds after 10:00:00, resync, expected requeue)
     #[rustfmt::skip]
     let table = [
-        (PENDING, REQUESTED_AT, 0, RESYNC, PENDING_POLL),
+        // A new PENDING connection is polled every 2 s, so an acceptance shows at once...
+        (PENDING, REQUESTED_AT, 0, RESYNC, secs(2)),
+        (PENDING, REQUESTED_AT, 20, RESYNC, secs(2)),
+        // ...then every tenth of its age...
+        (PENDING, REQUESTED_AT, 100, RESYNC, secs(10)),
+        // ...up to --pending-poll.
         (PENDING, REQUESTED_AT, 300, RESYNC, PENDING_POLL),
-        (PENDING, REQUESTED_AT, 600, RESYNC, secs(60)),
-        (PENDING, REQUESTED_AT, 3000, RESYNC, secs(300)),
-        (PENDING, REQUESTED_AT, 6000, RESYNC, RESYNC),
-        (PENDING, REQUESTED_AT, 86_400, RESYNC, RESYNC),
+        (PENDING, REQUESTED_AT, 3000, RESYNC, PENDING_POLL),
+        (PENDING, REQUESTED_AT, 86_400, RESYNC, PENDING_POLL),
         // Clock skew: a request "in the future" is young.
-        (PENDING, "2026-11-21T11:00:00Z", 0, RESYNC, PENDING_POLL),
+        (PENDING, "2026-11-21T11:00:00Z", 0, RESYNC, secs(2)),
         // An unreadable timestamp is treated as young.
-        (PENDING, "not a time", 86_400, RESYNC, PENDING_POLL),
-        // A poll interval longer than the resync period wins.
-        (PENDING, REQUESTED_AT, 86_400, secs(10), PENDING_POLL),
+        (PENDING, "not a time", 86_400, RESYNC, secs(2)),
+        // Never slower than the resync period (a drift is found as soon as resync says).
+        (PENDING, REQUESTED_AT, 86_400, secs(10), secs(10)),
+        (PENDING, REQUESTED_AT, 0, secs(1), secs(1)),
         (CONNECTED, REQUESTED_AT, 0, RESYNC, RESYNC),
         (CONNECTED, REQUESTED_AT, 86_400, RESYNC, RESYNC),
         (REJECTED, REQUESTED_AT, 0, RESYNC, RESYNC),
@@ -2123,11 +2136,20 @@ fn requeue_is_the_resync_period_except_for_pending_which_backs_off_with_age() {
         let requeue = reconcile(&mut case, &mut Fake::recorded(PENDING), at(after))
             .settled()
             .requeue;
-        let bounded = requeue >= last && requeue >= PENDING_POLL && requeue <= RESYNC;
+        let bounded = requeue >= last && requeue >= secs(2) && requeue <= PENDING_POLL;
         assert!(bounded, "{after}s: {requeue:?}");
         last = requeue;
     }
-    assert_eq!(last, RESYNC);
+    assert_eq!(last, PENDING_POLL);
+
+    // Every interval is jittered by +/-10 %.
+    for (jitter, expected) in [(0.0, 540), (0.5, 600), (0.99, 658)] {
+        let mut case = Case::new().status(status_connected());
+        case.jitter = jitter;
+        let mut proton = Fake::recorded(CONNECTED);
+        let requeue = reconcile(&mut case, &mut proton, now()).settled().requeue;
+        assert_eq!(requeue.as_secs(), expected, "jitter {jitter}");
+    }
 }
 
 #[test]

@@ -15,7 +15,7 @@ use eac_controller::controller::{self, WatchScope};
 use eac_controller::decide::{AdoptionPolicy, Settings};
 use eac_controller::emulator::{EmulatorConfig, Faults, Idempotency};
 use eac_controller::http::Readiness;
-use support::{Env, condition, eager_settings, spec};
+use support::{Env, condition, eager_settings, requeue_of, spec};
 
 const UID: &str = "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f";
 const CREATE: &str = "CreateEnvironmentAccountConnection";
@@ -34,26 +34,6 @@ fn patient() -> Settings {
         pending_poll: Duration::from_secs(30),
         ..eager_settings()
     }
-}
-
-fn requeue_of(action: &kube::runtime::controller::Action) -> Duration {
-    let text = format!("{action:?}");
-    let secs = text
-        .split("requeue_after: Some(")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .unwrap_or_else(|| panic!("no requeue in {text}"));
-    parse_debug_duration(secs)
-}
-
-/// `Duration`'s Debug form, e.g. `1.5s`, `750ms`, `2.25µs`.
-fn parse_debug_duration(text: &str) -> Duration {
-    for (suffix, scale) in [("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9), ("s", 1.0)] {
-        if let Some(n) = text.strip_suffix(suffix) {
-            return Duration::from_secs_f64(n.parse::<f64>().unwrap() * scale);
-        }
-    }
-    panic!("not a duration: {text}")
 }
 
 /// Polls a condition that changes inside the controller, with a deadline.

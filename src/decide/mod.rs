@@ -27,6 +27,7 @@ use crate::api::{
     EnvironmentAccountConnectionSpec as Spec, EnvironmentAccountConnectionStatus as Status,
     TAG_NAME, TAG_NAMESPACE, TAG_UID,
 };
+use crate::budget::CallClass;
 use crate::proton::{Connection, CreateRequest, ProtonError, RoleArns, Tags};
 
 pub use events::{Note, event_for};
@@ -90,6 +91,8 @@ pub struct Resource<'a> {
     pub quiet: Option<Duration>,
     /// Consecutive failed reconciles so far, for the backoff.
     pub failures: u32,
+    /// The controller sees this resource for the first time since it started leading.
+    pub first_sight: bool,
 }
 
 /// The one next thing to do.
@@ -142,6 +145,14 @@ pub enum Step {
     RemoveFinalizer,
     /// Nothing is due: look again after `requeue`.
     Idle { requeue: Duration },
+    /// The call budget has no room for this class of call now: come back after `requeue`
+    /// (a slot may be booked then). `status`: what this reconcile learned before (a connection
+    /// just created), to record so it is not asked for again.
+    Defer {
+        class: crate::budget::CallClass,
+        requeue: Duration,
+        status: Option<Box<Status>>,
+    },
     /// Not ours to act on (being deleted and never finalized).
     Nothing,
 }
@@ -151,6 +162,9 @@ pub enum Step {
 pub struct Recorded {
     pub status: Status,
     pub events: Vec<Note>,
+    /// The write announces a Create: the Create's slot in the call budget is taken before the
+    /// write, so a Create the budget has no room for is neither sent nor announced.
+    pub before_create: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -200,6 +214,7 @@ impl Step {
                 | Step::Report(_)
                 | Step::RemoveFinalizer
                 | Step::Idle { .. }
+                | Step::Defer { .. }
                 | Step::Nothing
         )
     }
@@ -223,6 +238,7 @@ impl Step {
             Step::Report(_) => "Report",
             Step::RemoveFinalizer => "RemoveFinalizer",
             Step::Idle { .. } => "Idle",
+            Step::Defer { .. } => "Defer",
             Step::Nothing => "Nothing",
         }
     }
@@ -267,6 +283,10 @@ pub struct Run<'a> {
     replay: bool,
     /// Create answered ConflictException: the error, reported if our connection is not found.
     conflict: Option<ProtonError>,
+    /// A call the budget had no room for: its class, and when a slot is booked (if one is).
+    deferred: Option<(CallClass, Option<Duration>)>,
+    /// When this reconcile only reads a settled connection: poll (PENDING) or resync.
+    routine: Option<CallClass>,
     /// Mutations already sent: asking for one again means Proton accepted it without applying
     /// it, and repeating it would only loop.
     sent: Vec<Step>,
@@ -277,6 +297,7 @@ pub struct Run<'a> {
 impl<'a> Run<'a> {
     pub fn new(r: Resource<'a>, settings: &'a Settings, jitter: f64) -> Run<'a> {
         let region = next::region_of(&r, settings);
+        let routine = routine_read(&r);
         Run {
             status: r.status.clone(),
             has_finalizer: r.has_finalizer,
@@ -289,6 +310,8 @@ impl<'a> Run<'a> {
             account: None,
             adoption_allowed: None,
             conflict: None,
+            deferred: None,
+            routine,
             sent: Vec::new(),
             steps: 0,
             problem: None,
@@ -303,6 +326,15 @@ impl<'a> Run<'a> {
     /// What is known so far.
     pub fn observed(&self) -> &Observed {
         &self.observed
+    }
+
+    /// The budget class of an AWS step: mutations, and every read that is not the routine read
+    /// of a settled connection (a first observation, a deletion, a change), are work.
+    pub fn class_of(&self, step: &Step) -> CallClass {
+        match (step, self.routine) {
+            (Step::Get { .. } | Step::ListTags { .. }, Some(routine)) => routine,
+            _ => CallClass::Work,
+        }
     }
 
     /// The next step.
@@ -337,9 +369,10 @@ impl<'a> Run<'a> {
         observe::record(self, step, result)
     }
 
-    /// The final step for `problem`: status, Event if news, and the backoff.
-    fn report(&self, problem: Problem, now: jiff::Timestamp) -> Step {
-        let learned = match &self.observed {
+    /// The connection this reconcile learned about (not an unchecked adoption), with its
+    /// region and re-creation count, to record even if the reconcile ends early.
+    pub(super) fn learned(&self) -> Option<(&Connection, &str, u32)> {
+        match &self.observed {
             Observed::Connection {
                 connection, origin, ..
             } if *origin != Origin::Adopted => Some((
@@ -348,7 +381,12 @@ impl<'a> Run<'a> {
                 origin.recreations(&self.status),
             )),
             _ => None,
-        };
+        }
+    }
+
+    /// The final step for `problem`: status, Event if news, and the backoff.
+    fn report(&self, problem: Problem, now: jiff::Timestamp) -> Step {
+        let learned = self.learned();
         let (status, news) = status::after_problem(&self.r, &self.status, learned, &problem, now);
         let event = news.then(|| Note::warning(problem.reason, problem.message.clone()));
         let requeue = retry_after(
@@ -364,6 +402,25 @@ impl<'a> Run<'a> {
             requeue,
         }))
     }
+}
+
+/// Whether this reconcile only reads a settled connection, and of which class: the connection
+/// is recorded, its spec applied, nothing in flight, nothing being deleted.
+fn routine_read(r: &Resource) -> Option<CallClass> {
+    let settled = !r.deleting
+        && r.has_finalizer
+        && r.status.id.is_some()
+        && r.status.create_sent_at.is_none()
+        && crate::conditions::is_true(
+            &r.status.conditions,
+            crate::conditions::SYNCED,
+            Some(r.generation),
+        );
+    let class = match r.status.status {
+        Some(crate::api::ConnectionState::Pending) => CallClass::Poll,
+        _ => CallClass::Resync,
+    };
+    settled.then_some(class)
 }
 
 /// The client token for a resource's n-th connection: the uid itself for the first, so a

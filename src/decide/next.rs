@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::api::{ConnectionState, DeletionPolicy, TAG_NAME, TAG_NAMESPACE, TAG_UID};
+use crate::budget::CallClass;
 use crate::conditions::{self, SYNCED};
 use crate::proton::{Connection, CreateRequest, Retry, RoleArns, Tags};
 
@@ -36,6 +37,15 @@ fn arn_region(arn: &str) -> Option<&str> {
 pub(super) fn decide(run: &Run, now: jiff::Timestamp) -> Step {
     if let Some(problem) = &run.problem {
         return run.report(problem.clone(), now);
+    }
+    if let Some((class, at)) = run.deferred {
+        return Step::Defer {
+            class,
+            requeue: at.unwrap_or_else(|| deferral(class, run.settings, run.jitter)),
+            status: run
+                .learned()
+                .map(|learned| Box::new(status::progress(&run.status, learned))),
+        };
     }
     let step = if run.r.deleting {
         deletion(run, now)
@@ -73,6 +83,21 @@ fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
     }
     if let Some(requeue) = r.quiet {
         return Step::Idle { requeue };
+    }
+    // After a start or a change of leader every resource is seen anew: a settled one is first
+    // read at a random moment of its interval, so they are not all read at once, and new or
+    // changed ones go first.
+    if r.first_sight
+        && let Some(class) = run.routine
+        && matches!(run.observed, Observed::Nothing)
+    {
+        let interval = match class {
+            CallClass::Poll => run.settings.pending_poll.min(run.settings.resync),
+            _ => run.settings.resync,
+        };
+        return Step::Idle {
+            requeue: interval.mul_f64(run.jitter.clamp(0.0, 1.0)),
+        };
     }
     if !run.settings.region_allowed(&run.region) {
         return run.report(region_not_allowed(run), now);
@@ -213,7 +238,11 @@ fn create(run: &Run, vanished: Option<&str>, now: jiff::Timestamp) -> Step {
             now,
         );
         let events = vanished.map(events::vanished).into_iter().collect();
-        return Step::Record(Box::new(Recorded { status, events }));
+        return Step::Record(Box::new(Recorded {
+            status,
+            events,
+            before_create: true,
+        }));
     }
     Step::Create {
         request: CreateRequest {
@@ -390,26 +419,60 @@ fn sync(
     events.extend(events::state_change(run.status.status, c));
     Step::Settle(Box::new(Settled {
         status,
-        requeue: requeue_after(c, run.settings, now),
+        requeue: requeue_after(c, run.settings, now, run.jitter),
         events,
     }))
 }
 
-/// PENDING is polled fast at first, then less often the longer the answer takes (a tenth of the
-/// connection's age), never slower than the resync period.
-fn requeue_after(c: &Connection, settings: &Settings, now: jiff::Timestamp) -> Duration {
-    if c.state != ConnectionState::Pending {
-        return settings.resync;
-    }
-    let age = c
-        .requested_at
-        .parse::<jiff::Timestamp>()
-        .map(|t| age(t, now))
-        .unwrap_or_default();
-    (age / 10).clamp(
-        settings.pending_poll,
-        settings.resync.max(settings.pending_poll),
-    )
+/// When a settled connection is next read. PENDING is polled fast at first (every 2 s, or
+/// `pending_poll` if shorter), then less often the longer the answer takes (a tenth of the
+/// connection's age), up to `pending_poll` and never beyond the resync period; anything else is
+/// read once per resync period. Every interval is jittered by +/-10 % so resources created
+/// together do not stay in step.
+pub(super) fn requeue_after(
+    c: &Connection,
+    settings: &Settings,
+    now: jiff::Timestamp,
+    jitter: f64,
+) -> Duration {
+    let interval = if c.state == ConnectionState::Pending {
+        let age = c
+            .requested_at
+            .parse::<jiff::Timestamp>()
+            .map(|t| age(t, now))
+            .unwrap_or_default();
+        let cap = settings.pending_poll.min(settings.resync);
+        let fast = FAST_POLL.min(cap);
+        (age / 10).clamp(fast, cap)
+    } else {
+        settings.resync
+    };
+    jittered(interval, jitter)
+}
+
+/// How long a call the budget had no room for (and booked nothing) waits: resync reads come
+/// back after a tenth of the resync period, jittered, so a busy budget stretches their interval.
+fn deferral(class: CallClass, settings: &Settings, jitter: f64) -> Duration {
+    let base = match class {
+        CallClass::Resync => {
+            (settings.resync / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        }
+        _ => Duration::from_secs(1),
+    };
+    base.mul_f64(0.5 + jitter.clamp(0.0, 1.0))
+}
+
+/// The first poll of a new PENDING connection.
+pub const FAST_POLL: Duration = Duration::from_secs(2);
+
+/// `interval` +/-10 %, by `jitter` in [0, 1).
+fn jittered(interval: Duration, jitter: f64) -> Duration {
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    interval.mul_f64(0.9 + 0.2 * jitter)
 }
 
 /// Being deleted: delete (or retain) the connection, then let the resource go. Nothing is

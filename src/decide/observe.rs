@@ -167,6 +167,11 @@ fn set_tags(run: &mut Run, change: impl FnOnce(&mut Tags)) {
 
 /// A step failed: decide what the failure means.
 fn failed(run: &mut Run, step: &Step, e: ProtonError) {
+    if e.class == ErrorClass::Deferred {
+        // Not sent: the budget had no room. Nothing is learned; the resource comes back.
+        run.deferred = Some((run.class_of(step), e.retry_in));
+        return;
+    }
     match (step, e.class) {
         // The recorded (or adopted, or just found) connection does not exist.
         (
@@ -211,7 +216,8 @@ fn creates_nothing(class: ErrorClass) -> bool {
         | ErrorClass::AccessDenied
         | ErrorClass::Validation
         | ErrorClass::QuotaExceeded
-        | ErrorClass::Conflict => true,
+        | ErrorClass::Conflict
+        | ErrorClass::Deferred => true,
         ErrorClass::Transient | ErrorClass::NotFound | ErrorClass::Other => false,
     }
 }

@@ -171,6 +171,15 @@ pub fn awaiting_create(
     status
 }
 
+/// The status of a reconcile cut short (its next call deferred) after it learned about the
+/// connection: the connection is recorded, the conditions stay as they were.
+pub fn progress(recorded: &Status, (c, region, recreations): (&Connection, &str, u32)) -> Status {
+    let mut status = recorded.clone();
+    record_connection(&mut status, c, region);
+    status.recreations = recreations;
+    status
+}
+
 /// The status after a reconcile ended on `problem`, and whether that problem is news (worth an
 /// Event: the same error twice in a row is reported once). A connection this reconcile learned
 /// about (`learned`, with its region) is recorded, so one created just before the failure is

@@ -882,8 +882,24 @@ impl Env {
         &self,
         name: &str,
     ) -> Result<kube::runtime::controller::Action, controller::Error> {
+        if let Some(uid) = self.api.get(name).and_then(|o| o.metadata.uid) {
+            self.ctx.mark_seen(&uid);
+        }
         self.ctx.expire_checkpoints();
         self.reconcile(name).await
+    }
+
+    /// Reconciles as the controller would until the resource is settled or failed (not deferred
+    /// by the call budget), waiting each requeue out; at most `rounds` reconciles.
+    pub async fn resync_through_deferrals(&self, name: &str, rounds: usize) {
+        for _ in 0..rounds {
+            let before = self.proton().calls().total();
+            let action = self.resync(name).await.expect("reconciled");
+            if self.proton().calls().total() > before {
+                return;
+            }
+            tokio::time::sleep(requeue_of(&action).min(Duration::from_secs(2))).await;
+        }
     }
 
     /// Count of one Proton operation so far.
@@ -941,6 +957,22 @@ fn context(
             instance: Some("test".into()),
         },
     ))
+}
+
+/// The requeue of a reconcile's answer.
+pub fn requeue_of(action: &kube::runtime::controller::Action) -> Duration {
+    let text = format!("{action:?}");
+    let inner = text
+        .split("requeue_after: Some(")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no requeue in {text}"));
+    for (suffix, scale) in [("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9), ("s", 1.0)] {
+        if let Some(n) = inner.strip_suffix(suffix) {
+            return Duration::from_secs_f64(n.parse::<f64>().unwrap_or(0.0) * scale);
+        }
+    }
+    panic!("not a duration: {inner}")
 }
 
 pub fn spec(environment: &str) -> EnvironmentAccountConnectionSpec {
