@@ -17,6 +17,11 @@ pub const GROUP: &str = "proton.eac.dev";
 pub const FINALIZER: &str = "proton.eac.dev/finalizer";
 /// Annotation naming an existing connection id to adopt instead of creating one.
 pub const ADOPT_ANNOTATION: &str = "proton.eac.dev/adopt-id";
+/// Annotation the controller writes together with its finalizer, before the first Create: the
+/// region and account the connection will be created in and when the Create was sent (JSON).
+/// It makes the intent to create durable without a write of its own; once the connection's id
+/// is in the status, the status is what counts.
+pub const INTENT_ANNOTATION: &str = "proton.eac.dev/create-intent";
 /// Namespace label with which a cluster admin allows adoption (`proton.eac.dev/adopt-id`) in that
 /// namespace, when the controller runs with `--adoption namespace-opt-in` (the default). Tenants
 /// with the usual namespace roles cannot label their own namespace.

@@ -24,9 +24,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::api::{
     ADOPT_ANNOTATION, ADOPTION_ALLOWED, ADOPTION_NAMESPACE_LABEL, ConnectionState,
     EnvironmentAccountConnection, EnvironmentAccountConnectionStatus as Status, FINALIZER,
+    INTENT_ANNOTATION,
 };
 use crate::budget::CallClass;
-use crate::decide::{self, Memory, Note, Outcome, Run, Settings, Step};
+use crate::decide::{self, Intent, Memory, Note, Outcome, Run, Settings, Step};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
 use crate::proton::{Proton, ProtonError, Retry, Ticket};
@@ -285,6 +286,8 @@ struct Facts {
     failures: u32,
     /// Nothing is kept about the resource yet: first seen in this term of leadership.
     first_sight: bool,
+    /// The intent-to-create annotation as it stands (as read, or as written by this reconcile).
+    intent_annotation: Mutex<Option<String>>,
 }
 
 impl Facts {
@@ -300,13 +303,17 @@ impl Facts {
         let adopt_id = adopt_annotation(obj);
         let deleting = obj.metadata.deletion_timestamp.is_some();
         let stored = obj.status.clone();
+        let intent = obj
+            .annotations()
+            .get(INTENT_ANNOTATION)
+            .and_then(|a| Intent::parse(a));
 
         let mut tracked = ctx.tracked();
         let first_sight = !tracked.contains_key(&uid);
         let (status, quiet, failures) = match tracked.get_mut(&uid) {
             Some(t) => {
                 t.memory.catch_up(stored.as_ref());
-                let status = decide::effective_status(stored.as_ref(), &t.memory);
+                let status = decide::effective_status(stored.as_ref(), intent.as_ref(), &t.memory);
                 let now = Instant::now();
                 let quiet = match &t.checkpoint {
                     Some((g, adopt, due))
@@ -323,7 +330,11 @@ impl Facts {
                 };
                 (status, quiet, failures)
             }
-            None => (stored.clone().unwrap_or_default(), None, 0),
+            None => (
+                decide::effective_status(stored.as_ref(), intent.as_ref(), &Memory::default()),
+                None,
+                0,
+            ),
         };
         drop(tracked);
         Ok(Facts {
@@ -340,6 +351,7 @@ impl Facts {
             quiet,
             failures,
             first_sight,
+            intent_annotation: Mutex::new(obj.annotations().get(INTENT_ANNOTATION).cloned()),
         })
     }
 
@@ -406,6 +418,9 @@ async fn reconcile_inner(
             &step,
         )
         .await?;
+        if matches!(result, Ok(Outcome::IntentRecorded)) {
+            create_admitted = true;
+        }
         match &result {
             Err(e) if e.class == crate::proton::ErrorClass::Deferred => {}
             Err(e) => warn!(error = %e, class = ?e.class, "proton call failed"),
@@ -434,12 +449,43 @@ async fn execute(
 ) -> Result<Result<Outcome, ProtonError>, Error> {
     let proton = &ctx.proton;
     let outcome = match step {
-        Step::AddFinalizer => {
-            add_finalizer(&facts.api, &facts.name, finalizers)
+        Step::AddFinalizer { intent } => {
+            // The intent to create goes with the finalizer only if the Create has its slot in
+            // the call budget; else the finalizer goes alone (it waits for no budget).
+            let intent = match intent {
+                Some(intent) => {
+                    let create = Ticket {
+                        class: CallClass::Work,
+                        ..*ticket
+                    };
+                    ctx.proton
+                        .admit(&create, "CreateEnvironmentAccountConnection")
+                        .await
+                        .ok()
+                        .map(|()| intent)
+                }
+                None => None,
+            };
+            let annotated = obj
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| !a.is_empty());
+            add_finalizer(&facts.api, &facts.name, finalizers, intent, annotated)
                 .await
                 .map_err(kube_error("adding the finalizer", &facts.object))?;
+            if let Some(intent) = intent {
+                *facts
+                    .intent_annotation
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(intent.to_annotation());
+            }
             finalizers.push(FINALIZER.to_string());
-            Ok(Outcome::Done)
+            Ok(if intent.is_some() {
+                Outcome::IntentRecorded
+            } else {
+                Outcome::Done
+            })
         }
         Step::ReadAdoptionPolicy => {
             let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
@@ -659,22 +705,66 @@ async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(
             &Patch::Apply(patch),
         )
         .await;
-    let mut tracked = ctx.tracked();
-    let memory = &mut tracked.entry(facts.uid.clone()).or_default().memory;
+    {
+        let mut tracked = ctx.tracked();
+        let memory = &mut tracked.entry(facts.uid.clone()).or_default().memory;
+        match &result {
+            Ok(_) => {
+                memory.written = Some(status.clone());
+                memory.unwritten = None;
+            }
+            Err(_) => memory.unwritten = Some(status.clone()),
+        }
+    }
     match result {
         Ok(_) => {
-            memory.written = Some(status.clone());
-            memory.unwritten = None;
+            if status.id.is_none() && status.create_sent_at.is_none() {
+                drop_stale_intent(facts).await;
+            }
             Ok(())
         }
-        Err(source) => {
-            memory.unwritten = Some(status.clone());
-            Err(Error::Kube {
-                step: "writing the status",
-                object: facts.object.clone(),
-                source,
-            })
-        }
+        Err(source) => Err(Error::Kube {
+            step: "writing the status",
+            object: facts.object.clone(),
+            source,
+        }),
+    }
+}
+
+/// The status now says no Create is in flight and no connection exists (a Create was refused
+/// outright): the intent annotation written with the finalizer is obsolete, and is removed so
+/// it does not make a deletion search for a connection that cannot exist. Guarded by its value;
+/// a failure only costs that search.
+async fn drop_stale_intent(facts: &Facts) {
+    let current = facts
+        .intent_annotation
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let Some(value) = current else {
+        return;
+    };
+    let path = format!(
+        "/metadata/annotations/{}",
+        INTENT_ANNOTATION.replace('~', "~0").replace('/', "~1")
+    );
+    let ops = json!([
+        {"op": "test", "path": path, "value": value},
+        {"op": "remove", "path": path},
+    ]);
+    let Ok(patch) = serde_json::from_value::<json_patch::Patch>(ops) else {
+        return;
+    };
+    if let Err(e) = facts
+        .api
+        .patch(
+            &facts.name,
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        debug!(error = %e, "could not remove the obsolete intent annotation");
     }
 }
 
@@ -689,23 +779,38 @@ fn kube_error(step: &'static str, object: &str) -> impl FnOnce(kube::Error) -> E
 }
 
 /// Adds the finalizer with a guarded JSON patch: it fails (422, and is retried) if the list
-/// changed under us, instead of overwriting someone else's finalizer.
+/// changed under us, instead of overwriting someone else's finalizer. The intent to create, if
+/// any, goes in the same patch.
 async fn add_finalizer(
     api: &Api<EnvironmentAccountConnection>,
     name: &str,
     current: &[String],
+    intent: Option<&Intent>,
+    annotated: bool,
 ) -> Result<(), kube::Error> {
-    let ops = if current.is_empty() {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-        ])
+    let mut ops = if current.is_empty() {
+        vec![
+            json!({"op": "test", "path": "/metadata/finalizers", "value": null}),
+            json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}),
+        ]
     } else {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": current},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
-        ])
+        vec![
+            json!({"op": "test", "path": "/metadata/finalizers", "value": current}),
+            json!({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}),
+        ]
     };
+    if let Some(intent) = intent {
+        let value = intent.to_annotation();
+        if annotated {
+            let key = INTENT_ANNOTATION.replace('~', "~0").replace('/', "~1");
+            ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{key}"), "value": value}));
+        } else {
+            // No annotations yet: create the map, guarded so nobody else's are overwritten.
+            ops.push(json!({"op": "test", "path": "/metadata/annotations", "value": null}));
+            ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {INTENT_ANNOTATION: value}}));
+        }
+    }
+    let ops = serde_json::Value::Array(ops);
     let patch: json_patch::Patch = serde_json::from_value(ops).map_err(kube::Error::SerdeError)?;
     api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await

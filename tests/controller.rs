@@ -3,7 +3,10 @@
 
 mod support;
 
-use eac_controller::api::{ConnectionState, FINALIZER, TAG_NAME, TAG_NAMESPACE, TAG_UID};
+use eac_controller::api::{
+    ConnectionState, FINALIZER, INTENT_ANNOTATION, TAG_NAME, TAG_NAMESPACE, TAG_UID,
+};
+use kube::ResourceExt;
 use support::{Env, condition, spec};
 
 const UID: &str = "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f";
@@ -72,7 +75,7 @@ async fn a_new_resource_gets_a_pending_connection_and_a_full_status() {
 }
 
 #[tokio::test]
-async fn the_finalizer_then_the_intent_to_create_are_written_before_the_create() {
+async fn the_finalizer_and_the_intent_to_create_are_one_write_before_the_create() {
     let env = Env::start().await;
     env.api.create("prod", UID, spec("prod"));
     env.reconcile("prod").await.unwrap();
@@ -83,22 +86,30 @@ async fn the_finalizer_then_the_intent_to_create_are_written_before_the_create()
         .into_iter()
         .filter(|r| r.path.contains("/environmentaccountconnections/"))
         .collect();
-    // First the guarded finalizer patch, then the status recording that a Create is about to be
-    // sent (region and account pinned), and only after the Create the status with the id.
+    // One guarded patch adds the finalizer and the intent to create (region and account pinned,
+    // when it was sent); only after the Create, the status with the id.
+    assert_eq!(writes.len(), 2, "{writes:#?}");
     assert_eq!(writes[0].method, http::Method::PATCH);
     assert!(!writes[0].path.ends_with("/status"));
     assert_eq!(writes[0].body[1]["value"][0], FINALIZER);
-    let intent = &writes[1].body["status"];
-    assert!(writes[1].path.ends_with("/status"));
-    assert!(intent["createSentAt"].is_string(), "{intent}");
+    let obj = env.api.get("prod").unwrap();
+    let intent: serde_json::Value = serde_json::from_str(
+        obj.annotations()
+            .get(INTENT_ANNOTATION)
+            .expect("the intent annotation"),
+    )
+    .unwrap();
     assert_eq!(intent["region"], "us-east-1");
-    assert_eq!(intent["environmentAccountId"], "444455556666");
-    assert!(intent.get("id").is_none());
-    let done = &writes[2].body["status"];
+    assert_eq!(intent["account"], "444455556666");
+    assert!(intent["sentAt"].is_string(), "{intent}");
+    let done = &writes[1].body["status"];
+    assert!(writes[1].path.ends_with("/status"));
     assert!(done["id"].is_string(), "{done}");
+    assert_eq!(done["region"], "us-east-1");
+    assert_eq!(done["environmentAccountId"], "444455556666");
     assert!(
         done.get("createSentAt").is_none(),
-        "cleared once the id is on record: {done}"
+        "nothing in flight once the id is on record: {done}"
     );
     assert_eq!(env.calls(CREATE), 1);
 }
@@ -107,15 +118,16 @@ async fn the_finalizer_then_the_intent_to_create_are_written_before_the_create()
 async fn a_crash_between_create_and_status_write_still_yields_one_connection() {
     let mut env = Env::start().await;
     env.api.create("prod", UID, spec("prod"));
-    // The intent is written, the Create succeeds, the status write after it is lost...
-    env.api.skip_then_fail_status_writes(1, 1);
+    // The intent is written (with the finalizer), the Create succeeds, the status write after
+    // it is lost...
+    env.api.fail_status_writes(1);
     assert!(
         env.reconcile("prod").await.is_err(),
         "the status write failed"
     );
-    let recorded = env.api.get("prod").unwrap().status.unwrap();
-    assert!(recorded.id.is_none());
-    assert!(recorded.create_sent_at.is_some());
+    let obj = env.api.get("prod").unwrap();
+    assert!(obj.status.is_none());
+    assert!(obj.annotations().contains_key(INTENT_ANNOTATION));
     // ... and the process dies: nothing it knew survives.
     env.restart();
     env.reconcile("prod").await.unwrap();
@@ -307,9 +319,9 @@ async fn deleting_when_the_id_never_reached_the_status_finds_and_deletes_the_con
             s
         });
     env.reconcile("other").await.unwrap();
-    env.api.skip_then_fail_status_writes(1, 1);
+    env.api.fail_status_writes(1);
     assert!(env.reconcile("prod").await.is_err());
-    assert!(env.api.get("prod").unwrap().status.unwrap().id.is_none());
+    assert!(env.api.get("prod").unwrap().status.is_none());
     assert_eq!(env.proton().connections().len(), 2);
     env.restart();
 
@@ -348,16 +360,32 @@ async fn a_resource_whose_create_never_succeeded_is_released_on_delete() {
 
 #[tokio::test]
 async fn a_resource_that_never_sent_a_create_is_released_without_calling_aws() {
-    let env = Env::start().await;
+    // A call budget with no room now: the finalizer goes on (it waits for no budget), but the
+    // Create is deferred, so no intent is written and no Create is sent.
+    let budget = eac_controller::budget::CallBudget::new(
+        std::num::NonZeroU32::new(1).unwrap(),
+        std::num::NonZeroU32::new(1).unwrap(),
+        0.5,
+    );
+    let now = tokio::time::Instant::now();
+    for i in 0..30 {
+        let _ = budget.admit(
+            &format!("other-{i}"),
+            eac_controller::budget::CallClass::Work,
+            now,
+        );
+    }
+    let env = Env::start_with(support::eager_settings(), budget).await;
     env.api.create("prod", UID, spec("prod"));
-    // Finalized, but the intent to create could not be written: no Create was ever sent.
-    env.api.fail_status_writes(1);
-    assert!(env.reconcile("prod").await.is_err());
+    env.reconcile("prod").await.unwrap();
+    let obj = env.api.get("prod").unwrap();
+    assert!(obj.finalizers().iter().any(|f| f == FINALIZER));
+    assert!(!obj.annotations().contains_key(INTENT_ANNOTATION));
     assert_eq!(env.calls(CREATE), 0);
     let before = env.total_calls();
 
     env.api.delete("prod");
-    env.resync("prod").await.unwrap();
+    env.reconcile("prod").await.unwrap();
 
     assert!(env.api.get("prod").is_none());
     assert_eq!(env.total_calls(), before, "not a single AWS call");

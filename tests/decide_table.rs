@@ -15,7 +15,7 @@ use eac_controller::api::{
 };
 use eac_controller::conditions::{READY, STALLED, SYNCED};
 use eac_controller::decide::{
-    AdoptionPolicy, MAX_STEPS, Memory, Note, Observed, Origin, Outcome, Problem, Recorded,
+    AdoptionPolicy, Intent, MAX_STEPS, Memory, Note, Observed, Origin, Outcome, Problem, Recorded,
     Reported, Resource, Run, Settings, Settled, Step, client_token, desired_tags, effective_status,
     event_for, ownership_tags, retry_after,
 };
@@ -239,6 +239,17 @@ fn intent(generation: i64, sent: jiff::Timestamp) -> Status {
             cond(STALLED, false, "Reconciling", "", generation, sent),
         ],
         ..Status::default()
+    }
+}
+
+/// The finalizer patch of a new resource, carrying the intent to create.
+fn finalizer_with_intent(sent: jiff::Timestamp) -> Step {
+    Step::AddFinalizer {
+        intent: Some(Intent {
+            region: DEFAULT_REGION.into(),
+            account: ENV_ACCOUNT.into(),
+            sent_at: sent.to_string(),
+        }),
     }
 }
 
@@ -732,6 +743,7 @@ fn reconcile(case: &mut Case, proton: &mut Fake, now: jiff::Timestamp) -> Trace 
     let mut notes = Vec::new();
     let mut written = None;
     let mut finalized = false;
+    let mut annotated: Option<Intent> = None;
     let (observed, region) = {
         let mut run = case.run();
         loop {
@@ -745,9 +757,17 @@ fn reconcile(case: &mut Case, proton: &mut Fake, now: jiff::Timestamp) -> Trace 
                 break;
             }
             let answer = match &step {
-                Step::AddFinalizer => {
+                Step::AddFinalizer { intent } => {
                     finalized = true;
-                    Ok(Outcome::Done)
+                    match intent {
+                        // The controller writes the intent as an annotation, and reads it back
+                        // into the status it reconciles from.
+                        Some(intent) => {
+                            annotated = Some(intent.clone());
+                            Ok(Outcome::IntentRecorded)
+                        }
+                        None => Ok(Outcome::Done),
+                    }
                 }
                 Step::ReadAdoptionPolicy => {
                     Ok(Outcome::AdoptionAllowed(case.namespace_allows_adoption))
@@ -770,6 +790,9 @@ fn reconcile(case: &mut Case, proton: &mut Fake, now: jiff::Timestamp) -> Trace 
         (run.observed().clone(), run.region().to_string())
     };
     case.finalizer |= finalized;
+    if let Some(intent) = &annotated {
+        intent.apply(&mut case.status);
+    }
     if let Some(status) = written {
         case.status = status;
     }
@@ -840,8 +863,12 @@ fn the_first_step_of_a_reconcile_follows_deletion_finalizer_record_policy_and_ad
                                 (true, true, _) if retain => aws(release_step(ARN)),
                                 // Delete policy with a recorded id: delete straight away.
                                 (true, true, _) => aws(Step::Delete { id: ID.into() }),
-                                // The finalizer comes before anything else.
-                                (false, false, _) => vec![Step::AddFinalizer],
+                                // The finalizer comes before anything else; for a first Create it
+                                // carries the intent (so the account is asked first).
+                                (false, false, Before::NoStatus) if adopt.is_none() => {
+                                    vec![Step::WhoAmI, finalizer_with_intent(now())]
+                                }
+                                (false, false, _) => vec![Step::AddFinalizer { intent: None }],
                                 // A recorded id wins over the adopt annotation.
                                 (false, true, b) if b.has_id() => aws(Step::Get { id: ID.into() }),
                                 // Adoption asks the namespace first, before any AWS call.
@@ -869,13 +896,22 @@ fn the_first_step_of_a_reconcile_follows_deletion_finalizer_record_policy_and_ad
 }
 
 #[test]
-fn a_new_resource_gets_the_finalizer_then_whoami_then_the_intent_then_the_create() {
+fn a_new_resource_gets_whoami_then_the_finalizer_with_the_intent_then_the_create() {
     let mut case = Case::new().without_finalizer();
     let mut proton = Fake::empty();
     let trace = reconcile(&mut case, &mut proton, now());
-    assert_eq!(trace.path(), "AddFinalizer WhoAmI Record Create Settle");
+    // One write before the Create: the finalizer and the intent (region, account, time) together.
+    assert_eq!(trace.path(), "WhoAmI AddFinalizer Create Settle");
     assert_eq!(proton.calls, ["WhoAmI", "Create"]);
     assert!(case.finalizer);
+    assert_eq!(trace.steps[1], finalizer_with_intent(now()));
+    assert_eq!(trace.steps[2], create_step(&case, UID, 0, false));
+
+    // When the finalizer is already there (a Create deferred before), the intent is a status
+    // write of its own.
+    let mut case = Case::new();
+    let trace = reconcile(&mut case, &mut Fake::empty(), now());
+    assert_eq!(trace.path(), "WhoAmI Record Create Settle");
     assert_eq!(
         trace.recorded(),
         &Recorded {
@@ -885,7 +921,6 @@ fn a_new_resource_gets_the_finalizer_then_whoami_then_the_intent_then_the_create
         },
         "region and account pinned, a Create in flight, Ready/Synced False Creating"
     );
-    assert_eq!(trace.steps[3], create_step(&case, UID, 0, false));
     let created = format!("created connection conn-{UID} in {DEFAULT_REGION}");
     assert_eq!(trace.notes, [Note::normal("Created", created)]);
     let s = &trace.settled().status;
@@ -1540,7 +1575,7 @@ fn only_proton_changes_count_as_mutations_and_only_final_steps_end_a_reconcile()
     // (step, mutation, AWS call, final)
     #[rustfmt::skip]
     let table = [
-        (Step::AddFinalizer, false, false, false),
+        (Step::AddFinalizer { intent: None }, false, false, false),
         (Step::ReadAdoptionPolicy, false, false, false),
         (record, false, false, false),
         (Step::WhoAmI, false, true, false),
@@ -2549,12 +2584,12 @@ fn the_controllers_own_write_wins_until_the_cache_catches_up() {
     };
     let mut memory = remembered.clone();
     assert_eq!(
-        effective_status(Some(&behind), &memory),
+        effective_status(Some(&behind), None, &memory),
         written,
         "cache behind"
     );
     assert_eq!(
-        effective_status(None, &memory),
+        effective_status(None, None, &memory),
         written,
         "not in the cache yet"
     );
@@ -2564,14 +2599,14 @@ fn the_controllers_own_write_wins_until_the_cache_catches_up() {
     assert!(!memory.catch_up(Some(&written)), "caught up: nothing left");
     assert_eq!(memory, Memory::default());
     assert_eq!(
-        effective_status(Some(&behind), &memory),
+        effective_status(Some(&behind), None, &memory),
         behind,
         "the cache again"
     );
-    assert_eq!(effective_status(None, &memory), Status::default());
+    assert_eq!(effective_status(None, None, &memory), Status::default());
 
     // Reconciling from it reads the connection back instead of sending a Create again.
-    let case = Case::new().status(effective_status(Some(&behind), &remembered));
+    let case = Case::new().status(effective_status(Some(&behind), None, &remembered));
     assert_eq!(
         first_steps(&case),
         [Step::WhoAmI, Step::Get { id: ID.into() }]
@@ -2592,7 +2627,7 @@ fn a_connection_learned_but_not_written_is_never_created_again() {
         unwritten: Some(learned.clone()),
     };
 
-    let s = effective_status(Some(&stored), &memory);
+    let s = effective_status(Some(&stored), None, &memory);
     let expected = Status {
         id: learned.id.clone(),
         arn: learned.arn.clone(),
@@ -2613,17 +2648,20 @@ fn a_connection_learned_but_not_written_is_never_created_again() {
 
     // createSentAt counts only once really written.
     let bare = Status::default();
-    assert_eq!(effective_status(Some(&bare), &memory).create_sent_at, None);
+    assert_eq!(
+        effective_status(Some(&bare), None, &memory).create_sent_at,
+        None
+    );
     // An unwritten status without a connection (an intent whose write failed) is not durable.
     let unwritten_intent = Memory {
         written: None,
         unwritten: Some(intent(1, now())),
     };
-    assert_eq!(effective_status(Some(&bare), &unwritten_intent), bare);
+    assert_eq!(effective_status(Some(&bare), None, &unwritten_intent), bare);
     // The same connection already stored: the stored status wins.
     let mut same = status_connected();
     same.last_modified_at = Some(UPDATED_AT.into());
-    assert_eq!(effective_status(Some(&same), &memory), same);
+    assert_eq!(effective_status(Some(&same), None, &memory), same);
 
     // Kept until the cache holds the connection.
     let mut m = memory.clone();
@@ -2688,7 +2726,7 @@ fn every_mutating_step_is_announced_by_an_event() {
         (untag, Outcome::Done, note("TagsUpdated", "untagged cost-center, old from the connection".into())),
         (release_step(ARN), Outcome::Done, note("Retained", retained)),
         (Step::Delete { id: ID.into() }, Outcome::Done, note("Deleted", format!("deleted connection {ID}"))),
-        (Step::AddFinalizer, Outcome::Done, None),
+        (Step::AddFinalizer { intent: None }, Outcome::Done, None),
         (Step::ReadAdoptionPolicy, Outcome::AdoptionAllowed(true), None),
         (Step::WhoAmI, Outcome::Account(ENV_ACCOUNT.into()), None),
         (Step::Get { id: ID.into() }, connected, None),

@@ -1146,7 +1146,10 @@ async fn a_persistent_403_on_the_status_backs_off_and_never_repeats_a_create() {
         failed <= 8.0,
         "{failed} failed reconciles in 40 s: no backoff"
     );
-    assert_eq!(creates, 0, "no Create without a recorded intent");
+    assert_eq!(
+        creates, 1,
+        "created once, never again: the connection is remembered"
+    );
     let events = ns.events().list(&Default::default()).await.unwrap();
     let reported = events
         .items

@@ -75,7 +75,7 @@ fn run_controller(
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn a_persistent_403_on_the_status_backs_off_exponentially_and_never_creates() {
+async fn a_persistent_403_on_the_status_backs_off_exponentially_and_never_repeats_a_create() {
     let env = Env::start_with(patient(), CallBudget::unlimited()).await;
     env.api.create("prod", UID, spec("prod"));
     // The ServiceAccount may patch the resource but not its status subresource.
@@ -101,8 +101,8 @@ async fn a_persistent_403_on_the_status_backs_off_exponentially_and_never_create
 
     assert_eq!(
         env.calls(CREATE),
-        0,
-        "the intent to create cannot be recorded, so nothing is created"
+        1,
+        "created once; every retry reads the connection it remembers instead"
     );
     for pair in waits.windows(2) {
         assert!(
@@ -142,10 +142,12 @@ async fn a_persistent_403_on_the_status_backs_off_exponentially_and_never_create
         .count();
     assert_eq!(reported, 1);
 
-    // Once RBAC is fixed, the next attempt creates the connection.
+    // Once RBAC is fixed, the next attempt records the connection.
     env.api.allow_all();
     env.resync("prod").await.unwrap();
     assert_eq!(env.calls(CREATE), 1);
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(status.id, Some(env.proton().connections()[0].id.clone()));
 }
 
 #[tokio::test]
@@ -547,7 +549,7 @@ async fn a_spec_edit_after_a_crash_converges_the_same_connection_under_strict_id
     let mut env = Env::start_full(eager_settings(), CallBudget::unlimited(), emulator).await;
     env.api.create("prod", UID, spec("prod"));
     // The Create succeeds, the status write after it is lost, the process dies.
-    env.api.skip_then_fail_status_writes(1, 1);
+    env.api.fail_status_writes(1);
     assert!(env.reconcile("prod").await.is_err());
     env.restart();
     // Meanwhile the spec changes: the retried Create carries other parameters.
@@ -595,7 +597,7 @@ async fn a_spec_edit_after_a_crash_converges_the_same_connection_under_strict_id
 async fn tags_are_read_after_a_create_answered_by_token_replay() {
     let mut env = Env::start().await;
     env.api.create("prod", UID, spec("prod"));
-    env.api.skip_then_fail_status_writes(1, 1);
+    env.api.fail_status_writes(1);
     assert!(env.reconcile("prod").await.is_err());
     env.restart();
     env.api.edit("prod", |o| {
@@ -620,7 +622,7 @@ async fn deleting_while_a_created_connection_is_not_listed_yet_waits_for_it_and_
     };
     let mut env = Env::start_full(eager_settings(), CallBudget::unlimited(), emulator).await;
     env.api.create("prod", UID, spec("prod"));
-    env.api.skip_then_fail_status_writes(1, 1);
+    env.api.fail_status_writes(1);
     assert!(env.reconcile("prod").await.is_err());
     env.restart();
 

@@ -9,7 +9,55 @@
 //! their combination. A failed write is never taken as durable: the record that a Create may be
 //! in flight (`createSentAt`) counts only once it is really written.
 
+use serde::{Deserialize, Serialize};
+
 use crate::api::EnvironmentAccountConnectionStatus as Status;
+
+/// The intent to create written with the finalizer (annotation `proton.eac.dev/create-intent`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Intent {
+    pub region: String,
+    pub account: String,
+    /// RFC 3339.
+    pub sent_at: String,
+}
+
+impl Intent {
+    /// Parses the annotation; anything unreadable is ignored (the status still counts).
+    pub fn parse(annotation: &str) -> Option<Intent> {
+        serde_json::from_str(annotation).ok()
+    }
+
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Writes the intent into a status that has no connection recorded: the pins where the
+    /// status has none, and the later of the two times a Create may have been sent.
+    pub fn apply(&self, status: &mut Status) {
+        if status.id.is_some() {
+            return;
+        }
+        status.region.get_or_insert_with(|| self.region.clone());
+        status
+            .environment_account_id
+            .get_or_insert_with(|| self.account.clone());
+        let later = match &status.create_sent_at {
+            Some(t) => later_of(t, &self.sent_at),
+            None => self.sent_at.clone(),
+        };
+        status.create_sent_at = Some(later);
+    }
+}
+
+fn later_of(a: &str, b: &str) -> String {
+    match (a.parse::<jiff::Timestamp>(), b.parse::<jiff::Timestamp>()) {
+        (Ok(x), Ok(y)) if y > x => b.to_string(),
+        (Err(_), Ok(_)) => b.to_string(),
+        _ => a.to_string(),
+    }
+}
 
 /// Kept per resource while it is in the watch cache (dropped when it leaves, or when this
 /// controller loses the lease).
@@ -37,12 +85,20 @@ impl Memory {
 }
 
 /// The status to reconcile from: the last write if the cache has not caught up with it, plus
-/// the connection a reconcile learned about but could not record.
-pub fn effective_status(stored: Option<&Status>, memory: &Memory) -> Status {
+/// the intent to create written with the finalizer, plus the connection a reconcile learned
+/// about but could not record.
+pub fn effective_status(
+    stored: Option<&Status>,
+    intent: Option<&Intent>,
+    memory: &Memory,
+) -> Status {
     let mut status = match &memory.written {
         Some(written) => written.clone(),
         None => stored.cloned().unwrap_or_default(),
     };
+    if let Some(intent) = intent {
+        intent.apply(&mut status);
+    }
     if let Some(learned) = &memory.unwritten
         && learned.id.is_some()
         && learned.id != status.id

@@ -31,7 +31,7 @@ use crate::budget::CallClass;
 use crate::proton::{Connection, CreateRequest, ProtonError, RoleArns, Tags};
 
 pub use events::{Note, event_for};
-pub use memory::{Memory, effective_status};
+pub use memory::{Intent, Memory, effective_status};
 pub use observe::{Observed, Origin};
 pub use retry::{Problem, retry_after};
 
@@ -99,8 +99,9 @@ pub struct Resource<'a> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     // Kubernetes
-    /// Add the finalizer (before anything can be created).
-    AddFinalizer,
+    /// Add the finalizer (before anything can be created), with the intent to create when a
+    /// Create comes next: one write instead of two.
+    AddFinalizer { intent: Option<Intent> },
     /// Read the namespace's labels: has the cluster admin allowed adoption there?
     ReadAdoptionPolicy,
     /// Write this status now and go on (the intent to create, a vanished connection).
@@ -222,7 +223,7 @@ impl Step {
     /// Short name for logs and tests.
     pub fn name(&self) -> &'static str {
         match self {
-            Step::AddFinalizer => "AddFinalizer",
+            Step::AddFinalizer { .. } => "AddFinalizer",
             Step::ReadAdoptionPolicy => "ReadAdoptionPolicy",
             Step::Record(_) => "Record",
             Step::WhoAmI => "WhoAmI",
@@ -249,6 +250,8 @@ impl Step {
 pub enum Outcome {
     /// A Kubernetes write, or Tag / Untag / Delete.
     Done,
+    /// AddFinalizer wrote the intent to create too.
+    IntentRecorded,
     /// WhoAmI: the account id.
     Account(String),
     /// ReadAdoptionPolicy.

@@ -10,8 +10,8 @@ use crate::proton::{Connection, CreateRequest, Retry, RoleArns, Tags};
 use super::events;
 use super::status;
 use super::{
-    AdoptionPolicy, Observed, Origin, Problem, Recorded, Resource, Run, Settings, Settled, Step,
-    client_token, desired_tags,
+    AdoptionPolicy, Intent, Observed, Origin, Problem, Recorded, Resource, Run, Settings, Settled,
+    Step, client_token, desired_tags,
 };
 
 /// The region of the resource's connection: where it was pinned (the status, or the ARN of a
@@ -54,7 +54,11 @@ pub(super) fn decide(run: &Run, now: jiff::Timestamp) -> Step {
     };
     // Nothing is done in AWS, and no intent to create is recorded, before the controller knows
     // which account it acts as, and that account is the one the connection was pinned to.
-    if step.is_aws() || matches!(step, Step::Record(_)) {
+    let pins = matches!(
+        step,
+        Step::Record(_) | Step::AddFinalizer { intent: Some(_) }
+    );
+    if step.is_aws() || pins {
         let Some(account) = &run.account else {
             return Step::WhoAmI;
         };
@@ -79,7 +83,7 @@ pub(super) fn decide(run: &Run, now: jiff::Timestamp) -> Step {
 fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
     let r = &run.r;
     if !run.has_finalizer {
-        return Step::AddFinalizer;
+        return add_finalizer(run, now);
     }
     if let Some(requeue) = r.quiet {
         return Step::Idle { requeue };
@@ -164,6 +168,32 @@ fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
             origin,
         } => sync(run, connection, tags.as_ref(), *origin, now),
         Observed::Released => Step::Nothing,
+    }
+}
+
+/// The finalizer, with the intent to create when the next thing is a first Create (the account
+/// must be known for that: WhoAmI first).
+fn add_finalizer(run: &Run, now: jiff::Timestamp) -> Step {
+    let r = &run.r;
+    let creates_next = r.quiet.is_none()
+        && run.status.id.is_none()
+        && run.status.create_sent_at.is_none()
+        && run.status.recreations == 0
+        && r.adopt_id.is_none()
+        && matches!(run.observed, Observed::Nothing)
+        && run.settings.region_allowed(&run.region);
+    if !creates_next {
+        return Step::AddFinalizer { intent: None };
+    }
+    let Some(account) = &run.account else {
+        return Step::WhoAmI;
+    };
+    Step::AddFinalizer {
+        intent: Some(Intent {
+            region: run.region.clone(),
+            account: account.clone(),
+            sent_at: status::whole_seconds(now).to_string(),
+        }),
     }
 }
 

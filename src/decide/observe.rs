@@ -72,7 +72,12 @@ pub(super) fn record(
     };
     let note = events::event_for(step, &outcome);
     match (step, outcome) {
-        (Step::AddFinalizer, _) => run.has_finalizer = true,
+        (Step::AddFinalizer { intent }, outcome) => {
+            run.has_finalizer = true;
+            if let (Some(intent), Outcome::IntentRecorded) = (intent, outcome) {
+                intent.apply(&mut run.status);
+            }
+        }
         (Step::Record(recorded), _) => {
             run.status = recorded.status.clone();
             // What was observed before the write (a vanished connection) is settled by it.

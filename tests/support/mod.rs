@@ -601,8 +601,10 @@ impl FakeApi {
                 let mut doc = current;
                 // The API server's JSON patch (evanphx/json-patch) lets `test` compare a missing
                 // member with null, as kube's finalizer helper relies on; json-patch does not.
-                if doc["metadata"].get("finalizers").is_none() {
-                    doc["metadata"]["finalizers"] = Value::Null;
+                for member in ["finalizers", "annotations"] {
+                    if doc["metadata"].get(member).is_none() {
+                        doc["metadata"][member] = Value::Null;
+                    }
                 }
                 if let Err(e) = json_patch::patch(&mut doc, &patch) {
                     return (
@@ -610,11 +612,10 @@ impl FakeApi {
                         status_body(422, "Invalid", &e.to_string()),
                     );
                 }
-                if doc["metadata"]["finalizers"].is_null() {
-                    doc["metadata"]
-                        .as_object_mut()
-                        .unwrap()
-                        .remove("finalizers");
+                for member in ["finalizers", "annotations"] {
+                    if doc["metadata"][member].is_null() {
+                        doc["metadata"].as_object_mut().unwrap().remove(member);
+                    }
                 }
                 doc["metadata"]["resourceVersion"] = json!(st.next_rv());
                 let released = doc["metadata"].get("deletionTimestamp").is_some()

@@ -122,6 +122,7 @@ Takes (list name value minMs maxMs "min" "max").
 - --concurrency={{ int .Values.concurrency }}
 - --aws-rate-limit={{ int .Values.awsRateLimit }}
 - --aws-burst={{ int .Values.awsBurst }}
+- --aws-poll-share={{ .Values.awsPollShare }}
 - --aws-timeout={{ .Values.awsTimeout }}
 - --aws-list-lag={{ .Values.awsListLag }}
 - --watch-failure-timeout={{ .Values.watchFailureTimeout }}
@@ -155,6 +156,46 @@ Takes (list name value minMs maxMs "min" "max").
 {{- end }}
 {{- range .Values.extraArgs }}
 - {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* A duration value of the schema's form in seconds (a number, possibly with a fraction). */}}
+{{- define "eac-controller.durationSeconds" -}}
+{{- divf (atoi (include "eac-controller.durationMs" .)) 1000 }}
+{{- end }}
+
+{{/*
+PromQL label matchers that select this release's series: prometheusRule.selector, else the job
+and namespace labels the ServiceMonitor gives them (job: the metrics Service's name).
+*/}}
+{{- define "eac-controller.metricsSelector" -}}
+{{- if .Values.prometheusRule.selector }}
+{{- .Values.prometheusRule.selector }}
+{{- else }}
+{{- printf "job=%q,namespace=%q" (include "eac-controller.metricsServiceName" .) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{- define "eac-controller.metricsServiceName" -}}
+{{- include "eac-controller.fullname" . }}-metrics
+{{- end }}
+
+{{/*
+The range of EacStalledResources: prometheusRule.alerts.stalledResources.window, else long enough
+to hold at least one retry of a resource that keeps failing. Retries back off to at most 5m
+(passing faults), 10m (AccessDenied) or resyncPeriod (errors a retry will not fix), each +25 %
+jitter, so 1.5 x max(resyncPeriod, 10m): 15m with the default resyncPeriod.
+*/}}
+{{- define "eac-controller.stalledWindow" -}}
+{{- if .Values.prometheusRule.alerts.stalledResources.window }}
+{{- .Values.prometheusRule.alerts.stalledResources.window }}
+{{- else }}
+{{- $ms := div (mul (max (atoi (include "eac-controller.durationMs" .Values.resyncPeriod)) 600000) 3) 2 }}
+{{- if eq (mod $ms 60000) 0 }}
+{{- printf "%dm" (div $ms 60000) }}
+{{- else }}
+{{- printf "%ds" (div (add $ms 999) 1000) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
