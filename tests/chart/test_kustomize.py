@@ -103,11 +103,12 @@ def base_args(objs: list[dict]) -> list[str]:
 
 
 def test_base_sets_the_new_flags_like_the_chart(base):
-    """The flags added with the Lease, adoption and readiness work, at the chart's defaults;
+    """The flags added with the Lease, adoption, readiness and call budget work, at the chart's defaults;
     the optional ones (no default) are left out."""
     args = base_args(base)
     for flag in (
         "--aws-list-lag=30s",
+        "--aws-poll-share=0.5",
         "--watch-failure-timeout=2m",
         "--adoption=namespace-opt-in",
         "--lease-duration=15s",

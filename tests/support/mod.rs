@@ -869,12 +869,15 @@ impl Env {
         self.emulator.state()
     }
 
-    /// One reconcile of the stored resource, as the controller would run it.
+    /// One reconcile of the stored resource, as the controller would run it (nothing, as with
+    /// kube-runtime, when the resource is gone).
     pub async fn reconcile(
         &self,
         name: &str,
     ) -> Result<kube::runtime::controller::Action, controller::Error> {
-        let obj = self.api.get(name).expect("resource exists");
+        let Some(obj) = self.api.get(name) else {
+            return Ok(kube::runtime::controller::Action::await_change());
+        };
         controller::reconcile(Arc::new(obj), self.ctx.clone()).await
     }
 

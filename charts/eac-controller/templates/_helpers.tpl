@@ -122,7 +122,7 @@ Takes (list name value minMs maxMs "min" "max").
 - --concurrency={{ int .Values.concurrency }}
 - --aws-rate-limit={{ int .Values.awsRateLimit }}
 - --aws-burst={{ int .Values.awsBurst }}
-- --aws-poll-share={{ .Values.awsPollShare }}
+- --aws-poll-share={{ required "awsPollShare: a number from 0.05 to 1" .Values.awsPollShare }}
 - --aws-timeout={{ .Values.awsTimeout }}
 - --aws-list-lag={{ .Values.awsListLag }}
 - --watch-failure-timeout={{ .Values.watchFailureTimeout }}
