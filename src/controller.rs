@@ -13,10 +13,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource as _, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -31,6 +31,7 @@ use crate::decide::{self, Intent, Memory, Note, Outcome, Run, Settings, Step};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
 use crate::proton::{Proton, ProtonError, Retry, Ticket};
+use crate::recorder::Recorder;
 
 /// Field manager of the controller's server-side-apply status writes.
 pub const FIELD_MANAGER: &str = "eac-controller";
@@ -843,18 +844,7 @@ async fn remove_finalizer(
 }
 
 async fn publish(ctx: &Context, obj: &EnvironmentAccountConnection, note: &Note) {
-    let event = Event {
-        type_: if note.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: note.reason.to_string(),
-        note: Some(note.note.clone()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(obj, note).await {
         // An Event is a courtesy; losing one must not fail the reconcile.
         warn!(error = %e, reason = note.reason, "could not publish event");
     }
@@ -879,6 +869,23 @@ pub fn trigger_hash(obj: &EnvironmentAccountConnection) -> Option<u64> {
     obj.finalizers().hash(&mut h);
     obj.annotations().get(ADOPT_ANNOTATION).hash(&mut h);
     Some(h.finish())
+}
+
+/// Drops from a watched object what the controller never reads, so the watch cache holds only
+/// what it needs: managed fields (the largest part of most objects), labels, and the values of
+/// annotations other than the controller's own (e.g. kubectl's last-applied-configuration, a
+/// copy of the whole manifest). Annotation keys stay: whether the object has annotations decides
+/// how the intent annotation is patched in.
+pub fn slim(obj: &mut EnvironmentAccountConnection) {
+    obj.metadata.managed_fields = None;
+    obj.metadata.labels = None;
+    if let Some(annotations) = obj.metadata.annotations.as_mut() {
+        for (key, value) in annotations.iter_mut() {
+            if key != ADOPT_ANNOTATION && key != INTENT_ANNOTATION {
+                value.clear();
+            }
+        }
+    }
 }
 
 /// Keeps per-resource state and readiness in step with the watch: forgets resources that leave
@@ -933,6 +940,7 @@ pub async fn run(
     let (follow_ctx, follow_store, follow_ready) = (ctx.clone(), store.clone(), readiness.clone());
     let triggers = watcher(api, config)
         .default_backoff()
+        .modify(slim)
         .reflect(writer)
         .inspect(move |event| follow_watch(&follow_ctx, &follow_store, &follow_ready, event))
         .applied_objects()
@@ -965,6 +973,34 @@ mod tests {
         o.metadata.uid = Some(uid.into());
         o.metadata.generation = Some(1);
         o
+    }
+
+    #[test]
+    fn the_watch_cache_keeps_only_what_the_controller_reads() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut o = eac("a");
+        o.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default(); 3]);
+        o.metadata.labels = Some(BTreeMap::from([("shard".into(), "a".into())]));
+        o.metadata.annotations = Some(BTreeMap::from([
+            (
+                "kubectl.kubernetes.io/last-applied-configuration".into(),
+                "{\"a whole manifest\": true}".into(),
+            ),
+            (ADOPT_ANNOTATION.into(), "id-1".into()),
+            (INTENT_ANNOTATION.into(), "{}".into()),
+        ]));
+        o.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        let spec = o.spec.clone();
+        slim(&mut o);
+        assert_eq!(o.metadata.managed_fields, None);
+        assert_eq!(o.metadata.labels, None);
+        let annotations = o.annotations();
+        assert_eq!(annotations["kubectl.kubernetes.io/last-applied-configuration"], "");
+        assert_eq!(annotations[ADOPT_ANNOTATION], "id-1");
+        assert_eq!(annotations[INTENT_ANNOTATION], "{}");
+        assert_eq!(o.metadata.finalizers, Some(vec![FINALIZER.to_string()]));
+        assert_eq!(o.spec, spec);
+        assert_eq!(o.metadata.uid.as_deref(), Some("a"));
     }
 
     #[test]

@@ -13,5 +13,6 @@ pub mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod proton;
+pub mod recorder;
 pub mod runner;
 pub mod telemetry;

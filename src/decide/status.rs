@@ -120,6 +120,15 @@ pub fn intent(
     status.recreations = recreation;
     status.create_sent_at = Some(whole_seconds(now).to_string());
     status.observed_generation = Some(r.generation);
+    let retrying = vanished.is_none()
+        && recorded
+            .condition(SYNCED)
+            .is_some_and(|c| c.observed_generation == Some(r.generation));
+    if retrying {
+        // A retry of this generation's Create: the conditions keep saying why it is retried
+        // (so the same problem is not announced again when it recurs).
+        return status;
+    }
     let wanted = match vanished {
         Some(id) => {
             let message = format!(

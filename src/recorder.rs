@@ -1,0 +1,111 @@
+//! Publishes Kubernetes Events (events.k8s.io/v1) about resources.
+//!
+//! kube-runtime's `Recorder` keeps every Event it published for six minutes, to turn repeats
+//! into series, and scans that cache on every publish: at thousands of resources that is memory
+//! held for nothing and a global lock on every Event. The controller never repeats an Event (a
+//! transition or a new error is announced once: see `decide`), so it needs no series and keeps
+//! nothing.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::events::Reporter;
+use kube::{Client, Resource};
+
+use crate::decide::Note;
+
+/// What an Event says it did.
+const ACTION: &str = "Reconcile";
+
+#[derive(Clone)]
+pub struct Recorder {
+    client: Client,
+    reporter: Reporter,
+}
+
+impl Recorder {
+    pub fn new(client: Client, reporter: Reporter) -> Self {
+        Recorder { client, reporter }
+    }
+
+    /// Publishes `note` about `obj`.
+    pub async fn publish<K>(&self, obj: &K, note: &Note) -> Result<(), kube::Error>
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let regarding = obj.object_ref(&());
+        let event = self.event(&regarding, note, jiff::Timestamp::now());
+        let namespace = regarding.namespace.as_deref().unwrap_or("default");
+        Api::<Event>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &event)
+            .await
+            .map(|_| ())
+    }
+
+    fn event(&self, regarding: &ObjectReference, note: &Note, now: jiff::Timestamp) -> Event {
+        let object = regarding
+            .name
+            .as_deref()
+            .unwrap_or(&self.reporter.controller);
+        Event {
+            metadata: ObjectMeta {
+                // Unique per Event, readable in `kubectl get events`.
+                name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+                namespace: regarding.namespace.clone(),
+                ..ObjectMeta::default()
+            },
+            action: Some(ACTION.into()),
+            reason: Some(note.reason.into()),
+            note: Some(note.note.clone()),
+            type_: Some(if note.warning { "Warning" } else { "Normal" }.into()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(self.reporter.controller.clone()),
+            reporting_instance: Some(
+                self.reporter
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| self.reporter.controller.clone()),
+            ),
+            ..Event::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_event_names_its_object_controller_instance_and_kind() {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let recorder = Recorder::new(
+            Client::new(service, "default"),
+            Reporter {
+                controller: "eac-controller".into(),
+                instance: Some("pod-a".into()),
+            },
+        );
+        let regarding = ObjectReference {
+            name: Some("prod".into()),
+            namespace: Some("platform".into()),
+            uid: Some("u".into()),
+            ..ObjectReference::default()
+        };
+        let now = jiff::Timestamp::from_second(1_795_255_200).unwrap();
+        let e = recorder.event(&regarding, &Note::warning("Throttled", "slow down"), now);
+        assert_eq!(e.metadata.namespace.as_deref(), Some("platform"));
+        assert!(e.metadata.name.unwrap().starts_with("prod."));
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        assert_eq!(e.reason.as_deref(), Some("Throttled"));
+        assert_eq!(e.note.as_deref(), Some("slow down"));
+        assert_eq!(e.reporting_controller.as_deref(), Some("eac-controller"));
+        assert_eq!(e.reporting_instance.as_deref(), Some("pod-a"));
+        assert_eq!(e.regarding, Some(regarding));
+        assert_eq!(e.action.as_deref(), Some(ACTION));
+    }
+}
