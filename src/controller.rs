@@ -995,7 +995,10 @@ mod tests {
         assert_eq!(o.metadata.managed_fields, None);
         assert_eq!(o.metadata.labels, None);
         let annotations = o.annotations();
-        assert_eq!(annotations["kubectl.kubernetes.io/last-applied-configuration"], "");
+        assert_eq!(
+            annotations["kubectl.kubernetes.io/last-applied-configuration"],
+            ""
+        );
         assert_eq!(annotations[ADOPT_ANNOTATION], "id-1");
         assert_eq!(annotations[INTENT_ANNOTATION], "{}");
         assert_eq!(o.metadata.finalizers, Some(vec![FINALIZER.to_string()]));
