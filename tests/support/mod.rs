@@ -68,7 +68,13 @@ struct ApiState {
     resource_version: u64,
     /// Watches asking for a resourceVersion older than this get 410 Gone.
     compacted: u64,
+    /// Recent changes to EnvironmentAccountConnections: (resourceVersion, kind, before, object).
+    history: std::collections::VecDeque<(u64, String, Option<Value>, Value)>,
     requests: Vec<Seen>,
+    /// Keep every request (tests) or only count them (benchmarks).
+    keep_requests: bool,
+    /// Requests by "METHOD kind" (kind: resource, status, collection, events, leases, ...).
+    request_counts: BTreeMap<String, u64>,
     events: Vec<Value>,
     fail_status_writes: u32,
     skip_status_writes: u32,
@@ -89,7 +95,10 @@ impl Default for ApiState {
             status_owners: BTreeMap::new(),
             resource_version: 0,
             compacted: 0,
+            history: std::collections::VecDeque::new(),
             requests: Vec::new(),
+            keep_requests: true,
+            request_counts: BTreeMap::new(),
             events: Vec::new(),
             fail_status_writes: 0,
             skip_status_writes: 0,
@@ -124,20 +133,49 @@ impl ApiState {
     fn changed_from(&mut self, kind: &str, path: &str, before: Option<&Value>, object: &Value) {
         if path.starts_with(GROUP_PATH) {
             self.watchers.retain(|(selector, w)| {
-                let now = selector_matches(selector.as_deref(), object);
-                let was = before.is_none_or(|b| selector_matches(selector.as_deref(), b));
-                let kind = match (was, now, kind) {
-                    (_, _, "DELETED") if was || now => "DELETED",
-                    (_, _, "DELETED") => return true,
-                    (true, true, k) => k,
-                    (false, true, _) => "ADDED",
-                    (true, false, _) => "DELETED",
-                    (false, false, _) => return true,
-                };
-                w.send(watch_line(kind, object)).is_ok()
+                match seen_as(selector.as_deref(), kind, before, object) {
+                    Some(kind) => w.send(watch_line(kind, object)).is_ok(),
+                    None => true,
+                }
             });
+            // Kept so a watch that starts from an earlier resourceVersion gets what it missed.
+            let rv = object["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(self.resource_version);
+            self.history
+                .push_back((rv, kind.to_string(), before.cloned(), object.clone()));
+            while self.history.len() > HISTORY {
+                if let Some((dropped, ..)) = self.history.pop_front() {
+                    self.compacted = self.compacted.max(dropped);
+                }
+            }
         }
         self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+/// Changes kept for watches that start from an older resourceVersion (like etcd's history
+/// before a compaction).
+const HISTORY: usize = 20_000;
+
+/// How a watch with this selector sees a change: as the real API server does, an object that
+/// stops matching is DELETED for it and one that starts matching is ADDED; None: not at all.
+fn seen_as<'a>(
+    selector: Option<&str>,
+    kind: &'a str,
+    before: Option<&Value>,
+    object: &Value,
+) -> Option<&'a str> {
+    let now = selector_matches(selector, object);
+    let was = before.is_none_or(|b| selector_matches(selector, b));
+    match (was, now, kind) {
+        (_, _, "DELETED") if was || now => Some("DELETED"),
+        (_, _, "DELETED") => None,
+        (true, true, k) => Some(k),
+        (false, true, _) => Some("ADDED"),
+        (true, false, _) => Some("DELETED"),
+        (false, false, _) => None,
     }
 }
 
@@ -388,6 +426,7 @@ impl FakeApi {
     pub fn expire_watches(&self) {
         let mut st = self.lock();
         st.compacted = st.resource_version;
+        st.history.clear();
         let gone = watch_line(
             "ERROR",
             &status_body(
@@ -399,6 +438,19 @@ impl FakeApi {
         for (_, w) in std::mem::take(&mut st.watchers) {
             let _ = w.send(gone.clone());
         }
+    }
+
+    /// Only count requests from now on (benchmarks: the log would be most of the memory).
+    pub fn count_requests_only(&self) {
+        let mut st = self.lock();
+        st.keep_requests = false;
+        st.requests.clear();
+        st.events.clear();
+    }
+
+    /// Requests so far by "METHOD kind" (kind: resource, status, list, watch, events, leases).
+    pub fn request_counts(&self) -> BTreeMap<String, u64> {
+        self.lock().request_counts.clone()
     }
 
     /// Every request so far.
@@ -468,7 +520,7 @@ impl FakeApi {
         }
         let mut st = self.lock();
         if path.starts_with("/apis/events.k8s.io/v1/") {
-            if method == Method::POST {
+            if method == Method::POST && st.keep_requests {
                 st.events.push(body.clone());
             }
             return (StatusCode::CREATED, body);
@@ -673,6 +725,15 @@ impl FakeApi {
                 );
             }
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+            // What happened since the requested resourceVersion comes first, as from a real
+            // API server's watch cache.
+            for (rv, kind, before, object) in &st.history {
+                if *rv > from
+                    && let Some(kind) = seen_as(selector.as_deref(), kind, before.as_ref(), object)
+                {
+                    let _ = tx.send(watch_line(kind, object));
+                }
+            }
             st.watchers.push((selector.clone(), tx));
             let frames = futures::stream::unfold(rx, |mut rx| async move {
                 rx.recv()
@@ -698,7 +759,29 @@ impl FakeApi {
 
     fn record(&self, seen: Seen) {
         let mut st = self.lock();
-        st.requests.push(seen);
+        let kind = if seen.path.ends_with("/status") {
+            "status"
+        } else if seen.path.contains("/events") {
+            "events"
+        } else if seen.path.contains("/leases") {
+            "leases"
+        } else if seen.path.ends_with("/environmentaccountconnections") {
+            if seen.query.contains("watch=") {
+                "watch"
+            } else {
+                "list"
+            }
+        } else if seen.path.contains("/environmentaccountconnections/") {
+            "resource"
+        } else {
+            "other"
+        };
+        *st.request_counts
+            .entry(format!("{} {kind}", seen.method))
+            .or_default() += 1;
+        if st.keep_requests {
+            st.requests.push(seen);
+        }
         // Tests may wait for a request to have been answered.
         st.changes.send_modify(|n| *n += 1);
     }

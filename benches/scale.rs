@@ -1,0 +1,367 @@
+//! Scale benchmark: the whole controller (kube-runtime, watch, workers, call budget) against the
+//! in-process API server of the tests and the Proton emulator over HTTP on 127.0.0.1.
+//!
+//! `cargo bench --bench scale` (env: `EAC_BENCH_N`, default 1000 resources; `EAC_BENCH_PENDING`,
+//! default 300 PENDING connections; `EAC_BENCH_CONCURRENCY`, default `4,8,16,32`).
+//!
+//! It prints measured figures only:
+//! 1. **Throughput**: N resources applied at once, until every one has `status.id`, with an
+//!    unlimited AWS budget, for each concurrency; against a *floor*, a tuned client (16 workers)
+//!    doing per resource only what the controller must: the finalizer patch, the Create, the
+//!    status write. Resources/s, the ratio to the floor, Kubernetes requests and AWS calls per
+//!    resource, and the process's RSS growth.
+//! 2. **Work before polls**: M PENDING connections polled every 5 s under the default budget
+//!    (10 calls/s, burst 20, poll share 0.5), then 10 new resources: p50/p99 time to `status.id`
+//!    of the new ones, and the measured (stretched) poll interval.
+//!
+//! The API server here is in-process and answers in microseconds, so the figures measure the
+//! controller's own cost; a real API server adds its latency to both the controller and the floor.
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eac_controller::budget::CallBudget;
+use eac_controller::controller::{self, WatchScope};
+use eac_controller::decide::Settings;
+use eac_controller::emulator::EmulatorConfig;
+use eac_controller::http::Readiness;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use support::{Env, FakeApi, NS, eager_settings, spec};
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn uid(i: usize) -> String {
+    format!("be4c0000-0000-4000-8000-{i:012}")
+}
+
+fn name(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i:05}")
+}
+
+/// Resident set size now and at its peak, in MiB (Linux; 0 elsewhere).
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn settings() -> Settings {
+    Settings {
+        resync: Duration::from_secs(600),
+        pending_poll: Duration::from_secs(30),
+        ..eager_settings()
+    }
+}
+
+/// How many resources carry a connection id, and when each first did.
+fn with_id(api: &FakeApi, names: &[String], seen: &mut BTreeMap<String, Duration>, t0: Instant) {
+    for n in names {
+        if seen.contains_key(n) {
+            continue;
+        }
+        if api
+            .get(n)
+            .and_then(|o| o.status)
+            .is_some_and(|s| s.id.is_some())
+        {
+            seen.insert(n.clone(), t0.elapsed());
+        }
+    }
+}
+
+async fn until_all_have_ids(
+    api: &FakeApi,
+    names: &[String],
+    t0: Instant,
+    limit: Duration,
+) -> Vec<Duration> {
+    let mut seen = BTreeMap::new();
+    let deadline = Instant::now() + limit;
+    while seen.len() < names.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} resources got an id within {limit:?}",
+            seen.len(),
+            names.len()
+        );
+        with_id(api, names, &mut seen, t0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut times: Vec<Duration> = seen.into_values().collect();
+    times.sort();
+    times
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The floor: 16 workers, each resource: guarded finalizer patch, Create, status apply.
+async fn floor(n: usize) -> Duration {
+    let env = Env::start_full(
+        settings(),
+        CallBudget::unlimited(),
+        EmulatorConfig::default(),
+    )
+    .await;
+    env.api.count_requests_only();
+    let names: Vec<String> = (0..n).map(|i| name("floor", i)).collect();
+    for (i, n) in names.iter().enumerate() {
+        env.api.create(n, &uid(i), spec(n));
+    }
+    let client = env.api.client();
+    let sdk = sdk(&env.emulator.url());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let names = Arc::new(names);
+    let t0 = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let (client, sdk, next, names) = (client.clone(), sdk.clone(), next.clone(), names.clone());
+        workers.push(tokio::spawn(async move {
+            let api: Api<eac_controller::api::EnvironmentAccountConnection> =
+                Api::namespaced(client, NS);
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(n) = names.get(i) else { return };
+                let patch: json_patch::Patch = serde_json::from_value(json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": ["proton.eac.dev/finalizer"]},
+                ]))
+                .unwrap();
+                api.patch(n, &PatchParams::default(), &Patch::<()>::Json(patch))
+                    .await
+                    .unwrap();
+                #[allow(deprecated)]
+                let created = sdk
+                    .create_environment_account_connection()
+                    .client_token(uid(i))
+                    .environment_name(n)
+                    .management_account_id("111122223333")
+                    .role_arn("arn:aws:iam::444455556666:role/proton-env")
+                    .send()
+                    .await
+                    .unwrap()
+                    .environment_account_connection
+                    .unwrap();
+                let status = json!({
+                    "apiVersion": "proton.eac.dev/v1alpha1",
+                    "kind": "EnvironmentAccountConnection",
+                    "status": {"id": created.id, "arn": created.arn, "status": "PENDING"},
+                });
+                api.patch_status(n, &PatchParams::apply("floor").force(), &Patch::Apply(status))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    t0.elapsed()
+}
+
+fn sdk(url: &str) -> aws_sdk_proton::Client {
+    use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region};
+    aws_sdk_proton::Client::from_conf(
+        aws_sdk_proton::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(Credentials::new("AKIDBENCH", "bench", None, None, "bench"))
+            .build(),
+    )
+}
+
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(env: &Env, concurrency: u16) -> Running {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller::run(
+        env.ctx.clone(),
+        WatchScope::default(),
+        concurrency,
+        async move {
+            let _ = stopped.await;
+        },
+        Readiness::default(),
+    ));
+    Running { stop, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn metric(env: &Env, series: &str) -> f64 {
+    env.ctx
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Part 1: N resources at once, unlimited budget.
+async fn throughput(n: usize, concurrency: u16, floor: Duration) {
+    let env = Env::start_full(
+        settings(),
+        CallBudget::unlimited(),
+        EmulatorConfig::default(),
+    )
+    .await;
+    env.api.count_requests_only();
+    env.ctx.proton.caller_account().await.unwrap();
+    env.proton().reset_calls();
+    let names: Vec<String> = (0..n).map(|i| name("res", i)).collect();
+    let (rss_before, _) = rss_mib();
+    let running = start(&env, concurrency);
+    let t0 = Instant::now();
+    for (i, n) in names.iter().enumerate() {
+        env.api.create(n, &uid(i), spec(n));
+    }
+    let times = until_all_have_ids(&env.api, &names, t0, Duration::from_secs(600)).await;
+    let took = t0.elapsed();
+    let (rss_after, _) = rss_mib();
+    let k8s = env.api.request_counts();
+    let writes: u64 = k8s
+        .iter()
+        .filter(|(k, _)| !k.starts_with("GET"))
+        .map(|(_, v)| v)
+        .sum();
+    let reads: u64 = k8s
+        .iter()
+        .filter(|(k, _)| k.starts_with("GET"))
+        .map(|(_, v)| v)
+        .sum();
+    let aws = env.proton().calls();
+    let per = |x: f64| x / n as f64;
+    println!(
+        "  concurrency {concurrency:>3}: {:>7.0} resources/s, {:>6.2} s ({:.2}x the floor), p50 {:>6.2} s, p99 {:>6.2} s to status.id; \
+         per resource: {:.2} Kubernetes writes ({}), {:.3} reads, {:.2} AWS calls (work {:.2}, poll {:.2}, resync {:.2}); RSS +{:.1} MiB",
+        n as f64 / took.as_secs_f64(),
+        took.as_secs_f64(),
+        took.as_secs_f64() / floor.as_secs_f64(),
+        percentile(&times, 0.5).as_secs_f64(),
+        percentile(&times, 0.99).as_secs_f64(),
+        per(writes as f64),
+        k8s.iter()
+            .filter(|(k, _)| !k.starts_with("GET"))
+            .map(|(k, v)| format!("{k} {:.2}", per(*v as f64)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        per(reads as f64),
+        per(aws.total() as f64),
+        per(metric(&env, "eac_aws_calls_by_class_total{class=\"work\"}")),
+        per(metric(&env, "eac_aws_calls_by_class_total{class=\"poll\"}")),
+        per(metric(
+            &env,
+            "eac_aws_calls_by_class_total{class=\"resync\"}"
+        )),
+        rss_after - rss_before,
+    );
+    running.stop().await;
+}
+
+/// Part 2: new resources while M PENDING connections are polled every 5 s under the default
+/// budget.
+async fn work_before_polls(m: usize) {
+    let settings = Settings {
+        resync: Duration::from_secs(600),
+        pending_poll: Duration::from_secs(5),
+        ..eager_settings()
+    };
+    let budget = CallBudget::new(
+        std::num::NonZeroU32::new(10).unwrap(),
+        std::num::NonZeroU32::new(20).unwrap(),
+        0.5,
+    );
+    let env = Env::start_full(settings, budget, EmulatorConfig::default()).await;
+    env.api.count_requests_only();
+    let pending: Vec<String> = (0..m).map(|i| name("pending", i)).collect();
+    let running = start(&env, 4);
+    let t0 = Instant::now();
+    for (i, n) in pending.iter().enumerate() {
+        env.api.create(n, &uid(i), spec(n));
+    }
+    until_all_have_ids(&env.api, &pending, t0, Duration::from_secs(600)).await;
+    let created_in = t0.elapsed();
+    // Let the polls run against the budget for a while (a measurement window, not a wait for
+    // something to happen).
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let fresh: Vec<String> = (0..10).map(|i| name("new", i)).collect();
+    let t1 = Instant::now();
+    for (i, n) in fresh.iter().enumerate() {
+        env.api.create(n, &uid(100_000 + i), spec(n));
+    }
+    let times = until_all_have_ids(&env.api, &fresh, t1, Duration::from_secs(120)).await;
+    println!(
+        "  {m} PENDING connections (created in {:.1} s at 10 calls/s), polled every 5 s under a 10/s budget with poll share 0.5: \
+         10 new resources got status.id in p50 {:.2} s, p99 {:.2} s; measured poll interval {:.1} s; {} polls deferred",
+        created_in.as_secs_f64(),
+        percentile(&times, 0.5).as_secs_f64(),
+        percentile(&times, 0.99).as_secs_f64(),
+        metric(&env, "eac_effective_poll_interval_seconds{class=\"poll\"}"),
+        metric(&env, "eac_aws_deferred_total{class=\"poll\"}"),
+    );
+    running.stop().await;
+}
+
+fn main() {
+    let n = env_number("EAC_BENCH_N", 1000);
+    let m = env_number("EAC_BENCH_PENDING", 300);
+    let concurrencies: Vec<u16> = std::env::var("EAC_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "4,8,16,32".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        println!(
+            "eac-controller scale benchmark ({} CPUs)",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        let floor = floor(n).await;
+        println!(
+            "1. {n} resources at once, unlimited AWS budget. Floor (16 workers: finalizer, Create, status): {:.2} s, {:.0} resources/s",
+            floor.as_secs_f64(),
+            n as f64 / floor.as_secs_f64()
+        );
+        for c in concurrencies {
+            throughput(n, c, floor).await;
+        }
+        println!("2. Work before polls");
+        work_before_polls(m).await;
+        let (rss, peak) = rss_mib();
+        println!("Process RSS now {rss:.1} MiB, peak {peak:.1} MiB (API server and emulator included)");
+    });
+}
