@@ -2,7 +2,9 @@
 //! in-process API server of the tests and the Proton emulator over HTTP on 127.0.0.1.
 //!
 //! `cargo bench --bench scale` (env: `EAC_BENCH_N`, default 1000 resources; `EAC_BENCH_PENDING`,
-//! default 300 PENDING connections; `EAC_BENCH_CONCURRENCY`, default `4,8,16,32`).
+//! default 300 PENDING connections; `EAC_BENCH_CONCURRENCY`, default `4,8,16,32`;
+//! `EAC_BENCH_API_LATENCY_MS`, default `0,5`: the API server's round trip, 0 for the controller's
+//! own cost alone, 5 ms for something like a real API server with etcd).
 //!
 //! It prints measured figures only:
 //! 1. **Throughput**: N resources applied at once, until every one has `status.id`, with an
@@ -118,7 +120,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// The floor: 16 workers, each resource: guarded finalizer patch, Create, status apply.
-async fn floor(n: usize) -> Duration {
+async fn floor(n: usize, latency: Duration) -> Duration {
     let env = Env::start_full(
         settings(),
         CallBudget::unlimited(),
@@ -126,6 +128,7 @@ async fn floor(n: usize) -> Duration {
     )
     .await;
     env.api.count_requests_only();
+    env.api.set_latency(latency);
     let names: Vec<String> = (0..n).map(|i| name("floor", i)).collect();
     for (i, n) in names.iter().enumerate() {
         env.api.create(n, &uid(i), spec(n));
@@ -229,7 +232,7 @@ fn metric(env: &Env, series: &str) -> f64 {
 }
 
 /// Part 1: N resources at once, unlimited budget.
-async fn throughput(n: usize, concurrency: u16, floor: Duration) {
+async fn throughput(n: usize, concurrency: u16, floor: Duration, latency: Duration) {
     let env = Env::start_full(
         settings(),
         CallBudget::unlimited(),
@@ -237,6 +240,7 @@ async fn throughput(n: usize, concurrency: u16, floor: Duration) {
     )
     .await;
     env.api.count_requests_only();
+    env.api.set_latency(latency);
     env.ctx.proton.caller_account().await.unwrap();
     env.proton().reset_calls();
     let names: Vec<String> = (0..n).map(|i| name("res", i)).collect();
@@ -341,6 +345,11 @@ fn main() {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
+    let latencies: Vec<u64> = std::env::var("EAC_BENCH_API_LATENCY_MS")
+        .unwrap_or_else(|_| "0,5".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -350,14 +359,17 @@ fn main() {
             "eac-controller scale benchmark ({} CPUs)",
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
-        let floor = floor(n).await;
-        println!(
-            "1. {n} resources at once, unlimited AWS budget. Floor (16 workers: finalizer, Create, status): {:.2} s, {:.0} resources/s",
-            floor.as_secs_f64(),
-            n as f64 / floor.as_secs_f64()
-        );
-        for c in concurrencies {
-            throughput(n, c, floor).await;
+        for latency_ms in latencies {
+            let latency = Duration::from_millis(latency_ms);
+            let floor = floor(n, latency).await;
+            println!(
+                "1. {n} resources at once, unlimited AWS budget, API server round trip {latency_ms} ms. Floor (16 workers: finalizer, Create, status): {:.2} s, {:.0} resources/s",
+                floor.as_secs_f64(),
+                n as f64 / floor.as_secs_f64()
+            );
+            for c in &concurrencies {
+                throughput(n, *c, floor, latency).await;
+            }
         }
         println!("2. Work before polls");
         work_before_polls(m).await;

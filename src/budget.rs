@@ -453,7 +453,11 @@ mod simulation {
 
     #[test]
     fn each_poll_is_deferred_at_most_once_on_its_way() {
-        let b = CallBudget::new(NonZeroU32::new(10).unwrap(), NonZeroU32::new(20).unwrap(), 0.5);
+        let b = CallBudget::new(
+            NonZeroU32::new(10).unwrap(),
+            NonZeroU32::new(20).unwrap(),
+            0.5,
+        );
         let t0 = Instant::now();
         // 100 PENDING connections, each wanting a poll 2 s after its last one.
         let mut due: Vec<Instant> = (0..100).map(|_| t0).collect();

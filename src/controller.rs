@@ -289,9 +289,19 @@ struct Facts {
     first_sight: bool,
     /// The intent-to-create annotation as it stands (as read, or as written by this reconcile).
     intent_annotation: Mutex<Option<String>>,
+    /// Events to publish once the reconcile is over, in order.
+    notes: Mutex<Vec<Note>>,
 }
 
 impl Facts {
+    /// An Event to publish when the reconcile is over.
+    fn note(&self, note: &Note) {
+        self.notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(note.clone());
+    }
+
     fn fetch(obj: &EnvironmentAccountConnection, ctx: &Context) -> Result<Facts, Error> {
         let object = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
         let namespace = obj
@@ -353,6 +363,7 @@ impl Facts {
             failures,
             first_sight,
             intent_annotation: Mutex::new(obj.annotations().get(INTENT_ANNOTATION).cloned()),
+            notes: Mutex::default(),
         })
     }
 
@@ -379,6 +390,22 @@ async fn reconcile_inner(
     ctx: &Context,
 ) -> Result<(Action, &'static str), Error> {
     let facts = Facts::fetch(obj, ctx)?;
+    // Events go out once the reconcile is over, so they are not on the way to the status write
+    // (and are published even if that write fails).
+    let result = steps(obj, ctx, &facts).await;
+    let notes = std::mem::take(&mut *facts.notes.lock().unwrap_or_else(|p| p.into_inner()));
+    for note in &notes {
+        publish(ctx, obj, note).await;
+    }
+    result
+}
+
+/// fetch (done) -> decide -> execute -> record, until the step is final.
+async fn steps(
+    obj: &EnvironmentAccountConnection,
+    ctx: &Context,
+    facts: &Facts,
+) -> Result<(Action, &'static str), Error> {
     let mut finalizers = facts.finalizers.clone();
     let mut run = Run::new(facts.resource(obj), &ctx.settings, rand::random());
     // A Create whose slot was taken before its intent was written.
@@ -387,7 +414,7 @@ async fn reconcile_inner(
         let step = run.next(now());
         debug!(step = step.name(), ?step, "next step");
         if step.is_final() {
-            return finish(ctx, obj, &facts, &finalizers, step).await;
+            return finish(ctx, facts, &finalizers, step).await;
         }
         let class = run.class_of(&step);
         let ticket = Ticket {
@@ -412,7 +439,7 @@ async fn reconcile_inner(
         let result = execute(
             ctx,
             obj,
-            &facts,
+            facts,
             &mut finalizers,
             run.region(),
             &ticket,
@@ -432,7 +459,7 @@ async fn reconcile_inner(
         }
         if let Some(note) = run.record(&step, result) {
             info!(reason = note.reason, note = %note.note, "proton changed");
-            publish(ctx, obj, &note).await;
+            facts.note(&note);
         }
     }
 }
@@ -505,7 +532,7 @@ async fn execute(
         Step::Record(recorded) => {
             write_status(ctx, facts, &recorded.status).await?;
             for note in &recorded.events {
-                publish(ctx, obj, note).await;
+                facts.note(note);
             }
             Ok(Outcome::Done)
         }
@@ -568,7 +595,6 @@ fn unreachable_final(step: &Step) -> Result<Outcome, ProtonError> {
 /// Ends the reconcile on its final step.
 async fn finish(
     ctx: &Context,
-    obj: &EnvironmentAccountConnection,
     facts: &Facts,
     finalizers: &[String],
     step: Step,
@@ -589,7 +615,7 @@ async fn finish(
                     .connected_after(Duration::try_from(waited).unwrap_or_default());
             }
             for note in &settled.events {
-                publish(ctx, obj, note).await;
+                facts.note(note);
             }
             let due = Instant::now() + settled.requeue;
             let mut tracked = ctx.tracked();
@@ -603,7 +629,7 @@ async fn finish(
             warn!(reason = reported.problem.reason, message = %reported.problem.message, retry_in_secs = reported.requeue.as_secs_f64(), "reconcile ended on a problem");
             write_status(ctx, facts, &reported.status).await?;
             if let Some(note) = &reported.event {
-                publish(ctx, obj, note).await;
+                facts.note(note);
             }
             let due = Instant::now() + reported.requeue;
             let mut tracked = ctx.tracked();

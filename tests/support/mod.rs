@@ -73,6 +73,8 @@ struct ApiState {
     requests: Vec<Seen>,
     /// Keep every request (tests) or only count them (benchmarks).
     keep_requests: bool,
+    /// Added to every request but watches' events (a real API server's round trip).
+    latency: Duration,
     /// Requests by "METHOD kind" (kind: resource, status, collection, events, leases, ...).
     request_counts: BTreeMap<String, u64>,
     events: Vec<Value>,
@@ -98,6 +100,7 @@ impl Default for ApiState {
             history: std::collections::VecDeque::new(),
             requests: Vec::new(),
             keep_requests: true,
+            latency: Duration::ZERO,
             request_counts: BTreeMap::new(),
             events: Vec::new(),
             fail_status_writes: 0,
@@ -438,6 +441,12 @@ impl FakeApi {
         for (_, w) in std::mem::take(&mut st.watchers) {
             let _ = w.send(gone.clone());
         }
+    }
+
+    /// Every request takes this long to answer from now on (benchmarks: a real API server's
+    /// round trip, with requests served side by side).
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
     }
 
     /// Only count requests from now on (benchmarks: the log would be most of the memory).
@@ -828,29 +837,43 @@ impl FakeApi {
                         continue;
                     }
                 }
-                let namespaced =
-                    format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections");
-                let (code, answer) =
-                    if method == Method::GET && (path == COLLECTION || path == namespaced) {
+                let latency = api.lock().latency;
+                let api = api.clone();
+                let serve = async move {
+                    if !latency.is_zero() {
+                        tokio::time::sleep(latency).await;
+                    }
+                    let namespaced =
+                        format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections");
+                    let (code, answer) = if method == Method::GET
+                        && (path == COLLECTION || path == namespaced)
+                    {
                         api.list_or_watch(&path, &query)
                     } else {
                         let (code, value) =
                             api.handle(method.clone(), &path, &query, &content_type, body.clone());
                         (code, whole(&value))
                     };
-                api.record(Seen {
-                    method,
-                    path,
-                    query,
-                    body,
-                    code: code.as_u16(),
-                });
-                let response = Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(answer)
-                    .unwrap();
-                send.send_response(response);
+                    api.record(Seen {
+                        method,
+                        path,
+                        query,
+                        body,
+                        code: code.as_u16(),
+                    });
+                    let response = Response::builder()
+                        .status(code)
+                        .header("content-type", "application/json")
+                        .body(answer)
+                        .unwrap();
+                    send.send_response(response);
+                };
+                // With a latency, requests are served side by side, as by a real API server.
+                if latency.is_zero() {
+                    serve.await;
+                } else {
+                    tokio::spawn(serve);
+                }
             }
         });
         (Client::new(service, NS), switch)
