@@ -490,7 +490,7 @@ mod simulation {
             }
         }
         println!("{goes} polls, {laters} deferrals in 60 s");
-        assert!(goes >= 290 && goes <= 330, "about 5/s: {goes}");
+        assert!((290..=330).contains(&goes), "about 5/s: {goes}");
         // Wanting 50 polls/s with room for 5, each poll is booked once (one deferral) on its
         // way, plus the first wave that found the share's burst used up.
         assert!(laters <= goes + 100, "{laters} deferrals for {goes} polls");

@@ -93,8 +93,10 @@ pub struct RunArgs {
     #[arg(long, env = "EAC_PENDING_POLL", default_value = "30s", value_parser = parse_pending_poll)]
     pub pending_poll: Duration,
 
-    /// Resources reconciled at once (1 to 1024).
-    #[arg(long, env = "EAC_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// Resources reconciled at once (1 to 1024). Most of a reconcile is waiting for the API
+    /// server and AWS, so workers are cheap; 32 keeps up with a real API server's round trip
+    /// (see the scale benchmark).
+    #[arg(long, env = "EAC_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
 
     /// Proton calls per second, shared by all workers (1 to 10000).

@@ -210,7 +210,7 @@ def test_default_deployment(default_objs):
         "--log-level=info",
         "--resync-period=10m",
         "--pending-poll=30s",
-        "--concurrency=4",
+        "--concurrency=32",
         "--aws-rate-limit=10",
         "--aws-burst=20",
         "--aws-poll-share=0.5",
