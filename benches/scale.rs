@@ -20,7 +20,6 @@
 //! controller's own cost; a real API server adds its latency to both the controller and the floor.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::collections::BTreeMap;
