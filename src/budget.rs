@@ -254,12 +254,27 @@ impl CallBudget {
     }
 }
 
-/// A call whose share slot (poll or resync) is taken, or a work call: it books the next slot of
-/// the whole budget. Polls reach this only at the share's pace, so they never take more than
-/// their share of the whole budget, and work booked before them keeps its place.
-fn whole_for(limits: &mut Limits, key: &str, _class: CallClass, now: Instant) -> Admission {
-    let at = limits.whole.reserve(now);
-    wait_or_book(limits, key, at, true, now)
+/// A poll or resync read whose share slot is taken: it takes a slot of the whole budget only if
+/// one is free now, so work booked for the coming slots keeps them (strict priority); else it
+/// comes back when the next one may be free. A work call books the next slot.
+fn whole_for(limits: &mut Limits, key: &str, class: CallClass, now: Instant) -> Admission {
+    if class == CallClass::Work {
+        let at = limits.whole.reserve(now);
+        return wait_or_book(limits, key, at, true, now);
+    }
+    match limits.whole.take_now(now) {
+        Ok(()) => Admission::Go,
+        Err(next) => {
+            limits.booked.insert(
+                key.to_string(),
+                Booking {
+                    at: next,
+                    whole: false,
+                },
+            );
+            Admission::Later(next)
+        }
+    }
 }
 
 fn wait_or_book(
@@ -345,6 +360,52 @@ mod tests {
                 .count();
             assert!(n <= 6, "second {second}: {n} polls (share 5/s, burst 1)");
         }
+    }
+
+    #[test]
+    fn work_keeps_its_pace_while_polls_want_more_than_their_share() {
+        let b = budget(4, 1, 0.5);
+        let t0 = Instant::now();
+        // 20 new resources and 20 PENDING connections polled every second, for 10 s.
+        let mut work_due: Vec<Option<Instant>> = (0..20).map(|_| Some(t0)).collect();
+        let mut poll_due: Vec<Instant> = (0..20).map(|_| t0).collect();
+        let mut done = vec![];
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(10) {
+            for (i, due) in work_due.iter_mut().enumerate() {
+                if let Some(at) = *due
+                    && at <= now
+                {
+                    match b.admit(&format!("w{i}"), CallClass::Work, now) {
+                        Admission::Go => {
+                            done.push(now);
+                            *due = None;
+                        }
+                        Admission::Wait(d) => {
+                            done.push(now + d);
+                            *due = None;
+                        }
+                        Admission::Later(t) => *due = Some(t),
+                        Admission::Busy => unreachable!(),
+                    }
+                }
+            }
+            for (i, due) in poll_due.iter_mut().enumerate() {
+                if *due <= now {
+                    *due = match b.admit(&format!("p{i}"), CallClass::Poll, now) {
+                        Admission::Go => now + Duration::from_secs(1),
+                        Admission::Wait(d) => now + d + Duration::from_secs(1),
+                        Admission::Later(t) => t,
+                        Admission::Busy => now + Duration::from_secs(1),
+                    };
+                }
+            }
+            now += Duration::from_millis(10);
+        }
+        assert_eq!(done.len(), 20);
+        let last = done.iter().max().unwrap().duration_since(t0);
+        // 20 calls at 4/s: the last one 4.75 s in, polls or not.
+        assert!(last <= Duration::from_millis(5_000), "{last:?}");
     }
 
     #[test]
