@@ -851,6 +851,7 @@ async fn twenty_resources_converge_under_proton_throttling_within_the_call_budge
         )
         .await;
 
+    let started = tokio::time::Instant::now();
     for i in 0..MANY_RESOURCES {
         let name = format!("throttled-{i:02}");
         ns.apply(&eac(&name, spec(&name))).await;
@@ -863,6 +864,13 @@ async fn twenty_resources_converge_under_proton_throttling_within_the_call_budge
             has_connection,
         )
         .await;
+    let took = started.elapsed();
+    // N / min(budget 4/s, throttle 5/s), with 20 % to spare.
+    let bound = Duration::from_secs_f64(1.2 * MANY_RESOURCES as f64 / 4.0);
+    println!(
+        "throttling: {MANY_RESOURCES} resources had a connection after {took:?} (bound {bound:?})"
+    );
+    assert!(took <= bound, "{took:?} > {bound:?}");
 
     // Read before the test makes any call of its own.
     let calls = emulator.calls().await;
@@ -1600,6 +1608,261 @@ async fn kills_with_strict_idempotency_list_lag_and_spec_edits_leave_one_connect
     tokio::time::sleep(Duration::from_secs(4)).await;
     let left = list_connections(&sdk).await;
     assert!(left.is_empty(), "orphaned after deletion: {left:#?}");
+}
+
+// -------------------------------------------------------------------------------------------
+// 15. Fair and fast at scale: work before polls, fast feedback, idle costs, throughput, memory
+
+/// Applies `count` resources named `prefix-NNNNN` (server-side apply), `parallel` at a time.
+async fn apply_many(ns: &e2e_support::TestNamespace, prefix: &str, count: usize, parallel: usize) {
+    use futures::StreamExt;
+    futures::stream::iter(0..count)
+        .for_each_concurrent(parallel, |i| async move {
+            let name = format!("{prefix}-{i:05}");
+            ns.apply(&eac(&name, spec(&name))).await;
+        })
+        .await;
+}
+
+/// Issue "fair and fast at scale": 300 PENDING connections polled every 5 s do not keep 10 new
+/// resources from getting their connection within 5 s (default budget: 10 calls/s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_resources_get_a_connection_within_5_s_while_300_pending_ones_are_polled() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("polls-vs-work").await;
+    let emulator = ns.start_emulator().await;
+    let _controller = ns
+        .start_controller(
+            &emulator,
+            ControllerOptions::with_args(&["--pending-poll", "5s", "--resync-period", "10m"]),
+        )
+        .await;
+    apply_many(&ns, "pending", 300, 16).await;
+    ns.wait_all_eacs(
+        "300 PENDING connections",
+        300,
+        Duration::from_secs(300),
+        pending,
+    )
+    .await;
+    // Let the polls saturate their share (a measurement window, not a wait for an event).
+    tokio::time::sleep(Duration::from_secs(15)).await;
+
+    let started = tokio::time::Instant::now();
+    apply_many(&ns, "new", 10, 10).await;
+    ns.wait_all_eacs(
+        "310 resources with a connection",
+        310,
+        Duration::from_secs(30),
+        has_connection,
+    )
+    .await;
+    let took = started.elapsed();
+    println!(
+        "work before polls: 10 new resources had a connection {took:?} after they were applied, with 300 PENDING ones polled every 5 s"
+    );
+    assert!(took <= Duration::from_secs(5), "{took:?}");
+}
+
+/// Acceptance shows within 10 s (a new PENDING connection is polled every 2 s at first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_connection_shows_connected_within_10_s() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("fast-feedback").await;
+    let emulator = ns.start_emulator().await;
+    // The defaults: --pending-poll 30s, --resync-period 10m.
+    let _controller = ns
+        .start_controller(
+            &emulator,
+            ControllerOptions::with_args(&["--pending-poll", "30s", "--resync-period", "10m"]),
+        )
+        .await;
+    ns.apply(&eac("feedback", spec("feedback"))).await;
+    let obj = ns
+        .wait_eac("feedback", "a PENDING connection", CONVERGE, pending)
+        .await;
+    // The management account answers some seconds later.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    emulator
+        .sdk()
+        .accept_environment_account_connection()
+        .id(id_of(&obj))
+        .send()
+        .await
+        .expect("accept");
+    let accepted = tokio::time::Instant::now();
+    ns.wait_eac("feedback", "CONNECTED", Duration::from_secs(10), |o| {
+        status(o).status == Some(ConnectionState::Connected)
+    })
+    .await;
+    println!(
+        "fast feedback: CONNECTED {:?} after the acceptance",
+        accepted.elapsed()
+    );
+}
+
+/// 100 settled resources cost nothing but one Get each per resync period: no Kubernetes write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hundred_connected_resources_idle_cost_one_get_each_per_resync_and_no_write() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("idle").await;
+    let emulator = ns.start_emulator().await;
+    let _controller = ns
+        .start_controller(
+            &emulator,
+            ControllerOptions::with_args(&["--resync-period", "20s", "--pending-poll", "1s"]),
+        )
+        .await;
+    apply_many(&ns, "idle", 100, 16).await;
+    let all = ns
+        .wait_all_eacs("100 PENDING connections", 100, MANY, pending)
+        .await;
+    let sdk = emulator.sdk();
+    for o in &all {
+        sdk.accept_environment_account_connection()
+            .id(id_of(o))
+            .send()
+            .await
+            .expect("accept");
+    }
+    let all = ns
+        .wait_all_eacs("100 CONNECTED and synced", 100, MANY, |o| {
+            status(o).status == Some(ConnectionState::Connected) && synced(o)
+        })
+        .await;
+    let versions: BTreeMap<String, Option<String>> = all
+        .iter()
+        .map(|o| (o.name_any(), o.metadata.resource_version.clone()))
+        .collect();
+    let before = emulator.calls().await;
+    // Two resync periods (a measurement window).
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let after = emulator.calls().await;
+    let now: Vec<Eac> = ns.eacs().list(&Default::default()).await.unwrap().items;
+    let written: Vec<String> = now
+        .iter()
+        .filter(|o| versions.get(&o.name_any()) != Some(&o.metadata.resource_version))
+        .map(|o| o.name_any())
+        .collect();
+    let gets = after.count(GET) - before.count(GET);
+    let others = (after.total() - before.total()) - gets;
+    println!(
+        "idle: in 40 s (two resync periods) {gets} Gets, {others} other AWS calls, {} resources written",
+        written.len()
+    );
+    assert!(written.is_empty(), "written while idle: {written:?}");
+    assert_eq!(others, 0, "only Gets: {after:?}");
+    // One Get per resource per resync period, the reads spread (jittered) over it.
+    assert!(
+        (150..=250).contains(&gets),
+        "{gets} Gets for 100 resources over two periods"
+    );
+}
+
+/// Throughput and memory at scale against a *floor*: a tuned client (16 workers) doing per
+/// resource only the Create and the two writes the controller must make. Heavy, so it needs
+/// `EAC_E2E_SCALE=<N>` (e.g. 5000) as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_scale_the_controller_keeps_up_with_the_floor_and_stays_small() {
+    let Some(n) = std::env::var("EAC_E2E_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        println!("skipped: set EAC_E2E_SCALE=5000 (with EAC_E2E_KUBECONFIG) to run the scale test");
+        return;
+    };
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    // The floor, in a namespace of its own.
+    let floor_ns = cluster.namespace("scale-floor").await;
+    let floor_emulator = floor_ns.start_emulator().await;
+    apply_many(&floor_ns, "floor", n, 16).await;
+    let floor = floor_client(&floor_ns, &floor_emulator, n).await;
+
+    let ns = cluster.namespace("scale").await;
+    let emulator = ns.start_emulator().await;
+    apply_many(&ns, "res", n, 16).await;
+    let started = tokio::time::Instant::now();
+    let controller = ns
+        .start_controller(
+            &emulator,
+            ControllerOptions::with_args(&["--aws-rate-limit", "10000", "--aws-burst", "10000"]),
+        )
+        .await;
+    ns.wait_all_eacs(
+        "every resource with a connection",
+        n,
+        Duration::from_secs(1800),
+        has_connection,
+    )
+    .await;
+    let took = started.elapsed();
+    let rss = controller.peak_rss_mib();
+    println!(
+        "scale: {n} resources in {:.1} s ({:.2}x the floor's {:.1} s); controller peak RSS {rss:.1} MiB",
+        took.as_secs_f64(),
+        took.as_secs_f64() / floor.as_secs_f64(),
+        floor.as_secs_f64()
+    );
+    assert!(took.as_secs_f64() <= 1.25 * floor.as_secs_f64());
+    if n >= 5000 {
+        assert!(rss <= 40.0 * (n as f64 / 5000.0).max(1.0), "{rss} MiB");
+    }
+}
+
+/// The floor: 16 workers, each resource: the guarded finalizer patch, the Create, the status.
+async fn floor_client(ns: &e2e_support::TestNamespace, emulator: &Emulator, n: usize) -> Duration {
+    use futures::StreamExt;
+    let sdk = emulator.sdk();
+    let started = tokio::time::Instant::now();
+    futures::stream::iter(0..n)
+        .for_each_concurrent(16, |i| {
+            let (sdk, eacs) = (sdk.clone(), ns.eacs());
+            async move {
+                let name = format!("floor-{i:05}");
+                let patch: json_patch::Patch = serde_json::from_value(json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+                ]))
+                .expect("a patch");
+                eacs.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+                    .await
+                    .expect("finalizer");
+                let created = sdk
+                    .create_environment_account_connection()
+                    .client_token(format!("floor-{i}"))
+                    .environment_name(&name)
+                    .management_account_id(MANAGEMENT_ACCOUNT)
+                    .role_arn(ROLE_ARN)
+                    .send()
+                    .await
+                    .expect("create")
+                    .environment_account_connection
+                    .expect("a connection");
+                let status = json!({
+                    "apiVersion": "proton.eac.dev/v1alpha1",
+                    "kind": "EnvironmentAccountConnection",
+                    "status": {"id": created.id, "arn": created.arn, "status": "PENDING"},
+                });
+                eacs.patch_status(
+                    &name,
+                    &PatchParams::apply("floor").force(),
+                    &Patch::Apply(status),
+                )
+                .await
+                .expect("status");
+            }
+        })
+        .await;
+    // The resources keep their finalizer: strip it so the namespace can go.
+    started.elapsed()
 }
 
 // -------------------------------------------------------------------------------------------

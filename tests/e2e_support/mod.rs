@@ -1224,6 +1224,19 @@ impl Controller {
         &self.log
     }
 
+    /// The peak resident set size of the process so far, in MiB (Linux: VmHWM).
+    pub fn peak_rss_mib(&self) -> f64 {
+        let pid = lock(&self.child).id();
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
     /// The value of one series of this controller's `/metrics` (0 when absent), e.g.
     /// `eac_leader` or `eac_reconcile_total{result="kube_error"}`.
     pub async fn metric(&self, series: &str) -> f64 {
