@@ -93,6 +93,11 @@ impl Gcra {
         }
     }
 
+    /// When the calls already booked are through (at the steady rate).
+    fn backlog_end(&self, now: Instant) -> Instant {
+        self.tat.map_or(now, |t| t.max(now))
+    }
+
     /// Takes the earliest slot at or after `now`, and says when it is.
     fn reserve(&mut self, now: Instant) -> Instant {
         let at = self.earliest(now);
@@ -264,7 +269,10 @@ fn whole_for(limits: &mut Limits, key: &str, class: CallClass, now: Instant) -> 
     }
     match limits.whole.take_now(now) {
         Ok(()) => Admission::Go,
-        Err(next) => {
+        Err(_) => {
+            // Work is booked ahead: come back when that backlog is through, not at every slot
+            // it takes.
+            let next = limits.whole.backlog_end(now);
             limits.booked.insert(
                 key.to_string(),
                 Booking {

@@ -86,6 +86,10 @@ pub struct Context {
     tracked: Mutex<HashMap<String, Tracked>>,
     /// How many resources are tracked, for whoever waits for that to change (tests).
     tracked_count: tokio::sync::watch::Sender<usize>,
+    /// Share of the workers that routine reads (polls, resyncs) may occupy at once.
+    poll_share: f64,
+    /// Workers routine reads may hold, while the controller runs (None: no limit).
+    routine_workers: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 /// The locked map of tracked resources; publishes its size when released.
@@ -131,6 +135,28 @@ impl Context {
             metrics,
             tracked: Mutex::default(),
             tracked_count: tokio::sync::watch::channel(0).0,
+            poll_share: 0.5,
+            routine_workers: Mutex::default(),
+        }
+    }
+
+    /// Routine reads may occupy at most this share of the workers (as of the AWS call budget),
+    /// so polls never hold the workers new and changed resources need.
+    pub fn with_poll_share(mut self, share: f64) -> Self {
+        self.poll_share = share;
+        self
+    }
+
+    /// A worker slot for a routine read, if one is free.
+    fn routine_slot(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ()> {
+        let slots = self
+            .routine_workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match slots {
+            None => Ok(None),
+            Some(slots) => slots.try_acquire_owned().map(Some).map_err(|_| ()),
         }
     }
 
@@ -410,6 +436,8 @@ async fn steps(
     let mut run = Run::new(facts.resource(obj), &ctx.settings, rand::random());
     // A Create whose slot was taken before its intent was written.
     let mut create_admitted = false;
+    // The worker slot of a routine read, held to the end of the reconcile.
+    let mut routine_slot = None;
     loop {
         let step = run.next(now());
         debug!(step = step.name(), ?step, "next step");
@@ -422,6 +450,16 @@ async fn steps(
             class,
             admitted: create_admitted && matches!(step, Step::Create { .. }),
         };
+        if class != CallClass::Work && step.is_aws() && routine_slot.is_none() {
+            match ctx.routine_slot() {
+                Ok(slot) => routine_slot = slot,
+                Err(()) => {
+                    // Routine reads already hold their share of the workers: come back.
+                    run.record(&step, Err(ProtonError::deferred("routine read", None)));
+                    continue;
+                }
+            }
+        }
         if let Step::Record(recorded) = &step
             && recorded.before_create
         {
@@ -662,6 +700,7 @@ async fn finish(
             if let Some(status) = status {
                 write_status(ctx, facts, &status).await?;
             }
+            ctx.metrics.budget_deferred(class, requeue);
             debug!(
                 class = class.as_str(),
                 wait_secs = requeue.as_secs_f64(),
@@ -961,6 +1000,10 @@ pub async fn run(
         config = config.labels(selector);
     }
     ctx.forget_all();
+    let routine = ((f64::from(concurrency) * ctx.poll_share).floor() as usize).max(1);
+    *ctx.routine_workers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(tokio::sync::Semaphore::new(routine)));
     readiness.leading();
     let (store, writer) = reflector::store();
     let (follow_ctx, follow_store, follow_ready) = (ctx.clone(), store.clone(), readiness.clone());

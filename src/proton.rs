@@ -447,15 +447,12 @@ impl Proton {
                 tokio::time::sleep(wait).await;
                 Ok(())
             }
-            Admission::Later(at) => {
-                let wait = at.saturating_duration_since(asked);
-                self.metrics.budget_deferred(ticket.class, wait);
-                Err(ProtonError::deferred(operation, Some(wait)))
-            }
-            Admission::Busy => {
-                self.metrics.budget_deferred(ticket.class, Duration::ZERO);
-                Err(ProtonError::deferred(operation, None))
-            }
+            // Counted once per deferred reconcile, by the controller.
+            Admission::Later(at) => Err(ProtonError::deferred(
+                operation,
+                Some(at.saturating_duration_since(asked)),
+            )),
+            Admission::Busy => Err(ProtonError::deferred(operation, None)),
         }
     }
 

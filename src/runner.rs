@@ -177,13 +177,16 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
     if !settings.region_allowed(&settings.default_region) {
         warn!(region = %settings.default_region, allowed = ?settings.allowed_regions, "the default region is not among --allowed-regions: resources without spec.region will be refused");
     }
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        proton,
-        settings,
-        metrics.clone(),
-        controller::reporter(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            proton,
+            settings,
+            metrics.clone(),
+            controller::reporter(),
+        )
+        .with_poll_share(args.aws_poll_share),
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
