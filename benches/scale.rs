@@ -15,6 +15,9 @@
 //! 2. **Work before polls**: M PENDING connections polled every 5 s under the default budget
 //!    (10 calls/s, burst 20, poll share 0.5), then 10 new resources: p50/p99 time to `status.id`
 //!    of the new ones, and the measured (stretched) poll interval.
+//! 3. **The binary's memory**: the `eac-controller` binary as a process, against this API server
+//!    served over HTTP, with N resources (`EAC_BENCH_BINARY_N`, default N; a list is allowed):
+//!    its peak RSS.
 //!
 //! The API server here is in-process and answers in microseconds, so the figures measure the
 //! controller's own cost; a real API server adds its latency to both the controller and the floor.
@@ -336,11 +339,76 @@ async fn work_before_polls(m: usize) {
     running.stop().await;
 }
 
+/// Part 3: the `eac-controller` binary itself, against this API server over HTTP: its peak RSS
+/// with N resources, and its time to give every one an id.
+async fn binary(n: usize) {
+    let env = Env::start_full(
+        settings(),
+        CallBudget::unlimited(),
+        EmulatorConfig::default(),
+    )
+    .await;
+    env.api.count_requests_only();
+    let names: Vec<String> = (0..n).map(|i| name("bin", i)).collect();
+    for (i, n) in names.iter().enumerate() {
+        env.api.create(n, &uid(i), spec(n));
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let kubeconfig = env.api.serve_http(dir.path()).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eac-controller"))
+        .args([
+            "run",
+            "--proton-endpoint",
+            &env.emulator.url(),
+            "--region",
+            "us-east-1",
+        ])
+        .args(["--namespace", NS, "--metrics-addr", "127.0.0.1:0"])
+        .args(["--aws-rate-limit", "10000", "--aws-burst", "10000"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the controller binary starts");
+    let t0 = Instant::now();
+    let times = until_all_have_ids(&env.api, &names, t0, Duration::from_secs(900)).await;
+    let took = t0.elapsed();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "  the eac-controller binary (default concurrency), {n} resources over HTTP: {:.0} resources/s, p50 {:.2} s, p99 {:.2} s to status.id; \
+         peak RSS {:.1} MiB, RSS at the end {:.1} MiB",
+        n as f64 / took.as_secs_f64(),
+        percentile(&times, 0.5).as_secs_f64(),
+        percentile(&times, 0.99).as_secs_f64(),
+        field("VmHWM:"),
+        field("VmRSS:"),
+    );
+}
+
 fn main() {
     let n = env_number("EAC_BENCH_N", 1000);
     let m = env_number("EAC_BENCH_PENDING", 300);
     let concurrencies: Vec<u16> = std::env::var("EAC_BENCH_CONCURRENCY")
         .unwrap_or_else(|_| "4,8,16,32".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let binary_sizes: Vec<usize> = std::env::var("EAC_BENCH_BINARY_N")
+        .unwrap_or_else(|_| format!("{n}"))
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
@@ -372,6 +440,10 @@ fn main() {
         }
         println!("2. Work before polls");
         work_before_polls(m).await;
+        println!("3. The binary's memory");
+        for size in binary_sizes {
+            binary(size).await;
+        }
         let (rss, peak) = rss_mib();
         println!("Process RSS now {rss:.1} MiB, peak {peak:.1} MiB (API server and emulator included)");
     });

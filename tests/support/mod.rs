@@ -528,6 +528,15 @@ impl FakeApi {
             );
         }
         let mut st = self.lock();
+        if path == "/version" {
+            return (
+                StatusCode::OK,
+                json!({"major": "1", "minor": "36", "gitVersion": "v1.36.0-fake",
+                       "gitCommit": "fake", "gitTreeState": "clean",
+                       "buildDate": "2026-11-23T00:00:00Z", "goVersion": "go1.25",
+                       "compiler": "gc", "platform": "linux/amd64"}),
+            );
+        }
         if path.starts_with("/apis/events.k8s.io/v1/") {
             if method == Method::POST && st.keep_requests {
                 st.events.push(body.clone());
@@ -795,6 +804,94 @@ impl FakeApi {
         st.changes.send_modify(|n| *n += 1);
     }
 
+    /// Answers one request after the configured latency, and records it.
+    async fn respond(
+        &self,
+        method: Method,
+        path: String,
+        query: String,
+        content_type: String,
+        body: Value,
+    ) -> Response<FakeBody> {
+        let latency = self.lock().latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let namespaced = format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections");
+        let (code, answer) = if method == Method::GET && (path == COLLECTION || path == namespaced)
+        {
+            self.list_or_watch(&path, &query)
+        } else {
+            let (code, value) =
+                self.handle(method.clone(), &path, &query, &content_type, body.clone());
+            (code, whole(&value))
+        };
+        self.record(Seen {
+            method,
+            path,
+            query,
+            body,
+            code: code.as_u16(),
+        });
+        Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(answer)
+            .unwrap()
+    }
+
+    /// Serves this fake over plain HTTP on 127.0.0.1 (an ephemeral port), for a controller
+    /// process: the returned kubeconfig points at it.
+    pub async fn serve_http(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let api = self.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let api = api.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let bytes = axum::body::to_bytes(body, usize::MAX)
+                    .await
+                    .unwrap_or_default();
+                let body: Value = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes)
+                        .or_else(|_| serde_yaml::from_slice(&bytes))
+                        .unwrap_or(Value::Null)
+                };
+                let content_type = parts
+                    .headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let response = api
+                    .respond(
+                        parts.method,
+                        parts.uri.path().to_string(),
+                        parts.uri.query().unwrap_or_default().to_string(),
+                        content_type,
+                        body,
+                    )
+                    .await;
+                response.map(axum::body::Body::new)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: u\n    namespace: {NS}\ncurrent-context: fake\nusers:\n- name: u\n  user:\n    token: fake\n"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
     /// A kube client whose every request this fake answers, watches included.
     pub fn client(&self) -> Client {
         self.client_with_switch().0
@@ -837,39 +934,15 @@ impl FakeApi {
                         continue;
                     }
                 }
-                let latency = api.lock().latency;
+                let in_order = api.lock().latency.is_zero();
                 let api = api.clone();
                 let serve = async move {
-                    if !latency.is_zero() {
-                        tokio::time::sleep(latency).await;
-                    }
-                    let namespaced =
-                        format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections");
-                    let (code, answer) = if method == Method::GET
-                        && (path == COLLECTION || path == namespaced)
-                    {
-                        api.list_or_watch(&path, &query)
-                    } else {
-                        let (code, value) =
-                            api.handle(method.clone(), &path, &query, &content_type, body.clone());
-                        (code, whole(&value))
-                    };
-                    api.record(Seen {
-                        method,
-                        path,
-                        query,
-                        body,
-                        code: code.as_u16(),
-                    });
-                    let response = Response::builder()
-                        .status(code)
-                        .header("content-type", "application/json")
-                        .body(answer)
-                        .unwrap();
+                    let response = api.respond(method, path, query, content_type, body).await;
                     send.send_response(response);
                 };
-                // With a latency, requests are served side by side, as by a real API server.
-                if latency.is_zero() {
+                // Requests are served side by side, as by a real API server (in order when
+                // there is no latency, so tests stay deterministic).
+                if in_order {
                     serve.await;
                 } else {
                     tokio::spawn(serve);
