@@ -355,7 +355,19 @@ async fn binary(n: usize) {
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let kubeconfig = env.api.serve_http(dir.path()).await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eac-controller"))
+    // EAC_BENCH_WRAP runs the binary under a tool, e.g. "valgrind --tool=massif".
+    let wrap: Vec<String> = std::env::var("EAC_BENCH_WRAP")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let binary = env!("CARGO_BIN_EXE_eac-controller").to_string();
+    let (program, before) = match wrap.split_first() {
+        Some((tool, args)) => (tool.clone(), [args.to_vec(), vec![binary]].concat()),
+        None => (binary, vec![]),
+    };
+    let mut child = std::process::Command::new(program)
+        .args(before)
         .args([
             "run",
             "--proton-endpoint",
@@ -370,8 +382,14 @@ async fn binary(n: usize) {
         .env("AWS_SECRET_ACCESS_KEY", "bench")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("RUST_LOG", "warn")
+        .envs(std::env::var("EAC_BENCH_CHILD_ENV").ok().and_then(|v| v.split_once("=").map(|(k, v)| (k.to_string(), v.to_string()))))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(match std::env::var("EAC_BENCH_LOG") {
+            Ok(path) => std::fs::File::create(path)
+                .map(std::process::Stdio::from)
+                .unwrap_or_else(|_| std::process::Stdio::null()),
+            Err(_) => std::process::Stdio::null(),
+        })
         .spawn()
         .expect("the controller binary starts");
     let t0 = Instant::now();
@@ -386,7 +404,15 @@ async fn binary(n: usize) {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             .map_or(0.0, |kb| kb / 1024.0)
     };
-    let _ = child.kill();
+    if std::env::var_os("EAC_BENCH_SMAPS").is_some() {
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", child.id()))
+            .unwrap_or_default();
+        println!("{rollup}");
+    }
+    // SIGTERM: the controller shuts down gracefully (and a wrapping tool writes its report).
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
     let _ = child.wait();
     println!(
         "  the eac-controller binary (default concurrency), {n} resources over HTTP: {:.0} resources/s, p50 {:.2} s, p99 {:.2} s to status.id; \

@@ -751,7 +751,7 @@ async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(
         let tracked = ctx.tracked();
         tracked
             .get(&facts.uid)
-            .and_then(|t| t.memory.written.clone())
+            .and_then(|t| t.memory.written.as_deref().cloned())
             .or_else(|| facts.stored.clone())
             .unwrap_or_default()
     };
@@ -776,10 +776,10 @@ async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(
         let memory = &mut tracked.entry(facts.uid.clone()).or_default().memory;
         match &result {
             Ok(_) => {
-                memory.written = Some(status.clone());
+                memory.written = Some(Box::new(status.clone()));
                 memory.unwritten = None;
             }
-            Err(_) => memory.unwritten = Some(status.clone()),
+            Err(_) => memory.unwritten = Some(Box::new(status.clone())),
         }
     }
     match result {
@@ -974,6 +974,16 @@ fn follow_watch(
             ctx.retain_only(&live);
             readiness.synced();
         }
+        Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+            readiness.succeeded();
+            // The cache has caught up with what this controller wrote: stop remembering it.
+            if let Some(uid) = obj.uid() {
+                let mut tracked = ctx.tracked();
+                if let Some(t) = tracked.get_mut(&uid) {
+                    t.memory.catch_up(obj.status.as_ref());
+                }
+            }
+        }
         Ok(_) => readiness.succeeded(),
         Err(e) => {
             readiness.failed();
@@ -995,7 +1005,8 @@ pub async fn run(
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    let mut config = watcher::Config::default().any_semantic();
+    // Smaller pages: a relist of thousands of resources holds less at once.
+    let mut config = watcher::Config::default().any_semantic().page_size(100);
     if let Some(selector) = &scope.label_selector {
         config = config.labels(selector);
     }

@@ -1,6 +1,7 @@
 //! `eac-controller`: `run` the controller, or print the `crd`.
 
 use std::process::ExitCode;
+
 use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -68,13 +69,22 @@ fn main() -> ExitCode {
                 eprintln!("error: invalid --log-level / RUST_LOG: {e}");
                 return ExitCode::from(2);
             }
-            let runtime = match tokio::runtime::Runtime::new() {
+            limit_malloc_arenas();
+            // The controller mostly waits on the network: a few worker threads are plenty, and
+            // on a node with many CPUs one thread each would only cost memory.
+            let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            spawn_memory_trim(&runtime);
             match runtime.block_on(runner::run(Arc::new(*args), endpoint)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -85,3 +95,36 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// glibc's malloc keeps an arena per thread that ever allocated, and freed memory stays in them;
+/// two arenas keep the resident set close to what the controller really holds (the scale
+/// benchmark measured about 5 MiB less at 5,000 resources).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets a parameter of the allocator; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
+/// Hands memory freed after a burst (a relist, thousands of reconciles) back to the system:
+/// glibc keeps freed pages in the middle of its heap until asked.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn spawn_memory_trim(runtime: &tokio::runtime::Runtime) {
+    runtime.spawn(async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            // SAFETY: malloc_trim only returns free memory to the system.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    });
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn spawn_memory_trim(_: &tokio::runtime::Runtime) {}

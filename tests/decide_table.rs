@@ -2579,7 +2579,7 @@ fn the_controllers_own_write_wins_until_the_cache_catches_up() {
     let behind = creating();
     let written = status_connected();
     let remembered = Memory {
-        written: Some(written.clone()),
+        written: Some(Box::new(written.clone())),
         unwritten: None,
     };
     let mut memory = remembered.clone();
@@ -2595,7 +2595,7 @@ fn the_controllers_own_write_wins_until_the_cache_catches_up() {
     );
     assert!(memory.catch_up(Some(&behind)), "still behind: kept");
     assert!(memory.catch_up(None), "still behind: kept");
-    assert_eq!(memory.written.as_ref(), Some(&written));
+    assert_eq!(memory.written.as_deref(), Some(&written));
     assert!(!memory.catch_up(Some(&written)), "caught up: nothing left");
     assert_eq!(memory, Memory::default());
     assert_eq!(
@@ -2624,7 +2624,7 @@ fn a_connection_learned_but_not_written_is_never_created_again() {
     learned.observed_generation = Some(7);
     let memory = Memory {
         written: None,
-        unwritten: Some(learned.clone()),
+        unwritten: Some(Box::new(learned.clone())),
     };
 
     let s = effective_status(Some(&stored), None, &memory);
@@ -2655,7 +2655,7 @@ fn a_connection_learned_but_not_written_is_never_created_again() {
     // An unwritten status without a connection (an intent whose write failed) is not durable.
     let unwritten_intent = Memory {
         written: None,
-        unwritten: Some(intent(1, now())),
+        unwritten: Some(Box::new(intent(1, now()))),
     };
     assert_eq!(effective_status(Some(&bare), None, &unwritten_intent), bare);
     // The same connection already stored: the stored status wins.

@@ -64,15 +64,15 @@ fn later_of(a: &str, b: &str) -> String {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Memory {
     /// The last status this controller wrote successfully.
-    pub written: Option<Status>,
+    pub written: Option<Box<Status>>,
     /// The status of a reconcile whose write failed.
-    pub unwritten: Option<Status>,
+    pub unwritten: Option<Box<Status>>,
 }
 
 impl Memory {
     /// Forgets what the cached status has caught up with. Returns whether anything is left.
     pub fn catch_up(&mut self, stored: Option<&Status>) -> bool {
-        if self.written.as_ref() == stored && stored.is_some() {
+        if self.written.as_deref() == stored && stored.is_some() {
             self.written = None;
         }
         if let Some(u) = &self.unwritten
@@ -93,7 +93,7 @@ pub fn effective_status(
     memory: &Memory,
 ) -> Status {
     let mut status = match &memory.written {
-        Some(written) => written.clone(),
+        Some(written) => Status::clone(written),
         None => stored.cloned().unwrap_or_default(),
     };
     if let Some(intent) = intent {
