@@ -382,7 +382,10 @@ async fn binary(n: usize) {
         .env("AWS_SECRET_ACCESS_KEY", "bench")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("RUST_LOG", "warn")
-        .envs(std::env::var("EAC_BENCH_CHILD_ENV").ok().and_then(|v| v.split_once("=").map(|(k, v)| (k.to_string(), v.to_string()))))
+        .envs(std::env::var("EAC_BENCH_CHILD_ENV").ok().and_then(|v| {
+            v.split_once("=")
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        }))
         .stdout(std::process::Stdio::null())
         .stderr(match std::env::var("EAC_BENCH_LOG") {
             Ok(path) => std::fs::File::create(path)
