@@ -47,6 +47,10 @@ pub enum Error {
     },
     #[error("{0} has no {1}")]
     MissingMetadata(String, &'static str),
+    /// The watch cache is behind the server (a write of ours it has not shown yet): this
+    /// reconcile stops before acting on the stale copy and runs again on the fresh one.
+    #[error("the cached copy of {0} is behind the server")]
+    StaleCache(String),
 }
 
 impl Error {
@@ -54,9 +58,13 @@ impl Error {
         match self {
             Error::Kube { .. } => "kube_error",
             Error::MissingMetadata(..) => "invalid_object",
+            Error::StaleCache(_) => "stale_cache",
         }
     }
 }
+
+/// How soon a reconcile that stopped on a stale cached copy runs again.
+const STALE_CACHE_RETRY: Duration = Duration::from_secs(1);
 
 /// What the controller keeps about one resource between reconciles. Dropped when the resource
 /// leaves the watch cache, and when this controller stops leading.
@@ -251,6 +259,12 @@ pub fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
+    if let Error::StaleCache(_) = error {
+        // Not a failure: the watch brings the fresh copy at once (its event reruns the
+        // reconcile); the requeue only covers an event that came in while this one ran.
+        debug!(error = %error, "reconcile stopped on a stale cached copy");
+        return Action::requeue(STALE_CACHE_RETRY);
+    }
     let uid = obj.uid().unwrap_or_default();
     let generation = obj.metadata.generation.unwrap_or_default();
     let message = error.to_string();
@@ -537,9 +551,28 @@ async fn execute(
                 .annotations
                 .as_ref()
                 .is_some_and(|a| !a.is_empty());
-            add_finalizer(&facts.api, &facts.name, finalizers, intent, annotated)
-                .await
-                .map_err(kube_error("adding the finalizer", &facts.object))?;
+            match add_finalizer(&facts.api, &facts.name, finalizers, intent, annotated).await {
+                Ok(()) => {}
+                // The guard failed. If the live object already carries our finalizer, the cached
+                // copy is behind an earlier reconcile's writes (its status too): acting on it
+                // would repeat them, so this reconcile stops and runs again on the fresh copy.
+                Err(kube::Error::Api(s)) if s.code == 422 => {
+                    let live = facts.api.get(&facts.name).await.map_err(kube_error(
+                        "re-reading after a refused finalizer patch",
+                        &facts.object,
+                    ))?;
+                    let ours = live.metadata.uid.as_deref() == Some(facts.uid.as_str())
+                        && live.metadata.deletion_timestamp.is_none()
+                        && live.finalizers().iter().any(|f| f == FINALIZER);
+                    if !ours {
+                        return Err(kube_error("adding the finalizer", &facts.object)(
+                            kube::Error::Api(s),
+                        ));
+                    }
+                    return Err(Error::StaleCache(facts.object.clone()));
+                }
+                Err(e) => return Err(kube_error("adding the finalizer", &facts.object)(e)),
+            }
             if let Some(intent) = intent {
                 *facts
                     .intent_annotation

@@ -172,6 +172,49 @@ async fn a_connection_known_before_a_failed_status_write_is_never_created_again(
 }
 
 #[tokio::test]
+async fn a_stale_cached_copy_stops_the_reconcile_instead_of_repeating_its_writes() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    // The copy a lagging watch cache would still hold: no finalizer, no status.
+    let stale = std::sync::Arc::new(env.api.get("prod").unwrap());
+    env.reconcile("prod").await.unwrap();
+    let settled = env.api.get("prod").unwrap();
+    let writes = env.api.resource_writes();
+
+    let error = eac_controller::controller::reconcile(stale.clone(), env.ctx.clone())
+        .await
+        .expect_err("the guarded finalizer patch is refused (422) on the stale copy");
+    assert!(
+        matches!(error, eac_controller::controller::Error::StaleCache(_)),
+        "{error}"
+    );
+    assert_eq!(env.api.answered(422), 1);
+    assert_eq!(
+        env.calls(CREATE),
+        1,
+        "nothing is sent again from the stale copy"
+    );
+    assert_eq!(
+        env.api.resource_writes(),
+        writes + 1,
+        "the refused patch, and no write after it"
+    );
+    assert_eq!(env.api.get("prod").unwrap().status, settled.status);
+    // Not a failure: no backoff, no Event; it runs again as soon as the fresh copy is there.
+    let action = eac_controller::controller::error_policy(stale, &error, env.ctx.clone());
+    assert_eq!(
+        support::requeue_of(&action),
+        std::time::Duration::from_secs(1)
+    );
+    assert_eq!(env.api.event_reasons(), vec!["Created"]);
+    env.resync("prod")
+        .await
+        .expect("the fresh copy reconciles cleanly");
+    assert_eq!(env.calls(CREATE), 1);
+    assert_eq!(env.api.answered(422), 1);
+}
+
+#[tokio::test]
 async fn acceptance_makes_the_resource_connected_and_ready() {
     let env = Env::start().await;
     env.api.create("prod", UID, spec("prod"));
