@@ -22,6 +22,10 @@ pub const ADOPT_ANNOTATION: &str = "proton.eac.dev/adopt-id";
 /// It makes the intent to create durable without a write of its own; once the connection's id
 /// is in the status, the status is what counts.
 pub const INTENT_ANNOTATION: &str = "proton.eac.dev/create-intent";
+/// Annotation that stops every AWS call for the resource while its value is `"true"` (the
+/// `Synced` condition says so); removing it resumes reconciling. A paused resource being deleted
+/// keeps its finalizer until it is resumed, so its connection is not forgotten.
+pub const PAUSED_ANNOTATION: &str = "proton.eac.dev/paused";
 /// Namespace label with which a cluster admin allows adoption (`proton.eac.dev/adopt-id`) in that
 /// namespace, when the controller runs with `--adoption namespace-opt-in` (the default). Tenants
 /// with the usual namespace roles cannot label their own namespace.
@@ -73,7 +77,10 @@ pub mod patterns {
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.status"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"ID","type":"string","jsonPath":".status.id"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    selectable = ".spec.environmentName",
+    selectable = ".spec.managementAccountId",
+    selectable = ".status.status"
 )]
 #[x_kube(validation = Rule::new("has(self.region) == has(oldSelf.region)").message("region is immutable: it cannot be added or removed once the resource exists (delete and re-create the resource to move the connection)"))]
 #[serde(rename_all = "camelCase")]
@@ -151,6 +158,27 @@ pub struct EnvironmentAccountConnectionSpec {
     /// another resource can adopt it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// `Manage` (default): the controller creates, updates, tags and deletes the connection.
+    /// `Observe`: it only tracks an existing connection (the one named by the
+    /// `proton.eac.dev/adopt-id` annotation, else the one for this environment and management
+    /// account) and writes its status; it never creates, changes, tags or deletes anything, and
+    /// deleting the resource leaves the connection. Observing needs the same cluster-admin opt-in
+    /// as adoption. Immutable: to hand a connection from one mode to the other, delete the
+    /// resource (with `deletionPolicy: Retain` when it is `Manage`) and create a new one.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("managementPolicy is immutable: delete the resource (deletionPolicy Retain keeps the connection) and create one with the other policy"))]
+    pub management_policy: ManagementPolicy,
+}
+
+/// Whether the controller manages the connection or only observes it.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ManagementPolicy {
+    /// Create, update, tag and delete the connection.
+    #[default]
+    Manage,
+    /// Read the connection and report it; never change it in Proton.
+    Observe,
 }
 
 /// What happens to the Proton connection when the resource is deleted.

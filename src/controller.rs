@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::api::{
     ADOPT_ANNOTATION, ADOPTION_ALLOWED, ADOPTION_NAMESPACE_LABEL, ConnectionState,
     EnvironmentAccountConnection, EnvironmentAccountConnectionStatus as Status, FINALIZER,
-    INTENT_ANNOTATION,
+    INTENT_ANNOTATION, PAUSED_ANNOTATION,
 };
 use crate::budget::CallClass;
 use crate::decide::{self, Intent, Memory, Note, Outcome, Run, Settings, Step};
@@ -74,7 +74,7 @@ struct Tracked {
     /// The generation and adopt annotation of the last reconcile, and when the resource is due
     /// again (its requeue or its backoff): until then, a trigger that changed neither costs
     /// nothing, so nothing can bypass a backoff.
-    checkpoint: Option<(i64, Option<String>, Instant)>,
+    checkpoint: Option<(i64, Annotations, Instant)>,
     /// Consecutive failed reconciles, for the backoff; reset on success and on a spec change.
     failures: u32,
     failed_generation: i64,
@@ -268,13 +268,13 @@ pub fn error_policy(
     let uid = obj.uid().unwrap_or_default();
     let generation = obj.metadata.generation.unwrap_or_default();
     let message = error.to_string();
-    let adopt_id = adopt_annotation(&obj);
+    let annotations = Annotations::of(&obj);
     let (failures, news, wait) = {
         let mut tracked = ctx.tracked();
         let t = tracked.entry(uid).or_default();
         let failures = t.fail(generation);
         let wait = decide::retry_after(Retry::Backoff, failures, &ctx.settings, rand::random());
-        t.checkpoint = Some((generation, adopt_id, Instant::now() + wait));
+        t.checkpoint = Some((generation, annotations, Instant::now() + wait));
         let news = t.last_kube_error.as_deref() != Some(message.as_str());
         t.last_kube_error = Some(message.clone());
         (failures, news, wait)
@@ -308,6 +308,30 @@ fn adopt_annotation(obj: &EnvironmentAccountConnection) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Whether the `proton.eac.dev/paused` annotation says `"true"`.
+fn paused_annotation(obj: &EnvironmentAccountConnection) -> bool {
+    obj.annotations()
+        .get(PAUSED_ANNOTATION)
+        .is_some_and(|v| v.trim() == "true")
+}
+
+/// The annotations a reconcile acts on: a change to one is worth a reconcile even before the
+/// resource is due.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Annotations {
+    adopt_id: Option<String>,
+    paused: bool,
+}
+
+impl Annotations {
+    fn of(obj: &EnvironmentAccountConnection) -> Annotations {
+        Annotations {
+            adopt_id: adopt_annotation(obj),
+            paused: paused_annotation(obj),
+        }
+    }
+}
+
 /// What a reconcile starts from.
 struct Facts {
     /// The resource's namespace in the API.
@@ -317,7 +341,7 @@ struct Facts {
     name: String,
     uid: String,
     generation: i64,
-    adopt_id: Option<String>,
+    annotations: Annotations,
     finalizers: Vec<String>,
     /// The status in the watch cache.
     stored: Option<Status>,
@@ -351,7 +375,7 @@ impl Facts {
             .uid()
             .ok_or_else(|| Error::MissingMetadata(object.clone(), "uid"))?;
         let generation = obj.metadata.generation.unwrap_or_default();
-        let adopt_id = adopt_annotation(obj);
+        let annotations = Annotations::of(obj);
         let deleting = obj.metadata.deletion_timestamp.is_some();
         let stored = obj.status.clone();
         let intent = obj
@@ -367,8 +391,8 @@ impl Facts {
                 let status = decide::effective_status(stored.as_ref(), intent.as_ref(), &t.memory);
                 let now = Instant::now();
                 let quiet = match &t.checkpoint {
-                    Some((g, adopt, due))
-                        if !deleting && *g == generation && *adopt == adopt_id && *due > now =>
+                    Some((g, seen, due))
+                        if !deleting && *g == generation && *seen == annotations && *due > now =>
                     {
                         Some(*due - now)
                     }
@@ -395,7 +419,7 @@ impl Facts {
             namespace,
             uid,
             generation,
-            adopt_id,
+            annotations,
             finalizers: obj.finalizers().to_vec(),
             stored,
             status,
@@ -417,7 +441,8 @@ impl Facts {
             status: &self.status,
             deleting: obj.metadata.deletion_timestamp.is_some(),
             has_finalizer: self.finalizers.iter().any(|f| f == FINALIZER),
-            adopt_id: self.adopt_id.as_deref(),
+            adopt_id: self.annotations.adopt_id.as_deref(),
+            paused: self.annotations.paused,
             quiet: self.quiet,
             failures: self.failures,
             first_sight: self.first_sight,
@@ -546,11 +571,9 @@ async fn execute(
                 }
                 None => None,
             };
-            let annotated = obj
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| !a.is_empty());
+            // An API server drops an empty map, but a client may hold one: either way the key
+            // can be added to it.
+            let annotated = obj.metadata.annotations.is_some();
             match add_finalizer(&facts.api, &facts.name, finalizers, intent, annotated).await {
                 Ok(()) => {}
                 // The guard failed. If the live object already carries our finalizer, the cached
@@ -612,6 +635,13 @@ async fn execute(
             .get(ticket, region, id)
             .await
             .map(Outcome::Connection),
+        Step::Lookup {
+            environment_name,
+            management_account_id,
+        } => proton
+            .lookup(ticket, region, environment_name, management_account_id)
+            .await
+            .map(Outcome::Listed),
         Step::FindOwned { environment_name } => proton
             .find_owned(ticket, region, environment_name, &facts.uid)
             .await
@@ -693,7 +723,7 @@ async fn finish(
             let t = tracked.entry(facts.uid.clone()).or_default();
             t.failures = 0;
             t.last_kube_error = None;
-            t.checkpoint = Some((facts.generation, facts.adopt_id.clone(), due));
+            t.checkpoint = Some((facts.generation, facts.annotations.clone(), due));
             Ok((Action::requeue(settled.requeue), "settled"))
         }
         Step::Report(reported) => {
@@ -706,7 +736,7 @@ async fn finish(
             let mut tracked = ctx.tracked();
             let t = tracked.entry(facts.uid.clone()).or_default();
             t.fail(facts.generation);
-            t.checkpoint = Some((facts.generation, facts.adopt_id.clone(), due));
+            t.checkpoint = Some((facts.generation, facts.annotations.clone(), due));
             Ok((Action::requeue(reported.requeue), reported.problem.reason))
         }
         Step::RemoveFinalizer => {
@@ -773,7 +803,7 @@ fn checkpoint(ctx: &Context, facts: &Facts, requeue: Duration) {
     let due = Instant::now() + requeue;
     let mut tracked = ctx.tracked();
     let t = tracked.entry(facts.uid.clone()).or_default();
-    t.checkpoint = Some((facts.generation, facts.adopt_id.clone(), due));
+    t.checkpoint = Some((facts.generation, facts.annotations.clone(), due));
 }
 
 /// Server-side apply of the status subresource, only when it differs from what is recorded.
@@ -966,6 +996,7 @@ pub fn trigger_hash(obj: &EnvironmentAccountConnection) -> Option<u64> {
     obj.metadata.deletion_timestamp.is_some().hash(&mut h);
     obj.finalizers().hash(&mut h);
     obj.annotations().get(ADOPT_ANNOTATION).hash(&mut h);
+    obj.annotations().get(PAUSED_ANNOTATION).hash(&mut h);
     Some(h.finish())
 }
 
@@ -979,7 +1010,7 @@ pub fn slim(obj: &mut EnvironmentAccountConnection) {
     obj.metadata.labels = None;
     if let Some(annotations) = obj.metadata.annotations.as_mut() {
         for (key, value) in annotations.iter_mut() {
-            if key != ADOPT_ANNOTATION && key != INTENT_ANNOTATION {
+            if key != ADOPT_ANNOTATION && key != INTENT_ANNOTATION && key != PAUSED_ANNOTATION {
                 value.clear();
             }
         }

@@ -607,6 +607,21 @@ impl Proton {
         }
     }
 
+    /// The environment's connections to `management_account_id` (List summaries).
+    pub async fn lookup(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        environment_name: &str,
+        management_account_id: &str,
+    ) -> Result<Vec<Connection>, ProtonError> {
+        let mut found = self
+            .list_for_environment(ticket, region, environment_name)
+            .await?;
+        found.retain(|c| c.management_account_id == management_account_id);
+        Ok(found)
+    }
+
     /// The environment's connection tagged with this resource's uid, with its tags: lists the
     /// environment's connections and reads each one's tags until it is found.
     pub async fn find_owned(

@@ -17,7 +17,8 @@ use std::{
 
 use eac_controller::api::{
     self, ConnectionState, DeletionPolicy, EnvironmentAccountConnection,
-    EnvironmentAccountConnectionSpec, EnvironmentAccountConnectionStatus, crd_yaml,
+    EnvironmentAccountConnectionSpec, EnvironmentAccountConnectionStatus, ManagementPolicy,
+    crd_yaml,
 };
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -460,7 +461,7 @@ fn limits_manifest_is_at_every_limit() {
 
 /// Each invalid manifest, the JSON pointer of the value the API server would name, the schema
 /// keyword that refuses it, and a word the message must contain.
-const INVALID: [(&str, &str, &str, &str); 21] = [
+const INVALID: [(&str, &str, &str, &str); 22] = [
     (
         "account-id-11-digits",
         "/spec/managementAccountId",
@@ -558,6 +559,12 @@ const INVALID: [(&str, &str, &str, &str); 21] = [
         "/spec/deletionPolicy",
         "enum",
         "Orphan",
+    ),
+    (
+        "management-policy-adopt",
+        "/spec/managementPolicy",
+        "enum",
+        "Adopt",
     ),
     ("region-uppercase", "/spec/region", "pattern", "EU-WEST-1"),
     ("unknown-field", "/spec", "additionalProperties", "rolearn"),
@@ -949,6 +956,47 @@ fn changing_deletion_policy_is_accepted() {
         refusals(update(|s| s.deletion_policy = DeletionPolicy::Retain)),
         []
     );
+}
+
+#[test]
+fn changing_the_management_policy_is_refused_naming_the_field() {
+    let refused = refusals(update(|s| s.management_policy = ManagementPolicy::Observe));
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].1.contains("managementPolicy is immutable"),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn the_crd_lets_kubectl_select_by_environment_management_account_and_state() {
+    let crd = EnvironmentAccountConnection::crd();
+    let fields: Vec<String> = crd.spec.versions[0]
+        .selectable_fields
+        .iter()
+        .flatten()
+        .map(|f| f.json_path.clone())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ".spec.environmentName",
+            ".spec.managementAccountId",
+            ".status.status"
+        ]
+    );
+    // A selectable field must be a string (or integer, boolean) in the schema, as the API
+    // server requires.
+    let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+    let root = &schema["openAPIV3Schema"]["properties"];
+    for path in [
+        ["spec", "environmentName"],
+        ["spec", "managementAccountId"],
+        ["status", "status"],
+    ] {
+        let field = &root[path[0]]["properties"][path[1]];
+        assert_eq!(field["type"], "string", "{path:?}: {field}");
+    }
 }
 
 #[test]

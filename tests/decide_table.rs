@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use eac_controller::api::{
     ConnectionState, DeletionPolicy, EnvironmentAccountConnectionSpec as Spec,
-    EnvironmentAccountConnectionStatus as Status, TAG_NAME, TAG_NAMESPACE, TAG_UID,
+    EnvironmentAccountConnectionStatus as Status, ManagementPolicy, TAG_NAME, TAG_NAMESPACE,
+    TAG_UID,
 };
 use eac_controller::conditions::{READY, STALLED, SYNCED};
 use eac_controller::decide::{
@@ -305,6 +306,7 @@ struct Case {
     quiet: Option<Duration>,
     failures: u32,
     first_sight: bool,
+    paused: bool,
     jitter: f64,
     settings: Settings,
     /// The namespace's `proton.eac.dev/adoption=allowed` label, as ReadAdoptionPolicy reads it.
@@ -325,6 +327,7 @@ impl Case {
             quiet: None,
             failures: 0,
             first_sight: false,
+            paused: false,
             jitter: JITTER,
             settings: settings(),
             namespace_allows_adoption: true,
@@ -354,6 +357,13 @@ impl Case {
     fn adopting(self) -> Self {
         self.adopt(ADOPT_ID)
             .settings_with(|s| s.adoption = AdoptionPolicy::Everywhere)
+    }
+    fn paused(mut self) -> Self {
+        self.paused = true;
+        self
+    }
+    fn observe(self) -> Self {
+        self.spec_with(|s| s.management_policy = ManagementPolicy::Observe)
     }
     fn quiet(mut self, requeue: Duration) -> Self {
         self.quiet = Some(requeue);
@@ -389,6 +399,7 @@ impl Case {
             quiet: self.quiet,
             failures: self.failures,
             first_sight: self.first_sight,
+            paused: self.paused,
         }
     }
     fn run(&self) -> Run<'_> {
@@ -594,6 +605,24 @@ impl Fake {
                     })
                     .map(|c| (c, self.tags.clone())),
             )),
+            Step::Lookup {
+                environment_name,
+                management_account_id,
+            } => {
+                // A List summary: no CodeBuild role.
+                let listed = self
+                    .conn
+                    .clone()
+                    .filter(|c| {
+                        c.environment_name == *environment_name
+                            && c.management_account_id == *management_account_id
+                    })
+                    .map(|mut c| {
+                        c.roles.codebuild_role_arn = None;
+                        c
+                    });
+                Ok(Outcome::Listed(listed.into_iter().collect()))
+            }
             Step::ListTags { arn } if arn_matches(arn) => Ok(Outcome::Tags(self.tags.clone())),
             Step::Create {
                 request, region, ..
@@ -670,7 +699,7 @@ fn operation(step: &Step) -> &'static str {
     match step {
         Step::WhoAmI => "GetCallerIdentity",
         Step::Get { .. } => "GetEnvironmentAccountConnection",
-        Step::FindOwned { .. } => "ListEnvironmentAccountConnections",
+        Step::FindOwned { .. } | Step::Lookup { .. } => "ListEnvironmentAccountConnections",
         Step::ListTags { .. } => "ListTagsForResource",
         Step::Create { .. } => "CreateEnvironmentAccountConnection",
         Step::Update { .. } => "UpdateEnvironmentAccountConnection",
@@ -2788,4 +2817,208 @@ fn client_tokens_are_the_uid_then_derived_and_always_fit_proton() {
     // A uid of exactly 64 characters is used as is for the first connection.
     assert_eq!(client_token(&"u".repeat(64), 0), "u".repeat(64));
     assert_eq!(client_token(&"v".repeat(200), 0), "v".repeat(64));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Observe-only and pause
+// ---------------------------------------------------------------------------------------------
+
+/// An observer takes up the environment's connection (or the annotation's) only where adoption
+/// is allowed, reads it in full, and in no case sends a mutation, adds a finalizer or records an
+/// intent to create.
+#[test]
+#[rustfmt::skip]
+fn an_observer_follows_an_existing_connection_and_never_changes_anything() {
+    use AdoptionPolicy::*;
+    let not_labelled = "a cluster admin has not allowed adoption in namespace platform (label proton.eac.dev/adoption=allowed)";
+    // (what, policy, namespace label, annotation, Proton holds, path, Ready reason, Synced reason)
+    type Row<'a> = (&'a str, AdoptionPolicy, bool, Option<&'a str>, Option<Connection>, &'a str, &'a str, &'a str);
+    let rows: [Row; 8] = [
+        ("by environment, opted in", NamespaceOptIn, true, None, Some(conn(PENDING)), "ReadAdoptionPolicy WhoAmI Lookup Get Settle", "Pending", "Observing"),
+        ("by environment, everywhere", Everywhere, false, None, Some(conn(CONNECTED)), "WhoAmI Lookup Get Settle", "Connected", "Observing"),
+        ("by annotation", Everywhere, false, Some(ADOPT_ID), Some(adoptee(CONNECTED)), "WhoAmI Get Settle", "Connected", "Observing"),
+        ("not opted in", NamespaceOptIn, false, None, Some(conn(CONNECTED)), "ReadAdoptionPolicy Report", "AdoptionNotAllowed", "AdoptionNotAllowed"),
+        ("disabled", Disabled, true, Some(ADOPT_ID), Some(adoptee(CONNECTED)), "Report", "AdoptionNotAllowed", "AdoptionNotAllowed"),
+        ("nothing to follow yet", Everywhere, false, None, None, "WhoAmI Lookup Settle", "NotFound", "NotFound"),
+        ("the annotation names nothing", Everywhere, false, Some(ADOPT_ID), None, "WhoAmI Get Settle", "NotFound", "NotFound"),
+        ("another environment's connection", Everywhere, false, Some(ADOPT_ID), Some(Connection { environment_name: "other".into(), ..adoptee(CONNECTED) }), "WhoAmI Get Report", "ObserveMismatch", "ObserveMismatch"),
+    ];
+    for (what, policy, label, annotation, held, expected, ready, synced) in rows {
+        let mut case = Case::new().observe().without_finalizer().settings_with(|s| s.adoption = policy);
+        case.namespace_allows_adoption = label;
+        case.adopt = annotation.map(str::to_string);
+        let mut proton = match &held {
+            Some(c) => Fake::with(c.clone(), tags(&[(TAG_UID, OTHER_UID)])),
+            None => Fake::empty(),
+        };
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.path(), expected, "{what}");
+        assert!(!trace.steps.iter().any(|s| s.is_mutation() || matches!(s, Step::AddFinalizer { .. } | Step::Record(_))), "{what}: {}", trace.path());
+        assert!(!case.finalizer, "{what}: an observer holds no finalizer");
+        assert_eq!(cond_of(&case.status, READY).1, ready, "{what}");
+        assert_eq!(cond_of(&case.status, SYNCED).1, synced, "{what}");
+        assert!(case.status.create_sent_at.is_none(), "{what}");
+        if synced == "AdoptionNotAllowed" && !label && policy == NamespaceOptIn {
+            let message = &condition(&case.status, SYNCED).message;
+            assert!(message.starts_with("managementPolicy is Observe") && message.contains(not_labelled), "{what}: {message}");
+        }
+        if synced == "Observing" {
+            let c = held.as_ref().unwrap();
+            assert_eq!(case.status.id.as_deref(), Some(c.id.as_str()), "{what}");
+            assert_eq!(cond_of(&case.status, SYNCED).0, "True", "{what}");
+            assert!(trace.settled().events.iter().any(|n| n.reason == "Observing"), "{what}: {:?}", trace.settled().events);
+        }
+    }
+}
+
+#[test]
+fn an_observer_reports_drift_without_correcting_it_and_reads_once_per_resync() {
+    let mut status = status_connected();
+    status.applied_tag_keys.clear();
+    let mut case = Case::new()
+        .observe()
+        .without_finalizer()
+        .status(status)
+        .new_role();
+    // Proton has other roles and none of the spec's tags: nothing is sent to change that.
+    let mut proton = Fake::with(
+        Connection {
+            roles: roles(Some(ROLE), Some(CODEBUILD), None),
+            ..conn(CONNECTED)
+        },
+        Tags::new(),
+    );
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get Settle");
+    assert_eq!(case.status.codebuild_role_arn.as_deref(), Some(CODEBUILD));
+    assert_eq!(case.status.role_arn.as_deref(), Some(ROLE));
+    assert_eq!(cond_of(&case.status, READY), ("True", "Connected"));
+    assert_eq!(cond_of(&case.status, SYNCED), ("True", "Observing"));
+    assert_eq!(trace.settled().requeue, RESYNC);
+    // Settled and unchanged: the next reconcile is a resync read (its budget class), and the
+    // status it renders is identical (no write).
+    let before = case.status.clone();
+    let run = case.run();
+    assert_eq!(
+        run.class_of(&Step::Get { id: ID.into() }),
+        eac_controller::budget::CallClass::Resync
+    );
+    let trace = reconcile(&mut case, &mut proton, later(now(), RESYNC));
+    assert_eq!(trace.path(), "WhoAmI Get Settle");
+    assert_eq!(case.status, before);
+    assert_eq!(trace.settled().events, []);
+}
+
+#[test]
+fn an_observed_connection_that_vanishes_is_forgotten_and_looked_up_again() {
+    let mut case = Case::new()
+        .observe()
+        .without_finalizer()
+        .status(status_connected())
+        .settings_with(|s| s.adoption = AdoptionPolicy::Everywhere);
+    let mut proton = Fake::empty();
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get Settle", "never re-created");
+    assert!(case.status.id.is_none());
+    assert_eq!(cond_of(&case.status, READY), ("False", "NotFound"));
+    let events = &trace.settled().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].reason, "NotFound");
+    // Someone creates a new one: the next look finds it by the environment.
+    let mut created = conn(PENDING);
+    created.id = "a-new-one".into();
+    let mut proton = Fake::with(created, Tags::new());
+    let trace = reconcile(&mut case, &mut proton, later(now(), RESYNC));
+    assert_eq!(trace.path(), "WhoAmI Lookup Get Settle");
+    assert_eq!(
+        trace.step("Lookup"),
+        &Step::Lookup {
+            environment_name: ENV.into(),
+            management_account_id: MGMT.into(),
+        }
+    );
+    assert_eq!(case.status.id.as_deref(), Some("a-new-one"));
+}
+
+#[test]
+fn deleting_an_observer_never_calls_aws() {
+    for status in [Status::default(), status_connected(), creating()] {
+        for finalizer in [false, true] {
+            let mut case = Case::new().observe().status(status.clone()).deleting();
+            case.finalizer = finalizer;
+            let mut proton = Fake::recorded(CONNECTED);
+            let trace = reconcile(&mut case, &mut proton, now());
+            let expected = if finalizer {
+                "RemoveFinalizer"
+            } else {
+                "Nothing"
+            };
+            assert_eq!(trace.path(), expected);
+            assert!(proton.calls.is_empty());
+            assert!(proton.conn.is_some(), "the connection stays");
+        }
+    }
+}
+
+/// Paused: no AWS call in any state, live or being deleted; `Synced` says so once, and the
+/// resource is released on deletion only when no connection of its can exist.
+#[test]
+fn a_paused_resource_makes_no_aws_call_in_any_state() {
+    let mut checked = 0;
+    for before in Before::ALL {
+        for deleting in [false, true] {
+            for finalizer in [false, true] {
+                for generation in [1, 2] {
+                    let mut case = Case::new()
+                        .status(before.status())
+                        .generation(generation)
+                        .paused();
+                    case.deleting = deleting;
+                    case.finalizer = finalizer;
+                    let mut proton = Fake::for_before(before, CONNECTED);
+                    let trace = reconcile(&mut case, &mut proton, now());
+                    let what = format!(
+                        "{before:?} deleting={deleting} finalizer={finalizer} generation={generation}"
+                    );
+                    assert!(proton.calls.is_empty(), "{what}: {:?}", proton.calls);
+                    let expected = match (deleting, finalizer, before) {
+                        (true, false, _) => "Nothing",
+                        (true, true, Before::NoStatus) => "RemoveFinalizer",
+                        _ => "Settle",
+                    };
+                    assert_eq!(trace.path(), expected, "{what}");
+                    if expected == "Settle" {
+                        assert_eq!(cond_of(&case.status, SYNCED), ("False", "Paused"), "{what}");
+                        let events = &trace.settled().events;
+                        assert_eq!(events.len(), 1, "{what}");
+                        assert_eq!(events[0].reason, "Paused");
+                        // Ready keeps what it said.
+                        if let Some(ready) = before.status().condition(READY) {
+                            assert_eq!(condition(&case.status, READY), ready, "{what}");
+                        }
+                        // Still paused: nothing new to say or write.
+                        let again = reconcile(&mut case.clone(), &mut proton, later(now(), RESYNC));
+                        assert_eq!(again.settled().events, [], "{what}");
+                        assert_eq!(again.settled().status, case.status, "{what}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 40);
+}
+
+#[test]
+fn resuming_a_paused_resource_picks_up_where_it_stopped() {
+    let mut case = Case::new().status(status_connected()).new_role().paused();
+    let mut proton = Fake::recorded(CONNECTED);
+    reconcile(&mut case, &mut proton, now());
+    assert_eq!(cond_of(&case.status, SYNCED), ("False", "Paused"));
+    assert!(proton.calls.is_empty());
+    case.paused = false;
+    let trace = reconcile(&mut case, &mut proton, later(now(), secs(5)));
+    assert_eq!(trace.path(), "WhoAmI Get Update ListTags Settle");
+    assert_eq!(cond_of(&case.status, SYNCED), ("True", "ReconcileSuccess"));
+    assert_eq!(case.status.role_arn.as_deref(), Some(ROLE_2));
 }

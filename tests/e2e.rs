@@ -36,8 +36,8 @@ use e2e_support::{
     spec_changes, status, summarize, synced, tags_of, uid, valid_raw_spec, wait_object,
 };
 use eac_controller::api::{
-    ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, FINALIZER, OWNERSHIP_TAG_PREFIX, TAG_NAME,
-    TAG_NAMESPACE, TAG_UID, crd_yaml,
+    ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, FINALIZER, ManagementPolicy,
+    OWNERSHIP_TAG_PREFIX, PAUSED_ANNOTATION, TAG_NAME, TAG_NAMESPACE, TAG_UID, crd_yaml,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
@@ -639,6 +639,137 @@ async fn the_adopt_annotation_takes_over_an_existing_connection_without_creating
         .expect("still there");
     assert_eq!(connection.role_arn, ROLE_ARN, "spec applied");
     ns.wait_event(&uid(&obj), "Adopted").await;
+}
+
+/// Observe-only, on a real API server: the connection made by hand is followed (found by its
+/// environment), its acceptance shows, `kubectl get --field-selector status.status=CONNECTED`
+/// finds it, no mutating call is made, and deleting the resource leaves the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_follows_a_connection_made_by_hand_and_never_changes_or_deletes_it() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("observe").await;
+    ns.label("proton.eac.dev/adoption", "allowed").await;
+    let emulator = ns.start_emulator().await;
+    let sdk = emulator.sdk();
+    let existing = sdk
+        .create_environment_account_connection()
+        .client_token(format!("by-hand-{}", ns.name))
+        .environment_name("observed")
+        .management_account_id(MANAGEMENT_ACCOUNT)
+        .role_arn("arn:aws:iam::444455556666:role/by-hand")
+        .send()
+        .await
+        .expect("CreateEnvironmentAccountConnection")
+        .environment_account_connection
+        .expect("a connection");
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let mut observer = eac("observer", spec("observed"));
+    observer.spec.management_policy = ManagementPolicy::Observe;
+    ns.apply(&observer).await;
+    let obj = ns
+        .wait_eac(
+            "observer",
+            "status.id of the connection made by hand",
+            CONVERGE,
+            |o| status(o).id.as_deref() == Some(existing.id.as_str()),
+        )
+        .await;
+    assert!(
+        has_condition(&obj, "Synced", "True", Some("Observing")),
+        "{}",
+        summarize(&obj)
+    );
+    assert!(
+        !obj.finalizers().iter().any(|f| f == FINALIZER),
+        "{}",
+        summarize(&obj)
+    );
+
+    sdk.accept_environment_account_connection()
+        .id(&existing.id)
+        .send()
+        .await
+        .expect("AcceptEnvironmentAccountConnection");
+    ns.wait_eac("observer", "CONNECTED", CONVERGE, |o| {
+        status(o).status == Some(ConnectionState::Connected)
+    })
+    .await;
+    let selected = ns
+        .eacs()
+        .list(&kube::api::ListParams::default().fields("status.status=CONNECTED"))
+        .await
+        .expect("a field selector on status.status");
+    assert_eq!(
+        selected
+            .items
+            .iter()
+            .map(|o| o.name_any())
+            .collect::<Vec<_>>(),
+        ["observer"]
+    );
+
+    ns.delete("observer").await;
+    ns.wait_deleted("observer", &uid(&obj)).await;
+    let calls = emulator.calls().await;
+    assert_eq!(
+        calls.count(CREATE),
+        1,
+        "only the one made by hand: {calls:?}"
+    );
+    assert_eq!(
+        calls.count(UPDATE) + calls.count(DELETE) + calls.count(UNTAG) + calls.count("TagResource"),
+        0,
+        "{calls:?}"
+    );
+    assert!(
+        get_connection(&sdk, &existing.id).await.is_some(),
+        "the connection stays"
+    );
+}
+
+/// Paused, on a real API server: not a single AWS call while the annotation says "true"; the
+/// condition says so; removing the annotation resumes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_resource_makes_no_aws_call_until_the_annotation_is_removed() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("paused").await;
+    let emulator = ns.start_emulator().await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let mut paused = eac("paused", spec("paused"));
+    paused.metadata.annotations = Some(BTreeMap::from([(
+        PAUSED_ANNOTATION.to_string(),
+        "true".to_string(),
+    )]));
+    ns.apply(&paused).await;
+    ns.wait_eac("paused", "Synced=False Paused", CONVERGE, |o| {
+        has_condition(o, "Synced", "False", Some("Paused"))
+    })
+    .await;
+    let calls = emulator.calls().await;
+    assert_eq!(calls.total(), 0, "{calls:?}");
+
+    // Removing the annotation (a merge patch, as `kubectl annotate ... proton.eac.dev/paused-`).
+    let resume = json!({"metadata": {"annotations": {PAUSED_ANNOTATION: null}}});
+    ns.eacs()
+        .patch("paused", &PatchParams::default(), &Patch::Merge(&resume))
+        .await
+        .expect("removing the annotation");
+    ns.wait_eac(
+        "paused",
+        "a connection once resumed",
+        CONVERGE,
+        has_connection,
+    )
+    .await;
+    assert_eq!(emulator.calls().await.count(CREATE), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

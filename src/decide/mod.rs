@@ -18,6 +18,7 @@ mod events;
 mod memory;
 mod next;
 mod observe;
+mod observing;
 mod retry;
 mod status;
 
@@ -93,6 +94,8 @@ pub struct Resource<'a> {
     pub failures: u32,
     /// The controller sees this resource for the first time since it started leading.
     pub first_sight: bool,
+    /// The `proton.eac.dev/paused` annotation is `"true"`: no AWS call at all.
+    pub paused: bool,
 }
 
 /// The one next thing to do.
@@ -114,6 +117,11 @@ pub enum Step {
     Get { id: String },
     /// List the environment's connections and keep the one tagged with this resource's uid.
     FindOwned { environment_name: String },
+    /// List the environment's connections to the management account: the one to observe.
+    Lookup {
+        environment_name: String,
+        management_account_id: String,
+    },
     /// `ListTagsForResource`.
     ListTags { arn: String },
     /// `CreateEnvironmentAccountConnection` in `region`. `replay`: a Create with this token may
@@ -203,7 +211,11 @@ impl Step {
         self.is_mutation()
             || matches!(
                 self,
-                Step::WhoAmI | Step::Get { .. } | Step::FindOwned { .. } | Step::ListTags { .. }
+                Step::WhoAmI
+                    | Step::Get { .. }
+                    | Step::FindOwned { .. }
+                    | Step::Lookup { .. }
+                    | Step::ListTags { .. }
             )
     }
 
@@ -229,6 +241,7 @@ impl Step {
             Step::WhoAmI => "WhoAmI",
             Step::Get { .. } => "Get",
             Step::FindOwned { .. } => "FindOwned",
+            Step::Lookup { .. } => "Lookup",
             Step::ListTags { .. } => "ListTags",
             Step::Create { .. } => "Create",
             Step::Update { .. } => "Update",
@@ -260,6 +273,8 @@ pub enum Outcome {
     Connection(Connection),
     /// FindOwned: the connection carrying this resource's uid tag, with its tags.
     Found(Option<(Connection, Tags)>),
+    /// Lookup: the environment's connections to the management account (List summaries).
+    Listed(Vec<Connection>),
     /// ListTags.
     Tags(Tags),
 }
@@ -378,7 +393,7 @@ impl<'a> Run<'a> {
         match &self.observed {
             Observed::Connection {
                 connection, origin, ..
-            } if *origin != Origin::Adopted => Some((
+            } if !matches!(origin, Origin::Adopted | Origin::Listed) => Some((
                 connection,
                 self.region.as_str(),
                 origin.recreations(&self.status),
@@ -410,8 +425,9 @@ impl<'a> Run<'a> {
 /// Whether this reconcile only reads a settled connection, and of which class: the connection
 /// is recorded, its spec applied, nothing in flight, nothing being deleted.
 fn routine_read(r: &Resource) -> Option<CallClass> {
+    // An observed connection has no finalizer: nothing is done on deletion.
     let settled = !r.deleting
-        && r.has_finalizer
+        && (r.has_finalizer || r.spec.management_policy == crate::api::ManagementPolicy::Observe)
         && r.status.id.is_some()
         && r.status.create_sent_at.is_none()
         && crate::conditions::is_true(

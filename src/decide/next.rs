@@ -2,12 +2,16 @@
 
 use std::time::Duration;
 
-use crate::api::{ConnectionState, DeletionPolicy, TAG_NAME, TAG_NAMESPACE, TAG_UID};
+use crate::api::{
+    ConnectionState, DeletionPolicy, ManagementPolicy, PAUSED_ANNOTATION, TAG_NAME, TAG_NAMESPACE,
+    TAG_UID,
+};
 use crate::budget::CallClass;
 use crate::conditions::{self, SYNCED};
 use crate::proton::{Connection, CreateRequest, Retry, RoleArns, Tags};
 
 use super::events;
+use super::observing;
 use super::status;
 use super::{
     AdoptionPolicy, Intent, Observed, Origin, Problem, Recorded, Resource, Run, Settings, Settled,
@@ -82,26 +86,17 @@ pub(super) fn decide(run: &Run, now: jiff::Timestamp) -> Step {
 /// Not being deleted: make Proton match the spec.
 fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
     let r = &run.r;
+    if r.paused {
+        return paused(run, now);
+    }
+    if r.spec.management_policy == ManagementPolicy::Observe {
+        return observing::upkeep(run, now);
+    }
     if !run.has_finalizer {
         return add_finalizer(run, now);
     }
-    if let Some(requeue) = r.quiet {
-        return Step::Idle { requeue };
-    }
-    // After a start or a change of leader every resource is seen anew: a settled one is first
-    // read at a random moment of its interval, so they are not all read at once, and new or
-    // changed ones go first.
-    if r.first_sight
-        && let Some(class) = run.routine
-        && matches!(run.observed, Observed::Nothing)
-    {
-        let interval = match class {
-            CallClass::Poll => run.settings.pending_poll.min(run.settings.resync),
-            _ => run.settings.resync,
-        };
-        return Step::Idle {
-            requeue: interval.mul_f64(run.jitter.clamp(0.0, 1.0)),
-        };
+    if let Some(step) = not_due(run) {
+        return step;
     }
     if !run.settings.region_allowed(&run.region) {
         return run.report(region_not_allowed(run), now);
@@ -171,6 +166,56 @@ fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
     }
 }
 
+/// Nothing to do yet: the resource is not due (`Idle` until it is), or this is the first sight
+/// of a settled resource after a start or a change of leader, whose first read comes at a random
+/// moment of its interval so they are not all read at once (new or changed ones go first).
+pub(super) fn not_due(run: &Run) -> Option<Step> {
+    let r = &run.r;
+    if let Some(requeue) = r.quiet {
+        return Some(Step::Idle { requeue });
+    }
+    if r.first_sight
+        && let Some(class) = run.routine
+        && matches!(run.observed, Observed::Nothing)
+    {
+        let interval = match class {
+            CallClass::Poll => run.settings.pending_poll.min(run.settings.resync),
+            _ => run.settings.resync,
+        };
+        return Some(Step::Idle {
+            requeue: interval.mul_f64(run.jitter.clamp(0.0, 1.0)),
+        });
+    }
+    None
+}
+
+/// Paused by annotation: no AWS call; the status says so (written once), and the resource is
+/// looked at again only when something changes (the resync is a safety net that costs nothing).
+fn paused(run: &Run, now: jiff::Timestamp) -> Step {
+    let r = &run.r;
+    let message = if r.deleting {
+        format!(
+            "annotation {PAUSED_ANNOTATION} is \"true\": the connection is neither deleted nor released, and the resource stays until the annotation is removed"
+        )
+    } else {
+        format!(
+            "annotation {PAUSED_ANNOTATION} is \"true\": no AWS call is made for this resource until it is removed"
+        )
+    };
+    let news = run
+        .status
+        .condition(SYNCED)
+        .is_none_or(|c| c.reason != "Paused");
+    Step::Settle(Box::new(Settled {
+        status: status::paused(r, &run.status, &message, now),
+        requeue: jittered(run.settings.resync, run.jitter),
+        events: news
+            .then(|| events::Note::normal("Paused", message))
+            .into_iter()
+            .collect(),
+    }))
+}
+
 /// The finalizer, with the intent to create when the next thing is a first Create (the account
 /// must be known for that: WhoAmI first).
 fn add_finalizer(run: &Run, now: jiff::Timestamp) -> Step {
@@ -197,7 +242,7 @@ fn add_finalizer(run: &Run, now: jiff::Timestamp) -> Step {
     }
 }
 
-fn region_not_allowed(run: &Run) -> Problem {
+pub(super) fn region_not_allowed(run: &Run) -> Problem {
     Problem::terminal(
         "RegionNotAllowed",
         format!(
@@ -210,12 +255,16 @@ fn region_not_allowed(run: &Run) -> Problem {
 
 /// Whether the resource may adopt: None while the namespace's opt-in has not been read.
 fn adoption_allowed(run: &Run) -> Option<Result<(), Problem>> {
+    may_take_over(run, "annotation proton.eac.dev/adopt-id is set")
+}
+
+/// Whether the resource may take up a connection it did not create (adopting it, or observing
+/// it), `what` saying which: None while the namespace's opt-in has not been read.
+pub(super) fn may_take_over(run: &Run, what: &str) -> Option<Result<(), Problem>> {
     let refused = |why: String| {
         Err(Problem::terminal(
             "AdoptionNotAllowed",
-            format!(
-                "annotation proton.eac.dev/adopt-id is set, but {why}; nothing was changed in Proton"
-            ),
+            format!("{what}, but {why}; nothing was changed in Proton"),
         ))
     };
     match run.settings.adoption {
@@ -322,7 +371,7 @@ fn roles_drifted(r: &Resource, observed: &RoleArns) -> bool {
 }
 
 /// Whether the current generation was fully applied by an earlier reconcile.
-fn generation_applied(run: &Run) -> bool {
+pub(super) fn generation_applied(run: &Run) -> bool {
     conditions::is_true(&run.status.conditions, SYNCED, Some(run.r.generation))
 }
 
@@ -496,7 +545,7 @@ fn deferral(class: CallClass, settings: &Settings, jitter: f64) -> Duration {
 pub const FAST_POLL: Duration = Duration::from_secs(2);
 
 /// `interval` +/-10 %, by `jitter` in [0, 1).
-fn jittered(interval: Duration, jitter: f64) -> Duration {
+pub(super) fn jittered(interval: Duration, jitter: f64) -> Duration {
     let jitter = if jitter.is_finite() {
         jitter.clamp(0.0, 1.0)
     } else {
@@ -511,10 +560,17 @@ fn deletion(run: &Run, now: jiff::Timestamp) -> Step {
     if !run.has_finalizer {
         return Step::Nothing;
     }
+    // An observed connection is never deleted: the resource just goes.
+    if run.r.spec.management_policy == ManagementPolicy::Observe {
+        return Step::RemoveFinalizer;
+    }
     let status = &run.status;
     // Never sent a Create and holds no connection: nothing in AWS can be ours.
     if status.id.is_none() && status.create_sent_at.is_none() {
         return Step::RemoveFinalizer;
+    }
+    if run.r.paused {
+        return paused(run, now);
     }
     if !run.settings.region_allowed(&run.region) {
         return run.report(region_not_allowed(run), now);

@@ -23,6 +23,9 @@ pub enum Origin {
     Adopted,
     /// Found by listing the environment's connections and matching the uid tag.
     Found,
+    /// Listed as the environment's connection to observe: a List summary (it lacks the
+    /// CodeBuild role), read in full before it is reported.
+    Listed,
 }
 
 impl Origin {
@@ -139,6 +142,16 @@ pub(super) fn record(
                 None => Observed::Gone { id: None },
             };
         }
+        (Step::Lookup { .. }, Outcome::Listed(listed)) => {
+            run.observed = match pick_observed(listed) {
+                Some(connection) => Observed::Connection {
+                    connection,
+                    tags: None,
+                    origin: Origin::Listed,
+                },
+                None => Observed::Gone { id: None },
+            };
+        }
         (Step::ListTags { .. }, Outcome::Tags(tags)) => set_tags(run, |t| *t = tags),
         (Step::Tag { tags, .. }, _) => set_tags(run, |t| t.extend(tags.clone())),
         (Step::Untag { retain: true, .. }, _) | (Step::Delete { .. }, _) => {
@@ -160,6 +173,19 @@ pub(super) fn record(
         }
     }
     note
+}
+
+/// Of the environment's connections to the management account, the one an observer follows: a
+/// live one (PENDING or CONNECTED) before a REJECTED one that stays as a record, then the most
+/// recently requested.
+fn pick_observed(listed: Vec<Connection>) -> Option<Connection> {
+    listed.into_iter().max_by(|a, b| {
+        let live = |c: &Connection| c.state != crate::api::ConnectionState::Rejected;
+        live(a)
+            .cmp(&live(b))
+            .then_with(|| a.requested_at.cmp(&b.requested_at))
+            .then_with(|| a.id.cmp(&b.id))
+    })
 }
 
 fn set_tags(run: &mut Run, change: impl FnOnce(&mut Tags)) {

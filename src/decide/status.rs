@@ -36,6 +36,104 @@ pub fn settled(
     applied_tag_keys: Vec<String>,
     now: jiff::Timestamp,
 ) -> Status {
+    let synced = Want::new(
+        SYNCED,
+        true,
+        "ReconcileSuccess",
+        "the spec is applied in Proton",
+    );
+    let mut status = with_connection(r, recorded, c, region, synced, now);
+    status.applied_tag_keys = applied_tag_keys;
+    status.recreations = recreations;
+    status
+}
+
+/// The status of an observe-only resource following `c`: what Proton reports, with `synced`
+/// saying it is only observed.
+pub fn observed(
+    r: &Resource,
+    recorded: &Status,
+    c: &Connection,
+    region: &str,
+    synced: Want,
+    now: jiff::Timestamp,
+) -> Status {
+    with_connection(r, recorded, c, region, synced, now)
+}
+
+/// The status of an observe-only resource with no connection to follow: nothing of an earlier
+/// one is kept, so the next look starts afresh.
+pub fn observed_missing(
+    r: &Resource,
+    recorded: &Status,
+    message: &str,
+    now: jiff::Timestamp,
+) -> Status {
+    let mut status = recorded.clone();
+    forget_connection(&mut status);
+    status.observed_generation = Some(r.generation);
+    status.conditions = conditions::build(
+        &recorded.conditions,
+        &[
+            Want::new(READY, false, "NotFound", message),
+            Want::new(SYNCED, false, "NotFound", message),
+            Want::new(STALLED, false, "Waiting", ""),
+        ],
+        r.generation,
+        now,
+    );
+    status
+}
+
+/// The status of a paused resource: `Synced` says it is paused; the rest stays as it was.
+pub fn paused(r: &Resource, recorded: &Status, message: &str, now: jiff::Timestamp) -> Status {
+    let kept = |type_: &'static str, default: Want| match recorded.condition(type_) {
+        Some(prev) => Want {
+            type_,
+            status: prev.status == "True",
+            reason: prev.reason.clone(),
+            message: prev.message.clone(),
+        },
+        None => default,
+    };
+    let mut status = recorded.clone();
+    status.conditions = conditions::build(
+        &recorded.conditions,
+        &[
+            kept(READY, Want::new(READY, false, "Paused", message)),
+            Want::new(SYNCED, false, "Paused", message),
+            kept(STALLED, Want::new(STALLED, false, "Paused", "")),
+        ],
+        // The conditions speak for the generation they were written for; pausing applies
+        // nothing of a newer one.
+        recorded.observed_generation.unwrap_or(r.generation),
+        now,
+    );
+    status
+}
+
+/// Nothing of a connection that no longer exists is true any more; the pins stay.
+fn forget_connection(status: &mut Status) {
+    status.id = None;
+    status.arn = None;
+    status.status = None;
+    status.requested_at = None;
+    status.last_modified_at = None;
+    status.role_arn = None;
+    status.codebuild_role_arn = None;
+    status.component_role_arn = None;
+    status.applied_tag_keys.clear();
+}
+
+/// `c` as Proton reports it, with the conditions its state implies and `synced`.
+fn with_connection(
+    r: &Resource,
+    recorded: &Status,
+    c: &Connection,
+    region: &str,
+    synced: Want,
+    now: jiff::Timestamp,
+) -> Status {
     let (ready, stalled) = match c.state {
         ConnectionState::Connected => (
             Want::new(
@@ -69,17 +167,9 @@ pub fn settled(
             )
         }
     };
-    let synced = Want::new(
-        SYNCED,
-        true,
-        "ReconcileSuccess",
-        "the spec is applied in Proton",
-    );
     let mut status = recorded.clone();
     record_connection(&mut status, c, region);
     status.observed_generation = Some(r.generation);
-    status.applied_tag_keys = applied_tag_keys;
-    status.recreations = recreations;
     status.conditions = conditions::build(
         &recorded.conditions,
         &[ready, synced, stalled],
@@ -104,16 +194,7 @@ pub fn intent(
 ) -> Status {
     let mut status = recorded.clone();
     if vanished.is_some() {
-        // Nothing of the old connection is true any more; the pins stay.
-        status.id = None;
-        status.arn = None;
-        status.status = None;
-        status.requested_at = None;
-        status.last_modified_at = None;
-        status.role_arn = None;
-        status.codebuild_role_arn = None;
-        status.component_role_arn = None;
-        status.applied_tag_keys.clear();
+        forget_connection(&mut status);
     }
     status.region = Some(region.to_string());
     status.environment_account_id = Some(account.to_string());

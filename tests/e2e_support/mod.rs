@@ -1524,6 +1524,7 @@ pub fn valid_raw_spec() -> Value {
         "tags": {"team": "payments"},
         "region": "eu-west-1",
         "deletionPolicy": "Delete",
+        "managementPolicy": "Manage",
     })
 }
 
@@ -1590,6 +1591,12 @@ pub fn invalid_cases() -> Vec<InvalidCase> {
             field: "deletionPolicy",
             spec: with("deletionPolicy", json!("Orphan")),
             expect: vec!["spec.deletionPolicy", "Orphan"],
+        },
+        InvalidCase {
+            what: "an unknown managementPolicy",
+            field: "managementPolicy",
+            spec: with("managementPolicy", json!("Adopt")),
+            expect: vec!["spec.managementPolicy", "Adopt"],
         },
     ]
 }

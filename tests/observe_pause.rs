@@ -1,0 +1,234 @@
+//! Observe-only resources and the pause annotation: the real reconcile against the in-memory API
+//! server (tower-test) and the Proton emulator over HTTP on 127.0.0.1.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use eac_controller::api::{
+    ADOPT_ANNOTATION, ConnectionState, EnvironmentAccountConnectionSpec, ManagementPolicy,
+    PAUSED_ANNOTATION,
+};
+use eac_controller::budget::CallBudget;
+use eac_controller::controller::trigger_hash;
+use eac_controller::decide::{AdoptionPolicy, Settings};
+use kube::ResourceExt;
+use support::{Env, condition, eager_settings, spec};
+
+const UID: &str = "5e1f0c2a-8a4b-4e0d-9c61-7f2d3b4a5c6d";
+const CREATE: &str = "CreateEnvironmentAccountConnection";
+const LIST: &str = "ListEnvironmentAccountConnections";
+
+fn observing(environment: &str) -> EnvironmentAccountConnectionSpec {
+    EnvironmentAccountConnectionSpec {
+        management_policy: ManagementPolicy::Observe,
+        ..spec(environment)
+    }
+}
+
+/// A connection made directly in Proton by someone else (not by a resource).
+async fn foreign_connection(env: &Env, environment: &str) -> String {
+    let config = aws_sdk_proton::Config::builder()
+        .behavior_version(aws_sdk_proton::config::BehaviorVersion::latest())
+        .region(aws_sdk_proton::config::Region::new("us-east-1"))
+        .endpoint_url(env.emulator.url())
+        .credentials_provider(aws_sdk_proton::config::Credentials::new(
+            "AKIDOTHERTEAM",
+            "secret",
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    #[allow(deprecated)]
+    let out = aws_sdk_proton::Client::from_conf(config)
+        .create_environment_account_connection()
+        .environment_name(environment)
+        .management_account_id("111122223333")
+        .role_arn("arn:aws:iam::444455556666:role/theirs")
+        .client_token("made-by-another-team")
+        .send()
+        .await
+        .unwrap();
+    out.environment_account_connection.unwrap().id
+}
+
+fn opted_in(env: &Env) {
+    env.api
+        .namespace(support::NS, &[("proton.eac.dev/adoption", "allowed")]);
+}
+
+fn annotate(env: &Env, name: &str, key: &str, value: Option<&str>) {
+    env.api.edit(name, |o| {
+        let annotations = o.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        match value {
+            Some(v) => annotations.insert(key.to_string(), v.to_string()),
+            None => annotations.remove(key),
+        };
+    });
+}
+
+#[tokio::test]
+async fn an_observer_follows_a_foreign_connection_makes_no_mutating_call_and_leaves_it_on_delete() {
+    let env = Env::start().await;
+    opted_in(&env);
+    let theirs = foreign_connection(&env, "prod").await;
+    let before = env.proton().connections();
+    let mutations = env.mutating_calls();
+
+    env.api.create("watcher", UID, observing("prod"));
+    env.reconcile("watcher").await.unwrap();
+
+    let obj = env.api.get("watcher").unwrap();
+    let status = obj.status.clone().unwrap();
+    assert_eq!(status.id.as_deref(), Some(theirs.as_str()));
+    assert_eq!(status.status, Some(ConnectionState::Pending));
+    assert_eq!(
+        status.role_arn.as_deref(),
+        Some("arn:aws:iam::444455556666:role/theirs"),
+        "Proton's roles, not the spec's"
+    );
+    assert_eq!(condition(&obj, "Synced").unwrap().1, "Observing");
+    assert!(
+        obj.finalizers().is_empty(),
+        "an observer holds no finalizer"
+    );
+    assert!(
+        !obj.annotations()
+            .contains_key(eac_controller::api::INTENT_ANNOTATION)
+    );
+    assert_eq!(env.calls(LIST), 1, "found by its environment");
+    assert!(env.api.event_reasons().contains(&"Observing".to_string()));
+
+    // Acceptance shows; the spec's roles and tags are never pushed.
+    env.proton().accept(&theirs).unwrap();
+    env.resync("watcher").await.unwrap();
+    let obj = env.api.get("watcher").unwrap();
+    assert_eq!(
+        obj.status.as_ref().unwrap().status,
+        Some(ConnectionState::Connected)
+    );
+    assert_eq!(condition(&obj, "Ready").unwrap().0, "True");
+    assert_eq!(env.mutating_calls(), mutations);
+
+    // Deleting the observer: no finalizer held it, nothing is deleted in Proton.
+    env.api.delete("watcher");
+    env.resync("watcher").await.unwrap();
+    assert!(env.api.get("watcher").is_none());
+    assert_eq!(env.mutating_calls(), mutations);
+    let after = env.proton().connections();
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after[0].id, theirs);
+}
+
+#[tokio::test]
+async fn an_observer_needs_the_adoption_opt_in_and_never_creates_what_is_missing() {
+    let settings = Settings {
+        adoption: AdoptionPolicy::NamespaceOptIn,
+        ..eager_settings()
+    };
+    let env = Env::start_with(settings, CallBudget::unlimited()).await;
+    env.api.namespace(support::NS, &[]);
+    let theirs = foreign_connection(&env, "prod").await;
+
+    env.api.create("watcher", UID, observing("prod"));
+    env.api.edit("watcher", |o| {
+        o.metadata.annotations = Some(BTreeMap::from([(
+            ADOPT_ANNOTATION.to_string(),
+            theirs.clone(),
+        )]));
+    });
+    env.reconcile("watcher").await.unwrap();
+    let obj = env.api.get("watcher").unwrap();
+    assert_eq!(condition(&obj, "Synced").unwrap().1, "AdoptionNotAllowed");
+    assert!(obj.status.unwrap().id.is_none());
+    assert_eq!(
+        env.total_calls(),
+        1,
+        "only the tenant's own Create (foreign_connection)"
+    );
+
+    // Allowed, but for an environment with no connection: reported, nothing created.
+    opted_in(&env);
+    env.api.create(
+        "other",
+        "6f2a1d3b-9b5c-4f1e-8d72-8a3e4c5b6d7e",
+        observing("staging"),
+    );
+    env.reconcile("other").await.unwrap();
+    let obj = env.api.get("other").unwrap();
+    assert_eq!(condition(&obj, "Ready").unwrap().1, "NotFound");
+    assert_eq!(env.calls(CREATE), 1, "the foreign one only");
+    assert_eq!(env.mutating_calls(), 1);
+}
+
+#[tokio::test]
+async fn a_paused_resource_makes_no_call_until_the_annotation_is_removed() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    annotate(&env, "prod", PAUSED_ANNOTATION, Some("true"));
+
+    env.reconcile("prod").await.unwrap();
+    env.resync("prod").await.unwrap();
+    let obj = env.api.get("prod").unwrap();
+    assert_eq!(env.total_calls(), 0, "not even GetCallerIdentity");
+    let synced = condition(&obj, "Synced").unwrap();
+    assert_eq!((synced.0.as_str(), synced.1.as_str()), ("False", "Paused"));
+    assert!(synced.2.contains(PAUSED_ANNOTATION), "{}", synced.2);
+    assert_eq!(env.api.event_reasons(), vec!["Paused"], "announced once");
+
+    // Resumed: the connection is created as usual.
+    annotate(&env, "prod", PAUSED_ANNOTATION, None);
+    env.reconcile("prod").await.unwrap();
+    let obj = env.api.get("prod").unwrap();
+    assert_eq!(env.calls(CREATE), 1);
+    assert!(obj.status.as_ref().unwrap().id.is_some());
+    assert_eq!(condition(&obj, "Synced").unwrap().1, "ReconcileSuccess");
+
+    // Paused again and deleted: the connection is neither deleted nor forgotten; the resource
+    // waits for the pause to end.
+    annotate(&env, "prod", PAUSED_ANNOTATION, Some("true"));
+    let calls = env.total_calls();
+    env.api.delete("prod");
+    env.resync("prod").await.unwrap();
+    assert!(env.api.get("prod").is_some(), "held by its finalizer");
+    assert_eq!(env.total_calls(), calls);
+    assert_eq!(env.proton().connections().len(), 1);
+    annotate(&env, "prod", PAUSED_ANNOTATION, None);
+    env.resync("prod").await.unwrap();
+    assert!(env.api.get("prod").is_none());
+    assert!(
+        env.proton().connections().is_empty(),
+        "deleted once resumed"
+    );
+}
+
+#[test]
+fn pausing_wakes_the_controller_and_the_watch_cache_keeps_the_value() {
+    let mut obj = eac_controller::api::EnvironmentAccountConnection::new("prod", spec("prod"));
+    let plain = trigger_hash(&obj);
+    obj.metadata.annotations = Some(BTreeMap::from([(
+        PAUSED_ANNOTATION.to_string(),
+        "true".to_string(),
+    )]));
+    assert_ne!(trigger_hash(&obj), plain, "pausing is worth a reconcile");
+    let mut slimmed = obj.clone();
+    eac_controller::controller::slim(&mut slimmed);
+    assert_eq!(
+        slimmed
+            .annotations()
+            .get(PAUSED_ANNOTATION)
+            .map(String::as_str),
+        Some("true"),
+        "the watch cache keeps the value"
+    );
+}
+
+#[tokio::test]
+async fn only_true_pauses() {
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    annotate(&env, "prod", PAUSED_ANNOTATION, Some("yes"));
+    env.reconcile("prod").await.unwrap();
+    assert_eq!(env.calls(CREATE), 1);
+}
