@@ -243,7 +243,11 @@ async fn throughput(n: usize, concurrency: u16, floor: Duration, latency: Durati
     .await;
     env.api.count_requests_only();
     env.api.set_latency(latency);
-    env.ctx.proton.caller_account().await.unwrap();
+    env.ctx
+        .proton
+        .caller_account(&Default::default())
+        .await
+        .unwrap();
     env.proton().reset_calls();
     let names: Vec<String> = (0..n).map(|i| name("res", i)).collect();
     let (rss_before, _) = rss_mib();

@@ -62,7 +62,13 @@ pub struct RunArgs {
     #[arg(long, env = "EAC_LABEL_SELECTOR")]
     pub label_selector: Option<String>,
 
-    /// STS endpoint URL for GetCallerIdentity (which account the credentials act as). Unset: the
+    /// Act in each namespace with the IAM role its AccountMapping names (watches AccountMappings
+    /// and Namespaces; until both are read nothing is reconciled). Off: every resource uses the
+    /// controller's own credentials, whatever AccountMappings exist.
+    #[arg(long, env = "EAC_ACCOUNT_MAPPINGS", default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub account_mappings: bool,
+
+    /// STS endpoint URL for GetCallerIdentity and AssumeRole (which account the credentials act as; the mapped roles). Unset: the
     /// Proton endpoint when one is given (the proton-emulator serves STS on the same port), else
     /// AWS's (or AWS_ENDPOINT_URL_STS).
     #[arg(long, env = "EAC_STS_ENDPOINT")]

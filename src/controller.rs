@@ -10,7 +10,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
@@ -21,13 +21,14 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::accounts::{AccountMapping, Accounts, AwsIdentity, MappingError, Resolved};
 use crate::api::{
     ADOPT_ANNOTATION, ADOPTION_ALLOWED, ADOPTION_NAMESPACE_LABEL, ConnectionState,
     EnvironmentAccountConnection, EnvironmentAccountConnectionStatus as Status, FINALIZER,
     INTENT_ANNOTATION, PAUSED_ANNOTATION,
 };
 use crate::budget::CallClass;
-use crate::decide::{self, Intent, Memory, Note, Outcome, Run, Settings, Step};
+use crate::decide::{self, Intent, Memory, Note, Outcome, Problem, Run, Settings, Step};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
 use crate::proton::{Proton, ProtonError, Retry, Ticket};
@@ -98,6 +99,8 @@ pub struct Context {
     poll_share: f64,
     /// Workers routine reads may hold, while the controller runs (None: no limit).
     routine_workers: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Which credentials each namespace's resources act with (the account mappings).
+    accounts: Mutex<Accounts>,
 }
 
 /// The locked map of tracked resources; publishes its size when released.
@@ -145,7 +148,22 @@ impl Context {
             tracked_count: tokio::sync::watch::channel(0).0,
             poll_share: 0.5,
             routine_workers: Mutex::default(),
+            accounts: Mutex::new(Accounts::disabled()),
         }
+    }
+
+    /// The account mappings to resolve namespaces with (set while the controller runs).
+    pub fn set_accounts(&self, accounts: Accounts) {
+        *self.accounts.lock().unwrap_or_else(|p| p.into_inner()) = accounts;
+    }
+
+    fn resolve_credentials(&self, namespace: &str) -> Result<Resolved, MappingError> {
+        let accounts = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        accounts.resolve(namespace)
     }
 
     /// Routine reads may occupy at most this share of the workers (as of the AWS call budget),
@@ -268,7 +286,7 @@ pub fn error_policy(
     let uid = obj.uid().unwrap_or_default();
     let generation = obj.metadata.generation.unwrap_or_default();
     let message = error.to_string();
-    let annotations = Annotations::of(&obj);
+    let annotations = Annotations::of(&obj, &ctx);
     let (failures, news, wait) = {
         let mut tracked = ctx.tracked();
         let t = tracked.entry(uid).or_default();
@@ -315,19 +333,21 @@ fn paused_annotation(obj: &EnvironmentAccountConnection) -> bool {
         .is_some_and(|v| v.trim() == "true")
 }
 
-/// The annotations a reconcile acts on: a change to one is worth a reconcile even before the
-/// resource is due.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a reconcile acts on besides the spec: a change to one is worth a reconcile even before
+/// the resource is due. The annotations, and the credentials its namespace resolves to.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Annotations {
     adopt_id: Option<String>,
     paused: bool,
+    credentials: Result<Resolved, MappingError>,
 }
 
 impl Annotations {
-    fn of(obj: &EnvironmentAccountConnection) -> Annotations {
+    fn of(obj: &EnvironmentAccountConnection, ctx: &Context) -> Annotations {
         Annotations {
             adopt_id: adopt_annotation(obj),
             paused: paused_annotation(obj),
+            credentials: ctx.resolve_credentials(&obj.namespace().unwrap_or_default()),
         }
     }
 }
@@ -355,6 +375,10 @@ struct Facts {
     intent_annotation: Mutex<Option<String>>,
     /// Events to publish once the reconcile is over, in order.
     notes: Mutex<Vec<Note>>,
+    /// Whose credentials the resource's AWS calls are made with.
+    identity: AwsIdentity,
+    /// Why its namespace has no credentials, if so.
+    credentials_problem: Option<Problem>,
 }
 
 impl Facts {
@@ -375,7 +399,8 @@ impl Facts {
             .uid()
             .ok_or_else(|| Error::MissingMetadata(object.clone(), "uid"))?;
         let generation = obj.metadata.generation.unwrap_or_default();
-        let annotations = Annotations::of(obj);
+        let annotations = Annotations::of(obj, ctx);
+        let credentials = annotations.credentials.clone();
         let deleting = obj.metadata.deletion_timestamp.is_some();
         let stored = obj.status.clone();
         let intent = obj
@@ -428,6 +453,19 @@ impl Facts {
             first_sight,
             intent_annotation: Mutex::new(obj.annotations().get(INTENT_ANNOTATION).cloned()),
             notes: Mutex::default(),
+            identity: credentials
+                .as_ref()
+                .map(|r| r.identity.clone())
+                .unwrap_or_default(),
+            credentials_problem: credentials.err().map(|e| Problem {
+                reason: e.reason(),
+                message: e.to_string(),
+                // The namespace may just not be in the watch yet; the rest needs an admin.
+                retry: match e {
+                    MappingError::UnknownNamespace(_) => Retry::Backoff,
+                    _ => Retry::Terminal,
+                },
+            }),
         })
     }
 
@@ -446,6 +484,13 @@ impl Facts {
             quiet: self.quiet,
             failures: self.failures,
             first_sight: self.first_sight,
+            credentials_problem: self.credentials_problem.as_ref(),
+            default_region: self
+                .annotations
+                .credentials
+                .as_ref()
+                .ok()
+                .and_then(|r| r.default_region.as_deref()),
         }
     }
 }
@@ -485,6 +530,7 @@ async fn steps(
         }
         let class = run.class_of(&step);
         let ticket = Ticket {
+            identity: &facts.identity,
             key: &facts.uid,
             class,
             admitted: create_admitted && matches!(step, Step::Create { .. }),
@@ -630,7 +676,10 @@ async fn execute(
             }
             Ok(Outcome::Done)
         }
-        Step::WhoAmI => proton.caller_account().await.map(Outcome::Account),
+        Step::WhoAmI => proton
+            .caller_account(&facts.identity)
+            .await
+            .map(Outcome::Account),
         Step::Get { id } => proton
             .get(ticket, region, id)
             .await
@@ -985,6 +1034,8 @@ pub struct WatchScope {
     pub namespace: Option<String>,
     /// Only resources matching this label selector (sharding).
     pub label_selector: Option<String>,
+    /// Watch `AccountMapping`s and Namespaces, and act in each namespace with its mapped role.
+    pub account_mappings: bool,
 }
 
 /// What makes a change worth a reconcile: the spec (generation; deletion bumps it too), the
@@ -1075,6 +1126,21 @@ pub async fn run(
         config = config.labels(selector);
     }
     ctx.forget_all();
+    let shutdown = shutdown.shared();
+    let (accounts, changes, followers) = if scope.account_mappings {
+        match follow_accounts(&ctx.client, shutdown.clone()).await {
+            Some(followed) => followed,
+            // Stopped before the mappings were known: nothing was reconciled.
+            None => return,
+        }
+    } else {
+        (
+            Accounts::disabled(),
+            futures::channel::mpsc::unbounded().1,
+            Vec::new(),
+        )
+    };
+    ctx.set_accounts(accounts);
     let routine = ((f64::from(concurrency) * ctx.poll_share).floor() as usize).max(1);
     *ctx.routine_workers
         .lock()
@@ -1092,6 +1158,9 @@ pub async fn run(
     ctx.metrics.count_connections_from(Some(store.clone()));
     Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        // A mapping or a namespace's labels changed: every resource whose credentials changed
+        // is reconciled (the others are not due, and cost nothing).
+        .reconcile_all_on(changes)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -1101,7 +1170,96 @@ pub async fn run(
             }
         })
         .await;
+    for follower in followers {
+        follower.abort();
+    }
+    ctx.set_accounts(Accounts::disabled());
     ctx.metrics.count_connections_from(None);
+}
+
+/// Watches the account mappings and the namespaces' labels. Returns once both are known (so no
+/// resource is ever reconciled with the controller's own credentials because its mapping was
+/// not read yet), with a stream that ticks on every change that can move a namespace to other
+/// credentials. None if `shutdown` came first.
+async fn follow_accounts(
+    client: &Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Option<(
+    Accounts,
+    futures::channel::mpsc::UnboundedReceiver<()>,
+    Vec<tokio::task::JoinHandle<()>>,
+)> {
+    use k8s_openapi::api::core::v1::Namespace;
+
+    let (tick, changes) = futures::channel::mpsc::unbounded();
+    let (mappings, mapping_writer) = reflector::store::<AccountMapping>();
+    let (namespaces, namespace_writer) = reflector::store::<Namespace>();
+    let config = watcher::Config::default().any_semantic();
+    let mapping_ticks = tick.clone();
+    let follow_mappings = watcher(Api::<AccountMapping>::all(client.clone()), config.clone())
+        .default_backoff()
+        .modify(|m| m.metadata.managed_fields = None)
+        .reflect(mapping_writer)
+        .inspect_err(|e| warn!(error = %e, "watching AccountMappings failed; retrying"))
+        .applied_objects()
+        .predicate_filter(
+            |m: &AccountMapping| {
+                let mut h = DefaultHasher::new();
+                serde_json::to_string(&m.spec)
+                    .unwrap_or_default()
+                    .hash(&mut h);
+                Some(h.finish())
+            },
+            Default::default(),
+        )
+        .for_each(move |_| {
+            let _ = mapping_ticks.unbounded_send(());
+            futures::future::ready(())
+        });
+    let follow_namespaces = watcher(Api::<Namespace>::all(client.clone()), config)
+        .default_backoff()
+        // Only the labels are read.
+        .modify(|ns| {
+            ns.metadata.managed_fields = None;
+            ns.metadata.annotations = None;
+            ns.spec = None;
+            ns.status = None;
+        })
+        .reflect(namespace_writer)
+        .inspect_err(|e| warn!(error = %e, "watching Namespaces failed; retrying"))
+        .applied_objects()
+        .predicate_filter(
+            |ns: &Namespace| {
+                let mut h = DefaultHasher::new();
+                ns.labels().hash(&mut h);
+                Some(h.finish())
+            },
+            Default::default(),
+        )
+        .for_each(move |_| {
+            let _ = tick.unbounded_send(());
+            futures::future::ready(())
+        });
+    let followers = vec![
+        tokio::spawn(follow_mappings),
+        tokio::spawn(follow_namespaces),
+    ];
+    let ready = async {
+        let _ = mappings.wait_until_ready().await;
+        let _ = namespaces.wait_until_ready().await;
+    };
+    tokio::select! {
+        _ = ready => {
+            info!(mappings = mappings.state().len(), "account mappings known");
+            Some((Accounts::from_stores(mappings, namespaces), changes, followers))
+        }
+        _ = shutdown => {
+            for follower in followers {
+                follower.abort();
+            }
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use eac_controller::accounts;
 use eac_controller::api::crd_yaml;
 use eac_controller::config::{RunArgs, resolve_endpoint};
 use eac_controller::runner;
@@ -24,8 +25,12 @@ struct Cli {
 enum Command {
     /// Run the controller against the current kubeconfig / in-cluster config.
     Run(Box<RunArgs>),
-    /// Print the EnvironmentAccountConnection CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions as YAML (all, or the one named by its plural).
+    Crd {
+        /// `environmentaccountconnections` or `accountmappings`; unset: every CRD, as one
+        /// multi-document YAML stream.
+        plural: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -39,16 +44,31 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
-        Command::Crd => match crd_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
+        Command::Crd { plural } => {
+            let rendered = match plural.as_deref() {
+                None => crd_yaml().and_then(|eac| {
+                    accounts::api::crd_yaml().map(|mapping| format!("{eac}---\n{mapping}"))
+                }),
+                Some("environmentaccountconnections") => crd_yaml(),
+                Some("accountmappings") => accounts::api::crd_yaml(),
+                Some(other) => {
+                    eprintln!(
+                        "error: no CRD named {other:?}; the CRDs are environmentaccountconnections and accountmappings"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            match rendered {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: could not render the CRD: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("error: could not render the CRD: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Run(args) => {
             if let Err(e) = args.check() {
                 eprintln!("error: {e}");

@@ -19,15 +19,19 @@ use aws_sdk_proton::types::{
 };
 use aws_smithy_types::date_time::Format;
 
+use crate::accounts::session::{RoleSession, SessionCredentials};
+use crate::accounts::{AwsIdentity, RoleIdentity};
 use crate::api::ConnectionState;
 use crate::api::TAG_UID;
 use crate::budget::{Admission, CallBudget, CallClass};
 use crate::identity::CallerIdentity;
 use crate::metrics::Metrics;
 
-/// Who makes a call and of which class, for the call budget.
+/// Who makes a call, with which credentials, and of which class (for the call budget).
 #[derive(Clone, Copy, Debug)]
 pub struct Ticket<'a> {
+    /// Whose credentials sign the call.
+    pub identity: &'a AwsIdentity,
     /// The resource's uid: a slot booked for a later call is kept under it.
     pub key: &'a str,
     pub class: CallClass,
@@ -283,7 +287,10 @@ pub struct ProtonSettings {
 pub struct Proton {
     base: aws_sdk_proton::config::Builder,
     settings: ProtonSettings,
-    clients: Arc<Mutex<HashMap<String, Client>>>,
+    clients: Arc<Mutex<HashMap<(AwsIdentity, String), Client>>>,
+    /// STS with the controller's own credentials: assumes the mapped roles.
+    sts: aws_sdk_sts::Client,
+    sessions: Arc<Mutex<HashMap<RoleIdentity, Arc<RoleSession>>>>,
     budget: CallBudget,
     metrics: Metrics,
     identity: CallerIdentity,
@@ -352,8 +359,8 @@ impl Proton {
                     .connect_timeout(Duration::from_secs(5))
                     .build(),
             );
-        let identity =
-            CallerIdentity::new(aws_sdk_sts::Client::from_conf(sts.build()), metrics.clone());
+        let sts = aws_sdk_sts::Client::from_conf(sts.build());
+        let identity = CallerIdentity::new(sts.clone(), metrics.clone());
         // Retries are the controller's (per-object backoff, shared budget), so every attempt is
         // counted and rate-limited; the SDK's own retry loop would hide both.
         let mut base = base
@@ -371,6 +378,8 @@ impl Proton {
             base,
             settings,
             clients: Arc::default(),
+            sts,
+            sessions: Arc::default(),
             budget,
             metrics,
             identity,
@@ -382,23 +391,46 @@ impl Proton {
         &self.settings.default_region
     }
 
-    /// The account the controller's credentials act as.
-    pub async fn caller_account(&self) -> Result<String, ProtonError> {
-        self.identity.account().await
+    /// The account `identity` acts as: STS GetCallerIdentity for the controller's own
+    /// credentials (cached), the assumed role's account for a mapped role.
+    pub async fn caller_account(&self, identity: &AwsIdentity) -> Result<String, ProtonError> {
+        match identity {
+            AwsIdentity::Own => self.identity.account().await,
+            AwsIdentity::Role(role) => self.session(role).assume().await.map(|a| a.account),
+        }
     }
 
-    fn client(&self, region: &str) -> Client {
-        let region = region.to_string();
+    /// The one session of a role, shared by every resource that acts with it.
+    fn session(&self, role: &RoleIdentity) -> Arc<RoleSession> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .entry(role.clone())
+            .or_insert_with(|| {
+                Arc::new(RoleSession::new(
+                    role.clone(),
+                    self.sts.clone(),
+                    self.metrics.clone(),
+                ))
+            })
+            .clone()
+    }
+
+    fn client(&self, identity: &AwsIdentity, region: &str) -> Client {
+        let key = (identity.clone(), region.to_string());
         let mut clients = match self.clients.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        clients
-            .entry(region.clone())
-            .or_insert_with(|| {
-                Client::from_conf(self.base.clone().region(Region::new(region)).build())
-            })
-            .clone()
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
+        let mut config = self.base.clone().region(Region::new(region.to_string()));
+        if let AwsIdentity::Role(role) = identity {
+            config = config.credentials_provider(SessionCredentials(self.session(role)));
+        }
+        let client = Client::from_conf(config.build());
+        clients.insert(key, client.clone());
+        client
     }
 
     /// Runs one call if the budget admits it for this caller and class, and records its outcome.
@@ -416,6 +448,10 @@ impl Proton {
     {
         if !ticket.admitted {
             self.admit(ticket, operation).await?;
+        }
+        // A role that cannot be assumed is reported as such, not as a failure to sign.
+        if let AwsIdentity::Role(role) = ticket.identity {
+            self.session(role).assume().await?;
         }
         let result = fut.await.map_err(|e| ProtonError::from_sdk(operation, e));
         self.metrics.aws_class_call(ticket.class);
@@ -472,7 +508,7 @@ impl Proton {
         region: &str,
         req: &CreateRequest,
     ) -> Result<Connection, ProtonError> {
-        let client = self.client(region);
+        let client = self.client(ticket.identity, region);
         let out = self
             .call(
                 ticket,
@@ -501,7 +537,7 @@ impl Proton {
         region: &str,
         id: &str,
     ) -> Result<Connection, ProtonError> {
-        let client = self.client(region);
+        let client = self.client(ticket.identity, region);
         let out = self
             .call(
                 ticket,
@@ -522,7 +558,7 @@ impl Proton {
         id: &str,
         roles: &RoleArns,
     ) -> Result<Connection, ProtonError> {
-        let client = self.client(region);
+        let client = self.client(ticket.identity, region);
         let out = self
             .call(
                 ticket,
@@ -548,7 +584,7 @@ impl Proton {
         region: &str,
         id: &str,
     ) -> Result<(), ProtonError> {
-        let client = self.client(region);
+        let client = self.client(ticket.identity, region);
         self.call(
             ticket,
             "DeleteEnvironmentAccountConnection",
@@ -565,7 +601,7 @@ impl Proton {
         region: &str,
         environment_name: &str,
     ) -> Result<Vec<Connection>, ProtonError> {
-        let client = self.client(region);
+        let client = self.client(ticket.identity, region);
         let mut found = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -655,7 +691,7 @@ impl Proton {
         region: &str,
         arn: &str,
     ) -> Result<Tags, ProtonError> {
-        let client = self.client(region);
+        let client = self.client(ticket.identity, region);
         let mut tags = Tags::new();
         let mut next: Option<String> = None;
         loop {
@@ -687,7 +723,7 @@ impl Proton {
         arn: &str,
         tags: &Tags,
     ) -> Result<(), ProtonError> {
-        let client = self.client(region);
+        let client = self.client(ticket.identity, region);
         self.call(
             ticket,
             "TagResource",
@@ -708,7 +744,7 @@ impl Proton {
         arn: &str,
         keys: &[String],
     ) -> Result<(), ProtonError> {
-        let client = self.client(region);
+        let client = self.client(ticket.identity, region);
         self.call(
             ticket,
             "UntagResource",

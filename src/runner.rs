@@ -212,6 +212,7 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
     let scope = WatchScope {
         namespace: args.namespace.clone(),
         label_selector: args.label_selector.clone(),
+        account_mappings: args.account_mappings,
     };
 
     if args.leader_election {

@@ -17,12 +17,36 @@ fn controller() -> Command {
 }
 
 #[test]
-fn crd_prints_the_generated_definition() {
+fn crd_prints_the_generated_definitions_all_or_one() {
+    let out = controller()
+        .args(["crd", "environmentaccountconnections"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let eac = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(eac, eac_controller::api::crd_yaml().unwrap());
+    assert!(eac.contains("name: environmentaccountconnections.proton.eac.dev"));
+
+    let out = controller()
+        .args(["crd", "accountmappings"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mapping = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(mapping, eac_controller::accounts::api::crd_yaml().unwrap());
+    assert!(mapping.contains("scope: Cluster"), "{mapping}");
+
     let out = controller().arg("crd").output().unwrap();
     assert!(out.status.success());
-    let yaml = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(yaml, eac_controller::api::crd_yaml().unwrap());
-    assert!(yaml.contains("name: environmentaccountconnections.proton.eac.dev"));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{eac}---\n{mapping}"),
+        "every CRD, as one stream `kubectl apply -f -` takes"
+    );
+
+    let out = controller().args(["crd", "widgets"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("accountmappings"));
 }
 
 #[test]

@@ -99,6 +99,98 @@ fn committed_crd_yaml_matches_the_rust_types() {
     }
 }
 
+#[test]
+fn committed_account_mapping_crd_matches_the_rust_types() {
+    let generated = eac_controller::accounts::api::crd_yaml().expect("the CRD renders as YAML");
+    for file in [
+        "crds/accountmappings.yaml",
+        "charts/eac-controller/crds/accountmappings.yaml",
+        "deploy/crd/accountmappings.yaml",
+    ] {
+        let on_disk = fs::read_to_string(repo_path(file)).unwrap_or_else(|e| {
+            panic!("cannot read {file} ({e}): run scripts/generate-crds.sh to create it")
+        });
+        assert!(
+            on_disk == generated,
+            "{file} is out of date with src/accounts/api.rs: run scripts/generate-crds.sh and \
+             commit the result.\n{}",
+            first_difference(&generated, &on_disk)
+        );
+    }
+}
+
+#[test]
+fn an_account_mapping_is_cluster_scoped_and_refuses_bad_input() {
+    use eac_controller::accounts::{AccountMapping, AccountMappingSpec};
+    let crd = AccountMapping::crd();
+    assert_eq!(
+        crd.spec.scope, "Cluster",
+        "namespaced would let tenants write one"
+    );
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON schema");
+    let valid = json!({"apiVersion": "proton.eac.dev/v1alpha1", "kind": "AccountMapping",
+        "metadata": {"name": "payments"},
+        "spec": {"namespaceSelector": {"matchLabels": {"team": "payments"}},
+                 "roleArn": "arn:aws:iam::111111111111:role/eac", "externalId": "ext-1",
+                 "region": "eu-west-1"}});
+    assert!(validator.is_valid(&valid));
+    for (field, value) in [
+        ("roleArn", json!("arn:aws:iam::111111111111:user/eac")),
+        ("externalId", json!("x")),
+        ("region", json!("EU-WEST-1")),
+    ] {
+        let mut bad = valid.clone();
+        bad["spec"][field] = value;
+        assert!(!validator.is_valid(&bad), "{field} accepted");
+    }
+    let mut missing = valid.clone();
+    missing["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("namespaceSelector");
+    assert!(
+        !validator.is_valid(&missing),
+        "a mapping must say which namespaces"
+    );
+
+    // CEL: operators and values as Kubernetes requires them.
+    let mapping = |expressions: Value| {
+        let spec: AccountMappingSpec = serde_json::from_value(json!({
+            "namespaceSelector": {"matchExpressions": expressions},
+            "roleArn": "arn:aws:iam::111111111111:role/eac"}))
+        .unwrap();
+        AccountMapping::new("m", spec)
+    };
+    assert!(
+        mapping(json!([{"key": "tier", "operator": "In", "values": ["prod"]}]))
+            .validate_cel()
+            .is_ok()
+    );
+    assert!(
+        mapping(json!([{"key": "tier", "operator": "Near", "values": ["prod"]}]))
+            .validate_cel()
+            .is_err()
+    );
+    assert!(
+        mapping(json!([{"key": "tier", "operator": "In"}]))
+            .validate_cel()
+            .is_err()
+    );
+    assert!(
+        mapping(json!([{"key": "tier", "operator": "Exists", "values": ["x"]}]))
+            .validate_cel()
+            .is_err()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Shape
 

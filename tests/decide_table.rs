@@ -400,6 +400,8 @@ impl Case {
             failures: self.failures,
             first_sight: self.first_sight,
             paused: self.paused,
+            credentials_problem: None,
+            default_region: None,
         }
     }
     fn run(&self) -> Run<'_> {

@@ -96,6 +96,12 @@ pub struct Resource<'a> {
     pub first_sight: bool,
     /// The `proton.eac.dev/paused` annotation is `"true"`: no AWS call at all.
     pub paused: bool,
+    /// Why the resource's namespace has no credentials (an ambiguous or unreadable account
+    /// mapping): reported instead of any AWS call.
+    pub credentials_problem: Option<&'a Problem>,
+    /// Region of a new connection whose spec names none, set by the namespace's account
+    /// mapping (else the controller's default).
+    pub default_region: Option<&'a str>,
 }
 
 /// The one next thing to do.

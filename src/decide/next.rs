@@ -29,8 +29,10 @@ pub(super) fn region_of(r: &Resource, settings: &Settings) -> String {
     }
     r.spec
         .region
-        .clone()
-        .unwrap_or_else(|| settings.default_region.clone())
+        .as_deref()
+        .or(r.default_region)
+        .unwrap_or(&settings.default_region)
+        .to_string()
 }
 
 /// `arn:PARTITION:proton:REGION:ACCOUNT:...` -> REGION.
@@ -63,6 +65,9 @@ pub(super) fn decide(run: &Run, now: jiff::Timestamp) -> Step {
         Step::Record(_) | Step::AddFinalizer { intent: Some(_) }
     );
     if step.is_aws() || pins {
+        if let Some(problem) = run.r.credentials_problem {
+            return run.report(problem.clone(), now);
+        }
         let Some(account) = &run.account else {
             return Step::WhoAmI;
         };

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::Settings;
-use crate::proton::{ProtonError, Retry};
+use crate::proton::{ErrorClass, ProtonError, Retry};
 
 /// Why a reconcile ended without settling: an AWS error, or a failure the decision found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,8 +33,14 @@ impl Problem {
 
 impl From<&ProtonError> for Problem {
     fn from(e: &ProtonError) -> Self {
+        // A role that cannot be assumed is named as such: the fix is in the role's trust
+        // policy or the AccountMapping, not in the connection's permissions.
+        let reason = match (e.operation, e.class) {
+            ("AssumeRole", ErrorClass::AccessDenied | ErrorClass::Validation) => "AssumeRoleFailed",
+            _ => e.class.reason(),
+        };
         Problem {
-            reason: e.class.reason(),
+            reason,
             message: format!("{}: {}", e.operation, e.message),
             retry: e.class.retry(),
         }

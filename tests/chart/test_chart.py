@@ -55,6 +55,7 @@ def namespace_rules(watch_namespace: str | None = None) -> set[tuple]:
 
 
 NAMESPACES_ROLE = f"{RELEASE}-namespaces"
+ACCOUNTS_ROLE = f"{RELEASE}-accounts"
 
 
 def flatten_rules(role: dict) -> set[tuple]:
@@ -96,6 +97,7 @@ NON_DEFAULTS = {
     "stsEndpoint": "https://sts.us-gov-west-1.amazonaws.com",
     "watchFailureTimeout": "30s",
     "adoption": {"mode": "everywhere"},
+    "accountMappings": {"enabled": False},
     "leaderElection": {
         "enabled": True,
         "namespace": "eac-leases",
@@ -124,6 +126,7 @@ EXPECTED_NON_DEFAULT_ARGS = [
     "--aws-list-lag=0s",
     "--watch-failure-timeout=30s",
     "--adoption=everywhere",
+    "--account-mappings=false",
     "--namespace=team-a",
     "--label-selector=shard in (a,b),team=payments",
     "--region=us-gov-west-1",
@@ -176,10 +179,12 @@ def test_default_render_objects(default_objs):
     assert kinds == sorted(
         [
             ("ClusterRole", "eac-controller"),
+            ("ClusterRole", "eac-controller-accounts"),
             ("ClusterRole", "eac-controller-edit"),
             ("ClusterRole", "eac-controller-namespaces"),
             ("ClusterRole", "eac-controller-view"),
             ("ClusterRoleBinding", "eac-controller"),
+            ("ClusterRoleBinding", "eac-controller-accounts"),
             ("ClusterRoleBinding", "eac-controller-namespaces"),
             ("Deployment", "eac-controller"),
             ("PodDisruptionBudget", "eac-controller"),
@@ -218,6 +223,7 @@ def test_default_deployment(default_objs):
         "--aws-list-lag=30s",
         "--watch-failure-timeout=2m",
         "--adoption=namespace-opt-in",
+        "--account-mappings=true",
         "--leader-election",
         "--lease-name=eac-controller",
         "--lease-duration=15s",
@@ -358,9 +364,15 @@ def test_watch_namespace_gets_a_role_instead_of_a_cluster_role(render):
     objs = render({"watchNamespace": "team-a"})
     assert not find(objs, "ClusterRole", RELEASE)
     assert not find(objs, "ClusterRoleBinding", RELEASE)
-    # The only cluster-wide grant left: get on the watched Namespace (adoption opt-in).
-    assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {NAMESPACES_ROLE, f"{RELEASE}-view", f"{RELEASE}-edit"}
-    assert [b["metadata"]["name"] for b in find(objs, "ClusterRoleBinding")] == [NAMESPACES_ROLE]
+    # The only cluster-wide grants left: get on the watched Namespace (adoption opt-in), and
+    # reading AccountMappings and Namespaces' labels (cluster-scoped both).
+    assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {
+        NAMESPACES_ROLE,
+        ACCOUNTS_ROLE,
+        f"{RELEASE}-view",
+        f"{RELEASE}-edit",
+    }
+    assert sorted(b["metadata"]["name"] for b in find(objs, "ClusterRoleBinding")) == [ACCOUNTS_ROLE, NAMESPACES_ROLE]
     role = one(objs, "Role", RELEASE)
     assert role["metadata"]["namespace"] == "team-a"
     assert flatten_rules(role) == CONTROLLER_RULES
@@ -422,9 +434,42 @@ def test_rbac_can_be_turned_off(render):
     for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
         assert not find(objs, kind), kind
     objs = render({"rbac": {"aggregateToDefaultRoles": False}})
-    assert sorted(r["metadata"]["name"] for r in find(objs, "ClusterRole")) == [RELEASE, NAMESPACES_ROLE]
-    objs = render({"rbac": {"aggregateToDefaultRoles": False}, "adoption": {"mode": "disabled"}})
+    assert sorted(r["metadata"]["name"] for r in find(objs, "ClusterRole")) == [RELEASE, ACCOUNTS_ROLE, NAMESPACES_ROLE]
+    objs = render(
+        {"rbac": {"aggregateToDefaultRoles": False}, "adoption": {"mode": "disabled"}, "accountMappings": {"enabled": False}}
+    )
     assert [r["metadata"]["name"] for r in find(objs, "ClusterRole")] == [RELEASE]
+
+
+# --- account mappings RBAC --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("watch_namespace", ["", "team-a"])
+def test_account_mappings_read_mappings_and_namespaces_and_write_nothing(render, watch_namespace):
+    objs = render({"watchNamespace": watch_namespace})
+    role = one(objs, "ClusterRole", ACCOUNTS_ROLE)
+    assert flatten_rules(role) == {
+        (GROUP, "accountmappings", verb, None) for verb in ("get", "list", "watch")
+    } | {("", "namespaces", verb, None) for verb in ("get", "list", "watch")}
+    binding = one(objs, "ClusterRoleBinding", ACCOUNTS_ROLE)
+    assert binding["roleRef"]["name"] == ACCOUNTS_ROLE
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+    assert "--account-mappings=true" in args_of(objs)
+
+
+def test_account_mappings_off_grant_nothing_and_say_so(render):
+    objs = render({"accountMappings": {"enabled": False}})
+    assert not find(objs, "ClusterRole", ACCOUNTS_ROLE)
+    assert not find(objs, "ClusterRoleBinding", ACCOUNTS_ROLE)
+    assert "--account-mappings=false" in args_of(objs)
+
+
+def test_no_tenant_role_reaches_account_mappings(default_objs):
+    """AccountMappings pick the AWS account a namespace acts in: only the cluster admin writes
+    them, and the aggregated user roles do not even read them."""
+    for role in find(default_objs, "ClusterRole"):
+        if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"]["labels"]):
+            assert not [g for g in flatten_rules(role) if g[1].startswith("accountmappings")], role["metadata"]["name"]
 
 
 # --- adoption RBAC ----------------------------------------------------------------------------
@@ -452,7 +497,7 @@ def test_namespace_opt_in_with_watch_namespace_gets_that_namespace_only(render):
 @pytest.mark.parametrize("mode", ["everywhere", "disabled"])
 @pytest.mark.parametrize("watch_namespace", ["", "team-a"])
 def test_no_namespace_access_without_namespace_opt_in(render, mode, watch_namespace):
-    objs = render({"adoption": {"mode": mode}, "watchNamespace": watch_namespace})
+    objs = render({"adoption": {"mode": mode}, "watchNamespace": watch_namespace, "accountMappings": {"enabled": False}})
     assert not find(objs, "ClusterRole", NAMESPACES_ROLE)
     assert not find(objs, "ClusterRoleBinding", NAMESPACES_ROLE)
     for kind in ("ClusterRole", "Role"):
@@ -843,8 +888,13 @@ def test_chart_crd_is_the_generated_crd(chart):
     crd = yaml.safe_load(CRD_FILE.read_text())
     assert crd["kind"] == "CustomResourceDefinition"
     assert crd["metadata"]["name"] == f"{PLURAL}.{GROUP}"
-    # Helm installs it from the chart's crds/ directory.
-    assert [c["filename"].split("/", 1)[-1] for c in chart.crds] == ["crds/environmentaccountconnections.yaml"]
+    # Helm installs them from the chart's crds/ directory.
+    assert sorted(c["filename"].split("/", 1)[-1] for c in chart.crds) == [
+        "crds/accountmappings.yaml",
+        "crds/environmentaccountconnections.yaml",
+    ]
+    mapping = ROOT / "crds" / "accountmappings.yaml"
+    assert (CHART_CRD_FILE.parent / "accountmappings.yaml").read_bytes() == mapping.read_bytes()
 
 
 def test_argocd_snippet_is_exactly_health_lua():

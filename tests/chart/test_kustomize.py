@@ -80,8 +80,7 @@ def without_helm_labels(obj: dict) -> dict:
 
 
 def test_base_builds_with_the_crd(base):
-    crd = one(base, "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == "environmentaccountconnections.proton.eac.dev"
+    crd = one(base, "CustomResourceDefinition", "environmentaccountconnections.proton.eac.dev")
     assert one(base, "Namespace")["metadata"]["name"] == NAMESPACE
     if CRD_FILE.exists():
         assert crd == yaml.safe_load(CRD_FILE.read_text())
@@ -95,7 +94,11 @@ def test_base_is_the_chart_default(base, default_objs):
         assert key in base_by_key, f"deploy/base lacks {key}"
         assert base_by_key[key] == without_helm_labels(rendered), f"deploy/base differs from the chart in {key}"
     extra = set(base_by_key) - {(o["kind"], o["metadata"]["name"]) for o in default_objs}
-    assert extra == {("Namespace", NAMESPACE), ("CustomResourceDefinition", "environmentaccountconnections.proton.eac.dev")}
+    assert extra == {
+        ("Namespace", NAMESPACE),
+        ("CustomResourceDefinition", "environmentaccountconnections.proton.eac.dev"),
+        ("CustomResourceDefinition", "accountmappings.proton.eac.dev"),
+    }
 
 
 def base_args(objs: list[dict]) -> list[str]:
@@ -125,6 +128,19 @@ def test_base_can_get_namespaces_for_the_adoption_opt_in(base):
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "eac-controller-namespaces"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "eac-controller", "namespace": NAMESPACE}]
     assert "--adoption=namespace-opt-in" in base_args(base)
+
+
+def test_base_reads_account_mappings_and_namespaces(base):
+    role = one(base, "ClusterRole", "eac-controller-accounts")
+    assert role["rules"] == [
+        {"apiGroups": ["proton.eac.dev"], "resources": ["accountmappings"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    ]
+    binding = one(base, "ClusterRoleBinding", "eac-controller-accounts")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "eac-controller", "namespace": NAMESPACE}]
+    assert "--account-mappings=true" in base_args(base)
+    crds = {o["metadata"]["name"] for o in find(base, "CustomResourceDefinition")}
+    assert "accountmappings.proton.eac.dev" in crds
 
 
 def test_base_leader_election_role_has_no_patch(base):
@@ -176,7 +192,7 @@ def example(name: str) -> dict:
     return docs[0]
 
 
-@pytest.mark.parametrize("name", ["basic.yaml", "full.yaml", "retain.yaml", "adopt.yaml"])
+@pytest.mark.parametrize("name", ["basic.yaml", "full.yaml", "retain.yaml", "adopt.yaml", "observe.yaml"])
 def test_example_is_a_connection(name):
     obj = example(name)
     assert obj["apiVersion"] == "proton.eac.dev/v1alpha1"
@@ -189,6 +205,7 @@ def test_example_is_a_connection(name):
 def test_examples_say_what_they_show():
     assert example("retain.yaml")["spec"]["deletionPolicy"] == "Retain"
     assert example("adopt.yaml")["metadata"]["annotations"]["proton.eac.dev/adopt-id"]
+    assert example("observe.yaml")["spec"]["managementPolicy"] == "Observe"
     full = example("full.yaml")["spec"]
     assert set(full) == {
         "environmentName",
@@ -199,10 +216,11 @@ def test_examples_say_what_they_show():
         "tags",
         "region",
         "deletionPolicy",
+        "managementPolicy",
     }
 
 
-@pytest.mark.parametrize("name", ["basic.yaml", "full.yaml", "retain.yaml", "adopt.yaml"])
+@pytest.mark.parametrize("name", ["basic.yaml", "full.yaml", "retain.yaml", "adopt.yaml", "observe.yaml"])
 def test_example_matches_the_crd_schema(name):
     if not CRD_FILE.exists():
         pytest.skip(f"{CRD_FILE} is not generated yet")
@@ -214,3 +232,17 @@ def test_example_matches_the_crd_schema(name):
     if name == "full.yaml":
         # Every field of the spec appears in full.yaml.
         assert set(example(name)["spec"]) == set(schema["properties"])
+
+
+def test_account_mapping_example_matches_its_crd_schema():
+    mapping_crd = ROOT / "crds" / "accountmappings.yaml"
+    if not mapping_crd.exists():
+        pytest.skip(f"{mapping_crd} is not generated yet")
+    jsonschema = pytest.importorskip("jsonschema")
+    crd = yaml.safe_load(mapping_crd.read_text())
+    assert crd["spec"]["scope"] == "Cluster"
+    (version,) = crd["spec"]["versions"]
+    obj = example("account-mapping.yaml")
+    assert obj["kind"] == "AccountMapping"
+    assert "namespace" not in obj["metadata"]
+    jsonschema.validate(obj["spec"], version["schema"]["openAPIV3Schema"]["properties"]["spec"])

@@ -187,26 +187,34 @@ impl Cluster {
     /// Server-side applies `crds/` (idempotent: every test does it, in parallel) and waits until
     /// the CRD is Established.
     async fn install_crd(&self) {
-        let text = std::fs::read_to_string(repo_path(CRD_FILE))
-            .unwrap_or_else(|e| panic!("cannot read {CRD_FILE}: {e}"));
-        let manifest: Value =
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{CRD_FILE} is not YAML: {e}"));
-        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        crds.patch(
-            CRD_NAME,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&manifest),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot apply {CRD_FILE}: {e}"));
-        wait_object(
-            &crds,
-            CRD_NAME,
-            "the CRD to be Established",
-            timeouts::CRD_ESTABLISHED,
-            conditions::is_crd_established(),
-        )
-        .await;
+        for (file, name) in [
+            (CRD_FILE, CRD_NAME),
+            (
+                "crds/accountmappings.yaml",
+                "accountmappings.proton.eac.dev",
+            ),
+        ] {
+            let text = std::fs::read_to_string(repo_path(file))
+                .unwrap_or_else(|e| panic!("cannot read {file}: {e}"));
+            let manifest: Value =
+                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file} is not YAML: {e}"));
+            let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+            crds.patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&manifest),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot apply {file}: {e}"));
+            wait_object(
+                &crds,
+                name,
+                "the CRD to be Established",
+                timeouts::CRD_ESTABLISHED,
+                conditions::is_crd_established(),
+            )
+            .await;
+        }
     }
 
     /// A fresh namespace `eac-e2e-<random>` for one test, deleted when the guard drops.
@@ -1165,6 +1173,15 @@ impl Controller {
                 "1s",
             ])
             .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "json"])
+            // Most scenarios run with a namespace's Role (or share the cluster with other
+            // tests' AccountMappings): mappings only where a scenario asks for them.
+            .args(
+                (!options
+                    .extra_args
+                    .iter()
+                    .any(|a| a.starts_with("--account-mappings")))
+                .then_some("--account-mappings=false"),
+            )
             .args(&options.extra_args)
             .env(
                 "KUBECONFIG",

@@ -41,6 +41,64 @@ pub const NS: &str = "platform";
 const GROUP_PATH: &str = "/apis/proton.eac.dev/v1alpha1";
 /// The all-namespaces collection path of the resource.
 const COLLECTION: &str = "/apis/proton.eac.dev/v1alpha1/environmentaccountconnections";
+/// The collection of the cluster-scoped account mappings.
+const MAPPINGS: &str = "/apis/proton.eac.dev/v1alpha1/accountmappings";
+/// The collection of namespaces.
+const NAMESPACES: &str = "/api/v1/namespaces";
+
+/// The watchable collections the fake serves lists and watches of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Collection {
+    Connections,
+    Mappings,
+    Namespaces,
+}
+
+impl Collection {
+    /// The collection a stored object (by its path) belongs to.
+    fn of_object(path: &str) -> Option<Collection> {
+        if path.starts_with(GROUP_PATH) && path.contains("/environmentaccountconnections/") {
+            Some(Collection::Connections)
+        } else if path
+            .strip_prefix(MAPPINGS)
+            .is_some_and(|rest| rest.matches('/').count() == 1)
+        {
+            Some(Collection::Mappings)
+        } else if path
+            .strip_prefix(NAMESPACES)
+            .is_some_and(|rest| rest.matches('/').count() == 1)
+        {
+            Some(Collection::Namespaces)
+        } else {
+            None
+        }
+    }
+
+    /// The collection a GET path lists or watches.
+    fn of_request(path: &str) -> Option<Collection> {
+        let namespaced = format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections");
+        if path == COLLECTION || path == namespaced {
+            Some(Collection::Connections)
+        } else if path == MAPPINGS {
+            Some(Collection::Mappings)
+        } else if path == NAMESPACES {
+            Some(Collection::Namespaces)
+        } else {
+            None
+        }
+    }
+
+    fn list_kind(self) -> (&'static str, &'static str) {
+        match self {
+            Collection::Connections => (
+                "proton.eac.dev/v1alpha1",
+                "EnvironmentAccountConnectionList",
+            ),
+            Collection::Mappings => ("proton.eac.dev/v1alpha1", "AccountMappingList"),
+            Collection::Namespaces => ("v1", "NamespaceList"),
+        }
+    }
+}
 
 /// One request the fake API server answered.
 #[derive(Clone, Debug)]
@@ -68,8 +126,8 @@ struct ApiState {
     resource_version: u64,
     /// Watches asking for a resourceVersion older than this get 410 Gone.
     compacted: u64,
-    /// Recent changes to EnvironmentAccountConnections: (resourceVersion, kind, before, object).
-    history: std::collections::VecDeque<(u64, String, Option<Value>, Value)>,
+    /// Recent changes to watchable objects: (collection, resourceVersion, kind, before, object).
+    history: std::collections::VecDeque<(Collection, u64, String, Option<Value>, Value)>,
     requests: Vec<Seen>,
     /// Keep every request (tests) or only count them (benchmarks).
     keep_requests: bool,
@@ -84,8 +142,12 @@ struct ApiState {
     cut: bool,
     /// Requests held while the server is cut off; answered (503) when it is healed.
     held: Vec<tower_test::mock::SendResponse<Response<FakeBody>>>,
-    /// Open watch streams on EnvironmentAccountConnections, with their label selectors.
-    watchers: Vec<(Option<String>, tokio::sync::mpsc::UnboundedSender<Bytes>)>,
+    /// Open watch streams, with their collection and label selector.
+    watchers: Vec<(
+        Collection,
+        Option<String>,
+        tokio::sync::mpsc::UnboundedSender<Bytes>,
+    )>,
     /// Bumped on every change, so tests can wait for one without sleeping.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -134,8 +196,11 @@ impl ApiState {
     }
 
     fn changed_from(&mut self, kind: &str, path: &str, before: Option<&Value>, object: &Value) {
-        if path.starts_with(GROUP_PATH) {
-            self.watchers.retain(|(selector, w)| {
+        if let Some(collection) = Collection::of_object(path) {
+            self.watchers.retain(|(watched, selector, w)| {
+                if *watched != collection {
+                    return !w.is_closed();
+                }
                 match seen_as(selector.as_deref(), kind, before, object) {
                     Some(kind) => w.send(watch_line(kind, object)).is_ok(),
                     None => true,
@@ -146,10 +211,15 @@ impl ApiState {
                 .as_str()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(self.resource_version);
-            self.history
-                .push_back((rv, kind.to_string(), before.cloned(), object.clone()));
+            self.history.push_back((
+                collection,
+                rv,
+                kind.to_string(),
+                before.cloned(),
+                object.clone(),
+            ));
             while self.history.len() > HISTORY {
-                if let Some((dropped, ..)) = self.history.pop_front() {
+                if let Some((_, dropped, ..)) = self.history.pop_front() {
                     self.compacted = self.compacted.max(dropped);
                 }
             }
@@ -255,8 +325,41 @@ impl FakeApi {
         let value = json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": name, "labels": labels, "resourceVersion": rv}});
         let path = format!("/api/v1/namespaces/{name}");
+        let kind = if st.objects.contains_key(&path) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         st.objects.insert(path.clone(), value.clone());
-        st.changed("ADDED", &path, &value);
+        st.changed(kind, &path, &value);
+    }
+
+    /// Creates or replaces a cluster admin's AccountMapping.
+    pub fn account_mapping(&self, name: &str, spec: &eac_controller::accounts::AccountMappingSpec) {
+        let mut st = self.lock();
+        let rv = st.next_rv();
+        let path = format!("{MAPPINGS}/{name}");
+        let kind = if st.objects.contains_key(&path) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let value = json!({"apiVersion": "proton.eac.dev/v1alpha1", "kind": "AccountMapping",
+            "metadata": {"name": name, "uid": format!("mapping-{name}"), "resourceVersion": rv},
+            "spec": spec});
+        st.objects.insert(path.clone(), value.clone());
+        st.changed(kind, &path, &value);
+    }
+
+    /// Deletes an AccountMapping.
+    pub fn delete_account_mapping(&self, name: &str) {
+        let mut st = self.lock();
+        let path = format!("{MAPPINGS}/{name}");
+        if let Some(mut value) = st.objects.remove(&path) {
+            let rv = st.next_rv();
+            value["metadata"]["resourceVersion"] = json!(rv);
+            st.changed("DELETED", &path, &value);
+        }
     }
 
     /// Any stored object by its path, e.g. a Lease.
@@ -438,7 +541,7 @@ impl FakeApi {
                 "too old resource version: the history was compacted",
             ),
         );
-        for (_, w) in std::mem::take(&mut st.watchers) {
+        for (_, _, w) in std::mem::take(&mut st.watchers) {
             let _ = w.send(gone.clone());
         }
     }
@@ -712,9 +815,14 @@ impl FakeApi {
         }
     }
 
-    /// Answers a collection GET of EnvironmentAccountConnections: a List, or (with
-    /// `watch=true`) a stream of changes, or 410 Gone for a compacted resourceVersion.
-    fn list_or_watch(&self, path: &str, query: &str) -> (StatusCode, FakeBody) {
+    /// Answers a collection GET: a List, or (with `watch=true`) a stream of changes, or 410
+    /// Gone for a compacted resourceVersion.
+    fn list_or_watch(
+        &self,
+        collection: Collection,
+        path: &str,
+        query: &str,
+    ) -> (StatusCode, FakeBody) {
         if self.denied(&Method::GET, path) {
             return (
                 StatusCode::FORBIDDEN,
@@ -745,14 +853,15 @@ impl FakeApi {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
             // What happened since the requested resourceVersion comes first, as from a real
             // API server's watch cache.
-            for (rv, kind, before, object) in &st.history {
-                if *rv > from
+            for (changed, rv, kind, before, object) in &st.history {
+                if *changed == collection
+                    && *rv > from
                     && let Some(kind) = seen_as(selector.as_deref(), kind, before.as_ref(), object)
                 {
                     let _ = tx.send(watch_line(kind, object));
                 }
             }
-            st.watchers.push((selector.clone(), tx));
+            st.watchers.push((collection, selector.clone(), tx));
             let frames = futures::stream::unfold(rx, |mut rx| async move {
                 rx.recv()
                     .await
@@ -763,12 +872,13 @@ impl FakeApi {
         let items: Vec<Value> = st
             .objects
             .iter()
-            .filter(|(p, o)| p.starts_with(GROUP_PATH) && matches(o))
+            .filter(|(p, o)| Collection::of_object(p) == Some(collection) && matches(o))
             .map(|(_, o)| o.clone())
             .collect();
+        let (api_version, kind) = collection.list_kind();
         let list = json!({
-            "apiVersion": "proton.eac.dev/v1alpha1",
-            "kind": "EnvironmentAccountConnectionList",
+            "apiVersion": api_version,
+            "kind": kind,
             "metadata": {"resourceVersion": st.resource_version.to_string()},
             "items": items,
         });
@@ -817,10 +927,11 @@ impl FakeApi {
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        let namespaced = format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections");
-        let (code, answer) = if method == Method::GET && (path == COLLECTION || path == namespaced)
-        {
-            self.list_or_watch(&path, &query)
+        let listed = (method == Method::GET)
+            .then(|| Collection::of_request(&path))
+            .flatten();
+        let (code, answer) = if let Some(collection) = listed {
+            self.list_or_watch(collection, &path, &query)
         } else {
             let (code, value) =
                 self.handle(method.clone(), &path, &query, &content_type, body.clone());

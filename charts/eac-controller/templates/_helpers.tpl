@@ -127,6 +127,7 @@ Takes (list name value minMs maxMs "min" "max").
 - --aws-list-lag={{ .Values.awsListLag }}
 - --watch-failure-timeout={{ .Values.watchFailureTimeout }}
 - --adoption={{ .Values.adoption.mode }}
+- --account-mappings={{ .Values.accountMappings.enabled }}
 {{- if .Values.watchNamespace }}
 - --namespace={{ .Values.watchNamespace }}
 {{- end }}
