@@ -48,12 +48,22 @@ struct Args {
 
     /// Requests signed with this access key id act in this account (repeatable; the env var
     /// takes a comma-separated list).
-    #[arg(long = "account", env = "PROTON_EMULATOR_ACCOUNT", value_name = "ACCESS_KEY_ID=ACCOUNT_ID", value_delimiter = ',')]
+    #[arg(
+        long = "account",
+        env = "PROTON_EMULATOR_ACCOUNT",
+        value_name = "ACCESS_KEY_ID=ACCOUNT_ID",
+        value_delimiter = ','
+    )]
     accounts: Vec<AccountMapping>,
 
     /// A role for STS AssumeRole; with external-id=X, AssumeRole must give that ExternalId
     /// (repeatable; the env var takes a space-separated list).
-    #[arg(long = "role", env = "PROTON_EMULATOR_ROLE", value_name = "ROLE_ARN[,external-id=X]", value_delimiter = ' ')]
+    #[arg(
+        long = "role",
+        env = "PROTON_EMULATOR_ROLE",
+        value_name = "ROLE_ARN[,external-id=X]",
+        value_delimiter = ' '
+    )]
     roles: Vec<RoleSpec>,
 
     /// AssumeRole refuses (AccessDenied) roles not given with --role; without it any
@@ -126,10 +136,9 @@ impl Args {
     fn account_map(&self) -> Result<BTreeMap<String, String>, String> {
         let mut map = BTreeMap::new();
         for mapping in &self.accounts {
-            if let Some(earlier) = map.insert(
-                mapping.access_key_id.clone(),
-                mapping.account_id.clone(),
-            ) && earlier != mapping.account_id
+            if let Some(earlier) =
+                map.insert(mapping.access_key_id.clone(), mapping.account_id.clone())
+                && earlier != mapping.account_id
             {
                 return Err(format!(
                     "--account: access key {} is mapped to both {earlier} and {}",

@@ -111,10 +111,9 @@ fn verb(op: Operation) -> &'static str {
         Operation::Delete => "delete",
         Operation::TagResource => "tag",
         Operation::UntagResource => "untag",
-        Operation::Create
-        | Operation::Get
-        | Operation::List
-        | Operation::ListTagsForResource => "use",
+        Operation::Create | Operation::Get | Operation::List | Operation::ListTagsForResource => {
+            "use"
+        }
     }
 }
 
@@ -266,11 +265,17 @@ mod tests {
         let ids = Identities::new(ENV, &BTreeMap::new(), []);
         let c = connection(MGMT);
         let env = Requester::new(ENV, &ids);
-        assert_eq!(kind(env.check(Operation::Accept, &c, Named::Id(&c.id))), None);
+        assert_eq!(
+            kind(env.check(Operation::Accept, &c, Named::Id(&c.id))),
+            None
+        );
         assert!(env.lists(RequestedBy::ManagementAccount, &c));
         // The management account itself still is the management account (a role assumed in it).
         let mgmt = Requester::new(MGMT, &ids);
-        assert_eq!(kind(mgmt.check(Operation::Reject, &c, Named::Id(&c.id))), None);
+        assert_eq!(
+            kind(mgmt.check(Operation::Reject, &c, Named::Id(&c.id))),
+            None
+        );
         assert_eq!(
             kind(mgmt.check(Operation::Update, &c, Named::Id(&c.id))),
             Some(ErrorKind::AccessDenied)

@@ -174,7 +174,8 @@ impl Durability {
 
     /// The waiters of every version up to `attempted` (all in the failed write) are told why.
     fn fail(&self, attempted: u64, why: String) {
-        self.written.send_modify(|w| w.failed = Some((attempted, why.into())));
+        self.written
+            .send_modify(|w| w.failed = Some((attempted, why.into())));
     }
 }
 

@@ -469,9 +469,7 @@ impl EmulatorState {
     /// Puts back a state read from the state file; the error says what is impossible in it.
     fn restore(&self, document: StateDocument) -> Result<(), String> {
         let mut world = self.world();
-        world
-            .store
-            .import(document.connections, document.clock)?;
+        world.store.import(document.connections, document.clock)?;
         world.sessions = Sessions::import(document.sessions)?;
         self.inner
             .clock_offset_ms
@@ -611,8 +609,7 @@ impl EmulatorState {
         body: &[u8],
     ) -> Result<sts::AssumeRoleRequest, ApiError> {
         let req = sts::assume_role_input(body)?;
-        if principal.is_assumed_role() && req.duration_seconds > sts::MAX_CHAINED_DURATION_SECONDS
-        {
+        if principal.is_assumed_role() && req.duration_seconds > sts::MAX_CHAINED_DURATION_SECONDS {
             return Err(ApiError::validation(
                 "The requested DurationSeconds exceeds the 1 hour session limit for roles \
                  assumed by role chaining.",
@@ -915,5 +912,134 @@ mod tests {
         let throttled = state.handle_sts(&Caller::default(), b"Action=GetCallerIdentity");
         assert_eq!(throttled.result.unwrap_err().kind, ErrorKind::Throttling);
         assert_eq!(state.calls().count("GetCallerIdentity"), 2);
+    }
+
+    fn assume(state: &EmulatorState, caller: &Caller, role: &str) -> sessions::Session {
+        let body =
+            format!("Action=AssumeRole&Version=2011-06-15&RoleArn={role}&RoleSessionName=test");
+        match state.handle_sts(caller, body.as_bytes()).result {
+            Ok(sts::Output::AssumedRole(assumed)) => assumed.session,
+            Ok(other) => panic!("not an AssumeRole answer: {other:?}"),
+            Err(err) => panic!("AssumeRole failed: {err}"),
+        }
+    }
+
+    fn with_session(session: &sessions::Session) -> Caller {
+        Caller {
+            access_key_id: Some(session.access_key_id.clone()),
+            region: None,
+            session_token: Some(caller::SessionToken::new(session.session_token.clone())),
+        }
+    }
+
+    #[test]
+    fn assumed_role_credentials_act_in_the_role_s_account_until_they_expire() {
+        let state = EmulatorState::new(&EmulatorConfig::default());
+        let session = assume(
+            &state,
+            &Caller::default(),
+            "arn:aws:iam::111122223333:role/mgmt",
+        );
+        let caller = with_session(&session);
+        let Ok(sts::Output::CallerIdentity(identity)) = state
+            .handle_sts(&caller, b"Action=GetCallerIdentity")
+            .result
+        else {
+            panic!("no identity");
+        };
+        assert_eq!(identity.account, "111122223333");
+        assert_eq!(
+            identity.arn,
+            "arn:aws:sts::111122223333:assumed-role/mgmt/test"
+        );
+
+        let body = r#"{"environmentName":"e","managementAccountId":"444455556666"}"#;
+        let created = call(&state, &caller, "CreateEnvironmentAccountConnection", body);
+        assert_eq!(
+            created.result.unwrap()["environmentAccountConnection"]["environmentAccountId"],
+            "111122223333"
+        );
+
+        state.advance_clock(Duration::from_secs(3600));
+        let expired = call(&state, &caller, "ListEnvironmentAccountConnections", "{}");
+        assert_eq!(expired.result.unwrap_err().kind, ErrorKind::ExpiredToken);
+        let expired = state.handle_sts(&caller, b"Action=GetCallerIdentity");
+        assert_eq!(expired.result.unwrap_err().kind, ErrorKind::ExpiredToken);
+        assert_eq!(state.calls().count("AssumeRole"), 1);
+    }
+
+    #[test]
+    fn every_change_and_nothing_else_moves_the_version() {
+        let state = EmulatorState::new(&EmulatorConfig::default());
+        let body = r#"{"environmentName":"e","managementAccountId":"111122223333"}"#;
+        let created = call(
+            &state,
+            &Caller::default(),
+            "CreateEnvironmentAccountConnection",
+            body,
+        );
+        assert_eq!(created.version, 1);
+        let id = created.result.unwrap()["environmentAccountConnection"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let get = format!(r#"{{"id":"{id}"}}"#);
+        let read = call(
+            &state,
+            &Caller::default(),
+            "GetEnvironmentAccountConnection",
+            &get,
+        );
+        assert_eq!(read.version, 1, "a read shows version 1");
+        let refused = call(
+            &state,
+            &Caller::default(),
+            "CreateEnvironmentAccountConnection",
+            body,
+        );
+        assert!(refused.result.is_err());
+        assert_eq!(refused.version, 1, "a refused change changes nothing");
+        let session = assume(
+            &state,
+            &Caller::default(),
+            "arn:aws:iam::111122223333:role/r",
+        );
+        assert!(!session.session_token.is_empty());
+        state.accept(&id).unwrap();
+        state.advance_clock(Duration::from_secs(1));
+        assert!(state.delete_out_of_band(&id));
+        assert_eq!(state.snapshot().0, 5);
+    }
+
+    #[test]
+    fn a_snapshot_restores_connections_sessions_and_the_clock() {
+        let config = EmulatorConfig::default();
+        let state = EmulatorState::new(&config);
+        let id = create(&state, "e");
+        let session = assume(
+            &state,
+            &Caller::default(),
+            "arn:aws:iam::111122223333:role/r",
+        );
+        state.advance_clock(Duration::from_secs(60));
+        let (_, document) = state.snapshot();
+
+        let restarted = EmulatorState::new(&config);
+        restarted.restore(document.clone()).unwrap();
+        assert_eq!(restarted.connections(), state.connections());
+        assert_eq!(restarted.snapshot().1, document);
+        let caller = with_session(&session);
+        let Ok(sts::Output::CallerIdentity(identity)) = restarted
+            .handle_sts(&caller, b"Action=GetCallerIdentity")
+            .result
+        else {
+            panic!("the session did not survive");
+        };
+        assert_eq!(identity.account, "111122223333");
+        assert!(
+            restarted.now() >= state.now() - 1_000,
+            "the clock offset is kept"
+        );
+        assert_eq!(restarted.connections()[0].id, id);
     }
 }

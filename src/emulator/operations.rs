@@ -252,10 +252,18 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.kind, ErrorKind::AccessDenied);
-        as_mgmt(&mut store, Operation::ListTagsForResource, json!({"resourceArn": arn})).unwrap();
+        as_mgmt(
+            &mut store,
+            Operation::ListTagsForResource,
+            json!({"resourceArn": arn}),
+        )
+        .unwrap();
 
         let accepted = as_mgmt(&mut store, Operation::Accept, json!({"id": id})).unwrap();
-        assert_eq!(accepted["environmentAccountConnection"]["status"], "CONNECTED");
+        assert_eq!(
+            accepted["environmentAccountConnection"]["status"],
+            "CONNECTED"
+        );
         let listed = |store: &mut Store, account: &str, side: &str| {
             run_as(
                 store,

@@ -70,9 +70,7 @@ pub enum RoleSpecError {
     Arn(#[from] NotARoleArn),
     #[error("'{0}' is not an option of a role: expected external-id=VALUE")]
     Option(String),
-    #[error(
-        "the external id '{0}' must be 2 to 1224 characters of letters, digits and _+=,.@:/-"
-    )]
+    #[error("the external id '{0}' must be 2 to 1224 characters of letters, digits and _+=,.@:/-")]
     ExternalId(String),
 }
 
@@ -177,7 +175,10 @@ mod tests {
         assert_eq!(role.account, "111122223333");
         assert_eq!(role.name, "management");
         let plain: RoleArn = "arn:aws-cn:iam::111122223333:role/r".parse().unwrap();
-        assert_eq!((plain.partition.as_str(), plain.name.as_str()), ("aws-cn", "r"));
+        assert_eq!(
+            (plain.partition.as_str(), plain.name.as_str()),
+            ("aws-cn", "r")
+        );
         for bad in [
             "",
             "role/r",
@@ -186,7 +187,11 @@ mod tests {
             "arn:aws:s3:::bucket",
             "arn:aws:iam::111122223333:role/",
         ] {
-            assert_eq!(bad.parse::<RoleArn>(), Err(NotARoleArn(bad.into())), "{bad}");
+            assert_eq!(
+                bad.parse::<RoleArn>(),
+                Err(NotARoleArn(bad.into())),
+                "{bad}"
+            );
         }
     }
 
@@ -233,7 +238,10 @@ mod tests {
     #[test]
     fn an_external_id_must_match() {
         let role: RoleArn = ROLE.parse().unwrap();
-        let roles = Roles::new(&[format!("{ROLE},external-id=s3cr3t").parse().unwrap()], false);
+        let roles = Roles::new(
+            &[format!("{ROLE},external-id=s3cr3t").parse().unwrap()],
+            false,
+        );
         assert!(roles.authorize(&user(), &role, Some("s3cr3t")).is_ok());
         for given in [None, Some("wrong")] {
             let (err, reason) = roles.authorize(&user(), &role, given).unwrap_err();

@@ -197,7 +197,11 @@ async fn answer_as_management(state: &EmulatorState, id: &str, answer: Status) -
     };
     match result {
         Ok(connection) => {
-            tracing::info!(id, status = connection.status.as_str(), "answered as the management account");
+            tracing::info!(
+                id,
+                status = connection.status.as_str(),
+                "answered as the management account"
+            );
             axum::Json(wire::connection_output(&connection)).into_response()
         }
         Err(err) => {
@@ -226,7 +230,11 @@ async fn post_clock(State(state): State<EmulatorState>, body: Bytes) -> Response
             if let Err(err) = state.durable(version).await {
                 return error_response(&err);
             }
-            tracing::info!(advanced_ms = req.advance_ms, offset_ms = offset, "clock advanced");
+            tracing::info!(
+                advanced_ms = req.advance_ms,
+                offset_ms = offset,
+                "clock advanced"
+            );
             axum::Json(json!({ "offsetMs": offset })).into_response()
         }
         Err(e) => admin_error(format!("invalid clock request: {e}")),
@@ -396,7 +404,10 @@ impl Drop for RunningEmulator {
 /// Loads the state file into `state` (a missing file is an empty state) and writes it back at
 /// once, so a file that cannot be written is found now rather than at the first change.
 /// Answers how many connections were loaded.
-async fn load_state(state: &EmulatorState, path: &std::path::Path) -> Result<usize, StateFileError> {
+async fn load_state(
+    state: &EmulatorState,
+    path: &std::path::Path,
+) -> Result<usize, StateFileError> {
     let path = path.to_path_buf();
     let failed_path = path.clone();
     let state = state.clone();

@@ -131,7 +131,8 @@ fn role_id(arn: &str) -> String {
             (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
         })
     };
-    let bits = (u128::from(fnv(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(fnv(0x8422_2325_cbf2_9ce4));
+    let bits =
+        (u128::from(fnv(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(fnv(0x8422_2325_cbf2_9ce4));
     let id: String = (0..17)
         .map(|i| char::from(KEY_ALPHABET[((bits >> (i * 5)) & 0x1f) as usize]))
         .collect();
@@ -143,7 +144,9 @@ mod tests {
     use super::*;
 
     fn role() -> RoleArn {
-        "arn:aws:iam::111122223333:role/team/deployer".parse().unwrap()
+        "arn:aws:iam::111122223333:role/team/deployer"
+            .parse()
+            .unwrap()
     }
 
     #[test]

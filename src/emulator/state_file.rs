@@ -177,8 +177,12 @@ pub fn remove_leftovers(path: &Path) {
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
             match fs::remove_file(entry.path()) {
-                Ok(()) => tracing::info!(file = %entry.path().display(), "removed a leftover temporary state file"),
-                Err(err) => tracing::warn!(file = %entry.path().display(), %err, "cannot remove a leftover temporary state file"),
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed a leftover temporary state file")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %entry.path().display(), %err, "cannot remove a leftover temporary state file")
+                }
             }
         }
     }
@@ -218,7 +222,11 @@ mod tests {
         newer.clock = 43;
         write(&path, &newer).unwrap();
         assert_eq!(load(&path).unwrap(), Some(newer));
-        assert_eq!(dir_entries(dir.path()), ["state.json"], "no temporary file left");
+        assert_eq!(
+            dir_entries(dir.path()),
+            ["state.json"],
+            "no temporary file left"
+        );
     }
 
     #[cfg(unix)]
@@ -241,7 +249,10 @@ mod tests {
             ("{\"version\": 1, \"clock\": ", "EOF"),
             ("[]", "invalid length 0"),
             ("\"state\"", "invalid type"),
-            ("{\"version\": 1, \"clock\": 0, \"extra\": 1}", "unknown field"),
+            (
+                "{\"version\": 1, \"clock\": 0, \"extra\": 1}",
+                "unknown field",
+            ),
         ] {
             fs::write(&path, content).unwrap();
             let err = load(&path).unwrap_err();

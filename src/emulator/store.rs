@@ -137,7 +137,10 @@ pub enum RequestedBy {
 }
 
 impl RequestedBy {
-    pub const ALL: [RequestedBy; 2] = [RequestedBy::ManagementAccount, RequestedBy::EnvironmentAccount];
+    pub const ALL: [RequestedBy; 2] = [
+        RequestedBy::ManagementAccount,
+        RequestedBy::EnvironmentAccount,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -442,10 +445,8 @@ impl Store {
         let connection = here.connections.remove(id).ok_or_else(|| not_found(id))?;
         here.tags.remove(&connection.arn);
         if let Some(token) = &connection.client_token {
-            here.tokens.remove(&(
-                connection.environment_account_id.clone(),
-                token.clone(),
-            ));
+            here.tokens
+                .remove(&(connection.environment_account_id.clone(), token.clone()));
         }
         here.forget_deleted_before(now, lag);
         if lag > 0 {
@@ -543,8 +544,9 @@ impl Store {
             .into_iter()
             .filter(|c| {
                 listed(c)
-                    && req.environment_name
-                    .as_ref()
+                    && req
+                        .environment_name
+                        .as_ref()
                         .is_none_or(|name| *name == c.environment_name)
                     && (req.statuses.is_empty() || req.statuses.contains(&c.status))
                     && after
@@ -581,7 +583,11 @@ impl Store {
             .into_iter()
             .map(|connection| {
                 let region = &self.regions[&connection.region];
-                let tags = region.tags.get(&connection.arn).cloned().unwrap_or_default();
+                let tags = region
+                    .tags
+                    .get(&connection.arn)
+                    .cloned()
+                    .unwrap_or_default();
                 let create_request = connection.client_token.as_ref().and_then(|token| {
                     region
                         .tokens
@@ -604,11 +610,7 @@ impl Store {
 
     /// Puts back what [`Store::export`] gave (read from the state file), refusing anything a
     /// store could not have held: the file was edited or damaged, and guessing would hide it.
-    pub fn import(
-        &mut self,
-        stored: Vec<StoredConnection>,
-        clock: Millis,
-    ) -> Result<(), String> {
+    pub fn import(&mut self, stored: Vec<StoredConnection>, clock: Millis) -> Result<(), String> {
         let mut regions: BTreeMap<String, Region> = BTreeMap::new();
         let mut latest = clock;
         for StoredConnection {
@@ -897,7 +899,10 @@ mod tests {
         let err = s.create(R, ENV, create("b", None), 2).unwrap_err();
         assert_eq!(err.kind, ErrorKind::ServiceQuotaExceeded);
         // A token replay is not a new connection, so it is not refused.
-        assert_eq!(s.create(R, ENV, create("a", Some("t")), 3).unwrap().id, first.id);
+        assert_eq!(
+            s.create(R, ENV, create("a", Some("t")), 3).unwrap().id,
+            first.id
+        );
         s.delete(R, &first.id, 0).unwrap();
         assert!(s.create(R, ENV, create("b", None), 3).is_ok());
     }
@@ -1021,7 +1026,8 @@ mod tests {
     fn list_page_that_ends_exactly_has_no_token() {
         let mut s = store();
         for i in 0..3 {
-            s.create(R, ENV, create(&format!("env{i}"), None), 1).unwrap();
+            s.create(R, ENV, create(&format!("env{i}"), None), 1)
+                .unwrap();
         }
         let page = s.list(R, &list_all(3), 0, everyone).unwrap();
         assert_eq!(page.items.len(), 3);
@@ -1038,7 +1044,10 @@ mod tests {
             environment_name: Some("a".into()),
             ..list_all(100)
         };
-        assert_eq!(s.list(R, &by_env, 0, everyone).unwrap().items, vec![a.clone()]);
+        assert_eq!(
+            s.list(R, &by_env, 0, everyone).unwrap().items,
+            vec![a.clone()]
+        );
         let by_status = ListRequest {
             statuses: vec![Status::Connected, Status::Rejected],
             ..list_all(100)
@@ -1204,10 +1213,18 @@ mod tests {
             next_token: None,
         };
         assert_eq!(s.list_tags(R, &list_tags).unwrap_err(), missing_resource);
-        assert!(s.list(R, &list_all(10), 2, everyone).unwrap().items.is_empty());
+        assert!(
+            s.list(R, &list_all(10), 2, everyone)
+                .unwrap()
+                .items
+                .is_empty()
+        );
 
         // ... and all of that still works in its own region.
-        assert_eq!(ids(s.list(EU, &list_all(10), 2, everyone).unwrap()), [c.id.as_str()]);
+        assert_eq!(
+            ids(s.list(EU, &list_all(10), 2, everyone).unwrap()),
+            [c.id.as_str()]
+        );
         assert!(s.list_tags(EU, &list_tags).unwrap().items.is_empty());
         s.accept(EU, &c.id, 3).unwrap();
         s.delete(EU, &c.id, 4).unwrap();
@@ -1227,11 +1244,15 @@ mod tests {
         assert_eq!(s.create(EU, ENV, create("dev", Some("t")), 3).unwrap(), eu);
         assert_eq!(s.create(R, ENV, create("dev", Some("t")), 3).unwrap(), us);
         assert_eq!(
-            s.create(R, ENV, create("dev", Some("u")), 4).unwrap_err().kind,
+            s.create(R, ENV, create("dev", Some("u")), 4)
+                .unwrap_err()
+                .kind,
             ErrorKind::Conflict
         );
         assert_eq!(
-            s.create(EU, ENV, create("other", None), 4).unwrap_err().kind,
+            s.create(EU, ENV, create("other", None), 4)
+                .unwrap_err()
+                .kind,
             ErrorKind::ServiceQuotaExceeded
         );
     }
@@ -1422,7 +1443,10 @@ mod tests {
     fn lagging_deleted_connections_page_like_live_ones_and_are_forgotten_afterwards() {
         let mut s = lagging_store();
         let made: Vec<Connection> = (0..5)
-            .map(|i| s.create(R, ENV, create(&format!("env{i}"), None), 100).unwrap())
+            .map(|i| {
+                s.create(R, ENV, create(&format!("env{i}"), None), 100)
+                    .unwrap()
+            })
             .collect();
         s.delete(R, &made[1].id, 2_000).unwrap();
         s.delete(R, &made[3].id, 2_000).unwrap();
@@ -1457,6 +1481,122 @@ mod tests {
         );
         s.delete(R, &a.id, 100).unwrap();
         assert!(s.regions[R].deleted.is_empty());
-        assert_eq!(s.list(R, &list_all(10), 100, everyone).unwrap().items.len(), 1);
+        assert_eq!(
+            s.list(R, &list_all(10), 100, everyone).unwrap().items.len(),
+            1
+        );
+    }
+
+    // ---- accounts ----
+
+    const OTHER: &str = "777788889999";
+
+    #[test]
+    fn tokens_clashes_and_quotas_belong_to_the_environment_account() {
+        let mut s = Store::new(Some(1));
+        let mine = s.create(R, ENV, create("dev", Some("t")), 1).unwrap();
+        // Same token, same environment and management account, quota of one: another account
+        // knows none of it.
+        let theirs = s.create(R, OTHER, create("dev", Some("t")), 2).unwrap();
+        assert_ne!(mine.id, theirs.id);
+        assert_eq!(theirs.environment_account_id, OTHER);
+        assert!(
+            theirs
+                .arn
+                .contains(":777788889999:environment-account-connection/")
+        );
+        assert_eq!(s.create(R, ENV, create("dev", Some("t")), 3).unwrap(), mine);
+        assert_eq!(
+            s.create(R, OTHER, create("dev", Some("t")), 3).unwrap(),
+            theirs
+        );
+        let quota = s.create(R, OTHER, create("prod", None), 4).unwrap_err();
+        assert_eq!(quota.kind, ErrorKind::ServiceQuotaExceeded);
+        assert!(quota.message.contains(OTHER), "{}", quota.message);
+
+        // Deleting one frees its own token only.
+        s.delete(R, &theirs.id, 5).unwrap();
+        assert_eq!(s.create(R, ENV, create("dev", Some("t")), 6).unwrap(), mine);
+    }
+
+    #[test]
+    fn a_resource_arn_names_one_connection_of_one_account() {
+        let mut s = store();
+        let c = s.create(R, ENV, create("dev", None), 1).unwrap();
+        assert_eq!(s.connection_by_arn(R, &c.arn).unwrap(), &c);
+        let elsewhere = c.arn.replace(ENV, OTHER);
+        assert_eq!(
+            s.connection_by_arn(R, &elsewhere).unwrap_err(),
+            resource_not_found(&elsewhere)
+        );
+        assert!(s.connection_by_arn(EU, &c.arn).is_err());
+        assert!(
+            s.connection_by_arn(R, "arn:aws:proton:us-east-1:444455556666:x")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn export_then_import_gives_the_same_store() {
+        let mut s = store();
+        s.set_idempotency(Idempotency::Strict);
+        let mut req = full_create("t1");
+        req.environment_name = "tagged".into();
+        let tagged = s.create(R, ENV, req, 1_000).unwrap();
+        let plain = s.create(EU, OTHER, create("plain", None), 2_000).unwrap();
+        s.accept(EU, &plain.id, 3_000).unwrap();
+        let exported = s.export();
+        assert_eq!(exported.len(), 2);
+
+        let mut back = store();
+        back.set_idempotency(Idempotency::Strict);
+        back.import(exported.clone(), s.clock()).unwrap();
+        assert_eq!(back.all(), s.all());
+        assert_eq!(back.export(), exported);
+        assert_eq!(back.clock(), s.clock());
+        assert_eq!(back.tags_of(&tagged.arn), s.tags_of(&tagged.arn));
+        // The client token still replays, and is still compared with the original Create.
+        let mut replay = full_create("t1");
+        replay.environment_name = "tagged".into();
+        assert_eq!(back.create(R, ENV, replay, 4_000).unwrap(), tagged);
+        assert_eq!(
+            back.create(R, ENV, full_create("t1"), 4_000)
+                .unwrap_err()
+                .kind,
+            ErrorKind::Conflict
+        );
+        // Timestamps keep going forward.
+        let later = back.create(R, ENV, create("later", None), 0).unwrap();
+        assert!(later.requested_at > 3_000);
+    }
+
+    #[test]
+    fn import_refuses_states_no_store_could_hold() {
+        let mut s = store();
+        s.create(R, ENV, create("dev", Some("t")), 1).unwrap();
+        s.create(R, ENV, create("prod", None), 2).unwrap();
+        let good = s.export();
+        type Damage = fn(&mut Vec<StoredConnection>);
+        let damages: [(&str, Damage); 7] = [
+            ("not a connection id", |v| v[0].connection.id = "x".into()),
+            ("region", |v| v[0].connection.region = "Nowhere 1".into()),
+            ("12 digits", |v| {
+                v[0].connection.management_account_id = "1".into()
+            }),
+            ("ARN", |v| {
+                v[0].connection.environment_account_id = OTHER.into()
+            }),
+            ("used twice", |v| v[1] = v[0].clone()),
+            ("without the Create", |v| v[0].create_request = None),
+            ("without its client token", |v| {
+                v[1].create_request = Some(create("prod", None))
+            }),
+        ];
+        for (expected, damage) in damages {
+            let mut stored = good.clone();
+            damage(&mut stored);
+            let err = store().import(stored, 0).unwrap_err();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 }

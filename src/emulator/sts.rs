@@ -375,7 +375,11 @@ mod tests {
     fn assume_role_input_reports_every_violation() {
         let err = assume_role_input(b"Action=AssumeRole").unwrap_err();
         assert_eq!(err.kind, ErrorKind::Validation);
-        assert!(err.message.starts_with("2 validation errors detected"), "{}", err.message);
+        assert!(
+            err.message.starts_with("2 validation errors detected"),
+            "{}",
+            err.message
+        );
         assert!(err.message.contains("'roleArn'"), "{}", err.message);
         assert!(err.message.contains("'roleSessionName'"), "{}", err.message);
 
@@ -391,7 +395,11 @@ mod tests {
         }
         let body = format!("RoleArn={ROLE}&RoleSessionName=has%20space");
         let err = assume_role_input(body.as_bytes()).unwrap_err();
-        assert!(err.message.contains("regular expression"), "{}", err.message);
+        assert!(
+            err.message.contains("regular expression"),
+            "{}",
+            err.message
+        );
 
         let body = format!("RoleArn={ROLE}&RoleSessionName=s1&ExternalId=x%3Csecret%3E");
         let err = assume_role_input(body.as_bytes()).unwrap_err();
@@ -453,7 +461,10 @@ mod tests {
                 session.role_id
             ),
             format!("<AccessKeyId>{}</AccessKeyId>", session.access_key_id),
-            format!("<SecretAccessKey>{}</SecretAccessKey>", session.secret_access_key),
+            format!(
+                "<SecretAccessKey>{}</SecretAccessKey>",
+                session.secret_access_key
+            ),
             format!("<SessionToken>{}</SessionToken>", session.session_token),
             "<Expiration>2026-11-23T10:15:00Z</Expiration>".to_string(),
             "<RequestId>req-3</RequestId>".to_string(),
