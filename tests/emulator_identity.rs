@@ -752,7 +752,7 @@ async fn each_side_lists_its_connections_by_requested_by() {
     );
     assert_eq!(
         listed(&mgmt, RequestedBy::EnvironmentAccount).await,
-        [own.clone()]
+        std::slice::from_ref(&own)
     );
     assert_eq!(listed(&env, RequestedBy::EnvironmentAccount).await, [a, b]);
     assert!(
@@ -814,7 +814,7 @@ async fn a_connection_whose_two_accounts_are_one_is_accepted_by_that_account() {
     assert_eq!(accept(&env, &c.id).await.unwrap().status, Status::Connected);
     assert_eq!(
         listed(&env, RequestedBy::ManagementAccount).await,
-        [c.id.clone()]
+        std::slice::from_ref(&c.id)
     );
     assert_eq!(listed(&env, RequestedBy::EnvironmentAccount).await, [c.id]);
 }
@@ -827,7 +827,7 @@ async fn a_management_account_no_identity_can_act_as_is_played_by_the_environmen
     let c = create(&env, "demo", MGMT).await;
     assert_eq!(
         listed(&env, RequestedBy::ManagementAccount).await,
-        [c.id.clone()]
+        std::slice::from_ref(&c.id)
     );
     assert_eq!(accept(&env, &c.id).await.unwrap().status, Status::Connected);
 
@@ -858,7 +858,7 @@ async fn the_management_account_reached_through_assume_role_accepts() {
     let mgmt = proton(&emu.url(), assumed(&emu.url(), ENV_KEY, MGMT_ROLE).await);
     assert_eq!(
         listed(&mgmt, RequestedBy::ManagementAccount).await,
-        [c.id.clone()]
+        std::slice::from_ref(&c.id)
     );
     assert_eq!(
         accept(&mgmt, &c.id).await.unwrap().status,
@@ -1087,12 +1087,10 @@ async fn a_missing_state_file_starts_empty_and_is_written_at_once() {
     assert_eq!(saved["connections"].as_array().unwrap().len(), 2);
 }
 
-fn start_error(config: EmulatorConfig) -> impl std::future::Future<Output = std::io::Error> {
-    async move {
-        match RunningEmulator::start("127.0.0.1:0".parse().unwrap(), config).await {
-            Ok(_) => panic!("the emulator started"),
-            Err(err) => err,
-        }
+async fn start_error(config: EmulatorConfig) -> std::io::Error {
+    match RunningEmulator::start("127.0.0.1:0".parse().unwrap(), config).await {
+        Ok(_) => panic!("the emulator started"),
+        Err(err) => err,
     }
 }
 
