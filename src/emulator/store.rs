@@ -86,6 +86,7 @@ pub struct CreateRequest {
     pub role_arn: Option<String>,
     pub codebuild_role_arn: Option<String>,
     pub component_role_arn: Option<String>,
+    #[serde(with = "tag_list")]
     pub tags: Vec<(String, String)>,
 }
 
@@ -117,6 +118,34 @@ impl CreateRequest {
         .into_iter()
         .filter_map(|(member, same)| (!same).then_some(member))
         .collect()
+    }
+}
+
+/// Tags in the state file as the API writes them: `[{"key": .., "value": ..}]`.
+mod tag_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Tag {
+        key: String,
+        value: String,
+    }
+
+    pub fn serialize<S: Serializer>(tags: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+        let tags: Vec<Tag> = tags
+            .iter()
+            .map(|(key, value)| Tag {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        tags.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+        let tags = Vec::<Tag>::deserialize(d)?;
+        Ok(tags.into_iter().map(|t| (t.key, t.value)).collect())
     }
 }
 
@@ -1547,6 +1576,13 @@ mod tests {
         s.accept(EU, &plain.id, 3_000).unwrap();
         let exported = s.export();
         assert_eq!(exported.len(), 2);
+        // The file writes tags as the API does.
+        let written = serde_json::to_value(&exported[0]).unwrap();
+        assert_eq!(
+            written["createRequest"]["tags"],
+            serde_json::json!([{"key": "a", "value": "1"}, {"key": "b", "value": "2"}])
+        );
+        assert_eq!(written["connection"]["status"], "PENDING");
 
         let mut back = store();
         back.set_idempotency(Idempotency::Strict);
