@@ -2154,7 +2154,7 @@ async fn sts_errors_are_awsquery_xml() {
         "POST",
         "/",
         &form,
-        "Action=AssumeRole&Version=2011-06-15",
+        "Action=GetSessionToken&Version=2011-06-15",
     )
     .await;
     assert_eq!(unknown.status, 400);
@@ -2172,7 +2172,7 @@ async fn sts_errors_are_awsquery_xml() {
         "{}",
         unknown.body
     );
-    assert!(unknown.body.contains("AssumeRole"), "{}", unknown.body);
+    assert!(unknown.body.contains("GetSessionToken"), "{}", unknown.body);
     assert!(unknown.body.contains("<RequestId>"), "{}", unknown.body);
 
     let unsigned = raw(

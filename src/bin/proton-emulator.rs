@@ -3,31 +3,79 @@
 //! The first line on stdout is `proton-emulator listening on http://HOST:PORT`, so scripts and
 //! tests that pass `--listen 127.0.0.1:0` can find the port; logs go to stderr.
 //!
-//! The same port serves STS GetCallerIdentity: point `AWS_ENDPOINT_URL_STS` at it too.
+//! The same port serves STS GetCallerIdentity and AssumeRole: point `AWS_ENDPOINT_URL_STS` at it
+//! too.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use eac_controller::emulator::{EmulatorConfig, Faults, Idempotency, RunningEmulator};
+use eac_controller::emulator::{
+    AccountMapping, EmulatorConfig, Faults, Idempotency, RoleSpec, RunningEmulator,
+};
 use tracing_subscriber::EnvFilter;
+
+const IDENTITIES_HELP: &str = "\
+Identities: a request acts in the account of its SigV4 access key: a key named by --account \
+acts in that account, temporary credentials from STS AssumeRole (on this port) act in their \
+role's account until they expire, and any other key (or an unsigned request) acts in \
+--account-id. The environment account (the creator) creates, updates, deletes and tags its \
+connections; the management account (managementAccountId) alone accepts or rejects them. \
+While no identity can act as a connection's management account, its environment account plays \
+that part too (single-account demos). POST /_emulator/connections/ID/accept (or /reject) \
+answers as the management account for anyone.";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "proton-emulator",
     version,
-    about = "A local AWS Proton emulator for environment account connections"
+    about = "A local AWS Proton emulator for environment account connections, with STS",
+    after_help = IDENTITIES_HELP
 )]
 struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "PROTON_EMULATOR_LISTEN", default_value = "127.0.0.1:4599")]
     listen: SocketAddr,
 
-    /// The environment account the connections are created in (12 digits).
+    /// The account of requests signed with a key that no --account names (or not signed at
+    /// all): their connections are created in it, and STS names it (12 digits).
     #[arg(long, env = "PROTON_EMULATOR_ACCOUNT_ID", default_value = "444455556666", value_parser = parse_account_id)]
     account_id: String,
+
+    /// Requests signed with this access key id act in this account (repeatable; the env var
+    /// takes a comma-separated list).
+    #[arg(
+        long = "account",
+        env = "PROTON_EMULATOR_ACCOUNT",
+        value_name = "ACCESS_KEY_ID=ACCOUNT_ID",
+        value_delimiter = ','
+    )]
+    accounts: Vec<AccountMapping>,
+
+    /// A role for STS AssumeRole; with external-id=X, AssumeRole must give that ExternalId
+    /// (repeatable; the env var takes a space-separated list).
+    #[arg(
+        long = "role",
+        env = "PROTON_EMULATOR_ROLE",
+        value_name = "ROLE_ARN[,external-id=X]",
+        value_delimiter = ' '
+    )]
+    roles: Vec<RoleSpec>,
+
+    /// AssumeRole refuses (AccessDenied) roles not given with --role; without it any
+    /// well-formed role ARN can be assumed.
+    #[arg(long, env = "PROTON_EMULATOR_REQUIRE_REGISTERED_ROLES")]
+    require_registered_roles: bool,
+
+    /// Keep the state (connections, tags, client tokens, issued credentials) in this JSON file
+    /// across restarts: loaded at start (a missing file starts empty, a damaged one stops the
+    /// emulator), and written before any answer that shows a change.
+    #[arg(long, env = "PROTON_EMULATOR_STATE_FILE", value_name = "PATH")]
+    state_file: Option<PathBuf>,
 
     /// Region of requests whose SigV4 signature names none; signed requests are served in the
     /// region they are signed for.
@@ -60,7 +108,8 @@ struct Args {
     #[arg(long, env = "PROTON_EMULATOR_DENY", value_delimiter = ',')]
     deny: Vec<String>,
 
-    /// Refuse Create beyond this many live connections in a region (ServiceQuotaExceededException).
+    /// Refuse Create beyond this many live connections per account and region
+    /// (ServiceQuotaExceededException).
     #[arg(long, env = "PROTON_EMULATOR_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
 }
@@ -83,7 +132,24 @@ fn parse_error_rate(s: &str) -> Result<f64, String> {
 }
 
 impl Args {
-    fn config(&self) -> EmulatorConfig {
+    /// The key -> account map; one key given two accounts is a mistake worth stopping for.
+    fn account_map(&self) -> Result<BTreeMap<String, String>, String> {
+        let mut map = BTreeMap::new();
+        for mapping in &self.accounts {
+            if let Some(earlier) =
+                map.insert(mapping.access_key_id.clone(), mapping.account_id.clone())
+                && earlier != mapping.account_id
+            {
+                return Err(format!(
+                    "--account: access key {} is mapped to both {earlier} and {}",
+                    mapping.access_key_id, mapping.account_id
+                ));
+            }
+        }
+        Ok(map)
+    }
+
+    fn config(&self, accounts: BTreeMap<String, String>) -> EmulatorConfig {
         EmulatorConfig {
             account_id: self.account_id.clone(),
             region: self.region.clone(),
@@ -96,6 +162,10 @@ impl Args {
             max_connections: self.max_connections,
             idempotency: self.idempotency,
             list_lag: Duration::from_millis(self.list_lag_ms),
+            accounts,
+            roles: self.roles.clone(),
+            require_registered_roles: self.require_registered_roles,
+            state_file: self.state_file.clone(),
         }
     }
 }
@@ -111,7 +181,15 @@ async fn main() -> ExitCode {
         )
         .init();
 
-    let emulator = match RunningEmulator::start(args.listen, args.config()).await {
+    let accounts = match args.account_map() {
+        Ok(accounts) => accounts,
+        Err(err) => {
+            // Usage errors look like clap's own: on stderr, exit status 2.
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let emulator = match RunningEmulator::start(args.listen, args.config(accounts)).await {
         Ok(emulator) => emulator,
         Err(err) => {
             tracing::error!(listen = %args.listen, %err, "cannot start the emulator");

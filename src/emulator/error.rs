@@ -14,6 +14,12 @@ pub enum ErrorKind {
     Serialization,
     /// Not in the model: the awsJson protocol's answer to an unknown `X-Amz-Target`.
     UnknownOperation,
+    /// Not in the model: temporary credentials past their expiration (AWS's authentication
+    /// layer answers it for every service).
+    ExpiredToken,
+    /// Not in the model: credentials the service does not recognise, e.g. a temporary key sent
+    /// without its session token.
+    InvalidClientToken,
     /// Any other shape name, so `fail_next` can script errors the model does not list.
     Other(String),
 }
@@ -31,6 +37,8 @@ impl ErrorKind {
             "InternalServerException" => ErrorKind::InternalServer,
             "SerializationException" => ErrorKind::Serialization,
             "UnknownOperationException" => ErrorKind::UnknownOperation,
+            "ExpiredTokenException" => ErrorKind::ExpiredToken,
+            "UnrecognizedClientException" => ErrorKind::InvalidClientToken,
             other => ErrorKind::Other(other.to_string()),
         }
     }
@@ -47,6 +55,8 @@ impl ErrorKind {
             ErrorKind::InternalServer => "InternalServerException",
             ErrorKind::Serialization => "SerializationException",
             ErrorKind::UnknownOperation => "UnknownOperationException",
+            ErrorKind::ExpiredToken => "ExpiredTokenException",
+            ErrorKind::InvalidClientToken => "UnrecognizedClientException",
             ErrorKind::Other(name) => name,
         }
     }
@@ -55,7 +65,7 @@ impl ErrorKind {
     /// generic retry logic, so server faults are 5xx and everything the caller caused is 4xx.
     pub fn http_status(&self) -> u16 {
         match self {
-            ErrorKind::AccessDenied => 403,
+            ErrorKind::AccessDenied | ErrorKind::InvalidClientToken => 403,
             ErrorKind::InternalServer => 500,
             ErrorKind::Other(name) if name.starts_with("ServiceUnavailable") => 503,
             ErrorKind::Other(name) if name.starts_with("InternalFailure") => 500,
@@ -95,6 +105,10 @@ impl ApiError {
     pub fn serialization(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorKind::Serialization, message)
     }
+
+    pub fn access_denied(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorKind::AccessDenied, message)
+    }
 }
 
 #[cfg(test)]
@@ -113,6 +127,8 @@ mod tests {
             "InternalServerException",
             "SerializationException",
             "UnknownOperationException",
+            "ExpiredTokenException",
+            "UnrecognizedClientException",
             "SomethingElseException",
         ] {
             assert_eq!(ErrorKind::from_type_name(name).type_name(), name);

@@ -224,7 +224,10 @@ impl FaultState {
 
     fn denied(&self, operation: &str) -> Option<ApiError> {
         // The IAM action names the service; STS is the only other one served.
-        let service = if operation == "GetCallerIdentity" {
+        let service = if super::sts::Action::ALL
+            .iter()
+            .any(|action| action.name() == operation)
+        {
             "sts"
         } else {
             "proton"
@@ -432,9 +435,19 @@ mod tests {
             "{}",
             denied.message
         );
+        f.set_faults(Faults {
+            deny: ["AssumeRole".to_string()].into(),
+            ..Faults::default()
+        });
+        let denied = f.admit_targeted("AssumeRole", t).unwrap_err();
+        assert!(
+            denied.message.contains("sts:AssumeRole"),
+            "{}",
+            denied.message
+        );
         let counts = f.counts();
         assert_eq!(counts.count(STS), 5);
-        assert_eq!((counts.throttled, counts.injected_errors), (1, 1));
-        assert_eq!(counts.peak_requests_per_second, 5);
+        assert_eq!((counts.throttled, counts.injected_errors), (1, 2));
+        assert_eq!(counts.peak_requests_per_second, 6);
     }
 }

@@ -3,13 +3,21 @@
 //! `aws-sdk-proton` client (or boto3) can be pointed at it.
 //!
 //! - `store` is the service's state machine, plain data behind one mutex; `validate` enforces
-//!   the constraints of the Proton API model; `operations` joins the two; `wire` is the
-//!   awsJson encoding.
-//! - `caller` reads who calls and for which region from the SigV4 `Authorization` header;
-//!   `sts` serves STS GetCallerIdentity (awsQuery) on the same port.
+//!   the constraints of the Proton API model; `access` holds the two-account rules (who may do
+//!   what to a connection); `operations` joins them; `wire` is the awsJson encoding.
+//! - `caller` reads who calls and for which region from the SigV4 `Authorization` header and
+//!   maps the access key to an account; `sts` serves STS GetCallerIdentity and AssumeRole
+//!   (awsQuery) on the same port, with `roles` (which roles may be assumed) and `sessions` (the
+//!   temporary credentials issued).
+//! - `state_file` and `durability` keep the state across restarts (`--state-file`).
 //! - `settings` holds what may change at run time besides faults (idempotency, list lag).
 //! - `faults` injects throttling, errors, latency and denials, and counts calls.
 //! - `server` serves it all over HTTP (axum); [`RunningEmulator`] is the handle tests use.
+//!
+//! Identity: a request acts in the account of its access key (`--account KEY=ACCOUNT`), of the
+//! role its temporary credentials were issued for (AssumeRole), or else the default account
+//! (`--account-id`). A connection belongs to the account that created it (its environment
+//! account, which its ARN names); see `access` for what its management account may do.
 //!
 //! Regions: AWS keeps connections per region, and so does the emulator. A request is served in
 //! the region its signature's credential scope names (`Credential=AKID/DATE/REGION/SERVICE/
@@ -19,57 +27,82 @@
 //!
 //! Besides the API on `POST /` (Proton's awsJson with `X-Amz-Target`; STS's awsQuery for a
 //! form-encoded body without one), the server answers:
-//! - `GET /_emulator/calls`: call counts (STS calls as `GetCallerIdentity`; they fail only by
-//!   `fail-next` or the deny list, since the rate limit, error rate and latency model Proton);
+//! - `GET /_emulator/calls`: call counts (STS calls by action; they fail only by `fail-next` or
+//!   the deny list, since the rate limit, error rate and latency model Proton);
 //! - `GET`/`PUT /_emulator/faults`: the faults in force;
 //! - `POST /_emulator/fail-next`: `{"operation", "errorType", "count"}`;
 //! - `GET`/`PUT /_emulator/config`: `{"idempotency": "lenient"|"strict", "listLagMs": N}`, the
 //!   settings of [`Settings`]; like the faults, a PUT replaces them all (a member left out takes
-//!   its default) and answers the settings now in force.
+//!   its default) and answers the settings now in force;
+//! - `POST /_emulator/connections/{id}/accept` and `.../reject`: the management account's answer,
+//!   whoever asks (the back door of tests and demos);
+//! - `POST /_emulator/clock`: `{"advanceMs": N}` moves the emulator's clock forward.
 
+mod access;
 mod caller;
+mod durability;
 mod error;
 mod faults;
 mod operations;
+mod roles;
 mod server;
+mod sessions;
 mod settings;
+mod state_file;
 mod store;
 mod sts;
 mod validate;
 mod wire;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+pub use caller::{AccountMapping, AccountMappingError};
 pub use faults::{CallCounts, Faults, FaultsDocument};
+pub use roles::{NotARoleArn, RoleArn, RoleSpec, RoleSpecError};
 pub use server::RunningEmulator;
 pub use settings::{ConfigDocument, Idempotency, Settings, UnknownIdempotency};
+pub use state_file::StateFileError;
 
-use caller::{Caller, Identities};
+use access::Requester;
+use caller::{Caller, Identities, Principal};
+use durability::Durability;
 use error::{ApiError, ErrorKind};
 use faults::FaultState;
-use store::{Connection, Millis, Store};
-use sts::CallerIdentity;
+use roles::Roles;
+use sessions::Sessions;
+use state_file::StateDocument;
+use store::{Connection, Millis, Status, Store};
 use wire::Operation;
 
 /// How an emulator starts.
 #[derive(Clone, Debug)]
 pub struct EmulatorConfig {
-    /// The environment account: every connection is created in it, and STS names it.
+    /// The account of callers whose access key is not mapped to another one (and of unsigned
+    /// requests): their connections are created in it, and STS names it.
     pub account_id: String,
     /// The region of requests whose signature names none.
     pub region: String,
     pub faults: Faults,
-    /// Live connections allowed at once in each region; `None` = unlimited.
+    /// Live connections allowed at once in each account and region; `None` = unlimited.
     pub max_connections: Option<usize>,
     /// What a Create answers when its client token is in use with other parameters.
     pub idempotency: Idempotency,
     /// How long List takes to show a created connection and to stop showing a deleted one.
     pub list_lag: Duration,
+    /// Access key id -> the account its requests act in (`--account KEY=ACCOUNT`).
+    pub accounts: BTreeMap<String, String>,
+    /// Roles registered for AssumeRole (`--role`), with the external id they require.
+    pub roles: Vec<RoleSpec>,
+    /// Refuse AssumeRole for roles not in `roles` (by default any well-formed role ARN works).
+    pub require_registered_roles: bool,
+    /// Where the state is kept across restarts; `None` = in memory only.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for EmulatorConfig {
@@ -81,12 +114,16 @@ impl Default for EmulatorConfig {
             max_connections: None,
             idempotency: Idempotency::default(),
             list_lag: Duration::ZERO,
+            accounts: BTreeMap::new(),
+            roles: Vec::new(),
+            require_registered_roles: false,
+            state_file: None,
         }
     }
 }
 
 impl EmulatorConfig {
-    /// The account id and region end up in ARNs that must match the model's ARN pattern.
+    /// The account ids and the region end up in ARNs that must match the model's ARN pattern.
     pub fn check(&self) -> Result<(), String> {
         if !validate::is_account_id(&self.account_id) {
             return Err(format!(
@@ -99,6 +136,16 @@ impl EmulatorConfig {
                 "region '{}' must be lowercase letters, digits and '-'",
                 self.region
             ));
+        }
+        for (key, account) in &self.accounts {
+            format!("{key}={account}")
+                .parse::<AccountMapping>()
+                .map_err(|e| e.to_string())?;
+        }
+        for role in &self.roles {
+            if role.arn.arn.parse::<RoleArn>().as_ref() != Ok(&role.arn) {
+                return Err(NotARoleArn(role.arn.arn.clone()).to_string());
+            }
         }
         Ok(())
     }
@@ -132,15 +179,26 @@ pub struct ConnectionRecord {
     pub last_modified_at: SystemTime,
 }
 
+/// Everything that the state file keeps, under one lock so that a snapshot is consistent.
+struct World {
+    store: Store,
+    sessions: Sessions,
+    /// Bumped by every change: an answer waits until the version it saw is on disk.
+    version: u64,
+}
+
 struct Inner {
-    store: Mutex<Store>,
+    world: Mutex<World>,
     faults: Mutex<FaultState>,
     settings: Mutex<Settings>,
     default_region: String,
     identities: Identities,
+    roles: Roles,
     /// Added to the wall clock: lets tests move the emulator's time forward (see
-    /// [`EmulatorState::advance_clock`]).
+    /// [`EmulatorState::advance_clock`]). Changed under the world lock, as it is persisted.
     clock_offset_ms: AtomicI64,
+    /// Set with a state file.
+    durability: Option<Arc<Durability>>,
 }
 
 /// Shared handle on the emulator's state: cheap to clone.
@@ -156,24 +214,39 @@ pub(crate) struct Answer {
     pub region: String,
     pub result: Result<Value, ApiError>,
     pub latency: Duration,
+    /// The version of the state the answer shows; it must be on disk before the answer goes out.
+    pub version: u64,
 }
 
 /// What STS answers to one request.
 pub(crate) struct StsAnswer {
     pub action: Option<sts::Action>,
-    pub result: Result<CallerIdentity, ApiError>,
+    pub result: Result<sts::Output, ApiError>,
+    pub version: u64,
 }
 
 impl EmulatorState {
+    /// A fresh state, in memory. (With a state file, [`RunningEmulator::start`] loads it and
+    /// starts the writer.)
     pub fn new(config: &EmulatorConfig) -> EmulatorState {
+        let role_accounts = config.roles.iter().map(|role| role.arn.account.as_str());
         let state = EmulatorState {
             inner: Arc::new(Inner {
-                store: Mutex::new(Store::new(&config.account_id, config.max_connections)),
+                world: Mutex::new(World {
+                    store: Store::new(config.max_connections),
+                    sessions: Sessions::default(),
+                    version: 0,
+                }),
                 faults: Mutex::new(FaultState::new(config.faults.clone())),
                 settings: Mutex::new(Settings::default()),
                 default_region: config.region.clone(),
-                identities: Identities::new(&config.account_id),
+                identities: Identities::new(&config.account_id, &config.accounts, role_accounts),
+                roles: Roles::new(&config.roles, config.require_registered_roles),
                 clock_offset_ms: AtomicI64::new(0),
+                durability: config
+                    .state_file
+                    .clone()
+                    .map(|path| Arc::new(Durability::new(path, 0))),
             }),
         };
         state.set_settings(config.settings());
@@ -182,9 +255,9 @@ impl EmulatorState {
 
     // A panic while a lock is held cannot leave the plain data half-changed in a way that
     // matters for an emulator, so a poisoned lock is simply taken over.
-    fn store(&self) -> MutexGuard<'_, Store> {
+    fn world(&self) -> MutexGuard<'_, World> {
         self.inner
-            .store
+            .world
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -196,15 +269,30 @@ impl EmulatorState {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Records a change of `world` (whose lock the caller holds) for the state file.
+    fn changed(&self, world: &mut World) {
+        world.version += 1;
+        if let Some(durability) = &self.inner.durability {
+            durability.announce(world.version);
+        }
+    }
+
     /// The emulator's time: the wall clock, plus what tests advanced it by.
     fn now(&self) -> Millis {
         now_millis().saturating_add(self.inner.clock_offset_ms.load(Ordering::SeqCst))
     }
 
-    /// Moves the emulator's clock forward, so a test can see a list lag pass without waiting.
-    /// Timestamps handed out afterwards are in the future by as much.
+    /// Moves the emulator's clock forward, so a test can see a list lag pass, or temporary
+    /// credentials expire, without waiting. Timestamps handed out afterwards are in the future
+    /// by as much.
     pub fn advance_clock(&self, by: Duration) {
+        self.advance_clock_versioned(by);
+    }
+
+    /// [`EmulatorState::advance_clock`], answering the new offset and the state's version.
+    fn advance_clock_versioned(&self, by: Duration) -> (i64, u64) {
         let by = duration_millis(by);
+        let mut world = self.world();
         // The closure always answers Some, so the update cannot fail.
         let _ =
             self.inner
@@ -212,6 +300,11 @@ impl EmulatorState {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |offset| {
                     Some(offset.saturating_add(by))
                 });
+        self.changed(&mut world);
+        (
+            self.inner.clock_offset_ms.load(Ordering::SeqCst),
+            world.version,
+        )
     }
 
     /// The region of requests whose signature names none.
@@ -256,9 +349,9 @@ impl EmulatorState {
     pub fn set_settings(&self, settings: Settings) {
         // Store first, under its lock, so no request sees the store and `settings()` disagree
         // for longer than this call.
-        let mut store = self.store();
-        store.set_idempotency(settings.idempotency);
-        store.set_list_lag(duration_millis(settings.list_lag));
+        let mut world = self.world();
+        world.store.set_idempotency(settings.idempotency);
+        world.store.set_list_lag(duration_millis(settings.list_lag));
         *self
             .inner
             .settings
@@ -284,52 +377,108 @@ impl EmulatorState {
 
     /// Every live connection of every region, oldest first.
     pub fn connections(&self) -> Vec<ConnectionRecord> {
-        let store = self.store();
-        store
+        let world = self.world();
+        world
+            .store
             .all()
             .into_iter()
             .map(|c| {
-                let tags = store.tags_of(&c.arn);
+                let tags = world.store.tags_of(&c.arn);
                 record(c, tags)
             })
             .collect()
     }
 
-    /// Accepts a connection as the management account would (same rules as the API), in
-    /// whichever region it lives.
+    /// Accepts a connection as its management account would (same rules of state as the API,
+    /// whoever asks), in whichever region it lives. The change reaches the state file shortly
+    /// after, without waiting for it (see `POST /_emulator/connections/{id}/accept` for that).
     pub fn accept(&self, id: &str) -> Result<(), String> {
-        let now = self.now();
-        let mut store = self.store();
-        let region = region_of(&store, id);
-        store
-            .accept(&region, id, now)
+        self.answer_as_management(id, Status::Connected)
             .map(|_| ())
             .map_err(|e| e.message)
     }
 
-    /// Rejects a connection as the management account would (same rules as the API), in
-    /// whichever region it lives.
+    /// Rejects a connection as its management account would; see [`EmulatorState::accept`].
     pub fn reject(&self, id: &str) -> Result<(), String> {
-        let now = self.now();
-        let mut store = self.store();
-        let region = region_of(&store, id);
-        store
-            .reject(&region, id, now)
+        self.answer_as_management(id, Status::Rejected)
             .map(|_| ())
             .map_err(|e| e.message)
+    }
+
+    /// Accept (`Connected`) or Reject (`Rejected`) by id alone: the connection and the state's
+    /// version.
+    fn answer_as_management(
+        &self,
+        id: &str,
+        answer: Status,
+    ) -> Result<(Connection, u64), ApiError> {
+        let now = self.now();
+        let mut world = self.world();
+        let region = region_of(&world.store, id);
+        let connection = match answer {
+            Status::Rejected => world.store.reject(&region, id, now)?,
+            _ => world.store.accept(&region, id, now)?,
+        };
+        self.changed(&mut world);
+        Ok((connection, world.version))
     }
 
     /// Deletes a connection behind the API's back, in whichever region it lives; false when
     /// there was none.
     pub fn delete_out_of_band(&self, id: &str) -> bool {
         let now = self.now();
-        let mut store = self.store();
-        let region = region_of(&store, id);
-        store.delete(&region, id, now).is_ok()
+        let mut world = self.world();
+        let region = region_of(&world.store, id);
+        let deleted = world.store.delete(&region, id, now).is_ok();
+        if deleted {
+            self.changed(&mut world);
+        }
+        deleted
+    }
+
+    /// Waits until the state an answer showed (its `version`) is on disk; without a state file
+    /// at once. The error is what the client gets instead of the answer.
+    pub(crate) async fn durable(&self, version: u64) -> Result<(), ApiError> {
+        let Some(durability) = &self.inner.durability else {
+            return Ok(());
+        };
+        durability.wait(version).await.map_err(|why| {
+            ApiError::new(
+                ErrorKind::InternalServer,
+                format!(
+                    "The change was made but could not be saved to the state file {}: {why}",
+                    durability.path().display()
+                ),
+            )
+        })
+    }
+
+    /// Everything the state file keeps, with its version.
+    fn snapshot(&self) -> (u64, StateDocument) {
+        let world = self.world();
+        let document = StateDocument {
+            version: state_file::FORMAT_VERSION,
+            clock: world.store.clock(),
+            clock_offset_ms: self.inner.clock_offset_ms.load(Ordering::SeqCst),
+            connections: world.store.export(),
+            sessions: world.sessions.export(),
+        };
+        (world.version, document)
+    }
+
+    /// Puts back a state read from the state file; the error says what is impossible in it.
+    fn restore(&self, document: StateDocument) -> Result<(), String> {
+        let mut world = self.world();
+        world.store.import(document.connections, document.clock)?;
+        world.sessions = Sessions::import(document.sessions)?;
+        self.inner
+            .clock_offset_ms
+            .store(document.clock_offset_ms, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Answers one Proton request: `target` is the `X-Amz-Target` header, `caller` comes from the
-    /// `Authorization` header.
+    /// `Authorization` and `X-Amz-Security-Token` headers.
     pub(crate) fn handle(&self, target: Option<&str>, caller: &Caller, body: &[u8]) -> Answer {
         let latency = self.fault_state().faults().latency;
         let region = caller
@@ -346,23 +495,49 @@ impl EmulatorState {
                 region,
                 result: Err(ApiError::new(ErrorKind::UnknownOperation, message)),
                 latency,
+                version: 0,
             };
         };
         let admitted = self
             .fault_state()
             .admit(op.name(), Instant::now(), rand::random::<f64>());
-        let result = admitted
-            .and_then(|()| validate::parse_body(body))
-            .and_then(|body| {
-                let now = self.now();
-                operations::execute(&mut self.store(), &region, op, &body, now)
-            });
+        let (result, version) = match admitted {
+            Err(err) => (Err(err), 0),
+            Ok(()) => self.execute(caller, &region, op, body),
+        };
         Answer {
             operation: Some(op),
             region,
             result,
             latency,
+            version,
         }
+    }
+
+    /// Authenticates, runs and records one admitted Proton request, under the world lock.
+    fn execute(
+        &self,
+        caller: &Caller,
+        region: &str,
+        op: Operation,
+        body: &[u8],
+    ) -> (Result<Value, ApiError>, u64) {
+        let now = self.now();
+        let mut world = self.world();
+        let world = &mut *world;
+        let result = self
+            .inner
+            .identities
+            .principal(caller, &world.sessions, now)
+            .and_then(|principal| {
+                let body = validate::parse_body(body)?;
+                let requester = Requester::new(principal.account(), &self.inner.identities);
+                operations::execute(&mut world.store, &requester, region, op, &body, now)
+            });
+        if result.is_ok() && op.changes_state() {
+            self.changed(world);
+        }
+        (result, world.version)
     }
 
     /// Answers one STS (awsQuery) request.
@@ -373,22 +548,82 @@ impl EmulatorState {
                 return StsAnswer {
                     action: None,
                     result: Err(err),
+                    version: 0,
                 };
             }
         };
-        let result = self
+        let admitted = self
             .fault_state()
-            .admit_targeted(action.name(), Instant::now())
-            .map(|()| match action {
-                sts::Action::GetCallerIdentity => {
-                    let key = caller.access_key_id.as_deref();
-                    CallerIdentity::new(self.inner.identities.account_for(key), key)
-                }
-            });
+            .admit_targeted(action.name(), Instant::now());
+        let (result, version) = match admitted {
+            Err(err) => (Err(err), 0),
+            Ok(()) => self.execute_sts(caller, action, body),
+        };
         StsAnswer {
             action: Some(action),
             result,
+            version,
         }
+    }
+
+    fn execute_sts(
+        &self,
+        caller: &Caller,
+        action: sts::Action,
+        body: &[u8],
+    ) -> (Result<sts::Output, ApiError>, u64) {
+        let now = self.now();
+        let mut world = self.world();
+        let principal = match self
+            .inner
+            .identities
+            .principal(caller, &world.sessions, now)
+        {
+            Ok(principal) => principal,
+            Err(err) => return (Err(err), world.version),
+        };
+        let result = match action {
+            sts::Action::GetCallerIdentity => Ok(sts::Output::CallerIdentity((&principal).into())),
+            sts::Action::AssumeRole => self.assume_role(&principal, body).map(|req| {
+                let session =
+                    world
+                        .sessions
+                        .issue(&req.role, &req.session_name, req.duration_seconds, now);
+                self.changed(&mut world);
+                tracing::debug!(
+                    role = %req.role.arn,
+                    session = %req.session_name,
+                    caller = %principal.arn(),
+                    "role assumed"
+                );
+                sts::Output::AssumedRole(sts::AssumedRole { session })
+            }),
+        };
+        (result, world.version)
+    }
+
+    /// Reads an AssumeRole request and decides whether `principal` may have it.
+    fn assume_role(
+        &self,
+        principal: &Principal,
+        body: &[u8],
+    ) -> Result<sts::AssumeRoleRequest, ApiError> {
+        let req = sts::assume_role_input(body)?;
+        if principal.is_assumed_role() && req.duration_seconds > sts::MAX_CHAINED_DURATION_SECONDS {
+            return Err(ApiError::validation(
+                "The requested DurationSeconds exceeds the 1 hour session limit for roles \
+                 assumed by role chaining.",
+            ));
+        }
+        self.inner
+            .roles
+            .authorize(principal, &req.role, req.external_id.as_deref())
+            .map_err(|(err, reason)| {
+                // Why, for whoever runs the emulator; the caller gets STS's terse answer.
+                tracing::info!(role = %req.role.arn, caller = %principal.arn(), reason, "AssumeRole refused");
+                err
+            })?;
+        Ok(req)
     }
 }
 
@@ -658,12 +893,14 @@ mod tests {
             b"Action=GetCallerIdentity&Version=2011-06-15",
         );
         assert_eq!(answer.action, Some(sts::Action::GetCallerIdentity));
-        let identity = answer.result.unwrap();
+        let Ok(sts::Output::CallerIdentity(identity)) = answer.result else {
+            panic!("not a caller identity");
+        };
         assert_eq!(identity.account, "123456789012");
         assert_eq!(identity.user_id, "AKID");
         assert_eq!(state.calls().count("GetCallerIdentity"), 1);
 
-        let unknown = state.handle_sts(&Caller::default(), b"Action=AssumeRole");
+        let unknown = state.handle_sts(&Caller::default(), b"Action=GetSessionToken");
         assert_eq!(unknown.action, None);
         assert_eq!(
             unknown.result.unwrap_err().kind.type_name(),
@@ -675,5 +912,134 @@ mod tests {
         let throttled = state.handle_sts(&Caller::default(), b"Action=GetCallerIdentity");
         assert_eq!(throttled.result.unwrap_err().kind, ErrorKind::Throttling);
         assert_eq!(state.calls().count("GetCallerIdentity"), 2);
+    }
+
+    fn assume(state: &EmulatorState, caller: &Caller, role: &str) -> sessions::Session {
+        let body =
+            format!("Action=AssumeRole&Version=2011-06-15&RoleArn={role}&RoleSessionName=test");
+        match state.handle_sts(caller, body.as_bytes()).result {
+            Ok(sts::Output::AssumedRole(assumed)) => assumed.session,
+            Ok(other) => panic!("not an AssumeRole answer: {other:?}"),
+            Err(err) => panic!("AssumeRole failed: {err}"),
+        }
+    }
+
+    fn with_session(session: &sessions::Session) -> Caller {
+        Caller {
+            access_key_id: Some(session.access_key_id.clone()),
+            region: None,
+            session_token: Some(caller::SessionToken::new(session.session_token.clone())),
+        }
+    }
+
+    #[test]
+    fn assumed_role_credentials_act_in_the_role_s_account_until_they_expire() {
+        let state = EmulatorState::new(&EmulatorConfig::default());
+        let session = assume(
+            &state,
+            &Caller::default(),
+            "arn:aws:iam::111122223333:role/mgmt",
+        );
+        let caller = with_session(&session);
+        let Ok(sts::Output::CallerIdentity(identity)) = state
+            .handle_sts(&caller, b"Action=GetCallerIdentity")
+            .result
+        else {
+            panic!("no identity");
+        };
+        assert_eq!(identity.account, "111122223333");
+        assert_eq!(
+            identity.arn,
+            "arn:aws:sts::111122223333:assumed-role/mgmt/test"
+        );
+
+        let body = r#"{"environmentName":"e","managementAccountId":"444455556666"}"#;
+        let created = call(&state, &caller, "CreateEnvironmentAccountConnection", body);
+        assert_eq!(
+            created.result.unwrap()["environmentAccountConnection"]["environmentAccountId"],
+            "111122223333"
+        );
+
+        state.advance_clock(Duration::from_secs(3600));
+        let expired = call(&state, &caller, "ListEnvironmentAccountConnections", "{}");
+        assert_eq!(expired.result.unwrap_err().kind, ErrorKind::ExpiredToken);
+        let expired = state.handle_sts(&caller, b"Action=GetCallerIdentity");
+        assert_eq!(expired.result.unwrap_err().kind, ErrorKind::ExpiredToken);
+        assert_eq!(state.calls().count("AssumeRole"), 1);
+    }
+
+    #[test]
+    fn every_change_and_nothing_else_moves_the_version() {
+        let state = EmulatorState::new(&EmulatorConfig::default());
+        let body = r#"{"environmentName":"e","managementAccountId":"111122223333"}"#;
+        let created = call(
+            &state,
+            &Caller::default(),
+            "CreateEnvironmentAccountConnection",
+            body,
+        );
+        assert_eq!(created.version, 1);
+        let id = created.result.unwrap()["environmentAccountConnection"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let get = format!(r#"{{"id":"{id}"}}"#);
+        let read = call(
+            &state,
+            &Caller::default(),
+            "GetEnvironmentAccountConnection",
+            &get,
+        );
+        assert_eq!(read.version, 1, "a read shows version 1");
+        let refused = call(
+            &state,
+            &Caller::default(),
+            "CreateEnvironmentAccountConnection",
+            body,
+        );
+        assert!(refused.result.is_err());
+        assert_eq!(refused.version, 1, "a refused change changes nothing");
+        let session = assume(
+            &state,
+            &Caller::default(),
+            "arn:aws:iam::111122223333:role/r",
+        );
+        assert!(!session.session_token.is_empty());
+        state.accept(&id).unwrap();
+        state.advance_clock(Duration::from_secs(1));
+        assert!(state.delete_out_of_band(&id));
+        assert_eq!(state.snapshot().0, 5);
+    }
+
+    #[test]
+    fn a_snapshot_restores_connections_sessions_and_the_clock() {
+        let config = EmulatorConfig::default();
+        let state = EmulatorState::new(&config);
+        let id = create(&state, "e");
+        let session = assume(
+            &state,
+            &Caller::default(),
+            "arn:aws:iam::111122223333:role/r",
+        );
+        state.advance_clock(Duration::from_secs(60));
+        let (_, document) = state.snapshot();
+
+        let restarted = EmulatorState::new(&config);
+        restarted.restore(document.clone()).unwrap();
+        assert_eq!(restarted.connections(), state.connections());
+        assert_eq!(restarted.snapshot().1, document);
+        let caller = with_session(&session);
+        let Ok(sts::Output::CallerIdentity(identity)) = restarted
+            .handle_sts(&caller, b"Action=GetCallerIdentity")
+            .result
+        else {
+            panic!("the session did not survive");
+        };
+        assert_eq!(identity.account, "111122223333");
+        assert!(
+            restarted.now() >= state.now() - 1_000,
+            "the clock offset is kept"
+        );
+        assert_eq!(restarted.connections()[0].id, id);
     }
 }

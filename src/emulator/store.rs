@@ -7,17 +7,26 @@
 //! AWS keeps connections per region, and so does the store: every operation names the region it
 //! is served in, and a connection, its tags and its client token exist only in the region of its
 //! Create. Connection ids are unique across regions, so the test helpers can find one by id.
+//!
+//! Connections of every account live side by side: a connection belongs to the environment
+//! account that created it (client tokens, the one-per-environment rule and the quota are that
+//! account's), and its management account reaches it by id. Who may do what to a connection is
+//! decided before the store is asked (see `access`): the store only keeps the facts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use serde::{Deserialize, Serialize};
+
 use super::error::ApiError;
 use super::settings::Idempotency;
+use super::validate;
 
 /// Epoch milliseconds.
 pub type Millis = i64;
 
 /// The `EnvironmentAccountConnectionStatus` enum of the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     Pending,
     Connected,
@@ -40,8 +49,9 @@ impl Status {
     }
 }
 
-/// One environment account connection, as the service keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One environment account connection, as the service keeps it (and as the state file holds it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Connection {
     pub id: String,
     pub arn: String,
@@ -67,7 +77,8 @@ impl Connection {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateRequest {
     pub client_token: Option<String>,
     pub environment_name: String,
@@ -75,6 +86,7 @@ pub struct CreateRequest {
     pub role_arn: Option<String>,
     pub codebuild_role_arn: Option<String>,
     pub component_role_arn: Option<String>,
+    #[serde(with = "tag_list")]
     pub tags: Vec<(String, String)>,
 }
 
@@ -109,6 +121,34 @@ impl CreateRequest {
     }
 }
 
+/// Tags in the state file as the API writes them: `[{"key": .., "value": ..}]`.
+mod tag_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Tag {
+        key: String,
+        value: String,
+    }
+
+    pub fn serialize<S: Serializer>(tags: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+        let tags: Vec<Tag> = tags
+            .iter()
+            .map(|(key, value)| Tag {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        tags.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+        let tags = Vec::<Tag>::deserialize(d)?;
+        Ok(tags.into_iter().map(|t| (t.key, t.value)).collect())
+    }
+}
+
 /// Absent roles are left as they are: the API has no way to clear one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UpdateRequest {
@@ -118,8 +158,34 @@ pub struct UpdateRequest {
     pub component_role_arn: Option<String>,
 }
 
+/// The `requestedBy` of a List: which side of its connections the caller lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestedBy {
+    EnvironmentAccount,
+    ManagementAccount,
+}
+
+impl RequestedBy {
+    pub const ALL: [RequestedBy; 2] = [
+        RequestedBy::ManagementAccount,
+        RequestedBy::EnvironmentAccount,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestedBy::EnvironmentAccount => "ENVIRONMENT_ACCOUNT",
+            RequestedBy::ManagementAccount => "MANAGEMENT_ACCOUNT",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RequestedBy> {
+        RequestedBy::ALL.into_iter().find(|side| side.as_str() == s)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListRequest {
+    pub requested_by: RequestedBy,
     pub environment_name: Option<String>,
     /// Empty means every status.
     pub statuses: Vec<Status>,
@@ -165,8 +231,9 @@ struct Region {
     connections: BTreeMap<String, Connection>,
     /// Per resource ARN; an entry exists exactly while its connection does.
     tags: BTreeMap<String, BTreeMap<String, String>>,
-    /// clientToken -> its use; freed when the connection is deleted.
-    tokens: HashMap<String, TokenUse>,
+    /// (environment account, clientToken) -> its use: AWS scopes tokens to the caller's account.
+    /// Freed when the connection is deleted.
+    tokens: HashMap<(String, String), TokenUse>,
     /// Kept only while a list lag is set, and only as long as List may still show them.
     deleted: Vec<Deleted>,
 }
@@ -178,11 +245,23 @@ impl Region {
     }
 }
 
-/// Everything the emulator knows, for one account in every region.
+/// A live connection with everything kept about it: what the state file holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoredConnection {
+    pub connection: Connection,
+    pub tags: BTreeMap<String, String>,
+    /// The Create that made it, while its client token is in use (strict idempotency compares
+    /// a replay with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_request: Option<CreateRequest>,
+}
+
+/// Everything the emulator knows about connections, for every account in every region.
 #[derive(Debug)]
 pub struct Store {
-    account_id: String,
-    /// Live connections allowed at once in each region (AWS quotas are per account and region).
+    /// Live connections allowed at once per account and region (AWS quotas are per account and
+    /// region).
     max_connections: Option<usize>,
     idempotency: Idempotency,
     /// How long List takes to reflect a Create or a Delete; 0 = at once.
@@ -194,9 +273,8 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(account_id: &str, max_connections: Option<usize>) -> Store {
+    pub fn new(max_connections: Option<usize>) -> Store {
         Store {
-            account_id: account_id.to_string(),
             max_connections,
             idempotency: Idempotency::default(),
             list_lag: 0,
@@ -218,13 +296,6 @@ impl Store {
     fn tick(&mut self, now: Millis) -> Millis {
         self.clock = now.max(self.clock + 1);
         self.clock
-    }
-
-    fn arn_for(&self, region: &str, id: &str) -> String {
-        format!(
-            "arn:aws:proton:{region}:{}:environment-account-connection/{id}",
-            self.account_id
-        )
     }
 
     /// Unique across regions (deleted connections included), so an id names one connection.
@@ -263,16 +334,19 @@ impl Store {
             .map(|(name, _)| name.as_str())
     }
 
+    /// Creates a connection of `account` (the caller's: the environment account).
     pub fn create(
         &mut self,
         region: &str,
+        account: &str,
         req: CreateRequest,
         now: Millis,
     ) -> Result<Connection, ApiError> {
         let here = self.regions.get(region);
         // A retried Create must not make a second connection: the token names the first one.
         if let Some(token) = &req.client_token
-            && let Some(used) = here.and_then(|r| r.tokens.get(token))
+            && let Some(used) =
+                here.and_then(|r| r.tokens.get(&(account.to_string(), token.clone())))
             && let Some(existing) = here.and_then(|r| r.connections.get(&used.id))
         {
             let differences = match self.idempotency {
@@ -290,7 +364,11 @@ impl Store {
             }
             return Ok(existing.clone());
         }
-        let live = || here.into_iter().flat_map(|r| r.connections.values());
+        let live = || {
+            here.into_iter()
+                .flat_map(|r| r.connections.values())
+                .filter(|c| c.environment_account_id == account)
+        };
         if let Some(clash) = live().find(|c| {
             c.status != Status::Rejected
                 && c.management_account_id == req.management_account_id
@@ -311,9 +389,8 @@ impl Store {
             return Err(ApiError::new(
                 super::error::ErrorKind::ServiceQuotaExceeded,
                 format!(
-                    "The quota of {max} environment account connections in account {} and \
-                     region {region} is reached",
-                    self.account_id
+                    "The quota of {max} environment account connections in account {account} and \
+                     region {region} is reached"
                 ),
             ));
         }
@@ -321,12 +398,12 @@ impl Store {
         let id = self.new_id();
         let at = self.tick(now);
         let connection = Connection {
-            arn: self.arn_for(region, &id),
+            arn: connection_arn(region, account, &id),
             id: id.clone(),
             region: region.to_string(),
             environment_name: req.environment_name.clone(),
             management_account_id: req.management_account_id.clone(),
-            environment_account_id: self.account_id.clone(),
+            environment_account_id: account.to_string(),
             role_arn: req.role_arn.clone(),
             codebuild_role_arn: req.codebuild_role_arn.clone(),
             component_role_arn: req.component_role_arn.clone(),
@@ -342,7 +419,7 @@ impl Store {
             .insert(connection.arn.clone(), req.tags.iter().cloned().collect());
         if let Some(token) = &connection.client_token {
             here.tokens.insert(
-                token.clone(),
+                (account.to_string(), token.clone()),
                 TokenUse {
                     id: id.clone(),
                     request: req,
@@ -355,6 +432,11 @@ impl Store {
 
     pub fn get(&self, region: &str, id: &str) -> Result<Connection, ApiError> {
         self.existing(region, id).cloned()
+    }
+
+    /// [`Store::get`] without the copy, to look before acting.
+    pub fn find(&self, region: &str, id: &str) -> Result<&Connection, ApiError> {
+        self.existing(region, id)
     }
 
     pub fn update(
@@ -392,7 +474,8 @@ impl Store {
         let connection = here.connections.remove(id).ok_or_else(|| not_found(id))?;
         here.tags.remove(&connection.arn);
         if let Some(token) = &connection.client_token {
-            here.tokens.remove(token);
+            here.tokens
+                .remove(&(connection.environment_account_id.clone(), token.clone()));
         }
         here.forget_deleted_before(now, lag);
         if lag > 0 {
@@ -451,15 +534,17 @@ impl Store {
         all
     }
 
-    /// The connections of `region`, as List sees them at `now`: with a list lag, a connection
-    /// is listed from `requestedAt + lag` on, and a deleted one still is (as it was when deleted)
-    /// until `deleted_at + lag`. So List shows the region as it was `lag` ago, while Get, which
-    /// is strongly consistent, shows it as it is. Without a lag, List is strongly consistent too.
+    /// The connections of `region` that `listed` lets the caller see (its side of them, see
+    /// `access`), as List sees them at `now`: with a list lag, a connection is listed from
+    /// `requestedAt + lag` on, and a deleted one still is (as it was when deleted) until
+    /// `deleted_at + lag`. So List shows the region as it was `lag` ago, while Get, which is
+    /// strongly consistent, shows it as it is. Without a lag, List is strongly consistent too.
     pub fn list(
         &self,
         region: &str,
         req: &ListRequest,
         now: Millis,
+        listed: impl Fn(&Connection) -> bool,
     ) -> Result<Page<Connection>, ApiError> {
         let after = match &req.next_token {
             Some(token) => Some(decode_list_token(token)?),
@@ -487,9 +572,11 @@ impl Store {
         let matching = visible
             .into_iter()
             .filter(|c| {
-                req.environment_name
-                    .as_ref()
-                    .is_none_or(|name| *name == c.environment_name)
+                listed(c)
+                    && req
+                        .environment_name
+                        .as_ref()
+                        .is_none_or(|name| *name == c.environment_name)
                     && (req.statuses.is_empty() || req.statuses.contains(&c.status))
                     && after
                         .as_ref()
@@ -508,6 +595,115 @@ impl Store {
             .find_map(|r| r.tags.get(arn))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The live connection a resource ARN names in `region`.
+    pub fn connection_by_arn(&self, region: &str, arn: &str) -> Result<&Connection, ApiError> {
+        // The id is the ARN's last segment; comparing the whole ARN rules out another account's.
+        arn.rsplit_once('/')
+            .and_then(|(_, id)| self.regions.get(region)?.connections.get(id))
+            .filter(|c| c.arn == arn)
+            .ok_or_else(|| resource_not_found(arn))
+    }
+
+    /// Every live connection with its tags and the Create that made it, for the state file.
+    pub fn export(&self) -> Vec<StoredConnection> {
+        self.all()
+            .into_iter()
+            .map(|connection| {
+                let region = &self.regions[&connection.region];
+                let tags = region
+                    .tags
+                    .get(&connection.arn)
+                    .cloned()
+                    .unwrap_or_default();
+                let create_request = connection.client_token.as_ref().and_then(|token| {
+                    region
+                        .tokens
+                        .get(&(connection.environment_account_id.clone(), token.clone()))
+                        .map(|used| used.request.clone())
+                });
+                StoredConnection {
+                    connection,
+                    tags,
+                    create_request,
+                }
+            })
+            .collect()
+    }
+
+    /// The last timestamp handed out, for the state file.
+    pub fn clock(&self) -> Millis {
+        self.clock
+    }
+
+    /// Puts back what [`Store::export`] gave (read from the state file), refusing anything a
+    /// store could not have held: the file was edited or damaged, and guessing would hide it.
+    pub fn import(&mut self, stored: Vec<StoredConnection>, clock: Millis) -> Result<(), String> {
+        let mut regions: BTreeMap<String, Region> = BTreeMap::new();
+        let mut latest = clock;
+        for StoredConnection {
+            connection: c,
+            tags,
+            create_request,
+        } in stored
+        {
+            let problem = |what: &str| format!("connection {:?}: {what}", c.id);
+            if !validate::is_connection_id(&c.id) {
+                return Err(problem("the id is not a connection id"));
+            }
+            if !validate::is_region(&c.region) {
+                return Err(problem("the region is not a region name"));
+            }
+            if !validate::is_account_id(&c.environment_account_id)
+                || !validate::is_account_id(&c.management_account_id)
+            {
+                return Err(problem("an account id is not 12 digits"));
+            }
+            if c.arn != connection_arn(&c.region, &c.environment_account_id, &c.id) {
+                return Err(problem(
+                    "the ARN does not name its region, environment account and id",
+                ));
+            }
+            if !validate::is_resource_name(&c.environment_name) {
+                return Err(problem("the environment name is not valid"));
+            }
+            if tags.len() > MAX_TAGS_PER_RESOURCE {
+                return Err(problem("more tags than a resource may have"));
+            }
+            if regions.values().any(|r| r.connections.contains_key(&c.id)) {
+                return Err(problem("the id is used twice"));
+            }
+            let here = regions.entry(c.region.clone()).or_default();
+            match (&c.client_token, create_request) {
+                (Some(token), Some(request)) => {
+                    let key = (c.environment_account_id.clone(), token.clone());
+                    if here.tokens.contains_key(&key) {
+                        return Err(problem("its client token is used by another connection"));
+                    }
+                    here.tokens.insert(
+                        key,
+                        TokenUse {
+                            id: c.id.clone(),
+                            request,
+                        },
+                    );
+                }
+                (None, None) => {}
+                (Some(_), None) => {
+                    return Err(problem("a client token without the Create that used it"));
+                }
+                (None, Some(_)) => {
+                    return Err(problem("a Create request without its client token"));
+                }
+            }
+            latest = latest.max(c.requested_at).max(c.last_modified_at);
+            here.tags.insert(c.arn.clone(), tags);
+            here.connections.insert(c.id.clone(), c);
+        }
+        self.regions = regions;
+        self.clock = latest;
+        Ok(())
     }
 
     fn tags_in(&self, region: &str, arn: &str) -> Result<&BTreeMap<String, String>, ApiError> {
@@ -575,11 +771,16 @@ impl Store {
     }
 }
 
-fn resource_not_found(arn: &str) -> ApiError {
+/// The ARN of a connection: its region, its environment account and its id.
+pub fn connection_arn(region: &str, account: &str, id: &str) -> String {
+    format!("arn:aws:proton:{region}:{account}:environment-account-connection/{id}")
+}
+
+pub fn resource_not_found(arn: &str) -> ApiError {
     ApiError::not_found(format!("Resource {arn} not found"))
 }
 
-fn not_found(id: &str) -> ApiError {
+pub fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!(
         "Environment account connection {id} could not be found"
     ))
@@ -642,10 +843,15 @@ mod tests {
     use super::*;
 
     const MGMT: &str = "111122223333";
+    const ENV: &str = "444455556666";
     const R: &str = "us-east-1";
 
+    fn everyone(_: &Connection) -> bool {
+        true
+    }
+
     fn store() -> Store {
-        Store::new("444455556666", None)
+        Store::new(None)
     }
 
     fn create(env: &str, token: Option<&str>) -> CreateRequest {
@@ -660,6 +866,7 @@ mod tests {
 
     fn list_all(max_results: usize) -> ListRequest {
         ListRequest {
+            requested_by: RequestedBy::EnvironmentAccount,
             environment_name: None,
             statuses: vec![],
             max_results,
@@ -670,7 +877,7 @@ mod tests {
     #[test]
     fn create_makes_a_pending_connection_in_this_account() {
         let mut s = store();
-        let c = s.create(R, create("dev", None), 1_000).unwrap();
+        let c = s.create(R, ENV, create("dev", None), 1_000).unwrap();
         assert_eq!(c.status, Status::Pending);
         assert_eq!(c.environment_account_id, "444455556666");
         assert_eq!(
@@ -688,48 +895,51 @@ mod tests {
     #[test]
     fn same_token_returns_the_first_connection_until_it_is_deleted() {
         let mut s = store();
-        let first = s.create(R, create("dev", Some("t1")), 1).unwrap();
-        let again = s.create(R, create("dev", Some("t1")), 2).unwrap();
+        let first = s.create(R, ENV, create("dev", Some("t1")), 1).unwrap();
+        let again = s.create(R, ENV, create("dev", Some("t1")), 2).unwrap();
         assert_eq!(first, again);
         assert_eq!(s.all().len(), 1);
 
         s.delete(R, &first.id, 0).unwrap();
-        let fresh = s.create(R, create("dev", Some("t1")), 3).unwrap();
+        let fresh = s.create(R, ENV, create("dev", Some("t1")), 3).unwrap();
         assert_ne!(fresh.id, first.id);
     }
 
     #[test]
     fn same_environment_with_another_token_is_a_conflict_unless_rejected() {
         let mut s = store();
-        let first = s.create(R, create("dev", Some("a")), 1).unwrap();
-        let err = s.create(R, create("dev", Some("b")), 2).unwrap_err();
+        let first = s.create(R, ENV, create("dev", Some("a")), 1).unwrap();
+        let err = s.create(R, ENV, create("dev", Some("b")), 2).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict);
         assert!(err.message.contains(&first.id), "{}", err.message);
         assert_eq!(
-            s.create(R, create("dev", None), 3).unwrap_err().kind,
+            s.create(R, ENV, create("dev", None), 3).unwrap_err().kind,
             ErrorKind::Conflict
         );
 
         s.reject(R, &first.id, 4).unwrap();
-        assert!(s.create(R, create("dev", Some("b")), 5).is_ok());
+        assert!(s.create(R, ENV, create("dev", Some("b")), 5).is_ok());
     }
 
     #[test]
     fn quota_counts_live_connections() {
-        let mut s = Store::new("444455556666", Some(1));
-        let first = s.create(R, create("a", Some("t")), 1).unwrap();
-        let err = s.create(R, create("b", None), 2).unwrap_err();
+        let mut s = Store::new(Some(1));
+        let first = s.create(R, ENV, create("a", Some("t")), 1).unwrap();
+        let err = s.create(R, ENV, create("b", None), 2).unwrap_err();
         assert_eq!(err.kind, ErrorKind::ServiceQuotaExceeded);
         // A token replay is not a new connection, so it is not refused.
-        assert_eq!(s.create(R, create("a", Some("t")), 3).unwrap().id, first.id);
+        assert_eq!(
+            s.create(R, ENV, create("a", Some("t")), 3).unwrap().id,
+            first.id
+        );
         s.delete(R, &first.id, 0).unwrap();
-        assert!(s.create(R, create("b", None), 3).is_ok());
+        assert!(s.create(R, ENV, create("b", None), 3).is_ok());
     }
 
     #[test]
     fn status_machine() {
         let mut s = store();
-        let c = s.create(R, create("dev", None), 1).unwrap();
+        let c = s.create(R, ENV, create("dev", None), 1).unwrap();
         let accepted = s.accept(R, &c.id, 2).unwrap();
         assert_eq!(accepted.status, Status::Connected);
         assert!(accepted.last_modified_at > c.last_modified_at);
@@ -753,7 +963,7 @@ mod tests {
     #[test]
     fn update_replaces_optional_roles_keeps_service_role_and_bumps_time_only_on_change() {
         let mut s = store();
-        let c = s.create(R, create("dev", None), 10).unwrap();
+        let c = s.create(R, ENV, create("dev", None), 10).unwrap();
         let same = s
             .update(
                 R,
@@ -817,7 +1027,7 @@ mod tests {
         let mut s = store();
         let ids: Vec<String> = (0..7)
             .map(|i| {
-                s.create(R, create(&format!("env{i}"), None), 100)
+                s.create(R, ENV, create(&format!("env{i}"), None), 100)
                     .unwrap()
                     .id
             })
@@ -826,7 +1036,7 @@ mod tests {
         let mut req = list_all(3);
         let mut pages = 0;
         loop {
-            let page = s.list(R, &req, 0).unwrap();
+            let page = s.list(R, &req, 0, everyone).unwrap();
             pages += 1;
             seen.extend(page.items.into_iter().map(|c| c.id));
             match page.next_token {
@@ -845,9 +1055,10 @@ mod tests {
     fn list_page_that_ends_exactly_has_no_token() {
         let mut s = store();
         for i in 0..3 {
-            s.create(R, create(&format!("env{i}"), None), 1).unwrap();
+            s.create(R, ENV, create(&format!("env{i}"), None), 1)
+                .unwrap();
         }
-        let page = s.list(R, &list_all(3), 0).unwrap();
+        let page = s.list(R, &list_all(3), 0, everyone).unwrap();
         assert_eq!(page.items.len(), 3);
         assert_eq!(page.next_token, None);
     }
@@ -855,20 +1066,23 @@ mod tests {
     #[test]
     fn list_filters_by_environment_and_status() {
         let mut s = store();
-        let a = s.create(R, create("a", None), 1).unwrap();
-        let b = s.create(R, create("b", None), 1).unwrap();
+        let a = s.create(R, ENV, create("a", None), 1).unwrap();
+        let b = s.create(R, ENV, create("b", None), 1).unwrap();
         s.accept(R, &b.id, 2).unwrap();
         let by_env = ListRequest {
             environment_name: Some("a".into()),
             ..list_all(100)
         };
-        assert_eq!(s.list(R, &by_env, 0).unwrap().items, vec![a.clone()]);
+        assert_eq!(
+            s.list(R, &by_env, 0, everyone).unwrap().items,
+            vec![a.clone()]
+        );
         let by_status = ListRequest {
             statuses: vec![Status::Connected, Status::Rejected],
             ..list_all(100)
         };
         let connected: Vec<String> = s
-            .list(R, &by_status, 0)
+            .list(R, &by_status, 0, everyone)
             .unwrap()
             .items
             .into_iter()
@@ -886,7 +1100,7 @@ mod tests {
                 ..list_all(10)
             };
             assert_eq!(
-                s.list(R, &req, 0).unwrap_err().kind,
+                s.list(R, &req, 0, everyone).unwrap_err().kind,
                 ErrorKind::Validation,
                 "{token}"
             );
@@ -898,7 +1112,7 @@ mod tests {
         let mut s = store();
         let mut req = create("dev", None);
         req.tags = vec![("team".into(), "payments".into())];
-        let c = s.create(R, req, 1).unwrap();
+        let c = s.create(R, ENV, req, 1).unwrap();
         assert_eq!(
             s.tags_of(&c.arn).get("team").map(String::as_str),
             Some("payments")
@@ -934,7 +1148,7 @@ mod tests {
     #[test]
     fn at_most_fifty_tags_on_a_resource() {
         let mut s = store();
-        let c = s.create(R, create("dev", None), 1).unwrap();
+        let c = s.create(R, ENV, create("dev", None), 1).unwrap();
         let forty: Vec<(String, String)> =
             (0..40).map(|i| (format!("k{i}"), String::new())).collect();
         s.tag(R, &c.arn, forty).unwrap();
@@ -956,7 +1170,7 @@ mod tests {
     #[test]
     fn list_tags_pages() {
         let mut s = store();
-        let c = s.create(R, create("dev", None), 1).unwrap();
+        let c = s.create(R, ENV, create("dev", None), 1).unwrap();
         s.tag(
             R,
             &c.arn,
@@ -991,7 +1205,7 @@ mod tests {
     #[test]
     fn a_connection_lives_in_the_region_of_its_create_only() {
         let mut s = store();
-        let c = s.create(EU, create("dev", None), 1).unwrap();
+        let c = s.create(EU, ENV, create("dev", None), 1).unwrap();
         assert_eq!(c.region, EU);
         assert!(
             c.arn.starts_with(
@@ -1028,10 +1242,18 @@ mod tests {
             next_token: None,
         };
         assert_eq!(s.list_tags(R, &list_tags).unwrap_err(), missing_resource);
-        assert!(s.list(R, &list_all(10), 2).unwrap().items.is_empty());
+        assert!(
+            s.list(R, &list_all(10), 2, everyone)
+                .unwrap()
+                .items
+                .is_empty()
+        );
 
         // ... and all of that still works in its own region.
-        assert_eq!(ids(s.list(EU, &list_all(10), 2).unwrap()), [c.id.as_str()]);
+        assert_eq!(
+            ids(s.list(EU, &list_all(10), 2, everyone).unwrap()),
+            [c.id.as_str()]
+        );
         assert!(s.list_tags(EU, &list_tags).unwrap().items.is_empty());
         s.accept(EU, &c.id, 3).unwrap();
         s.delete(EU, &c.id, 4).unwrap();
@@ -1040,22 +1262,26 @@ mod tests {
 
     #[test]
     fn tokens_conflicts_and_quotas_are_per_region() {
-        let mut s = Store::new("444455556666", Some(1));
-        let us = s.create(R, create("dev", Some("t")), 1).unwrap();
+        let mut s = Store::new(Some(1));
+        let us = s.create(R, ENV, create("dev", Some("t")), 1).unwrap();
         // Same token, same environment and management account, quota of one: another region
         // knows none of it, so this is a second connection.
-        let eu = s.create(EU, create("dev", Some("t")), 2).unwrap();
+        let eu = s.create(EU, ENV, create("dev", Some("t")), 2).unwrap();
         assert_ne!(us.id, eu.id);
         assert_eq!(s.all().len(), 2);
         // Each region still replays its own token and refuses its own duplicate.
-        assert_eq!(s.create(EU, create("dev", Some("t")), 3).unwrap(), eu);
-        assert_eq!(s.create(R, create("dev", Some("t")), 3).unwrap(), us);
+        assert_eq!(s.create(EU, ENV, create("dev", Some("t")), 3).unwrap(), eu);
+        assert_eq!(s.create(R, ENV, create("dev", Some("t")), 3).unwrap(), us);
         assert_eq!(
-            s.create(R, create("dev", Some("u")), 4).unwrap_err().kind,
+            s.create(R, ENV, create("dev", Some("u")), 4)
+                .unwrap_err()
+                .kind,
             ErrorKind::Conflict
         );
         assert_eq!(
-            s.create(EU, create("other", None), 4).unwrap_err().kind,
+            s.create(EU, ENV, create("other", None), 4)
+                .unwrap_err()
+                .kind,
             ErrorKind::ServiceQuotaExceeded
         );
     }
@@ -1063,8 +1289,8 @@ mod tests {
     #[test]
     fn ids_are_unique_across_regions_so_helpers_find_connections_by_id() {
         let mut s = store();
-        let a = s.create(R, create("dev", None), 1).unwrap();
-        let b = s.create(EU, create("dev", None), 1).unwrap();
+        let a = s.create(R, ENV, create("dev", None), 1).unwrap();
+        let b = s.create(EU, ENV, create("dev", None), 1).unwrap();
         assert_eq!(s.region_of(&a.id), Some(R));
         assert_eq!(s.region_of(&b.id), Some(EU));
         assert_eq!(s.region_of("00000000-0000-4000-8000-000000000000"), None);
@@ -1090,12 +1316,12 @@ mod tests {
     fn strict_idempotency_refuses_a_token_reused_with_other_parameters() {
         let mut s = store();
         s.set_idempotency(Idempotency::Strict);
-        let first = s.create(R, full_create("t1"), 1).unwrap();
+        let first = s.create(R, ENV, full_create("t1"), 1).unwrap();
 
         // The same request again, tags in another order, is a replay.
         let mut same = full_create("t1");
         same.tags.reverse();
-        assert_eq!(s.create(R, same, 2).unwrap(), first);
+        assert_eq!(s.create(R, ENV, same, 2).unwrap(), first);
 
         type Change = fn(&mut CreateRequest);
         let changes: [(&str, Change); 6] = [
@@ -1113,7 +1339,7 @@ mod tests {
         for (member, change) in changes {
             let mut req = full_create("t1");
             change(&mut req);
-            let err = s.create(R, req, 3).unwrap_err();
+            let err = s.create(R, ENV, req, 3).unwrap_err();
             assert_eq!(err.kind, ErrorKind::Conflict, "{member}");
             assert!(err.message.contains("'t1'"), "{}", err.message);
             assert!(
@@ -1134,14 +1360,14 @@ mod tests {
         s.delete(R, &first.id, 4).unwrap();
         let mut other = full_create("t1");
         other.environment_name = "prod".into();
-        assert_ne!(s.create(R, other, 5).unwrap().id, first.id);
+        assert_ne!(s.create(R, ENV, other, 5).unwrap().id, first.id);
     }
 
     #[test]
     fn strict_idempotency_compares_with_the_create_not_the_current_connection() {
         let mut s = store();
         s.set_idempotency(Idempotency::Strict);
-        let first = s.create(R, full_create("t1"), 1).unwrap();
+        let first = s.create(R, ENV, full_create("t1"), 1).unwrap();
         s.tag(R, &first.arn, vec![("later".into(), "x".into())])
             .unwrap();
         let update = UpdateRequest {
@@ -1150,17 +1376,17 @@ mod tests {
         };
         let updated = s.update(R, update, 2).unwrap();
         // The retried Create is still the same request: it answers the connection as it is now.
-        assert_eq!(s.create(R, full_create("t1"), 3).unwrap(), updated);
+        assert_eq!(s.create(R, ENV, full_create("t1"), 3).unwrap(), updated);
     }
 
     #[test]
     fn lenient_idempotency_replays_whatever_the_parameters() {
         let mut s = store();
-        let first = s.create(R, full_create("t1"), 1).unwrap();
+        let first = s.create(R, ENV, full_create("t1"), 1).unwrap();
         let mut other = full_create("t1");
         other.environment_name = "prod".into();
         other.tags.clear();
-        assert_eq!(s.create(R, other, 2).unwrap(), first);
+        assert_eq!(s.create(R, ENV, other, 2).unwrap(), first);
         assert_eq!(s.all().len(), 1);
     }
 
@@ -1177,11 +1403,11 @@ mod tests {
     #[test]
     fn with_a_lag_a_new_connection_is_listed_only_once_the_lag_has_passed() {
         let mut s = lagging_store();
-        let c = s.create(R, create("dev", None), 10_000).unwrap();
-        assert!(ids(s.list(R, &list_all(10), 10_000).unwrap()).is_empty());
-        assert!(ids(s.list(R, &list_all(10), 10_999).unwrap()).is_empty());
+        let c = s.create(R, ENV, create("dev", None), 10_000).unwrap();
+        assert!(ids(s.list(R, &list_all(10), 10_000, everyone).unwrap()).is_empty());
+        assert!(ids(s.list(R, &list_all(10), 10_999, everyone).unwrap()).is_empty());
         assert_eq!(
-            ids(s.list(R, &list_all(10), 11_000).unwrap()),
+            ids(s.list(R, &list_all(10), 11_000, everyone).unwrap()),
             [c.id.as_str()]
         );
         // Get is strongly consistent.
@@ -1191,16 +1417,16 @@ mod tests {
     #[test]
     fn with_a_lag_a_deleted_connection_is_listed_as_it_was_until_the_lag_has_passed() {
         let mut s = lagging_store();
-        let c = s.create(R, create("dev", None), 10_000).unwrap();
+        let c = s.create(R, ENV, create("dev", None), 10_000).unwrap();
         let accepted = s.accept(R, &c.id, 10_500).unwrap();
         s.delete(R, &c.id, 20_000).unwrap();
         for now in [20_000, 20_999] {
             assert_eq!(
-                s.list(R, &list_all(10), now).unwrap().items,
+                s.list(R, &list_all(10), now, everyone).unwrap().items,
                 std::slice::from_ref(&accepted)
             );
         }
-        assert!(ids(s.list(R, &list_all(10), 21_000).unwrap()).is_empty());
+        assert!(ids(s.list(R, &list_all(10), 21_000, everyone).unwrap()).is_empty());
 
         // Everything but List knows at once.
         assert_eq!(
@@ -1221,20 +1447,20 @@ mod tests {
             statuses: vec![Status::Pending],
             ..list_all(10)
         };
-        assert!(ids(s.list(R, &by_status, 20_500).unwrap()).is_empty());
-        assert!(ids(s.list(EU, &list_all(10), 20_500).unwrap()).is_empty());
+        assert!(ids(s.list(R, &by_status, 20_500, everyone).unwrap()).is_empty());
+        assert!(ids(s.list(EU, &list_all(10), 20_500, everyone).unwrap()).is_empty());
     }
 
     #[test]
     fn with_a_lag_listing_shows_the_region_as_it_was_lag_ago() {
         let mut s = lagging_store();
-        let old = s.create(R, create("old", None), 1_000).unwrap();
-        let brief = s.create(R, create("brief", None), 5_000).unwrap();
+        let old = s.create(R, ENV, create("old", None), 1_000).unwrap();
+        let brief = s.create(R, ENV, create("brief", None), 5_000).unwrap();
         s.delete(R, &brief.id, 5_500).unwrap();
-        let new = s.create(R, create("new", None), 5_600).unwrap();
+        let new = s.create(R, ENV, create("new", None), 5_600).unwrap();
         s.delete(R, &old.id, 5_700).unwrap();
         // List at t shows the region at t - LAG.
-        let at = |s: &Store, now: Millis| ids(s.list(R, &list_all(10), now).unwrap());
+        let at = |s: &Store, now: Millis| ids(s.list(R, &list_all(10), now, everyone).unwrap());
         assert_eq!(at(&s, 5_800), [old.id.as_str()]);
         assert_eq!(at(&s, 6_200), [old.id.as_str(), brief.id.as_str()]);
         assert_eq!(at(&s, 6_550), [old.id.as_str()]);
@@ -1246,14 +1472,17 @@ mod tests {
     fn lagging_deleted_connections_page_like_live_ones_and_are_forgotten_afterwards() {
         let mut s = lagging_store();
         let made: Vec<Connection> = (0..5)
-            .map(|i| s.create(R, create(&format!("env{i}"), None), 100).unwrap())
+            .map(|i| {
+                s.create(R, ENV, create(&format!("env{i}"), None), 100)
+                    .unwrap()
+            })
             .collect();
         s.delete(R, &made[1].id, 2_000).unwrap();
         s.delete(R, &made[3].id, 2_000).unwrap();
         let mut req = list_all(2);
         let mut seen = vec![];
         loop {
-            let page = s.list(R, &req, 2_500).unwrap();
+            let page = s.list(R, &req, 2_500, everyone).unwrap();
             seen.extend(ids(page.clone()));
             match page.next_token {
                 Some(token) => req.next_token = Some(token),
@@ -1264,7 +1493,7 @@ mod tests {
         assert_eq!(seen, all);
 
         // A later change in the region drops what List can no longer show.
-        s.create(R, create("later", None), 3_000).unwrap();
+        s.create(R, ENV, create("later", None), 3_000).unwrap();
         assert!(s.regions[R].deleted.is_empty());
     }
 
@@ -1272,15 +1501,138 @@ mod tests {
     fn without_a_lag_list_is_strongly_consistent_and_keeps_nothing_deleted() {
         let mut s = store();
         // Timestamps may run ahead of `now` when several changes share a millisecond.
-        let a = s.create(R, create("a", None), 100).unwrap();
-        let b = s.create(R, create("b", None), 100).unwrap();
+        let a = s.create(R, ENV, create("a", None), 100).unwrap();
+        let b = s.create(R, ENV, create("b", None), 100).unwrap();
         assert!(b.requested_at > 100);
         assert_eq!(
-            ids(s.list(R, &list_all(10), 100).unwrap()),
+            ids(s.list(R, &list_all(10), 100, everyone).unwrap()),
             [a.id.clone(), b.id]
         );
         s.delete(R, &a.id, 100).unwrap();
         assert!(s.regions[R].deleted.is_empty());
-        assert_eq!(s.list(R, &list_all(10), 100).unwrap().items.len(), 1);
+        assert_eq!(
+            s.list(R, &list_all(10), 100, everyone).unwrap().items.len(),
+            1
+        );
+    }
+
+    // ---- accounts ----
+
+    const OTHER: &str = "777788889999";
+
+    #[test]
+    fn tokens_clashes_and_quotas_belong_to_the_environment_account() {
+        let mut s = Store::new(Some(1));
+        let mine = s.create(R, ENV, create("dev", Some("t")), 1).unwrap();
+        // Same token, same environment and management account, quota of one: another account
+        // knows none of it.
+        let theirs = s.create(R, OTHER, create("dev", Some("t")), 2).unwrap();
+        assert_ne!(mine.id, theirs.id);
+        assert_eq!(theirs.environment_account_id, OTHER);
+        assert!(
+            theirs
+                .arn
+                .contains(":777788889999:environment-account-connection/")
+        );
+        assert_eq!(s.create(R, ENV, create("dev", Some("t")), 3).unwrap(), mine);
+        assert_eq!(
+            s.create(R, OTHER, create("dev", Some("t")), 3).unwrap(),
+            theirs
+        );
+        let quota = s.create(R, OTHER, create("prod", None), 4).unwrap_err();
+        assert_eq!(quota.kind, ErrorKind::ServiceQuotaExceeded);
+        assert!(quota.message.contains(OTHER), "{}", quota.message);
+
+        // Deleting one frees its own token only.
+        s.delete(R, &theirs.id, 5).unwrap();
+        assert_eq!(s.create(R, ENV, create("dev", Some("t")), 6).unwrap(), mine);
+    }
+
+    #[test]
+    fn a_resource_arn_names_one_connection_of_one_account() {
+        let mut s = store();
+        let c = s.create(R, ENV, create("dev", None), 1).unwrap();
+        assert_eq!(s.connection_by_arn(R, &c.arn).unwrap(), &c);
+        let elsewhere = c.arn.replace(ENV, OTHER);
+        assert_eq!(
+            s.connection_by_arn(R, &elsewhere).unwrap_err(),
+            resource_not_found(&elsewhere)
+        );
+        assert!(s.connection_by_arn(EU, &c.arn).is_err());
+        assert!(
+            s.connection_by_arn(R, "arn:aws:proton:us-east-1:444455556666:x")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn export_then_import_gives_the_same_store() {
+        let mut s = store();
+        s.set_idempotency(Idempotency::Strict);
+        let mut req = full_create("t1");
+        req.environment_name = "tagged".into();
+        let tagged = s.create(R, ENV, req, 1_000).unwrap();
+        let plain = s.create(EU, OTHER, create("plain", None), 2_000).unwrap();
+        s.accept(EU, &plain.id, 3_000).unwrap();
+        let exported = s.export();
+        assert_eq!(exported.len(), 2);
+        // The file writes tags as the API does.
+        let written = serde_json::to_value(&exported[0]).unwrap();
+        assert_eq!(
+            written["createRequest"]["tags"],
+            serde_json::json!([{"key": "a", "value": "1"}, {"key": "b", "value": "2"}])
+        );
+        assert_eq!(written["connection"]["status"], "PENDING");
+
+        let mut back = store();
+        back.set_idempotency(Idempotency::Strict);
+        back.import(exported.clone(), s.clock()).unwrap();
+        assert_eq!(back.all(), s.all());
+        assert_eq!(back.export(), exported);
+        assert_eq!(back.clock(), s.clock());
+        assert_eq!(back.tags_of(&tagged.arn), s.tags_of(&tagged.arn));
+        // The client token still replays, and is still compared with the original Create.
+        let mut replay = full_create("t1");
+        replay.environment_name = "tagged".into();
+        assert_eq!(back.create(R, ENV, replay, 4_000).unwrap(), tagged);
+        assert_eq!(
+            back.create(R, ENV, full_create("t1"), 4_000)
+                .unwrap_err()
+                .kind,
+            ErrorKind::Conflict
+        );
+        // Timestamps keep going forward.
+        let later = back.create(R, ENV, create("later", None), 0).unwrap();
+        assert!(later.requested_at > 3_000);
+    }
+
+    #[test]
+    fn import_refuses_states_no_store_could_hold() {
+        let mut s = store();
+        s.create(R, ENV, create("dev", Some("t")), 1).unwrap();
+        s.create(R, ENV, create("prod", None), 2).unwrap();
+        let good = s.export();
+        type Damage = fn(&mut Vec<StoredConnection>);
+        let damages: [(&str, Damage); 7] = [
+            ("not a connection id", |v| v[0].connection.id = "x".into()),
+            ("region", |v| v[0].connection.region = "Nowhere 1".into()),
+            ("12 digits", |v| {
+                v[0].connection.management_account_id = "1".into()
+            }),
+            ("ARN", |v| {
+                v[0].connection.environment_account_id = OTHER.into()
+            }),
+            ("used twice", |v| v[1] = v[0].clone()),
+            ("without the Create", |v| v[0].create_request = None),
+            ("without its client token", |v| {
+                v[1].create_request = Some(create("prod", None))
+            }),
+        ];
+        for (expected, damage) in damages {
+            let mut stored = good.clone();
+            damage(&mut stored);
+            let err = store().import(stored, 0).unwrap_err();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 }

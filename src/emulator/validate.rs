@@ -9,7 +9,9 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use super::store::{CreateRequest, ListRequest, ListTagsRequest, Status, UpdateRequest};
+use super::store::{
+    CreateRequest, ListRequest, ListTagsRequest, RequestedBy, Status, UpdateRequest,
+};
 
 pub type Object = Map<String, Value>;
 
@@ -113,8 +115,9 @@ pub fn update_input(body: &Object) -> Result<UpdateRequest, ApiError> {
 pub fn list_input(body: &Object) -> Result<ListRequest, ApiError> {
     let mut v = Violations::default();
     let requested_by = required(&mut v, "requestedBy", string(body, "requestedBy")?);
+    let side = requested_by.as_deref().and_then(RequestedBy::parse);
     if let Some(requested_by) = &requested_by
-        && !["MANAGEMENT_ACCOUNT", "ENVIRONMENT_ACCOUNT"].contains(&requested_by.as_str())
+        && side.is_none()
     {
         v.add(
             &quoted(requested_by),
@@ -157,6 +160,8 @@ pub fn list_input(body: &Object) -> Result<ListRequest, ApiError> {
     }
     v.finish()?;
     Ok(ListRequest {
+        // Checked above: finish() refused a missing or unknown one.
+        requested_by: side.unwrap_or(RequestedBy::EnvironmentAccount),
         environment_name,
         statuses,
         max_results,
@@ -206,16 +211,16 @@ pub fn list_tags_input(body: &Object) -> Result<ListTagsRequest, ApiError> {
 
 /// Collects every violation of one request, so a caller fixes them all in one round trip.
 #[derive(Default)]
-struct Violations(Vec<String>);
+pub(super) struct Violations(Vec<String>);
 
 impl Violations {
-    fn add(&mut self, value: &str, at: &str, must: &str) {
+    pub(super) fn add(&mut self, value: &str, at: &str, must: &str) {
         self.0.push(format!(
             "Value {value} at '{at}' failed to satisfy constraint: Member must {must}"
         ));
     }
 
-    fn finish(self) -> Result<(), ApiError> {
+    pub(super) fn finish(self) -> Result<(), ApiError> {
         match self.0.len() {
             0 => Ok(()),
             1 => Err(ApiError::validation(format!(
@@ -230,11 +235,11 @@ impl Violations {
     }
 }
 
-fn quoted(s: &str) -> String {
+pub(super) fn quoted(s: &str) -> String {
     format!("'{s}'")
 }
 
-fn required<T>(v: &mut Violations, at: &str, value: Option<T>) -> Option<T> {
+pub(super) fn required<T>(v: &mut Violations, at: &str, value: Option<T>) -> Option<T> {
     if value.is_none() {
         v.add("null", at, "not be null");
     }
@@ -242,7 +247,7 @@ fn required<T>(v: &mut Violations, at: &str, value: Option<T>) -> Option<T> {
 }
 
 /// AWS counts lengths in UTF-16 code units (Java strings).
-fn length(v: &mut Violations, at: &str, s: &str, min: usize, max: usize) {
+pub(super) fn length(v: &mut Violations, at: &str, s: &str, min: usize, max: usize) {
     let len = s.encode_utf16().count();
     if len < min {
         v.add(
@@ -260,7 +265,7 @@ fn length(v: &mut Violations, at: &str, s: &str, min: usize, max: usize) {
     }
 }
 
-fn pattern(v: &mut Violations, at: &str, s: &str, matches: bool, pattern: &str) {
+pub(super) fn pattern(v: &mut Violations, at: &str, s: &str, matches: bool, pattern: &str) {
     if !matches {
         v.add(
             &quoted(s),
@@ -437,7 +442,7 @@ fn string_list(body: &Object, name: &str) -> Result<Option<Vec<String>>, ApiErro
 // ---- the model's patterns, without a regex engine ----------------------------------------
 
 /// `\w` of Java regexes (ASCII) plus the punctuation the IAM patterns allow.
-fn is_arn_word(c: char) -> bool {
+pub(super) fn is_arn_word(c: char) -> bool {
     c.is_ascii_alphanumeric() || "_+=,.@-".contains(c)
 }
 
@@ -710,6 +715,9 @@ mod tests {
 
         let req = list_input(&obj(json!({"requestedBy": "MANAGEMENT_ACCOUNT"}))).unwrap();
         assert_eq!(req.max_results, 100);
+        assert_eq!(req.requested_by, RequestedBy::ManagementAccount);
+        let req = list_input(&obj(json!({"requestedBy": "ENVIRONMENT_ACCOUNT"}))).unwrap();
+        assert_eq!(req.requested_by, RequestedBy::EnvironmentAccount);
     }
 
     #[test]

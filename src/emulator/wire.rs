@@ -53,6 +53,14 @@ impl Operation {
         }
     }
 
+    /// Whether a successful call may have changed the state (what the state file keeps).
+    pub fn changes_state(self) -> bool {
+        !matches!(
+            self,
+            Operation::Get | Operation::List | Operation::ListTagsForResource
+        )
+    }
+
     /// The operation named by an `X-Amz-Target` header value.
     pub fn from_target(target: &str) -> Option<Operation> {
         let name = target.strip_prefix(TARGET_PREFIX)?;
