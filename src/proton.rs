@@ -154,7 +154,10 @@ impl ErrorClass {
             | "AccessDenied"
             | "UnrecognizedClientException"
             | "InvalidSignatureException"
-            | "ExpiredTokenException" => ErrorClass::AccessDenied,
+            | "ExpiredTokenException"
+            // STS's awsQuery codes: a refused AssumeRole, temporary credentials that expired.
+            | "ExpiredToken"
+            | "InvalidClientTokenId" => ErrorClass::AccessDenied,
             "ValidationException" => ErrorClass::Validation,
             "ServiceQuotaExceededException" => ErrorClass::QuotaExceeded,
             "ConflictException" => ErrorClass::Conflict,
@@ -879,6 +882,12 @@ mod tests {
                 "ResourceNotFoundException",
                 ErrorClass::NotFound,
                 Retry::Terminal,
+            ),
+            ("ExpiredToken", ErrorClass::AccessDenied, Retry::Slow),
+            (
+                "InvalidClientTokenId",
+                ErrorClass::AccessDenied,
+                Retry::Slow,
             ),
             ("SomethingNew", ErrorClass::Other, Retry::Backoff),
         ];

@@ -220,3 +220,149 @@ async fn the_running_controller_follows_mapping_and_namespace_label_changes_at_o
     let _ = stop.send(());
     let _ = task.await;
 }
+
+/// An emulator whose payments role requires an external id; any other well-formed role can be
+/// assumed.
+async fn env_with_roles() -> Env {
+    let emulator = eac_controller::emulator::EmulatorConfig {
+        roles: vec![
+            "arn:aws:iam::111111111111:role/eac,external-id=payments-7f3a"
+                .parse()
+                .unwrap(),
+        ],
+        ..Default::default()
+    };
+    Env::start_full(
+        support::eager_settings(),
+        eac_controller::budget::CallBudget::unlimited(),
+        emulator,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_mapped_namespace_gets_its_connection_in_the_roles_account() {
+    let env = env_with_roles().await;
+    env.ctx.set_accounts(accounts(
+        &[(
+            "payments",
+            AccountMappingSpec {
+                external_id: Some("payments-7f3a".into()),
+                region: Some("eu-west-1".into()),
+                ..selecting(
+                    &[("team", "payments")],
+                    "arn:aws:iam::111111111111:role/eac",
+                )
+            },
+        )],
+        &[namespace(NS, &[("team", "payments")])],
+    ));
+    env.api.create("prod", UID, spec("prod"));
+
+    env.reconcile("prod").await.unwrap();
+
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(
+        status.environment_account_id.as_deref(),
+        Some("111111111111")
+    );
+    assert_eq!(
+        status.region.as_deref(),
+        Some("eu-west-1"),
+        "the mapping's region"
+    );
+    let conns = env.proton().connections();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].environment_account_id, "111111111111");
+    assert_eq!(conns[0].region, "eu-west-1");
+    assert!(conns[0].arn.contains(":111111111111:"), "{}", conns[0].arn);
+    assert_eq!(env.calls("AssumeRole"), 1, "one session for the role");
+
+    // Deleted with the role's credentials too (only its environment account may delete it).
+    env.api.delete("prod");
+    env.resync("prod").await.unwrap();
+    assert!(env.api.get("prod").is_none());
+    assert!(env.proton().connections().is_empty());
+    assert_eq!(env.calls("AssumeRole"), 1, "the session is reused");
+}
+
+#[tokio::test]
+async fn a_role_that_cannot_be_assumed_is_reported_and_nothing_is_done_in_proton() {
+    let env = env_with_roles().await;
+    env.ctx.set_accounts(accounts(
+        &[(
+            "payments",
+            // No external id: the role's trust policy refuses.
+            selecting(
+                &[("team", "payments")],
+                "arn:aws:iam::111111111111:role/eac",
+            ),
+        )],
+        &[namespace(NS, &[("team", "payments")])],
+    ));
+    env.api.create("prod", UID, spec("prod"));
+
+    env.reconcile("prod").await.unwrap();
+
+    let obj = env.api.get("prod").unwrap();
+    let synced = condition(&obj, "Synced").unwrap();
+    assert_eq!(
+        (synced.0.as_str(), synced.1.as_str()),
+        ("False", "AssumeRoleFailed")
+    );
+    assert!(
+        synced.2.contains("arn:aws:iam::111111111111:role/eac"),
+        "{}",
+        synced.2
+    );
+    assert_eq!(condition(&obj, "Stalled").unwrap().0, "True");
+    assert_eq!(
+        env.total_calls(),
+        env.calls("AssumeRole"),
+        "no Proton call, only the refused AssumeRole"
+    );
+    assert!(env.proton().connections().is_empty());
+}
+
+#[tokio::test]
+async fn a_namespace_moved_to_another_account_leaves_its_pinned_connection_alone() {
+    let env = env_with_roles().await;
+    env.ctx.set_accounts(accounts(
+        &[(
+            "search",
+            selecting(&[("team", "search")], "arn:aws:iam::222222222222:role/eac"),
+        )],
+        &[namespace(NS, &[("team", "search")])],
+    ));
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    assert_eq!(
+        env.api
+            .get("prod")
+            .unwrap()
+            .status
+            .unwrap()
+            .environment_account_id
+            .as_deref(),
+        Some("222222222222")
+    );
+
+    // The admin maps the namespace to another account.
+    env.ctx.set_accounts(accounts(
+        &[(
+            "search",
+            selecting(&[("team", "search")], "arn:aws:iam::333333333333:role/eac"),
+        )],
+        &[namespace(NS, &[("team", "search")])],
+    ));
+    let mutations = env.mutating_calls();
+    env.resync("prod").await.unwrap();
+    let obj = env.api.get("prod").unwrap();
+    assert_eq!(condition(&obj, "Synced").unwrap().1, "AccountMismatch");
+    assert_eq!(
+        env.mutating_calls(),
+        mutations,
+        "nothing re-created elsewhere"
+    );
+    assert_eq!(env.proton().connections().len(), 1);
+}

@@ -731,6 +731,134 @@ async fn an_observer_follows_a_connection_made_by_hand_and_never_changes_or_dele
     );
 }
 
+/// Many environment accounts, on a real API server: two namespaces mapped by a cluster admin to
+/// roles in two accounts get their connections in their own accounts; a tenant with `edit` can
+/// neither write an AccountMapping nor relabel their namespace to reach the other account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_namespaces_mapped_to_two_accounts_get_connections_in_their_own_accounts() {
+    use eac_controller::accounts::{AccountMapping, AccountMappingSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let a = cluster.namespace("mapping-a").await;
+    let b = cluster.namespace("mapping-b").await;
+    const LABEL: &str = "eac-e2e/account";
+    a.label(LABEL, &a.name).await;
+    b.label(LABEL, &b.name).await;
+    let emulator = a.start_emulator().await;
+    let mappings: Api<AccountMapping> = Api::all(cluster.client.clone());
+    let mut created = Vec::new();
+    for (ns, account) in [(&a, "111111111111"), (&b, "222222222222")] {
+        let mapping = AccountMapping::new(
+            &ns.name,
+            AccountMappingSpec {
+                namespace_selector: LabelSelector {
+                    match_labels: Some(BTreeMap::from([(LABEL.to_string(), ns.name.clone())])),
+                    match_expressions: None,
+                },
+                role_arn: format!("arn:aws:iam::{account}:role/eac-e2e"),
+                external_id: None,
+                region: None,
+            },
+        );
+        mappings
+            .patch(
+                &ns.name,
+                &PatchParams::apply("eac-e2e").force(),
+                &Patch::Apply(&mapping),
+            )
+            .await
+            .expect("a cluster admin applies an AccountMapping");
+        created.push(ns.name.clone());
+    }
+    let with_mappings = || ControllerOptions::with_args(&["--account-mappings=true"]);
+    let _ca = a.start_controller(&emulator, with_mappings()).await;
+    let _cb = b.start_controller(&emulator, with_mappings()).await;
+
+    a.apply(&eac("pay", spec("pay"))).await;
+    b.apply(&eac("search", spec("search"))).await;
+    let pay = a
+        .wait_eac("pay", "a connection", CONVERGE, has_connection)
+        .await;
+    let search = b
+        .wait_eac("search", "a connection", CONVERGE, has_connection)
+        .await;
+    assert_eq!(
+        status(&pay).environment_account_id.as_deref(),
+        Some("111111111111")
+    );
+    assert_eq!(
+        status(&search).environment_account_id.as_deref(),
+        Some("222222222222")
+    );
+    assert!(
+        status(&pay)
+            .arn
+            .as_deref()
+            .is_some_and(|arn| arn.contains(":111111111111:"))
+    );
+    assert!(
+        status(&search)
+            .arn
+            .as_deref()
+            .is_some_and(|arn| arn.contains(":222222222222:"))
+    );
+
+    // A tenant of namespace a, with the built-in edit role.
+    a.ensure_edit_aggregation().await;
+    let tenant = tenant_client(
+        &a.service_account_kubeconfig("tenant", vec![], Some("edit"))
+            .await,
+    )
+    .await;
+    let mine = AccountMapping::new(
+        "tenant-takeover",
+        AccountMappingSpec {
+            namespace_selector: LabelSelector::default(),
+            role_arn: "arn:aws:iam::222222222222:role/eac-e2e".into(),
+            external_id: None,
+            region: None,
+        },
+    );
+    let refused = Api::<AccountMapping>::all(tenant.clone())
+        .create(&PostParams::default(), &mine)
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 403),
+        "a tenant wrote an AccountMapping: {refused:?}"
+    );
+    let relabel = json!({"metadata": {"labels": {LABEL: b.name.clone()}}});
+    let refused = Api::<k8s_openapi::api::core::v1::Namespace>::all(tenant.clone())
+        .patch(&a.name, &PatchParams::default(), &Patch::Merge(&relabel))
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 403),
+        "a tenant relabelled their namespace: {refused:?}"
+    );
+    Api::<Eac>::namespaced(tenant, &a.name)
+        .patch(
+            "tenant-eac",
+            &PatchParams::apply("tenant"),
+            &Patch::Apply(&eac("tenant-eac", spec("tenant-env"))),
+        )
+        .await
+        .expect("the tenant may apply resources");
+    let theirs = a
+        .wait_eac("tenant-eac", "a connection", CONVERGE, has_connection)
+        .await;
+    assert_eq!(
+        status(&theirs).environment_account_id.as_deref(),
+        Some("111111111111"),
+        "the account the admin mapped to their namespace, and no other"
+    );
+
+    for name in created {
+        let _ = mappings.delete(&name, &Default::default()).await;
+    }
+}
+
 /// Paused, on a real API server: not a single AWS call while the annotation says "true"; the
 /// condition says so; removing the annotation resumes at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
