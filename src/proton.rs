@@ -429,7 +429,11 @@ impl Proton {
         }
         let mut config = self.base.clone().region(Region::new(region.to_string()));
         if let AwsIdentity::Role(role) = identity {
-            config = config.credentials_provider(SessionCredentials(self.session(role)));
+            // The session caches the credentials (and drops them when the service says they
+            // expired); a second cache in the client would keep signing with the dropped ones.
+            config = config
+                .credentials_provider(SessionCredentials(self.session(role)))
+                .identity_cache(aws_sdk_proton::config::IdentityCache::no_cache());
         }
         let client = Client::from_conf(config.build());
         clients.insert(key, client.clone());
@@ -465,6 +469,13 @@ impl Proton {
                 if e.class == ErrorClass::Throttled {
                     self.metrics.aws_throttled();
                     self.budget.throttled(tokio::time::Instant::now());
+                }
+                // The service says the role's credentials expired before the session thought
+                // (clock skew, a revoked session): the next call assumes the role again.
+                if e.code.starts_with("ExpiredToken")
+                    && let AwsIdentity::Role(role) = ticket.identity
+                {
+                    self.session(role).forget();
                 }
             }
         }

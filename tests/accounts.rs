@@ -366,3 +366,32 @@ async fn a_namespace_moved_to_another_account_leaves_its_pinned_connection_alone
     );
     assert_eq!(env.proton().connections().len(), 1);
 }
+
+#[tokio::test]
+async fn credentials_the_service_calls_expired_are_replaced_by_a_new_assume_role() {
+    let env = env_with_roles().await;
+    env.ctx.set_accounts(accounts(
+        &[(
+            "search",
+            selecting(&[("team", "search")], "arn:aws:iam::222222222222:role/eac"),
+        )],
+        &[namespace(NS, &[("team", "search")])],
+    ));
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    assert_eq!(env.calls("AssumeRole"), 1);
+
+    // The service's clock runs past the session's expiry (the controller's does not).
+    env.proton()
+        .advance_clock(std::time::Duration::from_secs(2 * 3600));
+    env.resync("prod").await.unwrap();
+    let obj = env.api.get("prod").unwrap();
+    assert_eq!(condition(&obj, "Synced").unwrap().1, "AccessDenied");
+    // The next attempt assumes the role again, and works.
+    env.resync("prod").await.unwrap();
+    assert_eq!(env.calls("AssumeRole"), 2);
+    let obj = env.api.get("prod").unwrap();
+    let synced = condition(&obj, "Synced").unwrap();
+    assert_eq!(synced.0, "True", "{synced:?}");
+    assert_eq!(env.proton().connections().len(), 1);
+}

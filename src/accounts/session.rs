@@ -132,6 +132,11 @@ impl RoleSession {
         Ok(assumed)
     }
 
+    /// Drops the cached credentials: the next call assumes the role again.
+    pub fn forget(&self) {
+        *self.lock() = None;
+    }
+
     fn fresh(&self) -> Option<Assumed> {
         let now = SystemTime::now();
         self.lock()
