@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use eac_controller::acceptance::api::crd_yaml as acceptance_crd_yaml;
 use eac_controller::api::crd_yaml;
 use eac_controller::config::{RunArgs, resolve_endpoint};
 use eac_controller::runner;
@@ -24,8 +25,19 @@ struct Cli {
 enum Command {
     /// Run the controller against the current kubeconfig / in-cluster config.
     Run(Box<RunArgs>),
-    /// Print the EnvironmentAccountConnection CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML (by default the EnvironmentAccountConnection's).
+    Crd {
+        /// Which one, by its plural name.
+        #[arg(value_enum, default_value = "environmentaccountconnections")]
+        kind: CrdKind,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "lower")]
+enum CrdKind {
+    Environmentaccountconnections,
+    Connectionacceptancepolicies,
 }
 
 fn main() -> ExitCode {
@@ -39,7 +51,10 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
-        Command::Crd => match crd_yaml() {
+        Command::Crd { kind } => match match kind {
+            CrdKind::Environmentaccountconnections => crd_yaml(),
+            CrdKind::Connectionacceptancepolicies => acceptance_crd_yaml(),
+        } {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS
