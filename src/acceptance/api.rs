@@ -59,7 +59,8 @@ pub struct ConnectionAcceptancePolicySpec {
     #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z]{2}(-[a-z]+)+-\d$"))]
     pub region: Option<String>,
 
-    /// The environment accounts (12-digit IDs) whose requests are accepted. 1-100, no repeats.
+    /// The environment accounts (12-digit IDs, quoted) whose requests are accepted. 1-100, no
+    /// repeats.
     #[schemars(
         length(min = 1, max = 100),
         inner(regex(pattern = r"^\d{12}$")),
@@ -105,6 +106,7 @@ pub struct Decision {
     pub id: String,
     /// The account that requested the connection.
     pub environment_account_id: String,
+    /// The environment the connection is for.
     pub environment_name: String,
     /// When Proton recorded the decision (RFC 3339).
     pub decided_at: String,
@@ -118,6 +120,7 @@ pub struct PendingRequest {
     pub id: String,
     /// The account that requested the connection.
     pub environment_account_id: String,
+    /// The environment the connection is for.
     pub environment_name: String,
     /// When the connection was requested (RFC 3339).
     pub requested_at: String,
