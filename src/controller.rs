@@ -211,7 +211,10 @@ impl Context {
     /// Drops what is kept about resources that are no longer in the watch cache.
     pub fn retain_only(&self, live: &HashSet<String>) {
         self.tracked().retain(|uid, _| live.contains(uid));
-        self.proton.retain(|uid| live.contains(uid));
+        // The management side's bookings in the shared budget are its own to drop.
+        self.proton.retain(|key| {
+            live.contains(key) || key.starts_with(crate::acceptance::controller::BUDGET_KEY_PREFIX)
+        });
     }
 
     /// Forgets everything (a new term of leadership: another leader may have written since).

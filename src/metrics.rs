@@ -414,9 +414,18 @@ mod tests {
         m.acceptance_decisions(2, 0, 1);
         m.acceptance_decisions(1, 1, 0);
         let text = m.encode();
-        assert!(text.contains("eac_acceptance_decisions_total{decision=\"accepted\"} 3"), "{text}");
-        assert!(text.contains("eac_acceptance_decisions_total{decision=\"rejected\"} 1"), "{text}");
-        assert!(text.contains("eac_acceptance_decisions_total{decision=\"left_pending\"} 1"), "{text}");
+        assert!(
+            text.contains("eac_acceptance_decisions_total{decision=\"accepted\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eac_acceptance_decisions_total{decision=\"rejected\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eac_acceptance_decisions_total{decision=\"left_pending\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -107,9 +107,7 @@ fn request_at(
 ) -> Connection {
     Connection {
         id: id.into(),
-        arn: format!(
-            "arn:aws:proton:{REGION}:{account}:environment-account-connection/{id}"
-        ),
+        arn: format!("arn:aws:proton:{REGION}:{account}:environment-account-connection/{id}"),
         state,
         environment_name: environment.into(),
         management_account_id: MGMT.into(),
@@ -248,7 +246,7 @@ impl Fake {
                 .connections
                 .get(id)
                 .cloned()
-                .map(Outcome::Connection)
+                .map(|c| Outcome::Connection(Box::new(c)))
                 .ok_or_else(not_found),
             Step::Accept { id } | Step::Reject { id } => {
                 let accept = matches!(step, Step::Accept { .. });
@@ -263,7 +261,7 @@ impl Fake {
                 }
                 c.state = if accept { CONNECTED } else { REJECTED };
                 c.last_modified_at = now;
-                Ok(Outcome::Connection(c.clone()))
+                Ok(Outcome::Connection(Box::new(c.clone())))
             }
             _ => unreachable!(),
         }
@@ -477,7 +475,8 @@ fn every_request_state_matching_option_and_peer_combination() {
             for unmatched in options {
                 for peer in peers {
                     rows += 1;
-                    let case = format!("{state:?} {matched:?} unmatched={unmatched:?} peer={peer:?}");
+                    let case =
+                        format!("{state:?} {matched:?} unmatched={unmatched:?} peer={peer:?}");
                     let mut given = Given::new(spec(unmatched)).peer(other_region_spec(), false);
                     given = match peer {
                         PeerPolicy::None => given,
@@ -499,7 +498,11 @@ fn every_request_state_matching_option_and_peer_combination() {
                     let want = expected(state, matched, unmatched, peer);
                     match want {
                         Expect::Accepted => {
-                            assert_eq!(aws, ["WhoAmI", "List us-east-1", &format!("Accept {id}")], "{case}");
+                            assert_eq!(
+                                aws,
+                                ["WhoAmI", "List us-east-1", &format!("Accept {id}")],
+                                "{case}"
+                            );
                             assert_eq!(ids(&status.accepted), [id], "{case}");
                             assert_eq!(status.accepted_count, 1, "{case}");
                             assert_eq!(fake.connections[id].state, CONNECTED, "{case}");
@@ -508,7 +511,12 @@ fn every_request_state_matching_option_and_peer_combination() {
                         Expect::Rejected => {
                             assert_eq!(
                                 aws,
-                                ["WhoAmI", "List us-east-1", &format!("Get {id}"), &format!("Reject {id}")],
+                                [
+                                    "WhoAmI",
+                                    "List us-east-1",
+                                    &format!("Get {id}"),
+                                    &format!("Reject {id}")
+                                ],
                                 "{case}"
                             );
                             assert_eq!(ids(&status.rejected), [id], "{case}");
@@ -538,7 +546,11 @@ fn every_request_state_matching_option_and_peer_combination() {
                         assert!(status.rejected.is_empty(), "{case}");
                     }
                     // Whatever was decided, the policy is in effect.
-                    assert_eq!(condition(status, READY), ("True".into(), "Applied".into()), "{case}");
+                    assert_eq!(
+                        condition(status, READY),
+                        ("True".into(), "Applied".into()),
+                        "{case}"
+                    );
                     assert_eq!(condition(status, SYNCED).0, "True", "{case}");
                     assert_eq!(condition(status, STALLED).0, "False", "{case}");
                     assert_eq!(status.observed_generation, Some(1), "{case}");
@@ -564,8 +576,15 @@ fn a_request_matched_by_any_policy_of_the_group_is_never_rejected() {
     let status = &ended.settled().status;
     assert_eq!(ids(&status.accepted), ["c-a"]);
     assert_eq!(ids(&status.rejected), ["c-d"]);
-    assert_eq!(fake.connections["c-b"].state, PENDING, "the peer's request is the peer's");
-    assert!(!fake.calls.iter().any(|c| c.ends_with("c-b")), "{:?}", fake.calls);
+    assert_eq!(
+        fake.connections["c-b"].state, PENDING,
+        "the peer's request is the peer's"
+    );
+    assert!(
+        !fake.calls.iter().any(|c| c.ends_with("c-b")),
+        "{:?}",
+        fake.calls
+    );
     // And seen from the peer: it accepts its own, and rejects nothing of ours.
     let peer = Given::new(peer_spec(UnmatchedRequests::Reject))
         .peer(spec(UnmatchedRequests::Reject), false);
@@ -596,7 +615,11 @@ fn a_request_matched_by_two_policies_is_accepted_once_and_the_late_one_records_n
     assert!(status.accepted.is_empty());
     assert_eq!(status.accepted_count, 0);
     assert_eq!(ended.events(), []);
-    assert_eq!(condition(status, SYNCED).0, "True", "a conflict is not an error");
+    assert_eq!(
+        condition(status, SYNCED).0,
+        "True",
+        "a conflict is not an error"
+    );
 }
 
 #[test]
@@ -650,7 +673,11 @@ fn races_between_the_list_and_the_decision() {
             row.name
         );
         let status = &ended.settled().status;
-        assert!(status.accepted.is_empty() && status.rejected.is_empty(), "{}", row.name);
+        assert!(
+            status.accepted.is_empty() && status.rejected.is_empty(),
+            "{}",
+            row.name
+        );
         assert!(status.left_pending.is_empty(), "{}", row.name);
         assert_eq!(ended.events(), [], "{}", row.name);
         assert_eq!(condition(status, SYNCED).0, "True", "{}", row.name);
@@ -735,7 +762,11 @@ fn errors_are_reported_in_conditions_with_their_class() {
         };
         let status = &reported.status;
         assert_eq!(reported.problem.reason, reason, "{code}");
-        assert_eq!(condition(status, SYNCED), ("False".into(), reason.into()), "{code}");
+        assert_eq!(
+            condition(status, SYNCED),
+            ("False".into(), reason.into()),
+            "{code}"
+        );
         assert_eq!(
             condition(status, STALLED).0,
             if stalled { "True" } else { "False" },
@@ -745,7 +776,11 @@ fn errors_are_reported_in_conditions_with_their_class() {
         if stalled {
             assert_eq!(ready, ("False".into(), reason.into()), "{code}");
         } else {
-            assert_eq!(ready, ("True".into(), "Applied".into()), "{code}: Ready kept");
+            assert_eq!(
+                ready,
+                ("True".into(), "Applied".into()),
+                "{code}: Ready kept"
+            );
         }
         assert!(
             status.condition(SYNCED).unwrap().message.contains(code),
@@ -756,7 +791,10 @@ fn errors_are_reported_in_conditions_with_their_class() {
         assert_eq!(tally.accepted, 1, "{code}");
         let reasons: Vec<&str> = reported.events.iter().map(|n| n.reason).collect();
         assert_eq!(reasons, ["Accepted", reason], "{code}");
-        assert!(memory.backlog, "{code}: the rest is work for the next reconcile");
+        assert!(
+            memory.backlog,
+            "{code}: the rest is work for the next reconcile"
+        );
         let jittered = (reported.requeue.as_secs_f64() / requeue.as_secs_f64() - 1.0).abs();
         assert!(jittered < 1e-9, "{code}: {:?}", reported.requeue);
     }
@@ -766,7 +804,10 @@ fn errors_are_reported_in_conditions_with_their_class() {
 fn the_same_error_twice_is_announced_once() {
     let given = Given::new(spec(UnmatchedRequests::Leave));
     let mut fake = Fake::with(&[]);
-    fake.fail("List", error(ErrorClass::AccessDenied, "AccessDeniedException"));
+    fake.fail(
+        "List",
+        error(ErrorClass::AccessDenied, "AccessDeniedException"),
+    );
     let first = run(&given, &mut fake);
     assert_eq!(first.events(), [("AccessDenied", true)]);
     let again = Given {
@@ -774,7 +815,10 @@ fn the_same_error_twice_is_announced_once() {
         failures: 1,
         ..given
     };
-    fake.fail("List", error(ErrorClass::AccessDenied, "AccessDeniedException"));
+    fake.fail(
+        "List",
+        error(ErrorClass::AccessDenied, "AccessDeniedException"),
+    );
     let second = run(&again, &mut fake);
     assert_eq!(second.events(), []);
     assert_eq!(second.status(), first.status(), "nothing new to write");
@@ -792,9 +836,18 @@ fn credentials_of_another_account_make_no_list_and_no_decision() {
     let ended = run(&Given::new(spec(UnmatchedRequests::Reject)), &mut fake);
     assert_eq!(fake.calls, ["WhoAmI"]);
     let status = &ended.reported().status;
-    assert_eq!(condition(status, SYNCED), ("False".into(), "AccountMismatch".into()));
+    assert_eq!(
+        condition(status, SYNCED),
+        ("False".into(), "AccountMismatch".into())
+    );
     assert_eq!(condition(status, STALLED).0, "True");
-    assert!(status.condition(SYNCED).unwrap().message.contains("777788889999"));
+    assert!(
+        status
+            .condition(SYNCED)
+            .unwrap()
+            .message
+            .contains("777788889999")
+    );
 }
 
 #[test]
@@ -841,10 +894,7 @@ fn an_idle_policy_costs_one_list_and_renders_the_same_status() {
     let mut fake = Fake::with(&requests);
     let given = Given::new(spec(UnmatchedRequests::Leave));
     let first = run(&given, &mut fake);
-    assert_eq!(
-        first.events(),
-        [("Accepted", false), ("LeftPending", true)]
-    );
+    assert_eq!(first.events(), [("Accepted", false), ("LeftPending", true)]);
     // The next poll: the accepted one is CONNECTED (no longer listed as PENDING), the other is
     // still left pending, already announced.
     let next = Given {
@@ -855,10 +905,18 @@ fn an_idle_policy_costs_one_list_and_renders_the_same_status() {
     fake.calls.clear();
     let second = run(&next, &mut fake);
     assert_eq!(fake.calls, ["WhoAmI", "List us-east-1"]);
-    assert_eq!(second.status(), first.status(), "an identical status: no write");
+    assert_eq!(
+        second.status(),
+        first.status(),
+        "an identical status: no write"
+    );
     assert_eq!(second.events(), []);
     assert_eq!(second.tally, Tally::default());
-    assert_eq!(second.settled().requeue, POLL, "the next List after the poll interval");
+    assert_eq!(
+        second.settled().requeue,
+        POLL,
+        "the next List after the poll interval"
+    );
     assert_eq!(
         second.classes,
         [("List".to_string(), CallClass::Poll)],
@@ -879,7 +937,11 @@ fn the_list_of_a_new_changed_or_failing_policy_is_work() {
     let mut fake = Fake::with(&[]);
     let given = Given::new(spec(UnmatchedRequests::Leave));
     let first = run(&given, &mut fake);
-    assert_eq!(first.classes, [("List".to_string(), CallClass::Work)], "new");
+    assert_eq!(
+        first.classes,
+        [("List".to_string(), CallClass::Work)],
+        "new"
+    );
     let settled = Given {
         status: first.status().clone(),
         ..given.clone()
@@ -889,12 +951,20 @@ fn the_list_of_a_new_changed_or_failing_policy_is_work() {
         generation: 2,
         ..settled.clone()
     };
-    assert_eq!(run(&changed, &mut fake).classes[0].1, CallClass::Work, "changed");
+    assert_eq!(
+        run(&changed, &mut fake).classes[0].1,
+        CallClass::Work,
+        "changed"
+    );
     let failing = Given {
         failures: 1,
         ..settled.clone()
     };
-    assert_eq!(run(&failing, &mut fake).classes[0].1, CallClass::Work, "failing");
+    assert_eq!(
+        run(&failing, &mut fake).classes[0].1,
+        CallClass::Work,
+        "failing"
+    );
     let backlog = Given {
         memory: Memory {
             backlog: true,
@@ -902,7 +972,11 @@ fn the_list_of_a_new_changed_or_failing_policy_is_work() {
         },
         ..settled
     };
-    assert_eq!(run(&backlog, &mut fake).classes[0].1, CallClass::Work, "backlog");
+    assert_eq!(
+        run(&backlog, &mut fake).classes[0].1,
+        CallClass::Work,
+        "backlog"
+    );
 }
 
 #[test]
@@ -911,7 +985,12 @@ fn a_quiet_policy_is_idle_without_any_call() {
     given.quiet = Some(Duration::from_secs(12));
     let mut fake = Fake::with(&[request("c-1", A, "prod-eu", PENDING)]);
     let ended = run(&given, &mut fake);
-    assert_eq!(ended.step, Step::Idle { requeue: Duration::from_secs(12) });
+    assert_eq!(
+        ended.step,
+        Step::Idle {
+            requeue: Duration::from_secs(12)
+        }
+    );
     assert!(fake.calls.is_empty());
 }
 
@@ -968,7 +1047,11 @@ fn status_lists_are_bounded_newest_first_and_counts_cover_everything() {
     assert_eq!(status.left_pending.len(), STATUS_LIST_LIMIT);
     assert_eq!(status.left_pending[0].id, "d-29", "newest request first");
     assert_eq!(ended.tally.left_pending, 30, "each one announced once");
-    assert_eq!(ended.memory.announced.len(), 30, "all remembered, not only the 20 listed");
+    assert_eq!(
+        ended.memory.announced.len(),
+        30,
+        "all remembered, not only the 20 listed"
+    );
     // Serialized, the status stays small whatever the backlog.
     let json = serde_json::to_string(status).unwrap();
     assert!(json.len() < 12_000, "{} bytes", json.len());
@@ -1079,7 +1162,11 @@ fn a_call_the_budget_defers_ends_the_reconcile_with_the_decisions_made() {
         panic!("expected a deferral with a status, got {step:?}");
     };
     assert_eq!(class, CallClass::Work);
-    assert_eq!(requeue, Duration::from_millis(700), "back when the slot is booked");
+    assert_eq!(
+        requeue,
+        Duration::from_millis(700),
+        "back when the slot is booked"
+    );
     assert_eq!(ids(&status.accepted), ["c-1"]);
     assert!(
         status.left_pending.is_empty(),

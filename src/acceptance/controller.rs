@@ -240,8 +240,12 @@ struct Facts {
     uid: String,
     generation: i64,
     paused: bool,
-    /// What is recorded (the last write if the cache has not shown it yet, or a failed one).
+    /// What to reconcile from: a failed write's status (its decisions were made in AWS), else
+    /// the last write if the cache has not shown it yet, else the stored status.
     recorded: Status,
+    /// What the API server holds (as far as this controller knows): the last write, else the
+    /// stored status. A status equal to it is not written again.
+    durable: Status,
     quiet: Option<Duration>,
     failures: u32,
     memory: Memory,
@@ -260,16 +264,11 @@ impl Facts {
         let paused = paused(obj);
         let stored = obj.status.as_ref();
         let mut tracked = ctx.tracked();
-        let (recorded, quiet, failures, memory) = match tracked.get_mut(&uid) {
+        let (recorded, durable, quiet, failures, memory) = match tracked.get_mut(&uid) {
             Some(t) => {
                 t.catch_up(stored);
-                let recorded = t
-                    .unwritten
-                    .as_deref()
-                    .or(t.written.as_deref())
-                    .or(stored)
-                    .cloned()
-                    .unwrap_or_default();
+                let durable = t.written.as_deref().or(stored).cloned().unwrap_or_default();
+                let recorded = t.unwritten.as_deref().cloned().unwrap_or(durable.clone());
                 let now = Instant::now();
                 let quiet = match &t.checkpoint {
                     Some((g, p, due)) if *g == generation && *p == paused && *due > now => {
@@ -282,9 +281,10 @@ impl Facts {
                 } else {
                     0
                 };
-                (recorded, quiet, failures, t.memory.clone())
+                (recorded, durable, quiet, failures, t.memory.clone())
             }
             None => (
+                stored.cloned().unwrap_or_default(),
                 stored.cloned().unwrap_or_default(),
                 None,
                 0,
@@ -301,6 +301,7 @@ impl Facts {
             generation,
             paused,
             recorded,
+            durable,
             quiet,
             failures,
             memory,
@@ -317,8 +318,7 @@ async fn reconcile_inner(
     let peers: Vec<Peer> = all
         .iter()
         .filter(|p| {
-            p.namespace().as_deref() != Some(facts.namespace.as_str())
-                || p.name_any() != facts.name
+            p.namespace().as_deref() != Some(facts.namespace.as_str()) || p.name_any() != facts.name
         })
         .map(|p| Peer {
             namespace: p.metadata.namespace.as_deref().unwrap_or_default(),
@@ -338,13 +338,7 @@ async fn reconcile_inner(
         quiet: facts.quiet,
         failures: facts.failures,
     };
-    let mut run = Run::new(
-        policy,
-        &peers,
-        &ctx.settings,
-        &facts.memory,
-        rand::random(),
-    );
+    let mut run = Run::new(policy, &peers, &ctx.settings, &facts.memory, rand::random());
     let key = budget_key(&facts.uid);
     let step = loop {
         let step = run.next(jiff::Timestamp::now());
@@ -369,8 +363,7 @@ async fn reconcile_inner(
     ctx.metrics
         .acceptance_decisions(tally.accepted, tally.rejected, tally.left_pending);
     let memory = run.memory().clone();
-    let result = finish(ctx, &facts, step, memory).await;
-    result
+    finish(ctx, &facts, step, memory).await
 }
 
 /// Executes one AWS step; every answer, errors included, goes back to the run.
@@ -390,15 +383,15 @@ async fn execute(
         Step::Accept { id } => proton
             .accept(ticket, region, id)
             .await
-            .map(Outcome::Connection),
+            .map(|c| Outcome::Connection(Box::new(c))),
         Step::Get { id } => proton
             .get(ticket, region, id)
             .await
-            .map(Outcome::Connection),
+            .map(|c| Outcome::Connection(Box::new(c))),
         Step::Reject { id } => proton
             .reject(ticket, region, id)
             .await
-            .map(Outcome::Connection),
+            .map(|c| Outcome::Connection(Box::new(c))),
         Step::Settle(_) | Step::Report(_) | Step::Defer { .. } | Step::Idle { .. } => {
             Err(ProtonError {
                 operation: "reconcile",
@@ -483,7 +476,11 @@ async fn finish(
 
 /// Server-side apply of the status subresource, only when it differs from what is recorded.
 async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(), Error> {
-    if facts.recorded == *status {
+    if facts.durable == *status {
+        let mut tracked = ctx.tracked();
+        if let Some(t) = tracked.get_mut(&facts.uid) {
+            t.unwritten = None;
+        }
         return Ok(());
     }
     let patch = json!({
@@ -655,7 +652,10 @@ mod tests {
         o.metadata.annotations = Some(
             [
                 (PAUSED_ANNOTATION.to_string(), "true".to_string()),
-                ("kubectl.kubernetes.io/last-applied-configuration".to_string(), "{}".to_string()),
+                (
+                    "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                    "{}".to_string(),
+                ),
             ]
             .into_iter()
             .collect(),

@@ -150,7 +150,7 @@ pub enum Outcome {
     /// List: the PENDING requests made to the caller's account.
     Requests(Vec<Connection>),
     /// Accept, Get, Reject.
-    Connection(Connection),
+    Connection(Box<Connection>),
 }
 
 /// Decisions made in one reconcile, for the metrics.
@@ -167,7 +167,10 @@ pub struct Tally {
 enum Planned {
     Accept(Connection),
     /// `checked`: a re-read showed it still PENDING.
-    Reject { request: Connection, checked: bool },
+    Reject {
+        request: Connection,
+        checked: bool,
+    },
 }
 
 /// One reconcile of one policy.
@@ -356,7 +359,7 @@ impl<'a> Run<'a> {
                     self.tally.accepted += 1;
                 } else {
                     // Accepted without becoming CONNECTED: someone else answered first.
-                    self.settled_elsewhere.insert(c.id);
+                    self.settled_elsewhere.insert(c.id.clone());
                 }
             }
             (Step::Get { id }, Ok(Outcome::Connection(c))) if c.id == *id => {
@@ -389,10 +392,7 @@ impl<'a> Run<'a> {
             (step, Ok(outcome)) => {
                 self.problem = Some(Problem {
                     reason: "AwsError",
-                    message: format!(
-                        "unexpected answer to {}: {outcome:?}",
-                        step.name()
-                    ),
+                    message: format!("unexpected answer to {}: {outcome:?}", step.name()),
                     retry: Retry::Backoff,
                 });
             }
@@ -421,7 +421,7 @@ impl<'a> Run<'a> {
         }
         // Accepts first (oldest request first), then rejections; at most MAX_DECISIONS.
         let mut plan: Vec<Planned> = self.plan.drain(..).collect();
-        plan.sort_by(|a, b| order(a).cmp(&order(b)));
+        plan.sort_by_key(order);
         if plan.len() > MAX_DECISIONS {
             plan.truncate(MAX_DECISIONS);
             self.truncated = true;

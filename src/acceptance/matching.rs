@@ -49,7 +49,11 @@ pub fn matches(spec: &Spec, environment_account_id: &str, environment_name: &str
 
 /// Whether the policy accepts this request.
 pub fn matches_request(spec: &Spec, request: &Connection) -> bool {
-    matches(spec, &request.environment_account_id, &request.environment_name)
+    matches(
+        spec,
+        &request.environment_account_id,
+        &request.environment_name,
+    )
 }
 
 /// What in a spec the schema should have refused (a policy applied while an older CRD was
@@ -140,7 +144,10 @@ mod tests {
         let any_name = spec(&["444455556666"], None);
         assert!(matches(&any_name, "444455556666", "whatever"));
         assert!(!matches(&any_name, "777788889999", "whatever"));
-        let prod = spec(&["444455556666", "777788889999"], Some(&["prod-*", "staging"]));
+        let prod = spec(
+            &["444455556666", "777788889999"],
+            Some(&["prod-*", "staging"]),
+        );
         assert!(matches(&prod, "777788889999", "prod-eu"));
         assert!(matches(&prod, "444455556666", "staging"));
         assert!(!matches(&prod, "444455556666", "dev"));

@@ -39,8 +39,6 @@ use serde_json::{Value, json};
 
 pub const NS: &str = "platform";
 const GROUP_PATH: &str = "/apis/proton.eac.dev/v1alpha1";
-/// The all-namespaces collection path of the resource.
-const COLLECTION: &str = "/apis/proton.eac.dev/v1alpha1/environmentaccountconnections";
 
 /// One request the fake API server answered.
 #[derive(Clone, Debug)]
@@ -69,7 +67,9 @@ struct ApiState {
     /// Watches asking for a resourceVersion older than this get 410 Gone.
     compacted: u64,
     /// Recent changes to EnvironmentAccountConnections: (resourceVersion, kind, before, object).
-    history: std::collections::VecDeque<(u64, String, Option<Value>, Value)>,
+    /// Recent changes to objects of the API group (EnvironmentAccountConnections,
+    /// ConnectionAcceptancePolicies): (resourceVersion, collection, kind, before, object).
+    history: std::collections::VecDeque<(u64, String, String, Option<Value>, Value)>,
     requests: Vec<Seen>,
     /// Keep every request (tests) or only count them (benchmarks).
     keep_requests: bool,
@@ -85,7 +85,14 @@ struct ApiState {
     /// Requests held while the server is cut off; answered (503) when it is healed.
     held: Vec<tower_test::mock::SendResponse<Response<FakeBody>>>,
     /// Open watch streams on EnvironmentAccountConnections, with their label selectors.
-    watchers: Vec<(Option<String>, tokio::sync::mpsc::UnboundedSender<Bytes>)>,
+    /// Open watch streams on a collection of the API group (its plural, and namespace if the
+    /// watch is namespaced), with their label selectors.
+    watchers: Vec<(
+        String,
+        Option<String>,
+        Option<String>,
+        tokio::sync::mpsc::UnboundedSender<Bytes>,
+    )>,
     /// Bumped on every change, so tests can wait for one without sleeping.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -135,7 +142,11 @@ impl ApiState {
 
     fn changed_from(&mut self, kind: &str, path: &str, before: Option<&Value>, object: &Value) {
         if path.starts_with(GROUP_PATH) {
-            self.watchers.retain(|(selector, w)| {
+            let (plural, namespace) = collection_of(path);
+            self.watchers.retain(|(watched, ns, selector, w)| {
+                if *watched != plural || ns.as_ref().is_some_and(|ns| *ns != namespace) {
+                    return true;
+                }
                 match seen_as(selector.as_deref(), kind, before, object) {
                     Some(kind) => w.send(watch_line(kind, object)).is_ok(),
                     None => true,
@@ -146,8 +157,13 @@ impl ApiState {
                 .as_str()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(self.resource_version);
-            self.history
-                .push_back((rv, kind.to_string(), before.cloned(), object.clone()));
+            self.history.push_back((
+                rv,
+                path.to_string(),
+                kind.to_string(),
+                before.cloned(),
+                object.clone(),
+            ));
             while self.history.len() > HISTORY {
                 if let Some((dropped, ..)) = self.history.pop_front() {
                     self.compacted = self.compacted.max(dropped);
@@ -155,6 +171,53 @@ impl ApiState {
             }
         }
         self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+/// The collection (plural) and namespace of an object path of the API group
+/// (`{GROUP_PATH}/namespaces/{ns}/{plural}/{name}`).
+fn collection_of(path: &str) -> (String, String) {
+    let parts: Vec<&str> = path
+        .strip_prefix(GROUP_PATH)
+        .unwrap_or(path)
+        .trim_start_matches('/')
+        .split('/')
+        .collect();
+    match parts.as_slice() {
+        ["namespaces", ns, plural, ..] => (plural.to_string(), ns.to_string()),
+        [plural, ..] => (plural.to_string(), String::new()),
+        [] => (String::new(), String::new()),
+    }
+}
+
+/// Whether an object path is in the collection `plural` (of `namespace`, if given).
+fn in_collection(path: &str, plural: &str, namespace: Option<&str>) -> bool {
+    if !path.starts_with(GROUP_PATH) {
+        return false;
+    }
+    let (p, ns) = collection_of(path);
+    p == plural && namespace.is_none_or(|n| n == ns)
+}
+
+/// A collection path of the API group: `{GROUP_PATH}/{plural}` or
+/// `{GROUP_PATH}/namespaces/{ns}/{plural}`.
+fn is_collection(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix(GROUP_PATH) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    matches!(parts.as_slice(), [plural] if !plural.is_empty())
+        || matches!(parts.as_slice(), ["namespaces", _, plural] if !plural.is_empty())
+}
+
+/// The collection a list or watch asks for: its plural, and its namespace if it is namespaced.
+fn requested_collection(path: &str) -> (String, Option<String>) {
+    let rest = path.strip_prefix(GROUP_PATH).unwrap_or(path);
+    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["namespaces", ns, plural] => (plural.to_string(), Some(ns.to_string())),
+        [plural] => (plural.to_string(), None),
+        _ => (String::new(), None),
     }
 }
 
@@ -192,6 +255,14 @@ fn whole(value: &Value) -> FakeBody {
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
+}
+
+/// The path of a namespaced object of the API group.
+pub fn object_path<K: kube::Resource<DynamicType = ()>>(namespace: &str, name: &str) -> String {
+    format!(
+        "{GROUP_PATH}/namespaces/{namespace}/{}/{name}",
+        K::plural(&())
+    )
 }
 
 fn eac_path(name: &str) -> String {
@@ -245,6 +316,100 @@ impl FakeApi {
         st.objects.insert(path.clone(), value.clone());
         st.changed("ADDED", &path, &value);
         obj
+    }
+
+    /// Stores a new namespaced object of the API group (another kind than
+    /// EnvironmentAccountConnection), as `kubectl apply` would (uid, generation 1).
+    pub fn create_object<K>(&self, namespace: &str, name: &str, uid: &str, mut obj: K) -> K
+    where
+        K: kube::Resource<DynamicType = ()> + serde::Serialize,
+    {
+        let meta = obj.meta_mut();
+        meta.name = Some(name.into());
+        meta.namespace = Some(namespace.into());
+        meta.uid = Some(uid.into());
+        meta.generation = Some(1);
+        let mut st = self.lock();
+        obj.meta_mut().resource_version = Some(st.next_rv());
+        let mut value = serde_json::to_value(&obj).unwrap();
+        value["apiVersion"] = json!(K::api_version(&()));
+        value["kind"] = json!(K::kind(&()));
+        let path = object_path::<K>(namespace, name);
+        st.objects.insert(path.clone(), value.clone());
+        st.changed("ADDED", &path, &value);
+        obj
+    }
+
+    /// A stored object of the API group, if it exists.
+    pub fn get_object<K>(&self, namespace: &str, name: &str) -> Option<K>
+    where
+        K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+    {
+        self.lock()
+            .objects
+            .get(&object_path::<K>(namespace, name))
+            .map(|v| serde_json::from_value(v.clone()).unwrap())
+    }
+
+    /// Edits an object of the API group as a user would; a spec change bumps the generation.
+    pub fn edit_object<K>(&self, namespace: &str, name: &str, f: impl FnOnce(&mut K))
+    where
+        K: kube::Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let path = object_path::<K>(namespace, name);
+        let mut st = self.lock();
+        let old = st.objects[&path].clone();
+        let mut obj: K = serde_json::from_value(old.clone()).unwrap();
+        f(&mut obj);
+        let mut value = serde_json::to_value(&obj).unwrap();
+        if value["spec"] != old["spec"] {
+            let g = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            value["metadata"]["generation"] = json!(g);
+        }
+        value["metadata"]["resourceVersion"] = json!(st.next_rv());
+        st.objects.insert(path.clone(), value.clone());
+        st.changed_from("MODIFIED", &path, Some(&old), &value);
+    }
+
+    /// Deletes an object of the API group that holds no finalizer: gone at once.
+    pub fn delete_object<K>(&self, namespace: &str, name: &str)
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        let path = object_path::<K>(namespace, name);
+        let mut st = self.lock();
+        if let Some(mut value) = st.objects.remove(&path) {
+            value["metadata"]["resourceVersion"] = json!(st.next_rv());
+            st.changed("DELETED", &path, &value);
+        }
+    }
+
+    /// Every stored object of the API group of kind `K`, in all namespaces.
+    pub fn objects<K>(&self) -> Vec<K>
+    where
+        K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+    {
+        let plural = K::plural(&()).to_string();
+        self.lock()
+            .objects
+            .iter()
+            .filter(|(p, _)| in_collection(p, &plural, None))
+            .map(|(_, v)| serde_json::from_value(v.clone()).unwrap())
+            .collect()
+    }
+
+    /// Requests so far to the collection of kind `K` or its objects (status included).
+    pub fn requests_to<K>(&self) -> Vec<Seen>
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        let plural = format!("/{}", K::plural(&()));
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.path.starts_with(GROUP_PATH) && r.path.contains(&plural))
+            .cloned()
+            .collect()
     }
 
     /// Stores a Namespace with these labels.
@@ -438,7 +603,7 @@ impl FakeApi {
                 "too old resource version: the history was compacted",
             ),
         );
-        for (_, w) in std::mem::take(&mut st.watchers) {
+        for (.., w) in std::mem::take(&mut st.watchers) {
             let _ = w.send(gone.clone());
         }
     }
@@ -721,6 +886,7 @@ impl FakeApi {
                 whole(&status_body(403, "Forbidden", "list/watch is forbidden")),
             );
         }
+        let (plural, namespace) = requested_collection(path);
         let mut st = self.lock();
         let selector =
             query_param(query, "labelSelector").map(|s| s.replace("%3D", "=").replace("%2C", ","));
@@ -745,14 +911,16 @@ impl FakeApi {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
             // What happened since the requested resourceVersion comes first, as from a real
             // API server's watch cache.
-            for (rv, kind, before, object) in &st.history {
+            for (rv, changed, kind, before, object) in &st.history {
                 if *rv > from
+                    && in_collection(changed, &plural, namespace.as_deref())
                     && let Some(kind) = seen_as(selector.as_deref(), kind, before.as_ref(), object)
                 {
                     let _ = tx.send(watch_line(kind, object));
                 }
             }
-            st.watchers.push((selector.clone(), tx));
+            st.watchers
+                .push((plural.clone(), namespace.clone(), selector.clone(), tx));
             let frames = futures::stream::unfold(rx, |mut rx| async move {
                 rx.recv()
                     .await
@@ -763,7 +931,7 @@ impl FakeApi {
         let items: Vec<Value> = st
             .objects
             .iter()
-            .filter(|(p, o)| p.starts_with(GROUP_PATH) && matches(o))
+            .filter(|(p, o)| in_collection(p, &plural, namespace.as_deref()) && matches(o))
             .map(|(_, o)| o.clone())
             .collect();
         let list = json!({
@@ -817,9 +985,7 @@ impl FakeApi {
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        let namespaced = format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections");
-        let (code, answer) = if method == Method::GET && (path == COLLECTION || path == namespaced)
-        {
+        let (code, answer) = if method == Method::GET && is_collection(&path) {
             self.list_or_watch(&path, &query)
         } else {
             let (code, value) =
