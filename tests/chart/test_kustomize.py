@@ -80,8 +80,7 @@ def without_helm_labels(obj: dict) -> dict:
 
 
 def test_base_builds_with_the_crd(base):
-    crd = one(base, "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == "environmentaccountconnections.proton.eac.dev"
+    crd = one(base, "CustomResourceDefinition", "environmentaccountconnections.proton.eac.dev")
     assert one(base, "Namespace")["metadata"]["name"] == NAMESPACE
     if CRD_FILE.exists():
         assert crd == yaml.safe_load(CRD_FILE.read_text())
@@ -95,7 +94,30 @@ def test_base_is_the_chart_default(base, default_objs):
         assert key in base_by_key, f"deploy/base lacks {key}"
         assert base_by_key[key] == without_helm_labels(rendered), f"deploy/base differs from the chart in {key}"
     extra = set(base_by_key) - {(o["kind"], o["metadata"]["name"]) for o in default_objs}
-    assert extra == {("Namespace", NAMESPACE), ("CustomResourceDefinition", "environmentaccountconnections.proton.eac.dev")}
+    assert extra == {
+        ("Namespace", NAMESPACE),
+        ("CustomResourceDefinition", "environmentaccountconnections.proton.eac.dev"),
+        ("CustomResourceDefinition", "connectionacceptancepolicies.proton.eac.dev"),
+    }
+
+
+def test_base_installs_the_policy_crd_and_runs_the_management_side(base):
+    crd = one(base, "CustomResourceDefinition", "connectionacceptancepolicies.proton.eac.dev")
+    assert crd == yaml.safe_load((ROOT / "crds" / "connectionacceptancepolicies.yaml").read_text())
+    assert "--acceptance-policies=true" in base_args(base)
+    role = one(base, "ClusterRole", "eac-controller")
+    assert {"apiGroups": ["proton.eac.dev"], "resources": ["connectionacceptancepolicies"], "verbs": ["get", "list", "watch"]} in role["rules"]
+    assert {"apiGroups": ["proton.eac.dev"], "resources": ["connectionacceptancepolicies/status"], "verbs": ["patch"]} in role["rules"]
+
+
+def test_base_user_roles_can_only_read_acceptance_policies(base):
+    for role in find(base, "ClusterRole"):
+        labels = role["metadata"].get("labels", {})
+        if not any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels):
+            continue
+        for rule in role["rules"]:
+            if any(r.startswith("connectionacceptancepolicies") for r in rule["resources"]):
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
 
 
 def base_args(objs: list[dict]) -> list[str]:
@@ -214,3 +236,18 @@ def test_example_matches_the_crd_schema(name):
     if name == "full.yaml":
         # Every field of the spec appears in full.yaml.
         assert set(example(name)["spec"]) == set(schema["properties"])
+
+
+def test_acceptance_policy_example_matches_its_crd_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    obj = example("acceptance-policy.yaml")
+    assert obj["apiVersion"] == "proton.eac.dev/v1alpha1"
+    assert obj["kind"] == "ConnectionAcceptancePolicy"
+    crd = yaml.safe_load((ROOT / "crds" / "connectionacceptancepolicies.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    jsonschema.validate(obj["spec"], schema)
+    # Every field of the spec is shown, with the option that needs explaining.
+    assert set(obj["spec"]) == set(schema["properties"])
+    assert obj["spec"]["unmatched"] == "Reject"
+    assert all(isinstance(a, str) and len(a) == 12 for a in obj["spec"]["environmentAccountIds"])

@@ -127,6 +127,7 @@ Takes (list name value minMs maxMs "min" "max").
 - --aws-list-lag={{ .Values.awsListLag }}
 - --watch-failure-timeout={{ .Values.watchFailureTimeout }}
 - --adoption={{ .Values.adoption.mode }}
+- --acceptance-policies={{ .Values.acceptancePolicies.enabled }}
 {{- if .Values.watchNamespace }}
 - --namespace={{ .Values.watchNamespace }}
 {{- end }}
@@ -213,4 +214,12 @@ jitter, so 1.5 x max(resyncPeriod, 10m): 15m with the default resyncPeriod.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.acceptancePolicies.enabled }}
+- apiGroups: ["proton.eac.dev"]
+  resources: ["connectionacceptancepolicies"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["proton.eac.dev"]
+  resources: ["connectionacceptancepolicies/status"]
+  verbs: ["patch"]
+{{- end }}
 {{- end }}
