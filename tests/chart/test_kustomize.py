@@ -221,6 +221,7 @@ def test_examples_say_what_they_show():
         "tags",
         "region",
         "deletionPolicy",
+        "managementPolicy",
     }
 
 
