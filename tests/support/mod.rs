@@ -87,12 +87,7 @@ struct ApiState {
     /// Open watch streams on EnvironmentAccountConnections, with their label selectors.
     /// Open watch streams on a collection of the API group (its plural, and namespace if the
     /// watch is namespaced), with their label selectors.
-    watchers: Vec<(
-        String,
-        Option<String>,
-        Option<String>,
-        tokio::sync::mpsc::UnboundedSender<Bytes>,
-    )>,
+    watchers: Vec<Watcher>,
     /// Bumped on every change, so tests can wait for one without sleeping.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -120,6 +115,15 @@ impl Default for ApiState {
         }
     }
 }
+
+/// An open watch: the collection (plural), its namespace if namespaced, its label selector, and
+/// the stream's sender.
+type Watcher = (
+    String,
+    Option<String>,
+    Option<String>,
+    tokio::sync::mpsc::UnboundedSender<Bytes>,
+);
 
 fn watch_line(kind: &str, object: &Value) -> Bytes {
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap();
