@@ -689,3 +689,58 @@ async fn the_controller_reacts_to_a_new_policy_and_stops_on_shutdown() {
         .unwrap();
     assert_eq!(m.status_writes(), 1, "its own status write woke nothing");
 }
+
+#[tokio::test]
+async fn both_sides_in_one_process_a_requested_connection_is_accepted_and_becomes_connected() {
+    // README's demo: one controller (the emulator's default account plays both sides), an
+    // EnvironmentAccountConnection and a policy that accepts it; no manual AWS call.
+    let env = support::Env::start().await;
+    const ACCOUNT: &str = "444455556666";
+    env.api.create(
+        "demo-eu",
+        "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f",
+        eac_controller::api::EnvironmentAccountConnectionSpec {
+            environment_name: "demo-eu".into(),
+            management_account_id: ACCOUNT.into(),
+            ..Default::default()
+        },
+    );
+    env.reconcile("demo-eu").await.unwrap();
+    let requested = env.api.get("demo-eu").unwrap().status.unwrap();
+    assert_eq!(
+        requested.status,
+        Some(eac_controller::api::ConnectionState::Pending)
+    );
+
+    let ctx = context(&env.api, &env.emulator, &eager_settings());
+    env.api.create_object(
+        NS,
+        "demo",
+        "uid-demo",
+        ConnectionAcceptancePolicy::new(
+            "demo",
+            Spec {
+                management_account_id: ACCOUNT.into(),
+                ..policy(&[ACCOUNT], Some(&["demo-*"]), UnmatchedRequests::Leave)
+            },
+        ),
+    );
+    let obj = env
+        .api
+        .get_object::<ConnectionAcceptancePolicy>(NS, "demo")
+        .unwrap();
+    controller::reconcile(Arc::new(obj), ctx).await.unwrap();
+
+    env.resync("demo-eu").await.unwrap();
+    let connected = env.api.get("demo-eu").unwrap();
+    assert_eq!(
+        connected.status.as_ref().unwrap().status,
+        Some(eac_controller::api::ConnectionState::Connected)
+    );
+    assert_eq!(support::condition(&connected, "Ready").unwrap().0, "True");
+    let policy = env
+        .api
+        .get_object::<ConnectionAcceptancePolicy>(NS, "demo")
+        .unwrap();
+    assert_eq!(policy.status.unwrap().accepted[0].id, requested.id.unwrap());
+}
