@@ -1177,3 +1177,54 @@ fn a_call_the_budget_defers_ends_the_reconcile_with_the_decisions_made() {
     assert!(r.memory().backlog);
     assert!(r.memory().announced.is_empty());
 }
+
+#[test]
+fn a_lagging_list_does_not_make_a_request_decided_twice() {
+    // List is eventually consistent: right after the Accept, it may still show the request
+    // PENDING. The policy remembers what it decided while the List shows it.
+    let mut fake = Fake::with(&[
+        request_at("c-1", A, "prod-1", PENDING, 1),
+        request_at("d-1", D, "prod-2", PENDING, 2),
+    ]);
+    let given = Given::new(spec(UnmatchedRequests::Reject));
+    let first = run(&given, &mut fake);
+    assert_eq!(first.tally.accepted + first.tally.rejected, 2);
+    assert_eq!(
+        first
+            .memory
+            .decided
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["c-1", "d-1"]
+    );
+    // The List still shows both PENDING.
+    for id in ["c-1", "d-1"] {
+        fake.connections.get_mut(id).unwrap().state = PENDING;
+    }
+    fake.calls.clear();
+    let next = Given {
+        status: first.status().clone(),
+        memory: first.memory.clone(),
+        ..given.clone()
+    };
+    let second = run(&next, &mut fake);
+    assert_eq!(
+        fake.calls,
+        ["WhoAmI", "List us-east-1"],
+        "nothing decided twice"
+    );
+    assert_eq!(second.status(), first.status());
+    assert_eq!(second.events(), []);
+    // Once the List stops showing them, they are forgotten.
+    fake.connections.clear();
+    let third = run(
+        &Given {
+            status: second.status().clone(),
+            memory: second.memory.clone(),
+            ..given
+        },
+        &mut fake,
+    );
+    assert!(third.memory.decided.is_empty());
+}

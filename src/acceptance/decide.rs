@@ -71,6 +71,10 @@ pub struct Memory {
     pub announced: BTreeSet<String>,
     /// The last reconcile stopped with decisions left to make: the next one is work, at once.
     pub backlog: bool,
+    /// Requests this policy decided (or found decided by someone else) that a List may still
+    /// show as PENDING for a while (List is eventually consistent): not decided again while they
+    /// are listed.
+    pub decided: BTreeSet<String>,
 }
 
 /// The one next thing to do.
@@ -401,11 +405,18 @@ impl<'a> Run<'a> {
 
     /// From the listed requests to the decisions to make.
     fn plan_for(&mut self, listed: Vec<Connection>) {
+        // What is still listed of what was decided before: List lags behind the decisions.
+        self.next_memory.decided = listed
+            .iter()
+            .filter(|c| self.memory.decided.contains(&c.id))
+            .map(|c| c.id.clone())
+            .collect();
         let mine: Vec<Connection> = listed
             .into_iter()
             .filter(|c| {
                 c.state == ConnectionState::Pending
                     && c.management_account_id == self.p.spec.management_account_id
+                    && !self.memory.decided.contains(&c.id)
             })
             .collect();
         let rejects = self.p.spec.unmatched == UnmatchedRequests::Reject;
@@ -529,6 +540,19 @@ impl<'a> Run<'a> {
         status
     }
 
+    /// Remembers what this reconcile decided, or found decided, so a lagging List does not make
+    /// it decide again.
+    fn remember_decided(&mut self) {
+        let ids: Vec<String> = self
+            .accepted
+            .iter()
+            .chain(&self.rejected)
+            .map(|d| d.id.clone())
+            .chain(self.settled_elsewhere.iter().cloned())
+            .collect();
+        self.next_memory.decided.extend(ids);
+    }
+
     /// The Events of this reconcile's decisions, and of requests left pending for the first
     /// time; updates what is remembered as announced.
     fn decision_events(&mut self) -> Vec<Note> {
@@ -619,6 +643,7 @@ impl<'a> Run<'a> {
         );
         let events = self.decision_events();
         self.next_memory.backlog = self.truncated;
+        self.remember_decided();
         let requeue = if self.truncated {
             Duration::ZERO
         } else {
@@ -721,6 +746,7 @@ impl<'a> Run<'a> {
         }
         // Decisions left undone are work for the next reconcile.
         self.next_memory.backlog = self.requests.is_some() && !self.plan.is_empty();
+        self.remember_decided();
         let requeue = retry_after(
             problem.retry,
             self.p.failures.saturating_add(1),
@@ -744,6 +770,7 @@ impl<'a> Run<'a> {
         let events = self.decision_events();
         self.requests = requests;
         self.next_memory.backlog = self.memory.backlog || decided;
+        self.remember_decided();
         let requeue = booked.unwrap_or_else(|| {
             let base = match class {
                 CallClass::Work => Duration::from_secs(1),
