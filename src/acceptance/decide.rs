@@ -17,6 +17,9 @@
 //! - A request matched by another policy (not this one) is that policy's to accept: left alone.
 //! - Accept answered ConflictException (no longer PENDING) or ResourceNotFound: someone else
 //!   decided, or the request was withdrawn; nothing to record, no error.
+//! - What was decided is remembered while a (lagging) List still shows it PENDING, so nothing is
+//!   decided twice; requests left pending are announced once (remembered, and the status lists
+//!   the newest 20).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -265,6 +268,13 @@ impl<'a> Run<'a> {
 
     /// The next step.
     pub fn next(&mut self, now: jiff::Timestamp) -> Step {
+        // Nothing changed (spec, pause) and it is not due: a relist costs nothing.
+        if let Some(requeue) = self.p.quiet
+            && self.requests.is_none()
+            && self.account.is_none()
+        {
+            return Step::Idle { requeue };
+        }
         if self.p.paused {
             return self.paused(now);
         }
@@ -290,12 +300,6 @@ impl<'a> Run<'a> {
                 ),
                 now,
             );
-        }
-        if let Some(requeue) = self.p.quiet
-            && self.requests.is_none()
-            && self.account.is_none()
-        {
-            return Step::Idle { requeue };
         }
         if let Some((class, booked)) = self.deferred {
             return self.defer(class, booked);
