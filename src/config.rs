@@ -128,6 +128,13 @@ pub struct RunArgs {
     #[arg(long, env = "EAC_AWS_LIST_LAG", default_value = "30s", value_parser = parse_list_lag)]
     pub aws_list_lag: Duration,
 
+    /// Run the management side too: reconcile ConnectionAcceptancePolicies (accept, reject or
+    /// report the connection requests made to the management account). `false` for clusters
+    /// that only request connections (then the CRD and its RBAC are not needed), and in all but
+    /// one of several sharded installations (policies are not sharded).
+    #[arg(long, env = "EAC_ACCEPTANCE_POLICIES", default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub acceptance_policies: bool,
+
     /// Reconcile only while holding the leader Lease.
     #[arg(long, env = "EAC_LEADER_ELECTION", default_value_t = false)]
     pub leader_election: bool,

@@ -99,8 +99,9 @@ pub struct Context {
     poll_share: f64,
     /// Workers routine reads may hold, while the controller runs (None: no limit).
     routine_workers: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
-    /// Which credentials each namespace's resources act with (the account mappings).
-    accounts: Mutex<Accounts>,
+    /// Which credentials each namespace's resources act with (the account mappings); shared
+    /// with the management side.
+    accounts: Arc<Mutex<Accounts>>,
 }
 
 /// The locked map of tracked resources; publishes its size when released.
@@ -148,13 +149,18 @@ impl Context {
             tracked_count: tokio::sync::watch::channel(0).0,
             poll_share: 0.5,
             routine_workers: Mutex::default(),
-            accounts: Mutex::new(Accounts::disabled()),
+            accounts: Arc::new(Mutex::new(Accounts::disabled())),
         }
     }
 
     /// The account mappings to resolve namespaces with (set while the controller runs).
     pub fn set_accounts(&self, accounts: Accounts) {
         *self.accounts.lock().unwrap_or_else(|p| p.into_inner()) = accounts;
+    }
+
+    /// The account mappings as this controller follows them, for the management side.
+    pub fn accounts_handle(&self) -> Arc<Mutex<Accounts>> {
+        self.accounts.clone()
     }
 
     fn resolve_credentials(&self, namespace: &str) -> Result<Resolved, MappingError> {
@@ -229,7 +235,10 @@ impl Context {
     /// Drops what is kept about resources that are no longer in the watch cache.
     pub fn retain_only(&self, live: &HashSet<String>) {
         self.tracked().retain(|uid, _| live.contains(uid));
-        self.proton.retain(|uid| live.contains(uid));
+        // The management side's bookings in the shared budget are its own to drop.
+        self.proton.retain(|key| {
+            live.contains(key) || key.starts_with(crate::acceptance::controller::BUDGET_KEY_PREFIX)
+        });
     }
 
     /// Forgets everything (a new term of leadership: another leader may have written since).
@@ -462,7 +471,7 @@ impl Facts {
                 message: e.to_string(),
                 // The namespace may just not be in the watch yet; the rest needs an admin.
                 retry: match e {
-                    MappingError::UnknownNamespace(_) => Retry::Backoff,
+                    MappingError::UnknownNamespace(_) | MappingError::NotRead => Retry::Backoff,
                     _ => Retry::Terminal,
                 },
             }),
@@ -1127,6 +1136,9 @@ pub async fn run(
     }
     ctx.forget_all();
     let shutdown = shutdown.shared();
+    if scope.account_mappings {
+        ctx.set_accounts(Accounts::waiting());
+    }
     let (accounts, changes, followers) = if scope.account_mappings {
         match follow_accounts(&ctx.client, shutdown.clone()).await {
             Some(followed) => followed,
@@ -1173,7 +1185,9 @@ pub async fn run(
     for follower in followers {
         follower.abort();
     }
-    ctx.set_accounts(Accounts::disabled());
+    if scope.account_mappings {
+        ctx.set_accounts(Accounts::waiting());
+    }
     ctx.metrics.count_connections_from(None);
 }
 

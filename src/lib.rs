@@ -1,6 +1,7 @@
 //! eac-controller: keeps AWS Proton environment account connections in step with
 //! `EnvironmentAccountConnection` resources, and ships a Proton emulator to test against.
 
+pub mod acceptance;
 pub mod accounts;
 pub mod api;
 pub mod budget;

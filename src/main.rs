@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use eac_controller::acceptance;
 use eac_controller::accounts;
 use eac_controller::api::crd_yaml;
 use eac_controller::config::{RunArgs, resolve_endpoint};
@@ -27,8 +28,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML (all, or the one named by its plural).
     Crd {
-        /// `environmentaccountconnections` or `accountmappings`; unset: every CRD, as one
-        /// multi-document YAML stream.
+        /// `environmentaccountconnections`, `accountmappings` or
+        /// `connectionacceptancepolicies`; unset: every CRD, as one multi-document YAML stream
+        /// (what `kubectl apply -f -` takes).
         plural: Option<String>,
     },
 }
@@ -47,13 +49,16 @@ fn main() -> ExitCode {
         Command::Crd { plural } => {
             let rendered = match plural.as_deref() {
                 None => crd_yaml().and_then(|eac| {
-                    accounts::api::crd_yaml().map(|mapping| format!("{eac}---\n{mapping}"))
+                    let mapping = accounts::api::crd_yaml()?;
+                    let policy = acceptance::api::crd_yaml()?;
+                    Ok(format!("{eac}---\n{mapping}---\n{policy}"))
                 }),
                 Some("environmentaccountconnections") => crd_yaml(),
                 Some("accountmappings") => accounts::api::crd_yaml(),
+                Some("connectionacceptancepolicies") => acceptance::api::crd_yaml(),
                 Some(other) => {
                     eprintln!(
-                        "error: no CRD named {other:?}; the CRDs are environmentaccountconnections and accountmappings"
+                        "error: no CRD named {other:?}; the CRDs are environmentaccountconnections, accountmappings and connectionacceptancepolicies"
                     );
                     return ExitCode::from(2);
                 }

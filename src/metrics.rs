@@ -37,6 +37,11 @@ struct ClassLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: String,
 }
@@ -96,7 +101,12 @@ struct Inner {
     time_to_connected: Histogram,
     leader: Gauge,
     connections: Arc<ConnectionsCollector>,
+    acceptance_decisions: Family<DecisionLabel, Counter>,
+    acceptance_reconciles: Family<ResultLabel, Counter>,
 }
+
+/// The values of `eac_acceptance_decisions_total{decision}`.
+pub const DECISIONS: [&str; 3] = ["accepted", "rejected", "left_pending"];
 
 /// Cheap to clone; every clone records into the same registry.
 #[derive(Clone)]
@@ -177,8 +187,29 @@ impl Metrics {
             "1 while this process holds the leader lease",
             leader.clone(),
         );
+        let acceptance_decisions = Family::<DecisionLabel, Counter>::default();
+        for decision in DECISIONS {
+            // Every series exists from the start, so a rate over it is defined before the first
+            // decision.
+            let _ = acceptance_decisions.get_or_create(&DecisionLabel {
+                decision: decision.into(),
+            });
+        }
+        registry.register(
+            "eac_acceptance_decisions",
+            "Decisions on connection requests by ConnectionAcceptancePolicies: accepted, rejected, left_pending (a request matching no policy, counted once)",
+            acceptance_decisions.clone(),
+        );
+        let acceptance_reconciles = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "eac_acceptance_reconcile",
+            "Reconciles of ConnectionAcceptancePolicies by result",
+            acceptance_reconciles.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
+            acceptance_decisions,
+            acceptance_reconciles,
             reconciles,
             reconcile_duration,
             aws_requests,
@@ -201,6 +232,35 @@ impl Metrics {
             })
             .inc();
         self.0.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    /// One reconcile of a ConnectionAcceptancePolicy (its duration counts with the others').
+    pub fn acceptance_reconciled(&self, result: &str, took: Duration) {
+        self.0
+            .acceptance_reconciles
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+        self.0.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    /// Decisions of one policy reconcile.
+    pub fn acceptance_decisions(&self, accepted: u64, rejected: u64, left_pending: u64) {
+        for (decision, n) in [
+            ("accepted", accepted),
+            ("rejected", rejected),
+            ("left_pending", left_pending),
+        ] {
+            if n > 0 {
+                self.0
+                    .acceptance_decisions
+                    .get_or_create(&DecisionLabel {
+                        decision: decision.into(),
+                    })
+                    .inc_by(n);
+            }
+        }
     }
 
     pub fn aws_call(&self, operation: &str, outcome: &str) {
@@ -337,6 +397,35 @@ mod tests {
         assert!(m.encode().contains("eac_connections{status=\"PENDING\"} 1"));
         m.count_connections_from(None);
         assert!(!m.encode().contains("eac_connections"));
+    }
+
+    #[test]
+    fn acceptance_decisions_are_counted_by_decision_from_zero() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for decision in DECISIONS {
+            assert!(
+                text.contains(&format!(
+                    "eac_acceptance_decisions_total{{decision=\"{decision}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
+        m.acceptance_decisions(2, 0, 1);
+        m.acceptance_decisions(1, 1, 0);
+        let text = m.encode();
+        assert!(
+            text.contains("eac_acceptance_decisions_total{decision=\"accepted\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eac_acceptance_decisions_total{decision=\"rejected\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eac_acceptance_decisions_total{decision=\"left_pending\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -634,27 +634,90 @@ impl Proton {
                 )
                 .await?;
             for summary in out.environment_account_connections() {
-                found.push(Connection {
-                    id: summary.id().to_string(),
-                    arn: summary.arn().to_string(),
-                    state: from_sdk_state(summary.status())?,
-                    environment_name: summary.environment_name().to_string(),
-                    management_account_id: summary.management_account_id().to_string(),
-                    environment_account_id: summary.environment_account_id().to_string(),
-                    roles: RoleArns {
-                        role_arn: non_empty(summary.role_arn()),
-                        codebuild_role_arn: None,
-                        component_role_arn: summary.component_role_arn().map(str::to_string),
-                    },
-                    requested_at: rfc3339(summary.requested_at()),
-                    last_modified_at: rfc3339(summary.last_modified_at()),
-                });
+                found.push(from_sdk_summary(summary)?);
             }
             match out.next_token() {
                 Some(token) if !token.is_empty() => next = Some(token.to_string()),
                 _ => return Ok(found),
             }
         }
+    }
+
+    /// The connection requests made to the caller's account (`requestedBy=MANAGEMENT_ACCOUNT`)
+    /// that are still PENDING, all pages: what the management side decides on.
+    pub async fn list_requests(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+    ) -> Result<Vec<Connection>, ProtonError> {
+        let client = self.client(ticket.identity, region);
+        let mut found = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .call(
+                    ticket,
+                    "ListEnvironmentAccountConnections",
+                    client
+                        .list_environment_account_connections()
+                        .requested_by(
+                            EnvironmentAccountConnectionRequesterAccountType::ManagementAccount,
+                        )
+                        .statuses(EnvironmentAccountConnectionStatus::Pending)
+                        .set_next_token(next.take())
+                        .send(),
+                )
+                .await?;
+            for summary in out.environment_account_connections() {
+                found.push(from_sdk_summary(summary)?);
+            }
+            match out.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_string()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// `AcceptEnvironmentAccountConnection`, as the management account.
+    pub async fn accept(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        id: &str,
+    ) -> Result<Connection, ProtonError> {
+        let client = self.client(ticket.identity, region);
+        let out = self
+            .call(
+                ticket,
+                "AcceptEnvironmentAccountConnection",
+                client.accept_environment_account_connection().id(id).send(),
+            )
+            .await?;
+        connection_of(
+            "AcceptEnvironmentAccountConnection",
+            out.environment_account_connection(),
+        )
+    }
+
+    /// `RejectEnvironmentAccountConnection`, as the management account.
+    pub async fn reject(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        id: &str,
+    ) -> Result<Connection, ProtonError> {
+        let client = self.client(ticket.identity, region);
+        let out = self
+            .call(
+                ticket,
+                "RejectEnvironmentAccountConnection",
+                client.reject_environment_account_connection().id(id).send(),
+            )
+            .await?;
+        connection_of(
+            "RejectEnvironmentAccountConnection",
+            out.environment_account_connection(),
+        )
     }
 
     /// The environment's connections to `management_account_id` (List summaries).
@@ -845,6 +908,26 @@ fn from_sdk_connection(
         },
         requested_at: rfc3339(c.requested_at()),
         last_modified_at: rfc3339(c.last_modified_at()),
+    })
+}
+
+fn from_sdk_summary(
+    summary: &aws_sdk_proton::types::EnvironmentAccountConnectionSummary,
+) -> Result<Connection, ProtonError> {
+    Ok(Connection {
+        id: summary.id().to_string(),
+        arn: summary.arn().to_string(),
+        state: from_sdk_state(summary.status())?,
+        environment_name: summary.environment_name().to_string(),
+        management_account_id: summary.management_account_id().to_string(),
+        environment_account_id: summary.environment_account_id().to_string(),
+        roles: RoleArns {
+            role_arn: non_empty(summary.role_arn()),
+            codebuild_role_arn: None,
+            component_role_arn: summary.component_role_arn().map(str::to_string),
+        },
+        requested_at: rfc3339(summary.requested_at()),
+        last_modified_at: rfc3339(summary.last_modified_at()),
     })
 }
 

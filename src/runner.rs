@@ -10,6 +10,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::acceptance;
 use crate::budget::CallBudget;
 use crate::config::{Endpoint, RunArgs};
 use crate::controller::{self, Context, WatchScope};
@@ -180,13 +181,27 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
     let ctx = Arc::new(
         Context::new(
             client.clone(),
-            proton,
-            settings,
+            proton.clone(),
+            settings.clone(),
             metrics.clone(),
             controller::reporter(),
         )
         .with_poll_share(args.aws_poll_share),
     );
+    // The management side shares the Proton port (endpoint, credentials, call budget) and the
+    // account mappings the connection side follows.
+    let acceptance = args.acceptance_policies.then(|| {
+        Arc::new(
+            acceptance::controller::Context::new(
+                client.clone(),
+                proton,
+                settings,
+                metrics.clone(),
+                acceptance::controller::reporter(),
+            )
+            .with_accounts(ctx.accounts_handle()),
+        )
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -215,15 +230,63 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
         account_mappings: args.account_mappings,
     };
 
+    let controllers = Controllers {
+        connections: ctx,
+        acceptance,
+        scope,
+        concurrency: args.concurrency,
+    };
     if args.leader_election {
-        lead_then_run(client, &args, ctx, scope, readiness, metrics, stop_rx).await;
+        lead_then_run(client, &args, &controllers, readiness, metrics, stop_rx).await;
     } else {
         metrics.set_leader(true);
-        controller::run(ctx, scope, args.concurrency, wait_stop(stop_rx), readiness).await;
+        controllers.run(wait_stop(stop_rx), readiness).await;
     }
     let _ = http_task.await;
     info!("stopped");
     Ok(())
+}
+
+/// The controllers the leader runs: the connection side, and the management side unless it is
+/// turned off.
+struct Controllers {
+    connections: Arc<Context>,
+    acceptance: Option<Arc<acceptance::controller::Context>>,
+    scope: WatchScope,
+    concurrency: u16,
+}
+
+/// Policies are few (one per team or environment account group): a few workers are plenty.
+const POLICY_WORKERS: u16 = 4;
+
+impl Controllers {
+    /// Runs both until `shutdown` resolves; dropping the future stops both at once.
+    async fn run(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+        readiness: Readiness,
+    ) {
+        let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+        let connections = controller::run(
+            self.connections.clone(),
+            self.scope.clone(),
+            self.concurrency,
+            shutdown.clone(),
+            readiness,
+        );
+        match &self.acceptance {
+            Some(acceptance) => {
+                let policies = acceptance::controller::run(
+                    acceptance.clone(),
+                    self.scope.namespace.clone(),
+                    POLICY_WORKERS.min(self.concurrency),
+                    shutdown,
+                );
+                tokio::join!(connections, policies);
+            }
+            None => connections.await,
+        }
+    }
 }
 
 /// Identity for the Lease: the pod name, else host name and process id.
@@ -245,8 +308,7 @@ fn identity() -> String {
 async fn lead_then_run(
     client: Client,
     args: &RunArgs,
-    ctx: Arc<Context>,
-    scope: WatchScope,
+    controllers: &Controllers,
     readiness: Readiness,
     metrics: Metrics,
     mut stop_rx: watch::Receiver<bool>,
@@ -301,13 +363,7 @@ async fn lead_then_run(
                 }
             }
         };
-        let controller = controller::run(
-            ctx.clone(),
-            scope.clone(),
-            args.concurrency,
-            wait_stop(stop_rx.clone()),
-            readiness.clone(),
-        );
+        let controller = controllers.run(wait_stop(stop_rx.clone()), readiness.clone());
         tokio::select! {
             _ = controller => break,
             _ = lost => {
@@ -316,7 +372,7 @@ async fn lead_then_run(
                 // leader resumes safely.
                 warn!("lost the leader lease; stopped reconciling");
                 metrics.set_leader(false);
-                ctx.metrics.count_connections_from(None);
+                controllers.connections.metrics.count_connections_from(None);
                 readiness.standby();
             }
         }

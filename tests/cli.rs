@@ -40,7 +40,10 @@ fn crd_prints_the_generated_definitions_all_or_one() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        format!("{eac}---\n{mapping}"),
+        format!(
+            "{eac}---\n{mapping}---\n{}",
+            eac_controller::acceptance::api::crd_yaml().unwrap()
+        ),
         "every CRD, as one stream `kubectl apply -f -` takes"
     );
 

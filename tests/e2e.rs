@@ -35,13 +35,15 @@ use e2e_support::{
     parse_emulator_banner, parse_http_response, parse_serving_line, raw_manifest, spec,
     spec_changes, status, summarize, synced, tags_of, uid, valid_raw_spec, wait_object,
 };
+use eac_controller::acceptance::api::UnmatchedRequests;
 use eac_controller::api::{
-    ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, FINALIZER, ManagementPolicy,
-    OWNERSHIP_TAG_PREFIX, PAUSED_ANNOTATION, TAG_NAME, TAG_NAMESPACE, TAG_UID, crd_yaml,
+    ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, EnvironmentAccountConnectionSpec, FINALIZER,
+    ManagementPolicy, OWNERSHIP_TAG_PREFIX, PAUSED_ANNOTATION, TAG_NAME, TAG_NAMESPACE, TAG_UID,
+    crd_yaml,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const CODEBUILD_ROLE_ARN: &str = "arn:aws:iam::444455556666:role/proton-codebuild";
@@ -2170,6 +2172,283 @@ async fn floor_client(ns: &e2e_support::TestNamespace, emulator: &Emulator, n: u
         .await;
     // The resources keep their finalizer: strip it so the namespace can go.
     started.elapsed()
+}
+
+// -------------------------------------------------------------------------------------------
+// 16. The management side: ConnectionAcceptancePolicies
+//
+// The emulator runs as the management account (`--account-id 111122223333`), and so does the
+// controller (its access key maps to that account). Connection requests come from another
+// access key (`AKIDENV`), the environment account's; today's emulator maps every key to the one
+// account, so the tests read the requests' environment account from the Create answer. With an
+// emulator that maps keys to accounts (`--account AKIDENV=444455556666`), pass that flag to
+// `start_emulator_with` and nothing else changes.
+
+/// The environment account's requests: (id, environment account) for each environment.
+async fn request_connections(emulator: &Emulator, environments: &[&str]) -> Vec<(String, String)> {
+    let env = emulator.sdk_as("AKIDENV");
+    let mut out = Vec::new();
+    for environment in environments {
+        let created = env
+            .create_environment_account_connection()
+            .environment_name(*environment)
+            .management_account_id(MANAGEMENT_ACCOUNT)
+            .client_token(format!("e2e-{environment}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("the environment account requests {environment}: {e:?}"));
+        let c = created.environment_account_connection().unwrap();
+        out.push((c.id().to_string(), c.environment_account_id().to_string()));
+    }
+    out
+}
+
+fn policy_spec(
+    accounts: &[&str],
+    names: Option<&[&str]>,
+    unmatched: UnmatchedRequests,
+) -> e2e_support::PolicySpec {
+    e2e_support::PolicySpec {
+        management_account_id: MANAGEMENT_ACCOUNT.into(),
+        region: None,
+        environment_account_ids: accounts.iter().map(|a| a.to_string()).collect(),
+        environment_names: names.map(|n| n.iter().map(|s| s.to_string()).collect()),
+        unmatched,
+    }
+}
+
+fn policy_synced(p: &e2e_support::Policy) -> bool {
+    p.status.as_ref().is_some_and(|s| {
+        s.observed_generation == p.metadata.generation
+            && s.condition("Synced").is_some_and(|c| c.status == "True")
+    })
+}
+
+async fn connection_state(emulator: &Emulator, id: &str) -> String {
+    get_connection(&emulator.sdk(), id)
+        .await
+        .map(|c| c.status().as_str().to_string())
+        .unwrap_or_else(|| "GONE".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_policy_accepts_exactly_the_matching_requests_and_rejects_the_rest() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("acceptance").await;
+    let emulator = ns
+        .start_emulator_with(&["--account-id", MANAGEMENT_ACCOUNT])
+        .await;
+    let controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let requests = request_connections(&emulator, &["prod-eu", "prod-us", "dev"]).await;
+    let account = requests[0].1.clone();
+
+    // The API server refuses a policy the schema or its CEL rules refuse.
+    let refused = ns
+        .policies()
+        .create(
+            &PostParams::default(),
+            &e2e_support::Policy::new(
+                "star",
+                policy_spec(&[&account], Some(&["*"]), UnmatchedRequests::Leave),
+            ),
+        )
+        .await
+        .expect_err("a lone '*' pattern is refused");
+    assert!(
+        refused.to_string().contains("leave environmentNames out"),
+        "{refused}"
+    );
+
+    ns.apply_policy(
+        "accept-prod",
+        policy_spec(&[&account], Some(&["prod-*"]), UnmatchedRequests::Reject),
+    )
+    .await;
+    let policy = ns
+        .wait_policy(
+            "accept-prod",
+            "two requests accepted and one rejected",
+            CONVERGE,
+            |p| {
+                policy_synced(p)
+                    && p.status
+                        .as_ref()
+                        .is_some_and(|s| s.accepted_count == 2 && s.rejected_count == 1)
+            },
+        )
+        .await;
+    assert_eq!(
+        connection_state(&emulator, &requests[0].0).await,
+        "CONNECTED"
+    );
+    assert_eq!(
+        connection_state(&emulator, &requests[1].0).await,
+        "CONNECTED"
+    );
+    assert_eq!(
+        connection_state(&emulator, &requests[2].0).await,
+        "REJECTED"
+    );
+    let s = policy.status.clone().unwrap();
+    assert_eq!(s.rejected[0].id, requests[2].0);
+    assert_eq!(s.left_pending_count, 0);
+    assert!(
+        s.condition("Ready").is_some_and(|c| c.status == "True"),
+        "{s:?}"
+    );
+    let uid = policy.uid().unwrap();
+    ns.wait_event(&uid, "Accepted").await;
+    ns.wait_event(&uid, "Rejected").await;
+    assert_eq!(
+        controller
+            .metric(r#"eac_acceptance_decisions_total{decision="accepted"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        controller
+            .metric(r#"eac_acceptance_decisions_total{decision="rejected"}"#)
+            .await,
+        1.0
+    );
+    let calls = emulator.calls().await;
+    assert_eq!(calls.count("AcceptEnvironmentAccountConnection"), 2);
+    assert_eq!(calls.count("RejectEnvironmentAccountConnection"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_policy_lists_once_per_interval_writes_nothing_and_reports_a_stray_request_once() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("acceptance-idle").await;
+    let emulator = ns
+        .start_emulator_with(&["--account-id", MANAGEMENT_ACCOUNT])
+        .await;
+    // --pending-poll 1s: the policy lists every second.
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let requests = request_connections(&emulator, &["prod-eu", "dev"]).await;
+    let account = requests[0].1.clone();
+    ns.apply_policy(
+        "accept-prod",
+        policy_spec(&[&account], Some(&["prod-*"]), UnmatchedRequests::Leave),
+    )
+    .await;
+    let policy = ns
+        .wait_policy(
+            "accept-prod",
+            "prod accepted, dev left pending",
+            CONVERGE,
+            |p| {
+                policy_synced(p)
+                    && p.status
+                        .as_ref()
+                        .is_some_and(|s| s.accepted_count == 1 && s.left_pending_count == 1)
+            },
+        )
+        .await;
+    let uid = policy.uid().unwrap();
+    let warning = ns.wait_event(&uid, "LeftPending").await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert_eq!(connection_state(&emulator, &requests[1].0).await, "PENDING");
+
+    let before = emulator.calls().await;
+    let lists = before.count("ListEnvironmentAccountConnections");
+    emulator
+        .calls_until("three more Lists", CONVERGE, |c| {
+            c.count("ListEnvironmentAccountConnections") >= lists + 3
+        })
+        .await;
+    let after = emulator.calls().await;
+    for op in [
+        "AcceptEnvironmentAccountConnection",
+        "RejectEnvironmentAccountConnection",
+    ] {
+        assert_eq!(after.count(op), before.count(op), "{op} while idle");
+    }
+    let now = ns.policies().get("accept-prod").await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version, policy.metadata.resource_version,
+        "an idle policy writes nothing"
+    );
+    let left_pending = ns
+        .events()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("LeftPending")
+                && e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())
+        })
+        .count();
+    assert_eq!(
+        left_pending, 1,
+        "a stray request is reported once, not at every List"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_in_one_cluster_a_requested_connection_becomes_ready_with_no_manual_call() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("both-sides").await;
+    let emulator = ns
+        .start_emulator_with(&["--account-id", MANAGEMENT_ACCOUNT])
+        .await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    // One controller, one set of credentials: the environment account of its connections is the
+    // account it acts as (here the management account too).
+    ns.apply_policy(
+        "accept-prod",
+        policy_spec(
+            &[MANAGEMENT_ACCOUNT],
+            Some(&["prod-*"]),
+            UnmatchedRequests::Leave,
+        ),
+    )
+    .await;
+    ns.apply(&eac(
+        "prod-eu",
+        EnvironmentAccountConnectionSpec {
+            environment_name: "prod-eu".into(),
+            management_account_id: MANAGEMENT_ACCOUNT.into(),
+            ..EnvironmentAccountConnectionSpec::default()
+        },
+    ))
+    .await;
+    let obj = ns
+        .wait_eac("prod-eu", "CONNECTED and Ready", CONVERGE, |o| {
+            status(o).status == Some(ConnectionState::Connected)
+                && has_condition(o, "Ready", "True", None)
+        })
+        .await;
+    let id = id_of(&obj);
+    let policy = ns
+        .wait_policy(
+            "accept-prod",
+            "the connection among the accepted",
+            CONVERGE,
+            |p| {
+                p.status
+                    .as_ref()
+                    .is_some_and(|s| s.accepted.iter().any(|d| d.id == id))
+            },
+        )
+        .await;
+    assert_eq!(policy.status.unwrap().accepted_count, 1);
+    let calls = emulator.calls().await;
+    assert_eq!(calls.count("AcceptEnvironmentAccountConnection"), 1);
 }
 
 // -------------------------------------------------------------------------------------------

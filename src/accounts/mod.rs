@@ -80,6 +80,8 @@ pub enum MappingError {
     InvalidSelector { mapping: String, reason: String },
     #[error("the Namespace {0} is not known (yet) to the controller")]
     UnknownNamespace(String),
+    #[error("the controller has not read the AccountMappings yet")]
+    NotRead,
 }
 
 impl MappingError {
@@ -89,6 +91,7 @@ impl MappingError {
             MappingError::Ambiguous { .. } => "AmbiguousAccountMapping",
             MappingError::InvalidSelector { .. } => "InvalidAccountMapping",
             MappingError::UnknownNamespace(_) => "NamespaceNotFound",
+            MappingError::NotRead => "AccountMappingsNotRead",
         }
     }
 }
@@ -134,28 +137,43 @@ pub fn resolve<'a>(
 #[derive(Clone, Default)]
 pub struct Accounts {
     stores: Option<(Store<AccountMapping>, Store<Namespace>)>,
+    /// Mappings are on, but not read yet: no namespace gets credentials.
+    waiting: bool,
 }
 
 impl Accounts {
     /// Mappings off: every resource acts with the controller's own credentials.
     pub fn disabled() -> Accounts {
-        Accounts { stores: None }
+        Accounts::default()
+    }
+
+    /// Mappings on, not read yet: every namespace waits (never the controller's own credentials
+    /// by default).
+    pub fn waiting() -> Accounts {
+        Accounts {
+            stores: None,
+            waiting: true,
+        }
     }
 
     /// From the reflector stores of the two watches.
     pub fn from_stores(mappings: Store<AccountMapping>, namespaces: Store<Namespace>) -> Accounts {
         Accounts {
             stores: Some((mappings, namespaces)),
+            waiting: false,
         }
     }
 
     pub fn enabled(&self) -> bool {
-        self.stores.is_some()
+        self.stores.is_some() || self.waiting
     }
 
     /// What the resources of `namespace` act with.
     pub fn resolve(&self, namespace: &str) -> Result<Resolved, MappingError> {
         let Some((mappings, namespaces)) = &self.stores else {
+            if self.waiting {
+                return Err(MappingError::NotRead);
+            }
             return Ok(Resolved::default());
         };
         let mappings = mappings.state();

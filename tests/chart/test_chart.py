@@ -39,6 +39,17 @@ CONTROLLER_RULES = {
     ("events.k8s.io", "events", "patch", None),
 }
 
+POLICIES = "connectionacceptancepolicies"
+
+# The management side's use (acceptancePolicies.enabled, the default): read the policies, write
+# their status.
+ACCEPTANCE_RULES = {
+    (GROUP, POLICIES, "get", None),
+    (GROUP, POLICIES, "list", None),
+    (GROUP, POLICIES, "watch", None),
+    (GROUP, f"{POLICIES}/status", "patch", None),
+}
+
 
 def lease_rules(lease_name: str) -> set[tuple]:
     """The leader election's whole use of Leases: get, create and update (no patch)."""
@@ -98,6 +109,7 @@ NON_DEFAULTS = {
     "watchFailureTimeout": "30s",
     "adoption": {"mode": "everywhere"},
     "accountMappings": {"enabled": False},
+    "acceptancePolicies": {"enabled": False},
     "leaderElection": {
         "enabled": True,
         "namespace": "eac-leases",
@@ -127,6 +139,7 @@ EXPECTED_NON_DEFAULT_ARGS = [
     "--watch-failure-timeout=30s",
     "--adoption=everywhere",
     "--account-mappings=false",
+    "--acceptance-policies=false",
     "--namespace=team-a",
     "--label-selector=shard in (a,b),team=payments",
     "--region=us-gov-west-1",
@@ -224,6 +237,7 @@ def test_default_deployment(default_objs):
         "--watch-failure-timeout=2m",
         "--adoption=namespace-opt-in",
         "--account-mappings=true",
+        "--acceptance-policies=true",
         "--leader-election",
         "--lease-name=eac-controller",
         "--lease-duration=15s",
@@ -338,7 +352,7 @@ def test_every_rendered_flag_is_a_flag_of_the_binary(default_objs, render):
 
 def test_default_rbac_is_a_cluster_role_with_exactly_the_controller_rules(default_objs):
     role = one(default_objs, "ClusterRole", RELEASE)
-    assert flatten_rules(role) == CONTROLLER_RULES
+    assert flatten_rules(role) == CONTROLLER_RULES | ACCEPTANCE_RULES
     binding = one(default_objs, "ClusterRoleBinding", RELEASE)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -347,6 +361,30 @@ def test_default_rbac_is_a_cluster_role_with_exactly_the_controller_rules(defaul
     }
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
     assert not [r for r in find(default_objs, "Role") if r["metadata"]["name"] == RELEASE]
+
+
+def test_the_management_side_can_be_turned_off_with_its_rules(render):
+    objs = render({"acceptancePolicies": {"enabled": False}})
+    assert flatten_rules(one(objs, "ClusterRole", RELEASE)) == CONTROLLER_RULES
+    assert "--acceptance-policies=false" in args_of(objs)
+    objs = render({"watchNamespace": "team-a"})
+    assert flatten_rules(one(objs, "Role", RELEASE)) == CONTROLLER_RULES | ACCEPTANCE_RULES
+
+
+def test_tenants_can_only_read_acceptance_policies(render, default_objs):
+    """Accepting connections is the management account's decision: no aggregated role (edit and
+    admin included) may create, change or delete a ConnectionAcceptancePolicy or its status; the
+    view role may read them."""
+    for objs in (default_objs, render({"watchNamespace": "team-a"}), render({"acceptancePolicies": {"enabled": False}})):
+        for role in find(objs, "ClusterRole"):
+            labels = role["metadata"].get("labels", {})
+            if not any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels):
+                continue
+            for _, resource, verb, _ in flatten_rules(role):
+                if resource.startswith(POLICIES):
+                    assert verb in {"get", "list", "watch"}, (role["metadata"]["name"], resource, verb)
+        view = one(objs, "ClusterRole", f"{RELEASE}-view")
+        assert {(GROUP, POLICIES, v, None) for v in ("get", "list", "watch")} <= flatten_rules(view)
 
 
 def test_leader_election_role_is_namespaced_and_limited_to_the_lease(default_objs):
@@ -375,7 +413,7 @@ def test_watch_namespace_gets_a_role_instead_of_a_cluster_role(render):
     assert sorted(b["metadata"]["name"] for b in find(objs, "ClusterRoleBinding")) == [ACCOUNTS_ROLE, NAMESPACES_ROLE]
     role = one(objs, "Role", RELEASE)
     assert role["metadata"]["namespace"] == "team-a"
-    assert flatten_rules(role) == CONTROLLER_RULES
+    assert flatten_rules(role) == CONTROLLER_RULES | ACCEPTANCE_RULES
     binding = one(objs, "RoleBinding", RELEASE)
     assert binding["metadata"]["namespace"] == "team-a"
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RELEASE}
@@ -891,10 +929,20 @@ def test_chart_crd_is_the_generated_crd(chart):
     # Helm installs them from the chart's crds/ directory.
     assert sorted(c["filename"].split("/", 1)[-1] for c in chart.crds) == [
         "crds/accountmappings.yaml",
+        "crds/connectionacceptancepolicies.yaml",
         "crds/environmentaccountconnections.yaml",
     ]
     mapping = ROOT / "crds" / "accountmappings.yaml"
     assert (CHART_CRD_FILE.parent / "accountmappings.yaml").read_bytes() == mapping.read_bytes()
+
+
+def test_chart_has_the_generated_policy_crd():
+    generated = ROOT / "crds" / "connectionacceptancepolicies.yaml"
+    in_chart = CHART_DIR / "crds" / "connectionacceptancepolicies.yaml"
+    assert in_chart.read_bytes() == generated.read_bytes(), "chart CRD differs from crds/: regenerate"
+    crd = yaml.safe_load(generated.read_text())
+    assert crd["metadata"]["name"] == f"{POLICIES}.{GROUP}"
+    assert crd["spec"]["scope"] == "Namespaced"
 
 
 def test_argocd_snippet_is_exactly_health_lua():

@@ -98,7 +98,27 @@ def test_base_is_the_chart_default(base, default_objs):
         ("Namespace", NAMESPACE),
         ("CustomResourceDefinition", "environmentaccountconnections.proton.eac.dev"),
         ("CustomResourceDefinition", "accountmappings.proton.eac.dev"),
+        ("CustomResourceDefinition", "connectionacceptancepolicies.proton.eac.dev"),
     }
+
+
+def test_base_installs_the_policy_crd_and_runs_the_management_side(base):
+    crd = one(base, "CustomResourceDefinition", "connectionacceptancepolicies.proton.eac.dev")
+    assert crd == yaml.safe_load((ROOT / "crds" / "connectionacceptancepolicies.yaml").read_text())
+    assert "--acceptance-policies=true" in base_args(base)
+    role = one(base, "ClusterRole", "eac-controller")
+    assert {"apiGroups": ["proton.eac.dev"], "resources": ["connectionacceptancepolicies"], "verbs": ["get", "list", "watch"]} in role["rules"]
+    assert {"apiGroups": ["proton.eac.dev"], "resources": ["connectionacceptancepolicies/status"], "verbs": ["patch"]} in role["rules"]
+
+
+def test_base_user_roles_can_only_read_acceptance_policies(base):
+    for role in find(base, "ClusterRole"):
+        labels = role["metadata"].get("labels", {})
+        if not any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels):
+            continue
+        for rule in role["rules"]:
+            if any(r.startswith("connectionacceptancepolicies") for r in rule["resources"]):
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
 
 
 def base_args(objs: list[dict]) -> list[str]:
@@ -246,3 +266,18 @@ def test_account_mapping_example_matches_its_crd_schema():
     assert obj["kind"] == "AccountMapping"
     assert "namespace" not in obj["metadata"]
     jsonschema.validate(obj["spec"], version["schema"]["openAPIV3Schema"]["properties"]["spec"])
+
+
+def test_acceptance_policy_example_matches_its_crd_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    obj = example("acceptance-policy.yaml")
+    assert obj["apiVersion"] == "proton.eac.dev/v1alpha1"
+    assert obj["kind"] == "ConnectionAcceptancePolicy"
+    crd = yaml.safe_load((ROOT / "crds" / "connectionacceptancepolicies.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    jsonschema.validate(obj["spec"], schema)
+    # Every field of the spec is shown, with the option that needs explaining.
+    assert set(obj["spec"]) == set(schema["properties"])
+    assert obj["spec"]["unmatched"] == "Reject"
+    assert all(isinstance(a, str) and len(a) == 12 for a in obj["spec"]["environmentAccountIds"])

@@ -32,6 +32,8 @@ METRICS = {
     "eac_time_to_connected_seconds": "histogram",
     "eac_connections": "gauge",
     "eac_leader": "gauge",
+    "eac_acceptance_decisions": "counter",
+    "eac_acceptance_reconcile": "counter",
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 SERIES = {name + suffix: name for name, kind in METRICS.items() for suffix in SUFFIXES[kind]}
@@ -245,6 +247,8 @@ EXPECTED_PANELS = {
     "Budget wait by class (p50, p99)": {"eac_aws_budget_wait_seconds_bucket"},
     "Effective read interval vs configured": {"eac_effective_poll_interval_seconds"},
     "Time to CONNECTED (p50, p99, 1h window)": {"eac_time_to_connected_seconds_bucket"},
+    "Acceptance decisions": {"eac_acceptance_decisions_total"},
+    "Policy reconciles by result": {"eac_acceptance_reconcile_total"},
 }
 
 

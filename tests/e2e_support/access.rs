@@ -56,6 +56,15 @@ pub fn controller_rules(status_writes: bool) -> Vec<PolicyRule> {
             &["get", "patch", "update"],
         ));
     }
+    // The management side (on by default): read the policies, write their status.
+    rules.push(eac_rule(
+        &["connectionacceptancepolicies"],
+        &["get", "list", "watch"],
+    ));
+    rules.push(eac_rule(
+        &["connectionacceptancepolicies/status"],
+        &["patch"],
+    ));
     rules
 }
 

@@ -61,6 +61,9 @@ pub mod access;
 
 /// The resource under test.
 pub type Eac = EnvironmentAccountConnection;
+/// The management side's resource.
+pub type Policy = eac_controller::acceptance::api::ConnectionAcceptancePolicy;
+pub type PolicySpec = eac_controller::acceptance::api::ConnectionAcceptancePolicySpec;
 
 // -------------------------------------------------------------------------------------------
 // Constants
@@ -75,6 +78,9 @@ pub const FIELD_MANAGER: &str = "eac-e2e";
 pub const CRD_NAME: &str = "environmentaccountconnections.proton.eac.dev";
 /// The CRD manifest the tests install, relative to the package root.
 pub const CRD_FILE: &str = "crds/environmentaccountconnections.yaml";
+/// The management side's CRD, installed next to it.
+pub const POLICY_CRD_NAME: &str = "connectionacceptancepolicies.proton.eac.dev";
+pub const POLICY_CRD_FILE: &str = "crds/connectionacceptancepolicies.yaml";
 /// Label on every namespace the tests create (`kubectl delete ns -l eac-e2e=true` cleans up
 /// after an interrupted run).
 pub const NAMESPACE_LABEL: &str = "eac-e2e";
@@ -185,14 +191,15 @@ impl Cluster {
     }
 
     /// Server-side applies `crds/` (idempotent: every test does it, in parallel) and waits until
-    /// the CRD is Established.
+    /// the CRDs are Established.
     async fn install_crd(&self) {
-        for (file, name) in [
-            (CRD_FILE, CRD_NAME),
+        for (name, file) in [
+            (CRD_NAME, CRD_FILE),
             (
-                "crds/accountmappings.yaml",
                 "accountmappings.proton.eac.dev",
+                "crds/accountmappings.yaml",
             ),
+            (POLICY_CRD_NAME, POLICY_CRD_FILE),
         ] {
             let text = std::fs::read_to_string(repo_path(file))
                 .unwrap_or_else(|e| panic!("cannot read {file}: {e}"));
@@ -312,6 +319,43 @@ impl TestNamespace {
 
     pub fn events(&self) -> Api<Event> {
         Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// The management side's policies in this namespace.
+    pub fn policies(&self) -> Api<Policy> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// `kubectl apply --server-side` of a ConnectionAcceptancePolicy in this namespace.
+    pub async fn apply_policy(&self, name: &str, spec: PolicySpec) -> Policy {
+        let obj = Policy::new(name, spec);
+        self.policies()
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot apply policy {}/{name}: {e}", self.name))
+    }
+
+    /// Waits until the policy satisfies `cond`; on timeout, fails with its current state.
+    pub async fn wait_policy(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&Policy) -> bool,
+    ) -> Policy {
+        wait_object(
+            &self.policies(),
+            name,
+            what,
+            timeout,
+            move |o: Option<&Policy>| o.is_some_and(&cond),
+        )
+        .await
+        .unwrap_or_else(|| panic!("policy {name} does not exist"))
     }
 
     /// The resource API without types, for manifests the Rust types cannot express.
@@ -1048,6 +1092,20 @@ impl Emulator {
     /// (or anyone acting out of band). SDK retries are off so every call is counted once.
     pub fn sdk(&self) -> aws_sdk_proton::Client {
         self.sdk_in(REGION)
+    }
+
+    /// A client with its own access key (another identity: the environment account, once the
+    /// emulator maps keys to accounts).
+    pub fn sdk_as(&self, access_key_id: &str) -> aws_sdk_proton::Client {
+        use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
+        let config = aws_sdk_proton::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION.to_string()))
+            .endpoint_url(&self.url)
+            .credentials_provider(Credentials::new(access_key_id, "e2e", None, None, "e2e"))
+            .retry_config(RetryConfig::disabled())
+            .build();
+        aws_sdk_proton::Client::from_conf(config)
     }
 
     /// The same, signing for `region`: the emulator keeps connections per region, as AWS does.

@@ -39,66 +39,12 @@ use serde_json::{Value, json};
 
 pub const NS: &str = "platform";
 const GROUP_PATH: &str = "/apis/proton.eac.dev/v1alpha1";
-/// The all-namespaces collection path of the resource.
-const COLLECTION: &str = "/apis/proton.eac.dev/v1alpha1/environmentaccountconnections";
 /// The collection of the cluster-scoped account mappings.
 const MAPPINGS: &str = "/apis/proton.eac.dev/v1alpha1/accountmappings";
-/// The collection of namespaces.
+/// The core collection of namespaces, served like a cluster-scoped collection of the group.
 const NAMESPACES: &str = "/api/v1/namespaces";
-
-/// The watchable collections the fake serves lists and watches of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Collection {
-    Connections,
-    Mappings,
-    Namespaces,
-}
-
-impl Collection {
-    /// The collection a stored object (by its path) belongs to.
-    fn of_object(path: &str) -> Option<Collection> {
-        if path.starts_with(GROUP_PATH) && path.contains("/environmentaccountconnections/") {
-            Some(Collection::Connections)
-        } else if path
-            .strip_prefix(MAPPINGS)
-            .is_some_and(|rest| rest.matches('/').count() == 1)
-        {
-            Some(Collection::Mappings)
-        } else if path
-            .strip_prefix(NAMESPACES)
-            .is_some_and(|rest| rest.matches('/').count() == 1)
-        {
-            Some(Collection::Namespaces)
-        } else {
-            None
-        }
-    }
-
-    /// The collection a GET path lists or watches.
-    fn of_request(path: &str) -> Option<Collection> {
-        let namespaced = format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections");
-        if path == COLLECTION || path == namespaced {
-            Some(Collection::Connections)
-        } else if path == MAPPINGS {
-            Some(Collection::Mappings)
-        } else if path == NAMESPACES {
-            Some(Collection::Namespaces)
-        } else {
-            None
-        }
-    }
-
-    fn list_kind(self) -> (&'static str, &'static str) {
-        match self {
-            Collection::Connections => (
-                "proton.eac.dev/v1alpha1",
-                "EnvironmentAccountConnectionList",
-            ),
-            Collection::Mappings => ("proton.eac.dev/v1alpha1", "AccountMappingList"),
-            Collection::Namespaces => ("v1", "NamespaceList"),
-        }
-    }
-}
+/// The plural under which namespaces are kept apart from the group's collections.
+const NAMESPACES_PLURAL: &str = "namespaces@core";
 
 /// One request the fake API server answered.
 #[derive(Clone, Debug)]
@@ -126,8 +72,10 @@ struct ApiState {
     resource_version: u64,
     /// Watches asking for a resourceVersion older than this get 410 Gone.
     compacted: u64,
-    /// Recent changes to watchable objects: (collection, resourceVersion, kind, before, object).
-    history: std::collections::VecDeque<(Collection, u64, String, Option<Value>, Value)>,
+    /// Recent changes to EnvironmentAccountConnections: (resourceVersion, kind, before, object).
+    /// Recent changes to objects of the API group (EnvironmentAccountConnections,
+    /// ConnectionAcceptancePolicies): (resourceVersion, collection, kind, before, object).
+    history: std::collections::VecDeque<(u64, String, String, Option<Value>, Value)>,
     requests: Vec<Seen>,
     /// Keep every request (tests) or only count them (benchmarks).
     keep_requests: bool,
@@ -142,12 +90,10 @@ struct ApiState {
     cut: bool,
     /// Requests held while the server is cut off; answered (503) when it is healed.
     held: Vec<tower_test::mock::SendResponse<Response<FakeBody>>>,
-    /// Open watch streams, with their collection and label selector.
-    watchers: Vec<(
-        Collection,
-        Option<String>,
-        tokio::sync::mpsc::UnboundedSender<Bytes>,
-    )>,
+    /// Open watch streams on EnvironmentAccountConnections, with their label selectors.
+    /// Open watch streams on a collection of the API group (its plural, and namespace if the
+    /// watch is namespaced), with their label selectors.
+    watchers: Vec<Watcher>,
     /// Bumped on every change, so tests can wait for one without sleeping.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -176,6 +122,15 @@ impl Default for ApiState {
     }
 }
 
+/// An open watch: the collection (plural), its namespace if namespaced, its label selector, and
+/// the stream's sender.
+type Watcher = (
+    String,
+    Option<String>,
+    Option<String>,
+    tokio::sync::mpsc::UnboundedSender<Bytes>,
+);
+
 fn watch_line(kind: &str, object: &Value) -> Bytes {
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap();
     line.push(b'\n');
@@ -196,10 +151,11 @@ impl ApiState {
     }
 
     fn changed_from(&mut self, kind: &str, path: &str, before: Option<&Value>, object: &Value) {
-        if let Some(collection) = Collection::of_object(path) {
-            self.watchers.retain(|(watched, selector, w)| {
-                if *watched != collection {
-                    return !w.is_closed();
+        if path.starts_with(GROUP_PATH) || is_namespace_object(path) {
+            let (plural, namespace) = collection_of(path);
+            self.watchers.retain(|(watched, ns, selector, w)| {
+                if *watched != plural || ns.as_ref().is_some_and(|ns| *ns != namespace) {
+                    return true;
                 }
                 match seen_as(selector.as_deref(), kind, before, object) {
                     Some(kind) => w.send(watch_line(kind, object)).is_ok(),
@@ -212,19 +168,98 @@ impl ApiState {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(self.resource_version);
             self.history.push_back((
-                collection,
                 rv,
+                path.to_string(),
                 kind.to_string(),
                 before.cloned(),
                 object.clone(),
             ));
             while self.history.len() > HISTORY {
-                if let Some((_, dropped, ..)) = self.history.pop_front() {
+                if let Some((dropped, ..)) = self.history.pop_front() {
                     self.compacted = self.compacted.max(dropped);
                 }
             }
         }
         self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+/// The collection (plural) and namespace of an object path of the API group
+/// (`{GROUP_PATH}/namespaces/{ns}/{plural}/{name}`).
+fn collection_of(path: &str) -> (String, String) {
+    if is_namespace_object(path) {
+        return (NAMESPACES_PLURAL.to_string(), String::new());
+    }
+    let parts: Vec<&str> = path
+        .strip_prefix(GROUP_PATH)
+        .unwrap_or(path)
+        .trim_start_matches('/')
+        .split('/')
+        .collect();
+    match parts.as_slice() {
+        ["namespaces", ns, plural, ..] => (plural.to_string(), ns.to_string()),
+        [plural, ..] => (plural.to_string(), String::new()),
+        [] => (String::new(), String::new()),
+    }
+}
+
+/// Whether an object path is in the collection `plural` (of `namespace`, if given).
+fn in_collection(path: &str, plural: &str, namespace: Option<&str>) -> bool {
+    if !path.starts_with(GROUP_PATH) && !is_namespace_object(path) {
+        return false;
+    }
+    let (p, ns) = collection_of(path);
+    p == plural && namespace.is_none_or(|n| n == ns)
+}
+
+/// A collection path of the API group: `{GROUP_PATH}/{plural}` or
+/// `{GROUP_PATH}/namespaces/{ns}/{plural}`.
+fn is_collection(path: &str) -> bool {
+    if path == NAMESPACES {
+        return true;
+    }
+    let Some(rest) = path.strip_prefix(GROUP_PATH) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    matches!(parts.as_slice(), [plural] if !plural.is_empty())
+        || matches!(parts.as_slice(), ["namespaces", _, plural] if !plural.is_empty())
+}
+
+/// The collection a list or watch asks for: its plural, and its namespace if it is namespaced.
+fn requested_collection(path: &str) -> (String, Option<String>) {
+    if path == NAMESPACES {
+        return (NAMESPACES_PLURAL.to_string(), None);
+    }
+    let rest = path.strip_prefix(GROUP_PATH).unwrap_or(path);
+    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["namespaces", ns, plural] => (plural.to_string(), Some(ns.to_string())),
+        [plural] => (plural.to_string(), None),
+        _ => (String::new(), None),
+    }
+}
+
+/// A Namespace object's path (`/api/v1/namespaces/NAME`).
+fn is_namespace_object(path: &str) -> bool {
+    path.strip_prefix(NAMESPACES)
+        .is_some_and(|rest| rest.matches('/').count() == 1)
+}
+
+/// The List kind of a collection.
+fn list_kind(plural: &str) -> (&'static str, String) {
+    match plural {
+        NAMESPACES_PLURAL => ("v1", "NamespaceList".to_string()),
+        "environmentaccountconnections" => (
+            "proton.eac.dev/v1alpha1",
+            "EnvironmentAccountConnectionList".to_string(),
+        ),
+        "accountmappings" => ("proton.eac.dev/v1alpha1", "AccountMappingList".to_string()),
+        "connectionacceptancepolicies" => (
+            "proton.eac.dev/v1alpha1",
+            "ConnectionAcceptancePolicyList".to_string(),
+        ),
+        other => ("proton.eac.dev/v1alpha1", format!("{other}List")),
     }
 }
 
@@ -262,6 +297,14 @@ fn whole(value: &Value) -> FakeBody {
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
+}
+
+/// The path of a namespaced object of the API group.
+pub fn object_path<K: kube::Resource<DynamicType = ()>>(namespace: &str, name: &str) -> String {
+    format!(
+        "{GROUP_PATH}/namespaces/{namespace}/{}/{name}",
+        K::plural(&())
+    )
 }
 
 fn eac_path(name: &str) -> String {
@@ -315,6 +358,100 @@ impl FakeApi {
         st.objects.insert(path.clone(), value.clone());
         st.changed("ADDED", &path, &value);
         obj
+    }
+
+    /// Stores a new namespaced object of the API group (another kind than
+    /// EnvironmentAccountConnection), as `kubectl apply` would (uid, generation 1).
+    pub fn create_object<K>(&self, namespace: &str, name: &str, uid: &str, mut obj: K) -> K
+    where
+        K: kube::Resource<DynamicType = ()> + serde::Serialize,
+    {
+        let meta = obj.meta_mut();
+        meta.name = Some(name.into());
+        meta.namespace = Some(namespace.into());
+        meta.uid = Some(uid.into());
+        meta.generation = Some(1);
+        let mut st = self.lock();
+        obj.meta_mut().resource_version = Some(st.next_rv());
+        let mut value = serde_json::to_value(&obj).unwrap();
+        value["apiVersion"] = json!(K::api_version(&()));
+        value["kind"] = json!(K::kind(&()));
+        let path = object_path::<K>(namespace, name);
+        st.objects.insert(path.clone(), value.clone());
+        st.changed("ADDED", &path, &value);
+        obj
+    }
+
+    /// A stored object of the API group, if it exists.
+    pub fn get_object<K>(&self, namespace: &str, name: &str) -> Option<K>
+    where
+        K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+    {
+        self.lock()
+            .objects
+            .get(&object_path::<K>(namespace, name))
+            .map(|v| serde_json::from_value(v.clone()).unwrap())
+    }
+
+    /// Edits an object of the API group as a user would; a spec change bumps the generation.
+    pub fn edit_object<K>(&self, namespace: &str, name: &str, f: impl FnOnce(&mut K))
+    where
+        K: kube::Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let path = object_path::<K>(namespace, name);
+        let mut st = self.lock();
+        let old = st.objects[&path].clone();
+        let mut obj: K = serde_json::from_value(old.clone()).unwrap();
+        f(&mut obj);
+        let mut value = serde_json::to_value(&obj).unwrap();
+        if value["spec"] != old["spec"] {
+            let g = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            value["metadata"]["generation"] = json!(g);
+        }
+        value["metadata"]["resourceVersion"] = json!(st.next_rv());
+        st.objects.insert(path.clone(), value.clone());
+        st.changed_from("MODIFIED", &path, Some(&old), &value);
+    }
+
+    /// Deletes an object of the API group that holds no finalizer: gone at once.
+    pub fn delete_object<K>(&self, namespace: &str, name: &str)
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        let path = object_path::<K>(namespace, name);
+        let mut st = self.lock();
+        if let Some(mut value) = st.objects.remove(&path) {
+            value["metadata"]["resourceVersion"] = json!(st.next_rv());
+            st.changed("DELETED", &path, &value);
+        }
+    }
+
+    /// Every stored object of the API group of kind `K`, in all namespaces.
+    pub fn objects<K>(&self) -> Vec<K>
+    where
+        K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+    {
+        let plural = K::plural(&()).to_string();
+        self.lock()
+            .objects
+            .iter()
+            .filter(|(p, _)| in_collection(p, &plural, None))
+            .map(|(_, v)| serde_json::from_value(v.clone()).unwrap())
+            .collect()
+    }
+
+    /// Requests so far to the collection of kind `K` or its objects (status included).
+    pub fn requests_to<K>(&self) -> Vec<Seen>
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        let plural = format!("/{}", K::plural(&()));
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.path.starts_with(GROUP_PATH) && r.path.contains(&plural))
+            .cloned()
+            .collect()
     }
 
     /// Stores a Namespace with these labels.
@@ -541,7 +678,7 @@ impl FakeApi {
                 "too old resource version: the history was compacted",
             ),
         );
-        for (_, _, w) in std::mem::take(&mut st.watchers) {
+        for (.., w) in std::mem::take(&mut st.watchers) {
             let _ = w.send(gone.clone());
         }
     }
@@ -817,18 +954,14 @@ impl FakeApi {
 
     /// Answers a collection GET: a List, or (with `watch=true`) a stream of changes, or 410
     /// Gone for a compacted resourceVersion.
-    fn list_or_watch(
-        &self,
-        collection: Collection,
-        path: &str,
-        query: &str,
-    ) -> (StatusCode, FakeBody) {
+    fn list_or_watch(&self, path: &str, query: &str) -> (StatusCode, FakeBody) {
         if self.denied(&Method::GET, path) {
             return (
                 StatusCode::FORBIDDEN,
                 whole(&status_body(403, "Forbidden", "list/watch is forbidden")),
             );
         }
+        let (plural, namespace) = requested_collection(path);
         let mut st = self.lock();
         let selector =
             query_param(query, "labelSelector").map(|s| s.replace("%3D", "=").replace("%2C", ","));
@@ -853,15 +986,16 @@ impl FakeApi {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
             // What happened since the requested resourceVersion comes first, as from a real
             // API server's watch cache.
-            for (changed, rv, kind, before, object) in &st.history {
-                if *changed == collection
-                    && *rv > from
+            for (rv, changed, kind, before, object) in &st.history {
+                if *rv > from
+                    && in_collection(changed, &plural, namespace.as_deref())
                     && let Some(kind) = seen_as(selector.as_deref(), kind, before.as_ref(), object)
                 {
                     let _ = tx.send(watch_line(kind, object));
                 }
             }
-            st.watchers.push((collection, selector.clone(), tx));
+            st.watchers
+                .push((plural.clone(), namespace.clone(), selector.clone(), tx));
             let frames = futures::stream::unfold(rx, |mut rx| async move {
                 rx.recv()
                     .await
@@ -872,10 +1006,10 @@ impl FakeApi {
         let items: Vec<Value> = st
             .objects
             .iter()
-            .filter(|(p, o)| Collection::of_object(p) == Some(collection) && matches(o))
+            .filter(|(p, o)| in_collection(p, &plural, namespace.as_deref()) && matches(o))
             .map(|(_, o)| o.clone())
             .collect();
-        let (api_version, kind) = collection.list_kind();
+        let (api_version, kind) = list_kind(&plural);
         let list = json!({
             "apiVersion": api_version,
             "kind": kind,
@@ -927,11 +1061,8 @@ impl FakeApi {
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        let listed = (method == Method::GET)
-            .then(|| Collection::of_request(&path))
-            .flatten();
-        let (code, answer) = if let Some(collection) = listed {
-            self.list_or_watch(collection, &path, &query)
+        let (code, answer) = if method == Method::GET && is_collection(&path) {
+            self.list_or_watch(&path, &query)
         } else {
             let (code, value) =
                 self.handle(method.clone(), &path, &query, &content_type, body.clone());

@@ -128,6 +128,7 @@ Takes (list name value minMs maxMs "min" "max").
 - --watch-failure-timeout={{ .Values.watchFailureTimeout }}
 - --adoption={{ .Values.adoption.mode }}
 - --account-mappings={{ .Values.accountMappings.enabled }}
+- --acceptance-policies={{ .Values.acceptancePolicies.enabled }}
 {{- if .Values.watchNamespace }}
 - --namespace={{ .Values.watchNamespace }}
 {{- end }}
@@ -214,4 +215,12 @@ jitter, so 1.5 x max(resyncPeriod, 10m): 15m with the default resyncPeriod.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.acceptancePolicies.enabled }}
+- apiGroups: ["proton.eac.dev"]
+  resources: ["connectionacceptancepolicies"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["proton.eac.dev"]
+  resources: ["connectionacceptancepolicies/status"]
+  verbs: ["patch"]
+{{- end }}
 {{- end }}

@@ -1,0 +1,746 @@
+//! Management-side scenarios: ConnectionAcceptancePolicies reconciled for real against the
+//! in-memory API server (tower-test) and the Proton emulator over HTTP on 127.0.0.1.
+//!
+//! Two identities, as in AWS: connection requests are created by an *environment account* SDK
+//! client (access key `AKIDENV`); the controller lists, accepts and rejects them with its own
+//! credentials, as the *management account* (the emulator's `--account-id`, `111122223333`).
+//! Today's emulator maps every access key to that one account, so the requests' environment
+//! account is the management account too; the tests read the environment account from the
+//! Create answer, so they hold unchanged once the emulator maps `AKIDENV` to an account of its
+//! own (`EmulatorConfig::accounts`, `--account AKIDENV=444455556666`) and enforces that only the
+//! management account may Accept / Reject (see `emulator_config`).
+
+// Every operation of aws-sdk-proton is deprecated (the service closed to new customers).
+#![allow(deprecated)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region};
+use eac_controller::acceptance::api::{
+    ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec as Spec,
+    ConnectionAcceptancePolicyStatus as Status, UnmatchedRequests,
+};
+use eac_controller::acceptance::controller::{self, Context};
+use eac_controller::api::PAUSED_ANNOTATION;
+use eac_controller::budget::CallBudget;
+use eac_controller::decide::Settings;
+use eac_controller::emulator::{EmulatorConfig, RunningEmulator};
+use eac_controller::metrics::Metrics;
+use eac_controller::proton::{Proton, ProtonSettings};
+use kube::ResourceExt;
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::watcher;
+use support::{FakeApi, NS, eager_settings};
+
+const MGMT: &str = "111122223333";
+/// An environment account no request comes from.
+const STRANGER: &str = "999900001111";
+const REGION: &str = "us-east-1";
+const ACCEPT: &str = "AcceptEnvironmentAccountConnection";
+const REJECT: &str = "RejectEnvironmentAccountConnection";
+const LIST: &str = "ListEnvironmentAccountConnections";
+const GET: &str = "GetEnvironmentAccountConnection";
+const POLICY: &str = "accept-prod";
+
+/// The emulator as the management account's Proton. When the emulator maps access keys to
+/// accounts, add `accounts: [("AKIDENV", "444455556666")]` here: nothing else changes.
+fn emulator_config() -> EmulatorConfig {
+    EmulatorConfig {
+        account_id: MGMT.into(),
+        region: REGION.into(),
+        ..EmulatorConfig::default()
+    }
+}
+
+/// A management-side controller, an API server and an environment account.
+struct Mgmt {
+    api: FakeApi,
+    emulator: RunningEmulator,
+    ctx: Arc<Context>,
+    settings: Settings,
+    /// The environment account's Proton client.
+    env: aws_sdk_proton::Client,
+    /// The policies the controller sees, refreshed from the API server before each reconcile
+    /// (its watch cache).
+    store: Store<ConnectionAcceptancePolicy>,
+    writer: Mutex<Writer<ConnectionAcceptancePolicy>>,
+}
+
+impl Mgmt {
+    async fn start() -> Mgmt {
+        Mgmt::start_with(eager_settings()).await
+    }
+
+    async fn start_with(settings: Settings) -> Mgmt {
+        let emulator = RunningEmulator::start(([127, 0, 0, 1], 0).into(), emulator_config())
+            .await
+            .unwrap();
+        let env = aws_sdk_proton::Client::from_conf(
+            aws_sdk_proton::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new(REGION))
+                .endpoint_url(emulator.url())
+                .credentials_provider(Credentials::new("AKIDENV", "secret", None, None, "test"))
+                .build(),
+        );
+        let api = FakeApi::default();
+        let (store, writer) = reflector::store();
+        let ctx = context(&api, &emulator, &settings);
+        ctx.use_store(Some(store.clone()));
+        Mgmt {
+            api,
+            emulator,
+            ctx,
+            settings,
+            env,
+            store,
+            writer: Mutex::new(writer),
+        }
+    }
+
+    /// The controller process dies and a new one starts: nothing kept in memory survives.
+    fn restart(&mut self) {
+        self.ctx = context(&self.api, &self.emulator, &self.settings);
+        self.ctx.use_store(Some(self.store.clone()));
+    }
+
+    /// The environment account requests a connection for `environment`: (id, the environment
+    /// account it came from).
+    async fn request(&self, environment: &str) -> (String, String) {
+        let out = self
+            .env
+            .create_environment_account_connection()
+            .environment_name(environment)
+            .management_account_id(MGMT)
+            .client_token(format!("token-{environment}"))
+            .send()
+            .await
+            .expect("the environment account requests a connection");
+        let c = out.environment_account_connection().unwrap();
+        (c.id().to_string(), c.environment_account_id().to_string())
+    }
+
+    fn state_of(&self, id: &str) -> String {
+        self.emulator
+            .state()
+            .connections()
+            .into_iter()
+            .find(|c| c.id == id)
+            .map(|c| c.status)
+            .unwrap_or_else(|| "GONE".into())
+    }
+
+    fn apply(&self, namespace: &str, name: &str, spec: Spec) {
+        let uid = format!("uid-{namespace}-{name}");
+        self.api.create_object(
+            namespace,
+            name,
+            &uid,
+            ConnectionAcceptancePolicy::new(name, spec),
+        );
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> ConnectionAcceptancePolicy {
+        self.api
+            .get_object(namespace, name)
+            .expect("the policy exists")
+    }
+
+    fn status(&self, namespace: &str, name: &str) -> Status {
+        self.get(namespace, name).status.unwrap_or_default()
+    }
+
+    /// The watch cache catches up with the API server.
+    fn sync_store(&self) {
+        let mut writer = self.writer.lock().unwrap();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for policy in self.api.objects::<ConnectionAcceptancePolicy>() {
+            writer.apply_watcher_event(&watcher::Event::InitApply(policy));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+    }
+
+    /// One reconcile of the stored policy, as the controller would run it when it is due.
+    async fn reconcile(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<kube::runtime::controller::Action, controller::Error> {
+        self.sync_store();
+        self.ctx.expire_checkpoints();
+        let obj = self.get(namespace, name);
+        controller::reconcile(Arc::new(obj), self.ctx.clone()).await
+    }
+
+    /// Reconciles as the controller would until a reconcile is not deferred by the call budget
+    /// (after a ThrottlingException every caller pauses for a second), waiting each requeue out.
+    async fn reconcile_through_deferrals(&self, namespace: &str, name: &str) {
+        for _ in 0..10 {
+            let before = self.emulator.state().calls().total();
+            let action = self.reconcile(namespace, name).await.expect("reconciled");
+            if self.emulator.state().calls().total() > before {
+                return;
+            }
+            tokio::time::sleep(support::requeue_of(&action).min(Duration::from_secs(2))).await;
+        }
+        panic!("{namespace}/{name} was deferred ten times in a row");
+    }
+
+    fn calls(&self, op: &str) -> u64 {
+        self.emulator.state().calls().count(op)
+    }
+
+    /// Status writes to policies so far.
+    fn status_writes(&self) -> usize {
+        self.api
+            .requests_to::<ConnectionAcceptancePolicy>()
+            .iter()
+            .filter(|r| r.method == http::Method::PATCH && r.path.ends_with("/status"))
+            .count()
+    }
+
+    /// (reason, type) of the Events about policies, in order.
+    fn events(&self) -> Vec<(String, String)> {
+        self.api
+            .events()
+            .iter()
+            .filter(|e| e["regarding"]["kind"] == "ConnectionAcceptancePolicy")
+            .map(|e| {
+                (
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                    e["type"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn metric(&self, decision: &str) -> String {
+        let text = self.ctx.metrics.encode();
+        let series = format!("eac_acceptance_decisions_total{{decision=\"{decision}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or("missing")
+            .to_string()
+    }
+}
+
+fn context(api: &FakeApi, emulator: &RunningEmulator, settings: &Settings) -> Arc<Context> {
+    let metrics = Metrics::new();
+    // The controller's own credentials: not the environment account's key.
+    let proton = Proton::with_static_credentials(
+        ProtonSettings {
+            default_region: REGION.into(),
+            endpoint: Some(emulator.url()),
+            sts_endpoint: None,
+            timeout: Duration::from_secs(10),
+        },
+        CallBudget::unlimited(),
+        metrics.clone(),
+    );
+    Arc::new(Context::new(
+        api.client(),
+        proton,
+        settings.clone(),
+        metrics,
+        kube::runtime::events::Reporter {
+            controller: "eac-controller".into(),
+            instance: Some("test".into()),
+        },
+    ))
+}
+
+fn policy(accounts: &[&str], names: Option<&[&str]>, unmatched: UnmatchedRequests) -> Spec {
+    Spec {
+        management_account_id: MGMT.into(),
+        region: None,
+        environment_account_ids: accounts.iter().map(|a| a.to_string()).collect(),
+        environment_names: names.map(|n| n.iter().map(|s| s.to_string()).collect()),
+        unmatched,
+    }
+}
+
+fn condition(status: &Status, type_: &str) -> (String, String) {
+    let c = status
+        .condition(type_)
+        .unwrap_or_else(|| panic!("no {type_} in {status:#?}"));
+    (c.status.clone(), c.reason.clone())
+}
+
+fn ids<T>(list: &[T], id: impl Fn(&T) -> &str) -> Vec<String> {
+    let mut out: Vec<String> = list.iter().map(|x| id(x).to_string()).collect();
+    out.sort();
+    out
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_policy_accepts_exactly_the_matching_requests_and_reports_the_rest() {
+    let m = Mgmt::start().await;
+    let (prod_eu, account) = m.request("prod-eu").await;
+    let (prod_us, _) = m.request("prod-us").await;
+    let (dev, _) = m.request("dev").await;
+    m.apply(
+        NS,
+        POLICY,
+        policy(
+            &[&account, STRANGER],
+            Some(&["prod-*"]),
+            UnmatchedRequests::Leave,
+        ),
+    );
+
+    m.reconcile(NS, POLICY).await.unwrap();
+
+    assert_eq!(m.state_of(&prod_eu), "CONNECTED");
+    assert_eq!(m.state_of(&prod_us), "CONNECTED");
+    assert_eq!(m.state_of(&dev), "PENDING", "left for someone to decide");
+    assert_eq!(m.calls(ACCEPT), 2);
+    assert_eq!(m.calls(REJECT), 0);
+    let status = m.status(NS, POLICY);
+    assert_eq!(status.accepted_count, 2);
+    assert_eq!(
+        ids(&status.accepted, |d| &d.id),
+        sorted(vec![prod_eu.clone(), prod_us.clone()])
+    );
+    assert!(
+        status
+            .accepted
+            .iter()
+            .all(|d| d.environment_account_id == account)
+    );
+    assert!(status.accepted.iter().all(|d| d.decided_at.ends_with('Z')));
+    assert_eq!(status.left_pending_count, 1);
+    assert_eq!(status.left_pending[0].id, dev);
+    assert_eq!(status.left_pending[0].environment_name, "dev");
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.region.as_deref(), Some(REGION));
+    assert_eq!(
+        condition(&status, "Ready"),
+        ("True".into(), "Applied".into())
+    );
+    assert_eq!(condition(&status, "Synced").0, "True");
+    assert_eq!(condition(&status, "Stalled").0, "False");
+    assert_eq!(
+        m.events(),
+        [
+            ("Accepted".into(), "Normal".into()),
+            ("Accepted".into(), "Normal".into()),
+            ("LeftPending".into(), "Warning".into()),
+        ]
+    );
+    assert_eq!(m.metric("accepted"), "2");
+    assert_eq!(m.metric("rejected"), "0");
+    assert_eq!(m.metric("left_pending"), "1");
+}
+
+#[tokio::test]
+async fn unmatched_requests_are_rejected_only_when_the_policy_says_so() {
+    let m = Mgmt::start().await;
+    let (prod, account) = m.request("prod-eu").await;
+    let (dev, _) = m.request("dev").await;
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], Some(&["prod-*"]), UnmatchedRequests::Reject),
+    );
+
+    m.reconcile(NS, POLICY).await.unwrap();
+
+    assert_eq!(m.state_of(&prod), "CONNECTED");
+    assert_eq!(m.state_of(&dev), "REJECTED");
+    assert_eq!(m.calls(GET), 1, "re-read before rejecting");
+    assert_eq!(m.calls(REJECT), 1);
+    let status = m.status(NS, POLICY);
+    assert_eq!(status.rejected_count, 1);
+    assert_eq!(status.rejected[0].id, dev);
+    assert_eq!(status.left_pending_count, 0);
+    assert_eq!(
+        m.events(),
+        [
+            ("Accepted".into(), "Normal".into()),
+            ("Rejected".into(), "Normal".into())
+        ]
+    );
+    assert_eq!(m.metric("rejected"), "1");
+}
+
+#[tokio::test]
+async fn connections_no_longer_pending_are_never_touched() {
+    let m = Mgmt::start().await;
+    let (accepted, account) = m.request("prod-a").await;
+    let (rejected, _) = m.request("prod-b").await;
+    m.emulator.state().accept(&accepted).unwrap();
+    m.emulator.state().reject(&rejected).unwrap();
+    // A policy that would accept them, and one that would reject anything else.
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], None, UnmatchedRequests::Leave),
+    );
+    m.apply(
+        NS,
+        "reject-rest",
+        policy(&[STRANGER], None, UnmatchedRequests::Reject),
+    );
+    m.emulator.state().reset_calls();
+
+    m.reconcile(NS, POLICY).await.unwrap();
+    m.reconcile(NS, "reject-rest").await.unwrap();
+
+    assert_eq!(m.calls(ACCEPT) + m.calls(REJECT) + m.calls(GET), 0);
+    assert_eq!(m.calls(LIST), 2);
+    assert_eq!(m.state_of(&accepted), "CONNECTED");
+    assert_eq!(m.state_of(&rejected), "REJECTED");
+    assert_eq!(m.status(NS, POLICY).accepted_count, 0);
+}
+
+#[tokio::test]
+async fn a_request_matched_by_any_policy_is_not_rejected_by_another() {
+    let m = Mgmt::start().await;
+    let (dev, account) = m.request("dev").await;
+    let (stray, _) = m.request("stray").await;
+    // The payments team's policy accepts dev, but is paused: it still protects dev from the
+    // platform policy, which rejects what no policy matches.
+    m.apply(
+        "payments",
+        "accept-dev",
+        policy(&[&account], Some(&["dev"]), UnmatchedRequests::Leave),
+    );
+    m.api
+        .edit_object::<ConnectionAcceptancePolicy>("payments", "accept-dev", |p| {
+            p.annotations_mut()
+                .insert(PAUSED_ANNOTATION.into(), "true".into());
+        });
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], Some(&["prod-*"]), UnmatchedRequests::Reject),
+    );
+
+    m.reconcile(NS, POLICY).await.unwrap();
+
+    assert_eq!(
+        m.state_of(&dev),
+        "PENDING",
+        "matched by the payments policy"
+    );
+    assert_eq!(m.state_of(&stray), "REJECTED", "matched by no policy");
+    // Resumed, the payments policy accepts it.
+    m.api
+        .edit_object::<ConnectionAcceptancePolicy>("payments", "accept-dev", |p| {
+            p.annotations_mut().remove(PAUSED_ANNOTATION);
+        });
+    m.reconcile("payments", "accept-dev").await.unwrap();
+    assert_eq!(m.state_of(&dev), "CONNECTED");
+    assert_eq!(m.status("payments", "accept-dev").accepted[0].id, dev);
+}
+
+#[tokio::test]
+async fn a_paused_policy_makes_no_call() {
+    let m = Mgmt::start().await;
+    let (prod, account) = m.request("prod-eu").await;
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], None, UnmatchedRequests::Reject),
+    );
+    m.api
+        .edit_object::<ConnectionAcceptancePolicy>(NS, POLICY, |p| {
+            p.annotations_mut()
+                .insert(PAUSED_ANNOTATION.into(), "true".into());
+        });
+    m.emulator.state().reset_calls();
+
+    m.reconcile(NS, POLICY).await.unwrap();
+
+    assert_eq!(m.emulator.state().calls().total(), 0);
+    assert_eq!(m.state_of(&prod), "PENDING");
+    let status = m.status(NS, POLICY);
+    assert_eq!(
+        condition(&status, "Synced"),
+        ("False".into(), "Paused".into())
+    );
+    assert_eq!(m.events(), [("Paused".into(), "Normal".into())]);
+}
+
+#[tokio::test]
+async fn accepting_is_idempotent_across_restarts_and_an_idle_policy_writes_nothing() {
+    let mut m = Mgmt::start().await;
+    let (prod, account) = m.request("prod-eu").await;
+    let (dev, _) = m.request("dev").await;
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], Some(&["prod-*"]), UnmatchedRequests::Leave),
+    );
+    m.reconcile(NS, POLICY).await.unwrap();
+    assert_eq!(m.state_of(&prod), "CONNECTED");
+    let written = m.status(NS, POLICY);
+    let writes = m.status_writes();
+    let events = m.events().len();
+    assert_eq!(writes, 1);
+
+    // Idle: one List per interval, no write, no Event.
+    m.emulator.state().reset_calls();
+    for _ in 0..3 {
+        m.reconcile(NS, POLICY).await.unwrap();
+    }
+    let calls = m.emulator.state().calls();
+    assert_eq!(calls.count(LIST), 3);
+    assert_eq!(
+        calls.count(ACCEPT) + calls.count(REJECT) + calls.count(GET),
+        0
+    );
+    assert_eq!(m.status_writes(), writes, "an idle policy writes nothing");
+    assert_eq!(
+        m.events().len(),
+        events,
+        "dev is announced once, not at every poll"
+    );
+
+    // A new process: nothing remembered, still nothing to do and nothing to say.
+    m.restart();
+    m.reconcile(NS, POLICY).await.unwrap();
+    assert_eq!(m.emulator.state().calls().count(ACCEPT), 0);
+    assert_eq!(m.status_writes(), writes);
+    assert_eq!(m.events().len(), events);
+    assert_eq!(m.status(NS, POLICY), written);
+    assert_eq!(m.state_of(&dev), "PENDING");
+}
+
+#[tokio::test]
+async fn a_new_request_is_accepted_at_the_next_poll() {
+    let m = Mgmt::start().await;
+    let (_, account) = m.request("prod-1").await;
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], None, UnmatchedRequests::Leave),
+    );
+    m.reconcile(NS, POLICY).await.unwrap();
+    let (second, _) = m.request("prod-2").await;
+    m.reconcile(NS, POLICY).await.unwrap();
+    assert_eq!(m.state_of(&second), "CONNECTED");
+    let status = m.status(NS, POLICY);
+    assert_eq!(status.accepted_count, 2);
+    assert_eq!(status.accepted[0].id, second, "newest first");
+}
+
+#[tokio::test]
+async fn a_throttled_accept_is_reported_and_retried() {
+    let m = Mgmt::start().await;
+    let (prod, account) = m.request("prod-eu").await;
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], None, UnmatchedRequests::Leave),
+    );
+    m.emulator
+        .state()
+        .fail_next(ACCEPT, "ThrottlingException", 1);
+
+    m.reconcile(NS, POLICY).await.unwrap();
+
+    assert_eq!(m.state_of(&prod), "PENDING");
+    let status = m.status(NS, POLICY);
+    assert_eq!(
+        condition(&status, "Synced"),
+        ("False".into(), "Throttled".into())
+    );
+    assert_eq!(
+        condition(&status, "Stalled").0,
+        "False",
+        "retrying will fix it"
+    );
+    assert!(status.condition("Synced").unwrap().message.contains(ACCEPT));
+    assert_eq!(m.events(), [("Throttled".into(), "Warning".into())]);
+
+    m.reconcile_through_deferrals(NS, POLICY).await;
+    assert_eq!(m.state_of(&prod), "CONNECTED");
+    let status = m.status(NS, POLICY);
+    assert_eq!(condition(&status, "Synced").0, "True");
+    assert_eq!(status.accepted_count, 1);
+}
+
+#[tokio::test]
+async fn a_denied_accept_stalls_the_policy_with_the_aws_message() {
+    let m = Mgmt::start().await;
+    let (prod, account) = m.request("prod-eu").await;
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], None, UnmatchedRequests::Leave),
+    );
+    m.emulator
+        .state()
+        .fail_next(ACCEPT, "AccessDeniedException", 1);
+
+    let action = m.reconcile(NS, POLICY).await.unwrap();
+
+    assert_eq!(m.state_of(&prod), "PENDING");
+    let status = m.status(NS, POLICY);
+    assert_eq!(
+        condition(&status, "Synced"),
+        ("False".into(), "AccessDenied".into())
+    );
+    assert_eq!(
+        condition(&status, "Stalled"),
+        ("True".into(), "AccessDenied".into())
+    );
+    assert_eq!(
+        condition(&status, "Ready"),
+        ("False".into(), "AccessDenied".into())
+    );
+    assert!(
+        support::requeue_of(&action) >= Duration::from_secs(20),
+        "IAM is fixed elsewhere: retried slowly, {action:?}"
+    );
+}
+
+#[tokio::test]
+async fn credentials_of_another_account_decide_nothing() {
+    let m = Mgmt::start().await;
+    let (prod, account) = m.request("prod-eu").await;
+    m.apply(
+        NS,
+        POLICY,
+        Spec {
+            management_account_id: "121212121212".into(),
+            ..policy(&[&account], None, UnmatchedRequests::Reject)
+        },
+    );
+
+    m.reconcile(NS, POLICY).await.unwrap();
+
+    assert_eq!(m.calls(LIST), 0);
+    assert_eq!(m.state_of(&prod), "PENDING");
+    let status = m.status(NS, POLICY);
+    assert_eq!(
+        condition(&status, "Stalled"),
+        ("True".into(), "AccountMismatch".into())
+    );
+}
+
+#[tokio::test]
+async fn a_failed_status_write_loses_no_decision() {
+    let m = Mgmt::start().await;
+    let (prod, account) = m.request("prod-eu").await;
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], None, UnmatchedRequests::Leave),
+    );
+    m.api.fail_status_writes(1);
+
+    assert!(m.reconcile(NS, POLICY).await.is_err(), "the write failed");
+    assert_eq!(m.state_of(&prod), "CONNECTED");
+    assert_eq!(m.events(), [("Accepted".into(), "Normal".into())]);
+
+    m.reconcile(NS, POLICY).await.unwrap();
+    let status = m.status(NS, POLICY);
+    assert_eq!(status.accepted_count, 1, "recorded from the failed write");
+    assert_eq!(status.accepted[0].id, prod);
+    assert_eq!(m.calls(ACCEPT), 1);
+}
+
+#[tokio::test]
+async fn the_controller_reacts_to_a_new_policy_and_stops_on_shutdown() {
+    // The real watch loop against the fake API server: a policy applied while it runs is
+    // reconciled at once (the poll interval is an hour here).
+    let settings = Settings {
+        pending_poll: Duration::from_secs(3600),
+        resync: Duration::from_secs(3600),
+        ..eager_settings()
+    };
+    let m = Mgmt::start_with(settings).await;
+    let (prod, account) = m.request("prod-eu").await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller::run(m.ctx.clone(), None, 2, async {
+        let _ = stop_rx.await;
+    }));
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], None, UnmatchedRequests::Leave),
+    );
+    m.api
+        .wait_until(
+            "the policy accepted the request",
+            Duration::from_secs(10),
+            |api| {
+                api.get_object::<ConnectionAcceptancePolicy>(NS, POLICY)
+                    .and_then(|p| p.status)
+                    .is_some_and(|s| s.accepted_count == 1)
+            },
+        )
+        .await;
+    assert_eq!(m.state_of(&prod), "CONNECTED");
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the controller stops on shutdown")
+        .unwrap();
+    assert_eq!(m.status_writes(), 1, "its own status write woke nothing");
+}
+
+#[tokio::test]
+async fn both_sides_in_one_process_a_requested_connection_is_accepted_and_becomes_connected() {
+    // README's demo: one controller (the emulator's default account plays both sides), an
+    // EnvironmentAccountConnection and a policy that accepts it; no manual AWS call.
+    let env = support::Env::start().await;
+    const ACCOUNT: &str = "444455556666";
+    env.api.create(
+        "demo-eu",
+        "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f",
+        eac_controller::api::EnvironmentAccountConnectionSpec {
+            environment_name: "demo-eu".into(),
+            management_account_id: ACCOUNT.into(),
+            ..Default::default()
+        },
+    );
+    env.reconcile("demo-eu").await.unwrap();
+    let requested = env.api.get("demo-eu").unwrap().status.unwrap();
+    assert_eq!(
+        requested.status,
+        Some(eac_controller::api::ConnectionState::Pending)
+    );
+
+    let ctx = context(&env.api, &env.emulator, &eager_settings());
+    env.api.create_object(
+        NS,
+        "demo",
+        "uid-demo",
+        ConnectionAcceptancePolicy::new(
+            "demo",
+            Spec {
+                management_account_id: ACCOUNT.into(),
+                ..policy(&[ACCOUNT], Some(&["demo-*"]), UnmatchedRequests::Leave)
+            },
+        ),
+    );
+    let obj = env
+        .api
+        .get_object::<ConnectionAcceptancePolicy>(NS, "demo")
+        .unwrap();
+    controller::reconcile(Arc::new(obj), ctx).await.unwrap();
+
+    env.resync("demo-eu").await.unwrap();
+    let connected = env.api.get("demo-eu").unwrap();
+    assert_eq!(
+        connected.status.as_ref().unwrap().status,
+        Some(eac_controller::api::ConnectionState::Connected)
+    );
+    assert_eq!(support::condition(&connected, "Ready").unwrap().0, "True");
+    let policy = env
+        .api
+        .get_object::<ConnectionAcceptancePolicy>(NS, "demo")
+        .unwrap();
+    assert_eq!(policy.status.unwrap().accepted[0].id, requested.id.unwrap());
+}

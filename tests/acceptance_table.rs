@@ -1,0 +1,1230 @@
+//! Decision-table tests of the management side's pure reconcile (`src/acceptance/decide.rs`).
+//!
+//! Synchronous, no I/O. A reconcile is driven as the controller drives it: `Run::next` names a
+//! step, a tiny in-memory Proton (`Fake`) answers it with the raw answer a call would get, and
+//! `Run::record` gives the answer its meaning. The fake interprets nothing: what a conflict or a
+//! NotFound means is decided by the code under test.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use eac_controller::acceptance::api::{
+    ConnectionAcceptancePolicySpec as Spec, ConnectionAcceptancePolicyStatus as Status,
+    PendingRequest, STATUS_LIST_LIMIT, UnmatchedRequests,
+};
+use eac_controller::acceptance::decide::{
+    MAX_DECISIONS, Memory, Outcome, Peer, Policy, Reported, Run, Settled, Step, Tally,
+};
+use eac_controller::api::ConnectionState;
+use eac_controller::budget::CallClass;
+use eac_controller::conditions::{READY, STALLED, SYNCED};
+use eac_controller::decide::{AdoptionPolicy, Note, Settings};
+use eac_controller::proton::{Connection, ErrorClass, ProtonError, RoleArns};
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+const MGMT: &str = "111122223333";
+const OTHER_MGMT: &str = "121212121212";
+/// Environment accounts: the policy under test accepts A; its peer accepts B; the peer in
+/// another region accepts C; nobody accepts D.
+const A: &str = "444455556666";
+const B: &str = "555566667777";
+const C: &str = "666677778888";
+const D: &str = "999900001111";
+const REGION: &str = "us-east-1";
+const OTHER_REGION: &str = "eu-west-1";
+const POLL: Duration = Duration::from_secs(30);
+const JITTER: f64 = 0.5;
+
+const PENDING: ConnectionState = ConnectionState::Pending;
+const CONNECTED: ConnectionState = ConnectionState::Connected;
+const REJECTED: ConnectionState = ConnectionState::Rejected;
+
+fn at(secs: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(1_795_255_200 + secs).unwrap()
+}
+
+fn rfc(secs: i64) -> String {
+    at(secs).to_string()
+}
+
+fn settings() -> Settings {
+    Settings {
+        resync: Duration::from_secs(600),
+        pending_poll: POLL,
+        default_region: REGION.into(),
+        allowed_regions: Vec::new(),
+        adoption: AdoptionPolicy::Everywhere,
+        create_settle: Duration::from_secs(60),
+    }
+}
+
+/// The policy under test: accepts A's requests for `prod-*` environments.
+fn spec(unmatched: UnmatchedRequests) -> Spec {
+    Spec {
+        management_account_id: MGMT.into(),
+        region: None,
+        environment_account_ids: vec![A.into()],
+        environment_names: Some(vec!["prod-*".into()]),
+        unmatched,
+    }
+}
+
+/// The other policy of the same group: accepts B's requests, any name.
+fn peer_spec(unmatched: UnmatchedRequests) -> Spec {
+    Spec {
+        management_account_id: MGMT.into(),
+        region: None,
+        environment_account_ids: vec![B.into()],
+        environment_names: None,
+        unmatched,
+    }
+}
+
+/// A policy of another group (another region): accepts C's requests there.
+fn other_region_spec() -> Spec {
+    Spec {
+        management_account_id: MGMT.into(),
+        region: Some(OTHER_REGION.into()),
+        environment_account_ids: vec![C.into()],
+        environment_names: None,
+        unmatched: UnmatchedRequests::Reject,
+    }
+}
+
+fn request(id: &str, account: &str, environment: &str, state: ConnectionState) -> Connection {
+    request_at(id, account, environment, state, 0)
+}
+
+fn request_at(
+    id: &str,
+    account: &str,
+    environment: &str,
+    state: ConnectionState,
+    requested: i64,
+) -> Connection {
+    Connection {
+        id: id.into(),
+        arn: format!("arn:aws:proton:{REGION}:{account}:environment-account-connection/{id}"),
+        state,
+        environment_name: environment.into(),
+        management_account_id: MGMT.into(),
+        environment_account_id: account.into(),
+        roles: RoleArns::default(),
+        requested_at: rfc(requested),
+        last_modified_at: rfc(requested),
+    }
+}
+
+fn error(class: ErrorClass, code: &str) -> ProtonError {
+    ProtonError {
+        operation: "AcceptEnvironmentAccountConnection",
+        class,
+        code: code.into(),
+        message: format!("{code} from the fake"),
+        retry_in: None,
+    }
+}
+
+/// What a scenario starts from.
+#[derive(Clone)]
+struct Given {
+    spec: Spec,
+    generation: i64,
+    status: Status,
+    paused: bool,
+    quiet: Option<Duration>,
+    failures: u32,
+    memory: Memory,
+    /// The other policies of the cluster: (spec, paused).
+    peers: Vec<(Spec, bool)>,
+    settings: Settings,
+}
+
+impl Given {
+    fn new(spec: Spec) -> Given {
+        Given {
+            spec,
+            generation: 1,
+            status: Status::default(),
+            paused: false,
+            quiet: None,
+            failures: 0,
+            memory: Memory::default(),
+            peers: Vec::new(),
+            settings: settings(),
+        }
+    }
+
+    fn peer(mut self, spec: Spec, paused: bool) -> Given {
+        self.peers.push((spec, paused));
+        self
+    }
+}
+
+/// A tiny Proton: the management account's view of connection requests. List answers every
+/// connection it holds (as today's emulator does, whatever `requestedBy` and `statuses` say), so
+/// the filtering is the decision's.
+#[derive(Clone, Default)]
+struct Fake {
+    account: String,
+    connections: BTreeMap<String, Connection>,
+    /// Applied right after List answers: someone else decides (or withdraws) in between.
+    after_list: Vec<(String, Option<ConnectionState>)>,
+    /// Errors by step name, answered instead of the call (each used once).
+    failures: BTreeMap<&'static str, Vec<ProtonError>>,
+    calls: Vec<String>,
+    clock: i64,
+}
+
+impl Fake {
+    fn with(requests: &[Connection]) -> Fake {
+        Fake {
+            account: MGMT.into(),
+            connections: requests.iter().map(|c| (c.id.clone(), c.clone())).collect(),
+            clock: 1_000,
+            ..Fake::default()
+        }
+    }
+
+    fn fail(&mut self, step: &'static str, e: ProtonError) {
+        self.failures.entry(step).or_default().push(e);
+    }
+
+    fn answer(&mut self, step: &Step) -> Result<Outcome, ProtonError> {
+        let label = match step {
+            Step::WhoAmI => "WhoAmI".to_string(),
+            Step::List { region } => format!("List {region}"),
+            Step::Accept { id } => format!("Accept {id}"),
+            Step::Get { id } => format!("Get {id}"),
+            Step::Reject { id } => format!("Reject {id}"),
+            other => panic!("not an AWS step: {other:?}"),
+        };
+        self.calls.push(label);
+        if let Some(queue) = self.failures.get_mut(step.name())
+            && !queue.is_empty()
+        {
+            return Err(queue.remove(0));
+        }
+        self.clock += 1;
+        let now = rfc(self.clock);
+        let not_found = || ProtonError {
+            operation: "op",
+            class: ErrorClass::NotFound,
+            code: "ResourceNotFoundException".into(),
+            message: "not found".into(),
+            retry_in: None,
+        };
+        let conflict = |c: &Connection| ProtonError {
+            operation: "op",
+            class: ErrorClass::Conflict,
+            code: "ConflictException".into(),
+            message: format!("{} is {}", c.id, c.state.as_str()),
+            retry_in: None,
+        };
+        match step {
+            Step::WhoAmI => Ok(Outcome::Account(self.account.clone())),
+            Step::List { .. } => {
+                let listed = self.connections.values().cloned().collect();
+                for (id, change) in std::mem::take(&mut self.after_list) {
+                    match change {
+                        Some(state) => {
+                            if let Some(c) = self.connections.get_mut(&id) {
+                                c.state = state;
+                            }
+                        }
+                        None => {
+                            self.connections.remove(&id);
+                        }
+                    }
+                }
+                Ok(Outcome::Requests(listed))
+            }
+            Step::Get { id } => self
+                .connections
+                .get(id)
+                .cloned()
+                .map(|c| Outcome::Connection(Box::new(c)))
+                .ok_or_else(not_found),
+            Step::Accept { id } | Step::Reject { id } => {
+                let accept = matches!(step, Step::Accept { .. });
+                let c = self.connections.get_mut(id).ok_or_else(not_found)?;
+                let allowed = if accept {
+                    c.state == PENDING
+                } else {
+                    c.state != REJECTED
+                };
+                if !allowed {
+                    return Err(conflict(c));
+                }
+                c.state = if accept { CONNECTED } else { REJECTED };
+                c.last_modified_at = now;
+                Ok(Outcome::Connection(Box::new(c.clone())))
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// How a reconcile ended.
+struct Ended {
+    step: Step,
+    tally: Tally,
+    memory: Memory,
+    /// (step, budget class) of every Proton step, in order.
+    classes: Vec<(String, CallClass)>,
+}
+
+impl Ended {
+    fn settled(&self) -> &Settled {
+        match &self.step {
+            Step::Settle(s) => s,
+            other => panic!("expected Settle, got {other:?}"),
+        }
+    }
+
+    fn reported(&self) -> &Reported {
+        match &self.step {
+            Step::Report(r) => r,
+            other => panic!("expected Report, got {other:?}"),
+        }
+    }
+
+    fn status(&self) -> &Status {
+        match &self.step {
+            Step::Settle(s) => &s.status,
+            Step::Report(r) => &r.status,
+            Step::Defer {
+                status: Some(s), ..
+            } => s,
+            other => panic!("no status in {other:?}"),
+        }
+    }
+
+    fn events(&self) -> Vec<(&'static str, bool)> {
+        let notes: &[Note] = match &self.step {
+            Step::Settle(s) => &s.events,
+            Step::Report(r) => &r.events,
+            Step::Defer { events, .. } => events,
+            _ => &[],
+        };
+        notes.iter().map(|n| (n.reason, n.warning)).collect()
+    }
+}
+
+/// Runs one reconcile to its final step against the fake.
+fn run(given: &Given, fake: &mut Fake) -> Ended {
+    let peers: Vec<Peer> = given
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, (spec, paused))| Peer {
+            namespace: "team",
+            name: ["peer-0", "peer-1", "peer-2", "peer-3"][i],
+            spec,
+            paused: *paused,
+        })
+        .collect();
+    let policy = Policy {
+        uid: "uid-1",
+        namespace: "platform",
+        name: "accept-prod",
+        generation: given.generation,
+        spec: &given.spec,
+        status: &given.status,
+        paused: given.paused,
+        quiet: given.quiet,
+        failures: given.failures,
+    };
+    let mut run = Run::new(policy, &peers, &given.settings, &given.memory, JITTER);
+    let mut classes = Vec::new();
+    for _ in 0..1_000 {
+        let step = run.next(at(2_000));
+        if step.is_final() {
+            return Ended {
+                step,
+                tally: run.tally(),
+                memory: run.memory().clone(),
+                classes,
+            };
+        }
+        // WhoAmI is STS (cached), outside the Proton call budget.
+        if step != Step::WhoAmI {
+            classes.push((step.name().to_string(), run.class_of(&step)));
+        }
+        let answer = fake.answer(&step);
+        run.record(&step, answer);
+    }
+    panic!("the reconcile did not end");
+}
+
+fn condition(status: &Status, type_: &str) -> (String, String) {
+    let c = status
+        .condition(type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:#?}"));
+    (c.status.clone(), c.reason.clone())
+}
+
+fn ids(list: &[impl HasId]) -> Vec<&str> {
+    list.iter().map(HasId::id).collect()
+}
+
+trait HasId {
+    fn id(&self) -> &str;
+}
+impl HasId for PendingRequest {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+impl HasId for eac_controller::acceptance::api::Decision {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table: request state x who matches x the policy's option x the peer's option
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Matched {
+    /// The policy under test (account A, name prod-*).
+    ThisPolicy,
+    /// The peer of the same group (account B).
+    Peer,
+    /// Account A but another name: the policy's account, not its names.
+    NameOnly,
+    /// Only a policy of another region (account C): no policy of this group.
+    OtherGroupOnly,
+    /// Nobody (account D).
+    Nobody,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerPolicy {
+    None,
+    Leave,
+    Reject,
+    PausedReject,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    Accepted,
+    Rejected,
+    LeftPending,
+    /// No call about it, not in the status.
+    Untouched,
+}
+
+fn requester(m: Matched) -> (&'static str, &'static str) {
+    match m {
+        Matched::ThisPolicy => (A, "prod-eu"),
+        Matched::Peer => (B, "anything"),
+        Matched::NameOnly => (A, "dev"),
+        Matched::OtherGroupOnly => (C, "prod-eu"),
+        Matched::Nobody => (D, "prod-eu"),
+    }
+}
+
+/// The rule, written out: what should happen to one listed request.
+fn expected(
+    state: ConnectionState,
+    matched: Matched,
+    unmatched: UnmatchedRequests,
+    peer: PeerPolicy,
+) -> Expect {
+    if state != PENDING {
+        return Expect::Untouched;
+    }
+    let peer_matches = matched == Matched::Peer && peer != PeerPolicy::None;
+    match matched {
+        Matched::ThisPolicy => Expect::Accepted,
+        _ if peer_matches => Expect::Untouched,
+        _ if unmatched == UnmatchedRequests::Reject => Expect::Rejected,
+        // Another active policy of the group rejects unmatched requests: they are on their way
+        // out, not left pending.
+        _ if peer == PeerPolicy::Reject => Expect::Untouched,
+        _ => Expect::LeftPending,
+    }
+}
+
+#[test]
+fn every_request_state_matching_option_and_peer_combination() {
+    let states = [PENDING, CONNECTED, REJECTED];
+    let matches = [
+        Matched::ThisPolicy,
+        Matched::Peer,
+        Matched::NameOnly,
+        Matched::OtherGroupOnly,
+        Matched::Nobody,
+    ];
+    let options = [UnmatchedRequests::Leave, UnmatchedRequests::Reject];
+    let peers = [
+        PeerPolicy::None,
+        PeerPolicy::Leave,
+        PeerPolicy::Reject,
+        PeerPolicy::PausedReject,
+    ];
+    let mut rows = 0;
+    for state in states {
+        for matched in matches {
+            for unmatched in options {
+                for peer in peers {
+                    rows += 1;
+                    let case =
+                        format!("{state:?} {matched:?} unmatched={unmatched:?} peer={peer:?}");
+                    let mut given = Given::new(spec(unmatched)).peer(other_region_spec(), false);
+                    given = match peer {
+                        PeerPolicy::None => given,
+                        PeerPolicy::Leave => given.peer(peer_spec(UnmatchedRequests::Leave), false),
+                        PeerPolicy::Reject => {
+                            given.peer(peer_spec(UnmatchedRequests::Reject), false)
+                        }
+                        PeerPolicy::PausedReject => {
+                            given.peer(peer_spec(UnmatchedRequests::Reject), true)
+                        }
+                    };
+                    let (account, environment) = requester(matched);
+                    let id = "c0000000-0000-4000-8000-000000000001";
+                    let mut fake = Fake::with(&[request(id, account, environment, state)]);
+                    let ended = run(&given, &mut fake);
+                    let settled = ended.settled();
+                    let status = &settled.status;
+                    let aws: Vec<&str> = fake.calls.iter().map(String::as_str).collect();
+                    let want = expected(state, matched, unmatched, peer);
+                    match want {
+                        Expect::Accepted => {
+                            assert_eq!(
+                                aws,
+                                ["WhoAmI", "List us-east-1", &format!("Accept {id}")],
+                                "{case}"
+                            );
+                            assert_eq!(ids(&status.accepted), [id], "{case}");
+                            assert_eq!(status.accepted_count, 1, "{case}");
+                            assert_eq!(fake.connections[id].state, CONNECTED, "{case}");
+                            assert_eq!(ended.events(), [("Accepted", false)], "{case}");
+                        }
+                        Expect::Rejected => {
+                            assert_eq!(
+                                aws,
+                                [
+                                    "WhoAmI",
+                                    "List us-east-1",
+                                    &format!("Get {id}"),
+                                    &format!("Reject {id}")
+                                ],
+                                "{case}"
+                            );
+                            assert_eq!(ids(&status.rejected), [id], "{case}");
+                            assert_eq!(status.rejected_count, 1, "{case}");
+                            assert_eq!(fake.connections[id].state, REJECTED, "{case}");
+                            assert_eq!(ended.events(), [("Rejected", false)], "{case}");
+                        }
+                        Expect::LeftPending => {
+                            assert_eq!(aws, ["WhoAmI", "List us-east-1"], "{case}");
+                            assert_eq!(ids(&status.left_pending), [id], "{case}");
+                            assert_eq!(status.left_pending_count, 1, "{case}");
+                            assert_eq!(ended.events(), [("LeftPending", true)], "{case}");
+                            assert_eq!(ended.tally.left_pending, 1, "{case}");
+                        }
+                        Expect::Untouched => {
+                            assert_eq!(aws, ["WhoAmI", "List us-east-1"], "{case}");
+                            assert!(status.left_pending.is_empty(), "{case}");
+                            assert_eq!(status.left_pending_count, 0, "{case}");
+                            assert_eq!(ended.events(), [], "{case}");
+                            assert_eq!(fake.connections[id].state, state, "{case}");
+                        }
+                    }
+                    if want != Expect::Accepted {
+                        assert!(status.accepted.is_empty(), "{case}");
+                    }
+                    if want != Expect::Rejected {
+                        assert!(status.rejected.is_empty(), "{case}");
+                    }
+                    // Whatever was decided, the policy is in effect.
+                    assert_eq!(
+                        condition(status, READY),
+                        ("True".into(), "Applied".into()),
+                        "{case}"
+                    );
+                    assert_eq!(condition(status, SYNCED).0, "True", "{case}");
+                    assert_eq!(condition(status, STALLED).0, "False", "{case}");
+                    assert_eq!(status.observed_generation, Some(1), "{case}");
+                    assert_eq!(status.region.as_deref(), Some(REGION), "{case}");
+                }
+            }
+        }
+    }
+    assert_eq!(rows, 3 * 5 * 2 * 4);
+}
+
+#[test]
+fn a_request_matched_by_any_policy_of_the_group_is_never_rejected() {
+    // Two rejecting policies, each matching half of the requests: everything is matched by one
+    // of them, so nothing is rejected by either; each accepts its own.
+    let mine = request_at("c-a", A, "prod-1", PENDING, 1);
+    let theirs = request_at("c-b", B, "x", PENDING, 2);
+    let stranger = request_at("c-d", D, "prod-1", PENDING, 3);
+    let given = Given::new(spec(UnmatchedRequests::Reject))
+        .peer(peer_spec(UnmatchedRequests::Reject), false);
+    let mut fake = Fake::with(&[mine, theirs, stranger]);
+    let ended = run(&given, &mut fake);
+    let status = &ended.settled().status;
+    assert_eq!(ids(&status.accepted), ["c-a"]);
+    assert_eq!(ids(&status.rejected), ["c-d"]);
+    assert_eq!(
+        fake.connections["c-b"].state, PENDING,
+        "the peer's request is the peer's"
+    );
+    assert!(
+        !fake.calls.iter().any(|c| c.ends_with("c-b")),
+        "{:?}",
+        fake.calls
+    );
+    // And seen from the peer: it accepts its own, and rejects nothing of ours.
+    let peer = Given::new(peer_spec(UnmatchedRequests::Reject))
+        .peer(spec(UnmatchedRequests::Reject), false);
+    let mut fake = Fake::with(&[
+        request_at("c-a2", A, "prod-2", PENDING, 1),
+        request_at("c-b2", B, "x", PENDING, 2),
+    ]);
+    let ended = run(&peer, &mut fake);
+    assert_eq!(ids(&ended.settled().status.accepted), ["c-b2"]);
+    assert_eq!(fake.connections["c-a2"].state, PENDING);
+}
+
+#[test]
+fn a_request_matched_by_two_policies_is_accepted_once_and_the_late_one_records_nothing() {
+    let both = request("c-1", A, "prod-eu", PENDING);
+    let mut fake = Fake::with(&[both]);
+    let given = Given::new(spec(UnmatchedRequests::Leave)).peer(
+        Spec {
+            environment_account_ids: vec![A.into()],
+            ..peer_spec(UnmatchedRequests::Leave)
+        },
+        false,
+    );
+    // The other policy accepted it between this reconcile's List and its Accept.
+    fake.after_list.push(("c-1".into(), Some(CONNECTED)));
+    let ended = run(&given, &mut fake);
+    let status = &ended.settled().status;
+    assert!(status.accepted.is_empty());
+    assert_eq!(status.accepted_count, 0);
+    assert_eq!(ended.events(), []);
+    assert_eq!(
+        condition(status, SYNCED).0,
+        "True",
+        "a conflict is not an error"
+    );
+}
+
+#[test]
+fn requests_to_another_management_account_are_never_touched() {
+    // Today's emulator lists every connection of the region; the decision keeps only those made
+    // to the policy's management account.
+    let mut elsewhere = request("c-x", A, "prod-eu", PENDING);
+    elsewhere.management_account_id = OTHER_MGMT.into();
+    let mut stranger = request("c-y", D, "prod-eu", PENDING);
+    stranger.management_account_id = OTHER_MGMT.into();
+    let mut fake = Fake::with(&[elsewhere, stranger]);
+    let ended = run(&Given::new(spec(UnmatchedRequests::Reject)), &mut fake);
+    assert_eq!(fake.calls, ["WhoAmI", "List us-east-1"]);
+    let status = &ended.settled().status;
+    assert!(status.accepted.is_empty() && status.rejected.is_empty());
+    assert_eq!(status.left_pending_count, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Races: someone else decides between the List and the call
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn races_between_the_list_and_the_decision() {
+    struct Row {
+        name: &'static str,
+        unmatched: UnmatchedRequests,
+        account: &'static str,
+        change: Option<ConnectionState>,
+        calls: &'static [&'static str],
+        final_state: Option<ConnectionState>,
+    }
+    #[rustfmt::skip]
+    let rows = [
+        Row { name: "accept: rejected meanwhile", unmatched: UnmatchedRequests::Leave, account: A, change: Some(REJECTED), calls: &["Accept c-1"], final_state: Some(REJECTED) },
+        Row { name: "accept: accepted meanwhile", unmatched: UnmatchedRequests::Leave, account: A, change: Some(CONNECTED), calls: &["Accept c-1"], final_state: Some(CONNECTED) },
+        Row { name: "accept: withdrawn meanwhile", unmatched: UnmatchedRequests::Leave, account: A, change: None, calls: &["Accept c-1"], final_state: None },
+        Row { name: "reject: accepted meanwhile", unmatched: UnmatchedRequests::Reject, account: D, change: Some(CONNECTED), calls: &["Get c-1"], final_state: Some(CONNECTED) },
+        Row { name: "reject: rejected meanwhile", unmatched: UnmatchedRequests::Reject, account: D, change: Some(REJECTED), calls: &["Get c-1"], final_state: Some(REJECTED) },
+        Row { name: "reject: withdrawn meanwhile", unmatched: UnmatchedRequests::Reject, account: D, change: None, calls: &["Get c-1"], final_state: None },
+    ];
+    for row in rows {
+        let mut fake = Fake::with(&[request("c-1", row.account, "prod-eu", PENDING)]);
+        fake.after_list.push(("c-1".into(), row.change));
+        let ended = run(&Given::new(spec(row.unmatched)), &mut fake);
+        assert_eq!(&fake.calls[2..], row.calls, "{}", row.name);
+        assert_eq!(
+            fake.connections.get("c-1").map(|c| c.state),
+            row.final_state,
+            "{}: a connection no longer PENDING is never changed",
+            row.name
+        );
+        let status = &ended.settled().status;
+        assert!(
+            status.accepted.is_empty() && status.rejected.is_empty(),
+            "{}",
+            row.name
+        );
+        assert!(status.left_pending.is_empty(), "{}", row.name);
+        assert_eq!(ended.events(), [], "{}", row.name);
+        assert_eq!(condition(status, SYNCED).0, "True", "{}", row.name);
+    }
+}
+
+#[test]
+fn a_reject_answered_with_a_conflict_records_nothing() {
+    let mut fake = Fake::with(&[request("c-1", D, "prod-eu", PENDING)]);
+    fake.fail("Reject", {
+        let mut e = error(ErrorClass::Conflict, "ConflictException");
+        e.operation = "RejectEnvironmentAccountConnection";
+        e
+    });
+    let ended = run(&Given::new(spec(UnmatchedRequests::Reject)), &mut fake);
+    let status = &ended.settled().status;
+    assert!(status.rejected.is_empty());
+    assert_eq!(condition(status, SYNCED).0, "True");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn errors_are_reported_in_conditions_with_their_class() {
+    #[rustfmt::skip]
+    let rows = [
+        (ErrorClass::Throttled, "ThrottlingException", "Throttled", false, Duration::from_secs(1)),
+        (ErrorClass::Transient, "InternalServerException", "AwsUnavailable", false, Duration::from_secs(1)),
+        (ErrorClass::AccessDenied, "AccessDeniedException", "AccessDenied", true, Duration::from_secs(30)),
+        (ErrorClass::Validation, "ValidationException", "InvalidSpec", true, Duration::from_secs(60)),
+    ];
+    for (class, code, reason, stalled, requeue) in rows {
+        // Two requests: the first accepted, the second's Accept fails.
+        let mut fake = Fake::with(&[
+            request_at("c-1", A, "prod-1", PENDING, 1),
+            request_at("c-2", A, "prod-2", PENDING, 2),
+        ]);
+        fake.calls.clear();
+        let mut given = Given::new(spec(UnmatchedRequests::Leave));
+        // It was in effect before: a passing fault leaves Ready as it was.
+        given.status = run(&given, &mut Fake::with(&[])).settled().status.clone();
+        fake.failures.insert("Accept", vec![]);
+        // Fail the second Accept only.
+        let mut first = true;
+        let ended = {
+            let peers: Vec<Peer> = Vec::new();
+            let policy = Policy {
+                uid: "u",
+                namespace: "platform",
+                name: "p",
+                generation: 1,
+                spec: &given.spec,
+                status: &given.status,
+                paused: false,
+                quiet: None,
+                failures: 0,
+            };
+            let memory = Memory::default();
+            let settings = settings();
+            let mut r = Run::new(policy, &peers, &settings, &memory, JITTER);
+            loop {
+                let step = r.next(at(3_000));
+                if step.is_final() {
+                    break (step, r.memory().clone(), r.tally());
+                }
+                let answer = match &step {
+                    Step::Accept { .. } if !first => Err(error(class, code)),
+                    Step::Accept { .. } => {
+                        first = false;
+                        fake.answer(&step)
+                    }
+                    _ => fake.answer(&step),
+                };
+                r.record(&step, answer);
+            }
+        };
+        let (step, memory, tally) = ended;
+        let Step::Report(reported) = step else {
+            panic!("{code}: expected a report, got {step:?}");
+        };
+        let status = &reported.status;
+        assert_eq!(reported.problem.reason, reason, "{code}");
+        assert_eq!(
+            condition(status, SYNCED),
+            ("False".into(), reason.into()),
+            "{code}"
+        );
+        assert_eq!(
+            condition(status, STALLED).0,
+            if stalled { "True" } else { "False" },
+            "{code}"
+        );
+        let ready = condition(status, READY);
+        if stalled {
+            assert_eq!(ready, ("False".into(), reason.into()), "{code}");
+        } else {
+            assert_eq!(
+                ready,
+                ("True".into(), "Applied".into()),
+                "{code}: Ready kept"
+            );
+        }
+        assert!(
+            status.condition(SYNCED).unwrap().message.contains(code),
+            "{code}: the AWS message is shown"
+        );
+        // The decision made before the failure is recorded, and announced.
+        assert_eq!(ids(&status.accepted), ["c-1"], "{code}");
+        assert_eq!(tally.accepted, 1, "{code}");
+        let reasons: Vec<&str> = reported.events.iter().map(|n| n.reason).collect();
+        assert_eq!(reasons, ["Accepted", reason], "{code}");
+        assert!(
+            memory.backlog,
+            "{code}: the rest is work for the next reconcile"
+        );
+        let jittered = (reported.requeue.as_secs_f64() / requeue.as_secs_f64() - 1.0).abs();
+        assert!(jittered < 1e-9, "{code}: {:?}", reported.requeue);
+    }
+}
+
+#[test]
+fn the_same_error_twice_is_announced_once() {
+    let given = Given::new(spec(UnmatchedRequests::Leave));
+    let mut fake = Fake::with(&[]);
+    fake.fail(
+        "List",
+        error(ErrorClass::AccessDenied, "AccessDeniedException"),
+    );
+    let first = run(&given, &mut fake);
+    assert_eq!(first.events(), [("AccessDenied", true)]);
+    let again = Given {
+        status: first.status().clone(),
+        failures: 1,
+        ..given
+    };
+    fake.fail(
+        "List",
+        error(ErrorClass::AccessDenied, "AccessDeniedException"),
+    );
+    let second = run(&again, &mut fake);
+    assert_eq!(second.events(), []);
+    assert_eq!(second.status(), first.status(), "nothing new to write");
+    assert_eq!(
+        second.reported().requeue,
+        Duration::from_secs(60),
+        "backs off: 30 s, then 60 s"
+    );
+}
+
+#[test]
+fn credentials_of_another_account_make_no_list_and_no_decision() {
+    let mut fake = Fake::with(&[request("c-1", A, "prod-eu", PENDING)]);
+    fake.account = "777788889999".into();
+    let ended = run(&Given::new(spec(UnmatchedRequests::Reject)), &mut fake);
+    assert_eq!(fake.calls, ["WhoAmI"]);
+    let status = &ended.reported().status;
+    assert_eq!(
+        condition(status, SYNCED),
+        ("False".into(), "AccountMismatch".into())
+    );
+    assert_eq!(condition(status, STALLED).0, "True");
+    assert!(
+        status
+            .condition(SYNCED)
+            .unwrap()
+            .message
+            .contains("777788889999")
+    );
+}
+
+#[test]
+fn a_region_the_controller_may_not_act_in_makes_no_call() {
+    let mut given = Given::new(Spec {
+        region: Some(OTHER_REGION.into()),
+        ..spec(UnmatchedRequests::Leave)
+    });
+    given.settings.allowed_regions = vec![REGION.into()];
+    let mut fake = Fake::with(&[]);
+    let ended = run(&given, &mut fake);
+    assert!(fake.calls.is_empty());
+    assert_eq!(
+        condition(ended.status(), SYNCED),
+        ("False".into(), "RegionNotAllowed".into())
+    );
+}
+
+#[test]
+fn a_spec_the_schema_should_have_refused_makes_no_call() {
+    let given = Given::new(Spec {
+        environment_account_ids: vec!["12345".into()],
+        ..spec(UnmatchedRequests::Reject)
+    });
+    let mut fake = Fake::with(&[request("c-1", D, "prod-eu", PENDING)]);
+    let ended = run(&given, &mut fake);
+    assert!(fake.calls.is_empty());
+    assert_eq!(
+        condition(ended.status(), STALLED),
+        ("True".into(), "InvalidSpec".into())
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quiet when idle, idempotent across restarts
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn an_idle_policy_costs_one_list_and_renders_the_same_status() {
+    let requests = [
+        request_at("c-1", A, "prod-1", PENDING, 1),
+        request_at("c-2", D, "prod-2", PENDING, 2),
+    ];
+    let mut fake = Fake::with(&requests);
+    let given = Given::new(spec(UnmatchedRequests::Leave));
+    let first = run(&given, &mut fake);
+    assert_eq!(first.events(), [("Accepted", false), ("LeftPending", true)]);
+    // The next poll: the accepted one is CONNECTED (no longer listed as PENDING), the other is
+    // still left pending, already announced.
+    let next = Given {
+        status: first.status().clone(),
+        memory: first.memory.clone(),
+        ..given.clone()
+    };
+    fake.calls.clear();
+    let second = run(&next, &mut fake);
+    assert_eq!(fake.calls, ["WhoAmI", "List us-east-1"]);
+    assert_eq!(
+        second.status(),
+        first.status(),
+        "an identical status: no write"
+    );
+    assert_eq!(second.events(), []);
+    assert_eq!(second.tally, Tally::default());
+    assert_eq!(
+        second.settled().requeue,
+        POLL,
+        "the next List after the poll interval"
+    );
+    assert_eq!(
+        second.classes,
+        [("List".to_string(), CallClass::Poll)],
+        "the periodic List is a poll"
+    );
+    // A restart forgets the memory: what the status lists is not announced again.
+    let restarted = Given {
+        status: first.status().clone(),
+        ..given
+    };
+    let third = run(&restarted, &mut fake);
+    assert_eq!(third.events(), []);
+    assert_eq!(third.status(), first.status());
+}
+
+#[test]
+fn the_list_of_a_new_changed_or_failing_policy_is_work() {
+    let mut fake = Fake::with(&[]);
+    let given = Given::new(spec(UnmatchedRequests::Leave));
+    let first = run(&given, &mut fake);
+    assert_eq!(
+        first.classes,
+        [("List".to_string(), CallClass::Work)],
+        "new"
+    );
+    let settled = Given {
+        status: first.status().clone(),
+        ..given.clone()
+    };
+    assert_eq!(run(&settled, &mut fake).classes[0].1, CallClass::Poll);
+    let changed = Given {
+        generation: 2,
+        ..settled.clone()
+    };
+    assert_eq!(
+        run(&changed, &mut fake).classes[0].1,
+        CallClass::Work,
+        "changed"
+    );
+    let failing = Given {
+        failures: 1,
+        ..settled.clone()
+    };
+    assert_eq!(
+        run(&failing, &mut fake).classes[0].1,
+        CallClass::Work,
+        "failing"
+    );
+    let backlog = Given {
+        memory: Memory {
+            backlog: true,
+            ..Memory::default()
+        },
+        ..settled
+    };
+    assert_eq!(
+        run(&backlog, &mut fake).classes[0].1,
+        CallClass::Work,
+        "backlog"
+    );
+}
+
+#[test]
+fn a_quiet_policy_is_idle_without_any_call() {
+    let mut given = Given::new(spec(UnmatchedRequests::Leave));
+    given.quiet = Some(Duration::from_secs(12));
+    let mut fake = Fake::with(&[request("c-1", A, "prod-eu", PENDING)]);
+    let ended = run(&given, &mut fake);
+    assert_eq!(
+        ended.step,
+        Step::Idle {
+            requeue: Duration::from_secs(12)
+        }
+    );
+    assert!(fake.calls.is_empty());
+}
+
+#[test]
+fn accepting_again_after_a_restart_changes_nothing() {
+    // The first process accepted c-1 and died before its status write: the new one lists it
+    // CONNECTED (not PENDING) and makes no call about it.
+    let mut fake = Fake::with(&[request("c-1", A, "prod-eu", CONNECTED)]);
+    let ended = run(&Given::new(spec(UnmatchedRequests::Reject)), &mut fake);
+    assert_eq!(fake.calls, ["WhoAmI", "List us-east-1"]);
+    assert!(ended.settled().status.accepted.is_empty());
+}
+
+#[test]
+fn a_paused_policy_makes_no_call_and_says_so_once() {
+    let mut given = Given::new(spec(UnmatchedRequests::Reject));
+    given.status = run(&given, &mut Fake::with(&[])).status().clone();
+    given.paused = true;
+    let mut fake = Fake::with(&[request("c-1", D, "prod-eu", PENDING)]);
+    let ended = run(&given, &mut fake);
+    assert!(fake.calls.is_empty());
+    let status = ended.status();
+    assert_eq!(condition(status, SYNCED), ("False".into(), "Paused".into()));
+    assert_eq!(condition(status, READY).0, "True", "Ready keeps its value");
+    assert_eq!(ended.events(), [("Paused", false)]);
+    let again = Given {
+        status: status.clone(),
+        ..given
+    };
+    assert_eq!(run(&again, &mut fake).events(), []);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded status, counts, announcements
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn status_lists_are_bounded_newest_first_and_counts_cover_everything() {
+    let accepted: Vec<Connection> = (0..25)
+        .map(|i| request_at(&format!("a-{i:02}"), A, &format!("prod-{i}"), PENDING, i))
+        .collect();
+    let unmatched: Vec<Connection> = (0..30)
+        .map(|i| request_at(&format!("d-{i:02}"), D, "prod-x", PENDING, 100 + i))
+        .collect();
+    let all: Vec<Connection> = accepted.iter().chain(&unmatched).cloned().collect();
+    let mut fake = Fake::with(&all);
+    let ended = run(&Given::new(spec(UnmatchedRequests::Leave)), &mut fake);
+    let status = ended.status();
+    assert_eq!(status.accepted_count, 25);
+    assert_eq!(status.accepted.len(), STATUS_LIST_LIMIT);
+    // Newest decision first: the last accepted (the newest request) leads.
+    assert_eq!(status.accepted[0].id, "a-24");
+    assert_eq!(status.left_pending_count, 30);
+    assert_eq!(status.left_pending.len(), STATUS_LIST_LIMIT);
+    assert_eq!(status.left_pending[0].id, "d-29", "newest request first");
+    assert_eq!(ended.tally.left_pending, 30, "each one announced once");
+    assert_eq!(
+        ended.memory.announced.len(),
+        30,
+        "all remembered, not only the 20 listed"
+    );
+    // Serialized, the status stays small whatever the backlog.
+    let json = serde_json::to_string(status).unwrap();
+    assert!(json.len() < 12_000, "{} bytes", json.len());
+
+    // The next reconcile: nothing new, nothing announced again, counts unchanged.
+    let next = Given {
+        status: status.clone(),
+        memory: ended.memory.clone(),
+        ..Given::new(spec(UnmatchedRequests::Leave))
+    };
+    let again = run(&next, &mut fake);
+    assert_eq!(again.status(), status);
+    assert_eq!(again.events(), []);
+}
+
+#[test]
+fn a_request_that_stops_being_pending_leaves_the_report_and_counts() {
+    let mut fake = Fake::with(&[request("d-1", D, "prod-eu", PENDING)]);
+    let given = Given::new(spec(UnmatchedRequests::Leave));
+    let first = run(&given, &mut fake);
+    assert_eq!(first.status().left_pending_count, 1);
+    // Someone accepts it by hand.
+    fake.connections.get_mut("d-1").unwrap().state = CONNECTED;
+    let next = Given {
+        status: first.status().clone(),
+        memory: first.memory.clone(),
+        ..given
+    };
+    let second = run(&next, &mut fake);
+    assert_eq!(second.status().left_pending_count, 0);
+    assert!(second.status().left_pending.is_empty());
+    assert!(second.memory.announced.is_empty(), "nothing kept about it");
+}
+
+#[test]
+fn many_decisions_are_made_in_rounds_and_the_next_round_comes_at_once() {
+    let requests: Vec<Connection> = (0..(MAX_DECISIONS as i64 + 5))
+        .map(|i| request_at(&format!("a-{i:03}"), A, "prod-x", PENDING, i))
+        .collect();
+    let mut fake = Fake::with(&requests);
+    let given = Given::new(spec(UnmatchedRequests::Leave));
+    let first = run(&given, &mut fake);
+    assert_eq!(first.status().accepted_count, MAX_DECISIONS as u64);
+    assert_eq!(first.settled().requeue, Duration::ZERO);
+    assert!(first.memory.backlog);
+    let next = Given {
+        status: first.status().clone(),
+        memory: first.memory.clone(),
+        ..given
+    };
+    let second = run(&next, &mut fake);
+    assert_eq!(second.classes[0], ("List".to_string(), CallClass::Work));
+    assert_eq!(second.status().accepted_count, MAX_DECISIONS as u64 + 5);
+    assert!(!second.memory.backlog);
+    assert!(fake.connections.values().all(|c| c.state == CONNECTED));
+}
+
+#[test]
+fn a_call_the_budget_defers_ends_the_reconcile_with_the_decisions_made() {
+    let mut fake = Fake::with(&[
+        request_at("c-1", A, "prod-1", PENDING, 1),
+        request_at("c-2", A, "prod-2", PENDING, 2),
+        request_at("d-1", D, "prod-3", PENDING, 3),
+    ]);
+    let mut deferred = error(ErrorClass::Deferred, "Deferred");
+    deferred.retry_in = Some(Duration::from_millis(700));
+    // The first Accept goes, the second is deferred.
+    fake.failures.insert("Accept", vec![]);
+    let given = Given::new(spec(UnmatchedRequests::Leave));
+    let peers: Vec<Peer> = Vec::new();
+    let settings = settings();
+    let memory = Memory::default();
+    let policy = Policy {
+        uid: "u",
+        namespace: "platform",
+        name: "p",
+        generation: 1,
+        spec: &given.spec,
+        status: &given.status,
+        paused: false,
+        quiet: None,
+        failures: 0,
+    };
+    let mut r = Run::new(policy, &peers, &settings, &memory, JITTER);
+    let mut accepts = 0;
+    let step = loop {
+        let step = r.next(at(3_000));
+        if step.is_final() {
+            break step;
+        }
+        let answer = match &step {
+            Step::Accept { .. } if accepts == 1 => Err(deferred.clone()),
+            Step::Accept { .. } => {
+                accepts += 1;
+                fake.answer(&step)
+            }
+            _ => fake.answer(&step),
+        };
+        r.record(&step, answer);
+    };
+    let Step::Defer {
+        class,
+        requeue,
+        status: Some(status),
+        events,
+    } = step
+    else {
+        panic!("expected a deferral with a status, got {step:?}");
+    };
+    assert_eq!(class, CallClass::Work);
+    assert_eq!(
+        requeue,
+        Duration::from_millis(700),
+        "back when the slot is booked"
+    );
+    assert_eq!(ids(&status.accepted), ["c-1"]);
+    assert!(
+        status.left_pending.is_empty(),
+        "left-pending requests are reported by a complete reconcile"
+    );
+    let reasons: Vec<&str> = events.iter().map(|n| n.reason).collect();
+    assert_eq!(reasons, ["Accepted"]);
+    assert!(r.memory().backlog);
+    assert!(r.memory().announced.is_empty());
+}
+
+#[test]
+fn a_lagging_list_does_not_make_a_request_decided_twice() {
+    // List is eventually consistent: right after the Accept, it may still show the request
+    // PENDING. The policy remembers what it decided while the List shows it.
+    let mut fake = Fake::with(&[
+        request_at("c-1", A, "prod-1", PENDING, 1),
+        request_at("d-1", D, "prod-2", PENDING, 2),
+    ]);
+    let given = Given::new(spec(UnmatchedRequests::Reject));
+    let first = run(&given, &mut fake);
+    assert_eq!(first.tally.accepted + first.tally.rejected, 2);
+    assert_eq!(
+        first
+            .memory
+            .decided
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["c-1", "d-1"]
+    );
+    // The List still shows both PENDING.
+    for id in ["c-1", "d-1"] {
+        fake.connections.get_mut(id).unwrap().state = PENDING;
+    }
+    fake.calls.clear();
+    let next = Given {
+        status: first.status().clone(),
+        memory: first.memory.clone(),
+        ..given.clone()
+    };
+    let second = run(&next, &mut fake);
+    assert_eq!(
+        fake.calls,
+        ["WhoAmI", "List us-east-1"],
+        "nothing decided twice"
+    );
+    assert_eq!(second.status(), first.status());
+    assert_eq!(second.events(), []);
+    // Once the List stops showing them, they are forgotten.
+    fake.connections.clear();
+    let third = run(
+        &Given {
+            status: second.status().clone(),
+            memory: second.memory.clone(),
+            ..given
+        },
+        &mut fake,
+    );
+    assert!(third.memory.decided.is_empty());
+}
