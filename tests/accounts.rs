@@ -395,3 +395,127 @@ async fn credentials_the_service_calls_expired_are_replaced_by_a_new_assume_role
     assert_eq!(synced.0, "True", "{synced:?}");
     assert_eq!(env.proton().connections().len(), 1);
 }
+
+/// README's quickstart, both sides in one cluster and one controller: the environment account
+/// (the controller's own credentials) requests a connection from management account
+/// 111122223333; a policy in namespace proton-management, mapped to a role in that account,
+/// accepts it; the connection becomes CONNECTED with no manual AWS call. The management account
+/// is a real second identity here: the emulator knows its role, so the environment account could
+/// not have accepted.
+#[tokio::test]
+async fn the_quickstart_demo_both_sides_with_a_mapped_management_role() {
+    use eac_controller::acceptance::api::{
+        ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec,
+    };
+    use eac_controller::acceptance::controller as policies;
+    use kube::ResourceExt;
+
+    const MGMT_ROLE: &str = "arn:aws:iam::111122223333:role/proton-management";
+    let emulator = eac_controller::emulator::EmulatorConfig {
+        roles: vec![MGMT_ROLE.parse().unwrap()],
+        ..Default::default()
+    };
+    let env = Env::start_full(
+        support::eager_settings(),
+        eac_controller::budget::CallBudget::unlimited(),
+        emulator,
+    )
+    .await;
+    env.ctx.set_accounts(accounts(
+        &[(
+            "management",
+            selecting(&[("proton.eac.dev/side", "management")], MGMT_ROLE),
+        )],
+        &[
+            namespace(NS, &[]),
+            namespace(
+                "proton-management",
+                &[("proton.eac.dev/side", "management")],
+            ),
+        ],
+    ));
+    let demo: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/examples/demo.yaml"
+        ))
+        .unwrap(),
+    )
+    .map(|d| serde::Deserialize::deserialize(d).unwrap())
+    .collect();
+    let of_kind = |kind: &str| {
+        demo.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("deploy/examples/demo.yaml has no {kind}"))
+            .clone()
+    };
+    let mapping: AccountMapping = serde_yaml::from_value(of_kind("AccountMapping")).unwrap();
+    assert_eq!(
+        mapping.spec,
+        selecting(&[("proton.eac.dev/side", "management")], MGMT_ROLE)
+    );
+    let policy: ConnectionAcceptancePolicy =
+        serde_yaml::from_value(of_kind("ConnectionAcceptancePolicy")).unwrap();
+    assert_eq!(policy.namespace().as_deref(), Some("proton-management"));
+    let connection: eac_controller::api::EnvironmentAccountConnection =
+        serde_yaml::from_value(of_kind("EnvironmentAccountConnection")).unwrap();
+    assert_eq!(connection.namespace().as_deref(), Some(NS));
+
+    env.api.create("demo-eu", UID, connection.spec.clone());
+    env.reconcile("demo-eu").await.unwrap();
+    let requested = env.api.get("demo-eu").unwrap().status.unwrap();
+    assert_eq!(
+        requested.environment_account_id.as_deref(),
+        Some("444455556666")
+    );
+
+    let metrics = eac_controller::metrics::Metrics::new();
+    let proton = eac_controller::proton::Proton::with_static_credentials(
+        eac_controller::proton::ProtonSettings {
+            default_region: "us-east-1".into(),
+            endpoint: Some(env.emulator.url()),
+            sts_endpoint: None,
+            timeout: std::time::Duration::from_secs(10),
+        },
+        eac_controller::budget::CallBudget::unlimited(),
+        metrics.clone(),
+    );
+    let policy_ctx = std::sync::Arc::new(
+        policies::Context::new(
+            env.api.client(),
+            proton,
+            support::eager_settings(),
+            metrics,
+            policies::reporter(),
+        )
+        .with_accounts(env.ctx.accounts_handle()),
+    );
+    let spec: ConnectionAcceptancePolicySpec = policy.spec.clone();
+    env.api.create_object(
+        "proton-management",
+        "accept-demo",
+        "uid-accept-demo",
+        ConnectionAcceptancePolicy::new("accept-demo", spec),
+    );
+    let stored = env
+        .api
+        .get_object::<ConnectionAcceptancePolicy>("proton-management", "accept-demo")
+        .unwrap();
+    policies::reconcile(std::sync::Arc::new(stored), policy_ctx)
+        .await
+        .unwrap();
+    assert_eq!(env.calls("AcceptEnvironmentAccountConnection"), 1);
+    assert_eq!(
+        env.calls("AssumeRole"),
+        1,
+        "the policy acted as the management account"
+    );
+
+    env.resync("demo-eu").await.unwrap();
+    let connected = env.api.get("demo-eu").unwrap();
+    assert_eq!(
+        connected.status.as_ref().unwrap().status,
+        Some(eac_controller::api::ConnectionState::Connected)
+    );
+    assert_eq!(condition(&connected, "Ready").unwrap().0, "True");
+}

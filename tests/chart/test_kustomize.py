@@ -281,3 +281,31 @@ def test_acceptance_policy_example_matches_its_crd_schema():
     assert set(obj["spec"]) == set(schema["properties"])
     assert obj["spec"]["unmatched"] == "Reject"
     assert all(isinstance(a, str) and len(a) == 12 for a in obj["spec"]["environmentAccountIds"])
+
+
+def test_quickstart_demo_has_both_sides_and_matches_every_crd_schema():
+    """deploy/examples/demo.yaml, the README's Quickstart: a mapping to a management-account role,
+    a policy in the mapped namespace that accepts the environment account, and a connection."""
+    jsonschema = pytest.importorskip("jsonschema")
+    docs = parse_manifests((EXAMPLES / "demo.yaml").read_text())
+    by_kind = {d["kind"]: d for d in docs}
+    assert sorted(by_kind) == ["AccountMapping", "ConnectionAcceptancePolicy", "EnvironmentAccountConnection", "Namespace"]
+    schemas = {}
+    for plural, kind in [
+        ("accountmappings", "AccountMapping"),
+        ("connectionacceptancepolicies", "ConnectionAcceptancePolicy"),
+        ("environmentaccountconnections", "EnvironmentAccountConnection"),
+    ]:
+        crd = yaml.safe_load((ROOT / "crds" / f"{plural}.yaml").read_text())
+        (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+        schemas[kind] = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        jsonschema.validate(by_kind[kind]["spec"], schemas[kind])
+    mapping, policy, eac = by_kind["AccountMapping"], by_kind["ConnectionAcceptancePolicy"], by_kind["EnvironmentAccountConnection"]
+    namespaces = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Namespace"}
+    policy_ns = namespaces[policy["metadata"]["namespace"]]
+    selector = mapping["spec"]["namespaceSelector"]["matchLabels"]
+    assert selector.items() <= policy_ns["metadata"].get("labels", {}).items(), "the policy's namespace is mapped"
+    eac_ns = namespaces[eac["metadata"]["namespace"]]
+    assert not selector.items() <= eac_ns["metadata"].get("labels", {}).items(), "the connection's is not"
+    management = mapping["spec"]["roleArn"].split(":")[4]
+    assert policy["spec"]["managementAccountId"] == management == eac["spec"]["managementAccountId"]
