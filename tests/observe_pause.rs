@@ -26,33 +26,6 @@ fn observing(environment: &str) -> EnvironmentAccountConnectionSpec {
     }
 }
 
-/// A connection made directly in Proton by someone else (not by a resource).
-async fn foreign_connection(env: &Env, environment: &str) -> String {
-    let config = aws_sdk_proton::Config::builder()
-        .behavior_version(aws_sdk_proton::config::BehaviorVersion::latest())
-        .region(aws_sdk_proton::config::Region::new("us-east-1"))
-        .endpoint_url(env.emulator.url())
-        .credentials_provider(aws_sdk_proton::config::Credentials::new(
-            "AKIDOTHERTEAM",
-            "secret",
-            None,
-            None,
-            "test",
-        ))
-        .build();
-    #[allow(deprecated)]
-    let out = aws_sdk_proton::Client::from_conf(config)
-        .create_environment_account_connection()
-        .environment_name(environment)
-        .management_account_id("111122223333")
-        .role_arn("arn:aws:iam::444455556666:role/theirs")
-        .client_token("made-by-another-team")
-        .send()
-        .await
-        .unwrap();
-    out.environment_account_connection.unwrap().id
-}
-
 fn opted_in(env: &Env) {
     env.api
         .namespace(support::NS, &[("proton.eac.dev/adoption", "allowed")]);
@@ -72,7 +45,7 @@ fn annotate(env: &Env, name: &str, key: &str, value: Option<&str>) {
 async fn an_observer_follows_a_foreign_connection_makes_no_mutating_call_and_leaves_it_on_delete() {
     let env = Env::start().await;
     opted_in(&env);
-    let theirs = foreign_connection(&env, "prod").await;
+    let theirs = env.foreign_connection("prod").await;
     let before = env.proton().connections();
     let mutations = env.mutating_calls();
 
@@ -129,7 +102,7 @@ async fn an_observer_needs_the_adoption_opt_in_and_never_creates_what_is_missing
     };
     let env = Env::start_with(settings, CallBudget::unlimited()).await;
     env.api.namespace(support::NS, &[]);
-    let theirs = foreign_connection(&env, "prod").await;
+    let theirs = env.foreign_connection("prod").await;
 
     env.api.create("watcher", UID, observing("prod"));
     env.api.edit("watcher", |o| {

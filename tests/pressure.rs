@@ -334,33 +334,6 @@ use kube::ResourceExt;
 // 5. Tenants and adoption
 // ---------------------------------------------------------------------------------------------
 
-/// A connection made directly in Proton by someone else (not by a resource).
-async fn foreign_connection(env: &Env, environment: &str) -> String {
-    let config = aws_sdk_proton::Config::builder()
-        .behavior_version(aws_sdk_proton::config::BehaviorVersion::latest())
-        .region(aws_sdk_proton::config::Region::new("us-east-1"))
-        .endpoint_url(env.emulator.url())
-        .credentials_provider(aws_sdk_proton::config::Credentials::new(
-            "AKIDOTHERTEAM",
-            "secret",
-            None,
-            None,
-            "test",
-        ))
-        .build();
-    #[allow(deprecated)]
-    let out = aws_sdk_proton::Client::from_conf(config)
-        .create_environment_account_connection()
-        .environment_name(environment)
-        .management_account_id("111122223333")
-        .role_arn("arn:aws:iam::444455556666:role/theirs")
-        .client_token("made-by-another-team")
-        .send()
-        .await
-        .unwrap();
-    out.environment_account_connection.unwrap().id
-}
-
 fn adopting(env: &Env, name: &str, id: &str) {
     env.api.create(name, UID, spec("prod"));
     env.api.edit(name, |o| {
@@ -379,7 +352,7 @@ async fn a_tenant_cannot_adopt_unless_a_cluster_admin_opted_the_namespace_in() {
     };
     let env = Env::start_with(settings, CallBudget::unlimited()).await;
     env.api.namespace(support::NS, &[("team", "payments")]);
-    let theirs = foreign_connection(&env, "prod").await;
+    let theirs = env.foreign_connection("prod").await;
     let before = env.proton().connections();
     let calls = env.total_calls();
 
@@ -429,7 +402,7 @@ async fn adoption_can_be_disabled_everywhere() {
     let env = Env::start_with(settings, CallBudget::unlimited()).await;
     env.api
         .namespace(support::NS, &[("proton.eac.dev/adoption", "allowed")]);
-    let theirs = foreign_connection(&env, "prod").await;
+    let theirs = env.foreign_connection("prod").await;
     adopting(&env, "mine", &theirs);
     env.reconcile("mine").await.unwrap();
     let obj = env.api.get("mine").unwrap();

@@ -365,6 +365,25 @@ fn desired_roles(r: &Resource) -> RoleArns {
     }
 }
 
+/// How a connection taken up by id (adopted or observed) differs from the spec in what cannot
+/// change: its environment and management account.
+pub(super) fn mismatches(r: &Resource, c: &Connection) -> Vec<String> {
+    let mut found = Vec::new();
+    if c.environment_name != r.spec.environment_name {
+        found.push(format!(
+            "environmentName is {:?} in Proton but {:?} in the spec",
+            c.environment_name, r.spec.environment_name
+        ));
+    }
+    if c.management_account_id != r.spec.management_account_id {
+        found.push(format!(
+            "managementAccountId is {:?} in Proton but {:?} in the spec",
+            c.management_account_id, r.spec.management_account_id
+        ));
+    }
+    found
+}
+
 /// Whether Proton's roles differ from the spec. `roleArn` is compared only when the spec sets
 /// it (Proton requires one on every connection, so "none" cannot be asked for); the CodeBuild and
 /// component roles are compared exactly, so removing one from the spec clears it.
@@ -389,19 +408,7 @@ fn sync(
 ) -> Step {
     let r = &run.r;
     if origin == Origin::Adopted {
-        let mut mismatches = Vec::new();
-        if c.environment_name != r.spec.environment_name {
-            mismatches.push(format!(
-                "environmentName is {:?} in Proton but {:?} in the spec",
-                c.environment_name, r.spec.environment_name
-            ));
-        }
-        if c.management_account_id != r.spec.management_account_id {
-            mismatches.push(format!(
-                "managementAccountId is {:?} in Proton but {:?} in the spec",
-                c.management_account_id, r.spec.management_account_id
-            ));
-        }
+        let mismatches = mismatches(r, c);
         if !mismatches.is_empty() {
             return run.report(
                 Problem::terminal(

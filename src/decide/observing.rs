@@ -9,7 +9,9 @@
 use crate::conditions::{SYNCED, Want};
 use crate::proton::{Connection, Retry};
 
-use super::next::{jittered, may_take_over, not_due, region_not_allowed, requeue_after};
+use super::next::{
+    jittered, may_take_over, mismatches, not_due, region_not_allowed, requeue_after,
+};
 use super::{Observed, Origin, Problem, Run, Settled, Step, events, status};
 
 pub(super) fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
@@ -87,19 +89,7 @@ fn take_up(run: &Run, now: jiff::Timestamp) -> Step {
 fn report_connection(run: &Run, c: &Connection, origin: Origin, now: jiff::Timestamp) -> Step {
     let r = &run.r;
     if origin == Origin::Adopted {
-        let mut mismatches = Vec::new();
-        if c.environment_name != r.spec.environment_name {
-            mismatches.push(format!(
-                "environmentName is {:?} in Proton but {:?} in the spec",
-                c.environment_name, r.spec.environment_name
-            ));
-        }
-        if c.management_account_id != r.spec.management_account_id {
-            mismatches.push(format!(
-                "managementAccountId is {:?} in Proton but {:?} in the spec",
-                c.management_account_id, r.spec.management_account_id
-            ));
-        }
+        let mismatches = mismatches(r, c);
         if !mismatches.is_empty() {
             return run.report(
                 Problem::terminal(

@@ -1337,6 +1337,34 @@ impl Env {
         self.proton().calls().calls.values().sum()
     }
 
+    /// A connection made directly in Proton by someone else (not by a resource): another team's
+    /// client, in the same account.
+    pub async fn foreign_connection(&self, environment: &str) -> String {
+        let config = aws_sdk_proton::Config::builder()
+            .behavior_version(aws_sdk_proton::config::BehaviorVersion::latest())
+            .region(aws_sdk_proton::config::Region::new("us-east-1"))
+            .endpoint_url(self.emulator.url())
+            .credentials_provider(aws_sdk_proton::config::Credentials::new(
+                "AKIDOTHERTEAM",
+                "secret",
+                None,
+                None,
+                "test",
+            ))
+            .build();
+        #[allow(deprecated)]
+        let out = aws_sdk_proton::Client::from_conf(config)
+            .create_environment_account_connection()
+            .environment_name(environment)
+            .management_account_id("111122223333")
+            .role_arn("arn:aws:iam::444455556666:role/theirs")
+            .client_token("made-by-another-team")
+            .send()
+            .await
+            .unwrap();
+        out.environment_account_connection.unwrap().id
+    }
+
     /// Proton calls so far that change something.
     pub fn mutating_calls(&self) -> u64 {
         [
