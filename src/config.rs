@@ -68,6 +68,17 @@ pub struct RunArgs {
     #[arg(long, env = "EAC_ACCOUNT_MAPPINGS", default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     pub account_mappings: bool,
 
+    /// With --account-mappings: what a namespace no AccountMapping selects acts with:
+    /// own-credentials (the controller's own, as without mappings) or refuse (nothing is done
+    /// in AWS for its resources: NoAccountMapping).
+    #[arg(
+        long,
+        env = "EAC_UNMAPPED_NAMESPACES",
+        value_enum,
+        default_value = "own-credentials"
+    )]
+    pub unmapped_namespaces: crate::accounts::UnmappedNamespaces,
+
     /// STS endpoint URL for GetCallerIdentity and AssumeRole (which account the credentials act as; the mapped roles). Unset: the
     /// Proton endpoint when one is given (the proton-emulator serves STS on the same port), else
     /// AWS's (or AWS_ENDPOINT_URL_STS).
@@ -194,6 +205,13 @@ impl RunArgs {
         }
         if let Some(endpoint) = &self.sts_endpoint {
             check_url(endpoint, "--sts-endpoint")?;
+        }
+        if self.unmapped_namespaces == crate::accounts::UnmappedNamespaces::Refuse
+            && !self.account_mappings
+        {
+            return Err(ConfigError::Inconsistent(
+                "--unmapped-namespaces refuse needs --account-mappings=true: without mappings every namespace is unmapped".into(),
+            ));
         }
         Ok(())
     }

@@ -21,7 +21,9 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::accounts::{AccountMapping, Accounts, AwsIdentity, MappingError, Resolved};
+use crate::accounts::{
+    AccountMapping, Accounts, AwsIdentity, MappingError, Resolved, UnmappedNamespaces,
+};
 use crate::api::{
     ADOPT_ANNOTATION, ADOPTION_ALLOWED, ADOPTION_NAMESPACE_LABEL, ConnectionState,
     EnvironmentAccountConnection, EnvironmentAccountConnectionStatus as Status, FINALIZER,
@@ -1045,6 +1047,8 @@ pub struct WatchScope {
     pub label_selector: Option<String>,
     /// Watch `AccountMapping`s and Namespaces, and act in each namespace with its mapped role.
     pub account_mappings: bool,
+    /// With account mappings: what a namespace no mapping selects acts with.
+    pub unmapped_namespaces: UnmappedNamespaces,
 }
 
 /// What makes a change worth a reconcile: the spec (generation; deletion bumps it too), the
@@ -1152,7 +1156,7 @@ pub async fn run(
             Vec::new(),
         )
     };
-    ctx.set_accounts(accounts);
+    ctx.set_accounts(accounts.with_unmapped(scope.unmapped_namespaces));
     let routine = ((f64::from(concurrency) * ctx.poll_share).floor() as usize).max(1);
     *ctx.routine_workers
         .lock()

@@ -228,6 +228,7 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
         namespace: args.namespace.clone(),
         label_selector: args.label_selector.clone(),
         account_mappings: args.account_mappings,
+        unmapped_namespaces: args.unmapped_namespaces,
     };
 
     let controllers = Controllers {

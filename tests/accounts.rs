@@ -104,6 +104,60 @@ async fn a_namespace_matched_by_two_mappings_gets_no_aws_call_and_says_which() {
 }
 
 #[tokio::test]
+async fn an_unmapped_namespace_is_refused_when_the_controller_says_so() {
+    let env = Env::start().await;
+    env.ctx.set_accounts(
+        accounts(
+            &[(
+                "payments",
+                selecting(
+                    &[("team", "payments")],
+                    "arn:aws:iam::111111111111:role/eac",
+                ),
+            )],
+            &[namespace(NS, &[("team", "search")])],
+        )
+        .with_unmapped(eac_controller::accounts::UnmappedNamespaces::Refuse),
+    );
+    env.api.create("prod", UID, spec("prod"));
+
+    env.reconcile("prod").await.unwrap();
+
+    let obj = env.api.get("prod").unwrap();
+    let synced = condition(&obj, "Synced").unwrap();
+    assert_eq!(
+        (synced.0.as_str(), synced.1.as_str()),
+        ("False", "NoAccountMapping")
+    );
+    assert!(
+        synced.2.contains("--unmapped-namespaces refuse"),
+        "{}",
+        synced.2
+    );
+    assert_eq!(
+        env.total_calls(),
+        0,
+        "nothing in the controller's own account"
+    );
+
+    // Refused even when no mapping exists at all.
+    let env = Env::start().await;
+    env.ctx.set_accounts(
+        accounts(&[], &[namespace(NS, &[])])
+            .with_unmapped(eac_controller::accounts::UnmappedNamespaces::Refuse),
+    );
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    assert_eq!(
+        condition(&env.api.get("prod").unwrap(), "Synced")
+            .unwrap()
+            .1,
+        "NoAccountMapping"
+    );
+    assert_eq!(env.total_calls(), 0);
+}
+
+#[tokio::test]
 async fn an_unmapped_namespace_acts_with_the_controllers_own_credentials() {
     let env = Env::start().await;
     env.ctx.set_accounts(accounts(

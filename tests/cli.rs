@@ -192,6 +192,19 @@ fn nonsense_flag_values_are_refused_at_start_naming_the_flag() {
             "--lease-renew-deadline",
         ),
         (&["--sts-endpoint", "sts.local"], "--sts-endpoint"),
+        (
+            &[
+                "--unmapped-namespaces",
+                "refuse",
+                "--account-mappings",
+                "false",
+            ],
+            "--unmapped-namespaces",
+        ),
+        (
+            &["--unmapped-namespaces", "sometimes"],
+            "--unmapped-namespaces",
+        ),
     ];
     for (args, flag) in cases {
         let out = controller()

@@ -421,6 +421,7 @@ async fn state_kept_per_resource_goes_when_the_resource_leaves_the_watch() {
         namespace: None,
         label_selector: Some("shard=a".into()),
         account_mappings: false,
+        ..WatchScope::default()
     };
     let (stop, task) = run_controller(&env, scope, Readiness::default());
     let mut tracked = env.ctx.tracked_changes();

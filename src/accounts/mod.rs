@@ -20,6 +20,17 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 pub use api::{AccountMapping, AccountMappingSpec};
 
+/// What a namespace that no mapping selects acts with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum UnmappedNamespaces {
+    /// The controller's own credentials (as without any mapping).
+    #[default]
+    OwnCredentials,
+    /// None: its resources are refused (`NoAccountMapping`), so nothing is ever made in the
+    /// controller's own account by a namespace the admin forgot to map.
+    Refuse,
+}
+
 /// Whose credentials a call is made with.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum AwsIdentity {
@@ -82,6 +93,10 @@ pub enum MappingError {
     UnknownNamespace(String),
     #[error("the controller has not read the AccountMappings yet")]
     NotRead,
+    #[error(
+        "no AccountMapping selects namespace {0}, and the controller refuses unmapped namespaces (--unmapped-namespaces refuse); nothing is done in AWS"
+    )]
+    Unmapped(String),
 }
 
 impl MappingError {
@@ -92,6 +107,7 @@ impl MappingError {
             MappingError::InvalidSelector { .. } => "InvalidAccountMapping",
             MappingError::UnknownNamespace(_) => "NamespaceNotFound",
             MappingError::NotRead => "AccountMappingsNotRead",
+            MappingError::Unmapped(_) => "NoAccountMapping",
         }
     }
 }
@@ -139,6 +155,7 @@ pub struct Accounts {
     stores: Option<(Store<AccountMapping>, Store<Namespace>)>,
     /// Mappings are on, but not read yet: no namespace gets credentials.
     waiting: bool,
+    unmapped: UnmappedNamespaces,
 }
 
 impl Accounts {
@@ -153,6 +170,7 @@ impl Accounts {
         Accounts {
             stores: None,
             waiting: true,
+            unmapped: UnmappedNamespaces::default(),
         }
     }
 
@@ -161,7 +179,14 @@ impl Accounts {
         Accounts {
             stores: Some((mappings, namespaces)),
             waiting: false,
+            unmapped: UnmappedNamespaces::default(),
         }
+    }
+
+    /// What a namespace no mapping selects acts with.
+    pub fn with_unmapped(mut self, unmapped: UnmappedNamespaces) -> Accounts {
+        self.unmapped = unmapped;
+        self
     }
 
     pub fn enabled(&self) -> bool {
@@ -177,8 +202,14 @@ impl Accounts {
             return Ok(Resolved::default());
         };
         let mappings = mappings.state();
+        let refuse = |resolved: Resolved| match (&resolved.mapping, self.unmapped) {
+            (None, UnmappedNamespaces::Refuse) => {
+                Err(MappingError::Unmapped(namespace.to_string()))
+            }
+            _ => Ok(resolved),
+        };
         if mappings.is_empty() {
-            return Ok(Resolved::default());
+            return refuse(Resolved::default());
         }
         let Some(ns) = namespaces.get(&ObjectRef::new(namespace)) else {
             return Err(MappingError::UnknownNamespace(namespace.to_string()));
@@ -190,6 +221,7 @@ impl Accounts {
             ns.labels(),
             named.iter().map(|(name, spec)| (name.as_str(), *spec)),
         )
+        .and_then(refuse)
     }
 }
 

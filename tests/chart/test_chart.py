@@ -237,6 +237,7 @@ def test_default_deployment(default_objs):
         "--watch-failure-timeout=2m",
         "--adoption=namespace-opt-in",
         "--account-mappings=true",
+        "--unmapped-namespaces=own-credentials",
         "--acceptance-policies=true",
         "--leader-election",
         "--lease-name=eac-controller",
@@ -951,3 +952,10 @@ def test_argocd_snippet_is_exactly_health_lua():
     assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "argocd-cm"
     key = "resource.customizations.health.proton.eac.dev_EnvironmentAccountConnection"
     assert cm["data"][key] == lua
+
+
+def test_unmapped_namespaces_can_be_refused(render):
+    objs = render({"accountMappings": {"enabled": True, "unmappedNamespaces": "refuse"}})
+    assert "--unmapped-namespaces=refuse" in args_of(objs)
+    objs = render({"accountMappings": {"enabled": False, "unmappedNamespaces": "refuse"}})
+    assert not [a for a in args_of(objs) if a.startswith("--unmapped-namespaces")]

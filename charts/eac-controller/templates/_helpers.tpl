@@ -128,6 +128,9 @@ Takes (list name value minMs maxMs "min" "max").
 - --watch-failure-timeout={{ .Values.watchFailureTimeout }}
 - --adoption={{ .Values.adoption.mode }}
 - --account-mappings={{ .Values.accountMappings.enabled }}
+{{- if .Values.accountMappings.enabled }}
+- --unmapped-namespaces={{ .Values.accountMappings.unmappedNamespaces }}
+{{- end }}
 - --acceptance-policies={{ .Values.acceptancePolicies.enabled }}
 {{- if .Values.watchNamespace }}
 - --namespace={{ .Values.watchNamespace }}
