@@ -1266,7 +1266,19 @@ async fn follow_accounts(
         let _ = mappings.wait_until_ready().await;
         let _ = namespaces.wait_until_ready().await;
     };
+    // Nothing is reconciled until both are listed: say so, with the likely fix, while it lasts.
+    let nagging = async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            tracing::error!(
+                "still waiting to list AccountMappings and Namespaces, so nothing is reconciled: is the AccountMapping CRD installed (kubectl apply -f crds/) and may the controller list both? --account-mappings=false turns mappings off"
+            );
+        }
+    };
     tokio::select! {
+        _ = nagging => None,
         _ = ready => {
             info!(mappings = mappings.state().len(), "account mappings known");
             Some((Accounts::from_stores(mappings, namespaces), changes, followers))

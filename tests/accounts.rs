@@ -573,3 +573,62 @@ async fn the_quickstart_demo_both_sides_with_a_mapped_management_role() {
     );
     assert_eq!(condition(&connected, "Ready").unwrap().0, "True");
 }
+
+/// Until the mappings can be listed (CRD missing, RBAC), nothing is reconciled: no resource acts
+/// with the controller's own credentials because its mapping was not read.
+#[tokio::test]
+async fn nothing_is_reconciled_until_the_mappings_can_be_listed() {
+    use eac_controller::controller::{self, WatchScope};
+    use eac_controller::http::Readiness;
+    use std::time::Duration;
+
+    let env = Env::start().await;
+    env.api.namespace(NS, &[("team", "payments")]);
+    env.api.deny(Some(http::Method::GET), "/accountmappings");
+    env.api.create("prod", UID, spec("prod"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller::run(
+        env.ctx.clone(),
+        WatchScope {
+            account_mappings: true,
+            ..WatchScope::default()
+        },
+        2,
+        async move {
+            let _ = stopped.await;
+        },
+        Readiness::default(),
+    ));
+    // The watch of AccountMappings is refused, and retried.
+    env.api
+        .wait_until(
+            "two refused lists of AccountMappings",
+            Duration::from_secs(20),
+            |api| {
+                api.requests()
+                    .iter()
+                    .filter(|r| r.path.ends_with("/accountmappings") && r.code == 403)
+                    .count()
+                    >= 2
+            },
+        )
+        .await;
+    let obj = env.api.get("prod").unwrap();
+    assert!(
+        obj.metadata.finalizers.unwrap_or_default().is_empty(),
+        "not even the finalizer"
+    );
+    assert_eq!(env.total_calls(), 0);
+
+    // RBAC fixed: the mappings are read (none), and the resource is reconciled.
+    env.api.allow_all();
+    env.api
+        .wait_until("a connection", Duration::from_secs(20), |api| {
+            api.get("prod")
+                .and_then(|o| o.status)
+                .is_some_and(|s| s.id.is_some())
+        })
+        .await;
+    let _ = stop.send(());
+    let _ = task.await;
+}
