@@ -1195,6 +1195,65 @@ pub async fn run(
     ctx.metrics.count_connections_from(None);
 }
 
+/// Keeps every AccountMapping's status (account, namespaces, overlaps) in step with the
+/// mappings and namespaces, writing only what changed; once now, then after every change.
+async fn write_mapping_statuses(
+    client: Client,
+    mappings: Store<AccountMapping>,
+    namespaces: Store<k8s_openapi::api::core::v1::Namespace>,
+    mut ticks: futures::channel::mpsc::UnboundedReceiver<()>,
+) {
+    let api: Api<AccountMapping> = Api::all(client);
+    loop {
+        let all = mappings.state();
+        let ns = namespaces.state();
+        let named: Vec<(String, &crate::accounts::AccountMappingSpec)> =
+            all.iter().map(|m| (m.name_any(), &m.spec)).collect();
+        let specs: Vec<(&str, &crate::accounts::AccountMappingSpec)> =
+            named.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+        let labelled: Vec<(String, std::collections::BTreeMap<String, String>)> = ns
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect();
+        let labels: Vec<(&str, &std::collections::BTreeMap<String, String>)> =
+            labelled.iter().map(|(n, l)| (n.as_str(), l)).collect();
+        for mapping in &all {
+            let name = mapping.name_any();
+            let status = crate::accounts::status::status_of(
+                &name,
+                mapping.metadata.generation.unwrap_or_default(),
+                &specs,
+                &labels,
+                mapping.status.as_ref(),
+                now(),
+            );
+            if mapping.status.as_ref() == Some(&status) {
+                continue;
+            }
+            let patch = json!({
+                "apiVersion": "proton.eac.dev/v1alpha1",
+                "kind": "AccountMapping",
+                "status": status,
+            });
+            if let Err(e) = api
+                .patch_status(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(patch),
+                )
+                .await
+            {
+                warn!(mapping = %name, error = %e, "could not write the AccountMapping's status");
+            }
+        }
+        // A burst of changes is one pass.
+        if ticks.next().await.is_none() {
+            return;
+        }
+        while ticks.try_recv().is_ok() {}
+    }
+}
+
 /// Watches the account mappings and the namespaces' labels. Returns once both are known (so no
 /// resource is ever reconciled with the controller's own credentials because its mapping was
 /// not read yet), with a stream that ticks on every change that can move a namespace to other
@@ -1210,6 +1269,8 @@ async fn follow_accounts(
     use k8s_openapi::api::core::v1::Namespace;
 
     let (tick, changes) = futures::channel::mpsc::unbounded();
+    let (status_tick, status_ticks) = futures::channel::mpsc::unbounded();
+    let namespace_status_tick = status_tick.clone();
     let (mappings, mapping_writer) = reflector::store::<AccountMapping>();
     let (namespaces, namespace_writer) = reflector::store::<Namespace>();
     let config = watcher::Config::default().any_semantic();
@@ -1232,6 +1293,7 @@ async fn follow_accounts(
         )
         .for_each(move |_| {
             let _ = mapping_ticks.unbounded_send(());
+            let _ = status_tick.unbounded_send(());
             futures::future::ready(())
         });
     let follow_namespaces = watcher(Api::<Namespace>::all(client.clone()), config)
@@ -1256,6 +1318,7 @@ async fn follow_accounts(
         )
         .for_each(move |_| {
             let _ = tick.unbounded_send(());
+            let _ = namespace_status_tick.unbounded_send(());
             futures::future::ready(())
         });
     let followers = vec![
@@ -1281,6 +1344,13 @@ async fn follow_accounts(
         _ = nagging => None,
         _ = ready => {
             info!(mappings = mappings.state().len(), "account mappings known");
+            let mut followers = followers;
+            followers.push(tokio::spawn(write_mapping_statuses(
+                client.clone(),
+                mappings.clone(),
+                namespaces.clone(),
+                status_ticks,
+            )));
             Some((Accounts::from_stores(mappings, namespaces), changes, followers))
         }
         _ = shutdown => {

@@ -250,6 +250,27 @@ async fn the_running_controller_follows_mapping_and_namespace_label_changes_at_o
         Readiness::default(),
     ));
 
+    // The admin sees the overlap on the mappings themselves.
+    env.api
+        .wait_until(
+            "Overlapping on both mappings",
+            Duration::from_secs(20),
+            |api| {
+                ["payments", "production"].iter().all(|m| {
+                    api.object(&format!(
+                        "/apis/proton.eac.dev/v1alpha1/accountmappings/{m}"
+                    ))
+                    .is_some_and(|o| o["status"]["conditions"][0]["reason"] == "Overlapping")
+                })
+            },
+        )
+        .await;
+    let payments = env
+        .api
+        .object("/apis/proton.eac.dev/v1alpha1/accountmappings/payments")
+        .unwrap();
+    assert_eq!(payments["status"]["accountId"], "111111111111");
+    assert_eq!(payments["status"]["overlapping"], serde_json::json!([NS]));
     env.api
         .wait_until("AmbiguousAccountMapping", Duration::from_secs(20), |api| {
             api.get("prod")
@@ -270,6 +291,20 @@ async fn the_running_controller_follows_mapping_and_namespace_label_changes_at_o
         })
         .await;
     assert_eq!(env.proton().connections().len(), 1);
+    // The namespace left both mappings: each selects nothing now, and says so.
+    env.api
+        .wait_until(
+            "no namespaces on the mappings",
+            Duration::from_secs(20),
+            |api| {
+                api.object("/apis/proton.eac.dev/v1alpha1/accountmappings/payments")
+                    .is_some_and(|o| {
+                        o["status"]["namespaceCount"] == 0
+                            && o["status"]["conditions"][0]["reason"] == "Mapped"
+                    })
+            },
+        )
+        .await;
 
     let _ = stop.send(());
     let _ = task.await;

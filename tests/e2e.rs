@@ -807,6 +807,27 @@ async fn two_namespaces_mapped_to_two_accounts_get_connections_in_their_own_acco
             .as_deref()
             .is_some_and(|arn| arn.contains(":222222222222:"))
     );
+    // The admin sees each mapping's account and namespace, and that it is theirs alone.
+    let shown = wait_object(
+        &mappings,
+        &a.name,
+        "the mapping's status",
+        CONVERGE,
+        |m: Option<&AccountMapping>| {
+            m.and_then(|m| m.status.as_ref()).is_some_and(|s| {
+                s.namespaces == [a.name.clone()]
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        },
+    )
+    .await
+    .expect("the mapping exists");
+    assert_eq!(
+        shown.status.and_then(|s| s.account_id).as_deref(),
+        Some("111111111111")
+    );
 
     // A tenant of namespace a, with the built-in edit role.
     a.ensure_edit_aggregation().await;

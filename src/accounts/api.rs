@@ -23,8 +23,12 @@ use serde::{Deserialize, Serialize};
     shortname = "eacmap",
     category = "proton",
     cel,
+    status = "AccountMappingStatus",
     doc = "Maps namespaces to the IAM role whose account their EnvironmentAccountConnections are made in. Cluster-scoped: for the cluster admin.",
+    printcolumn = r#"{"name":"Account","type":"string","jsonPath":".status.accountId"}"#,
     printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.roleArn"}"#,
+    printcolumn = r#"{"name":"Namespaces","type":"integer","jsonPath":".status.namespaceCount"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.region"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -57,6 +61,29 @@ pub struct AccountMappingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z]{2}(-[a-z]+)+-\d$"))]
     pub region: Option<String>,
+}
+
+/// What the controller sees of a mapping, written by the controller.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountMappingStatus {
+    /// The account of the role: where the connections of the selected namespaces are made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// How many namespaces the selector selects now.
+    #[serde(default)]
+    pub namespace_count: u32,
+    /// Up to 20 of them, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Namespaces another mapping selects too: their resources get no credentials until the
+    /// selectors are disjoint (up to 20, sorted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlapping: Vec<String>,
+    /// `Ready`: True when the selector is valid and every namespace it selects is selected by
+    /// no other mapping.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
 /// The CRD as YAML.

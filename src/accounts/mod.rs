@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod session;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -489,7 +489,9 @@ def test_account_mappings_read_mappings_and_namespaces_and_write_nothing(render,
     role = one(objs, "ClusterRole", ACCOUNTS_ROLE)
     assert flatten_rules(role) == {
         (GROUP, "accountmappings", verb, None) for verb in ("get", "list", "watch")
-    } | {("", "namespaces", verb, None) for verb in ("get", "list", "watch")}
+    } | {(GROUP, "accountmappings/status", "patch", None)} | {
+        ("", "namespaces", verb, None) for verb in ("get", "list", "watch")
+    }
     binding = one(objs, "ClusterRoleBinding", ACCOUNTS_ROLE)
     assert binding["roleRef"]["name"] == ACCOUNTS_ROLE
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]

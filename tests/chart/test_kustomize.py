@@ -154,6 +154,7 @@ def test_base_reads_account_mappings_and_namespaces(base):
     role = one(base, "ClusterRole", "eac-controller-accounts")
     assert role["rules"] == [
         {"apiGroups": ["proton.eac.dev"], "resources": ["accountmappings"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["proton.eac.dev"], "resources": ["accountmappings/status"], "verbs": ["patch"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
     ]
     binding = one(base, "ClusterRoleBinding", "eac-controller-accounts")
