@@ -2,13 +2,10 @@
 //! in-memory API server (tower-test) and the Proton emulator over HTTP on 127.0.0.1.
 //!
 //! Two identities, as in AWS: connection requests are created by an *environment account* SDK
-//! client (access key `AKIDENV`); the controller lists, accepts and rejects them with its own
-//! credentials, as the *management account* (the emulator's `--account-id`, `111122223333`).
-//! Today's emulator maps every access key to that one account, so the requests' environment
-//! account is the management account too; the tests read the environment account from the
-//! Create answer, so they hold unchanged once the emulator maps `AKIDENV` to an account of its
-//! own (`EmulatorConfig::accounts`, `--account AKIDENV=444455556666`) and enforces that only the
-//! management account may Accept / Reject (see `emulator_config`).
+//! client (access key `AKIDENV`, mapped by the emulator to account `444455556666`); the
+//! controller lists, accepts and rejects them with its own credentials, as the *management
+//! account* (the emulator's `--account-id`, `111122223333`). Only the management account may
+//! Accept or Reject, as in Proton.
 
 // Every operation of aws-sdk-proton is deprecated (the service closed to new customers).
 #![allow(deprecated)]
@@ -45,12 +42,13 @@ const LIST: &str = "ListEnvironmentAccountConnections";
 const GET: &str = "GetEnvironmentAccountConnection";
 const POLICY: &str = "accept-prod";
 
-/// The emulator as the management account's Proton. When the emulator maps access keys to
-/// accounts, add `accounts: [("AKIDENV", "444455556666")]` here: nothing else changes.
+/// The emulator as the management account's Proton, with the environment account's key mapped
+/// to an account of its own.
 fn emulator_config() -> EmulatorConfig {
     EmulatorConfig {
         account_id: MGMT.into(),
         region: REGION.into(),
+        accounts: [("AKIDENV".to_string(), "444455556666".to_string())].into(),
         ..EmulatorConfig::default()
     }
 }

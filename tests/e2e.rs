@@ -2200,10 +2200,8 @@ async fn floor_client(ns: &e2e_support::TestNamespace, emulator: &Emulator, n: u
 //
 // The emulator runs as the management account (`--account-id 111122223333`), and so does the
 // controller (its access key maps to that account). Connection requests come from another
-// access key (`AKIDENV`), the environment account's; today's emulator maps every key to the one
-// account, so the tests read the requests' environment account from the Create answer. With an
-// emulator that maps keys to accounts (`--account AKIDENV=444455556666`), pass that flag to
-// `start_emulator_with` and nothing else changes.
+// access key (`AKIDENV`), mapped to the environment account (`--account AKIDENV=444455556666`):
+// two identities, and only the management account may accept or reject.
 
 /// The environment account's requests: (id, environment account) for each environment.
 async fn request_connections(emulator: &Emulator, environments: &[&str]) -> Vec<(String, String)> {
@@ -2259,7 +2257,12 @@ async fn a_management_policy_accepts_exactly_the_matching_requests_and_rejects_t
     };
     let ns = cluster.namespace("acceptance").await;
     let emulator = ns
-        .start_emulator_with(&["--account-id", MANAGEMENT_ACCOUNT])
+        .start_emulator_with(&[
+            "--account-id",
+            MANAGEMENT_ACCOUNT,
+            "--account",
+            "AKIDENV=444455556666",
+        ])
         .await;
     let controller = ns
         .start_controller(&emulator, ControllerOptions::default())
@@ -2348,7 +2351,12 @@ async fn an_idle_policy_lists_once_per_interval_writes_nothing_and_reports_a_str
     };
     let ns = cluster.namespace("acceptance-idle").await;
     let emulator = ns
-        .start_emulator_with(&["--account-id", MANAGEMENT_ACCOUNT])
+        .start_emulator_with(&[
+            "--account-id",
+            MANAGEMENT_ACCOUNT,
+            "--account",
+            "AKIDENV=444455556666",
+        ])
         .await;
     // --pending-poll 1s: the policy lists every second.
     let _controller = ns
@@ -2423,7 +2431,12 @@ async fn both_sides_in_one_cluster_a_requested_connection_becomes_ready_with_no_
     };
     let ns = cluster.namespace("both-sides").await;
     let emulator = ns
-        .start_emulator_with(&["--account-id", MANAGEMENT_ACCOUNT])
+        .start_emulator_with(&[
+            "--account-id",
+            MANAGEMENT_ACCOUNT,
+            "--account",
+            "AKIDENV=444455556666",
+        ])
         .await;
     let _controller = ns
         .start_controller(&emulator, ControllerOptions::default())
