@@ -77,7 +77,7 @@ struct Tracked {
     /// The generation and adopt annotation of the last reconcile, and when the resource is due
     /// again (its requeue or its backoff): until then, a trigger that changed neither costs
     /// nothing, so nothing can bypass a backoff.
-    checkpoint: Option<(i64, Annotations, Instant)>,
+    checkpoint: Option<(i64, Triggers, Instant)>,
     /// Consecutive failed reconciles, for the backoff; reset on success and on a spec change.
     failures: u32,
     failed_generation: i64,
@@ -297,13 +297,13 @@ pub fn error_policy(
     let uid = obj.uid().unwrap_or_default();
     let generation = obj.metadata.generation.unwrap_or_default();
     let message = error.to_string();
-    let annotations = Annotations::of(&obj, &ctx);
+    let triggers = Triggers::of(&obj, &ctx);
     let (failures, news, wait) = {
         let mut tracked = ctx.tracked();
         let t = tracked.entry(uid).or_default();
         let failures = t.fail(generation);
         let wait = decide::retry_after(Retry::Backoff, failures, &ctx.settings, rand::random());
-        t.checkpoint = Some((generation, annotations, Instant::now() + wait));
+        t.checkpoint = Some((generation, triggers, Instant::now() + wait));
         let news = t.last_kube_error.as_deref() != Some(message.as_str());
         t.last_kube_error = Some(message.clone());
         (failures, news, wait)
@@ -345,17 +345,17 @@ fn paused_annotation(obj: &EnvironmentAccountConnection) -> bool {
 }
 
 /// What a reconcile acts on besides the spec: a change to one is worth a reconcile even before
-/// the resource is due. The annotations, and the credentials its namespace resolves to.
+/// the resource is due: the annotations it reads, and the credentials its namespace resolves to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Annotations {
+struct Triggers {
     adopt_id: Option<String>,
     paused: bool,
     credentials: Result<Resolved, MappingError>,
 }
 
-impl Annotations {
-    fn of(obj: &EnvironmentAccountConnection, ctx: &Context) -> Annotations {
-        Annotations {
+impl Triggers {
+    fn of(obj: &EnvironmentAccountConnection, ctx: &Context) -> Triggers {
+        Triggers {
             adopt_id: adopt_annotation(obj),
             paused: paused_annotation(obj),
             credentials: ctx.resolve_credentials(&obj.namespace().unwrap_or_default()),
@@ -372,7 +372,7 @@ struct Facts {
     name: String,
     uid: String,
     generation: i64,
-    annotations: Annotations,
+    triggers: Triggers,
     finalizers: Vec<String>,
     /// The status in the watch cache.
     stored: Option<Status>,
@@ -410,8 +410,8 @@ impl Facts {
             .uid()
             .ok_or_else(|| Error::MissingMetadata(object.clone(), "uid"))?;
         let generation = obj.metadata.generation.unwrap_or_default();
-        let annotations = Annotations::of(obj, ctx);
-        let credentials = annotations.credentials.clone();
+        let triggers = Triggers::of(obj, ctx);
+        let credentials = triggers.credentials.clone();
         let deleting = obj.metadata.deletion_timestamp.is_some();
         let stored = obj.status.clone();
         let intent = obj
@@ -428,7 +428,7 @@ impl Facts {
                 let now = Instant::now();
                 let quiet = match &t.checkpoint {
                     Some((g, seen, due))
-                        if !deleting && *g == generation && *seen == annotations && *due > now =>
+                        if !deleting && *g == generation && *seen == triggers && *due > now =>
                     {
                         Some(*due - now)
                     }
@@ -455,7 +455,7 @@ impl Facts {
             namespace,
             uid,
             generation,
-            annotations,
+            triggers,
             finalizers: obj.finalizers().to_vec(),
             stored,
             status,
@@ -490,14 +490,14 @@ impl Facts {
             status: &self.status,
             deleting: obj.metadata.deletion_timestamp.is_some(),
             has_finalizer: self.finalizers.iter().any(|f| f == FINALIZER),
-            adopt_id: self.annotations.adopt_id.as_deref(),
-            paused: self.annotations.paused,
+            adopt_id: self.triggers.adopt_id.as_deref(),
+            paused: self.triggers.paused,
             quiet: self.quiet,
             failures: self.failures,
             first_sight: self.first_sight,
             credentials_problem: self.credentials_problem.as_ref(),
             default_region: self
-                .annotations
+                .triggers
                 .credentials
                 .as_ref()
                 .ok()
@@ -783,7 +783,7 @@ async fn finish(
             let t = tracked.entry(facts.uid.clone()).or_default();
             t.failures = 0;
             t.last_kube_error = None;
-            t.checkpoint = Some((facts.generation, facts.annotations.clone(), due));
+            t.checkpoint = Some((facts.generation, facts.triggers.clone(), due));
             Ok((Action::requeue(settled.requeue), "settled"))
         }
         Step::Report(reported) => {
@@ -796,7 +796,7 @@ async fn finish(
             let mut tracked = ctx.tracked();
             let t = tracked.entry(facts.uid.clone()).or_default();
             t.fail(facts.generation);
-            t.checkpoint = Some((facts.generation, facts.annotations.clone(), due));
+            t.checkpoint = Some((facts.generation, facts.triggers.clone(), due));
             Ok((Action::requeue(reported.requeue), reported.problem.reason))
         }
         Step::RemoveFinalizer => {
@@ -863,7 +863,7 @@ fn checkpoint(ctx: &Context, facts: &Facts, requeue: Duration) {
     let due = Instant::now() + requeue;
     let mut tracked = ctx.tracked();
     let t = tracked.entry(facts.uid.clone()).or_default();
-    t.checkpoint = Some((facts.generation, facts.annotations.clone(), due));
+    t.checkpoint = Some((facts.generation, facts.triggers.clone(), due));
 }
 
 /// Server-side apply of the status subresource, only when it differs from what is recorded.

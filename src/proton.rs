@@ -615,32 +615,14 @@ impl Proton {
         region: &str,
         environment_name: &str,
     ) -> Result<Vec<Connection>, ProtonError> {
-        let client = self.client(ticket.identity, region);
-        let mut found = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let out = self
-                .call(
-                    ticket,
-                    "ListEnvironmentAccountConnections",
-                    client
-                        .list_environment_account_connections()
-                        .requested_by(
-                            EnvironmentAccountConnectionRequesterAccountType::EnvironmentAccount,
-                        )
-                        .environment_name(environment_name)
-                        .set_next_token(next.take())
-                        .send(),
-                )
-                .await?;
-            for summary in out.environment_account_connections() {
-                found.push(from_sdk_summary(summary)?);
-            }
-            match out.next_token() {
-                Some(token) if !token.is_empty() => next = Some(token.to_string()),
-                _ => return Ok(found),
-            }
-        }
+        self.list(
+            ticket,
+            region,
+            EnvironmentAccountConnectionRequesterAccountType::EnvironmentAccount,
+            Some(environment_name),
+            None,
+        )
+        .await
     }
 
     /// The connection requests made to the caller's account (`requestedBy=MANAGEMENT_ACCOUNT`)
@@ -649,6 +631,25 @@ impl Proton {
         &self,
         ticket: &Ticket<'_>,
         region: &str,
+    ) -> Result<Vec<Connection>, ProtonError> {
+        self.list(
+            ticket,
+            region,
+            EnvironmentAccountConnectionRequesterAccountType::ManagementAccount,
+            None,
+            Some(EnvironmentAccountConnectionStatus::Pending),
+        )
+        .await
+    }
+
+    /// `ListEnvironmentAccountConnections`, all pages.
+    async fn list(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        requested_by: EnvironmentAccountConnectionRequesterAccountType,
+        environment_name: Option<&str>,
+        status: Option<EnvironmentAccountConnectionStatus>,
     ) -> Result<Vec<Connection>, ProtonError> {
         let client = self.client(ticket.identity, region);
         let mut found = Vec::new();
@@ -660,10 +661,9 @@ impl Proton {
                     "ListEnvironmentAccountConnections",
                     client
                         .list_environment_account_connections()
-                        .requested_by(
-                            EnvironmentAccountConnectionRequesterAccountType::ManagementAccount,
-                        )
-                        .statuses(EnvironmentAccountConnectionStatus::Pending)
+                        .requested_by(requested_by.clone())
+                        .set_environment_name(environment_name.map(str::to_string))
+                        .set_statuses(status.clone().map(|s| vec![s]))
                         .set_next_token(next.take())
                         .send(),
                 )

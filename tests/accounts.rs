@@ -211,8 +211,6 @@ async fn a_namespace_the_watch_has_not_shown_yet_is_retried_soon_without_an_aws_
 /// change to either reconciles the affected resources at once (not at their next resync).
 #[tokio::test]
 async fn the_running_controller_follows_mapping_and_namespace_label_changes_at_once() {
-    use eac_controller::controller::{self, WatchScope};
-    use eac_controller::http::Readiness;
     use std::time::Duration;
 
     // A production resync: nothing may happen just because a resource came due.
@@ -236,19 +234,7 @@ async fn the_running_controller_follows_mapping_and_namespace_label_changes_at_o
         &selecting(&[("tier", "prod")], "arn:aws:iam::222222222222:role/eac"),
     );
     env.api.create("prod", UID, spec("prod"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(
-        env.ctx.clone(),
-        WatchScope {
-            account_mappings: true,
-            ..WatchScope::default()
-        },
-        2,
-        async move {
-            let _ = stopped.await;
-        },
-        Readiness::default(),
-    ));
+    let (stop, task) = run_with_mappings(&env);
 
     // The admin sees the overlap on the mappings themselves.
     env.api
@@ -613,27 +599,13 @@ async fn the_quickstart_demo_both_sides_with_a_mapped_management_role() {
 /// with the controller's own credentials because its mapping was not read.
 #[tokio::test]
 async fn nothing_is_reconciled_until_the_mappings_can_be_listed() {
-    use eac_controller::controller::{self, WatchScope};
-    use eac_controller::http::Readiness;
     use std::time::Duration;
 
     let env = Env::start().await;
     env.api.namespace(NS, &[("team", "payments")]);
     env.api.deny(Some(http::Method::GET), "/accountmappings");
     env.api.create("prod", UID, spec("prod"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(
-        env.ctx.clone(),
-        WatchScope {
-            account_mappings: true,
-            ..WatchScope::default()
-        },
-        2,
-        async move {
-            let _ = stopped.await;
-        },
-        Readiness::default(),
-    ));
+    let (stop, task) = run_with_mappings(&env);
     // The watch of AccountMappings is refused, and retried.
     env.api
         .wait_until(
@@ -666,4 +638,29 @@ async fn nothing_is_reconciled_until_the_mappings_can_be_listed() {
         .await;
     let _ = stop.send(());
     let _ = task.await;
+}
+
+/// The whole controller as `run` wires it, with account mappings on, until `stop` fires.
+fn run_with_mappings(
+    env: &Env,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    use eac_controller::controller::{self, WatchScope};
+    use eac_controller::http::Readiness;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller::run(
+        env.ctx.clone(),
+        WatchScope {
+            account_mappings: true,
+            ..WatchScope::default()
+        },
+        2,
+        async move {
+            let _ = stopped.await;
+        },
+        Readiness::default(),
+    ));
+    (stop, task)
 }

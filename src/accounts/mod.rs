@@ -52,8 +52,13 @@ pub struct RoleIdentity {
 impl RoleIdentity {
     /// The account the role belongs to, from its ARN (`arn:PARTITION:iam::ACCOUNT:role/NAME`).
     pub fn account(&self) -> Option<&str> {
-        self.role_arn.split(':').nth(4).filter(|a| !a.is_empty())
+        role_account(&self.role_arn)
     }
+}
+
+/// The account of an IAM role ARN (`arn:PARTITION:iam::ACCOUNT:role/NAME`).
+pub fn role_account(role_arn: &str) -> Option<&str> {
+    role_arn.split(':').nth(4).filter(|a| !a.is_empty())
 }
 
 impl std::fmt::Display for AwsIdentity {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use kube::core::{Selector, SelectorExt};
 
-use super::RoleIdentity;
 use super::api::{AccountMappingSpec, AccountMappingStatus};
+use super::role_account;
 use crate::conditions::{self, Want};
 
 /// At most this many namespaces are named in a list of the status.
@@ -36,12 +36,7 @@ pub fn status_of(
     let Some(spec) = mappings.iter().find(|(n, _)| *n == name).map(|(_, s)| *s) else {
         return AccountMappingStatus::default();
     };
-    let account_id = RoleIdentity {
-        role_arn: spec.role_arn.clone(),
-        external_id: None,
-    }
-    .account()
-    .map(str::to_string);
+    let account_id = role_account(&spec.role_arn).map(str::to_string);
     let ready = |ok: bool, reason: &str, message: String| {
         conditions::build(
             previous,
