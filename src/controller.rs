@@ -30,7 +30,7 @@ use crate::api::{
     INTENT_ANNOTATION, PAUSED_ANNOTATION,
 };
 use crate::budget::CallClass;
-use crate::decide::{self, Intent, Memory, Note, Outcome, Problem, Run, Settings, Step};
+use crate::decide::{self, Intent, Memory, Note, Outcome, Problem, Progress, Run, Settings, Step};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
 use crate::proton::{Proton, ProtonError, Retry, Ticket};
@@ -85,7 +85,26 @@ struct Tracked {
     last_kube_error: Option<String>,
     /// The last routine read (poll or resync) and when, for the effective-interval metric.
     last_read: Option<(CallClass, Instant)>,
+    /// What the last reconcile learned before its next call was deferred.
+    resume: Option<Resume>,
 }
+
+/// A deferred reconcile's [`Progress`], and what it holds for: the next reconcile goes on from
+/// it only if the resource is as it was (generation, annotations, credentials, deletion, the
+/// recorded connection) and its booked slot has not gone stale.
+#[derive(Clone, Debug)]
+struct Resume {
+    generation: i64,
+    triggers: Triggers,
+    deleting: bool,
+    status_id: Option<String>,
+    until: Instant,
+    progress: Progress,
+}
+
+/// How long past its due time a deferred reconcile's progress is kept: as long as the call
+/// budget keeps an unclaimed booking, so a reconcile held up by busy workers still finds both.
+const RESUME_GRACE: Duration = Duration::from_secs(60);
 
 /// Everything a reconcile needs; shared by all workers.
 pub struct Context {
@@ -390,6 +409,9 @@ struct Facts {
     identity: AwsIdentity,
     /// Why its namespace has no credentials, if so.
     credentials_problem: Option<Problem>,
+    /// What the last reconcile learned before it was deferred, to go on from.
+    resumed: Option<Progress>,
+    deleting: bool,
 }
 
 impl Facts {
@@ -421,7 +443,7 @@ impl Facts {
 
         let mut tracked = ctx.tracked();
         let first_sight = !tracked.contains_key(&uid);
-        let (status, quiet, failures) = match tracked.get_mut(&uid) {
+        let (status, quiet, failures, resumed) = match tracked.get_mut(&uid) {
             Some(t) => {
                 t.memory.catch_up(stored.as_ref());
                 let status = decide::effective_status(stored.as_ref(), intent.as_ref(), &t.memory);
@@ -439,12 +461,28 @@ impl Facts {
                 } else {
                     0
                 };
-                (status, quiet, failures)
+                // Taken only by a reconcile that may call AWS: one held back (quiet) leaves it.
+                let resumed = match quiet {
+                    Some(_) => None,
+                    None => t
+                        .resume
+                        .take()
+                        .filter(|r| {
+                            r.generation == generation
+                                && r.triggers == triggers
+                                && r.deleting == deleting
+                                && r.status_id == status.id
+                                && r.until > now
+                        })
+                        .map(|r| r.progress),
+                };
+                (status, quiet, failures, resumed)
             }
             None => (
                 decide::effective_status(stored.as_ref(), intent.as_ref(), &Memory::default()),
                 None,
                 0,
+                None,
             ),
         };
         drop(tracked);
@@ -477,6 +515,8 @@ impl Facts {
                     _ => Retry::Terminal,
                 },
             }),
+            resumed,
+            deleting,
         })
     }
 
@@ -488,7 +528,7 @@ impl Facts {
             generation: self.generation,
             spec: &obj.spec,
             status: &self.status,
-            deleting: obj.metadata.deletion_timestamp.is_some(),
+            deleting: self.deleting,
             has_finalizer: self.finalizers.iter().any(|f| f == FINALIZER),
             adopt_id: self.triggers.adopt_id.as_deref(),
             paused: self.triggers.paused,
@@ -529,6 +569,10 @@ async fn steps(
 ) -> Result<(Action, &'static str), Error> {
     let mut finalizers = facts.finalizers.clone();
     let mut run = Run::new(facts.resource(obj), &ctx.settings, rand::random());
+    if let Some(progress) = facts.resumed.clone() {
+        debug!(observed = ?progress.observed, "going on from the deferred reconcile's reads");
+        run.resume(progress);
+    }
     // A Create whose slot was taken before its intent was written.
     let mut create_admitted = false;
     // The worker slot of a routine read, held to the end of the reconcile.
@@ -537,7 +581,8 @@ async fn steps(
         let step = run.next(now());
         debug!(step = step.name(), ?step, "next step");
         if step.is_final() {
-            return finish(ctx, facts, &finalizers, step).await;
+            let carry = run.carry_over();
+            return finish(ctx, facts, &finalizers, step, carry).await;
         }
         let class = run.class_of(&step);
         let ticket = Ticket {
@@ -759,6 +804,7 @@ async fn finish(
     facts: &Facts,
     finalizers: &[String],
     step: Step,
+    carry: Option<Progress>,
 ) -> Result<(Action, &'static str), Error> {
     match step {
         Step::Settle(settled) => {
@@ -820,16 +866,32 @@ async fn finish(
             requeue,
             status,
         } => {
-            if let Some(status) = status {
-                write_status(ctx, facts, &status).await?;
-            }
+            let status_id = match &status {
+                Some(status) => {
+                    write_status(ctx, facts, status).await?;
+                    status.id.clone()
+                }
+                None => facts.status.id.clone(),
+            };
             ctx.metrics.budget_deferred(class, requeue);
             debug!(
                 class = class.as_str(),
                 wait_secs = requeue.as_secs_f64(),
+                kept = carry.is_some(),
                 "no room in the AWS call budget now; coming back"
             );
             checkpoint(ctx, facts, requeue);
+            if let Some(progress) = carry {
+                let mut tracked = ctx.tracked();
+                tracked.entry(facts.uid.clone()).or_default().resume = Some(Resume {
+                    generation: facts.generation,
+                    triggers: facts.triggers.clone(),
+                    deleting: facts.deleting,
+                    status_id,
+                    until: Instant::now() + requeue + RESUME_GRACE,
+                    progress,
+                });
+            }
             Ok((Action::requeue(requeue), "deferred"))
         }
         _ => {

@@ -16,9 +16,9 @@ use eac_controller::api::{
 };
 use eac_controller::conditions::{READY, STALLED, SYNCED};
 use eac_controller::decide::{
-    AdoptionPolicy, Intent, MAX_STEPS, Memory, Note, Observed, Origin, Outcome, Problem, Recorded,
-    Reported, Resource, Run, Settings, Settled, Step, client_token, desired_tags, effective_status,
-    event_for, ownership_tags, retry_after,
+    AdoptionPolicy, Intent, MAX_STEPS, Memory, Note, Observed, Origin, Outcome, Problem, Progress,
+    Recorded, Reported, Resource, Run, Settings, Settled, Step, client_token, desired_tags,
+    effective_status, event_for, ownership_tags, retry_after,
 };
 use eac_controller::proton::{
     Connection, CreateRequest, ErrorClass, ProtonError, Retry, RoleArns, Tags,
@@ -3023,4 +3023,172 @@ fn resuming_a_paused_resource_picks_up_where_it_stopped() {
     assert_eq!(trace.path(), "WhoAmI Get Update ListTags Settle");
     assert_eq!(cond_of(&case.status, SYNCED), ("True", "ReconcileSuccess"));
     assert_eq!(case.status.role_arn.as_deref(), Some(ROLE_2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A reconcile cut short by the call budget: what it learned is carried to the next one
+// ---------------------------------------------------------------------------------------------
+
+/// What kills at start-up leave: the connection recorded (id, PENDING), no conditions, no
+/// observedGeneration. Nothing is settled, so its first read is work, and so are its tags.
+fn half_written() -> Status {
+    Status {
+        conditions: Vec::new(),
+        observed_generation: None,
+        ..status_pending()
+    }
+}
+
+fn deferred(retry_in: Option<Duration>) -> ProtonError {
+    ProtonError::deferred("ListTagsForResource", retry_in)
+}
+
+/// Runs one reconcile of `case` by hand: WhoAmI, then the Get, whose tags are deferred.
+fn read_then_deferred(case: &Case) -> Option<Progress> {
+    let mut run = case.run();
+    assert_eq!(run.next(now()), Step::WhoAmI);
+    run.record(&Step::WhoAmI, Ok(Outcome::Account(ENV_ACCOUNT.into())));
+    let get = run.next(now());
+    assert_eq!(get, Step::Get { id: ID.into() });
+    run.record(&get, Ok(Outcome::Connection(conn(PENDING))));
+    let list = run.next(now());
+    assert_eq!(list, Step::ListTags { arn: ARN.into() });
+    run.record(&list, Err(deferred(Some(secs(2)))));
+    let Step::Defer { requeue, .. } = run.next(now()) else {
+        panic!("the run is deferred")
+    };
+    assert_eq!(requeue, secs(2), "back when its slot is booked");
+    run.carry_over()
+}
+
+#[test]
+fn a_deferred_reconcile_carries_the_connection_it_read_to_the_next_one() {
+    let case = Case::new().status(half_written());
+    let progress = read_then_deferred(&case).expect("the connection read is carried over");
+    assert_eq!(progress.account.as_deref(), Some(ENV_ACCOUNT));
+    assert!(matches!(
+        &progress.observed,
+        Observed::Connection { connection, tags: None, origin: Origin::Recorded } if *connection == conn(PENDING)
+    ));
+
+    // The next reconcile spends its booked slot on the call it was refused, and settles.
+    let mut run = case.run();
+    run.resume(progress);
+    let list = run.next(now());
+    assert_eq!(
+        list,
+        Step::ListTags { arn: ARN.into() },
+        "no second WhoAmI or Get"
+    );
+    run.record(
+        &list,
+        Ok(Outcome::Tags(with_ownership(&[("team", "payments")]))),
+    );
+    let Step::Settle(settled) = run.next(now()) else {
+        panic!("settles on its next slot")
+    };
+    assert_eq!(
+        cond_of(&settled.status, SYNCED),
+        ("True", "ReconcileSuccess")
+    );
+    assert_eq!(settled.status.observed_generation, Some(1));
+    assert_eq!(run.carry_over(), None, "a settled run carries nothing");
+}
+
+#[test]
+fn a_deferral_before_anything_was_read_carries_nothing() {
+    let case = Case::new().status(half_written());
+    let mut run = case.run();
+    assert_eq!(run.next(now()), Step::WhoAmI);
+    run.record(&Step::WhoAmI, Ok(Outcome::Account(ENV_ACCOUNT.into())));
+    let get = run.next(now());
+    run.record(&get, Err(deferred(None)));
+    assert!(matches!(run.next(now()), Step::Defer { .. }));
+    assert_eq!(run.carry_over(), None);
+}
+
+#[test]
+fn a_problem_is_not_carried_over() {
+    let case = Case::new().status(half_written());
+    let mut run = case.run();
+    run.record(&Step::WhoAmI, Ok(Outcome::Account(ENV_ACCOUNT.into())));
+    let get = run.next(now());
+    run.record(&get, Ok(Outcome::Connection(conn(PENDING))));
+    let list = run.next(now());
+    run.record(
+        &list,
+        Err(aws_error(&list, ErrorClass::Transient, "internal error")),
+    );
+    assert!(matches!(run.next(now()), Step::Report(_)));
+    assert_eq!(run.carry_over(), None, "only a deferral is resumed");
+}
+
+#[test]
+fn progress_that_does_not_match_the_recorded_connection_is_not_resumed() {
+    let case = Case::new().status(half_written());
+    let progress = read_then_deferred(&case).unwrap();
+    // Meanwhile the status names another connection: the read is about the wrong one.
+    let mut other = half_written();
+    other.id = Some("another-connection".into());
+    let moved = Case::new().status(other);
+    let mut run = moved.run();
+    run.resume(progress.clone());
+    assert_eq!(run.next(now()), Step::WhoAmI, "starts from scratch");
+    run.record(&Step::WhoAmI, Ok(Outcome::Account(ENV_ACCOUNT.into())));
+    assert_eq!(
+        run.next(now()),
+        Step::Get {
+            id: "another-connection".into()
+        }
+    );
+
+    // A run that already learned something keeps what it learned.
+    let mut run = case.run();
+    run.record(&Step::WhoAmI, Ok(Outcome::Account(ENV_ACCOUNT.into())));
+    let get = run.next(now());
+    let mut newer = conn(PENDING);
+    newer.last_modified_at = UPDATED_AT.into();
+    run.record(&get, Ok(Outcome::Connection(newer.clone())));
+    run.resume(progress);
+    assert!(matches!(
+        run.observed(),
+        Observed::Connection { connection, .. } if *connection == newer
+    ));
+}
+
+#[test]
+fn a_vanished_connection_is_carried_over_to_its_recreation() {
+    let case = Case::new().status(status_connected());
+    let mut run = case.run();
+    run.record(&Step::WhoAmI, Ok(Outcome::Account(ENV_ACCOUNT.into())));
+    let get = run.next(now());
+    assert_eq!(get, Step::Get { id: ID.into() });
+    run.record(
+        &get,
+        Err(aws_error(
+            &get,
+            ErrorClass::NotFound,
+            "connection not found",
+        )),
+    );
+    // Re-creating it starts with recording the intent, whose Create slot is deferred.
+    let record = run.next(now());
+    assert_eq!(record.name(), "Record");
+    run.record(&record, Err(deferred(Some(secs(3)))));
+    assert!(matches!(run.next(now()), Step::Defer { .. }));
+    let progress = run.carry_over().expect("the NotFound is carried over");
+    assert_eq!(
+        progress.observed,
+        Observed::Gone {
+            id: Some(ID.into())
+        }
+    );
+
+    let mut run = case.run();
+    run.resume(progress);
+    let Step::Record(recorded) = run.next(now()) else {
+        panic!("goes on to record the re-creation without reading the connection again")
+    };
+    assert!(recorded.before_create);
+    assert_eq!(recorded.status.recreations, 1);
 }

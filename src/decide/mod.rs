@@ -33,7 +33,7 @@ use crate::proton::{Connection, CreateRequest, ProtonError, RoleArns, Tags};
 
 pub use events::{Note, event_for};
 pub use memory::{Intent, Memory, effective_status};
-pub use observe::{Observed, Origin};
+pub use observe::{Observed, Origin, Progress};
 pub use retry::{Problem, retry_after};
 
 /// Who may adopt existing connections with the `proton.eac.dev/adopt-id` annotation.
@@ -386,6 +386,48 @@ impl<'a> Run<'a> {
             }
         }
         step
+    }
+
+    /// What this reconcile learned before its next call was deferred, for the next reconcile
+    /// to go on from ([`Run::resume`]): None unless the run was deferred after reading
+    /// something worth keeping.
+    pub fn carry_over(&self) -> Option<Progress> {
+        self.deferred?;
+        Progress::keeps(&self.observed).then(|| Progress {
+            observed: self.observed.clone(),
+            account: self.account.clone(),
+            adoption_allowed: self.adoption_allowed,
+        })
+    }
+
+    /// Goes on from what the last reconcile learned before it was deferred, so its booked slot
+    /// is spent on the call it was refused, not on reading the connection again. The caller
+    /// vouches that nothing changed since (generation, annotations, credentials, deletion and
+    /// the recorded id); a connection read or created as the resource's own that is not the
+    /// recorded one, or a run that already learned something, is not resumed.
+    pub fn resume(&mut self, progress: Progress) {
+        if !matches!(self.observed, Observed::Nothing) || !Progress::keeps(&progress.observed) {
+            return;
+        }
+        let consistent = match &progress.observed {
+            Observed::Connection {
+                connection, origin, ..
+            } => match origin {
+                // Taken up by id or by List: the recorded id says nothing about it.
+                Origin::Adopted | Origin::Listed => true,
+                Origin::Recorded | Origin::Created { .. } | Origin::Found => {
+                    self.status.id.as_deref() == Some(connection.id.as_str())
+                }
+            },
+            Observed::Gone { id } => id.is_some() && self.status.id == *id,
+            _ => false,
+        };
+        if !consistent {
+            return;
+        }
+        self.observed = progress.observed;
+        self.account = self.account.take().or(progress.account);
+        self.adoption_allowed = self.adoption_allowed.or(progress.adoption_allowed);
     }
 
     /// Folds the answer to `step` into what is known. Returns the Event the change deserves.

@@ -61,6 +61,32 @@ pub enum Observed {
     Released,
 }
 
+/// What a reconcile whose next AWS call was deferred had learned, for the next reconcile of the
+/// resource to go on from: without it, that reconcile would spend its booked slot reading the
+/// connection again and be deferred once more on the same call, for ever while the budget is
+/// busy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// A connection read (with its tags, if they were listed), or the recorded one found gone.
+    pub observed: Observed,
+    /// The account the credentials act as.
+    pub account: Option<String>,
+    /// The namespace's adoption opt-in, if it was read.
+    pub adoption_allowed: Option<bool>,
+}
+
+impl Progress {
+    /// Whether an observation is worth carrying over: a connection, or the recorded one gone
+    /// (an id never comes back). Not a search that found nothing (List is eventually
+    /// consistent), a conflict (its error is not carried), or a release (nothing follows it).
+    pub(super) fn keeps(observed: &Observed) -> bool {
+        matches!(
+            observed,
+            Observed::Connection { .. } | Observed::Gone { id: Some(_) }
+        )
+    }
+}
+
 pub(super) fn record(
     run: &mut Run,
     step: &Step,

@@ -1273,6 +1273,12 @@ impl Env {
         self.restart_in_region(&self.settings.default_region.clone());
     }
 
+    /// A restart with another AWS call budget (`--aws-rate-limit`, `--aws-burst`).
+    pub fn restart_with_budget(&mut self, budget: CallBudget) {
+        self.budget = budget;
+        self.restart();
+    }
+
     /// A restart with another default region (`--region`).
     pub fn restart_in_region(&mut self, region: &str) {
         self.settings.default_region = region.to_string();
