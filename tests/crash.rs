@@ -204,3 +204,159 @@ async fn killed_at_random_moments_with_strict_idempotency_list_lag_and_spec_edit
         owners(&env)
     );
 }
+
+/// The budget of a fresh process (`--aws-rate-limit 5 --aws-burst 5`): smaller than what
+/// twenty resources want at start-up.
+const RATE: u32 = 5;
+const BURST: u32 = 5;
+
+fn small_budget() -> CallBudget {
+    CallBudget::new(
+        std::num::NonZeroU32::new(RATE).unwrap(),
+        std::num::NonZeroU32::new(BURST).unwrap(),
+        0.5,
+    )
+}
+
+/// The whole controller as a process runs it, in-process; aborting the task is kill -9.
+fn start(env: &Env) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(eac_controller::controller::run(
+        env.ctx.clone(),
+        eac_controller::controller::WatchScope::default(),
+        4,
+        std::future::pending::<()>(),
+        eac_controller::http::Readiness::default(),
+    ))
+}
+
+fn synced_at_its_generation(o: &eac_controller::api::EnvironmentAccountConnection) -> bool {
+    let generation = o.metadata.generation;
+    o.status.as_ref().is_some_and(|s| {
+        s.id.is_some()
+            && s.conditions.iter().any(|c| {
+                c.type_ == "Synced" && c.status == "True" && c.observed_generation == generation
+            })
+    })
+}
+
+/// Two pressures at once, as an incident brings them: the controller is killed again and again
+/// while it starts (before, during and after its first Creates), under a call budget smaller
+/// than the start-up wants, with strict idempotency, List lag and spec edits in between. The
+/// last controller must settle every resource within the time the budget needs for its calls,
+/// with exactly one connection each, and delete them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_killed_at_start_up_under_a_small_budget_leave_every_resource_settled() {
+    const N: usize = 20;
+    const KILLS: usize = 5;
+    // The most AWS calls one resource can need once its controller lives: a replayed Create,
+    // a search for its connection, an Update, a Tag, an Untag, a Get and a ListTags, plus one
+    // poll. STS is outside the budget.
+    const CALLS_PER_RESOURCE: u32 = 8;
+    let settings = Settings {
+        resync: Duration::from_secs(2),
+        pending_poll: Duration::from_secs(1),
+        create_settle: Duration::from_secs(3),
+        ..eager_settings()
+    };
+    let emulator = EmulatorConfig {
+        idempotency: Idempotency::Strict,
+        list_lag: LAG,
+        ..EmulatorConfig::default()
+    };
+    let mut env = Env::start_full(settings, small_budget(), emulator).await;
+    env.proton().set_faults(Faults {
+        latency: Duration::from_millis(2),
+        ..Faults::default()
+    });
+    let seed: u64 = std::env::var("EAC_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (EAC_CRASH_SEED={seed} repeats the choices)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let names: Vec<String> = (0..N).map(name).collect();
+    for (i, name) in names.iter().enumerate() {
+        env.api.create(name, &uid(i), spec(name));
+    }
+
+    for _ in 0..KILLS {
+        env.restart_with_budget(small_budget());
+        let running = start(&env);
+        let lived = Duration::from_millis(rng.random_range(20..1_500));
+        tokio::time::sleep(lived).await;
+        running.abort();
+        let _ = running.await;
+        for name in &names {
+            if rng.random_bool(0.1) {
+                let role = format!("arn:aws:iam::444455556666:role/r{}", rng.random_range(0..3));
+                env.api.edit(name, |o| o.spec.role_arn = Some(role));
+            }
+        }
+    }
+    let half_written = names
+        .iter()
+        .filter(|n| {
+            env.api
+                .get(n)
+                .is_some_and(|o| !synced_at_its_generation(&o))
+        })
+        .count();
+
+    env.restart_with_budget(small_budget());
+    let started = tokio::time::Instant::now();
+    let running = start(&env);
+    let needed = f64::from(CALLS_PER_RESOURCE * N as u32 - BURST) / f64::from(RATE);
+    // Plus the List lag a replayed Create may wait out, and the deferral timers.
+    let bound = Duration::from_secs_f64(needed) + LAG + Duration::from_secs(5);
+    env.api
+        .wait_until(
+            &format!("all {N} resources Synced at their generation within {bound:?} (seed {seed})"),
+            bound,
+            |api| {
+                names
+                    .iter()
+                    .all(|n| api.get(n).is_some_and(|o| synced_at_its_generation(&o)))
+            },
+        )
+        .await;
+    println!(
+        "{half_written} of {N} unsettled after {KILLS} kills; all settled {:.1} s after the last start (bound {:.1} s, budget {RATE}/s burst {BURST})",
+        started.elapsed().as_secs_f64(),
+        bound.as_secs_f64()
+    );
+    let owners_now = owners(&env);
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(
+            owners_now.get(&uid(i)).copied(),
+            Some(1),
+            "{name}: exactly one connection (seed {seed}); owners {owners_now:?}"
+        );
+        let status = env.api.get(name).unwrap().status.unwrap();
+        let c = env
+            .proton()
+            .connections()
+            .into_iter()
+            .find(|c| c.tags.get(TAG_UID) == Some(&uid(i)))
+            .unwrap();
+        assert_eq!(status.id.as_deref(), Some(c.id.as_str()), "seed {seed}");
+    }
+    assert_eq!(env.proton().connections().len(), N, "seed {seed}");
+
+    for name in &names {
+        env.api.delete(name);
+    }
+    env.api
+        .wait_until(
+            &format!("all {N} resources deleted within {bound:?} (seed {seed})"),
+            bound,
+            |api| names.iter().all(|n| api.get(n).is_none()),
+        )
+        .await;
+    running.abort();
+    let _ = running.await;
+    assert!(
+        env.proton().connections().is_empty(),
+        "no orphan after deletion (seed {seed}): {:?}",
+        owners(&env)
+    );
+}
