@@ -1135,7 +1135,7 @@ fn a_call_the_budget_defers_ends_the_reconcile_with_the_decisions_made() {
         quiet: None,
         failures: 0,
     };
-    let mut r = Run::new(policy, &peers, &settings, &memory, JITTER);
+    let mut r = Run::new(policy.clone(), &peers, &settings, &memory, JITTER);
     let mut accepts = 0;
     let step = loop {
         let step = r.next(at(3_000));
@@ -1176,6 +1176,53 @@ fn a_call_the_budget_defers_ends_the_reconcile_with_the_decisions_made() {
     assert_eq!(reasons, ["Accepted"]);
     assert!(r.memory().backlog);
     assert!(r.memory().announced.is_empty());
+
+    // The next reconcile goes on from that List: the slot booked for the policy goes to the
+    // decision that was deferred, not to a new List (which would be deferred again and again
+    // while the budget is busy).
+    let memory = r.memory().clone();
+    assert!(memory.listed.is_some(), "the List is kept");
+    let lists_before = fake.calls.iter().filter(|c| c.starts_with("List")).count();
+    let policy = Policy {
+        status: &status,
+        ..policy
+    };
+    let mut r = Run::new(policy.clone(), &peers, &settings, &memory, JITTER);
+    let mut steps = Vec::new();
+    let step = loop {
+        let step = r.next(at(3_001));
+        if step.is_final() {
+            break step;
+        }
+        steps.push(step.name());
+        let answer = fake.answer(&step);
+        r.record(&step, answer);
+    };
+    assert_eq!(steps, ["WhoAmI", "Accept"], "no List: {steps:?}");
+    let Step::Settle(settled) = step else {
+        panic!("settles: {step:?}")
+    };
+    assert_eq!(ids(&settled.status.accepted), ["c-2", "c-1"]);
+    assert_eq!(
+        fake.calls.iter().filter(|c| c.starts_with("List")).count(),
+        lists_before
+    );
+    assert_eq!(r.memory().listed, None, "used once");
+
+    // A List kept for another generation, or past its time, is not used.
+    for (generation, now) in [(2, at(3_001)), (1, at(3_100))] {
+        let policy = Policy {
+            generation,
+            ..policy.clone()
+        };
+        let mut r = Run::new(policy, &peers, &settings, &memory, JITTER);
+        let mut step = r.next(now);
+        if step == Step::WhoAmI {
+            r.record(&step, fake.answer(&Step::WhoAmI));
+            step = r.next(now);
+        }
+        assert_eq!(step.name(), "List", "generation {generation}");
+    }
 }
 
 #[test]

@@ -78,7 +78,24 @@ pub struct Memory {
     /// show as PENDING for a while (List is eventually consistent): not decided again while they
     /// are listed.
     pub decided: BTreeSet<String>,
+    /// The List of a reconcile whose next call was deferred: the next reconcile decides from it
+    /// instead of listing again, so the slot booked for the policy goes to the deferred
+    /// decision (else every slot would go to a new List, and no decision would ever be made
+    /// while the budget is busy).
+    pub listed: Option<Listed>,
 }
+
+/// A List kept across a deferral, valid for the generation it was made for until `until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub generation: i64,
+    pub until: jiff::Timestamp,
+    pub requests: Vec<Connection>,
+}
+
+/// How long past its due time a deferred reconcile's List is kept: as long as the call budget
+/// keeps an unclaimed booking.
+const LISTED_GRACE: Duration = Duration::from_secs(60);
 
 /// The one next thing to do.
 #[derive(Clone, Debug, PartialEq)]
@@ -192,6 +209,8 @@ pub struct Run<'a> {
     account: Option<String>,
     /// The PENDING requests to this policy's management account, once listed.
     requests: Option<Vec<Connection>>,
+    /// What the List returned (or the deferred reconcile's List this one goes on from).
+    listed: Option<Vec<Connection>>,
     plan: VecDeque<Planned>,
     /// Decisions this reconcile made, in order.
     accepted: Vec<Decision>,
@@ -224,6 +243,7 @@ impl<'a> Run<'a> {
             region,
             account: None,
             requests: None,
+            listed: None,
             plan: VecDeque::new(),
             accepted: Vec::new(),
             rejected: Vec::new(),
@@ -302,7 +322,7 @@ impl<'a> Run<'a> {
             );
         }
         if let Some((class, booked)) = self.deferred {
-            return self.defer(class, booked);
+            return self.defer(class, booked, now);
         }
         if let Some(problem) = self.problem.clone() {
             return self.report(problem, now);
@@ -323,9 +343,24 @@ impl<'a> Run<'a> {
             );
         }
         if self.requests.is_none() {
-            return Step::List {
-                region: self.region.clone(),
-            };
+            let carried = self
+                .memory
+                .listed
+                .as_ref()
+                .filter(|l| l.generation == self.p.generation && now < l.until);
+            match carried {
+                Some(listed) => {
+                    let requests = listed.requests.clone();
+                    self.next_memory.listed = None;
+                    self.listed = Some(requests.clone());
+                    self.plan_for(requests);
+                }
+                None => {
+                    return Step::List {
+                        region: self.region.clone(),
+                    };
+                }
+            }
         }
         match self.plan.front() {
             Some(Planned::Accept(request)) => Step::Accept {
@@ -359,7 +394,11 @@ impl<'a> Run<'a> {
         };
         match (step, result) {
             (Step::WhoAmI, Ok(Outcome::Account(account))) => self.account = Some(account),
-            (Step::List { .. }, Ok(Outcome::Requests(listed))) => self.plan_for(listed),
+            (Step::List { .. }, Ok(Outcome::Requests(listed))) => {
+                self.next_memory.listed = None;
+                self.listed = Some(listed.clone());
+                self.plan_for(listed);
+            }
             (Step::Accept { id }, Ok(Outcome::Connection(c))) if c.id == *id => {
                 self.plan.pop_front();
                 if c.state == ConnectionState::Connected {
@@ -765,7 +804,7 @@ impl<'a> Run<'a> {
         }))
     }
 
-    fn defer(&mut self, class: CallClass, booked: Option<Duration>) -> Step {
+    fn defer(&mut self, class: CallClass, booked: Option<Duration>, now: jiff::Timestamp) -> Step {
         let decided = !self.accepted.is_empty() || !self.rejected.is_empty();
         let status = decided.then(|| Box::new(self.with_decisions_and(false)));
         // Only the decisions' Events: requests left pending are announced once a reconcile
@@ -781,6 +820,16 @@ impl<'a> Run<'a> {
                 _ => Duration::from_secs(2),
             };
             base.mul_f64(0.5 + self.jitter.clamp(0.0, 1.0))
+        });
+        self.next_memory.listed = self.listed.clone().map(|requests| Listed {
+            generation: self.p.generation,
+            until: now
+                .checked_add(
+                    jiff::SignedDuration::try_from(requeue + LISTED_GRACE)
+                        .unwrap_or(jiff::SignedDuration::ZERO),
+                )
+                .unwrap_or(now),
+            requests,
         });
         Step::Defer {
             class,
