@@ -12,6 +12,7 @@
 //! - `status`: the status written for each outcome;
 //! - `events`: the text of Events;
 //! - `retry`: how long to wait after a problem;
+//! - `rules`: what managed and observed connections share (due, region, take-over, re-reads);
 //! - `memory`: what the controller keeps between reconciles, and the status it reconciles from.
 
 mod events;
@@ -20,6 +21,7 @@ mod next;
 mod observe;
 mod observing;
 mod retry;
+mod rules;
 mod status;
 
 use std::time::Duration;

@@ -9,7 +9,7 @@
 use crate::conditions::{SYNCED, Want};
 use crate::proton::{Connection, Retry};
 
-use super::next::{
+use super::rules::{
     jittered, may_take_over, mismatches, not_due, region_not_allowed, requeue_after,
 };
 use super::{Observed, Origin, Problem, Run, Settled, Step, events, status};
