@@ -31,6 +31,19 @@ const SHORT_WAIT: Duration = Duration::from_millis(100);
 /// A booking not claimed this long after its time is forgotten (the resource went elsewhere).
 const STALE_BOOKING: Duration = Duration::from_secs(60);
 
+/// Prefix of a policy's key in the budget (a connection's key is its uid alone).
+const POLICY_KEY_PREFIX: &str = "policy/";
+
+/// The budget key of the policy with this uid.
+pub fn policy_key(uid: &str) -> String {
+    format!("{POLICY_KEY_PREFIX}{uid}")
+}
+
+/// Whether a budget key is a policy's (else a connection's).
+pub fn is_policy_key(key: &str) -> bool {
+    key.starts_with(POLICY_KEY_PREFIX)
+}
+
 /// Which kind of AWS call, for the order they are served in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CallClass {

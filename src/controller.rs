@@ -36,8 +36,7 @@ use crate::metrics::Metrics;
 use crate::proton::{Proton, ProtonError, Retry, Ticket};
 use crate::recorder::Recorder;
 
-/// Field manager of the controller's server-side-apply status writes.
-pub const FIELD_MANAGER: &str = "eac-controller";
+pub use crate::recorder::{FIELD_MANAGER, reporter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -258,7 +257,7 @@ impl Context {
         self.tracked().retain(|uid, _| live.contains(uid));
         // The management side's bookings in the shared budget are its own to drop.
         self.proton.retain(|key| {
-            live.contains(key) || key.starts_with(crate::acceptance::controller::BUDGET_KEY_PREFIX)
+            live.contains(key) || crate::budget::is_policy_key(key)
         });
     }
 
@@ -266,14 +265,6 @@ impl Context {
     pub fn forget_all(&self) {
         self.tracked().clear();
         self.proton.retain(|_| false);
-    }
-}
-
-/// The reporter identity of Events: the controller name plus the pod.
-pub fn reporter() -> Reporter {
-    Reporter {
-        controller: "eac-controller".into(),
-        instance: std::env::var("POD_NAME").ok(),
     }
 }
 

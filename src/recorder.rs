@@ -18,6 +18,18 @@ use crate::decide::Note;
 /// What an Event says it did.
 const ACTION: &str = "Reconcile";
 
+/// Field manager of every server-side-apply write the controller makes (status, finalizers),
+/// whichever kind it writes.
+pub const FIELD_MANAGER: &str = "eac-controller";
+
+/// The reporter identity of Events: the controller name plus the pod.
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: "eac-controller".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    }
+}
+
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,

@@ -29,10 +29,8 @@ use crate::proton::{Proton, ProtonError, Retry, Ticket};
 use crate::recorder::Recorder;
 
 /// Field manager of the controller's server-side-apply status writes.
-pub const FIELD_MANAGER: &str = crate::controller::FIELD_MANAGER;
+pub use crate::recorder::{FIELD_MANAGER, reporter};
 
-/// Prefix of a policy's key in the shared call budget (the connection side keys by uid alone).
-pub const BUDGET_KEY_PREFIX: &str = "policy/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -188,7 +186,7 @@ impl Context {
 }
 
 fn budget_key(uid: &str) -> String {
-    format!("{BUDGET_KEY_PREFIX}{uid}")
+    crate::budget::policy_key(uid)
 }
 
 /// Whether the `proton.eac.dev/paused` annotation says `"true"`.
@@ -650,10 +648,6 @@ pub async fn run(
     ctx.use_store(None);
 }
 
-/// The reporter identity of Events, as the connection side's.
-pub fn reporter() -> Reporter {
-    crate::controller::reporter()
-}
 
 #[cfg(test)]
 mod tests {
