@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::aws::error::{ErrorClass, ProtonError};
 use crate::metrics::Metrics;
-use crate::proton::ProtonError;
 
 /// How long an answer is trusted before it is asked again.
 const FRESH_FOR: Duration = Duration::from_secs(300);
@@ -50,7 +50,7 @@ impl CallerIdentity {
                 let Some(account) = out.account().filter(|a| !a.is_empty()) else {
                     return Err(ProtonError {
                         operation: "GetCallerIdentity",
-                        class: crate::proton::ErrorClass::Other,
+                        class: ErrorClass::Other,
                         code: "MalformedResponse".into(),
                         message: "STS answered without an account id".into(),
                         retry_in: None,

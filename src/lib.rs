@@ -4,6 +4,7 @@
 pub mod acceptance;
 pub mod accounts;
 pub mod api;
+pub mod aws;
 pub mod budget;
 pub mod conditions;
 pub mod config;

@@ -14,8 +14,8 @@ use aws_credential_types::provider::{self, ProvideCredentials, error::Credential
 use tracing::info;
 
 use super::RoleIdentity;
+use crate::aws::error::{ErrorClass, ProtonError};
 use crate::metrics::Metrics;
-use crate::proton::{ErrorClass, ProtonError};
 
 /// Credentials are renewed this long before they expire, so no call is signed with credentials
 /// about to lapse.

@@ -1,0 +1,250 @@
+//! Errors of AWS calls (Proton and STS) and how the controller reacts to each class: retried
+//! with backoff, retried slowly, or terminal for the current generation.
+
+use std::time::Duration;
+
+use aws_sdk_proton::error::{ProvideErrorMetadata, SdkError};
+
+/// How the controller should react to a failed call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// ThrottlingException: retry with backoff, and slow all callers down.
+    Throttled,
+    /// InternalServerException, 5xx, timeouts, connection failures: retry with backoff.
+    Transient,
+    /// AccessDeniedException: IAM is fixed elsewhere, so retry slowly.
+    AccessDenied,
+    /// ValidationException: the request cannot succeed as sent.
+    Validation,
+    /// ServiceQuotaExceededException.
+    QuotaExceeded,
+    /// ConflictException: the connection is in a state that forbids the call.
+    Conflict,
+    /// ResourceNotFoundException.
+    NotFound,
+    /// Anything else (unknown error codes, requests the SDK could not build).
+    Other,
+    /// Not sent: the call budget has no room for this class of call now.
+    Deferred,
+}
+
+/// How soon a failed call may be tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Exponential backoff with jitter.
+    Backoff,
+    /// A long, fixed interval: the fix happens outside Kubernetes (IAM).
+    Slow,
+    /// Retrying the same generation will not help; wait for a spec change (or a resync).
+    Terminal,
+}
+
+impl ErrorClass {
+    pub fn retry(self) -> Retry {
+        match self {
+            ErrorClass::Throttled
+            | ErrorClass::Transient
+            | ErrorClass::Other
+            | ErrorClass::Deferred => Retry::Backoff,
+            ErrorClass::AccessDenied => Retry::Slow,
+            ErrorClass::Validation
+            | ErrorClass::QuotaExceeded
+            | ErrorClass::Conflict
+            | ErrorClass::NotFound => Retry::Terminal,
+        }
+    }
+
+    /// The condition reason (and Event reason) naming this class.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ErrorClass::Throttled => "Throttled",
+            ErrorClass::Transient => "AwsUnavailable",
+            ErrorClass::AccessDenied => "AccessDenied",
+            ErrorClass::Validation => "InvalidSpec",
+            ErrorClass::QuotaExceeded => "QuotaExceeded",
+            ErrorClass::Conflict => "Conflict",
+            ErrorClass::NotFound => "NotFound",
+            ErrorClass::Other => "AwsError",
+            ErrorClass::Deferred => "Deferred",
+        }
+    }
+
+    /// Classifies an AWS error code (the `__type` of the response).
+    pub fn from_code(code: &str) -> ErrorClass {
+        match code {
+            "ThrottlingException" | "Throttling" | "TooManyRequestsException" => {
+                ErrorClass::Throttled
+            }
+            "InternalServerException" | "ServiceUnavailable" | "ServiceUnavailableException" => {
+                ErrorClass::Transient
+            }
+            "AccessDeniedException"
+            | "AccessDenied"
+            | "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "ExpiredTokenException"
+            // STS's awsQuery codes: a refused AssumeRole, temporary credentials that expired.
+            | "ExpiredToken"
+            | "InvalidClientTokenId" => ErrorClass::AccessDenied,
+            "ValidationException" => ErrorClass::Validation,
+            "ServiceQuotaExceededException" => ErrorClass::QuotaExceeded,
+            "ConflictException" => ErrorClass::Conflict,
+            "ResourceNotFoundException" => ErrorClass::NotFound,
+            _ => ErrorClass::Other,
+        }
+    }
+}
+
+/// A failed Proton call: which operation, its class, and AWS's own code and message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{operation} failed: {code}: {message}")]
+pub struct ProtonError {
+    pub operation: &'static str,
+    pub class: ErrorClass,
+    pub code: String,
+    pub message: String,
+    /// For [`ErrorClass::Deferred`]: in how long the call budget has a slot booked for the
+    /// caller (`None`: no room now, nothing booked).
+    pub retry_in: Option<Duration>,
+}
+
+impl ProtonError {
+    pub fn is_not_found(&self) -> bool {
+        self.class == ErrorClass::NotFound
+    }
+
+    /// The call was not sent: the budget has no room for its class now.
+    pub fn deferred(operation: &'static str, retry_in: Option<Duration>) -> Self {
+        ProtonError {
+            operation,
+            class: ErrorClass::Deferred,
+            code: "Deferred".into(),
+            message: "not sent: no room in the AWS call budget for this class of call now".into(),
+            retry_in,
+        }
+    }
+
+    pub(crate) fn from_sdk<E>(
+        operation: &'static str,
+        err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match &err {
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().unwrap_or("Unknown").to_string();
+                let message = service
+                    .err()
+                    .message()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("HTTP {}", service.raw().status().as_u16()));
+                let mut class = ErrorClass::from_code(&code);
+                if class == ErrorClass::Other && service.raw().status().is_server_error() {
+                    class = ErrorClass::Transient;
+                }
+                ProtonError {
+                    operation,
+                    class,
+                    code,
+                    message,
+                    retry_in: None,
+                }
+            }
+            SdkError::TimeoutError(_) => ProtonError {
+                operation,
+                class: ErrorClass::Transient,
+                code: "Timeout".into(),
+                message: "the request timed out".into(),
+                retry_in: None,
+            },
+            SdkError::DispatchFailure(failure) => ProtonError {
+                operation,
+                class: ErrorClass::Transient,
+                code: "DispatchFailure".into(),
+                message: format!(
+                    "could not reach Proton: {}",
+                    describe(&err, failure.is_io())
+                ),
+                retry_in: None,
+            },
+            SdkError::ResponseError(_) => ProtonError {
+                operation,
+                class: ErrorClass::Transient,
+                code: "ResponseError".into(),
+                message: format!("unreadable response from Proton: {}", describe(&err, false)),
+                retry_in: None,
+            },
+            _ => ProtonError {
+                operation,
+                class: ErrorClass::Other,
+                code: "ConstructionFailure".into(),
+                message: describe(&err, false),
+                retry_in: None,
+            },
+        }
+    }
+}
+
+/// The full error chain in one line: SDK errors hide their cause in `source()`.
+fn describe(err: &dyn std::error::Error, _io: bool) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Where and how to reach Proton.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_model_error_is_classified() {
+        let cases = [
+            ("ThrottlingException", ErrorClass::Throttled, Retry::Backoff),
+            (
+                "InternalServerException",
+                ErrorClass::Transient,
+                Retry::Backoff,
+            ),
+            (
+                "AccessDeniedException",
+                ErrorClass::AccessDenied,
+                Retry::Slow,
+            ),
+            (
+                "ValidationException",
+                ErrorClass::Validation,
+                Retry::Terminal,
+            ),
+            (
+                "ServiceQuotaExceededException",
+                ErrorClass::QuotaExceeded,
+                Retry::Terminal,
+            ),
+            ("ConflictException", ErrorClass::Conflict, Retry::Terminal),
+            (
+                "ResourceNotFoundException",
+                ErrorClass::NotFound,
+                Retry::Terminal,
+            ),
+            ("ExpiredToken", ErrorClass::AccessDenied, Retry::Slow),
+            (
+                "InvalidClientTokenId",
+                ErrorClass::AccessDenied,
+                Retry::Slow,
+            ),
+            ("SomethingNew", ErrorClass::Other, Retry::Backoff),
+        ];
+        for (code, class, retry) in cases {
+            assert_eq!(ErrorClass::from_code(code), class, "{code}");
+            assert_eq!(class.retry(), retry, "{code}");
+        }
+    }
+}
