@@ -256,9 +256,8 @@ impl Context {
     pub fn retain_only(&self, live: &HashSet<String>) {
         self.tracked().retain(|uid, _| live.contains(uid));
         // The management side's bookings in the shared budget are its own to drop.
-        self.proton.retain(|key| {
-            live.contains(key) || crate::budget::is_policy_key(key)
-        });
+        self.proton
+            .retain(|key| live.contains(key) || crate::budget::is_policy_key(key));
     }
 
     /// Forgets everything (a new term of leadership: another leader may have written since).

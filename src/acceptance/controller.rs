@@ -28,9 +28,7 @@ use crate::metrics::Metrics;
 use crate::proton::{Proton, ProtonError, Retry, Ticket};
 use crate::recorder::Recorder;
 
-/// Field manager of the controller's server-side-apply status writes.
 pub use crate::recorder::{FIELD_MANAGER, reporter};
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -647,7 +645,6 @@ pub async fn run(
         .await;
     ctx.use_store(None);
 }
-
 
 #[cfg(test)]
 mod tests {
