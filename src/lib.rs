@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod api;
 pub mod aws;
 pub mod budget;
+pub mod cli;
 pub mod conditions;
 pub mod config;
 pub mod controller;

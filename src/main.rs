@@ -1,39 +1,17 @@
-//! `eac-controller`: `run` the controller, or print the `crd`.
+//! `eac-controller`: `run` the controller, or print the `crd`. The flags are in
+//! [`eac_controller::cli`]; this file only wires them to the controller.
 
 use std::process::ExitCode;
 
 use std::sync::Arc;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches};
 use eac_controller::acceptance;
 use eac_controller::accounts;
 use eac_controller::api::crd_yaml;
-use eac_controller::config::{RunArgs, resolve_endpoint};
+use eac_controller::cli::{Cli, Command};
+use eac_controller::config::resolve_endpoint;
 use eac_controller::runner;
-
-#[derive(Parser)]
-#[command(
-    name = "eac-controller",
-    version,
-    about = "Keeps AWS Proton environment account connections in step with Kubernetes resources"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the controller against the current kubeconfig / in-cluster config.
-    Run(Box<RunArgs>),
-    /// Print the CustomResourceDefinitions as YAML (all, or the one named by its plural).
-    Crd {
-        /// `environmentaccountconnections`, `accountmappings` or
-        /// `connectionacceptancepolicies`; unset: every CRD, as one multi-document YAML stream
-        /// (what `kubectl apply -f -` takes).
-        plural: Option<String>,
-    },
-}
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();

@@ -79,6 +79,7 @@ pub struct CreateRequest {
 
 pub use crate::aws::error::{ErrorClass, ProtonError, Retry};
 
+/// Where and how to reach Proton.
 #[derive(Clone, Debug)]
 pub struct ProtonSettings {
     /// Region of new connections whose spec names none (and of STS calls).

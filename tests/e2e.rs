@@ -28,12 +28,14 @@ use std::time::Duration;
 use e2e_support::access::{Relay, controller_rules};
 use e2e_support::timeouts::{CONVERGE, MANY, TAKEOVER};
 use e2e_support::{
-    CREATE, Cluster, Controller, ControllerOptions, DELETE, ENVIRONMENT_ACCOUNT, Eac, Emulator,
-    GET, KUBECONFIG_VAR, MANAGEMENT_ACCOUNT, REGION, ROLE_ARN, SERVING_MESSAGE, SKIP_MESSAGE,
-    UNTAG, UPDATE, design_example, e2e_kubeconfig, eac, get_connection, has_condition,
-    has_connection, http_request, http_until, invalid_cases, list_connections,
-    parse_emulator_banner, parse_http_response, parse_serving_line, raw_manifest, spec,
-    spec_changes, status, summarize, synced, tags_of, uid, valid_raw_spec, wait_object,
+    CREATE, Cluster, Controller, ControllerOptions, ControllerPreset, DELETE,
+    ENVIRONMENT_ACCESS_KEY, ENVIRONMENT_ACCOUNT, Eac, Emulator, EmulatorOptions, EmulatorPreset,
+    GET, KUBECONFIG_VAR, LEASE_NAME, MANAGEMENT_ACCOUNT, OTHER_REGION, REFUSED_CONTROLLER_FLAGS,
+    REGION, ROLE_ARN, SERVING_MESSAGE, SKIP_MESSAGE, UNTAG, UPDATE, design_example, e2e_kubeconfig,
+    eac, get_connection, has_condition, has_connection, http_request, http_until, invalid_cases,
+    list_connections, parse_emulator_banner, parse_http_response, parse_serving_line, raw_manifest,
+    run_refused_controller, spec, spec_changes, status, summarize, synced, tags_of, uid,
+    valid_raw_spec, wait_object,
 };
 use eac_controller::acceptance::api::UnmatchedRequests;
 use eac_controller::api::{
@@ -775,7 +777,7 @@ async fn two_namespaces_mapped_to_two_accounts_get_connections_in_their_own_acco
             .expect("a cluster admin applies an AccountMapping");
         created.push(ns.name.clone());
     }
-    let with_mappings = || ControllerOptions::with_args(&["--account-mappings=true"]);
+    let with_mappings = || ControllerOptions::preset(ControllerPreset::AccountMappings);
     let _ca = a.start_controller(&emulator, with_mappings()).await;
     let _cb = b.start_controller(&emulator, with_mappings()).await;
 
@@ -892,8 +894,8 @@ async fn an_emulator_restarted_on_its_state_file_keeps_every_connection_and_caus
     };
     let ns = cluster.namespace("state-file").await;
     let state = ns.log_dir().join("proton-state.json");
-    let state_arg = state.display().to_string();
-    let first = ns.start_emulator_with(&["--state-file", &state_arg]).await;
+    let on_state_file = || EmulatorOptions::default().state_file(&state);
+    let first = ns.start_emulator_with(on_state_file()).await;
     let controller = ns
         .start_controller(&first, ControllerOptions::default())
         .await;
@@ -910,7 +912,7 @@ async fn an_emulator_restarted_on_its_state_file_keeps_every_connection_and_caus
     controller.kill();
     first.kill();
 
-    let second = ns.start_emulator_with(&["--state-file", &state_arg]).await;
+    let second = ns.start_emulator_with(on_state_file()).await;
     let listed = list_connections(&second.sdk()).await;
     assert_eq!(listed.len(), 3, "{listed:?}");
     let _controller = ns
@@ -1177,7 +1179,7 @@ async fn twenty_resources_converge_under_proton_throttling_within_the_call_budge
     let _controller = ns
         .start_controller(
             &emulator,
-            ControllerOptions::with_args(&["--aws-rate-limit", "4", "--aws-burst", "1"]),
+            ControllerOptions::preset(ControllerPreset::TightAwsBudget),
         )
         .await;
 
@@ -1229,8 +1231,6 @@ async fn twenty_resources_converge_under_proton_throttling_within_the_call_budge
 // -------------------------------------------------------------------------------------------
 // 12. Leader election
 
-const LEASE: &str = "eac-e2e";
-
 fn holder(lease: Option<&Lease>) -> Option<&str> {
     lease?.spec.as_ref()?.holder_identity.as_deref()
 }
@@ -1242,18 +1242,10 @@ async fn the_standby_controller_takes_over_when_the_leader_is_killed() {
     };
     let ns = cluster.namespace("leader-election").await;
     let emulator = ns.start_emulator().await;
+    // The Lease is in the test's namespace (`--leader-election-namespace` of the harness).
     let leader_args = |identity: &str| ControllerOptions {
         identity: identity.into(),
-        extra_args: [
-            "--leader-election",
-            "--leader-election-namespace",
-            &ns.name,
-            "--lease-name",
-            LEASE,
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..ControllerOptions::default()
+        ..ControllerOptions::preset(ControllerPreset::LeaderElection)
     };
     let a = ns
         .start_controller(&emulator, leader_args("eac-e2e-a"))
@@ -1266,7 +1258,7 @@ async fn the_standby_controller_takes_over_when_the_leader_is_killed() {
     let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
     let lease = wait_object(
         &leases,
-        LEASE,
+        LEASE_NAME,
         "a holder of the Lease",
         CONVERGE,
         |l: Option<&Lease>| holder(l).is_some_and(|h| identities.iter().any(|i| i == h)),
@@ -1315,7 +1307,7 @@ async fn the_standby_controller_takes_over_when_the_leader_is_killed() {
     let standby_holds = |l: Option<&Lease>| holder(l) == Some(standby.identity.as_str());
     wait_object(
         &leases,
-        LEASE,
+        LEASE_NAME,
         "the standby holding the Lease",
         CONVERGE,
         standby_holds,
@@ -1378,23 +1370,22 @@ async fn health_readiness_and_metrics_are_served_on_the_address_the_controller_l
     ns.apply(&eac("metrics", spec("metrics"))).await;
     ns.wait_eac("metrics", "a PENDING connection", CONVERGE, pending)
         .await;
+    // Each series appears at its own moment (eac_reconcile_total only once the reconcile has
+    // published its Events, after the status the wait above saw): wait for every one asserted.
     let pending_line = r#"eac_connections{status="PENDING"} 1"#;
-    let metrics = http_until(addr, "/metrics", pending_line, CONVERGE, |r| {
-        r.status == 200 && r.body.lines().any(|l| l == pending_line)
+    let series = [
+        "eac_reconcile_total{",
+        r#"eac_aws_requests_total{operation="CreateEnvironmentAccountConnection""#,
+    ];
+    let what = format!("{pending_line:?} and series starting with {series:?}");
+    http_until(addr, "/metrics", &what, CONVERGE, |r| {
+        r.status == 200
+            && r.body.lines().any(|l| l == pending_line)
+            && series
+                .iter()
+                .all(|prefix| r.body.lines().any(|l| l.starts_with(prefix)))
     })
     .await;
-    assert!(
-        metrics.body.contains("eac_reconcile_total"),
-        "{}",
-        metrics.body
-    );
-    assert!(
-        metrics
-            .body
-            .contains(r#"eac_aws_requests_total{operation="CreateEnvironmentAccountConnection""#),
-        "{}",
-        metrics.body
-    );
 }
 
 // -------------------------------------------------------------------------------------------
@@ -1506,23 +1497,11 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_can_expire(
     let ns = cluster.namespace("cut-off-leader").await;
     let emulator = ns.start_emulator().await;
     let relay = Relay::start(ns.api_server_addr().await).await;
+    // Lease duration 15 s, renew deadline 10 s; the Lease is in the test's namespace.
     let options = |identity: &str, kubeconfig: Option<PathBuf>| ControllerOptions {
         identity: identity.into(),
-        extra_args: [
-            "--leader-election",
-            "--leader-election-namespace",
-            &ns.name,
-            "--lease-name",
-            LEASE,
-            "--lease-duration",
-            "15s",
-            "--lease-renew-deadline",
-            "10s",
-        ]
-        .map(String::from)
-        .to_vec(),
         kubeconfig,
-        ..ControllerOptions::default()
+        ..ControllerOptions::preset(ControllerPreset::LeaderElectionTimed)
     };
     let relayed = ns.relayed_kubeconfig(&relay, "a");
     let a = ns
@@ -1531,7 +1510,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_can_expire(
     let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
     wait_object(
         &leases,
-        LEASE,
+        LEASE_NAME,
         "pod a holding the Lease",
         CONVERGE,
         |l: Option<&Lease>| holder(l) == Some("eac-e2e-a"),
@@ -1568,7 +1547,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_can_expire(
     );
     wait_object(
         &leases,
-        LEASE,
+        LEASE_NAME,
         "pod b holding the Lease",
         TAKEOVER,
         |l: Option<&Lease>| holder(l) == Some("eac-e2e-b"),
@@ -1626,10 +1605,7 @@ async fn a_connection_stays_in_its_region_and_account_whatever_the_controller_ru
     let _second = ns
         .start_controller(
             &emulator,
-            ControllerOptions {
-                region: Some("eu-west-1".into()),
-                ..ControllerOptions::default()
-            },
+            ControllerOptions::preset(ControllerPreset::OtherRegion),
         )
         .await;
     sdk.accept_environment_account_connection()
@@ -1658,13 +1634,13 @@ async fn a_connection_stays_in_its_region_and_account_whatever_the_controller_ru
     let new = ns
         .wait_eac("new", "a connection", CONVERGE, has_connection)
         .await;
-    assert_eq!(status(&new).region.as_deref(), Some("eu-west-1"));
+    assert_eq!(status(&new).region.as_deref(), Some(OTHER_REGION));
     drop(_second);
 
     // Now the credentials act as another account (an emulator for account 999988887777, which
     // knows nothing of the first account's connections).
     let other = ns
-        .start_emulator_with(&["--account-id", "999988887777"])
+        .start_emulator_with(EmulatorOptions::preset(EmulatorPreset::OtherAccount))
         .await;
     let _third = ns
         .start_controller(&other, ControllerOptions::default())
@@ -1698,7 +1674,7 @@ async fn a_stripped_finalizer_is_back_within_two_seconds() {
     let _controller = ns
         .start_controller(
             &emulator,
-            ControllerOptions::with_args(&["--resync-period", "10m"]),
+            ControllerOptions::preset(ControllerPreset::NoResync),
         )
         .await;
     ns.apply(&eac("guarded", spec("guarded"))).await;
@@ -1823,24 +1799,9 @@ async fn nonsense_flag_values_are_refused_before_the_controller_touches_the_clus
     let Some(cluster) = Cluster::from_env().await else {
         return;
     };
-    for (flag, value) in [
-        ("--resync-period", "0s"),
-        ("--resync-period", "3y"),
-        ("--pending-poll", "0s"),
-        ("--aws-timeout", "0s"),
-        ("--lease-renew-deadline", "1m"),
-    ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_eac-controller"))
-            .args([
-                "run",
-                "--proton-endpoint",
-                "http://127.0.0.1:9",
-                flag,
-                value,
-            ])
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .output()
-            .expect("the binary runs");
+    // The same lists are checked against the parser offline (tests/e2e_args.rs).
+    for &(flag, value) in REFUSED_CONTROLLER_FLAGS {
+        let out = run_refused_controller(&cluster.kubeconfig, flag, value);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
         assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
@@ -1858,7 +1819,7 @@ async fn kills_with_strict_idempotency_list_lag_and_spec_edits_leave_one_connect
     };
     let ns = cluster.namespace("crash-strict").await;
     let emulator = ns
-        .start_emulator_with(&["--idempotency", "strict", "--list-lag-ms", "3000"])
+        .start_emulator_with(EmulatorOptions::preset(EmulatorPreset::StrictWithListLag))
         .await;
     let sdk = emulator.sdk();
     let names: Vec<String> = (0..MANY_RESOURCES)
@@ -1966,7 +1927,7 @@ async fn new_resources_get_a_connection_within_5_s_while_300_pending_ones_are_po
     let _controller = ns
         .start_controller(
             &emulator,
-            ControllerOptions::with_args(&["--pending-poll", "5s", "--resync-period", "10m"]),
+            ControllerOptions::preset(ControllerPreset::PollEvery5s),
         )
         .await;
     apply_many(&ns, "pending", 300, 16).await;
@@ -2008,7 +1969,7 @@ async fn an_accepted_connection_shows_connected_within_10_s() {
     let _controller = ns
         .start_controller(
             &emulator,
-            ControllerOptions::with_args(&["--pending-poll", "30s", "--resync-period", "10m"]),
+            ControllerOptions::preset(ControllerPreset::ProductionPolls),
         )
         .await;
     ns.apply(&eac("feedback", spec("feedback"))).await;
@@ -2046,7 +2007,7 @@ async fn one_hundred_connected_resources_idle_cost_one_get_each_per_resync_and_n
     let _controller = ns
         .start_controller(
             &emulator,
-            ControllerOptions::with_args(&["--resync-period", "20s", "--pending-poll", "1s"]),
+            ControllerOptions::preset(ControllerPreset::Resync20s),
         )
         .await;
     apply_many(&ns, "idle", 100, 16).await;
@@ -2123,7 +2084,7 @@ async fn at_scale_the_controller_keeps_up_with_the_floor_and_stays_small() {
     let controller = ns
         .start_controller(
             &emulator,
-            ControllerOptions::with_args(&["--aws-rate-limit", "10000", "--aws-burst", "10000"]),
+            ControllerOptions::preset(ControllerPreset::Unlimited),
         )
         .await;
     ns.wait_all_eacs(
@@ -2205,7 +2166,7 @@ async fn floor_client(ns: &e2e_support::TestNamespace, emulator: &Emulator, n: u
 
 /// The environment account's requests: (id, environment account) for each environment.
 async fn request_connections(emulator: &Emulator, environments: &[&str]) -> Vec<(String, String)> {
-    let env = emulator.sdk_as("AKIDENV");
+    let env = emulator.sdk_as(ENVIRONMENT_ACCESS_KEY);
     let mut out = Vec::new();
     for environment in environments {
         let created = env
@@ -2257,12 +2218,7 @@ async fn a_management_policy_accepts_exactly_the_matching_requests_and_rejects_t
     };
     let ns = cluster.namespace("acceptance").await;
     let emulator = ns
-        .start_emulator_with(&[
-            "--account-id",
-            MANAGEMENT_ACCOUNT,
-            "--account",
-            "AKIDENV=444455556666",
-        ])
+        .start_emulator_with(EmulatorOptions::preset(EmulatorPreset::ManagementAccount))
         .await;
     let controller = ns
         .start_controller(&emulator, ControllerOptions::default())
@@ -2351,12 +2307,7 @@ async fn an_idle_policy_lists_once_per_interval_writes_nothing_and_reports_a_str
     };
     let ns = cluster.namespace("acceptance-idle").await;
     let emulator = ns
-        .start_emulator_with(&[
-            "--account-id",
-            MANAGEMENT_ACCOUNT,
-            "--account",
-            "AKIDENV=444455556666",
-        ])
+        .start_emulator_with(EmulatorOptions::preset(EmulatorPreset::ManagementAccount))
         .await;
     // --pending-poll 1s: the policy lists every second.
     let _controller = ns
@@ -2431,12 +2382,7 @@ async fn both_sides_in_one_cluster_a_requested_connection_becomes_ready_with_no_
     };
     let ns = cluster.namespace("both-sides").await;
     let emulator = ns
-        .start_emulator_with(&[
-            "--account-id",
-            MANAGEMENT_ACCOUNT,
-            "--account",
-            "AKIDENV=444455556666",
-        ])
+        .start_emulator_with(EmulatorOptions::preset(EmulatorPreset::ManagementAccount))
         .await;
     let _controller = ns
         .start_controller(&emulator, ControllerOptions::default())

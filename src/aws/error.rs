@@ -198,8 +198,6 @@ fn describe(err: &dyn std::error::Error, _io: bool) -> String {
     text
 }
 
-/// Where and how to reach Proton.
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@
 
 mod access;
 mod caller;
+pub mod cli;
 mod durability;
 mod error;
 mod faults;

@@ -8,6 +8,10 @@
 //!   Terminating), even when the test failed.
 //! - [`Emulator`] and [`Controller`]: the child processes; their output is captured line by line
 //!   ([`LogCapture`]) into files and printed when a test fails.
+//! - Command lines: [`ControllerOptions::args`] and [`EmulatorOptions::args`] alone build them,
+//!   the harness defaults overridden (never repeated) by a named preset's flags; every list is
+//!   checked against the binaries' own parsers before a process starts, and offline by
+//!   `tests/e2e_args.rs`.
 //! - Waiting: every wait is on a watch (`await_condition`, a reflector) under a named timeout,
 //!   and its failure message prints what the object looked like. Only HTTP endpoints without a
 //!   watch (`/readyz`, `/metrics`, the emulator's call counts) are probed at a short interval.
@@ -15,7 +19,7 @@
 //!   controller's metrics endpoint.
 //! - Manifest builders.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt::Debug;
 use std::fs::File;
@@ -36,7 +40,9 @@ use eac_controller::api::{
     EnvironmentAccountConnection, EnvironmentAccountConnectionSpec,
     EnvironmentAccountConnectionStatus,
 };
+use eac_controller::config::RunArgs;
 use eac_controller::emulator::CallCounts;
+use eac_controller::emulator::cli::Args as EmulatorArgs;
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
@@ -387,12 +393,12 @@ impl TestNamespace {
 
     /// Starts `proton-emulator` for this test.
     pub async fn start_emulator(&self) -> Emulator {
-        self.start_emulator_with(&[]).await
+        self.start_emulator_with(EmulatorOptions::default()).await
     }
 
-    /// Starts `proton-emulator` with more flags (e.g. `--idempotency strict`).
-    pub async fn start_emulator_with(&self, args: &[&str]) -> Emulator {
-        let emulator = Emulator::start_with(self.log_dir(), args).await;
+    /// Starts `proton-emulator` with a preset's flags (e.g. strict idempotency) or a state file.
+    pub async fn start_emulator_with(&self, options: EmulatorOptions) -> Emulator {
+        let emulator = Emulator::start_with(self.log_dir(), options).await;
         lock(&self.children).push(emulator.child.clone());
         emulator
     }
@@ -958,6 +964,421 @@ fn next_process_number() -> usize {
 }
 
 // -------------------------------------------------------------------------------------------
+// Command lines
+//
+// One place builds the argument list of each binary: [`ControllerOptions::args`] and
+// [`EmulatorOptions::args`]. Each starts from the harness's defaults and lets the test's flags
+// *replace* them ([`Flags`] is an ordered map flag -> value, so no flag can appear twice: clap
+// refuses a repeated `--resync-period`, and the process would exit before the test begins).
+//
+// A test cannot write flags of its own: the flags come from a named preset
+// ([`ControllerPreset`], [`EmulatorPreset`]), declared by `presets!` together with the list of
+// all of them (`ALL`), so `tests/e2e_args.rs` (no cluster needed) runs every argument list the
+// e2e tests can start a binary with through the binaries' own parsers. Runtime values (the
+// emulator's URL, the namespace, a state file) are filled in by `args` alone.
+//
+// Before spawning, [`Controller::spawn`] and [`Emulator::start_with`] run the final list through
+// the same parsers ([`parse_controller_args`], [`parse_emulator_args`]) and fail the test at
+// once with clap's message if the binary would refuse it.
+
+/// The lease the leader-election scenarios share (in the test's namespace).
+pub const LEASE_NAME: &str = "eac-e2e";
+/// The default region of a controller restarted "elsewhere" ([`ControllerPreset::OtherRegion`]).
+pub const OTHER_REGION: &str = "eu-west-1";
+/// The account of an emulator standing for other credentials ([`EmulatorPreset::OtherAccount`]).
+pub const OTHER_ACCOUNT: &str = "999988887777";
+/// The environment account's access key when the emulator plays the management account
+/// ([`EmulatorPreset::ManagementAccount`]).
+pub const ENVIRONMENT_ACCESS_KEY: &str = "AKIDENV";
+
+/// Declares a preset enum, its flags, and `ALL` from one list, so no preset can be left out of
+/// `ALL` (which the offline test iterates).
+macro_rules! presets {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$variant_meta:meta])* $variant:ident = [$($flag:expr),* $(,)?], )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $( $(#[$variant_meta])* $variant, )*
+        }
+
+        impl $name {
+            /// Every preset, in the order declared (iterated by `tests/e2e_args.rs`).
+            #[allow(dead_code)]
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            /// The flags that replace the harness defaults (`--flag value`, `--flag=value` or a
+            /// switch, as on a command line).
+            pub fn flags(self) -> &'static [&'static str] {
+                match self {
+                    $( $name::$variant => &[$($flag),*], )*
+                }
+            }
+        }
+    };
+}
+
+presets! {
+    /// The flag sets the e2e tests start `eac-controller run` with, over the harness defaults
+    /// of [`ControllerOptions::args`].
+    pub enum ControllerPreset {
+        /// The harness defaults alone (`--resync-period 2s --pending-poll 1s`, ...).
+        Harness = [],
+        /// Acts with the role of each namespace's AccountMapping.
+        AccountMappings = ["--account-mappings=true"],
+        /// 4 Proton calls per second, no burst (the throttling scenario).
+        TightAwsBudget = ["--aws-rate-limit", "4", "--aws-burst", "1"],
+        /// Competes for the Lease [`LEASE_NAME`] in the test's namespace.
+        LeaderElection = ["--leader-election", "--lease-name", LEASE_NAME],
+        /// The same, with the Lease timings the cut-off scenario measures against (the
+        /// controller's defaults, spelled out).
+        LeaderElectionTimed = [
+            "--leader-election",
+            "--lease-name",
+            LEASE_NAME,
+            "--lease-duration",
+            "15s",
+            "--lease-renew-deadline",
+            "10s",
+        ],
+        /// New connections default to [`OTHER_REGION`].
+        OtherRegion = ["--region", OTHER_REGION],
+        /// No resync during the test: what happens is driven by the watch (and PENDING polls).
+        NoResync = ["--resync-period", "10m"],
+        /// PENDING connections polled every 5 s, no resync (polls against new work).
+        PollEvery5s = ["--pending-poll", "5s", "--resync-period", "10m"],
+        /// The controller's own defaults for polls and resyncs.
+        ProductionPolls = ["--pending-poll", "30s", "--resync-period", "10m"],
+        /// A 20 s resync (the idle-cost measurement).
+        Resync20s = ["--resync-period", "20s", "--pending-poll", "1s"],
+        /// An AWS budget that never limits, with the production poll and resync intervals, as
+        /// `benches/scale.rs` runs the binary: the floor the scale test compares with polls
+        /// nothing, and the harness's 1 s polls would be up to 5,000 calls/s at 5,000 resources.
+        Unlimited = [
+            "--aws-rate-limit",
+            "10000",
+            "--aws-burst",
+            "10000",
+            "--pending-poll",
+            "30s",
+            "--resync-period",
+            "10m",
+        ],
+    }
+}
+
+presets! {
+    /// The flag sets the e2e tests start `proton-emulator` with, over the harness defaults of
+    /// [`EmulatorOptions::args`].
+    pub enum EmulatorPreset {
+        /// The harness defaults alone (`--listen 127.0.0.1:0`).
+        Harness = [],
+        /// Requests without a mapped key act in [`OTHER_ACCOUNT`].
+        OtherAccount = ["--account-id", OTHER_ACCOUNT],
+        /// AWS's idempotency, and List 3 s behind.
+        StrictWithListLag = ["--idempotency", "strict", "--list-lag-ms", "3000"],
+        /// The emulator (and the controller's key) act as the management account;
+        /// [`ENVIRONMENT_ACCESS_KEY`] acts as the environment account.
+        ManagementAccount = [
+            "--account-id",
+            MANAGEMENT_ACCOUNT,
+            "--account",
+            "AKIDENV=444455556666",
+        ],
+    }
+}
+
+/// Flag values `eac-controller run` must refuse (exit status 2, naming the flag) before it
+/// touches the cluster: `(flag, value)`, each given alone by [`refused_controller_args`].
+pub const REFUSED_CONTROLLER_FLAGS: &[(&str, &str)] = &[
+    ("--resync-period", "0s"),
+    ("--resync-period", "3y"),
+    ("--pending-poll", "0s"),
+    ("--aws-timeout", "0s"),
+    ("--lease-renew-deadline", "1m"),
+];
+
+/// The argument list of the refusal scenario: nothing but an endpoint and the bad flag (no
+/// harness defaults: the refusal must not depend on them).
+pub fn refused_controller_args(flag: &str, value: &str) -> Vec<String> {
+    [
+        "run",
+        "--proton-endpoint",
+        "http://127.0.0.1:9",
+        flag,
+        value,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Runs `eac-controller` with [`refused_controller_args`] against `kubeconfig` until it exits.
+pub fn run_refused_controller(kubeconfig: &Path, flag: &str, value: &str) -> std::process::Output {
+    hermetic_command(env!("CARGO_BIN_EXE_eac-controller"))
+        .args(refused_controller_args(flag, value))
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run eac-controller: {e}"))
+}
+
+/// A command line's flags: an ordered map flag -> value (`None` for a switch such as
+/// `--leader-election`). Setting a flag again replaces its value where it stands, so a flag
+/// appears at most once in [`Flags::to_args`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flags(Vec<(String, Option<String>)>);
+
+impl Flags {
+    /// Reads `--flag value`, `--flag=value` and switches; `command` (the binary's own clap
+    /// definition) says which flags take a value. A flag given twice is a mistake in the list:
+    /// it panics (a repeatable flag takes its values comma-separated).
+    pub fn parse(tokens: &[&str], command: &clap::Command) -> Flags {
+        let mut flags = Flags::default();
+        let mut rest = tokens.iter();
+        while let Some(token) = rest.next() {
+            let Some(name) = token.strip_prefix("--").filter(|n| !n.is_empty()) else {
+                panic!("{token:?} in {tokens:?} is not a --flag");
+            };
+            let (name, value) = match name.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_string())),
+                None => {
+                    let arg = command.get_arguments().find(|a| {
+                        a.get_long_and_visible_aliases()
+                            .is_some_and(|names| names.contains(&name))
+                    });
+                    // An unknown flag keeps a value that follows it: the binary's parser is
+                    // the one to refuse it, with its own message.
+                    let takes_value = arg.map_or_else(
+                        || rest.clone().next().is_some_and(|t| !t.starts_with("--")),
+                        |a| a.get_action().takes_values(),
+                    );
+                    let value = takes_value.then(|| {
+                        rest.next()
+                            .unwrap_or_else(|| panic!("--{name} in {tokens:?} has no value"))
+                            .to_string()
+                    });
+                    (name, value)
+                }
+            };
+            let flag = format!("--{name}");
+            assert!(
+                flags.get(&flag).is_none(),
+                "{flag} is given twice in {tokens:?}"
+            );
+            flags.set(&flag, value);
+        }
+        flags
+    }
+
+    /// Sets `flag` (`--name`) to `value`, replacing an earlier value in place.
+    pub fn set(&mut self, flag: &str, value: Option<String>) {
+        match self.0.iter_mut().find(|(f, _)| f == flag) {
+            Some(entry) => entry.1 = value,
+            None => self.0.push((flag.to_string(), value)),
+        }
+    }
+
+    /// `Some(value)` when the flag is set (`Some(None)` for a switch).
+    pub fn get(&self, flag: &str) -> Option<Option<&str>> {
+        self.0
+            .iter()
+            .find(|(f, _)| f == flag)
+            .map(|(_, v)| v.as_deref())
+    }
+
+    /// Every flag of `overrides` replaces the one here, or is added after them.
+    pub fn override_with(&mut self, overrides: &Flags) {
+        for (flag, value) in &overrides.0 {
+            self.set(flag, value.clone());
+        }
+    }
+
+    #[allow(dead_code)] // used by tests/e2e_args.rs
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.0.iter().map(|(f, v)| (f.as_str(), v.as_deref()))
+    }
+
+    /// As arguments: `--flag=value` (a value can never be taken for a flag), or `--switch`.
+    pub fn to_args(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|(flag, value)| match value {
+                Some(value) => format!("{flag}={value}"),
+                None => flag.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Why a binary would refuse an argument list, and the exit status it would refuse it with.
+#[derive(Debug)]
+pub enum Refusal {
+    /// clap's own: an unknown or repeated flag, a value out of range.
+    Parse(clap::Error),
+    /// The binary's checks after parsing (`RunArgs::check`, the emulator's account map).
+    Check(String),
+}
+
+impl Refusal {
+    /// Both binaries exit with 2 on a usage error.
+    #[allow(dead_code)] // used by tests/e2e_args.rs
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Refusal::Parse(e) => e.exit_code(),
+            Refusal::Check(_) => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Parse(e) => write!(f, "{}", e.render()),
+            Refusal::Check(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+/// The command without its environment variables: the children run without the caller's
+/// `EAC_*` and `PROTON_EMULATOR_*` variables ([`hermetic_command`]), so the check must not read
+/// them either.
+fn without_env(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|a| a.env(None))
+        .mut_subcommands(without_env)
+}
+
+/// `eac-controller`'s own parser, as the binary builds it.
+fn controller_command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut command = without_env(eac_controller::cli::Cli::command());
+    command.build();
+    command
+}
+
+/// The flags of `eac-controller run`, to read a preset with.
+fn controller_run_command() -> clap::Command {
+    controller_command()
+        .find_subcommand("run")
+        .cloned()
+        .expect("eac-controller has a run command")
+}
+
+/// `proton-emulator`'s own parser, as the binary builds it.
+fn emulator_command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut command = without_env(EmulatorArgs::command());
+    command.build();
+    command
+}
+
+/// What `eac-controller ARGS` would run with (`args` without the program name): clap's parse
+/// and then `RunArgs::check`, as `main` does; a refusal says why.
+pub fn parse_controller_args(args: &[String]) -> Result<RunArgs, Refusal> {
+    use clap::FromArgMatches;
+    let matches = controller_command()
+        .try_get_matches_from(
+            std::iter::once("eac-controller").chain(args.iter().map(String::as_str)),
+        )
+        .map_err(Refusal::Parse)?;
+    let cli = eac_controller::cli::Cli::from_arg_matches(&matches).map_err(Refusal::Parse)?;
+    match cli.command {
+        eac_controller::cli::Command::Run(run) => {
+            run.check().map_err(|e| Refusal::Check(e.to_string()))?;
+            Ok(*run)
+        }
+        eac_controller::cli::Command::Crd { .. } => Err(Refusal::Check(format!(
+            "{args:?} prints a CRD instead of running the controller"
+        ))),
+    }
+}
+
+/// What `proton-emulator ARGS` would run with: clap's parse and then the account map, as its
+/// `main` does; a refusal says why.
+pub fn parse_emulator_args(args: &[String]) -> Result<EmulatorArgs, Refusal> {
+    use clap::FromArgMatches;
+    let matches = emulator_command()
+        .try_get_matches_from(
+            std::iter::once("proton-emulator").chain(args.iter().map(String::as_str)),
+        )
+        .map_err(Refusal::Parse)?;
+    let parsed = EmulatorArgs::from_arg_matches(&matches).map_err(Refusal::Parse)?;
+    parsed.account_map().map_err(Refusal::Check)?;
+    Ok(parsed)
+}
+
+/// The flag names of an argument list given more than once (`--a=1` and `--a 2` are one flag).
+#[allow(dead_code)] // used by tests/e2e_args.rs
+pub fn repeated_flags(args: &[String]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut repeated = Vec::new();
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        let name = flag.split_once('=').map_or(flag.as_str(), |(n, _)| n);
+        if !seen.insert(name) {
+            repeated.push(name.to_string());
+        }
+    }
+    repeated
+}
+
+/// How to start one emulator.
+#[derive(Clone, Debug)]
+pub struct EmulatorOptions {
+    /// The flags over the harness defaults.
+    pub preset: EmulatorPreset,
+    /// `--state-file`: keep the state in this file across restarts.
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        EmulatorOptions::preset(EmulatorPreset::Harness)
+    }
+}
+
+impl EmulatorOptions {
+    pub fn preset(preset: EmulatorPreset) -> Self {
+        EmulatorOptions {
+            preset,
+            state_file: None,
+        }
+    }
+
+    /// The same, keeping its state in `path`.
+    pub fn state_file(self, path: &Path) -> Self {
+        EmulatorOptions {
+            state_file: Some(path.to_path_buf()),
+            ..self
+        }
+    }
+
+    /// The harness defaults, overridden by the preset's flags and then by the runtime values.
+    pub fn flags(&self) -> Flags {
+        let mut flags = Flags::default();
+        flags.set("--listen", Some("127.0.0.1:0".into()));
+        flags.override_with(&self.overrides());
+        flags
+    }
+
+    /// The flags the test asked for: the preset's, and the state file.
+    pub fn overrides(&self) -> Flags {
+        let mut flags = Flags::parse(self.preset.flags(), &emulator_command());
+        if let Some(path) = &self.state_file {
+            flags.set("--state-file", Some(path.display().to_string()));
+        }
+        flags
+    }
+
+    /// The argument list of `proton-emulator` (without the program name).
+    pub fn args(&self) -> Vec<String> {
+        self.flags().to_args()
+    }
+}
+
+// -------------------------------------------------------------------------------------------
 // Emulator process
 
 /// The built `proton-emulator`, on 127.0.0.1 with an ephemeral port.
@@ -983,15 +1404,22 @@ impl Emulator {
     /// Starts the binary with `--listen 127.0.0.1:0` and reads its address from the first line
     /// of its stdout.
     pub async fn start(log_dir: &Path) -> Emulator {
-        Emulator::start_with(log_dir, &[]).await
+        Emulator::start_with(log_dir, EmulatorOptions::default()).await
     }
 
-    /// With more flags.
-    pub async fn start_with(log_dir: &Path, args: &[&str]) -> Emulator {
+    /// With a preset's flags or a state file ([`EmulatorOptions::args`]); an argument list the
+    /// binary would refuse fails here, with clap's message, before anything starts.
+    pub async fn start_with(log_dir: &Path, options: EmulatorOptions) -> Emulator {
+        let args = options.args();
+        if let Err(refusal) = parse_emulator_args(&args) {
+            panic!(
+                "proton-emulator would refuse {args:?} (preset {:?}):\n{refusal}",
+                options.preset
+            );
+        }
         let n = next_process_number();
         let mut child = hermetic_command(env!("CARGO_BIN_EXE_proton-emulator"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+            .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -1148,31 +1576,62 @@ impl Drop for Emulator {
 pub struct ControllerOptions {
     /// `POD_NAME`: the Lease identity and the Events' reporting instance.
     pub identity: String,
-    /// Flags after the common ones (e.g. `--leader-election`).
-    pub extra_args: Vec<String>,
-    /// `--region`; default [`REGION`].
-    pub region: Option<String>,
+    /// The flags over the harness defaults.
+    pub preset: ControllerPreset,
     /// Another kubeconfig than the test's (a ServiceAccount's, or one through a relay).
     pub kubeconfig: Option<PathBuf>,
 }
 
 impl Default for ControllerOptions {
     fn default() -> Self {
-        ControllerOptions {
-            identity: "eac-e2e-controller".into(),
-            extra_args: Vec::new(),
-            region: None,
-            kubeconfig: None,
-        }
+        ControllerOptions::preset(ControllerPreset::Harness)
     }
 }
 
 impl ControllerOptions {
-    pub fn with_args(args: &[&str]) -> Self {
+    pub fn preset(preset: ControllerPreset) -> Self {
         ControllerOptions {
-            extra_args: args.iter().map(|a| a.to_string()).collect(),
-            ..ControllerOptions::default()
+            identity: "eac-e2e-controller".into(),
+            preset,
+            kubeconfig: None,
         }
+    }
+
+    /// The harness defaults, overridden by the preset's flags: against `proton_url`, watching
+    /// `namespace` (where the Lease is too, with `--leader-election`).
+    pub fn flags(&self, proton_url: &str, namespace: &str) -> Flags {
+        let mut flags = Flags::default();
+        for (flag, value) in [
+            ("--proton-endpoint", proton_url),
+            ("--namespace", namespace),
+            ("--leader-election-namespace", namespace),
+            ("--region", REGION),
+            // Short enough for a test to see a resync and a poll, or several.
+            ("--resync-period", "2s"),
+            ("--pending-poll", "1s"),
+            ("--metrics-addr", "127.0.0.1:0"),
+            ("--log-format", "json"),
+            // Most scenarios run with a namespace's Role (or share the cluster with other
+            // tests' AccountMappings): mappings only where a scenario asks for them.
+            ("--account-mappings", "false"),
+        ] {
+            flags.set(flag, Some(value.to_string()));
+        }
+        flags.override_with(&self.overrides());
+        flags
+    }
+
+    /// The preset's flags alone, as the test asked for them.
+    pub fn overrides(&self) -> Flags {
+        Flags::parse(self.preset.flags(), &controller_run_command())
+    }
+
+    /// The argument list of `eac-controller` (without the program name): `run` and
+    /// [`ControllerOptions::flags`].
+    pub fn args(&self, proton_url: &str, namespace: &str) -> Vec<String> {
+        std::iter::once("run".to_string())
+            .chain(self.flags(proton_url, namespace).to_args())
+            .collect()
     }
 }
 
@@ -1205,6 +1664,15 @@ impl Controller {
         log_dir: &Path,
         options: ControllerOptions,
     ) -> Controller {
+        // Checked before anything starts: a list the binary refuses fails here, with clap's
+        // message, instead of as a test waiting for a process that has exited.
+        let args = options.args(proton_url, namespace);
+        if let Err(refusal) = parse_controller_args(&args) {
+            panic!(
+                "eac-controller would refuse {args:?} (preset {:?}):\n{refusal}",
+                options.preset
+            );
+        }
         let n = next_process_number();
         // Empty AWS profile files: nothing from the machine running the tests.
         let aws_config = log_dir.join("aws-config");
@@ -1215,32 +1683,7 @@ impl Controller {
         }
         let mut command = hermetic_command(env!("CARGO_BIN_EXE_eac-controller"));
         command
-            .args([
-                "run",
-                "--proton-endpoint",
-                proton_url,
-                "--namespace",
-                namespace,
-            ])
-            .args([
-                "--region",
-                options.region.as_deref().unwrap_or(REGION),
-                "--resync-period",
-                "2s",
-                "--pending-poll",
-                "1s",
-            ])
-            .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "json"])
-            // Most scenarios run with a namespace's Role (or share the cluster with other
-            // tests' AccountMappings): mappings only where a scenario asks for them.
-            .args(
-                (!options
-                    .extra_args
-                    .iter()
-                    .any(|a| a.starts_with("--account-mappings")))
-                .then_some("--account-mappings=false"),
-            )
-            .args(&options.extra_args)
+            .args(&args)
             .env(
                 "KUBECONFIG",
                 options.kubeconfig.as_deref().unwrap_or(kubeconfig),
