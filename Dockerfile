@@ -10,6 +10,7 @@ WORKDIR /src
 # Sources only (see .dockerignore); Cargo.lock pins every dependency (--locked).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY proton-emulator ./proton-emulator
 # The cache mounts keep the registry and the target dir between builds (BuildKit);
 # the binaries are copied out of the cached target dir in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -22,7 +23,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # glibc, libgcc, CA certificates, tzdata; no shell. Runs as uid/gid 65532 ("nonroot").
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="eac-controller" \
-      org.opencontainers.image.description="Kubernetes controller for AWS Proton environment account connections, with a Proton emulator" \
+      org.opencontainers.image.description="Kubernetes controller for AWS Proton environment account connections, with the Proton emulator" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/eac-controller /eac-controller
 COPY --from=builder /out/proton-emulator /proton-emulator

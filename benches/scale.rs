@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 use eac_controller::budget::CallBudget;
 use eac_controller::controller::{self, WatchScope};
 use eac_controller::decide::Settings;
-use eac_controller::emulator::EmulatorConfig;
 use eac_controller::http::Readiness;
 use kube::api::{Api, Patch, PatchParams};
+use proton_emulator::EmulatorConfig;
 use serde_json::json;
 use support::{Env, FakeApi, NS, eager_settings, spec};
 

@@ -11,7 +11,6 @@ pub mod conditions;
 pub mod config;
 pub mod controller;
 pub mod decide;
-pub mod emulator;
 pub mod http;
 pub mod identity;
 pub mod leader;

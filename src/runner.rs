@@ -15,7 +15,6 @@ use crate::budget::CallBudget;
 use crate::config::{Endpoint, RunArgs};
 use crate::controller::{self, Context, WatchScope};
 use crate::decide::Settings;
-use crate::emulator::{EmulatorConfig, RunningEmulator};
 use crate::http::{self, Readiness};
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
@@ -47,6 +46,10 @@ pub enum RunError {
     NoRegion,
     #[error("cannot start the embedded Proton emulator: {0}")]
     Emulator(#[source] std::io::Error),
+    #[error(
+        "this build has no embedded Proton emulator (built without the `embedded-emulator` feature): run proton-emulator and pass its URL to --proton-endpoint"
+    )]
+    NoEmbeddedEmulator,
     #[error("cannot serve the metrics/health endpoint on {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
@@ -103,32 +106,52 @@ async fn kube_client() -> Result<Client, RunError> {
     }
 }
 
+/// The Proton emulator running inside this process (`--proton-endpoint embedded`), kept alive
+/// while the controller runs.
+#[cfg(feature = "embedded-emulator")]
+type Embedded = proton_emulator::RunningEmulator;
+#[cfg(not(feature = "embedded-emulator"))]
+type Embedded = ();
+
+/// Starts the embedded emulator on a free loopback port; returns it and its URL.
+#[cfg(feature = "embedded-emulator")]
+async fn start_embedded(region: &str) -> Result<(Embedded, String), RunError> {
+    let emulator = proton_emulator::RunningEmulator::start(
+        ([127, 0, 0, 1], 0).into(),
+        proton_emulator::EmulatorConfig {
+            region: region.to_string(),
+            ..proton_emulator::EmulatorConfig::default()
+        },
+    )
+    .await
+    .map_err(RunError::Emulator)?;
+    let url = emulator.url();
+    Ok((emulator, url))
+}
+
+#[cfg(not(feature = "embedded-emulator"))]
+async fn start_embedded(_region: &str) -> Result<(Embedded, String), RunError> {
+    Err(RunError::NoEmbeddedEmulator)
+}
+
 pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError> {
     let client = kube_client().await?;
     let metrics = Metrics::new();
     let budget = CallBudget::new(args.aws_rate_limit, args.aws_burst, args.aws_poll_share);
 
-    let mut _embedded: Option<RunningEmulator> = None;
+    let mut _embedded: Option<Embedded> = None;
     let proton = match &endpoint {
         Endpoint::Embedded => {
             let region = args.region.clone().unwrap_or_else(|| "us-east-1".into());
-            let emulator = RunningEmulator::start(
-                ([127, 0, 0, 1], 0).into(),
-                EmulatorConfig {
-                    region: region.clone(),
-                    ..EmulatorConfig::default()
-                },
-            )
-            .await
-            .map_err(RunError::Emulator)?;
+            let (emulator, url) = start_embedded(&region).await?;
             warn!(
-                endpoint = %emulator.url(),
+                endpoint = %url,
                 "DEMO MODE: Proton calls go to an emulator inside this process, not to AWS; its connections vanish when the process exits"
             );
             let settings = ProtonSettings {
                 default_region: region,
-                endpoint: Some(emulator.url()),
-                sts_endpoint: Some(emulator.url()),
+                endpoint: Some(url.clone()),
+                sts_endpoint: Some(url),
                 timeout: args.aws_timeout,
             };
             _embedded = Some(emulator);

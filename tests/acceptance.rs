@@ -24,12 +24,12 @@ use eac_controller::acceptance::controller::{self, Context};
 use eac_controller::api::PAUSED_ANNOTATION;
 use eac_controller::budget::CallBudget;
 use eac_controller::decide::Settings;
-use eac_controller::emulator::{EmulatorConfig, RunningEmulator};
 use eac_controller::metrics::Metrics;
 use eac_controller::proton::{Proton, ProtonSettings};
 use kube::ResourceExt;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
+use proton_emulator::{EmulatorConfig, RunningEmulator};
 use support::{FakeApi, NS, eager_settings};
 
 const MGMT: &str = "111122223333";

@@ -299,7 +299,7 @@ async fn the_running_controller_follows_mapping_and_namespace_label_changes_at_o
 /// An emulator whose payments role requires an external id; any other well-formed role can be
 /// assumed.
 async fn env_with_roles() -> Env {
-    let emulator = eac_controller::emulator::EmulatorConfig {
+    let emulator = proton_emulator::EmulatorConfig {
         roles: vec![
             "arn:aws:iam::111111111111:role/eac,external-id=payments-7f3a"
                 .parse()
@@ -486,7 +486,7 @@ async fn the_quickstart_demo_both_sides_with_a_mapped_management_role() {
     use kube::ResourceExt;
 
     const MGMT_ROLE: &str = "arn:aws:iam::111122223333:role/proton-management";
-    let emulator = eac_controller::emulator::EmulatorConfig {
+    let emulator = proton_emulator::EmulatorConfig {
         roles: vec![MGMT_ROLE.parse().unwrap()],
         ..Default::default()
     };

@@ -517,7 +517,7 @@ async fn a_terminal_error_stalls_the_resource_with_the_aws_message() {
 async fn access_denied_is_reported_and_not_hot_looped() {
     let env = Env::start().await;
     env.api.create("prod", UID, spec("prod"));
-    let mut faults = eac_controller::emulator::Faults::default();
+    let mut faults = proton_emulator::Faults::default();
     faults.deny.insert(CREATE.to_string());
     env.proton().set_faults(faults);
 

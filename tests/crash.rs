@@ -13,7 +13,7 @@ use std::time::Duration;
 use eac_controller::api::TAG_UID;
 use eac_controller::budget::CallBudget;
 use eac_controller::decide::Settings;
-use eac_controller::emulator::{EmulatorConfig, Faults, Idempotency};
+use proton_emulator::{EmulatorConfig, Faults, Idempotency};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::{Env, eager_settings, spec};

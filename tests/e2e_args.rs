@@ -1,6 +1,6 @@
 //! The argument lists the end-to-end tests (`tests/e2e.rs`) start `eac-controller` and
 //! `proton-emulator` with, checked without a cluster against the binaries' own parsers
-//! (`eac_controller::cli`, `eac_controller::emulator::cli`): each list parses (and passes
+//! (`eac_controller::cli`, `proton_emulator::cli`): each list parses (and passes
 //! `RunArgs::check`), names no flag twice, and the parsed configuration holds what the list
 //! says, the test's own flags first (a test asking for `--resync-period 10m` gets 10 minutes,
 //! not the harness's 2 s).
@@ -34,7 +34,7 @@ use e2e_support::{
     repeated_flags, repo_path,
 };
 use eac_controller::config::RunArgs;
-use eac_controller::emulator::cli::Args as EmulatorArgs;
+use proton_emulator::cli::Args as EmulatorArgs;
 
 /// Stand-ins for the runtime values of an e2e run.
 const PROTON_URL: &str = "http://127.0.0.1:45999";

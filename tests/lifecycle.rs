@@ -11,7 +11,7 @@ use eac_controller::api::{
     ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, TAG_NAME, TAG_NAMESPACE, TAG_UID,
 };
 use eac_controller::budget::CallBudget;
-use eac_controller::emulator::Faults;
+use proton_emulator::Faults;
 use support::{Env, condition, eager_settings, requeue_of, spec};
 
 const UID: &str = "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f";

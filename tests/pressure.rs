@@ -13,8 +13,8 @@ use eac_controller::api::{ADOPT_ANNOTATION, ConnectionState, FINALIZER, TAG_UID}
 use eac_controller::budget::CallBudget;
 use eac_controller::controller::{self, WatchScope};
 use eac_controller::decide::{AdoptionPolicy, Settings};
-use eac_controller::emulator::{EmulatorConfig, Faults, Idempotency};
 use eac_controller::http::Readiness;
+use proton_emulator::{EmulatorConfig, Faults, Idempotency};
 use support::{Env, condition, eager_settings, requeue_of, spec};
 
 const UID: &str = "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f";

@@ -41,8 +41,6 @@ use eac_controller::api::{
     EnvironmentAccountConnectionStatus,
 };
 use eac_controller::config::RunArgs;
-use eac_controller::emulator::CallCounts;
-use eac_controller::emulator::cli::Args as EmulatorArgs;
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
@@ -55,6 +53,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{Condition as WaitCondition, await_condition, conditions};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Config, Resource};
+use proton_emulator::CallCounts;
+use proton_emulator::cli::Args as EmulatorArgs;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -935,7 +935,7 @@ impl LogCapture {
 
 /// A command without the caller's settings that would change how the child behaves: the tests
 /// say everything explicitly.
-fn hermetic_command(program: &str) -> Command {
+fn hermetic_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = Command::new(program);
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
@@ -1418,7 +1418,7 @@ impl Emulator {
             );
         }
         let n = next_process_number();
-        let mut child = hermetic_command(env!("CARGO_BIN_EXE_proton-emulator"))
+        let mut child = hermetic_command(emulator_binary())
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1645,6 +1645,41 @@ pub fn parse_serving_line(line: &str) -> Option<SocketAddr> {
         return None;
     }
     value.get("addr")?.as_str()?.parse().ok()
+}
+
+/// The `proton-emulator` binary, built once per test process. It is another package of the
+/// workspace, so cargo gives this package's tests no `CARGO_BIN_EXE_` for it: the harness asks
+/// cargo to build it (a no-op when it is up to date) and takes the path cargo reports.
+pub fn emulator_binary() -> &'static Path {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(&cargo)
+            .args([
+                "build",
+                "--package",
+                "proton-emulator",
+                "--bin",
+                "proton-emulator",
+                "--message-format",
+                "json-render-diagnostics",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cargo:?} to build proton-emulator: {e}"));
+        assert!(
+            out.status.success(),
+            "building proton-emulator failed ({}); try `cargo build -p proton-emulator`",
+            out.status
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|m| m["target"]["name"] == "proton-emulator")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported the proton-emulator executable")
+    })
 }
 
 /// The built `eac-controller run`, its stderr (JSON logs) captured.

@@ -26,7 +26,6 @@ use eac_controller::api::{EnvironmentAccountConnection, EnvironmentAccountConnec
 use eac_controller::budget::CallBudget;
 use eac_controller::controller::{self, Context};
 use eac_controller::decide::{AdoptionPolicy, Settings};
-use eac_controller::emulator::{EmulatorConfig, EmulatorState, RunningEmulator};
 use eac_controller::metrics::Metrics;
 use eac_controller::proton::{Proton, ProtonSettings};
 use http::{Method, Request, Response, StatusCode};
@@ -35,6 +34,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::Reporter;
+use proton_emulator::{EmulatorConfig, EmulatorState, RunningEmulator};
 use serde_json::{Value, json};
 
 pub const NS: &str = "platform";

@@ -17,7 +17,7 @@ use aws_sdk_proton::types::{
     EnvironmentAccountConnection, EnvironmentAccountConnectionRequesterAccountType as RequestedBy,
     EnvironmentAccountConnectionStatus as Status, Tag,
 };
-use eac_controller::emulator::{EmulatorConfig, Idempotency, RoleSpec, RunningEmulator};
+use proton_emulator::{EmulatorConfig, Idempotency, RoleSpec, RunningEmulator};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 

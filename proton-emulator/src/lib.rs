@@ -45,6 +45,8 @@ mod durability;
 mod error;
 mod faults;
 mod operations;
+mod principal;
+mod requests;
 mod roles;
 mod server;
 mod sessions;

@@ -10,8 +10,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use eac_controller::emulator::RunningEmulator;
-use eac_controller::emulator::cli::Args;
+use proton_emulator::RunningEmulator;
+use proton_emulator::cli::Args;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]

@@ -25,7 +25,7 @@ use aws_sdk_proton::types::{
     EnvironmentAccountConnection, EnvironmentAccountConnectionRequesterAccountType as RequestedBy,
     EnvironmentAccountConnectionStatus as Status, Tag,
 };
-use eac_controller::emulator::{EmulatorConfig, Faults, Idempotency, RunningEmulator, Settings};
+use proton_emulator::{EmulatorConfig, Faults, Idempotency, RunningEmulator, Settings};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;

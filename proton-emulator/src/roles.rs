@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use super::caller::Principal;
 use super::error::ApiError;
+use super::principal::Principal;
 use super::validate;
 
 /// A parsed `arn:PARTITION:iam::ACCOUNT:role/PATH/NAME`.

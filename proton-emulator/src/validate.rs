@@ -9,7 +9,7 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use super::store::{
+use super::requests::{
     CreateRequest, ListRequest, ListTagsRequest, RequestedBy, Status, UpdateRequest,
 };
 
