@@ -29,9 +29,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eac_controller::budget::CallBudget;
-use eac_controller::controller::{self, WatchScope};
-use eac_controller::decide::Settings;
+use eac_controller::aws::budget::CallBudget;
+use eac_controller::connection::controller::{self, WatchScope};
+use eac_controller::connection::decide::Settings;
 use eac_controller::http::Readiness;
 use kube::api::{Api, Patch, PatchParams};
 use proton_emulator::EmulatorConfig;
@@ -144,7 +144,7 @@ async fn floor(n: usize, latency: Duration) -> Duration {
     for _ in 0..16 {
         let (client, sdk, next, names) = (client.clone(), sdk.clone(), next.clone(), names.clone());
         workers.push(tokio::spawn(async move {
-            let api: Api<eac_controller::api::EnvironmentAccountConnection> =
+            let api: Api<eac_controller::connection::api::EnvironmentAccountConnection> =
                 Api::namespaced(client, NS);
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

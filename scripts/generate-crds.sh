@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the CRD YAML in crds/, in the Helm chart and in deploy/crd (kustomize) from the
-# Rust types (src/api.rs, src/accounts/api.rs, src/acceptance/api.rs).
+# Rust types (src/connection/api.rs, src/mapping/api.rs, src/policy/api.rs).
 # tests/crd.rs and tests/acceptance_crd.rs fail when the committed files differ from
 # `eac-controller crd <plural>`.
 set -euo pipefail

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::decide::AdoptionPolicy;
+use crate::connection::decide::AdoptionPolicy;
 
 /// Where the controller sends Proton calls.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub struct RunArgs {
         value_enum,
         default_value = "own-credentials"
     )]
-    pub unmapped_namespaces: crate::accounts::UnmappedNamespaces,
+    pub unmapped_namespaces: crate::mapping::UnmappedNamespaces,
 
     /// STS endpoint URL for GetCallerIdentity and AssumeRole (which account the credentials act as; the mapped roles). Unset: the
     /// Proton endpoint when one is given (the proton-emulator serves STS on the same port), else
@@ -206,7 +206,7 @@ impl RunArgs {
         if let Some(endpoint) = &self.sts_endpoint {
             check_url(endpoint, "--sts-endpoint")?;
         }
-        if self.unmapped_namespaces == crate::accounts::UnmappedNamespaces::Refuse
+        if self.unmapped_namespaces == crate::mapping::UnmappedNamespaces::Refuse
             && !self.account_mappings
         {
             return Err(ConfigError::Inconsistent(

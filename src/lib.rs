@@ -1,21 +1,23 @@
 //! eac-controller: keeps AWS Proton environment account connections in step with
-//! `EnvironmentAccountConnection` resources, and ships a Proton emulator to test against.
+//! `EnvironmentAccountConnection` resources.
+//!
+//! One module per kind, each with the same shape (`api`: types and CRD; `decide`: the pure
+//! decision and the status it renders; `controller`: the kube-runtime wiring):
+//! [`connection`] (EnvironmentAccountConnection), [`policy`] (ConnectionAcceptancePolicy, the
+//! management side) and [`mapping`] (AccountMapping, many accounts). Under them: the AWS side
+//! ([`aws`]), and what every kind shares (conditions, Events, metrics, leader election, the
+//! operations endpoint). Dependencies point one way, from `main` down to the types.
 
-pub mod acceptance;
-pub mod accounts;
-pub mod api;
 pub mod aws;
-pub mod budget;
 pub mod cli;
 pub mod conditions;
 pub mod config;
-pub mod controller;
-pub mod decide;
+pub mod connection;
 pub mod http;
-pub mod identity;
 pub mod leader;
+pub mod mapping;
 pub mod metrics;
-pub mod proton;
+pub mod policy;
 pub mod recorder;
 pub mod runner;
 pub mod telemetry;

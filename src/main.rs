@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches};
-use eac_controller::acceptance;
-use eac_controller::accounts;
-use eac_controller::api::crd_yaml;
 use eac_controller::cli::{Cli, Command};
 use eac_controller::config::resolve_endpoint;
+use eac_controller::connection::api::crd_yaml;
+use eac_controller::mapping;
+use eac_controller::policy;
 use eac_controller::runner;
 
 fn main() -> ExitCode {
@@ -27,13 +27,13 @@ fn main() -> ExitCode {
         Command::Crd { plural } => {
             let rendered = match plural.as_deref() {
                 None => crd_yaml().and_then(|eac| {
-                    let mapping = accounts::api::crd_yaml()?;
-                    let policy = acceptance::api::crd_yaml()?;
+                    let mapping = mapping::api::crd_yaml()?;
+                    let policy = policy::api::crd_yaml()?;
                     Ok(format!("{eac}---\n{mapping}---\n{policy}"))
                 }),
                 Some("environmentaccountconnections") => crd_yaml(),
-                Some("accountmappings") => accounts::api::crd_yaml(),
-                Some("connectionacceptancepolicies") => acceptance::api::crd_yaml(),
+                Some("accountmappings") => mapping::api::crd_yaml(),
+                Some("connectionacceptancepolicies") => policy::api::crd_yaml(),
                 Some(other) => {
                     eprintln!(
                         "error: no CRD named {other:?}; the CRDs are environmentaccountconnections, accountmappings and connectionacceptancepolicies"

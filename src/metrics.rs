@@ -17,8 +17,8 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use crate::api::{ConnectionState, EnvironmentAccountConnection};
-use crate::budget::CallClass;
+use crate::aws::budget::CallClass;
+use crate::connection::api::{ConnectionState, EnvironmentAccountConnection};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -350,7 +350,7 @@ mod tests {
     fn eac(name: &str, state: Option<ConnectionState>) -> EnvironmentAccountConnection {
         let mut o = EnvironmentAccountConnection::new(name, Default::default());
         o.metadata.namespace = Some("ns".into());
-        o.status = Some(crate::api::EnvironmentAccountConnectionStatus {
+        o.status = Some(crate::connection::api::EnvironmentAccountConnectionStatus {
             status: state,
             ..Default::default()
         });

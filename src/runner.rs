@@ -10,15 +10,15 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::acceptance;
-use crate::budget::CallBudget;
+use crate::aws::budget::CallBudget;
+use crate::aws::proton::{Proton, ProtonSettings};
 use crate::config::{Endpoint, RunArgs};
-use crate::controller::{self, Context, WatchScope};
-use crate::decide::Settings;
+use crate::connection::controller::{self, Context, WatchScope};
+use crate::connection::decide::Settings;
 use crate::http::{self, Readiness};
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::proton::{Proton, ProtonSettings};
+use crate::policy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -215,12 +215,12 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
     // account mappings the connection side follows.
     let acceptance = args.acceptance_policies.then(|| {
         Arc::new(
-            acceptance::controller::Context::new(
+            policy::controller::Context::new(
                 client.clone(),
                 proton,
                 settings,
                 metrics.clone(),
-                acceptance::controller::reporter(),
+                policy::controller::reporter(),
             )
             .with_accounts(ctx.accounts_handle()),
         )
@@ -275,7 +275,7 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
 /// turned off.
 struct Controllers {
     connections: Arc<Context>,
-    acceptance: Option<Arc<acceptance::controller::Context>>,
+    acceptance: Option<Arc<policy::controller::Context>>,
     scope: WatchScope,
     concurrency: u16,
 }
@@ -300,7 +300,7 @@ impl Controllers {
         );
         match &self.acceptance {
             Some(acceptance) => {
-                let policies = acceptance::controller::run(
+                let policies = policy::controller::run(
                     acceptance.clone(),
                     self.scope.namespace.clone(),
                     POLICY_WORKERS.min(self.concurrency),

@@ -16,16 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region};
-use eac_controller::acceptance::api::{
+use eac_controller::aws::budget::CallBudget;
+use eac_controller::aws::proton::{Proton, ProtonSettings};
+use eac_controller::connection::api::PAUSED_ANNOTATION;
+use eac_controller::connection::decide::Settings;
+use eac_controller::metrics::Metrics;
+use eac_controller::policy::api::{
     ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec as Spec,
     ConnectionAcceptancePolicyStatus as Status, UnmatchedRequests,
 };
-use eac_controller::acceptance::controller::{self, Context};
-use eac_controller::api::PAUSED_ANNOTATION;
-use eac_controller::budget::CallBudget;
-use eac_controller::decide::Settings;
-use eac_controller::metrics::Metrics;
-use eac_controller::proton::{Proton, ProtonSettings};
+use eac_controller::policy::controller::{self, Context};
 use kube::ResourceExt;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
@@ -697,7 +697,7 @@ async fn both_sides_in_one_process_a_requested_connection_is_accepted_and_become
     env.api.create(
         "demo-eu",
         "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f",
-        eac_controller::api::EnvironmentAccountConnectionSpec {
+        eac_controller::connection::api::EnvironmentAccountConnectionSpec {
             environment_name: "demo-eu".into(),
             management_account_id: ACCOUNT.into(),
             ..Default::default()
@@ -707,7 +707,7 @@ async fn both_sides_in_one_process_a_requested_connection_is_accepted_and_become
     let requested = env.api.get("demo-eu").unwrap().status.unwrap();
     assert_eq!(
         requested.status,
-        Some(eac_controller::api::ConnectionState::Pending)
+        Some(eac_controller::connection::api::ConnectionState::Pending)
     );
 
     let ctx = context(&env.api, &env.emulator, &eager_settings());
@@ -733,7 +733,7 @@ async fn both_sides_in_one_process_a_requested_connection_is_accepted_and_become
     let connected = env.api.get("demo-eu").unwrap();
     assert_eq!(
         connected.status.as_ref().unwrap().status,
-        Some(eac_controller::api::ConnectionState::Connected)
+        Some(eac_controller::connection::api::ConnectionState::Connected)
     );
     assert_eq!(support::condition(&connected, "Ready").unwrap().0, "True");
     let policy = env

@@ -1,11 +1,11 @@
-//! The `ConnectionAcceptancePolicy` CRD generated from `src/acceptance/api.rs`, checked the way
+//! The `ConnectionAcceptancePolicy` CRD generated from `src/policy/api.rs`, checked the way
 //! its users meet it: no drift between the types and the committed YAML (`crds/`, the chart,
 //! `deploy/crd/`), names and printer columns, descriptions for `kubectl explain`, and a schema
 //! (plus CEL) that refuses bad manifests as the API server would at `kubectl apply` time.
 
 use std::path::{Path, PathBuf};
 
-use eac_controller::acceptance::api::{ConnectionAcceptancePolicy, crd_yaml};
+use eac_controller::policy::api::{ConnectionAcceptancePolicy, crd_yaml};
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
@@ -38,7 +38,7 @@ fn committed_crd_yaml_matches_the_rust_types() {
         });
         assert!(
             on_disk == generated,
-            "{file} is out of date with src/acceptance/api.rs: run scripts/generate-crds.sh and commit the result"
+            "{file} is out of date with src/policy/api.rs: run scripts/generate-crds.sh and commit the result"
         );
     }
 }
@@ -337,6 +337,6 @@ fn eac_controller_crd_prints_either_kind() {
     );
     assert_eq!(
         run(&["crd", "environmentaccountconnections"]),
-        eac_controller::api::crd_yaml().unwrap()
+        eac_controller::connection::api::crd_yaml().unwrap()
     );
 }

@@ -1,4 +1,4 @@
-//! Decision-table tests of the management side's pure reconcile (`src/acceptance/decide.rs`).
+//! Decision-table tests of the management side's pure reconcile (`src/policy/decide.rs`).
 //!
 //! Synchronous, no I/O. A reconcile is driven as the controller drives it: `Run::next` names a
 //! step, a tiny in-memory Proton (`Fake`) answers it with the raw answer a call would get, and
@@ -8,18 +8,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use eac_controller::acceptance::api::{
+use eac_controller::aws::budget::CallClass;
+use eac_controller::aws::proton::{Connection, ErrorClass, ProtonError, RoleArns};
+use eac_controller::conditions::{READY, STALLED, SYNCED};
+use eac_controller::connection::api::ConnectionState;
+use eac_controller::connection::decide::{AdoptionPolicy, Note, Settings};
+use eac_controller::policy::api::{
     ConnectionAcceptancePolicySpec as Spec, ConnectionAcceptancePolicyStatus as Status,
     PendingRequest, STATUS_LIST_LIMIT, UnmatchedRequests,
 };
-use eac_controller::acceptance::decide::{
+use eac_controller::policy::decide::{
     MAX_DECISIONS, Memory, Outcome, Peer, Policy, Reported, Run, Settled, Step, Tally,
 };
-use eac_controller::api::ConnectionState;
-use eac_controller::budget::CallClass;
-use eac_controller::conditions::{READY, STALLED, SYNCED};
-use eac_controller::decide::{AdoptionPolicy, Note, Settings};
-use eac_controller::proton::{Connection, ErrorClass, ProtonError, RoleArns};
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -379,7 +379,7 @@ impl HasId for PendingRequest {
         &self.id
     }
 }
-impl HasId for eac_controller::acceptance::api::Decision {
+impl HasId for eac_controller::policy::api::Decision {
     fn id(&self) -> &str {
         &self.id
     }

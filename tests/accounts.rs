@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use eac_controller::accounts::{AccountMapping, AccountMappingSpec, Accounts};
+use eac_controller::mapping::{AccountMapping, AccountMappingSpec, Accounts};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::reflector;
@@ -117,7 +117,7 @@ async fn an_unmapped_namespace_is_refused_when_the_controller_says_so() {
             )],
             &[namespace(NS, &[("team", "search")])],
         )
-        .with_unmapped(eac_controller::accounts::UnmappedNamespaces::Refuse),
+        .with_unmapped(eac_controller::mapping::UnmappedNamespaces::Refuse),
     );
     env.api.create("prod", UID, spec("prod"));
 
@@ -144,7 +144,7 @@ async fn an_unmapped_namespace_is_refused_when_the_controller_says_so() {
     let env = Env::start().await;
     env.ctx.set_accounts(
         accounts(&[], &[namespace(NS, &[])])
-            .with_unmapped(eac_controller::accounts::UnmappedNamespaces::Refuse),
+            .with_unmapped(eac_controller::mapping::UnmappedNamespaces::Refuse),
     );
     env.api.create("prod", UID, spec("prod"));
     env.reconcile("prod").await.unwrap();
@@ -214,12 +214,16 @@ async fn the_running_controller_follows_mapping_and_namespace_label_changes_at_o
     use std::time::Duration;
 
     // A production resync: nothing may happen just because a resource came due.
-    let settings = eac_controller::decide::Settings {
+    let settings = eac_controller::connection::decide::Settings {
         resync: Duration::from_secs(3600),
         pending_poll: Duration::from_secs(3600),
         ..support::eager_settings()
     };
-    let env = Env::start_with(settings, eac_controller::budget::CallBudget::unlimited()).await;
+    let env = Env::start_with(
+        settings,
+        eac_controller::aws::budget::CallBudget::unlimited(),
+    )
+    .await;
     env.api
         .namespace(NS, &[("team", "payments"), ("tier", "prod")]);
     env.api.account_mapping(
@@ -309,7 +313,7 @@ async fn env_with_roles() -> Env {
     };
     Env::start_full(
         support::eager_settings(),
-        eac_controller::budget::CallBudget::unlimited(),
+        eac_controller::aws::budget::CallBudget::unlimited(),
         emulator,
     )
     .await
@@ -479,10 +483,8 @@ async fn credentials_the_service_calls_expired_are_replaced_by_a_new_assume_role
 /// not have accepted.
 #[tokio::test]
 async fn the_quickstart_demo_both_sides_with_a_mapped_management_role() {
-    use eac_controller::acceptance::api::{
-        ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec,
-    };
-    use eac_controller::acceptance::controller as policies;
+    use eac_controller::policy::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec};
+    use eac_controller::policy::controller as policies;
     use kube::ResourceExt;
 
     const MGMT_ROLE: &str = "arn:aws:iam::111122223333:role/proton-management";
@@ -492,7 +494,7 @@ async fn the_quickstart_demo_both_sides_with_a_mapped_management_role() {
     };
     let env = Env::start_full(
         support::eager_settings(),
-        eac_controller::budget::CallBudget::unlimited(),
+        eac_controller::aws::budget::CallBudget::unlimited(),
         emulator,
     )
     .await;
@@ -532,7 +534,7 @@ async fn the_quickstart_demo_both_sides_with_a_mapped_management_role() {
     let policy: ConnectionAcceptancePolicy =
         serde_yaml::from_value(of_kind("ConnectionAcceptancePolicy")).unwrap();
     assert_eq!(policy.namespace().as_deref(), Some("proton-management"));
-    let connection: eac_controller::api::EnvironmentAccountConnection =
+    let connection: eac_controller::connection::api::EnvironmentAccountConnection =
         serde_yaml::from_value(of_kind("EnvironmentAccountConnection")).unwrap();
     assert_eq!(connection.namespace().as_deref(), Some(NS));
 
@@ -545,14 +547,14 @@ async fn the_quickstart_demo_both_sides_with_a_mapped_management_role() {
     );
 
     let metrics = eac_controller::metrics::Metrics::new();
-    let proton = eac_controller::proton::Proton::with_static_credentials(
-        eac_controller::proton::ProtonSettings {
+    let proton = eac_controller::aws::proton::Proton::with_static_credentials(
+        eac_controller::aws::proton::ProtonSettings {
             default_region: "us-east-1".into(),
             endpoint: Some(env.emulator.url()),
             sts_endpoint: None,
             timeout: std::time::Duration::from_secs(10),
         },
-        eac_controller::budget::CallBudget::unlimited(),
+        eac_controller::aws::budget::CallBudget::unlimited(),
         metrics.clone(),
     );
     let policy_ctx = std::sync::Arc::new(
@@ -590,7 +592,7 @@ async fn the_quickstart_demo_both_sides_with_a_mapped_management_role() {
     let connected = env.api.get("demo-eu").unwrap();
     assert_eq!(
         connected.status.as_ref().unwrap().status,
-        Some(eac_controller::api::ConnectionState::Connected)
+        Some(eac_controller::connection::api::ConnectionState::Connected)
     );
     assert_eq!(condition(&connected, "Ready").unwrap().0, "True");
 }
@@ -647,7 +649,7 @@ fn run_with_mappings(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
-    use eac_controller::controller::{self, WatchScope};
+    use eac_controller::connection::controller::{self, WatchScope};
     use eac_controller::http::Readiness;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(controller::run(

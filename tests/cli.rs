@@ -24,7 +24,7 @@ fn crd_prints_the_generated_definitions_all_or_one() {
         .unwrap();
     assert!(out.status.success());
     let eac = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(eac, eac_controller::api::crd_yaml().unwrap());
+    assert_eq!(eac, eac_controller::connection::api::crd_yaml().unwrap());
     assert!(eac.contains("name: environmentaccountconnections.proton.eac.dev"));
 
     let out = controller()
@@ -33,7 +33,7 @@ fn crd_prints_the_generated_definitions_all_or_one() {
         .unwrap();
     assert!(out.status.success());
     let mapping = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(mapping, eac_controller::accounts::api::crd_yaml().unwrap());
+    assert_eq!(mapping, eac_controller::mapping::api::crd_yaml().unwrap());
     assert!(mapping.contains("scope: Cluster"), "{mapping}");
 
     let out = controller().arg("crd").output().unwrap();
@@ -42,7 +42,7 @@ fn crd_prints_the_generated_definitions_all_or_one() {
         String::from_utf8(out.stdout).unwrap(),
         format!(
             "{eac}---\n{mapping}---\n{}",
-            eac_controller::acceptance::api::crd_yaml().unwrap()
+            eac_controller::policy::api::crd_yaml().unwrap()
         ),
         "every CRD, as one stream `kubectl apply -f -` takes"
     );

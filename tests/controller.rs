@@ -3,7 +3,7 @@
 
 mod support;
 
-use eac_controller::api::{
+use eac_controller::connection::api::{
     ConnectionState, FINALIZER, INTENT_ANNOTATION, TAG_NAME, TAG_NAMESPACE, TAG_UID,
 };
 use kube::ResourceExt;
@@ -181,11 +181,14 @@ async fn a_stale_cached_copy_stops_the_reconcile_instead_of_repeating_its_writes
     let settled = env.api.get("prod").unwrap();
     let writes = env.api.resource_writes();
 
-    let error = eac_controller::controller::reconcile(stale.clone(), env.ctx.clone())
+    let error = eac_controller::connection::controller::reconcile(stale.clone(), env.ctx.clone())
         .await
         .expect_err("the guarded finalizer patch is refused (422) on the stale copy");
     assert!(
-        matches!(error, eac_controller::controller::Error::StaleCache(_)),
+        matches!(
+            error,
+            eac_controller::connection::controller::Error::StaleCache(_)
+        ),
         "{error}"
     );
     assert_eq!(env.api.answered(422), 1);
@@ -201,7 +204,8 @@ async fn a_stale_cached_copy_stops_the_reconcile_instead_of_repeating_its_writes
     );
     assert_eq!(env.api.get("prod").unwrap().status, settled.status);
     // Not a failure: no backoff, no Event; it runs again as soon as the fresh copy is there.
-    let action = eac_controller::controller::error_policy(stale, &error, env.ctx.clone());
+    let action =
+        eac_controller::connection::controller::error_policy(stale, &error, env.ctx.clone());
     assert_eq!(
         support::requeue_of(&action),
         std::time::Duration::from_secs(1)
@@ -295,12 +299,12 @@ async fn an_idle_connected_resource_costs_one_get_and_no_write() {
 #[tokio::test]
 async fn a_reconcile_triggered_by_the_controllers_own_status_write_does_nothing() {
     let env = Env::start_with(
-        eac_controller::decide::Settings {
+        eac_controller::connection::decide::Settings {
             resync: std::time::Duration::from_secs(600),
             pending_poll: std::time::Duration::from_secs(30),
             ..support::eager_settings()
         },
-        eac_controller::budget::CallBudget::unlimited(),
+        eac_controller::aws::budget::CallBudget::unlimited(),
     )
     .await;
     env.api.create("prod", UID, spec("prod"));
@@ -405,7 +409,7 @@ async fn a_resource_whose_create_never_succeeded_is_released_on_delete() {
 async fn a_resource_that_never_sent_a_create_is_released_without_calling_aws() {
     // A call budget with no room now: the finalizer goes on (it waits for no budget), but the
     // Create is deferred, so no intent is written and no Create is sent.
-    let budget = eac_controller::budget::CallBudget::new(
+    let budget = eac_controller::aws::budget::CallBudget::new(
         std::num::NonZeroU32::new(1).unwrap(),
         std::num::NonZeroU32::new(1).unwrap(),
         0.5,
@@ -414,7 +418,7 @@ async fn a_resource_that_never_sent_a_create_is_released_without_calling_aws() {
     for i in 0..30 {
         let _ = budget.admit(
             &format!("other-{i}"),
-            eac_controller::budget::CallClass::Work,
+            eac_controller::aws::budget::CallClass::Work,
             now,
         );
     }
@@ -538,17 +542,21 @@ async fn access_denied_is_reported_and_not_hot_looped() {
 /// workers), against the in-memory API server, which serves list and watch too.
 #[tokio::test]
 async fn the_running_controller_drives_a_resource_through_its_lifecycle() {
-    let settings = eac_controller::decide::Settings {
+    let settings = eac_controller::connection::decide::Settings {
         resync: std::time::Duration::from_secs(600),
         pending_poll: std::time::Duration::from_millis(200),
         ..support::eager_settings()
     };
-    let env = Env::start_with(settings, eac_controller::budget::CallBudget::unlimited()).await;
+    let env = Env::start_with(
+        settings,
+        eac_controller::aws::budget::CallBudget::unlimited(),
+    )
+    .await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let readiness = eac_controller::http::Readiness::default();
-    let running = tokio::spawn(eac_controller::controller::run(
+    let running = tokio::spawn(eac_controller::connection::controller::run(
         env.ctx.clone(),
-        eac_controller::controller::WatchScope::default(),
+        eac_controller::connection::controller::WatchScope::default(),
         2,
         async move {
             let _ = stop_rx.await;

@@ -10,9 +10,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use eac_controller::api::TAG_UID;
-use eac_controller::budget::CallBudget;
-use eac_controller::decide::Settings;
+use eac_controller::aws::budget::CallBudget;
+use eac_controller::connection::api::TAG_UID;
+use eac_controller::connection::decide::Settings;
 use proton_emulator::{EmulatorConfig, Faults, Idempotency};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -220,16 +220,18 @@ fn small_budget() -> CallBudget {
 
 /// The whole controller as a process runs it, in-process; aborting the task is kill -9.
 fn start(env: &Env) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(eac_controller::controller::run(
+    tokio::spawn(eac_controller::connection::controller::run(
         env.ctx.clone(),
-        eac_controller::controller::WatchScope::default(),
+        eac_controller::connection::controller::WatchScope::default(),
         4,
         std::future::pending::<()>(),
         eac_controller::http::Readiness::default(),
     ))
 }
 
-fn synced_at_its_generation(o: &eac_controller::api::EnvironmentAccountConnection) -> bool {
+fn synced_at_its_generation(
+    o: &eac_controller::connection::api::EnvironmentAccountConnection,
+) -> bool {
     let generation = o.metadata.generation;
     o.status.as_ref().is_some_and(|s| {
         s.id.is_some()

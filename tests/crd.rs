@@ -1,4 +1,4 @@
-//! The `EnvironmentAccountConnection` CRD generated from `src/api.rs`, checked the way its users
+//! The `EnvironmentAccountConnection` CRD generated from `src/connection/api.rs`, checked the way its users
 //! meet it:
 //!
 //! - the YAML in `crds/` and in the chart is exactly what the types generate (no drift);
@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use eac_controller::api::{
+use eac_controller::connection::api::{
     self, ConnectionState, DeletionPolicy, EnvironmentAccountConnection,
     EnvironmentAccountConnectionSpec, EnvironmentAccountConnectionStatus, ManagementPolicy,
     crd_yaml,
@@ -92,7 +92,7 @@ fn committed_crd_yaml_matches_the_rust_types() {
         });
         assert!(
             on_disk == generated,
-            "{file} is out of date with src/api.rs: run scripts/generate-crds.sh and commit the \
+            "{file} is out of date with src/connection/api.rs: run scripts/generate-crds.sh and commit the \
              result.\n{}",
             first_difference(&generated, &on_disk)
         );
@@ -101,7 +101,7 @@ fn committed_crd_yaml_matches_the_rust_types() {
 
 #[test]
 fn committed_account_mapping_crd_matches_the_rust_types() {
-    let generated = eac_controller::accounts::api::crd_yaml().expect("the CRD renders as YAML");
+    let generated = eac_controller::mapping::api::crd_yaml().expect("the CRD renders as YAML");
     for file in [
         "crds/accountmappings.yaml",
         "charts/eac-controller/crds/accountmappings.yaml",
@@ -112,7 +112,7 @@ fn committed_account_mapping_crd_matches_the_rust_types() {
         });
         assert!(
             on_disk == generated,
-            "{file} is out of date with src/accounts/api.rs: run scripts/generate-crds.sh and \
+            "{file} is out of date with src/mapping/api.rs: run scripts/generate-crds.sh and \
              commit the result.\n{}",
             first_difference(&generated, &on_disk)
         );
@@ -121,7 +121,7 @@ fn committed_account_mapping_crd_matches_the_rust_types() {
 
 #[test]
 fn an_account_mapping_is_cluster_scoped_and_refuses_bad_input() {
-    use eac_controller::accounts::{AccountMapping, AccountMappingSpec};
+    use eac_controller::mapping::{AccountMapping, AccountMappingSpec};
     let crd = AccountMapping::crd();
     assert_eq!(
         crd.spec.scope, "Cluster",
@@ -297,7 +297,7 @@ fn kubectl_explain_documents_every_field() {
     undocumented_properties(&schema, "", &mut undocumented);
     assert!(
         undocumented.is_empty(),
-        "fields without a description (add a doc comment in src/api.rs): {undocumented:?}"
+        "fields without a description (add a doc comment in src/connection/api.rs): {undocumented:?}"
     );
     // The walk really reached the leaves.
     for path in [["spec", "tags"], ["status", "observedGeneration"]] {

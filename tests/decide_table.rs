@@ -1,4 +1,4 @@
-//! Decision-table tests of the pure reconcile (`src/decide/`).
+//! Decision-table tests of the pure reconcile (`src/connection/decide/`).
 //!
 //! Every test is synchronous and does no I/O. A reconcile is driven the way the controller drives
 //! it: `Run::next` names a step, the test answers it, and `Run::record` gives the answer its
@@ -9,19 +9,19 @@
 
 use std::time::Duration;
 
-use eac_controller::api::{
+use eac_controller::aws::proton::{
+    Connection, CreateRequest, ErrorClass, ProtonError, Retry, RoleArns, Tags,
+};
+use eac_controller::conditions::{READY, STALLED, SYNCED};
+use eac_controller::connection::api::{
     ConnectionState, DeletionPolicy, EnvironmentAccountConnectionSpec as Spec,
     EnvironmentAccountConnectionStatus as Status, ManagementPolicy, TAG_NAME, TAG_NAMESPACE,
     TAG_UID,
 };
-use eac_controller::conditions::{READY, STALLED, SYNCED};
-use eac_controller::decide::{
+use eac_controller::connection::decide::{
     AdoptionPolicy, Intent, MAX_STEPS, Memory, Note, Observed, Origin, Outcome, Problem, Progress,
     Recorded, Reported, Resource, Run, Settings, Settled, Step, client_token, desired_tags,
     effective_status, event_for, ownership_tags, retry_after,
-};
-use eac_controller::proton::{
-    Connection, CreateRequest, ErrorClass, ProtonError, Retry, RoleArns, Tags,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -2903,7 +2903,7 @@ fn an_observer_reports_drift_without_correcting_it_and_reads_once_per_resync() {
     let run = case.run();
     assert_eq!(
         run.class_of(&Step::Get { id: ID.into() }),
-        eac_controller::budget::CallClass::Resync
+        eac_controller::aws::budget::CallClass::Resync
     );
     let trace = reconcile(&mut case, &mut proton, later(now(), RESYNC));
     assert_eq!(trace.path(), "WhoAmI Get Settle");

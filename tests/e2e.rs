@@ -37,12 +37,12 @@ use e2e_support::{
     run_refused_controller, spec, spec_changes, status, summarize, synced, tags_of, uid,
     valid_raw_spec, wait_object,
 };
-use eac_controller::acceptance::api::UnmatchedRequests;
-use eac_controller::api::{
+use eac_controller::connection::api::{
     ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, EnvironmentAccountConnectionSpec, FINALIZER,
     ManagementPolicy, OWNERSHIP_TAG_PREFIX, PAUSED_ANNOTATION, TAG_NAME, TAG_NAMESPACE, TAG_UID,
     crd_yaml,
 };
+use eac_controller::policy::api::UnmatchedRequests;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -83,7 +83,7 @@ async fn the_crd_installs_is_established_and_the_server_stores_the_generated_sch
     let generated_schema = numbers_as_f64(&generated["spec"]["versions"][0]["schema"]);
     if let Some(difference) = first_difference("schema", &stored_schema, &generated_schema) {
         panic!(
-            "the schema stored by the API server differs from eac_controller::api::crd_yaml() \
+            "the schema stored by the API server differs from eac_controller::connection::api::crd_yaml() \
              (is crds/ stale? regenerate it): {difference}"
         );
     }
@@ -740,7 +740,7 @@ async fn an_observer_follows_a_connection_made_by_hand_and_never_changes_or_dele
 /// neither write an AccountMapping nor relabel their namespace to reach the other account.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_namespaces_mapped_to_two_accounts_get_connections_in_their_own_accounts() {
-    use eac_controller::accounts::{AccountMapping, AccountMappingSpec};
+    use eac_controller::mapping::{AccountMapping, AccountMappingSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     let Some(cluster) = Cluster::from_env().await else {

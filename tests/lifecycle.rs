@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use eac_controller::api::{
+use eac_controller::aws::budget::CallBudget;
+use eac_controller::connection::api::{
     ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, TAG_NAME, TAG_NAMESPACE, TAG_UID,
 };
-use eac_controller::budget::CallBudget;
 use proton_emulator::Faults;
 use support::{Env, condition, eager_settings, requeue_of, spec};
 
@@ -320,7 +320,7 @@ async fn events_are_not_repeated_for_the_same_state() {
 async fn fifty_resources_converge_under_emulator_throttling_within_the_budget() {
     let rate = 5;
     let burst = 1;
-    let settings = eac_controller::decide::Settings {
+    let settings = eac_controller::connection::decide::Settings {
         resync: Duration::from_secs(600),
         pending_poll: Duration::from_secs(30),
         ..eager_settings()
@@ -347,9 +347,9 @@ async fn fifty_resources_converge_under_emulator_throttling_within_the_budget() 
         .unwrap();
     env.proton().reset_calls();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(eac_controller::controller::run(
+    let running = tokio::spawn(eac_controller::connection::controller::run(
         env.ctx.clone(),
-        eac_controller::controller::WatchScope::default(),
+        eac_controller::connection::controller::WatchScope::default(),
         4,
         async move {
             let _ = stop_rx.await;

@@ -5,13 +5,13 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use eac_controller::api::{
+use eac_controller::aws::budget::CallBudget;
+use eac_controller::connection::api::{
     ADOPT_ANNOTATION, ConnectionState, EnvironmentAccountConnectionSpec, ManagementPolicy,
     PAUSED_ANNOTATION,
 };
-use eac_controller::budget::CallBudget;
-use eac_controller::controller::trigger_hash;
-use eac_controller::decide::{AdoptionPolicy, Settings};
+use eac_controller::connection::controller::trigger_hash;
+use eac_controller::connection::decide::{AdoptionPolicy, Settings};
 use kube::ResourceExt;
 use support::{Env, condition, eager_settings, spec};
 
@@ -68,7 +68,7 @@ async fn an_observer_follows_a_foreign_connection_makes_no_mutating_call_and_lea
     );
     assert!(
         !obj.annotations()
-            .contains_key(eac_controller::api::INTENT_ANNOTATION)
+            .contains_key(eac_controller::connection::api::INTENT_ANNOTATION)
     );
     assert_eq!(env.calls(LIST), 1, "found by its environment");
     assert!(env.api.event_reasons().contains(&"Observing".to_string()));
@@ -178,7 +178,8 @@ async fn a_paused_resource_makes_no_call_until_the_annotation_is_removed() {
 
 #[test]
 fn pausing_wakes_the_controller_and_the_watch_cache_keeps_the_value() {
-    let mut obj = eac_controller::api::EnvironmentAccountConnection::new("prod", spec("prod"));
+    let mut obj =
+        eac_controller::connection::api::EnvironmentAccountConnection::new("prod", spec("prod"));
     let plain = trigger_hash(&obj);
     obj.metadata.annotations = Some(BTreeMap::from([(
         PAUSED_ANNOTATION.to_string(),
@@ -186,7 +187,7 @@ fn pausing_wakes_the_controller_and_the_watch_cache_keeps_the_value() {
     )]));
     assert_ne!(trigger_hash(&obj), plain, "pausing is worth a reconcile");
     let mut slimmed = obj.clone();
-    eac_controller::controller::slim(&mut slimmed);
+    eac_controller::connection::controller::slim(&mut slimmed);
     assert_eq!(
         slimmed
             .annotations()

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eac_controller::api::{ADOPT_ANNOTATION, ConnectionState, FINALIZER, TAG_UID};
-use eac_controller::budget::CallBudget;
-use eac_controller::controller::{self, WatchScope};
-use eac_controller::decide::{AdoptionPolicy, Settings};
+use eac_controller::aws::budget::CallBudget;
+use eac_controller::connection::api::{ADOPT_ANNOTATION, ConnectionState, FINALIZER, TAG_UID};
+use eac_controller::connection::controller::{self, WatchScope};
+use eac_controller::connection::decide::{AdoptionPolicy, Settings};
 use eac_controller::http::Readiness;
 use proton_emulator::{EmulatorConfig, Faults, Idempotency};
 use support::{Env, condition, eager_settings, requeue_of, spec};

@@ -36,11 +36,11 @@ use aws_sdk_proton::types::{
     EnvironmentAccountConnection as ProtonConnection,
     EnvironmentAccountConnectionRequesterAccountType, EnvironmentAccountConnectionSummary,
 };
-use eac_controller::api::{
+use eac_controller::config::RunArgs;
+use eac_controller::connection::api::{
     EnvironmentAccountConnection, EnvironmentAccountConnectionSpec,
     EnvironmentAccountConnectionStatus,
 };
-use eac_controller::config::RunArgs;
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
@@ -68,8 +68,8 @@ pub mod access;
 /// The resource under test.
 pub type Eac = EnvironmentAccountConnection;
 /// The management side's resource.
-pub type Policy = eac_controller::acceptance::api::ConnectionAcceptancePolicy;
-pub type PolicySpec = eac_controller::acceptance::api::ConnectionAcceptancePolicySpec;
+pub type Policy = eac_controller::policy::api::ConnectionAcceptancePolicy;
+pub type PolicySpec = eac_controller::policy::api::ConnectionAcceptancePolicySpec;
 
 // -------------------------------------------------------------------------------------------
 // Constants
@@ -2052,7 +2052,7 @@ pub fn design_example() -> Eac {
             role_arn: Some(ROLE_ARN.into()),
             tags: BTreeMap::from([("team".into(), "payments".into())]),
             region: Some("eu-west-1".into()),
-            deletion_policy: eac_controller::api::DeletionPolicy::Delete,
+            deletion_policy: eac_controller::connection::api::DeletionPolicy::Delete,
             ..EnvironmentAccountConnectionSpec::default()
         },
     )

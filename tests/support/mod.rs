@@ -22,12 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use eac_controller::api::{EnvironmentAccountConnection, EnvironmentAccountConnectionSpec};
-use eac_controller::budget::CallBudget;
-use eac_controller::controller::{self, Context};
-use eac_controller::decide::{AdoptionPolicy, Settings};
+use eac_controller::aws::budget::CallBudget;
+use eac_controller::aws::proton::{Proton, ProtonSettings};
+use eac_controller::connection::api::{
+    EnvironmentAccountConnection, EnvironmentAccountConnectionSpec,
+};
+use eac_controller::connection::controller::{self, Context};
+use eac_controller::connection::decide::{AdoptionPolicy, Settings};
 use eac_controller::metrics::Metrics;
-use eac_controller::proton::{Proton, ProtonSettings};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -472,7 +474,7 @@ impl FakeApi {
     }
 
     /// Creates or replaces a cluster admin's AccountMapping.
-    pub fn account_mapping(&self, name: &str, spec: &eac_controller::accounts::AccountMappingSpec) {
+    pub fn account_mapping(&self, name: &str, spec: &eac_controller::mapping::AccountMappingSpec) {
         let mut st = self.lock();
         let rv = st.next_rv();
         let path = format!("{MAPPINGS}/{name}");

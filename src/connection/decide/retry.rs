@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::Settings;
-use crate::proton::{ErrorClass, ProtonError, Retry};
+use crate::aws::proton::{ErrorClass, ProtonError, Retry};
 
 /// Why a reconcile ended without settling: an AWS error, or a failure the decision found.
 #[derive(Clone, Debug, PartialEq, Eq)]

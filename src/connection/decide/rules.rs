@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use crate::api::ConnectionState;
-use crate::budget::CallClass;
-use crate::proton::Connection;
+use crate::aws::budget::CallClass;
+use crate::aws::proton::Connection;
+use crate::connection::api::ConnectionState;
 
 use super::{AdoptionPolicy, Observed, Problem, Resource, Run, Settings, Step};
 
@@ -64,8 +64,8 @@ pub(super) fn may_take_over(run: &Run, what: &str) -> Option<Result<(), Problem>
             false => Some(refused(format!(
                 "a cluster admin has not allowed adoption in namespace {} (label {}={})",
                 run.r.namespace,
-                crate::api::ADOPTION_NAMESPACE_LABEL,
-                crate::api::ADOPTION_ALLOWED
+                crate::connection::api::ADOPTION_NAMESPACE_LABEL,
+                crate::connection::api::ADOPTION_ALLOWED
             ))),
         },
     }

@@ -6,8 +6,8 @@
 //! ConflictException from Create means "look for our own connection" first; an error anything
 //! else means the reconcile ends on that problem.
 
-use crate::api::EnvironmentAccountConnectionStatus as Status;
-use crate::proton::{Connection, ErrorClass, ProtonError, Tags};
+use crate::aws::proton::{Connection, ErrorClass, ProtonError, Tags};
+use crate::connection::api::EnvironmentAccountConnectionStatus as Status;
 
 use super::events::{self, Note};
 use super::{Outcome, Problem, Run, Step};
@@ -193,7 +193,7 @@ pub(super) fn record(
                     "unexpected answer to {}: {outcome:?}; retrying",
                     step.name()
                 ),
-                retry: crate::proton::Retry::Backoff,
+                retry: crate::aws::proton::Retry::Backoff,
             });
             return None;
         }
@@ -206,7 +206,7 @@ pub(super) fn record(
 /// recently requested.
 fn pick_observed(listed: Vec<Connection>) -> Option<Connection> {
     listed.into_iter().max_by(|a, b| {
-        let live = |c: &Connection| c.state != crate::api::ConnectionState::Rejected;
+        let live = |c: &Connection| c.state != crate::connection::api::ConnectionState::Rejected;
         live(a)
             .cmp(&live(b))
             .then_with(|| a.requested_at.cmp(&b.requested_at))

@@ -6,8 +6,8 @@
 //! resource did not create reveals another team's connection, so it needs the same cluster-admin
 //! opt-in as adoption.
 
+use crate::aws::proton::{Connection, Retry};
 use crate::conditions::{SYNCED, Want};
-use crate::proton::{Connection, Retry};
 
 use super::rules::{
     jittered, may_take_over, mismatches, not_due, region_not_allowed, requeue_after,

@@ -3,7 +3,7 @@
 //! are). Pure and total: any input, even one the schema would have refused, gives an answer.
 
 use super::api::ConnectionAcceptancePolicySpec as Spec;
-use crate::proton::Connection;
+use crate::aws::proton::Connection;
 
 /// Whether `pattern` matches all of `name`.
 pub fn glob(pattern: &str, name: &str) -> bool {

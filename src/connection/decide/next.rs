@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use crate::api::{
+use crate::aws::budget::CallClass;
+use crate::aws::proton::{Connection, CreateRequest, Retry, RoleArns, Tags};
+use crate::conditions::{self, SYNCED};
+use crate::connection::api::{
     ConnectionState, DeletionPolicy, ManagementPolicy, PAUSED_ANNOTATION, TAG_NAME, TAG_NAMESPACE,
     TAG_UID,
 };
-use crate::budget::CallClass;
-use crate::conditions::{self, SYNCED};
-use crate::proton::{Connection, CreateRequest, Retry, RoleArns, Tags};
 
 use super::events;
 use super::observing;

@@ -10,7 +10,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
@@ -21,19 +21,19 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::accounts::{
-    AccountMapping, Accounts, AwsIdentity, MappingError, Resolved, UnmappedNamespaces,
-};
-use crate::api::{
+use crate::aws::budget::CallClass;
+use crate::aws::proton::{Proton, ProtonError, Retry, Ticket};
+use crate::connection::api::{
     ADOPT_ANNOTATION, ADOPTION_ALLOWED, ADOPTION_NAMESPACE_LABEL, ConnectionState,
     EnvironmentAccountConnection, EnvironmentAccountConnectionStatus as Status, FINALIZER,
     INTENT_ANNOTATION, PAUSED_ANNOTATION,
 };
-use crate::budget::CallClass;
-use crate::decide::{self, Intent, Memory, Note, Outcome, Problem, Progress, Run, Settings, Step};
+use crate::connection::decide::{
+    self, Intent, Memory, Note, Outcome, Problem, Progress, Run, Settings, Step,
+};
 use crate::http::Readiness;
+use crate::mapping::{Accounts, AwsIdentity, MappingError, Resolved, UnmappedNamespaces};
 use crate::metrics::Metrics;
-use crate::proton::{Proton, ProtonError, Retry, Ticket};
 use crate::recorder::Recorder;
 
 pub use crate::recorder::{FIELD_MANAGER, reporter};
@@ -257,7 +257,7 @@ impl Context {
         self.tracked().retain(|uid, _| live.contains(uid));
         // The management side's bookings in the shared budget are its own to drop.
         self.proton
-            .retain(|key| live.contains(key) || crate::budget::is_policy_key(key));
+            .retain(|key| live.contains(key) || crate::aws::budget::is_policy_key(key));
     }
 
     /// Forgets everything (a new term of leadership: another leader may have written since).
@@ -619,7 +619,7 @@ async fn steps(
             create_admitted = true;
         }
         match &result {
-            Err(e) if e.class == crate::proton::ErrorClass::Deferred => {}
+            Err(e) if e.class == crate::aws::proton::ErrorClass::Deferred => {}
             Err(e) => warn!(error = %e, class = ?e.class, "proton call failed"),
             Ok(_) if ticket.class != CallClass::Work && matches!(step, Step::Get { .. }) => {
                 note_read(ctx, &facts.uid, ticket.class);
@@ -781,7 +781,7 @@ async fn execute(
 fn unreachable_final(step: &Step) -> Result<Outcome, ProtonError> {
     Err(ProtonError {
         operation: "reconcile",
-        class: crate::proton::ErrorClass::Other,
+        class: crate::aws::proton::ErrorClass::Other,
         code: "InternalError".into(),
         message: format!("{} is not executed as an intermediate step", step.name()),
         retry_in: None,
@@ -1196,7 +1196,7 @@ pub async fn run(
         ctx.set_accounts(Accounts::waiting());
     }
     let (accounts, changes, followers) = if scope.account_mappings {
-        match follow_accounts(&ctx.client, shutdown.clone()).await {
+        match crate::mapping::controller::follow(&ctx.client, shutdown.clone()).await {
             Some(followed) => followed,
             // Stopped before the mappings were known: nothing was reconciled.
             None => return,
@@ -1247,178 +1247,11 @@ pub async fn run(
     ctx.metrics.count_connections_from(None);
 }
 
-/// Keeps every AccountMapping's status (account, namespaces, overlaps) in step with the
-/// mappings and namespaces, writing only what changed; once now, then after every change.
-async fn write_mapping_statuses(
-    client: Client,
-    mappings: Store<AccountMapping>,
-    namespaces: Store<k8s_openapi::api::core::v1::Namespace>,
-    mut ticks: futures::channel::mpsc::UnboundedReceiver<()>,
-) {
-    let api: Api<AccountMapping> = Api::all(client);
-    loop {
-        let all = mappings.state();
-        let ns = namespaces.state();
-        let named: Vec<(String, &crate::accounts::AccountMappingSpec)> =
-            all.iter().map(|m| (m.name_any(), &m.spec)).collect();
-        let specs: Vec<(&str, &crate::accounts::AccountMappingSpec)> =
-            named.iter().map(|(n, s)| (n.as_str(), *s)).collect();
-        let labelled: Vec<(String, std::collections::BTreeMap<String, String>)> = ns
-            .iter()
-            .map(|n| (n.name_any(), n.labels().clone()))
-            .collect();
-        let labels: Vec<(&str, &std::collections::BTreeMap<String, String>)> =
-            labelled.iter().map(|(n, l)| (n.as_str(), l)).collect();
-        for mapping in &all {
-            let name = mapping.name_any();
-            let status = crate::accounts::status::status_of(
-                &name,
-                mapping.metadata.generation.unwrap_or_default(),
-                &specs,
-                &labels,
-                mapping.status.as_ref(),
-                now(),
-            );
-            if mapping.status.as_ref() == Some(&status) {
-                continue;
-            }
-            let patch = json!({
-                "apiVersion": "proton.eac.dev/v1alpha1",
-                "kind": "AccountMapping",
-                "status": status,
-            });
-            if let Err(e) = api
-                .patch_status(
-                    &name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(patch),
-                )
-                .await
-            {
-                warn!(mapping = %name, error = %e, "could not write the AccountMapping's status");
-            }
-        }
-        // A burst of changes is one pass.
-        if ticks.next().await.is_none() {
-            return;
-        }
-        while ticks.try_recv().is_ok() {}
-    }
-}
-
-/// Watches the account mappings and the namespaces' labels. Returns once both are known (so no
-/// resource is ever reconciled with the controller's own credentials because its mapping was
-/// not read yet), with a stream that ticks on every change that can move a namespace to other
-/// credentials. None if `shutdown` came first.
-async fn follow_accounts(
-    client: &Client,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Option<(
-    Accounts,
-    futures::channel::mpsc::UnboundedReceiver<()>,
-    Vec<tokio::task::JoinHandle<()>>,
-)> {
-    use k8s_openapi::api::core::v1::Namespace;
-
-    let (tick, changes) = futures::channel::mpsc::unbounded();
-    let (status_tick, status_ticks) = futures::channel::mpsc::unbounded();
-    let namespace_status_tick = status_tick.clone();
-    let (mappings, mapping_writer) = reflector::store::<AccountMapping>();
-    let (namespaces, namespace_writer) = reflector::store::<Namespace>();
-    let config = watcher::Config::default().any_semantic();
-    let mapping_ticks = tick.clone();
-    let follow_mappings = watcher(Api::<AccountMapping>::all(client.clone()), config.clone())
-        .default_backoff()
-        .modify(|m| m.metadata.managed_fields = None)
-        .reflect(mapping_writer)
-        .inspect_err(|e| warn!(error = %e, "watching AccountMappings failed; retrying"))
-        .applied_objects()
-        .predicate_filter(
-            |m: &AccountMapping| {
-                let mut h = DefaultHasher::new();
-                serde_json::to_string(&m.spec)
-                    .unwrap_or_default()
-                    .hash(&mut h);
-                Some(h.finish())
-            },
-            Default::default(),
-        )
-        .for_each(move |_| {
-            let _ = mapping_ticks.unbounded_send(());
-            let _ = status_tick.unbounded_send(());
-            futures::future::ready(())
-        });
-    let follow_namespaces = watcher(Api::<Namespace>::all(client.clone()), config)
-        .default_backoff()
-        // Only the labels are read.
-        .modify(|ns| {
-            ns.metadata.managed_fields = None;
-            ns.metadata.annotations = None;
-            ns.spec = None;
-            ns.status = None;
-        })
-        .reflect(namespace_writer)
-        .inspect_err(|e| warn!(error = %e, "watching Namespaces failed; retrying"))
-        .applied_objects()
-        .predicate_filter(
-            |ns: &Namespace| {
-                let mut h = DefaultHasher::new();
-                ns.labels().hash(&mut h);
-                Some(h.finish())
-            },
-            Default::default(),
-        )
-        .for_each(move |_| {
-            let _ = tick.unbounded_send(());
-            let _ = namespace_status_tick.unbounded_send(());
-            futures::future::ready(())
-        });
-    let followers = vec![
-        tokio::spawn(follow_mappings),
-        tokio::spawn(follow_namespaces),
-    ];
-    let ready = async {
-        let _ = mappings.wait_until_ready().await;
-        let _ = namespaces.wait_until_ready().await;
-    };
-    // Nothing is reconciled until both are listed: say so, with the likely fix, while it lasts.
-    let nagging = async {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
-        every.tick().await;
-        loop {
-            every.tick().await;
-            tracing::error!(
-                "still waiting to list AccountMappings and Namespaces, so nothing is reconciled: is the AccountMapping CRD installed (kubectl apply -f crds/) and may the controller list both? --account-mappings=false turns mappings off"
-            );
-        }
-    };
-    tokio::select! {
-        _ = nagging => None,
-        _ = ready => {
-            info!(mappings = mappings.state().len(), "account mappings known");
-            let mut followers = followers;
-            followers.push(tokio::spawn(write_mapping_statuses(
-                client.clone(),
-                mappings.clone(),
-                namespaces.clone(),
-                status_ticks,
-            )));
-            Some((Accounts::from_stores(mappings, namespaces), changes, followers))
-        }
-        _ = shutdown => {
-            for follower in followers {
-                follower.abort();
-            }
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::CallBudget;
-    use crate::proton::ProtonSettings;
+    use crate::aws::budget::CallBudget;
+    use crate::aws::proton::ProtonSettings;
     use std::collections::BTreeMap;
 
     fn eac(uid: &str) -> EnvironmentAccountConnection {
@@ -1512,7 +1345,7 @@ mod tests {
             pending_poll: Duration::from_secs(30),
             default_region: "us-east-1".into(),
             allowed_regions: vec![],
-            adoption: crate::decide::AdoptionPolicy::default(),
+            adoption: crate::connection::decide::AdoptionPolicy::default(),
             create_settle: Duration::from_secs(60),
         };
         Context::new(client, proton, settings, metrics, reporter())

@@ -26,12 +26,12 @@ mod status;
 
 use std::time::Duration;
 
-use crate::api::{
+use crate::aws::budget::CallClass;
+use crate::aws::proton::{Connection, CreateRequest, ProtonError, RoleArns, Tags};
+use crate::connection::api::{
     EnvironmentAccountConnectionSpec as Spec, EnvironmentAccountConnectionStatus as Status,
     TAG_NAME, TAG_NAMESPACE, TAG_UID,
 };
-use crate::budget::CallClass;
-use crate::proton::{Connection, CreateRequest, ProtonError, RoleArns, Tags};
 
 pub use events::{Note, event_for};
 pub use memory::{Intent, Memory, effective_status};
@@ -166,7 +166,7 @@ pub enum Step {
     /// (a slot may be booked then). `status`: what this reconcile learned before (a connection
     /// just created), to record so it is not asked for again.
     Defer {
-        class: crate::budget::CallClass,
+        class: crate::aws::budget::CallClass,
         requeue: Duration,
         status: Option<Box<Status>>,
     },
@@ -373,7 +373,7 @@ impl<'a> Run<'a> {
                     message: format!(
                         "the reconcile did not settle within {MAX_STEPS} steps; retrying later"
                     ),
-                    retry: crate::proton::Retry::Backoff,
+                    retry: crate::aws::proton::Retry::Backoff,
                 },
                 now,
             )
@@ -477,7 +477,8 @@ impl<'a> Run<'a> {
 fn routine_read(r: &Resource) -> Option<CallClass> {
     // An observed connection has no finalizer: nothing is done on deletion.
     let settled = !r.deleting
-        && (r.has_finalizer || r.spec.management_policy == crate::api::ManagementPolicy::Observe)
+        && (r.has_finalizer
+            || r.spec.management_policy == crate::connection::api::ManagementPolicy::Observe)
         && r.status.id.is_some()
         && r.status.create_sent_at.is_none()
         && crate::conditions::is_true(
@@ -486,7 +487,7 @@ fn routine_read(r: &Resource) -> Option<CallClass> {
             Some(r.generation),
         );
     let class = match r.status.status {
-        Some(crate::api::ConnectionState::Pending) => CallClass::Poll,
+        Some(crate::connection::api::ConnectionState::Pending) => CallClass::Poll,
         _ => CallClass::Resync,
     };
     settled.then_some(class)

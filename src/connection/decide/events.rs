@@ -100,10 +100,10 @@ pub fn vanished(id: &str) -> Note {
 
 /// The Event for a state Proton reports for the first time.
 pub fn state_change(
-    before: Option<crate::api::ConnectionState>,
-    c: &crate::proton::Connection,
+    before: Option<crate::connection::api::ConnectionState>,
+    c: &crate::aws::proton::Connection,
 ) -> Option<Note> {
-    use crate::api::ConnectionState;
+    use crate::connection::api::ConnectionState;
     if before == Some(c.state) {
         return None;
     }

@@ -4,9 +4,9 @@
 //! (the pinned region and account, the re-creation count, condition transition times) carries
 //! over unchanged, and an unchanged state renders an identical status (and costs no write).
 
-use crate::api::{ConnectionState, EnvironmentAccountConnectionStatus as Status};
+use crate::aws::proton::{Connection, Retry};
 use crate::conditions::{self, READY, STALLED, SYNCED, Want};
-use crate::proton::{Connection, Retry};
+use crate::connection::api::{ConnectionState, EnvironmentAccountConnectionStatus as Status};
 
 use super::{Problem, Resource};
 

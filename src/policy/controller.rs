@@ -21,11 +21,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicyStatus as Status};
 use super::decide::{Memory, Outcome, Peer, Policy, Run, Step};
-use crate::accounts::{Accounts, MappingError};
-use crate::api::PAUSED_ANNOTATION;
-use crate::decide::{Note, Settings, retry_after};
+use crate::aws::proton::{Proton, ProtonError, Retry, Ticket};
+use crate::connection::api::PAUSED_ANNOTATION;
+use crate::connection::decide::{Note, Settings, retry_after};
+use crate::mapping::{Accounts, MappingError};
 use crate::metrics::Metrics;
-use crate::proton::{Proton, ProtonError, Retry, Ticket};
 use crate::recorder::Recorder;
 
 pub use crate::recorder::{FIELD_MANAGER, reporter};
@@ -41,7 +41,7 @@ pub enum Error {
     },
     #[error("policy {0} has no {1}")]
     MissingMetadata(String, &'static str),
-    /// Its namespace has no credentials (see [`crate::accounts`]): nothing is asked of AWS.
+    /// Its namespace has no credentials (see [`crate::mapping`]): nothing is asked of AWS.
     #[error("policy {object}: {source}")]
     Credentials {
         object: String,
@@ -184,7 +184,7 @@ impl Context {
 }
 
 fn budget_key(uid: &str) -> String {
-    crate::budget::policy_key(uid)
+    crate::aws::budget::policy_key(uid)
 }
 
 /// Whether the `proton.eac.dev/paused` annotation says `"true"`.
@@ -380,7 +380,7 @@ async fn reconcile_inner(
         };
         let result = execute(ctx, run.region(), &ticket, &step).await;
         if let Err(e) = &result
-            && e.class != crate::proton::ErrorClass::Deferred
+            && e.class != crate::aws::proton::ErrorClass::Deferred
         {
             warn!(error = %e, class = ?e.class, "proton call failed");
         }
@@ -425,7 +425,7 @@ async fn execute(
         Step::Settle(_) | Step::Report(_) | Step::Defer { .. } | Step::Idle { .. } => {
             Err(ProtonError {
                 operation: "reconcile",
-                class: crate::proton::ErrorClass::Other,
+                class: crate::aws::proton::ErrorClass::Other,
                 code: "InternalError".into(),
                 message: format!("{} is not executed as an intermediate step", step.name()),
                 retry_in: None,

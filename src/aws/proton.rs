@@ -19,12 +19,12 @@ use aws_sdk_proton::types::{
 };
 use aws_smithy_types::date_time::Format;
 
-use crate::accounts::session::{RoleSession, SessionCredentials};
-use crate::accounts::{AwsIdentity, RoleIdentity};
-use crate::api::ConnectionState;
-use crate::api::TAG_UID;
-use crate::budget::{Admission, CallBudget, CallClass};
-use crate::identity::CallerIdentity;
+use crate::aws::budget::{Admission, CallBudget, CallClass};
+use crate::aws::credentials::{AwsIdentity, RoleIdentity};
+use crate::aws::identity::CallerIdentity;
+use crate::aws::session::{RoleSession, SessionCredentials};
+use crate::connection::api::ConnectionState;
+use crate::connection::api::TAG_UID;
 use crate::metrics::Metrics;
 
 /// Who makes a call, with which credentials, and of which class (for the call budget).

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::EnvironmentAccountConnectionStatus as Status;
+use crate::connection::api::EnvironmentAccountConnectionStatus as Status;
 
 /// The intent to create written with the finalizer (annotation `proton.eac.dev/create-intent`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! The acceptance decision: pure, synchronous, no I/O.
 //!
-//! Like the connection side (`crate::decide`), a reconcile of one policy is a [`Run`]:
+//! Like the connection side (`crate::connection::decide`), a reconcile of one policy is a [`Run`]:
 //! [`Run::next`] names the one next [`Step`] from the policy, every policy of the cluster, what
 //! the controller remembers and what this reconcile learned so far; the controller executes it
 //! (one AWS call) and hands the raw answer to [`Run::record`]; again, until the step is final.
@@ -29,11 +29,11 @@ use super::api::{
     PendingRequest, STATUS_LIST_LIMIT, UnmatchedRequests,
 };
 use super::matching;
-use crate::api::{ConnectionState, PAUSED_ANNOTATION};
-use crate::budget::CallClass;
+use crate::aws::budget::CallClass;
+use crate::aws::proton::{Connection, ErrorClass, ProtonError, Retry};
 use crate::conditions::{self, READY, STALLED, SYNCED, Want};
-use crate::decide::{Note, Problem, Settings, retry_after};
-use crate::proton::{Connection, ErrorClass, ProtonError, Retry};
+use crate::connection::api::{ConnectionState, PAUSED_ANNOTATION};
+use crate::connection::decide::{Note, Problem, Settings, retry_after};
 
 /// At most this many Accept / Reject decisions per reconcile; the rest follow at once in the
 /// next one (the status shows progress in between).

@@ -13,7 +13,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::{self, ProvideCredentials, error::CredentialsError};
 use tracing::info;
 
-use super::RoleIdentity;
+use super::credentials::RoleIdentity;
 use crate::aws::error::{ErrorClass, ProtonError};
 use crate::metrics::Metrics;
 
