@@ -18,6 +18,7 @@ pub mod leader;
 pub mod mapping;
 pub mod metrics;
 pub mod policy;
+pub mod reconciler;
 pub mod recorder;
 pub mod runner;
 pub mod telemetry;

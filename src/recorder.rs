@@ -13,7 +13,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::events::Reporter;
 use kube::{Client, Resource};
 
-use crate::connection::decide::Note;
+use crate::reconciler::note::Note;
 
 /// What an Event says it did.
 const ACTION: &str = "Reconcile";

@@ -2310,7 +2310,7 @@ fn each_error_class_is_reported_in_the_conditions_with_the_aws_message() {
             );
             assert_eq!(
                 r.requeue,
-                retry_after(retry, 1, &settings(), JITTER),
+                retry_after(retry, 1, settings().resync, JITTER),
                 "{what}"
             );
 
@@ -2552,7 +2552,7 @@ fn retries_back_off_exponentially_per_class_with_jitter_and_a_cap() {
     ];
     for (name, retry, resync_secs, attempt, full) in table {
         let what = format!("{name}: attempt {attempt}, resync {resync_secs}s");
-        let delay = |jitter: f64| retry_after(retry, attempt, &resync(resync_secs), jitter);
+        let delay = |jitter: f64| retry_after(retry, attempt, resync(resync_secs).resync, jitter);
         let (low, high) = (
             Duration::from_millis(full * 750),
             Duration::from_millis(full * 1250),
@@ -2574,7 +2574,7 @@ fn retries_back_off_exponentially_per_class_with_jitter_and_a_cap() {
     for retry in [backoff, slow, terminal] {
         let mut last = Duration::ZERO;
         for attempt in 1..40 {
-            let d = retry_after(retry, attempt, &settings(), 0.3);
+            let d = retry_after(retry, attempt, settings().resync, 0.3);
             assert!(d >= last, "{retry:?} attempt {attempt}");
             last = d;
         }

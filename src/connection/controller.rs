@@ -5,17 +5,17 @@
 //! decide (ask the run for the next step), execute (one Kubernetes or AWS call), record (hand the
 //! answer back to the run), until the run's step is final.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
@@ -34,6 +34,10 @@ use crate::connection::decide::{
 use crate::http::Readiness;
 use crate::mapping::{Accounts, AwsIdentity, MappingError, Resolved, UnmappedNamespaces};
 use crate::metrics::Metrics;
+use crate::reconciler::{
+    self,
+    tracked::{Guard, KubeFailure, Tracker},
+};
 use crate::recorder::Recorder;
 
 pub use crate::recorder::{FIELD_MANAGER, reporter};
@@ -68,20 +72,11 @@ impl Error {
 /// How soon a reconcile that stopped on a stale cached copy runs again.
 const STALE_CACHE_RETRY: Duration = Duration::from_secs(1);
 
-/// What the controller keeps about one resource between reconciles. Dropped when the resource
-/// leaves the watch cache, and when this controller stops leading.
+/// What the connection kind keeps about one resource between reconciles, beside what every kind
+/// keeps ([`crate::reconciler::tracked`]).
 #[derive(Clone, Debug, Default)]
-struct Tracked {
+struct Kept {
     memory: Memory,
-    /// The generation and adopt annotation of the last reconcile, and when the resource is due
-    /// again (its requeue or its backoff): until then, a trigger that changed neither costs
-    /// nothing, so nothing can bypass a backoff.
-    checkpoint: Option<(i64, Triggers, Instant)>,
-    /// Consecutive failed reconciles, for the backoff; reset on success and on a spec change.
-    failures: u32,
-    failed_generation: i64,
-    /// The last Kubernetes error reported in an Event, so the same one is reported once.
-    last_kube_error: Option<String>,
     /// The last routine read (poll or resync) and when, for the effective-interval metric.
     last_read: Option<(CallClass, Instant)>,
     /// What the last reconcile learned before its next call was deferred.
@@ -112,9 +107,7 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Metrics,
     recorder: Recorder,
-    tracked: Mutex<HashMap<String, Tracked>>,
-    /// How many resources are tracked, for whoever waits for that to change (tests).
-    tracked_count: tokio::sync::watch::Sender<usize>,
+    tracked: Tracker<Triggers, Kept>,
     /// Share of the workers that routine reads (polls, resyncs) may occupy at once.
     poll_share: f64,
     /// Workers routine reads may hold, while the controller runs (None: no limit).
@@ -122,33 +115,6 @@ pub struct Context {
     /// Which credentials each namespace's resources act with (the account mappings); shared
     /// with the management side.
     accounts: Arc<Mutex<Accounts>>,
-}
-
-/// The locked map of tracked resources; publishes its size when released.
-struct TrackedGuard<'a> {
-    map: std::sync::MutexGuard<'a, HashMap<String, Tracked>>,
-    count: &'a tokio::sync::watch::Sender<usize>,
-}
-
-impl std::ops::Deref for TrackedGuard<'_> {
-    type Target = HashMap<String, Tracked>;
-    fn deref(&self) -> &Self::Target {
-        &self.map
-    }
-}
-
-impl std::ops::DerefMut for TrackedGuard<'_> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.map
-    }
-}
-
-impl Drop for TrackedGuard<'_> {
-    fn drop(&mut self) {
-        let n = self.map.len();
-        self.count
-            .send_if_modified(|c| std::mem::replace(c, n) != n);
-    }
 }
 
 impl Context {
@@ -165,8 +131,7 @@ impl Context {
             proton,
             settings,
             metrics,
-            tracked: Mutex::default(),
-            tracked_count: tokio::sync::watch::channel(0).0,
+            tracked: Tracker::default(),
             poll_share: 0.5,
             routine_workers: Mutex::default(),
             accounts: Arc::new(Mutex::new(Accounts::disabled())),
@@ -212,27 +177,19 @@ impl Context {
         }
     }
 
-    fn tracked(&self) -> TrackedGuard<'_> {
-        TrackedGuard {
-            map: self.tracked.lock().unwrap_or_else(|p| p.into_inner()),
-            count: &self.tracked_count,
-        }
+    fn tracked(&self) -> Guard<'_, Triggers, Kept> {
+        self.tracked.lock()
     }
 
     /// Sees the number of tracked resources change.
     pub fn tracked_changes(&self) -> tokio::sync::watch::Receiver<usize> {
-        self.tracked_count.subscribe()
+        self.tracked.changes()
     }
 
     /// Makes every resource due now, as if each one's requeue time had come (tests, and a
     /// forced resync).
     pub fn expire_checkpoints(&self) {
-        let now = Instant::now();
-        for t in self.tracked().values_mut() {
-            if let Some((_, _, due)) = &mut t.checkpoint {
-                *due = now;
-            }
-        }
+        self.tracked.expire_checkpoints();
     }
 
     /// Treats the resource as already seen in this term (its first read is not spread out):
@@ -248,13 +205,13 @@ impl Context {
 
     /// The resource is gone: drop what was kept about it (and its booking in the budget).
     pub fn forget(&self, uid: &str) {
-        self.tracked().remove(uid);
+        self.tracked.remove(uid);
         self.proton.forget(uid);
     }
 
     /// Drops what is kept about resources that are no longer in the watch cache.
     pub fn retain_only(&self, live: &HashSet<String>) {
-        self.tracked().retain(|uid, _| live.contains(uid));
+        self.tracked.retain_only(live);
         // The management side's bookings in the shared budget are its own to drop.
         self.proton
             .retain(|key| live.contains(key) || crate::aws::budget::is_policy_key(key));
@@ -262,7 +219,7 @@ impl Context {
 
     /// Forgets everything (a new term of leadership: another leader may have written since).
     pub fn forget_all(&self) {
-        self.tracked().clear();
+        self.tracked.clear();
         self.proton.retain(|_| false);
     }
 }
@@ -307,16 +264,13 @@ pub fn error_policy(
     let generation = obj.metadata.generation.unwrap_or_default();
     let message = error.to_string();
     let triggers = Triggers::of(&obj, &ctx);
-    let (failures, news, wait) = {
-        let mut tracked = ctx.tracked();
-        let t = tracked.entry(uid).or_default();
-        let failures = t.fail(generation);
-        let wait = decide::retry_after(Retry::Backoff, failures, &ctx.settings, rand::random());
-        t.checkpoint = Some((generation, triggers, Instant::now() + wait));
-        let news = t.last_kube_error.as_deref() != Some(message.as_str());
-        t.last_kube_error = Some(message.clone());
-        (failures, news, wait)
-    };
+    let KubeFailure {
+        failures,
+        wait,
+        news,
+    } = ctx
+        .tracked
+        .kube_failure(&uid, generation, triggers, &message, ctx.settings.resync);
     warn!(error = %error, failures, retry_in_secs = wait.as_secs_f64(), "reconcile failed");
     if news {
         let note = Note::warning("KubernetesError", message);
@@ -324,18 +278,6 @@ pub fn error_policy(
         tokio::spawn(async move { publish(&ctx, &obj, &note).await });
     }
     Action::requeue(wait)
-}
-
-impl Tracked {
-    /// Counts a failure; a new generation starts the count again.
-    fn fail(&mut self, generation: i64) -> u32 {
-        if self.failed_generation != generation {
-            self.failures = 0;
-            self.failed_generation = generation;
-        }
-        self.failures = self.failures.saturating_add(1);
-        self.failures
-    }
 }
 
 /// The `proton.eac.dev/adopt-id` annotation, trimmed, if not empty.
@@ -435,26 +377,20 @@ impl Facts {
         let first_sight = !tracked.contains_key(&uid);
         let (status, quiet, failures, resumed) = match tracked.get_mut(&uid) {
             Some(t) => {
-                t.memory.catch_up(stored.as_ref());
-                let status = decide::effective_status(stored.as_ref(), intent.as_ref(), &t.memory);
+                t.kind.memory.catch_up(stored.as_ref());
+                let status =
+                    decide::effective_status(stored.as_ref(), intent.as_ref(), &t.kind.memory);
                 let now = Instant::now();
-                let quiet = match &t.checkpoint {
-                    Some((g, seen, due))
-                        if !deleting && *g == generation && *seen == triggers && *due > now =>
-                    {
-                        Some(*due - now)
-                    }
-                    _ => None,
+                let quiet = match deleting {
+                    true => None,
+                    false => t.quiet(generation, &triggers, now),
                 };
-                let failures = if t.failed_generation == generation {
-                    t.failures
-                } else {
-                    0
-                };
+                let failures = t.failures(generation);
                 // Taken only by a reconcile that may call AWS: one held back (quiet) leaves it.
                 let resumed = match quiet {
                     Some(_) => None,
                     None => t
+                        .kind
                         .resume
                         .take()
                         .filter(|r| {
@@ -817,9 +753,8 @@ async fn finish(
             let due = Instant::now() + settled.requeue;
             let mut tracked = ctx.tracked();
             let t = tracked.entry(facts.uid.clone()).or_default();
-            t.failures = 0;
-            t.last_kube_error = None;
-            t.checkpoint = Some((facts.generation, facts.triggers.clone(), due));
+            t.succeeded();
+            t.hold(facts.generation, facts.triggers.clone(), due);
             Ok((Action::requeue(settled.requeue), "settled"))
         }
         Step::Report(reported) => {
@@ -832,7 +767,7 @@ async fn finish(
             let mut tracked = ctx.tracked();
             let t = tracked.entry(facts.uid.clone()).or_default();
             t.fail(facts.generation);
-            t.checkpoint = Some((facts.generation, facts.triggers.clone(), due));
+            t.hold(facts.generation, facts.triggers.clone(), due);
             Ok((Action::requeue(reported.requeue), reported.problem.reason))
         }
         Step::RemoveFinalizer => {
@@ -873,7 +808,7 @@ async fn finish(
             checkpoint(ctx, facts, requeue);
             if let Some(progress) = carry {
                 let mut tracked = ctx.tracked();
-                tracked.entry(facts.uid.clone()).or_default().resume = Some(Resume {
+                tracked.entry(facts.uid.clone()).or_default().kind.resume = Some(Resume {
                     generation: facts.generation,
                     triggers: facts.triggers.clone(),
                     deleting: facts.deleting,
@@ -901,7 +836,7 @@ fn note_read(ctx: &Context, uid: &str, class: CallClass) {
     let previous = {
         let mut tracked = ctx.tracked();
         let t = tracked.entry(uid.to_string()).or_default();
-        t.last_read.replace((class, now))
+        t.kind.last_read.replace((class, now))
     };
     if let Some((previous_class, at)) = previous
         && previous_class == class
@@ -915,7 +850,7 @@ fn checkpoint(ctx: &Context, facts: &Facts, requeue: Duration) {
     let due = Instant::now() + requeue;
     let mut tracked = ctx.tracked();
     let t = tracked.entry(facts.uid.clone()).or_default();
-    t.checkpoint = Some((facts.generation, facts.triggers.clone(), due));
+    t.hold(facts.generation, facts.triggers.clone(), due);
 }
 
 /// Server-side apply of the status subresource, only when it differs from what is recorded.
@@ -926,29 +861,17 @@ async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(
         let tracked = ctx.tracked();
         tracked
             .get(&facts.uid)
-            .and_then(|t| t.memory.written.as_deref().cloned())
+            .and_then(|t| t.kind.memory.written.as_deref().cloned())
             .or_else(|| facts.stored.clone())
             .unwrap_or_default()
     };
     if recorded == *status {
         return Ok(());
     }
-    let patch = json!({
-        "apiVersion": "proton.eac.dev/v1alpha1",
-        "kind": "EnvironmentAccountConnection",
-        "status": status,
-    });
-    let result = facts
-        .api
-        .patch_status(
-            &facts.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await;
+    let result = reconciler::status::apply_status(&facts.api, &facts.name, status).await;
     {
         let mut tracked = ctx.tracked();
-        let memory = &mut tracked.entry(facts.uid.clone()).or_default().memory;
+        let memory = &mut tracked.entry(facts.uid.clone()).or_default().kind.memory;
         match &result {
             Ok(_) => {
                 memory.written = Some(Box::new(status.clone()));
@@ -1160,7 +1083,7 @@ fn follow_watch(
             if let Some(uid) = obj.uid() {
                 let mut tracked = ctx.tracked();
                 if let Some(t) = tracked.get_mut(&uid) {
-                    t.memory.catch_up(obj.status.as_ref());
+                    t.kind.memory.catch_up(obj.status.as_ref());
                 }
             }
         }
@@ -1214,30 +1137,23 @@ pub async fn run(
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(tokio::sync::Semaphore::new(routine)));
     readiness.leading();
-    let (store, writer) = reflector::store();
-    let (follow_ctx, follow_store, follow_ready) = (ctx.clone(), store.clone(), readiness.clone());
-    let triggers = watcher(api, config)
-        .default_backoff()
-        .modify(slim)
-        .reflect(writer)
-        .inspect(move |event| follow_watch(&follow_ctx, &follow_store, &follow_ready, event))
-        .applied_objects()
-        .predicate_filter(trigger_hash, Default::default());
+    let (follow_ctx, follow_ready) = (ctx.clone(), readiness.clone());
+    let (store, triggers) = reconciler::watch::triggers(
+        api,
+        config,
+        slim,
+        move |store, event| follow_watch(&follow_ctx, store, &follow_ready, event),
+        trigger_hash,
+    );
     ctx.metrics.count_connections_from(Some(store.clone()));
-    Controller::for_stream(triggers, store)
+    let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         // A mapping or a namespace's labels changed: every resource whose credentials changed
         // is reconciled (the others are not due, and cost nothing).
         .reconcile_all_on(changes)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => debug!(object = %object, "reconciled"),
-                Err(e) => debug!(error = %e, "controller event"),
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx.clone());
+    reconciler::watch::drain(results, "EnvironmentAccountConnection").await;
     for follower in followers {
         follower.abort();
     }
@@ -1355,9 +1271,9 @@ mod tests {
     async fn what_leaves_the_watch_is_forgotten_and_watch_failures_make_the_pod_unready() {
         let ctx = context();
         for uid in ["a", "b", "c"] {
-            ctx.tracked().insert(uid.into(), Tracked::default());
+            ctx.tracked().insert(uid.into(), Default::default());
         }
-        let (store, mut writer) = reflector::store::<EnvironmentAccountConnection>();
+        let (store, mut writer) = kube::runtime::reflector::store::<EnvironmentAccountConnection>();
         let readiness = Readiness::new(Duration::ZERO);
         readiness.leading();
 

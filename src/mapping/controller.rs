@@ -5,15 +5,13 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use futures::{StreamExt, TryStreamExt};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::{AccountMapping, Accounts};
-use crate::recorder::FIELD_MANAGER;
 
 /// Keeps every AccountMapping's status (account, namespaces, overlaps) in step with the
 /// mappings and namespaces, writing only what changed; once now, then after every change.
@@ -50,19 +48,7 @@ async fn write_mapping_statuses(
             if mapping.status.as_ref() == Some(&status) {
                 continue;
             }
-            let patch = json!({
-                "apiVersion": "proton.eac.dev/v1alpha1",
-                "kind": "AccountMapping",
-                "status": status,
-            });
-            if let Err(e) = api
-                .patch_status(
-                    &name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(patch),
-                )
-                .await
-            {
+            if let Err(e) = crate::reconciler::status::apply_status(&api, &name, &status).await {
                 warn!(mapping = %name, error = %e, "could not write the AccountMapping's status");
             }
         }

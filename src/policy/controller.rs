@@ -3,29 +3,32 @@
 //! it all into a kube-runtime controller whose watch cache also feeds the "matched by no policy"
 //! rule with every policy of the cluster.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use serde_json::json;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicyStatus as Status};
 use super::decide::{Memory, Outcome, Peer, Policy, Run, Step};
-use crate::aws::proton::{Proton, ProtonError, Retry, Ticket};
+use crate::aws::proton::{Proton, ProtonError, Ticket};
 use crate::connection::api::PAUSED_ANNOTATION;
-use crate::connection::decide::{Note, Settings, retry_after};
+use crate::connection::decide::Settings;
 use crate::mapping::{Accounts, MappingError};
 use crate::metrics::Metrics;
+use crate::reconciler::note::Note;
+use crate::reconciler::{
+    self,
+    tracked::{Guard, KubeFailure, Tracker},
+};
 use crate::recorder::Recorder;
 
 pub use crate::recorder::{FIELD_MANAGER, reporter};
@@ -60,32 +63,18 @@ impl Error {
     }
 }
 
-/// What the controller keeps about one policy between reconciles. Dropped when the policy leaves
-/// the watch cache, and when this controller stops leading.
+/// What the policy kind keeps about one policy between reconciles, beside what every kind keeps
+/// ([`crate::reconciler::tracked`]; its triggers are the pause annotation).
 #[derive(Clone, Debug, Default)]
-struct Tracked {
+struct Kept {
     memory: Memory,
     /// The last status written, until the watch cache shows it.
     written: Option<Box<Status>>,
     /// The status a failed write wanted (decisions made in AWS must not be forgotten).
     unwritten: Option<Box<Status>>,
-    /// Generation and pause of the last reconcile, and when the policy is due again.
-    checkpoint: Option<(i64, bool, Instant)>,
-    failures: u32,
-    failed_generation: i64,
-    last_kube_error: Option<String>,
 }
 
-impl Tracked {
-    fn fail(&mut self, generation: i64) -> u32 {
-        if self.failed_generation != generation {
-            self.failures = 0;
-            self.failed_generation = generation;
-        }
-        self.failures = self.failures.saturating_add(1);
-        self.failures
-    }
-
+impl Kept {
     /// Forgets the written status once the cache shows it.
     fn catch_up(&mut self, stored: Option<&Status>) {
         if stored.is_some() && self.written.as_deref() == stored {
@@ -101,7 +90,7 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Metrics,
     recorder: Recorder,
-    tracked: Mutex<HashMap<String, Tracked>>,
+    tracked: Tracker<bool, Kept>,
     /// Every policy in the watch cache, while the controller runs (the rule for requests that
     /// match no policy looks at all of them).
     policies: Mutex<Option<Store<ConnectionAcceptancePolicy>>>,
@@ -123,7 +112,7 @@ impl Context {
             proton,
             settings,
             metrics,
-            tracked: Mutex::default(),
+            tracked: Tracker::default(),
             policies: Mutex::default(),
             accounts: Arc::new(Mutex::new(Accounts::disabled())),
         }
@@ -135,8 +124,8 @@ impl Context {
         self
     }
 
-    fn tracked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
-        self.tracked.lock().unwrap_or_else(|p| p.into_inner())
+    fn tracked(&self) -> Guard<'_, bool, Kept> {
+        self.tracked.lock()
     }
 
     /// Decides from the policies in this store (the controller's watch cache; tests set their
@@ -156,12 +145,7 @@ impl Context {
 
     /// Makes every policy due now (tests, and a forced resync).
     pub fn expire_checkpoints(&self) {
-        let now = Instant::now();
-        for t in self.tracked().values_mut() {
-            if let Some((_, _, due)) = &mut t.checkpoint {
-                *due = now;
-            }
-        }
+        self.tracked.expire_checkpoints();
     }
 
     /// How many policies the controller keeps state for.
@@ -170,16 +154,16 @@ impl Context {
     }
 
     fn forget(&self, uid: &str) {
-        self.tracked().remove(uid);
+        self.tracked.remove(uid);
         self.proton.forget(&budget_key(uid));
     }
 
     fn retain_only(&self, live: &HashSet<String>) {
-        self.tracked().retain(|uid, _| live.contains(uid));
+        self.tracked.retain_only(live);
     }
 
     fn forget_all(&self) {
-        self.tracked().clear();
+        self.tracked.clear();
     }
 }
 
@@ -226,16 +210,17 @@ pub fn error_policy(
     let uid = obj.uid().unwrap_or_default();
     let generation = obj.metadata.generation.unwrap_or_default();
     let message = error.to_string();
-    let (failures, news, wait) = {
-        let mut tracked = ctx.tracked();
-        let t = tracked.entry(uid).or_default();
-        let failures = t.fail(generation);
-        let wait = retry_after(Retry::Backoff, failures, &ctx.settings, rand::random());
-        t.checkpoint = Some((generation, paused(&obj), Instant::now() + wait));
-        let news = t.last_kube_error.as_deref() != Some(message.as_str());
-        t.last_kube_error = Some(message.clone());
-        (failures, news, wait)
-    };
+    let KubeFailure {
+        failures,
+        wait,
+        news,
+    } = ctx.tracked.kube_failure(
+        &uid,
+        generation,
+        paused(&obj),
+        &message,
+        ctx.settings.resync,
+    );
     warn!(error = %error, failures, retry_in_secs = wait.as_secs_f64(), "policy reconcile failed");
     if news {
         let note = Note::warning("KubernetesError", message);
@@ -280,22 +265,24 @@ impl Facts {
         let mut tracked = ctx.tracked();
         let (recorded, durable, quiet, failures, memory) = match tracked.get_mut(&uid) {
             Some(t) => {
-                t.catch_up(stored);
-                let durable = t.written.as_deref().or(stored).cloned().unwrap_or_default();
-                let recorded = t.unwritten.as_deref().cloned().unwrap_or(durable.clone());
+                t.kind.catch_up(stored);
+                let durable = t
+                    .kind
+                    .written
+                    .as_deref()
+                    .or(stored)
+                    .cloned()
+                    .unwrap_or_default();
+                let recorded = t
+                    .kind
+                    .unwritten
+                    .as_deref()
+                    .cloned()
+                    .unwrap_or(durable.clone());
                 let now = Instant::now();
-                let quiet = match &t.checkpoint {
-                    Some((g, p, due)) if *g == generation && *p == paused && *due > now => {
-                        Some(*due - now)
-                    }
-                    _ => None,
-                };
-                let failures = if t.failed_generation == generation {
-                    t.failures
-                } else {
-                    0
-                };
-                (recorded, durable, quiet, failures, t.memory.clone())
+                let quiet = t.quiet(generation, &paused, now);
+                let failures = t.failures(generation);
+                (recorded, durable, quiet, failures, t.kind.memory.clone())
             }
             None => (
                 stored.cloned().unwrap_or_default(),
@@ -478,14 +465,13 @@ async fn finish(
     {
         let mut tracked = ctx.tracked();
         let t = tracked.entry(facts.uid.clone()).or_default();
-        t.memory = memory;
+        t.kind.memory = memory;
         if failed {
             t.fail(facts.generation);
         } else if label == "settled" {
-            t.failures = 0;
-            t.last_kube_error = None;
+            t.succeeded();
         }
-        t.checkpoint = Some((facts.generation, facts.paused, Instant::now() + requeue));
+        t.hold(facts.generation, facts.paused, Instant::now() + requeue);
     }
     let written = match &status {
         Some(status) => write_status(ctx, facts, status).await,
@@ -509,33 +495,21 @@ async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(
     if facts.durable == *status {
         let mut tracked = ctx.tracked();
         if let Some(t) = tracked.get_mut(&facts.uid) {
-            t.unwritten = None;
+            t.kind.unwritten = None;
         }
         return Ok(());
     }
-    let patch = json!({
-        "apiVersion": "proton.eac.dev/v1alpha1",
-        "kind": "ConnectionAcceptancePolicy",
-        "status": status,
-    });
-    let result = facts
-        .api
-        .patch_status(
-            &facts.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await;
+    let result = reconciler::status::apply_status(&facts.api, &facts.name, status).await;
     let mut tracked = ctx.tracked();
     let t = tracked.entry(facts.uid.clone()).or_default();
     match result {
         Ok(_) => {
-            t.written = Some(Box::new(status.clone()));
-            t.unwritten = None;
+            t.kind.written = Some(Box::new(status.clone()));
+            t.kind.unwritten = None;
             Ok(())
         }
         Err(source) => {
-            t.unwritten = Some(Box::new(status.clone()));
+            t.kind.unwritten = Some(Box::new(status.clone()));
             Err(Error::Kube {
                 step: "writing the status",
                 object: facts.object.clone(),
@@ -597,7 +571,7 @@ fn follow_watch(
             if let Some(uid) = obj.uid()
                 && let Some(t) = ctx.tracked().get_mut(&uid)
             {
-                t.catch_up(obj.status.as_ref());
+                t.kind.catch_up(obj.status.as_ref());
             }
         }
         Ok(watcher::Event::Init) => {}
@@ -621,28 +595,21 @@ pub async fn run(
         None => Api::all(ctx.client.clone()),
     };
     ctx.forget_all();
-    let (store, writer) = reflector::store();
+    let follow_ctx = ctx.clone();
+    let (store, triggers) = reconciler::watch::triggers(
+        api,
+        watcher::Config::default().any_semantic(),
+        slim,
+        move |store, event| follow_watch(&follow_ctx, store, event),
+        trigger_hash,
+    );
     ctx.use_store(Some(store.clone()));
-    let (follow_ctx, follow_store) = (ctx.clone(), store.clone());
-    let triggers = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(slim)
-        .reflect(writer)
-        .inspect(move |event| follow_watch(&follow_ctx, &follow_store, event))
-        .applied_objects()
-        .predicate_filter(trigger_hash, Default::default());
     info!("management side started: watching ConnectionAcceptancePolicies");
-    Controller::for_stream(triggers, store)
+    let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => debug!(object = %object, "policy reconciled"),
-                Err(e) => debug!(error = %e, "policy controller event"),
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx.clone());
+    reconciler::watch::drain(results, "ConnectionAcceptancePolicy").await;
     ctx.use_store(None);
 }
 

@@ -33,7 +33,9 @@ use crate::aws::budget::CallClass;
 use crate::aws::proton::{Connection, ErrorClass, ProtonError, Retry};
 use crate::conditions::{self, READY, STALLED, SYNCED, Want};
 use crate::connection::api::{ConnectionState, PAUSED_ANNOTATION};
-use crate::connection::decide::{Note, Problem, Settings, retry_after};
+use crate::connection::decide::Settings;
+use crate::reconciler::note::Note;
+use crate::reconciler::retry::{Problem, retry_after};
 
 /// At most this many Accept / Reject decisions per reconcile; the rest follow at once in the
 /// next one (the status shows progress in between).
@@ -793,7 +795,7 @@ impl<'a> Run<'a> {
         let requeue = retry_after(
             problem.retry,
             self.p.failures.saturating_add(1),
-            self.settings,
+            self.settings.resync,
             self.jitter,
         );
         Step::Report(Box::new(Reported {

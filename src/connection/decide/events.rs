@@ -2,31 +2,7 @@
 
 use super::{Outcome, Step};
 
-/// An Event to publish: reason, note, and whether it is a warning.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Note {
-    pub reason: &'static str,
-    pub note: String,
-    pub warning: bool,
-}
-
-impl Note {
-    pub fn normal(reason: &'static str, note: impl Into<String>) -> Self {
-        Note {
-            reason,
-            note: note.into(),
-            warning: false,
-        }
-    }
-
-    pub fn warning(reason: &'static str, note: impl Into<String>) -> Self {
-        Note {
-            reason,
-            note: note.into(),
-            warning: true,
-        }
-    }
-}
+pub use crate::reconciler::note::Note;
 
 /// The Event announcing a Proton change that succeeded, if it deserves one.
 pub fn event_for(step: &Step, outcome: &Outcome) -> Option<Note> {

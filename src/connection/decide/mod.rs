@@ -11,7 +11,6 @@
 //! - `observe`: what an answer means (the fold);
 //! - `status`: the status written for each outcome;
 //! - `events`: the text of Events;
-//! - `retry`: how long to wait after a problem;
 //! - `rules`: what managed and observed connections share (due, region, take-over, re-reads);
 //! - `memory`: what the controller keeps between reconciles, and the status it reconciles from.
 
@@ -20,7 +19,6 @@ mod memory;
 mod next;
 mod observe;
 mod observing;
-mod retry;
 mod rules;
 mod status;
 
@@ -33,10 +31,10 @@ use crate::connection::api::{
     TAG_NAME, TAG_NAMESPACE, TAG_UID,
 };
 
+pub use crate::reconciler::retry::{Problem, retry_after};
 pub use events::{Note, event_for};
 pub use memory::{Intent, Memory, effective_status};
 pub use observe::{Observed, Origin, Progress};
-pub use retry::{Problem, retry_after};
 
 /// Who may adopt existing connections with the `proton.eac.dev/adopt-id` annotation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -460,7 +458,7 @@ impl<'a> Run<'a> {
         let requeue = retry_after(
             problem.retry,
             self.r.failures.saturating_add(1),
-            self.settings,
+            self.settings.resync,
             self.jitter,
         );
         Step::Report(Box::new(Reported {

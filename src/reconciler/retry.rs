@@ -8,8 +8,7 @@
 
 use std::time::Duration;
 
-use super::Settings;
-use crate::aws::proton::{ErrorClass, ProtonError, Retry};
+use crate::aws::error::{ErrorClass, ProtonError, Retry};
 
 /// Why a reconcile ended without settling: an AWS error, or a failure the decision found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,22 +46,22 @@ impl From<&ProtonError> for Problem {
     }
 }
 
-/// First wait and longest wait of one retry class.
-fn bounds(retry: Retry, settings: &Settings) -> (Duration, Duration) {
+/// First wait and longest wait of one retry class; terminal problems settle at the resync period.
+fn bounds(retry: Retry, resync: Duration) -> (Duration, Duration) {
     match retry {
         Retry::Backoff => (Duration::from_secs(1), Duration::from_secs(300)),
         Retry::Slow => (Duration::from_secs(30), Duration::from_secs(600)),
         Retry::Terminal => {
             let first = Duration::from_secs(60);
-            (first, settings.resync.max(first))
+            (first, resync.max(first))
         }
     }
 }
 
 /// How long to wait before retrying; `attempt` counts this resource's consecutive failures,
 /// this one included (1 for the first). `jitter` is a number in [0, 1) from the caller.
-pub fn retry_after(retry: Retry, attempt: u32, settings: &Settings, jitter: f64) -> Duration {
-    let (first, cap) = bounds(retry, settings);
+pub fn retry_after(retry: Retry, attempt: u32, resync: Duration, jitter: f64) -> Duration {
+    let (first, cap) = bounds(retry, resync);
     let doublings = attempt.saturating_sub(1).min(20);
     let exp = first.saturating_mul(1u32 << doublings).min(cap);
     // +/- 25 % keeps a herd of resources that failed together from retrying in step.

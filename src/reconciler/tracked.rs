@@ -1,0 +1,262 @@
+//! What a controller keeps about each object between reconciles, the same for every kind: when
+//! the object is next due (its checkpoint), its consecutive failures for the backoff, the last
+//! Kubernetes error announced, and whatever the kind itself keeps (`M`).
+//!
+//! A checkpoint names the generation and the triggers (`T`: the annotations and the like a kind
+//! reacts to) it was taken for: until it is due, a reconcile of an object in which neither
+//! changed costs nothing, so no trigger (a relist, the controller's own status write) gets
+//! around a backoff or a requeue. Everything is dropped when the object leaves the watch cache,
+//! and when the controller stops leading.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::retry::retry_after;
+use crate::aws::error::Retry;
+
+/// When an object is due again, and for which generation and triggers.
+#[derive(Clone, Debug)]
+pub struct Checkpoint<T> {
+    pub generation: i64,
+    pub triggers: T,
+    pub due: Instant,
+}
+
+/// What is kept about one object.
+#[derive(Clone, Debug)]
+pub struct Tracked<T, M> {
+    /// What the kind keeps (the status it wrote, what it learned, ...).
+    pub kind: M,
+    pub checkpoint: Option<Checkpoint<T>>,
+    /// Consecutive failed reconciles of `failed_generation`, for the backoff.
+    failures: u32,
+    failed_generation: i64,
+    /// The last Kubernetes error announced in an Event, so the same one is announced once.
+    last_kube_error: Option<String>,
+}
+
+impl<T, M: Default> Default for Tracked<T, M> {
+    fn default() -> Self {
+        Tracked {
+            kind: M::default(),
+            checkpoint: None,
+            failures: 0,
+            failed_generation: 0,
+            last_kube_error: None,
+        }
+    }
+}
+
+impl<T: PartialEq, M> Tracked<T, M> {
+    /// How long until the object is due, if nothing changed since its checkpoint.
+    pub fn quiet(&self, generation: i64, triggers: &T, now: Instant) -> Option<Duration> {
+        self.checkpoint
+            .as_ref()
+            .filter(|c| c.generation == generation && c.triggers == *triggers && c.due > now)
+            .map(|c| c.due - now)
+    }
+
+    /// Consecutive failures so far of this generation (a new one starts the count again).
+    pub fn failures(&self, generation: i64) -> u32 {
+        if self.failed_generation == generation {
+            self.failures
+        } else {
+            0
+        }
+    }
+
+    /// Counts a failure of `generation`; returns the count, this one included.
+    pub fn fail(&mut self, generation: i64) -> u32 {
+        if self.failed_generation != generation {
+            self.failures = 0;
+            self.failed_generation = generation;
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.failures
+    }
+
+    /// A reconcile settled: the backoff and the last error are over.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+        self.last_kube_error = None;
+    }
+
+    /// Nothing for this object before `due`, unless its generation or triggers change.
+    pub fn hold(&mut self, generation: i64, triggers: T, due: Instant) {
+        self.checkpoint = Some(Checkpoint {
+            generation,
+            triggers,
+            due,
+        });
+    }
+}
+
+/// A reconcile that failed on Kubernetes (AWS errors end in a reported status instead).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KubeFailure {
+    /// Consecutive failures, this one included.
+    pub failures: u32,
+    /// How long the object waits before its next try.
+    pub wait: Duration,
+    /// The error differs from the last one announced: worth an Event.
+    pub news: bool,
+}
+
+/// What a controller keeps about every object, by uid, and how many (for whoever watches).
+pub struct Tracker<T, M> {
+    map: Mutex<HashMap<String, Tracked<T, M>>>,
+    count: tokio::sync::watch::Sender<usize>,
+}
+
+impl<T, M> Default for Tracker<T, M> {
+    fn default() -> Self {
+        Tracker {
+            map: Mutex::default(),
+            count: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+/// The locked map; publishes its size when released.
+pub struct Guard<'a, T, M> {
+    map: MutexGuard<'a, HashMap<String, Tracked<T, M>>>,
+    count: &'a tokio::sync::watch::Sender<usize>,
+}
+
+impl<T, M> std::ops::Deref for Guard<'_, T, M> {
+    type Target = HashMap<String, Tracked<T, M>>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl<T, M> std::ops::DerefMut for Guard<'_, T, M> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl<T, M> Drop for Guard<'_, T, M> {
+    fn drop(&mut self) {
+        let n = self.map.len();
+        self.count
+            .send_if_modified(|c| std::mem::replace(c, n) != n);
+    }
+}
+
+impl<T: PartialEq, M: Default> Tracker<T, M> {
+    pub fn lock(&self) -> Guard<'_, T, M> {
+        Guard {
+            map: self.map.lock().unwrap_or_else(|p| p.into_inner()),
+            count: &self.count,
+        }
+    }
+
+    /// Sees the number of tracked objects change.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The object is gone.
+    pub fn remove(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+
+    /// Keeps only the objects still in the watch cache.
+    pub fn retain_only(&self, live: &HashSet<String>) {
+        self.lock().retain(|uid, _| live.contains(uid));
+    }
+
+    /// Forgets everything (a new term of leadership: another leader may have written since).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Makes every object due now, as if its requeue time had come (tests, a forced resync).
+    pub fn expire_checkpoints(&self) {
+        let now = Instant::now();
+        for t in self.lock().values_mut() {
+            if let Some(c) = &mut t.checkpoint {
+                c.due = now;
+            }
+        }
+    }
+
+    /// A reconcile of `uid` failed on Kubernetes with `message`: counts the failure, holds the
+    /// object for its backoff (exponential, jittered, capped: see [`retry_after`]), and says
+    /// whether the error is news.
+    pub fn kube_failure(
+        &self,
+        uid: &str,
+        generation: i64,
+        triggers: T,
+        message: &str,
+        resync: Duration,
+    ) -> KubeFailure {
+        let mut tracked = self.lock();
+        let t = tracked.entry(uid.to_string()).or_default();
+        let failures = t.fail(generation);
+        let wait = retry_after(Retry::Backoff, failures, resync, rand::random());
+        t.hold(generation, triggers, Instant::now() + wait);
+        let news = t.last_kube_error.as_deref() != Some(message);
+        t.last_kube_error = Some(message.to_string());
+        KubeFailure {
+            failures,
+            wait,
+            news,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_holds_until_due_unless_generation_or_triggers_change() {
+        let mut t: Tracked<&str, ()> = Tracked::default();
+        let now = Instant::now();
+        t.hold(1, "a", now + Duration::from_secs(5));
+        assert_eq!(t.quiet(1, &"a", now), Some(Duration::from_secs(5)));
+        assert_eq!(t.quiet(2, &"a", now), None, "a new generation");
+        assert_eq!(t.quiet(1, &"b", now), None, "other triggers");
+        assert_eq!(t.quiet(1, &"a", now + Duration::from_secs(5)), None, "due");
+    }
+
+    #[test]
+    fn failures_count_per_generation_and_reset_on_success() {
+        let mut t: Tracked<(), ()> = Tracked::default();
+        assert_eq!(t.fail(1), 1);
+        assert_eq!(t.fail(1), 2);
+        assert_eq!(t.failures(1), 2);
+        assert_eq!(t.failures(2), 0);
+        assert_eq!(t.fail(2), 1, "a new generation starts again");
+        t.succeeded();
+        assert_eq!(t.failures(2), 0);
+    }
+
+    #[test]
+    fn a_kube_failure_backs_off_and_is_news_once() {
+        let tracker: Tracker<(), ()> = Tracker::default();
+        let resync = Duration::from_secs(600);
+        let first = tracker.kube_failure("u", 1, (), "403 forbidden", resync);
+        let second = tracker.kube_failure("u", 1, (), "403 forbidden", resync);
+        let third = tracker.kube_failure("u", 1, (), "500 internal", resync);
+        assert_eq!((first.failures, second.failures), (1, 2));
+        assert!(second.wait > first.wait, "{first:?} {second:?}");
+        assert_eq!((first.news, second.news, third.news), (true, false, true));
+        let held = tracker.lock()["u"].quiet(1, &(), Instant::now());
+        assert!(held.is_some(), "held for its backoff");
+    }
+}
