@@ -2,6 +2,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::aws::error::Retry;
+use crate::reconciler::retry::Problem;
+
 pub const READY: &str = "Ready";
 pub const SYNCED: &str = "Synced";
 pub const STALLED: &str = "Stalled";
@@ -58,6 +61,63 @@ pub fn build(
             }
         })
         .collect()
+}
+
+/// The conditions after a reconcile ended on `problem`, for every kind, and whether the problem
+/// is news (worth an Event: the same error twice in a row is announced once).
+///
+/// Synced is False with the problem's reason. Stalled is True for what retrying will not fix;
+/// AccessDenied (retried slowly) counts as that too, since only a fix made elsewhere (IAM) ends
+/// it. A passing fault (throttling, a 5xx) says nothing about the object, so Ready keeps its
+/// last value and nothing flaps; with no Ready yet it is False with `not_ready_yet` as reason.
+/// Anything else means the spec is not (and will not soon be) in effect: Ready False.
+pub fn after_problem(
+    recorded: &[Condition],
+    problem: &Problem,
+    not_ready_yet: &str,
+    generation: i64,
+    now: jiff::Timestamp,
+) -> (Vec<Condition>, bool) {
+    let terminal = problem.retry != Retry::Backoff;
+    let synced = Want::new(SYNCED, false, problem.reason, problem.message.clone());
+    let stalled = if terminal {
+        Want::new(STALLED, true, problem.reason, problem.message.clone())
+    } else {
+        Want::new(
+            STALLED,
+            false,
+            "Retrying",
+            format!("retrying: {}", problem.message),
+        )
+    };
+    let previous_ready = recorded.iter().find(|c| c.type_ == READY);
+    let ready = match (problem.retry, previous_ready) {
+        (Retry::Backoff, Some(prev)) => Want {
+            type_: READY,
+            status: prev.status == "True",
+            reason: prev.reason.clone(),
+            message: prev.message.clone(),
+        },
+        (Retry::Backoff, None) => Want::new(
+            READY,
+            false,
+            not_ready_yet,
+            format!("waiting to retry: {}", problem.message),
+        ),
+        _ => Want::new(READY, false, problem.reason, problem.message.clone()),
+    };
+    let conditions = build(recorded, &[ready, synced, stalled], generation, now);
+    // Compared with the message as stored (conditions cut long messages), not the raw one.
+    let stored_message = conditions
+        .iter()
+        .find(|c| c.type_ == SYNCED)
+        .map(|c| c.message.as_str());
+    let news = recorded.iter().find(|c| c.type_ == SYNCED).is_none_or(|c| {
+        c.status != "False"
+            || c.reason != problem.reason
+            || Some(c.message.as_str()) != stored_message
+    });
+    (conditions, news)
 }
 
 /// True when the condition is present with status True (and, if given, for this generation).

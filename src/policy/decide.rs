@@ -743,48 +743,14 @@ impl<'a> Run<'a> {
         let recorded = self.p.status;
         let mut status = self.with_decisions();
         status.observed_generation = Some(self.p.generation);
-        // AccessDenied (retried slowly) is reported as terminal too: only a fix made elsewhere
-        // (IAM) ends it.
-        let terminal = problem.retry != Retry::Backoff;
-        let synced = Want::new(SYNCED, false, problem.reason, problem.message.clone());
-        let stalled = if terminal {
-            Want::new(STALLED, true, problem.reason, problem.message.clone())
-        } else {
-            Want::new(
-                STALLED,
-                false,
-                "Retrying",
-                format!("retrying: {}", problem.message),
-            )
-        };
-        // A passing fault says nothing about the policy: Ready keeps its last value.
-        let ready = match (problem.retry, recorded.condition(READY)) {
-            (Retry::Backoff, Some(prev)) => Want {
-                type_: READY,
-                status: prev.status == "True",
-                reason: prev.reason.clone(),
-                message: prev.message.clone(),
-            },
-            (Retry::Backoff, None) => Want::new(
-                READY,
-                false,
-                "Retrying",
-                format!("waiting to retry: {}", problem.message),
-            ),
-            _ => Want::new(READY, false, problem.reason, problem.message.clone()),
-        };
-        status.conditions = conditions::build(
+        let (conditions, news) = conditions::after_problem(
             &recorded.conditions,
-            &[ready, synced, stalled],
+            &problem,
+            "Retrying",
             self.p.generation,
             now,
         );
-        let stored_message = status.condition(SYNCED).map(|c| c.message.clone());
-        let news = recorded.condition(SYNCED).is_none_or(|c| {
-            c.status != "False"
-                || c.reason != problem.reason
-                || Some(&c.message) != stored_message.as_ref()
-        });
+        status.conditions = conditions;
         let mut events = self.decision_events();
         if news {
             events.push(Note::warning(problem.reason, problem.message.clone()));

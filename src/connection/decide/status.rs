@@ -4,7 +4,7 @@
 //! (the pinned region and account, the re-creation count, condition transition times) carries
 //! over unchanged, and an unchanged state renders an identical status (and costs no write).
 
-use crate::aws::proton::{Connection, Retry};
+use crate::aws::proton::Connection;
 use crate::conditions::{self, READY, STALLED, SYNCED, Want};
 use crate::connection::api::{ConnectionState, EnvironmentAccountConnectionStatus as Status};
 
@@ -288,52 +288,9 @@ pub fn after_problem(
     }
     status.observed_generation = Some(r.generation);
 
-    // AccessDenied (retried slowly) is reported as terminal too: only a fix made elsewhere
-    // (IAM) ends it.
-    let terminal = problem.retry != Retry::Backoff;
-    let synced = Want::new(SYNCED, false, problem.reason, problem.message.clone());
-    let stalled = if terminal {
-        Want::new(STALLED, true, problem.reason, problem.message.clone())
-    } else {
-        Want::new(
-            STALLED,
-            false,
-            "Retrying",
-            format!("retrying: {}", problem.message),
-        )
-    };
-    // A passing fault (throttling, a 5xx) says nothing about the connection: Ready keeps its
-    // last value so a CONNECTED resource does not flap. Anything else means the spec is not
-    // (and will not soon be) in effect.
-    let ready = match (problem.retry, recorded.condition(READY)) {
-        (Retry::Backoff, Some(prev)) => Want {
-            type_: READY,
-            status: prev.status == "True",
-            reason: prev.reason.clone(),
-            message: prev.message.clone(),
-        },
-        (Retry::Backoff, None) => Want::new(
-            READY,
-            false,
-            "Creating",
-            format!("waiting to retry: {}", problem.message),
-        ),
-        _ => Want::new(READY, false, problem.reason, problem.message.clone()),
-    };
-    status.conditions = conditions::build(
-        &recorded.conditions,
-        &[ready, synced, stalled],
-        r.generation,
-        now,
-    );
-
-    // Compared with the message as stored (conditions cut long messages), not the raw one.
-    let stored_message = status.condition(SYNCED).map(|c| c.message.as_str());
-    let news = recorded.condition(SYNCED).is_none_or(|c| {
-        c.status != "False"
-            || c.reason != problem.reason
-            || Some(c.message.as_str()) != stored_message
-    });
+    let (conditions, news) =
+        conditions::after_problem(&recorded.conditions, problem, "Creating", r.generation, now);
+    status.conditions = conditions;
     (status, news)
 }
 
