@@ -42,6 +42,17 @@ impl Recorder {
     }
 
     /// Publishes `note` about `obj`.
+    /// Publishes, and logs a failure: an Event is a courtesy, and losing one must not fail the
+    /// reconcile that made it.
+    pub async fn announce<K>(&self, obj: &K, note: &Note)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        if let Err(e) = self.publish(obj, note).await {
+            tracing::warn!(error = %e, reason = note.reason, "could not publish event");
+        }
+    }
+
     pub async fn publish<K>(&self, obj: &K, note: &Note) -> Result<(), kube::Error>
     where
         K: Resource<DynamicType = ()>,

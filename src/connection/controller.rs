@@ -19,7 +19,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use crate::aws::budget::CallClass;
 use crate::aws::proton::{Proton, ProtonError, Retry, Ticket};
@@ -229,7 +229,6 @@ pub async fn reconcile(
     obj: Arc<EnvironmentAccountConnection>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
     let span = info_span!(
         "reconcile",
         namespace = obj.namespace().unwrap_or_default(),
@@ -237,13 +236,13 @@ pub async fn reconcile(
         uid = obj.uid().unwrap_or_default(),
         generation = obj.metadata.generation.unwrap_or_default()
     );
-    let result = reconcile_inner(&obj, &ctx).instrument(span).await;
-    let label = match &result {
-        Ok((_, outcome)) => *outcome,
-        Err(e) => e.metric_label(),
-    };
-    ctx.metrics.reconciled(label, started.elapsed());
-    result.map(|(action, _)| action)
+    reconciler::measured(
+        span,
+        reconcile_inner(&obj, &ctx),
+        Error::metric_label,
+        |label, took| ctx.metrics.reconciled(label, took),
+    )
+    .await
 }
 
 /// After a failed reconcile (a Kubernetes error: AWS errors end in a reported status). Backs off
@@ -275,7 +274,7 @@ pub fn error_policy(
     if news {
         let note = Note::warning("KubernetesError", message);
         let ctx = ctx.clone();
-        tokio::spawn(async move { publish(&ctx, &obj, &note).await });
+        tokio::spawn(async move { ctx.recorder.announce(&*obj, &note).await });
     }
     Action::requeue(wait)
 }
@@ -482,7 +481,7 @@ async fn reconcile_inner(
     let result = steps(obj, ctx, &facts).await;
     let notes = std::mem::take(&mut *facts.notes.lock().unwrap_or_else(|p| p.into_inner()));
     for note in &notes {
-        publish(ctx, obj, note).await;
+        ctx.recorder.announce(obj, note).await;
     }
     result
 }
@@ -1003,13 +1002,6 @@ async fn remove_finalizer(
         // The object is already gone: nothing holds it any more.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e),
-    }
-}
-
-async fn publish(ctx: &Context, obj: &EnvironmentAccountConnection, note: &Note) {
-    if let Err(e) = ctx.recorder.publish(obj, note).await {
-        // An Event is a courtesy; losing one must not fail the reconcile.
-        warn!(error = %e, reason = note.reason, "could not publish event");
     }
 }
 

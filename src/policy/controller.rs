@@ -15,7 +15,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use super::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicyStatus as Status};
 use super::decide::{Memory, Outcome, Peer, Policy, Run, Step};
@@ -183,7 +183,6 @@ pub async fn reconcile(
     obj: Arc<ConnectionAcceptancePolicy>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
     let span = info_span!(
         "reconcile_policy",
         namespace = obj.namespace().unwrap_or_default(),
@@ -191,13 +190,13 @@ pub async fn reconcile(
         uid = obj.uid().unwrap_or_default(),
         generation = obj.metadata.generation.unwrap_or_default()
     );
-    let result = reconcile_inner(&obj, &ctx).instrument(span).await;
-    let label = match &result {
-        Ok((_, outcome)) => *outcome,
-        Err(e) => e.metric_label(),
-    };
-    ctx.metrics.acceptance_reconciled(label, started.elapsed());
-    result.map(|(action, _)| action)
+    reconciler::measured(
+        span,
+        reconcile_inner(&obj, &ctx),
+        Error::metric_label,
+        |label, took| ctx.metrics.acceptance_reconciled(label, took),
+    )
+    .await
 }
 
 /// After a failed reconcile (a Kubernetes error: AWS errors end in a reported status): backs off
@@ -225,7 +224,7 @@ pub fn error_policy(
     if news {
         let note = Note::warning("KubernetesError", message);
         let ctx = ctx.clone();
-        tokio::spawn(async move { publish(&ctx, &obj, &note).await });
+        tokio::spawn(async move { ctx.recorder.announce(&*obj, &note).await });
     }
     Action::requeue(wait)
 }
@@ -519,19 +518,13 @@ async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(
     }
 }
 
-async fn publish(ctx: &Context, obj: &ConnectionAcceptancePolicy, note: &Note) {
-    if let Err(e) = ctx.recorder.publish(obj, note).await {
-        warn!(error = %e, reason = note.reason, "could not publish event");
-    }
-}
-
 /// Publishes about the policy the facts describe (the Event names it by kind, namespace, name
 /// and uid).
 async fn publish_ref(ctx: &Context, facts: &Facts, note: &Note) {
     let mut obj = ConnectionAcceptancePolicy::new(&facts.name, Default::default());
     obj.metadata.namespace = Some(facts.namespace.clone());
     obj.metadata.uid = Some(facts.uid.clone());
-    publish(ctx, &obj, note).await;
+    ctx.recorder.announce(&obj, note).await;
 }
 
 /// What makes a change worth a reconcile: the spec (generation) and the pause annotation. The

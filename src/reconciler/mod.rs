@@ -9,3 +9,27 @@ pub mod retry;
 pub mod status;
 pub mod tracked;
 pub mod watch;
+
+use std::future::Future;
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use tracing::{Instrument, Span};
+
+/// Runs one reconcile in its span and counts it, by result (the outcome it names, or its error's
+/// label) and duration: the same for every kind.
+pub async fn measured<E>(
+    span: Span,
+    reconcile: impl Future<Output = Result<(Action, &'static str), E>>,
+    label_of: impl Fn(&E) -> &'static str,
+    count: impl FnOnce(&'static str, Duration),
+) -> Result<Action, E> {
+    let started = std::time::Instant::now();
+    let result = reconcile.instrument(span).await;
+    let label = match &result {
+        Ok((_, outcome)) => *outcome,
+        Err(e) => label_of(e),
+    };
+    count(label, started.elapsed());
+    result.map(|(action, _)| action)
+}
