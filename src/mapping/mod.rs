@@ -195,12 +195,17 @@ impl Accounts {
     }
 }
 
+/// Test fixtures of the mapping kind's unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+mod fixtures {
+    use std::collections::BTreeMap;
 
-    fn mapping(labels: &[(&str, &str)], role: &str) -> AccountMappingSpec {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    use super::AccountMappingSpec;
+
+    /// A mapping of the namespaces with these labels to `role`.
+    pub fn mapping(labels: &[(&str, &str)], role: &str) -> AccountMappingSpec {
         AccountMappingSpec {
             namespace_selector: LabelSelector {
                 match_labels: Some(
@@ -217,12 +222,20 @@ mod tests {
         }
     }
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+    use super::fixtures::{labels, mapping};
 
     const PAYMENTS: &str = "arn:aws:iam::111111111111:role/eac";
     const SEARCH: &str = "arn:aws:iam::222222222222:role/eac";

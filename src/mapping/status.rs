@@ -129,31 +129,9 @@ pub fn status_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
-    fn mapping(labels: &[(&str, &str)], role: &str) -> AccountMappingSpec {
-        AccountMappingSpec {
-            namespace_selector: LabelSelector {
-                match_labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                match_expressions: None,
-            },
-            role_arn: role.into(),
-            external_id: None,
-            region: None,
-        }
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::mapping::fixtures::{labels, mapping};
 
     fn now() -> jiff::Timestamp {
         jiff::Timestamp::from_second(1_795_255_200).unwrap()
