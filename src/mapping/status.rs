@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use kube::core::{Selector, SelectorExt};
 
 use super::api::{AccountMappingSpec, AccountMappingStatus};
-use super::role_account;
+use crate::aws::credentials::role_account;
 use crate::conditions::{self, Want};
 
 /// At most this many namespaces are named in a list of the status.
@@ -131,7 +131,7 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
-    use crate::mapping::fixtures::{labels, mapping};
+    use crate::mapping::decide::fixtures::{labels, mapping};
 
     fn now() -> jiff::Timestamp {
         jiff::Timestamp::from_second(1_795_255_200).unwrap()

@@ -1,0 +1,330 @@
+//! Which credentials a namespace's resources act with, decided purely from the namespace's labels
+//! and the mappings; fails closed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::api::{AccountMapping, AccountMappingSpec};
+
+/// What a namespace that no mapping selects acts with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum UnmappedNamespaces {
+    /// The controller's own credentials (as without any mapping).
+    #[default]
+    OwnCredentials,
+    /// None: its resources are refused (`NoAccountMapping`), so nothing is ever made in the
+    /// controller's own account by a namespace the admin forgot to map.
+    Refuse,
+}
+
+use crate::aws::credentials::{AwsIdentity, RoleIdentity};
+
+/// What a namespace's resources act with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Resolved {
+    pub identity: AwsIdentity,
+    /// The mapping's name, when one applies (for messages).
+    pub mapping: Option<String>,
+    /// Region of new connections whose spec names none, instead of the controller's.
+    pub default_region: Option<String>,
+}
+
+/// Why a namespace's resources get no credentials.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum MappingError {
+    #[error(
+        "namespace {namespace} is matched by more than one AccountMapping ({}); a cluster admin must make their namespace selectors disjoint, and until then nothing is done in AWS",
+        mappings.join(", ")
+    )]
+    Ambiguous {
+        namespace: String,
+        mappings: Vec<String>,
+    },
+    #[error(
+        "AccountMapping {mapping} has a namespace selector that cannot be read ({reason}); until it is fixed no namespace is given credentials"
+    )]
+    InvalidSelector { mapping: String, reason: String },
+    #[error("the Namespace {0} is not known (yet) to the controller")]
+    UnknownNamespace(String),
+    #[error("the controller has not read the AccountMappings yet")]
+    NotRead,
+    #[error(
+        "no AccountMapping selects namespace {0}, and the controller refuses unmapped namespaces (--unmapped-namespaces refuse); nothing is done in AWS"
+    )]
+    Unmapped(String),
+}
+
+impl MappingError {
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MappingError::Ambiguous { .. } => "AmbiguousAccountMapping",
+            MappingError::InvalidSelector { .. } => "InvalidAccountMapping",
+            MappingError::UnknownNamespace(_) => "NamespaceNotFound",
+            MappingError::NotRead => "AccountMappingsNotRead",
+            MappingError::Unmapped(_) => "NoAccountMapping",
+        }
+    }
+}
+
+/// Which mapping applies to a namespace with these labels. `mappings`: name and spec of every
+/// mapping.
+pub fn resolve<'a>(
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    mappings: impl IntoIterator<Item = (&'a str, &'a AccountMappingSpec)>,
+) -> Result<Resolved, MappingError> {
+    let mut matched: Vec<(&str, &AccountMappingSpec)> = Vec::new();
+    for (name, spec) in mappings {
+        let selector = Selector::try_from(spec.namespace_selector.clone()).map_err(|e| {
+            MappingError::InvalidSelector {
+                mapping: name.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        if selector.matches(labels) {
+            matched.push((name, spec));
+        }
+    }
+    matched.sort_by_key(|(name, _)| *name);
+    match matched.as_slice() {
+        [] => Ok(Resolved::default()),
+        [(name, spec)] => Ok(Resolved {
+            identity: AwsIdentity::Role(Arc::new(RoleIdentity {
+                role_arn: spec.role_arn.clone(),
+                external_id: spec.external_id.clone(),
+            })),
+            mapping: Some(name.to_string()),
+            default_region: spec.region.clone(),
+        }),
+        many => Err(MappingError::Ambiguous {
+            namespace: namespace.to_string(),
+            mappings: many.iter().map(|(name, _)| name.to_string()).collect(),
+        }),
+    }
+}
+
+/// The mappings and namespaces as the controller's watches see them.
+#[derive(Clone, Default)]
+pub struct Accounts {
+    stores: Option<(Store<AccountMapping>, Store<Namespace>)>,
+    /// Mappings are on, but not read yet: no namespace gets credentials.
+    waiting: bool,
+    unmapped: UnmappedNamespaces,
+}
+
+impl Accounts {
+    /// Mappings off: every resource acts with the controller's own credentials.
+    pub fn disabled() -> Accounts {
+        Accounts::default()
+    }
+
+    /// Mappings on, not read yet: every namespace waits (never the controller's own credentials
+    /// by default).
+    pub fn waiting() -> Accounts {
+        Accounts {
+            stores: None,
+            waiting: true,
+            unmapped: UnmappedNamespaces::default(),
+        }
+    }
+
+    /// From the reflector stores of the two watches.
+    pub fn from_stores(mappings: Store<AccountMapping>, namespaces: Store<Namespace>) -> Accounts {
+        Accounts {
+            stores: Some((mappings, namespaces)),
+            waiting: false,
+            unmapped: UnmappedNamespaces::default(),
+        }
+    }
+
+    /// What a namespace no mapping selects acts with.
+    pub fn with_unmapped(mut self, unmapped: UnmappedNamespaces) -> Accounts {
+        self.unmapped = unmapped;
+        self
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.stores.is_some() || self.waiting
+    }
+
+    /// What the resources of `namespace` act with.
+    pub fn resolve(&self, namespace: &str) -> Result<Resolved, MappingError> {
+        let Some((mappings, namespaces)) = &self.stores else {
+            if self.waiting {
+                return Err(MappingError::NotRead);
+            }
+            return Ok(Resolved::default());
+        };
+        let mappings = mappings.state();
+        let refuse = |resolved: Resolved| match (&resolved.mapping, self.unmapped) {
+            (None, UnmappedNamespaces::Refuse) => {
+                Err(MappingError::Unmapped(namespace.to_string()))
+            }
+            _ => Ok(resolved),
+        };
+        if mappings.is_empty() {
+            return refuse(Resolved::default());
+        }
+        let Some(ns) = namespaces.get(&ObjectRef::new(namespace)) else {
+            return Err(MappingError::UnknownNamespace(namespace.to_string()));
+        };
+        let named: Vec<(String, &AccountMappingSpec)> =
+            mappings.iter().map(|m| (m.name_any(), &m.spec)).collect();
+        resolve(
+            namespace,
+            ns.labels(),
+            named.iter().map(|(name, spec)| (name.as_str(), *spec)),
+        )
+        .and_then(refuse)
+    }
+}
+
+/// Test fixtures of the mapping kind's unit tests.
+#[cfg(test)]
+pub(super) mod fixtures {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    use super::AccountMappingSpec;
+
+    /// A mapping of the namespaces with these labels to `role`.
+    pub fn mapping(labels: &[(&str, &str)], role: &str) -> AccountMappingSpec {
+        AccountMappingSpec {
+            namespace_selector: LabelSelector {
+                match_labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                match_expressions: None,
+            },
+            role_arn: role.into(),
+            external_id: None,
+            region: None,
+        }
+    }
+
+    pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+    use super::fixtures::{labels, mapping};
+
+    const PAYMENTS: &str = "arn:aws:iam::111111111111:role/eac";
+    const SEARCH: &str = "arn:aws:iam::222222222222:role/eac";
+
+    #[test]
+    fn a_namespace_gets_the_one_mapping_that_selects_it_or_the_controllers_own_credentials() {
+        let payments = mapping(&[("team", "payments")], PAYMENTS);
+        let search = AccountMappingSpec {
+            region: Some("eu-west-1".into()),
+            external_id: Some("ext-123".into()),
+            ..mapping(&[("team", "search")], SEARCH)
+        };
+        let all = [("payments", &payments), ("search", &search)];
+
+        let got = resolve("pay", &labels(&[("team", "payments")]), all).unwrap();
+        assert_eq!(got.mapping.as_deref(), Some("payments"));
+        let AwsIdentity::Role(role) = &got.identity else {
+            panic!("{got:?}")
+        };
+        assert_eq!(role.role_arn, PAYMENTS);
+        assert_eq!(role.account(), Some("111111111111"));
+        assert_eq!(got.default_region, None);
+
+        let got = resolve("search", &labels(&[("team", "search")]), all).unwrap();
+        let AwsIdentity::Role(role) = &got.identity else {
+            panic!("{got:?}")
+        };
+        assert_eq!(role.external_id.as_deref(), Some("ext-123"));
+        assert_eq!(got.default_region.as_deref(), Some("eu-west-1"));
+
+        let got = resolve("other", &labels(&[("team", "other")]), all).unwrap();
+        assert_eq!(got, Resolved::default(), "unmapped: the controller's own");
+    }
+
+    #[test]
+    fn two_mappings_for_one_namespace_give_no_credentials_and_name_both() {
+        let a = mapping(&[("team", "payments")], PAYMENTS);
+        let b = mapping(&[], SEARCH); // {} selects every namespace
+        let err = resolve(
+            "pay",
+            &labels(&[("team", "payments")]),
+            [("b-everything", &b), ("a-payments", &a)],
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "AmbiguousAccountMapping");
+        assert_eq!(
+            err,
+            MappingError::Ambiguous {
+                namespace: "pay".into(),
+                mappings: vec!["a-payments".into(), "b-everything".into()],
+            }
+        );
+        assert!(err.to_string().contains("a-payments, b-everything"));
+    }
+
+    #[test]
+    fn match_expressions_select_as_in_kubernetes_and_an_unreadable_selector_fails_closed() {
+        let by_expression = AccountMappingSpec {
+            namespace_selector: LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["prod".into(), "staging".into()]),
+                }]),
+            },
+            ..mapping(&[], PAYMENTS)
+        };
+        let all = [("tiers", &by_expression)];
+        assert!(matches!(
+            resolve("a", &labels(&[("tier", "prod")]), all)
+                .unwrap()
+                .identity,
+            AwsIdentity::Role(_)
+        ));
+        assert_eq!(
+            resolve("b", &labels(&[("tier", "dev")]), all)
+                .unwrap()
+                .identity,
+            AwsIdentity::Own
+        );
+
+        let broken = AccountMappingSpec {
+            namespace_selector: LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: "Near".into(),
+                    values: None,
+                }]),
+            },
+            ..mapping(&[], SEARCH)
+        };
+        let err = resolve(
+            "c",
+            &labels(&[]),
+            [("tiers", &by_expression), ("broken", &broken)],
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "InvalidAccountMapping");
+    }
+}
