@@ -1,4 +1,5 @@
-//! The command line of `eac-controller`: `run` the controller, or print the `crd`. A library
+//! The command line of `eac-controller`: `run` the controller, print the `crd`, or print shell
+//! `completions`. A library
 //! module (the binary only wires it up) so tests can run an argument list through the very
 //! parser the binary uses, and [`RunArgs::check`] after it, before they start a process.
 
@@ -28,4 +29,16 @@ pub enum Command {
         /// (what `kubectl apply -f -` takes).
         plural: Option<String>,
     },
+    /// Print a shell completion script, e.g. `eac-controller completions bash >
+    /// /etc/bash_completion.d/eac-controller`, or `source <(eac-controller completions zsh)`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes the completion script of `eac-controller` for `shell`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "eac-controller", out);
 }

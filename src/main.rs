@@ -1,4 +1,4 @@
-//! `eac-controller`: `run` the controller, or print the `crd`. The flags are in
+//! `eac-controller`: `run` the controller, print the `crd`, or shell `completions`. The flags are in
 //! [`eac_controller::cli`]; this file only wires them to the controller.
 
 use std::process::ExitCode;
@@ -24,6 +24,10 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
+        Command::Completions { shell } => {
+            eac_controller::cli::completions(shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Crd { plural } => {
             let rendered = match plural.as_deref() {
                 None => crd_yaml().and_then(|eac| {

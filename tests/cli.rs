@@ -235,3 +235,23 @@ fn the_same_bounds_apply_to_values_from_the_environment() {
     assert!(stderr.contains("--resync-period"), "{stderr}");
     assert!(stderr.contains("between 1s and 1day"), "{stderr}");
 }
+
+#[test]
+fn completions_are_printed_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = controller().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for word in [
+            "eac-controller",
+            "run",
+            "crd",
+            "resync-period",
+            "proton-endpoint",
+        ] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let out = controller().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is refused");
+}

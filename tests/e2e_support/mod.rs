@@ -1290,8 +1290,8 @@ pub fn parse_controller_args(args: &[String]) -> Result<RunArgs, Refusal> {
             run.check().map_err(|e| Refusal::Check(e.to_string()))?;
             Ok(*run)
         }
-        eac_controller::cli::Command::Crd { .. } => Err(Refusal::Check(format!(
-            "{args:?} prints a CRD instead of running the controller"
+        other => Err(Refusal::Check(format!(
+            "{args:?} runs {other:?} instead of the controller"
         ))),
     }
 }
