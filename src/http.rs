@@ -1,4 +1,6 @@
-//! The operations endpoint: `/metrics` (Prometheus text), `/healthz` (the process serves),
+//! The operations endpoint: `/metrics` (OpenMetrics to a scraper that asks for it, as Prometheus
+//! does; the classic Prometheus text format otherwise, as for `curl` and `promtool check
+//! metrics`), `/healthz` (the process serves),
 //! `/readyz` (this pod does its job: the leader's watch cache has synced and its watch is not
 //! failing, or a standby can reach the API server to take over).
 
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -128,14 +130,30 @@ pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
         .with_state(AppState { metrics, readiness })
 }
 
-async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
+async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let encoded = state.metrics.encode();
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            encoded,
+        )
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::classic_text(&encoded),
+        )
+    }
 }
 
 async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {

@@ -334,7 +334,7 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner()) = store;
     }
 
-    /// Prometheus text exposition.
+    /// The OpenMetrics text exposition (see [`classic_text`] for the classic format).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -343,9 +343,60 @@ impl Metrics {
     }
 }
 
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics exposition: a counter's HELP and
+/// TYPE name its `_total` series (OpenMetrics names the family), `unknown` is `untyped`, and
+/// `# UNIT` and `# EOF` go. Samples are the same lines in both formats.
+pub fn classic_text(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, "counter")) = rest.split_once(' ')
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            let name = if counters.contains(name) {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            let tail = if *prefix == "# TYPE " && tail == "unknown" {
+                "untyped"
+            } else {
+                tail
+            };
+            Some(format!("{prefix}{name} {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_classic_text_format_names_counters_by_their_series() {
+        let openmetrics = "# HELP eac_leader Leading.\n# TYPE eac_leader gauge\neac_leader 1\n\
+            # HELP eac_reconcile Reconciles.\n# TYPE eac_reconcile counter\n\
+            eac_reconcile_total{result=\"settled\"} 3\n# TYPE x unknown\nx 1\n# EOF\n";
+        assert_eq!(
+            classic_text(openmetrics),
+            "# HELP eac_leader Leading.\n# TYPE eac_leader gauge\neac_leader 1\n\
+            # HELP eac_reconcile_total Reconciles.\n# TYPE eac_reconcile_total counter\n\
+            eac_reconcile_total{result=\"settled\"} 3\n# TYPE x untyped\nx 1\n"
+        );
+    }
 
     fn eac(name: &str, state: Option<ConnectionState>) -> EnvironmentAccountConnection {
         let mut o = EnvironmentAccountConnection::new(name, Default::default());
