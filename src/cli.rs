@@ -29,12 +29,33 @@ pub enum Command {
         /// (what `kubectl apply -f -` takes).
         plural: Option<String>,
     },
+    /// Check an installation before (or while) it runs: the Kubernetes API, the CRDs, the
+    /// controller's permissions, the AWS credentials and account, the Proton endpoint and the
+    /// AccountMappings' roles. Takes the flags and environment of `run`; changes nothing; exits
+    /// 1 when a check fails.
+    Check(Box<CheckArgs>),
     /// Print a shell completion script, e.g. `eac-controller completions bash >
     /// /etc/bash_completion.d/eac-controller`, or `source <(eac-controller completions zsh)`.
     Completions {
         /// The shell to complete in.
         shell: clap_complete::Shell,
     },
+}
+
+/// `check`: the flags of `run`, and how to print the report.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Report format: text (one line a check) or json.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: CheckOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckOutput {
+    Text,
+    Json,
 }
 
 /// Writes the completion script of `eac-controller` for `shell`.

@@ -187,6 +187,18 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The namespace of the leader Lease: the flag, else POD_NAMESPACE, else `default`.
+    pub fn lease_namespace(&self) -> String {
+        self.leader_election_namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| "default".into())
+    }
+
     /// Checks what no single flag can: the relations between flags.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.pending_poll > self.resync_period {

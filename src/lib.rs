@@ -9,6 +9,7 @@
 //! operations endpoint). Dependencies point one way, from `main` down to the types.
 
 pub mod aws;
+pub mod check;
 pub mod cli;
 pub mod conditions;
 pub mod config;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches};
-use eac_controller::cli::{Cli, Command};
+use eac_controller::cli::{CheckOutput, Cli, Command};
 use eac_controller::config::resolve_endpoint;
 use eac_controller::connection::api::crd_yaml;
 use eac_controller::mapping;
@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let endpoint_from_cli = matches
         .subcommand_matches("run")
+        .or_else(|| matches.subcommand_matches("check"))
         .and_then(|m| m.value_source("proton_endpoint"))
         .is_some_and(|s| s == clap::parser::ValueSource::CommandLine);
     let cli = match Cli::from_arg_matches(&matches) {
@@ -24,6 +25,48 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
+        Command::Check(check) => {
+            if let Err(e) = check.run.check() {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            let endpoint = match resolve_endpoint(
+                check.run.proton_endpoint.as_deref(),
+                endpoint_from_cli,
+                std::env::var("AWS_ENDPOINT_URL_PROTON").ok().as_deref(),
+            ) {
+                Ok(endpoint) => endpoint,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // The report goes to stdout; logs (warnings and worse) to stderr.
+            if let Err(e) = eac_controller::telemetry::init(check.run.log_format, "warn") {
+                eprintln!("error: invalid RUST_LOG: {e}");
+                return ExitCode::from(2);
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let report = runtime.block_on(runner::check(&check.run, &endpoint));
+            match check.output {
+                CheckOutput::Text => print!("{}", report.text()),
+                CheckOutput::Json => println!("{}", report.json()),
+            }
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Completions { shell } => {
             eac_controller::cli::completions(shell, &mut std::io::stdout());
             ExitCode::SUCCESS

@@ -74,7 +74,7 @@ fn kubeconfig_tried() -> String {
     )
 }
 
-async fn kube_client() -> Result<Client, RunError> {
+pub async fn kube_client() -> Result<Client, RunError> {
     let tried = kubeconfig_tried();
     let config = kube::Config::infer()
         .await
@@ -109,9 +109,9 @@ async fn kube_client() -> Result<Client, RunError> {
 /// The Proton emulator running inside this process (`--proton-endpoint embedded`), kept alive
 /// while the controller runs.
 #[cfg(feature = "embedded-emulator")]
-type Embedded = proton_emulator::RunningEmulator;
+pub type Embedded = proton_emulator::RunningEmulator;
 #[cfg(not(feature = "embedded-emulator"))]
-type Embedded = ();
+pub type Embedded = ();
 
 /// Starts the embedded emulator on a free loopback port; returns it and its URL.
 #[cfg(feature = "embedded-emulator")]
@@ -134,13 +134,16 @@ async fn start_embedded(_region: &str) -> Result<(Embedded, String), RunError> {
     Err(RunError::NoEmbeddedEmulator)
 }
 
-pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError> {
-    let client = kube_client().await?;
-    let metrics = Metrics::new();
-    let budget = CallBudget::new(args.aws_rate_limit, args.aws_burst, args.aws_poll_share);
-
-    let mut _embedded: Option<Embedded> = None;
-    let proton = match &endpoint {
+/// The Proton port the flags describe (and the embedded emulator, to keep running, when they
+/// ask for one).
+pub async fn proton_port(
+    args: &RunArgs,
+    endpoint: &Endpoint,
+    metrics: Metrics,
+    budget: CallBudget,
+) -> Result<(Proton, Option<Embedded>), RunError> {
+    let mut embedded: Option<Embedded> = None;
+    let proton = match endpoint {
         Endpoint::Embedded => {
             let region = args.region.clone().unwrap_or_else(|| "us-east-1".into());
             let (emulator, url) = start_embedded(&region).await?;
@@ -154,7 +157,7 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
                 sts_endpoint: Some(url),
                 timeout: args.aws_timeout,
             };
-            _embedded = Some(emulator);
+            embedded = Some(emulator);
             Proton::with_static_credentials(settings, budget, metrics.clone())
         }
         Endpoint::Url(_) | Endpoint::Aws => {
@@ -167,7 +170,7 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
                 .region()
                 .map(|r| r.to_string())
                 .ok_or(RunError::NoRegion)?;
-            let endpoint = match &endpoint {
+            let endpoint = match endpoint {
                 Endpoint::Url(url) => Some(url.clone()),
                 _ => None,
             };
@@ -189,6 +192,43 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
             Proton::from_sdk_config(&sdk, settings, budget, metrics.clone())
         }
     };
+    Ok((proton, embedded))
+}
+
+/// `eac-controller check`: every preflight check, with the client and the Proton port `run`
+/// would build (or why they cannot be built).
+pub async fn check(args: &RunArgs, endpoint: &Endpoint) -> crate::check::Report {
+    let client = kube_client().await.map_err(|e| e.to_string());
+    let metrics = Metrics::new();
+    let port = proton_port(args, endpoint, metrics, CallBudget::unlimited()).await;
+    let (proton, _embedded) = match port {
+        Ok((proton, embedded)) => (Ok(proton), embedded),
+        Err(e) => (Err(e.to_string()), None),
+    };
+    let region = match &proton {
+        Ok(p) => p.default_region().to_string(),
+        Err(_) => args.region.clone().unwrap_or_default(),
+    };
+    let scope = crate::check::Scope {
+        namespace: args.namespace.clone(),
+        account_mappings: args.account_mappings,
+        acceptance_policies: args.acceptance_policies,
+        namespace_opt_in: args.adoption
+            == crate::connection::decide::AdoptionPolicy::NamespaceOptIn,
+        lease: args
+            .leader_election
+            .then(|| (args.lease_namespace(), args.lease_name.clone())),
+        region,
+    };
+    crate::check::run(client, proton, &scope).await
+}
+
+pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError> {
+    let client = kube_client().await?;
+    let metrics = Metrics::new();
+    let budget = CallBudget::new(args.aws_rate_limit, args.aws_burst, args.aws_poll_share);
+
+    let (proton, _embedded) = proton_port(&args, &endpoint, metrics.clone(), budget).await?;
 
     let settings = Settings {
         resync: args.resync_period,
@@ -337,15 +377,7 @@ async fn lead_then_run(
     metrics: Metrics,
     mut stop_rx: watch::Receiver<bool>,
 ) {
-    let namespace = args
-        .leader_election_namespace
-        .clone()
-        .or_else(|| {
-            std::env::var("POD_NAMESPACE")
-                .ok()
-                .filter(|s| !s.is_empty())
-        })
-        .unwrap_or_else(|| "default".into());
+    let namespace = args.lease_namespace();
     let config = LeaseConfig {
         namespace: namespace.clone(),
         name: args.lease_name.clone(),

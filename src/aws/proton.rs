@@ -451,6 +451,30 @@ impl Proton {
         .await
     }
 
+    /// One cheap read (`ListEnvironmentAccountConnections`, one result) in `region`: does the
+    /// Proton endpoint answer these credentials there? Outside the call budget (a preflight
+    /// check, not a reconcile).
+    pub async fn probe(&self, identity: &AwsIdentity, region: &str) -> Result<(), ProtonError> {
+        let ticket = Ticket {
+            identity,
+            key: "preflight",
+            class: CallClass::Work,
+            admitted: true,
+        };
+        let client = self.client(identity, region);
+        self.call(
+            &ticket,
+            "ListEnvironmentAccountConnections",
+            client
+                .list_environment_account_connections()
+                .requested_by(EnvironmentAccountConnectionRequesterAccountType::EnvironmentAccount)
+                .max_results(1)
+                .send(),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// `ListEnvironmentAccountConnections`, all pages.
     async fn list(
         &self,
