@@ -748,6 +748,40 @@ impl FakeApi {
         })
     }
 
+    /// A SelfSubjectAccessReview answered as the API server's authorizer would, from the same
+    /// denials that refuse the requests themselves: the verb becomes the request it stands for.
+    fn access_review(&self, mut review: Value) -> Value {
+        let attrs = &review["spec"]["resourceAttributes"];
+        let text = |key: &str| attrs[key].as_str().unwrap_or_default().to_string();
+        let (verb, group, resource) = (text("verb"), text("group"), text("resource"));
+        let (subresource, namespace, name) = (text("subresource"), text("namespace"), text("name"));
+        let method = match verb.as_str() {
+            "create" => Method::POST,
+            "update" => Method::PUT,
+            "patch" => Method::PATCH,
+            "delete" => Method::DELETE,
+            _ => Method::GET,
+        };
+        let mut path = match group.as_str() {
+            "" => "/api/v1".to_string(),
+            "proton.eac.dev" => GROUP_PATH.to_string(),
+            other => format!("/apis/{other}/v1"),
+        };
+        if !namespace.is_empty() {
+            path.push_str(&format!("/namespaces/{namespace}"));
+        }
+        path.push_str(&format!("/{resource}"));
+        if !name.is_empty() {
+            path.push_str(&format!("/{name}"));
+        }
+        if !subresource.is_empty() {
+            path.push_str(&format!("/{subresource}"));
+        }
+        let allowed = !self.denied(&method, &path);
+        review["status"] = json!({ "allowed": allowed });
+        review
+    }
+
     /// Answers one request that is not a list or watch.
     fn handle(
         &self,
@@ -768,6 +802,11 @@ impl FakeApi {
                     ),
                 ),
             );
+        }
+        if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+            && method == Method::POST
+        {
+            return (StatusCode::CREATED, self.access_review(body));
         }
         let mut st = self.lock();
         if path == "/version" {
