@@ -200,6 +200,7 @@ def test_default_render_objects(default_objs):
             ("ClusterRoleBinding", "eac-controller-accounts"),
             ("ClusterRoleBinding", "eac-controller-namespaces"),
             ("Deployment", "eac-controller"),
+            ("Pod", "eac-controller-check"),
             ("PodDisruptionBudget", "eac-controller"),
             ("Role", "eac-controller-leader-election"),
             ("RoleBinding", "eac-controller-leader-election"),
@@ -961,3 +962,24 @@ def test_unmapped_namespaces_can_be_refused(render):
     assert "--unmapped-namespaces=refuse" in args_of(objs)
     objs = render({"accountMappings": {"enabled": False, "unmappedNamespaces": "refuse"}})
     assert not [a for a in args_of(objs) if a.startswith("--unmapped-namespaces")]
+
+
+def test_helm_test_runs_check_with_the_controllers_identity_flags_and_environment(render):
+    objs = render({"leaderElection": {"enabled": True}, "extraArgs": ["--aws-timeout=20s"], "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}]})
+    pod = one(objs, "Pod", "eac-controller-check")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    deployment = one(objs, "Deployment")
+    template = deployment["spec"]["template"]["spec"]
+    assert pod["spec"]["serviceAccountName"] == template["serviceAccountName"]
+    controller = controller_container(objs)
+    check = pod["spec"]["containers"][0]
+    assert controller["args"][0] == "run"
+    assert check["args"] == ["check"] + controller["args"][1:], "the same flags as run"
+    assert check["image"] == controller["image"]
+    assert check["env"] == controller["env"], "the same environment (POD_NAMESPACE, extraEnv)"
+    assert check["securityContext"] == controller["securityContext"]
+
+
+def test_helm_test_can_be_turned_off(render):
+    assert find(render({"helmTest": {"enabled": False}}), "Pod") == []

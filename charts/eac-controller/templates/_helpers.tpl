@@ -114,6 +114,11 @@ Takes (list name value minMs maxMs "min" "max").
 {{/* Arguments of `eac-controller run`; every flag of the chart's values. */}}
 {{- define "eac-controller.args" -}}
 - run
+{{ include "eac-controller.flags" . }}
+{{- end }}
+
+{{/* The flags of `run`, which `check` (the helm test) takes too. */}}
+{{- define "eac-controller.flags" -}}
 - --metrics-addr={{ .Values.metrics.bindAddress }}:{{ int .Values.metrics.port }}
 - --log-format={{ .Values.logging.format }}
 - --log-level={{ .Values.logging.level }}
