@@ -3008,3 +3008,65 @@ fn the_schema_comparison_ignores_number_formatting_and_finds_real_differences() 
     undocumented_fields(&bare, "", &mut undocumented);
     assert_eq!(undocumented, [".status.conditions[].reason"]);
 }
+
+/// Issue "the operator's toolbox", item 1: `eac-controller check`, with the flags and
+/// environment a controller of the harness gets, passes on the harness's installation and names
+/// what a broken one lacks (here: a Role without the status subresource).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_a_good_installation_and_names_what_a_broken_one_lacks() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("check").await;
+    let emulator = ns.start_emulator().await;
+    let good = ns.run_check(&emulator, ControllerOptions::default()).await;
+    assert!(
+        good.success,
+        "failed: {:?}\n{:#}\n{}",
+        good.failed(),
+        good.report,
+        good.stderr
+    );
+    for check in [
+        "Kubernetes API",
+        "CRD environmentaccountconnections.proton.eac.dev",
+        "CRD connectionacceptancepolicies.proton.eac.dev",
+        "AWS credentials",
+        "Proton endpoint (us-east-1)",
+        "Pinned accounts",
+    ] {
+        assert_eq!(
+            good.finding(check)["verdict"],
+            "pass",
+            "{check}: {:#}",
+            good.report
+        );
+    }
+
+    let kubeconfig = ns
+        .service_account_kubeconfig("check-no-status", controller_rules(false), None)
+        .await;
+    let broken = ns
+        .run_check(
+            &emulator,
+            ControllerOptions {
+                kubeconfig: Some(kubeconfig),
+                ..ControllerOptions::default()
+            },
+        )
+        .await;
+    assert!(!broken.success, "{:#}", broken.report);
+    let status = broken.finding(&format!(
+        "RBAC environmentaccountconnections.proton.eac.dev/status (namespace {})",
+        ns.name
+    ));
+    assert_eq!(status["verdict"], "fail", "{:#}", broken.report);
+    assert_eq!(status["detail"], "not allowed: patch");
+    assert!(
+        status["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kubectl auth can-i"),
+        "{status}"
+    );
+}

@@ -30,8 +30,8 @@ use std::time::Duration;
 use clap::ValueEnum;
 use e2e_support::{
     ControllerOptions, ControllerPreset, EmulatorOptions, EmulatorPreset, Flags,
-    REFUSED_CONTROLLER_FLAGS, parse_controller_args, parse_emulator_args, refused_controller_args,
-    repeated_flags, repo_path,
+    REFUSED_CONTROLLER_FLAGS, parse_check_args, parse_controller_args, parse_emulator_args,
+    refused_controller_args, repeated_flags, repo_path,
 };
 use eac_controller::config::RunArgs;
 use proton_emulator::cli::Args as EmulatorArgs;
@@ -149,6 +149,23 @@ fn every_controller_list_of_the_e2e_tests_parses_with_each_flag_once_and_the_tes
         ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_check_list_of_the_e2e_tests_parses_and_checks_what_run_would_get() {
+    for &preset in ControllerPreset::ALL {
+        let options = ControllerOptions::preset(preset);
+        let args = options.check_args(PROTON_URL, NAMESPACE);
+        let checked = parse_check_args(&args)
+            .unwrap_or_else(|e| panic!("check {preset:?}: {args:?} is refused:\n{e}"));
+        let run = parse_controller_args(&options.args(PROTON_URL, NAMESPACE))
+            .unwrap_or_else(|e| panic!("run {preset:?} is refused:\n{e}"));
+        assert_eq!(
+            format!("{checked:?}"),
+            format!("{run:?}"),
+            "{preset:?}: check gets exactly the configuration run gets"
+        );
+    }
 }
 
 #[test]

@@ -120,9 +120,7 @@ pub fn judge_crd(
         .iter()
         .filter(|want| {
             let have = installed.spec.versions.iter().find(|v| v.name == want.name);
-            have.is_none_or(|have| {
-                serde_json::to_value(&have.schema).ok() != serde_json::to_value(&want.schema).ok()
-            })
+            have.is_none_or(|have| normalized(&have.schema) != normalized(&want.schema))
         })
         .map(|v| v.name.clone())
         .collect();
@@ -137,6 +135,30 @@ pub fn judge_crd(
         );
     }
     Finding::pass(check, "installed, established, schema current")
+}
+
+/// A schema as JSON, with what the API server does not keep (empty lists and maps, nulls: Go's
+/// `omitempty`) left out on both sides, so a schema read back compares equal to the one applied.
+fn normalized<T: serde::Serialize>(schema: &T) -> Option<serde_json::Value> {
+    fn strip(v: serde_json::Value) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        match v {
+            Value::Null => None,
+            Value::Array(items) => {
+                let items: Vec<Value> = items.into_iter().filter_map(strip).collect();
+                (!items.is_empty()).then_some(Value::Array(items))
+            }
+            Value::Object(map) => {
+                let map: serde_json::Map<String, Value> = map
+                    .into_iter()
+                    .filter_map(|(k, v)| strip(v).map(|v| (k, v)))
+                    .collect();
+                (!map.is_empty()).then_some(Value::Object(map))
+            }
+            other => Some(other),
+        }
+    }
+    serde_json::to_value(schema).ok().and_then(strip)
 }
 
 /// One permission the controller needs.
@@ -431,6 +453,17 @@ mod tests {
         assert_eq!(found[1].verdict, Verdict::Pass);
     }
 
+    fn strip_empty_required(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.retain(|_, v| !matches!(v, serde_json::Value::Array(a) if a.is_empty()));
+                map.values_mut().for_each(strip_empty_required);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_empty_required),
+            _ => {}
+        }
+    }
+
     #[test]
     fn a_crd_is_judged_missing_unestablished_stale_or_current() {
         let generated = EnvironmentAccountConnection::crd();
@@ -448,6 +481,14 @@ mod tests {
         .ok();
         assert_eq!(
             judge_crd(name, &generated, Ok(Some(installed.clone()))).verdict,
+            Verdict::Pass
+        );
+        // Go's omitempty drops empty lists: a schema read back without them is still current.
+        let mut read_back = serde_json::to_value(&installed).unwrap();
+        strip_empty_required(&mut read_back);
+        let read_back: CustomResourceDefinition = serde_json::from_value(read_back).unwrap();
+        assert_eq!(
+            judge_crd(name, &generated, Ok(Some(read_back))).verdict,
             Verdict::Pass
         );
         let mut stale = installed;

@@ -1296,6 +1296,30 @@ pub fn parse_controller_args(args: &[String]) -> Result<RunArgs, Refusal> {
     }
 }
 
+/// What `eac-controller check ARGS` would check with (`args` without the program name): clap's
+/// parse and then `RunArgs::check`, as `main` does; a refusal says why.
+pub fn parse_check_args(args: &[String]) -> Result<RunArgs, Refusal> {
+    use clap::FromArgMatches;
+    let matches = controller_command()
+        .try_get_matches_from(
+            std::iter::once("eac-controller").chain(args.iter().map(String::as_str)),
+        )
+        .map_err(Refusal::Parse)?;
+    let cli = eac_controller::cli::Cli::from_arg_matches(&matches).map_err(Refusal::Parse)?;
+    match cli.command {
+        eac_controller::cli::Command::Check(check) => {
+            check
+                .run
+                .check()
+                .map_err(|e| Refusal::Check(e.to_string()))?;
+            Ok(check.run)
+        }
+        other => Err(Refusal::Check(format!(
+            "{args:?} runs {other:?} instead of the check"
+        ))),
+    }
+}
+
 /// What `proton-emulator ARGS` would run with: clap's parse and then the account map, as its
 /// `main` does; a refusal says why.
 pub fn parse_emulator_args(args: &[String]) -> Result<EmulatorArgs, Refusal> {
@@ -1633,6 +1657,114 @@ impl ControllerOptions {
             .chain(self.flags(proton_url, namespace).to_args())
             .collect()
     }
+
+    /// `eac-controller check` with exactly the flags `run` gets, reporting JSON.
+    pub fn check_args(&self, proton_url: &str, namespace: &str) -> Vec<String> {
+        std::iter::once("check".to_string())
+            .chain(self.flags(proton_url, namespace).to_args())
+            .chain(["--output".to_string(), "json".to_string()])
+            .collect()
+    }
+}
+
+/// The environment every controller process of the harness gets: the kubeconfig, the
+/// emulator's credentials, empty AWS profile files (nothing from the machine running the
+/// tests), and its identity.
+fn controller_environment(
+    command: &mut Command,
+    kubeconfig: &Path,
+    log_dir: &Path,
+    identity: &str,
+) {
+    let aws_config = log_dir.join("aws-config");
+    let aws_credentials = log_dir.join("aws-credentials");
+    for file in [&aws_config, &aws_credentials] {
+        std::fs::write(file, "").unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
+    }
+    command
+        .env("KUBECONFIG", kubeconfig)
+        .env("AWS_ACCESS_KEY_ID", "AKIDE2E")
+        .env("AWS_SECRET_ACCESS_KEY", "e2e")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", &aws_config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &aws_credentials)
+        .env("POD_NAME", identity);
+}
+
+/// What `eac-controller check` reported, and how it exited.
+#[derive(Debug)]
+pub struct CheckRun {
+    pub success: bool,
+    pub report: Value,
+    pub stderr: String,
+}
+
+impl CheckRun {
+    /// The check of that name, as reported.
+    pub fn finding(&self, check: &str) -> &Value {
+        self.report["checks"]
+            .as_array()
+            .and_then(|all| all.iter().find(|f| f["check"] == check))
+            .unwrap_or_else(|| panic!("no check {check:?} in {:#}", self.report))
+    }
+
+    /// The names of the checks that failed.
+    pub fn failed(&self) -> Vec<String> {
+        self.report["checks"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter(|f| f["verdict"] == "fail")
+                    .filter_map(|f| f["check"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl TestNamespace {
+    /// Runs `eac-controller check` with the flags and environment a controller of these
+    /// options would get, and reads its JSON report.
+    pub async fn run_check(&self, emulator: &Emulator, options: ControllerOptions) -> CheckRun {
+        let args = options.check_args(&emulator.url, &self.name);
+        if let Err(refusal) = parse_check_args(&args) {
+            panic!(
+                "eac-controller would refuse {args:?} (preset {:?}):\n{refusal}",
+                options.preset
+            );
+        }
+        let mut command = hermetic_command(env!("CARGO_BIN_EXE_eac-controller"));
+        command.args(&args);
+        controller_environment(
+            &mut command,
+            options.kubeconfig.as_deref().unwrap_or(&self.kubeconfig),
+            self.log_dir(),
+            &options.identity,
+        );
+        let output = tokio::time::timeout(
+            timeouts::PROCESS_START,
+            tokio::task::spawn_blocking(move || command.output()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "eac-controller check did not finish within {:?}",
+                timeouts::PROCESS_START
+            )
+        })
+        .expect("the check's thread")
+        .unwrap_or_else(|e| panic!("cannot run eac-controller check: {e}"));
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!("the check's report is not JSON ({e}):\n{stdout}\n{stderr}")
+        });
+        CheckRun {
+            success: output.status.success(),
+            report,
+            stderr,
+        }
+    }
 }
 
 /// The message of the controller's log line that names the metrics address (field `addr`).
@@ -1709,28 +1841,15 @@ impl Controller {
             );
         }
         let n = next_process_number();
-        // Empty AWS profile files: nothing from the machine running the tests.
-        let aws_config = log_dir.join("aws-config");
-        let aws_credentials = log_dir.join("aws-credentials");
-        for file in [&aws_config, &aws_credentials] {
-            std::fs::write(file, "")
-                .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
-        }
         let mut command = hermetic_command(env!("CARGO_BIN_EXE_eac-controller"));
-        command
-            .args(&args)
-            .env(
-                "KUBECONFIG",
-                options.kubeconfig.as_deref().unwrap_or(kubeconfig),
-            )
-            .env("AWS_ACCESS_KEY_ID", "AKIDE2E")
-            .env("AWS_SECRET_ACCESS_KEY", "e2e")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", &aws_config)
-            .env("AWS_SHARED_CREDENTIALS_FILE", &aws_credentials)
-            .env("POD_NAME", &options.identity)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        command.args(&args);
+        controller_environment(
+            &mut command,
+            options.kubeconfig.as_deref().unwrap_or(kubeconfig),
+            log_dir,
+            &options.identity,
+        );
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start eac-controller: {e}"));
