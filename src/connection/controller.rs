@@ -1140,6 +1140,8 @@ pub async fn run(
     ctx.metrics.count_connections_from(Some(store.clone()));
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        // The controller backs its trigger stream off too: the same short backoff.
+        .trigger_backoff(reconciler::watch::WatchBackoff::default())
         // A mapping or a namespace's labels changed: every resource whose credentials changed
         // is reconciled (the others are not due, and cost nothing).
         .reconcile_all_on(changes)

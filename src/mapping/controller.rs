@@ -82,7 +82,7 @@ pub async fn follow(
     let config = watcher::Config::default().any_semantic();
     let mapping_ticks = tick.clone();
     let follow_mappings = watcher(Api::<AccountMapping>::all(client.clone()), config.clone())
-        .default_backoff()
+        .backoff(crate::reconciler::watch::WatchBackoff::default())
         .modify(|m| m.metadata.managed_fields = None)
         .reflect(mapping_writer)
         .inspect_err(|e| warn!(error = %e, "watching AccountMappings failed; retrying"))
@@ -103,7 +103,7 @@ pub async fn follow(
             futures::future::ready(())
         });
     let follow_namespaces = watcher(Api::<Namespace>::all(client.clone()), config)
-        .default_backoff()
+        .backoff(crate::reconciler::watch::WatchBackoff::default())
         // Only the labels are read.
         .modify(|ns| {
             ns.metadata.managed_fields = None;

@@ -600,6 +600,8 @@ pub async fn run(
     info!("management side started: watching ConnectionAcceptancePolicies");
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        // The controller backs its trigger stream off too: the same short backoff.
+        .trigger_backoff(reconciler::watch::WatchBackoff::default())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "ConnectionAcceptancePolicy").await;

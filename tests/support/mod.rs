@@ -90,6 +90,8 @@ struct ApiState {
     skip_status_writes: u32,
     denials: Vec<Denial>,
     cut: bool,
+    /// The API server is stopped: every request is refused at once (503) until it is back.
+    down: bool,
     /// Requests held while the server is cut off; answered (503) when it is healed.
     held: Vec<tower_test::mock::SendResponse<Response<FakeBody>>>,
     /// Open watch streams on EnvironmentAccountConnections, with their label selectors.
@@ -117,6 +119,7 @@ impl Default for ApiState {
             skip_status_writes: 0,
             denials: Vec::new(),
             cut: false,
+            down: false,
             held: Vec::new(),
             watchers: Vec::new(),
             changes: tokio::sync::watch::channel(0).0,
@@ -646,6 +649,18 @@ impl FakeApi {
     /// Cuts the server off: requests hang (no answer) until [`FakeApi::heal`].
     pub fn cut(&self) {
         self.lock().cut = true;
+    }
+
+    /// The API server stops: open watches end, every request is refused until [`FakeApi::up`].
+    pub fn down(&self) {
+        let mut st = self.lock();
+        st.down = true;
+        st.watchers.clear();
+    }
+
+    /// The API server is back.
+    pub fn up(&self) {
+        self.lock().down = false;
     }
 
     /// Ends a cut: held requests are answered 503, new ones are served.
@@ -1214,6 +1229,20 @@ impl FakeApi {
                     let mut st = api.lock();
                     if st.cut || cut_off.load(std::sync::atomic::Ordering::SeqCst) {
                         st.held.push(send);
+                        continue;
+                    }
+                    if st.down {
+                        send.send_response(
+                            Response::builder()
+                                .status(StatusCode::SERVICE_UNAVAILABLE)
+                                .header("content-type", "application/json")
+                                .body(whole(&status_body(
+                                    503,
+                                    "ServiceUnavailable",
+                                    "the API server is stopped",
+                                )))
+                                .unwrap(),
+                        );
                         continue;
                     }
                 }
