@@ -914,8 +914,28 @@ fn an_idle_policy_costs_one_list_and_renders_the_same_status() {
     assert_eq!(second.tally, Tally::default());
     assert_eq!(
         second.settled().requeue,
+        eac_controller::policy::decide::FIRST_POLL,
+        "a policy applied just now lists again in 2 s (as a new PENDING connection is polled)"
+    );
+    // Ten minutes after the generation was applied: the poll interval.
+    let mut settled_long_ago = second.memory.clone();
+    settled_long_ago.applied = Some((1, at(2_000 - 600)));
+    let third = run(
+        &Given {
+            memory: settled_long_ago,
+            ..next.clone()
+        },
+        &mut fake,
+    );
+    assert_eq!(
+        third.settled().requeue,
         POLL,
         "the next List after the poll interval"
+    );
+    assert_eq!(
+        eac_controller::policy::decide::poll_interval(Duration::from_secs(60), POLL),
+        Duration::from_secs(6),
+        "a tenth of the age in between"
     );
     assert_eq!(
         second.classes,

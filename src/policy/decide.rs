@@ -85,6 +85,9 @@ pub struct Memory {
     /// decision (else every slot would go to a new List, and no decision would ever be made
     /// while the budget is busy).
     pub listed: Option<Listed>,
+    /// The generation last settled, and when it first was: a new or changed policy lists often
+    /// at first, then less often (see [`poll_interval`]).
+    pub applied: Option<(i64, jiff::Timestamp)>,
 }
 
 /// A List kept across a deferral, valid for the generation it was made for until `until`.
@@ -689,10 +692,16 @@ impl<'a> Run<'a> {
         let events = self.decision_events();
         self.next_memory.backlog = self.truncated;
         self.remember_decided();
+        let since = match self.memory.applied {
+            Some((generation, at)) if generation == self.p.generation => at,
+            _ => now,
+        };
+        self.next_memory.applied = Some((self.p.generation, since));
         let requeue = if self.truncated {
             Duration::ZERO
         } else {
-            jittered(interval, self.jitter)
+            let age = Duration::try_from(now.duration_since(since)).unwrap_or_default();
+            jittered(poll_interval(age, interval), self.jitter)
         };
         Step::Settle(Box::new(Settled {
             status,
@@ -846,6 +855,17 @@ fn order(p: &Planned) -> (u8, String, String) {
 }
 
 /// `interval` +/-10 %, by `jitter` in [0, 1).
+/// The first List interval of a new or changed policy.
+pub const FIRST_POLL: Duration = Duration::from_secs(2);
+
+/// How long until a settled policy lists again, `age` after its generation was first settled:
+/// every 2 s at first (a request made just before or after the policy is decided within
+/// seconds), then a tenth of the age, up to `--pending-poll`, as a new PENDING connection is
+/// polled.
+pub fn poll_interval(age: Duration, pending_poll: Duration) -> Duration {
+    (age / 10).clamp(FIRST_POLL.min(pending_poll), pending_poll)
+}
+
 fn jittered(interval: Duration, jitter: f64) -> Duration {
     let jitter = if jitter.is_finite() {
         jitter.clamp(0.0, 1.0)
