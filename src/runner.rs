@@ -241,6 +241,10 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
     if !settings.region_allowed(&settings.default_region) {
         warn!(region = %settings.default_region, allowed = ?settings.allowed_regions, "the default region is not among --allowed-regions: resources without spec.region will be refused");
     }
+    // Both sides nudge each other: a request made here is decided, and a decision made here is
+    // seen, without waiting for a poll.
+    let connection_nudge = crate::reconciler::nudge::Nudge::default();
+    let policy_nudge = crate::reconciler::nudge::Nudge::default();
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -249,7 +253,8 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
             metrics.clone(),
             controller::reporter(),
         )
-        .with_poll_share(args.aws_poll_share),
+        .with_poll_share(args.aws_poll_share)
+        .with_nudges(connection_nudge.clone(), policy_nudge.clone()),
     );
     // The management side shares the Proton port (endpoint, credentials, call budget) and the
     // account mappings the connection side follows.
@@ -262,7 +267,8 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
                 metrics.clone(),
                 policy::controller::reporter(),
             )
-            .with_accounts(ctx.accounts_handle()),
+            .with_accounts(ctx.accounts_handle())
+            .with_nudges(connection_nudge, policy_nudge),
         )
     });
 

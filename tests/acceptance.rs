@@ -742,3 +742,97 @@ async fn both_sides_in_one_process_a_requested_connection_is_accepted_and_become
         .unwrap();
     assert_eq!(policy.status.unwrap().accepted[0].id, requested.id.unwrap());
 }
+
+/// Issue "seconds, not minutes", item 1: both sides in one process, with the production
+/// intervals (--pending-poll 30s, --resync-period 10m) and the policy already settled before the
+/// request exists (its next poll is far away). The connection's Create nudges the policy that
+/// decides for its management account, the policy's Accept nudges the connection: Ready within
+/// 5 s, not after the next poll.
+#[tokio::test]
+async fn both_sides_in_one_process_are_ready_within_5_s_without_waiting_for_a_poll() {
+    use eac_controller::reconciler::nudge::Nudge;
+    const ACCOUNT: &str = "444455556666";
+    let production = Settings {
+        resync: Duration::from_secs(600),
+        pending_poll: Duration::from_secs(30),
+        ..eager_settings()
+    };
+    let mut env = support::Env::start_with(production.clone(), CallBudget::unlimited()).await;
+    let (connections, policies) = (Nudge::default(), Nudge::default());
+    env.restart_with_nudges(connections.clone(), policies.clone());
+    let policy_ctx = Arc::new(
+        Arc::try_unwrap(context(&env.api, &env.emulator, &production))
+            .unwrap_or_else(|_| unreachable!("a fresh context"))
+            .with_nudges(connections, policies),
+    );
+
+    // The policy first, settled long before anything is requested.
+    env.api.create_object(
+        NS,
+        "demo",
+        "uid-demo",
+        ConnectionAcceptancePolicy::new(
+            "demo",
+            Spec {
+                management_account_id: ACCOUNT.into(),
+                ..policy(&[ACCOUNT], Some(&["demo-*"]), UnmatchedRequests::Leave)
+            },
+        ),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = futures::FutureExt::shared(async move {
+        let _ = stopped.await;
+    });
+    let connections_run = tokio::spawn(eac_controller::connection::controller::run(
+        env.ctx.clone(),
+        eac_controller::connection::controller::WatchScope::default(),
+        4,
+        stopped.clone(),
+        eac_controller::http::Readiness::default(),
+    ));
+    let policies_run = tokio::spawn(controller::run(policy_ctx.clone(), None, 4, stopped));
+    env.api
+        .wait_until("the policy settled", Duration::from_secs(10), |api| {
+            api.get_object::<ConnectionAcceptancePolicy>(NS, "demo")
+                .and_then(|p| p.status)
+                .is_some_and(|s| s.observed_generation == Some(1))
+        })
+        .await;
+    let lists = env.calls(LIST);
+
+    let applied = tokio::time::Instant::now();
+    env.api.create(
+        "demo-eu",
+        "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f",
+        eac_controller::connection::api::EnvironmentAccountConnectionSpec {
+            environment_name: "demo-eu".into(),
+            management_account_id: ACCOUNT.into(),
+            ..Default::default()
+        },
+    );
+    env.api
+        .wait_for(
+            "demo-eu",
+            // Within a second: without the nudges it would take the policy's next List (2 s
+            // after it settled, at best) and the connection's next poll (2 s after its Create).
+            "Ready within 1 s of the apply (the aim is 5 s)",
+            Duration::from_secs(1),
+            |o| o.is_some_and(|o| support::condition(o, "Ready").is_some_and(|c| c.0 == "True")),
+        )
+        .await;
+    let took = applied.elapsed();
+    println!(
+        "both sides in one process: Ready {:.2} s after the apply ({} List(s) after the request)",
+        took.as_secs_f64(),
+        env.calls(LIST) - lists
+    );
+    assert_eq!(env.calls(ACCEPT), 1);
+    assert_eq!(
+        env.calls(LIST) - lists,
+        1,
+        "one List, asked by the request: not a poll loop"
+    );
+    let _ = stop.send(());
+    connections_run.await.unwrap();
+    policies_run.await.unwrap();
+}

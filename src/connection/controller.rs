@@ -34,6 +34,8 @@ use crate::connection::decide::{
 use crate::http::Readiness;
 use crate::mapping::{Accounts, AwsIdentity, MappingError, Resolved, UnmappedNamespaces};
 use crate::metrics::Metrics;
+use crate::policy::ConnectionAcceptancePolicy;
+use crate::reconciler::nudge::Nudge;
 use crate::reconciler::{
     self,
     tracked::{Guard, KubeFailure, Tracker},
@@ -115,6 +117,10 @@ pub struct Context {
     /// Which credentials each namespace's resources act with (the account mappings); shared
     /// with the management side.
     accounts: Arc<Mutex<Accounts>>,
+    /// This controller, for the management side to nudge (a connection it just accepted).
+    nudge: Nudge<EnvironmentAccountConnection>,
+    /// The management side, to nudge when a connection here requests an account it decides for.
+    policies: Nudge<ConnectionAcceptancePolicy>,
 }
 
 impl Context {
@@ -135,6 +141,8 @@ impl Context {
             poll_share: 0.5,
             routine_workers: Mutex::default(),
             accounts: Arc::new(Mutex::new(Accounts::disabled())),
+            nudge: Nudge::default(),
+            policies: Nudge::default(),
         }
     }
 
@@ -159,6 +167,18 @@ impl Context {
 
     /// Routine reads may occupy at most this share of the workers (as of the AWS call budget),
     /// so polls never hold the workers new and changed resources need.
+    /// The handles both sides of one process nudge each other through: this controller's own,
+    /// and the management side's.
+    pub fn with_nudges(
+        mut self,
+        connections: Nudge<EnvironmentAccountConnection>,
+        policies: Nudge<ConnectionAcceptancePolicy>,
+    ) -> Self {
+        self.nudge = connections;
+        self.policies = policies;
+        self
+    }
+
     pub fn with_poll_share(mut self, share: f64) -> Self {
         self.poll_share = share;
         self
@@ -553,6 +573,9 @@ async fn steps(
         if matches!(result, Ok(Outcome::IntentRecorded)) {
             create_admitted = true;
         }
+        if let (Step::Create { request, .. }, Ok(Outcome::Connection(_))) = (&step, &result) {
+            nudge_policies(ctx, &request.management_account_id, run.region());
+        }
         match &result {
             Err(e) if e.class == crate::aws::proton::ErrorClass::Deferred => {}
             Err(e) => warn!(error = %e, class = ?e.class, "proton call failed"),
@@ -565,6 +588,21 @@ async fn steps(
             info!(reason = note.reason, note = %note.note, "proton changed");
             facts.note(&note);
         }
+    }
+}
+
+/// A connection here just requested `management_account` in `region`: the policies here that
+/// decide for it list now, instead of at their next poll. Requests from elsewhere keep the poll.
+fn nudge_policies(ctx: &Context, management_account: &str, region: &str) {
+    let nudged = ctx.policies.objects_where(|p| {
+        p.spec.management_account_id == management_account
+            && crate::policy::decide::region_of(&p.spec, &ctx.settings) == region
+    });
+    if nudged > 0 {
+        debug!(
+            nudged,
+            management_account, region, "policies here decide for the new request: asked now"
+        );
     }
 }
 
@@ -1138,6 +1176,11 @@ pub async fn run(
         trigger_hash,
     );
     ctx.metrics.count_connections_from(Some(store.clone()));
+    let expiring = ctx.clone();
+    let nudged = ctx.nudge.attach(
+        store.clone(),
+        Arc::new(move |uid: &str| expiring.tracked.expire(uid)),
+    );
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         // The controller backs its trigger stream off too: the same short backoff.
@@ -1145,9 +1188,12 @@ pub async fn run(
         // A mapping or a namespace's labels changed: every resource whose credentials changed
         // is reconciled (the others are not due, and cost nothing).
         .reconcile_all_on(changes)
+        // A connection the management side here just accepted or rejected: read it now.
+        .reconcile_on(nudged)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "EnvironmentAccountConnection").await;
+    ctx.nudge.detach();
     for follower in followers {
         follower.abort();
     }

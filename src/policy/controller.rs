@@ -20,11 +20,13 @@ use tracing::{debug, info, info_span, warn};
 use super::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicyStatus as Status};
 use super::decide::{Memory, Outcome, Peer, Policy, Run, Step};
 use crate::aws::proton::{Proton, ProtonError, Ticket};
+use crate::connection::api::EnvironmentAccountConnection;
 use crate::connection::api::PAUSED_ANNOTATION;
 use crate::connection::decide::Settings;
 use crate::mapping::{Accounts, MappingError};
 use crate::metrics::Metrics;
 use crate::reconciler::note::Note;
+use crate::reconciler::nudge::Nudge;
 use crate::reconciler::{
     self,
     tracked::{Guard, KubeFailure, Tracker},
@@ -96,6 +98,10 @@ pub struct Context {
     policies: Mutex<Option<Store<ConnectionAcceptancePolicy>>>,
     /// Which credentials each namespace acts with, as the connection side follows them.
     accounts: Arc<Mutex<Accounts>>,
+    /// This controller, for the connection side to nudge (a request it just made).
+    nudge: Nudge<ConnectionAcceptancePolicy>,
+    /// The connection side, to nudge when a connection it holds was just decided.
+    connections: Nudge<EnvironmentAccountConnection>,
 }
 
 impl Context {
@@ -115,10 +121,24 @@ impl Context {
             tracked: Tracker::default(),
             policies: Mutex::default(),
             accounts: Arc::new(Mutex::new(Accounts::disabled())),
+            nudge: Nudge::default(),
+            connections: Nudge::default(),
         }
     }
 
     /// Policies act with the credentials their namespace is mapped to, as connections do.
+    /// The handles both sides of one process nudge each other through: the connection side's,
+    /// and this controller's own.
+    pub fn with_nudges(
+        mut self,
+        connections: Nudge<EnvironmentAccountConnection>,
+        policies: Nudge<ConnectionAcceptancePolicy>,
+    ) -> Self {
+        self.connections = connections;
+        self.nudge = policies;
+        self
+    }
+
     pub fn with_accounts(mut self, accounts: Arc<Mutex<Accounts>>) -> Self {
         self.accounts = accounts;
         self
@@ -365,6 +385,14 @@ async fn reconcile_inner(
             admitted: false,
         };
         let result = execute(ctx, run.region(), &ticket, &step).await;
+        if let (Step::Accept { id } | Step::Reject { id }, Ok(Outcome::Connection(_))) =
+            (&step, &result)
+        {
+            // A resource here holding the connection sees the answer now, not at its next poll.
+            ctx.connections.objects_where(|c| {
+                c.status.as_ref().and_then(|s| s.id.as_deref()) == Some(id.as_str())
+            });
+        }
         if let Err(e) = &result
             && e.class != crate::aws::proton::ErrorClass::Deferred
         {
@@ -598,13 +626,21 @@ pub async fn run(
     );
     ctx.use_store(Some(store.clone()));
     info!("management side started: watching ConnectionAcceptancePolicies");
+    let expiring = ctx.clone();
+    let nudged = ctx.nudge.attach(
+        store.clone(),
+        Arc::new(move |uid: &str| expiring.tracked.expire(uid)),
+    );
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         // The controller backs its trigger stream off too: the same short backoff.
         .trigger_backoff(reconciler::watch::WatchBackoff::default())
+        // A connection here just requested an account this policy decides for: list now.
+        .reconcile_on(nudged)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "ConnectionAcceptancePolicy").await;
+    ctx.nudge.detach();
     ctx.use_store(None);
 }
 

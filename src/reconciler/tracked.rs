@@ -183,6 +183,13 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
         self.lock().clear();
     }
 
+    /// Makes one object due now: something it waits for has happened (see `nudge`).
+    pub fn expire(&self, uid: &str) {
+        if let Some(c) = self.lock().get_mut(uid).and_then(|t| t.checkpoint.as_mut()) {
+            c.due = Instant::now();
+        }
+    }
+
     /// Makes every object due now, as if its requeue time had come (tests, a forced resync).
     pub fn expire_checkpoints(&self) {
         let now = Instant::now();

@@ -1343,6 +1343,30 @@ impl Env {
         self.restart_in_region(&self.settings.default_region.clone());
     }
 
+    /// A restart whose controller nudges, and is nudged by, the management side through these
+    /// handles, as `run` wires both sides of one process.
+    pub fn restart_with_nudges(
+        &mut self,
+        connections: eac_controller::reconciler::nudge::Nudge<
+            eac_controller::connection::api::EnvironmentAccountConnection,
+        >,
+        policies: eac_controller::reconciler::nudge::Nudge<
+            eac_controller::policy::ConnectionAcceptancePolicy,
+        >,
+    ) {
+        self.ctx = Arc::new(
+            plain_context(
+                &self.api,
+                &self.emulator,
+                self.settings.clone(),
+                self.budget.clone(),
+                &self.settings.default_region.clone(),
+                self.aws_timeout,
+            )
+            .with_nudges(connections, policies),
+        );
+    }
+
     /// A restart with another AWS call budget (`--aws-rate-limit`, `--aws-burst`).
     pub fn restart_with_budget(&mut self, budget: CallBudget) {
         self.budget = budget;
@@ -1464,6 +1488,24 @@ fn context(
     region: &str,
     aws_timeout: Duration,
 ) -> Arc<Context> {
+    Arc::new(plain_context(
+        api,
+        emulator,
+        settings,
+        budget,
+        region,
+        aws_timeout,
+    ))
+}
+
+fn plain_context(
+    api: &FakeApi,
+    emulator: &RunningEmulator,
+    settings: Settings,
+    budget: CallBudget,
+    region: &str,
+    aws_timeout: Duration,
+) -> Context {
     // One registry, as `run` wires it: the Proton port and the controller record into it.
     let metrics = Metrics::new();
     let proton = Proton::with_static_credentials(
@@ -1476,7 +1518,7 @@ fn context(
         budget,
         metrics.clone(),
     );
-    Arc::new(Context::new(
+    Context::new(
         api.client(),
         proton,
         settings,
@@ -1485,7 +1527,7 @@ fn context(
             controller: "eac-controller".into(),
             instance: Some("test".into()),
         },
-    ))
+    )
 }
 
 /// The requeue of a reconcile's answer.

@@ -1,0 +1,90 @@
+//! How one kind tells another's controller that something it waits for just happened in the same
+//! cluster, so it does not wait for its next poll: a connection requested a management account
+//! that a policy here decides for; a policy accepted a connection a resource here holds.
+//!
+//! The target controller attaches its watch cache and the stream its kube-runtime controller
+//! reconciles on (`Controller::reconcile_on`) while it runs; a nudge makes the matching objects
+//! due now (past their checkpoints) and queues them. Nothing is nudged while the target is not
+//! running (a standby, a management side turned off): the poll still covers it.
+
+use std::sync::{Arc, Mutex};
+
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
+use kube::Resource;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+/// Makes an object of the target kind due now (by uid), past its checkpoint.
+pub type Expire = Arc<dyn Fn(&str) + Send + Sync>;
+
+struct Target<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    queue: UnboundedSender<ObjectRef<K>>,
+    expire: Expire,
+}
+
+/// A handle on a controller of kind `K`, shared by whoever may nudge it.
+pub struct Nudge<K: Resource<DynamicType = ()> + 'static> {
+    target: Arc<Mutex<Option<Target<K>>>>,
+}
+
+impl<K: Resource<DynamicType = ()> + 'static> Clone for Nudge<K> {
+    fn clone(&self) -> Self {
+        Nudge {
+            target: self.target.clone(),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + 'static> Default for Nudge<K> {
+    fn default() -> Self {
+        Nudge {
+            target: Arc::default(),
+        }
+    }
+}
+
+impl<K> Nudge<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    /// The target controller starts: nudges go to the returned stream (for `reconcile_on`).
+    pub fn attach(&self, store: Store<K>, expire: Expire) -> UnboundedReceiver<ObjectRef<K>> {
+        let (queue, nudged) = unbounded();
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(Target {
+            store,
+            queue,
+            expire,
+        });
+        nudged
+    }
+
+    /// The target controller stopped.
+    pub fn detach(&self) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Reconciles now every cached object `wanted` picks; returns how many.
+    pub fn objects_where(&self, wanted: impl Fn(&K) -> bool) -> usize {
+        let target = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(target) = target.as_ref() else {
+            return 0;
+        };
+        let mut nudged = 0;
+        for object in target.store.state() {
+            if !wanted(&object) {
+                continue;
+            }
+            if let Some(uid) = object.meta().uid.as_deref() {
+                (target.expire)(uid);
+            }
+            if target
+                .queue
+                .unbounded_send(ObjectRef::from_obj(object.as_ref()))
+                .is_ok()
+            {
+                nudged += 1;
+            }
+        }
+        nudged
+    }
+}
