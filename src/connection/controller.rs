@@ -506,47 +506,67 @@ async fn reconcile_inner(
     result
 }
 
-/// fetch (done) -> decide -> execute -> record, until the step is final.
+/// fetch (done) -> the shared loop (decide -> execute -> record) -> finish.
 async fn steps(
     obj: &EnvironmentAccountConnection,
     ctx: &Context,
     facts: &Facts,
 ) -> Result<(Action, &'static str), Error> {
-    let mut finalizers = facts.finalizers.clone();
     let mut run = Run::new(facts.resource(obj), &ctx.settings, rand::random());
     if let Some(progress) = facts.resumed.clone() {
         debug!(observed = ?progress.observed, "going on from the deferred reconcile's reads");
         run.resume(progress);
     }
-    // A Create whose slot was taken before its intent was written.
-    let mut create_admitted = false;
-    // The worker slot of a routine read, held to the end of the reconcile.
-    let mut routine_slot = None;
-    loop {
-        let step = run.next(now());
-        debug!(step = step.name(), ?step, "next step");
-        if step.is_final() {
-            let carry = run.carry_over();
-            return finish(ctx, facts, &finalizers, step, carry).await;
-        }
-        let class = run.class_of(&step);
+    let mut executor = StepExecutor {
+        ctx,
+        obj,
+        facts,
+        finalizers: facts.finalizers.clone(),
+        create_admitted: false,
+        routine_slot: None,
+    };
+    let step = reconciler::drive::drive(&mut run, &mut executor).await?;
+    let carry = run.carry_over();
+    finish(ctx, facts, &executor.finalizers, step, carry).await
+}
+
+/// Carries out the connection kind's steps, with what a reconcile holds between them.
+struct StepExecutor<'a> {
+    ctx: &'a Context,
+    obj: &'a EnvironmentAccountConnection,
+    facts: &'a Facts,
+    /// The finalizers as this reconcile left them.
+    finalizers: Vec<String>,
+    /// A Create whose slot was taken before its intent was written.
+    create_admitted: bool,
+    /// The worker slot of a routine read, held to the end of the reconcile.
+    routine_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
+    type Error = Error;
+
+    async fn execute(
+        &mut self,
+        run: &Run<'_>,
+        step: &Step,
+    ) -> Result<Result<Outcome, ProtonError>, Error> {
+        let ctx = self.ctx;
+        let class = run.class_of(step);
         let ticket = Ticket {
-            identity: &facts.identity,
-            key: &facts.uid,
+            identity: &self.facts.identity,
+            key: &self.facts.uid,
             class,
-            admitted: create_admitted && matches!(step, Step::Create { .. }),
+            admitted: self.create_admitted && matches!(step, Step::Create { .. }),
         };
-        if class != CallClass::Work && step.is_aws() && routine_slot.is_none() {
+        if class != CallClass::Work && step.is_aws() && self.routine_slot.is_none() {
             match ctx.routine_slot() {
-                Ok(slot) => routine_slot = slot,
-                Err(()) => {
-                    // Routine reads already hold their share of the workers: come back.
-                    run.record(&step, Err(ProtonError::deferred("routine read", None)));
-                    continue;
-                }
+                Ok(slot) => self.routine_slot = slot,
+                // Routine reads already hold their share of the workers: come back.
+                Err(()) => return Ok(Err(ProtonError::deferred("routine read", None))),
             }
         }
-        if let Step::Record(recorded) = &step
+        if let Step::Record(recorded) = step
             && recorded.before_create
         {
             // The Create's slot first: no announcement of a Create the budget has no room for.
@@ -555,39 +575,40 @@ async fn steps(
                 .admit(&ticket, "CreateEnvironmentAccountConnection")
                 .await
             {
-                run.record(&step, Err(deferred));
-                continue;
+                return Ok(Err(deferred));
             }
-            create_admitted = true;
+            self.create_admitted = true;
         }
         let result = execute(
             ctx,
-            obj,
-            facts,
-            &mut finalizers,
+            self.obj,
+            self.facts,
+            &mut self.finalizers,
             run.region(),
             &ticket,
-            &step,
+            step,
         )
         .await?;
         if matches!(result, Ok(Outcome::IntentRecorded)) {
-            create_admitted = true;
+            self.create_admitted = true;
         }
-        if let (Step::Create { request, .. }, Ok(Outcome::Connection(_))) = (&step, &result) {
+        if let (Step::Create { request, .. }, Ok(Outcome::Connection(_))) = (step, &result) {
             nudge_policies(ctx, &request.management_account_id, run.region());
         }
         match &result {
             Err(e) if e.class == crate::aws::proton::ErrorClass::Deferred => {}
             Err(e) => warn!(error = %e, class = ?e.class, "proton call failed"),
             Ok(_) if ticket.class != CallClass::Work && matches!(step, Step::Get { .. }) => {
-                note_read(ctx, &facts.uid, ticket.class);
+                note_read(ctx, &self.facts.uid, ticket.class);
             }
             Ok(_) => {}
         }
-        if let Some(note) = run.record(&step, result) {
-            info!(reason = note.reason, note = %note.note, "proton changed");
-            facts.note(&note);
-        }
+        Ok(result)
+    }
+
+    fn noted(&mut self, note: Note) {
+        info!(reason = note.reason, note = %note.note, "proton changed");
+        self.facts.note(&note);
     }
 }
 
@@ -861,10 +882,6 @@ async fn finish(
             Ok((Action::await_change(), "ignored"))
         }
     }
-}
-
-fn now() -> jiff::Timestamp {
-    jiff::Timestamp::now()
 }
 
 /// Measures the interval between two routine reads of the same connection.

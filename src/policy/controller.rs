@@ -15,7 +15,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::time::Instant;
-use tracing::{debug, info, info_span, warn};
+use tracing::{info, info_span, warn};
 
 use super::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicyStatus as Status};
 use super::decide::{Memory, Outcome, Peer, Policy, Run, Step};
@@ -372,21 +372,47 @@ async fn reconcile_inner(
     };
     let mut run = Run::new(policy, &peers, &ctx.settings, &facts.memory, rand::random());
     let key = budget_key(&facts.uid);
-    let step = loop {
-        let step = run.next(jiff::Timestamp::now());
-        debug!(step = step.name(), ?step, "next step");
-        if step.is_final() {
-            break step;
-        }
+    let mut executor = StepExecutor {
+        ctx,
+        identity: &identity,
+        key: &key,
+    };
+    let step = match reconciler::drive::drive(&mut run, &mut executor).await {
+        Ok(step) => step,
+        Err(never) => match never {},
+    };
+    let tally = run.tally();
+    ctx.metrics
+        .acceptance_decisions(tally.accepted, tally.rejected, tally.left_pending);
+    let memory = run.memory().clone();
+    finish(ctx, &facts, step, memory).await
+}
+
+/// Carries out a policy's steps: one AWS call each; every answer goes back to the run.
+struct StepExecutor<'a> {
+    ctx: &'a Context,
+    identity: &'a crate::mapping::AwsIdentity,
+    key: &'a str,
+}
+
+impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
+    type Error = std::convert::Infallible;
+
+    async fn execute(
+        &mut self,
+        run: &Run<'_>,
+        step: &Step,
+    ) -> Result<Result<Outcome, ProtonError>, Self::Error> {
+        let ctx = self.ctx;
         let ticket = Ticket {
-            identity: &identity,
-            key: &key,
-            class: run.class_of(&step),
+            identity: self.identity,
+            key: self.key,
+            class: run.class_of(step),
             admitted: false,
         };
-        let result = execute(ctx, run.region(), &ticket, &step).await;
+        let result = execute(ctx, run.region(), &ticket, step).await;
         if let (Step::Accept { id } | Step::Reject { id }, Ok(Outcome::Connection(_))) =
-            (&step, &result)
+            (step, &result)
         {
             // A resource here holding the connection sees the answer now, not at its next poll.
             ctx.connections.objects_where(|c| {
@@ -398,13 +424,8 @@ async fn reconcile_inner(
         {
             warn!(error = %e, class = ?e.class, "proton call failed");
         }
-        run.record(&step, result);
-    };
-    let tally = run.tally();
-    ctx.metrics
-        .acceptance_decisions(tally.accepted, tally.rejected, tally.left_pending);
-    let memory = run.memory().clone();
-    finish(ctx, &facts, step, memory).await
+        Ok(result)
+    }
 }
 
 /// Executes one AWS step; every answer, errors included, goes back to the run.

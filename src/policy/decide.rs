@@ -817,6 +817,24 @@ impl<'a> Run<'a> {
     }
 }
 
+impl crate::reconciler::drive::Decision for Run<'_> {
+    type Step = Step;
+    type Outcome = Outcome;
+
+    fn next_step(&mut self, now: jiff::Timestamp) -> Step {
+        self.next(now)
+    }
+
+    fn is_final(step: &Step) -> bool {
+        step.is_final()
+    }
+
+    fn fold(&mut self, step: &Step, answer: Result<Outcome, ProtonError>) -> Option<Note> {
+        self.record(step, answer);
+        None
+    }
+}
+
 /// The region a policy acts in.
 pub fn region_of(spec: &Spec, settings: &Settings) -> String {
     spec.region

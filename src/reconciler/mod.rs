@@ -5,6 +5,7 @@
 //! makes another's reconcile now what it just made happen ([`nudge`]). A kind supplies its types, its
 //! pure decision and the calls it makes.
 
+pub mod drive;
 pub mod note;
 pub mod nudge;
 pub mod retry;

@@ -470,6 +470,23 @@ impl<'a> Run<'a> {
     }
 }
 
+impl crate::reconciler::drive::Decision for Run<'_> {
+    type Step = Step;
+    type Outcome = Outcome;
+
+    fn next_step(&mut self, now: jiff::Timestamp) -> Step {
+        self.next(now)
+    }
+
+    fn is_final(step: &Step) -> bool {
+        step.is_final()
+    }
+
+    fn fold(&mut self, step: &Step, answer: Result<Outcome, ProtonError>) -> Option<Note> {
+        self.record(step, answer)
+    }
+}
+
 /// Whether this reconcile only reads a settled connection, and of which class: the connection
 /// is recorded, its spec applied, nothing in flight, nothing being deleted.
 fn routine_read(r: &Resource) -> Option<CallClass> {
