@@ -118,17 +118,24 @@ pub fn judge_crd(
         .spec
         .versions
         .iter()
-        .filter(|want| {
+        .filter_map(|want| {
             let have = installed.spec.versions.iter().find(|v| v.name == want.name);
-            have.is_none_or(|have| normalized(&have.schema) != normalized(&want.schema))
+            match have {
+                None => Some(format!("{} (not served)", want.name)),
+                Some(have) => first_difference(
+                    &normalized(&have.schema).unwrap_or_default(),
+                    &normalized(&want.schema).unwrap_or_default(),
+                    "",
+                )
+                .map(|at| format!("{} (first at {at})", want.name)),
+            }
         })
-        .map(|v| v.name.clone())
         .collect();
     if !stale.is_empty() {
         return Finding::fail(
             check,
             format!(
-                "stale: the installed schema of {} differs from the one this binary generates (a CRD from another release)",
+                "stale: the installed schema differs from the one this binary generates (a CRD from another release): {}",
                 stale.join(", ")
             ),
             APPLY_CRDS,
@@ -137,23 +144,71 @@ pub fn judge_crd(
     Finding::pass(check, "installed, established, schema current")
 }
 
-/// A schema as JSON, with what the API server does not keep (empty lists and maps, nulls: Go's
-/// `omitempty`) left out on both sides, so a schema read back compares equal to the one applied.
+/// Where two JSON values first differ, as a JSON pointer (`/` for the whole value).
+fn first_difference(
+    have: &serde_json::Value,
+    want: &serde_json::Value,
+    at: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => {
+            let mut keys: Vec<&String> = h.keys().chain(w.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                let path = format!("{at}/{k}");
+                match (h.get(k), w.get(k)) {
+                    (Some(a), Some(b)) => first_difference(a, b, &path),
+                    _ => Some(path),
+                }
+            })
+        }
+        (Value::Array(h), Value::Array(w)) if h.len() == w.len() => h
+            .iter()
+            .zip(w)
+            .enumerate()
+            .find_map(|(i, (a, b))| first_difference(a, b, &format!("{at}/{i}"))),
+        (a, b) if a == b => None,
+        _ => Some(if at.is_empty() {
+            "/".to_string()
+        } else {
+            at.to_string()
+        }),
+    }
+}
+
+/// The schema's plain-bool members, which Go's `omitempty` drops when false.
+const FALSE_OMITTED: [&str; 6] = [
+    "exclusiveMaximum",
+    "exclusiveMinimum",
+    "uniqueItems",
+    "nullable",
+    "x-kubernetes-embedded-resource",
+    "x-kubernetes-int-or-string",
+];
+
+/// A schema as JSON, with what the API server does not keep (empty lists and maps, nulls, the
+/// plain bools that are false: Go's `omitempty`) left out on both sides, so a schema read back
+/// compares equal to the one applied.
 fn normalized<T: serde::Serialize>(schema: &T) -> Option<serde_json::Value> {
     fn strip(v: serde_json::Value) -> Option<serde_json::Value> {
         use serde_json::Value;
         match v {
             Value::Null => None,
-            Value::Array(items) => {
-                let items: Vec<Value> = items.into_iter().filter_map(strip).collect();
-                (!items.is_empty()).then_some(Value::Array(items))
-            }
             Value::Object(map) => {
                 let map: serde_json::Map<String, Value> = map
                     .into_iter()
+                    .filter(|(k, v)| {
+                        !(FALSE_OMITTED.contains(&k.as_str()) && *v == Value::Bool(false))
+                    })
                     .filter_map(|(k, v)| strip(v).map(|v| (k, v)))
                     .collect();
                 (!map.is_empty()).then_some(Value::Object(map))
+            }
+            Value::Array(items) => {
+                let items: Vec<Value> = items.into_iter().filter_map(strip).collect();
+                (!items.is_empty()).then_some(Value::Array(items))
             }
             other => Some(other),
         }
