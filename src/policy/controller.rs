@@ -650,7 +650,16 @@ pub async fn run(
     let expiring = ctx.clone();
     let nudged = ctx.nudge.attach(
         store.clone(),
-        Arc::new(move |uid: &str| expiring.tracked.expire(uid)),
+        Arc::new(move |uid: &str| {
+            // A request was just made: list now, and often for a while (List is eventually
+            // consistent, and may not show it yet), as after a spec change.
+            if let Some(t) = expiring.tracked.lock().get_mut(uid)
+                && let Some((generation, _)) = t.kind.memory.applied
+            {
+                t.kind.memory.applied = Some((generation, jiff::Timestamp::now()));
+            }
+            expiring.tracked.expire(uid);
+        }),
     );
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
