@@ -462,7 +462,11 @@ fn cpu_seconds(pid: u32) -> f64 {
         .sum();
     // SAFETY: sysconf only reads a configuration value.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    if per_second > 0.0 { ticks / per_second } else { 0.0 }
+    if per_second > 0.0 {
+        ticks / per_second
+    } else {
+        0.0
+    }
 }
 
 fn main() {
