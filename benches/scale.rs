@@ -17,7 +17,10 @@
 //!    of the new ones, and the measured (stretched) poll interval.
 //! 3. **The binary's memory**: the `eac-controller` binary as a process, against this API server
 //!    served over HTTP, with N resources (`EAC_BENCH_BINARY_N`, default N; a list is allowed):
-//!    its peak RSS.
+//!    its peak RSS and its own CPU time per resource.
+//! 4. **Start-up**: a controller starting with S settled (CONNECTED) resources
+//!    (`EAC_BENCH_STARTUP_N`, default N) under the default budget: time to ready, the AWS calls
+//!    of its first 10 s, and a new resource's time to `status.id` meanwhile.
 //!
 //! The API server here is in-process and answers in microseconds, so the figures measure the
 //! controller's own cost; a real API server adds its latency to both the controller and the floor.
@@ -352,6 +355,86 @@ async fn work_before_polls(m: usize) {
     running.stop().await;
 }
 
+/// Part 4: a controller starting (or taking over) with S settled (CONNECTED) resources under the
+/// default budget: how long until it is ready, how many AWS calls its first 10 s make (the first
+/// reads are spread over the resync period), and how soon a new resource gets its id meanwhile.
+async fn start_up(s: usize) {
+    let mut env = Env::start_full(
+        settings(),
+        CallBudget::unlimited(),
+        EmulatorConfig::default(),
+    )
+    .await;
+    env.api.count_requests_only();
+    let names: Vec<String> = (0..s).map(|i| name("settled", i)).collect();
+    // The resources and their connections, made by a controller with an unlimited budget...
+    let running = start(&env, 32);
+    for (i, n) in names.iter().enumerate() {
+        env.api.create(n, &uid(i), spec(n));
+    }
+    until_all_have_ids(&env.api, &names, Instant::now(), Duration::from_secs(900)).await;
+    running.stop().await;
+    // ...then accepted, and recorded as CONNECTED, as a long-running installation has them.
+    for c in env.proton().connections() {
+        let _ = env.proton().accept(&c.id);
+    }
+    for n in &names {
+        env.api.edit(n, |o| {
+            if let Some(status) = o.status.as_mut() {
+                status.status = Some(eac_controller::connection::api::ConnectionState::Connected);
+            }
+        });
+    }
+    // A new process with the default budget (10 calls/s, burst 20).
+    env.restart_with_budget(CallBudget::new(
+        std::num::NonZeroU32::new(10).unwrap(),
+        std::num::NonZeroU32::new(20).unwrap(),
+        0.5,
+    ));
+    env.ctx
+        .proton
+        .caller_account(&Default::default())
+        .await
+        .unwrap();
+    env.proton().reset_calls();
+    let readiness = Readiness::new(Duration::from_secs(120));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let t0 = Instant::now();
+    let task = tokio::spawn(controller::run(
+        env.ctx.clone(),
+        WatchScope::default(),
+        32,
+        async move {
+            let _ = stopped.await;
+        },
+        readiness.clone(),
+    ));
+    while !readiness.get() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "not ready within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ready_in = t0.elapsed();
+    let fresh = vec![name("fresh", 0)];
+    let t1 = Instant::now();
+    env.api.create(&fresh[0], &uid(900_000), spec(&fresh[0]));
+    let times = until_all_have_ids(&env.api, &fresh, t1, Duration::from_secs(60)).await;
+    // A measurement window: the calls the start-up makes in its first 10 s.
+    tokio::time::sleep_until((t0 + Duration::from_secs(10)).into()).await;
+    let calls = env.proton().calls().total();
+    println!(
+        "  {s} settled resources: ready {:.2} s after the start; a new resource got status.id {:.2} s after it was applied (at {:.2} s); {} AWS calls in the first 10 s (the first reads are spread over the 600 s resync period)",
+        ready_in.as_secs_f64(),
+        percentile(&times, 0.5).as_secs_f64(),
+        (t1 - t0).as_secs_f64(),
+        calls,
+    );
+    let _ = stop.send(());
+    let _ = task.await;
+}
+
 /// Part 3: the `eac-controller` binary itself, against this API server over HTTP: its peak RSS
 /// with N resources, and its time to give every one an id.
 async fn binary(n: usize) {
@@ -482,6 +565,11 @@ fn main() {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
+    let startup_sizes: Vec<usize> = std::env::var("EAC_BENCH_STARTUP_N")
+        .unwrap_or_else(|_| format!("{n}"))
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
     let latencies: Vec<u64> = std::env::var("EAC_BENCH_API_LATENCY_MS")
         .unwrap_or_else(|_| "0,5".into())
         .split(',')
@@ -513,6 +601,10 @@ fn main() {
         println!("3. The binary's memory");
         for size in binary_sizes {
             binary(size).await;
+        }
+        println!("4. Start-up with settled resources");
+        for size in startup_sizes {
+            start_up(size).await;
         }
         let (rss, peak) = rss_mib();
         println!("Process RSS now {rss:.1} MiB, peak {peak:.1} MiB (API server and emulator included)");
