@@ -17,16 +17,20 @@ use crate::policy::ConnectionAcceptancePolicy;
 /// feature; the e2e workflow runs 1.33, 1.36 and 1.37).
 pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u32> = 33..=37;
 
-/// The API server answers, and runs a version the project supports.
-pub async fn version(client: &Client) -> Finding {
-    const CHECK: &str = "Kubernetes API";
+/// The API server answers, and runs a version the project supports. `Err` when it does not
+/// answer (nothing else on the cluster can be checked then).
+pub async fn version(client: &Client) -> Result<Finding, Finding> {
     match client.apiserver_version().await {
-        Err(e) => Finding::fail(
-            CHECK,
+        Err(e) => Err(Finding::fail(
+            "Kubernetes API",
             format!("no answer: {e}"),
             "check KUBECONFIG (or the in-cluster service account) and that the API server is reachable",
-        ),
-        Ok(info) => verdict_on_version(&info.major, &info.minor, &info.git_version),
+        )),
+        Ok(info) => Ok(verdict_on_version(
+            &info.major,
+            &info.minor,
+            &info.git_version,
+        )),
     }
 }
 

@@ -144,19 +144,18 @@ pub async fn run(
 ) -> Report {
     let mut found = Vec::new();
     let client = match client {
-        Ok(client) => {
-            let version = cluster::version(&client).await;
-            let reachable =
-                version.verdict != Verdict::Fail || !version.detail.starts_with("no answer");
-            found.push(version);
-            if reachable {
+        Ok(client) => match cluster::version(&client).await {
+            Ok(version) => {
+                found.push(version);
                 found.extend(cluster::crds(&client, scope).await);
                 found.extend(cluster::access(&client, scope).await);
                 Some(client)
-            } else {
+            }
+            Err(unreachable) => {
+                found.push(unreachable);
                 None
             }
-        }
+        },
         Err(e) => {
             found.push(Finding::fail(
                 "Kubernetes API",
