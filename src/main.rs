@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches};
 use eac_controller::cli::{CheckOutput, Cli, Command};
-use eac_controller::config::resolve_endpoint;
+use eac_controller::config::{Endpoint, RunArgs, resolve_endpoint};
 use eac_controller::connection::api::crd_yaml;
 use eac_controller::mapping;
 use eac_controller::policy;
@@ -26,20 +26,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check(check) => {
-            if let Err(e) = check.run.check() {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-            let endpoint = match resolve_endpoint(
-                check.run.proton_endpoint.as_deref(),
-                endpoint_from_cli,
-                std::env::var("AWS_ENDPOINT_URL_PROTON").ok().as_deref(),
-            ) {
+            let endpoint = match checked(&check.run, endpoint_from_cli) {
                 Ok(endpoint) => endpoint,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             // The report goes to stdout; logs (warnings and worse) to stderr.
             if let Err(e) = eac_controller::telemetry::init(check.run.log_format, "warn") {
@@ -100,20 +89,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => {
-            if let Err(e) = args.check() {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-            let endpoint = match resolve_endpoint(
-                args.proton_endpoint.as_deref(),
-                endpoint_from_cli,
-                std::env::var("AWS_ENDPOINT_URL_PROTON").ok().as_deref(),
-            ) {
+            let endpoint = match checked(&args, endpoint_from_cli) {
                 Ok(endpoint) => endpoint,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             if let Err(e) = eac_controller::telemetry::init(args.log_format, &args.log_level) {
                 eprintln!("error: invalid --log-level / RUST_LOG: {e}");
@@ -144,6 +122,22 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// What `run` and `check` both refuse before anything starts: flags that contradict each other,
+/// and a Proton endpoint that is malformed or `embedded` from the environment (exit status 2).
+fn checked(args: &RunArgs, endpoint_from_cli: bool) -> Result<Endpoint, ExitCode> {
+    let refused = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    args.check().map_err(|e| refused(&e))?;
+    resolve_endpoint(
+        args.proton_endpoint.as_deref(),
+        endpoint_from_cli,
+        std::env::var("AWS_ENDPOINT_URL_PROTON").ok().as_deref(),
+    )
+    .map_err(|e| refused(&e))
 }
 
 /// glibc's malloc keeps an arena per thread that ever allocated, and freed memory stays in them;
