@@ -1275,9 +1275,9 @@ fn emulator_command() -> clap::Command {
     command
 }
 
-/// What `eac-controller ARGS` would run with (`args` without the program name): clap's parse
-/// and then `RunArgs::check`, as `main` does; a refusal says why.
-pub fn parse_controller_args(args: &[String]) -> Result<RunArgs, Refusal> {
+/// The command `eac-controller ARGS` would carry out (`args` without the program name), as
+/// clap parses it for `main`.
+fn parse_command(args: &[String]) -> Result<eac_controller::cli::Command, Refusal> {
     use clap::FromArgMatches;
     let matches = controller_command()
         .try_get_matches_from(
@@ -1285,11 +1285,20 @@ pub fn parse_controller_args(args: &[String]) -> Result<RunArgs, Refusal> {
         )
         .map_err(Refusal::Parse)?;
     let cli = eac_controller::cli::Cli::from_arg_matches(&matches).map_err(Refusal::Parse)?;
-    match cli.command {
-        eac_controller::cli::Command::Run(run) => {
-            run.check().map_err(|e| Refusal::Check(e.to_string()))?;
-            Ok(*run)
-        }
+    Ok(cli.command)
+}
+
+/// `RunArgs::check`, as `main` does after parsing.
+fn checked(run: RunArgs) -> Result<RunArgs, Refusal> {
+    run.check().map_err(|e| Refusal::Check(e.to_string()))?;
+    Ok(run)
+}
+
+/// What `eac-controller ARGS` would run with (`args` without the program name): clap's parse
+/// and then `RunArgs::check`, as `main` does; a refusal says why.
+pub fn parse_controller_args(args: &[String]) -> Result<RunArgs, Refusal> {
+    match parse_command(args)? {
+        eac_controller::cli::Command::Run(run) => checked(*run),
         other => Err(Refusal::Check(format!(
             "{args:?} runs {other:?} instead of the controller"
         ))),
@@ -1299,21 +1308,8 @@ pub fn parse_controller_args(args: &[String]) -> Result<RunArgs, Refusal> {
 /// What `eac-controller check ARGS` would check with (`args` without the program name): clap's
 /// parse and then `RunArgs::check`, as `main` does; a refusal says why.
 pub fn parse_check_args(args: &[String]) -> Result<RunArgs, Refusal> {
-    use clap::FromArgMatches;
-    let matches = controller_command()
-        .try_get_matches_from(
-            std::iter::once("eac-controller").chain(args.iter().map(String::as_str)),
-        )
-        .map_err(Refusal::Parse)?;
-    let cli = eac_controller::cli::Cli::from_arg_matches(&matches).map_err(Refusal::Parse)?;
-    match cli.command {
-        eac_controller::cli::Command::Check(check) => {
-            check
-                .run
-                .check()
-                .map_err(|e| Refusal::Check(e.to_string()))?;
-            Ok(check.run)
-        }
+    match parse_command(args)? {
+        eac_controller::cli::Command::Check(check) => checked(check.run),
         other => Err(Refusal::Check(format!(
             "{args:?} runs {other:?} instead of the check"
         ))),
