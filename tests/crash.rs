@@ -80,6 +80,29 @@ async fn converge(env: &Env, what: &str, done: impl Fn(&Env, usize) -> bool) {
     panic!("{what}: did not converge");
 }
 
+/// A controller's world at its worst: Proton refuses a reused client token with other parameters
+/// (strict idempotency), lists new connections late, and acts on a request before it answers (a
+/// process killed while it waits has changed Proton without knowing it); and the random choices
+/// of the scenario, from EAC_CRASH_SEED when set (to repeat a run).
+async fn chaos(settings: Settings, budget: CallBudget) -> (Env, u64, StdRng) {
+    let emulator = EmulatorConfig {
+        idempotency: Idempotency::Strict,
+        list_lag: LAG,
+        ..EmulatorConfig::default()
+    };
+    let env = Env::start_full(settings, budget, emulator).await;
+    env.proton().set_faults(Faults {
+        latency: Duration::from_millis(2),
+        ..Faults::default()
+    });
+    let seed: u64 = std::env::var("EAC_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (EAC_CRASH_SEED={seed} repeats the choices)");
+    (env, seed, StdRng::seed_from_u64(seed))
+}
+
 fn owners(env: &Env) -> BTreeMap<String, usize> {
     let mut owners = BTreeMap::new();
     for c in env.proton().connections() {
@@ -100,24 +123,7 @@ async fn killed_at_random_moments_with_strict_idempotency_list_lag_and_spec_edit
         create_settle: Duration::from_secs(3),
         ..eager_settings()
     };
-    let emulator = EmulatorConfig {
-        idempotency: Idempotency::Strict,
-        list_lag: LAG,
-        ..EmulatorConfig::default()
-    };
-    let mut env = Env::start_full(settings, CallBudget::unlimited(), emulator).await;
-    // Proton acts on a request before it answers: a process killed while it waits for the answer
-    // has changed Proton without knowing it.
-    env.proton().set_faults(Faults {
-        latency: Duration::from_millis(2),
-        ..Faults::default()
-    });
-    let seed: u64 = std::env::var("EAC_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (EAC_CRASH_SEED={seed} repeats the choices)");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut env, seed, mut rng) = chaos(settings, CallBudget::unlimited()).await;
     for i in 0..RESOURCES {
         env.api.create(&name(i), &uid(i), spec(&name(i)));
     }
@@ -138,17 +144,9 @@ async fn killed_at_random_moments_with_strict_idempotency_list_lag_and_spec_edit
         if doomed(i) {
             return env.api.get(&name(i)).is_none();
         }
-        env.api.get(&name(i)).is_some_and(|o| {
-            let generation = o.metadata.generation;
-            o.status.is_some_and(|s| {
-                s.id.is_some()
-                    && s.conditions.iter().any(|c| {
-                        c.type_ == "Synced"
-                            && c.status == "True"
-                            && c.observed_generation == generation
-                    })
-            })
-        })
+        env.api
+            .get(&name(i))
+            .is_some_and(|o| synced_at_its_generation(&o))
     })
     .await;
 
@@ -260,22 +258,7 @@ async fn controllers_killed_at_start_up_under_a_small_budget_leave_every_resourc
         create_settle: Duration::from_secs(3),
         ..eager_settings()
     };
-    let emulator = EmulatorConfig {
-        idempotency: Idempotency::Strict,
-        list_lag: LAG,
-        ..EmulatorConfig::default()
-    };
-    let mut env = Env::start_full(settings, small_budget(), emulator).await;
-    env.proton().set_faults(Faults {
-        latency: Duration::from_millis(2),
-        ..Faults::default()
-    });
-    let seed: u64 = std::env::var("EAC_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (EAC_CRASH_SEED={seed} repeats the choices)");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut env, seed, mut rng) = chaos(settings, small_budget()).await;
     let names: Vec<String> = (0..N).map(name).collect();
     for (i, name) in names.iter().enumerate() {
         env.api.create(name, &uid(i), spec(name));
