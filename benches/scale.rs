@@ -69,6 +69,15 @@ fn rss_mib() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The controller's default AWS call budget: 10 calls/s, burst 20, poll share 0.5.
+fn default_budget() -> CallBudget {
+    CallBudget::new(
+        std::num::NonZeroU32::new(10).unwrap(),
+        std::num::NonZeroU32::new(20).unwrap(),
+        0.5,
+    )
+}
+
 fn settings() -> Settings {
     Settings {
         resync: Duration::from_secs(600),
@@ -246,12 +255,7 @@ async fn throughput(n: usize, concurrency: u16, floor: Duration, latency: Durati
     .await;
     env.api.count_requests_only();
     env.api.set_latency(latency);
-    env.ctx
-        .proton
-        .caller_account(&Default::default())
-        .await
-        .unwrap();
-    env.proton().reset_calls();
+    env.count_proton_calls_from_now().await;
     let names: Vec<String> = (0..n).map(|i| name("res", i)).collect();
     let (rss_before, _) = rss_mib();
     let running = start(&env, concurrency);
@@ -310,11 +314,7 @@ async fn work_before_polls(m: usize) {
         pending_poll: Duration::from_secs(5),
         ..eager_settings()
     };
-    let budget = CallBudget::new(
-        std::num::NonZeroU32::new(10).unwrap(),
-        std::num::NonZeroU32::new(20).unwrap(),
-        0.5,
-    );
+    let budget = default_budget();
     let env = Env::start_full(settings, budget, EmulatorConfig::default()).await;
     env.api.count_requests_only();
     let pending: Vec<String> = (0..m).map(|i| name("pending", i)).collect();
@@ -386,17 +386,8 @@ async fn start_up(s: usize) {
         });
     }
     // A new process with the default budget (10 calls/s, burst 20).
-    env.restart_with_budget(CallBudget::new(
-        std::num::NonZeroU32::new(10).unwrap(),
-        std::num::NonZeroU32::new(20).unwrap(),
-        0.5,
-    ));
-    env.ctx
-        .proton
-        .caller_account(&Default::default())
-        .await
-        .unwrap();
-    env.proton().reset_calls();
+    env.restart_with_budget(default_budget());
+    env.count_proton_calls_from_now().await;
     let readiness = Readiness::new(Duration::from_secs(120));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let t0 = Instant::now();

@@ -338,14 +338,7 @@ async fn fifty_resources_converge_under_emulator_throttling_within_the_budget() 
         throttle_rps: Some(5),
         ..Faults::default()
     });
-    // Who the controller is (STS, not under the Proton budget) is asked once and cached: ask
-    // it first, so the counts below are Proton's alone.
-    env.ctx
-        .proton
-        .caller_account(&Default::default())
-        .await
-        .unwrap();
-    env.proton().reset_calls();
+    env.count_proton_calls_from_now().await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(eac_controller::connection::controller::run(
         env.ctx.clone(),

@@ -735,14 +735,7 @@ async fn half_written_resources_all_settle_under_a_budget_smaller_than_their_rea
         std::num::NonZeroU32::new(BURST).unwrap(),
         0.5,
     ));
-    // Who the controller is (STS, outside the Proton budget) is cached; ask it first so the
-    // counts below are Proton's alone.
-    env.ctx
-        .proton
-        .caller_account(&Default::default())
-        .await
-        .unwrap();
-    env.proton().reset_calls();
+    env.count_proton_calls_from_now().await;
 
     // 2N calls, BURST at once and RATE a second after that; plus one second for a deferred
     // reconcile's timer (at most 1.5 s of jittered deferral when no slot is booked) and one for

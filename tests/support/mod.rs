@@ -1354,17 +1354,7 @@ impl Env {
             eac_controller::policy::ConnectionAcceptancePolicy,
         >,
     ) {
-        self.ctx = Arc::new(
-            plain_context(
-                &self.api,
-                &self.emulator,
-                self.settings.clone(),
-                self.budget.clone(),
-                &self.settings.default_region.clone(),
-                self.aws_timeout,
-            )
-            .with_nudges(connections, policies),
-        );
+        self.ctx = Arc::new(self.fresh_context().with_nudges(connections, policies));
     }
 
     /// A restart with another AWS call budget (`--aws-rate-limit`, `--aws-burst`).
@@ -1376,14 +1366,30 @@ impl Env {
     /// A restart with another default region (`--region`).
     pub fn restart_in_region(&mut self, region: &str) {
         self.settings.default_region = region.to_string();
-        self.ctx = context(
+        self.ctx = Arc::new(self.fresh_context());
+    }
+
+    /// A new process's context, with this environment's settings, budget and AWS timeout.
+    fn fresh_context(&self) -> Context {
+        plain_context(
             &self.api,
             &self.emulator,
             self.settings.clone(),
             self.budget.clone(),
-            region,
+            &self.settings.default_region,
             self.aws_timeout,
-        );
+        )
+    }
+
+    /// Who the controller is (STS, outside the Proton budget) is asked once and cached: asking
+    /// it now, and resetting the emulator's counts after, leaves Proton's calls alone in them.
+    pub async fn count_proton_calls_from_now(&self) {
+        self.ctx
+            .proton
+            .caller_account(&Default::default())
+            .await
+            .unwrap();
+        self.proton().reset_calls();
     }
 
     pub fn proton(&self) -> EmulatorState {
