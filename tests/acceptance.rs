@@ -226,6 +226,10 @@ impl Mgmt {
 }
 
 fn context(api: &FakeApi, emulator: &RunningEmulator, settings: &Settings) -> Arc<Context> {
+    Arc::new(plain_context(api, emulator, settings))
+}
+
+fn plain_context(api: &FakeApi, emulator: &RunningEmulator, settings: &Settings) -> Context {
     let metrics = Metrics::new();
     // The controller's own credentials: not the environment account's key.
     let proton = Proton::with_static_credentials(
@@ -238,7 +242,7 @@ fn context(api: &FakeApi, emulator: &RunningEmulator, settings: &Settings) -> Ar
         CallBudget::unlimited(),
         metrics.clone(),
     );
-    Arc::new(Context::new(
+    Context::new(
         api.client(),
         proton,
         settings.clone(),
@@ -247,7 +251,7 @@ fn context(api: &FakeApi, emulator: &RunningEmulator, settings: &Settings) -> Ar
             controller: "eac-controller".into(),
             instance: Some("test".into()),
         },
-    ))
+    )
 }
 
 fn policy(accounts: &[&str], names: Option<&[&str]>, unmatched: UnmatchedRequests) -> Spec {
@@ -688,20 +692,43 @@ async fn the_controller_reacts_to_a_new_policy_and_stops_on_shutdown() {
     assert_eq!(m.status_writes(), 1, "its own status write woke nothing");
 }
 
+/// The account of the README's demo: the emulator's default, playing both sides.
+const DEMO_ACCOUNT: &str = "444455556666";
+
+/// The demo's policy, accepting `demo-*` requests from and to the demo account.
+fn demo_policy(api: &FakeApi) {
+    api.create_object(
+        NS,
+        "demo",
+        "uid-demo",
+        ConnectionAcceptancePolicy::new(
+            "demo",
+            Spec {
+                management_account_id: DEMO_ACCOUNT.into(),
+                ..policy(&[DEMO_ACCOUNT], Some(&["demo-*"]), UnmatchedRequests::Leave)
+            },
+        ),
+    );
+}
+
+/// The demo's connection request.
+fn demo_connection() -> eac_controller::connection::api::EnvironmentAccountConnectionSpec {
+    eac_controller::connection::api::EnvironmentAccountConnectionSpec {
+        environment_name: "demo-eu".into(),
+        management_account_id: DEMO_ACCOUNT.into(),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn both_sides_in_one_process_a_requested_connection_is_accepted_and_becomes_connected() {
     // README's demo: one controller (the emulator's default account plays both sides), an
     // EnvironmentAccountConnection and a policy that accepts it; no manual AWS call.
     let env = support::Env::start().await;
-    const ACCOUNT: &str = "444455556666";
     env.api.create(
         "demo-eu",
         "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f",
-        eac_controller::connection::api::EnvironmentAccountConnectionSpec {
-            environment_name: "demo-eu".into(),
-            management_account_id: ACCOUNT.into(),
-            ..Default::default()
-        },
+        demo_connection(),
     );
     env.reconcile("demo-eu").await.unwrap();
     let requested = env.api.get("demo-eu").unwrap().status.unwrap();
@@ -711,18 +738,7 @@ async fn both_sides_in_one_process_a_requested_connection_is_accepted_and_become
     );
 
     let ctx = context(&env.api, &env.emulator, &eager_settings());
-    env.api.create_object(
-        NS,
-        "demo",
-        "uid-demo",
-        ConnectionAcceptancePolicy::new(
-            "demo",
-            Spec {
-                management_account_id: ACCOUNT.into(),
-                ..policy(&[ACCOUNT], Some(&["demo-*"]), UnmatchedRequests::Leave)
-            },
-        ),
-    );
+    demo_policy(&env.api);
     let obj = env
         .api
         .get_object::<ConnectionAcceptancePolicy>(NS, "demo")
@@ -751,7 +767,6 @@ async fn both_sides_in_one_process_a_requested_connection_is_accepted_and_become
 #[tokio::test]
 async fn both_sides_in_one_process_are_ready_within_5_s_without_waiting_for_a_poll() {
     use eac_controller::reconciler::nudge::Nudge;
-    const ACCOUNT: &str = "444455556666";
     let production = Settings {
         resync: Duration::from_secs(600),
         pending_poll: Duration::from_secs(30),
@@ -761,24 +776,11 @@ async fn both_sides_in_one_process_are_ready_within_5_s_without_waiting_for_a_po
     let (connections, policies) = (Nudge::default(), Nudge::default());
     env.restart_with_nudges(connections.clone(), policies.clone());
     let policy_ctx = Arc::new(
-        Arc::try_unwrap(context(&env.api, &env.emulator, &production))
-            .unwrap_or_else(|_| unreachable!("a fresh context"))
-            .with_nudges(connections, policies),
+        plain_context(&env.api, &env.emulator, &production).with_nudges(connections, policies),
     );
 
     // The policy first, settled long before anything is requested.
-    env.api.create_object(
-        NS,
-        "demo",
-        "uid-demo",
-        ConnectionAcceptancePolicy::new(
-            "demo",
-            Spec {
-                management_account_id: ACCOUNT.into(),
-                ..policy(&[ACCOUNT], Some(&["demo-*"]), UnmatchedRequests::Leave)
-            },
-        ),
-    );
+    demo_policy(&env.api);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let stopped = futures::FutureExt::shared(async move {
         let _ = stopped.await;
@@ -804,11 +806,7 @@ async fn both_sides_in_one_process_are_ready_within_5_s_without_waiting_for_a_po
     env.api.create(
         "demo-eu",
         "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f",
-        eac_controller::connection::api::EnvironmentAccountConnectionSpec {
-            environment_name: "demo-eu".into(),
-            management_account_id: ACCOUNT.into(),
-            ..Default::default()
-        },
+        demo_connection(),
     );
     env.api
         .wait_for(
