@@ -70,10 +70,7 @@ where
             return 0;
         };
         let mut nudged = 0;
-        for object in target.store.state() {
-            if !wanted(&object) {
-                continue;
-            }
+        for object in target.store.state_filter(|o| wanted(o)) {
             if let Some(uid) = object.meta().uid.as_deref() {
                 (target.expire)(uid);
             }

@@ -160,14 +160,6 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
         self.count.subscribe()
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The object is gone.
     pub fn remove(&self, uid: &str) {
         self.lock().remove(uid);
