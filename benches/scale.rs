@@ -36,10 +36,12 @@ use eac_controller::aws::budget::CallBudget;
 use eac_controller::connection::controller::{self, WatchScope};
 use eac_controller::connection::decide::Settings;
 use eac_controller::http::Readiness;
+use futures::StreamExt;
+use kube::api::PostParams;
 use kube::api::{Api, Patch, PatchParams};
 use proton_emulator::EmulatorConfig;
 use serde_json::json;
-use support::{Env, FakeApi, NS, eager_settings, spec};
+use support::{ApiCost, Env, FakeApi, NS, WorkDone, eager_settings, spec};
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -88,16 +90,10 @@ fn settings() -> Settings {
 
 /// How many resources carry a connection id, and when each first did.
 fn with_id(api: &FakeApi, names: &[String], seen: &mut BTreeMap<String, Duration>, t0: Instant) {
-    for n in names {
-        if seen.contains_key(n) {
-            continue;
-        }
-        if api
-            .get(n)
-            .and_then(|o| o.status)
-            .is_some_and(|s| s.id.is_some())
-        {
-            seen.insert(n.clone(), t0.elapsed());
+    let now = t0.elapsed();
+    for (n, has) in names.iter().zip(api.have_ids(names)) {
+        if has && !seen.contains_key(n) {
+            seen.insert(n.clone(), now);
         }
     }
 }
@@ -426,9 +422,17 @@ async fn start_up(s: usize) {
     let _ = task.await;
 }
 
-/// Part 3: the `eac-controller` binary itself, against this API server over HTTP: its peak RSS
-/// with N resources, and its time to give every one an id.
-async fn binary(n: usize) {
+/// The fake API server's price list for parts 3 (`EAC_BENCH_API_COST`: `kube-apiserver`, the
+/// default, or `none` for the controller's own cost alone).
+fn api_cost() -> Option<ApiCost> {
+    match std::env::var("EAC_BENCH_API_COST").as_deref() {
+        Ok("none") => None,
+        _ => Some(ApiCost::KUBE_APISERVER),
+    }
+}
+
+/// A fake API server served over HTTP, charging `cost`, and a client of it.
+async fn over_http(cost: Option<ApiCost>) -> (Env, tempfile::TempDir, std::path::PathBuf) {
     let env = Env::start_full(
         settings(),
         CallBudget::unlimited(),
@@ -436,12 +440,193 @@ async fn binary(n: usize) {
     )
     .await;
     env.api.count_requests_only();
-    let names: Vec<String> = (0..n).map(|i| name("bin", i)).collect();
-    for (i, n) in names.iter().enumerate() {
-        env.api.create(n, &uid(i), spec(n));
+    if let Some(cost) = cost {
+        env.api.set_cost(cost);
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let kubeconfig = env.api.serve_http(dir.path()).await;
+    (env, dir, kubeconfig)
+}
+
+async fn http_client(kubeconfig: &std::path::Path) -> kube::Client {
+    let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("the fake's kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .expect("a client configuration");
+    kube::Client::try_from(config).expect("a client")
+}
+
+/// Creates the named resources as `kubectl apply` would, four at a time, each charged as a
+/// create; sends each name on once it exists.
+fn apply_all(
+    api: &FakeApi,
+    names: &[String],
+    created: tokio::sync::mpsc::UnboundedSender<usize>,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    let (api, names) = (api.clone(), names.to_vec());
+    tokio::spawn(async move {
+        futures::stream::iter(names.iter().enumerate())
+            .for_each_concurrent(4, |(i, n)| {
+                let (api, created) = (api.clone(), created.clone());
+                async move {
+                    api.apply_new(n, &uid(i), spec(n)).await;
+                    let _ = created.send(i);
+                }
+            })
+            .await;
+    })
+}
+
+/// The floor of part 3, over HTTP against the same priced API server: a tuned client holding
+/// the controller's two watches (resources and policies) and doing, per resource, exactly the
+/// controller's writes for a new one (finalizer patch, a status apply, one Event) and the
+/// Create. Returns its time and the API server's work.
+async fn floor_http(n: usize, cost: Option<ApiCost>) -> (Duration, WorkDone) {
+    use eac_controller::connection::api::EnvironmentAccountConnection;
+    use eac_controller::policy::api::ConnectionAcceptancePolicy;
+    use k8s_openapi::api::events::v1::Event;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (env, _dir, kubeconfig) = over_http(cost).await;
+    let client = http_client(&kubeconfig).await;
+    let resources: Api<EnvironmentAccountConnection> = Api::namespaced(client.clone(), NS);
+    let policies: Api<ConnectionAcceptancePolicy> = Api::all(client.clone());
+    let (eac_store, eac_writer) = reflector::store();
+    let (policy_store, policy_writer) = reflector::store();
+    let watches = [
+        tokio::spawn(
+            watcher(resources.clone(), watcher::Config::default().any_semantic())
+                .reflect(eac_writer)
+                .for_each(|_| async {}),
+        ),
+        tokio::spawn(
+            watcher(policies, watcher::Config::default().any_semantic())
+                .reflect(policy_writer)
+                .for_each(|_| async {}),
+        ),
+    ];
+    eac_store
+        .wait_until_ready()
+        .await
+        .expect("the floor's watch of resources");
+    policy_store
+        .wait_until_ready()
+        .await
+        .expect("the floor's watch of policies");
+    let names: Vec<String> = (0..n).map(|i| name("floor", i)).collect();
+    let work_before = env.api.work();
+    let sdk = sdk(&env.emulator.url());
+    let (created, to_do) = tokio::sync::mpsc::unbounded_channel();
+    let to_do = Arc::new(tokio::sync::Mutex::new(to_do));
+    let t0 = Instant::now();
+    let creating = apply_all(&env.api, &names, created);
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let (client, sdk, to_do, names) =
+            (client.clone(), sdk.clone(), to_do.clone(), names.clone());
+        workers.push(tokio::spawn(async move {
+            let api: Api<EnvironmentAccountConnection> = Api::namespaced(client.clone(), NS);
+            let events: Api<Event> = Api::namespaced(client, NS);
+            loop {
+                let Some(i) = to_do.lock().await.recv().await else {
+                    return;
+                };
+                let n = &names[i];
+                let patch: json_patch::Patch = serde_json::from_value(json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": ["proton.eac.dev/finalizer"]},
+                ]))
+                .unwrap();
+                api.patch(n, &PatchParams::default(), &Patch::<()>::Json(patch))
+                    .await
+                    .unwrap();
+                #[allow(deprecated)]
+                let created = sdk
+                    .create_environment_account_connection()
+                    .client_token(uid(i))
+                    .environment_name(n)
+                    .management_account_id("111122223333")
+                    .role_arn("arn:aws:iam::444455556666:role/proton-env")
+                    .send()
+                    .await
+                    .unwrap()
+                    .environment_account_connection
+                    .unwrap();
+                let status = json!({
+                    "apiVersion": "proton.eac.dev/v1alpha1",
+                    "kind": "EnvironmentAccountConnection",
+                    "status": {
+                        "observedGeneration": 1,
+                        "id": created.id,
+                        "arn": created.arn,
+                        "status": "PENDING",
+                        "environmentAccountId": "444455556666",
+                        "region": "us-east-1",
+                        "requestedAt": "2026-12-04T00:00:00Z",
+                        "conditions": [
+                            {"type": "Ready", "status": "False", "reason": "Pending", "observedGeneration": 1,
+                             "lastTransitionTime": "2026-12-04T00:00:00Z",
+                             "message": "waiting for the management account 111122223333 to accept the connection request"},
+                            {"type": "Synced", "status": "True", "reason": "Synced", "observedGeneration": 1,
+                             "lastTransitionTime": "2026-12-04T00:00:00Z",
+                             "message": "the connection matches the spec"},
+                        ],
+                    },
+                });
+                api.patch_status(n, &PatchParams::apply("floor").force(), &Patch::Apply(status))
+                    .await
+                    .unwrap();
+                let event: Event = serde_json::from_value(json!({
+                    "metadata": {"name": format!("{n}.floor"), "namespace": NS},
+                    "eventTime": "2026-12-04T00:00:00.000000Z",
+                    "reportingController": "eac-controller",
+                    "reportingInstance": "floor",
+                    "action": "Reconcile",
+                    "reason": "Created",
+                    "type": "Normal",
+                    "note": format!("requested connection {} from management account 111122223333", created.id),
+                    "regarding": {"apiVersion": "proton.eac.dev/v1alpha1", "kind": "EnvironmentAccountConnection",
+                                  "name": n, "namespace": NS, "uid": uid(i)},
+                }))
+                .unwrap();
+                events.create(&PostParams::default(), &event).await.unwrap();
+            }
+        }));
+    }
+    creating.await.unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let took = t0.elapsed();
+    let work = env.api.work() - work_before;
+    for w in watches {
+        w.abort();
+    }
+    (took, work)
+}
+
+/// The API server's work per resource, for a line of output.
+fn work_per(work: WorkDone, n: usize) -> String {
+    let per = |x: u64| x as f64 / n as f64;
+    format!(
+        "{:.2} requests ({:.2} writes, {:.2} KiB written), {:.2} watch events, {:.2} KiB served",
+        per(work.requests),
+        per(work.writes),
+        per(work.bytes_written) / 1024.0,
+        per(work.events),
+        per(work.bytes_served) / 1024.0,
+    )
+}
+
+/// Part 3: the `eac-controller` binary itself, against this API server over HTTP, charging
+/// what a real one does (see `api_cost`): N resources applied while it runs, against the floor
+/// in the same conditions. Its time, its own CPU per resource, its peak RSS, and the API
+/// server's work per resource.
+async fn binary(n: usize) {
+    let cost = api_cost();
+    let (floor, floor_work) = floor_http(n, cost).await;
+    let (env, _dir, kubeconfig) = over_http(cost).await;
+    let names: Vec<String> = (0..n).map(|i| name("bin", i)).collect();
     // EAC_BENCH_WRAP runs the binary under a tool, e.g. "valgrind --tool=massif".
     let wrap: Vec<String> = std::env::var("EAC_BENCH_WRAP")
         .unwrap_or_default()
@@ -482,12 +667,23 @@ async fn binary(n: usize) {
         })
         .spawn()
         .expect("the controller binary starts");
-    let t0 = Instant::now();
+    env.api
+        .wait_until(
+            "the controller's watch of EnvironmentAccountConnections",
+            Duration::from_secs(60),
+            |api| api.request_counts().contains_key("GET watch"),
+        )
+        .await;
     // What the process spent before this point (starting) is not the resources'.
     let cpu_at_start = cpu_seconds(child.id());
+    let work_before = env.api.work();
+    let t0 = Instant::now();
+    let creating = apply_all(&env.api, &names, tokio::sync::mpsc::unbounded_channel().0);
     let times = until_all_have_ids(&env.api, &names, t0, Duration::from_secs(900)).await;
     let took = t0.elapsed();
     let cpu = cpu_seconds(child.id()) - cpu_at_start;
+    let work = env.api.work() - work_before;
+    creating.await.unwrap();
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     let field = |key: &str| {
@@ -507,16 +703,38 @@ async fn binary(n: usize) {
         .arg(child.id().to_string())
         .status();
     let _ = child.wait();
+    let aws = env.proton().calls();
     println!(
-        "  the eac-controller binary (default concurrency), {n} resources over HTTP: {:.0} resources/s, p50 {:.2} s, p99 {:.2} s to status.id; \
-         peak RSS {:.1} MiB, RSS at the end {:.1} MiB; the controller's own CPU {:.2} ms per resource ({:.1} s in all)",
-        n as f64 / took.as_secs_f64(),
+        "  {n} resources, API server {}: the eac-controller binary {:.2} s, the floor {:.2} s ({:.2}x the floor); p50 {:.2} s, p99 {:.2} s to status.id; \
+         the controller's own CPU {:.2} ms per resource ({:.1} s in all); peak RSS {:.1} MiB, RSS at the end {:.1} MiB; {:.2} AWS calls per resource ({:?})\n    \
+         the API server's work per resource: controller {}; floor {}",
+        if cost.is_some() {
+            "priced as kube-apiserver"
+        } else {
+            "unpriced"
+        },
+        took.as_secs_f64(),
+        floor.as_secs_f64(),
+        took.as_secs_f64() / floor.as_secs_f64(),
         percentile(&times, 0.5).as_secs_f64(),
         percentile(&times, 0.99).as_secs_f64(),
-        field("VmHWM:"),
-        field("VmRSS:"),
         cpu * 1000.0 / n as f64,
         cpu,
+        field("VmHWM:"),
+        field("VmRSS:"),
+        aws.total() as f64 / n as f64,
+        aws.calls,
+        work_per(work, n),
+        work_per(floor_work, n),
+    );
+    println!(
+        "    the controller's requests per resource: {}",
+        env.api
+            .request_counts()
+            .iter()
+            .map(|(k, v)| format!("{k} {:.2}", *v as f64 / n as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }
 

@@ -179,9 +179,47 @@ async fn a_stale_cached_copy_stops_the_reconcile_instead_of_repeating_its_writes
     let stale = std::sync::Arc::new(env.api.get("prod").unwrap());
     env.reconcile("prod").await.unwrap();
     let settled = env.api.get("prod").unwrap();
-    let writes = env.api.resource_writes();
+    let (requests, calls) = (env.api.requests().len(), env.total_calls());
+    env.ctx.expire_checkpoints();
 
+    // The controller wrote its finalizer over exactly this copy: it knows the cache is behind
+    // its own write without asking the API server.
     let error = eac_controller::connection::controller::reconcile(stale.clone(), env.ctx.clone())
+        .await
+        .expect_err("the reconcile stops on the copy its own write replaced");
+    assert!(
+        matches!(
+            error,
+            eac_controller::connection::controller::Error::StaleCache(_)
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        env.api.requests().len(),
+        requests,
+        "no request: not the refused patch, not a re-read"
+    );
+    assert_eq!(
+        env.total_calls(),
+        calls,
+        "nothing is sent to AWS from the stale copy"
+    );
+    // Not a failure: no backoff, no Event; it runs again as soon as the fresh copy is there.
+    let action = eac_controller::connection::controller::error_policy(
+        stale.clone(),
+        &error,
+        env.ctx.clone(),
+    );
+    assert_eq!(
+        support::requeue_of(&action),
+        std::time::Duration::from_secs(1)
+    );
+    assert_eq!(env.api.event_reasons(), vec!["Created"]);
+
+    // A new term of leadership knows nothing of earlier writes: the guarded patch is refused
+    // (422), the re-read shows the finalizer, and the reconcile stops the same way.
+    env.ctx.forget_all();
+    let error = eac_controller::connection::controller::reconcile(stale, env.ctx.clone())
         .await
         .expect_err("the guarded finalizer patch is refused (422) on the stale copy");
     assert!(
@@ -192,30 +230,55 @@ async fn a_stale_cached_copy_stops_the_reconcile_instead_of_repeating_its_writes
         "{error}"
     );
     assert_eq!(env.api.answered(422), 1);
-    assert_eq!(
-        env.calls(CREATE),
-        1,
-        "nothing is sent again from the stale copy"
-    );
-    assert_eq!(
-        env.api.resource_writes(),
-        writes + 1,
-        "the refused patch, and no write after it"
-    );
+    assert_eq!(env.calls(CREATE), 1);
     assert_eq!(env.api.get("prod").unwrap().status, settled.status);
-    // Not a failure: no backoff, no Event; it runs again as soon as the fresh copy is there.
-    let action =
-        eac_controller::connection::controller::error_policy(stale, &error, env.ctx.clone());
-    assert_eq!(
-        support::requeue_of(&action),
-        std::time::Duration::from_secs(1)
-    );
-    assert_eq!(env.api.event_reasons(), vec!["Created"]);
     env.resync("prod")
         .await
         .expect("the fresh copy reconciles cleanly");
     assert_eq!(env.calls(CREATE), 1);
     assert_eq!(env.api.answered(422), 1);
+}
+
+#[tokio::test]
+async fn a_reconcile_handed_an_older_copy_than_the_cache_holds_acts_on_the_newer_one() {
+    use kube::runtime::{reflector, watcher};
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    let newer = env.api.get("prod").unwrap();
+    // The copy between the finalizer patch and the status write (finalizer and intent, no
+    // status), as kube-runtime may hand it to a reconcile it queued just before the watch
+    // brought the newer one (and the controller then forgot the status it had written).
+    let mut older = newer.clone();
+    older.status = None;
+    older.metadata.resource_version = Some("2".into());
+    let (cache, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Apply(newer.clone()));
+    env.ctx.use_cache(Some(cache));
+    env.resync("prod").await.unwrap();
+    let requests = env.api.requests().len();
+    let calls = env.total_calls();
+
+    env.ctx.expire_checkpoints();
+    eac_controller::connection::controller::reconcile(std::sync::Arc::new(older), env.ctx.clone())
+        .await
+        .expect("it reconciles the newer copy");
+    assert_eq!(
+        env.calls(CREATE),
+        1,
+        "the connection recorded in the newer copy is not created again"
+    );
+    assert_eq!(
+        env.total_calls(),
+        calls + 1,
+        "one read of the connection, as the newer copy's poll"
+    );
+    assert_eq!(
+        env.api.requests().len(),
+        requests,
+        "no write: the newer copy is up to date"
+    );
+    assert_eq!(env.api.get("prod").unwrap().status, newer.status);
 }
 
 #[tokio::test]

@@ -83,6 +83,11 @@ struct Kept {
     last_read: Option<(CallClass, Instant)>,
     /// What the last reconcile learned before its next call was deferred.
     resume: Option<Resume>,
+    /// The resourceVersion of the cached copy the last metadata write (the finalizer, with the
+    /// intent) was made from. While the cache still shows that copy it is behind our own write:
+    /// a reconcile then waits for the watch instead of repeating the write (which the API
+    /// server would refuse, costing a refused patch and a re-read each time).
+    written_over: Option<String>,
 }
 
 /// A deferred reconcile's [`Progress`], and what it holds for: the next reconcile goes on from
@@ -121,6 +126,8 @@ pub struct Context {
     nudge: Nudge<EnvironmentAccountConnection>,
     /// The management side, to nudge when a connection here requests an account it decides for.
     policies: Nudge<ConnectionAcceptancePolicy>,
+    /// The watch cache, while the controller runs.
+    cache: Mutex<Option<Store<EnvironmentAccountConnection>>>,
 }
 
 impl Context {
@@ -143,7 +150,25 @@ impl Context {
             accounts: Arc::new(Mutex::new(Accounts::disabled())),
             nudge: Nudge::default(),
             policies: Nudge::default(),
+            cache: Mutex::default(),
         }
+    }
+
+    /// The watch cache a reconcile reads the newest copy of its resource from (set by `run`
+    /// while it runs; tests set their own).
+    pub fn use_cache(&self, cache: Option<Store<EnvironmentAccountConnection>>) {
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = cache;
+    }
+
+    /// The newest cached copy of `obj`, if the cache holds one.
+    fn newest(
+        &self,
+        obj: &EnvironmentAccountConnection,
+    ) -> Option<Arc<EnvironmentAccountConnection>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .as_ref()
+            .and_then(|c| c.get(&kube::runtime::reflector::ObjectRef::from_obj(obj)))
     }
 
     /// The account mappings to resolve namespaces with (set while the controller runs).
@@ -249,6 +274,8 @@ pub async fn reconcile(
     obj: Arc<EnvironmentAccountConnection>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    // The copy kube-runtime took when it queued this reconcile may have been replaced since.
+    let obj = ctx.newest(&obj).unwrap_or(obj);
     let span = info_span!(
         "reconcile",
         namespace = obj.namespace().unwrap_or_default(),
@@ -393,7 +420,25 @@ impl Facts {
             .and_then(|a| Intent::parse(a));
 
         let mut tracked = ctx.tracked();
+        // A newer copy may have reached the cache after this reconcile took its copy, and the
+        // watch then forgot the status it shows as written (under this lock): the older copy
+        // without that memory would look as if nothing had been done. Such a reconcile starts
+        // again on the newer copy.
+        if ctx
+            .newest(obj)
+            .is_some_and(|n| n.metadata.resource_version != obj.metadata.resource_version)
+        {
+            return Err(Error::StaleCache(object));
+        }
         let first_sight = !tracked.contains_key(&uid);
+        if let Some(t) = tracked.get_mut(&uid)
+            && let Some(over) = t.kind.written_over.take()
+            && obj.metadata.resource_version.as_ref() == Some(&over)
+            && !deleting
+        {
+            t.kind.written_over = Some(over);
+            return Err(Error::StaleCache(object));
+        }
         let (status, quiet, failures, resumed) = match tracked.get_mut(&uid) {
             Some(t) => {
                 t.kind.memory.catch_up(stored.as_ref());
@@ -661,7 +706,13 @@ async fn execute(
             // can be added to it.
             let annotated = obj.metadata.annotations.is_some();
             match add_finalizer(&facts.api, &facts.name, finalizers, intent, annotated).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    ctx.tracked()
+                        .entry(facts.uid.clone())
+                        .or_default()
+                        .kind
+                        .written_over = obj.metadata.resource_version.clone();
+                }
                 // The guard failed. If the live object already carries our finalizer, the cached
                 // copy is behind an earlier reconcile's writes (its status too): acting on it
                 // would repeat them, so this reconcile stops and runs again on the fresh copy.
@@ -1193,6 +1244,7 @@ pub async fn run(
         trigger_hash,
     );
     ctx.metrics.count_connections_from(Some(store.clone()));
+    ctx.use_cache(Some(store.clone()));
     let expiring = ctx.clone();
     let nudged = ctx.nudge.attach(
         store.clone(),
@@ -1218,6 +1270,7 @@ pub async fn run(
         ctx.set_accounts(Accounts::waiting());
     }
     ctx.metrics.count_connections_from(None);
+    ctx.use_cache(None);
 }
 
 #[cfg(test)]

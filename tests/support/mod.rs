@@ -16,6 +16,9 @@
 //! A test can also cut the server off: requests then hang until it is healed.
 #![allow(dead_code)]
 
+mod cost;
+pub use cost::{ApiCost, WorkDone};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -100,6 +103,11 @@ struct ApiState {
     watchers: Vec<Watcher>,
     /// Bumped on every change, so tests can wait for one without sleeping.
     changes: tokio::sync::watch::Sender<u64>,
+    /// CPU charged per request and watch event, and managed fields kept, as a real API server
+    /// does (benchmarks).
+    cost: Option<ApiCost>,
+    /// What the requests and watch events cost while `cost` is set.
+    work: Arc<cost::Work>,
 }
 
 impl Default for ApiState {
@@ -123,6 +131,8 @@ impl Default for ApiState {
             held: Vec::new(),
             watchers: Vec::new(),
             changes: tokio::sync::watch::channel(0).0,
+            cost: None,
+            work: Arc::default(),
         }
     }
 }
@@ -142,6 +152,75 @@ fn watch_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// The managed-fields skeleton of a written value, as server-side apply records it
+/// (`f:` for a member, `v:` for a list item of a set): only its size matters here.
+fn fields_of(value: &Value) -> Value {
+    match value {
+        Value::Object(members) => Value::Object(
+            members
+                .iter()
+                .map(|(k, v)| (format!("f:{k}"), fields_of(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Object(
+            items
+                .iter()
+                .map(|v| (format!("v:{v}"), json!({})))
+                .collect(),
+        ),
+        _ => json!({}),
+    }
+}
+
+/// Records that `manager` wrote `written` (one managed-fields entry per manager and
+/// subresource, replaced on each write), as a real API server does on every write.
+fn manage(
+    object: &mut Value,
+    manager: &str,
+    operation: &str,
+    subresource: Option<&str>,
+    written: &Value,
+) {
+    let mut entry = json!({
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": "proton.eac.dev/v1alpha1",
+        "time": "2026-12-04T00:00:00Z",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields_of(written),
+    });
+    if let Some(sub) = subresource {
+        entry["subresource"] = json!(sub);
+    }
+    let entries = &mut object["metadata"]["managedFields"];
+    if !entries.is_array() {
+        *entries = json!([]);
+    }
+    if let Some(list) = entries.as_array_mut() {
+        list.retain(|e| e["manager"] != json!(manager) || e["subresource"].as_str() != subresource);
+        list.push(entry);
+    }
+}
+
+/// The fields a JSON patch writes, as an object of its paths.
+fn patched_fields(patch: &Value) -> Value {
+    let mut written = json!({});
+    for op in patch.as_array().into_iter().flatten() {
+        if op["op"] == json!("test") {
+            continue;
+        }
+        let mut at = &mut written;
+        for part in op["path"].as_str().unwrap_or_default().split('/').skip(1) {
+            if !at[part].is_object() {
+                at[part] = json!({});
+            }
+            at = &mut at[part];
+        }
+        *at = op["value"].clone();
+    }
+    written
+}
+
 impl ApiState {
     fn next_rv(&mut self) -> String {
         self.resource_version += 1;
@@ -158,12 +237,19 @@ impl ApiState {
     fn changed_from(&mut self, kind: &str, path: &str, before: Option<&Value>, object: &Value) {
         if path.starts_with(GROUP_PATH) || is_namespace_object(path) {
             let (plural, namespace) = collection_of(path);
+            let (counted, work) = (self.cost.is_some(), self.work.clone());
             self.watchers.retain(|(watched, ns, selector, w)| {
                 if *watched != plural || ns.as_ref().is_some_and(|ns| *ns != namespace) {
                     return true;
                 }
                 match seen_as(selector.as_deref(), kind, before, object) {
-                    Some(kind) => w.send(watch_line(kind, object)).is_ok(),
+                    Some(kind) => {
+                        let line = watch_line(kind, object);
+                        if counted {
+                            work.event(line.len());
+                        }
+                        w.send(line).is_ok()
+                    }
                     None => true,
                 }
             });
@@ -706,6 +792,89 @@ impl FakeApi {
         self.lock().latency = latency;
     }
 
+    /// Charges `cost` in CPU for every request and watch event from now on, and keeps managed
+    /// fields on the objects written, as a real API server does (benchmarks).
+    pub fn set_cost(&self, cost: ApiCost) {
+        self.lock().cost = Some(cost);
+    }
+
+    /// Which of the named resources carry a connection id (read in place: benchmarks ask
+    /// this of thousands of resources many times a second).
+    pub fn have_ids(&self, names: &[String]) -> Vec<bool> {
+        let st = self.lock();
+        names
+            .iter()
+            .map(|n| {
+                st.objects
+                    .get(&eac_path(n))
+                    .is_some_and(|o| o["status"]["id"].is_string())
+            })
+            .collect()
+    }
+
+    /// What clients have made this server do since its cost was set.
+    pub fn work(&self) -> WorkDone {
+        self.lock().work.done()
+    }
+
+    /// Stores a new resource as `kubectl apply` makes it on a real API server (its
+    /// last-applied-configuration annotation and managed fields), charged as a create when a
+    /// cost is set.
+    pub async fn apply_new(
+        &self,
+        name: &str,
+        uid: &str,
+        spec: EnvironmentAccountConnectionSpec,
+    ) -> EnvironmentAccountConnection {
+        let manifest = json!({
+            "apiVersion": "proton.eac.dev/v1alpha1",
+            "kind": "EnvironmentAccountConnection",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": spec,
+        });
+        let mut obj = EnvironmentAccountConnection::new(name, spec);
+        obj.metadata.namespace = Some(NS.into());
+        obj.metadata.uid = Some(uid.into());
+        obj.metadata.generation = Some(1);
+        obj.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-12-04T00:00:00Z".parse().unwrap(),
+            ));
+        obj.metadata.annotations = Some(BTreeMap::from([(
+            "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+            manifest.to_string(),
+        )]));
+        let cost = {
+            let mut st = self.lock();
+            obj.metadata.resource_version = Some(st.next_rv());
+            let mut value = serde_json::to_value(&obj).unwrap();
+            let path = eac_path(name);
+            let cost = st.cost.map(|c| {
+                let mut written = manifest.clone();
+                written["metadata"]["annotations"] = json!({
+                    "kubectl.kubernetes.io/last-applied-configuration": "",
+                });
+                manage(
+                    &mut value,
+                    "kubectl-client-side-apply",
+                    "Update",
+                    None,
+                    &written,
+                );
+                let (sent, answered) = (manifest.to_string().len(), value.to_string().len());
+                st.work.request(true, sent, answered);
+                c.of_request(true, sent + answered)
+            });
+            st.objects.insert(path.clone(), value.clone());
+            st.changed("ADDED", &path, &value);
+            cost
+        };
+        if let Some(cost) = cost {
+            cost::charge(cost).await;
+        }
+        obj
+    }
+
     /// Only count requests from now on (benchmarks: the log would be most of the memory).
     pub fn count_requests_only(&self) {
         let mut st = self.lock();
@@ -949,12 +1118,17 @@ impl FakeApi {
                 }
                 owners.insert(manager.to_string(), applied.keys().cloned().collect());
                 value["status"] = Value::Object(status);
+                if st.cost.is_some() {
+                    let written = json!({"status": applied});
+                    manage(&mut value, manager, "Apply", Some("status"), &written);
+                }
                 value["metadata"]["resourceVersion"] = json!(st.next_rv());
                 st.objects.insert(object_path.clone(), value.clone());
                 st.changed("MODIFIED", &object_path, &value);
                 (StatusCode::OK, value)
             }
             (Method::PATCH, None) => {
+                let written = st.cost.is_some().then(|| patched_fields(&body));
                 let patch: json_patch::Patch = match serde_json::from_value(body) {
                     Ok(p) => p,
                     Err(e) => {
@@ -984,6 +1158,10 @@ impl FakeApi {
                     }
                 }
                 doc["metadata"]["resourceVersion"] = json!(st.next_rv());
+                if let Some(written) = written {
+                    let manager = query_param(query, "fieldManager").unwrap_or("eac-controller");
+                    manage(&mut doc, manager, "Update", None, &written);
+                }
                 let released = doc["metadata"].get("deletionTimestamp").is_some()
                     && doc["metadata"]["finalizers"]
                         .as_array()
@@ -1010,11 +1188,12 @@ impl FakeApi {
 
     /// Answers a collection GET: a List, or (with `watch=true`) a stream of changes, or 410
     /// Gone for a compacted resourceVersion.
-    fn list_or_watch(&self, path: &str, query: &str) -> (StatusCode, FakeBody) {
+    fn list_or_watch(&self, path: &str, query: &str) -> (StatusCode, FakeBody, usize) {
         if self.denied(&Method::GET, path) {
             return (
                 StatusCode::FORBIDDEN,
                 whole(&status_body(403, "Forbidden", "list/watch is forbidden")),
+                0,
             );
         }
         let (plural, namespace) = requested_collection(path);
@@ -1037,6 +1216,7 @@ impl FakeApi {
                         http_body::Frame::data(gone),
                     )]))
                     .boxed_unsync(),
+                    0,
                 );
             }
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
@@ -1047,17 +1227,24 @@ impl FakeApi {
                     && in_collection(changed, &plural, namespace.as_deref())
                     && let Some(kind) = seen_as(selector.as_deref(), kind, before.as_ref(), object)
                 {
-                    let _ = tx.send(watch_line(kind, object));
+                    let line = watch_line(kind, object);
+                    if st.cost.is_some() {
+                        st.work.event(line.len());
+                    }
+                    let _ = tx.send(line);
                 }
             }
             st.watchers
                 .push((plural.clone(), namespace.clone(), selector.clone(), tx));
-            let frames = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv()
-                    .await
-                    .map(|line| (Ok::<_, Infallible>(http_body::Frame::data(line)), rx))
+            let cost = st.cost;
+            let frames = futures::stream::unfold(rx, move |mut rx| async move {
+                let line = rx.recv().await?;
+                if let Some(cost) = cost {
+                    cost::charge(cost.of_event(line.len())).await;
+                }
+                Some((Ok::<_, Infallible>(http_body::Frame::data(line)), rx))
             });
-            return (StatusCode::OK, StreamBody::new(frames).boxed_unsync());
+            return (StatusCode::OK, StreamBody::new(frames).boxed_unsync(), 0);
         }
         let items: Vec<Value> = st
             .objects
@@ -1072,7 +1259,12 @@ impl FakeApi {
             "metadata": {"resourceVersion": st.resource_version.to_string()},
             "items": items,
         });
-        (StatusCode::OK, whole(&list))
+        let bytes = if st.cost.is_some() {
+            serde_json::to_vec(&list).map_or(0, |b| b.len())
+        } else {
+            0
+        };
+        (StatusCode::OK, whole(&list), bytes)
     }
 
     fn record(&self, seen: Seen) {
@@ -1113,17 +1305,31 @@ impl FakeApi {
         content_type: String,
         body: Value,
     ) -> Response<FakeBody> {
-        let latency = self.lock().latency;
+        let (latency, cost, work) = {
+            let st = self.lock();
+            (st.latency, st.cost, st.work.clone())
+        };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        let (code, answer) = if method == Method::GET && is_collection(&path) {
+        let size = |v: &Value| match v {
+            Value::Null => 0,
+            v => serde_json::to_vec(v).map_or(0, |b| b.len()),
+        };
+        let sent = if cost.is_some() { size(&body) } else { 0 };
+        let (code, answer, answered) = if method == Method::GET && is_collection(&path) {
             self.list_or_watch(&path, &query)
         } else {
             let (code, value) =
                 self.handle(method.clone(), &path, &query, &content_type, body.clone());
-            (code, whole(&value))
+            let answered = if cost.is_some() { size(&value) } else { 0 };
+            (code, whole(&value), answered)
         };
+        if let Some(cost) = cost {
+            let write = method != Method::GET;
+            work.request(write, sent, answered);
+            cost::charge(cost.of_request(write, sent + answered)).await;
+        }
         self.record(Seen {
             method,
             path,
