@@ -44,6 +44,19 @@ pub fn is_policy_key(key: &str) -> bool {
     key.starts_with(POLICY_KEY_PREFIX)
 }
 
+const PENDING_LIST_KEY_PREFIX: &str = "pending-list/";
+
+/// The budget key of the list of PENDING connections that polls with these credentials in
+/// this region share (see `aws::pending`): whichever poll lists next claims its booked slot.
+pub fn pending_list_key(identity: &str, region: &str) -> String {
+    format!("{PENDING_LIST_KEY_PREFIX}{region}/{identity}")
+}
+
+/// Whether a budget key belongs to no one resource (a policy's, or a shared list's).
+pub fn is_shared_key(key: &str) -> bool {
+    is_policy_key(key) || key.starts_with(PENDING_LIST_KEY_PREFIX)
+}
+
 /// Which kind of AWS call, for the order they are served in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CallClass {

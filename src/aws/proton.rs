@@ -22,6 +22,7 @@ use aws_smithy_types::date_time::Format;
 use crate::aws::budget::{Admission, CallBudget, CallClass};
 use crate::aws::credentials::{AwsIdentity, RoleIdentity};
 use crate::aws::identity::CallerIdentity;
+use crate::aws::pending::{Listed, Partial, PendingLists};
 use crate::aws::session::{RoleSession, SessionCredentials};
 use crate::connection::api::ConnectionState;
 use crate::connection::api::TAG_UID;
@@ -37,6 +38,14 @@ pub struct Ticket<'a> {
     pub class: CallClass,
     /// The call's slot was taken already (see [`Proton::admit`]).
     pub admitted: bool,
+}
+
+/// What a poll knows of a connection from its last full read: a list answers only if it shows
+/// the connection just so (a list does not show the CodeBuild role, which is taken from here).
+#[derive(Clone, Copy, Debug)]
+pub struct Recorded<'a> {
+    pub last_modified_at: &'a str,
+    pub roles: &'a RoleArns,
 }
 
 /// Tags as a sorted map, the way the controller compares them.
@@ -106,6 +115,8 @@ pub struct Proton {
     budget: CallBudget,
     metrics: Metrics,
     identity: CallerIdentity,
+    /// The PENDING connections of each credentials and region, listed for polls.
+    pending: Arc<PendingLists<Connection>>,
 }
 
 impl Proton {
@@ -195,6 +206,7 @@ impl Proton {
             budget,
             metrics,
             identity,
+            pending: Arc::default(),
         }
     }
 
@@ -372,6 +384,108 @@ impl Proton {
             "GetEnvironmentAccountConnection",
             out.environment_account_connection(),
         )
+    }
+
+    /// A poll of the PENDING connection `id`, as `recorded` (its last modification and its
+    /// CodeBuild role, which a list does not show): answered from the list of the caller's
+    /// PENDING connections in `region` if one began after the connection was last seen (listing
+    /// them again if none did), and with a Get if that list does not show it as recorded. See
+    /// [`crate::aws::pending`].
+    pub async fn poll(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        id: &str,
+        recorded: &Recorded<'_>,
+    ) -> Result<Connection, ProtonError> {
+        let key = crate::aws::budget::pending_list_key(&ticket.identity.to_string(), region);
+        let listing = self.pending.listing(&key);
+        let mut listing = listing.lock().await;
+        if listing.of(id) == Listed::Stale {
+            let list_ticket = Ticket {
+                key: &key,
+                admitted: false,
+                ..*ticket
+            };
+            self.list_pending(&mut listing, &list_ticket, region)
+                .await?;
+        }
+        if let Listed::Shows(c) = listing.of(id)
+            && c.last_modified_at == recorded.last_modified_at
+            && c.roles.role_arn == recorded.roles.role_arn
+            && c.roles.component_role_arn == recorded.roles.component_role_arn
+        {
+            let mut c = c.clone();
+            c.roles.codebuild_role_arn = recorded.roles.codebuild_role_arn.clone();
+            if let Some(began) = listing.began() {
+                listing.saw(id, began);
+            }
+            return Ok(c);
+        }
+        drop(listing);
+        let asked = tokio::time::Instant::now();
+        let c = self.get(ticket, region, id).await?;
+        if c.state == ConnectionState::Pending {
+            self.pending.listing(&key).lock().await.saw(id, asked);
+        }
+        Ok(c)
+    }
+
+    /// Lists the caller's PENDING connections in `region` into `listing`, going on from a list
+    /// a deferral stopped part-way.
+    async fn list_pending(
+        &self,
+        listing: &mut crate::aws::pending::Listing<Connection>,
+        ticket: &Ticket<'_>,
+        region: &str,
+    ) -> Result<(), ProtonError> {
+        let client = self.client(ticket.identity, region);
+        let now = tokio::time::Instant::now();
+        let (began, mut found, mut next) = match listing.resume(now) {
+            Some(p) => (p.began, p.found, Some(p.next)),
+            None => (now, HashMap::new(), None),
+        };
+        loop {
+            let page = self
+                .call(
+                    ticket,
+                    "ListEnvironmentAccountConnections",
+                    client
+                        .list_environment_account_connections()
+                        .requested_by(
+                            EnvironmentAccountConnectionRequesterAccountType::EnvironmentAccount,
+                        )
+                        .statuses(EnvironmentAccountConnectionStatus::Pending)
+                        .set_next_token(next.clone())
+                        .send(),
+                )
+                .await;
+            let out = match page {
+                Ok(out) => out,
+                Err(e) => {
+                    if let Some(token) = next {
+                        listing.pause(Partial {
+                            began,
+                            found,
+                            next: token,
+                            paused: tokio::time::Instant::now(),
+                        });
+                    }
+                    return Err(e);
+                }
+            };
+            for summary in out.environment_account_connections() {
+                let c = from_sdk_summary(summary)?;
+                found.insert(c.id.clone(), c);
+            }
+            match out.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_string()),
+                _ => {
+                    listing.finish(began, found);
+                    return Ok(());
+                }
+            }
+        }
     }
 
     pub async fn update(

@@ -81,8 +81,9 @@ struct Kept {
     memory: Memory,
     /// The last routine read (poll or resync) and when, for the effective-interval metric.
     last_read: Option<(CallClass, Instant)>,
-    /// What the last reconcile learned before its next call was deferred.
-    resume: Option<Resume>,
+    /// What the last reconcile learned before its next call was deferred. Boxed: few resources
+    /// hold one, and every resource's entry would otherwise be the size of it.
+    resume: Option<Box<Resume>>,
     /// The resourceVersion of the cached copy the last metadata write (the finalizer, with the
     /// intent) was made from. While the cache still shows that copy it is behind our own write:
     /// a reconcile then waits for the watch instead of repeating the write (which the API
@@ -259,7 +260,7 @@ impl Context {
         self.tracked.retain_only(live);
         // The management side's bookings in the shared budget are its own to drop.
         self.proton
-            .retain(|key| live.contains(key) || crate::aws::budget::is_policy_key(key));
+            .retain(|key| live.contains(key) || crate::aws::budget::is_shared_key(key));
     }
 
     /// Forgets everything (a new term of leadership: another leader may have written since).
@@ -376,6 +377,8 @@ struct Facts {
     /// The status to reconcile from (see [`decide::effective_status`]).
     status: Status,
     quiet: Option<Duration>,
+    /// A nudge made it due: its connection was just accepted or rejected here.
+    nudged: bool,
     failures: u32,
     /// Nothing is kept about the resource yet: first seen in this term of leadership.
     first_sight: bool,
@@ -439,7 +442,7 @@ impl Facts {
             t.kind.written_over = Some(over);
             return Err(Error::StaleCache(object));
         }
-        let (status, quiet, failures, resumed) = match tracked.get_mut(&uid) {
+        let (status, quiet, failures, resumed, nudged) = match tracked.get_mut(&uid) {
             Some(t) => {
                 t.kind.memory.catch_up(stored.as_ref());
                 let status =
@@ -466,13 +469,15 @@ impl Facts {
                         })
                         .map(|r| r.progress),
                 };
-                (status, quiet, failures, resumed)
+                let nudged = quiet.is_none() && t.take_nudged();
+                (status, quiet, failures, resumed, nudged)
             }
             None => (
                 decide::effective_status(stored.as_ref(), intent.as_ref(), &Memory::default()),
                 None,
                 0,
                 None,
+                false,
             ),
         };
         drop(tracked);
@@ -488,6 +493,7 @@ impl Facts {
             stored,
             status,
             quiet,
+            nudged,
             failures,
             first_sight,
             intent_annotation: Mutex::new(obj.annotations().get(INTENT_ANNOTATION).cloned()),
@@ -771,6 +777,28 @@ async fn execute(
             .caller_account(&facts.identity)
             .await
             .map(Outcome::Account),
+        // A poll of a connection recorded as PENDING: answered from the shared list if it can
+        // (not after a nudge: the connection is known to have changed).
+        Step::Get { id }
+            if ticket.class == CallClass::Poll
+                && !facts.nudged
+                && facts.status.status == Some(ConnectionState::Pending)
+                && facts.status.id.as_ref() == Some(id) =>
+        {
+            let roles = crate::aws::proton::RoleArns {
+                role_arn: facts.status.role_arn.clone(),
+                codebuild_role_arn: facts.status.codebuild_role_arn.clone(),
+                component_role_arn: facts.status.component_role_arn.clone(),
+            };
+            let recorded = crate::aws::proton::Recorded {
+                last_modified_at: facts.status.last_modified_at.as_deref().unwrap_or_default(),
+                roles: &roles,
+            };
+            proton
+                .poll(ticket, region, id, &recorded)
+                .await
+                .map(Outcome::Connection)
+        }
         Step::Get { id } => proton
             .get(ticket, region, id)
             .await
@@ -917,14 +945,15 @@ async fn finish(
             checkpoint(ctx, facts, requeue);
             if let Some(progress) = carry {
                 let mut tracked = ctx.tracked();
-                tracked.entry(facts.uid.clone()).or_default().kind.resume = Some(Resume {
-                    generation: facts.generation,
-                    triggers: facts.triggers.clone(),
-                    deleting: facts.deleting,
-                    status_id,
-                    until: Instant::now() + requeue + RESUME_GRACE,
-                    progress,
-                });
+                tracked.entry(facts.uid.clone()).or_default().kind.resume =
+                    Some(Box::new(Resume {
+                        generation: facts.generation,
+                        triggers: facts.triggers.clone(),
+                        deleting: facts.deleting,
+                        status_id,
+                        until: Instant::now() + requeue + RESUME_GRACE,
+                        progress,
+                    }));
             }
             Ok((Action::requeue(requeue), "deferred"))
         }

@@ -36,6 +36,8 @@ pub struct Tracked<T, M> {
     failed_generation: i64,
     /// The last Kubernetes error announced in an Event, so the same one is announced once.
     last_kube_error: Option<String>,
+    /// Made due by a nudge: what it waits for has happened (see [`Tracker::expire`]).
+    nudged: bool,
 }
 
 impl<T, M: Default> Default for Tracked<T, M> {
@@ -46,6 +48,7 @@ impl<T, M: Default> Default for Tracked<T, M> {
             failures: 0,
             failed_generation: 0,
             last_kube_error: None,
+            nudged: false,
         }
     }
 }
@@ -76,6 +79,11 @@ impl<T: PartialEq, M> Tracked<T, M> {
         }
         self.failures = self.failures.saturating_add(1);
         self.failures
+    }
+
+    /// Whether a nudge made the object due since this was last asked.
+    pub fn take_nudged(&mut self) -> bool {
+        std::mem::take(&mut self.nudged)
     }
 
     /// A reconcile settled: the backoff and the last error are over.
@@ -177,8 +185,11 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
 
     /// Makes one object due now: something it waits for has happened (see `nudge`).
     pub fn expire(&self, uid: &str) {
-        if let Some(c) = self.lock().get_mut(uid).and_then(|t| t.checkpoint.as_mut()) {
-            c.due = Instant::now();
+        if let Some(t) = self.lock().get_mut(uid) {
+            t.nudged = true;
+            if let Some(c) = t.checkpoint.as_mut() {
+                c.due = Instant::now();
+            }
         }
     }
 

@@ -1,0 +1,186 @@
+//! Polls of PENDING connections answered by one List of them all.
+//!
+//! A PENDING connection is polled every few seconds at first (see `decide::rules`). One Get per
+//! poll makes the calls, the CPU and the budget they take grow with the number of connections
+//! waiting, so thousands created at once cost thousands of Gets a second, and under the default
+//! budget each connection is read only every few minutes. Instead, the connections an account
+//! has PENDING in a region are listed together (`ListEnvironmentAccountConnections`, 100 a
+//! page), and a poll is answered from the newest such list when that list began after the
+//! connection was last seen: it shows the connection as of then. A connection the list does not
+//! show as it was recorded (accepted, rejected, deleted, changed, or too new for the list) is
+//! read with a Get, as before.
+//!
+//! One list serves every poll of the same credentials and region; polls that find it too old
+//! wait for the one poll that lists again. A list that the call budget defers part-way is kept
+//! and continued from its next page by whichever poll comes next, so a list longer than the
+//! budget allows at once still ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A list under way is dropped once it has waited this long for its next page (as a slot
+/// booked in the budget is).
+const PARTIAL_STALE: Duration = Duration::from_secs(60);
+
+/// The lists of each credentials-and-region key.
+pub struct PendingLists<T> {
+    lists: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Listing<T>>>>>,
+}
+
+impl<T> Default for PendingLists<T> {
+    fn default() -> Self {
+        PendingLists {
+            lists: Mutex::default(),
+        }
+    }
+}
+
+impl<T> PendingLists<T> {
+    /// The listing of one key; lock it for the length of a poll.
+    pub fn listing(&self, key: &str) -> Arc<tokio::sync::Mutex<Listing<T>>> {
+        self.lists
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Listing::default())))
+            .clone()
+    }
+}
+
+/// The PENDING connections of one key, as last listed.
+pub struct Listing<T> {
+    /// The last complete list: when it began, and what it showed by connection id.
+    complete: Option<(Instant, HashMap<String, T>)>,
+    /// A list under way across a deferral.
+    partial: Option<Partial<T>>,
+    /// When each connection was last seen (listed or read), by id.
+    seen: HashMap<String, Instant>,
+}
+
+impl<T> Default for Listing<T> {
+    fn default() -> Self {
+        Listing {
+            complete: None,
+            partial: None,
+            seen: HashMap::new(),
+        }
+    }
+}
+
+/// A list part-way through: when it began, what it found so far, its next page's token, and
+/// when it stopped.
+pub struct Partial<T> {
+    pub began: Instant,
+    pub found: HashMap<String, T>,
+    pub next: String,
+    pub paused: Instant,
+}
+
+/// What the newest complete list says of one connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Listed<'a, T> {
+    /// No list began after the connection was last seen: list again.
+    Stale,
+    /// The list shows it (still PENDING).
+    Shows(&'a T),
+    /// The list does not show it: it is no longer PENDING, gone, or newer than the list.
+    Absent,
+}
+
+impl<T> Listing<T> {
+    /// What the newest complete list says of `id`.
+    pub fn of(&self, id: &str) -> Listed<'_, T> {
+        match &self.complete {
+            Some((began, found)) if self.seen.get(id).is_none_or(|seen| began > seen) => {
+                match found.get(id) {
+                    Some(c) => Listed::Shows(c),
+                    None => Listed::Absent,
+                }
+            }
+            _ => Listed::Stale,
+        }
+    }
+
+    /// When the newest complete list began.
+    pub fn began(&self) -> Option<Instant> {
+        self.complete.as_ref().map(|(began, _)| *began)
+    }
+
+    /// The connection was seen as of `at` (listed, or read with a Get).
+    pub fn saw(&mut self, id: &str, at: Instant) {
+        self.seen.insert(id.to_string(), at);
+    }
+
+    /// The list to go on with, if one stopped part-way not too long ago.
+    pub fn resume(&mut self, now: Instant) -> Option<Partial<T>> {
+        self.partial
+            .take()
+            .filter(|p| now.saturating_duration_since(p.paused) < PARTIAL_STALE)
+    }
+
+    /// The list stopped part-way (its next page was deferred).
+    pub fn pause(&mut self, partial: Partial<T>) {
+        self.partial = Some(partial);
+    }
+
+    /// The list is complete. What is remembered of connections it does not show goes: they are
+    /// read with a Get next, and their poll sees them again from there.
+    pub fn finish(&mut self, began: Instant, found: HashMap<String, T>) {
+        self.seen.retain(|id, _| found.contains_key(id));
+        self.complete = Some((began, found));
+        self.partial = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(ids: &[&str]) -> HashMap<String, u32> {
+        ids.iter().map(|id| (id.to_string(), 1)).collect()
+    }
+
+    #[test]
+    fn a_list_answers_only_for_connections_last_seen_before_it_began() {
+        let t0 = Instant::now();
+        let mut l: Listing<u32> = Listing::default();
+        assert_eq!(l.of("a"), Listed::Stale, "nothing listed yet");
+        l.finish(t0, found(&["a", "b"]));
+        assert_eq!(l.of("a"), Listed::Shows(&1), "never seen: any list is news");
+        assert_eq!(l.of("c"), Listed::Absent);
+        l.saw("a", t0);
+        assert_eq!(l.of("a"), Listed::Stale, "seen as of this very list");
+        l.saw("b", t0 - Duration::from_secs(1));
+        assert_eq!(l.of("b"), Listed::Shows(&1), "seen before it began");
+        l.finish(t0 + Duration::from_secs(2), found(&["a"]));
+        assert_eq!(l.of("a"), Listed::Shows(&1));
+        assert_eq!(l.of("b"), Listed::Absent, "no longer PENDING: read it");
+        assert!(!l.seen.contains_key("b"), "forgotten once not listed");
+    }
+
+    #[test]
+    fn a_list_paused_part_way_is_resumed_until_it_goes_stale() {
+        let t0 = Instant::now();
+        let mut l: Listing<u32> = Listing::default();
+        l.pause(Partial {
+            began: t0,
+            found: found(&["a"]),
+            next: "page-2".into(),
+            paused: t0,
+        });
+        let p = l.resume(t0 + Duration::from_secs(5)).expect("kept");
+        assert_eq!((p.next.as_str(), p.found.len()), ("page-2", 1));
+        assert!(
+            l.resume(t0).is_none(),
+            "taken by the poll that goes on with it"
+        );
+        l.pause(p);
+        assert!(
+            l.resume(t0 + PARTIAL_STALE).is_none(),
+            "too old to go on with"
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! Polls of PENDING connections: answered by one List of them all (see `aws::pending`), with a
+//! Get only for what the list does not show as recorded; a list the budget defers part-way goes
+//! on from its next page. Real reconcile, in-memory API server, Proton emulator over HTTP.
+
+mod support;
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use eac_controller::aws::budget::CallBudget;
+use eac_controller::connection::api::ConnectionState;
+use eac_controller::connection::decide::Settings;
+use support::{Env, eager_settings, requeue_of, spec};
+
+const GET: &str = "GetEnvironmentAccountConnection";
+const LIST: &str = "ListEnvironmentAccountConnections";
+/// More than two pages of the List (100 a page).
+const N: usize = 250;
+
+fn uid(i: usize) -> String {
+    format!("5e7d0000-0000-4000-8000-{i:012}")
+}
+
+fn names() -> Vec<String> {
+    (0..N).map(|i| format!("pending-{i:03}")).collect()
+}
+
+fn patient() -> Settings {
+    Settings {
+        resync: Duration::from_secs(600),
+        pending_poll: Duration::from_secs(30),
+        ..eager_settings()
+    }
+}
+
+/// N resources, each with its PENDING connection recorded.
+async fn pending(env: &Env) -> Vec<String> {
+    let names = names();
+    for (i, n) in names.iter().enumerate() {
+        env.api.create(n, &uid(i), spec(n));
+        env.reconcile(n).await.expect("created");
+    }
+    names
+}
+
+fn id_of(env: &Env, name: &str) -> String {
+    env.api
+        .get(name)
+        .and_then(|o| o.status)
+        .and_then(|s| s.id)
+        .expect("an id recorded")
+}
+
+/// Reconciles the call budget deferred so far.
+fn deferred(env: &Env) -> u64 {
+    env.ctx
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("eac_reconcile_total{result=\"deferred\"}")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn state_of(env: &Env, name: &str) -> Option<ConnectionState> {
+    env.api
+        .get(name)
+        .and_then(|o| o.status)
+        .and_then(|s| s.status)
+}
+
+#[tokio::test]
+async fn polls_of_many_pending_connections_are_answered_by_one_list() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let names = pending(&env).await;
+    env.count_proton_calls_from_now().await;
+
+    for n in &names {
+        env.resync(n).await.expect("polled");
+    }
+    assert_eq!(env.calls(GET), 0, "no Get: the list shows each one PENDING");
+    assert_eq!(env.calls(LIST), 3, "one list of {N} PENDING connections");
+
+    // One is accepted and one rejected: the next round's list does not show them, so those
+    // two are read, and recorded as they are now.
+    let (accepted, rejected) = (&names[7], &names[200]);
+    env.proton().accept(&id_of(&env, accepted)).unwrap();
+    env.proton().reject(&id_of(&env, rejected)).unwrap();
+    for n in &names {
+        env.resync(n).await.expect("polled");
+    }
+    assert_eq!(env.calls(GET), 2, "a Get each for the two that changed");
+    assert_eq!(env.calls(LIST), 6, "one more list for the round");
+    assert_eq!(state_of(&env, accepted), Some(ConnectionState::Connected));
+    assert_eq!(state_of(&env, rejected), Some(ConnectionState::Rejected));
+    assert_eq!(state_of(&env, &names[8]), Some(ConnectionState::Pending));
+}
+
+#[tokio::test]
+async fn a_list_shows_news_only_if_it_began_after_the_connection_was_last_seen() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let names = pending(&env).await;
+    env.count_proton_calls_from_now().await;
+    env.resync(&names[0]).await.unwrap();
+    assert_eq!(env.calls(LIST), 3);
+    // The same connection again: the list it was answered by is not news any more.
+    env.resync(&names[0]).await.unwrap();
+    assert_eq!(
+        env.calls(LIST),
+        6,
+        "listed again, not answered from the old list"
+    );
+    assert_eq!(env.calls(GET), 0);
+}
+
+#[tokio::test]
+async fn a_connection_the_list_shows_otherwise_than_recorded_is_read() {
+    use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region};
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let names = pending(&env).await;
+    // Someone changes one connection's role outside the controller while it is PENDING.
+    let sdk = aws_sdk_proton::Client::from_conf(
+        aws_sdk_proton::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(env.emulator.url())
+            .credentials_provider(Credentials::new("AKIDTEST", "test", None, None, "test"))
+            .build(),
+    );
+    #[allow(deprecated)]
+    sdk.update_environment_account_connection()
+        .id(id_of(&env, &names[3]))
+        .role_arn("arn:aws:iam::444455556666:role/changed-by-hand")
+        .send()
+        .await
+        .expect("the emulator updates the connection");
+    env.count_proton_calls_from_now().await;
+
+    for n in &names {
+        env.resync(n).await.expect("polled");
+    }
+    assert_eq!(
+        env.calls(GET),
+        1,
+        "the one the list shows with another role is read"
+    );
+    assert_eq!(env.calls(LIST), 3);
+}
+
+#[tokio::test]
+async fn a_list_the_budget_defers_part_way_goes_on_from_its_next_page() {
+    let mut env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let names = pending(&env).await;
+    // Polls may use 2 calls a second, one at a time: each page of the list waits for its slot.
+    env.restart_with_budget(CallBudget::new(
+        NonZeroU32::new(4).unwrap(),
+        NonZeroU32::new(1).unwrap(),
+        0.5,
+    ));
+    env.count_proton_calls_from_now().await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut deferrals = 0;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the poll's list of {N} did not end within 20 s: {} pages so far",
+            env.calls(LIST)
+        );
+        let before = deferred(&env);
+        let action = env.resync(&names[0]).await.expect("polled or deferred");
+        if deferred(&env) == before {
+            break;
+        }
+        deferrals += 1;
+        tokio::time::sleep(requeue_of(&action).min(Duration::from_secs(2))).await;
+    }
+    assert!(deferrals > 0, "the budget deferred the list part-way");
+    assert_eq!(
+        env.calls(LIST),
+        3,
+        "three pages in all: the list went on where it stopped"
+    );
+    // Every other connection is answered by that list, without a call.
+    for n in &names[1..] {
+        env.resync(n).await.expect("polled");
+    }
+    assert_eq!(env.calls(LIST), 3);
+    assert_eq!(env.calls(GET), 0);
+}
