@@ -40,14 +40,6 @@ pub struct Ticket<'a> {
     pub admitted: bool,
 }
 
-/// What a poll knows of a connection from its last full read: a list answers only if it shows
-/// the connection just so (a list does not show the CodeBuild role, which is taken from here).
-#[derive(Clone, Copy, Debug)]
-pub struct Recorded<'a> {
-    pub last_modified_at: &'a str,
-    pub roles: &'a RoleArns,
-}
-
 /// Tags as a sorted map, the way the controller compares them.
 pub type Tags = BTreeMap<String, String>;
 
@@ -116,7 +108,7 @@ pub struct Proton {
     metrics: Metrics,
     identity: CallerIdentity,
     /// The PENDING connections of each credentials and region, listed for polls.
-    pending: Arc<PendingLists<Connection>>,
+    pending: Arc<PendingLists<u64>>,
 }
 
 impl Proton {
@@ -386,18 +378,17 @@ impl Proton {
         )
     }
 
-    /// A poll of the PENDING connection `id`, as `recorded` (its last modification and its
-    /// CodeBuild role, which a list does not show): answered from the list of the caller's
-    /// PENDING connections in `region` if one began after the connection was last seen (listing
-    /// them again if none did), and with a Get if that list does not show it as recorded. See
-    /// [`crate::aws::pending`].
+    /// A poll of a PENDING connection, `recorded` as this controller last saw it: answered from
+    /// the list of the caller's PENDING connections in `region` if one began after the
+    /// connection was last seen (listing them again if none did) and shows it just as recorded,
+    /// else with a Get. See [`crate::aws::pending`].
     pub async fn poll(
         &self,
         ticket: &Ticket<'_>,
         region: &str,
-        id: &str,
-        recorded: &Recorded<'_>,
+        recorded: &Connection,
     ) -> Result<Connection, ProtonError> {
+        let id = recorded.id.as_str();
         let key = crate::aws::budget::pending_list_key(&ticket.identity.to_string(), region);
         let listing = self.pending.listing(&key);
         let mut listing = listing.lock().await;
@@ -410,17 +401,11 @@ impl Proton {
             self.list_pending(&mut listing, &list_ticket, region)
                 .await?;
         }
-        if let Listed::Shows(c) = listing.of(id)
-            && c.last_modified_at == recorded.last_modified_at
-            && c.roles.role_arn == recorded.roles.role_arn
-            && c.roles.component_role_arn == recorded.roles.component_role_arn
-        {
-            let mut c = c.clone();
-            c.roles.codebuild_role_arn = recorded.roles.codebuild_role_arn.clone();
+        if listing.of(id) == Listed::Shows(&listed_as(recorded)) {
             if let Some(began) = listing.began() {
                 listing.saw(id, began);
             }
-            return Ok(c);
+            return Ok(recorded.clone());
         }
         drop(listing);
         let asked = tokio::time::Instant::now();
@@ -435,7 +420,7 @@ impl Proton {
     /// a deferral stopped part-way.
     async fn list_pending(
         &self,
-        listing: &mut crate::aws::pending::Listing<Connection>,
+        listing: &mut crate::aws::pending::Listing<u64>,
         ticket: &Ticket<'_>,
         region: &str,
     ) -> Result<(), ProtonError> {
@@ -476,7 +461,7 @@ impl Proton {
             };
             for summary in out.environment_account_connections() {
                 let c = from_sdk_summary(summary)?;
-                found.insert(c.id.clone(), c);
+                found.insert(c.id.clone(), listed_as(&c));
             }
             match out.next_token() {
                 Some(token) if !token.is_empty() => next = Some(token.to_string()),
@@ -876,6 +861,27 @@ fn from_sdk_summary(
         requested_at: rfc3339(summary.requested_at()),
         last_modified_at: rfc3339(summary.last_modified_at()),
     })
+}
+
+/// What a list shows of a connection (all but its CodeBuild role, which a list does not show),
+/// as one number: a list keeps only this of each connection.
+fn listed_as(c: &Connection) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (
+        &c.id,
+        &c.arn,
+        c.state,
+        &c.environment_name,
+        &c.management_account_id,
+        &c.environment_account_id,
+        &c.roles.role_arn,
+        &c.roles.component_role_arn,
+        &c.requested_at,
+        &c.last_modified_at,
+    )
+        .hash(&mut h);
+    h.finish()
 }
 
 /// `roleArn` is a required output member, so a connection created without one reports "".

@@ -785,17 +785,27 @@ async fn execute(
                 && facts.status.status == Some(ConnectionState::Pending)
                 && facts.status.id.as_ref() == Some(id) =>
         {
-            let roles = crate::aws::proton::RoleArns {
-                role_arn: facts.status.role_arn.clone(),
-                codebuild_role_arn: facts.status.codebuild_role_arn.clone(),
-                component_role_arn: facts.status.component_role_arn.clone(),
-            };
-            let recorded = crate::aws::proton::Recorded {
-                last_modified_at: facts.status.last_modified_at.as_deref().unwrap_or_default(),
-                roles: &roles,
+            let recorded = crate::aws::proton::Connection {
+                id: id.clone(),
+                arn: facts.status.arn.clone().unwrap_or_default(),
+                state: ConnectionState::Pending,
+                environment_name: obj.spec.environment_name.clone(),
+                management_account_id: obj.spec.management_account_id.clone(),
+                environment_account_id: facts
+                    .status
+                    .environment_account_id
+                    .clone()
+                    .unwrap_or_default(),
+                roles: crate::aws::proton::RoleArns {
+                    role_arn: facts.status.role_arn.clone(),
+                    codebuild_role_arn: facts.status.codebuild_role_arn.clone(),
+                    component_role_arn: facts.status.component_role_arn.clone(),
+                },
+                requested_at: facts.status.requested_at.clone().unwrap_or_default(),
+                last_modified_at: facts.status.last_modified_at.clone().unwrap_or_default(),
             };
             proton
-                .poll(ticket, region, id, &recorded)
+                .poll(ticket, region, &recorded)
                 .await
                 .map(Outcome::Connection)
         }
