@@ -2056,11 +2056,13 @@ async fn one_hundred_connected_resources_idle_cost_one_get_each_per_resync_and_n
     );
 }
 
-/// Throughput and memory at scale against a *floor*: a tuned client (16 workers) doing per
+/// Throughput, CPU and memory at scale against a *floor*: a tuned client (16 workers) doing per
 /// resource only the Create and the two writes the controller must make. Heavy, so it needs
-/// `EAC_E2E_SCALE=<N>` (e.g. 5000) as well.
+/// `EAC_E2E_SCALE=<N>` (e.g. 5000) as well. It prints the measured figures (the aims are in
+/// docs/benchmark.md, and figures are not asserted in tests); it fails only if a resource gets
+/// no connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_scale_the_controller_keeps_up_with_the_floor_and_stays_small() {
+async fn at_scale_the_controller_gives_every_resource_its_connection() {
     let Some(n) = std::env::var("EAC_E2E_SCALE")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -2095,17 +2097,14 @@ async fn at_scale_the_controller_keeps_up_with_the_floor_and_stays_small() {
     )
     .await;
     let took = started.elapsed();
-    let rss = controller.peak_rss_mib();
+    let (rss, cpu) = (controller.peak_rss_mib(), controller.cpu_seconds());
     println!(
-        "scale: {n} resources in {:.1} s ({:.2}x the floor's {:.1} s); controller peak RSS {rss:.1} MiB",
+        "scale: {n} resources in {:.1} s ({:.2}x the floor's {:.1} s); controller CPU {:.2} ms per resource ({cpu:.1} s, start-up included), peak RSS {rss:.1} MiB",
         took.as_secs_f64(),
         took.as_secs_f64() / floor.as_secs_f64(),
-        floor.as_secs_f64()
+        floor.as_secs_f64(),
+        cpu * 1000.0 / n as f64,
     );
-    assert!(took.as_secs_f64() <= 1.25 * floor.as_secs_f64());
-    if n >= 5000 {
-        assert!(rss <= 40.0 * (n as f64 / 5000.0).max(1.0), "{rss} MiB");
-    }
 }
 
 /// The floor: 16 workers, each resource: the guarded finalizer patch, the Create, the status.

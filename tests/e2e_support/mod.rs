@@ -1905,6 +1905,29 @@ impl Controller {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
+    /// User plus system CPU time the controller process has used, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = lock(&self.child).id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The fields after the command name (in parentheses, may hold spaces): utime and stime
+        // are the 12th and 13th after the state.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+            .sum();
+        // SAFETY: sysconf only reads a configuration value.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        if per_second > 0.0 {
+            ticks / per_second
+        } else {
+            0.0
+        }
+    }
+
     /// The value of one series of this controller's `/metrics` (0 when absent), e.g.
     /// `eac_leader` or `eac_reconcile_total{result="kube_error"}`.
     pub async fn metric(&self, series: &str) -> f64 {
