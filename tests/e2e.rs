@@ -34,7 +34,7 @@ use e2e_support::{
     REGION, ROLE_ARN, SERVING_MESSAGE, SKIP_MESSAGE, UNTAG, UPDATE, design_example, e2e_kubeconfig,
     eac, get_connection, has_condition, has_connection, http_request, http_until, invalid_cases,
     list_connections, parse_emulator_banner, parse_http_response, parse_serving_line, raw_manifest,
-    run_refused_controller, spec, spec_changes, status, summarize, synced, tags_of, uid,
+    reads, run_refused_controller, spec, spec_changes, status, summarize, synced, tags_of, uid,
     valid_raw_spec, wait_object,
 };
 use eac_controller::connection::api::{
@@ -446,10 +446,10 @@ async fn changing_role_arns_updates_the_connection_once_without_a_second_create(
     let after = emulator.calls().await;
     assert_eq!(after.count(UPDATE), before.count(UPDATE) + 1, "{after:?}");
     assert_eq!(after.count(CREATE), 1, "{after:?}");
-    // And it stays so over the next resyncs (each one Get).
+    // And it stays so over the next polls (each a Get, or a List of the PENDING ones).
     let later = emulator
-        .calls_until("two more Gets (resyncs after the update)", CONVERGE, |c| {
-            c.count(GET) >= after.count(GET) + 2
+        .calls_until("two more reads (polls after the update)", CONVERGE, |c| {
+            reads(c) >= reads(&after) + 2
         })
         .await;
     assert_eq!(later.count(UPDATE), after.count(UPDATE), "{later:?}");
@@ -918,10 +918,11 @@ async fn an_emulator_restarted_on_its_state_file_keeps_every_connection_and_caus
     let _controller = ns
         .start_controller(&second, ControllerOptions::default())
         .await;
-    // Reads come (the resync is 2 s in these tests); no Create, and the same ids.
+    // Reads come (the resync is 2 s in these tests): Gets, or Lists answering the polls of the
+    // PENDING ones, three rounds of them at least; no Create, and the same ids.
     second
-        .calls_until("a read of every connection", CONVERGE, |c| {
-            c.count(GET) >= 3
+        .calls_until("three reads of the connections", CONVERGE, |c| {
+            reads(c) >= 3
         })
         .await;
     for (name, id) in &ids {
@@ -1019,9 +1020,9 @@ async fn a_connection_deleted_out_of_band_is_reported_and_recreated_once() {
     let after = emulator.calls().await;
     let later = emulator
         .calls_until(
-            "two more Gets (resyncs after the re-creation)",
+            "two more reads (polls after the re-creation)",
             CONVERGE,
-            |c| c.count(GET) >= after.count(GET) + 2,
+            |c| reads(c) >= reads(&after) + 2,
         )
         .await;
     assert_eq!(

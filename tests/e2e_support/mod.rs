@@ -100,6 +100,13 @@ pub const REGION: &str = "us-east-1";
 
 pub const CREATE: &str = "CreateEnvironmentAccountConnection";
 pub const GET: &str = "GetEnvironmentAccountConnection";
+pub const LIST: &str = "ListEnvironmentAccountConnections";
+
+/// Reads of connections: Gets, and the Lists that answer the polls of PENDING ones (see
+/// `aws::pending`). A resync or poll is one or the other.
+pub fn reads(calls: &CallCounts) -> u64 {
+    calls.count(GET) + calls.count(LIST)
+}
 pub const UPDATE: &str = "UpdateEnvironmentAccountConnection";
 pub const DELETE: &str = "DeleteEnvironmentAccountConnection";
 pub const UNTAG: &str = "UntagResource";
