@@ -459,6 +459,12 @@ async fn credentials_the_service_calls_expired_are_replaced_by_a_new_assume_role
     env.api.create("prod", UID, spec("prod"));
     env.reconcile("prod").await.unwrap();
     assert_eq!(env.calls("AssumeRole"), 1);
+    // CONNECTED, so its next read is a Get (a PENDING one's poll tries the shared List first,
+    // and the Get after a refused List would already run with a new session).
+    let id = env.api.get("prod").unwrap().status.unwrap().id.unwrap();
+    env.proton().accept(&id).unwrap();
+    env.resync("prod").await.unwrap();
+    assert_eq!(env.calls("AssumeRole"), 1);
 
     // The service's clock runs past the session's expiry (the controller's does not).
     env.proton()

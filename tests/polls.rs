@@ -190,3 +190,26 @@ async fn a_list_the_budget_defers_part_way_goes_on_from_its_next_page() {
     assert_eq!(env.calls(LIST), 3);
     assert_eq!(env.calls(GET), 0);
 }
+
+#[tokio::test]
+async fn a_refused_list_leaves_each_poll_to_its_get() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let names = pending(&env).await;
+    env.count_proton_calls_from_now().await;
+    // An IAM policy without ListEnvironmentAccountConnections, say.
+    env.proton().fail_next(LIST, "AccessDeniedException", 1_000);
+
+    for n in &names[..5] {
+        env.resync(n).await.expect("polled with a Get");
+    }
+    assert_eq!(env.calls(GET), 5, "each poll read its connection");
+    assert_eq!(env.calls(LIST), 5, "each tried the list first");
+    for n in &names[..5] {
+        assert_eq!(state_of(&env, n), Some(ConnectionState::Pending));
+        assert_eq!(
+            support::condition(&env.api.get(n).unwrap(), "Synced").map(|c| c.0),
+            Some("True".to_string()),
+            "{n}: the refused list is not the resource's problem"
+        );
+    }
+}

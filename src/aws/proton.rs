@@ -398,8 +398,15 @@ impl Proton {
                 admitted: false,
                 ..*ticket
             };
-            self.list_pending(&mut listing, &list_ticket, region)
-                .await?;
+            match self.list_pending(&mut listing, &list_ticket, region).await {
+                Ok(()) => {}
+                Err(e) if e.class == ErrorClass::Deferred => return Err(e),
+                // Polls never depend on the list: a list refused (a policy without
+                // ListEnvironmentAccountConnections, a fault) leaves this poll to its Get.
+                Err(e) => {
+                    tracing::debug!(error = %e, "listing PENDING connections failed; reading with a Get")
+                }
+            }
         }
         if listing.of(id) == Listed::Shows(&listed_as(recorded)) {
             if let Some(began) = listing.began() {
