@@ -390,8 +390,8 @@ impl Proton {
     ) -> Result<Connection, ProtonError> {
         let id = recorded.id.as_str();
         let key = crate::aws::budget::pending_list_key(&ticket.identity.to_string(), region);
-        let listing = self.pending.listing(&key);
-        let mut listing = listing.lock().await;
+        let shared = self.pending.listing(&key);
+        let mut listing = shared.lock().await;
         if listing.of(id) == Listed::Stale {
             let list_ticket = Ticket {
                 key: &key,
@@ -418,7 +418,7 @@ impl Proton {
         let asked = tokio::time::Instant::now();
         let c = self.get(ticket, region, id).await?;
         if c.state == ConnectionState::Pending {
-            self.pending.listing(&key).lock().await.saw(id, asked);
+            shared.lock().await.saw(id, asked);
         }
         Ok(c)
     }
@@ -431,29 +431,19 @@ impl Proton {
         ticket: &Ticket<'_>,
         region: &str,
     ) -> Result<(), ProtonError> {
-        let client = self.client(ticket.identity, region);
+        let query = ListQuery {
+            requested_by: EnvironmentAccountConnectionRequesterAccountType::EnvironmentAccount,
+            environment_name: None,
+            status: Some(EnvironmentAccountConnectionStatus::Pending),
+        };
         let now = tokio::time::Instant::now();
         let (began, mut found, mut next) = match listing.resume(now) {
             Some(p) => (p.began, p.found, Some(p.next)),
             None => (now, HashMap::new(), None),
         };
         loop {
-            let page = self
-                .call(
-                    ticket,
-                    "ListEnvironmentAccountConnections",
-                    client
-                        .list_environment_account_connections()
-                        .requested_by(
-                            EnvironmentAccountConnectionRequesterAccountType::EnvironmentAccount,
-                        )
-                        .statuses(EnvironmentAccountConnectionStatus::Pending)
-                        .set_next_token(next.clone())
-                        .send(),
-                )
-                .await;
-            let out = match page {
-                Ok(out) => out,
+            let (page, token) = match self.list_page(ticket, region, &query, next.clone()).await {
+                Ok(answer) => answer,
                 Err(e) => {
                     if let Some(token) = next {
                         listing.pause(Partial {
@@ -466,13 +456,10 @@ impl Proton {
                     return Err(e);
                 }
             };
-            for summary in out.environment_account_connections() {
-                let c = from_sdk_summary(summary)?;
-                found.insert(c.id.clone(), listed_as(&c));
-            }
-            match out.next_token() {
-                Some(token) if !token.is_empty() => next = Some(token.to_string()),
-                _ => {
+            found.extend(page.iter().map(|c| (c.id.clone(), listed_as(c))));
+            match token {
+                Some(token) => next = Some(token),
+                None => {
                     listing.finish(began, found);
                     return Ok(());
                 }
@@ -590,31 +577,56 @@ impl Proton {
         environment_name: Option<&str>,
         status: Option<EnvironmentAccountConnectionStatus>,
     ) -> Result<Vec<Connection>, ProtonError> {
-        let client = self.client(ticket.identity, region);
+        let query = ListQuery {
+            requested_by,
+            environment_name,
+            status,
+        };
         let mut found = Vec::new();
         let mut next: Option<String> = None;
         loop {
-            let out = self
-                .call(
-                    ticket,
-                    "ListEnvironmentAccountConnections",
-                    client
-                        .list_environment_account_connections()
-                        .requested_by(requested_by.clone())
-                        .set_environment_name(environment_name.map(str::to_string))
-                        .set_statuses(status.clone().map(|s| vec![s]))
-                        .set_next_token(next.take())
-                        .send(),
-                )
-                .await?;
-            for summary in out.environment_account_connections() {
-                found.push(from_sdk_summary(summary)?);
-            }
-            match out.next_token() {
-                Some(token) if !token.is_empty() => next = Some(token.to_string()),
-                _ => return Ok(found),
+            let (page, token) = self.list_page(ticket, region, &query, next.take()).await?;
+            found.extend(page);
+            match token {
+                Some(token) => next = Some(token),
+                None => return Ok(found),
             }
         }
+    }
+
+    /// One page of `ListEnvironmentAccountConnections`, and the next page's token if there is
+    /// one.
+    async fn list_page(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        query: &ListQuery<'_>,
+        next: Option<String>,
+    ) -> Result<(Vec<Connection>, Option<String>), ProtonError> {
+        let client = self.client(ticket.identity, region);
+        let out = self
+            .call(
+                ticket,
+                "ListEnvironmentAccountConnections",
+                client
+                    .list_environment_account_connections()
+                    .requested_by(query.requested_by.clone())
+                    .set_environment_name(query.environment_name.map(str::to_string))
+                    .set_statuses(query.status.clone().map(|s| vec![s]))
+                    .set_next_token(next)
+                    .send(),
+            )
+            .await?;
+        let page = out
+            .environment_account_connections()
+            .iter()
+            .map(from_sdk_summary)
+            .collect::<Result<Vec<_>, _>>()?;
+        let token = out
+            .next_token()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        Ok((page, token))
     }
 
     /// `AcceptEnvironmentAccountConnection`, as the management account.
@@ -868,6 +880,13 @@ fn from_sdk_summary(
         requested_at: rfc3339(summary.requested_at()),
         last_modified_at: rfc3339(summary.last_modified_at()),
     })
+}
+
+/// What a `ListEnvironmentAccountConnections` asks for.
+struct ListQuery<'a> {
+    requested_by: EnvironmentAccountConnectionRequesterAccountType,
+    environment_name: Option<&'a str>,
+    status: Option<EnvironmentAccountConnectionStatus>,
 }
 
 /// What a list shows of a connection (all but its CodeBuild role, which a list does not show),

@@ -191,8 +191,6 @@ impl Context {
         accounts.resolve(namespace)
     }
 
-    /// Routine reads may occupy at most this share of the workers (as of the AWS call budget),
-    /// so polls never hold the workers new and changed resources need.
     /// The handles both sides of one process nudge each other through: this controller's own,
     /// and the management side's.
     pub fn with_nudges(
@@ -205,6 +203,8 @@ impl Context {
         self
     }
 
+    /// Routine reads may occupy at most this share of the workers (as of the AWS call budget),
+    /// so polls never hold the workers new and changed resources need.
     pub fn with_poll_share(mut self, share: f64) -> Self {
         self.poll_share = share;
         self
@@ -434,13 +434,15 @@ impl Facts {
             return Err(Error::StaleCache(object));
         }
         let first_sight = !tracked.contains_key(&uid);
-        if let Some(t) = tracked.get_mut(&uid)
-            && let Some(over) = t.kind.written_over.take()
-            && obj.metadata.resource_version.as_ref() == Some(&over)
-            && !deleting
-        {
-            t.kind.written_over = Some(over);
-            return Err(Error::StaleCache(object));
+        if let Some(t) = tracked.get_mut(&uid) {
+            // Still the copy our own write replaced? Any other copy shows the write, or later.
+            let behind = !deleting
+                && t.kind.written_over.is_some()
+                && t.kind.written_over == obj.metadata.resource_version;
+            if behind {
+                return Err(Error::StaleCache(object));
+            }
+            t.kind.written_over = None;
         }
         let (status, quiet, failures, resumed, nudged) = match tracked.get_mut(&uid) {
             Some(t) => {

@@ -126,7 +126,6 @@ impl Context {
         }
     }
 
-    /// Policies act with the credentials their namespace is mapped to, as connections do.
     /// The handles both sides of one process nudge each other through: the connection side's,
     /// and this controller's own.
     pub fn with_nudges(
@@ -139,6 +138,7 @@ impl Context {
         self
     }
 
+    /// Policies act with the credentials their namespace is mapped to, as connections do.
     pub fn with_accounts(mut self, accounts: Arc<Mutex<Accounts>>) -> Self {
         self.accounts = accounts;
         self
