@@ -45,6 +45,7 @@ use kube::api::PostParams;
 use kube::api::{Api, Patch, PatchParams};
 use proton_emulator::EmulatorConfig;
 use serde_json::json;
+use support::process::{cpu_seconds, status_mib};
 use support::{ApiCost, Env, FakeApi, NS, WorkDone, eager_settings, spec};
 
 fn env_number(name: &str, default: usize) -> usize {
@@ -64,15 +65,7 @@ fn name(prefix: &str, i: usize) -> String {
 
 /// Resident set size now and at its peak, in MiB (Linux; 0 elsewhere).
 fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (status_mib("self", "VmRSS:"), status_mib("self", "VmHWM:"))
 }
 
 /// The controller's default AWS call budget: 10 calls/s, burst 20, poll share 0.5.
@@ -133,6 +126,35 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// What a floor does for resource `i` (named `n`) before its status: the guarded finalizer
+/// patch, then the Create.
+async fn finalizer_and_create(
+    api: &Api<eac_controller::connection::api::EnvironmentAccountConnection>,
+    sdk: &aws_sdk_proton::Client,
+    n: &str,
+    i: usize,
+) -> aws_sdk_proton::types::EnvironmentAccountConnection {
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": null},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["proton.eac.dev/finalizer"]},
+    ]))
+    .unwrap();
+    api.patch(n, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .unwrap();
+    #[allow(deprecated)]
+    sdk.create_environment_account_connection()
+        .client_token(uid(i))
+        .environment_name(n)
+        .management_account_id("111122223333")
+        .role_arn("arn:aws:iam::444455556666:role/proton-env")
+        .send()
+        .await
+        .unwrap()
+        .environment_account_connection
+        .unwrap()
+}
+
 /// The floor: 16 workers, each resource: guarded finalizer patch, Create, status apply.
 async fn floor(n: usize, latency: Duration) -> Duration {
     let env = Env::start_full(
@@ -161,34 +183,19 @@ async fn floor(n: usize, latency: Duration) -> Duration {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some(n) = names.get(i) else { return };
-                let patch: json_patch::Patch = serde_json::from_value(json!([
-                    {"op": "test", "path": "/metadata/finalizers", "value": null},
-                    {"op": "add", "path": "/metadata/finalizers", "value": ["proton.eac.dev/finalizer"]},
-                ]))
-                .unwrap();
-                api.patch(n, &PatchParams::default(), &Patch::<()>::Json(patch))
-                    .await
-                    .unwrap();
-                #[allow(deprecated)]
-                let created = sdk
-                    .create_environment_account_connection()
-                    .client_token(uid(i))
-                    .environment_name(n)
-                    .management_account_id("111122223333")
-                    .role_arn("arn:aws:iam::444455556666:role/proton-env")
-                    .send()
-                    .await
-                    .unwrap()
-                    .environment_account_connection
-                    .unwrap();
+                let created = finalizer_and_create(&api, &sdk, n, i).await;
                 let status = json!({
                     "apiVersion": "proton.eac.dev/v1alpha1",
                     "kind": "EnvironmentAccountConnection",
                     "status": {"id": created.id, "arn": created.arn, "status": "PENDING"},
                 });
-                api.patch_status(n, &PatchParams::apply("floor").force(), &Patch::Apply(status))
-                    .await
-                    .unwrap();
+                api.patch_status(
+                    n,
+                    &PatchParams::apply("floor").force(),
+                    &Patch::Apply(status),
+                )
+                .await
+                .unwrap();
             }
         }));
     }
@@ -199,15 +206,7 @@ async fn floor(n: usize, latency: Duration) -> Duration {
 }
 
 fn sdk(url: &str) -> aws_sdk_proton::Client {
-    use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region};
-    aws_sdk_proton::Client::from_conf(
-        aws_sdk_proton::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(url)
-            .credentials_provider(Credentials::new("AKIDBENCH", "bench", None, None, "bench"))
-            .build(),
-    )
+    support::proton_client(url, "AKIDBENCH")
 }
 
 struct Running {
@@ -531,26 +530,7 @@ async fn floor_http(n: usize, cost: Option<ApiCost>) -> (Duration, WorkDone) {
                     return;
                 };
                 let n = &names[i];
-                let patch: json_patch::Patch = serde_json::from_value(json!([
-                    {"op": "test", "path": "/metadata/finalizers", "value": null},
-                    {"op": "add", "path": "/metadata/finalizers", "value": ["proton.eac.dev/finalizer"]},
-                ]))
-                .unwrap();
-                api.patch(n, &PatchParams::default(), &Patch::<()>::Json(patch))
-                    .await
-                    .unwrap();
-                #[allow(deprecated)]
-                let created = sdk
-                    .create_environment_account_connection()
-                    .client_token(uid(i))
-                    .environment_name(n)
-                    .management_account_id("111122223333")
-                    .role_arn("arn:aws:iam::444455556666:role/proton-env")
-                    .send()
-                    .await
-                    .unwrap()
-                    .environment_account_connection
-                    .unwrap();
+                let created = finalizer_and_create(&api, &sdk, n, i).await;
                 let status = json!({
                     "apiVersion": "proton.eac.dev/v1alpha1",
                     "kind": "EnvironmentAccountConnection",
@@ -683,15 +663,8 @@ async fn binary(n: usize) {
     let cpu = cpu_seconds(child.id()) - cpu_at_start;
     let work = env.api.work() - work_before;
     creating.await.unwrap();
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
+    let pid = child.id().to_string();
+    let (peak, at_end) = (status_mib(&pid, "VmHWM:"), status_mib(&pid, "VmRSS:"));
     if std::env::var_os("EAC_BENCH_SMAPS").is_some() {
         let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", child.id()))
             .unwrap_or_default();
@@ -719,8 +692,8 @@ async fn binary(n: usize) {
         percentile(&times, 0.99).as_secs_f64(),
         cpu * 1000.0 / n as f64,
         cpu,
-        field("VmHWM:"),
-        field("VmRSS:"),
+        peak,
+        at_end,
         aws.total() as f64 / n as f64,
         aws.calls,
         work_per(work, n),
@@ -735,29 +708,6 @@ async fn binary(n: usize) {
             .collect::<Vec<_>>()
             .join(", ")
     );
-}
-
-/// User plus system CPU time a process has used, in seconds (Linux: /proc/PID/stat; 0
-/// elsewhere).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the state.
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    // SAFETY: sysconf only reads a configuration value.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    if per_second > 0.0 {
-        ticks / per_second
-    } else {
-        0.0
-    }
 }
 
 fn main() {

@@ -451,15 +451,7 @@ async fn existing_connection(env: &Env, environment: &str, management: &str) -> 
 }
 
 async fn support_client(env: &Env) -> aws_sdk_proton::Client {
-    let config = aws_sdk_proton::Config::builder()
-        .behavior_version(aws_sdk_proton::config::BehaviorVersion::latest())
-        .region(aws_sdk_proton::config::Region::new("us-east-1"))
-        .endpoint_url(env.emulator.url())
-        .credentials_provider(aws_sdk_proton::config::Credentials::new(
-            "AKIDTEST", "secret", None, None, "test",
-        ))
-        .build();
-    aws_sdk_proton::Client::from_conf(config)
+    support::proton_client(&env.emulator.url(), "AKIDTEST")
 }
 
 #[tokio::test]

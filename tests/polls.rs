@@ -117,18 +117,10 @@ async fn a_list_shows_news_only_if_it_began_after_the_connection_was_last_seen()
 
 #[tokio::test]
 async fn a_connection_the_list_shows_otherwise_than_recorded_is_read() {
-    use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region};
     let env = Env::start_with(patient(), CallBudget::unlimited()).await;
     let names = pending(&env).await;
     // Someone changes one connection's role outside the controller while it is PENDING.
-    let sdk = aws_sdk_proton::Client::from_conf(
-        aws_sdk_proton::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(env.emulator.url())
-            .credentials_provider(Credentials::new("AKIDTEST", "test", None, None, "test"))
-            .build(),
-    );
+    let sdk = support::proton_client(&env.emulator.url(), "AKIDTEST");
     #[allow(deprecated)]
     sdk.update_environment_account_connection()
         .id(id_of(&env, &names[3]))

@@ -64,6 +64,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 pub mod access;
+#[path = "../support/process.rs"]
+pub mod process;
 
 /// The resource under test.
 pub type Eac = EnvironmentAccountConnection;
@@ -1902,37 +1904,12 @@ impl Controller {
     /// The peak resident set size of the process so far, in MiB (Linux: VmHWM).
     pub fn peak_rss_mib(&self) -> f64 {
         let pid = lock(&self.child).id();
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            })
-            .map_or(0.0, |kb| kb / 1024.0)
+        process::status_mib(&pid.to_string(), "VmHWM:")
     }
 
     /// User plus system CPU time the controller process has used, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        let pid = lock(&self.child).id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // The fields after the command name (in parentheses, may hold spaces): utime and stime
-        // are the 12th and 13th after the state.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks: f64 = [11, 12]
-            .iter()
-            .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
-            .sum();
-        // SAFETY: sysconf only reads a configuration value.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        if per_second > 0.0 {
-            ticks / per_second
-        } else {
-            0.0
-        }
+        process::cpu_seconds(lock(&self.child).id())
     }
 
     /// The value of one series of this controller's `/metrics` (0 when absent), e.g.

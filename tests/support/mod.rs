@@ -17,6 +17,7 @@
 #![allow(dead_code)]
 
 mod cost;
+pub mod process;
 pub use cost::{ApiCost, WorkDone};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -382,7 +383,14 @@ fn seen_as<'a>(
 pub type FakeBody = UnsyncBoxBody<Bytes, Infallible>;
 
 fn whole(value: &Value) -> FakeBody {
-    Full::new(Bytes::from(serde_json::to_vec(value).unwrap())).boxed_unsync()
+    whole_sized(value).0
+}
+
+/// The body, and its size in bytes (what the cost model charges for).
+fn whole_sized(value: &Value) -> (FakeBody, usize) {
+    let bytes = serde_json::to_vec(value).unwrap();
+    let size = bytes.len();
+    (Full::new(Bytes::from(bytes)).boxed_unsync(), size)
 }
 
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
@@ -396,6 +404,20 @@ pub fn object_path<K: kube::Resource<DynamicType = ()>>(namespace: &str, name: &
         "{GROUP_PATH}/namespaces/{namespace}/{}/{name}",
         K::plural(&())
     )
+}
+
+/// A resource as the API server stores it when it is created: in the tests' namespace, with
+/// its uid and generation 1.
+fn new_resource(
+    name: &str,
+    uid: &str,
+    spec: EnvironmentAccountConnectionSpec,
+) -> EnvironmentAccountConnection {
+    let mut obj = EnvironmentAccountConnection::new(name, spec);
+    obj.metadata.namespace = Some(NS.into());
+    obj.metadata.uid = Some(uid.into());
+    obj.metadata.generation = Some(1);
+    obj
 }
 
 fn eac_path(name: &str) -> String {
@@ -438,10 +460,7 @@ impl FakeApi {
         uid: &str,
         spec: EnvironmentAccountConnectionSpec,
     ) -> EnvironmentAccountConnection {
-        let mut obj = EnvironmentAccountConnection::new(name, spec);
-        obj.metadata.namespace = Some(NS.into());
-        obj.metadata.uid = Some(uid.into());
-        obj.metadata.generation = Some(1);
+        let mut obj = new_resource(name, uid, spec);
         let mut st = self.lock();
         obj.metadata.resource_version = Some(st.next_rv());
         let value = serde_json::to_value(&obj).unwrap();
@@ -832,17 +851,15 @@ impl FakeApi {
             "metadata": {"name": name, "namespace": NS},
             "spec": spec,
         });
-        let mut obj = EnvironmentAccountConnection::new(name, spec);
-        obj.metadata.namespace = Some(NS.into());
-        obj.metadata.uid = Some(uid.into());
-        obj.metadata.generation = Some(1);
+        let sent = manifest.to_string();
+        let mut obj = new_resource(name, uid, spec);
         obj.metadata.creation_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 "2026-12-04T00:00:00Z".parse().unwrap(),
             ));
         obj.metadata.annotations = Some(BTreeMap::from([(
             "kubectl.kubernetes.io/last-applied-configuration".to_string(),
-            manifest.to_string(),
+            sent.clone(),
         )]));
         let cost = {
             let mut st = self.lock();
@@ -861,9 +878,9 @@ impl FakeApi {
                     None,
                     &written,
                 );
-                let (sent, answered) = (manifest.to_string().len(), value.to_string().len());
-                st.work.request(true, sent, answered);
-                c.of_request(true, sent + answered)
+                let answered = value.to_string().len();
+                st.work.request(true, sent.len(), answered);
+                c.of_request(true, sent.len() + answered)
             });
             st.objects.insert(path.clone(), value.clone());
             st.changed("ADDED", &path, &value);
@@ -1259,12 +1276,8 @@ impl FakeApi {
             "metadata": {"resourceVersion": st.resource_version.to_string()},
             "items": items,
         });
-        let bytes = if st.cost.is_some() {
-            serde_json::to_vec(&list).map_or(0, |b| b.len())
-        } else {
-            0
-        };
-        (StatusCode::OK, whole(&list), bytes)
+        let (body, bytes) = whole_sized(&list);
+        (StatusCode::OK, body, bytes)
     }
 
     fn record(&self, seen: Seen) {
@@ -1322,8 +1335,8 @@ impl FakeApi {
         } else {
             let (code, value) =
                 self.handle(method.clone(), &path, &query, &content_type, body.clone());
-            let answered = if cost.is_some() { size(&value) } else { 0 };
-            (code, whole(&value), answered)
+            let (answer, answered) = whole_sized(&value);
+            (code, answer, answered)
         };
         if let Some(cost) = cost {
             let write = method != Method::GET;
@@ -1652,20 +1665,8 @@ impl Env {
     /// A connection made directly in Proton by someone else (not by a resource): another team's
     /// client, in the same account.
     pub async fn foreign_connection(&self, environment: &str) -> String {
-        let config = aws_sdk_proton::Config::builder()
-            .behavior_version(aws_sdk_proton::config::BehaviorVersion::latest())
-            .region(aws_sdk_proton::config::Region::new("us-east-1"))
-            .endpoint_url(self.emulator.url())
-            .credentials_provider(aws_sdk_proton::config::Credentials::new(
-                "AKIDOTHERTEAM",
-                "secret",
-                None,
-                None,
-                "test",
-            ))
-            .build();
         #[allow(deprecated)]
-        let out = aws_sdk_proton::Client::from_conf(config)
+        let out = proton_client(&self.emulator.url(), "AKIDOTHERTEAM")
             .create_environment_account_connection()
             .environment_name(environment)
             .management_account_id("111122223333")
@@ -1743,6 +1744,21 @@ fn plain_context(
 }
 
 /// The requeue of a reconcile's answer.
+/// A Proton SDK client of the emulator at `url` in us-east-1, signing as `access_key` (the
+/// emulator tells identities apart by access key and checks no secret).
+pub fn proton_client(url: &str, access_key: &str) -> aws_sdk_proton::Client {
+    aws_sdk_proton::Client::from_conf(
+        aws_sdk_proton::Config::builder()
+            .behavior_version(aws_sdk_proton::config::BehaviorVersion::latest())
+            .region(aws_sdk_proton::config::Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(aws_sdk_proton::config::Credentials::new(
+                access_key, "secret", None, None, "test",
+            ))
+            .build(),
+    )
+}
+
 pub fn requeue_of(action: &kube::runtime::controller::Action) -> Duration {
     let text = format!("{action:?}");
     let inner = text
