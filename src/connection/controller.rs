@@ -286,7 +286,7 @@ pub async fn reconcile(
     );
     reconciler::measured(
         span,
-        reconcile_inner(&obj, &ctx),
+        Box::pin(reconcile_inner(&obj, &ctx)),
         Error::metric_label,
         |label, took| ctx.metrics.reconciled(label, took),
     )
@@ -632,7 +632,8 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
             }
             self.create_admitted = true;
         }
-        let result = execute(
+        // Boxed: a reconcile holds one step at a time, and the calls are most of its size.
+        let result = Box::pin(execute(
             ctx,
             self.obj,
             self.facts,
@@ -640,7 +641,7 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
             run.region(),
             &ticket,
             step,
-        )
+        ))
         .await?;
         if matches!(result, Ok(Outcome::IntentRecorded)) {
             self.create_admitted = true;
@@ -1454,5 +1455,26 @@ mod tests {
         let failure = watcher::Error::NoResourceVersion;
         follow_watch(&ctx, &store, &readiness, &Err(failure));
         assert!(!readiness.get(), "a failing watch is reported");
+    }
+
+    /// kube-runtime moves each reconcile it runs into its map of running reconciles and out
+    /// again: what it moves must stay small, and what a reconcile holds inline (its largest
+    /// step's state) too. Unboxed, these were 41 KiB and 20 KiB.
+    #[tokio::test]
+    async fn a_reconcile_future_is_small_and_its_calls_are_boxed() {
+        let ctx = Arc::new(context());
+        let obj = Arc::new(eac("u"));
+        let queued = reconcile(obj.clone(), ctx.clone());
+        assert!(
+            std::mem::size_of_val(&queued) <= 1024,
+            "what kube-runtime moves: {} bytes",
+            std::mem::size_of_val(&queued)
+        );
+        let inner = reconcile_inner(&obj, &ctx);
+        assert!(
+            std::mem::size_of_val(&inner) <= 12 * 1024,
+            "one reconcile's state: {} bytes",
+            std::mem::size_of_val(&inner)
+        );
     }
 }

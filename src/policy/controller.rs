@@ -212,7 +212,7 @@ pub async fn reconcile(
     );
     reconciler::measured(
         span,
-        reconcile_inner(&obj, &ctx),
+        Box::pin(reconcile_inner(&obj, &ctx)),
         Error::metric_label,
         |label, took| ctx.metrics.acceptance_reconciled(label, took),
     )
