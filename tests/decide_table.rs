@@ -21,7 +21,7 @@ use eac_controller::connection::api::{
 use eac_controller::connection::decide::{
     AdoptionPolicy, Intent, MAX_STEPS, Memory, Note, Observed, Origin, Outcome, Problem, Progress,
     Recorded, Reported, Resource, Run, Settings, Settled, Step, client_token, desired_tags,
-    effective_status, event_for, ownership_tags, retry_after,
+    effective_status, event_for, listed_polls_until, ownership_tags, retry_after,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -3191,4 +3191,48 @@ fn a_vanished_connection_is_carried_over_to_its_recreation() {
     };
     assert!(recorded.before_create);
     assert_eq!(recorded.status.recreations, 1);
+}
+
+/// While a PENDING connection is polled faster than the slowest poll, its polls may be left to
+/// the shared list (the poller) until its reconcile comes back at the slowest poll interval,
+/// jittered; otherwise its own requeue polls.
+#[test]
+fn fast_polls_of_a_pending_connection_are_left_to_the_list_until_the_slowest_poll() {
+    let s = settings();
+    let pending = status_pending();
+    for (requeue, jitter, expected) in [
+        (secs(2), 0.5, Some(PENDING_POLL)),
+        (secs(2), 0.0, Some(PENDING_POLL.mul_f64(0.9))),
+        (secs(25), 0.99, Some(PENDING_POLL.mul_f64(1.098))),
+        // Already at the slowest interval (or past it, jittered): the requeue polls.
+        (PENDING_POLL, 0.5, None),
+        (PENDING_POLL.mul_f64(1.05), 0.5, None),
+    ] {
+        assert_eq!(
+            listed_polls_until(&pending, requeue, &s, jitter),
+            expected,
+            "requeue {requeue:?}, jitter {jitter}"
+        );
+    }
+    let mut no_id = status_pending();
+    no_id.id = None;
+    for (status, what) in [
+        (status_connected(), "CONNECTED"),
+        (no_id, "no connection recorded"),
+    ] {
+        assert_eq!(
+            listed_polls_until(&status, secs(2), &s, 0.5),
+            None,
+            "{what}: nothing for the list to answer"
+        );
+    }
+    // A pending_poll longer than the resync period is capped by it, as the polls are.
+    let short_resync = Settings {
+        resync: secs(20),
+        ..settings()
+    };
+    assert_eq!(
+        listed_polls_until(&pending, secs(2), &short_resync, 0.5),
+        Some(secs(20))
+    );
 }

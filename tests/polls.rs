@@ -88,6 +88,7 @@ async fn polls_of_many_pending_connections_are_answered_by_one_list() {
     let (accepted, rejected) = (&names[7], &names[200]);
     env.proton().accept(&id_of(&env, accepted)).unwrap();
     env.proton().reject(&id_of(&env, rejected)).unwrap();
+    spacing_passes().await;
     for n in &names {
         env.resync(n).await.expect("polled");
     }
@@ -105,14 +106,25 @@ async fn a_list_shows_news_only_if_it_began_after_the_connection_was_last_seen()
     env.count_proton_calls_from_now().await;
     env.resync(&names[0]).await.unwrap();
     assert_eq!(env.calls(LIST), 3);
-    // The same connection again: the list it was answered by is not news any more.
+    // The same connection again at once: the list it was answered by is not news any more,
+    // but the next may not begin yet (a list of 250 is spaced by 250 ms); the poll stretches.
+    env.resync(&names[0]).await.unwrap();
+    assert_eq!(env.calls(LIST), 3, "not listed again within the spacing");
+    assert_eq!(env.calls(GET), 0, "nor read: the list of 250 ms ago stands");
+    spacing_passes().await;
     env.resync(&names[0]).await.unwrap();
     assert_eq!(
         env.calls(LIST),
         6,
-        "listed again, not answered from the old list"
+        "listed again once the spacing passed, not answered from the old list"
     );
     assert_eq!(env.calls(GET), 0);
+}
+
+/// A list of N PENDING connections is followed by the next no sooner than N ms later (see
+/// `aws::pending`): the time that rule is about passes.
+async fn spacing_passes() {
+    tokio::time::sleep(Duration::from_millis(N as u64 + 50)).await;
 }
 
 #[tokio::test]
@@ -195,7 +207,11 @@ async fn a_refused_list_leaves_each_poll_to_its_get() {
         env.resync(n).await.expect("polled with a Get");
     }
     assert_eq!(env.calls(GET), 5, "each poll read its connection");
-    assert_eq!(env.calls(LIST), 5, "each tried the list first");
+    assert_eq!(
+        env.calls(LIST),
+        1,
+        "the list was tried once; while it is known refused, polls go straight to their Get"
+    );
     for n in &names[..5] {
         assert_eq!(state_of(&env, n), Some(ConnectionState::Pending));
         assert_eq!(
@@ -204,4 +220,128 @@ async fn a_refused_list_leaves_each_poll_to_its_get() {
             "{n}: the refused list is not the resource's problem"
         );
     }
+}
+
+/// Reconciles run so far, whatever their result.
+fn reconciles(env: &Env) -> u64 {
+    env.ctx
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("eac_reconcile_total{"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+fn run(env: &Env) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(eac_controller::connection::controller::run(
+        env.ctx.clone(),
+        eac_controller::connection::controller::WatchScope::default(),
+        8,
+        std::future::pending::<()>(),
+        eac_controller::http::Readiness::default(),
+    ))
+}
+
+/// N resources created while the controller runs, until each has its PENDING connection.
+async fn pending_while_running(env: &Env) -> Vec<String> {
+    let names = names();
+    for (i, n) in names.iter().enumerate() {
+        env.api.create(n, &uid(i), spec(n));
+    }
+    env.api
+        .wait_until(
+            &format!("all {N} resources recorded with a PENDING connection"),
+            Duration::from_secs(30),
+            |api| {
+                names.iter().all(|n| {
+                    api.get(n).and_then(|o| o.status).is_some_and(|s| {
+                        s.id.is_some() && s.status == Some(ConnectionState::Pending)
+                    })
+                })
+            },
+        )
+        .await;
+    names
+}
+
+/// While the controller runs, the fast polls of PENDING connections are made by the poller from
+/// the list: rounds of polls go by with List pages only, and no reconcile at all; a connection
+/// accepted meanwhile wakes its own resource (and only it), which reads it with one Get.
+#[tokio::test]
+async fn a_running_controller_makes_fast_polls_from_the_list_without_a_reconcile_each() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let running = run(&env);
+    let names = pending_while_running(&env).await;
+    env.count_proton_calls_from_now().await;
+    // One round of polls after the last status write has gone through its watch.
+    env.wait_for_calls(LIST, 3, Duration::from_secs(20)).await;
+    let before = reconciles(&env);
+
+    // Two more rounds (2 s apart: a new connection's fast poll).
+    env.wait_for_calls(LIST, 9, Duration::from_secs(20)).await;
+    assert_eq!(env.calls(GET), 0, "the list showed each one as recorded");
+    assert_eq!(
+        reconciles(&env) - before,
+        0,
+        "polls made without a reconcile (one each per 2 s before: {} in two rounds)",
+        2 * N
+    );
+
+    let accepted = &names[42];
+    env.proton().accept(&id_of(&env, accepted)).unwrap();
+    env.api
+        .wait_until(
+            &format!("{accepted} CONNECTED after its acceptance"),
+            Duration::from_secs(10),
+            |_| state_of(&env, accepted) == Some(ConnectionState::Connected),
+        )
+        .await;
+    assert_eq!(env.calls(GET), 1, "only the accepted connection was read");
+    assert!(
+        reconciles(&env) - before <= 3,
+        "only its resource was woken (and the watch of its own status write): {}",
+        reconciles(&env) - before
+    );
+    assert_eq!(state_of(&env, &names[43]), Some(ConnectionState::Pending));
+    running.abort();
+}
+
+/// A list refused outright (an IAM policy without ListEnvironmentAccountConnections) while the
+/// controller runs: the list is tried again only after a wait (2 s, doubling), and each due
+/// resource is woken and polls with its Get, as without the poller.
+#[tokio::test]
+async fn a_running_controller_whose_list_is_refused_polls_with_gets() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let running = run(&env);
+    let names = pending_while_running(&env).await;
+    env.proton()
+        .fail_next(LIST, "AccessDeniedException", 100_000);
+    env.count_proton_calls_from_now().await;
+
+    env.wait_for_calls(GET, 2 * N as u64, Duration::from_secs(20))
+        .await;
+    assert!(
+        env.calls(LIST) < env.calls(GET) / 10,
+        "the list is tried once a round, not once a poll: {} lists, {} Gets; {}",
+        env.calls(LIST),
+        env.calls(GET),
+        env.ctx
+            .metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("eac_reconcile_total") || l.starts_with("eac_aws"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let accepted = &names[7];
+    env.proton().accept(&id_of(&env, accepted)).unwrap();
+    env.api
+        .wait_until(
+            &format!("{accepted} CONNECTED after its acceptance, read with a Get"),
+            Duration::from_secs(10),
+            |_| state_of(&env, accepted) == Some(ConnectionState::Connected),
+        )
+        .await;
+    running.abort();
 }

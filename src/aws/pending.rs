@@ -25,6 +25,17 @@ use tokio::time::Instant;
 /// booked in the budget is).
 const PARTIAL_STALE: Duration = Duration::from_secs(60);
 
+/// After a list failed, the next is not tried for this long, doubling up to
+/// [`MAX_FAILED_WAIT`] while lists keep failing: polls meanwhile read with a Get (or wait, if
+/// the failure would meet a Get too) instead of each trying the list first.
+const FAILED_WAIT: Duration = Duration::from_secs(2);
+const MAX_FAILED_WAIT: Duration = Duration::from_secs(60);
+
+/// Lists are spaced by this much per connection the last one showed (10 s for 10,000), so
+/// however many wait, listing them takes at most about 10 pages a second; their polls stretch
+/// instead. A poll due sooner waits for the next list.
+const SPACING_PER_CONNECTION: Duration = Duration::from_millis(1);
+
 /// The lists of each credentials-and-region key.
 pub struct PendingLists<T> {
     lists: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Listing<T>>>>>,
@@ -58,6 +69,8 @@ pub struct Listing<T> {
     partial: Option<Partial<T>>,
     /// When each connection was last seen (listed or read), by id.
     seen: HashMap<String, Instant>,
+    /// The last list failed: its error, not tried again before the instant, and the wait.
+    failed: Option<(crate::aws::error::ProtonError, Instant, Duration)>,
 }
 
 impl<T> Default for Listing<T> {
@@ -66,6 +79,7 @@ impl<T> Default for Listing<T> {
             complete: None,
             partial: None,
             seen: HashMap::new(),
+            failed: None,
         }
     }
 }
@@ -109,6 +123,13 @@ impl<T> Listing<T> {
         self.complete.as_ref().map(|(began, _)| *began)
     }
 
+    /// The earliest a spaced list may begin: the newest one's start, plus its spacing.
+    pub fn next_spaced(&self) -> Option<Instant> {
+        self.complete.as_ref().map(|(began, found)| {
+            *began + SPACING_PER_CONNECTION * u32::try_from(found.len()).unwrap_or(u32::MAX)
+        })
+    }
+
     /// The connection was seen as of `at` (listed, or read with a Get).
     pub fn saw(&mut self, id: &str, at: Instant) {
         self.seen.insert(id.to_string(), at);
@@ -132,6 +153,24 @@ impl<T> Listing<T> {
         self.seen.retain(|id, _| found.contains_key(id));
         self.complete = Some((began, found));
         self.partial = None;
+        self.failed = None;
+    }
+
+    /// The list failed at `at` with `error` (not deferred: that is the budget's to space).
+    pub fn failed(&mut self, error: crate::aws::error::ProtonError, at: Instant) {
+        let wait = match &self.failed {
+            Some((_, _, wait)) => (*wait * 2).min(MAX_FAILED_WAIT),
+            None => FAILED_WAIT,
+        };
+        self.failed = Some((error, at + wait, wait));
+    }
+
+    /// The last list's error, while the next may not be tried yet.
+    pub fn failing(&self, now: Instant) -> Option<&crate::aws::error::ProtonError> {
+        self.failed
+            .as_ref()
+            .filter(|(_, until, _)| now < *until)
+            .map(|(e, _, _)| e)
     }
 }
 
@@ -181,6 +220,61 @@ mod tests {
         assert!(
             l.resume(t0 + PARTIAL_STALE).is_none(),
             "too old to go on with"
+        );
+    }
+
+    #[test]
+    fn a_failed_list_is_not_tried_again_for_a_wait_that_doubles_until_one_ends() {
+        let t0 = Instant::now();
+        let denied = crate::aws::error::ProtonError {
+            operation: "ListEnvironmentAccountConnections",
+            class: crate::aws::error::ErrorClass::AccessDenied,
+            code: "AccessDeniedException".into(),
+            message: "no".into(),
+            retry_in: None,
+        };
+        let mut l: Listing<u32> = Listing::default();
+        assert!(l.failing(t0).is_none());
+        l.failed(denied.clone(), t0);
+        assert_eq!(l.failing(t0), Some(&denied));
+        assert!(
+            l.failing(t0 + FAILED_WAIT).is_none(),
+            "tried again after 2 s"
+        );
+        let t1 = t0 + FAILED_WAIT;
+        l.failed(denied.clone(), t1);
+        assert!(l.failing(t1 + FAILED_WAIT).is_some(), "failed again: 4 s");
+        assert!(l.failing(t1 + 2 * FAILED_WAIT).is_none());
+        for _ in 0..10 {
+            l.failed(denied.clone(), t1);
+        }
+        assert!(
+            l.failing(t1 + MAX_FAILED_WAIT).is_none(),
+            "at most a minute"
+        );
+        l.finish(t1, found(&["a"]));
+        assert!(l.failing(t1).is_none(), "a list that ends clears it");
+        l.failed(denied, t1);
+        assert!(
+            l.failing(t1 + FAILED_WAIT).is_none(),
+            "and the wait starts again from 2 s"
+        );
+    }
+
+    #[test]
+    fn lists_of_many_are_spaced_by_how_many_they_showed() {
+        let t0 = Instant::now();
+        let mut l: Listing<u32> = Listing::default();
+        assert_eq!(l.next_spaced(), None, "nothing listed: list now");
+        let many: Vec<String> = (0..5_000).map(|i| format!("c{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        l.finish(t0, found(&refs));
+        assert_eq!(l.next_spaced(), Some(t0 + Duration::from_secs(5)));
+        l.finish(t0 + Duration::from_secs(5), found(&["a"]));
+        assert_eq!(
+            l.next_spaced(),
+            Some(t0 + Duration::from_millis(5_001)),
+            "one connection: next to no spacing"
         );
     }
 }

@@ -40,6 +40,18 @@ pub struct Ticket<'a> {
     pub admitted: bool,
 }
 
+/// What the list of PENDING connections answers for one poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollAnswer {
+    /// It shows the connection just as recorded.
+    AsRecorded,
+    /// It does not (accepted, rejected, changed, gone, or not listed since): read it.
+    Otherwise,
+    /// The last list began before the connection was last seen, and the next may not begin
+    /// before this.
+    Wait(tokio::time::Instant),
+}
+
 /// Tags as a sorted map, the way the controller compares them.
 pub type Tags = BTreeMap<String, String>;
 
@@ -389,38 +401,86 @@ impl Proton {
         recorded: &Connection,
     ) -> Result<Connection, ProtonError> {
         let id = recorded.id.as_str();
-        let key = crate::aws::budget::pending_list_key(&ticket.identity.to_string(), region);
-        let shared = self.pending.listing(&key);
-        let mut listing = shared.lock().await;
-        if listing.of(id) == Listed::Stale {
-            let list_ticket = Ticket {
-                key: &key,
-                admitted: false,
-                ..*ticket
-            };
-            match self.list_pending(&mut listing, &list_ticket, region).await {
-                Ok(()) => {}
-                Err(e) if e.class == ErrorClass::Deferred => return Err(e),
-                // Polls never depend on the list: a list refused (a policy without
-                // ListEnvironmentAccountConnections, a fault) leaves this poll to its Get.
-                Err(e) => {
-                    tracing::debug!(error = %e, "listing PENDING connections failed; reading with a Get")
-                }
+        match self
+            .listed_unchanged(ticket.identity, region, &[(id, listed_as(recorded))])
+            .await
+        {
+            // Shown as recorded; or seen so by a list too recent to list again: the poll
+            // stretches to the next list, as the poller's do.
+            Ok(shown) if shown.first().is_some_and(|a| *a != PollAnswer::Otherwise) => {
+                return Ok(recorded.clone());
+            }
+            Ok(_) => {}
+            Err(e) if e.class == ErrorClass::Deferred => return Err(e),
+            // Polls never depend on the list: a list refused (a policy without
+            // ListEnvironmentAccountConnections, a fault) leaves this poll to its Get.
+            Err(e) => {
+                tracing::debug!(error = %e, "listing PENDING connections failed; reading with a Get")
             }
         }
-        if listing.of(id) == Listed::Shows(&listed_as(recorded)) {
-            if let Some(began) = listing.began() {
-                listing.saw(id, began);
-            }
-            return Ok(recorded.clone());
-        }
-        drop(listing);
         let asked = tokio::time::Instant::now();
         let c = self.get(ticket, region, id).await?;
         if c.state == ConnectionState::Pending {
-            shared.lock().await.saw(id, asked);
+            let key = crate::aws::budget::pending_list_key(&ticket.identity.to_string(), region);
+            self.pending.listing(&key).lock().await.saw(id, asked);
         }
         Ok(c)
+    }
+
+    /// Whether the list of `identity`'s PENDING connections in `region` shows each of `polls`
+    /// (an id, and what was recorded of that connection as [`listed_as`] gives it) just as
+    /// recorded, listing them again first if the newest list does not speak for one of them.
+    /// What it shows so is seen as of that list; anything else is for a Get to read. A list is
+    /// not begun sooner than its spacing after the last (see [`crate::aws::pending`]): a poll
+    /// the last list cannot answer then waits for the next. `Err`: the list could not be made
+    /// (deferred by the budget, or failed).
+    pub async fn listed_unchanged(
+        &self,
+        identity: &AwsIdentity,
+        region: &str,
+        polls: &[(&str, u64)],
+    ) -> Result<Vec<PollAnswer>, ProtonError> {
+        let key = crate::aws::budget::pending_list_key(&identity.to_string(), region);
+        let shared = self.pending.listing(&key);
+        let mut listing = shared.lock().await;
+        let now = tokio::time::Instant::now();
+        let later = listing.next_spaced().filter(|at| now < *at);
+        if later.is_none() && polls.iter().any(|(id, _)| listing.of(id) == Listed::Stale) {
+            if let Some(e) = listing.failing(now) {
+                return Err(e.clone());
+            }
+            let ticket = Ticket {
+                identity,
+                key: &key,
+                class: CallClass::Poll,
+                admitted: false,
+            };
+            match self.list_pending(&mut listing, &ticket, region).await {
+                Ok(()) => {}
+                Err(e) if e.class == ErrorClass::Deferred => return Err(e),
+                Err(e) => {
+                    listing.failed(e.clone(), tokio::time::Instant::now());
+                    return Err(e);
+                }
+            }
+        }
+        let began = listing.began();
+        Ok(polls
+            .iter()
+            .map(|(id, recorded)| match listing.of(id) {
+                Listed::Shows(shown) if shown == recorded => {
+                    if let Some(began) = began {
+                        listing.saw(id, began);
+                    }
+                    PollAnswer::AsRecorded
+                }
+                Listed::Stale => match later {
+                    Some(at) => PollAnswer::Wait(at),
+                    None => PollAnswer::Otherwise,
+                },
+                _ => PollAnswer::Otherwise,
+            })
+            .collect())
     }
 
     /// Lists the caller's PENDING connections in `region` into `listing`, going on from a list
@@ -891,7 +951,7 @@ struct ListQuery<'a> {
 
 /// What a list shows of a connection (all but its CodeBuild role, which a list does not show),
 /// as one number: a list keeps only this of each connection.
-fn listed_as(c: &Connection) -> u64 {
+pub fn listed_as(c: &Connection) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     (

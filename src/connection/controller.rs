@@ -31,6 +31,7 @@ use crate::connection::api::{
 use crate::connection::decide::{
     self, Intent, Memory, Note, Outcome, Problem, Progress, Run, Settings, Step,
 };
+use crate::connection::polls::{Polls, Waiting};
 use crate::http::Readiness;
 use crate::mapping::{Accounts, AwsIdentity, MappingError, Resolved, UnmappedNamespaces};
 use crate::metrics::Metrics;
@@ -129,6 +130,8 @@ pub struct Context {
     policies: Nudge<ConnectionAcceptancePolicy>,
     /// The watch cache, while the controller runs.
     cache: Mutex<Option<Store<EnvironmentAccountConnection>>>,
+    /// The fast polls of PENDING connections, made from the shared list while it runs.
+    polls: Arc<Polls>,
 }
 
 impl Context {
@@ -152,6 +155,7 @@ impl Context {
             nudge: Nudge::default(),
             policies: Nudge::default(),
             cache: Mutex::default(),
+            polls: Arc::default(),
         }
     }
 
@@ -252,12 +256,14 @@ impl Context {
     /// The resource is gone: drop what was kept about it (and its booking in the budget).
     pub fn forget(&self, uid: &str) {
         self.tracked.remove(uid);
+        self.polls.release(uid);
         self.proton.forget(uid);
     }
 
     /// Drops what is kept about resources that are no longer in the watch cache.
     pub fn retain_only(&self, live: &HashSet<String>) {
         self.tracked.retain_only(live);
+        self.polls.retain(live);
         // The management side's bookings in the shared budget are its own to drop.
         self.proton
             .retain(|key| live.contains(key) || crate::aws::budget::is_shared_key(key));
@@ -266,6 +272,7 @@ impl Context {
     /// Forgets everything (a new term of leadership: another leader may have written since).
     pub fn forget_all(&self) {
         self.tracked.clear();
+        self.polls.set_running(false);
         self.proton.retain(|_| false);
     }
 }
@@ -580,7 +587,7 @@ async fn steps(
     };
     let step = reconciler::drive::drive(&mut run, &mut executor).await?;
     let carry = run.carry_over();
-    finish(ctx, facts, &executor.finalizers, step, carry).await
+    finish(ctx, obj, facts, &executor.finalizers, step, carry).await
 }
 
 /// Carries out the connection kind's steps, with what a reconcile holds between them.
@@ -788,25 +795,7 @@ async fn execute(
                 && facts.status.status == Some(ConnectionState::Pending)
                 && facts.status.id.as_ref() == Some(id) =>
         {
-            let recorded = crate::aws::proton::Connection {
-                id: id.clone(),
-                arn: facts.status.arn.clone().unwrap_or_default(),
-                state: ConnectionState::Pending,
-                environment_name: obj.spec.environment_name.clone(),
-                management_account_id: obj.spec.management_account_id.clone(),
-                environment_account_id: facts
-                    .status
-                    .environment_account_id
-                    .clone()
-                    .unwrap_or_default(),
-                roles: crate::aws::proton::RoleArns {
-                    role_arn: facts.status.role_arn.clone(),
-                    codebuild_role_arn: facts.status.codebuild_role_arn.clone(),
-                    component_role_arn: facts.status.component_role_arn.clone(),
-                },
-                requested_at: facts.status.requested_at.clone().unwrap_or_default(),
-                last_modified_at: facts.status.last_modified_at.clone().unwrap_or_default(),
-            };
+            let recorded = recorded_pending(&obj.spec, &facts.status, id);
             proton
                 .poll(ticket, region, &recorded)
                 .await
@@ -877,6 +866,7 @@ fn unreachable_final(step: &Step) -> Result<Outcome, ProtonError> {
 /// Ends the reconcile on its final step.
 async fn finish(
     ctx: &Context,
+    obj: &EnvironmentAccountConnection,
     facts: &Facts,
     finalizers: &[String],
     step: Step,
@@ -900,15 +890,18 @@ async fn finish(
             for note in &settled.events {
                 facts.note(note);
             }
-            let due = Instant::now() + settled.requeue;
+            let requeue = hand_polls_over(ctx, obj, facts, &settled.status, settled.requeue)
+                .unwrap_or(settled.requeue);
+            let due = Instant::now() + requeue;
             let mut tracked = ctx.tracked();
             let t = tracked.entry(facts.uid.clone()).or_default();
             t.succeeded();
             t.hold(facts.generation, facts.triggers.clone(), due);
-            Ok((Action::requeue(settled.requeue), "settled"))
+            Ok((Action::requeue(requeue), "settled"))
         }
         Step::Report(reported) => {
             warn!(reason = reported.problem.reason, message = %reported.problem.message, retry_in_secs = reported.requeue.as_secs_f64(), "reconcile ended on a problem");
+            ctx.polls.release(&facts.uid);
             write_status(ctx, facts, &reported.status).await?;
             if let Some(note) = &reported.event {
                 facts.note(note);
@@ -949,6 +942,7 @@ async fn finish(
                 None => facts.status.id.clone(),
             };
             ctx.metrics.budget_deferred(class, requeue);
+            ctx.polls.release(&facts.uid);
             debug!(
                 class = class.as_str(),
                 wait_secs = requeue.as_secs_f64(),
@@ -956,6 +950,11 @@ async fn finish(
                 "no room in the AWS call budget now; coming back"
             );
             checkpoint(ctx, facts, requeue);
+            if facts.nudged
+                && let Some(t) = ctx.tracked().get_mut(&facts.uid)
+            {
+                t.keep_nudged();
+            }
             if let Some(progress) = carry {
                 let mut tracked = ctx.tracked();
                 tracked.entry(facts.uid.clone()).or_default().kind.resume =
@@ -975,6 +974,65 @@ async fn finish(
             Ok((Action::await_change(), "ignored"))
         }
     }
+}
+
+/// A PENDING connection as the status records it, for a list to be compared with.
+fn recorded_pending(
+    spec: &crate::connection::api::EnvironmentAccountConnectionSpec,
+    status: &Status,
+    id: &str,
+) -> crate::aws::proton::Connection {
+    crate::aws::proton::Connection {
+        id: id.to_string(),
+        arn: status.arn.clone().unwrap_or_default(),
+        state: ConnectionState::Pending,
+        environment_name: spec.environment_name.clone(),
+        management_account_id: spec.management_account_id.clone(),
+        environment_account_id: status.environment_account_id.clone().unwrap_or_default(),
+        roles: crate::aws::proton::RoleArns {
+            role_arn: status.role_arn.clone(),
+            codebuild_role_arn: status.codebuild_role_arn.clone(),
+            component_role_arn: status.component_role_arn.clone(),
+        },
+        requested_at: status.requested_at.clone().unwrap_or_default(),
+        last_modified_at: status.last_modified_at.clone().unwrap_or_default(),
+    }
+}
+
+/// Leaves the resource's next polls to the poller while its connection is PENDING and polled
+/// fast (see [`crate::connection::polls`]); returns when its reconcile comes back, or None
+/// when the reconcile makes its next poll itself.
+fn hand_polls_over(
+    ctx: &Context,
+    obj: &EnvironmentAccountConnection,
+    facts: &Facts,
+    status: &Status,
+    requeue: Duration,
+) -> Option<Duration> {
+    // The same jitter for a resource each time, from its uid.
+    let jitter = {
+        let mut h = DefaultHasher::new();
+        facts.uid.hash(&mut h);
+        (h.finish() % 1_000) as f64 / 1_000.0
+    };
+    let backstop = decide::listed_polls_until(status, requeue, &ctx.settings, jitter);
+    let (Some(backstop), Some(id), Some(region)) = (backstop, &status.id, &status.region) else {
+        ctx.polls.release(&facts.uid);
+        return None;
+    };
+    let now = Instant::now();
+    let waiting = Waiting {
+        object: kube::runtime::reflector::ObjectRef::from_obj(obj),
+        identity: facts.identity.clone(),
+        region: region.clone(),
+        id: id.clone(),
+        listed_as: crate::aws::proton::listed_as(&recorded_pending(&obj.spec, status, id)),
+        requested_at: status.requested_at.clone().unwrap_or_default(),
+        jitter,
+        due: now + requeue,
+        until: now + backstop,
+    };
+    ctx.polls.take(&facts.uid, waiting).then_some(backstop)
 }
 
 /// Measures the interval between two routine reads of the same connection.
@@ -1292,6 +1350,12 @@ pub async fn run(
         store.clone(),
         Arc::new(move |uid: &str| expiring.tracked.expire(uid)),
     );
+    ctx.polls.set_running(true);
+    let poller = tokio::spawn(ctx.polls.clone().run(
+        ctx.proton.clone(),
+        ctx.settings.clone(),
+        ctx.nudge.clone(),
+    ));
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         // The controller backs its trigger stream off too: the same short backoff.
@@ -1304,6 +1368,8 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "EnvironmentAccountConnection").await;
+    poller.abort();
+    ctx.polls.set_running(false);
     ctx.nudge.detach();
     for follower in followers {
         follower.abort();

@@ -63,6 +63,16 @@ where
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Reconciles `object` (uid `uid`) now; false if the target is not running.
+    pub fn one(&self, object: ObjectRef<K>, uid: &str) -> bool {
+        let target = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(target) = target.as_ref() else {
+            return false;
+        };
+        (target.expire)(uid);
+        target.queue.unbounded_send(object).is_ok()
+    }
+
     /// Reconciles now every cached object `wanted` picks; returns how many.
     pub fn objects_where(&self, wanted: impl Fn(&K) -> bool) -> usize {
         let target = self.target.lock().unwrap_or_else(|p| p.into_inner());

@@ -86,6 +86,11 @@ impl<T: PartialEq, M> Tracked<T, M> {
         std::mem::take(&mut self.nudged)
     }
 
+    /// A nudged reconcile did not get to its read (deferred): the next one makes it.
+    pub fn keep_nudged(&mut self) {
+        self.nudged = true;
+    }
+
     /// A reconcile settled: the backoff and the last error are over.
     pub fn succeeded(&mut self) {
         self.failures = 0;

@@ -1652,6 +1652,20 @@ impl Env {
         }
     }
 
+    /// Waits until the emulator has answered `count` `op` calls since its counts were reset. It
+    /// has no change feed, so the count is looked at every 20 ms.
+    pub async fn wait_for_calls(&self, op: &str, count: u64, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.calls(op) < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {count} {op} calls: {} so far",
+                self.calls(op)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Count of one Proton operation so far.
     pub fn calls(&self, op: &str) -> u64 {
         self.proton().calls().count(op)

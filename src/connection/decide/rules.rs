@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::aws::budget::CallClass;
 use crate::aws::proton::Connection;
-use crate::connection::api::ConnectionState;
+use crate::connection::api::{ConnectionState, EnvironmentAccountConnectionStatus as Status};
 
 use super::{AdoptionPolicy, Observed, Problem, Resource, Run, Settings, Step};
 
@@ -102,22 +102,44 @@ pub(super) fn requeue_after(
     jitter: f64,
 ) -> Duration {
     let interval = if c.state == ConnectionState::Pending {
-        let age = c
-            .requested_at
-            .parse::<jiff::Timestamp>()
-            .map(|t| age(t, now))
-            .unwrap_or_default();
-        let cap = settings.pending_poll.min(settings.resync);
-        let fast = FAST_POLL.min(cap);
-        (age / 10).clamp(fast, cap)
+        pending_interval(&c.requested_at, settings, now)
     } else {
         settings.resync
     };
     jittered(interval, jitter)
 }
 
+/// How often a PENDING connection requested at `requested_at` is polled at `now`, before
+/// jitter (see [`requeue_after`]).
+pub fn pending_interval(requested_at: &str, settings: &Settings, now: jiff::Timestamp) -> Duration {
+    let age = requested_at
+        .parse::<jiff::Timestamp>()
+        .map(|t| age(t, now))
+        .unwrap_or_default();
+    let cap = settings.pending_poll.min(settings.resync);
+    let fast = FAST_POLL.min(cap);
+    (age / 10).clamp(fast, cap)
+}
+
+/// Whether the polls of a settled resource, next due after `requeue`, may be left to the
+/// shared list of PENDING connections until its reconcile comes back, and when that is: while
+/// its connection is PENDING and polled faster than the slowest poll (`pending_poll`, jittered
+/// by `jitter`). The list answers each such poll without a reconcile, and wakes the resource
+/// only when it no longer shows the connection as recorded. None: the resource's own requeue
+/// makes its next poll.
+pub fn listed_polls_until(
+    status: &Status,
+    requeue: Duration,
+    settings: &Settings,
+    jitter: f64,
+) -> Option<Duration> {
+    let slowest = jittered(settings.pending_poll.min(settings.resync), jitter);
+    (status.status == Some(ConnectionState::Pending) && status.id.is_some() && requeue < slowest)
+        .then_some(slowest)
+}
+
 /// `interval` +/-10 %, by `jitter` in [0, 1).
-pub(super) fn jittered(interval: Duration, jitter: f64) -> Duration {
+pub fn jittered(interval: Duration, jitter: f64) -> Duration {
     let jitter = if jitter.is_finite() {
         jitter.clamp(0.0, 1.0)
     } else {

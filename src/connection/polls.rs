@@ -1,0 +1,389 @@
+//! The fast polls of PENDING connections, made without a reconcile each.
+//!
+//! A new PENDING connection is polled every 2 s at first, then less often (see
+//! `decide::rules`). One reconcile per poll cost each resource a run of the whole controller
+//! (scheduling, the watch cache, the decision) every few seconds, so with thousands waiting the
+//! controller's CPU grew with the number of connections times the length of the wait, although
+//! the shared list of PENDING connections answered nearly every poll without an AWS call. So a
+//! resource in that phase hands its polls to [`Polls`] until its reconcile comes back at the
+//! slowest poll interval (`decide::listed_polls_until`): when one is due, the poller asks the
+//! shared list ([`crate::aws::proton::Proton::listed_unchanged`]), which answers every poll due
+//! at once, and wakes only the resources whose connection the list no longer shows as recorded
+//! (accepted, rejected, changed or gone). Those are read with a Get by their reconcile, as a
+//! nudged poll is.
+//!
+//! The reconcile stays the backstop: if the poller cannot list (the budget defers it, the
+//! account may not list), the resources are woken to poll with their Get, and a resource the
+//! poller dropped is still polled when its reconcile comes back.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::aws::credentials::AwsIdentity;
+use crate::aws::proton::{ErrorClass, PollAnswer, Proton};
+use crate::connection::api::EnvironmentAccountConnection;
+use crate::connection::decide::{Settings, jittered, pending_interval};
+use crate::reconciler::nudge::Nudge;
+
+/// Polls due within this much of each other are made together.
+const GATHER: Duration = Duration::from_millis(100);
+
+/// How long a poll the budget had no room for waits when the budget booked nothing.
+const BUSY_WAIT: Duration = Duration::from_secs(1);
+
+/// A resource whose polls the poller makes.
+#[derive(Clone, Debug)]
+pub struct Waiting {
+    pub object: ObjectRef<EnvironmentAccountConnection>,
+    pub identity: AwsIdentity,
+    pub region: String,
+    /// The connection's id, and what was recorded of it as a list shows it.
+    pub id: String,
+    pub listed_as: u64,
+    pub requested_at: String,
+    pub jitter: f64,
+    /// When its next poll is due.
+    pub due: Instant,
+    /// When its reconcile comes back (and polls again itself).
+    pub until: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// While the controller runs.
+    running: bool,
+    by_uid: HashMap<String, Waiting>,
+    /// (due, uid), the next first.
+    due: BTreeSet<(Instant, String)>,
+}
+
+/// The resources whose fast polls are made from the shared list, and when each is due.
+#[derive(Default)]
+pub struct Polls {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+/// What became of the polls due at one moment.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Made {
+    /// Shown by the list as recorded: seen, and due again later.
+    pub unchanged: usize,
+    /// Woken: their reconcile reads them with a Get.
+    pub woken: usize,
+    /// The budget had no room, or the list failed for a while: due again later.
+    pub deferred: usize,
+    /// The last list is too recent to list again (see [`crate::aws::pending`]): due at the next.
+    pub spaced: usize,
+}
+
+impl Polls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The controller starts (`true`) or stops: nothing is taken while it is stopped, and what
+    /// was taken goes (the next term's reconciles poll for themselves first).
+    pub fn set_running(&self, running: bool) {
+        let mut state = self.lock();
+        state.running = running;
+        state.by_uid.clear();
+        state.due.clear();
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    /// Takes a resource's polls until its reconcile comes back; false when the poller is not
+    /// running (the reconcile must poll itself).
+    pub fn take(&self, uid: &str, waiting: Waiting) -> bool {
+        let mut state = self.lock();
+        if !state.running {
+            return false;
+        }
+        let due = waiting.due;
+        if let Some(old) = state.by_uid.insert(uid.to_string(), waiting) {
+            state.due.remove(&(old.due, uid.to_string()));
+        }
+        let first = state.due.first().is_none_or(|(next, _)| due < *next);
+        state.due.insert((due, uid.to_string()));
+        drop(state);
+        if first {
+            self.changed.notify_one();
+        }
+        true
+    }
+
+    /// The resource's reconcile polls for itself again (it settled otherwise, or it is gone).
+    pub fn release(&self, uid: &str) {
+        let mut state = self.lock();
+        if let Some(old) = state.by_uid.remove(uid) {
+            state.due.remove(&(old.due, uid.to_string()));
+        }
+    }
+
+    /// Keeps only the resources still in the watch cache.
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        let mut state = self.lock();
+        state.by_uid.retain(|uid, _| live.contains(uid));
+        state.due.retain(|(_, uid)| live.contains(uid));
+    }
+
+    /// How many resources the poller polls for.
+    pub fn len(&self) -> usize {
+        self.lock().by_uid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// When the next poll is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.lock().due.first().map(|(due, _)| *due)
+    }
+
+    /// Takes out the polls due by `now` (and those due within [`GATHER`] of it).
+    fn take_due(&self, now: Instant) -> Vec<(String, Waiting)> {
+        let mut state = self.lock();
+        let mut taken = Vec::new();
+        while let Some((due, _)) = state.due.first()
+            && *due <= now + GATHER
+        {
+            let Some((_, uid)) = state.due.pop_first() else {
+                break;
+            };
+            if let Some(w) = state.by_uid.remove(&uid) {
+                taken.push((uid, w));
+            }
+        }
+        taken
+    }
+
+    /// Puts back a poll made (or deferred), due again at `due`; unless its reconcile comes
+    /// back first, or a reconcile took it again meanwhile.
+    fn put_back(&self, uid: String, mut waiting: Waiting, due: Instant) {
+        if due >= waiting.until {
+            return;
+        }
+        let mut state = self.lock();
+        if !state.running || state.by_uid.contains_key(&uid) {
+            return;
+        }
+        waiting.due = due;
+        state.due.insert((due, uid.clone()));
+        state.by_uid.insert(uid, waiting);
+    }
+
+    /// Makes every poll due by `now`: one list per set of credentials and region answers them
+    /// all; what it does not show as recorded is woken through `nudge`.
+    pub async fn make_due(
+        &self,
+        proton: &Proton,
+        settings: &Settings,
+        nudge: &Nudge<EnvironmentAccountConnection>,
+        now: Instant,
+    ) -> Made {
+        let mut groups: HashMap<(AwsIdentity, String), Vec<(String, Waiting)>> = HashMap::new();
+        for (uid, w) in self.take_due(now) {
+            groups
+                .entry((w.identity.clone(), w.region.clone()))
+                .or_default()
+                .push((uid, w));
+        }
+        let mut made = Made::default();
+        for ((identity, region), polls) in groups {
+            let asked: Vec<(&str, u64)> = polls
+                .iter()
+                .map(|(_, w)| (w.id.as_str(), w.listed_as))
+                .collect();
+            let answer = proton.listed_unchanged(&identity, &region, &asked).await;
+            let at = Instant::now();
+            let wall = jiff::Timestamp::now();
+            match answer {
+                Ok(answers) => {
+                    for ((uid, w), answer) in polls.into_iter().zip(answers) {
+                        match answer {
+                            PollAnswer::AsRecorded => {
+                                made.unchanged += 1;
+                                let next = jittered(
+                                    pending_interval(&w.requested_at, settings, wall),
+                                    w.jitter,
+                                );
+                                self.put_back(uid, w, at + next);
+                            }
+                            PollAnswer::Wait(until) => {
+                                made.spaced += 1;
+                                self.put_back(uid, w, until);
+                            }
+                            PollAnswer::Otherwise => {
+                                made.woken += usize::from(nudge.one(w.object, &uid));
+                            }
+                        }
+                    }
+                }
+                // No room in the budget, throttled, or a passing fault: a Get each would fare
+                // no better, so the polls wait for the next list (their reconciles still poll
+                // when they come back).
+                Err(e)
+                    if matches!(
+                        e.class,
+                        ErrorClass::Deferred | ErrorClass::Throttled | ErrorClass::Transient
+                    ) =>
+                {
+                    let wait = e.retry_in.unwrap_or(BUSY_WAIT);
+                    debug!(error = %e, %region, "PENDING connections not listed now; their polls wait");
+                    for (uid, w) in polls {
+                        made.deferred += 1;
+                        self.put_back(uid, w, at + wait);
+                    }
+                }
+                // Refused (IAM without ListEnvironmentAccountConnections, say): each resource
+                // polls with its own Get, as without the list.
+                Err(e) => {
+                    debug!(error = %e, %region, "listing PENDING connections refused; their reconciles poll");
+                    for (uid, w) in polls {
+                        made.woken += usize::from(nudge.one(w.object, &uid));
+                    }
+                }
+            }
+        }
+        made
+    }
+
+    /// Makes the polls as they fall due, while the controller runs.
+    pub async fn run(
+        self: Arc<Self>,
+        proton: Proton,
+        settings: Settings,
+        nudge: Nudge<EnvironmentAccountConnection>,
+    ) {
+        loop {
+            let changed = self.changed.notified();
+            match self.next_due() {
+                Some(due) if due <= Instant::now() => {
+                    let made = self
+                        .make_due(&proton, &settings, &nudge, Instant::now())
+                        .await;
+                    debug!(?made, "PENDING polls made from the list");
+                }
+                Some(due) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {}
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(name: &str, due: Instant, until: Instant) -> Waiting {
+        Waiting {
+            object: ObjectRef::new(name).within("ns"),
+            identity: AwsIdentity::Own,
+            region: "us-east-1".into(),
+            id: format!("id-{name}"),
+            listed_as: 1,
+            requested_at: String::new(),
+            jitter: 0.5,
+            due,
+            until,
+        }
+    }
+
+    fn due_uids(polls: &Polls, now: Instant) -> Vec<String> {
+        polls
+            .take_due(now)
+            .into_iter()
+            .map(|(uid, _)| uid)
+            .collect()
+    }
+
+    #[test]
+    fn nothing_is_taken_while_the_controller_is_not_running() {
+        let polls = Polls::default();
+        let t0 = Instant::now();
+        let w = waiting("a", t0, t0 + Duration::from_secs(30));
+        assert!(!polls.take("a", w.clone()), "its reconcile polls itself");
+        polls.set_running(true);
+        assert!(polls.take("a", w.clone()));
+        polls.set_running(false);
+        assert!(polls.is_empty(), "a stopped controller drops what it took");
+        assert!(!polls.take("a", w));
+    }
+
+    #[test]
+    fn polls_fall_due_in_order_and_those_close_together_go_together() {
+        let polls = Polls::default();
+        polls.set_running(true);
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(30);
+        polls.take("late", waiting("late", t0 + Duration::from_secs(5), until));
+        polls.take("b", waiting("b", t0 + Duration::from_millis(2_050), until));
+        polls.take("a", waiting("a", t0 + Duration::from_secs(2), until));
+        assert_eq!(polls.next_due(), Some(t0 + Duration::from_secs(2)));
+        assert!(due_uids(&polls, t0).is_empty(), "none due yet");
+        assert_eq!(
+            due_uids(&polls, t0 + Duration::from_secs(2)),
+            ["a", "b"],
+            "b is due 50 ms later: made with a"
+        );
+        assert_eq!(polls.len(), 1);
+        assert_eq!(due_uids(&polls, t0 + Duration::from_secs(5)), ["late"]);
+    }
+
+    #[test]
+    fn a_poll_made_is_due_again_unless_its_reconcile_comes_first_or_took_it_again() {
+        let polls = Polls::default();
+        polls.set_running(true);
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(30);
+        polls.take("a", waiting("a", t0, until));
+        let (uid, w) = polls.take_due(t0).pop().unwrap();
+        polls.put_back(uid, w.clone(), t0 + Duration::from_secs(2));
+        assert_eq!(polls.next_due(), Some(t0 + Duration::from_secs(2)));
+
+        let (uid, w) = polls.take_due(t0 + Duration::from_secs(2)).pop().unwrap();
+        polls.put_back(uid, w.clone(), until);
+        assert!(
+            polls.is_empty(),
+            "its reconcile comes back by then, and polls"
+        );
+
+        // A reconcile took the resource again while its poll was being made: that one holds.
+        polls.take("a", waiting("a", t0 + Duration::from_secs(9), until));
+        polls.put_back("a".into(), w, t0 + Duration::from_secs(3));
+        assert_eq!(polls.next_due(), Some(t0 + Duration::from_secs(9)));
+        assert_eq!(polls.len(), 1);
+    }
+
+    #[test]
+    fn a_resource_released_or_gone_is_no_longer_polled() {
+        let polls = Polls::default();
+        polls.set_running(true);
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(30);
+        for uid in ["a", "b", "c"] {
+            polls.take(uid, waiting(uid, t0, until));
+        }
+        polls.release("a");
+        polls.retain(&["c".to_string()].into_iter().collect());
+        assert_eq!(due_uids(&polls, t0), ["c"]);
+        // Taken again with another due time: only the new one counts.
+        polls.take("c", waiting("c", t0 + Duration::from_secs(4), until));
+        polls.take("c", waiting("c", t0 + Duration::from_secs(2), until));
+        assert_eq!(due_uids(&polls, t0 + Duration::from_secs(10)), ["c"]);
+        assert!(polls.is_empty());
+    }
+}
