@@ -3203,9 +3203,10 @@ fn fast_polls_of_a_pending_connection_are_left_to_the_list_until_the_slowest_pol
     for (requeue, jitter, expected) in [
         (secs(2), 0.5, Some(PENDING_POLL)),
         (secs(2), 0.0, Some(PENDING_POLL.mul_f64(0.9))),
-        (secs(25), 0.99, Some(PENDING_POLL.mul_f64(1.098))),
-        // Already at the slowest interval (or past it, jittered): the requeue polls.
+        (secs(26), 0.99, Some(PENDING_POLL.mul_f64(1.098))),
+        // Already at the slowest interval (or within its jitter): the requeue polls.
         (PENDING_POLL, 0.5, None),
+        (secs(28), 0.0, None),
         (PENDING_POLL.mul_f64(1.05), 0.5, None),
     ] {
         assert_eq!(

@@ -1351,10 +1351,12 @@ pub async fn run(
         Arc::new(move |uid: &str| expiring.tracked.expire(uid)),
     );
     ctx.polls.set_running(true);
+    let postponing = ctx.clone();
     let poller = tokio::spawn(ctx.polls.clone().run(
         ctx.proton.clone(),
         ctx.settings.clone(),
         ctx.nudge.clone(),
+        Arc::new(move |uid: &str, due| postponing.tracked.postpone(uid, due)),
     ));
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))

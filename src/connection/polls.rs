@@ -37,6 +37,9 @@ const GATHER: Duration = Duration::from_millis(100);
 /// How long a poll the budget had no room for waits when the budget booked nothing.
 const BUSY_WAIT: Duration = Duration::from_secs(1);
 
+/// Gives a resource's reconcile a later due time: its next poll's (see [`Polls::make_due`]).
+pub type HandBack = Arc<dyn Fn(&str, Instant) + Send + Sync>;
+
 /// A resource whose polls the poller makes.
 #[derive(Clone, Debug)]
 pub struct Waiting {
@@ -166,27 +169,30 @@ impl Polls {
     }
 
     /// Puts back a poll made (or deferred), due again at `due`; unless its reconcile comes
-    /// back first, or a reconcile took it again meanwhile.
-    fn put_back(&self, uid: String, mut waiting: Waiting, due: Instant) {
+    /// back first (false: it polls then), or a reconcile took it again meanwhile.
+    fn put_back(&self, uid: String, mut waiting: Waiting, due: Instant) -> bool {
         if due >= waiting.until {
-            return;
+            return false;
         }
         let mut state = self.lock();
-        if !state.running || state.by_uid.contains_key(&uid) {
-            return;
+        if state.running && !state.by_uid.contains_key(&uid) {
+            waiting.due = due;
+            state.due.insert((due, uid.clone()));
+            state.by_uid.insert(uid, waiting);
         }
-        waiting.due = due;
-        state.due.insert((due, uid.clone()));
-        state.by_uid.insert(uid, waiting);
+        true
     }
 
     /// Makes every poll due by `now`: one list per set of credentials and region answers them
-    /// all; what it does not show as recorded is woken through `nudge`.
+    /// all; what it does not show as recorded is woken through `nudge`, and a resource whose
+    /// reconcile comes back before its next poll is due is given that poll's time through
+    /// `hand_back` (its reconcile then waits for it).
     pub async fn make_due(
         &self,
         proton: &Proton,
         settings: &Settings,
         nudge: &Nudge<EnvironmentAccountConnection>,
+        hand_back: &(dyn Fn(&str, Instant) + Send + Sync),
         now: Instant,
     ) -> Made {
         let mut groups: HashMap<(AwsIdentity, String), Vec<(String, Waiting)>> = HashMap::new();
@@ -215,7 +221,11 @@ impl Polls {
                                     pending_interval(&w.requested_at, settings, wall),
                                     w.jitter,
                                 );
-                                self.put_back(uid, w, at + next);
+                                // Its reconcile comes back before its next poll is due: it
+                                // polls at that poll's time, not sooner.
+                                if !self.put_back(uid.clone(), w, at + next) {
+                                    hand_back(&uid, at + next);
+                                }
                             }
                             PollAnswer::Wait(until) => {
                                 made.spaced += 1;
@@ -262,13 +272,20 @@ impl Polls {
         proton: Proton,
         settings: Settings,
         nudge: Nudge<EnvironmentAccountConnection>,
+        hand_back: HandBack,
     ) {
         loop {
             let changed = self.changed.notified();
             match self.next_due() {
                 Some(due) if due <= Instant::now() => {
                     let made = self
-                        .make_due(&proton, &settings, &nudge, Instant::now())
+                        .make_due(
+                            &proton,
+                            &settings,
+                            &nudge,
+                            hand_back.as_ref(),
+                            Instant::now(),
+                        )
                         .await;
                     debug!(?made, "PENDING polls made from the list");
                 }
@@ -351,7 +368,7 @@ mod tests {
         let until = t0 + Duration::from_secs(30);
         polls.take("a", waiting("a", t0, until));
         let (uid, w) = polls.take_due(t0).pop().unwrap();
-        polls.put_back(uid, w.clone(), t0 + Duration::from_secs(2));
+        assert!(polls.put_back(uid, w.clone(), t0 + Duration::from_secs(2)));
         assert_eq!(polls.next_due(), Some(t0 + Duration::from_secs(2)));
 
         let (uid, w) = polls.take_due(t0 + Duration::from_secs(2)).pop().unwrap();
@@ -363,7 +380,7 @@ mod tests {
 
         // A reconcile took the resource again while its poll was being made: that one holds.
         polls.take("a", waiting("a", t0 + Duration::from_secs(9), until));
-        polls.put_back("a".into(), w, t0 + Duration::from_secs(3));
+        assert!(polls.put_back("a".into(), w, t0 + Duration::from_secs(3)));
         assert_eq!(polls.next_due(), Some(t0 + Duration::from_secs(9)));
         assert_eq!(polls.len(), 1);
     }

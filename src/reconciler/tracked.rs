@@ -188,6 +188,16 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
         self.lock().clear();
     }
 
+    /// Moves one object's due time out to `due` (not in): what it is due for was done at
+    /// another's hands, whose next is then (see `connection::polls`).
+    pub fn postpone(&self, uid: &str, due: Instant) {
+        if let Some(c) = self.lock().get_mut(uid).and_then(|t| t.checkpoint.as_mut())
+            && c.due < due
+        {
+            c.due = due;
+        }
+    }
+
     /// Makes one object due now: something it waits for has happened (see `nudge`).
     pub fn expire(&self, uid: &str) {
         if let Some(t) = self.lock().get_mut(uid) {
@@ -247,6 +257,29 @@ mod tests {
         assert_eq!(t.quiet(2, &"a", now), None, "a new generation");
         assert_eq!(t.quiet(1, &"b", now), None, "other triggers");
         assert_eq!(t.quiet(1, &"a", now + Duration::from_secs(5)), None, "due");
+    }
+
+    #[test]
+    fn a_checkpoint_is_postponed_but_never_brought_forward() {
+        let tracker: Tracker<&str, ()> = Tracker::default();
+        let now = Instant::now();
+        tracker.postpone("u", now + Duration::from_secs(9));
+        assert!(tracker.lock().is_empty(), "nothing made up for an unknown object");
+        tracker
+            .lock()
+            .entry("u".into())
+            .or_default()
+            .hold(1, "a", now + Duration::from_secs(5));
+        tracker.postpone("u", now + Duration::from_secs(3));
+        assert_eq!(
+            tracker.lock()["u"].quiet(1, &"a", now),
+            Some(Duration::from_secs(5))
+        );
+        tracker.postpone("u", now + Duration::from_secs(8));
+        assert_eq!(
+            tracker.lock()["u"].quiet(1, &"a", now),
+            Some(Duration::from_secs(8))
+        );
     }
 
     #[test]

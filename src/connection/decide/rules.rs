@@ -133,9 +133,12 @@ pub fn listed_polls_until(
     settings: &Settings,
     jitter: f64,
 ) -> Option<Duration> {
-    let slowest = jittered(settings.pending_poll.min(settings.resync), jitter);
-    (status.status == Some(ConnectionState::Pending) && status.id.is_some() && requeue < slowest)
-        .then_some(slowest)
+    let cap = settings.pending_poll.min(settings.resync);
+    // Below the least the slowest poll is jittered to: polled faster than it, not merely
+    // jittered below it.
+    let fast = requeue < cap.mul_f64(0.9);
+    (status.status == Some(ConnectionState::Pending) && status.id.is_some() && fast)
+        .then(|| jittered(cap, jitter))
 }
 
 /// `interval` +/-10 %, by `jitter` in [0, 1).
