@@ -264,7 +264,10 @@ mod tests {
         let tracker: Tracker<&str, ()> = Tracker::default();
         let now = Instant::now();
         tracker.postpone("u", now + Duration::from_secs(9));
-        assert!(tracker.lock().is_empty(), "nothing made up for an unknown object");
+        assert!(
+            tracker.lock().is_empty(),
+            "nothing made up for an unknown object"
+        );
         tracker
             .lock()
             .entry("u".into())
