@@ -235,15 +235,6 @@ impl Running {
     }
 }
 
-fn metric(env: &Env, series: &str) -> f64 {
-    env.ctx
-        .metrics
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 /// Part 1: N resources at once, unlimited budget.
 async fn throughput(n: usize, concurrency: u16, floor: Duration, latency: Duration) {
     let env = Env::start_full(
@@ -294,12 +285,9 @@ async fn throughput(n: usize, concurrency: u16, floor: Duration, latency: Durati
             .join(", "),
         per(reads as f64),
         per(aws.total() as f64),
-        per(metric(&env, "eac_aws_calls_by_class_total{class=\"work\"}")),
-        per(metric(&env, "eac_aws_calls_by_class_total{class=\"poll\"}")),
-        per(metric(
-            &env,
-            "eac_aws_calls_by_class_total{class=\"resync\"}"
-        )),
+        per(env.metric("eac_aws_calls_by_class_total{class=\"work\"}")),
+        per(env.metric("eac_aws_calls_by_class_total{class=\"poll\"}")),
+        per(env.metric("eac_aws_calls_by_class_total{class=\"resync\"}")),
         rss_after - rss_before,
     );
     running.stop().await;
@@ -327,9 +315,9 @@ async fn work_before_polls(m: usize) {
     // Let the polls run against the budget for a while (a measurement window, not a wait for
     // something to happen); the polls sent in it give the interval each connection actually got.
     let window = Duration::from_secs(20);
-    let polls_before = metric(&env, "eac_aws_calls_by_class_total{class=\"poll\"}");
+    let polls_before = env.metric("eac_aws_calls_by_class_total{class=\"poll\"}");
     tokio::time::sleep(window).await;
-    let polls = metric(&env, "eac_aws_calls_by_class_total{class=\"poll\"}") - polls_before;
+    let polls = env.metric("eac_aws_calls_by_class_total{class=\"poll\"}") - polls_before;
     let fresh: Vec<String> = (0..10).map(|i| name("new", i)).collect();
     let t1 = Instant::now();
     for (i, n) in fresh.iter().enumerate() {
@@ -344,7 +332,7 @@ async fn work_before_polls(m: usize) {
         percentile(&times, 0.99).as_secs_f64(),
         polls / window.as_secs_f64(),
         window.as_secs(),
-        metric(&env, "eac_aws_deferred_total{class=\"poll\"}"),
+        env.metric("eac_aws_deferred_total{class=\"poll\"}"),
     );
     running.stop().await;
 }

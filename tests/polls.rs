@@ -53,15 +53,7 @@ fn id_of(env: &Env, name: &str) -> String {
 
 /// Reconciles the call budget deferred so far.
 fn deferred(env: &Env) -> u64 {
-    env.ctx
-        .metrics
-        .encode()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("eac_reconcile_total{result=\"deferred\"}")
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
+    env.metric("eac_reconcile_total{result=\"deferred\"}") as u64
 }
 
 fn state_of(env: &Env, name: &str) -> Option<ConnectionState> {
@@ -281,6 +273,11 @@ async fn a_running_controller_makes_fast_polls_from_the_list_without_a_reconcile
     // Two more rounds (2 s apart: a new connection's fast poll).
     env.wait_for_calls(LIST, 9, Duration::from_secs(20)).await;
     assert_eq!(env.calls(GET), 0, "the list showed each one as recorded");
+    let interval = env.metric("eac_effective_poll_interval_seconds{class=\"poll\"}");
+    assert!(
+        (1.5..4.0).contains(&interval),
+        "the polls the poller makes count in the effective interval (2 s, jittered): {interval}"
+    );
     assert_eq!(
         reconciles(&env) - before,
         0,

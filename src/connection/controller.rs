@@ -1029,6 +1029,7 @@ fn hand_polls_over(
         listed_as: crate::aws::proton::listed_as(&recorded_pending(&obj.spec, status, id)),
         requested_at: status.requested_at.clone().unwrap_or_default(),
         jitter,
+        polled: now,
         due: now + requeue,
         until: now + backstop,
     };
@@ -1357,6 +1358,7 @@ pub async fn run(
         ctx.settings.clone(),
         ctx.nudge.clone(),
         Arc::new(move |uid: &str, due| postponing.tracked.postpone(uid, due)),
+        ctx.metrics.clone(),
     ));
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))

@@ -25,10 +25,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::aws::budget::CallClass;
 use crate::aws::credentials::AwsIdentity;
 use crate::aws::proton::{ErrorClass, PollAnswer, Proton};
 use crate::connection::api::EnvironmentAccountConnection;
 use crate::connection::decide::{Settings, jittered, pending_interval};
+use crate::metrics::Metrics;
 use crate::reconciler::nudge::Nudge;
 
 /// Polls due within this much of each other are made together.
@@ -51,6 +53,8 @@ pub struct Waiting {
     pub listed_as: u64,
     pub requested_at: String,
     pub jitter: f64,
+    /// When it was last polled (read, or shown by a list), for the effective-interval metric.
+    pub polled: Instant,
     /// When its next poll is due.
     pub due: Instant,
     /// When its reconcile comes back (and polls again itself).
@@ -193,6 +197,7 @@ impl Polls {
         settings: &Settings,
         nudge: &Nudge<EnvironmentAccountConnection>,
         hand_back: &(dyn Fn(&str, Instant) + Send + Sync),
+        metrics: &Metrics,
         now: Instant,
     ) -> Made {
         let mut groups: HashMap<(AwsIdentity, String), Vec<(String, Waiting)>> = HashMap::new();
@@ -213,10 +218,12 @@ impl Polls {
             let wall = jiff::Timestamp::now();
             match answer {
                 Ok(answers) => {
-                    for ((uid, w), answer) in polls.into_iter().zip(answers) {
+                    for ((uid, mut w), answer) in polls.into_iter().zip(answers) {
                         match answer {
                             PollAnswer::AsRecorded => {
                                 made.unchanged += 1;
+                                metrics.read_interval(CallClass::Poll, at - w.polled);
+                                w.polled = at;
                                 let next = jittered(
                                     pending_interval(&w.requested_at, settings, wall),
                                     w.jitter,
@@ -273,6 +280,7 @@ impl Polls {
         settings: Settings,
         nudge: Nudge<EnvironmentAccountConnection>,
         hand_back: HandBack,
+        metrics: Metrics,
     ) {
         loop {
             let changed = self.changed.notified();
@@ -284,6 +292,7 @@ impl Polls {
                             &settings,
                             &nudge,
                             hand_back.as_ref(),
+                            &metrics,
                             Instant::now(),
                         )
                         .await;
@@ -314,6 +323,7 @@ mod tests {
             listed_as: 1,
             requested_at: String::new(),
             jitter: 0.5,
+            polled: due,
             due,
             until,
         }

@@ -1666,6 +1666,16 @@ impl Env {
         }
     }
 
+    /// The value of one series of the controller's metrics (0 when it has none yet).
+    pub fn metric(&self, series: &str) -> f64 {
+        self.ctx
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
     /// Count of one Proton operation so far.
     pub fn calls(&self, op: &str) -> u64 {
         self.proton().calls().count(op)
