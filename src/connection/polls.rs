@@ -12,9 +12,10 @@
 //! (accepted, rejected, changed or gone). Those are read with a Get by their reconcile, as a
 //! nudged poll is.
 //!
-//! The reconcile stays the backstop: if the poller cannot list (the budget defers it, the
-//! account may not list), the resources are woken to poll with their Get, and a resource the
-//! poller dropped is still polled when its reconcile comes back.
+//! The reconcile stays the backstop. A list the budget defers, or that is throttled or fails
+//! for a moment, makes the polls wait for the next list; a list refused (the account may not
+//! list) wakes the resources to poll with their Get; and a resource the poller dropped is still
+//! polled when its reconcile comes back.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
