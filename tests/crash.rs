@@ -216,17 +216,6 @@ fn small_budget() -> CallBudget {
     )
 }
 
-/// The whole controller as a process runs it, in-process; aborting the task is kill -9.
-fn start(env: &Env) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(eac_controller::connection::controller::run(
-        env.ctx.clone(),
-        eac_controller::connection::controller::WatchScope::default(),
-        4,
-        std::future::pending::<()>(),
-        eac_controller::http::Readiness::default(),
-    ))
-}
-
 fn synced_at_its_generation(
     o: &eac_controller::connection::api::EnvironmentAccountConnection,
 ) -> bool {
@@ -266,7 +255,7 @@ async fn controllers_killed_at_start_up_under_a_small_budget_leave_every_resourc
 
     for _ in 0..KILLS {
         env.restart_with_budget(small_budget());
-        let running = start(&env);
+        let running = env.run_controller(4);
         let lived = Duration::from_millis(rng.random_range(20..1_500));
         tokio::time::sleep(lived).await;
         running.abort();
@@ -289,7 +278,7 @@ async fn controllers_killed_at_start_up_under_a_small_budget_leave_every_resourc
 
     env.restart_with_budget(small_budget());
     let started = tokio::time::Instant::now();
-    let running = start(&env);
+    let running = env.run_controller(4);
     let needed = f64::from(CALLS_PER_RESOURCE * N as u32 - BURST) / f64::from(RATE);
     // Plus the List lag a replayed Create may wait out, and the deferral timers.
     let bound = Duration::from_secs_f64(needed) + LAG + Duration::from_secs(5);

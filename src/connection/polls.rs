@@ -142,15 +142,6 @@ impl Polls {
         state.due.retain(|(_, uid)| live.contains(uid));
     }
 
-    /// How many resources the poller polls for.
-    pub fn len(&self) -> usize {
-        self.lock().by_uid.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// When the next poll is due.
     fn next_due(&self) -> Option<Instant> {
         self.lock().due.first().map(|(due, _)| *due)
@@ -330,6 +321,10 @@ mod tests {
         }
     }
 
+    fn len(polls: &Polls) -> usize {
+        polls.lock().by_uid.len()
+    }
+
     fn due_uids(polls: &Polls, now: Instant) -> Vec<String> {
         polls
             .take_due(now)
@@ -347,7 +342,7 @@ mod tests {
         polls.set_running(true);
         assert!(polls.take("a", w.clone()));
         polls.set_running(false);
-        assert!(polls.is_empty(), "a stopped controller drops what it took");
+        assert!(len(&polls) == 0, "a stopped controller drops what it took");
         assert!(!polls.take("a", w));
     }
 
@@ -367,7 +362,7 @@ mod tests {
             ["a", "b"],
             "b is due 50 ms later: made with a"
         );
-        assert_eq!(polls.len(), 1);
+        assert_eq!(len(&polls), 1);
         assert_eq!(due_uids(&polls, t0 + Duration::from_secs(5)), ["late"]);
     }
 
@@ -385,7 +380,7 @@ mod tests {
         let (uid, w) = polls.take_due(t0 + Duration::from_secs(2)).pop().unwrap();
         polls.put_back(uid, w.clone(), until);
         assert!(
-            polls.is_empty(),
+            len(&polls) == 0,
             "its reconcile comes back by then, and polls"
         );
 
@@ -393,7 +388,7 @@ mod tests {
         polls.take("a", waiting("a", t0 + Duration::from_secs(9), until));
         assert!(polls.put_back("a".into(), w, t0 + Duration::from_secs(3)));
         assert_eq!(polls.next_due(), Some(t0 + Duration::from_secs(9)));
-        assert_eq!(polls.len(), 1);
+        assert_eq!(len(&polls), 1);
     }
 
     #[test]
@@ -412,6 +407,6 @@ mod tests {
         polls.take("c", waiting("c", t0 + Duration::from_secs(4), until));
         polls.take("c", waiting("c", t0 + Duration::from_secs(2), until));
         assert_eq!(due_uids(&polls, t0 + Duration::from_secs(10)), ["c"]);
-        assert!(polls.is_empty());
+        assert!(len(&polls) == 0);
     }
 }

@@ -1652,6 +1652,19 @@ impl Env {
         }
     }
 
+    /// Runs the connection controller as a process runs it (the whole watch and kube-runtime
+    /// loop, every namespace), in-process, until the returned task is aborted: aborting it is
+    /// kill -9.
+    pub fn run_controller(&self, concurrency: u16) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(controller::run(
+            self.ctx.clone(),
+            controller::WatchScope::default(),
+            concurrency,
+            std::future::pending::<()>(),
+            eac_controller::http::Readiness::default(),
+        ))
+    }
+
     /// Waits until the emulator has answered `count` `op` calls since its counts were reset. It
     /// has no change feed, so the count is looked at every 20 ms.
     pub async fn wait_for_calls(&self, op: &str, count: u64, limit: Duration) {
