@@ -1021,8 +1021,11 @@ fn hand_polls_over(
         return None;
     };
     let now = Instant::now();
+    // Name and namespace are all a nudge needs (kube-runtime matches objects by them alone).
+    let mut object = kube::runtime::reflector::ObjectRef::new(&obj.name_any());
+    object.namespace = obj.metadata.namespace.clone();
     let waiting = Waiting {
-        object: kube::runtime::reflector::ObjectRef::from_obj(obj),
+        object,
         identity: facts.identity.clone(),
         region: region.clone(),
         id: id.clone(),
@@ -1239,19 +1242,30 @@ pub fn trigger_hash(obj: &EnvironmentAccountConnection) -> Option<u64> {
 }
 
 /// Drops from a watched object what the controller never reads, so the watch cache holds only
-/// what it needs: managed fields (the largest part of most objects), labels, and the values of
-/// annotations other than the controller's own (e.g. kubectl's last-applied-configuration, a
-/// copy of the whole manifest). Annotation keys stay: whether the object has annotations decides
-/// how the intent annotation is patched in.
+/// what it needs: managed fields (the largest part of most objects), labels, owner references,
+/// and annotations other than the controller's own (e.g. kubectl's last-applied-configuration,
+/// a copy of the whole manifest). Whether the object has annotations decides how the intent
+/// annotation is patched in, so an object that had only others keeps an empty map (which costs
+/// no allocation, where one kept key costs a map node of about half a KiB). The lists kept lose
+/// the spare capacity deserializing left them (a list of two conditions holds room for four).
 pub fn slim(obj: &mut EnvironmentAccountConnection) {
-    obj.metadata.managed_fields = None;
-    obj.metadata.labels = None;
-    if let Some(annotations) = obj.metadata.annotations.as_mut() {
-        for (key, value) in annotations.iter_mut() {
-            if key != ADOPT_ANNOTATION && key != INTENT_ANNOTATION && key != PAUSED_ANNOTATION {
-                value.clear();
-            }
-        }
+    let meta = &mut obj.metadata;
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    meta.self_link = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|key, _| {
+            key == ADOPT_ANNOTATION || key == INTENT_ANNOTATION || key == PAUSED_ANNOTATION
+        });
+    }
+    if let Some(finalizers) = meta.finalizers.as_mut() {
+        finalizers.shrink_to_fit();
+    }
+    if let Some(status) = obj.status.as_mut() {
+        status.conditions.shrink_to_fit();
+        status.applied_tag_keys.shrink_to_fit();
     }
 }
 
@@ -1421,14 +1435,60 @@ mod tests {
         assert_eq!(o.metadata.labels, None);
         let annotations = o.annotations();
         assert_eq!(
-            annotations["kubectl.kubernetes.io/last-applied-configuration"],
-            ""
+            annotations.keys().collect::<Vec<_>>(),
+            [ADOPT_ANNOTATION, INTENT_ANNOTATION]
         );
         assert_eq!(annotations[ADOPT_ANNOTATION], "id-1");
         assert_eq!(annotations[INTENT_ANNOTATION], "{}");
         assert_eq!(o.metadata.finalizers, Some(vec![FINALIZER.to_string()]));
         assert_eq!(o.spec, spec);
         assert_eq!(o.metadata.uid.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_cached_object_with_only_others_annotations_still_has_annotations() {
+        let mut o = eac("a");
+        o.metadata.annotations = Some(BTreeMap::from([(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "{\"a whole manifest\": true}".into(),
+        )]));
+        slim(&mut o);
+        // The intent annotation is then added to the map, not the map created (which a guard
+        // against overwriting others' annotations would refuse).
+        assert_eq!(o.metadata.annotations, Some(BTreeMap::new()));
+        let mut bare = eac("b");
+        slim(&mut bare);
+        assert_eq!(bare.metadata.annotations, None);
+    }
+
+    #[test]
+    fn a_cached_object_keeps_no_spare_room_in_its_lists() {
+        let mut o = eac("a");
+        let mut conditions = Vec::with_capacity(8);
+        conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Connected".into(),
+            message: String::new(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH,
+            ),
+            observed_generation: Some(1),
+        });
+        o.status = Some(Status {
+            conditions,
+            ..Default::default()
+        });
+        let mut finalizers = Vec::with_capacity(4);
+        finalizers.push(FINALIZER.to_string());
+        o.metadata.finalizers = Some(finalizers);
+        slim(&mut o);
+        let status = o
+            .status
+            .as_ref()
+            .map(|s| (s.conditions.len(), s.conditions.capacity()));
+        assert_eq!(status, Some((1, 1)));
+        assert_eq!(o.metadata.finalizers.map(|f| f.capacity()), Some(1));
     }
 
     #[test]

@@ -66,7 +66,8 @@ pub struct Waiting {
 struct State {
     /// While the controller runs.
     running: bool,
-    by_uid: HashMap<String, Waiting>,
+    /// Boxed: the table then holds a pointer per slot (it keeps spare slots), not a `Waiting`.
+    by_uid: HashMap<String, Box<Waiting>>,
     /// (due, uid), the next first.
     due: BTreeSet<(Instant, String)>,
 }
@@ -115,7 +116,7 @@ impl Polls {
             return false;
         }
         let due = waiting.due;
-        if let Some(old) = state.by_uid.insert(uid.to_string(), waiting) {
+        if let Some(old) = state.by_uid.insert(uid.to_string(), Box::new(waiting)) {
             state.due.remove(&(old.due, uid.to_string()));
         }
         let first = state.due.first().is_none_or(|(next, _)| due < *next);
@@ -158,7 +159,7 @@ impl Polls {
                 break;
             };
             if let Some(w) = state.by_uid.remove(&uid) {
-                taken.push((uid, w));
+                taken.push((uid, *w));
             }
         }
         taken
@@ -174,7 +175,7 @@ impl Polls {
         if state.running && !state.by_uid.contains_key(&uid) {
             waiting.due = due;
             state.due.insert((due, uid.clone()));
-            state.by_uid.insert(uid, waiting);
+            state.by_uid.insert(uid, Box::new(waiting));
         }
         true
     }

@@ -120,7 +120,9 @@ pub struct KubeFailure {
 
 /// What a controller keeps about every object, by uid, and how many (for whoever watches).
 pub struct Tracker<T, M> {
-    map: Mutex<HashMap<String, Tracked<T, M>>>,
+    /// Boxed entries: the table keeps up to twice the slots it uses, and briefly both tables
+    /// while it grows, so a slot the size of a pointer is cheaper than one the size of an entry.
+    map: Mutex<HashMap<String, Box<Tracked<T, M>>>>,
     count: tokio::sync::watch::Sender<usize>,
 }
 
@@ -135,12 +137,12 @@ impl<T, M> Default for Tracker<T, M> {
 
 /// The locked map; publishes its size when released.
 pub struct Guard<'a, T, M> {
-    map: MutexGuard<'a, HashMap<String, Tracked<T, M>>>,
+    map: MutexGuard<'a, HashMap<String, Box<Tracked<T, M>>>>,
     count: &'a tokio::sync::watch::Sender<usize>,
 }
 
 impl<T, M> std::ops::Deref for Guard<'_, T, M> {
-    type Target = HashMap<String, Tracked<T, M>>;
+    type Target = HashMap<String, Box<Tracked<T, M>>>;
     fn deref(&self) -> &Self::Target {
         &self.map
     }

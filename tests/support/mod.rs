@@ -109,6 +109,10 @@ struct ApiState {
     cost: Option<ApiCost>,
     /// What the requests and watch events cost while `cost` is set.
     work: Arc<cost::Work>,
+    /// When each EnvironmentAccountConnection first had a `status.id`, in order (benchmarks
+    /// read it from where they left off, at no cost growing with the number of resources).
+    ids_given: Vec<(String, std::time::Instant)>,
+    ids_known: std::collections::HashSet<String>,
 }
 
 impl Default for ApiState {
@@ -133,6 +137,8 @@ impl Default for ApiState {
             watchers: Vec::new(),
             changes: tokio::sync::watch::channel(0).0,
             cost: None,
+            ids_given: Vec::new(),
+            ids_known: std::collections::HashSet::new(),
             work: Arc::default(),
         }
     }
@@ -271,6 +277,14 @@ impl ApiState {
                     self.compacted = self.compacted.max(dropped);
                 }
             }
+        }
+        if object["status"]["id"].is_string()
+            && path.contains("/environmentaccountconnections/")
+            && !self.ids_known.contains(path)
+        {
+            self.ids_known.insert(path.to_string());
+            self.ids_given
+                .push((path.to_string(), std::time::Instant::now()));
         }
         self.changes.send_modify(|n| *n += 1);
     }
@@ -819,16 +833,16 @@ impl FakeApi {
 
     /// Which of the named resources carry a connection id (read in place: benchmarks ask
     /// this of thousands of resources many times a second).
-    pub fn have_ids(&self, names: &[String]) -> Vec<bool> {
+    /// The resources (by name) that first had a `status.id` after the first `from` of them,
+    /// with when; and where the next call starts.
+    pub fn ids_given_since(&self, from: usize) -> (Vec<(String, std::time::Instant)>, usize) {
         let st = self.lock();
-        names
+        let prefix = eac_path("");
+        let new = st.ids_given[from.min(st.ids_given.len())..]
             .iter()
-            .map(|n| {
-                st.objects
-                    .get(&eac_path(n))
-                    .is_some_and(|o| o["status"]["id"].is_string())
-            })
-            .collect()
+            .filter_map(|(path, at)| Some((path.strip_prefix(&prefix)?.to_string(), *at)))
+            .collect();
+        (new, st.ids_given.len())
     }
 
     /// What clients have made this server do since its cost was set.
