@@ -4,6 +4,7 @@
 //! the changes worth a reconcile (the kind's trigger hash: never the controller's own status
 //! writes).
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -76,16 +77,81 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let followed = store.clone();
+    let (followed, live) = (store.clone(), store.clone());
     let mut follow = follow;
+    let mut changes = TriggerChanges::new(trigger);
     let stream = watcher(api, config)
         .backoff(WatchBackoff::default())
         .modify(slim)
         .reflect(writer)
         .inspect(move |event| follow(&followed, event))
-        .applied_objects()
-        .predicate_filter(trigger, Default::default());
+        .filter_map(move |event| {
+            let passed = changes.pass(event, || {
+                live.state()
+                    .iter()
+                    .filter_map(|o| o.meta().uid.clone())
+                    .collect()
+            });
+            futures::future::ready(passed)
+        });
     (store, stream)
+}
+
+/// Passes on the objects whose trigger hash changed since the watch last showed them (or that
+/// have none), and the watch's errors.
+///
+/// kube-runtime's `predicate_filter` does the same, but keys its memory by name, namespace and
+/// uid (three strings each) and forgets nothing until an hour has passed; this one keeps a uid
+/// and a hash per object, and forgets an object when the watch says it is gone (deleted, or
+/// missing from a relist).
+struct TriggerChanges<F> {
+    trigger: F,
+    last: HashMap<String, u64>,
+}
+
+impl<F> TriggerChanges<F> {
+    fn new(trigger: F) -> Self {
+        TriggerChanges {
+            trigger,
+            last: HashMap::new(),
+        }
+    }
+
+    fn pass<K: Resource>(
+        &mut self,
+        event: Result<watcher::Event<K>, watcher::Error>,
+        live: impl FnOnce() -> HashSet<String>,
+    ) -> Option<Result<K, watcher::Error>>
+    where
+        F: Fn(&K) -> Option<u64>,
+    {
+        match event {
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+                let (Some(hash), Some(uid)) = ((self.trigger)(&obj), obj.meta().uid.as_ref())
+                else {
+                    return Some(Ok(obj));
+                };
+                if self.last.get(uid) == Some(&hash) {
+                    return None;
+                }
+                self.last.insert(uid.clone(), hash);
+                Some(Ok(obj))
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                if let Some(uid) = obj.meta().uid.as_ref() {
+                    self.last.remove(uid);
+                }
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                let live = live();
+                self.last.retain(|uid, _| live.contains(uid));
+                None
+            }
+            Ok(watcher::Event::Init) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
 }
 
 /// Logs what a kube-runtime controller reports about each reconcile (the reconciles log and
@@ -109,6 +175,77 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn object(uid: &str, generation: i64) -> ConfigMap {
+        let mut o = ConfigMap::default();
+        o.metadata.name = Some(format!("n-{uid}"));
+        o.metadata.uid = Some(uid.to_string());
+        o.metadata.generation = Some(generation);
+        o
+    }
+
+    fn passed(
+        changes: &mut TriggerChanges<impl Fn(&ConfigMap) -> Option<u64>>,
+        event: watcher::Event<ConfigMap>,
+        live: &[&str],
+    ) -> Option<String> {
+        let live: HashSet<String> = live.iter().map(|s| s.to_string()).collect();
+        changes.pass(Ok(event), || live).map(|o| {
+            o.map(|o| o.metadata.uid.unwrap_or_default())
+                .unwrap_or_default()
+        })
+    }
+
+    #[test]
+    fn only_a_changed_trigger_passes_and_a_gone_object_is_forgotten() {
+        use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        let mut c = TriggerChanges::new(|o: &ConfigMap| o.metadata.generation.map(|g| g as u64));
+        assert_eq!(passed(&mut c, Apply(object("a", 1)), &[]), Some("a".into()));
+        assert_eq!(
+            passed(&mut c, Apply(object("a", 1)), &[]),
+            None,
+            "unchanged"
+        );
+        assert_eq!(passed(&mut c, Apply(object("b", 1)), &[]), Some("b".into()));
+        assert_eq!(passed(&mut c, Apply(object("a", 2)), &[]), Some("a".into()));
+        // Deleted and made again under the same uid (as a test might): news again.
+        assert_eq!(passed(&mut c, Delete(object("a", 2)), &[]), None);
+        assert_eq!(passed(&mut c, Apply(object("a", 2)), &[]), Some("a".into()));
+        // A relist: what did not change does not pass; what is missing from it is forgotten.
+        assert_eq!(passed(&mut c, Init, &[]), None);
+        assert_eq!(passed(&mut c, InitApply(object("a", 2)), &[]), None);
+        assert_eq!(passed(&mut c, InitDone, &["a"]), None);
+        assert_eq!(c.last.len(), 1, "b left with the relist");
+        assert_eq!(passed(&mut c, Apply(object("b", 1)), &[]), Some("b".into()));
+        // No hash, or no uid: always passes.
+        let mut none = TriggerChanges::new(|_: &ConfigMap| None);
+        assert_eq!(
+            passed(&mut none, Apply(object("a", 1)), &[]),
+            Some("a".into())
+        );
+        assert_eq!(
+            passed(&mut none, Apply(object("a", 1)), &[]),
+            Some("a".into())
+        );
+        let mut no_uid = object("", 1);
+        no_uid.metadata.uid = None;
+        assert_eq!(
+            passed(&mut c, Apply(no_uid.clone()), &[]),
+            Some(String::new())
+        );
+        assert_eq!(passed(&mut c, Apply(no_uid), &[]), Some(String::new()));
+    }
+
+    #[test]
+    fn a_watch_error_passes() {
+        let mut c = TriggerChanges::new(|_: &ConfigMap| Some(1));
+        let e = watcher::Error::NoResourceVersion;
+        assert!(matches!(
+            c.pass::<ConfigMap>(Err(e), HashSet::new),
+            Some(Err(watcher::Error::NoResourceVersion))
+        ));
+    }
 
     #[test]
     fn the_watch_backoff_doubles_to_two_seconds_and_starts_again_after_a_success() {
