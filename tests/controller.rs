@@ -672,3 +672,35 @@ async fn the_running_controller_drives_a_resource_through_its_lifecycle() {
         .expect("the controller stops on shutdown")
         .unwrap();
 }
+
+/// The benchmark's clock for "got its id": the fake API server notes the moment a resource's
+/// status first shows an id, once, as it stores the write; readers go on from where they left.
+#[test]
+fn the_fake_api_server_notes_when_each_resource_first_shows_an_id() {
+    let api = support::FakeApi::default();
+    api.create("a", "uid-a", spec("a"));
+    api.create("b", "uid-b", spec("b"));
+    let (none, from) = api.ids_given_since(0);
+    assert!(none.is_empty(), "no status yet: {none:?}");
+    let with_id = |id: &str| {
+        let id = id.to_string();
+        move |o: &mut eac_controller::connection::api::EnvironmentAccountConnection| {
+            o.status.get_or_insert_with(Default::default).id = Some(id);
+        }
+    };
+    api.edit("a", with_id("c-1"));
+    api.edit("a", with_id("c-2"));
+    let (given, from) = api.ids_given_since(from);
+    assert_eq!(
+        given.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["a"],
+        "once per resource, however often its status is written"
+    );
+    api.edit("b", with_id("c-3"));
+    let (later, _) = api.ids_given_since(from);
+    assert_eq!(
+        later.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert!(later[0].1 >= given[0].1);
+}
