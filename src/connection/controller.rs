@@ -1241,28 +1241,14 @@ pub fn trigger_hash(obj: &EnvironmentAccountConnection) -> Option<u64> {
     Some(h.finish())
 }
 
-/// Drops from a watched object what the controller never reads, so the watch cache holds only
-/// what it needs: managed fields (the largest part of most objects), labels, owner references,
-/// and annotations other than the controller's own (e.g. kubectl's last-applied-configuration,
-/// a copy of the whole manifest). Whether the object has annotations decides how the intent
-/// annotation is patched in, so an object that had only others keeps an empty map (which costs
-/// no allocation, where one kept key costs a map node of about half a KiB). The lists kept lose
-/// the spare capacity deserializing left them (a list of two conditions holds room for four).
+/// Drops from a watched object what the controller never reads (see
+/// [`reconciler::watch::slim_metadata`]; the annotations kept are the controller's own), and
+/// the spare room deserializing left in the status's lists (two conditions held room for four).
 pub fn slim(obj: &mut EnvironmentAccountConnection) {
-    let meta = &mut obj.metadata;
-    meta.managed_fields = None;
-    meta.labels = None;
-    meta.owner_references = None;
-    meta.generate_name = None;
-    meta.self_link = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|key, _| {
-            key == ADOPT_ANNOTATION || key == INTENT_ANNOTATION || key == PAUSED_ANNOTATION
-        });
-    }
-    if let Some(finalizers) = meta.finalizers.as_mut() {
-        finalizers.shrink_to_fit();
-    }
+    reconciler::watch::slim_metadata(
+        &mut obj.metadata,
+        &[ADOPT_ANNOTATION, INTENT_ANNOTATION, PAUSED_ANNOTATION],
+    );
     if let Some(status) = obj.status.as_mut() {
         status.conditions.shrink_to_fit();
         status.applied_tag_keys.shrink_to_fit();

@@ -587,11 +587,7 @@ pub fn trigger_hash(obj: &ConnectionAcceptancePolicy) -> Option<u64> {
 
 /// Drops from a watched policy what the controller never reads.
 pub fn slim(obj: &mut ConnectionAcceptancePolicy) {
-    obj.metadata.managed_fields = None;
-    obj.metadata.labels = None;
-    if let Some(annotations) = obj.metadata.annotations.as_mut() {
-        annotations.retain(|key, _| key == PAUSED_ANNOTATION);
-    }
+    reconciler::watch::slim_metadata(&mut obj.metadata, &[PAUSED_ANNOTATION]);
 }
 
 fn follow_watch(

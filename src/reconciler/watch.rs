@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
@@ -53,6 +54,27 @@ impl Iterator for WatchBackoff {
 impl Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.next = Self::FIRST;
+    }
+}
+
+/// What every kind's watch cache drops from an object's metadata before caching it: managed
+/// fields (the largest part of most objects), labels, owner references, `generateName`,
+/// `selfLink`, and the annotations other than `kept` (e.g. kubectl's last-applied-configuration,
+/// a copy of the whole manifest). An object that had only others keeps an empty map, which
+/// costs no allocation (one kept key costs a map node of about half a KiB): whether an object
+/// has annotations decides how one is patched in. Finalizers lose the spare room deserializing
+/// left them.
+pub fn slim_metadata(meta: &mut ObjectMeta, kept: &[&str]) {
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    meta.self_link = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|key, _| kept.contains(&key.as_str()));
+    }
+    if let Some(finalizers) = meta.finalizers.as_mut() {
+        finalizers.shrink_to_fit();
     }
 }
 
