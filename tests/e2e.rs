@@ -39,8 +39,8 @@ use e2e_support::{
 };
 use eac_controller::connection::api::{
     ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, EnvironmentAccountConnectionSpec, FINALIZER,
-    ManagementPolicy, OWNERSHIP_TAG_PREFIX, PAUSED_ANNOTATION, TAG_NAME, TAG_NAMESPACE, TAG_UID,
-    crd_yaml,
+    INTENT_ANNOTATION, ManagementPolicy, OWNERSHIP_TAG_PREFIX, PAUSED_ANNOTATION, TAG_NAME,
+    TAG_NAMESPACE, TAG_UID, crd_yaml,
 };
 use eac_controller::policy::api::UnmatchedRequests;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -931,6 +931,46 @@ async fn an_emulator_restarted_on_its_state_file_keeps_every_connection_and_caus
         assert_eq!(status(&obj).recreations, 0, "{name}");
     }
     assert_eq!(second.calls().await.count(CREATE), 0, "no drift seen");
+}
+
+/// The watch cache drops others' annotations and the labels (keeping an empty map where there
+/// were only others'): on a real API server, a resource applied as kubectl applies it still gets
+/// its finalizer with the intent annotation added beside kubectl's (a JSON patch into the
+/// existing map, not a new map, which the server would refuse as overwriting), and its
+/// connection; kubectl's annotation and the label are untouched on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_with_others_annotations_gets_its_finalizer_intent_and_connection() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("annotated").await;
+    let emulator = ns.start_emulator().await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let last_applied = "kubectl.kubernetes.io/last-applied-configuration";
+    let mut applied = eac("annotated", spec("annotated"));
+    applied.metadata.annotations = Some(BTreeMap::from([(
+        last_applied.to_string(),
+        "{\"a whole manifest\": true}".to_string(),
+    )]));
+    applied.metadata.labels = Some(BTreeMap::from([("team".to_string(), "a".to_string())]));
+    ns.apply(&applied).await;
+    let obj = ns
+        .wait_eac("annotated", "a connection", CONVERGE, has_connection)
+        .await;
+    assert!(obj.finalizers().iter().any(|f| f == FINALIZER));
+    let annotations = obj.annotations();
+    assert_eq!(
+        annotations.get(last_applied).map(String::as_str),
+        Some("{\"a whole manifest\": true}")
+    );
+    assert!(
+        annotations.contains_key(INTENT_ANNOTATION),
+        "{annotations:?}"
+    );
+    assert_eq!(obj.labels().get("team").map(String::as_str), Some("a"));
+    assert_eq!(emulator.calls().await.count(CREATE), 1);
 }
 
 /// Paused, on a real API server: not a single AWS call while the annotation says "true"; the
