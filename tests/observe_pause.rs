@@ -206,3 +206,50 @@ async fn only_true_pauses() {
     env.reconcile("prod").await.unwrap();
     assert_eq!(env.calls(CREATE), 1);
 }
+
+/// The watch cache no longer holds the intent to create once the status records the connection
+/// (`slim`). A resource switched to observing whose connection then vanishes writes a status with
+/// no connection and nothing in flight: the obsolete annotation is still removed from the API
+/// server, read from there since the cache does not have it.
+#[tokio::test]
+async fn an_obsolete_intent_the_cache_dropped_is_still_removed_from_the_api_server() {
+    use eac_controller::connection::api::INTENT_ANNOTATION;
+    use eac_controller::connection::controller::{reconcile, slim};
+
+    let env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    let id = env.api.get("prod").unwrap().status.unwrap().id.unwrap();
+    assert!(
+        env.api
+            .get("prod")
+            .unwrap()
+            .annotations()
+            .contains_key(INTENT_ANNOTATION)
+    );
+    env.api.edit("prod", |o| {
+        o.spec.management_policy = ManagementPolicy::Observe
+    });
+    assert!(env.proton().delete_out_of_band(&id));
+
+    let mut cached = env.api.get("prod").unwrap();
+    slim(&mut cached);
+    assert!(
+        !cached.annotations().contains_key(INTENT_ANNOTATION),
+        "the cache's copy records the connection, so it holds no intent"
+    );
+    reconcile(std::sync::Arc::new(cached), env.ctx.clone())
+        .await
+        .unwrap();
+
+    let obj = env.api.get("prod").unwrap();
+    assert_eq!(obj.status.as_ref().unwrap().id, None);
+    assert_eq!(obj.status.as_ref().unwrap().create_sent_at, None);
+    assert_eq!(condition(&obj, "Synced").unwrap().1, "NotFound");
+    assert!(
+        !obj.annotations().contains_key(INTENT_ANNOTATION),
+        "{:?}",
+        obj.annotations()
+    );
+    assert_eq!(env.calls(CREATE), 1, "an observer creates nothing");
+}

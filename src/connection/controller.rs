@@ -1114,6 +1114,20 @@ async fn drop_stale_intent(facts: &Facts) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take();
+    let current = match current {
+        Some(value) => Some(value),
+        // Not in the cache (see `intent_is_history`): as the API server has it, if at all.
+        None if intent_is_history(facts.stored.as_ref()) => {
+            match facts.api.get_opt(&facts.name).await {
+                Ok(found) => found.and_then(|o| o.annotations().get(INTENT_ANNOTATION).cloned()),
+                Err(e) => {
+                    debug!(error = %e, "could not read the intent annotation to remove it");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let Some(value) = current else {
         return;
     };
@@ -1242,17 +1256,38 @@ pub fn trigger_hash(obj: &EnvironmentAccountConnection) -> Option<u64> {
 }
 
 /// Drops from a watched object what the controller never reads (see
-/// [`reconciler::watch::slim_metadata`]; the annotations kept are the controller's own), and
-/// the spare room deserializing left in the status's lists (two conditions held room for four).
+/// [`reconciler::watch::slim_metadata`]; the annotations kept are the controller's own), the
+/// intent to create once the status records a connection (see [`intent_is_history`]), and the
+/// spare room deserializing left in the status's lists (two conditions held room for four).
 pub fn slim(obj: &mut EnvironmentAccountConnection) {
     reconciler::watch::slim_metadata(
         &mut obj.metadata,
         &[ADOPT_ANNOTATION, INTENT_ANNOTATION, PAUSED_ANNOTATION],
     );
+    if intent_is_history(obj.status.as_ref())
+        && let Some(annotations) = obj.metadata.annotations.as_mut()
+        && annotations.remove(INTENT_ANNOTATION).is_some()
+    {
+        reconciler::watch::release_if_empty(annotations);
+    }
     if let Some(status) = obj.status.as_mut() {
         status.conditions.shrink_to_fit();
         status.applied_tag_keys.shrink_to_fit();
     }
+}
+
+/// Whether the intent-to-create annotation is history for a resource with this status, so the
+/// watch cache does not keep it (its one key costs a map node of about half a KiB per resource).
+///
+/// It is once the status records a connection: the Create it announced was answered and its
+/// connection is on record, so no connection of it can be lost. A later status without one is
+/// written by the controller itself and carries its own pins: a re-creation records its own time
+/// of sending before its Create (later than the annotation's, which changes nothing), and a
+/// connection seen missing keeps none in flight. While such a status is not yet in the cache the
+/// reconcile starts from it without the annotation; the cache's next copy has no connection and
+/// keeps the annotation again. Removing the obsolete annotation reads it from the API server.
+pub fn intent_is_history(status: Option<&Status>) -> bool {
+    status.is_some_and(|s| s.id.is_some())
 }
 
 /// Keeps per-resource state and readiness in step with the watch: forgets resources that leave
@@ -1445,6 +1480,51 @@ mod tests {
         let mut bare = eac("b");
         slim(&mut bare);
         assert_eq!(bare.metadata.annotations, None);
+    }
+
+    #[test]
+    fn the_cache_keeps_the_intent_to_create_only_until_the_status_records_a_connection() {
+        let intent =
+            r#"{"region":"us-east-1","account":"444455556666","sentAt":"2026-12-05T00:00:00Z"}"#;
+        let annotated = |status: Option<Status>| {
+            let mut o = eac("a");
+            o.metadata.annotations = Some(BTreeMap::from([
+                (INTENT_ANNOTATION.into(), intent.to_string()),
+                (PAUSED_ANNOTATION.into(), "true".into()),
+            ]));
+            o.status = status;
+            slim(&mut o);
+            o.metadata.annotations.unwrap_or_default()
+        };
+        let sent = Status {
+            create_sent_at: Some("2026-12-05T00:00:00Z".into()),
+            ..Default::default()
+        };
+        for unanswered in [None, Some(Status::default()), Some(sent)] {
+            assert_eq!(
+                annotated(unanswered.clone())
+                    .get(INTENT_ANNOTATION)
+                    .map(String::as_str),
+                Some(intent),
+                "{unanswered:?}"
+            );
+        }
+        let recorded = Some(Status {
+            id: Some("conn-1".into()),
+            ..Default::default()
+        });
+        let kept = annotated(recorded.clone());
+        assert_eq!(kept.get(INTENT_ANNOTATION), None);
+        assert_eq!(
+            kept.get(PAUSED_ANNOTATION).map(String::as_str),
+            Some("true")
+        );
+        // Only the intent: the map stays, empty (the finalizer patch adds to it).
+        let mut o = eac("b");
+        o.metadata.annotations = Some(BTreeMap::from([(INTENT_ANNOTATION.into(), intent.into())]));
+        o.status = recorded;
+        slim(&mut o);
+        assert_eq!(o.metadata.annotations, Some(BTreeMap::new()));
     }
 
     #[test]

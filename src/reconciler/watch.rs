@@ -60,10 +60,9 @@ impl Backoff for WatchBackoff {
 /// What every kind's watch cache drops from an object's metadata before caching it: managed
 /// fields (the largest part of most objects), labels, owner references, `generateName`,
 /// `selfLink`, and the annotations other than `kept` (e.g. kubectl's last-applied-configuration,
-/// a copy of the whole manifest). An object that had only others keeps an empty map, which
-/// costs no allocation (one kept key costs a map node of about half a KiB): whether an object
-/// has annotations decides how one is patched in. Finalizers lose the spare room deserializing
-/// left them.
+/// a copy of the whole manifest). An object that had only others keeps an empty map: whether an
+/// object has annotations decides how one is patched in. Finalizers lose the spare room
+/// deserializing left them.
 pub fn slim_metadata(meta: &mut ObjectMeta, kept: &[&str]) {
     meta.managed_fields = None;
     meta.labels = None;
@@ -72,9 +71,18 @@ pub fn slim_metadata(meta: &mut ObjectMeta, kept: &[&str]) {
     meta.self_link = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.retain(|key, _| kept.contains(&key.as_str()));
+        release_if_empty(annotations);
     }
     if let Some(finalizers) = meta.finalizers.as_mut() {
         finalizers.shrink_to_fit();
+    }
+}
+
+/// A map emptied by `retain` or `remove` still holds its node (about half a KiB for one of
+/// strings); a new empty map holds nothing.
+pub fn release_if_empty<K, V>(map: &mut std::collections::BTreeMap<K, V>) {
+    if map.is_empty() {
+        *map = std::collections::BTreeMap::new();
     }
 }
 
