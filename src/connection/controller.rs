@@ -116,7 +116,9 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Metrics,
     recorder: Recorder,
-    tracked: Tracker<Triggers, Kept>,
+    /// Checkpoints hold the triggers' hash, not the triggers: a mapping's name and region would
+    /// otherwise be copied into every resource's entry.
+    tracked: Tracker<u64, Kept>,
     /// Share of the workers that routine reads (polls, resyncs) may occupy at once.
     poll_share: f64,
     /// Workers routine reads may hold, while the controller runs (None: no limit).
@@ -227,7 +229,7 @@ impl Context {
         }
     }
 
-    fn tracked(&self) -> Guard<'_, Triggers, Kept> {
+    fn tracked(&self) -> Guard<'_, u64, Kept> {
         self.tracked.lock()
     }
 
@@ -322,9 +324,13 @@ pub fn error_policy(
         failures,
         wait,
         news,
-    } = ctx
-        .tracked
-        .kube_failure(&uid, generation, triggers, &message, ctx.settings.resync);
+    } = ctx.tracked.kube_failure(
+        &uid,
+        generation,
+        triggers.hash_of(),
+        &message,
+        ctx.settings.resync,
+    );
     warn!(error = %error, failures, retry_in_secs = wait.as_secs_f64(), "reconcile failed");
     if news {
         let note = Note::warning("KubernetesError", message);
@@ -351,7 +357,7 @@ fn paused_annotation(obj: &EnvironmentAccountConnection) -> bool {
 
 /// What a reconcile acts on besides the spec: a change to one is worth a reconcile even before
 /// the resource is due: the annotations it reads, and the credentials its namespace resolves to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Triggers {
     adopt_id: Option<String>,
     paused: bool,
@@ -359,6 +365,14 @@ struct Triggers {
 }
 
 impl Triggers {
+    /// What a checkpoint keeps of them: equal triggers hash alike, and a changed one (a new
+    /// mapping, annotation, ...) all but surely not.
+    fn hash_of(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
+
     fn of(obj: &EnvironmentAccountConnection, ctx: &Context) -> Triggers {
         Triggers {
             adopt_id: adopt_annotation(obj),
@@ -459,7 +473,7 @@ impl Facts {
                 let now = Instant::now();
                 let quiet = match deleting {
                     true => None,
-                    false => t.quiet(generation, &triggers, now),
+                    false => t.quiet(generation, &triggers.hash_of(), now),
                 };
                 let failures = t.failures(generation);
                 // Taken only by a reconcile that may call AWS: one held back (quiet) leaves it.
@@ -896,7 +910,7 @@ async fn finish(
             let mut tracked = ctx.tracked();
             let t = tracked.entry(facts.uid.clone()).or_default();
             t.succeeded();
-            t.hold(facts.generation, facts.triggers.clone(), due);
+            t.hold(facts.generation, facts.triggers.hash_of(), due);
             Ok((Action::requeue(requeue), "settled"))
         }
         Step::Report(reported) => {
@@ -910,7 +924,7 @@ async fn finish(
             let mut tracked = ctx.tracked();
             let t = tracked.entry(facts.uid.clone()).or_default();
             t.fail(facts.generation);
-            t.hold(facts.generation, facts.triggers.clone(), due);
+            t.hold(facts.generation, facts.triggers.hash_of(), due);
             Ok((Action::requeue(reported.requeue), reported.problem.reason))
         }
         Step::RemoveFinalizer => {
@@ -1059,7 +1073,7 @@ fn checkpoint(ctx: &Context, facts: &Facts, requeue: Duration) {
     let due = Instant::now() + requeue;
     let mut tracked = ctx.tracked();
     let t = tracked.entry(facts.uid.clone()).or_default();
-    t.hold(facts.generation, facts.triggers.clone(), due);
+    t.hold(facts.generation, facts.triggers.hash_of(), due);
 }
 
 /// Server-side apply of the status subresource, only when it differs from what is recorded.

@@ -159,13 +159,13 @@ impl<F> TriggerChanges<F> {
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
                 let (Some(hash), Some(uid)) = ((self.trigger)(&obj), obj.meta().uid.as_ref())
                 else {
-                    return Some(Ok(obj));
+                    return Some(Ok(as_request(obj)));
                 };
                 if self.last.get(uid) == Some(&hash) {
                     return None;
                 }
                 self.last.insert(uid.clone(), hash);
-                Some(Ok(obj))
+                Some(Ok(as_request(obj)))
             }
             Ok(watcher::Event::Delete(obj)) => {
                 if let Some(uid) = obj.meta().uid.as_ref() {
@@ -182,6 +182,17 @@ impl<F> TriggerChanges<F> {
             Err(e) => Some(Err(e)),
         }
     }
+}
+
+/// A passed object only names what to reconcile: kube-runtime makes its request from it (an
+/// `ObjectRef`, kept twice while queued or requeued, in its scheduler's map and delay queue) and
+/// reconciles the cached copy, matched by name and namespace. Its uid and resourceVersion would
+/// only be kept copies, so they are left out.
+fn as_request<K: Resource>(mut obj: K) -> K {
+    let meta = obj.meta_mut();
+    meta.uid = None;
+    meta.resource_version = None;
+    obj
 }
 
 /// Logs what a kube-runtime controller reports about each reconcile (the reconciles log and
@@ -212,6 +223,7 @@ mod tests {
         o.metadata.name = Some(format!("n-{uid}"));
         o.metadata.uid = Some(uid.to_string());
         o.metadata.generation = Some(generation);
+        o.metadata.resource_version = Some(format!("{generation}"));
         o
     }
 
@@ -222,8 +234,13 @@ mod tests {
     ) -> Option<String> {
         let live: HashSet<String> = live.iter().map(|s| s.to_string()).collect();
         changes.pass(Ok(event), || live).map(|o| {
-            o.map(|o| o.metadata.uid.unwrap_or_default())
-                .unwrap_or_default()
+            let o = o.unwrap_or_default();
+            assert_eq!(
+                (o.metadata.uid, o.metadata.resource_version),
+                (None, None),
+                "a request names the object, nothing more"
+            );
+            o.metadata.name.unwrap_or_default()
         })
     }
 
@@ -231,40 +248,55 @@ mod tests {
     fn only_a_changed_trigger_passes_and_a_gone_object_is_forgotten() {
         use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
         let mut c = TriggerChanges::new(|o: &ConfigMap| o.metadata.generation.map(|g| g as u64));
-        assert_eq!(passed(&mut c, Apply(object("a", 1)), &[]), Some("a".into()));
+        assert_eq!(
+            passed(&mut c, Apply(object("a", 1)), &[]),
+            Some("n-a".into())
+        );
         assert_eq!(
             passed(&mut c, Apply(object("a", 1)), &[]),
             None,
             "unchanged"
         );
-        assert_eq!(passed(&mut c, Apply(object("b", 1)), &[]), Some("b".into()));
-        assert_eq!(passed(&mut c, Apply(object("a", 2)), &[]), Some("a".into()));
+        assert_eq!(
+            passed(&mut c, Apply(object("b", 1)), &[]),
+            Some("n-b".into())
+        );
+        assert_eq!(
+            passed(&mut c, Apply(object("a", 2)), &[]),
+            Some("n-a".into())
+        );
         // Deleted and made again under the same uid (as a test might): news again.
         assert_eq!(passed(&mut c, Delete(object("a", 2)), &[]), None);
-        assert_eq!(passed(&mut c, Apply(object("a", 2)), &[]), Some("a".into()));
+        assert_eq!(
+            passed(&mut c, Apply(object("a", 2)), &[]),
+            Some("n-a".into())
+        );
         // A relist: what did not change does not pass; what is missing from it is forgotten.
         assert_eq!(passed(&mut c, Init, &[]), None);
         assert_eq!(passed(&mut c, InitApply(object("a", 2)), &[]), None);
         assert_eq!(passed(&mut c, InitDone, &["a"]), None);
         assert_eq!(c.last.len(), 1, "b left with the relist");
-        assert_eq!(passed(&mut c, Apply(object("b", 1)), &[]), Some("b".into()));
+        assert_eq!(
+            passed(&mut c, Apply(object("b", 1)), &[]),
+            Some("n-b".into())
+        );
         // No hash, or no uid: always passes.
         let mut none = TriggerChanges::new(|_: &ConfigMap| None);
         assert_eq!(
             passed(&mut none, Apply(object("a", 1)), &[]),
-            Some("a".into())
+            Some("n-a".into())
         );
         assert_eq!(
             passed(&mut none, Apply(object("a", 1)), &[]),
-            Some("a".into())
+            Some("n-a".into())
         );
         let mut no_uid = object("", 1);
         no_uid.metadata.uid = None;
         assert_eq!(
             passed(&mut c, Apply(no_uid.clone()), &[]),
-            Some(String::new())
+            Some("n-".into())
         );
-        assert_eq!(passed(&mut c, Apply(no_uid), &[]), Some(String::new()));
+        assert_eq!(passed(&mut c, Apply(no_uid), &[]), Some("n-".into()));
     }
 
     #[test]
