@@ -240,6 +240,73 @@ async fn a_stale_cached_copy_stops_the_reconcile_instead_of_repeating_its_writes
 }
 
 #[tokio::test]
+async fn a_copy_that_does_not_show_the_controllers_own_status_write_waits_for_the_watch() {
+    use eac_controller::connection::controller::{Error, reconcile};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let settings = eac_controller::connection::decide::Settings {
+        resync: Duration::from_secs(600),
+        pending_poll: Duration::from_secs(60),
+        ..support::eager_settings()
+    };
+    let env = Env::start_with(
+        settings,
+        eac_controller::aws::budget::CallBudget::unlimited(),
+    )
+    .await;
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    let written = env.api.get("prod").unwrap();
+    assert!(written.status.as_ref().is_some_and(|s| s.id.is_some()));
+    // The copy between the finalizer patch and the status write, as a lagging watch brings it
+    // after the status write: the finalizer and the intent, no status. The controller keeps
+    // only the version and a hash of what it wrote, so it cannot reconcile from it.
+    let mut between = written.clone();
+    between.status = None;
+    between.metadata.resource_version = Some("2".into());
+    let between = Arc::new(between);
+    let (requests, calls) = (env.api.requests().len(), env.total_calls());
+
+    // Nothing new since the reconcile that wrote (the watch bringing the controller's own
+    // finalizer patch): nothing to do until the resource is due.
+    let action = reconcile(between.clone(), env.ctx.clone())
+        .await
+        .expect("nothing to do yet");
+    assert!(support::requeue_of(&action) > Duration::from_secs(1));
+
+    // Due: it waits for the watch rather than act on a status that names no connection.
+    env.ctx.expire_checkpoints();
+    let error = reconcile(between.clone(), env.ctx.clone())
+        .await
+        .expect_err("it waits for the copy that shows its status write");
+    assert!(matches!(error, Error::StaleCache(_)), "{error}");
+
+    // Being deleted: releasing the resource from this copy would lose the connection.
+    let mut deleting = (*between).clone();
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+    );
+    let error = reconcile(Arc::new(deleting), env.ctx.clone())
+        .await
+        .expect_err("it waits for the copy that shows its status write");
+    assert!(matches!(error, Error::StaleCache(_)), "{error}");
+
+    assert_eq!(
+        env.api.requests().len(),
+        requests,
+        "no request to the API server"
+    );
+    assert_eq!(env.total_calls(), calls, "no AWS call");
+    assert_eq!(env.proton().connections().len(), 1);
+
+    // The copy of the version the write made: the reconcile goes on from it.
+    env.resync("prod").await.unwrap();
+    assert!(env.total_calls() > calls, "the resync reads the connection");
+    assert_eq!(env.calls(CREATE), 1);
+    assert_eq!(env.api.get("prod").unwrap().status, written.status);
+}
+
+#[tokio::test]
 async fn a_reconcile_handed_an_older_copy_than_the_cache_holds_acts_on_the_newer_one() {
     use kube::runtime::{reflector, watcher};
     let env = Env::start().await;

@@ -20,8 +20,8 @@ use eac_controller::connection::api::{
 };
 use eac_controller::connection::decide::{
     AdoptionPolicy, Intent, MAX_STEPS, Memory, Note, Observed, Origin, Outcome, Problem, Progress,
-    Recorded, Reported, Resource, Run, Settings, Settled, Step, client_token, desired_tags,
-    effective_status, event_for, listed_polls_until, ownership_tags, retry_after,
+    Recorded, Reported, Resource, Run, Settings, Settled, Step, Written, client_token,
+    desired_tags, effective_status, event_for, listed_polls_until, ownership_tags, retry_after,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -2606,42 +2606,46 @@ fn a_report_waits_longer_the_more_reconciles_failed_in_a_row() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn the_controllers_own_write_wins_until_the_cache_catches_up() {
+fn the_controllers_own_write_is_awaited_until_the_cache_shows_it() {
     let behind = creating();
     let written = status_connected();
     let remembered = Memory {
-        written: Some(Box::new(written.clone())),
+        written: Some(Written::new(&written, Some("7".into()))),
         unwritten: None,
     };
+    // What is kept of the write is its version and a hash, not the status.
+    assert!(remembered.written.as_ref().unwrap().is(&written));
+    assert!(!remembered.written.as_ref().unwrap().is(&behind));
     let mut memory = remembered.clone();
-    assert_eq!(
-        effective_status(Some(&behind), None, &memory),
-        written,
-        "cache behind"
+    assert!(
+        memory.catch_up(Some(&behind), Some("6")),
+        "an older copy: kept"
     );
-    assert_eq!(
-        effective_status(None, None, &memory),
-        written,
-        "not in the cache yet"
+    assert!(memory.catch_up(None, None), "not in the cache yet: kept");
+    assert!(
+        !memory.catch_up(Some(&behind), Some("7")),
+        "the copy of the version the write made shows it"
     );
-    assert!(memory.catch_up(Some(&behind)), "still behind: kept");
-    assert!(memory.catch_up(None), "still behind: kept");
-    assert_eq!(memory.written.as_deref(), Some(&written));
-    assert!(!memory.catch_up(Some(&written)), "caught up: nothing left");
     assert_eq!(memory, Memory::default());
-    assert_eq!(
-        effective_status(Some(&behind), None, &memory),
-        behind,
-        "the cache again"
+    let mut memory = remembered.clone();
+    assert!(
+        !memory.catch_up(Some(&written), Some("9")),
+        "a copy with the same status shows it, whatever its version"
     );
-    assert_eq!(effective_status(None, None, &memory), Status::default());
+    let mut unversioned = Memory {
+        written: Some(Written::new(&written, None)),
+        unwritten: None,
+    };
+    assert!(
+        unversioned.catch_up(Some(&behind), None),
+        "no version on either side: only an equal status shows it"
+    );
+    assert!(!unversioned.catch_up(Some(&written), None));
 
-    // Reconciling from it reads the connection back instead of sending a Create again.
-    let case = Case::new().status(effective_status(Some(&behind), None, &remembered));
-    assert_eq!(
-        first_steps(&case),
-        [Step::WhoAmI, Step::Get { id: ID.into() }]
-    );
+    // The status to reconcile from is the cached one: a reconcile starts only once the cache
+    // shows the write (the controller waits for the watch until then).
+    assert_eq!(effective_status(Some(&behind), None, &remembered), behind);
+    assert_eq!(effective_status(None, None, &remembered), Status::default());
 }
 
 #[test]
@@ -2696,10 +2700,10 @@ fn a_connection_learned_but_not_written_is_never_created_again() {
 
     // Kept until the cache holds the connection.
     let mut m = memory.clone();
-    assert!(m.catch_up(Some(&stored)), "not stored yet");
-    assert!(!m.catch_up(Some(&same)), "stored");
+    assert!(m.catch_up(Some(&stored), None), "not stored yet");
+    assert!(!m.catch_up(Some(&same), None), "stored");
     let mut m = unwritten_intent;
-    assert!(!m.catch_up(Some(&bare)), "nothing worth keeping");
+    assert!(!m.catch_up(Some(&bare), None), "nothing worth keeping");
 
     // Reconciling from it reads the connection back instead of sending a Create again.
     let case = Case::new().status(s);

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use eac_controller::aws::budget::CallBudget;
 use eac_controller::connection::api::{
-    ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, TAG_NAME, TAG_NAMESPACE, TAG_UID,
+    ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, EnvironmentAccountConnectionStatus,
+    TAG_NAME, TAG_NAMESPACE, TAG_UID,
 };
 use proton_emulator::Faults;
 use support::{Env, condition, eager_settings, requeue_of, spec};
@@ -287,7 +288,7 @@ async fn a_connection_deleted_out_of_band_is_reported_and_recreated_once() {
 
 #[tokio::test]
 async fn a_lost_status_write_after_recreation_does_not_make_a_second_connection() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
     let id = created(&env, "prod").await;
     assert!(env.proton().delete_out_of_band(&id));
     // The NotFound report is written, the status write after the re-creation is lost.
@@ -295,8 +296,10 @@ async fn a_lost_status_write_after_recreation_does_not_make_a_second_connection(
     let obj = env.api.get("prod").unwrap();
     env.reconcile("prod").await.unwrap();
     let recreated = env.proton().connections()[0].id.clone();
-    // Simulate the crash: put the old status back, as if the last write never happened.
+    // Simulate the crash: put the old status back, as if the last write never happened, and
+    // start a new controller (the one that wrote would wait for its write to show).
     env.api.edit("prod", |o| o.status = obj.status.clone());
+    env.restart();
     env.resync("prod").await.unwrap();
 
     let conns = env.proton().connections();
@@ -456,14 +459,29 @@ async fn support_client(env: &Env) -> aws_sdk_proton::Client {
 
 #[tokio::test]
 async fn deleting_after_a_lost_recreation_status_write_orphans_nothing() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
     let id = created(&env, "prod").await;
-    let old = env.api.get("prod").unwrap().status;
     assert!(env.proton().delete_out_of_band(&id));
     env.resync("prod").await.unwrap();
     assert_eq!(env.proton().connections().len(), 1, "re-created");
-    // The status write after the re-creation is lost: the status still names the old id.
-    env.api.edit("prod", |o| o.status = old.clone());
+    // The status write after the re-creation is lost (the controller died before it): the
+    // status is the one written before the re-creation's Create, which still names no
+    // connection.
+    let writes: Vec<_> = env
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/status"))
+        .map(|r| r.body["status"].clone())
+        .collect();
+    let before_create: EnvironmentAccountConnectionStatus =
+        serde_json::from_value(writes[writes.len() - 2].clone()).unwrap();
+    assert_eq!(before_create.id, None);
+    assert_eq!(before_create.recreations, 1);
+    assert!(before_create.create_sent_at.is_some());
+    env.api
+        .edit("prod", |o| o.status = Some(before_create.clone()));
+    env.restart();
 
     env.api.delete("prod");
     env.resync("prod").await.unwrap();

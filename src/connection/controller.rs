@@ -29,7 +29,7 @@ use crate::connection::api::{
     INTENT_ANNOTATION, PAUSED_ANNOTATION,
 };
 use crate::connection::decide::{
-    self, Intent, Memory, Note, Outcome, Problem, Progress, Run, Settings, Step,
+    self, Intent, Memory, Note, Outcome, Problem, Progress, Run, Settings, Step, Written,
 };
 use crate::connection::polls::{Polls, Waiting};
 use crate::http::Readiness;
@@ -311,8 +311,9 @@ pub fn error_policy(
     ctx: Arc<Context>,
 ) -> Action {
     if let Error::StaleCache(_) = error {
-        // Not a failure: the watch brings the fresh copy at once (its event reruns the
-        // reconcile); the requeue only covers an event that came in while this one ran.
+        // Not a failure: the watch brings the fresh copy. Its event reruns the reconcile when
+        // it changes what triggers one; the requeue covers the rest (a copy that only shows
+        // this controller's status write, an event that came in while this one ran).
         debug!(error = %error, "reconcile stopped on a stale cached copy");
         return Action::requeue(STALE_CACHE_RETRY);
     }
@@ -397,6 +398,9 @@ struct Facts {
     stored: Option<Status>,
     /// The status to reconcile from (see [`decide::effective_status`]).
     status: Status,
+    /// The cache does not show this controller's last status write yet (see
+    /// [`Memory::written`]): the reconcile waits for the watch.
+    behind_own_status: bool,
     quiet: Option<Duration>,
     /// A nudge made it due: its connection was just accepted or rejected here.
     nudged: bool,
@@ -465,9 +469,13 @@ impl Facts {
             }
             t.kind.written_over = None;
         }
+        let mut behind_own_status = false;
         let (status, quiet, failures, resumed, nudged) = match tracked.get_mut(&uid) {
             Some(t) => {
-                t.kind.memory.catch_up(stored.as_ref());
+                t.kind
+                    .memory
+                    .catch_up(stored.as_ref(), obj.metadata.resource_version.as_deref());
+                behind_own_status = t.kind.memory.written.is_some();
                 let status =
                     decide::effective_status(stored.as_ref(), intent.as_ref(), &t.kind.memory);
                 let now = Instant::now();
@@ -515,6 +523,7 @@ impl Facts {
             finalizers: obj.finalizers().to_vec(),
             stored,
             status,
+            behind_own_status,
             quiet,
             nudged,
             failures,
@@ -570,6 +579,9 @@ async fn reconcile_inner(
     ctx: &Context,
 ) -> Result<(Action, &'static str), Error> {
     let facts = Facts::fetch(obj, ctx)?;
+    if facts.behind_own_status {
+        return behind_own_status(&facts);
+    }
     // Events go out once the reconcile is over, so they are not on the way to the status write
     // (and are published even if that write fails).
     let result = steps(obj, ctx, &facts).await;
@@ -578,6 +590,22 @@ async fn reconcile_inner(
         ctx.recorder.announce(obj, note).await;
     }
     result
+}
+
+/// A reconcile whose cached copy does not show this controller's last status write. One with
+/// nothing new since its last reconcile (most often the watch bringing this controller's own
+/// finalizer patch, ahead of its status write) has nothing to do until it is due; any other
+/// waits for the watch: acting on the older status could repeat a Create, or release a
+/// resource whose connection the cache does not show yet.
+fn behind_own_status(facts: &Facts) -> Result<(Action, &'static str), Error> {
+    let has_finalizer = facts.finalizers.iter().any(|f| f == FINALIZER);
+    match facts.quiet {
+        Some(requeue) if has_finalizer && !facts.deleting => {
+            debug!("the cache is behind this controller's status write; nothing changed since");
+            Ok((Action::requeue(requeue), "quiet"))
+        }
+        _ => Err(Error::StaleCache(facts.object.clone())),
+    }
 }
 
 /// fetch (done) -> the shared loop (decide -> execute -> record) -> finish.
@@ -1080,15 +1108,17 @@ fn checkpoint(ctx: &Context, facts: &Facts, requeue: Duration) {
 /// What was written is remembered until the watch cache shows it; what could not be written is
 /// remembered so the connection it names is not lost track of.
 async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(), Error> {
-    let recorded = {
+    let unchanged = {
         let tracked = ctx.tracked();
-        tracked
+        match tracked
             .get(&facts.uid)
-            .and_then(|t| t.kind.memory.written.as_deref().cloned())
-            .or_else(|| facts.stored.clone())
-            .unwrap_or_default()
+            .and_then(|t| t.kind.memory.written.as_ref())
+        {
+            Some(written) => written.is(status),
+            None => facts.stored.as_ref().unwrap_or(&Status::default()) == status,
+        }
     };
-    if recorded == *status {
+    if unchanged {
         return Ok(());
     }
     let result = reconciler::status::apply_status(&facts.api, &facts.name, status).await;
@@ -1096,8 +1126,8 @@ async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(
         let mut tracked = ctx.tracked();
         let memory = &mut tracked.entry(facts.uid.clone()).or_default().kind.memory;
         match &result {
-            Ok(_) => {
-                memory.written = Some(Box::new(status.clone()));
+            Ok(version) => {
+                memory.written = Some(Written::new(status, version.clone()));
                 memory.unwritten = None;
             }
             Err(_) => memory.unwritten = Some(Box::new(status.clone())),
@@ -1325,13 +1355,27 @@ fn follow_watch(
             ctx.retain_only(&live);
             readiness.synced();
         }
-        Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+        Ok(watcher::Event::Apply(obj)) => {
             readiness.succeeded();
             // The cache has caught up with what this controller wrote: stop remembering it.
             if let Some(uid) = obj.uid() {
                 let mut tracked = ctx.tracked();
                 if let Some(t) = tracked.get_mut(&uid) {
-                    t.kind.memory.catch_up(obj.status.as_ref());
+                    t.kind.memory.catch_up(
+                        obj.status.as_ref(),
+                        obj.metadata.resource_version.as_deref(),
+                    );
+                }
+            }
+        }
+        Ok(watcher::Event::InitApply(obj)) => {
+            readiness.succeeded();
+            // A relist shows each resource as it is now, and may skip the version a write made:
+            // waiting for that version could then last forever.
+            if let Some(uid) = obj.uid() {
+                let mut tracked = ctx.tracked();
+                if let Some(t) = tracked.get_mut(&uid) {
+                    t.kind.memory.written = None;
                 }
             }
         }

@@ -10,8 +10,12 @@ use serde_json::json;
 
 use crate::recorder::FIELD_MANAGER;
 
-/// Applies `status` to the object `name`.
-pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), kube::Error>
+/// Applies `status` to the object `name`. Returns the resourceVersion the object has after it.
+pub async fn apply_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    status: &S,
+) -> Result<Option<String>, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
@@ -27,5 +31,5 @@ where
         &Patch::Apply(patch),
     )
     .await
-    .map(|_| ())
+    .map(|o| o.meta().resource_version.clone())
 }
