@@ -36,6 +36,33 @@ const MAX_FAILED_WAIT: Duration = Duration::from_secs(60);
 /// instead. A poll due sooner waits for the next list.
 const SPACING_PER_CONNECTION: Duration = Duration::from_millis(1);
 
+/// A connection id as the lists keep it. Proton's ids are UUIDs, kept as their 16 bytes: held
+/// as a `String`, each costs 24 bytes and a heap block of 48, and each PENDING connection is
+/// kept twice (in the last list, and as seen), at thousands of connections. Any other id is
+/// kept as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ConnectionKey {
+    Uuid([u8; 16]),
+    Other(Box<str>),
+}
+
+impl ConnectionKey {
+    pub fn of(id: &str) -> ConnectionKey {
+        // Only a UUID's canonical (lowercase, hyphenated) form becomes bytes, so two different
+        // ids never share a key.
+        match uuid::Uuid::try_parse(id) {
+            Ok(u)
+                if u.hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer())
+                    == id =>
+            {
+                ConnectionKey::Uuid(u.into_bytes())
+            }
+            _ => ConnectionKey::Other(id.into()),
+        }
+    }
+}
+
 /// The lists of each credentials-and-region key.
 pub struct PendingLists<T> {
     lists: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Listing<T>>>>>,
@@ -64,11 +91,11 @@ impl<T> PendingLists<T> {
 /// The PENDING connections of one key, as last listed.
 pub struct Listing<T> {
     /// The last complete list: when it began, and what it showed by connection id.
-    complete: Option<(Instant, HashMap<String, T>)>,
+    complete: Option<(Instant, HashMap<ConnectionKey, T>)>,
     /// A list under way across a deferral.
     partial: Option<Partial<T>>,
     /// When each connection was last seen (listed or read), by id.
-    seen: HashMap<String, Instant>,
+    seen: HashMap<ConnectionKey, Instant>,
     /// The last list failed: its error, not tried again before the instant, and the wait.
     failed: Option<(crate::aws::error::ProtonError, Instant, Duration)>,
 }
@@ -88,7 +115,7 @@ impl<T> Default for Listing<T> {
 /// when it stopped.
 pub struct Partial<T> {
     pub began: Instant,
-    pub found: HashMap<String, T>,
+    pub found: HashMap<ConnectionKey, T>,
     pub next: String,
     pub paused: Instant,
 }
@@ -107,9 +134,10 @@ pub enum Listed<'a, T> {
 impl<T> Listing<T> {
     /// What the newest complete list says of `id`.
     pub fn of(&self, id: &str) -> Listed<'_, T> {
+        let key = ConnectionKey::of(id);
         match &self.complete {
-            Some((began, found)) if self.seen.get(id).is_none_or(|seen| began > seen) => {
-                match found.get(id) {
+            Some((began, found)) if self.seen.get(&key).is_none_or(|seen| began > seen) => {
+                match found.get(&key) {
                     Some(c) => Listed::Shows(c),
                     None => Listed::Absent,
                 }
@@ -132,7 +160,7 @@ impl<T> Listing<T> {
 
     /// The connection was seen as of `at` (listed, or read with a Get).
     pub fn saw(&mut self, id: &str, at: Instant) {
-        self.seen.insert(id.to_string(), at);
+        self.seen.insert(ConnectionKey::of(id), at);
     }
 
     /// The list to go on with, if one stopped part-way not too long ago.
@@ -149,7 +177,7 @@ impl<T> Listing<T> {
 
     /// The list is complete. What is remembered of connections it does not show goes: they are
     /// read with a Get next, and their poll sees them again from there.
-    pub fn finish(&mut self, began: Instant, found: HashMap<String, T>) {
+    pub fn finish(&mut self, began: Instant, found: HashMap<ConnectionKey, T>) {
         self.seen.retain(|id, _| found.contains_key(id));
         self.complete = Some((began, found));
         self.partial = None;
@@ -178,8 +206,31 @@ impl<T> Listing<T> {
 mod tests {
     use super::*;
 
-    fn found(ids: &[&str]) -> HashMap<String, u32> {
-        ids.iter().map(|id| (id.to_string(), 1)).collect()
+    fn found(ids: &[&str]) -> HashMap<ConnectionKey, u32> {
+        ids.iter().map(|id| (ConnectionKey::of(id), 1)).collect()
+    }
+
+    #[test]
+    fn a_uuid_id_is_kept_as_its_bytes_and_no_two_ids_share_a_key() {
+        let canonical = "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f";
+        assert!(matches!(
+            ConnectionKey::of(canonical),
+            ConnectionKey::Uuid(_)
+        ));
+        // Other spellings of the same UUID are other ids to Proton, and stay apart.
+        let others = [
+            "0B9C6F1E-7D2A-4C55-9F0E-1A2B3C4D5E6F",
+            "0b9c6f1e7d2a4c559f0e1a2b3c4d5e6f",
+            "{0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f}",
+            "conn-1",
+            "",
+        ];
+        for id in others {
+            assert_eq!(ConnectionKey::of(id), ConnectionKey::Other(id.into()));
+            assert_ne!(ConnectionKey::of(id), ConnectionKey::of(canonical));
+        }
+        assert_eq!(ConnectionKey::of(canonical), ConnectionKey::of(canonical));
+        assert!(std::mem::size_of::<ConnectionKey>() <= 24);
     }
 
     #[test]
@@ -197,7 +248,10 @@ mod tests {
         l.finish(t0 + Duration::from_secs(2), found(&["a"]));
         assert_eq!(l.of("a"), Listed::Shows(&1));
         assert_eq!(l.of("b"), Listed::Absent, "no longer PENDING: read it");
-        assert!(!l.seen.contains_key("b"), "forgotten once not listed");
+        assert!(
+            !l.seen.contains_key(&ConnectionKey::of("b")),
+            "forgotten once not listed"
+        );
     }
 
     #[test]

@@ -516,7 +516,10 @@ impl Proton {
                     return Err(e);
                 }
             };
-            found.extend(page.iter().map(|c| (c.id.clone(), listed_as(c))));
+            found.extend(
+                page.iter()
+                    .map(|c| (crate::aws::pending::ConnectionKey::of(&c.id), listed_as(c))),
+            );
             match token {
                 Some(token) => next = Some(token),
                 None => {
