@@ -1375,6 +1375,10 @@ fn follow_watch(
             if let Some(uid) = obj.uid() {
                 let mut tracked = ctx.tracked();
                 if let Some(t) = tracked.get_mut(&uid) {
+                    t.kind.memory.catch_up(
+                        obj.status.as_ref(),
+                        obj.metadata.resource_version.as_deref(),
+                    );
                     t.kind.memory.written = None;
                 }
             }
