@@ -244,13 +244,8 @@ async fn a_copy_that_does_not_show_the_controllers_own_status_write_waits_for_th
     use eac_controller::connection::controller::{Error, reconcile};
     use std::sync::Arc;
     use std::time::Duration;
-    let settings = eac_controller::connection::decide::Settings {
-        resync: Duration::from_secs(600),
-        pending_poll: Duration::from_secs(60),
-        ..support::eager_settings()
-    };
     let env = Env::start_with(
-        settings,
+        support::patient(),
         eac_controller::aws::budget::CallBudget::unlimited(),
     )
     .await;

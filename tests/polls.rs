@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use eac_controller::aws::budget::CallBudget;
 use eac_controller::connection::api::ConnectionState;
-use eac_controller::connection::decide::Settings;
-use support::{Env, eager_settings, requeue_of, spec};
+use support::{Env, patient, requeue_of, spec};
 
 const GET: &str = "GetEnvironmentAccountConnection";
 const LIST: &str = "ListEnvironmentAccountConnections";
@@ -23,14 +22,6 @@ fn uid(i: usize) -> String {
 
 fn names() -> Vec<String> {
     (0..N).map(|i| format!("pending-{i:03}")).collect()
-}
-
-fn patient() -> Settings {
-    Settings {
-        resync: Duration::from_secs(600),
-        pending_poll: Duration::from_secs(30),
-        ..eager_settings()
-    }
 }
 
 /// N resources, each with its PENDING connection recorded.

@@ -15,7 +15,7 @@ use eac_controller::connection::controller::{self, WatchScope};
 use eac_controller::connection::decide::{AdoptionPolicy, Settings};
 use eac_controller::http::Readiness;
 use proton_emulator::{EmulatorConfig, Faults, Idempotency};
-use support::{Env, condition, eager_settings, requeue_of, spec};
+use support::{Env, condition, eager_settings, patient, requeue_of, spec};
 
 const UID: &str = "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f";
 const CREATE: &str = "CreateEnvironmentAccountConnection";
@@ -26,15 +26,6 @@ const LIST: &str = "ListEnvironmentAccountConnections";
 const LIST_TAGS: &str = "ListTagsForResource";
 const DELETE: &str = "DeleteEnvironmentAccountConnection";
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// Settings of a production controller: nothing is due before its time.
-fn patient() -> Settings {
-    Settings {
-        resync: Duration::from_secs(600),
-        pending_poll: Duration::from_secs(30),
-        ..eager_settings()
-    }
-}
 
 /// Polls a condition that changes inside the controller, with a deadline.
 async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {

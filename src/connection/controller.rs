@@ -1355,7 +1355,7 @@ fn follow_watch(
             ctx.retain_only(&live);
             readiness.synced();
         }
-        Ok(watcher::Event::Apply(obj)) => {
+        Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
             readiness.succeeded();
             // The cache has caught up with what this controller wrote: stop remembering it.
             if let Some(uid) = obj.uid() {
@@ -1365,21 +1365,11 @@ fn follow_watch(
                         obj.status.as_ref(),
                         obj.metadata.resource_version.as_deref(),
                     );
-                }
-            }
-        }
-        Ok(watcher::Event::InitApply(obj)) => {
-            readiness.succeeded();
-            // A relist shows each resource as it is now, and may skip the version a write made:
-            // waiting for that version could then last forever.
-            if let Some(uid) = obj.uid() {
-                let mut tracked = ctx.tracked();
-                if let Some(t) = tracked.get_mut(&uid) {
-                    t.kind.memory.catch_up(
-                        obj.status.as_ref(),
-                        obj.metadata.resource_version.as_deref(),
-                    );
-                    t.kind.memory.written = None;
+                    // A relist shows each resource as it is now, and may skip the version a
+                    // write made: waiting for that version could then last forever.
+                    if matches!(event, Ok(watcher::Event::InitApply(_))) {
+                        t.kind.memory.written = None;
+                    }
                 }
             }
         }

@@ -1512,6 +1512,15 @@ pub struct Env {
     aws_timeout: Duration,
 }
 
+/// Settings of a production controller: nothing is due before its time.
+pub fn patient() -> Settings {
+    Settings {
+        resync: Duration::from_secs(600),
+        pending_poll: Duration::from_secs(30),
+        ..eager_settings()
+    }
+}
+
 /// Settings where every reconcile is "due": tests drive time by calling reconcile.
 pub fn eager_settings() -> Settings {
     Settings {
