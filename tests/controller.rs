@@ -301,6 +301,87 @@ async fn a_copy_that_does_not_show_the_controllers_own_status_write_waits_for_th
     assert_eq!(env.api.get("prod").unwrap().status, written.status);
 }
 
+/// A running controller whose watch lags behind its own status write (CONNECTED, after a woken
+/// read), then nudged again: the nudged reconcile waits for the watch. Waits as long as the
+/// watch lags, and no longer: the retry after a stale copy is an hour here, so only the watch
+/// can wake it. A relisted watch ends the wait too, even when someone else has written the
+/// status since (the write's version and status are then never seen).
+async fn nudged_while_the_watch_lags_behind_the_status_write(
+    relist_after_a_foreign_status_write: bool,
+) {
+    use eac_controller::reconciler::nudge::Nudge;
+    use kube::runtime::reflector::ObjectRef;
+    use std::time::Duration;
+    let mut env = Env::start_with(
+        support::patient(),
+        eac_controller::aws::budget::CallBudget::unlimited(),
+    )
+    .await;
+    let nudge = Nudge::default();
+    env.restart_with(|ctx| {
+        ctx.with_nudges(nudge.clone(), Nudge::default())
+            .with_stale_cache_retry(Duration::from_secs(3600))
+    });
+    let running = env.run_controller(2);
+    env.api.create("prod", UID, spec("prod"));
+    env.api
+        .wait_for("prod", "its PENDING connection recorded", PATIENCE, |o| {
+            o.and_then(|o| o.status.as_ref())
+                .is_some_and(|s| s.status == Some(ConnectionState::Pending))
+        })
+        .await;
+    let prod = ObjectRef::new("prod").within(support::NS);
+
+    env.api.hold_watch_events();
+    env.proton()
+        .accept(&env.proton().connections()[0].id)
+        .unwrap();
+    assert!(nudge.one(prod.clone(), UID), "the controller runs");
+    env.api
+        .wait_for("prod", "CONNECTED, read after the nudge", PATIENCE, |o| {
+            o.and_then(|o| o.status.as_ref())
+                .is_some_and(|s| s.status == Some(ConnectionState::Connected))
+        })
+        .await;
+    let waits = env.metric(STALE);
+    assert!(nudge.one(prod, UID));
+    env.wait_for_metric(STALE, waits + 1.0, PATIENCE).await;
+    let gets = env.calls(GET);
+    assert_eq!(env.calls(CREATE), 1);
+
+    if relist_after_a_foreign_status_write {
+        env.api.edit("prod", |o| {
+            if let Some(s) = o.status.as_mut() {
+                s.last_modified_at = Some("written by someone else".into());
+            }
+        });
+        env.api.expire_watches();
+    } else {
+        env.api.release_watch_events();
+    }
+    env.wait_for_calls(GET, gets + 1, PATIENCE).await;
+    assert_eq!(
+        env.metric(STALE),
+        waits + 1.0,
+        "it ran once the watch caught up, not before"
+    );
+    assert_eq!(env.calls(CREATE), 1);
+    running.abort();
+}
+
+const STALE: &str = "eac_reconcile_total{result=\"stale_cache\"}";
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_reconcile_waiting_for_the_watch_runs_as_soon_as_the_watch_shows_the_write() {
+    nudged_while_the_watch_lags_behind_the_status_write(false).await;
+}
+
+#[tokio::test]
+async fn a_relist_ends_the_wait_even_if_it_never_shows_the_write() {
+    nudged_while_the_watch_lags_behind_the_status_write(true).await;
+}
+
 #[tokio::test]
 async fn a_reconcile_handed_an_older_copy_than_the_cache_holds_acts_on_the_newer_one() {
     use kube::runtime::{reflector, watcher};

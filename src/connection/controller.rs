@@ -14,7 +14,7 @@ use futures::FutureExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -72,7 +72,9 @@ impl Error {
     }
 }
 
-/// How soon a reconcile that stopped on a stale cached copy runs again.
+/// How soon a reconcile that stopped on a stale cached copy runs again, if nothing wakes it
+/// sooner (the watch wakes one waiting for this controller's own status write as soon as it
+/// brings it: see `awaits_watch`).
 const STALE_CACHE_RETRY: Duration = Duration::from_secs(1);
 
 /// What the connection kind keeps about one resource between reconciles, beside what every kind
@@ -90,6 +92,11 @@ struct Kept {
     /// a reconcile then waits for the watch instead of repeating the write (which the API
     /// server would refuse, costing a refused patch and a re-read each time).
     written_over: Option<String>,
+    /// A reconcile stopped to wait for the cache to show this controller's last status write:
+    /// the watch event that shows it queues the resource again at once, instead of leaving it
+    /// to the retry a second later (a nudge, a woken poll or a deletion waits no longer than
+    /// the watch does).
+    awaits_watch: bool,
 }
 
 /// A deferred reconcile's [`Progress`], and what it holds for: the next reconcile goes on from
@@ -134,6 +141,8 @@ pub struct Context {
     cache: Mutex<Option<Store<EnvironmentAccountConnection>>>,
     /// The fast polls of PENDING connections, made from the shared list while it runs.
     polls: Arc<Polls>,
+    /// See [`STALE_CACHE_RETRY`].
+    stale_cache_retry: Duration,
 }
 
 impl Context {
@@ -158,6 +167,7 @@ impl Context {
             policies: Nudge::default(),
             cache: Mutex::default(),
             polls: Arc::default(),
+            stale_cache_retry: STALE_CACHE_RETRY,
         }
     }
 
@@ -175,7 +185,7 @@ impl Context {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .as_ref()
-            .and_then(|c| c.get(&kube::runtime::reflector::ObjectRef::from_obj(obj)))
+            .and_then(|c| c.get(&ObjectRef::from_obj(obj)))
     }
 
     /// The account mappings to resolve namespaces with (set while the controller runs).
@@ -206,6 +216,13 @@ impl Context {
     ) -> Self {
         self.nudge = connections;
         self.policies = policies;
+        self
+    }
+
+    /// A reconcile that stopped on a stale cached copy runs again after `retry` if nothing wakes
+    /// it sooner (tests lengthen it, to see what wakes it).
+    pub fn with_stale_cache_retry(mut self, retry: Duration) -> Self {
+        self.stale_cache_retry = retry;
         self
     }
 
@@ -315,7 +332,7 @@ pub fn error_policy(
         // it changes what triggers one; the requeue covers the rest (a copy that only shows
         // this controller's status write, an event that came in while this one ran).
         debug!(error = %error, "reconcile stopped on a stale cached copy");
-        return Action::requeue(STALE_CACHE_RETRY);
+        return Action::requeue(ctx.stale_cache_retry);
     }
     let uid = obj.uid().unwrap_or_default();
     let generation = obj.metadata.generation.unwrap_or_default();
@@ -470,19 +487,27 @@ impl Facts {
             t.kind.written_over = None;
         }
         let mut behind_own_status = false;
+        let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
         let (status, quiet, failures, resumed, nudged) = match tracked.get_mut(&uid) {
             Some(t) => {
                 t.kind
                     .memory
                     .catch_up(stored.as_ref(), obj.metadata.resource_version.as_deref());
                 behind_own_status = t.kind.memory.written.is_some();
-                let status =
-                    decide::effective_status(stored.as_ref(), intent.as_ref(), &t.kind.memory);
                 let now = Instant::now();
                 let quiet = match deleting {
                     true => None,
                     false => t.quiet(generation, &triggers.hash_of(), now),
                 };
+                if behind_own_status && waits_for_own_status(quiet, has_finalizer, deleting) {
+                    // Stops before taking the nudge or the deferred progress: the reconcile the
+                    // watch wakes needs both.
+                    t.kind.awaits_watch = true;
+                    return Err(Error::StaleCache(object));
+                }
+                t.kind.awaits_watch = false;
+                let status =
+                    decide::effective_status(stored.as_ref(), intent.as_ref(), &t.kind.memory);
                 let failures = t.failures(generation);
                 // Taken only by a reconcile that may call AWS: one held back (quiet) leaves it.
                 let resumed = match quiet {
@@ -592,19 +617,24 @@ async fn reconcile_inner(
     result
 }
 
-/// A reconcile whose cached copy does not show this controller's last status write. One with
-/// nothing new since its last reconcile (most often the watch bringing this controller's own
-/// finalizer patch, ahead of its status write) has nothing to do until it is due; any other
-/// waits for the watch: acting on the older status could repeat a Create, or release a
-/// resource whose connection the cache does not show yet.
+/// Whether a reconcile whose cached copy does not show this controller's last status write
+/// waits for the watch. One with nothing new since its last reconcile (most often the watch
+/// bringing this controller's own finalizer patch, ahead of its status write) has nothing to do
+/// until it is due; any other waits: acting on the older status could repeat a Create, or
+/// release a resource whose connection the cache does not show yet.
+fn waits_for_own_status(quiet: Option<Duration>, has_finalizer: bool, deleting: bool) -> bool {
+    quiet.is_none() || !has_finalizer || deleting
+}
+
+/// A reconcile behind this controller's status write with nothing to do (see
+/// [`waits_for_own_status`]).
 fn behind_own_status(facts: &Facts) -> Result<(Action, &'static str), Error> {
-    let has_finalizer = facts.finalizers.iter().any(|f| f == FINALIZER);
     match facts.quiet {
-        Some(requeue) if has_finalizer && !facts.deleting => {
+        Some(requeue) => {
             debug!("the cache is behind this controller's status write; nothing changed since");
             Ok((Action::requeue(requeue), "quiet"))
         }
-        _ => Err(Error::StaleCache(facts.object.clone())),
+        None => Err(Error::StaleCache(facts.object.clone())),
     }
 }
 
@@ -1064,7 +1094,7 @@ fn hand_polls_over(
     };
     let now = Instant::now();
     // Name and namespace are all a nudge needs (kube-runtime matches objects by them alone).
-    let mut object = kube::runtime::reflector::ObjectRef::new(&obj.name_any());
+    let mut object = ObjectRef::new(&obj.name_any());
     object.namespace = obj.metadata.namespace.clone();
     let waiting = Waiting {
         object,
@@ -1358,19 +1388,25 @@ fn follow_watch(
         Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
             readiness.succeeded();
             // The cache has caught up with what this controller wrote: stop remembering it.
-            if let Some(uid) = obj.uid() {
-                let mut tracked = ctx.tracked();
-                if let Some(t) = tracked.get_mut(&uid) {
-                    t.kind.memory.catch_up(
-                        obj.status.as_ref(),
-                        obj.metadata.resource_version.as_deref(),
-                    );
-                    // A relist shows each resource as it is now, and may skip the version a
-                    // write made: waiting for that version could then last forever.
-                    if matches!(event, Ok(watcher::Event::InitApply(_))) {
-                        t.kind.memory.written = None;
-                    }
-                }
+            let Some(uid) = obj.uid() else { return };
+            let mut tracked = ctx.tracked();
+            let Some(t) = tracked.get_mut(&uid) else {
+                return;
+            };
+            t.kind.memory.catch_up(
+                obj.status.as_ref(),
+                obj.metadata.resource_version.as_deref(),
+            );
+            // A relist shows each resource as it is now, and may skip the version a write
+            // made: waiting for that version could then last forever.
+            if matches!(event, Ok(watcher::Event::InitApply(_))) {
+                t.kind.memory.written = None;
+            }
+            let wake = t.kind.memory.written.is_none() && std::mem::take(&mut t.kind.awaits_watch);
+            drop(tracked);
+            if wake {
+                // The cache now holds this copy (the store is written before this runs).
+                ctx.nudge.requeue(ObjectRef::from_obj(obj));
             }
         }
         Ok(_) => readiness.succeeded(),

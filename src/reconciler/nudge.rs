@@ -73,6 +73,15 @@ where
         target.queue.unbounded_send(object).is_ok()
     }
 
+    /// Reconciles `object` now, as it stands: it is due already, and was not nudged by anything
+    /// it waits for (a reconcile that stopped to wait for the watch, which has caught up).
+    pub fn requeue(&self, object: ObjectRef<K>) {
+        let target = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(target) = target.as_ref() {
+            let _ = target.queue.unbounded_send(object);
+        }
+    }
+
     /// Reconciles now every cached object `wanted` picks; returns how many.
     pub fn objects_where(&self, wanted: impl Fn(&K) -> bool) -> usize {
         let target = self.target.lock().unwrap_or_else(|p| p.into_inner());

@@ -113,6 +113,9 @@ struct ApiState {
     /// read it from where they left off, at no cost growing with the number of resources).
     ids_given: Vec<(String, std::time::Instant)>,
     ids_known: std::collections::HashSet<String>,
+    /// While set, the watch events of changes are kept here, in order, instead of sent: a watch
+    /// that lags behind the writes (see [`FakeApi::hold_watch_events`]).
+    lagging: Option<Vec<(tokio::sync::mpsc::UnboundedSender<Bytes>, Bytes)>>,
 }
 
 impl Default for ApiState {
@@ -140,6 +143,7 @@ impl Default for ApiState {
             ids_given: Vec::new(),
             ids_known: std::collections::HashSet::new(),
             work: Arc::default(),
+            lagging: None,
         }
     }
 }
@@ -254,6 +258,10 @@ impl ApiState {
                         let line = watch_line(kind, object);
                         if counted {
                             work.event(line.len());
+                        }
+                        if let Some(lagging) = &mut self.lagging {
+                            lagging.push((w.clone(), line));
+                            return true;
                         }
                         w.send(line).is_ok()
                     }
@@ -797,6 +805,20 @@ impl FakeApi {
                     .body(whole(&status_body(503, "ServiceUnavailable", "healed")))
                     .unwrap(),
             );
+        }
+    }
+
+    /// Open watches lag from now on: the events of later changes are held back (requests are
+    /// answered as usual, lists included) until [`FakeApi::release_watch_events`].
+    pub fn hold_watch_events(&self) {
+        self.lock().lagging.get_or_insert_with(Vec::new);
+    }
+
+    /// The watches catch up: the events held back are sent, in order, and later ones at once.
+    pub fn release_watch_events(&self) {
+        let held = self.lock().lagging.take().unwrap_or_default();
+        for (w, line) in held {
+            let _ = w.send(line);
         }
     }
 
@@ -1596,7 +1618,7 @@ impl Env {
             eac_controller::policy::ConnectionAcceptancePolicy,
         >,
     ) {
-        self.ctx = Arc::new(self.fresh_context().with_nudges(connections, policies));
+        self.restart_with(|ctx| ctx.with_nudges(connections, policies));
     }
 
     /// A restart with another AWS call budget (`--aws-rate-limit`, `--aws-burst`).
@@ -1609,6 +1631,11 @@ impl Env {
     pub fn restart_in_region(&mut self, region: &str) {
         self.settings.default_region = region.to_string();
         self.ctx = Arc::new(self.fresh_context());
+    }
+
+    /// A restart whose new context `adjust` sets up further (nudge handles, retries).
+    pub fn restart_with(&mut self, adjust: impl FnOnce(Context) -> Context) {
+        self.ctx = Arc::new(adjust(self.fresh_context()));
     }
 
     /// A new process's context, with this environment's settings, budget and AWS timeout.
@@ -1697,6 +1724,20 @@ impl Env {
                 tokio::time::Instant::now() < deadline,
                 "timed out after {limit:?} waiting for {count} {op} calls: {} so far",
                 self.calls(op)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until one series of the controller's metrics reaches `value`. Metrics have no
+    /// change feed, so the series is looked at every 20 ms.
+    pub async fn wait_for_metric(&self, series: &str, value: f64, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.metric(series) < value {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {series} to reach {value}: {} so far",
+                self.metric(series)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
