@@ -11,6 +11,7 @@
 pub mod aws;
 pub mod check;
 pub mod cli;
+pub mod compact_id;
 pub mod conditions;
 pub mod config;
 pub mod connection;

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::compact_id::CompactId;
+
 /// A list under way is dropped once it has waited this long for its next page (as a slot
 /// booked in the budget is).
 const PARTIAL_STALE: Duration = Duration::from_secs(60);
@@ -35,33 +37,6 @@ const MAX_FAILED_WAIT: Duration = Duration::from_secs(60);
 /// however many wait, listing them takes at most about 10 pages a second; their polls stretch
 /// instead. A poll due sooner waits for the next list.
 const SPACING_PER_CONNECTION: Duration = Duration::from_millis(1);
-
-/// A connection id as the lists keep it. Proton's ids are UUIDs, kept as their 16 bytes: held
-/// as a `String`, each costs 24 bytes and a heap block of 48, and each PENDING connection is
-/// kept twice (in the last list, and as seen), at thousands of connections. Any other id is
-/// kept as it is.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ConnectionKey {
-    Uuid([u8; 16]),
-    Other(Box<str>),
-}
-
-impl ConnectionKey {
-    pub fn of(id: &str) -> ConnectionKey {
-        // Only a UUID's canonical (lowercase, hyphenated) form becomes bytes, so two different
-        // ids never share a key.
-        match uuid::Uuid::try_parse(id) {
-            Ok(u)
-                if u.hyphenated()
-                    .encode_lower(&mut uuid::Uuid::encode_buffer())
-                    == id =>
-            {
-                ConnectionKey::Uuid(u.into_bytes())
-            }
-            _ => ConnectionKey::Other(id.into()),
-        }
-    }
-}
 
 /// The lists of each credentials-and-region key.
 pub struct PendingLists<T> {
@@ -91,11 +66,11 @@ impl<T> PendingLists<T> {
 /// The PENDING connections of one key, as last listed.
 pub struct Listing<T> {
     /// The last complete list: when it began, and what it showed by connection id.
-    complete: Option<(Instant, HashMap<ConnectionKey, T>)>,
+    complete: Option<(Instant, HashMap<CompactId, T>)>,
     /// A list under way across a deferral.
     partial: Option<Partial<T>>,
     /// When each connection was last seen (listed or read), by id.
-    seen: HashMap<ConnectionKey, Instant>,
+    seen: HashMap<CompactId, Instant>,
     /// The last list failed: its error, not tried again before the instant, and the wait.
     failed: Option<(crate::aws::error::ProtonError, Instant, Duration)>,
 }
@@ -115,7 +90,7 @@ impl<T> Default for Listing<T> {
 /// when it stopped.
 pub struct Partial<T> {
     pub began: Instant,
-    pub found: HashMap<ConnectionKey, T>,
+    pub found: HashMap<CompactId, T>,
     pub next: String,
     pub paused: Instant,
 }
@@ -133,11 +108,10 @@ pub enum Listed<'a, T> {
 
 impl<T> Listing<T> {
     /// What the newest complete list says of `id`.
-    pub fn of(&self, id: &str) -> Listed<'_, T> {
-        let key = ConnectionKey::of(id);
+    pub fn of(&self, id: &CompactId) -> Listed<'_, T> {
         match &self.complete {
-            Some((began, found)) if self.seen.get(&key).is_none_or(|seen| began > seen) => {
-                match found.get(&key) {
+            Some((began, found)) if self.seen.get(id).is_none_or(|seen| began > seen) => {
+                match found.get(id) {
                     Some(c) => Listed::Shows(c),
                     None => Listed::Absent,
                 }
@@ -159,8 +133,8 @@ impl<T> Listing<T> {
     }
 
     /// The connection was seen as of `at` (listed, or read with a Get).
-    pub fn saw(&mut self, id: &str, at: Instant) {
-        self.seen.insert(ConnectionKey::of(id), at);
+    pub fn saw(&mut self, id: &CompactId, at: Instant) {
+        self.seen.insert(id.clone(), at);
     }
 
     /// The list to go on with, if one stopped part-way not too long ago.
@@ -177,7 +151,7 @@ impl<T> Listing<T> {
 
     /// The list is complete. What is remembered of connections it does not show goes: they are
     /// read with a Get next, and their poll sees them again from there.
-    pub fn finish(&mut self, began: Instant, found: HashMap<ConnectionKey, T>) {
+    pub fn finish(&mut self, began: Instant, found: HashMap<CompactId, T>) {
         self.seen.retain(|id, _| found.contains_key(id));
         self.complete = Some((began, found));
         self.partial = None;
@@ -206,50 +180,35 @@ impl<T> Listing<T> {
 mod tests {
     use super::*;
 
-    fn found(ids: &[&str]) -> HashMap<ConnectionKey, u32> {
-        ids.iter().map(|id| (ConnectionKey::of(id), 1)).collect()
+    fn id(id: &str) -> CompactId {
+        CompactId::of(id)
     }
 
-    #[test]
-    fn a_uuid_id_is_kept_as_its_bytes_and_no_two_ids_share_a_key() {
-        let canonical = "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f";
-        assert!(matches!(
-            ConnectionKey::of(canonical),
-            ConnectionKey::Uuid(_)
-        ));
-        // Other spellings of the same UUID are other ids to Proton, and stay apart.
-        let others = [
-            "0B9C6F1E-7D2A-4C55-9F0E-1A2B3C4D5E6F",
-            "0b9c6f1e7d2a4c559f0e1a2b3c4d5e6f",
-            "{0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f}",
-            "conn-1",
-            "",
-        ];
-        for id in others {
-            assert_eq!(ConnectionKey::of(id), ConnectionKey::Other(id.into()));
-            assert_ne!(ConnectionKey::of(id), ConnectionKey::of(canonical));
-        }
-        assert_eq!(ConnectionKey::of(canonical), ConnectionKey::of(canonical));
-        assert!(std::mem::size_of::<ConnectionKey>() <= 24);
+    fn found(ids: &[&str]) -> HashMap<CompactId, u32> {
+        ids.iter().map(|id| (CompactId::of(id), 1)).collect()
     }
 
     #[test]
     fn a_list_answers_only_for_connections_last_seen_before_it_began() {
         let t0 = Instant::now();
         let mut l: Listing<u32> = Listing::default();
-        assert_eq!(l.of("a"), Listed::Stale, "nothing listed yet");
+        assert_eq!(l.of(&id("a")), Listed::Stale, "nothing listed yet");
         l.finish(t0, found(&["a", "b"]));
-        assert_eq!(l.of("a"), Listed::Shows(&1), "never seen: any list is news");
-        assert_eq!(l.of("c"), Listed::Absent);
-        l.saw("a", t0);
-        assert_eq!(l.of("a"), Listed::Stale, "seen as of this very list");
-        l.saw("b", t0 - Duration::from_secs(1));
-        assert_eq!(l.of("b"), Listed::Shows(&1), "seen before it began");
+        assert_eq!(
+            l.of(&id("a")),
+            Listed::Shows(&1),
+            "never seen: any list is news"
+        );
+        assert_eq!(l.of(&id("c")), Listed::Absent);
+        l.saw(&id("a"), t0);
+        assert_eq!(l.of(&id("a")), Listed::Stale, "seen as of this very list");
+        l.saw(&id("b"), t0 - Duration::from_secs(1));
+        assert_eq!(l.of(&id("b")), Listed::Shows(&1), "seen before it began");
         l.finish(t0 + Duration::from_secs(2), found(&["a"]));
-        assert_eq!(l.of("a"), Listed::Shows(&1));
-        assert_eq!(l.of("b"), Listed::Absent, "no longer PENDING: read it");
+        assert_eq!(l.of(&id("a")), Listed::Shows(&1));
+        assert_eq!(l.of(&id("b")), Listed::Absent, "no longer PENDING: read it");
         assert!(
-            !l.seen.contains_key(&ConnectionKey::of("b")),
+            !l.seen.contains_key(&CompactId::of("b")),
             "forgotten once not listed"
         );
     }

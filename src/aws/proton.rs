@@ -24,6 +24,7 @@ use crate::aws::credentials::{AwsIdentity, RoleIdentity};
 use crate::aws::identity::CallerIdentity;
 use crate::aws::pending::{Listed, Partial, PendingLists};
 use crate::aws::session::{RoleSession, SessionCredentials};
+use crate::compact_id::CompactId;
 use crate::connection::api::ConnectionState;
 use crate::connection::api::TAG_UID;
 use crate::metrics::Metrics;
@@ -402,7 +403,11 @@ impl Proton {
     ) -> Result<Connection, ProtonError> {
         let id = recorded.id.as_str();
         match self
-            .listed_unchanged(ticket.identity, region, &[(id, listed_as(recorded))])
+            .listed_unchanged(
+                ticket.identity,
+                region,
+                &[(CompactId::of(id), listed_as(recorded))],
+            )
             .await
         {
             // Shown as recorded; or seen so by a list too recent to list again: the poll
@@ -422,7 +427,11 @@ impl Proton {
         let c = self.get(ticket, region, id).await?;
         if c.state == ConnectionState::Pending {
             let key = crate::aws::budget::pending_list_key(&ticket.identity.to_string(), region);
-            self.pending.listing(&key).lock().await.saw(id, asked);
+            self.pending
+                .listing(&key)
+                .lock()
+                .await
+                .saw(&CompactId::of(id), asked);
         }
         Ok(c)
     }
@@ -438,7 +447,7 @@ impl Proton {
         &self,
         identity: &AwsIdentity,
         region: &str,
-        polls: &[(&str, u64)],
+        polls: &[(CompactId, u64)],
     ) -> Result<Vec<PollAnswer>, ProtonError> {
         let key = crate::aws::budget::pending_list_key(&identity.to_string(), region);
         let shared = self.pending.listing(&key);
@@ -516,10 +525,7 @@ impl Proton {
                     return Err(e);
                 }
             };
-            found.extend(
-                page.iter()
-                    .map(|c| (crate::aws::pending::ConnectionKey::of(&c.id), listed_as(c))),
-            );
+            found.extend(page.iter().map(|c| (CompactId::of(&c.id), listed_as(c))));
             match token {
                 Some(token) => next = Some(token),
                 None => {

@@ -23,6 +23,7 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::aws::budget::CallClass;
 use crate::aws::proton::{Proton, ProtonError, Retry, Ticket};
+use crate::compact_id::CompactId;
 use crate::connection::api::{
     ADOPT_ANNOTATION, ADOPTION_ALLOWED, ADOPTION_NAMESPACE_LABEL, ConnectionState,
     EnvironmentAccountConnection, EnvironmentAccountConnectionStatus as Status, FINALIZER,
@@ -264,7 +265,7 @@ impl Context {
     /// Treats the resource as already seen in this term (its first read is not spread out):
     /// what a forced resync of one resource wants.
     pub fn mark_seen(&self, uid: &str) {
-        self.tracked().entry(uid.to_string()).or_default();
+        self.tracked().entry(uid);
     }
 
     /// How many resources the controller keeps state for.
@@ -795,11 +796,8 @@ async fn execute(
             let annotated = obj.metadata.annotations.is_some();
             match add_finalizer(&facts.api, &facts.name, finalizers, intent, annotated).await {
                 Ok(()) => {
-                    ctx.tracked()
-                        .entry(facts.uid.clone())
-                        .or_default()
-                        .kind
-                        .written_over = obj.metadata.resource_version.clone();
+                    ctx.tracked().entry(&facts.uid).kind.written_over =
+                        obj.metadata.resource_version.clone();
                 }
                 // The guard failed. If the live object already carries our finalizer, the cached
                 // copy is behind an earlier reconcile's writes (its status too): acting on it
@@ -966,7 +964,7 @@ async fn finish(
                 .unwrap_or(settled.requeue);
             let due = Instant::now() + requeue;
             let mut tracked = ctx.tracked();
-            let t = tracked.entry(facts.uid.clone()).or_default();
+            let t = tracked.entry(&facts.uid);
             t.succeeded();
             t.hold(facts.generation, facts.triggers.hash_of(), due);
             Ok((Action::requeue(requeue), "settled"))
@@ -980,7 +978,7 @@ async fn finish(
             }
             let due = Instant::now() + reported.requeue;
             let mut tracked = ctx.tracked();
-            let t = tracked.entry(facts.uid.clone()).or_default();
+            let t = tracked.entry(&facts.uid);
             t.fail(facts.generation);
             t.hold(facts.generation, facts.triggers.hash_of(), due);
             Ok((Action::requeue(reported.requeue), reported.problem.reason))
@@ -1029,15 +1027,14 @@ async fn finish(
             }
             if let Some(progress) = carry {
                 let mut tracked = ctx.tracked();
-                tracked.entry(facts.uid.clone()).or_default().kind.resume =
-                    Some(Box::new(Resume {
-                        generation: facts.generation,
-                        triggers: facts.triggers.clone(),
-                        deleting: facts.deleting,
-                        status_id,
-                        until: Instant::now() + requeue + RESUME_GRACE,
-                        progress,
-                    }));
+                tracked.entry(&facts.uid).kind.resume = Some(Box::new(Resume {
+                    generation: facts.generation,
+                    triggers: facts.triggers.clone(),
+                    deleting: facts.deleting,
+                    status_id,
+                    until: Instant::now() + requeue + RESUME_GRACE,
+                    progress,
+                }));
             }
             Ok((Action::requeue(requeue), "deferred"))
         }
@@ -1099,10 +1096,10 @@ fn hand_polls_over(
     let waiting = Waiting {
         object,
         identity: facts.identity.clone(),
-        region: region.clone(),
-        id: id.clone(),
+        region: region.as_str().into(),
+        id: CompactId::of(id),
         listed_as: crate::aws::proton::listed_as(&recorded_pending(&obj.spec, status, id)),
-        requested_at: status.requested_at.clone().unwrap_or_default(),
+        requested_at: status.requested_at.as_deref().and_then(|t| t.parse().ok()),
         jitter,
         polled: now,
         due: now + requeue,
@@ -1116,7 +1113,7 @@ fn note_read(ctx: &Context, uid: &str, class: CallClass) {
     let now = Instant::now();
     let previous = {
         let mut tracked = ctx.tracked();
-        let t = tracked.entry(uid.to_string()).or_default();
+        let t = tracked.entry(uid);
         t.kind.last_read.replace((class, now))
     };
     if let Some((previous_class, at)) = previous
@@ -1130,7 +1127,7 @@ fn note_read(ctx: &Context, uid: &str, class: CallClass) {
 fn checkpoint(ctx: &Context, facts: &Facts, requeue: Duration) {
     let due = Instant::now() + requeue;
     let mut tracked = ctx.tracked();
-    let t = tracked.entry(facts.uid.clone()).or_default();
+    let t = tracked.entry(&facts.uid);
     t.hold(facts.generation, facts.triggers.hash_of(), due);
 }
 
@@ -1154,7 +1151,7 @@ async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(
     let result = reconciler::status::apply_status(&facts.api, &facts.name, status).await;
     {
         let mut tracked = ctx.tracked();
-        let memory = &mut tracked.entry(facts.uid.clone()).or_default().kind.memory;
+        let memory = &mut tracked.entry(&facts.uid).kind.memory;
         match &result {
             Ok(version) => {
                 memory.written = Some(Written::new(status, version.clone()));
@@ -1707,7 +1704,7 @@ mod tests {
     async fn what_leaves_the_watch_is_forgotten_and_watch_failures_make_the_pod_unready() {
         let ctx = context();
         for uid in ["a", "b", "c"] {
-            ctx.tracked().insert(uid.into(), Default::default());
+            ctx.tracked().entry(uid);
         }
         let (store, mut writer) = kube::runtime::reflector::store::<EnvironmentAccountConnection>();
         let readiness = Readiness::new(Duration::ZERO);

@@ -17,7 +17,7 @@
 //! list) wakes the resources to poll with their Get; and a resource the poller dropped is still
 //! polled when its reconcile comes back.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,8 +29,9 @@ use tracing::debug;
 use crate::aws::budget::CallClass;
 use crate::aws::credentials::AwsIdentity;
 use crate::aws::proton::{ErrorClass, PollAnswer, Proton};
+use crate::compact_id::CompactId;
 use crate::connection::api::EnvironmentAccountConnection;
-use crate::connection::decide::{Settings, jittered, pending_interval};
+use crate::connection::decide::{Settings, jittered, pending_interval_since};
 use crate::metrics::Metrics;
 use crate::reconciler::nudge::Nudge;
 
@@ -48,11 +49,13 @@ pub type HandBack = Arc<dyn Fn(&str, Instant) + Send + Sync>;
 pub struct Waiting {
     pub object: ObjectRef<EnvironmentAccountConnection>,
     pub identity: AwsIdentity,
-    pub region: String,
+    /// Shared by every resource of the region (see [`Polls::take`]).
+    pub region: Arc<str>,
     /// The connection's id, and what was recorded of it as a list shows it.
-    pub id: String,
+    pub id: CompactId,
     pub listed_as: u64,
-    pub requested_at: String,
+    /// When the connection was requested, if the status says (read once, not at each poll).
+    pub requested_at: Option<jiff::Timestamp>,
     pub jitter: f64,
     /// When it was last polled (read, or shown by a list), for the effective-interval metric.
     pub polled: Instant,
@@ -67,9 +70,11 @@ struct State {
     /// While the controller runs.
     running: bool,
     /// Boxed: the table then holds a pointer per slot (it keeps spare slots), not a `Waiting`.
-    by_uid: HashMap<String, Box<Waiting>>,
+    by_uid: HashMap<CompactId, Box<Waiting>>,
     /// (due, uid), the next first.
-    due: BTreeSet<(Instant, String)>,
+    due: BTreeSet<(Instant, CompactId)>,
+    /// The regions of the resources taken, each kept once.
+    regions: HashSet<Arc<str>>,
 }
 
 /// The resources whose fast polls are made from the shared list, and when each is due.
@@ -78,6 +83,9 @@ pub struct Polls {
     state: Mutex<State>,
     changed: Notify,
 }
+
+/// A poll taken out when due: the resource's uid, and what it waits for.
+type Due = (CompactId, Waiting);
 
 /// What became of the polls due at one moment.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -104,23 +112,30 @@ impl Polls {
         state.running = running;
         state.by_uid.clear();
         state.due.clear();
+        state.regions.clear();
         drop(state);
         self.changed.notify_one();
     }
 
     /// Takes a resource's polls until its reconcile comes back; false when the poller is not
     /// running (the reconcile must poll itself).
-    pub fn take(&self, uid: &str, waiting: Waiting) -> bool {
+    pub fn take(&self, uid: &str, mut waiting: Waiting) -> bool {
         let mut state = self.lock();
         if !state.running {
             return false;
         }
-        let due = waiting.due;
-        if let Some(old) = state.by_uid.insert(uid.to_string(), Box::new(waiting)) {
-            state.due.remove(&(old.due, uid.to_string()));
+        match state.regions.get(&waiting.region) {
+            Some(region) => waiting.region = region.clone(),
+            None => {
+                state.regions.insert(waiting.region.clone());
+            }
+        }
+        let (uid, due) = (CompactId::of(uid), waiting.due);
+        if let Some(old) = state.by_uid.insert(uid.clone(), Box::new(waiting)) {
+            state.due.remove(&(old.due, uid.clone()));
         }
         let first = state.due.first().is_none_or(|(next, _)| due < *next);
-        state.due.insert((due, uid.to_string()));
+        state.due.insert((due, uid));
         drop(state);
         if first {
             self.changed.notify_one();
@@ -131,16 +146,20 @@ impl Polls {
     /// The resource's reconcile polls for itself again (it settled otherwise, or it is gone).
     pub fn release(&self, uid: &str) {
         let mut state = self.lock();
-        if let Some(old) = state.by_uid.remove(uid) {
-            state.due.remove(&(old.due, uid.to_string()));
+        let uid = CompactId::of(uid);
+        if let Some(old) = state.by_uid.remove(&uid) {
+            state.due.remove(&(old.due, uid));
         }
     }
 
     /// Keeps only the resources still in the watch cache.
     pub fn retain(&self, live: &std::collections::HashSet<String>) {
         let mut state = self.lock();
+        let live: HashSet<CompactId> = live.iter().map(|uid| CompactId::of(uid)).collect();
         state.by_uid.retain(|uid, _| live.contains(uid));
         state.due.retain(|(_, uid)| live.contains(uid));
+        let regions: HashSet<Arc<str>> = state.by_uid.values().map(|w| w.region.clone()).collect();
+        state.regions = regions;
     }
 
     /// When the next poll is due.
@@ -149,7 +168,7 @@ impl Polls {
     }
 
     /// Takes out the polls due by `now` (and those due within [`GATHER`] of it).
-    fn take_due(&self, now: Instant) -> Vec<(String, Waiting)> {
+    fn take_due(&self, now: Instant) -> Vec<Due> {
         let mut state = self.lock();
         let mut taken = Vec::new();
         while let Some((due, _)) = state.due.first()
@@ -167,7 +186,7 @@ impl Polls {
 
     /// Puts back a poll made (or deferred), due again at `due`; unless its reconcile comes
     /// back first (false: it polls then), or a reconcile took it again meanwhile.
-    fn put_back(&self, uid: String, mut waiting: Waiting, due: Instant) -> bool {
+    fn put_back(&self, uid: CompactId, mut waiting: Waiting, due: Instant) -> bool {
         if due >= waiting.until {
             return false;
         }
@@ -193,7 +212,7 @@ impl Polls {
         metrics: &Metrics,
         now: Instant,
     ) -> Made {
-        let mut groups: HashMap<(AwsIdentity, String), Vec<(String, Waiting)>> = HashMap::new();
+        let mut groups: HashMap<(AwsIdentity, Arc<str>), Vec<Due>> = HashMap::new();
         for (uid, w) in self.take_due(now) {
             groups
                 .entry((w.identity.clone(), w.region.clone()))
@@ -202,9 +221,9 @@ impl Polls {
         }
         let mut made = Made::default();
         for ((identity, region), polls) in groups {
-            let asked: Vec<(&str, u64)> = polls
+            let asked: Vec<(CompactId, u64)> = polls
                 .iter()
-                .map(|(_, w)| (w.id.as_str(), w.listed_as))
+                .map(|(_, w)| (w.id.clone(), w.listed_as))
                 .collect();
             let answer = proton.listed_unchanged(&identity, &region, &asked).await;
             let at = Instant::now();
@@ -218,13 +237,13 @@ impl Polls {
                                 metrics.read_interval(CallClass::Poll, at - w.polled);
                                 w.polled = at;
                                 let next = jittered(
-                                    pending_interval(&w.requested_at, settings, wall),
+                                    pending_interval_since(w.requested_at, settings, wall),
                                     w.jitter,
                                 );
                                 // Its reconcile comes back before its next poll is due: it
                                 // polls at that poll's time, not sooner.
                                 if !self.put_back(uid.clone(), w, at + next) {
-                                    hand_back(&uid, at + next);
+                                    hand_back(&uid.to_string(), at + next);
                                 }
                             }
                             PollAnswer::Wait(until) => {
@@ -232,7 +251,7 @@ impl Polls {
                                 self.put_back(uid, w, until);
                             }
                             PollAnswer::Otherwise => {
-                                made.woken += usize::from(nudge.one(w.object, &uid));
+                                made.woken += usize::from(nudge.one(w.object, &uid.to_string()));
                             }
                         }
                     }
@@ -258,7 +277,7 @@ impl Polls {
                 Err(e) => {
                     debug!(error = %e, %region, "listing PENDING connections refused; their reconciles poll");
                     for (uid, w) in polls {
-                        made.woken += usize::from(nudge.one(w.object, &uid));
+                        made.woken += usize::from(nudge.one(w.object, &uid.to_string()));
                     }
                 }
             }
@@ -312,9 +331,9 @@ mod tests {
             object: ObjectRef::new(name).within("ns"),
             identity: AwsIdentity::Own,
             region: "us-east-1".into(),
-            id: format!("id-{name}"),
+            id: CompactId::of(&format!("id-{name}")),
             listed_as: 1,
-            requested_at: String::new(),
+            requested_at: None,
             jitter: 0.5,
             polled: due,
             due,
@@ -330,7 +349,7 @@ mod tests {
         polls
             .take_due(now)
             .into_iter()
-            .map(|(uid, _)| uid)
+            .map(|(uid, _)| uid.to_string())
             .collect()
     }
 
@@ -387,7 +406,7 @@ mod tests {
 
         // A reconcile took the resource again while its poll was being made: that one holds.
         polls.take("a", waiting("a", t0 + Duration::from_secs(9), until));
-        assert!(polls.put_back("a".into(), w, t0 + Duration::from_secs(3)));
+        assert!(polls.put_back(CompactId::of("a"), w, t0 + Duration::from_secs(3)));
         assert_eq!(polls.next_due(), Some(t0 + Duration::from_secs(9)));
         assert_eq!(len(&polls), 1);
     }

@@ -512,7 +512,7 @@ async fn finish(
     };
     {
         let mut tracked = ctx.tracked();
-        let t = tracked.entry(facts.uid.clone()).or_default();
+        let t = tracked.entry(&facts.uid);
         t.kind.memory = memory;
         if failed {
             t.fail(facts.generation);
@@ -549,7 +549,7 @@ async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(
     }
     let result = reconciler::status::apply_status(&facts.api, &facts.name, status).await;
     let mut tracked = ctx.tracked();
-    let t = tracked.entry(facts.uid.clone()).or_default();
+    let t = tracked.entry(&facts.uid);
     match result {
         Ok(_) => {
             t.kind.written = Some(Box::new(status.clone()));

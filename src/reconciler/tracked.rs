@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::retry::retry_after;
 use crate::aws::error::Retry;
+use crate::compact_id::CompactId;
 
 /// When an object is due again, and for which generation and triggers.
 #[derive(Clone, Debug)]
@@ -122,7 +123,8 @@ pub struct KubeFailure {
 pub struct Tracker<T, M> {
     /// Boxed entries: the table keeps up to twice the slots it uses, and briefly both tables
     /// while it grows, so a slot the size of a pointer is cheaper than one the size of an entry.
-    map: Mutex<HashMap<String, Box<Tracked<T, M>>>>,
+    /// Keyed by the uid's bytes (see [`CompactId`]).
+    map: Mutex<HashMap<CompactId, Box<Tracked<T, M>>>>,
     count: tokio::sync::watch::Sender<usize>,
 }
 
@@ -135,22 +137,36 @@ impl<T, M> Default for Tracker<T, M> {
     }
 }
 
-/// The locked map; publishes its size when released.
+/// The locked map, by uid; publishes its size when released.
 pub struct Guard<'a, T, M> {
-    map: MutexGuard<'a, HashMap<String, Box<Tracked<T, M>>>>,
+    map: MutexGuard<'a, HashMap<CompactId, Box<Tracked<T, M>>>>,
     count: &'a tokio::sync::watch::Sender<usize>,
 }
 
-impl<T, M> std::ops::Deref for Guard<'_, T, M> {
-    type Target = HashMap<String, Box<Tracked<T, M>>>;
-    fn deref(&self) -> &Self::Target {
-        &self.map
+impl<T, M: Default> Guard<'_, T, M> {
+    pub fn get(&self, uid: &str) -> Option<&Tracked<T, M>> {
+        self.map.get(&CompactId::of(uid)).map(|t| &**t)
     }
-}
 
-impl<T, M> std::ops::DerefMut for Guard<'_, T, M> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.map
+    pub fn get_mut(&mut self, uid: &str) -> Option<&mut Tracked<T, M>> {
+        self.map.get_mut(&CompactId::of(uid)).map(|t| &mut **t)
+    }
+
+    /// What is kept about `uid`, made up (empty) if nothing was.
+    pub fn entry(&mut self, uid: &str) -> &mut Tracked<T, M> {
+        self.map.entry(CompactId::of(uid)).or_default()
+    }
+
+    pub fn contains_key(&self, uid: &str) -> bool {
+        self.map.contains_key(&CompactId::of(uid))
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 
@@ -177,17 +193,18 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
 
     /// The object is gone.
     pub fn remove(&self, uid: &str) {
-        self.lock().remove(uid);
+        self.lock().map.remove(&CompactId::of(uid));
     }
 
     /// Keeps only the objects still in the watch cache.
     pub fn retain_only(&self, live: &HashSet<String>) {
-        self.lock().retain(|uid, _| live.contains(uid));
+        let live: HashSet<CompactId> = live.iter().map(|uid| CompactId::of(uid)).collect();
+        self.lock().map.retain(|uid, _| live.contains(uid));
     }
 
     /// Forgets everything (a new term of leadership: another leader may have written since).
     pub fn clear(&self) {
-        self.lock().clear();
+        self.lock().map.clear();
     }
 
     /// Moves one object's due time out to `due` (not in): what it is due for was done at
@@ -213,7 +230,7 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
     /// Makes every object due now, as if its requeue time had come (tests, a forced resync).
     pub fn expire_checkpoints(&self) {
         let now = Instant::now();
-        for t in self.lock().values_mut() {
+        for t in self.lock().map.values_mut() {
             if let Some(c) = &mut t.checkpoint {
                 c.due = now;
             }
@@ -232,7 +249,7 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
         resync: Duration,
     ) -> KubeFailure {
         let mut tracked = self.lock();
-        let t = tracked.entry(uid.to_string()).or_default();
+        let t = tracked.entry(uid);
         let failures = t.fail(generation);
         let wait = retry_after(Retry::Backoff, failures, resync, rand::random());
         t.hold(generation, triggers, Instant::now() + wait);
@@ -272,17 +289,16 @@ mod tests {
         );
         tracker
             .lock()
-            .entry("u".into())
-            .or_default()
+            .entry("u")
             .hold(1, "a", now + Duration::from_secs(5));
         tracker.postpone("u", now + Duration::from_secs(3));
         assert_eq!(
-            tracker.lock()["u"].quiet(1, &"a", now),
+            tracker.lock().get("u").unwrap().quiet(1, &"a", now),
             Some(Duration::from_secs(5))
         );
         tracker.postpone("u", now + Duration::from_secs(8));
         assert_eq!(
-            tracker.lock()["u"].quiet(1, &"a", now),
+            tracker.lock().get("u").unwrap().quiet(1, &"a", now),
             Some(Duration::from_secs(8))
         );
     }
@@ -309,7 +325,11 @@ mod tests {
         assert_eq!((first.failures, second.failures), (1, 2));
         assert!(second.wait > first.wait, "{first:?} {second:?}");
         assert_eq!((first.news, second.news, third.news), (true, false, true));
-        let held = tracker.lock()["u"].quiet(1, &(), Instant::now());
+        let held = tracker
+            .lock()
+            .get("u")
+            .unwrap()
+            .quiet(1, &(), Instant::now());
         assert!(held.is_some(), "held for its backoff");
     }
 }

@@ -17,6 +17,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 use tracing::debug;
 
+use crate::compact_id::CompactId;
+
 /// The backoff of every watch after a failure: 250 ms doubling to at most 2 s, jittered by
 /// +/-25 %, back to 250 ms once the watch works again.
 ///
@@ -132,11 +134,11 @@ where
 ///
 /// kube-runtime's `predicate_filter` does the same, but keys its memory by name, namespace and
 /// uid (three strings each) and forgets nothing until an hour has passed; this one keeps a uid
-/// and a hash per object, and forgets an object when the watch says it is gone (deleted, or
-/// missing from a relist).
+/// (compactly) and a hash per object, and forgets an object when the watch says it is gone
+/// (deleted, or missing from a relist).
 struct TriggerChanges<F> {
     trigger: F,
-    last: HashMap<String, u64>,
+    last: HashMap<CompactId, u64>,
 }
 
 impl<F> TriggerChanges<F> {
@@ -161,20 +163,19 @@ impl<F> TriggerChanges<F> {
                 else {
                     return Some(Ok(as_request(obj)));
                 };
-                if self.last.get(uid) == Some(&hash) {
+                if self.last.insert(CompactId::of(uid), hash) == Some(hash) {
                     return None;
                 }
-                self.last.insert(uid.clone(), hash);
                 Some(Ok(as_request(obj)))
             }
             Ok(watcher::Event::Delete(obj)) => {
                 if let Some(uid) = obj.meta().uid.as_ref() {
-                    self.last.remove(uid);
+                    self.last.remove(&CompactId::of(uid));
                 }
                 None
             }
             Ok(watcher::Event::InitDone) => {
-                let live = live();
+                let live: HashSet<CompactId> = live().iter().map(|u| CompactId::of(u)).collect();
                 self.last.retain(|uid, _| live.contains(uid));
                 None
             }

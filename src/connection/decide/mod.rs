@@ -35,7 +35,7 @@ pub use crate::reconciler::retry::{Problem, retry_after};
 pub use events::{Note, event_for};
 pub use memory::{Intent, Memory, Written, effective_status};
 pub use observe::{Observed, Origin, Progress};
-pub use rules::{jittered, listed_polls_until, pending_interval};
+pub use rules::{jittered, listed_polls_until, pending_interval, pending_interval_since};
 
 /// Who may adopt existing connections with the `proton.eac.dev/adopt-id` annotation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]

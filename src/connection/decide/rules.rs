@@ -112,10 +112,16 @@ pub(super) fn requeue_after(
 /// How often a PENDING connection requested at `requested_at` is polled at `now`, before
 /// jitter (see [`requeue_after`]).
 pub fn pending_interval(requested_at: &str, settings: &Settings, now: jiff::Timestamp) -> Duration {
-    let age = requested_at
-        .parse::<jiff::Timestamp>()
-        .map(|t| age(t, now))
-        .unwrap_or_default();
+    pending_interval_since(requested_at.parse().ok(), settings, now)
+}
+
+/// [`pending_interval`] of a request time already read (none: unknown, polled fast).
+pub fn pending_interval_since(
+    requested_at: Option<jiff::Timestamp>,
+    settings: &Settings,
+    now: jiff::Timestamp,
+) -> Duration {
+    let age = requested_at.map(|t| age(t, now)).unwrap_or_default();
     let cap = settings.pending_poll.min(settings.resync);
     let fast = FAST_POLL.min(cap);
     (age / 10).clamp(fast, cap)
