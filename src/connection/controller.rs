@@ -1090,11 +1090,9 @@ fn hand_polls_over(
         return None;
     };
     let now = Instant::now();
-    // Name and namespace are all a nudge needs (kube-runtime matches objects by them alone).
-    let mut object = ObjectRef::new(&obj.name_any());
-    object.namespace = obj.metadata.namespace.clone();
     let waiting = Waiting {
-        object,
+        name: obj.name_any().into(),
+        namespace: facts.namespace.as_str().into(),
         identity: facts.identity.clone(),
         region: region.as_str().into(),
         id: CompactId::of(id),

@@ -47,7 +47,10 @@ pub type HandBack = Arc<dyn Fn(&str, Instant) + Send + Sync>;
 /// A resource whose polls the poller makes.
 #[derive(Clone, Debug)]
 pub struct Waiting {
-    pub object: ObjectRef<EnvironmentAccountConnection>,
+    /// Its name, and its namespace (shared by every resource of the namespace, see
+    /// [`Polls::take`]): all a nudge needs, in a third of an `ObjectRef`'s room.
+    pub name: Box<str>,
+    pub namespace: Arc<str>,
     pub identity: AwsIdentity,
     /// Shared by every resource of the region (see [`Polls::take`]).
     pub region: Arc<str>,
@@ -65,6 +68,13 @@ pub struct Waiting {
     pub until: Instant,
 }
 
+impl Waiting {
+    /// The resource, as a nudge names it (kube-runtime matches objects by name and namespace).
+    fn object(&self) -> ObjectRef<EnvironmentAccountConnection> {
+        ObjectRef::new(&self.name).within(&self.namespace)
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// While the controller runs.
@@ -73,8 +83,8 @@ struct State {
     by_uid: HashMap<CompactId, Box<Waiting>>,
     /// (due, uid), the next first.
     due: BTreeSet<(Instant, CompactId)>,
-    /// The regions of the resources taken, each kept once.
-    regions: HashSet<Arc<str>>,
+    /// The regions and namespaces of the resources taken, each kept once.
+    shared: HashSet<Arc<str>>,
 }
 
 /// The resources whose fast polls are made from the shared list, and when each is due.
@@ -100,6 +110,19 @@ pub struct Made {
     pub spaced: usize,
 }
 
+impl State {
+    /// The one copy kept of a region or namespace.
+    fn share(&mut self, text: &Arc<str>) -> Arc<str> {
+        match self.shared.get(text) {
+            Some(kept) => kept.clone(),
+            None => {
+                self.shared.insert(text.clone());
+                text.clone()
+            }
+        }
+    }
+}
+
 impl Polls {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -112,7 +135,7 @@ impl Polls {
         state.running = running;
         state.by_uid.clear();
         state.due.clear();
-        state.regions.clear();
+        state.shared.clear();
         drop(state);
         self.changed.notify_one();
     }
@@ -124,12 +147,8 @@ impl Polls {
         if !state.running {
             return false;
         }
-        match state.regions.get(&waiting.region) {
-            Some(region) => waiting.region = region.clone(),
-            None => {
-                state.regions.insert(waiting.region.clone());
-            }
-        }
+        waiting.region = state.share(&waiting.region);
+        waiting.namespace = state.share(&waiting.namespace);
         let (uid, due) = (CompactId::of(uid), waiting.due);
         if let Some(old) = state.by_uid.insert(uid.clone(), Box::new(waiting)) {
             state.due.remove(&(old.due, uid.clone()));
@@ -158,8 +177,12 @@ impl Polls {
         let live: HashSet<CompactId> = live.iter().map(|uid| CompactId::of(uid)).collect();
         state.by_uid.retain(|uid, _| live.contains(uid));
         state.due.retain(|(_, uid)| live.contains(uid));
-        let regions: HashSet<Arc<str>> = state.by_uid.values().map(|w| w.region.clone()).collect();
-        state.regions = regions;
+        let shared: HashSet<Arc<str>> = state
+            .by_uid
+            .values()
+            .flat_map(|w| [w.region.clone(), w.namespace.clone()])
+            .collect();
+        state.shared = shared;
     }
 
     /// When the next poll is due.
@@ -251,7 +274,7 @@ impl Polls {
                                 self.put_back(uid, w, until);
                             }
                             PollAnswer::Otherwise => {
-                                made.woken += usize::from(nudge.one(w.object, &uid.to_string()));
+                                made.woken += usize::from(nudge.one(w.object(), &uid.to_string()));
                             }
                         }
                     }
@@ -277,7 +300,7 @@ impl Polls {
                 Err(e) => {
                     debug!(error = %e, %region, "listing PENDING connections refused; their reconciles poll");
                     for (uid, w) in polls {
-                        made.woken += usize::from(nudge.one(w.object, &uid.to_string()));
+                        made.woken += usize::from(nudge.one(w.object(), &uid.to_string()));
                     }
                 }
             }
@@ -328,7 +351,8 @@ mod tests {
 
     fn waiting(name: &str, due: Instant, until: Instant) -> Waiting {
         Waiting {
-            object: ObjectRef::new(name).within("ns"),
+            name: name.into(),
+            namespace: "ns".into(),
             identity: AwsIdentity::Own,
             region: "us-east-1".into(),
             id: CompactId::of(&format!("id-{name}")),
