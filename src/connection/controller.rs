@@ -1376,11 +1376,34 @@ fn follow_watch(
             }
         }
         Ok(watcher::Event::InitDone) => {
-            let live: HashSet<String> = store.state().iter().filter_map(|o| o.uid()).collect();
+            let cached = store.state();
+            let live: HashSet<String> = cached.iter().filter_map(|o| o.uid()).collect();
             ctx.retain_only(&live);
+            // Only now does the cache hold what the relist found (kube-runtime's store swaps
+            // it in whole), so only now may a reconcile go on from it. A relist may skip the
+            // version a write made: waiting for that version could then last forever.
+            let mut wake = Vec::new();
+            let mut tracked = ctx.tracked();
+            for obj in &cached {
+                let Some(t) = obj.uid().and_then(|uid| tracked.get_mut(&uid)) else {
+                    continue;
+                };
+                t.kind.memory.catch_up(
+                    obj.status.as_ref(),
+                    obj.metadata.resource_version.as_deref(),
+                );
+                t.kind.memory.written = None;
+                if std::mem::take(&mut t.kind.awaits_watch) {
+                    wake.push(ObjectRef::from_obj(obj.as_ref()));
+                }
+            }
+            drop(tracked);
+            for object in wake {
+                ctx.nudge.requeue(object);
+            }
             readiness.synced();
         }
-        Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+        Ok(watcher::Event::Apply(obj)) => {
             readiness.succeeded();
             // The cache has caught up with what this controller wrote: stop remembering it.
             let Some(uid) = obj.uid() else { return };
@@ -1392,11 +1415,6 @@ fn follow_watch(
                 obj.status.as_ref(),
                 obj.metadata.resource_version.as_deref(),
             );
-            // A relist shows each resource as it is now, and may skip the version a write
-            // made: waiting for that version could then last forever.
-            if matches!(event, Ok(watcher::Event::InitApply(_))) {
-                t.kind.memory.written = None;
-            }
             let wake = t.kind.memory.written.is_none() && std::mem::take(&mut t.kind.awaits_watch);
             drop(tracked);
             if wake {
