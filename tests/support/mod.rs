@@ -1715,32 +1715,15 @@ impl Env {
         ))
     }
 
-    /// Waits until the emulator has answered `count` `op` calls since its counts were reset. It
-    /// has no change feed, so the count is looked at every 20 ms.
+    /// Waits until the emulator has answered `count` `op` calls since its counts were reset.
     pub async fn wait_for_calls(&self, op: &str, count: u64, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.calls(op) < count {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {limit:?} waiting for {count} {op} calls: {} so far",
-                self.calls(op)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("{op} calls");
+        poll_until(&what, limit, || self.calls(op) as f64, count as f64).await;
     }
 
-    /// Waits until one series of the controller's metrics reaches `value`. Metrics have no
-    /// change feed, so the series is looked at every 20 ms.
+    /// Waits until one series of the controller's metrics reaches `value`.
     pub async fn wait_for_metric(&self, series: &str, value: f64, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.metric(series) < value {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {limit:?} waiting for {series} to reach {value}: {} so far",
-                self.metric(series)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_until(series, limit, || self.metric(series), value).await;
     }
 
     /// The value of one series of the controller's metrics (0 when it has none yet).
@@ -1791,6 +1774,20 @@ impl Env {
         .iter()
         .map(|op| self.calls(op))
         .sum()
+    }
+}
+
+/// Waits until `now()` reaches `value`. What it reads has no change feed (the emulator's counts,
+/// the controller's metrics), so it is read every 20 ms.
+async fn poll_until(what: &str, limit: Duration, now: impl Fn() -> f64, value: f64) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while now() < value {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what} to reach {value}: {} so far",
+            now()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
