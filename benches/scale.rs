@@ -661,12 +661,19 @@ async fn binary(n: usize) {
             .unwrap_or_default();
         println!("{rollup}");
     }
+    let aws = env.proton().calls();
+    // Then all N connections wait PENDING (nobody accepts them): the CPU their polls cost per
+    // second. Each resource is polled from the shared list from its status write on, so a
+    // longer run (a larger N) spends more on polls per resource.
+    let window = Duration::from_secs(10);
+    let cpu_before_window = cpu_seconds(child.id());
+    tokio::time::sleep(window).await;
+    let waiting_cpu = (cpu_seconds(child.id()) - cpu_before_window) / window.as_secs_f64();
     // SIGTERM: the controller shuts down gracefully (and a wrapping tool writes its report).
     let _ = std::process::Command::new("kill")
         .arg(child.id().to_string())
         .status();
     let _ = child.wait();
-    let aws = env.proton().calls();
     println!(
         "  {n} resources, API server {}: the eac-controller binary {:.2} s, the floor {:.2} s ({:.2}x the floor); p50 {:.2} s, p99 {:.2} s to status.id; \
          the controller's own CPU {:.2} ms per resource ({:.1} s in all); peak RSS {:.1} MiB, RSS at the end {:.1} MiB; {:.2} AWS calls per resource ({:?})\n    \
@@ -689,6 +696,11 @@ async fn binary(n: usize) {
         aws.calls,
         work_per(work, n),
         work_per(floor_work, n),
+    );
+    println!(
+        "    then, with all {n} waiting PENDING: the controller's CPU {:.1} ms per second ({:.2} us per waiting resource per second)",
+        waiting_cpu * 1000.0,
+        waiting_cpu * 1e6 / n as f64,
     );
     println!(
         "    the controller's requests per resource: {}",

@@ -41,17 +41,46 @@ const SPACING_PER_CONNECTION: Duration = Duration::from_millis(1);
 /// The lists of each credentials-and-region key.
 pub struct PendingLists<T> {
     lists: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Listing<T>>>>>,
+    /// Connections created PENDING since a poll last looked, by key, and when their Create
+    /// was sent. A list that began before then cannot show them; without this, such a list
+    /// would call them gone, and each would be read with a Get (hundreds in a burst of
+    /// thousands). Kept apart from the listings because a listing stays locked for a whole
+    /// list, and a Create must not wait for one.
+    created: Mutex<HashMap<String, Vec<(CompactId, Instant)>>>,
 }
 
 impl<T> Default for PendingLists<T> {
     fn default() -> Self {
         PendingLists {
             lists: Mutex::default(),
+            created: Mutex::default(),
         }
     }
 }
 
 impl<T> PendingLists<T> {
+    /// A connection was created PENDING with a Create sent at `at`.
+    pub fn created(&self, key: &str, id: &str, at: Instant) {
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .push((CompactId::of(id), at));
+    }
+
+    /// Notes in `listing` (of `key`) the connections created since it last looked.
+    pub fn note_created(&self, key: &str, listing: &mut Listing<T>) {
+        let created = self
+            .created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        for (id, at) in created.into_iter().flatten() {
+            listing.saw(&id, at);
+        }
+    }
+
     /// The listing of one key; lock it for the length of a poll.
     pub fn listing(&self, key: &str) -> Arc<tokio::sync::Mutex<Listing<T>>> {
         self.lists
@@ -150,9 +179,11 @@ impl<T> Listing<T> {
     }
 
     /// The list is complete. What is remembered of connections it does not show goes: they are
-    /// read with a Get next, and their poll sees them again from there.
+    /// read with a Get next, and their poll sees them again from there. Those seen after it
+    /// began (created since) are too new for it, and wait for the next.
     pub fn finish(&mut self, began: Instant, found: HashMap<CompactId, T>) {
-        self.seen.retain(|id, _| found.contains_key(id));
+        self.seen
+            .retain(|id, seen| found.contains_key(id) || *seen >= began);
         self.complete = Some((began, found));
         self.partial = None;
         self.failed = None;
@@ -211,6 +242,34 @@ mod tests {
             !l.seen.contains_key(&CompactId::of("b")),
             "forgotten once not listed"
         );
+    }
+
+    #[test]
+    fn a_connection_created_after_a_list_began_waits_for_the_next_list() {
+        let t0 = Instant::now();
+        let lists: PendingLists<u32> = PendingLists::default();
+        let mut l: Listing<u32> = Listing::default();
+        l.finish(t0, found(&["a"]));
+        assert_eq!(l.of(&id("new")), Listed::Absent, "unknown: as if gone");
+        lists.created("key", "new", t0 + Duration::from_secs(1));
+        lists.note_created("other key", &mut l);
+        assert_eq!(l.of(&id("new")), Listed::Absent, "another key's creation");
+        lists.note_created("key", &mut l);
+        assert_eq!(
+            l.of(&id("new")),
+            Listed::Stale,
+            "created after the list began: not for it to say"
+        );
+        l.finish(t0 + Duration::from_millis(500), found(&["a"]));
+        assert_eq!(
+            l.of(&id("new")),
+            Listed::Stale,
+            "still too new, and still remembered"
+        );
+        l.finish(t0 + Duration::from_secs(2), found(&["a", "new"]));
+        assert_eq!(l.of(&id("new")), Listed::Shows(&1));
+        lists.note_created("key", &mut l);
+        assert_eq!(l.of(&id("new")), Listed::Shows(&1), "noted once");
     }
 
     #[test]

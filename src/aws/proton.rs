@@ -349,6 +349,7 @@ impl Proton {
         req: &CreateRequest,
     ) -> Result<Connection, ProtonError> {
         let client = self.client(ticket.identity, region);
+        let sent = tokio::time::Instant::now();
         let out = self
             .call(
                 ticket,
@@ -365,10 +366,15 @@ impl Proton {
                     .send(),
             )
             .await?;
-        connection_of(
+        let c = connection_of(
             "CreateEnvironmentAccountConnection",
             out.environment_account_connection(),
-        )
+        )?;
+        if c.state == ConnectionState::Pending {
+            let key = crate::aws::budget::pending_list_key(&ticket.identity.to_string(), region);
+            self.pending.created(&key, &c.id, sent);
+        }
+        Ok(c)
     }
 
     pub async fn get(
@@ -452,6 +458,7 @@ impl Proton {
         let key = crate::aws::budget::pending_list_key(&identity.to_string(), region);
         let shared = self.pending.listing(&key);
         let mut listing = shared.lock().await;
+        self.pending.note_created(&key, &mut listing);
         let now = tokio::time::Instant::now();
         let later = listing.next_spaced().filter(|at| now < *at);
         if later.is_none() && polls.iter().any(|(id, _)| listing.of(id) == Listed::Stale) {
