@@ -95,7 +95,9 @@ pub struct Polls {
 }
 
 /// A poll taken out when due: the resource's uid, and what it waits for.
-type Due = (CompactId, Waiting);
+/// Boxed as kept: polls fall due by the thousand at once (all that wait for the next list),
+/// and moving each out of its box and back would copy and allocate them all.
+type Due = (CompactId, Box<Waiting>);
 
 /// What became of the polls due at one moment.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -201,7 +203,7 @@ impl Polls {
                 break;
             };
             if let Some(w) = state.by_uid.remove(&uid) {
-                taken.push((uid, *w));
+                taken.push((uid, w));
             }
         }
         taken
@@ -209,7 +211,7 @@ impl Polls {
 
     /// Puts back a poll made (or deferred), due again at `due`; unless its reconcile comes
     /// back first (false: it polls then), or a reconcile took it again meanwhile.
-    fn put_back(&self, uid: CompactId, mut waiting: Waiting, due: Instant) -> bool {
+    fn put_back(&self, uid: CompactId, mut waiting: Box<Waiting>, due: Instant) -> bool {
         if due >= waiting.until {
             return false;
         }
@@ -217,7 +219,7 @@ impl Polls {
         if state.running && !state.by_uid.contains_key(&uid) {
             waiting.due = due;
             state.due.insert((due, uid.clone()));
-            state.by_uid.insert(uid, Box::new(waiting));
+            state.by_uid.insert(uid, waiting);
         }
         true
     }
