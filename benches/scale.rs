@@ -21,7 +21,8 @@
 //!    is in docs/benchmark.md), with N resources applied while it runs (`EAC_BENCH_BINARY_N`,
 //!    default N; a list is allowed), against a floor in the same conditions: its time, its own
 //!    CPU per resource, its peak RSS, and the API server's work per resource (requests, bytes
-//!    written, watch events caused).
+//!    written, watch events caused); then, for 10 s with all N connections waiting PENDING, the
+//!    CPU their polls cost per second.
 //! 4. **Start-up**: a controller starting with S settled (CONNECTED) resources
 //!    (`EAC_BENCH_STARTUP_N`, default N) under the default budget: time to ready, the AWS calls
 //!    of its first 10 s, and a new resource's time to `status.id` meanwhile.
