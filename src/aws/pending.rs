@@ -41,27 +41,27 @@ const SPACING_PER_CONNECTION: Duration = Duration::from_millis(1);
 /// The lists of each credentials-and-region key.
 pub struct PendingLists<T> {
     lists: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Listing<T>>>>>,
-    /// Connections created PENDING since a poll last looked, by key, and when their Create
-    /// was sent. A list that began before then cannot show them; without this, such a list
-    /// would call them gone, and each would be read with a Get (hundreds in a burst of
-    /// thousands). Kept apart from the listings because a listing stays locked for a whole
-    /// list, and a Create must not wait for one.
-    created: Mutex<HashMap<String, Vec<(CompactId, Instant)>>>,
+    /// Connections seen PENDING outside a list (a Create's or a Get's answer) since a poll last
+    /// looked, by key, and as of when. A list that began before then cannot speak for them: a
+    /// connection created after the newest list began would otherwise be called gone by it and
+    /// read with a Get (hundreds in a burst of thousands). Kept apart from the listings because
+    /// a listing stays locked for a whole list, and a Create or a Get must not wait for one.
+    seen: Mutex<HashMap<String, Vec<(CompactId, Instant)>>>,
 }
 
 impl<T> Default for PendingLists<T> {
     fn default() -> Self {
         PendingLists {
             lists: Mutex::default(),
-            created: Mutex::default(),
+            seen: Mutex::default(),
         }
     }
 }
 
 impl<T> PendingLists<T> {
-    /// A connection was created PENDING with a Create sent at `at`.
-    pub fn created(&self, key: &str, id: &str, at: Instant) {
-        self.created
+    /// A connection was seen PENDING as of `at`, outside a list (created, or read with a Get).
+    pub fn saw(&self, key: &str, id: &str, at: Instant) {
+        self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(key.to_string())
@@ -69,14 +69,14 @@ impl<T> PendingLists<T> {
             .push((CompactId::of(id), at));
     }
 
-    /// Notes in `listing` (of `key`) the connections created since it last looked.
-    pub fn note_created(&self, key: &str, listing: &mut Listing<T>) {
-        let created = self
-            .created
+    /// Notes in `listing` (of `key`) the connections seen outside a list since it last looked.
+    pub fn note_seen(&self, key: &str, listing: &mut Listing<T>) {
+        let seen = self
+            .seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
-        for (id, at) in created.into_iter().flatten() {
+        for (id, at) in seen.into_iter().flatten() {
             listing.saw(&id, at);
         }
     }
@@ -251,10 +251,10 @@ mod tests {
         let mut l: Listing<u32> = Listing::default();
         l.finish(t0, found(&["a"]));
         assert_eq!(l.of(&id("new")), Listed::Absent, "unknown: as if gone");
-        lists.created("key", "new", t0 + Duration::from_secs(1));
-        lists.note_created("other key", &mut l);
+        lists.saw("key", "new", t0 + Duration::from_secs(1));
+        lists.note_seen("other key", &mut l);
         assert_eq!(l.of(&id("new")), Listed::Absent, "another key's creation");
-        lists.note_created("key", &mut l);
+        lists.note_seen("key", &mut l);
         assert_eq!(
             l.of(&id("new")),
             Listed::Stale,
@@ -268,7 +268,7 @@ mod tests {
         );
         l.finish(t0 + Duration::from_secs(2), found(&["a", "new"]));
         assert_eq!(l.of(&id("new")), Listed::Shows(&1));
-        lists.note_created("key", &mut l);
+        lists.note_seen("key", &mut l);
         assert_eq!(l.of(&id("new")), Listed::Shows(&1), "noted once");
     }
 

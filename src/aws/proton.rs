@@ -371,8 +371,8 @@ impl Proton {
             out.environment_account_connection(),
         )?;
         if c.state == ConnectionState::Pending {
-            let key = crate::aws::budget::pending_list_key(&ticket.identity.to_string(), region);
-            self.pending.created(&key, &c.id, sent);
+            self.pending
+                .saw(&pending_key(ticket.identity, region), &c.id, sent);
         }
         Ok(c)
     }
@@ -432,12 +432,8 @@ impl Proton {
         let asked = tokio::time::Instant::now();
         let c = self.get(ticket, region, id).await?;
         if c.state == ConnectionState::Pending {
-            let key = crate::aws::budget::pending_list_key(&ticket.identity.to_string(), region);
             self.pending
-                .listing(&key)
-                .lock()
-                .await
-                .saw(&CompactId::of(id), asked);
+                .saw(&pending_key(ticket.identity, region), id, asked);
         }
         Ok(c)
     }
@@ -455,10 +451,10 @@ impl Proton {
         region: &str,
         polls: &[(CompactId, u64)],
     ) -> Result<Vec<PollAnswer>, ProtonError> {
-        let key = crate::aws::budget::pending_list_key(&identity.to_string(), region);
+        let key = pending_key(identity, region);
         let shared = self.pending.listing(&key);
         let mut listing = shared.lock().await;
-        self.pending.note_created(&key, &mut listing);
+        self.pending.note_seen(&key, &mut listing);
         let now = tokio::time::Instant::now();
         let later = listing.next_spaced().filter(|at| now < *at);
         if later.is_none() && polls.iter().any(|(id, _)| listing.of(id) == Listed::Stale) {
@@ -963,6 +959,12 @@ struct ListQuery<'a> {
     requested_by: EnvironmentAccountConnectionRequesterAccountType,
     environment_name: Option<&'a str>,
     status: Option<EnvironmentAccountConnectionStatus>,
+}
+
+/// The key of the shared list of PENDING connections made with `identity`'s credentials in
+/// `region` (its listing, and its slot in the budget).
+fn pending_key(identity: &AwsIdentity, region: &str) -> String {
+    crate::aws::budget::pending_list_key(&identity.to_string(), region)
 }
 
 /// What a list shows of a connection (all but its CodeBuild role, which a list does not show),
