@@ -2424,8 +2424,12 @@ async fn both_sides_in_one_cluster_a_requested_connection_becomes_ready_with_no_
     let emulator = ns
         .start_emulator_with(EmulatorOptions::preset(EmulatorPreset::ManagementAccount))
         .await;
+    // The controller's own poll and resync defaults: Ready must not wait for a poll.
     let _controller = ns
-        .start_controller(&emulator, ControllerOptions::default())
+        .start_controller(
+            &emulator,
+            ControllerOptions::preset(ControllerPreset::ProductionPolls),
+        )
         .await;
     // One controller, one set of credentials: the environment account of its connections is the
     // account it acts as (here the management account too).
@@ -2438,6 +2442,7 @@ async fn both_sides_in_one_cluster_a_requested_connection_becomes_ready_with_no_
         ),
     )
     .await;
+    let applied = std::time::Instant::now();
     ns.apply(&eac(
         "prod-eu",
         EnvironmentAccountConnectionSpec {
@@ -2453,6 +2458,14 @@ async fn both_sides_in_one_cluster_a_requested_connection_becomes_ready_with_no_
                 && has_condition(o, "Ready", "True", None)
         })
         .await;
+    // The policy's nudge can reach the resource before the watch shows its own status write
+    // (the id): the resource then waits for the watch, and no longer, so with default flags
+    // both sides together are done within seconds, not at the next poll.
+    let took = applied.elapsed();
+    assert!(
+        took <= Duration::from_secs(5),
+        "prod-eu Ready {took:?} after its apply, with the policy applied just before"
+    );
     let id = id_of(&obj);
     let policy = ns
         .wait_policy(
