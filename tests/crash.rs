@@ -216,6 +216,39 @@ fn small_budget() -> CallBudget {
     )
 }
 
+/// Each resource that `done` does not hold for, as the API server and Proton have it: what a
+/// timed-out wait shows.
+fn left_undone(
+    env: &Env,
+    names: &[String],
+    done: impl Fn(&eac_controller::connection::api::EnvironmentAccountConnection) -> bool,
+) -> String {
+    let connections = env.proton().connections();
+    let mut out = String::new();
+    for name in names {
+        let Some(o) = env.api.get(name) else {
+            continue;
+        };
+        if done(&o) {
+            continue;
+        }
+        let uid = o.metadata.uid.clone().unwrap_or_default();
+        let in_proton: Vec<String> = connections
+            .iter()
+            .filter(|c| c.tags.get(TAG_UID) == Some(&uid))
+            .map(|c| format!("{} {:?} role {:?}", c.id, c.status, c.role_arn))
+            .collect();
+        out.push_str(&format!(
+            "{name}: generation {:?}, finalizers {:?}, deleting {}, status {:#?}; in Proton {in_proton:?}\n",
+            o.metadata.generation,
+            o.metadata.finalizers,
+            o.metadata.deletion_timestamp.is_some(),
+            o.status,
+        ));
+    }
+    out
+}
+
 fn synced_at_its_generation(
     o: &eac_controller::connection::api::EnvironmentAccountConnection,
 ) -> bool {
@@ -283,7 +316,7 @@ async fn controllers_killed_at_start_up_under_a_small_budget_leave_every_resourc
     // Plus the List lag a replayed Create may wait out, and the deferral timers.
     let bound = Duration::from_secs_f64(needed) + LAG + Duration::from_secs(5);
     env.api
-        .wait_until(
+        .wait_until_explained(
             &format!("all {N} resources Synced at their generation within {bound:?} (seed {seed})"),
             bound,
             |api| {
@@ -291,6 +324,7 @@ async fn controllers_killed_at_start_up_under_a_small_budget_leave_every_resourc
                     .iter()
                     .all(|n| api.get(n).is_some_and(|o| synced_at_its_generation(&o)))
             },
+            |_| left_undone(&env, &names, synced_at_its_generation),
         )
         .await;
     println!(
@@ -320,10 +354,11 @@ async fn controllers_killed_at_start_up_under_a_small_budget_leave_every_resourc
         env.api.delete(name);
     }
     env.api
-        .wait_until(
+        .wait_until_explained(
             &format!("all {N} resources deleted within {bound:?} (seed {seed})"),
             bound,
             |api| names.iter().all(|n| api.get(n).is_none()),
+            |_| left_undone(&env, &names, |_| false),
         )
         .await;
     running.abort();

@@ -668,8 +668,25 @@ impl FakeApi {
 
     /// Waits, woken by each change, until `done` holds for the whole fake.
     pub async fn wait_until(&self, what: &str, limit: Duration, done: impl Fn(&FakeApi) -> bool) {
+        self.wait_until_explained(what, limit, done, |_| String::new())
+            .await;
+    }
+
+    /// As `wait_until`, and on a timeout the panic also shows `explain`'s account of the fake
+    /// (what was left undone), so a rare failure explains itself from its log.
+    pub async fn wait_until_explained(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&FakeApi) -> bool,
+        explain: impl Fn(&FakeApi) -> String,
+    ) {
         let held = self.waited(limit, done).await;
-        assert!(held, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            held,
+            "timed out after {limit:?} waiting for {what}\n{}",
+            explain(self)
+        );
     }
 
     /// Whether `done` came to hold within `limit`, checked after every change.
