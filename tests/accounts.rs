@@ -198,12 +198,12 @@ async fn a_namespace_the_watch_has_not_shown_yet_is_retried_soon_without_an_aws_
     ));
     env.api.create("prod", UID, spec("prod"));
 
-    let action = env.reconcile("prod").await.unwrap();
+    env.reconcile("prod").await.unwrap();
 
     let obj = env.api.get("prod").unwrap();
     assert_eq!(condition(&obj, "Synced").unwrap().1, "NamespaceNotFound");
     assert_eq!(condition(&obj, "Stalled").unwrap().0, "False");
-    assert!(support::requeue_of(&action) < std::time::Duration::from_secs(5));
+    assert!(env.comes_back_in("prod") < std::time::Duration::from_secs(5));
     assert_eq!(env.total_calls(), 0);
 }
 

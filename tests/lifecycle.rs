@@ -13,7 +13,7 @@ use eac_controller::connection::api::{
     TAG_NAME, TAG_NAMESPACE, TAG_UID,
 };
 use proton_emulator::Faults;
-use support::{Env, condition, eager_settings, requeue_of, spec};
+use support::{Env, condition, eager_settings, spec};
 
 const UID: &str = "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f";
 const CREATE: &str = "CreateEnvironmentAccountConnection";
@@ -407,13 +407,13 @@ async fn a_throttled_call_pauses_every_caller() {
 
     // b's Create is not sent during the cooldown: b comes back when it is over.
     let creates = env.calls(CREATE);
-    let action = env.reconcile("b").await.unwrap();
+    env.reconcile("b").await.unwrap();
     assert_eq!(
         env.calls(CREATE),
         creates,
         "nobody calls during the cooldown"
     );
-    let wait = requeue_of(&action);
+    let wait = env.comes_back_in("b");
     assert!(
         wait > Duration::from_millis(500) && wait <= Duration::from_secs(1),
         "{wait:?}"

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use eac_controller::aws::budget::CallBudget;
 use eac_controller::connection::api::ConnectionState;
-use support::{Env, patient, requeue_of, spec};
+use support::{Env, patient, spec};
 
 const GET: &str = "GetEnvironmentAccountConnection";
 const LIST: &str = "ListEnvironmentAccountConnections";
@@ -157,12 +157,12 @@ async fn a_list_the_budget_defers_part_way_goes_on_from_its_next_page() {
             env.calls(LIST)
         );
         let before = deferred(&env);
-        let action = env.resync(&names[0]).await.expect("polled or deferred");
+        env.resync(&names[0]).await.expect("polled or deferred");
         if deferred(&env) == before {
             break;
         }
         deferrals += 1;
-        tokio::time::sleep(requeue_of(&action).min(Duration::from_secs(2))).await;
+        tokio::time::sleep(env.comes_back_in(&names[0]).min(Duration::from_secs(2))).await;
     }
     assert!(deferrals > 0, "the budget deferred the list part-way");
     assert_eq!(

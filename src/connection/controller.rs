@@ -38,6 +38,7 @@ use crate::mapping::{Accounts, AwsIdentity, MappingError, Resolved, UnmappedName
 use crate::metrics::Metrics;
 use crate::policy::ConnectionAcceptancePolicy;
 use crate::reconciler::nudge::Nudge;
+use crate::reconciler::timetable::Timetable;
 use crate::reconciler::{
     self,
     tracked::{Guard, KubeFailure, Tracker},
@@ -142,6 +143,8 @@ pub struct Context {
     cache: Mutex<Option<Store<EnvironmentAccountConnection>>>,
     /// The fast polls of PENDING connections, made from the shared list while it runs.
     polls: Arc<Polls>,
+    /// When each resource's reconcile comes back.
+    timetable: Arc<Timetable>,
     /// See [`STALE_CACHE_RETRY`].
     stale_cache_retry: Duration,
 }
@@ -168,6 +171,7 @@ impl Context {
             policies: Nudge::default(),
             cache: Mutex::default(),
             polls: Arc::default(),
+            timetable: Arc::default(),
             stale_cache_retry: STALE_CACHE_RETRY,
         }
     }
@@ -273,9 +277,15 @@ impl Context {
         self.tracked().len()
     }
 
+    /// How long until the resource's reconcile comes back, if it is to (see [`Timetable`]).
+    pub fn comes_back_in(&self, uid: &str) -> Option<Duration> {
+        self.timetable.comes_back_in(uid, Instant::now())
+    }
+
     /// The resource is gone: drop what was kept about it (and its booking in the budget).
     pub fn forget(&self, uid: &str) {
         self.tracked.remove(uid);
+        self.timetable.remove(uid);
         self.polls.release(uid);
         self.proton.forget(uid);
     }
@@ -283,6 +293,8 @@ impl Context {
     /// Drops what is kept about resources that are no longer in the watch cache.
     pub fn retain_only(&self, live: &HashSet<String>) {
         self.tracked.retain_only(live);
+        let ids: HashSet<CompactId> = live.iter().map(|uid| CompactId::of(uid)).collect();
+        self.timetable.retain(|uid| ids.contains(uid));
         self.polls.retain(live);
         // The management side's bookings in the shared budget are its own to drop.
         self.proton
@@ -292,6 +304,7 @@ impl Context {
     /// Forgets everything (a new term of leadership: another leader may have written since).
     pub fn forget_all(&self) {
         self.tracked.clear();
+        self.timetable.clear();
         self.polls.set_running(false);
         self.proton.retain(|_| false);
     }
@@ -606,7 +619,7 @@ async fn reconcile_inner(
 ) -> Result<(Action, &'static str), Error> {
     let facts = Facts::fetch(obj, ctx)?;
     if facts.behind_own_status {
-        return behind_own_status(&facts);
+        return behind_own_status(ctx, &facts);
     }
     // Events go out once the reconcile is over, so they are not on the way to the status write
     // (and are published even if that write fails).
@@ -629,11 +642,11 @@ fn waits_for_own_status(quiet: Option<Duration>, has_finalizer: bool, deleting: 
 
 /// A reconcile behind this controller's status write with nothing to do (see
 /// [`waits_for_own_status`]).
-fn behind_own_status(facts: &Facts) -> Result<(Action, &'static str), Error> {
+fn behind_own_status(ctx: &Context, facts: &Facts) -> Result<(Action, &'static str), Error> {
     match facts.quiet {
         Some(requeue) => {
             debug!("the cache is behind this controller's status write; nothing changed since");
-            Ok((Action::requeue(requeue), "quiet"))
+            Ok((come_back(ctx, facts, requeue), "quiet"))
         }
         None => Err(Error::StaleCache(facts.object.clone())),
     }
@@ -967,7 +980,8 @@ async fn finish(
             let t = tracked.entry(&facts.uid);
             t.succeeded();
             t.hold(facts.generation, facts.triggers.hash_of(), due);
-            Ok((Action::requeue(requeue), "settled"))
+            drop(tracked);
+            Ok((come_back(ctx, facts, requeue), "settled"))
         }
         Step::Report(reported) => {
             warn!(reason = reported.problem.reason, message = %reported.problem.message, retry_in_secs = reported.requeue.as_secs_f64(), "reconcile ended on a problem");
@@ -981,7 +995,11 @@ async fn finish(
             let t = tracked.entry(&facts.uid);
             t.fail(facts.generation);
             t.hold(facts.generation, facts.triggers.hash_of(), due);
-            Ok((Action::requeue(reported.requeue), reported.problem.reason))
+            drop(tracked);
+            Ok((
+                come_back(ctx, facts, reported.requeue),
+                reported.problem.reason,
+            ))
         }
         Step::RemoveFinalizer => {
             remove_finalizer(&facts.api, &facts.name, finalizers)
@@ -997,7 +1015,7 @@ async fn finish(
                 "nothing changed since the last reconcile"
             );
             checkpoint(ctx, facts, requeue);
-            Ok((Action::requeue(requeue), "quiet"))
+            Ok((come_back(ctx, facts, requeue), "quiet"))
         }
         Step::Defer {
             class,
@@ -1036,7 +1054,7 @@ async fn finish(
                     progress,
                 }));
             }
-            Ok((Action::requeue(requeue), "deferred"))
+            Ok((come_back(ctx, facts, requeue), "deferred"))
         }
         _ => {
             ctx.forget(&facts.uid);
@@ -1119,6 +1137,17 @@ fn note_read(ctx: &Context, uid: &str, class: CallClass) {
     {
         ctx.metrics.read_interval(class, now - at);
     }
+}
+
+/// The reconcile comes back in `after`, whatever else queues it meanwhile (see [`Timetable`]).
+fn come_back(ctx: &Context, facts: &Facts, after: Duration) -> Action {
+    ctx.timetable.set(
+        &facts.uid,
+        &facts.name,
+        &facts.namespace,
+        Instant::now() + after,
+    );
+    Action::await_change()
 }
 
 /// Notes when the resource is next due, so a trigger before then changes nothing.
@@ -1496,6 +1525,7 @@ pub async fn run(
         Arc::new(move |uid: &str, due| postponing.tracked.postpone(uid, due)),
         ctx.metrics.clone(),
     ));
+    let timetable = tokio::spawn(ctx.timetable.clone().run(ctx.nudge.clone()));
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         // The controller backs its trigger stream off too: the same short backoff.
@@ -1509,6 +1539,8 @@ pub async fn run(
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "EnvironmentAccountConnection").await;
     poller.abort();
+    timetable.abort();
+    ctx.timetable.clear();
     ctx.polls.set_running(false);
     ctx.nudge.detach();
     for follower in followers {
@@ -1719,8 +1751,10 @@ mod tests {
     #[tokio::test]
     async fn what_leaves_the_watch_is_forgotten_and_watch_failures_make_the_pod_unready() {
         let ctx = context();
+        let later = Instant::now() + Duration::from_secs(600);
         for uid in ["a", "b", "c"] {
             ctx.tracked().entry(uid);
+            ctx.timetable.set(uid, uid, "ns", later);
         }
         let (store, mut writer) = kube::runtime::reflector::store::<EnvironmentAccountConnection>();
         let readiness = Readiness::new(Duration::ZERO);
@@ -1734,6 +1768,11 @@ mod tests {
             &Ok(watcher::Event::Delete(eac("a"))),
         );
         assert_eq!(ctx.tracked_resources(), 2);
+        assert_eq!(
+            ctx.comes_back_in("a"),
+            None,
+            "a deleted resource never comes back"
+        );
 
         // A relist that no longer contains "b" (deleted while the watch was down, or while
         // this pod was a standby): forgotten once the list is complete.
@@ -1747,6 +1786,8 @@ mod tests {
         }
         assert_eq!(ctx.tracked_resources(), 1);
         assert!(ctx.tracked().contains_key("c"));
+        assert_eq!(ctx.timetable.len(), 1);
+        assert!(ctx.comes_back_in("c").is_some());
         assert!(readiness.get(), "synced");
 
         let failure = watcher::Error::NoResourceVersion;

@@ -1,6 +1,7 @@
 //! What every kind's controller shares, written once: what is kept per object between
 //! reconciles and when it is due ([`tracked`]), the backoff after a failure and the problem it
-//! reports ([`retry`]), the Events a decision names ([`note`]), the status write ([`status`]) and
+//! reports ([`retry`]), when each comes back ([`timetable`]), the Events a decision names
+//! ([`note`]), the status write ([`status`]) and
 //! the watch that feeds a kube-runtime controller ([`watch`]), and how one kind's controller
 //! makes another's reconcile now what it just made happen ([`nudge`]). A kind supplies its types, its
 //! pure decision and the calls it makes.
@@ -10,6 +11,7 @@ pub mod note;
 pub mod nudge;
 pub mod retry;
 pub mod status;
+pub mod timetable;
 pub mod tracked;
 pub mod watch;
 

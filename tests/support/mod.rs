@@ -1706,16 +1706,29 @@ impl Env {
         self.reconcile(name).await
     }
 
+    /// How long until the resource's reconcile comes back, as the controller's timetable has it
+    /// (its requeue); panics if it does not.
+    pub fn comes_back_in(&self, name: &str) -> Duration {
+        let uid = self
+            .api
+            .get(name)
+            .and_then(|o| o.metadata.uid)
+            .unwrap_or_else(|| panic!("{name} exists"));
+        self.ctx
+            .comes_back_in(&uid)
+            .unwrap_or_else(|| panic!("{name} does not come back"))
+    }
+
     /// Reconciles as the controller would until the resource is settled or failed (not deferred
     /// by the call budget), waiting each requeue out; at most `rounds` reconciles.
     pub async fn resync_through_deferrals(&self, name: &str, rounds: usize) {
         for _ in 0..rounds {
             let before = self.proton().calls().total();
-            let action = self.resync(name).await.expect("reconciled");
+            self.resync(name).await.expect("reconciled");
             if self.proton().calls().total() > before {
                 return;
             }
-            tokio::time::sleep(requeue_of(&action).min(Duration::from_secs(2))).await;
+            tokio::time::sleep(self.comes_back_in(name).min(Duration::from_secs(2))).await;
         }
     }
 
