@@ -26,6 +26,10 @@ use tokio::time::Instant;
 use super::nudge::Nudge;
 use crate::compact_id::CompactId;
 
+/// The shortest time between two wakes of the timetable: with thousands of objects, a wake (a
+/// task switch) for each millisecond with something due costs more than this lateness.
+pub const SPACING: Duration = Duration::from_millis(20);
+
 /// When one object comes back, and what names it to kube-runtime (its name and namespace).
 struct Entry {
     due: Instant,
@@ -152,22 +156,27 @@ impl Timetable {
         taken
     }
 
-    /// Queues each object on `nudge`'s stream when it is due, until aborted.
+    /// Queues each object on `nudge`'s stream when it is due, until aborted; wakes at most
+    /// once every [`SPACING`], so objects due close together are queued together.
     pub async fn run<K>(self: Arc<Self>, nudge: Nudge<K>)
     where
         K: Resource<DynamicType = ()> + Clone + 'static,
     {
+        let mut woke: Option<Instant> = None;
         loop {
             let changed = self.changed.notified();
             match self.next_due() {
                 Some(due) if due <= Instant::now() => {
-                    for (name, namespace) in self.take_due(Instant::now()) {
+                    let now = Instant::now();
+                    woke = Some(now);
+                    for (name, namespace) in self.take_due(now) {
                         nudge.requeue(ObjectRef::new(&name).within(&namespace));
                     }
                 }
                 Some(due) => {
+                    let at = woke.map_or(due, |woke| due.max(woke + SPACING));
                     tokio::select! {
-                        _ = tokio::time::sleep_until(due) => {}
+                        _ = tokio::time::sleep_until(at) => {}
                         _ = changed => {}
                     }
                 }
@@ -299,6 +308,19 @@ mod tests {
             Some("late")
         );
         assert_eq!(Instant::now() - t0, Duration::from_secs(600));
+
+        // Due a millisecond after the last wake: queued SPACING after that wake, not sooner.
+        let t1 = Instant::now();
+        table.set("u3", "x", "ns", t1 + Duration::from_secs(1));
+        table.set("u4", "y", "ns", t1 + Duration::from_millis(1_001));
+        for expected in ["x", "y"] {
+            let next = tokio::time::timeout(hour, queued.next()).await;
+            assert_eq!(
+                next.ok().flatten().map(|o| o.name).as_deref(),
+                Some(expected)
+            );
+        }
+        assert_eq!(Instant::now() - t1, Duration::from_secs(1) + SPACING);
         running.abort();
     }
 }
