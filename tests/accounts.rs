@@ -648,6 +648,46 @@ async fn nothing_is_reconciled_until_the_mappings_can_be_listed() {
     let _ = task.await;
 }
 
+/// A lost lease drops the controller's future while it runs: the watches of the mappings and
+/// the namespaces it started close with it (a standby neither watches them nor writes the
+/// mappings' status).
+#[tokio::test]
+async fn a_controller_dropped_while_it_runs_closes_its_mapping_and_namespace_watches() {
+    use std::time::Duration;
+
+    let env = Env::start().await;
+    env.api.namespace(NS, &[("team", "payments")]);
+    env.api.create("prod", UID, spec("prod"));
+    let (_stop, task) = run_with_mappings(&env);
+    env.api
+        .wait_until("a connection", Duration::from_secs(20), |api| {
+            api.get("prod")
+                .and_then(|o| o.status)
+                .is_some_and(|s| s.id.is_some())
+        })
+        .await;
+    let open = |api: &support::FakeApi| {
+        api.open_watches("accountmappings") + api.open_watches("namespaces")
+    };
+    assert!(
+        env.api.open_watches("accountmappings") == 1 && env.api.open_watches("namespaces") == 1,
+        "one watch of each while it runs: {} of mappings, {} of namespaces",
+        env.api.open_watches("accountmappings"),
+        env.api.open_watches("namespaces")
+    );
+
+    task.abort();
+    assert!(task.await.is_err_and(|e| e.is_cancelled()));
+
+    support::poll_until(
+        "the watches of mappings and namespaces closed (1 when none is open)",
+        Duration::from_secs(10),
+        || f64::from(u8::from(open(&env.api) == 0)),
+        1.0,
+    )
+    .await;
+}
+
 /// The whole controller as `run` wires it, with account mappings on, until `stop` fires.
 fn run_with_mappings(
     env: &Env,

@@ -291,6 +291,45 @@ async fn a_running_controller_makes_fast_polls_from_the_list_without_a_reconcile
     running.abort();
 }
 
+/// A lost lease drops the controller's future while it runs (the runner stops reconciling at
+/// once, without waiting for the controller to wind down): what the controller started (the
+/// poller, its timetable) must stop with it, or a standby would go on polling AWS and queueing
+/// reconciles.
+#[tokio::test]
+async fn a_controller_dropped_while_it_runs_stops_its_poller_and_its_timetable() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let running = env.run_controller(8);
+    let names = pending_while_running(&env).await;
+    env.count_proton_calls_from_now().await;
+    env.wait_for_calls(LIST, 3, Duration::from_secs(20)).await;
+    let uid = env
+        .api
+        .get(&names[0])
+        .and_then(|o| o.metadata.uid)
+        .expect("created");
+    assert!(
+        env.ctx.comes_back_in(&uid).is_some(),
+        "its reconcile comes back"
+    );
+
+    running.abort();
+    assert!(running.await.is_err_and(|e| e.is_cancelled()));
+
+    assert_eq!(
+        env.ctx.comes_back_in(&uid),
+        None,
+        "a stopped controller's timetable is empty"
+    );
+    let lists = env.calls(LIST);
+    // Two rounds of the fast polls (2 s apart) would have listed again by then.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        env.calls(LIST),
+        lists,
+        "no List after the controller stopped"
+    );
+}
+
 /// A list refused outright (an IAM policy without ListEnvironmentAccountConnections) while the
 /// controller runs: the list is tried again only after a wait (2 s, doubling), and each due
 /// resource is woken and polls with its Get, as without the poller.

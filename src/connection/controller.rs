@@ -19,6 +19,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, info_span, warn};
 
 use crate::aws::budget::CallClass;
@@ -1495,6 +1496,11 @@ pub async fn run(
             Vec::new(),
         )
     };
+    let mut started = Started {
+        ctx: ctx.clone(),
+        tasks: followers,
+        account_mappings: scope.account_mappings,
+    };
     ctx.set_accounts(accounts.with_unmapped(scope.unmapped_namespaces));
     let routine = ((f64::from(concurrency) * ctx.poll_share).floor() as usize).max(1);
     *ctx.routine_workers
@@ -1518,14 +1524,14 @@ pub async fn run(
     );
     ctx.polls.set_running(true);
     let postponing = ctx.clone();
-    let poller = tokio::spawn(ctx.polls.clone().run(
+    started.spawn(ctx.polls.clone().run(
         ctx.proton.clone(),
         ctx.settings.clone(),
         ctx.nudge.clone(),
         Arc::new(move |uid: &str, due| postponing.tracked.postpone(uid, due)),
         ctx.metrics.clone(),
     ));
-    let timetable = tokio::spawn(ctx.timetable.clone().run(ctx.nudge.clone()));
+    started.spawn(ctx.timetable.clone().run(ctx.nudge.clone()));
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         // The controller backs its trigger stream off too: the same short backoff.
@@ -1538,19 +1544,38 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "EnvironmentAccountConnection").await;
-    poller.abort();
-    timetable.abort();
-    ctx.timetable.clear();
-    ctx.polls.set_running(false);
-    ctx.nudge.detach();
-    for follower in followers {
-        follower.abort();
+    drop(started);
+}
+
+/// What [`run`] started, stopped however `run` ends: when it returns, and when its future is
+/// dropped (a lost lease stops reconciling at once, see `runner`). Otherwise a standby would go
+/// on polling AWS, queueing reconciles and writing the mappings' status.
+struct Started {
+    ctx: Arc<Context>,
+    /// Aborted when dropped.
+    tasks: Vec<AbortOnDropHandle<()>>,
+    account_mappings: bool,
+}
+
+impl Started {
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.push(AbortOnDropHandle::new(tokio::spawn(task)));
     }
-    if scope.account_mappings {
-        ctx.set_accounts(Accounts::waiting());
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.tasks.clear();
+        let ctx = &self.ctx;
+        ctx.timetable.clear();
+        ctx.polls.set_running(false);
+        ctx.nudge.detach();
+        if self.account_mappings {
+            ctx.set_accounts(Accounts::waiting());
+        }
+        ctx.metrics.count_connections_from(None);
+        ctx.use_cache(None);
     }
-    ctx.metrics.count_connections_from(None);
-    ctx.use_cache(None);
 }
 
 #[cfg(test)]

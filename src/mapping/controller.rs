@@ -9,6 +9,7 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
 use super::{AccountMapping, Accounts};
@@ -70,7 +71,7 @@ pub async fn follow(
 ) -> Option<(
     Accounts,
     futures::channel::mpsc::UnboundedReceiver<()>,
-    Vec<tokio::task::JoinHandle<()>>,
+    Vec<AbortOnDropHandle<()>>,
 )> {
     use k8s_openapi::api::core::v1::Namespace;
 
@@ -127,9 +128,10 @@ pub async fn follow(
             let _ = namespace_status_tick.unbounded_send(());
             futures::future::ready(())
         });
+    // Stopped when dropped: by the caller, or with this future if it is dropped first.
     let followers = vec![
-        tokio::spawn(follow_mappings),
-        tokio::spawn(follow_namespaces),
+        AbortOnDropHandle::new(tokio::spawn(follow_mappings)),
+        AbortOnDropHandle::new(tokio::spawn(follow_namespaces)),
     ];
     let ready = async {
         let _ = mappings.wait_until_ready().await;
@@ -151,19 +153,14 @@ pub async fn follow(
         _ = ready => {
             info!(mappings = mappings.state().len(), "account mappings known");
             let mut followers = followers;
-            followers.push(tokio::spawn(write_mapping_statuses(
+            followers.push(AbortOnDropHandle::new(tokio::spawn(write_mapping_statuses(
                 client.clone(),
                 mappings.clone(),
                 namespaces.clone(),
                 status_ticks,
-            )));
+            ))));
             Some((Accounts::from_stores(mappings, namespaces), changes, followers))
         }
-        _ = shutdown => {
-            for follower in followers {
-                follower.abort();
-            }
-            None
-        }
+        _ = shutdown => None,
     }
 }

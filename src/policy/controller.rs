@@ -642,6 +642,7 @@ pub async fn run(
         trigger_hash,
     );
     ctx.use_store(Some(store.clone()));
+    let attached = Attached(ctx.clone());
     info!("management side started: watching ConnectionAcceptancePolicies");
     let expiring = ctx.clone();
     let nudged = ctx.nudge.attach(
@@ -666,8 +667,19 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "ConnectionAcceptancePolicy").await;
-    ctx.nudge.detach();
-    ctx.use_store(None);
+    drop(attached);
+}
+
+/// Undoes what [`run`] attached however it ends: when it returns, and when its future is
+/// dropped (a lost lease stops reconciling at once, see `runner`), so a standby neither keeps
+/// the watch cache nor takes nudges.
+struct Attached(Arc<Context>);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.0.nudge.detach();
+        self.0.use_store(None);
+    }
 }
 
 #[cfg(test)]

@@ -644,6 +644,20 @@ impl FakeApi {
         st.changed("MODIFIED", path, &value);
     }
 
+    /// The watches of collection `plural` (`namespaces` for the core Namespaces) still open (a
+    /// client that dropped its stream closed its own).
+    pub fn open_watches(&self, plural: &str) -> usize {
+        let plural = match plural {
+            "namespaces" => NAMESPACES_PLURAL,
+            other => other,
+        };
+        self.lock()
+            .watchers
+            .iter()
+            .filter(|(watched, .., w)| watched == plural && !w.is_closed())
+            .count()
+    }
+
     /// A receiver that sees a new value after every change to any object.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.lock().changes.subscribe()
@@ -1809,7 +1823,7 @@ impl Env {
 
 /// Waits until `now()` reaches `value`. What it reads has no change feed (the emulator's counts,
 /// the controller's metrics), so it is read every 20 ms.
-async fn poll_until(what: &str, limit: Duration, now: impl Fn() -> f64, value: f64) {
+pub async fn poll_until(what: &str, limit: Duration, now: impl Fn() -> f64, value: f64) {
     let deadline = tokio::time::Instant::now() + limit;
     while now() < value {
         assert!(
