@@ -16,6 +16,7 @@ pub mod conditions;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod interned;
 pub mod leader;
 pub mod mapping;
 pub mod metrics;

@@ -273,13 +273,7 @@ async fn the_running_controller_follows_mapping_and_namespace_label_changes_at_o
     // The cluster admin takes the namespace out of both mappings: unmapped, so the controller's
     // own credentials; the resource is reconciled at once, not an hour later.
     env.api.namespace(NS, &[("team", "platform")]);
-    env.api
-        .wait_until("a connection", Duration::from_secs(20), |api| {
-            api.get("prod")
-                .and_then(|o| o.status)
-                .is_some_and(|s| s.id.is_some())
-        })
-        .await;
+    wait_for_connection(&env).await;
     assert_eq!(env.proton().connections().len(), 1);
     // The namespace left both mappings: each selects nothing now, and says so.
     env.api
@@ -637,13 +631,7 @@ async fn nothing_is_reconciled_until_the_mappings_can_be_listed() {
 
     // RBAC fixed: the mappings are read (none), and the resource is reconciled.
     env.api.allow_all();
-    env.api
-        .wait_until("a connection", Duration::from_secs(20), |api| {
-            api.get("prod")
-                .and_then(|o| o.status)
-                .is_some_and(|s| s.id.is_some())
-        })
-        .await;
+    wait_for_connection(&env).await;
     let _ = stop.send(());
     let _ = task.await;
 }
@@ -659,13 +647,7 @@ async fn a_controller_dropped_while_it_runs_closes_its_mapping_and_namespace_wat
     env.api.namespace(NS, &[("team", "payments")]);
     env.api.create("prod", UID, spec("prod"));
     let (_stop, task) = run_with_mappings(&env);
-    env.api
-        .wait_until("a connection", Duration::from_secs(20), |api| {
-            api.get("prod")
-                .and_then(|o| o.status)
-                .is_some_and(|s| s.id.is_some())
-        })
-        .await;
+    wait_for_connection(&env).await;
     let open = |api: &support::FakeApi| {
         api.open_watches("accountmappings") + api.open_watches("namespaces")
     };
@@ -686,6 +668,21 @@ async fn a_controller_dropped_while_it_runs_closes_its_mapping_and_namespace_wat
         1.0,
     )
     .await;
+}
+
+/// Waits until `prod`'s status names its connection.
+async fn wait_for_connection(env: &Env) {
+    env.api
+        .wait_until(
+            "prod's status to name its connection",
+            std::time::Duration::from_secs(20),
+            |api| {
+                api.get("prod")
+                    .and_then(|o| o.status)
+                    .is_some_and(|s| s.id.is_some())
+            },
+        )
+        .await;
 }
 
 /// The whole controller as `run` wires it, with account mappings on, until `stop` fires.

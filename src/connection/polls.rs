@@ -32,6 +32,7 @@ use crate::aws::proton::{ErrorClass, PollAnswer, Proton};
 use crate::compact_id::CompactId;
 use crate::connection::api::EnvironmentAccountConnection;
 use crate::connection::decide::{Settings, jittered, pending_interval_since};
+use crate::interned::Interned;
 use crate::metrics::Metrics;
 use crate::reconciler::nudge::Nudge;
 
@@ -84,7 +85,7 @@ struct State {
     /// (due, uid), the next first.
     due: BTreeSet<(Instant, CompactId)>,
     /// The regions and namespaces of the resources taken, each kept once.
-    shared: HashSet<Arc<str>>,
+    shared: Interned,
 }
 
 /// The resources whose fast polls are made from the shared list, and when each is due.
@@ -112,19 +113,6 @@ pub struct Made {
     pub spaced: usize,
 }
 
-impl State {
-    /// The one copy kept of a region or namespace.
-    fn share(&mut self, text: &Arc<str>) -> Arc<str> {
-        match self.shared.get(text) {
-            Some(kept) => kept.clone(),
-            None => {
-                self.shared.insert(text.clone());
-                text.clone()
-            }
-        }
-    }
-}
-
 impl Polls {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -149,8 +137,8 @@ impl Polls {
         if !state.running {
             return false;
         }
-        waiting.region = state.share(&waiting.region);
-        waiting.namespace = state.share(&waiting.namespace);
+        waiting.region = state.shared.share(&waiting.region);
+        waiting.namespace = state.shared.share(&waiting.namespace);
         let (uid, due) = (CompactId::of(uid), waiting.due);
         if let Some(old) = state.by_uid.insert(uid.clone(), Box::new(waiting)) {
             state.due.remove(&(old.due, uid.clone()));
@@ -179,12 +167,13 @@ impl Polls {
         let live: HashSet<CompactId> = live.iter().map(|uid| CompactId::of(uid)).collect();
         state.by_uid.retain(|uid, _| live.contains(uid));
         state.due.retain(|(_, uid)| live.contains(uid));
-        let shared: HashSet<Arc<str>> = state
-            .by_uid
-            .values()
-            .flat_map(|w| [w.region.clone(), w.namespace.clone()])
-            .collect();
-        state.shared = shared;
+        let state = &mut *state;
+        state.shared.retain_used(
+            state
+                .by_uid
+                .values()
+                .flat_map(|w| [&*w.region, &*w.namespace]),
+        );
     }
 
     /// When the next poll is due.

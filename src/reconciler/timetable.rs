@@ -14,7 +14,7 @@
 //! requeues. The error policy's backoff stays with kube-runtime: it is for few objects at once,
 //! and short.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::nudge::Nudge;
 use crate::compact_id::CompactId;
+use crate::interned::Interned;
 
 /// The shortest time between two wakes of the timetable: with thousands of objects, a wake (a
 /// task switch) for each millisecond with something due costs more than this lateness.
@@ -43,7 +44,7 @@ struct State {
     /// (due, uid), the next first.
     due: BTreeSet<(Instant, CompactId)>,
     /// The namespaces of the objects kept, each once.
-    namespaces: HashSet<Arc<str>>,
+    namespaces: Interned,
 }
 
 /// When each object of one controller comes back, by uid.
@@ -73,11 +74,11 @@ impl Timetable {
                     entry.name = name.into();
                 }
                 if *entry.namespace != *namespace {
-                    entry.namespace = share(&mut state.namespaces, namespace);
+                    entry.namespace = state.namespaces.share(namespace);
                 }
             }
             None => {
-                let namespace = share(&mut state.namespaces, namespace);
+                let namespace = state.namespaces.share(namespace);
                 state.by_uid.insert(
                     key.clone(),
                     Entry {
@@ -118,8 +119,9 @@ impl Timetable {
         state.by_uid.retain(|uid, _| live(uid));
         let by_uid = &state.by_uid;
         state.due.retain(|(_, uid)| by_uid.contains_key(uid));
-        let namespaces: HashSet<&str> = by_uid.values().map(|e| &*e.namespace).collect();
-        state.namespaces.retain(|ns| namespaces.contains(&**ns));
+        state
+            .namespaces
+            .retain_used(by_uid.values().map(|e| &*e.namespace));
     }
 
     /// Forgets everything (the controller stops, or starts a new term).
@@ -182,18 +184,6 @@ impl Timetable {
                 }
                 None => changed.await,
             }
-        }
-    }
-}
-
-/// The one copy kept of `namespace`.
-fn share(kept: &mut HashSet<Arc<str>>, namespace: &str) -> Arc<str> {
-    match kept.get(namespace) {
-        Some(ns) => ns.clone(),
-        None => {
-            let ns: Arc<str> = namespace.into();
-            kept.insert(ns.clone());
-            ns
         }
     }
 }
