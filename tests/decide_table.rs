@@ -3160,6 +3160,63 @@ fn progress_that_does_not_match_the_recorded_connection_is_not_resumed() {
     ));
 }
 
+/// Kills at start-up under a busy budget: a replayed Create is refused (the lost one made the
+/// connection with the spec before an edit) and the search for the connection is deferred. The
+/// next reconcile must spend its slot on that search, not on the same refused Create: sent
+/// again, it was refused again and the search deferred again, for as long as the budget stayed
+/// busy (seen as a resource never settling in `tests/crash.rs`).
+#[test]
+fn a_replayed_create_refused_then_deferred_goes_on_with_the_search() {
+    let case = Case::new().status(creating()).new_role();
+    let mut run = case.run();
+    assert_eq!(run.next(now()), Step::WhoAmI);
+    run.record(&Step::WhoAmI, Ok(Outcome::Account(ENV_ACCOUNT.into())));
+    let create = run.next(now());
+    assert_eq!(create.name(), "Create");
+    let refusal = aws_error(
+        &create,
+        ErrorClass::Conflict,
+        "client token already used with different parameters",
+    );
+    run.record(&create, Err(refusal.clone()));
+    let find = run.next(now());
+    assert_eq!(find.name(), "FindOwned");
+    run.record(
+        &find,
+        Err(ProtonError::deferred(
+            "ListEnvironmentAccountConnections",
+            Some(secs(2)),
+        )),
+    );
+    assert!(matches!(run.next(now()), Step::Defer { .. }));
+    let progress = run.carry_over().expect("the refusal is carried over");
+    assert_eq!(progress.observed, Observed::CreateConflict);
+    assert_eq!(progress.conflict, Some(refusal));
+
+    let mut run = case.run();
+    run.resume(progress.clone());
+    assert_eq!(
+        run.next(now()).name(),
+        "FindOwned",
+        "no second WhoAmI or Create"
+    );
+
+    // Nothing of ours listed yet: the refusal is what is reported, as in one run.
+    run.record(&find, Ok(Outcome::Found(None)));
+    let Step::Report(reported) = run.next(now()) else {
+        panic!("reported")
+    };
+    assert_eq!(reported.problem.reason, "Conflict");
+
+    // Without the refusal it stands for, a conflict is not resumed.
+    let mut run = case.run();
+    run.resume(Progress {
+        conflict: None,
+        ..progress
+    });
+    assert_eq!(run.next(now()), Step::WhoAmI, "starts from scratch");
+}
+
 #[test]
 fn a_vanished_connection_is_carried_over_to_its_recreation() {
     let case = Case::new().status(status_connected());

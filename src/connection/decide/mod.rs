@@ -398,6 +398,7 @@ impl<'a> Run<'a> {
             observed: self.observed.clone(),
             account: self.account.clone(),
             adoption_allowed: self.adoption_allowed,
+            conflict: self.conflict.clone(),
         })
     }
 
@@ -421,10 +422,15 @@ impl<'a> Run<'a> {
                 }
             },
             Observed::Gone { id } => id.is_some() && self.status.id == *id,
+            // Only with the refusal it stands for (the problem reported if nothing is found).
+            Observed::CreateConflict => progress.conflict.is_some(),
             _ => false,
         };
         if !consistent {
             return;
+        }
+        if matches!(progress.observed, Observed::CreateConflict) {
+            self.conflict = progress.conflict;
         }
         self.observed = progress.observed;
         self.account = self.account.take().or(progress.account);

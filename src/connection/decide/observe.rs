@@ -73,16 +73,22 @@ pub struct Progress {
     pub account: Option<String>,
     /// The namespace's adoption opt-in, if it was read.
     pub adoption_allowed: Option<bool>,
+    /// The refusal of a replayed Create, with [`Observed::CreateConflict`]: the next reconcile
+    /// searches for its connection instead of sending the Create again. Sent again, it would
+    /// spend the slot booked for the search, be refused again, and the search would be deferred
+    /// again, for as long as the budget stays busy.
+    pub conflict: Option<ProtonError>,
 }
 
 impl Progress {
-    /// Whether an observation is worth carrying over: a connection, or the recorded one gone
-    /// (an id never comes back). Not a search that found nothing (List is eventually
-    /// consistent), a conflict (its error is not carried), or a release (nothing follows it).
+    /// Whether an observation is worth carrying over: a connection, the recorded one gone (an
+    /// id never comes back), or a replayed Create refused (the search for its connection
+    /// follows). Not a search that found nothing (List is eventually consistent), or a release
+    /// (nothing follows it).
     pub(super) fn keeps(observed: &Observed) -> bool {
         matches!(
             observed,
-            Observed::Connection { .. } | Observed::Gone { id: Some(_) }
+            Observed::Connection { .. } | Observed::Gone { id: Some(_) } | Observed::CreateConflict
         )
     }
 }
