@@ -293,10 +293,10 @@ impl Context {
 
     /// Drops what is kept about resources that are no longer in the watch cache.
     pub fn retain_only(&self, live: &HashSet<String>) {
-        self.tracked.retain_only(live);
         let ids: HashSet<CompactId> = live.iter().map(|uid| CompactId::of(uid)).collect();
+        self.tracked.retain_only(&ids);
         self.timetable.retain(|uid| ids.contains(uid));
-        self.polls.retain(live);
+        self.polls.retain(&ids);
         // The management side's bookings in the shared budget are its own to drop.
         self.proton
             .retain(|key| live.contains(key) || crate::aws::budget::is_shared_key(key));
@@ -647,7 +647,7 @@ fn behind_own_status(ctx: &Context, facts: &Facts) -> Result<(Action, &'static s
     match facts.quiet {
         Some(requeue) => {
             debug!("the cache is behind this controller's status write; nothing changed since");
-            Ok((come_back(ctx, facts, requeue), "quiet"))
+            Ok((come_back(ctx, facts, Instant::now() + requeue), "quiet"))
         }
         None => Err(Error::StaleCache(facts.object.clone())),
     }
@@ -982,7 +982,7 @@ async fn finish(
             t.succeeded();
             t.hold(facts.generation, facts.triggers.hash_of(), due);
             drop(tracked);
-            Ok((come_back(ctx, facts, requeue), "settled"))
+            Ok((come_back(ctx, facts, due), "settled"))
         }
         Step::Report(reported) => {
             warn!(reason = reported.problem.reason, message = %reported.problem.message, retry_in_secs = reported.requeue.as_secs_f64(), "reconcile ended on a problem");
@@ -997,10 +997,7 @@ async fn finish(
             t.fail(facts.generation);
             t.hold(facts.generation, facts.triggers.hash_of(), due);
             drop(tracked);
-            Ok((
-                come_back(ctx, facts, reported.requeue),
-                reported.problem.reason,
-            ))
+            Ok((come_back(ctx, facts, due), reported.problem.reason))
         }
         Step::RemoveFinalizer => {
             remove_finalizer(&facts.api, &facts.name, finalizers)
@@ -1015,8 +1012,8 @@ async fn finish(
                 wait_secs = requeue.as_secs(),
                 "nothing changed since the last reconcile"
             );
-            checkpoint(ctx, facts, requeue);
-            Ok((come_back(ctx, facts, requeue), "quiet"))
+            let due = checkpoint(ctx, facts, requeue);
+            Ok((come_back(ctx, facts, due), "quiet"))
         }
         Step::Defer {
             class,
@@ -1038,7 +1035,7 @@ async fn finish(
                 kept = carry.is_some(),
                 "no room in the AWS call budget now; coming back"
             );
-            checkpoint(ctx, facts, requeue);
+            let due = checkpoint(ctx, facts, requeue);
             if facts.nudged
                 && let Some(t) = ctx.tracked().get_mut(&facts.uid)
             {
@@ -1055,7 +1052,7 @@ async fn finish(
                     progress,
                 }));
             }
-            Ok((come_back(ctx, facts, requeue), "deferred"))
+            Ok((come_back(ctx, facts, due), "deferred"))
         }
         _ => {
             ctx.forget(&facts.uid);
@@ -1140,23 +1137,21 @@ fn note_read(ctx: &Context, uid: &str, class: CallClass) {
     }
 }
 
-/// The reconcile comes back in `after`, whatever else queues it meanwhile (see [`Timetable`]).
-fn come_back(ctx: &Context, facts: &Facts, after: Duration) -> Action {
-    ctx.timetable.set(
-        &facts.uid,
-        &facts.name,
-        &facts.namespace,
-        Instant::now() + after,
-    );
+/// The reconcile comes back at `due` (its checkpoint's), whatever else queues it meanwhile (see
+/// [`Timetable`]).
+fn come_back(ctx: &Context, facts: &Facts, due: Instant) -> Action {
+    ctx.timetable
+        .set(&facts.uid, &facts.name, &facts.namespace, due);
     Action::await_change()
 }
 
-/// Notes when the resource is next due, so a trigger before then changes nothing.
-fn checkpoint(ctx: &Context, facts: &Facts, requeue: Duration) {
+/// Notes when the resource is next due, so a trigger before then changes nothing; returns when.
+fn checkpoint(ctx: &Context, facts: &Facts, requeue: Duration) -> Instant {
     let due = Instant::now() + requeue;
     let mut tracked = ctx.tracked();
     let t = tracked.entry(&facts.uid);
     t.hold(facts.generation, facts.triggers.hash_of(), due);
+    due
 }
 
 /// Server-side apply of the status subresource, only when it differs from what is recorded.

@@ -162,9 +162,8 @@ impl Polls {
     }
 
     /// Keeps only the resources still in the watch cache.
-    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+    pub fn retain(&self, live: &HashSet<CompactId>) {
         let mut state = self.lock();
-        let live: HashSet<CompactId> = live.iter().map(|uid| CompactId::of(uid)).collect();
         state.by_uid.retain(|uid, _| live.contains(uid));
         state.due.retain(|(_, uid)| live.contains(uid));
         let state = &mut *state;
@@ -436,7 +435,7 @@ mod tests {
             polls.take(uid, waiting(uid, t0, until));
         }
         polls.release("a");
-        polls.retain(&["c".to_string()].into_iter().collect());
+        polls.retain(&[CompactId::of("c")].into_iter().collect());
         assert_eq!(due_uids(&polls, t0), ["c"]);
         // Taken again with another due time: only the new one counts.
         polls.take("c", waiting("c", t0 + Duration::from_secs(4), until));

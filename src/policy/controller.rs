@@ -20,6 +20,7 @@ use tracing::{info, info_span, warn};
 use super::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicyStatus as Status};
 use super::decide::{Memory, Outcome, Peer, Policy, Run, Step};
 use crate::aws::proton::{Proton, ProtonError, Ticket};
+use crate::compact_id::CompactId;
 use crate::connection::api::EnvironmentAccountConnection;
 use crate::connection::api::PAUSED_ANNOTATION;
 use crate::connection::decide::Settings;
@@ -179,7 +180,8 @@ impl Context {
     }
 
     fn retain_only(&self, live: &HashSet<String>) {
-        self.tracked.retain_only(live);
+        self.tracked
+            .retain_only(&live.iter().map(|uid| CompactId::of(uid)).collect());
     }
 
     fn forget_all(&self) {

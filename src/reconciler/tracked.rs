@@ -197,8 +197,7 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
     }
 
     /// Keeps only the objects still in the watch cache.
-    pub fn retain_only(&self, live: &HashSet<String>) {
-        let live: HashSet<CompactId> = live.iter().map(|uid| CompactId::of(uid)).collect();
+    pub fn retain_only(&self, live: &HashSet<CompactId>) {
         self.lock().map.retain(|uid, _| live.contains(uid));
     }
 
