@@ -85,6 +85,7 @@ async fn converge(env: &Env, what: &str, done: impl Fn(&Env, usize) -> bool) {
 /// process killed while it waits has changed Proton without knowing it); and the random choices
 /// of the scenario, from EAC_CRASH_SEED when set (to repeat a run).
 async fn chaos(settings: Settings, budget: CallBudget) -> (Env, u64, StdRng) {
+    support::log_from_env();
     let emulator = EmulatorConfig {
         idempotency: Idempotency::Strict,
         list_lag: LAG,

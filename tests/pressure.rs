@@ -559,6 +559,70 @@ async fn a_spec_edit_after_a_crash_converges_the_same_connection_under_strict_id
     );
 }
 
+/// The same crash and edit under a call budget of 5 a second with no burst (`--aws-calls-per-
+/// second 5 --aws-burst 1`): each call after another has to come back 200 ms later. The search
+/// for the connection is two calls (a List, then its tags); the second was deferred, and the
+/// next reconcile spent its booked slot on the List again, every time, so the resource never
+/// settled (found as a rare timeout of the start-up crash test, where other work kept the budget
+/// at its edge). Now the booking covers the calls the search repeats.
+#[tokio::test]
+async fn a_search_of_two_calls_gets_through_a_budget_with_room_for_one_at_a_time() {
+    let emulator = EmulatorConfig {
+        idempotency: Idempotency::Strict,
+        ..EmulatorConfig::default()
+    };
+    let mut env = Env::start_full(eager_settings(), CallBudget::unlimited(), emulator).await;
+    env.api.create("prod", UID, spec("prod"));
+    env.api.fail_status_writes(1);
+    assert!(env.reconcile("prod").await.is_err());
+    env.restart_with_budget(CallBudget::new(
+        std::num::NonZeroU32::new(5).unwrap(),
+        std::num::NonZeroU32::new(1).unwrap(),
+        0.5,
+    ));
+    env.api.edit("prod", |o| {
+        o.spec.role_arn = Some("arn:aws:iam::444455556666:role/v2".into());
+    });
+
+    // Each reconcile goes as far as the budget lets it and comes back when told.
+    let mut reconciles = 0;
+    while !synced(&env) {
+        reconciles += 1;
+        assert!(
+            reconciles <= 10,
+            "not Synced after 10 reconciles: {} Lists, {} ListTags, status {:?}",
+            env.calls(LIST),
+            env.calls(LIST_TAGS),
+            env.api.get("prod").and_then(|o| o.status)
+        );
+        env.resync("prod").await.unwrap();
+        if !synced(&env) {
+            tokio::time::sleep(env.comes_back_in("prod")).await;
+        }
+    }
+    let conns = env.proton().connections();
+    assert_eq!(conns.len(), 1, "exactly one connection");
+    assert_eq!(
+        env.api
+            .get("prod")
+            .and_then(|o| o.status)
+            .and_then(|s| s.id),
+        Some(conns[0].id.clone())
+    );
+    assert_eq!(
+        env.calls(LIST),
+        2,
+        "the List once per attempt at the search"
+    );
+}
+
+fn synced(env: &Env) -> bool {
+    env.api
+        .get("prod")
+        .and_then(|o| condition(&o, "Synced"))
+        .is_some_and(|(status, _, _)| status == "True")
+}
+
 #[tokio::test]
 async fn tags_are_read_after_a_create_answered_by_token_replay() {
     let mut env = Env::start().await;

@@ -15,6 +15,13 @@
 //! key). After a ThrottlingException every caller pauses for a second, so a throttled account
 //! backs off as a whole.
 //!
+//! A step of several calls (a search: a List, then the tags of each connection listed) that is
+//! told to come back after some of them repeats them when it does. So a work booking covers the
+//! calls the step already made as well as the one refused, and comes back with them paid for
+//! ([`Admission::Prepaid`]): each attempt gets further, where a booking of one slot would be
+//! spent on the step's first call again every time, for as long as other work keeps the budget
+//! full.
+//!
 //! Time is passed in, so the rules are tested without a clock.
 
 use std::collections::HashMap;
@@ -83,6 +90,9 @@ impl CallClass {
 pub enum Admission {
     /// Call now.
     Go,
+    /// Call now, and this many more calls of the same step are paid for already: the caller's
+    /// booking covered the calls its step had made before it was told to come back.
+    Prepaid(u32),
     /// A slot is taken for this caller a moment from now: wait that long, then call.
     Wait(Duration),
     /// A slot is booked for this caller at this time: come back then (without holding a worker).
@@ -156,6 +166,9 @@ struct Booking {
     /// The slot is on the whole budget's timeline (else only the poll share's is taken, and a
     /// slot of the whole budget is still to be found).
     whole: bool,
+    /// How many slots of the whole budget are booked (`at` is the last): the calls of the
+    /// caller's step up to the one refused.
+    slots: u32,
 }
 
 #[derive(Debug)]
@@ -205,8 +218,16 @@ impl CallBudget {
             .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// May the caller known as `key` make a call of `class` at `now`?
+    /// May the caller known as `key` make a call of `class` at `now`, as the first call of a
+    /// step?
     pub fn admit(&self, key: &str, class: CallClass, now: Instant) -> Admission {
+        self.admit_in_step(key, class, now, 0)
+    }
+
+    /// May the caller known as `key` make a call of `class` at `now`, after `made` calls of the
+    /// same step? A work call that must be booked books those again with it, so the step they
+    /// will be repeated in gets through (see the module's notes).
+    pub fn admit_in_step(&self, key: &str, class: CallClass, now: Instant, made: u32) -> Admission {
         let cooldown = *self.cooldown.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(until) = cooldown
             && until > now
@@ -224,7 +245,10 @@ impl CallBudget {
             limits.booked.remove(key);
             if now.saturating_duration_since(booking.at) < STALE_BOOKING {
                 if booking.whole {
-                    return Admission::Go;
+                    return match booking.slots {
+                        0 | 1 => Admission::Go,
+                        n => Admission::Prepaid(n - 1),
+                    };
                 }
                 // The share's slot is taken; the whole budget's is still to be found.
                 return whole_for(limits, key, class, now);
@@ -233,14 +257,19 @@ impl CallBudget {
         match class {
             CallClass::Work => {
                 let at = limits.whole.reserve(now);
-                wait_or_book(limits, key, at, true, now)
+                wait_or_book(limits, key, at, made, now)
             }
             CallClass::Poll => {
                 let at = limits.share.reserve(now);
                 if at.saturating_duration_since(now) > SHORT_WAIT {
-                    limits
-                        .booked
-                        .insert(key.to_string(), Booking { at, whole: false });
+                    limits.booked.insert(
+                        key.to_string(),
+                        Booking {
+                            at,
+                            whole: false,
+                            slots: 0,
+                        },
+                    );
                     return Admission::Later(at);
                 }
                 whole_for(limits, key, class, now)
@@ -291,7 +320,7 @@ impl CallBudget {
 fn whole_for(limits: &mut Limits, key: &str, class: CallClass, now: Instant) -> Admission {
     if class == CallClass::Work {
         let at = limits.whole.reserve(now);
-        return wait_or_book(limits, key, at, true, now);
+        return wait_or_book(limits, key, at, 0, now);
     }
     match limits.whole.take_now(now) {
         Ok(()) => Admission::Go,
@@ -304,6 +333,7 @@ fn whole_for(limits: &mut Limits, key: &str, class: CallClass, now: Instant) -> 
                 Booking {
                     at: next,
                     whole: false,
+                    slots: 0,
                 },
             );
             Admission::Later(next)
@@ -311,21 +341,25 @@ fn whole_for(limits: &mut Limits, key: &str, class: CallClass, now: Instant) -> 
     }
 }
 
-fn wait_or_book(
-    limits: &mut Limits,
-    key: &str,
-    at: Instant,
-    whole: bool,
-    now: Instant,
-) -> Admission {
+/// A work call whose slot of the whole budget is `at`: go, wait a moment, or book it, with a
+/// slot for each of the `made` calls its step made before (the last slot is the booking's time).
+fn wait_or_book(limits: &mut Limits, key: &str, at: Instant, made: u32, now: Instant) -> Admission {
     let wait = at.saturating_duration_since(now);
     if wait.is_zero() {
         Admission::Go
     } else if wait <= SHORT_WAIT {
         Admission::Wait(wait)
     } else {
-        limits.booked.insert(key.to_string(), Booking { at, whole });
-        Admission::Later(at)
+        let last = (0..made).fold(at, |_, _| limits.whole.reserve(now));
+        limits.booked.insert(
+            key.to_string(),
+            Booking {
+                at: last,
+                whole: true,
+                slots: made.saturating_add(1),
+            },
+        );
+        Admission::Later(last)
     }
 }
 
@@ -346,7 +380,7 @@ mod tests {
     fn run_until_go(b: &CallBudget, key: &str, class: CallClass, mut now: Instant) -> Instant {
         for _ in 0..1000 {
             match b.admit(key, class, now) {
-                Admission::Go => return now,
+                Admission::Go | Admission::Prepaid(_) => return now,
                 Admission::Wait(d) => return now + d,
                 Admission::Later(at) => now = at,
                 Admission::Busy => now += Duration::from_millis(500),
@@ -411,7 +445,7 @@ mod tests {
                     && at <= now
                 {
                     match b.admit(&format!("w{i}"), CallClass::Work, now) {
-                        Admission::Go => {
+                        Admission::Go | Admission::Prepaid(_) => {
                             done.push(now);
                             *due = None;
                         }
@@ -427,7 +461,7 @@ mod tests {
             for (i, due) in poll_due.iter_mut().enumerate() {
                 if *due <= now {
                     *due = match b.admit(&format!("p{i}"), CallClass::Poll, now) {
-                        Admission::Go => now + Duration::from_secs(1),
+                        Admission::Go | Admission::Prepaid(_) => now + Duration::from_secs(1),
                         Admission::Wait(d) => now + d + Duration::from_secs(1),
                         Admission::Later(t) => t,
                         Admission::Busy => now + Duration::from_secs(1),
@@ -569,7 +603,7 @@ mod simulation {
                 break;
             }
             match b.admit(&format!("p{i}"), CallClass::Poll, at) {
-                Admission::Go => {
+                Admission::Go | Admission::Prepaid(_) => {
                     goes += 1;
                     due[i] = at + Duration::from_secs(2);
                 }
@@ -589,5 +623,89 @@ mod simulation {
         // Wanting 50 polls/s with room for 5, each poll is booked once (one deferral) on its
         // way, plus the first wave that found the share's burst used up.
         assert!(laters <= goes + 100, "{laters} deferrals for {goes} polls");
+    }
+}
+
+#[cfg(test)]
+mod steps {
+    use super::*;
+
+    /// A caller that comes back when told and repeats its step of `calls` calls from the first,
+    /// spending what its booking prepaid as `Proton::admit` does; others want more work than
+    /// the budget has. Returns how many attempts the step took (None: not done in a minute).
+    fn attempts_for_a_step(calls: u32, b: &CallBudget) -> Option<u32> {
+        let t0 = Instant::now();
+        let mut others: Vec<Instant> = (0..20).map(|_| t0).collect();
+        let mut step_at = t0 + Duration::from_millis(50);
+        let end = t0 + Duration::from_secs(60);
+        let mut attempts = 0;
+        loop {
+            // Every other caller due before the step's next attempt goes (or books) first.
+            while let Some((i, at)) = others
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|(_, t)| *t <= step_at)
+                .min_by_key(|(_, t)| *t)
+            {
+                others[i] = match b.admit(&format!("w{i}"), CallClass::Work, at) {
+                    Admission::Go | Admission::Prepaid(_) => at + Duration::from_secs(2),
+                    Admission::Wait(d) => at + d + Duration::from_secs(2),
+                    Admission::Later(t) => t,
+                    Admission::Busy => at + Duration::from_secs(1),
+                };
+            }
+            if step_at > end {
+                return None;
+            }
+            attempts += 1;
+            let (mut made, mut prepaid) = (0, 0);
+            let mut next = None;
+            while made < calls {
+                if prepaid > 0 {
+                    prepaid -= 1;
+                    made += 1;
+                    continue;
+                }
+                match b.admit_in_step("step", CallClass::Work, step_at, made) {
+                    Admission::Go | Admission::Wait(_) => made += 1,
+                    Admission::Prepaid(n) => {
+                        prepaid = n;
+                        made += 1;
+                    }
+                    Admission::Later(at) => {
+                        next = Some(at);
+                        break;
+                    }
+                    Admission::Busy => unreachable!("work is never told Busy"),
+                }
+            }
+            match next {
+                None => return Some(attempts),
+                Some(at) => step_at = at,
+            }
+        }
+    }
+
+    /// Twenty resources want a call each every 2 s (10/s) of a budget of 5/s, so work is always
+    /// booked ahead. A search (a List, then the tags of each of two connections listed) must
+    /// still get through: each time it comes back its booking covers the calls it repeats, so
+    /// each call is deferred at most once.
+    /// With a booking of one slot, its first call took the slot every time and the next was
+    /// booked again behind the others, for as long as they kept coming.
+    #[test]
+    fn a_step_of_several_calls_gets_through_a_budget_other_work_keeps_full() {
+        for calls in 1..=3 {
+            let b = CallBudget::new(
+                NonZeroU32::new(5).unwrap(),
+                NonZeroU32::new(5).unwrap(),
+                0.5,
+            );
+            let attempts = attempts_for_a_step(calls, &b);
+            assert!(
+                attempts.is_some_and(|n| n <= calls + 1),
+                "a step of {calls} calls: {attempts:?} attempts"
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@
 #![allow(deprecated)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,30 @@ pub struct Ticket<'a> {
     pub class: CallClass,
     /// The call's slot was taken already (see [`Proton::admit`]).
     pub admitted: bool,
+    /// The calls of the step this ticket is for, so far.
+    pub calls: &'a StepCalls,
+}
+
+/// The calls one step made, and how many more of its calls the budget has paid for ahead (a
+/// step told to come back repeats its calls, and its booking covers them: see
+/// [`crate::aws::budget`]).
+#[derive(Debug, Default)]
+pub struct StepCalls {
+    made: AtomicU32,
+    prepaid: AtomicU32,
+}
+
+impl StepCalls {
+    /// Takes one prepaid call, if any is left.
+    fn take_prepaid(&self) -> bool {
+        self.prepaid
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    pub fn made(&self) -> u32 {
+        self.made.load(Ordering::Relaxed)
+    }
 }
 
 /// What the list of PENDING connections answers for one poll.
@@ -309,15 +334,34 @@ impl Proton {
     }
 
     /// Takes a slot in the call budget for `ticket`'s caller and class: waits a moment for it,
-    /// or answers Deferred when the slot is further away (booked) or there is no room.
+    /// or answers Deferred when the slot is further away (booked) or there is no room. A call
+    /// its step's booking paid for goes at once.
     pub async fn admit(
         &self,
         ticket: &Ticket<'_>,
         operation: &'static str,
     ) -> Result<(), ProtonError> {
+        let calls = ticket.calls;
+        if calls.take_prepaid() {
+            calls.made.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let asked = tokio::time::Instant::now();
-        match self.budget.admit(ticket.key, ticket.class, asked) {
+        let admitted = self
+            .budget
+            .admit_in_step(ticket.key, ticket.class, asked, calls.made());
+        match admitted {
+            Admission::Go | Admission::Prepaid(_) | Admission::Wait(_) => {
+                calls.made.fetch_add(1, Ordering::Relaxed);
+            }
+            Admission::Later(_) | Admission::Busy => {}
+        }
+        match admitted {
             Admission::Go => Ok(()),
+            Admission::Prepaid(more) => {
+                calls.prepaid.store(more, Ordering::Relaxed);
+                Ok(())
+            }
             Admission::Wait(wait) => {
                 self.metrics.budget_wait(ticket.class, wait);
                 tokio::time::sleep(wait).await;
@@ -461,11 +505,13 @@ impl Proton {
             if let Some(e) = listing.failing(now) {
                 return Err(e.clone());
             }
+            let calls = StepCalls::default();
             let ticket = Ticket {
                 identity,
                 key: &key,
                 class: CallClass::Poll,
                 admitted: false,
+                calls: &calls,
             };
             match self.list_pending(&mut listing, &ticket, region).await {
                 Ok(()) => {}
@@ -625,6 +671,7 @@ impl Proton {
             key: "preflight",
             class: CallClass::Work,
             admitted: true,
+            calls: &StepCalls::default(),
         };
         let client = self.client(identity, region);
         self.call(

@@ -23,7 +23,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, info_span, warn};
 
 use crate::aws::budget::CallClass;
-use crate::aws::proton::{Proton, ProtonError, Retry, Ticket};
+use crate::aws::proton::{Proton, ProtonError, Retry, StepCalls, Ticket};
 use crate::compact_id::CompactId;
 use crate::connection::api::{
     ADOPT_ANNOTATION, ADOPTION_ALLOWED, ADOPTION_NAMESPACE_LABEL, ConnectionState,
@@ -705,6 +705,7 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
             key: &self.facts.uid,
             class,
             admitted: self.create_admitted && matches!(step, Step::Create { .. }),
+            calls: &StepCalls::default(),
         };
         if class != CallClass::Work && step.is_aws() && self.routine_slot.is_none() {
             match ctx.routine_slot() {

@@ -19,7 +19,7 @@ use tracing::{info, info_span, warn};
 
 use super::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicyStatus as Status};
 use super::decide::{Memory, Outcome, Peer, Policy, Run, Step};
-use crate::aws::proton::{Proton, ProtonError, Ticket};
+use crate::aws::proton::{Proton, ProtonError, StepCalls, Ticket};
 use crate::compact_id::CompactId;
 use crate::connection::api::EnvironmentAccountConnection;
 use crate::connection::api::PAUSED_ANNOTATION;
@@ -411,6 +411,7 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
             key: self.key,
             class: run.class_of(step),
             admitted: false,
+            calls: &StepCalls::default(),
         };
         let result = execute(ctx, run.region(), &ticket, step).await;
         if let (Step::Accept { id } | Step::Reject { id }, Ok(Outcome::Connection(_))) =

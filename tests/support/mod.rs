@@ -45,6 +45,19 @@ use serde_json::{Value, json};
 
 pub const NS: &str = "platform";
 const GROUP_PATH: &str = "/apis/proton.eac.dev/v1alpha1";
+
+/// Logs the controller's tracing to stderr when `EAC_TEST_LOG` holds a filter (for example
+/// `eac_controller=debug`), to follow a rare failure step by step; silent otherwise.
+pub fn log_from_env() {
+    if let Ok(filter) = std::env::var("EAC_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    }
+}
+
 /// The collection of the cluster-scoped account mappings.
 const MAPPINGS: &str = "/apis/proton.eac.dev/v1alpha1/accountmappings";
 /// The core collection of namespaces, served like a cluster-scoped collection of the group.
