@@ -15,12 +15,13 @@
 //! key). After a ThrottlingException every caller pauses for a second, so a throttled account
 //! backs off as a whole.
 //!
-//! A step of several calls (a search: a List, then the tags of each connection listed) that is
-//! told to come back after some of them repeats them when it does. So a work booking covers the
-//! calls the step already made as well as the one refused, and comes back with them paid for
-//! ([`Admission::Prepaid`]): each attempt gets further, where a booking of one slot would be
-//! spent on the step's first call again every time, for as long as other work keeps the budget
-//! full.
+//! A step of several calls (a search: a List, then the tags of each connection listed; a List of
+//! several pages) that is told to come back after some of them repeats them when it does. So the
+//! step's calls after its first go as work, whatever its class (the first was admitted in it),
+//! and a booking covers the calls the step already made as well as the one refused, and comes
+//! back with them paid for ([`Admission::Prepaid`]): each attempt gets further, where a booking
+//! of one slot would be spent on the step's first call again every time, for as long as others
+//! kept the budget (or the poll share) full.
 //!
 //! Time is passed in, so the rules are tested without a clock.
 
@@ -225,9 +226,11 @@ impl CallBudget {
     }
 
     /// May the caller known as `key` make a call of `class` at `now`, after `made` calls of the
-    /// same step? A work call that must be booked books those again with it, so the step they
-    /// will be repeated in gets through (see the module's notes).
+    /// same step? After the first, a step's calls go as work, and one that must be booked
+    /// books those made again with it, so the step they will be repeated in gets through (see
+    /// the module's notes).
     pub fn admit_in_step(&self, key: &str, class: CallClass, now: Instant, made: u32) -> Admission {
+        let class = if made > 0 { CallClass::Work } else { class };
         let cooldown = *self.cooldown.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(until) = cooldown
             && until > now
@@ -630,10 +633,16 @@ mod simulation {
 mod steps {
     use super::*;
 
-    /// A caller that comes back when told and repeats its step of `calls` calls from the first,
-    /// spending what its booking prepaid as `Proton::admit` does; others want more work than
-    /// the budget has. Returns how many attempts the step took (None: not done in a minute).
-    fn attempts_for_a_step(calls: u32, b: &CallBudget) -> Option<u32> {
+    /// A caller that comes back when told and repeats its step of `calls` calls of `class` from
+    /// the first, spending what its booking prepaid as `Proton::admit` does; twenty others want a
+    /// call of `others_class` every 2 s each, more than their room. Returns how many attempts
+    /// the step took (None: not done in a minute).
+    fn attempts_for_a_step(
+        calls: u32,
+        class: CallClass,
+        others_class: CallClass,
+        b: &CallBudget,
+    ) -> Option<u32> {
         let t0 = Instant::now();
         let mut others: Vec<Instant> = (0..20).map(|_| t0).collect();
         let mut step_at = t0 + Duration::from_millis(50);
@@ -648,7 +657,7 @@ mod steps {
                 .filter(|(_, t)| *t <= step_at)
                 .min_by_key(|(_, t)| *t)
             {
-                others[i] = match b.admit(&format!("w{i}"), CallClass::Work, at) {
+                others[i] = match b.admit(&format!("w{i}"), others_class, at) {
                     Admission::Go | Admission::Prepaid(_) => at + Duration::from_secs(2),
                     Admission::Wait(d) => at + d + Duration::from_secs(2),
                     Admission::Later(t) => t,
@@ -667,7 +676,7 @@ mod steps {
                     made += 1;
                     continue;
                 }
-                match b.admit_in_step("step", CallClass::Work, step_at, made) {
+                match b.admit_in_step("step", class, step_at, made) {
                     Admission::Go | Admission::Wait(_) => made += 1,
                     Admission::Prepaid(n) => {
                         prepaid = n;
@@ -677,7 +686,8 @@ mod steps {
                         next = Some(at);
                         break;
                     }
-                    Admission::Busy => unreachable!("work is never told Busy"),
+                    // Only a resync read's first call is told Busy; it is not one.
+                    Admission::Busy => return None,
                 }
             }
             match next {
@@ -701,10 +711,31 @@ mod steps {
                 NonZeroU32::new(5).unwrap(),
                 0.5,
             );
-            let attempts = attempts_for_a_step(calls, &b);
+            let attempts = attempts_for_a_step(calls, CallClass::Work, CallClass::Work, &b);
             assert!(
                 attempts.is_some_and(|n| n <= calls + 1),
                 "a step of {calls} calls: {attempts:?} attempts"
+            );
+        }
+    }
+
+    /// A policy's routine List of PENDING requests is a poll, and has a page for each 100
+    /// requests. With the poll share kept full by the PENDING connections' polls (10/s wanted,
+    /// 5/s of share at the default budget of 10/s), its second page was booked on the share
+    /// alone, and the List started again from its first page each time: a management account
+    /// with more than 100 requests was never listed whole.
+    #[test]
+    fn a_poll_of_several_pages_gets_through_a_poll_share_other_polls_keep_full() {
+        for pages in 1..=3 {
+            let b = CallBudget::new(
+                NonZeroU32::new(10).unwrap(),
+                NonZeroU32::new(20).unwrap(),
+                0.5,
+            );
+            let attempts = attempts_for_a_step(pages, CallClass::Poll, CallClass::Poll, &b);
+            assert!(
+                attempts.is_some_and(|n| n <= pages + 1),
+                "a list of {pages} pages: {attempts:?} attempts"
             );
         }
     }
