@@ -65,6 +65,7 @@ struct Mgmt {
     /// (its watch cache).
     store: Store<ConnectionAcceptancePolicy>,
     writer: Mutex<Writer<ConnectionAcceptancePolicy>>,
+    budget: CallBudget,
 }
 
 impl Mgmt {
@@ -73,6 +74,10 @@ impl Mgmt {
     }
 
     async fn start_with(settings: Settings) -> Mgmt {
+        Mgmt::start_full(settings, CallBudget::unlimited()).await
+    }
+
+    async fn start_full(settings: Settings, budget: CallBudget) -> Mgmt {
         let emulator = RunningEmulator::start(([127, 0, 0, 1], 0).into(), emulator_config())
             .await
             .unwrap();
@@ -86,7 +91,7 @@ impl Mgmt {
         );
         let api = FakeApi::default();
         let (store, writer) = reflector::store();
-        let ctx = context(&api, &emulator, &settings);
+        let ctx = context(&api, &emulator, &settings, &budget);
         ctx.use_store(Some(store.clone()));
         Mgmt {
             api,
@@ -96,12 +101,13 @@ impl Mgmt {
             env,
             store,
             writer: Mutex::new(writer),
+            budget,
         }
     }
 
     /// The controller process dies and a new one starts: nothing kept in memory survives.
     fn restart(&mut self) {
-        self.ctx = context(&self.api, &self.emulator, &self.settings);
+        self.ctx = context(&self.api, &self.emulator, &self.settings, &self.budget);
         self.ctx.use_store(Some(self.store.clone()));
     }
 
@@ -225,11 +231,21 @@ impl Mgmt {
     }
 }
 
-fn context(api: &FakeApi, emulator: &RunningEmulator, settings: &Settings) -> Arc<Context> {
-    Arc::new(plain_context(api, emulator, settings))
+fn context(
+    api: &FakeApi,
+    emulator: &RunningEmulator,
+    settings: &Settings,
+    budget: &CallBudget,
+) -> Arc<Context> {
+    Arc::new(plain_context(api, emulator, settings, budget.clone()))
 }
 
-fn plain_context(api: &FakeApi, emulator: &RunningEmulator, settings: &Settings) -> Context {
+fn plain_context(
+    api: &FakeApi,
+    emulator: &RunningEmulator,
+    settings: &Settings,
+    budget: CallBudget,
+) -> Context {
     let metrics = Metrics::new();
     // The controller's own credentials: not the environment account's key.
     let proton = Proton::with_static_credentials(
@@ -239,7 +255,7 @@ fn plain_context(api: &FakeApi, emulator: &RunningEmulator, settings: &Settings)
             sts_endpoint: None,
             timeout: Duration::from_secs(10),
         },
-        CallBudget::unlimited(),
+        budget,
         metrics.clone(),
     );
     Context::new(
@@ -371,6 +387,47 @@ async fn unmatched_requests_are_rejected_only_when_the_policy_says_so() {
         ]
     );
     assert_eq!(m.metric("rejected"), "1");
+}
+
+/// A budget of 5 calls a second with no burst (`--aws-calls-per-second 5 --aws-burst 1`): each
+/// call after another comes back 200 ms later. A Reject is made right after re-reading the
+/// request, and the re-read is made again whenever the Reject comes back. It used to take the
+/// slot booked for the Reject each time, so the Reject was deferred again, and never went.
+#[tokio::test]
+async fn a_reject_gets_through_a_budget_with_room_for_one_call_at_a_time() {
+    let budget = CallBudget::new(
+        std::num::NonZeroU32::new(5).unwrap(),
+        std::num::NonZeroU32::new(1).unwrap(),
+        0.5,
+    );
+    let m = Mgmt::start_full(eager_settings(), budget).await;
+    let (dev, account) = m.request("dev").await;
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], Some(&["prod-*"]), UnmatchedRequests::Reject),
+    );
+
+    let mut reconciles = 0;
+    while m.state_of(&dev) == "PENDING" {
+        reconciles += 1;
+        assert!(
+            reconciles <= 10,
+            "still PENDING after 10 reconciles: {} Lists, {} Gets, {} Rejects",
+            m.calls(LIST),
+            m.calls(GET),
+            m.calls(REJECT)
+        );
+        let action = m.reconcile(NS, POLICY).await.unwrap();
+        tokio::time::sleep(support::requeue_of(&action).min(Duration::from_secs(2))).await;
+    }
+    assert_eq!(m.state_of(&dev), "REJECTED");
+    assert_eq!(m.calls(REJECT), 1);
+    assert!(
+        m.calls(GET) <= 2,
+        "the re-read at most once per attempt at the Reject: {} Gets",
+        m.calls(GET)
+    );
 }
 
 #[tokio::test]
@@ -737,7 +794,12 @@ async fn both_sides_in_one_process_a_requested_connection_is_accepted_and_become
         Some(eac_controller::connection::api::ConnectionState::Pending)
     );
 
-    let ctx = context(&env.api, &env.emulator, &eager_settings());
+    let ctx = context(
+        &env.api,
+        &env.emulator,
+        &eager_settings(),
+        &CallBudget::unlimited(),
+    );
     demo_policy(&env.api);
     let obj = env
         .api
@@ -776,7 +838,13 @@ async fn both_sides_in_one_process_are_ready_within_5_s_without_waiting_for_a_po
     let (connections, policies) = (Nudge::default(), Nudge::default());
     env.restart_with_nudges(connections.clone(), policies.clone());
     let policy_ctx = Arc::new(
-        plain_context(&env.api, &env.emulator, &production).with_nudges(connections, policies),
+        plain_context(
+            &env.api,
+            &env.emulator,
+            &production,
+            CallBudget::unlimited(),
+        )
+        .with_nudges(connections, policies),
     );
 
     // The policy first, settled long before anything is requested.

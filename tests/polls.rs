@@ -148,7 +148,8 @@ async fn a_list_the_budget_defers_part_way_goes_on_from_its_next_page() {
     ));
     env.count_proton_calls_from_now().await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(20);
     let mut deferrals = 0;
     loop {
         assert!(
@@ -169,6 +170,14 @@ async fn a_list_the_budget_defers_part_way_goes_on_from_its_next_page() {
         env.calls(LIST),
         3,
         "three pages in all: the list went on where it stopped"
+    );
+    // Each page is a poll of its own, at the poll share's pace (one each 500 ms): a page after
+    // the first does not go as work (one each 250 ms), as a step's later calls do when the step
+    // would start again from its first.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_000),
+        "three pages at the poll share's pace take at least 1 s: {took:?}"
     );
     // Every other connection is answered by that list, without a call.
     for n in &names[1..] {

@@ -560,7 +560,17 @@ impl Proton {
             None => (now, HashMap::new(), None),
         };
         loop {
-            let (page, token) = match self.list_page(ticket, region, &query, next.clone()).await {
+            // Each page is a step of its own: a list deferred part-way goes on from its next
+            // page (`pause`), so its pages neither go as work nor book the ones before them.
+            let calls = StepCalls::default();
+            let page_ticket = Ticket {
+                calls: &calls,
+                ..*ticket
+            };
+            let (page, token) = match self
+                .list_page(&page_ticket, region, &query, next.clone())
+                .await
+            {
                 Ok(answer) => answer,
                 Err(e) => {
                     if let Some(token) = next {

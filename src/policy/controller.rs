@@ -378,6 +378,7 @@ async fn reconcile_inner(
         ctx,
         identity: &identity,
         key: &key,
+        check_and_reject: StepCalls::default(),
     };
     let step = match reconciler::drive::drive(&mut run, &mut executor).await {
         Ok(step) => step,
@@ -395,6 +396,11 @@ struct StepExecutor<'a> {
     ctx: &'a Context,
     identity: &'a crate::mapping::AwsIdentity,
     key: &'a str,
+    /// The calls of a Reject and of the re-read just before it, counted as one step's: the
+    /// re-read is made again whenever the Reject comes back, so a Reject told to come back books
+    /// a slot for the re-read too (see [`crate::aws::budget`]); else, with the budget at its
+    /// edge, every slot went to the re-read and the Reject never went.
+    check_and_reject: StepCalls,
 }
 
 impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
@@ -406,12 +412,21 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
         step: &Step,
     ) -> Result<Result<Outcome, ProtonError>, Self::Error> {
         let ctx = self.ctx;
+        let single = StepCalls::default();
+        let calls = match step {
+            Step::Get { .. } => {
+                self.check_and_reject = StepCalls::default();
+                &self.check_and_reject
+            }
+            Step::Reject { .. } => &self.check_and_reject,
+            _ => &single,
+        };
         let ticket = Ticket {
             identity: self.identity,
             key: self.key,
             class: run.class_of(step),
             admitted: false,
-            calls: &StepCalls::default(),
+            calls,
         };
         let result = execute(ctx, run.region(), &ticket, step).await;
         if let (Step::Accept { id } | Step::Reject { id }, Ok(Outcome::Connection(_))) =
