@@ -506,17 +506,23 @@ async fn readiness_goes_false_while_the_watch_fails_and_comes_back_with_it() {
 // 9 and 10. Exactly once under strict idempotency and List lag; tags read after a replay
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_spec_edit_after_a_crash_converges_the_same_connection_under_strict_idempotency() {
+/// Under strict idempotency, prod's Create succeeds, the status write after it is lost, and the
+/// process dies: the next controller does not know the connection exists.
+async fn crashed_after_its_create() -> Env {
     let emulator = EmulatorConfig {
         idempotency: Idempotency::Strict,
         ..EmulatorConfig::default()
     };
-    let mut env = Env::start_full(eager_settings(), CallBudget::unlimited(), emulator).await;
+    let env = Env::start_full(eager_settings(), CallBudget::unlimited(), emulator).await;
     env.api.create("prod", UID, spec("prod"));
-    // The Create succeeds, the status write after it is lost, the process dies.
     env.api.fail_status_writes(1);
     assert!(env.reconcile("prod").await.is_err());
+    env
+}
+
+#[tokio::test]
+async fn a_spec_edit_after_a_crash_converges_the_same_connection_under_strict_idempotency() {
+    let mut env = crashed_after_its_create().await;
     env.restart();
     // Meanwhile the spec changes: the retried Create carries other parameters.
     env.api.edit("prod", |o| {
@@ -567,14 +573,7 @@ async fn a_spec_edit_after_a_crash_converges_the_same_connection_under_strict_id
 /// at its edge). Now the booking covers the calls the search repeats.
 #[tokio::test]
 async fn a_search_of_two_calls_gets_through_a_budget_with_room_for_one_at_a_time() {
-    let emulator = EmulatorConfig {
-        idempotency: Idempotency::Strict,
-        ..EmulatorConfig::default()
-    };
-    let mut env = Env::start_full(eager_settings(), CallBudget::unlimited(), emulator).await;
-    env.api.create("prod", UID, spec("prod"));
-    env.api.fail_status_writes(1);
-    assert!(env.reconcile("prod").await.is_err());
+    let mut env = crashed_after_its_create().await;
     env.restart_with_budget(CallBudget::new(
         std::num::NonZeroU32::new(5).unwrap(),
         std::num::NonZeroU32::new(1).unwrap(),
@@ -609,10 +608,10 @@ async fn a_search_of_two_calls_gets_through_a_budget_with_room_for_one_at_a_time
             .and_then(|s| s.id),
         Some(conns[0].id.clone())
     );
-    assert_eq!(
-        env.calls(LIST),
-        2,
-        "the List once per attempt at the search"
+    assert!(
+        env.calls(LIST) <= 2,
+        "the search's List at most twice: once, and once more after its ListTags was deferred: {}",
+        env.calls(LIST)
     );
 }
 
