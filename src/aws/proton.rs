@@ -342,38 +342,36 @@ impl Proton {
         operation: &'static str,
     ) -> Result<(), ProtonError> {
         let calls = ticket.calls;
-        if calls.take_prepaid() {
+        let admitted = if calls.take_prepaid() {
+            Ok(())
+        } else {
+            let asked = tokio::time::Instant::now();
+            match self
+                .budget
+                .admit_in_step(ticket.key, ticket.class, asked, calls.made())
+            {
+                Admission::Go => Ok(()),
+                Admission::Prepaid(more) => {
+                    calls.prepaid.store(more, Ordering::Relaxed);
+                    Ok(())
+                }
+                Admission::Wait(wait) => {
+                    self.metrics.budget_wait(ticket.class, wait);
+                    tokio::time::sleep(wait).await;
+                    Ok(())
+                }
+                // Counted once per deferred reconcile, by the controller.
+                Admission::Later(at) => Err(ProtonError::deferred(
+                    operation,
+                    Some(at.saturating_duration_since(asked)),
+                )),
+                Admission::Busy => Err(ProtonError::deferred(operation, None)),
+            }
+        };
+        if admitted.is_ok() {
             calls.made.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
         }
-        let asked = tokio::time::Instant::now();
-        let admitted = self
-            .budget
-            .admit_in_step(ticket.key, ticket.class, asked, calls.made());
-        match admitted {
-            Admission::Go | Admission::Prepaid(_) | Admission::Wait(_) => {
-                calls.made.fetch_add(1, Ordering::Relaxed);
-            }
-            Admission::Later(_) | Admission::Busy => {}
-        }
-        match admitted {
-            Admission::Go => Ok(()),
-            Admission::Prepaid(more) => {
-                calls.prepaid.store(more, Ordering::Relaxed);
-                Ok(())
-            }
-            Admission::Wait(wait) => {
-                self.metrics.budget_wait(ticket.class, wait);
-                tokio::time::sleep(wait).await;
-                Ok(())
-            }
-            // Counted once per deferred reconcile, by the controller.
-            Admission::Later(at) => Err(ProtonError::deferred(
-                operation,
-                Some(at.saturating_duration_since(asked)),
-            )),
-            Admission::Busy => Err(ProtonError::deferred(operation, None)),
-        }
+        admitted
     }
 
     /// The resource is gone: drop its booking in the budget.
