@@ -2340,6 +2340,61 @@ async fn a_management_policy_accepts_exactly_the_matching_requests_and_rejects_t
     assert_eq!(calls.count("RejectEnvironmentAccountConnection"), 1);
 }
 
+/// With 4 Proton calls a second and no burst, each call right after another is booked 250 ms
+/// out. A Reject goes right after re-reading its request, and the re-read is made again whenever
+/// the Reject comes back: the Reject's booking must cover the re-read, or every slot goes to the
+/// re-read and the request is never rejected (as before 2026-12-05). The real binary, its flag
+/// parser and a real API server's status writes and watch events, which the offline test
+/// (`tests/acceptance.rs`) fakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_rejects_under_a_budget_with_room_for_one_call_at_a_time() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("reject-budget").await;
+    let emulator = ns
+        .start_emulator_with(EmulatorOptions::preset(EmulatorPreset::ManagementAccount))
+        .await;
+    let _controller = ns
+        .start_controller(
+            &emulator,
+            ControllerOptions::preset(ControllerPreset::TightAwsBudget),
+        )
+        .await;
+    let requests = request_connections(&emulator, &["prod-eu", "dev"]).await;
+    let account = requests[0].1.clone();
+
+    ns.apply_policy(
+        "accept-prod",
+        policy_spec(&[&account], Some(&["prod-*"]), UnmatchedRequests::Reject),
+    )
+    .await;
+    ns.wait_policy(
+        "accept-prod",
+        "one request accepted and one rejected at 4 calls/s with burst 1",
+        CONVERGE,
+        |p| {
+            policy_synced(p)
+                && p.status
+                    .as_ref()
+                    .is_some_and(|s| s.accepted_count == 1 && s.rejected_count == 1)
+        },
+    )
+    .await;
+    // Counted before the harness reads the request itself (a Get of its own).
+    let calls = emulator.calls().await;
+    assert_eq!(calls.count("RejectEnvironmentAccountConnection"), 1);
+    assert!(
+        calls.count("GetEnvironmentAccountConnection") <= 2,
+        "the controller's re-read at most once per attempt at the Reject: {} Gets",
+        calls.count("GetEnvironmentAccountConnection")
+    );
+    assert_eq!(
+        connection_state(&emulator, &requests[1].0).await,
+        "REJECTED"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_policy_lists_once_per_interval_writes_nothing_and_reports_a_stray_request_once() {
     let Some(cluster) = Cluster::from_env().await else {
