@@ -236,3 +236,61 @@ async fn standbys_racing_for_an_expired_lease_elect_one_and_the_loser_gets_409()
     c.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_an_outage_stopped_leads_again_within_half_a_second_of_the_api_servers_return() {
+    let api = FakeApi::default();
+    let mut a = Candidate::start(&api, "pod-a");
+    a.until(true, Duration::from_secs(5)).await;
+    let b = Candidate::start(&api, "pod-b");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+
+    // The API server stops for 12 to 13.5 s (every call refused, 503, for both candidates): the
+    // four lengths end at four points of the 2 s between two tries at the retry period.
+    let mut back_in = Vec::new();
+    for extra in [0, 500, 1000, 1500] {
+        let down_at = Instant::now();
+        api.down();
+        let stopped = a.until(false, Duration::from_secs(30)).await;
+        assert!(
+            stopped - down_at <= DEADLINE,
+            "the leader stopped {:?} into the outage (renew deadline {DEADLINE:?})",
+            stopped - down_at
+        );
+        tokio::time::sleep_until(down_at + Duration::from_millis(12_000 + extra)).await;
+        api.up();
+        let back = Instant::now();
+        back_in.push(a.until(true, Duration::from_secs(5)).await - back);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(a.leads() && !b.leads(), "the standby never took over");
+    }
+    assert!(
+        back_in.iter().all(|t| *t <= Duration::from_millis(500)),
+        "pod-a took its Lease back {back_in:?} after the API server's returns (its tries after a \
+         failure are {:?} apart)",
+        config("pod-a").retry_after_failure()
+    );
+    assert_eq!(holder(&api).as_deref(), Some("pod-a"));
+    assert!(b.flips.lock().unwrap().is_empty(), "pod-b never led");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_lease_is_tried_at_the_retry_period_not_sooner() {
+    let api = FakeApi::default();
+    let mut a = Candidate::start(&api, "pod-a");
+    a.until(true, Duration::from_secs(5)).await;
+    api.deny(None, "/leases/");
+    let refused = api.answered(403);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let tries = api.answered(403) - refused;
+    // One Get a try, every retry period (2 s): about 10 in 20 s. Tries after an unanswered call
+    // come every 500 ms, which would make about 40.
+    assert!(
+        (8..=12).contains(&tries),
+        "{tries} refused Lease calls in 20 s"
+    );
+    api.allow_all();
+    a.shutdown().await;
+}

@@ -1438,7 +1438,8 @@ impl FakeApi {
     }
 
     /// Serves this fake over plain HTTP on 127.0.0.1 (an ephemeral port), for a controller
-    /// process: the returned kubeconfig points at it.
+    /// process: the returned kubeconfig points at it. While [`FakeApi::down`], every request is
+    /// refused (503) and open watches end.
     pub async fn serve_http(&self, dir: &std::path::Path) -> std::path::PathBuf {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1446,6 +1447,16 @@ impl FakeApi {
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let api = api.clone();
             async move {
+                if api.lock().down {
+                    return Response::builder()
+                        .status(StatusCode::SERVICE_UNAVAILABLE)
+                        .header("content-type", "application/json")
+                        .body(axum::body::Body::from(
+                            status_body(503, "ServiceUnavailable", "the API server is stopped")
+                                .to_string(),
+                        ))
+                        .unwrap();
+                }
                 let (parts, body) = request.into_parts();
                 let bytes = axum::body::to_bytes(body, usize::MAX)
                     .await
