@@ -2,7 +2,7 @@
 //! in-process API server of the tests and the Proton emulator over HTTP on 127.0.0.1.
 //!
 //! `cargo bench --bench scale` (env: `EAC_BENCH_N`, default 1000 resources; `EAC_BENCH_PENDING`,
-//! default 300 PENDING connections; `EAC_BENCH_CONCURRENCY`, default `4,8,16,32`;
+//! default 300 PENDING connections, 0 leaves part 2 out; `EAC_BENCH_CONCURRENCY`, default `4,8,16,32`;
 //! `EAC_BENCH_API_LATENCY_MS`, default `0,5`: the API server's round trip, 0 for the controller's
 //! own cost alone, 5 ms for something like a real API server with etcd).
 //!
@@ -26,9 +26,13 @@
 //! 4. **Start-up**: a controller starting with S settled (CONNECTED) resources
 //!    (`EAC_BENCH_STARTUP_N`, default N) under the default budget: time to ready, the AWS calls
 //!    of its first 10 s, and a new resource's time to `status.id` meanwhile.
+//! 5. **An outage with leader election**: the binary with `--leader-election` holding S settled
+//!    resources (`EAC_BENCH_OUTAGE_N`, default N) against the API server of part 3, stopped for
+//!    10 s: when it answers again, how soon the leader leads again, is ready, and serves a
+//!    resource applied then.
 //!
 //! In parts 1, 2 and 4 the API server is in-process and answers in microseconds, so their
-//! figures measure the controller's own cost; part 3 charges what a real API server would.
+//! figures measure the controller's own cost; parts 3 and 5 charge what a real API server would.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -45,6 +49,7 @@ use kube::api::PostParams;
 use kube::api::{Api, Patch, PatchParams};
 use proton_emulator::EmulatorConfig;
 use serde_json::json;
+use support::binary::{Controller, ready};
 use support::process::{cpu_seconds, status_mib};
 use support::{ApiCost, Env, FakeApi, NS, WorkDone, eager_settings, spec};
 
@@ -341,11 +346,10 @@ async fn work_before_polls(m: usize) {
     running.stop().await;
 }
 
-/// Part 4: a controller starting (or taking over) with S settled (CONNECTED) resources under the
-/// default budget: how long until it is ready, how many AWS calls its first 10 s make (the first
-/// reads are spread over the resync period), and how soon a new resource gets its id meanwhile.
-async fn start_up(s: usize) {
-    let mut env = Env::start_full(
+/// The API server and Proton holding S resources as a long-running installation has them: each
+/// with its connection, accepted, and recorded CONNECTED.
+async fn settled(s: usize) -> Env {
+    let env = Env::start_full(
         settings(),
         CallBudget::unlimited(),
         EmulatorConfig::default(),
@@ -360,7 +364,7 @@ async fn start_up(s: usize) {
     }
     until_all_have_ids(&env.api, &names, Instant::now(), Duration::from_secs(900)).await;
     running.stop().await;
-    // ...then accepted, and recorded as CONNECTED, as a long-running installation has them.
+    // ...then accepted, and recorded as CONNECTED.
     for c in env.proton().connections() {
         let _ = env.proton().accept(&c.id);
     }
@@ -371,6 +375,14 @@ async fn start_up(s: usize) {
             }
         });
     }
+    env
+}
+
+/// Part 4: a controller starting (or taking over) with S settled (CONNECTED) resources under the
+/// default budget: how long until it is ready, how many AWS calls its first 10 s make (the first
+/// reads are spread over the resync period), and how soon a new resource gets its id meanwhile.
+async fn start_up(s: usize) {
+    let mut env = settled(s).await;
     // A new process with the default budget (10 calls/s, burst 20).
     env.restart_with_budget(default_budget());
     env.count_proton_calls_from_now().await;
@@ -410,6 +422,97 @@ async fn start_up(s: usize) {
     );
     let _ = stop.send(());
     let _ = task.await;
+}
+
+/// Part 5: a 10 s API-server outage with leader election at S settled resources: the
+/// `eac-controller` binary with `--leader-election` (default flags otherwise) against the API
+/// server over HTTP, priced as in part 3. The outage outlasts the renew deadline, so the leader
+/// stops; when the API server answers again it takes its Lease back, lists and watches again from
+/// scratch. How soon after the return it leads again, is ready, and gives a resource applied
+/// right then its `status.id`; the CPU the recovery took and the peak RSS.
+async fn outage(s: usize) {
+    let env = settled(s).await;
+    if let Some(cost) = api_cost() {
+        env.api.set_cost(cost);
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let kubeconfig = env.api.serve_http(dir.path()).await;
+    let url = env.emulator.url();
+    let controller = Controller::start(
+        &kubeconfig,
+        &[
+            "run",
+            "--proton-endpoint",
+            &url,
+            "--region",
+            "us-east-1",
+            "--namespace",
+            NS,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--leader-election",
+            "--leader-election-namespace",
+            NS,
+        ],
+        Some("warn,eac_controller::runner=info"),
+    );
+    let limit = Duration::from_secs(300);
+    controller
+        .until("the log line with /readyz's address", limit, |c| {
+            c.metrics_addr().is_some()
+        })
+        .await;
+    let readyz = controller.metrics_addr().unwrap_or_default();
+    controller
+        .until("/readyz ready after the start", limit, |_| ready(&readyz))
+        .await;
+    // Past the start's burst of reconciles.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let down_at = Instant::now();
+    env.api.down();
+    controller
+        .until(
+            "the leader to stop within the renew deadline (10 s)",
+            Duration::from_secs(15),
+            |c| c.logged("stopped reconciling") == 1,
+        )
+        .await;
+    tokio::time::sleep_until((down_at + Duration::from_secs(10)).into()).await;
+    let cpu_before = cpu_seconds(controller.id());
+    env.api.up();
+    let back = Instant::now();
+    let fresh = vec![name("after-outage", 0)];
+    env.api.create(&fresh[0], &uid(900_001), spec(&fresh[0]));
+    controller
+        .until("the leader to lead again", limit, |c| {
+            c.logged("became leader") == 2
+        })
+        .await;
+    let leading = back.elapsed();
+    let times = until_all_have_ids(&env.api, &fresh, back, limit).await;
+    controller
+        .until("/readyz ready after the return", limit, |_| ready(&readyz))
+        .await;
+    let ready_in = back.elapsed();
+    let cpu = cpu_seconds(controller.id()) - cpu_before;
+    let peak = status_mib(&controller.id().to_string(), "VmHWM:");
+    if let Ok(path) = std::env::var("EAC_BENCH_LOG") {
+        let _ = std::fs::write(path, controller.log());
+    }
+    println!(
+        "  {s} settled resources, API server {}, a 10 s outage with leader election: leading again {:.2} s after the return, the resource applied then had status.id {:.2} s after it, /readyz ready {:.2} s after it; the controller's CPU from the return until then {:.2} s; peak RSS {:.1} MiB",
+        if api_cost().is_some() {
+            "priced as kube-apiserver"
+        } else {
+            "unpriced"
+        },
+        leading.as_secs_f64(),
+        percentile(&times, 0.5).as_secs_f64(),
+        ready_in.as_secs_f64(),
+        cpu,
+        peak,
+    );
 }
 
 /// The fake API server's price list for parts 3 (`EAC_BENCH_API_COST`: `kube-apiserver`, the
@@ -732,6 +835,11 @@ fn main() {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
+    let outage_sizes: Vec<usize> = std::env::var("EAC_BENCH_OUTAGE_N")
+        .unwrap_or_else(|_| format!("{n}"))
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
     let latencies: Vec<u64> = std::env::var("EAC_BENCH_API_LATENCY_MS")
         .unwrap_or_else(|_| "0,5".into())
         .split(',')
@@ -758,15 +866,21 @@ fn main() {
                 throughput(n, *c, floor, latency).await;
             }
         }
-        println!("2. Work before polls");
-        work_before_polls(m).await;
+        if m > 0 {
+            println!("2. Work before polls");
+            work_before_polls(m).await;
+        }
         println!("3. The binary against an API server priced as a real one");
         for size in binary_sizes {
             binary(size).await;
         }
         println!("4. Start-up with settled resources");
-        for size in startup_sizes {
-            start_up(size).await;
+        for size in &startup_sizes {
+            start_up(*size).await;
+        }
+        println!("5. A 10 s API-server outage with leader election");
+        for size in outage_sizes {
+            outage(size).await;
         }
         let (rss, peak) = rss_mib();
         println!("Process RSS now {rss:.1} MiB, peak {peak:.1} MiB (API server and emulator included)");

@@ -6,108 +6,18 @@
 
 mod support;
 
-use std::io::{BufRead, Read, Write};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eac_controller::aws::budget::CallBudget;
 use eac_controller::connection::api::EnvironmentAccountConnection;
+use k8s_openapi::api::coordination::v1::Lease;
 use proton_emulator::EmulatorConfig;
+use support::binary::{Controller, ready};
 use support::{Env, NS, patient, spec};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// Resources the controller holds before the outage (within the default budget's burst).
 const BEFORE: usize = 15;
-
-/// The controller binary and its log lines, as they come.
-struct Controller {
-    child: std::process::Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Controller {
-    fn start(kubeconfig: &std::path::Path, args: &[&str]) -> Controller {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eac-controller"))
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("AWS_ACCESS_KEY_ID", "AKIDOUTAGE")
-            .env("AWS_SECRET_ACCESS_KEY", "outage")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("the controller binary starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = std::io::BufReader::new(child.stderr.take().expect("its stderr"));
-        let kept = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.lines().map_while(Result::ok) {
-                kept.lock().unwrap().push(line);
-            }
-        });
-        Controller { child, log }
-    }
-
-    /// How many log lines say `what`.
-    fn logged(&self, what: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(what))
-            .count()
-    }
-
-    /// The address of /readyz, from the log line that says where it is served.
-    fn metrics_addr(&self) -> Option<String> {
-        self.log.lock().unwrap().iter().find_map(|l| {
-            l.contains("serving /metrics")
-                .then(|| l.split("addr=").nth(1))
-                .flatten()
-                .map(|a| a.split_whitespace().next().unwrap_or_default().to_string())
-        })
-    }
-
-    /// Waits until `done` holds, checking every 20 ms; panics after `limit` naming `what`, with
-    /// the controller's log.
-    async fn until(&self, what: &str, limit: Duration, mut done: impl FnMut(&Controller) -> bool) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while !done(self) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {limit:?} waiting for {what}; the controller's log:\n{}",
-                self.log.lock().unwrap().join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether `GET /readyz` at `addr` answers 200.
-fn ready(addr: &str) -> bool {
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
-}
 
 fn has_id(o: Option<&EnvironmentAccountConnection>) -> bool {
     o.and_then(|o| o.status.as_ref())
@@ -146,6 +56,7 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
             "--leader-election-namespace",
             NS,
         ],
+        None,
     );
     let names: Vec<String> = (0..BEFORE).map(|i| format!("before-{i}")).collect();
     for (i, name) in names.iter().enumerate() {
@@ -216,5 +127,64 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
         "with leader election, after a 10 s outage: the leader led again and the new resource had its connection {:.2} s, /readyz was ready {:.2} s, after the API server came back",
         served.as_secs_f64(),
         ready_at.as_secs_f64()
+    );
+}
+
+/// A client as the controller builds it (`runner::client_from`), for the fake over HTTP.
+async fn controller_client(kubeconfig: &std::path::Path) -> kube::Client {
+    let file = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .unwrap();
+    eac_controller::runner::client_from(config).unwrap()
+}
+
+#[tokio::test]
+async fn a_call_the_api_server_refuses_with_503_is_retried_a_few_times_then_fails_within_seconds() {
+    let env = support::FakeApi::default();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = env.serve_http(dir.path()).await;
+    let leases: kube::Api<Lease> = kube::Api::namespaced(controller_client(&kubeconfig).await, NS);
+    assert!(leases.get_opt("eac-controller").await.unwrap().is_none());
+
+    env.down();
+    let asked = tokio::time::Instant::now();
+    // kube's own retry would wait up to 1,000 s between its 15 tries: this timeout would end it.
+    let answer = tokio::time::timeout(Duration::from_secs(30), leases.get_opt("eac-controller"))
+        .await
+        .expect("the call ended within 30 s");
+    let took = asked.elapsed();
+    assert!(
+        matches!(&answer, Err(kube::Error::Api(s)) if s.code == 503),
+        "{answer:?}"
+    );
+    assert_eq!(env.refused(), 6, "the request and 5 retries");
+    // Waits of 50 ms doubling, each plus up to twice as much again, at most 1 s each.
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_millis(3200)).contains(&took),
+        "failed after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_call_made_during_a_short_503_succeeds_within_a_second_of_the_api_servers_return() {
+    let env = support::FakeApi::default();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = env.serve_http(dir.path()).await;
+    let leases: kube::Api<Lease> = kube::Api::namespaced(controller_client(&kubeconfig).await, NS);
+    env.down();
+    let call = tokio::spawn(async move { leases.get_opt("eac-controller").await });
+    env.wait_until_refused(2, Duration::from_secs(10)).await;
+    env.up();
+    let back = tokio::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the call ended within 10 s")
+        .unwrap();
+    assert!(matches!(answer, Ok(None)), "{answer:?}");
+    assert!(
+        back.elapsed() <= Duration::from_secs(1) + Duration::from_millis(200),
+        "answered {:?} after the return",
+        back.elapsed()
     );
 }

@@ -16,6 +16,7 @@
 //! A test can also cut the server off: requests then hang until it is healed.
 #![allow(dead_code)]
 
+pub mod binary;
 mod cost;
 pub mod process;
 pub use cost::{ApiCost, WorkDone};
@@ -109,6 +110,8 @@ struct ApiState {
     cut: bool,
     /// The API server is stopped: every request is refused at once (503) until it is back.
     down: bool,
+    /// Requests refused while down.
+    refused: usize,
     /// Requests held while the server is cut off; answered (503) when it is healed.
     held: Vec<tower_test::mock::SendResponse<Response<FakeBody>>>,
     /// Open watch streams on EnvironmentAccountConnections, with their label selectors.
@@ -149,6 +152,7 @@ impl Default for ApiState {
             denials: Vec::new(),
             cut: false,
             down: false,
+            refused: 0,
             held: Vec::new(),
             watchers: Vec::new(),
             changes: tokio::sync::watch::channel(0).0,
@@ -829,6 +833,31 @@ impl FakeApi {
         st.watchers.clear();
     }
 
+    /// Whether a request now is refused (the server is down); counts it if so.
+    fn refuse(&self) -> bool {
+        let mut st = self.lock();
+        st.refused += usize::from(st.down);
+        st.down
+    }
+
+    /// Requests refused while the server was down.
+    pub fn refused(&self) -> usize {
+        self.lock().refused
+    }
+
+    /// Waits until `count` requests have been refused; panics after `limit`.
+    pub async fn wait_until_refused(&self, count: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.refused() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {count} refused requests ({} so far)",
+                self.refused()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// The API server is back.
     pub fn up(&self) {
         self.lock().down = false;
@@ -1447,7 +1476,7 @@ impl FakeApi {
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let api = api.clone();
             async move {
-                if api.lock().down {
+                if api.refuse() {
                     return Response::builder()
                         .status(StatusCode::SERVICE_UNAVAILABLE)
                         .header("content-type", "application/json")
@@ -1542,6 +1571,7 @@ impl FakeApi {
                         continue;
                     }
                     if st.down {
+                        st.refused += 1;
                         send.send_response(
                             Response::builder()
                                 .status(StatusCode::SERVICE_UNAVAILABLE)

@@ -1,0 +1,116 @@
+//! The `eac-controller` binary as a process against the fake API server served over HTTP: its
+//! log kept as it comes, waits that name what they wait for, and its `/readyz`.
+
+use std::io::{BufRead, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The controller binary and its log lines, as they come.
+pub struct Controller {
+    child: std::process::Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Controller {
+    /// Starts the binary with `args`, against the API server of `kubeconfig`, with static AWS
+    /// credentials and the log at `info` (`RUST_LOG` as `log`, if given).
+    pub fn start(kubeconfig: &std::path::Path, args: &[&str], log: Option<&str>) -> Controller {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eac-controller"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("AWS_ACCESS_KEY_ID", "AKIDOUTAGE")
+            .env("AWS_SECRET_ACCESS_KEY", "outage")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", log.unwrap_or("info"))
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the controller binary starts");
+        let kept_log = Arc::new(Mutex::new(Vec::new()));
+        let lines = std::io::BufReader::new(child.stderr.take().expect("its stderr"));
+        let kept = kept_log.clone();
+        std::thread::spawn(move || {
+            for line in lines.lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Controller {
+            child,
+            log: kept_log,
+        }
+    }
+
+    /// The process's id, for [`cpu_seconds`] and [`status_mib`].
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// How many log lines say `what`.
+    pub fn logged(&self, what: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(what))
+            .count()
+    }
+
+    /// The address of /readyz, from the log line that says where it is served.
+    pub fn metrics_addr(&self) -> Option<String> {
+        self.log.lock().unwrap().iter().find_map(|l| {
+            l.contains("serving /metrics")
+                .then(|| l.split("addr=").nth(1))
+                .flatten()
+                .map(|a| a.split_whitespace().next().unwrap_or_default().to_string())
+        })
+    }
+
+    /// Waits until `done` holds, checking every 20 ms; panics after `limit` naming `what`, with
+    /// the controller's log.
+    pub async fn until(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut done: impl FnMut(&Controller) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done(self) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}; the controller's log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `GET /readyz` at `addr` answers 200.
+pub fn ready(addr: &str) -> bool {
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+}
