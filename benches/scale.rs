@@ -468,6 +468,7 @@ async fn outage(s: usize) {
         .await;
     // Past the start's burst of reconciles.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let peak_before = status_mib(&controller.id().to_string(), "VmHWM:");
 
     let down_at = Instant::now();
     env.api.down();
@@ -501,7 +502,7 @@ async fn outage(s: usize) {
         let _ = std::fs::write(path, controller.log());
     }
     println!(
-        "  {s} settled resources, API server {}, a 10 s outage with leader election: leading again {:.2} s after the return, the resource applied then had status.id {:.2} s after it, /readyz ready {:.2} s after it; the controller's CPU from the return until then {:.2} s; peak RSS {:.1} MiB",
+        "  {s} settled resources, API server {}, a 10 s outage with leader election: leading again {:.2} s after the return, the resource applied then had status.id {:.2} s after it, /readyz ready {:.2} s after it; the controller's CPU from the return until then {:.2} s; peak RSS {:.1} MiB ({:.1} MiB before the outage)",
         if api_cost().is_some() {
             "priced as kube-apiserver"
         } else {
@@ -512,6 +513,7 @@ async fn outage(s: usize) {
         ready_in.as_secs_f64(),
         cpu,
         peak,
+        peak_before,
     );
 }
 

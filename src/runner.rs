@@ -108,6 +108,32 @@ pub fn client_from(mut config: kube::Config) -> Result<Client, kube::Error> {
         .build())
 }
 
+/// The client for the Lease alone: no retry inside it. The elector retries on its own, 500 ms
+/// after a call the API server did not answer (see [`crate::leader`]); a retry inside the call
+/// would wait up to 1 s more after the server's return before the leader leads again.
+pub fn lease_client_from(mut config: kube::Config) -> Result<Client, kube::Error> {
+    config.default_retry = false;
+    Client::try_from(config)
+}
+
+/// The controller's client and the Lease's, for the kubeconfig found (see [`kubeconfig_tried`]),
+/// once the API server has answered.
+pub async fn kube_clients() -> Result<(Client, Client), RunError> {
+    let tried = kubeconfig_tried();
+    let config = kube::Config::infer()
+        .await
+        .map_err(|source| RunError::KubeConfig {
+            tried: tried.clone(),
+            source,
+        })?;
+    let lease = lease_client_from(config.clone()).map_err(|source| RunError::KubeClient {
+        tried: tried.clone(),
+        source,
+    })?;
+    let client = kube_client_for(config, tried).await?;
+    Ok((client, lease))
+}
+
 pub async fn kube_client() -> Result<Client, RunError> {
     let tried = kubeconfig_tried();
     let config = kube::Config::infer()
@@ -116,6 +142,10 @@ pub async fn kube_client() -> Result<Client, RunError> {
             tried: tried.clone(),
             source,
         })?;
+    kube_client_for(config, tried).await
+}
+
+async fn kube_client_for(config: kube::Config, tried: String) -> Result<Client, RunError> {
     let server = config.cluster_url.to_string();
     let client = client_from(config).map_err(|source| RunError::KubeClient {
         tried: tried.clone(),
@@ -258,7 +288,7 @@ pub async fn check(args: &RunArgs, endpoint: &Endpoint) -> crate::check::Report 
 }
 
 pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError> {
-    let client = kube_client().await?;
+    let (client, lease_client) = kube_clients().await?;
     let metrics = Metrics::new();
     let budget = CallBudget::new(args.aws_rate_limit, args.aws_burst, args.aws_poll_share);
 
@@ -341,7 +371,15 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
         concurrency: args.concurrency,
     };
     if args.leader_election {
-        lead_then_run(client, &args, &controllers, readiness, metrics, stop_rx).await;
+        lead_then_run(
+            lease_client,
+            &args,
+            &controllers,
+            readiness,
+            metrics,
+            stop_rx,
+        )
+        .await;
     } else {
         metrics.set_leader(true);
         controllers.run(wait_stop(stop_rx), readiness).await;
@@ -410,7 +448,7 @@ fn identity() -> String {
 /// stops at once when leadership is lost (renew deadline passed, or another holder), then waits
 /// again as a standby.
 async fn lead_then_run(
-    client: Client,
+    lease_client: Client,
     args: &RunArgs,
     controllers: &Controllers,
     readiness: Readiness,
@@ -428,7 +466,7 @@ async fn lead_then_run(
     };
     info!(lease = %config.name, namespace = %namespace, identity = %config.identity, lease_duration_secs = config.lease_duration.as_secs_f64(), renew_deadline_secs = config.renew_deadline.as_secs_f64(), "leader election started");
     let (leading_tx, mut leading) = watch::channel(false);
-    let elector = Elector::new(Api::namespaced(client, &namespace), config);
+    let elector = Elector::new(Api::namespaced(lease_client, &namespace), config);
     let lease_task = tokio::spawn(elector.run(leading_tx, readiness.clone(), stop_rx.clone()));
     readiness.standby();
     metrics.set_leader(false);

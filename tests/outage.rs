@@ -188,3 +188,27 @@ async fn a_call_made_during_a_short_503_succeeds_within_a_second_of_the_api_serv
         back.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_lease_call_the_api_server_refuses_fails_at_once_for_the_elector_to_retry() {
+    let env = support::FakeApi::default();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = env.serve_http(dir.path()).await;
+    let file = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .unwrap();
+    let leases: kube::Api<Lease> = kube::Api::namespaced(
+        eac_controller::runner::lease_client_from(config).unwrap(),
+        NS,
+    );
+    env.down();
+    let answer = tokio::time::timeout(Duration::from_secs(30), leases.get_opt("eac-controller"))
+        .await
+        .expect("the call ended within 30 s");
+    assert!(
+        matches!(&answer, Err(kube::Error::Api(s)) if s.code == 503),
+        "{answer:?}"
+    );
+    assert_eq!(env.refused(), 1, "no retry inside the call");
+}
