@@ -2916,6 +2916,16 @@ async fn fake_answer(
     });
 
     const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    // As kube-apiserver 1.33 (the version this fake gives), where the WatchList feature is off: a
+    // watch asking for its initial state as events is refused, and the controller lists instead.
+    if query.split('&').any(|p| p == "sendInitialEvents=true") {
+        return respond(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 422,
+                   "reason": "Invalid",
+                   "message": "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"}),
+        );
+    }
     if query.split('&').any(|p| p == "watch=true") {
         let silence = futures::stream::pending::<Result<Bytes, std::io::Error>>();
         return Response::builder()

@@ -502,6 +502,62 @@ async fn readiness_goes_false_while_the_watch_fails_and_comes_back_with_it() {
     task.await.unwrap();
 }
 
+/// Starts the controller with a resource there before it and one applied after it is ready;
+/// returns the requests to the EnvironmentAccountConnection collection, as "METHOD kind" counts.
+async fn start_with_one_before_and_one_after(env: &Env) -> BTreeMap<String, u64> {
+    env.api.create("before", UID, spec("before"));
+    let readiness = Readiness::new(Duration::from_secs(5));
+    let (stop, task) = run_controller(env, WatchScope::default(), readiness.clone());
+    eventually("ready", LIMIT, || readiness.get()).await;
+    env.api.create(
+        "after",
+        "0b9c6f1e-7d2a-4c55-9f0e-00000000aft2",
+        spec("after"),
+    );
+    for name in ["before", "after"] {
+        env.api
+            .wait_for(name, "a connection", LIMIT, |o| {
+                o.and_then(|o| o.status.as_ref())
+                    .is_some_and(|s| s.id.is_some())
+            })
+            .await;
+    }
+    let _ = stop.send(());
+    task.await.unwrap();
+    env.api
+        .request_counts()
+        .into_iter()
+        .filter(|(k, _)| k == "GET list" || k == "GET watch")
+        .collect()
+}
+
+#[tokio::test]
+async fn the_watch_streams_its_initial_state_instead_of_listing() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let requests = start_with_one_before_and_one_after(&env).await;
+    assert_eq!(requests.get("GET list"), None, "{requests:?}");
+    assert!(requests.contains_key("GET watch"), "{requests:?}");
+    assert!(
+        env.api
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/environmentaccountconnections")
+                && r.query.contains("sendInitialEvents=true")),
+        "the watch asked for its initial state as events"
+    );
+}
+
+#[tokio::test]
+async fn where_the_api_server_refuses_to_stream_a_watch_s_initial_state_it_is_listed() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    // kube-apiserver 1.33: the WatchList feature is off, such a watch is answered 422.
+    env.api.watch_list_off();
+    let requests = start_with_one_before_and_one_after(&env).await;
+    assert!(env.api.answered(422) >= 1, "the streamed watch was refused");
+    assert!(requests.contains_key("GET list"), "{requests:?}");
+    assert!(requests.contains_key("GET watch"), "{requests:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 9 and 10. Exactly once under strict idempotency and List lag; tags read after a replay
 // ---------------------------------------------------------------------------------------------

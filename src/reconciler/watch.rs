@@ -15,7 +15,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::compact_id::CompactId;
 
@@ -112,7 +112,7 @@ where
     let (followed, live) = (store.clone(), store.clone());
     let mut follow = follow;
     let mut changes = TriggerChanges::new(trigger);
-    let stream = watcher(api, config)
+    let stream = streamed_or_listed(api, config)
         .backoff(WatchBackoff::default())
         .modify(slim)
         .reflect(writer)
@@ -127,6 +127,45 @@ where
             futures::future::ready(passed)
         });
     (store, stream)
+}
+
+/// The watch of `api`, its initial state streamed as events (`sendInitialEvents`, the WatchList
+/// feature of kube-apiserver, on by default from 1.34), or listed with `config` where the API
+/// server refuses that (1.33 has it off and answers 422): from then on this watch lists.
+///
+/// Why stream: a list with `resourceVersion=0` (served from the API server's watch cache, cheap
+/// for it) ignores the page size and answers every object at once. At 10,000 resources that is
+/// one answer of tens of MiB, held as text and then decoded whole, managed fields and all,
+/// before the watch cache's slimming sees the first object: most of the controller's peak memory
+/// at a start or a relist. Streamed, each object is decoded and slimmed on its own.
+pub fn streamed_or_listed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let streamed = watcher(api.clone(), config.clone().streaming_lists()).boxed();
+    futures::stream::unfold(
+        (streamed, Some((api, config))),
+        |(mut stream, mut listing)| async move {
+            loop {
+                let next = stream.next().await?;
+                if let Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) = &next
+                    && (status.code == 422 || status.code == 400)
+                    && let Some((api, config)) = listing.take()
+                {
+                    info!(
+                        reason = %status.message,
+                        "the API server does not stream a watch's initial state (WatchList is off); listing instead"
+                    );
+                    stream = watcher(api, config).boxed();
+                    continue;
+                }
+                return Some((next, (stream, listing)));
+            }
+        },
+    )
 }
 
 /// Passes on the objects whose trigger hash changed since the watch last showed them (or that

@@ -15,7 +15,19 @@ impl Controller {
     /// Starts the binary with `args`, against the API server of `kubeconfig`, with static AWS
     /// credentials and the log at `info` (`RUST_LOG` as `log`, if given).
     pub fn start(kubeconfig: &std::path::Path, args: &[&str], log: Option<&str>) -> Controller {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eac-controller"))
+        // The benchmark's hook to run the binary under a tool, e.g. "heaptrack".
+        let wrap: Vec<String> = std::env::var("EAC_BENCH_WRAP")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let binary = env!("CARGO_BIN_EXE_eac-controller").to_string();
+        let (program, before) = match wrap.split_first() {
+            Some((tool, tool_args)) => (tool.clone(), [tool_args.to_vec(), vec![binary]].concat()),
+            None => (binary, vec![]),
+        };
+        let mut child = std::process::Command::new(program)
+            .args(before)
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("AWS_ACCESS_KEY_ID", "AKIDOUTAGE")
@@ -23,6 +35,11 @@ impl Controller {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("RUST_LOG", log.unwrap_or("info"))
             .env("NO_COLOR", "1")
+            // The benchmark's hook for one more variable (e.g. MALLOC_ARENA_MAX=2).
+            .envs(std::env::var("EAC_BENCH_CHILD_ENV").ok().and_then(|v| {
+                v.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            }))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

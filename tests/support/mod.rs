@@ -112,6 +112,9 @@ struct ApiState {
     down: bool,
     /// Requests refused while down.
     refused: usize,
+    /// Watches asking for their initial state as events (`sendInitialEvents`, the WatchList
+    /// feature) are refused with 422, as by kube-apiserver 1.33, where the feature is off.
+    watch_list_off: bool,
     /// Requests held while the server is cut off; answered (503) when it is healed.
     held: Vec<tower_test::mock::SendResponse<Response<FakeBody>>>,
     /// Open watch streams on EnvironmentAccountConnections, with their label selectors.
@@ -153,6 +156,7 @@ impl Default for ApiState {
             cut: false,
             down: false,
             refused: 0,
+            watch_list_off: false,
             held: Vec::new(),
             watchers: Vec::new(),
             changes: tokio::sync::watch::channel(0).0,
@@ -1327,7 +1331,11 @@ impl FakeApi {
         let selector =
             query_param(query, "labelSelector").map(|s| s.replace("%3D", "=").replace("%2C", ","));
         let matches = |o: &Value| selector_matches(selector.as_deref(), o);
-        if query_param(query, "watch").is_some_and(|w| w == "true" || w == "1") {
+        let watch = query_param(query, "watch").is_some_and(|w| w == "true" || w == "1");
+        if watch && query_param(query, "sendInitialEvents").is_some_and(|v| v == "true") {
+            return self.stream_list(&mut st, plural, namespace, selector.clone());
+        }
+        if watch {
             let from: u64 = query_param(query, "resourceVersion")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
@@ -1387,6 +1395,93 @@ impl FakeApi {
         });
         let (body, bytes) = whole_sized(&list);
         (StatusCode::OK, body, bytes)
+    }
+
+    /// A watch that starts with the collection's current objects as ADDED events, then a
+    /// BOOKMARK marked `k8s.io/initial-events-end` at the current resourceVersion, then the
+    /// changes from there (a streaming list, the WatchList feature of kube-apiserver 1.34 on).
+    /// The initial events are charged as a list's bytes are (the server encodes each object for
+    /// this watch), and as events.
+    fn stream_list(
+        &self,
+        st: &mut ApiState,
+        plural: String,
+        namespace: Option<String>,
+        selector: Option<String>,
+    ) -> (StatusCode, FakeBody, usize) {
+        if st.watch_list_off {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                whole(&status_body(
+                    422,
+                    "Invalid",
+                    "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+                )),
+                0,
+            );
+        }
+        let mut initial: Vec<Bytes> = st
+            .objects
+            .iter()
+            .filter(|(p, o)| {
+                in_collection(p, &plural, namespace.as_deref())
+                    && selector_matches(selector.as_deref(), o)
+            })
+            .map(|(_, o)| watch_line("ADDED", o))
+            .collect();
+        let (api_version, list) = list_kind(&plural);
+        initial.push(watch_line(
+            "BOOKMARK",
+            &json!({
+                "apiVersion": api_version,
+                "kind": list.trim_end_matches("List"),
+                "metadata": {
+                    "resourceVersion": st.resource_version.to_string(),
+                    "annotations": {"k8s.io/initial-events-end": "true"},
+                },
+            }),
+        ));
+        if st.cost.is_some() {
+            for line in &initial {
+                st.work.event(line.len());
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        st.watchers.push((plural, namespace, selector, tx));
+        let cost = st.cost;
+        // Written as a real API server writes a backlog of events: many to a flush.
+        let chunks: Vec<Vec<Bytes>> = initial.chunks(100).map(<[Bytes]>::to_vec).collect();
+        let initial =
+            futures::StreamExt::then(futures::stream::iter(chunks), move |lines| async move {
+                if let Some(cost) = cost {
+                    let charged = lines
+                        .iter()
+                        .map(|l| {
+                            cost.of_event(l.len()) + cost.per_kib.mul_f64(l.len() as f64 / 1024.0)
+                        })
+                        .sum();
+                    cost::charge(charged).await;
+                }
+                Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(lines.concat())))
+            });
+        let changes = futures::stream::unfold(rx, move |mut rx| async move {
+            let line = rx.recv().await?;
+            if let Some(cost) = cost {
+                cost::charge(cost.of_event(line.len())).await;
+            }
+            Some((Ok::<_, Infallible>(http_body::Frame::data(line)), rx))
+        });
+        (
+            StatusCode::OK,
+            StreamBody::new(futures::StreamExt::chain(initial, changes)).boxed_unsync(),
+            0,
+        )
+    }
+
+    /// Turns the WatchList feature off, as kube-apiserver 1.33 has it: a watch asking for its
+    /// initial events is refused (422).
+    pub fn watch_list_off(&self) {
+        self.lock().watch_list_off = true;
     }
 
     fn record(&self, seen: Seen) {
