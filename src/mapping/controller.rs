@@ -73,6 +73,7 @@ pub async fn follow(
     futures::channel::mpsc::UnboundedReceiver<()>,
     Vec<AbortOnDropHandle<()>>,
 )> {
+    use crate::reconciler::watch::streamed_or_listed;
     use k8s_openapi::api::core::v1::Namespace;
 
     let (tick, changes) = futures::channel::mpsc::unbounded();
@@ -82,28 +83,29 @@ pub async fn follow(
     let (namespaces, namespace_writer) = reflector::store::<Namespace>();
     let config = watcher::Config::default().any_semantic();
     let mapping_ticks = tick.clone();
-    let follow_mappings = watcher(Api::<AccountMapping>::all(client.clone()), config.clone())
-        .backoff(crate::reconciler::watch::WatchBackoff::default())
-        .modify(|m| m.metadata.managed_fields = None)
-        .reflect(mapping_writer)
-        .inspect_err(|e| warn!(error = %e, "watching AccountMappings failed; retrying"))
-        .applied_objects()
-        .predicate_filter(
-            |m: &AccountMapping| {
-                let mut h = DefaultHasher::new();
-                serde_json::to_string(&m.spec)
-                    .unwrap_or_default()
-                    .hash(&mut h);
-                Some(h.finish())
-            },
-            Default::default(),
-        )
-        .for_each(move |_| {
-            let _ = mapping_ticks.unbounded_send(());
-            let _ = status_tick.unbounded_send(());
-            futures::future::ready(())
-        });
-    let follow_namespaces = watcher(Api::<Namespace>::all(client.clone()), config)
+    let follow_mappings =
+        streamed_or_listed(Api::<AccountMapping>::all(client.clone()), config.clone())
+            .backoff(crate::reconciler::watch::WatchBackoff::default())
+            .modify(|m| m.metadata.managed_fields = None)
+            .reflect(mapping_writer)
+            .inspect_err(|e| warn!(error = %e, "watching AccountMappings failed; retrying"))
+            .applied_objects()
+            .predicate_filter(
+                |m: &AccountMapping| {
+                    let mut h = DefaultHasher::new();
+                    serde_json::to_string(&m.spec)
+                        .unwrap_or_default()
+                        .hash(&mut h);
+                    Some(h.finish())
+                },
+                Default::default(),
+            )
+            .for_each(move |_| {
+                let _ = mapping_ticks.unbounded_send(());
+                let _ = status_tick.unbounded_send(());
+                futures::future::ready(())
+            });
+    let follow_namespaces = streamed_or_listed(Api::<Namespace>::all(client.clone()), config)
         .backoff(crate::reconciler::watch::WatchBackoff::default())
         // Only the labels are read.
         .modify(|ns| {
