@@ -1469,8 +1469,10 @@ pub async fn run(
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    // Smaller pages: a relist of thousands of resources holds less at once.
-    let mut config = watcher::Config::default().any_semantic().page_size(100);
+    // The initial state is streamed (see `reconciler::watch::streamed_or_listed`); where it is
+    // listed instead, a list from the watch cache (`any_semantic`) ignores the page size, so none
+    // is asked for.
+    let mut config = watcher::Config::default().any_semantic();
     if let Some(selector) = &scope.label_selector {
         config = config.labels(selector);
     }
