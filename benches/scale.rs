@@ -49,7 +49,7 @@ use kube::api::PostParams;
 use kube::api::{Api, Patch, PatchParams};
 use proton_emulator::EmulatorConfig;
 use serde_json::json;
-use support::binary::{Controller, ready};
+use support::binary::{Controller, leader_elected_args, outage, ready, run_args};
 use support::process::{cpu_seconds, status_mib};
 use support::{ApiCost, Env, FakeApi, NS, WorkDone, eager_settings, spec};
 
@@ -430,7 +430,7 @@ async fn start_up(s: usize) {
 /// stops; when the API server answers again it takes its Lease back, lists and watches again from
 /// scratch. How soon after the return it leads again, is ready, and gives a resource applied
 /// right then its `status.id`; the CPU the recovery took and the peak RSS.
-async fn outage(s: usize) {
+async fn outage_with_leader_election(s: usize) {
     let env = settled(s).await;
     if let Some(cost) = api_cost() {
         env.api.set_cost(cost);
@@ -440,20 +440,7 @@ async fn outage(s: usize) {
     let url = env.emulator.url();
     let controller = Controller::start(
         &kubeconfig,
-        &[
-            "run",
-            "--proton-endpoint",
-            &url,
-            "--region",
-            "us-east-1",
-            "--namespace",
-            NS,
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--leader-election",
-            "--leader-election-namespace",
-            NS,
-        ],
+        &leader_elected_args(&url),
         Some("warn,eac_controller::runner=info"),
     );
     let limit = Duration::from_secs(300);
@@ -470,19 +457,10 @@ async fn outage(s: usize) {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let peak_before = status_mib(&controller.id().to_string(), "VmHWM:");
 
-    let down_at = Instant::now();
-    env.api.down();
-    controller
-        .until(
-            "the leader to stop within the renew deadline (10 s)",
-            Duration::from_secs(15),
-            |c| c.logged("stopped reconciling") == 1,
-        )
-        .await;
-    tokio::time::sleep_until((down_at + Duration::from_secs(10)).into()).await;
+    let back = outage(&env.api, &controller, Duration::from_secs(10))
+        .await
+        .into_std();
     let cpu_before = cpu_seconds(controller.id());
-    env.api.up();
-    let back = Instant::now();
     let fresh = vec![name("after-outage", 0)];
     env.api.create(&fresh[0], &uid(900_001), spec(&fresh[0]));
     controller
@@ -703,46 +681,14 @@ async fn binary(n: usize) {
     let (floor, floor_work) = floor_http(n, cost).await;
     let (env, _dir, kubeconfig) = over_http(cost).await;
     let names: Vec<String> = (0..n).map(|i| name("bin", i)).collect();
-    // EAC_BENCH_WRAP runs the binary under a tool, e.g. "valgrind --tool=massif".
-    let wrap: Vec<String> = std::env::var("EAC_BENCH_WRAP")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    let binary = env!("CARGO_BIN_EXE_eac-controller").to_string();
-    let (program, before) = match wrap.split_first() {
-        Some((tool, args)) => (tool.clone(), [args.to_vec(), vec![binary]].concat()),
-        None => (binary, vec![]),
-    };
-    let mut child = std::process::Command::new(program)
-        .args(before)
-        .args([
-            "run",
-            "--proton-endpoint",
-            &env.emulator.url(),
-            "--region",
-            "us-east-1",
-        ])
-        .args(["--namespace", NS, "--metrics-addr", "127.0.0.1:0"])
-        .args(["--aws-rate-limit", "10000", "--aws-burst", "10000"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
-        .env("AWS_SECRET_ACCESS_KEY", "bench")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "warn")
-        .envs(std::env::var("EAC_BENCH_CHILD_ENV").ok().and_then(|v| {
-            v.split_once("=")
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        }))
-        .stdout(std::process::Stdio::null())
-        .stderr(match std::env::var("EAC_BENCH_LOG") {
-            Ok(path) => std::fs::File::create(path)
-                .map(std::process::Stdio::from)
-                .unwrap_or_else(|_| std::process::Stdio::null()),
-            Err(_) => std::process::Stdio::null(),
-        })
-        .spawn()
-        .expect("the controller binary starts");
+    // EAC_BENCH_WRAP runs the binary under a tool, e.g. "valgrind --tool=massif" (see
+    // `support::binary`).
+    let url = env.emulator.url();
+    let controller = Controller::start(
+        &kubeconfig,
+        &run_args(&url, &["--aws-rate-limit", "10000", "--aws-burst", "10000"]),
+        Some("warn"),
+    );
     env.api
         .wait_until(
             "the controller's watch of EnvironmentAccountConnections",
@@ -751,19 +697,19 @@ async fn binary(n: usize) {
         )
         .await;
     // What the process spent before this point (starting) is not the resources'.
-    let cpu_at_start = cpu_seconds(child.id());
+    let cpu_at_start = cpu_seconds(controller.id());
     let work_before = env.api.work();
     let t0 = Instant::now();
     let creating = apply_all(&env.api, &names, tokio::sync::mpsc::unbounded_channel().0);
     let times = until_all_have_ids(&env.api, &names, t0, Duration::from_secs(900)).await;
     let took = t0.elapsed();
-    let cpu = cpu_seconds(child.id()) - cpu_at_start;
+    let cpu = cpu_seconds(controller.id()) - cpu_at_start;
     let work = env.api.work() - work_before;
     creating.await.unwrap();
-    let pid = child.id().to_string();
+    let pid = controller.id().to_string();
     let (peak, at_end) = (status_mib(&pid, "VmHWM:"), status_mib(&pid, "VmRSS:"));
     if std::env::var_os("EAC_BENCH_SMAPS").is_some() {
-        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", child.id()))
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", controller.id()))
             .unwrap_or_default();
         println!("{rollup}");
     }
@@ -772,14 +718,14 @@ async fn binary(n: usize) {
     // second. Each resource is polled from the shared list from its status write on, so a
     // longer run (a larger N) spends more on polls per resource.
     let window = Duration::from_secs(10);
-    let cpu_before_window = cpu_seconds(child.id());
+    let cpu_before_window = cpu_seconds(controller.id());
     tokio::time::sleep(window).await;
-    let waiting_cpu = (cpu_seconds(child.id()) - cpu_before_window) / window.as_secs_f64();
+    let waiting_cpu = (cpu_seconds(controller.id()) - cpu_before_window) / window.as_secs_f64();
+    if let Ok(path) = std::env::var("EAC_BENCH_LOG") {
+        let _ = std::fs::write(path, controller.log());
+    }
     // SIGTERM: the controller shuts down gracefully (and a wrapping tool writes its report).
-    let _ = std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+    controller.terminate();
     println!(
         "  {n} resources, API server {}: the eac-controller binary {:.2} s, the floor {:.2} s ({:.2}x the floor); p50 {:.2} s, p99 {:.2} s to status.id; \
          the controller's own CPU {:.2} ms per resource ({:.1} s in all); peak RSS {:.1} MiB, RSS at the end {:.1} MiB; {:.2} AWS calls per resource ({:?})\n    \
@@ -882,7 +828,7 @@ fn main() {
         }
         println!("5. A 10 s API-server outage with leader election");
         for size in outage_sizes {
-            outage(size).await;
+            outage_with_leader_election(size).await;
         }
         let (rss, peak) = rss_mib();
         println!("Process RSS now {rss:.1} MiB, peak {peak:.1} MiB (API server and emulator included)");

@@ -119,13 +119,7 @@ pub fn lease_client_from(mut config: kube::Config) -> Result<Client, kube::Error
 /// The controller's client and the Lease's, for the kubeconfig found (see [`kubeconfig_tried`]),
 /// once the API server has answered.
 pub async fn kube_clients() -> Result<(Client, Client), RunError> {
-    let tried = kubeconfig_tried();
-    let config = kube::Config::infer()
-        .await
-        .map_err(|source| RunError::KubeConfig {
-            tried: tried.clone(),
-            source,
-        })?;
+    let (config, tried) = kube_config().await?;
     let lease = lease_client_from(config.clone()).map_err(|source| RunError::KubeClient {
         tried: tried.clone(),
         source,
@@ -134,15 +128,19 @@ pub async fn kube_clients() -> Result<(Client, Client), RunError> {
     Ok((client, lease))
 }
 
+/// The controller's client, once the API server has answered.
 pub async fn kube_client() -> Result<Client, RunError> {
-    let tried = kubeconfig_tried();
-    let config = kube::Config::infer()
-        .await
-        .map_err(|source| RunError::KubeConfig {
-            tried: tried.clone(),
-            source,
-        })?;
+    let (config, tried) = kube_config().await?;
     kube_client_for(config, tried).await
+}
+
+/// The Kubernetes configuration found, and where it was looked for (for error messages).
+async fn kube_config() -> Result<(kube::Config, String), RunError> {
+    let tried = kubeconfig_tried();
+    match kube::Config::infer().await {
+        Ok(config) => Ok((config, tried)),
+        Err(source) => Err(RunError::KubeConfig { tried, source }),
+    }
 }
 
 async fn kube_client_for(config: kube::Config, tried: String) -> Result<Client, RunError> {

@@ -12,7 +12,7 @@ use eac_controller::aws::budget::CallBudget;
 use eac_controller::connection::api::EnvironmentAccountConnection;
 use k8s_openapi::api::coordination::v1::Lease;
 use proton_emulator::EmulatorConfig;
-use support::binary::{Controller, ready};
+use support::binary::{Controller, leader_elected_args, outage, ready};
 use support::{Env, NS, patient, spec};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -40,24 +40,7 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
     let kubeconfig = env.api.serve_http(dir.path()).await;
     let url = env.emulator.url();
     // Default flags otherwise: the default AWS budget, lease timings and resync.
-    let controller = Controller::start(
-        &kubeconfig,
-        &[
-            "run",
-            "--proton-endpoint",
-            &url,
-            "--region",
-            "us-east-1",
-            "--namespace",
-            NS,
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--leader-election",
-            "--leader-election-namespace",
-            NS,
-        ],
-        None,
-    );
+    let controller = Controller::start(&kubeconfig, &leader_elected_args(&url), None);
     let names: Vec<String> = (0..BEFORE).map(|i| format!("before-{i}")).collect();
     for (i, name) in names.iter().enumerate() {
         env.api.create(name, &uid(i), spec(name));
@@ -77,18 +60,7 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
         .until("/readyz ready before the outage", LIMIT, |_| ready(&readyz))
         .await;
 
-    env.api.down();
-    let down_at = tokio::time::Instant::now();
-    controller
-        .until(
-            "the leader to stop within the renew deadline (10 s)",
-            Duration::from_secs(12),
-            |c| c.logged("stopped reconciling") == 1,
-        )
-        .await;
-    tokio::time::sleep_until(down_at + Duration::from_secs(10)).await;
-    env.api.up();
-    let back = tokio::time::Instant::now();
+    let back = outage(&env.api, &controller, Duration::from_secs(10)).await;
     env.api.create("after", &uid(BEFORE), spec("after"));
     env.api
         .wait_for(

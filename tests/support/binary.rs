@@ -5,6 +5,59 @@ use std::io::{BufRead, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::{FakeApi, NS};
+
+/// `eac-controller run` against `proton_url` in us-east-1, watching the fake's namespace, its
+/// operations endpoint on a free port, with `extra` after.
+pub fn run_args(proton_url: &str, extra: &[&str]) -> Vec<String> {
+    [
+        "run",
+        "--proton-endpoint",
+        proton_url,
+        "--region",
+        "us-east-1",
+        "--namespace",
+        NS,
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// [`run_args`] with leader election, its Lease in the fake's namespace, and otherwise the
+/// defaults (the AWS budget, the Lease timings, the resync).
+pub fn leader_elected_args(proton_url: &str) -> Vec<String> {
+    run_args(
+        proton_url,
+        &["--leader-election", "--leader-election-namespace", NS],
+    )
+}
+
+/// The API server stops for `length` (every request refused) under a leader-elected
+/// `controller`, which must stop leading within the renew deadline (10 s); returns when the
+/// server answers again.
+pub async fn outage(
+    api: &FakeApi,
+    controller: &Controller,
+    length: Duration,
+) -> tokio::time::Instant {
+    let down_at = tokio::time::Instant::now();
+    api.down();
+    controller
+        .until(
+            "the leader to stop within the renew deadline (10 s)",
+            Duration::from_secs(12),
+            |c| c.logged("stopped reconciling") == 1,
+        )
+        .await;
+    tokio::time::sleep_until(down_at + length).await;
+    api.up();
+    tokio::time::Instant::now()
+}
+
 /// The controller binary and its log lines, as they come.
 pub struct Controller {
     child: std::process::Child,
@@ -14,7 +67,7 @@ pub struct Controller {
 impl Controller {
     /// Starts the binary with `args`, against the API server of `kubeconfig`, with static AWS
     /// credentials and the log at `info` (`RUST_LOG` as `log`, if given).
-    pub fn start(kubeconfig: &std::path::Path, args: &[&str], log: Option<&str>) -> Controller {
+    pub fn start(kubeconfig: &std::path::Path, args: &[String], log: Option<&str>) -> Controller {
         // The benchmark's hook to run the binary under a tool, e.g. "heaptrack".
         let wrap: Vec<String> = std::env::var("EAC_BENCH_WRAP")
             .unwrap_or_default()
@@ -30,8 +83,8 @@ impl Controller {
             .args(before)
             .args(args)
             .env("KUBECONFIG", kubeconfig)
-            .env("AWS_ACCESS_KEY_ID", "AKIDOUTAGE")
-            .env("AWS_SECRET_ACCESS_KEY", "outage")
+            .env("AWS_ACCESS_KEY_ID", "AKIDBINARY")
+            .env("AWS_SECRET_ACCESS_KEY", "binary")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("RUST_LOG", log.unwrap_or("info"))
             .env("NO_COLOR", "1")
@@ -61,6 +114,16 @@ impl Controller {
     /// The process's id, for [`cpu_seconds`] and [`status_mib`].
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Ends the process as Kubernetes does (SIGTERM: it shuts down gracefully, and a wrapping
+    /// tool writes its report), and waits for it.
+    pub fn terminate(mut self) {
+        // SAFETY: kill only sends a signal to the child this owns.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
     }
 
     /// Every log line so far.
