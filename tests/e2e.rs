@@ -2251,20 +2251,57 @@ async fn connection_state(emulator: &Emulator, id: &str) -> String {
         .unwrap_or_else(|| "GONE".into())
 }
 
+/// What the management side's scenarios start from: a namespace, the emulator acting as the
+/// management account, the controller started with `options`, and one connection request from
+/// the environment account for each of `environments` (its id, and the requesting account).
+struct ManagementScene {
+    ns: e2e_support::TestNamespace,
+    emulator: Emulator,
+    controller: Controller,
+    requests: Vec<(String, String)>,
+    account: String,
+}
+
+async fn management_scene(
+    cluster: &Cluster,
+    test: &str,
+    options: ControllerOptions,
+    environments: &[&str],
+) -> ManagementScene {
+    let ns = cluster.namespace(test).await;
+    let emulator = ns
+        .start_emulator_with(EmulatorOptions::preset(EmulatorPreset::ManagementAccount))
+        .await;
+    let controller = ns.start_controller(&emulator, options).await;
+    let requests = request_connections(&emulator, environments).await;
+    let account = requests[0].1.clone();
+    ManagementScene {
+        ns,
+        emulator,
+        controller,
+        requests,
+        account,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_management_policy_accepts_exactly_the_matching_requests_and_rejects_the_rest() {
     let Some(cluster) = Cluster::from_env().await else {
         return;
     };
-    let ns = cluster.namespace("acceptance").await;
-    let emulator = ns
-        .start_emulator_with(EmulatorOptions::preset(EmulatorPreset::ManagementAccount))
-        .await;
-    let controller = ns
-        .start_controller(&emulator, ControllerOptions::default())
-        .await;
-    let requests = request_connections(&emulator, &["prod-eu", "prod-us", "dev"]).await;
-    let account = requests[0].1.clone();
+    let ManagementScene {
+        ns,
+        emulator,
+        controller,
+        requests,
+        account,
+    } = management_scene(
+        &cluster,
+        "acceptance",
+        ControllerOptions::default(),
+        &["prod-eu", "prod-us", "dev"],
+    )
+    .await;
 
     // The API server refuses a policy the schema or its CEL rules refuse.
     let refused = ns
@@ -2351,18 +2388,19 @@ async fn a_policy_rejects_under_a_budget_with_room_for_one_call_at_a_time() {
     let Some(cluster) = Cluster::from_env().await else {
         return;
     };
-    let ns = cluster.namespace("reject-budget").await;
-    let emulator = ns
-        .start_emulator_with(EmulatorOptions::preset(EmulatorPreset::ManagementAccount))
-        .await;
-    let _controller = ns
-        .start_controller(
-            &emulator,
-            ControllerOptions::preset(ControllerPreset::TightAwsBudget),
-        )
-        .await;
-    let requests = request_connections(&emulator, &["prod-eu", "dev"]).await;
-    let account = requests[0].1.clone();
+    let ManagementScene {
+        ns,
+        emulator,
+        controller: _controller,
+        requests,
+        account,
+    } = management_scene(
+        &cluster,
+        "reject-budget",
+        ControllerOptions::preset(ControllerPreset::TightAwsBudget),
+        &["prod-eu", "dev"],
+    )
+    .await;
 
     ns.apply_policy(
         "accept-prod",
@@ -2400,16 +2438,20 @@ async fn an_idle_policy_lists_once_per_interval_writes_nothing_and_reports_a_str
     let Some(cluster) = Cluster::from_env().await else {
         return;
     };
-    let ns = cluster.namespace("acceptance-idle").await;
-    let emulator = ns
-        .start_emulator_with(EmulatorOptions::preset(EmulatorPreset::ManagementAccount))
-        .await;
-    // --pending-poll 1s: the policy lists every second.
-    let _controller = ns
-        .start_controller(&emulator, ControllerOptions::default())
-        .await;
-    let requests = request_connections(&emulator, &["prod-eu", "dev"]).await;
-    let account = requests[0].1.clone();
+    // --pending-poll 1s (the harness's): the policy lists every second.
+    let ManagementScene {
+        ns,
+        emulator,
+        controller: _controller,
+        requests,
+        account,
+    } = management_scene(
+        &cluster,
+        "acceptance-idle",
+        ControllerOptions::default(),
+        &["prod-eu", "dev"],
+    )
+    .await;
     ns.apply_policy(
         "accept-prod",
         policy_spec(&[&account], Some(&["prod-*"]), UnmatchedRequests::Leave),
