@@ -117,46 +117,45 @@ impl Elector {
             let mut wait = cfg.retry_period;
             tokio::select! {
                 result = tokio::time::timeout(per_try, self.try_acquire_or_renew()) => {
-                    if result.as_ref().is_ok_and(Result::is_ok) && failures > 0 {
-                        info!(lease = %cfg.name, failed_tries = failures, "the leader lease answers again");
-                        failures = 0;
-                    }
-                    match result {
-                        Ok(Ok(Attempt::Held)) => {
+                    // Err: whether the API server left the call unanswered (a timeout too), and why.
+                    let attempt = match result {
+                        Ok(Ok(attempt)) => Ok(attempt),
+                        Ok(Err(e)) => Err((unanswered(&e), e.to_string())),
+                        Err(_) => Err((true, format!("no answer within {}s", per_try.as_secs_f64()))),
+                    };
+                    match attempt {
+                        Ok(attempt) => {
                             readiness.succeeded();
-                            if last_renew.is_none() {
-                                info!(lease = %cfg.name, identity = %cfg.identity, "acquired the leader lease");
+                            if failures > 0 {
+                                info!(lease = %cfg.name, failed_tries = failures, "the leader lease answers again");
+                                failures = 0;
                             }
-                            last_renew = Some(Instant::now());
-                            leading.send_if_modified(|l| !std::mem::replace(l, true));
-                        }
-                        Ok(Ok(Attempt::HeldByOther(holder))) => {
-                            readiness.succeeded();
-                            if last_renew.take().is_some() {
-                                warn!(holder = %holder, "another candidate holds the leader lease; stopped leading");
+                            match attempt {
+                                Attempt::Held => {
+                                    if last_renew.is_none() {
+                                        info!(lease = %cfg.name, identity = %cfg.identity, "acquired the leader lease");
+                                    }
+                                    last_renew = Some(Instant::now());
+                                    leading.send_if_modified(|l| !std::mem::replace(l, true));
+                                }
+                                Attempt::HeldByOther(holder) => {
+                                    if last_renew.take().is_some() {
+                                        warn!(holder = %holder, "another candidate holds the leader lease; stopped leading");
+                                    }
+                                    leading.send_if_modified(|l| std::mem::replace(l, false));
+                                }
                             }
-                            leading.send_if_modified(|l| std::mem::replace(l, false));
                         }
-                        Ok(Err(e)) => {
+                        Err((unanswered, error)) => {
                             readiness.failed();
-                            if unanswered(&e) {
+                            if unanswered {
                                 wait = cfg.retry_after_failure();
                             }
                             failures += 1;
                             if failures % 10 == 1 {
-                                warn!(error = %e, lease = %cfg.name, failed_tries = failures, "leader lease call failed");
+                                warn!(error = %error, lease = %cfg.name, failed_tries = failures, "leader lease call failed");
                             } else {
-                                debug!(error = %e, lease = %cfg.name, failed_tries = failures, "leader lease call failed");
-                            }
-                        }
-                        Err(_) => {
-                            readiness.failed();
-                            wait = cfg.retry_after_failure();
-                            failures += 1;
-                            if failures % 10 == 1 {
-                                warn!(timeout_secs = per_try.as_secs_f64(), lease = %cfg.name, failed_tries = failures, "leader lease call timed out");
-                            } else {
-                                debug!(timeout_secs = per_try.as_secs_f64(), lease = %cfg.name, failed_tries = failures, "leader lease call timed out");
+                                debug!(error = %error, lease = %cfg.name, failed_tries = failures, "leader lease call failed");
                             }
                         }
                     }
