@@ -51,7 +51,7 @@ use proton_emulator::EmulatorConfig;
 use serde_json::json;
 use support::binary::{Controller, leader_elected_args, outage, ready, run_args};
 use support::process::{cpu_seconds, status_mib};
-use support::{ApiCost, Env, FakeApi, NS, WorkDone, eager_settings, spec};
+use support::{ApiCost, Env, FakeApi, NS, WorkDone, eager_settings, kube_config_of, spec};
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -444,12 +444,7 @@ async fn outage_with_leader_election(s: usize) {
         Some("warn,eac_controller::runner=info"),
     );
     let limit = Duration::from_secs(300);
-    controller
-        .until("the log line with /readyz's address", limit, |c| {
-            c.metrics_addr().is_some()
-        })
-        .await;
-    let readyz = controller.metrics_addr().unwrap_or_default();
+    let readyz = controller.readyz_addr(limit).await;
     controller
         .until("/readyz ready after the start", limit, |_| ready(&readyz))
         .await;
@@ -522,11 +517,7 @@ async fn over_http(cost: Option<ApiCost>) -> (Env, tempfile::TempDir, std::path:
 }
 
 async fn http_client(kubeconfig: &std::path::Path) -> kube::Client {
-    let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("the fake's kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-        .await
-        .expect("a client configuration");
-    kube::Client::try_from(config).expect("a client")
+    kube::Client::try_from(kube_config_of(kubeconfig).await).expect("a client")
 }
 
 /// Creates the named resources as `kubectl apply` would, four at a time, each charged as a

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use eac_controller::aws::budget::CallBudget;
 use eac_controller::connection::api::EnvironmentAccountConnection;
+use eac_controller::runner;
 use k8s_openapi::api::coordination::v1::Lease;
 use proton_emulator::EmulatorConfig;
 use support::binary::{Controller, leader_elected_args, outage, ready};
-use support::{Env, NS, patient, spec};
+use support::{Env, FakeApi, NS, kube_config_of, patient, spec};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// Resources the controller holds before the outage (within the default budget's burst).
@@ -50,12 +51,7 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
             .wait_for(name, "a connection before the outage", LIMIT, has_id)
             .await;
     }
-    controller
-        .until("the log line with /readyz's address", LIMIT, |c| {
-            c.metrics_addr().is_some()
-        })
-        .await;
-    let readyz = controller.metrics_addr().unwrap_or_default();
+    let readyz = controller.readyz_addr(LIMIT).await;
     controller
         .until("/readyz ready before the outage", LIMIT, |_| ready(&readyz))
         .await;
@@ -102,21 +98,21 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
     );
 }
 
-/// A client as the controller builds it (`runner::client_from`), for the fake over HTTP.
-async fn controller_client(kubeconfig: &std::path::Path) -> kube::Client {
-    let file = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-        .await
-        .unwrap();
-    eac_controller::runner::client_from(config).unwrap()
+/// The Leases of the fake's namespace, over HTTP, through a client `build` makes as the
+/// controller does (`runner::client_from` or `runner::lease_client_from`).
+async fn leases(
+    api: &FakeApi,
+    build: fn(kube::Config) -> Result<kube::Client, kube::Error>,
+) -> kube::Api<Lease> {
+    let dir = tempfile::tempdir().unwrap();
+    let config = kube_config_of(&api.serve_http(dir.path()).await).await;
+    kube::Api::namespaced(build(config).unwrap(), NS)
 }
 
 #[tokio::test]
 async fn a_call_the_api_server_refuses_with_503_is_retried_a_few_times_then_fails_within_seconds() {
-    let env = support::FakeApi::default();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = env.serve_http(dir.path()).await;
-    let leases: kube::Api<Lease> = kube::Api::namespaced(controller_client(&kubeconfig).await, NS);
+    let env = FakeApi::default();
+    let leases = leases(&env, runner::client_from).await;
     assert!(leases.get_opt("eac-controller").await.unwrap().is_none());
 
     env.down();
@@ -140,10 +136,8 @@ async fn a_call_the_api_server_refuses_with_503_is_retried_a_few_times_then_fail
 
 #[tokio::test]
 async fn a_call_made_during_a_short_503_succeeds_within_a_second_of_the_api_servers_return() {
-    let env = support::FakeApi::default();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = env.serve_http(dir.path()).await;
-    let leases: kube::Api<Lease> = kube::Api::namespaced(controller_client(&kubeconfig).await, NS);
+    let env = FakeApi::default();
+    let leases = leases(&env, runner::client_from).await;
     env.down();
     let call = tokio::spawn(async move { leases.get_opt("eac-controller").await });
     env.wait_until_refused(2, Duration::from_secs(10)).await;
@@ -163,17 +157,8 @@ async fn a_call_made_during_a_short_503_succeeds_within_a_second_of_the_api_serv
 
 #[tokio::test]
 async fn a_lease_call_the_api_server_refuses_fails_at_once_for_the_elector_to_retry() {
-    let env = support::FakeApi::default();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = env.serve_http(dir.path()).await;
-    let file = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-        .await
-        .unwrap();
-    let leases: kube::Api<Lease> = kube::Api::namespaced(
-        eac_controller::runner::lease_client_from(config).unwrap(),
-        NS,
-    );
+    let env = FakeApi::default();
+    let leases = leases(&env, runner::lease_client_from).await;
     env.down();
     let answer = tokio::time::timeout(Duration::from_secs(30), leases.get_opt("eac-controller"))
         .await

@@ -141,6 +141,16 @@ impl Controller {
             .count()
     }
 
+    /// The address of /readyz, waited for (up to `limit`) in the log line that says where it is
+    /// served.
+    pub async fn readyz_addr(&self, limit: Duration) -> String {
+        self.until("the log line with /readyz's address", limit, |c| {
+            c.metrics_addr().is_some()
+        })
+        .await;
+        self.metrics_addr().unwrap_or_default()
+    }
+
     /// The address of /readyz, from the log line that says where it is served.
     pub fn metrics_addr(&self) -> Option<String> {
         self.log.lock().unwrap().iter().find_map(|l| {

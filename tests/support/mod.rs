@@ -436,6 +436,14 @@ fn whole_sized(value: &Value) -> (FakeBody, usize) {
     (Full::new(Bytes::from(bytes)).boxed_unsync(), size)
 }
 
+/// The client configuration of a kubeconfig [`FakeApi::serve_http`] wrote.
+pub async fn kube_config_of(kubeconfig: &std::path::Path) -> kube::Config {
+    let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("the fake's kubeconfig");
+    kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .expect("a client configuration")
+}
+
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
