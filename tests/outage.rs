@@ -140,7 +140,12 @@ async fn a_call_made_during_a_short_503_succeeds_within_a_second_of_the_api_serv
     let leases = leases(&env, runner::client_from).await;
     env.down();
     let call = tokio::spawn(async move { leases.get_opt("eac-controller").await });
-    env.wait_until_refused(2, Duration::from_secs(10)).await;
+    env.wait_until(
+        "two refused tries of the call",
+        Duration::from_secs(10),
+        |api| api.refused() >= 2,
+    )
+    .await;
     env.up();
     let back = tokio::time::Instant::now();
     let answer = tokio::time::timeout(Duration::from_secs(10), call)

@@ -137,6 +137,11 @@ struct ApiState {
     lagging: Option<Vec<(tokio::sync::mpsc::UnboundedSender<Bytes>, Bytes)>>,
 }
 
+/// What a stopped API server answers.
+fn stopped() -> Value {
+    status_body(503, "ServiceUnavailable", "the API server is stopped")
+}
+
 impl Default for ApiState {
     fn default() -> Self {
         ApiState {
@@ -254,6 +259,16 @@ fn patched_fields(patch: &Value) -> Value {
 }
 
 impl ApiState {
+    /// Whether a request now is refused (the server is down): counted, and seen as a change by
+    /// tests waiting for one.
+    fn refuse(&mut self) -> bool {
+        if self.down {
+            self.refused += 1;
+            self.changes.send_modify(|n| *n += 1);
+        }
+        self.down
+    }
+
     fn next_rv(&mut self) -> String {
         self.resource_version += 1;
         self.resource_version.to_string()
@@ -434,6 +449,20 @@ fn whole_sized(value: &Value) -> (FakeBody, usize) {
     let bytes = serde_json::to_vec(value).unwrap();
     let size = bytes.len();
     (Full::new(Bytes::from(bytes)).boxed_unsync(), size)
+}
+
+/// A watcher's events as they are sent to it, each charged as delivered.
+fn delivered(
+    rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    cost: Option<ApiCost>,
+) -> impl futures::Stream<Item = Result<http_body::Frame<Bytes>, Infallible>> {
+    futures::stream::unfold(rx, move |mut rx| async move {
+        let line = rx.recv().await?;
+        if let Some(cost) = cost {
+            cost::charge(cost.of_event(line.len())).await;
+        }
+        Some((Ok(http_body::Frame::data(line)), rx))
+    })
 }
 
 /// The client configuration of a kubeconfig [`FakeApi::serve_http`] wrote.
@@ -845,29 +874,9 @@ impl FakeApi {
         st.watchers.clear();
     }
 
-    /// Whether a request now is refused (the server is down); counts it if so.
-    fn refuse(&self) -> bool {
-        let mut st = self.lock();
-        st.refused += usize::from(st.down);
-        st.down
-    }
-
     /// Requests refused while the server was down.
     pub fn refused(&self) -> usize {
         self.lock().refused
-    }
-
-    /// Waits until `count` requests have been refused; panics after `limit`.
-    pub async fn wait_until_refused(&self, count: usize, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.refused() < count {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {limit:?} waiting for {count} refused requests ({} so far)",
-                self.refused()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 
     /// The API server is back.
@@ -1378,14 +1387,7 @@ impl FakeApi {
             }
             st.watchers
                 .push((plural.clone(), namespace.clone(), selector.clone(), tx));
-            let cost = st.cost;
-            let frames = futures::stream::unfold(rx, move |mut rx| async move {
-                let line = rx.recv().await?;
-                if let Some(cost) = cost {
-                    cost::charge(cost.of_event(line.len())).await;
-                }
-                Some((Ok::<_, Infallible>(http_body::Frame::data(line)), rx))
-            });
+            let frames = delivered(rx, st.cost);
             return (StatusCode::OK, StreamBody::new(frames).boxed_unsync(), 0);
         }
         let items: Vec<Value> = st
@@ -1472,13 +1474,7 @@ impl FakeApi {
                 }
                 Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(lines.concat())))
             });
-        let changes = futures::stream::unfold(rx, move |mut rx| async move {
-            let line = rx.recv().await?;
-            if let Some(cost) = cost {
-                cost::charge(cost.of_event(line.len())).await;
-            }
-            Some((Ok::<_, Infallible>(http_body::Frame::data(line)), rx))
-        });
+        let changes = delivered(rx, cost);
         (
             StatusCode::OK,
             StreamBody::new(futures::StreamExt::chain(initial, changes)).boxed_unsync(),
@@ -1579,14 +1575,11 @@ impl FakeApi {
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let api = api.clone();
             async move {
-                if api.refuse() {
+                if api.lock().refuse() {
                     return Response::builder()
                         .status(StatusCode::SERVICE_UNAVAILABLE)
                         .header("content-type", "application/json")
-                        .body(axum::body::Body::from(
-                            status_body(503, "ServiceUnavailable", "the API server is stopped")
-                                .to_string(),
-                        ))
+                        .body(axum::body::Body::from(stopped().to_string()))
                         .unwrap();
                 }
                 let (parts, body) = request.into_parts();
@@ -1673,17 +1666,12 @@ impl FakeApi {
                         st.held.push(send);
                         continue;
                     }
-                    if st.down {
-                        st.refused += 1;
+                    if st.refuse() {
                         send.send_response(
                             Response::builder()
                                 .status(StatusCode::SERVICE_UNAVAILABLE)
                                 .header("content-type", "application/json")
-                                .body(whole(&status_body(
-                                    503,
-                                    "ServiceUnavailable",
-                                    "the API server is stopped",
-                                )))
+                                .body(whole(&stopped()))
                                 .unwrap(),
                         );
                         continue;
