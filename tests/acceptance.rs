@@ -408,19 +408,24 @@ async fn a_reject_gets_through_a_budget_with_room_for_one_call_at_a_time() {
         policy(&[&account], Some(&["prod-*"]), UnmatchedRequests::Reject),
     );
 
-    let mut reconciles = 0;
-    while m.state_of(&dev) == "PENDING" {
-        reconciles += 1;
-        assert!(
-            reconciles <= 10,
-            "still PENDING after 10 reconciles: {} Lists, {} Gets, {} Rejects",
-            m.calls(LIST),
-            m.calls(GET),
-            m.calls(REJECT)
-        );
-        let action = m.reconcile(NS, POLICY).await.unwrap();
-        tokio::time::sleep(support::requeue_of(&action).min(Duration::from_secs(2))).await;
-    }
+    let m = &m;
+    support::reconcile_until(
+        10,
+        || m.state_of(&dev) != "PENDING",
+        || {
+            format!(
+                "still PENDING: {} Lists, {} Gets, {} Rejects",
+                m.calls(LIST),
+                m.calls(GET),
+                m.calls(REJECT)
+            )
+        },
+        || async {
+            let action = m.reconcile(NS, POLICY).await.unwrap();
+            support::requeue_of(&action).min(Duration::from_secs(2))
+        },
+    )
+    .await;
     assert_eq!(m.state_of(&dev), "REJECTED");
     assert_eq!(m.calls(REJECT), 1);
     assert!(

@@ -15,7 +15,7 @@ use eac_controller::connection::controller::{self, WatchScope};
 use eac_controller::connection::decide::{AdoptionPolicy, Settings};
 use eac_controller::http::Readiness;
 use proton_emulator::{EmulatorConfig, Faults, Idempotency};
-use support::{Env, condition, eager_settings, patient, requeue_of, spec};
+use support::{Env, condition, eager_settings, patient, reconcile_until, requeue_of, spec};
 
 const UID: &str = "0b9c6f1e-7d2a-4c55-9f0e-1a2b3c4d5e6f";
 const CREATE: &str = "CreateEnvironmentAccountConnection";
@@ -640,21 +640,24 @@ async fn a_search_of_two_calls_gets_through_a_budget_with_room_for_one_at_a_time
     });
 
     // Each reconcile goes as far as the budget lets it and comes back when told.
-    let mut reconciles = 0;
-    while !synced(&env) {
-        reconciles += 1;
-        assert!(
-            reconciles <= 10,
-            "not Synced after 10 reconciles: {} Lists, {} ListTags, status {:?}",
-            env.calls(LIST),
-            env.calls(LIST_TAGS),
-            env.api.get("prod").and_then(|o| o.status)
-        );
-        env.resync("prod").await.unwrap();
-        if !synced(&env) {
-            tokio::time::sleep(env.comes_back_in("prod")).await;
-        }
-    }
+    let env = &env;
+    reconcile_until(
+        10,
+        || synced(env),
+        || {
+            format!(
+                "not Synced: {} Lists, {} ListTags, status {:?}",
+                env.calls(LIST),
+                env.calls(LIST_TAGS),
+                env.api.get("prod").and_then(|o| o.status)
+            )
+        },
+        || async {
+            env.resync("prod").await.unwrap();
+            env.comes_back_in("prod")
+        },
+    )
+    .await;
     let conns = env.proton().connections();
     assert_eq!(conns.len(), 1, "exactly one connection");
     assert_eq!(

@@ -2046,6 +2046,33 @@ pub fn proton_client(url: &str, access_key: &str) -> aws_sdk_proton::Client {
     )
 }
 
+/// Reconciles until `done`, each time after the wait the last reconcile asked for (`reconcile`
+/// answers with it), as the controller would come back; panics, with `explain`, if `done` does
+/// not hold after `most` reconciles.
+pub async fn reconcile_until<F, R>(
+    most: usize,
+    done: impl Fn() -> bool,
+    explain: impl Fn() -> String,
+    mut reconcile: F,
+) where
+    F: FnMut() -> R,
+    R: std::future::Future<Output = Duration>,
+{
+    let mut reconciles = 0;
+    while !done() {
+        reconciles += 1;
+        assert!(
+            reconciles <= most,
+            "not done after {most} reconciles: {}",
+            explain()
+        );
+        let wait = reconcile().await;
+        if !done() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 pub fn requeue_of(action: &kube::runtime::controller::Action) -> Duration {
     let text = format!("{action:?}");
     let inner = text
