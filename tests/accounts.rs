@@ -709,3 +709,199 @@ fn run_with_mappings(
     ));
     (stop, task)
 }
+
+/// The count of connection reconciles so far, whatever their result.
+fn reconciles(env: &Env) -> u64 {
+    env.ctx
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("eac_reconcile_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits until `name` says its namespace is matched by two mappings.
+async fn wait_ambiguous(env: &Env, name: &str) {
+    env.api
+        .wait_until(
+            &format!("{name} to say AmbiguousAccountMapping"),
+            std::time::Duration::from_secs(20),
+            |api| {
+                api.get(name)
+                    .and_then(|o| condition(&o, "Synced"))
+                    .is_some_and(|c| c.1 == "AmbiguousAccountMapping")
+            },
+        )
+        .await;
+}
+
+/// Only a namespace whose credentials changed has its resources reconciled: a watch of the
+/// mappings or namespaces that fails (an API-server outage, a compaction) or a label change that
+/// moves no namespace to other credentials reconciles nothing. Before, each of these reconciled
+/// every resource the controller holds: at 10,000 resources, 10,000 reconciles for every failed
+/// watch retry during an outage.
+#[tokio::test]
+async fn failed_watches_and_changes_that_move_no_namespace_reconcile_nothing() {
+    use std::time::Duration;
+
+    let settings = eac_controller::connection::decide::Settings {
+        resync: Duration::from_secs(3600),
+        pending_poll: Duration::from_secs(3600),
+        ..support::eager_settings()
+    };
+    let env = Env::start_with(
+        settings,
+        eac_controller::aws::budget::CallBudget::unlimited(),
+    )
+    .await;
+    // Matched by both mappings: each resource is reconciled once, says so, and waits for an
+    // admin (no AWS call, no retry), so every later reconcile is one this test caused.
+    env.api
+        .namespace(NS, &[("team", "payments"), ("tier", "prod")]);
+    env.api.namespace("other", &[("team", "other")]);
+    env.api.account_mapping(
+        "payments",
+        &selecting(
+            &[("team", "payments")],
+            "arn:aws:iam::111111111111:role/eac",
+        ),
+    );
+    env.api.account_mapping(
+        "production",
+        &selecting(&[("tier", "prod")], "arn:aws:iam::222222222222:role/eac"),
+    );
+    const N: usize = 12;
+    for i in 0..N {
+        env.api.create(
+            &format!("r{i}"),
+            &format!("uid-{i:04}"),
+            spec(&format!("r{i}")),
+        );
+    }
+    let (stop, task) = run_with_mappings(&env);
+    for i in 0..N {
+        wait_ambiguous(&env, &format!("r{i}")).await;
+    }
+    let open = |api: &support::FakeApi| {
+        api.open_watches("accountmappings") == 1 && api.open_watches("namespaces") == 1
+    };
+    env.api
+        .wait_until(
+            "the mapping and namespace watches open",
+            Duration::from_secs(20),
+            open,
+        )
+        .await;
+
+    // What one new resource costs: its own reconciles, nothing else.
+    let before = reconciles(&env);
+    env.api
+        .create("first-marker", "uid-first", spec("first-marker"));
+    wait_ambiguous(&env, "first-marker").await;
+    let one_resource = reconciles(&env) - before;
+
+    let before = reconciles(&env);
+    // The history is compacted: every watch ends with 410 Gone and lists again.
+    env.api.expire_watches();
+    // The API server stops and comes back: the watches fail and start again.
+    env.api.down();
+    env.api
+        .wait_until(
+            "the mapping and namespace watches refused while down",
+            Duration::from_secs(20),
+            |api| api.refused_to("accountmappings") > 0 && api.refused_to("namespaces") > 0,
+        )
+        .await;
+    env.api.up();
+    env.api
+        .wait_until(
+            "the mapping and namespace watches open again",
+            Duration::from_secs(20),
+            open,
+        )
+        .await;
+    // Labels change where no mapping looks, and where both still match.
+    env.api
+        .namespace("other", &[("team", "other"), ("cost-centre", "42")]);
+    env.api.namespace(
+        NS,
+        &[
+            ("team", "payments"),
+            ("tier", "prod"),
+            ("owner", "platform"),
+        ],
+    );
+    // A change seen after all of the above: one new resource.
+    env.api
+        .create("last-marker", "uid-last", spec("last-marker"));
+    wait_ambiguous(&env, "last-marker").await;
+    assert_eq!(
+        reconciles(&env) - before,
+        one_resource,
+        "only the new resource was reconciled ({one_resource} reconciles each); the {N} others were not"
+    );
+    assert_eq!(env.total_calls(), 0);
+
+    let _ = stop.send(());
+    let _ = task.await;
+}
+
+/// A mapping deleted moves the namespaces it selected: their resources are reconciled at once,
+/// and the mappings that remain say what they select now.
+#[tokio::test]
+async fn a_deleted_mapping_reconciles_the_namespaces_it_selected_at_once() {
+    use std::time::Duration;
+
+    let settings = eac_controller::connection::decide::Settings {
+        resync: Duration::from_secs(3600),
+        pending_poll: Duration::from_secs(3600),
+        ..support::eager_settings()
+    };
+    let env = Env::start_with(
+        settings,
+        eac_controller::aws::budget::CallBudget::unlimited(),
+    )
+    .await;
+    env.api
+        .namespace(NS, &[("team", "payments"), ("tier", "prod")]);
+    env.api.account_mapping(
+        "payments",
+        &selecting(
+            &[("team", "payments")],
+            "arn:aws:iam::111111111111:role/eac",
+        ),
+    );
+    env.api.account_mapping(
+        "production",
+        &selecting(&[("tier", "prod")], "arn:aws:iam::222222222222:role/eac"),
+    );
+    env.api.create("prod", UID, spec("prod"));
+    let (stop, task) = run_with_mappings(&env);
+    wait_ambiguous(&env, "prod").await;
+
+    env.api.delete_account_mapping("production");
+    wait_for_connection(&env).await;
+    let conns = env.proton().connections();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(
+        conns[0].environment_account_id, "111111111111",
+        "made with the mapping that remains"
+    );
+    env.api
+        .wait_until(
+            "the remaining mapping no longer overlapping",
+            Duration::from_secs(20),
+            |api| {
+                api.object("/apis/proton.eac.dev/v1alpha1/accountmappings/payments")
+                    .is_some_and(|o| {
+                        o["status"]["conditions"][0]["reason"] == "Mapped"
+                            && o["status"]["namespaceCount"] == 1
+                    })
+            },
+        )
+        .await;
+
+    let _ = stop.send(());
+    let _ = task.await;
+}

@@ -1481,8 +1481,14 @@ pub async fn run(
     if scope.account_mappings {
         ctx.set_accounts(Accounts::waiting());
     }
-    let (accounts, changes, followers) = if scope.account_mappings {
-        match crate::mapping::controller::follow(&ctx.client, shutdown.clone()).await {
+    let (accounts, moved, followers) = if scope.account_mappings {
+        match crate::mapping::controller::follow(
+            &ctx.client,
+            scope.unmapped_namespaces,
+            shutdown.clone(),
+        )
+        .await
+        {
             Some(followed) => followed,
             // Stopped before the mappings were known: nothing was reconciled.
             None => return,
@@ -1499,7 +1505,7 @@ pub async fn run(
         tasks: followers,
         account_mappings: scope.account_mappings,
     };
-    ctx.set_accounts(accounts.with_unmapped(scope.unmapped_namespaces));
+    ctx.set_accounts(accounts);
     let routine = ((f64::from(concurrency) * ctx.poll_share).floor() as usize).max(1);
     *ctx.routine_workers
         .lock()
@@ -1530,19 +1536,40 @@ pub async fn run(
         ctx.metrics.clone(),
     ));
     started.spawn(ctx.timetable.clone().run(ctx.nudge.clone()));
+    let cache = store.clone();
+    let moved = futures::StreamExt::flat_map(moved, move |namespaces| {
+        futures::stream::iter(resources_in(&cache, &namespaces))
+    });
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         // The controller backs its trigger stream off too: the same short backoff.
         .trigger_backoff(reconciler::watch::WatchBackoff::default())
-        // A mapping or a namespace's labels changed: every resource whose credentials changed
-        // is reconciled (the others are not due, and cost nothing).
-        .reconcile_all_on(changes)
+        // A mapping or a namespace's labels changed: the resources whose credentials changed.
+        .reconcile_on(moved)
         // A connection the management side here just accepted or rejected: read it now.
         .reconcile_on(nudged)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "EnvironmentAccountConnection").await;
     drop(started);
+}
+
+/// The cached resources in `namespaces` (whose credentials just changed), to reconcile.
+fn resources_in(
+    cache: &Store<EnvironmentAccountConnection>,
+    namespaces: &std::collections::BTreeSet<String>,
+) -> Vec<ObjectRef<EnvironmentAccountConnection>> {
+    cache
+        .state()
+        .iter()
+        .filter(|o| {
+            o.metadata
+                .namespace
+                .as_ref()
+                .is_some_and(|ns| namespaces.contains(ns))
+        })
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
 }
 
 /// What [`run`] started, stopped however `run` ends: when it returns, and when its future is

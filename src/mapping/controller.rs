@@ -2,17 +2,20 @@
 //! decides which credentials a namespace acts with), and keeps every mapping's status in step,
 //! writing only what changed.
 
+use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::{AccountMapping, Accounts};
+use super::decide::Credentials;
+use super::{AccountMapping, Accounts, UnmappedNamespaces};
 
 /// Keeps every AccountMapping's status (account, namespaces, overlaps) in step with the
 /// mappings and namespaces, writing only what changed; once now, then after every change.
@@ -20,7 +23,7 @@ async fn write_mapping_statuses(
     client: Client,
     mappings: Store<AccountMapping>,
     namespaces: Store<k8s_openapi::api::core::v1::Namespace>,
-    mut ticks: futures::channel::mpsc::UnboundedReceiver<()>,
+    mut ticks: UnboundedReceiver<()>,
 ) {
     let api: Api<AccountMapping> = Api::all(client);
     loop {
@@ -61,75 +64,144 @@ async fn write_mapping_statuses(
     }
 }
 
+/// Where a change of the mappings or namespaces is told: the statuses' writer and the
+/// credentials' comparison each get a tick (a burst of them is one pass).
+#[derive(Clone)]
+struct Ticks {
+    credentials: UnboundedSender<()>,
+    statuses: UnboundedSender<()>,
+}
+
+impl Ticks {
+    fn send(&self) {
+        let _ = self.credentials.unbounded_send(());
+        let _ = self.statuses.unbounded_send(());
+    }
+}
+
+/// The cache of `api`'s objects, and the task that ticks whenever they change in a way `hash`
+/// sees, one goes away, or a relist replaced them. Never for a failed watch: the cache did not
+/// change, and during an API-server outage a watch fails every 2 s.
+fn followed<K>(
+    api: Api<K>,
+    slim: impl FnMut(&mut K) + Send + 'static,
+    hash: impl Fn(&K) -> u64 + Send + 'static,
+    kind: &'static str,
+    ticks: Ticks,
+) -> (
+    Store<K>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let removed = ticks.clone();
+    let (store, changed) = crate::reconciler::watch::triggers(
+        api,
+        watcher::Config::default().any_semantic(),
+        slim,
+        move |_, event| match event {
+            Ok(watcher::Event::Delete(_) | watcher::Event::InitDone) => removed.send(),
+            Err(e) => warn!(kind, error = %e, "watching {kind} failed; retrying"),
+            Ok(_) => {}
+        },
+        move |o| Some(hash(o)),
+    );
+    let task = changed.for_each(move |changed| {
+        if changed.is_ok() {
+            ticks.send();
+        }
+        futures::future::ready(())
+    });
+    (store, task)
+}
+
+/// After each burst of changes to the mappings or namespaces, tells `moved` the namespaces whose
+/// resources now act with other credentials than after the last (`last`: when the watches were
+/// first known), so that only their resources are reconciled.
+async fn follow_credentials(
+    accounts: Accounts,
+    mut last: Credentials,
+    mut ticks: UnboundedReceiver<()>,
+    moved: UnboundedSender<BTreeSet<String>>,
+) {
+    while ticks.next().await.is_some() {
+        while ticks.try_recv().is_ok() {}
+        let now = accounts.resolve_all();
+        let namespaces = super::decide::moved(&last, &now);
+        last = now;
+        if namespaces.is_empty() {
+            continue;
+        }
+        info!(
+            namespaces = namespaces.len(),
+            "credentials changed; reconciling the resources of these namespaces"
+        );
+        debug!(namespaces = ?namespaces, "credentials changed");
+        if moved.unbounded_send(namespaces).is_err() {
+            return;
+        }
+    }
+}
+
 /// Watches the account mappings and the namespaces' labels. Returns once both are known (so no
 /// resource is ever reconciled with the controller's own credentials because its mapping was
-/// not read yet), with a stream that ticks on every change that can move a namespace to other
-/// credentials. None if `shutdown` came first.
+/// not read yet), with the [`Accounts`] they decide (namespaces no mapping selects acting as
+/// `unmapped` says) and a stream of the namespaces whose credentials a later change moved. None
+/// if `shutdown` came first.
 pub async fn follow(
     client: &Client,
+    unmapped: UnmappedNamespaces,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Option<(
     Accounts,
-    futures::channel::mpsc::UnboundedReceiver<()>,
+    UnboundedReceiver<BTreeSet<String>>,
     Vec<AbortOnDropHandle<()>>,
 )> {
-    use crate::reconciler::watch::streamed_or_listed;
     use k8s_openapi::api::core::v1::Namespace;
 
-    let (tick, changes) = futures::channel::mpsc::unbounded();
-    let (status_tick, status_ticks) = futures::channel::mpsc::unbounded();
-    let namespace_status_tick = status_tick.clone();
-    let (mappings, mapping_writer) = reflector::store::<AccountMapping>();
-    let (namespaces, namespace_writer) = reflector::store::<Namespace>();
-    let config = watcher::Config::default().any_semantic();
-    let mapping_ticks = tick.clone();
-    let follow_mappings =
-        streamed_or_listed(Api::<AccountMapping>::all(client.clone()), config.clone())
-            .backoff(crate::reconciler::watch::WatchBackoff::default())
-            .modify(|m| m.metadata.managed_fields = None)
-            .reflect(mapping_writer)
-            .inspect_err(|e| warn!(error = %e, "watching AccountMappings failed; retrying"))
-            .applied_objects()
-            .predicate_filter(
-                |m: &AccountMapping| {
-                    let mut h = DefaultHasher::new();
-                    serde_json::to_string(&m.spec)
-                        .unwrap_or_default()
-                        .hash(&mut h);
-                    Some(h.finish())
-                },
-                Default::default(),
-            )
-            .for_each(move |_| {
-                let _ = mapping_ticks.unbounded_send(());
-                let _ = status_tick.unbounded_send(());
-                futures::future::ready(())
-            });
-    let follow_namespaces = streamed_or_listed(Api::<Namespace>::all(client.clone()), config)
-        .backoff(crate::reconciler::watch::WatchBackoff::default())
+    let (credential_tick, credential_ticks) = unbounded();
+    let (status_tick, status_ticks) = unbounded();
+    let ticks = Ticks {
+        credentials: credential_tick,
+        statuses: status_tick,
+    };
+    let (mappings, follow_mappings) = followed(
+        Api::<AccountMapping>::all(client.clone()),
+        |m: &mut AccountMapping| m.metadata.managed_fields = None,
+        |m: &AccountMapping| {
+            let mut h = DefaultHasher::new();
+            serde_json::to_string(&m.spec)
+                .unwrap_or_default()
+                .hash(&mut h);
+            h.finish()
+        },
+        "AccountMappings",
+        ticks.clone(),
+    );
+    let (namespaces, follow_namespaces) = followed(
+        Api::<Namespace>::all(client.clone()),
         // Only the labels are read.
-        .modify(|ns| {
+        |ns: &mut Namespace| {
             ns.metadata.managed_fields = None;
             ns.metadata.annotations = None;
             ns.spec = None;
             ns.status = None;
-        })
-        .reflect(namespace_writer)
-        .inspect_err(|e| warn!(error = %e, "watching Namespaces failed; retrying"))
-        .applied_objects()
-        .predicate_filter(
-            |ns: &Namespace| {
-                let mut h = DefaultHasher::new();
-                ns.labels().hash(&mut h);
-                Some(h.finish())
-            },
-            Default::default(),
-        )
-        .for_each(move |_| {
-            let _ = tick.unbounded_send(());
-            let _ = namespace_status_tick.unbounded_send(());
-            futures::future::ready(())
-        });
+        },
+        |ns: &Namespace| {
+            let mut h = DefaultHasher::new();
+            ns.labels().hash(&mut h);
+            h.finish()
+        },
+        "Namespaces",
+        ticks,
+    );
     // Stopped when dropped: by the caller, or with this future if it is dropped first.
     let followers = vec![
         AbortOnDropHandle::new(tokio::spawn(follow_mappings)),
@@ -154,14 +226,25 @@ pub async fn follow(
         _ = nagging => None,
         _ = ready => {
             info!(mappings = mappings.state().len(), "account mappings known");
+            let accounts = Accounts::from_stores(mappings.clone(), namespaces.clone())
+                .with_unmapped(unmapped);
+            // Taken before any resource is reconciled: a change from now on is compared.
+            let known = accounts.resolve_all();
+            let (moved, moves) = unbounded();
             let mut followers = followers;
             followers.push(AbortOnDropHandle::new(tokio::spawn(write_mapping_statuses(
                 client.clone(),
-                mappings.clone(),
-                namespaces.clone(),
+                mappings,
+                namespaces,
                 status_ticks,
             ))));
-            Some((Accounts::from_stores(mappings, namespaces), changes, followers))
+            followers.push(AbortOnDropHandle::new(tokio::spawn(follow_credentials(
+                accounts.clone(),
+                known,
+                credential_ticks,
+                moved,
+            ))));
+            Some((accounts, moves, followers))
         }
         _ = shutdown => None,
     }

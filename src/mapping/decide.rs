@@ -1,7 +1,7 @@
 //! Which credentials a namespace's resources act with, decided purely from the namespace's labels
 //! and the mappings; fails closed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -162,6 +162,37 @@ impl Accounts {
             return Ok(Resolved::default());
         };
         let mappings = mappings.state();
+        let named = named(&mappings);
+        let ns = namespaces.get(&ObjectRef::new(namespace));
+        self.resolve_in(namespace, ns.as_deref(), &named)
+    }
+
+    /// What the resources of every namespace the watch knows act with, by namespace: compared
+    /// before and after a change of the mappings or namespaces ([`moved`]), so that only the
+    /// resources whose credentials changed are reconciled.
+    pub fn resolve_all(&self) -> Credentials {
+        let Some((mappings, namespaces)) = &self.stores else {
+            return Credentials::new();
+        };
+        let mappings = mappings.state();
+        let named = named(&mappings);
+        namespaces
+            .state()
+            .iter()
+            .map(|ns| {
+                let name = ns.name_any();
+                let resolved = self.resolve_in(&name, Some(ns), &named);
+                (name, resolved)
+            })
+            .collect()
+    }
+
+    fn resolve_in(
+        &self,
+        namespace: &str,
+        ns: Option<&Namespace>,
+        mappings: &[(String, &AccountMappingSpec)],
+    ) -> Result<Resolved, MappingError> {
         let refuse = |resolved: Resolved| match (&resolved.mapping, self.unmapped) {
             (None, UnmappedNamespaces::Refuse) => {
                 Err(MappingError::Unmapped(namespace.to_string()))
@@ -171,18 +202,34 @@ impl Accounts {
         if mappings.is_empty() {
             return refuse(Resolved::default());
         }
-        let Some(ns) = namespaces.get(&ObjectRef::new(namespace)) else {
+        let Some(ns) = ns else {
             return Err(MappingError::UnknownNamespace(namespace.to_string()));
         };
-        let named: Vec<(String, &AccountMappingSpec)> =
-            mappings.iter().map(|m| (m.name_any(), &m.spec)).collect();
         resolve(
             namespace,
             ns.labels(),
-            named.iter().map(|(name, spec)| (name.as_str(), *spec)),
+            mappings.iter().map(|(name, spec)| (name.as_str(), *spec)),
         )
         .and_then(refuse)
     }
+}
+
+fn named(mappings: &[Arc<AccountMapping>]) -> Vec<(String, &AccountMappingSpec)> {
+    mappings.iter().map(|m| (m.name_any(), &m.spec)).collect()
+}
+
+/// What each namespace's resources act with (see [`Accounts::resolve_all`]).
+pub type Credentials = BTreeMap<String, Result<Resolved, MappingError>>;
+
+/// The namespaces whose resources act with other credentials in `after` than in `before`
+/// (including a namespace only one of them knows).
+pub fn moved(before: &Credentials, after: &Credentials) -> BTreeSet<String> {
+    let changed = after
+        .iter()
+        .filter(|(ns, now)| before.get(*ns) != Some(*now))
+        .map(|(ns, _)| ns);
+    let gone = before.keys().filter(|ns| !after.contains_key(*ns));
+    changed.chain(gone).cloned().collect()
 }
 
 /// Test fixtures of the mapping kind's unit tests.
@@ -326,5 +373,81 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.reason(), "InvalidAccountMapping");
+    }
+
+    /// The credentials of every namespace, with the watches' stores filled by hand.
+    fn credentials(
+        mappings: &[(&str, &AccountMappingSpec)],
+        namespaces: &[(&str, &[(&str, &str)])],
+        unmapped: UnmappedNamespaces,
+    ) -> Credentials {
+        use kube::runtime::{reflector, watcher::Event};
+        let (mapping_store, mut mapping_writer) = reflector::store::<AccountMapping>();
+        mapping_writer.apply_watcher_event(&Event::Init);
+        for (name, spec) in mappings {
+            let mapping = AccountMapping::new(name, (*spec).clone());
+            mapping_writer.apply_watcher_event(&Event::InitApply(mapping));
+        }
+        mapping_writer.apply_watcher_event(&Event::InitDone);
+        let (namespace_store, mut namespace_writer) = reflector::store::<Namespace>();
+        namespace_writer.apply_watcher_event(&Event::Init);
+        for (name, pairs) in namespaces {
+            let mut ns = Namespace::default();
+            ns.metadata.name = Some(name.to_string());
+            ns.metadata.labels = Some(labels(pairs));
+            namespace_writer.apply_watcher_event(&Event::InitApply(ns));
+        }
+        namespace_writer.apply_watcher_event(&Event::InitDone);
+        Accounts::from_stores(mapping_store, namespace_store)
+            .with_unmapped(unmapped)
+            .resolve_all()
+    }
+
+    #[test]
+    fn only_the_namespaces_whose_credentials_changed_have_moved() {
+        let payments = mapping(&[("team", "payments")], PAYMENTS);
+        let search = mapping(&[("team", "search")], SEARCH);
+        let to_search = mapping(&[("team", "payments")], SEARCH);
+        let both = [("payments", &payments), ("search", &search)];
+        let a: &[(&str, &str)] = &[("team", "payments")];
+        let b: &[(&str, &str)] = &[("team", "search")];
+        let c: &[(&str, &str)] = &[("team", "other")];
+        let all = [("a", a), ("b", b), ("c", c)];
+        let names =
+            |list: &[&str]| -> BTreeSet<String> { list.iter().map(|s| s.to_string()).collect() };
+
+        for unmapped in [
+            UnmappedNamespaces::OwnCredentials,
+            UnmappedNamespaces::Refuse,
+        ] {
+            let before = credentials(&both, &all, unmapped);
+            assert_eq!(before.len(), 3);
+            let moved_by = |mappings: &[(&str, &AccountMappingSpec)],
+                            namespaces: &[(&str, &[(&str, &str)])]| {
+                moved(&before, &credentials(mappings, namespaces, unmapped))
+            };
+            assert_eq!(moved_by(&both, &all), names(&[]), "nothing changed");
+            // Labels no mapping reads, on a mapped and an unmapped namespace.
+            let relabelled: [(&str, &[(&str, &str)]); 3] = [
+                ("a", &[("team", "payments"), ("owner", "x")]),
+                ("b", b),
+                ("c", &[("team", "other"), ("cost", "42")]),
+            ];
+            assert_eq!(moved_by(&both, &relabelled), names(&[]));
+            // A mapping deleted: its namespace now acts as an unmapped one.
+            assert_eq!(moved_by(&[("payments", &payments)], &all), names(&["b"]));
+            // A mapping's role changed: its namespaces.
+            assert_eq!(
+                moved_by(&[("payments", &to_search), ("search", &search)], &all),
+                names(&["a"])
+            );
+            // A namespace moved from one mapping to the other, one new, one deleted.
+            assert_eq!(
+                moved_by(&both, &[("a", b), ("b", b), ("d", c)]),
+                names(&["a", "c", "d"])
+            );
+            // No mapping at all: the mapped namespaces move, the unmapped one stays as it was.
+            assert_eq!(moved_by(&[], &all), names(&["a", "b"]));
+        }
     }
 }

@@ -110,8 +110,8 @@ struct ApiState {
     cut: bool,
     /// The API server is stopped: every request is refused at once (503) until it is back.
     down: bool,
-    /// Requests refused while down.
-    refused: usize,
+    /// The paths of the requests refused while down.
+    refused: Vec<String>,
     /// Watches asking for their initial state as events (`sendInitialEvents`, the WatchList
     /// feature) are refused with 422, as by kube-apiserver 1.33, where the feature is off.
     watch_list_off: bool,
@@ -160,7 +160,7 @@ impl Default for ApiState {
             denials: Vec::new(),
             cut: false,
             down: false,
-            refused: 0,
+            refused: Vec::new(),
             watch_list_off: false,
             held: Vec::new(),
             watchers: Vec::new(),
@@ -261,9 +261,9 @@ fn patched_fields(patch: &Value) -> Value {
 impl ApiState {
     /// Whether a request now is refused (the server is down): counted, and seen as a change by
     /// tests waiting for one.
-    fn refuse(&mut self) -> bool {
+    fn refuse(&mut self, path: &str) -> bool {
         if self.down {
-            self.refused += 1;
+            self.refused.push(path.to_string());
             self.changes.send_modify(|n| *n += 1);
         }
         self.down
@@ -876,7 +876,17 @@ impl FakeApi {
 
     /// Requests refused while the server was down.
     pub fn refused(&self) -> usize {
-        self.lock().refused
+        self.lock().refused.len()
+    }
+
+    /// Requests to the collection `plural` (lists and watches) refused while the server was down.
+    pub fn refused_to(&self, plural: &str) -> usize {
+        let plural = format!("/{plural}");
+        self.lock()
+            .refused
+            .iter()
+            .filter(|p| p.ends_with(&plural))
+            .count()
     }
 
     /// The API server is back.
@@ -1575,7 +1585,7 @@ impl FakeApi {
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let api = api.clone();
             async move {
-                if api.lock().refuse() {
+                if api.lock().refuse(request.uri().path()) {
                     return Response::builder()
                         .status(StatusCode::SERVICE_UNAVAILABLE)
                         .header("content-type", "application/json")
@@ -1666,7 +1676,7 @@ impl FakeApi {
                         st.held.push(send);
                         continue;
                     }
-                    if st.refuse() {
+                    if st.refuse(&path) {
                         send.send_response(
                             Response::builder()
                                 .status(StatusCode::SERVICE_UNAVAILABLE)
