@@ -851,6 +851,17 @@ async fn failed_watches_and_changes_that_move_no_namespace_reconcile_nothing() {
 /// and the mappings that remain say what they select now.
 #[tokio::test]
 async fn a_deleted_mapping_reconciles_the_namespaces_it_selected_at_once() {
+    deleted_mapping(false).await;
+}
+
+/// The same, the mapping deleted while the API server was down and its history compacted
+/// before it came back: the watch sees no DELETED event, only a relist without the mapping.
+#[tokio::test]
+async fn a_mapping_deleted_during_an_outage_reconciles_the_namespaces_it_selected_on_the_return() {
+    deleted_mapping(true).await;
+}
+
+async fn deleted_mapping(during_outage: bool) {
     use std::time::Duration;
 
     let settings = eac_controller::connection::decide::Settings {
@@ -880,7 +891,21 @@ async fn a_deleted_mapping_reconciles_the_namespaces_it_selected_at_once() {
     let (stop, task) = run_with_mappings(&env);
     wait_ambiguous(&env, "prod").await;
 
-    env.api.delete_account_mapping("production");
+    if during_outage {
+        env.api.down();
+        env.api.delete_account_mapping("production");
+        env.api.expire_watches();
+        env.api
+            .wait_until(
+                "the mapping watch refused while down",
+                Duration::from_secs(20),
+                |api| api.refused_to("accountmappings") > 0,
+            )
+            .await;
+        env.api.up();
+    } else {
+        env.api.delete_account_mapping("production");
+    }
     wait_for_connection(&env).await;
     let conns = env.proton().connections();
     assert_eq!(conns.len(), 1);
