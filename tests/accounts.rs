@@ -213,30 +213,7 @@ async fn a_namespace_the_watch_has_not_shown_yet_is_retried_soon_without_an_aws_
 async fn the_running_controller_follows_mapping_and_namespace_label_changes_at_once() {
     use std::time::Duration;
 
-    // A production resync: nothing may happen just because a resource came due.
-    let settings = eac_controller::connection::decide::Settings {
-        resync: Duration::from_secs(3600),
-        pending_poll: Duration::from_secs(3600),
-        ..support::eager_settings()
-    };
-    let env = Env::start_with(
-        settings,
-        eac_controller::aws::budget::CallBudget::unlimited(),
-    )
-    .await;
-    env.api
-        .namespace(NS, &[("team", "payments"), ("tier", "prod")]);
-    env.api.account_mapping(
-        "payments",
-        &selecting(
-            &[("team", "payments")],
-            "arn:aws:iam::111111111111:role/eac",
-        ),
-    );
-    env.api.account_mapping(
-        "production",
-        &selecting(&[("tier", "prod")], "arn:aws:iam::222222222222:role/eac"),
-    );
+    let env = overlapping_mappings().await;
     env.api.create("prod", UID, spec("prod"));
     let (stop, task) = run_with_mappings(&env);
 
@@ -292,6 +269,38 @@ async fn the_running_controller_follows_mapping_and_namespace_label_changes_at_o
 
     let _ = stop.send(());
     let _ = task.await;
+}
+
+/// The controller with a production resync (nothing happens just because a resource came due),
+/// and namespace NS matched by two mappings: `payments` (account 111111111111) by its team and
+/// `production` (222222222222) by its tier.
+async fn overlapping_mappings() -> Env {
+    use std::time::Duration;
+
+    let settings = eac_controller::connection::decide::Settings {
+        resync: Duration::from_secs(3600),
+        pending_poll: Duration::from_secs(3600),
+        ..support::eager_settings()
+    };
+    let env = Env::start_with(
+        settings,
+        eac_controller::aws::budget::CallBudget::unlimited(),
+    )
+    .await;
+    env.api
+        .namespace(NS, &[("team", "payments"), ("tier", "prod")]);
+    env.api.account_mapping(
+        "payments",
+        &selecting(
+            &[("team", "payments")],
+            "arn:aws:iam::111111111111:role/eac",
+        ),
+    );
+    env.api.account_mapping(
+        "production",
+        &selecting(&[("tier", "prod")], "arn:aws:iam::222222222222:role/eac"),
+    );
+    env
 }
 
 /// An emulator whose payments role requires an external id; any other well-formed role can be
@@ -710,17 +719,6 @@ fn run_with_mappings(
     (stop, task)
 }
 
-/// The count of connection reconciles so far, whatever their result.
-fn reconciles(env: &Env) -> u64 {
-    env.ctx
-        .metrics
-        .encode()
-        .lines()
-        .filter(|l| l.starts_with("eac_reconcile_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Waits until `name` says its namespace is matched by two mappings.
 async fn wait_ambiguous(env: &Env, name: &str) {
     env.api
@@ -745,32 +743,10 @@ async fn wait_ambiguous(env: &Env, name: &str) {
 async fn failed_watches_and_changes_that_move_no_namespace_reconcile_nothing() {
     use std::time::Duration;
 
-    let settings = eac_controller::connection::decide::Settings {
-        resync: Duration::from_secs(3600),
-        pending_poll: Duration::from_secs(3600),
-        ..support::eager_settings()
-    };
-    let env = Env::start_with(
-        settings,
-        eac_controller::aws::budget::CallBudget::unlimited(),
-    )
-    .await;
     // Matched by both mappings: each resource is reconciled once, says so, and waits for an
     // admin (no AWS call, no retry), so every later reconcile is one this test caused.
-    env.api
-        .namespace(NS, &[("team", "payments"), ("tier", "prod")]);
+    let env = overlapping_mappings().await;
     env.api.namespace("other", &[("team", "other")]);
-    env.api.account_mapping(
-        "payments",
-        &selecting(
-            &[("team", "payments")],
-            "arn:aws:iam::111111111111:role/eac",
-        ),
-    );
-    env.api.account_mapping(
-        "production",
-        &selecting(&[("tier", "prod")], "arn:aws:iam::222222222222:role/eac"),
-    );
     const N: usize = 12;
     for i in 0..N {
         env.api.create(
@@ -795,13 +771,13 @@ async fn failed_watches_and_changes_that_move_no_namespace_reconcile_nothing() {
         .await;
 
     // What one new resource costs: its own reconciles, nothing else.
-    let before = reconciles(&env);
+    let before = env.reconciles();
     env.api
         .create("first-marker", "uid-first", spec("first-marker"));
     wait_ambiguous(&env, "first-marker").await;
-    let one_resource = reconciles(&env) - before;
+    let one_resource = env.reconciles() - before;
 
-    let before = reconciles(&env);
+    let before = env.reconciles();
     // The history is compacted: every watch ends with 410 Gone and lists again.
     env.api.expire_watches();
     // The API server stops and comes back: the watches fail and start again.
@@ -837,7 +813,7 @@ async fn failed_watches_and_changes_that_move_no_namespace_reconcile_nothing() {
         .create("last-marker", "uid-last", spec("last-marker"));
     wait_ambiguous(&env, "last-marker").await;
     assert_eq!(
-        reconciles(&env) - before,
+        env.reconciles() - before,
         one_resource,
         "only the new resource was reconciled ({one_resource} reconciles each); the {N} others were not"
     );
@@ -864,29 +840,7 @@ async fn a_mapping_deleted_during_an_outage_reconciles_the_namespaces_it_selecte
 async fn deleted_mapping(during_outage: bool) {
     use std::time::Duration;
 
-    let settings = eac_controller::connection::decide::Settings {
-        resync: Duration::from_secs(3600),
-        pending_poll: Duration::from_secs(3600),
-        ..support::eager_settings()
-    };
-    let env = Env::start_with(
-        settings,
-        eac_controller::aws::budget::CallBudget::unlimited(),
-    )
-    .await;
-    env.api
-        .namespace(NS, &[("team", "payments"), ("tier", "prod")]);
-    env.api.account_mapping(
-        "payments",
-        &selecting(
-            &[("team", "payments")],
-            "arn:aws:iam::111111111111:role/eac",
-        ),
-    );
-    env.api.account_mapping(
-        "production",
-        &selecting(&[("tier", "prod")], "arn:aws:iam::222222222222:role/eac"),
-    );
+    let env = overlapping_mappings().await;
     env.api.create("prod", UID, spec("prod"));
     let (stop, task) = run_with_mappings(&env);
     wait_ambiguous(&env, "prod").await;

@@ -214,17 +214,6 @@ async fn a_refused_list_leaves_each_poll_to_its_get() {
     }
 }
 
-/// Reconciles run so far, whatever their result.
-fn reconciles(env: &Env) -> u64 {
-    env.ctx
-        .metrics
-        .encode()
-        .lines()
-        .filter(|l| l.starts_with("eac_reconcile_total{"))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
-        .sum()
-}
-
 /// N resources created while the controller runs, until each has its PENDING connection.
 async fn pending_while_running(env: &Env) -> Vec<String> {
     let names = names();
@@ -271,7 +260,7 @@ async fn a_running_controller_makes_fast_polls_from_the_list_without_a_reconcile
     env.count_proton_calls_from_now().await;
     // One round of polls after the last status write has gone through its watch.
     env.wait_for_calls(LIST, 3, Duration::from_secs(20)).await;
-    let before = reconciles(&env);
+    let before = env.reconciles();
 
     // Two more rounds (2 s apart: a new connection's fast poll).
     env.wait_for_calls(LIST, 9, Duration::from_secs(20)).await;
@@ -282,7 +271,7 @@ async fn a_running_controller_makes_fast_polls_from_the_list_without_a_reconcile
         "the polls the poller makes count in the effective interval (2 s, jittered): {interval}"
     );
     assert_eq!(
-        reconciles(&env) - before,
+        env.reconciles() - before,
         0,
         "polls made without a reconcile (one each per 2 s before: {} in two rounds)",
         2 * N
@@ -292,9 +281,9 @@ async fn a_running_controller_makes_fast_polls_from_the_list_without_a_reconcile
     accept_and_see_connected(&env, accepted).await;
     assert_eq!(env.calls(GET), 1, "only the accepted connection was read");
     assert!(
-        reconciles(&env) - before <= 3,
+        env.reconciles() - before <= 3,
         "only its resource was woken (and the watch of its own status write): {}",
-        reconciles(&env) - before
+        env.reconciles() - before
     );
     assert_eq!(state_of(&env, &names[43]), Some(ConnectionState::Pending));
     running.abort();

@@ -1940,6 +1940,17 @@ impl Env {
         self.proton().calls().count(op)
     }
 
+    /// Connection reconciles run so far, whatever their result.
+    pub fn reconciles(&self) -> u64 {
+        self.ctx
+            .metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("eac_reconcile_total{"))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
+            .sum()
+    }
+
     /// Total Proton calls so far (STS included).
     pub fn total_calls(&self) -> u64 {
         self.proton().calls().calls.values().sum()
