@@ -82,9 +82,12 @@ impl Readiness {
         s.failing_since = None;
     }
 
-    /// The API server answered.
-    pub fn succeeded(&self) {
-        self.lock().failing_since = None;
+    /// The API server answered. Returns how long it had failed, if it had.
+    pub fn succeeded(&self) -> Option<Duration> {
+        self.lock()
+            .failing_since
+            .take()
+            .map(|since| since.elapsed())
     }
 
     /// A call to the API server failed.

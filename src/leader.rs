@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::http::Readiness;
+use crate::repeated::Repeated;
 
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
@@ -105,9 +106,8 @@ impl Elector {
         let cfg = self.config.clone();
         let far = || Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let mut last_renew: Option<Instant> = None;
-        // Failed tries in a row: the first and every tenth are logged at warn (quick retries
-        // after failure would otherwise log twice a second through an outage).
-        let mut failures: u32 = 0;
+        // Quick retries after a failure would otherwise log twice a second through an outage.
+        let mut failures = Repeated::default();
         loop {
             if *stop.borrow() {
                 break;
@@ -126,9 +126,8 @@ impl Elector {
                     match attempt {
                         Ok(attempt) => {
                             readiness.succeeded();
-                            if failures > 0 {
-                                info!(lease = %cfg.name, failed_tries = failures, "the leader lease answers again");
-                                failures = 0;
+                            if let Some(failed) = failures.succeeded() {
+                                info!(lease = %cfg.name, failed_tries = failed, "the leader lease answers again");
                             }
                             match attempt {
                                 Attempt::Held => {
@@ -151,11 +150,9 @@ impl Elector {
                             if unanswered {
                                 wait = cfg.retry_after_failure();
                             }
-                            failures += 1;
-                            if failures % 10 == 1 {
-                                warn!(error = %error, lease = %cfg.name, failed_tries = failures, "leader lease call failed");
-                            } else {
-                                debug!(error = %error, lease = %cfg.name, failed_tries = failures, "leader lease call failed");
+                            match failures.failed() {
+                                (failed, true) => warn!(error = %error, lease = %cfg.name, failed_tries = failed, "leader lease call failed"),
+                                (failed, false) => debug!(error = %error, lease = %cfg.name, failed_tries = failed, "leader lease call failed"),
                             }
                         }
                     }

@@ -23,5 +23,7 @@ pub mod metrics;
 pub mod policy;
 pub mod reconciler;
 pub mod recorder;
+pub mod repeated;
 pub mod runner;
 pub mod telemetry;
+pub mod watch_starts;

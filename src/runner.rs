@@ -23,6 +23,7 @@ use crate::http::{self, Readiness};
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::policy;
+use crate::watch_starts::WatchStartsLayer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -96,7 +97,16 @@ const KUBE_RETRY_MAX: Duration = Duration::from_secs(1);
 /// never saw the failure, and a Lease call outlived the renew deadline instead of failing into the
 /// leader's quick retry. A bounded retry keeps what it is for: a throttled request (429 with
 /// `Retry-After`) goes again without failing the reconcile and publishing an Event.
-pub fn client_from(mut config: kube::Config) -> Result<Client, kube::Error> {
+pub fn client_from(config: kube::Config) -> Result<Client, kube::Error> {
+    client_telling(config, None)
+}
+
+/// [`client_from`], telling `readiness` of every watch the API server starts (see
+/// [`crate::watch_starts`]).
+pub fn client_telling(
+    mut config: kube::Config,
+    readiness: Option<Readiness>,
+) -> Result<Client, kube::Error> {
     config.default_retry = false;
     let policy = RetryPolicy::new(KUBE_RETRY_FIRST, KUBE_RETRY_MAX, KUBE_RETRIES, true)
         .map_err(|e| kube::Error::Service(e.into()))?;
@@ -105,6 +115,7 @@ pub fn client_from(mut config: kube::Config) -> Result<Client, kube::Error> {
         // clone: a buffer in front of kube's stack.
         .with_layer(&BufferLayer::new(1024))
         .with_layer(&RetryLayer::new(policy))
+        .with_layer(&WatchStartsLayer(readiness))
         .build())
 }
 
@@ -116,22 +127,22 @@ pub fn lease_client_from(mut config: kube::Config) -> Result<Client, kube::Error
     Client::try_from(config)
 }
 
-/// The controller's client and the Lease's, for the kubeconfig found (see [`kubeconfig_tried`]),
-/// once the API server has answered.
-pub async fn kube_clients() -> Result<(Client, Client), RunError> {
+/// The controller's client (telling `readiness` of the watches it starts) and the Lease's, for
+/// the kubeconfig found (see [`kubeconfig_tried`]), once the API server has answered.
+pub async fn kube_clients(readiness: &Readiness) -> Result<(Client, Client), RunError> {
     let (config, tried) = kube_config().await?;
     let lease = lease_client_from(config.clone()).map_err(|source| RunError::KubeClient {
         tried: tried.clone(),
         source,
     })?;
-    let client = kube_client_for(config, tried).await?;
+    let client = kube_client_for(config, tried, Some(readiness.clone())).await?;
     Ok((client, lease))
 }
 
 /// The controller's client, once the API server has answered.
 pub async fn kube_client() -> Result<Client, RunError> {
     let (config, tried) = kube_config().await?;
-    kube_client_for(config, tried).await
+    kube_client_for(config, tried, None).await
 }
 
 /// The Kubernetes configuration found, and where it was looked for (for error messages).
@@ -143,9 +154,13 @@ async fn kube_config() -> Result<(kube::Config, String), RunError> {
     }
 }
 
-async fn kube_client_for(config: kube::Config, tried: String) -> Result<Client, RunError> {
+async fn kube_client_for(
+    config: kube::Config,
+    tried: String,
+    readiness: Option<Readiness>,
+) -> Result<Client, RunError> {
     let server = config.cluster_url.to_string();
-    let client = client_from(config).map_err(|source| RunError::KubeClient {
+    let client = client_telling(config, readiness).map_err(|source| RunError::KubeClient {
         tried: tried.clone(),
         source,
     })?;
@@ -286,7 +301,8 @@ pub async fn check(args: &RunArgs, endpoint: &Endpoint) -> crate::check::Report 
 }
 
 pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError> {
-    let (client, lease_client) = kube_clients().await?;
+    let readiness = Readiness::new(args.watch_failure_timeout);
+    let (client, lease_client) = kube_clients(&readiness).await?;
     let metrics = Metrics::new();
     let budget = CallBudget::new(args.aws_rate_limit, args.aws_burst, args.aws_poll_share);
 
@@ -341,7 +357,6 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
         let _ = stop_tx.send(true);
     });
 
-    let readiness = Readiness::new(args.watch_failure_timeout);
     let (addr, http_task) = http::serve(
         args.metrics_addr,
         metrics.clone(),

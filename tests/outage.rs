@@ -13,7 +13,7 @@ use eac_controller::connection::api::EnvironmentAccountConnection;
 use eac_controller::runner;
 use k8s_openapi::api::coordination::v1::Lease;
 use proton_emulator::EmulatorConfig;
-use support::binary::{Controller, leader_elected_args, outage, ready};
+use support::binary::{Controller, leader_elected_args, outage, ready, run_args};
 use support::{Env, FakeApi, NS, kube_config_of, patient, spec};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -29,8 +29,9 @@ fn uid(i: usize) -> String {
     format!("0b9c6f1e-7d2a-4c55-9f0e-{i:012}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_within_5_s() {
+/// The binary with the arguments `args` makes for the emulator's URL, against the fake API server
+/// over HTTP (its kubeconfig in the directory returned).
+async fn started(args: impl Fn(&str) -> Vec<String>) -> (Env, tempfile::TempDir, Controller) {
     let env = Env::start_full(
         patient(),
         CallBudget::unlimited(),
@@ -40,8 +41,14 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = env.api.serve_http(dir.path()).await;
     let url = env.emulator.url();
+    let controller = Controller::start(&kubeconfig, &args(&url), None);
+    (env, dir, controller)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_within_5_s() {
     // Default flags otherwise: the default AWS budget, lease timings and resync.
-    let controller = Controller::start(&kubeconfig, &leader_elected_args(&url), None);
+    let (env, _dir, controller) = started(leader_elected_args).await;
     let names: Vec<String> = (0..BEFORE).map(|i| format!("before-{i}")).collect();
     for (i, name) in names.iter().enumerate() {
         env.api.create(name, &uid(i), spec(name));
@@ -96,6 +103,92 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
         served.as_secs_f64(),
         ready_at.as_secs_f64()
     );
+}
+
+/// Through an outage every watch fails every 2 s at most: each says so once at warn (the first
+/// failure in a row; every tenth would too), the rest at debug; the return is said once. (kube's
+/// client logs each refused request itself, at error.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_watch_warns_once_of_an_outage_and_the_return_is_said_once() {
+    let (env, _dir, controller) = started(|url| run_args(url, &[])).await;
+    let readyz = controller.readyz_addr(LIMIT).await;
+    controller
+        .until("/readyz ready before the outage", LIMIT, |_| ready(&readyz))
+        .await;
+    assert_eq!(controller.logged("the watch failed"), 0);
+
+    env.api.down();
+    // The client sends each call 6 times (5 retries, about 1.5 to 3.2 s) before the watch sees it
+    // fail: a 13th refusal is the watch's third try, after two failures (two warnings, were each
+    // failure warned of). Its tries are 2 s apart at most, so it fails fewer than 11 times
+    // before the return.
+    let plurals = [
+        "environmentaccountconnections",
+        "connectionacceptancepolicies",
+        "accountmappings",
+        "namespaces",
+    ];
+    env.api
+        .wait_until(
+            "each watch to fail twice (refused 13 times)",
+            LIMIT,
+            |api| plurals.iter().all(|plural| api.refused_to(plural) >= 13),
+        )
+        .await;
+    env.api.up();
+    controller
+        .until("the return said", LIMIT, |c| {
+            c.logged("the Kubernetes API server starts watches again") == 1
+        })
+        .await;
+    for kind in [
+        "EnvironmentAccountConnection",
+        "ConnectionAcceptancePolicy",
+        "AccountMapping",
+        "Namespace",
+    ] {
+        let warnings = controller
+            .log()
+            .lines()
+            .filter(|l| l.contains("the watch failed") && l.contains(&format!("kind={kind} ")))
+            .count();
+        assert_eq!(
+            warnings,
+            1,
+            "one warning for the watch of {kind}:\n{}",
+            controller.log()
+        );
+    }
+}
+
+/// Without leader election, an outage longer than `--watch-failure-timeout` makes `/readyz`
+/// answer 503; when the API server answers again `/readyz` is ready within 5 s, though nothing
+/// changed: a watch that resumes shows no event, but it started, and that is an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_ready_again_after_a_long_outage_though_nothing_changed() {
+    let (env, _dir, controller) =
+        started(|url| run_args(url, &["--watch-failure-timeout", "5s"])).await;
+    let readyz = controller.readyz_addr(LIMIT).await;
+    controller
+        .until("/readyz ready before the outage", LIMIT, |_| ready(&readyz))
+        .await;
+
+    env.api.down();
+    controller
+        .until(
+            "/readyz not ready once the watches have failed for 5 s",
+            LIMIT,
+            |_| !ready(&readyz),
+        )
+        .await;
+    env.api.up();
+    controller
+        .until(
+            "/readyz ready within 5 s of the return, nothing having changed",
+            Duration::from_secs(5),
+            |_| ready(&readyz),
+        )
+        .await;
 }
 
 /// The Leases of the fake's namespace, over HTTP, through a client `build` makes as the

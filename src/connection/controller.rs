@@ -1448,11 +1448,10 @@ fn follow_watch(
                 ctx.nudge.requeue(ObjectRef::from_obj(obj));
             }
         }
-        Ok(_) => readiness.succeeded(),
-        Err(e) => {
-            readiness.failed();
-            warn!(error = %e, "watching EnvironmentAccountConnections failed; retrying with backoff");
+        Ok(_) => {
+            readiness.succeeded();
         }
+        Err(_) => readiness.failed(),
     }
 }
 
@@ -1518,6 +1517,7 @@ pub async fn run(
         slim,
         move |store, event| follow_watch(&follow_ctx, store, &follow_ready, event),
         trigger_hash,
+        "",
     );
     ctx.metrics.count_connections_from(Some(store.clone()));
     ctx.use_cache(Some(store.clone()));

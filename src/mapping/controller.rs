@@ -86,7 +86,6 @@ fn followed<K>(
     api: Api<K>,
     slim: impl FnMut(&mut K) + Send + 'static,
     hash: impl Fn(&K) -> u64 + Send + 'static,
-    kind: &'static str,
     ticks: Ticks,
 ) -> (
     Store<K>,
@@ -106,12 +105,13 @@ where
         api,
         watcher::Config::default().any_semantic(),
         slim,
-        move |_, event| match event {
-            Ok(watcher::Event::Delete(_) | watcher::Event::InitDone) => removed.send(),
-            Err(e) => warn!(kind, error = %e, "watching {kind} failed; retrying"),
-            Ok(_) => {}
+        move |_, event| {
+            if let Ok(watcher::Event::Delete(_) | watcher::Event::InitDone) = event {
+                removed.send();
+            }
         },
         move |o| Some(hash(o)),
+        "",
     );
     let task = changed.for_each(move |changed| {
         if changed.is_ok() {
@@ -182,7 +182,6 @@ pub async fn follow(
                 .hash(&mut h);
             h.finish()
         },
-        "AccountMappings",
         ticks.clone(),
     );
     let (namespaces, follow_namespaces) = followed(
@@ -199,7 +198,6 @@ pub async fn follow(
             ns.labels().hash(&mut h);
             h.finish()
         },
-        "Namespaces",
         ticks,
     );
     // Stopped when dropped: by the caller, or with this future if it is dropped first.

@@ -630,11 +630,7 @@ fn follow_watch(
                 t.kind.catch_up(obj.status.as_ref());
             }
         }
-        Ok(watcher::Event::Init) => {}
-        Err(e) => warn!(
-            error = %e,
-            "watching ConnectionAcceptancePolicies failed; retrying with backoff (is the CRD connectionacceptancepolicies.proton.eac.dev installed and may the controller list and watch it? --acceptance-policies=false turns the management side off)"
-        ),
+        Ok(watcher::Event::Init) | Err(_) => {}
     }
 }
 
@@ -658,6 +654,7 @@ pub async fn run(
         slim,
         move |store, event| follow_watch(&follow_ctx, store, event),
         trigger_hash,
+        " (is the CRD connectionacceptancepolicies.proton.eac.dev installed and may the controller list and watch it? --acceptance-policies=false turns the management side off)",
     );
     ctx.use_store(Some(store.clone()));
     let attached = Attached(ctx.clone());

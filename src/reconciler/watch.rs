@@ -15,9 +15,10 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::compact_id::CompactId;
+use crate::repeated::Repeated;
 
 /// The backoff of every watch after a failure: 250 ms doubling to at most 2 s, jittered by
 /// +/-25 %, back to 250 ms once the watch works again.
@@ -89,12 +90,15 @@ pub fn release_if_empty<K, V>(map: &mut std::collections::BTreeMap<K, V>) {
 }
 
 /// The cache of `api`'s objects and the stream of those that changed in a way `trigger` sees.
+/// The watch's failures are logged here (`hint`: what to check if they last), the first in a row
+/// and every tenth at warn.
 pub fn triggers<K>(
     api: Api<K>,
     config: watcher::Config,
     slim: impl FnMut(&mut K) + Send + 'static,
     follow: impl FnMut(&Store<K>, &Result<watcher::Event<K>, watcher::Error>) + Send + 'static,
     trigger: impl Fn(&K) -> Option<u64> + Send + 'static,
+    hint: &'static str,
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -111,12 +115,16 @@ where
     let (store, writer) = reflector::store();
     let (followed, live) = (store.clone(), store.clone());
     let mut follow = follow;
+    let mut failures = Repeated::default();
     let mut changes = TriggerChanges::new(trigger);
     let stream = streamed_or_listed(api, config)
         .backoff(WatchBackoff::default())
         .modify(slim)
         .reflect(writer)
-        .inspect(move |event| follow(&followed, event))
+        .inspect(move |event| {
+            logged::<K>(&mut failures, event, hint);
+            follow(&followed, event)
+        })
         .filter_map(move |event| {
             let passed = changes.pass(event, || {
                 live.state()
@@ -127,6 +135,31 @@ where
             futures::future::ready(passed)
         });
     (store, stream)
+}
+
+/// Logs a failure of the watch of `K`: the first in a row and every tenth at warn, the others at
+/// debug (through an API-server outage a watch fails every 2 s). Its return shows in `/readyz`
+/// and the log of [`crate::watch_starts`]: a watch that resumes shows no event here until
+/// something changes.
+fn logged<K: Resource<DynamicType = ()>>(
+    failures: &mut Repeated,
+    event: &Result<watcher::Event<K>, watcher::Error>,
+    hint: &str,
+) {
+    let kind = K::kind(&());
+    match event {
+        Ok(_) => {
+            failures.succeeded();
+        }
+        Err(e) => match failures.failed() {
+            (failed, true) => {
+                warn!(%kind, failed_tries = failed, error = %e, "the watch failed; retrying with backoff{hint}")
+            }
+            (failed, false) => {
+                debug!(%kind, failed_tries = failed, error = %e, "the watch failed; retrying with backoff{hint}")
+            }
+        },
+    }
 }
 
 /// The watch of `api`, its initial state streamed as events (`sendInitialEvents`, the WatchList

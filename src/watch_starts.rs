@@ -1,0 +1,91 @@
+//! The watches the API server starts, told to `/readyz`.
+//!
+//! A watch that resumes after an outage shows no event until something changes, yet the API
+//! server answered it: without this, an outage longer than `--watch-failure-timeout` left
+//! `/readyz` answering 503 after the API server's return, until some resource changed. (A leader
+//! does not need it: its Lease calls answer every 2 s.)
+
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use tower::{Layer, Service};
+use tracing::info;
+
+use crate::http::Readiness;
+
+/// Tells `readiness` that the API server answered whenever it starts a watch (a watch request
+/// answered 2xx). None: tells nobody.
+#[derive(Clone)]
+pub struct WatchStartsLayer(pub Option<Readiness>);
+
+impl<S> Layer<S> for WatchStartsLayer {
+    type Service = WatchStarts<S>;
+
+    fn layer(&self, inner: S) -> WatchStarts<S> {
+        WatchStarts {
+            inner,
+            readiness: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct WatchStarts<S> {
+    inner: S,
+    readiness: Option<Readiness>,
+}
+
+impl<S, ReqBody, ResBody> Service<axum::http::Request<ReqBody>> for WatchStarts<S>
+where
+    S: Service<axum::http::Request<ReqBody>, Response = axum::http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<ReqBody>) -> Self::Future {
+        let told = self
+            .readiness
+            .clone()
+            .filter(|_| is_watch(request.uri().query()));
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            if let (Some(readiness), Ok(response)) = (told, &answer)
+                && response.status().is_success()
+                && let Some(failed_for) = readiness.succeeded()
+            {
+                info!(
+                    failed_for_secs = failed_for.as_secs(),
+                    "the Kubernetes API server starts watches again"
+                );
+            }
+            answer
+        })
+    }
+}
+
+/// Whether a request's query asks for a watch.
+fn is_watch(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_is_a_request_whose_query_asks_for_one() {
+        assert!(is_watch(Some("watch=true&resourceVersion=12")));
+        assert!(is_watch(Some("labelSelector=a&watch=1")));
+        assert!(!is_watch(Some("limit=500")));
+        assert!(!is_watch(Some("watch=false")));
+        assert!(!is_watch(Some("allowWatchBookmarks=true")));
+        assert!(!is_watch(None));
+    }
+}
