@@ -34,6 +34,7 @@ use crate::connection::decide::{
     self, Intent, Memory, Note, Outcome, Problem, Progress, Run, Settings, Step, Written,
 };
 use crate::connection::polls::{Polls, Waiting};
+use crate::connection::undecided::Undecided;
 use crate::http::Readiness;
 use crate::mapping::{Accounts, AwsIdentity, MappingError, Resolved, UnmappedNamespaces};
 use crate::metrics::Metrics;
@@ -144,6 +145,9 @@ pub struct Context {
     cache: Mutex<Option<Store<EnvironmentAccountConnection>>>,
     /// The fast polls of PENDING connections, made from the shared list while it runs.
     polls: Arc<Polls>,
+    /// The cached resources a management account may still decide, by connection id (for the
+    /// management side here to nudge).
+    undecided: Arc<Undecided>,
     /// When each resource's reconcile comes back.
     timetable: Arc<Timetable>,
     /// See [`STALE_CACHE_RETRY`].
@@ -172,6 +176,7 @@ impl Context {
             policies: Nudge::default(),
             cache: Mutex::default(),
             polls: Arc::default(),
+            undecided: Arc::default(),
             timetable: Arc::default(),
             stale_cache_retry: STALE_CACHE_RETRY,
         }
@@ -305,6 +310,7 @@ impl Context {
     /// Forgets everything (a new term of leadership: another leader may have written since).
     pub fn forget_all(&self) {
         self.tracked.clear();
+        self.undecided.clear();
         self.timetable.clear();
         self.polls.set_running(false);
         self.proton.retain(|_| false);
@@ -1394,6 +1400,9 @@ fn follow_watch(
     readiness: &Readiness,
     event: &Result<watcher::Event<EnvironmentAccountConnection>, watcher::Error>,
 ) {
+    if let Ok(event) = event {
+        ctx.undecided.follow(store, event);
+    }
     match event {
         Ok(watcher::Event::Delete(obj)) => {
             readiness.succeeded();
@@ -1522,9 +1531,11 @@ pub async fn run(
     ctx.metrics.count_connections_from(Some(store.clone()));
     ctx.use_cache(Some(store.clone()));
     let expiring = ctx.clone();
+    let undecided = ctx.undecided.clone();
     let nudged = ctx.nudge.attach(
         store.clone(),
         Arc::new(move |uid: &str| expiring.tracked.expire(uid)),
+        Some(Arc::new(move |id: &str| undecided.find(id))),
     );
     ctx.polls.set_running(true);
     let postponing = ctx.clone();
@@ -1595,6 +1606,8 @@ impl Drop for Started {
         ctx.timetable.clear();
         ctx.polls.set_running(false);
         ctx.nudge.detach();
+        // It holds cached copies: the cache is dropped with the controller.
+        ctx.undecided.clear();
         if self.account_mappings {
             ctx.set_accounts(Accounts::waiting());
         }

@@ -433,9 +433,7 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
             (step, &result)
         {
             // A resource here holding the connection sees the answer now, not at its next poll.
-            ctx.connections.objects_where(|c| {
-                c.status.as_ref().and_then(|s| s.id.as_deref()) == Some(id.as_str())
-            });
+            ctx.connections.found(id);
         }
         if let Err(e) = &result
             && e.class != crate::aws::proton::ErrorClass::Deferred
@@ -672,6 +670,7 @@ pub async fn run(
             }
             expiring.tracked.expire(uid);
         }),
+        None,
     );
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))

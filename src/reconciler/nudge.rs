@@ -16,10 +16,15 @@ use kube::runtime::reflector::{ObjectRef, Store};
 /// Makes an object of the target kind due now (by uid), past its checkpoint.
 pub type Expire = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Finds a cached object of the target kind by a key its kind indexes (a connection's id), so a
+/// nudge need not scan the cache.
+pub type Find<K> = Arc<dyn Fn(&str) -> Option<Arc<K>> + Send + Sync>;
+
 struct Target<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
     queue: UnboundedSender<ObjectRef<K>>,
     expire: Expire,
+    find: Option<Find<K>>,
 }
 
 /// A handle on a controller of kind `K`, shared by whoever may nudge it.
@@ -48,12 +53,18 @@ where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     /// The target controller starts: nudges go to the returned stream (for `reconcile_on`).
-    pub fn attach(&self, store: Store<K>, expire: Expire) -> UnboundedReceiver<ObjectRef<K>> {
+    pub fn attach(
+        &self,
+        store: Store<K>,
+        expire: Expire,
+        find: Option<Find<K>>,
+    ) -> UnboundedReceiver<ObjectRef<K>> {
         let (queue, nudged) = unbounded();
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(Target {
             store,
             queue,
             expire,
+            find,
         });
         nudged
     }
@@ -80,6 +91,25 @@ where
         if let Some(target) = target.as_ref() {
             let _ = target.queue.unbounded_send(object);
         }
+    }
+
+    /// Reconciles now the cached object the target's index finds by `key`; false if none (or the
+    /// target is not running).
+    pub fn found(&self, key: &str) -> bool {
+        let target = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(target) = target.as_ref() else {
+            return false;
+        };
+        let Some(object) = target.find.as_ref().and_then(|find| find(key)) else {
+            return false;
+        };
+        if let Some(uid) = object.meta().uid.as_deref() {
+            (target.expire)(uid);
+        }
+        target
+            .queue
+            .unbounded_send(ObjectRef::from_obj(object.as_ref()))
+            .is_ok()
     }
 
     /// Reconciles now every cached object `wanted` picks; returns how many.
