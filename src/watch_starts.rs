@@ -1,20 +1,24 @@
-//! The watches the API server starts, told to `/readyz`.
+//! The watch of the resources, told to `/readyz` whenever the API server starts it.
 //!
 //! A watch that resumes after an outage shows no event until something changes, yet the API
 //! server answered it: without this, an outage longer than `--watch-failure-timeout` left
 //! `/readyz` answering 503 after the API server's return, until some resource changed. (A leader
-//! does not need it: its Lease calls answer every 2 s.)
+//! does not need it: its Lease calls answer every 2 s.) Only the watch whose failures `/readyz`
+//! counts (the resources') counts: another kind's watch starting says nothing of it.
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
+use kube::Resource;
 use tower::{Layer, Service};
-use tracing::info;
+use tracing::{debug, info};
 
+use crate::connection::api::EnvironmentAccountConnection;
 use crate::http::Readiness;
 
-/// Tells `readiness` that the API server answered whenever it starts a watch (a watch request
-/// answered 2xx). None: tells nobody.
+/// Tells `readiness` that the API server answered whenever it starts a watch of the resources (a
+/// watch request to their collection answered 2xx). None: tells nobody.
 #[derive(Clone)]
 pub struct WatchStartsLayer(pub Option<Readiness>);
 
@@ -52,7 +56,7 @@ where
         let told = self
             .readiness
             .clone()
-            .filter(|_| is_watch(request.uri().query()));
+            .filter(|_| is_resource_watch(request.uri()));
         let answer = self.inner.call(request);
         Box::pin(async move {
             let answer = answer.await;
@@ -60,14 +64,37 @@ where
                 && response.status().is_success()
                 && let Some(failed_for) = readiness.succeeded()
             {
-                info!(
-                    failed_for_secs = failed_for.as_secs(),
-                    "the Kubernetes API server starts watches again"
-                );
+                // A watch that failed once and started again at once (a relist, a connection
+                // reset) is no news.
+                if failed_for >= RETURN_WORTH_TELLING {
+                    info!(
+                        failed_for_secs = failed_for.as_secs(),
+                        "the Kubernetes API server starts watches again"
+                    );
+                } else {
+                    debug!(
+                        failed_for_ms = failed_for.as_millis() as u64,
+                        "the resources' watch started again"
+                    );
+                }
             }
             answer
         })
     }
+}
+
+/// The failures a return is logged at info after: shorter ones are a watch's ordinary restart.
+const RETURN_WORTH_TELLING: Duration = Duration::from_secs(1);
+
+/// Whether a request asks for a watch of the EnvironmentAccountConnections (in one namespace or
+/// all).
+fn is_resource_watch(uri: &axum::http::Uri) -> bool {
+    let plural = EnvironmentAccountConnection::plural(&());
+    uri.path()
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last == plural)
+        && is_watch(uri.query())
 }
 
 /// Whether a request's query asks for a watch.
@@ -87,5 +114,27 @@ mod tests {
         assert!(!is_watch(Some("watch=false")));
         assert!(!is_watch(Some("allowWatchBookmarks=true")));
         assert!(!is_watch(None));
+    }
+
+    #[test]
+    fn only_a_watch_of_the_resources_counts() {
+        let uri = |s: &str| s.parse::<axum::http::Uri>().unwrap();
+        let group = "/apis/proton.eac.dev/v1alpha1";
+        assert!(is_resource_watch(&uri(&format!(
+            "{group}/namespaces/platform/environmentaccountconnections?watch=true&resourceVersion=5"
+        ))));
+        assert!(is_resource_watch(&uri(&format!(
+            "{group}/environmentaccountconnections?watch=1"
+        ))));
+        assert!(!is_resource_watch(&uri(&format!(
+            "{group}/environmentaccountconnections?limit=500"
+        ))));
+        assert!(!is_resource_watch(&uri(&format!(
+            "{group}/accountmappings?watch=true"
+        ))));
+        assert!(!is_resource_watch(&uri("/api/v1/namespaces?watch=true")));
+        assert!(!is_resource_watch(&uri(&format!(
+            "{group}/namespaces/platform/environmentaccountconnections/prod?watch=true"
+        ))));
     }
 }

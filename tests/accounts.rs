@@ -741,12 +741,26 @@ async fn wait_ambiguous(env: &Env, name: &str) {
 /// watch retry during an outage.
 #[tokio::test]
 async fn failed_watches_and_changes_that_move_no_namespace_reconcile_nothing() {
+    use eac_controller::connection::api::EnvironmentAccountConnection;
     use std::time::Duration;
 
     // Matched by both mappings: each resource is reconciled once, says so, and waits for an
     // admin (no AWS call, no retry), so every later reconcile is one this test caused.
     let env = overlapping_mappings().await;
     env.api.namespace("other", &[("team", "other")]);
+    // One more resource, alone in a namespace matched by both too, to move on purpose.
+    const AMBIGUOUS: &[(&str, &str)] = &[("team", "payments"), ("tier", "prod")];
+    env.api.namespace("elsewhere", AMBIGUOUS);
+    env.api.account_mapping(
+        "everything",
+        &selecting(&[("all", "yes")], "arn:aws:iam::333333333333:role/eac"),
+    );
+    env.api.create_object(
+        "elsewhere",
+        "mover",
+        "uid-mover",
+        EnvironmentAccountConnection::new("mover", spec("mover")),
+    );
     const N: usize = 12;
     for i in 0..N {
         env.api.create(
@@ -759,6 +773,19 @@ async fn failed_watches_and_changes_that_move_no_namespace_reconcile_nothing() {
     for i in 0..N {
         wait_ambiguous(&env, &format!("r{i}")).await;
     }
+    // The mover's condition names the mappings that match its namespace.
+    let mover_names = |api: &support::FakeApi, everything: bool| {
+        api.get_object::<EnvironmentAccountConnection>("elsewhere", "mover")
+            .and_then(|o| condition(&o, "Synced"))
+            .is_some_and(|c| {
+                c.1 == "AmbiguousAccountMapping" && c.2.contains("everything") == everything
+            })
+    };
+    env.api
+        .wait_until("the mover ambiguous", Duration::from_secs(20), |api| {
+            mover_names(api, false)
+        })
+        .await;
     let open = |api: &support::FakeApi| {
         api.open_watches("accountmappings") == 1 && api.open_watches("namespaces") == 1
     };
@@ -770,12 +797,18 @@ async fn failed_watches_and_changes_that_move_no_namespace_reconcile_nothing() {
         )
         .await;
 
-    // What one new resource costs: its own reconciles, nothing else.
+    // What moving one namespace with one resource costs: that resource's reconciles.
     let before = env.reconciles();
     env.api
-        .create("first-marker", "uid-first", spec("first-marker"));
-    wait_ambiguous(&env, "first-marker").await;
-    let one_resource = env.reconciles() - before;
+        .namespace("elsewhere", &[AMBIGUOUS, &[("all", "yes")]].concat());
+    env.api
+        .wait_until(
+            "the mover matched by three",
+            Duration::from_secs(20),
+            |api| mover_names(api, true),
+        )
+        .await;
+    let one_move = env.reconciles() - before;
 
     let before = env.reconciles();
     // The history is compacted: every watch ends with 410 Gone and lists again.
@@ -808,14 +841,20 @@ async fn failed_watches_and_changes_that_move_no_namespace_reconcile_nothing() {
             ("owner", "platform"),
         ],
     );
-    // A change seen after all of the above: one new resource.
+    // A change that moves one namespace, after all of the above and through the same path (the
+    // namespace watch, the comparison of credentials, the reconciles it asks for).
+    env.api.namespace("elsewhere", AMBIGUOUS);
     env.api
-        .create("last-marker", "uid-last", spec("last-marker"));
-    wait_ambiguous(&env, "last-marker").await;
+        .wait_until(
+            "the mover matched by two again",
+            Duration::from_secs(20),
+            |api| mover_names(api, false),
+        )
+        .await;
     assert_eq!(
         env.reconciles() - before,
-        one_resource,
-        "only the new resource was reconciled ({one_resource} reconciles each); the {N} others were not"
+        one_move,
+        "only the moved resource was reconciled ({one_move} reconciles); the {N} others were not"
     );
     assert_eq!(env.total_calls(), 0);
 
@@ -878,6 +917,63 @@ async fn deleted_mapping(during_outage: bool) {
                             && o["status"]["namespaceCount"] == 1
                     })
             },
+        )
+        .await;
+
+    let _ = stop.send(());
+    let _ = task.await;
+}
+
+/// A mapping's status write that fails is made again soon, though nothing changes after it (as
+/// when the watches resume after an outage: no event, no relist).
+#[tokio::test]
+async fn a_failed_mapping_status_write_is_made_again_without_another_change() {
+    use std::time::Duration;
+
+    let env = Env::start_with(
+        support::eager_settings(),
+        eac_controller::aws::budget::CallBudget::unlimited(),
+    )
+    .await;
+    env.api.namespace(NS, &[("team", "payments")]);
+    env.api.account_mapping(
+        "payments",
+        &selecting(
+            &[("team", "payments")],
+            "arn:aws:iam::111111111111:role/eac",
+        ),
+    );
+    let (stop, task) = run_with_mappings(&env);
+    let count = |api: &support::FakeApi| {
+        api.object("/apis/proton.eac.dev/v1alpha1/accountmappings/payments")
+            .map(|o| o["status"]["namespaceCount"].clone())
+    };
+    env.api
+        .wait_until(
+            "the mapping selecting one namespace",
+            Duration::from_secs(20),
+            |api| count(api) == Some(serde_json::json!(1)),
+        )
+        .await;
+
+    env.api.deny(
+        Some(http::Method::PATCH),
+        "/accountmappings/payments/status",
+    );
+    env.api.namespace(NS, &[("team", "search")]);
+    env.api
+        .wait_until("the status write refused", Duration::from_secs(20), |api| {
+            api.requests()
+                .iter()
+                .any(|r| r.path.ends_with("/accountmappings/payments/status") && r.code == 403)
+        })
+        .await;
+    env.api.allow_all();
+    env.api
+        .wait_until(
+            "the status written within 10 s, nothing else having changed",
+            Duration::from_secs(10),
+            |api| count(api) == Some(serde_json::json!(0)),
         )
         .await;
 

@@ -17,8 +17,12 @@ use tracing::{debug, info, warn};
 use super::decide::Credentials;
 use super::{AccountMapping, Accounts, UnmappedNamespaces};
 
+/// How soon a pass whose status write failed is made again, if nothing changes before.
+const STATUS_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Keeps every AccountMapping's status (account, namespaces, overlaps) in step with the
-/// mappings and namespaces, writing only what changed; once now, then after every change.
+/// mappings and namespaces, writing only what changed; once now, then after every change, and
+/// again soon after a write failed (a watch that resumes after an outage shows no change).
 async fn write_mapping_statuses(
     client: Client,
     mappings: Store<AccountMapping>,
@@ -27,6 +31,7 @@ async fn write_mapping_statuses(
 ) {
     let api: Api<AccountMapping> = Api::all(client);
     loop {
+        let mut failed = false;
         let all = mappings.state();
         let ns = namespaces.state();
         let named: Vec<(String, &super::AccountMappingSpec)> =
@@ -53,13 +58,20 @@ async fn write_mapping_statuses(
                 continue;
             }
             if let Err(e) = crate::reconciler::status::apply_status(&api, &name, &status).await {
-                warn!(mapping = %name, error = %e, "could not write the AccountMapping's status");
+                failed = true;
+                warn!(mapping = %name, error = %e, "could not write the AccountMapping's status; trying again in 5 s");
             }
         }
-        // A burst of changes is one pass.
-        if ticks.next().await.is_none() {
+        let next = match failed {
+            true => tokio::time::timeout(STATUS_RETRY, ticks.next())
+                .await
+                .unwrap_or(Some(())),
+            false => ticks.next().await,
+        };
+        if next.is_none() {
             return;
         }
+        // A burst of changes is one pass.
         while ticks.try_recv().is_ok() {}
     }
 }

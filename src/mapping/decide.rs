@@ -79,32 +79,64 @@ pub fn resolve<'a>(
     labels: &BTreeMap<String, String>,
     mappings: impl IntoIterator<Item = (&'a str, &'a AccountMappingSpec)>,
 ) -> Result<Resolved, MappingError> {
-    let mut matched: Vec<(&str, &AccountMappingSpec)> = Vec::new();
-    for (name, spec) in mappings {
-        let selector = Selector::try_from(spec.namespace_selector.clone()).map_err(|e| {
-            MappingError::InvalidSelector {
-                mapping: name.to_string(),
-                reason: e.to_string(),
-            }
-        })?;
-        if selector.matches(labels) {
-            matched.push((name, spec));
-        }
-    }
-    matched.sort_by_key(|(name, _)| *name);
-    match matched.as_slice() {
-        [] => Ok(Resolved::default()),
-        [(name, spec)] => Ok(Resolved {
-            identity: AwsIdentity::Role(Arc::new(RoleIdentity {
+    matching(namespace, labels, &read(mappings)?)
+}
+
+/// A mapping with its selector read and its identity made: read once for many namespaces.
+struct Read<'a> {
+    name: &'a str,
+    spec: &'a AccountMappingSpec,
+    selector: Selector,
+    identity: AwsIdentity,
+}
+
+/// The mappings read; the first whose selector cannot be read fails them all (fail closed).
+fn read<'a>(
+    mappings: impl IntoIterator<Item = (&'a str, &'a AccountMappingSpec)>,
+) -> Result<Vec<Read<'a>>, MappingError> {
+    mappings
+        .into_iter()
+        .map(|(name, spec)| {
+            let selector = Selector::try_from(spec.namespace_selector.clone()).map_err(|e| {
+                MappingError::InvalidSelector {
+                    mapping: name.to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let identity = AwsIdentity::Role(Arc::new(RoleIdentity {
                 role_arn: spec.role_arn.clone(),
                 external_id: spec.external_id.clone(),
-            })),
-            mapping: Some(name.to_string()),
-            default_region: spec.region.clone(),
+            }));
+            Ok(Read {
+                name,
+                spec,
+                selector,
+                identity,
+            })
+        })
+        .collect()
+}
+
+fn matching(
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    mappings: &[Read<'_>],
+) -> Result<Resolved, MappingError> {
+    let mut matched: Vec<&Read<'_>> = mappings
+        .iter()
+        .filter(|m| m.selector.matches(labels))
+        .collect();
+    matched.sort_by_key(|m| m.name);
+    match matched.as_slice() {
+        [] => Ok(Resolved::default()),
+        [m] => Ok(Resolved {
+            identity: m.identity.clone(),
+            mapping: Some(m.name.to_string()),
+            default_region: m.spec.region.clone(),
         }),
         many => Err(MappingError::Ambiguous {
             namespace: namespace.to_string(),
-            mappings: many.iter().map(|(name, _)| name.to_string()).collect(),
+            mappings: many.iter().map(|m| m.name.to_string()).collect(),
         }),
     }
 }
@@ -164,7 +196,7 @@ impl Accounts {
         let mappings = mappings.state();
         let named = named(&mappings);
         let ns = namespaces.get(&ObjectRef::new(namespace));
-        self.resolve_in(namespace, ns.as_deref(), &named)
+        self.resolve_in(namespace, ns.as_deref(), &named, &read(by_name(&named)))
     }
 
     /// What the resources of every namespace the watch knows act with, by namespace: compared
@@ -176,12 +208,14 @@ impl Accounts {
         };
         let mappings = mappings.state();
         let named = named(&mappings);
+        // Each selector read, each identity made, once for all namespaces.
+        let read = read(by_name(&named));
         namespaces
             .state()
             .iter()
             .map(|ns| {
                 let name = ns.name_any();
-                let resolved = self.resolve_in(&name, Some(ns), &named);
+                let resolved = self.resolve_in(&name, Some(ns), &named, &read);
                 (name, resolved)
             })
             .collect()
@@ -192,6 +226,7 @@ impl Accounts {
         namespace: &str,
         ns: Option<&Namespace>,
         mappings: &[(String, &AccountMappingSpec)],
+        read: &Result<Vec<Read<'_>>, MappingError>,
     ) -> Result<Resolved, MappingError> {
         let refuse = |resolved: Resolved| match (&resolved.mapping, self.unmapped) {
             (None, UnmappedNamespaces::Refuse) => {
@@ -205,17 +240,19 @@ impl Accounts {
         let Some(ns) = ns else {
             return Err(MappingError::UnknownNamespace(namespace.to_string()));
         };
-        resolve(
-            namespace,
-            ns.labels(),
-            mappings.iter().map(|(name, spec)| (name.as_str(), *spec)),
-        )
-        .and_then(refuse)
+        let read = read.as_ref().map_err(Clone::clone)?;
+        matching(namespace, ns.labels(), read).and_then(refuse)
     }
 }
 
 fn named(mappings: &[Arc<AccountMapping>]) -> Vec<(String, &AccountMappingSpec)> {
     mappings.iter().map(|m| (m.name_any(), &m.spec)).collect()
+}
+
+fn by_name<'a>(
+    named: &'a [(String, &'a AccountMappingSpec)],
+) -> impl Iterator<Item = (&'a str, &'a AccountMappingSpec)> {
+    named.iter().map(|(name, spec)| (name.as_str(), *spec))
 }
 
 /// What each namespace's resources act with (see [`Accounts::resolve_all`]).

@@ -650,7 +650,7 @@ impl FakeApi {
         let mut st = self.lock();
         let rv = st.next_rv();
         let value = json!({"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": labels, "resourceVersion": rv}});
+            "metadata": {"name": name, "uid": format!("namespace-{name}"), "labels": labels, "resourceVersion": rv}});
         let path = format!("/api/v1/namespaces/{name}");
         let kind = if st.objects.contains_key(&path) {
             "MODIFIED"
