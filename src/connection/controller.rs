@@ -1571,14 +1571,13 @@ fn resources_in(
     namespaces: &std::collections::BTreeSet<String>,
 ) -> Vec<ObjectRef<EnvironmentAccountConnection>> {
     cache
-        .state()
-        .iter()
-        .filter(|o| {
+        .state_filter(|o| {
             o.metadata
                 .namespace
                 .as_ref()
                 .is_some_and(|ns| namespaces.contains(ns))
         })
+        .iter()
         .map(|o| ObjectRef::from_obj(o.as_ref()))
         .collect()
 }

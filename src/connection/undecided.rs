@@ -20,11 +20,15 @@ type Eac = EnvironmentAccountConnection;
 #[derive(Default)]
 pub struct Undecided(Mutex<HashMap<CompactId, Arc<Eac>>>);
 
+/// The id of a resource's connection, if it has one.
+fn connection_id(obj: &Eac) -> Option<&str> {
+    obj.status.as_ref()?.id.as_deref()
+}
+
 /// The connection id of a resource whose connection is not decided yet.
 fn undecided_id(obj: &Eac) -> Option<&str> {
-    let status = obj.status.as_ref()?;
-    match status.status {
-        None | Some(ConnectionState::Pending) => status.id.as_deref(),
+    match obj.status.as_ref()?.status {
+        None | Some(ConnectionState::Pending) => connection_id(obj),
         Some(ConnectionState::Connected | ConnectionState::Rejected) => None,
     }
 }
@@ -42,12 +46,12 @@ impl Undecided {
                     if let Some(cached) = cache.get(&ObjectRef::from_obj(obj)) {
                         self.lock().insert(CompactId::of(id), cached);
                     }
-                } else if let Some(id) = obj.status.as_ref().and_then(|s| s.id.as_deref()) {
+                } else if let Some(id) = connection_id(obj) {
                     self.lock().remove(&CompactId::of(id));
                 }
             }
             watcher::Event::Delete(obj) => {
-                if let Some(id) = obj.status.as_ref().and_then(|s| s.id.as_deref()) {
+                if let Some(id) = connection_id(obj) {
                     self.lock().remove(&CompactId::of(id));
                 }
             }
@@ -132,11 +136,11 @@ mod tests {
 
         // Recorded before its state is known (the Create answered, the status not read yet).
         apply(watcher::Event::Apply(resource("new", None, Some("new-id"))));
-        assert!(undecided.find("new-id").is_some());
-        let found = undecided.find("new-id").unwrap();
         assert_eq!(
-            found.metadata.name.as_deref(),
-            Some("new"),
+            undecided
+                .find("new-id")
+                .and_then(|o| o.metadata.name.clone()),
+            Some("new".into()),
             "the cache's own copy"
         );
         apply(watcher::Event::Delete(resource(

@@ -196,7 +196,7 @@ impl Accounts {
         let mappings = mappings.state();
         let named = named(&mappings);
         let ns = namespaces.get(&ObjectRef::new(namespace));
-        self.resolve_in(namespace, ns.as_deref(), &named, &read(by_name(&named)))
+        self.resolve_in(namespace, ns.as_deref(), &read(by_name(&named)))
     }
 
     /// What the resources of every namespace the watch knows act with, by namespace: compared
@@ -215,7 +215,7 @@ impl Accounts {
             .iter()
             .map(|ns| {
                 let name = ns.name_any();
-                let resolved = self.resolve_in(&name, Some(ns), &named, &read);
+                let resolved = self.resolve_in(&name, Some(ns), &read);
                 (name, resolved)
             })
             .collect()
@@ -225,7 +225,6 @@ impl Accounts {
         &self,
         namespace: &str,
         ns: Option<&Namespace>,
-        mappings: &[(String, &AccountMappingSpec)],
         read: &Result<Vec<Read<'_>>, MappingError>,
     ) -> Result<Resolved, MappingError> {
         let refuse = |resolved: Resolved| match (&resolved.mapping, self.unmapped) {
@@ -234,7 +233,7 @@ impl Accounts {
             }
             _ => Ok(resolved),
         };
-        if mappings.is_empty() {
+        if read.as_ref().is_ok_and(Vec::is_empty) {
             return refuse(Resolved::default());
         }
         let Some(ns) = ns else {

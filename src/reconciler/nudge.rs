@@ -27,6 +27,18 @@ struct Target<K: Resource<DynamicType = ()> + 'static> {
     find: Option<Find<K>>,
 }
 
+impl<K: Resource<DynamicType = ()> + 'static> Target<K> {
+    /// Makes a cached object due now and queues it; false if the controller stopped.
+    fn now(&self, object: &K) -> bool {
+        if let Some(uid) = object.meta().uid.as_deref() {
+            (self.expire)(uid);
+        }
+        self.queue
+            .unbounded_send(ObjectRef::from_obj(object))
+            .is_ok()
+    }
+}
+
 /// A handle on a controller of kind `K`, shared by whoever may nudge it.
 pub struct Nudge<K: Resource<DynamicType = ()> + 'static> {
     target: Arc<Mutex<Option<Target<K>>>>,
@@ -100,16 +112,11 @@ where
         let Some(target) = target.as_ref() else {
             return false;
         };
-        let Some(object) = target.find.as_ref().and_then(|find| find(key)) else {
-            return false;
-        };
-        if let Some(uid) = object.meta().uid.as_deref() {
-            (target.expire)(uid);
-        }
         target
-            .queue
-            .unbounded_send(ObjectRef::from_obj(object.as_ref()))
-            .is_ok()
+            .find
+            .as_ref()
+            .and_then(|find| find(key))
+            .is_some_and(|object| target.now(&object))
     }
 
     /// Reconciles now every cached object `wanted` picks; returns how many.
@@ -118,19 +125,11 @@ where
         let Some(target) = target.as_ref() else {
             return 0;
         };
-        let mut nudged = 0;
-        for object in target.store.state_filter(|o| wanted(o)) {
-            if let Some(uid) = object.meta().uid.as_deref() {
-                (target.expire)(uid);
-            }
-            if target
-                .queue
-                .unbounded_send(ObjectRef::from_obj(object.as_ref()))
-                .is_ok()
-            {
-                nudged += 1;
-            }
-        }
-        nudged
+        target
+            .store
+            .state_filter(|o| wanted(o))
+            .iter()
+            .filter(|object| target.now(object))
+            .count()
     }
 }

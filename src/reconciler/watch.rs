@@ -171,7 +171,7 @@ fn logged<K: Resource<DynamicType = ()>>(
 /// one answer of tens of MiB, held as text and then decoded whole, managed fields and all,
 /// before the watch cache's slimming sees the first object: most of the controller's peak memory
 /// at a start or a relist. Streamed, each object is decoded and slimmed on its own.
-pub fn streamed_or_listed<K>(
+fn streamed_or_listed<K>(
     api: Api<K>,
     config: watcher::Config,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
