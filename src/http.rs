@@ -33,6 +33,19 @@ struct ReadyState {
     /// Since when every call to the API server (watch, or the standby's lease calls) has failed.
     failing_since: Option<Instant>,
     failure_timeout: Duration,
+    /// Counts the API server's returns: each time it answers after failing.
+    returns: tokio::sync::watch::Sender<u64>,
+}
+
+impl ReadyState {
+    /// The API server answered: ends a failure, if one was running, and returns its length.
+    fn answered(&mut self) -> Option<Duration> {
+        let failed_for = self.failing_since.take().map(|since| since.elapsed());
+        if failed_for.is_some() {
+            self.returns.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        failed_for
+    }
 }
 
 /// Readiness, fed by the controller's watch and the lease loop, read by `/readyz`.
@@ -53,6 +66,7 @@ impl Readiness {
             synced: false,
             failing_since: None,
             failure_timeout,
+            returns: tokio::sync::watch::channel(0).0,
         })))
     }
 
@@ -79,15 +93,17 @@ impl Readiness {
     pub fn synced(&self) {
         let mut s = self.lock();
         s.synced = true;
-        s.failing_since = None;
+        s.answered();
     }
 
     /// The API server answered. Returns how long it had failed, if it had.
     pub fn succeeded(&self) -> Option<Duration> {
-        self.lock()
-            .failing_since
-            .take()
-            .map(|since| since.elapsed())
+        self.lock().answered()
+    }
+
+    /// Sees the API server answer again after failing (see [`crate::reconciler::after_outage`]).
+    pub fn returns(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.lock().returns.subscribe()
     }
 
     /// A call to the API server failed.

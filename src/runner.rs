@@ -427,7 +427,7 @@ impl Controllers {
             self.scope.clone(),
             self.concurrency,
             shutdown.clone(),
-            readiness,
+            readiness.clone(),
         );
         match &self.acceptance {
             Some(acceptance) => {
@@ -436,6 +436,7 @@ impl Controllers {
                     self.scope.namespace.clone(),
                     POLICY_WORKERS.min(self.concurrency),
                     shutdown,
+                    readiness,
                 );
                 tokio::join!(connections, policies);
             }

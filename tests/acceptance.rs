@@ -20,6 +20,7 @@ use eac_controller::aws::budget::CallBudget;
 use eac_controller::aws::proton::{Proton, ProtonSettings};
 use eac_controller::connection::api::PAUSED_ANNOTATION;
 use eac_controller::connection::decide::Settings;
+use eac_controller::http::Readiness;
 use eac_controller::metrics::Metrics;
 use eac_controller::policy::api::{
     ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec as Spec,
@@ -714,6 +715,45 @@ async fn a_failed_status_write_loses_no_decision() {
     assert_eq!(m.calls(ACCEPT), 1);
 }
 
+/// RBAC without the policies' status subresource: every reconcile decides, then fails to write.
+/// Each retry waits longer than the one before (as a connection's does), so the policy does not
+/// List every second or two for as long as RBAC stays wrong.
+#[tokio::test]
+async fn a_persistent_403_on_a_policys_status_backs_off_exponentially() {
+    let m = Mgmt::start().await;
+    let (_prod, account) = m.request("prod-eu").await;
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], None, UnmatchedRequests::Leave),
+    );
+    m.api.deny(
+        Some(http::Method::PATCH),
+        &format!("/connectionacceptancepolicies/{POLICY}/status"),
+    );
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        let err = m
+            .reconcile(NS, POLICY)
+            .await
+            .expect_err("the status write is forbidden");
+        let action = controller::error_policy(Arc::new(m.get(NS, POLICY)), &err, m.ctx.clone());
+        waits.push(support::requeue_of(&action));
+    }
+    for pair in waits.windows(2) {
+        assert!(
+            pair[1] >= pair[0].mul_f64(1.2),
+            "each wait grows (jitter included): {waits:?}"
+        );
+    }
+    assert_eq!(m.calls(ACCEPT), 1, "accepted once, remembered after");
+    m.api.allow_all();
+    m.reconcile(NS, POLICY)
+        .await
+        .expect("written once RBAC allows");
+    assert_eq!(m.status(NS, POLICY).accepted_count, 1);
+}
+
 #[tokio::test]
 async fn the_controller_reacts_to_a_new_policy_and_stops_on_shutdown() {
     // The real watch loop against the fake API server: a policy applied while it runs is
@@ -726,9 +766,15 @@ async fn the_controller_reacts_to_a_new_policy_and_stops_on_shutdown() {
     let m = Mgmt::start_with(settings).await;
     let (prod, account) = m.request("prod-eu").await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(m.ctx.clone(), None, 2, async {
-        let _ = stop_rx.await;
-    }));
+    let task = tokio::spawn(controller::run(
+        m.ctx.clone(),
+        None,
+        2,
+        async {
+            let _ = stop_rx.await;
+        },
+        Readiness::default(),
+    ));
     m.apply(
         NS,
         POLICY,
@@ -863,9 +909,15 @@ async fn both_sides_in_one_process_are_ready_within_5_s_without_waiting_for_a_po
         eac_controller::connection::controller::WatchScope::default(),
         4,
         stopped.clone(),
-        eac_controller::http::Readiness::default(),
+        Readiness::default(),
     ));
-    let policies_run = tokio::spawn(controller::run(policy_ctx.clone(), None, 4, stopped));
+    let policies_run = tokio::spawn(controller::run(
+        policy_ctx.clone(),
+        None,
+        4,
+        stopped,
+        Readiness::default(),
+    ));
     env.api
         .wait_until("the policy settled", Duration::from_secs(10), |api| {
             api.get_object::<ConnectionAcceptancePolicy>(NS, "demo")

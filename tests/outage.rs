@@ -9,7 +9,10 @@ mod support;
 use std::time::Duration;
 
 use eac_controller::aws::budget::CallBudget;
-use eac_controller::connection::api::EnvironmentAccountConnection;
+use eac_controller::connection::api::{EnvironmentAccountConnection, TAG_UID};
+use eac_controller::policy::api::{
+    ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec, UnmatchedRequests,
+};
 use eac_controller::runner;
 use k8s_openapi::api::coordination::v1::Lease;
 use proton_emulator::EmulatorConfig;
@@ -17,6 +20,9 @@ use support::binary::{Controller, leader_elected_args, outage, ready, run_args};
 use support::{Env, FakeApi, NS, kube_config_of, patient, spec};
 
 const LIMIT: Duration = Duration::from_secs(60);
+/// The account the emulator answers for by default: the policy's management and environment
+/// account alike.
+const EMULATOR_ACCOUNT: &str = "444455556666";
 /// Resources the controller holds before the outage (within the default budget's burst).
 const BEFORE: usize = 15;
 
@@ -103,6 +109,181 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
         served.as_secs_f64(),
         ready_at.as_secs_f64()
     );
+}
+
+/// An incident's pressures together: a burst of new resources throttled by a small AWS budget
+/// (4 Creates a second), and a 10 s outage in the middle of it that stops the leader while
+/// Creates are under way and their status writes are refused. When the API server answers again
+/// the leader leads again and every resource ends with exactly one connection, the one its
+/// status names: none lost, none made twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_in_the_middle_of_a_throttled_burst_loses_no_connection_and_makes_none_twice() {
+    const BURST: usize = 40;
+    let (env, _dir, controller) = started(|url| {
+        let mut args = leader_elected_args(url);
+        args.extend(["--aws-rate-limit", "4", "--aws-burst", "4"].map(String::from));
+        args
+    })
+    .await;
+    let readyz = controller.readyz_addr(LIMIT).await;
+    controller
+        .until("/readyz ready before the burst", LIMIT, |_| ready(&readyz))
+        .await;
+    let names: Vec<String> = (0..BURST).map(|i| format!("burst-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        env.api.create(name, &uid(i), spec(name));
+    }
+    let served = |api: &FakeApi| names.iter().filter(|n| has_id(api.get(n).as_ref())).count();
+    env.api
+        .wait_until(
+            "8 of the burst to have their connections (4 Creates a second)",
+            LIMIT,
+            |api| served(api) >= 8,
+        )
+        .await;
+    let before = served(&env.api);
+    assert!(
+        before < BURST / 2,
+        "the outage begins in the middle of the burst: {before} of {BURST} served"
+    );
+
+    let back = outage(&env.api, &controller, Duration::from_secs(10)).await;
+    env.api
+        .wait_until(
+            &format!("all {BURST} of the burst to have their connections after the return"),
+            LIMIT,
+            |api| served(api) == BURST,
+        )
+        .await;
+    let settled = back.elapsed();
+    assert_eq!(
+        controller.logged("became leader"),
+        2,
+        "led, lost the Lease in the outage, led again"
+    );
+    let connections = env.proton().connections();
+    for (i, name) in names.iter().enumerate() {
+        let owned: Vec<_> = connections
+            .iter()
+            .filter(|c| c.tags.get(TAG_UID) == Some(&uid(i)))
+            .collect();
+        assert_eq!(owned.len(), 1, "{name} has exactly one connection");
+        let id = env.api.get(name).and_then(|o| o.status).and_then(|s| s.id);
+        assert_eq!(
+            id.as_deref(),
+            Some(owned[0].id.as_str()),
+            "{name}'s status names its connection"
+        );
+    }
+    assert_eq!(
+        connections.len(),
+        BURST,
+        "no connection besides the burst's"
+    );
+    println!(
+        "a 10 s outage after {before} of {BURST} throttled Creates: all had their connections {:.2} s after the return ({} Create calls)",
+        settled.as_secs_f64(),
+        env.calls("CreateEnvironmentAccountConnection"),
+    );
+}
+
+/// Resources and a policy whose writes fail when the API server stops (refused by RBAC first,
+/// then unanswered through a 30 s outage) back off, their next try 12 to 20 s away by the end.
+/// When the API server answers again they are tried at once, not at the end of that backoff:
+/// each resource has its connection, and the policy its status, within 5 s of the return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_outage_stopped_is_done_within_5_s_of_its_end_whatever_its_backoff() {
+    const HELD: usize = 10;
+    let (env, _dir, controller) = started(|url| run_args(url, &[])).await;
+    let readyz = controller.readyz_addr(LIMIT).await;
+    controller
+        .until("/readyz ready before the outage", LIMIT, |_| ready(&readyz))
+        .await;
+    let names: Vec<String> = (0..HELD).map(|i| format!("held-{i}")).collect();
+    env.api.deny(
+        Some(http::Method::PATCH),
+        "/environmentaccountconnections/held-",
+    );
+    env.api.deny(
+        Some(http::Method::PATCH),
+        "/connectionacceptancepolicies/held-",
+    );
+    for (i, name) in names.iter().enumerate() {
+        env.api.create(name, &uid(i), spec(name));
+    }
+    env.api.create_object(
+        NS,
+        "held-policy",
+        &uid(HELD),
+        ConnectionAcceptancePolicy::new(
+            "held-policy",
+            ConnectionAcceptancePolicySpec {
+                management_account_id: EMULATOR_ACCOUNT.into(),
+                region: None,
+                environment_account_ids: vec![EMULATOR_ACCOUNT.into()],
+                environment_names: None,
+                unmatched: UnmatchedRequests::Leave,
+            },
+        ),
+    );
+    let refused = |requests: Vec<support::Seen>, name: &str| {
+        requests
+            .iter()
+            .any(|r| r.code == 403 && r.path.contains(&format!("/{name}")))
+    };
+    env.api
+        .wait_until(
+            &format!("a write of each of the {HELD} resources and of the policy refused"),
+            LIMIT,
+            |api| {
+                names
+                    .iter()
+                    .all(|n| refused(api.requests_to::<EnvironmentAccountConnection>(), n))
+                    && refused(
+                        api.requests_to::<ConnectionAcceptancePolicy>(),
+                        "held-policy",
+                    )
+            },
+        )
+        .await;
+    env.api.down();
+    env.api.allow_all();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    env.api.up();
+    let back = tokio::time::Instant::now();
+    env.api
+        .wait_until(
+            &format!("all {HELD} resources to have their connections within 5 s of the return"),
+            Duration::from_secs(5),
+            |api| names.iter().all(|n| has_id(api.get(n).as_ref())),
+        )
+        .await;
+    env.api
+        .wait_until(
+            "the policy's status within 5 s of the return",
+            Duration::from_secs(5).saturating_sub(back.elapsed()),
+            |api| {
+                api.get_object::<ConnectionAcceptancePolicy>(NS, "held-policy")
+                    .and_then(|p| p.status)
+                    .is_some_and(|s| s.observed_generation == Some(1))
+            },
+        )
+        .await;
+    println!(
+        "after a 30 s outage, what it stopped was done {:.2} s after the return",
+        back.elapsed().as_secs_f64()
+    );
+    for kind in ["EnvironmentAccountConnection", "ConnectionAcceptancePolicy"] {
+        let said = controller
+            .log()
+            .lines()
+            .filter(|l| {
+                l.contains("trying again at once what its outage stopped")
+                    && l.contains(&format!("kind=\"{kind}\""))
+            })
+            .count();
+        assert_eq!(said, 1, "said once for {kind}:\n{}", controller.log());
+    }
 }
 
 /// Through an outage every watch fails every 2 s at most: each says so once at warn (the first

@@ -42,7 +42,7 @@ use crate::policy::ConnectionAcceptancePolicy;
 use crate::reconciler::nudge::Nudge;
 use crate::reconciler::timetable::Timetable;
 use crate::reconciler::{
-    self,
+    self, after_outage,
     tracked::{Guard, KubeFailure, Tracker},
 };
 use crate::recorder::Recorder;
@@ -359,6 +359,8 @@ pub fn error_policy(
     let generation = obj.metadata.generation.unwrap_or_default();
     let message = error.to_string();
     let triggers = Triggers::of(&obj, &ctx);
+    let unanswered =
+        matches!(error, Error::Kube { source, .. } if after_outage::unanswered(source));
     let KubeFailure {
         failures,
         wait,
@@ -368,6 +370,7 @@ pub fn error_policy(
         generation,
         triggers.hash_of(),
         &message,
+        unanswered,
         ctx.settings.resync,
     );
     warn!(error = %error, failures, retry_in_secs = wait.as_secs_f64(), "reconcile failed");
@@ -1547,6 +1550,13 @@ pub async fn run(
         ctx.metrics.clone(),
     ));
     started.spawn(ctx.timetable.clone().run(ctx.nudge.clone()));
+    let returning = ctx.clone();
+    let retried = after_outage::retried(
+        readiness.returns(),
+        store.clone(),
+        move || returning.tracked.due_after_return(),
+        "EnvironmentAccountConnection",
+    );
     let cache = store.clone();
     let moved = futures::StreamExt::flat_map(moved, move |namespaces| {
         futures::stream::iter(resources_in(&cache, &namespaces))
@@ -1559,6 +1569,8 @@ pub async fn run(
         .reconcile_on(moved)
         // A connection the management side here just accepted or rejected: read it now.
         .reconcile_on(nudged)
+        // The API server answers again: what its outage stopped, now.
+        .reconcile_on(retried)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "EnvironmentAccountConnection").await;

@@ -24,12 +24,13 @@ use crate::compact_id::CompactId;
 use crate::connection::api::EnvironmentAccountConnection;
 use crate::connection::api::PAUSED_ANNOTATION;
 use crate::connection::decide::Settings;
+use crate::http::Readiness;
 use crate::mapping::{Accounts, MappingError};
 use crate::metrics::Metrics;
 use crate::reconciler::note::Note;
 use crate::reconciler::nudge::Nudge;
 use crate::reconciler::{
-    self,
+    self, after_outage,
     tracked::{Guard, KubeFailure, Tracker},
 };
 use crate::recorder::Recorder;
@@ -231,6 +232,8 @@ pub fn error_policy(
     let uid = obj.uid().unwrap_or_default();
     let generation = obj.metadata.generation.unwrap_or_default();
     let message = error.to_string();
+    let unanswered =
+        matches!(error, Error::Kube { source, .. } if after_outage::unanswered(source));
     let KubeFailure {
         failures,
         wait,
@@ -240,6 +243,7 @@ pub fn error_policy(
         generation,
         paused(&obj),
         &message,
+        unanswered,
         ctx.settings.resync,
     );
     warn!(error = %error, failures, retry_in_secs = wait.as_secs_f64(), "policy reconcile failed");
@@ -532,8 +536,6 @@ async fn finish(
         t.kind.memory = memory;
         if failed {
             t.fail(facts.generation);
-        } else if label == "settled" {
-            t.succeeded();
         }
         t.hold(facts.generation, facts.paused, Instant::now() + requeue);
     }
@@ -541,6 +543,12 @@ async fn finish(
         Some(status) => write_status(ctx, facts, status).await,
         None => Ok(()),
     };
+    // Settled only once its status is written: a write that keeps failing (RBAC without the
+    // status subresource, an outage) backs off further each time, as a connection's does, and
+    // does not List again every second or two.
+    if written.is_ok() && label == "settled" {
+        ctx.tracked().entry(&facts.uid).succeeded();
+    }
     // Events go out whether or not the status could be written: the decisions were made.
     for note in &events {
         if note.warning {
@@ -639,6 +647,7 @@ pub async fn run(
     namespace: Option<String>,
     concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    readiness: Readiness,
 ) {
     let api: Api<ConnectionAcceptancePolicy> = match &namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
@@ -672,12 +681,21 @@ pub async fn run(
         }),
         None,
     );
+    let returning = ctx.clone();
+    let retried = after_outage::retried(
+        readiness.returns(),
+        store.clone(),
+        move || returning.tracked.due_after_return(),
+        "ConnectionAcceptancePolicy",
+    );
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         // The controller backs its trigger stream off too: the same short backoff.
         .trigger_backoff(reconciler::watch::WatchBackoff::default())
         // A connection here just requested an account this policy decides for: list now.
         .reconcile_on(nudged)
+        // The API server answers again: what its outage stopped, now.
+        .reconcile_on(retried)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "ConnectionAcceptancePolicy").await;

@@ -2,10 +2,12 @@
 //! reconciles and when it is due ([`tracked`]), the backoff after a failure and the problem it
 //! reports ([`retry`]), when each comes back ([`timetable`]), the Events a decision names
 //! ([`note`]), the status write ([`status`]) and
-//! the watch that feeds a kube-runtime controller ([`watch`]), and how one kind's controller
+//! the watch that feeds a kube-runtime controller ([`watch`]), what an API-server outage stopped,
+//! tried again at its end ([`after_outage`]), and how one kind's controller
 //! makes another's reconcile now what it just made happen ([`nudge`]). A kind supplies its types, its
 //! pure decision and the calls it makes.
 
+pub mod after_outage;
 pub mod drive;
 pub mod note;
 pub mod nudge;

@@ -39,6 +39,9 @@ pub struct Tracked<T, M> {
     last_kube_error: Option<String>,
     /// Made due by a nudge: what it waits for has happened (see [`Tracker::expire`]).
     nudged: bool,
+    /// The last failure was the API server not answering: its return ends the backoff (see
+    /// [`Tracker::due_after_return`]).
+    unanswered: bool,
 }
 
 impl<T, M: Default> Default for Tracked<T, M> {
@@ -50,6 +53,7 @@ impl<T, M: Default> Default for Tracked<T, M> {
             failed_generation: 0,
             last_kube_error: None,
             nudged: false,
+            unanswered: false,
         }
     }
 }
@@ -96,6 +100,7 @@ impl<T: PartialEq, M> Tracked<T, M> {
     pub fn succeeded(&mut self) {
         self.failures = 0;
         self.last_kube_error = None;
+        self.unanswered = false;
     }
 
     /// Nothing for this object before `due`, unless its generation or triggers change.
@@ -236,19 +241,38 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
         }
     }
 
-    /// A reconcile of `uid` failed on Kubernetes with `message`: counts the failure, holds the
-    /// object for its backoff (exponential, jittered, capped: see [`retry_after`]), and says
-    /// whether the error is news.
+    /// The API server answers again: every object whose last reconcile failed because it did not
+    /// answer is due now, not at the end of a backoff that grew through the outage. Returns them.
+    pub fn due_after_return(&self) -> HashSet<CompactId> {
+        let now = Instant::now();
+        let mut due = HashSet::new();
+        for (uid, t) in self.lock().map.iter_mut() {
+            if !std::mem::take(&mut t.unanswered) {
+                continue;
+            }
+            if let Some(c) = t.checkpoint.as_mut() {
+                c.due = c.due.min(now);
+            }
+            due.insert(uid.clone());
+        }
+        due
+    }
+
+    /// A reconcile of `uid` failed on Kubernetes with `message` (`unanswered`: the API server did
+    /// not answer): counts the failure, holds the object for its backoff (exponential, jittered,
+    /// capped: see [`retry_after`]), and says whether the error is news.
     pub fn kube_failure(
         &self,
         uid: &str,
         generation: i64,
         triggers: T,
         message: &str,
+        unanswered: bool,
         resync: Duration,
     ) -> KubeFailure {
         let mut tracked = self.lock();
         let t = tracked.entry(uid);
+        t.unanswered = unanswered;
         let failures = t.fail(generation);
         let wait = retry_after(Retry::Backoff, failures, resync, rand::random());
         t.hold(generation, triggers, Instant::now() + wait);
@@ -318,9 +342,9 @@ mod tests {
     fn a_kube_failure_backs_off_and_is_news_once() {
         let tracker: Tracker<(), ()> = Tracker::default();
         let resync = Duration::from_secs(600);
-        let first = tracker.kube_failure("u", 1, (), "403 forbidden", resync);
-        let second = tracker.kube_failure("u", 1, (), "403 forbidden", resync);
-        let third = tracker.kube_failure("u", 1, (), "500 internal", resync);
+        let first = tracker.kube_failure("u", 1, (), "403 forbidden", false, resync);
+        let second = tracker.kube_failure("u", 1, (), "403 forbidden", false, resync);
+        let third = tracker.kube_failure("u", 1, (), "500 internal", true, resync);
         assert_eq!((first.failures, second.failures), (1, 2));
         assert!(second.wait > first.wait, "{first:?} {second:?}");
         assert_eq!((first.news, second.news, third.news), (true, false, true));
@@ -330,5 +354,42 @@ mod tests {
             .unwrap()
             .quiet(1, &(), Instant::now());
         assert!(held.is_some(), "held for its backoff");
+    }
+
+    #[test]
+    fn the_api_servers_return_makes_due_only_what_it_left_unanswered_and_once() {
+        let tracker: Tracker<(), ()> = Tracker::default();
+        let resync = Duration::from_secs(600);
+        for _ in 0..5 {
+            tracker.kube_failure("outage", 1, (), "503", true, resync);
+            tracker.kube_failure("refused", 1, (), "403 forbidden", false, resync);
+        }
+        tracker.kube_failure("recovered", 1, (), "503", true, resync);
+        tracker.lock().get_mut("recovered").unwrap().succeeded();
+        // Failed during the outage, then refused: the refusal's backoff stands.
+        tracker.kube_failure("then-refused", 1, (), "503", true, resync);
+        tracker.kube_failure("then-refused", 1, (), "403 forbidden", false, resync);
+        let held = |uid: &str| {
+            tracker
+                .lock()
+                .get(uid)
+                .unwrap()
+                .quiet(1, &(), Instant::now())
+        };
+        assert!(held("outage").is_some(), "held for its backoff");
+
+        let due = tracker.due_after_return();
+        assert_eq!(due, HashSet::from([CompactId::of("outage")]));
+        assert_eq!(held("outage"), None, "due now");
+        assert!(held("refused").is_some() && held("then-refused").is_some());
+        assert_eq!(
+            tracker.lock().get("outage").unwrap().failures(1),
+            5,
+            "the count goes on: a failure after the return backs off further"
+        );
+        assert!(
+            tracker.due_after_return().is_empty(),
+            "made due once: another return finds nothing until it fails unanswered again"
+        );
     }
 }
