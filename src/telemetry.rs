@@ -44,12 +44,29 @@ where
     }
 }
 
+/// Where kube's client logs each failed request, at `error`: every try, a 429 or 503 its retry
+/// then got through included. The controller logs each failure that reaches it itself, once and
+/// with what it was doing (a reconcile's, a watch's, the Lease's), so these are off unless the
+/// level names kube's client or `RUST_LOG` is set.
+const KUBE_CLIENT_REQUESTS: &str = "kube_client::client::builder";
+
+/// The filter: `RUST_LOG` if set, else `level` with kube's per-request failures off (see
+/// [`KUBE_CLIENT_REQUESTS`]).
+pub fn filter(
+    level: &str,
+    rust_log: Option<&str>,
+) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    match rust_log {
+        Some(env) if !env.is_empty() => EnvFilter::try_new(env),
+        _ if level.contains("kube_client") => EnvFilter::try_new(level),
+        _ => Ok(EnvFilter::try_new(level)?
+            .add_directive(format!("{KUBE_CLIENT_REQUESTS}=off").parse()?)),
+    }
+}
+
 /// Installs the global subscriber. Fails only if the filter does not parse.
 pub fn init(format: LogFormat, level: &str) -> Result<(), tracing_subscriber::filter::ParseError> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => EnvFilter::try_new(env)?,
-        _ => EnvFilter::try_new(level)?,
-    };
+    let filter = filter(level, std::env::var("RUST_LOG").ok().as_deref())?;
     let colour = use_colour(
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
@@ -111,6 +128,32 @@ mod tests {
             tracing::warn!(reason = "Throttled", "proton call failed");
         });
         String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// What `filter(level, rust_log)` lets through of an error at kube's per-request target and
+    /// of a warning of the controller's.
+    fn passed(level: &str, rust_log: Option<&str>) -> (bool, bool) {
+        let buffer = Buffer::default();
+        let out = buffer.clone();
+        let filter = filter(level, rust_log).unwrap();
+        let subscriber = subscriber(LogFormat::Text, filter, false, move || buffer.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "kube_client::client::builder", "failed with status 503");
+            tracing::warn!(target: "eac_controller::connection::controller", "reconcile failed");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        (
+            text.contains("failed with status 503"),
+            text.contains("reconcile failed"),
+        )
+    }
+
+    #[test]
+    fn kubes_per_request_failures_are_off_unless_asked_for() {
+        assert_eq!(passed("info", None), (false, true));
+        assert_eq!(passed("warn", Some("")), (false, true), "an empty RUST_LOG");
+        assert_eq!(passed("info,kube_client=debug", None), (true, true));
+        assert_eq!(passed("info", Some("info")), (true, true), "RUST_LOG wins");
     }
 
     #[test]

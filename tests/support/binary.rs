@@ -66,7 +66,8 @@ pub struct Controller {
 
 impl Controller {
     /// Starts the binary with `args`, against the API server of `kubeconfig`, with static AWS
-    /// credentials and the log at `info` (`RUST_LOG` as `log`, if given).
+    /// credentials and the log as the flags set it (`--log-level`, `info` by default; `RUST_LOG` as
+    /// `log`, if given).
     pub fn start(kubeconfig: &std::path::Path, args: &[String], log: Option<&str>) -> Controller {
         // The benchmark's hook to run the binary under a tool, e.g. "heaptrack".
         let wrap: Vec<String> = std::env::var("EAC_BENCH_WRAP")
@@ -86,7 +87,7 @@ impl Controller {
             .env("AWS_ACCESS_KEY_ID", "AKIDBINARY")
             .env("AWS_SECRET_ACCESS_KEY", "binary")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", log.unwrap_or("info"))
+            .env("RUST_LOG", log.unwrap_or_default())
             .env("NO_COLOR", "1")
             // The benchmark's hook for one more variable (e.g. MALLOC_ARENA_MAX=2).
             .envs(std::env::var("EAC_BENCH_CHILD_ENV").ok().and_then(|v| {
