@@ -37,11 +37,17 @@ struct ReadyState {
     returns: tokio::sync::watch::Sender<u64>,
 }
 
+/// A failure at least this long is an outage whose end is told to [`Readiness::returns`]. A
+/// shorter one (a watch restarting, a Lease call the next one gets through, a watch failing
+/// between two renewals of the Lease) grew no backoff worth cutting short, and telling it would
+/// cut short the backoff of every failure a flapping API server causes.
+pub const OUTAGE: Duration = Duration::from_secs(5);
+
 impl ReadyState {
     /// The API server answered: ends a failure, if one was running, and returns its length.
     fn answered(&mut self) -> Option<Duration> {
         let failed_for = self.failing_since.take().map(|since| since.elapsed());
-        if failed_for.is_some() {
+        if failed_for.is_some_and(|f| f >= OUTAGE) {
             self.returns.send_modify(|n| *n = n.wrapping_add(1));
         }
         failed_for
@@ -101,7 +107,8 @@ impl Readiness {
         self.lock().answered()
     }
 
-    /// Sees the API server answer again after failing (see [`crate::reconciler::after_outage`]).
+    /// Sees the API server answer again after an outage (failing for [`OUTAGE`] or longer; see
+    /// [`crate::reconciler::after_outage`]).
     pub fn returns(&self) -> tokio::sync::watch::Receiver<u64> {
         self.lock().returns.subscribe()
     }
@@ -203,6 +210,30 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_end_of_an_outage_is_told_as_a_return() {
+        let r = Readiness::new(Duration::from_secs(60));
+        r.leading();
+        let returns = r.returns();
+        r.failed();
+        tokio::time::advance(OUTAGE - Duration::from_millis(1)).await;
+        assert!(r.succeeded().is_some());
+        assert!(!returns.has_changed().unwrap(), "a passing failure");
+        r.failed();
+        tokio::time::advance(OUTAGE).await;
+        r.synced();
+        assert!(returns.has_changed().unwrap(), "a relist after an outage");
+        let mut returns = returns;
+        returns.mark_unchanged();
+        r.failed();
+        tokio::time::advance(OUTAGE).await;
+        assert!(r.succeeded().is_some());
+        assert!(returns.has_changed().unwrap(), "an answer after an outage");
+        returns.mark_unchanged();
+        assert_eq!(r.succeeded(), None, "told once");
+        assert!(!returns.has_changed().unwrap());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn readiness_follows_role_sync_and_continuous_failure() {

@@ -25,7 +25,6 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::http::Readiness;
-use crate::reconciler::after_outage::unanswered;
 use crate::repeated::Repeated;
 
 #[derive(Clone, Debug)]
@@ -51,6 +50,15 @@ impl LeaseConfig {
     /// retry period, at most 500 ms.
     pub fn retry_after_failure(&self) -> Duration {
         (self.retry_period / 4).min(Duration::from_millis(500))
+    }
+}
+
+/// Whether a failed Lease call means the API server did not answer (unreachable, 5xx), rather
+/// than that it refused (4xx): only the retry's wait depends on it.
+fn unanswered(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code >= 500,
+        _ => true,
     }
 }
 

@@ -44,24 +44,30 @@ where
     }
 }
 
-/// Where kube's client logs each failed request, at `error`: every try, a 429 or 503 its retry
-/// then got through included. The controller logs each failure that reaches it itself, once and
-/// with what it was doing (a reconcile's, a watch's, the Lease's), so these are off unless the
-/// level names kube's client or `RUST_LOG` is set.
+/// Where kube's client logs each failed try of a request, at `error`: every 5xx and every
+/// connection failure, a 503 its retry then got through included. The controller logs each
+/// failure that reaches it itself, once and with what it was doing (a reconcile's, a watch's, the
+/// Lease's), so at a level without `debug` these are off.
 const KUBE_CLIENT_REQUESTS: &str = "kube_client::client::builder";
 
-/// The filter: `RUST_LOG` if set, else `level` with kube's per-request failures off (see
-/// [`KUBE_CLIENT_REQUESTS`]).
+/// The filter: `RUST_LOG` if set, else `level`; kube's per-request lines (see
+/// [`KUBE_CLIENT_REQUESTS`]) are off unless `level` asks for `debug` or `trace` anywhere (its
+/// `debug` lines share their target).
 pub fn filter(
     level: &str,
     rust_log: Option<&str>,
 ) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
-    match rust_log {
-        Some(env) if !env.is_empty() => EnvFilter::try_new(env),
-        _ if level.contains("kube_client") => EnvFilter::try_new(level),
-        _ => Ok(EnvFilter::try_new(level)?
-            .add_directive(format!("{KUBE_CLIENT_REQUESTS}=off").parse()?)),
+    if let Some(env) = rust_log.filter(|env| !env.is_empty()) {
+        return EnvFilter::try_new(env);
     }
+    let filter = EnvFilter::try_new(level)?;
+    if filter
+        .max_level_hint()
+        .is_some_and(|most| most >= tracing_subscriber::filter::LevelFilter::DEBUG)
+    {
+        return Ok(filter);
+    }
+    Ok(filter.add_directive(format!("{KUBE_CLIENT_REQUESTS}=off").parse()?))
 }
 
 /// Installs the global subscriber. Fails only if the filter does not parse.
@@ -153,6 +159,12 @@ mod tests {
         assert_eq!(passed("info", None), (false, true));
         assert_eq!(passed("warn", Some("")), (false, true), "an empty RUST_LOG");
         assert_eq!(passed("info,kube_client=debug", None), (true, true));
+        assert_eq!(passed("debug", None), (true, true), "debugging shows all");
+        assert_eq!(
+            passed("info,kube_client::config=warn", None),
+            (false, true),
+            "another kube_client target named"
+        );
         assert_eq!(passed("info", Some("info")), (true, true), "RUST_LOG wins");
     }
 

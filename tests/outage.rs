@@ -282,7 +282,12 @@ async fn what_an_outage_stopped_is_done_within_5_s_of_its_end_whatever_its_backo
                     && l.contains(&format!("kind=\"{kind}\""))
             })
             .count();
-        assert_eq!(said, 1, "said once for {kind}:\n{}", controller.log());
+        // At the return, and at the second look only if a call failed after the first.
+        assert!(
+            (1..=2).contains(&said),
+            "said at the return for {kind}:\n{}",
+            controller.log()
+        );
     }
 }
 

@@ -546,8 +546,12 @@ async fn finish(
     // Settled only once its status is written: a write that keeps failing (RBAC without the
     // status subresource, an outage) backs off further each time, as a connection's does, and
     // does not List again every second or two.
-    if written.is_ok() && label == "settled" {
-        ctx.tracked().entry(&facts.uid).succeeded();
+    if written.is_ok()
+        && label == "settled"
+        && let Some(t) = ctx.tracked().get_mut(&facts.uid)
+    {
+        // Not made up again if the policy went (and was forgotten) while the write was made.
+        t.succeeded();
     }
     // Events go out whether or not the status could be written: the decisions were made.
     for note in &events {

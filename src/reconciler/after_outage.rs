@@ -2,12 +2,17 @@
 //! not at the end of a backoff that grew through the outage.
 //!
 //! A reconcile the API server did not answer backs off like any failure (a second, doubling, up to
-//! five minutes: see `retry`): through a 30 s outage an object caught mid-reconcile (its status
-//! write refused after its connection was made, say) fails four or five times, and would wait up
-//! to 20 s after the return; through a longer one, up to five minutes. The objects are few (those
-//! whose reconcile was under way) and the controller's concurrency bounds how many go at once.
+//! five minutes: see `retry`): through a 30 s outage an object caught mid-reconcile (its intent or
+//! status write refused, say) fails four or five times, and would wait up to 20 s after the
+//! return; through a longer one, up to five minutes. At the return (an outage of
+//! `http::OUTAGE` or longer: see `http::Readiness::returns`) each such object is due at once and
+//! its failures are forgotten; a few seconds later the same is done again for those whose call
+//! was still being retried inside the client at the return and failed after it. Without leader
+//! election a long outage during a mass apply can leave thousands of them: they go as the
+//! controller's concurrency allows, as at the apply itself.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use kube::Resource;
@@ -16,14 +21,23 @@ use tracing::info;
 
 use crate::compact_id::CompactId;
 
-/// Whether a failed call means the API server did not answer (unreachable, 5xx), rather than
-/// that it refused (4xx).
+/// Whether a failed call means the API server was away: unreachable, the connection lost or timed
+/// out, or a gateway or the server saying it is unavailable (502, 503, 504). Not a refusal (4xx,
+/// a 429 its retries did not get through), and not a 500: an admission webhook that fails
+/// answers 500, and the API server's return does not fix it. Nor a local failure (credentials, a
+/// request that cannot be built or an answer that cannot be read).
 pub fn unanswered(error: &kube::Error) -> bool {
     match error {
-        kube::Error::Api(status) => status.code >= 500,
-        _ => true,
+        kube::Error::Api(status) => matches!(status.code, 502..=504),
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
     }
 }
+
+/// When the objects a return made due are looked for again: a call the API server's return found
+/// still being retried inside the client (5 retries, about 3 s at most) fails after it, and its
+/// failure is recorded after the first look.
+const LOOK_AGAIN: Duration = Duration::from_secs(5);
 
 /// The cached objects to reconcile at each of the API server's `returns` (see
 /// `http::Readiness::returns`): those `due` makes due again (the tracker's
@@ -41,6 +55,8 @@ where
         returns.changed().await.ok()?;
         Some(((), returns))
     })
+    .flat_map(|()| futures::stream::iter([Duration::ZERO, LOOK_AGAIN]))
+    .then(tokio::time::sleep)
     .flat_map(move |()| futures::stream::iter(cached(&store, &due(), kind)))
 }
 
@@ -62,10 +78,90 @@ where
         .iter()
         .map(|o| ObjectRef::from_obj(o.as_ref()))
         .collect();
+    if objects.is_empty() {
+        return objects;
+    }
     info!(
         kind,
         objects = objects.len(),
         "the Kubernetes API server answers again: trying again at once what its outage stopped"
     );
     objects
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::{reflector, watcher};
+
+    use super::*;
+
+    fn config_map(uid: &str) -> ConfigMap {
+        let mut o = ConfigMap::default();
+        o.metadata.name = Some(format!("cm-{uid}"));
+        o.metadata.namespace = Some("ns".into());
+        o.metadata.uid = Some(uid.into());
+        o
+    }
+
+    /// A call still being retried inside the client at the return fails after the first look:
+    /// the second, [`LOOK_AGAIN`] later, finds it.
+    #[tokio::test(start_paused = true)]
+    async fn each_return_is_looked_at_twice() {
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        for uid in ["first", "late", "gone"] {
+            writer.apply_watcher_event(&watcher::Event::Apply(config_map(uid)));
+        }
+        writer.apply_watcher_event(&watcher::Event::Delete(config_map("gone")));
+        let looks = Arc::new(Mutex::new(VecDeque::from([
+            HashSet::from([CompactId::of("first"), CompactId::of("gone")]),
+            HashSet::from([CompactId::of("late")]),
+        ])));
+        let due = {
+            let looks = looks.clone();
+            move || looks.lock().unwrap().pop_front().unwrap_or_default()
+        };
+        let (returns, seen) = tokio::sync::watch::channel(0u64);
+        let objects = retried(seen, store, due, "ConfigMap");
+        futures::pin_mut!(objects);
+
+        returns.send_modify(|n| *n += 1);
+        let returned = tokio::time::Instant::now();
+        let first = objects.next().await.expect("the first look");
+        assert_eq!(first.name, "cm-first", "only what is still cached");
+        let late = objects.next().await.expect("the second look");
+        assert_eq!(late.name, "cm-late");
+        assert!(returned.elapsed() >= LOOK_AGAIN);
+        assert!(looks.lock().unwrap().is_empty(), "looked twice");
+
+        drop(returns);
+        assert!(objects.next().await.is_none(), "ends with the readiness");
+    }
+
+    fn answered(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("refused", "Refused").with_code(code),
+        ))
+    }
+
+    #[test]
+    fn only_an_api_server_that_was_away_left_a_call_unanswered() {
+        for code in [502, 503, 504] {
+            assert!(unanswered(&answered(code)), "{code}");
+        }
+        for code in [400, 403, 404, 409, 422, 429, 500, 501] {
+            assert!(!unanswered(&answered(code)), "{code}: answered");
+        }
+        assert!(unanswered(&kube::Error::Service(
+            "connection refused".into()
+        )));
+        assert!(unanswered(&kube::Error::ReadEvents(std::io::Error::other(
+            "reset"
+        ))));
+        let unreadable = serde_json::from_str::<u8>("x").unwrap_err();
+        assert!(!unanswered(&kube::Error::SerdeError(unreadable)), "local");
+    }
 }

@@ -103,8 +103,10 @@ impl<T: PartialEq, M> Tracked<T, M> {
         self.unanswered = false;
     }
 
-    /// Nothing for this object before `due`, unless its generation or triggers change.
+    /// Nothing for this object before `due`, unless its generation or triggers change. (The
+    /// reconcile got past the API server, or [`Tracker::kube_failure`] says otherwise next.)
     pub fn hold(&mut self, generation: i64, triggers: T, due: Instant) {
+        self.unanswered = false;
         self.checkpoint = Some(Checkpoint {
             generation,
             triggers,
@@ -241,8 +243,9 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
         }
     }
 
-    /// The API server answers again: every object whose last reconcile failed because it did not
-    /// answer is due now, not at the end of a backoff that grew through the outage. Returns them.
+    /// The API server answers again after an outage: every object whose last reconcile failed
+    /// because it did not answer is due now, not at the end of a backoff that grew through the
+    /// outage, and its failures (the outage's) are forgotten. Returns them.
     pub fn due_after_return(&self) -> HashSet<CompactId> {
         let now = Instant::now();
         let mut due = HashSet::new();
@@ -250,6 +253,7 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
             if !std::mem::take(&mut t.unanswered) {
                 continue;
             }
+            t.failures = 0;
             if let Some(c) = t.checkpoint.as_mut() {
                 c.due = c.due.min(now);
             }
@@ -272,10 +276,10 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
     ) -> KubeFailure {
         let mut tracked = self.lock();
         let t = tracked.entry(uid);
-        t.unanswered = unanswered;
         let failures = t.fail(generation);
         let wait = retry_after(Retry::Backoff, failures, resync, rand::random());
         t.hold(generation, triggers, Instant::now() + wait);
+        t.unanswered = unanswered;
         let news = t.last_kube_error.as_deref() != Some(message);
         t.last_kube_error = Some(message.to_string());
         KubeFailure {
@@ -384,12 +388,23 @@ mod tests {
         assert!(held("refused").is_some() && held("then-refused").is_some());
         assert_eq!(
             tracker.lock().get("outage").unwrap().failures(1),
-            5,
-            "the count goes on: a failure after the return backs off further"
+            0,
+            "the outage's failures are forgotten: one after the return backs off from the start"
         );
         assert!(
             tracker.due_after_return().is_empty(),
             "made due once: another return finds nothing until it fails unanswered again"
         );
+
+        // An outcome past the API server (a status written, then an AWS problem) is not the
+        // outage's: its requeue stands.
+        tracker.kube_failure("outage", 1, (), "503", true, resync);
+        tracker.lock().get_mut("outage").unwrap().hold(
+            1,
+            (),
+            Instant::now() + Duration::from_secs(60),
+        );
+        assert!(tracker.due_after_return().is_empty());
+        assert!(held("outage").is_some());
     }
 }
