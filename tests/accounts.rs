@@ -980,3 +980,113 @@ async fn a_failed_mapping_status_write_is_made_again_without_another_change() {
     let _ = stop.send(());
     let _ = task.await;
 }
+
+/// A policy refused with the old credentials (its namespace not mapped yet: the controller's own
+/// account is not the policy's management account) is read again as soon as a label maps its
+/// namespace to the management role, not after its backoff (a minute or more) or its poll.
+#[tokio::test]
+async fn a_policy_whose_namespace_a_mapping_takes_in_reads_again_at_once() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use eac_controller::policy::api::{
+        ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec, UnmatchedRequests,
+    };
+    use eac_controller::policy::controller as policies;
+    use eac_controller::reconciler::nudge::Nudge;
+
+    const MGMT_ROLE: &str = "arn:aws:iam::111122223333:role/proton-management";
+    const MGMT_NS: &str = "proton-management";
+    let settings = eac_controller::connection::decide::Settings {
+        resync: Duration::from_secs(600),
+        pending_poll: Duration::from_secs(600),
+        ..support::eager_settings()
+    };
+    let mut env = Env::start_full(
+        settings.clone(),
+        eac_controller::aws::budget::CallBudget::unlimited(),
+        proton_emulator::EmulatorConfig {
+            roles: vec![MGMT_ROLE.parse().unwrap()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (connections, policy_nudge) = (Nudge::default(), Nudge::default());
+    env.restart_with_nudges(connections.clone(), policy_nudge.clone());
+    env.api.namespace(MGMT_NS, &[]);
+    env.api.account_mapping(
+        "management",
+        &selecting(&[("proton.eac.dev/side", "management")], MGMT_ROLE),
+    );
+    let metrics = eac_controller::metrics::Metrics::new();
+    let proton = eac_controller::aws::proton::Proton::with_static_credentials(
+        eac_controller::aws::proton::ProtonSettings {
+            default_region: "us-east-1".into(),
+            endpoint: Some(env.emulator.url()),
+            sts_endpoint: None,
+            timeout: Duration::from_secs(10),
+        },
+        eac_controller::aws::budget::CallBudget::unlimited(),
+        metrics.clone(),
+    );
+    let policy_ctx = Arc::new(
+        policies::Context::new(
+            env.api.client(),
+            proton,
+            settings,
+            metrics,
+            policies::reporter(),
+        )
+        .with_accounts(env.ctx.accounts_handle())
+        .with_nudges(connections, policy_nudge),
+    );
+    env.api.create_object(
+        MGMT_NS,
+        "accept",
+        "uid-accept",
+        ConnectionAcceptancePolicy::new(
+            "accept",
+            ConnectionAcceptancePolicySpec {
+                management_account_id: "111122223333".into(),
+                region: None,
+                environment_account_ids: vec!["444455556666".into()],
+                environment_names: None,
+                unmatched: UnmatchedRequests::Leave,
+            },
+        ),
+    );
+    let (stop, task) = run_with_mappings(&env);
+    let policies_run = tokio::spawn(policies::run(
+        policy_ctx,
+        None,
+        2,
+        futures::future::pending(),
+        eac_controller::http::Readiness::default(),
+    ));
+    let reason = |api: &support::FakeApi| {
+        api.get_object::<ConnectionAcceptancePolicy>(MGMT_NS, "accept")
+            .and_then(|p| p.status)
+            .and_then(|s| s.condition("Ready").map(|c| c.reason.clone()))
+    };
+    env.api
+        .wait_until(
+            "the policy refused: its namespace acts as the controller's own account",
+            Duration::from_secs(20),
+            |api| reason(api).as_deref() == Some("AccountMismatch"),
+        )
+        .await;
+
+    env.api
+        .namespace(MGMT_NS, &[("proton.eac.dev/side", "management")]);
+    env.api
+        .wait_until(
+            "the policy read again as the management account within 3 s of the label",
+            Duration::from_secs(3),
+            |api| reason(api).is_some_and(|r| r != "AccountMismatch"),
+        )
+        .await;
+    assert_eq!(env.calls("AssumeRole"), 1, "as the management role");
+    policies_run.abort();
+    let _ = stop.send(());
+    let _ = task.await;
+}

@@ -1558,7 +1558,9 @@ pub async fn run(
         "EnvironmentAccountConnection",
     );
     let cache = store.clone();
+    let moving = ctx.clone();
     let moved = futures::StreamExt::flat_map(moved, move |namespaces| {
+        nudge_policies_in(&moving, &namespaces);
         futures::stream::iter(resources_in(&cache, &namespaces))
     });
     let results = Controller::for_stream(triggers, store)
@@ -1575,6 +1577,24 @@ pub async fn run(
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "EnvironmentAccountConnection").await;
     drop(started);
+}
+
+/// The policies in `namespaces` (whose credentials just changed) read again now, as their
+/// connections do: one that failed or was refused with the old credentials (no mapping yet, the
+/// wrong account) would otherwise wait out its backoff or its poll.
+fn nudge_policies_in(ctx: &Context, namespaces: &std::collections::BTreeSet<String>) {
+    let nudged = ctx.policies.objects_where(|p| {
+        p.metadata
+            .namespace
+            .as_ref()
+            .is_some_and(|ns| namespaces.contains(ns))
+    });
+    if nudged > 0 {
+        debug!(
+            nudged,
+            "policies in namespaces whose credentials changed: read again now"
+        );
+    }
 }
 
 /// The cached resources in `namespaces` (whose credentials just changed), to reconcile.
