@@ -44,15 +44,19 @@ where
     }
 }
 
-/// Where kube's client logs each failed try of a request, at `error`: every 5xx and every
-/// connection failure, a 503 its retry then got through included. The controller logs each
-/// failure that reaches it itself, once and with what it was doing (a reconcile's, a watch's, the
-/// Lease's), so at a level without `debug` these are off.
-const KUBE_CLIENT_REQUESTS: &str = "kube_client::client::builder";
+/// What kube logs of each failed try, quieted: its client logs every 5xx and connection failure
+/// at `error` (a 503 its retry then got through included), and its watcher every refused (403)
+/// try of a watch at `warn`, every 2 s while RBAC stays wrong. The controller logs each failure
+/// that reaches it itself, once and with what it was doing (a reconcile's; a watch's and the
+/// Lease's the first time in a row and every tenth), so at a level without `debug` these are off.
+const KUBE_PER_TRY: [&str; 2] = [
+    "kube_client::client::builder=off",
+    "kube_runtime::watcher=error",
+];
 
-/// The filter: `RUST_LOG` if set, else `level`; kube's per-request lines (see
-/// [`KUBE_CLIENT_REQUESTS`]) are off unless `level` asks for `debug` or `trace` anywhere (its
-/// `debug` lines share their target).
+/// The filter: `RUST_LOG` if set, else `level`; kube's per-try lines (see [`KUBE_PER_TRY`]) are
+/// quieted unless `level` asks for `debug` or `trace` anywhere (kube's own `debug` lines share
+/// their targets).
 pub fn filter(
     level: &str,
     rust_log: Option<&str>,
@@ -67,7 +71,9 @@ pub fn filter(
     {
         return Ok(filter);
     }
-    Ok(filter.add_directive(format!("{KUBE_CLIENT_REQUESTS}=off").parse()?))
+    KUBE_PER_TRY.iter().try_fold(filter, |filter, quiet| {
+        Ok(filter.add_directive(quiet.parse()?))
+    })
 }
 
 /// Installs the global subscriber. Fails only if the filter does not parse.
@@ -136,22 +142,31 @@ mod tests {
         String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
     }
 
-    /// What `filter(level, rust_log)` lets through of an error at kube's per-request target and
-    /// of a warning of the controller's.
-    fn passed(level: &str, rust_log: Option<&str>) -> (bool, bool) {
+    /// What `filter(level, rust_log)` lets through of an error at kube's per-request target, of
+    /// a warning of kube's watcher, and of a warning of the controller's.
+    fn passed_all(level: &str, rust_log: Option<&str>) -> (bool, bool, bool) {
         let buffer = Buffer::default();
         let out = buffer.clone();
         let filter = filter(level, rust_log).unwrap();
         let subscriber = subscriber(LogFormat::Text, filter, false, move || buffer.clone());
         tracing::subscriber::with_default(subscriber, || {
             tracing::error!(target: "kube_client::client::builder", "failed with status 503");
+            tracing::warn!(target: "kube_runtime::watcher", "watch initlist error with 403");
             tracing::warn!(target: "eac_controller::connection::controller", "reconcile failed");
         });
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         (
             text.contains("failed with status 503"),
+            text.contains("error with 403"),
             text.contains("reconcile failed"),
         )
+    }
+
+    /// [`passed_all`], kube's two kinds of line alike.
+    fn passed(level: &str, rust_log: Option<&str>) -> (bool, bool) {
+        let (client, watcher, ours) = passed_all(level, rust_log);
+        assert_eq!(client, watcher, "{level} {rust_log:?}");
+        (client, ours)
     }
 
     #[test]

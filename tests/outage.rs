@@ -354,6 +354,49 @@ async fn each_watch_warns_once_of_an_outage_and_the_return_is_said_once() {
     );
 }
 
+/// RBAC withdrawn from the resources' watch: every try is refused with 403, every 2 s at most.
+/// That is one warning, with the likely fix (and one more every tenth try), not one a try:
+/// kube's watcher, which warns of every refused try, is quiet at the default log level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_refused_again_and_again_is_one_warning() {
+    let (env, _dir, controller) = started(|url| run_args(url, &[])).await;
+    let readyz = controller.readyz_addr(LIMIT).await;
+    controller
+        .until("/readyz ready before RBAC is withdrawn", LIMIT, |_| {
+            ready(&readyz)
+        })
+        .await;
+    env.api
+        .deny(Some(http::Method::GET), "/environmentaccountconnections");
+    env.api.expire_watches();
+    env.api
+        .wait_until("the resources' watch refused 5 times", LIMIT, |api| {
+            api.requests_to::<EnvironmentAccountConnection>()
+                .iter()
+                .filter(|r| r.code == 403)
+                .count()
+                >= 5
+        })
+        .await;
+    let warned: Vec<String> = controller
+        .log()
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("403"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        warned.len(),
+        1,
+        "one warning of the refused watch: {warned:#?}"
+    );
+    assert!(
+        warned[0].contains("the watch failed")
+            && warned[0].contains("may the controller list and watch it?"),
+        "it names the likely fix: {}",
+        warned[0]
+    );
+}
+
 /// Without leader election, an outage longer than `--watch-failure-timeout` makes `/readyz`
 /// answer 503; when the API server answers again `/readyz` is ready within 5 s, though nothing
 /// changed: a watch that resumes shows no event, but it started, and that is an answer.

@@ -1529,7 +1529,7 @@ pub async fn run(
         slim,
         move |store, event| follow_watch(&follow_ctx, store, &follow_ready, event),
         trigger_hash,
-        "",
+        " (is the CRD environmentaccountconnections.proton.eac.dev installed and may the controller list and watch it?)",
     );
     ctx.metrics.count_connections_from(Some(store.clone()));
     ctx.use_cache(Some(store.clone()));

@@ -99,6 +99,7 @@ fn followed<K>(
     slim: impl FnMut(&mut K) + Send + 'static,
     hash: impl Fn(&K) -> u64 + Send + 'static,
     ticks: Ticks,
+    hint: &'static str,
 ) -> (
     Store<K>,
     impl std::future::Future<Output = ()> + Send + 'static,
@@ -123,7 +124,7 @@ where
             }
         },
         move |o| Some(hash(o)),
-        "",
+        hint,
     );
     let task = changed.for_each(move |changed| {
         if changed.is_ok() {
@@ -195,6 +196,7 @@ pub async fn follow(
             h.finish()
         },
         ticks.clone(),
+        " (is the CRD accountmappings.proton.eac.dev installed and may the controller list and watch it? --account-mappings=false turns mappings off)",
     );
     let (namespaces, follow_namespaces) = followed(
         Api::<Namespace>::all(client.clone()),
@@ -211,6 +213,7 @@ pub async fn follow(
             h.finish()
         },
         ticks,
+        " (may the controller list and watch namespaces? --account-mappings=false turns mappings off)",
     );
     // Stopped when dropped: by the caller, or with this future if it is dropped first.
     let followers = vec![

@@ -151,6 +151,12 @@ fn logged<K: Resource<DynamicType = ()>>(
         Ok(_) => {
             failures.succeeded();
         }
+        // The history the watch resumed from was compacted (410 Gone): it lists again, as it
+        // does every few minutes in a live cluster. Not a failure, and not the start of a row
+        // that would hide a real one (a 403 on the list that follows) until its tenth try.
+        Err(e) if expired(e) => {
+            debug!(%kind, error = %e, "the watch's history was compacted; listing again");
+        }
         Err(e) => match failures.failed() {
             (failed, true) => {
                 warn!(%kind, failed_tries = failed, error = %e, "the watch failed; retrying with backoff{hint}")
@@ -159,6 +165,15 @@ fn logged<K: Resource<DynamicType = ()>>(
                 debug!(%kind, failed_tries = failed, error = %e, "the watch failed; retrying with backoff{hint}")
             }
         },
+    }
+}
+
+/// Whether the watch ended because the history it resumed from was compacted (410 Gone).
+fn expired(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 410,
+        _ => false,
     }
 }
 
@@ -290,6 +305,30 @@ where
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn status(code: u16) -> Box<kube::core::Status> {
+        Box::new(kube::core::Status::failure("x", "X").with_code(code))
+    }
+
+    #[test]
+    fn a_compacted_history_starts_no_row_of_failures() {
+        let gone = watcher::Error::WatchError(status(410));
+        let gone_at_start = watcher::Error::WatchStartFailed(kube::Error::Api(status(410)));
+        let forbidden = watcher::Error::WatchStartFailed(kube::Error::Api(status(403)));
+        assert!(expired(&gone) && expired(&gone_at_start));
+        assert!(!expired(&forbidden));
+
+        let mut failures = Repeated::default();
+        logged::<ConfigMap>(&mut failures, &Err(gone), "");
+        assert_eq!(failures.succeeded(), None, "a relist is no failure");
+        logged::<ConfigMap>(&mut failures, &Err(gone_at_start), "");
+        logged::<ConfigMap>(&mut failures, &Err(forbidden), "");
+        assert_eq!(
+            failures.failed(),
+            (2, false),
+            "the refusal after a relist was the first of its row (warned)"
+        );
+    }
 
     fn object(uid: &str, generation: i64) -> ConfigMap {
         let mut o = ConfigMap::default();
