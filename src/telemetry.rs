@@ -9,6 +9,7 @@ use std::ffi::OsStr;
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogFormat;
@@ -46,17 +47,18 @@ where
 
 /// What kube logs of each failed try, quieted: its client logs every 5xx and connection failure
 /// at `error` (a 503 its retry then got through included), and its watcher every refused (403)
-/// try of a watch at `warn`, every 2 s while RBAC stays wrong. The controller logs each failure
-/// that reaches it itself, once and with what it was doing (a reconcile's; a watch's and the
-/// Lease's the first time in a row and every tenth), so at a level without `debug` these are off.
-const KUBE_PER_TRY: [&str; 2] = [
-    "kube_client::client::builder=off",
-    "kube_runtime::watcher=error",
+/// try of a watch at `warn`, every 2 s or so while RBAC stays wrong. The controller logs each
+/// failure that reaches it itself, once and with what it was doing (a reconcile's; a watch's and
+/// the Lease's the first time in a row and every tenth), so at a level without `debug` these are
+/// quieted to this, unless the level names their target (or a prefix of it) itself.
+const KUBE_PER_TRY: [(&str, LevelFilter); 2] = [
+    ("kube_client::client::builder", LevelFilter::OFF),
+    ("kube_runtime::watcher", LevelFilter::ERROR),
 ];
 
 /// The filter: `RUST_LOG` if set, else `level`; kube's per-try lines (see [`KUBE_PER_TRY`]) are
 /// quieted unless `level` asks for `debug` or `trace` anywhere (kube's own `debug` lines share
-/// their targets).
+/// their targets) or names their targets.
 pub fn filter(
     level: &str,
     rust_log: Option<&str>,
@@ -65,15 +67,29 @@ pub fn filter(
         return EnvFilter::try_new(env);
     }
     let filter = EnvFilter::try_new(level)?;
-    if filter
-        .max_level_hint()
-        .is_some_and(|most| most >= tracing_subscriber::filter::LevelFilter::DEBUG)
-    {
+    let most = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    if most >= LevelFilter::DEBUG {
         return Ok(filter);
     }
-    KUBE_PER_TRY.iter().try_fold(filter, |filter, quiet| {
-        Ok(filter.add_directive(quiet.parse()?))
-    })
+    let named = named_targets(level);
+    KUBE_PER_TRY
+        .iter()
+        // Never louder than asked (`--log-level off`), never over what the level says of them.
+        .filter(|(target, quiet)| *quiet < most && !named.iter().any(|n| target.starts_with(n)))
+        .try_fold(filter, |filter, (target, quiet)| {
+            Ok(filter.add_directive(format!("{target}={quiet}").parse()?))
+        })
+}
+
+/// The targets the directives of `level` name (`target=level`, `target[span]=level`).
+fn named_targets(level: &str) -> Vec<&str> {
+    level
+        .split(',')
+        .map(str::trim)
+        .filter(|d| d.contains('='))
+        .map(|d| &d[..d.find(['[', '=']).unwrap_or(d.len())])
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// Installs the global subscriber. Fails only if the filter does not parse.
@@ -162,25 +178,46 @@ mod tests {
         )
     }
 
-    /// [`passed_all`], kube's two kinds of line alike.
-    fn passed(level: &str, rust_log: Option<&str>) -> (bool, bool) {
-        let (client, watcher, ours) = passed_all(level, rust_log);
-        assert_eq!(client, watcher, "{level} {rust_log:?}");
-        (client, ours)
-    }
-
     #[test]
-    fn kubes_per_request_failures_are_off_unless_asked_for() {
-        assert_eq!(passed("info", None), (false, true));
-        assert_eq!(passed("warn", Some("")), (false, true), "an empty RUST_LOG");
-        assert_eq!(passed("info,kube_client=debug", None), (true, true));
-        assert_eq!(passed("debug", None), (true, true), "debugging shows all");
+    fn kubes_per_try_lines_are_quieted_unless_asked_for() {
+        // (kube's client's error, kube's watcher's warning, the controller's warning)
+        assert_eq!(passed_all("info", None), (false, false, true));
         assert_eq!(
-            passed("info,kube_client::config=warn", None),
-            (false, true),
-            "another kube_client target named"
+            passed_all("warn", Some("")),
+            (false, false, true),
+            "empty RUST_LOG"
         );
-        assert_eq!(passed("info", Some("info")), (true, true), "RUST_LOG wins");
+        assert_eq!(passed_all("error", None), (false, false, false));
+        assert_eq!(
+            passed_all("off", None),
+            (false, false, false),
+            "never louder"
+        );
+        assert_eq!(passed_all("debug", None), (true, true, true), "debugging");
+        assert_eq!(
+            passed_all("info,kube_client=debug", None),
+            (true, true, true)
+        );
+        assert_eq!(
+            passed_all("info", Some("info")),
+            (true, true, true),
+            "RUST_LOG wins"
+        );
+        assert_eq!(
+            passed_all("info,kube_runtime::watcher=warn", None),
+            (false, true, true),
+            "a level that names the target is kept"
+        );
+        assert_eq!(
+            passed_all("info,kube_client=error", None),
+            (true, false, true),
+            "a prefix of the target named"
+        );
+        assert_eq!(
+            passed_all("info,kube_client::config=warn", None),
+            (false, false, true),
+            "another of kube's targets named"
+        );
     }
 
     #[test]

@@ -1082,7 +1082,7 @@ async fn a_policy_whose_namespace_a_mapping_takes_in_reads_again_at_once() {
         .wait_until(
             "the policy read again as the management account within 3 s of the label",
             Duration::from_secs(3),
-            |api| reason(api).is_some_and(|r| r != "AccountMismatch"),
+            |api| reason(api).as_deref() == Some("Applied"),
         )
         .await;
     assert_eq!(env.calls("AssumeRole"), 1, "as the management role");

@@ -381,7 +381,12 @@ async fn a_watch_refused_again_and_again_is_one_warning() {
     let warned: Vec<String> = controller
         .log()
         .lines()
-        .filter(|l| l.contains(" WARN ") && l.contains("403"))
+        .filter(|l| {
+            l.contains(" WARN ")
+                && (l.contains("kube_runtime") || l.contains("the watch failed"))
+                && l.contains("kind=EnvironmentAccountConnection")
+                || l.contains(" WARN kube_runtime")
+        })
         .map(str::to_string)
         .collect();
     assert_eq!(

@@ -39,7 +39,7 @@ use crate::http::Readiness;
 use crate::mapping::{Accounts, AwsIdentity, MappingError, Resolved, UnmappedNamespaces};
 use crate::metrics::Metrics;
 use crate::policy::ConnectionAcceptancePolicy;
-use crate::reconciler::nudge::Nudge;
+use crate::reconciler::nudge::{Nudge, Why};
 use crate::reconciler::timetable::Timetable;
 use crate::reconciler::{
     self, after_outage,
@@ -773,7 +773,7 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
 /// A connection here just requested `management_account` in `region`: the policies here that
 /// decide for it list now, instead of at their next poll. Requests from elsewhere keep the poll.
 fn nudge_policies(ctx: &Context, management_account: &str, region: &str) {
-    let nudged = ctx.policies.objects_where(|p| {
+    let nudged = ctx.policies.objects_where(Why::Happened, |p| {
         p.spec.management_account_id == management_account
             && crate::policy::decide::region_of(&p.spec, &ctx.settings) == region
     });
@@ -1537,7 +1537,7 @@ pub async fn run(
     let undecided = ctx.undecided.clone();
     let nudged = ctx.nudge.attach(
         store.clone(),
-        Arc::new(move |uid: &str| expiring.tracked.expire(uid)),
+        Arc::new(move |uid: &str, _| expiring.tracked.expire(uid)),
         Some(Arc::new(move |id: &str| undecided.find(id))),
     );
     ctx.polls.set_running(true);
@@ -1583,7 +1583,7 @@ pub async fn run(
 /// connections do: one that failed or was refused with the old credentials (no mapping yet, the
 /// wrong account) would otherwise wait out its backoff or its poll.
 fn nudge_policies_in(ctx: &Context, namespaces: &std::collections::BTreeSet<String>) {
-    let nudged = ctx.policies.objects_where(|p| {
+    let nudged = ctx.policies.objects_where(Why::Credentials, |p| {
         p.metadata
             .namespace
             .as_ref()

@@ -28,7 +28,7 @@ use crate::http::Readiness;
 use crate::mapping::{Accounts, MappingError};
 use crate::metrics::Metrics;
 use crate::reconciler::note::Note;
-use crate::reconciler::nudge::Nudge;
+use crate::reconciler::nudge::{Nudge, Why};
 use crate::reconciler::{
     self, after_outage,
     tracked::{Guard, KubeFailure, Tracker},
@@ -673,10 +673,12 @@ pub async fn run(
     let expiring = ctx.clone();
     let nudged = ctx.nudge.attach(
         store.clone(),
-        Arc::new(move |uid: &str| {
+        Arc::new(move |uid: &str, why| {
             // A request was just made: list now, and often for a while (List is eventually
-            // consistent, and may not show it yet), as after a spec change.
-            if let Some(t) = expiring.tracked.lock().get_mut(uid)
+            // consistent, and may not show it yet), as after a spec change. Other credentials
+            // show their account's requests at once: list now, then at the usual interval.
+            if why == Why::Happened
+                && let Some(t) = expiring.tracked.lock().get_mut(uid)
                 && let Some((generation, _)) = t.kind.memory.applied
             {
                 t.kind.memory.applied = Some((generation, jiff::Timestamp::now()));

@@ -13,8 +13,19 @@ use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-/// Makes an object of the target kind due now (by uid), past its checkpoint.
-pub type Expire = Arc<dyn Fn(&str) + Send + Sync>;
+/// Why a nudge makes an object due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// What it waits for happened here (a request made, a connection decided): AWS may not show
+    /// it at once (List is eventually consistent).
+    Happened,
+    /// The credentials it acts with changed (a mapping, a namespace's labels): AWS shows the
+    /// other account's view at once.
+    Credentials,
+}
+
+/// Makes an object of the target kind due now (by uid, and why), past its checkpoint.
+pub type Expire = Arc<dyn Fn(&str, Why) + Send + Sync>;
 
 /// Finds a cached object of the target kind by a key its kind indexes (a connection's id), so a
 /// nudge need not scan the cache.
@@ -29,9 +40,9 @@ struct Target<K: Resource<DynamicType = ()> + 'static> {
 
 impl<K: Resource<DynamicType = ()> + 'static> Target<K> {
     /// Makes a cached object due now and queues it; false if the controller stopped.
-    fn now(&self, object: &K) -> bool {
+    fn now(&self, object: &K, why: Why) -> bool {
         if let Some(uid) = object.meta().uid.as_deref() {
-            (self.expire)(uid);
+            (self.expire)(uid, why);
         }
         self.queue
             .unbounded_send(ObjectRef::from_obj(object))
@@ -92,7 +103,7 @@ where
         let Some(target) = target.as_ref() else {
             return false;
         };
-        (target.expire)(uid);
+        (target.expire)(uid, Why::Happened);
         target.queue.unbounded_send(object).is_ok()
     }
 
@@ -116,11 +127,11 @@ where
             .find
             .as_ref()
             .and_then(|find| find(key))
-            .is_some_and(|object| target.now(&object))
+            .is_some_and(|object| target.now(&object, Why::Happened))
     }
 
-    /// Reconciles now every cached object `wanted` picks; returns how many.
-    pub fn objects_where(&self, wanted: impl Fn(&K) -> bool) -> usize {
+    /// Reconciles now every cached object `wanted` picks, for `why`; returns how many.
+    pub fn objects_where(&self, why: Why, wanted: impl Fn(&K) -> bool) -> usize {
         let target = self.target.lock().unwrap_or_else(|p| p.into_inner());
         let Some(target) = target.as_ref() else {
             return 0;
@@ -129,7 +140,7 @@ where
             .store
             .state_filter(|o| wanted(o))
             .iter()
-            .filter(|object| target.now(object))
+            .filter(|object| target.now(object, why))
             .count()
     }
 }

@@ -274,7 +274,7 @@ mod tests {
         let table = Arc::new(Timetable::default());
         let nudge: Nudge<ConfigMap> = Nudge::default();
         let (_store, writer) = kube::runtime::reflector::store::<ConfigMap>();
-        let mut queued = nudge.attach(writer.as_reader(), Arc::new(|_: &str| {}), None);
+        let mut queued = nudge.attach(writer.as_reader(), Arc::new(|_: &str, _| {}), None);
         let t0 = Instant::now();
         table.set("u1", "late", "ns", t0 + Duration::from_secs(600));
         let running = tokio::spawn(table.clone().run(nudge.clone()));
