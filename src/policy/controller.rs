@@ -673,18 +673,7 @@ pub async fn run(
     let expiring = ctx.clone();
     let nudged = ctx.nudge.attach(
         store.clone(),
-        Arc::new(move |uid: &str, why| {
-            // A request was just made: list now, and often for a while (List is eventually
-            // consistent, and may not show it yet), as after a spec change. Other credentials
-            // show their account's requests at once: list now, then at the usual interval.
-            if why == Why::Happened
-                && let Some(t) = expiring.tracked.lock().get_mut(uid)
-                && let Some((generation, _)) = t.kind.memory.applied
-            {
-                t.kind.memory.applied = Some((generation, jiff::Timestamp::now()));
-            }
-            expiring.tracked.expire(uid);
-        }),
+        Arc::new(move |uid: &str, why| nudged(&expiring, uid, why)),
         None,
     );
     let returning = ctx.clone();
@@ -708,6 +697,19 @@ pub async fn run(
     drop(attached);
 }
 
+/// Makes policy `uid` due now, for `why`. A request was just made: list now, and often for a
+/// while (List is eventually consistent, and may not show it yet), as after a spec change. Other
+/// credentials show their account's requests at once: list now, then at the usual interval.
+fn nudged(ctx: &Context, uid: &str, why: Why) {
+    if why == Why::Happened
+        && let Some(t) = ctx.tracked().get_mut(uid)
+        && let Some((generation, _)) = t.kind.memory.applied
+    {
+        t.kind.memory.applied = Some((generation, jiff::Timestamp::now()));
+    }
+    ctx.tracked.expire(uid);
+}
+
 /// Undoes what [`run`] attached however it ends: when it returns, and when its future is
 /// dropped (a lost lease stops reconciling at once, see `runner`), so a standby neither keeps
 /// the watch cache nor takes nudges.
@@ -723,6 +725,75 @@ impl Drop for Attached {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aws::budget::CallBudget;
+    use crate::aws::proton::ProtonSettings;
+
+    fn context() -> Context {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let metrics = Metrics::new();
+        let proton = Proton::with_static_credentials(
+            ProtonSettings {
+                default_region: "us-east-1".into(),
+                endpoint: Some("http://127.0.0.1:9".into()),
+                sts_endpoint: None,
+                timeout: Duration::from_secs(1),
+            },
+            CallBudget::unlimited(),
+            metrics.clone(),
+        );
+        let settings = Settings {
+            resync: Duration::from_secs(600),
+            pending_poll: Duration::from_secs(30),
+            default_region: "us-east-1".into(),
+            allowed_regions: vec![],
+            adoption: crate::connection::decide::AdoptionPolicy::default(),
+            create_settle: Duration::from_secs(60),
+        };
+        Context::new(
+            Client::new(service, "default"),
+            proton,
+            settings,
+            metrics,
+            reporter(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_made_here_restarts_the_fast_polls_and_a_credentials_move_does_not() {
+        let ctx = context();
+        let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2);
+        for uid in ["requested", "moved"] {
+            let mut tracked = ctx.tracked();
+            let t = tracked.entry(uid);
+            t.kind.memory.applied = Some((1, long_ago));
+            t.hold(1, false, Instant::now() + Duration::from_secs(600));
+        }
+        nudged(&ctx, "requested", Why::Happened);
+        nudged(&ctx, "moved", Why::Credentials);
+        let tracked = ctx.tracked();
+        let (requested, moved) = (
+            tracked.get("requested").unwrap(),
+            tracked.get("moved").unwrap(),
+        );
+        for t in [requested, moved] {
+            assert_eq!(t.quiet(1, &false, Instant::now()), None, "due now");
+        }
+        let applied = |t: &crate::reconciler::tracked::Tracked<bool, Kept>| {
+            t.kind.memory.applied.map(|(_, at)| at)
+        };
+        assert!(
+            applied(requested).is_some_and(|at| at > long_ago),
+            "polls often again: List may lag behind the request"
+        );
+        assert_eq!(
+            applied(moved),
+            Some(long_ago),
+            "the usual interval: another account's view shows at once"
+        );
+    }
 
     #[test]
     fn only_the_spec_and_the_pause_trigger_a_reconcile() {
