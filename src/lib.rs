@@ -20,6 +20,8 @@ pub mod interned;
 pub mod leader;
 pub mod mapping;
 pub mod metrics;
+#[cfg(test)]
+mod offline;
 pub mod policy;
 pub mod reconciler;
 pub mod recorder;

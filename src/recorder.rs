@@ -102,12 +102,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_event_names_its_object_controller_instance_and_kind() {
-        let (service, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
         let recorder = Recorder::new(
-            Client::new(service, "default"),
+            crate::offline::client(),
             Reporter {
                 controller: "eac-controller".into(),
                 instance: Some("pod-a".into()),

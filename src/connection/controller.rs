@@ -1650,8 +1650,6 @@ impl Drop for Started {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws::budget::CallBudget;
-    use crate::aws::proton::ProtonSettings;
     use std::collections::BTreeMap;
 
     fn eac(uid: &str) -> EnvironmentAccountConnection {
@@ -1815,31 +1813,14 @@ mod tests {
     }
 
     fn context() -> Context {
-        let (service, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let client = Client::new(service, "default");
         let metrics = Metrics::new();
-        let proton = Proton::with_static_credentials(
-            ProtonSettings {
-                default_region: "us-east-1".into(),
-                endpoint: Some("http://127.0.0.1:9".into()),
-                sts_endpoint: None,
-                timeout: Duration::from_secs(1),
-            },
-            CallBudget::unlimited(),
-            metrics.clone(),
-        );
-        let settings = Settings {
-            resync: Duration::from_secs(600),
-            pending_poll: Duration::from_secs(30),
-            default_region: "us-east-1".into(),
-            allowed_regions: vec![],
-            adoption: crate::connection::decide::AdoptionPolicy::default(),
-            create_settle: Duration::from_secs(60),
-        };
-        Context::new(client, proton, settings, metrics, reporter())
+        Context::new(
+            crate::offline::client(),
+            crate::offline::proton(&metrics),
+            crate::offline::settings(),
+            metrics,
+            reporter(),
+        )
     }
 
     #[tokio::test]

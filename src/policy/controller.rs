@@ -725,37 +725,14 @@ impl Drop for Attached {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws::budget::CallBudget;
-    use crate::aws::proton::ProtonSettings;
+    use crate::offline;
 
     fn context() -> Context {
-        let (service, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
         let metrics = Metrics::new();
-        let proton = Proton::with_static_credentials(
-            ProtonSettings {
-                default_region: "us-east-1".into(),
-                endpoint: Some("http://127.0.0.1:9".into()),
-                sts_endpoint: None,
-                timeout: Duration::from_secs(1),
-            },
-            CallBudget::unlimited(),
-            metrics.clone(),
-        );
-        let settings = Settings {
-            resync: Duration::from_secs(600),
-            pending_poll: Duration::from_secs(30),
-            default_region: "us-east-1".into(),
-            allowed_regions: vec![],
-            adoption: crate::connection::decide::AdoptionPolicy::default(),
-            create_settle: Duration::from_secs(60),
-        };
         Context::new(
-            Client::new(service, "default"),
-            proton,
-            settings,
+            offline::client(),
+            offline::proton(&metrics),
+            offline::settings(),
             metrics,
             reporter(),
         )
