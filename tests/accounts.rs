@@ -983,7 +983,7 @@ async fn a_failed_mapping_status_write_is_made_again_without_another_change() {
 
 /// A policy refused with the old credentials (its namespace not mapped yet: the controller's own
 /// account is not the policy's management account) is read again as soon as a label maps its
-/// namespace to the management role, not after its backoff (a minute or more) or its poll.
+/// namespace to the management role, not after its requeue (about a minute) or its poll.
 #[tokio::test]
 async fn a_policy_whose_namespace_a_mapping_takes_in_reads_again_at_once() {
     use std::sync::Arc;

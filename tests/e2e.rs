@@ -884,6 +884,84 @@ async fn two_namespaces_mapped_to_two_accounts_get_connections_in_their_own_acco
     }
 }
 
+/// A policy applied before its namespace is mapped acts as the controller's own account and is
+/// refused (`AccountMismatch`, held for about a minute); when a cluster admin labels the
+/// namespace into a mapping to the management account's role, the policy reads again at once,
+/// as that role. On a real API server the label reaches the controller through its Namespace
+/// watch, which the fake only models.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reads_again_as_soon_as_a_label_maps_its_namespace_to_the_management_role() {
+    use eac_controller::mapping::{AccountMapping, AccountMappingSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("policy-mapped").await;
+    const LABEL: &str = "eac-e2e/management";
+    let emulator = ns.start_emulator().await;
+    let mappings: Api<AccountMapping> = Api::all(cluster.client.clone());
+    let mapping = AccountMapping::new(
+        &ns.name,
+        AccountMappingSpec {
+            namespace_selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([(LABEL.to_string(), ns.name.clone())])),
+                match_expressions: None,
+            },
+            role_arn: format!("arn:aws:iam::{MANAGEMENT_ACCOUNT}:role/eac-e2e"),
+            external_id: None,
+            region: None,
+        },
+    );
+    mappings
+        .patch(
+            &ns.name,
+            &PatchParams::apply("eac-e2e").force(),
+            &Patch::Apply(&mapping),
+        )
+        .await
+        .expect("a cluster admin applies an AccountMapping");
+    let _controller = ns
+        .start_controller(
+            &emulator,
+            ControllerOptions::preset(ControllerPreset::AccountMappings),
+        )
+        .await;
+    ns.apply_policy(
+        "accept",
+        policy_spec(&[ENVIRONMENT_ACCOUNT], None, UnmatchedRequests::Leave),
+    )
+    .await;
+    let ready = |p: &e2e_support::Policy| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.condition("Ready"))
+            .map(|c| c.reason.clone())
+    };
+    ns.wait_policy(
+        "accept",
+        "Ready=False AccountMismatch (the namespace acts as the controller's own account)",
+        CONVERGE,
+        |p| ready(p).as_deref() == Some("AccountMismatch"),
+    )
+    .await;
+
+    ns.label(LABEL, &ns.name).await;
+    let labelled = tokio::time::Instant::now();
+    ns.wait_policy(
+        "accept",
+        "Ready=True Applied within 10 s of the label (not after its AccountMismatch requeue)",
+        Duration::from_secs(10),
+        |p| ready(p).as_deref() == Some("Applied"),
+    )
+    .await;
+    println!(
+        "the policy read again as the management role {:.2} s after the label",
+        labelled.elapsed().as_secs_f64()
+    );
+    let _ = mappings.delete(&ns.name, &Default::default()).await;
+}
+
 /// A local Proton that survives restarts: the emulator is killed and started again on its
 /// `--state-file`, the controller restarted against it; every connection is still there, and the
 /// controller sees no drift (no Create, no NotFound, the same id).
