@@ -1602,16 +1602,12 @@ fn resources_in(
     cache: &Store<EnvironmentAccountConnection>,
     namespaces: &std::collections::BTreeSet<String>,
 ) -> Vec<ObjectRef<EnvironmentAccountConnection>> {
-    cache
-        .state_filter(|o| {
-            o.metadata
-                .namespace
-                .as_ref()
-                .is_some_and(|ns| namespaces.contains(ns))
-        })
-        .iter()
-        .map(|o| ObjectRef::from_obj(o.as_ref()))
-        .collect()
+    reconciler::watch::refs_where(cache, |o| {
+        o.metadata
+            .namespace
+            .as_ref()
+            .is_some_and(|ns| namespaces.contains(ns))
+    })
 }
 
 /// What [`run`] started, stopped however `run` ends: when it returns, and when its future is

@@ -68,16 +68,12 @@ where
     if due.is_empty() {
         return Vec::new();
     }
-    let objects: Vec<ObjectRef<K>> = store
-        .state_filter(|o| {
-            o.meta()
-                .uid
-                .as_deref()
-                .is_some_and(|uid| due.contains(&CompactId::of(uid)))
-        })
-        .iter()
-        .map(|o| ObjectRef::from_obj(o.as_ref()))
-        .collect();
+    let objects = super::watch::refs_where(store, |o| {
+        o.meta()
+            .uid
+            .as_deref()
+            .is_some_and(|uid| due.contains(&CompactId::of(uid)))
+    });
     if objects.is_empty() {
         return objects;
     }

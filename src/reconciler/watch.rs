@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
@@ -166,6 +166,18 @@ fn logged<K: Resource<DynamicType = ()>>(
             }
         },
     }
+}
+
+/// The cached objects `wanted` picks, by reference (to reconcile them).
+pub fn refs_where<K>(store: &Store<K>, wanted: impl Fn(&K) -> bool) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    store
+        .state_filter(|o| wanted(o))
+        .iter()
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
 }
 
 /// Whether the watch ended because the history it resumed from was compacted (410 Gone, sent in
