@@ -735,6 +735,38 @@ async fn an_observer_follows_a_connection_made_by_hand_and_never_changes_or_dele
     );
 }
 
+/// As a cluster admin: AccountMapping `name` maps the namespaces labelled `label` (key, value)
+/// to role `eac-e2e` in `account`.
+async fn map_label(
+    mappings: &Api<eac_controller::mapping::AccountMapping>,
+    name: &str,
+    (key, value): (&str, &str),
+    account: &str,
+) {
+    use eac_controller::mapping::{AccountMapping, AccountMappingSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let mapping = AccountMapping::new(
+        name,
+        AccountMappingSpec {
+            namespace_selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([(key.to_string(), value.to_string())])),
+                match_expressions: None,
+            },
+            role_arn: format!("arn:aws:iam::{account}:role/eac-e2e"),
+            external_id: None,
+            region: None,
+        },
+    );
+    mappings
+        .patch(
+            name,
+            &PatchParams::apply("eac-e2e").force(),
+            &Patch::Apply(&mapping),
+        )
+        .await
+        .expect("a cluster admin applies an AccountMapping");
+}
+
 /// Many environment accounts, on a real API server: two namespaces mapped by a cluster admin to
 /// roles in two accounts get their connections in their own accounts; a tenant with `edit` can
 /// neither write an AccountMapping nor relabel their namespace to reach the other account.
@@ -755,26 +787,7 @@ async fn two_namespaces_mapped_to_two_accounts_get_connections_in_their_own_acco
     let mappings: Api<AccountMapping> = Api::all(cluster.client.clone());
     let mut created = Vec::new();
     for (ns, account) in [(&a, "111111111111"), (&b, "222222222222")] {
-        let mapping = AccountMapping::new(
-            &ns.name,
-            AccountMappingSpec {
-                namespace_selector: LabelSelector {
-                    match_labels: Some(BTreeMap::from([(LABEL.to_string(), ns.name.clone())])),
-                    match_expressions: None,
-                },
-                role_arn: format!("arn:aws:iam::{account}:role/eac-e2e"),
-                external_id: None,
-                region: None,
-            },
-        );
-        mappings
-            .patch(
-                &ns.name,
-                &PatchParams::apply("eac-e2e").force(),
-                &Patch::Apply(&mapping),
-            )
-            .await
-            .expect("a cluster admin applies an AccountMapping");
+        map_label(&mappings, &ns.name, (LABEL, &ns.name), account).await;
         created.push(ns.name.clone());
     }
     let with_mappings = || ControllerOptions::preset(ControllerPreset::AccountMappings);
@@ -891,8 +904,7 @@ async fn two_namespaces_mapped_to_two_accounts_get_connections_in_their_own_acco
 /// watch, which the fake only models.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_reads_again_as_soon_as_a_label_maps_its_namespace_to_the_management_role() {
-    use eac_controller::mapping::{AccountMapping, AccountMappingSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use eac_controller::mapping::AccountMapping;
 
     let Some(cluster) = Cluster::from_env().await else {
         return;
@@ -901,26 +913,7 @@ async fn a_policy_reads_again_as_soon_as_a_label_maps_its_namespace_to_the_manag
     const LABEL: &str = "eac-e2e/management";
     let emulator = ns.start_emulator().await;
     let mappings: Api<AccountMapping> = Api::all(cluster.client.clone());
-    let mapping = AccountMapping::new(
-        &ns.name,
-        AccountMappingSpec {
-            namespace_selector: LabelSelector {
-                match_labels: Some(BTreeMap::from([(LABEL.to_string(), ns.name.clone())])),
-                match_expressions: None,
-            },
-            role_arn: format!("arn:aws:iam::{MANAGEMENT_ACCOUNT}:role/eac-e2e"),
-            external_id: None,
-            region: None,
-        },
-    );
-    mappings
-        .patch(
-            &ns.name,
-            &PatchParams::apply("eac-e2e").force(),
-            &Patch::Apply(&mapping),
-        )
-        .await
-        .expect("a cluster admin applies an AccountMapping");
+    map_label(&mappings, &ns.name, (LABEL, &ns.name), MANAGEMENT_ACCOUNT).await;
     let _controller = ns
         .start_controller(
             &emulator,
