@@ -43,7 +43,7 @@ use crate::reconciler::nudge::{Nudge, Why};
 use crate::reconciler::timetable::Timetable;
 use crate::reconciler::{
     self, after_outage,
-    tracked::{Guard, KubeFailure, Tracker},
+    tracked::{Guard, Tracker},
 };
 use crate::recorder::Recorder;
 
@@ -355,31 +355,20 @@ pub fn error_policy(
         debug!(error = %error, "reconcile stopped on a stale cached copy");
         return Action::requeue(ctx.stale_cache_retry);
     }
-    let uid = obj.uid().unwrap_or_default();
-    let generation = obj.metadata.generation.unwrap_or_default();
-    let message = error.to_string();
-    let triggers = Triggers::of(&obj, &ctx);
-    let unanswered =
-        matches!(error, Error::Kube { source, .. } if after_outage::unanswered(source));
-    let KubeFailure {
-        failures,
-        wait,
-        news,
-    } = ctx.tracked.kube_failure(
-        &uid,
-        generation,
-        triggers.hash_of(),
-        &message,
-        unanswered,
+    let kube = match error {
+        Error::Kube { source, .. } => Some(source),
+        _ => None,
+    };
+    let triggers = Triggers::of(&obj, &ctx).hash_of();
+    reconciler::failure::backed_off(
+        obj,
+        &ctx.tracked,
+        &ctx.recorder,
+        triggers,
+        error,
+        kube,
         ctx.settings.resync,
-    );
-    warn!(error = %error, failures, retry_in_secs = wait.as_secs_f64(), "reconcile failed");
-    if news {
-        let note = Note::warning("KubernetesError", message);
-        let ctx = ctx.clone();
-        tokio::spawn(async move { ctx.recorder.announce(&*obj, &note).await });
-    }
-    Action::requeue(wait)
+    )
 }
 
 /// The `proton.eac.dev/adopt-id` annotation, trimmed, if not empty.

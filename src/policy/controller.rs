@@ -31,7 +31,7 @@ use crate::reconciler::note::Note;
 use crate::reconciler::nudge::{Nudge, Why};
 use crate::reconciler::{
     self, after_outage,
-    tracked::{Guard, KubeFailure, Tracker},
+    tracked::{Guard, Tracker},
 };
 use crate::recorder::Recorder;
 
@@ -229,30 +229,20 @@ pub fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let uid = obj.uid().unwrap_or_default();
-    let generation = obj.metadata.generation.unwrap_or_default();
-    let message = error.to_string();
-    let unanswered =
-        matches!(error, Error::Kube { source, .. } if after_outage::unanswered(source));
-    let KubeFailure {
-        failures,
-        wait,
-        news,
-    } = ctx.tracked.kube_failure(
-        &uid,
-        generation,
-        paused(&obj),
-        &message,
-        unanswered,
+    let kube = match error {
+        Error::Kube { source, .. } => Some(source),
+        _ => None,
+    };
+    let paused = paused(&obj);
+    reconciler::failure::backed_off(
+        obj,
+        &ctx.tracked,
+        &ctx.recorder,
+        paused,
+        error,
+        kube,
         ctx.settings.resync,
-    );
-    warn!(error = %error, failures, retry_in_secs = wait.as_secs_f64(), "policy reconcile failed");
-    if news {
-        let note = Note::warning("KubernetesError", message);
-        let ctx = ctx.clone();
-        tokio::spawn(async move { ctx.recorder.announce(&*obj, &note).await });
-    }
-    Action::requeue(wait)
+    )
 }
 
 /// What a reconcile starts from.

@@ -1,6 +1,6 @@
 //! What every kind's controller shares, written once: what is kept per object between
 //! reconciles and when it is due ([`tracked`]), the backoff after a failure and the problem it
-//! reports ([`retry`]), when each comes back ([`timetable`]), the Events a decision names
+//! reports ([`retry`]), what follows a failure on Kubernetes ([`failure`]), when each comes back ([`timetable`]), the Events a decision names
 //! ([`note`]), the status write ([`status`]) and
 //! the watch that feeds a kube-runtime controller ([`watch`]), what an API-server outage stopped,
 //! tried again at its end ([`after_outage`]), and how one kind's controller
@@ -9,6 +9,7 @@
 
 pub mod after_outage;
 pub mod drive;
+pub mod failure;
 pub mod note;
 pub mod nudge;
 pub mod retry;
