@@ -7,6 +7,7 @@ use kube::Client;
 
 use crate::aws::budget::CallBudget;
 use crate::aws::proton::{Proton, ProtonSettings};
+use crate::connection::api::EnvironmentAccountConnection;
 use crate::connection::decide::Settings;
 use crate::metrics::Metrics;
 
@@ -43,4 +44,13 @@ pub fn settings() -> Settings {
         adoption: crate::connection::decide::AdoptionPolicy::default(),
         create_settle: Duration::from_secs(60),
     }
+}
+
+/// A resource as the watch would bring it: namespaced, with a uid and a generation.
+pub fn eac(uid: &str) -> EnvironmentAccountConnection {
+    let mut o = EnvironmentAccountConnection::new(uid, Default::default());
+    o.metadata.namespace = Some("ns".into());
+    o.metadata.uid = Some(uid.into());
+    o.metadata.generation = Some(1);
+    o
 }

@@ -1,0 +1,235 @@
+//! What a reconcile starts from: the resource, its cached status and what the controller kept
+//! about it, gathered once before the first step.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::Api;
+use tokio::time::Instant;
+
+use super::context::Context;
+use super::error::Error;
+use super::triggers::Triggers;
+use crate::aws::proton::Retry;
+use crate::connection::api::{
+    EnvironmentAccountConnection, EnvironmentAccountConnectionStatus as Status, FINALIZER,
+    INTENT_ANNOTATION,
+};
+use crate::connection::decide::{self, Intent, Memory, Note, Problem, Progress};
+use crate::mapping::{AwsIdentity, MappingError};
+
+/// What a reconcile starts from.
+pub(super) struct Facts {
+    /// The resource's namespace in the API.
+    pub(super) api: Api<EnvironmentAccountConnection>,
+    pub(super) object: String,
+    pub(super) namespace: String,
+    pub(super) name: String,
+    pub(super) uid: String,
+    pub(super) generation: i64,
+    pub(super) triggers: Triggers,
+    pub(super) finalizers: Vec<String>,
+    /// The status in the watch cache.
+    pub(super) stored: Option<Status>,
+    /// The status to reconcile from (see [`decide::effective_status`]).
+    pub(super) status: Status,
+    /// The cache does not show this controller's last status write yet (see
+    /// [`Memory::written`]): the reconcile waits for the watch.
+    pub(super) behind_own_status: bool,
+    pub(super) quiet: Option<Duration>,
+    /// A nudge made it due: its connection was just accepted or rejected here.
+    pub(super) nudged: bool,
+    pub(super) failures: u32,
+    /// Nothing is kept about the resource yet: first seen in this term of leadership.
+    pub(super) first_sight: bool,
+    /// The intent-to-create annotation as it stands (as read, or as written by this reconcile).
+    pub(super) intent_annotation: Mutex<Option<String>>,
+    /// Events to publish once the reconcile is over, in order.
+    pub(super) notes: Mutex<Vec<Note>>,
+    /// Whose credentials the resource's AWS calls are made with.
+    pub(super) identity: AwsIdentity,
+    /// Why its namespace has no credentials, if so.
+    pub(super) credentials_problem: Option<Problem>,
+    /// What the last reconcile learned before it was deferred, to go on from.
+    pub(super) resumed: Option<Progress>,
+    pub(super) deleting: bool,
+}
+
+impl Facts {
+    /// An Event to publish when the reconcile is over.
+    pub(super) fn note(&self, note: &Note) {
+        self.notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(note.clone());
+    }
+
+    pub(super) fn fetch(obj: &EnvironmentAccountConnection, ctx: &Context) -> Result<Facts, Error> {
+        let object = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+        let namespace = obj
+            .namespace()
+            .ok_or_else(|| Error::MissingMetadata(object.clone(), "namespace"))?;
+        let uid = obj
+            .uid()
+            .ok_or_else(|| Error::MissingMetadata(object.clone(), "uid"))?;
+        let generation = obj.metadata.generation.unwrap_or_default();
+        let triggers = ctx.triggers_of(obj);
+        let credentials = triggers.credentials.clone();
+        let deleting = obj.metadata.deletion_timestamp.is_some();
+        let stored = obj.status.clone();
+        let intent = obj
+            .annotations()
+            .get(INTENT_ANNOTATION)
+            .and_then(|a| Intent::parse(a));
+
+        let mut tracked = ctx.tracked();
+        // A newer copy may have reached the cache after this reconcile took its copy, and the
+        // watch then forgot the status it shows as written (under this lock): the older copy
+        // without that memory would look as if nothing had been done. Such a reconcile starts
+        // again on the newer copy.
+        if ctx
+            .newest(obj)
+            .is_some_and(|n| n.metadata.resource_version != obj.metadata.resource_version)
+        {
+            return Err(Error::StaleCache(object));
+        }
+        let first_sight = !tracked.contains_key(&uid);
+        if let Some(t) = tracked.get_mut(&uid) {
+            // Still the copy our own write replaced? Any other copy shows the write, or later.
+            let behind = !deleting
+                && t.kind.written_over.is_some()
+                && t.kind.written_over == obj.metadata.resource_version;
+            if behind {
+                return Err(Error::StaleCache(object));
+            }
+            t.kind.written_over = None;
+        }
+        let mut behind_own_status = false;
+        let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+        let (status, quiet, failures, resumed, nudged) = match tracked.get_mut(&uid) {
+            Some(t) => {
+                t.kind
+                    .memory
+                    .catch_up(stored.as_ref(), obj.metadata.resource_version.as_deref());
+                behind_own_status = t.kind.memory.written.is_some();
+                let now = Instant::now();
+                let quiet = match deleting {
+                    true => None,
+                    false => t.quiet(generation, &triggers.hash_of(), now),
+                };
+                if behind_own_status && waits_for_own_status(quiet, has_finalizer, deleting) {
+                    // Stops before taking the nudge or the deferred progress: the reconcile the
+                    // watch wakes needs both.
+                    t.kind.awaits_watch = true;
+                    return Err(Error::StaleCache(object));
+                }
+                t.kind.awaits_watch = false;
+                let status =
+                    decide::effective_status(stored.as_ref(), intent.as_ref(), &t.kind.memory);
+                let failures = t.failures(generation);
+                // Taken only by a reconcile that may call AWS: one held back (quiet) leaves it.
+                let resumed = match quiet {
+                    Some(_) => None,
+                    None => t
+                        .kind
+                        .resume
+                        .take()
+                        .filter(|r| {
+                            r.generation == generation
+                                && r.triggers == triggers
+                                && r.deleting == deleting
+                                && r.status_id == status.id
+                                && r.until > now
+                        })
+                        .map(|r| r.progress),
+                };
+                let nudged = quiet.is_none() && t.take_nudged();
+                (status, quiet, failures, resumed, nudged)
+            }
+            None => (
+                decide::effective_status(stored.as_ref(), intent.as_ref(), &Memory::default()),
+                None,
+                0,
+                None,
+                false,
+            ),
+        };
+        drop(tracked);
+        Ok(Facts {
+            api: Api::namespaced(ctx.client.clone(), &namespace),
+            object,
+            name: obj.name_any(),
+            namespace,
+            uid,
+            generation,
+            triggers,
+            finalizers: obj.finalizers().to_vec(),
+            stored,
+            status,
+            behind_own_status,
+            quiet,
+            nudged,
+            failures,
+            first_sight,
+            intent_annotation: Mutex::new(obj.annotations().get(INTENT_ANNOTATION).cloned()),
+            notes: Mutex::default(),
+            identity: credentials
+                .as_ref()
+                .map(|r| r.identity.clone())
+                .unwrap_or_default(),
+            credentials_problem: credentials.err().map(|e| Problem {
+                reason: e.reason(),
+                message: e.to_string(),
+                // The namespace may just not be in the watch yet; the rest needs an admin.
+                retry: match e {
+                    MappingError::UnknownNamespace(_) | MappingError::NotRead => Retry::Backoff,
+                    _ => Retry::Terminal,
+                },
+            }),
+            resumed,
+            deleting,
+        })
+    }
+
+    pub(super) fn resource<'a>(
+        &'a self,
+        obj: &'a EnvironmentAccountConnection,
+    ) -> decide::Resource<'a> {
+        decide::Resource {
+            uid: &self.uid,
+            namespace: &self.namespace,
+            name: &self.name,
+            generation: self.generation,
+            spec: &obj.spec,
+            status: &self.status,
+            deleting: self.deleting,
+            has_finalizer: self.finalizers.iter().any(|f| f == FINALIZER),
+            adopt_id: self.triggers.adopt_id.as_deref(),
+            paused: self.triggers.paused,
+            quiet: self.quiet,
+            failures: self.failures,
+            first_sight: self.first_sight,
+            credentials_problem: self.credentials_problem.as_ref(),
+            default_region: self
+                .triggers
+                .credentials
+                .as_ref()
+                .ok()
+                .and_then(|r| r.default_region.as_deref()),
+        }
+    }
+}
+
+/// Whether a reconcile whose cached copy does not show this controller's last status write
+/// waits for the watch. One with nothing new since its last reconcile (most often the watch
+/// bringing this controller's own finalizer patch, ahead of its status write) has nothing to do
+/// until it is due; any other waits: acting on the older status could repeat a Create, or
+/// release a resource whose connection the cache does not show yet.
+pub(super) fn waits_for_own_status(
+    quiet: Option<Duration>,
+    has_finalizer: bool,
+    deleting: bool,
+) -> bool {
+    quiet.is_none() || !has_finalizer || deleting
+}
