@@ -12,7 +12,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tower::buffer::BufferLayer;
 use tower::retry::RetryLayer;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::aws::budget::CallBudget;
 use crate::aws::proton::{Proton, ProtonSettings};
@@ -23,6 +23,8 @@ use crate::http::{self, Readiness};
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::policy;
+use crate::reconciler::after_outage::unanswered;
+use crate::repeated::Repeated;
 use crate::watch_starts::WatchStartsLayer;
 
 #[derive(Debug, thiserror::Error)]
@@ -128,22 +130,55 @@ pub fn lease_client_from(mut config: kube::Config) -> Result<Client, kube::Error
 }
 
 /// The controller's client (telling `readiness` of the watches it starts) and the Lease's, for
-/// the kubeconfig found (see [`kubeconfig_tried`]), once the API server has answered.
-pub async fn kube_clients(readiness: &Readiness) -> Result<(Client, Client), RunError> {
+/// the kubeconfig found (see [`kubeconfig_tried`]), once the API server has answered (see
+/// [`FirstContact`] for how long that is waited for).
+pub async fn kube_clients(
+    readiness: &Readiness,
+    first_contact: FirstContact,
+) -> Result<(Client, Client), RunError> {
     let (config, tried) = kube_config().await?;
     let lease = lease_client_from(config.clone()).map_err(|source| RunError::KubeClient {
         tried: tried.clone(),
         source,
     })?;
-    let client = kube_client_for(config, tried, Some(readiness.clone())).await?;
+    let client = kube_client_for(config, tried, Some(readiness.clone()), first_contact).await?;
     Ok((client, lease))
 }
 
 /// The controller's client, once the API server has answered.
 pub async fn kube_client() -> Result<Client, RunError> {
     let (config, tried) = kube_config().await?;
-    kube_client_for(config, tried, None).await
+    kube_client_for(config, tried, None, FirstContact::FailAtOnce).await
 }
+
+/// What `run` does when the API server does not answer its first call (unreachable, timed out,
+/// 502 to 504); any other failure (a 401, a 403, a bad certificate) ends it at once either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstContact {
+    /// Exit, naming the server and the kubeconfig: someone at a terminal wants to know now.
+    FailAtOnce,
+    /// Try again every second until it answers. In a pod the kubelet would restart a process
+    /// that exited, after a delay that doubles up to 5 minutes: a controller started while the
+    /// API server was away (a node or a whole cluster restarting) would then come back minutes
+    /// after the API server did, not a second after.
+    Wait,
+}
+
+impl FirstContact {
+    /// [`FirstContact::Wait`] in a pod (the kubelet sets `KUBERNETES_SERVICE_HOST` in every
+    /// container, whatever the kubeconfig), [`FirstContact::FailAtOnce`] elsewhere.
+    pub fn for_environment(kubernetes_service_host: Option<&str>) -> FirstContact {
+        match kubernetes_service_host {
+            Some(host) if !host.trim().is_empty() => FirstContact::Wait,
+            _ => FirstContact::FailAtOnce,
+        }
+    }
+}
+
+/// How long the first call may wait for an answer, and how long between two tries when
+/// [`FirstContact::Wait`]ing.
+const FIRST_CONTACT_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_CONTACT_RETRY: Duration = Duration::from_secs(1);
 
 /// The Kubernetes configuration found, and where it was looked for (for error messages).
 async fn kube_config() -> Result<(kube::Config, String), RunError> {
@@ -158,28 +193,59 @@ async fn kube_client_for(
     config: kube::Config,
     tried: String,
     readiness: Option<Readiness>,
+    first_contact: FirstContact,
 ) -> Result<Client, RunError> {
     let server = config.cluster_url.to_string();
     let client = client_telling(config, readiness).map_err(|source| RunError::KubeClient {
         tried: tried.clone(),
         source,
     })?;
-    // Fail at once, naming what was tried, rather than retrying watches forever.
-    match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
-        Ok(Ok(version)) => {
-            info!(server = %server, version = %version.git_version, "connected to Kubernetes");
-            Ok(client)
+    let mut waiting = Repeated::default();
+    loop {
+        // Unless waiting, fail at once, naming what was tried, rather than retrying watches
+        // forever.
+        let reason = match tokio::time::timeout(FIRST_CONTACT_TIMEOUT, client.apiserver_version())
+            .await
+        {
+            Ok(Ok(version)) => {
+                if let Some(tries) = waiting.succeeded() {
+                    info!(server = %server, tries, "the Kubernetes API server answers");
+                }
+                info!(server = %server, version = %version.git_version, "connected to Kubernetes");
+                return Ok(client);
+            }
+            Ok(Err(e)) if first_contact == FirstContact::Wait && unanswered(&e) => e.to_string(),
+            Err(_) if first_contact == FirstContact::Wait => {
+                format!("no answer within {}s", FIRST_CONTACT_TIMEOUT.as_secs())
+            }
+            Ok(Err(e)) => {
+                return Err(RunError::KubeUnreachable {
+                    server,
+                    tried,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(RunError::KubeUnreachable {
+                    server,
+                    tried,
+                    reason: format!("no answer within {}s", FIRST_CONTACT_TIMEOUT.as_secs()),
+                });
+            }
+        };
+        match waiting.failed() {
+            (tries, true) => warn!(
+                server = %server,
+                configuration = %tried,
+                tries,
+                error = %reason,
+                "the Kubernetes API server does not answer: trying again every second (in a pod, exiting would wait out the kubelet's restart backoff)"
+            ),
+            (tries, false) => {
+                debug!(server = %server, tries, error = %reason, "the Kubernetes API server does not answer yet")
+            }
         }
-        Ok(Err(e)) => Err(RunError::KubeUnreachable {
-            server,
-            tried,
-            reason: e.to_string(),
-        }),
-        Err(_) => Err(RunError::KubeUnreachable {
-            server,
-            tried,
-            reason: "no answer within 10s".into(),
-        }),
+        tokio::time::sleep(FIRST_CONTACT_RETRY).await;
     }
 }
 
@@ -302,8 +368,38 @@ pub async fn check(args: &RunArgs, endpoint: &Endpoint) -> crate::check::Report 
 
 pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError> {
     let readiness = Readiness::new(args.watch_failure_timeout);
-    let (client, lease_client) = kube_clients(&readiness).await?;
     let metrics = Metrics::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+    // Served before the first call to the API server: while it is waited for, the pod is alive
+    // (`/healthz`) and not ready (`/readyz`).
+    let (addr, http_task) = http::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        readiness.clone(),
+        wait_stop(stop_rx.clone()),
+    )
+    .await
+    .map_err(|source| RunError::Http {
+        addr: args.metrics_addr,
+        source,
+    })?;
+    info!(%addr, "serving /metrics, /healthz, /readyz");
+
+    let first_contact =
+        FirstContact::for_environment(std::env::var("KUBERNETES_SERVICE_HOST").ok().as_deref());
+    let (client, lease_client) = tokio::select! {
+        clients = kube_clients(&readiness, first_contact) => clients?,
+        () = wait_stop(stop_rx.clone()) => {
+            let _ = http_task.await;
+            info!("stopped before the Kubernetes API server answered");
+            return Ok(());
+        }
+    };
     let budget = CallBudget::new(args.aws_rate_limit, args.aws_burst, args.aws_poll_share);
 
     let (proton, _embedded) = proton_port(&args, &endpoint, metrics.clone(), budget).await?;
@@ -349,26 +445,6 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
             .with_nudges(connection_nudge, policy_nudge),
         )
     });
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("shutdown requested");
-        let _ = stop_tx.send(true);
-    });
-
-    let (addr, http_task) = http::serve(
-        args.metrics_addr,
-        metrics.clone(),
-        readiness.clone(),
-        wait_stop(stop_rx.clone()),
-    )
-    .await
-    .map_err(|source| RunError::Http {
-        addr: args.metrics_addr,
-        source,
-    })?;
-    info!(%addr, "serving /metrics, /healthz, /readyz");
 
     let scope = WatchScope {
         namespace: args.namespace.clone(),
@@ -561,5 +637,27 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_process_in_a_pod_waits_for_the_api_server_at_its_start() {
+        assert_eq!(
+            FirstContact::for_environment(Some("10.96.0.1")),
+            FirstContact::Wait
+        );
+        assert_eq!(
+            FirstContact::for_environment(None),
+            FirstContact::FailAtOnce
+        );
+        assert_eq!(
+            FirstContact::for_environment(Some(" ")),
+            FirstContact::FailAtOnce,
+            "an empty variable is no pod"
+        );
     }
 }

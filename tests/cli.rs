@@ -101,6 +101,8 @@ fn run_without_a_reachable_api_server_names_the_server_and_the_kubeconfig() {
             "127.0.0.1:0",
         ])
         .env("KUBECONFIG", &kubeconfig)
+        // Outside a pod: in one, `run` waits for the API server instead (tests/outage.rs).
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -16,7 +16,7 @@ use eac_controller::policy::api::{
 use eac_controller::runner;
 use k8s_openapi::api::coordination::v1::Lease;
 use proton_emulator::EmulatorConfig;
-use support::binary::{Controller, leader_elected_args, outage, ready, run_args};
+use support::binary::{Controller, alive, leader_elected_args, outage, ready, run_args};
 use support::{Env, FakeApi, NS, kube_config_of, patient, spec};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -184,6 +184,94 @@ async fn an_outage_in_the_middle_of_a_throttled_burst_loses_no_connection_and_ma
         "a 10 s outage after {before} of {BURST} throttled Creates: all had their connections {:.2} s after the return ({} Create calls)",
         settled.as_secs_f64(),
         env.calls("CreateEnvironmentAccountConnection"),
+    );
+}
+
+/// A controller started in a pod while the API server is away (a node, or the whole cluster,
+/// restarting) waits for it instead of exiting: an exit would leave the pod to the kubelet's
+/// restart backoff (10 s doubling to 5 minutes), so it would come back long after the API server.
+/// Meanwhile it is alive (`/healthz`) and not ready, and warns once; when the API server answers,
+/// it leads, and serves what was applied before and a resource applied right then, within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_in_a_pod_while_the_api_server_is_away_it_waits_and_serves_within_5_s_of_the_return()
+ {
+    let env = Env::start_full(
+        patient(),
+        CallBudget::unlimited(),
+        EmulatorConfig::default(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = env.api.serve_http(dir.path()).await;
+    env.api.create("before", &uid(0), spec("before"));
+    env.api.down();
+    let down_at = tokio::time::Instant::now();
+    let mut controller = Controller::start_with_env(
+        &kubeconfig,
+        &leader_elected_args(&env.emulator.url()),
+        None,
+        &[("KUBERNETES_SERVICE_HOST", "10.96.0.1")],
+    );
+    let addr = controller.readyz_addr(LIMIT).await;
+    env.api
+        .wait_until("the first call refused 3 times", LIMIT, |api| {
+            api.refused_to("version") >= 3
+        })
+        .await;
+    controller
+        .until("the warning that it waits", LIMIT, |c| {
+            c.logged("the Kubernetes API server does not answer") >= 1
+        })
+        .await;
+    assert!(
+        alive(&addr),
+        "alive while it waits: the kubelet leaves it be"
+    );
+    assert!(!ready(&addr), "not ready while it waits");
+    // Longer than the first call's own timeout (10 s): a process that gave up would be gone.
+    tokio::time::sleep_until(down_at + Duration::from_secs(12)).await;
+    assert!(
+        controller.running(),
+        "still running after 12 s without an API server"
+    );
+    assert!(alive(&addr));
+
+    env.api.up();
+    let back = tokio::time::Instant::now();
+    env.api.create("after", &uid(1), spec("after"));
+    for name in ["before", "after"] {
+        env.api
+            .wait_for(
+                name,
+                "a connection within 5 s of the API server's return",
+                Duration::from_secs(5).saturating_sub(back.elapsed()),
+                has_id,
+            )
+            .await;
+    }
+    let served = back.elapsed();
+    controller
+        .until(
+            "/readyz ready within 5 s of the API server's return",
+            Duration::from_secs(5).saturating_sub(back.elapsed()),
+            |_| ready(&addr),
+        )
+        .await;
+    assert_eq!(
+        controller.logged("the Kubernetes API server does not answer"),
+        1,
+        "one warning for the whole wait: {}",
+        controller.log()
+    );
+    assert_eq!(controller.logged("became leader"), 1);
+    assert_eq!(
+        env.calls("CreateEnvironmentAccountConnection"),
+        2,
+        "one Create each"
+    );
+    println!(
+        "started in a pod 12 s into an outage: both resources had their connections {:.2} s after the API server came back",
+        served.as_secs_f64()
     );
 }
 

@@ -69,6 +69,17 @@ impl Controller {
     /// credentials and the log as the flags set it (`--log-level`, `info` by default; `RUST_LOG` as
     /// `log`, if given).
     pub fn start(kubeconfig: &std::path::Path, args: &[String], log: Option<&str>) -> Controller {
+        Controller::start_with_env(kubeconfig, args, log, &[])
+    }
+
+    /// [`Controller::start`] with the variables `env` set besides. `KUBERNETES_SERVICE_HOST` (the
+    /// controller runs in a pod) is unset unless `env` sets it, wherever the tests run.
+    pub fn start_with_env(
+        kubeconfig: &std::path::Path,
+        args: &[String],
+        log: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Controller {
         // The benchmark's hook to run the binary under a tool, e.g. "heaptrack".
         let wrap: Vec<String> = std::env::var("EAC_BENCH_WRAP")
             .unwrap_or_default()
@@ -89,6 +100,8 @@ impl Controller {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("RUST_LOG", log.unwrap_or_default())
             .env("NO_COLOR", "1")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(env.iter().copied())
             // The benchmark's hook for one more variable (e.g. MALLOC_ARENA_MAX=2).
             .envs(std::env::var("EAC_BENCH_CHILD_ENV").ok().and_then(|v| {
                 v.split_once('=')
@@ -125,6 +138,11 @@ impl Controller {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
         }
         let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running (it has not exited).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Every log line so far.
@@ -191,12 +209,21 @@ impl Drop for Controller {
 
 /// Whether `GET /readyz` at `addr` answers 200.
 pub fn ready(addr: &str) -> bool {
+    answers_ok(addr, "/readyz")
+}
+
+/// Whether `GET /healthz` at `addr` (the liveness probe's) answers 200.
+pub fn alive(addr: &str) -> bool {
+    answers_ok(addr, "/healthz")
+}
+
+fn answers_ok(addr: &str, path: &str) -> bool {
     let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     if stream
-        .write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .is_err()
     {
         return false;
