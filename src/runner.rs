@@ -23,7 +23,6 @@ use crate::http::{self, Readiness};
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::policy;
-use crate::reconciler::after_outage::unanswered;
 use crate::repeated::Repeated;
 use crate::watch_starts::WatchStartsLayer;
 
@@ -132,53 +131,40 @@ pub fn lease_client_from(mut config: kube::Config) -> Result<Client, kube::Error
 /// The controller's client (telling `readiness` of the watches it starts) and the Lease's, for
 /// the kubeconfig found (see [`kubeconfig_tried`]), once the API server has answered (see
 /// [`FirstContact`] for how long that is waited for).
-pub async fn kube_clients(
+async fn kube_clients(
     readiness: &Readiness,
     first_contact: FirstContact,
 ) -> Result<(Client, Client), RunError> {
     let (config, tried) = kube_config().await?;
-    let lease = lease_client_from(config.clone()).map_err(|source| RunError::KubeClient {
+    let server = config.cluster_url.to_string();
+    let client_error = |source| RunError::KubeClient {
         tried: tried.clone(),
         source,
-    })?;
-    let client = kube_client_for(config, tried, Some(readiness.clone()), first_contact).await?;
+    };
+    let lease = lease_client_from(config.clone()).map_err(client_error)?;
+    let client = client_telling(config, Some(readiness.clone())).map_err(client_error)?;
+    // Waiting, each try is one request (the Lease's client retries nothing inside a call), so
+    // the API server's return is seen within about a second; failing at once, a 503 from an API
+    // server still starting is retried for a few seconds first, as every other call is.
+    let probe = match first_contact {
+        FirstContact::Wait => &lease,
+        FirstContact::FailAtOnce => &client,
+    };
+    answered(probe, &server, &tried, first_contact).await?;
     Ok((client, lease))
 }
 
 /// The controller's client, once the API server has answered.
 pub async fn kube_client() -> Result<Client, RunError> {
     let (config, tried) = kube_config().await?;
-    kube_client_for(config, tried, None, FirstContact::FailAtOnce).await
+    let server = config.cluster_url.to_string();
+    let client = client_from(config).map_err(|source| RunError::KubeClient {
+        tried: tried.clone(),
+        source,
+    })?;
+    answered(&client, &server, &tried, FirstContact::FailAtOnce).await?;
+    Ok(client)
 }
-
-/// What `run` does when the API server does not answer its first call (unreachable, timed out,
-/// 502 to 504); any other failure (a 401, a 403, a bad certificate) ends it at once either way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FirstContact {
-    /// Exit, naming the server and the kubeconfig: someone at a terminal wants to know now.
-    FailAtOnce,
-    /// Try again every second until it answers. In a pod the kubelet would restart a process
-    /// that exited, after a delay that doubles up to 5 minutes: a controller started while the
-    /// API server was away (a node or a whole cluster restarting) would then come back minutes
-    /// after the API server did, not a second after.
-    Wait,
-}
-
-impl FirstContact {
-    /// [`FirstContact::Wait`] in a pod (the kubelet sets `KUBERNETES_SERVICE_HOST` in every
-    /// container, whatever the kubeconfig), [`FirstContact::FailAtOnce`] elsewhere.
-    pub fn for_environment(kubernetes_service_host: Option<&str>) -> FirstContact {
-        match kubernetes_service_host {
-            Some(host) if !host.trim().is_empty() => FirstContact::Wait,
-            _ => FirstContact::FailAtOnce,
-        }
-    }
-}
-
-/// How long the first call may wait for an answer, and how long between two tries when
-/// [`FirstContact::Wait`]ing.
-const FIRST_CONTACT_TIMEOUT: Duration = Duration::from_secs(10);
-const FIRST_CONTACT_RETRY: Duration = Duration::from_secs(1);
 
 /// The Kubernetes configuration found, and where it was looked for (for error messages).
 async fn kube_config() -> Result<(kube::Config, String), RunError> {
@@ -189,48 +175,114 @@ async fn kube_config() -> Result<(kube::Config, String), RunError> {
     }
 }
 
-async fn kube_client_for(
-    config: kube::Config,
-    tried: String,
-    readiness: Option<Readiness>,
+/// What `run` does when the API server is not there yet at its first call (see
+/// [`not_there_yet`]); any other failure (a 401, a 403, a bad certificate, credentials that
+/// cannot be had) ends it at once either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FirstContact {
+    /// Exit, naming the server and the kubeconfig: someone at a terminal wants to know now.
+    FailAtOnce,
+    /// Try again a second after each failed try until it answers. In a pod the kubelet would
+    /// restart a process that exited, after a delay that doubles up to 5 minutes: a controller
+    /// started while the API server was away (a node or a whole cluster restarting) would then
+    /// come back minutes after the API server did, not a second after.
+    Wait,
+}
+
+impl FirstContact {
+    /// [`FirstContact::Wait`] in a pod (the kubelet sets `KUBERNETES_SERVICE_HOST` in every
+    /// container, whatever the kubeconfig), [`FirstContact::FailAtOnce`] elsewhere.
+    fn for_environment(kubernetes_service_host: Option<&str>) -> FirstContact {
+        match kubernetes_service_host {
+            Some(host) if !host.trim().is_empty() => FirstContact::Wait,
+            _ => FirstContact::FailAtOnce,
+        }
+    }
+
+    /// How long one try may wait for an answer: failing at once, long enough for a slow API
+    /// server; waiting, short, so an API server whose address drops packets is tried again often.
+    fn timeout(self) -> Duration {
+        match self {
+            FirstContact::FailAtOnce => Duration::from_secs(10),
+            FirstContact::Wait => Duration::from_secs(3),
+        }
+    }
+}
+
+/// Between a failed first try and the next, when [`FirstContact::Wait`]ing.
+const FIRST_CONTACT_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether a failed first call says the API server is not there yet, which its coming fixes:
+/// nothing listens (refused), the connection is reset, closed or times out, a gateway or the
+/// server says it is unavailable (502 to 504), or it sheds load (429). Not a failure waiting
+/// cannot fix: a TLS handshake that fails on the certificate (rustls says so as invalid data),
+/// credentials that cannot be had (an exec plugin, a token file), a name that does not resolve, a
+/// refusal (401, 403, 404).
+fn not_there_yet(error: &kube::Error) -> bool {
+    use std::io::ErrorKind;
+    if let kube::Error::Api(status) = error {
+        return matches!(status.code, 429 | 502..=504);
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::NotConnected
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::TimedOut
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+            && (hyper.is_incomplete_message() || hyper.is_closed() || hyper.is_canceled())
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Returns once `client` gets an answer from the API server at `server`, or fails naming it and
+/// `tried`; [`FirstContact::Wait`] tries again while the API server is [`not_there_yet`].
+async fn answered(
+    client: &Client,
+    server: &str,
+    tried: &str,
     first_contact: FirstContact,
-) -> Result<Client, RunError> {
-    let server = config.cluster_url.to_string();
-    let client = client_telling(config, readiness).map_err(|source| RunError::KubeClient {
-        tried: tried.clone(),
-        source,
-    })?;
+) -> Result<(), RunError> {
+    let unreachable = |reason: String| RunError::KubeUnreachable {
+        server: server.to_string(),
+        tried: tried.to_string(),
+        reason,
+    };
+    let timeout = first_contact.timeout();
     let mut waiting = Repeated::default();
     loop {
-        // Unless waiting, fail at once, naming what was tried, rather than retrying watches
-        // forever.
-        let reason = match tokio::time::timeout(FIRST_CONTACT_TIMEOUT, client.apiserver_version())
-            .await
-        {
+        let reason = match tokio::time::timeout(timeout, client.apiserver_version()).await {
             Ok(Ok(version)) => {
                 if let Some(tries) = waiting.succeeded() {
                     info!(server = %server, tries, "the Kubernetes API server answers");
                 }
                 info!(server = %server, version = %version.git_version, "connected to Kubernetes");
-                return Ok(client);
+                return Ok(());
             }
-            Ok(Err(e)) if first_contact == FirstContact::Wait && unanswered(&e) => e.to_string(),
-            Err(_) if first_contact == FirstContact::Wait => {
-                format!("no answer within {}s", FIRST_CONTACT_TIMEOUT.as_secs())
-            }
-            Ok(Err(e)) => {
-                return Err(RunError::KubeUnreachable {
-                    server,
-                    tried,
-                    reason: e.to_string(),
-                });
-            }
+            Ok(Err(e)) if first_contact == FirstContact::Wait && not_there_yet(&e) => e.to_string(),
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
             Err(_) => {
-                return Err(RunError::KubeUnreachable {
-                    server,
-                    tried,
-                    reason: format!("no answer within {}s", FIRST_CONTACT_TIMEOUT.as_secs()),
-                });
+                let reason = format!("no answer within {}s", timeout.as_secs());
+                if first_contact == FirstContact::FailAtOnce {
+                    return Err(unreachable(reason));
+                }
+                reason
             }
         };
         match waiting.failed() {
@@ -239,7 +291,7 @@ async fn kube_client_for(
                 configuration = %tried,
                 tries,
                 error = %reason,
-                "the Kubernetes API server does not answer: trying again every second (in a pod, exiting would wait out the kubelet's restart backoff)"
+                "the Kubernetes API server does not answer: trying again a second after each try (in a pod, exiting would wait out the kubelet's restart backoff)"
             ),
             (tries, false) => {
                 debug!(server = %server, tries, error = %reason, "the Kubernetes API server does not answer yet")
@@ -392,17 +444,21 @@ pub async fn run(args: Arc<RunArgs>, endpoint: Endpoint) -> Result<(), RunError>
 
     let first_contact =
         FirstContact::for_environment(std::env::var("KUBERNETES_SERVICE_HOST").ok().as_deref());
-    let (client, lease_client) = tokio::select! {
-        clients = kube_clients(&readiness, first_contact) => clients?,
+    let connected = async {
+        let (client, lease_client) = kube_clients(&readiness, first_contact).await?;
+        let budget = CallBudget::new(args.aws_rate_limit, args.aws_burst, args.aws_poll_share);
+        let (proton, embedded) = proton_port(&args, &endpoint, metrics.clone(), budget).await?;
+        Ok::<_, RunError>((client, lease_client, proton, embedded))
+    };
+    // A SIGTERM while the API server is waited for (or the AWS side set up) stops at once.
+    let (client, lease_client, proton, _embedded) = tokio::select! {
+        connected = connected => connected?,
         () = wait_stop(stop_rx.clone()) => {
             let _ = http_task.await;
-            info!("stopped before the Kubernetes API server answered");
+            info!("stopped before it was connected");
             return Ok(());
         }
     };
-    let budget = CallBudget::new(args.aws_rate_limit, args.aws_burst, args.aws_poll_share);
-
-    let (proton, _embedded) = proton_port(&args, &endpoint, metrics.clone(), budget).await?;
 
     let settings = Settings {
         resync: args.resync_period,
@@ -642,7 +698,67 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
+
+    fn status(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("refused", "Refused").with_code(code),
+        ))
+    }
+
+    /// The first call's real error, made to `url` with a client as `run` builds it.
+    async fn first_call_error(url: &str) -> kube::Error {
+        let config = kube::Config::new(url.parse().expect("a URL"));
+        let client = lease_client_from(config).expect("a client");
+        client
+            .apiserver_version()
+            .await
+            .expect_err("nothing there answers Kubernetes")
+    }
+
+    #[test]
+    fn an_api_server_that_sheds_load_or_is_unavailable_is_waited_for_and_a_refusal_is_not() {
+        for code in [429, 502, 503, 504] {
+            assert!(not_there_yet(&status(code)), "{code}");
+        }
+        for code in [400, 401, 403, 404, 500] {
+            assert!(!not_there_yet(&status(code)), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_waited_for() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let error = first_call_error(&format!("http://127.0.0.1:{port}")).await;
+        assert!(not_there_yet(&error), "{error:?}");
+    }
+
+    /// A TLS handshake that fails (here: the server does not speak TLS) is a configuration to
+    /// fix, not an API server to wait for.
+    #[tokio::test]
+    async fn a_failed_tls_handshake_is_not_waited_for() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a listener");
+        let port = listener.local_addr().expect("its address").port();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                held.push(stream);
+            }
+        });
+        let error = first_call_error(&format!("https://127.0.0.1:{port}")).await;
+        server.abort();
+        assert!(!not_there_yet(&error), "{error:?}");
+    }
 
     #[test]
     fn only_a_process_in_a_pod_waits_for_the_api_server_at_its_start() {

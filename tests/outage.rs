@@ -190,7 +190,8 @@ async fn an_outage_in_the_middle_of_a_throttled_burst_loses_no_connection_and_ma
 /// A controller started in a pod while the API server is away (a node, or the whole cluster,
 /// restarting) waits for it instead of exiting: an exit would leave the pod to the kubelet's
 /// restart backoff (10 s doubling to 5 minutes), so it would come back long after the API server.
-/// Meanwhile it is alive (`/healthz`) and not ready, and warns once; when the API server answers,
+/// Meanwhile it is alive (`/healthz`) and not ready, and warns at its 1st and every 10th failed
+/// try (one a second); when the API server answers,
 /// it leads, and serves what was applied before and a resource applied right then, within 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn started_in_a_pod_while_the_api_server_is_away_it_waits_and_serves_within_5_s_of_the_return()
@@ -214,7 +215,7 @@ async fn started_in_a_pod_while_the_api_server_is_away_it_waits_and_serves_withi
     );
     let addr = controller.readyz_addr(LIMIT).await;
     env.api
-        .wait_until("the first call refused 3 times", LIMIT, |api| {
+        .wait_until("3 tries of the first call refused", LIMIT, |api| {
             api.refused_to("version") >= 3
         })
         .await;
@@ -228,7 +229,7 @@ async fn started_in_a_pod_while_the_api_server_is_away_it_waits_and_serves_withi
         "alive while it waits: the kubelet leaves it be"
     );
     assert!(!ready(&addr), "not ready while it waits");
-    // Longer than the first call's own timeout (10 s): a process that gave up would be gone.
+    // Before, a process started in an outage exited after its first call's retries (about 3 s).
     tokio::time::sleep_until(down_at + Duration::from_secs(12)).await;
     assert!(
         controller.running(),
@@ -257,11 +258,23 @@ async fn started_in_a_pod_while_the_api_server_is_away_it_waits_and_serves_withi
             |_| ready(&addr),
         )
         .await;
-    assert_eq!(
-        controller.logged("the Kubernetes API server does not answer"),
-        1,
-        "one warning for the whole wait: {}",
-        controller.log()
+    // A try a second: the first failed try warns, then every tenth.
+    let warned: Vec<u32> = controller
+        .log()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("the Kubernetes API server does not answer"))
+        .filter_map(|l| {
+            l.split("tries=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        !warned.is_empty() && warned.len() <= 2 && warned.iter().all(|n| n % 10 == 1),
+        "the 1st failed try warned, then every 10th: {warned:?}"
     );
     assert_eq!(controller.logged("became leader"), 1);
     assert_eq!(
@@ -273,6 +286,37 @@ async fn started_in_a_pod_while_the_api_server_is_away_it_waits_and_serves_withi
         "started in a pod 12 s into an outage: both resources had their connections {:.2} s after the API server came back",
         served.as_secs_f64()
     );
+}
+
+/// Waiting for the API server at its start, the controller still stops at once when Kubernetes
+/// stops its pod (SIGTERM), and cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_the_api_server_at_its_start_it_stops_at_once_on_sigterm() {
+    let env = Env::start_full(
+        patient(),
+        CallBudget::unlimited(),
+        EmulatorConfig::default(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = env.api.serve_http(dir.path()).await;
+    env.api.down();
+    let mut controller = Controller::start_with_env(
+        &kubeconfig,
+        &leader_elected_args(&env.emulator.url()),
+        None,
+        &[("KUBERNETES_SERVICE_HOST", "10.96.0.1")],
+    );
+    controller
+        .until("the warning that it waits", LIMIT, |c| {
+            c.logged("the Kubernetes API server does not answer") >= 1
+        })
+        .await;
+    let status = controller
+        .stopped_by_sigterm("the exit within 2 s of SIGTERM", Duration::from_secs(2))
+        .await;
+    assert!(status.success(), "{status:?}: {}", controller.log());
+    assert_eq!(controller.logged("stopped before it was connected"), 1);
 }
 
 /// Resources and a policy whose writes fail when the API server stops (refused by RBAC first,

@@ -278,7 +278,7 @@ impl Context {
 #[cfg(test)]
 impl Context {
     /// A context whose calls go nowhere, with production-like settings (see [`crate::offline`]).
-    pub(crate) fn offline() -> Context {
+    pub(super) fn offline() -> Context {
         let metrics = Metrics::new();
         Context::new(
             crate::offline::client(),

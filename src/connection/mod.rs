@@ -6,7 +6,7 @@
 
 pub mod api;
 mod cached;
-pub(crate) mod context;
+mod context;
 pub mod controller;
 pub mod decide;
 mod error;

@@ -43,8 +43,11 @@ where
         wait,
         news,
     } = tracker.kube_failure(&uid, generation, triggers, &message, unanswered, resync);
+    // Outside the reconcile's span: the object is named here.
     warn!(
         kind = %K::kind(&()),
+        namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
+        name = obj.meta().name.as_deref().unwrap_or_default(),
         error = %message,
         failures,
         retry_in_secs = wait.as_secs_f64(),
@@ -110,7 +113,11 @@ mod tests {
             let tracked = tracker.lock();
             let t = tracked.get("uid-1").expect("tracked");
             assert_eq!(t.failures(3), 1);
-            assert!(t.quiet(3, &7, now).is_some(), "held for its backoff");
+            let held = t.quiet(3, &7, now).unwrap_or_default();
+            assert!(
+                held > Duration::from_millis(500) && held <= Duration::from_millis(1250),
+                "held for the first backoff, a second +/- 25 %: {held:?}"
+            );
             assert!(
                 t.quiet(3, &8, now).is_none(),
                 "a change to its triggers ends the wait"

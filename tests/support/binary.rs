@@ -140,6 +140,31 @@ impl Controller {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM (as Kubernetes stops a pod) and waits up to `limit` for the process to exit;
+    /// panics naming `what` if it does not.
+    pub async fn stopped_by_sigterm(
+        &mut self,
+        what: &str,
+        limit: Duration,
+    ) -> std::process::ExitStatus {
+        // SAFETY: kill only sends a signal to the child this owns.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}; the controller's log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether the process is still running (it has not exited).
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
