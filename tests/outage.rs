@@ -35,9 +35,8 @@ fn uid(i: usize) -> String {
     format!("0b9c6f1e-7d2a-4c55-9f0e-{i:012}")
 }
 
-/// The binary with the arguments `args` makes for the emulator's URL, against the fake API server
-/// over HTTP (its kubeconfig in the directory returned).
-async fn started(args: impl Fn(&str) -> Vec<String>) -> (Env, tempfile::TempDir, Controller) {
+/// The fake API server over HTTP, its kubeconfig (in the directory returned), and the emulator.
+async fn over_http() -> (Env, tempfile::TempDir, std::path::PathBuf) {
     let env = Env::start_full(
         patient(),
         CallBudget::unlimited(),
@@ -46,9 +45,73 @@ async fn started(args: impl Fn(&str) -> Vec<String>) -> (Env, tempfile::TempDir,
     .await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = env.api.serve_http(dir.path()).await;
+    (env, dir, kubeconfig)
+}
+
+/// The binary with the arguments `args` makes for the emulator's URL, against [`over_http`].
+async fn started(args: impl Fn(&str) -> Vec<String>) -> (Env, tempfile::TempDir, Controller) {
+    let (env, dir, kubeconfig) = over_http().await;
     let url = env.emulator.url();
     let controller = Controller::start(&kubeconfig, &args(&url), None);
     (env, dir, controller)
+}
+
+/// The leader-elected binary as in a pod (`KUBERNETES_SERVICE_HOST` set), started while the fake
+/// API server is down, after `before` was applied (name, uid index); returns once it has warned
+/// that it waits, with when the outage began.
+async fn started_in_a_pod_while_down(
+    before: &[(&str, usize)],
+) -> (Env, tempfile::TempDir, Controller, tokio::time::Instant) {
+    let (env, dir, kubeconfig) = over_http().await;
+    for (name, i) in before {
+        env.api.create(name, &uid(*i), spec(name));
+    }
+    env.api.down();
+    let down_at = tokio::time::Instant::now();
+    let controller = Controller::start_with_env(
+        &kubeconfig,
+        &leader_elected_args(&env.emulator.url()),
+        None,
+        &[("KUBERNETES_SERVICE_HOST", "10.96.0.1")],
+    );
+    controller
+        .until("the warning that it waits", LIMIT, |c| {
+            c.logged("the Kubernetes API server does not answer") >= 1
+        })
+        .await;
+    (env, dir, controller, down_at)
+}
+
+/// Waits for each of `names` to have its connection, and then `/readyz` at `readyz`, all within
+/// 5 s of `back` (the API server's return); returns how long after `back` the last connection
+/// was there.
+async fn served_and_ready_within_5_s(
+    env: &Env,
+    controller: &Controller,
+    readyz: &str,
+    names: &[&str],
+    back: tokio::time::Instant,
+) -> Duration {
+    let within = |back: tokio::time::Instant| Duration::from_secs(5).saturating_sub(back.elapsed());
+    for name in names {
+        env.api
+            .wait_for(
+                name,
+                "a connection within 5 s of the API server's return",
+                within(back),
+                has_id,
+            )
+            .await;
+    }
+    let served = back.elapsed();
+    controller
+        .until(
+            "/readyz ready within 5 s of the API server's return",
+            within(back),
+            |_| ready(readyz),
+        )
+        .await;
+    served
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,22 +134,7 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
 
     let back = outage(&env.api, &controller, Duration::from_secs(10)).await;
     env.api.create("after", &uid(BEFORE), spec("after"));
-    env.api
-        .wait_for(
-            "after",
-            "a connection within 5 s of the API server's return",
-            Duration::from_secs(5),
-            has_id,
-        )
-        .await;
-    let served = back.elapsed();
-    controller
-        .until(
-            "/readyz ready within 5 s of the API server's return",
-            Duration::from_secs(5).saturating_sub(back.elapsed()),
-            |_| ready(&readyz),
-        )
-        .await;
+    let served = served_and_ready_within_5_s(&env, &controller, &readyz, &["after"], back).await;
     let ready_at = back.elapsed();
     assert_eq!(
         controller.logged("became leader"),
@@ -196,32 +244,11 @@ async fn an_outage_in_the_middle_of_a_throttled_burst_loses_no_connection_and_ma
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn started_in_a_pod_while_the_api_server_is_away_it_waits_and_serves_within_5_s_of_the_return()
  {
-    let env = Env::start_full(
-        patient(),
-        CallBudget::unlimited(),
-        EmulatorConfig::default(),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = env.api.serve_http(dir.path()).await;
-    env.api.create("before", &uid(0), spec("before"));
-    env.api.down();
-    let down_at = tokio::time::Instant::now();
-    let mut controller = Controller::start_with_env(
-        &kubeconfig,
-        &leader_elected_args(&env.emulator.url()),
-        None,
-        &[("KUBERNETES_SERVICE_HOST", "10.96.0.1")],
-    );
+    let (env, _dir, mut controller, down_at) = started_in_a_pod_while_down(&[("before", 0)]).await;
     let addr = controller.readyz_addr(LIMIT).await;
     env.api
         .wait_until("3 tries of the first call refused", LIMIT, |api| {
             api.refused_to("version") >= 3
-        })
-        .await;
-    controller
-        .until("the warning that it waits", LIMIT, |c| {
-            c.logged("the Kubernetes API server does not answer") >= 1
         })
         .await;
     assert!(
@@ -240,24 +267,8 @@ async fn started_in_a_pod_while_the_api_server_is_away_it_waits_and_serves_withi
     env.api.up();
     let back = tokio::time::Instant::now();
     env.api.create("after", &uid(1), spec("after"));
-    for name in ["before", "after"] {
-        env.api
-            .wait_for(
-                name,
-                "a connection within 5 s of the API server's return",
-                Duration::from_secs(5).saturating_sub(back.elapsed()),
-                has_id,
-            )
-            .await;
-    }
-    let served = back.elapsed();
-    controller
-        .until(
-            "/readyz ready within 5 s of the API server's return",
-            Duration::from_secs(5).saturating_sub(back.elapsed()),
-            |_| ready(&addr),
-        )
-        .await;
+    let served =
+        served_and_ready_within_5_s(&env, &controller, &addr, &["before", "after"], back).await;
     // A try a second: the first failed try warns, then every tenth.
     let warned: Vec<u32> = controller
         .log()
@@ -292,26 +303,7 @@ async fn started_in_a_pod_while_the_api_server_is_away_it_waits_and_serves_withi
 /// stops its pod (SIGTERM), and cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_the_api_server_at_its_start_it_stops_at_once_on_sigterm() {
-    let env = Env::start_full(
-        patient(),
-        CallBudget::unlimited(),
-        EmulatorConfig::default(),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = env.api.serve_http(dir.path()).await;
-    env.api.down();
-    let mut controller = Controller::start_with_env(
-        &kubeconfig,
-        &leader_elected_args(&env.emulator.url()),
-        None,
-        &[("KUBERNETES_SERVICE_HOST", "10.96.0.1")],
-    );
-    controller
-        .until("the warning that it waits", LIMIT, |c| {
-            c.logged("the Kubernetes API server does not answer") >= 1
-        })
-        .await;
+    let (_env, _dir, mut controller, _) = started_in_a_pod_while_down(&[]).await;
     let status = controller
         .stopped_by_sigterm("the exit within 2 s of SIGTERM", Duration::from_secs(2))
         .await;

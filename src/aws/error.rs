@@ -124,6 +124,18 @@ impl ProtonError {
         }
     }
 
+    /// A final step handed to a kind's executor as if it were a call: a bug in the reconcile
+    /// loop (final steps end the loop), reported as an error rather than a panic.
+    pub fn final_step(step: &str) -> Self {
+        ProtonError {
+            operation: "reconcile",
+            class: ErrorClass::Other,
+            code: "InternalError".into(),
+            message: format!("{step} is not executed as an intermediate step"),
+            retry_in: None,
+        }
+    }
+
     pub(crate) fn from_sdk<E>(
         operation: &'static str,
         err: SdkError<E, aws_smithy_runtime_api::http::Response>,

@@ -10,8 +10,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("{0} has no {1}")]
-    MissingMetadata(String, &'static str),
+    #[error(transparent)]
+    MissingMetadata(#[from] crate::reconciler::MissingMetadata),
     /// The watch cache is behind the server (a write of ours it has not shown yet): this
     /// reconcile stops before acting on the stale copy and runs again on the fresh one.
     #[error("the cached copy of {0} is behind the server")]

@@ -281,20 +281,9 @@ pub(super) async fn execute(
         | Step::RemoveFinalizer
         | Step::Idle { .. }
         | Step::Defer { .. }
-        | Step::Nothing => unreachable_final(step),
+        | Step::Nothing => Err(ProtonError::final_step(step.name())),
     };
     Ok(outcome)
-}
-
-/// Final steps are handled by [`finish`]; answering one here would be a bug in the loop.
-pub(super) fn unreachable_final(step: &Step) -> Result<Outcome, ProtonError> {
-    Err(ProtonError {
-        operation: "reconcile",
-        class: crate::aws::proton::ErrorClass::Other,
-        code: "InternalError".into(),
-        message: format!("{} is not executed as an intermediate step", step.name()),
-        retry_in: None,
-    })
 }
 
 /// Ends the reconcile on its final step.

@@ -18,6 +18,7 @@ use crate::connection::api::{
 };
 use crate::connection::decide::{self, Intent, Memory, Note, Problem, Progress};
 use crate::mapping::{AwsIdentity, MappingError};
+use crate::reconciler;
 
 /// What a reconcile starts from.
 pub(super) struct Facts {
@@ -66,14 +67,12 @@ impl Facts {
     }
 
     pub(super) fn fetch(obj: &EnvironmentAccountConnection, ctx: &Context) -> Result<Facts, Error> {
-        let object = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
-        let namespace = obj
-            .namespace()
-            .ok_or_else(|| Error::MissingMetadata(object.clone(), "namespace"))?;
-        let uid = obj
-            .uid()
-            .ok_or_else(|| Error::MissingMetadata(object.clone(), "uid"))?;
-        let generation = obj.metadata.generation.unwrap_or_default();
+        let reconciler::Named {
+            object,
+            namespace,
+            uid,
+            generation,
+        } = reconciler::Named::of(obj)?;
         let triggers = ctx.triggers_of(obj);
         let credentials = triggers.credentials.clone();
         let deleting = obj.metadata.deletion_timestamp.is_some();

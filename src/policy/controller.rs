@@ -46,8 +46,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("policy {0} has no {1}")]
-    MissingMetadata(String, &'static str),
+    #[error("policy {0}")]
+    MissingMetadata(#[from] crate::reconciler::MissingMetadata),
     /// Its namespace has no credentials (see [`crate::mapping`]): nothing is asked of AWS.
     #[error("policy {object}: {source}")]
     Credentials {
@@ -267,14 +267,12 @@ struct Facts {
 
 impl Facts {
     fn fetch(obj: &ConnectionAcceptancePolicy, ctx: &Context) -> Result<Facts, Error> {
-        let object = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
-        let namespace = obj
-            .namespace()
-            .ok_or_else(|| Error::MissingMetadata(object.clone(), "namespace"))?;
-        let uid = obj
-            .uid()
-            .ok_or_else(|| Error::MissingMetadata(object.clone(), "uid"))?;
-        let generation = obj.metadata.generation.unwrap_or_default();
+        let reconciler::Named {
+            object,
+            namespace,
+            uid,
+            generation,
+        } = reconciler::Named::of(obj)?;
         let paused = paused(obj);
         let stored = obj.status.as_ref();
         let mut tracked = ctx.tracked();
@@ -467,14 +465,9 @@ async fn execute(
             .reject(ticket, region, id)
             .await
             .map(|c| Outcome::Connection(Box::new(c))),
+        // Final steps are handled by `finish`.
         Step::Settle(_) | Step::Report(_) | Step::Defer { .. } | Step::Idle { .. } => {
-            Err(ProtonError {
-                operation: "reconcile",
-                class: crate::aws::proton::ErrorClass::Other,
-                code: "InternalError".into(),
-                message: format!("{} is not executed as an intermediate step", step.name()),
-                retry_in: None,
-            })
+            Err(ProtonError::final_step(step.name()))
         }
     }
 }

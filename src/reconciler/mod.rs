@@ -24,6 +24,47 @@ use futures::future::BoxFuture;
 use kube::runtime::controller::Action;
 use tracing::{Instrument, Span};
 
+/// How a reconcile names its object: `namespace/name` (for messages), its namespace, its uid
+/// (what the controller keeps state by) and its generation.
+pub struct Named {
+    pub object: String,
+    pub namespace: String,
+    pub uid: String,
+    pub generation: i64,
+}
+
+/// An object without the metadata every reconcile needs (a namespaced kind always has both, as
+/// the API server serves it).
+#[derive(Debug, thiserror::Error)]
+#[error("{object} has no {field}")]
+pub struct MissingMetadata {
+    pub object: String,
+    pub field: &'static str,
+}
+
+impl Named {
+    pub fn of<K: kube::Resource>(obj: &K) -> Result<Named, MissingMetadata> {
+        let meta = obj.meta();
+        let object = format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        );
+        let missing = |field| MissingMetadata {
+            object: object.clone(),
+            field,
+        };
+        let namespace = meta.namespace.clone().ok_or_else(|| missing("namespace"))?;
+        let uid = meta.uid.clone().ok_or_else(|| missing("uid"))?;
+        Ok(Named {
+            namespace,
+            uid,
+            generation: meta.generation.unwrap_or_default(),
+            object,
+        })
+    }
+}
+
 /// Runs one reconcile in its span and counts it, by result (the outcome it names, or its error's
 /// label) and duration: the same for every kind.
 ///
@@ -45,4 +86,33 @@ pub async fn measured<E>(
     };
     count(label, started.elapsed());
     result.map(|(action, _)| action)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    use super::*;
+
+    #[test]
+    fn an_object_is_named_by_its_metadata_and_one_without_a_uid_says_so() {
+        let mut o = ConfigMap::default();
+        o.metadata.name = Some("cm".into());
+        o.metadata.namespace = Some("ns".into());
+        o.metadata.generation = Some(4);
+        let missing = Named::of(&o).err().map(|e| e.to_string());
+        assert_eq!(missing.as_deref(), Some("ns/cm has no uid"));
+
+        o.metadata.uid = Some("u-1".into());
+        let named = Named::of(&o).expect("named");
+        assert_eq!(
+            (
+                named.object.as_str(),
+                named.namespace.as_str(),
+                named.uid.as_str()
+            ),
+            ("ns/cm", "ns", "u-1")
+        );
+        assert_eq!(named.generation, 4);
+    }
 }
