@@ -953,7 +953,14 @@ fn hermetic_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
             || key.starts_with("PROTON_EMULATOR_")
             || matches!(
                 key,
-                "KUBECONFIG" | "POD_NAME" | "POD_NAMESPACE" | "RUST_LOG"
+                "KUBECONFIG"
+                    | "POD_NAME"
+                    | "POD_NAMESPACE"
+                    | "RUST_LOG"
+                    // In a pod the controller waits for an API server that does not answer at its
+                    // start; the tests run it as a process with a kubeconfig, wherever they run.
+                    | "KUBERNETES_SERVICE_HOST"
+                    | "KUBERNETES_SERVICE_PORT"
             )
         {
             command.env_remove(key);
