@@ -738,8 +738,9 @@ mod tests {
         assert!(not_there_yet(&error), "{error:?}");
     }
 
-    /// A TLS handshake that fails (here: the server does not speak TLS) is a configuration to
-    /// fix, not an API server to wait for.
+    /// A TLS handshake that fails is a configuration to fix, not an API server to wait for.
+    /// Here the server does not speak TLS; a certificate rustls refuses fails the same way (as
+    /// invalid data, wrapping rustls' error), which this test does not build.
     #[tokio::test]
     async fn a_failed_tls_handshake_is_not_waited_for() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
