@@ -738,6 +738,33 @@ mod tests {
         assert!(not_there_yet(&error), "{error:?}");
     }
 
+    /// An API server that takes connections and never answers: waiting, each try gives up after
+    /// 3 s and the next follows (the caller is still waiting after 30 s); failing at once, the
+    /// first try gives up after 10 s, naming the server. (Time is paused: the tries' timeouts
+    /// pass as soon as nothing else can run.)
+    #[tokio::test(start_paused = true)]
+    async fn an_api_server_that_never_answers_is_waited_for_in_a_pod_and_refused_outside() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+        let server = format!("http://{}", listener.local_addr().expect("its address"));
+        let config = kube::Config::new(server.parse().expect("a URL"));
+        let client = lease_client_from(config).expect("a client");
+
+        let waiting = tokio::time::timeout(
+            Duration::from_secs(30),
+            answered(&client, &server, "test", FirstContact::Wait),
+        )
+        .await;
+        assert!(waiting.is_err(), "still waiting: {waiting:?}");
+
+        let refused = answered(&client, &server, "test", FirstContact::FailAtOnce).await;
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("no answer within 10s") && message.contains(&server),
+            "{message}"
+        );
+        drop(listener);
+    }
+
     /// A TLS handshake that fails is a configuration to fix, not an API server to wait for.
     /// Here the server does not speak TLS; a certificate rustls refuses fails the same way (as
     /// invalid data, wrapping rustls' error), which this test does not build.
