@@ -198,12 +198,9 @@ pub async fn run(
     ));
     started.spawn(ctx.timetable.clone().run(ctx.nudge.clone()));
     let returning = ctx.clone();
-    let retried = after_outage::retried(
-        readiness.returns(),
-        store.clone(),
-        move || returning.tracked.due_after_return(),
-        "EnvironmentAccountConnection",
-    );
+    let retried = after_outage::retried(readiness.returns(), store.clone(), move || {
+        returning.tracked.due_after_return()
+    });
     let cache = store.clone();
     let moving = ctx.clone();
     let moved = futures::StreamExt::flat_map(moved, move |namespaces| {

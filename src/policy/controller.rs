@@ -660,12 +660,9 @@ pub async fn run(
         None,
     );
     let returning = ctx.clone();
-    let retried = after_outage::retried(
-        readiness.returns(),
-        store.clone(),
-        move || returning.tracked.due_after_return(),
-        "ConnectionAcceptancePolicy",
-    );
+    let retried = after_outage::retried(readiness.returns(), store.clone(), move || {
+        returning.tracked.due_after_return()
+    });
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         // The controller backs its trigger stream off too: the same short backoff.

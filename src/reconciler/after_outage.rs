@@ -46,7 +46,6 @@ pub fn retried<K>(
     returns: tokio::sync::watch::Receiver<u64>,
     store: Store<K>,
     due: impl Fn() -> HashSet<CompactId> + Send + 'static,
-    kind: &'static str,
 ) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
@@ -57,11 +56,11 @@ where
     })
     .flat_map(|()| futures::stream::iter([Duration::ZERO, LOOK_AGAIN]))
     .then(tokio::time::sleep)
-    .flat_map(move |()| futures::stream::iter(cached(&store, &due(), kind)))
+    .flat_map(move |()| futures::stream::iter(cached(&store, &due())))
 }
 
 /// The cached objects among `due`, by reference.
-fn cached<K>(store: &Store<K>, due: &HashSet<CompactId>, kind: &'static str) -> Vec<ObjectRef<K>>
+fn cached<K>(store: &Store<K>, due: &HashSet<CompactId>) -> Vec<ObjectRef<K>>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
@@ -78,7 +77,7 @@ where
         return objects;
     }
     info!(
-        kind,
+        kind = K::kind(&()).as_ref(),
         objects = objects.len(),
         "the Kubernetes API server answers again: trying again at once what its outage stopped"
     );
@@ -121,7 +120,7 @@ mod tests {
             move || looks.lock().unwrap().pop_front().unwrap_or_default()
         };
         let (returns, seen) = tokio::sync::watch::channel(0u64);
-        let objects = retried(seen, store, due, "ConfigMap");
+        let objects = retried(seen, store, due);
         futures::pin_mut!(objects);
 
         returns.send_modify(|n| *n += 1);

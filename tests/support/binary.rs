@@ -133,11 +133,15 @@ impl Controller {
     /// Ends the process as Kubernetes does (SIGTERM: it shuts down gracefully, and a wrapping
     /// tool writes its report), and waits for it.
     pub fn terminate(mut self) {
+        self.sigterm();
+        let _ = self.child.wait();
+    }
+
+    fn sigterm(&self) {
         // SAFETY: kill only sends a signal to the child this owns.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
         }
-        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM (as Kubernetes stops a pod) and waits up to `limit` for the process to exit;
@@ -147,10 +151,7 @@ impl Controller {
         what: &str,
         limit: Duration,
     ) -> std::process::ExitStatus {
-        // SAFETY: kill only sends a signal to the child this owns.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        self.sigterm();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
