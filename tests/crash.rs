@@ -77,7 +77,11 @@ async fn converge(env: &Env, what: &str, done: impl Fn(&Env, usize) -> bool) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    panic!("{what}: did not converge");
+    let pending: Vec<String> = (0..RESOURCES)
+        .filter(|i| !done(env, *i))
+        .map(|i| format!("{}: {:?}", name(i), env.api.get(&name(i)).map(|o| o.status)))
+        .collect();
+    panic!("{what}: did not converge: {pending:#?}");
 }
 
 /// A controller's world at its worst: Proton refuses a reused client token with other parameters

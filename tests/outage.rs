@@ -3,6 +3,7 @@
 //! and stops, every watch fails, and when the API server answers again the leader must take its
 //! Lease back, list and watch again, and serve a resource applied right then. The fake API server
 //! over HTTP on 127.0.0.1 (refusing every request while down), the Proton emulator over HTTP.
+//! And Proton's own outage: its endpoint resetting every connection, then answering again.
 
 mod support;
 
@@ -17,6 +18,7 @@ use eac_controller::runner;
 use k8s_openapi::api::coordination::v1::Lease;
 use proton_emulator::EmulatorConfig;
 use support::binary::{Controller, alive, leader_elected_args, outage, ready, run_args};
+use support::gate::Gate;
 use support::{Env, FakeApi, NS, kube_config_of, patient, spec};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -413,6 +415,96 @@ async fn what_an_outage_stopped_is_done_within_5_s_of_its_end_whatever_its_backo
             controller.log()
         );
     }
+}
+
+/// Proton stops answering (its endpoint resets every connection, as when its pod is gone from
+/// behind its Service) while a resource is created. The resource backs off as for any passing
+/// fault; once Proton answers again (probed every 2 s), its connection is created at once, not
+/// at the end of a backoff that grew through the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_proton_left_unanswered_is_served_within_5_s_of_its_return_whatever_its_backoff()
+{
+    /// After its fifth failure a resource waits 16 s (+/- 25 %) before its next try.
+    const FAILURES: usize = 5;
+    let (env, _dir, kubeconfig) = over_http().await;
+    let gate = Gate::to(env.emulator.addr()).await;
+    let controller = Controller::start(&kubeconfig, &run_args(&gate.url(), &[]), None);
+    env.api.create("before", &uid(0), spec("before"));
+    env.api
+        .wait_until(
+            "the connection of a resource applied before Proton's outage",
+            LIMIT,
+            |api| has_id(api.get("before").as_ref()),
+        )
+        .await;
+    gate.shut();
+    env.api.create("during", &uid(1), spec("during"));
+    let failed = |c: &Controller| {
+        c.log()
+            .lines()
+            .filter(|l| {
+                l.contains("reconcile ended on a problem")
+                    && l.contains("AwsUnavailable")
+                    && l.contains("resource=\"during\"")
+            })
+            .count()
+    };
+    controller
+        .until(
+            &format!(
+                "{FAILURES} failed tries to create the connection of a resource applied during Proton's outage"
+            ),
+            LIMIT,
+            |c| failed(c) >= FAILURES,
+        )
+        .await;
+    gate.open();
+    let back = tokio::time::Instant::now();
+    env.api
+        .wait_until(
+            "the connection of the resource applied during the outage, within 5 s of Proton's return",
+            Duration::from_secs(5),
+            |api| has_id(api.get("during").as_ref()),
+        )
+        .await;
+    println!(
+        "after {FAILURES} failures, the connection was created {:.2} s after Proton's return",
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        failed(&controller),
+        FAILURES,
+        "no try between the last failure and the return:\n{}",
+        controller.log()
+    );
+    assert_eq!(
+        controller.logged("Proton does not answer"),
+        1,
+        "warned once:\n{}",
+        controller.log()
+    );
+    let said = |what: &str| {
+        controller
+            .log()
+            .lines()
+            .filter(|l| l.contains("Proton answers again") && l.contains(what))
+            .count()
+    };
+    assert_eq!(said("outage_secs="), 1, "the return said once");
+    // At the return, and at the second look only if a call failed after the first.
+    assert!(
+        (1..=2).contains(&said("kind=\"EnvironmentAccountConnection\"")),
+        "{}",
+        controller.log()
+    );
+    let created = env
+        .emulator
+        .state()
+        .connections()
+        .iter()
+        .filter(|c| c.client_token.as_deref() == Some(uid(1).as_str()))
+        .count();
+    assert_eq!(created, 1, "one connection for the resource");
 }
 
 /// Through an outage every watch fails every 2 s at most: each says so once at warn (the first

@@ -24,6 +24,7 @@ use crate::aws::budget::{Admission, CallBudget, CallClass};
 use crate::aws::credentials::{AwsIdentity, RoleIdentity};
 use crate::aws::identity::CallerIdentity;
 use crate::aws::pending::{Listed, Partial, PendingLists};
+use crate::aws::reach::{self, Reach};
 use crate::aws::session::{RoleSession, SessionCredentials};
 use crate::compact_id::CompactId;
 use crate::connection::api::ConnectionState;
@@ -147,6 +148,8 @@ pub struct Proton {
     identity: CallerIdentity,
     /// The PENDING connections of each credentials and region, listed for polls.
     pending: Arc<PendingLists<u64>>,
+    /// The regions where Proton does not answer, and its returns.
+    reach: Arc<Reach>,
 }
 
 impl Proton {
@@ -237,6 +240,7 @@ impl Proton {
             metrics,
             identity,
             pending: Arc::default(),
+            reach: Arc::default(),
         }
     }
 
@@ -295,6 +299,7 @@ impl Proton {
     async fn call<T, E, F>(
         &self,
         ticket: &Ticket<'_>,
+        region: &str,
         operation: &'static str,
         fut: F,
     ) -> Result<T, ProtonError>
@@ -311,7 +316,16 @@ impl Proton {
         if let AwsIdentity::Role(role) = ticket.identity {
             self.session(role).assume().await?;
         }
-        let result = fut.await.map_err(|e| ProtonError::from_sdk(operation, e));
+        let outcome = fut.await;
+        let heard = outcome
+            .as_ref()
+            .err()
+            .map_or(reach::Heard::Answered, reach::heard);
+        let result = outcome.map_err(|e| ProtonError::from_sdk(operation, e));
+        match &result {
+            Ok(_) => self.reach.answered(region),
+            Err(e) => self.reach.record(heard, region, ticket.identity, e),
+        }
         self.metrics.aws_class_call(ticket.class);
         match &result {
             Ok(_) => self.metrics.aws_call(operation, "success"),
@@ -395,6 +409,7 @@ impl Proton {
         let out = self
             .call(
                 ticket,
+                region,
                 "CreateEnvironmentAccountConnection",
                 client
                     .create_environment_account_connection()
@@ -429,6 +444,7 @@ impl Proton {
         let out = self
             .call(
                 ticket,
+                region,
                 "GetEnvironmentAccountConnection",
                 client.get_environment_account_connection().id(id).send(),
             )
@@ -604,6 +620,7 @@ impl Proton {
         let out = self
             .call(
                 ticket,
+                region,
                 "UpdateEnvironmentAccountConnection",
                 client
                     .update_environment_account_connection()
@@ -629,6 +646,7 @@ impl Proton {
         let client = self.client(ticket.identity, region);
         self.call(
             ticket,
+            region,
             "DeleteEnvironmentAccountConnection",
             client.delete_environment_account_connection().id(id).send(),
         )
@@ -684,6 +702,7 @@ impl Proton {
         let client = self.client(identity, region);
         self.call(
             &ticket,
+            region,
             "ListEnvironmentAccountConnections",
             client
                 .list_environment_account_connections()
@@ -693,6 +712,44 @@ impl Proton {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Sees Proton answer again after an outage (see [`crate::aws::reach`]).
+    pub fn returns(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reach.returns()
+    }
+
+    /// Probes each region where Proton does not answer, every [`reach::PROBE_EVERY`], until it
+    /// does; runs while the controller does. Idle while every region answers.
+    pub async fn probe_while_away(self) {
+        // The outages warned of, by region: each is warned of once.
+        let mut warned = HashMap::new();
+        loop {
+            self.reach.some_away().await;
+            let away = self.reach.away();
+            warned.retain(|region, _| away.iter().any(|(r, _)| r == region));
+            for (region, unreached) in &away {
+                if warned.insert(region.clone(), unreached.since) != Some(unreached.since) {
+                    tracing::warn!(
+                        %region,
+                        error = %unreached.error,
+                        probe_every_secs = reach::PROBE_EVERY.as_secs(),
+                        "Proton does not answer: probing it until it does; what its outage stops is tried again as soon as it answers"
+                    );
+                }
+            }
+            tokio::time::sleep(reach::PROBE_EVERY).await;
+            let probes = self.reach.away().into_iter().map(|(region, away)| {
+                let proton = self.clone();
+                async move {
+                    // Recorded by `call`: an answer, whatever it says, ends the outage.
+                    if let Err(e) = proton.probe(&away.identity, &region).await {
+                        tracing::debug!(%region, error = %e, "Proton probed");
+                    }
+                }
+            });
+            futures::future::join_all(probes).await;
+        }
     }
 
     /// `ListEnvironmentAccountConnections`, all pages.
@@ -734,6 +791,7 @@ impl Proton {
         let out = self
             .call(
                 ticket,
+                region,
                 "ListEnvironmentAccountConnections",
                 client
                     .list_environment_account_connections()
@@ -767,6 +825,7 @@ impl Proton {
         let out = self
             .call(
                 ticket,
+                region,
                 "AcceptEnvironmentAccountConnection",
                 client.accept_environment_account_connection().id(id).send(),
             )
@@ -788,6 +847,7 @@ impl Proton {
         let out = self
             .call(
                 ticket,
+                region,
                 "RejectEnvironmentAccountConnection",
                 client.reject_environment_account_connection().id(id).send(),
             )
@@ -853,6 +913,7 @@ impl Proton {
             let out = self
                 .call(
                     ticket,
+                    region,
                     "ListTagsForResource",
                     client
                         .list_tags_for_resource()
@@ -881,6 +942,7 @@ impl Proton {
         let client = self.client(ticket.identity, region);
         self.call(
             ticket,
+            region,
             "TagResource",
             client
                 .tag_resource()
@@ -902,6 +964,7 @@ impl Proton {
         let client = self.client(ticket.identity, region);
         self.call(
             ticket,
+            region,
             "UntagResource",
             client
                 .untag_resource()

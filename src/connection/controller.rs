@@ -197,10 +197,16 @@ pub async fn run(
         ctx.metrics.clone(),
     ));
     started.spawn(ctx.timetable.clone().run(ctx.nudge.clone()));
+    started.spawn(ctx.proton.clone().probe_while_away());
     let returning = ctx.clone();
-    let retried = after_outage::retried(readiness.returns(), store.clone(), move || {
-        returning.tracked.due_after_return()
-    });
+    let retried = after_outage::retried(
+        after_outage::Returns {
+            api_server: readiness.returns(),
+            proton: ctx.proton.returns(),
+        },
+        store.clone(),
+        move |away| returning.tracked.due_after_return(away),
+    );
     let cache = store.clone();
     let moving = ctx.clone();
     let moved = futures::StreamExt::flat_map(moved, move |namespaces| {
@@ -215,7 +221,7 @@ pub async fn run(
         .reconcile_on(moved)
         // A connection the management side here just accepted or rejected: read it now.
         .reconcile_on(nudged)
-        // The API server answers again: what its outage stopped, now.
+        // The API server or Proton answers again: what its outage stopped, now.
         .reconcile_on(retried)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());

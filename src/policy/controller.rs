@@ -19,6 +19,7 @@ use tracing::{info, info_span, warn};
 
 use super::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicyStatus as Status};
 use super::decide::{Memory, Outcome, Peer, Policy, Run, Step};
+use crate::aws::error::ErrorClass;
 use crate::aws::proton::{Proton, ProtonError, StepCalls, Ticket};
 use crate::compact_id::CompactId;
 use crate::connection::api::EnvironmentAccountConnection;
@@ -30,7 +31,8 @@ use crate::metrics::Metrics;
 use crate::reconciler::note::Note;
 use crate::reconciler::nudge::{Nudge, Why};
 use crate::reconciler::{
-    self, after_outage,
+    self,
+    after_outage::{self, Away},
     tracked::{Guard, Tracker},
 };
 use crate::recorder::Recorder;
@@ -521,6 +523,9 @@ async fn finish(
             t.fail(facts.generation);
         }
         t.hold(facts.generation, facts.paused, Instant::now() + requeue);
+        if failed && label == ErrorClass::Transient.reason() {
+            t.wait_for_return(Away::Proton);
+        }
     }
     let written = match &status {
         Some(status) => write_status(ctx, facts, status).await,
@@ -660,16 +665,21 @@ pub async fn run(
         None,
     );
     let returning = ctx.clone();
-    let retried = after_outage::retried(readiness.returns(), store.clone(), move || {
-        returning.tracked.due_after_return()
-    });
+    let retried = after_outage::retried(
+        after_outage::Returns {
+            api_server: readiness.returns(),
+            proton: ctx.proton.returns(),
+        },
+        store.clone(),
+        move |away| returning.tracked.due_after_return(away),
+    );
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         // The controller backs its trigger stream off too: the same short backoff.
         .trigger_backoff(reconciler::watch::WatchBackoff::default())
         // A connection here just requested an account this policy decides for: list now.
         .reconcile_on(nudged)
-        // The API server answers again: what its outage stopped, now.
+        // The API server or Proton answers again: what its outage stopped, now.
         .reconcile_on(retried)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());

@@ -1,5 +1,5 @@
-//! After an API-server outage, what it stopped is tried again as soon as the API server answers,
-//! not at the end of a backoff that grew through the outage.
+//! After an outage of the API server or of Proton, what it stopped is tried again as soon as
+//! the service answers, not at the end of a backoff that grew through the outage.
 //!
 //! A reconcile the API server did not answer backs off like any failure (a second, doubling, up to
 //! five minutes: see `retry`): through a 30 s outage an object caught mid-reconcile (its intent or
@@ -10,16 +10,50 @@
 //! was still being retried inside the client at the return and failed after it. Without leader
 //! election a long outage during a mass apply can leave thousands of them: they go as the
 //! controller's concurrency allows, as at the apply itself.
+//!
+//! The same holds for a Proton that did not answer (`aws::reach`): an object whose last reconcile
+//! ended on it is due at once when Proton answers again in any region (an outage of
+//! `aws::reach::OUTAGE` or longer), its calls then paced by the call budget as any others.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::watch;
 use tracing::info;
 
 use crate::compact_id::CompactId;
+
+/// Whose return an object waits for: the service its last reconcile found away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Away {
+    /// The Kubernetes API server (see [`unanswered`]).
+    ApiServer,
+    /// Proton, in some region (see `aws::reach`).
+    Proton,
+}
+
+impl Away {
+    fn answers_again(self) -> &'static str {
+        match self {
+            Away::ApiServer => {
+                "the Kubernetes API server answers again: trying again at once what its outage stopped"
+            }
+            Away::Proton => "Proton answers again: trying again at once what its outage stopped",
+        }
+    }
+}
+
+/// The returns of each service, as its watcher sees them (a counter that moves at each).
+pub struct Returns {
+    /// `http::Readiness::returns`.
+    pub api_server: watch::Receiver<u64>,
+    /// `aws::proton::Proton::returns`.
+    pub proton: watch::Receiver<u64>,
+}
 
 /// Whether a failed call means the API server was away: unreachable, the connection lost or timed
 /// out, or a gateway or the server saying it is unavailable (502, 503, 504). Not a refusal (4xx,
@@ -39,13 +73,36 @@ pub fn unanswered(error: &kube::Error) -> bool {
 /// failure is recorded after the first look.
 const LOOK_AGAIN: Duration = Duration::from_secs(5);
 
-/// The cached objects to reconcile at each of the API server's `returns` (see
-/// `http::Readiness::returns`): those `due` makes due again (the tracker's
-/// `due_after_return`).
+/// The cached objects to reconcile at each return of a service: those `due` makes due again
+/// (the tracker's `due_after_return`).
 pub fn retried<K>(
-    returns: tokio::sync::watch::Receiver<u64>,
+    returns: Returns,
     store: Store<K>,
-    due: impl Fn() -> HashSet<CompactId> + Send + 'static,
+    due: impl Fn(Away) -> HashSet<CompactId> + Send + Sync + 'static,
+) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let due = Arc::new(due);
+    // One stream each, so the second look after one service's return does not hold up the
+    // other's.
+    futures::stream::select(
+        retried_after(
+            returns.api_server,
+            Away::ApiServer,
+            store.clone(),
+            due.clone(),
+        ),
+        retried_after(returns.proton, Away::Proton, store, due),
+    )
+}
+
+/// The cached objects to reconcile at each of `away`'s `returns`.
+fn retried_after<K>(
+    returns: watch::Receiver<u64>,
+    away: Away,
+    store: Store<K>,
+    due: Arc<impl Fn(Away) -> HashSet<CompactId> + Send + Sync + 'static>,
 ) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
@@ -56,11 +113,11 @@ where
     })
     .flat_map(|()| futures::stream::iter([Duration::ZERO, LOOK_AGAIN]))
     .then(tokio::time::sleep)
-    .flat_map(move |()| futures::stream::iter(cached(&store, &due())))
+    .flat_map(move |()| futures::stream::iter(cached(&store, &due(away), away)))
 }
 
 /// The cached objects among `due`, by reference.
-fn cached<K>(store: &Store<K>, due: &HashSet<CompactId>) -> Vec<ObjectRef<K>>
+fn cached<K>(store: &Store<K>, due: &HashSet<CompactId>, away: Away) -> Vec<ObjectRef<K>>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
@@ -79,7 +136,8 @@ where
     info!(
         kind = K::kind(&()).as_ref(),
         objects = objects.len(),
-        "the Kubernetes API server answers again: trying again at once what its outage stopped"
+        "{}",
+        away.answers_again()
     );
     objects
 }
@@ -103,37 +161,69 @@ mod tests {
     }
 
     /// A call still being retried inside the client at the return fails after the first look:
-    /// the second, [`LOOK_AGAIN`] later, finds it.
+    /// the second, [`LOOK_AGAIN`] later, finds it. Each service's return makes due what that
+    /// service stopped, and waits on the other's second look.
     #[tokio::test(start_paused = true)]
-    async fn each_return_is_looked_at_twice() {
+    async fn each_return_is_looked_at_twice_for_what_its_service_stopped() {
         let (store, mut writer) = reflector::store::<ConfigMap>();
-        for uid in ["first", "late", "gone"] {
+        for uid in ["first", "late", "gone", "aws"] {
             writer.apply_watcher_event(&watcher::Event::Apply(config_map(uid)));
         }
         writer.apply_watcher_event(&watcher::Event::Delete(config_map("gone")));
         let looks = Arc::new(Mutex::new(VecDeque::from([
-            HashSet::from([CompactId::of("first"), CompactId::of("gone")]),
-            HashSet::from([CompactId::of("late")]),
+            (
+                Away::ApiServer,
+                HashSet::from([CompactId::of("first"), CompactId::of("gone")]),
+            ),
+            (Away::Proton, HashSet::from([CompactId::of("aws")])),
+            (Away::ApiServer, HashSet::from([CompactId::of("late")])),
+            (Away::Proton, HashSet::new()),
         ])));
         let due = {
             let looks = looks.clone();
-            move || looks.lock().unwrap().pop_front().unwrap_or_default()
+            move |away| {
+                let (expected, due) = looks.lock().unwrap().pop_front().expect("a look");
+                assert_eq!(away, expected);
+                due
+            }
         };
-        let (returns, seen) = tokio::sync::watch::channel(0u64);
-        let objects = retried(seen, store, due);
+        let (api_server, api_server_seen) = tokio::sync::watch::channel(0u64);
+        let (proton, proton_seen) = tokio::sync::watch::channel(0u64);
+        let returns = Returns {
+            api_server: api_server_seen,
+            proton: proton_seen,
+        };
+        let objects = retried(returns, store, due);
         futures::pin_mut!(objects);
 
-        returns.send_modify(|n| *n += 1);
+        api_server.send_modify(|n| *n += 1);
         let returned = tokio::time::Instant::now();
         let first = objects.next().await.expect("the first look");
         assert_eq!(first.name, "cm-first", "only what is still cached");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), objects.next())
+                .await
+                .is_err(),
+            "nothing more until the second look"
+        );
+        proton.send_modify(|n| *n += 1);
+        let aws = objects.next().await.expect("Proton's first look");
+        assert_eq!(aws.name, "cm-aws");
+        assert!(
+            returned.elapsed() < LOOK_AGAIN,
+            "not held up by the API server's second look"
+        );
         let late = objects.next().await.expect("the second look");
         assert_eq!(late.name, "cm-late");
         assert!(returned.elapsed() >= LOOK_AGAIN);
-        assert!(looks.lock().unwrap().is_empty(), "looked twice");
 
-        drop(returns);
-        assert!(objects.next().await.is_none(), "ends with the readiness");
+        drop(api_server);
+        drop(proton);
+        assert!(
+            objects.next().await.is_none(),
+            "ends with both services' watchers"
+        );
+        assert!(looks.lock().unwrap().is_empty(), "each return looked twice");
     }
 
     fn answered(code: u16) -> kube::Error {

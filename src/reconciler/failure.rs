@@ -124,7 +124,9 @@ mod tests {
             );
         }
         assert!(
-            tracker.due_after_return().is_empty(),
+            tracker
+                .due_after_return(after_outage::Away::ApiServer)
+                .is_empty(),
             "a 403 was an answer: it keeps its backoff through a return"
         );
 
@@ -167,7 +169,9 @@ mod tests {
             resync,
         );
         assert_eq!(
-            tracker.due_after_return().len(),
+            tracker
+                .due_after_return(after_outage::Away::ApiServer)
+                .len(),
             1,
             "a 503 means the API server was away: its return retries this at once"
         );

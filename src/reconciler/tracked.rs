@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::after_outage::Away;
 use super::retry::retry_after;
 use crate::aws::error::Retry;
 use crate::compact_id::CompactId;
@@ -39,9 +40,9 @@ pub struct Tracked<T, M> {
     last_kube_error: Option<String>,
     /// Made due by a nudge: what it waits for has happened (see [`Tracker::expire`]).
     nudged: bool,
-    /// The last failure was the API server not answering: its return ends the backoff (see
+    /// The last failure was this service not answering: its return ends the backoff (see
     /// [`Tracker::due_after_return`]).
-    unanswered: bool,
+    waits_for: Option<Away>,
 }
 
 impl<T, M: Default> Default for Tracked<T, M> {
@@ -53,7 +54,7 @@ impl<T, M: Default> Default for Tracked<T, M> {
             failed_generation: 0,
             last_kube_error: None,
             nudged: false,
-            unanswered: false,
+            waits_for: None,
         }
     }
 }
@@ -91,6 +92,12 @@ impl<T: PartialEq, M> Tracked<T, M> {
         std::mem::take(&mut self.nudged)
     }
 
+    /// The reconcile just held ended on `away` not answering: its return makes the object due
+    /// (see [`Tracker::due_after_return`]).
+    pub fn wait_for_return(&mut self, away: Away) {
+        self.waits_for = Some(away);
+    }
+
     /// A nudged reconcile did not get to its read (deferred): the next one makes it.
     pub fn keep_nudged(&mut self) {
         self.nudged = true;
@@ -100,13 +107,13 @@ impl<T: PartialEq, M> Tracked<T, M> {
     pub fn succeeded(&mut self) {
         self.failures = 0;
         self.last_kube_error = None;
-        self.unanswered = false;
+        self.waits_for = None;
     }
 
     /// Nothing for this object before `due`, unless its generation or triggers change. (The
     /// reconcile got past the API server, or [`Tracker::kube_failure`] says otherwise next.)
     pub fn hold(&mut self, generation: i64, triggers: T, due: Instant) {
-        self.unanswered = false;
+        self.waits_for = None;
         self.checkpoint = Some(Checkpoint {
             generation,
             triggers,
@@ -243,16 +250,17 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
         }
     }
 
-    /// The API server answers again after an outage: every object whose last reconcile failed
-    /// because it did not answer is due now, not at the end of a backoff that grew through the
-    /// outage, and its failures (the outage's) are forgotten. Returns them.
-    pub fn due_after_return(&self) -> HashSet<CompactId> {
+    /// `away` answers again after an outage: every object whose last reconcile failed because
+    /// it did not answer is due now, not at the end of a backoff that grew through the outage,
+    /// and its failures (the outage's) are forgotten. Returns them.
+    pub fn due_after_return(&self, away: Away) -> HashSet<CompactId> {
         let now = Instant::now();
         let mut due = HashSet::new();
         for (uid, t) in self.lock().map.iter_mut() {
-            if !std::mem::take(&mut t.unanswered) {
+            if t.waits_for != Some(away) {
                 continue;
             }
+            t.waits_for = None;
             t.failures = 0;
             if let Some(c) = t.checkpoint.as_mut() {
                 c.due = c.due.min(now);
@@ -279,7 +287,7 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
         let failures = t.fail(generation);
         let wait = retry_after(Retry::Backoff, failures, resync, rand::random());
         t.hold(generation, triggers, Instant::now() + wait);
-        t.unanswered = unanswered;
+        t.waits_for = unanswered.then_some(Away::ApiServer);
         let news = t.last_kube_error.as_deref() != Some(message);
         t.last_kube_error = Some(message.to_string());
         KubeFailure {
@@ -361,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn the_api_servers_return_makes_due_only_what_it_left_unanswered_and_once() {
+    fn a_return_makes_due_only_what_that_service_left_unanswered_and_once() {
         let tracker: Tracker<(), ()> = Tracker::default();
         let resync = Duration::from_secs(600);
         for _ in 0..5 {
@@ -373,6 +381,14 @@ mod tests {
         // Failed during the outage, then refused: the refusal's backoff stands.
         tracker.kube_failure("then-refused", 1, (), "503", true, resync);
         tracker.kube_failure("then-refused", 1, (), "403 forbidden", false, resync);
+        // An AWS call that Proton left unanswered, as a reconcile reports it.
+        for _ in 0..5 {
+            let mut tracked = tracker.lock();
+            let t = tracked.entry("aws");
+            t.fail(1);
+            t.hold(1, (), Instant::now() + Duration::from_secs(120));
+            t.wait_for_return(Away::Proton);
+        }
         let held = |uid: &str| {
             tracker
                 .lock()
@@ -382,19 +398,30 @@ mod tests {
         };
         assert!(held("outage").is_some(), "held for its backoff");
 
-        let due = tracker.due_after_return();
+        let due = tracker.due_after_return(Away::ApiServer);
         assert_eq!(due, HashSet::from([CompactId::of("outage")]));
         assert_eq!(held("outage"), None, "due now");
         assert!(held("refused").is_some() && held("then-refused").is_some());
+        assert!(
+            held("aws").is_some(),
+            "waits for Proton, not the API server"
+        );
         assert_eq!(
             tracker.lock().get("outage").unwrap().failures(1),
             0,
             "the outage's failures are forgotten: one after the return backs off from the start"
         );
         assert!(
-            tracker.due_after_return().is_empty(),
+            tracker.due_after_return(Away::ApiServer).is_empty(),
             "made due once: another return finds nothing until it fails unanswered again"
         );
+        assert_eq!(
+            tracker.due_after_return(Away::Proton),
+            HashSet::from([CompactId::of("aws")])
+        );
+        assert_eq!(held("aws"), None, "due at Proton's return");
+        assert_eq!(tracker.lock().get("aws").unwrap().failures(1), 0);
+        assert!(tracker.due_after_return(Away::Proton).is_empty(), "once");
 
         // An outcome past the API server (a status written, then an AWS problem) is not the
         // outage's: its requeue stands.
@@ -404,7 +431,7 @@ mod tests {
             (),
             Instant::now() + Duration::from_secs(60),
         );
-        assert!(tracker.due_after_return().is_empty());
+        assert!(tracker.due_after_return(Away::ApiServer).is_empty());
         assert!(held("outage").is_some());
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod binary;
 mod cost;
+pub mod gate;
 pub mod process;
 pub use cost::{ApiCost, WorkDone};
 
