@@ -420,7 +420,7 @@ async fn what_an_outage_stopped_is_done_within_5_s_of_its_end_whatever_its_backo
 /// Proton stops answering (its endpoint resets every connection, as when its pod is gone from
 /// behind its Service) while a resource is created. The resource backs off as for any passing
 /// fault; once Proton answers again (probed every 2 s), its connection is created at once, not
-/// at the end of a backoff that grew through the outage.
+/// at the end of a backoff that grew through the outage (12 to 20 s away at the return).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resource_proton_left_unanswered_is_served_within_5_s_of_its_return_whatever_its_backoff()
 {
@@ -429,14 +429,14 @@ async fn a_resource_proton_left_unanswered_is_served_within_5_s_of_its_return_wh
     let (env, _dir, kubeconfig) = over_http().await;
     let gate = Gate::to(env.emulator.addr()).await;
     let controller = Controller::start(&kubeconfig, &run_args(&gate.url(), &[]), None);
-    env.api.create("before", &uid(0), spec("before"));
-    env.api
-        .wait_until(
-            "the connection of a resource applied before Proton's outage",
-            LIMIT,
-            |api| has_id(api.get("before").as_ref()),
-        )
+    let readyz = controller.readyz_addr(LIMIT).await;
+    controller
+        .until("/readyz ready before Proton's outage", LIMIT, |_| {
+            ready(&readyz)
+        })
         .await;
+    // Nothing but the resource's tries and the probes call Proton: only a probe can see it back
+    // before the resource's next try.
     gate.shut();
     env.api.create("during", &uid(1), spec("during"));
     let failed = |c: &Controller| {
@@ -460,11 +460,11 @@ async fn a_resource_proton_left_unanswered_is_served_within_5_s_of_its_return_wh
         .await;
     gate.open();
     let back = tokio::time::Instant::now();
-    env.api
-        .wait_until(
+    controller
+        .until(
             "the connection of the resource applied during the outage, within 5 s of Proton's return",
             Duration::from_secs(5),
-            |api| has_id(api.get("during").as_ref()),
+            |_| has_id(env.api.get("during").as_ref()),
         )
         .await;
     println!(
@@ -505,6 +505,98 @@ async fn a_resource_proton_left_unanswered_is_served_within_5_s_of_its_return_wh
         .filter(|c| c.client_token.as_deref() == Some(uid(1).as_str()))
         .count();
     assert_eq!(created, 1, "one connection for the resource");
+}
+
+/// Proton's outage in the middle of a burst throttled by a small AWS budget (4 calls a second):
+/// Creates under way when the gate shuts are cut off, some of them after Proton acted on them.
+/// When it answers again every resource ends with exactly one connection, the one its status
+/// names, and what the outage stopped comes back through the budget, not around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proton_outage_in_a_throttled_burst_loses_no_connection_makes_none_twice_and_keeps_to_the_budget()
+ {
+    const BURST: usize = 40;
+    const RATE: u64 = 4;
+    let (env, _dir, kubeconfig) = over_http().await;
+    let gate = Gate::to(env.emulator.addr()).await;
+    let args = run_args(&gate.url(), &["--aws-rate-limit", "4", "--aws-burst", "4"]);
+    let controller = Controller::start(&kubeconfig, &args, None);
+    let readyz = controller.readyz_addr(LIMIT).await;
+    controller
+        .until("/readyz ready before the burst", LIMIT, |_| ready(&readyz))
+        .await;
+    let names: Vec<String> = (0..BURST).map(|i| format!("burst-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        env.api.create(name, &uid(i), spec(name));
+    }
+    let served = |api: &FakeApi| names.iter().filter(|n| has_id(api.get(n).as_ref())).count();
+    env.api
+        .wait_until(
+            "8 of the burst to have their connections (4 Creates a second)",
+            LIMIT,
+            |api| served(api) >= 8,
+        )
+        .await;
+    gate.shut();
+    let before = served(&env.api);
+    assert!(
+        before < BURST / 2,
+        "the outage begins in the middle of the burst: {before} of {BURST} served"
+    );
+    controller
+        .until("the warning that Proton does not answer", LIMIT, |c| {
+            c.logged("Proton does not answer") == 1
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    env.proton().reset_calls();
+    gate.open();
+    let back = tokio::time::Instant::now();
+    env.api
+        .wait_until(
+            &format!("all {BURST} of the burst to have their connections after Proton's return"),
+            LIMIT,
+            |api| served(api) == BURST,
+        )
+        .await;
+    let settled = back.elapsed();
+    let connections = env.proton().connections();
+    for (i, name) in names.iter().enumerate() {
+        let owned: Vec<_> = connections
+            .iter()
+            .filter(|c| c.tags.get(TAG_UID) == Some(&uid(i)))
+            .collect();
+        assert_eq!(owned.len(), 1, "{name} has exactly one connection");
+        let id = env.api.get(name).and_then(|o| o.status).and_then(|s| s.id);
+        assert_eq!(
+            id.as_deref(),
+            Some(owned[0].id.as_str()),
+            "{name}'s status names its connection"
+        );
+    }
+    assert_eq!(
+        connections.len(),
+        BURST,
+        "no connection besides the burst's"
+    );
+    // The rest of the burst at the budget's rate, and 5 s for the return to be seen and spare.
+    let bound = Duration::from_secs_f64((BURST - before) as f64 / RATE as f64 + 5.0);
+    assert!(
+        settled <= bound,
+        "all served {settled:?} after the return, more than {bound:?}"
+    );
+    let calls = env.proton().calls();
+    // The budget's rate and burst, and the probe that found Proton back (outside the budget).
+    assert!(
+        calls.peak_requests_per_second <= 2 * RATE + 1,
+        "peak {} requests/s after the return: {calls:?}",
+        calls.peak_requests_per_second
+    );
+    println!(
+        "a 12 s Proton outage after {before} of {BURST} throttled Creates: all had their connections {:.2} s after the return ({} Create calls after it, peak {} requests/s)",
+        settled.as_secs_f64(),
+        calls.count("CreateEnvironmentAccountConnection"),
+        calls.peak_requests_per_second,
+    );
 }
 
 /// Through an outage every watch fails every 2 s at most: each says so once at warn (the first

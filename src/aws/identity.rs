@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::aws::error::{ErrorClass, ProtonError};
+use crate::aws::reach::{self, Reach};
 use crate::metrics::Metrics;
 
 /// How long an answer is trusted before it is asked again.
@@ -18,6 +19,7 @@ const FRESH_FOR: Duration = Duration::from_secs(300);
 #[derive(Clone)]
 pub struct CallerIdentity {
     sts: aws_sdk_sts::Client,
+    reach: Arc<Reach>,
     cached: Arc<Mutex<Option<(String, Instant)>>>,
     /// One question at a time: callers arriving while STS is asked wait for its answer.
     asking: Arc<tokio::sync::Mutex<()>>,
@@ -25,9 +27,10 @@ pub struct CallerIdentity {
 }
 
 impl CallerIdentity {
-    pub fn new(sts: aws_sdk_sts::Client, metrics: Metrics) -> Self {
+    pub fn new(sts: aws_sdk_sts::Client, reach: Arc<Reach>, metrics: Metrics) -> Self {
         CallerIdentity {
             sts,
+            reach,
             cached: Arc::default(),
             asking: Arc::default(),
             metrics,
@@ -44,8 +47,10 @@ impl CallerIdentity {
         if let Some(account) = self.fresh() {
             return Ok(account);
         }
+        let sent = Instant::now();
         match self.sts.get_caller_identity().send().await {
             Ok(out) => {
+                self.reach.answered(reach::STS);
                 self.metrics.aws_call("GetCallerIdentity", "success");
                 let Some(account) = out.account().filter(|a| !a.is_empty()) else {
                     return Err(ProtonError {
@@ -60,11 +65,31 @@ impl CallerIdentity {
                 Ok(account.to_string())
             }
             Err(e) => {
+                let heard = reach::heard(&e);
                 let e = ProtonError::from_sdk("GetCallerIdentity", e);
+                self.reach.record(heard, reach::STS, sent, false, &e);
                 self.metrics.aws_call("GetCallerIdentity", e.class.reason());
                 Err(e)
             }
         }
+    }
+
+    /// Does STS answer? One GetCallerIdentity, the cache aside (see [`crate::aws::reach`]).
+    pub async fn probe(&self) -> Result<(), ProtonError> {
+        let sent = Instant::now();
+        let outcome = self.sts.get_caller_identity().send().await;
+        let heard = outcome
+            .as_ref()
+            .err()
+            .map_or(reach::Heard::Answered, reach::heard);
+        let result = outcome
+            .map(|_| ())
+            .map_err(|e| ProtonError::from_sdk("GetCallerIdentity", e));
+        match &result {
+            Ok(()) => self.reach.answered(reach::STS),
+            Err(e) => self.reach.record(heard, reach::STS, sent, true, e),
+        }
+        result
     }
 
     fn fresh(&self) -> Option<String> {

@@ -19,6 +19,7 @@ use aws_sdk_proton::types::{
     EnvironmentAccountConnectionRequesterAccountType, EnvironmentAccountConnectionStatus, Tag,
 };
 use aws_smithy_types::date_time::Format;
+use tokio::time::Instant;
 
 use crate::aws::budget::{Admission, CallBudget, CallClass};
 use crate::aws::credentials::{AwsIdentity, RoleIdentity};
@@ -30,6 +31,10 @@ use crate::compact_id::CompactId;
 use crate::connection::api::ConnectionState;
 use crate::connection::api::TAG_UID;
 use crate::metrics::Metrics;
+
+/// The budget key of a probe (a preflight check's, or one of a region that does not answer):
+/// outside the budget, and it starts no outage (see [`crate::aws::reach`]).
+const PREFLIGHT: &str = "preflight";
 
 /// Who makes a call, with which credentials, and of which class (for the call budget).
 #[derive(Clone, Copy, Debug)]
@@ -216,7 +221,8 @@ impl Proton {
                     .build(),
             );
         let sts = aws_sdk_sts::Client::from_conf(sts.build());
-        let identity = CallerIdentity::new(sts.clone(), metrics.clone());
+        let reach = Arc::new(Reach::default());
+        let identity = CallerIdentity::new(sts.clone(), reach.clone(), metrics.clone());
         // Retries are the controller's (per-object backoff, shared budget), so every attempt is
         // counted and rate-limited; the SDK's own retry loop would hide both.
         let mut base = base
@@ -240,7 +246,7 @@ impl Proton {
             metrics,
             identity,
             pending: Arc::default(),
-            reach: Arc::default(),
+            reach,
         }
     }
 
@@ -267,6 +273,7 @@ impl Proton {
                 Arc::new(RoleSession::new(
                     role.clone(),
                     self.sts.clone(),
+                    self.reach.clone(),
                     self.metrics.clone(),
                 ))
             })
@@ -316,6 +323,7 @@ impl Proton {
         if let AwsIdentity::Role(role) = ticket.identity {
             self.session(role).assume().await?;
         }
+        let sent = Instant::now();
         let outcome = fut.await;
         let heard = outcome
             .as_ref()
@@ -324,7 +332,9 @@ impl Proton {
         let result = outcome.map_err(|e| ProtonError::from_sdk(operation, e));
         match &result {
             Ok(_) => self.reach.answered(region),
-            Err(e) => self.reach.record(heard, region, ticket.identity, e),
+            Err(e) => self
+                .reach
+                .record(heard, region, sent, ticket.key == PREFLIGHT, e),
         }
         self.metrics.aws_class_call(ticket.class);
         match &result {
@@ -694,7 +704,7 @@ impl Proton {
     pub async fn probe(&self, identity: &AwsIdentity, region: &str) -> Result<(), ProtonError> {
         let ticket = Ticket {
             identity,
-            key: "preflight",
+            key: PREFLIGHT,
             class: CallClass::Work,
             admitted: true,
             calls: &StepCalls::default(),
@@ -719,36 +729,76 @@ impl Proton {
         self.reach.returns()
     }
 
-    /// Probes each region where Proton does not answer, every [`reach::PROBE_EVERY`], until it
-    /// does; runs while the controller does. Idle while every region answers.
+    /// How many of Proton's returns were told so far.
+    pub fn returns_told(&self) -> u64 {
+        self.reach.returns_told()
+    }
+
+    /// Probes each region where Proton does not answer (see [`crate::aws::reach`]) until it does,
+    /// with the controller's own credentials (a role the outage's call used may no longer be
+    /// assumable; any answer, a refusal too, ends the outage); runs while the controller does.
+    /// Idle while every region answers.
     pub async fn probe_while_away(self) {
-        // The outages warned of, by region: each is warned of once.
-        let mut warned = HashMap::new();
+        // When each region's outage was warned of (the outage's start, and when).
+        let mut warned: HashMap<String, (Instant, Instant)> = HashMap::new();
+        // When each region was last probed.
+        let mut probed: HashMap<String, Instant> = HashMap::new();
         loop {
             self.reach.some_away().await;
+            for region in self.reach.forget_untried() {
+                tracing::warn!(%region, untried_secs = reach::FORGOTTEN_AFTER.as_secs(), "Proton still does not answer, but no call has tried it since: no longer probed");
+            }
+            let now = Instant::now();
             let away = self.reach.away();
-            warned.retain(|region, _| away.iter().any(|(r, _)| r == region));
+            probed.retain(|region, _| away.iter().any(|(r, _)| r == region));
+            warned.retain(|_, (_, at)| now.duration_since(*at) < reach::WARN_AGAIN_AFTER);
             for (region, unreached) in &away {
-                if warned.insert(region.clone(), unreached.since) != Some(unreached.since) {
+                let new = warned
+                    .get(region)
+                    .is_none_or(|(since, _)| *since != unreached.since);
+                if new && !warned.contains_key(region) {
                     tracing::warn!(
                         %region,
                         error = %unreached.error,
                         probe_every_secs = reach::PROBE_EVERY.as_secs(),
                         "Proton does not answer: probing it until it does; what its outage stops is tried again as soon as it answers"
                     );
+                    warned.insert(region.clone(), (unreached.since, now));
+                } else if new {
+                    tracing::debug!(%region, error = %unreached.error, "Proton does not answer again");
                 }
             }
             tokio::time::sleep(reach::PROBE_EVERY).await;
-            let probes = self.reach.away().into_iter().map(|(region, away)| {
+            let now = Instant::now();
+            let due: Vec<String> = self
+                .reach
+                .away()
+                .into_iter()
+                .filter(|(region, unreached)| {
+                    unreached.probe_due(*probed.get(region).unwrap_or(&unreached.since), now)
+                })
+                .map(|(region, _)| region)
+                .collect();
+            let probes = due.into_iter().map(|region| {
+                probed.insert(region.clone(), now);
                 let proton = self.clone();
                 async move {
-                    // Recorded by `call`: an answer, whatever it says, ends the outage.
-                    if let Err(e) = proton.probe(&away.identity, &region).await {
-                        tracing::debug!(%region, error = %e, "Proton probed");
+                    // Recorded by `call` (by the identity, for STS).
+                    let probe = async {
+                        if region == reach::STS {
+                            proton.identity.probe().await
+                        } else {
+                            proton.probe(&AwsIdentity::Own, &region).await
+                        }
+                    };
+                    match tokio::time::timeout(reach::PROBE_TIMEOUT, probe).await {
+                        Ok(Err(e)) => tracing::debug!(%region, error = %e, "Proton probed"),
+                        Err(_) => tracing::debug!(%region, "Proton probed: no answer"),
+                        Ok(Ok(())) => {}
                     }
                 }
             });
-            futures::future::join_all(probes).await;
+            futures::future::join_all(probes.collect::<Vec<_>>()).await;
         }
     }
 

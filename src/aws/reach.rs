@@ -1,9 +1,12 @@
 //! Whether Proton answers in each region, and when it answers again after an outage.
 //!
 //! A call that got no answer (refused, reset or timed out, a connection lost mid-answer, or a
-//! gateway's 502, 503 or 504) marks its region away. While a region is away it is probed every
-//! [`PROBE_EVERY`] (see `Proton::probe_while_away`), and the first answer there, to a probe or
-//! to any call, ends the outage. The end of an outage of [`OUTAGE`] or longer is told to whoever
+//! gateway's 502, 503 or 504) marks its region away; STS, which a call may need first (the
+//! caller's account, a mapped role's credentials), is kept as one more region, [`STS`]. While a region is away it is probed every
+//! [`PROBE_EVERY`] (see `Proton::probe_while_away`; every [`PROBE_LATER`] once the outage is
+//! [`PROBE_SLOWER_AFTER`] old), and the first answer there, to a probe or to any call, ends the
+//! outage. A region no call has tried for [`FORGOTTEN_AFTER`] is forgotten (a region a spec
+//! named once, that has no endpoint). The end of an outage of [`OUTAGE`] or longer is told to whoever
 //! watches [`Reach::returns`]: the controllers then try at once what the outage stopped (see
 //! `reconciler::after_outage`). Without it each resource would wait out a backoff that grew
 //! through the outage: up to five minutes, however short the outage was past its first minutes.
@@ -12,14 +15,35 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_proton::error::SdkError;
+use aws_smithy_types::retry::ErrorKind;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::aws::credentials::AwsIdentity;
+/// Where STS is kept among the regions: the controller asks one STS endpoint (GetCallerIdentity,
+/// AssumeRole for a mapped role), whatever the region of the call that needs it.
+pub const STS: &str = "STS";
 
 /// How often a region that does not answer is probed.
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// How long a probe may take: one that gets no answer (a connection that cannot be made) holds
+/// up no other region's for long.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the warning that a region does not answer may be repeated: an endpoint that
+/// flaps starts an outage every few seconds.
+pub const WARN_AGAIN_AFTER: Duration = Duration::from_secs(300);
+
+/// How often a region is probed once its outage is [`PROBE_SLOWER_AFTER`] old.
+pub const PROBE_LATER: Duration = Duration::from_secs(30);
+
+/// How old an outage is before its region is probed every [`PROBE_LATER`] only.
+pub const PROBE_SLOWER_AFTER: Duration = Duration::from_secs(300);
+
+/// A region no call has tried (probes aside) for this long is no longer probed: no resource uses
+/// it (a resource backs off to 5 minutes at most, 6 with jitter).
+pub const FORGOTTEN_AFTER: Duration = Duration::from_secs(900);
 
 /// An outage shorter than this grew no backoff worth cutting short (a failure waits a second,
 /// then two, then four): its end is not told, as for the API server (`http::OUTAGE`).
@@ -45,7 +69,13 @@ pub fn heard<E>(error: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> 
         }
         SdkError::ServiceError(_) => Heard::Answered,
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Heard::Unanswered,
-        SdkError::DispatchFailure(f) if f.is_io() || f.is_timeout() => Heard::Unanswered,
+        // A connection closed before the answer began (a pod or proxy going away) is "other",
+        // marked transient.
+        SdkError::DispatchFailure(f)
+            if f.is_io() || f.is_timeout() || f.as_other() == Some(ErrorKind::TransientError) =>
+        {
+            Heard::Unanswered
+        }
         _ => Heard::NotSent,
     }
 }
@@ -54,14 +84,30 @@ pub fn heard<E>(error: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> 
 #[derive(Clone, Debug)]
 pub struct Unreached {
     pub since: Instant,
-    pub identity: AwsIdentity,
+    /// The last call (not a probe) nothing answered.
+    pub last_tried: Instant,
     /// The first failure, for the warning.
     pub error: String,
+}
+
+impl Unreached {
+    /// Whether it is time to probe again, the last probe made at `probed`.
+    pub fn probe_due(&self, probed: Instant, now: Instant) -> bool {
+        let every = if now.duration_since(self.since) >= PROBE_SLOWER_AFTER {
+            PROBE_LATER
+        } else {
+            PROBE_EVERY
+        };
+        now.duration_since(probed) >= every
+    }
 }
 
 /// The regions that do not answer, and Proton's returns. Shared by every clone of the port.
 pub struct Reach {
     away: watch::Sender<HashMap<String, Unreached>>,
+    /// When each region's last outage ended: a call sent before then that fails after it was
+    /// the outage's, and starts no new one.
+    ended: std::sync::Mutex<HashMap<String, Instant>>,
     returns: watch::Sender<u64>,
 }
 
@@ -69,25 +115,27 @@ impl Default for Reach {
     fn default() -> Self {
         Reach {
             away: watch::channel(HashMap::new()).0,
+            ended: std::sync::Mutex::default(),
             returns: watch::channel(0).0,
         }
     }
 }
 
 impl Reach {
-    /// Records what `heard` says of a call in `region` made with `identity` (`error`: why it
-    /// failed, for the warning).
+    /// Records what `heard` says of a call in `region` sent at `sent` (`error`: why it failed,
+    /// for the warning; `probe`: a probe's, which ends an outage but starts or prolongs none).
     pub fn record(
         &self,
         heard: Heard,
         region: &str,
-        identity: &AwsIdentity,
+        sent: Instant,
+        probe: bool,
         error: &dyn std::fmt::Display,
     ) {
         match heard {
             Heard::Answered => self.answered(region),
-            Heard::Unanswered => self.unanswered(region, identity, error),
-            Heard::NotSent => {}
+            Heard::Unanswered if !probe => self.unanswered(region, sent, error),
+            Heard::Unanswered | Heard::NotSent => {}
         }
     }
 
@@ -103,28 +151,42 @@ impl Reach {
             ended.is_some()
         });
         let Some(ended) = ended else { return };
-        let lasted = ended.since.elapsed();
-        info!(
-            %region,
-            outage_secs = lasted.as_secs_f64(),
-            "Proton answers again"
-        );
+        let now = Instant::now();
+        self.ended_at().insert(region.to_string(), now);
+        let lasted = now.duration_since(ended.since);
         if lasted >= OUTAGE {
+            info!(
+                %region,
+                outage_secs = lasted.as_secs_f64(),
+                "Proton answers again"
+            );
             self.returns.send_modify(|n| *n = n.wrapping_add(1));
+        } else {
+            debug!(%region, outage_secs = lasted.as_secs_f64(), "Proton answers again");
         }
     }
 
-    /// Nothing answered for Proton in `region`: marks it away, if it was not.
-    fn unanswered(&self, region: &str, identity: &AwsIdentity, error: &dyn std::fmt::Display) {
+    /// Nothing answered a call sent to `region` at `sent`: marks the region away, if it was not
+    /// and the call was sent after its last outage ended.
+    fn unanswered(&self, region: &str, sent: Instant, error: &dyn std::fmt::Display) {
+        if self
+            .ended_at()
+            .get(region)
+            .is_some_and(|ended| *ended > sent)
+        {
+            return;
+        }
+        let now = Instant::now();
         let newly = self.away.send_if_modified(|away| {
-            if away.contains_key(region) {
+            if let Some(unreached) = away.get_mut(region) {
+                unreached.last_tried = now;
                 return false;
             }
             away.insert(
                 region.to_string(),
                 Unreached {
-                    since: Instant::now(),
-                    identity: identity.clone(),
+                    since: now,
+                    last_tried: now,
                     error: error.to_string(),
                 },
             );
@@ -134,6 +196,33 @@ impl Reach {
             // Warned by whoever probes (the controller; not `check`, which only reports).
             debug!(%region, %error, "Proton does not answer");
         }
+    }
+
+    fn ended_at(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the regions no call has tried for [`FORGOTTEN_AFTER`]; returns them.
+    pub fn forget_untried(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut forgotten = Vec::new();
+        self.away.send_if_modified(|away| {
+            away.retain(|region, u| {
+                let keep = now.duration_since(u.last_tried) < FORGOTTEN_AFTER;
+                if !keep {
+                    forgotten.push(region.clone());
+                }
+                keep
+            });
+            !forgotten.is_empty()
+        });
+        forgotten
+    }
+
+    /// How many returns were told so far: a reconcile that saw this number move while it ran
+    /// failed, if it failed on Proton, on the outage that ended.
+    pub fn returns_told(&self) -> u64 {
+        *self.returns.borrow()
     }
 
     /// The regions that do not answer now.
@@ -183,7 +272,7 @@ mod tests {
             assert_eq!(heard(&answered_with(status)), Heard::Unanswered, "{status}");
         }
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let failures: [(Failure, Heard); 5] = [
+        let failures: [(Failure, Heard); 6] = [
             (
                 SdkError::dispatch_failure(ConnectorError::io(refused.into())),
                 Heard::Unanswered,
@@ -193,6 +282,14 @@ mod tests {
                 Heard::Unanswered,
             ),
             (SdkError::timeout_error("attempt"), Heard::Unanswered),
+            // hyper's IncompleteMessage: closed before the answer began.
+            (
+                SdkError::dispatch_failure(ConnectorError::other(
+                    "connection closed before message completed".into(),
+                    Some(ErrorKind::TransientError),
+                )),
+                Heard::Unanswered,
+            ),
             // Credentials that could not be loaded fail the dispatch too, before anything is
             // sent.
             (
@@ -206,42 +303,88 @@ mod tests {
         }
     }
 
+    fn call(reach: &Reach, heard: Heard, region: &str) {
+        reach.record(heard, region, Instant::now(), false, &"refused");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn only_the_end_of_an_outage_of_5_s_or_more_is_told() {
         let reach = Reach::default();
         let mut returns = reach.returns();
         let east = "us-east-1";
-        reach.record(Heard::Unanswered, east, &AwsIdentity::Own, &"refused");
+        call(&reach, Heard::Unanswered, east);
         tokio::time::advance(OUTAGE - Duration::from_millis(1)).await;
-        reach.record(Heard::Answered, east, &AwsIdentity::Own, &"");
+        call(&reach, Heard::Answered, east);
         assert!(reach.away().is_empty());
         assert!(!returns.has_changed().unwrap(), "a passing failure");
 
-        reach.record(Heard::Unanswered, east, &AwsIdentity::Own, &"refused");
+        call(&reach, Heard::Unanswered, east);
         tokio::time::advance(Duration::from_secs(3)).await;
         // A second failure does not move the outage's start.
-        reach.record(Heard::Unanswered, east, &AwsIdentity::Own, &"refused");
-        reach.record(
-            Heard::Unanswered,
-            "eu-west-1",
-            &AwsIdentity::Own,
-            &"refused",
-        );
+        call(&reach, Heard::Unanswered, east);
+        call(&reach, Heard::Unanswered, "eu-west-1");
         tokio::time::advance(Duration::from_secs(2)).await;
-        reach.record(Heard::NotSent, east, &AwsIdentity::Own, &"no credentials");
+        call(&reach, Heard::NotSent, east);
         assert_eq!(
             reach.away().len(),
             2,
             "nothing learned from a call not sent"
         );
-        reach.record(Heard::Answered, east, &AwsIdentity::Own, &"");
+        assert_eq!(reach.returns_told(), 0);
+        call(&reach, Heard::Answered, east);
         assert!(returns.has_changed().unwrap(), "an outage of 5 s");
+        assert_eq!(reach.returns_told(), 1);
         returns.mark_unchanged();
         let away = reach.away();
         assert_eq!(away.len(), 1);
         assert_eq!(away[0].0, "eu-west-1", "each region on its own");
-        reach.record(Heard::Answered, east, &AwsIdentity::Own, &"");
+        call(&reach, Heard::Answered, east);
         assert!(!returns.has_changed().unwrap(), "told once");
+    }
+
+    /// A call sent before the return that fails after it (it timed out, say) was the outage's: it
+    /// starts no new one, which the next answer would end too soon to be told.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_sent_before_the_return_that_fails_after_it_starts_no_outage() {
+        let reach = Reach::default();
+        let east = "us-east-1";
+        call(&reach, Heard::Unanswered, east);
+        let sent = Instant::now() + Duration::from_secs(10);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        call(&reach, Heard::Answered, east);
+        reach.record(Heard::Unanswered, east, sent, false, &"timed out");
+        assert!(reach.away().is_empty(), "the outage's own failure");
+        call(&reach, Heard::Unanswered, east);
+        assert_eq!(
+            reach.away().len(),
+            1,
+            "a call sent after the return starts one"
+        );
+    }
+
+    /// A probe ends an outage, but neither starts one nor counts as a try of the region: a region
+    /// no call tries any more is forgotten.
+    #[tokio::test(start_paused = true)]
+    async fn a_region_no_call_tries_is_forgotten_and_probed_less_often_as_its_outage_ages() {
+        let reach = Reach::default();
+        let east = "us-east-1";
+        reach.record(Heard::Unanswered, east, Instant::now(), true, &"probe");
+        assert!(reach.away().is_empty(), "a probe starts no outage");
+        call(&reach, Heard::Unanswered, east);
+        let started = Instant::now();
+        let unreached = reach.away().remove(0).1;
+        assert!(!unreached.probe_due(started, started + PROBE_EVERY / 2));
+        assert!(unreached.probe_due(started, started + PROBE_EVERY));
+        let old = started + PROBE_SLOWER_AFTER;
+        assert!(!unreached.probe_due(old, old + PROBE_EVERY));
+        assert!(unreached.probe_due(old, old + PROBE_LATER));
+
+        tokio::time::advance(FORGOTTEN_AFTER - Duration::from_secs(1)).await;
+        reach.record(Heard::Unanswered, east, Instant::now(), true, &"probe");
+        assert!(reach.forget_untried().is_empty(), "tried 899 s ago");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(reach.forget_untried(), vec![east.to_string()]);
+        assert!(reach.away().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -253,12 +396,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(!waiting.is_finished(), "nothing is away");
-        reach.record(
-            Heard::Unanswered,
-            "us-east-1",
-            &AwsIdentity::Own,
-            &"refused",
-        );
+        call(&reach, Heard::Unanswered, "us-east-1");
         tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
             .expect("woken by the first region away")

@@ -6,7 +6,7 @@
 //! assumed surfaces as a typed error (AccessDenied, with STS's message) in the resource's
 //! conditions rather than as an unexplained signing failure.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -15,6 +15,7 @@ use tracing::info;
 
 use super::credentials::RoleIdentity;
 use crate::aws::error::{ErrorClass, ProtonError};
+use crate::aws::reach::{self, Reach};
 use crate::metrics::Metrics;
 
 /// Credentials are renewed this long before they expire, so no call is signed with credentials
@@ -34,6 +35,8 @@ pub struct Assumed {
 pub struct RoleSession {
     role: RoleIdentity,
     sts: aws_sdk_sts::Client,
+    /// Whether STS answers (see [`crate::aws::reach`]).
+    reach: Arc<Reach>,
     metrics: Metrics,
     cached: Mutex<Option<Assumed>>,
     /// One AssumeRole at a time: callers arriving meanwhile wait for its answer.
@@ -51,10 +54,16 @@ impl std::fmt::Debug for RoleSession {
 
 impl RoleSession {
     /// `sts`: a client with the controller's own credentials.
-    pub fn new(role: RoleIdentity, sts: aws_sdk_sts::Client, metrics: Metrics) -> RoleSession {
+    pub fn new(
+        role: RoleIdentity,
+        sts: aws_sdk_sts::Client,
+        reach: Arc<Reach>,
+        metrics: Metrics,
+    ) -> RoleSession {
         RoleSession {
             role,
             sts,
+            reach,
             metrics,
             cached: Mutex::new(None),
             asking: tokio::sync::Mutex::new(()),
@@ -83,10 +92,16 @@ impl RoleSession {
         if let Some(external_id) = &self.role.external_id {
             request = request.external_id(external_id);
         }
+        let sent = tokio::time::Instant::now();
         let out = match request.send().await {
-            Ok(out) => out,
+            Ok(out) => {
+                self.reach.answered(reach::STS);
+                out
+            }
             Err(e) => {
+                let heard = reach::heard(&e);
                 let mut e = ProtonError::from_sdk("AssumeRole", e);
+                self.reach.record(heard, reach::STS, sent, false, &e);
                 self.metrics.aws_call("AssumeRole", e.class.reason());
                 e.message = format!("cannot assume role {}: {}", self.role.role_arn, e.message);
                 return Err(e);

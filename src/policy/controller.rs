@@ -31,8 +31,7 @@ use crate::metrics::Metrics;
 use crate::reconciler::note::Note;
 use crate::reconciler::nudge::{Nudge, Why};
 use crate::reconciler::{
-    self,
-    after_outage::{self, Away},
+    self, after_outage,
     tracked::{Guard, Tracker},
 };
 use crate::recorder::Recorder;
@@ -265,6 +264,8 @@ struct Facts {
     quiet: Option<Duration>,
     failures: u32,
     memory: Memory,
+    /// Proton's returns told when the reconcile began (see `aws::reach`).
+    proton_returns: u64,
 }
 
 impl Facts {
@@ -321,6 +322,7 @@ impl Facts {
             quiet,
             failures,
             memory,
+            proton_returns: ctx.proton.returns_told(),
         })
     }
 }
@@ -481,7 +483,7 @@ async fn finish(
     step: Step,
     memory: Memory,
 ) -> Result<(Action, &'static str), Error> {
-    let (status, events, requeue, label, failed) = match step {
+    let (status, events, mut requeue, label, failed) = match step {
         Step::Settle(settled) => (
             Some(settled.status),
             settled.events,
@@ -524,7 +526,10 @@ async fn finish(
         }
         t.hold(facts.generation, facts.paused, Instant::now() + requeue);
         if failed && label == ErrorClass::Transient.reason() {
-            t.wait_for_return(Away::Proton);
+            let returned = ctx.proton.returns_told() != facts.proton_returns;
+            if let Some(due) = t.unanswered_by_proton(returned) {
+                requeue = due.saturating_duration_since(Instant::now());
+            }
         }
     }
     let written = match &status {
