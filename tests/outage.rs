@@ -161,6 +161,30 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
     );
 }
 
+/// Each of `names` (the resource with uid `uid(i)` at `i`) has exactly one connection, the one
+/// its status names, and there is no other connection.
+fn each_has_exactly_one_connection(env: &Env, names: &[String]) {
+    let connections = env.proton().connections();
+    for (i, name) in names.iter().enumerate() {
+        let owned: Vec<_> = connections
+            .iter()
+            .filter(|c| c.tags.get(TAG_UID) == Some(&uid(i)))
+            .collect();
+        assert_eq!(owned.len(), 1, "{name} has exactly one connection");
+        let id = env.api.get(name).and_then(|o| o.status).and_then(|s| s.id);
+        assert_eq!(
+            id.as_deref(),
+            Some(owned[0].id.as_str()),
+            "{name}'s status names its connection"
+        );
+    }
+    assert_eq!(
+        connections.len(),
+        names.len(),
+        "no connection besides theirs"
+    );
+}
+
 /// An incident's pressures together: a burst of new resources throttled by a small AWS budget
 /// (4 Creates a second), and a 10 s outage in the middle of it that stops the leader while
 /// Creates are under way and their status writes are refused. When the API server answers again
@@ -211,25 +235,7 @@ async fn an_outage_in_the_middle_of_a_throttled_burst_loses_no_connection_and_ma
         2,
         "led, lost the Lease in the outage, led again"
     );
-    let connections = env.proton().connections();
-    for (i, name) in names.iter().enumerate() {
-        let owned: Vec<_> = connections
-            .iter()
-            .filter(|c| c.tags.get(TAG_UID) == Some(&uid(i)))
-            .collect();
-        assert_eq!(owned.len(), 1, "{name} has exactly one connection");
-        let id = env.api.get(name).and_then(|o| o.status).and_then(|s| s.id);
-        assert_eq!(
-            id.as_deref(),
-            Some(owned[0].id.as_str()),
-            "{name}'s status names its connection"
-        );
-    }
-    assert_eq!(
-        connections.len(),
-        BURST,
-        "no connection besides the burst's"
-    );
+    each_has_exactly_one_connection(&env, &names);
     println!(
         "a 10 s outage after {before} of {BURST} throttled Creates: all had their connections {:.2} s after the return ({} Create calls)",
         settled.as_secs_f64(),
@@ -477,8 +483,10 @@ async fn a_resource_proton_left_unanswered_is_served_within_5_s_of_its_return_wh
         "no try between the last failure and the return:\n{}",
         controller.log()
     );
+    // STS's outage: the first call is the controller's GetCallerIdentity, and STS shares the
+    // emulator's port.
     assert_eq!(
-        controller.logged("Proton does not answer"),
+        controller.logged("STS does not answer: probing it until it does"),
         1,
         "warned once:\n{}",
         controller.log()
@@ -487,7 +495,7 @@ async fn a_resource_proton_left_unanswered_is_served_within_5_s_of_its_return_wh
         controller
             .log()
             .lines()
-            .filter(|l| l.contains("Proton answers again") && l.contains(what))
+            .filter(|l| l.contains("answers again") && l.contains(what))
             .count()
     };
     assert_eq!(said("outage_secs="), 1, "the return said once");
@@ -559,25 +567,7 @@ async fn a_proton_outage_in_a_throttled_burst_loses_no_connection_makes_none_twi
         )
         .await;
     let settled = back.elapsed();
-    let connections = env.proton().connections();
-    for (i, name) in names.iter().enumerate() {
-        let owned: Vec<_> = connections
-            .iter()
-            .filter(|c| c.tags.get(TAG_UID) == Some(&uid(i)))
-            .collect();
-        assert_eq!(owned.len(), 1, "{name} has exactly one connection");
-        let id = env.api.get(name).and_then(|o| o.status).and_then(|s| s.id);
-        assert_eq!(
-            id.as_deref(),
-            Some(owned[0].id.as_str()),
-            "{name}'s status names its connection"
-        );
-    }
-    assert_eq!(
-        connections.len(),
-        BURST,
-        "no connection besides the burst's"
-    );
+    each_has_exactly_one_connection(&env, &names);
     // The rest of the burst at the budget's rate, and 5 s for the return to be seen and spare.
     let bound = Duration::from_secs_f64((BURST - before) as f64 / RATE as f64 + 5.0);
     assert!(

@@ -32,6 +32,36 @@ use crate::connection::api::ConnectionState;
 use crate::connection::api::TAG_UID;
 use crate::metrics::Metrics;
 
+/// How often the prober looks at what is away and due for a probe.
+const PROBE_TICK: Duration = Duration::from_millis(500);
+
+/// Warns of `region`'s outage (`unreached`), once per outage and at most once per
+/// [`reach::WARN_AGAIN_AFTER`] (an endpoint that flaps starts an outage every few seconds).
+fn warn_once(
+    warned: &mut HashMap<String, (Instant, Instant)>,
+    region: &str,
+    unreached: &reach::Unreached,
+    now: Instant,
+) {
+    match warned.get_mut(region) {
+        Some((since, _)) if *since == unreached.since => {}
+        Some((since, at)) if now.duration_since(*at) < reach::WARN_AGAIN_AFTER => {
+            *since = unreached.since;
+            tracing::debug!(%region, error = %unreached.error, "{} does not answer again", reach::service(region));
+        }
+        _ => {
+            tracing::warn!(
+                %region,
+                error = %unreached.error,
+                probe_every_secs = reach::PROBE_EVERY.as_secs(),
+                "{} does not answer: probing it until it does; what its outage stops is tried again as soon as it answers",
+                reach::service(region)
+            );
+            warned.insert(region.to_string(), (unreached.since, now));
+        }
+    }
+}
+
 /// The budget key of a probe (a preflight check's, or one of a region that does not answer):
 /// outside the budget, and it starts no outage (see [`crate::aws::reach`]).
 const PREFLIGHT: &str = "preflight";
@@ -729,60 +759,48 @@ impl Proton {
         self.reach.returns()
     }
 
-    /// How many of Proton's returns were told so far.
-    pub fn returns_told(&self) -> u64 {
-        self.reach.returns_told()
-    }
-
-    /// Probes each region where Proton does not answer (see [`crate::aws::reach`]) until it does,
-    /// with the controller's own credentials (a role the outage's call used may no longer be
-    /// assumable; any answer, a refusal too, ends the outage); runs while the controller does.
-    /// Idle while every region answers.
+    /// Probes each region where Proton (or STS) does not answer until it does (see
+    /// [`crate::aws::reach`]), with the controller's own credentials (a role the outage's call
+    /// used may no longer be assumable; any answer, a refusal too, ends the outage); runs while
+    /// the controller does. Idle while every region answers. Each region on its own schedule:
+    /// a probe that gets no answer holds up no other.
     pub async fn probe_while_away(self) {
-        // When each region's outage was warned of (the outage's start, and when).
+        // When each region's outage was warned of: the outage's start, and when.
         let mut warned: HashMap<String, (Instant, Instant)> = HashMap::new();
         // When each region was last probed.
         let mut probed: HashMap<String, Instant> = HashMap::new();
+        let mut probing = tokio::task::JoinSet::new();
+        let mut in_flight: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
         loop {
-            self.reach.some_away().await;
+            if in_flight.is_empty() {
+                self.reach.some_away().await;
+            }
+            while probing.try_join_next().is_some() {}
+            in_flight.retain(|_, probe| !probe.is_finished());
             for region in self.reach.forget_untried() {
-                tracing::warn!(%region, untried_secs = reach::FORGOTTEN_AFTER.as_secs(), "Proton still does not answer, but no call has tried it since: no longer probed");
+                tracing::warn!(%region, untried_secs = reach::FORGOTTEN_AFTER.as_secs(), "{} still does not answer, but no call has found it away since: no longer probed", reach::service(&region));
             }
             let now = Instant::now();
             let away = self.reach.away();
             probed.retain(|region, _| away.iter().any(|(r, _)| r == region));
-            warned.retain(|_, (_, at)| now.duration_since(*at) < reach::WARN_AGAIN_AFTER);
-            for (region, unreached) in &away {
-                let new = warned
-                    .get(region)
-                    .is_none_or(|(since, _)| *since != unreached.since);
-                if new && !warned.contains_key(region) {
-                    tracing::warn!(
-                        %region,
-                        error = %unreached.error,
-                        probe_every_secs = reach::PROBE_EVERY.as_secs(),
-                        "Proton does not answer: probing it until it does; what its outage stops is tried again as soon as it answers"
-                    );
-                    warned.insert(region.clone(), (unreached.since, now));
-                } else if new {
-                    tracing::debug!(%region, error = %unreached.error, "Proton does not answer again");
+            warned.retain(|region, (since, at)| {
+                away.iter().any(|(r, u)| r == region && u.since == *since)
+                    || now.duration_since(*at) < reach::WARN_AGAIN_AFTER
+            });
+            for (region, unreached) in away {
+                // Warned of once it lasts: a connection a pod closed is over at the next probe.
+                if now.duration_since(unreached.since) >= reach::OUTAGE {
+                    warn_once(&mut warned, &region, &unreached, now);
                 }
-            }
-            tokio::time::sleep(reach::PROBE_EVERY).await;
-            let now = Instant::now();
-            let due: Vec<String> = self
-                .reach
-                .away()
-                .into_iter()
-                .filter(|(region, unreached)| {
-                    unreached.probe_due(*probed.get(region).unwrap_or(&unreached.since), now)
-                })
-                .map(|(region, _)| region)
-                .collect();
-            let probes = due.into_iter().map(|region| {
+                let last = probed.get(&region).copied().unwrap_or(unreached.since);
+                if in_flight.contains_key(&region) || !unreached.probe_due(last, now) {
+                    continue;
+                }
                 probed.insert(region.clone(), now);
                 let proton = self.clone();
-                async move {
+                let probe_of = region.clone();
+                let probe = probing.spawn(async move {
+                    let region = probe_of;
                     // Recorded by `call` (by the identity, for STS).
                     let probe = async {
                         if region == reach::STS {
@@ -792,13 +810,14 @@ impl Proton {
                         }
                     };
                     match tokio::time::timeout(reach::PROBE_TIMEOUT, probe).await {
-                        Ok(Err(e)) => tracing::debug!(%region, error = %e, "Proton probed"),
-                        Err(_) => tracing::debug!(%region, "Proton probed: no answer"),
+                        Ok(Err(e)) => tracing::debug!(%region, error = %e, "probed"),
+                        Err(_) => tracing::debug!(%region, "probed: no answer"),
                         Ok(Ok(())) => {}
                     }
-                }
-            });
-            futures::future::join_all(probes.collect::<Vec<_>>()).await;
+                });
+                in_flight.insert(region, probe);
+            }
+            tokio::time::sleep(PROBE_TICK).await;
         }
     }
 

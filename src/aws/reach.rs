@@ -1,17 +1,22 @@
 //! Whether Proton answers in each region, and when it answers again after an outage.
 //!
-//! A call that got no answer (refused, reset or timed out, a connection lost mid-answer, or a
-//! gateway's 502, 503 or 504) marks its region away; STS, which a call may need first (the
-//! caller's account, a mapped role's credentials), is kept as one more region, [`STS`]. While a region is away it is probed every
-//! [`PROBE_EVERY`] (see `Proton::probe_while_away`; every [`PROBE_LATER`] once the outage is
-//! [`PROBE_SLOWER_AFTER`] old), and the first answer there, to a probe or to any call, ends the
-//! outage. A region no call has tried for [`FORGOTTEN_AFTER`] is forgotten (a region a spec
-//! named once, that has no endpoint). The end of an outage of [`OUTAGE`] or longer is told to whoever
-//! watches [`Reach::returns`]: the controllers then try at once what the outage stopped (see
-//! `reconciler::after_outage`). Without it each resource would wait out a backoff that grew
-//! through the outage: up to five minutes, however short the outage was past its first minutes.
+//! A call that got no answer (refused, reset or timed out, a connection closed before or during
+//! the answer, or a gateway's 502, 503 or 504) marks its region away; STS, which a call may need
+//! first (the caller's account, a mapped role's credentials), is kept as one more region,
+//! [`STS`]. While a region is away it is probed (see `Proton::probe_while_away`: every
+//! [`PROBE_EVERY`], every [`PROBE_LATER`] once the outage is [`PROBE_SLOWER_AFTER`] old), and
+//! the first answer there, to a probe or to any call, ends the outage. A region no call has found
+//! away for [`FORGOTTEN_AFTER`] is forgotten (a region a spec named once, that has no endpoint).
+//!
+//! The end of an outage of [`OUTAGE`] or longer is told to whoever watches [`Reach::returns`]:
+//! the controllers then try at once what the outage stopped (see `reconciler::after_outage`).
+//! Without it each resource would wait out a backoff that grew through the outage: up to five
+//! minutes. A call sent before such a return that fails after it (it waited for an answer that
+//! never came) was the outage's: it starts no new outage, and the return is told again, so the
+//! looks that follow find its resource too.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use aws_sdk_proton::error::SdkError;
@@ -27,8 +32,8 @@ pub const STS: &str = "STS";
 /// How often a region that does not answer is probed.
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 
-/// How long a probe may take: one that gets no answer (a connection that cannot be made) holds
-/// up no other region's for long.
+/// How long a probe may take: one that gets no answer (a connection that cannot be made) is
+/// given up, and the next is made on time.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the warning that a region does not answer may be repeated: an endpoint that
@@ -41,8 +46,8 @@ pub const PROBE_LATER: Duration = Duration::from_secs(30);
 /// How old an outage is before its region is probed every [`PROBE_LATER`] only.
 pub const PROBE_SLOWER_AFTER: Duration = Duration::from_secs(300);
 
-/// A region no call has tried (probes aside) for this long is no longer probed: no resource uses
-/// it (a resource backs off to 5 minutes at most, 6 with jitter).
+/// A region no call (probes aside) has found away for this long is no longer probed: no resource
+/// uses it (a resource backs off to 5 minutes at most, 6 with jitter).
 pub const FORGOTTEN_AFTER: Duration = Duration::from_secs(900);
 
 /// An outage shorter than this grew no backoff worth cutting short (a failure waits a second,
@@ -80,7 +85,7 @@ pub fn heard<E>(error: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> 
     }
 }
 
-/// A region that does not answer: since when, and whose credentials saw it (and probe it).
+/// A region that does not answer: since when, and what failed.
 #[derive(Clone, Debug)]
 pub struct Unreached {
     pub since: Instant,
@@ -102,12 +107,25 @@ impl Unreached {
     }
 }
 
+/// The service a region's calls go to, for the log.
+pub fn service(region: &str) -> &'static str {
+    if region == STS { "STS" } else { "Proton" }
+}
+
+/// How a region's last outage ended.
+#[derive(Clone, Copy, Debug)]
+struct Ended {
+    at: Instant,
+    told: bool,
+}
+
 /// The regions that do not answer, and Proton's returns. Shared by every clone of the port.
 pub struct Reach {
     away: watch::Sender<HashMap<String, Unreached>>,
-    /// When each region's last outage ended: a call sent before then that fails after it was
-    /// the outage's, and starts no new one.
-    ended: std::sync::Mutex<HashMap<String, Instant>>,
+    /// When each region's last outage ended. Locked before `away` is changed, by both
+    /// [`Reach::answered`] and [`Reach::unanswered`]: a call that fails as its region answers
+    /// again is either before the end (ended with it) or after it (stale), never both.
+    ended: Mutex<HashMap<String, Ended>>,
     returns: watch::Sender<u64>,
 }
 
@@ -115,7 +133,7 @@ impl Default for Reach {
     fn default() -> Self {
         Reach {
             away: watch::channel(HashMap::new()).0,
-            ended: std::sync::Mutex::default(),
+            ended: Mutex::default(),
             returns: watch::channel(0).0,
         }
     }
@@ -139,41 +157,48 @@ impl Reach {
         }
     }
 
-    /// Proton answered in `region`: ends its outage, if it had one.
+    /// `region` answered: ends its outage, if it had one.
     pub fn answered(&self, region: &str) {
         // Every call ends here: a read lock while nothing is away.
         if !self.away.borrow().contains_key(region) {
             return;
         }
-        let mut ended = None;
+        let mut ended = self.ended_at();
+        let mut unreached = None;
         self.away.send_if_modified(|away| {
-            ended = away.remove(region);
-            ended.is_some()
+            unreached = away.remove(region);
+            unreached.is_some()
         });
-        let Some(ended) = ended else { return };
+        let Some(unreached) = unreached else { return };
         let now = Instant::now();
-        self.ended_at().insert(region.to_string(), now);
-        let lasted = now.duration_since(ended.since);
-        if lasted >= OUTAGE {
+        let lasted = now.duration_since(unreached.since);
+        let told = lasted >= OUTAGE;
+        ended.insert(region.to_string(), Ended { at: now, told });
+        drop(ended);
+        if told {
             info!(
                 %region,
                 outage_secs = lasted.as_secs_f64(),
-                "Proton answers again"
+                "{} answers again",
+                service(region)
             );
-            self.returns.send_modify(|n| *n = n.wrapping_add(1));
+            self.tell_return();
         } else {
-            debug!(%region, outage_secs = lasted.as_secs_f64(), "Proton answers again");
+            debug!(%region, outage_secs = lasted.as_secs_f64(), "{} answers again", service(region));
         }
     }
 
     /// Nothing answered a call sent to `region` at `sent`: marks the region away, if it was not
     /// and the call was sent after its last outage ended.
     fn unanswered(&self, region: &str, sent: Instant, error: &dyn std::fmt::Display) {
-        if self
-            .ended_at()
-            .get(region)
-            .is_some_and(|ended| *ended > sent)
-        {
+        let ended = self.ended_at();
+        if let Some(last) = ended.get(region).filter(|e| e.at > sent) {
+            let told = last.told;
+            drop(ended);
+            if told {
+                debug!(%region, %error, "a call sent before {}'s return failed after it: the return is told again", service(region));
+                self.tell_return();
+            }
             return;
         }
         let now = Instant::now();
@@ -192,17 +217,23 @@ impl Reach {
             );
             true
         });
+        drop(ended);
         if newly {
-            // Warned by whoever probes (the controller; not `check`, which only reports).
-            debug!(%region, %error, "Proton does not answer");
+            // Warned by whoever probes, once the outage lasts (the controller; not `check`,
+            // which only reports).
+            debug!(%region, %error, "{} does not answer", service(region));
         }
     }
 
-    fn ended_at(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+    fn tell_return(&self) {
+        self.returns.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn ended_at(&self) -> MutexGuard<'_, HashMap<String, Ended>> {
         self.ended.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forgets the regions no call has tried for [`FORGOTTEN_AFTER`]; returns them.
+    /// Forgets the regions no call has found away for [`FORGOTTEN_AFTER`]; returns them.
     pub fn forget_untried(&self) -> Vec<String> {
         let now = Instant::now();
         let mut forgotten = Vec::new();
@@ -217,12 +248,6 @@ impl Reach {
             !forgotten.is_empty()
         });
         forgotten
-    }
-
-    /// How many returns were told so far: a reconcile that saw this number move while it ran
-    /// failed, if it failed on Proton, on the outage that ended.
-    pub fn returns_told(&self) -> u64 {
-        *self.returns.borrow()
     }
 
     /// The regions that do not answer now.
@@ -330,10 +355,9 @@ mod tests {
             2,
             "nothing learned from a call not sent"
         );
-        assert_eq!(reach.returns_told(), 0);
+        assert!(!returns.has_changed().unwrap());
         call(&reach, Heard::Answered, east);
         assert!(returns.has_changed().unwrap(), "an outage of 5 s");
-        assert_eq!(reach.returns_told(), 1);
         returns.mark_unchanged();
         let away = reach.away();
         assert_eq!(away.len(), 1);
@@ -343,23 +367,39 @@ mod tests {
     }
 
     /// A call sent before the return that fails after it (it timed out, say) was the outage's: it
-    /// starts no new one, which the next answer would end too soon to be told.
+    /// starts no new one (which the next answer would end too soon to be told), and the return
+    /// is told again, for its resource to be found.
     #[tokio::test(start_paused = true)]
-    async fn a_call_sent_before_the_return_that_fails_after_it_starts_no_outage() {
+    async fn a_call_sent_before_the_return_that_fails_after_it_starts_no_outage_and_tells_it_again()
+    {
         let reach = Reach::default();
+        let mut returns = reach.returns();
         let east = "us-east-1";
         call(&reach, Heard::Unanswered, east);
         let sent = Instant::now() + Duration::from_secs(10);
         tokio::time::advance(Duration::from_secs(20)).await;
         call(&reach, Heard::Answered, east);
+        assert!(returns.has_changed().unwrap(), "a 20 s outage");
+        returns.mark_unchanged();
         reach.record(Heard::Unanswered, east, sent, false, &"timed out");
         assert!(reach.away().is_empty(), "the outage's own failure");
+        assert!(returns.has_changed().unwrap(), "told again");
+        returns.mark_unchanged();
         call(&reach, Heard::Unanswered, east);
         assert_eq!(
             reach.away().len(),
             1,
             "a call sent after the return starts one"
         );
+        assert!(!returns.has_changed().unwrap());
+
+        // After an outage too short to be told, nothing is told again.
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        call(&reach, Heard::Answered, east);
+        reach.record(Heard::Unanswered, east, sent, false, &"timed out");
+        assert!(reach.away().is_empty());
+        assert!(!returns.has_changed().unwrap());
     }
 
     /// A probe ends an outage, but neither starts one nor counts as a try of the region: a region

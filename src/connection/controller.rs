@@ -200,10 +200,7 @@ pub async fn run(
     started.spawn(ctx.proton.clone().probe_while_away());
     let returning = ctx.clone();
     let retried = after_outage::retried(
-        after_outage::Returns {
-            api_server: readiness.returns(),
-            proton: ctx.proton.returns(),
-        },
+        after_outage::Returns::of(&readiness, &ctx.proton),
         store.clone(),
         move |away| returning.tracked.due_after_return(away),
     );

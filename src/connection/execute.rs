@@ -24,6 +24,7 @@ use crate::connection::api::{
 };
 use crate::connection::decide::{self, Note, Outcome, Progress, Run, Step};
 use crate::connection::polls::Waiting;
+use crate::reconciler::after_outage::Away;
 use crate::reconciler::nudge::Why;
 use crate::reconciler::{self};
 
@@ -331,14 +332,13 @@ pub(super) async fn finish(
             if let Some(note) = &reported.event {
                 facts.note(note);
             }
-            let mut due = Instant::now() + reported.requeue;
+            let due = Instant::now() + reported.requeue;
             let mut tracked = ctx.tracked();
             let t = tracked.entry(&facts.uid);
             t.fail(facts.generation);
             t.hold(facts.generation, facts.triggers.hash_of(), due);
             if reported.problem.reason == ErrorClass::Transient.reason() {
-                let returned = ctx.proton.returns_told() != facts.proton_returns;
-                due = t.unanswered_by_proton(returned).unwrap_or(due);
+                t.wait_for_return(Away::Aws);
             }
             drop(tracked);
             Ok((come_back(ctx, facts, due), reported.problem.reason))

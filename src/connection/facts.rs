@@ -55,8 +55,6 @@ pub(super) struct Facts {
     /// What the last reconcile learned before it was deferred, to go on from.
     pub(super) resumed: Option<Progress>,
     pub(super) deleting: bool,
-    /// Proton's returns told when the reconcile began (see `aws::reach`).
-    pub(super) proton_returns: u64,
 }
 
 impl Facts {
@@ -190,7 +188,6 @@ impl Facts {
             }),
             resumed,
             deleting,
-            proton_returns: ctx.proton.returns_told(),
         })
     }
 

@@ -31,7 +31,8 @@ use crate::metrics::Metrics;
 use crate::reconciler::note::Note;
 use crate::reconciler::nudge::{Nudge, Why};
 use crate::reconciler::{
-    self, after_outage,
+    self,
+    after_outage::{self, Away},
     tracked::{Guard, Tracker},
 };
 use crate::recorder::Recorder;
@@ -264,8 +265,6 @@ struct Facts {
     quiet: Option<Duration>,
     failures: u32,
     memory: Memory,
-    /// Proton's returns told when the reconcile began (see `aws::reach`).
-    proton_returns: u64,
 }
 
 impl Facts {
@@ -322,7 +321,6 @@ impl Facts {
             quiet,
             failures,
             memory,
-            proton_returns: ctx.proton.returns_told(),
         })
     }
 }
@@ -483,7 +481,7 @@ async fn finish(
     step: Step,
     memory: Memory,
 ) -> Result<(Action, &'static str), Error> {
-    let (status, events, mut requeue, label, failed) = match step {
+    let (status, events, requeue, label, failed) = match step {
         Step::Settle(settled) => (
             Some(settled.status),
             settled.events,
@@ -526,10 +524,7 @@ async fn finish(
         }
         t.hold(facts.generation, facts.paused, Instant::now() + requeue);
         if failed && label == ErrorClass::Transient.reason() {
-            let returned = ctx.proton.returns_told() != facts.proton_returns;
-            if let Some(due) = t.unanswered_by_proton(returned) {
-                requeue = due.saturating_duration_since(Instant::now());
-            }
+            t.wait_for_return(Away::Aws);
         }
     }
     let written = match &status {
@@ -671,10 +666,7 @@ pub async fn run(
     );
     let returning = ctx.clone();
     let retried = after_outage::retried(
-        after_outage::Returns {
-            api_server: readiness.returns(),
-            proton: ctx.proton.returns(),
-        },
+        after_outage::Returns::of(&readiness, &ctx.proton),
         store.clone(),
         move |away| returning.tracked.due_after_return(away),
     );

@@ -32,8 +32,8 @@ use crate::compact_id::CompactId;
 pub enum Away {
     /// The Kubernetes API server (see [`unanswered`]).
     ApiServer,
-    /// Proton, in some region (see `aws::reach`).
-    Proton,
+    /// Proton in some region, or STS (see `aws::reach`).
+    Aws,
 }
 
 impl Away {
@@ -42,7 +42,9 @@ impl Away {
             Away::ApiServer => {
                 "the Kubernetes API server answers again: trying again at once what its outage stopped"
             }
-            Away::Proton => "Proton answers again: trying again at once what its outage stopped",
+            Away::Aws => {
+                "AWS (Proton or STS) answers again: trying again at once what its outage stopped"
+            }
         }
     }
 }
@@ -53,6 +55,16 @@ pub struct Returns {
     pub api_server: watch::Receiver<u64>,
     /// `aws::proton::Proton::returns`.
     pub proton: watch::Receiver<u64>,
+}
+
+impl Returns {
+    /// Those the readiness (the API server's) and the Proton port see.
+    pub fn of(readiness: &crate::http::Readiness, proton: &crate::aws::proton::Proton) -> Self {
+        Returns {
+            api_server: readiness.returns(),
+            proton: proton.returns(),
+        }
+    }
 }
 
 /// Whether a failed call means the API server was away: unreachable, the connection lost or timed
@@ -93,7 +105,7 @@ where
             store.clone(),
             due.clone(),
         ),
-        retried_after(returns.proton, Away::Proton, store, due),
+        retried_after(returns.proton, Away::Aws, store, due),
     )
 }
 
@@ -175,9 +187,9 @@ mod tests {
                 Away::ApiServer,
                 HashSet::from([CompactId::of("first"), CompactId::of("gone")]),
             ),
-            (Away::Proton, HashSet::from([CompactId::of("aws")])),
+            (Away::Aws, HashSet::from([CompactId::of("aws")])),
             (Away::ApiServer, HashSet::from([CompactId::of("late")])),
-            (Away::Proton, HashSet::new()),
+            (Away::Aws, HashSet::new()),
         ])));
         let due = {
             let looks = looks.clone();

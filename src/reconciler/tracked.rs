@@ -19,9 +19,6 @@ use super::retry::retry_after;
 use crate::aws::error::Retry;
 use crate::compact_id::CompactId;
 
-/// How soon an object is tried again whose reconcile failed on an outage that ended while it ran.
-pub const AFTER_RETURN: Duration = Duration::from_secs(1);
-
 /// When an object is due again, and for which generation and triggers.
 #[derive(Clone, Debug)]
 pub struct Checkpoint<T> {
@@ -95,20 +92,10 @@ impl<T: PartialEq, M> Tracked<T, M> {
         std::mem::take(&mut self.nudged)
     }
 
-    /// The reconcile just held ended on Proton not answering: Proton's return makes the object
-    /// due (see [`Tracker::due_after_return`]). If that return was told while the reconcile ran
-    /// (`returned`), the failure was the outage's: the object is due within [`AFTER_RETURN`], its
-    /// failures forgotten. Returns when it is due.
-    pub fn unanswered_by_proton(&mut self, returned: bool) -> Option<Instant> {
-        if returned {
-            self.failures = 0;
-            if let Some(c) = self.checkpoint.as_mut() {
-                c.due = c.due.min(Instant::now() + AFTER_RETURN);
-            }
-        } else {
-            self.waits_for = Some(Away::Proton);
-        }
-        self.checkpoint.as_ref().map(|c| c.due)
+    /// The reconcile just held ended on `away` not answering: its return makes the object due
+    /// (see [`Tracker::due_after_return`]).
+    pub fn wait_for_return(&mut self, away: Away) {
+        self.waits_for = Some(away);
     }
 
     /// A nudged reconcile did not get to its read (deferred): the next one makes it.
@@ -394,22 +381,13 @@ mod tests {
         // Failed during the outage, then refused: the refusal's backoff stands.
         tracker.kube_failure("then-refused", 1, (), "503", true, resync);
         tracker.kube_failure("then-refused", 1, (), "403 forbidden", false, resync);
-        // AWS calls that Proton left unanswered, as a reconcile reports them; the second's
-        // reconcile saw Proton's return while it ran.
-        for (uid, returned) in [("aws", false), ("aws-returned", true)] {
-            for _ in 0..5 {
-                let mut tracked = tracker.lock();
-                let t = tracked.entry(uid);
-                t.fail(1);
-                t.hold(1, (), Instant::now() + Duration::from_secs(120));
-                let due = t.unanswered_by_proton(returned).unwrap();
-                if returned {
-                    assert!(due <= Instant::now() + AFTER_RETURN, "due in a second");
-                    assert_eq!(t.failures(1), 0, "the outage's failure is forgotten");
-                } else {
-                    assert!(due > Instant::now() + AFTER_RETURN, "held for its backoff");
-                }
-            }
+        // An AWS call that Proton left unanswered, as a reconcile reports it.
+        for _ in 0..5 {
+            let mut tracked = tracker.lock();
+            let t = tracked.entry("aws");
+            t.fail(1);
+            t.hold(1, (), Instant::now() + Duration::from_secs(120));
+            t.wait_for_return(Away::Aws);
         }
         let held = |uid: &str| {
             tracker
@@ -438,13 +416,12 @@ mod tests {
             "made due once: another return finds nothing until it fails unanswered again"
         );
         assert_eq!(
-            tracker.due_after_return(Away::Proton),
-            HashSet::from([CompactId::of("aws")]),
-            "not one already due after a return it saw"
+            tracker.due_after_return(Away::Aws),
+            HashSet::from([CompactId::of("aws")])
         );
         assert_eq!(held("aws"), None, "due at Proton's return");
         assert_eq!(tracker.lock().get("aws").unwrap().failures(1), 0);
-        assert!(tracker.due_after_return(Away::Proton).is_empty(), "once");
+        assert!(tracker.due_after_return(Away::Aws).is_empty(), "once");
 
         // An outcome past the API server (a status written, then an AWS problem) is not the
         // outage's: its requeue stands.
