@@ -37,6 +37,11 @@ struct ClassLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabel {
+    region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabel {
     decision: String,
 }
@@ -100,6 +105,7 @@ struct Inner {
     poll_interval: Family<ClassLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     time_to_connected: Histogram,
     leader: Gauge,
+    aws_unreachable: Family<RegionLabel, Gauge>,
     connections: Arc<ConnectionsCollector>,
     acceptance_decisions: Family<DecisionLabel, Counter>,
     acceptance_reconciles: Family<ResultLabel, Counter>,
@@ -128,6 +134,7 @@ impl Metrics {
         let aws_throttled = Counter::default();
         let connections = Arc::new(ConnectionsCollector::default());
         let leader = Gauge::default();
+        let aws_unreachable = Family::<RegionLabel, Gauge>::default();
         let class_calls = Family::<ClassLabel, Counter>::default();
         let deferred = Family::<ClassLabel, Counter>::default();
         let budget_wait = Family::<ClassLabel, Histogram>::new_with_constructor(|| {
@@ -187,6 +194,11 @@ impl Metrics {
             "1 while this process holds the leader lease",
             leader.clone(),
         );
+        registry.register(
+            "eac_aws_unreachable",
+            "1 while Proton does not answer this process's calls in the region (region STS: STS), 0 once it answers again",
+            aws_unreachable.clone(),
+        );
         let acceptance_decisions = Family::<DecisionLabel, Counter>::default();
         for decision in DECISIONS {
             // Every series exists from the start, so a rate over it is defined before the first
@@ -221,6 +233,7 @@ impl Metrics {
             time_to_connected,
             connections,
             leader,
+            aws_unreachable,
         }))
     }
 
@@ -322,6 +335,16 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.0.leader.set(i64::from(leader));
+    }
+
+    /// Proton (or STS, `region` "STS") does not answer in `region`, or answers again.
+    pub fn set_aws_unreachable(&self, region: &str, unreachable: bool) {
+        self.0
+            .aws_unreachable
+            .get_or_create(&RegionLabel {
+                region: region.into(),
+            })
+            .set(i64::from(unreachable));
     }
 
     /// Counts `eac_connections` from this watch cache (the leader's), or exports none.

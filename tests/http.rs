@@ -107,6 +107,8 @@ async fn the_metrics_pass_promtool_check_metrics() {
     metrics.read_interval(CallClass::Poll, Duration::from_secs(31));
     metrics.connected_after(Duration::from_secs(90));
     metrics.set_leader(true);
+    metrics.set_aws_unreachable("us-east-1", true);
+    metrics.set_aws_unreachable("STS", false);
     let (addr, _task) = serve(
         ([127, 0, 0, 1], 0).into(),
         metrics.clone(),
@@ -137,6 +139,7 @@ async fn the_metrics_pass_promtool_check_metrics() {
         "eac_effective_poll_interval_seconds",
         "eac_time_to_connected_seconds_bucket",
         "eac_leader",
+        "eac_aws_unreachable{region=\"us-east-1\"} 1",
     ] {
         assert!(body.contains(family), "{family} in {body}");
     }

@@ -35,21 +35,29 @@ use crate::metrics::Metrics;
 /// How often the prober looks at what is away and due for a probe.
 const PROBE_TICK: Duration = Duration::from_millis(500);
 
-/// Warns of `region`'s outage (`unreached`), once per outage and at most once per
-/// [`reach::WARN_AGAIN_AFTER`] (an endpoint that flaps starts an outage every few seconds).
+/// What was said of a region's outages: the last one considered, whether it was warned of, and
+/// the last warning.
+#[derive(Clone, Copy)]
+struct Warned {
+    since: Instant,
+    warned: bool,
+    at: Instant,
+}
+
+/// Warns of `region`'s outage (`unreached`) once, and at most once per
+/// [`reach::WARN_AGAIN_AFTER`] per region (an endpoint that flaps starts an outage every few
+/// seconds): an outage that begins sooner is warned of when that time is up, if it lasts.
 fn warn_once(
-    warned: &mut HashMap<String, (Instant, Instant)>,
+    warned: &mut HashMap<String, Warned>,
     region: &str,
     unreached: &reach::Unreached,
     now: Instant,
-) {
-    match warned.get_mut(region) {
-        Some((since, _)) if *since == unreached.since => {}
-        Some((since, at)) if now.duration_since(*at) < reach::WARN_AGAIN_AFTER => {
-            *since = unreached.since;
-            tracing::debug!(%region, error = %unreached.error, "{} does not answer again", reach::service(region));
-        }
-        _ => {
+) -> Said {
+    let last = warned.get(region).copied();
+    let may_warn = last.is_none_or(|w| now.duration_since(w.at) >= reach::WARN_AGAIN_AFTER);
+    match last {
+        Some(w) if w.since == unreached.since && (w.warned || !may_warn) => Said::Nothing,
+        _ if may_warn => {
             tracing::warn!(
                 %region,
                 error = %unreached.error,
@@ -57,9 +65,40 @@ fn warn_once(
                 "{} does not answer: probing it until it does; what its outage stops is tried again as soon as it answers",
                 reach::service(region)
             );
-            warned.insert(region.to_string(), (unreached.since, now));
+            let since = unreached.since;
+            warned.insert(
+                region.to_string(),
+                Warned {
+                    since,
+                    warned: true,
+                    at: now,
+                },
+            );
+            Said::Warned
         }
+        Some(w) => {
+            tracing::debug!(%region, error = %unreached.error, "{} does not answer again", reach::service(region));
+            let since = unreached.since;
+            warned.insert(
+                region.to_string(),
+                Warned {
+                    since,
+                    warned: false,
+                    ..w
+                },
+            );
+            Said::Debug
+        }
+        None => Said::Nothing,
     }
+}
+
+/// What [`warn_once`] said.
+#[derive(Debug, PartialEq, Eq)]
+enum Said {
+    Nothing,
+    Warned,
+    Debug,
 }
 
 /// The budget key of a probe (a preflight check's, or one of a region that does not answer):
@@ -251,7 +290,7 @@ impl Proton {
                     .build(),
             );
         let sts = aws_sdk_sts::Client::from_conf(sts.build());
-        let reach = Arc::new(Reach::default());
+        let reach = Arc::new(Reach::new(metrics.clone()));
         let identity = CallerIdentity::new(sts.clone(), reach.clone(), metrics.clone());
         // Retries are the controller's (per-object backoff, shared budget), so every attempt is
         // counted and rate-limited; the SDK's own retry loop would hide both.
@@ -765,8 +804,8 @@ impl Proton {
     /// the controller does. Idle while every region answers. Each region on its own schedule:
     /// a probe that gets no answer holds up no other.
     pub async fn probe_while_away(self) {
-        // When each region's outage was warned of: the outage's start, and when.
-        let mut warned: HashMap<String, (Instant, Instant)> = HashMap::new();
+        // What was said of each region's outages.
+        let mut warned: HashMap<String, Warned> = HashMap::new();
         // When each region was last probed.
         let mut probed: HashMap<String, Instant> = HashMap::new();
         let mut probing = tokio::task::JoinSet::new();
@@ -783,9 +822,9 @@ impl Proton {
             let now = Instant::now();
             let away = self.reach.away();
             probed.retain(|region, _| away.iter().any(|(r, _)| r == region));
-            warned.retain(|region, (since, at)| {
-                away.iter().any(|(r, u)| r == region && u.since == *since)
-                    || now.duration_since(*at) < reach::WARN_AGAIN_AFTER
+            warned.retain(|region, w| {
+                away.iter().any(|(r, _)| r == region)
+                    || now.duration_since(w.at) < reach::WARN_AGAIN_AFTER
             });
             for (region, unreached) in away {
                 // Warned of once it lasts: a connection a pod closed is over at the next probe.
@@ -1190,6 +1229,34 @@ fn rfc3339(t: &aws_smithy_types::DateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An endpoint that flaps is one warning per 5 minutes; an outage that began within them is
+    /// warned of when they are up, if it still lasts.
+    #[tokio::test(start_paused = true)]
+    async fn each_outage_is_warned_of_once_and_a_region_at_most_every_5_minutes() {
+        let mut warned = HashMap::new();
+        let region = "us-east-1";
+        let t0 = Instant::now();
+        let outage = |since: Instant| reach::Unreached {
+            since,
+            last_tried: since,
+            error: "refused".into(),
+        };
+        let mut said =
+            |o: &reach::Unreached, at: Duration| warn_once(&mut warned, region, o, t0 + at);
+        let first = outage(t0);
+        assert_eq!(said(&first, Duration::from_secs(5)), Said::Warned);
+        assert_eq!(said(&first, Duration::from_secs(30)), Said::Nothing);
+        let flap = outage(t0 + Duration::from_secs(60));
+        assert_eq!(said(&flap, Duration::from_secs(65)), Said::Debug);
+        assert_eq!(said(&flap, Duration::from_secs(200)), Said::Nothing);
+        assert_eq!(
+            said(&flap, reach::WARN_AGAIN_AFTER + Duration::from_secs(5)),
+            Said::Warned,
+            "still away when the 5 minutes are up"
+        );
+        assert_eq!(said(&flap, Duration::from_secs(900)), Said::Nothing);
+    }
 
     #[test]
     fn timestamps_are_whole_second_rfc3339() {

@@ -25,6 +25,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::metrics::Metrics;
+
 /// Where STS is kept among the regions: the controller asks one STS endpoint (GetCallerIdentity,
 /// AssumeRole for a mapped role), whatever the region of the call that needs it.
 pub const STS: &str = "STS";
@@ -121,6 +123,7 @@ struct Ended {
 
 /// The regions that do not answer, and Proton's returns. Shared by every clone of the port.
 pub struct Reach {
+    metrics: Metrics,
     away: watch::Sender<HashMap<String, Unreached>>,
     /// When each region's last outage ended. Locked before `away` is changed, by both
     /// [`Reach::answered`] and [`Reach::unanswered`]: a call that fails as its region answers
@@ -131,15 +134,21 @@ pub struct Reach {
 
 impl Default for Reach {
     fn default() -> Self {
+        Reach::new(Metrics::new())
+    }
+}
+
+impl Reach {
+    /// `metrics`: where `eac_aws_unreachable` is set.
+    pub fn new(metrics: Metrics) -> Self {
         Reach {
+            metrics,
             away: watch::channel(HashMap::new()).0,
             ended: Mutex::default(),
             returns: watch::channel(0).0,
         }
     }
-}
 
-impl Reach {
     /// Records what `heard` says of a call in `region` sent at `sent` (`error`: why it failed,
     /// for the warning; `probe`: a probe's, which ends an outage but starts or prolongs none).
     pub fn record(
@@ -175,6 +184,7 @@ impl Reach {
         let told = lasted >= OUTAGE;
         ended.insert(region.to_string(), Ended { at: now, told });
         drop(ended);
+        self.metrics.set_aws_unreachable(region, false);
         if told {
             info!(
                 %region,
@@ -219,6 +229,7 @@ impl Reach {
         });
         drop(ended);
         if newly {
+            self.metrics.set_aws_unreachable(region, true);
             // Warned by whoever probes, once the outage lasts (the controller; not `check`,
             // which only reports).
             debug!(%region, %error, "{} does not answer", service(region));
@@ -247,6 +258,9 @@ impl Reach {
             });
             !forgotten.is_empty()
         });
+        for region in &forgotten {
+            self.metrics.set_aws_unreachable(region, false);
+        }
         forgotten
     }
 
@@ -334,7 +348,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn only_the_end_of_an_outage_of_5_s_or_more_is_told() {
-        let reach = Reach::default();
+        let metrics = Metrics::new();
+        let reach = Reach::new(metrics.clone());
         let mut returns = reach.returns();
         let east = "us-east-1";
         call(&reach, Heard::Unanswered, east);
@@ -362,6 +377,13 @@ mod tests {
         let away = reach.away();
         assert_eq!(away.len(), 1);
         assert_eq!(away[0].0, "eu-west-1", "each region on its own");
+        let exported = metrics.encode();
+        for series in [
+            "eac_aws_unreachable{region=\"eu-west-1\"} 1",
+            "eac_aws_unreachable{region=\"us-east-1\"} 0",
+        ] {
+            assert!(exported.contains(series), "{series} in {exported}");
+        }
         call(&reach, Heard::Answered, east);
         assert!(!returns.has_changed().unwrap(), "told once");
     }

@@ -126,6 +126,29 @@ SCENARIOS: list[dict[str, Any]] = [
         ],
     },
     {
+        "name": "a region the leader cannot reach for 5m alerts, per region; a standby's old value does not",
+        "input_series": [
+            series("eac_aws_unreachable", 'instance="a",region="us-east-1"', "0x2 1x30"),
+            series("eac_aws_unreachable", 'instance="a",region="STS"', "0x32"),
+            series("eac_leader", 'instance="a"', "1x32"),
+            # A pod that stopped leading while it could not reach eu-west-1 keeps its gauge.
+            series("eac_aws_unreachable", 'instance="b",region="eu-west-1"', "1x32"),
+            series("eac_leader", 'instance="b"', "0x32"),
+        ],
+        "alert_rule_test": [
+            silent("4m", "EacAwsUnreachable"),
+            fires("10m", "EacAwsUnreachable", {"region": "us-east-1", "severity": "warning"}),
+        ],
+    },
+    {
+        "name": "an endpoint that answers again within 5m does not alert",
+        "input_series": [
+            series("eac_aws_unreachable", 'instance="a",region="us-east-1"', "0x2 1x3 0x25"),
+            series("eac_leader", 'instance="a"', "1x30"),
+        ],
+        "alert_rule_test": [silent("5m", "EacAwsUnreachable"), silent("20m", "EacAwsUnreachable")],
+    },
+    {
         "name": "the leader polling at 4x pendingPoll while polls are deferred saturates the budget",
         "input_series": [
             series("eac_effective_poll_interval_seconds", 'instance="a",class="poll"', "120x40"),
@@ -193,7 +216,14 @@ SCENARIOS: list[dict[str, Any]] = [
 def test_every_alert_has_a_case_that_fires_it_and_one_that_does_not(groups):
     names = alert_names(groups)
     assert sorted(names) == sorted(
-        ["EacStalledResources", "EacAwsThrottling", "EacAwsBudgetSaturated", "EacReconcileErrors", "EacNoLeader"]
+        [
+            "EacStalledResources",
+            "EacAwsThrottling",
+            "EacAwsUnreachable",
+            "EacAwsBudgetSaturated",
+            "EacReconcileErrors",
+            "EacNoLeader",
+        ]
     )
     for alert in names:
         checks = [c for s in SCENARIOS for c in s["alert_rule_test"] if c["alertname"] == alert]
@@ -243,4 +273,4 @@ def test_promtool_checks_the_rules_as_rendered(groups, tmp_path):
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
     result = run([tool, "check", "rules", "rules.yaml"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 rules found" in result.stdout, result.stdout
+    assert f"{len(alert_names(groups))} rules found" in result.stdout, result.stdout

@@ -32,13 +32,21 @@ METRICS = {
     "eac_time_to_connected_seconds": "histogram",
     "eac_connections": "gauge",
     "eac_leader": "gauge",
+    "eac_aws_unreachable": "gauge",
     "eac_acceptance_decisions": "counter",
     "eac_acceptance_reconcile": "counter",
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 SERIES = {name + suffix: name for name, kind in METRICS.items() for suffix in SUFFIXES[kind]}
 
-ALERTS = ["EacStalledResources", "EacAwsThrottling", "EacAwsBudgetSaturated", "EacReconcileErrors", "EacNoLeader"]
+ALERTS = [
+    "EacStalledResources",
+    "EacAwsThrottling",
+    "EacAwsUnreachable",
+    "EacAwsBudgetSaturated",
+    "EacReconcileErrors",
+    "EacNoLeader",
+]
 WITHOUT_LEADER_ELECTION = {"replicaCount": 1, "leaderElection": {"enabled": False}}
 
 # Results that are not a problem (EacStalledResources leaves them out, and kube_error too: it has
@@ -243,6 +251,7 @@ EXPECTED_PANELS = {
     "Reconcile duration (p50, p99)": {"eac_reconcile_duration_seconds_bucket"},
     "AWS calls by operation and outcome": {"eac_aws_requests_total"},
     "Throttled calls": {"eac_aws_throttled_total"},
+    "AWS endpoints not answering": {"eac_aws_unreachable", "eac_leader"},
     "AWS calls sent and deferred by class": {"eac_aws_calls_by_class_total", "eac_aws_deferred_total"},
     "Budget wait by class (p50, p99)": {"eac_aws_budget_wait_seconds_bucket"},
     "Effective read interval vs configured": {"eac_effective_poll_interval_seconds"},
@@ -413,11 +422,11 @@ def test_rule_metadata(render):
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
-def test_five_alerts_with_leader_election(default_alerts):
+def test_six_alerts_with_leader_election(default_alerts):
     assert list(default_alerts) == ALERTS
 
 
-def test_four_alerts_without_leader_election(render):
+def test_five_alerts_without_leader_election(render):
     alerts = alerts_of(render({**RULES_ON, **WITHOUT_LEADER_ELECTION}))
     assert list(alerts) == [a for a in ALERTS if a != "EacNoLeader"]
 
@@ -537,6 +546,13 @@ def test_default_thresholds(default_alerts):
     leader = default_alerts["EacNoLeader"]
     assert re.search(r"max\(eac_leader\{[^}]*\}\) < 1", leader["expr"]) and "absent(eac_leader" in leader["expr"]
     assert leader["for"] == "5m"
+    unreachable = default_alerts["EacAwsUnreachable"]
+    # Per region, on the leader's gauge only.
+    assert re.search(
+        r"^max by \(region\) \(eac_aws_unreachable\{[^}]*\} and on \(instance\) \(eac_leader\{[^}]*\} == 1\)\) > 0$",
+        unreachable["expr"],
+    )
+    assert unreachable["for"] == "5m"
 
 
 def test_thresholds_and_durations_render_from_values(render):
@@ -548,6 +564,7 @@ def test_thresholds_and_durations_render_from_values(render):
             "alerts": {
                 "stalledResources": {"for": "1h", "severity": "info"},
                 "awsThrottling": {"for": "5m", "threshold": 0.5},
+                "awsUnreachable": {"for": "10m", "severity": "critical"},
                 "awsBudgetSaturated": {"for": "20m", "pollIntervalFactor": 4},
                 "reconcileErrors": {"for": "1h30m", "threshold": 0.01, "severity": "critical"},
                 "noLeader": {"for": "2m"},
@@ -558,6 +575,7 @@ def test_thresholds_and_durations_render_from_values(render):
     assert {n: a["for"] for n, a in alerts.items()} == {
         "EacStalledResources": "1h",
         "EacAwsThrottling": "5m",
+        "EacAwsUnreachable": "10m",
         "EacAwsBudgetSaturated": "20m",
         "EacReconcileErrors": "1h30m",
         "EacNoLeader": "2m",
@@ -568,6 +586,7 @@ def test_thresholds_and_durations_render_from_values(render):
     assert "every 45s (pendingPoll)" in alerts["EacAwsBudgetSaturated"]["annotations"]["description"]
     assert alerts["EacStalledResources"]["labels"] == {"severity": "info", "team": "platform"}
     assert alerts["EacReconcileErrors"]["labels"] == {"severity": "critical", "team": "platform"}
+    assert alerts["EacAwsUnreachable"]["labels"] == {"severity": "critical", "team": "platform"}
 
 
 @pytest.mark.parametrize(
@@ -585,7 +604,7 @@ def test_budget_threshold_is_a_multiple_of_pending_poll(render, pending_poll, fa
 
 
 def test_each_alert_can_be_turned_off(render):
-    keys = ["stalledResources", "awsThrottling", "awsBudgetSaturated", "reconcileErrors", "noLeader"]
+    keys = ["stalledResources", "awsThrottling", "awsUnreachable", "awsBudgetSaturated", "reconcileErrors", "noLeader"]
     for key, name in zip(keys, ALERTS):
         alerts = alerts_of(render({"prometheusRule": {"enabled": True, "alerts": {key: {"enabled": False}}}}))
         assert list(alerts) == [a for a in ALERTS if a != name], key
@@ -646,6 +665,7 @@ def test_values_yaml_defaults(chart):
     assert {k: a["for"] for k, a in alerts.items()} == {
         "stalledResources": "30m",
         "awsThrottling": "15m",
+        "awsUnreachable": "5m",
         "awsBudgetSaturated": "15m",
         "reconcileErrors": "15m",
         "noLeader": "5m",
@@ -688,6 +708,8 @@ OBSERVABILITY_SCHEMAS = {
     A + "stalledResources.enabled": ([True, False], ["no"]),
     A + "awsThrottling.threshold": ([0, 0.01, 5], [-0.1, "0", None]),
     A + "awsThrottling.for": (["15m"], ["15"]),
+    A + "awsUnreachable.for": (["5m", "90s"], ["5", None]),
+    A + "awsUnreachable.enabled": ([True, False], ["yes"]),
     A + "awsBudgetSaturated.pollIntervalFactor": ([1.5, 3, 100], [1, 0.5, 0, 101, "3", None]),
     A + "awsBudgetSaturated.for": (["15m"], ["fifteen"]),
     A + "reconcileErrors.threshold": ([0, 0.5], [-1, "0"]),
