@@ -196,7 +196,7 @@ impl Metrics {
         );
         registry.register(
             "eac_aws_unreachable",
-            "1 while Proton does not answer this process's calls in the region (region STS: STS), 0 once it answers again",
+            "1 while Proton does not answer this process's calls in the region (region STS: STS), 0 once it answers again or is no longer probed",
             aws_unreachable.clone(),
         );
         let acceptance_decisions = Family::<DecisionLabel, Counter>::default();

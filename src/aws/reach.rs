@@ -183,8 +183,9 @@ impl Reach {
         let lasted = now.duration_since(unreached.since);
         let told = lasted >= OUTAGE;
         ended.insert(region.to_string(), Ended { at: now, told });
-        drop(ended);
+        // Under the lock: a failure recorded at the same moment sets it after, not before.
         self.metrics.set_aws_unreachable(region, false);
+        drop(ended);
         if told {
             info!(
                 %region,
@@ -203,7 +204,8 @@ impl Reach {
     fn unanswered(&self, region: &str, sent: Instant, error: &dyn std::fmt::Display) {
         let ended = self.ended_at();
         if let Some(last) = ended.get(region).filter(|e| e.at > sent) {
-            let told = last.told;
+            // Told again only while the region answers: in a new outage, its end will be told.
+            let told = last.told && !self.away.borrow().contains_key(region);
             drop(ended);
             if told {
                 debug!(%region, %error, "a call sent before {}'s return failed after it: the return is told again", service(region));
@@ -227,9 +229,11 @@ impl Reach {
             );
             true
         });
-        drop(ended);
         if newly {
             self.metrics.set_aws_unreachable(region, true);
+        }
+        drop(ended);
+        if newly {
             // Warned by whoever probes, once the outage lasts (the controller; not `check`,
             // which only reports).
             debug!(%region, %error, "{} does not answer", service(region));
@@ -246,6 +250,7 @@ impl Reach {
 
     /// Forgets the regions no call has found away for [`FORGOTTEN_AFTER`]; returns them.
     pub fn forget_untried(&self) -> Vec<String> {
+        let ended = self.ended_at();
         let now = Instant::now();
         let mut forgotten = Vec::new();
         self.away.send_if_modified(|away| {
@@ -261,6 +266,7 @@ impl Reach {
         for region in &forgotten {
             self.metrics.set_aws_unreachable(region, false);
         }
+        drop(ended);
         forgotten
     }
 
@@ -414,9 +420,19 @@ mod tests {
             "a call sent after the return starts one"
         );
         assert!(!returns.has_changed().unwrap());
+        reach.record(Heard::Unanswered, east, sent, false, &"timed out");
+        assert!(
+            !returns.has_changed().unwrap(),
+            "not told again in a new outage: its own end will be"
+        );
+        tokio::time::advance(OUTAGE).await;
+        call(&reach, Heard::Answered, east);
+        assert!(returns.has_changed().unwrap());
+        returns.mark_unchanged();
 
         // After an outage too short to be told, nothing is told again.
         let sent = Instant::now();
+        call(&reach, Heard::Unanswered, east);
         tokio::time::advance(Duration::from_secs(1)).await;
         call(&reach, Heard::Answered, east);
         reach.record(Heard::Unanswered, east, sent, false, &"timed out");

@@ -141,12 +141,20 @@ SCENARIOS: list[dict[str, Any]] = [
         ],
     },
     {
-        "name": "an endpoint that answers again within 5m does not alert",
+        "name": "an endpoint that answers again within a minute or two does not alert",
         "input_series": [
-            series("eac_aws_unreachable", 'instance="a",region="us-east-1"', "0x2 1x3 0x25"),
+            series("eac_aws_unreachable", 'instance="a",region="us-east-1"', "0x2 1x1 0x27"),
             series("eac_leader", 'instance="a"', "1x30"),
         ],
         "alert_rule_test": [silent("5m", "EacAwsUnreachable"), silent("20m", "EacAwsUnreachable")],
+    },
+    {
+        "name": "an endpoint that answers now and then but keeps going away alerts",
+        "input_series": [
+            series("eac_aws_unreachable", 'instance="a",region="us-east-1"', "0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1"),
+            series("eac_leader", 'instance="a"', "1x20"),
+        ],
+        "alert_rule_test": [fires("12m", "EacAwsUnreachable", {"region": "us-east-1", "severity": "warning"})],
     },
     {
         "name": "the leader polling at 4x pendingPoll while polls are deferred saturates the budget",

@@ -549,7 +549,7 @@ def test_default_thresholds(default_alerts):
     unreachable = default_alerts["EacAwsUnreachable"]
     # Per region, on the leader's gauge only.
     assert re.search(
-        r"^max by \(region\) \(eac_aws_unreachable\{[^}]*\} and on \(instance\) \(eac_leader\{[^}]*\} == 1\)\) > 0$",
+        r"^max by \(region\) \(max_over_time\(eac_aws_unreachable\{[^}]*\}\[2m\]\) and on \(instance\) \(eac_leader\{[^}]*\} == 1\)\) > 0$",
         unreachable["expr"],
     )
     assert unreachable["for"] == "5m"
