@@ -161,6 +161,35 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
     );
 }
 
+/// Resources applied at once in a burst.
+const BURST: usize = 40;
+
+/// Applies [`BURST`] resources once `controller` is ready; returns their names once 8 have their
+/// connections (with a budget of 4 Creates a second, the burst is then under way).
+async fn burst_under_way(env: &Env, controller: &Controller) -> Vec<String> {
+    let readyz = controller.readyz_addr(LIMIT).await;
+    controller
+        .until("/readyz ready before the burst", LIMIT, |_| ready(&readyz))
+        .await;
+    let names: Vec<String> = (0..BURST).map(|i| format!("burst-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        env.api.create(name, &uid(i), spec(name));
+    }
+    env.api
+        .wait_until(
+            "8 of the burst to have their connections (4 Creates a second)",
+            LIMIT,
+            |api| served(api, &names) >= 8,
+        )
+        .await;
+    names
+}
+
+/// How many of `names` have their connections.
+fn served(api: &FakeApi, names: &[String]) -> usize {
+    names.iter().filter(|n| has_id(api.get(n).as_ref())).count()
+}
+
 /// Each of `names` (the resource with uid `uid(i)` at `i`) has exactly one connection, the one
 /// its status names, and there is no other connection.
 fn each_has_exactly_one_connection(env: &Env, names: &[String]) {
@@ -192,29 +221,14 @@ fn each_has_exactly_one_connection(env: &Env, names: &[String]) {
 /// status names: none lost, none made twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_in_the_middle_of_a_throttled_burst_loses_no_connection_and_makes_none_twice() {
-    const BURST: usize = 40;
     let (env, _dir, controller) = started(|url| {
         let mut args = leader_elected_args(url);
         args.extend(["--aws-rate-limit", "4", "--aws-burst", "4"].map(String::from));
         args
     })
     .await;
-    let readyz = controller.readyz_addr(LIMIT).await;
-    controller
-        .until("/readyz ready before the burst", LIMIT, |_| ready(&readyz))
-        .await;
-    let names: Vec<String> = (0..BURST).map(|i| format!("burst-{i}")).collect();
-    for (i, name) in names.iter().enumerate() {
-        env.api.create(name, &uid(i), spec(name));
-    }
-    let served = |api: &FakeApi| names.iter().filter(|n| has_id(api.get(n).as_ref())).count();
-    env.api
-        .wait_until(
-            "8 of the burst to have their connections (4 Creates a second)",
-            LIMIT,
-            |api| served(api) >= 8,
-        )
-        .await;
+    let names = burst_under_way(&env, &controller).await;
+    let served = |api: &FakeApi| served(api, &names);
     let before = served(&env.api);
     assert!(
         before < BURST / 2,
@@ -522,28 +536,13 @@ async fn a_resource_proton_left_unanswered_is_served_within_5_s_of_its_return_wh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proton_outage_in_a_throttled_burst_loses_no_connection_makes_none_twice_and_keeps_to_the_budget()
  {
-    const BURST: usize = 40;
     const RATE: u64 = 4;
     let (env, _dir, kubeconfig) = over_http().await;
     let gate = Gate::to(env.emulator.addr()).await;
     let args = run_args(&gate.url(), &["--aws-rate-limit", "4", "--aws-burst", "4"]);
     let controller = Controller::start(&kubeconfig, &args, None);
-    let readyz = controller.readyz_addr(LIMIT).await;
-    controller
-        .until("/readyz ready before the burst", LIMIT, |_| ready(&readyz))
-        .await;
-    let names: Vec<String> = (0..BURST).map(|i| format!("burst-{i}")).collect();
-    for (i, name) in names.iter().enumerate() {
-        env.api.create(name, &uid(i), spec(name));
-    }
-    let served = |api: &FakeApi| names.iter().filter(|n| has_id(api.get(n).as_ref())).count();
-    env.api
-        .wait_until(
-            "8 of the burst to have their connections (4 Creates a second)",
-            LIMIT,
-            |api| served(api) >= 8,
-        )
-        .await;
+    let names = burst_under_way(&env, &controller).await;
+    let served = |api: &FakeApi| served(api, &names);
     gate.shut();
     let before = served(&env.api);
     assert!(

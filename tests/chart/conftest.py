@@ -32,6 +32,17 @@ def find(objs: list[Obj], kind: str, name: str | None = None) -> list[Obj]:
     ]
 
 
+# The chart's alerts, in the order the PrometheusRule renders them.
+ALERTS = [
+    "EacStalledResources",
+    "EacAwsThrottling",
+    "EacAwsUnreachable",
+    "EacAwsBudgetSaturated",
+    "EacReconcileErrors",
+    "EacNoLeader",
+]
+
+
 def one(objs: list[Obj], kind: str, name: str | None = None) -> Obj:
     found = find(objs, kind, name)
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import CHART_DIR, NAMESPACE, RELEASE, ROOT, find, one
+from conftest import ALERTS, CHART_DIR, NAMESPACE, RELEASE, ROOT, find, one
 
 DASHBOARD_FILE = CHART_DIR / "dashboards" / "eac-controller.json"
 DASHBOARD_KEY = "eac-controller.json"
@@ -39,14 +39,6 @@ METRICS = {
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 SERIES = {name + suffix: name for name, kind in METRICS.items() for suffix in SUFFIXES[kind]}
 
-ALERTS = [
-    "EacStalledResources",
-    "EacAwsThrottling",
-    "EacAwsUnreachable",
-    "EacAwsBudgetSaturated",
-    "EacReconcileErrors",
-    "EacNoLeader",
-]
 WITHOUT_LEADER_ELECTION = {"replicaCount": 1, "leaderElection": {"enabled": False}}
 
 # Results that are not a problem (EacStalledResources leaves them out, and kube_error too: it has
