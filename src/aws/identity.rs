@@ -47,10 +47,13 @@ impl CallerIdentity {
         if let Some(account) = self.fresh() {
             return Ok(account);
         }
-        let sent = Instant::now();
-        match self.sts.get_caller_identity().send().await {
+        let call = self.sts.get_caller_identity().send();
+        match self
+            .reach
+            .observed(reach::STS, "GetCallerIdentity", false, call)
+            .await
+        {
             Ok(out) => {
-                self.reach.answered(reach::STS);
                 self.metrics.aws_call("GetCallerIdentity", "success");
                 let Some(account) = out.account().filter(|a| !a.is_empty()) else {
                     return Err(ProtonError {
@@ -65,9 +68,6 @@ impl CallerIdentity {
                 Ok(account.to_string())
             }
             Err(e) => {
-                let heard = reach::heard(&e);
-                let e = ProtonError::from_sdk("GetCallerIdentity", e);
-                self.reach.record(heard, reach::STS, sent, false, &e);
                 self.metrics.aws_call("GetCallerIdentity", e.class.reason());
                 Err(e)
             }
@@ -76,20 +76,11 @@ impl CallerIdentity {
 
     /// Does STS answer? One GetCallerIdentity, the cache aside (see [`crate::aws::reach`]).
     pub async fn probe(&self) -> Result<(), ProtonError> {
-        let sent = Instant::now();
-        let outcome = self.sts.get_caller_identity().send().await;
-        let heard = outcome
-            .as_ref()
-            .err()
-            .map_or(reach::Heard::Answered, reach::heard);
-        let result = outcome
+        let call = self.sts.get_caller_identity().send();
+        self.reach
+            .observed(reach::STS, "GetCallerIdentity", true, call)
+            .await
             .map(|_| ())
-            .map_err(|e| ProtonError::from_sdk("GetCallerIdentity", e));
-        match &result {
-            Ok(()) => self.reach.answered(reach::STS),
-            Err(e) => self.reach.record(heard, reach::STS, sent, true, e),
-        }
-        result
     }
 
     fn fresh(&self) -> Option<String> {

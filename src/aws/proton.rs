@@ -392,19 +392,10 @@ impl Proton {
         if let AwsIdentity::Role(role) = ticket.identity {
             self.session(role).assume().await?;
         }
-        let sent = Instant::now();
-        let outcome = fut.await;
-        let heard = outcome
-            .as_ref()
-            .err()
-            .map_or(reach::Heard::Answered, reach::heard);
-        let result = outcome.map_err(|e| ProtonError::from_sdk(operation, e));
-        match &result {
-            Ok(_) => self.reach.answered(region),
-            Err(e) => self
-                .reach
-                .record(heard, region, sent, ticket.key == PREFLIGHT, e),
-        }
+        let result = self
+            .reach
+            .observed(region, operation, ticket.key == PREFLIGHT, fut)
+            .await;
         self.metrics.aws_class_call(ticket.class);
         match &result {
             Ok(_) => self.metrics.aws_call(operation, "success"),

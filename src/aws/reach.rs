@@ -19,12 +19,13 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use aws_sdk_proton::error::SdkError;
+use aws_sdk_proton::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::retry::ErrorKind;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::aws::error::ProtonError;
 use crate::metrics::Metrics;
 
 /// Where STS is kept among the regions: the controller asks one STS endpoint (GetCallerIdentity,
@@ -58,7 +59,7 @@ pub const OUTAGE: Duration = Duration::from_secs(5);
 
 /// What a call's outcome says of Proton's reach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Heard {
+enum Heard {
     /// Proton answered: a result, or an error of its own (a refusal, throttling, a 500).
     Answered,
     /// Nothing answered for Proton: see the module's comment.
@@ -69,7 +70,7 @@ pub enum Heard {
 }
 
 /// What a failed call says of Proton's reach.
-pub fn heard<E>(error: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Heard {
+fn heard<E>(error: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Heard {
     match error {
         SdkError::ServiceError(e) if matches!(e.raw().status().as_u16(), 502..=504) => {
             Heard::Unanswered
@@ -149,9 +150,35 @@ impl Reach {
         }
     }
 
+    /// Makes `call`, the SDK call of `operation` in `region` (STS: [`STS`]), and records what its
+    /// outcome says of the region's reach (`probe`: a probe's, which ends an outage but starts or
+    /// prolongs none); returns it with the controller's error.
+    pub async fn observed<T, E>(
+        &self,
+        region: &str,
+        operation: &'static str,
+        probe: bool,
+        call: impl std::future::Future<
+            Output = Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>,
+        >,
+    ) -> Result<T, ProtonError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let sent = Instant::now();
+        let outcome = call.await;
+        let heard = outcome.as_ref().err().map_or(Heard::Answered, heard);
+        let result = outcome.map_err(|e| ProtonError::from_sdk(operation, e));
+        match &result {
+            Ok(_) => self.answered(region),
+            Err(e) => self.record(heard, region, sent, probe, e),
+        }
+        result
+    }
+
     /// Records what `heard` says of a call in `region` sent at `sent` (`error`: why it failed,
-    /// for the warning; `probe`: a probe's, which ends an outage but starts or prolongs none).
-    pub fn record(
+    /// for the warning; `probe`: see [`Reach::observed`]).
+    fn record(
         &self,
         heard: Heard,
         region: &str,
@@ -167,7 +194,7 @@ impl Reach {
     }
 
     /// `region` answered: ends its outage, if it had one.
-    pub fn answered(&self, region: &str) {
+    fn answered(&self, region: &str) {
         // Every call ends here: a read lock while nothing is away.
         if !self.away.borrow().contains_key(region) {
             return;

@@ -92,16 +92,14 @@ impl RoleSession {
         if let Some(external_id) = &self.role.external_id {
             request = request.external_id(external_id);
         }
-        let sent = tokio::time::Instant::now();
-        let out = match request.send().await {
-            Ok(out) => {
-                self.reach.answered(reach::STS);
-                out
-            }
-            Err(e) => {
-                let heard = reach::heard(&e);
-                let mut e = ProtonError::from_sdk("AssumeRole", e);
-                self.reach.record(heard, reach::STS, sent, false, &e);
+        let call = request.send();
+        let out = match self
+            .reach
+            .observed(reach::STS, "AssumeRole", false, call)
+            .await
+        {
+            Ok(out) => out,
+            Err(mut e) => {
                 self.metrics.aws_call("AssumeRole", e.class.reason());
                 e.message = format!("cannot assume role {}: {}", self.role.role_arn, e.message);
                 return Err(e);
