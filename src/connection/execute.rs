@@ -15,7 +15,6 @@ use super::error::Error;
 use super::facts::Facts;
 use super::writes::{add_finalizer, kube_error, remove_finalizer, write_status};
 use crate::aws::budget::CallClass;
-use crate::aws::error::ErrorClass;
 use crate::aws::proton::{ProtonError, StepCalls, Ticket};
 use crate::compact_id::CompactId;
 use crate::connection::api::{
@@ -24,7 +23,6 @@ use crate::connection::api::{
 };
 use crate::connection::decide::{self, Note, Outcome, Progress, Run, Step};
 use crate::connection::polls::Waiting;
-use crate::reconciler::after_outage::Away;
 use crate::reconciler::nudge::Why;
 use crate::reconciler::{self};
 
@@ -337,9 +335,7 @@ pub(super) async fn finish(
             let t = tracked.entry(&facts.uid);
             t.fail(facts.generation);
             t.hold(facts.generation, facts.triggers.hash_of(), due);
-            if reported.problem.reason == ErrorClass::Transient.reason() {
-                t.wait_for_return(Away::Aws);
-            }
+            t.ended_on(reported.problem.reason);
             drop(tracked);
             Ok((come_back(ctx, facts, due), reported.problem.reason))
         }

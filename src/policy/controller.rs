@@ -19,7 +19,6 @@ use tracing::{info, info_span, warn};
 
 use super::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicyStatus as Status};
 use super::decide::{Memory, Outcome, Peer, Policy, Run, Step};
-use crate::aws::error::ErrorClass;
 use crate::aws::proton::{Proton, ProtonError, StepCalls, Ticket};
 use crate::compact_id::CompactId;
 use crate::connection::api::EnvironmentAccountConnection;
@@ -31,8 +30,7 @@ use crate::metrics::Metrics;
 use crate::reconciler::note::Note;
 use crate::reconciler::nudge::{Nudge, Why};
 use crate::reconciler::{
-    self,
-    after_outage::{self, Away},
+    self, after_outage,
     tracked::{Guard, Tracker},
 };
 use crate::recorder::Recorder;
@@ -523,8 +521,8 @@ async fn finish(
             t.fail(facts.generation);
         }
         t.hold(facts.generation, facts.paused, Instant::now() + requeue);
-        if failed && label == ErrorClass::Transient.reason() {
-            t.wait_for_return(Away::Aws);
+        if failed {
+            t.ended_on(label);
         }
     }
     let written = match &status {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::after_outage::Away;
 use super::retry::retry_after;
-use crate::aws::error::Retry;
+use crate::aws::error::{ErrorClass, Retry};
 use crate::compact_id::CompactId;
 
 /// When an object is due again, and for which generation and triggers.
@@ -92,10 +92,12 @@ impl<T: PartialEq, M> Tracked<T, M> {
         std::mem::take(&mut self.nudged)
     }
 
-    /// The reconcile just held ended on `away` not answering: its return makes the object due
-    /// (see [`Tracker::due_after_return`]).
-    pub fn wait_for_return(&mut self, away: Away) {
-        self.waits_for = Some(away);
+    /// The reconcile just held ended on the problem `reason`. If it is AWS not answering
+    /// (`AwsUnavailable`), AWS's return makes the object due (see [`Tracker::due_after_return`]).
+    pub fn ended_on(&mut self, reason: &str) {
+        if reason == ErrorClass::Transient.reason() {
+            self.waits_for = Some(Away::Aws);
+        }
     }
 
     /// A nudged reconcile did not get to its read (deferred): the next one makes it.
@@ -387,7 +389,15 @@ mod tests {
             let t = tracked.entry("aws");
             t.fail(1);
             t.hold(1, (), Instant::now() + Duration::from_secs(120));
-            t.wait_for_return(Away::Aws);
+            t.ended_on(ErrorClass::Transient.reason());
+        }
+        // An AWS problem that is an answer: its backoff stands at AWS's return.
+        {
+            let mut tracked = tracker.lock();
+            let t = tracked.entry("denied");
+            t.fail(1);
+            t.hold(1, (), Instant::now() + Duration::from_secs(120));
+            t.ended_on(ErrorClass::AccessDenied.reason());
         }
         let held = |uid: &str| {
             tracker
@@ -420,6 +430,7 @@ mod tests {
             HashSet::from([CompactId::of("aws")])
         );
         assert_eq!(held("aws"), None, "due at Proton's return");
+        assert!(held("denied").is_some(), "AccessDenied is an answer");
         assert_eq!(tracker.lock().get("aws").unwrap().failures(1), 0);
         assert!(tracker.due_after_return(Away::Aws).is_empty(), "once");
 
