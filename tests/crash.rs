@@ -59,29 +59,39 @@ async fn life(env: &Env, rng: &mut StdRng, deleting: bool) {
     }
 }
 
-/// Reconciles every resource until `done` holds for all, with a bound.
+/// Reconciles every resource until `done` holds for all: each round resyncs those it does not
+/// hold for, then lets 50 ms pass (List lag and the settle windows run in real time). Bounded in
+/// time, not in rounds, so that how fast the machine runs rounds does not decide the verdict:
+/// the longest the controller may wait on its own is twice the settle window (a deleted
+/// resource's Create may still appear), so a minute means stuck.
 async fn converge(env: &Env, what: &str, done: impl Fn(&Env, usize) -> bool) {
-    for round in 0..200 {
+    const BOUND: Duration = Duration::from_secs(60);
+    let started = tokio::time::Instant::now();
+    let mut rounds = 0;
+    loop {
         let pending: Vec<usize> = (0..RESOURCES).filter(|i| !done(env, *i)).collect();
         if pending.is_empty() {
+            println!(
+                "{what}: converged in {rounds} rounds, {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             return;
+        }
+        if started.elapsed() > BOUND {
+            let names: Vec<String> = pending.into_iter().map(name).collect();
+            panic!(
+                "{what}: did not converge within {BOUND:?} ({rounds} rounds):\n{}",
+                left_undone(env, &names, |_| false)
+            );
         }
         for i in pending {
             if env.api.get(&name(i)).is_some() {
                 let _ = env.resync(&name(i)).await;
             }
         }
-        if round % 10 == 9 {
-            // List catches up, and a deleted resource waits for a Create that may still appear
-            // for twice the settle window: both in real time.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let pending: Vec<String> = (0..RESOURCES)
-        .filter(|i| !done(env, *i))
-        .map(|i| format!("{}: {:?}", name(i), env.api.get(&name(i)).map(|o| o.status)))
-        .collect();
-    panic!("{what}: did not converge: {pending:#?}");
 }
 
 /// A controller's world at its worst: Proton refuses a reused client token with other parameters
