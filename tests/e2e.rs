@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use e2e_support::access::{Relay, controller_rules};
+use e2e_support::gate::Gate;
 use e2e_support::timeouts::{CONVERGE, MANY, TAKEOVER};
 use e2e_support::{
     CREATE, Cluster, Controller, ControllerOptions, ControllerPreset, DELETE,
@@ -1002,6 +1003,115 @@ async fn an_emulator_restarted_on_its_state_file_keeps_every_connection_and_caus
         assert_eq!(status(&obj).recreations, 0, "{name}");
     }
     assert_eq!(second.calls().await.count(CREATE), 0, "no drift seen");
+}
+
+/// Proton's endpoint stops answering, as when the emulator's pod is gone from behind its Service:
+/// the controller reaches the emulator through a gate that resets every connection while shut. A
+/// resource applied during the outage backs off as for any passing fault; once Proton answers
+/// again (probed every 2 s) its connection is created within 5 s, not at the end of a backoff
+/// that grew through the outage (12 to 20 s away after five failures). `eac_aws_unreachable`
+/// shows the outage and its end, and the outage is warned of once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_applied_while_proton_does_not_answer_gets_its_connection_within_5_s_of_its_return()
+ {
+    /// After its fifth failure a resource waits 16 s (+/- 25 %) before its next try.
+    const FAILURES: usize = 5;
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("proton-outage").await;
+    let emulator = ns.start_emulator().await;
+    let gate = Gate::to(emulator.addr).await;
+    let controller = ns
+        .start_controller_at(&gate.url(), ControllerOptions::default())
+        .await;
+    // The controller asks who it is (STS, on the emulator's port too) once: the outage below is
+    // Proton's.
+    ns.apply(&eac("before", spec("before"))).await;
+    ns.wait_eac(
+        "before",
+        "a connection before Proton's outage",
+        CONVERGE,
+        has_connection,
+    )
+    .await;
+
+    gate.shut();
+    let shut = tokio::time::Instant::now();
+    ns.apply(&eac("during", spec("during"))).await;
+    let failed = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| {
+                l.contains("reconcile ended on a problem")
+                    && l.contains("AwsUnavailable")
+                    && l.contains("\"during\"")
+            })
+            .count()
+    };
+    controller
+        .log()
+        .wait_for(
+            &format!(
+                "{FAILURES} failed tries to create the connection of a resource applied during Proton's outage"
+            ),
+            Duration::from_secs(90),
+            |lines| (failed(lines) >= FAILURES).then_some(()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", controller.log().report()));
+    let unreachable = format!("eac_aws_unreachable{{region=\"{REGION}\"}}");
+    metric_until(
+        &controller,
+        &unreachable,
+        "Proton's region marked as not answering",
+        e2e_support::timeouts::HTTP,
+        |v| v == 1.0,
+    )
+    .await;
+
+    gate.open();
+    let back = tokio::time::Instant::now();
+    let during = ns
+        .wait_eac(
+            "during",
+            "the connection of the resource applied during the outage, within 5 s of Proton's return",
+            Duration::from_secs(5),
+            has_connection,
+        )
+        .await;
+    println!(
+        "proton-outage: {FAILURES} failures in {:.1} s; the connection came {:.2} s after Proton's return",
+        back.duration_since(shut).as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    );
+    let lines = controller.log().lines();
+    assert_eq!(
+        failed(&lines),
+        FAILURES,
+        "no try between the last failure and the return:\n{}",
+        controller.log().report()
+    );
+    let warned = lines
+        .iter()
+        .filter(|l| l.contains("Proton does not answer: probing it until it does"))
+        .count();
+    assert_eq!(warned, 1, "warned once:\n{}", controller.log().report());
+    metric_until(
+        &controller,
+        &unreachable,
+        "Proton's region marked as answering again",
+        e2e_support::timeouts::HTTP,
+        |v| v == 0.0,
+    )
+    .await;
+    let made: Vec<_> = list_connections(&emulator.sdk())
+        .await
+        .into_iter()
+        .filter(|c| c.environment_name == during.spec.environment_name)
+        .collect();
+    assert_eq!(made.len(), 1, "one connection for the resource: {made:#?}");
+    assert_eq!(status(&during).id.as_ref(), Some(&made[0].id));
 }
 
 /// The watch cache drops others' annotations and the labels (keeping an empty map where there

@@ -64,6 +64,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 pub mod access;
+#[path = "../support/gate.rs"]
+pub mod gate;
 #[path = "../support/process.rs"]
 pub mod process;
 
@@ -427,9 +429,19 @@ impl TestNamespace {
         emulator: &Emulator,
         options: ControllerOptions,
     ) -> Controller {
+        self.start_controller_at(&emulator.url, options).await
+    }
+
+    /// Starts `eac-controller run` against the Proton (and STS) endpoint at `proton_url`: an
+    /// emulator behind something the test controls, such as a [`gate::Gate`].
+    pub async fn start_controller_at(
+        &self,
+        proton_url: &str,
+        options: ControllerOptions,
+    ) -> Controller {
         let controller = Controller::spawn(
             &self.kubeconfig,
-            &emulator.url,
+            proton_url,
             &self.name,
             self.log_dir(),
             options,
@@ -888,12 +900,26 @@ impl LogCapture {
         timeout: Duration,
         pred: impl Fn(&str) -> bool,
     ) -> Result<String, String> {
+        self.wait_for(what, timeout, |lines| {
+            lines.iter().find(|l| pred(l)).cloned()
+        })
+        .await
+    }
+
+    /// Waits until `found` finds what it looks for in the lines written so far (a count of
+    /// lines, a line after another), checking again at each new line.
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        found: impl Fn(&[String]) -> Option<T>,
+    ) -> Result<T, String> {
         let mut progress = self.progress.subscribe();
         let wait = async {
             loop {
                 let closed = progress.borrow_and_update().closed;
-                if let Some(line) = lock(&self.lines).iter().find(|l| pred(l)) {
-                    return Ok(line.clone());
+                if let Some(hit) = found(&lock(&self.lines)) {
+                    return Ok(hit);
                 }
                 if closed {
                     return Err(format!("{} ended without {what}", self.label));
