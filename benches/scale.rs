@@ -33,6 +33,8 @@
 //!
 //! In parts 1, 2 and 4 the API server is in-process and answers in microseconds, so their
 //! figures measure the controller's own cost; parts 3 and 5 charge what a real API server would.
+//! A machine reference (a fixed piece of work, timed) at the start and the end tells a slow
+//! stretch of the machine from a slower controller.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -756,7 +758,30 @@ async fn binary(n: usize) {
     );
 }
 
+/// The same fixed work on every run (a resource's JSON written and read back, 100,000 times, on
+/// one thread): how fast this machine is right now. The priced API server spends fixed CPU
+/// *time*, so the floor hardly moves when the machine slows down, but the controller's CPU per
+/// resource does; this figure, printed at the start and the end, tells such runs apart.
+fn machine_reference() -> Duration {
+    use eac_controller::connection::api::EnvironmentAccountConnection;
+    let mut obj = EnvironmentAccountConnection::new("reference", spec("reference"));
+    obj.metadata.namespace = Some(NS.into());
+    obj.metadata.uid = Some(uid(0));
+    let started = Instant::now();
+    for _ in 0..100_000 {
+        let bytes = serde_json::to_vec(&obj).unwrap_or_default();
+        if let Ok(back) = serde_json::from_slice::<EnvironmentAccountConnection>(&bytes) {
+            obj = back;
+        }
+    }
+    started.elapsed()
+}
+
 fn main() {
+    println!(
+        "Machine reference at the start: {:.0} ms for a fixed piece of work (lower is faster)",
+        machine_reference().as_secs_f64() * 1000.0
+    );
     let n = env_number("EAC_BENCH_N", 1000);
     let m = env_number("EAC_BENCH_PENDING", 300);
     let concurrencies: Vec<u16> = std::env::var("EAC_BENCH_CONCURRENCY")
@@ -824,4 +849,10 @@ fn main() {
         let (rss, peak) = rss_mib();
         println!("Process RSS now {rss:.1} MiB, peak {peak:.1} MiB (API server and emulator included)");
     });
+    // The fake API server's and the emulator's tasks stop first: the reference runs alone.
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    println!(
+        "Machine reference at the end: {:.0} ms for the same work",
+        machine_reference().as_secs_f64() * 1000.0
+    );
 }
