@@ -330,13 +330,17 @@ pub(super) async fn finish(
             if let Some(note) = &reported.event {
                 facts.note(note);
             }
-            let due = Instant::now() + reported.requeue;
-            let mut tracked = ctx.tracked();
-            let t = tracked.entry(&facts.uid);
-            t.fail(facts.generation);
-            t.hold(facts.generation, facts.triggers.hash_of(), due);
-            t.ended_on(reported.problem.reason);
-            drop(tracked);
+            let wanted = Instant::now() + reported.requeue;
+            let due = ctx.tracked().failed(
+                &facts.uid,
+                facts.generation,
+                facts.triggers.hash_of(),
+                reported.problem.reason,
+                wanted,
+            );
+            if due < wanted {
+                info!("AWS answered again while this reconcile ran: trying again now");
+            }
             Ok((come_back(ctx, facts, due), reported.problem.reason))
         }
         Step::RemoveFinalizer => {

@@ -94,6 +94,7 @@ impl Facts {
             return Err(Error::StaleCache(object));
         }
         let first_sight = !tracked.contains_key(&uid);
+        tracked.began(&uid);
         if let Some(t) = tracked.get_mut(&uid) {
             // Still the copy our own write replaced? Any other copy shows the write, or later.
             let behind = !deleting

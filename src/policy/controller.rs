@@ -276,6 +276,7 @@ impl Facts {
         let paused = paused(obj);
         let stored = obj.status.as_ref();
         let mut tracked = ctx.tracked();
+        tracked.began(&uid);
         let (recorded, durable, quiet, failures, memory) = match tracked.get_mut(&uid) {
             Some(t) => {
                 t.kind.catch_up(stored);
@@ -479,7 +480,7 @@ async fn finish(
     step: Step,
     memory: Memory,
 ) -> Result<(Action, &'static str), Error> {
-    let (status, events, requeue, label, failed) = match step {
+    let (status, events, mut requeue, label, failed) = match step {
         Step::Settle(settled) => (
             Some(settled.status),
             settled.events,
@@ -515,14 +516,18 @@ async fn finish(
     };
     {
         let mut tracked = ctx.tracked();
-        let t = tracked.entry(&facts.uid);
-        t.kind.memory = memory;
+        tracked.entry(&facts.uid).kind.memory = memory;
+        let wanted = Instant::now() + requeue;
         if failed {
-            t.fail(facts.generation);
-        }
-        t.hold(facts.generation, facts.paused, Instant::now() + requeue);
-        if failed {
-            t.ended_on(label);
+            let due = tracked.failed(&facts.uid, facts.generation, facts.paused, label, wanted);
+            if due < wanted {
+                info!("AWS answered again while this reconcile ran: trying again now");
+                requeue = Duration::ZERO;
+            }
+        } else {
+            tracked
+                .entry(&facts.uid)
+                .hold(facts.generation, facts.paused, wanted);
         }
     }
     let written = match &status {

@@ -158,6 +158,8 @@ mod tests {
                 .expect("a response"),
         );
 
+        // The next reconcile begins after that return, and its write gets no answer.
+        tracker.lock().began("uid-1");
         let unavailable = refused(503);
         backed_off(
             config_map(),

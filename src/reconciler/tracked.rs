@@ -9,6 +9,7 @@
 //! and when the controller stops leading.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -43,6 +44,19 @@ pub struct Tracked<T, M> {
     /// The last failure was this service not answering: its return ends the backoff (see
     /// [`Tracker::due_after_return`]).
     waits_for: Option<Away>,
+    /// How many returns of each service had been told when the object's last reconcile began
+    /// (see [`Guard::began`]).
+    returns_seen: Returns,
+}
+
+/// How many times each service's return has been told, by [`Away`].
+type Returns = [u32; 2];
+
+fn index(away: Away) -> usize {
+    match away {
+        Away::ApiServer => 0,
+        Away::Aws => 1,
+    }
 }
 
 impl<T, M: Default> Default for Tracked<T, M> {
@@ -55,6 +69,7 @@ impl<T, M: Default> Default for Tracked<T, M> {
             last_kube_error: None,
             nudged: false,
             waits_for: None,
+            returns_seen: Returns::default(),
         }
     }
 }
@@ -92,14 +107,6 @@ impl<T: PartialEq, M> Tracked<T, M> {
         std::mem::take(&mut self.nudged)
     }
 
-    /// The reconcile just held ended on the problem `reason`. If it is AWS not answering
-    /// (`AwsUnavailable`), AWS's return makes the object due (see [`Tracker::due_after_return`]).
-    pub fn ended_on(&mut self, reason: &str) {
-        if reason == ErrorClass::Transient.reason() {
-            self.waits_for = Some(Away::Aws);
-        }
-    }
-
     /// A nudged reconcile did not get to its read (deferred): the next one makes it.
     pub fn keep_nudged(&mut self) {
         self.nudged = true;
@@ -112,10 +119,9 @@ impl<T: PartialEq, M> Tracked<T, M> {
         self.waits_for = None;
     }
 
-    /// Nothing for this object before `due`, unless its generation or triggers change. (The
-    /// reconcile got past the API server, or [`Tracker::kube_failure`] says otherwise next.)
+    /// Nothing for this object before `due`, unless its generation or triggers change. What
+    /// its last try waits for stands: a reconcile that was quiet or deferred tried nothing.
     pub fn hold(&mut self, generation: i64, triggers: T, due: Instant) {
-        self.waits_for = None;
         self.checkpoint = Some(Checkpoint {
             generation,
             triggers,
@@ -142,6 +148,9 @@ pub struct Tracker<T, M> {
     /// Keyed by the uid's bytes (see [`CompactId`]).
     map: Mutex<HashMap<CompactId, Box<Tracked<T, M>>>>,
     count: tokio::sync::watch::Sender<usize>,
+    /// How many times each service's return has been told ([`Tracker::due_after_return`]);
+    /// changed only under the map's lock.
+    returns: [AtomicU32; 2],
 }
 
 impl<T, M> Default for Tracker<T, M> {
@@ -149,6 +158,7 @@ impl<T, M> Default for Tracker<T, M> {
         Tracker {
             map: Mutex::default(),
             count: tokio::sync::watch::channel(0).0,
+            returns: Default::default(),
         }
     }
 }
@@ -157,6 +167,7 @@ impl<T, M> Default for Tracker<T, M> {
 pub struct Guard<'a, T, M> {
     map: MutexGuard<'a, HashMap<CompactId, Box<Tracked<T, M>>>>,
     count: &'a tokio::sync::watch::Sender<usize>,
+    returns: &'a [AtomicU32; 2],
 }
 
 impl<T, M: Default> Guard<'_, T, M> {
@@ -168,9 +179,28 @@ impl<T, M: Default> Guard<'_, T, M> {
         self.map.get_mut(&CompactId::of(uid)).map(|t| &mut **t)
     }
 
-    /// What is kept about `uid`, made up (empty) if nothing was.
+    /// What is kept about `uid`, made up (empty, as if its reconcile began now) if nothing was.
     pub fn entry(&mut self, uid: &str) -> &mut Tracked<T, M> {
-        self.map.entry(CompactId::of(uid)).or_default()
+        let returns = self.returns_told();
+        self.map.entry(CompactId::of(uid)).or_insert_with(|| {
+            Box::new(Tracked {
+                returns_seen: returns,
+                ..Tracked::default()
+            })
+        })
+    }
+
+    fn returns_told(&self) -> Returns {
+        // Changed only under the lock this guard holds.
+        self.returns.each_ref().map(|r| r.load(Ordering::Relaxed))
+    }
+
+    /// A reconcile of `uid` begins: notes which returns it began after (see [`Guard::failed`]).
+    pub fn began(&mut self, uid: &str) {
+        let returns = self.returns_told();
+        if let Some(t) = self.get_mut(uid) {
+            t.returns_seen = returns;
+        }
     }
 
     pub fn contains_key(&self, uid: &str) -> bool {
@@ -183,6 +213,53 @@ impl<T, M: Default> Guard<'_, T, M> {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+impl<T: PartialEq, M: Default> Guard<'_, T, M> {
+    /// A reconcile of `uid` ended on the problem `reason` and would wait until `due`: counts the
+    /// failure and holds the object. If AWS did not answer it (`AwsUnavailable`), AWS's return
+    /// makes the object due ([`Tracker::due_after_return`]). Returns when it is due.
+    pub fn failed(
+        &mut self,
+        uid: &str,
+        generation: i64,
+        triggers: T,
+        reason: &str,
+        due: Instant,
+    ) -> Instant {
+        let away = (reason == ErrorClass::Transient.reason()).then_some(Away::Aws);
+        self.fail_and_hold(uid, generation, triggers, away, |_| due)
+            .1
+    }
+
+    /// Counts a failed reconcile of `uid` (`away`: the service that did not answer it) and
+    /// holds the object until `due(failures)`; or until now if `away`'s return was told while
+    /// the reconcile ran. Such a return has passed the object by (its try failed before the
+    /// return was told, or was sent before it and failed after), and the failures were the
+    /// outage's. Returns the failures counted and when the object is due.
+    fn fail_and_hold(
+        &mut self,
+        uid: &str,
+        generation: i64,
+        triggers: T,
+        away: Option<Away>,
+        due: impl FnOnce(u32) -> Instant,
+    ) -> (u32, Instant) {
+        let told = self.returns_told();
+        let t = self.entry(uid);
+        let failures = t.fail(generation);
+        let passed_by = away.is_some_and(|a| told[index(a)] != t.returns_seen[index(a)]);
+        let due = if passed_by {
+            t.failures = 0;
+            t.waits_for = None;
+            Instant::now()
+        } else {
+            t.waits_for = away;
+            due(failures)
+        };
+        t.hold(generation, triggers, due);
+        (failures, due)
     }
 }
 
@@ -199,6 +276,7 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
         Guard {
             map: self.map.lock().unwrap_or_else(|p| p.into_inner()),
             count: &self.count,
+            returns: &self.returns,
         }
     }
 
@@ -258,7 +336,10 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
     pub fn due_after_return(&self, away: Away) -> HashSet<CompactId> {
         let now = Instant::now();
         let mut due = HashSet::new();
-        for (uid, t) in self.lock().map.iter_mut() {
+        let mut tracked = self.lock();
+        // Under the lock: a reconcile that begins now sees the return as told.
+        self.returns[index(away)].fetch_add(1, Ordering::Relaxed);
+        for (uid, t) in tracked.map.iter_mut() {
             if t.waits_for != Some(away) {
                 continue;
             }
@@ -285,11 +366,16 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
         resync: Duration,
     ) -> KubeFailure {
         let mut tracked = self.lock();
+        let now = Instant::now();
+        let (failures, due) = tracked.fail_and_hold(
+            uid,
+            generation,
+            triggers,
+            unanswered.then_some(Away::ApiServer),
+            |failures| now + retry_after(Retry::Backoff, failures, resync, rand::random()),
+        );
+        let wait = due.saturating_duration_since(Instant::now());
         let t = tracked.entry(uid);
-        let failures = t.fail(generation);
-        let wait = retry_after(Retry::Backoff, failures, resync, rand::random());
-        t.hold(generation, triggers, Instant::now() + wait);
-        t.waits_for = unanswered.then_some(Away::ApiServer);
         let news = t.last_kube_error.as_deref() != Some(message);
         t.last_kube_error = Some(message.to_string());
         KubeFailure {
@@ -385,20 +471,10 @@ mod tests {
         tracker.kube_failure("then-refused", 1, (), "403 forbidden", false, resync);
         // An AWS call that Proton left unanswered, as a reconcile reports it.
         for _ in 0..5 {
-            let mut tracked = tracker.lock();
-            let t = tracked.entry("aws");
-            t.fail(1);
-            t.hold(1, (), Instant::now() + Duration::from_secs(120));
-            t.ended_on(ErrorClass::Transient.reason());
+            ended_on(&tracker, "aws", ErrorClass::Transient.reason());
         }
         // An AWS problem that is an answer: its backoff stands at AWS's return.
-        {
-            let mut tracked = tracker.lock();
-            let t = tracked.entry("denied");
-            t.fail(1);
-            t.hold(1, (), Instant::now() + Duration::from_secs(120));
-            t.ended_on(ErrorClass::AccessDenied.reason());
-        }
+        ended_on(&tracker, "denied", ErrorClass::AccessDenied.reason());
         let held = |uid: &str| {
             tracker
                 .lock()
@@ -437,12 +513,121 @@ mod tests {
         // An outcome past the API server (a status written, then an AWS problem) is not the
         // outage's: its requeue stands.
         tracker.kube_failure("outage", 1, (), "503", true, resync);
-        tracker.lock().get_mut("outage").unwrap().hold(
-            1,
-            (),
-            Instant::now() + Duration::from_secs(60),
-        );
+        ended_on(&tracker, "outage", ErrorClass::Throttled.reason());
         assert!(tracker.due_after_return(Away::ApiServer).is_empty());
         assert!(held("outage").is_some());
+    }
+
+    /// A reconcile of `uid` (generation 1) as the kinds run one: it begins, and ends on the
+    /// problem `reason`, wanting to come back in two minutes. Returns when it is due.
+    fn ended_on(tracker: &Tracker<(), ()>, uid: &str, reason: &str) -> Instant {
+        tracker.lock().began(uid);
+        ended_on_after_begun(tracker, uid, reason)
+    }
+
+    fn ended_on_after_begun(tracker: &Tracker<(), ()>, uid: &str, reason: &str) -> Instant {
+        let wanted = Instant::now() + Duration::from_secs(120);
+        tracker.lock().failed(uid, 1, (), reason, wanted)
+    }
+
+    fn is_held(tracker: &Tracker<(), ()>, uid: &str) -> bool {
+        tracker
+            .lock()
+            .get(uid)
+            .unwrap()
+            .quiet(1, &(), Instant::now())
+            .is_some()
+    }
+
+    /// The return is told while a reconcile runs: before its try fails (the try was under way),
+    /// or after it failed but before the reconcile recorded it (writing its status). Either
+    /// way the return found the object without its last failure, so the reconcile's own end
+    /// makes it due now, with the outage's failures forgotten; a reconcile begun after the
+    /// return backs off as usual.
+    #[test]
+    fn a_return_told_while_a_reconcile_runs_makes_it_due_when_it_ends_unanswered() {
+        let unanswered = ErrorClass::Transient.reason();
+        let tracker: Tracker<(), ()> = Tracker::default();
+        for _ in 0..4 {
+            ended_on(&tracker, "during", unanswered);
+        }
+        tracker.lock().began("during");
+        // The fifth try has failed; the return is told before its reconcile records it.
+        assert_eq!(
+            tracker.due_after_return(Away::Aws),
+            HashSet::from([CompactId::of("during")]),
+            "the fourth failure's wait for AWS"
+        );
+        let before = Instant::now();
+        let due = ended_on_after_begun(&tracker, "during", unanswered);
+        assert!(due <= Instant::now() && due >= before, "due now");
+        assert!(!is_held(&tracker, "during"));
+        assert_eq!(tracker.lock().get("during").unwrap().failures(1), 0);
+
+        // Begun after the return: a new outage's failure, backed off and waiting for AWS.
+        let due = ended_on(&tracker, "during", unanswered);
+        assert!(due > Instant::now() + Duration::from_secs(60));
+        assert_eq!(
+            tracker.due_after_return(Away::Aws),
+            HashSet::from([CompactId::of("during")])
+        );
+
+        // An answer (throttling) is no outage's: its backoff stands whatever was told.
+        tracker.lock().began("throttled");
+        ended_on(&tracker, "throttled", ErrorClass::Throttled.reason());
+        tracker.lock().began("throttled");
+        tracker.due_after_return(Away::Aws);
+        ended_on_after_begun(&tracker, "throttled", ErrorClass::Throttled.reason());
+        assert!(is_held(&tracker, "throttled"));
+
+        // The API server's return does not pass by what waits for AWS.
+        tracker.lock().began("aws-only");
+        ended_on(&tracker, "aws-only", unanswered);
+        tracker.lock().began("aws-only");
+        tracker.due_after_return(Away::ApiServer);
+        ended_on_after_begun(&tracker, "aws-only", unanswered);
+        assert!(is_held(&tracker, "aws-only"));
+
+        // First seen by a reconcile that fails (nothing kept yet): no return to have missed.
+        tracker.due_after_return(Away::Aws);
+        ended_on_after_begun(&tracker, "new", unanswered);
+        assert!(is_held(&tracker, "new"));
+    }
+
+    /// The same for the API server: a write under way when its return is told.
+    #[test]
+    fn a_return_of_the_api_server_told_while_a_write_was_under_way_makes_it_due_at_once() {
+        let tracker: Tracker<(), ()> = Tracker::default();
+        let resync = Duration::from_secs(600);
+        for _ in 0..3 {
+            tracker.lock().began("u");
+            tracker.kube_failure("u", 1, (), "503", true, resync);
+        }
+        tracker.lock().began("u");
+        tracker.due_after_return(Away::ApiServer);
+        let failure = tracker.kube_failure("u", 1, (), "503", true, resync);
+        assert_eq!(failure.wait, Duration::ZERO, "{failure:?}");
+        assert!(!is_held(&tracker, "u"));
+        // A refusal is an answer: backed off.
+        tracker.lock().began("u");
+        tracker.due_after_return(Away::ApiServer);
+        let refused = tracker.kube_failure("u", 1, (), "403 forbidden", false, resync);
+        assert!(refused.wait > Duration::ZERO);
+    }
+
+    /// A reconcile that tried nothing (quiet, or deferred by the budget) leaves what the last
+    /// try waits for: the return still makes the object due.
+    #[test]
+    fn a_quiet_reconcile_keeps_what_the_last_try_waits_for() {
+        let tracker: Tracker<(), ()> = Tracker::default();
+        ended_on(&tracker, "u", ErrorClass::Transient.reason());
+        tracker
+            .lock()
+            .entry("u")
+            .hold(1, (), Instant::now() + Duration::from_secs(30));
+        assert_eq!(
+            tracker.due_after_return(Away::Aws),
+            HashSet::from([CompactId::of("u")])
+        );
     }
 }
