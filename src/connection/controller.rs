@@ -202,7 +202,7 @@ pub async fn run(
     let retried = after_outage::retried(
         after_outage::Returns::of(&readiness, &ctx.proton),
         store.clone(),
-        move |away| returning.tracked.due_after_return(away),
+        move |away, look| returning.tracked.due_after(away, look),
     );
     let cache = store.clone();
     let moving = ctx.clone();

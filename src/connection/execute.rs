@@ -330,18 +330,17 @@ pub(super) async fn finish(
             if let Some(note) = &reported.event {
                 facts.note(note);
             }
-            let wanted = Instant::now() + reported.requeue;
-            let due = ctx.tracked().failed(
+            let held = ctx.tracked().failed(
                 &facts.uid,
                 facts.generation,
                 facts.triggers.hash_of(),
                 reported.problem.reason,
-                wanted,
+                Instant::now() + reported.requeue,
             );
-            if due < wanted {
+            if held.passed_by {
                 info!("AWS answered again while this reconcile ran: trying again now");
             }
-            Ok((come_back(ctx, facts, due), reported.problem.reason))
+            Ok((come_back(ctx, facts, held.due), reported.problem.reason))
         }
         Step::RemoveFinalizer => {
             remove_finalizer(&facts.api, &facts.name, finalizers)

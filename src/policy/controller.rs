@@ -519,8 +519,8 @@ async fn finish(
         tracked.entry(&facts.uid).kind.memory = memory;
         let wanted = Instant::now() + requeue;
         if failed {
-            let due = tracked.failed(&facts.uid, facts.generation, facts.paused, label, wanted);
-            if due < wanted {
+            let held = tracked.failed(&facts.uid, facts.generation, facts.paused, label, wanted);
+            if held.passed_by {
                 info!("AWS answered again while this reconcile ran: trying again now");
                 requeue = Duration::ZERO;
             }
@@ -671,7 +671,7 @@ pub async fn run(
     let retried = after_outage::retried(
         after_outage::Returns::of(&readiness, &ctx.proton),
         store.clone(),
-        move |away| returning.tracked.due_after_return(away),
+        move |away, look| returning.tracked.due_after(away, look),
     );
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))

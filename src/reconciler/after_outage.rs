@@ -85,12 +85,19 @@ pub fn unanswered(error: &kube::Error) -> bool {
 /// failure is recorded after the first look.
 const LOOK_AGAIN: Duration = Duration::from_secs(5);
 
+/// Which look at a return: the one when it is told, or the one [`LOOK_AGAIN`] after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Look {
+    Told,
+    Again,
+}
+
 /// The cached objects to reconcile at each return of a service: those `due` makes due again
-/// (the tracker's `due_after_return`).
+/// (the tracker's `due_after`).
 pub fn retried<K>(
     returns: Returns,
     store: Store<K>,
-    due: impl Fn(Away) -> HashSet<CompactId> + Send + Sync + 'static,
+    due: impl Fn(Away, Look) -> HashSet<CompactId> + Send + Sync + 'static,
 ) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
@@ -114,7 +121,7 @@ fn retried_after<K>(
     returns: watch::Receiver<u64>,
     away: Away,
     store: Store<K>,
-    due: Arc<impl Fn(Away) -> HashSet<CompactId> + Send + Sync + 'static>,
+    due: Arc<impl Fn(Away, Look) -> HashSet<CompactId> + Send + Sync + 'static>,
 ) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
@@ -123,9 +130,12 @@ where
         returns.changed().await.ok()?;
         Some(((), returns))
     })
-    .flat_map(|()| futures::stream::iter([Duration::ZERO, LOOK_AGAIN]))
-    .then(tokio::time::sleep)
-    .flat_map(move |()| futures::stream::iter(cached(&store, &due(away), away)))
+    .flat_map(|()| futures::stream::iter([(Duration::ZERO, Look::Told), (LOOK_AGAIN, Look::Again)]))
+    .then(|(wait, look)| async move {
+        tokio::time::sleep(wait).await;
+        look
+    })
+    .flat_map(move |look| futures::stream::iter(cached(&store, &due(away, look), away)))
 }
 
 /// The cached objects among `due`, by reference.
@@ -184,18 +194,24 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::Delete(config_map("gone")));
         let looks = Arc::new(Mutex::new(VecDeque::from([
             (
-                Away::ApiServer,
+                (Away::ApiServer, Look::Told),
                 HashSet::from([CompactId::of("first"), CompactId::of("gone")]),
             ),
-            (Away::Aws, HashSet::from([CompactId::of("aws")])),
-            (Away::ApiServer, HashSet::from([CompactId::of("late")])),
-            (Away::Aws, HashSet::new()),
+            (
+                (Away::Aws, Look::Told),
+                HashSet::from([CompactId::of("aws")]),
+            ),
+            (
+                (Away::ApiServer, Look::Again),
+                HashSet::from([CompactId::of("late")]),
+            ),
+            ((Away::Aws, Look::Again), HashSet::new()),
         ])));
         let due = {
             let looks = looks.clone();
-            move |away| {
+            move |away, look| {
                 let (expected, due) = looks.lock().unwrap().pop_front().expect("a look");
-                assert_eq!(away, expected);
+                assert_eq!((away, look), expected);
                 due
             }
         };

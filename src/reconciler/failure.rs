@@ -125,7 +125,7 @@ mod tests {
         }
         assert!(
             tracker
-                .due_after_return(after_outage::Away::ApiServer)
+                .due_after(after_outage::Away::ApiServer, after_outage::Look::Told)
                 .is_empty(),
             "a 403 was an answer: it keeps its backoff through a return"
         );
@@ -172,7 +172,7 @@ mod tests {
         );
         assert_eq!(
             tracker
-                .due_after_return(after_outage::Away::ApiServer)
+                .due_after(after_outage::Away::ApiServer, after_outage::Look::Told)
                 .len(),
             1,
             "a 503 means the API server was away: its return retries this at once"

@@ -9,13 +9,13 @@
 //! and when the controller stops leading.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::after_outage::Away;
+use super::after_outage::{Away, Look};
 use super::retry::retry_after;
 use crate::aws::error::{ErrorClass, Retry};
 use crate::compact_id::CompactId;
@@ -42,15 +42,16 @@ pub struct Tracked<T, M> {
     /// Made due by a nudge: what it waits for has happened (see [`Tracker::expire`]).
     nudged: bool,
     /// The last failure was this service not answering: its return ends the backoff (see
-    /// [`Tracker::due_after_return`]).
+    /// [`Tracker::due_after`]).
     waits_for: Option<Away>,
     /// How many returns of each service had been told when the object's last reconcile began
     /// (see [`Guard::began`]).
     returns_seen: Returns,
 }
 
-/// How many times each service's return has been told, by [`Away`].
-type Returns = [u32; 2];
+/// How many times each service's return has been told, by [`Away`], wrapping: only whether it
+/// changed during one reconcile matters (and a byte fits in the entry's padding).
+type Returns = [u8; 2];
 
 fn index(away: Away) -> usize {
     match away {
@@ -148,9 +149,9 @@ pub struct Tracker<T, M> {
     /// Keyed by the uid's bytes (see [`CompactId`]).
     map: Mutex<HashMap<CompactId, Box<Tracked<T, M>>>>,
     count: tokio::sync::watch::Sender<usize>,
-    /// How many times each service's return has been told ([`Tracker::due_after_return`]);
+    /// How many times each service's return has been told ([`Tracker::due_after`]);
     /// changed only under the map's lock.
-    returns: [AtomicU32; 2],
+    returns: [AtomicU8; 2],
 }
 
 impl<T, M> Default for Tracker<T, M> {
@@ -163,11 +164,21 @@ impl<T, M> Default for Tracker<T, M> {
     }
 }
 
+/// How a failed reconcile left its object.
+#[derive(Clone, Copy, Debug)]
+pub struct Held {
+    /// Consecutive failures counted (0 when the failure was an outage's that has ended).
+    pub failures: u32,
+    pub due: Instant,
+    /// The service's return was told while the reconcile ran: due now.
+    pub passed_by: bool,
+}
+
 /// The locked map, by uid; publishes its size when released.
 pub struct Guard<'a, T, M> {
     map: MutexGuard<'a, HashMap<CompactId, Box<Tracked<T, M>>>>,
     count: &'a tokio::sync::watch::Sender<usize>,
-    returns: &'a [AtomicU32; 2],
+    returns: &'a [AtomicU8; 2],
 }
 
 impl<T, M: Default> Guard<'_, T, M> {
@@ -198,9 +209,7 @@ impl<T, M: Default> Guard<'_, T, M> {
     /// A reconcile of `uid` begins: notes which returns it began after (see [`Guard::failed`]).
     pub fn began(&mut self, uid: &str) {
         let returns = self.returns_told();
-        if let Some(t) = self.get_mut(uid) {
-            t.returns_seen = returns;
-        }
+        self.entry(uid).returns_seen = returns;
     }
 
     pub fn contains_key(&self, uid: &str) -> bool {
@@ -219,7 +228,8 @@ impl<T, M: Default> Guard<'_, T, M> {
 impl<T: PartialEq, M: Default> Guard<'_, T, M> {
     /// A reconcile of `uid` ended on the problem `reason` and would wait until `due`: counts the
     /// failure and holds the object. If AWS did not answer it (`AwsUnavailable`), AWS's return
-    /// makes the object due ([`Tracker::due_after_return`]). Returns when it is due.
+    /// makes the object due ([`Tracker::due_after`]), and one told while the reconcile ran makes
+    /// it due now ([`Held::passed_by`]).
     pub fn failed(
         &mut self,
         uid: &str,
@@ -227,17 +237,16 @@ impl<T: PartialEq, M: Default> Guard<'_, T, M> {
         triggers: T,
         reason: &str,
         due: Instant,
-    ) -> Instant {
+    ) -> Held {
         let away = (reason == ErrorClass::Transient.reason()).then_some(Away::Aws);
         self.fail_and_hold(uid, generation, triggers, away, |_| due)
-            .1
     }
 
     /// Counts a failed reconcile of `uid` (`away`: the service that did not answer it) and
     /// holds the object until `due(failures)`; or until now if `away`'s return was told while
     /// the reconcile ran. Such a return has passed the object by (its try failed before the
     /// return was told, or was sent before it and failed after), and the failures were the
-    /// outage's. Returns the failures counted and when the object is due.
+    /// outage's.
     fn fail_and_hold(
         &mut self,
         uid: &str,
@@ -245,7 +254,7 @@ impl<T: PartialEq, M: Default> Guard<'_, T, M> {
         triggers: T,
         away: Option<Away>,
         due: impl FnOnce(u32) -> Instant,
-    ) -> (u32, Instant) {
+    ) -> Held {
         let told = self.returns_told();
         let t = self.entry(uid);
         let failures = t.fail(generation);
@@ -259,7 +268,11 @@ impl<T: PartialEq, M: Default> Guard<'_, T, M> {
             due(failures)
         };
         t.hold(generation, triggers, due);
-        (failures, due)
+        Held {
+            failures: t.failures,
+            due,
+            passed_by,
+        }
     }
 }
 
@@ -332,13 +345,17 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
 
     /// `away` answers again after an outage: every object whose last reconcile failed because
     /// it did not answer is due now, not at the end of a backoff that grew through the outage,
-    /// and its failures (the outage's) are forgotten. Returns them.
-    pub fn due_after_return(&self, away: Away) -> HashSet<CompactId> {
+    /// and its failures (the outage's) are forgotten. Returns them. The look when the return is
+    /// told also counts it, for the reconciles under way (see [`Guard::failed`]); the second
+    /// look is no new return.
+    pub fn due_after(&self, away: Away, look: Look) -> HashSet<CompactId> {
         let now = Instant::now();
         let mut due = HashSet::new();
         let mut tracked = self.lock();
-        // Under the lock: a reconcile that begins now sees the return as told.
-        self.returns[index(away)].fetch_add(1, Ordering::Relaxed);
+        if look == Look::Told {
+            // Under the lock: a reconcile that begins now sees the return as told.
+            self.returns[index(away)].fetch_add(1, Ordering::Relaxed);
+        }
         for (uid, t) in tracked.map.iter_mut() {
             if t.waits_for != Some(away) {
                 continue;
@@ -367,7 +384,7 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
     ) -> KubeFailure {
         let mut tracked = self.lock();
         let now = Instant::now();
-        let (failures, due) = tracked.fail_and_hold(
+        let Held { failures, due, .. } = tracked.fail_and_hold(
             uid,
             generation,
             triggers,
@@ -518,6 +535,12 @@ mod tests {
         assert!(held("outage").is_some());
     }
 
+    impl<T: PartialEq, M: Default> Tracker<T, M> {
+        fn due_after_return(&self, away: Away) -> HashSet<CompactId> {
+            self.due_after(away, Look::Told)
+        }
+    }
+
     /// A reconcile of `uid` (generation 1) as the kinds run one: it begins, and ends on the
     /// problem `reason`, wanting to come back in two minutes. Returns when it is due.
     fn ended_on(tracker: &Tracker<(), ()>, uid: &str, reason: &str) -> Instant {
@@ -527,7 +550,7 @@ mod tests {
 
     fn ended_on_after_begun(tracker: &Tracker<(), ()>, uid: &str, reason: &str) -> Instant {
         let wanted = Instant::now() + Duration::from_secs(120);
-        tracker.lock().failed(uid, 1, (), reason, wanted)
+        tracker.lock().failed(uid, 1, (), reason, wanted).due
     }
 
     fn is_held(tracker: &Tracker<(), ()>, uid: &str) -> bool {
@@ -588,10 +611,23 @@ mod tests {
         ended_on_after_begun(&tracker, "aws-only", unanswered);
         assert!(is_held(&tracker, "aws-only"));
 
-        // First seen by a reconcile that fails (nothing kept yet): no return to have missed.
+        // The second look at a return is no new return.
+        tracker.lock().began("again");
+        tracker.due_after(Away::Aws, Look::Again);
+        ended_on_after_begun(&tracker, "again", unanswered);
+        assert!(is_held(&tracker, "again"));
+
+        // First seen by a reconcile that fails without having begun (nothing kept yet): no
+        // return to have missed.
         tracker.due_after_return(Away::Aws);
         ended_on_after_begun(&tracker, "new", unanswered);
         assert!(is_held(&tracker, "new"));
+
+        // A first reconcile, under way at a return: begun, it is kept from its start.
+        tracker.lock().began("first");
+        tracker.due_after_return(Away::Aws);
+        ended_on_after_begun(&tracker, "first", unanswered);
+        assert!(!is_held(&tracker, "first"));
     }
 
     /// The same for the API server: a write under way when its return is told.
