@@ -11,9 +11,10 @@
 //! The end of an outage of [`OUTAGE`] or longer is told to whoever watches [`Reach::returns`]:
 //! the controllers then try at once what the outage stopped (see `reconciler::after_outage`).
 //! Without it each resource would wait out a backoff that grew through the outage: up to five
-//! minutes. A call sent before such a return that fails after it (it waited for an answer that
-//! never came) was the outage's: it starts no new outage, and the return is told again, so the
-//! looks that follow find its resource too.
+//! minutes. A call sent before the end of an outage that fails after it (it waited for an
+//! answer that never came) was the outage's: it starts no new outage. Its reconcile began
+//! before the return was told, so the tracker makes its resource due as soon as it ends
+//! (`reconciler::tracked`'s `Guard::failed`): nothing here needs to tell the return again.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -115,13 +116,6 @@ pub fn service(region: &str) -> &'static str {
     if region == STS { "STS" } else { "Proton" }
 }
 
-/// How a region's last outage ended.
-#[derive(Clone, Copy, Debug)]
-struct Ended {
-    at: Instant,
-    told: bool,
-}
-
 /// The regions that do not answer, and Proton's returns. Shared by every clone of the port.
 pub struct Reach {
     metrics: Metrics,
@@ -129,7 +123,7 @@ pub struct Reach {
     /// When each region's last outage ended. Locked before `away` is changed, by both
     /// [`Reach::answered`] and [`Reach::unanswered`]: a call that fails as its region answers
     /// again is either before the end (ended with it) or after it (stale), never both.
-    ended: Mutex<HashMap<String, Ended>>,
+    ended: Mutex<HashMap<String, Instant>>,
     returns: watch::Sender<u64>,
 }
 
@@ -209,7 +203,7 @@ impl Reach {
         let now = Instant::now();
         let lasted = now.duration_since(unreached.since);
         let told = lasted >= OUTAGE;
-        ended.insert(region.to_string(), Ended { at: now, told });
+        ended.insert(region.to_string(), now);
         // Under the lock: a failure recorded at the same moment sets it after, not before.
         self.metrics.set_aws_unreachable(region, false);
         drop(ended);
@@ -230,14 +224,10 @@ impl Reach {
     /// and the call was sent after its last outage ended.
     fn unanswered(&self, region: &str, sent: Instant, error: &dyn std::fmt::Display) {
         let ended = self.ended_at();
-        if let Some(last) = ended.get(region).filter(|e| e.at > sent) {
-            // Told again only while the region answers: in a new outage, its end will be told.
-            let told = last.told && !self.away.borrow().contains_key(region);
-            drop(ended);
-            if told {
-                debug!(%region, %error, "a call sent before {}'s return failed after it: the return is told again", service(region));
-                self.tell_return();
-            }
+        if ended.get(region).is_some_and(|&at| at > sent) {
+            // The outage's own failure: a new outage would start now, and the next answer end it
+            // (too soon to be told) while the resources it stopped waited.
+            debug!(%region, %error, "a call sent before {}'s return failed after it", service(region));
             return;
         }
         let now = Instant::now();
@@ -271,7 +261,7 @@ impl Reach {
         self.returns.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    fn ended_at(&self) -> MutexGuard<'_, HashMap<String, Ended>> {
+    fn ended_at(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
         self.ended.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -422,12 +412,12 @@ mod tests {
     }
 
     /// A call sent before the return that fails after it (it timed out, say) was the outage's: it
-    /// starts no new one (which the next answer would end too soon to be told), and the return
-    /// is told again, for its resource to be found.
+    /// starts no new one (which the next answer would end too soon to be told), and tells
+    /// nothing (the tracker makes its resource due: see `Guard::failed`).
     #[tokio::test(start_paused = true)]
-    async fn a_call_sent_before_the_return_that_fails_after_it_starts_no_outage_and_tells_it_again()
-    {
-        let reach = Reach::default();
+    async fn a_call_sent_before_the_return_that_fails_after_it_starts_no_outage() {
+        let metrics = Metrics::new();
+        let reach = Reach::new(metrics.clone());
         let mut returns = reach.returns();
         let east = "us-east-1";
         call(&reach, Heard::Unanswered, east);
@@ -438,33 +428,27 @@ mod tests {
         returns.mark_unchanged();
         reach.record(Heard::Unanswered, east, sent, false, &"timed out");
         assert!(reach.away().is_empty(), "the outage's own failure");
-        assert!(returns.has_changed().unwrap(), "told again");
-        returns.mark_unchanged();
+        assert!(!returns.has_changed().unwrap(), "nothing told");
+        let gauge = "eac_aws_unreachable{region=\"us-east-1\"} 0";
+        assert!(metrics.encode().contains(gauge), "{}", metrics.encode());
+
+        let after = Instant::now();
         call(&reach, Heard::Unanswered, east);
         assert_eq!(
             reach.away().len(),
             1,
             "a call sent after the return starts one"
         );
-        assert!(!returns.has_changed().unwrap());
         reach.record(Heard::Unanswered, east, sent, false, &"timed out");
-        assert!(
-            !returns.has_changed().unwrap(),
-            "not told again in a new outage: its own end will be"
+        let away = reach.away();
+        assert_eq!(
+            away[0].1.last_tried, after,
+            "a stale failure is not a try of the new outage"
         );
         tokio::time::advance(OUTAGE).await;
         call(&reach, Heard::Answered, east);
-        assert!(returns.has_changed().unwrap());
-        returns.mark_unchanged();
-
-        // After an outage too short to be told, nothing is told again.
-        let sent = Instant::now();
-        call(&reach, Heard::Unanswered, east);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        call(&reach, Heard::Answered, east);
-        reach.record(Heard::Unanswered, east, sent, false, &"timed out");
+        assert!(returns.has_changed().unwrap(), "the new outage's end");
         assert!(reach.away().is_empty());
-        assert!(!returns.has_changed().unwrap());
     }
 
     /// A probe ends an outage, but neither starts one nor counts as a try of the region: a region
