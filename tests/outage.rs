@@ -588,6 +588,114 @@ async fn a_proton_outage_in_a_throttled_burst_loses_no_connection_makes_none_twi
     );
 }
 
+/// Which of the two services a cut-off node reaches again first.
+#[derive(Clone, Copy, Debug)]
+enum FirstBack {
+    ApiServer,
+    Proton,
+}
+
+/// An incident's pressures together: the leader's node is cut off from the API server and from
+/// Proton at once (a network partition) in the middle of a throttled burst (4 Creates a second).
+/// The leader stops within its renew deadline; the two services come back 8 s apart, in the
+/// order `first`, and a resource is applied when the API server answers again. After the later
+/// return every resource has exactly one connection, the one its status names, at the budget's
+/// pace plus 5 s: none lost, none made twice, none left waiting out a backoff that grew through
+/// the outages.
+async fn cut_off_from_both_in_a_throttled_burst(first: FirstBack) {
+    const RATE: usize = 4;
+    let (env, _dir, kubeconfig) = over_http().await;
+    let gate = Gate::to(env.emulator.addr()).await;
+    let mut args = leader_elected_args(&gate.url());
+    args.extend(["--aws-rate-limit", "4", "--aws-burst", "4"].map(String::from));
+    let controller = Controller::start(&kubeconfig, &args, None);
+    let mut names = burst_under_way(&env, &controller).await;
+    gate.shut();
+    env.api.down();
+    let cut_at = tokio::time::Instant::now();
+    let before = served(&env.api, &names);
+    assert!(
+        before < BURST / 2,
+        "the cut comes in the middle of the burst: {before} of {BURST} served"
+    );
+    controller
+        .until(
+            "the leader to stop within the renew deadline (10 s)",
+            Duration::from_secs(12),
+            |c| c.logged("stopped reconciling") == 1,
+        )
+        .await;
+    let (first_at, second_at) = (
+        cut_at + Duration::from_secs(10),
+        cut_at + Duration::from_secs(18),
+    );
+    tokio::time::sleep_until(first_at).await;
+    let apply_after = |env: &Env, names: &mut Vec<String>| {
+        let name = "after".to_string();
+        env.api.create(&name, &uid(names.len()), spec(&name));
+        names.push(name);
+    };
+    match first {
+        FirstBack::ApiServer => {
+            env.api.up();
+            apply_after(&env, &mut names);
+            controller
+                .until(
+                    "the controller to lead again while Proton is still away",
+                    LIMIT,
+                    |c| c.logged("became leader") == 2,
+                )
+                .await;
+        }
+        FirstBack::Proton => gate.open(),
+    }
+    tokio::time::sleep_until(second_at).await;
+    match first {
+        FirstBack::ApiServer => gate.open(),
+        FirstBack::Proton => {
+            env.api.up();
+            apply_after(&env, &mut names);
+        }
+    }
+    let back = tokio::time::Instant::now();
+    let left = names.len() - served(&env.api, &names);
+    // The rest at the budget's pace, and 5 s for the return to be seen and spare.
+    let bound = Duration::from_secs_f64(left as f64 / RATE as f64 + 5.0);
+    env.api
+        .wait_until(
+            &format!(
+                "all {} resources to have their connections within {bound:?} of the later return ({first:?} came back first)",
+                names.len()
+            ),
+            bound,
+            |api| served(api, &names) == names.len(),
+        )
+        .await;
+    let settled = back.elapsed();
+    assert_eq!(
+        controller.logged("became leader"),
+        2,
+        "led, lost the Lease in the cut, led again:\n{}",
+        controller.log()
+    );
+    each_has_exactly_one_connection(&env, &names);
+    println!(
+        "cut off from both for 10 s ({first:?} back first, the other 8 s later) after {before} of {BURST} throttled Creates: the {left} left had their connections {:.2} s after the later return ({} Create calls in all)",
+        settled.as_secs_f64(),
+        env.calls("CreateEnvironmentAccountConnection"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_from_both_the_api_server_back_first_loses_no_connection_and_makes_none_twice() {
+    cut_off_from_both_in_a_throttled_burst(FirstBack::ApiServer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_from_both_proton_back_first_loses_no_connection_and_makes_none_twice() {
+    cut_off_from_both_in_a_throttled_burst(FirstBack::Proton).await;
+}
+
 /// Through an outage every watch fails every 2 s at most: each says so once at warn (the first
 /// failure in a row; every tenth would too), the rest at debug; the return is said once. Nothing
 /// is logged at error: kube's client, which logs every refused try at error, is quiet at the
