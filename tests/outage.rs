@@ -17,7 +17,9 @@ use eac_controller::policy::api::{
 use eac_controller::runner;
 use k8s_openapi::api::coordination::v1::Lease;
 use proton_emulator::EmulatorConfig;
-use support::binary::{Controller, alive, leader_elected_args, outage, ready, run_args};
+use support::binary::{
+    Controller, alive, leader_elected_args, outage, ready, run_args, the_leader_stops,
+};
 use support::gate::Gate;
 use support::{Env, FakeApi, NS, kube_config_of, patient, spec};
 
@@ -618,13 +620,7 @@ async fn cut_off_from_both_in_a_throttled_burst(first: FirstBack) {
         before < BURST / 2,
         "the cut comes in the middle of the burst: {before} of {BURST} served"
     );
-    controller
-        .until(
-            "the leader to stop within the renew deadline (10 s)",
-            Duration::from_secs(12),
-            |c| c.logged("stopped reconciling") == 1,
-        )
-        .await;
+    the_leader_stops(&controller).await;
     let (first_at, second_at) = (
         cut_at + Duration::from_secs(10),
         cut_at + Duration::from_secs(18),

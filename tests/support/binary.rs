@@ -46,6 +46,15 @@ pub async fn outage(
 ) -> tokio::time::Instant {
     let down_at = tokio::time::Instant::now();
     api.down();
+    the_leader_stops(controller).await;
+    tokio::time::sleep_until(down_at + length).await;
+    api.up();
+    tokio::time::Instant::now()
+}
+
+/// Waits for a leader-elected `controller`, cut off from the API server, to stop leading within
+/// the renew deadline (10 s).
+pub async fn the_leader_stops(controller: &Controller) {
     controller
         .until(
             "the leader to stop within the renew deadline (10 s)",
@@ -53,9 +62,6 @@ pub async fn outage(
             |c| c.logged("stopped reconciling") == 1,
         )
         .await;
-    tokio::time::sleep_until(down_at + length).await;
-    api.up();
-    tokio::time::Instant::now()
 }
 
 /// The controller binary and its log lines, as they come.
