@@ -439,6 +439,20 @@ async fn what_an_outage_stopped_is_done_within_5_s_of_its_end_whatever_its_backo
     }
 }
 
+/// How many reconciles of the resource `name` ended on a call Proton left unanswered.
+fn unanswered_tries(controller: &Controller, name: &str) -> usize {
+    let resource = format!("resource=\"{name}\"");
+    controller
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains("reconcile ended on a problem")
+                && l.contains("AwsUnavailable")
+                && l.contains(&resource)
+        })
+        .count()
+}
+
 /// Proton stops answering (its endpoint resets every connection, as when its pod is gone from
 /// behind its Service) while a resource is created. The resource backs off as for any passing
 /// fault; once Proton answers again (probed every 2 s), its connection is created at once, not
@@ -461,16 +475,7 @@ async fn a_resource_proton_left_unanswered_is_served_within_5_s_of_its_return_wh
     // before the resource's next try.
     gate.shut();
     env.api.create("during", &uid(1), spec("during"));
-    let failed = |c: &Controller| {
-        c.log()
-            .lines()
-            .filter(|l| {
-                l.contains("reconcile ended on a problem")
-                    && l.contains("AwsUnavailable")
-                    && l.contains("resource=\"during\"")
-            })
-            .count()
-    };
+    let failed = |c: &Controller| unanswered_tries(c, "during");
     controller
         .until(
             &format!(
@@ -573,7 +578,9 @@ async fn a_proton_outage_in_a_throttled_burst_loses_no_connection_makes_none_twi
     let bound = Duration::from_secs_f64((BURST - before) as f64 / RATE as f64 + 5.0);
     assert!(
         settled <= bound,
-        "all served {settled:?} after the return, more than {bound:?}"
+        "all served {settled:?} after the return, more than {bound:?}; Proton's calls: {:?}; the controller's log:\n{}",
+        env.proton().calls(),
+        controller.log()
     );
     let calls = env.proton().calls();
     // The budget's rate and burst, and the probe that found Proton back (outside the budget).
@@ -588,6 +595,96 @@ async fn a_proton_outage_in_a_throttled_burst_loses_no_connection_makes_none_twi
         calls.count("CreateEnvironmentAccountConnection"),
         calls.peak_requests_per_second,
     );
+}
+
+/// A call sent before Proton's return that fails after it: Proton's network dropped its packets
+/// (the gate holds every connection), so the resource's fourth Create waits for an answer that
+/// never comes; Proton answers again meanwhile, the return is told and looked at twice, and
+/// only then does the Create fail (the gate resets it). The reconcile began before the return,
+/// so it is tried again at once, not at the end of the backoff (6 to 10 s) that it computed from
+/// the outage's failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_sent_before_protons_return_that_fails_after_it_is_tried_again_at_once() {
+    /// After its third failure a resource waits 4 s (+/- 25 %), after the fourth 8 s.
+    const FAILURES: usize = 3;
+    let (env, _dir, kubeconfig) = over_http().await;
+    let gate = Gate::to(env.emulator.addr()).await;
+    let controller = Controller::start(&kubeconfig, &run_args(&gate.url(), &[]), None);
+    // The controller learns its account first, so the outage is Proton's, not STS's.
+    env.api.create("before", &uid(0), spec("before"));
+    env.api
+        .wait_for(
+            "before",
+            "a connection before Proton's outage",
+            LIMIT,
+            has_id,
+        )
+        .await;
+    gate.shut();
+    env.api.create("during", &uid(1), spec("during"));
+    controller
+        .until(
+            &format!("{FAILURES} failed tries of the resource applied during Proton's outage"),
+            LIMIT,
+            |c| unanswered_tries(c, "during") >= FAILURES,
+        )
+        .await;
+    gate.hold();
+    let token = uid(1);
+    controller
+        .until(
+            "the gate to hold the resource's next call (its client token)",
+            LIMIT,
+            |_| gate.held().iter().any(|sent| sent.contains(&token)),
+        )
+        .await;
+    gate.open();
+    controller
+        .until("Proton's return told (a probe answered)", LIMIT, |c| {
+            c.logged("Proton answers again") == 1
+        })
+        .await;
+    let told = tokio::time::Instant::now();
+    // The scenario: the held call outlasts the second look at the return (5 s after it), so
+    // only its own reconcile's end can make the resource due.
+    tokio::time::sleep_until(told + Duration::from_secs(6)).await;
+    assert!(
+        !has_id(env.api.get("during").as_ref()),
+        "its call is still held"
+    );
+    gate.reset_held();
+    let failed_at = tokio::time::Instant::now();
+    controller
+        .until(
+            "the connection of the resource whose call failed after Proton's return, within 5 s of that failure",
+            Duration::from_secs(5),
+            |_| has_id(env.api.get("during").as_ref()),
+        )
+        .await;
+    println!(
+        "a call held through Proton's return failed 6 s after it: the connection was created {:.2} s after that failure",
+        failed_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        unanswered_tries(&controller, "during"),
+        FAILURES + 1,
+        "the held call failed too:\n{}",
+        controller.log()
+    );
+    assert_eq!(
+        controller.logged("AWS answered again while this reconcile ran: trying again now"),
+        1,
+        "{}",
+        controller.log()
+    );
+    let created = env
+        .emulator
+        .state()
+        .connections()
+        .iter()
+        .filter(|c| c.client_token.as_deref() == Some(token.as_str()))
+        .count();
+    assert_eq!(created, 1, "one connection for the resource");
 }
 
 /// Which of the two services a cut-off node reaches again first.

@@ -64,6 +64,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 pub mod access;
+// The holding gate serves the offline outage tests only.
+#[allow(dead_code)]
 #[path = "../support/gate.rs"]
 pub mod gate;
 #[path = "../support/process.rs"]

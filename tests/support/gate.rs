@@ -1,15 +1,36 @@
 //! A TCP gate between a client and a server on 127.0.0.1. Open, it passes bytes both ways; shut,
 //! it resets every connection, the open ones and each new one, as when the server's pod is gone
-//! from behind its Service.
+//! from behind its Service; holding, it takes every connection, the open ones and each new one,
+//! away from the server and never answers on it (a node cut off by a network that drops its
+//! packets), until told to reset those it holds.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Open,
+    Shut,
+    Hold,
+}
+
+/// The connections the gate holds.
+#[derive(Default)]
+struct Held {
+    /// What the client sent on each, as text, in the order they were taken.
+    sent: Mutex<Vec<String>>,
+    /// Moved on to reset every connection held so far.
+    reset: watch::Sender<u64>,
+}
+
 pub struct Gate {
     addr: SocketAddr,
-    shut: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
+    held: Arc<Held>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -18,32 +39,36 @@ impl Gate {
     pub async fn to(target: SocketAddr) -> Gate {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shut = watch::channel(false).0;
-        let shut_seen = shut.subscribe();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                let mut shut_seen = shut_seen.clone();
-                if *shut_seen.borrow_and_update() {
-                    reset(inbound);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
-                        reset(inbound);
-                        return;
+        let mode = watch::channel(Mode::Open).0;
+        let mode_seen = mode.subscribe();
+        let held = Arc::new(Held::default());
+        let task = tokio::spawn({
+            let held = held.clone();
+            async move {
+                loop {
+                    let Ok((inbound, _)) = listener.accept().await else {
+                        continue;
                     };
-                    let mut inbound = inbound;
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = shut_seen.wait_for(|shut| *shut) => reset(inbound),
+                    let mut mode_seen = mode_seen.clone();
+                    let now = *mode_seen.borrow_and_update();
+                    match now {
+                        Mode::Shut => reset(inbound),
+                        Mode::Hold => {
+                            tokio::spawn(hold(inbound, held.clone()));
+                        }
+                        Mode::Open => {
+                            tokio::spawn(pass(inbound, target, mode_seen, held.clone()));
+                        }
                     }
-                });
+                }
             }
         });
-        Gate { addr, shut, task }
+        Gate {
+            addr,
+            mode,
+            held,
+            task,
+        }
     }
 
     /// The URL of the server, through the gate.
@@ -53,17 +78,82 @@ impl Gate {
 
     /// Resets every connection from now on, and the open ones.
     pub fn shut(&self) {
-        self.shut.send_replace(true);
+        self.mode.send_replace(Mode::Shut);
     }
 
+    /// Passes new connections to the server again; those held stay held.
     pub fn open(&self) {
-        self.shut.send_replace(false);
+        self.mode.send_replace(Mode::Open);
+    }
+
+    /// Holds every connection from now on, and the open ones: what the client sends there is
+    /// read (see [`Gate::held`]) and never answered.
+    pub fn hold(&self) {
+        self.mode.send_replace(Mode::Hold);
+    }
+
+    /// What the client sent on each connection held, as text.
+    pub fn held(&self) -> Vec<String> {
+        self.held.sent.lock().unwrap().clone()
+    }
+
+    /// Resets every connection held so far: the calls on them fail now.
+    pub fn reset_held(&self) {
+        self.held.reset.send_modify(|n| *n += 1);
     }
 }
 
 impl Drop for Gate {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Passes bytes between `inbound` and `target` while the gate is open.
+async fn pass(
+    mut inbound: TcpStream,
+    target: SocketAddr,
+    mut mode_seen: watch::Receiver<Mode>,
+    held: Arc<Held>,
+) {
+    let Ok(mut outbound) = TcpStream::connect(target).await else {
+        reset(inbound);
+        return;
+    };
+    let now = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+        now = mode_seen.wait_for(|mode| *mode != Mode::Open) => now.map(|m| *m),
+    };
+    drop(outbound);
+    match now {
+        Ok(Mode::Hold) => hold(inbound, held).await,
+        _ => reset(inbound),
+    }
+}
+
+/// Keeps `stream` open and unanswered, recording what the client sends, until the held
+/// connections are reset or the client closes it.
+async fn hold(mut stream: TcpStream, held: Arc<Held>) {
+    let mut reset_seen = held.reset.subscribe();
+    reset_seen.borrow_and_update();
+    let index = {
+        let mut sent = held.sent.lock().unwrap();
+        sent.push(String::new());
+        sent.len() - 1
+    };
+    let mut buf = [0u8; 4096];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => held.sent.lock().unwrap()[index]
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+            },
+            _ = reset_seen.changed() => {
+                reset(stream);
+                return;
+            }
+        }
     }
 }
 
