@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use eac_controller::aws::budget::CallBudget;
-use eac_controller::connection::api::{EnvironmentAccountConnection, TAG_UID};
+use eac_controller::connection::api::{ConnectionState, EnvironmentAccountConnection, TAG_UID};
 use eac_controller::policy::api::{
     ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec, UnmatchedRequests,
 };
@@ -687,6 +687,76 @@ async fn a_call_sent_before_protons_return_that_fails_after_it_is_tried_again_at
     assert_eq!(created, 1, "one connection for the resource");
 }
 
+/// A PENDING connection whose polls the shared list of PENDING connections answers (see
+/// `aws::pending`): through a 40 s Proton outage the list fails again and again, and the wait
+/// before the next list grows (2 s, doubling: 32 s by the end). When Proton answers again that
+/// wait is over. The resource's reconcile at the return settles it (PENDING, Synced again);
+/// then the management account accepts, and the resource is CONNECTED at its next poll (about
+/// 4 s at its age), not when the wait grown through the outage ends (some 20 s after the
+/// return) or at its reconcile's next backstop (27 s or more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_of_a_pending_connection_go_on_when_proton_answers_again_not_after_the_lists_wait() {
+    let (env, _dir, kubeconfig) = over_http().await;
+    let gate = Gate::to(env.emulator.addr()).await;
+    let controller = Controller::start(&kubeconfig, &run_args(&gate.url(), &[]), None);
+    env.api.create("waiting", &uid(0), spec("waiting"));
+    env.api
+        .wait_for("waiting", "its PENDING connection", LIMIT, has_id)
+        .await;
+    gate.shut();
+    let shut_at = tokio::time::Instant::now();
+    // The scenario: an outage long enough for the list's wait to grow past it.
+    tokio::time::sleep_until(shut_at + Duration::from_secs(40)).await;
+    assert!(
+        controller.logged("Proton does not answer") >= 1,
+        "the outage was seen:\n{}",
+        controller.log()
+    );
+    gate.open();
+    controller
+        .until("Proton's return told (a probe answered)", LIMIT, |c| {
+            c.logged("Proton answers again") == 1
+        })
+        .await;
+    let synced = |o: Option<EnvironmentAccountConnection>| {
+        o.as_ref()
+            .and_then(|o| support::condition(o, "Synced"))
+            .is_some_and(|(status, _, _)| status == "True")
+    };
+    env.api
+        .wait_until(
+            "the resource's reconcile after the return to settle it (Synced again)",
+            Duration::from_secs(10),
+            |api| synced(api.get("waiting")),
+        )
+        .await;
+    let state = |api: &FakeApi| {
+        api.get("waiting")
+            .and_then(|o| o.status)
+            .and_then(|s| s.status)
+    };
+    assert_eq!(state(&env.api), Some(ConnectionState::Pending));
+    let id = env
+        .api
+        .get("waiting")
+        .and_then(|o| o.status)
+        .and_then(|s| s.id)
+        .expect("an id");
+    env.emulator.state().accept(&id).unwrap();
+    let accepted = tokio::time::Instant::now();
+    env.api
+        .wait_until(
+            "CONNECTED within 10 s of the acceptance after Proton's return",
+            Duration::from_secs(10),
+            |api| state(api) == Some(ConnectionState::Connected),
+        )
+        .await;
+    println!(
+        "after a 40 s Proton outage, an acceptance right after the return was seen {:.2} s later",
+        accepted.elapsed().as_secs_f64()
+    );
+}
+
 /// Which of the two services a cut-off node reaches again first.
 #[derive(Clone, Copy, Debug)]
 enum FirstBack {
@@ -699,8 +769,9 @@ enum FirstBack {
 /// The leader stops within its renew deadline; the two services come back 8 s apart, in the
 /// order `first`, and a resource is applied when the API server answers again. After the later
 /// return every resource has exactly one connection, the one its status names, at the budget's
-/// pace plus 5 s: none lost, none made twice, none left waiting out a backoff that grew through
-/// the outages.
+/// pace plus 5 s: none lost, none made twice. With the API server back first, the new term
+/// meets Proton's outage, and none is left waiting out a backoff that grew through it; with
+/// Proton back first, the new term starts with Proton answering.
 async fn cut_off_from_both_in_a_throttled_burst(first: FirstBack) {
     const RATE: usize = 4;
     let (env, _dir, kubeconfig) = over_http().await;
@@ -742,6 +813,11 @@ async fn cut_off_from_both_in_a_throttled_burst(first: FirstBack) {
         }
         FirstBack::Proton => gate.open(),
     }
+    assert!(
+        tokio::time::Instant::now() < second_at,
+        "the first return is over before the second: {:?} after the cut",
+        cut_at.elapsed()
+    );
     tokio::time::sleep_until(second_at).await;
     match first {
         FirstBack::ApiServer => gate.open(),

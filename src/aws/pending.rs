@@ -29,7 +29,8 @@ const PARTIAL_STALE: Duration = Duration::from_secs(60);
 
 /// After a list failed, the next is not tried for this long, doubling up to
 /// [`MAX_FAILED_WAIT`] while lists keep failing: polls meanwhile read with a Get (or wait, if
-/// the failure would meet a Get too) instead of each trying the list first.
+/// the failure would meet a Get too) instead of each trying the list first. The end of an
+/// outage ends the wait of a list that failed in it ([`Listing::answered_again`]).
 const FAILED_WAIT: Duration = Duration::from_secs(2);
 const MAX_FAILED_WAIT: Duration = Duration::from_secs(60);
 
@@ -100,8 +101,16 @@ pub struct Listing<T> {
     partial: Option<Partial<T>>,
     /// When each connection was last seen (listed or read), by id.
     seen: HashMap<CompactId, Instant>,
-    /// The last list failed: its error, not tried again before the instant, and the wait.
-    failed: Option<(crate::aws::error::ProtonError, Instant, Duration)>,
+    /// The last list failed.
+    failed: Option<Failed>,
+}
+
+/// A list that failed: why, when it was sent, and when the next may be tried.
+struct Failed {
+    error: crate::aws::error::ProtonError,
+    sent: Instant,
+    until: Instant,
+    wait: Duration,
 }
 
 impl<T> Default for Listing<T> {
@@ -189,21 +198,36 @@ impl<T> Listing<T> {
         self.failed = None;
     }
 
-    /// The list failed at `at` with `error` (not deferred: that is the budget's to space).
-    pub fn failed(&mut self, error: crate::aws::error::ProtonError, at: Instant) {
+    /// The list sent at `sent` failed with `error` (not deferred: that is the budget's to
+    /// space); the next is not tried before `sent` plus the wait.
+    pub fn failed(&mut self, error: crate::aws::error::ProtonError, sent: Instant) {
         let wait = match &self.failed {
-            Some((_, _, wait)) => (*wait * 2).min(MAX_FAILED_WAIT),
+            Some(f) => (f.wait * 2).min(MAX_FAILED_WAIT),
             None => FAILED_WAIT,
         };
-        self.failed = Some((error, at + wait, wait));
+        self.failed = Some(Failed {
+            error,
+            sent,
+            until: sent + wait,
+            wait,
+        });
+    }
+
+    /// The service the list goes to (Proton in its region, or STS for its credentials) answered
+    /// again at `back`, after an outage: a list sent before then failed in the outage, and the
+    /// wait that grew through it (up to a minute) is not waited out.
+    pub fn answered_again(&mut self, back: Instant) {
+        if self.failed.as_ref().is_some_and(|f| f.sent < back) {
+            self.failed = None;
+        }
     }
 
     /// The last list's error, while the next may not be tried yet.
     pub fn failing(&self, now: Instant) -> Option<&crate::aws::error::ProtonError> {
         self.failed
             .as_ref()
-            .filter(|(_, until, _)| now < *until)
-            .map(|(e, _, _)| e)
+            .filter(|f| now < f.until)
+            .map(|f| &f.error)
     }
 }
 
@@ -330,6 +354,41 @@ mod tests {
         assert!(
             l.failing(t1 + FAILED_WAIT).is_none(),
             "and the wait starts again from 2 s"
+        );
+    }
+
+    /// Lists that failed through an outage wait up to a minute; once Proton (or STS) answers
+    /// again, a list sent before that is not waited out, one sent after it is.
+    #[test]
+    fn an_outage_s_end_ends_the_wait_of_a_list_sent_before_it() {
+        let t0 = Instant::now();
+        let unanswered = crate::aws::error::ProtonError {
+            operation: "ListEnvironmentAccountConnections",
+            class: crate::aws::error::ErrorClass::Transient,
+            code: "DispatchFailure".into(),
+            message: "connection refused".into(),
+            retry_in: None,
+        };
+        let mut l: Listing<u32> = Listing::default();
+        for _ in 0..10 {
+            l.failed(unanswered.clone(), t0);
+        }
+        let back = t0 + Duration::from_secs(5);
+        assert!(l.failing(back).is_some(), "a minute's wait");
+        l.answered_again(t0);
+        assert!(l.failing(back).is_some(), "a return no later than the send");
+        l.answered_again(back);
+        assert!(l.failing(back).is_none(), "sent before the return");
+        l.failed(unanswered.clone(), back + Duration::from_secs(1));
+        l.answered_again(back);
+        assert!(
+            l.failing(back + Duration::from_secs(2)).is_some(),
+            "sent after the return: it waits"
+        );
+        assert!(
+            l.failing(back + Duration::from_secs(1) + FAILED_WAIT)
+                .is_none(),
+            "from 2 s again"
         );
     }
 

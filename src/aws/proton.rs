@@ -586,6 +586,9 @@ impl Proton {
         let now = tokio::time::Instant::now();
         let later = listing.next_spaced().filter(|at| now < *at);
         if later.is_none() && polls.iter().any(|(id, _)| listing.of(id) == Listed::Stale) {
+            if let Some(back) = self.reach.answered_again_at(region) {
+                listing.answered_again(back);
+            }
             if let Some(e) = listing.failing(now) {
                 return Err(e.clone());
             }
@@ -601,7 +604,7 @@ impl Proton {
                 Ok(()) => {}
                 Err(e) if e.class == ErrorClass::Deferred => return Err(e),
                 Err(e) => {
-                    listing.failed(e.clone(), tokio::time::Instant::now());
+                    listing.failed(e.clone(), now);
                     return Err(e);
                 }
             }

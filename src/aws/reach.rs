@@ -287,6 +287,13 @@ impl Reach {
         forgotten
     }
 
+    /// When the last outage ended that a call in `region` could have met: Proton's there, or
+    /// STS's (for the call's credentials); the later of the two.
+    pub fn answered_again_at(&self, region: &str) -> Option<Instant> {
+        let ended = self.ended_at();
+        ended.get(region).max(ended.get(STS)).copied()
+    }
+
     /// The regions that do not answer now.
     pub fn away(&self) -> Vec<(String, Unreached)> {
         self.away
@@ -426,6 +433,9 @@ mod tests {
         call(&reach, Heard::Answered, east);
         assert!(returns.has_changed().unwrap(), "a 20 s outage");
         returns.mark_unchanged();
+        let back = Instant::now();
+        assert_eq!(reach.answered_again_at(east), Some(back));
+        assert_eq!(reach.answered_again_at("eu-west-1"), None);
         reach.record(Heard::Unanswered, east, sent, false, &"timed out");
         assert!(reach.away().is_empty(), "the outage's own failure");
         assert!(!returns.has_changed().unwrap(), "nothing told");
@@ -439,6 +449,7 @@ mod tests {
             1,
             "a call sent after the return starts one"
         );
+        tokio::time::advance(Duration::from_secs(1)).await;
         reach.record(Heard::Unanswered, east, sent, false, &"timed out");
         let away = reach.away();
         assert_eq!(

@@ -54,7 +54,10 @@ impl Gate {
                     match now {
                         Mode::Shut => reset(inbound),
                         Mode::Hold => {
-                            tokio::spawn(hold(inbound, held.clone()));
+                            // Subscribed here, not in the task: a reset told before the task
+                            // runs resets this connection too.
+                            let reset_seen = held.reset.subscribe();
+                            tokio::spawn(hold(inbound, held.clone(), reset_seen));
                         }
                         Mode::Open => {
                             tokio::spawn(pass(inbound, target, mode_seen, held.clone()));
@@ -76,9 +79,10 @@ impl Gate {
         format!("http://{}", self.addr)
     }
 
-    /// Resets every connection from now on, and the open ones.
+    /// Resets every connection from now on, and the open ones (those held too).
     pub fn shut(&self) {
         self.mode.send_replace(Mode::Shut);
+        self.reset_held();
     }
 
     /// Passes new connections to the server again; those held stay held.
@@ -126,16 +130,17 @@ async fn pass(
     };
     drop(outbound);
     match now {
-        Ok(Mode::Hold) => hold(inbound, held).await,
+        Ok(Mode::Hold) => {
+            let reset_seen = held.reset.subscribe();
+            hold(inbound, held, reset_seen).await
+        }
         _ => reset(inbound),
     }
 }
 
 /// Keeps `stream` open and unanswered, recording what the client sends, until the held
-/// connections are reset or the client closes it.
-async fn hold(mut stream: TcpStream, held: Arc<Held>) {
-    let mut reset_seen = held.reset.subscribe();
-    reset_seen.borrow_and_update();
+/// connections are reset (`reset_seen` moves on) or the client closes it.
+async fn hold(mut stream: TcpStream, held: Arc<Held>, mut reset_seen: watch::Receiver<u64>) {
     let index = {
         let mut sent = held.sent.lock().unwrap();
         sent.push(String::new());
