@@ -238,33 +238,42 @@ impl<T: PartialEq, M: Default> Guard<'_, T, M> {
         reason: &str,
         due: Instant,
     ) -> Held {
-        let away = (reason == ErrorClass::Transient.reason()).then_some(Away::Aws);
-        self.fail_and_hold(uid, generation, triggers, away, |_| due)
+        let unanswered = reason == ErrorClass::Transient.reason();
+        self.fail_and_hold(uid, generation, triggers, Away::Aws, unanswered, |_| due)
     }
 
-    /// Counts a failed reconcile of `uid` (`away`: the service that did not answer it) and
-    /// holds the object until `due(failures)`; or until now if `away`'s return was told while
-    /// the reconcile ran. Such a return has passed the object by (its try failed before the
-    /// return was told, or was sent before it and failed after), and the failures were the
-    /// outage's.
+    /// Counts a reconcile of `uid` that failed on `service` (`unanswered`: the service did not
+    /// answer) and holds the object until `due(failures)`; or until now if the service's return
+    /// was told while the reconcile ran. Such a return has passed the object by (its try failed
+    /// before the return was told, or was sent before it and failed after), and the failures
+    /// were the outage's.
     fn fail_and_hold(
         &mut self,
         uid: &str,
         generation: i64,
         triggers: T,
-        away: Option<Away>,
+        service: Away,
+        unanswered: bool,
         due: impl FnOnce(u32) -> Instant,
     ) -> Held {
         let told = self.returns_told();
         let t = self.entry(uid);
         let failures = t.fail(generation);
-        let passed_by = away.is_some_and(|a| told[index(a)] != t.returns_seen[index(a)]);
+        let passed_by = unanswered && told[index(service)] != t.returns_seen[index(service)];
         let due = if passed_by {
             t.failures = 0;
             t.waits_for = None;
             Instant::now()
         } else {
-            t.waits_for = away;
+            t.waits_for = match (unanswered, service) {
+                (true, _) => Some(service),
+                // A refusal (a 403, a 409) says nothing of AWS: an object whose last AWS call
+                // went unanswered still waits for AWS's return, its failures (the count is
+                // shared) the outage's.
+                (false, Away::ApiServer) => t.waits_for.filter(|w| *w == Away::Aws),
+                // AWS answered, after the API server took the status write.
+                (false, Away::Aws) => None,
+            };
             due(failures)
         };
         t.hold(generation, triggers, due);
@@ -388,7 +397,8 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
             uid,
             generation,
             triggers,
-            unanswered.then_some(Away::ApiServer),
+            Away::ApiServer,
+            unanswered,
             |failures| now + retry_after(Retry::Backoff, failures, resync, rand::random()),
         );
         let wait = due.saturating_duration_since(Instant::now());
@@ -492,6 +502,11 @@ mod tests {
         }
         // An AWS problem that is an answer: its backoff stands at AWS's return.
         ended_on(&tracker, "denied", ErrorClass::AccessDenied.reason());
+        // Left unanswered by Proton, then a write the API server refused: still waits for AWS.
+        for _ in 0..5 {
+            ended_on(&tracker, "aws-then-refused", ErrorClass::Transient.reason());
+        }
+        tracker.kube_failure("aws-then-refused", 1, (), "409 conflict", false, resync);
         let held = |uid: &str| {
             tracker
                 .lock()
@@ -520,7 +535,12 @@ mod tests {
         );
         assert_eq!(
             tracker.due_after_return(Away::Aws),
-            HashSet::from([CompactId::of("aws")])
+            HashSet::from([CompactId::of("aws"), CompactId::of("aws-then-refused")])
+        );
+        assert_eq!(
+            held("aws-then-refused"),
+            None,
+            "a refusal is no news of AWS"
         );
         assert_eq!(held("aws"), None, "due at Proton's return");
         assert!(held("denied").is_some(), "AccessDenied is an answer");
