@@ -198,9 +198,9 @@ impl<T> Listing<T> {
         self.failed = None;
     }
 
-    /// The list sent at `sent` failed with `error` (not deferred: that is the budget's to
-    /// space); the next is not tried before `sent` plus the wait.
-    pub fn failed(&mut self, error: crate::aws::error::ProtonError, sent: Instant) {
+    /// The list begun at `sent` failed at `at` with `error` (not deferred: that is the
+    /// budget's to space): the next is not tried before `at` plus the wait.
+    pub fn failed(&mut self, error: crate::aws::error::ProtonError, sent: Instant, at: Instant) {
         let wait = match &self.failed {
             Some(f) => (f.wait * 2).min(MAX_FAILED_WAIT),
             None => FAILED_WAIT,
@@ -208,16 +208,19 @@ impl<T> Listing<T> {
         self.failed = Some(Failed {
             error,
             sent,
-            until: sent + wait,
+            until: at + wait,
             wait,
         });
     }
 
-    /// The service the list goes to (Proton in its region, or STS for its credentials) answered
-    /// again at `back`, after an outage: a list sent before then failed in the outage, and the
-    /// wait that grew through it (up to a minute) is not waited out.
+    /// The service the list goes to (Proton in its region, or STS for a role's credentials)
+    /// answered again at `back` after an outage long enough to be told: a list begun before then
+    /// that went unanswered failed in the outage, and the wait that grew through it (up to a
+    /// minute) is not waited out. A refusal or throttling keeps its wait.
     pub fn answered_again(&mut self, back: Instant) {
-        if self.failed.as_ref().is_some_and(|f| f.sent < back) {
+        if self.failed.as_ref().is_some_and(|f| {
+            f.sent < back && f.error.class == crate::aws::error::ErrorClass::Transient
+        }) {
             self.failed = None;
         }
     }
@@ -331,18 +334,18 @@ mod tests {
         };
         let mut l: Listing<u32> = Listing::default();
         assert!(l.failing(t0).is_none());
-        l.failed(denied.clone(), t0);
+        l.failed(denied.clone(), t0, t0);
         assert_eq!(l.failing(t0), Some(&denied));
         assert!(
             l.failing(t0 + FAILED_WAIT).is_none(),
             "tried again after 2 s"
         );
         let t1 = t0 + FAILED_WAIT;
-        l.failed(denied.clone(), t1);
+        l.failed(denied.clone(), t1, t1);
         assert!(l.failing(t1 + FAILED_WAIT).is_some(), "failed again: 4 s");
         assert!(l.failing(t1 + 2 * FAILED_WAIT).is_none());
         for _ in 0..10 {
-            l.failed(denied.clone(), t1);
+            l.failed(denied.clone(), t1, t1);
         }
         assert!(
             l.failing(t1 + MAX_FAILED_WAIT).is_none(),
@@ -350,7 +353,7 @@ mod tests {
         );
         l.finish(t1, found(&["a"]));
         assert!(l.failing(t1).is_none(), "a list that ends clears it");
-        l.failed(denied, t1);
+        l.failed(denied, t1, t1);
         assert!(
             l.failing(t1 + FAILED_WAIT).is_none(),
             "and the wait starts again from 2 s"
@@ -371,7 +374,7 @@ mod tests {
         };
         let mut l: Listing<u32> = Listing::default();
         for _ in 0..10 {
-            l.failed(unanswered.clone(), t0);
+            l.failed(unanswered.clone(), t0, t0);
         }
         let back = t0 + Duration::from_secs(5);
         assert!(l.failing(back).is_some(), "a minute's wait");
@@ -379,17 +382,30 @@ mod tests {
         assert!(l.failing(back).is_some(), "a return no later than the send");
         l.answered_again(back);
         assert!(l.failing(back).is_none(), "sent before the return");
-        l.failed(unanswered.clone(), back + Duration::from_secs(1));
+        let sent = back + Duration::from_secs(1);
+        l.failed(unanswered.clone(), sent, sent);
         l.answered_again(back);
         assert!(
-            l.failing(back + Duration::from_secs(2)).is_some(),
+            l.failing(sent + Duration::from_secs(1)).is_some(),
             "sent after the return: it waits"
         );
-        assert!(
-            l.failing(back + Duration::from_secs(1) + FAILED_WAIT)
-                .is_none(),
-            "from 2 s again"
-        );
+        assert!(l.failing(sent + FAILED_WAIT).is_none(), "from 2 s again");
+
+        // The wait counts from the failure: a list that timed out after 30 s is not tried again
+        // at once.
+        let timed_out = sent + Duration::from_secs(30);
+        l.failed(unanswered.clone(), sent, timed_out);
+        assert!(l.failing(timed_out + Duration::from_secs(1)).is_some());
+
+        // A refusal or throttling is an answer: no return ends its wait.
+        let mut l: Listing<u32> = Listing::default();
+        let denied = crate::aws::error::ProtonError {
+            class: crate::aws::error::ErrorClass::AccessDenied,
+            ..unanswered
+        };
+        l.failed(denied, t0, t0);
+        l.answered_again(back);
+        assert!(l.failing(t0 + Duration::from_secs(1)).is_some());
     }
 
     #[test]

@@ -586,7 +586,8 @@ impl Proton {
         let now = tokio::time::Instant::now();
         let later = listing.next_spaced().filter(|at| now < *at);
         if later.is_none() && polls.iter().any(|(id, _)| listing.of(id) == Listed::Stale) {
-            if let Some(back) = self.reach.answered_again_at(region) {
+            let via_sts = matches!(identity, AwsIdentity::Role(_));
+            if let Some(back) = self.reach.answered_again_at(region, via_sts) {
                 listing.answered_again(back);
             }
             if let Some(e) = listing.failing(now) {
@@ -604,7 +605,7 @@ impl Proton {
                 Ok(()) => {}
                 Err(e) if e.class == ErrorClass::Deferred => return Err(e),
                 Err(e) => {
-                    listing.failed(e.clone(), now);
+                    listing.failed(e.clone(), now, tokio::time::Instant::now());
                     return Err(e);
                 }
             }

@@ -116,6 +116,15 @@ pub fn service(region: &str) -> &'static str {
     if region == STS { "STS" } else { "Proton" }
 }
 
+/// When a region's outages ended.
+#[derive(Clone, Copy, Debug)]
+struct Ended {
+    /// The last one.
+    at: Instant,
+    /// The last one long enough to be told (see [`OUTAGE`]).
+    told: Option<Instant>,
+}
+
 /// The regions that do not answer, and Proton's returns. Shared by every clone of the port.
 pub struct Reach {
     metrics: Metrics,
@@ -123,7 +132,7 @@ pub struct Reach {
     /// When each region's last outage ended. Locked before `away` is changed, by both
     /// [`Reach::answered`] and [`Reach::unanswered`]: a call that fails as its region answers
     /// again is either before the end (ended with it) or after it (stale), never both.
-    ended: Mutex<HashMap<String, Instant>>,
+    ended: Mutex<HashMap<String, Ended>>,
     returns: watch::Sender<u64>,
 }
 
@@ -203,7 +212,14 @@ impl Reach {
         let now = Instant::now();
         let lasted = now.duration_since(unreached.since);
         let told = lasted >= OUTAGE;
-        ended.insert(region.to_string(), now);
+        let end = ended.entry(region.to_string()).or_insert(Ended {
+            at: now,
+            told: None,
+        });
+        end.at = now;
+        if told {
+            end.told = Some(now);
+        }
         // Under the lock: a failure recorded at the same moment sets it after, not before.
         self.metrics.set_aws_unreachable(region, false);
         drop(ended);
@@ -224,7 +240,7 @@ impl Reach {
     /// and the call was sent after its last outage ended.
     fn unanswered(&self, region: &str, sent: Instant, error: &dyn std::fmt::Display) {
         let ended = self.ended_at();
-        if ended.get(region).is_some_and(|&at| at > sent) {
+        if ended.get(region).is_some_and(|e| e.at > sent) {
             // The outage's own failure: a new outage would start now, and the next answer end it
             // (too soon to be told) while the resources it stopped waited.
             debug!(%region, %error, "a call sent before {}'s return failed after it", service(region));
@@ -261,7 +277,7 @@ impl Reach {
         self.returns.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    fn ended_at(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+    fn ended_at(&self) -> MutexGuard<'_, HashMap<String, Ended>> {
         self.ended.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -287,11 +303,13 @@ impl Reach {
         forgotten
     }
 
-    /// When the last outage ended that a call in `region` could have met: Proton's there, or
-    /// STS's (for the call's credentials); the later of the two.
-    pub fn answered_again_at(&self, region: &str) -> Option<Instant> {
+    /// When the last outage long enough to be told ([`OUTAGE`]) ended that a call in `region`
+    /// could have met: Proton's there, or (`via_sts`: its credentials are a role's) STS's; the
+    /// later of the two.
+    pub fn answered_again_at(&self, region: &str, via_sts: bool) -> Option<Instant> {
         let ended = self.ended_at();
-        ended.get(region).max(ended.get(STS)).copied()
+        let told = |r: &str| ended.get(r).and_then(|e| e.told);
+        told(region).max(if via_sts { told(STS) } else { None })
     }
 
     /// The regions that do not answer now.
@@ -387,6 +405,7 @@ mod tests {
         call(&reach, Heard::Answered, east);
         assert!(reach.away().is_empty());
         assert!(!returns.has_changed().unwrap(), "a passing failure");
+        assert_eq!(reach.answered_again_at(east, false), None, "nor is it kept");
 
         call(&reach, Heard::Unanswered, east);
         tokio::time::advance(Duration::from_secs(3)).await;
@@ -416,6 +435,26 @@ mod tests {
         }
         call(&reach, Heard::Answered, east);
         assert!(!returns.has_changed().unwrap(), "told once");
+
+        let told = reach.answered_again_at(east, false);
+        assert!(told.is_some());
+        call(&reach, Heard::Unanswered, east);
+        call(&reach, Heard::Answered, east);
+        assert_eq!(
+            reach.answered_again_at(east, false),
+            told,
+            "a passing failure since leaves the told end"
+        );
+        call(&reach, Heard::Unanswered, STS);
+        tokio::time::advance(OUTAGE).await;
+        call(&reach, Heard::Answered, STS);
+        let sts = Some(Instant::now());
+        assert_eq!(
+            reach.answered_again_at(east, true),
+            sts,
+            "STS's, for a role"
+        );
+        assert_eq!(reach.answered_again_at(east, false), told);
     }
 
     /// A call sent before the return that fails after it (it timed out, say) was the outage's: it
@@ -434,8 +473,8 @@ mod tests {
         assert!(returns.has_changed().unwrap(), "a 20 s outage");
         returns.mark_unchanged();
         let back = Instant::now();
-        assert_eq!(reach.answered_again_at(east), Some(back));
-        assert_eq!(reach.answered_again_at("eu-west-1"), None);
+        assert_eq!(reach.answered_again_at(east, false), Some(back));
+        assert_eq!(reach.answered_again_at("eu-west-1", true), None);
         reach.record(Heard::Unanswered, east, sent, false, &"timed out");
         assert!(reach.away().is_empty(), "the outage's own failure");
         assert!(!returns.has_changed().unwrap(), "nothing told");

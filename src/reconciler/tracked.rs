@@ -271,7 +271,8 @@ impl<T: PartialEq, M: Default> Guard<'_, T, M> {
                 // went unanswered still waits for AWS's return, its failures (the count is
                 // shared) the outage's.
                 (false, Away::ApiServer) => t.waits_for.filter(|w| *w == Away::Aws),
-                // AWS answered, after the API server took the status write.
+                // AWS answered. The status write (before this for a connection, after it for a
+                // policy) tells of the API server itself.
                 (false, Away::Aws) => None,
             };
             due(failures)
