@@ -453,6 +453,16 @@ fn unanswered_tries(controller: &Controller, name: &str) -> usize {
         .count()
 }
 
+/// How many connections Proton holds that were created with `token` as the client token.
+fn made_with_token(env: &Env, token: &str) -> usize {
+    env.emulator
+        .state()
+        .connections()
+        .iter()
+        .filter(|c| c.client_token.as_deref() == Some(token))
+        .count()
+}
+
 /// Proton stops answering (its endpoint resets every connection, as when its pod is gone from
 /// behind its Service) while a resource is created. The resource backs off as for any passing
 /// fault; once Proton answers again (probed every 2 s), its connection is created at once, not
@@ -526,14 +536,11 @@ async fn a_resource_proton_left_unanswered_is_served_within_5_s_of_its_return_wh
         "{}",
         controller.log()
     );
-    let created = env
-        .emulator
-        .state()
-        .connections()
-        .iter()
-        .filter(|c| c.client_token.as_deref() == Some(uid(1).as_str()))
-        .count();
-    assert_eq!(created, 1, "one connection for the resource");
+    assert_eq!(
+        made_with_token(&env, &uid(1)),
+        1,
+        "one connection for the resource"
+    );
 }
 
 /// Proton's outage in the middle of a burst throttled by a small AWS budget (4 calls a second):
@@ -677,14 +684,11 @@ async fn a_call_sent_before_protons_return_that_fails_after_it_is_tried_again_at
         "{}",
         controller.log()
     );
-    let created = env
-        .emulator
-        .state()
-        .connections()
-        .iter()
-        .filter(|c| c.client_token.as_deref() == Some(token.as_str()))
-        .count();
-    assert_eq!(created, 1, "one connection for the resource");
+    assert_eq!(
+        made_with_token(&env, &token),
+        1,
+        "one connection for the resource"
+    );
 }
 
 /// A PENDING connection whose polls the shared list of PENDING connections answers (see
