@@ -237,6 +237,7 @@ impl<T> Listing<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aws::error::{ErrorClass, ProtonError};
 
     fn id(id: &str) -> CompactId {
         CompactId::of(id)
@@ -322,16 +323,21 @@ mod tests {
         );
     }
 
+    /// A list that failed with `class` (`code`).
+    fn list_failure(class: ErrorClass, code: &str) -> ProtonError {
+        ProtonError {
+            operation: "ListEnvironmentAccountConnections",
+            class,
+            code: code.into(),
+            message: "failed".into(),
+            retry_in: None,
+        }
+    }
+
     #[test]
     fn a_failed_list_is_not_tried_again_for_a_wait_that_doubles_until_one_ends() {
         let t0 = Instant::now();
-        let denied = crate::aws::error::ProtonError {
-            operation: "ListEnvironmentAccountConnections",
-            class: crate::aws::error::ErrorClass::AccessDenied,
-            code: "AccessDeniedException".into(),
-            message: "no".into(),
-            retry_in: None,
-        };
+        let denied = list_failure(ErrorClass::AccessDenied, "AccessDeniedException");
         let mut l: Listing<u32> = Listing::default();
         assert!(l.failing(t0).is_none());
         l.failed(denied.clone(), t0, t0);
@@ -365,13 +371,7 @@ mod tests {
     #[test]
     fn an_outage_s_end_ends_the_wait_of_a_list_sent_before_it() {
         let t0 = Instant::now();
-        let unanswered = crate::aws::error::ProtonError {
-            operation: "ListEnvironmentAccountConnections",
-            class: crate::aws::error::ErrorClass::Transient,
-            code: "DispatchFailure".into(),
-            message: "connection refused".into(),
-            retry_in: None,
-        };
+        let unanswered = list_failure(ErrorClass::Transient, "DispatchFailure");
         let mut l: Listing<u32> = Listing::default();
         for _ in 0..10 {
             l.failed(unanswered.clone(), t0, t0);
@@ -399,10 +399,7 @@ mod tests {
 
         // A refusal or throttling is an answer: no return ends its wait.
         let mut l: Listing<u32> = Listing::default();
-        let denied = crate::aws::error::ProtonError {
-            class: crate::aws::error::ErrorClass::AccessDenied,
-            ..unanswered
-        };
+        let denied = list_failure(ErrorClass::AccessDenied, "AccessDeniedException");
         l.failed(denied, t0, t0);
         l.answered_again(back);
         assert!(l.failing(t0 + Duration::from_secs(1)).is_some());

@@ -212,14 +212,12 @@ impl Reach {
         let now = Instant::now();
         let lasted = now.duration_since(unreached.since);
         let told = lasted >= OUTAGE;
-        let end = ended.entry(region.to_string()).or_insert(Ended {
+        let told_before = ended.get(region).and_then(|e| e.told);
+        let end = Ended {
             at: now,
-            told: None,
-        });
-        end.at = now;
-        if told {
-            end.told = Some(now);
-        }
+            told: told.then_some(now).or(told_before),
+        };
+        ended.insert(region.to_string(), end);
         // Under the lock: a failure recorded at the same moment sets it after, not before.
         self.metrics.set_aws_unreachable(region, false);
         drop(ended);
