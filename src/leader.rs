@@ -7,8 +7,22 @@
 //! - The leader renews every `retry_period`. If it has not renewed for `renew_deadline`, it stops
 //!   leading at once, whatever the reason (API server unreachable, a hung request, 403): since
 //!   `renew_deadline < lease_duration`, it has stopped before any other candidate can take over.
-//! - It leads again only after it re-acquires the Lease. On shutdown it releases the Lease so a
+//! - The renew deadline counts from when the last successful renewal was *sent*: the API server
+//!   may have stored it (and a standby seen it) long before a slow answer came back.
+//! - A renewal refused with 409 Conflict (the Lease changed between its read and its write: a
+//!   label, an annotation, a GitOps tool applying it) is not a loss: the leader reads it again
+//!   at once, and that read says who holds it. Its renew deadline still runs.
+//! - A Lease deleted while another candidate held it is not taken at once: the candidate waits
+//!   out the holder's duration from when it last saw the holder's record change, as if the
+//!   Lease were still there (the holder, which may still be leading, re-creates it first).
+//! - It leads again only after it re-acquires the Lease. On shutdown the controllers stop first
+//!   (in-flight reconciles finish) while the Lease is still renewed; then it is released so a
 //!   standby takes over without waiting for it to expire.
+//! - The Lease records whole seconds: a duration with a fraction is rounded up, never down, so
+//!   others wait at least as long as this candidate's renew deadline assumes.
+//! - Only a candidate that does not lead tells readiness how its Lease calls went: a leader's
+//!   readiness is its watch's (a leader whose watch is refused must not look ready because its
+//!   Lease renews).
 //! - After a try the API server did not answer (unreachable, timed out, 5xx), the next comes after
 //!   [`LeaseConfig::retry_after_failure`] instead of `retry_period`: a leader that an API-server
 //!   outage stopped takes its Lease back, and starts reconciling again, within half a second of
@@ -78,6 +92,15 @@ enum Attempt {
     Held,
     /// Someone else holds it (or won the race for it).
     HeldByOther(String),
+    /// The Lease changed between this attempt's read and its write (409 Conflict): the next read
+    /// says who holds it.
+    Conflicted,
+}
+
+/// The Lease's duration in whole seconds, rounded up.
+fn whole_seconds(duration: Duration) -> i32 {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    i32::try_from(secs.max(1)).unwrap_or(i32::MAX)
 }
 
 pub struct Elector {
@@ -115,6 +138,7 @@ impl Elector {
             let deadline = last_renew.map_or_else(far, |at| at + cfg.renew_deadline);
             let per_try = cfg.renew_deadline.max(Duration::from_secs(1));
             let mut wait = cfg.retry_period;
+            let sent = Instant::now();
             tokio::select! {
                 result = tokio::time::timeout(per_try, self.try_acquire_or_renew()) => {
                     // Err: whether the API server left the call unanswered (a timeout too), and why.
@@ -125,7 +149,9 @@ impl Elector {
                     };
                     match attempt {
                         Ok(attempt) => {
-                            readiness.succeeded();
+                            if last_renew.is_none() {
+                                readiness.succeeded();
+                            }
                             if let Some(failed) = failures.succeeded() {
                                 info!(lease = %cfg.name, failed_tries = failed, "the leader lease answers again");
                             }
@@ -134,8 +160,12 @@ impl Elector {
                                     if last_renew.is_none() {
                                         info!(lease = %cfg.name, identity = %cfg.identity, "acquired the leader lease");
                                     }
-                                    last_renew = Some(Instant::now());
+                                    last_renew = Some(sent);
                                     leading.send_if_modified(|l| !std::mem::replace(l, true));
+                                }
+                                Attempt::Conflicted => {
+                                    debug!(lease = %cfg.name, "the leader lease changed between its read and its write; reading it again");
+                                    wait = cfg.retry_after_failure();
                                 }
                                 Attempt::HeldByOther(holder) => {
                                     if last_renew.take().is_some() {
@@ -146,7 +176,9 @@ impl Elector {
                             }
                         }
                         Err((unanswered, error)) => {
-                            readiness.failed();
+                            if last_renew.is_none() {
+                                readiness.failed();
+                            }
                             if unanswered {
                                 wait = cfg.retry_after_failure();
                             }
@@ -192,7 +224,7 @@ impl Elector {
         }
         let was_leading = leading.send_replace(false);
         if was_leading {
-            match tokio::time::timeout(Duration::from_secs(5), self.release()).await {
+            match tokio::time::timeout(Duration::from_secs(5), self.release_retrying()).await {
                 Ok(Ok(())) => info!(lease = %cfg.name, "released the leader lease"),
                 Ok(Err(e)) => warn!(error = %e, "could not release the leader lease"),
                 Err(_) => warn!("releasing the leader lease timed out"),
@@ -203,8 +235,16 @@ impl Elector {
     async fn try_acquire_or_renew(&mut self) -> Result<Attempt, kube::Error> {
         let cfg = &self.config;
         let now = MicroTime(jiff::Timestamp::now());
-        let duration_secs = i32::try_from(cfg.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+        let duration_secs = whole_seconds(cfg.lease_duration);
         let Some(lease) = self.api.get_opt(&cfg.name).await? else {
+            // Deleted while another held it: that holder may still lead, and only re-creates it
+            // if it does.
+            if let Some((seen, at)) = &self.observed
+                && let Some(other) = seen.holder.as_ref().filter(|h| **h != cfg.identity)
+                && at.elapsed() < seen.duration
+            {
+                return Ok(Attempt::HeldByOther(other.clone()));
+            }
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(cfg.name.clone()),
@@ -222,9 +262,7 @@ impl Elector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Attempt::Held),
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    Ok(Attempt::HeldByOther("(created concurrently)".into()))
-                }
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Conflicted),
                 Err(e) => Err(e),
             };
         };
@@ -269,10 +307,17 @@ impl Elector {
             .await
         {
             Ok(_) => Ok(Attempt::Held),
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                Ok(Attempt::HeldByOther("(changed concurrently)".into()))
-            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Conflicted),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the Lease up, read again after a 409: a renewal cut short by the stop may have been
+    /// stored between the release's read and its write.
+    async fn release_retrying(&self) -> Result<(), kube::Error> {
+        match self.release().await {
+            Err(kube::Error::Api(s)) if s.code == 409 => self.release().await,
+            done => done,
         }
     }
 

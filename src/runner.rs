@@ -612,8 +612,11 @@ async fn lead_then_run(
     };
     info!(lease = %config.name, namespace = %namespace, identity = %config.identity, lease_duration_secs = config.lease_duration.as_secs_f64(), renew_deadline_secs = config.renew_deadline.as_secs_f64(), "leader election started");
     let (leading_tx, mut leading) = watch::channel(false);
+    // The elector stops after the controllers (see the end): it renews the Lease while they
+    // finish what is under way, and releases it only once nothing acts on the leader's behalf.
+    let (elector_stop, elector_stop_rx) = watch::channel(false);
     let elector = Elector::new(Api::namespaced(lease_client, &namespace), config);
-    let lease_task = tokio::spawn(elector.run(leading_tx, readiness.clone(), stop_rx.clone()));
+    let lease_task = tokio::spawn(elector.run(leading_tx, readiness.clone(), elector_stop_rx));
     readiness.standby();
     metrics.set_leader(false);
 
@@ -635,6 +638,9 @@ async fn lead_then_run(
         }
         info!("became leader; reconciling");
         metrics.set_leader(true);
+        // Not ready until this leader's watch has synced, even while it is still reading the
+        // account mappings it needs before it can start that watch.
+        readiness.leading();
         let mut lost_rx = leading.clone();
         let lost = async move {
             while *lost_rx.borrow_and_update() {
@@ -658,7 +664,8 @@ async fn lead_then_run(
         }
     }
     metrics.set_leader(false);
-    // The elector sees the stop too, and releases the Lease for a fast hand-over.
+    // The controllers have stopped: the elector releases the Lease for a fast hand-over.
+    let _ = elector_stop.send(true);
     match tokio::time::timeout(Duration::from_secs(10), lease_task).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "leader election task failed"),

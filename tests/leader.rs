@@ -34,6 +34,8 @@ fn config(identity: &str) -> LeaseConfig {
 struct Candidate {
     leading: watch::Receiver<bool>,
     cut: Arc<std::sync::atomic::AtomicBool>,
+    /// How late its answers come.
+    delay: support::AnswerDelay,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     flips: Arc<Mutex<Vec<(Instant, bool)>>>,
@@ -41,11 +43,15 @@ struct Candidate {
 
 impl Candidate {
     fn start(api: &FakeApi, identity: &str) -> Candidate {
-        let (client, cut) = api.client_with_switch();
+        Candidate::start_with(api, config(identity), Readiness::default())
+    }
+
+    fn start_with(api: &FakeApi, config: LeaseConfig, readiness: Readiness) -> Candidate {
+        let (client, cut, delay) = api.client_with_controls();
         let (leading_tx, leading) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
-        let elector = Elector::new(Api::<Lease>::namespaced(client, "eac"), config(identity));
-        let task = tokio::spawn(elector.run(leading_tx, Readiness::default(), stop_rx));
+        let elector = Elector::new(Api::<Lease>::namespaced(client, "eac"), config);
+        let task = tokio::spawn(elector.run(leading_tx, readiness, stop_rx));
         let flips = Arc::new(Mutex::new(Vec::new()));
         let (log, mut rx) = (flips.clone(), leading.clone());
         tokio::spawn(async move {
@@ -57,6 +63,7 @@ impl Candidate {
         Candidate {
             leading,
             cut,
+            delay,
             stop,
             task,
             flips,
@@ -292,5 +299,211 @@ async fn a_refused_lease_is_tried_at_the_retry_period_not_sooner() {
         "{tries} refused Lease calls in 20 s"
     );
     api.allow_all();
+    a.shutdown().await;
+}
+
+/// When `a` last stopped leading and when `b` first led: `b` must not lead before `a` stopped.
+fn handed_over(a: &Candidate, b: &Candidate) -> (Instant, Instant) {
+    let stopped = a
+        .flips
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(_, leads)| !leads)
+        .map(|(at, _)| *at)
+        .expect("the first leader stopped");
+    let started = b
+        .flips
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, leads)| *leads)
+        .map(|(at, _)| *at)
+        .expect("the standby led");
+    (stopped, started)
+}
+
+/// A renewal the API server stores at once but answers 7 s late (a congested network), then
+/// the leader is cut off: the standby saw the stored record when it was stored, so the
+/// leader's renew deadline must count from when it sent that renewal, not from the answer,
+/// or it would still lead when the standby takes over.
+#[tokio::test(start_paused = true)]
+async fn the_renew_deadline_counts_from_the_renewals_send_not_from_its_late_answer() {
+    let api = FakeApi::default();
+    let mut a = Candidate::start(&api, "pod-a");
+    a.until(true, Duration::from_secs(5)).await;
+    let mut b = Candidate::start(&api, "pod-b");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let renewed = api.object(LEASE_PATH).unwrap()["spec"]["renewTime"].clone();
+    a.delay.set(http::Method::PUT, Duration::from_secs(7));
+    api.wait_until(
+        "pod-a's next renewal to be stored (its answer is held 7 s)",
+        Duration::from_secs(5),
+        |api| api.object(LEASE_PATH).unwrap()["spec"]["renewTime"] != renewed,
+    )
+    .await;
+    let stored = Instant::now();
+    a.cut.store(true, Ordering::SeqCst);
+
+    let stopped = a.until(false, Duration::from_secs(30)).await;
+    assert!(
+        stopped - stored <= DEADLINE,
+        "pod-a stopped {:?} after its last renewal was stored (renew deadline {DEADLINE:?})",
+        stopped - stored
+    );
+    b.until(true, Duration::from_secs(30)).await;
+    let (a_stopped, b_started) = handed_over(&a, &b);
+    assert!(
+        a_stopped <= b_started,
+        "pod-b led {:?} before pod-a stopped",
+        a_stopped - b_started
+    );
+    a.cut.store(false, Ordering::SeqCst);
+    api.heal();
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// The Lease changes between the leader's read and its write (a label applied by hand or by a
+/// GitOps tool): the write is refused with 409, and the leader reads it again and renews,
+/// without ever stopping (which would cost a full relist).
+#[tokio::test(start_paused = true)]
+async fn a_conflict_on_the_leaders_own_renewal_does_not_stop_it() {
+    let api = FakeApi::default();
+    let mut a = Candidate::start(&api, "pod-a");
+    a.until(true, Duration::from_secs(5)).await;
+    let b = Candidate::start(&api, "pod-b");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // pod-a's next read is answered 1 s late; the Lease is labelled meanwhile.
+    let reads = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == http::Method::GET && r.path == LEASE_PATH)
+            .count()
+    };
+    let before = reads(&api);
+    a.delay.set(http::Method::GET, Duration::from_secs(1));
+    api.wait_until(
+        "pod-a's next read of the Lease (its answer is held 1 s)",
+        Duration::from_secs(5),
+        |api| reads(api) > before,
+    )
+    .await;
+    a.delay.clear();
+    let mut lease = api.object(LEASE_PATH).unwrap();
+    lease["metadata"]["labels"] = serde_json::json!({"team": "platform"});
+    let conflicts = api.answered(409);
+    api.put_object(LEASE_PATH, lease);
+    api.wait_until(
+        "pod-a's renewal to be refused with 409",
+        Duration::from_secs(5),
+        |api| api.answered(409) > conflicts,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+
+    let flips = a.flips.lock().unwrap().clone();
+    assert_eq!(flips.len(), 1, "pod-a led throughout: {flips:?}");
+    assert!(a.leads() && !b.leads());
+    assert_eq!(
+        api.object(LEASE_PATH).unwrap()["metadata"]["labels"]["team"],
+        "platform",
+        "the renewal after the conflict keeps the label"
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// The Lease is deleted by hand while pod-a leads and pod-b waits. If pod-a still answers, it
+/// re-creates it and goes on leading; if it is cut off (it may still be leading), pod-b waits
+/// out the holder's duration as if the Lease were there, and leads only after pod-a stopped.
+#[tokio::test(start_paused = true)]
+async fn a_deleted_lease_is_not_taken_from_a_holder_that_may_still_lead() {
+    let api = FakeApi::default();
+    let mut a = Candidate::start(&api, "pod-a");
+    a.until(true, Duration::from_secs(5)).await;
+    let mut b = Candidate::start(&api, "pod-b");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    api.delete_at(LEASE_PATH);
+    assert!(api.object(LEASE_PATH).is_none());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(a.leads() && !b.leads(), "pod-a re-created it and leads");
+    assert_eq!(holder(&api).as_deref(), Some("pod-a"));
+    assert!(b.flips.lock().unwrap().is_empty(), "pod-b never led");
+
+    a.cut.store(true, Ordering::SeqCst);
+    api.delete_at(LEASE_PATH);
+    let deleted = Instant::now();
+    b.until(true, Duration::from_secs(30)).await;
+    let (a_stopped, b_started) = handed_over(&a, &b);
+    assert!(
+        a_stopped <= b_started,
+        "pod-b led {:?} before pod-a stopped",
+        a_stopped - b_started
+    );
+    assert!(
+        b_started - deleted >= DURATION - config("pod-b").retry_period,
+        "pod-b took the deleted Lease {:?} after the deletion, before pod-a's duration",
+        b_started - deleted
+    );
+    assert_eq!(holder(&api).as_deref(), Some("pod-b"));
+    a.cut.store(false, Ordering::SeqCst);
+    api.heal();
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// The Lease records whole seconds: 2.5 s is recorded as 3, never 2, so a standby waits at
+/// least as long as the leader's renew deadline assumes.
+#[tokio::test(start_paused = true)]
+async fn a_lease_duration_with_a_fraction_of_a_second_is_rounded_up() {
+    let api = FakeApi::default();
+    let mut config = config("pod-a");
+    config.lease_duration = Duration::from_millis(2_500);
+    config.renew_deadline = Duration::from_millis(2_400);
+    config.retry_period = LeaseConfig::retry_period_for(config.renew_deadline);
+    let mut a = Candidate::start_with(&api, config, Readiness::default());
+    a.until(true, Duration::from_secs(5)).await;
+    assert_eq!(
+        api.object(LEASE_PATH).unwrap()["spec"]["leaseDurationSeconds"],
+        3
+    );
+    a.shutdown().await;
+}
+
+/// A leader's readiness is its watch's: while its watch fails (its list refused, a CRD
+/// removed), its Lease renewals, which still succeed, must not keep it ready. A standby's is
+/// its Lease calls'.
+#[tokio::test(start_paused = true)]
+async fn a_leaders_lease_renewals_do_not_keep_it_ready_while_its_watch_fails() {
+    let api = FakeApi::default();
+    let readiness = Readiness::new(Duration::from_secs(5));
+    let mut a = Candidate::start_with(&api, config("pod-a"), readiness.clone());
+    a.until(true, Duration::from_secs(5)).await;
+    // What the runner and the watch do when it leads.
+    readiness.leading();
+    readiness.synced();
+    assert!(readiness.get());
+
+    readiness.failed();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(a.leads(), "it renews its Lease meanwhile");
+    let why = readiness
+        .check()
+        .expect_err("not ready while its watch fails");
+    assert!(why.contains("has failed for"), "{why}");
+
+    // A standby (say after it lost the Lease) is ready while its Lease calls are answered.
+    readiness.standby();
+    readiness.failed();
+    let standby = Candidate::start_with(&api, config("pod-b"), readiness.clone());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!standby.leads());
+    assert!(readiness.get(), "{:?}", readiness.check());
+    standby.shutdown().await;
     a.shutdown().await;
 }

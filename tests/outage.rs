@@ -1086,3 +1086,113 @@ async fn a_lease_call_the_api_server_refuses_fails_at_once_for_the_elector_to_re
     );
     assert_eq!(env.refused(), 1, "no retry inside the call");
 }
+
+/// The Lease's holder, as the fake API server stores it.
+fn lease_holder(api: &FakeApi) -> Option<String> {
+    api.object(&format!(
+        "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/eac-controller"
+    ))
+    .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+}
+
+/// Kubernetes stops the leader's pod (SIGTERM, a rolling update) while one of its Creates is
+/// under way (Proton's network holds it). The leader finishes what is under way before it
+/// gives up its Lease: it renews the Lease meanwhile, so no standby can start while it still
+/// acts, and releases it once its controllers have stopped, so a standby takes over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_the_leader_finishes_the_call_under_way_before_it_releases_its_lease() {
+    let (env, _dir, kubeconfig) = over_http().await;
+    let gate = Gate::to(env.emulator.addr()).await;
+    let mut controller = Controller::start(&kubeconfig, &leader_elected_args(&gate.url()), None);
+    env.api.create("before", &uid(0), spec("before"));
+    env.api
+        .wait_for("before", "a connection before the stop", LIMIT, has_id)
+        .await;
+    let holder = lease_holder(&env.api).expect("the leader holds the Lease");
+    gate.hold();
+    env.api.create("during", &uid(1), spec("during"));
+    let token = uid(1);
+    controller
+        .until(
+            "the gate to hold the resource's Create (its client token)",
+            LIMIT,
+            |_| gate.held().iter().any(|sent| sent.contains(&token)),
+        )
+        .await;
+
+    controller.sigterm();
+    controller
+        .until("the log line that the shutdown was asked for", LIMIT, |c| {
+            c.logged("shutdown requested") == 1
+        })
+        .await;
+    // Two renewals' worth (2 s apart): the Lease stays held, the process runs.
+    let asked = tokio::time::Instant::now();
+    while asked.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            lease_holder(&env.api).as_deref(),
+            Some(holder.as_str()),
+            "the Lease was given up while a Create was under way:\n{}",
+            controller.log()
+        );
+        assert!(controller.running(), "{}", controller.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    gate.reset_held();
+    let failed_at = tokio::time::Instant::now();
+    let status = controller
+        .exited(
+            "the exit within 5 s of the held Create's failure",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(status.success(), "{status:?}: {}", controller.log());
+    assert_eq!(
+        lease_holder(&env.api),
+        None,
+        "released once the controllers stopped:\n{}",
+        controller.log()
+    );
+    assert_eq!(controller.logged("released the leader lease"), 1);
+    println!(
+        "SIGTERM with a Create under way: the Lease was held until that call failed, released and exited {:.2} s after it",
+        failed_at.elapsed().as_secs_f64()
+    );
+}
+
+/// A new leader that cannot start reconciling yet (the AccountMappings it needs first are
+/// refused by RBAC) must not say it is ready: /readyz reports the leader's watch, not its Lease
+/// renewals. Once the mappings can be read, it lists, watches and is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_is_not_ready_while_it_cannot_read_the_account_mappings_it_needs_first() {
+    let (env, _dir, kubeconfig) = over_http().await;
+    env.api.deny(Some(http::Method::GET), "/accountmappings");
+    let mut args = leader_elected_args(&env.emulator.url());
+    args.extend(["--account-mappings".into(), "true".into()]);
+    let controller = Controller::start(&kubeconfig, &args, None);
+    let readyz = controller.readyz_addr(LIMIT).await;
+    controller
+        .until("the leader lease to be acquired", LIMIT, |c| {
+            c.logged("became leader") == 1
+        })
+        .await;
+    // It renews its Lease every 2 s meanwhile: three renewals.
+    let led = tokio::time::Instant::now();
+    while led.elapsed() < Duration::from_secs(6) {
+        assert!(
+            !ready(&readyz),
+            "ready while its AccountMappings are refused:\n{}",
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.api.allow_all();
+    controller
+        .until(
+            "/readyz ready once the AccountMappings can be read",
+            LIMIT,
+            |_| ready(&readyz),
+        )
+        .await;
+}

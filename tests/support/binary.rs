@@ -143,7 +143,8 @@ impl Controller {
         let _ = self.child.wait();
     }
 
-    fn sigterm(&self) {
+    /// Sends SIGTERM, as Kubernetes does to stop a pod, and returns at once.
+    pub fn sigterm(&self) {
         // SAFETY: kill only sends a signal to the child this owns.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
@@ -158,6 +159,11 @@ impl Controller {
         limit: Duration,
     ) -> std::process::ExitStatus {
         self.sigterm();
+        self.exited(what, limit).await
+    }
+
+    /// Waits up to `limit` for the process to exit; panics naming `what` if it does not.
+    pub async fn exited(&mut self, what: &str, limit: Duration) -> std::process::ExitStatus {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -609,11 +609,16 @@ impl FakeApi {
     where
         K: kube::Resource<DynamicType = ()>,
     {
-        let path = object_path::<K>(namespace, name);
+        self.delete_at(&object_path::<K>(namespace, name));
+    }
+
+    /// Deletes the object stored at `path` (of any API group), as `kubectl delete` does one that
+    /// holds no finalizer.
+    pub fn delete_at(&self, path: &str) {
         let mut st = self.lock();
-        if let Some(mut value) = st.objects.remove(&path) {
+        if let Some(mut value) = st.objects.remove(path) {
             value["metadata"]["resourceVersion"] = json!(st.next_rv());
-            st.changed("DELETED", &path, &value);
+            st.changed("DELETED", path, &value);
         }
     }
 
@@ -1644,10 +1649,21 @@ impl FakeApi {
     /// A client and its own network switch: while the switch is on, this client's requests
     /// hang (a pod cut off from the API server), other clients are served.
     pub fn client_with_switch(&self) -> (Client, Arc<std::sync::atomic::AtomicBool>) {
+        let (client, switch, _) = self.client_with_controls();
+        (client, switch)
+    }
+
+    /// A client with its own network switch (see [`FakeApi::client_with_switch`]) and its own
+    /// [`AnswerDelay`].
+    pub fn client_with_controls(
+        &self,
+    ) -> (Client, Arc<std::sync::atomic::AtomicBool>, AnswerDelay) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<FakeBody>>();
         let api = self.clone();
         let switch = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cut_off = switch.clone();
+        let answer_delay = AnswerDelay::default();
+        let delay = answer_delay.clone();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
                 let method = request.method().clone();
@@ -1688,10 +1704,14 @@ impl FakeApi {
                         continue;
                     }
                 }
-                let in_order = api.lock().latency.is_zero();
+                let late = delay.of(&method);
+                let in_order = api.lock().latency.is_zero() && late.is_zero();
                 let api = api.clone();
                 let serve = async move {
                     let response = api.respond(method, path, query, content_type, body).await;
+                    if !late.is_zero() {
+                        tokio::time::sleep(late).await;
+                    }
                     send.send_response(response);
                 };
                 // Requests are served side by side, as by a real API server (in order when
@@ -1703,7 +1723,31 @@ impl FakeApi {
                 }
             }
         });
-        (Client::new(service, NS), switch)
+        (Client::new(service, NS), switch, answer_delay)
+    }
+}
+
+/// How late one client's answers come: each request is carried out at once (what it writes is
+/// stored, and seen by others), only its answer is held, as over a congested network.
+#[derive(Clone, Default)]
+pub struct AnswerDelay(Arc<Mutex<Option<(Method, Duration)>>>);
+
+impl AnswerDelay {
+    /// Answers to requests of this method come `late`.
+    pub fn set(&self, method: Method, late: Duration) {
+        *self.0.lock().unwrap() = Some((method, late));
+    }
+
+    /// Answers come at once again.
+    pub fn clear(&self) {
+        *self.0.lock().unwrap() = None;
+    }
+
+    fn of(&self, method: &Method) -> Duration {
+        match &*self.0.lock().unwrap() {
+            Some((m, late)) if m == method => *late,
+            _ => Duration::ZERO,
+        }
     }
 }
 
