@@ -93,6 +93,23 @@ fn holder(api: &FakeApi) -> Option<String> {
         .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
 }
 
+/// pod-a leading, and pod-b a standby that has watched its Lease for `settle`.
+async fn leader_and_standby(api: &FakeApi, settle: Duration) -> (Candidate, Candidate) {
+    let mut a = Candidate::start(api, "pod-a");
+    a.until(true, Duration::from_secs(5)).await;
+    let b = Candidate::start(api, "pod-b");
+    tokio::time::sleep(settle).await;
+    (a, b)
+}
+
+/// Connects pod-a (cut off) to the API server again, and stops both.
+async fn reconnect_and_stop(api: &FakeApi, a: Candidate, b: Candidate) {
+    a.cut.store(false, Ordering::SeqCst);
+    api.heal();
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_single_candidate_takes_the_lease_and_keeps_renewing_it() {
     let api = FakeApi::default();
@@ -115,10 +132,7 @@ async fn a_single_candidate_takes_the_lease_and_keeps_renewing_it() {
 #[tokio::test(start_paused = true)]
 async fn a_leader_cut_off_stops_within_the_renew_deadline_before_the_standby_takes_over() {
     let api = FakeApi::default();
-    let mut a = Candidate::start(&api, "pod-a");
-    a.until(true, Duration::from_secs(5)).await;
-    let mut b = Candidate::start(&api, "pod-b");
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    let (mut a, mut b) = leader_and_standby(&api, Duration::from_secs(30)).await;
     assert!(a.leads() && !b.leads(), "one leader while both are healthy");
 
     // pod-a's connection to the API server is cut: its renewals hang.
@@ -247,10 +261,7 @@ async fn standbys_racing_for_an_expired_lease_elect_one_and_the_loser_gets_409()
 #[tokio::test(start_paused = true)]
 async fn a_leader_an_outage_stopped_leads_again_within_half_a_second_of_the_api_servers_return() {
     let api = FakeApi::default();
-    let mut a = Candidate::start(&api, "pod-a");
-    a.until(true, Duration::from_secs(5)).await;
-    let b = Candidate::start(&api, "pod-b");
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    let (mut a, b) = leader_and_standby(&api, Duration::from_secs(30)).await;
 
     // The API server stops for 12 to 13.5 s (every call refused, 503, for both candidates): the
     // four lengths end at four points of the 2 s between two tries at the retry period.
@@ -302,8 +313,9 @@ async fn a_refused_lease_is_tried_at_the_retry_period_not_sooner() {
     a.shutdown().await;
 }
 
-/// When `a` last stopped leading and when `b` first led: `b` must not lead before `a` stopped.
-fn handed_over(a: &Candidate, b: &Candidate) -> (Instant, Instant) {
+/// Waits for `b` to lead, and checks that it led only after `a` stopped; returns when `b` began.
+async fn takes_over_after(a: &Candidate, b: &mut Candidate) -> Instant {
+    b.until(true, Duration::from_secs(30)).await;
     let stopped = a
         .flips
         .lock()
@@ -321,7 +333,12 @@ fn handed_over(a: &Candidate, b: &Candidate) -> (Instant, Instant) {
         .find(|(_, leads)| *leads)
         .map(|(at, _)| *at)
         .expect("the standby led");
-    (stopped, started)
+    assert!(
+        stopped <= started,
+        "pod-b led {:?} before pod-a stopped",
+        stopped - started
+    );
+    started
 }
 
 /// A renewal the API server stores at once but answers 7 s late (a congested network), then
@@ -331,10 +348,7 @@ fn handed_over(a: &Candidate, b: &Candidate) -> (Instant, Instant) {
 #[tokio::test(start_paused = true)]
 async fn the_renew_deadline_counts_from_the_renewals_send_not_from_its_late_answer() {
     let api = FakeApi::default();
-    let mut a = Candidate::start(&api, "pod-a");
-    a.until(true, Duration::from_secs(5)).await;
-    let mut b = Candidate::start(&api, "pod-b");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (mut a, mut b) = leader_and_standby(&api, Duration::from_secs(5)).await;
 
     let renewed = api.object(LEASE_PATH).unwrap()["spec"]["renewTime"].clone();
     a.delay.set(http::Method::PUT, Duration::from_secs(7));
@@ -353,17 +367,8 @@ async fn the_renew_deadline_counts_from_the_renewals_send_not_from_its_late_answ
         "pod-a stopped {:?} after its last renewal was stored (renew deadline {DEADLINE:?})",
         stopped - stored
     );
-    b.until(true, Duration::from_secs(30)).await;
-    let (a_stopped, b_started) = handed_over(&a, &b);
-    assert!(
-        a_stopped <= b_started,
-        "pod-b led {:?} before pod-a stopped",
-        a_stopped - b_started
-    );
-    a.cut.store(false, Ordering::SeqCst);
-    api.heal();
-    b.shutdown().await;
-    a.shutdown().await;
+    takes_over_after(&a, &mut b).await;
+    reconnect_and_stop(&api, a, b).await;
 }
 
 /// The Lease changes between the leader's read and its write (a label applied by hand or by a
@@ -372,10 +377,7 @@ async fn the_renew_deadline_counts_from_the_renewals_send_not_from_its_late_answ
 #[tokio::test(start_paused = true)]
 async fn a_conflict_on_the_leaders_own_renewal_does_not_stop_it() {
     let api = FakeApi::default();
-    let mut a = Candidate::start(&api, "pod-a");
-    a.until(true, Duration::from_secs(5)).await;
-    let b = Candidate::start(&api, "pod-b");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (a, b) = leader_and_standby(&api, Duration::from_secs(5)).await;
 
     // pod-a's next read is answered 1 s late; the Lease is labelled meanwhile.
     let reads = |api: &FakeApi| {
@@ -423,10 +425,7 @@ async fn a_conflict_on_the_leaders_own_renewal_does_not_stop_it() {
 #[tokio::test(start_paused = true)]
 async fn a_deleted_lease_is_not_taken_from_a_holder_that_may_still_lead() {
     let api = FakeApi::default();
-    let mut a = Candidate::start(&api, "pod-a");
-    a.until(true, Duration::from_secs(5)).await;
-    let mut b = Candidate::start(&api, "pod-b");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (a, mut b) = leader_and_standby(&api, Duration::from_secs(5)).await;
 
     api.delete_at(LEASE_PATH);
     assert!(api.object(LEASE_PATH).is_none());
@@ -438,23 +437,14 @@ async fn a_deleted_lease_is_not_taken_from_a_holder_that_may_still_lead() {
     a.cut.store(true, Ordering::SeqCst);
     api.delete_at(LEASE_PATH);
     let deleted = Instant::now();
-    b.until(true, Duration::from_secs(30)).await;
-    let (a_stopped, b_started) = handed_over(&a, &b);
-    assert!(
-        a_stopped <= b_started,
-        "pod-b led {:?} before pod-a stopped",
-        a_stopped - b_started
-    );
+    let b_started = takes_over_after(&a, &mut b).await;
     assert!(
         b_started - deleted >= DURATION - config("pod-b").retry_period,
         "pod-b took the deleted Lease {:?} after the deletion, before pod-a's duration",
         b_started - deleted
     );
     assert_eq!(holder(&api).as_deref(), Some("pod-b"));
-    a.cut.store(false, Ordering::SeqCst);
-    api.heal();
-    b.shutdown().await;
-    a.shutdown().await;
+    reconnect_and_stop(&api, a, b).await;
 }
 
 /// The Lease records whole seconds: 2.5 s is recorded as 3, never 2, so a standby waits at
