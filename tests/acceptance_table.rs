@@ -18,7 +18,7 @@ use eac_controller::policy::api::{
     PendingRequest, STATUS_LIST_LIMIT, UnmatchedRequests,
 };
 use eac_controller::policy::decide::{
-    MAX_DECISIONS, Memory, Outcome, Peer, Policy, Reported, Run, Settled, Step, Tally,
+    Acts, MAX_DECISIONS, Memory, Outcome, Peer, Policy, Reported, Run, Settled, Step, Tally,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -325,6 +325,7 @@ fn run(given: &Given, fake: &mut Fake) -> Ended {
             name: ["peer-0", "peer-1", "peer-2", "peer-3"][i],
             spec,
             paused: *paused,
+            acts: Acts::Yes,
         })
         .collect();
     let policy = Policy {
@@ -337,6 +338,7 @@ fn run(given: &Given, fake: &mut Fake) -> Ended {
         paused: given.paused,
         quiet: given.quiet,
         failures: given.failures,
+        credentials: None,
     };
     let mut run = Run::new(policy, &peers, &given.settings, &given.memory, JITTER);
     let mut classes = Vec::new();
@@ -705,13 +707,14 @@ fn a_reject_answered_with_a_conflict_records_nothing() {
 #[test]
 fn errors_are_reported_in_conditions_with_their_class() {
     #[rustfmt::skip]
+    // `refused`: AWS refused that one request (skipped for a while), rather than the call.
     let rows = [
-        (ErrorClass::Throttled, "ThrottlingException", "Throttled", false, Duration::from_secs(1)),
-        (ErrorClass::Transient, "InternalServerException", "AwsUnavailable", false, Duration::from_secs(1)),
-        (ErrorClass::AccessDenied, "AccessDeniedException", "AccessDenied", true, Duration::from_secs(30)),
-        (ErrorClass::Validation, "ValidationException", "InvalidSpec", true, Duration::from_secs(60)),
+        (ErrorClass::Throttled, "ThrottlingException", "Throttled", false, Duration::from_secs(1), false),
+        (ErrorClass::Transient, "InternalServerException", "AwsUnavailable", false, Duration::from_secs(1), false),
+        (ErrorClass::AccessDenied, "AccessDeniedException", "AccessDenied", true, Duration::from_secs(30), true),
+        (ErrorClass::Validation, "ValidationException", "InvalidSpec", true, Duration::from_secs(60), true),
     ];
-    for (class, code, reason, stalled, requeue) in rows {
+    for (class, code, reason, stalled, requeue, refused) in rows {
         // Two requests: the first accepted, the second's Accept fails.
         let mut fake = Fake::with(&[
             request_at("c-1", A, "prod-1", PENDING, 1),
@@ -736,6 +739,7 @@ fn errors_are_reported_in_conditions_with_their_class() {
                 paused: false,
                 quiet: None,
                 failures: 0,
+                credentials: None,
             };
             let memory = Memory::default();
             let settings = settings();
@@ -791,10 +795,18 @@ fn errors_are_reported_in_conditions_with_their_class() {
         assert_eq!(tally.accepted, 1, "{code}");
         let reasons: Vec<&str> = reported.events.iter().map(|n| n.reason).collect();
         assert_eq!(reasons, ["Accepted", reason], "{code}");
-        assert!(
-            memory.backlog,
-            "{code}: the rest is work for the next reconcile"
-        );
+        if refused {
+            assert!(!memory.backlog, "{code}: nothing left but the refused one");
+            assert!(
+                memory.refused.contains_key("c-2"),
+                "{code}: skipped next time"
+            );
+        } else {
+            assert!(
+                memory.backlog,
+                "{code}: the rest is work for the next reconcile"
+            );
+        }
         let jittered = (reported.requeue.as_secs_f64() / requeue.as_secs_f64() - 1.0).abs();
         assert!(jittered < 1e-9, "{code}: {:?}", reported.requeue);
     }
@@ -1154,6 +1166,7 @@ fn a_call_the_budget_defers_ends_the_reconcile_with_the_decisions_made() {
         paused: false,
         quiet: None,
         failures: 0,
+        credentials: None,
     };
     let mut r = Run::new(policy.clone(), &peers, &settings, &memory, JITTER);
     let mut accepts = 0;
@@ -1260,7 +1273,7 @@ fn a_lagging_list_does_not_make_a_request_decided_twice() {
         first
             .memory
             .decided
-            .iter()
+            .keys()
             .map(String::as_str)
             .collect::<Vec<_>>(),
         ["c-1", "d-1"]

@@ -474,7 +474,9 @@ async fn credentials_the_service_calls_expired_are_replaced_by_a_new_assume_role
         .advance_clock(std::time::Duration::from_secs(2 * 3600));
     env.resync("prod").await.unwrap();
     let obj = env.api.get("prod").unwrap();
-    assert_eq!(condition(&obj, "Synced").unwrap().1, "AccessDenied");
+    assert_eq!(condition(&obj, "Synced").unwrap().1, "CredentialsExpired");
+    // Not Stalled: the session was dropped, the next try signs with fresh credentials.
+    assert_eq!(condition(&obj, "Stalled").unwrap().0, "False");
     // The next attempt assumes the role again, and works.
     env.resync("prod").await.unwrap();
     assert_eq!(env.calls("AssumeRole"), 2);

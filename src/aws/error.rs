@@ -10,7 +10,8 @@ use aws_sdk_proton::error::{ProvideErrorMetadata, SdkError};
 pub enum ErrorClass {
     /// ThrottlingException: retry with backoff, and slow all callers down.
     Throttled,
-    /// InternalServerException, 5xx, timeouts, connection failures: retry with backoff.
+    /// InternalServerException, 5xx, timeouts, connection failures, expired temporary
+    /// credentials: retry with backoff.
     Transient,
     /// AccessDeniedException: IAM is fixed elsewhere, so retry slowly.
     AccessDenied,
@@ -78,13 +79,15 @@ impl ErrorClass {
             "InternalServerException" | "ServiceUnavailable" | "ServiceUnavailableException" => {
                 ErrorClass::Transient
             }
+            // Temporary credentials that expired (STS's awsQuery code, Proton's): a role's
+            // session is dropped on it (`Proton::call`) and the SDK renews the controller's own,
+            // so the next try signs with fresh ones. Nothing to fix in IAM.
+            "ExpiredTokenException" | "ExpiredToken" => ErrorClass::Transient,
             "AccessDeniedException"
             | "AccessDenied"
             | "UnrecognizedClientException"
             | "InvalidSignatureException"
-            | "ExpiredTokenException"
-            // STS's awsQuery codes: a refused AssumeRole, temporary credentials that expired.
-            | "ExpiredToken"
+            // STS's awsQuery code for credentials it does not know.
             | "InvalidClientTokenId" => ErrorClass::AccessDenied,
             "ValidationException" => ErrorClass::Validation,
             "ServiceQuotaExceededException" => ErrorClass::QuotaExceeded,
@@ -244,7 +247,12 @@ mod tests {
                 ErrorClass::NotFound,
                 Retry::Terminal,
             ),
-            ("ExpiredToken", ErrorClass::AccessDenied, Retry::Slow),
+            ("ExpiredToken", ErrorClass::Transient, Retry::Backoff),
+            (
+                "ExpiredTokenException",
+                ErrorClass::Transient,
+                Retry::Backoff,
+            ),
             (
                 "InvalidClientTokenId",
                 ErrorClass::AccessDenied,

@@ -83,6 +83,12 @@ impl CallerIdentity {
             .map(|_| ())
     }
 
+    /// The account last answered, however old: what the decision tells other policies' rights
+    /// from, without asking STS (`None` before the first answer).
+    pub fn known(&self) -> Option<String> {
+        self.lock().as_ref().map(|(account, _)| account.clone())
+    }
+
     fn fresh(&self) -> Option<String> {
         match &*self.lock() {
             Some((account, at)) if at.elapsed() < FRESH_FOR => Some(account.clone()),

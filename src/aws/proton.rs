@@ -333,6 +333,15 @@ impl Proton {
         }
     }
 
+    /// The account `identity` acts as, if known without a call: the controller's own as STS
+    /// last answered, a mapped role's from its ARN.
+    pub fn known_account(&self, identity: &AwsIdentity) -> Option<String> {
+        match identity {
+            AwsIdentity::Own => self.identity.known(),
+            AwsIdentity::Role(role) => role.account().map(str::to_string),
+        }
+    }
+
     /// The one session of a role, shared by every resource that acts with it.
     fn session(&self, role: &RoleIdentity) -> Arc<RoleSession> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());

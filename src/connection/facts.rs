@@ -11,13 +11,12 @@ use tokio::time::Instant;
 use super::context::Context;
 use super::error::Error;
 use super::triggers::Triggers;
-use crate::aws::proton::Retry;
 use crate::connection::api::{
     EnvironmentAccountConnection, EnvironmentAccountConnectionStatus as Status, FINALIZER,
     INTENT_ANNOTATION,
 };
 use crate::connection::decide::{self, Intent, Memory, Note, Problem, Progress};
-use crate::mapping::{AwsIdentity, MappingError};
+use crate::mapping::AwsIdentity;
 use crate::reconciler;
 
 /// What a reconcile starts from.
@@ -178,15 +177,7 @@ impl Facts {
                 .as_ref()
                 .map(|r| r.identity.clone())
                 .unwrap_or_default(),
-            credentials_problem: credentials.err().map(|e| Problem {
-                reason: e.reason(),
-                message: e.to_string(),
-                // The namespace may just not be in the watch yet; the rest needs an admin.
-                retry: match e {
-                    MappingError::UnknownNamespace(_) | MappingError::NotRead => Retry::Backoff,
-                    _ => Retry::Terminal,
-                },
-            }),
+            credentials_problem: credentials.err().map(|e| e.problem()),
             resumed,
             deleting,
         })

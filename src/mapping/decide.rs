@@ -23,6 +23,8 @@ pub enum UnmappedNamespaces {
 }
 
 use crate::aws::credentials::{AwsIdentity, RoleIdentity};
+use crate::aws::error::Retry;
+use crate::reconciler::retry::Problem;
 
 /// What a namespace's resources act with.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -68,6 +70,19 @@ impl MappingError {
             MappingError::UnknownNamespace(_) => "NamespaceNotFound",
             MappingError::NotRead => "AccountMappingsNotRead",
             MappingError::Unmapped(_) => "NoAccountMapping",
+        }
+    }
+
+    /// What a resource of the namespace reports (both kinds alike).
+    pub fn problem(&self) -> Problem {
+        Problem {
+            reason: self.reason(),
+            message: self.to_string(),
+            // The namespace may just not be in the watch yet; the rest needs an admin.
+            retry: match self {
+                MappingError::UnknownNamespace(_) | MappingError::NotRead => Retry::Backoff,
+                _ => Retry::Terminal,
+            },
         }
     }
 }

@@ -3,7 +3,7 @@
 //! it all into a kube-runtime controller whose watch cache also feeds the "matched by no policy"
 //! rule with every policy of the cluster.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,15 +17,18 @@ use kube::{Client, ResourceExt};
 use tokio::time::Instant;
 use tracing::{info, info_span, warn};
 
-use super::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicyStatus as Status};
-use super::decide::{Memory, Outcome, Peer, Policy, Run, Step};
+use super::api::{
+    ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec,
+    ConnectionAcceptancePolicyStatus as Status,
+};
+use super::decide::{Acts, Memory, Outcome, Peer, Policy, Run, Step, region_of};
 use crate::aws::proton::{Proton, ProtonError, StepCalls, Ticket};
 use crate::compact_id::CompactId;
 use crate::connection::api::EnvironmentAccountConnection;
 use crate::connection::api::PAUSED_ANNOTATION;
 use crate::connection::decide::Settings;
 use crate::http::Readiness;
-use crate::mapping::{Accounts, MappingError};
+use crate::mapping::{Accounts, AwsIdentity, MappingError};
 use crate::metrics::Metrics;
 use crate::reconciler::note::Note;
 use crate::reconciler::nudge::{Nudge, Why};
@@ -48,13 +51,6 @@ pub enum Error {
     },
     #[error("policy {0}")]
     MissingMetadata(#[from] crate::reconciler::MissingMetadata),
-    /// Its namespace has no credentials (see [`crate::mapping`]): nothing is asked of AWS.
-    #[error("policy {object}: {source}")]
-    Credentials {
-        object: String,
-        #[source]
-        source: MappingError,
-    },
 }
 
 impl Error {
@@ -62,7 +58,6 @@ impl Error {
         match self {
             Error::Kube { .. } => "kube_error",
             Error::MissingMetadata(..) => "invalid_object",
-            Error::Credentials { .. } => "no_credentials",
         }
     }
 }
@@ -334,26 +329,34 @@ async fn reconcile_inner(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let identity = accounts
-        .resolve(&facts.namespace)
-        .map_err(|source| Error::Credentials {
-            object: facts.object.clone(),
-            source,
-        })?
-        .identity;
+    // Without credentials the run reports why (conditions, one Event) and calls nothing.
+    let (identity, credentials) = match accounts.resolve(&facts.namespace) {
+        Ok(resolved) => (resolved.identity, None),
+        Err(e) => (AwsIdentity::default(), Some(e.problem())),
+    };
     let all = ctx.all_policies();
     let peers: Vec<Peer> = all
         .iter()
         .filter(|p| {
             p.namespace().as_deref() != Some(facts.namespace.as_str()) || p.name_any() != facts.name
         })
-        .map(|p| Peer {
-            namespace: p.metadata.namespace.as_deref().unwrap_or_default(),
-            name: p.metadata.name.as_deref().unwrap_or_default(),
-            spec: &p.spec,
-            paused: paused(p),
+        .map(|p| {
+            let namespace = p.metadata.namespace.as_deref().unwrap_or_default();
+            Peer {
+                namespace,
+                name: p.metadata.name.as_deref().unwrap_or_default(),
+                spec: &p.spec,
+                paused: paused(p),
+                // Only a policy for the same account can be in this one's group.
+                acts: if p.spec.management_account_id == obj.spec.management_account_id {
+                    acts(ctx, &accounts, namespace, &p.spec.management_account_id)
+                } else {
+                    Acts::No
+                },
+            }
         })
         .collect();
+    let group = group_of(&all, &obj.spec, &ctx.settings);
     let policy = Policy {
         uid: &facts.uid,
         namespace: &facts.namespace,
@@ -364,6 +367,7 @@ async fn reconcile_inner(
         paused: facts.paused,
         quiet: facts.quiet,
         failures: facts.failures,
+        credentials: credentials.as_ref(),
     };
     let mut run = Run::new(policy, &peers, &ctx.settings, &facts.memory, rand::random());
     let key = budget_key(&facts.uid);
@@ -372,6 +376,8 @@ async fn reconcile_inner(
         identity: &identity,
         key: &key,
         check_and_reject: StepCalls::default(),
+        spec: &obj.spec,
+        group,
     };
     let step = match reconciler::drive::drive(&mut run, &mut executor).await {
         Ok(step) => step,
@@ -384,6 +390,45 @@ async fn reconcile_inner(
     finish(ctx, &facts, step, memory).await
 }
 
+/// Whether the controller could act for a policy of `namespace` that names
+/// `management_account_id` (see [`Acts`]).
+fn acts(ctx: &Context, accounts: &Accounts, namespace: &str, management_account_id: &str) -> Acts {
+    match accounts.resolve(namespace) {
+        Ok(resolved) => match ctx.proton.known_account(&resolved.identity) {
+            Some(account) if account == management_account_id => Acts::Yes,
+            Some(_) => Acts::No,
+            None => Acts::Unknown,
+        },
+        // Not read or not in the watch yet: it may have credentials in a moment.
+        Err(MappingError::UnknownNamespace(_) | MappingError::NotRead) => Acts::Unknown,
+        Err(_) => Acts::No,
+    }
+}
+
+/// The policies of the cache in the same group as `spec` (same management account and region),
+/// each as uid, generation and pause: a Reject is sent only while this is what the reconcile
+/// began with.
+fn group_of(
+    all: &[Arc<ConnectionAcceptancePolicy>],
+    spec: &ConnectionAcceptancePolicySpec,
+    settings: &Settings,
+) -> BTreeSet<(String, i64, bool)> {
+    let region = region_of(spec, settings);
+    all.iter()
+        .filter(|p| {
+            p.spec.management_account_id == spec.management_account_id
+                && region_of(&p.spec, settings) == region
+        })
+        .map(|p| {
+            (
+                p.metadata.uid.clone().unwrap_or_default(),
+                p.metadata.generation.unwrap_or_default(),
+                paused(p),
+            )
+        })
+        .collect()
+}
+
 /// Carries out a policy's steps: one AWS call each; every answer goes back to the run.
 struct StepExecutor<'a> {
     ctx: &'a Context,
@@ -394,6 +439,9 @@ struct StepExecutor<'a> {
     /// a slot for the re-read too (see [`crate::aws::budget`]); else, with the budget at its
     /// edge, every slot went to the re-read and the Reject never went.
     check_and_reject: StepCalls,
+    /// The policy's spec, and its group as the reconcile began (see [`group_of`]).
+    spec: &'a ConnectionAcceptancePolicySpec,
+    group: BTreeSet<(String, i64, bool)>,
 }
 
 impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
@@ -405,6 +453,16 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
         step: &Step,
     ) -> Result<Result<Outcome, ProtonError>, Self::Error> {
         let ctx = self.ctx;
+        // The peers the decision was made from may be minutes old by now (up to 50 decisions):
+        // a policy added or changed since may match this request.
+        if matches!(step, Step::Reject { .. })
+            && group_of(&ctx.all_policies(), self.spec, &ctx.settings) != self.group
+        {
+            info!(
+                "the policies of the group changed during the reconcile: no Reject, deciding again"
+            );
+            return Ok(Ok(Outcome::PoliciesChanged));
+        }
         let single = StepCalls::default();
         let calls = match step {
             Step::Get { .. } => {
@@ -760,6 +818,53 @@ mod tests {
             Some(long_ago),
             "the usual interval: another account's view shows at once"
         );
+    }
+
+    #[test]
+    fn a_reject_waits_for_any_change_of_the_groups_policies_and_only_of_them() {
+        let settings = offline::settings();
+        let policy = |uid: &str, account: &str, generation: i64, paused: bool| {
+            let mut p = ConnectionAcceptancePolicy::new(
+                uid,
+                ConnectionAcceptancePolicySpec {
+                    management_account_id: account.into(),
+                    environment_account_ids: vec!["444455556666".into()],
+                    ..Default::default()
+                },
+            );
+            p.metadata.uid = Some(uid.into());
+            p.metadata.generation = Some(generation);
+            if paused {
+                p.metadata.annotations = Some(
+                    [(PAUSED_ANNOTATION.to_string(), "true".to_string())]
+                        .into_iter()
+                        .collect(),
+                );
+            }
+            Arc::new(p)
+        };
+        const M1: &str = "111122223333";
+        let this = policy("a", M1, 1, false);
+        let began = vec![this.clone(), policy("b", M1, 1, false)];
+        let group = |all: &[Arc<ConnectionAcceptancePolicy>]| group_of(all, &this.spec, &settings);
+        let start = group(&began);
+        let with = |extra: Arc<ConnectionAcceptancePolicy>| {
+            let mut all = vec![this.clone()];
+            all.push(extra);
+            group(&all)
+        };
+        assert_ne!(start, with(policy("b", M1, 2, false)), "changed");
+        assert_ne!(start, with(policy("b", M1, 1, true)), "paused");
+        assert_ne!(start, group(std::slice::from_ref(&this)), "deleted");
+        let mut added = began.clone();
+        added.push(policy("c", M1, 1, false));
+        assert_ne!(start, group(&added), "added");
+        let mut elsewhere = began.clone();
+        elsewhere.push(policy("d", "121212121212", 1, false));
+        assert_eq!(start, group(&elsewhere), "another account's group");
+        let mut written = (*began[1]).clone();
+        written.status = Some(Status::default());
+        assert_eq!(start, with(Arc::new(written)), "a status write");
     }
 
     #[test]

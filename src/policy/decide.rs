@@ -9,19 +9,32 @@
 //! - Requests are the PENDING connections listed with `requestedBy=MANAGEMENT_ACCOUNT` in the
 //!   policy's region whose `managementAccountId` is the policy's.
 //! - This policy accepts the requests it matches (environment account and name).
-//! - A request matched by *no* policy of the same management account and region (from the watch
-//!   cache, paused policies included) is *unmatched*. It is rejected by every active policy of
-//!   the group with `unmatched: Reject`, after a re-read shows it still PENDING; otherwise it is
-//!   left PENDING and reported (status `leftPending`, one Warning Event per request) by every
-//!   policy of the group, unless an active policy of the group rejects such requests.
+//! - The *group* of a policy: the policies of the watch cache with the same management account
+//!   and region, a valid spec, and credentials the controller could act with for that account
+//!   ([`Acts`], found by the controller; one known to act as another account, or with no
+//!   credentials, is no part of it: a tenant naming another team's account neither shields nor
+//!   silences that team's requests).
+//! - A request matched by *no* policy of the group (paused ones included) is *unmatched*. It is
+//!   rejected by every active policy of the group with `unmatched: Reject`, after a re-read
+//!   shows it still PENDING, and only while the group in the cache is the one the plan was made
+//!   from (else [`Outcome::PoliciesChanged`]: the reconcile ends and the next, at once, plans
+//!   again); otherwise it is left PENDING and reported (status `leftPending`, one Warning Event
+//!   per request) by every policy of the group, unless an active policy of the group known to
+//!   act rejects such requests.
 //! - A request matched by another policy (not this one) is that policy's to accept: left alone.
-//! - Accept answered ConflictException (no longer PENDING) or ResourceNotFound: someone else
-//!   decided, or the request was withdrawn; nothing to record, no error.
-//! - What was decided is remembered while a (lagging) List still shows it PENDING, so nothing is
-//!   decided twice; requests left pending are announced once (remembered, and the status lists
-//!   the newest 20).
+//! - Accept answered ConflictException or ResourceNotFound: someone else decided, or the request
+//!   was withdrawn; nothing to record, no error.
+//! - What was decided is remembered while a (lagging) List still shows it PENDING, for at most
+//!   the call timeout plus List's lag, so nothing is decided twice, and a request a Conflict
+//!   left PENDING is decided again after that; requests left pending are announced once
+//!   (remembered, and the status lists the newest 20).
+//! - A namespace without credentials is reported (conditions, one Event), and nothing is called.
+//! - A request AWS refuses on its own (ValidationException, AccessDenied of tag-scoped IAM) is
+//!   skipped, and the reconcile goes on with the others, then reports it (conditions, an Event if
+//!   it is news); it is not tried again for the resync period. A second refusal in one reconcile
+//!   ends it (more likely a permission missing for all).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use super::api::{
@@ -57,16 +70,35 @@ pub struct Policy<'a> {
     pub quiet: Option<Duration>,
     /// Consecutive failed reconciles so far, for the backoff.
     pub failures: u32,
+    /// Why its namespace has no credentials (see [`crate::mapping`]): reported, no AWS call.
+    pub credentials: Option<&'a Problem>,
 }
 
-/// A policy in the cluster (this one included), as the watch cache shows it: what the
-/// "matched by no policy" rule looks at.
+/// Another policy of the cluster, as the watch cache shows it: what the "matched by no policy"
+/// rule looks at.
 #[derive(Clone, Debug)]
 pub struct Peer<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub spec: &'a Spec,
     pub paused: bool,
+    /// Whether its namespace's credentials act as its `managementAccountId`.
+    pub acts: Acts,
+}
+
+/// Whether the controller could act for a policy: the credentials its namespace resolves to act
+/// as the management account it names. One that never could (another account, no credentials)
+/// neither keeps a request from being rejected nor keeps the group from reporting it: else
+/// whoever may write a policy in any namespace could shield or silence another team's requests
+/// by naming their account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acts {
+    Yes,
+    No,
+    /// Not known yet (the controller's own account not asked yet, the namespace not in the
+    /// watch yet): it still shields its requests (a rejection cannot be undone), but does not
+    /// stand in for the group's rejecting or reporting.
+    Unknown,
 }
 
 /// What the controller keeps about a policy between reconciles.
@@ -76,10 +108,13 @@ pub struct Memory {
     pub announced: BTreeSet<String>,
     /// The last reconcile stopped with decisions left to make: the next one is work, at once.
     pub backlog: bool,
-    /// Requests this policy decided (or found decided by someone else) that a List may still
-    /// show as PENDING for a while (List is eventually consistent): not decided again while they
-    /// are listed.
-    pub decided: BTreeSet<String>,
+    /// Requests this policy decided (or found decided by someone else), and when: a List may
+    /// still show them PENDING for a while (List is eventually consistent), so they are not
+    /// decided again while they are listed, for at most [`Settings::create_settle`] (the call
+    /// timeout plus List's lag). A ConflictException does not prove the request left PENDING
+    /// (Proton also answers it for a conflicting operation): one still listed after that long
+    /// is decided again.
+    pub decided: BTreeMap<String, jiff::Timestamp>,
     /// The List of a reconcile whose next call was deferred: the next reconcile decides from it
     /// instead of listing again, so the slot booked for the policy goes to the deferred
     /// decision (else every slot would go to a new List, and no decision would ever be made
@@ -88,6 +123,10 @@ pub struct Memory {
     /// The generation last settled, and when it first was: a new or changed policy lists often
     /// at first, then less often (see [`poll_interval`]).
     pub applied: Option<(i64, jiff::Timestamp)>,
+    /// Requests AWS refused to decide on their own (ValidationException, an AccessDenied of
+    /// tag-scoped IAM), and when: skipped while listed for the resync period, so one bad request
+    /// does not hold up the ones listed after it.
+    pub refused: BTreeMap<String, jiff::Timestamp>,
 }
 
 /// A List kept across a deferral, valid for the generation it was made for until `until`.
@@ -97,6 +136,11 @@ pub struct Listed {
     pub until: jiff::Timestamp,
     pub requests: Vec<Connection>,
 }
+
+/// A reconcile that has this many requests refused stops: more refusals are more likely a
+/// permission missing for all than something wrong with each (the refused ones are skipped
+/// next time, so the rest still get their turn).
+const MAX_REFUSED: usize = 2;
 
 /// How long past its due time a deferred reconcile's List is kept: as long as the call budget
 /// keeps an unclaimed booking.
@@ -180,6 +224,10 @@ pub enum Outcome {
     Requests(Vec<Connection>),
     /// Accept, Get, Reject.
     Connection(Box<Connection>),
+    /// Reject, not sent: the policies of the group changed since the reconcile began (one may
+    /// match the request now). A rejection cannot be undone, so the reconcile ends here and the
+    /// next one, due at once, decides from the policies as they are.
+    PoliciesChanged,
 }
 
 /// Decisions made in one reconcile, for the metrics.
@@ -222,6 +270,8 @@ pub struct Run<'a> {
     rejected: Vec<Decision>,
     /// Requests that left PENDING or vanished while being decided on (someone else decided).
     settled_elsewhere: BTreeSet<String>,
+    /// Requests AWS refused to decide this reconcile, with why.
+    refused: Vec<(String, Problem)>,
     /// More decisions were due than one reconcile makes.
     truncated: bool,
     deferred: Option<(CallClass, Option<Duration>)>,
@@ -253,6 +303,7 @@ impl<'a> Run<'a> {
             accepted: Vec::new(),
             rejected: Vec::new(),
             settled_elsewhere: BTreeSet::new(),
+            refused: Vec::new(),
             truncated: false,
             deferred: None,
             problem: None,
@@ -326,6 +377,9 @@ impl<'a> Run<'a> {
                 now,
             );
         }
+        if let Some(problem) = self.p.credentials {
+            return self.report(problem.clone(), now);
+        }
         if let Some((class, booked)) = self.deferred {
             return self.defer(class, booked, now);
         }
@@ -353,19 +407,20 @@ impl<'a> Run<'a> {
                 .listed
                 .as_ref()
                 .filter(|l| l.generation == self.p.generation && now < l.until);
-            match carried {
-                Some(listed) => {
-                    let requests = listed.requests.clone();
+            let listed = match (&self.listed, carried) {
+                (Some(listed), _) => listed.clone(),
+                (None, Some(carried)) => {
                     self.next_memory.listed = None;
-                    self.listed = Some(requests.clone());
-                    self.plan_for(requests);
+                    self.listed = Some(carried.requests.clone());
+                    carried.requests.clone()
                 }
-                None => {
+                (None, None) => {
                     return Step::List {
                         region: self.region.clone(),
                     };
                 }
-            }
+            };
+            self.plan_for(listed, now);
         }
         match self.plan.front() {
             Some(Planned::Accept(request)) => Step::Accept {
@@ -383,7 +438,10 @@ impl<'a> Run<'a> {
             }) => Step::Reject {
                 id: request.id.clone(),
             },
-            None => self.settle(now),
+            None => match self.refused.first() {
+                Some((_, problem)) => self.report(problem.clone(), now),
+                None => self.settle(now),
+            },
         }
     }
 
@@ -400,9 +458,9 @@ impl<'a> Run<'a> {
         match (step, result) {
             (Step::WhoAmI, Ok(Outcome::Account(account))) => self.account = Some(account),
             (Step::List { .. }, Ok(Outcome::Requests(listed))) => {
+                // Planned at the next step, which knows the time.
                 self.next_memory.listed = None;
-                self.listed = Some(listed.clone());
-                self.plan_for(listed);
+                self.listed = Some(listed);
             }
             (Step::Accept { id }, Ok(Outcome::Connection(c))) if c.id == *id => {
                 self.plan.pop_front();
@@ -433,12 +491,27 @@ impl<'a> Run<'a> {
                     self.settled_elsewhere.insert(c.id);
                 }
             }
+            (Step::Reject { .. }, Ok(Outcome::PoliciesChanged)) => {
+                self.plan.clear();
+                self.truncated = true;
+            }
             (Step::Accept { id } | Step::Get { id } | Step::Reject { id }, Err(e))
                 if matches!(e.class, ErrorClass::Conflict | ErrorClass::NotFound) =>
             {
                 // No longer PENDING (someone else decided), or withdrawn: not ours to decide.
                 self.plan.pop_front();
                 self.settled_elsewhere.insert(id.clone());
+            }
+            (Step::Accept { id } | Step::Get { id } | Step::Reject { id }, Err(e))
+                if refuses_one(&e) =>
+            {
+                self.plan.pop_front();
+                let mut problem = Problem::from(&e);
+                problem.message = format!("connection {id}: {}", problem.message);
+                self.refused.push((id.clone(), problem));
+                if self.refused.len() >= MAX_REFUSED {
+                    self.problem = self.refused.first().map(|(_, p)| p.clone());
+                }
             }
             (_, Err(e)) => self.problem = Some(Problem::from(&e)),
             (step, Ok(outcome)) => {
@@ -452,19 +525,38 @@ impl<'a> Run<'a> {
     }
 
     /// From the listed requests to the decisions to make.
-    fn plan_for(&mut self, listed: Vec<Connection>) {
-        // What is still listed of what was decided before: List lags behind the decisions.
+    fn plan_for(&mut self, listed: Vec<Connection>, now: jiff::Timestamp) {
+        // What is still listed of what was decided before, no longer than List may lag behind.
+        let lag = jiff::SignedDuration::try_from(self.settings.create_settle)
+            .unwrap_or(jiff::SignedDuration::MAX);
+        let recent = |at: &jiff::Timestamp| now.duration_since(*at) < lag;
         self.next_memory.decided = listed
             .iter()
-            .filter(|c| self.memory.decided.contains(&c.id))
-            .map(|c| c.id.clone())
+            .filter_map(|c| {
+                let at = self.memory.decided.get(&c.id).filter(|at| recent(at))?;
+                Some((c.id.clone(), *at))
+            })
+            .collect();
+        let skip = jiff::SignedDuration::try_from(self.settings.resync)
+            .unwrap_or(jiff::SignedDuration::MAX);
+        self.next_memory.refused = listed
+            .iter()
+            .filter_map(|c| {
+                let at = self
+                    .memory
+                    .refused
+                    .get(&c.id)
+                    .filter(|at| now.duration_since(**at) < skip)?;
+                Some((c.id.clone(), *at))
+            })
             .collect();
         let mine: Vec<Connection> = listed
             .into_iter()
             .filter(|c| {
                 c.state == ConnectionState::Pending
                     && c.management_account_id == self.p.spec.management_account_id
-                    && !self.memory.decided.contains(&c.id)
+                    && !self.next_memory.decided.contains_key(&c.id)
+                    && !self.next_memory.refused.contains_key(&c.id)
             })
             .collect();
         let rejects = self.p.spec.unmatched == UnmatchedRequests::Reject;
@@ -489,12 +581,15 @@ impl<'a> Run<'a> {
         self.requests = Some(mine);
     }
 
-    /// The policies that decide the same requests as this one: same management account and
-    /// (resolved) region.
+    /// The other policies that decide the same requests as this one: same management account
+    /// and (resolved) region, a valid spec, and credentials that are not known to act as
+    /// another account (the region is this one's, so it is allowed).
     fn group(&self) -> impl Iterator<Item = &Peer<'a>> {
         self.peers.iter().filter(|peer| {
-            peer.spec.management_account_id == self.p.spec.management_account_id
+            peer.acts != Acts::No
+                && peer.spec.management_account_id == self.p.spec.management_account_id
                 && region_of(peer.spec, self.settings) == self.region
+                && matching::invalid(peer.spec).is_empty()
         })
     }
 
@@ -506,12 +601,15 @@ impl<'a> Run<'a> {
                 .any(|peer| matching::matches_request(peer.spec, request))
     }
 
-    /// Whether unmatched requests are rejected by some active policy of the group.
+    /// Whether unmatched requests are rejected by some active policy of the group that is
+    /// known to act.
     fn group_rejects(&self) -> bool {
         self.p.spec.unmatched == UnmatchedRequests::Reject
-            || self
-                .group()
-                .any(|peer| !peer.paused && peer.spec.unmatched == UnmatchedRequests::Reject)
+            || self.group().any(|peer| {
+                peer.acts == Acts::Yes
+                    && !peer.paused
+                    && peer.spec.unmatched == UnmatchedRequests::Reject
+            })
     }
 
     /// The requests this reconcile leaves PENDING unmatched, newest first.
@@ -589,8 +687,8 @@ impl<'a> Run<'a> {
     }
 
     /// Remembers what this reconcile decided, or found decided, so a lagging List does not make
-    /// it decide again.
-    fn remember_decided(&mut self) {
+    /// it decide again; and what AWS refused, so it does not hold up the rest.
+    fn remember_decided(&mut self, now: jiff::Timestamp) {
         let ids: Vec<String> = self
             .accepted
             .iter()
@@ -598,7 +696,13 @@ impl<'a> Run<'a> {
             .map(|d| d.id.clone())
             .chain(self.settled_elsewhere.iter().cloned())
             .collect();
-        self.next_memory.decided.extend(ids);
+        self.next_memory
+            .decided
+            .extend(ids.into_iter().map(|id| (id, now)));
+        let refused: Vec<String> = self.refused.iter().map(|(id, _)| id.clone()).collect();
+        self.next_memory
+            .refused
+            .extend(refused.into_iter().map(|id| (id, now)));
     }
 
     /// The Events of this reconcile's decisions, and of requests left pending for the first
@@ -691,7 +795,7 @@ impl<'a> Run<'a> {
         );
         let events = self.decision_events();
         self.next_memory.backlog = self.truncated;
-        self.remember_decided();
+        self.remember_decided(now);
         let since = match self.memory.applied {
             Some((generation, at)) if generation == self.p.generation => at,
             _ => now,
@@ -766,7 +870,7 @@ impl<'a> Run<'a> {
         }
         // Decisions left undone are work for the next reconcile.
         self.next_memory.backlog = self.requests.is_some() && !self.plan.is_empty();
-        self.remember_decided();
+        self.remember_decided(now);
         let requeue = retry_after(
             problem.retry,
             self.p.failures.saturating_add(1),
@@ -790,7 +894,7 @@ impl<'a> Run<'a> {
         let events = self.decision_events();
         self.requests = requests;
         self.next_memory.backlog = self.memory.backlog || decided;
-        self.remember_decided();
+        self.remember_decided(now);
         let requeue = booked.unwrap_or_else(|| {
             let base = match class {
                 CallClass::Work => Duration::from_secs(1),
@@ -833,6 +937,14 @@ impl crate::reconciler::drive::Decision for Run<'_> {
         self.record(step, answer);
         None
     }
+}
+
+/// Whether AWS refused to decide this one request, rather than every request: its input
+/// (ValidationException), or a permission scoped by the connection's tags. A role that cannot
+/// be assumed refuses them all.
+fn refuses_one(e: &ProtonError) -> bool {
+    matches!(e.class, ErrorClass::Validation | ErrorClass::AccessDenied)
+        && e.operation != "AssumeRole"
 }
 
 /// The region a policy acts in.
@@ -891,4 +1003,417 @@ fn jittered(interval: Duration, jitter: f64) -> Duration {
         0.5
     };
     interval.mul_f64(0.9 + 0.2 * jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::proton::RoleArns;
+    use crate::connection::decide::AdoptionPolicy;
+
+    const MGMT: &str = "111122223333";
+    /// Accepted by the policy under test.
+    const MINE: &str = "444455556666";
+    /// Matched only by the peer.
+    const X: &str = "999900001111";
+    const REGION: &str = "us-east-1";
+    const SETTLE: Duration = Duration::from_secs(60);
+
+    fn at(secs: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_795_255_200 + secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            resync: Duration::from_secs(600),
+            pending_poll: Duration::from_secs(30),
+            default_region: REGION.into(),
+            allowed_regions: Vec::new(),
+            adoption: AdoptionPolicy::Everywhere,
+            create_settle: SETTLE,
+        }
+    }
+
+    fn spec(accounts: &[&str], unmatched: UnmatchedRequests) -> Spec {
+        Spec {
+            management_account_id: MGMT.into(),
+            region: None,
+            environment_account_ids: accounts.iter().map(|a| a.to_string()).collect(),
+            environment_names: None,
+            unmatched,
+        }
+    }
+
+    fn request(id: &str, account: &str, state: ConnectionState) -> Connection {
+        Connection {
+            id: id.into(),
+            arn: format!("arn:aws:proton:{REGION}:{account}:environment-account-connection/{id}"),
+            state,
+            environment_name: format!("env-{id}"),
+            management_account_id: MGMT.into(),
+            environment_account_id: account.into(),
+            roles: RoleArns::default(),
+            requested_at: at(0).to_string(),
+            last_modified_at: at(0).to_string(),
+        }
+    }
+
+    fn conflict() -> ProtonError {
+        ProtonError {
+            operation: "AcceptEnvironmentAccountConnection",
+            class: ErrorClass::Conflict,
+            code: "ConflictException".into(),
+            message: "another operation is in progress".into(),
+            retry_in: None,
+        }
+    }
+
+    /// What a reconcile starts from.
+    struct Given {
+        spec: Spec,
+        status: Status,
+        memory: Memory,
+        credentials: Option<Problem>,
+        /// (spec, paused, acts)
+        peers: Vec<(Spec, bool, Acts)>,
+        settings: Settings,
+    }
+
+    impl Given {
+        fn new(spec: Spec) -> Given {
+            Given {
+                spec,
+                status: Status::default(),
+                memory: Memory::default(),
+                credentials: None,
+                peers: Vec::new(),
+                settings: settings(),
+            }
+        }
+
+        fn peer(mut self, spec: Spec, paused: bool, acts: Acts) -> Given {
+            self.peers.push((spec, paused, acts));
+            self
+        }
+    }
+
+    /// How a reconcile ended, and the AWS steps it took ("Accept c-1", ...).
+    struct Ended {
+        step: Step,
+        memory: Memory,
+        calls: Vec<String>,
+    }
+
+    impl Ended {
+        fn settled(&self) -> &Settled {
+            match &self.step {
+                Step::Settle(s) => s,
+                other => panic!("expected Settle, got {other:?}"),
+            }
+        }
+
+        fn reported(&self) -> &Reported {
+            match &self.step {
+                Step::Report(r) => r,
+                other => panic!("expected Report, got {other:?}"),
+            }
+        }
+    }
+
+    /// Runs one reconcile at `now`; `answer` plays Proton (WhoAmI is answered here).
+    fn run(
+        given: &Given,
+        now: jiff::Timestamp,
+        mut answer: impl FnMut(&Step) -> Result<Outcome, ProtonError>,
+    ) -> Ended {
+        let peers: Vec<Peer> = given
+            .peers
+            .iter()
+            .map(|(spec, paused, acts)| Peer {
+                namespace: "ns-b",
+                name: "peer",
+                spec,
+                paused: *paused,
+                acts: *acts,
+            })
+            .collect();
+        let policy = Policy {
+            uid: "uid-1",
+            namespace: "ns-a",
+            name: "policy",
+            generation: 1,
+            spec: &given.spec,
+            status: &given.status,
+            paused: false,
+            quiet: None,
+            failures: 0,
+            credentials: given.credentials.as_ref(),
+        };
+        let mut r = Run::new(policy, &peers, &given.settings, &given.memory, 0.5);
+        let mut calls = Vec::new();
+        for _ in 0..100 {
+            let step = r.next(now);
+            if step.is_final() {
+                return Ended {
+                    step,
+                    memory: r.memory().clone(),
+                    calls,
+                };
+            }
+            let result = match &step {
+                Step::WhoAmI => Ok(Outcome::Account(MGMT.into())),
+                other => {
+                    calls.push(match other {
+                        Step::List { .. } => "List".to_string(),
+                        Step::Accept { id } => format!("Accept {id}"),
+                        Step::Get { id } => format!("Get {id}"),
+                        Step::Reject { id } => format!("Reject {id}"),
+                        _ => other.name().to_string(),
+                    });
+                    answer(other)
+                }
+            };
+            r.record(&step, result);
+        }
+        panic!("the reconcile did not end");
+    }
+
+    /// Proton holding `requests`: List shows them, Get reads them, Accept and Reject decide.
+    fn proton(
+        requests: &[Connection],
+    ) -> impl FnMut(&Step) -> Result<Outcome, ProtonError> + use<> {
+        let mut held: BTreeMap<String, Connection> =
+            requests.iter().map(|c| (c.id.clone(), c.clone())).collect();
+        move |step| match step {
+            Step::List { .. } => Ok(Outcome::Requests(held.values().cloned().collect())),
+            Step::Get { id } => held
+                .get(id)
+                .map(|c| Outcome::Connection(Box::new(c.clone())))
+                .ok_or_else(conflict),
+            Step::Accept { id } | Step::Reject { id } => {
+                let c = held.get_mut(id).ok_or_else(conflict)?;
+                c.state = match step {
+                    Step::Accept { .. } => ConnectionState::Connected,
+                    _ => ConnectionState::Rejected,
+                };
+                Ok(Outcome::Connection(Box::new(c.clone())))
+            }
+            other => panic!("not an AWS step: {other:?}"),
+        }
+    }
+
+    fn warnings(events: &[Note]) -> Vec<&'static str> {
+        events
+            .iter()
+            .filter(|n| n.warning)
+            .map(|n| n.reason)
+            .collect()
+    }
+
+    #[test]
+    fn a_policy_the_controller_cannot_act_for_does_not_shield_a_request_from_rejection() {
+        // A tenant of another namespace (mapped to another account) names this management
+        // account and matches X: its own reconcile stops on AccountMismatch, so it must not
+        // keep X from being rejected either.
+        let given = Given::new(spec(&[MINE], UnmatchedRequests::Reject)).peer(
+            spec(&[X], UnmatchedRequests::Leave),
+            false,
+            Acts::No,
+        );
+        let ended = run(
+            &given,
+            at(100),
+            proton(&[request("x-1", X, ConnectionState::Pending)]),
+        );
+        assert_eq!(ended.calls, ["List", "Get x-1", "Reject x-1"]);
+        assert_eq!(ended.settled().status.rejected_count, 1);
+    }
+
+    #[test]
+    fn a_rejecting_policy_the_controller_cannot_act_for_does_not_silence_the_report() {
+        let given = Given::new(spec(&[MINE], UnmatchedRequests::Leave)).peer(
+            spec(&["121212121212"], UnmatchedRequests::Reject),
+            false,
+            Acts::No,
+        );
+        let ended = run(
+            &given,
+            at(100),
+            proton(&[request("x-1", X, ConnectionState::Pending)]),
+        );
+        let settled = ended.settled();
+        assert_eq!(settled.status.left_pending_count, 1);
+        assert_eq!(warnings(&settled.events), ["LeftPending"]);
+    }
+
+    #[test]
+    fn a_policy_not_known_to_act_yet_still_shields_its_requests_but_does_not_silence_the_report() {
+        let matching = Given::new(spec(&[MINE], UnmatchedRequests::Reject)).peer(
+            spec(&[X], UnmatchedRequests::Leave),
+            false,
+            Acts::Unknown,
+        );
+        let ended = run(
+            &matching,
+            at(100),
+            proton(&[request("x-1", X, ConnectionState::Pending)]),
+        );
+        assert_eq!(ended.calls, ["List"], "a rejection cannot be undone");
+        let rejecting = Given::new(spec(&[MINE], UnmatchedRequests::Leave)).peer(
+            spec(&["121212121212"], UnmatchedRequests::Reject),
+            false,
+            Acts::Unknown,
+        );
+        let ended = run(
+            &rejecting,
+            at(100),
+            proton(&[request("x-1", X, ConnectionState::Pending)]),
+        );
+        assert_eq!(ended.settled().status.left_pending_count, 1);
+    }
+
+    #[test]
+    fn a_paused_policy_that_acts_still_shields_and_an_invalid_one_does_not() {
+        let paused = Given::new(spec(&[MINE], UnmatchedRequests::Reject)).peer(
+            spec(&[X], UnmatchedRequests::Leave),
+            true,
+            Acts::Yes,
+        );
+        let ended = run(
+            &paused,
+            at(100),
+            proton(&[request("x-1", X, ConnectionState::Pending)]),
+        );
+        assert_eq!(ended.calls, ["List"]);
+        // It would match X, but is refused: its own reconcile decides nothing.
+        let invalid_spec = spec(&[X, "not-an-account"], UnmatchedRequests::Leave);
+        let invalid = Given::new(spec(&[MINE], UnmatchedRequests::Reject)).peer(
+            invalid_spec,
+            false,
+            Acts::Yes,
+        );
+        let ended = run(
+            &invalid,
+            at(100),
+            proton(&[request("x-1", X, ConnectionState::Pending)]),
+        );
+        assert_eq!(ended.calls, ["List", "Get x-1", "Reject x-1"]);
+    }
+
+    #[test]
+    fn no_reject_is_sent_once_the_policies_changed_during_the_reconcile() {
+        // The executor answers a Reject with PoliciesChanged, without sending it, when the
+        // group in the watch cache is no longer the one the plan was made from.
+        let given = Given::new(spec(&[MINE], UnmatchedRequests::Reject));
+        let mut aws = proton(&[
+            request("x-1", X, ConnectionState::Pending),
+            request("x-2", X, ConnectionState::Pending),
+        ]);
+        let ended = run(&given, at(100), |step| match step {
+            Step::Reject { .. } => Ok(Outcome::PoliciesChanged),
+            other => aws(other),
+        });
+        assert_eq!(ended.calls, ["List", "Get x-1", "Reject x-1"]);
+        let settled = ended.settled();
+        assert_eq!(settled.status.rejected_count, 0);
+        assert_eq!(settled.requeue, Duration::ZERO, "decided again at once");
+        assert!(ended.memory.backlog, "the next List is work");
+        assert!(ended.memory.decided.is_empty(), "nothing was decided");
+    }
+
+    #[test]
+    fn a_request_still_pending_after_a_conflict_is_decided_again_once_the_list_lag_is_over() {
+        // ConflictException does not prove the request left PENDING.
+        let pending = [request("c-1", MINE, ConnectionState::Pending)];
+        let mut given = Given::new(spec(&[MINE], UnmatchedRequests::Leave));
+        let first = run(&given, at(100), |step| match step {
+            Step::Accept { .. } => Err(conflict()),
+            other => proton(&pending)(other),
+        });
+        assert_eq!(first.calls, ["List", "Accept c-1"]);
+        given.memory = first.memory.clone();
+        given.status = first.settled().status.clone();
+        // Within the lag, a List that still shows it may lag behind someone else's decision.
+        let within = run(&given, at(100) + SETTLE / 2, proton(&pending));
+        assert_eq!(within.calls, ["List"]);
+        given.memory = within.memory.clone();
+        let after = run(&given, at(101) + SETTLE, proton(&pending));
+        assert_eq!(after.calls, ["List", "Accept c-1"]);
+        assert_eq!(after.settled().status.accepted_count, 1);
+    }
+
+    #[test]
+    fn a_request_aws_refuses_does_not_hold_up_the_ones_after_it() {
+        let pending = [
+            request("c-1", MINE, ConnectionState::Pending),
+            request("c-2", MINE, ConnectionState::Pending),
+            request("c-3", MINE, ConnectionState::Pending),
+        ];
+        let refused = || ProtonError {
+            operation: "AcceptEnvironmentAccountConnection",
+            class: ErrorClass::AccessDenied,
+            code: "AccessDeniedException".into(),
+            message: "not authorized for this resource's tags".into(),
+            retry_in: None,
+        };
+        let mut given = Given::new(spec(&[MINE], UnmatchedRequests::Leave));
+        let mut aws = proton(&pending);
+        let first = run(&given, at(100), |step| match step {
+            Step::Accept { id } if id == "c-1" => Err(refused()),
+            other => aws(other),
+        });
+        assert_eq!(
+            first.calls,
+            ["List", "Accept c-1", "Accept c-2", "Accept c-3"]
+        );
+        let reported = first.reported();
+        assert_eq!(reported.status.accepted_count, 2);
+        assert_eq!(reported.problem.reason, "AccessDenied");
+        assert!(
+            reported.problem.message.contains("c-1"),
+            "names the request"
+        );
+        // The next reconcile does not ask about it again (for now), nor report it again.
+        given.memory = first.memory.clone();
+        given.status = reported.status.clone();
+        let next = run(
+            &given,
+            at(200),
+            proton(&[request("c-1", MINE, ConnectionState::Pending)]),
+        );
+        assert_eq!(next.calls, ["List"]);
+        assert!(warnings(&next.settled().events).is_empty());
+        // Two refusals in one reconcile: more likely the permission; it stops there.
+        let fresh = Given::new(spec(&[MINE], UnmatchedRequests::Leave));
+        let denied = run(&fresh, at(100), |step| match step {
+            Step::Accept { .. } => Err(refused()),
+            other => proton(&pending)(other),
+        });
+        assert_eq!(denied.calls, ["List", "Accept c-1", "Accept c-2"]);
+        assert!(denied.memory.backlog, "c-3 is the next reconcile's");
+    }
+
+    #[test]
+    fn a_namespace_without_credentials_makes_ready_false_once_and_calls_nothing() {
+        let mut given = Given::new(spec(&[MINE], UnmatchedRequests::Leave));
+        let applied = run(&given, at(100), proton(&[]));
+        given.status = applied.settled().status.clone();
+        assert_eq!(
+            given.status.condition(READY).map(|c| c.status.as_str()),
+            Some("True")
+        );
+        given.credentials = Some(crate::mapping::MappingError::Unmapped("ns-a".into()).problem());
+        let refused = run(&given, at(200), |step| panic!("no call: {step:?}"));
+        let reported = refused.reported();
+        let ready = reported.status.condition(READY);
+        assert_eq!(
+            ready.map(|c| (c.status.as_str(), c.reason.as_str())),
+            Some(("False", "NoAccountMapping"))
+        );
+        assert_eq!(warnings(&reported.events), ["NoAccountMapping"]);
+        given.status = reported.status.clone();
+        let again = run(&given, at(300), |step| panic!("no call: {step:?}"));
+        assert_eq!(again.reported().status, given.status, "nothing to write");
+        assert_eq!(warnings(&again.reported().events), Vec::<&str>::new());
+    }
 }

@@ -36,6 +36,9 @@ impl From<&ProtonError> for Problem {
         // policy or the AccountMapping, not in the connection's permissions.
         let reason = match (e.operation, e.class) {
             ("AssumeRole", ErrorClass::AccessDenied | ErrorClass::Validation) => "AssumeRoleFailed",
+            // Retried like a passing fault, but AWS did answer: not `AwsUnavailable` (which
+            // also ties the retry to the end of an outage).
+            _ if e.code.starts_with("ExpiredToken") => "CredentialsExpired",
             _ => e.class.reason(),
         };
         Problem {
