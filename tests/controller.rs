@@ -91,7 +91,12 @@ async fn the_finalizer_and_the_intent_to_create_are_one_write_before_the_create(
     assert_eq!(writes.len(), 2, "{writes:#?}");
     assert_eq!(writes[0].method, http::Method::PATCH);
     assert!(!writes[0].path.ends_with("/status"));
-    assert_eq!(writes[0].body[1]["value"][0], FINALIZER);
+    assert_eq!(
+        writes[0].body[0],
+        serde_json::json!({"op": "test", "path": "/metadata/uid", "value": UID}),
+        "the patch applies to this object only"
+    );
+    assert_eq!(writes[0].body[2]["value"][0], FINALIZER);
     let obj = env.api.get("prod").unwrap();
     let intent: serde_json::Value = serde_json::from_str(
         obj.annotations()

@@ -475,6 +475,9 @@ struct Fake {
     account: String,
     /// Errors answered instead, once each: (step name, class, AWS message).
     errors: Vec<(&'static str, ErrorClass, String)>,
+    /// Steps whose credentials could not be had (a mapped role's AssumeRole failed, with this
+    /// class), once each: the request was never sent.
+    unsigned: Vec<(&'static str, ErrorClass)>,
     /// An answer of the wrong kind, for one step name.
     wrong: Option<(&'static str, Outcome)>,
     /// What an Update does to the connection.
@@ -498,6 +501,7 @@ impl Fake {
             create_state: PENDING,
             account: ENV_ACCOUNT.into(),
             errors: Vec::new(),
+            unsigned: Vec::new(),
             wrong: None,
             on_update: apply_update,
             slow: None,
@@ -555,6 +559,12 @@ impl Fake {
         self
     }
 
+    /// The credentials for `step` could not be had: AssumeRole failed with `class`.
+    fn fail_to_assume_role(mut self, step: &'static str, class: ErrorClass) -> Self {
+        self.unsigned.push((step, class));
+        self
+    }
+
     fn throttle(self, step: &'static str) -> Self {
         self.fail(step, ErrorClass::Throttled, "Rate exceeded")
     }
@@ -575,6 +585,13 @@ impl Fake {
 
     fn answer(&mut self, step: &Step) -> Result<Outcome, ProtonError> {
         self.calls.push(step.name());
+        if let Some(i) = self.unsigned.iter().position(|(s, _)| *s == step.name()) {
+            let (_, class) = self.unsigned.remove(i);
+            return Err(ProtonError {
+                operation: "AssumeRole",
+                ..aws_error(step, class, "STS did not answer")
+            });
+        }
         if let Some(i) = self.errors.iter().position(|(s, ..)| *s == step.name()) {
             let (_, class, message) = self.errors.remove(i);
             return Err(aws_error(step, class, &message));
@@ -2395,6 +2412,45 @@ fn a_first_create_refused_outright_is_no_longer_recorded_as_in_flight() {
                 );
             }
         }
+    }
+}
+
+/// A Create whose credentials could not be had (the mapped role's AssumeRole failed, even for
+/// a passing fault that could have been answered later) was never sent: it is not recorded as
+/// in flight, so deleting the resource needs no search, which with that role may never succeed
+/// (a namespace and its IAM role torn down together).
+#[test]
+fn a_create_never_sent_for_want_of_credentials_is_not_recorded_as_in_flight() {
+    for class in [
+        ErrorClass::Transient,
+        ErrorClass::Other,
+        ErrorClass::AccessDenied,
+    ] {
+        let mut case = Case::new();
+        let trace = reconcile(
+            &mut case,
+            &mut Fake::empty().fail_to_assume_role("Create", class),
+            now(),
+        );
+        let s = &trace.reported().status;
+        assert_eq!(s.create_sent_at, None, "{class:?}");
+        assert_eq!(
+            first_steps(&case.clone().deleting()),
+            vec![Step::RemoveFinalizer],
+            "{class:?}"
+        );
+        // A Create whose answer never came before stays on record.
+        let mut case = Case::new().status(intent(1, at(570)));
+        let trace = reconcile(
+            &mut case,
+            &mut Fake::empty().fail_to_assume_role("Create", class),
+            now(),
+        );
+        assert_eq!(
+            trace.reported().status.create_sent_at,
+            Some(at(570).to_string()),
+            "{class:?}"
+        );
     }
 }
 

@@ -319,6 +319,38 @@ async fn the_running_controller_restores_a_stripped_finalizer_at_once() {
     task.await.unwrap();
 }
 
+/// A reconcile that read a resource, then found the name taken by another (deleted and applied
+/// again, as `kubectl replace --force` or a GitOps tool's replace does, while the reconcile
+/// waited for a slot in the AWS budget): nothing of the old one lands on the new one, neither
+/// its finalizer nor its intent to create nor a connection; the new one gets its own.
+#[tokio::test]
+async fn a_reconcile_of_a_resource_replaced_under_the_same_name_writes_nothing_to_its_successor() {
+    const OLD: &str = "0b9c6f1e-7d2a-4c55-9f0e-00000000000a";
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    env.api.create("prod", OLD, spec("prod"));
+    let old = env.api.get("prod").unwrap();
+    env.api.delete("prod");
+    assert!(env.api.get("prod").is_none(), "no finalizer yet: gone");
+    env.api.create("prod", UID, spec("prod"));
+
+    let outcome = controller::reconcile(Arc::new(old), env.ctx.clone()).await;
+
+    assert!(outcome.is_err(), "{outcome:?}");
+    let now = env.api.get("prod").unwrap();
+    assert_eq!(now.metadata.uid.as_deref(), Some(UID));
+    assert_eq!(now.metadata.finalizers, None, "the old one's finalizer");
+    assert_eq!(now.metadata.annotations, None, "the old one's intent");
+    assert_eq!(now.status, None);
+    assert!(env.proton().connections().is_empty(), "no Create");
+
+    env.reconcile("prod").await.unwrap();
+    let conns = env.proton().connections();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].client_token.as_deref(), Some(UID));
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(conns[0].id.as_str()));
+}
+
 use kube::ResourceExt;
 
 // ---------------------------------------------------------------------------------------------

@@ -193,6 +193,9 @@ pub struct CreateRequest {
 
 pub use crate::aws::error::{ErrorClass, ProtonError, Retry};
 
+/// The Create's operation name, as its errors carry it.
+pub const CREATE: &str = "CreateEnvironmentAccountConnection";
+
 /// Where and how to reach Proton.
 #[derive(Clone, Debug)]
 pub struct ProtonSettings {
@@ -477,6 +480,8 @@ impl Proton {
         self.budget.retain(keep);
     }
 
+    /// Sends a Create: an error of another operation (the AssumeRole that a mapped role's
+    /// credentials need) means it was never sent.
     pub async fn create(
         &self,
         ticket: &Ticket<'_>,
@@ -489,7 +494,7 @@ impl Proton {
             .call(
                 ticket,
                 region,
-                "CreateEnvironmentAccountConnection",
+                CREATE,
                 client
                     .create_environment_account_connection()
                     .client_token(&req.client_token)
@@ -502,10 +507,7 @@ impl Proton {
                     .send(),
             )
             .await?;
-        let c = connection_of(
-            "CreateEnvironmentAccountConnection",
-            out.environment_account_connection(),
-        )?;
+        let c = connection_of(CREATE, out.environment_account_connection())?;
         if c.state == ConnectionState::Pending {
             self.pending
                 .saw(&pending_key(ticket.identity, region), &c.id, sent);

@@ -158,7 +158,16 @@ pub(super) async fn execute(
             // An API server drops an empty map, but a client may hold one: either way the key
             // can be added to it.
             let annotated = obj.metadata.annotations.is_some();
-            match add_finalizer(&facts.api, &facts.name, finalizers, intent, annotated).await {
+            match add_finalizer(
+                &facts.api,
+                &facts.name,
+                &facts.uid,
+                finalizers,
+                intent,
+                annotated,
+            )
+            .await
+            {
                 Ok(()) => {
                     ctx.tracked().entry(&facts.uid).kind.written_over =
                         obj.metadata.resource_version.clone();
@@ -343,7 +352,7 @@ pub(super) async fn finish(
             Ok((come_back(ctx, facts, held.due), reported.problem.reason))
         }
         Step::RemoveFinalizer => {
-            remove_finalizer(&facts.api, &facts.name, finalizers)
+            remove_finalizer(&facts.api, &facts.name, &facts.uid, finalizers)
                 .await
                 .map_err(kube_error("removing the finalizer", &facts.object))?;
             ctx.forget(&facts.uid);

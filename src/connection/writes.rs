@@ -97,6 +97,7 @@ pub(super) async fn drop_stale_intent(facts: &Facts) {
         INTENT_ANNOTATION.replace('~', "~0").replace('/', "~1")
     );
     let ops = json!([
+        this_object(&facts.uid),
         {"op": "test", "path": path, "value": value},
         {"op": "remove", "path": path},
     ]);
@@ -126,17 +127,29 @@ pub(super) fn kube_error(step: &'static str, object: &str) -> impl FnOnce(kube::
     }
 }
 
+/// The first operation of every JSON patch the controller makes: the patch applies only to the
+/// object the reconcile read (`uid`), never to one created under the same name since (deleted
+/// and applied again, as `kubectl replace --force` or a GitOps tool's replace does) while the
+/// reconcile waited, for a slot in the AWS budget say. Else the old object's finalizer and
+/// intent to create would land on the new one, and with them the old object's connection. A
+/// failed test is refused with 422.
+fn this_object(uid: &str) -> serde_json::Value {
+    json!({"op": "test", "path": "/metadata/uid", "value": uid})
+}
+
 /// Adds the finalizer with a guarded JSON patch: it fails (422, and is retried) if the list
-/// changed under us, instead of overwriting someone else's finalizer. The intent to create, if
-/// any, goes in the same patch.
+/// changed under us, instead of overwriting someone else's finalizer, or if the object is no
+/// longer the one with `uid`. The intent to create, if any, goes in the same patch.
 pub(super) async fn add_finalizer(
     api: &Api<EnvironmentAccountConnection>,
     name: &str,
+    uid: &str,
     current: &[String],
     intent: Option<&Intent>,
     annotated: bool,
 ) -> Result<(), kube::Error> {
-    let mut ops = if current.is_empty() {
+    let mut ops = vec![this_object(uid)];
+    ops.extend(if current.is_empty() {
         vec![
             json!({"op": "test", "path": "/metadata/finalizers", "value": null}),
             json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}),
@@ -146,7 +159,7 @@ pub(super) async fn add_finalizer(
             json!({"op": "test", "path": "/metadata/finalizers", "value": current}),
             json!({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}),
         ]
-    };
+    });
     if let Some(intent) = intent {
         let value = intent.to_annotation();
         if annotated {
@@ -165,9 +178,11 @@ pub(super) async fn add_finalizer(
         .map(|_| ())
 }
 
+/// Removes the finalizer, guarded by its place in the list and by the object's `uid`.
 pub(super) async fn remove_finalizer(
     api: &Api<EnvironmentAccountConnection>,
     name: &str,
+    uid: &str,
     current: &[String],
 ) -> Result<(), kube::Error> {
     let Some(index) = current.iter().position(|f| f == FINALIZER) else {
@@ -175,6 +190,7 @@ pub(super) async fn remove_finalizer(
     };
     let path = format!("/metadata/finalizers/{index}");
     let ops = json!([
+        this_object(uid),
         {"op": "test", "path": path, "value": FINALIZER},
         {"op": "remove", "path": path},
     ]);

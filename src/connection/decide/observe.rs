@@ -6,7 +6,7 @@
 //! ConflictException from Create means "look for our own connection" first; an error anything
 //! else means the reconcile ends on that problem.
 
-use crate::aws::proton::{Connection, ErrorClass, ProtonError, Tags};
+use crate::aws::proton::{CREATE, Connection, ErrorClass, ProtonError, Tags};
 use crate::connection::api::EnvironmentAccountConnectionStatus as Status;
 
 use super::events::{self, Note};
@@ -251,11 +251,12 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
             };
         }
         (Step::Create { replay, .. }, class) => {
-            // A Create refused outright created nothing: the record that a Create may be in
-            // flight goes back to what it was before this reconcile (none for a first attempt,
-            // else the last Create whose answer never came), so neither deletion nor a conflict
-            // waits for this one.
-            if creates_nothing(class) {
+            // A Create refused outright created nothing, nor did one never sent (its
+            // credentials could not be had: the mapped role's AssumeRole failed, even for a
+            // passing fault): the record that a Create may be in flight goes back to what it was
+            // before this reconcile (none for a first attempt, else the last Create whose answer
+            // never came), so neither deletion nor a conflict waits for this one.
+            if creates_nothing(class) || e.operation != CREATE {
                 run.status.create_sent_at = run.r.status.create_sent_at.clone();
             }
             if *replay && class == ErrorClass::Conflict && run.conflict.is_none() {
