@@ -707,14 +707,13 @@ fn a_reject_answered_with_a_conflict_records_nothing() {
 #[test]
 fn errors_are_reported_in_conditions_with_their_class() {
     #[rustfmt::skip]
-    // `refused`: AWS refused that one request (skipped for a while), rather than the call.
     let rows = [
-        (ErrorClass::Throttled, "ThrottlingException", "Throttled", false, Duration::from_secs(1), false),
-        (ErrorClass::Transient, "InternalServerException", "AwsUnavailable", false, Duration::from_secs(1), false),
-        (ErrorClass::AccessDenied, "AccessDeniedException", "AccessDenied", true, Duration::from_secs(30), true),
-        (ErrorClass::Validation, "ValidationException", "InvalidSpec", true, Duration::from_secs(60), true),
+        (ErrorClass::Throttled, "ThrottlingException", "Throttled", false, Duration::from_secs(1)),
+        (ErrorClass::Transient, "InternalServerException", "AwsUnavailable", false, Duration::from_secs(1)),
+        (ErrorClass::AccessDenied, "AccessDeniedException", "AccessDenied", true, Duration::from_secs(30)),
+        (ErrorClass::Validation, "ValidationException", "InvalidSpec", true, Duration::from_secs(60)),
     ];
-    for (class, code, reason, stalled, requeue, refused) in rows {
+    for (class, code, reason, stalled, requeue) in rows {
         // Two requests: the first accepted, the second's Accept fails.
         let mut fake = Fake::with(&[
             request_at("c-1", A, "prod-1", PENDING, 1),
@@ -795,18 +794,10 @@ fn errors_are_reported_in_conditions_with_their_class() {
         assert_eq!(tally.accepted, 1, "{code}");
         let reasons: Vec<&str> = reported.events.iter().map(|n| n.reason).collect();
         assert_eq!(reasons, ["Accepted", reason], "{code}");
-        if refused {
-            assert!(!memory.backlog, "{code}: nothing left but the refused one");
-            assert!(
-                memory.refused.contains_key("c-2"),
-                "{code}: skipped next time"
-            );
-        } else {
-            assert!(
-                memory.backlog,
-                "{code}: the rest is work for the next reconcile"
-            );
-        }
+        assert!(
+            memory.backlog,
+            "{code}: the rest is work for the next reconcile"
+        );
         let jittered = (reported.requeue.as_secs_f64() / requeue.as_secs_f64() - 1.0).abs();
         assert!(jittered < 1e-9, "{code}: {:?}", reported.requeue);
     }

@@ -475,9 +475,8 @@ struct Fake {
     account: String,
     /// Errors answered instead, once each: (step name, class, AWS message).
     errors: Vec<(&'static str, ErrorClass, String)>,
-    /// Steps whose credentials could not be had (a mapped role's AssumeRole failed, with this
-    /// class), once each: the request was never sent.
-    unsigned: Vec<(&'static str, ErrorClass)>,
+    /// Errors answered as they are, once each: (step name, error).
+    answered: Vec<(&'static str, ProtonError)>,
     /// An answer of the wrong kind, for one step name.
     wrong: Option<(&'static str, Outcome)>,
     /// What an Update does to the connection.
@@ -501,7 +500,7 @@ impl Fake {
             create_state: PENDING,
             account: ENV_ACCOUNT.into(),
             errors: Vec::new(),
-            unsigned: Vec::new(),
+            answered: Vec::new(),
             wrong: None,
             on_update: apply_update,
             slow: None,
@@ -559,9 +558,30 @@ impl Fake {
         self
     }
 
-    /// The credentials for `step` could not be had: AssumeRole failed with `class`.
+    /// The credentials for `step` could not be had: AssumeRole failed with `class`, and the
+    /// request was never sent.
     fn fail_to_assume_role(mut self, step: &'static str, class: ErrorClass) -> Self {
-        self.unsigned.push((step, class));
+        let error = ProtonError {
+            operation: "AssumeRole",
+            class,
+            code: format!("{class:?}"),
+            message: "STS did not answer".into(),
+            retry_in: None,
+        };
+        self.answered.push((step, error));
+        self
+    }
+
+    /// `step` is refused because the credentials that signed it expired.
+    fn fail_expired(mut self, step: &'static str, operation: &'static str) -> Self {
+        let error = ProtonError {
+            operation,
+            class: ErrorClass::from_code("ExpiredTokenException"),
+            code: "ExpiredTokenException".into(),
+            message: "The security token included in the request is expired".into(),
+            retry_in: None,
+        };
+        self.answered.push((step, error));
         self
     }
 
@@ -585,12 +605,8 @@ impl Fake {
 
     fn answer(&mut self, step: &Step) -> Result<Outcome, ProtonError> {
         self.calls.push(step.name());
-        if let Some(i) = self.unsigned.iter().position(|(s, _)| *s == step.name()) {
-            let (_, class) = self.unsigned.remove(i);
-            return Err(ProtonError {
-                operation: "AssumeRole",
-                ..aws_error(step, class, "STS did not answer")
-            });
+        if let Some(i) = self.answered.iter().position(|(s, _)| *s == step.name()) {
+            return Err(self.answered.remove(i).1);
         }
         if let Some(i) = self.errors.iter().position(|(s, ..)| *s == step.name()) {
             let (_, class, message) = self.errors.remove(i);
@@ -2416,22 +2432,30 @@ fn a_first_create_refused_outright_is_no_longer_recorded_as_in_flight() {
 }
 
 /// A Create whose credentials could not be had (the mapped role's AssumeRole failed, even for
-/// a passing fault that could have been answered later) was never sent: it is not recorded as
-/// in flight, so deleting the resource needs no search, which with that role may never succeed
-/// (a namespace and its IAM role torn down together).
+/// a passing fault that could have been answered later) was never sent, and one refused for
+/// expired credentials was not carried out: neither is recorded as in flight, so deleting the
+/// resource needs no search (which with a role that is gone may never succeed: a namespace and
+/// its IAM role torn down together).
 #[test]
-fn a_create_never_sent_for_want_of_credentials_is_not_recorded_as_in_flight() {
-    for class in [
-        ErrorClass::Transient,
-        ErrorClass::Other,
-        ErrorClass::AccessDenied,
-    ] {
+fn a_create_never_sent_or_refused_for_its_credentials_is_not_recorded_as_in_flight() {
+    type Made = fn() -> Fake;
+    let fakes: [(&str, Made); 4] = [
+        ("AssumeRole timed out", || {
+            Fake::empty().fail_to_assume_role("Create", ErrorClass::Transient)
+        }),
+        ("AssumeRole failed", || {
+            Fake::empty().fail_to_assume_role("Create", ErrorClass::Other)
+        }),
+        ("AssumeRole refused", || {
+            Fake::empty().fail_to_assume_role("Create", ErrorClass::AccessDenied)
+        }),
+        ("expired credentials", || {
+            Fake::empty().fail_expired("Create", "CreateEnvironmentAccountConnection")
+        }),
+    ];
+    for (class, fake) in fakes {
         let mut case = Case::new();
-        let trace = reconcile(
-            &mut case,
-            &mut Fake::empty().fail_to_assume_role("Create", class),
-            now(),
-        );
+        let trace = reconcile(&mut case, &mut fake(), now());
         let s = &trace.reported().status;
         assert_eq!(s.create_sent_at, None, "{class:?}");
         assert_eq!(
@@ -2441,11 +2465,7 @@ fn a_create_never_sent_for_want_of_credentials_is_not_recorded_as_in_flight() {
         );
         // A Create whose answer never came before stays on record.
         let mut case = Case::new().status(intent(1, at(570)));
-        let trace = reconcile(
-            &mut case,
-            &mut Fake::empty().fail_to_assume_role("Create", class),
-            now(),
-        );
+        let trace = reconcile(&mut case, &mut fake(), now());
         assert_eq!(
             trace.reported().status.create_sent_at,
             Some(at(570).to_string()),

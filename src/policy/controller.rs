@@ -17,11 +17,8 @@ use kube::{Client, ResourceExt};
 use tokio::time::Instant;
 use tracing::{info, info_span, warn};
 
-use super::api::{
-    ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec,
-    ConnectionAcceptancePolicyStatus as Status,
-};
-use super::decide::{Acts, Memory, Outcome, Peer, Policy, Run, Step, region_of};
+use super::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicyStatus as Status};
+use super::decide::{Acts, Memory, Outcome, Peer, Policy, Run, Step, in_group, region_of};
 use crate::aws::proton::{Proton, ProtonError, StepCalls, Ticket};
 use crate::compact_id::CompactId;
 use crate::connection::api::EnvironmentAccountConnection;
@@ -356,7 +353,7 @@ async fn reconcile_inner(
             }
         })
         .collect();
-    let group = group_of(&all, &obj.spec, &ctx.settings);
+    let group = group_of(ctx, &accounts, &all, obj);
     let policy = Policy {
         uid: &facts.uid,
         namespace: &facts.namespace,
@@ -376,7 +373,7 @@ async fn reconcile_inner(
         identity: &identity,
         key: &key,
         check_and_reject: StepCalls::default(),
-        spec: &obj.spec,
+        this: obj,
         group,
     };
     let step = match reconciler::drive::drive(&mut run, &mut executor).await {
@@ -399,32 +396,48 @@ fn acts(ctx: &Context, accounts: &Accounts, namespace: &str, management_account_
             Some(_) => Acts::No,
             None => Acts::Unknown,
         },
-        // Not read or not in the watch yet: it may have credentials in a moment.
-        Err(MappingError::UnknownNamespace(_) | MappingError::NotRead) => Acts::Unknown,
-        Err(_) => Acts::No,
+        // Not read or not in the watch yet, or mappings that overlap or cannot be read while an
+        // admin changes them (tenants cannot write mappings or namespaces): it may well have
+        // credentials in a moment, and a rejection cannot be undone.
+        Err(
+            MappingError::UnknownNamespace(_)
+            | MappingError::NotRead
+            | MappingError::Ambiguous { .. }
+            | MappingError::InvalidSelector { .. },
+        ) => Acts::Unknown,
+        Err(MappingError::Unmapped(_)) => Acts::No,
     }
 }
 
-/// The policies of the cache in the same group as `spec` (same management account and region),
-/// each as uid, generation and pause: a Reject is sent only while this is what the reconcile
-/// began with.
+/// What a Reject must not outlast: this policy (uid, generation, pause) and the policies of its
+/// group in the cache (the same filter as the decision's, [`in_group`], so a policy that is no
+/// part of it, say a tenant's naming another team's account, cannot hold up its Rejects by
+/// changing). A Reject is sent only while this is what the reconcile began with. (Whether a
+/// member's credentials are known yet does not count: known or not, it shields the same.)
 fn group_of(
+    ctx: &Context,
+    accounts: &Accounts,
     all: &[Arc<ConnectionAcceptancePolicy>],
-    spec: &ConnectionAcceptancePolicySpec,
-    settings: &Settings,
+    this: &ConnectionAcceptancePolicy,
 ) -> BTreeSet<(String, i64, bool)> {
-    let region = region_of(spec, settings);
+    let region = region_of(&this.spec, &ctx.settings);
     all.iter()
-        .filter(|p| {
-            p.spec.management_account_id == spec.management_account_id
-                && region_of(&p.spec, settings) == region
-        })
-        .map(|p| {
-            (
+        .filter_map(|p| {
+            if p.metadata.uid != this.metadata.uid {
+                if p.spec.management_account_id != this.spec.management_account_id {
+                    return None;
+                }
+                let namespace = p.metadata.namespace.as_deref().unwrap_or_default();
+                let acts = acts(ctx, accounts, namespace, &p.spec.management_account_id);
+                if !in_group(&p.spec, acts, &this.spec, &region, &ctx.settings) {
+                    return None;
+                }
+            }
+            Some((
                 p.metadata.uid.clone().unwrap_or_default(),
                 p.metadata.generation.unwrap_or_default(),
                 paused(p),
-            )
+            ))
         })
         .collect()
 }
@@ -439,8 +452,8 @@ struct StepExecutor<'a> {
     /// a slot for the re-read too (see [`crate::aws::budget`]); else, with the budget at its
     /// edge, every slot went to the re-read and the Reject never went.
     check_and_reject: StepCalls,
-    /// The policy's spec, and its group as the reconcile began (see [`group_of`]).
-    spec: &'a ConnectionAcceptancePolicySpec,
+    /// The policy, and its group as the reconcile began (see [`group_of`]).
+    this: &'a ConnectionAcceptancePolicy,
     group: BTreeSet<(String, i64, bool)>,
 }
 
@@ -455,9 +468,14 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
         let ctx = self.ctx;
         // The peers the decision was made from may be minutes old by now (up to 50 decisions):
         // a policy added or changed since may match this request.
-        if matches!(step, Step::Reject { .. })
-            && group_of(&ctx.all_policies(), self.spec, &ctx.settings) != self.group
-        {
+        if matches!(step, Step::Reject { .. }) && {
+            let accounts = ctx
+                .accounts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            group_of(ctx, &accounts, &ctx.all_policies(), self.this) != self.group
+        } {
             info!(
                 "the policies of the group changed during the reconcile: no Reject, deciding again"
             );
@@ -773,7 +791,9 @@ impl Drop for Attached {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::UnmappedNamespaces;
     use crate::offline;
+    use crate::policy::api::ConnectionAcceptancePolicySpec;
 
     fn context() -> Context {
         let metrics = Metrics::new();
@@ -820,9 +840,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_reject_waits_for_any_change_of_the_groups_policies_and_only_of_them() {
-        let settings = offline::settings();
+    #[tokio::test]
+    async fn a_reject_waits_for_any_change_of_the_groups_policies_and_only_of_them() {
+        let ctx = context();
+        // The controller's own account not known yet: every policy may act (Unknown).
+        let accounts = Accounts::disabled();
         let policy = |uid: &str, account: &str, generation: i64, paused: bool| {
             let mut p = ConnectionAcceptancePolicy::new(
                 uid,
@@ -846,7 +868,7 @@ mod tests {
         const M1: &str = "111122223333";
         let this = policy("a", M1, 1, false);
         let began = vec![this.clone(), policy("b", M1, 1, false)];
-        let group = |all: &[Arc<ConnectionAcceptancePolicy>]| group_of(all, &this.spec, &settings);
+        let group = |all: &[Arc<ConnectionAcceptancePolicy>]| group_of(&ctx, &accounts, all, &this);
         let start = group(&began);
         let with = |extra: Arc<ConnectionAcceptancePolicy>| {
             let mut all = vec![this.clone()];
@@ -865,6 +887,31 @@ mod tests {
         let mut written = (*began[1]).clone();
         written.status = Some(Status::default());
         assert_eq!(start, with(Arc::new(written)), "a status write");
+        let mut invalid = (*policy("b", M1, 2, false)).clone();
+        invalid.spec.environment_account_ids.clear();
+        assert_ne!(start, with(Arc::new(invalid.clone())), "b became invalid");
+        let mut from_invalid = vec![this.clone(), Arc::new(invalid.clone())];
+        let invalid_group = group(&from_invalid);
+        invalid.metadata.generation = Some(3);
+        from_invalid[1] = Arc::new(invalid);
+        assert_eq!(
+            invalid_group,
+            group(&from_invalid),
+            "an invalid policy, no part of the group, changed"
+        );
+
+        // Namespaces no mapping selects are refused: no other policy can act, so none is of
+        // the group, and a tenant's policy naming this account cannot hold up its Rejects by
+        // changing (its own entry aside).
+        let (mappings, _) = kube::runtime::reflector::store();
+        let (namespaces, _) = kube::runtime::reflector::store();
+        let refusing =
+            Accounts::from_stores(mappings, namespaces).with_unmapped(UnmappedNamespaces::Refuse);
+        let of = |all: &[Arc<ConnectionAcceptancePolicy>]| group_of(&ctx, &refusing, all, &this);
+        let tenant = of(&began);
+        assert_eq!(tenant.len(), 1, "{tenant:?}");
+        assert_eq!(tenant, of(&[this.clone(), policy("b", M1, 2, true)]));
+        assert_ne!(tenant, of(&[policy("a", M1, 2, false)]), "this one changed");
     }
 
     #[test]

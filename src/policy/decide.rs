@@ -29,10 +29,6 @@
 //!   left PENDING is decided again after that; requests left pending are announced once
 //!   (remembered, and the status lists the newest 20).
 //! - A namespace without credentials is reported (conditions, one Event), and nothing is called.
-//! - A request AWS refuses on its own (ValidationException, AccessDenied of tag-scoped IAM) is
-//!   skipped, and the reconcile goes on with the others, then reports it (conditions, an Event if
-//!   it is news); it is not tried again for the resync period. A second refusal in one reconcile
-//!   ends it (more likely a permission missing for all).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -91,13 +87,13 @@ pub struct Peer<'a> {
 /// neither keeps a request from being rejected nor keeps the group from reporting it: else
 /// whoever may write a policy in any namespace could shield or silence another team's requests
 /// by naming their account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Acts {
     Yes,
     No,
     /// Not known yet (the controller's own account not asked yet, the namespace not in the
-    /// watch yet): it still shields its requests (a rejection cannot be undone), but does not
-    /// stand in for the group's rejecting or reporting.
+    /// watch yet, mappings that overlap or cannot be read while an admin changes them): it is
+    /// counted in, as it most likely acts in a moment; a rejection cannot be undone.
     Unknown,
 }
 
@@ -123,10 +119,6 @@ pub struct Memory {
     /// The generation last settled, and when it first was: a new or changed policy lists often
     /// at first, then less often (see [`poll_interval`]).
     pub applied: Option<(i64, jiff::Timestamp)>,
-    /// Requests AWS refused to decide on their own (ValidationException, an AccessDenied of
-    /// tag-scoped IAM), and when: skipped while listed for the resync period, so one bad request
-    /// does not hold up the ones listed after it.
-    pub refused: BTreeMap<String, jiff::Timestamp>,
 }
 
 /// A List kept across a deferral, valid for the generation it was made for until `until`.
@@ -134,13 +126,10 @@ pub struct Memory {
 pub struct Listed {
     pub generation: i64,
     pub until: jiff::Timestamp,
+    /// When it was listed: what was decided since may still show PENDING in it.
+    pub taken: jiff::Timestamp,
     pub requests: Vec<Connection>,
 }
-
-/// A reconcile that has this many requests refused stops: more refusals are more likely a
-/// permission missing for all than something wrong with each (the refused ones are skipped
-/// next time, so the rest still get their turn).
-const MAX_REFUSED: usize = 2;
 
 /// How long past its due time a deferred reconcile's List is kept: as long as the call budget
 /// keeps an unclaimed booking.
@@ -270,8 +259,8 @@ pub struct Run<'a> {
     rejected: Vec<Decision>,
     /// Requests that left PENDING or vanished while being decided on (someone else decided).
     settled_elsewhere: BTreeSet<String>,
-    /// Requests AWS refused to decide this reconcile, with why.
-    refused: Vec<(String, Problem)>,
+    /// When the List this reconcile decides from was taken.
+    listed_at: Option<jiff::Timestamp>,
     /// More decisions were due than one reconcile makes.
     truncated: bool,
     deferred: Option<(CallClass, Option<Duration>)>,
@@ -303,7 +292,7 @@ impl<'a> Run<'a> {
             accepted: Vec::new(),
             rejected: Vec::new(),
             settled_elsewhere: BTreeSet::new(),
-            refused: Vec::new(),
+            listed_at: None,
             truncated: false,
             deferred: None,
             problem: None,
@@ -408,9 +397,14 @@ impl<'a> Run<'a> {
                 .as_ref()
                 .filter(|l| l.generation == self.p.generation && now < l.until);
             let listed = match (&self.listed, carried) {
-                (Some(listed), _) => listed.clone(),
+                (Some(listed), _) => {
+                    // Listed by this reconcile, just now.
+                    self.listed_at = Some(now);
+                    listed.clone()
+                }
                 (None, Some(carried)) => {
                     self.next_memory.listed = None;
+                    self.listed_at = Some(carried.taken);
                     self.listed = Some(carried.requests.clone());
                     carried.requests.clone()
                 }
@@ -420,7 +414,7 @@ impl<'a> Run<'a> {
                     };
                 }
             };
-            self.plan_for(listed, now);
+            self.plan_for(listed, self.listed_at.unwrap_or(now));
         }
         match self.plan.front() {
             Some(Planned::Accept(request)) => Step::Accept {
@@ -438,10 +432,7 @@ impl<'a> Run<'a> {
             }) => Step::Reject {
                 id: request.id.clone(),
             },
-            None => match self.refused.first() {
-                Some((_, problem)) => self.report(problem.clone(), now),
-                None => self.settle(now),
-            },
+            None => self.settle(now),
         }
     }
 
@@ -502,17 +493,6 @@ impl<'a> Run<'a> {
                 self.plan.pop_front();
                 self.settled_elsewhere.insert(id.clone());
             }
-            (Step::Accept { id } | Step::Get { id } | Step::Reject { id }, Err(e))
-                if refuses_one(&e) =>
-            {
-                self.plan.pop_front();
-                let mut problem = Problem::from(&e);
-                problem.message = format!("connection {id}: {}", problem.message);
-                self.refused.push((id.clone(), problem));
-                if self.refused.len() >= MAX_REFUSED {
-                    self.problem = self.refused.first().map(|(_, p)| p.clone());
-                }
-            }
             (_, Err(e)) => self.problem = Some(Problem::from(&e)),
             (step, Ok(outcome)) => {
                 self.problem = Some(Problem {
@@ -525,28 +505,17 @@ impl<'a> Run<'a> {
     }
 
     /// From the listed requests to the decisions to make.
-    fn plan_for(&mut self, listed: Vec<Connection>, now: jiff::Timestamp) {
-        // What is still listed of what was decided before, no longer than List may lag behind.
+    fn plan_for(&mut self, listed: Vec<Connection>, taken: jiff::Timestamp) {
+        // What is still listed of what was decided before, no longer than List may lag behind
+        // the decision: a List taken (a List carried over deferrals may be old) that long after
+        // it still showing it PENDING means it is PENDING.
         let lag = jiff::SignedDuration::try_from(self.settings.create_settle)
             .unwrap_or(jiff::SignedDuration::MAX);
-        let recent = |at: &jiff::Timestamp| now.duration_since(*at) < lag;
+        let recent = |at: &jiff::Timestamp| taken.duration_since(*at) < lag;
         self.next_memory.decided = listed
             .iter()
             .filter_map(|c| {
                 let at = self.memory.decided.get(&c.id).filter(|at| recent(at))?;
-                Some((c.id.clone(), *at))
-            })
-            .collect();
-        let skip = jiff::SignedDuration::try_from(self.settings.resync)
-            .unwrap_or(jiff::SignedDuration::MAX);
-        self.next_memory.refused = listed
-            .iter()
-            .filter_map(|c| {
-                let at = self
-                    .memory
-                    .refused
-                    .get(&c.id)
-                    .filter(|at| now.duration_since(**at) < skip)?;
                 Some((c.id.clone(), *at))
             })
             .collect();
@@ -556,7 +525,6 @@ impl<'a> Run<'a> {
                 c.state == ConnectionState::Pending
                     && c.management_account_id == self.p.spec.management_account_id
                     && !self.next_memory.decided.contains_key(&c.id)
-                    && !self.next_memory.refused.contains_key(&c.id)
             })
             .collect();
         let rejects = self.p.spec.unmatched == UnmatchedRequests::Reject;
@@ -586,10 +554,13 @@ impl<'a> Run<'a> {
     /// another account (the region is this one's, so it is allowed).
     fn group(&self) -> impl Iterator<Item = &Peer<'a>> {
         self.peers.iter().filter(|peer| {
-            peer.acts != Acts::No
-                && peer.spec.management_account_id == self.p.spec.management_account_id
-                && region_of(peer.spec, self.settings) == self.region
-                && matching::invalid(peer.spec).is_empty()
+            in_group(
+                peer.spec,
+                peer.acts,
+                self.p.spec,
+                &self.region,
+                self.settings,
+            )
         })
     }
 
@@ -601,15 +572,14 @@ impl<'a> Run<'a> {
                 .any(|peer| matching::matches_request(peer.spec, request))
     }
 
-    /// Whether unmatched requests are rejected by some active policy of the group that is
-    /// known to act.
+    /// Whether unmatched requests are rejected by some active policy of the group (one not
+    /// known to act yet included: it is, in a moment, at start-up, and reporting the requests
+    /// it is about to reject would be a Warning for nothing).
     fn group_rejects(&self) -> bool {
         self.p.spec.unmatched == UnmatchedRequests::Reject
-            || self.group().any(|peer| {
-                peer.acts == Acts::Yes
-                    && !peer.paused
-                    && peer.spec.unmatched == UnmatchedRequests::Reject
-            })
+            || self
+                .group()
+                .any(|peer| !peer.paused && peer.spec.unmatched == UnmatchedRequests::Reject)
     }
 
     /// The requests this reconcile leaves PENDING unmatched, newest first.
@@ -687,7 +657,7 @@ impl<'a> Run<'a> {
     }
 
     /// Remembers what this reconcile decided, or found decided, so a lagging List does not make
-    /// it decide again; and what AWS refused, so it does not hold up the rest.
+    /// it decide again.
     fn remember_decided(&mut self, now: jiff::Timestamp) {
         let ids: Vec<String> = self
             .accepted
@@ -699,10 +669,6 @@ impl<'a> Run<'a> {
         self.next_memory
             .decided
             .extend(ids.into_iter().map(|id| (id, now)));
-        let refused: Vec<String> = self.refused.iter().map(|(id, _)| id.clone()).collect();
-        self.next_memory
-            .refused
-            .extend(refused.into_iter().map(|id| (id, now)));
     }
 
     /// The Events of this reconcile's decisions, and of requests left pending for the first
@@ -902,8 +868,10 @@ impl<'a> Run<'a> {
             };
             base.mul_f64(0.5 + self.jitter.clamp(0.0, 1.0))
         });
+        let taken = self.listed_at.unwrap_or(now);
         self.next_memory.listed = self.listed.clone().map(|requests| Listed {
             generation: self.p.generation,
+            taken,
             until: now
                 .checked_add(
                     jiff::SignedDuration::try_from(requeue + LISTED_GRACE)
@@ -939,12 +907,14 @@ impl crate::reconciler::drive::Decision for Run<'_> {
     }
 }
 
-/// Whether AWS refused to decide this one request, rather than every request: its input
-/// (ValidationException), or a permission scoped by the connection's tags. A role that cannot
-/// be assumed refuses them all.
-fn refuses_one(e: &ProtonError) -> bool {
-    matches!(e.class, ErrorClass::Validation | ErrorClass::AccessDenied)
-        && e.operation != "AssumeRole"
+/// Whether a policy with `spec`, whose namespace's credentials `acts`, is of the group of a
+/// policy with `of` acting in `region`: same management account and region, a valid spec, and
+/// credentials not known to act as another account.
+pub fn in_group(spec: &Spec, acts: Acts, of: &Spec, region: &str, settings: &Settings) -> bool {
+    acts != Acts::No
+        && spec.management_account_id == of.management_account_id
+        && region_of(spec, settings) == region
+        && matching::invalid(spec).is_empty()
 }
 
 /// The region a policy acts in.
@@ -1246,8 +1216,12 @@ mod tests {
         assert_eq!(warnings(&settled.events), ["LeftPending"]);
     }
 
+    /// At start-up (the controller's own account not asked yet), while a namespace is not in the
+    /// watch yet, or while an admin's mappings overlap: it shields the requests it matches (a
+    /// rejection cannot be undone), and if it rejects unmatched requests the others do not
+    /// report them (it will, in a moment: a Warning would be for nothing).
     #[test]
-    fn a_policy_not_known_to_act_yet_still_shields_its_requests_but_does_not_silence_the_report() {
+    fn a_policy_not_known_to_act_yet_still_shields_its_requests_and_stands_in_for_rejecting() {
         let matching = Given::new(spec(&[MINE], UnmatchedRequests::Reject)).peer(
             spec(&[X], UnmatchedRequests::Leave),
             false,
@@ -1269,7 +1243,8 @@ mod tests {
             at(100),
             proton(&[request("x-1", X, ConnectionState::Pending)]),
         );
-        assert_eq!(ended.settled().status.left_pending_count, 1);
+        assert_eq!(ended.settled().status.left_pending_count, 0);
+        assert!(warnings(&ended.settled().events).is_empty());
     }
 
     #[test]
@@ -1342,55 +1317,28 @@ mod tests {
         assert_eq!(after.settled().status.accepted_count, 1);
     }
 
+    /// A List carried over deferrals may be older than a decision made since: it still shows
+    /// the request PENDING, however long after the decision it is planned from, and that says
+    /// nothing; only a List taken the lag after the decision does.
     #[test]
-    fn a_request_aws_refuses_does_not_hold_up_the_ones_after_it() {
-        let pending = [
-            request("c-1", MINE, ConnectionState::Pending),
-            request("c-2", MINE, ConnectionState::Pending),
-            request("c-3", MINE, ConnectionState::Pending),
-        ];
-        let refused = || ProtonError {
-            operation: "AcceptEnvironmentAccountConnection",
-            class: ErrorClass::AccessDenied,
-            code: "AccessDeniedException".into(),
-            message: "not authorized for this resource's tags".into(),
-            retry_in: None,
-        };
+    fn a_list_carried_over_deferrals_from_before_a_decision_does_not_make_it_decided_again() {
+        let pending = vec![request("c-1", MINE, ConnectionState::Pending)];
         let mut given = Given::new(spec(&[MINE], UnmatchedRequests::Leave));
-        let mut aws = proton(&pending);
-        let first = run(&given, at(100), |step| match step {
-            Step::Accept { id } if id == "c-1" => Err(refused()),
-            other => aws(other),
-        });
-        assert_eq!(
-            first.calls,
-            ["List", "Accept c-1", "Accept c-2", "Accept c-3"]
-        );
-        let reported = first.reported();
-        assert_eq!(reported.status.accepted_count, 2);
-        assert_eq!(reported.problem.reason, "AccessDenied");
-        assert!(
-            reported.problem.message.contains("c-1"),
-            "names the request"
-        );
-        // The next reconcile does not ask about it again (for now), nor report it again.
-        given.memory = first.memory.clone();
-        given.status = reported.status.clone();
-        let next = run(
-            &given,
-            at(200),
-            proton(&[request("c-1", MINE, ConnectionState::Pending)]),
-        );
-        assert_eq!(next.calls, ["List"]);
-        assert!(warnings(&next.settled().events).is_empty());
-        // Two refusals in one reconcile: more likely the permission; it stops there.
-        let fresh = Given::new(spec(&[MINE], UnmatchedRequests::Leave));
-        let denied = run(&fresh, at(100), |step| match step {
-            Step::Accept { .. } => Err(refused()),
-            other => proton(&pending)(other),
-        });
-        assert_eq!(denied.calls, ["List", "Accept c-1", "Accept c-2"]);
-        assert!(denied.memory.backlog, "c-3 is the next reconcile's");
+        given.memory.decided.insert("c-1".into(), at(100));
+        let carried = |taken: jiff::Timestamp| Listed {
+            generation: 1,
+            until: at(10_000),
+            taken,
+            requests: pending.clone(),
+        };
+        given.memory.listed = Some(carried(at(50)));
+        let later = at(100) + SETTLE * 3;
+        let old = run(&given, later, |step| panic!("no call: {step:?}"));
+        assert!(old.calls.is_empty(), "{:?}", old.calls);
+        assert_eq!(old.settled().status.accepted_count, 0);
+        given.memory.listed = Some(carried(at(101) + SETTLE));
+        let fresh = run(&given, later, proton(&pending));
+        assert_eq!(fresh.calls, ["Accept c-1"]);
     }
 
     #[test]

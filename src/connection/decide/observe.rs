@@ -253,10 +253,13 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
         (Step::Create { replay, .. }, class) => {
             // A Create refused outright created nothing, nor did one never sent (its
             // credentials could not be had: the mapped role's AssumeRole failed, even for a
-            // passing fault): the record that a Create may be in flight goes back to what it was
-            // before this reconcile (none for a first attempt, else the last Create whose answer
-            // never came), so neither deletion nor a conflict waits for this one.
-            if creates_nothing(class) || e.operation != CREATE {
+            // passing fault), nor one refused because the credentials that signed it expired
+            // (retried like a passing fault): the record that a Create may be in flight goes
+            // back to what it was before this reconcile (none for a first attempt, else the
+            // last Create whose answer never came), so neither deletion nor a conflict waits for
+            // this one.
+            if creates_nothing(class) || e.operation != CREATE || e.code.starts_with("ExpiredToken")
+            {
                 run.status.create_sent_at = run.r.status.create_sent_at.clone();
             }
             if *replay && class == ErrorClass::Conflict && run.conflict.is_none() {
