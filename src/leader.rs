@@ -262,7 +262,10 @@ impl Elector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Attempt::Held),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Conflicted),
+                // Someone else created it: most likely a pod that never saw the old holder.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    Ok(Attempt::HeldByOther("(created concurrently)".into()))
+                }
                 Err(e) => Err(e),
             };
         };

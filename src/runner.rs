@@ -590,6 +590,10 @@ fn identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// How long a leader asked to stop lets what is under way finish before it drops it and
+/// releases the Lease: within the pod's default grace (30 s), with room for the release (5 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
 /// Runs the controller only while this pod leads: it starts when the Lease is acquired and
 /// stops at once when leadership is lost (renew deadline passed, or another holder), then waits
 /// again as a standby.
@@ -650,8 +654,22 @@ async fn lead_then_run(
             }
         };
         let controller = controllers.run(wait_stop(stop_rx.clone()), readiness.clone());
+        // A controller whose watch never synced (a CRD missing, a list refused) never ends its
+        // graceful shutdown (kube-runtime holds its queue until the cache is ready): it is
+        // dropped after a while, so the Lease is still released before the pod is killed.
+        let overdue = async {
+            wait_stop(stop_rx.clone()).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
         tokio::select! {
             _ = controller => break,
+            _ = overdue => {
+                warn!(
+                    grace_secs = SHUTDOWN_GRACE.as_secs(),
+                    "the controllers did not stop within the grace; stopping them now"
+                );
+                break;
+            }
             _ = lost => {
                 // Dropping the controller future cancels in-flight reconciles: every step is
                 // idempotent (client tokens, guarded patches, recorded intents), so the next

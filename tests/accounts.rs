@@ -1092,3 +1092,141 @@ async fn a_policy_whose_namespace_a_mapping_takes_in_reads_again_at_once() {
     let _ = stop.send(());
     let _ = task.await;
 }
+
+/// A tenant's policy (its namespace unmapped, so it acts with the controller's own credentials,
+/// of another account) names the management account of a team whose namespace a mapping
+/// gives that account's role, and matches a request made to it; it is paused, so it makes no
+/// call, and no resource asked for the controller's own account either. The team's policy,
+/// which rejects what none of its group matches, must still reject the request: the
+/// controller's own account is asked for, and the tenant's policy is no part of the group.
+#[tokio::test]
+async fn a_tenants_policy_naming_another_teams_account_does_not_shield_its_requests() {
+    #![allow(deprecated)]
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use eac_controller::connection::api::PAUSED_ANNOTATION;
+    use eac_controller::policy::api::{
+        ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec, UnmatchedRequests,
+    };
+    use eac_controller::policy::controller as policies;
+    use kube::ResourceExt;
+
+    const MGMT: &str = "111122223333";
+    const MGMT_ROLE: &str = "arn:aws:iam::111122223333:role/proton-management";
+    const MGMT_NS: &str = "proton-management";
+    const TENANT_NS: &str = "tenant";
+    const REQUESTER: &str = "999900001111";
+    let settings = eac_controller::connection::decide::Settings {
+        resync: Duration::from_secs(600),
+        pending_poll: Duration::from_secs(600),
+        ..support::eager_settings()
+    };
+    let env = Env::start_full(
+        settings.clone(),
+        eac_controller::aws::budget::CallBudget::unlimited(),
+        proton_emulator::EmulatorConfig {
+            roles: vec![MGMT_ROLE.parse().unwrap()],
+            accounts: [("AKIDREQUESTER".to_string(), REQUESTER.to_string())].into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let request = support::proton_client(&env.emulator.url(), "AKIDREQUESTER")
+        .create_environment_account_connection()
+        .environment_name("payments")
+        .management_account_id(MGMT)
+        .client_token("token-payments")
+        .send()
+        .await
+        .expect("the environment account requests a connection");
+    let id = request
+        .environment_account_connection()
+        .map(|c| c.id().to_string())
+        .expect("the request");
+    env.api
+        .namespace(MGMT_NS, &[("proton.eac.dev/side", "management")]);
+    env.api.namespace(TENANT_NS, &[]);
+    env.api.account_mapping(
+        "management",
+        &selecting(&[("proton.eac.dev/side", "management")], MGMT_ROLE),
+    );
+    let policy = |accounts: &[&str], unmatched| {
+        ConnectionAcceptancePolicy::new(
+            "p",
+            ConnectionAcceptancePolicySpec {
+                management_account_id: MGMT.into(),
+                region: None,
+                environment_account_ids: accounts.iter().map(|a| a.to_string()).collect(),
+                environment_names: None,
+                unmatched,
+            },
+        )
+    };
+    let mut shield = policy(&[REQUESTER], UnmatchedRequests::Leave);
+    shield
+        .annotations_mut()
+        .insert(PAUSED_ANNOTATION.into(), "true".into());
+    env.api
+        .create_object(TENANT_NS, "shield", "uid-shield", shield);
+    env.api.create_object(
+        MGMT_NS,
+        "reject-rest",
+        "uid-reject-rest",
+        policy(&["121212121212"], UnmatchedRequests::Reject),
+    );
+    let metrics = eac_controller::metrics::Metrics::new();
+    let proton = eac_controller::aws::proton::Proton::with_static_credentials(
+        eac_controller::aws::proton::ProtonSettings {
+            default_region: "us-east-1".into(),
+            endpoint: Some(env.emulator.url()),
+            sts_endpoint: None,
+            timeout: Duration::from_secs(10),
+        },
+        eac_controller::aws::budget::CallBudget::unlimited(),
+        metrics.clone(),
+    );
+    let policy_ctx = Arc::new(
+        policies::Context::new(
+            env.api.client(),
+            proton,
+            settings,
+            metrics,
+            policies::reporter(),
+        )
+        .with_accounts(env.ctx.accounts_handle()),
+    );
+    let (stop, task) = run_with_mappings(&env);
+    let policies_run = tokio::spawn(policies::run(
+        policy_ctx,
+        None,
+        2,
+        futures::future::pending(),
+        eac_controller::http::Readiness::default(),
+    ));
+    let state = |env: &Env| {
+        env.proton()
+            .connections()
+            .into_iter()
+            .find(|c| c.id == id)
+            .map(|c| c.status)
+    };
+    let rejected = tokio::time::timeout(Duration::from_secs(20), async {
+        while state(&env).as_deref() != Some("REJECTED") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        rejected.is_ok(),
+        "the request made to {MGMT} rejected by its team's policy within 20 s; it is {:?}; \
+         the team's policy: {:?}",
+        state(&env),
+        env.api
+            .get_object::<ConnectionAcceptancePolicy>(MGMT_NS, "reject-rest")
+            .and_then(|p| p.status)
+    );
+    policies_run.abort();
+    let _ = stop.send(());
+    let _ = task.await;
+}

@@ -1196,3 +1196,41 @@ async fn a_new_leader_is_not_ready_while_it_cannot_read_the_account_mappings_it_
         )
         .await;
 }
+
+/// Kubernetes stops the leader's pod while its watch has never synced (the resources' list is
+/// refused: a CRD missing, RBAC): kube-runtime never ends such a controller's graceful shutdown,
+/// so the leader drops it after its grace (20 s) and still releases its Lease, well before the
+/// pod's 30 s are up, so a standby takes over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_a_leader_whose_watch_never_synced_still_releases_its_lease_in_time() {
+    let (env, _dir, kubeconfig) = over_http().await;
+    env.api
+        .deny(Some(http::Method::GET), "/environmentaccountconnections");
+    let mut controller =
+        Controller::start(&kubeconfig, &leader_elected_args(&env.emulator.url()), None);
+    controller
+        .until("the leader lease to be acquired", LIMIT, |c| {
+            c.logged("became leader") == 1
+        })
+        .await;
+    assert!(lease_holder(&env.api).is_some());
+    controller.sigterm();
+    let asked = tokio::time::Instant::now();
+    let status = controller
+        .exited(
+            "the exit within 25 s of SIGTERM (the grace, 20 s, and the release)",
+            Duration::from_secs(25),
+        )
+        .await;
+    assert!(status.success(), "{status:?}: {}", controller.log());
+    assert_eq!(
+        lease_holder(&env.api),
+        None,
+        "released:\n{}",
+        controller.log()
+    );
+    println!(
+        "SIGTERM to a leader whose watch never synced: exited, the Lease released, {:.1} s later",
+        asked.elapsed().as_secs_f64()
+    );
+}

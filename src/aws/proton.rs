@@ -1135,7 +1135,9 @@ fn connection_of(
     c: Option<&aws_sdk_proton::types::EnvironmentAccountConnection>,
 ) -> Result<Connection, ProtonError> {
     match c {
-        Some(c) => from_sdk_connection(c),
+        // What the answer carries is the operation's: a Create answered with a state this
+        // controller does not know was carried out.
+        Some(c) => from_sdk_connection(c).map_err(|e| ProtonError { operation, ..e }),
         None => Err(ProtonError {
             operation,
             class: ErrorClass::Other,
@@ -1262,6 +1264,29 @@ mod tests {
             "still away when the 5 minutes are up"
         );
         assert_eq!(said(&flap, Duration::from_secs(900)), Said::Nothing);
+    }
+
+    /// An answer that cannot be read is the answered operation's error: a Create whose answer
+    /// names a state this controller does not know was carried out (the connection exists).
+    #[test]
+    fn an_unreadable_answer_is_the_answered_operations_error() {
+        let now = aws_smithy_types::DateTime::from_secs(1_795_000_000);
+        let answer = aws_sdk_proton::types::EnvironmentAccountConnection::builder()
+            .id("c-1")
+            .arn("arn:aws:proton:us-east-1:444455556666:environment-account-connection/c-1")
+            .management_account_id("111122223333")
+            .environment_account_id("444455556666")
+            .role_arn("arn:aws:iam::444455556666:role/proton")
+            .environment_name("prod")
+            .requested_at(now)
+            .last_modified_at(now)
+            .status(EnvironmentAccountConnectionStatus::from("SUSPENDED"))
+            .build();
+        let Ok(answer) = answer else {
+            panic!("a complete answer: {answer:?}");
+        };
+        let e = connection_of(CREATE, Some(&answer)).expect_err("an unknown state");
+        assert_eq!((e.operation, e.code.as_str()), (CREATE, "UnknownStatus"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::time::Instant;
-use tracing::{info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use super::api::{ConnectionAcceptancePolicy, ConnectionAcceptancePolicyStatus as Status};
 use super::decide::{Acts, Memory, Outcome, Peer, Policy, Run, Step, in_group, region_of};
@@ -332,6 +332,22 @@ async fn reconcile_inner(
         Err(e) => (AwsIdentity::default(), Some(e.problem())),
     };
     let all = ctx.all_policies();
+    // Whether a policy acting with the controller's own credentials is for this account needs
+    // that account: asked (once, then cached) when one of them names it, even if no resource
+    // or policy of the controller's own has asked yet. Else such a policy, a paused one in an
+    // unmapped namespace say, would count in the group for good.
+    if ctx.proton.known_account(&AwsIdentity::Own).is_none()
+        && all.iter().any(|p| {
+            p.spec.management_account_id == obj.spec.management_account_id
+                && p.metadata.uid != obj.metadata.uid
+                && accounts
+                    .resolve(p.metadata.namespace.as_deref().unwrap_or_default())
+                    .is_ok_and(|r| r.identity == AwsIdentity::Own)
+        })
+        && let Err(e) = ctx.proton.caller_account(&AwsIdentity::Own).await
+    {
+        debug!(error = %e, "could not learn the controller's own account; its policies count as unknown");
+    }
     let peers: Vec<Peer> = all
         .iter()
         .filter(|p| {
