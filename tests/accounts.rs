@@ -557,26 +557,8 @@ async fn the_quickstart_demo_both_sides_with_a_mapped_management_role() {
         Some("444455556666")
     );
 
-    let metrics = eac_controller::metrics::Metrics::new();
-    let proton = eac_controller::aws::proton::Proton::with_static_credentials(
-        eac_controller::aws::proton::ProtonSettings {
-            default_region: "us-east-1".into(),
-            endpoint: Some(env.emulator.url()),
-            sts_endpoint: None,
-            timeout: std::time::Duration::from_secs(10),
-        },
-        eac_controller::aws::budget::CallBudget::unlimited(),
-        metrics.clone(),
-    );
     let policy_ctx = std::sync::Arc::new(
-        policies::Context::new(
-            env.api.client(),
-            proton,
-            support::eager_settings(),
-            metrics,
-            policies::reporter(),
-        )
-        .with_accounts(env.ctx.accounts_handle()),
+        policy_context(&env, support::eager_settings()).with_accounts(env.ctx.accounts_handle()),
     );
     let spec: ConnectionAcceptancePolicySpec = policy.spec.clone();
     env.api.create_object(
@@ -697,6 +679,31 @@ async fn wait_for_connection(env: &Env) {
 }
 
 /// The whole controller as `run` wires it, with account mappings on, until `stop` fires.
+/// The management side's context, with a Proton port of its own to `env`'s emulator.
+fn policy_context(
+    env: &Env,
+    settings: eac_controller::connection::decide::Settings,
+) -> eac_controller::policy::controller::Context {
+    let metrics = eac_controller::metrics::Metrics::new();
+    let proton = eac_controller::aws::proton::Proton::with_static_credentials(
+        eac_controller::aws::proton::ProtonSettings {
+            default_region: "us-east-1".into(),
+            endpoint: Some(env.emulator.url()),
+            sts_endpoint: None,
+            timeout: std::time::Duration::from_secs(10),
+        },
+        eac_controller::aws::budget::CallBudget::unlimited(),
+        metrics.clone(),
+    );
+    eac_controller::policy::controller::Context::new(
+        env.api.client(),
+        proton,
+        settings,
+        metrics,
+        eac_controller::policy::controller::reporter(),
+    )
+}
+
 fn run_with_mappings(
     env: &Env,
 ) -> (
@@ -1020,27 +1027,10 @@ async fn a_policy_whose_namespace_a_mapping_takes_in_reads_again_at_once() {
         "management",
         &selecting(&[("proton.eac.dev/side", "management")], MGMT_ROLE),
     );
-    let metrics = eac_controller::metrics::Metrics::new();
-    let proton = eac_controller::aws::proton::Proton::with_static_credentials(
-        eac_controller::aws::proton::ProtonSettings {
-            default_region: "us-east-1".into(),
-            endpoint: Some(env.emulator.url()),
-            sts_endpoint: None,
-            timeout: Duration::from_secs(10),
-        },
-        eac_controller::aws::budget::CallBudget::unlimited(),
-        metrics.clone(),
-    );
     let policy_ctx = Arc::new(
-        policies::Context::new(
-            env.api.client(),
-            proton,
-            settings,
-            metrics,
-            policies::reporter(),
-        )
-        .with_accounts(env.ctx.accounts_handle())
-        .with_nudges(connections, policy_nudge),
+        policy_context(&env, settings)
+            .with_accounts(env.ctx.accounts_handle())
+            .with_nudges(connections, policy_nudge),
     );
     env.api.create_object(
         MGMT_NS,
@@ -1175,27 +1165,8 @@ async fn a_tenants_policy_naming_another_teams_account_does_not_shield_its_reque
         "uid-reject-rest",
         policy(&["121212121212"], UnmatchedRequests::Reject),
     );
-    let metrics = eac_controller::metrics::Metrics::new();
-    let proton = eac_controller::aws::proton::Proton::with_static_credentials(
-        eac_controller::aws::proton::ProtonSettings {
-            default_region: "us-east-1".into(),
-            endpoint: Some(env.emulator.url()),
-            sts_endpoint: None,
-            timeout: Duration::from_secs(10),
-        },
-        eac_controller::aws::budget::CallBudget::unlimited(),
-        metrics.clone(),
-    );
-    let policy_ctx = Arc::new(
-        policies::Context::new(
-            env.api.client(),
-            proton,
-            settings,
-            metrics,
-            policies::reporter(),
-        )
-        .with_accounts(env.ctx.accounts_handle()),
-    );
+    let policy_ctx =
+        Arc::new(policy_context(&env, settings).with_accounts(env.ctx.accounts_handle()));
     let (stop, task) = run_with_mappings(&env);
     let policies_run = tokio::spawn(policies::run(
         policy_ctx,

@@ -1180,20 +1180,26 @@ mod tests {
             .collect()
     }
 
+    /// One reconcile of a policy accepting MINE, beside one peer, with a request from X pending.
+    fn beside_a_peer(unmatched: UnmatchedRequests, peer: Spec, paused: bool, acts: Acts) -> Ended {
+        let given = Given::new(spec(&[MINE], unmatched)).peer(peer, paused, acts);
+        run(
+            &given,
+            at(100),
+            proton(&[request("x-1", X, ConnectionState::Pending)]),
+        )
+    }
+
     #[test]
     fn a_policy_the_controller_cannot_act_for_does_not_shield_a_request_from_rejection() {
         // A tenant of another namespace (mapped to another account) names this management
         // account and matches X: its own reconcile stops on AccountMismatch, so it must not
         // keep X from being rejected either.
-        let given = Given::new(spec(&[MINE], UnmatchedRequests::Reject)).peer(
+        let ended = beside_a_peer(
+            UnmatchedRequests::Reject,
             spec(&[X], UnmatchedRequests::Leave),
             false,
             Acts::No,
-        );
-        let ended = run(
-            &given,
-            at(100),
-            proton(&[request("x-1", X, ConnectionState::Pending)]),
         );
         assert_eq!(ended.calls, ["List", "Get x-1", "Reject x-1"]);
         assert_eq!(ended.settled().status.rejected_count, 1);
@@ -1201,15 +1207,11 @@ mod tests {
 
     #[test]
     fn a_rejecting_policy_the_controller_cannot_act_for_does_not_silence_the_report() {
-        let given = Given::new(spec(&[MINE], UnmatchedRequests::Leave)).peer(
+        let ended = beside_a_peer(
+            UnmatchedRequests::Leave,
             spec(&["121212121212"], UnmatchedRequests::Reject),
             false,
             Acts::No,
-        );
-        let ended = run(
-            &given,
-            at(100),
-            proton(&[request("x-1", X, ConnectionState::Pending)]),
         );
         let settled = ended.settled();
         assert_eq!(settled.status.left_pending_count, 1);
@@ -1222,26 +1224,18 @@ mod tests {
     /// report them (it will, in a moment: a Warning would be for nothing).
     #[test]
     fn a_policy_not_known_to_act_yet_still_shields_its_requests_and_stands_in_for_rejecting() {
-        let matching = Given::new(spec(&[MINE], UnmatchedRequests::Reject)).peer(
+        let ended = beside_a_peer(
+            UnmatchedRequests::Reject,
             spec(&[X], UnmatchedRequests::Leave),
             false,
             Acts::Unknown,
         );
-        let ended = run(
-            &matching,
-            at(100),
-            proton(&[request("x-1", X, ConnectionState::Pending)]),
-        );
         assert_eq!(ended.calls, ["List"], "a rejection cannot be undone");
-        let rejecting = Given::new(spec(&[MINE], UnmatchedRequests::Leave)).peer(
+        let ended = beside_a_peer(
+            UnmatchedRequests::Leave,
             spec(&["121212121212"], UnmatchedRequests::Reject),
             false,
             Acts::Unknown,
-        );
-        let ended = run(
-            &rejecting,
-            at(100),
-            proton(&[request("x-1", X, ConnectionState::Pending)]),
         );
         assert_eq!(ended.settled().status.left_pending_count, 0);
         assert!(warnings(&ended.settled().events).is_empty());
@@ -1249,29 +1243,16 @@ mod tests {
 
     #[test]
     fn a_paused_policy_that_acts_still_shields_and_an_invalid_one_does_not() {
-        let paused = Given::new(spec(&[MINE], UnmatchedRequests::Reject)).peer(
+        let ended = beside_a_peer(
+            UnmatchedRequests::Reject,
             spec(&[X], UnmatchedRequests::Leave),
             true,
             Acts::Yes,
         );
-        let ended = run(
-            &paused,
-            at(100),
-            proton(&[request("x-1", X, ConnectionState::Pending)]),
-        );
         assert_eq!(ended.calls, ["List"]);
         // It would match X, but is refused: its own reconcile decides nothing.
         let invalid_spec = spec(&[X, "not-an-account"], UnmatchedRequests::Leave);
-        let invalid = Given::new(spec(&[MINE], UnmatchedRequests::Reject)).peer(
-            invalid_spec,
-            false,
-            Acts::Yes,
-        );
-        let ended = run(
-            &invalid,
-            at(100),
-            proton(&[request("x-1", X, ConnectionState::Pending)]),
-        );
+        let ended = beside_a_peer(UnmatchedRequests::Reject, invalid_spec, false, Acts::Yes);
         assert_eq!(ended.calls, ["List", "Get x-1", "Reject x-1"]);
     }
 
