@@ -149,12 +149,16 @@ impl Context {
     }
 
     fn all_policies(&self) -> Vec<Arc<ConnectionAcceptancePolicy>> {
+        self.cached_policies().unwrap_or_default()
+    }
+
+    /// Every policy of the watch cache; `None` without a cache (a reconcile run on its own).
+    fn cached_policies(&self) -> Option<Vec<Arc<ConnectionAcceptancePolicy>>> {
         self.policies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(Store::state)
-            .unwrap_or_default()
     }
 
     /// Makes every policy due now (tests, and a forced resync).
@@ -458,6 +462,16 @@ fn group_of(
         .collect()
 }
 
+/// Whether the cache (`all`) still holds `this` policy as a reconcile began with it: the same
+/// uid, generation and pause.
+fn as_it_was(this: &ConnectionAcceptancePolicy, all: &[Arc<ConnectionAcceptancePolicy>]) -> bool {
+    all.iter().any(|p| {
+        p.metadata.uid == this.metadata.uid
+            && p.metadata.generation == this.metadata.generation
+            && paused(p) == paused(this)
+    })
+}
+
 /// Carries out a policy's steps: one AWS call each; every answer goes back to the run.
 struct StepExecutor<'a> {
     ctx: &'a Context,
@@ -482,6 +496,15 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
         step: &Step,
     ) -> Result<Result<Outcome, ProtonError>, Self::Error> {
         let ctx = self.ctx;
+        // An Accept cannot be undone either: it is made only while this policy is as the plan
+        // was made from it (not edited, paused or deleted meanwhile).
+        if matches!(step, Step::Accept { .. })
+            && let Some(all) = ctx.cached_policies()
+            && !as_it_was(self.this, &all)
+        {
+            info!("the policy changed during the reconcile: no Accept, deciding again");
+            return Ok(Ok(Outcome::PoliciesChanged));
+        }
         // The peers the decision was made from may be minutes old by now (up to 50 decisions):
         // a policy added or changed since may match this request.
         if matches!(step, Step::Reject { .. }) && {
@@ -928,6 +951,40 @@ mod tests {
         assert_eq!(tenant.len(), 1, "{tenant:?}");
         assert_eq!(tenant, of(&[this.clone(), policy("b", M1, 2, true)]));
         assert_ne!(tenant, of(&[policy("a", M1, 2, false)]), "this one changed");
+    }
+
+    #[test]
+    fn an_accept_waits_for_no_change_but_this_policys_own() {
+        let mut this =
+            ConnectionAcceptancePolicy::new("a", ConnectionAcceptancePolicySpec::default());
+        this.metadata.uid = Some("a".into());
+        this.metadata.generation = Some(1);
+        let with = |edit: &dyn Fn(&mut ConnectionAcceptancePolicy)| {
+            let mut now = this.clone();
+            edit(&mut now);
+            as_it_was(&this, &[Arc::new(now)])
+        };
+        assert!(with(&|_| ()));
+        assert!(
+            with(&|p| p.status = Some(Status::default())),
+            "a status write"
+        );
+        assert!(!with(&|p| p.metadata.generation = Some(2)), "edited");
+        assert!(
+            !with(&|p| {
+                p.metadata.annotations = Some(
+                    [(PAUSED_ANNOTATION.to_string(), "true".to_string())]
+                        .into_iter()
+                        .collect(),
+                );
+            }),
+            "paused"
+        );
+        assert!(
+            !with(&|p| p.metadata.uid = Some("b".into())),
+            "replaced under its name"
+        );
+        assert!(!as_it_was(&this, &[]), "deleted");
     }
 
     #[test]

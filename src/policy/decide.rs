@@ -22,6 +22,8 @@
 //!   per request) by every policy of the group, unless an active policy of the group known to
 //!   act rejects such requests.
 //! - A request matched by another policy (not this one) is that policy's to accept: left alone.
+//!   No Accept is sent once this policy changed in the cache (edited, paused, deleted) since the
+//!   plan was made ([`Outcome::PoliciesChanged`] again).
 //! - Accept answered ConflictException or ResourceNotFound: someone else decided, or the request
 //!   was withdrawn; nothing to record, no error.
 //! - What was decided is remembered while a (lagging) List still shows it PENDING, for at most
@@ -213,9 +215,10 @@ pub enum Outcome {
     Requests(Vec<Connection>),
     /// Accept, Get, Reject.
     Connection(Box<Connection>),
-    /// Reject, not sent: the policies of the group changed since the reconcile began (one may
-    /// match the request now). A rejection cannot be undone, so the reconcile ends here and the
-    /// next one, due at once, decides from the policies as they are.
+    /// Reject or Accept, not sent: the policies of the group changed since the reconcile began
+    /// (one may match the request now), or for an Accept this policy did (edited, paused,
+    /// deleted). Neither can be undone, so the reconcile ends here and the next one, due at
+    /// once, decides from the policies as they are.
     PoliciesChanged,
 }
 
@@ -482,7 +485,7 @@ impl<'a> Run<'a> {
                     self.settled_elsewhere.insert(c.id);
                 }
             }
-            (Step::Reject { .. }, Ok(Outcome::PoliciesChanged)) => {
+            (Step::Accept { .. } | Step::Reject { .. }, Ok(Outcome::PoliciesChanged)) => {
                 self.plan.clear();
                 self.truncated = true;
             }
@@ -1275,6 +1278,36 @@ mod tests {
         assert_eq!(settled.requeue, Duration::ZERO, "decided again at once");
         assert!(ended.memory.backlog, "the next List is work");
         assert!(ended.memory.decided.is_empty(), "nothing was decided");
+    }
+
+    #[test]
+    fn no_accept_is_sent_once_the_policy_changed_during_the_reconcile() {
+        // The executor answers an Accept with PoliciesChanged, without sending it, when the
+        // policy in the watch cache was edited, paused or deleted since the plan was made.
+        let given = Given::new(spec(&[MINE], UnmatchedRequests::Leave));
+        let mut aws = proton(&[
+            request("c-1", MINE, ConnectionState::Pending),
+            request("c-2", MINE, ConnectionState::Pending),
+        ]);
+        let mut accepts = 0;
+        let ended = run(&given, at(100), |step| match step {
+            Step::Accept { .. } if accepts == 1 => Ok(Outcome::PoliciesChanged),
+            Step::Accept { .. } => {
+                accepts += 1;
+                aws(step)
+            }
+            other => aws(other),
+        });
+        assert_eq!(ended.calls, ["List", "Accept c-1", "Accept c-2"]);
+        let settled = ended.settled();
+        assert_eq!(settled.status.accepted_count, 1, "c-1 only");
+        assert_eq!(settled.requeue, Duration::ZERO, "decided again at once");
+        assert!(ended.memory.backlog, "the next List is work");
+        assert_eq!(
+            ended.memory.decided.keys().collect::<Vec<_>>(),
+            ["c-1"],
+            "c-2 was not decided"
+        );
     }
 
     #[test]
