@@ -283,14 +283,41 @@ pub fn moved(before: &Credentials, after: &Credentials) -> BTreeSet<String> {
     changed.chain(gone).cloned().collect()
 }
 
-/// Test fixtures of the mapping kind's unit tests.
+/// Test fixtures of the unit tests that need mappings.
 #[cfg(test)]
-pub(super) mod fixtures {
+pub(crate) mod fixtures {
     use std::collections::BTreeMap;
 
+    use k8s_openapi::api::core::v1::Namespace;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-    use super::AccountMappingSpec;
+    use super::{AccountMapping, AccountMappingSpec, Accounts, UnmappedNamespaces};
+
+    /// Accounts from the watches' stores, filled by hand with these mappings and namespaces.
+    pub fn accounts(
+        mappings: &[(&str, &AccountMappingSpec)],
+        namespaces: &[(&str, &[(&str, &str)])],
+        unmapped: UnmappedNamespaces,
+    ) -> Accounts {
+        use kube::runtime::{reflector, watcher::Event};
+        let (mapping_store, mut mapping_writer) = reflector::store::<AccountMapping>();
+        mapping_writer.apply_watcher_event(&Event::Init);
+        for (name, spec) in mappings {
+            let mapping = AccountMapping::new(name, (*spec).clone());
+            mapping_writer.apply_watcher_event(&Event::InitApply(mapping));
+        }
+        mapping_writer.apply_watcher_event(&Event::InitDone);
+        let (namespace_store, mut namespace_writer) = reflector::store::<Namespace>();
+        namespace_writer.apply_watcher_event(&Event::Init);
+        for (name, pairs) in namespaces {
+            let mut ns = Namespace::default();
+            ns.metadata.name = Some(name.to_string());
+            ns.metadata.labels = Some(labels(pairs));
+            namespace_writer.apply_watcher_event(&Event::InitApply(ns));
+        }
+        namespace_writer.apply_watcher_event(&Event::InitDone);
+        Accounts::from_stores(mapping_store, namespace_store).with_unmapped(unmapped)
+    }
 
     /// A mapping of the namespaces with these labels to `role`.
     pub fn mapping(labels: &[(&str, &str)], role: &str) -> AccountMappingSpec {
@@ -432,26 +459,7 @@ mod tests {
         namespaces: &[(&str, &[(&str, &str)])],
         unmapped: UnmappedNamespaces,
     ) -> Credentials {
-        use kube::runtime::{reflector, watcher::Event};
-        let (mapping_store, mut mapping_writer) = reflector::store::<AccountMapping>();
-        mapping_writer.apply_watcher_event(&Event::Init);
-        for (name, spec) in mappings {
-            let mapping = AccountMapping::new(name, (*spec).clone());
-            mapping_writer.apply_watcher_event(&Event::InitApply(mapping));
-        }
-        mapping_writer.apply_watcher_event(&Event::InitDone);
-        let (namespace_store, mut namespace_writer) = reflector::store::<Namespace>();
-        namespace_writer.apply_watcher_event(&Event::Init);
-        for (name, pairs) in namespaces {
-            let mut ns = Namespace::default();
-            ns.metadata.name = Some(name.to_string());
-            ns.metadata.labels = Some(labels(pairs));
-            namespace_writer.apply_watcher_event(&Event::InitApply(ns));
-        }
-        namespace_writer.apply_watcher_event(&Event::InitDone);
-        Accounts::from_stores(mapping_store, namespace_store)
-            .with_unmapped(unmapped)
-            .resolve_all()
+        super::fixtures::accounts(mappings, namespaces, unmapped).resolve_all()
     }
 
     #[test]

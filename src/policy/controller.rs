@@ -879,6 +879,48 @@ mod tests {
         );
     }
 
+    /// Whether a policy of a namespace can act for an account: a mapped role's account is known
+    /// from its ARN; what an admin is changing (mappings that overlap) is not known yet, and so
+    /// still shields (a rejection cannot be undone); a namespace refused credentials never acts.
+    #[tokio::test]
+    async fn what_a_namespaces_mappings_say_of_whether_its_policies_act() {
+        use crate::mapping::decide::fixtures::{accounts, mapping};
+        const ROLE: &str = "arn:aws:iam::111122223333:role/proton-management";
+        const OTHER: &str = "arn:aws:iam::121212121212:role/proton-management";
+        let ctx = context();
+        let (management, overlap) = (
+            mapping(&[("side", "management")], ROLE),
+            mapping(&[("side", "management"), ("team", "b")], OTHER),
+        );
+        let accounts = accounts(
+            &[("management", &management), ("overlap", &overlap)],
+            &[
+                ("mgmt", &[("side", "management")]),
+                ("both", &[("side", "management"), ("team", "b")]),
+                ("tenant", &[]),
+            ],
+            UnmappedNamespaces::Refuse,
+        );
+        let of = |namespace: &str, account: &str| acts(&ctx, &accounts, namespace, account);
+        assert_eq!(of("mgmt", "111122223333"), Acts::Yes);
+        assert_eq!(of("mgmt", "121212121212"), Acts::No, "another account's");
+        assert_eq!(
+            of("both", "111122223333"),
+            Acts::Unknown,
+            "overlapping mappings"
+        );
+        assert_eq!(
+            of("tenant", "111122223333"),
+            Acts::No,
+            "refused credentials"
+        );
+        assert_eq!(
+            of("unseen", "111122223333"),
+            Acts::Unknown,
+            "not watched yet"
+        );
+    }
+
     #[tokio::test]
     async fn a_reject_waits_for_any_change_of_the_groups_policies_and_only_of_them() {
         let ctx = context();
