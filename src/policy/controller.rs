@@ -352,28 +352,9 @@ async fn reconcile_inner(
     {
         debug!(error = %e, "could not learn the controller's own account; its policies count as unknown");
     }
-    let peers: Vec<Peer> = all
-        .iter()
-        .filter(|p| {
-            p.namespace().as_deref() != Some(facts.namespace.as_str()) || p.name_any() != facts.name
-        })
-        .map(|p| {
-            let namespace = p.metadata.namespace.as_deref().unwrap_or_default();
-            Peer {
-                namespace,
-                name: p.metadata.name.as_deref().unwrap_or_default(),
-                spec: &p.spec,
-                paused: paused(p),
-                // Only a policy for the same account can be in this one's group.
-                acts: if p.spec.management_account_id == obj.spec.management_account_id {
-                    acts(ctx, &accounts, namespace, &p.spec.management_account_id)
-                } else {
-                    Acts::No
-                },
-            }
-        })
-        .collect();
-    let group = group_of(ctx, &accounts, &all, obj);
+    let peers = peers_of(ctx, &accounts, &all, obj);
+    let group = group_key(&peers, obj, &all, &ctx.settings);
+    let peers: Vec<Peer> = peers.into_iter().map(|(_, peer)| peer).collect();
     let policy = Policy {
         uid: &facts.uid,
         namespace: &facts.namespace,
@@ -429,37 +410,78 @@ fn acts(ctx: &Context, accounts: &Accounts, namespace: &str, management_account_
     }
 }
 
+/// Every other policy of the cache, with what the decision sees of it.
+fn peers_of<'p>(
+    ctx: &Context,
+    accounts: &Accounts,
+    all: &'p [Arc<ConnectionAcceptancePolicy>],
+    this: &ConnectionAcceptancePolicy,
+) -> Vec<(&'p ConnectionAcceptancePolicy, Peer<'p>)> {
+    all.iter()
+        .filter(|p| p.metadata.uid != this.metadata.uid)
+        .map(|p| {
+            let namespace = p.metadata.namespace.as_deref().unwrap_or_default();
+            let peer = Peer {
+                namespace,
+                name: p.metadata.name.as_deref().unwrap_or_default(),
+                spec: &p.spec,
+                paused: paused(p),
+                // Only a policy for the same account can be in this one's group.
+                acts: if p.spec.management_account_id == this.spec.management_account_id {
+                    acts(ctx, accounts, namespace, &p.spec.management_account_id)
+                } else {
+                    Acts::No
+                },
+            };
+            (p.as_ref(), peer)
+        })
+        .collect()
+}
+
 /// What a Reject must not outlast: this policy (uid, generation, pause) and the policies of its
-/// group in the cache (the same filter as the decision's, [`in_group`], so a policy that is no
-/// part of it, say a tenant's naming another team's account, cannot hold up its Rejects by
-/// changing). A Reject is sent only while this is what the reconcile began with. (Whether a
-/// member's credentials are known yet does not count: known or not, it shields the same.)
+/// group among `peers` (the decision's own filter, [`in_group`], so a policy that is no part of
+/// it, say a tenant's naming another team's account, cannot hold up its Rejects by changing).
+/// A Reject is sent only while this is what the reconcile began with. (Whether a member's
+/// credentials are known yet does not count: known or not, it shields the same.)
+fn group_key(
+    peers: &[(&ConnectionAcceptancePolicy, Peer)],
+    this: &ConnectionAcceptancePolicy,
+    all: &[Arc<ConnectionAcceptancePolicy>],
+    settings: &Settings,
+) -> BTreeSet<(String, i64, bool)> {
+    let region = region_of(&this.spec, settings);
+    let entry = |p: &ConnectionAcceptancePolicy| {
+        (
+            p.metadata.uid.clone().unwrap_or_default(),
+            p.metadata.generation.unwrap_or_default(),
+            paused(p),
+        )
+    };
+    peers
+        .iter()
+        .filter(|(_, peer)| in_group(peer.spec, peer.acts, &this.spec, &region, settings))
+        .map(|(p, _)| entry(p))
+        .chain(
+            all.iter()
+                .filter(|p| p.metadata.uid == this.metadata.uid)
+                .map(|p| entry(p)),
+        )
+        .collect()
+}
+
+/// [`group_key`] from the cache as it is (`all`).
 fn group_of(
     ctx: &Context,
     accounts: &Accounts,
     all: &[Arc<ConnectionAcceptancePolicy>],
     this: &ConnectionAcceptancePolicy,
 ) -> BTreeSet<(String, i64, bool)> {
-    let region = region_of(&this.spec, &ctx.settings);
-    all.iter()
-        .filter_map(|p| {
-            if p.metadata.uid != this.metadata.uid {
-                if p.spec.management_account_id != this.spec.management_account_id {
-                    return None;
-                }
-                let namespace = p.metadata.namespace.as_deref().unwrap_or_default();
-                let acts = acts(ctx, accounts, namespace, &p.spec.management_account_id);
-                if !in_group(&p.spec, acts, &this.spec, &region, &ctx.settings) {
-                    return None;
-                }
-            }
-            Some((
-                p.metadata.uid.clone().unwrap_or_default(),
-                p.metadata.generation.unwrap_or_default(),
-                paused(p),
-            ))
-        })
-        .collect()
+    group_key(
+        &peers_of(ctx, accounts, all, this),
+        this,
+        all,
+        &ctx.settings,
+    )
 }
 
 /// Whether the cache (`all`) still holds `this` policy as a reconcile began with it: the same
@@ -482,7 +504,7 @@ struct StepExecutor<'a> {
     /// a slot for the re-read too (see [`crate::aws::budget`]); else, with the budget at its
     /// edge, every slot went to the re-read and the Reject never went.
     check_and_reject: StepCalls,
-    /// The policy, and its group as the reconcile began (see [`group_of`]).
+    /// The policy, and its group as the reconcile began (see [`group_key`]).
     this: &'a ConnectionAcceptancePolicy,
     group: BTreeSet<(String, i64, bool)>,
 }
