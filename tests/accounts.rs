@@ -704,6 +704,19 @@ fn policy_context(
     )
 }
 
+/// The management side's controller over every namespace, until the task is aborted.
+fn run_policies(
+    ctx: std::sync::Arc<eac_controller::policy::controller::Context>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(eac_controller::policy::controller::run(
+        ctx,
+        None,
+        2,
+        futures::future::pending(),
+        eac_controller::http::Readiness::default(),
+    ))
+}
+
 fn run_with_mappings(
     env: &Env,
 ) -> (
@@ -1001,7 +1014,6 @@ async fn a_policy_whose_namespace_a_mapping_takes_in_reads_again_at_once() {
     use eac_controller::policy::api::{
         ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec, UnmatchedRequests,
     };
-    use eac_controller::policy::controller as policies;
     use eac_controller::reconciler::nudge::Nudge;
 
     const MGMT_ROLE: &str = "arn:aws:iam::111122223333:role/proton-management";
@@ -1048,13 +1060,7 @@ async fn a_policy_whose_namespace_a_mapping_takes_in_reads_again_at_once() {
         ),
     );
     let (stop, task) = run_with_mappings(&env);
-    let policies_run = tokio::spawn(policies::run(
-        policy_ctx,
-        None,
-        2,
-        futures::future::pending(),
-        eac_controller::http::Readiness::default(),
-    ));
+    let policies_run = run_policies(policy_ctx);
     let reason = |api: &support::FakeApi| {
         api.get_object::<ConnectionAcceptancePolicy>(MGMT_NS, "accept")
             .and_then(|p| p.status)
@@ -1099,7 +1105,6 @@ async fn a_tenants_policy_naming_another_teams_account_does_not_shield_its_reque
     use eac_controller::policy::api::{
         ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec, UnmatchedRequests,
     };
-    use eac_controller::policy::controller as policies;
     use kube::ResourceExt;
 
     const MGMT: &str = "111122223333";
@@ -1168,13 +1173,7 @@ async fn a_tenants_policy_naming_another_teams_account_does_not_shield_its_reque
     let policy_ctx =
         Arc::new(policy_context(&env, settings).with_accounts(env.ctx.accounts_handle()));
     let (stop, task) = run_with_mappings(&env);
-    let policies_run = tokio::spawn(policies::run(
-        policy_ctx,
-        None,
-        2,
-        futures::future::pending(),
-        eac_controller::http::Readiness::default(),
-    ));
+    let policies_run = run_policies(policy_ctx);
     let state = |env: &Env| {
         env.proton()
             .connections()
