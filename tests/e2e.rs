@@ -1547,6 +1547,99 @@ async fn the_standby_controller_takes_over_when_the_leader_is_killed() {
     );
 }
 
+/// A rolling update stops the leader's pod with SIGTERM: it finishes what is under way, then
+/// releases the Lease (holder cleared, duration 1 s: an update the real API server validates),
+/// so the standby leads within seconds, not after the 15 s lease duration, and serves the next
+/// resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_the_leader_releases_its_lease_and_the_standby_takes_over_at_once() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("leader-sigterm").await;
+    let emulator = ns.start_emulator().await;
+    let leader_args = |identity: &str| ControllerOptions {
+        identity: identity.into(),
+        ..ControllerOptions::preset(ControllerPreset::LeaderElection)
+    };
+    let a = ns
+        .start_controller(&emulator, leader_args("eac-e2e-a"))
+        .await;
+    let b = ns
+        .start_controller(&emulator, leader_args("eac-e2e-b"))
+        .await;
+    let identities = [a.identity.clone(), b.identity.clone()];
+    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
+    let lease = wait_object(
+        &leases,
+        LEASE_NAME,
+        "a holder of the Lease",
+        CONVERGE,
+        |l: Option<&Lease>| holder(l).is_some_and(|h| identities.iter().any(|i| i == h)),
+    )
+    .await;
+    let first = holder(lease.as_ref()).expect("a holder").to_string();
+    let (leader, standby) = if first == a.identity { (a, b) } else { (b, a) };
+    ns.apply(&eac("term-1", spec("term-1"))).await;
+    ns.wait_eac("term-1", "a connection", CONVERGE, has_connection)
+        .await;
+
+    // Within the pod's default grace (30 s); the leader's own bound is 20 s.
+    let status = leader.terminate(Duration::from_secs(30)).await;
+    let stopped = tokio::time::Instant::now();
+    assert!(status.success(), "{status:?}");
+    // Its stderr is read by a thread of its own: the last lines may come after the exit.
+    if let Err(e) = leader
+        .log()
+        .wait_for_line(
+            "the leader's log line that it released the Lease",
+            Duration::from_secs(5),
+            |l| l.contains("released the leader lease"),
+        )
+        .await
+    {
+        panic!("{e}\n{}", leader.log().report());
+    }
+    // The standby tries every 2 s and takes a released Lease at once: well inside the 15 s a
+    // Lease left to expire would take.
+    wait_object(
+        &leases,
+        LEASE_NAME,
+        "the standby holding the Lease within 5 s of the leader's exit",
+        Duration::from_secs(5),
+        |l: Option<&Lease>| holder(l) == Some(standby.identity.as_str()),
+    )
+    .await;
+    println!(
+        "SIGTERM: {} exited, {} held the Lease {:.1} s later",
+        leader.identity,
+        standby.identity,
+        stopped.elapsed().as_secs_f64()
+    );
+    ns.apply(&eac("term-2", spec("term-2"))).await;
+    let two = ns
+        .wait_eac(
+            "term-2",
+            &format!(
+                "a connection made by {} after the hand-over",
+                standby.identity
+            ),
+            CONVERGE,
+            has_connection,
+        )
+        .await;
+    let created = ns.wait_event(&uid(&two), "Created").await;
+    assert_eq!(
+        created.reporting_instance.as_deref(),
+        Some(standby.identity.as_str())
+    );
+    assert_eq!(
+        emulator.calls().await.count(CREATE),
+        2,
+        "one connection per resource"
+    );
+}
+
 /// The `eac_leader` gauge of a controller.
 async fn leader_gauge(controller: &Controller) -> i64 {
     let addr = controller.metrics_addr().await;

@@ -1927,6 +1927,29 @@ impl Controller {
         kill_and_reap(&self.child)
     }
 
+    /// SIGTERM, as Kubernetes stops a pod, then waits up to `limit` for the exit (a graceful
+    /// shutdown); panics, with the log, if the process is still running then.
+    pub async fn terminate(&self, limit: Duration) -> ExitStatus {
+        let pid = lock(&self.child).id();
+        // SAFETY: kill only sends a signal to the child this owns.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} still running {limit:?} after SIGTERM\n{}",
+                self.identity,
+                self.log.report()
+            );
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
     /// The exit status, if the process has ended.
     pub fn try_exit(&self) -> Option<ExitStatus> {
         lock(&self.child).try_wait().ok().flatten()
