@@ -19,17 +19,17 @@
 //!   shows it still PENDING, and only while the group in the cache is the one the plan was made
 //!   from (else [`Outcome::PoliciesChanged`]: the reconcile ends and the next, at once, plans
 //!   again); otherwise it is left PENDING and reported (status `leftPending`, one Warning Event
-//!   per request) by every policy of the group, unless an active policy of the group known to
-//!   act rejects such requests.
+//!   per request) by every policy of the group, unless an active policy of the group rejects
+//!   such requests (one whose credentials are not known yet included).
 //! - A request matched by another policy (not this one) is that policy's to accept: left alone.
 //!   No Accept is sent once this policy changed in the cache (edited, paused, deleted) since the
 //!   plan was made ([`Outcome::PoliciesChanged`] again).
 //! - Accept answered ConflictException or ResourceNotFound: someone else decided, or the request
 //!   was withdrawn; nothing to record, no error.
-//! - What was decided is remembered while a (lagging) List still shows it PENDING, for at most
-//!   the call timeout plus List's lag, so nothing is decided twice, and a request a Conflict
-//!   left PENDING is decided again after that; requests left pending are announced once
-//!   (remembered, and the status lists the newest 20).
+//! - What was decided is remembered while a (lagging) List still shows it PENDING, until a List
+//!   taken the call timeout plus List's lag after the decision, so nothing is decided twice, and
+//!   a request a Conflict left PENDING is decided again after that; requests left pending are
+//!   announced once (remembered, and the status lists the newest 20).
 //! - A namespace without credentials is reported (conditions, one Event), and nothing is called.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -108,10 +108,10 @@ pub struct Memory {
     pub backlog: bool,
     /// Requests this policy decided (or found decided by someone else), and when: a List may
     /// still show them PENDING for a while (List is eventually consistent), so they are not
-    /// decided again while they are listed, for at most [`Settings::create_settle`] (the call
-    /// timeout plus List's lag). A ConflictException does not prove the request left PENDING
-    /// (Proton also answers it for a conflicting operation): one still listed after that long
-    /// is decided again.
+    /// decided again while they are listed, until a List taken [`Settings::create_settle`] (the
+    /// call timeout plus List's lag) after the decision. A ConflictException does not prove the
+    /// request left PENDING (Proton also answers it for a conflicting operation): one such a
+    /// List still shows is decided again.
     pub decided: BTreeMap<String, jiff::Timestamp>,
     /// The List of a reconcile whose next call was deferred: the next reconcile decides from it
     /// instead of listing again, so the slot booked for the policy goes to the deferred
@@ -399,17 +399,13 @@ impl<'a> Run<'a> {
                 .listed
                 .as_ref()
                 .filter(|l| l.generation == self.p.generation && now < l.until);
-            let listed = match (&self.listed, carried) {
-                (Some(listed), _) => {
-                    // Listed by this reconcile, just now.
-                    self.listed_at = Some(now);
-                    listed.clone()
-                }
+            let (listed, taken) = match (&self.listed, carried) {
+                // Listed by this reconcile, just now.
+                (Some(listed), _) => (listed.clone(), now),
                 (None, Some(carried)) => {
                     self.next_memory.listed = None;
-                    self.listed_at = Some(carried.taken);
                     self.listed = Some(carried.requests.clone());
-                    carried.requests.clone()
+                    (carried.requests.clone(), carried.taken)
                 }
                 (None, None) => {
                     return Step::List {
@@ -417,7 +413,8 @@ impl<'a> Run<'a> {
                     };
                 }
             };
-            self.plan_for(listed, self.listed_at.unwrap_or(now));
+            self.listed_at = Some(taken);
+            self.plan_for(listed, taken);
         }
         match self.plan.front() {
             Some(Planned::Accept(request)) => Step::Accept {
