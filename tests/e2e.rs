@@ -1457,26 +1457,23 @@ fn holder(lease: Option<&Lease>) -> Option<&str> {
     lease?.spec.as_ref()?.holder_identity.as_deref()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_standby_controller_takes_over_when_the_leader_is_killed() {
-    let Some(cluster) = Cluster::from_env().await else {
-        return;
-    };
-    let ns = cluster.namespace("leader-election").await;
-    let emulator = ns.start_emulator().await;
-    // The Lease is in the test's namespace (`--leader-election-namespace` of the harness).
+/// Two leader-elected controllers in `ns`, once one holds the Lease: the leader, the standby,
+/// and the Leases of the namespace (the harness's `--leader-election-namespace`).
+async fn leader_and_standby(
+    ns: &e2e_support::TestNamespace,
+    emulator: &Emulator,
+) -> (Controller, Controller, Api<Lease>) {
     let leader_args = |identity: &str| ControllerOptions {
         identity: identity.into(),
         ..ControllerOptions::preset(ControllerPreset::LeaderElection)
     };
     let a = ns
-        .start_controller(&emulator, leader_args("eac-e2e-a"))
+        .start_controller(emulator, leader_args("eac-e2e-a"))
         .await;
     let b = ns
-        .start_controller(&emulator, leader_args("eac-e2e-b"))
+        .start_controller(emulator, leader_args("eac-e2e-b"))
         .await;
     let identities = [a.identity.clone(), b.identity.clone()];
-
     let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
     let lease = wait_object(
         &leases,
@@ -1488,6 +1485,17 @@ async fn the_standby_controller_takes_over_when_the_leader_is_killed() {
     .await;
     let first = holder(lease.as_ref()).expect("a holder").to_string();
     let (leader, standby) = if first == a.identity { (a, b) } else { (b, a) };
+    (leader, standby, leases)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_controller_takes_over_when_the_leader_is_killed() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("leader-election").await;
+    let emulator = ns.start_emulator().await;
+    let (leader, standby, leases) = leader_and_standby(&ns, &emulator).await;
     println!(
         "leader election: {} leads, {} stands by",
         leader.identity, standby.identity
@@ -1558,28 +1566,7 @@ async fn on_sigterm_the_leader_releases_its_lease_and_the_standby_takes_over_at_
     };
     let ns = cluster.namespace("leader-sigterm").await;
     let emulator = ns.start_emulator().await;
-    let leader_args = |identity: &str| ControllerOptions {
-        identity: identity.into(),
-        ..ControllerOptions::preset(ControllerPreset::LeaderElection)
-    };
-    let a = ns
-        .start_controller(&emulator, leader_args("eac-e2e-a"))
-        .await;
-    let b = ns
-        .start_controller(&emulator, leader_args("eac-e2e-b"))
-        .await;
-    let identities = [a.identity.clone(), b.identity.clone()];
-    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
-    let lease = wait_object(
-        &leases,
-        LEASE_NAME,
-        "a holder of the Lease",
-        CONVERGE,
-        |l: Option<&Lease>| holder(l).is_some_and(|h| identities.iter().any(|i| i == h)),
-    )
-    .await;
-    let first = holder(lease.as_ref()).expect("a holder").to_string();
-    let (leader, standby) = if first == a.identity { (a, b) } else { (b, a) };
+    let (leader, standby, leases) = leader_and_standby(&ns, &emulator).await;
     ns.apply(&eac("term-1", spec("term-1"))).await;
     ns.wait_eac("term-1", "a connection", CONVERGE, has_connection)
         .await;
