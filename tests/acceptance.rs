@@ -635,9 +635,10 @@ async fn a_throttled_accept_is_reported_and_retried() {
 }
 
 #[tokio::test]
-async fn a_denied_accept_stalls_the_policy_with_the_aws_message() {
+async fn a_denied_accept_holds_up_no_other_request_and_stalls_the_policy_with_the_aws_message() {
     let m = Mgmt::start().await;
     let (prod, account) = m.request("prod-eu").await;
+    let (staging, _) = m.request("staging-eu").await;
     m.apply(
         NS,
         POLICY,
@@ -649,12 +650,15 @@ async fn a_denied_accept_stalls_the_policy_with_the_aws_message() {
 
     let action = m.reconcile(NS, POLICY).await.unwrap();
 
-    assert_eq!(m.state_of(&prod), "PENDING");
+    // The first Accept was refused; the other request is accepted all the same.
+    let states = [m.state_of(&prod), m.state_of(&staging)];
+    let refused = match states.each_ref().map(String::as_str) {
+        ["PENDING", "CONNECTED"] => &prod,
+        ["CONNECTED", "PENDING"] => &staging,
+        other => panic!("one accepted, one refused: {other:?}"),
+    };
     let status = m.status(NS, POLICY);
-    assert_eq!(
-        condition(&status, "Synced"),
-        ("False".into(), "AccessDenied".into())
-    );
+    assert_eq!(status.accepted_count, 1);
     assert_eq!(
         condition(&status, "Stalled"),
         ("True".into(), "AccessDenied".into())
@@ -663,10 +667,32 @@ async fn a_denied_accept_stalls_the_policy_with_the_aws_message() {
         condition(&status, "Ready"),
         ("False".into(), "AccessDenied".into())
     );
+    let message = &status.condition("Ready").unwrap().message;
     assert!(
-        support::requeue_of(&action) >= Duration::from_secs(20),
-        "IAM is fixed elsewhere: retried slowly, {action:?}"
+        message.contains(refused.as_str()) && message.contains("Access denied"),
+        "names the request and shows AWS's answer: {message}"
     );
+    assert_eq!(
+        m.events(),
+        [
+            ("Accepted".into(), "Normal".into()),
+            ("AccessDenied".into(), "Warning".into())
+        ]
+    );
+    assert!(
+        support::requeue_of(&action) <= Duration::from_secs(3),
+        "the policy keeps polling for new requests: {action:?}"
+    );
+
+    // IAM is fixed elsewhere: the refused request waits for its own retry, 30 s on.
+    m.reconcile(NS, POLICY).await.unwrap();
+    assert_eq!(
+        m.calls(ACCEPT),
+        2,
+        "no Accept before the refused request's retry"
+    );
+    assert_eq!(m.state_of(refused), "PENDING");
+    assert_eq!(m.events().len(), 2, "announced once");
 }
 
 #[tokio::test]

@@ -141,6 +141,8 @@ struct Given {
     /// The other policies of the cluster: (spec, paused).
     peers: Vec<(Spec, bool)>,
     settings: Settings,
+    /// When the reconcile runs (seconds, as [`at`] counts them).
+    now: i64,
 }
 
 impl Given {
@@ -155,6 +157,7 @@ impl Given {
             memory: Memory::default(),
             peers: Vec::new(),
             settings: settings(),
+            now: 2_000,
         }
     }
 
@@ -343,7 +346,7 @@ fn run(given: &Given, fake: &mut Fake) -> Ended {
     let mut run = Run::new(policy, &peers, &given.settings, &given.memory, JITTER);
     let mut classes = Vec::new();
     for _ in 0..1_000 {
-        let step = run.next(at(2_000));
+        let step = run.next(at(given.now));
         if step.is_final() {
             return Ended {
                 step,
@@ -705,15 +708,13 @@ fn a_reject_answered_with_a_conflict_records_nothing() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn errors_are_reported_in_conditions_with_their_class() {
+fn a_passing_fault_ends_the_reconcile_and_is_reported_with_its_class() {
     #[rustfmt::skip]
     let rows = [
-        (ErrorClass::Throttled, "ThrottlingException", "Throttled", false, Duration::from_secs(1)),
-        (ErrorClass::Transient, "InternalServerException", "AwsUnavailable", false, Duration::from_secs(1)),
-        (ErrorClass::AccessDenied, "AccessDeniedException", "AccessDenied", true, Duration::from_secs(30)),
-        (ErrorClass::Validation, "ValidationException", "InvalidSpec", true, Duration::from_secs(60)),
+        (ErrorClass::Throttled, "ThrottlingException", "Throttled", Duration::from_secs(1)),
+        (ErrorClass::Transient, "InternalServerException", "AwsUnavailable", Duration::from_secs(1)),
     ];
-    for (class, code, reason, stalled, requeue) in rows {
+    for (class, code, reason, requeue) in rows {
         // Two requests: the first accepted, the second's Accept fails.
         let mut fake = Fake::with(&[
             request_at("c-1", A, "prod-1", PENDING, 1),
@@ -770,21 +771,12 @@ fn errors_are_reported_in_conditions_with_their_class() {
             ("False".into(), reason.into()),
             "{code}"
         );
+        assert_eq!(condition(status, STALLED).0, "False", "{code}");
         assert_eq!(
-            condition(status, STALLED).0,
-            if stalled { "True" } else { "False" },
-            "{code}"
+            condition(status, READY),
+            ("True".into(), "Applied".into()),
+            "{code}: Ready kept"
         );
-        let ready = condition(status, READY);
-        if stalled {
-            assert_eq!(ready, ("False".into(), reason.into()), "{code}");
-        } else {
-            assert_eq!(
-                ready,
-                ("True".into(), "Applied".into()),
-                "{code}: Ready kept"
-            );
-        }
         assert!(
             status.condition(SYNCED).unwrap().message.contains(code),
             "{code}: the AWS message is shown"
@@ -801,6 +793,189 @@ fn errors_are_reported_in_conditions_with_their_class() {
         let jittered = (reported.requeue.as_secs_f64() / requeue.as_secs_f64() - 1.0).abs();
         assert!(jittered < 1e-9, "{code}: {:?}", reported.requeue);
     }
+}
+
+/// Three of A's requests, the oldest first.
+fn three_of_as_requests() -> Fake {
+    Fake::with(&[
+        request_at("c-1", A, "prod-1", PENDING, 1),
+        request_at("c-2", A, "prod-2", PENDING, 2),
+        request_at("c-3", A, "prod-3", PENDING, 3),
+    ])
+}
+
+/// The next scenario, from where `ended` left it, `later` seconds after `given`.
+fn after(given: &Given, ended: &Ended, later: i64) -> Given {
+    Given {
+        status: ended.status().clone(),
+        memory: ended.memory.clone(),
+        now: given.now + later,
+        ..given.clone()
+    }
+}
+
+fn decisions(fake: &Fake) -> Vec<&str> {
+    fake.calls
+        .iter()
+        .map(String::as_str)
+        .filter(|c| !c.starts_with("List") && !c.starts_with("WhoAmI"))
+        .collect()
+}
+
+#[test]
+fn a_decision_aws_refuses_holds_up_no_other_request_and_is_tried_again_on_its_own_backoff() {
+    #[rustfmt::skip]
+    let rows = [
+        ("Accept", UnmatchedRequests::Leave, ErrorClass::AccessDenied, "AccessDeniedException", "AccessDenied", 30),
+        ("Accept", UnmatchedRequests::Leave, ErrorClass::Validation, "ValidationException", "InvalidSpec", 60),
+        ("Accept", UnmatchedRequests::Leave, ErrorClass::QuotaExceeded, "ServiceQuotaExceededException", "QuotaExceeded", 60),
+        ("Reject", UnmatchedRequests::Reject, ErrorClass::AccessDenied, "AccessDeniedException", "AccessDenied", 30),
+        ("Get", UnmatchedRequests::Reject, ErrorClass::AccessDenied, "AccessDeniedException", "AccessDenied", 30),
+    ];
+    for (step, unmatched, class, code, reason, wait) in rows {
+        let label = format!("{step} {code}");
+        // Accepted by the policy (A, prod-*), or rejected by it (D: nobody's).
+        let account = if step == "Accept" { A } else { D };
+        let mut fake = Fake::with(&[
+            request_at("c-1", account, "prod-1", PENDING, 1),
+            request_at("c-2", account, "prod-2", PENDING, 2),
+            request_at("c-3", account, "prod-3", PENDING, 3),
+        ]);
+        fake.fail(step, error(class, code));
+        let given = Given::new(spec(unmatched));
+        let first = run(&given, &mut fake);
+
+        // c-1 was refused; c-2 and c-3 are decided all the same, in the same reconcile.
+        let settled = first.settled();
+        let decided = if step == "Accept" {
+            ids(&settled.status.accepted)
+        } else {
+            ids(&settled.status.rejected)
+        };
+        assert_eq!(decided, ["c-3", "c-2"], "{label}: newest first");
+        let ready = settled.status.condition(READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason),
+            "{label}"
+        );
+        assert!(
+            ready.message.starts_with("connection c-1: "),
+            "{label}: {}",
+            ready.message
+        );
+        assert!(
+            ready.message.contains(code),
+            "{label}: the AWS message is shown"
+        );
+        assert_eq!(
+            condition(&settled.status, STALLED),
+            ("True".into(), reason.into()),
+            "{label}"
+        );
+        assert_eq!(
+            condition(&settled.status, SYNCED).0,
+            "True",
+            "{label}: the policy is applied"
+        );
+        let warnings: Vec<_> = first.events().into_iter().filter(|(_, w)| *w).collect();
+        assert_eq!(warnings, [(reason, true)], "{label}: announced once");
+        // The policy polls as a healthy one does: new requests are not held up either.
+        assert_eq!(settled.requeue, Duration::from_secs(2), "{label}");
+        let refused = &first.memory.refused["c-1"];
+        assert_eq!(refused.attempts, 1, "{label}");
+        assert_eq!(refused.retry_at, at(given.now + wait), "{label}");
+
+        // Before its own retry is due: not tried, nothing new to say or write, still not Ready.
+        fake.calls.clear();
+        let quiet = after(&given, &first, wait - 1);
+        let second = run(&quiet, &mut fake);
+        assert_eq!(decisions(&fake), Vec::<&str>::new(), "{label}");
+        assert_eq!(second.status(), first.status(), "{label}: nothing to write");
+        assert_eq!(second.events(), [], "{label}");
+
+        // Due again: a new request goes first, then the refused one, which AWS now takes.
+        fake.connections.insert(
+            "c-4".into(),
+            request_at("c-4", account, "prod-4", PENDING, 4),
+        );
+        fake.calls.clear();
+        let due = after(&given, &first, wait);
+        let third = run(&due, &mut fake);
+        let expected: &[&str] = if step == "Accept" {
+            &["Accept c-4", "Accept c-1"]
+        } else {
+            &["Get c-4", "Reject c-4", "Get c-1", "Reject c-1"]
+        };
+        assert_eq!(decisions(&fake), expected, "{label}");
+        assert_eq!(condition(third.status(), READY).0, "True", "{label}");
+        assert_eq!(condition(third.status(), STALLED).0, "False", "{label}");
+        assert!(third.memory.refused.is_empty(), "{label}");
+    }
+}
+
+#[test]
+fn a_decision_refused_for_two_requests_and_never_taken_stops_the_reconcile_and_backs_off() {
+    // A permission missing for every request: two refusals, not one for each request.
+    let mut fake = three_of_as_requests();
+    for _ in 0..2 {
+        fake.fail(
+            "Accept",
+            error(ErrorClass::AccessDenied, "AccessDeniedException"),
+        );
+    }
+    let given = Given::new(spec(UnmatchedRequests::Leave));
+    let first = run(&given, &mut fake);
+    assert_eq!(decisions(&fake), ["Accept c-1", "Accept c-2"]);
+    let reported = first.reported();
+    assert_eq!(reported.problem.reason, "AccessDenied");
+    assert_eq!(
+        reported.requeue,
+        Duration::from_secs(30),
+        "the policy backs off"
+    );
+    assert_eq!(
+        condition(&reported.status, READY),
+        ("False".into(), "AccessDenied".into())
+    );
+    assert_eq!(
+        first.memory.refused.keys().collect::<Vec<_>>(),
+        ["c-1", "c-2"]
+    );
+
+    // Once the permission is there, the request never tried goes first.
+    fake.calls.clear();
+    let again = Given {
+        failures: 1,
+        ..after(&given, &first, 30)
+    };
+    let second = run(&again, &mut fake);
+    assert_eq!(decisions(&fake), ["Accept c-3", "Accept c-1", "Accept c-2"]);
+    assert_eq!(condition(second.status(), READY).0, "True");
+    assert!(second.memory.refused.is_empty());
+}
+
+#[test]
+fn a_refused_request_no_longer_pending_is_no_longer_reported() {
+    let mut fake = three_of_as_requests();
+    fake.fail(
+        "Accept",
+        error(ErrorClass::AccessDenied, "AccessDeniedException"),
+    );
+    let given = Given::new(spec(UnmatchedRequests::Leave));
+    let first = run(&given, &mut fake);
+    assert_eq!(condition(first.status(), READY).0, "False");
+
+    // Accepted by hand (or withdrawn) before its retry is due.
+    fake.connections.remove("c-1");
+    fake.calls.clear();
+    let second = run(&after(&given, &first, 5), &mut fake);
+    assert_eq!(decisions(&fake), Vec::<&str>::new());
+    assert_eq!(
+        condition(second.status(), READY),
+        ("True".into(), "Applied".into())
+    );
+    assert!(second.memory.refused.is_empty());
 }
 
 #[test]

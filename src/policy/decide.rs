@@ -30,6 +30,10 @@
 //!   taken the call timeout plus List's lag after the decision, so nothing is decided twice, and
 //!   a request a Conflict left PENDING is decided again after that; requests left pending are
 //!   announced once (remembered, and the status lists the newest 20).
+//! - A decision AWS refuses for one request (AccessDenied, a ValidationException, a quota) holds
+//!   up no other: the request is tried again on a backoff of its own, after the others, and the
+//!   policy is not Ready meanwhile ([`Refused`]). An operation refused twice and never taken in
+//!   a reconcile is refused for every request: the reconcile stops and backs off.
 //! - A namespace without credentials is reported (conditions, one Event), and nothing is called.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -121,6 +125,23 @@ pub struct Memory {
     /// The generation last settled, and when it first was: a new or changed policy lists often
     /// at first, then less often (see [`poll_interval`]).
     pub applied: Option<(i64, jiff::Timestamp)>,
+    /// Requests whose decision AWS refused (see [`Refused`]), while they are still this
+    /// policy's to decide.
+    pub refused: BTreeMap<String, Refused>,
+}
+
+/// A decision AWS refused for one request, with an answer that retrying soon will not change
+/// (AccessDenied, a ValidationException, a quota): the request is tried again on a backoff of
+/// its own, after the policy's other requests, which are decided meanwhile. An IAM policy
+/// scoped by resource, or one odd request, must not hold up every other request of the
+/// account. The policy is not Ready while one is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub problem: Problem,
+    /// Refusals in a row, for the backoff.
+    pub attempts: u32,
+    /// Not tried again before.
+    pub retry_at: jiff::Timestamp,
 }
 
 /// A List kept across a deferral, valid for the generation it was made for until `until`.
@@ -242,6 +263,14 @@ enum Planned {
     },
 }
 
+impl Planned {
+    fn id(&self) -> &str {
+        match self {
+            Planned::Accept(request) | Planned::Reject { request, .. } => &request.id,
+        }
+    }
+}
+
 /// One reconcile of one policy.
 #[derive(Clone, Debug)]
 pub struct Run<'a> {
@@ -268,6 +297,13 @@ pub struct Run<'a> {
     truncated: bool,
     deferred: Option<(CallClass, Option<Duration>)>,
     problem: Option<Problem>,
+    /// Refusals (see [`Refused`]) this reconcile met, by operation, and the operations that
+    /// succeeded: an operation refused twice that never succeeded is refused for every
+    /// request (a permission missing), so the reconcile stops there and backs off.
+    refusals: BTreeMap<&'static str, u32>,
+    succeeded: BTreeSet<&'static str>,
+    /// The time of the latest [`Run::next`]: when an answer came.
+    clock: jiff::Timestamp,
     tally: Tally,
     next_memory: Memory,
 }
@@ -299,6 +335,9 @@ impl<'a> Run<'a> {
             truncated: false,
             deferred: None,
             problem: None,
+            refusals: BTreeMap::new(),
+            succeeded: BTreeSet::new(),
+            clock: jiff::Timestamp::UNIX_EPOCH,
             tally: Tally::default(),
             next_memory: memory.clone(),
         }
@@ -336,6 +375,7 @@ impl<'a> Run<'a> {
 
     /// The next step.
     pub fn next(&mut self, now: jiff::Timestamp) -> Step {
+        self.clock = now;
         // Nothing changed (spec, pause) and it is not due: a relist costs nothing.
         if let Some(requeue) = self.p.quiet
             && self.requests.is_none()
@@ -414,7 +454,7 @@ impl<'a> Run<'a> {
                 }
             };
             self.listed_at = Some(taken);
-            self.plan_for(listed, taken);
+            self.plan_for(listed, taken, now);
         }
         match self.plan.front() {
             Some(Planned::Accept(request)) => Step::Accept {
@@ -455,6 +495,7 @@ impl<'a> Run<'a> {
             }
             (Step::Accept { id }, Ok(Outcome::Connection(c))) if c.id == *id => {
                 self.plan.pop_front();
+                self.succeeded.insert(step.name());
                 if c.state == ConnectionState::Connected {
                     self.accepted.push(decision(&c));
                     self.tally.accepted += 1;
@@ -464,6 +505,7 @@ impl<'a> Run<'a> {
                 }
             }
             (Step::Get { id }, Ok(Outcome::Connection(c))) if c.id == *id => {
+                self.succeeded.insert(step.name());
                 if c.state == ConnectionState::Pending {
                     if let Some(Planned::Reject { checked, .. }) = self.plan.front_mut() {
                         *checked = true;
@@ -475,6 +517,7 @@ impl<'a> Run<'a> {
             }
             (Step::Reject { id }, Ok(Outcome::Connection(c))) if c.id == *id => {
                 self.plan.pop_front();
+                self.succeeded.insert(step.name());
                 if c.state == ConnectionState::Rejected {
                     self.rejected.push(decision(&c));
                     self.tally.rejected += 1;
@@ -493,6 +536,12 @@ impl<'a> Run<'a> {
                 self.plan.pop_front();
                 self.settled_elsewhere.insert(id.clone());
             }
+            (Step::Accept { id } | Step::Get { id } | Step::Reject { id }, Err(e))
+                if e.class.retry() != Retry::Backoff =>
+            {
+                self.plan.pop_front();
+                self.refused(step.name(), id, &e);
+            }
             (_, Err(e)) => self.problem = Some(Problem::from(&e)),
             (step, Ok(outcome)) => {
                 self.problem = Some(Problem {
@@ -504,8 +553,41 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Records that AWS refused `operation` for request `id` (see [`Refused`]); the reconcile
+    /// goes on with the next request, unless `operation` was refused before in this reconcile
+    /// and never succeeded: then it is most likely refused for every request (a permission
+    /// missing), and the reconcile stops on it and backs off.
+    fn refused(&mut self, operation: &'static str, id: &str, e: &ProtonError) {
+        let mut problem = Problem::from(e);
+        problem.message = format!("connection {id}: {}", problem.message);
+        let attempts = self
+            .memory
+            .refused
+            .get(id)
+            .map_or(0, |r| r.attempts)
+            .saturating_add(1);
+        let wait = retry_after(problem.retry, attempts, self.settings.resync, self.jitter);
+        let retry_at = jiff::SignedDuration::try_from(wait)
+            .ok()
+            .and_then(|wait| self.clock.checked_add(wait).ok())
+            .unwrap_or(jiff::Timestamp::MAX);
+        self.next_memory.refused.insert(
+            id.to_string(),
+            Refused {
+                problem: problem.clone(),
+                attempts,
+                retry_at,
+            },
+        );
+        let times = self.refusals.entry(operation).or_default();
+        *times += 1;
+        if *times >= 2 && !self.succeeded.contains(operation) {
+            self.problem = Some(problem);
+        }
+    }
+
     /// From the listed requests to the decisions to make.
-    fn plan_for(&mut self, listed: Vec<Connection>, taken: jiff::Timestamp) {
+    fn plan_for(&mut self, listed: Vec<Connection>, taken: jiff::Timestamp, now: jiff::Timestamp) {
         // What is still listed of what was decided before, no longer than List may lag behind
         // the decision: a List taken (a List carried over deferrals may be old) that long after
         // it still showing it PENDING means it is PENDING.
@@ -538,9 +620,27 @@ impl<'a> Run<'a> {
                 });
             }
         }
-        // Accepts first (oldest request first), then rejections; at most MAX_DECISIONS.
-        let mut plan: Vec<Planned> = self.plan.drain(..).collect();
+        // Accepts first (oldest request first), then rejections, then the refused ones due
+        // again (those not due yet wait); at most MAX_DECISIONS. A refusal is kept while its
+        // request is still this policy's to decide.
+        let refused_before = std::mem::take(&mut self.next_memory.refused);
+        let (mut plan, mut again) = (Vec::new(), Vec::new());
+        for planned in self.plan.drain(..) {
+            match refused_before.get(planned.id()) {
+                None => plan.push(planned),
+                Some(refused) => {
+                    self.next_memory
+                        .refused
+                        .insert(planned.id().to_string(), refused.clone());
+                    if refused.retry_at <= now {
+                        again.push(planned);
+                    }
+                }
+            }
+        }
         plan.sort_by_key(order);
+        again.sort_by_key(order);
+        plan.extend(again);
         if plan.len() > MAX_DECISIONS {
             plan.truncate(MAX_DECISIONS);
             self.truncated = true;
@@ -666,6 +766,9 @@ impl<'a> Run<'a> {
             .map(|d| d.id.clone())
             .chain(self.settled_elsewhere.iter().cloned())
             .collect();
+        for id in &ids {
+            self.next_memory.refused.remove(id);
+        }
         self.next_memory
             .decided
             .extend(ids.into_iter().map(|id| (id, now)));
@@ -739,9 +842,16 @@ impl<'a> Run<'a> {
         let mut status = self.with_decisions();
         status.observed_generation = Some(self.p.generation);
         let interval = self.settings.pending_poll;
-        status.conditions = conditions::build(
-            &self.p.status.conditions,
-            &[
+        self.remember_decided(now);
+        let refusal = self.refusal();
+        let (ready, stalled) = match &refusal {
+            // The other requests are decided as usual, and this is said until AWS accepts
+            // the decision or the request is no longer this policy's to decide.
+            Some(refused) => (
+                Want::new(READY, false, refused.reason, refused.message.clone()),
+                Want::new(STALLED, true, refused.reason, refused.message.clone()),
+            ),
+            None => (
                 Want::new(
                     READY,
                     true,
@@ -753,15 +863,32 @@ impl<'a> Run<'a> {
                         humantime::format_duration(interval)
                     ),
                 ),
-                Want::new(SYNCED, true, "ReconcileSuccess", "the policy is applied"),
                 Want::new(STALLED, false, "Reconciled", ""),
+            ),
+        };
+        status.conditions = conditions::build(
+            &self.p.status.conditions,
+            &[
+                ready,
+                Want::new(SYNCED, true, "ReconcileSuccess", "the policy is applied"),
+                stalled,
             ],
             self.p.generation,
             now,
         );
-        let events = self.decision_events();
+        let mut events = self.decision_events();
+        // Announced once: compared with the condition as stored (long messages are cut).
+        if let Some(refused) = refusal
+            && let Some(ready) = status.condition(READY)
+            && self.p.status.condition(READY).is_none_or(|before| {
+                before.status != ready.status
+                    || before.reason != ready.reason
+                    || before.message != ready.message
+            })
+        {
+            events.push(Note::warning(refused.reason, refused.message));
+        }
         self.next_memory.backlog = self.truncated;
-        self.remember_decided(now);
         let since = match self.memory.applied {
             Some((generation, at)) if generation == self.p.generation => at,
             _ => now,
@@ -778,6 +905,28 @@ impl<'a> Run<'a> {
             events,
             requeue,
         }))
+    }
+
+    /// What the policy says while AWS refuses a decision (see [`Refused`]): the first refused
+    /// request's refusal, and how many there are.
+    fn refusal(&self) -> Option<Problem> {
+        let refused = &self.next_memory.refused;
+        let (_, first) = refused.iter().next()?;
+        let message = match refused.len() {
+            1 => format!(
+                "{}; it is tried again later, the policy's other requests are decided meanwhile",
+                first.problem.message
+            ),
+            n => format!(
+                "{} (and {} other requests refused); each is tried again later, the policy's other requests are decided meanwhile",
+                first.problem.message,
+                n - 1
+            ),
+        };
+        Some(Problem {
+            message,
+            ..first.problem.clone()
+        })
     }
 
     fn paused(&mut self, now: jiff::Timestamp) -> Step {
