@@ -40,6 +40,7 @@ fn uid(i: usize) -> String {
 }
 
 /// The fake API server over HTTP, its kubeconfig (in the directory returned), and the emulator.
+/// Its streamed lists end a second after their objects, as a real API server's do.
 async fn over_http() -> (Env, tempfile::TempDir, std::path::PathBuf) {
     let env = Env::start_full(
         patient(),
@@ -47,6 +48,8 @@ async fn over_http() -> (Env, tempfile::TempDir, std::path::PathBuf) {
         EmulatorConfig::default(),
     )
     .await;
+    // As a real API server ends a streamed list: on its bookmark timer.
+    env.api.delay_initial_events_end(Duration::from_secs(1));
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = env.api.serve_http(dir.path()).await;
     (env, dir, kubeconfig)
@@ -160,6 +163,39 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
         "with leader election, after a 10 s outage: the leader led again and the new resource had its connection {:.2} s, /readyz was ready {:.2} s, after the API server came back",
         served.as_secs_f64(),
         ready_at.as_secs_f64()
+    );
+}
+
+/// Without leader election the watch resumes after an outage; the restarted API server answers
+/// it 410 Gone (its watch cache begins after the outage) and the watch lists again, its end sent
+/// a second after its objects, as a real API server's bookmark timer sends it. A resource
+/// applied right at the return comes in that relist: it must be reconciled once the relist is
+/// in the cache (before, its request ran while the cache still held the list from before the
+/// outage, found no object, and was dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_applied_as_the_api_server_returns_comes_in_a_relist_that_ends_late_and_is_served_within_5_s()
+ {
+    let (env, _dir, controller) = started(|url| run_args(url, &[])).await;
+    env.api.create("before", &uid(0), spec("before"));
+    env.api
+        .wait_for("before", "a connection before the outage", LIMIT, has_id)
+        .await;
+    let readyz = controller.readyz_addr(LIMIT).await;
+    controller
+        .until("/readyz ready before the outage", LIMIT, |_| ready(&readyz))
+        .await;
+
+    // Long enough for the watch's backoff to reach its cap.
+    env.api.down();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    env.api.up();
+    let back = tokio::time::Instant::now();
+    env.api.create("after", &uid(1), spec("after"));
+    let served = served_and_ready_within_5_s(&env, &controller, &readyz, &["after"], back).await;
+    assert_eq!(env.calls("CreateEnvironmentAccountConnection"), 2);
+    println!(
+        "after a 6 s outage and a relist ending 1 s late, the resource applied at the return had its connection {:.2} s after it",
+        served.as_secs_f64()
     );
 }
 

@@ -117,24 +117,72 @@ where
     let mut follow = follow;
     let mut failures = Repeated::default();
     let mut changes = TriggerChanges::new(trigger);
-    let stream = streamed_or_listed(api, config)
-        .backoff(WatchBackoff::default())
+    let stream = backed_off(streamed_or_listed(api, config))
         .modify(slim)
         .reflect(writer)
         .inspect(move |event| {
             logged::<K>(&mut failures, event, hint);
             follow(&followed, event)
         })
-        .filter_map(move |event| {
+        .flat_map(move |event| {
             let passed = changes.pass(event, || {
                 live.state()
                     .iter()
                     .filter_map(|o| o.meta().uid.clone())
                     .collect()
             });
-            futures::future::ready(passed)
+            futures::stream::iter(passed)
         });
     (store, stream)
+}
+
+/// The watch's events, each failure followed by a wait ([`WatchBackoff`]), but for the end of
+/// a compacted history ([`Relists`]).
+fn backed_off<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()> + Send,
+{
+    let mut relists = Relists::default();
+    events
+        .filter(move |event| futures::future::ready(!relists.at_once::<K>(event)))
+        .backoff(WatchBackoff::default())
+}
+
+/// Takes the 410 Gone that ends a watch whose history was compacted out of the stream before
+/// the backoff sees it: kube-runtime lists again at the next poll, and that is no failure to
+/// wait after. A restarted API server answers every resumed watch so, right after the watch's
+/// tries through the outage have grown the backoff to its 2 s cap: without this the relist
+/// waited up to 2.5 s more. Not a second time within [`Relists::AT_ONCE_AGAIN`]: a server that
+/// ends each watch so would otherwise be listed in a loop.
+#[derive(Default)]
+struct Relists {
+    last: Option<std::time::Instant>,
+}
+
+impl Relists {
+    const AT_ONCE_AGAIN: Duration = Duration::from_secs(10);
+
+    fn at_once<K: Resource<DynamicType = ()>>(
+        &mut self,
+        event: &Result<watcher::Event<K>, watcher::Error>,
+    ) -> bool {
+        let Err(e) = event else { return false };
+        if !expired(e) {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Self::AT_ONCE_AGAIN)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        debug!(kind = %K::kind(&()), error = %e, "the watch's history was compacted; listing again at once");
+        true
+    }
 }
 
 /// Logs a failure of the watch of `K`: the first in a row and every tenth at warn, the others at
@@ -154,6 +202,7 @@ fn logged<K: Resource<DynamicType = ()>>(
         // The history the watch resumed from was compacted (410 Gone): it lists again, as it
         // does every few minutes in a live cluster. Not a failure, and not the start of a row
         // that would hide a real one (a 403 on the list that follows) until its tenth try.
+        // (Most never come here: see `Relists`.)
         Err(e) if expired(e) => {
             debug!(%kind, error = %e, "the watch's history was compacted; listing again");
         }
@@ -234,52 +283,69 @@ where
 /// uid (three strings each) and forgets nothing until an hour has passed; this one keeps a uid
 /// (compactly) and a hash per object, and forgets an object when the watch says it is gone
 /// (deleted, or missing from a relist).
-struct TriggerChanges<F> {
+///
+/// What a relist shows changed is passed once the relist is over, not as it comes: kube-runtime's
+/// store swaps a relist in whole at its end, and its controller reconciles the cached copy, so a
+/// request passed before would find no object (one created during an API-server outage: dropped
+/// as not found, and never passed again) or the copy from before the relist (one changed then:
+/// reconciled from the old spec). A real API server ends a streamed relist with a bookmark sent
+/// on its once-a-second timer, so that window lasts up to a second. The first list needs no such
+/// wait: kube-runtime holds every request until its store is first ready.
+struct TriggerChanges<K, F> {
     trigger: F,
     last: HashMap<CompactId, u64>,
+    /// A list has ended once: the store is ready, and a relist's changes wait for its end.
+    listed: bool,
+    /// Changes a relist showed, passed at its end.
+    held: Vec<K>,
 }
 
-impl<F> TriggerChanges<F> {
+impl<K: Resource, F: Fn(&K) -> Option<u64>> TriggerChanges<K, F> {
     fn new(trigger: F) -> Self {
         TriggerChanges {
             trigger,
             last: HashMap::new(),
+            listed: false,
+            held: Vec::new(),
         }
     }
 
-    fn pass<K: Resource>(
+    fn pass(
         &mut self,
         event: Result<watcher::Event<K>, watcher::Error>,
         live: impl FnOnce() -> HashSet<String>,
-    ) -> Option<Result<K, watcher::Error>>
-    where
-        F: Fn(&K) -> Option<u64>,
-    {
-        match event {
-            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
-                let (Some(hash), Some(uid)) = ((self.trigger)(&obj), obj.meta().uid.as_ref())
-                else {
-                    return Some(Ok(as_request(obj)));
-                };
-                if self.last.insert(CompactId::of(uid), hash) == Some(hash) {
-                    return None;
-                }
-                Some(Ok(as_request(obj)))
-            }
+    ) -> Vec<Result<K, watcher::Error>> {
+        let (changed, relisted) = match event {
+            Ok(watcher::Event::Apply(obj)) => (obj, false),
+            Ok(watcher::Event::InitApply(obj)) => (obj, true),
             Ok(watcher::Event::Delete(obj)) => {
                 if let Some(uid) = obj.meta().uid.as_ref() {
                     self.last.remove(&CompactId::of(uid));
                 }
-                None
+                return Vec::new();
             }
             Ok(watcher::Event::InitDone) => {
                 let live: HashSet<CompactId> = live().iter().map(|u| CompactId::of(u)).collect();
                 self.last.retain(|uid, _| live.contains(uid));
-                None
+                self.listed = true;
+                // A relist cut short by an error starts again with `Init` and keeps these: their
+                // hashes are recorded, so the next list would not pass them again.
+                return std::mem::take(&mut self.held).into_iter().map(Ok).collect();
             }
-            Ok(watcher::Event::Init) => None,
-            Err(e) => Some(Err(e)),
+            Ok(watcher::Event::Init) => return Vec::new(),
+            Err(e) => return vec![Err(e)],
+        };
+        if let (Some(hash), Some(uid)) = ((self.trigger)(&changed), changed.meta().uid.as_ref())
+            && self.last.insert(CompactId::of(uid), hash) == Some(hash)
+        {
+            return Vec::new();
         }
+        let request = as_request(changed);
+        if relisted && self.listed {
+            self.held.push(request);
+            return Vec::new();
+        }
+        vec![Ok(request)]
     }
 }
 
@@ -356,21 +422,119 @@ mod tests {
         o
     }
 
+    /// The names of the objects `event` passes on.
+    fn passed_all(
+        changes: &mut TriggerChanges<ConfigMap, impl Fn(&ConfigMap) -> Option<u64>>,
+        event: watcher::Event<ConfigMap>,
+        live: &[&str],
+    ) -> Vec<String> {
+        let live: HashSet<String> = live.iter().map(|s| s.to_string()).collect();
+        changes
+            .pass(Ok(event), || live)
+            .into_iter()
+            .map(|o| {
+                let o = o.unwrap_or_default();
+                assert_eq!(
+                    (o.metadata.uid, o.metadata.resource_version),
+                    (None, None),
+                    "a request names the object, nothing more"
+                );
+                o.metadata.name.unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// The one object `event` passes on, if any.
     fn passed(
-        changes: &mut TriggerChanges<impl Fn(&ConfigMap) -> Option<u64>>,
+        changes: &mut TriggerChanges<ConfigMap, impl Fn(&ConfigMap) -> Option<u64>>,
         event: watcher::Event<ConfigMap>,
         live: &[&str],
     ) -> Option<String> {
-        let live: HashSet<String> = live.iter().map(|s| s.to_string()).collect();
-        changes.pass(Ok(event), || live).map(|o| {
-            let o = o.unwrap_or_default();
-            assert_eq!(
-                (o.metadata.uid, o.metadata.resource_version),
-                (None, None),
-                "a request names the object, nothing more"
-            );
-            o.metadata.name.unwrap_or_default()
-        })
+        let mut all = passed_all(changes, event, live);
+        assert!(all.len() <= 1, "{all:?}");
+        all.pop()
+    }
+
+    #[test]
+    fn what_a_relist_shows_changed_passes_at_its_end_once_the_store_holds_it() {
+        use watcher::Event::{Init, InitApply, InitDone};
+        let mut c = TriggerChanges::new(|o: &ConfigMap| o.metadata.generation.map(|g| g as u64));
+        // The first list: at once (kube-runtime holds requests until its store is first ready).
+        assert_eq!(passed(&mut c, Init, &[]), None);
+        assert_eq!(
+            passed(&mut c, InitApply(object("a", 1)), &[]),
+            Some("n-a".into())
+        );
+        assert_eq!(passed(&mut c, InitDone, &["a"]), None);
+        // A relist (after a 410, an outage): a changed and a new object, and an unchanged one,
+        // cut short by an error and started again.
+        assert_eq!(passed(&mut c, Init, &[]), None);
+        assert_eq!(passed(&mut c, InitApply(object("a", 2)), &[]), None);
+        assert!(matches!(
+            c.pass(Err(watcher::Error::NoResourceVersion), HashSet::new)
+                .as_slice(),
+            [Err(watcher::Error::NoResourceVersion)]
+        ));
+        assert_eq!(passed(&mut c, Init, &[]), None);
+        assert_eq!(passed(&mut c, InitApply(object("a", 2)), &[]), None);
+        assert_eq!(passed(&mut c, InitApply(object("b", 1)), &[]), None);
+        assert_eq!(
+            passed_all(&mut c, InitDone, &["a", "b"]),
+            ["n-a", "n-b"],
+            "each passed once, at the end"
+        );
+        assert_eq!(
+            passed_all(&mut c, InitDone, &["a", "b"]),
+            Vec::<String>::new()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_an_outage_a_compacted_history_is_listed_again_without_waiting_out_the_backoff() {
+        let refused = || -> Result<watcher::Event<ConfigMap>, watcher::Error> {
+            Err(watcher::Error::WatchStartFailed(kube::Error::Api(status(
+                503,
+            ))))
+        };
+        // Three refused tries through the outage, then the restarted server's 410, then the
+        // relist.
+        let events = futures::stream::iter([
+            refused(),
+            refused(),
+            refused(),
+            Err(watcher::Error::WatchError(status(410))),
+            Ok(watcher::Event::Init),
+        ]);
+        let mut watch = std::pin::pin!(backed_off(events));
+        for _ in 0..3 {
+            assert!(matches!(watch.next().await, Some(Err(_))));
+        }
+        let returned = tokio::time::Instant::now();
+        assert!(matches!(watch.next().await, Some(Ok(watcher::Event::Init))));
+        let waited = returned.elapsed();
+        // The third refusal's wait (1 s +/- 25 %), and no second one after the 410 (2 s more).
+        assert!(waited <= Duration::from_millis(1_250), "{waited:?}");
+    }
+
+    #[test]
+    fn a_compacted_history_is_listed_again_at_once_but_not_in_a_loop() {
+        let gone = || -> Result<watcher::Event<ConfigMap>, watcher::Error> {
+            Err(watcher::Error::WatchError(status(410)))
+        };
+        let mut relists = Relists::default();
+        assert!(!relists.at_once(&Ok(watcher::Event::<ConfigMap>::Init)));
+        assert!(
+            !relists.at_once::<ConfigMap>(&Err(watcher::Error::WatchStartFailed(
+                kube::Error::Api(status(410))
+            )))
+        );
+        assert!(relists.at_once(&gone()), "taken out before the backoff");
+        assert!(
+            !relists.at_once(&gone()),
+            "a second within 10 s waits for the backoff"
+        );
+        relists.last = relists.last.map(|t| t - Relists::AT_ONCE_AGAIN);
+        assert!(relists.at_once(&gone()));
     }
 
     #[test]
@@ -433,8 +597,8 @@ mod tests {
         let mut c = TriggerChanges::new(|_: &ConfigMap| Some(1));
         let e = watcher::Error::NoResourceVersion;
         assert!(matches!(
-            c.pass::<ConfigMap>(Err(e), HashSet::new),
-            Some(Err(watcher::Error::NoResourceVersion))
+            c.pass(Err(e), HashSet::new).as_slice(),
+            [Err(watcher::Error::NoResourceVersion)]
         ));
     }
 

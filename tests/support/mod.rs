@@ -116,6 +116,10 @@ struct ApiState {
     /// Watches asking for their initial state as events (`sendInitialEvents`, the WatchList
     /// feature) are refused with 422, as by kube-apiserver 1.33, where the feature is off.
     watch_list_off: bool,
+    /// How long after its initial events a streamed list's end (the `initial-events-end`
+    /// bookmark) is sent: a real API server sends it on its bookmark timer, up to about a second
+    /// later (kubernetes/kubernetes#122277). Changes made meanwhile come after it.
+    initial_events_end_delay: Duration,
     /// Requests held while the server is cut off; answered (503) when it is healed.
     held: Vec<tower_test::mock::SendResponse<Response<FakeBody>>>,
     /// Open watch streams on EnvironmentAccountConnections, with their label selectors.
@@ -163,6 +167,7 @@ impl Default for ApiState {
             down: false,
             refused: Vec::new(),
             watch_list_off: false,
+            initial_events_end_delay: Duration::ZERO,
             held: Vec::new(),
             watchers: Vec::new(),
             changes: tokio::sync::watch::channel(0).0,
@@ -895,9 +900,21 @@ impl FakeApi {
             .count()
     }
 
-    /// The API server is back.
+    /// The API server is back, restarted. Starting, it wrote to etcd (its own Lease, the
+    /// `kubernetes` Service's endpoints), and its watch cache begins at etcd's revision then: a
+    /// watch resuming from any version before is answered 410 Gone, and lists again.
     pub fn up(&self) {
-        self.lock().down = false;
+        let mut st = self.lock();
+        st.down = false;
+        st.resource_version += 1;
+        st.compacted = st.resource_version;
+        st.history.clear();
+    }
+
+    /// Streamed lists end (their `initial-events-end` bookmark) `delay` after their initial
+    /// events from now on, as on a real API server.
+    pub fn delay_initial_events_end(&self, delay: Duration) {
+        self.lock().initial_events_end_delay = delay;
     }
 
     /// Ends a cut: held requests are answered 503, new ones are served.
@@ -1456,7 +1473,7 @@ impl FakeApi {
             .map(|(_, o)| watch_line("ADDED", o))
             .collect();
         let (api_version, list) = list_kind(&plural);
-        initial.push(watch_line(
+        let end = watch_line(
             "BOOKMARK",
             &json!({
                 "apiVersion": api_version,
@@ -1466,7 +1483,11 @@ impl FakeApi {
                     "annotations": {"k8s.io/initial-events-end": "true"},
                 },
             }),
-        ));
+        );
+        let end_delay = st.initial_events_end_delay;
+        if end_delay.is_zero() {
+            initial.push(end.clone());
+        }
         if st.cost.is_some() {
             for line in &initial {
                 st.work.event(line.len());
@@ -1490,12 +1511,16 @@ impl FakeApi {
                 }
                 Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(lines.concat())))
             });
+        let late_end = futures::StreamExt::then(
+            futures::stream::iter((!end_delay.is_zero()).then_some(end)),
+            move |end| async move {
+                tokio::time::sleep(end_delay).await;
+                Ok::<_, Infallible>(http_body::Frame::data(end))
+            },
+        );
         let changes = delivered(rx, cost);
-        (
-            StatusCode::OK,
-            StreamBody::new(futures::StreamExt::chain(initial, changes)).boxed_unsync(),
-            0,
-        )
+        let all = futures::StreamExt::chain(futures::StreamExt::chain(initial, late_end), changes);
+        (StatusCode::OK, StreamBody::new(all).boxed_unsync(), 0)
     }
 
     /// Turns the WatchList feature off, as kube-apiserver 1.33 has it: a watch asking for its
