@@ -438,7 +438,7 @@ async fn outage_with_leader_election(s: usize) {
         env.api.set_cost(cost);
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let kubeconfig = env.api.serve_http(dir.path()).await;
+    let kubeconfig = env.api.serve_http_stoppable(dir.path()).await;
     let url = env.emulator.url();
     let controller = Controller::start(
         &kubeconfig,

@@ -51,7 +51,7 @@ async fn over_http() -> (Env, tempfile::TempDir, std::path::PathBuf) {
     // As a real API server ends a streamed list: on its bookmark timer.
     env.api.delay_initial_events_end(Duration::from_secs(1));
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = env.api.serve_http(dir.path()).await;
+    let kubeconfig = env.api.serve_http_stoppable(dir.path()).await;
     (env, dir, kubeconfig)
 }
 
@@ -64,7 +64,7 @@ async fn started(args: impl Fn(&str) -> Vec<String>) -> (Env, tempfile::TempDir,
 }
 
 /// The leader-elected binary as in a pod (`KUBERNETES_SERVICE_HOST` set), started while the fake
-/// API server is down, after `before` was applied (name, uid index); returns once it has warned
+/// API server is stopped (connections refused), after `before` was applied (name, uid index); returns once it has warned
 /// that it waits, with when the outage began.
 async fn started_in_a_pod_while_down(
     before: &[(&str, usize)],
@@ -73,7 +73,7 @@ async fn started_in_a_pod_while_down(
     for (name, i) in before {
         env.api.create(name, &uid(*i), spec(name));
     }
-    env.api.down();
+    env.api.stop();
     let down_at = tokio::time::Instant::now();
     let controller = Controller::start_with_env(
         &kubeconfig,
@@ -166,7 +166,8 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
     );
 }
 
-/// Without leader election the watch resumes after an outage; the restarted API server answers
+/// Without leader election the watch resumes after the API server's process was stopped; the
+/// restarted API server answers
 /// it 410 Gone (its watch cache begins after the outage) and the watch lists again, its end sent
 /// a second after its objects, as a real API server's bookmark timer sends it. A resource
 /// applied right at the return comes in that relist: it must be reconciled once the relist is
@@ -185,10 +186,15 @@ async fn a_resource_applied_as_the_api_server_returns_comes_in_a_relist_that_end
         .until("/readyz ready before the outage", LIMIT, |_| ready(&readyz))
         .await;
 
-    // Long enough for the watch's backoff to reach its cap.
-    env.api.down();
+    // Stopped (every connection cut, new ones closed at once), long enough for the watch's
+    // backoff to reach its cap.
+    env.api.stop();
     tokio::time::sleep(Duration::from_secs(6)).await;
     env.api.up();
+    assert!(
+        env.api.connections_refused() > 0,
+        "the controller tried while the API server was stopped"
+    );
     let back = tokio::time::Instant::now();
     env.api.create("after", &uid(1), spec("after"));
     let served = served_and_ready_within_5_s(&env, &controller, &readyz, &["after"], back).await;
@@ -308,7 +314,7 @@ async fn started_in_a_pod_while_the_api_server_is_away_it_waits_and_serves_withi
     let addr = controller.readyz_addr(LIMIT).await;
     env.api
         .wait_until("3 tries of the first call refused", LIMIT, |api| {
-            api.refused_to("version") >= 3
+            api.connections_refused() >= 3
         })
         .await;
     assert!(

@@ -36,7 +36,8 @@ pub fn leader_elected_args(proton_url: &str) -> Vec<String> {
     )
 }
 
-/// The API server stops for `length` (every request refused) under a leader-elected
+/// The API server's process stops for `length` ([`FakeApi::stop`]: connections cut and refused;
+/// the server must be served by [`FakeApi::serve_http_stoppable`]) under a leader-elected
 /// `controller`, which must stop leading within the renew deadline (10 s); returns when the
 /// server answers again.
 pub async fn outage(
@@ -45,7 +46,7 @@ pub async fn outage(
     length: Duration,
 ) -> tokio::time::Instant {
     let down_at = tokio::time::Instant::now();
-    api.down();
+    api.stop();
     the_leader_stops(controller).await;
     tokio::time::sleep_until(down_at + length).await;
     api.up();

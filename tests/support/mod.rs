@@ -128,6 +128,11 @@ struct ApiState {
     watchers: Vec<Watcher>,
     /// Bumped on every change, so tests can wait for one without sleeping.
     changes: tokio::sync::watch::Sender<u64>,
+    /// The server's process is stopped ([`FakeApi::stop`]): over HTTP
+    /// ([`FakeApi::serve_http_stoppable`]) its connections are cut and new ones closed at once.
+    stopped: tokio::sync::watch::Sender<bool>,
+    /// Connections closed at once while stopped.
+    connections_refused: usize,
     /// CPU charged per request and watch event, and managed fields kept, as a real API server
     /// does (benchmarks).
     cost: Option<ApiCost>,
@@ -171,6 +176,8 @@ impl Default for ApiState {
             held: Vec::new(),
             watchers: Vec::new(),
             changes: tokio::sync::watch::channel(0).0,
+            stopped: tokio::sync::watch::channel(false).0,
+            connections_refused: 0,
             cost: None,
             ids_given: Vec::new(),
             ids_known: std::collections::HashSet::new(),
@@ -878,6 +885,22 @@ impl FakeApi {
         self.lock().cut = true;
     }
 
+    /// The API server's process stops, as when it is killed or restarted: over HTTP (served by
+    /// [`FakeApi::serve_http_stoppable`]) every open connection is cut and every new one closed
+    /// at once, so each call fails at once (no answer to retry, unlike [`FakeApi::down`]'s 503 of
+    /// a load balancer without a backend), until [`FakeApi::up`]. In-process clients get 503.
+    pub fn stop(&self) {
+        let mut st = self.lock();
+        st.stopped.send_replace(true);
+        st.down = true;
+        st.watchers.clear();
+    }
+
+    /// Connections closed at once while the server was stopped.
+    pub fn connections_refused(&self) -> usize {
+        self.lock().connections_refused
+    }
+
     /// The API server stops: open watches end, every request is refused until [`FakeApi::up`].
     pub fn down(&self) {
         let mut st = self.lock();
@@ -906,6 +929,7 @@ impl FakeApi {
     pub fn up(&self) {
         let mut st = self.lock();
         st.down = false;
+        st.stopped.send_replace(false);
         st.resource_version += 1;
         st.compacted = st.resource_version;
         st.history.clear();
@@ -1655,6 +1679,46 @@ impl FakeApi {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
+        self.kubeconfig(dir, addr)
+    }
+
+    /// [`FakeApi::serve_http`], behind a TCP relay that [`FakeApi::stop`] cuts: the server's
+    /// process stopping, as a client sees it.
+    pub async fn serve_http_stoppable(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let served = self.serve_http(dir).await;
+        let backend = server_of(&served);
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let api = self.clone();
+        let stopped = self.lock().stopped.subscribe();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = front.accept().await {
+                if *stopped.borrow() {
+                    let mut st = api.lock();
+                    st.connections_refused += 1;
+                    // Seen as a change by tests waiting for one.
+                    st.changes.send_modify(|n| *n += 1);
+                    drop(st);
+                    drop(client);
+                    continue;
+                }
+                let (mut stop, backend) = (stopped.clone(), backend.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&backend).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = stop.wait_for(|stopped| *stopped) => {}
+                    }
+                });
+            }
+        });
+        self.kubeconfig(dir, addr)
+    }
+
+    /// Writes a kubeconfig for a server at `addr` into `dir`.
+    fn kubeconfig(&self, dir: &std::path::Path, addr: std::net::SocketAddr) -> std::path::PathBuf {
         let path = dir.join("kubeconfig");
         std::fs::write(
             &path,
@@ -2197,4 +2261,13 @@ pub fn condition(
         .as_ref()?
         .condition(type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// The `host:port` a kubeconfig written by [`FakeApi::serve_http`] points to.
+fn server_of(kubeconfig: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("server: http://"))
+        .unwrap()
+        .to_string()
 }
