@@ -178,6 +178,8 @@ struct Fake {
     after_list: Vec<(String, Option<ConnectionState>)>,
     /// Errors by step name, answered instead of the call (each used once).
     failures: BTreeMap<&'static str, Vec<ProtonError>>,
+    /// Calls by step name answered as usual before its failures are.
+    passes: BTreeMap<&'static str, usize>,
     calls: Vec<String>,
     clock: i64,
 }
@@ -206,7 +208,10 @@ impl Fake {
             other => panic!("not an AWS step: {other:?}"),
         };
         self.calls.push(label);
-        if let Some(queue) = self.failures.get_mut(step.name())
+        let passing = self.passes.get_mut(step.name()).filter(|n| **n > 0);
+        if let Some(n) = passing {
+            *n -= 1;
+        } else if let Some(queue) = self.failures.get_mut(step.name())
             && !queue.is_empty()
         {
             return Err(queue.remove(0));
@@ -893,6 +898,7 @@ fn a_decision_aws_refuses_holds_up_no_other_request_and_is_tried_again_on_its_ow
         assert_eq!(decisions(&fake), Vec::<&str>::new(), "{label}");
         assert_eq!(second.status(), first.status(), "{label}: nothing to write");
         assert_eq!(second.events(), [], "{label}");
+        assert_eq!(second.memory.refused, first.memory.refused, "{label}");
 
         // Due again: a new request goes first, then the refused one, which AWS now takes.
         fake.connections.insert(
@@ -900,7 +906,7 @@ fn a_decision_aws_refuses_holds_up_no_other_request_and_is_tried_again_on_its_ow
             request_at("c-4", account, "prod-4", PENDING, 4),
         );
         fake.calls.clear();
-        let due = after(&given, &first, wait);
+        let due = after(&quiet, &second, 1);
         let third = run(&due, &mut fake);
         let expected: &[&str] = if step == "Accept" {
             &["Accept c-4", "Accept c-1"]
@@ -915,44 +921,116 @@ fn a_decision_aws_refuses_holds_up_no_other_request_and_is_tried_again_on_its_ow
 }
 
 #[test]
-fn a_decision_refused_for_two_requests_and_never_taken_stops_the_reconcile_and_backs_off() {
-    // A permission missing for every request: two refusals, not one for each request.
+fn a_decision_refused_for_two_requests_and_never_taken_is_tried_for_no_more_in_that_reconcile() {
+    // A permission missing for every request: two refusals a reconcile, not one per request.
+    let denied = || error(ErrorClass::AccessDenied, "AccessDeniedException");
     let mut fake = three_of_as_requests();
-    for _ in 0..2 {
-        fake.fail(
-            "Accept",
-            error(ErrorClass::AccessDenied, "AccessDeniedException"),
-        );
+    for _ in 0..3 {
+        fake.fail("Accept", denied());
     }
     let given = Given::new(spec(UnmatchedRequests::Leave));
     let first = run(&given, &mut fake);
     assert_eq!(decisions(&fake), ["Accept c-1", "Accept c-2"]);
-    let reported = first.reported();
-    assert_eq!(reported.problem.reason, "AccessDenied");
+    let settled = first.settled();
+    assert_eq!(settled.requeue, Duration::from_secs(2), "polls as usual");
     assert_eq!(
-        reported.requeue,
-        Duration::from_secs(30),
-        "the policy backs off"
-    );
-    assert_eq!(
-        condition(&reported.status, READY),
+        condition(&settled.status, READY),
         ("False".into(), "AccessDenied".into())
     );
     assert_eq!(
         first.memory.refused.keys().collect::<Vec<_>>(),
         ["c-1", "c-2"]
     );
+    assert_eq!(first.events(), [("AccessDenied", true)]);
 
-    // Once the permission is there, the request never tried goes first.
+    // The next poll tries the one not tried, first; refused too: the same to say, nothing to
+    // write, no Event.
     fake.calls.clear();
-    let again = Given {
-        failures: 1,
-        ..after(&given, &first, 30)
-    };
-    let second = run(&again, &mut fake);
-    assert_eq!(decisions(&fake), ["Accept c-3", "Accept c-1", "Accept c-2"]);
+    let next = after(&given, &first, 2);
+    let second = run(&next, &mut fake);
+    assert_eq!(decisions(&fake), ["Accept c-3"]);
+    assert_eq!(second.status(), first.status());
+    assert_eq!(second.events(), []);
+
+    // Once the permission is there, each is taken when its own retry is due.
+    fake.calls.clear();
+    let later = after(&next, &second, 28);
+    let third = run(&later, &mut fake);
+    assert_eq!(decisions(&fake), ["Accept c-1", "Accept c-2"]);
+    assert_eq!(
+        condition(third.status(), READY).0,
+        "False",
+        "c-3 is still refused"
+    );
+    fake.calls.clear();
+    let fourth = run(&after(&later, &third, 2), &mut fake);
+    assert_eq!(decisions(&fake), ["Accept c-3"]);
+    assert_eq!(condition(fourth.status(), READY).0, "True");
+    assert!(fourth.memory.refused.is_empty());
+}
+
+#[test]
+fn refusals_after_the_operation_succeeded_do_not_stop_it_for_the_other_requests() {
+    // One request accepted, then two refused: the permission is there, so the last is tried.
+    let mut fake = Fake::with(&[
+        request_at("c-1", A, "prod-1", PENDING, 1),
+        request_at("c-2", A, "prod-2", PENDING, 2),
+        request_at("c-3", A, "prod-3", PENDING, 3),
+        request_at("c-4", A, "prod-4", PENDING, 4),
+    ]);
+    fake.passes.insert("Accept", 1);
+    for _ in 0..2 {
+        fake.fail(
+            "Accept",
+            error(ErrorClass::AccessDenied, "AccessDeniedException"),
+        );
+    }
+    let ended = run(&Given::new(spec(UnmatchedRequests::Leave)), &mut fake);
+    assert_eq!(
+        decisions(&fake),
+        ["Accept c-1", "Accept c-2", "Accept c-3", "Accept c-4"]
+    );
+    assert_eq!(ids(&ended.status().accepted), ["c-4", "c-1"]);
+    assert_eq!(
+        ended.memory.refused.keys().collect::<Vec<_>>(),
+        ["c-2", "c-3"]
+    );
+}
+
+#[test]
+fn a_request_refused_while_rejecting_is_accepted_at_once_once_a_policy_change_matches_it() {
+    let mut fake = Fake::with(&[request_at("d-1", D, "prod-1", PENDING, 1)]);
+    fake.fail(
+        "Reject",
+        error(ErrorClass::AccessDenied, "AccessDeniedException"),
+    );
+    let given = Given::new(spec(UnmatchedRequests::Reject));
+    let first = run(&given, &mut fake);
+    assert_eq!(decisions(&fake), ["Get d-1", "Reject d-1"]);
+    assert!(first.memory.refused.contains_key("d-1"));
+
+    // The admin adds D to the policy (generation 2): d-1 is to be accepted, now.
+    fake.calls.clear();
+    let mut changed = after(&given, &first, 2);
+    changed.generation = 2;
+    changed.spec.environment_account_ids.push(D.into());
+    let second = run(&changed, &mut fake);
+    assert_eq!(decisions(&fake), ["Accept d-1"]);
     assert_eq!(condition(second.status(), READY).0, "True");
-    assert!(second.memory.refused.is_empty());
+
+    // A spec change starts a refusal's count again too, for the same decision.
+    let mut fake = Fake::with(&[request_at("c-1", A, "prod-1", PENDING, 1)]);
+    fake.fail(
+        "Accept",
+        error(ErrorClass::AccessDenied, "AccessDeniedException"),
+    );
+    let first = run(&given, &mut fake);
+    assert!(first.memory.refused.contains_key("c-1"));
+    fake.calls.clear();
+    let mut changed = after(&given, &first, 2);
+    changed.generation = 2;
+    run(&changed, &mut fake);
+    assert_eq!(decisions(&fake), ["Accept c-1"]);
 }
 
 #[test]

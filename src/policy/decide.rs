@@ -33,7 +33,7 @@
 //! - A decision AWS refuses for one request (AccessDenied, a ValidationException, a quota) holds
 //!   up no other: the request is tried again on a backoff of its own, after the others, and the
 //!   policy is not Ready meanwhile ([`Refused`]). An operation refused twice and never taken in
-//!   a reconcile is refused for every request: the reconcile stops and backs off.
+//!   a reconcile is taken as refused for every request: it is tried for no more in it.
 //! - A namespace without credentials is reported (conditions, one Event), and nothing is called.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -134,10 +134,14 @@ pub struct Memory {
 /// (AccessDenied, a ValidationException, a quota): the request is tried again on a backoff of
 /// its own, after the policy's other requests, which are decided meanwhile. An IAM policy
 /// scoped by resource, or one odd request, must not hold up every other request of the
-/// account. The policy is not Ready while one is refused.
+/// account. The policy is not Ready while one is refused. A refusal counts for the decision and
+/// the generation it was met with: one to make otherwise (the policy changed) starts afresh.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused {
     pub problem: Problem,
+    /// Refused accepting (else rejecting: the re-read or the Reject).
+    pub accepting: bool,
+    pub generation: i64,
     /// Refusals in a row, for the backoff.
     pub attempts: u32,
     /// Not tried again before.
@@ -298,8 +302,8 @@ pub struct Run<'a> {
     deferred: Option<(CallClass, Option<Duration>)>,
     problem: Option<Problem>,
     /// Refusals (see [`Refused`]) this reconcile met, by operation, and the operations that
-    /// succeeded: an operation refused twice that never succeeded is refused for every
-    /// request (a permission missing), so the reconcile stops there and backs off.
+    /// succeeded: an operation refused twice that never succeeded is most likely refused for
+    /// every request (a permission missing), so it is tried for no other in this reconcile.
     refusals: BTreeMap<&'static str, u32>,
     succeeded: BTreeSet<&'static str>,
     /// The time of the latest [`Run::next`]: when an answer came.
@@ -554,14 +558,16 @@ impl<'a> Run<'a> {
     }
 
     /// Records that AWS refused `operation` for request `id` (see [`Refused`]); the reconcile
-    /// goes on with the next request, unless `operation` was refused before in this reconcile
-    /// and never succeeded: then it is most likely refused for every request (a permission
-    /// missing), and the reconcile stops on it and backs off.
+    /// goes on with the next decision. Once `operation` was refused twice in this reconcile and
+    /// never succeeded, it is most likely refused for every request (a permission missing): it
+    /// is tried for no other request in this reconcile, so a missing permission costs two calls
+    /// a reconcile, not one per request. Those not tried come first in the next.
     fn refused(&mut self, operation: &'static str, id: &str, e: &ProtonError) {
         let mut problem = Problem::from(e);
         problem.message = format!("connection {id}: {}", problem.message);
+        let accepting = operation == "Accept";
         let attempts = self
-            .memory
+            .next_memory
             .refused
             .get(id)
             .map_or(0, |r| r.attempts)
@@ -574,7 +580,9 @@ impl<'a> Run<'a> {
         self.next_memory.refused.insert(
             id.to_string(),
             Refused {
-                problem: problem.clone(),
+                problem,
+                accepting,
+                generation: self.p.generation,
                 attempts,
                 retry_at,
             },
@@ -582,7 +590,8 @@ impl<'a> Run<'a> {
         let times = self.refusals.entry(operation).or_default();
         *times += 1;
         if *times >= 2 && !self.succeeded.contains(operation) {
-            self.problem = Some(problem);
+            self.plan
+                .retain(|p| matches!(p, Planned::Accept(_)) != accepting);
         }
     }
 
@@ -626,7 +635,11 @@ impl<'a> Run<'a> {
         let refused_before = std::mem::take(&mut self.next_memory.refused);
         let (mut plan, mut again) = (Vec::new(), Vec::new());
         for planned in self.plan.drain(..) {
-            match refused_before.get(planned.id()) {
+            let accepting = matches!(planned, Planned::Accept(_));
+            let refused = refused_before
+                .get(planned.id())
+                .filter(|r| r.accepting == accepting && r.generation == self.p.generation);
+            match refused {
                 None => plan.push(planned),
                 Some(refused) => {
                     self.next_memory
@@ -908,23 +921,16 @@ impl<'a> Run<'a> {
     }
 
     /// What the policy says while AWS refuses a decision (see [`Refused`]): the first refused
-    /// request's refusal, and how many there are.
+    /// request's refusal.
     fn refusal(&self) -> Option<Problem> {
-        let refused = &self.next_memory.refused;
-        let (_, first) = refused.iter().next()?;
-        let message = match refused.len() {
-            1 => format!(
-                "{}; it is tried again later, the policy's other requests are decided meanwhile",
+        // The same while the same request is the first refused: no count, which would make
+        // each new refusal a status write and a Warning.
+        let (_, first) = self.next_memory.refused.iter().next()?;
+        Some(Problem {
+            message: format!(
+                "{}; each request AWS refuses is tried again later, the policy's other requests are decided meanwhile",
                 first.problem.message
             ),
-            n => format!(
-                "{} (and {} other requests refused); each is tried again later, the policy's other requests are decided meanwhile",
-                first.problem.message,
-                n - 1
-            ),
-        };
-        Some(Problem {
-            message,
             ..first.problem.clone()
         })
     }
