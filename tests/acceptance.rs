@@ -912,6 +912,10 @@ async fn both_sides_in_one_process_are_ready_within_5_s_without_waiting_for_a_po
         ..eager_settings()
     };
     let mut env = support::Env::start_with(production.clone(), CallBudget::unlimited()).await;
+    // A write shows in the watches 50 ms after it is answered, as on a real API server (5 to
+    // 20 ms): the policy here accepts the request before the resource's status, naming the
+    // connection, is in the watch cache, and the connection's reconcile is still under way.
+    env.api.delay_watch_events(Duration::from_millis(50));
     let (connections, policies) = (Nudge::default(), Nudge::default());
     env.restart_with_nudges(connections.clone(), policies.clone());
     let policy_ctx = Arc::new(

@@ -196,6 +196,28 @@ pub use crate::aws::error::{ErrorClass, ProtonError, Retry};
 /// The Create's operation name, as its errors carry it.
 pub const CREATE: &str = "CreateEnvironmentAccountConnection";
 
+/// The code of a List page refused for its token (see [`page_refused`]).
+pub const PAGE_TOKEN_REFUSED: &str = "PageTokenRefused";
+
+/// A ValidationException answered to a List page asked for with a token is the token's (an
+/// expired one, most likely: a list paused for long), not the request's: it is retried with
+/// backoff from the first page (reason `AwsError`), never taken for an invalid spec (which
+/// would stall a policy until it is edited).
+fn page_refused(e: ProtonError, paged: bool) -> ProtonError {
+    if !paged || e.class != ErrorClass::Validation {
+        return e;
+    }
+    ProtonError {
+        class: ErrorClass::Other,
+        code: PAGE_TOKEN_REFUSED.into(),
+        message: format!(
+            "{}: {} (the next page's token was refused, perhaps expired: listing again from the first page)",
+            e.code, e.message
+        ),
+        ..e
+    }
+}
+
 /// Where and how to reach Proton.
 #[derive(Clone, Debug)]
 pub struct ProtonSettings {
@@ -672,7 +694,7 @@ impl Proton {
             {
                 Ok(answer) => answer,
                 Err(e) => {
-                    if let Some(token) = next {
+                    if let Some(token) = next.filter(|_| e.code != PAGE_TOKEN_REFUSED) {
                         listing.pause(Partial {
                             began,
                             found,
@@ -902,6 +924,7 @@ impl Proton {
         next: Option<String>,
     ) -> Result<(Vec<Connection>, Option<String>), ProtonError> {
         let client = self.client(ticket.identity, region);
+        let paged = next.is_some();
         let out = self
             .call(
                 ticket,
@@ -915,7 +938,8 @@ impl Proton {
                     .set_next_token(next)
                     .send(),
             )
-            .await?;
+            .await
+            .map_err(|e| page_refused(e, paged))?;
         let page = out
             .environment_account_connections()
             .iter()
@@ -1237,6 +1261,34 @@ fn rfc3339(t: &aws_smithy_types::DateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_refused_for_its_token_is_listed_again_not_an_invalid_spec() {
+        let refused = || ProtonError {
+            operation: "ListEnvironmentAccountConnections",
+            class: ErrorClass::Validation,
+            code: "ValidationException".into(),
+            message: "The nextToken has expired".into(),
+            retry_in: None,
+        };
+        let first_page = page_refused(refused(), false);
+        assert_eq!(
+            first_page,
+            refused(),
+            "the first page's refusal is the request's"
+        );
+        let later = page_refused(refused(), true);
+        assert_eq!(
+            (later.class, later.code.as_str(), later.class.retry()),
+            (ErrorClass::Other, PAGE_TOKEN_REFUSED, Retry::Backoff)
+        );
+        assert!(later.message.contains("The nextToken has expired"));
+        let throttled = ProtonError {
+            class: ErrorClass::Throttled,
+            ..refused()
+        };
+        assert_eq!(page_refused(throttled.clone(), true), throttled);
+    }
 
     /// An endpoint that flaps is one warning per 5 minutes; an outage that began within them is
     /// warned of when they are up, if it still lasts.

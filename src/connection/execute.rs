@@ -90,7 +90,14 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
         if matches!(result, Ok(Outcome::IntentRecorded)) {
             self.create_admitted = true;
         }
-        if let (Step::Create { request, .. }, Ok(Outcome::Connection(_))) = (step, &result) {
+        if let (Step::Create { request, .. }, Ok(Outcome::Connection(created))) = (step, &result) {
+            if created.state == ConnectionState::Pending
+                && let Some(cached) = ctx
+                    .newest(self.obj)
+                    .filter(|c| c.metadata.uid == self.obj.metadata.uid)
+            {
+                ctx.undecided.created(&created.id, cached);
+            }
             nudge_policies(ctx, &request.management_account_id, run.region());
         }
         match &result {

@@ -6,6 +6,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -18,7 +21,21 @@ type Eac = EnvironmentAccountConnection;
 /// The cached copies of the resources whose connection is not decided yet (PENDING, or no state
 /// recorded), by connection id.
 #[derive(Default)]
-pub struct Undecided(Mutex<HashMap<CompactId, Arc<Eac>>>);
+pub struct Undecided(Mutex<Known>);
+
+#[derive(Default)]
+struct Known {
+    /// As the watch shows them.
+    watched: HashMap<CompactId, Arc<Eac>>,
+    /// Just created here, before the watch shows the status naming the connection (see
+    /// [`Undecided::created`]), and when.
+    created: HashMap<CompactId, (Arc<Eac>, Instant)>,
+}
+
+/// How long a connection created here is found without the watch: its status write reaches
+/// the watch within milliseconds, or failed (a status that may not be written, the resource
+/// deleted first), and then the copy kept would outlive the store's.
+const CREATED_FOR: Duration = Duration::from_secs(30);
 
 /// The id of a resource's connection, if it has one.
 fn connection_id(obj: &Eac) -> Option<&str> {
@@ -34,7 +51,7 @@ fn undecided_id(obj: &Eac) -> Option<&str> {
 }
 
 impl Undecided {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CompactId, Arc<Eac>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -44,16 +61,26 @@ impl Undecided {
             watcher::Event::Apply(obj) => {
                 if let Some(id) = undecided_id(obj) {
                     if let Some(cached) = cache.get(&ObjectRef::from_obj(obj)) {
-                        self.lock().insert(CompactId::of(id), cached);
+                        let mut known = self.lock();
+                        known.created.remove(&CompactId::of(id));
+                        known.watched.insert(CompactId::of(id), cached);
                     }
                 } else if let Some(id) = connection_id(obj) {
-                    self.lock().remove(&CompactId::of(id));
+                    let mut known = self.lock();
+                    known.created.remove(&CompactId::of(id));
+                    known.watched.remove(&CompactId::of(id));
                 }
             }
             watcher::Event::Delete(obj) => {
+                let mut known = self.lock();
                 if let Some(id) = connection_id(obj) {
-                    self.lock().remove(&CompactId::of(id));
+                    known.watched.remove(&CompactId::of(id));
                 }
+                // Deleted before its status named the connection.
+                let uid = obj.metadata.uid.as_deref();
+                known
+                    .created
+                    .retain(|_, (created, _)| created.metadata.uid.as_deref() != uid);
             }
             // The cache now holds what the relist found, whole.
             watcher::Event::InitDone => {
@@ -62,20 +89,49 @@ impl Undecided {
                     .into_iter()
                     .filter_map(|obj| Some((CompactId::of(undecided_id(&obj)?), obj)))
                     .collect();
-                *self.lock() = now;
+                let mut known = self.lock();
+                known.watched = now;
+                // The relist may have been taken before a status write a Create just made.
+                let Known { watched, created } = &mut *known;
+                created
+                    .retain(|id, (_, at)| !watched.contains_key(id) && at.elapsed() < CREATED_FOR);
             }
             watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
     }
 
+    /// A Create just made connection `id` for `resource` (its cached copy): findable at once,
+    /// before the watch shows the status that names it. The management side here may accept it
+    /// within milliseconds, sooner than the status write reaches the watch (on a real API server
+    /// 5 to 20 ms); not found, the resource would learn of it only at its next poll. The watch's
+    /// next copy naming it takes the place of this one, which is forgotten after
+    /// [`CREATED_FOR`] in any case.
+    pub fn created(&self, id: &str, resource: Arc<Eac>) {
+        let mut known = self.lock();
+        known
+            .created
+            .retain(|_, (_, at)| at.elapsed() < CREATED_FOR);
+        known
+            .created
+            .insert(CompactId::of(id), (resource, Instant::now()));
+    }
+
     /// The cached resource holding connection `id`, if it is not decided yet.
     pub fn find(&self, id: &str) -> Option<Arc<Eac>> {
-        self.lock().get(&CompactId::of(id)).cloned()
+        let known = self.lock();
+        let id = CompactId::of(id);
+        known.watched.get(&id).cloned().or_else(|| {
+            known
+                .created
+                .get(&id)
+                .filter(|(_, at)| at.elapsed() < CREATED_FOR)
+                .map(|(resource, _)| resource.clone())
+        })
     }
 
     /// Forgets every resource (the controller stopped).
     pub fn clear(&self) {
-        self.lock().clear();
+        *self.lock() = Known::default();
     }
 }
 
@@ -98,6 +154,41 @@ mod tests {
             ..Default::default()
         });
         obj
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_created_here_is_found_before_the_watch_names_it_and_not_for_long() {
+        let (cache, mut writer) = reflector::store::<Eac>();
+        let undecided = Undecided::default();
+        let mut apply = |event: watcher::Event<Eac>| {
+            writer.apply_watcher_event(&event);
+            undecided.follow(&cache, &event);
+        };
+        let mut before = resource("new", None, None);
+        before.metadata.uid = Some("uid-new".into());
+        apply(watcher::Event::Apply(before.clone()));
+        undecided.created(ID, Arc::new(before.clone()));
+        assert!(
+            undecided.find(ID).is_some(),
+            "found before the watch names it"
+        );
+        // The watch's copy naming it takes its place.
+        let mut named = resource("new", Some(ConnectionState::Pending), Some(ID));
+        named.metadata.uid = Some("uid-new".into());
+        apply(watcher::Event::Apply(named));
+        assert_eq!(undecided.lock().created.len(), 0);
+        assert!(undecided.find(ID).is_some());
+
+        // Deleted before its status named the connection: forgotten.
+        undecided.created("other-id", Arc::new(before.clone()));
+        apply(watcher::Event::Delete(before.clone()));
+        assert!(undecided.find("other-id").is_none());
+        // Its status never written: not found after a while, and dropped at the next.
+        undecided.created("late-id", Arc::new(before.clone()));
+        tokio::time::advance(CREATED_FOR).await;
+        assert!(undecided.find("late-id").is_none());
+        undecided.created("next-id", Arc::new(before));
+        assert_eq!(undecided.lock().created.len(), 1, "the old one dropped");
     }
 
     #[test]
@@ -154,6 +245,7 @@ mod tests {
             Some(ConnectionState::Pending),
             None,
         )));
-        assert!(undecided.0.lock().unwrap().is_empty());
+        let known = undecided.lock();
+        assert!(known.watched.is_empty() && known.created.is_empty());
     }
 }

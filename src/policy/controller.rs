@@ -653,7 +653,8 @@ async fn finish(
     };
     {
         let mut tracked = ctx.tracked();
-        tracked.entry(&facts.uid).kind.memory = memory;
+        let kept = &mut tracked.entry(&facts.uid).kind.memory;
+        *kept = after_run(kept, memory);
         let wanted = Instant::now() + requeue;
         if failed {
             let held = tracked.failed(&facts.uid, facts.generation, facts.paused, label, wanted);
@@ -824,6 +825,21 @@ pub async fn run(
     drop(attached);
 }
 
+/// What is kept of a policy once a reconcile ends: the run's memory, but for a restart of the
+/// quick polls that a nudge made while it ran (see [`nudged`]), which the run's copy, taken
+/// before, would undo.
+fn after_run(kept: &Memory, run: Memory) -> Memory {
+    let applied = match (kept.applied, run.applied) {
+        (Some((kept_generation, nudged_at)), Some((generation, since)))
+            if kept_generation == generation && nudged_at > since =>
+        {
+            Some((generation, nudged_at))
+        }
+        (_, applied) => applied,
+    };
+    Memory { applied, ..run }
+}
+
 /// Makes policy `uid` due now, for `why`. A request was just made: list now, and often for a
 /// while (List is eventually consistent, and may not show it yet), as after a spec change. Other
 /// credentials show their account's requests at once: list now, then at the usual interval.
@@ -855,6 +871,31 @@ mod tests {
     use crate::mapping::UnmappedNamespaces;
     use crate::offline;
     use crate::policy::api::ConnectionAcceptancePolicySpec;
+
+    #[test]
+    fn a_nudge_during_a_reconcile_keeps_the_quick_polls_it_restarted() {
+        let at = |s: i64| jiff::Timestamp::from_second(1_795_255_200 + s).unwrap_or_default();
+        let run = Memory {
+            applied: Some((1, at(0))),
+            backlog: true,
+            ..Memory::default()
+        };
+        // Nudged while the run went on: the later start stands, the rest is the run's.
+        let nudged = Memory {
+            applied: Some((1, at(500))),
+            ..Memory::default()
+        };
+        let kept = after_run(&nudged, run.clone());
+        assert_eq!(kept.applied, Some((1, at(500))));
+        assert!(kept.backlog);
+        // Not nudged, or another generation: the run's.
+        assert_eq!(after_run(&run, run.clone()), run);
+        let other = Memory {
+            applied: Some((2, at(900))),
+            ..Memory::default()
+        };
+        assert_eq!(after_run(&other, run.clone()).applied, Some((1, at(0))));
+    }
 
     fn context() -> Context {
         let metrics = Metrics::new();

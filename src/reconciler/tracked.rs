@@ -41,6 +41,9 @@ pub struct Tracked<T, M> {
     last_kube_error: Option<String>,
     /// Made due by a nudge: what it waits for has happened (see [`Tracker::expire`]).
     nudged: bool,
+    /// A nudge came while a reconcile was under way, after it read what it decides from: the
+    /// time that reconcile holds the object to (see [`Tracked::hold`]) must not hide it.
+    nudged_since_began: bool,
     /// The last failure was this service not answering: its return ends the backoff (see
     /// [`Tracker::due_after`]).
     waits_for: Option<Away>,
@@ -69,6 +72,7 @@ impl<T, M: Default> Default for Tracked<T, M> {
             failed_generation: 0,
             last_kube_error: None,
             nudged: false,
+            nudged_since_began: false,
             waits_for: None,
             returns_seen: Returns::default(),
         }
@@ -122,7 +126,14 @@ impl<T: PartialEq, M> Tracked<T, M> {
 
     /// Nothing for this object before `due`, unless its generation or triggers change. What
     /// its last try waits for stands: a reconcile that was quiet or deferred tried nothing.
+    /// Due now instead if a nudge came since the reconcile began: the reconcile the nudge
+    /// queued runs next and must not find itself not due.
     pub fn hold(&mut self, generation: i64, triggers: T, due: Instant) {
+        let due = if self.nudged_since_began {
+            Instant::now()
+        } else {
+            due
+        };
         self.checkpoint = Some(Checkpoint {
             generation,
             triggers,
@@ -209,7 +220,9 @@ impl<T, M: Default> Guard<'_, T, M> {
     /// A reconcile of `uid` begins: notes which returns it began after (see [`Guard::failed`]).
     pub fn began(&mut self, uid: &str) {
         let returns = self.returns_told();
-        self.entry(uid).returns_seen = returns;
+        let t = self.entry(uid);
+        t.returns_seen = returns;
+        t.nudged_since_began = false;
     }
 
     pub fn contains_key(&self, uid: &str) -> bool {
@@ -326,7 +339,12 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
     /// Moves one object's due time out to `due` (not in): what it is due for was done at
     /// another's hands, whose next is then (see `connection::polls`).
     pub fn postpone(&self, uid: &str, due: Instant) {
-        if let Some(c) = self.lock().get_mut(uid).and_then(|t| t.checkpoint.as_mut())
+        let mut tracker = self.lock();
+        // Not past a nudge not yet taken: the reconcile it queued must find the object due.
+        let Some(t) = tracker.get_mut(uid).filter(|t| !t.nudged) else {
+            return;
+        };
+        if let Some(c) = t.checkpoint.as_mut()
             && c.due < due
         {
             c.due = due;
@@ -337,6 +355,7 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
     pub fn expire(&self, uid: &str) {
         if let Some(t) = self.lock().get_mut(uid) {
             t.nudged = true;
+            t.nudged_since_began = true;
             if let Some(c) = t.checkpoint.as_mut() {
                 c.due = Instant::now();
             }
@@ -430,6 +449,34 @@ mod tests {
     }
 
     #[test]
+    fn a_nudge_during_a_reconcile_outlasts_the_time_it_holds_the_object_to() {
+        let tracker: Tracker<&str, ()> = Tracker::default();
+        let later = || Instant::now() + Duration::from_secs(30);
+        let quiet = |uid: &str| {
+            tracker
+                .lock()
+                .get(uid)
+                .unwrap()
+                .quiet(1, &"a", Instant::now())
+        };
+        // Nudged before its reconcile began: that reconcile saw it, its hold stands.
+        tracker.lock().entry("before").hold(1, "a", later());
+        tracker.expire("before");
+        tracker.lock().began("before");
+        tracker.lock().entry("before").hold(1, "a", later());
+        assert!(quiet("before").is_some());
+        // Nudged while it ran: the reconcile the nudge queued finds it due.
+        tracker.lock().began("during");
+        tracker.expire("during");
+        tracker.lock().entry("during").hold(1, "a", later());
+        assert_eq!(quiet("during"), None);
+        // That one's own hold stands again.
+        tracker.lock().began("during");
+        tracker.lock().entry("during").hold(1, "a", later());
+        assert!(quiet("during").is_some());
+    }
+
+    #[test]
     fn a_checkpoint_is_postponed_but_never_brought_forward() {
         let tracker: Tracker<&str, ()> = Tracker::default();
         let now = Instant::now();
@@ -452,6 +499,20 @@ mod tests {
             tracker.lock().get("u").unwrap().quiet(1, &"a", now),
             Some(Duration::from_secs(8))
         );
+        // Nudged: due now until the reconcile the nudge queued takes it.
+        tracker.expire("u");
+        tracker.postpone("u", now + Duration::from_secs(20));
+        let quiet = |tracker: &Tracker<&str, ()>| {
+            tracker
+                .lock()
+                .get("u")
+                .unwrap()
+                .quiet(1, &"a", Instant::now())
+        };
+        assert_eq!(quiet(&tracker), None);
+        assert!(tracker.lock().get_mut("u").unwrap().take_nudged());
+        tracker.postpone("u", now + Duration::from_secs(20));
+        assert!(quiet(&tracker).is_some());
     }
 
     #[test]

@@ -113,7 +113,7 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let (followed, live) = (store.clone(), store.clone());
+    let (followed, live, held) = (store.clone(), store.clone(), store.clone());
     let mut follow = follow;
     let mut failures = Repeated::default();
     let mut changes = TriggerChanges::new(trigger);
@@ -125,13 +125,19 @@ where
             follow(&followed, event)
         })
         .flat_map(move |event| {
-            let passed = changes.pass(event, || {
+            let (passed, released) = changes.pass(event, || {
                 live.state()
                     .iter()
                     .filter_map(|o| o.meta().uid.clone())
                     .collect()
             });
-            futures::stream::iter(passed)
+            // Copied from the cache one at a time, as the controller takes them (one gone
+            // since is skipped).
+            let cached = held.clone();
+            let released = futures::stream::iter(released).filter_map(move |r| {
+                futures::future::ready(cached.get(&r).map(|o| Ok(as_request((*o).clone()))))
+            });
+            futures::stream::iter(passed).chain(released)
         });
     (store, stream)
 }
@@ -290,17 +296,22 @@ where
 /// as not found, and never passed again) or the copy from before the relist (one changed then:
 /// reconciled from the old spec). A real API server ends a streamed relist with a bookmark sent
 /// on its once-a-second timer, so that window lasts up to a second. The first list needs no such
-/// wait: kube-runtime holds every request until its store is first ready.
-struct TriggerChanges<K, F> {
+/// wait: kube-runtime holds every request until its store is first ready. What is held is a
+/// reference, not a copy: a relist after a long outage may show every object changed.
+struct TriggerChanges<K: Resource, F> {
     trigger: F,
     last: HashMap<CompactId, u64>,
     /// A list has ended once: the store is ready, and a relist's changes wait for its end.
     listed: bool,
     /// Changes a relist showed, passed at its end.
-    held: Vec<K>,
+    held: Vec<ObjectRef<K>>,
 }
 
-impl<K: Resource, F: Fn(&K) -> Option<u64>> TriggerChanges<K, F> {
+/// What one event of the watch passes on: objects (and errors) now, and the references of the
+/// objects a relist that just ended held back, to read from the cache.
+type Passed<K> = (Vec<Result<K, watcher::Error>>, Vec<ObjectRef<K>>);
+
+impl<K: Resource<DynamicType = ()>, F: Fn(&K) -> Option<u64>> TriggerChanges<K, F> {
     fn new(trigger: F) -> Self {
         TriggerChanges {
             trigger,
@@ -314,7 +325,7 @@ impl<K: Resource, F: Fn(&K) -> Option<u64>> TriggerChanges<K, F> {
         &mut self,
         event: Result<watcher::Event<K>, watcher::Error>,
         live: impl FnOnce() -> HashSet<String>,
-    ) -> Vec<Result<K, watcher::Error>> {
+    ) -> Passed<K> {
         let (changed, relisted) = match event {
             Ok(watcher::Event::Apply(obj)) => (obj, false),
             Ok(watcher::Event::InitApply(obj)) => (obj, true),
@@ -322,7 +333,7 @@ impl<K: Resource, F: Fn(&K) -> Option<u64>> TriggerChanges<K, F> {
                 if let Some(uid) = obj.meta().uid.as_ref() {
                     self.last.remove(&CompactId::of(uid));
                 }
-                return Vec::new();
+                return (Vec::new(), Vec::new());
             }
             Ok(watcher::Event::InitDone) => {
                 let live: HashSet<CompactId> = live().iter().map(|u| CompactId::of(u)).collect();
@@ -330,22 +341,21 @@ impl<K: Resource, F: Fn(&K) -> Option<u64>> TriggerChanges<K, F> {
                 self.listed = true;
                 // A relist cut short by an error starts again with `Init` and keeps these: their
                 // hashes are recorded, so the next list would not pass them again.
-                return std::mem::take(&mut self.held).into_iter().map(Ok).collect();
+                return (Vec::new(), std::mem::take(&mut self.held));
             }
-            Ok(watcher::Event::Init) => return Vec::new(),
-            Err(e) => return vec![Err(e)],
+            Ok(watcher::Event::Init) => return (Vec::new(), Vec::new()),
+            Err(e) => return (vec![Err(e)], Vec::new()),
         };
         if let (Some(hash), Some(uid)) = ((self.trigger)(&changed), changed.meta().uid.as_ref())
             && self.last.insert(CompactId::of(uid), hash) == Some(hash)
         {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
-        let request = as_request(changed);
         if relisted && self.listed {
-            self.held.push(request);
-            return Vec::new();
+            self.held.push(ObjectRef::from_obj(&changed));
+            return (Vec::new(), Vec::new());
         }
-        vec![Ok(request)]
+        (vec![Ok(as_request(changed))], Vec::new())
     }
 }
 
@@ -429,9 +439,8 @@ mod tests {
         live: &[&str],
     ) -> Vec<String> {
         let live: HashSet<String> = live.iter().map(|s| s.to_string()).collect();
-        changes
-            .pass(Ok(event), || live)
-            .into_iter()
+        let (now, released) = changes.pass(Ok(event), || live);
+        now.into_iter()
             .map(|o| {
                 let o = o.unwrap_or_default();
                 assert_eq!(
@@ -441,6 +450,7 @@ mod tests {
                 );
                 o.metadata.name.unwrap_or_default()
             })
+            .chain(released.into_iter().map(|r| r.name))
             .collect()
     }
 
@@ -472,6 +482,7 @@ mod tests {
         assert_eq!(passed(&mut c, InitApply(object("a", 2)), &[]), None);
         assert!(matches!(
             c.pass(Err(watcher::Error::NoResourceVersion), HashSet::new)
+                .0
                 .as_slice(),
             [Err(watcher::Error::NoResourceVersion)]
         ));
@@ -597,7 +608,7 @@ mod tests {
         let mut c = TriggerChanges::new(|_: &ConfigMap| Some(1));
         let e = watcher::Error::NoResourceVersion;
         assert!(matches!(
-            c.pass(Err(e), HashSet::new).as_slice(),
+            c.pass(Err(e), HashSet::new).0.as_slice(),
             [Err(watcher::Error::NoResourceVersion)]
         ));
     }

@@ -120,6 +120,9 @@ struct ApiState {
     /// bookmark) is sent: a real API server sends it on its bookmark timer, up to about a second
     /// later (kubernetes/kubernetes#122277). Changes made meanwhile come after it.
     initial_events_end_delay: Duration,
+    /// How long after a change its events reach the open watches (see
+    /// [`FakeApi::delay_watch_events`]).
+    event_delay: Duration,
     /// Requests held while the server is cut off; answered (503) when it is healed.
     held: Vec<tower_test::mock::SendResponse<Response<FakeBody>>>,
     /// Open watch streams on EnvironmentAccountConnections, with their label selectors.
@@ -173,6 +176,7 @@ impl Default for ApiState {
             refused: Vec::new(),
             watch_list_off: false,
             initial_events_end_delay: Duration::ZERO,
+            event_delay: Duration::ZERO,
             held: Vec::new(),
             watchers: Vec::new(),
             changes: tokio::sync::watch::channel(0).0,
@@ -466,15 +470,45 @@ fn whole_sized(value: &Value) -> (FakeBody, usize) {
 
 /// A watcher's events as they are sent to it, each charged as delivered.
 fn delivered(
-    rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
     cost: Option<ApiCost>,
+    delay: Duration,
 ) -> impl futures::Stream<Item = Result<http_body::Frame<Bytes>, Infallible>> {
-    futures::stream::unfold(rx, move |mut rx| async move {
-        let line = rx.recv().await?;
+    // Each event is stamped as it is sent (this task only ever waits for the next), and sent
+    // on `delay` after that: a burst is delayed once, not once per event. Without a delay, as
+    // sent.
+    let (stamped, stamps) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Bytes)>();
+    if delay.is_zero() {
+        std::mem::drop(stamped);
+    } else {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    line = rx.recv() => {
+                        let Some(line) = line else { return };
+                        if stamped.send((tokio::time::Instant::now(), line)).is_err() {
+                            return;
+                        }
+                    }
+                    // The watch was closed: so is this channel, as the fake's watchers see it.
+                    _ = stamped.closed() => return,
+                }
+            }
+        });
+        rx = tokio::sync::mpsc::unbounded_channel().1;
+    }
+    futures::stream::unfold((rx, stamps), move |(mut rx, mut stamps)| async move {
+        let line = if delay.is_zero() {
+            rx.recv().await?
+        } else {
+            let (sent, line) = stamps.recv().await?;
+            tokio::time::sleep_until(sent + delay).await;
+            line
+        };
         if let Some(cost) = cost {
             cost::charge(cost.of_event(line.len())).await;
         }
-        Some((Ok(http_body::Frame::data(line)), rx))
+        Some((Ok(http_body::Frame::data(line)), (rx, stamps)))
     })
 }
 
@@ -933,6 +967,13 @@ impl FakeApi {
         st.resource_version += 1;
         st.compacted = st.resource_version;
         st.history.clear();
+    }
+
+    /// From now on the events of a change reach the watches opened after this `delay` after
+    /// the change, as on a real API server (the write reaches etcd, then the watch cache: 5 to
+    /// 20 ms), while the write's answer does not wait for them.
+    pub fn delay_watch_events(&self, delay: Duration) {
+        self.lock().event_delay = delay;
     }
 
     /// Streamed lists end (their `initial-events-end` bookmark) `delay` after their initial
@@ -1444,7 +1485,7 @@ impl FakeApi {
             }
             st.watchers
                 .push((plural.clone(), namespace.clone(), selector.clone(), tx));
-            let frames = delivered(rx, st.cost);
+            let frames = delivered(rx, st.cost, st.event_delay);
             return (StatusCode::OK, StreamBody::new(frames).boxed_unsync(), 0);
         }
         let items: Vec<Value> = st
@@ -1542,7 +1583,7 @@ impl FakeApi {
                 Ok::<_, Infallible>(http_body::Frame::data(end))
             },
         );
-        let changes = delivered(rx, cost);
+        let changes = delivered(rx, cost, st.event_delay);
         let all = futures::StreamExt::chain(futures::StreamExt::chain(initial, late_end), changes);
         (StatusCode::OK, StreamBody::new(all).boxed_unsync(), 0)
     }
