@@ -5,8 +5,9 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
@@ -48,6 +49,7 @@ fn follow_watch(
     ctx: &Context,
     store: &Store<EnvironmentAccountConnection>,
     readiness: &Readiness,
+    mappings_known: &AtomicBool,
     event: &Result<watcher::Event<EnvironmentAccountConnection>, watcher::Error>,
 ) {
     if let Ok(event) = event {
@@ -86,7 +88,10 @@ fn follow_watch(
             for object in wake {
                 ctx.nudge.requeue(object);
             }
-            readiness.synced();
+            // Ready once nothing stands in the way of a reconcile: the mappings too (`run`).
+            if mappings_known.load(Ordering::Relaxed) {
+                readiness.synced();
+            }
         }
         Ok(watcher::Event::Apply(obj)) => {
             readiness.succeeded();
@@ -139,14 +144,47 @@ pub async fn run(
     if scope.account_mappings {
         ctx.set_accounts(Accounts::waiting());
     }
+    // Not ready until the watch has synced and the mappings are known.
+    readiness.leading();
+    let mappings_known = Arc::new(AtomicBool::new(!scope.account_mappings));
+    let (follow_ctx, follow_ready, known) =
+        (ctx.clone(), readiness.clone(), mappings_known.clone());
+    // Told here, not waited for on the cache: kube-runtime's `Store::wait_until_ready` keeps
+    // one waiter (a oneshot), and its controller is already one.
+    let (listed, listed_rx) = tokio::sync::watch::channel(false);
+    let (store, triggers) = reconciler::watch::triggers(
+        api,
+        config,
+        slim,
+        move |store, event| {
+            follow_watch(&follow_ctx, store, &follow_ready, &known, event);
+            if let Ok(watcher::Event::InitDone) = event {
+                listed.send_replace(true);
+            }
+        },
+        trigger_hash,
+        " (is the CRD environmentaccountconnections.proton.eac.dev installed and may the controller list and watch it?)",
+    );
+    ctx.metrics.count_connections_from(Some(store.clone()));
+    ctx.use_cache(Some(store.clone()));
+    let mut triggers = Box::pin(triggers);
+    // The resources' watch lists beside the mappings' and namespaces' watches, not after them:
+    // on a real API server each streamed list ends about a second after its objects, a second
+    // more at every start and every new term of leadership. Nothing is reconciled before the
+    // mappings are known: what the watch passes meanwhile is dropped, and every cached
+    // resource is reconciled once they are (`listed_meanwhile`).
     let (accounts, moved, followers) = if scope.account_mappings {
-        match crate::mapping::controller::follow(
-            &ctx.client,
-            scope.unmapped_namespaces,
-            shutdown.clone(),
-        )
-        .await
-        {
+        let listing = async { while triggers.next().await.is_some() {} };
+        let followed = tokio::select! {
+            followed = crate::mapping::controller::follow(
+                &ctx.client,
+                scope.unmapped_namespaces,
+                shutdown.clone(),
+            ) => followed,
+            // The watch's stream does not end; if it did, nothing could be reconciled.
+            () = listing => None,
+        };
+        match followed {
             Some(followed) => followed,
             // Stopped before the mappings were known: nothing was reconciled.
             None => return,
@@ -168,18 +206,15 @@ pub async fn run(
     *ctx.routine_workers
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(tokio::sync::Semaphore::new(routine)));
-    readiness.leading();
-    let (follow_ctx, follow_ready) = (ctx.clone(), readiness.clone());
-    let (store, triggers) = reconciler::watch::triggers(
-        api,
-        config,
-        slim,
-        move |store, event| follow_watch(&follow_ctx, store, &follow_ready, event),
-        trigger_hash,
-        " (is the CRD environmentaccountconnections.proton.eac.dev installed and may the controller list and watch it?)",
-    );
-    ctx.metrics.count_connections_from(Some(store.clone()));
-    ctx.use_cache(Some(store.clone()));
+    mappings_known.store(true, Ordering::Relaxed);
+    let listed_meanwhile = futures::stream::iter(scope.account_mappings.then(|| {
+        // Synced while the mappings were read: ready now.
+        if *listed_rx.borrow() {
+            readiness.synced();
+        }
+        every_cached(store.clone(), listed_rx)
+    }))
+    .flatten();
     let expiring = ctx.clone();
     let undecided = ctx.undecided.clone();
     let nudged = ctx.nudge.attach(
@@ -220,10 +255,29 @@ pub async fn run(
         .reconcile_on(nudged)
         // The API server or Proton answers again: what its outage stopped, now.
         .reconcile_on(retried)
+        // What the watch passed while the mappings were read.
+        .reconcile_on(listed_meanwhile)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "EnvironmentAccountConnection").await;
     drop(started);
+}
+
+/// Every resource of the cache once it has synced (`listed`), to reconcile.
+fn every_cached(
+    store: Store<EnvironmentAccountConnection>,
+    mut listed: tokio::sync::watch::Receiver<bool>,
+) -> impl futures::Stream<Item = ObjectRef<EnvironmentAccountConnection>> + Send {
+    futures::stream::once(async move {
+        let _ = listed.wait_for(|listed| *listed).await;
+        let refs: Vec<_> = store
+            .state()
+            .iter()
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect();
+        futures::stream::iter(refs)
+    })
+    .flatten()
 }
 
 /// The policies in `namespaces` (whose credentials just changed) read again now, as their
@@ -310,12 +364,14 @@ mod tests {
         let (store, mut writer) = kube::runtime::reflector::store::<EnvironmentAccountConnection>();
         let readiness = Readiness::new(Duration::ZERO);
         readiness.leading();
+        let known = AtomicBool::new(false);
 
         // Deleted while watched.
         follow_watch(
             &ctx,
             &store,
             &readiness,
+            &known,
             &Ok(watcher::Event::Delete(eac("a"))),
         );
         assert_eq!(ctx.tracked_resources(), 2);
@@ -327,22 +383,31 @@ mod tests {
 
         // A relist that no longer contains "b" (deleted while the watch was down, or while
         // this pod was a standby): forgotten once the list is complete.
-        for event in [
-            watcher::Event::Init,
-            watcher::Event::InitApply(eac("c")),
-            watcher::Event::InitDone,
-        ] {
-            writer.apply_watcher_event(&event);
-            follow_watch(&ctx, &store, &readiness, &Ok(event));
-        }
+        let relist = |writer: &mut kube::runtime::reflector::store::Writer<_>| {
+            for event in [
+                watcher::Event::Init,
+                watcher::Event::InitApply(eac("c")),
+                watcher::Event::InitDone,
+            ] {
+                writer.apply_watcher_event(&event);
+                follow_watch(&ctx, &store, &readiness, &known, &Ok(event));
+            }
+        };
+        relist(&mut writer);
         assert_eq!(ctx.tracked_resources(), 1);
         assert!(ctx.tracked().contains_key("c"));
         assert_eq!(ctx.timetable.len(), 1);
         assert!(ctx.comes_back_in("c").is_some());
+        assert!(
+            !readiness.get(),
+            "synced, but the mappings are not known yet"
+        );
+        known.store(true, Ordering::Relaxed);
+        relist(&mut writer);
         assert!(readiness.get(), "synced");
 
         let failure = watcher::Error::NoResourceVersion;
-        follow_watch(&ctx, &store, &readiness, &Err(failure));
+        follow_watch(&ctx, &store, &readiness, &known, &Err(failure));
         assert!(!readiness.get(), "a failing watch is reported");
     }
 }
