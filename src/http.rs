@@ -102,6 +102,12 @@ impl Readiness {
         s.answered();
     }
 
+    /// The watch had listed every resource once before something else the leader needed was
+    /// known: synced, but this says nothing of the API server answering now.
+    pub fn listed(&self) {
+        self.lock().synced = true;
+    }
+
     /// The API server answered. Returns how long it had failed, if it had.
     pub fn succeeded(&self) -> Option<Duration> {
         self.lock().answered()
@@ -255,5 +261,12 @@ mod tests {
         assert!(why.contains("failed for 60s"), "{why}");
         r.succeeded();
         assert!(r.get(), "one answer makes it ready again");
+
+        // Listed while something else was awaited, the watch failing since: not an answer.
+        r.leading();
+        r.failed();
+        r.listed();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(r.check().unwrap_err().contains("failed for 60s"));
     }
 }

@@ -663,6 +663,42 @@ async fn a_controller_dropped_while_it_runs_closes_its_mapping_and_namespace_wat
     .await;
 }
 
+/// The resources are listed while the mappings are read; a controller stopped then (a term of
+/// leadership lost, a shutdown) leaves no cache behind: a standby holds none.
+#[tokio::test]
+async fn a_controller_dropped_while_it_waits_for_the_mappings_leaves_no_cache_behind() {
+    use std::time::Duration;
+
+    let env = Env::start().await;
+    env.api.namespace(NS, &[("team", "payments")]);
+    env.api.create("prod", UID, spec("prod"));
+    // The mappings cannot be read: it waits for them.
+    env.api.deny(Some(http::Method::GET), "/accountmappings");
+    let (_stop, task) = run_with_mappings(&env);
+    let counted = |ctx: &eac_controller::connection::controller::Context| {
+        ctx.metrics
+            .encode()
+            .lines()
+            .any(|l| l.starts_with("eac_connections{") && l.ends_with(" 1"))
+    };
+    support::poll_until(
+        "the resource listed while the mappings are refused (1 when counted from the cache)",
+        Duration::from_secs(10),
+        || f64::from(u8::from(counted(&env.ctx))),
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        env.calls("CreateEnvironmentAccountConnection"),
+        0,
+        "nothing reconciled yet"
+    );
+
+    task.abort();
+    assert!(task.await.is_err_and(|e| e.is_cancelled()));
+    assert!(!counted(&env.ctx), "the cache went with the controller");
+}
+
 /// Waits until `prod`'s status names its connection.
 async fn wait_for_connection(env: &Env) {
     env.api

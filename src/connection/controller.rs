@@ -144,14 +144,22 @@ pub async fn run(
     if scope.account_mappings {
         ctx.set_accounts(Accounts::waiting());
     }
+    // Undoes what follows however this ends, the wait for the mappings included (a term of
+    // leadership lost then, a shutdown): a standby holds no cache.
+    let mut started = Started {
+        ctx: ctx.clone(),
+        tasks: Vec::new(),
+        account_mappings: scope.account_mappings,
+    };
     // Not ready until the watch has synced and the mappings are known.
     readiness.leading();
     let mappings_known = Arc::new(AtomicBool::new(!scope.account_mappings));
     let (follow_ctx, follow_ready, known) =
         (ctx.clone(), readiness.clone(), mappings_known.clone());
-    // Told here, not waited for on the cache: kube-runtime's `Store::wait_until_ready` keeps
-    // one waiter (a oneshot), and its controller is already one.
-    let (listed, listed_rx) = tokio::sync::watch::channel(false);
+    // Told by the watch, not asked of the cache: kube-runtime's `Store::wait_until_ready` keeps
+    // one waiter (a oneshot, whose last poller alone is woken), and its controller is one.
+    let listed = Arc::new(AtomicBool::new(false));
+    let listed_at = listed.clone();
     let (store, triggers) = reconciler::watch::triggers(
         api,
         config,
@@ -159,7 +167,7 @@ pub async fn run(
         move |store, event| {
             follow_watch(&follow_ctx, store, &follow_ready, &known, event);
             if let Ok(watcher::Event::InitDone) = event {
-                listed.send_replace(true);
+                listed_at.store(true, Ordering::Relaxed);
             }
         },
         trigger_hash,
@@ -171,10 +179,18 @@ pub async fn run(
     // The resources' watch lists beside the mappings' and namespaces' watches, not after them:
     // on a real API server each streamed list ends about a second after its objects, a second
     // more at every start and every new term of leadership. Nothing is reconciled before the
-    // mappings are known: what the watch passes meanwhile is dropped, and every cached
-    // resource is reconciled once they are (`listed_meanwhile`).
+    // mappings are known: what the watch passes meanwhile is kept by reference, and
+    // reconciled once they are (`listed_meanwhile`; kube-runtime holds it until its cache has
+    // the first list).
+    let mut listed_meanwhile = Vec::new();
     let (accounts, moved, followers) = if scope.account_mappings {
-        let listing = async { while triggers.next().await.is_some() {} };
+        let listing = async {
+            while let Some(passed) = triggers.next().await {
+                if let Ok(resource) = passed {
+                    listed_meanwhile.push(ObjectRef::from_obj(&resource));
+                }
+            }
+        };
         let followed = tokio::select! {
             followed = crate::mapping::controller::follow(
                 &ctx.client,
@@ -196,25 +212,17 @@ pub async fn run(
             Vec::new(),
         )
     };
-    let mut started = Started {
-        ctx: ctx.clone(),
-        tasks: followers,
-        account_mappings: scope.account_mappings,
-    };
+    started.tasks.extend(followers);
     ctx.set_accounts(accounts);
     let routine = ((f64::from(concurrency) * ctx.poll_share).floor() as usize).max(1);
     *ctx.routine_workers
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(tokio::sync::Semaphore::new(routine)));
     mappings_known.store(true, Ordering::Relaxed);
-    let listed_meanwhile = futures::stream::iter(scope.account_mappings.then(|| {
-        // Synced while the mappings were read: ready now.
-        if *listed_rx.borrow() {
-            readiness.synced();
-        }
-        every_cached(store.clone(), listed_rx)
-    }))
-    .flatten();
+    // Synced while the mappings were read: ready now (unless the watch has failed since).
+    if listed.load(Ordering::Relaxed) {
+        readiness.listed();
+    }
     let expiring = ctx.clone();
     let undecided = ctx.undecided.clone();
     let nudged = ctx.nudge.attach(
@@ -256,28 +264,11 @@ pub async fn run(
         // The API server or Proton answers again: what its outage stopped, now.
         .reconcile_on(retried)
         // What the watch passed while the mappings were read.
-        .reconcile_on(listed_meanwhile)
+        .reconcile_on(futures::stream::iter(listed_meanwhile))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());
     reconciler::watch::drain(results, "EnvironmentAccountConnection").await;
     drop(started);
-}
-
-/// Every resource of the cache once it has synced (`listed`), to reconcile.
-fn every_cached(
-    store: Store<EnvironmentAccountConnection>,
-    mut listed: tokio::sync::watch::Receiver<bool>,
-) -> impl futures::Stream<Item = ObjectRef<EnvironmentAccountConnection>> + Send {
-    futures::stream::once(async move {
-        let _ = listed.wait_for(|listed| *listed).await;
-        let refs: Vec<_> = store
-            .state()
-            .iter()
-            .map(|o| ObjectRef::from_obj(o.as_ref()))
-            .collect();
-        futures::stream::iter(refs)
-    })
-    .flatten()
 }
 
 /// The policies in `namespaces` (whose credentials just changed) read again now, as their
