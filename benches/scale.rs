@@ -28,8 +28,9 @@
 //!    of its first 10 s, and a new resource's time to `status.id` meanwhile.
 //! 5. **An outage with leader election**: the binary with `--leader-election` holding S settled
 //!    resources (`EAC_BENCH_OUTAGE_N`, default N) against the API server of part 3, stopped for
-//!    10 s: when it answers again, how soon the leader leads again, is ready, and serves a
-//!    resource applied then.
+//!    10 s (its connections cut and refused) and ending each streamed list a second after its
+//!    objects, as a real one does: when it answers again, how soon the leader leads again, is
+//!    ready, and serves a resource applied then.
 //!
 //! In parts 1, 2 and 4 the API server is in-process and answers in microseconds, so their
 //! figures measure the controller's own cost; parts 3 and 5 charge what a real API server would.
@@ -437,6 +438,9 @@ async fn outage_with_leader_election(s: usize) {
     if let Some(cost) = api_cost() {
         env.api.set_cost(cost);
     }
+    // As a real API server ends a streamed list: on its bookmark timer, about a second after
+    // the objects.
+    env.api.delay_initial_events_end(Duration::from_secs(1));
     let dir = tempfile::tempdir().expect("a temporary directory");
     let kubeconfig = env.api.serve_http_stoppable(dir.path()).await;
     let url = env.emulator.url();
