@@ -800,13 +800,13 @@ fn a_passing_fault_ends_the_reconcile_and_is_reported_with_its_class() {
     }
 }
 
-/// Three of A's requests, the oldest first.
-fn three_of_as_requests() -> Fake {
-    Fake::with(&[
-        request_at("c-1", A, "prod-1", PENDING, 1),
-        request_at("c-2", A, "prod-2", PENDING, 2),
-        request_at("c-3", A, "prod-3", PENDING, 3),
-    ])
+/// `n` PENDING requests from `account` for `prod-1`, `prod-2`, ... (ids `c-1`, ...), the oldest
+/// first.
+fn requests_from(account: &str, n: i64) -> Fake {
+    let requests: Vec<Connection> = (1..=n)
+        .map(|i| request_at(&format!("c-{i}"), account, &format!("prod-{i}"), PENDING, i))
+        .collect();
+    Fake::with(&requests)
 }
 
 /// The next scenario, from where `ended` left it, `later` seconds after `given`.
@@ -841,11 +841,7 @@ fn a_decision_aws_refuses_holds_up_no_other_request_and_is_tried_again_on_its_ow
         let label = format!("{step} {code}");
         // Accepted by the policy (A, prod-*), or rejected by it (D: nobody's).
         let account = if step == "Accept" { A } else { D };
-        let mut fake = Fake::with(&[
-            request_at("c-1", account, "prod-1", PENDING, 1),
-            request_at("c-2", account, "prod-2", PENDING, 2),
-            request_at("c-3", account, "prod-3", PENDING, 3),
-        ]);
+        let mut fake = requests_from(account, 3);
         fake.fail(step, error(class, code));
         let given = Given::new(spec(unmatched));
         let first = run(&given, &mut fake);
@@ -924,7 +920,7 @@ fn a_decision_aws_refuses_holds_up_no_other_request_and_is_tried_again_on_its_ow
 fn a_decision_refused_for_two_requests_and_never_taken_is_tried_for_no_more_in_that_reconcile() {
     // A permission missing for every request: two refusals a reconcile, not one per request.
     let denied = || error(ErrorClass::AccessDenied, "AccessDeniedException");
-    let mut fake = three_of_as_requests();
+    let mut fake = requests_from(A, 3);
     for _ in 0..3 {
         fake.fail("Accept", denied());
     }
@@ -972,12 +968,7 @@ fn a_decision_refused_for_two_requests_and_never_taken_is_tried_for_no_more_in_t
 #[test]
 fn refusals_after_the_operation_succeeded_do_not_stop_it_for_the_other_requests() {
     // One request accepted, then two refused: the permission is there, so the last is tried.
-    let mut fake = Fake::with(&[
-        request_at("c-1", A, "prod-1", PENDING, 1),
-        request_at("c-2", A, "prod-2", PENDING, 2),
-        request_at("c-3", A, "prod-3", PENDING, 3),
-        request_at("c-4", A, "prod-4", PENDING, 4),
-    ]);
+    let mut fake = requests_from(A, 4);
     fake.passes.insert("Accept", 1);
     for _ in 0..2 {
         fake.fail(
@@ -1035,7 +1026,7 @@ fn a_request_refused_while_rejecting_is_accepted_at_once_once_a_policy_change_ma
 
 #[test]
 fn a_refused_request_no_longer_pending_is_no_longer_reported() {
-    let mut fake = three_of_as_requests();
+    let mut fake = requests_from(A, 3);
     fake.fail(
         "Accept",
         error(ErrorClass::AccessDenied, "AccessDeniedException"),

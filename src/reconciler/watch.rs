@@ -113,7 +113,7 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let (followed, live, held) = (store.clone(), store.clone(), store.clone());
+    let (followed, live) = (store.clone(), store.clone());
     let mut follow = follow;
     let mut failures = Repeated::default();
     let mut changes = TriggerChanges::new(trigger);
@@ -133,7 +133,7 @@ where
             });
             // Copied from the cache one at a time, as the controller takes them (one gone
             // since is skipped).
-            let cached = held.clone();
+            let cached = live.clone();
             let released = futures::stream::iter(released).filter_map(move |r| {
                 futures::future::ready(cached.get(&r).map(|o| Ok(as_request((*o).clone()))))
             });
@@ -307,9 +307,9 @@ struct TriggerChanges<K: Resource, F> {
     held: Vec<ObjectRef<K>>,
 }
 
-/// What one event of the watch passes on: objects (and errors) now, and the references of the
-/// objects a relist that just ended held back, to read from the cache.
-type Passed<K> = (Vec<Result<K, watcher::Error>>, Vec<ObjectRef<K>>);
+/// What one event of the watch passes on: an object (or an error) now, and the references of
+/// the objects a relist that just ended held back, to read from the cache.
+type Passed<K> = (Option<Result<K, watcher::Error>>, Vec<ObjectRef<K>>);
 
 impl<K: Resource<DynamicType = ()>, F: Fn(&K) -> Option<u64>> TriggerChanges<K, F> {
     fn new(trigger: F) -> Self {
@@ -333,7 +333,7 @@ impl<K: Resource<DynamicType = ()>, F: Fn(&K) -> Option<u64>> TriggerChanges<K, 
                 if let Some(uid) = obj.meta().uid.as_ref() {
                     self.last.remove(&CompactId::of(uid));
                 }
-                return (Vec::new(), Vec::new());
+                return (None, Vec::new());
             }
             Ok(watcher::Event::InitDone) => {
                 let live: HashSet<CompactId> = live().iter().map(|u| CompactId::of(u)).collect();
@@ -341,21 +341,21 @@ impl<K: Resource<DynamicType = ()>, F: Fn(&K) -> Option<u64>> TriggerChanges<K, 
                 self.listed = true;
                 // A relist cut short by an error starts again with `Init` and keeps these: their
                 // hashes are recorded, so the next list would not pass them again.
-                return (Vec::new(), std::mem::take(&mut self.held));
+                return (None, std::mem::take(&mut self.held));
             }
-            Ok(watcher::Event::Init) => return (Vec::new(), Vec::new()),
-            Err(e) => return (vec![Err(e)], Vec::new()),
+            Ok(watcher::Event::Init) => return (None, Vec::new()),
+            Err(e) => return (Some(Err(e)), Vec::new()),
         };
         if let (Some(hash), Some(uid)) = ((self.trigger)(&changed), changed.meta().uid.as_ref())
             && self.last.insert(CompactId::of(uid), hash) == Some(hash)
         {
-            return (Vec::new(), Vec::new());
+            return (None, Vec::new());
         }
         if relisted && self.listed {
             self.held.push(ObjectRef::from_obj(&changed));
-            return (Vec::new(), Vec::new());
+            return (None, Vec::new());
         }
-        (vec![Ok(as_request(changed))], Vec::new())
+        (Some(Ok(as_request(changed))), Vec::new())
     }
 }
 
@@ -482,9 +482,8 @@ mod tests {
         assert_eq!(passed(&mut c, InitApply(object("a", 2)), &[]), None);
         assert!(matches!(
             c.pass(Err(watcher::Error::NoResourceVersion), HashSet::new)
-                .0
-                .as_slice(),
-            [Err(watcher::Error::NoResourceVersion)]
+                .0,
+            Some(Err(watcher::Error::NoResourceVersion))
         ));
         assert_eq!(passed(&mut c, Init, &[]), None);
         assert_eq!(passed(&mut c, InitApply(object("a", 2)), &[]), None);
@@ -608,8 +607,8 @@ mod tests {
         let mut c = TriggerChanges::new(|_: &ConfigMap| Some(1));
         let e = watcher::Error::NoResourceVersion;
         assert!(matches!(
-            c.pass(Err(e), HashSet::new).0.as_slice(),
-            [Err(watcher::Error::NoResourceVersion)]
+            c.pass(Err(e), HashSet::new).0,
+            Some(Err(watcher::Error::NoResourceVersion))
         ));
     }
 

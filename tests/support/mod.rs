@@ -474,13 +474,15 @@ fn delivered(
     cost: Option<ApiCost>,
     delay: Duration,
 ) -> impl futures::Stream<Item = Result<http_body::Frame<Bytes>, Infallible>> {
-    // Each event is stamped as it is sent (this task only ever waits for the next), and sent
-    // on `delay` after that: a burst is delayed once, not once per event. Without a delay, as
-    // sent.
-    let (stamped, stamps) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Bytes)>();
-    if delay.is_zero() {
-        std::mem::drop(stamped);
+    use futures::StreamExt;
+    let lines = if delay.is_zero() {
+        futures::stream::unfold(rx, |mut rx| async move { Some((rx.recv().await?, rx)) })
+            .left_stream()
     } else {
+        // Each event is stamped as it is sent (this task only ever waits for the next), and
+        // sent on `delay` after that: a burst is delayed once, not once per event.
+        let (stamped, stamps) =
+            tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Bytes)>();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -495,20 +497,18 @@ fn delivered(
                 }
             }
         });
-        rx = tokio::sync::mpsc::unbounded_channel().1;
-    }
-    futures::stream::unfold((rx, stamps), move |(mut rx, mut stamps)| async move {
-        let line = if delay.is_zero() {
-            rx.recv().await?
-        } else {
+        futures::stream::unfold(stamps, move |mut stamps| async move {
             let (sent, line) = stamps.recv().await?;
             tokio::time::sleep_until(sent + delay).await;
-            line
-        };
+            Some((line, stamps))
+        })
+        .right_stream()
+    };
+    lines.then(move |line| async move {
         if let Some(cost) = cost {
             cost::charge(cost.of_event(line.len())).await;
         }
-        Some((Ok(http_body::Frame::data(line)), (rx, stamps)))
+        Ok(http_body::Frame::data(line))
     })
 }
 
