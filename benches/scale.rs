@@ -54,7 +54,7 @@ use proton_emulator::EmulatorConfig;
 use serde_json::json;
 use support::binary::{Controller, leader_elected_args, outage, ready, run_args};
 use support::process::{cpu_seconds, status_mib};
-use support::{ApiCost, Env, FakeApi, NS, WorkDone, eager_settings, kube_config_of, spec};
+use support::{ApiCost, Env, FakeApi, NS, WarmUp, WorkDone, eager_settings, kube_config_of, spec};
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -441,6 +441,9 @@ async fn outage_with_leader_election(s: usize) {
     // As a real API server ends a streamed list: on its bookmark timer, about a second after
     // the objects.
     env.api.delay_initial_events_end(Duration::from_secs(1));
+    // As a real one starts again: refusing for a moment (its authorizer, then each custom
+    // resource's watch cache, filled from etcd).
+    env.api.warm_up_at_restart(WarmUp::KUBE_APISERVER);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let kubeconfig = env.api.serve_http_stoppable(dir.path()).await;
     let url = env.emulator.url();
@@ -481,7 +484,7 @@ async fn outage_with_leader_election(s: usize) {
         let _ = std::fs::write(path, controller.log());
     }
     println!(
-        "  {s} settled resources, API server {}, a 10 s outage with leader election: leading again {:.2} s after the return, the resource applied then had status.id {:.2} s after it, /readyz ready {:.2} s after it; the controller's CPU from the return until then {:.2} s; peak RSS {:.1} MiB ({:.1} MiB before the outage)",
+        "  {s} settled resources, API server {}, a 10 s outage with leader election: leading again {:.2} s after the return, the resource applied then had status.id {:.2} s after it, /readyz ready {:.2} s after it; the controller's CPU from the return until then {:.2} s; peak RSS {:.1} MiB ({:.1} MiB before the outage); refused by the restarted API server's warm-up: {} (403), {} (429)",
         if api_cost().is_some() {
             "priced as kube-apiserver"
         } else {
@@ -493,6 +496,8 @@ async fn outage_with_leader_election(s: usize) {
         cpu,
         peak,
         peak_before,
+        env.api.warm_up_refused(403),
+        env.api.warm_up_refused(429),
     );
 }
 

@@ -27,7 +27,10 @@
 //!   [`LeaseConfig::retry_after_failure`] instead of `retry_period`: a leader that an API-server
 //!   outage stopped takes its Lease back, and starts reconciling again, within half a second of
 //!   the server's return rather than up to 2 s later. A refusal (403, 429, ...) keeps
-//!   `retry_period`: trying it sooner changes nothing, or adds to an overload.
+//!   `retry_period`: trying it sooner changes nothing, or adds to an overload. But not while the
+//!   server may still be starting ([`crate::api_answers`]): a kube-apiserver that has just
+//!   started refuses everyone (403, "informers not synced") until its RBAC caches are filled,
+//!   and a leader that waited 2 s after that would lead again 2 s later than it could.
 
 use std::time::Duration;
 
@@ -38,6 +41,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::api_answers::Starting;
 use crate::http::Readiness;
 use crate::repeated::Repeated;
 
@@ -73,6 +77,42 @@ fn unanswered(error: &kube::Error) -> bool {
     match error {
         kube::Error::Api(status) => status.code >= 500,
         _ => true,
+    }
+}
+
+/// How a Lease try went, for the wait before the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tried {
+    /// Answered as asked (held, or held by another).
+    Answered,
+    /// The Lease changed between the read and the write: read again at once.
+    Conflicted,
+    /// Refused (4xx).
+    Refused,
+    /// Not answered (unreachable, timed out, 5xx).
+    Unanswered,
+}
+
+/// The wait before the next Lease try: `retry_period`, or the quick retry after a try the API
+/// server left unanswered, after a conflict, and after a refusal while the server may still be
+/// starting (see [`crate::api_answers`]).
+#[derive(Debug, Default)]
+struct NextTry {
+    starting: Starting,
+}
+
+impl NextTry {
+    fn after(&mut self, tried: Tried, now: Instant, cfg: &LeaseConfig) -> Duration {
+        if tried == Tried::Unanswered {
+            self.starting.away();
+            return cfg.retry_after_failure();
+        }
+        let starting = self.starting.answered(now);
+        match tried {
+            Tried::Conflicted => cfg.retry_after_failure(),
+            Tried::Refused if starting => cfg.retry_after_failure(),
+            _ => cfg.retry_period,
+        }
     }
 }
 
@@ -131,6 +171,7 @@ impl Elector {
         let mut last_renew: Option<Instant> = None;
         // Quick retries after a failure would otherwise log twice a second through an outage.
         let mut failures = Repeated::default();
+        let mut next_try = NextTry::default();
         loop {
             if *stop.borrow() {
                 break;
@@ -147,6 +188,13 @@ impl Elector {
                         Ok(Err(e)) => Err((unanswered(&e), e.to_string())),
                         Err(_) => Err((true, format!("no answer within {}s", per_try.as_secs_f64()))),
                     };
+                    let tried = match &attempt {
+                        Ok(Attempt::Conflicted) => Tried::Conflicted,
+                        Ok(_) => Tried::Answered,
+                        Err((true, _)) => Tried::Unanswered,
+                        Err((false, _)) => Tried::Refused,
+                    };
+                    wait = next_try.after(tried, Instant::now(), &cfg);
                     match attempt {
                         Ok(attempt) => {
                             if last_renew.is_none() {
@@ -165,7 +213,6 @@ impl Elector {
                                 }
                                 Attempt::Conflicted => {
                                     debug!(lease = %cfg.name, "the leader lease changed between its read and its write; reading it again");
-                                    wait = cfg.retry_after_failure();
                                 }
                                 Attempt::HeldByOther(holder) => {
                                     if last_renew.take().is_some() {
@@ -175,12 +222,9 @@ impl Elector {
                                 }
                             }
                         }
-                        Err((unanswered, error)) => {
+                        Err((_, error)) => {
                             if last_renew.is_none() {
                                 readiness.failed();
-                            }
-                            if unanswered {
-                                wait = cfg.retry_after_failure();
                             }
                             match failures.failed() {
                                 (failed, true) => warn!(error = %error, lease = %cfg.name, failed_tries = failed, "leader lease call failed"),
@@ -342,5 +386,72 @@ impl Elector {
             .replace(&self.config.name, &PostParams::default(), &lease)
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api_answers::STARTING;
+
+    fn config() -> LeaseConfig {
+        LeaseConfig {
+            namespace: "eac".into(),
+            name: "eac-controller".into(),
+            identity: "a".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn a_refusal_waits_the_retry_period_unless_the_api_server_has_just_come_back() {
+        let cfg = config();
+        let quick = cfg.retry_after_failure();
+        let t0 = Instant::now();
+        let mut next = NextTry::default();
+        assert_eq!(
+            next.after(Tried::Refused, t0, &cfg),
+            cfg.retry_period,
+            "a refusal, never away"
+        );
+        assert_eq!(next.after(Tried::Unanswered, t0, &cfg), quick);
+        assert_eq!(next.after(Tried::Unanswered, t0, &cfg), quick);
+        // Back, starting: its authorizer refuses everyone for a moment.
+        let back = t0 + Duration::from_secs(10);
+        assert_eq!(next.after(Tried::Refused, back, &cfg), quick);
+        assert_eq!(
+            next.after(Tried::Refused, back + Duration::from_millis(500), &cfg),
+            quick
+        );
+        assert_eq!(
+            next.after(Tried::Refused, back + STARTING, &cfg),
+            cfg.retry_period,
+            "refused for as long as a start takes: a refusal like any other"
+        );
+    }
+
+    #[test]
+    fn an_answer_after_the_return_starts_the_window_too_and_conflicts_are_read_again_at_once() {
+        let cfg = config();
+        let quick = cfg.retry_after_failure();
+        let t0 = Instant::now();
+        let mut next = NextTry::default();
+        next.after(Tried::Unanswered, t0, &cfg);
+        assert_eq!(next.after(Tried::Answered, t0, &cfg), cfg.retry_period);
+        assert_eq!(
+            next.after(Tried::Refused, t0 + Duration::from_secs(1), &cfg),
+            quick,
+            "within the window of the return"
+        );
+        assert_eq!(
+            next.after(Tried::Conflicted, t0 + STARTING * 2, &cfg),
+            quick
+        );
+        assert_eq!(
+            next.after(Tried::Refused, t0 + STARTING * 2, &cfg),
+            cfg.retry_period
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! ([`aws`]), and what every kind shares (conditions, Events, metrics, leader election, the
 //! operations endpoint). Dependencies point one way, from `main` down to the types.
 
+pub mod api_answers;
 pub mod aws;
 pub mod check;
 pub mod cli;

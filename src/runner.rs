@@ -14,6 +14,7 @@ use tower::buffer::BufferLayer;
 use tower::retry::RetryLayer;
 use tracing::{debug, info, warn};
 
+use crate::api_answers::{Starting, refused_while_starting};
 use crate::aws::budget::CallBudget;
 use crate::aws::proton::{Proton, ProtonSettings};
 use crate::config::{Endpoint, RunArgs};
@@ -177,7 +178,8 @@ async fn kube_config() -> Result<(kube::Config, String), RunError> {
 
 /// What `run` does when the API server is not there yet at its first call (see
 /// [`not_there_yet`]); any other failure (a 401, a 403, a bad certificate, credentials that
-/// cannot be had) ends it at once either way.
+/// cannot be had) ends it at once either way, but for a 401 or 403 that a server which has just
+/// come back makes while it starts (see [`crate::api_answers`]), which is waited out too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum FirstContact {
     /// Exit, naming the server and the kubeconfig: someone at a terminal wants to know now.
@@ -266,6 +268,8 @@ async fn answered(
     };
     let timeout = first_contact.timeout();
     let mut waiting = Repeated::default();
+    let mut starting = Starting::default();
+    let waits = first_contact == FirstContact::Wait;
     loop {
         let reason = match tokio::time::timeout(timeout, client.apiserver_version()).await {
             Ok(Ok(version)) => {
@@ -275,13 +279,25 @@ async fn answered(
                 info!(server = %server, version = %version.git_version, "connected to Kubernetes");
                 return Ok(());
             }
-            Ok(Err(e)) if first_contact == FirstContact::Wait && not_there_yet(&e) => e.to_string(),
+            Ok(Err(e)) if waits && not_there_yet(&e) => {
+                starting.away();
+                e.to_string()
+            }
+            // Back after it did not answer, it may refuse until its caches are filled.
+            Ok(Err(e))
+                if waits
+                    && refused_while_starting(&e)
+                    && starting.answered(tokio::time::Instant::now()) =>
+            {
+                format!("{e} (the API server may still be starting)")
+            }
             Ok(Err(e)) => return Err(unreachable(e.to_string())),
             Err(_) => {
                 let reason = format!("no answer within {}s", timeout.as_secs());
                 if first_contact == FirstContact::FailAtOnce {
                     return Err(unreachable(reason));
                 }
+                starting.away();
                 reason
             }
         };
@@ -788,6 +804,65 @@ mod tests {
             "{message}"
         );
         drop(listener);
+    }
+
+    /// An API server that answers its calls with `codes` in turn, then with its version.
+    async fn answering(codes: Vec<u16>) -> String {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new().fallback(move || {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            let code = codes.get(n).copied().unwrap_or(200);
+            async move {
+                let body = if code == 200 {
+                    serde_json::json!({"major": "1", "minor": "36", "gitVersion": "v1.36.0",
+                        "gitCommit": "", "gitTreeState": "", "buildDate": "", "goVersion": "",
+                        "compiler": "", "platform": ""})
+                } else {
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "forbidden: informers not synced", "reason": "Forbidden", "code": code})
+                };
+                (
+                    axum::http::StatusCode::from_u16(code)
+                        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+                    axum::Json(body),
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a listener");
+        let url = format!("http://{}", listener.local_addr().expect("its address"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    async fn first_contact(codes: Vec<u16>, first_contact: FirstContact) -> Result<(), RunError> {
+        let server = answering(codes).await;
+        let config = kube::Config::new(server.parse().expect("a URL"));
+        let client = lease_client_from(config).expect("a client");
+        answered(&client, &server, "test", first_contact).await
+    }
+
+    /// A kube-apiserver that has just started refuses everyone until its authorizer's caches
+    /// are filled: in a pod, after it did not answer, that is waited out; a refusal met first,
+    /// or outside a pod, is not.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_of_a_starting_api_server_is_waited_out_in_a_pod_and_no_other() {
+        let waited = first_contact(vec![503, 403, 401, 403], FirstContact::Wait).await;
+        assert!(waited.is_ok(), "{waited:?}");
+        let refused = first_contact(vec![403], FirstContact::Wait).await;
+        assert!(
+            refused
+                .as_ref()
+                .err()
+                .is_some_and(|e| e.to_string().contains("forbidden")),
+            "a refusal from the first answer on: {refused:?}"
+        );
+        let refused = first_contact(vec![503, 403], FirstContact::FailAtOnce).await;
+        assert!(refused.is_err(), "outside a pod: {refused:?}");
+        let refused = first_contact(vec![503, 404], FirstContact::Wait).await;
+        assert!(refused.is_err(), "a 404 is no start's: {refused:?}");
     }
 
     /// A TLS handshake that fails is a configuration to fix, not an API server to wait for.

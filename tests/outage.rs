@@ -21,7 +21,7 @@ use support::binary::{
     Controller, alive, leader_elected_args, outage, ready, run_args, the_leader_stops,
 };
 use support::gate::Gate;
-use support::{Env, FakeApi, NS, kube_config_of, patient, spec};
+use support::{Env, FakeApi, NS, WarmUp, kube_config_of, patient, spec};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// The account the emulator answers for by default: the policy's management and environment
@@ -40,7 +40,8 @@ fn uid(i: usize) -> String {
 }
 
 /// The fake API server over HTTP, its kubeconfig (in the directory returned), and the emulator.
-/// Its streamed lists end a second after their objects, as a real API server's do.
+/// Its streamed lists end a second after their objects, and it warms up at each restart, as a
+/// real API server does.
 async fn over_http() -> (Env, tempfile::TempDir, std::path::PathBuf) {
     let env = Env::start_full(
         patient(),
@@ -50,6 +51,9 @@ async fn over_http() -> (Env, tempfile::TempDir, std::path::PathBuf) {
     .await;
     // As a real API server ends a streamed list: on its bookmark timer.
     env.api.delay_initial_events_end(Duration::from_secs(1));
+    // As a real one starts: refusing for a moment (its authorizer, then each custom resource's
+    // watch cache).
+    env.api.warm_up_at_restart(WarmUp::KUBE_APISERVER);
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = env.api.serve_http_stoppable(dir.path()).await;
     (env, dir, kubeconfig)
@@ -143,6 +147,10 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
     env.api.create("after", &uid(BEFORE), spec("after"));
     let served = served_and_ready_within_5_s(&env, &controller, &readyz, &["after"], back).await;
     let ready_at = back.elapsed();
+    assert!(
+        env.api.warm_up_refused(429) >= 1,
+        "the new term's watches met the fresh watch caches of the restarted API server"
+    );
     assert_eq!(
         controller.logged("became leader"),
         2,

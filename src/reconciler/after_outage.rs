@@ -67,18 +67,7 @@ impl Returns {
     }
 }
 
-/// Whether a failed call means the API server was away: unreachable, the connection lost or timed
-/// out, or a gateway or the server saying it is unavailable (502, 503, 504). Not a refusal (4xx,
-/// a 429 its retries did not get through), and not a 500: an admission webhook that fails
-/// answers 500, and the API server's return does not fix it. Nor a local failure (credentials, a
-/// request that cannot be built or an answer that cannot be read).
-pub fn unanswered(error: &kube::Error) -> bool {
-    match error {
-        kube::Error::Api(status) => matches!(status.code, 502..=504),
-        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
-        _ => false,
-    }
-}
+pub use crate::api_answers::unanswered;
 
 /// When the objects a return made due are looked for again: a call the API server's return found
 /// still being retried inside the client (5 retries, about 3 s at most) fails after it, and its

@@ -5,6 +5,8 @@
 //! writes).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -28,9 +30,13 @@ use crate::repeated::Repeated;
 /// Its long cap protects an API server from thousands of clients retrying together; here one
 /// leader retries its few watches (resources, policies, mappings, namespaces), so a try every 2 s
 /// at worst costs the API server a refused request each, and the jitter keeps the controller's
-/// watches (and its standby's Lease calls) from arriving together. A working watch resets it.
+/// watches (and its standby's Lease calls) from arriving together. A working watch resets it,
+/// and so does the first failure the API server answers after failures it left unanswered (see
+/// [`Returns`]).
 pub struct WatchBackoff {
     next: Duration,
+    /// Set when the API server answered again: the next wait is the first one.
+    returned: Arc<AtomicBool>,
 }
 
 impl WatchBackoff {
@@ -40,7 +46,10 @@ impl WatchBackoff {
 
 impl Default for WatchBackoff {
     fn default() -> Self {
-        WatchBackoff { next: Self::FIRST }
+        WatchBackoff {
+            next: Self::FIRST,
+            returned: Arc::default(),
+        }
     }
 }
 
@@ -48,6 +57,9 @@ impl Iterator for WatchBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
+        if self.returned.swap(false, Ordering::Relaxed) {
+            self.next = Self::FIRST;
+        }
         let wait = self.next;
         self.next = (self.next * 2).min(Self::MAX);
         Some(wait.mul_f64(0.75 + 0.5 * rand::random::<f64>()))
@@ -143,7 +155,8 @@ where
 }
 
 /// The watch's events, each failure followed by a wait ([`WatchBackoff`]), but for the end of
-/// a compacted history ([`Relists`]).
+/// a compacted history ([`Relists`]), and the wait after the API server's first answer at its
+/// return is the first one ([`Returns`]).
 fn backed_off<K>(
     events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
@@ -151,9 +164,55 @@ where
     K: Resource<DynamicType = ()> + Send,
 {
     let mut relists = Relists::default();
+    let backoff = WatchBackoff::default();
+    let mut returns = Returns::new(backoff.returned.clone());
     events
         .filter(move |event| futures::future::ready(!relists.at_once::<K>(event)))
-        .backoff(WatchBackoff::default())
+        .inspect(move |event| returns.see(event))
+        .backoff(backoff)
+}
+
+/// Tells the watch's backoff when the API server answers again after failures it left
+/// unanswered (refused connections, 5xx): through an outage the waits grew to their 2 s cap, and
+/// a restarted kube-apiserver's first answers are refusals (403 until its authorizer's caches are
+/// filled; 429 for a moment from a CRD's fresh watch cache, once the client's own retry gave up).
+/// Waiting the cap after each would add seconds to the return; they are waited after as a first
+/// failure is (250 ms, doubling).
+struct Returns {
+    away: bool,
+    returned: Arc<AtomicBool>,
+}
+
+impl Returns {
+    fn new(returned: Arc<AtomicBool>) -> Self {
+        Returns {
+            away: false,
+            returned,
+        }
+    }
+
+    fn see<K>(&mut self, event: &Result<watcher::Event<K>, watcher::Error>) {
+        let answered = match event {
+            Ok(_) => true,
+            Err(e) => !unanswered(e),
+        };
+        if !answered {
+            self.away = true;
+        } else if std::mem::take(&mut self.away) {
+            self.returned.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether a watch failure means the API server did not answer.
+fn unanswered(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => crate::api_answers::unanswered(e),
+        watcher::Error::WatchError(status) => matches!(status.code, 502..=504),
+        watcher::Error::NoResourceVersion => false,
+    }
 }
 
 /// Takes the 410 Gone that ends a watch whose history was compacted out of the stream before
@@ -421,6 +480,49 @@ mod tests {
         );
         logged::<ConfigMap>(&mut failures, &Err(gone_at_start), "");
         assert_eq!(failures.failed(), (4, false), "a refused start counts");
+    }
+
+    #[test]
+    fn the_first_refusal_after_an_outage_is_waited_after_as_a_first_failure() {
+        let refused_connection = || {
+            watcher::Error::WatchStartFailed(kube::Error::Service(Box::new(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            ))))
+        };
+        let starting = || watcher::Error::WatchStartFailed(kube::Error::Api(status(403)));
+        let first = |wait: Duration| {
+            wait >= WatchBackoff::FIRST.mul_f64(0.75) && wait <= WatchBackoff::FIRST.mul_f64(1.25)
+        };
+        let capped = |wait: Duration| wait >= WatchBackoff::MAX.mul_f64(0.75);
+
+        let mut backoff = WatchBackoff::default();
+        let mut returns = Returns::new(backoff.returned.clone());
+        let mut wait = Duration::ZERO;
+        for _ in 0..6 {
+            returns.see::<ConfigMap>(&Err(refused_connection()));
+            wait = backoff.next().unwrap_or_default();
+        }
+        assert!(
+            capped(wait),
+            "an outage grows the wait to its cap: {wait:?}"
+        );
+        returns.see::<ConfigMap>(&Err(starting()));
+        wait = backoff.next().unwrap_or_default();
+        assert!(first(wait), "the server is back: {wait:?}");
+        returns.see::<ConfigMap>(&Err(starting()));
+        wait = backoff.next().unwrap_or_default();
+        assert!(
+            wait > WatchBackoff::FIRST.mul_f64(1.25),
+            "refused again: it grows from there: {wait:?}"
+        );
+        // A server that only ever refuses never restarts the backoff.
+        let mut backoff = WatchBackoff::default();
+        let mut returns = Returns::new(backoff.returned.clone());
+        for _ in 0..6 {
+            returns.see::<ConfigMap>(&Err(starting()));
+            wait = backoff.next().unwrap_or_default();
+        }
+        assert!(capped(wait), "refusals alone grow it: {wait:?}");
     }
 
     fn object(uid: &str, generation: i64) -> ConfigMap {

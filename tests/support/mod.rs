@@ -20,6 +20,7 @@ pub mod binary;
 mod cost;
 pub mod gate;
 pub mod process;
+mod warm_up;
 pub use cost::{ApiCost, WorkDone};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,6 +45,7 @@ use kube::client::Body;
 use kube::runtime::events::Reporter;
 use proton_emulator::{EmulatorConfig, EmulatorState, RunningEmulator};
 use serde_json::{Value, json};
+pub use warm_up::WarmUp;
 
 pub const NS: &str = "platform";
 const GROUP_PATH: &str = "/apis/proton.eac.dev/v1alpha1";
@@ -148,6 +150,11 @@ struct ApiState {
     /// While set, the watch events of changes are kept here, in order, instead of sent: a watch
     /// that lags behind the writes (see [`FakeApi::hold_watch_events`]).
     lagging: Option<Vec<(tokio::sync::mpsc::UnboundedSender<Bytes>, Bytes)>>,
+    /// The warm-up of each restart ([`FakeApi::warm_up_at_restart`]), and the one under way.
+    warm_up: Option<WarmUp>,
+    warming: Option<warm_up::Warming>,
+    /// The refusals of warm-ups so far, by status code.
+    warm_up_refusals: BTreeMap<u16, usize>,
 }
 
 /// What a stopped API server answers.
@@ -187,6 +194,9 @@ impl Default for ApiState {
             ids_known: std::collections::HashSet::new(),
             work: Arc::default(),
             lagging: None,
+            warm_up: None,
+            warming: None,
+            warm_up_refusals: BTreeMap::new(),
         }
     }
 }
@@ -276,6 +286,31 @@ fn patched_fields(patch: &Value) -> Value {
 }
 
 impl ApiState {
+    /// The refusal, if any, of a request now by the warm-up under way ([`WarmUp`]).
+    fn warming_refusal(&mut self, method: &Method, path: &str, query: &str) -> Option<Value> {
+        let warming = self.warming.as_mut()?;
+        let custom = path.starts_with(GROUP_PATH).then(|| collection_of(path).0);
+        let watch = query_param(query, "watch").is_some_and(|w| w == "true" || w == "1");
+        let page =
+            query_param(query, "limit").is_some() && query_param(query, "labelSelector").is_none();
+        let cached = *method == Method::GET && is_collection(path) && (watch || !page);
+        let objects = &self.objects;
+        let refusal = warming.refusal(
+            path,
+            custom.as_deref(),
+            || {
+                let plural = custom.clone().unwrap_or_default();
+                objects
+                    .keys()
+                    .filter(|p| in_collection(p, &plural, None))
+                    .count()
+            },
+            cached,
+        )?;
+        *self.warm_up_refusals.entry(refusal.code).or_default() += 1;
+        Some(status_body(refusal.code, refusal.reason, &refusal.message))
+    }
+
     /// Whether a request now is refused (the server is down): counted, and seen as a change by
     /// tests waiting for one.
     fn refuse(&mut self, path: &str) -> bool {
@@ -967,6 +1002,23 @@ impl FakeApi {
         st.resource_version += 1;
         st.compacted = st.resource_version;
         st.history.clear();
+        st.warming = st.warm_up.map(warm_up::Warming::new);
+    }
+
+    /// From now on each restart ([`FakeApi::up`]) warms up as a real kube-apiserver's does (see
+    /// [`WarmUp`]): refusals (403, then 429 with `Retry-After: 1` from a custom resource's
+    /// watch cache) for a moment.
+    pub fn warm_up_at_restart(&self, model: WarmUp) {
+        self.lock().warm_up = Some(model);
+    }
+
+    /// How many requests warm-ups have refused with `code` so far.
+    pub fn warm_up_refused(&self, code: u16) -> usize {
+        self.lock()
+            .warm_up_refusals
+            .get(&code)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// From now on the events of a change reach the watches opened after this `delay` after
@@ -1644,7 +1696,13 @@ impl FakeApi {
             v => serde_json::to_vec(v).map_or(0, |b| b.len()),
         };
         let sent = if cost.is_some() { size(&body) } else { 0 };
-        let (code, answer, answered) = if method == Method::GET && is_collection(&path) {
+        let warming = self.lock().warming_refusal(&method, &path, &query);
+        let (code, answer, answered) = if let Some(refusal) = warming {
+            let code =
+                StatusCode::from_u16(refusal["code"].as_u64().unwrap_or(500) as u16).unwrap();
+            let (answer, answered) = whole_sized(&refusal);
+            (code, answer, answered)
+        } else if method == Method::GET && is_collection(&path) {
             self.list_or_watch(&path, &query)
         } else {
             let (code, value) =
@@ -1664,11 +1722,16 @@ impl FakeApi {
             body,
             code: code.as_u16(),
         });
-        Response::builder()
+        let response = Response::builder()
             .status(code)
-            .header("content-type", "application/json")
-            .body(answer)
-            .unwrap()
+            .header("content-type", "application/json");
+        // What kube-apiserver sends with each 429: APF and an unready watch cache alike.
+        let response = if code == StatusCode::TOO_MANY_REQUESTS {
+            response.header("retry-after", "1")
+        } else {
+            response
+        };
+        response.body(answer).unwrap()
     }
 
     /// Serves this fake over plain HTTP on 127.0.0.1 (an ephemeral port), for a controller
