@@ -26,11 +26,11 @@
 //! 4. **Start-up**: a controller starting with S settled (CONNECTED) resources
 //!    (`EAC_BENCH_STARTUP_N`, default N) under the default budget: time to ready, the AWS calls
 //!    of its first 10 s, and a new resource's time to `status.id` meanwhile.
-//! 5. **An outage with leader election**: the binary with `--leader-election` holding S settled
+//! 5. **An outage**: the binary with `--leader-election`, then without, holding S settled
 //!    resources (`EAC_BENCH_OUTAGE_N`, default N) against the API server of part 3, stopped for
-//!    10 s (its connections cut and refused) and ending each streamed list a second after its
-//!    objects, as a real one does: when it answers again, how soon the leader leads again, is
-//!    ready, and serves a resource applied then.
+//!    10 s (its connections cut and refused), ending each streamed list a second after its
+//!    objects and warming up at its restart, as a real one does: when it answers again, how soon
+//!    the leader leads again, the controller is ready, and serves a resource applied then.
 //!
 //! In parts 1, 2 and 4 the API server is in-process and answers in microseconds, so their
 //! figures measure the controller's own cost; parts 3 and 5 charge what a real API server would.
@@ -427,13 +427,15 @@ async fn start_up(s: usize) {
     let _ = task.await;
 }
 
-/// Part 5: a 10 s API-server outage with leader election at S settled resources: the
-/// `eac-controller` binary with `--leader-election` (default flags otherwise) against the API
-/// server over HTTP, priced as in part 3. The outage outlasts the renew deadline, so the leader
+/// Part 5: a 10 s API-server outage at S settled resources: the `eac-controller` binary with
+/// default flags, with `--leader-election` or without, against the API server over HTTP, priced
+/// as in part 3. With leader election the outage outlasts the renew deadline, so the leader
 /// stops; when the API server answers again it takes its Lease back, lists and watches again from
-/// scratch. How soon after the return it leads again, is ready, and gives a resource applied
-/// right then its `status.id`; the CPU the recovery took and the peak RSS.
-async fn outage_with_leader_election(s: usize) {
+/// scratch. Without, the watches resume, are answered 410 Gone and list again. How soon after
+/// the return it leads again, is ready, and gives a resource applied right then its
+/// `status.id`; the CPU the recovery took and the peak RSS. That resource's name sorts after
+/// every other's, so a list streams it last.
+async fn outage_at(s: usize, leader_election: bool) {
     let env = settled(s).await;
     if let Some(cost) = api_cost() {
         env.api.set_cost(cost);
@@ -447,11 +449,13 @@ async fn outage_with_leader_election(s: usize) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let kubeconfig = env.api.serve_http_stoppable(dir.path()).await;
     let url = env.emulator.url();
-    let controller = Controller::start(
-        &kubeconfig,
-        &leader_elected_args(&url),
-        Some("warn,eac_controller::runner=info"),
-    );
+    let args = if leader_election {
+        leader_elected_args(&url)
+    } else {
+        run_args(&url, &[])
+    };
+    let controller =
+        Controller::start(&kubeconfig, &args, Some("warn,eac_controller::runner=info"));
     let limit = Duration::from_secs(300);
     let readyz = controller.readyz_addr(limit).await;
     controller
@@ -461,18 +465,32 @@ async fn outage_with_leader_election(s: usize) {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let peak_before = status_mib(&controller.id().to_string(), "VmHWM:");
 
-    let back = outage(&env.api, &controller, Duration::from_secs(10))
-        .await
-        .into_std();
+    let back = if leader_election {
+        outage(&env.api, &controller, Duration::from_secs(10))
+            .await
+            .into_std()
+    } else {
+        env.api.stop();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        env.api.up();
+        Instant::now()
+    };
     let cpu_before = cpu_seconds(controller.id());
-    let fresh = vec![name("after-outage", 0)];
+    let fresh = vec![name("zz-after-outage", 0)];
     env.api.create(&fresh[0], &uid(900_001), spec(&fresh[0]));
-    controller
-        .until("the leader to lead again", limit, |c| {
-            c.logged("became leader") == 2
-        })
-        .await;
-    let leading = back.elapsed();
+    let leading = if leader_election {
+        controller
+            .until("the leader to lead again", limit, |c| {
+                c.logged("became leader") == 2
+            })
+            .await;
+        format!(
+            "leading again {:.2} s after the return, ",
+            back.elapsed().as_secs_f64()
+        )
+    } else {
+        String::new()
+    };
     let times = until_all_have_ids(&env.api, &fresh, back, limit).await;
     controller
         .until("/readyz ready after the return", limit, |_| ready(&readyz))
@@ -484,13 +502,17 @@ async fn outage_with_leader_election(s: usize) {
         let _ = std::fs::write(path, controller.log());
     }
     println!(
-        "  {s} settled resources, API server {}, a 10 s outage with leader election: leading again {:.2} s after the return, the resource applied then had status.id {:.2} s after it, /readyz ready {:.2} s after it; the controller's CPU from the return until then {:.2} s; peak RSS {:.1} MiB ({:.1} MiB before the outage); refused by the restarted API server's warm-up: {} (403), {} (429)",
+        "  {s} settled resources, API server {}, a 10 s outage {}: {leading}the resource applied at the return had status.id {:.2} s after it, /readyz ready {:.2} s after it; the controller's CPU from the return until then {:.2} s; peak RSS {:.1} MiB ({:.1} MiB before the outage); refused by the restarted API server's warm-up: {} (403), {} (429)",
         if api_cost().is_some() {
             "priced as kube-apiserver"
         } else {
             "unpriced"
         },
-        leading.as_secs_f64(),
+        if leader_election {
+            "with leader election"
+        } else {
+            "without leader election"
+        },
         percentile(&times, 0.5).as_secs_f64(),
         ready_in.as_secs_f64(),
         cpu,
@@ -851,9 +873,11 @@ fn main() {
         for size in &startup_sizes {
             start_up(*size).await;
         }
-        println!("5. A 10 s API-server outage with leader election");
+        println!("5. A 10 s API-server outage");
         for size in outage_sizes {
-            outage_with_leader_election(size).await;
+            for leader_election in [true, false] {
+                outage_at(size, leader_election).await;
+            }
         }
         let (rss, peak) = rss_mib();
         println!("Process RSS now {rss:.1} MiB, peak {peak:.1} MiB (API server and emulator included)");

@@ -112,6 +112,7 @@ pub fn client_telling(
     config.default_retry = false;
     let policy = RetryPolicy::new(KUBE_RETRY_FIRST, KUBE_RETRY_MAX, KUBE_RETRIES, true)
         .map_err(|e| kube::Error::Service(e.into()))?;
+    let policy = ButStreamedListsShed(policy);
     Ok(ClientBuilder::try_from(config)?
         // The retry sends a request again through what it wraps, so that must be a handle it can
         // clone: a buffer in front of kube's stack.
@@ -119,6 +120,56 @@ pub fn client_telling(
         .with_layer(&RetryLayer::new(policy))
         .with_layer(&WatchStartsLayer(readiness))
         .build())
+}
+
+/// kube's retry, but for a watch asking for its initial state as events (a streamed list) that
+/// the API server answers 429: that goes back to the watch at once, which lists in pages instead
+/// (see `reconciler::watch::streamed_or_listed`). A kube-apiserver whose watch cache for the kind
+/// is still filling (after its start, or a re-initialization) answers every watch so, with
+/// `Retry-After: 1`, but serves a paged list without a selector from etcd.
+#[derive(Clone)]
+struct ButStreamedListsShed(RetryPolicy);
+
+impl<Res>
+    tower::retry::Policy<
+        axum::http::Request<kube::client::Body>,
+        axum::http::Response<Res>,
+        tower::BoxError,
+    > for ButStreamedListsShed
+{
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut axum::http::Request<kube::client::Body>,
+        result: &mut Result<axum::http::Response<Res>, tower::BoxError>,
+    ) -> Option<Self::Future> {
+        if let Ok(response) = result
+            && response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS
+            && streamed_list(req.uri())
+        {
+            return None;
+        }
+        self.0.retry(req, result)
+    }
+
+    fn clone_request(
+        &mut self,
+        req: &axum::http::Request<kube::client::Body>,
+    ) -> Option<axum::http::Request<kube::client::Body>> {
+        tower::retry::Policy::<_, axum::http::Response<Res>, tower::BoxError>::clone_request(
+            &mut self.0,
+            req,
+        )
+    }
+}
+
+/// Whether a request is a watch asking for its initial state as events.
+fn streamed_list(uri: &axum::http::Uri) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&').any(|p| p == "sendInitialEvents=true")
+            && q.split('&').any(|p| p == "watch=true")
+    })
 }
 
 /// The client for the Lease alone: no retry inside it. The elector retries on its own, 500 ms
@@ -863,6 +914,38 @@ mod tests {
         assert!(refused.is_err(), "outside a pod: {refused:?}");
         let refused = first_contact(vec![503, 404], FirstContact::Wait).await;
         assert!(refused.is_err(), "a 404 is no start's: {refused:?}");
+    }
+
+    /// A streamed list the API server sheds (429) goes back to its watch at once, to list in
+    /// pages; any other request answered 429 is retried inside the client, as a plain watch is.
+    #[tokio::test]
+    async fn a_shed_streamed_list_is_not_retried_inside_the_client_and_the_rest_is() {
+        use tower::retry::Policy;
+        let policy = RetryPolicy::new(KUBE_RETRY_FIRST, KUBE_RETRY_MAX, KUBE_RETRIES, true)
+            .expect("a policy");
+        let mut policy = ButStreamedListsShed(policy);
+        let mut retried = |uri: &str, code: u16| {
+            let mut request = axum::http::Request::builder()
+                .uri(uri)
+                .body(kube::client::Body::empty())
+                .expect("a request");
+            let mut answer: Result<axum::http::Response<()>, tower::BoxError> =
+                Ok(axum::http::Response::builder()
+                    .status(code)
+                    .header("retry-after", "1")
+                    .body(())
+                    .expect("a response"));
+            policy.retry(&mut request, &mut answer).is_some()
+        };
+        let streamed = "/apis/g/v1/things?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true";
+        assert!(!retried(streamed, 429), "shed: back to the watch");
+        assert!(retried(streamed, 503), "unavailable: retried");
+        assert!(retried(
+            "/apis/g/v1/things?watch=true&resourceVersion=5",
+            429
+        ));
+        assert!(retried("/apis/g/v1/things?limit=500", 429));
+        assert!(!retried("/apis/g/v1/things?limit=500", 404), "a refusal");
     }
 
     /// A TLS handshake that fails is a configuration to fix, not an API server to wait for.

@@ -151,6 +151,10 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
         env.api.warm_up_refused(429) >= 1,
         "the new term's watches met the fresh watch caches of the restarted API server"
     );
+    assert!(
+        controller.logged("listing in pages instead") >= 1,
+        "a streamed watch the filling cache shed listed in pages at once"
+    );
     assert_eq!(
         controller.logged("became leader"),
         2,

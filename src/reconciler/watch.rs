@@ -128,30 +128,80 @@ where
     let (followed, live) = (store.clone(), store.clone());
     let mut follow = follow;
     let mut failures = Repeated::default();
+    let mut relisted = RelistedAtOnce::new(store.clone());
     let mut changes = TriggerChanges::new(trigger);
     let stream = backed_off(streamed_or_listed(api, config))
         .modify(slim)
+        .flat_map(move |event| futures::stream::iter(relisted.events(event)))
         .reflect(writer)
         .inspect(move |event| {
             logged::<K>(&mut failures, event, hint);
             follow(&followed, event)
         })
-        .flat_map(move |event| {
-            let (passed, released) = changes.pass(event, || {
+        .filter_map(move |event| {
+            futures::future::ready(changes.pass(event, || {
                 live.state()
                     .iter()
                     .filter_map(|o| o.meta().uid.clone())
                     .collect()
-            });
-            // Copied from the cache one at a time, as the controller takes them (one gone
-            // since is skipped).
-            let cached = live.clone();
-            let released = futures::stream::iter(released).filter_map(move |r| {
-                futures::future::ready(cached.get(&r).map(|o| Ok(as_request((*o).clone()))))
-            });
-            futures::stream::iter(passed).chain(released)
+            }))
         });
     (store, stream)
+}
+
+/// Puts what a relist shows new or changed in the cache at once, as the watch's changes are.
+///
+/// kube-runtime's cache takes a relist in whole at its end, which a real API server marks with a
+/// bookmark sent on its once-a-second timer, after a relist that takes seconds at 10,000
+/// objects. Its controller reconciles the cached copy, so a request made before that end found
+/// the cache from before the relist: a resource created during an API-server outage was not
+/// there (dropped as not found), one changed then was reconciled from its old spec. So each
+/// such object comes first as a change (`Apply`: into the cache now, and passed on as any
+/// change is), then as the relist's (into the relist, which keeps it at its end). Unchanged
+/// objects (the same uid and resourceVersion as cached) come as they are; a relist after a
+/// long outage may show every object changed, and then the cache holds no more copies than
+/// before (each change replaces the cached copy). The first list needs none of this:
+/// kube-runtime holds every request until its cache is first ready.
+struct RelistedAtOnce<K: Resource<DynamicType = ()> + 'static> {
+    live: Store<K>,
+    /// A list has ended once: the cache is ready, and what follows a relist.
+    listed: bool,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> RelistedAtOnce<K> {
+    fn new(live: Store<K>) -> Self {
+        RelistedAtOnce {
+            live,
+            listed: false,
+        }
+    }
+
+    fn events(
+        &mut self,
+        event: Result<watcher::Event<K>, watcher::Error>,
+    ) -> impl Iterator<Item = Result<watcher::Event<K>, watcher::Error>> + use<K> {
+        let early = match &event {
+            Ok(watcher::Event::InitDone) => {
+                self.listed = true;
+                None
+            }
+            Ok(watcher::Event::InitApply(obj)) if self.listed && self.differs(obj) => {
+                Some(Ok(watcher::Event::Apply(obj.clone())))
+            }
+            _ => None,
+        };
+        early.into_iter().chain(std::iter::once(event))
+    }
+
+    /// Whether the cache has no copy of `obj`, or another version.
+    fn differs(&self, obj: &K) -> bool {
+        self.live
+            .get(&ObjectRef::from_obj(obj))
+            .is_none_or(|cached| {
+                let (a, b) = (cached.meta(), obj.meta());
+                a.uid != b.uid || a.resource_version != b.resource_version
+            })
+    }
 }
 
 /// The watch's events, each failure followed by a wait ([`WatchBackoff`]), but for the end of
@@ -304,7 +354,9 @@ fn expired(error: &watcher::Error) -> bool {
 
 /// The watch of `api`, its initial state streamed as events (`sendInitialEvents`, the WatchList
 /// feature of kube-apiserver, on by default from 1.34), or listed with `config` where the API
-/// server refuses that (1.33 has it off and answers 422): from then on this watch lists.
+/// server refuses that (1.33 has it off and answers 422), or in pages where it sheds the
+/// streamed watch (429: its watch cache is filling, see [`paged`]): from then on this watch
+/// lists.
 ///
 /// Why stream: a list with `resourceVersion=0` (served from the API server's watch cache, cheap
 /// for it) ignores the page size and answers every object at once. At 10,000 resources that is
@@ -325,21 +377,52 @@ where
             loop {
                 let next = stream.next().await?;
                 if let Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) = &next
-                    && (status.code == 422 || status.code == 400)
                     && let Some((api, config)) = listing.take()
                 {
-                    info!(
-                        reason = %status.message,
-                        "the API server does not stream a watch's initial state (WatchList is off); listing instead"
-                    );
-                    stream = watcher(api, config).boxed();
-                    continue;
+                    match status.code {
+                        422 | 400 => {
+                            info!(
+                                reason = %status.message,
+                                "the API server does not stream a watch's initial state (WatchList is off); listing instead"
+                            );
+                            stream = watcher(api, config).boxed();
+                            continue;
+                        }
+                        429 => {
+                            info!(
+                                kind = %K::kind(&()),
+                                reason = %status.message,
+                                "the API server sheds the watch (its watch cache is filling, as after its start); listing in pages instead"
+                            );
+                            stream = watcher(api, paged(config)).boxed();
+                            continue;
+                        }
+                        _ => listing = Some((api, config)),
+                    }
                 }
                 return Some((next, (stream, listing)));
             }
         },
     )
 }
+
+/// `config` listing the most recent state in pages of [`PAGE`]: what a kube-apiserver whose watch
+/// cache for the kind is not ready yet serves at once (from etcd: KEP-4568 answers a watch, and
+/// any list but a page without a selector, 429 meanwhile), and, once it is, from its cache (1.34
+/// on) or from etcd, a page at a time either way. Not `resourceVersion=0` (any version): the
+/// cache would answer every object at once, whatever the page size. A streamed watch answered
+/// 429 waits `Retry-After` (1 s) and would then end its initial state a second after its objects
+/// (the bookmark timer); the pages end with their last.
+fn paged(config: watcher::Config) -> watcher::Config {
+    watcher::Config {
+        list_semantic: watcher::ListSemantic::MostRecent,
+        page_size: Some(PAGE),
+        ..config
+    }
+}
+
+/// Objects per page of a paged list (kube-runtime's default, client-go's too).
+const PAGE: u32 = 500;
 
 /// Passes on the objects whose trigger hash changed since the watch last showed them (or that
 /// have none), and the watch's errors.
@@ -349,72 +432,52 @@ where
 /// (compactly) and a hash per object, and forgets an object when the watch says it is gone
 /// (deleted, or missing from a relist).
 ///
-/// What a relist shows changed is passed once the relist is over, not as it comes: kube-runtime's
-/// store swaps a relist in whole at its end, and its controller reconciles the cached copy, so a
-/// request passed before would find no object (one created during an API-server outage: dropped
-/// as not found, and never passed again) or the copy from before the relist (one changed then:
-/// reconciled from the old spec). A real API server ends a streamed relist with a bookmark sent
-/// on its once-a-second timer, so that window lasts up to a second. The first list needs no such
-/// wait: kube-runtime holds every request until its store is first ready. What is held is a
-/// reference, not a copy: a relist after a long outage may show every object changed.
-struct TriggerChanges<K: Resource, F> {
+/// A relist's news come first as changes ([`RelistedAtOnce`]), so what the relist itself then
+/// shows is passed only if its hash is news, as a change is: once in all.
+struct TriggerChanges<F> {
     trigger: F,
     last: HashMap<CompactId, u64>,
-    /// A list has ended once: the store is ready, and a relist's changes wait for its end.
-    listed: bool,
-    /// Changes a relist showed, passed at its end.
-    held: Vec<ObjectRef<K>>,
 }
 
-/// What one event of the watch passes on: an object (or an error) now, and the references of
-/// the objects a relist that just ended held back, to read from the cache.
-type Passed<K> = (Option<Result<K, watcher::Error>>, Vec<ObjectRef<K>>);
-
-impl<K: Resource<DynamicType = ()>, F: Fn(&K) -> Option<u64>> TriggerChanges<K, F> {
+impl<F> TriggerChanges<F> {
     fn new(trigger: F) -> Self {
         TriggerChanges {
             trigger,
             last: HashMap::new(),
-            listed: false,
-            held: Vec::new(),
         }
     }
 
-    fn pass(
+    /// What one event of the watch passes on: an object (or an error), if any.
+    fn pass<K: Resource>(
         &mut self,
         event: Result<watcher::Event<K>, watcher::Error>,
         live: impl FnOnce() -> HashSet<String>,
-    ) -> Passed<K> {
-        let (changed, relisted) = match event {
-            Ok(watcher::Event::Apply(obj)) => (obj, false),
-            Ok(watcher::Event::InitApply(obj)) => (obj, true),
+    ) -> Option<Result<K, watcher::Error>>
+    where
+        F: Fn(&K) -> Option<u64>,
+    {
+        let changed = match event {
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => obj,
             Ok(watcher::Event::Delete(obj)) => {
                 if let Some(uid) = obj.meta().uid.as_ref() {
                     self.last.remove(&CompactId::of(uid));
                 }
-                return (None, Vec::new());
+                return None;
             }
             Ok(watcher::Event::InitDone) => {
                 let live: HashSet<CompactId> = live().iter().map(|u| CompactId::of(u)).collect();
                 self.last.retain(|uid, _| live.contains(uid));
-                self.listed = true;
-                // A relist cut short by an error starts again with `Init` and keeps these: their
-                // hashes are recorded, so the next list would not pass them again.
-                return (None, std::mem::take(&mut self.held));
+                return None;
             }
-            Ok(watcher::Event::Init) => return (None, Vec::new()),
-            Err(e) => return (Some(Err(e)), Vec::new()),
+            Ok(watcher::Event::Init) => return None,
+            Err(e) => return Some(Err(e)),
         };
         if let (Some(hash), Some(uid)) = ((self.trigger)(&changed), changed.meta().uid.as_ref())
             && self.last.insert(CompactId::of(uid), hash) == Some(hash)
         {
-            return (None, Vec::new());
+            return None;
         }
-        if relisted && self.listed {
-            self.held.push(ObjectRef::from_obj(&changed));
-            return (None, Vec::new());
-        }
-        (Some(Ok(as_request(changed))), Vec::new())
+        Some(Ok(as_request(changed)))
     }
 }
 
@@ -534,71 +597,153 @@ mod tests {
         o
     }
 
-    /// The names of the objects `event` passes on.
-    fn passed_all(
-        changes: &mut TriggerChanges<ConfigMap, impl Fn(&ConfigMap) -> Option<u64>>,
-        event: watcher::Event<ConfigMap>,
-        live: &[&str],
-    ) -> Vec<String> {
-        let live: HashSet<String> = live.iter().map(|s| s.to_string()).collect();
-        let (now, released) = changes.pass(Ok(event), || live);
-        now.into_iter()
-            .map(|o| {
-                let o = o.unwrap_or_default();
-                assert_eq!(
-                    (o.metadata.uid, o.metadata.resource_version),
-                    (None, None),
-                    "a request names the object, nothing more"
-                );
-                o.metadata.name.unwrap_or_default()
-            })
-            .chain(released.into_iter().map(|r| r.name))
-            .collect()
-    }
-
-    /// The one object `event` passes on, if any.
+    /// The name of the object `event` passes on, if any.
     fn passed(
-        changes: &mut TriggerChanges<ConfigMap, impl Fn(&ConfigMap) -> Option<u64>>,
+        changes: &mut TriggerChanges<impl Fn(&ConfigMap) -> Option<u64>>,
         event: watcher::Event<ConfigMap>,
         live: &[&str],
     ) -> Option<String> {
-        let mut all = passed_all(changes, event, live);
-        assert!(all.len() <= 1, "{all:?}");
-        all.pop()
+        let live: HashSet<String> = live.iter().map(|s| s.to_string()).collect();
+        changes.pass(Ok(event), || live).map(|o| {
+            let o = o.unwrap_or_default();
+            assert_eq!(
+                (o.metadata.uid, o.metadata.resource_version),
+                (None, None),
+                "a request names the object, nothing more"
+            );
+            o.metadata.name.unwrap_or_default()
+        })
+    }
+
+    /// The watch's pipeline from the decoded events on: each event, with what a relist shows
+    /// new put in the cache first, into the cache, then filtered. Returns what was passed, each
+    /// with the generation the cache held for it when it was passed (what its reconcile reads).
+    fn through_the_cache(events: Vec<watcher::Event<ConfigMap>>) -> Vec<(String, Option<i64>)> {
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        let mut relisted = RelistedAtOnce::new(store.clone());
+        let mut changes =
+            TriggerChanges::new(|o: &ConfigMap| o.metadata.generation.map(|g| g as u64));
+        let mut passed = Vec::new();
+        for event in events {
+            for event in relisted.events(Ok(event)) {
+                if let Ok(e) = &event {
+                    writer.apply_watcher_event(e);
+                }
+                let live = || {
+                    store
+                        .state()
+                        .iter()
+                        .filter_map(|o| o.metadata.uid.clone())
+                        .collect()
+                };
+                if let Some(Ok(o)) = changes.pass(event, live) {
+                    let name = o.metadata.name.clone().unwrap_or_default();
+                    let cached = store
+                        .get(&ObjectRef::<ConfigMap>::new(&name))
+                        .and_then(|c| c.metadata.generation);
+                    passed.push((name, cached));
+                }
+            }
+        }
+        passed
     }
 
     #[test]
-    fn what_a_relist_shows_changed_passes_at_its_end_once_the_store_holds_it() {
+    fn what_a_relist_shows_new_or_changed_passes_as_it_comes_with_the_cache_holding_it() {
+        use watcher::Event::{Apply, Init, InitApply, InitDone};
+        let mut a3 = object("a", 3);
+        a3.metadata.resource_version = Some("30".into());
+        let passed = through_the_cache(vec![
+            // The first list: at once (kube-runtime holds requests until its cache is ready).
+            Init,
+            InitApply(object("a", 1)),
+            InitApply(object("b", 1)),
+            InitDone,
+            // A relist (after a 410, an outage): a changed object, an unchanged one, a new
+            // one, each passed as it comes, the cache holding the relist's copy.
+            Init,
+            InitApply(object("a", 2)),
+            InitApply(object("b", 1)),
+            InitApply(object("c", 1)),
+            // Cut short by an error, started again: nothing passes twice.
+            Init,
+            InitApply(object("a", 2)),
+            InitApply(object("c", 1)),
+            InitDone,
+            // A change after it, as usual; and a relist showing a new version whose hash is
+            // not news (a status write): the cache takes it, nothing passes.
+            Apply(object("a", 3)),
+            Init,
+            InitApply(a3),
+            InitApply(object("c", 1)),
+            InitDone,
+        ]);
+        let at = |name: &str, generation: i64| (format!("n-{name}"), Some(generation));
+        // The first list's are passed before the cache has them: kube-runtime's controller
+        // holds them until the cache is first ready.
+        let before_ready = |name: &str| (format!("n-{name}"), None);
+        assert_eq!(
+            passed,
+            [
+                before_ready("a"),
+                before_ready("b"),
+                at("a", 2),
+                at("c", 1),
+                at("a", 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_relist_puts_in_the_cache_at_once_only_what_it_shows_new_or_changed() {
         use watcher::Event::{Init, InitApply, InitDone};
-        let mut c = TriggerChanges::new(|o: &ConfigMap| o.metadata.generation.map(|g| g as u64));
-        // The first list: at once (kube-runtime holds requests until its store is first ready).
-        assert_eq!(passed(&mut c, Init, &[]), None);
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        let mut relisted = RelistedAtOnce::new(store.clone());
+        let mut events = |event: watcher::Event<ConfigMap>| -> Vec<String> {
+            relisted
+                .events(Ok(event))
+                .map(|e| {
+                    let e = e.unwrap_or(Init);
+                    writer.apply_watcher_event(&e);
+                    match e {
+                        watcher::Event::Apply(_) => "Apply".to_string(),
+                        watcher::Event::InitApply(_) => "InitApply".to_string(),
+                        other => format!("{other:?}"),
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(events(Init), ["Init"]);
         assert_eq!(
-            passed(&mut c, InitApply(object("a", 1)), &[]),
-            Some("n-a".into())
+            events(InitApply(object("a", 1))),
+            ["InitApply"],
+            "the first list"
         );
-        assert_eq!(passed(&mut c, InitDone, &["a"]), None);
-        // A relist (after a 410, an outage): a changed and a new object, and an unchanged one,
-        // cut short by an error and started again.
-        assert_eq!(passed(&mut c, Init, &[]), None);
-        assert_eq!(passed(&mut c, InitApply(object("a", 2)), &[]), None);
-        assert!(matches!(
-            c.pass(Err(watcher::Error::NoResourceVersion), HashSet::new)
-                .0,
-            Some(Err(watcher::Error::NoResourceVersion))
-        ));
-        assert_eq!(passed(&mut c, Init, &[]), None);
-        assert_eq!(passed(&mut c, InitApply(object("a", 2)), &[]), None);
-        assert_eq!(passed(&mut c, InitApply(object("b", 1)), &[]), None);
+        assert_eq!(events(InitDone), ["InitDone"]);
+        assert_eq!(events(Init), ["Init"]);
         assert_eq!(
-            passed_all(&mut c, InitDone, &["a", "b"]),
-            ["n-a", "n-b"],
-            "each passed once, at the end"
+            events(InitApply(object("a", 1))),
+            ["InitApply"],
+            "unchanged"
         );
         assert_eq!(
-            passed_all(&mut c, InitDone, &["a", "b"]),
-            Vec::<String>::new()
+            events(InitApply(object("a", 2))),
+            ["Apply", "InitApply"],
+            "another version"
         );
+        let mut recreated = object("a", 2);
+        recreated.metadata.uid = Some("a2".into());
+        assert_eq!(
+            events(InitApply(recreated)),
+            ["Apply", "InitApply"],
+            "the same name, another uid"
+        );
+        assert_eq!(
+            events(InitApply(object("b", 1))),
+            ["Apply", "InitApply"],
+            "new"
+        );
+        assert_eq!(store.state().len(), 2, "the cache holds both at once");
     }
 
     #[tokio::test(start_paused = true)]
@@ -709,7 +854,7 @@ mod tests {
         let mut c = TriggerChanges::new(|_: &ConfigMap| Some(1));
         let e = watcher::Error::NoResourceVersion;
         assert!(matches!(
-            c.pass(Err(e), HashSet::new).0,
+            c.pass::<ConfigMap>(Err(e), HashSet::new),
             Some(Err(watcher::Error::NoResourceVersion))
         ));
     }

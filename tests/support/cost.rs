@@ -42,6 +42,13 @@ impl ApiCost {
         self.request + write + self.per_kib.mul_f64(kib(bytes))
     }
 
+    /// What reading `bytes` of objects from etcd and decoding them costs, on top of answering
+    /// them: as much again as encoding them (an estimate; a list from the watch cache has them
+    /// decoded already).
+    pub fn of_etcd_read(&self, bytes: usize) -> Duration {
+        self.per_kib.mul_f64(kib(bytes))
+    }
+
     /// What delivering one watch event of `bytes` costs.
     pub fn of_event(&self, bytes: usize) -> Duration {
         self.event + self.event_per_kib.mul_f64(kib(bytes))

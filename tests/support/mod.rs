@@ -286,15 +286,27 @@ fn patched_fields(patch: &Value) -> Value {
 }
 
 impl ApiState {
-    /// The refusal, if any, of a request now by the warm-up under way ([`WarmUp`]).
-    fn warming_refusal(&mut self, method: &Method, path: &str, query: &str) -> Option<Value> {
-        let warming = self.warming.as_mut()?;
+    /// The refusal, if any, of a request now by the warm-up under way ([`WarmUp`]); and
+    /// whether a list it lets through is served from etcd (a custom resource's cache filling).
+    fn warming_refusal(
+        &mut self,
+        method: &Method,
+        path: &str,
+        query: &str,
+    ) -> (Option<Value>, bool) {
+        let Some(warming) = self.warming.as_mut() else {
+            return (None, false);
+        };
         let custom = path.starts_with(GROUP_PATH).then(|| collection_of(path).0);
         let watch = query_param(query, "watch").is_some_and(|w| w == "true" || w == "1");
         let page =
             query_param(query, "limit").is_some() && query_param(query, "labelSelector").is_none();
         let cached = *method == Method::GET && is_collection(path) && (watch || !page);
         let objects = &self.objects;
+        let from_etcd = *method == Method::GET
+            && is_collection(path)
+            && !watch
+            && custom.as_deref().is_some_and(|p| warming.filling(p));
         let refusal = warming.refusal(
             path,
             custom.as_deref(),
@@ -306,9 +318,15 @@ impl ApiState {
                     .count()
             },
             cached,
-        )?;
+        );
+        let Some(refusal) = refusal else {
+            return (None, from_etcd);
+        };
         *self.warm_up_refusals.entry(refusal.code).or_default() += 1;
-        Some(status_body(refusal.code, refusal.reason, &refusal.message))
+        (
+            Some(status_body(refusal.code, refusal.reason, &refusal.message)),
+            false,
+        )
     }
 
     /// Whether a request now is refused (the server is down): counted, and seen as a change by
@@ -604,6 +622,20 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
+}
+
+/// A list page's continue token: the last key it answered, in hex (no escaping in a query).
+fn continue_token(last: &str) -> String {
+    last.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key a continue token continues after.
+fn continued_after(token: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
 }
 
 /// The in-memory API server.
@@ -1540,17 +1572,33 @@ impl FakeApi {
             let frames = delivered(rx, st.cost, st.event_delay);
             return (StatusCode::OK, StreamBody::new(frames).boxed_unsync(), 0);
         }
-        let items: Vec<Value> = st
+        // A list from the watch cache (resourceVersion=0) answers every object at once; another
+        // (the most recent state, from etcd or, from 1.34, the cache's snapshots) honours the
+        // page size, and continues after the last key of the page before.
+        let page = query_param(query, "limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .filter(|_| query_param(query, "resourceVersion") != Some("0"));
+        let after = query_param(query, "continue").and_then(continued_after);
+        let mut matching = st
             .objects
             .iter()
             .filter(|(p, o)| in_collection(p, &plural, namespace.as_deref()) && matches(o))
-            .map(|(_, o)| o.clone())
-            .collect();
+            .filter(|(p, _)| after.as_ref().is_none_or(|a| p.as_str() > a.as_str()));
+        let items: Vec<(&String, &Value)> = match page {
+            Some(n) => matching.by_ref().take(n).collect(),
+            None => matching.by_ref().collect(),
+        };
+        let more = matching.next().is_some();
+        let mut metadata = json!({"resourceVersion": st.resource_version.to_string()});
+        if more && let Some((last, _)) = items.last() {
+            metadata["continue"] = json!(continue_token(last));
+        }
+        let items: Vec<Value> = items.into_iter().map(|(_, o)| o.clone()).collect();
         let (api_version, kind) = list_kind(&plural);
         let list = json!({
             "apiVersion": api_version,
             "kind": kind,
-            "metadata": {"resourceVersion": st.resource_version.to_string()},
+            "metadata": metadata,
             "items": items,
         });
         let (body, bytes) = whole_sized(&list);
@@ -1696,7 +1744,7 @@ impl FakeApi {
             v => serde_json::to_vec(v).map_or(0, |b| b.len()),
         };
         let sent = if cost.is_some() { size(&body) } else { 0 };
-        let warming = self.lock().warming_refusal(&method, &path, &query);
+        let (warming, from_etcd) = self.lock().warming_refusal(&method, &path, &query);
         let (code, answer, answered) = if let Some(refusal) = warming {
             let code =
                 StatusCode::from_u16(refusal["code"].as_u64().unwrap_or(500) as u16).unwrap();
@@ -1713,7 +1761,11 @@ impl FakeApi {
         if let Some(cost) = cost {
             let write = method != Method::GET;
             work.request(write, sent, answered);
-            cost::charge(cost.of_request(write, sent + answered)).await;
+            let mut charged = cost.of_request(write, sent + answered);
+            if from_etcd {
+                charged += cost.of_etcd_read(answered);
+            }
+            cost::charge(charged).await;
         }
         self.record(Seen {
             method,

@@ -65,6 +65,14 @@ impl Warming {
         }
     }
 
+    /// Whether the watch cache of the custom resource `plural` is filling now: a list it lets
+    /// through is served from etcd.
+    pub fn filling(&self, plural: &str) -> bool {
+        self.caches
+            .get(plural)
+            .is_some_and(|filled| Instant::now() < *filled)
+    }
+
     /// The refusal, if any, of a request now. `custom` is the plural of the custom resource it
     /// is for, if it is for one, and `objects` counts that collection's objects; `cached` tells
     /// whether the request would be served from the watch cache (a watch, or a list that is not
