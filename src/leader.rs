@@ -87,10 +87,24 @@ enum Tried {
     Answered,
     /// The Lease changed between the read and the write: read again at once.
     Conflicted,
-    /// Refused (4xx).
+    /// Refused as a starting API server refuses everyone (401, 403).
     Refused,
+    /// Refused otherwise (a 429 of API Priority and Fairness, a 404, ...).
+    RefusedOtherwise,
     /// Not answered (unreachable, timed out, 5xx).
     Unanswered,
+}
+
+impl Tried {
+    fn of(error: &kube::Error) -> Tried {
+        if unanswered(error) {
+            Tried::Unanswered
+        } else if crate::api_answers::refused_while_starting(error) {
+            Tried::Refused
+        } else {
+            Tried::RefusedOtherwise
+        }
+    }
 }
 
 /// The wait before the next Lease try: `retry_period`, or the quick retry after a try the API
@@ -185,14 +199,13 @@ impl Elector {
                     // Err: whether the API server left the call unanswered (a timeout too), and why.
                     let attempt = match result {
                         Ok(Ok(attempt)) => Ok(attempt),
-                        Ok(Err(e)) => Err((unanswered(&e), e.to_string())),
-                        Err(_) => Err((true, format!("no answer within {}s", per_try.as_secs_f64()))),
+                        Ok(Err(e)) => Err((Tried::of(&e), e.to_string())),
+                        Err(_) => Err((Tried::Unanswered, format!("no answer within {}s", per_try.as_secs_f64()))),
                     };
                     let tried = match &attempt {
                         Ok(Attempt::Conflicted) => Tried::Conflicted,
                         Ok(_) => Tried::Answered,
-                        Err((true, _)) => Tried::Unanswered,
-                        Err((false, _)) => Tried::Refused,
+                        Err((tried, _)) => *tried,
                     };
                     wait = next_try.after(tried, Instant::now(), &cfg);
                     match attempt {
@@ -420,6 +433,11 @@ mod tests {
         assert_eq!(next.after(Tried::Unanswered, t0, &cfg), quick);
         // Back, starting: its authorizer refuses everyone for a moment.
         let back = t0 + Duration::from_secs(10);
+        assert_eq!(
+            next.after(Tried::RefusedOtherwise, back, &cfg),
+            cfg.retry_period,
+            "a 429 of an overloaded server, back or not, waits the retry period"
+        );
         assert_eq!(next.after(Tried::Refused, back, &cfg), quick);
         assert_eq!(
             next.after(Tried::Refused, back + Duration::from_millis(500), &cfg),

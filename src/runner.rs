@@ -164,11 +164,15 @@ impl<Res>
     }
 }
 
-/// Whether a request is a watch asking for its initial state as events.
+/// Whether a request is a watch asking for its initial state as events, without a selector (a
+/// list with one is not served from etcd while the cache fills: it waits as any request does).
 fn streamed_list(uri: &axum::http::Uri) -> bool {
     uri.query().is_some_and(|q| {
-        q.split('&').any(|p| p == "sendInitialEvents=true")
-            && q.split('&').any(|p| p == "watch=true")
+        let has = |wanted: &str| q.split('&').any(|p| p == wanted);
+        let selects = q
+            .split('&')
+            .any(|p| p.starts_with("labelSelector=") || p.starts_with("fieldSelector="));
+        has("sendInitialEvents=true") && has("watch=true") && !selects
     })
 }
 
@@ -331,7 +335,11 @@ async fn answered(
                 return Ok(());
             }
             Ok(Err(e)) if waits && not_there_yet(&e) => {
-                starting.away();
+                // A 429 is an answer (an overloaded server's): it starts no new window in
+                // which a 403 would be waited out.
+                if !matches!(&e, kube::Error::Api(status) if status.code == 429) {
+                    starting.away();
+                }
                 e.to_string()
             }
             // Back after it did not answer, it may refuse until its caches are filled.
@@ -897,11 +905,16 @@ mod tests {
 
     /// A kube-apiserver that has just started refuses everyone until its authorizer's caches
     /// are filled: in a pod, after it did not answer, that is waited out; a refusal met first,
-    /// or outside a pod, is not.
-    #[tokio::test(start_paused = true)]
+    /// or outside a pod, is not. (Real time: tries are a second apart.)
+    #[tokio::test]
     async fn a_refusal_of_a_starting_api_server_is_waited_out_in_a_pod_and_no_other() {
         let waited = first_contact(vec![503, 403, 401, 403], FirstContact::Wait).await;
         assert!(waited.is_ok(), "{waited:?}");
+        let refused = first_contact(vec![429, 403], FirstContact::Wait).await;
+        assert!(
+            refused.is_err(),
+            "a 429 is an answer: the 403 after it is a refusal met first: {refused:?}"
+        );
         let refused = first_contact(vec![403], FirstContact::Wait).await;
         assert!(
             refused
@@ -945,6 +958,10 @@ mod tests {
             429
         ));
         assert!(retried("/apis/g/v1/things?limit=500", 429));
+        assert!(
+            retried(&format!("{streamed}&labelSelector=shard%3Da"), 429),
+            "a selected list is not served from etcd either: it waits"
+        );
         assert!(!retried("/apis/g/v1/things?limit=500", 404), "a refusal");
     }
 

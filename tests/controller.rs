@@ -877,7 +877,7 @@ async fn the_fake_answers_a_most_recent_list_in_pages() {
     }
     let eacs: kube::Api<eac_controller::connection::api::EnvironmentAccountConnection> =
         kube::Api::namespaced(api.client(), support::NS);
-    let (mut names, mut token, mut pages) = (Vec::new(), None, 0);
+    let (mut names, mut token, mut pages, mut versions) = (Vec::new(), None, 0, Vec::new());
     loop {
         let mut params = kube::api::ListParams::default().limit(2);
         params.continue_token = token;
@@ -885,11 +885,24 @@ async fn the_fake_answers_a_most_recent_list_in_pages() {
         pages += 1;
         assert!(page.items.len() <= 2, "at most the page size");
         names.extend(page.items.iter().map(|o| o.name_any()));
+        versions.push(page.metadata.resource_version.clone());
         token = page.metadata.continue_;
         if token.is_none() {
             break;
         }
+        if pages == 1 {
+            // Made between pages, before the cursor: a watch from the list's version shows it.
+            api.create(
+                "paged-0a",
+                "00000000-0000-0000-0000-0000000000aa",
+                spec("paged-0a"),
+            );
+        }
     }
+    assert!(
+        versions.iter().all(|v| *v == versions[0]),
+        "every page at the first page's version: {versions:?}"
+    );
     assert_eq!(pages, 3);
     assert_eq!(
         names,
@@ -900,5 +913,9 @@ async fn the_fake_answers_a_most_recent_list_in_pages() {
         .list(&kube::api::ListParams::default().match_any())
         .await
         .expect("a list");
-    assert_eq!(whole.items.len(), 5, "from the cache: whole");
+    assert_eq!(
+        whole.items.len(),
+        6,
+        "from the cache: whole, the one made between pages too"
+    );
 }

@@ -98,6 +98,8 @@ pub struct Context {
     /// The cached resources a management account may still decide, by connection id (for the
     /// management side here to nudge).
     pub(super) undecided: Arc<Undecided>,
+    /// How many lists the resources' watch has begun (its first and each relist).
+    pub(super) lists_begun: std::sync::atomic::AtomicU64,
     /// When each resource's reconcile comes back.
     pub(super) timetable: Arc<Timetable>,
     /// See [`STALE_CACHE_RETRY`].
@@ -127,6 +129,7 @@ impl Context {
             cache: Mutex::default(),
             polls: Arc::default(),
             undecided: Arc::default(),
+            lists_begun: std::sync::atomic::AtomicU64::new(0),
             timetable: Arc::default(),
             stale_cache_retry: STALE_CACHE_RETRY,
         }

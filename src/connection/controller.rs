@@ -62,25 +62,40 @@ fn follow_watch(
                 ctx.forget(&uid);
             }
         }
+        Ok(watcher::Event::Init) => {
+            ctx.lists_begun.fetch_add(1, Ordering::Relaxed);
+            readiness.succeeded();
+        }
         Ok(watcher::Event::InitDone) => {
             let cached = store.state();
             let live: HashSet<String> = cached.iter().filter_map(|o| o.uid()).collect();
             ctx.retain_only(&live);
             // Only now does the cache hold what the relist found (kube-runtime's store swaps
-            // it in whole), so only now may a reconcile go on from it. A relist may skip the
-            // version a write made: waiting for that version could then last forever.
+            // it in whole, but for what it showed new or changed), so only now may a reconcile
+            // go on from it. A relist may skip the version a write made before it began:
+            // waiting for that version could then last forever. A write made since (a reconcile
+            // of what it showed new or changed, as it came) may come after it: that one is
+            // waited for, as any write is.
+            let this_list = ctx.lists_begun.load(Ordering::Relaxed);
             let mut wake = Vec::new();
             let mut tracked = ctx.tracked();
             for obj in &cached {
                 let Some(t) = obj.uid().and_then(|uid| tracked.get_mut(&uid)) else {
                     continue;
                 };
-                t.kind.memory.catch_up(
+                let memory = &mut t.kind.memory;
+                memory.catch_up(
                     obj.status.as_ref(),
                     obj.metadata.resource_version.as_deref(),
                 );
-                t.kind.memory.written = None;
-                if std::mem::take(&mut t.kind.awaits_watch) {
+                if memory
+                    .written
+                    .as_ref()
+                    .is_some_and(|w| w.during_list < this_list)
+                {
+                    memory.written = None;
+                }
+                if memory.written.is_none() && std::mem::take(&mut t.kind.awaits_watch) {
                     wake.push(ObjectRef::from_obj(obj.as_ref()));
                 }
             }
@@ -133,8 +148,9 @@ pub async fn run(
         None => Api::all(ctx.client.clone()),
     };
     // The initial state is streamed (see `reconciler::watch::streamed_or_listed`); where it is
-    // listed instead, a list from the watch cache (`any_semantic`) ignores the page size, so none
-    // is asked for.
+    // listed instead, in pages of 500 (kube's default): kube's client drops `resourceVersion=0`
+    // (`any_semantic`) from a list that asks for a page, so each page is of the most recent
+    // state, a page at a time, not every object from the watch cache at once.
     let mut config = watcher::Config::default().any_semantic();
     if let Some(selector) = &scope.label_selector {
         config = config.labels(selector);
@@ -171,6 +187,7 @@ pub async fn run(
             }
         },
         trigger_hash,
+        reconciler::watch::Relisted::AtOnce,
         " (is the CRD environmentaccountconnections.proton.eac.dev installed and may the controller list and watch it?)",
     );
     ctx.metrics.count_connections_from(Some(store.clone()));
@@ -255,8 +272,6 @@ pub async fn run(
     });
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        // The controller backs its trigger stream off too: the same short backoff.
-        .trigger_backoff(reconciler::watch::WatchBackoff::default())
         // A mapping or a namespace's labels changed: the resources whose credentials changed.
         .reconcile_on(moved)
         // A connection the management side here just accepted or rejected: read it now.
@@ -343,6 +358,54 @@ mod tests {
 
     use super::*;
     use crate::offline::eac;
+
+    /// A reconcile of what a relist showed new or changed runs as the relist comes: its write
+    /// may come after the relist's copy, and is waited for after the relist's end. A write made
+    /// before the relist began is not (the relist may have skipped its version).
+    #[tokio::test]
+    async fn a_write_made_during_a_relist_is_waited_for_after_it_and_one_made_before_is_not() {
+        use crate::connection::decide::Written;
+        use watcher::Event::{Init, InitApply, InitDone};
+        let ctx = Context::offline();
+        let (store, mut writer) = kube::runtime::reflector::store::<EnvironmentAccountConnection>();
+        let readiness = Readiness::new(Duration::ZERO);
+        let known = AtomicBool::new(true);
+        let mut follow = |event: watcher::Event<EnvironmentAccountConnection>| {
+            writer.apply_watcher_event(&event);
+            follow_watch(&ctx, &store, &readiness, &known, &Ok(event));
+        };
+        let written = |uid: &str| {
+            let mut tracked = ctx.tracked();
+            let kept = &mut tracked.entry(uid).kind;
+            let status = crate::connection::api::EnvironmentAccountConnectionStatus {
+                id: Some(format!("id-{uid}")),
+                ..Default::default()
+            };
+            let during = ctx.lists_begun.load(Ordering::Relaxed);
+            kept.memory.written =
+                Some(Written::new(&status, Some("99".into())).during_list(during));
+            kept.awaits_watch = true;
+        };
+        let remembered = |uid: &str| {
+            ctx.tracked()
+                .get_mut(uid)
+                .is_some_and(|t| t.kind.memory.written.is_some())
+        };
+        for event in [Init, InitApply(eac("a")), InitApply(eac("b")), InitDone] {
+            follow(event);
+        }
+        written("a");
+        follow(Init);
+        written("b");
+        for event in [InitApply(eac("a")), InitApply(eac("b")), InitDone] {
+            follow(event);
+        }
+        assert!(
+            !remembered("a"),
+            "written before the relist: forgotten at its end"
+        );
+        assert!(remembered("b"), "written during it: still waited for");
+    }
 
     #[tokio::test]
     async fn what_leaves_the_watch_is_forgotten_and_watch_failures_make_the_pod_unready() {

@@ -44,7 +44,10 @@ pub(super) async fn write_status(
         let memory = &mut tracked.entry(&facts.uid).kind.memory;
         match &result {
             Ok(version) => {
-                memory.written = Some(Written::new(status, version.clone()));
+                memory.written = Some(
+                    Written::new(status, version.clone())
+                        .during_list(ctx.lists_begun.load(std::sync::atomic::Ordering::Relaxed)),
+                );
                 memory.unwritten = None;
             }
             Err(_) => memory.unwritten = Some(Box::new(status.clone())),

@@ -124,6 +124,7 @@ where
             }
         },
         move |o| Some(hash(o)),
+        crate::reconciler::watch::Relisted::AtItsEnd,
         hint,
     );
     let task = changed.for_each(move |changed| {

@@ -794,6 +794,7 @@ pub async fn run(
         slim,
         move |store, event| follow_watch(&follow_ctx, store, event),
         trigger_hash,
+        reconciler::watch::Relisted::AtItsEnd,
         " (is the CRD connectionacceptancepolicies.proton.eac.dev installed and may the controller list and watch it? --acceptance-policies=false turns the management side off)",
     );
     ctx.use_store(Some(store.clone()));
@@ -813,8 +814,6 @@ pub async fn run(
     );
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        // The controller backs its trigger stream off too: the same short backoff.
-        .trigger_backoff(reconciler::watch::WatchBackoff::default())
         // A connection here just requested an account this policy decides for: list now.
         .reconcile_on(nudged)
         // The API server or Proton answers again: what its outage stopped, now.

@@ -101,15 +101,30 @@ pub fn release_if_empty<K, V>(map: &mut std::collections::BTreeMap<K, V>) {
     }
 }
 
+/// How a watch takes what a relist shows new or changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relisted {
+    /// Into the cache at once, and passed on as it comes ([`RelistedAtOnce`]): for kinds whose
+    /// objects are reconciled each on its own (the resources).
+    AtOnce,
+    /// Passed on at the relist's end, when the cache takes the relist whole: for kinds read
+    /// together (policies, whose rules look at each other; mappings, which decide namespaces
+    /// together), where a cache half old and half new would hold a state that never was.
+    AtItsEnd,
+}
+
 /// The cache of `api`'s objects and the stream of those that changed in a way `trigger` sees.
 /// The watch's failures are logged here (`hint`: what to check if they last), the first in a row
-/// and every tenth at warn.
+/// and every tenth at warn, and told to `follow`; they are not passed on: a kube-runtime
+/// controller would hold its trigger stream after each with a backoff of its own, which the
+/// watch's return does not reset (see [`Returns`]).
 pub fn triggers<K>(
     api: Api<K>,
     config: watcher::Config,
     slim: impl FnMut(&mut K) + Send + 'static,
     follow: impl FnMut(&Store<K>, &Result<watcher::Event<K>, watcher::Error>) + Send + 'static,
     trigger: impl Fn(&K) -> Option<u64> + Send + 'static,
+    relisted: Relisted,
     hint: &'static str,
 ) -> (
     Store<K>,
@@ -128,23 +143,33 @@ where
     let (followed, live) = (store.clone(), store.clone());
     let mut follow = follow;
     let mut failures = Repeated::default();
-    let mut relisted = RelistedAtOnce::new(store.clone());
+    let mut at_once = (relisted == Relisted::AtOnce).then(|| RelistedAtOnce::new(store.clone()));
     let mut changes = TriggerChanges::new(trigger);
     let stream = backed_off(streamed_or_listed(api, config))
         .modify(slim)
-        .flat_map(move |event| futures::stream::iter(relisted.events(event)))
+        .flat_map(move |event| {
+            let early = at_once.as_mut().and_then(|a| a.early(&event));
+            futures::stream::iter(early.into_iter().chain(std::iter::once(event)))
+        })
         .reflect(writer)
         .inspect(move |event| {
             logged::<K>(&mut failures, event, hint);
             follow(&followed, event)
         })
-        .filter_map(move |event| {
-            futures::future::ready(changes.pass(event, || {
+        .flat_map(move |event| {
+            let (passed, released) = changes.pass(event, || {
                 live.state()
                     .iter()
                     .filter_map(|o| o.meta().uid.clone())
                     .collect()
-            }))
+            });
+            // Copied from the cache one at a time, as the controller takes them (one gone
+            // since is skipped).
+            let cached = live.clone();
+            let released = futures::stream::iter(released).filter_map(move |r| {
+                futures::future::ready(cached.get(&r).map(|o| Ok(as_request((*o).clone()))))
+            });
+            futures::stream::iter(passed).chain(released)
         });
     (store, stream)
 }
@@ -176,11 +201,12 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> RelistedAtOnce<K> {
         }
     }
 
-    fn events(
+    /// The change to put before `event`, if it is a relist's news.
+    fn early(
         &mut self,
-        event: Result<watcher::Event<K>, watcher::Error>,
-    ) -> impl Iterator<Item = Result<watcher::Event<K>, watcher::Error>> + use<K> {
-        let early = match &event {
+        event: &Result<watcher::Event<K>, watcher::Error>,
+    ) -> Option<Result<watcher::Event<K>, watcher::Error>> {
+        match event {
             Ok(watcher::Event::InitDone) => {
                 self.listed = true;
                 None
@@ -189,8 +215,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> RelistedAtOnce<K> {
                 Some(Ok(watcher::Event::Apply(obj.clone())))
             }
             _ => None,
-        };
-        early.into_iter().chain(std::iter::once(event))
+        }
     }
 
     /// Whether the cache has no copy of `obj`, or another version.
@@ -228,8 +253,14 @@ where
 /// filled; 429 for a moment from a CRD's fresh watch cache, once the client's own retry gave up).
 /// Waiting the cap after each would add seconds to the return; they are waited after as a first
 /// failure is (250 ms, doubling).
+///
+/// Once between two events that work: a server whose failures alternate between answered and
+/// not (an etcd outage answering 500 and 504, an overload answering 429 and 504) is waited after
+/// with the backoff grown as usual.
 struct Returns {
     away: bool,
+    /// The backoff was restarted since the watch last worked.
+    restarted: bool,
     returned: Arc<AtomicBool>,
 }
 
@@ -237,19 +268,23 @@ impl Returns {
     fn new(returned: Arc<AtomicBool>) -> Self {
         Returns {
             away: false,
+            restarted: false,
             returned,
         }
     }
 
     fn see<K>(&mut self, event: &Result<watcher::Event<K>, watcher::Error>) {
-        let answered = match event {
-            Ok(_) => true,
-            Err(e) => !unanswered(e),
-        };
-        if !answered {
-            self.away = true;
-        } else if std::mem::take(&mut self.away) {
-            self.returned.store(true, Ordering::Relaxed);
+        match event {
+            Ok(_) => {
+                self.away = false;
+                self.restarted = false;
+            }
+            Err(e) if unanswered(e) => self.away = true,
+            Err(_) => {
+                if std::mem::take(&mut self.away) && !std::mem::replace(&mut self.restarted, true) {
+                    self.returned.store(true, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
@@ -371,12 +406,23 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let streamed = watcher(api.clone(), config.clone().streaming_lists()).boxed();
+    // Whether the watch is listing (its first list, or a relist after its history ended): only
+    // then is a refused start a streamed list's.
+    let initial = true;
     futures::stream::unfold(
-        (streamed, Some((api, config))),
-        |(mut stream, mut listing)| async move {
+        (streamed, Some((api, config)), initial),
+        |(mut stream, mut listing, mut initial)| async move {
             loop {
                 let next = stream.next().await?;
+                match &next {
+                    Ok(watcher::Event::InitDone) => initial = false,
+                    Err(e) if expired(e) || matches!(e, watcher::Error::NoResourceVersion) => {
+                        initial = true
+                    }
+                    _ => {}
+                }
                 if let Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) = &next
+                    && initial
                     && let Some((api, config)) = listing.take()
                 {
                     match status.code {
@@ -388,7 +434,9 @@ where
                             stream = watcher(api, config).boxed();
                             continue;
                         }
-                        429 => {
+                        429 if config.label_selector.is_none()
+                            && config.field_selector.is_none() =>
+                        {
                             info!(
                                 kind = %K::kind(&()),
                                 reason = %status.message,
@@ -400,7 +448,7 @@ where
                         _ => listing = Some((api, config)),
                     }
                 }
-                return Some((next, (stream, listing)));
+                return Some((next, (stream, listing, initial)));
             }
         },
     )
@@ -432,52 +480,71 @@ const PAGE: u32 = 500;
 /// (compactly) and a hash per object, and forgets an object when the watch says it is gone
 /// (deleted, or missing from a relist).
 ///
-/// A relist's news come first as changes ([`RelistedAtOnce`]), so what the relist itself then
-/// shows is passed only if its hash is news, as a change is: once in all.
-struct TriggerChanges<F> {
+/// What a relist shows changed is passed once the relist is over, not as it comes, unless it
+/// came first as a change ([`RelistedAtOnce`]): kube-runtime's store swaps a relist in whole at
+/// its end, and its controller reconciles the cached copy, so a request passed before would find
+/// no object (one created during an API-server outage: dropped as not found, and never passed
+/// again) or the copy from before the relist (one changed then: reconciled from the old spec).
+/// The first list needs no such wait: kube-runtime holds every request until its store is first
+/// ready. What is held is a reference, not a copy: a relist after a long outage may show every
+/// object changed. Errors are not passed on (see [`triggers`]).
+struct TriggerChanges<K: Resource, F> {
     trigger: F,
     last: HashMap<CompactId, u64>,
+    /// A list has ended once: the store is ready, and a relist's changes wait for its end.
+    listed: bool,
+    /// Changes a relist showed, passed at its end.
+    held: Vec<ObjectRef<K>>,
 }
 
-impl<F> TriggerChanges<F> {
+/// What one event of the watch passes on: an object now, and the references of the objects a
+/// relist that just ended held back, to read from the cache.
+type Passed<K> = (Option<Result<K, watcher::Error>>, Vec<ObjectRef<K>>);
+
+impl<K: Resource<DynamicType = ()>, F: Fn(&K) -> Option<u64>> TriggerChanges<K, F> {
     fn new(trigger: F) -> Self {
         TriggerChanges {
             trigger,
             last: HashMap::new(),
+            listed: false,
+            held: Vec::new(),
         }
     }
 
-    /// What one event of the watch passes on: an object (or an error), if any.
-    fn pass<K: Resource>(
+    fn pass(
         &mut self,
         event: Result<watcher::Event<K>, watcher::Error>,
         live: impl FnOnce() -> HashSet<String>,
-    ) -> Option<Result<K, watcher::Error>>
-    where
-        F: Fn(&K) -> Option<u64>,
-    {
-        let changed = match event {
-            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => obj,
+    ) -> Passed<K> {
+        let (changed, relisted) = match event {
+            Ok(watcher::Event::Apply(obj)) => (obj, false),
+            Ok(watcher::Event::InitApply(obj)) => (obj, true),
             Ok(watcher::Event::Delete(obj)) => {
                 if let Some(uid) = obj.meta().uid.as_ref() {
                     self.last.remove(&CompactId::of(uid));
                 }
-                return None;
+                return (None, Vec::new());
             }
             Ok(watcher::Event::InitDone) => {
                 let live: HashSet<CompactId> = live().iter().map(|u| CompactId::of(u)).collect();
                 self.last.retain(|uid, _| live.contains(uid));
-                return None;
+                self.listed = true;
+                // A relist cut short by an error starts again with `Init` and keeps these: their
+                // hashes are recorded, so the next list would not pass them again.
+                return (None, std::mem::take(&mut self.held));
             }
-            Ok(watcher::Event::Init) => return None,
-            Err(e) => return Some(Err(e)),
+            Ok(watcher::Event::Init) | Err(_) => return (None, Vec::new()),
         };
         if let (Some(hash), Some(uid)) = ((self.trigger)(&changed), changed.meta().uid.as_ref())
             && self.last.insert(CompactId::of(uid), hash) == Some(hash)
         {
-            return None;
+            return (None, Vec::new());
         }
-        Some(Ok(as_request(changed)))
+        if relisted && self.listed {
+            self.held.push(ObjectRef::from_obj(&changed));
+            return (None, Vec::new());
+        }
+        (Some(Ok(as_request(changed))), Vec::new())
     }
 }
 
@@ -578,6 +645,24 @@ mod tests {
             wait > WatchBackoff::FIRST.mul_f64(1.25),
             "refused again: it grows from there: {wait:?}"
         );
+        // Unanswered and refused in turn (an overloaded server): restarted once, then it grows.
+        for _ in 0..4 {
+            returns.see::<ConfigMap>(&Err(refused_connection()));
+            backoff.next();
+            returns.see::<ConfigMap>(&Err(starting()));
+            wait = backoff.next().unwrap_or_default();
+        }
+        assert!(capped(wait), "alternating failures grow it: {wait:?}");
+        // Once the watch works, a later outage's return restarts it again.
+        returns.see::<ConfigMap>(&Ok(watcher::Event::Init));
+        backoff.reset();
+        for _ in 0..6 {
+            returns.see::<ConfigMap>(&Err(refused_connection()));
+            backoff.next();
+        }
+        returns.see::<ConfigMap>(&Err(starting()));
+        wait = backoff.next().unwrap_or_default();
+        assert!(first(wait), "a new return: {wait:?}");
         // A server that only ever refuses never restarts the backoff.
         let mut backoff = WatchBackoff::default();
         let mut returns = Returns::new(backoff.returned.clone());
@@ -597,22 +682,71 @@ mod tests {
         o
     }
 
-    /// The name of the object `event` passes on, if any.
+    /// The names of the objects `event` passes on.
+    fn passed_all(
+        changes: &mut TriggerChanges<ConfigMap, impl Fn(&ConfigMap) -> Option<u64>>,
+        event: watcher::Event<ConfigMap>,
+        live: &[&str],
+    ) -> Vec<String> {
+        let live: HashSet<String> = live.iter().map(|s| s.to_string()).collect();
+        let (now, released) = changes.pass(Ok(event), || live);
+        now.into_iter()
+            .map(|o| {
+                let o = o.unwrap_or_default();
+                assert_eq!(
+                    (o.metadata.uid, o.metadata.resource_version),
+                    (None, None),
+                    "a request names the object, nothing more"
+                );
+                o.metadata.name.unwrap_or_default()
+            })
+            .chain(released.into_iter().map(|r| r.name))
+            .collect()
+    }
+
+    /// The one object `event` passes on, if any.
     fn passed(
-        changes: &mut TriggerChanges<impl Fn(&ConfigMap) -> Option<u64>>,
+        changes: &mut TriggerChanges<ConfigMap, impl Fn(&ConfigMap) -> Option<u64>>,
         event: watcher::Event<ConfigMap>,
         live: &[&str],
     ) -> Option<String> {
-        let live: HashSet<String> = live.iter().map(|s| s.to_string()).collect();
-        changes.pass(Ok(event), || live).map(|o| {
-            let o = o.unwrap_or_default();
-            assert_eq!(
-                (o.metadata.uid, o.metadata.resource_version),
-                (None, None),
-                "a request names the object, nothing more"
-            );
-            o.metadata.name.unwrap_or_default()
-        })
+        let mut all = passed_all(changes, event, live);
+        assert!(all.len() <= 1, "{all:?}");
+        all.pop()
+    }
+
+    #[test]
+    fn what_a_relist_shows_changed_passes_at_its_end_once_the_store_holds_it() {
+        use watcher::Event::{Init, InitApply, InitDone};
+        let mut c = TriggerChanges::new(|o: &ConfigMap| o.metadata.generation.map(|g| g as u64));
+        // The first list: at once (kube-runtime holds requests until its store is first ready).
+        assert_eq!(passed(&mut c, Init, &[]), None);
+        assert_eq!(
+            passed(&mut c, InitApply(object("a", 1)), &[]),
+            Some("n-a".into())
+        );
+        assert_eq!(passed(&mut c, InitDone, &["a"]), None);
+        // A relist (after a 410, an outage): a changed and a new object, and an unchanged one,
+        // cut short by an error and started again.
+        assert_eq!(passed(&mut c, Init, &[]), None);
+        assert_eq!(passed(&mut c, InitApply(object("a", 2)), &[]), None);
+        assert!(
+            c.pass(Err(watcher::Error::NoResourceVersion), HashSet::new)
+                .0
+                .is_none()
+        );
+        assert_eq!(passed(&mut c, Init, &[]), None);
+        assert_eq!(passed(&mut c, InitApply(object("a", 2)), &[]), None);
+        assert_eq!(passed(&mut c, InitApply(object("b", 1)), &[]), None);
+        assert_eq!(
+            passed_all(&mut c, InitDone, &["a", "b"]),
+            ["n-a", "n-b"],
+            "each passed once, at the end"
+        );
+        assert_eq!(
+            passed_all(&mut c, InitDone, &["a", "b"]),
+            Vec::<String>::new()
+        );
     }
 
     /// The watch's pipeline from the decoded events on: each event, with what a relist shows
@@ -625,7 +759,9 @@ mod tests {
             TriggerChanges::new(|o: &ConfigMap| o.metadata.generation.map(|g| g as u64));
         let mut passed = Vec::new();
         for event in events {
-            for event in relisted.events(Ok(event)) {
+            let event = Ok(event);
+            let early = relisted.early(&event);
+            for event in early.into_iter().chain(std::iter::once(event)) {
                 if let Ok(e) = &event {
                     writer.apply_watcher_event(e);
                 }
@@ -636,8 +772,13 @@ mod tests {
                         .filter_map(|o| o.metadata.uid.clone())
                         .collect()
                 };
-                if let Some(Ok(o)) = changes.pass(event, live) {
-                    let name = o.metadata.name.clone().unwrap_or_default();
+                let (now, released) = changes.pass(event, live);
+                let names = now
+                    .into_iter()
+                    .flatten()
+                    .map(|o| o.metadata.name.unwrap_or_default())
+                    .chain(released.into_iter().map(|r| r.name));
+                for name in names {
                     let cached = store
                         .get(&ObjectRef::<ConfigMap>::new(&name))
                         .and_then(|c| c.metadata.generation);
@@ -665,13 +806,13 @@ mod tests {
             InitApply(object("a", 2)),
             InitApply(object("b", 1)),
             InitApply(object("c", 1)),
-            // Cut short by an error, started again: nothing passes twice.
+            // Started again (as after an error): nothing passes twice.
             Init,
             InitApply(object("a", 2)),
             InitApply(object("c", 1)),
             InitDone,
             // A change after it, as usual; and a relist showing a new version whose hash is
-            // not news (a status write): the cache takes it, nothing passes.
+            // not news (a status write): nothing passes.
             Apply(object("a", 3)),
             Init,
             InitApply(a3),
@@ -700,8 +841,11 @@ mod tests {
         let (store, mut writer) = reflector::store::<ConfigMap>();
         let mut relisted = RelistedAtOnce::new(store.clone());
         let mut events = |event: watcher::Event<ConfigMap>| -> Vec<String> {
-            relisted
-                .events(Ok(event))
+            let event = Ok(event);
+            let early = relisted.early(&event);
+            early
+                .into_iter()
+                .chain(std::iter::once(event))
                 .map(|e| {
                     let e = e.unwrap_or(Init);
                     writer.apply_watcher_event(&e);
@@ -850,13 +994,10 @@ mod tests {
     }
 
     #[test]
-    fn a_watch_error_passes() {
+    fn a_watch_error_is_not_passed_on() {
         let mut c = TriggerChanges::new(|_: &ConfigMap| Some(1));
         let e = watcher::Error::NoResourceVersion;
-        assert!(matches!(
-            c.pass::<ConfigMap>(Err(e), HashSet::new),
-            Some(Err(watcher::Error::NoResourceVersion))
-        ));
+        assert!(matches!(c.pass(Err(e), HashSet::new), (None, v) if v.is_empty()));
     }
 
     #[test]

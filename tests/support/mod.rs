@@ -299,14 +299,11 @@ impl ApiState {
         };
         let custom = path.starts_with(GROUP_PATH).then(|| collection_of(path).0);
         let watch = query_param(query, "watch").is_some_and(|w| w == "true" || w == "1");
-        let page =
-            query_param(query, "limit").is_some() && query_param(query, "labelSelector").is_none();
+        let page = query_param(query, "limit").is_some()
+            && query_param(query, "labelSelector").is_none()
+            && query_param(query, "fieldSelector").is_none();
         let cached = *method == Method::GET && is_collection(path) && (watch || !page);
         let objects = &self.objects;
-        let from_etcd = *method == Method::GET
-            && is_collection(path)
-            && !watch
-            && custom.as_deref().is_some_and(|p| warming.filling(p));
         let refusal = warming.refusal(
             path,
             custom.as_deref(),
@@ -320,6 +317,11 @@ impl ApiState {
             cached,
         );
         let Some(refusal) = refusal else {
+            // Asked for while the cache fills (the first request made it start): from etcd.
+            let from_etcd = *method == Method::GET
+                && is_collection(path)
+                && !watch
+                && custom.as_deref().is_some_and(|p| warming.filling(p));
             return (None, from_etcd);
         };
         *self.warm_up_refusals.entry(refusal.code).or_default() += 1;
@@ -624,18 +626,24 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// A list page's continue token: the last key it answered, in hex (no escaping in a query).
-fn continue_token(last: &str) -> String {
-    last.bytes().map(|b| format!("{b:02x}")).collect()
+/// A list page's continue token: the list's resourceVersion and the last key it answered, in
+/// hex (no escaping in a query).
+fn continue_token(version: u64, last: &str) -> String {
+    format!("{version}|{last}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
-/// The key a continue token continues after.
-fn continued_after(token: &str) -> Option<String> {
+/// The resourceVersion and the key a continue token continues after.
+fn continued_after(token: &str) -> Option<(u64, String)> {
     let bytes: Option<Vec<u8>> = (0..token.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
         .collect();
-    String::from_utf8(bytes?).ok()
+    let text = String::from_utf8(bytes?).ok()?;
+    let (version, after) = text.split_once('|')?;
+    Some((version.parse().ok()?, after.to_string()))
 }
 
 /// The in-memory API server.
@@ -1574,11 +1582,37 @@ impl FakeApi {
         }
         // A list from the watch cache (resourceVersion=0) answers every object at once; another
         // (the most recent state, from etcd or, from 1.34, the cache's snapshots) honours the
-        // page size, and continues after the last key of the page before.
+        // page size, and continues after the last key of the page before, at the version of the
+        // first page: a watch from there shows what changed since, whichever page it was on.
+        // (The objects of a later page are today's, not that version's: a watch replays their
+        // changes after, so the cache ends the same.)
         let page = query_param(query, "limit")
             .and_then(|l| l.parse::<usize>().ok())
-            .filter(|_| query_param(query, "resourceVersion") != Some("0"));
-        let after = query_param(query, "continue").and_then(continued_after);
+            .filter(|n| *n > 0 && query_param(query, "resourceVersion") != Some("0"));
+        let (version, after) = match query_param(query, "continue") {
+            None => (st.resource_version, None),
+            Some(token) => match continued_after(token) {
+                Some((version, _)) if version < st.compacted => {
+                    return (
+                        StatusCode::GONE,
+                        whole(&status_body(
+                            410,
+                            "Expired",
+                            "the continue token is too old",
+                        )),
+                        0,
+                    );
+                }
+                Some((version, after)) => (version, Some(after)),
+                None => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        whole(&status_body(400, "BadRequest", "invalid continue token")),
+                        0,
+                    );
+                }
+            },
+        };
         let mut matching = st
             .objects
             .iter()
@@ -1589,9 +1623,9 @@ impl FakeApi {
             None => matching.by_ref().collect(),
         };
         let more = matching.next().is_some();
-        let mut metadata = json!({"resourceVersion": st.resource_version.to_string()});
+        let mut metadata = json!({"resourceVersion": version.to_string()});
         if more && let Some((last, _)) = items.last() {
-            metadata["continue"] = json!(continue_token(last));
+            metadata["continue"] = json!(continue_token(version, last));
         }
         let items: Vec<Value> = items.into_iter().map(|(_, o)| o.clone()).collect();
         let (api_version, kind) = list_kind(&plural);

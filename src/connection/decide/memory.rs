@@ -84,6 +84,9 @@ pub struct Written {
     pub version: Option<String>,
     /// The status's hash, to tell a status equal to the one written (see [`status_hash`]).
     pub hash: u64,
+    /// How many lists the watch had begun when it was written: one made during a relist may
+    /// come after the relist's copy, and is not forgotten at its end.
+    pub during_list: u64,
 }
 
 impl Written {
@@ -91,7 +94,14 @@ impl Written {
         Written {
             version,
             hash: status_hash(status),
+            during_list: 0,
         }
+    }
+
+    /// Written while the watch's list `during_list` (counted from 1) was the latest begun.
+    pub fn during_list(mut self, during_list: u64) -> Written {
+        self.during_list = during_list;
+        self
     }
 
     /// Whether `status` is the one written (all but surely: by its hash).
