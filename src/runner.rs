@@ -335,9 +335,11 @@ async fn answered(
                 return Ok(());
             }
             Ok(Err(e)) if waits && not_there_yet(&e) => {
-                // A 429 is an answer (an overloaded server's): it starts no new window in
-                // which a 403 would be waited out.
-                if !matches!(&e, kube::Error::Api(status) if status.code == 429) {
+                // A 429 is an answer (an overloaded server's): it opens no window in which a
+                // 403 would be waited out, and it is the server's first answer if it came back.
+                if matches!(&e, kube::Error::Api(status) if status.code == 429) {
+                    starting.answered(tokio::time::Instant::now());
+                } else {
                     starting.away();
                 }
                 e.to_string()

@@ -98,8 +98,12 @@ pub struct Context {
     /// The cached resources a management account may still decide, by connection id (for the
     /// management side here to nudge).
     pub(super) undecided: Arc<Undecided>,
-    /// How many lists the resources' watch has begun (its first and each relist).
-    pub(super) lists_begun: std::sync::atomic::AtomicU64,
+    /// How many lists of the resources' watch the API server has answered (the first and each
+    /// relist), counted at each one's first object or its end: after the server took the list's
+    /// snapshot, so a status written since comes after the list in the watch.
+    pub(super) lists_answered: std::sync::atomic::AtomicU64,
+    /// A list has begun (`Init`) and is not counted in `lists_answered` yet.
+    pub(super) list_begun: std::sync::atomic::AtomicBool,
     /// When each resource's reconcile comes back.
     pub(super) timetable: Arc<Timetable>,
     /// See [`STALE_CACHE_RETRY`].
@@ -129,7 +133,8 @@ impl Context {
             cache: Mutex::default(),
             polls: Arc::default(),
             undecided: Arc::default(),
-            lists_begun: std::sync::atomic::AtomicU64::new(0),
+            lists_answered: std::sync::atomic::AtomicU64::new(0),
+            list_begun: std::sync::atomic::AtomicBool::new(false),
             timetable: Arc::default(),
             stale_cache_retry: STALE_CACHE_RETRY,
         }

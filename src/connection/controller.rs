@@ -63,10 +63,17 @@ fn follow_watch(
             }
         }
         Ok(watcher::Event::Init) => {
-            ctx.lists_begun.fetch_add(1, Ordering::Relaxed);
+            // kube-runtime says a list begins before it asks for a page, or once a streamed
+            // one has answered: counted at its first object or its end (see `lists_answered`).
+            ctx.list_begun.store(true, Ordering::Relaxed);
+            readiness.succeeded();
+        }
+        Ok(watcher::Event::InitApply(_)) => {
+            list_answered(ctx);
             readiness.succeeded();
         }
         Ok(watcher::Event::InitDone) => {
+            list_answered(ctx);
             let cached = store.state();
             let live: HashSet<String> = cached.iter().filter_map(|o| o.uid()).collect();
             ctx.retain_only(&live);
@@ -76,7 +83,7 @@ fn follow_watch(
             // waiting for that version could then last forever. A write made since (a reconcile
             // of what it showed new or changed, as it came) may come after it: that one is
             // waited for, as any write is.
-            let this_list = ctx.lists_begun.load(Ordering::Relaxed);
+            let this_list = ctx.lists_answered.load(Ordering::Relaxed);
             let mut wake = Vec::new();
             let mut tracked = ctx.tracked();
             for obj in &cached {
@@ -127,10 +134,14 @@ fn follow_watch(
                 ctx.nudge.requeue(ObjectRef::from_obj(obj));
             }
         }
-        Ok(_) => {
-            readiness.succeeded();
-        }
         Err(_) => readiness.failed(),
+    }
+}
+
+/// Counts the list under way as answered, once.
+fn list_answered(ctx: &Context) {
+    if ctx.list_begun.swap(false, Ordering::Relaxed) {
+        ctx.lists_answered.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -360,10 +371,13 @@ mod tests {
     use crate::offline::eac;
 
     /// A reconcile of what a relist showed new or changed runs as the relist comes: its write
-    /// may come after the relist's copy, and is waited for after the relist's end. A write made
-    /// before the relist began is not (the relist may have skipped its version).
+    /// comes after the relist's copy, and is waited for after the relist's end. A write made
+    /// before the API server answered the relist is not (the relist may have skipped its
+    /// version: another writer's since), nor one made before it began; and the resource that
+    /// waited for a forgotten one is woken, the other not.
     #[tokio::test]
-    async fn a_write_made_during_a_relist_is_waited_for_after_it_and_one_made_before_is_not() {
+    async fn a_write_made_once_a_relist_is_answered_is_waited_for_after_it_and_earlier_ones_are_not()
+     {
         use crate::connection::decide::Written;
         use watcher::Event::{Init, InitApply, InitDone};
         let ctx = Context::offline();
@@ -381,7 +395,7 @@ mod tests {
                 id: Some(format!("id-{uid}")),
                 ..Default::default()
             };
-            let during = ctx.lists_begun.load(Ordering::Relaxed);
+            let during = ctx.lists_answered.load(Ordering::Relaxed);
             kept.memory.written =
                 Some(Written::new(&status, Some("99".into())).during_list(during));
             kept.awaits_watch = true;
@@ -391,20 +405,40 @@ mod tests {
                 .get_mut(uid)
                 .is_some_and(|t| t.kind.memory.written.is_some())
         };
-        for event in [Init, InitApply(eac("a")), InitApply(eac("b")), InitDone] {
+        let awaits = |uid: &str| {
+            ctx.tracked()
+                .get_mut(uid)
+                .is_some_and(|t| t.kind.awaits_watch)
+        };
+        for event in [
+            Init,
+            InitApply(eac("a")),
+            InitApply(eac("b")),
+            InitApply(eac("c")),
+            InitDone,
+        ] {
             follow(event);
         }
         written("a");
         follow(Init);
         written("b");
-        for event in [InitApply(eac("a")), InitApply(eac("b")), InitDone] {
+        follow(InitApply(eac("a")));
+        written("c");
+        for event in [InitApply(eac("b")), InitApply(eac("c")), InitDone] {
             follow(event);
         }
         assert!(
-            !remembered("a"),
-            "written before the relist: forgotten at its end"
+            !remembered("a") && !awaits("a"),
+            "written before the relist: forgotten, woken"
         );
-        assert!(remembered("b"), "written during it: still waited for");
+        assert!(
+            !remembered("b") && !awaits("b"),
+            "written after it began, before it was answered: forgotten, woken"
+        );
+        assert!(
+            remembered("c") && awaits("c"),
+            "written once it was answered: still waited for"
+        );
     }
 
     #[tokio::test]

@@ -45,8 +45,10 @@ pub(super) async fn write_status(
         match &result {
             Ok(version) => {
                 memory.written = Some(
-                    Written::new(status, version.clone())
-                        .during_list(ctx.lists_begun.load(std::sync::atomic::Ordering::Relaxed)),
+                    Written::new(status, version.clone()).during_list(
+                        ctx.lists_answered
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                    ),
                 );
                 memory.unwritten = None;
             }

@@ -84,8 +84,9 @@ pub struct Written {
     pub version: Option<String>,
     /// The status's hash, to tell a status equal to the one written (see [`status_hash`]).
     pub hash: u64,
-    /// How many lists the watch had begun when it was written: one made during a relist may
-    /// come after the relist's copy, and is not forgotten at its end.
+    /// How many lists the API server had answered the watch when it was written: one made
+    /// after a relist was answered comes after the relist's copy, and is not forgotten at its
+    /// end (one made before may have been skipped by it).
     pub during_list: u64,
 }
 
@@ -98,7 +99,7 @@ impl Written {
         }
     }
 
-    /// Written while the watch's list `during_list` (counted from 1) was the latest begun.
+    /// Written when the watch's list `during_list` (counted from 1) was the latest answered.
     pub fn during_list(mut self, during_list: u64) -> Written {
         self.during_list = during_list;
         self
