@@ -37,6 +37,9 @@ pub struct WatchBackoff {
     next: Duration,
     /// Set when the API server answered again: the next wait is the first one.
     returned: Arc<AtomicBool>,
+    /// Set while the watch's last event was only the start of a list (`Init`), which
+    /// kube-runtime says before it asks for a page: no sign the watch works, so no reset.
+    begun_only: Arc<AtomicBool>,
 }
 
 impl WatchBackoff {
@@ -49,6 +52,7 @@ impl Default for WatchBackoff {
         WatchBackoff {
             next: Self::FIRST,
             returned: Arc::default(),
+            begun_only: Arc::default(),
         }
     }
 }
@@ -68,7 +72,9 @@ impl Iterator for WatchBackoff {
 
 impl Backoff for WatchBackoff {
     fn reset(&mut self) {
-        self.next = Self::FIRST;
+        if !self.begun_only.load(Ordering::Relaxed) {
+            self.next = Self::FIRST;
+        }
     }
 }
 
@@ -240,7 +246,7 @@ where
 {
     let mut relists = Relists::default();
     let backoff = WatchBackoff::default();
-    let mut returns = Returns::new(backoff.returned.clone());
+    let mut returns = Returns::new(&backoff);
     events
         .filter(move |event| futures::future::ready(!relists.at_once::<K>(event)))
         .inspect(move |event| returns.see(event))
@@ -257,24 +263,33 @@ where
 /// Once between two events that work: a server whose failures alternate between answered and
 /// not (an etcd outage answering 500 and 504, an overload answering 429 and 504) is waited after
 /// with the backoff grown as usual.
+///
+/// And it tells the backoff not to take a list's start (`Init`) for a working watch: where the
+/// watch lists rather than streams, kube-runtime says it before each try, and the backoff would
+/// never grow through an outage (a try every 250 ms).
 struct Returns {
     away: bool,
     /// The backoff was restarted since the watch last worked.
     restarted: bool,
     returned: Arc<AtomicBool>,
+    begun_only: Arc<AtomicBool>,
 }
 
 impl Returns {
-    fn new(returned: Arc<AtomicBool>) -> Self {
+    fn new(backoff: &WatchBackoff) -> Self {
         Returns {
             away: false,
             restarted: false,
-            returned,
+            returned: backoff.returned.clone(),
+            begun_only: backoff.begun_only.clone(),
         }
     }
 
     fn see<K>(&mut self, event: &Result<watcher::Event<K>, watcher::Error>) {
+        let begun_only = matches!(event, Ok(watcher::Event::Init));
+        self.begun_only.store(begun_only, Ordering::Relaxed);
         match event {
+            Ok(watcher::Event::Init) => {}
             Ok(_) => {
                 self.away = false;
                 self.restarted = false;
@@ -626,7 +641,7 @@ mod tests {
         let capped = |wait: Duration| wait >= WatchBackoff::MAX.mul_f64(0.75);
 
         let mut backoff = WatchBackoff::default();
-        let mut returns = Returns::new(backoff.returned.clone());
+        let mut returns = Returns::new(&backoff);
         let mut wait = Duration::ZERO;
         for _ in 0..6 {
             returns.see::<ConfigMap>(&Err(refused_connection()));
@@ -653,8 +668,13 @@ mod tests {
             wait = backoff.next().unwrap_or_default();
         }
         assert!(capped(wait), "alternating failures grow it: {wait:?}");
-        // Once the watch works, a later outage's return restarts it again.
+        // A list's start before each try (where the watch lists) is no sign it works.
         returns.see::<ConfigMap>(&Ok(watcher::Event::Init));
+        backoff.reset();
+        wait = backoff.next().unwrap_or_default();
+        assert!(capped(wait), "not reset by a list's start: {wait:?}");
+        // Once the watch works, a later outage's return restarts it again.
+        returns.see::<ConfigMap>(&Ok(watcher::Event::InitDone));
         backoff.reset();
         for _ in 0..6 {
             returns.see::<ConfigMap>(&Err(refused_connection()));
@@ -665,7 +685,7 @@ mod tests {
         assert!(first(wait), "a new return: {wait:?}");
         // A server that only ever refuses never restarts the backoff.
         let mut backoff = WatchBackoff::default();
-        let mut returns = Returns::new(backoff.returned.clone());
+        let mut returns = Returns::new(&backoff);
         for _ in 0..6 {
             returns.see::<ConfigMap>(&Err(starting()));
             wait = backoff.next().unwrap_or_default();
