@@ -14,7 +14,7 @@ use tower::buffer::BufferLayer;
 use tower::retry::RetryLayer;
 use tracing::{debug, info, warn};
 
-use crate::api_answers::{Starting, refused_while_starting};
+use crate::api_answers::{Starting, refused_while_starting, unanswered};
 use crate::aws::budget::CallBudget;
 use crate::aws::proton::{Proton, ProtonSettings};
 use crate::config::{Endpoint, RunArgs};
@@ -337,10 +337,10 @@ async fn answered(
             Ok(Err(e)) if waits && not_there_yet(&e) => {
                 // A 429 is an answer (an overloaded server's): it opens no window in which a
                 // 403 would be waited out, and it is the server's first answer if it came back.
-                if matches!(&e, kube::Error::Api(status) if status.code == 429) {
-                    starting.answered(tokio::time::Instant::now());
-                } else {
+                if unanswered(&e) {
                     starting.away();
+                } else {
+                    starting.answered(tokio::time::Instant::now());
                 }
                 e.to_string()
             }
@@ -838,6 +838,10 @@ mod tests {
             .port();
         let error = first_call_error(&format!("http://127.0.0.1:{port}")).await;
         assert!(not_there_yet(&error), "{error:?}");
+        assert!(
+            unanswered(&error),
+            "and away, for a start's refusal after it: {error:?}"
+        );
     }
 
     /// An API server that takes connections and never answers: waiting, each try gives up after

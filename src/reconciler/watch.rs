@@ -175,7 +175,7 @@ where
             let released = futures::stream::iter(released).filter_map(move |r| {
                 futures::future::ready(cached.get(&r).map(|o| Ok(as_request((*o).clone()))))
             });
-            futures::stream::iter(passed).chain(released)
+            futures::stream::iter(passed.map(Ok)).chain(released)
         });
     (store, stream)
 }
@@ -421,11 +421,10 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let streamed = watcher(api.clone(), config.clone().streaming_lists()).boxed();
-    // Whether the watch is listing (its first list, or a relist after its history ended): only
-    // then is a refused start a streamed list's.
-    let initial = true;
+    // `initial`: whether the watch is listing (its first list, or a relist after its history
+    // ended): only then is a refused start a streamed list's.
     futures::stream::unfold(
-        (streamed, Some((api, config)), initial),
+        (streamed, Some((api, config)), true),
         |(mut stream, mut listing, mut initial)| async move {
             loop {
                 let next = stream.next().await?;
@@ -514,7 +513,7 @@ struct TriggerChanges<K: Resource, F> {
 
 /// What one event of the watch passes on: an object now, and the references of the objects a
 /// relist that just ended held back, to read from the cache.
-type Passed<K> = (Option<Result<K, watcher::Error>>, Vec<ObjectRef<K>>);
+type Passed<K> = (Option<K>, Vec<ObjectRef<K>>);
 
 impl<K: Resource<DynamicType = ()>, F: Fn(&K) -> Option<u64>> TriggerChanges<K, F> {
     fn new(trigger: F) -> Self {
@@ -559,7 +558,7 @@ impl<K: Resource<DynamicType = ()>, F: Fn(&K) -> Option<u64>> TriggerChanges<K, 
             self.held.push(ObjectRef::from_obj(&changed));
             return (None, Vec::new());
         }
-        (Some(Ok(as_request(changed))), Vec::new())
+        (Some(as_request(changed)), Vec::new())
     }
 }
 
@@ -712,7 +711,6 @@ mod tests {
         let (now, released) = changes.pass(Ok(event), || live);
         now.into_iter()
             .map(|o| {
-                let o = o.unwrap_or_default();
                 assert_eq!(
                     (o.metadata.uid, o.metadata.resource_version),
                     (None, None),
@@ -795,7 +793,6 @@ mod tests {
                 let (now, released) = changes.pass(event, live);
                 let names = now
                     .into_iter()
-                    .flatten()
                     .map(|o| o.metadata.name.unwrap_or_default())
                     .chain(released.into_iter().map(|r| r.name));
                 for name in names {
