@@ -77,12 +77,12 @@ fn follow_watch(
             let cached = store.state();
             let live: HashSet<String> = cached.iter().filter_map(|o| o.uid()).collect();
             ctx.retain_only(&live);
-            // Only now does the cache hold what the relist found (kube-runtime's store swaps
-            // it in whole, but for what it showed new or changed), so only now may a reconcile
-            // go on from it. A relist may skip the version a write made before it began:
-            // waiting for that version could then last forever. A write made since (a reconcile
-            // of what it showed new or changed, as it came) may come after it: that one is
-            // waited for, as any write is.
+            // Only now does the cache hold what the relist found and nothing else (what it
+            // showed new or changed went in as it came; what it did not show goes at its end),
+            // so only now may a reconcile go on from it. A relist may skip the version a write
+            // made before it began: waiting for that version could then last forever. A write
+            // made since (a reconcile of what it showed new or changed, as it came) may come
+            // after it: that one is waited for, as any write is.
             let this_list = ctx.lists_answered.load(Ordering::Relaxed);
             let mut wake = Vec::new();
             let mut tracked = ctx.tracked();
@@ -198,7 +198,7 @@ pub async fn run(
             }
         },
         trigger_hash,
-        reconciler::watch::Relisted::AtOnce,
+        reconciler::watch::Relisted::InPlace,
         " (is the CRD environmentaccountconnections.proton.eac.dev installed and may the controller list and watch it?)",
     );
     ctx.metrics.count_connections_from(Some(store.clone()));

@@ -124,7 +124,7 @@ where
             }
         },
         move |o| Some(hash(o)),
-        crate::reconciler::watch::Relisted::AtItsEnd,
+        crate::reconciler::watch::Relisted::Whole,
         hint,
     );
     let task = changed.for_each(move |changed| {

@@ -794,7 +794,7 @@ pub async fn run(
         slim,
         move |store, event| follow_watch(&follow_ctx, store, event),
         trigger_hash,
-        reconciler::watch::Relisted::AtItsEnd,
+        reconciler::watch::Relisted::Whole,
         " (is the CRD connectionacceptancepolicies.proton.eac.dev installed and may the controller list and watch it? --acceptance-policies=false turns the management side off)",
     );
     ctx.use_store(Some(store.clone()));

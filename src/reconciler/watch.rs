@@ -13,7 +13,8 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
@@ -107,16 +108,18 @@ pub fn release_if_empty<K, V>(map: &mut std::collections::BTreeMap<K, V>) {
     }
 }
 
-/// How a watch takes what a relist shows new or changed.
+/// How a watch's cache takes a relist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Relisted {
-    /// Into the cache at once, and passed on as it comes ([`RelistedAtOnce`]): for kinds whose
-    /// objects are reconciled each on its own (the resources).
-    AtOnce,
-    /// Passed on at the relist's end, when the cache takes the relist whole: for kinds read
-    /// together (policies, whose rules look at each other; mappings, which decide namespaces
-    /// together), where a cache half old and half new would hold a state that never was.
-    AtItsEnd,
+    /// In place ([`Cached`]): what it shows new or changed at once, and passed on as it comes;
+    /// one copy of each object throughout. For kinds whose objects are reconciled each on its
+    /// own, and many (the resources).
+    InPlace,
+    /// Whole at its end, as kube-runtime's cache does, what it shows changed passed on then: for
+    /// kinds read together (policies, whose rules look at each other; mappings, which decide
+    /// namespaces together), where a cache half old and half new would hold a state that never
+    /// was. They are few: two copies for a moment cost little.
+    Whole,
 }
 
 /// The cache of `api`'s objects and the stream of those that changed in a way `trigger` sees.
@@ -145,19 +148,19 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
+    let writer = Writer::default();
+    let store = writer.as_reader();
     let (followed, live) = (store.clone(), store.clone());
     let mut follow = follow;
     let mut failures = Repeated::default();
-    let mut at_once = (relisted == Relisted::AtOnce).then(|| RelistedAtOnce::new(store.clone()));
+    let mut cached = Cached::new(writer, relisted);
     let mut changes = TriggerChanges::new(trigger);
     let stream = backed_off(streamed_or_listed(api, config))
         .modify(slim)
         .flat_map(move |event| {
-            let early = at_once.as_mut().and_then(|a| a.early(&event));
-            futures::stream::iter(early.into_iter().chain(std::iter::once(event)))
+            let (news, event) = cached.write(event);
+            futures::stream::iter(news.into_iter().chain(std::iter::once(event)))
         })
-        .reflect(writer)
         .inspect(move |event| {
             logged::<K>(&mut failures, event, hint);
             follow(&followed, event)
@@ -180,48 +183,86 @@ where
     (store, stream)
 }
 
-/// Puts what a relist shows new or changed in the cache at once, as the watch's changes are.
+/// Writes the watch's events into the cache its kube-runtime controller reads, as kube-runtime's
+/// `reflect` does, but for a relist of a kind whose objects are reconciled each on its own
+/// ([`Relisted::InPlace`]: the resources), which goes into the cache in place.
 ///
-/// kube-runtime's cache takes a relist in whole at its end, which a real API server marks with a
-/// bookmark sent on its once-a-second timer, after a relist that takes seconds at 10,000
-/// objects. Its controller reconciles the cached copy, so a request made before that end found
-/// the cache from before the relist: a resource created during an API-server outage was not
-/// there (dropped as not found), one changed then was reconciled from its old spec. So each
-/// such object comes first as a change (`Apply`: into the cache now, and passed on as any
-/// change is), then as the relist's (into the relist, which keeps it at its end). Unchanged
-/// objects (the same uid and resourceVersion as cached) come as they are; a relist after a
-/// long outage may show every object changed, and then the cache holds no more copies than
-/// before (each change replaces the cached copy). The first list needs none of this:
-/// kube-runtime holds every request until its cache is first ready.
-struct RelistedAtOnce<K: Resource<DynamicType = ()> + 'static> {
+/// kube-runtime's cache takes a relist whole at its end: it builds a second map of every object
+/// the relist shows and swaps it in. Until then it holds two copies of everything (at 10,000
+/// resources 26 MiB more, the controller's peak without leader election), and what the relist
+/// shows new or changed is not in the cache: its controller reconciles the cached copy, so a
+/// resource created during an API-server outage was not found (dropped), one changed then was
+/// reconciled from its old spec, until the relist's end, which a real API server marks with a
+/// bookmark on its once-a-second timer after a relist that takes seconds at 10,000.
+///
+/// In place, what a relist shows new or changed (another uid or resourceVersion than cached)
+/// goes into the cache at once, and comes on first as a change (`Apply`: passed on as any change
+/// is), then as the relist's. An unchanged object keeps its cached copy: the relist's is
+/// dropped as it passes. What the relist did not show is taken out of the cache at its end.
+/// The first list goes in as kube-runtime's does (the cache is empty, and kube-runtime holds
+/// every request until it is first ready).
+struct Cached<K: Resource<DynamicType = ()> + Clone + 'static> {
+    writer: Writer<K>,
     live: Store<K>,
+    in_place: bool,
     /// A list has ended once: the cache is ready, and what follows a relist.
     listed: bool,
+    /// The objects the relist under way has shown.
+    seen: HashSet<CompactId>,
 }
 
-impl<K: Resource<DynamicType = ()> + Clone + 'static> RelistedAtOnce<K> {
-    fn new(live: Store<K>) -> Self {
-        RelistedAtOnce {
-            live,
+/// What one event of the watch comes on as: a change to put before it, and the event.
+type Written<K> = (
+    Option<Result<watcher::Event<K>, watcher::Error>>,
+    Result<watcher::Event<K>, watcher::Error>,
+);
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Cached<K> {
+    fn new(writer: Writer<K>, relisted: Relisted) -> Self {
+        Cached {
+            live: writer.as_reader(),
+            writer,
+            in_place: relisted == Relisted::InPlace,
             listed: false,
+            seen: HashSet::new(),
         }
     }
 
-    /// The change to put before `event`, if it is a relist's news.
-    fn early(
-        &mut self,
-        event: &Result<watcher::Event<K>, watcher::Error>,
-    ) -> Option<Result<watcher::Event<K>, watcher::Error>> {
-        match event {
-            Ok(watcher::Event::InitDone) => {
-                self.listed = true;
-                None
-            }
-            Ok(watcher::Event::InitApply(obj)) if self.listed && self.differs(obj) => {
-                Some(Ok(watcher::Event::Apply(obj.clone())))
-            }
-            _ => None,
+    /// Puts `event` in the cache.
+    fn write(&mut self, event: Result<watcher::Event<K>, watcher::Error>) -> Written<K> {
+        let Ok(e) = &event else {
+            return (None, event);
+        };
+        if !(self.in_place && self.listed) {
+            self.writer.apply_watcher_event(e);
+            self.listed |= matches!(e, watcher::Event::InitDone);
+            return (None, event);
         }
+        match e {
+            // Again from the start (a relist cut short by an error starts again so).
+            watcher::Event::Init => self.seen.clear(),
+            watcher::Event::InitApply(obj) => {
+                self.seen.insert(key(obj));
+                if self.differs(obj) {
+                    let news = watcher::Event::Apply(obj.clone());
+                    self.writer.apply_watcher_event(&news);
+                    return (Some(Ok(news)), event);
+                }
+            }
+            watcher::Event::InitDone => {
+                let seen = std::mem::take(&mut self.seen);
+                for gone in self.live.state() {
+                    if !seen.contains(&key(gone.as_ref())) {
+                        self.writer
+                            .apply_watcher_event(&watcher::Event::Delete((*gone).clone()));
+                    }
+                }
+            }
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                self.writer.apply_watcher_event(e)
+            }
+        }
+        (None, event)
     }
 
     /// Whether the cache has no copy of `obj`, or another version.
@@ -232,6 +273,15 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> RelistedAtOnce<K> {
                 let (a, b) = (cached.meta(), obj.meta());
                 a.uid != b.uid || a.resource_version != b.resource_version
             })
+    }
+}
+
+/// What tells `obj` from every other object a relist shows: its uid, which the API server gives
+/// every object (or, without one, its name).
+fn key<K: Resource<DynamicType = ()>>(obj: &K) -> CompactId {
+    match obj.meta().uid.as_deref() {
+        Some(uid) => CompactId::of(uid),
+        None => CompactId::Other(ObjectRef::from_obj(obj).to_string().into()),
     }
 }
 
@@ -495,7 +545,7 @@ const PAGE: u32 = 500;
 /// (deleted, or missing from a relist).
 ///
 /// What a relist shows changed is passed once the relist is over, not as it comes, unless it
-/// came first as a change ([`RelistedAtOnce`]): kube-runtime's store swaps a relist in whole at
+/// came first as a change ([`Relisted::InPlace`]): kube-runtime's store swaps a relist in whole at
 /// its end, and its controller reconciles the cached copy, so a request passed before would find
 /// no object (one created during an API-server outage: dropped as not found, and never passed
 /// again) or the copy from before the relist (one changed then: reconciled from the old spec).
@@ -770,19 +820,19 @@ mod tests {
     /// The watch's pipeline from the decoded events on: each event, with what a relist shows
     /// new put in the cache first, into the cache, then filtered. Returns what was passed, each
     /// with the generation the cache held for it when it was passed (what its reconcile reads).
-    fn through_the_cache(events: Vec<watcher::Event<ConfigMap>>) -> Vec<(String, Option<i64>)> {
-        let (store, mut writer) = reflector::store::<ConfigMap>();
-        let mut relisted = RelistedAtOnce::new(store.clone());
+    fn through_the_cache(
+        relisted: Relisted,
+        events: Vec<watcher::Event<ConfigMap>>,
+    ) -> Vec<(String, Option<i64>)> {
+        let writer = Writer::<ConfigMap>::default();
+        let store = writer.as_reader();
+        let mut cached = Cached::new(writer, relisted);
         let mut changes =
             TriggerChanges::new(|o: &ConfigMap| o.metadata.generation.map(|g| g as u64));
         let mut passed = Vec::new();
         for event in events {
-            let event = Ok(event);
-            let early = relisted.early(&event);
-            for event in early.into_iter().chain(std::iter::once(event)) {
-                if let Ok(e) = &event {
-                    writer.apply_watcher_event(e);
-                }
+            let (news, event) = cached.write(Ok(event));
+            for event in news.into_iter().chain(std::iter::once(event)) {
                 let live = || {
                     store
                         .state()
@@ -806,40 +856,62 @@ mod tests {
         passed
     }
 
-    #[test]
-    fn what_a_relist_shows_new_or_changed_passes_as_it_comes_with_the_cache_holding_it() {
+    /// A first list, then a relist (after a 410, an outage) showing a changed object, an
+    /// unchanged one and a new one, cut short by an error and started again; then a change,
+    /// and a relist showing a new version whose hash is not news (a status write).
+    fn a_relist_and_another() -> Vec<watcher::Event<ConfigMap>> {
         use watcher::Event::{Apply, Init, InitApply, InitDone};
         let mut a3 = object("a", 3);
         a3.metadata.resource_version = Some("30".into());
-        let passed = through_the_cache(vec![
-            // The first list: at once (kube-runtime holds requests until its cache is ready).
+        vec![
             Init,
             InitApply(object("a", 1)),
             InitApply(object("b", 1)),
             InitDone,
-            // A relist (after a 410, an outage): a changed object, an unchanged one, a new
-            // one, each passed as it comes, the cache holding the relist's copy.
             Init,
             InitApply(object("a", 2)),
             InitApply(object("b", 1)),
             InitApply(object("c", 1)),
-            // Started again (as after an error): nothing passes twice.
             Init,
             InitApply(object("a", 2)),
+            InitApply(object("b", 1)),
             InitApply(object("c", 1)),
             InitDone,
-            // A change after it, as usual; and a relist showing a new version whose hash is
-            // not news (a status write): nothing passes.
             Apply(object("a", 3)),
             Init,
             InitApply(a3),
+            InitApply(object("b", 1)),
             InitApply(object("c", 1)),
             InitDone,
-        ]);
+        ]
+    }
+
+    #[test]
+    fn what_a_relist_shows_new_or_changed_passes_as_it_comes_with_the_cache_holding_it() {
+        let passed = through_the_cache(Relisted::InPlace, a_relist_and_another());
         let at = |name: &str, generation: i64| (format!("n-{name}"), Some(generation));
         // The first list's are passed before the cache has them: kube-runtime's controller
         // holds them until the cache is first ready.
         let before_ready = |name: &str| (format!("n-{name}"), None);
+        assert_eq!(
+            passed,
+            [
+                before_ready("a"),
+                before_ready("b"),
+                at("a", 2),
+                at("c", 1),
+                at("a", 3)
+            ],
+            "each change passed once, as it comes"
+        );
+    }
+
+    #[test]
+    fn what_a_relist_of_a_kind_read_together_shows_changed_passes_at_its_end() {
+        let passed = through_the_cache(Relisted::Whole, a_relist_and_another());
+        let at = |name: &str, generation: i64| (format!("n-{name}"), Some(generation));
+        let before_ready = |name: &str| (format!("n-{name}"), None);
+        // At the end of the relist cut short and started again: the cache holds both then.
         assert_eq!(
             passed,
             [
@@ -853,58 +925,109 @@ mod tests {
     }
 
     #[test]
-    fn a_relist_puts_in_the_cache_at_once_only_what_it_shows_new_or_changed() {
+    fn a_relist_in_place_keeps_one_copy_of_each_object_and_drops_what_it_did_not_show_at_its_end() {
         use watcher::Event::{Init, InitApply, InitDone};
-        let (store, mut writer) = reflector::store::<ConfigMap>();
-        let mut relisted = RelistedAtOnce::new(store.clone());
-        let mut events = |event: watcher::Event<ConfigMap>| -> Vec<String> {
-            let event = Ok(event);
-            let early = relisted.early(&event);
-            early
-                .into_iter()
+        let writer = Writer::<ConfigMap>::default();
+        let store = writer.as_reader();
+        let mut cached = Cached::new(writer, Relisted::InPlace);
+        let mut events = |event: Result<watcher::Event<ConfigMap>, watcher::Error>| {
+            let (news, event) = cached.write(event);
+            news.into_iter()
                 .chain(std::iter::once(event))
-                .map(|e| {
-                    let e = e.unwrap_or(Init);
-                    writer.apply_watcher_event(&e);
-                    match e {
-                        watcher::Event::Apply(_) => "Apply".to_string(),
-                        watcher::Event::InitApply(_) => "InitApply".to_string(),
-                        other => format!("{other:?}"),
+                .map(|e| match e {
+                    Ok(watcher::Event::Apply(o)) => format!("Apply {}", o.metadata.uid.unwrap()),
+                    Ok(watcher::Event::InitApply(o)) => {
+                        format!("InitApply {}", o.metadata.uid.unwrap())
                     }
+                    Ok(other) => format!("{other:?}"),
+                    Err(_) => "failed".to_string(),
                 })
-                .collect()
+                .collect::<Vec<_>>()
         };
-        assert_eq!(events(Init), ["Init"]);
-        assert_eq!(
-            events(InitApply(object("a", 1))),
-            ["InitApply"],
-            "the first list"
+        let copy = |name: &str| store.get(&ObjectRef::new(&format!("n-{name}")));
+        let uids = || {
+            let mut uids: Vec<String> = store
+                .state()
+                .iter()
+                .filter_map(|o| o.metadata.uid.clone())
+                .collect();
+            uids.sort();
+            uids
+        };
+        assert_eq!(events(Ok(Init)), ["Init"]);
+        for name in ["a", "b", "d"] {
+            assert_eq!(
+                events(Ok(InitApply(object(name, 1)))),
+                [format!("InitApply {name}")],
+                "the first list"
+            );
+        }
+        assert!(
+            uids().is_empty(),
+            "the first list goes in whole, at its end"
         );
-        assert_eq!(events(InitDone), ["InitDone"]);
-        assert_eq!(events(Init), ["Init"]);
+        assert_eq!(events(Ok(InitDone)), ["InitDone"]);
+        assert_eq!(uids(), ["a", "b", "d"]);
+        let (a, d) = (copy("a"), copy("d"));
+
+        // A relist, cut short by an error and started again.
+        assert_eq!(events(Ok(Init)), ["Init"]);
         assert_eq!(
-            events(InitApply(object("a", 1))),
-            ["InitApply"],
+            events(Ok(InitApply(object("d", 1)))),
+            ["InitApply d"],
+            "unchanged"
+        );
+        assert_eq!(events(Err(watcher::Error::NoResourceVersion)), ["failed"]);
+        assert_eq!(events(Ok(Init)), ["Init"]);
+        assert_eq!(
+            events(Ok(InitApply(object("a", 1)))),
+            ["InitApply a"],
             "unchanged"
         );
         assert_eq!(
-            events(InitApply(object("a", 2))),
-            ["Apply", "InitApply"],
+            events(Ok(InitApply(object("b", 2)))),
+            ["Apply b", "InitApply b"],
             "another version"
         );
-        let mut recreated = object("a", 2);
-        recreated.metadata.uid = Some("a2".into());
+        assert_eq!(copy("b").and_then(|b| b.metadata.generation), Some(2));
+        let mut recreated = object("b", 3);
+        recreated.metadata.uid = Some("b2".into());
         assert_eq!(
-            events(InitApply(recreated)),
-            ["Apply", "InitApply"],
+            events(Ok(InitApply(recreated))),
+            ["Apply b2", "InitApply b2"],
             "the same name, another uid"
         );
         assert_eq!(
-            events(InitApply(object("b", 1))),
-            ["Apply", "InitApply"],
+            events(Ok(InitApply(object("c", 1)))),
+            ["Apply c", "InitApply c"],
             "new"
         );
-        assert_eq!(store.state().len(), 2, "the cache holds both at once");
+        assert_eq!(
+            uids(),
+            ["a", "b2", "c", "d"],
+            "what the relist did not show (d, shown only before it started again) stays until its end"
+        );
+        assert_eq!(events(Ok(InitDone)), ["InitDone"]);
+        assert_eq!(uids(), ["a", "b2", "c"], "and goes at its end");
+        assert!(
+            copy("a")
+                .zip(a)
+                .is_some_and(|(now, before)| Arc::ptr_eq(&now, &before)),
+            "an unchanged object keeps its cached copy: none was made"
+        );
+        assert!(d.is_some());
+
+        // A relist that shows nothing empties the cache; the next shows what is new again.
+        assert_eq!(events(Ok(Init)), ["Init"]);
+        assert_eq!(events(Ok(InitDone)), ["InitDone"]);
+        assert!(uids().is_empty());
+        assert_eq!(events(Ok(Init)), ["Init"]);
+        assert_eq!(
+            events(Ok(InitApply(object("a", 1)))),
+            ["Apply a", "InitApply a"]
+        );
+        assert_eq!(events(Ok(InitDone)), ["InitDone"]);
+        assert_eq!(uids(), ["a"]);
     }
 
     #[tokio::test(start_paused = true)]
