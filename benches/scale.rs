@@ -30,7 +30,11 @@
 //!    resources (`EAC_BENCH_OUTAGE_N`, default N) against the API server of part 3, stopped for
 //!    10 s (its connections cut and refused), ending each streamed list a second after its
 //!    objects and warming up at its restart, as a real one does: when it answers again, how soon
-//!    the leader leads again, the controller is ready, and serves a resource applied then.
+//!    the leader leads again, the controller is ready, and serves a resource applied then
+//!    (`EAC_BENCH_OUTAGE_LE`: `on,off`, the default, or either).
+//!
+//! `EAC_BENCH_CONTROLLER_LOG` sets the binary's `RUST_LOG` in parts 3 and 5, and the file
+//! `EAC_BENCH_LOG` names keeps its log.
 //!
 //! In parts 1, 2 and 4 the API server is in-process and answers in microseconds, so their
 //! figures measure the controller's own cost; parts 3 and 5 charge what a real API server would.
@@ -454,8 +458,9 @@ async fn outage_at(s: usize, leader_election: bool) {
     } else {
         run_args(&url, &[])
     };
-    let controller =
-        Controller::start(&kubeconfig, &args, Some("warn,eac_controller::runner=info"));
+    let log = std::env::var("EAC_BENCH_CONTROLLER_LOG")
+        .unwrap_or_else(|_| "warn,eac_controller::runner=info".into());
+    let controller = Controller::start(&kubeconfig, &args, Some(&log));
     let limit = Duration::from_secs(300);
     let readyz = controller.readyz_addr(limit).await;
     controller
@@ -708,10 +713,11 @@ async fn binary(n: usize) {
     // EAC_BENCH_WRAP runs the binary under a tool, e.g. "valgrind --tool=massif" (see
     // `support::binary`).
     let url = env.emulator.url();
+    let log = std::env::var("EAC_BENCH_CONTROLLER_LOG").unwrap_or_else(|_| "warn".into());
     let controller = Controller::start(
         &kubeconfig,
         &run_args(&url, &["--aws-rate-limit", "10000", "--aws-burst", "10000"]),
-        Some("warn"),
+        Some(&log),
     );
     env.api
         .wait_until(
@@ -835,6 +841,15 @@ fn main() {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
+    let outage_modes: Vec<bool> = std::env::var("EAC_BENCH_OUTAGE_LE")
+        .unwrap_or_else(|_| "on,off".into())
+        .split(',')
+        .filter_map(|m| match m.trim() {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        })
+        .collect();
     let latencies: Vec<u64> = std::env::var("EAC_BENCH_API_LATENCY_MS")
         .unwrap_or_else(|_| "0,5".into())
         .split(',')
@@ -875,7 +890,7 @@ fn main() {
         }
         println!("5. A 10 s API-server outage");
         for size in outage_sizes {
-            for leader_election in [true, false] {
+            for leader_election in outage_modes.iter().copied() {
                 outage_at(size, leader_election).await;
             }
         }

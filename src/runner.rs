@@ -112,7 +112,7 @@ pub fn client_telling(
     config.default_retry = false;
     let policy = RetryPolicy::new(KUBE_RETRY_FIRST, KUBE_RETRY_MAX, KUBE_RETRIES, true)
         .map_err(|e| kube::Error::Service(e.into()))?;
-    let policy = ButStreamedListsShed(policy);
+    let policy = ButWatchesShed(policy);
     Ok(ClientBuilder::try_from(config)?
         // The retry sends a request again through what it wraps, so that must be a handle it can
         // clone: a buffer in front of kube's stack.
@@ -122,20 +122,22 @@ pub fn client_telling(
         .build())
 }
 
-/// kube's retry, but for a watch asking for its initial state as events (a streamed list) that
-/// the API server answers 429: that goes back to the watch at once, which lists in pages instead
-/// (see `reconciler::watch::streamed_or_listed`). A kube-apiserver whose watch cache for the kind
-/// is still filling (after its start, or a re-initialization) answers every watch so, with
-/// `Retry-After: 1`, but serves a paged list without a selector from etcd.
+/// kube's retry, but for a watch without a selector that the API server answers 429: that goes
+/// back to the watch at once (see `reconciler::watch::streamed_or_listed`). A kube-apiserver
+/// whose watch cache for the kind is not ready (after its start, or a re-initialization)
+/// answers every watch so, with `Retry-After: 1`, but serves a paged list without a selector
+/// from etcd: a watch asking for its initial state as events (a streamed list) lists in pages
+/// instead, and so does one that resumes, whose history the cache has lost (once ready, it
+/// would answer 410). Any other 429 to a watch is retried with the watch's own backoff.
 #[derive(Clone)]
-struct ButStreamedListsShed(RetryPolicy);
+struct ButWatchesShed(RetryPolicy);
 
 impl<Res>
     tower::retry::Policy<
         axum::http::Request<kube::client::Body>,
         axum::http::Response<Res>,
         tower::BoxError,
-    > for ButStreamedListsShed
+    > for ButWatchesShed
 {
     type Future = tokio::time::Sleep;
 
@@ -146,7 +148,7 @@ impl<Res>
     ) -> Option<Self::Future> {
         if let Ok(response) = result
             && response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS
-            && streamed_list(req.uri())
+            && unselected_watch(req.uri())
         {
             return None;
         }
@@ -164,15 +166,14 @@ impl<Res>
     }
 }
 
-/// Whether a request is a watch asking for its initial state as events, without a selector (a
-/// list with one is not served from etcd while the cache fills: it waits as any request does).
-fn streamed_list(uri: &axum::http::Uri) -> bool {
+/// Whether a request is a watch without a selector (a list with one is not served from etcd
+/// while the cache fills: it waits as any request does).
+fn unselected_watch(uri: &axum::http::Uri) -> bool {
     uri.query().is_some_and(|q| {
-        let has = |wanted: &str| q.split('&').any(|p| p == wanted);
         let selects = q
             .split('&')
             .any(|p| p.starts_with("labelSelector=") || p.starts_with("fieldSelector="));
-        has("sendInitialEvents=true") && has("watch=true") && !selects
+        q.split('&').any(|p| p == "watch=true") && !selects
     })
 }
 
@@ -935,15 +936,16 @@ mod tests {
         assert!(refused.is_err(), "a 404 is no start's: {refused:?}");
     }
 
-    /// A streamed list the API server sheds (429) goes back to its watch at once, to list in
-    /// pages; any other request answered 429 is retried inside the client, as a plain watch is.
+    /// A watch the API server sheds (429) goes back to the watch at once (to list in pages, or
+    /// to wait its backoff); any other request answered 429 is retried inside the client.
     #[tokio::test]
-    async fn a_shed_streamed_list_is_not_retried_inside_the_client_and_the_rest_is() {
+    async fn a_shed_watch_is_not_retried_inside_the_client_and_the_rest_is() {
         use tower::retry::Policy;
-        let policy = RetryPolicy::new(KUBE_RETRY_FIRST, KUBE_RETRY_MAX, KUBE_RETRIES, true)
-            .expect("a policy");
-        let mut policy = ButStreamedListsShed(policy);
-        let mut retried = |uri: &str, code: u16| {
+        // A new policy each time: it counts its retries.
+        let retried = |uri: &str, code: u16| {
+            let policy = RetryPolicy::new(KUBE_RETRY_FIRST, KUBE_RETRY_MAX, KUBE_RETRIES, true)
+                .expect("a policy");
+            let mut policy = ButWatchesShed(policy);
             let mut request = axum::http::Request::builder()
                 .uri(uri)
                 .body(kube::client::Body::empty())
@@ -959,11 +961,15 @@ mod tests {
         let streamed = "/apis/g/v1/things?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true";
         assert!(!retried(streamed, 429), "shed: back to the watch");
         assert!(retried(streamed, 503), "unavailable: retried");
-        assert!(retried(
-            "/apis/g/v1/things?watch=true&resourceVersion=5",
-            429
-        ));
-        assert!(retried("/apis/g/v1/things?limit=500", 429));
+        let resumed = "/apis/g/v1/things?watch=true&resourceVersion=5&allowWatchBookmarks=true";
+        assert!(!retried(resumed, 429), "shed: back to the watch");
+        assert!(retried(resumed, 503), "unavailable: retried");
+        assert!(
+            retried(&format!("{resumed}&fieldSelector=a%3Db"), 429),
+            "a selected watch waits"
+        );
+        assert!(retried("/apis/g/v1/things?limit=500", 429), "a list");
+        assert!(retried("/apis/g/v1/things/a", 429), "a get");
         assert!(
             retried(&format!("{streamed}&labelSelector=shard%3Da"), 429),
             "a selected list is not served from etcd either: it waits"

@@ -1,4 +1,5 @@
-//! The watch of the resources, told to `/readyz` whenever the API server starts it.
+//! The watch of the resources, told to `/readyz` whenever the API server starts it (or answers
+//! its list).
 //!
 //! A watch that resumes after an outage shows no event until something changes, yet the API
 //! server answered it: without this, an outage longer than `--watch-failure-timeout` left
@@ -53,10 +54,9 @@ where
     }
 
     fn call(&mut self, request: axum::http::Request<ReqBody>) -> Self::Future {
-        let told = self
-            .readiness
-            .clone()
-            .filter(|_| is_resource_watch(request.uri()));
+        let told = self.readiness.clone().filter(|_| {
+            request.method() == axum::http::Method::GET && is_resource_watch(request.uri())
+        });
         let answer = self.inner.call(request);
         Box::pin(async move {
             let answer = answer.await;
@@ -86,15 +86,22 @@ where
 /// The failures a return is logged at info after: shorter ones are a watch's ordinary restart.
 const RETURN_WORTH_TELLING: Duration = Duration::from_secs(1);
 
-/// Whether a request asks for a watch of the EnvironmentAccountConnections (in one namespace or
-/// all).
+/// Whether a request reads the collection of EnvironmentAccountConnections (in one namespace or
+/// all) for their watch: the watch itself, or its list (where it lists instead of streaming,
+/// which it does after an API server's start, see `reconciler::watch::streamed_or_listed`: the
+/// list is then the API server's first answer, and the watch follows it at once).
 fn is_resource_watch(uri: &axum::http::Uri) -> bool {
     let plural = EnvironmentAccountConnection::plural(&());
     uri.path()
         .rsplit('/')
         .next()
         .is_some_and(|last| last == plural)
-        && is_watch(uri.query())
+        && (is_watch(uri.query()) || is_list(uri.query()))
+}
+
+/// Whether a request's query asks for a page of a list (the watch's lists are paged).
+fn is_list(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|p| p.starts_with("limit=")))
 }
 
 /// Whether a request's query asks for a watch.
@@ -126,7 +133,7 @@ mod tests {
         assert!(is_resource_watch(&uri(&format!(
             "{group}/environmentaccountconnections?watch=1"
         ))));
-        assert!(!is_resource_watch(&uri(&format!(
+        assert!(is_resource_watch(&uri(&format!(
             "{group}/environmentaccountconnections?limit=500"
         ))));
         assert!(!is_resource_watch(&uri(&format!(

@@ -64,9 +64,9 @@ fn follow_watch(
         }
         Ok(watcher::Event::Init) => {
             // kube-runtime says a list begins before it asks for a page, or once a streamed
-            // one has answered: counted at its first object or its end (see `lists_answered`).
+            // one has answered: counted at its first object or its end (see `lists_answered`),
+            // and no answer of the API server's (the answer to the request is: `watch_starts`).
             ctx.list_begun.store(true, Ordering::Relaxed);
-            readiness.succeeded();
         }
         Ok(watcher::Event::InitApply(_)) => {
             list_answered(ctx);

@@ -454,15 +454,21 @@ fn expired(error: &watcher::Error) -> bool {
 
 /// The watch of `api`, its initial state streamed as events (`sendInitialEvents`, the WatchList
 /// feature of kube-apiserver, on by default from 1.34), or listed with `config` where the API
-/// server refuses that (1.33 has it off and answers 422), or in pages where it sheds the
-/// streamed watch (429: its watch cache is filling, see [`paged`]): from then on this watch
-/// lists.
+/// server refuses that (1.33 has it off and answers 422), or in pages where its watch cache for
+/// the kind is not ready ([`paged`]): from then on this watch lists.
 ///
 /// Why stream: a list with `resourceVersion=0` (served from the API server's watch cache, cheap
 /// for it) ignores the page size and answers every object at once. At 10,000 resources that is
 /// one answer of tens of MiB, held as text and then decoded whole, managed fields and all,
 /// before the watch cache's slimming sees the first object: most of the controller's peak memory
 /// at a start or a relist. Streamed, each object is decoded and slimmed on its own.
+///
+/// A watch cache that is not ready answers 429 (KEP-4568): to a streamed list, and to a watch
+/// that resumes, whose history the cache being (re)built has lost (once it is ready, it would
+/// answer 410 and the watch would list again). Either way the watch lists in pages at once
+/// (the client does not wait out their `Retry-After`: `runner::ButWatchesShed`). A 429 to a
+/// resumed watch that does not say so (API Priority and Fairness shedding load) is retried with
+/// the watch's backoff: a relist is the last thing an overloaded server needs.
 fn streamed_or_listed<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -470,52 +476,127 @@ fn streamed_or_listed<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
+    let selected = config.label_selector.is_some() || config.field_selector.is_some();
     let streamed = watcher(api.clone(), config.clone().streaming_lists()).boxed();
-    // `initial`: whether the watch is listing (its first list, or a relist after its history
-    // ended): only then is a refused start a streamed list's.
-    futures::stream::unfold(
-        (streamed, Some((api, config)), true),
-        |(mut stream, mut listing, mut initial)| async move {
-            loop {
-                let next = stream.next().await?;
-                match &next {
-                    Ok(watcher::Event::InitDone) => initial = false,
-                    Err(e) if expired(e) || matches!(e, watcher::Error::NoResourceVersion) => {
-                        initial = true
-                    }
-                    _ => {}
+    let start = Watching {
+        stream: streamed,
+        listing: Some((api, config)),
+        initial: true,
+        waits: 0,
+    };
+    futures::stream::unfold(start, move |mut w| async move {
+        loop {
+            let next = w.stream.next().await?;
+            match &next {
+                Ok(watcher::Event::InitDone) => w.initial = false,
+                Err(e) if expired(e) || matches!(e, watcher::Error::NoResourceVersion) => {
+                    w.initial = true
                 }
-                if let Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) = &next
-                    && initial
-                    && let Some((api, config)) = listing.take()
-                {
-                    match status.code {
-                        422 | 400 => {
-                            info!(
-                                reason = %status.message,
-                                "the API server does not stream a watch's initial state (WatchList is off); listing instead"
-                            );
-                            stream = watcher(api, config).boxed();
-                            continue;
-                        }
-                        429 if config.label_selector.is_none()
-                            && config.field_selector.is_none() =>
-                        {
-                            info!(
-                                kind = %K::kind(&()),
-                                reason = %status.message,
-                                "the API server sheds the watch (its watch cache is filling, as after its start); listing in pages instead"
-                            );
-                            stream = watcher(api, paged(config)).boxed();
-                            continue;
-                        }
-                        _ => listing = Some((api, config)),
-                    }
-                }
-                return Some((next, (stream, listing, initial)));
+                _ => {}
             }
-        },
-    )
+            if next.is_ok() {
+                w.waits = 0;
+            }
+            let Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) = &next else {
+                return Some((next, w));
+            };
+            match Switch::on(status, w.initial, w.listing.is_none(), selected) {
+                Some(Switch::ToLists) => {
+                    if let Some((api, config)) = w.listing.take() {
+                        info!(
+                            reason = %status.message,
+                            "the API server does not stream a watch's initial state (WatchList is off); listing instead"
+                        );
+                        w.stream = watcher(api, config).boxed();
+                        continue;
+                    }
+                }
+                Some(Switch::ToPages) => {
+                    if let Some((api, config)) = w.listing.take() {
+                        info!(
+                            kind = %K::kind(&()),
+                            reason = %status.message,
+                            "the API server's watch cache for the kind is not ready (as after its start); listing in pages instead"
+                        );
+                        w.stream = watcher(api, paged(config)).boxed();
+                        continue;
+                    }
+                }
+                Some(Switch::WaitForTheCache) if w.waits < CACHE_WAITS => {
+                    w.waits += 1;
+                    tokio::time::sleep(CACHE_WAIT).await;
+                    continue;
+                }
+                Some(Switch::WaitForTheCache) | None => {}
+            }
+            w.waits = 0;
+            return Some((next, w));
+        }
+    })
+}
+
+/// Where [`streamed_or_listed`] is.
+struct Watching<K: Resource + Clone + 'static> {
+    stream: futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>,
+    /// What to list with, until the watch switched to lists or pages.
+    listing: Option<(Api<K>, watcher::Config)>,
+    /// Whether the watch is listing (its first list, or a relist after its history ended):
+    /// only then is a refused start a streamed list's.
+    initial: bool,
+    /// Waits for the API server's watch cache in a row.
+    waits: u32,
+}
+
+/// How long a watch that has listed in pages waits for the API server's watch cache before it
+/// tries again, and how many times in a row before its refusal counts as a failure (5 s).
+const CACHE_WAIT: Duration = Duration::from_millis(250);
+const CACHE_WAITS: u32 = 20;
+
+/// How a watch that streams its lists goes on when the API server refuses its start.
+#[derive(Debug, PartialEq, Eq)]
+enum Switch {
+    /// It lists (the server does not stream lists).
+    ToLists,
+    /// It lists now, in pages ([`paged`]).
+    ToPages,
+    /// It waits for the watch cache (see [`CACHE_WAIT`]), without a failure.
+    WaitForTheCache,
+}
+
+impl Switch {
+    /// What the API server's refusal `status` of a watch says to do. `initial`: the watch is
+    /// listing (a streamed list's start), else it resumes; `switched`: it no longer streams its
+    /// lists; `selected`: it has a selector (a list with one is not served from etcd while the
+    /// cache fills either: the client waits out its 429).
+    fn on(
+        status: &kube::core::Status,
+        initial: bool,
+        switched: bool,
+        selected: bool,
+    ) -> Option<Switch> {
+        let not_ready = status.code == 429 && !selected;
+        match status.code {
+            422 | 400 if initial && !switched => Some(Switch::ToLists),
+            _ if not_ready && !switched && (initial || cache_not_ready(status)) => {
+                Some(Switch::ToPages)
+            }
+            // It resumes from the version of a list it made since the cache began (the cache is
+            // made at the first request for the kind, which was refused): the cache has that
+            // history, and serves the watch once it has caught up. Waited for here, as the
+            // client would wait it out, but a quarter of its `Retry-After` (1 s).
+            _ if not_ready && switched && !initial && cache_not_ready(status) => {
+                Some(Switch::WaitForTheCache)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether a 429 is the one of a watch cache being (re)built (after the API server's start, or
+/// when the cache lost its own watch of etcd), not API Priority and Fairness shedding load. The
+/// text is kube-apiserver's (`storage is (re)initializing`, the cacher's since 1.31).
+fn cache_not_ready(status: &kube::core::Status) -> bool {
+    status.message.contains("(re)initializing")
 }
 
 /// `config` listing the most recent state in pages of [`PAGE`]: what a kube-apiserver whose watch
@@ -648,6 +729,67 @@ mod tests {
 
     fn status(code: u16) -> Box<kube::core::Status> {
         Box::new(kube::core::Status::failure("x", "X").with_code(code))
+    }
+
+    #[test]
+    fn a_watch_lists_instead_where_the_server_streams_no_list_and_in_pages_where_its_cache_is_not_ready()
+     {
+        let refused =
+            |code: u16, message: &str| kube::core::Status::failure(message, "X").with_code(code);
+        let initializing = refused(429, "storage is (re)initializing");
+        let shedding = refused(429, "Too many requests, please try again later.");
+        let off = refused(422, "sendInitialEvents is forbidden");
+        let (listing, resuming) = (true, false);
+        let (streaming, switched) = (false, true);
+        let (plain, selected) = (false, true);
+        let on = Switch::on;
+
+        // A streamed list refused: by a server without WatchList, by a cache not ready, by a
+        // server shedding load (a paged list is what it copes with best).
+        assert_eq!(on(&off, listing, streaming, plain), Some(Switch::ToLists));
+        assert_eq!(
+            on(&refused(400, "x"), listing, streaming, plain),
+            Some(Switch::ToLists)
+        );
+        assert_eq!(
+            on(&initializing, listing, streaming, plain),
+            Some(Switch::ToPages)
+        );
+        assert_eq!(
+            on(&shedding, listing, streaming, plain),
+            Some(Switch::ToPages)
+        );
+        // A resumed watch: only a cache being rebuilt has lost its history.
+        assert_eq!(
+            on(&initializing, resuming, streaming, plain),
+            Some(Switch::ToPages)
+        );
+        assert_eq!(
+            on(&shedding, resuming, streaming, plain),
+            None,
+            "an overload: no relist"
+        );
+        assert_eq!(on(&off, resuming, streaming, plain), None);
+        // Once switched: the watch resumes from its own list, made since the cache began.
+        assert_eq!(
+            on(&initializing, resuming, switched, plain),
+            Some(Switch::WaitForTheCache)
+        );
+        assert_eq!(on(&shedding, resuming, switched, plain), None);
+        assert_eq!(on(&initializing, listing, switched, plain), None);
+        assert_eq!(on(&off, listing, switched, plain), None, "switched once");
+        // With a selector a page is not served from etcd either: the client waits.
+        for (initial, switched) in [(true, false), (false, false), (false, true)] {
+            assert_eq!(on(&initializing, initial, switched, selected), None);
+        }
+        // Other refusals are the watch's failures.
+        for code in [403, 404, 410, 500, 503] {
+            assert_eq!(
+                on(&refused(code, "x"), listing, streaming, plain),
+                None,
+                "{code}"
+            );
+        }
     }
 
     #[test]
