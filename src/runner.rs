@@ -103,8 +103,8 @@ pub fn client_from(config: kube::Config) -> Result<Client, kube::Error> {
     client_telling(config, None)
 }
 
-/// [`client_from`], telling `readiness` of every watch the API server starts (see
-/// [`crate::watch_starts`]).
+/// [`client_from`], telling `readiness` of every watch of the resources the API server starts or
+/// lists (see [`crate::watch_starts`]).
 pub fn client_telling(
     mut config: kube::Config,
     readiness: Option<Readiness>,
@@ -128,7 +128,8 @@ pub fn client_telling(
 /// answers every watch so, with `Retry-After: 1`, but serves a paged list without a selector
 /// from etcd: a watch asking for its initial state as events (a streamed list) lists in pages
 /// instead, and so does one that resumes, whose history the cache has lost (once ready, it
-/// would answer 410). Any other 429 to a watch is retried with the watch's own backoff.
+/// would answer 410); and one that API Priority and Fairness sheds waits its `Retry-After` there.
+/// A watch with a selector is retried here: no page of it is served from etcd meanwhile.
 #[derive(Clone)]
 struct ButWatchesShed(RetryPolicy);
 

@@ -18,8 +18,9 @@ use tracing::{debug, info};
 use crate::connection::api::EnvironmentAccountConnection;
 use crate::http::Readiness;
 
-/// Tells `readiness` that the API server answered whenever it starts a watch of the resources (a
-/// watch request to their collection answered 2xx). None: tells nobody.
+/// Tells `readiness` that the API server answered whenever it starts a watch of the resources, or
+/// answers its list (a watch request, or a page of a list, of their collection answered 2xx).
+/// None: tells nobody.
 #[derive(Clone)]
 pub struct WatchStartsLayer(pub Option<Readiness>);
 

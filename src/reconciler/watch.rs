@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -463,12 +463,8 @@ fn expired(error: &watcher::Error) -> bool {
 /// before the watch cache's slimming sees the first object: most of the controller's peak memory
 /// at a start or a relist. Streamed, each object is decoded and slimmed on its own.
 ///
-/// A watch cache that is not ready answers 429 (KEP-4568): to a streamed list, and to a watch
-/// that resumes, whose history the cache being (re)built has lost (once it is ready, it would
-/// answer 410 and the watch would list again). Either way the watch lists in pages at once
-/// (the client does not wait out their `Retry-After`: `runner::ButWatchesShed`). A 429 to a
-/// resumed watch that does not say so (API Priority and Fairness shedding load) is retried with
-/// the watch's backoff: a relist is the last thing an overloaded server needs.
+/// The 429s a watch without a selector meets come here (the client does not wait them out:
+/// `runner::ButWatchesShed`), and [`Switch::on`] says what to do about each.
 fn streamed_or_listed<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -477,119 +473,172 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let selected = config.label_selector.is_some() || config.field_selector.is_some();
-    let streamed = watcher(api.clone(), config.clone().streaming_lists()).boxed();
     let start = Watching {
-        stream: streamed,
-        listing: Some((api, config)),
+        stream: watcher(api.clone(), config.clone().streaming_lists()).boxed(),
+        api,
+        config,
+        lists: Lists::Streamed,
         initial: true,
-        waits: 0,
+        listed_at: None,
+        waiting_since: None,
     };
     futures::stream::unfold(start, move |mut w| async move {
         loop {
             let next = w.stream.next().await?;
             match &next {
-                Ok(watcher::Event::InitDone) => w.initial = false,
+                Ok(watcher::Event::InitDone) => {
+                    w.initial = false;
+                    w.listed_at = (w.lists != Lists::Streamed).then(Instant::now);
+                }
                 Err(e) if expired(e) || matches!(e, watcher::Error::NoResourceVersion) => {
                     w.initial = true
                 }
                 _ => {}
             }
             if next.is_ok() {
-                w.waits = 0;
+                w.waiting_since = None;
             }
             let Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) = &next else {
-                return Some((next, w));
+                return Some(w.pass(next));
             };
-            match Switch::on(status, w.initial, w.listing.is_none(), selected) {
+            let fresh = w.listed_at.is_some_and(|at| at.elapsed() < FRESH);
+            match Switch::on(status, w.initial, w.lists, fresh, selected) {
                 Some(Switch::ToLists) => {
-                    if let Some((api, config)) = w.listing.take() {
-                        info!(
-                            reason = %status.message,
-                            "the API server does not stream a watch's initial state (WatchList is off); listing instead"
-                        );
-                        w.stream = watcher(api, config).boxed();
-                        continue;
-                    }
-                }
-                Some(Switch::ToPages) => {
-                    if let Some((api, config)) = w.listing.take() {
-                        info!(
-                            kind = %K::kind(&()),
-                            reason = %status.message,
-                            "the API server's watch cache for the kind is not ready (as after its start); listing in pages instead"
-                        );
-                        w.stream = watcher(api, paged(config)).boxed();
-                        continue;
-                    }
-                }
-                Some(Switch::WaitForTheCache) if w.waits < CACHE_WAITS => {
-                    w.waits += 1;
-                    tokio::time::sleep(CACHE_WAIT).await;
+                    info!(
+                        reason = %status.message,
+                        "the API server does not stream a watch's initial state (WatchList is off); listing instead"
+                    );
+                    w.lists = Lists::Whole;
+                    w.stream = watcher(w.api.clone(), w.config.clone()).boxed();
                     continue;
                 }
-                Some(Switch::WaitForTheCache) | None => {}
+                Some(Switch::ToPages) => {
+                    info!(
+                        kind = %K::kind(&()),
+                        reason = %status.message,
+                        "the API server's watch cache for the kind is not ready (as after its start); listing in pages instead"
+                    );
+                    w.lists = Lists::Paged;
+                    w.initial = true;
+                    w.stream = watcher(w.api.clone(), paged(w.config.clone())).boxed();
+                    continue;
+                }
+                Some(Switch::Wait(wait)) => {
+                    let since = *w.waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < WAITED_AT_MOST {
+                        debug!(kind = %K::kind(&()), reason = %status.message, wait_ms = wait.as_millis() as u64, "the API server asks the watch to wait");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                }
+                None => {}
             }
-            w.waits = 0;
-            return Some((next, w));
+            w.waiting_since = None;
+            return Some(w.pass(next));
         }
     })
+}
+
+impl<K: Resource + Clone + 'static> Watching<K> {
+    /// Passes `next` on. A failure ends what follows a list: a watch resuming after it (after an
+    /// outage, a restart) no longer resumes from a list just made.
+    fn pass(
+        mut self,
+        next: Result<watcher::Event<K>, watcher::Error>,
+    ) -> (Result<watcher::Event<K>, watcher::Error>, Self) {
+        if next.is_err() {
+            self.listed_at = None;
+        }
+        (next, self)
+    }
 }
 
 /// Where [`streamed_or_listed`] is.
 struct Watching<K: Resource + Clone + 'static> {
     stream: futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>,
-    /// What to list with, until the watch switched to lists or pages.
-    listing: Option<(Api<K>, watcher::Config)>,
+    api: Api<K>,
+    config: watcher::Config,
+    lists: Lists,
     /// Whether the watch is listing (its first list, or a relist after its history ended):
     /// only then is a refused start a streamed list's.
     initial: bool,
-    /// Waits for the API server's watch cache in a row.
-    waits: u32,
+    /// When the watch last ended a list it made (not streamed), until a failure: the watch that
+    /// follows resumes from that list's version.
+    listed_at: Option<Instant>,
+    /// Since when the watch has waited, without a failure, as the API server asked.
+    waiting_since: Option<Instant>,
 }
 
-/// How long a watch that has listed in pages waits for the API server's watch cache before it
-/// tries again, and how many times in a row before its refusal counts as a failure (5 s).
-const CACHE_WAIT: Duration = Duration::from_millis(250);
-const CACHE_WAITS: u32 = 20;
+/// How a watch lists its initial state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lists {
+    /// As events of the watch (`sendInitialEvents`).
+    Streamed,
+    /// With the watch's own config (where the server does not stream lists).
+    Whole,
+    /// In pages of the most recent state ([`paged`]).
+    Paged,
+}
 
-/// How a watch that streams its lists goes on when the API server refuses its start.
+/// How long after a list the watch resuming from its version counts as following it.
+const FRESH: Duration = Duration::from_secs(10);
+/// How long a watch waits without a failure, in a row, as the API server asks: then the refusal
+/// counts as one (logged, told to `/readyz`), and the watch's backoff takes over.
+const WAITED_AT_MOST: Duration = Duration::from_secs(5);
+/// The wait for a watch cache to catch up with the version of a list made since it began.
+const CACHE_WAIT: Duration = Duration::from_millis(250);
+
+/// What a watch does about the API server's refusal of its start.
 #[derive(Debug, PartialEq, Eq)]
 enum Switch {
-    /// It lists (the server does not stream lists).
+    /// Lists with its own config from then on (the server does not stream lists).
     ToLists,
-    /// It lists now, in pages ([`paged`]).
+    /// Lists now, in pages ([`paged`]), and from then on.
     ToPages,
-    /// It waits for the watch cache (see [`CACHE_WAIT`]), without a failure.
-    WaitForTheCache,
+    /// Waits this long and tries again, no failure.
+    Wait(Duration),
 }
 
 impl Switch {
-    /// What the API server's refusal `status` of a watch says to do. `initial`: the watch is
-    /// listing (a streamed list's start), else it resumes; `switched`: it no longer streams its
-    /// lists; `selected`: it has a selector (a list with one is not served from etcd while the
-    /// cache fills either: the client waits out its 429).
+    /// What the API server's refusal `status` of a watch's start says to do. `initial`: the
+    /// watch is listing (a streamed list's start), else it resumes; `lists`: how it lists;
+    /// `fresh`: it resumes from a list it just made ([`FRESH`]); `selected`: it has a selector
+    /// (the client waits out its 429s: no page of it is served from etcd meanwhile).
+    ///
+    /// A watch cache that is not ready answers 429 (KEP-4568): to a streamed list, and to a
+    /// watch that resumes. A streamed list lists in pages instead, at once: the cache's server
+    /// serves them from etcd meanwhile, and they end with their last page, not a second after
+    /// the `Retry-After` and another on the bookmark timer. A resumed watch's history is gone
+    /// from a cache being (re)built (once ready, it answers 410): it lists again in pages at
+    /// once; but one that resumes from a list it just made waits for the cache, which began
+    /// before that list (at the first request for the kind, refused) and serves the watch once
+    /// it has caught up. A 429 that does not come from the cache (API Priority and Fairness
+    /// shedding load) is waited out as the server asks: a relist is the last thing an overloaded
+    /// server needs.
     fn on(
         status: &kube::core::Status,
         initial: bool,
-        switched: bool,
+        lists: Lists,
+        fresh: bool,
         selected: bool,
     ) -> Option<Switch> {
-        let not_ready = status.code == 429 && !selected;
+        let streamed = lists == Lists::Streamed;
         match status.code {
-            422 | 400 if initial && !switched => Some(Switch::ToLists),
-            _ if not_ready && !switched && (initial || cache_not_ready(status)) => {
-                Some(Switch::ToPages)
-            }
-            // It resumes from the version of a list it made since the cache began (the cache is
-            // made at the first request for the kind, which was refused): the cache has that
-            // history, and serves the watch once it has caught up. Waited for here, as the
-            // client would wait it out, but a quarter of its `Retry-After` (1 s).
-            _ if not_ready && switched && !initial && cache_not_ready(status) => {
-                Some(Switch::WaitForTheCache)
-            }
+            422 | 400 if initial && streamed => Some(Switch::ToLists),
+            429 if selected => None,
+            429 if initial => streamed.then_some(Switch::ToPages),
+            429 if cache_not_ready(status) && fresh => Some(Switch::Wait(CACHE_WAIT)),
+            429 if cache_not_ready(status) => Some(Switch::ToPages),
+            429 => Some(Switch::Wait(retry_after(status))),
             _ => None,
         }
     }
+}
+
+/// The wait a 429 asks for (`Retry-After`, 1 s if it says none), 10 s at most.
+fn retry_after(status: &kube::core::Status) -> Duration {
+    let asked = status.details.as_ref().map_or(0, |d| d.retry_after_seconds);
+    Duration::from_secs(u64::from(asked.clamp(1, 10)))
 }
 
 /// Whether a 429 is the one of a watch cache being (re)built (after the API server's start, or
@@ -626,8 +675,9 @@ const PAGE: u32 = 500;
 /// (deleted, or missing from a relist).
 ///
 /// What a relist shows changed is passed once the relist is over, not as it comes, unless it
-/// came first as a change ([`Relisted::InPlace`]): kube-runtime's store swaps a relist in whole at
-/// its end, and its controller reconciles the cached copy, so a request passed before would find
+/// came first as a change ([`Relisted::InPlace`]): a cache that takes a relist whole (kube-runtime's
+/// store, [`Relisted::Whole`]) swaps it in at its end, and the controller reconciles the cached
+/// copy, so a request passed before would find
 /// no object (one created during an API-server outage: dropped as not found, and never passed
 /// again) or the copy from before the relist (one changed then: reconciled from the old spec).
 /// The first list needs no such wait: kube-runtime holds every request until its store is first
@@ -737,55 +787,85 @@ mod tests {
         let refused =
             |code: u16, message: &str| kube::core::Status::failure(message, "X").with_code(code);
         let initializing = refused(429, "storage is (re)initializing");
-        let shedding = refused(429, "Too many requests, please try again later.");
+        let mut shedding = refused(429, "Too many requests, please try again later.");
         let off = refused(422, "sendInitialEvents is forbidden");
         let (listing, resuming) = (true, false);
-        let (streaming, switched) = (false, true);
+        let (fresh, old) = (true, false);
         let (plain, selected) = (false, true);
         let on = Switch::on;
+        let second = Some(Switch::Wait(Duration::from_secs(1)));
 
         // A streamed list refused: by a server without WatchList, by a cache not ready, by a
         // server shedding load (a paged list is what it copes with best).
-        assert_eq!(on(&off, listing, streaming, plain), Some(Switch::ToLists));
+        let streamed = Lists::Streamed;
         assert_eq!(
-            on(&refused(400, "x"), listing, streaming, plain),
+            on(&off, listing, streamed, old, plain),
             Some(Switch::ToLists)
         );
         assert_eq!(
-            on(&initializing, listing, streaming, plain),
+            on(&refused(400, "x"), listing, streamed, old, plain),
+            Some(Switch::ToLists)
+        );
+        assert_eq!(
+            on(&initializing, listing, streamed, old, plain),
             Some(Switch::ToPages)
         );
         assert_eq!(
-            on(&shedding, listing, streaming, plain),
+            on(&shedding, listing, streamed, old, plain),
             Some(Switch::ToPages)
         );
-        // A resumed watch: only a cache being rebuilt has lost its history.
+        // A resumed watch, however it lists: a cache being rebuilt has lost its history (but
+        // for the list just made); an overload is waited out as asked, with no relist.
+        for lists in [Lists::Streamed, Lists::Whole, Lists::Paged] {
+            assert_eq!(
+                on(&initializing, resuming, lists, old, plain),
+                Some(Switch::ToPages),
+                "{lists:?}"
+            );
+            assert_eq!(
+                on(&shedding, resuming, lists, old, plain),
+                second,
+                "{lists:?}"
+            );
+            assert_eq!(
+                on(&shedding, resuming, lists, fresh, plain),
+                second,
+                "{lists:?}"
+            );
+            assert_eq!(on(&off, resuming, lists, old, plain), None, "{lists:?}");
+        }
+        for lists in [Lists::Whole, Lists::Paged] {
+            assert_eq!(
+                on(&initializing, resuming, lists, fresh, plain),
+                Some(Switch::Wait(CACHE_WAIT)),
+                "from its own list: {lists:?}"
+            );
+            assert_eq!(on(&off, listing, lists, old, plain), None, "switched once");
+        }
+        shedding.details = Some(kube::core::response::StatusDetails {
+            name: String::new(),
+            group: String::new(),
+            kind: String::new(),
+            uid: String::new(),
+            causes: Vec::new(),
+            retry_after_seconds: 3,
+        });
         assert_eq!(
-            on(&initializing, resuming, streaming, plain),
-            Some(Switch::ToPages)
+            on(&shedding, resuming, Lists::Paged, old, plain),
+            Some(Switch::Wait(Duration::from_secs(3))),
+            "as long as it asks"
         );
-        assert_eq!(
-            on(&shedding, resuming, streaming, plain),
-            None,
-            "an overload: no relist"
-        );
-        assert_eq!(on(&off, resuming, streaming, plain), None);
-        // Once switched: the watch resumes from its own list, made since the cache began.
-        assert_eq!(
-            on(&initializing, resuming, switched, plain),
-            Some(Switch::WaitForTheCache)
-        );
-        assert_eq!(on(&shedding, resuming, switched, plain), None);
-        assert_eq!(on(&initializing, listing, switched, plain), None);
-        assert_eq!(on(&off, listing, switched, plain), None, "switched once");
         // With a selector a page is not served from etcd either: the client waits.
-        for (initial, switched) in [(true, false), (false, false), (false, true)] {
-            assert_eq!(on(&initializing, initial, switched, selected), None);
+        for (initial, fresh) in [(listing, old), (resuming, old), (resuming, fresh)] {
+            assert_eq!(
+                on(&initializing, initial, Lists::Streamed, fresh, selected),
+                None
+            );
         }
         // Other refusals are the watch's failures.
         for code in [403, 404, 410, 500, 503] {
             assert_eq!(
-                on(&refused(code, "x"), listing, streaming, plain),
+                on(&refused(code, "x"), listing, streamed, old, plain),
                 None,
                 "{code}"
             );
