@@ -479,8 +479,8 @@ where
         config,
         lists: Lists::Streamed,
         initial: true,
-        listed_at: None,
-        waiting_since: None,
+        own_list: false,
+        waits: None,
     };
     futures::stream::unfold(start, move |mut w| async move {
         loop {
@@ -488,21 +488,17 @@ where
             match &next {
                 Ok(watcher::Event::InitDone) => {
                     w.initial = false;
-                    w.listed_at = (w.lists != Lists::Streamed).then(Instant::now);
+                    w.own_list = w.lists != Lists::Streamed;
                 }
                 Err(e) if expired(e) || matches!(e, watcher::Error::NoResourceVersion) => {
                     w.initial = true
                 }
                 _ => {}
             }
-            if next.is_ok() {
-                w.waiting_since = None;
-            }
             let Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) = &next else {
                 return Some(w.pass(next));
             };
-            let fresh = w.listed_at.is_some_and(|at| at.elapsed() < FRESH);
-            match Switch::on(status, w.initial, w.lists, fresh, selected) {
+            match Switch::on(status, w.initial, w.lists, w.own_list, selected) {
                 Some(Switch::ToLists) => {
                     info!(
                         reason = %status.message,
@@ -523,9 +519,10 @@ where
                     w.stream = watcher(w.api.clone(), paged(w.config.clone())).boxed();
                     continue;
                 }
-                Some(Switch::Wait(wait)) => {
-                    let since = *w.waiting_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() < WAITED_AT_MOST {
+                Some(Switch::Wait(asked)) => {
+                    let now = Instant::now();
+                    let waits = w.waits.get_or_insert_with(|| Waits::new(now));
+                    if let Some(wait) = waits.next(asked, now) {
                         debug!(kind = %K::kind(&()), reason = %status.message, wait_ms = wait.as_millis() as u64, "the API server asks the watch to wait");
                         tokio::time::sleep(wait).await;
                         continue;
@@ -533,21 +530,24 @@ where
                 }
                 None => {}
             }
-            w.waiting_since = None;
             return Some(w.pass(next));
         }
     })
 }
 
 impl<K: Resource + Clone + 'static> Watching<K> {
-    /// Passes `next` on. A failure ends what follows a list: a watch resuming after it (after an
-    /// outage, a restart) no longer resumes from a list just made.
+    /// Passes `next` on. A failure but a 429 ends what follows the watch's own list: a watch
+    /// resuming after it (after an outage, a restart, a 410) no longer resumes from that list.
     fn pass(
         mut self,
         next: Result<watcher::Event<K>, watcher::Error>,
     ) -> (Result<watcher::Event<K>, watcher::Error>, Self) {
-        if next.is_err() {
-            self.listed_at = None;
+        if let Err(e) = &next {
+            self.waits = None;
+            if !matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 429)
+            {
+                self.own_list = false;
+            }
         }
         (next, self)
     }
@@ -562,11 +562,13 @@ struct Watching<K: Resource + Clone + 'static> {
     /// Whether the watch is listing (its first list, or a relist after its history ended):
     /// only then is a refused start a streamed list's.
     initial: bool,
-    /// When the watch last ended a list it made (not streamed), until a failure: the watch that
-    /// follows resumes from that list's version.
-    listed_at: Option<Instant>,
-    /// Since when the watch has waited, without a failure, as the API server asked.
-    waiting_since: Option<Instant>,
+    /// The watch resumes from a list it made (not streamed), and has not failed since but for
+    /// a 429: the watch cache that answers it began before that list. (So a cache that stays
+    /// not ready is waited for, not listed again and again: the watch lists again only after
+    /// another failure, which its backoff follows.)
+    own_list: bool,
+    /// The waits the API server asked for, in a row.
+    waits: Option<Waits>,
 }
 
 /// How a watch lists its initial state.
@@ -580,11 +582,43 @@ enum Lists {
     Paged,
 }
 
-/// How long after a list the watch resuming from its version counts as following it.
-const FRESH: Duration = Duration::from_secs(10);
-/// How long a watch waits without a failure, in a row, as the API server asks: then the refusal
-/// counts as one (logged, told to `/readyz`), and the watch's backoff takes over.
-const WAITED_AT_MOST: Duration = Duration::from_secs(5);
+/// The waits of a watch the API server asks to wait (429), in a row: at most
+/// [`Waits::AT_MOST`] in all, after which the refusal counts as a failure (logged, told to
+/// `/readyz`), and the watch's backoff takes over. A refused start comes back within
+/// milliseconds; a 429 more than [`Waits::APART`] after the last wait ended follows a watch that
+/// started (and ended since, as watches do after minutes), and begins a new row.
+struct Waits {
+    since: Instant,
+    last_ended: Instant,
+}
+
+impl Waits {
+    const AT_MOST: Duration = Duration::from_secs(5);
+    const APART: Duration = Duration::from_secs(1);
+
+    fn new(now: Instant) -> Self {
+        Waits {
+            since: now,
+            last_ended: now,
+        }
+    }
+
+    /// How long to wait when `asked` to, `now`: `None` once the row has waited its most.
+    fn next(&mut self, asked: Duration, now: Instant) -> Option<Duration> {
+        if now.saturating_duration_since(self.last_ended) > Self::APART {
+            self.since = now;
+        }
+        let left = Self::AT_MOST.saturating_sub(now.duration_since(self.since));
+        let wait = asked.min(left);
+        if wait.is_zero() {
+            *self = Waits::new(now);
+            return None;
+        }
+        self.last_ended = now + wait;
+        Some(wait)
+    }
+}
+
 /// The wait for a watch cache to catch up with the version of a list made since it began.
 const CACHE_WAIT: Duration = Duration::from_millis(250);
 
@@ -602,7 +636,8 @@ enum Switch {
 impl Switch {
     /// What the API server's refusal `status` of a watch's start says to do. `initial`: the
     /// watch is listing (a streamed list's start), else it resumes; `lists`: how it lists;
-    /// `fresh`: it resumes from a list it just made ([`FRESH`]); `selected`: it has a selector
+    /// `fresh`: it resumes from its own list (see `Watching::own_list`); `selected`: it has a
+    /// selector
     /// (the client waits out its 429s: no page of it is served from etcd meanwhile).
     ///
     /// A watch cache that is not ready answers 429 (KEP-4568): to a streamed list, and to a
@@ -870,6 +905,42 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    #[test]
+    fn the_waits_a_server_asks_for_last_5_s_in_a_row_and_a_later_429_begins_a_new_row() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut waits = Waits::new(t0);
+        let mut now = t0;
+        let mut waited = Vec::new();
+        while let Some(wait) = waits.next(second, now) {
+            waited.push(wait);
+            // The refused start comes back a few milliseconds after the wait.
+            now += wait + Duration::from_millis(5);
+        }
+        assert_eq!(waited.len(), 5, "{waited:?}");
+        assert!(waited[4] < second, "the last is cut to the 5 s: {waited:?}");
+        // A 10 s wait asked at once is cut to 5 s.
+        let mut waits = Waits::new(now);
+        assert_eq!(
+            waits.next(Duration::from_secs(10), now),
+            Some(Waits::AT_MOST)
+        );
+        // The watch started after a wait, and a 429 minutes later (its next start): a new row.
+        let mut waits = Waits::new(t0);
+        let mut now = t0;
+        for _ in 0..4 {
+            now += waits.next(second, now).unwrap_or_default();
+        }
+        now += Duration::from_secs(300);
+        assert_eq!(waits.next(second, now), Some(second), "a new row");
+        for _ in 0..4 {
+            now += second;
+            assert_eq!(waits.next(second, now), Some(second));
+        }
+        now += second;
+        assert_eq!(waits.next(second, now), None, "its fifth second was waited");
     }
 
     #[test]
