@@ -1179,42 +1179,28 @@ mod tests {
         ]
     }
 
+    /// In place, each change passes as it comes; taken whole, at the end of the relist (cut short
+    /// and started again), once the cache holds it. The same passes, each when the cache holds it.
     #[test]
-    fn what_a_relist_shows_new_or_changed_passes_as_it_comes_with_the_cache_holding_it() {
-        let passed = through_the_cache(Relisted::InPlace, a_relist_and_another());
-        let at = |name: &str, generation: i64| (format!("n-{name}"), Some(generation));
-        // The first list's are passed before the cache has them: kube-runtime's controller
-        // holds them until the cache is first ready.
-        let before_ready = |name: &str| (format!("n-{name}"), None);
-        assert_eq!(
-            passed,
-            [
-                before_ready("a"),
-                before_ready("b"),
-                at("a", 2),
-                at("c", 1),
-                at("a", 3)
-            ],
-            "each change passed once, as it comes"
-        );
-    }
-
-    #[test]
-    fn what_a_relist_of_a_kind_read_together_shows_changed_passes_at_its_end() {
-        let passed = through_the_cache(Relisted::Whole, a_relist_and_another());
-        let at = |name: &str, generation: i64| (format!("n-{name}"), Some(generation));
-        let before_ready = |name: &str| (format!("n-{name}"), None);
-        // At the end of the relist cut short and started again: the cache holds both then.
-        assert_eq!(
-            passed,
-            [
-                before_ready("a"),
-                before_ready("b"),
-                at("a", 2),
-                at("c", 1),
-                at("a", 3)
-            ]
-        );
+    fn what_a_relist_shows_new_or_changed_passes_once_with_the_cache_holding_it() {
+        for relisted in [Relisted::InPlace, Relisted::Whole] {
+            let passed = through_the_cache(relisted, a_relist_and_another());
+            let at = |name: &str, generation: i64| (format!("n-{name}"), Some(generation));
+            // The first list's are passed before the cache has them: kube-runtime's controller
+            // holds them until the cache is first ready.
+            let before_ready = |name: &str| (format!("n-{name}"), None);
+            assert_eq!(
+                passed,
+                [
+                    before_ready("a"),
+                    before_ready("b"),
+                    at("a", 2),
+                    at("c", 1),
+                    at("a", 3)
+                ],
+                "{relisted:?}"
+            );
+        }
     }
 
     #[test]
