@@ -170,12 +170,11 @@ impl<Res>
 /// Whether a request is a watch without a selector (a list with one is not served from etcd
 /// while the cache fills: it waits as any request does).
 fn unselected_watch(uri: &axum::http::Uri) -> bool {
-    uri.query().is_some_and(|q| {
-        let selects = q
-            .split('&')
-            .any(|p| p.starts_with("labelSelector=") || p.starts_with("fieldSelector="));
-        q.split('&').any(|p| p == "watch=true") && !selects
-    })
+    let selects = uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p.starts_with("labelSelector=") || p.starts_with("fieldSelector="))
+    });
+    crate::watch_starts::is_watch(uri.query()) && !selects
 }
 
 /// The client for the Lease alone: no retry inside it. The elector retries on its own, 500 ms

@@ -106,7 +106,7 @@ fn is_list(query: Option<&str>) -> bool {
 }
 
 /// Whether a request's query asks for a watch.
-fn is_watch(query: Option<&str>) -> bool {
+pub(crate) fn is_watch(query: Option<&str>) -> bool {
     query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
 }
 

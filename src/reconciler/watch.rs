@@ -611,7 +611,6 @@ impl Waits {
         let left = Self::AT_MOST.saturating_sub(now.duration_since(self.since));
         let wait = asked.min(left);
         if wait.is_zero() {
-            *self = Waits::new(now);
             return None;
         }
         self.last_ended = now + wait;
