@@ -486,6 +486,100 @@ async fn credentials_the_service_calls_expired_are_replaced_by_a_new_assume_role
     assert_eq!(env.proton().connections().len(), 1);
 }
 
+/// A Create first takes its slot and its credentials; a mapped role's AssumeRole can take long
+/// (STS retrying for about 90 s), and the role's cached credentials can be dropped meanwhile by
+/// another resource's call (an ExpiredToken). Past the window its intent opened the Create is not
+/// sent: a deletion's search for it counts on that window. Over HTTP against the emulator, with
+/// STS 1.5 s slow.
+#[tokio::test]
+async fn a_create_whose_role_took_past_its_window_is_not_sent() {
+    use eac_controller::aws::budget::CallClass;
+    use eac_controller::aws::credentials::{AwsIdentity, RoleIdentity};
+    use eac_controller::aws::proton::{CreateRequest, StepCalls, Ticket};
+    use std::time::Duration;
+
+    let env = Env::start().await;
+    env.proton().set_faults(proton_emulator::Faults {
+        sts_latency: Duration::from_millis(1_500),
+        ..Default::default()
+    });
+    let proton = eac_controller::aws::proton::Proton::with_static_credentials(
+        eac_controller::aws::proton::ProtonSettings {
+            default_region: "us-east-1".into(),
+            endpoint: Some(env.emulator.url()),
+            sts_endpoint: None,
+            timeout: Duration::from_secs(10),
+        },
+        eac_controller::aws::budget::CallBudget::unlimited(),
+        eac_controller::metrics::Metrics::new(),
+    );
+    let identity = AwsIdentity::Role(std::sync::Arc::new(RoleIdentity {
+        role_arn: "arn:aws:iam::222222222222:role/eac".into(),
+        external_id: None,
+    }));
+    let calls = StepCalls::default();
+    let ticket = Ticket {
+        identity: &identity,
+        key: UID,
+        class: CallClass::Work,
+        admitted: false,
+        calls: &calls,
+    };
+    let request = CreateRequest {
+        client_token: UID.into(),
+        environment_name: "prod".into(),
+        management_account_id: "111122223333".into(),
+        roles: Default::default(),
+        tags: Default::default(),
+    };
+    let within =
+        |d: Duration| Some(jiff::Timestamp::now() + jiff::SignedDuration::try_from(d).unwrap());
+
+    // The window ends 1 s from now; the role's credentials come 1.5 s from now.
+    let late = proton
+        .create(
+            &ticket,
+            "us-east-1",
+            &request,
+            within(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap_err();
+    assert!(late.is_late(), "{late}");
+    assert_eq!(env.calls("AssumeRole"), 1, "the credentials were asked for");
+    assert_eq!(
+        env.calls("CreateEnvironmentAccountConnection"),
+        0,
+        "not sent"
+    );
+
+    // Without a window (no intent on record), nothing is sent either.
+    let none = proton
+        .create(&ticket, "us-east-1", &request, None)
+        .await
+        .unwrap_err();
+    assert!(none.is_late(), "{none}");
+    assert_eq!(
+        env.calls("CreateEnvironmentAccountConnection"),
+        0,
+        "not sent"
+    );
+
+    // A window still open: sent (the credentials are cached now).
+    let created = proton
+        .create(
+            &ticket,
+            "us-east-1",
+            &request,
+            within(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert!(created.arn.contains(":222222222222:"), "{}", created.arn);
+    assert_eq!(env.calls("CreateEnvironmentAccountConnection"), 1);
+    assert_eq!(env.calls("AssumeRole"), 1);
+}
+
 /// README's quickstart, both sides in one cluster and one controller: the environment account
 /// (the controller's own credentials) requests a connection from management account
 /// 111122223333; a policy in namespace proton-management, mapped to a role in that account,

@@ -483,6 +483,9 @@ struct Fake {
     on_update: fn(&mut Connection, &RoleArns),
     /// How long one step takes to be answered: (step name, duration).
     slow: Option<(&'static str, Duration)>,
+    /// How long the next such step waits before it can be sent (for its credentials: the
+    /// mapped role's AssumeRole), once: (step name, duration).
+    unsent_for: Option<(&'static str, Duration)>,
     calls: Vec<&'static str>,
 }
 
@@ -504,6 +507,7 @@ impl Fake {
             wrong: None,
             on_update: apply_update,
             slow: None,
+            unsent_for: None,
             calls: Vec::new(),
         }
     }
@@ -841,6 +845,20 @@ fn reconcile(case: &mut Case, proton: &mut Fake, now: jiff::Timestamp) -> Trace 
                     Ok(Outcome::Done)
                 }
                 call => {
+                    if let Some((name, took)) = proton.unsent_for
+                        && name == call.name()
+                    {
+                        proton.unsent_for = None;
+                        clock = later(clock, took);
+                    }
+                    // As the executor does (`Proton::create`): no Create goes after the end
+                    // of the window its intent opened.
+                    let late = matches!(call, Step::Create { .. })
+                        && run.create_send_by().is_none_or(|by| clock >= by);
+                    if late {
+                        notes.extend(run.record(&step, Err(ProtonError::late(operation(call)))));
+                        continue;
+                    }
                     if let Some((name, took)) = proton.slow
                         && name == call.name()
                     {
@@ -1085,6 +1103,58 @@ fn a_fresh_intent_is_not_rewritten_before_a_retried_create_and_a_stale_one_is() 
         }
         assert_eq!(trace.settled().status.id.as_deref(), Some(ID), "{name}");
         assert_eq!(trace.settled().status.create_sent_at, None, "{name}");
+    }
+}
+
+/// A Create can wait for its credentials (the mapped role's AssumeRole, retried for up to about
+/// 90 s) after its intent was written. Past the window the intent opened it is not sent, since a
+/// deletion's search counts on that window: the intent is written again, then the same Create
+/// goes, once.
+#[test]
+fn a_create_whose_credentials_outlast_its_intents_window_writes_the_intent_again_first() {
+    // (name, intent on record, how long the credentials took, path)
+    #[rustfmt::skip]
+    let table = [
+        ("new, within the window", None, secs(59), "WhoAmI AddFinalizer Create Settle"),
+        ("new, at its end", None, secs(60), "WhoAmI AddFinalizer Create Record Create Settle"),
+        ("new, 90 s of STS retries", None, secs(90), "WhoAmI AddFinalizer Create Record Create Settle"),
+        ("retried, within what is left", Some(at(570)), secs(29), "WhoAmI Create ListTags Settle"),
+        ("retried, past what is left", Some(at(570)), secs(30), "WhoAmI Create Record Create ListTags Settle"),
+    ];
+    for (name, intent_at, took, path) in table {
+        let mut case = match intent_at {
+            None => Case::new().without_finalizer(),
+            Some(t) => Case::new().status(intent(1, t)),
+        };
+        let mut proton = Fake::empty();
+        proton.unsent_for = Some(("Create", took));
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.path(), path, "{name}");
+        let sent = proton.calls.iter().filter(|c| **c == "Create").count();
+        assert_eq!(sent, 1, "{name}: one Create sent");
+        let creates: Vec<&Step> = trace
+            .steps
+            .iter()
+            .filter(|s| s.name() == "Create")
+            .collect();
+        assert!(
+            creates.iter().all(|c| c == &creates[0]),
+            "{name}: the same request"
+        );
+        if path.contains("Record") {
+            let rewritten = &trace.recorded().status;
+            assert_eq!(
+                rewritten.create_sent_at,
+                Some(later(now(), took).to_string()),
+                "{name}: the intent written again when the Create can go"
+            );
+        }
+        let s = &trace.settled().status;
+        assert_eq!(
+            s.id.as_deref(),
+            Some(format!("conn-{UID}").as_str()),
+            "{name}"
+        );
     }
 }
 

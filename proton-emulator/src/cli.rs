@@ -96,6 +96,10 @@ pub struct Args {
     #[arg(long, env = "PROTON_EMULATOR_LATENCY_MS", default_value_t = 0)]
     pub latency_ms: u64,
 
+    /// Milliseconds added to every STS answer (GetCallerIdentity, AssumeRole).
+    #[arg(long, env = "PROTON_EMULATOR_STS_LATENCY_MS", default_value_t = 0)]
+    pub sts_latency_ms: u64,
+
     /// Operations answered with AccessDeniedException (comma-separated or repeated).
     #[arg(long, env = "PROTON_EMULATOR_DENY", value_delimiter = ',')]
     pub deny: Vec<String>,
@@ -150,6 +154,7 @@ impl Args {
                 throttle_rps: self.throttle_rps,
                 error_rate: self.error_rate,
                 latency: Duration::from_millis(self.latency_ms),
+                sts_latency: Duration::from_millis(self.sts_latency_ms),
                 deny: self.deny.iter().cloned().collect(),
             },
             max_connections: self.max_connections,

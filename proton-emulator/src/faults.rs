@@ -21,6 +21,9 @@ pub struct Faults {
     /// Added before every answer of the API (after the request was applied, as when a real
     /// response is slow: a client that gives up may still have changed something).
     pub latency: Duration,
+    /// Added before every STS answer (a slow or retried AssumeRole); Proton's `latency` leaves
+    /// STS alone.
+    pub sts_latency: Duration,
     /// Operations answered with AccessDeniedException.
     pub deny: BTreeSet<String>,
 }
@@ -59,6 +62,7 @@ pub struct FaultsDocument {
     pub throttle_rps: Option<u32>,
     pub error_rate: f64,
     pub latency_ms: u64,
+    pub sts_latency_ms: u64,
     pub deny: Vec<String>,
 }
 
@@ -74,6 +78,7 @@ impl FaultsDocument {
             throttle_rps: self.throttle_rps,
             error_rate: self.error_rate,
             latency: Duration::from_millis(self.latency_ms),
+            sts_latency: Duration::from_millis(self.sts_latency_ms),
             deny: self.deny.into_iter().collect(),
         })
     }
@@ -85,6 +90,7 @@ impl From<&Faults> for FaultsDocument {
             throttle_rps: faults.throttle_rps,
             error_rate: faults.error_rate,
             latency_ms: u64::try_from(faults.latency.as_millis()).unwrap_or(u64::MAX),
+            sts_latency_ms: u64::try_from(faults.sts_latency.as_millis()).unwrap_or(u64::MAX),
             deny: faults.deny.iter().cloned().collect(),
         }
     }

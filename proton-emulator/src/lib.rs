@@ -28,7 +28,8 @@
 //! Besides the API on `POST /` (Proton's awsJson with `X-Amz-Target`; STS's awsQuery for a
 //! form-encoded body without one), the server answers:
 //! - `GET /_emulator/calls`: call counts (STS calls by action; they fail only by `fail-next` or
-//!   the deny list, since the rate limit, error rate and latency model Proton);
+//!   the deny list, since the rate limit, error rate and latency model Proton; STS has a
+//!   latency of its own);
 //! - `GET`/`PUT /_emulator/faults`: the faults in force;
 //! - `POST /_emulator/fail-next`: `{"operation", "errorType", "count"}`;
 //! - `GET`/`PUT /_emulator/config`: `{"idempotency": "lenient"|"strict", "listLagMs": N}`, the

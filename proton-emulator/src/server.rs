@@ -75,6 +75,7 @@ async fn api(State(state): State<EmulatorState>, headers: HeaderMap, body: Bytes
 }
 
 async fn sts_api(state: &EmulatorState, caller: &Caller, body: &[u8]) -> Response {
+    let latency = state.faults().sts_latency;
     let answer = state.handle_sts(caller, body);
     let action = answer.action.map_or("unknown", |action| action.name());
     let request_id = uuid::Uuid::new_v4().to_string();
@@ -96,6 +97,9 @@ async fn sts_api(state: &EmulatorState, caller: &Caller, body: &[u8]) -> Respons
             (status, sts::error_xml(err, &request_id))
         }
     };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let mut headers = request_id_header(&request_id);
     headers.insert(
         header::CONTENT_TYPE,

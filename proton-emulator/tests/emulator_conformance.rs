@@ -2113,6 +2113,38 @@ fn sts_client(url: &str) -> aws_sdk_sts::Client {
     aws_sdk_sts::Client::from_conf(config)
 }
 
+/// STS has a latency of its own (a slow or retried AssumeRole), set over HTTP like the others;
+/// Proton's latency leaves STS alone.
+#[tokio::test]
+async fn sts_answers_come_after_the_sts_latency_only() {
+    let Emu { emu, .. } = start().await;
+    let response = raw(
+        emu.addr(),
+        "PUT",
+        "/_emulator/faults",
+        &[("Content-Type", "application/json")],
+        r#"{"latencyMs": 5000, "stsLatencyMs": 300}"#,
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.json()["stsLatencyMs"], json!(300));
+    let started = std::time::Instant::now();
+    sts_client(&emu.url())
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "answered after {took:?}, before the STS latency"
+    );
+    assert!(
+        took < Duration::from_millis(5000),
+        "answered after {took:?}: Proton's latency was added"
+    );
+}
+
 #[tokio::test]
 async fn sts_get_caller_identity_answers_the_configured_account() {
     let Emu { emu, client } = start_with(EmulatorConfig {

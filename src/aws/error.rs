@@ -98,6 +98,9 @@ impl ErrorClass {
     }
 }
 
+/// The code of [`ProtonError::late`].
+const SEND_WINDOW_PASSED: &str = "SendWindowPassed";
+
 /// A failed Proton call: which operation, its class, and AWS's own code and message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{operation} failed: {code}: {message}")]
@@ -125,6 +128,25 @@ impl ProtonError {
             message: "not sent: no room in the AWS call budget for this class of call now".into(),
             retry_in,
         }
+    }
+
+    /// A Create not sent because the window its recorded intent opened has passed (the mapped
+    /// role's AssumeRole, or a wait for the budget, took that long): sent now, it could appear
+    /// in a List after a deletion's search for it had ended. The intent is written again first.
+    pub fn late(operation: &'static str) -> Self {
+        ProtonError {
+            operation,
+            class: ErrorClass::Deferred,
+            code: SEND_WINDOW_PASSED.into(),
+            message: "not sent: its recorded intent to create is older than the settle window"
+                .into(),
+            retry_in: Some(Duration::ZERO),
+        }
+    }
+
+    /// Whether this is [`ProtonError::late`]'s.
+    pub fn is_late(&self) -> bool {
+        self.class == ErrorClass::Deferred && self.code == SEND_WINDOW_PASSED
     }
 
     /// A final step handed to a kind's executor as if it were a call: a bug in the reconcile

@@ -419,6 +419,17 @@ impl Proton {
             >,
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
+        self.prepare(ticket, operation).await?;
+        self.send(ticket, region, operation, fut).await
+    }
+
+    /// What a call needs before it is sent: its slot in the budget, and a mapped role's
+    /// credentials.
+    async fn prepare(
+        &self,
+        ticket: &Ticket<'_>,
+        operation: &'static str,
+    ) -> Result<(), ProtonError> {
         if !ticket.admitted {
             self.admit(ticket, operation).await?;
         }
@@ -426,6 +437,23 @@ impl Proton {
         if let AwsIdentity::Role(role) = ticket.identity {
             self.session(role).assume().await?;
         }
+        Ok(())
+    }
+
+    /// Sends a prepared call, and records its outcome.
+    async fn send<T, E, F>(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        operation: &'static str,
+        fut: F,
+    ) -> Result<T, ProtonError>
+    where
+        F: std::future::Future<
+                Output = Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>,
+            >,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
         let result = self
             .reach
             .observed(region, operation, ticket.key == PREFLIGHT, fut)
@@ -502,18 +530,25 @@ impl Proton {
         self.budget.retain(keep);
     }
 
-    /// Sends a Create: an error of another operation (the AssumeRole that a mapped role's
-    /// credentials need) means it was never sent.
+    /// Sends a Create if it can still go before `send_by` (the end of the window its recorded
+    /// intent opened; None: no window, nothing is sent) once its slot and credentials are had,
+    /// else answers [`ProtonError::late`]. An error of another operation (the AssumeRole that a
+    /// mapped role's credentials need) also means it was never sent.
     pub async fn create(
         &self,
         ticket: &Ticket<'_>,
         region: &str,
         req: &CreateRequest,
+        send_by: Option<jiff::Timestamp>,
     ) -> Result<Connection, ProtonError> {
         let client = self.client(ticket.identity, region);
+        self.prepare(ticket, CREATE).await?;
+        if send_by.is_none_or(|by| jiff::Timestamp::now() >= by) {
+            return Err(ProtonError::late(CREATE));
+        }
         let sent = tokio::time::Instant::now();
         let out = self
-            .call(
+            .send(
                 ticket,
                 region,
                 CREATE,

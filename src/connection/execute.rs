@@ -82,7 +82,7 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
             self.obj,
             self.facts,
             &mut self.finalizers,
-            run.region(),
+            run,
             &ticket,
             step,
         ))
@@ -101,6 +101,11 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
             nudge_policies(ctx, &request.management_account_id, run.region());
         }
         match &result {
+            Err(e) if e.is_late() => {
+                info!(
+                    "the Create was not sent: its intent is older than the settle window; writing it again first"
+                );
+            }
             Err(e) if e.class == crate::aws::proton::ErrorClass::Deferred => {}
             Err(e) => warn!(error = %e, class = ?e.class, "proton call failed"),
             Ok(_) if ticket.class != CallClass::Work && matches!(step, Step::Get { .. }) => {
@@ -139,11 +144,12 @@ pub(super) async fn execute(
     obj: &EnvironmentAccountConnection,
     facts: &Facts,
     finalizers: &mut Vec<String>,
-    region: &str,
+    run: &Run<'_>,
     ticket: &Ticket<'_>,
     step: &Step,
 ) -> Result<Result<Outcome, ProtonError>, Error> {
     let proton = &ctx.proton;
+    let region = run.region();
     let outcome = match step {
         Step::AddFinalizer { intent } => {
             // The intent to create goes with the finalizer only if the Create has its slot in
@@ -273,7 +279,7 @@ pub(super) async fn execute(
         Step::Create {
             request, region, ..
         } => proton
-            .create(ticket, region, request)
+            .create(ticket, region, request, run.create_send_by())
             .await
             .map(Outcome::Connection),
         Step::Update { id, roles } => proton

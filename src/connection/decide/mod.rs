@@ -348,6 +348,15 @@ impl<'a> Run<'a> {
         &self.region
     }
 
+    /// Until when a Create may be sent: one settle window after the intent on record (a
+    /// deletion's search counts on it; see [`Settings::create_settle`]). None: no intent, or
+    /// its time cannot be read.
+    pub fn create_send_by(&self) -> Option<jiff::Timestamp> {
+        let at: jiff::Timestamp = self.status.create_sent_at.as_deref()?.parse().ok()?;
+        let settle = jiff::SignedDuration::try_from(self.settings.create_settle).ok()?;
+        at.checked_add(settle).ok()
+    }
+
     /// What is known so far.
     pub fn observed(&self) -> &Observed {
         &self.observed

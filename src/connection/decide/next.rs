@@ -13,7 +13,7 @@ use crate::connection::api::{
 use super::events;
 use super::observing;
 use super::rules::{
-    age, jittered, may_take_over, mismatches, not_due, region_not_allowed, requeue_after,
+    jittered, may_take_over, mismatches, not_due, region_not_allowed, requeue_after,
 };
 use super::status;
 use super::{
@@ -244,12 +244,7 @@ fn create(run: &Run, vanished: Option<&str>, now: jiff::Timestamp) -> Step {
     let intent_fresh = vanished.is_none()
         && run.status.region.as_deref() == Some(run.region.as_str())
         && run.status.environment_account_id.as_deref() == Some(account)
-        && run
-            .status
-            .create_sent_at
-            .as_deref()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .is_some_and(|at| age(at, now) < run.settings.create_settle);
+        && run.create_send_by().is_some_and(|by| now < by);
     if !intent_fresh {
         // WhoAmI comes first: a Create needs the account to pin.
         if run.account.is_none() {

@@ -230,6 +230,12 @@ fn set_tags(run: &mut Run, change: impl FnOnce(&mut Tags)) {
 
 /// A step failed: decide what the failure means.
 fn failed(run: &mut Run, step: &Step, e: ProtonError) {
+    if e.is_late() && matches!(step, Step::Create { .. }) {
+        // Not sent, and its intent is too old to send it under: the run writes the intent again
+        // and sends the Create anew.
+        run.sent.retain(|sent| sent != step);
+        return;
+    }
     if e.class == ErrorClass::Deferred {
         // Not sent: the budget had no room. Nothing is learned; the resource comes back.
         run.deferred = Some((run.class_of(step), e.retry_in));
