@@ -826,6 +826,80 @@ async fn the_controller_reacts_to_a_new_policy_and_stops_on_shutdown() {
     assert_eq!(m.status_writes(), 1, "its own status write woke nothing");
 }
 
+/// A policy deleted while its reconcile runs (here while its List is answered, 1 s late) is
+/// forgotten for good: its reconcile decides nothing more, writes no status to it, and keeps
+/// nothing of it (before, its entry was made up again and held until the next relist).
+#[tokio::test]
+async fn a_policy_deleted_while_it_is_reconciled_is_not_kept() {
+    let settings = Settings {
+        pending_poll: Duration::from_secs(3600),
+        resync: Duration::from_secs(3600),
+        ..eager_settings()
+    };
+    let m = Mgmt::start_with(settings).await;
+    let (prod, account) = m.request("prod-eu").await;
+    m.emulator.state().set_faults(proton_emulator::Faults {
+        latency: Duration::from_secs(1),
+        ..Default::default()
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller::run(
+        m.ctx.clone(),
+        None,
+        2,
+        async {
+            let _ = stop_rx.await;
+        },
+        Readiness::default(),
+    ));
+    m.apply(
+        NS,
+        POLICY,
+        policy(&[&account], None, UnmatchedRequests::Leave),
+    );
+    support::poll_until(
+        "the policy's List sent",
+        Duration::from_secs(10),
+        || m.calls("ListEnvironmentAccountConnections") as f64,
+        1.0,
+    )
+    .await;
+    assert_eq!(m.ctx.tracked_policies(), 1, "kept while it runs");
+    m.api
+        .delete_object::<ConnectionAcceptancePolicy>(NS, POLICY);
+    // Reconciles ended, by result.
+    let ended = || -> Vec<(String, f64)> {
+        m.ctx
+            .metrics
+            .encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("eac_acceptance_reconcile_total{result=\""))
+            .filter_map(|l| l.split_once("\"} "))
+            .map(|(result, n)| (result.to_string(), n.parse().unwrap_or(0.0)))
+            .collect()
+    };
+    support::poll_until(
+        "the reconcile of the deleted policy ended",
+        Duration::from_secs(10),
+        || ended().iter().map(|(_, n)| n).sum(),
+        1.0,
+    )
+    .await;
+    assert_eq!(ended(), [("gone".to_string(), 1.0)]);
+    assert_eq!(m.ctx.tracked_policies(), 0, "nothing kept of it");
+    assert_eq!(m.status_writes(), 0, "no status written to it");
+    assert_eq!(
+        m.state_of(&prod),
+        "PENDING",
+        "nothing accepted once it went"
+    );
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the controller stops on shutdown")
+        .unwrap();
+}
+
 /// The account of the README's demo: the emulator's default, playing both sides.
 const DEMO_ACCOUNT: &str = "444455556666";
 

@@ -229,6 +229,14 @@ pub fn error_policy(
         Error::Kube { source, .. } => Some(source),
         _ => None,
     };
+    // A reconcile begins by keeping its policy: one not kept went while it ran (its status
+    // write refused because it is gone), and is not made up again to back off.
+    if let Some(uid) = obj.uid()
+        && !ctx.tracked().contains_key(&uid)
+    {
+        debug!(error = %error, "the policy went while it was reconciled");
+        return Action::await_change();
+    }
     let paused = paused(&obj);
     reconciler::failure::backed_off(
         obj,
@@ -653,7 +661,16 @@ async fn finish(
     };
     {
         let mut tracked = ctx.tracked();
-        let kept = &mut tracked.entry(&facts.uid).kind.memory;
+        // Forgotten while it ran (deleted, or gone from a relist): nothing is written to it or
+        // kept of it. The decisions it made are logged.
+        let Some(t) = tracked.get_mut(&facts.uid) else {
+            drop(tracked);
+            for note in &events {
+                info!(reason = note.reason, note = %note.note, "policy event of a policy that went while it was reconciled");
+            }
+            return Ok((Action::await_change(), "gone"));
+        };
+        let kept = &mut t.kind.memory;
         *kept = after_run(kept, memory);
         let wanted = Instant::now() + requeue;
         if failed {
@@ -706,15 +723,20 @@ async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(
     }
     let result = reconciler::status::apply_status(&facts.api, &facts.name, status).await;
     let mut tracked = ctx.tracked();
-    let t = tracked.entry(&facts.uid);
+    // None: the policy went while the status was written.
+    let t = tracked.get_mut(&facts.uid);
     match result {
         Ok(_) => {
-            t.kind.written = Some(Box::new(status.clone()));
-            t.kind.unwritten = None;
+            if let Some(t) = t {
+                t.kind.written = Some(Box::new(status.clone()));
+                t.kind.unwritten = None;
+            }
             Ok(())
         }
         Err(source) => {
-            t.kind.unwritten = Some(Box::new(status.clone()));
+            if let Some(t) = t {
+                t.kind.unwritten = Some(Box::new(status.clone()));
+            }
             Err(Error::Kube {
                 step: "writing the status",
                 object: facts.object.clone(),
