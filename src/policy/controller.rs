@@ -670,8 +670,9 @@ async fn finish(
             }
             return Ok((Action::await_change(), "gone"));
         };
+        let nudged = t.nudged_since_began();
         let kept = &mut t.kind.memory;
-        *kept = after_run(kept, memory);
+        *kept = after_run(kept, memory, nudged);
         let wanted = Instant::now() + requeue;
         if failed {
             let held = tracked.failed(&facts.uid, facts.generation, facts.paused, label, wanted);
@@ -846,10 +847,10 @@ pub async fn run(
     drop(attached);
 }
 
-/// What is kept of a policy once a reconcile ends: the run's memory, but for a restart of the
-/// quick polls that a nudge made while it ran (see [`nudged`]), which the run's copy, taken
-/// before, would undo.
-fn after_run(kept: &Memory, run: Memory) -> Memory {
+/// What is kept of a policy once a reconcile ends: the run's memory, but for what a nudge
+/// while it ran changed (see [`nudged`]), which the run's copy, taken before, would undo: a
+/// restart of the quick polls, and no List kept for the next reconcile.
+fn after_run(kept: &Memory, run: Memory, nudged: bool) -> Memory {
     let applied = match (kept.applied, run.applied) {
         (Some((kept_generation, nudged_at)), Some((generation, since)))
             if kept_generation == generation && nudged_at > since =>
@@ -858,18 +859,26 @@ fn after_run(kept: &Memory, run: Memory) -> Memory {
         }
         (_, applied) => applied,
     };
-    Memory { applied, ..run }
+    let listed = if nudged { None } else { run.listed };
+    Memory {
+        applied,
+        listed,
+        ..run
+    }
 }
 
 /// Makes policy `uid` due now, for `why`. A request was just made: list now, and often for a
 /// while (List is eventually consistent, and may not show it yet), as after a spec change. Other
 /// credentials show their account's requests at once: list now, then at the usual interval.
 fn nudged(ctx: &Context, uid: &str, why: Why) {
-    if why == Why::Happened
-        && let Some(t) = ctx.tracked().get_mut(uid)
-        && let Some((generation, _)) = t.kind.memory.applied
-    {
-        t.kind.memory.applied = Some((generation, jiff::Timestamp::now()));
+    if let Some(t) = ctx.tracked().get_mut(uid) {
+        // A List kept from before cannot show the new request, nor what other credentials see.
+        t.kind.memory.listed = None;
+        if why == Why::Happened
+            && let Some((generation, _)) = t.kind.memory.applied
+        {
+            t.kind.memory.applied = Some((generation, jiff::Timestamp::now()));
+        }
     }
     ctx.tracked.expire(uid);
 }
@@ -894,28 +903,39 @@ mod tests {
     use crate::policy::api::ConnectionAcceptancePolicySpec;
 
     #[test]
-    fn a_nudge_during_a_reconcile_keeps_the_quick_polls_it_restarted() {
+    fn a_nudge_during_a_reconcile_keeps_the_quick_polls_it_restarted_and_drops_its_list() {
         let at = |s: i64| jiff::Timestamp::from_second(1_795_255_200 + s).unwrap_or_default();
         let run = Memory {
             applied: Some((1, at(0))),
             backlog: true,
+            listed: Some(crate::policy::decide::Listed {
+                generation: 1,
+                until: at(60),
+                taken: at(0),
+                requests: Vec::new(),
+            }),
             ..Memory::default()
         };
-        // Nudged while the run went on: the later start stands, the rest is the run's.
+        // Nudged while the run went on: the later start stands, the run's List is not kept
+        // (it may not show what the nudge was for), the rest is the run's.
         let nudged = Memory {
             applied: Some((1, at(500))),
             ..Memory::default()
         };
-        let kept = after_run(&nudged, run.clone());
+        let kept = after_run(&nudged, run.clone(), true);
         assert_eq!(kept.applied, Some((1, at(500))));
+        assert_eq!(kept.listed, None);
         assert!(kept.backlog);
         // Not nudged, or another generation: the run's.
-        assert_eq!(after_run(&run, run.clone()), run);
+        assert_eq!(after_run(&run, run.clone(), false), run);
         let other = Memory {
             applied: Some((2, at(900))),
             ..Memory::default()
         };
-        assert_eq!(after_run(&other, run.clone()).applied, Some((1, at(0))));
+        assert_eq!(
+            after_run(&other, run.clone(), false).applied,
+            Some((1, at(0)))
+        );
     }
 
     fn context() -> Context {
@@ -930,13 +950,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_made_here_restarts_the_fast_polls_and_a_credentials_move_does_not() {
+    async fn a_request_made_here_restarts_the_fast_polls_and_a_credentials_move_does_not_and_both_list_anew()
+     {
         let ctx = context();
         let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2);
         for uid in ["requested", "moved"] {
             let mut tracked = ctx.tracked();
             let t = tracked.entry(uid);
             t.kind.memory.applied = Some((1, long_ago));
+            t.kind.memory.listed = Some(crate::policy::decide::Listed {
+                generation: 1,
+                until: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60),
+                taken: long_ago,
+                requests: Vec::new(),
+            });
             t.hold(1, false, Instant::now() + Duration::from_secs(600));
         }
         nudged(&ctx, "requested", Why::Happened);
@@ -961,6 +988,12 @@ mod tests {
             Some(long_ago),
             "the usual interval: another account's view shows at once"
         );
+        for t in [requested, moved] {
+            assert!(
+                t.kind.memory.listed.is_none(),
+                "a List kept from before the nudge is not gone on from"
+            );
+        }
     }
 
     /// Whether a policy of a namespace can act for an account: a mapped role's account is known

@@ -908,6 +908,7 @@ impl<'a> Run<'a> {
         };
         self.next_memory.applied = Some((self.p.generation, since));
         let requeue = if self.truncated {
+            self.keep_list(Duration::ZERO, now);
             Duration::ZERO
         } else {
             let age = Duration::try_from(now.duration_since(since)).unwrap_or_default();
@@ -1006,6 +1007,24 @@ impl<'a> Run<'a> {
         }))
     }
 
+    /// Keeps this reconcile's List for the next one, due in `requeue`: a reconcile that ends
+    /// with requests left to decide (deferred, or cut at [`MAX_DECISIONS`]) goes on from it
+    /// instead of listing every page again.
+    fn keep_list(&mut self, requeue: Duration, now: jiff::Timestamp) {
+        let taken = self.listed_at.unwrap_or(now);
+        self.next_memory.listed = self.listed.clone().map(|requests| Listed {
+            generation: self.p.generation,
+            taken,
+            until: now
+                .checked_add(
+                    jiff::SignedDuration::try_from(requeue + LISTED_GRACE)
+                        .unwrap_or(jiff::SignedDuration::ZERO),
+                )
+                .unwrap_or(now),
+            requests,
+        });
+    }
+
     fn defer(&mut self, class: CallClass, booked: Option<Duration>, now: jiff::Timestamp) -> Step {
         let decided = !self.accepted.is_empty() || !self.rejected.is_empty();
         let status = decided.then(|| Box::new(self.with_decisions_and(false)));
@@ -1023,18 +1042,7 @@ impl<'a> Run<'a> {
             };
             base.mul_f64(0.5 + self.jitter.clamp(0.0, 1.0))
         });
-        let taken = self.listed_at.unwrap_or(now);
-        self.next_memory.listed = self.listed.clone().map(|requests| Listed {
-            generation: self.p.generation,
-            taken,
-            until: now
-                .checked_add(
-                    jiff::SignedDuration::try_from(requeue + LISTED_GRACE)
-                        .unwrap_or(jiff::SignedDuration::ZERO),
-                )
-                .unwrap_or(now),
-            requests,
-        });
+        self.keep_list(requeue, now);
         Step::Defer {
             class,
             requeue,

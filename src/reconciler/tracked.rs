@@ -112,6 +112,11 @@ impl<T: PartialEq, M> Tracked<T, M> {
         std::mem::take(&mut self.nudged)
     }
 
+    /// Whether a nudge came since the object's reconcile began (see [`Guard::began`]).
+    pub fn nudged_since_began(&self) -> bool {
+        self.nudged_since_began
+    }
+
     /// A nudged reconcile did not get to its read (deferred): the next one makes it.
     pub fn keep_nudged(&mut self) {
         self.nudged = true;
