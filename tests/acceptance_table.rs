@@ -1332,6 +1332,35 @@ fn status_lists_are_bounded_newest_first_and_counts_cover_everything() {
     let again = run(&next, &mut fake);
     assert_eq!(again.status(), status);
     assert_eq!(again.events(), []);
+
+    // A restart: nothing in memory, and the status lists 20 of the 30. The 10 it counts beyond
+    // them were announced too: none is announced again.
+    let restarted = Given {
+        status: status.clone(),
+        ..Given::new(spec(UnmatchedRequests::Leave))
+    };
+    let after_restart = run(&restarted, &mut fake);
+    assert_eq!(after_restart.status(), status);
+    assert_eq!(after_restart.events(), [], "nothing announced again");
+    assert_eq!(after_restart.memory.announced.len(), 30);
+
+    // A request that came while the controller was down is announced: it is newer than the
+    // last one listed, and so is not one of those counted beyond them.
+    let mut with_new = unmatched.clone();
+    with_new.push(request_at("d-new", D, "prod-y", PENDING, 50));
+    let mut fake = Fake::with(&with_new);
+    let after_restart = run(&restarted, &mut fake);
+    assert_eq!(after_restart.events(), [("LeftPending", true)]);
+    assert_eq!(after_restart.status().left_pending_count, 31);
+
+    // The spec changed while it was down: what the status says was for another spec.
+    let mut fake = Fake::with(&unmatched);
+    let changed = Given {
+        generation: 2,
+        ..restarted.clone()
+    };
+    let after_restart = run(&changed, &mut fake);
+    assert_eq!(after_restart.tally.left_pending, 10, "the ten not listed");
 }
 
 #[test]

@@ -821,7 +821,7 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|r| r.id.as_str())
                 .collect();
-            let left: Vec<(String, String, String)> = self
+            let left: Vec<(String, String, String, String)> = self
                 .left_pending()
                 .into_iter()
                 .map(|c| {
@@ -829,12 +829,45 @@ impl<'a> Run<'a> {
                         c.id.clone(),
                         c.environment_account_id.clone(),
                         c.environment_name.clone(),
+                        c.requested_at.clone(),
                     )
                 })
                 .collect();
+            // After a restart nothing is remembered, and the status lists only the newest
+            // requests left pending: the others it counts, older than its last, were announced
+            // too (as many as it counts, while the spec is the one it describes).
+            let recorded = &self.p.status;
+            let mut unlisted = match recorded.left_pending.last() {
+                Some(last)
+                    if self.memory.announced.is_empty()
+                        && recorded.observed_generation == Some(self.p.generation) =>
+                {
+                    let count = recorded.left_pending_count;
+                    let beyond = count.saturating_sub(recorded.left_pending.len() as u64);
+                    Some((last, beyond))
+                }
+                _ => None,
+            };
             let mut announced = BTreeSet::new();
-            for (id, account, environment) in left {
-                if !self.memory.announced.contains(&id) && !listed_before.contains(id.as_str()) {
+            for (id, account, environment, requested_at) in left {
+                let counted_before = match &mut unlisted {
+                    Some((last, beyond)) if *beyond > 0 => {
+                        let older = (requested_at.as_str(), std::cmp::Reverse(id.as_str()))
+                            < (
+                                last.requested_at.as_str(),
+                                std::cmp::Reverse(last.id.as_str()),
+                            );
+                        if older {
+                            *beyond -= 1;
+                        }
+                        older
+                    }
+                    _ => false,
+                };
+                if !self.memory.announced.contains(&id)
+                    && !listed_before.contains(id.as_str())
+                    && !counted_before
+                {
                     self.tally.left_pending += 1;
                     events.push(Note::warning(
                         "LeftPending",
