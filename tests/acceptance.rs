@@ -827,8 +827,9 @@ async fn the_controller_reacts_to_a_new_policy_and_stops_on_shutdown() {
 }
 
 /// A policy deleted while its reconcile runs (here while its List is answered, 1 s late) is
-/// forgotten for good: its reconcile decides nothing more, writes no status to it, and keeps
-/// nothing of it (before, its entry was made up again and held until the next relist).
+/// forgotten for good: its reconcile decides nothing more, its status write finds it gone, and
+/// nothing is kept of it (before, a failed reconcile made its entry up again to back off, and
+/// held it until the next relist).
 #[tokio::test]
 async fn a_policy_deleted_while_it_is_reconciled_is_not_kept() {
     let settings = Settings {
@@ -887,7 +888,15 @@ async fn a_policy_deleted_while_it_is_reconciled_is_not_kept() {
     .await;
     assert_eq!(ended(), [("gone".to_string(), 1.0)]);
     assert_eq!(m.ctx.tracked_policies(), 0, "nothing kept of it");
-    assert_eq!(m.status_writes(), 0, "no status written to it");
+    let refused: Vec<u16> = m
+        .api
+        .requests_to::<ConnectionAcceptancePolicy>()
+        .iter()
+        .filter(|r| r.method == http::Method::PATCH && r.path.ends_with("/status"))
+        .map(|r| r.code)
+        .collect();
+    assert_eq!(refused, [404], "its status write found it gone");
+    assert!(m.events().is_empty(), "no Event on what is gone");
     assert_eq!(
         m.state_of(&prod),
         "PENDING",

@@ -661,35 +661,48 @@ async fn finish(
     };
     {
         let mut tracked = ctx.tracked();
-        // Forgotten while it ran (deleted, or gone from a relist): nothing is written to it or
-        // kept of it. The decisions it made are logged.
-        let Some(t) = tracked.get_mut(&facts.uid) else {
-            drop(tracked);
-            for note in &events {
-                info!(reason = note.reason, note = %note.note, "policy event of a policy that went while it was reconciled");
-            }
-            return Ok((Action::await_change(), "gone"));
-        };
-        let nudged = t.nudged_since_began();
-        let kept = &mut t.kind.memory;
-        *kept = after_run(kept, memory, nudged);
-        let wanted = Instant::now() + requeue;
-        if failed {
-            let held = tracked.failed(&facts.uid, facts.generation, facts.paused, label, wanted);
-            if held.passed_by {
-                info!("AWS answered again while this reconcile ran: trying again now");
-                requeue = Duration::ZERO;
+        // Forgotten while it ran (deleted, or missing from a relist): nothing is made up again
+        // (the watch brings it back if it still exists), nor is a booking its run made kept.
+        if let Some(t) = tracked.get_mut(&facts.uid) {
+            let nudged = t.nudged_since_began();
+            let kept = &mut t.kind.memory;
+            *kept = after_run(kept, memory, nudged);
+            let wanted = Instant::now() + requeue;
+            if failed {
+                let held =
+                    tracked.failed(&facts.uid, facts.generation, facts.paused, label, wanted);
+                if held.passed_by {
+                    info!("AWS answered again while this reconcile ran: trying again now");
+                    requeue = Duration::ZERO;
+                }
+            } else {
+                tracked
+                    .entry(&facts.uid)
+                    .hold(facts.generation, facts.paused, wanted);
             }
         } else {
-            tracked
-                .entry(&facts.uid)
-                .hold(facts.generation, facts.paused, wanted);
+            drop(tracked);
+            ctx.proton.forget(&budget_key(&facts.uid));
         }
     }
     let written = match &status {
         Some(status) => write_status(ctx, facts, status).await,
         None => Ok(()),
     };
+    if let Err(Error::Kube {
+        source: kube::Error::Api(refused),
+        ..
+    }) = &written
+        && refused.code == 404
+    {
+        // Deleted while it was reconciled: nothing to write to or announce on. What it decided
+        // is logged.
+        ctx.forget(&facts.uid);
+        for note in &events {
+            info!(reason = note.reason, note = %note.note, "decided by a policy deleted while it was reconciled");
+        }
+        return Ok((Action::await_change(), "gone"));
+    }
     // Settled only once its status is written: a write that keeps failing (RBAC without the
     // status subresource, an outage) backs off further each time, as a connection's does, and
     // does not List again every second or two.
@@ -859,7 +872,7 @@ fn after_run(kept: &Memory, run: Memory, nudged: bool) -> Memory {
         }
         (_, applied) => applied,
     };
-    let listed = if nudged { None } else { run.listed };
+    let listed = run.listed.filter(|l| !(nudged && l.cut));
     Memory {
         applied,
         listed,
@@ -872,8 +885,11 @@ fn after_run(kept: &Memory, run: Memory, nudged: bool) -> Memory {
 /// credentials show their account's requests at once: list now, then at the usual interval.
 fn nudged(ctx: &Context, uid: &str, why: Why) {
     if let Some(t) = ctx.tracked().get_mut(uid) {
-        // A List kept from before cannot show the new request, nor what other credentials see.
-        t.kind.memory.listed = None;
+        // A List kept from before cannot show the new request, nor what other credentials see:
+        // one kept for the next round of decisions is dropped (see `Listed::cut`).
+        if t.kind.memory.listed.as_ref().is_some_and(|l| l.cut) {
+            t.kind.memory.listed = None;
+        }
         if why == Why::Happened
             && let Some((generation, _)) = t.kind.memory.applied
         {
@@ -903,21 +919,24 @@ mod tests {
     use crate::policy::api::ConnectionAcceptancePolicySpec;
 
     #[test]
-    fn a_nudge_during_a_reconcile_keeps_the_quick_polls_it_restarted_and_drops_its_list() {
+    fn a_nudge_during_a_reconcile_keeps_the_quick_polls_it_restarted_and_drops_a_list_kept_for_the_next_round()
+     {
         let at = |s: i64| jiff::Timestamp::from_second(1_795_255_200 + s).unwrap_or_default();
+        let listed = |cut| crate::policy::decide::Listed {
+            generation: 1,
+            until: at(60),
+            taken: at(0),
+            requests: Vec::new(),
+            cut,
+        };
         let run = Memory {
             applied: Some((1, at(0))),
             backlog: true,
-            listed: Some(crate::policy::decide::Listed {
-                generation: 1,
-                until: at(60),
-                taken: at(0),
-                requests: Vec::new(),
-            }),
+            listed: Some(listed(true)),
             ..Memory::default()
         };
-        // Nudged while the run went on: the later start stands, the run's List is not kept
-        // (it may not show what the nudge was for), the rest is the run's.
+        // Nudged while the run went on: the later start stands, the run's List kept for its
+        // next round is not (it may not show what the nudge was for), the rest is the run's.
         let nudged = Memory {
             applied: Some((1, at(500))),
             ..Memory::default()
@@ -926,6 +945,13 @@ mod tests {
         assert_eq!(kept.applied, Some((1, at(500))));
         assert_eq!(kept.listed, None);
         assert!(kept.backlog);
+        // A List kept across a deferral stays: the booked slot goes to the deferred decision.
+        let deferred = Memory {
+            listed: Some(listed(false)),
+            ..run.clone()
+        };
+        let kept = after_run(&nudged, deferred, true);
+        assert_eq!(kept.listed, Some(listed(false)));
         // Not nudged, or another generation: the run's.
         assert_eq!(after_run(&run, run.clone(), false), run);
         let other = Memory {
@@ -950,24 +976,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_made_here_restarts_the_fast_polls_and_a_credentials_move_does_not_and_both_list_anew()
+    async fn a_request_made_here_restarts_the_fast_polls_and_a_credentials_move_does_not_and_a_cut_list_is_dropped()
      {
         let ctx = context();
         let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2);
-        for uid in ["requested", "moved"] {
+        let until = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60);
+        let listed = |cut| crate::policy::decide::Listed {
+            generation: 1,
+            until,
+            taken: long_ago,
+            requests: Vec::new(),
+            cut,
+        };
+        for (uid, cut) in [("requested", true), ("moved", true), ("deferred", false)] {
             let mut tracked = ctx.tracked();
             let t = tracked.entry(uid);
             t.kind.memory.applied = Some((1, long_ago));
-            t.kind.memory.listed = Some(crate::policy::decide::Listed {
-                generation: 1,
-                until: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60),
-                taken: long_ago,
-                requests: Vec::new(),
-            });
+            t.kind.memory.listed = Some(listed(cut));
             t.hold(1, false, Instant::now() + Duration::from_secs(600));
         }
         nudged(&ctx, "requested", Why::Happened);
         nudged(&ctx, "moved", Why::Credentials);
+        nudged(&ctx, "deferred", Why::Happened);
         let tracked = ctx.tracked();
         let (requested, moved) = (
             tracked.get("requested").unwrap(),
@@ -991,9 +1021,14 @@ mod tests {
         for t in [requested, moved] {
             assert!(
                 t.kind.memory.listed.is_none(),
-                "a List kept from before the nudge is not gone on from"
+                "a List kept for the next round is not gone on from after a nudge"
             );
         }
+        assert_eq!(
+            tracked.get("deferred").unwrap().kind.memory.listed,
+            Some(listed(false)),
+            "a List kept across a deferral stays: the booked slot goes to the deferred decision"
+        );
     }
 
     /// Whether a policy of a namespace can act for an account: a mapped role's account is known

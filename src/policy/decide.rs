@@ -156,6 +156,10 @@ pub struct Listed {
     /// When it was listed: what was decided since may still show PENDING in it.
     pub taken: jiff::Timestamp,
     pub requests: Vec<Connection>,
+    /// Kept because the reconcile was cut at [`MAX_DECISIONS`], not deferred: a nudge drops it
+    /// (the next reconcile lists, and sees what the nudge was for). One kept across a deferral
+    /// stays: the slot the budget booked goes to the decision it was booked for, not to a List.
+    pub cut: bool,
 }
 
 /// How long past its due time a deferred reconcile's List is kept: as long as the call budget
@@ -941,7 +945,7 @@ impl<'a> Run<'a> {
         };
         self.next_memory.applied = Some((self.p.generation, since));
         let requeue = if self.truncated {
-            self.keep_list(Duration::ZERO, now);
+            self.keep_list(Duration::ZERO, now, true);
             Duration::ZERO
         } else {
             let age = Duration::try_from(now.duration_since(since)).unwrap_or_default();
@@ -1043,7 +1047,7 @@ impl<'a> Run<'a> {
     /// Keeps this reconcile's List for the next one, due in `requeue`: a reconcile that ends
     /// with requests left to decide (deferred, or cut at [`MAX_DECISIONS`]) goes on from it
     /// instead of listing every page again.
-    fn keep_list(&mut self, requeue: Duration, now: jiff::Timestamp) {
+    fn keep_list(&mut self, requeue: Duration, now: jiff::Timestamp, cut: bool) {
         let taken = self.listed_at.unwrap_or(now);
         self.next_memory.listed = self.listed.clone().map(|requests| Listed {
             generation: self.p.generation,
@@ -1055,6 +1059,7 @@ impl<'a> Run<'a> {
                 )
                 .unwrap_or(now),
             requests,
+            cut,
         });
     }
 
@@ -1075,7 +1080,7 @@ impl<'a> Run<'a> {
             };
             base.mul_f64(0.5 + self.jitter.clamp(0.0, 1.0))
         });
-        self.keep_list(requeue, now);
+        self.keep_list(requeue, now, false);
         Step::Defer {
             class,
             requeue,
@@ -1537,6 +1542,7 @@ mod tests {
             until: at(10_000),
             taken,
             requests: pending.clone(),
+            cut: false,
         };
         given.memory.listed = Some(carried(at(50)));
         let later = at(100) + SETTLE * 3;
