@@ -19,6 +19,7 @@ pub mod connection;
 pub mod http;
 pub mod interned;
 pub mod leader;
+pub mod managed_fields;
 pub mod mapping;
 pub mod metrics;
 #[cfg(test)]

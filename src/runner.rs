@@ -119,6 +119,7 @@ pub fn client_telling(
         .with_layer(&BufferLayer::new(1024))
         .with_layer(&RetryLayer::new(policy))
         .with_layer(&WatchStartsLayer(readiness))
+        .with_layer(&crate::managed_fields::WithoutManagedFieldsLayer)
         .build())
 }
 
