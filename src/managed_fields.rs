@@ -21,7 +21,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use tower::{Layer, Service};
 
-/// Cuts managed fields from the answers to GET requests (lists, watches, reads).
+/// Cuts managed fields from the JSON answers: lists, watches, reads, and the object a write
+/// answers with (decoded, never read).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WithoutManagedFieldsLayer;
 
@@ -53,11 +54,14 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        // A write's answer is the object written: decoded once, and not kept.
-        let cut = request.method() == http::Method::GET;
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
+            let cut = response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|t| t.to_str().ok())
+                .is_some_and(|t| t.starts_with("application/json"));
             Ok(response.map(|body| Slimmed::new(body, cut)))
         })
     }
@@ -530,6 +534,45 @@ mod tests {
         );
     }
 
+    /// The layer cuts what the API server answers as JSON, and passes anything else on.
+    #[tokio::test]
+    async fn the_layer_cuts_json_answers_only() {
+        use http_body_util::{BodyExt, Full};
+        let text = format!(r#"{{"metadata":{{"name":"a","managedFields":{MANAGED}}}}}"#);
+        for (content_type, want) in [
+            (
+                Some("application/json"),
+                r#"{"metadata":{"name":"a"}}"#.to_string(),
+            ),
+            (
+                Some("application/json;stream=watch"),
+                r#"{"metadata":{"name":"a"}}"#.to_string(),
+            ),
+            (Some("application/yaml"), text.clone()),
+            (None, text.clone()),
+        ] {
+            let answer = text.clone();
+            let server = tower::service_fn(move |_: http::Request<()>| {
+                let mut response = http::Response::builder();
+                if let Some(t) = content_type {
+                    response = response.header(http::header::CONTENT_TYPE, t);
+                }
+                let response = response
+                    .body(Full::new(Bytes::from(answer.clone())))
+                    .unwrap();
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let mut client = WithoutManagedFieldsLayer.layer(server);
+            let response = client.call(http::Request::new(())).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                String::from_utf8(body.to_vec()).unwrap(),
+                want,
+                "{content_type:?}"
+            );
+        }
+    }
+
     /// A body that comes in chunks cut anywhere gives what the whole text cut at once gives,
     /// and a whole line goes on as soon as it has come.
     #[tokio::test]
@@ -570,7 +613,7 @@ mod tests {
             "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"a\"}}}\n"
         );
 
-        // A body not to cut (a write's answer) goes on as it came.
+        // A body not to cut (not JSON) goes on as it came.
         let body = Slimmed::new(
             StreamBody::new(futures::stream::iter([Ok::<_, std::convert::Infallible>(
                 Frame::data(Bytes::from(text.clone())),
