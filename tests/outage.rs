@@ -1089,6 +1089,65 @@ async fn readyz_is_ready_again_after_a_long_outage_though_nothing_changed() {
         .await;
 }
 
+/// The controller's client decodes what the API server sends without managed fields (a write's
+/// answer, a read, a list, a watch event), over HTTP; a plain client gets them, as the fake keeps
+/// them as a real API server does.
+#[tokio::test]
+async fn the_controllers_client_decodes_objects_without_their_managed_fields() {
+    use futures::StreamExt;
+    use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
+    let env = FakeApi::default();
+    // Priced at nothing: it keeps managed fields, as when priced as kube-apiserver.
+    env.set_cost(support::ApiCost {
+        request: Duration::ZERO,
+        write: Duration::ZERO,
+        per_kib: Duration::ZERO,
+        event: Duration::ZERO,
+        event_per_kib: Duration::ZERO,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = kube_config_of(&env.serve_http(dir.path()).await).await;
+    env.create("prod", &uid(0), spec("prod"));
+    let plain: kube::Api<EnvironmentAccountConnection> =
+        kube::Api::namespaced(kube::Client::try_from(config.clone()).unwrap(), NS);
+    let ours: kube::Api<EnvironmentAccountConnection> =
+        kube::Api::namespaced(runner::client_from(config).unwrap(), NS);
+    let managed = |o: &EnvironmentAccountConnection| {
+        o.metadata.managed_fields.as_ref().map_or(0, Vec::len)
+    };
+    let status = |id: &str| {
+        Patch::Apply(serde_json::json!({
+            "apiVersion": "proton.eac.dev/v1alpha1",
+            "kind": "EnvironmentAccountConnection",
+            "status": {"id": id},
+        }))
+    };
+    let apply = PatchParams::apply("eac-controller").force();
+    let written = ours.patch_status("prod", &apply, &status("a")).await.unwrap();
+    assert_eq!(managed(&written), 0, "a write's answer");
+    assert!(managed(&plain.get("prod").await.unwrap()) > 0, "the fake keeps them");
+    assert_eq!(managed(&ours.get("prod").await.unwrap()), 0, "a read");
+    let listed = ours.list(&Default::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(managed(&listed.items[0]), 0, "a list");
+    let version = listed.metadata.resource_version.unwrap_or_default();
+    let mut events = ours
+        .watch(&WatchParams::default(), &version)
+        .await
+        .unwrap()
+        .boxed();
+    plain.patch_status("prod", &apply, &status("b")).await.unwrap();
+    let event = tokio::time::timeout(LIMIT, events.next())
+        .await
+        .expect("the watch event of the second write")
+        .unwrap()
+        .unwrap();
+    match event {
+        WatchEvent::Modified(o) => assert_eq!(managed(&o), 0, "a watch event"),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// The Leases of the fake's namespace, over HTTP, through a client `build` makes as the
 /// controller does (`runner::client_from` or `runner::lease_client_from`).
 async fn leases(
