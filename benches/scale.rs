@@ -363,11 +363,14 @@ async fn settled(s: usize) -> Env {
     )
     .await;
     env.api.count_requests_only();
+    // As on a real API server, each resource ends with managed fields: kubectl's, the
+    // controller's finalizer patch's and its status apply's.
+    env.api.keep_managed_fields();
     let names: Vec<String> = (0..s).map(|i| name("settled", i)).collect();
     // The resources and their connections, made by a controller with an unlimited budget...
     let running = start(&env, 32);
     for (i, n) in names.iter().enumerate() {
-        env.api.create(n, &uid(i), spec(n));
+        env.api.apply_new(n, &uid(i), spec(n)).await;
     }
     until_all_have_ids(&env.api, &names, Instant::now(), Duration::from_secs(900)).await;
     running.stop().await;

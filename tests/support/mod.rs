@@ -138,9 +138,11 @@ struct ApiState {
     stopped: tokio::sync::watch::Sender<bool>,
     /// Connections closed at once while stopped.
     connections_refused: usize,
-    /// CPU charged per request and watch event, and managed fields kept, as a real API server
-    /// does (benchmarks).
+    /// CPU charged per request and watch event, as a real API server does (benchmarks).
     cost: Option<ApiCost>,
+    /// Managed fields kept on the objects written, as a real API server does (benchmarks: set
+    /// with the cost, or before the objects a benchmark starts from are made).
+    managed_fields: bool,
     /// What the requests and watch events cost while `cost` is set.
     work: Arc<cost::Work>,
     /// When each EnvironmentAccountConnection first had a `status.id`, in order (benchmarks
@@ -190,6 +192,7 @@ impl Default for ApiState {
             stopped: tokio::sync::watch::channel(false).0,
             connections_refused: 0,
             cost: None,
+            managed_fields: false,
             ids_given: Vec::new(),
             ids_known: std::collections::HashSet::new(),
             work: Arc::default(),
@@ -1134,7 +1137,15 @@ impl FakeApi {
     /// Charges `cost` in CPU for every request and watch event from now on, and keeps managed
     /// fields on the objects written, as a real API server does (benchmarks).
     pub fn set_cost(&self, cost: ApiCost) {
-        self.lock().cost = Some(cost);
+        let mut st = self.lock();
+        st.cost = Some(cost);
+        st.managed_fields = true;
+    }
+
+    /// Keeps managed fields on the objects written from now on, as a real API server does,
+    /// without charging for requests yet: the objects a benchmark starts from carry them.
+    pub fn keep_managed_fields(&self) {
+        self.lock().managed_fields = true;
     }
 
     /// Which of the named resources carry a connection id (read in place: benchmarks ask
@@ -1186,7 +1197,7 @@ impl FakeApi {
             obj.metadata.resource_version = Some(st.next_rv());
             let mut value = serde_json::to_value(&obj).unwrap();
             let path = eac_path(name);
-            let cost = st.cost.map(|c| {
+            if st.managed_fields {
                 let mut written = manifest.clone();
                 written["metadata"]["annotations"] = json!({
                     "kubectl.kubernetes.io/last-applied-configuration": "",
@@ -1198,6 +1209,8 @@ impl FakeApi {
                     None,
                     &written,
                 );
+            }
+            let cost = st.cost.map(|c| {
                 let answered = value.to_string().len();
                 st.work.request(true, sent.len(), answered);
                 c.of_request(true, sent.len() + answered)
@@ -1455,7 +1468,7 @@ impl FakeApi {
                 }
                 owners.insert(manager.to_string(), applied.keys().cloned().collect());
                 value["status"] = Value::Object(status);
-                if st.cost.is_some() {
+                if st.managed_fields {
                     let written = json!({"status": applied});
                     manage(&mut value, manager, "Apply", Some("status"), &written);
                 }
@@ -1465,7 +1478,7 @@ impl FakeApi {
                 (StatusCode::OK, value)
             }
             (Method::PATCH, None) => {
-                let written = st.cost.is_some().then(|| patched_fields(&body));
+                let written = st.managed_fields.then(|| patched_fields(&body));
                 let patch: json_patch::Patch = match serde_json::from_value(body) {
                     Ok(p) => p,
                     Err(e) => {
