@@ -1112,9 +1112,8 @@ async fn the_controllers_client_decodes_objects_without_their_managed_fields() {
         kube::Api::namespaced(kube::Client::try_from(config.clone()).unwrap(), NS);
     let ours: kube::Api<EnvironmentAccountConnection> =
         kube::Api::namespaced(runner::client_from(config).unwrap(), NS);
-    let managed = |o: &EnvironmentAccountConnection| {
-        o.metadata.managed_fields.as_ref().map_or(0, Vec::len)
-    };
+    let managed =
+        |o: &EnvironmentAccountConnection| o.metadata.managed_fields.as_ref().map_or(0, Vec::len);
     let status = |id: &str| {
         Patch::Apply(serde_json::json!({
             "apiVersion": "proton.eac.dev/v1alpha1",
@@ -1123,9 +1122,15 @@ async fn the_controllers_client_decodes_objects_without_their_managed_fields() {
         }))
     };
     let apply = PatchParams::apply("eac-controller").force();
-    let written = ours.patch_status("prod", &apply, &status("a")).await.unwrap();
+    let written = ours
+        .patch_status("prod", &apply, &status("a"))
+        .await
+        .unwrap();
     assert_eq!(managed(&written), 0, "a write's answer");
-    assert!(managed(&plain.get("prod").await.unwrap()) > 0, "the fake keeps them");
+    assert!(
+        managed(&plain.get("prod").await.unwrap()) > 0,
+        "the fake keeps them"
+    );
     assert_eq!(managed(&ours.get("prod").await.unwrap()), 0, "a read");
     let listed = ours.list(&Default::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1);
@@ -1136,7 +1141,10 @@ async fn the_controllers_client_decodes_objects_without_their_managed_fields() {
         .await
         .unwrap()
         .boxed();
-    plain.patch_status("prod", &apply, &status("b")).await.unwrap();
+    plain
+        .patch_status("prod", &apply, &status("b"))
+        .await
+        .unwrap();
     let event = tokio::time::timeout(LIMIT, events.next())
         .await
         .expect("the watch event of the second write")
