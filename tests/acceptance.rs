@@ -69,6 +69,23 @@ struct Mgmt {
     budget: CallBudget,
 }
 
+/// A controller [`Mgmt::run`] started.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Shuts it down, as on SIGTERM, and waits for it to stop.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the controller stops on shutdown")
+            .unwrap();
+    }
+}
+
 impl Mgmt {
     async fn start() -> Mgmt {
         Mgmt::start_with(eager_settings()).await
@@ -196,6 +213,21 @@ impl Mgmt {
 
     fn calls(&self, op: &str) -> u64 {
         self.emulator.state().calls().count(op)
+    }
+
+    /// The management side's controller with its real watch loop, until [`Running::stop`].
+    fn run(&self) -> Running {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller::run(
+            self.ctx.clone(),
+            None,
+            2,
+            async {
+                let _ = stopped.await;
+            },
+            Readiness::default(),
+        ));
+        Running { stop, task }
     }
 
     /// Status writes to policies so far.
@@ -791,16 +823,7 @@ async fn the_controller_reacts_to_a_new_policy_and_stops_on_shutdown() {
     };
     let m = Mgmt::start_with(settings).await;
     let (prod, account) = m.request("prod-eu").await;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(
-        m.ctx.clone(),
-        None,
-        2,
-        async {
-            let _ = stop_rx.await;
-        },
-        Readiness::default(),
-    ));
+    let running = m.run();
     m.apply(
         NS,
         POLICY,
@@ -818,11 +841,7 @@ async fn the_controller_reacts_to_a_new_policy_and_stops_on_shutdown() {
         )
         .await;
     assert_eq!(m.state_of(&prod), "CONNECTED");
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("the controller stops on shutdown")
-        .unwrap();
+    running.stop().await;
     assert_eq!(m.status_writes(), 1, "its own status write woke nothing");
 }
 
@@ -843,16 +862,7 @@ async fn a_policy_deleted_while_it_is_reconciled_is_not_kept() {
         latency: Duration::from_secs(1),
         ..Default::default()
     });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(
-        m.ctx.clone(),
-        None,
-        2,
-        async {
-            let _ = stop_rx.await;
-        },
-        Readiness::default(),
-    ));
+    let running = m.run();
     m.apply(
         NS,
         POLICY,
@@ -902,11 +912,7 @@ async fn a_policy_deleted_while_it_is_reconciled_is_not_kept() {
         "PENDING",
         "nothing accepted once it went"
     );
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("the controller stops on shutdown")
-        .unwrap();
+    running.stop().await;
 }
 
 /// The account of the README's demo: the emulator's default, playing both sides.
