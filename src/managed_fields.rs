@@ -8,9 +8,9 @@
 //! listed object. A page of 500 listed objects decoded whole is the largest transient of a relist
 //! (benchmark part 5). Cut from the text first, they cost a scan of the bytes instead.
 //!
-//! Only `managedFields` members of an object that is the value of a `metadata` member go. Text
-//! that is not one well-formed JSON value per line is passed on as it came (kube then reports it
-//! as it would have). A watch's answer is one event per line, and each line is passed on as soon
+//! Only `managedFields` members of an object that is the value of a `metadata` member go. A line
+//! whose structure the scanner cannot follow as one JSON value is passed on as it came (it checks
+//! the structure, not each number or escape: kube's decoder reports what is malformed). A watch's answer is one event per line, and each line is passed on as soon
 //! as it is whole; any other answer is passed on whole, once it has all come.
 
 use std::ops::Range;
@@ -62,6 +62,11 @@ where
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|t| t.to_str().ok())
                 .is_some_and(|t| t.starts_with("application/json"));
+            let mut response = response;
+            if cut {
+                // The body comes shorter than the server said.
+                response.headers_mut().remove(http::header::CONTENT_LENGTH);
+            }
             Ok(response.map(|body| Slimmed::new(body, cut)))
         })
     }
@@ -342,30 +347,26 @@ impl Scan<'_> {
                 _ => return None,
             }
         }
-        // The member with the comma after it, or for the last one the comma before it.
-        let mut cut: Option<Range<usize>> = None;
-        for (k, &(start, end, managed)) in members.iter().enumerate() {
-            if !managed {
+        // Each run of managedFields members (one, or a key repeated) goes with the comma after
+        // it, or, at the end, with the comma before it: from the end of the member it follows.
+        let mut k = 0;
+        while k < members.len() {
+            if !members[k].2 {
+                k += 1;
                 continue;
             }
-            let span = match (members.get(k + 1), k.checked_sub(1)) {
+            let first = k;
+            while k < members.len() && members[k].2 {
+                k += 1;
+            }
+            let (start, end) = (members[first].0, members[k - 1].1);
+            let span = match (members.get(k), first.checked_sub(1)) {
                 (Some(&(next, _, _)), _) => start..next,
                 (None, Some(before)) => members[before].1..end,
                 (None, None) => start..end,
             };
-            // A repeated key: spans that touch or overlap are one.
-            cut = match cut {
-                Some(c) if span.start <= c.end => {
-                    Some(c.start.min(span.start)..c.end.max(span.end))
-                }
-                Some(c) => {
-                    self.spans.push(c);
-                    Some(span)
-                }
-                None => Some(span),
-            };
+            self.spans.push(span);
         }
-        self.spans.extend(cut);
         Some(())
     }
 }
@@ -414,6 +415,10 @@ mod tests {
             ("last", format!(r#"{{"metadata":{{"name":"a","managedFields":{m}}}}}"#), r#"{"metadata":{"name":"a"}}"#),
             ("spaced", format!("{{ \"metadata\" : {{ \"name\" : \"a\" ,\t\"managedFields\" : {m} }} }}"), "{ \"metadata\" : { \"name\" : \"a\" } }"),
             ("repeated", format!(r#"{{"metadata":{{"managedFields":{m},"managedFields":{m},"name":"a"}}}}"#), r#"{"metadata":{"name":"a"}}"#),
+            ("repeated, last", format!(r#"{{"metadata":{{"a":1,"managedFields":{m},"managedFields":2}}}}"#), r#"{"metadata":{"a":1}}"#),
+            ("repeated, apart", format!(r#"{{"metadata":{{"managedFields":1,"a":1,"managedFields":{m},"managedFields":2}}}}"#), r#"{"metadata":{"a":1}}"#),
+            ("repeated, alone", format!(r#"{{"metadata":{{"managedFields":{m},"managedFields":2}}}}"#), r#"{"metadata":{}}"#),
+            ("a line ending CRLF", format!("{{\"metadata\":{{\"name\":\"a\",\"managedFields\":{m}}}}}\r"), "{\"metadata\":{\"name\":\"a\"}}\r"),
             ("a list's items", format!(r#"{{"kind":"List","metadata":{{"resourceVersion":"9"}},"items":[{{"metadata":{{"name":"a","managedFields":{m}}}}},{{"metadata":{{"managedFields":{m},"name":"b"}}}}]}}"#), r#"{"kind":"List","metadata":{"resourceVersion":"9"},"items":[{"metadata":{"name":"a"}},{"metadata":{"name":"b"}}]}"#),
             ("a watch event", format!(r#"{{"type":"MODIFIED","object":{{"metadata":{{"name":"a","managedFields":{m}}},"spec":{{}}}}}}"#), r#"{"type":"MODIFIED","object":{"metadata":{"name":"a"},"spec":{}}}"#),
             ("nested", format!(r#"{{"metadata":{{"managedFields":[{{"metadata":{{"managedFields":{m}}}}}],"labels":{{"metadata":{{"managedFields":1,"a":2}}}}}}}}"#), r#"{"metadata":{"labels":{"metadata":{"a":2}}}}"#),

@@ -1132,6 +1132,13 @@ async fn the_controllers_client_decodes_objects_without_their_managed_fields() {
         "the fake keeps them"
     );
     assert_eq!(managed(&ours.get("prod").await.unwrap()), 0, "a read");
+    let mut whole = plain.get("prod").await.unwrap();
+    whole.metadata.managed_fields = None;
+    assert_eq!(
+        serde_json::to_value(ours.get("prod").await.unwrap()).unwrap(),
+        serde_json::to_value(whole).unwrap(),
+        "nothing else cut"
+    );
     let listed = ours.list(&Default::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1);
     assert_eq!(managed(&listed.items[0]), 0, "a list");
