@@ -2087,6 +2087,91 @@ async fn a_tenant_cannot_make_the_controller_adopt_and_delete_a_connection_that_
     );
 }
 
+/// The controller's client cuts `metadata.managedFields` from the JSON a real API server sends,
+/// and nothing else: its encoding of a custom resource (keys in its own order), its list and its
+/// watch stream decode as a plain client's copy without them. (The fake API server sorts keys
+/// and frames watch events its own way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controllers_client_reads_real_objects_whole_but_for_their_managed_fields() {
+    use futures::StreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("managed-fields").await;
+    let example = design_example();
+    let name = example.name_any();
+    ns.apply(&example).await;
+    let plain = ns.eacs();
+    let ours = ns.eacs_as_the_controller_reads_them();
+    let managed = |o: &Eac| o.metadata.managed_fields.as_ref().map_or(0, Vec::len);
+    let status = |id: &str| {
+        Patch::Apply(json!({
+            "apiVersion": "proton.eac.dev/v1alpha1",
+            "kind": "EnvironmentAccountConnection",
+            "status": {"id": id},
+        }))
+    };
+    let apply = PatchParams::apply("eac-e2e-status").force();
+    let written = ours
+        .patch_status(&name, &apply, &status("e2e-a"))
+        .await
+        .expect("a status apply");
+    assert_eq!(managed(&written), 0, "a write's answer");
+    let mut whole = plain.get(&name).await.expect("a plain read");
+    assert!(
+        managed(&whole) >= 2,
+        "the API server keeps managed fields: {whole:?}"
+    );
+    whole.metadata.managed_fields = None;
+    let read = ours.get(&name).await.expect("a read as the controller's");
+    assert_eq!(
+        serde_json::to_value(&read).unwrap(),
+        serde_json::to_value(&whole).unwrap(),
+        "a read: nothing but the managed fields cut"
+    );
+    let listed = ours
+        .list(&ListParams::default())
+        .await
+        .expect("a list as the controller's");
+    let item = listed
+        .items
+        .iter()
+        .find(|o| o.name_any() == name)
+        .expect("the resource listed");
+    assert_eq!(
+        serde_json::to_value(item).unwrap(),
+        serde_json::to_value(&whole).unwrap(),
+        "a list: nothing but the managed fields cut"
+    );
+    let version = listed.metadata.resource_version.unwrap_or_default();
+    let mut events = ours
+        .watch(&WatchParams::default(), &version)
+        .await
+        .expect("a watch as the controller's")
+        .boxed();
+    plain
+        .patch_status(&name, &apply, &status("e2e-b"))
+        .await
+        .expect("a second status apply");
+    let event = tokio::time::timeout(CONVERGE, events.next())
+        .await
+        .expect("the watch event of the second status apply, within CONVERGE")
+        .expect("a watch event")
+        .expect("a decoded watch event");
+    match event {
+        WatchEvent::Modified(o) => {
+            assert_eq!(managed(&o), 0, "a watch event");
+            assert_eq!(
+                o.status.and_then(|s| s.id).as_deref(),
+                Some("e2e-b"),
+                "the event's object is whole"
+            );
+        }
+        other => panic!("not the second status apply's event: {other:?}"),
+    }
+}
+
 async fn tenant_client(kubeconfig: &std::path::Path) -> kube::Client {
     let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("a kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(file, &Default::default())

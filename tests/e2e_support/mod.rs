@@ -336,6 +336,14 @@ impl TestNamespace {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
+    /// This namespace's resources through a client built as the controller builds its own
+    /// (`runner::client_from`: its bounded retry, and managed fields cut from every answer).
+    pub fn eacs_as_the_controller_reads_them(&self) -> Api<Eac> {
+        let client = eac_controller::runner::client_from(self.config.clone())
+            .expect("a client built as the controller's");
+        Api::namespaced(client, &self.name)
+    }
+
     pub fn events(&self) -> Api<Event> {
         Api::namespaced(self.client.clone(), &self.name)
     }
