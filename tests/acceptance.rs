@@ -91,6 +91,16 @@ impl Mgmt {
         Mgmt::start_with(eager_settings()).await
     }
 
+    /// Polls an hour apart: what happens sooner is the watch's doing.
+    async fn start_polling_hourly() -> Mgmt {
+        Mgmt::start_with(Settings {
+            pending_poll: Duration::from_secs(3600),
+            resync: Duration::from_secs(3600),
+            ..eager_settings()
+        })
+        .await
+    }
+
     async fn start_with(settings: Settings) -> Mgmt {
         Mgmt::start_full(settings, CallBudget::unlimited()).await
     }
@@ -816,12 +826,7 @@ async fn a_persistent_403_on_a_policys_status_backs_off_exponentially() {
 async fn the_controller_reacts_to_a_new_policy_and_stops_on_shutdown() {
     // The real watch loop against the fake API server: a policy applied while it runs is
     // reconciled at once (the poll interval is an hour here).
-    let settings = Settings {
-        pending_poll: Duration::from_secs(3600),
-        resync: Duration::from_secs(3600),
-        ..eager_settings()
-    };
-    let m = Mgmt::start_with(settings).await;
+    let m = Mgmt::start_polling_hourly().await;
     let (prod, account) = m.request("prod-eu").await;
     let running = m.run();
     m.apply(
@@ -851,12 +856,7 @@ async fn the_controller_reacts_to_a_new_policy_and_stops_on_shutdown() {
 /// held it until the next relist).
 #[tokio::test]
 async fn a_policy_deleted_while_it_is_reconciled_is_not_kept() {
-    let settings = Settings {
-        pending_poll: Duration::from_secs(3600),
-        resync: Duration::from_secs(3600),
-        ..eager_settings()
-    };
-    let m = Mgmt::start_with(settings).await;
+    let m = Mgmt::start_polling_hourly().await;
     let (prod, account) = m.request("prod-eu").await;
     m.emulator.state().set_faults(proton_emulator::Faults {
         latency: Duration::from_secs(1),
