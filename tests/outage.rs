@@ -1102,6 +1102,7 @@ async fn the_controllers_client_decodes_objects_without_their_managed_fields() {
         request: Duration::ZERO,
         write: Duration::ZERO,
         per_kib: Duration::ZERO,
+        list_per_kib: Duration::ZERO,
         event: Duration::ZERO,
         event_per_kib: Duration::ZERO,
     });

@@ -14,8 +14,12 @@ pub struct ApiCost {
     pub request: Duration,
     /// Every write on top of that: admission, validation, the etcd transaction, the watch cache.
     pub write: Duration,
-    /// Every KiB of request and response bodies and lists (decoding, validation, encoding).
+    /// Every KiB of a request's body and of a single object answered (decoding, admission,
+    /// validation, managed fields, encoding).
     pub per_kib: Duration,
+    /// Every KiB of the objects a list or a watch's initial events carry, from the watch cache,
+    /// where they are held decoded: encoding them only.
+    pub list_per_kib: Duration,
     /// Every watch event delivered to a watcher: filtering and framing (the object was encoded
     /// once, with the write).
     pub event: Duration,
@@ -24,14 +28,18 @@ pub struct ApiCost {
 }
 
 impl ApiCost {
-    /// Calibrated on the real API server's floor in issue 15 (kube-apiserver v1.36 and etcd on
-    /// 2 cores, the floor client beside them): 29.7 s for 5,000 resources, about 6 ms of wall
-    /// time (12 ms of the two cores) per resource for a create, a finalizer patch, a status apply
-    /// and an Event, each write seen by two watches. See docs/benchmark.md.
+    /// Calibrated on the real API server's figures in issue 15 (kube-apiserver v1.36 and etcd
+    /// on 2 cores). The writes on its floor: 29.7 s for 5,000 resources, about 6 ms of wall time
+    /// (12 ms of the two cores) per resource for a create, a finalizer patch, a status apply and
+    /// an Event, each write seen by two watches. The reads on its start: 10,000 settled
+    /// resources listed, decoded by the controller and ready in 2.2 s, which bounds a list of
+    /// them (3.7 KiB each, as kubectl and the controller leave them) to about 1.5 s. See
+    /// docs/benchmark.md.
     pub const KUBE_APISERVER: ApiCost = ApiCost {
         request: Duration::from_micros(600),
         write: Duration::from_micros(1_600),
         per_kib: Duration::from_micros(120),
+        list_per_kib: Duration::from_micros(40),
         event: Duration::from_micros(50),
         event_per_kib: Duration::from_micros(20),
     };
@@ -42,11 +50,21 @@ impl ApiCost {
         self.request + write + self.per_kib.mul_f64(kib(bytes))
     }
 
+    /// What a list answering `bytes` of objects costs (from the watch cache).
+    pub fn of_list(&self, bytes: usize) -> Duration {
+        self.request + self.of_encoding(bytes)
+    }
+
+    /// What encoding `bytes` of objects held decoded costs (a list's, a watch's initial events).
+    pub fn of_encoding(&self, bytes: usize) -> Duration {
+        self.list_per_kib.mul_f64(kib(bytes))
+    }
+
     /// What reading `bytes` of objects from etcd and decoding them costs, on top of answering
     /// them: as much again as encoding them (an estimate; a list from the watch cache has them
     /// decoded already).
     pub fn of_etcd_read(&self, bytes: usize) -> Duration {
-        self.per_kib.mul_f64(kib(bytes))
+        self.of_encoding(bytes)
     }
 
     /// What delivering one watch event of `bytes` costs.

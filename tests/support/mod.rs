@@ -313,9 +313,10 @@ impl ApiState {
             || {
                 let plural = custom.clone().unwrap_or_default();
                 objects
-                    .keys()
-                    .filter(|p| in_collection(p, &plural, None))
-                    .count()
+                    .iter()
+                    .filter(|(p, _)| in_collection(p, &plural, None))
+                    .map(|(_, o)| serde_json::to_vec(o).map_or(0, |b| b.len()))
+                    .sum()
             },
             cached,
         );
@@ -605,7 +606,7 @@ fn new_resource(
     obj
 }
 
-fn eac_path(name: &str) -> String {
+pub fn eac_path(name: &str) -> String {
     format!("{GROUP_PATH}/namespaces/{NS}/environmentaccountconnections/{name}")
 }
 
@@ -1715,9 +1716,7 @@ impl FakeApi {
                 if let Some(cost) = cost {
                     let charged = lines
                         .iter()
-                        .map(|l| {
-                            cost.of_event(l.len()) + cost.per_kib.mul_f64(l.len() as f64 / 1024.0)
-                        })
+                        .map(|l| cost.of_event(l.len()) + cost.of_encoding(l.len()))
                         .sum();
                     cost::charge(charged).await;
                 }
@@ -1792,6 +1791,7 @@ impl FakeApi {
         };
         let sent = if cost.is_some() { size(&body) } else { 0 };
         let (warming, from_etcd) = self.lock().warming_refusal(&method, &path, &query);
+        let listed = warming.is_none() && method == Method::GET && is_collection(&path);
         let (code, answer, answered) = if let Some(refusal) = warming {
             let code =
                 StatusCode::from_u16(refusal["code"].as_u64().unwrap_or(500) as u16).unwrap();
@@ -1808,7 +1808,11 @@ impl FakeApi {
         if let Some(cost) = cost {
             let write = method != Method::GET;
             work.request(write, sent, answered);
-            let mut charged = cost.of_request(write, sent + answered);
+            let mut charged = if listed {
+                cost.of_list(answered)
+            } else {
+                cost.of_request(write, sent + answered)
+            };
             if from_etcd {
                 charged += cost.of_etcd_read(answered);
             }
