@@ -55,14 +55,18 @@ pub struct Warming {
     since: Instant,
     /// When each custom resource's watch cache is filled, by plural, once asked for.
     caches: HashMap<String, Instant>,
+    /// Each custom resource's collection, in bytes of JSON, by plural: what its cache reads.
+    bytes: HashMap<String, usize>,
 }
 
 impl Warming {
-    pub fn new(model: WarmUp) -> Self {
+    /// The warm-up of a start now, with the size of each custom resource's collection.
+    pub fn new(model: WarmUp, bytes: HashMap<String, usize>) -> Self {
         Warming {
             model,
             since: Instant::now(),
             caches: HashMap::new(),
+            bytes,
         }
     }
 
@@ -75,16 +79,10 @@ impl Warming {
     }
 
     /// The refusal, if any, of a request now. `custom` is the plural of the custom resource it
-    /// is for, if it is for one, and `bytes` sizes that collection's objects; `cached` tells
+    /// is for, if it is for one; `cached` tells
     /// whether the request would be served from the watch cache (a watch, or a list that is not
     /// a page without a selector).
-    pub fn refusal(
-        &mut self,
-        path: &str,
-        custom: Option<&str>,
-        bytes: impl FnOnce() -> usize,
-        cached: bool,
-    ) -> Option<Refusal> {
+    pub fn refusal(&mut self, path: &str, custom: Option<&str>, cached: bool) -> Option<Refusal> {
         let now = Instant::now();
         if now < self.since + self.model.authorizer {
             return Some(Refusal {
@@ -97,8 +95,9 @@ impl Warming {
         }
         let plural = custom?;
         let model = self.model;
+        let bytes = self.bytes.get(plural).copied().unwrap_or(0);
         let filled = *self.caches.entry(plural.to_string()).or_insert_with(|| {
-            now + model.cache + model.cache_per_kib.mul_f64(bytes() as f64 / 1024.0)
+            now + model.cache + model.cache_per_kib.mul_f64(bytes as f64 / 1024.0)
         });
         (cached && now < filled).then(|| Refusal {
             code: 429,
