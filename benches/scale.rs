@@ -523,25 +523,18 @@ async fn outage_at(s: usize, leader_election: bool) {
     if let Ok(path) = std::env::var("EAC_BENCH_LOG") {
         let _ = std::fs::write(path, controller.log());
     }
+    let api = priced(api_cost());
     // A standby is ready before it leads: only a start without leader election is one to time.
     if !leader_election {
         println!(
             "  {s} settled resources of {object_bytes} bytes each (JSON), API server {}: the binary started was ready {:.2} s after its start",
-            if api_cost().is_some() {
-                "priced as kube-apiserver"
-            } else {
-                "unpriced"
-            },
+            api,
             start_ready.as_secs_f64()
         );
     }
     println!(
         "  {s} settled resources, API server {}, a 10 s outage {}: {leading}the resource applied at the return had status.id {:.2} s after it, /readyz ready {:.2} s after it; the controller's CPU from the return until then {:.2} s; peak RSS {:.1} MiB ({:.1} MiB before the outage); refused by the restarted API server's warm-up: {} (403), {} (429)",
-        if api_cost().is_some() {
-            "priced as kube-apiserver"
-        } else {
-            "unpriced"
-        },
+        api,
         if leader_election {
             "with leader election"
         } else {
@@ -555,6 +548,15 @@ async fn outage_at(s: usize, leader_election: bool) {
         env.api.warm_up_refused(403),
         env.api.warm_up_refused(429),
     );
+}
+
+/// How the fake API server is priced, as the figures say it.
+fn priced(cost: Option<ApiCost>) -> &'static str {
+    if cost.is_some() {
+        "priced as kube-apiserver"
+    } else {
+        "unpriced"
+    }
 }
 
 /// The fake API server's price list for parts 3 (`EAC_BENCH_API_COST`: `kube-apiserver`, the
@@ -789,11 +791,7 @@ async fn binary(n: usize) {
         "  {n} resources, API server {}: the eac-controller binary {:.2} s, the floor {:.2} s ({:.2}x the floor); p50 {:.2} s, p99 {:.2} s to status.id; \
          the controller's own CPU {:.2} ms per resource ({:.1} s in all); peak RSS {:.1} MiB, RSS at the end {:.1} MiB; {:.2} AWS calls per resource ({:?})\n    \
          the API server's work per resource: controller {}; floor {}",
-        if cost.is_some() {
-            "priced as kube-apiserver"
-        } else {
-            "unpriced"
-        },
+        priced(cost),
         took.as_secs_f64(),
         floor.as_secs_f64(),
         took.as_secs_f64() / floor.as_secs_f64(),

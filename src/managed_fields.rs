@@ -10,8 +10,9 @@
 //!
 //! Only `managedFields` members of an object that is the value of a `metadata` member go. A line
 //! whose structure the scanner cannot follow as one JSON value is passed on as it came (it checks
-//! the structure, not each number or escape: kube's decoder reports what is malformed). A watch's answer is one event per line, and each line is passed on as soon
-//! as it is whole; any other answer is passed on whole, once it has all come.
+//! the structure, not each number or escape: kube's decoder reports what is malformed). A watch's
+//! answer is one event per line, and each line is passed on as soon as it is whole; any other
+//! answer is passed on whole, once it has all come.
 
 use std::ops::Range;
 use std::pin::Pin;

@@ -1787,13 +1787,14 @@ impl FakeApi {
         };
         let sent = if cost.is_some() { size(&body) } else { 0 };
         let (warming, from_etcd) = self.lock().warming_refusal(&method, &path, &query);
-        let listed = warming.is_none() && method == Method::GET && is_collection(&path);
+        let collection = method == Method::GET && is_collection(&path);
+        let listed = warming.is_none() && collection;
         let (code, answer, answered) = if let Some(refusal) = warming {
             let code =
                 StatusCode::from_u16(refusal["code"].as_u64().unwrap_or(500) as u16).unwrap();
             let (answer, answered) = whole_sized(&refusal);
             (code, answer, answered)
-        } else if method == Method::GET && is_collection(&path) {
+        } else if collection {
             self.list_or_watch(&path, &query)
         } else {
             let (code, value) =

@@ -19,6 +19,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::ApiCost;
+
 /// How long a restarted API server's warm-up lasts.
 #[derive(Clone, Copy, Debug)]
 pub struct WarmUp {
@@ -33,12 +35,13 @@ pub struct WarmUp {
 impl WarmUp {
     /// A small cluster's RBAC (a few hundred roles and bindings) is read in well under a
     /// second; a custom resource's objects are read from etcd and decoded at the price the cost
-    /// model puts on a page from etcd (`ApiCost::of_etcd_read`, 40 us a KiB): 10,000 resources
-    /// of 3.7 KiB (kubectl's, with the controller's finalizer and status) in about 1.5 s.
+    /// model puts on a page from etcd (`ApiCost::of_etcd_read`: its read price, 40 us a KiB):
+    /// 10,000 resources of 3.7 KiB (kubectl's, with the controller's finalizer and status) in
+    /// about 1.5 s.
     pub const KUBE_APISERVER: WarmUp = WarmUp {
         authorizer: Duration::from_millis(500),
         cache: Duration::from_millis(100),
-        cache_per_kib: Duration::from_micros(40),
+        cache_per_kib: ApiCost::KUBE_APISERVER.list_per_kib,
     };
 }
 
