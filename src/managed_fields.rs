@@ -5,7 +5,7 @@
 //! the watch caches drop them), but every object the API server sends carries them: an entry per
 //! manager and subresource, each with a tree of the fields it owns. Decoded, each tree node is a
 //! map entry: several KiB per object, allocated and freed again for every watch event and every
-//! listed object. A page of 500 listed objects decoded whole is the largest transient of a relist
+//! listed object. A page of listed objects decoded whole is the largest transient of a relist
 //! (benchmark part 5). Cut from the text first, they cost a scan of the bytes instead.
 //!
 //! Only `managedFields` members of an object that is the value of a `metadata` member go. A line

@@ -14,6 +14,7 @@ use eac_controller::connection::api::{ConnectionState, EnvironmentAccountConnect
 use eac_controller::policy::api::{
     ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec, UnmatchedRequests,
 };
+use eac_controller::reconciler::watch::PAGE;
 use eac_controller::runner;
 use k8s_openapi::api::coordination::v1::Lease;
 use proton_emulator::EmulatorConfig;
@@ -240,6 +241,19 @@ async fn a_resource_applied_as_the_api_server_returns_comes_in_the_relist_and_is
             served.as_secs_f64()
         );
     }
+    // Each page as large as the controller asks for (the largest transient of a relist).
+    let pages: Vec<String> = env
+        .api
+        .requests_to::<EnvironmentAccountConnection>()
+        .into_iter()
+        .filter(|r| r.method == http::Method::GET && r.query.contains("limit="))
+        .map(|r| r.query)
+        .collect();
+    let page = format!("limit={PAGE}");
+    assert!(
+        pages.len() >= 2 && pages.iter().all(|q| q.split('&').any(|p| p == page)),
+        "the relists' pages ask for {PAGE} objects each: {pages:?}"
+    );
 }
 
 /// Resources applied at once in a burst.

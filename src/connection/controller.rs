@@ -159,7 +159,7 @@ pub async fn run(
         None => Api::all(ctx.client.clone()),
     };
     // The initial state is streamed (see `reconciler::watch::streamed_or_listed`); where it is
-    // listed instead, in pages of 500 (kube's default): kube's client drops `resourceVersion=0`
+    // listed instead, in pages (`reconciler::watch::PAGE`): kube's client drops `resourceVersion=0`
     // (`any_semantic`) from a list that asks for a page, so each page is of the most recent
     // state, a page at a time, not every object from the watch cache at once.
     let mut config = watcher::Config::default().any_semantic();
