@@ -5,7 +5,7 @@
 //! `Run::record` gives the answer its meaning. The fake interprets nothing: what a conflict or a
 //! NotFound means is decided by the code under test.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use eac_controller::aws::budget::CallClass;
@@ -180,6 +180,8 @@ struct Fake {
     failures: BTreeMap<&'static str, Vec<ProtonError>>,
     /// Calls by step name answered as usual before its failures are.
     passes: BTreeMap<&'static str, usize>,
+    /// Errors answered to every call for one request, by call ("Accept c-1").
+    broken: BTreeMap<String, ProtonError>,
     calls: Vec<String>,
     clock: i64,
 }
@@ -207,6 +209,10 @@ impl Fake {
             Step::Reject { id } => format!("Reject {id}"),
             other => panic!("not an AWS step: {other:?}"),
         };
+        if let Some(e) = self.broken.get(&label) {
+            self.calls.push(label);
+            return Err(e.clone());
+        }
         self.calls.push(label);
         let passing = self.passes.get_mut(step.name()).filter(|n| **n > 0);
         if let Some(n) = passing {
@@ -797,6 +803,66 @@ fn a_passing_fault_ends_the_reconcile_and_is_reported_with_its_class() {
         );
         let jittered = (reported.requeue.as_secs_f64() / requeue.as_secs_f64() - 1.0).abs();
         assert!(jittered < 1e-9, "{code}: {:?}", reported.requeue);
+    }
+}
+
+#[test]
+fn a_passing_fault_that_keeps_coming_for_one_request_holds_up_no_other() {
+    #[rustfmt::skip]
+    let rows = [
+        ("Accept", UnmatchedRequests::Leave, ErrorClass::Transient, "InternalServerException", "AwsUnavailable"),
+        ("Accept", UnmatchedRequests::Leave, ErrorClass::Other, "InternalFailure", "AwsError"),
+        ("Accept", UnmatchedRequests::Leave, ErrorClass::Throttled, "ThrottlingException", "Throttled"),
+        ("Get", UnmatchedRequests::Reject, ErrorClass::Other, "InternalFailure", "AwsError"),
+        ("Reject", UnmatchedRequests::Reject, ErrorClass::Transient, "InternalServerException", "AwsUnavailable"),
+    ];
+    for (step, unmatched, class, code, reason) in rows {
+        let label = format!("{step} {code}");
+        let account = if step == "Accept" { A } else { D };
+        // The oldest request, first in every plan, fails each time; the two after it are fine.
+        let mut fake = requests_from(account, 3);
+        fake.broken
+            .insert(format!("{step} c-1"), error(class, code));
+        let given = Given::new(spec(unmatched));
+        let first = run(&given, &mut fake);
+        assert_eq!(first.reported().problem.reason, reason, "{label}");
+        assert_eq!(
+            first.memory.set_back,
+            BTreeSet::from(["c-1".to_string()]),
+            "{label}"
+        );
+
+        // The next reconcile decides the others first, then meets the fault again.
+        fake.calls.clear();
+        let next = after(&given, &first, 1);
+        let second = run(&next, &mut fake);
+        let expected: &[&str] = match step {
+            "Accept" => &["Accept c-2", "Accept c-3", "Accept c-1"],
+            "Get" => &["Get c-2", "Reject c-2", "Get c-3", "Reject c-3", "Get c-1"],
+            _ => &[
+                "Get c-2",
+                "Reject c-2",
+                "Get c-3",
+                "Reject c-3",
+                "Get c-1",
+                "Reject c-1",
+            ],
+        };
+        assert_eq!(decisions(&fake), expected, "{label}");
+        assert_eq!(second.reported().problem.reason, reason, "{label}");
+        let decided = if step == "Accept" {
+            ids(&second.status().accepted)
+        } else {
+            ids(&second.status().rejected)
+        };
+        assert_eq!(decided, ["c-3", "c-2"], "{label}: the others are decided");
+
+        // Once AWS takes it, it is decided and no longer set back.
+        fake.broken.clear();
+        fake.calls.clear();
+        let third = run(&after(&next, &second, 1), &mut fake);
+        assert_eq!(condition(third.status(), READY).0, "True", "{label}");
+        assert!(third.memory.set_back.is_empty(), "{label}");
     }
 }
 

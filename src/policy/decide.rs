@@ -34,6 +34,10 @@
 //!   up no other: the request is tried again on a backoff of its own, after the others, and the
 //!   policy is not Ready meanwhile ([`Refused`]). An operation refused twice and never taken in
 //!   a reconcile is taken as refused for every request: it is tried for no more in it.
+//! - A passing fault (throttled, AWS unavailable, an error of no known kind) ends the reconcile,
+//!   as it most likely is not the request's alone; the request it met is then decided after the
+//!   others until it is decided ([`Memory::set_back`]), so one request that AWS keeps failing does
+//!   not hold up the rest.
 //! - A namespace without credentials is reported (conditions, one Event), and nothing is called.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -128,6 +132,11 @@ pub struct Memory {
     /// Requests whose decision AWS refused (see [`Refused`]), while they are still this
     /// policy's to decide.
     pub refused: BTreeMap<String, Refused>,
+    /// Requests whose decision met a passing fault that ended a reconcile (throttled, AWS
+    /// unavailable, an error of no known kind), while they are still this policy's to decide:
+    /// planned after the others. A fault that comes back for one request only (Proton failing
+    /// on one odd connection) would else end every reconcile before the requests after it.
+    pub set_back: BTreeSet<String>,
 }
 
 /// A decision AWS refused for one request, with an answer that retrying soon will not change
@@ -550,6 +559,10 @@ impl<'a> Run<'a> {
                 self.plan.pop_front();
                 self.refused(step.name(), id, &e);
             }
+            (Step::Accept { id } | Step::Get { id } | Step::Reject { id }, Err(e)) => {
+                self.next_memory.set_back.insert(id.clone());
+                self.problem = Some(Problem::from(&e));
+            }
             (_, Err(e)) => self.problem = Some(Problem::from(&e)),
             (step, Ok(outcome)) => {
                 self.problem = Some(Problem {
@@ -655,7 +668,16 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        plan.sort_by_key(order);
+        // A request set back is still this policy's to decide while it is planned.
+        let set_back = &self.memory.set_back;
+        self.next_memory.set_back = plan
+            .iter()
+            .chain(&again)
+            .map(|p| p.id())
+            .filter(|id| set_back.contains(*id))
+            .map(str::to_string)
+            .collect();
+        plan.sort_by_key(|p| (set_back.contains(p.id()), order(p)));
         again.sort_by_key(order);
         plan.extend(again);
         if plan.len() > MAX_DECISIONS {
@@ -785,6 +807,7 @@ impl<'a> Run<'a> {
             .collect();
         for id in &ids {
             self.next_memory.refused.remove(id);
+            self.next_memory.set_back.remove(id);
         }
         self.next_memory
             .decided
