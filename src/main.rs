@@ -144,11 +144,13 @@ fn checked(args: &RunArgs, endpoint_from_cli: bool) -> Result<Endpoint, ExitCode
 /// two arenas keep the resident set close to what the controller really holds (the scale
 /// benchmark measured about 5 MiB less at 5,000 resources).
 ///
-/// And a block of 128 KiB or more (a page of a list as text, a cache's table) always gets pages
-/// of its own, handed back when freed. By default glibc raises that bound to the largest such
-/// block freed so far, and from then on takes the next page-sized blocks of a relist from its
-/// heap, where what is freed between them stays resident: at 10,000 resources the relist after
-/// an API-server outage peaked 2 to 4 MiB higher (benchmark part 5).
+/// And a block of 128 KiB or more (a page of a list as text, a cache's table) that the heap has
+/// no free room for gets pages of its own, handed back when freed; the heap's free top is handed
+/// back past 128 KiB too. By default glibc raises both bounds as large blocks are freed, and
+/// from then on takes the next page-sized blocks of a relist from its heap, where what is freed
+/// between them stays resident: at 10,000 resources the relist after an API-server outage
+/// peaked 2.7 to 3.9 MiB higher (benchmark part 5). Setting it overrides
+/// `MALLOC_MMAP_THRESHOLD_` and `GLIBC_TUNABLES` (as the arena limit does).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {
     // SAFETY: mallopt only sets a parameter of the allocator; called before other threads start.

@@ -14,6 +14,7 @@ use eac_controller::connection::api::{ADOPT_ANNOTATION, ConnectionState, FINALIZ
 use eac_controller::connection::controller::{self, WatchScope};
 use eac_controller::connection::decide::{AdoptionPolicy, Settings};
 use eac_controller::http::Readiness;
+use eac_controller::reconciler::watch::PAGE;
 use proton_emulator::{EmulatorConfig, Faults, Idempotency};
 use support::{Env, condition, eager_settings, patient, reconcile_until, requeue_of, spec};
 
@@ -588,6 +589,27 @@ async fn where_the_api_server_refuses_to_stream_a_watch_s_initial_state_it_is_li
     assert!(env.api.answered(422) >= 1, "the streamed watch was refused");
     assert!(requests.contains_key("GET list"), "{requests:?}");
     assert!(requests.contains_key("GET watch"), "{requests:?}");
+    // In pages of the controller's size, each of the most recent state (not every object from
+    // the watch cache at once, which `resourceVersion=0` would ask for).
+    let lists: Vec<String> = env
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == http::Method::GET
+                && r.path.ends_with("/environmentaccountconnections")
+                && !r.query.contains("watch=")
+        })
+        .map(|r| r.query)
+        .collect();
+    let page = format!("limit={PAGE}");
+    assert!(
+        !lists.is_empty()
+            && lists
+                .iter()
+                .all(|q| { q.split('&').any(|p| p == page) && !q.contains("resourceVersion=0") }),
+        "the lists ask for pages of {PAGE}, not the cache's every object: {lists:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -453,8 +453,8 @@ fn expired(error: &watcher::Error) -> bool {
 }
 
 /// The watch of `api`, its initial state streamed as events (`sendInitialEvents`, the WatchList
-/// feature of kube-apiserver, on by default from 1.34), or listed with `config` where the API
-/// server refuses that (1.33 has it off and answers 422), or in pages where its watch cache for
+/// feature of kube-apiserver, on by default from 1.34), or listed with `config` in pages of
+/// [`PAGE`] where the API server refuses that (1.33 has it off and answers 422), or in pages where its watch cache for
 /// the kind is not ready ([`paged`]): from then on this watch lists.
 ///
 /// Why stream: a list with `resourceVersion=0` (served from the API server's watch cache, cheap
@@ -576,7 +576,8 @@ struct Watching<K: Resource + Clone + 'static> {
 enum Lists {
     /// As events of the watch (`sendInitialEvents`).
     Streamed,
-    /// With the watch's own config (where the server does not stream lists).
+    /// With the watch's own config, in pages of [`PAGE`] (where the server does not stream
+    /// lists).
     Whole,
     /// In pages of the most recent state ([`paged`]).
     Paged,
@@ -624,7 +625,8 @@ const CACHE_WAIT: Duration = Duration::from_millis(250);
 /// What a watch does about the API server's refusal of its start.
 #[derive(Debug, PartialEq, Eq)]
 enum Switch {
-    /// Lists with its own config from then on (the server does not stream lists).
+    /// Lists with its own config, in pages of [`PAGE`], from then on (the server does not
+    /// stream lists).
     ToLists,
     /// Lists now, in pages ([`paged`]), and from then on.
     ToPages,
@@ -698,11 +700,11 @@ fn paged(config: watcher::Config) -> watcher::Config {
 }
 
 /// Objects per page of a list. A page is held whole twice over while it is read (its text, then
-/// its objects decoded), the largest transient of a relist: with kube-runtime's and client-go's
-/// 500, at 10,000 resources of 3.7 KiB the relist after an API-server outage peaked 4 to 6 MiB
-/// over the controller's steady resident set (benchmark part 5), with 250 about 3. The
-/// requests it adds (40 pages instead of 20 at 10,000) served the new resource as soon; with
-/// 100 a second later.
+/// its objects decoded), the largest transient of a relist. At 10,000 resources of 3.7 KiB
+/// (benchmark part 5) the relist after an API-server outage peaked 8 MiB over the controller's
+/// steady resident set with kube-runtime's and client-go's 500, 6 with 250; with glibc's mmap
+/// threshold fixed too (`main.rs`), 5 with 500 and 3 with 250. The requests it adds (40 pages
+/// instead of 20 at 10,000) served the new resource as soon; pages of 100 a second later.
 pub const PAGE: u32 = 250;
 
 /// Passes on the objects whose trigger hash changed since the watch last showed them (or that
