@@ -9,9 +9,14 @@
 //! server still starting: tried again soon, not waited after as a refusal is, nor reported as
 //! one.
 
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use tokio::sync::watch;
 use tokio::time::Instant;
+use tower::{Layer, Service};
 
 /// How long after the API server answers again, following calls it left unanswered, its
 /// refusals are taken as those of a server still starting.
@@ -62,6 +67,114 @@ pub fn refused_while_starting(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if matches!(status.code, 401 | 403))
 }
 
+/// Calls left unanswered this long, then an answer: a return that wakes the watches sleeping in
+/// their backoff ([`Answers::returns`]). Shorter, and a server that drops some calls and answers
+/// others would wake them at every answer.
+pub const AWAY: Duration = Duration::from_secs(1);
+
+/// The API server's answers to the controller's client, as they come: whether it has left every
+/// call unanswered (see [`unanswered`]) for [`AWAY`] or longer, and its returns after that.
+///
+/// Through an outage each watch retries on a backoff grown to 2 s (`reconciler::watch`), so the
+/// first try of each after the return came up to 2.5 s after it, the resources' relist with it
+/// (a second on average). The first answer to any call (a watch's, a write's, a Lease's, a 403
+/// of a server still starting included) now wakes every watch at once.
+#[derive(Clone, Debug)]
+pub struct Answers(Arc<AnswersState>);
+
+#[derive(Debug)]
+struct AnswersState {
+    /// Since when every call has been left unanswered.
+    away_since: Mutex<Option<Instant>>,
+    /// Counts the returns.
+    returns: watch::Sender<u64>,
+}
+
+impl Default for Answers {
+    fn default() -> Self {
+        Answers(Arc::new(AnswersState {
+            away_since: Mutex::new(None),
+            returns: watch::channel(0).0,
+        }))
+    }
+}
+
+impl Answers {
+    fn away_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.0.away_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A call was left unanswered.
+    pub fn unanswered(&self) {
+        self.away_since().get_or_insert_with(Instant::now);
+    }
+
+    /// A call was answered (a refusal included): a return if the calls before were left
+    /// unanswered for [`AWAY`] or longer.
+    pub fn answered(&self) {
+        let away = self.away_since().take();
+        if away.is_some_and(|since| since.elapsed() >= AWAY) {
+            self.0.returns.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Sees each return.
+    pub fn returns(&self) -> watch::Receiver<u64> {
+        self.0.returns.subscribe()
+    }
+}
+
+/// Tells [`Answers`] how each call went: answered, or not (no answer, or 502 to 504 from a
+/// gateway or a server saying it is unavailable).
+#[derive(Clone)]
+pub struct AnswersLayer(pub Answers);
+
+impl<S> Layer<S> for AnswersLayer {
+    type Service = Answered<S>;
+
+    fn layer(&self, inner: S) -> Answered<S> {
+        Answered {
+            inner,
+            answers: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Answered<S> {
+    inner: S,
+    answers: Answers,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Answered<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let answer = self.inner.call(request);
+        let answers = self.answers.clone();
+        Box::pin(async move {
+            let answer = answer.await;
+            match &answer {
+                Ok(response) if !matches!(response.status().as_u16(), 502..=504) => {
+                    answers.answered()
+                }
+                _ => answers.unanswered(),
+            }
+            answer
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +195,60 @@ mod tests {
             starting.answered(back + STARTING * 2),
             "away again: a new start"
         );
+    }
+
+    /// Calls `service` once; the mock answers it with `answer`.
+    async fn called(
+        service: &mut Answered<tower_test::mock::Mock<http::Request<()>, http::Response<()>>>,
+        handle: &mut tower_test::mock::Handle<http::Request<()>, http::Response<()>>,
+        answer: Result<u16, &'static str>,
+    ) {
+        use tower::ServiceExt;
+        handle.allow(1);
+        let call = service.ready().await.unwrap().call(http::Request::new(()));
+        let (_, respond) = handle.next_request().await.unwrap();
+        match answer {
+            Ok(code) => {
+                respond.send_response(http::Response::builder().status(code).body(()).unwrap())
+            }
+            Err(e) => respond.send_error(e),
+        }
+        let _ = call.await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_after_calls_left_unanswered_for_a_second_is_a_return() {
+        let answers = Answers::default();
+        let returns = answers.returns();
+        let (mock, mut handle) = tower_test::mock::pair();
+        let mut service = AnswersLayer(answers.clone()).layer(mock);
+
+        // Answered, refusals included: nothing to tell.
+        called(&mut service, &mut handle, Ok(200)).await;
+        called(&mut service, &mut handle, Ok(403)).await;
+        assert!(!returns.has_changed().unwrap());
+
+        // Left unanswered (no connection, a 503) for less than a second, then answered.
+        called(&mut service, &mut handle, Err("connection refused")).await;
+        tokio::time::advance(AWAY / 2).await;
+        called(&mut service, &mut handle, Ok(503)).await;
+        called(&mut service, &mut handle, Ok(403)).await;
+        assert!(!returns.has_changed().unwrap(), "a passing failure");
+
+        // For a second or more: the first answer is a return, told once.
+        called(&mut service, &mut handle, Err("connection refused")).await;
+        tokio::time::advance(AWAY).await;
+        called(&mut service, &mut handle, Ok(504)).await;
+        assert!(
+            !returns.has_changed().unwrap(),
+            "a gateway's 504 is no answer"
+        );
+        called(&mut service, &mut handle, Ok(403)).await;
+        assert!(returns.has_changed().unwrap(), "the return");
+        let mut returns = returns;
+        returns.mark_unchanged();
+        called(&mut service, &mut handle, Ok(200)).await;
+        assert!(!returns.has_changed().unwrap(), "told once");
     }
 
     #[test]

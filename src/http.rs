@@ -35,6 +35,8 @@ struct ReadyState {
     failure_timeout: Duration,
     /// Counts the API server's returns: each time it answers after failing.
     returns: tokio::sync::watch::Sender<u64>,
+    /// How the client's calls went (see [`crate::api_answers::Answers`]).
+    answers: crate::api_answers::Answers,
 }
 
 /// A failure at least this long is an outage whose end is told to [`Readiness::returns`]. A
@@ -73,6 +75,7 @@ impl Readiness {
             failing_since: None,
             failure_timeout,
             returns: tokio::sync::watch::channel(0).0,
+            answers: crate::api_answers::Answers::default(),
         })))
     }
 
@@ -117,6 +120,12 @@ impl Readiness {
     /// [`crate::reconciler::after_outage`]).
     pub fn returns(&self) -> tokio::sync::watch::Receiver<u64> {
         self.lock().returns.subscribe()
+    }
+
+    /// How the calls of the client made for this readiness went (`runner::client_telling`):
+    /// its returns wake the watches sleeping in their backoff.
+    pub fn api_answers(&self) -> crate::api_answers::Answers {
+        self.lock().answers.clone()
     }
 
     /// A call to the API server failed.

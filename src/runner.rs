@@ -14,6 +14,7 @@ use tower::buffer::BufferLayer;
 use tower::retry::RetryLayer;
 use tracing::{debug, info, warn};
 
+use crate::api_answers::AnswersLayer;
 use crate::api_answers::{Starting, refused_while_starting, unanswered};
 use crate::aws::budget::CallBudget;
 use crate::aws::proton::{Proton, ProtonSettings};
@@ -113,7 +114,12 @@ pub fn client_telling(
     let policy = RetryPolicy::new(KUBE_RETRY_FIRST, KUBE_RETRY_MAX, KUBE_RETRIES, true)
         .map_err(|e| kube::Error::Service(e.into()))?;
     let policy = ButWatchesShed(policy);
+    let answers = readiness
+        .as_ref()
+        .map_or_else(Default::default, Readiness::api_answers);
     Ok(ClientBuilder::try_from(config)?
+        // Each try, the retry's included.
+        .with_layer(&AnswersLayer(answers))
         // The retry sends a request again through what it wraps, so that must be a handle it can
         // clone: a buffer in front of kube's stack.
         .with_layer(&BufferLayer::new(1024))

@@ -1103,6 +1103,41 @@ async fn readyz_is_ready_again_after_a_long_outage_though_nothing_changed() {
         .await;
 }
 
+/// The controller's client tells its readiness when the API server answers again after leaving
+/// its calls unanswered for a second or more: what ends the waits of the watches in their
+/// backoff at once (`reconciler::watch`), instead of up to 2.5 s after the return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controllers_client_tells_the_api_servers_return_after_a_second_unanswered() {
+    let (env, _dir, kubeconfig) = over_http().await;
+    let readiness = eac_controller::http::Readiness::default();
+    let client =
+        runner::client_telling(kube_config_of(&kubeconfig).await, Some(readiness.clone())).unwrap();
+    let api: kube::Api<EnvironmentAccountConnection> = kube::Api::namespaced(client, NS);
+    let returns = readiness.api_answers().returns();
+    api.list(&Default::default()).await.unwrap();
+
+    env.api.stop();
+    assert!(
+        api.list(&Default::default()).await.is_err(),
+        "left unanswered"
+    );
+    // The outage lasts what makes a return.
+    tokio::time::sleep(eac_controller::api_answers::AWAY).await;
+    assert!(
+        api.list(&Default::default()).await.is_err(),
+        "left unanswered"
+    );
+    assert!(!returns.has_changed().unwrap(), "no return while away");
+    env.api.up();
+    // The restarted server's first answer is a refusal (its warm-up): a return all the same.
+    let first = api.list(&Default::default()).await;
+    assert!(
+        matches!(&first, Err(kube::Error::Api(s)) if s.code == 403),
+        "the warm-up's 403: {first:?}"
+    );
+    assert!(returns.has_changed().unwrap(), "the return was told");
+}
+
 /// The controller's client decodes what the API server sends without managed fields (a write's
 /// answer, a read, a list, a watch event), over HTTP; a plain client gets them, as the fake keeps
 /// them as a real API server does.

@@ -188,8 +188,11 @@ pub async fn run(
     let listed = Arc::new(AtomicBool::new(false));
     let listed_at = listed.clone();
     let (store, triggers) = reconciler::watch::triggers(
-        api,
-        config,
+        reconciler::watch::Watched {
+            api,
+            config,
+            returns: readiness.api_answers().returns(),
+        },
         slim,
         move |store, event| {
             follow_watch(&follow_ctx, store, &follow_ready, &known, event);
@@ -219,9 +222,11 @@ pub async fn run(
                 }
             }
         };
+        let answers = readiness.api_answers();
         let followed = tokio::select! {
             followed = crate::mapping::controller::follow(
                 &ctx.client,
+                &answers,
                 scope.unmapped_namespaces,
                 shutdown.clone(),
             ) => followed,

@@ -96,6 +96,7 @@ impl Ticks {
 /// change, and during an API-server outage a watch fails every 2 s.
 fn followed<K>(
     api: Api<K>,
+    answers: &crate::api_answers::Answers,
     slim: impl FnMut(&mut K) + Send + 'static,
     hash: impl Fn(&K) -> u64 + Send + 'static,
     ticks: Ticks,
@@ -115,8 +116,11 @@ where
 {
     let removed = ticks.clone();
     let (store, changed) = crate::reconciler::watch::triggers(
-        api,
-        watcher::Config::default().any_semantic(),
+        crate::reconciler::watch::Watched {
+            api,
+            config: watcher::Config::default().any_semantic(),
+            returns: answers.returns(),
+        },
         slim,
         move |_, event| {
             if let Ok(watcher::Event::Delete(_) | watcher::Event::InitDone) = event {
@@ -171,6 +175,7 @@ async fn follow_credentials(
 /// if `shutdown` came first.
 pub async fn follow(
     client: &Client,
+    answers: &crate::api_answers::Answers,
     unmapped: UnmappedNamespaces,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Option<(
@@ -188,6 +193,7 @@ pub async fn follow(
     };
     let (mappings, follow_mappings) = followed(
         Api::<AccountMapping>::all(client.clone()),
+        answers,
         |m: &mut AccountMapping| m.metadata.managed_fields = None,
         |m: &AccountMapping| {
             let mut h = DefaultHasher::new();
@@ -201,6 +207,7 @@ pub async fn follow(
     );
     let (namespaces, follow_namespaces) = followed(
         Api::<Namespace>::all(client.clone()),
+        answers,
         // Only the labels are read.
         |ns: &mut Namespace| {
             ns.metadata.managed_fields = None;

@@ -825,8 +825,11 @@ pub async fn run(
     ctx.forget_all();
     let follow_ctx = ctx.clone();
     let (store, triggers) = reconciler::watch::triggers(
-        api,
-        watcher::Config::default().any_semantic(),
+        reconciler::watch::Watched {
+            api,
+            config: watcher::Config::default().any_semantic(),
+            returns: readiness.api_answers().returns(),
+        },
         slim,
         move |store, event| follow_watch(&follow_ctx, store, event),
         trigger_hash,

@@ -33,7 +33,10 @@ use crate::repeated::Repeated;
 /// at worst costs the API server a refused request each, and the jitter keeps the controller's
 /// watches (and its standby's Lease calls) from arriving together. A working watch resets it,
 /// and so does the first failure the API server answers after failures it left unanswered (see
-/// [`Returns`]).
+/// [`Returns`]). A watch waiting in it tries at once when the API server answers any of the
+/// controller's calls after leaving them unanswered for a second or more
+/// ([`crate::api_answers::Answers`]): before, its first try after an outage came up to 2.5 s
+/// after the return.
 pub struct WatchBackoff {
     next: Duration,
     /// Set when the API server answered again: the next wait is the first one.
@@ -122,14 +125,22 @@ pub enum Relisted {
     Whole,
 }
 
-/// The cache of `api`'s objects and the stream of those that changed in a way `trigger` sees.
+/// What a watch lists and watches, and what tells it of the API server's returns (see
+/// [`WatchBackoff`]).
+pub struct Watched<K: Resource> {
+    pub api: Api<K>,
+    pub config: watcher::Config,
+    /// `crate::api_answers::Answers::returns` of the client `api` calls with.
+    pub returns: tokio::sync::watch::Receiver<u64>,
+}
+
+/// The cache of `watched`'s objects and the stream of those that changed in a way `trigger` sees.
 /// The watch's failures are logged here (`hint`: what to check if they last), the first in a row
 /// and every tenth at warn, and told to `follow`; they are not passed on: a kube-runtime
 /// controller would hold its trigger stream after each with a backoff of its own, which the
 /// watch's return does not reset (see [`Returns`]).
 pub fn triggers<K>(
-    api: Api<K>,
-    config: watcher::Config,
+    watched: Watched<K>,
     slim: impl FnMut(&mut K) + Send + 'static,
     follow: impl FnMut(&Store<K>, &Result<watcher::Event<K>, watcher::Error>) + Send + 'static,
     trigger: impl Fn(&K) -> Option<u64> + Send + 'static,
@@ -155,7 +166,12 @@ where
     let mut failures = Repeated::default();
     let mut cached = Cached::new(writer, relisted);
     let mut changes = TriggerChanges::new(trigger);
-    let stream = backed_off(streamed_or_listed(api, config))
+    let Watched {
+        api,
+        config,
+        returns,
+    } = watched;
+    let stream = backed_off(streamed_or_listed(api, config), returns)
         .modify(slim)
         .flat_map(move |event| {
             let (news, event) = cached.write(event);
@@ -290,6 +306,7 @@ fn key<K: Resource<DynamicType = ()>>(obj: &K) -> CompactId {
 /// return is the first one ([`Returns`]).
 fn backed_off<K>(
     events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    api_returns: tokio::sync::watch::Receiver<u64>,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
 where
     K: Resource<DynamicType = ()> + Send,
@@ -297,10 +314,53 @@ where
     let mut relists = Relists::default();
     let backoff = WatchBackoff::default();
     let mut returns = Returns::new(&backoff);
-    events
+    let events = events
         .filter(move |event| futures::future::ready(!relists.at_once::<K>(event)))
-        .inspect(move |event| returns.see(event))
-        .backoff(backoff)
+        .inspect(move |event| returns.see(event));
+    woken_backoff(events, backoff, api_returns, K::kind(&()).to_string())
+}
+
+/// kube-runtime's `StreamBackoff` (after a failure, waits `backoff`'s next wait before it asks
+/// `events` for more; a success resets it), but a wait ends early at a return of the API server
+/// that `returns` tells after the failure ([`crate::api_answers::Answers`]).
+fn woken_backoff<T, E, B>(
+    events: impl Stream<Item = Result<T, E>> + Send,
+    backoff: B,
+    returns: tokio::sync::watch::Receiver<u64>,
+    kind: String,
+) -> impl Stream<Item = Result<T, E>> + Send
+where
+    T: Send,
+    E: Send,
+    B: Backoff + Send,
+{
+    let start = (Box::pin(events), backoff, returns, kind, None::<Duration>);
+    futures::stream::unfold(
+        start,
+        |(mut events, mut backoff, mut returns, kind, wait)| async move {
+            if let Some(wait) = wait {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    Ok(()) = returns.changed() => {
+                        debug!(%kind, "the API server answers again; the watch tries at once");
+                    }
+                }
+            }
+            let event = events.next().await?;
+            let wait = match &event {
+                Ok(_) => {
+                    backoff.reset();
+                    None
+                }
+                Err(_) => {
+                    // A return from here on ends the wait; one before is the answer to this try.
+                    returns.borrow_and_update();
+                    backoff.next()
+                }
+            };
+            Some((event, (events, backoff, returns, kind, wait)))
+        },
+    )
 }
 
 /// Tells the watch's backoff when the API server answers again after failures it left
@@ -1331,7 +1391,7 @@ mod tests {
             Err(watcher::Error::WatchError(status(410))),
             Ok(watcher::Event::Init),
         ]);
-        let mut watch = std::pin::pin!(backed_off(events));
+        let mut watch = std::pin::pin!(backed_off(events, tokio::sync::watch::channel(0).1));
         for _ in 0..3 {
             assert!(matches!(watch.next().await, Some(Err(_))));
         }
@@ -1340,6 +1400,43 @@ mod tests {
         let waited = returned.elapsed();
         // The third refusal's wait (1 s +/- 25 %), and no second one after the 410 (2 s more).
         assert!(waited <= Duration::from_millis(1_250), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_after_a_failure_ends_when_the_api_server_answers_again_after_it() {
+        let refused = || -> Result<u32, &'static str> { Err("refused") };
+        let events = futures::stream::iter([refused(), refused(), refused(), refused(), Ok(1)]);
+        let (answers, returns) = tokio::sync::watch::channel(0u64);
+        let mut watch = std::pin::pin!(woken_backoff(
+            events,
+            WatchBackoff::default(),
+            returns,
+            "Test".into()
+        ));
+        for _ in 0..2 {
+            assert_eq!(watch.next().await, Some(Err("refused")));
+        }
+        // A return told before a failure came (the answer to that try) leaves its wait as is.
+        answers.send_modify(|n| *n += 1);
+        assert_eq!(watch.next().await, Some(Err("refused")));
+        let failed = tokio::time::Instant::now();
+        assert_eq!(watch.next().await, Some(Err("refused")));
+        let waited = failed.elapsed();
+        assert!(
+            waited >= Duration::from_millis(750),
+            "the third wait (1 s +/- 25 %): {waited:?}"
+        );
+
+        // A return told during the wait (2 s +/- 25 %) ends it.
+        let failed = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            answers.send_modify(|n| *n += 1);
+            // Kept until the watch has tried: a dropped sender tells no more returns.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        assert_eq!(watch.next().await, Some(Ok(1)));
+        assert_eq!(failed.elapsed(), Duration::from_millis(100));
     }
 
     #[test]
