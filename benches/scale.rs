@@ -378,18 +378,24 @@ async fn settled(s: usize) -> Env {
         env.api.apply_new(n, &uid(i), spec(n)).await;
     }
     until_all_have_ids(&env.api, &names, Instant::now(), Duration::from_secs(900)).await;
-    running.stop().await;
-    // ...then accepted, and recorded as CONNECTED.
+    // ...then accepted, and seen CONNECTED by the controller's polls, which record it as they do
+    // (status and conditions: a controller started on them has nothing to write).
     for c in env.proton().connections() {
         let _ = env.proton().accept(&c.id);
     }
-    for n in &names {
-        env.api.edit(n, |o| {
-            if let Some(status) = o.status.as_mut() {
-                status.status = Some(eac_controller::connection::api::ConnectionState::Connected);
-            }
-        });
+    let connected = |n: &String| {
+        env.api.get(n).and_then(|o| o.status).and_then(|s| s.status)
+            == Some(eac_controller::connection::api::ConnectionState::Connected)
+    };
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while !names.iter().all(connected) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the controller to record every settled resource CONNECTED"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    running.stop().await;
     env
 }
 
