@@ -508,7 +508,7 @@ fn whole(value: &Value) -> FakeBody {
 }
 
 /// The body, and its size in bytes (what the cost model charges for).
-fn whole_sized(value: &Value) -> (FakeBody, usize) {
+fn whole_sized(value: &impl serde::Serialize) -> (FakeBody, usize) {
     let bytes = serde_json::to_vec(value).unwrap();
     let size = bytes.len();
     (Full::new(Bytes::from(bytes)).boxed_unsync(), size)
@@ -1623,11 +1623,15 @@ impl FakeApi {
                 }
             },
         };
+        // From after the last key of the page before (the keys are in order).
+        let from = match &after {
+            Some(a) => std::ops::Bound::Excluded(a.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
         let mut matching = st
             .objects
-            .iter()
-            .filter(|(p, o)| in_collection(p, &plural, namespace.as_deref()) && matches(o))
-            .filter(|(p, _)| after.as_ref().is_none_or(|a| p.as_str() > a.as_str()));
+            .range((from, std::ops::Bound::Unbounded))
+            .filter(|(p, o)| in_collection(p, &plural, namespace.as_deref()) && matches(o));
         let items: Vec<(&String, &Value)> = match page {
             Some(n) => matching.by_ref().take(n).collect(),
             None => matching.by_ref().collect(),
@@ -1637,14 +1641,22 @@ impl FakeApi {
         if more && let Some((last, _)) = items.last() {
             metadata["continue"] = json!(continue_token(version, last));
         }
-        let items: Vec<Value> = items.into_iter().map(|(_, o)| o.clone()).collect();
+        // Encoded from the objects where they are, as a real API server's watch cache does.
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct List<'a> {
+            api_version: &'a str,
+            kind: &'a str,
+            metadata: Value,
+            items: Vec<&'a Value>,
+        }
         let (api_version, kind) = list_kind(&plural);
-        let list = json!({
-            "apiVersion": api_version,
-            "kind": kind,
-            "metadata": metadata,
-            "items": items,
-        });
+        let list = List {
+            api_version,
+            kind: &kind,
+            metadata,
+            items: items.into_iter().map(|(_, o)| o).collect(),
+        };
         let (body, bytes) = whole_sized(&list);
         (StatusCode::OK, body, bytes)
     }
@@ -1672,6 +1684,7 @@ impl FakeApi {
                 0,
             );
         }
+        let spending = cost::Spending::start();
         let mut initial: Vec<Bytes> = st
             .objects
             .iter()
@@ -1681,6 +1694,8 @@ impl FakeApi {
             })
             .map(|(_, o)| watch_line("ADDED", o))
             .collect();
+        // Taken off what the initial events are charged, as they go (see `cost::Spending`).
+        let mut credit = spending.spent();
         let (api_version, list) = list_kind(&plural);
         let end = watch_line(
             "BOOKMARK",
@@ -1707,17 +1722,20 @@ impl FakeApi {
         let cost = st.cost;
         // Written as a real API server writes a backlog of events: many to a flush.
         let chunks: Vec<Vec<Bytes>> = initial.chunks(100).map(<[Bytes]>::to_vec).collect();
-        let initial =
-            futures::StreamExt::then(futures::stream::iter(chunks), move |lines| async move {
-                if let Some(cost) = cost {
-                    let charged = lines
-                        .iter()
-                        .map(|l| cost.of_event(l.len()) + cost.of_encoding(l.len()))
-                        .sum();
-                    cost::charge(charged).await;
-                }
-                Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(lines.concat())))
+        let initial = futures::StreamExt::then(futures::stream::iter(chunks), move |lines| {
+            let charged: Duration = cost.map_or(Duration::ZERO, |cost| {
+                lines
+                    .iter()
+                    .map(|l| cost.of_event(l.len()) + cost.of_encoding(l.len()))
+                    .sum()
             });
+            let burnt = charged.saturating_sub(credit);
+            credit = credit.saturating_sub(charged);
+            async move {
+                cost::charge(burnt).await;
+                Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(lines.concat())))
+            }
+        });
         let late_end = futures::StreamExt::then(
             futures::stream::iter((!end_delay.is_zero()).then_some(end)),
             move |end| async move {
@@ -1781,6 +1799,8 @@ impl FakeApi {
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
+        // No await until the charge: the answer is built on this thread.
+        let spending = cost::Spending::start();
         let size = |v: &Value| match v {
             Value::Null => 0,
             v => serde_json::to_vec(v).map_or(0, |b| b.len()),
@@ -1812,6 +1832,12 @@ impl FakeApi {
             };
             if from_etcd {
                 charged += cost.of_etcd_read(answered);
+            }
+            // A watch's events are charged as they are sent, its initial ones less what the
+            // fake spent on them (`stream_list`).
+            let watch = query_param(&query, "watch").is_some_and(|w| w == "true" || w == "1");
+            if !watch {
+                charged = charged.saturating_sub(spending.spent());
             }
             cost::charge(charged).await;
         }
