@@ -812,7 +812,6 @@ fn a_passing_fault_that_keeps_coming_for_one_request_holds_up_no_other() {
     let rows = [
         ("Accept", UnmatchedRequests::Leave, ErrorClass::Transient, "InternalServerException", "AwsUnavailable"),
         ("Accept", UnmatchedRequests::Leave, ErrorClass::Other, "InternalFailure", "AwsError"),
-        ("Accept", UnmatchedRequests::Leave, ErrorClass::Throttled, "ThrottlingException", "Throttled"),
         ("Get", UnmatchedRequests::Reject, ErrorClass::Other, "InternalFailure", "AwsError"),
         ("Reject", UnmatchedRequests::Reject, ErrorClass::Transient, "InternalServerException", "AwsUnavailable"),
     ];
@@ -826,6 +825,15 @@ fn a_passing_fault_that_keeps_coming_for_one_request_holds_up_no_other() {
         let given = Given::new(spec(unmatched));
         let first = run(&given, &mut fake);
         assert_eq!(first.reported().problem.reason, reason, "{label}");
+        assert!(
+            first
+                .reported()
+                .problem
+                .message
+                .starts_with("connection c-1: "),
+            "{label}: the request is named: {}",
+            first.reported().problem.message
+        );
         assert_eq!(
             first.memory.set_back,
             BTreeSet::from(["c-1".to_string()]),
@@ -864,6 +872,24 @@ fn a_passing_fault_that_keeps_coming_for_one_request_holds_up_no_other() {
         assert_eq!(condition(third.status(), READY).0, "True", "{label}");
         assert!(third.memory.set_back.is_empty(), "{label}");
     }
+}
+
+#[test]
+fn a_throttled_request_is_not_set_back() {
+    // Throttling is the account's: the oldest request still goes first once it passes.
+    let mut fake = requests_from(A, 2);
+    fake.broken.insert(
+        "Accept c-1".into(),
+        error(ErrorClass::Throttled, "ThrottlingException"),
+    );
+    let given = Given::new(spec(UnmatchedRequests::Leave));
+    let first = run(&given, &mut fake);
+    assert_eq!(first.reported().problem.reason, "Throttled");
+    assert!(first.memory.set_back.is_empty());
+    fake.broken.clear();
+    fake.calls.clear();
+    let _ = run(&after(&given, &first, 1), &mut fake);
+    assert_eq!(decisions(&fake), ["Accept c-1", "Accept c-2"]);
 }
 
 /// `n` PENDING requests from `account` for `prod-1`, `prod-2`, ... (ids `c-1`, ...), the oldest

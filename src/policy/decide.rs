@@ -35,9 +35,9 @@
 //!   policy is not Ready meanwhile ([`Refused`]). An operation refused twice and never taken in
 //!   a reconcile is taken as refused for every request: it is tried for no more in it.
 //! - A passing fault (throttled, AWS unavailable, an error of no known kind) ends the reconcile,
-//!   as it most likely is not the request's alone; the request it met is then decided after the
-//!   others until it is decided ([`Memory::set_back`]), so one request that AWS keeps failing does
-//!   not hold up the rest.
+//!   as it most likely is not the request's alone; the request that AWS was unavailable for, or
+//!   answered an unknown error, is then decided after the others until it is decided
+//!   ([`Memory::set_back`]), so one request that AWS keeps failing does not hold up the rest.
 //! - A namespace without credentials is reported (conditions, one Event), and nothing is called.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -132,9 +132,9 @@ pub struct Memory {
     /// Requests whose decision AWS refused (see [`Refused`]), while they are still this
     /// policy's to decide.
     pub refused: BTreeMap<String, Refused>,
-    /// Requests whose decision met a passing fault that ended a reconcile (throttled, AWS
-    /// unavailable, an error of no known kind), while they are still this policy's to decide:
-    /// planned after the others. A fault that comes back for one request only (Proton failing
+    /// Requests whose decision met a passing fault that ended a reconcile (AWS unavailable, an
+    /// error of no known kind; not throttling, the account's), while they are still this
+    /// policy's to decide: planned after the others. A fault that comes back for one request only (Proton failing
     /// on one odd connection) would else end every reconcile before the requests after it.
     pub set_back: BTreeSet<String>,
 }
@@ -560,8 +560,13 @@ impl<'a> Run<'a> {
                 self.refused(step.name(), id, &e);
             }
             (Step::Accept { id } | Step::Get { id } | Step::Reject { id }, Err(e)) => {
-                self.next_memory.set_back.insert(id.clone());
-                self.problem = Some(Problem::from(&e));
+                // Throttling is the account's, never one request's.
+                if e.class != ErrorClass::Throttled {
+                    self.next_memory.set_back.insert(id.clone());
+                }
+                let mut problem = Problem::from(&e);
+                problem.message = format!("connection {id}: {}", problem.message);
+                self.problem = Some(problem);
             }
             (_, Err(e)) => self.problem = Some(Problem::from(&e)),
             (step, Ok(outcome)) => {

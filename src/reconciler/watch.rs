@@ -321,8 +321,9 @@ where
 }
 
 /// kube-runtime's `StreamBackoff` (after a failure, waits `backoff`'s next wait before it asks
-/// `events` for more; a success resets it), but a wait ends early at a return of the API server
-/// that `returns` tells after the failure ([`crate::api_answers::Answers`]).
+/// `events` for more, or ends if it has none; a success resets it), but a wait ends early at a
+/// return of the API server that `returns` tells after the failure
+/// ([`crate::api_answers::Answers`]).
 fn woken_backoff<T, E, B>(
     events: impl Stream<Item = Result<T, E>> + Send,
     backoff: B,
@@ -334,10 +335,18 @@ where
     E: Send,
     B: Backoff + Send,
 {
-    let start = (Box::pin(events), backoff, returns, kind, None::<Duration>);
+    // The wait before the next try; `None` inside once the backoff has given up.
+    let start = (
+        Box::pin(events),
+        backoff,
+        returns,
+        kind,
+        Some(None::<Duration>),
+    );
     futures::stream::unfold(
         start,
         |(mut events, mut backoff, mut returns, kind, wait)| async move {
+            let wait = wait?;
             if let Some(wait) = wait {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -350,12 +359,13 @@ where
             let wait = match &event {
                 Ok(_) => {
                     backoff.reset();
-                    None
+                    Some(None)
                 }
                 Err(_) => {
-                    // A return from here on ends the wait; one before is the answer to this try.
+                    // A return from here on ends the wait; one before came while this try was
+                    // under way.
                     returns.borrow_and_update();
-                    backoff.next()
+                    backoff.next().map(Some)
                 }
             };
             Some((event, (events, backoff, returns, kind, wait)))
@@ -1404,8 +1414,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_wait_after_a_failure_ends_when_the_api_server_answers_again_after_it() {
-        let refused = || -> Result<u32, &'static str> { Err("refused") };
-        let events = futures::stream::iter([refused(), refused(), refused(), refused(), Ok(1)]);
+        let (tries, events) = futures::channel::mpsc::unbounded::<Result<u32, &'static str>>();
         let (answers, returns) = tokio::sync::watch::channel(0u64);
         let mut watch = std::pin::pin!(woken_backoff(
             events,
@@ -1413,21 +1422,29 @@ mod tests {
             returns,
             "Test".into()
         ));
-        for _ in 0..2 {
-            assert_eq!(watch.next().await, Some(Err("refused")));
-        }
-        // A return told before a failure came (the answer to that try) leaves its wait as is.
+        tries.unbounded_send(Err("refused")).unwrap();
+        assert_eq!(watch.next().await, Some(Err("refused")));
+
+        // A return told while the next try is under way (the answer to that try, or to another
+        // call meanwhile) leaves the wait after its failure as it is: the try came after it.
+        let under_way = tokio::time::timeout(Duration::from_secs(1), watch.next()).await;
+        assert!(
+            under_way.is_err(),
+            "the first wait is over, the try under way"
+        );
         answers.send_modify(|n| *n += 1);
+        tries.unbounded_send(Err("refused")).unwrap();
         assert_eq!(watch.next().await, Some(Err("refused")));
         let failed = tokio::time::Instant::now();
+        tries.unbounded_send(Err("refused")).unwrap();
         assert_eq!(watch.next().await, Some(Err("refused")));
         let waited = failed.elapsed();
         assert!(
-            waited >= Duration::from_millis(750),
-            "the third wait (1 s +/- 25 %): {waited:?}"
+            waited >= Duration::from_millis(375),
+            "the second wait (500 ms +/- 25 %): {waited:?}"
         );
 
-        // A return told during the wait (2 s +/- 25 %) ends it.
+        // A return told during a wait (1 s +/- 25 %) ends it.
         let failed = tokio::time::Instant::now();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1435,8 +1452,27 @@ mod tests {
             // Kept until the watch has tried: a dropped sender tells no more returns.
             tokio::time::sleep(Duration::from_secs(60)).await;
         });
+        tries.unbounded_send(Ok(1)).unwrap();
         assert_eq!(watch.next().await, Some(Ok(1)));
         assert_eq!(failed.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_that_ends_ends_the_watch_after_its_failure() {
+        struct Ends;
+        impl Iterator for Ends {
+            type Item = Duration;
+            fn next(&mut self) -> Option<Duration> {
+                None
+            }
+        }
+        impl Backoff for Ends {
+            fn reset(&mut self) {}
+        }
+        let events = futures::stream::iter([Err::<u32, _>("refused"), Ok(1)]);
+        let returns = tokio::sync::watch::channel(0u64).1;
+        let watch = woken_backoff(events, Ends, returns, "Test".into());
+        assert_eq!(watch.collect::<Vec<_>>().await, [Err("refused")]);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn burn(cost: Duration) {
 /// available). What the fake spends itself building an answer (finding, copying and encoding
 /// objects, as a real API server does) is taken off the price it charges for it: else an answer
 /// would cost the cores the price and the fake's own work besides (for a page of 250 resources,
-/// 25 to 40 ms of the fake's own work on top of 37 ms charged).
+/// 36 to 46 ms of the fake's own work on top of 37 ms charged).
 pub struct Spending {
     start: Duration,
     clock: fn() -> Option<Duration>,
