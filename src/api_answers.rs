@@ -10,13 +10,12 @@
 //! one.
 
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tower::{Layer, Service};
+
+use crate::observed::Observe;
 
 /// How long after the API server answers again, following calls it left unanswered, its
 /// refusals are taken as those of a server still starting.
@@ -126,54 +125,20 @@ impl Answers {
     }
 }
 
-/// Tells [`Answers`] how each call went: answered, or not (no answer, or 502 to 504 from a
-/// gateway or a server saying it is unavailable).
-#[derive(Clone)]
-pub struct AnswersLayer(pub Answers);
+/// How each call of the client went: answered, or not (no answer, or 502 to 504 from a gateway
+/// or a server saying it is unavailable).
+impl Observe for Answers {
+    type Sent = ();
 
-impl<S> Layer<S> for AnswersLayer {
-    type Service = Answered<S>;
+    fn sent<B>(&self, _: &http::Request<B>) -> Option<()> {
+        Some(())
+    }
 
-    fn layer(&self, inner: S) -> Answered<S> {
-        Answered {
-            inner,
-            answers: self.0.clone(),
+    fn answered(&self, (): (), status: Option<http::StatusCode>) {
+        match status {
+            Some(status) if !matches!(status.as_u16(), 502..=504) => self.answered(),
+            _ => self.unanswered(),
         }
-    }
-}
-
-#[derive(Clone)]
-pub struct Answered<S> {
-    inner: S,
-    answers: Answers,
-}
-
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Answered<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let answer = self.inner.call(request);
-        let answers = self.answers.clone();
-        Box::pin(async move {
-            let answer = answer.await;
-            match &answer {
-                Ok(response) if !matches!(response.status().as_u16(), 502..=504) => {
-                    answers.answered()
-                }
-                _ => answers.unanswered(),
-            }
-            answer
-        })
     }
 }
 
@@ -201,11 +166,14 @@ mod tests {
 
     /// Calls `service` once; the mock answers it with `answer`.
     async fn called(
-        service: &mut Answered<tower_test::mock::Mock<http::Request<()>, http::Response<()>>>,
+        service: &mut crate::observed::Observed<
+            tower_test::mock::Mock<http::Request<()>, http::Response<()>>,
+            Answers,
+        >,
         handle: &mut tower_test::mock::Handle<http::Request<()>, http::Response<()>>,
         answer: Result<u16, &'static str>,
     ) {
-        use tower::ServiceExt;
+        use tower::{Service, ServiceExt};
         handle.allow(1);
         let call = service.ready().await.unwrap().call(http::Request::new(()));
         let (_, respond) = handle.next_request().await.unwrap();
@@ -223,7 +191,8 @@ mod tests {
         let answers = Answers::default();
         let returns = answers.returns();
         let (mock, mut handle) = tower_test::mock::pair();
-        let mut service = AnswersLayer(answers.clone()).layer(mock);
+        let mut service =
+            tower::Layer::layer(&crate::observed::ObserveLayer(answers.clone()), mock);
 
         // Answered, refusals included: nothing to tell.
         called(&mut service, &mut handle, Ok(200)).await;

@@ -22,6 +22,7 @@ pub mod leader;
 pub mod managed_fields;
 pub mod mapping;
 pub mod metrics;
+pub mod observed;
 #[cfg(test)]
 mod offline;
 pub mod policy;

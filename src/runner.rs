@@ -14,7 +14,6 @@ use tower::buffer::BufferLayer;
 use tower::retry::RetryLayer;
 use tracing::{debug, info, warn};
 
-use crate::api_answers::AnswersLayer;
 use crate::api_answers::{Starting, refused_while_starting, unanswered};
 use crate::aws::budget::CallBudget;
 use crate::aws::proton::{Proton, ProtonSettings};
@@ -24,9 +23,10 @@ use crate::connection::decide::Settings;
 use crate::http::{self, Readiness};
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::observed::ObserveLayer;
 use crate::policy;
 use crate::repeated::Repeated;
-use crate::watch_starts::WatchStartsLayer;
+use crate::watch_starts::WatchStarts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -119,12 +119,12 @@ pub fn client_telling(
         .map_or_else(Default::default, Readiness::api_answers);
     Ok(ClientBuilder::try_from(config)?
         // Each try, the retry's included.
-        .with_layer(&AnswersLayer(answers))
+        .with_layer(&ObserveLayer(answers))
         // The retry sends a request again through what it wraps, so that must be a handle it can
         // clone: a buffer in front of kube's stack.
         .with_layer(&BufferLayer::new(1024))
         .with_layer(&RetryLayer::new(policy))
-        .with_layer(&WatchStartsLayer(readiness))
+        .with_layer(&ObserveLayer(WatchStarts(readiness)))
         .with_layer(&crate::managed_fields::WithoutManagedFieldsLayer)
         .build())
 }

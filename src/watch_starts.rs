@@ -7,80 +7,48 @@
 //! does not need it: its Lease calls answer every 2 s.) Only the watch whose failures `/readyz`
 //! counts (the resources') counts: another kind's watch starting says nothing of it.
 
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use kube::Resource;
-use tower::{Layer, Service};
 use tracing::{debug, info};
 
 use crate::connection::api::EnvironmentAccountConnection;
 use crate::http::Readiness;
+use crate::observed::Observe;
 
 /// Tells `readiness` that the API server answered whenever it starts a watch of the resources, or
 /// answers its list (a watch request, or a page of a list, of their collection answered 2xx).
 /// None: tells nobody.
 #[derive(Clone)]
-pub struct WatchStartsLayer(pub Option<Readiness>);
+pub struct WatchStarts(pub Option<Readiness>);
 
-impl<S> Layer<S> for WatchStartsLayer {
-    type Service = WatchStarts<S>;
+impl Observe for WatchStarts {
+    type Sent = Readiness;
 
-    fn layer(&self, inner: S) -> WatchStarts<S> {
-        WatchStarts {
-            inner,
-            readiness: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct WatchStarts<S> {
-    inner: S,
-    readiness: Option<Readiness>,
-}
-
-impl<S, ReqBody, ResBody> Service<axum::http::Request<ReqBody>> for WatchStarts<S>
-where
-    S: Service<axum::http::Request<ReqBody>, Response = axum::http::Response<ResBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: axum::http::Request<ReqBody>) -> Self::Future {
-        let told = self.readiness.clone().filter(|_| {
+    fn sent<B>(&self, request: &axum::http::Request<B>) -> Option<Readiness> {
+        self.0.clone().filter(|_| {
             request.method() == axum::http::Method::GET && is_resource_watch(request.uri())
-        });
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let answer = answer.await;
-            if let (Some(readiness), Ok(response)) = (told, &answer)
-                && response.status().is_success()
-                && let Some(failed_for) = readiness.succeeded()
-            {
-                // A watch that failed once and started again at once (a relist, a connection
-                // reset) is no news.
-                if failed_for >= RETURN_WORTH_TELLING {
-                    info!(
-                        failed_for_secs = failed_for.as_secs(),
-                        "the Kubernetes API server starts watches again"
-                    );
-                } else {
-                    debug!(
-                        failed_for_ms = failed_for.as_millis() as u64,
-                        "the resources' watch started again"
-                    );
-                }
-            }
-            answer
         })
+    }
+
+    fn answered(&self, readiness: Readiness, status: Option<axum::http::StatusCode>) {
+        if status.is_some_and(|s| s.is_success())
+            && let Some(failed_for) = readiness.succeeded()
+        {
+            // A watch that failed once and started again at once (a relist, a connection
+            // reset) is no news.
+            if failed_for >= RETURN_WORTH_TELLING {
+                info!(
+                    failed_for_secs = failed_for.as_secs(),
+                    "the Kubernetes API server starts watches again"
+                );
+            } else {
+                debug!(
+                    failed_for_ms = failed_for.as_millis() as u64,
+                    "the resources' watch started again"
+                );
+            }
+        }
     }
 }
 
