@@ -66,6 +66,56 @@ pub fn refused_while_starting(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if matches!(status.code, 401 | 403))
 }
 
+/// Since when the API server has failed a part of the controller's calls, and a count of its
+/// returns after failures of `outage` or longer: what `/readyz` keeps of the watch's and the
+/// Lease's calls (`http::Readiness`), and [`Answers`] of every call of the client.
+#[derive(Debug)]
+pub struct Failing {
+    since: Option<Instant>,
+    outage: Duration,
+    returns: watch::Sender<u64>,
+}
+
+impl Failing {
+    pub fn new(outage: Duration) -> Self {
+        Failing {
+            since: None,
+            outage,
+            returns: watch::channel(0).0,
+        }
+    }
+
+    /// A call failed: the failure began now, unless it was under way.
+    pub fn failed(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Since when the calls have failed, if they have.
+    pub fn since(&self) -> Option<Instant> {
+        self.since
+    }
+
+    /// Forgets a failure under way without telling a return (a new role starts afresh).
+    pub fn forget(&mut self) {
+        self.since = None;
+    }
+
+    /// A call was answered: ends a failure, if one was under way, told as a return if it lasted
+    /// `outage` or longer; returns its length.
+    pub fn answered(&mut self) -> Option<Duration> {
+        let failed_for = self.since.take().map(|since| since.elapsed());
+        if failed_for.is_some_and(|f| f >= self.outage) {
+            self.returns.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        failed_for
+    }
+
+    /// Sees each return.
+    pub fn returns(&self) -> watch::Receiver<u64> {
+        self.returns.subscribe()
+    }
+}
+
 /// Calls left unanswered this long, then an answer: a return that wakes the watches sleeping in
 /// their backoff ([`Answers::returns`]). Shorter, and a server that drops some calls and answers
 /// others would wake them at every answer.
@@ -81,47 +131,33 @@ pub const AWAY: Duration = Duration::from_secs(1);
 /// Lease's client: a leader cut off that long has stopped its watches, and starts them afresh
 /// once it leads again.)
 #[derive(Clone, Debug)]
-pub struct Answers(Arc<AnswersState>);
-
-#[derive(Debug)]
-struct AnswersState {
-    /// Since when every call has been left unanswered.
-    away_since: Mutex<Option<Instant>>,
-    /// Counts the returns.
-    returns: watch::Sender<u64>,
-}
+pub struct Answers(Arc<Mutex<Failing>>);
 
 impl Default for Answers {
     fn default() -> Self {
-        Answers(Arc::new(AnswersState {
-            away_since: Mutex::new(None),
-            returns: watch::channel(0).0,
-        }))
+        Answers(Arc::new(Mutex::new(Failing::new(AWAY))))
     }
 }
 
 impl Answers {
-    fn away_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.0.away_since.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Failing> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A call was left unanswered.
     pub fn unanswered(&self) {
-        self.away_since().get_or_insert_with(Instant::now);
+        self.lock().failed();
     }
 
     /// A call was answered (a refusal included): a return if the calls before were left
     /// unanswered for [`AWAY`] or longer.
     pub fn answered(&self) {
-        let away = self.away_since().take();
-        if away.is_some_and(|since| since.elapsed() >= AWAY) {
-            self.0.returns.send_modify(|n| *n = n.wrapping_add(1));
-        }
+        self.lock().answered();
     }
 
     /// Sees each return.
     pub fn returns(&self) -> watch::Receiver<u64> {
-        self.0.returns.subscribe()
+        self.lock().returns()
     }
 }
 

@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -30,11 +29,10 @@ struct ReadyState {
     role: Role,
     /// The leader's watch has listed everything once.
     synced: bool,
-    /// Since when every call to the API server (watch, or the standby's lease calls) has failed.
-    failing_since: Option<Instant>,
+    /// Since when every call to the API server (watch, or the standby's lease calls) has failed,
+    /// and the returns after an [`OUTAGE`].
+    failing: crate::api_answers::Failing,
     failure_timeout: Duration,
-    /// Counts the API server's returns: each time it answers after failing.
-    returns: tokio::sync::watch::Sender<u64>,
     /// How the client's calls went (see [`crate::api_answers::Answers`]).
     answers: crate::api_answers::Answers,
 }
@@ -44,17 +42,6 @@ struct ReadyState {
 /// between two renewals of the Lease) grew no backoff worth cutting short, and telling it would
 /// cut short the backoff of every failure a flapping API server causes.
 pub const OUTAGE: Duration = Duration::from_secs(5);
-
-impl ReadyState {
-    /// The API server answered: ends a failure, if one was running, and returns its length.
-    fn answered(&mut self) -> Option<Duration> {
-        let failed_for = self.failing_since.take().map(|since| since.elapsed());
-        if failed_for.is_some_and(|f| f >= OUTAGE) {
-            self.returns.send_modify(|n| *n = n.wrapping_add(1));
-        }
-        failed_for
-    }
-}
 
 /// Readiness, fed by the controller's watch and the lease loop, read by `/readyz`.
 #[derive(Clone, Debug)]
@@ -72,9 +59,8 @@ impl Readiness {
         Readiness(Arc::new(Mutex::new(ReadyState {
             role: Role::Starting,
             synced: false,
-            failing_since: None,
+            failing: crate::api_answers::Failing::new(OUTAGE),
             failure_timeout,
-            returns: tokio::sync::watch::channel(0).0,
             answers: crate::api_answers::Answers::default(),
         })))
     }
@@ -87,7 +73,7 @@ impl Readiness {
     pub fn standby(&self) {
         let mut s = self.lock();
         s.role = Role::Standby;
-        s.failing_since = None;
+        s.failing.forget();
     }
 
     /// Leading: ready once the watch cache has synced.
@@ -95,14 +81,14 @@ impl Readiness {
         let mut s = self.lock();
         s.role = Role::Leading;
         s.synced = false;
-        s.failing_since = None;
+        s.failing.forget();
     }
 
     /// The watch has listed every resource once.
     pub fn synced(&self) {
         let mut s = self.lock();
         s.synced = true;
-        s.answered();
+        s.failing.answered();
     }
 
     /// The watch had listed every resource once before something else the leader needed was
@@ -113,13 +99,13 @@ impl Readiness {
 
     /// The API server answered. Returns how long it had failed, if it had.
     pub fn succeeded(&self) -> Option<Duration> {
-        self.lock().answered()
+        self.lock().failing.answered()
     }
 
     /// Sees the API server answer again after an outage (failing for [`OUTAGE`] or longer; see
     /// [`crate::reconciler::after_outage`]).
     pub fn returns(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.lock().returns.subscribe()
+        self.lock().failing.returns()
     }
 
     /// How the calls of the client made for this readiness went (`runner::client_telling`):
@@ -130,13 +116,13 @@ impl Readiness {
 
     /// A call to the API server failed.
     pub fn failed(&self) {
-        self.lock().failing_since.get_or_insert_with(Instant::now);
+        self.lock().failing.failed();
     }
 
     /// Ok, or why not ready.
     pub fn check(&self) -> Result<(), String> {
         let s = self.lock();
-        if let Some(since) = s.failing_since {
+        if let Some(since) = s.failing.since() {
             let failing = since.elapsed();
             if failing >= s.failure_timeout {
                 return Err(format!(
