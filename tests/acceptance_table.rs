@@ -875,6 +875,84 @@ fn a_passing_fault_that_keeps_coming_for_one_request_holds_up_no_other() {
 }
 
 #[test]
+fn the_backoff_for_one_requests_fault_stops_at_the_poll_while_aws_answers_the_rest() {
+    let poll_at_most = POLL.mul_f64(1.1);
+    // Many failed reconciles behind it: the plain backoff would be minutes.
+    let failing = 12;
+    let grown = |given: &Given, fake: &mut Fake| run(given, fake).reported().requeue;
+
+    // One request's passing fault, the List and the other request answered: a poll.
+    let mut fake = requests_from(A, 2);
+    fake.broken.insert(
+        "Accept c-1".into(),
+        error(ErrorClass::Transient, "InternalServerException"),
+    );
+    let given = Given {
+        failures: failing,
+        ..Given::new(spec(UnmatchedRequests::Leave))
+    };
+    let requeue = grown(&given, &mut fake);
+    assert!(requeue <= poll_at_most, "{requeue:?}");
+
+    // The only request, failing: the List was answered, so it is still the request's fault.
+    let mut alone = requests_from(A, 1);
+    alone.broken.insert(
+        "Accept c-1".into(),
+        error(ErrorClass::Other, "InternalFailure"),
+    );
+    let requeue = grown(&given, &mut alone);
+    assert!(requeue <= poll_at_most, "{requeue:?}");
+
+    // AWS answers nothing (the List fails): the backoff grows as for any outage.
+    let mut down = requests_from(A, 2);
+    down.fail(
+        "List",
+        error(ErrorClass::Transient, "InternalServerException"),
+    );
+    let requeue = grown(&given, &mut down);
+    assert!(requeue > Duration::from_secs(200), "{requeue:?}");
+
+    // A reconcile going on from the last one's List (cut at MAX_DECISIONS) whose first call
+    // fails: nothing was answered, so nothing says the fault is the request's alone.
+    let mut cut = requests_from(A, MAX_DECISIONS as i64 + 2);
+    let round = run(&Given::new(spec(UnmatchedRequests::Leave)), &mut cut);
+    assert!(round.memory.listed.is_some(), "the List is carried");
+    cut.fail(
+        "Accept",
+        error(ErrorClass::Transient, "InternalServerException"),
+    );
+    cut.calls.clear();
+    let next = Given {
+        failures: failing,
+        ..after(&given, &round, 1)
+    };
+    let requeue = grown(&next, &mut cut);
+    assert!(
+        !cut.calls.iter().any(|c| c.starts_with("List")),
+        "{:?}",
+        cut.calls
+    );
+    assert!(requeue > Duration::from_secs(200), "{requeue:?}");
+
+    // Throttling is the account's: it grows too, answered calls or not.
+    let mut throttled = requests_from(A, 2);
+    throttled.broken.insert(
+        "Accept c-2".into(),
+        error(ErrorClass::Throttled, "ThrottlingException"),
+    );
+    let requeue = grown(&given, &mut throttled);
+    assert!(requeue > POLL * 2, "{requeue:?}");
+
+    // A first fault backs off less than a poll: unchanged.
+    let first = Given {
+        failures: 0,
+        ..given.clone()
+    };
+    let requeue = grown(&first, &mut fake);
+    assert!(requeue <= Duration::from_millis(1250), "{requeue:?}");
+}
+
+#[test]
 fn a_throttled_request_is_not_set_back() {
     // Throttling is the account's: the oldest request still goes first once it passes.
     let mut fake = requests_from(A, 2);

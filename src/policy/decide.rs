@@ -37,7 +37,9 @@
 //! - A passing fault (throttled, AWS unavailable, an error of no known kind) ends the reconcile,
 //!   as it most likely is not the request's alone; the request that AWS was unavailable for, or
 //!   answered an unknown error, is then decided after the others until it is decided
-//!   ([`Memory::set_back`]), so one request that AWS keeps failing does not hold up the rest.
+//!   ([`Memory::set_back`]), so one request that AWS keeps failing does not hold up the rest;
+//!   and while AWS answers the reconcile's other calls, the policy's backoff for that fault
+//!   stops growing at its poll interval, so requests made outside the cluster wait no longer.
 //! - A namespace without credentials is reported (conditions, one Event), and nothing is called.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -319,6 +321,10 @@ pub struct Run<'a> {
     /// every request (a permission missing), so it is tried for no other in this reconcile.
     refusals: BTreeMap<&'static str, u32>,
     succeeded: BTreeSet<&'static str>,
+    /// AWS answered a List or a decision in this reconcile (an error of its own included).
+    answered: bool,
+    /// The reconcile ended on a passing fault that set its request back ([`Memory::set_back`]).
+    request_fault: bool,
     /// The time of the latest [`Run::next`]: when an answer came.
     clock: jiff::Timestamp,
     tally: Tally,
@@ -354,6 +360,8 @@ impl<'a> Run<'a> {
             problem: None,
             refusals: BTreeMap::new(),
             succeeded: BTreeSet::new(),
+            answered: false,
+            request_fault: false,
             clock: jiff::Timestamp::UNIX_EPOCH,
             tally: Tally::default(),
             next_memory: memory.clone(),
@@ -509,8 +517,10 @@ impl<'a> Run<'a> {
                 // Planned at the next step, which knows the time.
                 self.next_memory.listed = None;
                 self.listed = Some(listed);
+                self.answered = true;
             }
             (Step::Accept { id }, Ok(Outcome::Connection(c))) if c.id == *id => {
+                self.answered = true;
                 self.plan.pop_front();
                 self.succeeded.insert(step.name());
                 if c.state == ConnectionState::Connected {
@@ -522,6 +532,7 @@ impl<'a> Run<'a> {
                 }
             }
             (Step::Get { id }, Ok(Outcome::Connection(c))) if c.id == *id => {
+                self.answered = true;
                 self.succeeded.insert(step.name());
                 if c.state == ConnectionState::Pending {
                     if let Some(Planned::Reject { checked, .. }) = self.plan.front_mut() {
@@ -533,6 +544,7 @@ impl<'a> Run<'a> {
                 }
             }
             (Step::Reject { id }, Ok(Outcome::Connection(c))) if c.id == *id => {
+                self.answered = true;
                 self.plan.pop_front();
                 self.succeeded.insert(step.name());
                 if c.state == ConnectionState::Rejected {
@@ -550,12 +562,14 @@ impl<'a> Run<'a> {
                 if matches!(e.class, ErrorClass::Conflict | ErrorClass::NotFound) =>
             {
                 // No longer PENDING (someone else decided), or withdrawn: not ours to decide.
+                self.answered = true;
                 self.plan.pop_front();
                 self.settled_elsewhere.insert(id.clone());
             }
             (Step::Accept { id } | Step::Get { id } | Step::Reject { id }, Err(e))
                 if e.class.retry() != Retry::Backoff =>
             {
+                self.answered = true;
                 self.plan.pop_front();
                 self.refused(step.name(), id, &e);
             }
@@ -563,6 +577,7 @@ impl<'a> Run<'a> {
                 // Throttling is the account's, never one request's.
                 if e.class != ErrorClass::Throttled {
                     self.next_memory.set_back.insert(id.clone());
+                    self.request_fault = true;
                 }
                 let mut problem = Problem::from(&e);
                 problem.message = format!("connection {id}: {}", problem.message);
@@ -1058,12 +1073,18 @@ impl<'a> Run<'a> {
         // Decisions left undone are work for the next reconcile.
         self.next_memory.backlog = self.requests.is_some() && !self.plan.is_empty();
         self.remember_decided(now);
-        let requeue = retry_after(
+        let mut requeue = retry_after(
             problem.retry,
             self.p.failures.saturating_add(1),
             self.settings.resync,
             self.jitter,
         );
+        // AWS answered the rest of this reconcile: the fault is most likely the request's, and
+        // a backoff grown on it would keep requests made outside the cluster (which no
+        // connection of this cluster nudges the policy for) waiting up to minutes, not a poll.
+        if self.request_fault && self.answered {
+            requeue = requeue.min(jittered(self.settings.pending_poll, self.jitter));
+        }
         Step::Report(Box::new(Reported {
             status,
             problem,
