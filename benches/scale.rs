@@ -23,24 +23,23 @@
 //!    CPU per resource, its peak RSS, and the API server's work per resource (requests, bytes
 //!    written, watch events caused); then, for 10 s with all N connections waiting PENDING, the
 //!    CPU their polls cost per second.
-//! 4. **Start-up**: a controller starting with S settled (CONNECTED) resources
-//!    (`EAC_BENCH_STARTUP_N`, default N) under the default budget: time to ready, the AWS calls
-//!    of its first 10 s, and a new resource's time to `status.id` meanwhile.
+//! 4. **Start-up**: the binary with default flags (so the default budget) starting with S settled
+//!    (CONNECTED) resources (`EAC_BENCH_STARTUP_N`, default N) against the API server of part 3:
+//!    time to ready (2.2 s at 10,000 on a real one), a new resource's time to `status.id`
+//!    meanwhile, and the AWS calls, CPU and peak RSS of its first 10 s; and the settled
+//!    objects' size.
 //! 5. **An outage**: the binary with `--leader-election`, then without, holding S settled
 //!    resources (`EAC_BENCH_OUTAGE_N`, default N) against the API server of part 3, stopped for
 //!    10 s (its connections cut and refused), ending each streamed list a second after its
 //!    objects and warming up at its restart, as a real one does: when it answers again, how soon
 //!    the leader leads again, the controller is ready, and serves a resource applied then
-//!    (`EAC_BENCH_OUTAGE_LE`: `on,off`, the default, or either). Without leader election it
-//!    also times the binary's start against that API server, warm (ready in 2.2 s at 10,000 on
-//!    a real one; under `EAC_BENCH_WRAP` the tool's own start counts too), and prints the
-//!    settled objects' size.
+//!    (`EAC_BENCH_OUTAGE_LE`: `on,off`, the default, or either).
 //!
-//! `EAC_BENCH_CONTROLLER_LOG` sets the binary's `RUST_LOG` in parts 3 and 5, and the file
+//! `EAC_BENCH_CONTROLLER_LOG` sets the binary's `RUST_LOG` in parts 3 to 5, and the file
 //! `EAC_BENCH_LOG` names keeps its log.
 //!
-//! In parts 1, 2 and 4 the API server is in-process and answers in microseconds, so their
-//! figures measure the controller's own cost; parts 3 and 5 charge what a real API server would.
+//! In parts 1 and 2 the API server is in-process and answers in microseconds, so their figures
+//! measure the controller's own cost; parts 3 to 5 charge what a real API server would.
 //! A machine reference (a fixed piece of work, timed) at the start and the end tells a slow
 //! stretch of the machine from a slower controller.
 
@@ -399,50 +398,63 @@ async fn settled(s: usize) -> Env {
     env
 }
 
-/// Part 4: a controller starting (or taking over) with S settled (CONNECTED) resources under the
-/// default budget: how long until it is ready, how many AWS calls its first 10 s make (the first
-/// reads are spread over the resync period), and how soon a new resource gets its id meanwhile.
+/// Part 4: the `eac-controller` binary, default flags (so the default budget of 10 calls/s),
+/// starting with S settled (CONNECTED) resources against the API server of part 3 over HTTP:
+/// how long until `/readyz` is ready, how soon a resource applied then gets its id, and what its
+/// first 10 s cost (AWS calls: the first reads are spread over the resync period; CPU; peak
+/// RSS). That resource's name sorts after every other's, so a list streams it last.
 async fn start_up(s: usize) {
-    let mut env = settled(s).await;
-    // A new process with the default budget (10 calls/s, burst 20).
-    env.restart_with_budget(default_budget());
-    env.count_proton_calls_from_now().await;
-    let readiness = Readiness::new(Duration::from_secs(120));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let t0 = Instant::now();
-    let task = tokio::spawn(controller::run(
-        env.ctx.clone(),
-        WatchScope::default(),
-        32,
-        async move {
-            let _ = stopped.await;
-        },
-        readiness.clone(),
-    ));
-    while !readiness.get() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "not ready within 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let env = settled(s).await;
+    let cost = api_cost();
+    if let Some(cost) = cost {
+        env.api.set_cost(cost);
     }
+    // As a real API server ends a streamed list: on its bookmark timer, about a second after
+    // the objects.
+    env.api.delay_initial_events_end(Duration::from_secs(1));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let kubeconfig = env.api.serve_http(dir.path()).await;
+    env.proton().reset_calls();
+    let url = env.emulator.url();
+    // The runner's info lines say where /readyz is served.
+    let log = std::env::var("EAC_BENCH_CONTROLLER_LOG")
+        .unwrap_or_else(|_| "warn,eac_controller::runner=info".into());
+    let t0 = Instant::now();
+    let controller = Controller::start(&kubeconfig, &run_args(&url, &[]), Some(&log));
+    let limit = Duration::from_secs(120);
+    let readyz = controller.readyz_addr(limit).await;
+    controller
+        .until("/readyz ready after the start", limit, |_| ready(&readyz))
+        .await;
     let ready_in = t0.elapsed();
-    let fresh = vec![name("fresh", 0)];
+    let fresh = vec![name("zz-fresh", 0)];
     let t1 = Instant::now();
     env.api.create(&fresh[0], &uid(900_000), spec(&fresh[0]));
     let times = until_all_have_ids(&env.api, &fresh, t1, Duration::from_secs(60)).await;
-    // A measurement window: the calls the start-up makes in its first 10 s.
+    // A measurement window: what the start-up costs in its first 10 s.
     tokio::time::sleep_until((t0 + Duration::from_secs(10)).into()).await;
     let calls = env.proton().calls().total();
+    let cpu = cpu_seconds(controller.id());
+    let peak = status_mib(&controller.id().to_string(), "VmHWM:");
+    if let Ok(path) = std::env::var("EAC_BENCH_LOG") {
+        let _ = std::fs::write(path, controller.log());
+    }
+    controller.terminate();
+    let object_bytes = env
+        .api
+        .object(&eac_path(&name("settled", 0)))
+        .and_then(|o| serde_json::to_vec(&o).ok())
+        .map_or(0, |b| b.len());
     println!(
-        "  {s} settled resources: ready {:.2} s after the start; a new resource got status.id {:.2} s after it was applied (at {:.2} s); {} AWS calls in the first 10 s (the first reads are spread over the 600 s resync period)",
+        "  {s} settled resources of {object_bytes} bytes each (JSON), API server {}, the binary with default flags: ready {:.2} s after the start; a new resource got status.id {:.2} s after it was applied (at {:.2} s); in the first 10 s {} AWS calls (the first reads are spread over the 600 s resync period), {:.2} s of the controller's CPU, peak RSS {:.1} MiB",
+        priced(cost),
         ready_in.as_secs_f64(),
         percentile(&times, 0.5).as_secs_f64(),
         (t1 - t0).as_secs_f64(),
         calls,
+        cpu,
+        peak,
     );
-    let _ = stop.send(());
-    let _ = task.await;
 }
 
 /// Part 5: a 10 s API-server outage at S settled resources: the `eac-controller` binary with
@@ -474,21 +486,12 @@ async fn outage_at(s: usize, leader_election: bool) {
     };
     let log = std::env::var("EAC_BENCH_CONTROLLER_LOG")
         .unwrap_or_else(|_| "warn,eac_controller::runner=info".into());
-    let started = Instant::now();
     let controller = Controller::start(&kubeconfig, &args, Some(&log));
     let limit = Duration::from_secs(300);
     let readyz = controller.readyz_addr(limit).await;
     controller
         .until("/readyz ready after the start", limit, |_| ready(&readyz))
         .await;
-    // The start against a warm, priced API server: what issue 15 measured on a real one (ready
-    // in 2.2 s at 10,000 settled resources).
-    let start_ready = started.elapsed();
-    let object_bytes = env
-        .api
-        .object(&eac_path(&name("settled", 0)))
-        .and_then(|o| serde_json::to_vec(&o).ok())
-        .map_or(0, |b| b.len());
     // Past the start's burst of reconciles.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let peak_before = status_mib(&controller.id().to_string(), "VmHWM:");
@@ -530,14 +533,6 @@ async fn outage_at(s: usize, leader_election: bool) {
         let _ = std::fs::write(path, controller.log());
     }
     let api = priced(api_cost());
-    // A standby is ready before it leads: only a start without leader election is one to time.
-    if !leader_election {
-        println!(
-            "  {s} settled resources of {object_bytes} bytes each (JSON), API server {}: the binary started was ready {:.2} s after its start",
-            api,
-            start_ready.as_secs_f64()
-        );
-    }
     println!(
         "  {s} settled resources, API server {}, a 10 s outage {}: {leading}the resource applied at the return had status.id {:.2} s after it, /readyz ready {:.2} s after it; the controller's CPU from the return until then {:.2} s; peak RSS {:.1} MiB ({:.1} MiB before the outage); refused by the restarted API server's warm-up: {} (403), {} (429)",
         api,
