@@ -953,21 +953,28 @@ fn the_backoff_for_one_requests_fault_stops_at_the_poll_while_aws_answers_the_re
 }
 
 #[test]
-fn a_throttled_request_is_not_set_back() {
-    // Throttling is the account's: the oldest request still goes first once it passes.
-    let mut fake = requests_from(A, 2);
-    fake.broken.insert(
-        "Accept c-1".into(),
-        error(ErrorClass::Throttled, "ThrottlingException"),
-    );
-    let given = Given::new(spec(UnmatchedRequests::Leave));
-    let first = run(&given, &mut fake);
-    assert_eq!(first.reported().problem.reason, "Throttled");
-    assert!(first.memory.set_back.is_empty());
-    fake.broken.clear();
-    fake.calls.clear();
-    let _ = run(&after(&given, &first, 1), &mut fake);
-    assert_eq!(decisions(&fake), ["Accept c-1", "Accept c-2"]);
+fn a_throttled_or_unsent_request_is_not_set_back() {
+    // Throttling is the account's, and a call not sent as its region does not answer says
+    // nothing of the request: the oldest request still goes first once it passes.
+    let unsent = ProtonError::unreached("AcceptEnvironmentAccountConnection", REGION, 12);
+    for (e, reason) in [
+        (
+            error(ErrorClass::Throttled, "ThrottlingException"),
+            "Throttled",
+        ),
+        (unsent, "AwsUnavailable"),
+    ] {
+        let mut fake = requests_from(A, 2);
+        fake.broken.insert("Accept c-1".into(), e);
+        let given = Given::new(spec(UnmatchedRequests::Leave));
+        let first = run(&given, &mut fake);
+        assert_eq!(first.reported().problem.reason, reason);
+        assert!(first.memory.set_back.is_empty(), "{reason}");
+        fake.broken.clear();
+        fake.calls.clear();
+        let _ = run(&after(&given, &first, 1), &mut fake);
+        assert_eq!(decisions(&fake), ["Accept c-1", "Accept c-2"], "{reason}");
+    }
 }
 
 /// `n` PENDING requests from `account` for `prod-1`, `prod-2`, ... (ids `c-1`, ...), the oldest

@@ -576,6 +576,13 @@ impl Fake {
         self
     }
 
+    /// `step` is not sent: its region does not answer and another call there waits already.
+    fn fail_unreached(mut self, step: &'static str, operation: &'static str) -> Self {
+        self.answered
+            .push((step, ProtonError::unreached(operation, "eu-west-1", 12)));
+        self
+    }
+
     /// `step` is refused because the credentials that signed it expired.
     fn fail_expired(mut self, step: &'static str, operation: &'static str) -> Self {
         let error = ProtonError {
@@ -2502,14 +2509,15 @@ fn a_first_create_refused_outright_is_no_longer_recorded_as_in_flight() {
 }
 
 /// A Create whose credentials could not be had (the mapped role's AssumeRole failed, even for
-/// a passing fault that could have been answered later) was never sent, and one refused for
+/// a passing fault that could have been answered later) was never sent, nor was one held back
+/// as its region does not answer (another call there waiting already), and one refused for
 /// expired credentials was not carried out: neither is recorded as in flight, so deleting the
 /// resource needs no search (which with a role that is gone may never succeed: a namespace and
 /// its IAM role torn down together).
 #[test]
 fn a_create_never_sent_or_refused_for_its_credentials_is_not_recorded_as_in_flight() {
     type Made = fn() -> Fake;
-    let fakes: [(&str, Made); 4] = [
+    let fakes: [(&str, Made); 5] = [
         ("AssumeRole timed out", || {
             Fake::empty().fail_to_assume_role("Create", ErrorClass::Transient)
         }),
@@ -2521,6 +2529,9 @@ fn a_create_never_sent_or_refused_for_its_credentials_is_not_recorded_as_in_flig
         }),
         ("expired credentials", || {
             Fake::empty().fail_expired("Create", "CreateEnvironmentAccountConnection")
+        }),
+        ("not sent: the region does not answer", || {
+            Fake::empty().fail_unreached("Create", "CreateEnvironmentAccountConnection")
         }),
     ];
     for (class, fake) in fakes {

@@ -720,6 +720,21 @@ async fn a_call_sent_before_protons_return_that_fails_after_it_is_tried_again_at
             has_id,
         )
         .await;
+    // Settled, so that no poll of it is the one call that goes to Proton while it is away:
+    // that is to be the resource's own.
+    let before = env.proton().connections()[0].id.clone();
+    env.proton().accept(&before).unwrap();
+    env.api
+        .wait_for(
+            "before",
+            "the connection made before the outage recorded CONNECTED",
+            LIMIT,
+            |o| {
+                o.and_then(|o| o.status.as_ref()).and_then(|s| s.status)
+                    == Some(ConnectionState::Connected)
+            },
+        )
+        .await;
     gate.shut();
     env.api.create("during", &uid(1), spec("during"));
     controller
@@ -781,6 +796,88 @@ async fn a_call_sent_before_protons_return_that_fails_after_it_is_tried_again_at
         made_with_token(&env, &token),
         1,
         "one connection for the resource"
+    );
+}
+
+/// Proton's network drops every packet (the gate holds every connection, never answering), so
+/// each call waits out `--aws-timeout` (2 s here, 30 s by default). Once one has, the region is
+/// away, and one call at a time goes there besides the probe: the resources due meanwhile are
+/// answered at once that it does not answer (`AwsUnavailable`, nothing sent) instead of each
+/// holding a worker for the whole timeout, which would leave none for the resources of regions
+/// that answer. When the network passes packets again, every resource gets exactly one
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proton_that_drops_every_packet_gets_one_call_at_a_time_and_makes_no_connection_twice() {
+    const DROPPED: usize = 8;
+    let (env, _dir, kubeconfig) = over_http().await;
+    let gate = Gate::to(env.emulator.addr()).await;
+    let args = run_args(&gate.url(), &["--aws-timeout", "2s"]);
+    let controller = Controller::start(&kubeconfig, &args, None);
+    // The controller learns its account first, so the outage is Proton's, not STS's.
+    let mut names = vec!["before".to_string()];
+    env.api.create(&names[0], &uid(0), spec(&names[0]));
+    env.api
+        .wait_for(
+            "before",
+            "a connection before Proton's outage",
+            LIMIT,
+            has_id,
+        )
+        .await;
+    gate.hold();
+    names.extend((1..=DROPPED).map(|i| format!("dropped-{i}")));
+    for (i, name) in names.iter().enumerate().skip(1) {
+        env.api.create(name, &uid(i), spec(name));
+    }
+    let dropped = &names[1..];
+    // Their first calls went before anything was known of the outage, and waited it out.
+    controller
+        .until(
+            "each resource applied in the outage to fail once",
+            LIMIT,
+            |c| dropped.iter().all(|n| unanswered_tries(c, n) >= 1),
+        )
+        .await;
+    let away_from = gate.held().len();
+    controller
+        .until(
+            "each resource applied in the outage to fail three more times",
+            LIMIT,
+            |c| dropped.iter().all(|n| unanswered_tries(c, n) >= 4),
+        )
+        .await;
+    let at_once = gate.most_held_at_once(away_from);
+    let calls_held = gate.held().len() - away_from;
+    let unsent = controller
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains("reconcile ended on a problem")
+                && l.contains("not sent: Proton in us-east-1 has not answered")
+        })
+        .count();
+    assert!(
+        at_once <= 2,
+        "at most one call and one probe wait for an answer at once; {at_once} did:\n{}",
+        controller.log()
+    );
+    assert!(
+        unsent > 0,
+        "the others were not sent:\n{}",
+        controller.log()
+    );
+    gate.open();
+    gate.reset_held();
+    env.api
+        .wait_until(
+            "every resource applied in the outage to have its connection once the gate opens",
+            LIMIT,
+            |api| served(api, &names) == names.len(),
+        )
+        .await;
+    each_has_exactly_one_connection(&env, &names);
+    println!(
+        "Proton dropping every packet, {DROPPED} resources due: after the first timeouts at most {at_once} calls waited at once ({calls_held} calls held in all, {unsent} reconciles ended on a call not sent)"
     );
 }
 

@@ -101,6 +101,9 @@ impl ErrorClass {
 /// The code of [`ProtonError::late`].
 const SEND_WINDOW_PASSED: &str = "SendWindowPassed";
 
+/// The code of [`ProtonError::unreached`].
+const UNREACHED: &str = "Unreached";
+
 /// A failed Proton call: which operation, its class, and AWS's own code and message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{operation} failed: {code}: {message}")]
@@ -142,6 +145,34 @@ impl ProtonError {
                 .into(),
             retry_in: Some(Duration::ZERO),
         }
+    }
+
+    /// A call not sent because its region has not answered for `for_secs` seconds and another
+    /// call there is already waiting for an answer (see [`crate::aws::reach::Reach::trial`]):
+    /// a passing fault, as the outage it stands for, but one that sent nothing.
+    pub fn unreached(operation: &'static str, region: &str, for_secs: u64) -> Self {
+        let service = crate::aws::reach::service(region);
+        let place = if region == crate::aws::reach::STS {
+            String::new()
+        } else {
+            format!(" in {region}")
+        };
+        ProtonError {
+            operation,
+            class: ErrorClass::Transient,
+            code: UNREACHED.into(),
+            message: format!(
+                "not sent: {service}{place} has not answered for {for_secs} s; one call at a time goes there until it answers again (it is probed every {} s)",
+                crate::aws::reach::PROBE_EVERY.as_secs()
+            ),
+            retry_in: None,
+        }
+    }
+
+    /// Whether the call was never sent because its region does not answer
+    /// ([`ProtonError::unreached`]): it says nothing of the call itself.
+    pub fn is_unreached(&self) -> bool {
+        self.class == ErrorClass::Transient && self.code == UNREACHED
     }
 
     /// Whether this is [`ProtonError::late`]'s.

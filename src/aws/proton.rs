@@ -419,8 +419,30 @@ impl Proton {
             >,
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
+        let _trial = self.trial(ticket, region, operation)?;
         self.prepare(ticket, operation).await?;
         self.send(ticket, region, operation, fut).await
+    }
+
+    /// Whether a call may go to `region` now (see [`Reach::trial`]); probes always go, as they
+    /// are what finds an outage over. Asked before the call takes its slot in the budget: a call
+    /// not sent uses none.
+    fn trial(
+        &self,
+        ticket: &Ticket<'_>,
+        region: &str,
+        operation: &'static str,
+    ) -> Result<Option<reach::Trial<'_>>, ProtonError> {
+        if ticket.key == PREFLIGHT {
+            return Ok(None);
+        }
+        self.reach
+            .trial(region, operation)
+            .map(Some)
+            .inspect_err(|e| {
+                self.metrics.aws_call(operation, "unreached");
+                tracing::debug!(error = %e, "not sent");
+            })
     }
 
     /// What a call needs before it is sent: its slot in the budget, and a mapped role's
@@ -542,6 +564,7 @@ impl Proton {
         send_by: Option<jiff::Timestamp>,
     ) -> Result<Connection, ProtonError> {
         let client = self.client(ticket.identity, region);
+        let _trial = self.trial(ticket, region, CREATE)?;
         self.prepare(ticket, CREATE).await?;
         if send_by.is_none_or(|by| jiff::Timestamp::now() >= by) {
             return Err(ProtonError::late(CREATE));
@@ -1336,6 +1359,7 @@ mod tests {
             since,
             last_tried: since,
             error: "refused".into(),
+            trying: false,
         };
         let mut said =
             |o: &reach::Unreached, at: Duration| warn_once(&mut warned, region, o, t0 + at);

@@ -7,6 +7,8 @@
 //! [`PROBE_EVERY`], every [`PROBE_LATER`] once the outage is [`PROBE_SLOWER_AFTER`] old), and
 //! the first answer there, to a probe or to any call, ends the outage. A region no call has found
 //! away for [`FORGOTTEN_AFTER`] is forgotten (a region a spec named once, that has no endpoint).
+//! While a Proton region is away, one call at a time goes there ([`Reach::trial`]); the others
+//! fail at once, unsent, as the outage's.
 //!
 //! The end of an outage of [`OUTAGE`] or longer is told to whoever watches [`Reach::returns`]:
 //! the controllers then try at once what the outage stopped (see `reconciler::after_outage`).
@@ -97,6 +99,9 @@ pub struct Unreached {
     pub last_tried: Instant,
     /// The first failure, for the warning.
     pub error: String,
+    /// A call (not a probe) sent there since this outage began is still waiting for its answer
+    /// (see [`Reach::trial`]).
+    pub trying: bool,
 }
 
 impl Unreached {
@@ -114,6 +119,28 @@ impl Unreached {
 /// The service a region's calls go to, for the log.
 pub fn service(region: &str) -> &'static str {
     if region == STS { "STS" } else { "Proton" }
+}
+
+/// The one call let through to a region that does not answer (see [`Reach::trial`]); the next
+/// may go once it is dropped. Nothing to give back for a region that answers.
+pub struct Trial<'a> {
+    reach: &'a Reach,
+    /// The region, and when the outage it was let through in began.
+    held: Option<(String, Instant)>,
+}
+
+impl<'a> Trial<'a> {
+    fn none(reach: &'a Reach) -> Self {
+        Trial { reach, held: None }
+    }
+}
+
+impl Drop for Trial<'_> {
+    fn drop(&mut self) {
+        if let Some((region, since)) = self.held.take() {
+            self.reach.trial_over(&region, since);
+        }
+    }
 }
 
 /// When a region's outages ended.
@@ -177,6 +204,51 @@ impl Reach {
             Err(e) => self.record(heard, region, sent, probe, e),
         }
         result
+    }
+
+    /// Whether a call of `operation` may go to `region` now: always while the region answers;
+    /// while it does not, one call at a time (the [`Trial`] held until its answer, or its
+    /// failure, is in), the others answered [`ProtonError::unreached`] at once. A region that
+    /// drops packets holds each call for the whole call timeout: without this, every worker
+    /// whose resource is due there would wait on one, and resources of the regions that answer,
+    /// or with nothing to ask AWS, would wait for a worker. The trial still lets a call end the
+    /// outage as soon as the region answers, as the probes do.
+    pub fn trial(&self, region: &str, operation: &'static str) -> Result<Trial<'_>, ProtonError> {
+        // Every call begins here: a read lock while nothing is away.
+        if !self.away.borrow().contains_key(region) {
+            return Ok(Trial::none(self));
+        }
+        let now = Instant::now();
+        let mut outcome = Ok(Trial::none(self));
+        // Not a change the prober waits for: nobody is told.
+        self.away.send_if_modified(|away| {
+            if let Some(unreached) = away.get_mut(region) {
+                outcome = if unreached.trying {
+                    let for_secs = now.duration_since(unreached.since).as_secs();
+                    Err(ProtonError::unreached(operation, region, for_secs))
+                } else {
+                    unreached.trying = true;
+                    Ok(Trial {
+                        reach: self,
+                        held: Some((region.to_string(), unreached.since)),
+                    })
+                };
+            }
+            false
+        });
+        outcome
+    }
+
+    /// The trial of `region`'s outage that began at `since` is over.
+    fn trial_over(&self, region: &str, since: Instant) {
+        self.away.send_if_modified(|away| {
+            if let Some(unreached) = away.get_mut(region)
+                && unreached.since == since
+            {
+                unreached.trying = false;
+            }
+            false
+        });
     }
 
     /// Records what `heard` says of a call in `region` sent at `sent` (`error`: why it failed,
@@ -256,6 +328,7 @@ impl Reach {
                     since: now,
                     last_tried: now,
                     error: error.to_string(),
+                    trying: false,
                 },
             );
             true
@@ -340,6 +413,7 @@ mod tests {
     use aws_smithy_types::body::SdkBody;
 
     use super::*;
+    use crate::aws::error::ErrorClass;
 
     type Failure = SdkError<std::io::Error, HttpResponse>;
 
@@ -390,6 +464,62 @@ mod tests {
 
     fn call(reach: &Reach, heard: Heard, region: &str) {
         reach.record(heard, region, Instant::now(), false, &"refused");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_region_that_does_not_answer_gets_one_call_at_a_time_and_every_call_once_it_answers()
+    {
+        let reach = Reach::default();
+        let region = "us-east-1";
+        let sent = |trial: &Result<Trial<'_>, ProtonError>| trial.is_ok();
+        // Answering: every call goes, and nothing is held for it.
+        let (a, b) = (reach.trial(region, "Get"), reach.trial(region, "Get"));
+        assert!(sent(&a) && sent(&b));
+        assert!(a.as_ref().is_ok_and(|t| t.held.is_none()));
+        drop((a, b));
+
+        call(&reach, Heard::Unanswered, region);
+        tokio::time::advance(Duration::from_secs(7)).await;
+        let first = reach.trial(region, "Get");
+        assert!(sent(&first), "one call goes: it may find the region back");
+        let refused = reach.trial(region, "CreateEnvironmentAccountConnection");
+        let e = refused
+            .err()
+            .expect("a second call while the first waits is not sent");
+        assert!(e.is_unreached(), "{e:?}");
+        assert_eq!(e.class, ErrorClass::Transient, "a passing fault");
+        assert_eq!(e.class.reason(), "AwsUnavailable");
+        assert_eq!(e.operation, "CreateEnvironmentAccountConnection");
+        assert!(
+            e.message.contains("us-east-1 has not answered for 7 s"),
+            "{}",
+            e.message
+        );
+        assert!(
+            sent(&reach.trial("eu-west-1", "Get")),
+            "each region on its own"
+        );
+        // Once the first is over (answered or not), the next goes.
+        drop(first);
+        let second = reach.trial(region, "Get");
+        assert!(sent(&second));
+        assert!(!sent(&reach.trial(region, "Get")));
+
+        // The region answers (a probe): every call goes again. The trial from the outage,
+        // over after a new outage began, does not free the new outage's trial.
+        reach.answered(region);
+        call(&reach, Heard::Unanswered, region);
+        let new = reach.trial(region, "Get");
+        assert!(sent(&new), "the new outage's trial");
+        drop(second);
+        assert!(
+            !sent(&reach.trial(region, "Get")),
+            "the old outage's trial ending frees nothing"
+        );
+        drop(new);
+        reach.answered(region);
+        let (a, b) = (reach.trial(region, "Get"), reach.trial(region, "Get"));
+        assert!(sent(&a) && sent(&b));
     }
 
     #[tokio::test(start_paused = true)]

@@ -574,8 +574,9 @@ impl<'a> Run<'a> {
                 self.refused(step.name(), id, &e);
             }
             (Step::Accept { id } | Step::Get { id } | Step::Reject { id }, Err(e)) => {
-                // Throttling is the account's, never one request's.
-                if e.class != ErrorClass::Throttled {
+                // Throttling is the account's, never one request's; nor is a region that does
+                // not answer (the call was not even sent).
+                if e.class != ErrorClass::Throttled && !e.is_unreached() {
                     self.next_memory.set_back.insert(id.clone());
                     self.request_fault = true;
                 }

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +24,9 @@ enum Mode {
 struct Held {
     /// What the client sent on each, as text, in the order they were taken.
     sent: Mutex<Vec<String>>,
+    /// When each was taken, and when it ended (the client closed it, or it was reset), in the
+    /// same order.
+    spans: Mutex<Vec<(Instant, Option<Instant>)>>,
     /// Moved on to reset every connection held so far.
     reset: watch::Sender<u64>,
 }
@@ -101,6 +105,23 @@ impl Gate {
         self.held.sent.lock().unwrap().clone()
     }
 
+    /// The most connections held open at once among those taken after the first `skip`:
+    /// the calls waiting for an answer at once, as each held connection carries one.
+    pub fn most_held_at_once(&self, skip: usize) -> usize {
+        let spans = self.held.spans.lock().unwrap();
+        let spans = spans.get(skip..).unwrap_or_default();
+        spans
+            .iter()
+            .map(|(taken, _)| {
+                spans
+                    .iter()
+                    .filter(|(t, ended)| t <= taken && ended.is_none_or(|e| e > *taken))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Resets every connection held so far: the calls on them fail now.
     pub fn reset_held(&self) {
         self.held.reset.send_modify(|n| *n += 1);
@@ -143,20 +164,22 @@ async fn pass(
 async fn hold(mut stream: TcpStream, held: Arc<Held>, mut reset_seen: watch::Receiver<u64>) {
     let index = {
         let mut sent = held.sent.lock().unwrap();
+        held.spans.lock().unwrap().push((Instant::now(), None));
         sent.push(String::new());
         sent.len() - 1
     };
+    let ended = |held: &Held| held.spans.lock().unwrap()[index].1 = Some(Instant::now());
     let mut buf = [0u8; 4096];
     loop {
         tokio::select! {
             read = stream.read(&mut buf) => match read {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return ended(&held),
                 Ok(n) => held.sent.lock().unwrap()[index]
                     .push_str(&String::from_utf8_lossy(&buf[..n])),
             },
             _ = reset_seen.changed() => {
                 reset(stream);
-                return;
+                return ended(&held);
             }
         }
     }

@@ -260,11 +260,14 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
             // A Create refused outright created nothing, nor did one never sent (its
             // credentials could not be had: the mapped role's AssumeRole failed, even for a
             // passing fault), nor one refused because the credentials that signed it expired
-            // (retried like a passing fault): the record that a Create may be in flight goes
-            // back to what it was before this reconcile (none for a first attempt, else the
-            // last Create whose answer never came), so neither deletion nor a conflict waits for
-            // this one.
-            if creates_nothing(class) || e.operation != CREATE || e.code.starts_with("ExpiredToken")
+            // (retried like a passing fault), nor one not sent as its region does not answer:
+            // the record that a Create may be in flight goes back to what it was before this
+            // reconcile (none for a first attempt, else the last Create whose answer never
+            // came), so neither deletion nor a conflict waits for this one.
+            if creates_nothing(class)
+                || e.operation != CREATE
+                || e.code.starts_with("ExpiredToken")
+                || e.is_unreached()
             {
                 run.status.create_sent_at = run.r.status.create_sent_at.clone();
             }
