@@ -180,7 +180,7 @@ impl Metrics {
         );
         registry.register(
             "eac_aws_requests",
-            "Proton API calls by operation and outcome",
+            "Proton API calls by operation and outcome (unreached: not sent, the region does not answer and a call there waits already)",
             aws_requests.clone(),
         );
         registry.register(

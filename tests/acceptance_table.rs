@@ -956,7 +956,7 @@ fn the_backoff_for_one_requests_fault_stops_at_the_poll_while_aws_answers_the_re
 fn a_throttled_or_unsent_request_is_not_set_back() {
     // Throttling is the account's, and a call not sent as its region does not answer says
     // nothing of the request: the oldest request still goes first once it passes.
-    let unsent = ProtonError::unreached("AcceptEnvironmentAccountConnection", REGION, 12);
+    let unsent = ProtonError::unreached("AcceptEnvironmentAccountConnection", REGION);
     for (e, reason) in [
         (
             error(ErrorClass::Throttled, "ThrottlingException"),

@@ -579,7 +579,7 @@ impl Fake {
     /// `step` is not sent: its region does not answer and another call there waits already.
     fn fail_unreached(mut self, step: &'static str, operation: &'static str) -> Self {
         self.answered
-            .push((step, ProtonError::unreached(operation, "eu-west-1", 12)));
+            .push((step, ProtonError::unreached(operation, "eu-west-1")));
         self
     }
 

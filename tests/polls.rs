@@ -352,3 +352,115 @@ async fn a_running_controller_whose_list_is_refused_polls_with_gets() {
     accept_and_see_connected(&env, accepted).await;
     running.abort();
 }
+
+/// Proton's network drops every packet (a gate holding every connection), and a call has found
+/// so: while the shared list of PENDING connections waits out the call timeout (the one call
+/// let through to the region), another poll is answered at once that Proton does not answer,
+/// instead of waiting for that list; and the poll whose list got no answer does not then wait
+/// out the timeout again on a Get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_nothing_answers_a_poll_waits_for_no_list_and_sends_no_get() {
+    use eac_controller::aws::budget::CallClass;
+    use eac_controller::aws::credentials::AwsIdentity;
+    use eac_controller::aws::proton::{CreateRequest, Proton, ProtonSettings, StepCalls, Ticket};
+    const REGION: &str = "us-east-1";
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let gate = support::gate::Gate::to(env.emulator.addr()).await;
+    let proton = Proton::with_static_credentials(
+        ProtonSettings {
+            default_region: REGION.into(),
+            endpoint: Some(gate.url()),
+            sts_endpoint: None,
+            timeout: Duration::from_secs(2),
+        },
+        CallBudget::unlimited(),
+        eac_controller::metrics::Metrics::new(),
+    );
+    let identity = AwsIdentity::Own;
+    let calls = StepCalls::default();
+    let ticket = |class| Ticket {
+        identity: &identity,
+        key: "5e7d0000-0000-4000-8000-000000000000",
+        class,
+        admitted: false,
+        calls: &calls,
+    };
+    let request = CreateRequest {
+        client_token: uid(0),
+        environment_name: "prod".into(),
+        management_account_id: "111122223333".into(),
+        roles: Default::default(),
+        tags: Default::default(),
+    };
+    let until = Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60));
+    let recorded = proton
+        .create(&ticket(CallClass::Work), REGION, &request, until)
+        .await
+        .expect("a PENDING connection, made before the outage");
+
+    gate.hold();
+    let failed = proton
+        .get(&ticket(CallClass::Work), REGION, "no-answer")
+        .await
+        .expect_err("no answer");
+    assert!(!failed.is_unreached(), "sent, and timed out: {failed:?}");
+    // Each held call's operation (its X-Amz-Target), not its signed headers.
+    let targets = || -> Vec<String> {
+        gate.held()
+            .iter()
+            .filter_map(|sent| sent.lines().find(|l| l.starts_with("x-amz-target:")))
+            .map(str::to_string)
+            .collect()
+    };
+    let held = |operation: &str| {
+        targets()
+            .iter()
+            .filter(|target| target.ends_with(&format!(".{operation}")))
+            .count()
+    };
+    let first = tokio::spawn({
+        let proton = proton.clone();
+        let recorded = recorded.clone();
+        async move {
+            let calls = StepCalls::default();
+            let ticket = Ticket {
+                identity: &AwsIdentity::Own,
+                key: "5e7d0000-0000-4000-8000-000000000001",
+                class: CallClass::Poll,
+                admitted: false,
+                calls: &calls,
+            };
+            proton.poll(&ticket, REGION, &recorded).await
+        }
+    });
+    // Checked every 20 ms: the gate is no part of the API server that `wait_until` follows.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while held(LIST) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after 10 s waiting for the first poll's list to be held by the gate: {:?}",
+            targets()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = proton
+        .poll(&ticket(CallClass::Poll), REGION, &recorded)
+        .await
+        .expect_err("not answered");
+    assert!(
+        second.is_unreached(),
+        "answered at once, not sent: {second:?}"
+    );
+    assert!(
+        !first.is_finished(),
+        "the second poll did not wait for the first one's list"
+    );
+    let first = first.await.unwrap().expect_err("no answer to the list");
+    assert!(!first.is_unreached(), "the list was sent: {first:?}");
+    assert_eq!(
+        (held(LIST), held(GET)),
+        (1, 1),
+        "the list, and no Get after it (the Get is the one that found the outage): {:?}",
+        targets()
+    );
+}

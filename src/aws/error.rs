@@ -147,23 +147,17 @@ impl ProtonError {
         }
     }
 
-    /// A call not sent because its region has not answered for `for_secs` seconds and another
-    /// call there is already waiting for an answer (see [`crate::aws::reach::Reach::trial`]):
-    /// a passing fault, as the outage it stands for, but one that sent nothing.
-    pub fn unreached(operation: &'static str, region: &str, for_secs: u64) -> Self {
-        let service = crate::aws::reach::service(region);
-        let place = if region == crate::aws::reach::STS {
-            String::new()
-        } else {
-            format!(" in {region}")
-        };
+    /// A call not sent because Proton in its region does not answer and another call there
+    /// is already waiting for an answer (see [`crate::aws::reach::Reach::trial`]): a passing
+    /// fault, as the outage it stands for, but one that sent nothing. The same message through
+    /// an outage: a resource's conditions and Events do not change at each try.
+    pub fn unreached(operation: &'static str, region: &str) -> Self {
         ProtonError {
             operation,
             class: ErrorClass::Transient,
             code: UNREACHED.into(),
             message: format!(
-                "not sent: {service}{place} has not answered for {for_secs} s; one call at a time goes there until it answers again (it is probed every {} s)",
-                crate::aws::reach::PROBE_EVERY.as_secs()
+                "not sent: Proton in {region} does not answer; one call at a time goes there until it answers again"
             ),
             retry_in: None,
         }

@@ -439,10 +439,27 @@ impl Proton {
         self.reach
             .trial(region, operation)
             .map(Some)
-            .inspect_err(|e| {
-                self.metrics.aws_call(operation, "unreached");
-                tracing::debug!(error = %e, "not sent");
-            })
+            .inspect_err(|e| self.not_sent(e))
+    }
+
+    /// A call of `operation` in `region` that would not be sent now (see [`Reach::refusing`]):
+    /// asked before the work that goes before a call (its slot in the budget, the intent to
+    /// create written), which a call not sent does not need.
+    pub fn unreached(&self, region: &str, operation: &'static str) -> Option<ProtonError> {
+        let refused = self.reach.refusing(region, operation)?;
+        self.not_sent(&refused);
+        Some(refused)
+    }
+
+    /// Whether a call in `region` would not be sent now (see [`Reach::refusing`]); nothing
+    /// counted.
+    pub fn refuses_now(&self, region: &str) -> bool {
+        self.reach.refusing(region, CREATE).is_some()
+    }
+
+    fn not_sent(&self, e: &ProtonError) {
+        self.metrics.aws_call(e.operation, "unreached");
+        tracing::debug!(error = %e, "not sent");
     }
 
     /// What a call needs before it is sent: its slot in the budget, and a mapped role's
@@ -642,6 +659,9 @@ impl Proton {
             }
             Ok(_) => {}
             Err(e) if e.class == ErrorClass::Deferred => return Err(e),
+            // Nothing answers there (the list found so, or was not sent for it): a Get would
+            // wait out the call timeout again, or not be sent.
+            Err(e) if self.reach.is_away(region) => return Err(e),
             // Polls never depend on the list: a list refused (a policy without
             // ListEnvironmentAccountConnections, a fault) leaves this poll to its Get.
             Err(e) => {
@@ -670,6 +690,11 @@ impl Proton {
         region: &str,
         polls: &[(CompactId, u64)],
     ) -> Result<Vec<PollAnswer>, ProtonError> {
+        // Before waiting for the list under way: where nothing answers, that list may be the
+        // one call let through, waiting out the call timeout.
+        if let Some(refused) = self.unreached(region, "ListEnvironmentAccountConnections") {
+            return Err(refused);
+        }
         let key = pending_key(identity, region);
         let shared = self.pending.listing(&key);
         let mut listing = shared.lock().await;

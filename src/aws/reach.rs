@@ -218,14 +218,12 @@ impl Reach {
         if !self.away.borrow().contains_key(region) {
             return Ok(Trial::none(self));
         }
-        let now = Instant::now();
         let mut outcome = Ok(Trial::none(self));
         // Not a change the prober waits for: nobody is told.
         self.away.send_if_modified(|away| {
             if let Some(unreached) = away.get_mut(region) {
                 outcome = if unreached.trying {
-                    let for_secs = now.duration_since(unreached.since).as_secs();
-                    Err(ProtonError::unreached(operation, region, for_secs))
+                    Err(ProtonError::unreached(operation, region))
                 } else {
                     unreached.trying = true;
                     Ok(Trial {
@@ -237,6 +235,23 @@ impl Reach {
             false
         });
         outcome
+    }
+
+    /// What [`Reach::trial`] would answer a call of `operation` in `region` now, without taking
+    /// the trial: for the work a call needs before it is sent (its slot in the budget, a
+    /// status write), not done for a call that would not be sent. The trial may end meanwhile:
+    /// the call still asks for it.
+    pub fn refusing(&self, region: &str, operation: &'static str) -> Option<ProtonError> {
+        self.away
+            .borrow()
+            .get(region)
+            .filter(|unreached| unreached.trying)
+            .map(|_| ProtonError::unreached(operation, region))
+    }
+
+    /// Whether `region` does not answer now.
+    pub fn is_away(&self, region: &str) -> bool {
+        self.away.borrow().contains_key(region)
     }
 
     /// The trial of `region`'s outage that began at `since` is over.
@@ -491,16 +506,26 @@ mod tests {
         assert_eq!(e.class.reason(), "AwsUnavailable");
         assert_eq!(e.operation, "CreateEnvironmentAccountConnection");
         assert!(
-            e.message.contains("us-east-1 has not answered for 7 s"),
+            e.message.contains("Proton in us-east-1 does not answer"),
             "{}",
             e.message
         );
+        let asked = reach
+            .refusing(region, "Get")
+            .expect("refused without taking the trial");
+        assert_eq!(asked, ProtonError::unreached("Get", region));
+        assert!(reach.is_away(region) && !reach.is_away("eu-west-1"));
         assert!(
             sent(&reach.trial("eu-west-1", "Get")),
             "each region on its own"
         );
         // Once the first is over (answered or not), the next goes.
         drop(first);
+        assert_eq!(
+            reach.refusing(region, "Get"),
+            None,
+            "nothing taken by asking"
+        );
         let second = reach.trial(region, "Get");
         assert!(sent(&second));
         assert!(!sent(&reach.trial(region, "Get")));

@@ -15,7 +15,7 @@ use super::error::Error;
 use super::facts::Facts;
 use super::writes::{add_finalizer, kube_error, remove_finalizer, write_status};
 use crate::aws::budget::CallClass;
-use crate::aws::proton::{ProtonError, StepCalls, Ticket};
+use crate::aws::proton::{CREATE, ProtonError, StepCalls, Ticket};
 use crate::compact_id::CompactId;
 use crate::connection::api::{
     ADOPTION_ALLOWED, ADOPTION_NAMESPACE_LABEL, ConnectionState, EnvironmentAccountConnection,
@@ -66,12 +66,13 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
         if let Step::Record(recorded) = step
             && recorded.before_create
         {
+            // Nor is an intent written, or a slot taken, for a Create that would not be sent
+            // (its region does not answer, and another call there waits already).
+            if let Some(refused) = ctx.proton.unreached(run.region(), CREATE) {
+                return Ok(Err(refused));
+            }
             // The Create's slot first: no announcement of a Create the budget has no room for.
-            if let Err(deferred) = ctx
-                .proton
-                .admit(&ticket, "CreateEnvironmentAccountConnection")
-                .await
-            {
+            if let Err(deferred) = ctx.proton.admit(&ticket, CREATE).await {
                 return Ok(Err(deferred));
             }
             self.create_admitted = true;
@@ -155,13 +156,16 @@ pub(super) async fn execute(
             // The intent to create goes with the finalizer only if the Create has its slot in
             // the call budget; else the finalizer goes alone (it waits for no budget).
             let intent = match intent {
+                // The Create would not be sent now: the finalizer goes alone, and the intent
+                // is recorded (and the Create's slot taken) when it may be.
+                Some(_) if ctx.proton.refuses_now(region) => None,
                 Some(intent) => {
                     let create = Ticket {
                         class: CallClass::Work,
                         ..*ticket
                     };
                     ctx.proton
-                        .admit(&create, "CreateEnvironmentAccountConnection")
+                        .admit(&create, CREATE)
                         .await
                         .ok()
                         .map(|()| intent)

@@ -35,8 +35,9 @@
 //!   policy is not Ready meanwhile ([`Refused`]). An operation refused twice and never taken in
 //!   a reconcile is taken as refused for every request: it is tried for no more in it.
 //! - A passing fault (throttled, AWS unavailable, an error of no known kind) ends the reconcile,
-//!   as it most likely is not the request's alone; the request that AWS was unavailable for, or
-//!   answered an unknown error, is then decided after the others until it is decided
+//!   as it most likely is not the request's alone; the request that AWS was unavailable for (a
+//!   call not sent as its region does not answer aside), or answered an unknown error, is then
+//!   decided after the others until it is decided
 //!   ([`Memory::set_back`]), so one request that AWS keeps failing does not hold up the rest;
 //!   and while AWS answers the reconcile's other calls, the policy's backoff for that fault
 //!   stops growing at its poll interval, so requests made outside the cluster wait no longer.

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -106,8 +106,12 @@ impl Gate {
     }
 
     /// The most connections held open at once among those taken after the first `skip`:
-    /// the calls waiting for an answer at once, as each held connection carries one.
+    /// the calls waiting for an answer at once, as each held connection carries one. A
+    /// connection that ends within 100 ms of another's start is not counted with it: a client
+    /// closes a connection it gave up on after the call has returned, and its next call may
+    /// reach the gate first.
     pub fn most_held_at_once(&self, skip: usize) -> usize {
+        const CLOSING: Duration = Duration::from_millis(100);
         let spans = self.held.spans.lock().unwrap();
         let spans = spans.get(skip..).unwrap_or_default();
         spans
@@ -115,7 +119,7 @@ impl Gate {
             .map(|(taken, _)| {
                 spans
                     .iter()
-                    .filter(|(t, ended)| t <= taken && ended.is_none_or(|e| e > *taken))
+                    .filter(|(t, ended)| t <= taken && ended.is_none_or(|e| e > *taken + CLOSING))
                     .count()
             })
             .max()
