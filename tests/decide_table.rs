@@ -847,10 +847,15 @@ fn reconcile(case: &mut Case, proton: &mut Fake, now: jiff::Timestamp) -> Trace 
                 Step::ReadAdoptionPolicy => {
                     Ok(Outcome::AdoptionAllowed(case.namespace_allows_adoption))
                 }
-                Step::Record(r) => {
-                    written = Some(r.status.clone());
-                    Ok(Outcome::Done)
-                }
+                // A Record is the controller's write, but one before a Create is not made when
+                // the Create would not be sent (see `Fake::fail_unreached`).
+                Step::Record(r) => match proton.answered.iter().position(|(s, _)| *s == "Record") {
+                    Some(i) => Err(proton.answered.remove(i).1),
+                    None => {
+                        written = Some(r.status.clone());
+                        Ok(Outcome::Done)
+                    }
+                },
                 call => {
                     if let Some((name, took)) = proton.unsent_for
                         && name == call.name()
@@ -2553,6 +2558,39 @@ fn a_create_never_sent_or_refused_for_its_credentials_is_not_recorded_as_in_flig
             "{class:?}"
         );
     }
+}
+
+/// The intent recorded before a Create is stale: a new one is written first, unless the Create
+/// would not be sent (its region does not answer and another call there waits already). Then
+/// nothing is written but the problem, and the last intent stays on record.
+#[test]
+fn no_intent_is_written_for_a_create_that_would_not_be_sent() {
+    let stale = at(0);
+    let mut case = Case::new().status(intent(1, stale));
+    let mut proton = Fake::empty().fail_unreached("Record", "CreateEnvironmentAccountConnection");
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert!(
+        trace
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Record(r) if r.before_create)),
+        "a new intent was due: {}",
+        trace.path()
+    );
+    let reported = trace.reported();
+    assert_eq!(
+        reported.problem.reason,
+        "AwsUnavailable",
+        "{}",
+        trace.path()
+    );
+    assert_eq!(reported.status.create_sent_at, Some(stale.to_string()));
+    assert_eq!(proton.count("Create"), 0, "{}", trace.path());
+    assert!(
+        reported.problem.message.contains("not sent"),
+        "{}",
+        reported.problem.message
+    );
 }
 
 #[test]

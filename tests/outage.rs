@@ -547,6 +547,15 @@ fn unanswered_tries(controller: &Controller, name: &str) -> usize {
         .count()
 }
 
+/// Creates `name` (uid 0) and waits for its connection: the controller learns its account
+/// first, so an outage after this is Proton's, not STS's (which shares the emulator's port).
+async fn connected_before_protons_outage(env: &Env, name: &str) {
+    env.api.create(name, &uid(0), spec(name));
+    env.api
+        .wait_for(name, "a connection before Proton's outage", LIMIT, has_id)
+        .await;
+}
+
 /// How many connections Proton holds that were created with `token` as the client token.
 fn made_with_token(env: &Env, token: &str) -> usize {
     env.emulator
@@ -711,16 +720,7 @@ async fn a_call_sent_before_protons_return_that_fails_after_it_is_tried_again_at
     let (env, _dir, kubeconfig) = over_http().await;
     let gate = Gate::to(env.emulator.addr()).await;
     let controller = Controller::start(&kubeconfig, &run_args(&gate.url(), &[]), None);
-    // The controller learns its account first, so the outage is Proton's, not STS's.
-    env.api.create("before", &uid(0), spec("before"));
-    env.api
-        .wait_for(
-            "before",
-            "a connection before Proton's outage",
-            LIMIT,
-            has_id,
-        )
-        .await;
+    connected_before_protons_outage(&env, "before").await;
     // Settled, so that no poll of it is the one call that goes to Proton while it is away:
     // that is to be the resource's own.
     let before = env.proton().connections()[0].id.clone();
@@ -819,17 +819,8 @@ async fn a_proton_that_drops_every_packet_gets_one_call_at_a_time_and_makes_no_c
         &["--aws-timeout", "2s", "--aws-list-lag", "0s"],
     );
     let controller = Controller::start(&kubeconfig, &args, None);
-    // The controller learns its account first, so the outage is Proton's, not STS's.
     let mut names = vec!["before".to_string()];
-    env.api.create(&names[0], &uid(0), spec(&names[0]));
-    env.api
-        .wait_for(
-            "before",
-            "a connection before Proton's outage",
-            LIMIT,
-            has_id,
-        )
-        .await;
+    connected_before_protons_outage(&env, &names[0]).await;
     gate.hold();
     names.extend((1..=DROPPED).map(|i| format!("dropped-{i}")));
     for (i, name) in names.iter().enumerate().skip(1) {
@@ -842,6 +833,21 @@ async fn a_proton_that_drops_every_packet_gets_one_call_at_a_time_and_makes_no_c
             "each resource applied in the outage to fail once",
             LIMIT,
             |c| dropped.iter().all(|n| unanswered_tries(c, n) >= 1),
+        )
+        .await;
+    // And reported it: each status then holds the intent its first Create went under.
+    let reported = |api: &FakeApi| {
+        dropped.iter().all(|n| {
+            api.get(n)
+                .and_then(|o| support::condition(&o, "Synced"))
+                .is_some_and(|(_, reason, _)| reason == "AwsUnavailable")
+        })
+    };
+    env.api
+        .wait_until(
+            "each resource applied in the outage to report AwsUnavailable",
+            LIMIT,
+            reported,
         )
         .await;
     let away_from = gate.held().len();
@@ -860,21 +866,17 @@ async fn a_proton_that_drops_every_packet_gets_one_call_at_a_time_and_makes_no_c
         .iter()
         .filter(|sent| sent.contains("CreateEnvironmentAccountConnection"))
         .count();
-    // Each intent to create written since: a createSentAt not written before.
+    // Each intent to create written since: a resource's createSentAt not written before.
     let requests = env.api.requests();
-    let sent_at = |body: &serde_json::Value| {
-        body.pointer("/status/createSentAt")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
+    let sent_at = |r: &support::Seen| {
+        let at = r.body.pointer("/status/createSentAt")?.as_str()?;
+        (r.method != http::Method::GET).then(|| (r.path.clone(), at.to_string()))
     };
-    let before: HashSet<String> = requests[..writes_from]
+    let before: HashSet<(String, String)> =
+        requests[..writes_from].iter().filter_map(sent_at).collect();
+    let intents: HashSet<(String, String)> = requests[writes_from..]
         .iter()
-        .filter_map(|r| sent_at(&r.body))
-        .collect();
-    let intents: HashSet<String> = requests[writes_from..]
-        .iter()
-        .filter(|r| r.method != http::Method::GET)
-        .filter_map(|r| sent_at(&r.body))
+        .filter_map(sent_at)
         .filter(|at| !before.contains(at))
         .collect();
     let unsent = controller

@@ -196,6 +196,8 @@ pub use crate::aws::error::{ErrorClass, ProtonError, Retry};
 /// The Create's operation name, as its errors carry it.
 pub const CREATE: &str = "CreateEnvironmentAccountConnection";
 
+const LIST: &str = "ListEnvironmentAccountConnections";
+
 /// The code of a List page refused for its token (see [`page_refused`]).
 pub const PAGE_TOKEN_REFUSED: &str = "PageTokenRefused";
 
@@ -660,8 +662,11 @@ impl Proton {
             Ok(_) => {}
             Err(e) if e.class == ErrorClass::Deferred => return Err(e),
             // Nothing answers there (the list found so, or was not sent for it): a Get would
-            // wait out the call timeout again, or not be sent.
-            Err(e) if self.reach.is_away(region) => return Err(e),
+            // wait out the call timeout again, or not be sent. A refusal (a policy without
+            // ListEnvironmentAccountConnections) still leaves the poll to its Get.
+            Err(e) if e.class == ErrorClass::Transient && self.reach.is_away(region) => {
+                return Err(e);
+            }
             // Polls never depend on the list: a list refused (a policy without
             // ListEnvironmentAccountConnections, a fault) leaves this poll to its Get.
             Err(e) => {
@@ -690,14 +695,17 @@ impl Proton {
         region: &str,
         polls: &[(CompactId, u64)],
     ) -> Result<Vec<PollAnswer>, ProtonError> {
-        // Before waiting for the list under way: where nothing answers, that list may be the
-        // one call let through, waiting out the call timeout.
-        if let Some(refused) = self.unreached(region, "ListEnvironmentAccountConnections") {
-            return Err(refused);
-        }
         let key = pending_key(identity, region);
         let shared = self.pending.listing(&key);
-        let mut listing = shared.lock().await;
+        let mut listing = match shared.try_lock() {
+            Ok(listing) => listing,
+            // A list under way: where nothing answers, it may be the one call let through,
+            // waiting out the call timeout. Not waited for then.
+            Err(_) => match self.unreached(region, LIST) {
+                Some(refused) => return Err(refused),
+                None => shared.lock().await,
+            },
+        };
         self.pending.note_seen(&key, &mut listing);
         let now = tokio::time::Instant::now();
         let later = listing.next_spaced().filter(|at| now < *at);
@@ -709,6 +717,9 @@ impl Proton {
             if let Some(e) = listing.failing(now) {
                 return Err(e.clone());
             }
+            if let Some(refused) = self.unreached(region, LIST) {
+                return Err(refused);
+            }
             let calls = StepCalls::default();
             let ticket = Ticket {
                 identity,
@@ -719,7 +730,8 @@ impl Proton {
             };
             match self.list_pending(&mut listing, &ticket, region).await {
                 Ok(()) => {}
-                Err(e) if e.class == ErrorClass::Deferred => return Err(e),
+                // Not sent: nothing learned of the list, no wait before the next.
+                Err(e) if e.class == ErrorClass::Deferred || e.is_unreached() => return Err(e),
                 Err(e) => {
                     listing.failed(e.clone(), now, tokio::time::Instant::now());
                     return Err(e);
@@ -893,7 +905,7 @@ impl Proton {
         self.call(
             &ticket,
             region,
-            "ListEnvironmentAccountConnections",
+            LIST,
             client
                 .list_environment_account_connections()
                 .requested_by(EnvironmentAccountConnectionRequesterAccountType::EnvironmentAccount)
@@ -1012,7 +1024,7 @@ impl Proton {
             .call(
                 ticket,
                 region,
-                "ListEnvironmentAccountConnections",
+                LIST,
                 client
                     .list_environment_account_connections()
                     .requested_by(query.requested_by.clone())

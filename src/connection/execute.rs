@@ -76,6 +76,10 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
                 return Ok(Err(deferred));
             }
             self.create_admitted = true;
+            // The slot may have taken a moment: asked again before the intent is written.
+            if let Some(refused) = ctx.proton.unreached(run.region(), CREATE) {
+                return Ok(Err(refused));
+            }
         }
         // Boxed: a reconcile holds one step at a time, and the calls are most of its size.
         let result = Box::pin(execute(
@@ -108,6 +112,8 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
                 );
             }
             Err(e) if e.class == crate::aws::proton::ErrorClass::Deferred => {}
+            // Not sent: the reconcile's end says so, once.
+            Err(e) if e.is_unreached() => debug!(error = %e, "proton call not sent"),
             Err(e) => warn!(error = %e, class = ?e.class, "proton call failed"),
             Ok(_) if ticket.class != CallClass::Work && matches!(step, Step::Get { .. }) => {
                 note_read(ctx, &self.facts.uid, ticket.class);
