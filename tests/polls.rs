@@ -5,9 +5,14 @@
 mod support;
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
-use eac_controller::aws::budget::CallBudget;
+use eac_controller::aws::budget::{CallBudget, CallClass};
+use eac_controller::aws::credentials::AwsIdentity;
+use eac_controller::aws::proton::{
+    CreateRequest, ErrorClass, Proton, ProtonError, ProtonSettings, StepCalls, Ticket,
+};
 use eac_controller::connection::api::ConnectionState;
 use support::{Env, patient, spec};
 
@@ -353,6 +358,98 @@ async fn a_running_controller_whose_list_is_refused_polls_with_gets() {
     running.abort();
 }
 
+/// The Proton port of the controller reaching the emulator through a gate (calls time out after
+/// `timeout`), and a PENDING connection made through it before any outage.
+struct BehindAGate {
+    gate: support::gate::Gate,
+    proton: Proton,
+    recorded: eac_controller::aws::proton::Connection,
+}
+
+const REGION: &str = "us-east-1";
+
+impl BehindAGate {
+    async fn start(env: &Env, timeout: Duration) -> Self {
+        let gate = support::gate::Gate::to(env.emulator.addr()).await;
+        let proton = Proton::with_static_credentials(
+            ProtonSettings {
+                default_region: REGION.into(),
+                endpoint: Some(gate.url()),
+                sts_endpoint: None,
+                timeout,
+            },
+            CallBudget::unlimited(),
+            eac_controller::metrics::Metrics::new(),
+        );
+        let request = CreateRequest {
+            client_token: uid(0),
+            environment_name: "prod".into(),
+            management_account_id: "111122223333".into(),
+            roles: Default::default(),
+            tags: Default::default(),
+        };
+        let until = Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60));
+        let calls = StepCalls::default();
+        let recorded = proton
+            .create(&ticket(CallClass::Work, &calls), REGION, &request, until)
+            .await
+            .expect("a PENDING connection, made before the outage");
+        BehindAGate {
+            gate,
+            proton,
+            recorded,
+        }
+    }
+
+    /// The gate holds every connection from now on (a network that drops packets), and a Get
+    /// finds so: Proton's region is away.
+    async fn drop_every_packet(&self) {
+        self.gate.hold();
+        let calls = StepCalls::default();
+        let failed = self
+            .proton
+            .get(&ticket(CallClass::Work, &calls), REGION, "no-answer")
+            .await
+            .expect_err("no answer");
+        assert!(!failed.is_unreached(), "sent, and timed out: {failed:?}");
+    }
+
+    async fn poll(&self) -> Result<eac_controller::aws::proton::Connection, ProtonError> {
+        let calls = StepCalls::default();
+        self.proton
+            .poll(&ticket(CallClass::Poll, &calls), REGION, &self.recorded)
+            .await
+    }
+
+    /// Each held call's operation (its X-Amz-Target), not its signed headers.
+    fn targets(&self) -> Vec<String> {
+        self.gate
+            .held()
+            .iter()
+            .filter_map(|sent| sent.lines().find(|l| l.starts_with("x-amz-target:")))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// How many calls of `operation` the gate holds (or held).
+    fn held(&self, operation: &str) -> usize {
+        self.targets()
+            .iter()
+            .filter(|target| target.ends_with(&format!(".{operation}")))
+            .count()
+    }
+}
+
+fn ticket(class: CallClass, calls: &StepCalls) -> Ticket<'_> {
+    Ticket {
+        identity: &AwsIdentity::Own,
+        key: "5e7d0000-0000-4000-8000-000000000000",
+        class,
+        admitted: false,
+        calls,
+    }
+}
+
 /// Proton's network drops every packet (a gate holding every connection), and a call has found
 /// so: while the shared list of PENDING connections waits out the call timeout (the one call
 /// let through to the region), another poll is answered at once that Proton does not answer,
@@ -360,93 +457,24 @@ async fn a_running_controller_whose_list_is_refused_polls_with_gets() {
 /// out the timeout again on a Get.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn where_nothing_answers_a_poll_waits_for_no_list_and_sends_no_get() {
-    use eac_controller::aws::budget::CallClass;
-    use eac_controller::aws::credentials::AwsIdentity;
-    use eac_controller::aws::proton::{CreateRequest, Proton, ProtonSettings, StepCalls, Ticket};
-    const REGION: &str = "us-east-1";
     let env = Env::start_with(patient(), CallBudget::unlimited()).await;
-    let gate = support::gate::Gate::to(env.emulator.addr()).await;
-    let proton = Proton::with_static_credentials(
-        ProtonSettings {
-            default_region: REGION.into(),
-            endpoint: Some(gate.url()),
-            sts_endpoint: None,
-            timeout: Duration::from_secs(2),
-        },
-        CallBudget::unlimited(),
-        eac_controller::metrics::Metrics::new(),
-    );
-    let identity = AwsIdentity::Own;
-    let calls = StepCalls::default();
-    let ticket = |class| Ticket {
-        identity: &identity,
-        key: "5e7d0000-0000-4000-8000-000000000000",
-        class,
-        admitted: false,
-        calls: &calls,
-    };
-    let request = CreateRequest {
-        client_token: uid(0),
-        environment_name: "prod".into(),
-        management_account_id: "111122223333".into(),
-        roles: Default::default(),
-        tags: Default::default(),
-    };
-    let until = Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60));
-    let recorded = proton
-        .create(&ticket(CallClass::Work), REGION, &request, until)
-        .await
-        .expect("a PENDING connection, made before the outage");
-
-    gate.hold();
-    let failed = proton
-        .get(&ticket(CallClass::Work), REGION, "no-answer")
-        .await
-        .expect_err("no answer");
-    assert!(!failed.is_unreached(), "sent, and timed out: {failed:?}");
-    // Each held call's operation (its X-Amz-Target), not its signed headers.
-    let targets = || -> Vec<String> {
-        gate.held()
-            .iter()
-            .filter_map(|sent| sent.lines().find(|l| l.starts_with("x-amz-target:")))
-            .map(str::to_string)
-            .collect()
-    };
-    let held = |operation: &str| {
-        targets()
-            .iter()
-            .filter(|target| target.ends_with(&format!(".{operation}")))
-            .count()
-    };
+    let port = Arc::new(BehindAGate::start(&env, Duration::from_secs(2)).await);
+    port.drop_every_packet().await;
     let first = tokio::spawn({
-        let proton = proton.clone();
-        let recorded = recorded.clone();
-        async move {
-            let calls = StepCalls::default();
-            let ticket = Ticket {
-                identity: &AwsIdentity::Own,
-                key: "5e7d0000-0000-4000-8000-000000000001",
-                class: CallClass::Poll,
-                admitted: false,
-                calls: &calls,
-            };
-            proton.poll(&ticket, REGION, &recorded).await
-        }
+        let port = port.clone();
+        async move { port.poll().await }
     });
     // Checked every 20 ms: the gate is no part of the API server that `wait_until` follows.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while held(LIST) == 0 {
+    while port.held(LIST) == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out after 10 s waiting for the first poll's list to be held by the gate: {:?}",
-            targets()
+            port.targets()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let second = proton
-        .poll(&ticket(CallClass::Poll), REGION, &recorded)
-        .await
-        .expect_err("not answered");
+    let second = port.poll().await.expect_err("not answered");
     assert!(
         second.is_unreached(),
         "answered at once, not sent: {second:?}"
@@ -458,9 +486,37 @@ async fn where_nothing_answers_a_poll_waits_for_no_list_and_sends_no_get() {
     let first = first.await.unwrap().expect_err("no answer to the list");
     assert!(!first.is_unreached(), "the list was sent: {first:?}");
     assert_eq!(
-        (held(LIST), held(GET)),
+        (port.held(LIST), port.held(GET)),
         (1, 1),
         "the list, and no Get after it (the Get is the one that found the outage): {:?}",
-        targets()
+        port.targets()
+    );
+}
+
+/// A list refused (an IAM policy without ListEnvironmentAccountConnections) still leaves a poll
+/// to its Get while Proton's region is away: only a list nothing answered says a Get would fare
+/// no better. The Get is then the one call let through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_list_leaves_the_poll_to_its_get_even_where_nothing_answers() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let port = BehindAGate::start(&env, Duration::from_millis(300)).await;
+    env.proton().fail_next(LIST, "AccessDeniedException", 1);
+    let polled = port
+        .poll()
+        .await
+        .expect("read with a Get after the refused list");
+    assert_eq!(polled.state, ConnectionState::Pending);
+    // The refusal is kept for 2 s: the next poll goes straight to its Get.
+    port.drop_every_packet().await;
+    let failed = port.poll().await.expect_err("its Get got no answer");
+    assert!(
+        failed.class == ErrorClass::Transient && !failed.is_unreached(),
+        "the Get was sent, and timed out: {failed:?}"
+    );
+    assert_eq!(
+        (port.held(LIST), port.held(GET)),
+        (0, 2),
+        "the Get that found the outage, and the poll's: {:?}",
+        port.targets()
     );
 }
