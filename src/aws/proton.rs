@@ -456,7 +456,7 @@ impl Proton {
     /// Whether a call in `region` would not be sent now (see [`Reach::refusing`]); nothing
     /// counted.
     pub fn refuses_now(&self, region: &str) -> bool {
-        self.reach.refusing(region, CREATE).is_some()
+        self.reach.trying(region)
     }
 
     fn not_sent(&self, e: &ProtonError) {

@@ -215,7 +215,7 @@ impl Reach {
     /// outage as soon as the region answers, as the probes do.
     pub fn trial(&self, region: &str, operation: &'static str) -> Result<Trial<'_>, ProtonError> {
         // Every call begins here: a read lock while nothing is away.
-        if !self.away.borrow().contains_key(region) {
+        if !self.is_away(region) {
             return Ok(Trial::none(self));
         }
         let mut outcome = Ok(Trial::none(self));
@@ -242,11 +242,17 @@ impl Reach {
     /// status write), not done for a call that would not be sent. The trial may end meanwhile:
     /// the call still asks for it.
     pub fn refusing(&self, region: &str, operation: &'static str) -> Option<ProtonError> {
+        self.trying(region)
+            .then(|| ProtonError::unreached(operation, region))
+    }
+
+    /// Whether `region` does not answer and the one call let through there waits for its
+    /// answer: a call there now would not be sent.
+    pub fn trying(&self, region: &str) -> bool {
         self.away
             .borrow()
             .get(region)
-            .filter(|unreached| unreached.trying)
-            .map(|_| ProtonError::unreached(operation, region))
+            .is_some_and(|unreached| unreached.trying)
     }
 
     /// Whether `region` does not answer now.
