@@ -523,6 +523,7 @@ async fn a_create_whose_role_took_past_its_window_is_not_sent() {
         key: UID,
         class: CallClass::Work,
         admitted: false,
+        trial: None,
         calls: &calls,
     };
     let request = CreateRequest {

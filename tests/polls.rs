@@ -1,6 +1,8 @@
 //! Polls of PENDING connections: answered by one List of them all (see `aws::pending`), with a
 //! Get only for what the list does not show as recorded; a list the budget defers part-way goes
-//! on from its next page. Real reconcile, in-memory API server, Proton emulator over HTTP.
+//! on from its next page; where Proton does not answer, one call at a time (the Proton port
+//! behind a gate that holds every connection). Real reconcile, in-memory API server, Proton
+//! emulator over HTTP.
 
 mod support;
 
@@ -18,6 +20,7 @@ use support::{Env, patient, spec};
 
 const GET: &str = "GetEnvironmentAccountConnection";
 const LIST: &str = "ListEnvironmentAccountConnections";
+const CREATE: &str = "CreateEnvironmentAccountConnection";
 /// More than two pages of the List (100 a page).
 const N: usize = 250;
 
@@ -381,17 +384,14 @@ impl BehindAGate {
             CallBudget::unlimited(),
             eac_controller::metrics::Metrics::new(),
         );
-        let request = CreateRequest {
-            client_token: uid(0),
-            environment_name: "prod".into(),
-            management_account_id: "111122223333".into(),
-            roles: Default::default(),
-            tags: Default::default(),
-        };
-        let until = Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60));
         let calls = StepCalls::default();
         let recorded = proton
-            .create(&ticket(CallClass::Work, &calls), REGION, &request, until)
+            .create(
+                &ticket(CallClass::Work, &calls),
+                REGION,
+                &create_request(0),
+                send_by(),
+            )
             .await
             .expect("a PENDING connection, made before the outage");
         BehindAGate {
@@ -440,12 +440,28 @@ impl BehindAGate {
     }
 }
 
+fn create_request(i: usize) -> CreateRequest {
+    CreateRequest {
+        client_token: uid(i),
+        environment_name: format!("prod-{i}"),
+        management_account_id: "111122223333".into(),
+        roles: Default::default(),
+        tags: Default::default(),
+    }
+}
+
+/// The end of a Create's window to be sent, a minute away.
+fn send_by() -> Option<jiff::Timestamp> {
+    Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60))
+}
+
 fn ticket(class: CallClass, calls: &StepCalls) -> Ticket<'_> {
     Ticket {
         identity: &AwsIdentity::Own,
         key: "5e7d0000-0000-4000-8000-000000000000",
         class,
         admitted: false,
+        trial: None,
         calls,
     }
 }
@@ -519,4 +535,65 @@ async fn a_refused_list_leaves_the_poll_to_its_get_even_where_nothing_answers() 
         "the Get that found the outage, and the poll's: {:?}",
         port.targets()
     );
+}
+
+/// The turn a Create's intent takes in a region that does not answer (`Proton::hold_trial`,
+/// taken before the intent is written) is the Create's through its call: another call
+/// meanwhile is not sent, nor is a Create without it, and the Create given the turn is sent.
+/// Without it, a call between the intent and the Create could leave an intent written for a
+/// Create not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creates_turn_taken_before_its_intent_is_its_own_through_the_create() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let port = BehindAGate::start(&env, Duration::from_millis(300)).await;
+    port.drop_every_packet().await;
+    let turn = port
+        .proton
+        .hold_trial(REGION, CREATE)
+        .expect("the region's one turn, free once the Get that found the outage is over");
+    let calls = StepCalls::default();
+    let other = port
+        .proton
+        .get(&ticket(CallClass::Work, &calls), REGION, "another")
+        .await
+        .expect_err("not sent");
+    assert!(other.is_unreached(), "refused at once: {other:?}");
+    let without = port
+        .proton
+        .create(
+            &ticket(CallClass::Work, &calls),
+            REGION,
+            &create_request(1),
+            send_by(),
+        )
+        .await
+        .expect_err("not sent");
+    assert!(without.is_unreached(), "no turn, no Create: {without:?}");
+    assert!(
+        matches!(port.proton.hold_trial(REGION, CREATE), Err(e) if e.is_unreached()),
+        "one turn at a time"
+    );
+    let with_turn = Ticket {
+        trial: Some(&turn),
+        ..ticket(CallClass::Work, &calls)
+    };
+    let sent = port
+        .proton
+        .create(&with_turn, REGION, &create_request(2), send_by())
+        .await
+        .expect_err("no answer from behind the gate");
+    assert!(!sent.is_unreached(), "sent, and timed out: {sent:?}");
+    assert_eq!(
+        (port.held(CREATE), port.held(GET)),
+        (1, 1),
+        "the Create with the turn, and the Get that found the outage: {:?}",
+        port.targets()
+    );
+    drop(turn);
+    let next = port
+        .proton
+        .get(&ticket(CallClass::Work, &calls), REGION, "next")
+        .await
+        .expect_err("no answer from behind the gate");
+    assert!(!next.is_unreached(), "the turn is free again: {next:?}");
 }

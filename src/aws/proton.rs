@@ -115,6 +115,9 @@ pub struct Ticket<'a> {
     pub class: CallClass,
     /// The call's slot was taken already (see [`Proton::admit`]).
     pub admitted: bool,
+    /// The turn of a region that does not answer, taken before the work that went before the
+    /// call (see [`Proton::hold_trial`]).
+    pub trial: Option<&'a reach::Trial<'a>>,
     /// The calls of the step this ticket is for, so far.
     pub calls: &'a StepCalls,
 }
@@ -435,7 +438,11 @@ impl Proton {
         region: &str,
         operation: &'static str,
     ) -> Result<Option<reach::Trial<'_>>, ProtonError> {
-        if ticket.key == PREFLIGHT {
+        if ticket.key == PREFLIGHT
+            || ticket
+                .trial
+                .is_some_and(|held| self.reach.holds(held, region))
+        {
             return Ok(None);
         }
         self.reach
@@ -453,13 +460,21 @@ impl Proton {
         Some(refused)
     }
 
-    /// Whether a call in `region` would not be sent now (see [`Reach::refusing`]); nothing
-    /// counted.
-    pub fn refuses_now(&self, region: &str) -> bool {
-        self.reach.trying(region)
+    /// Takes the turn of `region` (see [`Reach::trial`]) for a call of `operation` made later
+    /// with it in its [`Ticket::trial`], held across the work that goes before the call (a
+    /// Create's slot and intent): no other call takes the region's one turn between them, which
+    /// would leave an intent written for a Create not sent. Refused: nothing is counted (see
+    /// [`Proton::not_sent`]).
+    pub fn hold_trial(
+        &self,
+        region: &str,
+        operation: &'static str,
+    ) -> Result<reach::Trial<'_>, ProtonError> {
+        self.reach.trial(region, operation)
     }
 
-    fn not_sent(&self, e: &ProtonError) {
+    /// Counts a call that was not sent: its region does not answer (see [`Reach::trial`]).
+    pub fn not_sent(&self, e: &ProtonError) {
         self.metrics.aws_call(e.operation, "unreached");
         tracing::debug!(error = %e, "not sent");
     }
@@ -726,6 +741,7 @@ impl Proton {
                 key: &key,
                 class: CallClass::Poll,
                 admitted: false,
+                trial: None,
                 calls: &calls,
             };
             match self.list_pending(&mut listing, &ticket, region).await {
@@ -899,6 +915,7 @@ impl Proton {
             key: PREFLIGHT,
             class: CallClass::Work,
             admitted: true,
+            trial: None,
             calls: &StepCalls::default(),
         };
         let client = self.client(identity, region);

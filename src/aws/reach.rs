@@ -129,6 +129,12 @@ pub struct Trial<'a> {
     held: Option<(String, Instant)>,
 }
 
+impl std::fmt::Debug for Trial<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trial").field("held", &self.held).finish()
+    }
+}
+
 impl<'a> Trial<'a> {
     fn none(reach: &'a Reach) -> Self {
         Trial { reach, held: None }
@@ -253,6 +259,21 @@ impl Reach {
             .borrow()
             .get(region)
             .is_some_and(|unreached| unreached.trying)
+    }
+
+    /// Whether `trial` is the turn of `region`'s outage now: a call its holder makes there goes
+    /// without asking again. Not for a trial taken while the region answered, nor one from an
+    /// outage over since (the call asks for the new one's turn).
+    pub fn holds(&self, trial: &Trial<'_>, region: &str) -> bool {
+        let Some((held, since)) = &trial.held else {
+            return false;
+        };
+        held == region
+            && self
+                .away
+                .borrow()
+                .get(region)
+                .is_some_and(|unreached| unreached.trying && unreached.since == *since)
     }
 
     /// Whether `region` does not answer now.
@@ -503,10 +524,12 @@ mod tests {
         tokio::time::advance(Duration::from_secs(7)).await;
         let first = reach.trial(region, "Get");
         assert!(sent(&first), "one call goes: it may find the region back");
+        if let Ok(first) = &first {
+            assert!(reach.holds(first, region), "the turn is the first call's");
+            assert!(!reach.holds(first, "eu-west-1"), "in its own region only");
+        }
         let refused = reach.trial(region, "CreateEnvironmentAccountConnection");
-        let e = refused
-            .err()
-            .expect("a second call while the first waits is not sent");
+        let e = refused.expect_err("a second call while the first waits is not sent");
         assert!(e.is_unreached(), "{e:?}");
         assert_eq!(e.class, ErrorClass::Transient, "a passing fault");
         assert_eq!(e.class.reason(), "AwsUnavailable");
@@ -542,6 +565,13 @@ mod tests {
         call(&reach, Heard::Unanswered, region);
         let new = reach.trial(region, "Get");
         assert!(sent(&new), "the new outage's trial");
+        if let (Ok(old), Ok(current)) = (&second, &new) {
+            assert!(
+                !reach.holds(old, region),
+                "an earlier outage's turn is over"
+            );
+            assert!(reach.holds(current, region));
+        }
         drop(second);
         assert!(
             !sent(&reach.trial(region, "Get")),
@@ -550,6 +580,11 @@ mod tests {
         drop(new);
         reach.answered(region);
         let (a, b) = (reach.trial(region, "Get"), reach.trial(region, "Get"));
+        let held = a.as_ref().map_err(|_| ()).expect("the region answers");
+        assert!(
+            !reach.holds(held, region),
+            "a trial taken while the region answered is no turn"
+        );
         assert!(sent(&a) && sent(&b));
     }
 

@@ -16,6 +16,7 @@ use super::facts::Facts;
 use super::writes::{add_finalizer, kube_error, remove_finalizer, write_status};
 use crate::aws::budget::CallClass;
 use crate::aws::proton::{CREATE, ProtonError, StepCalls, Ticket};
+use crate::aws::reach::Trial;
 use crate::compact_id::CompactId;
 use crate::connection::api::{
     ADOPTION_ALLOWED, ADOPTION_NAMESPACE_LABEL, ConnectionState, EnvironmentAccountConnection,
@@ -37,6 +38,9 @@ pub(super) struct StepExecutor<'a> {
     pub(super) create_admitted: bool,
     /// The worker slot of a routine read, held to the end of the reconcile.
     pub(super) routine_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The turn of the Create's region, if it does not answer: taken before the Create's slot
+    /// and intent, held through the Create (see [`crate::aws::proton::Proton::hold_trial`]).
+    pub(super) create_trial: Option<Trial<'a>>,
 }
 
 impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
@@ -49,13 +53,6 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
     ) -> Result<Result<Outcome, ProtonError>, Error> {
         let ctx = self.ctx;
         let class = run.class_of(step);
-        let ticket = Ticket {
-            identity: &self.facts.identity,
-            key: &self.facts.uid,
-            class,
-            admitted: self.create_admitted && matches!(step, Step::Create { .. }),
-            calls: &StepCalls::default(),
-        };
         if class != CallClass::Work && step.is_aws() && self.routine_slot.is_none() {
             match ctx.routine_slot() {
                 Ok(slot) => self.routine_slot = slot,
@@ -63,23 +60,41 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
                 Err(()) => return Ok(Err(ProtonError::deferred("routine read", None))),
             }
         }
-        if let Step::Record(recorded) = step
-            && recorded.before_create
-        {
-            // Nor is an intent written, or a slot taken, for a Create that would not be sent
-            // (its region does not answer, and another call there waits already).
-            if let Some(refused) = ctx.proton.unreached(run.region(), CREATE) {
-                return Ok(Err(refused));
+        let records_intent = matches!(step, Step::Record(recorded) if recorded.before_create);
+        let finalizer_alone = Step::AddFinalizer { intent: None };
+        let mut step = step;
+        if records_intent || matches!(step, Step::AddFinalizer { intent: Some(_) }) {
+            match ctx.proton.hold_trial(run.region(), CREATE) {
+                Ok(trial) => self.create_trial = Some(trial),
+                // Nor is an intent written, or a slot taken, for a Create that would not be sent
+                // (its region does not answer, and another call there waits already).
+                Err(refused) if records_intent => {
+                    ctx.proton.not_sent(&refused);
+                    return Ok(Err(refused));
+                }
+                // The finalizer goes alone; the intent is recorded (and the Create's slot
+                // taken) when the Create may be sent.
+                Err(_) => step = &finalizer_alone,
             }
-            // The Create's slot first: no announcement of a Create the budget has no room for.
+        }
+        let ticket = Ticket {
+            identity: &self.facts.identity,
+            key: &self.facts.uid,
+            class,
+            admitted: self.create_admitted && matches!(step, Step::Create { .. }),
+            trial: self
+                .create_trial
+                .as_ref()
+                .filter(|_| matches!(step, Step::Create { .. })),
+            calls: &StepCalls::default(),
+        };
+        // The Create's slot first: no announcement of a Create the budget has no room for.
+        if records_intent {
             if let Err(deferred) = ctx.proton.admit(&ticket, CREATE).await {
+                self.create_trial = None;
                 return Ok(Err(deferred));
             }
             self.create_admitted = true;
-            // The slot may have taken a moment: asked again before the intent is written.
-            if let Some(refused) = ctx.proton.unreached(run.region(), CREATE) {
-                return Ok(Err(refused));
-            }
         }
         // Boxed: a reconcile holds one step at a time, and the calls are most of its size.
         let result = Box::pin(execute(
@@ -94,6 +109,10 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
         .await?;
         if matches!(result, Ok(Outcome::IntentRecorded)) {
             self.create_admitted = true;
+        }
+        // Held only while the Create is the next step.
+        if !(matches!(result, Ok(Outcome::IntentRecorded)) || records_intent && result.is_ok()) {
+            self.create_trial = None;
         }
         if let (Step::Create { request, .. }, Ok(Outcome::Connection(created))) = (step, &result) {
             if created.state == ConnectionState::Pending
@@ -115,8 +134,8 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
             // Not sent: the reconcile's end says so, once.
             Err(e) if e.is_unreached() => debug!(error = %e, "proton call not sent"),
             Err(e) => warn!(error = %e, class = ?e.class, "proton call failed"),
-            Ok(_) if ticket.class != CallClass::Work && matches!(step, Step::Get { .. }) => {
-                note_read(ctx, &self.facts.uid, ticket.class);
+            Ok(_) if class != CallClass::Work && matches!(step, Step::Get { .. }) => {
+                note_read(ctx, &self.facts.uid, class);
             }
             Ok(_) => {}
         }
@@ -162,9 +181,6 @@ pub(super) async fn execute(
             // The intent to create goes with the finalizer only if the Create has its slot in
             // the call budget; else the finalizer goes alone (it waits for no budget).
             let intent = match intent {
-                // The Create would not be sent now: the finalizer goes alone, and the intent
-                // is recorded (and the Create's slot taken) when it may be.
-                Some(_) if ctx.proton.refuses_now(region) => None,
                 Some(intent) => {
                     let create = Ticket {
                         class: CallClass::Work,

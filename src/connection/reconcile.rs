@@ -121,9 +121,12 @@ pub(super) async fn steps(
         facts,
         finalizers: facts.finalizers.clone(),
         create_admitted: false,
+        create_trial: None,
         routine_slot: None,
     };
     let step = reconciler::drive::drive(&mut run, &mut executor).await?;
+    // A Create's turn is not held through the end's writes.
+    executor.create_trial = None;
     let carry = run.carry_over();
     finish(ctx, obj, facts, &executor.finalizers, step, carry).await
 }

@@ -564,6 +564,7 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
             key: self.key,
             class: run.class_of(step),
             admitted: false,
+            trial: None,
             calls,
         };
         let result = execute(ctx, run.region(), &ticket, step).await;
