@@ -492,3 +492,74 @@ async fn deleting_after_a_lost_recreation_status_write_orphans_nothing() {
     );
     assert!(env.api.get("prod").is_none());
 }
+
+/// A reconcile that AWS answers, then the call budget defers, no longer waits for AWS's
+/// return: the failures counted in an outage before it are forgotten, so the next failure
+/// backs off from the first step, not from where the outage left it. Two calls a second, no
+/// burst: the Update after the Get that found the drift is half a second away, so it is booked.
+#[tokio::test]
+async fn a_deferral_after_aws_answered_forgets_the_outages_failures() {
+    const GET: &str = "GetEnvironmentAccountConnection";
+    let two_a_second = CallBudget::new(NonZeroU32::new(2).unwrap(), NonZeroU32::MIN, 0.5);
+    let env = Env::start_with(eager_settings(), two_a_second).await;
+    env.api.create("prod", UID, spec("prod"));
+    env.resync_through_deferrals("prod", 10).await;
+    let id = env.proton().connections()[0].id.clone();
+    env.proton().accept(&id).unwrap();
+    let connected = |env: &Env| {
+        env.api.get("prod").unwrap().status.unwrap().status == Some(ConnectionState::Connected)
+    };
+    // The poll's list, then its Get (a booked slot later).
+    for _ in 0..3 {
+        if !connected(&env) {
+            env.resync_through_deferrals("prod", 10).await;
+        }
+    }
+    assert!(connected(&env), "CONNECTED, so its reads are Gets");
+
+    // The outage: four Gets in a row answered 500, the backoff grown past 5 s.
+    env.proton().fail_next(GET, "InternalServerException", 4);
+    for _ in 0..4 {
+        let gets = env.calls(GET);
+        env.resync_through_deferrals("prod", 10).await;
+        assert_eq!(env.calls(GET), gets + 1, "each try's Get failed");
+    }
+    let outage = env.comes_back_in("prod");
+    assert!(
+        outage > Duration::from_secs(5),
+        "the outage's backoff: {outage:?}"
+    );
+
+    // AWS answers the Get, which finds the roles changed behind the controller's back; the
+    // Update that puts them back is deferred.
+    #[allow(deprecated)]
+    support_client(&env)
+        .await
+        .update_environment_account_connection()
+        .id(&id)
+        .role_arn("arn:aws:iam::444455556666:role/intruder")
+        .send()
+        .await
+        .unwrap();
+    let (gets, updates) = (env.calls(GET), env.calls(UPDATE));
+    env.resync_through_deferrals("prod", 10).await;
+    assert_eq!(
+        (env.calls(GET), env.calls(UPDATE)),
+        (gets + 1, updates),
+        "the Get answered, the Update deferred"
+    );
+
+    // The Update then fails: a first failure's backoff (1 s, jittered), not a fifth's (16 s).
+    env.proton().fail_next(UPDATE, "InternalServerException", 1);
+    env.resync_through_deferrals("prod", 10).await;
+    assert_eq!(
+        env.calls(UPDATE),
+        updates + 1,
+        "the Update was sent, and failed"
+    );
+    let backoff = env.comes_back_in("prod");
+    assert!(
+        backoff <= Duration::from_millis(1_250),
+        "backs off from the first step after AWS answered: {backoff:?}"
+    );
+}

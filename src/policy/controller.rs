@@ -384,6 +384,7 @@ async fn reconcile_inner(
         check_and_reject: StepCalls::default(),
         this: obj,
         group,
+        aws_answered: false,
     };
     let step = match reconciler::drive::drive(&mut run, &mut executor).await {
         Ok(step) => step,
@@ -393,7 +394,7 @@ async fn reconcile_inner(
     ctx.metrics
         .acceptance_decisions(tally.accepted, tally.rejected, tally.left_pending);
     let memory = run.memory().clone();
-    finish(ctx, &facts, step, memory).await
+    finish(ctx, &facts, step, memory, executor.aws_answered).await
 }
 
 /// Whether the controller could act for a policy of `namespace` that names
@@ -515,6 +516,9 @@ struct StepExecutor<'a> {
     /// The policy, and its group as the reconcile began (see [`group_key`]).
     this: &'a ConnectionAcceptancePolicy,
     group: BTreeSet<(String, i64, bool)>,
+    /// AWS answered one of this reconcile's calls (see
+    /// [`crate::reconciler::tracked::Tracked::aws_answered`]).
+    aws_answered: bool,
 }
 
 impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
@@ -568,6 +572,8 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
             calls,
         };
         let result = execute(ctx, run.region(), &ticket, step).await;
+        let answered = calls.answered();
+        self.aws_answered |= answered;
         if let (Step::Accept { id } | Step::Reject { id }, Ok(Outcome::Connection(_))) =
             (step, &result)
         {
@@ -625,6 +631,7 @@ async fn finish(
     facts: &Facts,
     step: Step,
     memory: Memory,
+    aws_answered: bool,
 ) -> Result<(Action, &'static str), Error> {
     let (status, events, mut requeue, label, failed) = match step {
         Step::Settle(settled) => (
@@ -677,9 +684,13 @@ async fn finish(
                     requeue = Duration::ZERO;
                 }
             } else {
-                tracked
-                    .entry(&facts.uid)
-                    .hold(facts.generation, facts.paused, wanted);
+                let t = tracked.entry(&facts.uid);
+                // A deferral after an answer: a settled reconcile forgets its failures once its
+                // status is written.
+                if aws_answered && label == "deferred" {
+                    t.aws_answered();
+                }
+                t.hold(facts.generation, facts.paused, wanted);
             }
         } else {
             drop(tracked);
