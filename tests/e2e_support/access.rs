@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::Api;
@@ -102,6 +105,7 @@ impl TestNamespace {
             .await
             .unwrap_or_else(|e| panic!("cannot create ServiceAccount {account}: {e}"));
         let mut bindings = vec![];
+        let rules_given = rules.clone();
         if !rules.is_empty() {
             Api::<Role>::namespaced(self.client.clone(), &self.name)
                 .patch(
@@ -136,6 +140,22 @@ impl TestNamespace {
                 )
                 .await
                 .unwrap_or_else(|e| panic!("cannot create RoleBinding {name}: {e}"));
+        }
+        // Each rule in force before the kubeconfig is handed out (a cluster role's, which the
+        // caller knows, is the caller's to wait for).
+        for rule in rules_given.iter() {
+            let group = rule
+                .api_groups
+                .iter()
+                .flatten()
+                .next()
+                .map_or("", String::as_str);
+            if let (Some(resource), Some(verb)) =
+                (rule.resources.iter().flatten().next(), rule.verbs.first())
+            {
+                self.wait_until_allowed(account, verb, group, resource)
+                    .await;
+            }
         }
         let token = Api::<ServiceAccount>::namespaced(self.client.clone(), &self.name)
             .create_token_request(
@@ -175,6 +195,57 @@ impl TestNamespace {
         path
     }
 
+    /// Waits until the API server's authorizer lets the ServiceAccount `account` of this
+    /// namespace `verb` `resource` (`name/subresource` for a subresource) of API group `group`
+    /// here. A binding reaches the authorizer's cache a moment after it is written, and a
+    /// ClusterRole aggregated into `edit` only once the controller-manager has folded it in: a
+    /// request made before then is refused. Asked with a SubjectAccessReview, which the same
+    /// authorizer answers; gives up after 30 s, naming what it waited for.
+    pub async fn wait_until_allowed(&self, account: &str, verb: &str, group: &str, resource: &str) {
+        let (resource, subresource) = match resource.split_once('/') {
+            Some((r, s)) => (r, Some(s.to_string())),
+            None => (resource, None),
+        };
+        let user = format!("system:serviceaccount:{}:{account}", self.name);
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.clone()),
+                groups: Some(vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{}", self.name),
+                    "system:authenticated".into(),
+                ]),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(self.name.clone()),
+                    verb: Some(verb.into()),
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
+                    subresource,
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let what = format!(
+            "{user} allowed to {verb} {resource} ({group}) in {}",
+            self.name
+        );
+        let reviews = Api::<SubjectAccessReview>::all(self.client.clone());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let answer = reviews.create(&PostParams::default(), &review).await;
+            if matches!(&answer, Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after 30 s waiting for {what}; last answer: {answer:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// The aggregated-style ClusterRole that lets `edit` users manage EnvironmentAccountConnections
     /// (as the chart installs it), so a tenant bound to `edit` can apply resources.
     pub async fn ensure_edit_aggregation(&self) {
@@ -182,10 +253,14 @@ impl TestNamespace {
             metadata: ObjectMeta {
                 name: Some("eac-e2e-edit".into()),
                 labels: Some(
-                    [(
-                        "rbac.authorization.k8s.io/aggregate-to-edit".to_string(),
-                        "true".to_string(),
-                    )]
+                    [
+                        (
+                            "rbac.authorization.k8s.io/aggregate-to-edit".to_string(),
+                            "true".to_string(),
+                        ),
+                        // Cluster-scoped, kept across tests: removed with the other leftovers.
+                        (super::NAMESPACE_LABEL.to_string(), "true".to_string()),
+                    ]
                     .into(),
                 ),
                 ..ObjectMeta::default()

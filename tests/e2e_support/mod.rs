@@ -41,7 +41,7 @@ use eac_controller::connection::api::{
     EnvironmentAccountConnection, EnvironmentAccountConnectionSpec,
     EnvironmentAccountConnectionStatus,
 };
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -50,7 +50,7 @@ use kube::api::{
     Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, ResourceExt,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::wait::{Condition as WaitCondition, await_condition, conditions};
+use kube::runtime::wait::{Condition as WaitCondition, conditions};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Config, Resource};
 use proton_emulator::CallCounts;
@@ -625,25 +625,33 @@ async fn strip_finalizers(eacs: &Api<Eac>) -> Result<(), kube::Error> {
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
         Err(e) => return Err(e),
     };
-    for obj in list.items {
-        if obj.finalizers().is_empty() {
-            continue;
-        }
-        let patch = json!({"metadata": {"finalizers": null}});
-        match eacs
-            .patch_metadata(
-                &obj.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    let patch = json!({"metadata": {"finalizers": null}});
+    let held: Vec<String> = list
+        .items
+        .iter()
+        .filter(|o| !o.finalizers().is_empty())
+        .map(|o| o.name_any())
+        .collect();
+    // A scale test leaves thousands: 32 at a time, so that the cleanup's time limit covers
+    // them (one at a time, 5,000 could outlast it, and the namespace would not be deleted).
+    let stripped: Vec<Result<(), kube::Error>> = futures::stream::iter(held)
+        .map(|name| {
+            let patch = &patch;
+            async move {
+                match eacs
+                    .patch_metadata(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    stripped.into_iter().collect()
 }
 
 /// The resources and Events of a namespace, for the output of a failed test.
@@ -679,9 +687,10 @@ async fn namespace_report(client: &Client, name: &str) -> String {
 // -------------------------------------------------------------------------------------------
 // Waiting
 
-/// Waits (on a watch) until `cond` holds for the named object (`None` is passed while it does
-/// not exist) and returns it (`None`: the condition held for a missing object); on timeout or
-/// watch failure, fails with what the object looks like now.
+/// Waits (on a watch of it alone) until `cond` holds for the named object (`None` is passed
+/// while it does not exist) and returns it (`None`: the condition held for a missing object);
+/// on timeout, fails with what the object looks like now. A watch that fails (a 410 after a
+/// compaction, a reset connection) is started again with backoff, as the controller's are.
 pub async fn wait_object<K>(
     api: &Api<K>,
     name: &str,
@@ -690,13 +699,43 @@ pub async fn wait_object<K>(
     cond: impl WaitCondition<K>,
 ) -> Option<K>
 where
-    K: Resource + Clone + Debug + DeserializeOwned + Serialize + Send + 'static,
+    K: Resource + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    let outcome = tokio::time::timeout(timeout, await_condition(api.clone(), name, cond)).await;
+    let (reader, writer) = reflector::store::<K>();
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = pin!(reflector(writer, watcher(api.clone(), config)).default_backoff());
+    let mut last_error = None;
+    let outcome = tokio::time::timeout(timeout, async {
+        // The store shows the initial list only once it is complete.
+        let mut listed = false;
+        loop {
+            match stream.try_next().await {
+                Ok(Some(event)) => {
+                    listed |= matches!(event, watcher::Event::InitDone);
+                    if listed {
+                        let now = reader.state().into_iter().next();
+                        if cond.matches_object(now.as_deref()) {
+                            return Ok(now.map(|o| (*o).clone()));
+                        }
+                    }
+                }
+                Ok(None) => return Err("the watch ended".to_string()),
+                // Retried with backoff by the stream.
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+    })
+    .await;
     let problem = match outcome {
         Ok(Ok(obj)) => return obj,
-        Ok(Err(e)) => format!("the watch failed: {e}"),
-        Err(_) => format!("timed out after {timeout:?}"),
+        Ok(Err(e)) => e,
+        Err(_) => format!(
+            "timed out after {timeout:?}{}",
+            last_error
+                .map(|e| format!(" (last watch error: {e})"))
+                .unwrap_or_default()
+        ),
     };
     let now = match api.get_opt(name).await {
         Ok(Some(obj)) => describe(&obj),
