@@ -129,8 +129,6 @@ pub struct Ticket<'a> {
 pub struct StepCalls {
     made: AtomicU32,
     prepaid: AtomicU32,
-    /// AWS answered one of them (not an answer kept from an earlier call).
-    answered: std::sync::atomic::AtomicBool,
 }
 
 impl StepCalls {
@@ -143,11 +141,6 @@ impl StepCalls {
 
     pub fn made(&self) -> u32 {
         self.made.load(Ordering::Relaxed)
-    }
-
-    /// Whether AWS answered one of the step's calls with success.
-    pub fn answered(&self) -> bool {
-        self.answered.load(Ordering::Relaxed)
     }
 }
 
@@ -523,10 +516,7 @@ impl Proton {
             .await;
         self.metrics.aws_class_call(ticket.class);
         match &result {
-            Ok(_) => {
-                ticket.calls.answered.store(true, Ordering::Relaxed);
-                self.metrics.aws_call(operation, "success");
-            }
+            Ok(_) => self.metrics.aws_call(operation, "success"),
             Err(e) => {
                 self.metrics.aws_call(operation, e.class.reason());
                 if e.class == ErrorClass::Throttled {

@@ -41,8 +41,6 @@ pub(super) struct StepExecutor<'a> {
     /// The turn of the Create's region, if it does not answer: taken before the Create's slot
     /// and intent, held through the Create (see [`crate::aws::proton::Proton::hold_trial`]).
     pub(super) create_trial: Option<Trial<'a>>,
-    /// AWS answered one of this reconcile's calls (see [`crate::reconciler::tracked::Tracked::aws_answered`]).
-    pub(super) aws_answered: bool,
 }
 
 impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
@@ -79,7 +77,6 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
                 Err(_) => step = &finalizer_alone,
             }
         }
-        let calls = StepCalls::default();
         let ticket = Ticket {
             identity: &self.facts.identity,
             key: &self.facts.uid,
@@ -89,7 +86,7 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
                 .create_trial
                 .as_ref()
                 .filter(|_| matches!(step, Step::Create { .. })),
-            calls: &calls,
+            calls: &StepCalls::default(),
         };
         // The Create's slot first: no announcement of a Create the budget has no room for.
         if records_intent {
@@ -113,7 +110,6 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
         if matches!(result, Ok(Outcome::IntentRecorded)) {
             self.create_admitted = true;
         }
-        self.aws_answered |= calls.answered();
         // Held only while the Create is the next step.
         if !(matches!(result, Ok(Outcome::IntentRecorded)) || records_intent && result.is_ok()) {
             self.create_trial = None;
@@ -346,7 +342,6 @@ pub(super) async fn finish(
     finalizers: &[String],
     step: Step,
     carry: Option<Progress>,
-    aws_answered: bool,
 ) -> Result<(Action, &'static str), Error> {
     match step {
         Step::Settle(settled) => {
@@ -432,13 +427,10 @@ pub(super) async fn finish(
                 "no room in the AWS call budget now; coming back"
             );
             let due = checkpoint(ctx, facts, requeue);
-            if let Some(t) = ctx.tracked().get_mut(&facts.uid) {
-                if facts.nudged {
-                    t.keep_nudged();
-                }
-                if aws_answered {
-                    t.aws_answered();
-                }
+            if facts.nudged
+                && let Some(t) = ctx.tracked().get_mut(&facts.uid)
+            {
+                t.keep_nudged();
             }
             if let Some(progress) = carry {
                 let mut tracked = ctx.tracked();

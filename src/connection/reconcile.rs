@@ -122,23 +122,13 @@ pub(super) async fn steps(
         finalizers: facts.finalizers.clone(),
         create_admitted: false,
         create_trial: None,
-        aws_answered: false,
         routine_slot: None,
     };
     let step = reconciler::drive::drive(&mut run, &mut executor).await?;
     // A Create's turn is not held through the end's writes.
     executor.create_trial = None;
     let carry = run.carry_over();
-    finish(
-        ctx,
-        obj,
-        facts,
-        &executor.finalizers,
-        step,
-        carry,
-        executor.aws_answered,
-    )
-    .await
+    finish(ctx, obj, facts, &executor.finalizers, step, carry).await
 }
 
 #[cfg(test)]

@@ -384,7 +384,6 @@ async fn reconcile_inner(
         check_and_reject: StepCalls::default(),
         this: obj,
         group,
-        aws_answered: false,
     };
     let step = match reconciler::drive::drive(&mut run, &mut executor).await {
         Ok(step) => step,
@@ -394,7 +393,7 @@ async fn reconcile_inner(
     ctx.metrics
         .acceptance_decisions(tally.accepted, tally.rejected, tally.left_pending);
     let memory = run.memory().clone();
-    finish(ctx, &facts, step, memory, executor.aws_answered).await
+    finish(ctx, &facts, step, memory).await
 }
 
 /// Whether the controller could act for a policy of `namespace` that names
@@ -516,9 +515,6 @@ struct StepExecutor<'a> {
     /// The policy, and its group as the reconcile began (see [`group_key`]).
     this: &'a ConnectionAcceptancePolicy,
     group: BTreeSet<(String, i64, bool)>,
-    /// AWS answered one of this reconcile's calls (see
-    /// [`crate::reconciler::tracked::Tracked::aws_answered`]).
-    aws_answered: bool,
 }
 
 impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
@@ -572,8 +568,6 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
             calls,
         };
         let result = execute(ctx, run.region(), &ticket, step).await;
-        let answered = calls.answered();
-        self.aws_answered |= answered;
         if let (Step::Accept { id } | Step::Reject { id }, Ok(Outcome::Connection(_))) =
             (step, &result)
         {
@@ -631,7 +625,6 @@ async fn finish(
     facts: &Facts,
     step: Step,
     memory: Memory,
-    aws_answered: bool,
 ) -> Result<(Action, &'static str), Error> {
     let (status, events, mut requeue, label, failed) = match step {
         Step::Settle(settled) => (
@@ -684,13 +677,9 @@ async fn finish(
                     requeue = Duration::ZERO;
                 }
             } else {
-                let t = tracked.entry(&facts.uid);
-                // A deferral after an answer: a settled reconcile forgets its failures once its
-                // status is written.
-                if aws_answered && label == "deferred" {
-                    t.aws_answered();
-                }
-                t.hold(facts.generation, facts.paused, wanted);
+                tracked
+                    .entry(&facts.uid)
+                    .hold(facts.generation, facts.paused, wanted);
             }
         } else {
             drop(tracked);

@@ -122,17 +122,6 @@ impl<T: PartialEq, M> Tracked<T, M> {
         self.nudged = true;
     }
 
-    /// AWS answered a call of a reconcile that then did not settle (the budget deferred the
-    /// rest): if the object waited for AWS's return, it no longer does, and the failures counted
-    /// while it waited (the outage's) are forgotten, as at a return (see [`Tracker::due_after`]).
-    /// Else its failures stand: a refusal that the answer did not end is counted on.
-    pub fn aws_answered(&mut self) {
-        if self.waits_for == Some(Away::Aws) {
-            self.waits_for = None;
-            self.failures = 0;
-        }
-    }
-
     /// A reconcile settled: the backoff and the last error are over.
     pub fn succeeded(&mut self) {
         self.failures = 0;
@@ -747,31 +736,6 @@ mod tests {
         tracker.due_after_return(Away::ApiServer);
         let refused = tracker.kube_failure("u", 1, (), "403 forbidden", false, resync);
         assert!(refused.wait > Duration::ZERO);
-    }
-
-    /// A reconcile deferred after AWS answered one of its calls no longer waits for AWS's
-    /// return, nor counts the outage's failures; a refusal's failures are counted on.
-    #[test]
-    fn a_deferral_after_an_answer_ends_the_wait_for_aws_and_its_failures_only() {
-        let tracker: Tracker<(), ()> = Tracker::default();
-        for _ in 0..3 {
-            ended_on(&tracker, "u", ErrorClass::Transient.reason());
-            ended_on(&tracker, "refused", "AccessDenied");
-        }
-        let later = Instant::now() + Duration::from_secs(30);
-        for uid in ["u", "refused"] {
-            let mut tracked = tracker.lock();
-            let t = tracked.entry(uid);
-            t.aws_answered();
-            t.hold(1, (), later);
-        }
-        assert_eq!(tracker.lock().get("u").unwrap().failures(1), 0);
-        assert_eq!(tracker.lock().get("refused").unwrap().failures(1), 3);
-        assert_eq!(
-            tracker.due_after_return(Away::Aws),
-            HashSet::new(),
-            "neither waits for AWS's return"
-        );
     }
 
     /// A reconcile that tried nothing (quiet, or deferred by the budget) leaves what the last
