@@ -999,16 +999,26 @@ async fn an_emulator_restarted_on_its_state_file_keeps_every_connection_and_caus
     let second = ns.start_emulator_with(on_state_file()).await;
     let listed = list_connections(&second.sdk()).await;
     assert_eq!(listed.len(), 3, "{listed:?}");
-    let _controller = ns
+    let controller = ns
         .start_controller(&second, ControllerOptions::default())
         .await;
     // Reads come (the resync is 2 s in these tests): Gets, or Lists answering the polls of the
-    // PENDING ones, three rounds of them at least; no Create, and the same ids.
+    // PENDING ones, three rounds of them at least; no Create, and the same ids. The status,
+    // kept by the API server, was Synced before the restart: the new controller's own
+    // reconciles are waited for (a drift's Create would come in one of them, before it ends).
     second
         .calls_until("three reads of the connections", CONVERGE, |c| {
             reads(c) >= 3
         })
         .await;
+    metric_until(
+        &controller,
+        r#"eac_reconcile_total{result="settled"}"#,
+        "the restarted controller's reconciles of the three resources",
+        CONVERGE,
+        |settled| settled >= 3.0,
+    )
+    .await;
     for (name, id) in &ids {
         let obj = ns.wait_eac(name, "Synced", CONVERGE, synced).await;
         assert_eq!(&id_of(&obj), id, "{name}");

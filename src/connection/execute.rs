@@ -64,6 +64,9 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
         let finalizer_alone = Step::AddFinalizer { intent: None };
         let mut step = step;
         if records_intent || matches!(step, Step::AddFinalizer { intent: Some(_) }) {
+            // A turn still held from an earlier intent (one that went stale before its Create)
+            // is given back first: it would refuse this one.
+            self.create_trial = None;
             match ctx.proton.hold_trial(run.region(), CREATE) {
                 Ok(trial) => self.create_trial = Some(trial),
                 // Nor is an intent written, or a slot taken, for a Create that would not be sent
