@@ -175,7 +175,29 @@ async fn finalizer_and_create(
         .unwrap()
 }
 
-/// The floor: 16 workers, each resource: guarded finalizer patch, Create, status apply.
+/// The status write the controller makes (see `reconciler::status::write_status`): a JSON patch
+/// of the status subresource, guarded by the object's uid.
+async fn floor_status(
+    api: &Api<eac_controller::connection::api::EnvironmentAccountConnection>,
+    n: &str,
+    uid: &str,
+    status: serde_json::Value,
+) {
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/uid", "value": uid},
+        {"op": "add", "path": "/status", "value": status},
+    ]))
+    .unwrap();
+    let params = PatchParams {
+        field_manager: Some("floor".into()),
+        ..PatchParams::default()
+    };
+    api.patch_status(n, &params, &Patch::<()>::Json(patch))
+        .await
+        .unwrap();
+}
+
+/// The floor: 16 workers, each resource: guarded finalizer patch, Create, status write.
 async fn floor(n: usize, latency: Duration) -> Duration {
     let env = Env::start_full(
         settings(),
@@ -204,18 +226,8 @@ async fn floor(n: usize, latency: Duration) -> Duration {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some(n) = names.get(i) else { return };
                 let created = finalizer_and_create(&api, &sdk, n, i).await;
-                let status = json!({
-                    "apiVersion": "proton.eac.dev/v1alpha1",
-                    "kind": "EnvironmentAccountConnection",
-                    "status": {"id": created.id, "arn": created.arn, "status": "PENDING"},
-                });
-                api.patch_status(
-                    n,
-                    &PatchParams::apply("floor").force(),
-                    &Patch::Apply(status),
-                )
-                .await
-                .unwrap();
+                let status = json!({"id": created.id, "arn": created.arn, "status": "PENDING"});
+                floor_status(&api, n, &uid(i), status).await;
             }
         }));
     }
@@ -668,9 +680,6 @@ async fn floor_http(n: usize, cost: Option<ApiCost>) -> (Duration, WorkDone) {
                 let n = &names[i];
                 let created = finalizer_and_create(&api, &sdk, n, i).await;
                 let status = json!({
-                    "apiVersion": "proton.eac.dev/v1alpha1",
-                    "kind": "EnvironmentAccountConnection",
-                    "status": {
                         "observedGeneration": 1,
                         "id": created.id,
                         "arn": created.arn,
@@ -686,11 +695,8 @@ async fn floor_http(n: usize, cost: Option<ApiCost>) -> (Duration, WorkDone) {
                              "lastTransitionTime": "2026-12-04T00:00:00Z",
                              "message": "the connection matches the spec"},
                         ],
-                    },
                 });
-                api.patch_status(n, &PatchParams::apply("floor").force(), &Patch::Apply(status))
-                    .await
-                    .unwrap();
+                floor_status(&api, n, &uid(i), status).await;
                 let event: Event = serde_json::from_value(json!({
                     "metadata": {"name": format!("{n}.floor"), "namespace": NS},
                     "eventTime": "2026-12-04T00:00:00.000000Z",

@@ -107,7 +107,7 @@ async fn the_finalizer_and_the_intent_to_create_are_one_write_before_the_create(
     assert_eq!(intent["region"], "us-east-1");
     assert_eq!(intent["account"], "444455556666");
     assert!(intent["sentAt"].is_string(), "{intent}");
-    let done = &writes[1].body["status"];
+    let done = &writes[1].status_written();
     assert!(writes[1].path.ends_with("/status"));
     assert!(done["id"].is_string(), "{done}");
     assert_eq!(done["region"], "us-east-1");

@@ -2044,11 +2044,17 @@ fn adoption_checks_environment_management_account_and_owner() {
         environment_name: "staging".into(),
         ..other_mgmt.clone()
     };
+    // Readable as its management account, but another account's connection.
+    let other_owner = Connection {
+        environment_account_id: "777788889999".into(),
+        ..connected.clone()
+    };
     let foreign = tags(&[(TAG_UID, OTHER_UID), ("team", "payments")]);
     let none = Tags::new;
     let env = "environmentName is \"staging\" in Proton but \"prod-eu\" in the spec";
     let mgmt = "managementAccountId is \"999988887777\" in Proton but \"111122223333\" in the spec";
     let owner = "owned by another resource (tag proton.eac.dev/uid=another-uid)";
+    let account = "its environment account is \"777788889999\" in Proton, but the credentials here act as account \"444455556666\"";
     let mismatch = |fragments: &[&'static str]| Some(("AdoptionMismatch", fragments.to_vec()));
     // (name, the connection the annotation names, its tags, problem (reason, fragments) or
     // None to settle)
@@ -2057,6 +2063,7 @@ fn adoption_checks_environment_management_account_and_owner() {
         ("environment differs", Some(other_env), none(), mismatch(&[env])),
         ("management account differs", Some(other_mgmt), none(), mismatch(&[mgmt])),
         ("both differ", Some(both), none(), mismatch(&[env, mgmt])),
+        ("environment account differs", Some(other_owner), none(), mismatch(&[account])),
         ("owned by another resource", Some(connected.clone()), foreign.clone(), mismatch(&[owner])),
         ("owned by another resource, REJECTED", Some(adoptee(REJECTED)), foreign, mismatch(&[owner])),
         ("does not exist", None, none(), Some(("AdoptionNotFound", vec!["does not exist"]))),

@@ -2146,6 +2146,50 @@ async fn a_tenant_cannot_make_the_controller_adopt_and_delete_a_connection_that_
     );
 }
 
+/// The controller's status write tests the object's uid (a JSON patch of the status
+/// subresource): a real API server refuses it, with 422 and nothing written, when the name is
+/// another object's now, and takes it for the object it was decided for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_write_for_an_object_replaced_under_its_name_is_refused() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("status-uid").await;
+    let example = design_example();
+    let name = example.name_any();
+    ns.apply(&example).await;
+    let eacs = ns.eacs();
+    let uid = eacs
+        .get(&name)
+        .await
+        .expect("the resource")
+        .metadata
+        .uid
+        .expect("a uid");
+    let status = |id: &str| eac_controller::connection::api::EnvironmentAccountConnectionStatus {
+        id: Some(id.into()),
+        ..eac_controller::connection::api::EnvironmentAccountConnectionStatus::default()
+    };
+    let refused = eac_controller::reconciler::status::write_status(
+        &eacs,
+        &name,
+        "00000000-0000-4000-8000-000000000000",
+        &status("not-mine"),
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422),
+        "the write for another uid: {refused:?}"
+    );
+    let unchanged = eacs.get(&name).await.expect("the resource");
+    assert_eq!(unchanged.status.and_then(|s| s.id), None, "nothing written");
+    eac_controller::reconciler::status::write_status(&eacs, &name, &uid, &status("mine"))
+        .await
+        .expect("the write for its own uid");
+    let written = eacs.get(&name).await.expect("the resource");
+    assert_eq!(written.status.and_then(|s| s.id).as_deref(), Some("mine"));
+}
+
 /// The controller's client cuts `metadata.managedFields` from the JSON a real API server sends,
 /// and nothing else: its encoding of a custom resource (keys in its own order), its list and its
 /// watch stream decode as a plain client's copy without them. (The fake API server sorts keys
@@ -2578,9 +2622,11 @@ async fn floor_client(ns: &e2e_support::TestNamespace, emulator: &Emulator, n: u
                     {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
                 ]))
                 .expect("a patch");
-                eacs.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+                let finalized = eacs
+                    .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
                     .await
                     .expect("finalizer");
+                let uid = finalized.metadata.uid.expect("a uid");
                 let created = sdk
                     .create_environment_account_connection()
                     .client_token(format!("floor-{i}"))
@@ -2592,22 +2638,24 @@ async fn floor_client(ns: &e2e_support::TestNamespace, emulator: &Emulator, n: u
                     .expect("create")
                     .environment_account_connection
                     .expect("a connection");
-                let status = json!({
-                    "apiVersion": "proton.eac.dev/v1alpha1",
-                    "kind": "EnvironmentAccountConnection",
-                    "status": {"id": created.id, "arn": created.arn, "status": "PENDING"},
-                });
-                eacs.patch_status(
-                    &name,
-                    &PatchParams::apply("floor").force(),
-                    &Patch::Apply(status),
-                )
-                .await
-                .expect("status");
+                // The controller's status write: a JSON patch guarded by the uid.
+                let status: json_patch::Patch = serde_json::from_value(json!([
+                    {"op": "test", "path": "/metadata/uid", "value": uid},
+                    {"op": "add", "path": "/status",
+                     "value": {"id": created.id, "arn": created.arn, "status": "PENDING"}},
+                ]))
+                .expect("a patch");
+                let params = PatchParams {
+                    field_manager: Some("floor".into()),
+                    ..PatchParams::default()
+                };
+                eacs.patch_status(&name, &params, &Patch::<()>::Json(status))
+                    .await
+                    .expect("status");
             }
         })
         .await;
-    // The resources keep their finalizer: strip it so the namespace can go.
+    // The resources keep their finalizer: the namespace's cleanup strips it.
     started.elapsed()
 }
 

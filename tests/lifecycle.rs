@@ -273,10 +273,12 @@ async fn a_connection_deleted_out_of_band_is_reported_and_recreated_once() {
     // The NotFound report reached the status before the re-creation.
     let reported = env.api.requests().iter().any(|r| {
         r.path.ends_with("/status")
-            && r.body["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["reason"] == "NotFound")
-            })
+            && r.status_written()["conditions"]
+                .as_array()
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["reason"] == "NotFound")
+                })
     });
     assert!(reported);
 
@@ -472,7 +474,7 @@ async fn deleting_after_a_lost_recreation_status_write_orphans_nothing() {
         .requests()
         .into_iter()
         .filter(|r| r.path.ends_with("/status"))
-        .map(|r| r.body["status"].clone())
+        .map(|r| r.status_written())
         .collect();
     let before_create: EnvironmentAccountConnectionStatus =
         serde_json::from_value(writes[writes.len() - 2].clone()).unwrap();

@@ -253,3 +253,65 @@ async fn an_obsolete_intent_the_cache_dropped_is_still_removed_from_the_api_serv
     );
     assert_eq!(env.calls(CREATE), 1, "an observer creates nothing");
 }
+
+/// A resource deleted and applied again under the same name while a reconcile of the old one
+/// ran (an observer holds no finalizer; a tenant may strip one) gets nothing of the old one's
+/// status: the status write tests the uid, and the API server refuses it (422). By name alone
+/// the new resource got the connection the observer found, took it for its own, and would have
+/// updated, retagged and deleted it.
+#[tokio::test]
+async fn a_status_write_does_not_land_on_a_resource_applied_again_under_the_same_name() {
+    const SUCCESSOR: &str = "7a2e0d4b-1c3f-4b5a-8d6e-9f0a1b2c3d4e";
+    let env = Env::start().await;
+    opted_in(&env);
+    let theirs = env.foreign_connection("prod").await;
+    let tags_before = env.proton().connections()[0].tags.clone();
+    env.api.create("watcher", UID, observing("prod"));
+    let observer = env.api.get("watcher").unwrap();
+    // Deleted (nothing holds it) and applied again, managed, before the observer's reconcile
+    // writes what it found.
+    env.api.force_delete("watcher");
+    env.api.create("watcher", SUCCESSOR, spec("prod"));
+
+    let refused = env.reconcile_copy(observer).await;
+    assert!(refused.is_err(), "the write was refused: {refused:?}");
+    let writes: Vec<_> = env
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/status"))
+        .collect();
+    assert_eq!(
+        writes.iter().map(|w| w.code).collect::<Vec<_>>(),
+        vec![422],
+        "the observer's one status write, refused"
+    );
+    assert_eq!(writes[0].status_written()["id"], theirs.as_str());
+    let successor = env.api.get("watcher").unwrap();
+    assert_eq!(successor.uid().as_deref(), Some(SUCCESSOR));
+    assert!(
+        successor
+            .status
+            .as_ref()
+            .and_then(|s| s.id.as_ref())
+            .is_none(),
+        "nothing of the observer's status: {:?}",
+        successor.status
+    );
+
+    // The successor's own reconcile asks for its own connection, which Proton refuses (one per
+    // environment and management account); theirs is neither taken, retagged nor deleted.
+    env.reconcile("watcher").await.unwrap();
+    let successor = env.api.get("watcher").unwrap();
+    assert_eq!(successor.status.as_ref().and_then(|s| s.id.clone()), None);
+    assert_eq!(condition(&successor, "Ready").unwrap().1, "Conflict");
+    env.api.delete("watcher");
+    env.resync("watcher").await.unwrap();
+    assert!(env.api.get("watcher").is_none(), "released");
+    let connections = env.proton().connections();
+    let kept = connections
+        .iter()
+        .find(|c| c.id == theirs)
+        .expect("theirs is kept");
+    assert_eq!(kept.tags, tags_before, "theirs is not retagged");
+}

@@ -869,8 +869,8 @@ async fn a_proton_that_drops_every_packet_gets_one_call_at_a_time_and_makes_no_c
     // Each intent to create written since: a resource's createSentAt not written before.
     let requests = env.api.requests();
     let sent_at = |r: &support::Seen| {
-        let at = r.body.pointer("/status/createSentAt")?.as_str()?;
-        (r.method != http::Method::GET).then(|| (r.path.clone(), at.to_string()))
+        let at = r.status_written()["createSentAt"].as_str()?.to_string();
+        (r.method != http::Method::GET).then(|| (r.path.clone(), at))
     };
     let before: HashSet<(String, String)> =
         requests[..writes_from].iter().filter_map(sent_at).collect();

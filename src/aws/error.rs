@@ -199,7 +199,7 @@ impl ProtonError {
                 let message = service
                     .err()
                     .message()
-                    .map(str::to_string)
+                    .map(without_signing_details)
                     .unwrap_or_else(|| format!("HTTP {}", service.raw().status().as_u16()));
                 let mut class = ErrorClass::from_code(&code);
                 if class == ErrorClass::Other && service.raw().status().is_server_error() {
@@ -249,6 +249,29 @@ impl ProtonError {
 }
 
 /// The full error chain in one line: SDK errors hide their cause in `source()`.
+/// An AWS error message as the status, Events and logs may show it. A signature refused
+/// (`SignatureDoesNotMatch`, `InvalidSignatureException`) may come with the canonical request and
+/// the string to sign that the service expected, whose headers include the session token: that
+/// part is left out.
+fn without_signing_details(message: &str) -> String {
+    const DETAILS: [&str; 3] = [
+        "The Canonical String",
+        "The String-to-Sign",
+        "x-amz-security-token",
+    ];
+    let cut = DETAILS
+        .iter()
+        .filter_map(|marker| message.find(marker))
+        .min();
+    match cut {
+        Some(at) => format!(
+            "{} (the request's signing details the service returned are left out)",
+            message[..at].trim_end()
+        ),
+        None => message.to_string(),
+    }
+}
+
 fn describe(err: &dyn std::error::Error, _io: bool) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -263,6 +286,35 @@ fn describe(err: &dyn std::error::Error, _io: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As STS and JSON-protocol services answer a signature they refuse: the canonical request
+    /// they expected, headers and all.
+    #[test]
+    fn a_refused_signature_s_message_keeps_no_signing_details() {
+        let answered = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.\n\nThe Canonical String for this request should have been\n'POST\n/\n\ncontent-type:application/x-amz-json-1.0\nhost:proton.us-east-1.amazonaws.com\nx-amz-date:20261207T080000Z\nx-amz-security-token:IQoJb3JpZ2luX2VjSECRET\n\ncontent-type;host;x-amz-date;x-amz-security-token\n0123'\n\nThe String-to-Sign should have been\n'AWS4-HMAC-SHA256\n20261207T080000Z\n20261207/us-east-1/proton/aws4_request\nabcd'\n";
+        let shown = without_signing_details(answered);
+        assert!(!shown.contains("IQoJb3JpZ2luX2VjSECRET"), "{shown}");
+        assert!(!shown.contains("AWS4-HMAC-SHA256"), "{shown}");
+        assert!(
+            shown.starts_with("The request signature we calculated does not match"),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with("(the request's signing details the service returned are left out)")
+        );
+        // A header named alone, in whatever form, is cut there too.
+        let bare = without_signing_details("denied; x-amz-security-token:abc");
+        assert_eq!(
+            bare,
+            "denied; (the request's signing details the service returned are left out)"
+        );
+        let plain = "User: arn:aws:sts::1:assumed-role/r/s is not authorized";
+        assert_eq!(
+            without_signing_details(plain),
+            plain,
+            "other messages unchanged"
+        );
+    }
 
     #[test]
     fn every_model_error_is_classified() {

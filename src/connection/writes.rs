@@ -17,7 +17,8 @@ use crate::connection::api::{
 use crate::connection::decide::{Intent, Written};
 use crate::reconciler::{self};
 
-/// Server-side apply of the status subresource, only when it differs from what is recorded.
+/// The status subresource written (see [`reconciler::status::write_status`]), only when it
+/// differs from what is recorded.
 /// What was written is remembered until the watch cache shows it; what could not be written is
 /// remembered so the connection it names is not lost track of.
 pub(super) async fn write_status(
@@ -38,7 +39,8 @@ pub(super) async fn write_status(
     if unchanged {
         return Ok(());
     }
-    let result = reconciler::status::apply_status(&facts.api, &facts.name, status).await;
+    let result =
+        reconciler::status::write_status(&facts.api, &facts.name, &facts.uid, status).await;
     {
         let mut tracked = ctx.tracked();
         let memory = &mut tracked.entry(&facts.uid).kind.memory;

@@ -57,7 +57,10 @@ async fn write_mapping_statuses(
             if mapping.status.as_ref() == Some(&status) {
                 continue;
             }
-            if let Err(e) = crate::reconciler::status::apply_status(&api, &name, &status).await {
+            let uid = mapping.uid().unwrap_or_default();
+            if let Err(e) =
+                crate::reconciler::status::write_status(&api, &name, &uid, &status).await
+            {
                 failed = true;
                 warn!(mapping = %name, error = %e, "could not write the AccountMapping's status; trying again in 5 s");
             }

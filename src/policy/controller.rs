@@ -727,7 +727,8 @@ async fn finish(
     Ok((Action::requeue(requeue), label))
 }
 
-/// Server-side apply of the status subresource, only when it differs from what is recorded.
+/// The status subresource written (see [`reconciler::status::write_status`]), only when it
+/// differs from what is recorded.
 async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(), Error> {
     if facts.durable == *status {
         let mut tracked = ctx.tracked();
@@ -736,7 +737,8 @@ async fn write_status(ctx: &Context, facts: &Facts, status: &Status) -> Result<(
         }
         return Ok(());
     }
-    let result = reconciler::status::apply_status(&facts.api, &facts.name, status).await;
+    let result =
+        reconciler::status::write_status(&facts.api, &facts.name, &facts.uid, status).await;
     let mut tracked = ctx.tracked();
     // None: the policy went while the status was written.
     let t = tracked.get_mut(&facts.uid);

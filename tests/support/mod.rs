@@ -80,6 +80,23 @@ pub struct Seen {
     pub code: u16,
 }
 
+impl Seen {
+    /// The status a status write wrote (the controller's JSON patch `add /status`, or an apply's
+    /// `status`); Null for any other request.
+    pub fn status_written(&self) -> Value {
+        if !self.path.ends_with("/status") {
+            return Value::Null;
+        }
+        match self.body.as_array() {
+            Some(ops) => ops
+                .iter()
+                .find(|op| op["op"] == "add" && op["path"] == "/status")
+                .map_or(Value::Null, |op| op["value"].clone()),
+            None => self.body["status"].clone(),
+        }
+    }
+}
+
 /// A request the test refuses, as RBAC would.
 #[derive(Clone, Debug)]
 struct Denial {
@@ -335,6 +352,49 @@ impl ApiState {
     fn next_rv(&mut self) -> String {
         self.resource_version += 1;
         self.resource_version.to_string()
+    }
+
+    /// A JSON patch of an object's status subresource, as the API server takes one: the patch
+    /// applies to the whole object (so a `test` of `/metadata/uid` guards it: 422 when it
+    /// fails), and only the status it leaves is kept.
+    fn json_patch_status(
+        &mut self,
+        object_path: &str,
+        current: Value,
+        body: Value,
+        query: &str,
+    ) -> (StatusCode, Value) {
+        let written = self.managed_fields.then(|| patched_fields(&body));
+        let patch: json_patch::Patch = match serde_json::from_value(body) {
+            Ok(p) => p,
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    status_body(400, "BadRequest", &e.to_string()),
+                );
+            }
+        };
+        let mut patched = current.clone();
+        if let Err(e) = json_patch::patch(&mut patched, &patch) {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                status_body(422, "Invalid", &e.to_string()),
+            );
+        }
+        let manager = query_param(query, "fieldManager").unwrap_or("eac-controller");
+        // The fields its earlier applies owned are this write's now.
+        if let Some(owners) = self.status_owners.get_mut(object_path) {
+            owners.remove(manager);
+        }
+        let mut value = current;
+        value["status"] = patched["status"].take();
+        if let Some(written) = written {
+            manage(&mut value, manager, "Update", Some("status"), &written);
+        }
+        value["metadata"]["resourceVersion"] = json!(self.next_rv());
+        self.objects.insert(object_path.to_string(), value.clone());
+        self.changed("MODIFIED", object_path, &value);
+        (StatusCode::OK, value)
     }
 
     /// Tells watchers (of EnvironmentAccountConnections) and waiting tests that an object changed.
@@ -1426,13 +1486,16 @@ impl FakeApi {
                         status_body(500, "InternalError", "injected failure"),
                     );
                 }
+                if content_type.starts_with("application/json-patch") {
+                    return st.json_patch_status(&object_path, current, body, query);
+                }
                 if !content_type.starts_with("application/apply-patch") {
                     return (
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
                         status_body(
                             415,
                             "UnsupportedMediaType",
-                            "the fake only takes apply patches on status",
+                            "the fake takes apply and JSON patches on status",
                         ),
                     );
                 }
@@ -2224,6 +2287,15 @@ impl Env {
         let Some(obj) = self.api.get(name) else {
             return Ok(kube::runtime::controller::Action::await_change());
         };
+        controller::reconcile(Arc::new(obj), self.ctx.clone()).await
+    }
+
+    /// One reconcile of `obj` as given (a copy the API server no longer has, as a watch cache may
+    /// still hold one), as the controller would run it.
+    pub async fn reconcile_copy(
+        &self,
+        obj: EnvironmentAccountConnection,
+    ) -> Result<kube::runtime::controller::Action, controller::Error> {
         controller::reconcile(Arc::new(obj), self.ctx.clone()).await
     }
 

@@ -323,7 +323,17 @@ fn sync(
 ) -> Step {
     let r = &run.r;
     if origin == Origin::Adopted {
-        let mismatches = mismatches(r, c);
+        let mut mismatches = mismatches(r, c);
+        // A connection is the environment account's: one these credentials can read but do not
+        // own (they act as its management account) is not theirs to change or delete.
+        if let Some(account) = &run.account
+            && c.environment_account_id != *account
+        {
+            mismatches.push(format!(
+                "its environment account is {:?} in Proton, but the credentials here act as account {account:?}",
+                c.environment_account_id
+            ));
+        }
         if !mismatches.is_empty() {
             return run.report(
                 Problem::terminal(
