@@ -915,6 +915,43 @@ async fn a_policy_deleted_while_it_is_reconciled_is_not_kept() {
     running.stop().await;
 }
 
+/// A policy deleted and applied again under its name while a reconcile of the old one ran: the
+/// old one's status write, guarded by its uid, is refused (422), and the reconcile ends as for a
+/// policy gone (nothing kept of it, no error to back off on); the new one has nothing of it.
+#[tokio::test]
+async fn a_policy_applied_again_under_its_name_while_reconciled_gets_nothing_of_the_old_one() {
+    let m = Mgmt::start().await;
+    let (_, account) = m.request("prod-eu").await;
+    let spec = policy(&[&account], None, UnmatchedRequests::Leave);
+    m.apply(NS, POLICY, spec.clone());
+    let old = m.get(NS, POLICY);
+    m.api
+        .delete_object::<ConnectionAcceptancePolicy>(NS, POLICY);
+    m.api.create_object(
+        NS,
+        POLICY,
+        "uid-successor",
+        ConnectionAcceptancePolicy::new(POLICY, spec),
+    );
+    m.sync_store();
+    m.ctx.expire_checkpoints();
+
+    let ended = controller::reconcile(Arc::new(old), m.ctx.clone()).await;
+    assert!(ended.is_ok(), "ended as for a policy gone: {ended:?}");
+    let writes: Vec<u16> = m
+        .api
+        .requests_to::<ConnectionAcceptancePolicy>()
+        .iter()
+        .filter(|r| r.method == http::Method::PATCH && r.path.ends_with("/status"))
+        .map(|r| r.code)
+        .collect();
+    assert_eq!(writes, [422], "the old one's status write, refused");
+    let successor = m.get(NS, POLICY);
+    assert_eq!(successor.uid().as_deref(), Some("uid-successor"));
+    assert_eq!(successor.status, None, "nothing of the old one's");
+    assert_eq!(m.ctx.tracked_policies(), 0, "nothing kept of the old one");
+}
+
 /// The account of the README's demo: the emulator's default, playing both sides.
 const DEMO_ACCOUNT: &str = "444455556666";
 

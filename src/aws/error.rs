@@ -248,7 +248,6 @@ impl ProtonError {
     }
 }
 
-/// The full error chain in one line: SDK errors hide their cause in `source()`.
 /// An AWS error message as the status, Events and logs may show it. A signature refused
 /// (`SignatureDoesNotMatch`, `InvalidSignatureException`) may come with the canonical request and
 /// the string to sign that the service expected, whose headers include the session token: that
@@ -272,6 +271,8 @@ fn without_signing_details(message: &str) -> String {
     }
 }
 
+/// The full error chain in one line: SDK errors hide their cause in `source()` (signing details
+/// left out, as from a service's message: a credentials provider's refusal may carry them).
 fn describe(err: &dyn std::error::Error, _io: bool) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -280,7 +281,7 @@ fn describe(err: &dyn std::error::Error, _io: bool) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    without_signing_details(&text)
 }
 
 #[cfg(test)]

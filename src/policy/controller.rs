@@ -694,10 +694,11 @@ async fn finish(
         source: kube::Error::Api(refused),
         ..
     }) = &written
-        && refused.code == 404
+        && (refused.code == 404 || refused.code == 422 && replaced(facts).await)
     {
-        // Deleted while it was reconciled: nothing to write to or announce on. What it decided
-        // is logged.
+        // Deleted while it was reconciled (and perhaps applied again under its name: the write,
+        // guarded by the uid, is refused then): nothing to write to or announce on. What it
+        // decided is logged.
         ctx.forget(&facts.uid);
         for note in &events {
             info!(reason = note.reason, note = %note.note, "decided by a policy deleted while it was reconciled");
@@ -725,6 +726,15 @@ async fn finish(
     }
     written?;
     Ok((Action::requeue(requeue), label))
+}
+
+/// Whether the policy's name is another object's now, or nobody's: a status write refused with
+/// 422 is then the uid's guard (see [`reconciler::status::write_status`]), not an invalid status.
+async fn replaced(facts: &Facts) -> bool {
+    match facts.api.get_opt(&facts.name).await {
+        Ok(found) => found.and_then(|p| p.metadata.uid).as_deref() != Some(facts.uid.as_str()),
+        Err(_) => false,
+    }
 }
 
 /// The status subresource written (see [`reconciler::status::write_status`]), only when it
