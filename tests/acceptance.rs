@@ -242,11 +242,17 @@ impl Mgmt {
 
     /// Status writes to policies so far.
     fn status_writes(&self) -> usize {
+        self.status_write_codes().len()
+    }
+
+    /// What each status write of a policy was answered, in order.
+    fn status_write_codes(&self) -> Vec<u16> {
         self.api
             .requests_to::<ConnectionAcceptancePolicy>()
             .iter()
             .filter(|r| r.method == http::Method::PATCH && r.path.ends_with("/status"))
-            .count()
+            .map(|r| r.code)
+            .collect()
     }
 
     /// (reason, type) of the Events about policies, in order.
@@ -898,14 +904,11 @@ async fn a_policy_deleted_while_it_is_reconciled_is_not_kept() {
     .await;
     assert_eq!(ended(), [("gone".to_string(), 1.0)]);
     assert_eq!(m.ctx.tracked_policies(), 0, "nothing kept of it");
-    let refused: Vec<u16> = m
-        .api
-        .requests_to::<ConnectionAcceptancePolicy>()
-        .iter()
-        .filter(|r| r.method == http::Method::PATCH && r.path.ends_with("/status"))
-        .map(|r| r.code)
-        .collect();
-    assert_eq!(refused, [404], "its status write found it gone");
+    assert_eq!(
+        m.status_write_codes(),
+        [404],
+        "its status write found it gone"
+    );
     assert!(m.events().is_empty(), "no Event on what is gone");
     assert_eq!(
         m.state_of(&prod),
@@ -938,14 +941,11 @@ async fn a_policy_applied_again_under_its_name_while_reconciled_gets_nothing_of_
 
     let ended = controller::reconcile(Arc::new(old), m.ctx.clone()).await;
     assert!(ended.is_ok(), "ended as for a policy gone: {ended:?}");
-    let writes: Vec<u16> = m
-        .api
-        .requests_to::<ConnectionAcceptancePolicy>()
-        .iter()
-        .filter(|r| r.method == http::Method::PATCH && r.path.ends_with("/status"))
-        .map(|r| r.code)
-        .collect();
-    assert_eq!(writes, [422], "the old one's status write, refused");
+    assert_eq!(
+        m.status_write_codes(),
+        [422],
+        "the old one's status write, refused"
+    );
     let successor = m.get(NS, POLICY);
     assert_eq!(successor.uid().as_deref(), Some("uid-successor"));
     assert_eq!(successor.status, None, "nothing of the old one's");

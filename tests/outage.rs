@@ -488,16 +488,70 @@ async fn what_an_outage_stopped_is_done_within_5_s_of_its_end_whatever_its_backo
             },
         )
         .await;
+    let refusals: Vec<usize> = names
+        .iter()
+        .map(|n| {
+            env.api
+                .requests_to::<EnvironmentAccountConnection>()
+                .iter()
+                .filter(|r| r.code == 403 && r.path.contains(&format!("/{n}")))
+                .count()
+        })
+        .collect();
+    println!("403s per resource before the outage: {refusals:?}");
     env.api.down();
     env.api.allow_all();
     tokio::time::sleep(Duration::from_secs(30)).await;
+    // What each waits for at the return is the outage only once a write of its was refused in
+    // it: on a slow machine the 403s before can run long enough for a backoff to outlast 30 s,
+    // and one that ended on a 403 keeps its backoff (the API server answered).
+    env.api
+        .wait_until(
+            "a write of each resource and of the policy refused while the API server was down",
+            LIMIT,
+            |api| {
+                let refused = api.refused_paths();
+                names
+                    .iter()
+                    .map(String::as_str)
+                    .chain(["held-policy"])
+                    .all(|n| refused.iter().any(|p| p.contains(&format!("/{n}"))))
+            },
+        )
+        .await;
+    let requests_before = env.api.requests().len();
     env.api.up();
     let back = tokio::time::Instant::now();
     env.api
-        .wait_until(
+        .wait_until_explained(
             &format!("all {HELD} resources to have their connections within 5 s of the return"),
             Duration::from_secs(5),
             |api| names.iter().all(|n| has_id(api.get(n).as_ref())),
+            |api| {
+                let states: Vec<String> = names
+                    .iter()
+                    .map(|n| match api.get(n) {
+                        Some(o) => format!(
+                            "{n}: finalizers {:?}, status {:?}",
+                            o.metadata.finalizers,
+                            o.status.map(|s| (s.id, s.conditions))
+                        ),
+                        None => format!("{n}: gone"),
+                    })
+                    .collect();
+                let since: Vec<String> = api.requests()[requests_before..]
+                    .iter()
+                    .map(|r| format!("{} {} {}", r.method, r.path, r.code))
+                    .collect();
+                let log = controller.log();
+                let tail: Vec<&str> = log.lines().rev().take(150).collect();
+                format!(
+                    "resources:\n{}\nrequests since the return:\n{}\nthe controller's last log lines:\n{}",
+                    states.join("\n"),
+                    since.join("\n"),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            },
         )
         .await;
     env.api

@@ -687,10 +687,59 @@ async fn namespace_report(client: &Client, name: &str) -> String {
 // -------------------------------------------------------------------------------------------
 // Waiting
 
+/// Follows the objects `config` selects of `api` (a reflector's store, fed by a watch started
+/// again with backoff when it fails: a 410 after a compaction, a reset connection, as the
+/// controller's are) until `found` finds what it looks for among them, once the initial list is
+/// whole. Else, after `timeout`, why not (the last watch error), and the objects seen.
+async fn watch_until<K, T>(
+    api: Api<K>,
+    config: watcher::Config,
+    timeout: Duration,
+    found: impl Fn(&[Arc<K>]) -> Option<T>,
+) -> Result<T, (String, Vec<Arc<K>>)>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let mut stream = pin!(reflector(writer, watcher(api, config)).default_backoff());
+    let mut last_error = None;
+    let outcome = tokio::time::timeout(timeout, async {
+        // The store shows the initial list only once it is complete.
+        let mut listed = false;
+        loop {
+            match stream.try_next().await {
+                Ok(Some(event)) => {
+                    listed |= matches!(event, watcher::Event::InitDone);
+                    if listed && let Some(hit) = found(&reader.state()) {
+                        return Ok(hit);
+                    }
+                }
+                Ok(None) => return Err("the watch ended".to_string()),
+                // Retried with backoff by the stream.
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(Ok(hit)) => Ok(hit),
+        Ok(Err(e)) => Err((e, reader.state())),
+        Err(_) => Err((
+            format!(
+                "timed out after {timeout:?}{}",
+                last_error
+                    .map(|e| format!(" (last watch error: {e})"))
+                    .unwrap_or_default()
+            ),
+            reader.state(),
+        )),
+    }
+}
+
 /// Waits (on a watch of it alone) until `cond` holds for the named object (`None` is passed
 /// while it does not exist) and returns it (`None`: the condition held for a missing object);
-/// on timeout, fails with what the object looks like now. A watch that fails (a 410 after a
-/// compaction, a reset connection) is started again with backoff, as the controller's are.
+/// on timeout, fails with what the object looks like now.
 pub async fn wait_object<K>(
     api: &Api<K>,
     name: &str,
@@ -702,40 +751,15 @@ where
     K: Resource + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    let (reader, writer) = reflector::store::<K>();
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut stream = pin!(reflector(writer, watcher(api.clone(), config)).default_backoff());
-    let mut last_error = None;
-    let outcome = tokio::time::timeout(timeout, async {
-        // The store shows the initial list only once it is complete.
-        let mut listed = false;
-        loop {
-            match stream.try_next().await {
-                Ok(Some(event)) => {
-                    listed |= matches!(event, watcher::Event::InitDone);
-                    if listed {
-                        let now = reader.state().into_iter().next();
-                        if cond.matches_object(now.as_deref()) {
-                            return Ok(now.map(|o| (*o).clone()));
-                        }
-                    }
-                }
-                Ok(None) => return Err("the watch ended".to_string()),
-                // Retried with backoff by the stream.
-                Err(e) => last_error = Some(e.to_string()),
-            }
-        }
+    let outcome = watch_until(api.clone(), config, timeout, |all| {
+        let now = all.first().map(|o| o.as_ref());
+        cond.matches_object(now).then(|| now.cloned())
     })
     .await;
     let problem = match outcome {
-        Ok(Ok(obj)) => return obj,
-        Ok(Err(e)) => e,
-        Err(_) => format!(
-            "timed out after {timeout:?}{}",
-            last_error
-                .map(|e| format!(" (last watch error: {e})"))
-                .unwrap_or_default()
-        ),
+        Ok(obj) => return obj,
+        Err((problem, _)) => problem,
     };
     let now = match api.get_opt(name).await {
         Ok(Some(obj)) => describe(&obj),
@@ -758,44 +782,13 @@ where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    let (reader, writer) = reflector::store::<K>();
-    let mut stream =
-        pin!(reflector(writer, watcher(api, watcher::Config::default())).default_backoff());
-    let mut last_error = None;
-    let outcome = tokio::time::timeout(timeout, async {
-        // The store shows the initial list only once it is complete.
-        let mut listed = false;
-        loop {
-            match stream.try_next().await {
-                Ok(Some(event)) => {
-                    listed |= matches!(event, watcher::Event::InitDone);
-                    if listed {
-                        let all = reader.state();
-                        if cond(&all) {
-                            return Ok(all);
-                        }
-                    }
-                }
-                Ok(None) => return Err("the watch ended".to_string()),
-                // Retried with backoff by the stream.
-                Err(e) => last_error = Some(e.to_string()),
-            }
-        }
+    match watch_until(api, watcher::Config::default(), timeout, |all| {
+        cond(all).then(|| all.to_vec())
     })
-    .await;
-    match outcome {
-        Ok(Ok(all)) => all,
-        Ok(Err(e)) => panic!(
-            "waiting for {what}: {e}; seen:\n{}",
-            describe(&reader.state())
-        ),
-        Err(_) => panic!(
-            "waiting for {what}: timed out after {timeout:?}{}; seen:\n{}",
-            last_error
-                .map(|e| format!(" (last watch error: {e})"))
-                .unwrap_or_default(),
-            describe(&reader.state())
-        ),
+    .await
+    {
+        Ok(all) => all,
+        Err((problem, seen)) => panic!("waiting for {what}: {problem}; seen:\n{}", describe(&seen)),
     }
 }
 

@@ -286,6 +286,16 @@ fn manage(
     }
 }
 
+/// A request's body as a JSON patch, or the API server's 400.
+fn json_patch_of(body: Value) -> Result<json_patch::Patch, (StatusCode, Value)> {
+    serde_json::from_value(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            status_body(400, "BadRequest", &e.to_string()),
+        )
+    })
+}
+
 /// The fields a JSON patch writes, as an object of its paths.
 fn patched_fields(patch: &Value) -> Value {
     let mut written = json!({});
@@ -365,14 +375,9 @@ impl ApiState {
         query: &str,
     ) -> (StatusCode, Value) {
         let written = self.managed_fields.then(|| patched_fields(&body));
-        let patch: json_patch::Patch = match serde_json::from_value(body) {
+        let patch = match json_patch_of(body) {
             Ok(p) => p,
-            Err(e) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    status_body(400, "BadRequest", &e.to_string()),
-                );
-            }
+            Err(refused) => return refused,
         };
         let mut patched = current.clone();
         if let Err(e) = json_patch::patch(&mut patched, &patch) {
@@ -1083,6 +1088,11 @@ impl FakeApi {
             .count()
     }
 
+    /// The paths of the requests refused while the server was down, in order.
+    pub fn refused_paths(&self) -> Vec<String> {
+        self.lock().refused.clone()
+    }
+
     /// The API server is back, restarted. Starting, it wrote to etcd (its own Lease, the
     /// `kubernetes` Service's endpoints), and its watch cache begins at etcd's revision then: a
     /// watch resuming from any version before is answered 410 Gone, and lists again.
@@ -1539,14 +1549,9 @@ impl FakeApi {
             }
             (Method::PATCH, None) => {
                 let written = st.managed_fields.then(|| patched_fields(&body));
-                let patch: json_patch::Patch = match serde_json::from_value(body) {
+                let patch = match json_patch_of(body) {
                     Ok(p) => p,
-                    Err(e) => {
-                        return (
-                            StatusCode::BAD_REQUEST,
-                            status_body(400, "BadRequest", &e.to_string()),
-                        );
-                    }
+                    Err(refused) => return refused,
                 };
                 let mut doc = current;
                 // The API server's JSON patch (evanphx/json-patch) lets `test` compare a missing
