@@ -38,11 +38,20 @@ where
     let generation = obj.meta().generation.unwrap_or_default();
     let message = error.to_string();
     let unanswered = kube.is_some_and(after_outage::unanswered);
+    let as_starting = kube.is_some_and(crate::api_answers::refused_while_starting);
     let KubeFailure {
         failures,
         wait,
         news,
-    } = tracker.kube_failure(&uid, generation, triggers, &message, unanswered, resync);
+    } = tracker.kube_failure(
+        &uid,
+        generation,
+        triggers,
+        &message,
+        unanswered,
+        as_starting,
+        resync,
+    );
     // Outside the reconcile's span: the object is named here.
     warn!(
         kind = %K::kind(&()),
@@ -176,6 +185,28 @@ mod tests {
                 .len(),
             1,
             "a 503 means the API server was away: its return retries this at once"
+        );
+
+        // Away again, then refused as a server still starting refuses everyone (a 403 before
+        // its return is told, its RBAC caches not filled): it still waits for that return.
+        tracker.lock().began("uid-1");
+        for error in [refused(503), refused(403)] {
+            backed_off(
+                config_map(),
+                &tracker,
+                &recorder,
+                7,
+                &format!("status write of ns/cm failed: {error}"),
+                Some(&error),
+                resync,
+            );
+        }
+        assert_eq!(
+            tracker
+                .due_after(after_outage::Away::ApiServer, after_outage::Look::Told)
+                .len(),
+            1,
+            "a 403 after the API server was away is its start's: the return retries this at once"
         );
     }
 }

@@ -257,14 +257,24 @@ impl<T: PartialEq, M: Default> Guard<'_, T, M> {
         due: Instant,
     ) -> Held {
         let unanswered = reason == ErrorClass::Transient.reason();
-        self.fail_and_hold(uid, generation, triggers, Away::Aws, unanswered, |_| due)
+        self.fail_and_hold(
+            uid,
+            generation,
+            triggers,
+            Away::Aws,
+            unanswered,
+            false,
+            |_| due,
+        )
     }
 
     /// Counts a reconcile of `uid` that failed on `service` (`unanswered`: the service did not
-    /// answer) and holds the object until `due(failures)`; or until now if the service's return
-    /// was told while the reconcile ran. Such a return has passed the object by (its try failed
-    /// before the return was told, or was sent before it and failed after), and the failures
-    /// were the outage's.
+    /// answer; `as_starting`: it refused as a server still starting does, see
+    /// [`crate::api_answers`]) and holds the object until `due(failures)`; or until now if the
+    /// service's return was told while the reconcile ran. Such a return has passed the object by
+    /// (its try failed before the return was told, or was sent before it and failed after), and
+    /// the failures were the outage's.
+    #[allow(clippy::too_many_arguments)]
     fn fail_and_hold(
         &mut self,
         uid: &str,
@@ -272,6 +282,7 @@ impl<T: PartialEq, M: Default> Guard<'_, T, M> {
         triggers: T,
         service: Away,
         unanswered: bool,
+        as_starting: bool,
         due: impl FnOnce(u32) -> Instant,
     ) -> Held {
         let told = self.returns_told();
@@ -285,6 +296,15 @@ impl<T: PartialEq, M: Default> Guard<'_, T, M> {
         } else {
             t.waits_for = match (unanswered, service) {
                 (true, _) => Some(service),
+                // A 401 or 403 to an object waiting for the API server's return, which is not
+                // told yet: most likely the server's own, made while it starts (its RBAC caches
+                // not filled; the return is told at a watch's first list, after them). Still
+                // waiting: the return makes it due, not the end of the backoff the outage grew
+                // (24 to 40 s after a 30 s outage). A refusal that stands is met again then, and
+                // backs off as any refusal from there.
+                (false, Away::ApiServer) if as_starting && t.waits_for == Some(Away::ApiServer) => {
+                    Some(Away::ApiServer)
+                }
                 // A refusal (a 403, a 409) says nothing of AWS: an object whose last AWS call
                 // went unanswered still waits for AWS's return, its failures (the count is
                 // shared) the outage's.
@@ -405,8 +425,10 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
     }
 
     /// A reconcile of `uid` failed on Kubernetes with `message` (`unanswered`: the API server did
-    /// not answer): counts the failure, holds the object for its backoff (exponential, jittered,
-    /// capped: see [`retry_after`]), and says whether the error is news.
+    /// not answer; `as_starting`: it refused as a server still starting does, 401 or 403):
+    /// counts the failure, holds the object for its backoff (exponential, jittered, capped: see
+    /// [`retry_after`]), and says whether the error is news.
+    #[allow(clippy::too_many_arguments)]
     pub fn kube_failure(
         &self,
         uid: &str,
@@ -414,6 +436,7 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
         triggers: T,
         message: &str,
         unanswered: bool,
+        as_starting: bool,
         resync: Duration,
     ) -> KubeFailure {
         let mut tracked = self.lock();
@@ -424,6 +447,7 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
             triggers,
             Away::ApiServer,
             unanswered,
+            as_starting,
             |failures| now + retry_after(Retry::Backoff, failures, resync, rand::random()),
         );
         let wait = due.saturating_duration_since(Instant::now());
@@ -536,9 +560,9 @@ mod tests {
     fn a_kube_failure_backs_off_and_is_news_once() {
         let tracker: Tracker<(), ()> = Tracker::default();
         let resync = Duration::from_secs(600);
-        let first = tracker.kube_failure("u", 1, (), "403 forbidden", false, resync);
-        let second = tracker.kube_failure("u", 1, (), "403 forbidden", false, resync);
-        let third = tracker.kube_failure("u", 1, (), "500 internal", true, resync);
+        let first = tracker.kube_failure("u", 1, (), "403 forbidden", false, false, resync);
+        let second = tracker.kube_failure("u", 1, (), "403 forbidden", false, false, resync);
+        let third = tracker.kube_failure("u", 1, (), "500 internal", true, false, resync);
         assert_eq!((first.failures, second.failures), (1, 2));
         assert!(second.wait > first.wait, "{first:?} {second:?}");
         assert_eq!((first.news, second.news, third.news), (true, false, true));
@@ -555,14 +579,19 @@ mod tests {
         let tracker: Tracker<(), ()> = Tracker::default();
         let resync = Duration::from_secs(600);
         for _ in 0..5 {
-            tracker.kube_failure("outage", 1, (), "503", true, resync);
-            tracker.kube_failure("refused", 1, (), "403 forbidden", false, resync);
+            tracker.kube_failure("outage", 1, (), "503", true, false, resync);
+            // A 403 as a starting server makes one, but with no outage before: a refusal.
+            tracker.kube_failure("refused", 1, (), "403 forbidden", false, true, resync);
         }
-        tracker.kube_failure("recovered", 1, (), "503", true, resync);
+        tracker.kube_failure("recovered", 1, (), "503", true, false, resync);
         tracker.lock().get_mut("recovered").unwrap().succeeded();
         // Failed during the outage, then refused: the refusal's backoff stands.
-        tracker.kube_failure("then-refused", 1, (), "503", true, resync);
-        tracker.kube_failure("then-refused", 1, (), "403 forbidden", false, resync);
+        tracker.kube_failure("then-refused", 1, (), "503", true, false, resync);
+        tracker.kube_failure("then-refused", 1, (), "409 conflict", false, false, resync);
+        // Failed during the outage, then refused as a server still starting refuses (its RBAC
+        // caches not filled) before the return is told: still waits for the return.
+        tracker.kube_failure("starting", 1, (), "503", true, false, resync);
+        tracker.kube_failure("starting", 1, (), "403 forbidden", false, true, resync);
         // An AWS call that Proton left unanswered, as a reconcile reports it.
         for _ in 0..5 {
             ended_on(&tracker, "aws", ErrorClass::Transient.reason());
@@ -573,7 +602,15 @@ mod tests {
         for _ in 0..5 {
             ended_on(&tracker, "aws-then-refused", ErrorClass::Transient.reason());
         }
-        tracker.kube_failure("aws-then-refused", 1, (), "409 conflict", false, resync);
+        tracker.kube_failure(
+            "aws-then-refused",
+            1,
+            (),
+            "409 conflict",
+            false,
+            false,
+            resync,
+        );
         let held = |uid: &str| {
             tracker
                 .lock()
@@ -583,8 +620,12 @@ mod tests {
         };
         assert!(held("outage").is_some(), "held for its backoff");
 
+        assert!(held("starting").is_some(), "held for its backoff");
         let due = tracker.due_after_return(Away::ApiServer);
-        assert_eq!(due, HashSet::from([CompactId::of("outage")]));
+        assert_eq!(
+            due,
+            HashSet::from([CompactId::of("outage"), CompactId::of("starting")])
+        );
         assert_eq!(held("outage"), None, "due now");
         assert!(held("refused").is_some() && held("then-refused").is_some());
         assert!(
@@ -616,7 +657,7 @@ mod tests {
 
         // An outcome past the API server (a status written, then an AWS problem) is not the
         // outage's: its requeue stands.
-        tracker.kube_failure("outage", 1, (), "503", true, resync);
+        tracker.kube_failure("outage", 1, (), "503", true, false, resync);
         ended_on(&tracker, "outage", ErrorClass::Throttled.reason());
         assert!(tracker.due_after_return(Away::ApiServer).is_empty());
         assert!(held("outage").is_some());
@@ -724,17 +765,17 @@ mod tests {
         let resync = Duration::from_secs(600);
         for _ in 0..3 {
             tracker.lock().began("u");
-            tracker.kube_failure("u", 1, (), "503", true, resync);
+            tracker.kube_failure("u", 1, (), "503", true, false, resync);
         }
         tracker.lock().began("u");
         tracker.due_after_return(Away::ApiServer);
-        let failure = tracker.kube_failure("u", 1, (), "503", true, resync);
+        let failure = tracker.kube_failure("u", 1, (), "503", true, false, resync);
         assert_eq!(failure.wait, Duration::ZERO, "{failure:?}");
         assert!(!is_held(&tracker, "u"));
         // A refusal is an answer: backed off.
         tracker.lock().began("u");
         tracker.due_after_return(Away::ApiServer);
-        let refused = tracker.kube_failure("u", 1, (), "403 forbidden", false, resync);
+        let refused = tracker.kube_failure("u", 1, (), "403 forbidden", false, false, resync);
         assert!(refused.wait > Duration::ZERO);
     }
 
