@@ -429,6 +429,76 @@ async fn waiting_for_the_api_server_at_its_start_it_stops_at_once_on_sigterm() {
     assert_eq!(controller.logged("stopped before it was connected"), 1);
 }
 
+/// A restarted API server refuses every request 403 until its RBAC caches are filled (12 s here,
+/// a big cluster's, where the fake's usual is 500 ms). A resource the outage left waiting for the
+/// return, whose retry meets that 403, still waits for the return: it has its connection within
+/// 3 s of the window's end (the watches try every 2 s through it, and the first to list tells
+/// the return). Before, the 403 cleared its wait, and it sat out the backoff it then had (12 to
+/// 20 s from its retry, which came 6 to 10 s after the return: 18 s at the earliest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_refused_by_a_restarting_api_server_is_served_at_its_return() {
+    const RBAC: Duration = Duration::from_secs(12);
+    let (env, _dir, controller) = started(|url| run_args(url, &[])).await;
+    env.api.warm_up_at_restart(WarmUp {
+        authorizer: RBAC,
+        ..WarmUp::KUBE_APISERVER
+    });
+    let readyz = controller.readyz_addr(LIMIT).await;
+    controller
+        .until("/readyz ready before the outage", LIMIT, |_| ready(&readyz))
+        .await;
+    // Its first write refused (an answer), then three tries the outage leaves unanswered: its
+    // next try is 6 to 10 s after the third (a backoff of 8 s, +/- 25 %), in the 403s.
+    env.api.deny(
+        Some(http::Method::PATCH),
+        "/environmentaccountconnections/held",
+    );
+    env.api.create("held", &uid(0), spec("held"));
+    controller
+        .until("its first write refused", LIMIT, |c| {
+            c.logged("reconcile failed") >= 1
+        })
+        .await;
+    env.api.down();
+    env.api.allow_all();
+    controller
+        .until("three of its tries failed in the outage", LIMIT, |c| {
+            c.logged("reconcile failed") >= 4
+        })
+        .await;
+    env.api.up();
+    let back = tokio::time::Instant::now();
+    env.api
+        .wait_until_explained(
+            "its connection within 3 s of the end of the restarted server's 403s",
+            RBAC + Duration::from_secs(3),
+            |api| has_id(api.get("held").as_ref()),
+            |api| {
+                format!(
+                    "the resource: {:?}\nthe controller's log:\n{}",
+                    api.get("held").map(|o| o.status),
+                    controller.log()
+                )
+            },
+        )
+        .await;
+    let refused_as_starting = env
+        .api
+        .requests_to::<EnvironmentAccountConnection>()
+        .iter()
+        .filter(|r| r.code == 403 && r.path.contains("/held"))
+        .count();
+    println!(
+        "a retry met the restarted server's 403s ({refused_as_starting} refusals of its writes in all); its connection {:.2} s after the return, {:.2} s after the 403s ended",
+        back.elapsed().as_secs_f64(),
+        back.elapsed().as_secs_f64() - RBAC.as_secs_f64()
+    );
+    assert!(
+        refused_as_starting >= 2,
+        "a retry met the 403s of the restart, not only the denial before: {refused_as_starting}"
+    );
+}
+
 /// Resources and a policy whose writes fail when the API server stops (refused by RBAC first,
 /// then unanswered through a 30 s outage) back off, their next try 12 to 20 s away by the end.
 /// When the API server answers again they are tried at once, not at the end of that backoff:
