@@ -63,21 +63,44 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
         let records_intent = matches!(step, Step::Record(recorded) if recorded.before_create);
         let finalizer_alone = Step::AddFinalizer { intent: None };
         let mut step = step;
+        // An intent to create is written only for a Create that may be sent: first the turn of
+        // its region (if it does not answer, one call goes there at a time), then its slot in
+        // the budget, both held through the Create.
         if records_intent || matches!(step, Step::AddFinalizer { intent: Some(_) }) {
             // A turn still held from an earlier intent (one that went stale before its Create)
             // is given back first: it would refuse this one.
             self.create_trial = None;
-            match ctx.proton.hold_trial(run.region(), CREATE) {
-                Ok(trial) => self.create_trial = Some(trial),
-                // Nor is an intent written, or a slot taken, for a Create that would not be sent
-                // (its region does not answer, and another call there waits already).
-                Err(refused) if records_intent => {
-                    ctx.proton.not_sent(&refused);
-                    return Ok(Err(refused));
+            let refused = match ctx.proton.hold_trial(run.region(), CREATE) {
+                Ok(trial) => {
+                    self.create_trial = Some(trial);
+                    let slot = Ticket {
+                        identity: &self.facts.identity,
+                        key: &self.facts.uid,
+                        class: CallClass::Work,
+                        admitted: false,
+                        trial: None,
+                        calls: &StepCalls::default(),
+                    };
+                    ctx.proton.admit(&slot, CREATE).await.err()
                 }
-                // The finalizer goes alone; the intent is recorded (and the Create's slot
-                // taken) when the Create may be sent.
-                Err(_) => step = &finalizer_alone,
+                Err(refused) => {
+                    if records_intent {
+                        ctx.proton.not_sent(&refused);
+                    }
+                    Some(refused)
+                }
+            };
+            match refused {
+                None => self.create_admitted = true,
+                Some(refused) => {
+                    self.create_trial = None;
+                    if records_intent {
+                        return Ok(Err(refused));
+                    }
+                    // The finalizer goes alone (it waits for no turn or budget); the intent is
+                    // recorded, and the Create's turn and slot taken, when the Create may go.
+                    step = &finalizer_alone;
+                }
             }
         }
         let ticket = Ticket {
@@ -91,14 +114,6 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
                 .filter(|_| matches!(step, Step::Create { .. })),
             calls: &StepCalls::default(),
         };
-        // The Create's slot first: no announcement of a Create the budget has no room for.
-        if records_intent {
-            if let Err(deferred) = ctx.proton.admit(&ticket, CREATE).await {
-                self.create_trial = None;
-                return Ok(Err(deferred));
-            }
-            self.create_admitted = true;
-        }
         // Boxed: a reconcile holds one step at a time, and the calls are most of its size.
         let result = Box::pin(execute(
             ctx,
@@ -110,9 +125,6 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
             step,
         ))
         .await?;
-        if matches!(result, Ok(Outcome::IntentRecorded)) {
-            self.create_admitted = true;
-        }
         // Held only while the Create is the next step.
         if !(matches!(result, Ok(Outcome::IntentRecorded)) || records_intent && result.is_ok()) {
             self.create_trial = None;
@@ -181,22 +193,9 @@ pub(super) async fn execute(
     let region = run.region();
     let outcome = match step {
         Step::AddFinalizer { intent } => {
-            // The intent to create goes with the finalizer only if the Create has its slot in
-            // the call budget; else the finalizer goes alone (it waits for no budget).
-            let intent = match intent {
-                Some(intent) => {
-                    let create = Ticket {
-                        class: CallClass::Work,
-                        ..*ticket
-                    };
-                    ctx.proton
-                        .admit(&create, CREATE)
-                        .await
-                        .ok()
-                        .map(|()| intent)
-                }
-                None => None,
-            };
+            // The intent to create goes with the finalizer: the executor took the Create's turn
+            // and slot for it (see `StepExecutor::execute`).
+            let intent = intent.as_ref();
             // An API server drops an empty map, but a client may hold one: either way the key
             // can be added to it.
             let annotated = obj.metadata.annotations.is_some();
