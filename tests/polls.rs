@@ -431,6 +431,21 @@ impl BehindAGate {
             .collect()
     }
 
+    /// Waits until the gate holds (or held) `count` calls of `operation`: a call that timed out
+    /// may be read by the gate a moment later on a busy machine. Checked every 20 ms (the gate is
+    /// no part of the API server that `wait_until` follows); fails after 10 s, naming `what`.
+    async fn until_held(&self, operation: &str, count: usize, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.held(operation) < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after 10 s waiting for {what} to be held by the gate: {:?}",
+                self.targets()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// How many calls of `operation` the gate holds (or held).
     fn held(&self, operation: &str) -> usize {
         self.targets()
@@ -480,16 +495,7 @@ async fn where_nothing_answers_a_poll_waits_for_no_list_and_sends_no_get() {
         let port = port.clone();
         async move { port.poll().await }
     });
-    // Checked every 20 ms: the gate is no part of the API server that `wait_until` follows.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while port.held(LIST) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after 10 s waiting for the first poll's list to be held by the gate: {:?}",
-            port.targets()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    port.until_held(LIST, 1, "the first poll's list").await;
     let second = port.poll().await.expect_err("not answered");
     assert!(
         second.is_unreached(),
@@ -529,6 +535,7 @@ async fn a_refused_list_leaves_the_poll_to_its_get_even_where_nothing_answers() 
         failed.class == ErrorClass::Transient && !failed.is_unreached(),
         "the Get was sent, and timed out: {failed:?}"
     );
+    port.until_held(GET, 2, "the poll's Get").await;
     assert_eq!(
         (port.held(LIST), port.held(GET)),
         (0, 2),
@@ -583,6 +590,8 @@ async fn a_creates_turn_taken_before_its_intent_is_its_own_through_the_create() 
         .await
         .expect_err("no answer from behind the gate");
     assert!(!sent.is_unreached(), "sent, and timed out: {sent:?}");
+    port.until_held(CREATE, 1, "the Create given the turn")
+        .await;
     assert_eq!(
         (port.held(CREATE), port.held(GET)),
         (1, 1),
