@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::after_outage;
 use super::note::Note;
-use super::tracked::{KubeFailure, Tracker};
+use super::tracked::{KubeFailure, Met, Tracker};
 use crate::recorder::Recorder;
 
 /// Counts the failure of `obj`'s reconcile (`error`; `kube`: the Kubernetes call's own error,
@@ -37,21 +37,16 @@ where
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let generation = obj.meta().generation.unwrap_or_default();
     let message = error.to_string();
-    let unanswered = kube.is_some_and(after_outage::unanswered);
-    let as_starting = kube.is_some_and(crate::api_answers::refused_while_starting);
+    let met = match kube {
+        Some(e) if after_outage::unanswered(e) => Met::Unanswered,
+        Some(e) if crate::api_answers::refused_while_starting(e) => Met::RefusedAsStarting,
+        _ => Met::Refused,
+    };
     let KubeFailure {
         failures,
         wait,
         news,
-    } = tracker.kube_failure(
-        &uid,
-        generation,
-        triggers,
-        &message,
-        unanswered,
-        as_starting,
-        resync,
-    );
+    } = tracker.kube_failure(&uid, generation, triggers, &message, met, resync);
     // Outside the reconcile's span: the object is named here.
     warn!(
         kind = %K::kind(&()),

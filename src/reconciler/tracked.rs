@@ -147,6 +147,18 @@ impl<T: PartialEq, M> Tracked<T, M> {
     }
 }
 
+/// How the service met a call of a reconcile that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Met {
+    /// No answer: the service was away.
+    Unanswered,
+    /// An answer: a refusal, or any other error.
+    Refused,
+    /// A refusal a server still starting makes of everyone (the API server's 401 or 403: see
+    /// [`crate::api_answers`]).
+    RefusedAsStarting,
+}
+
 /// A reconcile that failed on Kubernetes (AWS errors end in a reported status instead).
 #[derive(Clone, Debug, PartialEq)]
 pub struct KubeFailure {
@@ -256,35 +268,28 @@ impl<T: PartialEq, M: Default> Guard<'_, T, M> {
         reason: &str,
         due: Instant,
     ) -> Held {
-        let unanswered = reason == ErrorClass::Transient.reason();
-        self.fail_and_hold(
-            uid,
-            generation,
-            triggers,
-            Away::Aws,
-            unanswered,
-            false,
-            |_| due,
-        )
+        let met = if reason == ErrorClass::Transient.reason() {
+            Met::Unanswered
+        } else {
+            Met::Refused
+        };
+        self.fail_and_hold(uid, generation, triggers, Away::Aws, met, |_| due)
     }
 
-    /// Counts a reconcile of `uid` that failed on `service` (`unanswered`: the service did not
-    /// answer; `as_starting`: it refused as a server still starting does, see
-    /// [`crate::api_answers`]) and holds the object until `due(failures)`; or until now if the
-    /// service's return was told while the reconcile ran. Such a return has passed the object by
-    /// (its try failed before the return was told, or was sent before it and failed after), and
-    /// the failures were the outage's.
-    #[allow(clippy::too_many_arguments)]
+    /// Counts a reconcile of `uid` that failed on `service`, which `met` its call so, and holds
+    /// the object until `due(failures)`; or until now if the service's return was told while the
+    /// reconcile ran. Such a return has passed the object by (its try failed before the return
+    /// was told, or was sent before it and failed after), and the failures were the outage's.
     fn fail_and_hold(
         &mut self,
         uid: &str,
         generation: i64,
         triggers: T,
         service: Away,
-        unanswered: bool,
-        as_starting: bool,
+        met: Met,
         due: impl FnOnce(u32) -> Instant,
     ) -> Held {
+        let unanswered = met == Met::Unanswered;
         let told = self.returns_told();
         let t = self.entry(uid);
         let failures = t.fail(generation);
@@ -294,24 +299,22 @@ impl<T: PartialEq, M: Default> Guard<'_, T, M> {
             t.waits_for = None;
             Instant::now()
         } else {
-            t.waits_for = match (unanswered, service) {
-                (true, _) => Some(service),
+            t.waits_for = match (met, service) {
+                (Met::Unanswered, _) => Some(service),
+                // A refusal (a 403, a 409) says nothing of AWS: an object whose last AWS call
+                // went unanswered still waits for AWS's return, its failures (the count is
+                // shared) the outage's.
+                (Met::Refused, Away::ApiServer) => t.waits_for.filter(|w| *w == Away::Aws),
                 // A 401 or 403 to an object waiting for the API server's return, which is not
                 // told yet: most likely the server's own, made while it starts (its RBAC caches
                 // not filled; the return is told at a watch's first list, after them). Still
                 // waiting: the return makes it due, not the end of the backoff the outage grew
                 // (24 to 40 s after a 30 s outage). A refusal that stands is met again then, and
-                // backs off as any refusal from there.
-                (false, Away::ApiServer) if as_starting && t.waits_for == Some(Away::ApiServer) => {
-                    Some(Away::ApiServer)
-                }
-                // A refusal (a 403, a 409) says nothing of AWS: an object whose last AWS call
-                // went unanswered still waits for AWS's return, its failures (the count is
-                // shared) the outage's.
-                (false, Away::ApiServer) => t.waits_for.filter(|w| *w == Away::Aws),
+                // backs off as any refusal from there. A wait for AWS stands, as above.
+                (Met::RefusedAsStarting, Away::ApiServer) => t.waits_for,
                 // AWS answered. The status write (before this for a connection, after it for a
                 // policy) tells of the API server itself.
-                (false, Away::Aws) => None,
+                (_, Away::Aws) => None,
             };
             due(failures)
         };
@@ -424,19 +427,16 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
         due
     }
 
-    /// A reconcile of `uid` failed on Kubernetes with `message` (`unanswered`: the API server did
-    /// not answer; `as_starting`: it refused as a server still starting does, 401 or 403):
-    /// counts the failure, holds the object for its backoff (exponential, jittered, capped: see
-    /// [`retry_after`]), and says whether the error is news.
-    #[allow(clippy::too_many_arguments)]
+    /// A reconcile of `uid` failed on Kubernetes with `message`, the API server having `met` its
+    /// call so: counts the failure, holds the object for its backoff (exponential, jittered,
+    /// capped: see [`retry_after`]), and says whether the error is news.
     pub fn kube_failure(
         &self,
         uid: &str,
         generation: i64,
         triggers: T,
         message: &str,
-        unanswered: bool,
-        as_starting: bool,
+        met: Met,
         resync: Duration,
     ) -> KubeFailure {
         let mut tracked = self.lock();
@@ -446,8 +446,7 @@ impl<T: PartialEq, M: Default> Tracker<T, M> {
             generation,
             triggers,
             Away::ApiServer,
-            unanswered,
-            as_starting,
+            met,
             |failures| now + retry_after(Retry::Backoff, failures, resync, rand::random()),
         );
         let wait = due.saturating_duration_since(Instant::now());
@@ -560,9 +559,9 @@ mod tests {
     fn a_kube_failure_backs_off_and_is_news_once() {
         let tracker: Tracker<(), ()> = Tracker::default();
         let resync = Duration::from_secs(600);
-        let first = tracker.kube_failure("u", 1, (), "403 forbidden", false, false, resync);
-        let second = tracker.kube_failure("u", 1, (), "403 forbidden", false, false, resync);
-        let third = tracker.kube_failure("u", 1, (), "500 internal", true, false, resync);
+        let first = tracker.kube_failure("u", 1, (), "403 forbidden", Met::Refused, resync);
+        let second = tracker.kube_failure("u", 1, (), "403 forbidden", Met::Refused, resync);
+        let third = tracker.kube_failure("u", 1, (), "500 internal", Met::Unanswered, resync);
         assert_eq!((first.failures, second.failures), (1, 2));
         assert!(second.wait > first.wait, "{first:?} {second:?}");
         assert_eq!((first.news, second.news, third.news), (true, false, true));
@@ -579,19 +578,33 @@ mod tests {
         let tracker: Tracker<(), ()> = Tracker::default();
         let resync = Duration::from_secs(600);
         for _ in 0..5 {
-            tracker.kube_failure("outage", 1, (), "503", true, false, resync);
+            tracker.kube_failure("outage", 1, (), "503", Met::Unanswered, resync);
             // A 403 as a starting server makes one, but with no outage before: a refusal.
-            tracker.kube_failure("refused", 1, (), "403 forbidden", false, true, resync);
+            tracker.kube_failure(
+                "refused",
+                1,
+                (),
+                "403 forbidden",
+                Met::RefusedAsStarting,
+                resync,
+            );
         }
-        tracker.kube_failure("recovered", 1, (), "503", true, false, resync);
+        tracker.kube_failure("recovered", 1, (), "503", Met::Unanswered, resync);
         tracker.lock().get_mut("recovered").unwrap().succeeded();
         // Failed during the outage, then refused: the refusal's backoff stands.
-        tracker.kube_failure("then-refused", 1, (), "503", true, false, resync);
-        tracker.kube_failure("then-refused", 1, (), "409 conflict", false, false, resync);
+        tracker.kube_failure("then-refused", 1, (), "503", Met::Unanswered, resync);
+        tracker.kube_failure("then-refused", 1, (), "409 conflict", Met::Refused, resync);
         // Failed during the outage, then refused as a server still starting refuses (its RBAC
         // caches not filled) before the return is told: still waits for the return.
-        tracker.kube_failure("starting", 1, (), "503", true, false, resync);
-        tracker.kube_failure("starting", 1, (), "403 forbidden", false, true, resync);
+        tracker.kube_failure("starting", 1, (), "503", Met::Unanswered, resync);
+        tracker.kube_failure(
+            "starting",
+            1,
+            (),
+            "403 forbidden",
+            Met::RefusedAsStarting,
+            resync,
+        );
         // An AWS call that Proton left unanswered, as a reconcile reports it.
         for _ in 0..5 {
             ended_on(&tracker, "aws", ErrorClass::Transient.reason());
@@ -607,8 +620,7 @@ mod tests {
             1,
             (),
             "409 conflict",
-            false,
-            false,
+            Met::Refused,
             resync,
         );
         let held = |uid: &str| {
@@ -657,7 +669,7 @@ mod tests {
 
         // An outcome past the API server (a status written, then an AWS problem) is not the
         // outage's: its requeue stands.
-        tracker.kube_failure("outage", 1, (), "503", true, false, resync);
+        tracker.kube_failure("outage", 1, (), "503", Met::Unanswered, resync);
         ended_on(&tracker, "outage", ErrorClass::Throttled.reason());
         assert!(tracker.due_after_return(Away::ApiServer).is_empty());
         assert!(held("outage").is_some());
@@ -765,17 +777,17 @@ mod tests {
         let resync = Duration::from_secs(600);
         for _ in 0..3 {
             tracker.lock().began("u");
-            tracker.kube_failure("u", 1, (), "503", true, false, resync);
+            tracker.kube_failure("u", 1, (), "503", Met::Unanswered, resync);
         }
         tracker.lock().began("u");
         tracker.due_after_return(Away::ApiServer);
-        let failure = tracker.kube_failure("u", 1, (), "503", true, false, resync);
+        let failure = tracker.kube_failure("u", 1, (), "503", Met::Unanswered, resync);
         assert_eq!(failure.wait, Duration::ZERO, "{failure:?}");
         assert!(!is_held(&tracker, "u"));
         // A refusal is an answer: backed off.
         tracker.lock().began("u");
         tracker.due_after_return(Away::ApiServer);
-        let refused = tracker.kube_failure("u", 1, (), "403 forbidden", false, false, resync);
+        let refused = tracker.kube_failure("u", 1, (), "403 forbidden", Met::Refused, resync);
         assert!(refused.wait > Duration::ZERO);
     }
 
