@@ -451,10 +451,10 @@ impl Proton {
             .inspect_err(|e| self.not_sent(e))
     }
 
-    /// A call of `operation` in `region` that would not be sent now (see [`Reach::refusing`]):
-    /// asked before the work that goes before a call (its slot in the budget, the intent to
-    /// create written), which a call not sent does not need.
-    pub fn unreached(&self, region: &str, operation: &'static str) -> Option<ProtonError> {
+    /// A call of `operation` in `region` that would not be sent now (see [`Reach::refusing`]),
+    /// counted: asked by a poll before the shared list it would wait for or send, which a call
+    /// not sent does not need. (A Create takes its turn instead: [`Proton::hold_trial`].)
+    fn unreached(&self, region: &str, operation: &'static str) -> Option<ProtonError> {
         let refused = self.reach.refusing(region, operation)?;
         self.not_sent(&refused);
         Some(refused)

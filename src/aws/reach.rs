@@ -244,21 +244,16 @@ impl Reach {
     }
 
     /// What [`Reach::trial`] would answer a call of `operation` in `region` now, without taking
-    /// the trial: for the work a call needs before it is sent (its slot in the budget, a
-    /// status write), not done for a call that would not be sent. The trial may end meanwhile:
-    /// the call still asks for it.
+    /// the trial (the region does not answer, and the one call let through there waits for its
+    /// answer): for the work a call needs before it is sent (a shared list's lock), not done
+    /// for a call that would not be sent. The trial may end meanwhile: the call still asks for
+    /// it.
     pub fn refusing(&self, region: &str, operation: &'static str) -> Option<ProtonError> {
-        self.trying(region)
-            .then(|| ProtonError::unreached(operation, region))
-    }
-
-    /// Whether `region` does not answer and the one call let through there waits for its
-    /// answer: a call there now would not be sent.
-    pub fn trying(&self, region: &str) -> bool {
         self.away
             .borrow()
             .get(region)
             .is_some_and(|unreached| unreached.trying)
+            .then(|| ProtonError::unreached(operation, region))
     }
 
     /// Whether `trial` is the turn of `region`'s outage now: a call its holder makes there goes
