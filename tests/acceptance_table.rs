@@ -723,7 +723,8 @@ fn a_passing_fault_ends_the_reconcile_and_is_reported_with_its_class() {
     #[rustfmt::skip]
     let rows = [
         (ErrorClass::Throttled, "ThrottlingException", "Throttled", Duration::from_secs(1)),
-        (ErrorClass::Transient, "InternalServerException", "AwsUnavailable", Duration::from_secs(1)),
+        (ErrorClass::Transient, "InternalServerException", "AwsServerError", Duration::from_secs(1)),
+        (ErrorClass::Unanswered, "Timeout", "AwsUnavailable", Duration::from_secs(1)),
     ];
     for (class, code, reason, requeue) in rows {
         // Two requests: the first accepted, the second's Accept fails.
@@ -810,10 +811,11 @@ fn a_passing_fault_ends_the_reconcile_and_is_reported_with_its_class() {
 fn a_passing_fault_that_keeps_coming_for_one_request_holds_up_no_other() {
     #[rustfmt::skip]
     let rows = [
-        ("Accept", UnmatchedRequests::Leave, ErrorClass::Transient, "InternalServerException", "AwsUnavailable"),
+        ("Accept", UnmatchedRequests::Leave, ErrorClass::Transient, "InternalServerException", "AwsServerError"),
+        ("Accept", UnmatchedRequests::Leave, ErrorClass::Unanswered, "Timeout", "AwsUnavailable"),
         ("Accept", UnmatchedRequests::Leave, ErrorClass::Other, "InternalFailure", "AwsError"),
         ("Get", UnmatchedRequests::Reject, ErrorClass::Other, "InternalFailure", "AwsError"),
-        ("Reject", UnmatchedRequests::Reject, ErrorClass::Transient, "InternalServerException", "AwsUnavailable"),
+        ("Reject", UnmatchedRequests::Reject, ErrorClass::Transient, "InternalServerException", "AwsServerError"),
     ];
     for (step, unmatched, class, code, reason) in rows {
         let label = format!("{step} {code}");

@@ -2391,7 +2391,8 @@ fn events_announce_state_transitions_once() {
 fn error_table() -> Vec<(ErrorClass, &'static str, &'static str)> {
     vec![
         (ErrorClass::Throttled, "Rate exceeded", "Throttled"),
-        (ErrorClass::Transient, "Internal failure", "AwsUnavailable"),
+        (ErrorClass::Transient, "Internal failure", "AwsServerError"),
+        (ErrorClass::Unanswered, "could not reach Proton: connection refused", "AwsUnavailable"),
         (ErrorClass::AccessDenied, "User is not authorized to perform this action", "AccessDenied"),
         (ErrorClass::Validation, "roleArn is not a valid ARN", "InvalidSpec"),
         (ErrorClass::QuotaExceeded, "Too many environment account connections", "QuotaExceeded"),
@@ -2475,6 +2476,7 @@ fn a_first_create_refused_outright_is_no_longer_recorded_as_in_flight() {
         (ErrorClass::QuotaExceeded, true),
         (ErrorClass::Conflict, true),
         (ErrorClass::Transient, false),
+        (ErrorClass::Unanswered, false),
         (ErrorClass::Other, false),
         (ErrorClass::NotFound, false),
     ];

@@ -10,9 +10,14 @@ use aws_sdk_proton::error::{ProvideErrorMetadata, SdkError};
 pub enum ErrorClass {
     /// ThrottlingException: retry with backoff, and slow all callers down.
     Throttled,
-    /// InternalServerException, 5xx, timeouts, connection failures, expired temporary
-    /// credentials: retry with backoff.
+    /// An answer that is a passing fault of the service's own (InternalServerException, a 500
+    /// or another 5xx but a gateway's), or expired temporary credentials: retry with backoff.
     Transient,
+    /// Nothing answered for the service: a connection refused, reset or timed out, a connection
+    /// closed before or during the answer, a gateway's 502, 503 or 504; or a call that did not
+    /// go out (its region does not answer, [`ProtonError::unreached`]; its credentials could not
+    /// be had): retry with backoff, and at once when the service answers again (`aws::reach`).
+    Unanswered,
     /// AccessDeniedException: IAM is fixed elsewhere, so retry slowly.
     AccessDenied,
     /// ValidationException: the request cannot succeed as sent.
@@ -45,6 +50,7 @@ impl ErrorClass {
         match self {
             ErrorClass::Throttled
             | ErrorClass::Transient
+            | ErrorClass::Unanswered
             | ErrorClass::Other
             | ErrorClass::Deferred => Retry::Backoff,
             ErrorClass::AccessDenied => Retry::Slow,
@@ -59,7 +65,8 @@ impl ErrorClass {
     pub fn reason(self) -> &'static str {
         match self {
             ErrorClass::Throttled => "Throttled",
-            ErrorClass::Transient => "AwsUnavailable",
+            ErrorClass::Transient => "AwsServerError",
+            ErrorClass::Unanswered => "AwsUnavailable",
             ErrorClass::AccessDenied => "AccessDenied",
             ErrorClass::Validation => "InvalidSpec",
             ErrorClass::QuotaExceeded => "QuotaExceeded",
@@ -154,7 +161,7 @@ impl ProtonError {
     pub fn unreached(operation: &'static str, region: &str) -> Self {
         ProtonError {
             operation,
-            class: ErrorClass::Transient,
+            class: ErrorClass::Unanswered,
             code: UNREACHED.into(),
             message: format!(
                 "not sent: Proton in {region} does not answer; one call at a time goes there until it answers again"
@@ -166,7 +173,7 @@ impl ProtonError {
     /// Whether the call was never sent because its region does not answer
     /// ([`ProtonError::unreached`]): it says nothing of the call itself.
     pub fn is_unreached(&self) -> bool {
-        self.class == ErrorClass::Transient && self.code == UNREACHED
+        self.class == ErrorClass::Unanswered && self.code == UNREACHED
     }
 
     /// Whether this is [`ProtonError::late`]'s.
@@ -201,9 +208,16 @@ impl ProtonError {
                     .message()
                     .map(without_signing_details)
                     .unwrap_or_else(|| format!("HTTP {}", service.raw().status().as_u16()));
+                let status = service.raw().status();
                 let mut class = ErrorClass::from_code(&code);
-                if class == ErrorClass::Other && service.raw().status().is_server_error() {
+                if class == ErrorClass::Other && status.is_server_error() {
                     class = ErrorClass::Transient;
+                }
+                // A gateway's answer (a proxy or load balancer in front of the service, an
+                // endpoint with no pod behind it): the service itself said nothing, as
+                // `aws::reach` takes it too.
+                if class == ErrorClass::Transient && gateway_failure(status.as_u16()) {
+                    class = ErrorClass::Unanswered;
                 }
                 ProtonError {
                     operation,
@@ -215,14 +229,14 @@ impl ProtonError {
             }
             SdkError::TimeoutError(_) => ProtonError {
                 operation,
-                class: ErrorClass::Transient,
+                class: ErrorClass::Unanswered,
                 code: "Timeout".into(),
                 message: "the request timed out".into(),
                 retry_in: None,
             },
             SdkError::DispatchFailure(failure) => ProtonError {
                 operation,
-                class: ErrorClass::Transient,
+                class: ErrorClass::Unanswered,
                 code: "DispatchFailure".into(),
                 message: format!(
                     "could not reach Proton: {}",
@@ -232,7 +246,7 @@ impl ProtonError {
             },
             SdkError::ResponseError(_) => ProtonError {
                 operation,
-                class: ErrorClass::Transient,
+                class: ErrorClass::Unanswered,
                 code: "ResponseError".into(),
                 message: format!("unreadable response from Proton: {}", describe(&err, false)),
                 retry_in: None,
@@ -246,6 +260,12 @@ impl ProtonError {
             },
         }
     }
+}
+
+/// Whether an HTTP status is a gateway's failure to reach the service behind it (502, 503,
+/// 504), not an answer of the service's.
+pub(crate) fn gateway_failure(status: u16) -> bool {
+    matches!(status, 502..=504)
 }
 
 /// An AWS error message as the status, Events and logs may show it. A signature refused
@@ -315,6 +335,90 @@ mod tests {
             plain,
             "other messages unchanged"
         );
+    }
+
+    /// An answer of the service's is told from no answer at all: only the latter waits for the
+    /// service's return (`reconciler::tracked`) and is reported as `AwsUnavailable`.
+    #[test]
+    fn a_5xx_the_service_answered_is_told_from_no_answer() {
+        use aws_sdk_proton::error::ErrorMetadata;
+        use aws_sdk_proton::operation::get_environment_account_connection::GetEnvironmentAccountConnectionError as GetError;
+        use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        use aws_smithy_runtime_api::http::StatusCode;
+        use aws_smithy_types::body::SdkBody;
+
+        let answered = |status: u16, code: &str| {
+            let raw = HttpResponse::new(
+                StatusCode::try_from(status).expect("a status"),
+                SdkBody::empty(),
+            );
+            let err = GetError::generic(ErrorMetadata::builder().code(code).message("m").build());
+            ProtonError::from_sdk(
+                "GetEnvironmentAccountConnection",
+                SdkError::service_error(err, raw),
+            )
+        };
+        let cases = [
+            (
+                500,
+                "InternalServerException",
+                ErrorClass::Transient,
+                "AwsServerError",
+            ),
+            (500, "SomethingNew", ErrorClass::Transient, "AwsServerError"),
+            (501, "Unknown", ErrorClass::Transient, "AwsServerError"),
+            // A gateway in front of the service: nothing of the service's.
+            (502, "Unknown", ErrorClass::Unanswered, "AwsUnavailable"),
+            (
+                503,
+                "ServiceUnavailableException",
+                ErrorClass::Unanswered,
+                "AwsUnavailable",
+            ),
+            (504, "Unknown", ErrorClass::Unanswered, "AwsUnavailable"),
+            (
+                429,
+                "ThrottlingException",
+                ErrorClass::Throttled,
+                "Throttled",
+            ),
+            (
+                400,
+                "ExpiredTokenException",
+                ErrorClass::Transient,
+                "AwsServerError",
+            ),
+        ];
+        for (status, code, class, reason) in cases {
+            let e = answered(status, code);
+            assert_eq!(
+                (e.class, e.class.reason()),
+                (class, reason),
+                "{status} {code}"
+            );
+        }
+        let unanswered: [SdkError<GetError, HttpResponse>; 3] = [
+            SdkError::timeout_error("attempt"),
+            SdkError::dispatch_failure(ConnectorError::io(
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+            )),
+            SdkError::response_error(
+                "closed during the answer",
+                HttpResponse::new(
+                    StatusCode::try_from(200).expect("a status"),
+                    SdkBody::empty(),
+                ),
+            ),
+        ];
+        for failure in unanswered {
+            let e = ProtonError::from_sdk("GetEnvironmentAccountConnection", failure);
+            assert_eq!(e.class, ErrorClass::Unanswered, "{e:?}");
+            assert_eq!(e.class.reason(), "AwsUnavailable");
+        }
+        let unsent = ProtonError::unreached("GetEnvironmentAccountConnection", "us-east-1");
+        assert!(unsent.is_unreached());
+        assert_eq!(unsent.class.reason(), "AwsUnavailable");
     }
 
     #[test]

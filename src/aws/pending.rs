@@ -219,7 +219,7 @@ impl<T> Listing<T> {
     /// minute) is not waited out. A refusal or throttling keeps its wait.
     pub fn answered_again(&mut self, back: Instant) {
         if self.failed.as_ref().is_some_and(|f| {
-            f.sent < back && f.error.class == crate::aws::error::ErrorClass::Transient
+            f.sent < back && f.error.class == crate::aws::error::ErrorClass::Unanswered
         }) {
             self.failed = None;
         }
@@ -371,7 +371,7 @@ mod tests {
     #[test]
     fn an_outage_s_end_ends_the_wait_of_a_list_sent_before_it() {
         let t0 = Instant::now();
-        let unanswered = list_failure(ErrorClass::Transient, "DispatchFailure");
+        let unanswered = list_failure(ErrorClass::Unanswered, "DispatchFailure");
         let mut l: Listing<u32> = Listing::default();
         for _ in 0..10 {
             l.failed(unanswered.clone(), t0, t0);

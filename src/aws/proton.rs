@@ -679,7 +679,7 @@ impl Proton {
             // Nothing answers there (the list found so, or was not sent for it): a Get would
             // wait out the call timeout again, or not be sent. A refusal (a policy without
             // ListEnvironmentAccountConnections) still leaves the poll to its Get.
-            Err(e) if e.class == ErrorClass::Transient && self.reach.is_away(region) => {
+            Err(e) if e.class == ErrorClass::Unanswered && self.reach.is_away(region) => {
                 return Err(e);
             }
             // Polls never depend on the list: a list refused (a policy without

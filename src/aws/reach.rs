@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::aws::error::ProtonError;
+use crate::aws::error::{ProtonError, gateway_failure};
 use crate::metrics::Metrics;
 
 /// Where STS is kept among the regions: the controller asks one STS endpoint (GetCallerIdentity,
@@ -75,7 +75,7 @@ enum Heard {
 /// What a failed call says of Proton's reach.
 fn heard<E>(error: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Heard {
     match error {
-        SdkError::ServiceError(e) if matches!(e.raw().status().as_u16(), 502..=504) => {
+        SdkError::ServiceError(e) if gateway_failure(e.raw().status().as_u16()) => {
             Heard::Unanswered
         }
         SdkError::ServiceError(_) => Heard::Answered,
@@ -526,7 +526,7 @@ mod tests {
         let refused = reach.trial(region, "CreateEnvironmentAccountConnection");
         let e = refused.expect_err("a second call while the first waits is not sent");
         assert!(e.is_unreached(), "{e:?}");
-        assert_eq!(e.class, ErrorClass::Transient, "a passing fault");
+        assert_eq!(e.class, ErrorClass::Unanswered, "a passing fault");
         assert_eq!(e.class.reason(), "AwsUnavailable");
         assert_eq!(e.operation, "CreateEnvironmentAccountConnection");
         assert!(

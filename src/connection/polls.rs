@@ -275,7 +275,10 @@ impl Polls {
                 Err(e)
                     if matches!(
                         e.class,
-                        ErrorClass::Deferred | ErrorClass::Throttled | ErrorClass::Transient
+                        ErrorClass::Deferred
+                            | ErrorClass::Throttled
+                            | ErrorClass::Transient
+                            | ErrorClass::Unanswered
                     ) =>
                 {
                     let wait = e.retry_in.unwrap_or(BUSY_WAIT);

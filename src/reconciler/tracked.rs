@@ -268,7 +268,7 @@ impl<T: PartialEq, M: Default> Guard<'_, T, M> {
         reason: &str,
         due: Instant,
     ) -> Held {
-        let met = if reason == ErrorClass::Transient.reason() {
+        let met = if reason == ErrorClass::Unanswered.reason() {
             Met::Unanswered
         } else {
             Met::Refused
@@ -607,13 +607,17 @@ mod tests {
         );
         // An AWS call that Proton left unanswered, as a reconcile reports it.
         for _ in 0..5 {
-            ended_on(&tracker, "aws", ErrorClass::Transient.reason());
+            ended_on(&tracker, "aws", ErrorClass::Unanswered.reason());
         }
         // An AWS problem that is an answer: its backoff stands at AWS's return.
         ended_on(&tracker, "denied", ErrorClass::AccessDenied.reason());
         // Left unanswered by Proton, then a write the API server refused: still waits for AWS.
         for _ in 0..5 {
-            ended_on(&tracker, "aws-then-refused", ErrorClass::Transient.reason());
+            ended_on(
+                &tracker,
+                "aws-then-refused",
+                ErrorClass::Unanswered.reason(),
+            );
         }
         tracker.kube_failure(
             "aws-then-refused",
@@ -709,7 +713,7 @@ mod tests {
     /// return backs off as usual.
     #[test]
     fn a_return_told_while_a_reconcile_runs_makes_it_due_when_it_ends_unanswered() {
-        let unanswered = ErrorClass::Transient.reason();
+        let unanswered = ErrorClass::Unanswered.reason();
         let tracker: Tracker<(), ()> = Tracker::default();
         for _ in 0..4 {
             ended_on(&tracker, "during", unanswered);
@@ -742,6 +746,19 @@ mod tests {
         tracker.due_after_return(Away::Aws);
         ended_on_after_begun(&tracker, "throttled", ErrorClass::Throttled.reason());
         assert!(is_held(&tracker, "throttled"));
+        // So is a 500 the service answered: it was there.
+        let server_error = ErrorClass::Transient.reason();
+        ended_on(&tracker, "500", server_error);
+        assert!(
+            !tracker
+                .due_after_return(Away::Aws)
+                .contains(&CompactId::of("500")),
+            "an answer waits for no return"
+        );
+        tracker.lock().began("500");
+        tracker.due_after_return(Away::Aws);
+        ended_on_after_begun(&tracker, "500", server_error);
+        assert!(is_held(&tracker, "500"));
 
         // The API server's return does not pass by what waits for AWS.
         tracker.lock().began("aws-only");
@@ -796,7 +813,7 @@ mod tests {
     #[test]
     fn a_quiet_reconcile_keeps_what_the_last_try_waits_for() {
         let tracker: Tracker<(), ()> = Tracker::default();
-        ended_on(&tracker, "u", ErrorClass::Transient.reason());
+        ended_on(&tracker, "u", ErrorClass::Unanswered.reason());
         tracker
             .lock()
             .entry("u")

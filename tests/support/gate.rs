@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -61,7 +61,7 @@ impl Gate {
                             // Subscribed here, not in the task: a reset told before the task
                             // runs resets this connection too.
                             let reset_seen = held.reset.subscribe();
-                            tokio::spawn(hold(inbound, held.clone(), reset_seen));
+                            tokio::spawn(hold(inbound, Vec::new(), held.clone(), reset_seen));
                         }
                         Mode::Open => {
                             tokio::spawn(pass(inbound, target, mode_seen, held.clone()));
@@ -138,7 +138,10 @@ impl Drop for Gate {
     }
 }
 
-/// Passes bytes between `inbound` and `target` while the gate is open.
+/// Passes bytes between `inbound` and `target` while the gate is open. What the client sends
+/// once the gate has shut or holds is never passed, even if this task has not yet woken to the
+/// change: a request on a pooled connection, written just after the test shut the gate, would
+/// otherwise reach the server.
 async fn pass(
     mut inbound: TcpStream,
     target: SocketAddr,
@@ -149,28 +152,65 @@ async fn pass(
         reset(inbound);
         return;
     };
-    let now = tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
-        now = mode_seen.wait_for(|mode| *mode != Mode::Open) => now.map(|m| *m),
+    let mode_now = mode_seen.clone();
+    let mut from_client = vec![0u8; 16 * 1024];
+    let mut from_server = vec![0u8; 16 * 1024];
+    let (now, unpassed) = {
+        let (mut client_reads, mut client_writes) = inbound.split();
+        let (mut server_reads, mut server_writes) = outbound.split();
+        loop {
+            tokio::select! {
+                read = client_reads.read(&mut from_client) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let now = *mode_now.borrow();
+                        if now != Mode::Open {
+                            break (now, from_client[..n].to_vec());
+                        }
+                        if server_writes.write_all(&from_client[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                },
+                read = server_reads.read(&mut from_server) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if client_writes.write_all(&from_server[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                },
+                now = async { mode_seen.wait_for(|mode| *mode != Mode::Open).await.map(|m| *m) } => match now {
+                    Ok(now) => break (now, Vec::new()),
+                    Err(_) => return,
+                },
+            }
+        }
     };
     drop(outbound);
     match now {
-        Ok(Mode::Hold) => {
+        Mode::Hold => {
             let reset_seen = held.reset.subscribe();
-            hold(inbound, held, reset_seen).await
+            hold(inbound, unpassed, held, reset_seen).await
         }
         _ => reset(inbound),
     }
 }
 
-/// Keeps `stream` open and unanswered, recording what the client sends, until the held
-/// connections are reset (`reset_seen` moves on) or the client closes it.
-async fn hold(mut stream: TcpStream, held: Arc<Held>, mut reset_seen: watch::Receiver<u64>) {
+/// Keeps `stream` open and unanswered, recording what the client sends (from `sent`, what was
+/// read of it already), until the held connections are reset (`reset_seen` moves on) or the
+/// client closes it.
+async fn hold(
+    mut stream: TcpStream,
+    sent: Vec<u8>,
+    held: Arc<Held>,
+    mut reset_seen: watch::Receiver<u64>,
+) {
     let index = {
-        let mut sent = held.sent.lock().unwrap();
+        let mut all_sent = held.sent.lock().unwrap();
         held.spans.lock().unwrap().push((Instant::now(), None));
-        sent.push(String::new());
-        sent.len() - 1
+        all_sent.push(String::from_utf8_lossy(&sent).into_owned());
+        all_sent.len() - 1
     };
     let ended = |held: &Held| held.spans.lock().unwrap()[index].1 = Some(Instant::now());
     let mut buf = [0u8; 4096];

@@ -294,7 +294,10 @@ fn creates_nothing(class: ErrorClass) -> bool {
         | ErrorClass::QuotaExceeded
         | ErrorClass::Conflict
         | ErrorClass::Deferred => true,
-        ErrorClass::Transient | ErrorClass::NotFound | ErrorClass::Other => false,
+        ErrorClass::Transient
+        | ErrorClass::Unanswered
+        | ErrorClass::NotFound
+        | ErrorClass::Other => false,
     }
 }
 
