@@ -907,10 +907,7 @@ fn the_backoff_for_one_requests_fault_stops_at_the_poll_while_aws_answers_the_re
 
     // AWS answers nothing (the List fails): the backoff grows as for any outage.
     let mut down = requests_from(A, 2);
-    down.fail(
-        "List",
-        error(ErrorClass::Transient, "InternalServerException"),
-    );
+    down.fail("List", error(ErrorClass::Unanswered, "Timeout"));
     let requeue = grown(&given, &mut down);
     assert!(requeue > Duration::from_secs(200), "{requeue:?}");
 

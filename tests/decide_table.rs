@@ -2533,7 +2533,7 @@ fn a_create_never_sent_or_refused_for_its_credentials_is_not_recorded_as_in_flig
     type Made = fn() -> Fake;
     let fakes: [(&str, Made); 5] = [
         ("AssumeRole timed out", || {
-            Fake::empty().fail_to_assume_role("Create", ErrorClass::Transient)
+            Fake::empty().fail_to_assume_role("Create", ErrorClass::Unanswered)
         }),
         ("AssumeRole failed", || {
             Fake::empty().fail_to_assume_role("Create", ErrorClass::Other)

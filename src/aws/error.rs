@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use aws_sdk_proton::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_types::retry::ErrorKind;
 
 /// How the controller should react to a failed call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -125,6 +126,18 @@ pub struct ProtonError {
 }
 
 impl ProtonError {
+    /// The condition, Event and metric reason naming this error: its class's, but for a role
+    /// that cannot be assumed (the fix is in the role's trust policy or the AccountMapping, not
+    /// in the connection's permissions) and expired credentials (retried as a passing fault,
+    /// but AWS did answer).
+    pub fn reason(&self) -> &'static str {
+        match (self.operation, self.class) {
+            ("AssumeRole", ErrorClass::AccessDenied | ErrorClass::Validation) => "AssumeRoleFailed",
+            _ if self.code.starts_with("ExpiredToken") => "CredentialsExpired",
+            _ => self.class.reason(),
+        }
+    }
+
     pub fn is_not_found(&self) -> bool {
         self.class == ErrorClass::NotFound
     }
@@ -200,25 +213,20 @@ impl ProtonError {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
+        let heard = heard(&err);
         match &err {
             SdkError::ServiceError(service) => {
                 let code = service.err().code().unwrap_or("Unknown").to_string();
+                let status = service.raw().status().as_u16();
                 let message = service
                     .err()
                     .message()
                     .map(without_signing_details)
-                    .unwrap_or_else(|| format!("HTTP {}", service.raw().status().as_u16()));
-                let status = service.raw().status();
-                let mut class = ErrorClass::from_code(&code);
-                if class == ErrorClass::Other && status.is_server_error() {
-                    class = ErrorClass::Transient;
-                }
-                // A gateway's answer (a proxy or load balancer in front of the service, an
-                // endpoint with no pod behind it): the service itself said nothing, as
-                // `aws::reach` takes it too.
-                if class == ErrorClass::Transient && gateway_failure(status.as_u16()) {
-                    class = ErrorClass::Unanswered;
-                }
+                    .unwrap_or_else(|| format!("HTTP {status}"));
+                let class = match heard {
+                    Heard::Unanswered => ErrorClass::Unanswered,
+                    _ => answered_class(&code, status),
+                };
                 ProtonError {
                     operation,
                     class,
@@ -234,38 +242,92 @@ impl ProtonError {
                 message: "the request timed out".into(),
                 retry_in: None,
             },
-            SdkError::DispatchFailure(failure) => ProtonError {
+            SdkError::DispatchFailure(_) if heard == Heard::Unanswered => ProtonError {
                 operation,
                 class: ErrorClass::Unanswered,
                 code: "DispatchFailure".into(),
-                message: format!(
-                    "could not reach Proton: {}",
-                    describe(&err, failure.is_io())
-                ),
+                message: format!("could not reach Proton: {}", describe(&err)),
+                retry_in: None,
+            },
+            // Failed in the client before anything was heard of the service (credentials or an
+            // endpoint that could not be had, an error of the HTTP client's own): no outage, and
+            // no answer either.
+            SdkError::DispatchFailure(_) => ProtonError {
+                operation,
+                class: ErrorClass::Other,
+                code: "DispatchFailure".into(),
+                message: format!("the call failed in the client: {}", describe(&err)),
                 retry_in: None,
             },
             SdkError::ResponseError(_) => ProtonError {
                 operation,
                 class: ErrorClass::Unanswered,
                 code: "ResponseError".into(),
-                message: format!("unreadable response from Proton: {}", describe(&err, false)),
+                message: format!("unreadable response from Proton: {}", describe(&err)),
                 retry_in: None,
             },
             _ => ProtonError {
                 operation,
                 class: ErrorClass::Other,
                 code: "ConstructionFailure".into(),
-                message: describe(&err, false),
+                message: describe(&err),
                 retry_in: None,
             },
         }
     }
 }
 
-/// Whether an HTTP status is a gateway's failure to reach the service behind it (502, 503,
-/// 504), not an answer of the service's.
-pub(crate) fn gateway_failure(status: u16) -> bool {
-    matches!(status, 502..=504)
+/// What a failed call says of the service's reach (see [`crate::aws::reach`]); the class of its
+/// error follows from it ([`ProtonError::from_sdk`]), so a resource is told `AwsUnavailable`
+/// exactly when its call marked the service away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Heard {
+    /// The service answered: a result, or an error of its own (a refusal, throttling, a 500).
+    Answered,
+    /// Nothing answered for the service: a connection refused, reset or timed out, closed
+    /// before or during the answer, or a gateway's 502, 503 or 504.
+    Unanswered,
+    /// The request did not go out, or failed in the client (credentials that could not be had,
+    /// a request that could not be built): nothing is learned of the endpoint.
+    NotSent,
+}
+
+/// What a failed call says of the service's reach.
+pub(crate) fn heard<E: ProvideErrorMetadata>(
+    error: &SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> Heard {
+    match error {
+        SdkError::ServiceError(e) => {
+            let status = e.raw().status().as_u16();
+            let class = answered_class(e.err().code().unwrap_or("Unknown"), status);
+            // A gateway in front of the service (a proxy or load balancer, an endpoint with no
+            // pod behind it) fails with 502, 503 or 504 and no code of the service's; an error
+            // the service names (throttling, a refusal) is its answer, whatever the status.
+            if class == ErrorClass::Transient && matches!(status, 502..=504) {
+                Heard::Unanswered
+            } else {
+                Heard::Answered
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Heard::Unanswered,
+        // A connection closed before the answer began (a pod or proxy going away) is "other",
+        // marked transient.
+        SdkError::DispatchFailure(f)
+            if f.is_io() || f.is_timeout() || f.as_other() == Some(ErrorKind::TransientError) =>
+        {
+            Heard::Unanswered
+        }
+        _ => Heard::NotSent,
+    }
+}
+
+/// The class of an error the service answered with `code` and HTTP `status`: an error of no
+/// known code is a passing fault of the service's when its status says so (5xx).
+fn answered_class(code: &str, status: u16) -> ErrorClass {
+    match ErrorClass::from_code(code) {
+        ErrorClass::Other if (500..600).contains(&status) => ErrorClass::Transient,
+        class => class,
+    }
 }
 
 /// An AWS error message as the status, Events and logs may show it. A signature refused
@@ -293,7 +355,7 @@ fn without_signing_details(message: &str) -> String {
 
 /// The full error chain in one line: SDK errors hide their cause in `source()` (signing details
 /// left out, as from a service's message: a credentials provider's refusal may carry them).
-fn describe(err: &dyn std::error::Error, _io: bool) -> String {
+fn describe(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -337,10 +399,11 @@ mod tests {
         );
     }
 
-    /// An answer of the service's is told from no answer at all: only the latter waits for the
-    /// service's return (`reconciler::tracked`) and is reported as `AwsUnavailable`.
+    /// An answer of the service's is told from no answer at all, and the error's class says
+    /// what `heard` says: a resource is told `AwsUnavailable` (and waits for the service's
+    /// return, `reconciler::tracked`) exactly when its call marked the service away.
     #[test]
-    fn a_5xx_the_service_answered_is_told_from_no_answer() {
+    fn what_a_call_heard_of_the_service_and_its_class_agree() {
         use aws_sdk_proton::error::ErrorMetadata;
         use aws_sdk_proton::operation::get_environment_account_connection::GetEnvironmentAccountConnectionError as GetError;
         use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -348,77 +411,180 @@ mod tests {
         use aws_smithy_runtime_api::http::StatusCode;
         use aws_smithy_types::body::SdkBody;
 
-        let answered = |status: u16, code: &str| {
-            let raw = HttpResponse::new(
+        type Failure = SdkError<GetError, HttpResponse>;
+        let raw = |status: u16| {
+            HttpResponse::new(
                 StatusCode::try_from(status).expect("a status"),
                 SdkBody::empty(),
-            );
-            let err = GetError::generic(ErrorMetadata::builder().code(code).message("m").build());
-            ProtonError::from_sdk(
-                "GetEnvironmentAccountConnection",
-                SdkError::service_error(err, raw),
             )
         };
-        let cases = [
+        let answered = |status: u16, code: &str| -> Failure {
+            let err = GetError::generic(ErrorMetadata::builder().code(code).message("m").build());
+            SdkError::service_error(err, raw(status))
+        };
+        use ErrorClass as C;
+        use Heard as H;
+        let cases: Vec<(&str, Failure, Heard, ErrorClass, &str)> = vec![
             (
-                500,
-                "InternalServerException",
-                ErrorClass::Transient,
+                "500",
+                answered(500, "InternalServerException"),
+                H::Answered,
+                C::Transient,
                 "AwsServerError",
             ),
-            (500, "SomethingNew", ErrorClass::Transient, "AwsServerError"),
-            (501, "Unknown", ErrorClass::Transient, "AwsServerError"),
-            // A gateway in front of the service: nothing of the service's.
-            (502, "Unknown", ErrorClass::Unanswered, "AwsUnavailable"),
             (
-                503,
-                "ServiceUnavailableException",
-                ErrorClass::Unanswered,
+                "500, no known code",
+                answered(500, "SomethingNew"),
+                H::Answered,
+                C::Transient,
+                "AwsServerError",
+            ),
+            (
+                "501",
+                answered(501, "Unknown"),
+                H::Answered,
+                C::Transient,
+                "AwsServerError",
+            ),
+            (
+                "a gateway's 502",
+                answered(502, "Unknown"),
+                H::Unanswered,
+                C::Unanswered,
                 "AwsUnavailable",
             ),
-            (504, "Unknown", ErrorClass::Unanswered, "AwsUnavailable"),
             (
-                429,
-                "ThrottlingException",
-                ErrorClass::Throttled,
+                "503",
+                answered(503, "ServiceUnavailableException"),
+                H::Unanswered,
+                C::Unanswered,
+                "AwsUnavailable",
+            ),
+            (
+                "a gateway's 504",
+                answered(504, "Unknown"),
+                H::Unanswered,
+                C::Unanswered,
+                "AwsUnavailable",
+            ),
+            // A code of the service's own is its answer, whatever the status.
+            (
+                "throttled with 503",
+                answered(503, "ThrottlingException"),
+                H::Answered,
+                C::Throttled,
                 "Throttled",
             ),
             (
-                400,
-                "ExpiredTokenException",
-                ErrorClass::Transient,
-                "AwsServerError",
+                "throttled",
+                answered(429, "ThrottlingException"),
+                H::Answered,
+                C::Throttled,
+                "Throttled",
             ),
-        ];
-        for (status, code, class, reason) in cases {
-            let e = answered(status, code);
-            assert_eq!(
-                (e.class, e.class.reason()),
-                (class, reason),
-                "{status} {code}"
-            );
-        }
-        let unanswered: [SdkError<GetError, HttpResponse>; 3] = [
-            SdkError::timeout_error("attempt"),
-            SdkError::dispatch_failure(ConnectorError::io(
-                std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
-            )),
-            SdkError::response_error(
+            (
+                "denied",
+                answered(403, "AccessDeniedException"),
+                H::Answered,
+                C::AccessDenied,
+                "AccessDenied",
+            ),
+            (
+                "not found",
+                answered(404, "ResourceNotFoundException"),
+                H::Answered,
+                C::NotFound,
+                "NotFound",
+            ),
+            (
+                "conflict",
+                answered(409, "ConflictException"),
+                H::Answered,
+                C::Conflict,
+                "Conflict",
+            ),
+            (
+                "expired",
+                answered(400, "ExpiredTokenException"),
+                H::Answered,
+                C::Transient,
+                "CredentialsExpired",
+            ),
+            (
+                "an unknown 4xx",
+                answered(400, "SomethingNew"),
+                H::Answered,
+                C::Other,
+                "AwsError",
+            ),
+            (
+                "refused",
+                SdkError::dispatch_failure(ConnectorError::io(
+                    std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+                )),
+                H::Unanswered,
+                C::Unanswered,
+                "AwsUnavailable",
+            ),
+            (
+                "connect timed out",
+                SdkError::dispatch_failure(ConnectorError::timeout("connect".into())),
+                H::Unanswered,
+                C::Unanswered,
+                "AwsUnavailable",
+            ),
+            (
+                "timed out",
+                SdkError::timeout_error("attempt"),
+                H::Unanswered,
+                C::Unanswered,
+                "AwsUnavailable",
+            ),
+            // hyper's IncompleteMessage: closed before the answer began.
+            (
+                "closed",
+                SdkError::dispatch_failure(ConnectorError::other(
+                    "connection closed before message completed".into(),
+                    Some(ErrorKind::TransientError),
+                )),
+                H::Unanswered,
+                C::Unanswered,
+                "AwsUnavailable",
+            ),
+            (
                 "closed during the answer",
-                HttpResponse::new(
-                    StatusCode::try_from(200).expect("a status"),
-                    SdkBody::empty(),
-                ),
+                SdkError::response_error("cut", raw(200)),
+                H::Unanswered,
+                C::Unanswered,
+                "AwsUnavailable",
+            ),
+            // Credentials that could not be loaded fail the dispatch too, before anything is
+            // sent: no outage, and no answer.
+            (
+                "no credentials",
+                SdkError::dispatch_failure(ConnectorError::other("no credentials".into(), None)),
+                H::NotSent,
+                C::Other,
+                "AwsError",
+            ),
+            (
+                "not built",
+                SdkError::construction_failure("bad input"),
+                H::NotSent,
+                C::Other,
+                "AwsError",
             ),
         ];
-        for failure in unanswered {
+        for (what, failure, expected, class, reason) in cases {
+            assert_eq!(heard(&failure), expected, "{what}");
             let e = ProtonError::from_sdk("GetEnvironmentAccountConnection", failure);
-            assert_eq!(e.class, ErrorClass::Unanswered, "{e:?}");
-            assert_eq!(e.class.reason(), "AwsUnavailable");
+            assert_eq!((e.class, e.reason()), (class, reason), "{what}: {e:?}");
         }
         let unsent = ProtonError::unreached("GetEnvironmentAccountConnection", "us-east-1");
         assert!(unsent.is_unreached());
-        assert_eq!(unsent.class.reason(), "AwsUnavailable");
+        assert_eq!(unsent.reason(), "AwsUnavailable");
+        let role = ProtonError::from_sdk("AssumeRole", answered(403, "AccessDenied"));
+        assert_eq!(role.reason(), "AssumeRoleFailed");
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl CallerIdentity {
                 Ok(account.to_string())
             }
             Err(e) => {
-                self.metrics.aws_call("GetCallerIdentity", e.class.reason());
+                self.metrics.aws_call("GetCallerIdentity", e.reason());
                 Err(e)
             }
         }

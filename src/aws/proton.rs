@@ -518,7 +518,7 @@ impl Proton {
         match &result {
             Ok(_) => self.metrics.aws_call(operation, "success"),
             Err(e) => {
-                self.metrics.aws_call(operation, e.class.reason());
+                self.metrics.aws_call(operation, e.reason());
                 if e.class == ErrorClass::Throttled {
                     self.metrics.aws_throttled();
                     self.budget.throttled(tokio::time::Instant::now());

@@ -23,12 +23,11 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use aws_sdk_proton::error::{ProvideErrorMetadata, SdkError};
-use aws_smithy_types::retry::ErrorKind;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::aws::error::{ProtonError, gateway_failure};
+use crate::aws::error::{Heard, ProtonError, heard};
 use crate::metrics::Metrics;
 
 /// Where STS is kept among the regions: the controller asks one STS endpoint (GetCallerIdentity,
@@ -59,37 +58,6 @@ pub const FORGOTTEN_AFTER: Duration = Duration::from_secs(900);
 /// An outage shorter than this grew no backoff worth cutting short (a failure waits a second,
 /// then two, then four): its end is not told, as for the API server (`http::OUTAGE`).
 pub const OUTAGE: Duration = Duration::from_secs(5);
-
-/// What a call's outcome says of Proton's reach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Heard {
-    /// Proton answered: a result, or an error of its own (a refusal, throttling, a 500).
-    Answered,
-    /// Nothing answered for Proton: see the module's comment.
-    Unanswered,
-    /// The request did not go out (credentials that could not be had, a request that could not
-    /// be built): nothing is learned of the endpoint.
-    NotSent,
-}
-
-/// What a failed call says of Proton's reach.
-fn heard<E>(error: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Heard {
-    match error {
-        SdkError::ServiceError(e) if gateway_failure(e.raw().status().as_u16()) => {
-            Heard::Unanswered
-        }
-        SdkError::ServiceError(_) => Heard::Answered,
-        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Heard::Unanswered,
-        // A connection closed before the answer began (a pod or proxy going away) is "other",
-        // marked transient.
-        SdkError::DispatchFailure(f)
-            if f.is_io() || f.is_timeout() || f.as_other() == Some(ErrorKind::TransientError) =>
-        {
-            Heard::Unanswered
-        }
-        _ => Heard::NotSent,
-    }
-}
 
 /// A region that does not answer: since when, and what failed.
 #[derive(Clone, Debug)]
@@ -444,60 +412,8 @@ impl Reach {
 
 #[cfg(test)]
 mod tests {
-    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-    use aws_smithy_runtime_api::client::result::ConnectorError;
-    use aws_smithy_runtime_api::http::StatusCode;
-    use aws_smithy_types::body::SdkBody;
-
     use super::*;
     use crate::aws::error::ErrorClass;
-
-    type Failure = SdkError<std::io::Error, HttpResponse>;
-
-    fn answered_with(status: u16) -> Failure {
-        let raw = HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::empty());
-        SdkError::service_error(std::io::Error::other("answer"), raw)
-    }
-
-    #[test]
-    fn only_a_call_nothing_answered_marks_the_region_away() {
-        for status in [400, 403, 404, 409, 429, 500] {
-            assert_eq!(heard(&answered_with(status)), Heard::Answered, "{status}");
-        }
-        for status in [502, 503, 504] {
-            assert_eq!(heard(&answered_with(status)), Heard::Unanswered, "{status}");
-        }
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let failures: [(Failure, Heard); 6] = [
-            (
-                SdkError::dispatch_failure(ConnectorError::io(refused.into())),
-                Heard::Unanswered,
-            ),
-            (
-                SdkError::dispatch_failure(ConnectorError::timeout("connect".into())),
-                Heard::Unanswered,
-            ),
-            (SdkError::timeout_error("attempt"), Heard::Unanswered),
-            // hyper's IncompleteMessage: closed before the answer began.
-            (
-                SdkError::dispatch_failure(ConnectorError::other(
-                    "connection closed before message completed".into(),
-                    Some(ErrorKind::TransientError),
-                )),
-                Heard::Unanswered,
-            ),
-            // Credentials that could not be loaded fail the dispatch too, before anything is
-            // sent.
-            (
-                SdkError::dispatch_failure(ConnectorError::other("no credentials".into(), None)),
-                Heard::NotSent,
-            ),
-            (SdkError::construction_failure("bad input"), Heard::NotSent),
-        ];
-        for (failure, expected) in failures {
-            assert_eq!(heard(&failure), expected, "{failure:?}");
-        }
-    }
 
     fn call(reach: &Reach, heard: Heard, region: &str) {
         reach.record(heard, region, Instant::now(), false, &"refused");

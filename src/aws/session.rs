@@ -100,7 +100,7 @@ impl RoleSession {
         {
             Ok(out) => out,
             Err(mut e) => {
-                self.metrics.aws_call("AssumeRole", e.class.reason());
+                self.metrics.aws_call("AssumeRole", e.reason());
                 e.message = format!("cannot assume role {}: {}", self.role.role_arn, e.message);
                 return Err(e);
             }

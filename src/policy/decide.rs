@@ -34,9 +34,10 @@
 //!   up no other: the request is tried again on a backoff of its own, after the others, and the
 //!   policy is not Ready meanwhile ([`Refused`]). An operation refused twice and never taken in
 //!   a reconcile is taken as refused for every request: it is tried for no more in it.
-//! - A passing fault (throttled, AWS unavailable, an error of no known kind) ends the reconcile,
-//!   as it most likely is not the request's alone; the request that AWS was unavailable for (a
-//!   call not sent as its region does not answer aside), or answered an unknown error, is then
+//! - A passing fault (throttled, AWS unavailable, a server error, an error of no known kind) ends
+//!   the reconcile, as it most likely is not the request's alone; the request that AWS was
+//!   unavailable for (a call not sent as its region does not answer aside), or answered a
+//!   server error or an unknown error, is then
 //!   decided after the others until it is decided
 //!   ([`Memory::set_back`]), so one request that AWS keeps failing does not hold up the rest;
 //!   and while AWS answers the reconcile's other calls, the policy's backoff for that fault
@@ -135,8 +136,8 @@ pub struct Memory {
     /// Requests whose decision AWS refused (see [`Refused`]), while they are still this
     /// policy's to decide.
     pub refused: BTreeMap<String, Refused>,
-    /// Requests whose decision met a passing fault that ended a reconcile (AWS unavailable, an
-    /// error of no known kind; not throttling, the account's), while they are still this
+    /// Requests whose decision met a passing fault that ended a reconcile (AWS unavailable, a
+    /// server error, an error of no known kind; not throttling, the account's), while they are still this
     /// policy's to decide: planned after the others. A fault that comes back for one request only (Proton failing
     /// on one odd connection) would else end every reconcile before the requests after it.
     pub set_back: BTreeSet<String>,

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::aws::error::{ErrorClass, ProtonError, Retry};
+use crate::aws::error::{ProtonError, Retry};
 
 /// Why a reconcile ended without settling: an AWS error, or a failure the decision found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,17 +32,8 @@ impl Problem {
 
 impl From<&ProtonError> for Problem {
     fn from(e: &ProtonError) -> Self {
-        // A role that cannot be assumed is named as such: the fix is in the role's trust
-        // policy or the AccountMapping, not in the connection's permissions.
-        let reason = match (e.operation, e.class) {
-            ("AssumeRole", ErrorClass::AccessDenied | ErrorClass::Validation) => "AssumeRoleFailed",
-            // Retried like a passing fault, but AWS did answer: not `AwsUnavailable` (which
-            // also ties the retry to the end of an outage).
-            _ if e.code.starts_with("ExpiredToken") => "CredentialsExpired",
-            _ => e.class.reason(),
-        };
         Problem {
-            reason,
+            reason: e.reason(),
             message: format!("{}: {}", e.operation, e.message),
             retry: e.class.retry(),
         }
