@@ -559,6 +559,64 @@ async fn a_refused_list_leaves_the_poll_to_its_get_even_where_nothing_answers() 
     );
 }
 
+/// Credentials the client cannot load (the controller's own, say) fail a poll's list before
+/// anything is sent: the poll ends on that list's error and sends no Get, which would fail the
+/// same way (and take a slot in the budget) for each PENDING resource.
+#[tokio::test]
+async fn a_list_that_failed_in_the_client_is_not_followed_by_a_get() {
+    use aws_credential_types::provider::{self, ProvideCredentials, error::CredentialsError};
+
+    #[derive(Debug)]
+    struct NoCredentials;
+    impl ProvideCredentials for NoCredentials {
+        fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            provider::future::ProvideCredentials::ready(Err(CredentialsError::not_loaded(
+                "no credentials in this test",
+            )))
+        }
+    }
+
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let port = BehindAGate::start(&env, Duration::from_secs(2)).await;
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(NoCredentials),
+        )
+        .build();
+    let unsigned = Proton::from_sdk_config(
+        &sdk,
+        ProtonSettings {
+            default_region: REGION.into(),
+            endpoint: Some(port.gate.url()),
+            sts_endpoint: None,
+            timeout: Duration::from_secs(2),
+        },
+        CallBudget::unlimited(),
+        eac_controller::metrics::Metrics::new(),
+    );
+    let calls = StepCalls::default();
+    let failed = unsigned
+        .poll(&ticket(CallClass::Poll, &calls), REGION, &port.recorded)
+        .await
+        .expect_err("no credentials");
+    assert!(failed.failed_in_client(), "{failed:?}");
+    assert_eq!(
+        failed.operation, LIST,
+        "the list's error, and no Get after it: {failed:?}"
+    );
+    assert_eq!(failed.reason(), "AwsError");
+    assert!(
+        failed.message.contains("no credentials in this test"),
+        "{}",
+        failed.message
+    );
+}
+
 /// The turn a Create's intent takes in a region that does not answer (`Proton::hold_trial`,
 /// taken before the intent is written) is the Create's through its call: another call
 /// meanwhile is not sent, nor is a Create without it, and the Create given the turn is sent.

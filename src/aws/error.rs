@@ -15,9 +15,10 @@ pub enum ErrorClass {
     /// or another 5xx but a gateway's), or expired temporary credentials: retry with backoff.
     Transient,
     /// Nothing answered for the service: a connection refused, reset or timed out, a connection
-    /// closed before or during the answer, a gateway's 502, 503 or 504; or a call that did not
-    /// go out (its region does not answer, [`ProtonError::unreached`]; its credentials could not
-    /// be had): retry with backoff, and at once when the service answers again (`aws::reach`).
+    /// closed before or during the answer, a gateway's 502, 503 or 504 (or the service's own
+    /// word that it is unavailable); or a call not sent as its region does not answer
+    /// ([`ProtonError::unreached`]): retry with backoff, and at once when the service answers
+    /// again (`aws::reach`).
     Unanswered,
     /// AccessDeniedException: IAM is fixed elsewhere, so retry slowly.
     AccessDenied,
@@ -29,7 +30,8 @@ pub enum ErrorClass {
     Conflict,
     /// ResourceNotFoundException.
     NotFound,
-    /// Anything else (unknown error codes, requests the SDK could not build).
+    /// Anything else: unknown error codes, requests the SDK could not build, calls that failed
+    /// in the client ([`ProtonError::failed_in_client`]).
     Other,
     /// Not sent: the call budget has no room for this class of call now.
     Deferred,
@@ -112,6 +114,17 @@ const SEND_WINDOW_PASSED: &str = "SendWindowPassed";
 /// The code of [`ProtonError::unreached`].
 const UNREACHED: &str = "Unreached";
 
+/// The code of [`ProtonError::failed_in_client`]'s errors.
+const FAILED_IN_CLIENT: &str = "FailedInClient";
+
+/// The service an operation goes to, for messages.
+fn service_of(operation: &str) -> &'static str {
+    match operation {
+        "AssumeRole" | "GetCallerIdentity" => "STS",
+        _ => "Proton",
+    }
+}
+
 /// A failed Proton call: which operation, its class, and AWS's own code and message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{operation} failed: {code}: {message}")]
@@ -189,6 +202,13 @@ impl ProtonError {
         self.class == ErrorClass::Unanswered && self.code == UNREACHED
     }
 
+    /// Whether the call failed in the client with nothing heard of the service (the
+    /// controller's credentials could not be loaded, say): another call with the same
+    /// credentials would most likely fail the same way.
+    pub fn failed_in_client(&self) -> bool {
+        self.class == ErrorClass::Other && self.code == FAILED_IN_CLIENT
+    }
+
     /// Whether this is [`ProtonError::late`]'s.
     pub fn is_late(&self) -> bool {
         self.class == ErrorClass::Deferred && self.code == SEND_WINDOW_PASSED
@@ -246,24 +266,36 @@ impl ProtonError {
                 operation,
                 class: ErrorClass::Unanswered,
                 code: "DispatchFailure".into(),
-                message: format!("could not reach Proton: {}", describe(&err)),
+                message: format!(
+                    "could not reach {}: {}",
+                    service_of(operation),
+                    describe(&err)
+                ),
                 retry_in: None,
             },
-            // Failed in the client before anything was heard of the service (credentials or an
-            // endpoint that could not be had, an error of the HTTP client's own): no outage, and
-            // no answer either.
+            // Failed in the client with nothing heard of the service (credentials or an endpoint
+            // that could not be had, an error of the HTTP client's own): no outage, and no
+            // answer either.
             SdkError::DispatchFailure(_) => ProtonError {
                 operation,
                 class: ErrorClass::Other,
-                code: "DispatchFailure".into(),
-                message: format!("the call failed in the client: {}", describe(&err)),
+                code: FAILED_IN_CLIENT.into(),
+                message: format!(
+                    "the call failed in the client (nothing heard of {}): {}",
+                    service_of(operation),
+                    describe(&err)
+                ),
                 retry_in: None,
             },
             SdkError::ResponseError(_) => ProtonError {
                 operation,
                 class: ErrorClass::Unanswered,
                 code: "ResponseError".into(),
-                message: format!("unreadable response from Proton: {}", describe(&err)),
+                message: format!(
+                    "unreadable response from {}: {}",
+                    service_of(operation),
+                    describe(&err)
+                ),
                 retry_in: None,
             },
             _ => ProtonError {
@@ -288,7 +320,8 @@ pub(crate) enum Heard {
     /// before or during the answer, or a gateway's 502, 503 or 504.
     Unanswered,
     /// The request did not go out, or failed in the client (credentials that could not be had,
-    /// a request that could not be built): nothing is learned of the endpoint.
+    /// a request that could not be built, an answer the HTTP client could not make out):
+    /// nothing is learned of the endpoint.
     NotSent,
 }
 
@@ -301,8 +334,9 @@ pub(crate) fn heard<E: ProvideErrorMetadata>(
             let status = e.raw().status().as_u16();
             let class = answered_class(e.err().code().unwrap_or("Unknown"), status);
             // A gateway in front of the service (a proxy or load balancer, an endpoint with no
-            // pod behind it) fails with 502, 503 or 504 and no code of the service's; an error
-            // the service names (throttling, a refusal) is its answer, whatever the status.
+            // pod behind it) fails with 502, 503 or 504 and no code, or one that only says the
+            // service is unavailable (a Transient one); an error the service names (throttling,
+            // a refusal) is its answer, whatever the status.
             if class == ErrorClass::Transient && matches!(status, 502..=504) {
                 Heard::Unanswered
             } else {

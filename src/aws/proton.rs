@@ -677,9 +677,13 @@ impl Proton {
             Ok(_) => {}
             Err(e) if e.class == ErrorClass::Deferred => return Err(e),
             // Nothing answers there (the list found so, or was not sent for it): a Get would
-            // wait out the call timeout again, or not be sent. A refusal (a policy without
+            // wait out the call timeout again, or not be sent. Nor would a Get with credentials
+            // the client could not load for the list. A refusal (a policy without
             // ListEnvironmentAccountConnections) still leaves the poll to its Get.
-            Err(e) if e.class == ErrorClass::Unanswered && self.reach.is_away(region) => {
+            Err(e)
+                if e.class == ErrorClass::Unanswered && self.reach.is_away(region)
+                    || e.failed_in_client() =>
+            {
                 return Err(e);
             }
             // Polls never depend on the list: a list refused (a policy without

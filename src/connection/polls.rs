@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::aws::budget::CallClass;
 use crate::aws::credentials::AwsIdentity;
-use crate::aws::proton::{ErrorClass, PollAnswer, Proton};
+use crate::aws::proton::{ErrorClass, PollAnswer, Proton, ProtonError};
 use crate::compact_id::CompactId;
 use crate::connection::api::EnvironmentAccountConnection;
 use crate::connection::decide::{Settings, jittered, pending_interval_since};
@@ -269,18 +269,7 @@ impl Polls {
                         }
                     }
                 }
-                // No room in the budget, throttled, or a passing fault: a Get each would fare
-                // no better, so the polls wait for the next list (their reconciles still poll
-                // when they come back).
-                Err(e)
-                    if matches!(
-                        e.class,
-                        ErrorClass::Deferred
-                            | ErrorClass::Throttled
-                            | ErrorClass::Transient
-                            | ErrorClass::Unanswered
-                    ) =>
-                {
+                Err(e) if waits_for_the_next_list(&e) => {
                     let wait = e.retry_in.unwrap_or(BUSY_WAIT);
                     debug!(error = %e, %region, "PENDING connections not listed now; their polls wait");
                     for (uid, w) in polls {
@@ -338,6 +327,22 @@ impl Polls {
     }
 }
 
+/// Whether a failed list makes its polls wait for the next list rather than wake their
+/// resources to read with a Get each: no room in the budget, throttling, a passing fault, or a
+/// call that failed in the client (credentials that could not be loaded), where a Get each would
+/// fare no better. A refusal (IAM without ListEnvironmentAccountConnections, say) leaves each
+/// poll to its Get.
+fn waits_for_the_next_list(e: &ProtonError) -> bool {
+    e.failed_in_client()
+        || matches!(
+            e.class,
+            ErrorClass::Deferred
+                | ErrorClass::Throttled
+                | ErrorClass::Transient
+                | ErrorClass::Unanswered
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +373,53 @@ mod tests {
             .into_iter()
             .map(|(uid, _)| uid.to_string())
             .collect()
+    }
+
+    /// A list that would fail alike for each poll's Get makes the polls wait; a refusal, or an
+    /// error of no known kind, wakes them to read with their Get.
+    #[test]
+    fn a_list_failed_as_a_get_would_makes_its_polls_wait_and_a_refused_one_wakes_them() {
+        use aws_sdk_proton::error::SdkError;
+        use aws_sdk_proton::operation::list_environment_account_connections::ListEnvironmentAccountConnectionsError as ListError;
+        use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+
+        const LIST: &str = "ListEnvironmentAccountConnections";
+        let error = |class, code: &str| ProtonError {
+            operation: LIST,
+            class,
+            code: code.into(),
+            message: "m".into(),
+            retry_in: None,
+        };
+        let no_credentials = ProtonError::from_sdk(
+            LIST,
+            SdkError::<ListError, HttpResponse>::dispatch_failure(ConnectorError::other(
+                "no credentials".into(),
+                None,
+            )),
+        );
+        assert!(no_credentials.failed_in_client(), "{no_credentials:?}");
+        let cases = [
+            (error(ErrorClass::Deferred, "Deferred"), true),
+            (error(ErrorClass::Throttled, "ThrottlingException"), true),
+            (
+                error(ErrorClass::Transient, "InternalServerException"),
+                true,
+            ),
+            (error(ErrorClass::Unanswered, "Timeout"), true),
+            (ProtonError::unreached(LIST, "us-east-1"), true),
+            (no_credentials, true),
+            (
+                error(ErrorClass::AccessDenied, "AccessDeniedException"),
+                false,
+            ),
+            (error(ErrorClass::Validation, "ValidationException"), false),
+            (error(ErrorClass::Other, "SomethingNew"), false),
+        ];
+        for (e, waits) in cases {
+            assert_eq!(waits_for_the_next_list(&e), waits, "{e:?}");
+        }
     }
 
     #[test]
