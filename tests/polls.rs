@@ -559,6 +559,59 @@ async fn a_refused_list_leaves_the_poll_to_its_get_even_where_nothing_answers() 
     );
 }
 
+/// Over real HTTP from the emulator: a 500 Proton answers (InternalServerException) is its
+/// answer, reported as `AwsServerError`, and the region stays one that answers (every call goes,
+/// not one at a time); a 503 saying the service is unavailable is no answer, `AwsUnavailable`,
+/// and the region is then away (one call at a time).
+#[tokio::test]
+async fn a_500_proton_answers_is_a_server_error_and_a_503_unavailable_an_outage() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let port = BehindAGate::start(&env, Duration::from_secs(2)).await;
+    let calls = StepCalls::default();
+    let work = ticket(CallClass::Work, &calls);
+    let get = || port.proton.get(&work, REGION, &port.recorded.id);
+    env.proton().fail_next(GET, "InternalServerException", 3);
+    for _ in 0..3 {
+        let e = get().await.expect_err("a 500");
+        assert_eq!(
+            (e.class, e.reason()),
+            (ErrorClass::Transient, "AwsServerError"),
+            "{e:?}"
+        );
+    }
+    let (first, second) = (
+        port.proton.hold_trial(REGION, GET),
+        port.proton.hold_trial(REGION, GET),
+    );
+    assert!(
+        first.is_ok() && second.is_ok(),
+        "the region answers: no turns"
+    );
+    drop((first, second));
+    assert_eq!(get().await.expect("answered").id, port.recorded.id);
+
+    env.proton()
+        .fail_next(GET, "ServiceUnavailableException", 1);
+    let e = get().await.expect_err("a 503");
+    assert_eq!(
+        (e.class, e.reason()),
+        (ErrorClass::Unanswered, "AwsUnavailable"),
+        "{e:?}"
+    );
+    let first = port.proton.hold_trial(REGION, GET);
+    assert!(first.is_ok(), "the one turn");
+    assert!(
+        matches!(port.proton.hold_trial(REGION, GET), Err(e) if e.is_unreached()),
+        "the region is away: one call at a time"
+    );
+    drop(first);
+    assert_eq!(
+        get().await.expect("answered again").id,
+        port.recorded.id,
+        "the call let through finds it back"
+    );
+}
+
 /// Credentials the client cannot load (the controller's own, say) fail a poll's list before
 /// anything is sent: the poll ends on that list's error and sends no Get, which would fail the
 /// same way (and take a slot in the budget) for each PENDING resource.
