@@ -226,15 +226,17 @@ impl ProtonError {
         }
     }
 
+    /// The controller's error for a failed SDK call, and what the call heard of the service (for
+    /// `aws::reach`): both from one reading of the failure.
     pub(crate) fn from_sdk<E>(
         operation: &'static str,
         err: SdkError<E, aws_smithy_runtime_api::http::Response>,
-    ) -> Self
+    ) -> (Self, Heard)
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let heard = heard(&err);
-        match &err {
+        let error = match &err {
             SdkError::ServiceError(service) => {
                 let code = service.err().code().unwrap_or("Unknown").to_string();
                 let status = service.raw().status().as_u16();
@@ -305,7 +307,8 @@ impl ProtonError {
                 message: describe(&err),
                 retry_in: None,
             },
-        }
+        };
+        (error, heard)
     }
 }
 
@@ -326,7 +329,7 @@ pub(crate) enum Heard {
 }
 
 /// What a failed call says of the service's reach.
-pub(crate) fn heard<E: ProvideErrorMetadata>(
+fn heard<E: ProvideErrorMetadata>(
     error: &SdkError<E, aws_smithy_runtime_api::http::Response>,
 ) -> Heard {
     match error {
@@ -610,14 +613,14 @@ mod tests {
             ),
         ];
         for (what, failure, expected, class, reason) in cases {
-            assert_eq!(heard(&failure), expected, "{what}");
-            let e = ProtonError::from_sdk("GetEnvironmentAccountConnection", failure);
+            let (e, heard) = ProtonError::from_sdk("GetEnvironmentAccountConnection", failure);
+            assert_eq!(heard, expected, "{what}");
             assert_eq!((e.class, e.reason()), (class, reason), "{what}: {e:?}");
         }
         let unsent = ProtonError::unreached("GetEnvironmentAccountConnection", "us-east-1");
         assert!(unsent.is_unreached());
         assert_eq!(unsent.reason(), "AwsUnavailable");
-        let role = ProtonError::from_sdk("AssumeRole", answered(403, "AccessDenied"));
+        let (role, _) = ProtonError::from_sdk("AssumeRole", answered(403, "AccessDenied"));
         assert_eq!(role.reason(), "AssumeRoleFailed");
     }
 

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::aws::error::{Heard, ProtonError, heard};
+use crate::aws::error::{Heard, ProtonError};
 use crate::metrics::Metrics;
 
 /// Where STS is kept among the regions: the controller asks one STS endpoint (GetCallerIdentity,
@@ -170,14 +170,17 @@ impl Reach {
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let sent = Instant::now();
-        let outcome = call.await;
-        let heard = outcome.as_ref().err().map_or(Heard::Answered, heard);
-        let result = outcome.map_err(|e| ProtonError::from_sdk(operation, e));
-        match &result {
-            Ok(_) => self.answered(region),
-            Err(e) => self.record(heard, region, sent, probe, e),
+        match call.await {
+            Ok(answer) => {
+                self.answered(region);
+                Ok(answer)
+            }
+            Err(failure) => {
+                let (e, heard) = ProtonError::from_sdk(operation, failure);
+                self.record(heard, region, sent, probe, &e);
+                Err(e)
+            }
         }
-        result
     }
 
     /// Whether a call of `operation` may go to `region` now: always while the region answers;

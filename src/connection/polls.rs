@@ -392,7 +392,7 @@ mod tests {
             message: "m".into(),
             retry_in: None,
         };
-        let no_credentials = ProtonError::from_sdk(
+        let (no_credentials, _) = ProtonError::from_sdk(
             LIST,
             SdkError::<ListError, HttpResponse>::dispatch_failure(ConnectorError::other(
                 "no credentials".into(),
