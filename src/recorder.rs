@@ -18,6 +18,14 @@ use crate::reconciler::note::Note;
 /// What an Event says it did.
 const ACTION: &str = "Reconcile";
 
+/// The longest note the API server takes (`NoteLengthLimit`, in bytes): a longer one is refused
+/// with 422. An error's text can pass it: kube formats an API error with the server's message
+/// twice, and a 403's message names the identity, the resource and the namespace.
+pub const NOTE_LIMIT: usize = 1024;
+
+/// The longest object name (a DNS subdomain).
+const NAME_LIMIT: usize = 253;
+
 /// Field manager of every server-side-apply write the controller makes (status, finalizers),
 /// whichever kind it writes.
 pub const FIELD_MANAGER: &str = "eac-controller";
@@ -73,14 +81,13 @@ impl Recorder {
             .unwrap_or(&self.reporter.controller);
         Event {
             metadata: ObjectMeta {
-                // Unique per Event, readable in `kubectl get events`.
-                name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+                name: Some(event_name(object, now)),
                 namespace: regarding.namespace.clone(),
                 ..ObjectMeta::default()
             },
             action: Some(ACTION.into()),
             reason: Some(note.reason.into()),
-            note: Some(note.note.clone()),
+            note: Some(crate::conditions::truncate(&note.note, NOTE_LIMIT)),
             type_: Some(if note.warning { "Warning" } else { "Normal" }.into()),
             event_time: Some(MicroTime(now)),
             regarding: Some(regarding.clone()),
@@ -96,9 +103,57 @@ impl Recorder {
     }
 }
 
+/// Unique per Event, readable in `kubectl get events`: the object's name and the time. The name
+/// is cut so that the whole stays a DNS subdomain (253 characters, no label ending in `-`).
+fn event_name(object: &str, now: jiff::Timestamp) -> String {
+    let suffix = format!(".{:x}", now.as_nanosecond());
+    let keep = NAME_LIMIT.saturating_sub(suffix.len());
+    let mut object = object.get(..keep.min(object.len())).unwrap_or("event");
+    object = object.trim_end_matches(['-', '.']);
+    format!("{object}{suffix}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The API server refuses a note over 1 KiB and a name over 253 characters (422): the Event
+    /// explaining a long error would be lost.
+    #[tokio::test]
+    async fn an_event_stays_within_what_the_api_server_takes() {
+        let recorder = Recorder::new(
+            crate::offline::client(),
+            Reporter {
+                controller: "eac-controller".into(),
+                instance: None,
+            },
+        );
+        // Cut 17 characters short (the dot and the time), right after the '-'.
+        let long_name = format!("{}-{}", "a".repeat(235), "b".repeat(17));
+        assert_eq!(long_name.len(), 253);
+        let regarding = ObjectReference {
+            name: Some(long_name.clone()),
+            namespace: Some("platform".into()),
+            ..ObjectReference::default()
+        };
+        let now = jiff::Timestamp::from_second(1_795_255_200).unwrap();
+        let text = format!("{}é{}", "x".repeat(1000), "y".repeat(2000));
+        let e = recorder.event(&regarding, &Note::warning("KubernetesError", text), now);
+        let note = e.note.unwrap();
+        assert!(note.len() <= NOTE_LIMIT, "{}", note.len());
+        assert!(note.starts_with(&"x".repeat(1000)) && note.ends_with("..."));
+        let name = e.metadata.name.unwrap();
+        assert!(name.len() <= NAME_LIMIT, "{}", name.len());
+        assert!(name.starts_with(&format!("{}.", "a".repeat(235))), "{name}");
+        assert!(!name.contains("-."), "a label ends in '-': {name}");
+
+        let short = recorder.event(&regarding, &Note::normal("Created", "ok"), now);
+        assert_eq!(
+            short.note.as_deref(),
+            Some("ok"),
+            "a short note is kept whole"
+        );
+    }
 
     #[tokio::test]
     async fn an_event_names_its_object_controller_instance_and_kind() {

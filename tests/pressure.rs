@@ -142,6 +142,50 @@ async fn a_persistent_403_on_the_status_backs_off_exponentially_and_never_repeat
     assert_eq!(status.id, Some(env.proton().connections()[0].id.clone()));
 }
 
+/// A real API server words a 403 with the object's name and namespace, and kube's error repeats
+/// the server's message: with a long name the error is longer than the 1 KiB a real server takes
+/// in an Event's note (the fake refuses longer ones as it does, with 422). The Event explaining
+/// the failure is still published, its note cut to fit.
+#[tokio::test]
+async fn the_event_of_a_long_error_is_cut_to_what_the_api_server_takes() {
+    let env = Env::start_with(patient(), CallBudget::unlimited()).await;
+    let name = format!("payments-{}", "eu-west-1-".repeat(24))
+        .trim_end_matches('-')
+        .to_string();
+    assert!(name.len() <= 253, "{}", name.len());
+    env.api.create(&name, UID, spec(&name));
+    env.api.deny(
+        Some(http::Method::PATCH),
+        &format!("/environmentaccountconnections/{name}/status"),
+    );
+    let obj = Arc::new(env.api.get(&name).unwrap());
+    let err = env
+        .resync(&name)
+        .await
+        .expect_err("the status write is forbidden");
+    assert!(
+        err.to_string().len() > 1024,
+        "the error alone is over the limit ({} bytes), or this test proves nothing",
+        err.to_string().len()
+    );
+    controller::error_policy(obj, &err, env.ctx.clone());
+    env.api
+        .wait_until("the KubernetesError event", LIMIT, |api| {
+            api.event_reasons().iter().any(|r| r == "KubernetesError")
+        })
+        .await;
+    let notes: Vec<String> = env
+        .api
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == "KubernetesError")
+        .map(|e| e["note"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].len() <= 1024, "{}", notes[0].len());
+    assert!(notes[0].contains("is forbidden"), "{}", notes[0]);
+}
+
 #[tokio::test]
 async fn a_spec_change_starts_the_backoff_again() {
     let env = Env::start_with(patient(), CallBudget::unlimited()).await;

@@ -631,6 +631,105 @@ pub async fn kube_config_of(kubeconfig: &std::path::Path) -> kube::Config {
         .expect("a client configuration")
 }
 
+/// A 403's message as a real API server words it (RBAC's authorizer): the object, the identity,
+/// the verb, the resource and the namespace, e.g. `environmentaccountconnections.proton.eac.dev
+/// "prod" is forbidden: User "system:serviceaccount:eac-system:eac-controller" cannot patch
+/// resource "environmentaccountconnections/status" in API group "proton.eac.dev" in the
+/// namespace "platform"`.
+fn forbidden_message(method: &Method, path: &str) -> String {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => ("", &parts[..]),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(*ns), rest),
+        _ => (None, rest),
+    };
+    let (resource, name, sub) = match rest {
+        [resource] => (*resource, None, None),
+        [resource, name] => (*resource, Some(*name), None),
+        [resource, name, sub, ..] => (*resource, Some(*name), Some(*sub)),
+        [] => ("", None, None),
+    };
+    let verb = match (method.as_str(), name) {
+        ("GET", None) => "list",
+        ("GET", Some(_)) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", _) => "delete",
+        (other, _) => other,
+    };
+    let qualified = match group {
+        "" => resource.to_string(),
+        g => format!("{resource}.{g}"),
+    };
+    let subject = match name {
+        Some(n) => format!("{qualified} \"{n}\""),
+        None => qualified,
+    };
+    let resource = match sub {
+        Some(s) => format!("{resource}/{s}"),
+        None => resource.to_string(),
+    };
+    let place = match namespace {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".to_string(),
+    };
+    format!(
+        "{subject} is forbidden: User \"system:serviceaccount:eac-system:eac-controller\" cannot {verb} resource \"{resource}\" in API group \"{group}\"{place}"
+    )
+}
+
+/// What a real API server refuses in an events.k8s.io/v1 Event it is asked to create
+/// (`ValidateEventCreate`): a missing or over-long reason, action or reporter, a note over 1 KiB,
+/// a name that is not a DNS subdomain.
+fn invalid_event(event: &Value) -> Option<String> {
+    let text = |field: &str| event[field].as_str().unwrap_or_default();
+    for field in [
+        "reason",
+        "action",
+        "reportingController",
+        "reportingInstance",
+    ] {
+        let value = text(field);
+        if value.is_empty() || value.len() > 128 {
+            return Some(format!(
+                "{field}: must be 1 to 128 characters, is {}",
+                value.len()
+            ));
+        }
+    }
+    if event["eventTime"].is_null() {
+        return Some("eventTime: Required value".into());
+    }
+    if !matches!(text("type"), "Normal" | "Warning") {
+        return Some(format!("type: Unsupported value: {:?}", text("type")));
+    }
+    if text("note").len() > 1024 {
+        return Some(format!(
+            "note: Too long: may not be more than 1024 bytes, is {}",
+            text("note").len()
+        ));
+    }
+    let name = event["metadata"]["name"].as_str().unwrap_or_default();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Some(format!(
+            "metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain of at most 253 characters"
+        ));
+    }
+    None
+}
+
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
@@ -1395,13 +1494,7 @@ impl FakeApi {
         if self.denied(&method, path) {
             return (
                 StatusCode::FORBIDDEN,
-                status_body(
-                    403,
-                    "Forbidden",
-                    &format!(
-                        "{method} {path} is forbidden: User \"system:serviceaccount:eac:eac-controller\" cannot do this"
-                    ),
-                ),
+                status_body(403, "Forbidden", &forbidden_message(&method, path)),
             );
         }
         if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
@@ -1420,6 +1513,14 @@ impl FakeApi {
             );
         }
         if path.starts_with("/apis/events.k8s.io/v1/") {
+            if method == Method::POST
+                && let Some(invalid) = invalid_event(&body)
+            {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    status_body(422, "Invalid", &format!("Event is invalid: {invalid}")),
+                );
+            }
             if method == Method::POST && st.keep_requests {
                 st.events.push(body.clone());
             }
