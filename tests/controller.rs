@@ -157,6 +157,69 @@ async fn a_crash_between_create_and_status_write_still_yields_one_connection() {
     );
 }
 
+/// The intent to create is an annotation, which a tenant with `edit` can write, unlike the
+/// status. One whose time is years ahead would keep a deletion searching AWS every few seconds
+/// for as long (a Create "may still be in flight"): it is not taken. The resource says why, once,
+/// and nothing is done or let go until the annotation is removed; then the Create sent before
+/// is found again by its token.
+#[tokio::test]
+async fn an_intent_a_tenant_wrote_is_reported_and_not_acted_on() {
+    let mut env = Env::start().await;
+    env.api.create("prod", UID, spec("prod"));
+    // The intent is written, the Create sent, the status write lost: the intent is the record.
+    env.api.fail_status_writes(1);
+    assert!(env.reconcile("prod").await.is_err());
+    env.restart();
+    let forged = serde_json::json!({
+        "region": "us-east-1", "account": "444455556666", "sentAt": "9999-01-01T00:00:00Z"
+    });
+    env.api.edit("prod", |o| {
+        o.annotations_mut()
+            .insert(INTENT_ANNOTATION.into(), forged.to_string());
+    });
+    env.api.delete("prod");
+    let calls = |env: &Env| [CREATE, GET, LIST, LIST_TAGS, DELETE].map(|op| env.calls(op));
+    let before = calls(&env);
+    let requests_before = env.api.requests().len();
+    for _ in 0..3 {
+        env.resync("prod").await.unwrap();
+    }
+    assert_eq!(
+        calls(&env),
+        before,
+        "no AWS call on a record the controller did not write"
+    );
+    let writes: Vec<_> = env.api.requests()[requests_before..]
+        .iter()
+        .filter(|r| r.method != http::Method::GET && !r.path.contains("/events"))
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(writes.len(), 1, "the status, once: {writes:?}");
+    assert!(writes[0].ends_with("/status"), "{writes:?}");
+    let obj = env.api.get("prod").expect("not let go");
+    assert!(obj.finalizers().iter().any(|f| f == FINALIZER));
+    let (status, reason, message) = condition(&obj, "Synced").expect("Synced");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "IntentNotTrusted")
+    );
+    assert!(message.contains("ahead of now"), "{message}");
+    env.api
+        .wait_until("the IntentNotTrusted event", PATIENCE, |api| {
+            api.event_reasons().iter().any(|r| r == "IntentNotTrusted")
+        })
+        .await;
+    assert_eq!(
+        env.api
+            .event_reasons()
+            .iter()
+            .filter(|r| *r == "IntentNotTrusted")
+            .count(),
+        1,
+        "said once"
+    );
+}
+
 #[tokio::test]
 async fn a_connection_known_before_a_failed_status_write_is_never_created_again() {
     let env = Env::start().await;

@@ -307,6 +307,8 @@ struct Case {
     failures: u32,
     first_sight: bool,
     paused: bool,
+    /// Why the intent annotation is not taken (`Intent::distrust`).
+    intent_problem: Option<Problem>,
     jitter: f64,
     settings: Settings,
     /// The namespace's `proton.eac.dev/adoption=allowed` label, as ReadAdoptionPolicy reads it.
@@ -328,6 +330,7 @@ impl Case {
             failures: 0,
             first_sight: false,
             paused: false,
+            intent_problem: None,
             jitter: JITTER,
             settings: settings(),
             namespace_allows_adoption: true,
@@ -401,6 +404,7 @@ impl Case {
             first_sight: self.first_sight,
             paused: self.paused,
             credentials_problem: None,
+            intent_problem: self.intent_problem.as_ref(),
             default_region: None,
         }
     }
@@ -3217,6 +3221,65 @@ fn a_paused_resource_makes_no_aws_call_in_any_state() {
         }
     }
     assert_eq!(checked, 40);
+}
+
+/// An intent annotation the controller would not have written (a tenant's: a time years ahead,
+/// another region than the spec's) is reported, and nothing is done in any state without a
+/// recorded connection, live or being deleted: no AWS call, no finalizer added or removed. Once
+/// a connection is recorded the intent is history, and not read. Removed, it is no longer there.
+#[test]
+fn an_intent_not_as_the_controller_writes_it_stops_everything_until_it_is_removed() {
+    let forged = Intent {
+        region: DEFAULT_REGION.into(),
+        account: ENV_ACCOUNT.into(),
+        sent_at: "9999-01-01T00:00:00Z".into(),
+    };
+    let problem = forged.distrust(None, now()).expect("a time years ahead");
+    let mut checked = 0;
+    for before in Before::ALL {
+        for deleting in [false, true] {
+            for finalizer in [false, true] {
+                let mut case = Case::new().status(before.status());
+                case.deleting = deleting;
+                case.finalizer = finalizer;
+                case.intent_problem = Some(problem.clone());
+                let mut proton = Fake::for_before(before, CONNECTED);
+                let trace = reconcile(&mut case, &mut proton, now());
+                let what = format!("{before:?} deleting={deleting} finalizer={finalizer}");
+                if before.has_id() {
+                    assert!(!trace.path().contains("Report"), "{what}: {}", trace.path());
+                    checked += 1;
+                    continue;
+                }
+                assert!(proton.calls.is_empty(), "{what}: {:?}", proton.calls);
+                assert_eq!(trace.path(), "Report", "{what}");
+                assert_eq!(
+                    trace.reported().problem.reason,
+                    "IntentNotTrusted",
+                    "{what}"
+                );
+                assert_eq!(
+                    case.finalizer, finalizer,
+                    "{what}: the finalizer stays as it was"
+                );
+                assert_eq!(
+                    cond_of(&case.status, SYNCED),
+                    ("False", "IntentNotTrusted"),
+                    "{what}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 20);
+
+    // Removed: a live resource is reconciled as any other.
+    let mut case = Case::new();
+    case.intent_problem = Some(problem);
+    reconcile(&mut case, &mut Fake::empty(), now());
+    case.intent_problem = None;
+    let trace = reconcile(&mut case, &mut Fake::empty(), later(now(), secs(1)));
+    assert!(trace.path().contains("Create"), "{}", trace.path());
 }
 
 #[test]

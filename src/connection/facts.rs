@@ -51,6 +51,8 @@ pub(super) struct Facts {
     pub(super) identity: AwsIdentity,
     /// Why its namespace has no credentials, if so.
     pub(super) credentials_problem: Option<Problem>,
+    /// Why the intent annotation is not taken as the controller's record, if so.
+    pub(super) intent_problem: Option<Problem>,
     /// What the last reconcile learned before it was deferred, to go on from.
     pub(super) resumed: Option<Progress>,
     pub(super) deleting: bool,
@@ -80,6 +82,10 @@ impl Facts {
             .annotations()
             .get(INTENT_ANNOTATION)
             .and_then(|a| Intent::parse(a));
+        let intent_problem = intent
+            .as_ref()
+            .and_then(|i| i.distrust(obj.spec.region.as_deref(), jiff::Timestamp::now()));
+        let intent = intent.filter(|_| intent_problem.is_none());
 
         let mut tracked = ctx.tracked();
         // A newer copy may have reached the cache after this reconcile took its copy, and the
@@ -171,13 +177,21 @@ impl Facts {
             nudged,
             failures,
             first_sight,
-            intent_annotation: Mutex::new(obj.annotations().get(INTENT_ANNOTATION).cloned()),
+            // One not taken is not the controller's to remove as obsolete either: it stays, and
+            // is reported, until whoever wrote it removes it.
+            intent_annotation: Mutex::new(
+                obj.annotations()
+                    .get(INTENT_ANNOTATION)
+                    .filter(|_| intent_problem.is_none())
+                    .cloned(),
+            ),
             notes: Mutex::default(),
             identity: credentials
                 .as_ref()
                 .map(|r| r.identity.clone())
                 .unwrap_or_default(),
             credentials_problem: credentials.err().map(|e| e.problem()),
+            intent_problem,
             resumed,
             deleting,
         })
@@ -202,6 +216,7 @@ impl Facts {
             failures: self.failures,
             first_sight: self.first_sight,
             credentials_problem: self.credentials_problem.as_ref(),
+            intent_problem: self.intent_problem.as_ref(),
             default_region: self
                 .triggers
                 .credentials

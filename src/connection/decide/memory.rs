@@ -18,7 +18,14 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
+use crate::aws::proton::Retry;
 use crate::connection::api::EnvironmentAccountConnectionStatus as Status;
+use crate::connection::api::INTENT_ANNOTATION;
+use crate::reconciler::retry::Problem;
+
+/// How far ahead of the reading controller's clock an intent's time may be: the clocks of the
+/// replica that wrote it and of the one that reads it differ by far less.
+const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
 
 /// The intent to create written with the finalizer (annotation `proton.eac.dev/create-intent`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +41,56 @@ impl Intent {
     /// Parses the annotation; anything unreadable is ignored (the status still counts).
     pub fn parse(annotation: &str) -> Option<Intent> {
         serde_json::from_str(annotation).ok()
+    }
+
+    /// Why the annotation cannot be the controller's own record, if it cannot. A tenant may
+    /// write annotations (the `edit` role) but not the status, and this is the one record the
+    /// controller acts on that is not in the status: its time bounds how long a deletion keeps
+    /// searching AWS for a Create in flight (every few seconds; a time years ahead would keep it
+    /// searching for years), its region is where calls go. So it is taken only as the controller
+    /// writes it: a time not ahead of now, the spec's region when the spec names one (the spec's
+    /// region cannot change), a region and an account of the form AWS gives them.
+    pub fn distrust(&self, spec_region: Option<&str>, now: jiff::Timestamp) -> Option<Problem> {
+        let refused = |why: String, retry: Retry| Problem {
+            reason: "IntentNotTrusted",
+            message: format!(
+                "annotation {INTENT_ANNOTATION} is not as the controller writes it ({why}); nothing is created, changed or deleted until it is removed (kubectl annotate ... {INTENT_ANNOTATION}-) or corrected"
+            ),
+            retry,
+        };
+        match self.sent_at.parse::<jiff::Timestamp>() {
+            Ok(at) if at.duration_since(now) > CLOCK_SKEW => {
+                // Backoff, not terminal: a clock that was ahead when it wrote is behind now.
+                return Some(refused(
+                    // Not naming now: the message, and so the status, would change at each look.
+                    format!("its time {} is ahead of now", self.sent_at),
+                    Retry::Backoff,
+                ));
+            }
+            // Unreadable: it counts as no time, as a status's would (nothing waits on it).
+            _ => {}
+        }
+        if let Some(spec) = spec_region
+            && spec != self.region
+        {
+            return Some(refused(
+                format!("region {:?}, where the spec names {spec:?}", self.region),
+                Retry::Terminal,
+            ));
+        }
+        if !is_region(&self.region) {
+            return Some(refused(
+                format!("region {:?} is not a region's name", self.region),
+                Retry::Terminal,
+            ));
+        }
+        if self.account.len() != 12 || !self.account.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(refused(
+                format!("account {:?} is not an account id", self.account),
+                Retry::Terminal,
+            ));
+        }
+        None
     }
 
     pub fn to_annotation(&self) -> String {
@@ -55,6 +112,23 @@ impl Intent {
             None => self.sent_at.clone(),
         };
         status.create_sent_at = Some(later);
+    }
+}
+
+/// `patterns::REGION` (`^[a-z]{2}(-[a-z]+)+-\d$`), as the CRD checks `spec.region`.
+fn is_region(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let lower = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    match parts.as_slice() {
+        [first, middle @ .., last] => {
+            first.len() == 2
+                && lower(first)
+                && !middle.is_empty()
+                && middle.iter().all(|p| lower(p))
+                && last.len() == 1
+                && last.bytes().all(|b| b.is_ascii_digit())
+        }
+        _ => false,
     }
 }
 
@@ -173,4 +247,117 @@ pub fn effective_status(
         status.applied_tag_keys.sort();
     }
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(region: &str, account: &str, sent_at: &str) -> Intent {
+        Intent {
+            region: region.into(),
+            account: account.into(),
+            sent_at: sent_at.into(),
+        }
+    }
+
+    /// The intent is the one record of the controller's a tenant can write: it is taken only as
+    /// the controller writes it.
+    #[test]
+    fn an_intent_is_taken_only_as_the_controller_writes_it() {
+        let now: jiff::Timestamp = "2026-12-07T12:00:00Z".parse().unwrap();
+        let account = "111122223333";
+        let trusted = [
+            (intent("eu-west-1", account, "2026-12-07T11:59:00Z"), None),
+            (
+                intent("eu-west-1", account, "2026-12-07T11:59:00Z"),
+                Some("eu-west-1"),
+            ),
+            (
+                intent("us-gov-west-1", account, "2026-12-07T12:00:00Z"),
+                None,
+            ),
+            // A replica whose clock is a little ahead wrote it.
+            (intent("eu-west-1", account, "2026-12-07T12:04:59Z"), None),
+            // Long past: the window it opens is over.
+            (intent("eu-west-1", account, "2020-01-01T00:00:00Z"), None),
+            // Unreadable: counts as no time.
+            (intent("eu-west-1", account, "soon"), None),
+        ];
+        for (i, spec_region) in &trusted {
+            assert_eq!(i.distrust(*spec_region, now), None, "{i:?} {spec_region:?}");
+        }
+        let refused = [
+            (
+                intent("eu-west-1", account, "9999-01-01T00:00:00Z"),
+                None,
+                "ahead of now",
+                Retry::Backoff,
+            ),
+            (
+                intent("eu-west-1", account, "2026-12-07T12:05:01Z"),
+                None,
+                "ahead of now",
+                Retry::Backoff,
+            ),
+            (
+                intent("us-east-1", account, "2026-12-07T11:59:00Z"),
+                Some("eu-west-1"),
+                "where the spec names",
+                Retry::Terminal,
+            ),
+            (
+                intent("evil.example.com", account, "2026-12-07T11:59:00Z"),
+                None,
+                "not a region",
+                Retry::Terminal,
+            ),
+            (
+                intent("eu-west-1-", account, "2026-12-07T11:59:00Z"),
+                None,
+                "not a region",
+                Retry::Terminal,
+            ),
+            (
+                intent("eu-west-1", "1111", "2026-12-07T11:59:00Z"),
+                None,
+                "not an account",
+                Retry::Terminal,
+            ),
+        ];
+        for (i, spec_region, why, retry) in &refused {
+            let problem = i
+                .distrust(*spec_region, now)
+                .unwrap_or_else(|| panic!("{i:?} taken"));
+            assert_eq!(problem.reason, "IntentNotTrusted");
+            assert!(problem.message.contains(why), "{}", problem.message);
+            assert!(problem.message.contains(INTENT_ANNOTATION));
+            assert_eq!(problem.retry, *retry, "{i:?}");
+        }
+    }
+
+    #[test]
+    fn a_region_is_told_as_the_crd_tells_it() {
+        for ok in [
+            "eu-west-1",
+            "us-gov-west-1",
+            "ap-southeast-2",
+            "il-central-1",
+        ] {
+            assert!(is_region(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "eu",
+            "eu-1",
+            "EU-west-1",
+            "eu-west-12",
+            "eu--1",
+            "e-west-1",
+            "eu-west-x",
+            "eu-west-1.x",
+        ] {
+            assert!(!is_region(bad), "{bad}");
+        }
+    }
 }

@@ -100,6 +100,10 @@ pub struct Resource<'a> {
     /// Why the resource's namespace has no credentials (an ambiguous or unreadable account
     /// mapping): reported instead of any AWS call.
     pub credentials_problem: Option<&'a Problem>,
+    /// Why the `proton.eac.dev/create-intent` annotation is not taken as the controller's own
+    /// record (see [`Intent::distrust`]): reported instead of anything else, the annotation
+    /// left out of `status`.
+    pub intent_problem: Option<&'a Problem>,
     /// Region of a new connection whose spec names none, set by the namespace's account
     /// mapping (else the controller's default).
     pub default_region: Option<&'a str>,

@@ -47,6 +47,14 @@ pub(super) fn decide(run: &Run, now: jiff::Timestamp) -> Step {
     if let Some(problem) = &run.problem {
         return run.report(problem.clone(), now);
     }
+    // A record of the controller's that a tenant wrote: acting on it could search AWS for
+    // years, or go to another region than the spec's. Nothing is done, and nothing let go,
+    // until it is removed. Once a connection is recorded the intent is history, and not read.
+    if let Some(problem) = run.r.intent_problem
+        && run.status.id.is_none()
+    {
+        return run.report(problem.clone(), now);
+    }
     if let Some((class, at)) = run.deferred {
         return Step::Defer {
             class,
