@@ -299,7 +299,7 @@ pub fn needed(scope: &Scope) -> Vec<Permission> {
         all.push(Permission::new("get", "", "namespaces").named(ns));
     }
     if scope.account_mappings {
-        for verb in ["get", "list", "watch"] {
+        for verb in ["list", "watch"] {
             all.push(Permission::new(verb, GROUP, "accountmappings"));
         }
         all.push(Permission::new("patch", GROUP, "accountmappings").sub("status"));

@@ -32,11 +32,8 @@ CONTROLLER_RULES = {
     (GROUP, PLURAL, "list", None),
     (GROUP, PLURAL, "watch", None),
     (GROUP, PLURAL, "patch", None),
-    (GROUP, f"{PLURAL}/status", "get", None),
     (GROUP, f"{PLURAL}/status", "patch", None),
-    (GROUP, f"{PLURAL}/finalizers", "update", None),
     ("events.k8s.io", "events", "create", None),
-    ("events.k8s.io", "events", "patch", None),
 }
 
 POLICIES = "connectionacceptancepolicies"
@@ -67,6 +64,7 @@ def namespace_rules(watch_namespace: str | None = None) -> set[tuple]:
 
 NAMESPACES_ROLE = f"{RELEASE}-namespaces"
 ACCOUNTS_ROLE = f"{RELEASE}-accounts"
+CHECK_ROLE = f"{RELEASE}-check"
 
 
 def flatten_rules(role: dict) -> set[tuple]:
@@ -193,11 +191,13 @@ def test_default_render_objects(default_objs):
         [
             ("ClusterRole", "eac-controller"),
             ("ClusterRole", "eac-controller-accounts"),
+            ("ClusterRole", "eac-controller-check"),
             ("ClusterRole", "eac-controller-edit"),
             ("ClusterRole", "eac-controller-namespaces"),
             ("ClusterRole", "eac-controller-view"),
             ("ClusterRoleBinding", "eac-controller"),
             ("ClusterRoleBinding", "eac-controller-accounts"),
+            ("ClusterRoleBinding", "eac-controller-check"),
             ("ClusterRoleBinding", "eac-controller-namespaces"),
             ("Deployment", "eac-controller"),
             ("Pod", "eac-controller-check"),
@@ -404,15 +404,17 @@ def test_watch_namespace_gets_a_role_instead_of_a_cluster_role(render):
     objs = render({"watchNamespace": "team-a"})
     assert not find(objs, "ClusterRole", RELEASE)
     assert not find(objs, "ClusterRoleBinding", RELEASE)
-    # The only cluster-wide grants left: get on the watched Namespace (adoption opt-in), and
-    # reading AccountMappings and Namespaces' labels (cluster-scoped both).
+    # The only cluster-wide grants left: get on the watched Namespace (adoption opt-in),
+    # reading AccountMappings and Namespaces' labels, and the check's reads of the controller's
+    # CRDs (cluster-scoped all).
     assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {
         NAMESPACES_ROLE,
         ACCOUNTS_ROLE,
+        CHECK_ROLE,
         f"{RELEASE}-view",
         f"{RELEASE}-edit",
     }
-    assert sorted(b["metadata"]["name"] for b in find(objs, "ClusterRoleBinding")) == [ACCOUNTS_ROLE, NAMESPACES_ROLE]
+    assert sorted(b["metadata"]["name"] for b in find(objs, "ClusterRoleBinding")) == [ACCOUNTS_ROLE, CHECK_ROLE, NAMESPACES_ROLE]
     role = one(objs, "Role", RELEASE)
     assert role["metadata"]["namespace"] == "team-a"
     assert flatten_rules(role) == CONTROLLER_RULES | ACCEPTANCE_RULES
@@ -474,9 +476,14 @@ def test_rbac_can_be_turned_off(render):
     for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
         assert not find(objs, kind), kind
     objs = render({"rbac": {"aggregateToDefaultRoles": False}})
-    assert sorted(r["metadata"]["name"] for r in find(objs, "ClusterRole")) == [RELEASE, ACCOUNTS_ROLE, NAMESPACES_ROLE]
+    assert sorted(r["metadata"]["name"] for r in find(objs, "ClusterRole")) == [RELEASE, ACCOUNTS_ROLE, CHECK_ROLE, NAMESPACES_ROLE]
     objs = render(
-        {"rbac": {"aggregateToDefaultRoles": False}, "adoption": {"mode": "disabled"}, "accountMappings": {"enabled": False}}
+        {
+            "rbac": {"aggregateToDefaultRoles": False},
+            "adoption": {"mode": "disabled"},
+            "accountMappings": {"enabled": False},
+            "helmTest": {"enabled": False},
+        }
     )
     assert [r["metadata"]["name"] for r in find(objs, "ClusterRole")] == [RELEASE]
 
@@ -489,9 +496,9 @@ def test_account_mappings_read_mappings_and_namespaces_and_write_nothing(render,
     objs = render({"watchNamespace": watch_namespace})
     role = one(objs, "ClusterRole", ACCOUNTS_ROLE)
     assert flatten_rules(role) == {
-        (GROUP, "accountmappings", verb, None) for verb in ("get", "list", "watch")
+        (GROUP, "accountmappings", verb, None) for verb in ("list", "watch")
     } | {(GROUP, "accountmappings/status", "patch", None)} | {
-        ("", "namespaces", verb, None) for verb in ("get", "list", "watch")
+        ("", "namespaces", verb, None) for verb in ("list", "watch")
     }
     binding = one(objs, "ClusterRoleBinding", ACCOUNTS_ROLE)
     assert binding["roleRef"]["name"] == ACCOUNTS_ROLE
@@ -982,4 +989,21 @@ def test_helm_test_runs_check_with_the_controllers_identity_flags_and_environmen
 
 
 def test_helm_test_can_be_turned_off(render):
-    assert find(render({"helmTest": {"enabled": False}}), "Pod") == []
+    objs = render({"helmTest": {"enabled": False}})
+    assert find(objs, "Pod") == []
+    assert not find(objs, "ClusterRole", CHECK_ROLE), "nor its CRD reads"
+
+
+@pytest.mark.parametrize("watch_namespace", ["", "team-a"])
+def test_helm_test_may_read_the_controllers_crds_and_nothing_else(render, watch_namespace):
+    """`check` reads each of the controller's CRDs (to tell one left from an older release: Helm
+    never upgrades CRDs). A real API server answers 403 without this rule, and the check fails."""
+    objs = render({"watchNamespace": watch_namespace})
+    role = one(objs, "ClusterRole", CHECK_ROLE)
+    crds = sorted(yaml.safe_load(p.read_text())["metadata"]["name"] for p in (ROOT / "crds").glob("*.yaml"))
+    assert flatten_rules(role) == {
+        ("apiextensions.k8s.io", "customresourcedefinitions", "get", name) for name in crds
+    }
+    binding = one(objs, "ClusterRoleBinding", CHECK_ROLE)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CHECK_ROLE}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]

@@ -157,9 +157,9 @@ def test_base_can_get_namespaces_for_the_adoption_opt_in(base):
 def test_base_reads_account_mappings_and_namespaces(base):
     role = one(base, "ClusterRole", "eac-controller-accounts")
     assert role["rules"] == [
-        {"apiGroups": ["proton.eac.dev"], "resources": ["accountmappings"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["proton.eac.dev"], "resources": ["accountmappings"], "verbs": ["list", "watch"]},
         {"apiGroups": ["proton.eac.dev"], "resources": ["accountmappings/status"], "verbs": ["patch"]},
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     ]
     binding = one(base, "ClusterRoleBinding", "eac-controller-accounts")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "eac-controller", "namespace": NAMESPACE}]
