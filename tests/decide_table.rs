@@ -15,8 +15,8 @@ use eac_controller::aws::proton::{
 use eac_controller::conditions::{READY, STALLED, SYNCED};
 use eac_controller::connection::api::{
     ConnectionState, DeletionPolicy, EnvironmentAccountConnectionSpec as Spec,
-    EnvironmentAccountConnectionStatus as Status, ManagementPolicy, TAG_NAME, TAG_NAMESPACE,
-    TAG_UID,
+    EnvironmentAccountConnectionStatus as Status, MAX_TAGS, ManagementPolicy, TAG_NAME,
+    TAG_NAMESPACE, TAG_UID,
 };
 use eac_controller::connection::decide::{
     AdoptionPolicy, Intent, MAX_STEPS, Memory, Note, Observed, Origin, Outcome, Problem, Progress,
@@ -714,7 +714,17 @@ impl Fake {
                 _ => not_found(),
             },
             Step::Tag { arn, tags } if arn_matches(arn) => {
-                self.tags.extend(tags.clone());
+                let mut after = self.tags.clone();
+                after.extend(tags.clone());
+                if after.len() > MAX_TAGS {
+                    // As Proton: a resource carries at most 50 tags.
+                    return Err(aws_error(
+                        step,
+                        ErrorClass::Validation,
+                        "a resource can have at most 50 tags",
+                    ));
+                }
+                self.tags = after;
                 Ok(Outcome::Done)
             }
             Step::Untag { arn, keys, .. } if arn_matches(arn) => {
@@ -1909,6 +1919,54 @@ fn a_new_generation_lists_tags_then_tags_and_untags_only_what_differs() {
     // The next reconcile is idle again.
     let trace = reconcile(&mut case, &mut proton, now());
     assert_eq!(trace.path(), "WhoAmI Get Settle");
+}
+
+/// Keys renamed on a connection near Proton's 50 tags: adding the new ones first would pass the
+/// limit (the TagResource refused, for a spec the CRD accepts), so the old ones go first. Away
+/// from the limit the order stays: tags added, then removed.
+#[test]
+fn renamed_tag_keys_near_the_limit_are_removed_before_the_new_ones_are_added() {
+    let old: Vec<(String, String)> = (0..40).map(|i| (format!("k{i:02}"), "v".into())).collect();
+    let renamed: Vec<(String, String)> = (0..40)
+        .map(|i| match i {
+            0..10 => (format!("new{i:02}"), "v".into()),
+            _ => (format!("k{i:02}"), "v".into()),
+        })
+        .collect();
+    let as_tags = |pairs: &[(String, String)]| -> Tags { pairs.iter().cloned().collect() };
+    let mut status = status_connected();
+    status.applied_tag_keys = old.iter().map(|(k, _)| k.clone()).collect();
+    let mut case = Case::new()
+        .status(status)
+        .generation(2)
+        .spec_with(|s| s.tags = as_tags(&renamed));
+    let on_connection: Vec<(&str, &str)> =
+        old.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut proton = Fake::with(conn(CONNECTED), with_ownership(&on_connection));
+    assert_eq!(proton.tags.len(), 43);
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get ListTags Untag Tag Settle");
+    let mut expected = as_tags(&renamed);
+    expected.extend(ownership_tags(&case.res()));
+    assert_eq!(proton.tags, expected);
+    assert_eq!(cond_of(&case.status, SYNCED), ("True", "ReconcileSuccess"));
+
+    // Three keys renamed on 40: 46 at most, the usual order.
+    let mut status = status_connected();
+    status.applied_tag_keys = old.iter().map(|(k, _)| k.clone()).collect();
+    let few: Vec<(String, String)> = (0..40)
+        .map(|i| match i {
+            0..3 => (format!("new{i:02}"), "v".into()),
+            _ => (format!("k{i:02}"), "v".into()),
+        })
+        .collect();
+    let mut case = Case::new()
+        .status(status)
+        .generation(2)
+        .spec_with(|s| s.tags = as_tags(&few));
+    let mut proton = Fake::with(conn(CONNECTED), with_ownership(&on_connection));
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get ListTags Tag Untag Settle");
 }
 
 #[test]

@@ -40,8 +40,10 @@ pub const TAG_UID: &str = "proton.eac.dev/uid";
 pub const TAG_NAMESPACE: &str = "proton.eac.dev/namespace";
 /// Ownership tag holding the resource's name.
 pub const TAG_NAME: &str = "proton.eac.dev/name";
-/// Proton allows 50 tags on a connection; the controller's three ownership tags count against it.
-pub const MAX_USER_TAGS: usize = 47;
+/// Proton allows 50 tags on a connection (a TagResource that would leave more is refused).
+pub const MAX_TAGS: usize = 50;
+/// The controller's three ownership tags count against [`MAX_TAGS`].
+pub const MAX_USER_TAGS: usize = MAX_TAGS - 3;
 
 /// Regular expressions from the Proton API model (`reference/proton-eac-api-model.json`).
 pub mod patterns {

@@ -6,8 +6,8 @@ use crate::aws::budget::CallClass;
 use crate::aws::proton::{Connection, CreateRequest, Retry, RoleArns, Tags};
 use crate::conditions::{self, SYNCED};
 use crate::connection::api::{
-    ConnectionState, DeletionPolicy, ManagementPolicy, PAUSED_ANNOTATION, TAG_NAME, TAG_NAMESPACE,
-    TAG_UID,
+    ConnectionState, DeletionPolicy, MAX_TAGS, ManagementPolicy, PAUSED_ANNOTATION, TAG_NAME,
+    TAG_NAMESPACE, TAG_UID,
 };
 
 use super::events;
@@ -396,12 +396,6 @@ fn sync(
                 .filter(|(k, v)| tags.get(*k) != Some(*v))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            if !missing.is_empty() {
-                return Step::Tag {
-                    arn: c.arn.clone(),
-                    tags: missing,
-                };
-            }
             let removed: Vec<String> = run
                 .status
                 .applied_tag_keys
@@ -409,6 +403,17 @@ fn sync(
                 .filter(|k| !desired.contains_key(*k) && tags.contains_key(*k))
                 .cloned()
                 .collect();
+            // Tags are added before the removed ones go, unless together they would pass
+            // Proton's limit (keys renamed on a connection near it): the TagResource would be
+            // refused, for a spec the CRD accepts.
+            let new_keys = missing.keys().filter(|k| !tags.contains_key(*k)).count();
+            let removed_first = tags.len() + new_keys > MAX_TAGS && !removed.is_empty();
+            if !missing.is_empty() && !removed_first {
+                return Step::Tag {
+                    arn: c.arn.clone(),
+                    tags: missing,
+                };
+            }
             if !removed.is_empty() {
                 return Step::Untag {
                     arn: c.arn.clone(),
