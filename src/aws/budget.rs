@@ -242,10 +242,18 @@ impl CallBudget {
         };
         let limits = &mut *limits;
         if let Some(booking) = limits.booked.get(key).copied() {
-            if booking.at > now {
+            // A slot booked in the poll share does not hold back the same caller's work (a
+            // spec edited, a connection nudged, a deletion): work goes before polls, and the
+            // share may be booked a minute ahead. The share's slot is left unused.
+            let poll_slot_under_work = !booking.whole && class == CallClass::Work;
+            if booking.at > now && !poll_slot_under_work {
                 return Admission::Later(booking.at);
             }
             limits.booked.remove(key);
+            if poll_slot_under_work && booking.at > now {
+                let at = limits.whole.reserve(now);
+                return wait_or_book(limits, key, at, made, now);
+            }
             if now.saturating_duration_since(booking.at) < STALE_BOOKING {
                 if booking.whole {
                     return match booking.slots {
@@ -493,6 +501,40 @@ mod tests {
             .collect();
         let last = went.iter().max().unwrap().duration_since(t0);
         assert!(last <= Duration::from_millis(1_000), "{last:?}");
+    }
+
+    /// The same caller's poll, booked a minute ahead in a busy share, does not hold back its
+    /// work (a policy edited to accept a request, a connection's spec changed).
+    #[test]
+    fn a_callers_work_is_not_held_back_by_its_own_poll_booked_ahead() {
+        let b = budget(10, 2, 0.5);
+        let t0 = Instant::now();
+        for i in 0..300 {
+            let _ = b.admit(&format!("p{i}"), CallClass::Poll, t0);
+        }
+        let booked = match b.admit("policy", CallClass::Poll, t0) {
+            Admission::Later(at) => at,
+            other => panic!("the share is full: {other:?}"),
+        };
+        assert!(
+            booked.duration_since(t0) > Duration::from_secs(30),
+            "{booked:?}"
+        );
+        let went = run_until_go(&b, "policy", CallClass::Work, t0);
+        assert!(
+            went.duration_since(t0) <= Duration::from_millis(1_000),
+            "{:?}",
+            went.duration_since(t0)
+        );
+        // A booking on the whole budget's timeline is still kept to.
+        let b = budget(1, 1, 0.5);
+        for i in 0..5 {
+            let _ = b.admit(&format!("w{i}"), CallClass::Work, t0);
+        }
+        let Admission::Later(at) = b.admit("w", CallClass::Work, t0) else {
+            panic!("the whole budget is booked");
+        };
+        assert_eq!(b.admit("w", CallClass::Work, t0), Admission::Later(at));
     }
 
     #[test]
