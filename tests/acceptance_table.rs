@@ -1141,6 +1141,34 @@ fn a_decision_refused_for_two_requests_and_never_taken_is_tried_for_no_more_in_t
     assert!(fourth.memory.refused.is_empty());
 }
 
+/// More requests than one reconcile decides, and the permission missing: the policy comes back
+/// at the next poll, not at once for the rest (two more refusals each time, a thousand requests a
+/// thousand calls back to back).
+#[test]
+fn a_missing_permission_with_a_backlog_waits_for_the_next_poll() {
+    let denied = || error(ErrorClass::AccessDenied, "AccessDeniedException");
+    let mut fake = requests_from(A, 120);
+    for _ in 0..120 {
+        fake.fail("Accept", denied());
+    }
+    let given = Given::new(spec(UnmatchedRequests::Leave));
+    let first = run(&given, &mut fake);
+    assert_eq!(decisions(&fake), ["Accept c-1", "Accept c-2"]);
+    assert_eq!(
+        first.settled().requeue,
+        Duration::from_secs(2),
+        "the next poll, not at once"
+    );
+    assert!(!first.memory.backlog, "the next List is a poll");
+
+    // With the permission there, the backlog brings it back at once.
+    let mut fake = requests_from(A, 120);
+    let first = run(&given, &mut fake);
+    assert_eq!(decisions(&fake).len(), 50);
+    assert_eq!(first.settled().requeue, Duration::ZERO, "the rest at once");
+    assert!(first.memory.backlog);
+}
+
 #[test]
 fn refusals_after_the_operation_succeeded_do_not_stop_it_for_the_other_requests() {
     // One request accepted, then two refused: the permission is there, so the last is tried.

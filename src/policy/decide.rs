@@ -323,6 +323,8 @@ pub struct Run<'a> {
     /// every request (a permission missing), so it is tried for no other in this reconcile.
     refusals: BTreeMap<&'static str, u32>,
     succeeded: BTreeSet<&'static str>,
+    /// An operation was given up for the rest of this reconcile (see [`Run::refused`]).
+    refused_for_all: bool,
     /// AWS answered a List or a decision in this reconcile (an error of its own included).
     answered: bool,
     /// The reconcile ended on a passing fault that set its request back ([`Memory::set_back`]).
@@ -362,6 +364,7 @@ impl<'a> Run<'a> {
             problem: None,
             refusals: BTreeMap::new(),
             succeeded: BTreeSet::new(),
+            refused_for_all: false,
             answered: false,
             request_fault: false,
             clock: jiff::Timestamp::UNIX_EPOCH,
@@ -632,6 +635,10 @@ impl<'a> Run<'a> {
         if *times >= 2 && !self.succeeded.contains(operation) {
             self.plan
                 .retain(|p| matches!(p, Planned::Accept(_)) != accepting);
+            // A plan cut short at MAX_DECISIONS would bring the policy back at once for the
+            // rest, and two more refusals each time: a missing permission and a thousand
+            // requests would be a thousand calls back to back. The rest waits for the next poll.
+            self.refused_for_all = true;
         }
     }
 
@@ -984,13 +991,14 @@ impl<'a> Run<'a> {
         {
             events.push(Note::warning(refused.reason, refused.message));
         }
-        self.next_memory.backlog = self.truncated;
+        let backlog = self.truncated && !self.refused_for_all;
+        self.next_memory.backlog = backlog;
         let since = match self.memory.applied {
             Some((generation, at)) if generation == self.p.generation => at,
             _ => now,
         };
         self.next_memory.applied = Some((self.p.generation, since));
-        let requeue = if self.truncated {
+        let requeue = if backlog {
             self.keep_list(Duration::ZERO, now, true);
             Duration::ZERO
         } else {
