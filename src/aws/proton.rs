@@ -1338,7 +1338,7 @@ struct ListQuery<'a> {
 /// The key of the shared list of PENDING connections made with `identity`'s credentials in
 /// `region` (its listing, and its slot in the budget).
 fn pending_key(identity: &AwsIdentity, region: &str) -> String {
-    crate::aws::budget::pending_list_key(&identity.to_string(), region)
+    crate::aws::budget::pending_list_key(&identity.key(), region)
 }
 
 /// What a list shows of a connection (all but its CodeBuild role, which a list does not show),
