@@ -1044,6 +1044,65 @@ async fn a_proton_that_drops_every_packet_gets_one_call_at_a_time_and_makes_no_c
     );
 }
 
+/// STS drops every packet before the controller has learned its account: the reconciles that
+/// need it wait for the one question out and take its failure, or fail at once, unsent, while
+/// it is out; none waits its turn to ask again. Asked in turn, a question of three tries of 2 s
+/// each, the eighth resource would report only after some 48 s, every worker held meanwhile.
+/// When STS answers again, every resource gets its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sts_that_drops_every_packet_holds_one_question_not_a_worker_for_each() {
+    const DUE: usize = 8;
+    let (env, _dir, kubeconfig) = over_http().await;
+    let gate = Gate::to(env.emulator.addr()).await;
+    gate.hold();
+    let names: Vec<String> = (1..=DUE).map(|i| format!("sts-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        env.api.create(name, &uid(i), spec(name));
+    }
+    let args = run_args(&gate.url(), &["--aws-timeout", "2s"]);
+    let controller = Controller::start(&kubeconfig, &args, None);
+    let started = std::time::Instant::now();
+    let reported = |api: &FakeApi| {
+        names.iter().all(|n| {
+            api.get(n)
+                .and_then(|o| support::condition(&o, "Synced"))
+                .is_some_and(|(_, reason, _)| reason == "AwsUnavailable")
+        })
+    };
+    env.api
+        .wait_until(
+            "each resource to report that STS does not answer",
+            LIMIT,
+            reported,
+        )
+        .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(24),
+        "{took:?}: the resources waited their turn to ask\n{}",
+        controller.log()
+    );
+    assert_eq!(
+        env.proton().connections().len(),
+        0,
+        "nothing reached Proton"
+    );
+    gate.open();
+    gate.reset_held();
+    env.api
+        .wait_until(
+            "every resource to have its connection once STS answers",
+            LIMIT,
+            |api| served(api, &names) == names.len(),
+        )
+        .await;
+    each_has_exactly_one_connection(&env, &names);
+    println!(
+        "STS dropping every packet, {DUE} resources due: all reported AwsUnavailable {:.1} s after the start",
+        took.as_secs_f64()
+    );
+}
+
 /// A PENDING connection whose polls the shared list of PENDING connections answers (see
 /// `aws::pending`): through a 40 s Proton outage the list fails again and again, and the wait
 /// before the next list grows (2 s, doubling: 32 s by the end). When Proton answers again that

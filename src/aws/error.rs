@@ -189,9 +189,12 @@ impl ProtonError {
             operation,
             class: ErrorClass::Unanswered,
             code: UNREACHED.into(),
-            message: format!(
-                "not sent: Proton in {region} does not answer; one call at a time goes there until it answers again"
-            ),
+            message: match region {
+                crate::aws::reach::STS => "not sent: STS does not answer; one call at a time goes there until it answers again".to_string(),
+                _ => format!(
+                    "not sent: Proton in {region} does not answer; one call at a time goes there until it answers again"
+                ),
+            },
             retry_in: None,
         }
     }

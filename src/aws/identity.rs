@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::aws::asking::Asking;
 use crate::aws::error::{ErrorClass, ProtonError};
 use crate::aws::reach::{self, Reach};
 use crate::metrics::Metrics;
@@ -21,8 +22,7 @@ pub struct CallerIdentity {
     sts: aws_sdk_sts::Client,
     reach: Arc<Reach>,
     cached: Arc<Mutex<Option<(String, Instant)>>>,
-    /// One question at a time: callers arriving while STS is asked wait for its answer.
-    asking: Arc<tokio::sync::Mutex<()>>,
+    asking: Arc<Asking>,
     metrics: Metrics,
 }
 
@@ -39,14 +39,17 @@ impl CallerIdentity {
 
     /// The account id, from the cache while it is fresh.
     pub async fn account(&self) -> Result<String, ProtonError> {
-        if let Some(account) = self.fresh() {
-            return Ok(account);
-        }
-        let _asking = self.asking.lock().await;
-        // Someone else may have asked while this caller waited.
-        if let Some(account) = self.fresh() {
-            return Ok(account);
-        }
+        self.asking
+            .ask(
+                &self.reach,
+                "GetCallerIdentity",
+                || self.fresh(),
+                || self.ask(),
+            )
+            .await
+    }
+
+    async fn ask(&self) -> Result<String, ProtonError> {
         let call = self.sts.get_caller_identity().send();
         match self
             .reach

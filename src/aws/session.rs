@@ -14,6 +14,7 @@ use aws_credential_types::provider::{self, ProvideCredentials, error::Credential
 use tracing::info;
 
 use super::credentials::RoleIdentity;
+use crate::aws::asking::Asking;
 use crate::aws::error::{ErrorClass, ProtonError};
 use crate::aws::reach::{self, Reach};
 use crate::metrics::Metrics;
@@ -39,8 +40,7 @@ pub struct RoleSession {
     reach: Arc<Reach>,
     metrics: Metrics,
     cached: Mutex<Option<Assumed>>,
-    /// One AssumeRole at a time: callers arriving meanwhile wait for its answer.
-    asking: tokio::sync::Mutex<()>,
+    asking: Asking,
 }
 
 impl std::fmt::Debug for RoleSession {
@@ -66,7 +66,7 @@ impl RoleSession {
             reach,
             metrics,
             cached: Mutex::new(None),
-            asking: tokio::sync::Mutex::new(()),
+            asking: Asking::default(),
         }
     }
 
@@ -77,13 +77,12 @@ impl RoleSession {
     /// Valid credentials of the role: cached ones while they have more than a few minutes left,
     /// else a new AssumeRole.
     pub async fn assume(&self) -> Result<Assumed, ProtonError> {
-        if let Some(assumed) = self.fresh() {
-            return Ok(assumed);
-        }
-        let _asking = self.asking.lock().await;
-        if let Some(assumed) = self.fresh() {
-            return Ok(assumed);
-        }
+        self.asking
+            .ask(&self.reach, "AssumeRole", || self.fresh(), || self.ask())
+            .await
+    }
+
+    async fn ask(&self) -> Result<Assumed, ProtonError> {
         let mut request = self
             .sts
             .assume_role()
