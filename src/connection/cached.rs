@@ -11,8 +11,10 @@ use crate::connection::api::{
 use crate::reconciler::{self};
 
 /// What makes a change worth a reconcile: the spec (generation; deletion bumps it too), the
-/// finalizers (a stripped one is put back at once) and the adopt annotation. The controller's
-/// own status writes change none of these, so they wake nothing.
+/// finalizers (a stripped one is put back at once), the adopt and paused annotations, and an
+/// intent annotation the resource reports not trusted. The controller's own status writes
+/// change none of these, so they wake nothing (but the one that reports an intent not trusted,
+/// once).
 pub fn trigger_hash(obj: &EnvironmentAccountConnection) -> Option<u64> {
     let mut h = DefaultHasher::new();
     obj.metadata.generation.hash(&mut h);
@@ -20,6 +22,7 @@ pub fn trigger_hash(obj: &EnvironmentAccountConnection) -> Option<u64> {
     obj.finalizers().hash(&mut h);
     obj.annotations().get(ADOPT_ANNOTATION).hash(&mut h);
     obj.annotations().get(PAUSED_ANNOTATION).hash(&mut h);
+    super::triggers::refused_intent(obj).hash(&mut h);
     Some(h.finish())
 }
 
@@ -216,5 +219,48 @@ mod tests {
         assert!(!same(&|o| {
             o.metadata.annotations = Some(BTreeMap::from([(ADOPT_ANNOTATION.into(), "id".into())]))
         }));
+    }
+
+    /// The intent annotation wakes nothing while the controller takes it (its own comes and
+    /// goes), and its removal wakes a resource that reports it not trusted: the report is
+    /// retried only at the resync.
+    #[test]
+    fn an_intent_wakes_a_reconcile_only_where_it_is_reported_not_trusted() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let with_intent = |o: &mut EnvironmentAccountConnection| {
+            o.metadata.annotations = Some(BTreeMap::from([(
+                INTENT_ANNOTATION.into(),
+                r#"{"region":"eu-west-1","account":"111122223333","sentAt":"9999-01-01T00:00:00Z"}"#
+                    .into(),
+            )]))
+        };
+        let reporting = |reason: &str| {
+            let mut o = eac("a");
+            o.status = Some(Status {
+                conditions: vec![Condition {
+                    type_: crate::conditions::SYNCED.into(),
+                    status: "False".into(),
+                    reason: reason.into(),
+                    message: String::new(),
+                    last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+                    observed_generation: Some(1),
+                }],
+                ..Status::default()
+            });
+            o
+        };
+        for (reason, wakes) in [
+            ("Creating", false),
+            (crate::connection::decide::INTENT_NOT_TRUSTED, true),
+        ] {
+            let without = reporting(reason);
+            let mut with = without.clone();
+            with_intent(&mut with);
+            assert_eq!(
+                trigger_hash(&with) != trigger_hash(&without),
+                wakes,
+                "{reason}: the annotation removed"
+            );
+        }
     }
 }

@@ -5,7 +5,11 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use kube::ResourceExt;
 
-use crate::connection::api::{ADOPT_ANNOTATION, EnvironmentAccountConnection, PAUSED_ANNOTATION};
+use crate::conditions::SYNCED;
+use crate::connection::api::{
+    ADOPT_ANNOTATION, EnvironmentAccountConnection, INTENT_ANNOTATION, PAUSED_ANNOTATION,
+};
+use crate::connection::decide::INTENT_NOT_TRUSTED;
 use crate::mapping::{MappingError, Resolved};
 
 /// The `proton.eac.dev/adopt-id` annotation, trimmed, if not empty.
@@ -23,12 +27,30 @@ pub(super) fn paused_annotation(obj: &EnvironmentAccountConnection) -> bool {
         .is_some_and(|v| v.trim() == "true")
 }
 
+/// The intent annotation of a resource that reports it not trusted (`IntentNotTrusted`): its
+/// removal or correction is worth a reconcile at once (the report is retried only at the
+/// resync). Of no other resource: the controller's own intent comes and goes (the watch cache
+/// drops it once a connection is recorded), and that is no change.
+pub(super) fn refused_intent(obj: &EnvironmentAccountConnection) -> Option<&str> {
+    let refused = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.condition(SYNCED))
+        .is_some_and(|c| c.reason == INTENT_NOT_TRUSTED);
+    if !refused {
+        return None;
+    }
+    obj.annotations().get(INTENT_ANNOTATION).map(String::as_str)
+}
+
 /// What a reconcile acts on besides the spec: a change to one is worth a reconcile even before
 /// the resource is due: the annotations it reads, and the credentials its namespace resolves to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Triggers {
     pub(super) adopt_id: Option<String>,
     pub(super) paused: bool,
+    /// See [`refused_intent`].
+    pub(super) refused_intent: Option<String>,
     pub(super) credentials: Result<Resolved, MappingError>,
 }
 
@@ -49,6 +71,7 @@ impl Triggers {
         Triggers {
             adopt_id: adopt_annotation(obj),
             paused: paused_annotation(obj),
+            refused_intent: refused_intent(obj).map(str::to_string),
             credentials,
         }
     }

@@ -323,8 +323,11 @@ pub struct Run<'a> {
     /// every request (a permission missing), so it is tried for no other in this reconcile.
     refusals: BTreeMap<&'static str, u32>,
     succeeded: BTreeSet<&'static str>,
-    /// An operation was given up for the rest of this reconcile (see [`Run::refused`]).
-    refused_for_all: bool,
+    /// The decisions left out of this reconcile's plan (more than [`MAX_DECISIONS`]): whether
+    /// there were accepts, and rejections, among them.
+    cut: Cut,
+    /// The operations given up for the rest of this reconcile (see [`Run::refused`]).
+    given_up: Cut,
     /// AWS answered a List or a decision in this reconcile (an error of its own included).
     answered: bool,
     /// The reconcile ended on a passing fault that set its request back ([`Memory::set_back`]).
@@ -364,7 +367,8 @@ impl<'a> Run<'a> {
             problem: None,
             refusals: BTreeMap::new(),
             succeeded: BTreeSet::new(),
-            refused_for_all: false,
+            cut: Cut::default(),
+            given_up: Cut::default(),
             answered: false,
             request_fault: false,
             clock: jiff::Timestamp::UNIX_EPOCH,
@@ -562,6 +566,8 @@ impl<'a> Run<'a> {
             (Step::Accept { .. } | Step::Reject { .. }, Ok(Outcome::PoliciesChanged)) => {
                 self.plan.clear();
                 self.truncated = true;
+                // Planned anew at once, from the policies as they are now.
+                self.given_up = Cut::default();
             }
             (Step::Accept { id } | Step::Get { id } | Step::Reject { id }, Err(e))
                 if matches!(e.class, ErrorClass::Conflict | ErrorClass::NotFound) =>
@@ -637,8 +643,9 @@ impl<'a> Run<'a> {
                 .retain(|p| matches!(p, Planned::Accept(_)) != accepting);
             // A plan cut short at MAX_DECISIONS would bring the policy back at once for the
             // rest, and two more refusals each time: a missing permission and a thousand
-            // requests would be a thousand calls back to back. The rest waits for the next poll.
-            self.refused_for_all = true;
+            // requests would be a thousand calls back to back. Those of this operation wait for
+            // the next poll.
+            self.given_up.mark(accepting);
         }
     }
 
@@ -711,7 +718,9 @@ impl<'a> Run<'a> {
         again.sort_by_key(order);
         plan.extend(again);
         if plan.len() > MAX_DECISIONS {
-            plan.truncate(MAX_DECISIONS);
+            for left_out in plan.drain(MAX_DECISIONS..) {
+                self.cut.mark(matches!(left_out, Planned::Accept(_)));
+            }
             self.truncated = true;
         }
         self.plan = plan.into();
@@ -991,7 +1000,11 @@ impl<'a> Run<'a> {
         {
             events.push(Note::warning(refused.reason, refused.message));
         }
-        let backlog = self.truncated && !self.refused_for_all;
+        // Back at once for what was left out, unless it is all of operations given up.
+        let backlog = self.truncated
+            && ((self.cut.accepts && !self.given_up.accepts)
+                || (self.cut.rejects && !self.given_up.rejects)
+                || self.cut == Cut::default());
         self.next_memory.backlog = backlog;
         let since = match self.memory.applied {
             Some((generation, at)) if generation == self.p.generation => at,
@@ -1234,6 +1247,23 @@ fn jittered(interval: Duration, jitter: f64) -> Duration {
         0.5
     };
     interval.mul_f64(0.9 + 0.2 * jitter)
+}
+
+/// Which operations: accepts, rejections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Cut {
+    accepts: bool,
+    rejects: bool,
+}
+
+impl Cut {
+    fn mark(&mut self, accepting: bool) {
+        if accepting {
+            self.accepts = true;
+        } else {
+            self.rejects = true;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -32,18 +32,19 @@ pub fn eac_rule(resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// What a controller limited to one namespace needs, minus what `without` names: list/watch/
-/// get/patch on the resource, patch on its status, Events, Leases.
+/// What a controller limited to one namespace needs, as the chart grants it (no more, so a
+/// test would see a call that needs more): list/watch/get/patch on the resource, patch on its
+/// status (unless `status_writes` is false), creating Events, Leases.
 pub fn controller_rules(status_writes: bool) -> Vec<PolicyRule> {
     let mut rules = vec![
         eac_rule(
             &["environmentaccountconnections"],
-            &["get", "list", "watch", "patch", "update"],
+            &["get", "list", "watch", "patch"],
         ),
         PolicyRule {
             api_groups: Some(vec!["events.k8s.io".into()]),
             resources: Some(vec!["events".into()]),
-            verbs: vec!["create".into(), "patch".into()],
+            verbs: vec!["create".into()],
             ..PolicyRule::default()
         },
         PolicyRule {
@@ -56,7 +57,7 @@ pub fn controller_rules(status_writes: bool) -> Vec<PolicyRule> {
     if status_writes {
         rules.push(eac_rule(
             &["environmentaccountconnections/status"],
-            &["get", "patch", "update"],
+            &["patch"],
         ));
     }
     // The management side (on by default): read the policies, write their status.

@@ -23,6 +23,9 @@ use crate::connection::api::EnvironmentAccountConnectionStatus as Status;
 use crate::connection::api::INTENT_ANNOTATION;
 use crate::reconciler::retry::Problem;
 
+/// The reason a resource reports an intent annotation not taken (see [`Intent::distrust`]).
+pub const INTENT_NOT_TRUSTED: &str = "IntentNotTrusted";
+
 /// How far ahead of the reading controller's clock an intent's time may be: the clocks of the
 /// replica that wrote it and of the one that reads it differ by far less.
 const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
@@ -52,7 +55,7 @@ impl Intent {
     /// region cannot change), a region and an account of the form AWS gives them.
     pub fn distrust(&self, spec_region: Option<&str>, now: jiff::Timestamp) -> Option<Problem> {
         let refused = |why: String, retry: Retry| Problem {
-            reason: "IntentNotTrusted",
+            reason: INTENT_NOT_TRUSTED,
             message: format!(
                 "annotation {INTENT_ANNOTATION} is not as the controller writes it ({why}); nothing is created, changed or deleted until it is removed (kubectl annotate ... {INTENT_ANNOTATION}-) or corrected"
             ),
@@ -78,7 +81,7 @@ impl Intent {
                 Retry::Terminal,
             ));
         }
-        if !is_region(&self.region) {
+        if !is_host_label(&self.region) {
             return Some(refused(
                 format!("region {:?} is not a region's name", self.region),
                 Retry::Terminal,
@@ -115,21 +118,15 @@ impl Intent {
     }
 }
 
-/// `patterns::REGION` (`^[a-z]{2}(-[a-z]+)+-\d$`), as the CRD checks `spec.region`.
-fn is_region(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    let lower = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
-    match parts.as_slice() {
-        [first, middle @ .., last] => {
-            first.len() == 2
-                && lower(first)
-                && !middle.is_empty()
-                && middle.iter().all(|p| lower(p))
-                && last.len() == 1
-                && last.bytes().all(|b| b.is_ascii_digit())
-        }
-        _ => false,
-    }
+/// Whether `s` can be a region's name: one DNS label (it is part of the endpoint's host name),
+/// lowercase. Looser than the CRD's `patterns::REGION`: the controller's own default region
+/// (`--region`, `AWS_REGION`) is not held to that, and an intent it wrote must pass.
+fn is_host_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
 }
 
 fn later_of(a: &str, b: &str) -> String {
@@ -313,7 +310,7 @@ mod tests {
                 Retry::Terminal,
             ),
             (
-                intent("eu-west-1-", account, "2026-12-07T11:59:00Z"),
+                intent("eu-west-1/x", account, "2026-12-07T11:59:00Z"),
                 None,
                 "not a region",
                 Retry::Terminal,
@@ -337,27 +334,28 @@ mod tests {
     }
 
     #[test]
-    fn a_region_is_told_as_the_crd_tells_it() {
+    fn a_region_is_one_lowercase_host_label() {
         for ok in [
             "eu-west-1",
             "us-gov-west-1",
-            "ap-southeast-2",
             "il-central-1",
+            "eusc-de-east-1",
+            "local",
         ] {
-            assert!(is_region(ok), "{ok}");
+            assert!(is_host_label(ok), "{ok}");
         }
         for bad in [
             "",
-            "eu",
-            "eu-1",
             "EU-west-1",
-            "eu-west-12",
-            "eu--1",
-            "e-west-1",
-            "eu-west-x",
-            "eu-west-1.x",
+            "eu-west-1.evil.com",
+            "eu-west-1-",
+            "-eu",
+            "1eu",
+            "eu_west",
+            "a/b",
         ] {
-            assert!(!is_region(bad), "{bad}");
+            assert!(!is_host_label(bad), "{bad}");
         }
+        assert!(!is_host_label(&"a".repeat(64)));
     }
 }

@@ -33,7 +33,7 @@ use crate::connection::api::{
 
 pub use crate::reconciler::retry::{Problem, retry_after};
 pub use events::{Note, event_for};
-pub use memory::{Intent, Memory, Written, effective_status};
+pub use memory::{INTENT_NOT_TRUSTED, Intent, Memory, Written, effective_status};
 pub use observe::{Observed, Origin, Progress};
 pub use rules::{jittered, listed_polls_until, pending_interval, pending_interval_since};
 
