@@ -18,7 +18,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::aws::budget::CallClass;
-use crate::connection::api::{ConnectionState, EnvironmentAccountConnection};
+use crate::connection::api::{ConnectionState, EnvironmentAccountConnection, PAUSED_ANNOTATION};
+use kube::ResourceExt;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -62,7 +63,9 @@ impl std::fmt::Debug for ConnectionsCollector {
     }
 }
 
-const STATUSES: [&str; 4] = ["PENDING", "CONNECTED", "REJECTED", "unknown"];
+/// `paused`: paused (`proton.eac.dev/paused`) before a connection status was known; `unknown`:
+/// no connection status (yet), not paused.
+const STATUSES: [&str; 5] = ["PENDING", "CONNECTED", "REJECTED", "paused", "unknown"];
 
 impl Collector for ConnectionsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -72,8 +75,13 @@ impl Collector for ConnectionsCollector {
         let mut counts: HashMap<&str, i64> = HashMap::new();
         for obj in store.state() {
             let state = obj.status.as_ref().and_then(|s| s.status);
+            // A resource paused on purpose is not one the controller failed to serve.
+            let none = match obj.annotations().get(PAUSED_ANNOTATION) {
+                Some(v) if v.trim() == "true" => "paused",
+                _ => "unknown",
+            };
             *counts
-                .entry(state.map_or("unknown", ConnectionState::as_str))
+                .entry(state.map_or(none, ConnectionState::as_str))
                 .or_default() += 1;
         }
         let mut metric = encoder.encode_descriptor(
@@ -448,6 +456,12 @@ mod tests {
         ] {
             writer.apply_watcher_event(&Event::Apply(eac(name, state)));
         }
+        // Paused before a connection status was known: on purpose, not unknown.
+        let mut paused = eac("e", None);
+        paused
+            .annotations_mut()
+            .insert(PAUSED_ANNOTATION.into(), "true".into());
+        writer.apply_watcher_event(&Event::Apply(paused));
         m.count_connections_from(Some(store));
         let text = m.encode();
         assert!(
@@ -464,6 +478,10 @@ mod tests {
         );
         assert!(
             text.contains("eac_connections{status=\"unknown\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eac_connections{status=\"paused\"} 1"),
             "{text}"
         );
         // A resource that leaves the cache leaves the count, however it left.

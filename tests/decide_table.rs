@@ -307,6 +307,7 @@ struct Case {
     failures: u32,
     first_sight: bool,
     paused: bool,
+    nudged: bool,
     /// Why the intent annotation is not taken (`Intent::distrust`).
     intent_problem: Option<Problem>,
     jitter: f64,
@@ -330,6 +331,7 @@ impl Case {
             failures: 0,
             first_sight: false,
             paused: false,
+            nudged: false,
             intent_problem: None,
             jitter: JITTER,
             settings: settings(),
@@ -402,6 +404,7 @@ impl Case {
             quiet: self.quiet,
             failures: self.failures,
             first_sight: self.first_sight,
+            nudged: self.nudged,
             paused: self.paused,
             credentials_problem: None,
             intent_problem: self.intent_problem.as_ref(),
@@ -3179,6 +3182,23 @@ fn an_observer_reports_drift_without_correcting_it_and_reads_once_per_resync() {
     assert_eq!(trace.path(), "WhoAmI Get Settle");
     assert_eq!(case.status, before);
     assert_eq!(trace.settled().events, []);
+}
+
+/// A PENDING connection's read is a poll, which the poll share may hold back for a minute when
+/// hundreds wait; made due by a nudge (the policy here decided its request), it is work: the
+/// decision is seen at once.
+#[test]
+fn a_nudged_read_is_work_not_a_poll() {
+    use eac_controller::aws::budget::CallClass;
+    let get = Step::Get { id: ID.into() };
+    let mut case = Case::new().status(status_pending());
+    assert_eq!(case.run().class_of(&get), CallClass::Poll);
+    case.nudged = true;
+    assert_eq!(case.run().class_of(&get), CallClass::Work);
+    let mut case = Case::new().status(status_connected());
+    assert_eq!(case.run().class_of(&get), CallClass::Resync);
+    case.nudged = true;
+    assert_eq!(case.run().class_of(&get), CallClass::Work);
 }
 
 #[test]

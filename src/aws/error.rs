@@ -189,12 +189,9 @@ impl ProtonError {
             operation,
             class: ErrorClass::Unanswered,
             code: UNREACHED.into(),
-            message: match region {
-                crate::aws::reach::STS => "not sent: STS does not answer; one call at a time goes there until it answers again".to_string(),
-                _ => format!(
-                    "not sent: Proton in {region} does not answer; one call at a time goes there until it answers again"
-                ),
-            },
+            message: format!(
+                "not sent: Proton in {region} does not answer; one call at a time goes there until it answers again"
+            ),
             retry_in: None,
         }
     }

@@ -84,6 +84,17 @@ impl Unreached {
     }
 }
 
+/// [`ProtonError::unreached`], worded for STS when it is STS that does not answer.
+fn not_sent(operation: &'static str, region: &str) -> ProtonError {
+    let mut unsent = ProtonError::unreached(operation, region);
+    if region == STS {
+        unsent.message =
+            "not sent: STS does not answer; one call at a time goes there until it answers again"
+                .into();
+    }
+    unsent
+}
+
 /// The service a region's calls go to, for the log.
 pub fn service(region: &str) -> &'static str {
     if region == STS { "STS" } else { "Proton" }
@@ -200,7 +211,7 @@ impl Reach {
         self.away.send_if_modified(|away| {
             if let Some(unreached) = away.get_mut(region) {
                 outcome = if unreached.trying {
-                    Err(ProtonError::unreached(operation, region))
+                    Err(not_sent(operation, region))
                 } else {
                     unreached.trying = true;
                     Ok(Trial {
@@ -224,7 +235,7 @@ impl Reach {
             .borrow()
             .get(region)
             .is_some_and(|unreached| unreached.trying)
-            .then(|| ProtonError::unreached(operation, region))
+            .then(|| not_sent(operation, region))
     }
 
     /// Whether `trial` is the turn of `region`'s outage now: a call its holder makes there goes

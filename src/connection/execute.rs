@@ -348,8 +348,10 @@ pub(super) async fn finish(
     match step {
         Step::Settle(settled) => {
             write_status(ctx, facts, &settled.status).await?;
+            // Only a request seen waiting: an adopted or observed connection, or one found again
+            // for a resource re-created without its status, would count its whole age.
             if settled.status.status == Some(ConnectionState::Connected)
-                && facts.status.status != Some(ConnectionState::Connected)
+                && facts.status.status == Some(ConnectionState::Pending)
                 && let Some(requested) = settled
                     .status
                     .requested_at

@@ -215,6 +215,7 @@ impl Facts {
             quiet: self.quiet,
             failures: self.failures,
             first_sight: self.first_sight,
+            nudged: self.nudged,
             credentials_problem: self.credentials_problem.as_ref(),
             intent_problem: self.intent_problem.as_ref(),
             default_region: self

@@ -91,6 +91,10 @@ SCENARIOS: list[dict[str, Any]] = [
         "input_series": [
             series("eac_reconcile_total", 'instance="a",result="settled"', "0+10x90"),
             series("eac_reconcile_total", 'instance="a",result="deferred"', "0+10x90"),
+            # The watch behind the controller's own write: the reconcile runs again, no problem.
+            series("eac_reconcile_total", 'instance="a",result="stale_cache"', "0+3x90"),
+            series("eac_acceptance_reconcile_total", 'instance="a",result="settled"', "0+10x90"),
+            series("eac_acceptance_reconcile_total", 'instance="a",result="gone"', "0+1x90"),
             # Failed for 10 minutes, then stopped failing (the increase over 15m drops to 0).
             series("eac_reconcile_total", 'instance="a",result="Throttled"', "0+1x10 10x80"),
             series("eac_leader", 'instance="a"', "1x90"),
@@ -112,6 +116,47 @@ SCENARIOS: list[dict[str, Any]] = [
         "alert_rule_test": [
             silent("25m", "EacStalledResources"),
             fires("40m", "EacStalledResources", {"result": "NoConnectionStatus", "severity": "warning"}),
+        ],
+    },
+    {
+        "name": "a policy whose Accepts AWS keeps refusing, or whose reconciles end on a problem, is stalled",
+        "input_series": [
+            series(
+                "eac_aws_requests_total",
+                'instance="a",operation="AcceptEnvironmentAccountConnection",outcome="AccessDenied"',
+                "0+2x60",
+            ),
+            # Someone else decided: no problem.
+            series(
+                "eac_aws_requests_total",
+                'instance="a",operation="RejectEnvironmentAccountConnection",outcome="Conflict"',
+                "0+1x60",
+            ),
+            series("eac_acceptance_reconcile_total", 'instance="a",result="AccountMismatch"', "0+1x60"),
+            series("eac_acceptance_reconcile_total", 'instance="a",result="settled"', "0+10x60"),
+            series("eac_leader", 'instance="a"', "1x60"),
+        ],
+        "alert_rule_test": [
+            silent("20m", "EacStalledResources"),
+            {
+                "eval_time": "45m",
+                "alertname": "EacStalledResources",
+                "exp_alerts": [
+                    {"exp_labels": {"result": "AccessDenied", "outcome": "AccessDenied", "kind": "ConnectionAcceptancePolicy", "severity": "warning"}},
+                    {"exp_labels": {"result": "AccountMismatch", "kind": "ConnectionAcceptancePolicy", "severity": "warning"}},
+                ],
+            },
+        ],
+    },
+    {
+        "name": "a policy's reconciles failing on Kubernetes alert as the connections' do",
+        "input_series": [
+            series("eac_acceptance_reconcile_total", 'instance="a",result="kube_error"', "0+2x40"),
+            series("eac_leader", 'instance="a"', "1x40"),
+        ],
+        "alert_rule_test": [
+            fires("30m", "EacReconcileErrors", {"severity": "warning"}),
+            silent("39m", "EacStalledResources"),
         ],
     },
     {

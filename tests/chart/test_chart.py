@@ -674,6 +674,11 @@ def test_existing_service_account(render):
 def test_pdb_only_with_more_than_one_replica(render, default_objs):
     pdb = one(default_objs, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
+    # Both replicas are unready while the API server does not answer them: a drain may still
+    # evict them.
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    unset = one(render({"podDisruptionBudget": {"unhealthyPodEvictionPolicy": ""}}), "PodDisruptionBudget")
+    assert "unhealthyPodEvictionPolicy" not in unset["spec"]
     assert pdb["spec"]["selector"]["matchLabels"] == one(default_objs, "Deployment")["spec"]["selector"]["matchLabels"]
     assert not find(render({"replicaCount": 1}), "PodDisruptionBudget")
     assert not find(render({"podDisruptionBudget": {"enabled": False}}), "PodDisruptionBudget")

@@ -500,7 +500,11 @@ def test_stalled_resources_alert(default_alerts):
     expr = alert["expr"]
     assert alert["for"] == "30m"
     excluded = re.search(r'result!~"([^"]*)"', expr).group(1).split("|")
-    assert set(excluded) == ROUTINE_RESULTS | {"kube_error"}
+    assert set(excluded) == ROUTINE_RESULTS | {"stale_cache", "kube_error"}
+    # The management side's: its routine results, and decisions AWS keeps refusing.
+    policies = re.search(r'eac_acceptance_reconcile_total\{[^}]*result!~"([^"]*)"', expr).group(1).split("|")
+    assert set(policies) == {"settled", "quiet", "deferred", "gone", "kube_error"}
+    assert 'operation=~"AcceptEnvironmentAccountConnection|RejectEnvironmentAccountConnection"' in expr
     assert "[15m]" in expr
     assert 'status="unknown"' in expr and "eac_connections" in expr
     assert "by (result)" in expr
@@ -529,7 +533,11 @@ def test_stalled_window_holds_one_retry(render, values, window):
 def test_default_thresholds(default_alerts):
     assert re.search(r"eac_aws_throttled_total\{[^}]*\}\[10m\]\)\) > 0$", default_alerts["EacAwsThrottling"]["expr"])
     assert default_alerts["EacAwsThrottling"]["for"] == "15m"
-    assert re.search(r'result="kube_error"\}\[10m\]\)\) > 0$', default_alerts["EacReconcileErrors"]["expr"])
+    errors = default_alerts["EacReconcileErrors"]["expr"]
+    assert re.search(r"\n\) > 0$", errors)
+    # Both kinds' reconciles (connections' and policies'), over 10m.
+    for series in ("eac_reconcile_total", "eac_acceptance_reconcile_total"):
+        assert re.search(series + r'\{[^}]*result="kube_error"\}\[10m\]', errors), series
     assert default_alerts["EacReconcileErrors"]["for"] == "15m"
     budget = default_alerts["EacAwsBudgetSaturated"]
     # 3 x pendingPoll (30s), on the leader's gauge, while polls are deferred.

@@ -95,6 +95,9 @@ pub struct Resource<'a> {
     pub failures: u32,
     /// The controller sees this resource for the first time since it started leading.
     pub first_sight: bool,
+    /// Made due by a nudge: what it waits for has happened (its request was decided here, say).
+    /// Its reads are then work, not a routine poll the poll share may hold back for a minute.
+    pub nudged: bool,
     /// The `proton.eac.dev/paused` annotation is `"true"`: no AWS call at all.
     pub paused: bool,
     /// Why the resource's namespace has no credentials (an ambiguous or unreadable account
@@ -326,7 +329,7 @@ pub struct Run<'a> {
 impl<'a> Run<'a> {
     pub fn new(r: Resource<'a>, settings: &'a Settings, jitter: f64) -> Run<'a> {
         let region = next::region_of(&r, settings);
-        let routine = routine_read(&r);
+        let routine = if r.nudged { None } else { routine_read(&r) };
         Run {
             status: r.status.clone(),
             has_finalizer: r.has_finalizer,
