@@ -272,6 +272,12 @@ impl Polls {
                 Err(e) if waits_for_the_next_list(&e) => {
                     let wait = e.retry_in.unwrap_or(BUSY_WAIT);
                     debug!(error = %e, %region, "PENDING connections not listed now; their polls wait");
+                    // A list the budget had no room for counts as a reconcile's deferred poll
+                    // does: EacAwsBudgetSaturated reads the budget's saturation from it, and
+                    // while the controller runs most polls are the poller's lists.
+                    if e.class == ErrorClass::Deferred {
+                        metrics.budget_deferred(CallClass::Poll, wait);
+                    }
                     for (uid, w) in polls {
                         made.deferred += 1;
                         self.put_back(uid, w, at + wait);
@@ -373,6 +379,63 @@ mod tests {
             .into_iter()
             .map(|(uid, _)| uid.to_string())
             .collect()
+    }
+
+    /// The poller's list, deferred by a full poll share, counts among the deferred polls
+    /// (`eac_aws_deferred_total{class="poll"}`), as a reconcile's deferred poll does: while the
+    /// controller runs most polls are the poller's, and the budget-saturation alert reads it.
+    #[tokio::test]
+    async fn a_list_the_budget_defers_counts_as_a_deferred_poll() {
+        use std::num::NonZeroU32;
+
+        use crate::aws::budget::{Admission, CallBudget};
+        use crate::aws::proton::ProtonSettings;
+        let metrics = Metrics::new();
+        let budget = CallBudget::new(
+            NonZeroU32::new(10).unwrap(),
+            NonZeroU32::new(2).unwrap(),
+            0.5,
+        );
+        let now = Instant::now();
+        // Others' polls book the share a minute ahead.
+        for i in 0..300 {
+            let _ = budget.admit(&format!("p{i}"), CallClass::Poll, now);
+        }
+        assert!(matches!(
+            budget.admit("probe", CallClass::Poll, now),
+            Admission::Later(_)
+        ));
+        let proton = Proton::with_static_credentials(
+            ProtonSettings {
+                default_region: "us-east-1".into(),
+                endpoint: Some("http://127.0.0.1:9".into()),
+                sts_endpoint: None,
+                timeout: Duration::from_secs(1),
+            },
+            budget,
+            metrics.clone(),
+        );
+        let polls = Polls::default();
+        polls.set_running(true);
+        assert!(polls.take("a", waiting("a", now, now + Duration::from_secs(60))));
+        let made = polls
+            .make_due(
+                &proton,
+                &crate::offline::settings(),
+                &Nudge::default(),
+                &|_, _| {},
+                &metrics,
+                now,
+            )
+            .await;
+        assert_eq!(made.deferred, 1, "{made:?}");
+        assert!(
+            metrics
+                .encode()
+                .contains("eac_aws_deferred_total{class=\"poll\"} 1"),
+            "{}",
+            metrics.encode()
+        );
     }
 
     /// A list that would fail alike for each poll's Get makes the polls wait; a refusal, or an
