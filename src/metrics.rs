@@ -18,7 +18,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::aws::budget::CallClass;
-use crate::connection::api::{ConnectionState, EnvironmentAccountConnection, PAUSED_ANNOTATION};
+use crate::connection::api::{ConnectionState, EnvironmentAccountConnection, is_paused};
 use kube::ResourceExt;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,9 +76,10 @@ impl Collector for ConnectionsCollector {
         for obj in store.state() {
             let state = obj.status.as_ref().and_then(|s| s.status);
             // A resource paused on purpose is not one the controller failed to serve.
-            let none = match obj.annotations().get(PAUSED_ANNOTATION) {
-                Some(v) if v.trim() == "true" => "paused",
-                _ => "unknown",
+            let none = if is_paused(obj.annotations()) {
+                "paused"
+            } else {
+                "unknown"
             };
             *counts
                 .entry(state.map_or(none, ConnectionState::as_str))
@@ -458,9 +459,10 @@ mod tests {
         }
         // Paused before a connection status was known: on purpose, not unknown.
         let mut paused = eac("e", None);
-        paused
-            .annotations_mut()
-            .insert(PAUSED_ANNOTATION.into(), "true".into());
+        paused.annotations_mut().insert(
+            crate::connection::api::PAUSED_ANNOTATION.into(),
+            "true".into(),
+        );
         writer.apply_watcher_event(&Event::Apply(paused));
         m.count_connections_from(Some(store));
         let text = m.encode();

@@ -126,17 +126,22 @@ fn event_name(object: &str, now: jiff::Timestamp) -> String {
 mod tests {
     use super::*;
 
+    /// A recorder offline (publishing nowhere), reporting from `instance`.
+    fn recorder(instance: Option<&str>) -> Recorder {
+        Recorder::new(
+            crate::offline::client(),
+            Reporter {
+                controller: "eac-controller".into(),
+                instance: instance.map(str::to_string),
+            },
+        )
+    }
+
     /// The API server refuses a note over 1 KiB and a name over 253 characters (422): the Event
     /// explaining a long error would be lost.
     #[tokio::test]
     async fn an_event_stays_within_what_the_api_server_takes() {
-        let recorder = Recorder::new(
-            crate::offline::client(),
-            Reporter {
-                controller: "eac-controller".into(),
-                instance: None,
-            },
-        );
+        let recorder = recorder(None);
         // Cut 17 characters short (the dot and the time), right after the '-'.
         let long_name = format!("{}-{}", "a".repeat(235), "b".repeat(17));
         assert_eq!(long_name.len(), 253);
@@ -166,13 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_event_names_its_object_controller_instance_and_kind() {
-        let recorder = Recorder::new(
-            crate::offline::client(),
-            Reporter {
-                controller: "eac-controller".into(),
-                instance: Some("pod-a".into()),
-            },
-        );
+        let recorder = recorder(Some("pod-a"));
         let regarding = ObjectReference {
             name: Some("prod".into()),
             namespace: Some("platform".into()),

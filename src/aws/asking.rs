@@ -131,25 +131,7 @@ mod tests {
 
         // STS known away, the one question let through out: the next caller fails at once,
         // unsent, rather than waiting for that question.
-        let out = tokio::spawn({
-            let (reach, asking) = (reach.clone(), asking.clone());
-            async move {
-                asking
-                    .ask(
-                        &reach,
-                        "GetCallerIdentity",
-                        || None::<String>,
-                        || async {
-                            tokio::time::sleep(timeout).await;
-                            Err::<String, _>(timed_out())
-                        },
-                    )
-                    .await
-            }
-        });
-        while reach.refusing(reach::STS, "GetCallerIdentity").is_none() {
-            tokio::task::yield_now().await;
-        }
+        let out = question_out(&reach, &asking, timeout).await;
         let before = Instant::now();
         let unsent = asking
             .ask(
@@ -173,25 +155,7 @@ mod tests {
         let reach = Arc::new(Reach::default());
         let asking = Arc::new(Asking::default());
         reach_away(&reach).await;
-        let out = tokio::spawn({
-            let (reach, asking) = (reach.clone(), asking.clone());
-            async move {
-                asking
-                    .ask(
-                        &reach,
-                        "GetCallerIdentity",
-                        || None::<String>,
-                        || async {
-                            tokio::time::sleep(Duration::from_secs(30)).await;
-                            Err::<String, _>(timed_out())
-                        },
-                    )
-                    .await
-            }
-        });
-        while reach.refusing(reach::STS, "GetCallerIdentity").is_none() {
-            tokio::task::yield_now().await;
-        }
+        let out = question_out(&reach, &asking, Duration::from_secs(30)).await;
         let answered = async {
             Ok::<
                 (),
@@ -216,6 +180,35 @@ mod tests {
             .await;
         assert_eq!(after.as_deref(), Ok("111122223333"), "asked again");
         assert!(out.await.unwrap().is_err());
+    }
+
+    /// A question sent while STS is away, that fails for want of an answer after `timeout`;
+    /// returns once it holds STS's one turn.
+    async fn question_out(
+        reach: &Arc<Reach>,
+        asking: &Arc<Asking>,
+        timeout: Duration,
+    ) -> tokio::task::JoinHandle<Result<String, ProtonError>> {
+        let out = tokio::spawn({
+            let (reach, asking) = (reach.clone(), asking.clone());
+            async move {
+                asking
+                    .ask(
+                        &reach,
+                        "GetCallerIdentity",
+                        || None::<String>,
+                        || async {
+                            tokio::time::sleep(timeout).await;
+                            Err::<String, _>(timed_out())
+                        },
+                    )
+                    .await
+            }
+        });
+        while reach.refusing(reach::STS, "GetCallerIdentity").is_none() {
+            tokio::task::yield_now().await;
+        }
+        out
     }
 
     /// Marks STS away as a call nothing answered does.

@@ -244,17 +244,13 @@ impl CallBudget {
         if let Some(booking) = limits.booked.get(key).copied() {
             // A slot booked in the poll share does not hold back the same caller's work (a
             // spec edited, a connection nudged, a deletion): work goes before polls, and the
-            // share may be booked a minute ahead. The share's slot is left unused.
-            let poll_slot_under_work = !booking.whole && class == CallClass::Work;
-            if booking.at > now && !poll_slot_under_work {
+            // share may be booked a minute ahead. The share's slot is left unused, and the work
+            // is admitted as any other.
+            if booking.at > now && (booking.whole || class != CallClass::Work) {
                 return Admission::Later(booking.at);
             }
             limits.booked.remove(key);
-            if poll_slot_under_work && booking.at > now {
-                let at = limits.whole.reserve(now);
-                return wait_or_book(limits, key, at, made, now);
-            }
-            if now.saturating_duration_since(booking.at) < STALE_BOOKING {
+            if booking.at <= now && now.saturating_duration_since(booking.at) < STALE_BOOKING {
                 if booking.whole {
                     return match booking.slots {
                         0 | 1 => Admission::Go,

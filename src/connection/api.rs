@@ -55,6 +55,19 @@ pub mod patterns {
     pub const ROLE_ARN: &str = r"^arn:(aws|aws-cn|aws-us-gov):iam::\d{12}:role/([\w+=,.@-]{1,512}[/:])*([\w+=,.@-]{1,64})$";
     /// AWS region names, e.g. `eu-west-1`, `us-gov-west-1`.
     pub const REGION: &str = r"^[a-z]{2}(-[a-z]+)+-\d$";
+
+    /// [`ACCOUNT_ID`], for what the schema does not check (or checked under an older CRD).
+    pub fn is_account_id(s: &str) -> bool {
+        s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+    }
+}
+
+/// Whether an object's `proton.eac.dev/paused` annotation says `"true"` (a connection's or a
+/// policy's).
+pub fn is_paused(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
+        .get(PAUSED_ANNOTATION)
+        .is_some_and(|v| v.trim() == "true")
 }
 
 /// Desired state of an AWS Proton environment account connection.

@@ -7,7 +7,7 @@ use kube::ResourceExt;
 
 use crate::conditions::SYNCED;
 use crate::connection::api::{
-    ADOPT_ANNOTATION, EnvironmentAccountConnection, INTENT_ANNOTATION, PAUSED_ANNOTATION,
+    ADOPT_ANNOTATION, EnvironmentAccountConnection, INTENT_ANNOTATION, is_paused,
 };
 use crate::connection::decide::INTENT_NOT_TRUSTED;
 use crate::mapping::{MappingError, Resolved};
@@ -18,13 +18,6 @@ pub(super) fn adopt_annotation(obj: &EnvironmentAccountConnection) -> Option<Str
         .get(ADOPT_ANNOTATION)
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-}
-
-/// Whether the `proton.eac.dev/paused` annotation says `"true"`.
-pub(super) fn paused_annotation(obj: &EnvironmentAccountConnection) -> bool {
-    obj.annotations()
-        .get(PAUSED_ANNOTATION)
-        .is_some_and(|v| v.trim() == "true")
 }
 
 /// The intent annotation of a resource that reports it not trusted (`IntentNotTrusted`): its
@@ -70,7 +63,7 @@ impl Triggers {
     ) -> Triggers {
         Triggers {
             adopt_id: adopt_annotation(obj),
-            paused: paused_annotation(obj),
+            paused: is_paused(obj.annotations()),
             refused_intent: refused_intent(obj).map(str::to_string),
             credentials,
         }

@@ -22,7 +22,7 @@ use super::decide::{Acts, Memory, Outcome, Peer, Policy, Run, Step, in_group, re
 use crate::aws::proton::{Proton, ProtonError, StepCalls, Ticket};
 use crate::compact_id::CompactId;
 use crate::connection::api::EnvironmentAccountConnection;
-use crate::connection::api::PAUSED_ANNOTATION;
+use crate::connection::api::{PAUSED_ANNOTATION, is_paused};
 use crate::connection::decide::Settings;
 use crate::http::Readiness;
 use crate::mapping::{Accounts, AwsIdentity, MappingError};
@@ -190,13 +190,6 @@ fn budget_key(uid: &str) -> String {
     crate::aws::budget::policy_key(uid)
 }
 
-/// Whether the `proton.eac.dev/paused` annotation says `"true"`.
-fn paused(obj: &ConnectionAcceptancePolicy) -> bool {
-    obj.annotations()
-        .get(PAUSED_ANNOTATION)
-        .is_some_and(|v| v.trim() == "true")
-}
-
 /// One reconcile of one policy.
 pub async fn reconcile(
     obj: Arc<ConnectionAcceptancePolicy>,
@@ -237,7 +230,7 @@ pub fn error_policy(
         debug!(error = %error, "the policy went while it was reconciled");
         return Action::await_change();
     }
-    let paused = paused(&obj);
+    let paused = is_paused(obj.annotations());
     reconciler::failure::backed_off(
         obj,
         &ctx.tracked,
@@ -277,7 +270,7 @@ impl Facts {
             uid,
             generation,
         } = reconciler::Named::of(obj)?;
-        let paused = paused(obj);
+        let paused = is_paused(obj.annotations());
         let stored = obj.status.as_ref();
         let mut tracked = ctx.tracked();
         tracked.began(&uid);
@@ -433,7 +426,7 @@ fn peers_of<'p>(
                 namespace,
                 name: p.metadata.name.as_deref().unwrap_or_default(),
                 spec: &p.spec,
-                paused: paused(p),
+                paused: is_paused(p.annotations()),
                 // Only a policy for the same account can be in this one's group.
                 acts: if p.spec.management_account_id == this.spec.management_account_id {
                     acts(ctx, accounts, namespace, &p.spec.management_account_id)
@@ -462,7 +455,7 @@ fn group_key(
         (
             p.metadata.uid.clone().unwrap_or_default(),
             p.metadata.generation.unwrap_or_default(),
-            paused(p),
+            is_paused(p.annotations()),
         )
     };
     peers
@@ -498,7 +491,7 @@ fn as_it_was(this: &ConnectionAcceptancePolicy, all: &[Arc<ConnectionAcceptanceP
     all.iter().any(|p| {
         p.metadata.uid == this.metadata.uid
             && p.metadata.generation == this.metadata.generation
-            && paused(p) == paused(this)
+            && is_paused(p.annotations()) == is_paused(this.annotations())
     })
 }
 
@@ -787,7 +780,7 @@ async fn publish_ref(ctx: &Context, facts: &Facts, note: &Note) {
 pub fn trigger_hash(obj: &ConnectionAcceptancePolicy) -> Option<u64> {
     let mut h = DefaultHasher::new();
     obj.metadata.generation.hash(&mut h);
-    paused(obj).hash(&mut h);
+    is_paused(obj.annotations()).hash(&mut h);
     Some(h.finish())
 }
 
@@ -1235,6 +1228,6 @@ mod tests {
         slim(&mut o);
         assert_eq!(o.metadata.labels, None);
         assert_eq!(o.annotations().len(), 1);
-        assert!(paused(&o));
+        assert!(is_paused(o.annotations()));
     }
 }

@@ -59,7 +59,7 @@ pub fn matches_request(spec: &Spec, request: &Connection) -> bool {
 /// What in a spec the schema should have refused (a policy applied while an older CRD was
 /// installed, or written around the API server's validation): the controller acts on none of it.
 pub fn invalid(spec: &Spec) -> Vec<String> {
-    let account = |s: &str| s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit());
+    let account = crate::connection::api::patterns::is_account_id;
     let mut problems = Vec::new();
     if !account(&spec.management_account_id) {
         problems.push(format!(

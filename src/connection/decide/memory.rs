@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aws::proton::Retry;
 use crate::connection::api::EnvironmentAccountConnectionStatus as Status;
-use crate::connection::api::INTENT_ANNOTATION;
+use crate::connection::api::{INTENT_ANNOTATION, patterns};
 use crate::reconciler::retry::Problem;
 
 /// The reason a resource reports an intent annotation not taken (see [`Intent::distrust`]).
@@ -87,7 +87,7 @@ impl Intent {
                 Retry::Terminal,
             ));
         }
-        if self.account.len() != 12 || !self.account.bytes().all(|b| b.is_ascii_digit()) {
+        if !patterns::is_account_id(&self.account) {
             return Some(refused(
                 format!("account {:?} is not an account id", self.account),
                 Retry::Terminal,
