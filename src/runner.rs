@@ -639,6 +639,12 @@ impl Controllers {
         readiness: Readiness,
     ) {
         let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+        // Waiting before either starts: the management side waits for the mappings the
+        // connection side reads, never for mappings a former term read.
+        if self.scope.account_mappings {
+            self.connections
+                .set_accounts(crate::mapping::Accounts::waiting());
+        }
         let connections = controller::run(
             self.connections.clone(),
             self.scope.clone(),

@@ -1220,6 +1220,112 @@ async fn a_policy_whose_namespace_a_mapping_takes_in_reads_again_at_once() {
     let _ = task.await;
 }
 
+/// A policy is not reconciled before the connection side has read the account mappings (at
+/// every start and every term of leadership): it would report `AccountMappingsNotRead`, a
+/// status write and a Warning, and a second write once they are read. Its watch lists
+/// meanwhile, and it is reconciled as soon as they are.
+#[tokio::test]
+async fn a_policy_waits_for_the_account_mappings_before_its_first_reconcile() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use eac_controller::policy::api::{
+        ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec, UnmatchedRequests,
+    };
+
+    const MGMT_ROLE: &str = "arn:aws:iam::111122223333:role/proton-management";
+    const MGMT_NS: &str = "proton-management";
+    let env = Env::start_full(
+        support::eager_settings(),
+        eac_controller::aws::budget::CallBudget::unlimited(),
+        proton_emulator::EmulatorConfig {
+            roles: vec![MGMT_ROLE.parse().unwrap()],
+            ..Default::default()
+        },
+    )
+    .await;
+    env.api
+        .namespace(MGMT_NS, &[("proton.eac.dev/side", "management")]);
+    env.api.account_mapping(
+        "management",
+        &selecting(&[("proton.eac.dev/side", "management")], MGMT_ROLE),
+    );
+    env.api.create_object(
+        MGMT_NS,
+        "accept",
+        "uid-accept",
+        ConnectionAcceptancePolicy::new(
+            "accept",
+            ConnectionAcceptancePolicySpec {
+                management_account_id: "111122223333".into(),
+                region: None,
+                environment_account_ids: vec!["444455556666".into()],
+                environment_names: None,
+                unmatched: UnmatchedRequests::Leave,
+            },
+        ),
+    );
+    env.api.deny(Some(http::Method::GET), "/accountmappings");
+    let policy_ctx = Arc::new(
+        policy_context(&env, support::eager_settings()).with_accounts(env.ctx.accounts_handle()),
+    );
+    let (stop, task) = run_with_mappings(&env);
+    let policies_run = run_policies(policy_ctx);
+    env.api
+        .wait_until(
+            "the policies listed, and two refused lists of AccountMappings",
+            Duration::from_secs(20),
+            |api| {
+                let requests = api.requests();
+                let policies_listed = requests
+                    .iter()
+                    .any(|r| r.path.ends_with("/connectionacceptancepolicies") && r.code == 200);
+                let refused = requests
+                    .iter()
+                    .filter(|r| r.path.ends_with("/accountmappings") && r.code == 403)
+                    .count();
+                policies_listed && refused >= 2
+            },
+        )
+        .await;
+    let status = |api: &support::FakeApi| {
+        api.get_object::<ConnectionAcceptancePolicy>(MGMT_NS, "accept")
+            .and_then(|p| p.status)
+    };
+    assert!(
+        status(&env.api).is_none(),
+        "no status written before the mappings are read: {:?}",
+        status(&env.api)
+    );
+    assert!(env.api.events().is_empty(), "{:?}", env.api.events());
+    assert_eq!(env.total_calls(), 0, "no AWS call");
+
+    env.api.allow_all();
+    env.api
+        .wait_until(
+            "the policy reconciled as the management account once the mappings are read",
+            Duration::from_secs(20),
+            |api| {
+                status(api)
+                    .and_then(|s| s.condition("Ready").map(|c| c.reason.clone()))
+                    .as_deref()
+                    == Some("Applied")
+            },
+        )
+        .await;
+    let not_read: Vec<_> = env
+        .api
+        .events()
+        .into_iter()
+        .filter(|e| e["reason"] == "AccountMappingsNotRead")
+        .collect();
+    assert!(not_read.is_empty(), "{not_read:?}");
+    assert_eq!(env.calls("AssumeRole"), 1, "as the management role");
+    policies_run.abort();
+    let _ = stop.send(());
+    let _ = task.await;
+}
+
 /// A tenant's policy (its namespace unmapped, so it acts with the controller's own credentials,
 /// of another account) names the management account of a team whose namespace a mapping
 /// gives that account's role, and matches a request made to it; it is paused, so it makes no

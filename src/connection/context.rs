@@ -18,7 +18,7 @@ use crate::connection::api::EnvironmentAccountConnection;
 use crate::connection::decide::{Memory, Progress, Settings};
 use crate::connection::polls::Polls;
 use crate::connection::undecided::Undecided;
-use crate::mapping::{Accounts, MappingError, Resolved};
+use crate::mapping::{Accounts, MappingError, Resolved, SharedAccounts};
 use crate::metrics::Metrics;
 use crate::policy::ConnectionAcceptancePolicy;
 use crate::reconciler::nudge::Nudge;
@@ -86,7 +86,7 @@ pub struct Context {
     pub(super) routine_workers: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     /// Which credentials each namespace's resources act with (the account mappings); shared
     /// with the management side.
-    pub(super) accounts: Arc<Mutex<Accounts>>,
+    pub(super) accounts: SharedAccounts,
     /// This controller, for the management side to nudge (a connection it just accepted).
     pub(super) nudge: Nudge<EnvironmentAccountConnection>,
     /// The management side, to nudge when a connection here requests an account it decides for.
@@ -127,7 +127,7 @@ impl Context {
             tracked: Tracker::default(),
             poll_share: 0.5,
             routine_workers: Mutex::default(),
-            accounts: Arc::new(Mutex::new(Accounts::disabled())),
+            accounts: SharedAccounts::default(),
             nudge: Nudge::default(),
             policies: Nudge::default(),
             cache: Mutex::default(),
@@ -159,11 +159,11 @@ impl Context {
 
     /// The account mappings to resolve namespaces with (set while the controller runs).
     pub fn set_accounts(&self, accounts: Accounts) {
-        *self.accounts.lock().unwrap_or_else(|p| p.into_inner()) = accounts;
+        self.accounts.set(accounts);
     }
 
     /// The account mappings as this controller follows them, for the management side.
-    pub fn accounts_handle(&self) -> Arc<Mutex<Accounts>> {
+    pub fn accounts_handle(&self) -> SharedAccounts {
         self.accounts.clone()
     }
 
@@ -176,12 +176,7 @@ impl Context {
     }
 
     fn resolve_credentials(&self, namespace: &str) -> Result<Resolved, MappingError> {
-        let accounts = self
-            .accounts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        accounts.resolve(namespace)
+        self.accounts.get().resolve(namespace)
     }
 
     /// The handles both sides of one process nudge each other through: this controller's own,

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
@@ -207,41 +207,32 @@ pub async fn run(
     ctx.metrics.count_connections_from(Some(store.clone()));
     ctx.use_cache(Some(store.clone()));
     let mut triggers = Box::pin(triggers);
-    // The resources' watch lists beside the mappings' and namespaces' watches, not after them:
-    // on a real API server each streamed list ends about a second after its objects, a second
-    // more at every start and every new term of leadership. Nothing is reconciled before the
-    // mappings are known: what the watch passes meanwhile is kept by reference, and
-    // reconciled once they are (`listed_meanwhile`; kube-runtime holds it until its cache has
-    // the first list).
-    let mut listed_meanwhile = Vec::new();
-    let (accounts, moved, followers) = if scope.account_mappings {
-        let listing = async {
-            while let Some(passed) = triggers.next().await {
-                if let Ok(resource) = passed {
-                    listed_meanwhile.push(ObjectRef::from_obj(&resource));
-                }
-            }
-        };
+    // Nothing is reconciled before the mappings are known; the resources' watch lists
+    // meanwhile (`passed_while`).
+    let (accounts, moved, followers, listed_meanwhile) = if scope.account_mappings {
         let answers = readiness.api_answers();
-        let followed = tokio::select! {
-            followed = crate::mapping::controller::follow(
+        let followed = reconciler::watch::passed_while(
+            &mut triggers,
+            crate::mapping::controller::follow(
                 &ctx.client,
                 &answers,
                 scope.unmapped_namespaces,
                 shutdown.clone(),
-            ) => followed,
-            // The watch's stream does not end; if it did, nothing could be reconciled.
-            () = listing => None,
-        };
+            ),
+        )
+        .await;
         match followed {
-            Some(followed) => followed,
+            Some((Some((accounts, moved, followers)), passed)) => {
+                (accounts, moved, followers, passed)
+            }
             // Stopped before the mappings were known: nothing was reconciled.
-            None => return,
+            _ => return,
         }
     } else {
         (
             Accounts::disabled(),
             futures::channel::mpsc::unbounded().1,
+            Vec::new(),
             Vec::new(),
         )
     };

@@ -200,6 +200,11 @@ impl Accounts {
         self.stores.is_some() || self.waiting
     }
 
+    /// Mappings on, not read yet.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting
+    }
+
     /// What the resources of `namespace` act with.
     pub fn resolve(&self, namespace: &str) -> Result<Resolved, MappingError> {
         let Some((mappings, namespaces)) = &self.stores else {

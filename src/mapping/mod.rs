@@ -7,13 +7,15 @@
 //! the mappings; the answer fails closed: a namespace matched by two mappings, or any mapping
 //! whose selector cannot be read, gets no credentials at all rather than a guess. [`status`]
 //! renders each mapping's status, and [`controller`] follows mappings and namespaces and writes
-//! those statuses.
+//! those statuses. [`shared`] hands the followed mappings to the management side.
 
 pub mod api;
 pub mod controller;
 pub mod decide;
+pub mod shared;
 pub mod status;
 
 pub use crate::aws::credentials::{AwsIdentity, RoleIdentity, role_account};
 pub use api::{AccountMapping, AccountMappingSpec};
 pub use decide::{Accounts, MappingError, Resolved, UnmappedNamespaces, resolve};
+pub use shared::SharedAccounts;

@@ -8,6 +8,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
@@ -25,7 +26,7 @@ use crate::connection::api::EnvironmentAccountConnection;
 use crate::connection::api::{PAUSED_ANNOTATION, is_paused};
 use crate::connection::decide::Settings;
 use crate::http::Readiness;
-use crate::mapping::{Accounts, AwsIdentity, MappingError};
+use crate::mapping::{Accounts, AwsIdentity, MappingError, SharedAccounts};
 use crate::metrics::Metrics;
 use crate::reconciler::note::Note;
 use crate::reconciler::nudge::{Nudge, Why};
@@ -91,7 +92,7 @@ pub struct Context {
     /// match no policy looks at all of them).
     policies: Mutex<Option<Store<ConnectionAcceptancePolicy>>>,
     /// Which credentials each namespace acts with, as the connection side follows them.
-    accounts: Arc<Mutex<Accounts>>,
+    accounts: SharedAccounts,
     /// This controller, for the connection side to nudge (a request it just made).
     nudge: Nudge<ConnectionAcceptancePolicy>,
     /// The connection side, to nudge when a connection it holds was just decided.
@@ -114,7 +115,7 @@ impl Context {
             metrics,
             tracked: Tracker::default(),
             policies: Mutex::default(),
-            accounts: Arc::new(Mutex::new(Accounts::disabled())),
+            accounts: SharedAccounts::default(),
             nudge: Nudge::default(),
             connections: Nudge::default(),
         }
@@ -133,7 +134,7 @@ impl Context {
     }
 
     /// Policies act with the credentials their namespace is mapped to, as connections do.
-    pub fn with_accounts(mut self, accounts: Arc<Mutex<Accounts>>) -> Self {
+    pub fn with_accounts(mut self, accounts: SharedAccounts) -> Self {
         self.accounts = accounts;
         self
     }
@@ -326,11 +327,7 @@ async fn reconcile_inner(
     ctx: &Context,
 ) -> Result<(Action, &'static str), Error> {
     let facts = Facts::fetch(obj, ctx)?;
-    let accounts = ctx
-        .accounts
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let accounts = ctx.accounts.get();
     // Without credentials the run reports why (conditions, one Event) and calls nothing.
     let (identity, credentials) = match accounts.resolve(&facts.namespace) {
         Ok(resolved) => (resolved.identity, None),
@@ -531,12 +528,7 @@ impl reconciler::drive::Executor<Run<'_>> for StepExecutor<'_> {
         // The peers the decision was made from may be minutes old by now (up to 50 decisions):
         // a policy added or changed since may match this request.
         if matches!(step, Step::Reject { .. }) && {
-            let accounts = ctx
-                .accounts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            group_of(ctx, &accounts, &ctx.all_policies(), self.this) != self.group
+            group_of(ctx, &ctx.accounts.get(), &ctx.all_policies(), self.this) != self.group
         } {
             info!(
                 "the policies of the group changed during the reconcile: no Reject, deciding again"
@@ -857,8 +849,26 @@ pub async fn run(
         store.clone(),
         move |away, look| returning.tracked.due_after(away, look),
     );
+    // Nothing is reconciled before the connection side has read the account mappings: each
+    // policy would report AccountMappingsNotRead (a status write and a Warning at every start
+    // and every term of leadership). The policies' watch lists meanwhile.
+    let shutdown = shutdown.shared();
+    let mut triggers = Box::pin(triggers);
+    let known = async {
+        tokio::select! {
+            () = ctx.accounts.known() => true,
+            () = shutdown.clone() => false,
+        }
+    };
+    let Some((true, listed_meanwhile)) =
+        reconciler::watch::passed_while(&mut triggers, known).await
+    else {
+        return;
+    };
     let results = Controller::for_stream(triggers, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        // What the watch passed while the mappings were read.
+        .reconcile_on(futures::stream::iter(listed_meanwhile))
         // A connection here just requested an account this policy decides for: list now.
         .reconcile_on(nudged)
         // The API server or Proton answers again: what its outage stopped, now.

@@ -502,6 +502,34 @@ fn logged<K: Resource<DynamicType = ()>>(
     }
 }
 
+/// Reads a watch's `triggers` until `ready` resolves, keeping a reference to each object they
+/// pass, so the watch lists beside what `ready` waits for, not after it (on a real API server a
+/// streamed list ends about a second after its objects, a second more at every start and every
+/// term of leadership). What it passed is to be reconciled once ready (`reconcile_on`:
+/// kube-runtime holds it until its cache has the first list). `None` if the triggers end first
+/// (a watch's do not).
+pub async fn passed_while<K, E, T>(
+    triggers: &mut (impl Stream<Item = Result<K, E>> + Unpin),
+    ready: impl std::future::Future<Output = T>,
+) -> Option<(T, Vec<ObjectRef<K>>)>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let mut passed = Vec::new();
+    let listing = async {
+        while let Some(next) = triggers.next().await {
+            if let Ok(object) = next {
+                passed.push(ObjectRef::from_obj(&object));
+            }
+        }
+    };
+    let ready = tokio::select! {
+        ready = ready => ready,
+        () = listing => return None,
+    };
+    Some((ready, passed))
+}
+
 /// The cached objects `wanted` picks, by reference (to reconcile them).
 pub fn refs_where<K>(store: &Store<K>, wanted: impl Fn(&K) -> bool) -> Vec<ObjectRef<K>>
 where
