@@ -20,8 +20,28 @@ NAMESPACE = "eac-system"
 Obj = dict[str, Any]
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Refuses a mapping that repeats a key, as kustomize (`helmCharts`), Flux's post-renderer
+    and kubectl's strict decoding do; PyYAML and Helm keep the last value silently."""
+
+
+def _no_repeated_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"repeated key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_repeated_keys)
+
+
 def parse_manifests(text: str) -> list[Obj]:
-    return [doc for doc in yaml.safe_load_all(text) if doc]
+    return [doc for doc in yaml.load_all(text, Loader=_StrictLoader) if doc]
 
 
 def find(objs: list[Obj], kind: str, name: str | None = None) -> list[Obj]:

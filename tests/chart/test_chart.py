@@ -1012,3 +1012,60 @@ def test_helm_test_may_read_the_controllers_crds_and_nothing_else(render, watch_
     binding = one(objs, "ClusterRoleBinding", CHECK_ROLE)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CHECK_ROLE}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+
+
+def test_the_helm_test_pod_is_selected_by_none_of_the_controllers_selectors(render):
+    """The `helm test` Pod is no endpoint of the metrics Service and no pod the PDB counts (it
+    would be, with the controller's name and instance labels), and its labels are its own."""
+    objs = render({"replicaCount": 2})
+    labels = one(objs, "Pod", "eac-controller-check")["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "check"
+    selectors = [
+        one(objs, "Service")["spec"]["selector"],
+        one(objs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        one(objs, "Deployment")["spec"]["selector"]["matchLabels"],
+    ]
+    for selector in selectors:
+        assert not all(labels.get(k) == v for k, v in selector.items()), selector
+
+
+@pytest.mark.parametrize(
+    "name,values",
+    [
+        ("r", {"fullnameOverride": "x" * 63}),
+        ("a-release-name-of-forty-one-characters-xx", {}),
+    ],
+)
+def test_names_stay_within_what_the_api_server_takes(render, name, values):
+    """A Service's name is a DNS-1035 label (63 characters at most): with a long release name
+    (Argo CD's Application name) or fullnameOverride it is cut, the `-metrics` suffix kept. Other
+    names are DNS subdomains (253)."""
+    objs = render(values, name=name)
+    for obj in objs:
+        assert len(obj["metadata"]["name"]) <= 253, (obj["kind"], obj["metadata"]["name"])
+    service = one(objs, "Service")["metadata"]["name"]
+    assert len(service) <= 63, service
+    assert service.endswith("-metrics") and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", service)
+
+
+def test_chart_yaml_names_every_crd_and_the_kubernetes_versions_the_controller_supports():
+    """Artifact Hub lists the CRDs from Chart.yaml; `helm install` refuses a cluster older than
+    kubeVersion, which is the oldest minor `eac-controller check` supports."""
+    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    listed = {c["name"]: c["kind"] for c in yaml.safe_load(chart["annotations"]["artifacthub.io/crds"])}
+    shipped = {}
+    for path in sorted((CHART_DIR / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        shipped[crd["metadata"]["name"]] = crd["spec"]["names"]["kind"]
+    assert listed == shipped
+    source = (ROOT / "src" / "check" / "cluster.rs").read_text()
+    oldest = re.search(r"SUPPORTED_MINORS: [^=]+= (\d+)\.\.=", source).group(1)
+    assert chart["kubeVersion"] == f">=1.{oldest}.0-0"
+
+
+def test_probes_set_to_null_keep_their_paths(render):
+    """`--set livenessProbe=null` (Helm drops the default's key) renders the probe with its path
+    and the API server's defaults, not a bare `null` inside it."""
+    container = controller_container(render({"livenessProbe": None, "readinessProbe": None}))
+    assert container["livenessProbe"] == {"httpGet": {"path": "/healthz", "port": "http-metrics"}}
+    assert container["readinessProbe"] == {"httpGet": {"path": "/readyz", "port": "http-metrics"}}

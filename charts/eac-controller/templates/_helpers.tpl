@@ -27,10 +27,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "eac-controller.labels" -}}
-helm.sh/chart: {{ include "eac-controller.chart" . }}
 {{ include "eac-controller.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/component: controller
+{{ include "eac-controller.releaseLabels" . }}
+{{- end }}
+
+{{/*
+The labels of everything in the release but for the selector's name: the `helm test` Pod has
+these and its own component, so no selector of the controller's (Service, PDB) picks it.
+*/}}
+{{- define "eac-controller.releaseLabels" -}}
+helm.sh/chart: {{ include "eac-controller.chart" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: eac-controller
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
@@ -187,7 +195,7 @@ and namespace labels the ServiceMonitor gives them (job: the metrics Service's n
 {{- end }}
 
 {{- define "eac-controller.metricsServiceName" -}}
-{{- include "eac-controller.fullname" . }}-metrics
+{{- include "eac-controller.fullname" . | trunc 55 | trimSuffix "-" }}-metrics
 {{- end }}
 
 {{/*
