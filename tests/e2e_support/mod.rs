@@ -1200,13 +1200,34 @@ pub fn refused_controller_args(flag: &str, value: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// Runs `eac-controller` with [`refused_controller_args`] against `kubeconfig` until it exits.
-pub fn run_refused_controller(kubeconfig: &Path, flag: &str, value: &str) -> std::process::Output {
-    hermetic_command(env!("CARGO_BIN_EXE_eac-controller"))
+/// Runs `eac-controller` with [`refused_controller_args`] against `kubeconfig` until it exits;
+/// killed, and the test failed, if it is still running after [`timeouts::PROCESS_START`] (it
+/// took the flags and runs, cluster-wide).
+pub async fn run_refused_controller(
+    kubeconfig: &Path,
+    flag: &str,
+    value: &str,
+) -> std::process::Output {
+    let mut command = hermetic_command(env!("CARGO_BIN_EXE_eac-controller"));
+    command
         .args(refused_controller_args(flag, value))
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run eac-controller: {e}"))
+        .env("KUBECONFIG", kubeconfig);
+    finished_within(command, "eac-controller run with a refused flag").await
+}
+
+/// Runs `command` to its end, or kills it and fails the test after [`timeouts::PROCESS_START`].
+async fn finished_within(command: Command, what: &str) -> std::process::Output {
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(true);
+    tokio::time::timeout(timeouts::PROCESS_START, command.output())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{what} did not end within {:?} (killed)",
+                timeouts::PROCESS_START
+            )
+        })
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"))
 }
 
 /// A command line's flags: an ordered map flag -> value (`None` for a switch such as
@@ -1821,19 +1842,7 @@ impl TestNamespace {
             self.log_dir(),
             &options.identity,
         );
-        let output = tokio::time::timeout(
-            timeouts::PROCESS_START,
-            tokio::task::spawn_blocking(move || command.output()),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "eac-controller check did not finish within {:?}",
-                timeouts::PROCESS_START
-            )
-        })
-        .expect("the check's thread")
-        .unwrap_or_else(|e| panic!("cannot run eac-controller check: {e}"));
+        let output = finished_within(command, "eac-controller check").await;
         let stdout = String::from_utf8_lossy(&output.stdout).to_string();
         let stderr = String::from_utf8_lossy(&output.stderr).to_string();
         let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
