@@ -497,3 +497,34 @@ async fn a_leaders_lease_renewals_do_not_keep_it_ready_while_its_watch_fails() {
     standby.shutdown().await;
     a.shutdown().await;
 }
+
+/// A renewal held on a connection that is never answered (the API server's peer gone without a
+/// reset) is given up after half the renew deadline and tried again (on a new connection): the
+/// leader keeps its term. Before, the one try waited out the whole renew deadline, and the
+/// leader stopped, though the API server answered every other call.
+#[tokio::test(start_paused = true)]
+async fn one_renewal_never_answered_does_not_end_the_term() {
+    let api = FakeApi::default();
+    let (mut a, b) = leader_and_standby(&api, Duration::from_secs(5)).await;
+    let before = a.flips.lock().unwrap().len();
+    // The next renewal is held, and only it: the ones after it are answered.
+    a.cut.store(true, Ordering::SeqCst);
+    support::poll_until(
+        "a renewal held (1 once the API server holds one)",
+        Duration::from_secs(5),
+        || f64::from(u8::from(api.held_requests() > 0)),
+        1.0,
+    )
+    .await;
+    a.cut.store(false, Ordering::SeqCst);
+
+    tokio::time::sleep(DURATION * 2).await;
+    assert!(a.leads(), "still leading");
+    let flips = a.flips.lock().unwrap().clone();
+    assert_eq!(flips.len(), before, "no flip: {flips:?}");
+    assert!(!b.leads());
+    assert_eq!(holder(&api).as_deref(), Some("pod-a"));
+    api.heal();
+    b.shutdown().await;
+    a.shutdown().await;
+}

@@ -1140,6 +1140,11 @@ impl FakeApi {
     }
 
     /// Lifts every denial.
+    /// How many requests a cut-off server holds unanswered.
+    pub fn held_requests(&self) -> usize {
+        self.lock().held.len()
+    }
+
     pub fn allow_all(&self) {
         self.lock().denials.clear();
     }
