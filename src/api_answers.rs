@@ -127,9 +127,10 @@ pub const AWAY: Duration = Duration::from_secs(1);
 /// Through an outage each watch retries on a backoff grown to 2 s (`reconciler::watch`), so the
 /// first try of each after the return came up to 2.5 s after it, the resources' relist with it
 /// (a second on average). The first answer to any call of the controller's client (a watch's, a
-/// write's, a 403 of a server still starting included) now wakes every watch at once. (Not the
-/// Lease's client: a leader cut off that long has stopped its watches, and starts them afresh
-/// once it leads again.)
+/// write's, a 403 of a server still starting included) now wakes every watch at once. The
+/// Lease's client tells it too (`runner::lease_client_from`): a leader an outage shorter than
+/// its renew deadline did not stop keeps its watches, and its Lease tries, 500 ms apart after
+/// one left unanswered, see the return first.
 #[derive(Clone, Debug)]
 pub struct Answers(Arc<Mutex<Failing>>);
 

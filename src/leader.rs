@@ -193,7 +193,9 @@ impl Elector {
             let deadline = last_renew.map_or_else(far, |at| at + cfg.renew_deadline);
             // Half the renew deadline: a try held on a connection the API server will never
             // answer on (a peer gone without a reset) leaves time for another, on a new one.
-            let per_try = (cfg.renew_deadline / 2).max(cfg.retry_period).max(Duration::from_secs(1));
+            let per_try = (cfg.renew_deadline / 2)
+                .max(cfg.retry_period)
+                .max(Duration::from_secs(1));
             let mut wait = cfg.retry_period;
             let sent = Instant::now();
             tokio::select! {

@@ -14,7 +14,7 @@ use tower::buffer::BufferLayer;
 use tower::retry::RetryLayer;
 use tracing::{debug, info, warn};
 
-use crate::api_answers::{Starting, refused_while_starting, unanswered};
+use crate::api_answers::{Answers, Starting, refused_while_starting, unanswered};
 use crate::aws::budget::CallBudget;
 use crate::aws::proton::{Proton, ProtonSettings};
 use crate::config::{Endpoint, RunArgs};
@@ -186,10 +186,18 @@ fn unselected_watch(uri: &axum::http::Uri) -> bool {
 
 /// The client for the Lease alone: no retry inside it. The elector retries on its own, 500 ms
 /// after a call the API server did not answer (see [`crate::leader`]); a retry inside the call
-/// would wait up to 1 s more after the server's return before the leader leads again.
-pub fn lease_client_from(mut config: kube::Config) -> Result<Client, kube::Error> {
+/// would wait up to 1 s more after the server's return before the leader leads again. It tells
+/// `answers` how the API server answers: through an outage shorter than the renew deadline the
+/// leader keeps its watches, which wait in their backoff (up to 2.5 s), and the Lease's tries,
+/// 500 ms apart then, see the return first and wake them.
+pub fn lease_client_from(
+    mut config: kube::Config,
+    answers: Answers,
+) -> Result<Client, kube::Error> {
     config.default_retry = false;
-    Client::try_from(config)
+    Ok(ClientBuilder::try_from(config)?
+        .with_layer(&ObserveLayer(answers))
+        .build())
 }
 
 /// The controller's client (telling `readiness` of the watches it starts) and the Lease's, for
@@ -205,7 +213,7 @@ async fn kube_clients(
         tried: tried.clone(),
         source,
     };
-    let lease = lease_client_from(config.clone()).map_err(client_error)?;
+    let lease = lease_client_from(config.clone(), readiness.api_answers()).map_err(client_error)?;
     let client = client_telling(config, Some(readiness.clone())).map_err(client_error)?;
     // Waiting, each try is one request (the Lease's client retries nothing inside a call), so
     // the API server's return is seen within about a second; failing at once, a 503 from an API
@@ -827,7 +835,7 @@ mod tests {
     /// The first call's real error, made to `url` with a client as `run` builds it.
     async fn first_call_error(url: &str) -> kube::Error {
         let config = kube::Config::new(url.parse().expect("a URL"));
-        let client = lease_client_from(config).expect("a client");
+        let client = lease_client_from(config, Answers::default()).expect("a client");
         client
             .apiserver_version()
             .await
@@ -867,7 +875,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
         let server = format!("http://{}", listener.local_addr().expect("its address"));
         let config = kube::Config::new(server.parse().expect("a URL"));
-        let client = lease_client_from(config).expect("a client");
+        let client = lease_client_from(config, Answers::default()).expect("a client");
 
         let waiting = tokio::time::timeout(
             Duration::from_secs(30),
@@ -916,10 +924,28 @@ mod tests {
         url
     }
 
+    /// The Lease's client tells the API server's return after calls it left unanswered for
+    /// [`crate::api_answers::AWAY`] (which wakes the watches waiting in their backoff).
+    #[tokio::test]
+    async fn the_lease_client_tells_the_api_servers_return() {
+        let server = answering(vec![503]).await;
+        let answers = Answers::default();
+        let mut returns = answers.returns();
+        let config = kube::Config::new(server.parse().expect("a URL"));
+        let client = lease_client_from(config, answers).expect("a client");
+        assert!(client.apiserver_version().await.is_err(), "503: away");
+        tokio::time::pause();
+        tokio::time::advance(crate::api_answers::AWAY).await;
+        tokio::time::resume();
+        assert!(!returns.has_changed().unwrap_or(false), "no return yet");
+        client.apiserver_version().await.expect("answered");
+        assert!(returns.has_changed().unwrap_or(false), "a return told");
+    }
+
     async fn first_contact(codes: Vec<u16>, first_contact: FirstContact) -> Result<(), RunError> {
         let server = answering(codes).await;
         let config = kube::Config::new(server.parse().expect("a URL"));
-        let client = lease_client_from(config).expect("a client");
+        let client = lease_client_from(config, Answers::default()).expect("a client");
         answered(&client, &server, "test", first_contact).await
     }
 

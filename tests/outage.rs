@@ -1595,7 +1595,10 @@ async fn a_call_made_during_a_short_503_succeeds_within_a_second_of_the_api_serv
 #[tokio::test]
 async fn a_lease_call_the_api_server_refuses_fails_at_once_for_the_elector_to_retry() {
     let env = FakeApi::default();
-    let leases = leases(&env, runner::lease_client_from).await;
+    let leases = leases(&env, |config| {
+        runner::lease_client_from(config, Default::default())
+    })
+    .await;
     env.down();
     let answer = tokio::time::timeout(Duration::from_secs(30), leases.get_opt("eac-controller"))
         .await
