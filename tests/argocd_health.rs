@@ -9,8 +9,12 @@ use serde_json::{Value, json};
 
 const HEALTH_LUA: &str = include_str!("../charts/eac-controller/argocd/health.lua");
 const ARGOCD_CM: &str = include_str!("../charts/eac-controller/argocd/argocd-cm.yaml");
-const ARGOCD_KEY: &str =
-    "resource.customizations.health.proton.eac.dev_EnvironmentAccountConnection";
+/// The argocd-cm keys, one for each kind, all with the same script.
+const ARGOCD_KEYS: [&str; 3] = [
+    "resource.customizations.health.proton.eac.dev_EnvironmentAccountConnection",
+    "resource.customizations.health.proton.eac.dev_ConnectionAcceptancePolicy",
+    "resource.customizations.health.proton.eac.dev_AccountMapping",
+];
 
 /// Argo CD's status values for `hs.status`.
 const ARGO_STATUSES: [&str; 6] = [
@@ -285,11 +289,122 @@ fn argocd_cm_snippet_is_exactly_health_lua() {
     let cm: serde_yaml::Value = serde_yaml::from_str(ARGOCD_CM).expect("argocd-cm.yaml parses");
     assert_eq!(cm["kind"].as_str(), Some("ConfigMap"));
     assert_eq!(cm["metadata"]["name"].as_str(), Some("argocd-cm"));
-    let value = cm["data"][ARGOCD_KEY]
-        .as_str()
-        .unwrap_or_else(|| panic!("argocd-cm.yaml has no data key {ARGOCD_KEY}"));
+    for key in ARGOCD_KEYS {
+        let value = cm["data"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("argocd-cm.yaml has no data key {key}"));
+        assert_eq!(
+            value, HEALTH_LUA,
+            "argocd-cm.yaml's {key} differs from health.lua: regenerate the snippet"
+        );
+    }
+}
+
+/// An AccountMapping as the controller writes its status (`mapping::status::status_of`).
+fn mapping(generation: i64, status: &eac_controller::mapping::api::AccountMappingStatus) -> Value {
+    json!({
+        "apiVersion": "proton.eac.dev/v1alpha1",
+        "kind": "AccountMapping",
+        "metadata": {"name": "payments", "generation": generation},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"team": "payments"}},
+            "roleArn": "arn:aws:iam::111111111111:role/eac",
+        },
+        "status": serde_json::to_value(status).expect("the status serializes"),
+    })
+}
+
+#[test]
+fn a_mapping_is_healthy_when_its_namespaces_are_its_alone_and_degraded_when_they_overlap() {
+    use eac_controller::mapping::AccountMappingSpec;
+    use eac_controller::mapping::status::status_of;
+    use std::collections::BTreeMap;
+
+    let spec = |key: &str, value: &str, account: &str| -> AccountMappingSpec {
+        serde_json::from_value(json!({
+            "namespaceSelector": {"matchLabels": {key: value}},
+            "roleArn": format!("arn:aws:iam::{account}:role/eac"),
+        }))
+        .expect("a mapping spec")
+    };
+    let (payments, prod) = (
+        spec("team", "payments", "111111111111"),
+        spec("tier", "prod", "222222222222"),
+    );
+    let labels = BTreeMap::from([
+        ("team".to_string(), "payments".to_string()),
+        ("tier".to_string(), "prod".to_string()),
+    ]);
+    let namespaces = [("pay-prod", &labels)];
+    let now = jiff::Timestamp::from_second(1_800_000_000).expect("a time");
+
+    let alone = status_of(
+        "payments",
+        1,
+        &[("payments", &payments)],
+        &namespaces,
+        None,
+        now,
+    );
+    assert_eq!(health(&mapping(1, &alone)).0, "Healthy");
+
+    let both = [("payments", &payments), ("prod", &prod)];
+    let overlapping = status_of("payments", 1, &both, &namespaces, Some(&alone), now);
+    let (state, message) = health(&mapping(1, &overlapping));
+    assert_eq!(state, "Degraded", "{message}");
+    assert!(
+        message.contains("prod"),
+        "names the other mapping: {message}"
+    );
+
+    // Its spec changed since: the status is of the generation before.
+    assert_eq!(health(&mapping(2, &overlapping)).0, "Progressing");
+}
+
+/// A ConnectionAcceptancePolicy: `Ready`, `Synced` and `Stalled`, as a connection's, and no
+/// `status.status`.
+fn policy(generation: i64, conditions: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "proton.eac.dev/v1alpha1",
+        "kind": "ConnectionAcceptancePolicy",
+        "metadata": {"name": "accept", "namespace": "proton-management", "generation": generation},
+        "spec": {"managementAccountId": "111122223333", "environmentAccountIds": ["444455556666"]},
+        "status": {
+            "observedGeneration": generation,
+            "acceptedCount": 0,
+            "rejectedCount": 0,
+            "leftPendingCount": 0,
+            "conditions": conditions,
+        },
+    })
+}
+
+#[test]
+fn a_policy_is_healthy_when_applied_and_degraded_when_it_can_decide_nothing() {
+    let applied = policy(
+        1,
+        vec![
+            condition("Ready", "True", "Applied", "1 accepted", 1),
+            condition("Synced", "True", "Applied", "", 1),
+            condition("Stalled", "False", "Applied", "", 1),
+        ],
+    );
+    assert_eq!(health(&applied), ("Healthy".into(), "1 accepted".into()));
+
+    let mismatch = "the controller's credentials act as account 444455556666, not as management account 111122223333: no request is listed or decided";
+    let refused = policy(
+        1,
+        vec![
+            condition("Ready", "False", "AccountMismatch", mismatch, 1),
+            condition("Synced", "False", "AccountMismatch", mismatch, 1),
+            condition("Stalled", "True", "AccountMismatch", mismatch, 1),
+        ],
+    );
+    assert_eq!(health(&refused), ("Degraded".into(), mismatch.into()));
+
     assert_eq!(
-        value, HEALTH_LUA,
-        "argocd-cm.yaml's health check differs from health.lua: regenerate the snippet"
+        health(&policy(1, vec![])).0,
+        "Progressing",
+        "not reconciled yet"
     );
 }

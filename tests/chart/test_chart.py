@@ -965,8 +965,8 @@ def test_argocd_snippet_is_exactly_health_lua():
     lua = (CHART_DIR / "argocd" / "health.lua").read_text()
     cm = yaml.safe_load((CHART_DIR / "argocd" / "argocd-cm.yaml").read_text())
     assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "argocd-cm"
-    key = "resource.customizations.health.proton.eac.dev_EnvironmentAccountConnection"
-    assert cm["data"][key] == lua
+    for kind in ["EnvironmentAccountConnection", "ConnectionAcceptancePolicy", "AccountMapping"]:
+        assert cm["data"][f"resource.customizations.health.proton.eac.dev_{kind}"] == lua
 
 
 def test_unmapped_namespaces_can_be_refused(render):

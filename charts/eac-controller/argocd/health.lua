@@ -1,15 +1,20 @@
--- Argo CD health check for proton.eac.dev/EnvironmentAccountConnection.
--- Install as argocd-cm key
+-- Argo CD health check for the kinds of proton.eac.dev: EnvironmentAccountConnection,
+-- ConnectionAcceptancePolicy and AccountMapping (one script for the three).
+-- Install as argocd-cm keys
 --   resource.customizations.health.proton.eac.dev_EnvironmentAccountConnection
+--   resource.customizations.health.proton.eac.dev_ConnectionAcceptancePolicy
+--   resource.customizations.health.proton.eac.dev_AccountMapping
 -- Written for Lua 5.1 (gopher-lua, as embedded in Argo CD); `obj` is the live object.
 --
 --   metadata.deletionTimestamp set            -> Progressing "Deleting"
 --   no status yet                             -> Progressing
---   status.observedGeneration < generation    -> Progressing (spec change not yet seen)
+--   observedGeneration < generation           -> Progressing (spec change not yet seen; an
+--                                                AccountMapping's is its Ready condition's)
 --   Stalled=True                              -> Degraded (Stalled's message)
---   status.status == "REJECTED"               -> Degraded
+--   status.status == "REJECTED" (connection)  -> Degraded
 --   Ready=True                                -> Healthy
---   anything else (e.g. PENDING)              -> Progressing (Ready's message)
+--   Ready=False on an AccountMapping          -> Degraded (its selectors need an admin)
+--   anything else (e.g. PENDING, a retry)     -> Progressing (Ready's message)
 local hs = {}
 
 local function condition(status, ctype)
@@ -53,7 +58,7 @@ end
 
 if status == nil then
   hs.status = "Progressing"
-  hs.message = "Waiting for the controller to reconcile the connection"
+  hs.message = "Waiting for the controller to reconcile it"
   return hs
 end
 
@@ -61,7 +66,11 @@ local generation = nil
 if obj.metadata ~= nil then
   generation = obj.metadata.generation
 end
-if generation ~= nil and status.observedGeneration ~= nil and status.observedGeneration < generation then
+local observed = status.observedGeneration
+if observed == nil and ready ~= nil then
+  observed = ready.observedGeneration
+end
+if generation ~= nil and observed ~= nil and observed < generation then
   hs.status = "Progressing"
   hs.message = "Waiting for the controller to observe generation " .. tostring(generation)
   return hs
@@ -81,7 +90,13 @@ end
 
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
-  hs.message = describe(ready, "Connected")
+  hs.message = describe(ready, "Ready")
+  return hs
+end
+
+if obj.kind == "AccountMapping" and ready ~= nil and ready.status == "False" then
+  hs.status = "Degraded"
+  hs.message = describe(ready, "The mapping gives no namespace credentials")
   return hs
 end
 
@@ -89,6 +104,6 @@ hs.status = "Progressing"
 if status.status == "PENDING" then
   hs.message = describe(ready, "Waiting for the management account to accept the connection")
 else
-  hs.message = describe(ready, "Waiting for the connection to become ready")
+  hs.message = describe(ready, "Waiting for it to become ready")
 end
 return hs
