@@ -930,7 +930,7 @@ mod tests {
     async fn the_lease_client_tells_the_api_servers_return() {
         let server = answering(vec![503]).await;
         let answers = Answers::default();
-        let mut returns = answers.returns();
+        let returns = answers.returns();
         let config = kube::Config::new(server.parse().expect("a URL"));
         let client = lease_client_from(config, answers).expect("a client");
         assert!(client.apiserver_version().await.is_err(), "503: away");

@@ -505,7 +505,7 @@ async fn a_leaders_lease_renewals_do_not_keep_it_ready_while_its_watch_fails() {
 #[tokio::test(start_paused = true)]
 async fn one_renewal_never_answered_does_not_end_the_term() {
     let api = FakeApi::default();
-    let (mut a, b) = leader_and_standby(&api, Duration::from_secs(5)).await;
+    let (a, b) = leader_and_standby(&api, Duration::from_secs(5)).await;
     let before = a.flips.lock().unwrap().len();
     // The next renewal is held, and only it: the ones after it are answered.
     a.cut.store(true, Ordering::SeqCst);
