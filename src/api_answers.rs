@@ -129,8 +129,8 @@ pub const AWAY: Duration = Duration::from_secs(1);
 /// (a second on average). The first answer to any call of the controller's client (a watch's, a
 /// write's, a 403 of a server still starting included) now wakes every watch at once. The
 /// Lease's client tells it too (`runner::lease_client_from`): a leader an outage shorter than
-/// its renew deadline did not stop keeps its watches, and its Lease tries, 500 ms apart after
-/// one left unanswered, see the return first.
+/// its renew deadline did not stop keeps its watches, and its Lease tries, 500 ms apart while
+/// they fail at once (a stopped API server), see the return first.
 #[derive(Clone, Debug)]
 pub struct Answers(Arc<Mutex<Failing>>);
 

@@ -105,8 +105,8 @@ pub struct RunArgs {
     #[arg(long, env = "EAC_RESYNC_PERIOD", default_value = "10m", value_parser = parse_resync)]
     pub resync_period: Duration,
 
-    /// First poll interval of a PENDING connection; it backs off towards the resync period
-    /// (1s to 1h, at most the resync period).
+    /// Longest poll interval of a PENDING connection: its polls start 2 s apart and grow to a
+    /// tenth of its age, up to this (1s to 1h, at most the resync period).
     #[arg(long, env = "EAC_PENDING_POLL", default_value = "30s", value_parser = parse_pending_poll)]
     pub pending_poll: Duration,
 

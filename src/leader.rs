@@ -64,6 +64,16 @@ impl LeaseConfig {
         (renew_deadline / 4).clamp(Duration::from_millis(100), Duration::from_secs(2))
     }
 
+    /// How long one call of a try (its read, its write) is waited for: half the renew deadline.
+    /// A call held on a connection the API server will never answer on (its peer gone without a
+    /// reset) then leaves time for another try, on a new connection; a slow server still has
+    /// half the deadline for each call.
+    pub fn per_request(&self) -> Duration {
+        (self.renew_deadline / 2)
+            .max(self.retry_period)
+            .max(Duration::from_secs(1))
+    }
+
     /// The wait before the next try after one the API server did not answer: a quarter of the
     /// retry period, at most 500 ms.
     pub fn retry_after_failure(&self) -> Duration {
@@ -191,11 +201,7 @@ impl Elector {
                 break;
             }
             let deadline = last_renew.map_or_else(far, |at| at + cfg.renew_deadline);
-            // Half the renew deadline: a try held on a connection the API server will never
-            // answer on (a peer gone without a reset) leaves time for another, on a new one.
-            let per_try = (cfg.renew_deadline / 2)
-                .max(cfg.retry_period)
-                .max(Duration::from_secs(1));
+            let per_try = cfg.renew_deadline.max(Duration::from_secs(1));
             let mut wait = cfg.retry_period;
             let sent = Instant::now();
             tokio::select! {
@@ -295,9 +301,10 @@ impl Elector {
 
     async fn try_acquire_or_renew(&mut self) -> Result<Attempt, kube::Error> {
         let cfg = &self.config;
+        let per_request = cfg.per_request();
         let now = MicroTime(jiff::Timestamp::now());
         let duration_secs = whole_seconds(cfg.lease_duration);
-        let Some(lease) = self.api.get_opt(&cfg.name).await? else {
+        let Some(lease) = within(per_request, self.api.get_opt(&cfg.name)).await? else {
             // Deleted while another held it: that holder may still lead, and only re-creates it
             // if it does.
             if let Some((seen, at)) = &self.observed
@@ -321,7 +328,8 @@ impl Elector {
                     ..LeaseSpec::default()
                 }),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match within(per_request, self.api.create(&PostParams::default(), &lease)).await
+            {
                 Ok(_) => Ok(Attempt::Held),
                 // Someone else created it: most likely a pod that never saw the old holder.
                 Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -365,10 +373,12 @@ impl Elector {
         let mut updated = lease;
         updated.spec = Some(next);
         // `replace` sends the resourceVersion that was read: a concurrent change wins (409).
-        match self
-            .api
-            .replace(&cfg.name, &PostParams::default(), &updated)
-            .await
+        match within(
+            per_request,
+            self.api
+                .replace(&cfg.name, &PostParams::default(), &updated),
+        )
+        .await
         {
             Ok(_) => Ok(Attempt::Held),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Conflicted),
@@ -404,6 +414,18 @@ impl Elector {
             .await
             .map(|_| ())
     }
+}
+
+/// `call`, or a failure as of a call left unanswered once `limit` has passed.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(kube::Error::Service(
+            format!("no answer within {}s", limit.as_secs_f64()).into(),
+        ))
+    })
 }
 
 #[cfg(test)]

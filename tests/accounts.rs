@@ -1269,6 +1269,9 @@ async fn a_policy_waits_for_the_account_mappings_before_its_first_reconcile() {
     let policy_ctx = Arc::new(
         policy_context(&env, support::eager_settings()).with_accounts(env.ctx.accounts_handle()),
     );
+    // As `runner::Controllers::run` does before starting either side.
+    env.ctx
+        .set_accounts(eac_controller::mapping::Accounts::waiting());
     let (stop, task) = run_with_mappings(&env);
     let policies_run = run_policies(policy_ctx);
     env.api

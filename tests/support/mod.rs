@@ -1139,12 +1139,12 @@ impl FakeApi {
         });
     }
 
-    /// Lifts every denial.
     /// How many requests a cut-off server holds unanswered.
     pub fn held_requests(&self) -> usize {
         self.lock().held.len()
     }
 
+    /// Lifts every denial.
     pub fn allow_all(&self) {
         self.lock().denials.clear();
     }

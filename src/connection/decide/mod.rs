@@ -54,7 +54,8 @@ pub enum AdoptionPolicy {
 pub struct Settings {
     /// How often a settled resource is looked at again.
     pub resync: Duration,
-    /// How often a PENDING connection is polled at first (it backs off towards `resync`).
+    /// The longest interval between polls of a PENDING connection (they start at
+    /// [`rules::FAST_POLL`] and grow with its age; at most `resync`).
     pub pending_poll: Duration,
     /// Region of new connections whose spec names none.
     pub default_region: String,
