@@ -18,6 +18,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod interned;
+pub mod kube_transport;
 pub mod leader;
 pub mod managed_fields;
 pub mod mapping;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
-use kube::client::ClientBuilder;
 use kube::client::retry::RetryPolicy;
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -117,7 +116,7 @@ pub fn client_telling(
     let answers = readiness
         .as_ref()
         .map_or_else(Default::default, Readiness::api_answers);
-    Ok(ClientBuilder::try_from(config)?
+    Ok(crate::kube_transport::builder(config)?
         // Each try, the retry's included.
         .with_layer(&ObserveLayer(answers))
         // The retry sends a request again through what it wraps, so that must be a handle it can
@@ -195,7 +194,7 @@ pub fn lease_client_from(
     answers: Answers,
 ) -> Result<Client, kube::Error> {
     config.default_retry = false;
-    Ok(ClientBuilder::try_from(config)?
+    Ok(crate::kube_transport::builder(config)?
         .with_layer(&ObserveLayer(answers))
         .build())
 }
