@@ -2,12 +2,20 @@
 //! base URI and headers), on TCP connections with keepalive and a user timeout.
 //!
 //! kube's client speaks HTTP/1.1 on connections with neither: a connection whose peer is gone
-//! without a reset (a control-plane host lost, a load balancer's target replaced, a partition)
-//! leaves a watch silent until kube-runtime's idle timeout (295 s) and a request on it
-//! retransmitting for about 15 minutes, its worker held all along. client-go notices the same
-//! through HTTP/2 pings in about 45 s. Here an idle connection is probed after
-//! [`KEEPALIVE_IDLE`], and one whose data or probes go unacknowledged for [`USER_TIMEOUT`] fails:
-//! the watch or the call that used it sees an error and tries again on a new connection.
+//! without a reset (a control-plane host lost, a partition, the target of a pass-through load
+//! balancer such as the `kubernetes` Service or an AWS NLB replaced) leaves a watch silent until
+//! kube-runtime's idle timeout (295 s) and a request on it retransmitting for about 15 minutes,
+//! its worker held all along. client-go notices the same through HTTP/2 pings in about 45 s.
+//! Here an idle connection is probed after [`KEEPALIVE_IDLE`], and one whose data or probes go
+//! unacknowledged for [`USER_TIMEOUT`] fails: the watch or the call that used it sees an error
+//! and tries again on a new connection. (A proxy that ends TCP itself, HAProxy in front of
+//! kubeadm's API servers say, answers the probes for a dead server: there the watch's idle
+//! timeout still applies.)
+//!
+//! What differs from kube's own stack besides: no `TraceLayer` (its debug spans, and an `error`
+//! line for every failed try, which the controller logs its own way), and no `valid_until` (the
+//! expiry of an exec plugin's client certificate, which nothing here reads). Were kube's `gzip`
+//! feature turned on, its decompression layer would have to be added here too.
 
 use std::time::Duration;
 
@@ -46,7 +54,8 @@ pub fn tcp_connector() -> HttpConnector {
 }
 
 /// kube's client stack for `config` (`ClientBuilder::try_from`), on [`tcp_connector`]. With a
-/// proxy (`proxy-url` in the kubeconfig) kube's own is used as it is: its connector tunnels.
+/// proxy (`proxy-url` in the kubeconfig, or `HTTPS_PROXY`) kube's own is used as it is: it
+/// refuses one it was not built to tunnel through, as before.
 pub fn builder(config: kube::Config) -> Result<ClientBuilder<Stack>, kube::Error> {
     if config.proxy_url.is_some() {
         return ClientBuilder::try_from(config);
@@ -64,8 +73,12 @@ pub fn builder(config: kube::Config) -> Result<ClientBuilder<Stack>, kube::Error
     connector.set_reset_reader_on_write(config.reset_reader_on_write);
     let client: hyper_util::client::legacy::Client<_, Body> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+    let retry = config
+        .default_retry
+        .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
+        .option_layer(retry)
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(BoxError::from)
@@ -165,6 +178,11 @@ mod tests {
             socket.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
             KEEPALIVE_IDLE
         );
+        assert_eq!(
+            socket.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
+            KEEPALIVE_INTERVAL
+        );
+        assert_eq!(socket.tcp_keepalive_retries().expect("TCP_KEEPCNT"), 3);
         #[cfg(target_os = "linux")]
         assert_eq!(
             socket.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
