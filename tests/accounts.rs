@@ -794,6 +794,29 @@ async fn a_controller_dropped_while_it_waits_for_the_mappings_leaves_no_cache_be
     assert!(!counted(&env.ctx), "the cache went with the controller");
 }
 
+/// Creates policy `accept` in `namespace`: management account 111122223333 accepts the requests
+/// of environment account 444455556666 and leaves the others.
+fn create_accept_policy(env: &Env, namespace: &str) {
+    use eac_controller::policy::api::{
+        ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec, UnmatchedRequests,
+    };
+    env.api.create_object(
+        namespace,
+        "accept",
+        "uid-accept",
+        ConnectionAcceptancePolicy::new(
+            "accept",
+            ConnectionAcceptancePolicySpec {
+                management_account_id: "111122223333".into(),
+                region: None,
+                environment_account_ids: vec!["444455556666".into()],
+                environment_names: None,
+                unmatched: UnmatchedRequests::Leave,
+            },
+        ),
+    );
+}
+
 /// Waits until `prod`'s status names its connection.
 async fn wait_for_connection(env: &Env) {
     env.api
@@ -1142,9 +1165,7 @@ async fn a_policy_whose_namespace_a_mapping_takes_in_reads_again_at_once() {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use eac_controller::policy::api::{
-        ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec, UnmatchedRequests,
-    };
+    use eac_controller::policy::api::ConnectionAcceptancePolicy;
     use eac_controller::reconciler::nudge::Nudge;
 
     const MGMT_ROLE: &str = "arn:aws:iam::111122223333:role/proton-management";
@@ -1175,21 +1196,7 @@ async fn a_policy_whose_namespace_a_mapping_takes_in_reads_again_at_once() {
             .with_accounts(env.ctx.accounts_handle())
             .with_nudges(connections, policy_nudge),
     );
-    env.api.create_object(
-        MGMT_NS,
-        "accept",
-        "uid-accept",
-        ConnectionAcceptancePolicy::new(
-            "accept",
-            ConnectionAcceptancePolicySpec {
-                management_account_id: "111122223333".into(),
-                region: None,
-                environment_account_ids: vec!["444455556666".into()],
-                environment_names: None,
-                unmatched: UnmatchedRequests::Leave,
-            },
-        ),
-    );
+    create_accept_policy(&env, MGMT_NS);
     let (stop, task) = run_with_mappings(&env);
     let policies_run = run_policies(policy_ctx);
     let reason = |api: &support::FakeApi| {
@@ -1229,9 +1236,7 @@ async fn a_policy_waits_for_the_account_mappings_before_its_first_reconcile() {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use eac_controller::policy::api::{
-        ConnectionAcceptancePolicy, ConnectionAcceptancePolicySpec, UnmatchedRequests,
-    };
+    use eac_controller::policy::api::ConnectionAcceptancePolicy;
 
     const MGMT_ROLE: &str = "arn:aws:iam::111122223333:role/proton-management";
     const MGMT_NS: &str = "proton-management";
@@ -1250,21 +1255,7 @@ async fn a_policy_waits_for_the_account_mappings_before_its_first_reconcile() {
         "management",
         &selecting(&[("proton.eac.dev/side", "management")], MGMT_ROLE),
     );
-    env.api.create_object(
-        MGMT_NS,
-        "accept",
-        "uid-accept",
-        ConnectionAcceptancePolicy::new(
-            "accept",
-            ConnectionAcceptancePolicySpec {
-                management_account_id: "111122223333".into(),
-                region: None,
-                environment_account_ids: vec!["444455556666".into()],
-                environment_names: None,
-                unmatched: UnmatchedRequests::Leave,
-            },
-        ),
-    );
+    create_accept_policy(&env, MGMT_NS);
     env.api.deny(Some(http::Method::GET), "/accountmappings");
     let policy_ctx = Arc::new(
         policy_context(&env, support::eager_settings()).with_accounts(env.ctx.accounts_handle()),
