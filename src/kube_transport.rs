@@ -53,10 +53,13 @@ pub fn tcp_connector() -> HttpConnector {
     connector
 }
 
-/// kube's client stack for `config` (`ClientBuilder::try_from`), on [`tcp_connector`]. With a
-/// proxy (`proxy-url` in the kubeconfig, or `HTTPS_PROXY`) kube's own is used as it is: it
-/// refuses one it was not built to tunnel through, as before.
-pub fn builder(config: kube::Config) -> Result<ClientBuilder<Stack>, kube::Error> {
+/// kube's client stack for `config` (`ClientBuilder::try_from`), on [`tcp_connector`], without
+/// kube's own retry (`default_retry`): the controller's client bounds its retry itself, and the
+/// Lease's retries nothing inside a call (`runner`). With a proxy (`proxy-url` in the
+/// kubeconfig, or `HTTPS_PROXY`) kube's own is used otherwise as it is: it refuses one it was
+/// not built to tunnel through, as before.
+pub fn builder(mut config: kube::Config) -> Result<ClientBuilder<Stack>, kube::Error> {
+    config.default_retry = false;
     if config.proxy_url.is_some() {
         return ClientBuilder::try_from(config);
     }
@@ -73,12 +76,8 @@ pub fn builder(config: kube::Config) -> Result<ClientBuilder<Stack>, kube::Error
     connector.set_reset_reader_on_write(config.reset_reader_on_write);
     let client: hyper_util::client::legacy::Client<_, Body> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
-    let retry = config
-        .default_retry
-        .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
-        .option_layer(retry)
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(BoxError::from)

@@ -106,10 +106,9 @@ pub fn client_from(config: kube::Config) -> Result<Client, kube::Error> {
 /// [`client_from`], telling `readiness` of every watch of the resources the API server starts or
 /// lists (see [`crate::watch_starts`]).
 pub fn client_telling(
-    mut config: kube::Config,
+    config: kube::Config,
     readiness: Option<Readiness>,
 ) -> Result<Client, kube::Error> {
-    config.default_retry = false;
     let policy = RetryPolicy::new(KUBE_RETRY_FIRST, KUBE_RETRY_MAX, KUBE_RETRIES, true)
         .map_err(|e| kube::Error::Service(e.into()))?;
     let policy = ButWatchesShed(policy);
@@ -189,11 +188,7 @@ fn unselected_watch(uri: &axum::http::Uri) -> bool {
 /// `answers` how the API server answers: through an outage shorter than the renew deadline the
 /// leader keeps its watches, which wait in their backoff (up to 2.5 s), and the Lease's tries,
 /// 500 ms apart then, see the return first and wake them.
-pub fn lease_client_from(
-    mut config: kube::Config,
-    answers: Answers,
-) -> Result<Client, kube::Error> {
-    config.default_retry = false;
+pub fn lease_client_from(config: kube::Config, answers: Answers) -> Result<Client, kube::Error> {
     Ok(crate::kube_transport::builder(config)?
         .with_layer(&ObserveLayer(answers))
         .build())
