@@ -70,6 +70,9 @@ pub fn build(
 /// AccessDenied (retried slowly) counts as that too, since only a fix made elsewhere (IAM) ends
 /// it. A passing fault (throttling, a 5xx) says nothing about the object, so Ready keeps its
 /// last value and nothing flaps; with no Ready yet it is False with `not_ready_yet` as reason.
+/// Ready kept so also keeps the generation it was observed for: a Ready True of an earlier
+/// generation must not vouch for a spec edit the fault kept from being applied (Argo CD,
+/// `kubectl wait` and kstatus read it as out of date, as the API conventions mean it).
 /// Anything else means the spec is not (and will not soon be) in effect: Ready False.
 pub fn after_problem(
     recorded: &[Condition],
@@ -106,7 +109,13 @@ pub fn after_problem(
         ),
         _ => Want::new(READY, false, problem.reason, problem.message.clone()),
     };
-    let conditions = build(recorded, &[ready, synced, stalled], generation, now);
+    let mut conditions = build(recorded, &[ready, synced, stalled], generation, now);
+    if problem.retry == Retry::Backoff
+        && let Some(prev) = previous_ready
+        && let Some(kept) = conditions.iter_mut().find(|c| c.type_ == READY)
+    {
+        kept.observed_generation = prev.observed_generation;
+    }
     // Compared with the message as stored (conditions cut long messages), not the raw one.
     let stored_message = conditions
         .iter()
@@ -182,6 +191,45 @@ mod tests {
             t(300),
         );
         assert_eq!(third[0].last_transition_time, Time(t(300)));
+    }
+
+    /// A passing fault after a spec edit: Ready stays as it was, for the generation it was
+    /// observed for, while Synced and Stalled speak for the new one. Anything else makes Ready
+    /// False for the new generation.
+    #[test]
+    fn a_passing_fault_keeps_ready_for_the_generation_it_was_observed_for() {
+        let connected = build(
+            &[],
+            &[
+                Want::new(READY, true, "Connected", "ok"),
+                Want::new(SYNCED, true, "ReconcileSuccess", ""),
+            ],
+            1,
+            t(100),
+        );
+        let throttled = Problem {
+            reason: "Throttled",
+            message: "slow down".into(),
+            retry: Retry::Backoff,
+        };
+        let (after, news) = after_problem(&connected, &throttled, "Creating", 2, t(200));
+        assert!(news);
+        assert!(is_true(&after, READY, Some(1)));
+        assert!(!is_true(&after, READY, Some(2)), "{after:?}");
+        assert_eq!(after[0].last_transition_time, Time(t(100)));
+        let synced = after.iter().find(|c| c.type_ == SYNCED).unwrap();
+        assert_eq!(
+            (synced.status.as_str(), synced.observed_generation),
+            ("False", Some(2))
+        );
+
+        let refused = Problem::terminal("InvalidSpec", "no");
+        let (after, _) = after_problem(&connected, &refused, "Creating", 2, t(200));
+        let ready = after.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.observed_generation),
+            ("False", Some(2))
+        );
     }
 
     #[test]

@@ -408,3 +408,65 @@ fn a_policy_is_healthy_when_applied_and_degraded_when_it_can_decide_nothing() {
         "not reconciled yet"
     );
 }
+
+/// A spec edit that a passing fault (throttling, a 5xx) kept from being applied: the conditions
+/// as the controller renders them (`conditions::after_problem`) keep Ready True for the
+/// generation it was observed for, so the edit shows as Progressing, with Synced's message,
+/// until it is applied; not Healthy.
+#[test]
+fn an_edit_a_passing_fault_kept_from_being_applied_is_progressing() {
+    use eac_controller::aws::error::Retry;
+    use eac_controller::conditions::{READY, SYNCED, Want, after_problem, build};
+    use eac_controller::reconciler::retry::Problem;
+
+    let now = jiff::Timestamp::from_second(1_790_000_000).unwrap();
+    let connected = build(
+        &[],
+        &[
+            Want::new(READY, true, "Connected", "Connection is CONNECTED"),
+            Want::new(SYNCED, true, "ReconcileSuccess", ""),
+        ],
+        3,
+        now,
+    );
+    let throttled = Problem {
+        reason: "Throttled",
+        message: "Proton throttled the request; retrying".into(),
+        retry: Retry::Backoff,
+    };
+    let (conditions, _) = after_problem(&connected, &throttled, "Creating", 4, now);
+    let conditions = serde_json::to_value(&conditions).unwrap();
+    let obj = eac(
+        4,
+        Some(json!({
+            "observedGeneration": 4,
+            "id": "2f6c1e7a-6c1b-4c34-8d9e-0c2b7b1f5a10",
+            "status": "CONNECTED",
+            "conditions": conditions,
+        })),
+    );
+    let (state, message) = health(&obj);
+    assert_eq!(state, "Progressing", "{message}");
+    assert!(message.contains("generation 4"), "{message}");
+    assert!(message.contains("throttled"), "{message}");
+
+    // Once applied, Ready is observed for generation 4: Healthy.
+    let applied = build(
+        &connected,
+        &[
+            Want::new(READY, true, "Connected", "Connection is CONNECTED"),
+            Want::new(SYNCED, true, "ReconcileSuccess", ""),
+        ],
+        4,
+        now,
+    );
+    let obj = eac(
+        4,
+        Some(json!({
+            "observedGeneration": 4,
+            "status": "CONNECTED",
+            "conditions": serde_json::to_value(&applied).unwrap(),
+        })),
+    );
+    assert_eq!(health(&obj).0, "Healthy");
+}

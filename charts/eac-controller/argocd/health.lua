@@ -12,6 +12,8 @@
 --                                                AccountMapping's is its Ready condition's)
 --   Stalled=True                              -> Degraded (Stalled's message)
 --   status.status == "REJECTED" (connection)  -> Degraded
+--   Ready=True for an earlier generation      -> Progressing (the edit is not applied yet: a
+--                                                retry after a passing fault; Synced's message)
 --   Ready=True                                -> Healthy
 --   Ready=False on an AccountMapping          -> Degraded (its selectors need an admin)
 --   anything else (e.g. PENDING, a retry)     -> Progressing (Ready's message)
@@ -85,6 +87,14 @@ end
 if status.status == "REJECTED" then
   hs.status = "Degraded"
   hs.message = describe(ready, "The management account rejected the connection")
+  return hs
+end
+
+if ready ~= nil and ready.status == "True" and generation ~= nil
+    and ready.observedGeneration ~= nil and ready.observedGeneration < generation then
+  hs.status = "Progressing"
+  hs.message = "Applying generation " .. tostring(generation) .. ": "
+    .. describe(condition(status, "Synced"), "not applied yet")
   return hs
 end
 
