@@ -1582,6 +1582,62 @@ fn a_replayed_create_that_conflicts_finds_the_resources_own_connection_and_conve
     assert_eq!(r.status.create_sent_at, None);
 }
 
+/// The recorded connection answered NotFound once though it still exists (an endpoint or a
+/// proxy that said so for a moment). Its re-creation is refused with a Conflict: the recorded
+/// connection holds the environment. It is found by its uid tag and recorded again, instead of
+/// being forgotten (and never deleted with the resource).
+#[test]
+fn a_re_creation_refused_by_the_connection_that_vanished_for_a_moment_finds_it_again() {
+    let mut case = Case::new().status(status_connected());
+    let mut proton =
+        Fake::recorded(CONNECTED).fail("Get", ErrorClass::NotFound, "connection not found");
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get Record Create FindOwned Settle");
+    assert_eq!(trace.origin(), Some(Origin::Found));
+    let s = &trace.settled().status;
+    assert_eq!(s.id.as_deref(), Some(ID));
+    assert_eq!(s.status, Some(CONNECTED));
+    assert_eq!(s.create_sent_at, None);
+    assert_eq!(cond_of(s, READY), ("True", "Connected"));
+
+    // The next reconcile reads it back by its id, as before the NotFound.
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get Settle");
+    assert_eq!(proton.count("Create"), 1);
+}
+
+/// Endpoints refuse a client token reused with other parameters differently: a Conflict, a
+/// ValidationException (`Idempotent parameter mismatch`), or a code of their own. A replay
+/// after a crash and a spec edit finds its connection by the uid tag whichever it is; a first
+/// Create refused so reports it at once (nothing of this resource's can exist).
+#[test]
+fn a_replay_refused_as_invalid_or_with_an_unknown_code_looks_for_its_connection_first() {
+    for (class, message) in [
+        (ErrorClass::Validation, "Idempotent parameter mismatch"),
+        (
+            ErrorClass::Other,
+            "IdempotentParameterMismatch: token reused",
+        ),
+    ] {
+        let mut case = Case::new()
+            .status(creating())
+            .spec_with(|s| s.tags = tags(&[("team", "platform")]));
+        let mut proton = Fake::recorded(CONNECTED).fail("Create", class, message);
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(
+            trace.path(),
+            "WhoAmI Create FindOwned Tag Settle",
+            "{class:?}"
+        );
+        assert_eq!(trace.settled().status.id.as_deref(), Some(ID), "{class:?}");
+
+        let mut proton = Fake::empty().fail("Create", class, message);
+        let trace = reconcile(&mut Case::new(), &mut proton, now());
+        assert_eq!(trace.path(), "WhoAmI Record Create Report", "{class:?}");
+        assert_eq!(trace.reported().problem.reason, class.reason(), "{class:?}");
+    }
+}
+
 #[test]
 fn a_replayed_create_blocked_by_another_connection_is_retried_within_the_window_then_terminal() {
     let message =

@@ -256,7 +256,12 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
                 id: target_id(step, &run.observed, &run.status),
             };
         }
-        (Step::Create { replay, .. }, class) => {
+        (
+            Step::Create {
+                replay, recreation, ..
+            },
+            class,
+        ) => {
             // A Create refused outright created nothing, nor did one never sent (its
             // credentials could not be had: the mapped role's AssumeRole failed, even for a
             // passing fault), nor one refused because the credentials that signed it expired
@@ -271,10 +276,7 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
             {
                 run.status.create_sent_at = run.r.status.create_sent_at.clone();
             }
-            if *replay && class == ErrorClass::Conflict && run.conflict.is_none() {
-                // A Create with this token was sent before: our own connection may exist under
-                // it with other parameters (strict idempotency after a crash and a spec edit).
-                // Look for it before reporting anything.
+            if run.conflict.is_none() && may_hide_our_own(class, *replay, *recreation) {
                 run.conflict = Some(e);
                 run.observed = Observed::CreateConflict;
             } else {
@@ -282,6 +284,26 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
             }
         }
         _ => run.problem = Some(Problem::from(&e)),
+    }
+}
+
+/// Whether a refused Create may have been refused for a connection of this resource's own, to be
+/// looked for (by its uid tag) before anything is reported:
+/// - a replay (a Create with this token was sent before): our connection may exist under it
+///   with other parameters (a crash, then a spec edit). Endpoints refuse a token reused with
+///   other parameters differently: a Conflict, a ValidationException, or a code of their own
+///   (`IdempotentParameterMismatch`), so any of these;
+/// - a re-creation after the recorded connection was answered NotFound, refused with a
+///   Conflict: the recorded one may hold the environment still (a NotFound that was not true,
+///   from an endpoint or a proxy), and without the search it would be forgotten, and never
+///   deleted with the resource.
+///
+/// A first Create never sent before cannot meet a connection of ours: reported at once.
+fn may_hide_our_own(class: ErrorClass, replay: bool, recreation: u32) -> bool {
+    match class {
+        ErrorClass::Conflict => replay || recreation > 0,
+        ErrorClass::Validation | ErrorClass::Other => replay,
+        _ => false,
     }
 }
 
