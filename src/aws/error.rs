@@ -86,9 +86,11 @@ impl ErrorClass {
             "ThrottlingException" | "Throttling" | "TooManyRequestsException" => {
                 ErrorClass::Throttled
             }
-            "InternalServerException" | "ServiceUnavailable" | "ServiceUnavailableException" => {
-                ErrorClass::Transient
-            }
+            "InternalServerException"
+            | "ServiceUnavailable"
+            | "ServiceUnavailableException"
+            // The common error of every AWS service for its own failure (STS's included).
+            | "InternalFailure" => ErrorClass::Transient,
             // Temporary credentials that expired (STS's awsQuery code, Proton's): a role's
             // session is dropped on it (`Proton::call`) and the SDK renews the controller's own,
             // so the next try signs with fresh ones. Nothing to fix in IAM.
@@ -98,8 +100,25 @@ impl ErrorClass {
             | "UnrecognizedClientException"
             | "InvalidSignatureException"
             // STS's awsQuery code for credentials it does not know.
-            | "InvalidClientTokenId" => ErrorClass::AccessDenied,
-            "ValidationException" => ErrorClass::Validation,
+            | "InvalidClientTokenId"
+            // STS: the region is not enabled for the account; an admin enables it.
+            | "RegionDisabledException"
+            // Common errors: the account is not subscribed, or the request is not signed as
+            // AWS expects. Fixed outside Kubernetes as IAM is.
+            | "OptInRequired"
+            | "NotAuthorized"
+            | "SignatureDoesNotMatch"
+            | "IncompleteSignature"
+            | "MissingAuthenticationToken" => ErrorClass::AccessDenied,
+            "ValidationException"
+            // STS's awsQuery codes for a request it refuses as sent (an external ID or a session
+            // name it does not take, say): AssumeRoleFailed, not retried.
+            | "ValidationError"
+            | "MalformedPolicyDocument"
+            | "PackedPolicyTooLarge"
+            | "InvalidParameterValue"
+            | "InvalidParameterCombination"
+            | "MissingParameter" => ErrorClass::Validation,
             "ServiceQuotaExceededException" => ErrorClass::QuotaExceeded,
             "ConflictException" => ErrorClass::Conflict,
             "ResourceNotFoundException" => ErrorClass::NotFound,
@@ -662,6 +681,24 @@ mod tests {
             ),
             (
                 "InvalidClientTokenId",
+                ErrorClass::AccessDenied,
+                Retry::Slow,
+            ),
+            ("InternalFailure", ErrorClass::Transient, Retry::Backoff),
+            ("ValidationError", ErrorClass::Validation, Retry::Terminal),
+            (
+                "MalformedPolicyDocument",
+                ErrorClass::Validation,
+                Retry::Terminal,
+            ),
+            (
+                "RegionDisabledException",
+                ErrorClass::AccessDenied,
+                Retry::Slow,
+            ),
+            ("OptInRequired", ErrorClass::AccessDenied, Retry::Slow),
+            (
+                "SignatureDoesNotMatch",
                 ErrorClass::AccessDenied,
                 Retry::Slow,
             ),
