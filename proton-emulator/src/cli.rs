@@ -101,7 +101,12 @@ pub struct Args {
     pub sts_latency_ms: u64,
 
     /// Operations answered with AccessDeniedException (comma-separated or repeated).
-    #[arg(long, env = "PROTON_EMULATOR_DENY", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "PROTON_EMULATOR_DENY",
+        value_delimiter = ',',
+        value_parser = parse_operation
+    )]
     pub deny: Vec<String>,
 
     /// Refuse Create beyond this many live connections per account and region
@@ -116,6 +121,14 @@ fn parse_account_id(s: &str) -> Result<String, String> {
     } else {
         Err("must be exactly 12 digits".to_string())
     }
+}
+
+/// An operation's full name (`GetEnvironmentAccountConnection`, `AssumeRole`), spaces around it
+/// ignored; anything else is refused rather than never matched.
+fn parse_operation(s: &str) -> Result<String, String> {
+    let name = s.trim();
+    super::faults::check_operation(name)?;
+    Ok(name.to_string())
 }
 
 fn parse_error_rate(s: &str) -> Result<f64, String> {
@@ -165,5 +178,30 @@ impl Args {
             require_registered_roles: self.require_registered_roles,
             state_file: self.state_file.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_takes_operation_names_and_refuses_a_misspelt_one() {
+        let args = Args::try_parse_from([
+            "proton-emulator",
+            "--deny",
+            "CreateEnvironmentAccountConnection, AssumeRole",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.deny,
+            ["CreateEnvironmentAccountConnection", "AssumeRole"]
+        );
+
+        let err = Args::try_parse_from(["proton-emulator", "--deny", "Create"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown operation \"Create\""), "{err}");
+        assert!(err.contains("GetEnvironmentAccountConnection"), "{err}");
     }
 }

@@ -10,6 +10,28 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorKind};
+use super::sts::Action;
+use super::wire::Operation;
+
+/// Refuses a name that is none of the operations a fault can answer (the model's ten and STS's
+/// two): a fault set for a misspelt name would never fire, and the scenario it was set for would
+/// pass without testing anything.
+pub fn check_operation(name: &str) -> Result<(), String> {
+    let known = || {
+        Operation::ALL
+            .iter()
+            .map(|op| op.name())
+            .chain(Action::ALL.iter().map(|action| action.name()))
+    };
+    if known().any(|known| known == name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unknown operation {name:?}: faults name one of {}",
+            known().collect::<Vec<_>>().join(", ")
+        ))
+    }
+}
 
 /// Faults applied to every request; replaced as a whole at run time.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -73,6 +95,9 @@ impl FaultsDocument {
                 "errorRate must be between 0 and 1, got {}",
                 self.error_rate
             ));
+        }
+        for name in &self.deny {
+            check_operation(name).map_err(|e| format!("deny: {e}"))?;
         }
         Ok(Faults {
             throttle_rps: self.throttle_rps,

@@ -256,6 +256,9 @@ struct FailNext {
 async fn post_fail_next(State(state): State<EmulatorState>, body: Bytes) -> Response {
     match serde_json::from_slice::<FailNext>(&body) {
         Ok(req) => {
+            if let Err(e) = crate::faults::check_operation(&req.operation) {
+                return admin_error(format!("invalid fail-next request: {e}"));
+            }
             state.fail_next(&req.operation, &req.error_type, req.count);
             StatusCode::NO_CONTENT.into_response()
         }
@@ -275,6 +278,8 @@ pub struct RunningEmulator {
     task: Option<JoinHandle<std::io::Result<()>>>,
     stop_writer: Option<oneshot::Sender<()>>,
     writer: Option<JoinHandle<()>>,
+    /// Held while the emulator runs: no other emulator uses its state file meanwhile.
+    _state_lock: Option<std::fs::File>,
 }
 
 impl RunningEmulator {
@@ -290,6 +295,13 @@ impl RunningEmulator {
             .check()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let state = EmulatorState::new(&config);
+        let state_lock = match &config.state_file {
+            Some(path) => Some(
+                state_file::lock(path)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+            ),
+            None => None,
+        };
         let loaded = match &config.state_file {
             Some(path) => Some(
                 load_state(&state, path)
@@ -341,6 +353,7 @@ impl RunningEmulator {
             task: Some(task),
             stop_writer,
             writer,
+            _state_lock: state_lock,
         })
     }
 

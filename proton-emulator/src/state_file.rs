@@ -65,6 +65,12 @@ pub enum StateFileError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "the state file {} is in use by another emulator (it holds the lock {}); one emulator per state file",
+        path.display(),
+        lock.display()
+    )]
+    InUse { path: PathBuf, lock: PathBuf },
 }
 
 /// Reads the state file: `None` when there is none yet (the emulator starts empty).
@@ -165,6 +171,36 @@ fn sync_directory(dir: &Path) -> io::Result<()> {
 #[cfg(not(unix))]
 fn sync_directory(_dir: &Path) -> io::Result<()> {
     Ok(())
+}
+
+/// Takes the lock that makes an emulator the only one using the state file at `path`: a file
+/// beside it, locked for as long as the returned handle lives (the OS releases it when the
+/// process ends, however it ends). A second emulator on the same file would delete the first
+/// one's temporary files at its start and then overwrite its state.
+pub fn lock(path: &Path) -> Result<File, StateFileError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".to_string());
+    let lock = directory_of(path).join(format!(".{name}.lock"));
+    let write_error = |source| StateFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(write_error)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StateFileError::InUse {
+            path: path.to_path_buf(),
+            lock,
+        }),
+        Err(fs::TryLockError::Error(source)) => Err(write_error(source)),
+    }
 }
 
 /// Removes temporary files a crash left behind mid-write (they were never renamed, so the state

@@ -1617,6 +1617,25 @@ async fn faults_and_fail_next_can_be_set_over_http() {
         GetEnvironmentAccountConnectionError::InternalServerException(_)
     ));
     get_missing_is_not_found(&client).await;
+
+    // A misspelt operation would never fire: refused, naming the operations that exist, and
+    // nothing is set.
+    for (method, path, body) in [
+        (
+            "POST",
+            "/_emulator/fail-next",
+            r#"{"operation": "GetConnection", "errorType": "InternalServerException", "count": 1}"#,
+        ),
+        ("PUT", "/_emulator/faults", r#"{"deny": ["Create"]}"#),
+    ] {
+        let response = raw(emu.addr(), method, path, &[], body).await;
+        assert_eq!(response.status, 400, "{path}: {}", response.body);
+        let message = response.json()["message"].as_str().unwrap().to_string();
+        assert!(message.contains("unknown operation"), "{path}: {message}");
+        assert!(message.contains(GET), "{path}: {message}");
+    }
+    assert!(emu.state().faults().deny.is_empty());
+    get_missing_is_not_found(&client).await;
 }
 
 #[tokio::test]

@@ -1015,7 +1015,7 @@ async fn a_restart_keeps_connections_ids_tags_and_client_tokens() {
     emu.shutdown().await;
     assert_eq!(
         files_in(dir.path()),
-        ["state.json"],
+        [".state.json.lock", "state.json"],
         "no temporary file left"
     );
 }
@@ -1082,7 +1082,7 @@ async fn a_missing_state_file_starts_empty_and_is_written_at_once() {
                 .await
                 .unwrap();
         }
-        assert_eq!(files_in(dir.path()), ["new.json"]);
+        assert_eq!(files_in(dir.path()), [".new.json.lock", "new.json"]);
     }
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(saved["version"], 1);
@@ -1094,6 +1094,29 @@ async fn start_error(config: EmulatorConfig) -> std::io::Error {
         Ok(_) => panic!("the emulator started"),
         Err(err) => err,
     }
+}
+
+/// One emulator per state file: a second one would delete the first one's temporary files at
+/// its start and then overwrite its state. It is refused while the first runs (the file left as
+/// it is), and starts once the first has stopped.
+#[tokio::test]
+async fn a_second_emulator_on_a_state_file_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let first = start(with_state_file(&path)).await;
+    create(&proton(&first.url(), key(ENV_KEY)), "dev", MGMT).await;
+    let before = std::fs::read(&path).unwrap();
+
+    let err = start_error(with_state_file(&path)).await;
+    let message = err.to_string();
+    assert!(message.contains("in use by another emulator"), "{message}");
+    assert!(message.contains("state.json"), "{message}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "left as it was");
+    assert_eq!(first.state().connections().len(), 1);
+
+    first.shutdown().await;
+    let second = start(with_state_file(&path)).await;
+    assert_eq!(second.state().connections().len(), 1);
 }
 
 #[tokio::test]
@@ -1317,7 +1340,7 @@ async fn binary_keeps_its_connections_across_a_kill_and_refuses_a_damaged_state_
     let env = proton(&url, key(ENV_KEY));
     assert_eq!(get(&env, &created.id).await, created);
     child.kill().await.unwrap();
-    assert_eq!(files_in(dir.path()), ["state.json"]);
+    assert_eq!(files_in(dir.path()), [".state.json.lock", "state.json"]);
 
     std::fs::write(&path, "{ not json").unwrap();
     let output = binary_output(&["--state-file", &path_arg], &[]).await;
