@@ -1182,3 +1182,63 @@ fn looping_cel_rules_are_bounded() {
     // (and so every size estimate derived from it) small.
     assert_eq!(tags["additionalProperties"]["maxLength"], json!(256));
 }
+
+/// kube-apiserver warns, when a CRD is applied, on every `format` it does not know for its type
+/// (`Warning: unrecognized format "uint32"`): the formats of the three CRDs are all ones it
+/// knows.
+#[test]
+fn every_format_in_the_crds_is_one_the_api_server_knows() {
+    fn formats(node: &Value, path: String, out: &mut Vec<(String, String, String)>) {
+        let Some(map) = node.as_object() else { return };
+        if let (Some(Value::String(format)), Some(Value::String(type_))) =
+            (map.get("format"), map.get("type"))
+        {
+            out.push((path.clone(), type_.clone(), format.clone()));
+        }
+        if let Some(properties) = map.get("properties").and_then(Value::as_object) {
+            for (name, property) in properties {
+                formats(property, format!("{path}.{name}"), out);
+            }
+        }
+        for nested in ["items", "additionalProperties"] {
+            if let Some(schema) = map.get(nested) {
+                formats(schema, format!("{path}[]"), out);
+            }
+        }
+    }
+    let schemas = [
+        EnvironmentAccountConnection::crd(),
+        eac_controller::policy::api::ConnectionAcceptancePolicy::crd(),
+        eac_controller::mapping::api::AccountMapping::crd(),
+    ]
+    .map(|crd| {
+        let schema = crd.spec.versions[0]
+            .schema
+            .clone()
+            .unwrap()
+            .open_api_v3_schema;
+        (crd.spec.names.kind, serde_json::to_value(schema).unwrap())
+    });
+    let mut unknown = Vec::new();
+    let mut seen = 0;
+    for (kind, schema) in &schemas {
+        let mut found = Vec::new();
+        formats(schema, String::new(), &mut found);
+        seen += found.len();
+        for (path, type_, format) in found {
+            let known = match type_.as_str() {
+                "integer" => ["int32", "int64"].contains(&format.as_str()),
+                "number" => ["float", "double"].contains(&format.as_str()),
+                "string" => {
+                    ["byte", "date", "date-time", "duration", "uuid"].contains(&format.as_str())
+                }
+                _ => false,
+            };
+            if !known {
+                unknown.push(format!("{kind}{path}: {type_} format {format:?}"));
+            }
+        }
+    }
+    assert!(seen > 0, "the schemas have formats to check");
+    assert!(unknown.is_empty(), "{unknown:#?}");
+}

@@ -283,6 +283,9 @@ pub struct EnvironmentAccountConnectionStatus {
     /// How many times the connection was re-created after being deleted out of band; the client
     /// token of the current connection is derived from the uid and this number.
     #[serde(default, skip_serializing_if = "is_zero")]
+    // kube-apiserver warns on a format it does not know (`uint32`, `uint64`) when the CRD is
+    // applied; int64 is one it knows, and `minimum: 0` stays.
+    #[schemars(extend("format" = "int64"))]
     pub recreations: u32,
     /// Conditions `Ready`, `Synced` and `Stalled`, following kstatus.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -72,6 +72,9 @@ pub struct AccountMappingStatus {
     pub account_id: Option<String>,
     /// How many namespaces the selector selects now.
     #[serde(default)]
+    // kube-apiserver warns on a format it does not know (`uint32`, `uint64`) when the CRD is
+    // applied; int64 is one it knows, and `minimum: 0` stays.
+    #[schemars(extend("format" = "int64"))]
     pub namespace_count: u32,
     /// Up to 20 of them, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

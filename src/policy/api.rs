@@ -138,12 +138,17 @@ pub struct ConnectionAcceptancePolicyStatus {
     pub region: Option<String>,
     /// How many requests this policy has accepted.
     #[serde(default)]
+    // The counts' format: int64, as kube-apiserver knows it (it warns on `uint64` when the CRD is
+    // applied); `minimum: 0` stays.
+    #[schemars(extend("format" = "int64"))]
     pub accepted_count: u64,
     /// How many requests this policy has rejected.
     #[serde(default)]
+    #[schemars(extend("format" = "int64"))]
     pub rejected_count: u64,
     /// How many PENDING requests no policy matches now (left pending).
     #[serde(default)]
+    #[schemars(extend("format" = "int64"))]
     pub left_pending_count: u64,
     /// The most recent requests this policy accepted (newest first, at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
