@@ -71,8 +71,9 @@ pub fn build(
 /// it. A passing fault (throttling, a 5xx) says nothing about the object, so Ready keeps its
 /// last value and nothing flaps; with no Ready yet it is False with `not_ready_yet` as reason.
 /// Ready kept so also keeps the generation it was observed for: a Ready True of an earlier
-/// generation must not vouch for a spec edit the fault kept from being applied (Argo CD,
-/// `kubectl wait` and kstatus read it as out of date, as the API conventions mean it).
+/// generation must not vouch for a spec edit the fault kept from being applied (`kubectl wait`
+/// and Argo CD read it as out of date, as the API conventions mean it; for kstatus see
+/// [`observed_generation_after`]).
 /// Anything else means the spec is not (and will not soon be) in effect: Ready False.
 pub fn after_problem(
     recorded: &[Condition],
@@ -110,11 +111,8 @@ pub fn after_problem(
         _ => Want::new(READY, false, problem.reason, problem.message.clone()),
     };
     let mut conditions = build(recorded, &[ready, synced, stalled], generation, now);
-    if problem.retry == Retry::Backoff
-        && let Some(prev) = previous_ready
-        && let Some(kept) = conditions.iter_mut().find(|c| c.type_ == READY)
-    {
-        kept.observed_generation = prev.observed_generation;
+    if problem.retry == Retry::Backoff {
+        keep_generation(&mut conditions, recorded, READY);
     }
     // Compared with the message as stored (conditions cut long messages), not the raw one.
     let stored_message = conditions
@@ -127,6 +125,32 @@ pub fn after_problem(
             || Some(c.message.as_str()) != stored_message
     });
     (conditions, news)
+}
+
+/// The condition `type_`, kept as it was in `previous`, also keeps the generation it was observed
+/// for there (a condition `previous` lacks is left alone).
+pub fn keep_generation(conditions: &mut [Condition], previous: &[Condition], type_: &str) {
+    if let Some(prev) = previous.iter().find(|c| c.type_ == type_)
+        && let Some(kept) = conditions.iter_mut().find(|c| c.type_ == type_)
+    {
+        kept.observed_generation = prev.observed_generation;
+    }
+}
+
+/// `status.observedGeneration` after a reconcile that ended on `problem`. A passing fault brought
+/// nothing of a newer generation into effect, so it stays where it was: kstatus (and so Flux)
+/// reads a spec edit that a throttled or failed call holds up as still in progress, as Argo CD's
+/// health check does. Anything else was decided for this generation.
+pub fn observed_generation_after(
+    recorded: Option<i64>,
+    problem: &Problem,
+    generation: i64,
+) -> Option<i64> {
+    if problem.retry == Retry::Backoff {
+        recorded
+    } else {
+        Some(generation)
+    }
 }
 
 /// True when the condition is present with status True (and, if given, for this generation).
@@ -223,7 +247,12 @@ mod tests {
             ("False", Some(2))
         );
 
+        // The status's own observedGeneration stays too, for kstatus.
+        assert_eq!(observed_generation_after(Some(1), &throttled, 2), Some(1));
+        assert_eq!(observed_generation_after(None, &throttled, 2), None);
+
         let refused = Problem::terminal("InvalidSpec", "no");
+        assert_eq!(observed_generation_after(Some(1), &refused, 2), Some(2));
         let (after, _) = after_problem(&connected, &refused, "Creating", 2, t(200));
         let ready = after.iter().find(|c| c.type_ == READY).unwrap();
         assert_eq!(

@@ -416,7 +416,9 @@ fn a_policy_is_healthy_when_applied_and_degraded_when_it_can_decide_nothing() {
 #[test]
 fn an_edit_a_passing_fault_kept_from_being_applied_is_progressing() {
     use eac_controller::aws::error::Retry;
-    use eac_controller::conditions::{READY, SYNCED, Want, after_problem, build};
+    use eac_controller::conditions::{
+        READY, SYNCED, Want, after_problem, build, observed_generation_after,
+    };
     use eac_controller::reconciler::retry::Problem;
 
     let now = jiff::Timestamp::from_second(1_790_000_000).unwrap();
@@ -436,10 +438,12 @@ fn an_edit_a_passing_fault_kept_from_being_applied_is_progressing() {
     };
     let (conditions, _) = after_problem(&connected, &throttled, "Creating", 4, now);
     let conditions = serde_json::to_value(&conditions).unwrap();
+    let observed = observed_generation_after(Some(3), &throttled, 4);
+    assert_eq!(observed, Some(3));
     let obj = eac(
         4,
         Some(json!({
-            "observedGeneration": 4,
+            "observedGeneration": observed,
             "id": "2f6c1e7a-6c1b-4c34-8d9e-0c2b7b1f5a10",
             "status": "CONNECTED",
             "conditions": conditions,
@@ -448,6 +452,14 @@ fn an_edit_a_passing_fault_kept_from_being_applied_is_progressing() {
     let (state, message) = health(&obj);
     assert_eq!(state, "Progressing", "{message}");
     assert!(message.contains("generation 4"), "{message}");
+    assert!(message.contains("throttled"), "{message}");
+
+    // Even where the status's own generation were current, Ready of generation 3 is not
+    // Healthy for generation 4.
+    let mut obj = obj;
+    obj["status"]["observedGeneration"] = json!(4);
+    let (state, message) = health(&obj);
+    assert_eq!(state, "Progressing", "{message}");
     assert!(message.contains("throttled"), "{message}");
 
     // Once applied, Ready is observed for generation 4: Healthy.

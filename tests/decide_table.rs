@@ -1604,6 +1604,23 @@ fn a_re_creation_refused_by_the_connection_that_vanished_for_a_moment_finds_it_a
     let trace = reconcile(&mut case, &mut proton, now());
     assert_eq!(trace.path(), "WhoAmI Get Settle");
     assert_eq!(proton.count("Create"), 1);
+
+    // The search itself is throttled: the record of the re-creation's Create stays, so the
+    // resource deleted then searches before it goes, finds the connection and deletes it.
+    let mut case = Case::new().status(status_connected());
+    let mut proton = Fake::recorded(CONNECTED)
+        .fail("Get", ErrorClass::NotFound, "connection not found")
+        .throttle("FindOwned");
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get Record Create FindOwned Report");
+    let r = trace.reported();
+    assert_eq!(r.status.id, None);
+    assert!(r.status.create_sent_at.is_some(), "{:?}", r.status);
+    case.status = r.status.clone();
+    let mut case = case.deleting();
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI FindOwned Delete RemoveFinalizer");
+    assert!(proton.conn.is_none(), "deleted, not left behind");
 }
 
 /// Endpoints refuse a client token reused with other parameters differently: a Conflict, a
@@ -3414,6 +3431,39 @@ fn an_intent_not_as_the_controller_writes_it_stops_everything_until_it_is_remove
     case.intent_problem = None;
     let trace = reconcile(&mut case, &mut Fake::empty(), later(now(), secs(1)));
     assert!(trace.path().contains("Create"), "{}", trace.path());
+}
+
+/// A spec edit (generation 2) whose Update is throttled: Ready stays True for generation 1, and
+/// the status's observedGeneration stays 1 (kstatus, Argo CD and `kubectl wait` read the edit as
+/// not applied yet), while Synced tells why, for generation 2. Pausing then keeps it so.
+#[test]
+fn an_edit_held_up_by_a_passing_fault_is_not_reported_ready_even_when_paused_then() {
+    let ready_generation = |s: &Status| condition(s, READY).observed_generation;
+    let mut case = Case::new().status(status_connected()).new_role();
+    let mut proton = Fake::recorded(CONNECTED).throttle("Update");
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get Update Report");
+    let s = &trace.reported().status;
+    assert_eq!(cond_of(s, READY), ("True", "Connected"));
+    assert_eq!(ready_generation(s), Some(1));
+    assert_eq!(s.observed_generation, Some(1));
+    assert_eq!(cond_of(s, SYNCED), ("False", "Throttled"));
+    assert_eq!(condition(s, SYNCED).observed_generation, Some(2));
+
+    case.status = s.clone();
+    let mut case = case.paused();
+    reconcile(&mut case, &mut proton, later(now(), secs(5)));
+    assert_eq!(cond_of(&case.status, SYNCED), ("False", "Paused"));
+    assert_eq!(cond_of(&case.status, READY), ("True", "Connected"));
+    assert_eq!(ready_generation(&case.status), Some(1));
+    assert_eq!(case.status.observed_generation, Some(1));
+
+    // Applied once resumed: Ready for generation 2.
+    case.paused = false;
+    let trace = reconcile(&mut case, &mut proton, later(now(), secs(10)));
+    assert!(trace.path().ends_with("Settle"), "{}", trace.path());
+    assert_eq!(ready_generation(&case.status), Some(2));
+    assert_eq!(case.status.observed_generation, Some(2));
 }
 
 #[test]

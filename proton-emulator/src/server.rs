@@ -278,8 +278,9 @@ pub struct RunningEmulator {
     task: Option<JoinHandle<std::io::Result<()>>>,
     stop_writer: Option<oneshot::Sender<()>>,
     writer: Option<JoinHandle<()>>,
-    /// Held while the emulator runs: no other emulator uses its state file meanwhile.
-    _state_lock: Option<std::fs::File>,
+    /// Held while the emulator runs (and by a write still under way after it was dropped): no
+    /// other emulator uses its state file meanwhile.
+    _state_lock: Option<Arc<std::fs::File>>,
 }
 
 impl RunningEmulator {
@@ -297,7 +298,9 @@ impl RunningEmulator {
         let state = EmulatorState::new(&config);
         let state_lock = match &config.state_file {
             Some(path) => Some(
-                state_file::lock(path)
+                lock_state_file(path)
+                    .await
+                    .map(Arc::new)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
             ),
             None => None,
@@ -316,9 +319,16 @@ impl RunningEmulator {
             Some(durability) => {
                 let (stop, stopped) = oneshot::channel::<()>();
                 let snapshot_of = state.clone();
-                let writer = tokio::spawn(
-                    Arc::clone(durability).run_writer(move || snapshot_of.snapshot(), stopped),
-                );
+                // A write runs on a blocking thread that outlives an abort of the writer (a
+                // dropped emulator): the lock goes with it, so it is held until that write ends.
+                let lock = state_lock.clone();
+                let writer = tokio::spawn(Arc::clone(durability).run_writer(
+                    move || {
+                        let _held = &lock;
+                        snapshot_of.snapshot()
+                    },
+                    stopped,
+                ));
                 (Some(stop), Some(writer))
             }
             None => (None, None),
@@ -414,6 +424,23 @@ impl Drop for RunningEmulator {
         // left half-written.
         if let Some(writer) = self.writer.take() {
             writer.abort();
+        }
+    }
+}
+
+/// How long a start waits for the lock of a state file that an emulator stopping in this process
+/// still holds: a write of its state may still be ending on a blocking thread.
+const STATE_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// The state file's lock ([`state_file::lock`]), waited for up to [`STATE_LOCK_WAIT`].
+async fn lock_state_file(path: &std::path::Path) -> Result<std::fs::File, StateFileError> {
+    let deadline = tokio::time::Instant::now() + STATE_LOCK_WAIT;
+    loop {
+        match state_file::lock(path) {
+            Err(StateFileError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            locked => return locked,
         }
     }
 }

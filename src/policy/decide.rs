@@ -1081,7 +1081,11 @@ impl<'a> Run<'a> {
     fn report(&mut self, problem: Problem, now: jiff::Timestamp) -> Step {
         let recorded = self.p.status;
         let mut status = self.with_decisions();
-        status.observed_generation = Some(self.p.generation);
+        status.observed_generation = conditions::observed_generation_after(
+            recorded.observed_generation,
+            &problem,
+            self.p.generation,
+        );
         let (conditions, news) = conditions::after_problem(
             &recorded.conditions,
             &problem,

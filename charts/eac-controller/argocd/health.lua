@@ -8,8 +8,9 @@
 --
 --   metadata.deletionTimestamp set            -> Progressing "Deleting"
 --   no status yet                             -> Progressing
---   observedGeneration < generation           -> Progressing (spec change not yet seen; an
---                                                AccountMapping's is its Ready condition's)
+--   observedGeneration < generation           -> Progressing (spec change not yet seen, or
+--                                                held up by a passing fault: Synced's message;
+--                                                an AccountMapping's is its Ready condition's)
 --   Stalled=True                              -> Degraded (Stalled's message)
 --   status.status == "REJECTED" (connection)  -> Degraded
 --   Ready=True for an earlier generation      -> Progressing (the edit is not applied yet: a
@@ -72,9 +73,16 @@ local observed = status.observedGeneration
 if observed == nil and ready ~= nil then
   observed = ready.observedGeneration
 end
+local synced = condition(status, "Synced")
 if generation ~= nil and observed ~= nil and observed < generation then
   hs.status = "Progressing"
-  hs.message = "Waiting for the controller to observe generation " .. tostring(generation)
+  if synced ~= nil and synced.status == "False" and synced.observedGeneration == generation then
+    -- Seen, but held up by a passing fault (throttling, a 5xx): say why.
+    hs.message = "Applying generation " .. tostring(generation) .. ": "
+      .. describe(synced, "not applied yet")
+  else
+    hs.message = "Waiting for the controller to observe generation " .. tostring(generation)
+  end
   return hs
 end
 
@@ -94,7 +102,7 @@ if ready ~= nil and ready.status == "True" and generation ~= nil
     and ready.observedGeneration ~= nil and ready.observedGeneration < generation then
   hs.status = "Progressing"
   hs.message = "Applying generation " .. tostring(generation) .. ": "
-    .. describe(condition(status, "Synced"), "not applied yet")
+    .. describe(synced, "not applied yet")
   return hs
 end
 

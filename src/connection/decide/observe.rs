@@ -269,14 +269,27 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
             // the record that a Create may be in flight goes back to what it was before this
             // reconcile (none for a first attempt, else the last Create whose answer never
             // came), so neither deletion nor a conflict waits for this one.
-            if creates_nothing(class)
+            //
+            // Unless the refusal may hide a connection of ours, to be searched for (only for
+            // a Create that was sent and answered by Proton): then a first record of a Create
+            // stays, so that until a search settles it, a deletion searches before it lets the
+            // resource go (a connection recorded, answered NotFound for a moment, then refused
+            // its re-creation with a Conflict, is not left behind).
+            let search = run.conflict.is_none()
+                && e.operation == CREATE
+                && !e.failed_in_client()
+                && !e.is_unreached()
+                && may_hide_our_own(class, *replay, *recreation);
+            let sent_before = run.r.status.create_sent_at.is_some();
+            if (creates_nothing(class)
                 || e.operation != CREATE
                 || e.code.starts_with("ExpiredToken")
-                || e.is_unreached()
+                || e.is_unreached())
+                && (!search || sent_before)
             {
                 run.status.create_sent_at = run.r.status.create_sent_at.clone();
             }
-            if run.conflict.is_none() && may_hide_our_own(class, *replay, *recreation) {
+            if search {
                 run.conflict = Some(e);
                 run.observed = Observed::CreateConflict;
             } else {

@@ -286,7 +286,8 @@ pub fn after_problem(
         record_connection(&mut status, c, region);
         status.recreations = recreations;
     }
-    status.observed_generation = Some(r.generation);
+    status.observed_generation =
+        conditions::observed_generation_after(recorded.observed_generation, problem, r.generation);
 
     let (conditions, news) =
         conditions::after_problem(&recorded.conditions, problem, "Creating", r.generation, now);
