@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use eac_controller::aws::proton::{
-    Connection, CreateRequest, ErrorClass, ProtonError, Retry, RoleArns, Tags,
+    Connection, CreateRequest, ErrorClass, Namesake, ProtonError, Retry, RoleArns, Tags,
 };
 use eac_controller::conditions::{READY, STALLED, SYNCED};
 use eac_controller::connection::api::{
@@ -649,15 +649,26 @@ impl Fake {
                 Some(c) if c.id == *id => Ok(Outcome::Connection(c.clone())),
                 _ => not_found(),
             },
-            Step::FindOwned { environment_name } => Ok(Outcome::Found(
-                self.conn
-                    .clone()
-                    .filter(|c| {
-                        c.environment_name == *environment_name
-                            && self.tags.get(TAG_UID).map(String::as_str) == Some(UID)
-                    })
-                    .map(|c| (c, self.tags.clone())),
-            )),
+            Step::FindOwned { environment_name } => {
+                let tag = |key| self.tags.get(key).map(String::as_str);
+                Ok(match &self.conn {
+                    Some(c) if c.environment_name == *environment_name => match tag(TAG_UID) {
+                        Some(UID) => Outcome::Found(Some((c.clone(), self.tags.clone()))),
+                        Some(owner)
+                            if tag(TAG_NAMESPACE) == Some(NAMESPACE)
+                                && tag(TAG_NAME) == Some(NAME) =>
+                        {
+                            Outcome::Namesake(Namesake {
+                                id: c.id.clone(),
+                                arn: c.arn.clone(),
+                                owner: owner.to_string(),
+                            })
+                        }
+                        _ => Outcome::Found(None),
+                    },
+                    _ => Outcome::Found(None),
+                })
+            }
             Step::Lookup {
                 environment_name,
                 management_account_id,
@@ -1571,9 +1582,10 @@ fn a_replayed_create_that_conflicts_finds_the_resources_own_connection_and_conve
     assert_eq!(proton.tags, with_ownership(&[("team", "platform")]));
 
     // A first Create (never sent before) that conflicts created nothing, and nothing of ours
-    // can exist: reported at once, and no Create is recorded as in flight.
+    // can exist: reported at once after a look for a namesake (none here), and no Create is
+    // recorded as in flight.
     let trace = reconcile(&mut Case::new(), &mut Fake::taken(), now());
-    assert_eq!(trace.path(), "WhoAmI Record Create Report");
+    assert_eq!(trace.path(), "WhoAmI Record Create FindOwned Report");
     let r = trace.reported();
     assert_eq!(
         (r.problem.reason, r.problem.retry),
@@ -1653,6 +1665,45 @@ fn a_replay_refused_as_invalid_or_with_an_unknown_code_looks_for_its_connection_
         assert_eq!(trace.path(), "WhoAmI Record Create Report", "{class:?}");
         assert_eq!(trace.reported().problem.reason, class.reason(), "{class:?}");
     }
+}
+
+/// The cluster was rebuilt from Git (or the resource restored without its status): a new uid,
+/// and its Create meets the connection the resource of this name made before, which holds the
+/// environment. It is not taken over; the report names it and says how to take it over.
+#[test]
+fn a_create_refused_for_a_namesakes_connection_names_it_and_takes_nothing_over() {
+    let mut proton = Fake::taken();
+    proton.tags = tags(&[
+        (TAG_UID, OTHER_UID),
+        (TAG_NAMESPACE, NAMESPACE),
+        (TAG_NAME, NAME),
+    ]);
+    let tags_before = proton.tags.clone();
+    let trace = reconcile(&mut Case::new(), &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Record Create FindOwned Report");
+    let r = trace.reported();
+    assert_eq!(
+        (r.problem.reason, r.problem.retry),
+        ("Conflict", Retry::Terminal)
+    );
+    let message = &r.problem.message;
+    for part in [
+        "someone-elses",
+        OTHER_UID,
+        "platform/prod-eu",
+        "aws proton untag-resource --resource-arn arn:aws:proton:",
+        "proton.eac.dev/adopt-id=someone-elses",
+    ] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    assert_eq!(r.status.id, None);
+    assert_eq!(r.status.create_sent_at, None);
+    assert_eq!(proton.tags, tags_before, "nothing taken over");
+    assert_eq!(proton.count("Tag") + proton.count("Update"), 0);
+
+    // Another resource's connection (another name) is not named.
+    let trace = reconcile(&mut Case::new(), &mut Fake::taken(), now());
+    assert!(!trace.reported().problem.message.contains("someone-elses"));
 }
 
 #[test]

@@ -494,3 +494,75 @@ async fn deleting_after_a_lost_recreation_status_write_orphans_nothing() {
     );
     assert!(env.api.get("prod").is_none());
 }
+
+/// A cluster rebuilt from Git (or a restore without the status): the resource comes back with
+/// a new uid, and its Create meets the connection the resource of this name made before, tagged
+/// with the old uid. The controller takes nothing over: the report names that connection and
+/// how to take it over, and that recovery, followed as written, works.
+#[tokio::test]
+async fn a_resource_back_with_a_new_uid_is_pointed_to_its_former_connection_and_can_adopt_it() {
+    const OLD_UID: &str = "5e1f0c2a-0d3b-4e4f-8a5b-6c7d8e9f0a1b";
+    let env = Env::start().await;
+    let client = support_client(&env).await;
+    let tag = |key: &str, value: &str| {
+        aws_sdk_proton::types::Tag::builder()
+            .key(key)
+            .value(value)
+            .build()
+            .unwrap()
+    };
+    let s = spec("prod");
+    #[allow(deprecated)]
+    let old = client
+        .create_environment_account_connection()
+        .environment_name(&s.environment_name)
+        .management_account_id(&s.management_account_id)
+        .role_arn(s.role_arn.clone().unwrap())
+        .client_token(OLD_UID)
+        .tags(tag(TAG_UID, OLD_UID))
+        .tags(tag(TAG_NAMESPACE, support::NS))
+        .tags(tag(TAG_NAME, "prod"))
+        .send()
+        .await
+        .unwrap()
+        .environment_account_connection
+        .unwrap();
+
+    env.api.create("prod", UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    let obj = env.api.get("prod").unwrap();
+    let (stalled, reason, message) = condition(&obj, "Stalled").unwrap();
+    assert_eq!((stalled.as_str(), reason.as_str()), ("True", "Conflict"));
+    let untag = format!("aws proton untag-resource --resource-arn {}", old.arn);
+    let adopt = format!("{ADOPT_ANNOTATION}={}", old.id);
+    for part in [old.id.as_str(), OLD_UID, &untag, &adopt] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    assert_eq!(obj.status.unwrap().id, None);
+    assert_eq!(env.proton().connections().len(), 1, "nothing created");
+    assert_eq!(env.calls(TAG) + env.calls(UPDATE), 0, "nothing taken over");
+
+    // The recovery as the message gives it.
+    #[allow(deprecated)]
+    client
+        .untag_resource()
+        .resource_arn(&old.arn)
+        .tag_keys(TAG_UID)
+        .tag_keys(TAG_NAMESPACE)
+        .tag_keys(TAG_NAME)
+        .send()
+        .await
+        .unwrap();
+    env.api.edit("prod", |o| {
+        o.metadata.annotations = Some(BTreeMap::from([(
+            ADOPT_ANNOTATION.to_string(),
+            old.id.clone(),
+        )]));
+    });
+    env.reconcile("prod").await.unwrap();
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(old.id.as_str()));
+    let c = &env.proton().connections()[0];
+    assert_eq!(c.tags.get(TAG_UID).map(String::as_str), Some(UID));
+    assert_eq!(env.proton().connections().len(), 1);
+}

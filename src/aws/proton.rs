@@ -29,7 +29,7 @@ use crate::aws::reach::{self, Reach};
 use crate::aws::session::{RoleSession, SessionCredentials};
 use crate::compact_id::CompactId;
 use crate::connection::api::ConnectionState;
-use crate::connection::api::TAG_UID;
+use crate::connection::api::{TAG_NAME, TAG_NAMESPACE, TAG_UID};
 use crate::metrics::Metrics;
 
 /// How often the prober looks at what is away and due for a probe.
@@ -165,6 +165,27 @@ pub struct RoleArns {
     pub role_arn: Option<String>,
     pub codebuild_role_arn: Option<String>,
     pub component_role_arn: Option<String>,
+}
+
+/// A connection tagged for a resource of the same namespace and name as the one searching, but
+/// with another uid: made by a resource of that name before it (its cluster rebuilt, or restored
+/// from a backup without its status), or by one of that name in another cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namesake {
+    pub id: String,
+    pub arn: String,
+    /// Its uid tag.
+    pub owner: String,
+}
+
+/// What a search of an environment's connections for a resource's own found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Owned {
+    /// The connection carrying the resource's uid tag, with its tags.
+    Found(Connection, Tags),
+    /// None carries it, but this one is a [`Namesake`]'s.
+    Namesake(Namesake),
+    Nothing,
 }
 
 /// A connection as Proton reports it.
@@ -1128,14 +1149,17 @@ impl Proton {
     }
 
     /// The environment's connection tagged with this resource's uid, with its tags: lists the
-    /// environment's connections and reads each one's tags until it is found.
+    /// environment's connections and reads each one's tags until it is found. If none is, a
+    /// connection tagged with the resource's namespace and name under another uid is named.
     pub async fn find_owned(
         &self,
         ticket: &Ticket<'_>,
         region: &str,
         environment_name: &str,
-        uid: &str,
-    ) -> Result<Option<(Connection, Tags)>, ProtonError> {
+        owner: (&str, &str, &str),
+    ) -> Result<Owned, ProtonError> {
+        let (uid, namespace, name) = owner;
+        let mut namesake = None;
         for connection in self
             .list_for_environment(ticket, region, environment_name)
             .await?
@@ -1146,11 +1170,24 @@ impl Proton {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e),
             };
-            if tags.get(TAG_UID).map(String::as_str) == Some(uid) {
-                return Ok(Some((connection, tags)));
+            let tag = |key| tags.get(key).map(String::as_str);
+            match tag(TAG_UID) {
+                Some(owner) if owner == uid => return Ok(Owned::Found(connection, tags)),
+                Some(owner)
+                    if namesake.is_none()
+                        && tag(TAG_NAMESPACE) == Some(namespace)
+                        && tag(TAG_NAME) == Some(name) =>
+                {
+                    namesake = Some(Namesake {
+                        id: connection.id.clone(),
+                        arn: connection.arn.clone(),
+                        owner: owner.to_string(),
+                    });
+                }
+                _ => {}
             }
         }
-        Ok(None)
+        Ok(namesake.map_or(Owned::Nothing, Owned::Namesake))
     }
 
     /// All tags of a resource, all pages.

@@ -25,7 +25,7 @@ mod status;
 use std::time::Duration;
 
 use crate::aws::budget::CallClass;
-use crate::aws::proton::{Connection, CreateRequest, ProtonError, RoleArns, Tags};
+use crate::aws::proton::{Connection, CreateRequest, Namesake, ProtonError, RoleArns, Tags};
 use crate::connection::api::{
     EnvironmentAccountConnectionSpec as Spec, EnvironmentAccountConnectionStatus as Status,
     TAG_NAME, TAG_NAMESPACE, TAG_UID,
@@ -288,6 +288,8 @@ pub enum Outcome {
     Connection(Connection),
     /// FindOwned: the connection carrying this resource's uid tag, with its tags.
     Found(Option<(Connection, Tags)>),
+    /// FindOwned: none carries it, but a resource of this namespace and name made this one.
+    Namesake(Namesake),
     /// Lookup: the environment's connections to the management account (List summaries).
     Listed(Vec<Connection>),
     /// ListTags.
@@ -316,6 +318,9 @@ pub struct Run<'a> {
     replay: bool,
     /// Create answered ConflictException: the error, reported if our connection is not found.
     conflict: Option<ProtonError>,
+    /// The search after a refused Create found none of ours, but this namesake's (named in
+    /// the report).
+    namesake: Option<Namesake>,
     /// A call the budget had no room for: its class, and when a slot is booked (if one is).
     deferred: Option<(CallClass, Option<Duration>)>,
     /// When this reconcile only reads a settled connection: poll (PENDING) or resync.
@@ -343,6 +348,7 @@ impl<'a> Run<'a> {
             account: None,
             adoption_allowed: None,
             conflict: None,
+            namesake: None,
             deferred: None,
             routine,
             sent: Vec::new(),

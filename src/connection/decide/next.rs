@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use crate::aws::budget::CallClass;
-use crate::aws::proton::{Connection, CreateRequest, Retry, RoleArns, Tags};
+use crate::aws::proton::{Connection, CreateRequest, Namesake, Retry, RoleArns, Tags};
 use crate::conditions::{self, SYNCED};
 use crate::connection::api::{
-    ConnectionState, DeletionPolicy, MAX_TAGS, ManagementPolicy, PAUSED_ANNOTATION, TAG_NAME,
-    TAG_NAMESPACE, TAG_UID,
+    ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, MAX_TAGS, ManagementPolicy,
+    PAUSED_ANNOTATION, TAG_NAME, TAG_NAMESPACE, TAG_UID,
 };
 
 use super::events;
@@ -168,6 +168,9 @@ fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
             let mut problem = error.map(Problem::from).unwrap_or_else(|| {
                 Problem::terminal("Conflict", "no connection of this resource was found")
             });
+            if let Some(namesake) = &run.namesake {
+                problem.message = format!("{}; {}", problem.message, namesake_hint(r, namesake));
+            }
             if create_may_be_in_flight(run, now).is_some() {
                 problem.retry = Retry::Backoff;
             }
@@ -180,6 +183,26 @@ fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
         } => sync(run, connection, tags.as_ref(), *origin, now),
         Observed::Released => Step::Nothing,
     }
+}
+
+/// What to say of a connection in the environment tagged for a resource of this namespace and
+/// name under another uid. It is not taken over: the uid tag is what keeps one resource from
+/// taking another's connection, and a resource of this name in another cluster that shares the
+/// account would have made it just the same. Whoever knows it is this resource's says so.
+fn namesake_hint(r: &Resource, n: &Namesake) -> String {
+    format!(
+        "connection {id} in this environment is tagged for a resource named {namespace}/{name} \
+         with another uid ({owner}): one of this name before this one (its cluster rebuilt, or \
+         restored without its status), or one in another cluster. If it is this resource's, \
+         remove its ownership tags (aws proton untag-resource --resource-arn {arn} --tag-keys \
+         {TAG_UID} {TAG_NAMESPACE} {TAG_NAME}) and annotate this resource \
+         {ADOPT_ANNOTATION}={id} (where adoption is allowed)",
+        id = n.id,
+        arn = n.arn,
+        owner = n.owner,
+        namespace = r.namespace,
+        name = r.name,
+    )
 }
 
 /// Paused by annotation: no AWS call; the status says so (written once), and the resource is

@@ -174,6 +174,10 @@ pub(super) fn record(
                 None => Observed::Gone { id: None },
             };
         }
+        (Step::FindOwned { .. }, Outcome::Namesake(namesake)) => {
+            run.observed = Observed::Gone { id: None };
+            run.namesake = Some(namesake);
+        }
         (Step::Lookup { .. }, Outcome::Listed(listed)) => {
             run.observed = match pick_observed(listed) {
                 Some(connection) => Observed::Connection {
@@ -279,13 +283,13 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
                 && e.operation == CREATE
                 && !e.failed_in_client()
                 && !e.is_unreached()
-                && may_hide_our_own(class, *replay, *recreation);
-            let sent_before = run.r.status.create_sent_at.is_some();
+                && may_hide_our_own(class, *replay);
+            let keep_record = search && *recreation > 0 && run.r.status.create_sent_at.is_none();
             if (creates_nothing(class)
                 || e.operation != CREATE
                 || e.code.starts_with("ExpiredToken")
                 || e.is_unreached())
-                && (!search || sent_before)
+                && !keep_record
             {
                 run.status.create_sent_at = run.r.status.create_sent_at.clone();
             }
@@ -300,8 +304,8 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
     }
 }
 
-/// Whether a refused Create may have been refused for a connection of this resource's own, to be
-/// looked for (by its uid tag) before anything is reported:
+/// Whether a refused Create is followed by a search of the environment's connections for this
+/// resource's own (by its uid tag) before anything is reported:
 /// - a replay (a Create with this token was sent before): our connection may exist under it
 ///   with other parameters (a crash, then a spec edit). Endpoints refuse a token reused with
 ///   other parameters differently: a Conflict, a ValidationException, or a code of their own
@@ -309,12 +313,13 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
 /// - a re-creation after the recorded connection was answered NotFound, refused with a
 ///   Conflict: the recorded one may hold the environment still (a NotFound that was not true,
 ///   from an endpoint or a proxy), and without the search it would be forgotten, and never
-///   deleted with the resource.
-///
-/// A first Create never sent before cannot meet a connection of ours: reported at once.
-fn may_hide_our_own(class: ErrorClass, replay: bool, recreation: u32) -> bool {
+///   deleted with the resource;
+/// - any other Create refused with a Conflict: nothing of this resource's can exist, but the
+///   search names a connection of a resource of the same namespace and name (its cluster
+///   rebuilt from Git, or a restore without the status), which the report then points to.
+fn may_hide_our_own(class: ErrorClass, replay: bool) -> bool {
     match class {
-        ErrorClass::Conflict => replay || recreation > 0,
+        ErrorClass::Conflict => true,
         ErrorClass::Validation | ErrorClass::Other => replay,
         _ => false,
     }
