@@ -1633,6 +1633,20 @@ fn a_re_creation_refused_by_the_connection_that_vanished_for_a_moment_finds_it_a
     let trace = reconcile(&mut case, &mut proton, now());
     assert_eq!(trace.path(), "WhoAmI FindOwned Delete RemoveFinalizer");
     assert!(proton.conn.is_none(), "deleted, not left behind");
+
+    // So it is when the re-creation's Create itself is refused (throttled here): nothing
+    // searched yet, the record stays, and a deletion searches.
+    let mut case = Case::new().status(status_connected());
+    let mut proton = Fake::recorded(CONNECTED)
+        .fail("Get", ErrorClass::NotFound, "connection not found")
+        .throttle("Create");
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get Record Create Report");
+    assert!(trace.reported().status.create_sent_at.is_some());
+    case.status = trace.reported().status.clone();
+    let mut case = case.deleting();
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI FindOwned Delete RemoveFinalizer");
 }
 
 /// Endpoints refuse a client token reused with other parameters differently: a Conflict, a
@@ -1679,7 +1693,8 @@ fn a_create_refused_for_a_namesakes_connection_names_it_and_takes_nothing_over()
         (TAG_NAME, NAME),
     ]);
     let tags_before = proton.tags.clone();
-    let trace = reconcile(&mut Case::new(), &mut proton, now());
+    let mut case = Case::new();
+    let trace = reconcile(&mut case, &mut proton, now());
     assert_eq!(trace.path(), "WhoAmI Record Create FindOwned Report");
     let r = trace.reported();
     assert_eq!(
@@ -1700,6 +1715,19 @@ fn a_create_refused_for_a_namesakes_connection_names_it_and_takes_nothing_over()
     assert_eq!(r.status.create_sent_at, None);
     assert_eq!(proton.tags, tags_before, "nothing taken over");
     assert_eq!(proton.count("Tag") + proton.count("Update"), 0);
+    assert_eq!(
+        trace.reported().event.as_ref().map(|e| e.reason),
+        Some("Conflict")
+    );
+
+    // Its retries (at the resync period) search no more for this generation: the report
+    // stands, word for word, so nothing is announced again.
+    let message = message.clone();
+    let trace = reconcile(&mut case, &mut proton, later(now(), secs(600)));
+    assert_eq!(trace.path(), "WhoAmI Record Create Report");
+    assert_eq!(trace.reported().problem.message, message);
+    assert_eq!(trace.reported().event, None);
+    assert_eq!(proton.count("FindOwned"), 1);
 
     // Another resource's connection (another name) is not named.
     let trace = reconcile(&mut Case::new(), &mut Fake::taken(), now());
@@ -1734,7 +1762,11 @@ fn a_replayed_create_blocked_by_another_connection_is_retried_within_the_window_
             r.status.id, None,
             "{name}: the other connection is not taken"
         );
-        assert!(r.status.create_sent_at.is_some(), "{name}");
+        // Within the window ours may still show up: the record stays. After it, the search
+        // found nothing of ours, so no Create of this resource made anything: the record goes
+        // (and with it the intent annotation), and the resource may adopt.
+        let recorded = r.status.create_sent_at.is_some();
+        assert_eq!(recorded, retry == Retry::Backoff, "{name}");
     }
 }
 
@@ -2694,16 +2726,23 @@ fn a_first_create_refused_outright_is_no_longer_recorded_as_in_flight() {
         // A replay: the Create whose answer never came may still have made the connection, so
         // the record goes back to it; a stale intent rewritten for this Create goes back too if
         // the Create was refused, and stays rewritten if it may have made something.
+        // A replay refused as invalid is searched for (a token reused with other parameters):
+        // once no Create may be in flight, nothing found means the Creates made nothing, and
+        // the record goes.
         if class != ErrorClass::Conflict {
-            let stale = if refused { at(0) } else { now() };
-            for (sent, kept) in [(at(570), at(570)), (at(0), stale)] {
+            let stale = match (class, refused) {
+                (ErrorClass::Validation, _) => None,
+                (_, true) => Some(at(0)),
+                (_, false) => Some(now()),
+            };
+            for (sent, kept) in [(at(570), Some(at(570))), (at(0), stale)] {
                 let mut case = Case::new().status(intent(1, sent));
                 let mut proton = Fake::empty().fail("Create", class, "no");
                 let trace = reconcile(&mut case, &mut proton, now());
                 let in_flight = trace.reported().status.create_sent_at.clone();
                 assert_eq!(
                     in_flight,
-                    Some(kept.to_string()),
+                    kept.map(|t| t.to_string()),
                     "{class:?}, replay sent {sent}"
                 );
             }

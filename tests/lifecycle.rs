@@ -10,7 +10,7 @@ use std::time::Duration;
 use eac_controller::aws::budget::CallBudget;
 use eac_controller::connection::api::{
     ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, EnvironmentAccountConnectionStatus,
-    TAG_NAME, TAG_NAMESPACE, TAG_UID,
+    INTENT_ANNOTATION, TAG_NAME, TAG_NAMESPACE, TAG_UID,
 };
 use proton_emulator::Faults;
 use support::{Env, condition, eager_settings, spec};
@@ -562,6 +562,72 @@ async fn a_resource_back_with_a_new_uid_is_pointed_to_its_former_connection_and_
     env.reconcile("prod").await.unwrap();
     let status = env.api.get("prod").unwrap().status.unwrap();
     assert_eq!(status.id.as_deref(), Some(old.id.as_str()));
+    let c = &env.proton().connections()[0];
+    assert_eq!(c.tags.get(TAG_UID).map(String::as_str), Some(UID));
+    assert_eq!(env.proton().connections().len(), 1);
+}
+
+/// A Velero restore without the status: the object comes back with a new uid but with its
+/// annotations and finalizer, so with the intent annotation its predecessor wrote before its
+/// Create (an hour ago). Its Create, a "replay" under the new uid, meets the predecessor's
+/// connection; the search finds nothing of the new uid's, so the stale record goes (status and
+/// annotation), and the recovery the report gives works.
+#[tokio::test]
+async fn a_restore_without_the_status_drops_the_former_intent_and_can_adopt() {
+    const OLD_UID: &str = "5e1f0c2a-0d3b-4e4f-8a5b-6c7d8e9f0a1b";
+    let env = Env::start().await;
+    env.api.create("prod", OLD_UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    let before = env.api.get("prod").unwrap();
+    let old_id = before.status.clone().unwrap().id.unwrap();
+    let mut annotations = before.metadata.annotations.clone().unwrap();
+    let intent = annotations.get_mut(INTENT_ANNOTATION).expect("the intent");
+    let mut parsed: serde_json::Value = serde_json::from_str(intent).unwrap();
+    let an_hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    parsed["sentAt"] = serde_json::json!(an_hour_ago.to_string());
+    *intent = parsed.to_string();
+
+    // The cluster is lost; the backup is restored without the status.
+    env.api.force_delete("prod");
+    env.api.create("prod", UID, spec("prod"));
+    env.api.edit("prod", |o| {
+        o.metadata.annotations = Some(annotations.clone());
+        o.metadata.finalizers = before.metadata.finalizers.clone();
+    });
+    env.reconcile("prod").await.unwrap();
+    let obj = env.api.get("prod").unwrap();
+    let (stalled, reason, message) = condition(&obj, "Stalled").unwrap();
+    assert_eq!((stalled.as_str(), reason.as_str()), ("True", "Conflict"));
+    assert!(message.contains(&old_id), "{message}");
+    let status = obj.status.unwrap();
+    assert_eq!((status.id, status.create_sent_at), (None, None));
+    let annotations = obj.metadata.annotations.unwrap_or_default();
+    assert!(
+        !annotations.contains_key(INTENT_ANNOTATION),
+        "the former intent is dropped: {annotations:?}"
+    );
+
+    let client = support_client(&env).await;
+    let arn = env.proton().connections()[0].arn.clone();
+    #[allow(deprecated)]
+    client
+        .untag_resource()
+        .resource_arn(&arn)
+        .tag_keys(TAG_UID)
+        .tag_keys(TAG_NAMESPACE)
+        .tag_keys(TAG_NAME)
+        .send()
+        .await
+        .unwrap();
+    env.api.edit("prod", |o| {
+        o.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(ADOPT_ANNOTATION.to_string(), old_id.clone());
+    });
+    env.reconcile("prod").await.unwrap();
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(old_id.as_str()));
     let c = &env.proton().connections()[0];
     assert_eq!(c.tags.get(TAG_UID).map(String::as_str), Some(UID));
     assert_eq!(env.proton().connections().len(), 1);

@@ -906,7 +906,10 @@ impl<'a> Run<'a> {
             let mut unlisted = match recorded.left_pending.last() {
                 Some(last)
                     if self.memory.announced.is_empty()
-                        && recorded.observed_generation == Some(self.p.generation) =>
+                        && recorded
+                            .condition(SYNCED)
+                            .and_then(|c| c.observed_generation)
+                            == Some(self.p.generation) =>
                 {
                     let count = recorded.left_pending_count;
                     let beyond = count.saturating_sub(recorded.left_pending.len() as u64);

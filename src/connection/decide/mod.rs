@@ -482,8 +482,22 @@ impl<'a> Run<'a> {
 
     /// The final step for `problem`: status, Event if news, and the backoff.
     fn report(&self, problem: Problem, now: jiff::Timestamp) -> Step {
+        self.report_from(&self.status, problem, now)
+    }
+
+    /// [`Run::report`], after a search found no connection of this resource's while no Create
+    /// of its may still be in flight: the Creates recorded made nothing, so their record goes
+    /// (and with it the intent annotation, which a restore may have brought back from a former
+    /// resource of this name), and the resource may adopt.
+    fn report_nothing_of_ours(&self, problem: Problem, now: jiff::Timestamp) -> Step {
+        let mut status = self.status.clone();
+        status.create_sent_at = None;
+        self.report_from(&status, problem, now)
+    }
+
+    fn report_from(&self, current: &Status, problem: Problem, now: jiff::Timestamp) -> Step {
         let learned = self.learned();
-        let (status, news) = status::after_problem(&self.r, &self.status, learned, &problem, now);
+        let (status, news) = status::after_problem(&self.r, current, learned, &problem, now);
         let event = news.then(|| Note::warning(problem.reason, problem.message.clone()));
         let requeue = retry_after(
             problem.retry,

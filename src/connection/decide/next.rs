@@ -169,12 +169,18 @@ fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
                 Problem::terminal("Conflict", "no connection of this resource was found")
             });
             if let Some(namesake) = &run.namesake {
-                problem.message = format!("{}; {}", problem.message, namesake_hint(r, namesake));
+                // The hint first: a long message is cut at the end.
+                problem.message = format!(
+                    "{} (Proton: {})",
+                    namesake_hint(r, namesake),
+                    problem.message
+                );
             }
             if create_may_be_in_flight(run, now).is_some() {
                 problem.retry = Retry::Backoff;
+                return run.report(problem, now);
             }
-            run.report(problem, now)
+            run.report_nothing_of_ours(problem, now)
         }
         Observed::Connection {
             connection,
@@ -192,7 +198,7 @@ fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
 fn namesake_hint(r: &Resource, n: &Namesake) -> String {
     format!(
         "connection {id} in this environment is tagged for a resource named {namespace}/{name} \
-         with another uid ({owner}): one of this name before this one (its cluster rebuilt, or \
+         with another uid ({owner:?}): one of this name before this one (its cluster rebuilt, or \
          restored without its status), or one in another cluster. If it is this resource's, \
          remove its ownership tags (aws proton untag-resource --resource-arn {arn} --tag-keys \
          {TAG_UID} {TAG_NAMESPACE} {TAG_NAME}) and annotate this resource \

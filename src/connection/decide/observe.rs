@@ -274,17 +274,23 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
             // reconcile (none for a first attempt, else the last Create whose answer never
             // came), so neither deletion nor a conflict waits for this one.
             //
-            // Unless the refusal may hide a connection of ours, to be searched for (only for
-            // a Create that was sent and answered by Proton): then a first record of a Create
-            // stays, so that until a search settles it, a deletion searches before it lets the
-            // resource go (a connection recorded, answered NotFound for a moment, then refused
-            // its re-creation with a Conflict, is not left behind).
+            // Unless this was the first attempt to re-create a recorded connection answered
+            // NotFound: that one may exist still (a NotFound that was not true, from an
+            // endpoint or a proxy), so the record stays, and a deletion searches for it before
+            // it lets the resource go, until a search settles it.
+            let keep_record = *recreation > 0 && run.r.status.create_sent_at.is_none();
+            // A Conflict on a first Create only looks for a namesake's connection to name in
+            // the report: once per generation, since retrying it at the resync period, each
+            // time with a List and a ListTags per connection listed, would tell nothing new.
+            let told = (!*replay && *recreation == 0)
+                .then(|| namesake_told(run))
+                .flatten();
             let search = run.conflict.is_none()
                 && e.operation == CREATE
                 && !e.failed_in_client()
                 && !e.is_unreached()
-                && may_hide_our_own(class, *replay);
-            let keep_record = search && *recreation > 0 && run.r.status.create_sent_at.is_none();
+                && may_hide_our_own(class, *replay)
+                && told.is_none();
             if (creates_nothing(class)
                 || e.operation != CREATE
                 || e.code.starts_with("ExpiredToken")
@@ -297,11 +303,29 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
                 run.conflict = Some(e);
                 run.observed = Observed::CreateConflict;
             } else {
-                run.problem = Some(Problem::from(&e));
+                let mut problem = Problem::from(&e);
+                if let Some(told) = told.filter(|_| class == ErrorClass::Conflict) {
+                    problem.message = told;
+                }
+                run.problem = Some(problem);
             }
         }
         _ => run.problem = Some(Problem::from(&e)),
     }
+}
+
+/// The report of a Conflict on a first Create already made for this generation (Synced False,
+/// reason Conflict), whose message (naming a namesake's connection, if a search found one) stands.
+fn namesake_told(run: &Run) -> Option<String> {
+    run.r
+        .status
+        .condition(crate::conditions::SYNCED)
+        .filter(|c| {
+            c.status == "False"
+                && c.reason == ErrorClass::Conflict.reason()
+                && c.observed_generation == Some(run.r.generation)
+        })
+        .map(|c| c.message.clone())
 }
 
 /// Whether a refused Create is followed by a search of the environment's connections for this
