@@ -1649,6 +1649,43 @@ fn a_re_creation_refused_by_the_connection_that_vanished_for_a_moment_finds_it_a
     assert_eq!(trace.path(), "WhoAmI FindOwned Delete RemoveFinalizer");
 }
 
+/// The recorded connection vanished for real, and another resource's connection holds the
+/// environment: the re-creation is refused. Once the window is over the report settles as
+/// Stalled and stays so at every resync, with no search and no Event again (no flapping between
+/// Stalled and Retrying).
+#[test]
+fn a_re_creation_blocked_by_another_connection_settles_stalled_and_stays_so() {
+    let mut case = Case::new().status(status_connected());
+    let mut proton = Fake::taken();
+    let trace = reconcile(&mut case, &mut proton, now());
+    assert_eq!(trace.path(), "WhoAmI Get Record Create FindOwned Report");
+    assert_eq!(trace.reported().problem.retry, Retry::Backoff);
+    let mut clock = later(now(), CREATE_SETTLE * 2 + secs(1));
+    let trace = reconcile(&mut case, &mut proton, clock);
+    assert_eq!(trace.path(), "WhoAmI Record Create FindOwned Report");
+    assert_eq!(trace.reported().problem.retry, Retry::Terminal);
+    assert_eq!(case.status.create_sent_at, None);
+    let searches = proton.count("FindOwned");
+    for resync in 0..2 {
+        clock = later(clock, RESYNC);
+        let trace = reconcile(&mut case, &mut proton, clock);
+        assert_eq!(
+            trace.path(),
+            "WhoAmI Record Create Report",
+            "resync {resync}"
+        );
+        let r = trace.reported();
+        assert_eq!(r.problem.retry, Retry::Terminal, "resync {resync}");
+        assert_eq!(r.event, None, "resync {resync}");
+        assert_eq!(
+            cond_of(&r.status, STALLED),
+            ("True", "Conflict"),
+            "resync {resync}"
+        );
+    }
+    assert_eq!(proton.count("FindOwned"), searches);
+}
+
 /// Endpoints refuse a client token reused with other parameters differently: a Conflict, a
 /// ValidationException (`Idempotent parameter mismatch`), or a code of their own. A replay
 /// after a crash and a spec edit finds its connection by the uid tag whichever it is; a first
@@ -2726,16 +2763,12 @@ fn a_first_create_refused_outright_is_no_longer_recorded_as_in_flight() {
         // A replay: the Create whose answer never came may still have made the connection, so
         // the record goes back to it; a stale intent rewritten for this Create goes back too if
         // the Create was refused, and stays rewritten if it may have made something.
-        // A replay refused as invalid is searched for (a token reused with other parameters):
-        // once no Create may be in flight, nothing found means the Creates made nothing, and
-        // the record goes.
+        // (A replay refused as invalid is searched for, a token reused with other parameters,
+        // but keeps its record whatever the search finds: that refusal proves a connection was
+        // made with the token once.)
         if class != ErrorClass::Conflict {
-            let stale = match (class, refused) {
-                (ErrorClass::Validation, _) => None,
-                (_, true) => Some(at(0)),
-                (_, false) => Some(now()),
-            };
-            for (sent, kept) in [(at(570), Some(at(570))), (at(0), stale)] {
+            let stale = if refused { at(0) } else { now() };
+            for (sent, kept) in [(at(570), Some(at(570))), (at(0), Some(stale))] {
                 let mut case = Case::new().status(intent(1, sent));
                 let mut proton = Fake::empty().fail("Create", class, "no");
                 let trace = reconcile(&mut case, &mut proton, now());

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::aws::budget::CallClass;
-use crate::aws::proton::{Connection, CreateRequest, Namesake, Retry, RoleArns, Tags};
+use crate::aws::proton::{Connection, CreateRequest, ErrorClass, Namesake, Retry, RoleArns, Tags};
 use crate::conditions::{self, SYNCED};
 use crate::connection::api::{
     ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, MAX_TAGS, ManagementPolicy,
@@ -180,7 +180,12 @@ fn upkeep(run: &Run, now: jiff::Timestamp) -> Step {
                 problem.retry = Retry::Backoff;
                 return run.report(problem, now);
             }
-            run.report_nothing_of_ours(problem, now)
+            // A Conflict proves the Create made nothing; a refusal of a token reused with other
+            // parameters proves a connection was made with it once (found or not).
+            match error.map(|e| e.class) {
+                Some(ErrorClass::Conflict) => run.report_nothing_of_ours(problem, now),
+                _ => run.report(problem, now),
+            }
         }
         Observed::Connection {
             connection,

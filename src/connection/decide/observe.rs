@@ -278,11 +278,14 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
             // NotFound: that one may exist still (a NotFound that was not true, from an
             // endpoint or a proxy), so the record stays, and a deletion searches for it before
             // it lets the resource go, until a search settles it.
-            let keep_record = *recreation > 0 && run.r.status.create_sent_at.is_none();
-            // A Conflict on a first Create only looks for a namesake's connection to name in
-            // the report: once per generation, since retrying it at the resync period, each
-            // time with a List and a ListTags per connection listed, would tell nothing new.
-            let told = (!*replay && *recreation == 0)
+            let keep_record = *recreation > 0
+                && run.r.status.create_sent_at.is_none()
+                && run.r.status.id.is_some();
+            // A Conflict on a Create that is neither a replay nor the first attempt to re-create
+            // a recorded connection only looks for a namesake's connection to name in the
+            // report: once per generation, since retrying it at the resync period, each time
+            // with a List and a ListTags per connection listed, would tell nothing new.
+            let told = (!*replay && !keep_record)
                 .then(|| namesake_told(run))
                 .flatten();
             let search = run.conflict.is_none()
