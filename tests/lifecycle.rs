@@ -543,16 +543,7 @@ async fn a_resource_back_with_a_new_uid_is_pointed_to_its_former_connection_and_
     assert_eq!(env.calls(TAG) + env.calls(UPDATE), 0, "nothing taken over");
 
     // The recovery as the message gives it.
-    #[allow(deprecated)]
-    client
-        .untag_resource()
-        .resource_arn(&old.arn)
-        .tag_keys(TAG_UID)
-        .tag_keys(TAG_NAMESPACE)
-        .tag_keys(TAG_NAME)
-        .send()
-        .await
-        .unwrap();
+    untag_ownership(&client, &old.arn).await;
     env.api.edit("prod", |o| {
         o.metadata.annotations = Some(BTreeMap::from([(
             ADOPT_ANNOTATION.to_string(),
@@ -609,16 +600,7 @@ async fn a_restore_without_the_status_drops_the_former_intent_and_can_adopt() {
 
     let client = support_client(&env).await;
     let arn = env.proton().connections()[0].arn.clone();
-    #[allow(deprecated)]
-    client
-        .untag_resource()
-        .resource_arn(&arn)
-        .tag_keys(TAG_UID)
-        .tag_keys(TAG_NAMESPACE)
-        .tag_keys(TAG_NAME)
-        .send()
-        .await
-        .unwrap();
+    untag_ownership(&client, &arn).await;
     env.api.edit("prod", |o| {
         o.metadata
             .annotations
@@ -631,4 +613,19 @@ async fn a_restore_without_the_status_drops_the_former_intent_and_can_adopt() {
     let c = &env.proton().connections()[0];
     assert_eq!(c.tags.get(TAG_UID).map(String::as_str), Some(UID));
     assert_eq!(env.proton().connections().len(), 1);
+}
+
+/// `aws proton untag-resource --tag-keys` of the three ownership tags, as the Conflict's report
+/// gives it: what someone who knows the old resource is gone does before adopting.
+async fn untag_ownership(client: &aws_sdk_proton::Client, arn: &str) {
+    #[allow(deprecated)]
+    client
+        .untag_resource()
+        .resource_arn(arn)
+        .tag_keys(TAG_UID)
+        .tag_keys(TAG_NAMESPACE)
+        .tag_keys(TAG_NAME)
+        .send()
+        .await
+        .unwrap();
 }
