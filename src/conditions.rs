@@ -129,7 +129,7 @@ pub fn after_problem(
 
 /// The condition `type_`, kept as it was in `previous`, also keeps the generation it was observed
 /// for there (a condition `previous` lacks is left alone).
-pub fn keep_generation(conditions: &mut [Condition], previous: &[Condition], type_: &str) {
+fn keep_generation(conditions: &mut [Condition], previous: &[Condition], type_: &str) {
     if let Some(prev) = previous.iter().find(|c| c.type_ == type_)
         && let Some(kept) = conditions.iter_mut().find(|c| c.type_ == type_)
     {

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use eac_controller::aws::proton::{
-    Connection, CreateRequest, ErrorClass, Namesake, ProtonError, Retry, RoleArns, Tags,
+    Connection, CreateRequest, ErrorClass, Namesake, Owned, ProtonError, Retry, RoleArns, Tags,
 };
 use eac_controller::conditions::{READY, STALLED, SYNCED};
 use eac_controller::connection::api::{
@@ -653,20 +653,20 @@ impl Fake {
                 let tag = |key| self.tags.get(key).map(String::as_str);
                 Ok(match &self.conn {
                     Some(c) if c.environment_name == *environment_name => match tag(TAG_UID) {
-                        Some(UID) => Outcome::Found(Some((c.clone(), self.tags.clone()))),
+                        Some(UID) => Outcome::Found(Owned::Found(c.clone(), self.tags.clone())),
                         Some(owner)
                             if tag(TAG_NAMESPACE) == Some(NAMESPACE)
                                 && tag(TAG_NAME) == Some(NAME) =>
                         {
-                            Outcome::Namesake(Namesake {
+                            Outcome::Found(Owned::Namesake(Namesake {
                                 id: c.id.clone(),
                                 arn: c.arn.clone(),
                                 owner: owner.to_string(),
-                            })
+                            }))
                         }
-                        _ => Outcome::Found(None),
+                        _ => Outcome::Found(Owned::Nothing),
                     },
-                    _ => Outcome::Found(None),
+                    _ => Outcome::Found(Owned::Nothing),
                 })
             }
             Step::Lookup {
@@ -1617,36 +1617,39 @@ fn a_re_creation_refused_by_the_connection_that_vanished_for_a_moment_finds_it_a
     assert_eq!(trace.path(), "WhoAmI Get Settle");
     assert_eq!(proton.count("Create"), 1);
 
-    // The search itself is throttled: the record of the re-creation's Create stays, so the
-    // resource deleted then searches before it goes, finds the connection and deletes it.
-    let mut case = Case::new().status(status_connected());
-    let mut proton = Fake::recorded(CONNECTED)
-        .fail("Get", ErrorClass::NotFound, "connection not found")
-        .throttle("FindOwned");
-    let trace = reconcile(&mut case, &mut proton, now());
-    assert_eq!(trace.path(), "WhoAmI Get Record Create FindOwned Report");
-    let r = trace.reported();
-    assert_eq!(r.status.id, None);
-    assert!(r.status.create_sent_at.is_some(), "{:?}", r.status);
-    case.status = r.status.clone();
-    let mut case = case.deleting();
-    let trace = reconcile(&mut case, &mut proton, now());
-    assert_eq!(trace.path(), "WhoAmI FindOwned Delete RemoveFinalizer");
-    assert!(proton.conn.is_none(), "deleted, not left behind");
-
-    // So it is when the re-creation's Create itself is refused (throttled here): nothing
-    // searched yet, the record stays, and a deletion searches.
-    let mut case = Case::new().status(status_connected());
-    let mut proton = Fake::recorded(CONNECTED)
-        .fail("Get", ErrorClass::NotFound, "connection not found")
-        .throttle("Create");
-    let trace = reconcile(&mut case, &mut proton, now());
-    assert_eq!(trace.path(), "WhoAmI Get Record Create Report");
-    assert!(trace.reported().status.create_sent_at.is_some());
-    case.status = trace.reported().status.clone();
-    let mut case = case.deleting();
-    let trace = reconcile(&mut case, &mut proton, now());
-    assert_eq!(trace.path(), "WhoAmI FindOwned Delete RemoveFinalizer");
+    // The search itself throttled, or the re-creation's Create (nothing searched yet): the
+    // record of the re-creation's Create stays, so the resource deleted then searches before it
+    // goes, finds the connection and deletes it.
+    for (throttled, path) in [
+        ("FindOwned", "WhoAmI Get Record Create FindOwned Report"),
+        ("Create", "WhoAmI Get Record Create Report"),
+    ] {
+        let mut case = Case::new().status(status_connected());
+        let mut proton = Fake::recorded(CONNECTED)
+            .fail("Get", ErrorClass::NotFound, "connection not found")
+            .throttle(throttled);
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(trace.path(), path);
+        let r = trace.reported();
+        assert_eq!(r.status.id, None, "{throttled}");
+        assert!(
+            r.status.create_sent_at.is_some(),
+            "{throttled}: {:?}",
+            r.status
+        );
+        case.status = r.status.clone();
+        let mut case = case.deleting();
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(
+            trace.path(),
+            "WhoAmI FindOwned Delete RemoveFinalizer",
+            "{throttled}"
+        );
+        assert!(
+            proton.conn.is_none(),
+            "{throttled}: deleted, not left behind"
+        );
+    }
 }
 
 /// The recorded connection vanished for real, and another resource's connection holds the
@@ -1878,7 +1881,7 @@ fn an_answer_of_the_wrong_kind_is_reported_not_trusted() {
     let table = [
         ("WhoAmI answered with tags", Case::new(), "WhoAmI", Outcome::Tags(Tags::new()), "WhoAmI Report"),
         ("Get answered Done", Case::new().status(status_connected()), "Get", Outcome::Done, "WhoAmI Get Report"),
-        ("Create answered with a search", Case::new(), "Create", Outcome::Found(None), "WhoAmI Record Create Report"),
+        ("Create answered with a search", Case::new(), "Create", Outcome::Found(Owned::Nothing), "WhoAmI Record Create Report"),
         ("FindOwned answered with a bare connection", deleting, "FindOwned", connection, "WhoAmI FindOwned Report"),
     ];
     for (name, mut case, step, wrong, expected) in table {
@@ -3230,7 +3233,7 @@ fn every_mutating_step_is_announced_by_an_event() {
         (Step::ReadAdoptionPolicy, Outcome::AdoptionAllowed(true), None),
         (Step::WhoAmI, Outcome::Account(ENV_ACCOUNT.into()), None),
         (Step::Get { id: ID.into() }, connected, None),
-        (find_step(), Outcome::Found(None), None),
+        (find_step(), Outcome::Found(Owned::Nothing), None),
         (Step::ListTags { arn: ARN.into() }, Outcome::Tags(ownership()), None),
     ];
     for (step, outcome, expected) in table {
@@ -3776,7 +3779,7 @@ fn a_replayed_create_refused_then_deferred_goes_on_with_the_search() {
     );
 
     // Nothing of ours listed yet: the refusal is what is reported, as in one run.
-    run.record(&find, Ok(Outcome::Found(None)));
+    run.record(&find, Ok(Outcome::Found(Owned::Nothing)));
     let Step::Report(reported) = run.next(now()) else {
         panic!("reported")
     };

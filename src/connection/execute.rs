@@ -15,7 +15,7 @@ use super::error::Error;
 use super::facts::Facts;
 use super::writes::{add_finalizer, kube_error, remove_finalizer, write_status};
 use crate::aws::budget::CallClass;
-use crate::aws::proton::{CREATE, Owned, ProtonError, StepCalls, Ticket};
+use crate::aws::proton::{CREATE, ProtonError, StepCalls, Ticket};
 use crate::aws::reach::Trial;
 use crate::compact_id::CompactId;
 use crate::connection::api::{
@@ -304,11 +304,7 @@ pub(super) async fn execute(
                 (&facts.uid, &facts.namespace, &facts.name),
             )
             .await
-            .map(|owned| match owned {
-                Owned::Found(connection, tags) => Outcome::Found(Some((connection, tags))),
-                Owned::Namesake(namesake) => Outcome::Namesake(namesake),
-                Owned::Nothing => Outcome::Found(None),
-            }),
+            .map(Outcome::Found),
         Step::ListTags { arn } => proton
             .list_tags(ticket, region, arn)
             .await

@@ -25,7 +25,7 @@ mod status;
 use std::time::Duration;
 
 use crate::aws::budget::CallClass;
-use crate::aws::proton::{Connection, CreateRequest, Namesake, ProtonError, RoleArns, Tags};
+use crate::aws::proton::{Connection, CreateRequest, Namesake, Owned, ProtonError, RoleArns, Tags};
 use crate::connection::api::{
     EnvironmentAccountConnectionSpec as Spec, EnvironmentAccountConnectionStatus as Status,
     TAG_NAME, TAG_NAMESPACE, TAG_UID,
@@ -286,10 +286,9 @@ pub enum Outcome {
     AdoptionAllowed(bool),
     /// Get, Create, Update.
     Connection(Connection),
-    /// FindOwned: the connection carrying this resource's uid tag, with its tags.
-    Found(Option<(Connection, Tags)>),
-    /// FindOwned: none carries it, but a resource of this namespace and name made this one.
-    Namesake(Namesake),
+    /// FindOwned: the connection carrying this resource's uid tag, with its tags; else one a
+    /// resource of this namespace and name made, if any.
+    Found(Owned),
     /// Lookup: the environment's connections to the management account (List summaries).
     Listed(Vec<Connection>),
     /// ListTags.

@@ -6,7 +6,7 @@
 //! ConflictException from Create means "look for our own connection" first; an error anything
 //! else means the reconcile ends on that problem.
 
-use crate::aws::proton::{CREATE, Connection, ErrorClass, ProtonError, Tags};
+use crate::aws::proton::{CREATE, Connection, ErrorClass, Owned, ProtonError, Tags};
 use crate::connection::api::EnvironmentAccountConnectionStatus as Status;
 
 use super::events::{self, Note};
@@ -166,17 +166,17 @@ pub(super) fn record(
         }
         (Step::FindOwned { .. }, Outcome::Found(found)) => {
             run.observed = match found {
-                Some((connection, tags)) => Observed::Connection {
+                Owned::Found(connection, tags) => Observed::Connection {
                     connection,
                     tags: Some(tags),
                     origin: Origin::Found,
                 },
-                None => Observed::Gone { id: None },
+                Owned::Namesake(namesake) => {
+                    run.namesake = Some(namesake);
+                    Observed::Gone { id: None }
+                }
+                Owned::Nothing => Observed::Gone { id: None },
             };
-        }
-        (Step::FindOwned { .. }, Outcome::Namesake(namesake)) => {
-            run.observed = Observed::Gone { id: None };
-            run.namesake = Some(namesake);
         }
         (Step::Lookup { .. }, Outcome::Listed(listed)) => {
             run.observed = match pick_observed(listed) {
