@@ -32,11 +32,11 @@ use e2e_support::{
     CREATE, Cluster, Controller, ControllerOptions, ControllerPreset, DELETE,
     ENVIRONMENT_ACCESS_KEY, ENVIRONMENT_ACCOUNT, Eac, Emulator, EmulatorOptions, EmulatorPreset,
     GET, KUBECONFIG_VAR, LEASE_NAME, MANAGEMENT_ACCOUNT, OTHER_REGION, REFUSED_CONTROLLER_FLAGS,
-    REGION, ROLE_ARN, SERVING_MESSAGE, SKIP_MESSAGE, UNTAG, UPDATE, design_example, e2e_kubeconfig,
-    eac, get_connection, has_condition, has_connection, http_request, http_until, invalid_cases,
-    list_connections, parse_emulator_banner, parse_http_response, parse_serving_line, raw_manifest,
-    reads, run_refused_controller, spec, spec_changes, status, summarize, synced, tags_of, uid,
-    valid_raw_spec, wait_object,
+    REGION, ROLE_ARN, SERVING_MESSAGE, SKIP_MESSAGE, UNTAG, UPDATE, condition, design_example,
+    e2e_kubeconfig, eac, get_connection, has_condition, has_connection, http_request, http_until,
+    invalid_cases, list_connections, parse_emulator_banner, parse_http_response,
+    parse_serving_line, raw_manifest, reads, run_refused_controller, spec, spec_changes, status,
+    summarize, synced, tags_of, uid, valid_raw_spec, wait_object,
 };
 use eac_controller::connection::api::{
     ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, EnvironmentAccountConnectionSpec, FINALIZER,
@@ -644,6 +644,101 @@ async fn the_adopt_annotation_takes_over_an_existing_connection_without_creating
         .expect("still there");
     assert_eq!(connection.role_arn, ROLE_ARN, "spec applied");
     ns.wait_event(&uid(&obj), "Adopted").await;
+}
+
+/// A resource back with a new uid (its cluster rebuilt from Git, or restored without its status):
+/// on a real API server the object applied again under the same name gets a new uid, and its
+/// Create meets the connection its predecessor made. The controller takes nothing over: the
+/// report names that connection, and the recovery it gives (the ownership tags removed in AWS,
+/// then the adopt annotation) works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_back_with_a_new_uid_is_pointed_to_its_former_connection_and_can_adopt_it() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("rebuilt").await;
+    ns.label("proton.eac.dev/adoption", "allowed").await;
+    let emulator = ns.start_emulator().await;
+    let sdk = emulator.sdk();
+    let controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    ns.apply(&eac("rebuilt", spec("rebuilt"))).await;
+    let first = ns
+        .wait_eac("rebuilt", "a connection", CONVERGE, has_connection)
+        .await;
+    let old_id = status(&first).id.clone().expect("an id");
+    let old_arn = status(&first).arn.clone().expect("an ARN");
+
+    // The cluster is lost with its controller: the object goes, its finalizer never honoured.
+    controller.kill();
+    let strip = json!([{"op": "remove", "path": "/metadata/finalizers"}]);
+    let patch: json_patch::Patch = serde_json::from_value(strip).unwrap();
+    ns.eacs()
+        .patch(
+            "rebuilt",
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+        .expect("strip the finalizer");
+    ns.eacs()
+        .delete("rebuilt", &Default::default())
+        .await
+        .expect("delete the resource");
+    ns.wait_deleted("rebuilt", &uid(&first)).await;
+
+    // The new cluster: the same manifest from Git, a new controller.
+    ns.apply(&eac("rebuilt", spec("rebuilt"))).await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    let back = ns
+        .wait_eac(
+            "rebuilt",
+            &format!("Stalled=True reason Conflict naming connection {old_id}"),
+            CONVERGE,
+            |o| {
+                has_condition(o, "Stalled", "True", Some("Conflict"))
+                    && condition(o, "Stalled").is_some_and(|c| c.message.contains(&old_id))
+            },
+        )
+        .await;
+    assert_ne!(uid(&back), uid(&first), "a new uid");
+    let message = &condition(&back, "Stalled").expect("Stalled").message;
+    assert!(message.contains(&old_arn), "{message}");
+    assert!(
+        message.contains(&format!("{ADOPT_ANNOTATION}={old_id}")),
+        "{message}"
+    );
+    assert_eq!(status(&back).id, None, "nothing taken over");
+    assert_eq!(list_connections(&sdk).await.len(), 1, "nothing created");
+
+    // The recovery as the report gives it.
+    sdk.untag_resource()
+        .resource_arn(&old_arn)
+        .tag_keys(TAG_UID)
+        .tag_keys(TAG_NAMESPACE)
+        .tag_keys(TAG_NAME)
+        .send()
+        .await
+        .expect("UntagResource");
+    let annotate = json!({"metadata": {"annotations": {ADOPT_ANNOTATION: old_id}}});
+    ns.eacs()
+        .patch("rebuilt", &PatchParams::default(), &Patch::Merge(&annotate))
+        .await
+        .expect("annotate adopt-id");
+    let adopted = ns
+        .wait_eac(
+            "rebuilt",
+            &format!("status.id {old_id} (adopted)"),
+            CONVERGE,
+            |o| status(o).id.as_deref() == Some(old_id.as_str()),
+        )
+        .await;
+    let tags = tags_of(&sdk, &old_arn).await;
+    assert_eq!(tags.get(TAG_UID), Some(&uid(&adopted)), "{tags:?}");
+    assert_eq!(list_connections(&sdk).await.len(), 1);
 }
 
 /// Observe-only, on a real API server: the connection made by hand is followed (found by its
