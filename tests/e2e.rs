@@ -646,6 +646,67 @@ async fn the_adopt_annotation_takes_over_an_existing_connection_without_creating
     ns.wait_event(&uid(&obj), "Adopted").await;
 }
 
+/// A spec edit held up by a passing fault, on a real API server: while its Update is throttled
+/// the status says so for the new generation (Synced=False reason Throttled), but neither
+/// `status.observedGeneration` nor Ready's `observedGeneration` moves, so kstatus, Argo CD and
+/// `kubectl wait` read the edit as not applied yet. Once the throttling ends it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_held_up_by_throttling_is_not_reported_applied_until_it_is() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let ns = cluster.namespace("held-edit").await;
+    let emulator = ns.start_emulator().await;
+    let _controller = ns
+        .start_controller(&emulator, ControllerOptions::default())
+        .await;
+    ns.apply(&eac("held", spec("held"))).await;
+    let ready_generation = |o: &Eac| condition(o, "Ready").and_then(|c| c.observed_generation);
+    let first = ns
+        .wait_eac("held", "generation 1 applied (Synced)", CONVERGE, synced)
+        .await;
+    assert_eq!(ready_generation(&first), Some(1));
+
+    emulator.fail_next(UPDATE, "ThrottlingException", 3).await;
+    let edit = json!({"spec": {"roleArn": NEW_ROLE_ARN}});
+    ns.eacs()
+        .patch("held", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .expect("edit the role");
+    let held = ns
+        .wait_eac(
+            "held",
+            "Synced=False reason Throttled for generation 2",
+            CONVERGE,
+            |o| {
+                condition(o, "Synced").is_some_and(|c| {
+                    c.status == "False"
+                        && c.reason == "Throttled"
+                        && c.observed_generation == Some(2)
+                })
+            },
+        )
+        .await;
+    assert_eq!(held.metadata.generation, Some(2));
+    assert_eq!(
+        status(&held).observed_generation,
+        Some(1),
+        "not applied yet"
+    );
+    assert_eq!(ready_generation(&held), Some(1), "Ready is generation 1's");
+
+    let applied = ns
+        .wait_eac(
+            "held",
+            "generation 2 applied (Synced, observedGeneration 2)",
+            CONVERGE,
+            synced,
+        )
+        .await;
+    assert_eq!(ready_generation(&applied), Some(2));
+    assert_eq!(status(&applied).role_arn.as_deref(), Some(NEW_ROLE_ARN));
+}
+
 /// A resource back with a new uid (its cluster rebuilt from Git, or restored without its status):
 /// on a real API server the object applied again under the same name gets a new uid, and its
 /// Create meets the connection its predecessor made. The controller takes nothing over: the
