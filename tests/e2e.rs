@@ -5,7 +5,9 @@
 //!
 //! Each test installs the CRD from `crds/` (server-side apply, idempotent), works in a namespace
 //! of its own (`eac-e2e-<random>`, deleted at the end even when the test fails) and starts its own
-//! emulator and controller(s) on 127.0.0.1, so the tests run in parallel. The CRD stays installed.
+//! emulator and controller(s) on 127.0.0.1, so the tests run in parallel; all but README's demo,
+//! which runs README's cluster-wide controller and needs the cluster to itself
+//! (`e2e_support::demo`). The CRD stays installed.
 //!
 //! The harness is in `e2e_support`; the tests at the end of this file check the parts of it that
 //! need no cluster (processes, raw HTTP, manifests) and always run.
@@ -26,6 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use e2e_support::access::{Relay, controller_rules};
+use e2e_support::demo::DEMO_FILE;
 use e2e_support::gate::Gate;
 use e2e_support::timeouts::{CONVERGE, MANY, TAKEOVER};
 use e2e_support::{
@@ -33,10 +36,11 @@ use e2e_support::{
     ENVIRONMENT_ACCESS_KEY, ENVIRONMENT_ACCOUNT, Eac, Emulator, EmulatorOptions, EmulatorPreset,
     GET, KUBECONFIG_VAR, LEASE_NAME, MANAGEMENT_ACCOUNT, OTHER_REGION, REFUSED_CONTROLLER_FLAGS,
     REGION, ROLE_ARN, SERVING_MESSAGE, SKIP_MESSAGE, UNTAG, UPDATE, condition, design_example,
-    e2e_kubeconfig, eac, get_connection, has_condition, has_connection, http_request, http_until,
-    invalid_cases, list_connections, parse_emulator_banner, parse_http_response,
-    parse_serving_line, raw_manifest, reads, run_refused_controller, spec, spec_changes, status,
-    summarize, synced, tags_of, uid, valid_raw_spec, wait_object,
+    e2e_kubeconfig, eac, emulator_calls, emulator_sdk, get_connection, has_condition,
+    has_connection, http_request, http_until, invalid_cases, list_connections,
+    parse_emulator_banner, parse_http_response, parse_serving_line, raw_manifest, reads,
+    run_refused_controller, spec, spec_changes, status, summarize, synced, tags_of, uid,
+    valid_raw_spec, wait_object,
 };
 use eac_controller::connection::api::{
     ADOPT_ANNOTATION, ConnectionState, DeletionPolicy, EnvironmentAccountConnectionSpec, FINALIZER,
@@ -3217,6 +3221,97 @@ async fn both_sides_in_one_cluster_a_requested_connection_becomes_ready_with_no_
 }
 
 // -------------------------------------------------------------------------------------------
+// README's Quickstart
+
+/// README's Quickstart as a newcomer runs it: the controller started with README's own command
+/// line (plus a free metrics port and JSON logs, `DEMO_TEST_FLAGS`), then `kubectl apply -f
+/// deploy/examples/demo.yaml` unchanged. The connection is requested in the controller's own
+/// account, accepted by the demo's policy acting as the management account through the
+/// AccountMapping, and CONNECTED and Ready within 5 s of the apply. `kubectl delete -f` then
+/// deletes the connection in Proton, and everything the file made goes. README's controller
+/// watches the whole cluster, so this test needs the cluster to itself (`e2e_support::demo`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_demo_applied_unchanged_is_ready_within_5_s_and_deleted_whole() {
+    let Some(cluster) = Cluster::from_env().await else {
+        return;
+    };
+    let demo = cluster.demo().await;
+    let controller = demo.start_controller();
+    let emulator = controller.embedded_emulator().await;
+    // A newcomer applies the demo in another shell once the controller runs.
+    http_until(
+        controller.metrics_addr().await,
+        "/readyz",
+        "HTTP 200 (README's controller ready)",
+        CONVERGE,
+        |r| r.status == 200,
+    )
+    .await;
+    let applied = demo.apply().await;
+    let eacs: Api<Eac> = Api::namespaced(cluster.client.clone(), "platform");
+    let obj = wait_object(
+        &eacs,
+        "demo-eu",
+        "platform/demo-eu CONNECTED and Ready",
+        CONVERGE,
+        |o: Option<&Eac>| {
+            o.is_some_and(|o| {
+                status(o).status == Some(ConnectionState::Connected)
+                    && has_condition(o, "Ready", "True", None)
+            })
+        },
+    )
+    .await
+    .expect("the condition holds only for an existing object");
+    let took = applied.elapsed();
+    println!("e2e: demo-eu Ready {took:?} after `kubectl apply -f {DEMO_FILE}` began");
+    assert!(
+        took <= Duration::from_secs(5),
+        "demo-eu Ready {took:?} after `kubectl apply -f {DEMO_FILE}` began"
+    );
+    assert_eq!(
+        status(&obj).environment_account_id.as_deref(),
+        Some(ENVIRONMENT_ACCOUNT),
+        "requested with the controller's own credentials (README: the environment account)"
+    );
+    let id = id_of(&obj);
+    let policies: Api<e2e_support::Policy> =
+        Api::namespaced(cluster.client.clone(), "proton-management");
+    wait_object(
+        &policies,
+        "accept-demo",
+        "proton-management/accept-demo listing demo-eu's connection among the accepted",
+        CONVERGE,
+        |p: Option<&e2e_support::Policy>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.accepted.iter().any(|d| d.id == id))
+        },
+    )
+    .await;
+    let calls = emulator_calls(emulator.addr).await;
+    assert_eq!(calls.count(CREATE), 1, "{calls:?}");
+    assert_eq!(
+        calls.count("AcceptEnvironmentAccountConnection"),
+        1,
+        "{calls:?}"
+    );
+    assert!(
+        calls.count("AssumeRole") >= 1,
+        "the policy acts as the management account through the AccountMapping's role: {calls:?}"
+    );
+
+    demo.delete().await;
+    let sdk = emulator_sdk(&emulator.url, "AKIDE2E", REGION);
+    assert!(
+        get_connection(&sdk, &id).await.is_none(),
+        "`kubectl delete -f {DEMO_FILE}` deletes the connection in Proton"
+    );
+    let calls = emulator_calls(emulator.addr).await;
+    assert_eq!(calls.count(DELETE), 1, "{calls:?}");
+    assert_eq!(calls.count(CREATE), 1, "{calls:?}");
+}
+
+// -------------------------------------------------------------------------------------------
 // The harness, checked without a cluster (always run)
 
 #[test]
@@ -3426,6 +3521,38 @@ async fn harness_runs_the_controller_binary_and_finds_its_metrics_address_in_its
     let log_path = controller.log().path().expect("the log goes to a file");
     let log = std::fs::read_to_string(log_path).expect("the log file");
     assert!(log.contains(SERVING_MESSAGE), "{log}");
+}
+
+/// The demo test's controller, offline: README's own command line (with `DEMO_TEST_FLAGS`)
+/// starts it, and the harness finds the emulator inside it from its `DEMO MODE` warning, as
+/// README tells a newcomer to, and reads its call counts there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_starts_readmes_controller_and_finds_the_emulator_inside_it_in_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let api_server = FakeApiServer::start(Vec::new()).await;
+    let kubeconfig = api_server.kubeconfig(dir.path());
+
+    let controller = e2e_support::demo::start_readme_controller(&kubeconfig, dir.path());
+    let emulator = controller.embedded_emulator().await;
+    assert!(
+        emulator.addr.ip().is_loopback() && emulator.addr.port() != 0,
+        "{}",
+        emulator.url
+    );
+    let calls = emulator_calls(emulator.addr).await;
+    assert_eq!(calls.count(CREATE), 0, "{calls:?}");
+    let addr = controller.metrics_addr().await;
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    let health = http_request(addr, "GET", "/healthz", None)
+        .await
+        .expect("GET /healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+    assert_eq!(
+        controller.try_exit(),
+        None,
+        "README's controller runs until it is stopped:\n{}",
+        controller.log().report()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,9 @@
 //!   iterates: a new preset cannot be left out;
 //! - the lists the refusal scenario gives the binary on purpose are `REFUSED_CONTROLLER_FLAGS`,
 //!   checked here to be refused, with exit status 2 and a message naming the flag;
+//! - README's demo test starts the controller with README's own command line and
+//!   `DEMO_TEST_FLAGS` (`e2e_support::demo`), checked here to differ from README's configuration
+//!   in those flags alone;
 //! - and `tests/e2e.rs` itself is scanned: a flag literal (`"--...`) or a binary started by
 //!   hand (`CARGO_BIN_EXE`, `Command::new`) fails this test, so nothing bypasses the presets.
 
@@ -351,4 +354,65 @@ fn the_management_side_emulator_maps_the_environment_key_to_the_environment_acco
             .get(e2e_support::ENVIRONMENT_ACCESS_KEY),
         Some(&e2e_support::ENVIRONMENT_ACCOUNT.to_string())
     );
+}
+
+/// The demo test starts the controller with README's step 2 as it stands, plus only
+/// `DEMO_TEST_FLAGS` (a free port, JSON logs): the same configuration but for those two.
+#[test]
+fn the_demo_test_starts_the_controller_as_readme_says_but_for_a_free_port_and_json_logs() {
+    use e2e_support::demo::{DEMO_TEST_FLAGS, demo_controller_args, readme_controller_args};
+    let readme = readme_controller_args();
+    assert_eq!(
+        readme.first().map(String::as_str),
+        Some("run"),
+        "{readme:?}"
+    );
+    let readme_run = parse_controller_args(&readme)
+        .unwrap_or_else(|e| panic!("README's {readme:?} is refused:\n{e}"));
+    let args = demo_controller_args();
+    assert!(repeated_flags(&args).is_empty(), "{args:?}");
+    let mut demo_run =
+        parse_controller_args(&args).unwrap_or_else(|e| panic!("{args:?} is refused:\n{e}"));
+    let overrides = Flags::parse(DEMO_TEST_FLAGS, &e2e_support::controller_run_command());
+    for (flag, value) in overrides.iter() {
+        assert_eq!(
+            controller_holds(&demo_run, flag, value),
+            Ok(true),
+            "{flag} {value:?}"
+        );
+    }
+    assert!(demo_run.metrics_addr.ip().is_loopback() && demo_run.metrics_addr.port() == 0);
+    demo_run.metrics_addr = readme_run.metrics_addr;
+    demo_run.log_format = readme_run.log_format;
+    assert_eq!(
+        format!("{demo_run:?}"),
+        format!("{readme_run:?}"),
+        "the demo test changes nothing else of README's configuration"
+    );
+    // What README's command is about: the emulator inside, every namespace, both sides.
+    assert_eq!(readme_run.proton_endpoint.as_deref(), Some("embedded"));
+    assert_eq!(readme_run.namespace, None);
+    assert!(readme_run.account_mappings && readme_run.acceptance_policies);
+}
+
+/// The demo test's guard removes what demo.yaml makes by deleting its namespaces and its
+/// AccountMappings: every other document lives in one of those namespaces.
+#[test]
+fn everything_demo_yaml_makes_is_removed_by_deleting_its_namespaces_and_mappings() {
+    use e2e_support::demo::{demo_documents, demo_names};
+    let namespaces = demo_names("Namespace");
+    assert!(!namespaces.is_empty());
+    assert!(!demo_names("AccountMapping").is_empty());
+    for document in demo_documents() {
+        let kind = document["kind"].as_str().unwrap_or_default();
+        if matches!(kind, "Namespace" | "AccountMapping") {
+            continue;
+        }
+        let namespace = document["metadata"]["namespace"].as_str();
+        assert!(
+            namespace.is_some_and(|ns| namespaces.iter().any(|n| n == ns)),
+            "{kind} {:?} is in none of the demo's namespaces {namespaces:?}: the guard would leave it",
+            document["metadata"]["name"]
+        );
+    }
 }

@@ -100,6 +100,26 @@ def test_the_e2e_target_runs_after_a_build_with_few_threads(job):
     step_using(job, "Swatinem/rust-cache")
 
 
+def test_the_tests_that_need_the_cluster_to_themselves_run_alone_after_the_rest(job):
+    """README's demo test starts README's controller, which watches every namespace and would act
+    on the other tests' resources: the workflow skips it in the parallel run and runs it alone
+    after."""
+    source = (ROOT / "tests" / "e2e.rs").read_text()
+    alone = re.findall(r"async fn (\w+)\(\)[^{]*\{\s*let Some\(cluster\)[^;]*;[^;]*;\s*let \w+ = cluster\.demo\(\)", source)
+    assert alone, "no e2e test uses cluster.demo(): update this test"
+    step = next(s for s in job["steps"] if re.search(r"cargo test\b.*--test e2e\b(?!.*--no-run)", s.get("run", "")))
+    commands = [c for c in step["run"].splitlines() if "cargo test" in c]
+    assert len(commands) == 2, commands
+    parallel, after = commands
+    for name in alone:
+        skips = re.findall(r"--skip (\S+)", parallel)
+        assert any(name.startswith(s) for s in skips), f"{name} is not skipped in {parallel!r}"
+        filters = after.split(" -- ", 1)[1].split()
+        assert "--test-threads=1" in filters, after
+        assert any(name.startswith(f) for f in filters if not f.startswith("-")), f"{name} is not run in {after!r}"
+    assert "tee -a" in step["run"], "the second run appends to the log the first wrote"
+
+
 def test_logs_are_uploaded_from_where_the_harness_keeps_them(job):
     """The harness keeps a failed test's logs in a tempfile directory (under TMPDIR); the workflow
     points TMPDIR at the directory it uploads on failure."""

@@ -64,6 +64,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 pub mod access;
+pub mod demo;
 // The holding gate serves the offline outage tests only.
 #[allow(dead_code)]
 #[path = "../support/gate.rs"]
@@ -138,6 +139,9 @@ pub mod timeouts {
     pub const PROCESS_START: Duration = Duration::from_secs(30);
     /// One HTTP exchange with a local process.
     pub const HTTP: Duration = Duration::from_secs(10);
+    /// A deleted namespace is gone (the namespace controller deletes what it holds, and the
+    /// controller releases its resources' finalizers).
+    pub const NAMESPACE_DELETED: Duration = Duration::from_secs(60);
     /// Best-effort namespace cleanup in `Drop`.
     pub const CLEANUP: Duration = Duration::from_secs(60);
 }
@@ -568,39 +572,72 @@ impl Drop for TestNamespace {
                 dir.keep().display()
             );
         }
-        // The test's runtime may be shutting down (or unwinding): clean up on a thread of our own
-        // with a client of its own.
-        let config = self.config.clone();
-        let name = self.name.clone();
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start a runtime: {e}"))?;
-            runtime.block_on(async {
-                let client = Client::try_from(config).map_err(|e| e.to_string())?;
+        clean_up(&self.config, failed, std::slice::from_ref(&self.name), &[]);
+    }
+}
+
+/// Strips the finalizers left in `namespaces` and deletes them, and deletes the cluster-scoped
+/// AccountMappings named; first, after a failed test (`failed`), prints what the namespaces
+/// hold. Best effort: each failure is printed with the command that finishes the job.
+fn clean_up(config: &Config, failed: bool, namespaces: &[String], mappings: &[String]) {
+    // The test's runtime may be shutting down (or unwinding): clean up on a thread of our own
+    // with a client of its own.
+    let config = config.clone();
+    let namespaces = namespaces.to_vec();
+    let mappings = mappings.to_vec();
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| vec![format!("cannot start a runtime: {e}")])?;
+        runtime.block_on(async {
+            let client = Client::try_from(config).map_err(|e| vec![e.to_string()])?;
+            let mut warnings = Vec::new();
+            for name in &namespaces {
                 if failed {
-                    match tokio::time::timeout(timeouts::HTTP, namespace_report(&client, &name))
+                    match tokio::time::timeout(timeouts::HTTP, namespace_report(&client, name))
                         .await
                     {
                         Ok(report) => eprintln!("{report}"),
                         Err(_) => eprintln!("e2e: no report of namespace {name}: no answer"),
                     }
                 }
-                tokio::time::timeout(timeouts::CLEANUP, cleanup_namespace(&client, &name))
+                let done = tokio::time::timeout(timeouts::CLEANUP, cleanup_namespace(&client, name))
                     .await
-                    .map_err(|_| format!("no answer within {:?}", timeouts::CLEANUP))?
-                    .map_err(|e| e.to_string())
-            })
-        });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!(
-                "e2e: WARNING: cleanup of namespace {} failed: {e}; delete it with `kubectl delete ns {}`",
-                self.name, self.name
-            ),
-            Err(_) => eprintln!("e2e: WARNING: cleanup of namespace {} panicked", self.name),
-        }
+                    .map_err(|_| format!("no answer within {:?}", timeouts::CLEANUP))
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                if let Err(e) = done {
+                    warnings.push(format!(
+                        "cleanup of namespace {name} failed: {e}; delete it with `kubectl delete ns {name}`"
+                    ));
+                }
+            }
+            let api: Api<eac_controller::mapping::AccountMapping> = Api::all(client);
+            for name in &mappings {
+                let deleted = tokio::time::timeout(
+                    timeouts::HTTP,
+                    api.delete(name, &DeleteParams::default()),
+                )
+                .await;
+                let problem = match deleted {
+                    Err(_) => format!("no answer within {:?}", timeouts::HTTP),
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(kube::Error::Api(s))) if s.code == 404 => continue,
+                    Ok(Err(e)) => e.to_string(),
+                };
+                warnings.push(format!(
+                    "cannot delete AccountMapping {name}: {problem}; delete it with `kubectl delete accountmapping {name}`"
+                ));
+            }
+            Ok::<_, Vec<String>>(warnings)
+        })
+    });
+    let warnings = match cleanup.join() {
+        Ok(Ok(warnings)) | Ok(Err(warnings)) => warnings,
+        Err(_) => vec!["the cleanup panicked".to_string()],
+    };
+    for warning in warnings {
+        eprintln!("e2e: WARNING: {warning}");
     }
 }
 
@@ -1365,7 +1402,7 @@ fn controller_command() -> clap::Command {
 }
 
 /// The flags of `eac-controller run`, to read a preset with.
-fn controller_run_command() -> clap::Command {
+pub fn controller_run_command() -> clap::Command {
     controller_command()
         .find_subcommand("run")
         .cloned()
@@ -1525,6 +1562,35 @@ pub fn parse_emulator_banner(line: &str) -> Option<(String, SocketAddr)> {
     Some((url.to_string(), addr))
 }
 
+/// `GET /_emulator/calls` of the emulator at `addr` (a process of the harness's, or the one
+/// inside a controller started with `--proton-endpoint embedded`).
+pub async fn emulator_calls(addr: SocketAddr) -> CallCounts {
+    let response = http_request(addr, "GET", "/_emulator/calls", None)
+        .await
+        .unwrap_or_else(|e| panic!("GET /_emulator/calls: {e}"));
+    assert_eq!(
+        response.status, 200,
+        "GET /_emulator/calls: {}",
+        response.body
+    );
+    serde_json::from_str(&response.body)
+        .unwrap_or_else(|e| panic!("GET /_emulator/calls: {e}: {}", response.body))
+}
+
+/// The real `aws-sdk-proton` client pointed at the emulator at `url`, signing with
+/// `access_key_id` for `region`. SDK retries are off so every call is counted once.
+pub fn emulator_sdk(url: &str, access_key_id: &str, region: &str) -> aws_sdk_proton::Client {
+    use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
+    let config = aws_sdk_proton::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .endpoint_url(url)
+        .credentials_provider(Credentials::new(access_key_id, "e2e", None, None, "e2e"))
+        .retry_config(RetryConfig::disabled())
+        .build();
+    aws_sdk_proton::Client::from_conf(config)
+}
+
 impl Emulator {
     /// Starts the binary with `--listen 127.0.0.1:0` and reads its address from the first line
     /// of its stdout.
@@ -1581,16 +1647,7 @@ impl Emulator {
 
     /// `GET /_emulator/calls`.
     pub async fn calls(&self) -> CallCounts {
-        let response = http_request(self.addr, "GET", "/_emulator/calls", None)
-            .await
-            .unwrap_or_else(|e| panic!("GET /_emulator/calls: {e}"));
-        assert_eq!(
-            response.status, 200,
-            "GET /_emulator/calls: {}",
-            response.body
-        );
-        serde_json::from_str(&response.body)
-            .unwrap_or_else(|e| panic!("GET /_emulator/calls: {e}: {}", response.body))
+        emulator_calls(self.addr).await
     }
 
     /// Probes `GET /_emulator/calls` until `cond` holds (the emulator offers no watch).
@@ -1650,28 +1707,12 @@ impl Emulator {
     /// A client with its own access key (another identity: the environment account, once the
     /// emulator maps keys to accounts).
     pub fn sdk_as(&self, access_key_id: &str) -> aws_sdk_proton::Client {
-        use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
-        let config = aws_sdk_proton::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(REGION.to_string()))
-            .endpoint_url(&self.url)
-            .credentials_provider(Credentials::new(access_key_id, "e2e", None, None, "e2e"))
-            .retry_config(RetryConfig::disabled())
-            .build();
-        aws_sdk_proton::Client::from_conf(config)
+        emulator_sdk(&self.url, access_key_id, REGION)
     }
 
     /// The same, signing for `region`: the emulator keeps connections per region, as AWS does.
     pub fn sdk_in(&self, region: &str) -> aws_sdk_proton::Client {
-        use aws_sdk_proton::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
-        let config = aws_sdk_proton::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(region.to_string()))
-            .endpoint_url(&self.url)
-            .credentials_provider(Credentials::new("AKIDE2E", "e2e", None, None, "e2e"))
-            .retry_config(RetryConfig::disabled())
-            .build();
-        aws_sdk_proton::Client::from_conf(config)
+        emulator_sdk(&self.url, "AKIDE2E", region)
     }
 
     /// SIGKILL; returns how it ended.
@@ -1929,27 +1970,38 @@ impl Controller {
                 options.preset
             );
         }
+        Controller::spawn_checked(
+            options.kubeconfig.as_deref().unwrap_or(kubeconfig),
+            &args,
+            options.identity,
+            log_dir,
+        )
+    }
+
+    /// Starts `eac-controller ARGS` (a list the caller has run through
+    /// [`parse_controller_args`]) in the harness's environment.
+    fn spawn_checked(
+        kubeconfig: &Path,
+        args: &[String],
+        identity: String,
+        log_dir: &Path,
+    ) -> Controller {
         let n = next_process_number();
         let mut command = hermetic_command(env!("CARGO_BIN_EXE_eac-controller"));
-        command.args(&args);
-        controller_environment(
-            &mut command,
-            options.kubeconfig.as_deref().unwrap_or(kubeconfig),
-            log_dir,
-            &options.identity,
-        );
+        command.args(args);
+        controller_environment(&mut command, kubeconfig, log_dir, &identity);
         command.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start eac-controller: {e}"));
         let stderr = child.stderr.take().expect("stderr is piped");
         let log = LogCapture::start(
-            format!("eac-controller {} #{n}", options.identity),
+            format!("eac-controller {identity} #{n}"),
             stderr,
-            Some(log_dir.join(format!("eac-controller-{}-{n}.log", options.identity))),
+            Some(log_dir.join(format!("eac-controller-{identity}-{n}.log"))),
         );
         Controller {
-            identity: options.identity,
+            identity,
             child: Arc::new(Mutex::new(child)),
             log,
         }

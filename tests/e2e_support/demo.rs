@@ -1,0 +1,371 @@
+//! README's Quickstart as a newcomer runs it: the controller started with README's own command
+//! line, `deploy/examples/demo.yaml` applied unchanged, then deleted as `kubectl delete -f`
+//! deletes it.
+//!
+//! README's controller watches the whole cluster and the demo's names are fixed (`platform`,
+//! `proton-management`, the AccountMapping `management`), so the demo test needs the cluster to
+//! itself: it refuses to start while any of those names, or any other resource of the
+//! controller's three kinds, exists, and the workflow runs it alone after the others.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use eac_controller::mapping::AccountMapping;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use kube::core::{GroupVersionKind, TypeMeta};
+use kube::discovery::{ApiResource, Scope};
+use kube::{Client, Config, ResourceExt};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::{
+    ChildSlot, Controller, Eac, FIELD_MANAGER, Policy, clean_up, kill_and_reap, lock,
+    parse_controller_args, repo_path, timeouts, wait_object,
+};
+
+/// The demo's manifests, relative to the package root.
+pub const DEMO_FILE: &str = "deploy/examples/demo.yaml";
+
+/// What the demo test adds to README's command line, and why: the default metrics address
+/// (`0.0.0.0:8080`) is a fixed port, which a test may not take, and the harness reads the log as
+/// JSON. Neither changes what the controller does.
+pub const DEMO_TEST_FLAGS: &[&str] = &["--metrics-addr", "127.0.0.1:0", "--log-format", "json"];
+
+/// The start of README's step 2, up to the controller's arguments.
+const README_RUN: &str = "cargo run --release --bin eac-controller -- ";
+
+/// The arguments README's step 2 gives the controller: what follows `--` on its one
+/// `cargo run --release --bin eac-controller -- run` line.
+pub fn readme_controller_args() -> Vec<String> {
+    let path = repo_path("README.md");
+    let readme = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let runs: Vec<&str> = readme
+        .lines()
+        .filter_map(|line| line.split_once(README_RUN).map(|(_, args)| args))
+        .filter(|args| args.starts_with("run "))
+        .collect();
+    let [args] = runs[..] else {
+        panic!("README.md should have exactly one `{README_RUN}run ...` line, has {runs:?}");
+    };
+    args.split_whitespace().map(str::to_string).collect()
+}
+
+/// README's arguments and [`DEMO_TEST_FLAGS`]: what the demo test starts the controller with.
+pub fn demo_controller_args() -> Vec<String> {
+    readme_controller_args()
+        .into_iter()
+        .chain(DEMO_TEST_FLAGS.iter().map(|f| f.to_string()))
+        .collect()
+}
+
+/// Starts `eac-controller` with [`demo_controller_args`] in the harness's environment, against
+/// the API server of `kubeconfig`.
+pub fn start_readme_controller(kubeconfig: &Path, log_dir: &Path) -> Controller {
+    let args = demo_controller_args();
+    if let Err(refusal) = parse_controller_args(&args) {
+        panic!("eac-controller would refuse README's {args:?}:\n{refusal}");
+    }
+    Controller::spawn_checked(kubeconfig, &args, "demo".into(), log_dir)
+}
+
+/// The documents of demo.yaml, in file order.
+pub fn demo_documents() -> Vec<Value> {
+    let path = repo_path(DEMO_FILE);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| {
+            serde::Deserialize::deserialize(d)
+                .unwrap_or_else(|e| panic!("{DEMO_FILE} is not YAML: {e}"))
+        })
+        .filter(|d: &Value| !d.is_null())
+        .collect()
+}
+
+/// The names of the demo's documents of `kind`.
+#[allow(dead_code)] // used by tests/e2e_args.rs
+pub fn demo_names(kind: &str) -> Vec<String> {
+    demo_documents()
+        .iter()
+        .filter(|d| d["kind"] == kind)
+        .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// One document of the demo, with where the API server serves its kind.
+struct Document {
+    object: DynamicObject,
+    resource: ApiResource,
+    namespaced: bool,
+}
+
+impl Document {
+    fn api(&self, client: &Client) -> Api<DynamicObject> {
+        match (self.namespaced, self.object.namespace()) {
+            (true, Some(ns)) => Api::namespaced_with(client.clone(), &ns, &self.resource),
+            (true, None) => Api::default_namespaced_with(client.clone(), &self.resource),
+            (false, _) => Api::all_with(client.clone(), &self.resource),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let name = self.object.name_any();
+        match self.object.namespace() {
+            Some(ns) => format!("{} {ns}/{name}", self.resource.kind),
+            None => format!("{} {name}", self.resource.kind),
+        }
+    }
+}
+
+/// The demo in a cluster: its names checked free at the start, and everything it made removed
+/// when the guard drops (even after a failure, as `TestNamespace` does).
+pub struct Demo {
+    client: Client,
+    config: Config,
+    kubeconfig: PathBuf,
+    documents: Vec<Document>,
+    dir: Option<TempDir>,
+    children: Arc<Mutex<Vec<ChildSlot>>>,
+}
+
+impl super::Cluster {
+    /// The demo's documents, resolved as kubectl does (discovery), once nothing of the demo's
+    /// and no other resource of the controller's kinds exists: README's controller would act on
+    /// them. An earlier test's namespace may still be going: waits for its resources to go.
+    pub async fn demo(&self) -> Demo {
+        let mut documents = Vec::new();
+        for value in demo_documents() {
+            let types: TypeMeta = serde_json::from_value(value.clone())
+                .unwrap_or_else(|e| panic!("{DEMO_FILE}: a document without apiVersion/kind: {e}"));
+            let gvk = GroupVersionKind::try_from(&types)
+                .unwrap_or_else(|e| panic!("{DEMO_FILE}: {types:?}: {e}"));
+            let (resource, capabilities) = kube::discovery::pinned_kind(&self.client, &gvk)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("{DEMO_FILE}: the API server does not serve {gvk:?}: {e}")
+                });
+            let object: DynamicObject = serde_json::from_value(value)
+                .unwrap_or_else(|e| panic!("{DEMO_FILE}: {types:?}: {e}"));
+            documents.push(Document {
+                object,
+                resource,
+                namespaced: capabilities.scope == Scope::Namespaced,
+            });
+        }
+        for document in &documents {
+            if let Some(found) = document
+                .api(&self.client)
+                .get_opt(&document.object.name_any())
+                .await
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", document.describe()))
+            {
+                panic!(
+                    "{} exists (an earlier run of the demo?): the demo test applies {DEMO_FILE} \
+                     unchanged and needs its names free; `kubectl delete -f {DEMO_FILE}` removes \
+                     it. Found:\n{}",
+                    document.describe(),
+                    super::describe(&found)
+                );
+            }
+        }
+        let eacs: Api<Eac> = Api::all(self.client.clone());
+        super::wait_list(
+            eacs,
+            "no EnvironmentAccountConnection in the cluster (README's controller watches every \
+             namespace and would act on any; an earlier test's may still be going)",
+            timeouts::CLEANUP,
+            |all| all.is_empty(),
+            names,
+        )
+        .await;
+        let policies: Api<Policy> = Api::all(self.client.clone());
+        super::wait_list(
+            policies,
+            "no ConnectionAcceptancePolicy in the cluster (README's controller would act on any)",
+            timeouts::CLEANUP,
+            |all| all.is_empty(),
+            names,
+        )
+        .await;
+        let dir = tempfile::Builder::new()
+            .prefix("eac-e2e-demo-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+        println!("e2e: the demo test; logs in {}", dir.path().display());
+        Demo {
+            client: self.client.clone(),
+            config: self.config.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            documents,
+            dir: Some(dir),
+            children: Arc::default(),
+        }
+    }
+}
+
+fn names<K: kube::Resource>(all: &[Arc<K>]) -> String {
+    all.iter()
+        .map(|o| format!("{}/{}\n", o.namespace().unwrap_or_default(), o.name_any()))
+        .collect()
+}
+
+impl Demo {
+    /// Where the demo test's logs go (kept when it fails).
+    pub fn log_dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .expect("the directory is kept only on drop")
+            .path()
+    }
+
+    /// The controller as README's step 2 starts it ([`demo_controller_args`]).
+    pub fn start_controller(&self) -> Controller {
+        let controller = start_readme_controller(&self.kubeconfig, self.log_dir());
+        lock(&self.children).push(controller.child.clone());
+        controller
+    }
+
+    /// `kubectl apply -f deploy/examples/demo.yaml` on a cluster without them: each document
+    /// created in file order. Returns when the first create was sent (the discovery kubectl
+    /// does first is done in [`super::Cluster::demo`]).
+    pub async fn apply(&self) -> Instant {
+        let started = Instant::now();
+        for document in &self.documents {
+            document
+                .api(&self.client)
+                .create(
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..PostParams::default()
+                    },
+                    &document.object,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", document.describe()));
+        }
+        started
+    }
+
+    /// `kubectl delete -f deploy/examples/demo.yaml`: each document deleted in file order (in
+    /// the background, as kubectl does; one already gone with its namespace is fine), then the
+    /// wait kubectl does, until every one is gone: the namespaces only once the controller has
+    /// released their resources' finalizers.
+    pub async fn delete(&self) {
+        for document in &self.documents {
+            match document
+                .api(&self.client)
+                .delete(&document.object.name_any(), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => panic!("cannot delete {}: {e}", document.describe()),
+            }
+        }
+        // The rest lives in the namespaces (tests/e2e_args.rs checks it), and goes with them.
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        for name in self.names_of("Namespace") {
+            wait_object(
+                &namespaces,
+                &name,
+                &format!("namespace {name} to be gone"),
+                timeouts::NAMESPACE_DELETED,
+                |o: Option<&Namespace>| o.is_none(),
+            )
+            .await;
+        }
+        let mappings: Api<AccountMapping> = Api::all(self.client.clone());
+        for name in self.names_of("AccountMapping") {
+            wait_object(
+                &mappings,
+                &name,
+                &format!("AccountMapping {name} to be gone"),
+                timeouts::DELETE,
+                |o: Option<&AccountMapping>| o.is_none(),
+            )
+            .await;
+        }
+    }
+
+    /// The names of the demo's documents of `kind`.
+    fn names_of(&self, kind: &str) -> Vec<String> {
+        self.documents
+            .iter()
+            .filter(|d| d.resource.kind == kind)
+            .map(|d| d.object.name_any())
+            .collect()
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        for child in lock(&self.children).iter() {
+            kill_and_reap(child);
+        }
+        let failed = std::thread::panicking();
+        if failed && let Some(dir) = self.dir.take() {
+            eprintln!(
+                "e2e: the demo test failed; logs kept in {}",
+                dir.keep().display()
+            );
+        }
+        clean_up(
+            &self.config,
+            failed,
+            &self.names_of("Namespace"),
+            &self.names_of("AccountMapping"),
+        );
+    }
+}
+
+/// The emulator inside a controller started with `--proton-endpoint embedded`, at the URL its
+/// `DEMO MODE` warning names (README tells a newcomer to use it the same way).
+pub struct EmbeddedEmulator {
+    pub url: String,
+    pub addr: SocketAddr,
+}
+
+/// The message of the controller's warning that names the embedded emulator (field
+/// `endpoint`).
+pub const DEMO_MODE_MESSAGE: &str = "DEMO MODE:";
+
+/// The `endpoint` of the controller's JSON `DEMO MODE` warning.
+pub fn parse_demo_mode_line(line: &str) -> Option<(String, SocketAddr)> {
+    let value: Value = serde_json::from_str(line).ok()?;
+    if !value
+        .get("message")?
+        .as_str()?
+        .starts_with(DEMO_MODE_MESSAGE)
+    {
+        return None;
+    }
+    let url = value.get("endpoint")?.as_str()?;
+    let addr = url.strip_prefix("http://")?.parse().ok()?;
+    Some((url.to_string(), addr))
+}
+
+impl Controller {
+    /// The embedded emulator, from the `DEMO MODE` warning of the log.
+    pub async fn embedded_emulator(&self) -> EmbeddedEmulator {
+        match self
+            .log
+            .wait_for_line(
+                &format!("a `{DEMO_MODE_MESSAGE}` warning with an endpoint"),
+                timeouts::PROCESS_START,
+                |l| parse_demo_mode_line(l).is_some(),
+            )
+            .await
+        {
+            Ok(line) => {
+                let (url, addr) =
+                    parse_demo_mode_line(&line).expect("the line was matched by its endpoint");
+                EmbeddedEmulator { url, addr }
+            }
+            Err(e) => panic!("{e} (exit: {:?})\n{}", self.try_exit(), self.log.report()),
+        }
+    }
+}
