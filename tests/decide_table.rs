@@ -1810,6 +1810,53 @@ fn a_replayed_create_blocked_by_another_connection_is_retried_within_the_window_
     }
 }
 
+/// A resource that asks to adopt but carries a record of Creates (an intent restored with it, or
+/// one of its own a crash left): once a Conflict's search proves those Creates made nothing, the
+/// record goes and the adoption follows at once, not at the Conflict's retry (a minute, growing
+/// to the resync period).
+#[test]
+fn a_resource_asking_to_adopt_adopts_at_once_once_its_record_of_creates_is_dropped() {
+    for asks in [false, true] {
+        let mut case = Case::new().status(creating());
+        if asks {
+            case = case.adopting();
+        }
+        // The environment is held by the connection to adopt, made out of band (untagged).
+        let mut proton = Fake {
+            token: Some(OTHER_UID.into()),
+            ..Fake::with(adoptee(CONNECTED), Tags::new())
+        };
+        proton.slow = Some(("Create", secs(100)));
+        let trace = reconcile(&mut case, &mut proton, now());
+        assert_eq!(
+            trace.path(),
+            "WhoAmI Create FindOwned Report",
+            "asks: {asks}"
+        );
+        let r = trace.reported();
+        assert_eq!(r.problem.reason, "Conflict", "asks: {asks}");
+        assert_eq!(
+            r.status.create_sent_at, None,
+            "asks: {asks}: the record goes"
+        );
+        let requeue = r.requeue;
+        if !asks {
+            assert!(requeue >= secs(45), "the Conflict's retry: {requeue:?}");
+            continue;
+        }
+        assert!(requeue <= secs(1), "back at once to adopt: {requeue:?}");
+        case.failures += 1;
+        let trace = reconcile(&mut case, &mut proton, later(now(), secs(101)));
+        assert_eq!(
+            trace.settled().status.id.as_deref(),
+            Some(ADOPT_ID),
+            "{}",
+            trace.path()
+        );
+        assert_eq!(proton.count("Create"), 1, "no Create after the drop");
+    }
+}
+
 /// The window runs from the last Create that may have made something: a replay refused with a
 /// conflict made nothing, so the retries do not keep the window open.
 #[test]
