@@ -3247,12 +3247,14 @@ async fn the_readme_demo_applied_unchanged_is_ready_within_5_s_and_deleted_whole
         |r| r.status == 200,
     )
     .await;
+    let (namespace, name) = demo.the_one("EnvironmentAccountConnection");
+    let (management, policy) = demo.the_one("ConnectionAcceptancePolicy");
     let applied = demo.apply().await;
-    let eacs: Api<Eac> = Api::namespaced(cluster.client.clone(), "platform");
+    let eacs: Api<Eac> = Api::namespaced(cluster.client.clone(), &namespace);
     let obj = wait_object(
         &eacs,
-        "demo-eu",
-        "platform/demo-eu CONNECTED and Ready",
+        &name,
+        &format!("{namespace}/{name} CONNECTED and Ready"),
         CONVERGE,
         |o: Option<&Eac>| {
             o.is_some_and(|o| {
@@ -3264,10 +3266,10 @@ async fn the_readme_demo_applied_unchanged_is_ready_within_5_s_and_deleted_whole
     .await
     .expect("the condition holds only for an existing object");
     let took = applied.elapsed();
-    println!("e2e: demo-eu Ready {took:?} after `kubectl apply -f {DEMO_FILE}` began");
+    println!("e2e: {name} Ready {took:?} after `kubectl apply -f {DEMO_FILE}` began");
     assert!(
         took <= Duration::from_secs(5),
-        "demo-eu Ready {took:?} after `kubectl apply -f {DEMO_FILE}` began"
+        "{name} Ready {took:?} after `kubectl apply -f {DEMO_FILE}` began"
     );
     assert_eq!(
         status(&obj).environment_account_id.as_deref(),
@@ -3275,12 +3277,11 @@ async fn the_readme_demo_applied_unchanged_is_ready_within_5_s_and_deleted_whole
         "requested with the controller's own credentials (README: the environment account)"
     );
     let id = id_of(&obj);
-    let policies: Api<e2e_support::Policy> =
-        Api::namespaced(cluster.client.clone(), "proton-management");
+    let policies: Api<e2e_support::Policy> = Api::namespaced(cluster.client.clone(), &management);
     wait_object(
         &policies,
-        "accept-demo",
-        "proton-management/accept-demo listing demo-eu's connection among the accepted",
+        &policy,
+        &format!("{management}/{policy} listing {name}'s connection among the accepted"),
         CONVERGE,
         |p: Option<&e2e_support::Policy>| {
             p.and_then(|p| p.status.as_ref())

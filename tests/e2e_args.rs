@@ -403,6 +403,10 @@ fn everything_demo_yaml_makes_is_removed_by_deleting_its_namespaces_and_mappings
     let namespaces = demo_names("Namespace");
     assert!(!namespaces.is_empty());
     assert!(!demo_names("AccountMapping").is_empty());
+    // The demo test follows the one connection and the one policy (`Demo::the_one`).
+    for kind in ["EnvironmentAccountConnection", "ConnectionAcceptancePolicy"] {
+        assert_eq!(demo_names(kind).len(), 1, "{kind}s in demo.yaml");
+    }
     for document in demo_documents() {
         let kind = document["kind"].as_str().unwrap_or_default();
         if matches!(kind, "Namespace" | "AccountMapping") {

@@ -105,10 +105,16 @@ def test_the_tests_that_need_the_cluster_to_themselves_run_alone_after_the_rest(
     on the other tests' resources: the workflow skips it in the parallel run and runs it alone
     after."""
     source = (ROOT / "tests" / "e2e.rs").read_text()
-    alone = re.findall(r"async fn (\w+)\(\)[^{]*\{\s*let Some\(cluster\)[^;]*;[^;]*;\s*let \w+ = cluster\.demo\(\)", source)
+    # Each test's body runs from its `fn` to the next one's attribute.
+    bodies = re.split(r"\n#\[(?:tokio::)?test", source)
+    alone = [
+        re.search(r"fn (\w+)", body).group(1)
+        for body in bodies[1:]
+        if "Cluster::from_env()" in body and (".demo()" in body or "start_readme_controller" in body)
+    ]
     assert alone, "no e2e test uses cluster.demo(): update this test"
     step = next(s for s in job["steps"] if re.search(r"cargo test\b.*--test e2e\b(?!.*--no-run)", s.get("run", "")))
-    commands = [c for c in step["run"].splitlines() if "cargo test" in c]
+    commands = [c for c in step["run"].replace("\\\n", " ").splitlines() if "cargo test" in c]
     assert len(commands) == 2, commands
     parallel, after = commands
     for name in alone:
@@ -118,6 +124,9 @@ def test_the_tests_that_need_the_cluster_to_themselves_run_alone_after_the_rest(
         assert "--test-threads=1" in filters, after
         assert any(name.startswith(f) for f in filters if not f.startswith("-")), f"{name} is not run in {after!r}"
     assert "tee -a" in step["run"], "the second run appends to the log the first wrote"
+    assert "|| status=$?" in parallel and "|| status=$?" in after and 'exit "$status"' in step["run"], (
+        "the tests that run alone run even when one of the others failed, and the step fails if any did"
+    )
 
 
 def test_logs_are_uploaded_from_where_the_harness_keeps_them(job):

@@ -16,7 +16,7 @@ use eac_controller::mapping::AccountMapping;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::core::{GroupVersionKind, TypeMeta};
-use kube::discovery::{ApiResource, Scope};
+use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use kube::{Client, Config, ResourceExt};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -121,21 +121,25 @@ impl Document {
     }
 }
 
-/// The demo in a cluster: its names checked free at the start, and everything it made removed
-/// when the guard drops (even after a failure, as `TestNamespace` does).
+/// The demo in a cluster: its names checked free at the start, and what it made removed when
+/// the guard drops (even after a failure, as `TestNamespace` does).
 pub struct Demo {
     client: Client,
     config: Config,
     kubeconfig: PathBuf,
     documents: Vec<Document>,
+    /// What this run created (kind, name): only that is removed, never a namesake someone else
+    /// made meanwhile.
+    created: Mutex<Vec<(String, String)>>,
     dir: Option<TempDir>,
     children: Arc<Mutex<Vec<ChildSlot>>>,
 }
 
 impl super::Cluster {
     /// The demo's documents, resolved as kubectl does (discovery), once nothing of the demo's
-    /// and no other resource of the controller's kinds exists: README's controller would act on
-    /// them. An earlier test's namespace may still be going: waits for its resources to go.
+    /// and no other resource of the controller's three kinds exists: README's controller would
+    /// act on them (and another AccountMapping could select the demo's namespaces). What an
+    /// earlier test or run is still deleting is waited for.
     pub async fn demo(&self) -> Demo {
         let mut documents = Vec::new();
         for value in demo_documents() {
@@ -143,11 +147,7 @@ impl super::Cluster {
                 .unwrap_or_else(|e| panic!("{DEMO_FILE}: a document without apiVersion/kind: {e}"));
             let gvk = GroupVersionKind::try_from(&types)
                 .unwrap_or_else(|e| panic!("{DEMO_FILE}: {types:?}: {e}"));
-            let (resource, capabilities) = kube::discovery::pinned_kind(&self.client, &gvk)
-                .await
-                .unwrap_or_else(|e| {
-                    panic!("{DEMO_FILE}: the API server does not serve {gvk:?}: {e}")
-                });
+            let (resource, capabilities) = served(&self.client, &gvk).await;
             let object: DynamicObject = serde_json::from_value(value)
                 .unwrap_or_else(|e| panic!("{DEMO_FILE}: {types:?}: {e}"));
             documents.push(Document {
@@ -157,40 +157,33 @@ impl super::Cluster {
             });
         }
         for document in &documents {
-            if let Some(found) = document
-                .api(&self.client)
-                .get_opt(&document.object.name_any())
+            let api = document.api(&self.client);
+            let name = document.object.name_any();
+            let found = api
+                .get_opt(&name)
                 .await
-                .unwrap_or_else(|e| panic!("cannot read {}: {e}", document.describe()))
-            {
-                panic!(
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", document.describe()));
+            match found {
+                None => {}
+                // An earlier run's, being deleted (its cleanup does not wait).
+                Some(found) if found.metadata.deletion_timestamp.is_some() => {
+                    until_gone(&api, &name, &document.describe()).await;
+                }
+                Some(found) => panic!(
                     "{} exists (an earlier run of the demo?): the demo test applies {DEMO_FILE} \
                      unchanged and needs its names free; `kubectl delete -f {DEMO_FILE}` removes \
                      it. Found:\n{}",
                     document.describe(),
                     super::describe(&found)
-                );
+                ),
             }
         }
-        let eacs: Api<Eac> = Api::all(self.client.clone());
-        super::wait_list(
-            eacs,
-            "no EnvironmentAccountConnection in the cluster (README's controller watches every \
-             namespace and would act on any; an earlier test's may still be going)",
-            timeouts::CLEANUP,
-            |all| all.is_empty(),
-            names,
-        )
-        .await;
-        let policies: Api<Policy> = Api::all(self.client.clone());
-        super::wait_list(
-            policies,
-            "no ConnectionAcceptancePolicy in the cluster (README's controller would act on any)",
-            timeouts::CLEANUP,
-            |all| all.is_empty(),
-            names,
-        )
-        .await;
+        let why = "README's controller watches every namespace and would act on it; `kubectl \
+                   delete ns,clusterrole,accountmappings -l eac-e2e=true` removes what earlier \
+                   e2e runs left";
+        nothing_of_kind::<Eac>(&self.client, "EnvironmentAccountConnection", why).await;
+        nothing_of_kind::<Policy>(&self.client, "ConnectionAcceptancePolicy", why).await;
+        nothing_of_kind::<AccountMapping>(&self.client, "AccountMapping", why).await;
         let dir = tempfile::Builder::new()
             .prefix("eac-e2e-demo-")
             .tempdir()
@@ -201,10 +194,68 @@ impl super::Cluster {
             config: self.config.clone(),
             kubeconfig: self.kubeconfig.clone(),
             documents,
+            created: Mutex::default(),
             dir: Some(dir),
             children: Arc::default(),
         }
     }
+}
+
+/// Where the API server serves `gvk`. Its CRD was just applied and is Established, but
+/// discovery can lag a new group by a moment: asked again until [`timeouts::CRD_ESTABLISHED`].
+async fn served(client: &Client, gvk: &GroupVersionKind) -> (ApiResource, ApiCapabilities) {
+    let deadline = tokio::time::Instant::now() + timeouts::CRD_ESTABLISHED;
+    loop {
+        match kube::discovery::pinned_kind(client, gvk).await {
+            Ok(found) => return found,
+            Err(e) if tokio::time::Instant::now() >= deadline => panic!(
+                "{DEMO_FILE}: the API server does not serve {gvk:?} after {:?}: {e}",
+                timeouts::CRD_ESTABLISHED
+            ),
+            Err(_) => tokio::time::sleep(super::PROBE_INTERVAL).await,
+        }
+    }
+}
+
+/// Probes until `name` is gone (a dynamic object offers `wait_object` no type to watch).
+async fn until_gone(api: &Api<DynamicObject>, name: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + timeouts::NAMESPACE_DELETED;
+    loop {
+        let now = match api.get_opt(name).await {
+            Ok(None) => return,
+            Ok(Some(o)) => super::describe(&o),
+            Err(e) => format!("(cannot read it: {e})"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "waiting for {what} (being deleted) to be gone: still there after {:?}:\n{now}",
+                timeouts::NAMESPACE_DELETED
+            );
+        }
+        tokio::time::sleep(super::PROBE_INTERVAL).await;
+    }
+}
+
+/// Waits until the cluster holds no object of `K` (an earlier test's may still be going).
+async fn nothing_of_kind<K>(client: &Client, kind: &str, why: &str)
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    super::wait_list(
+        Api::<K>::all(client.clone()),
+        &format!("no {kind} in the cluster ({why})"),
+        timeouts::CLEANUP,
+        |all| all.is_empty(),
+        names,
+    )
+    .await;
 }
 
 fn names<K: kube::Resource>(all: &[Arc<K>]) -> String {
@@ -246,6 +297,7 @@ impl Demo {
                 )
                 .await
                 .unwrap_or_else(|e| panic!("cannot create {}: {e}", document.describe()));
+            lock(&self.created).push((document.resource.kind.clone(), document.object.name_any()));
         }
         started
     }
@@ -291,6 +343,22 @@ impl Demo {
         }
     }
 
+    /// The namespace and name of the demo's one document of `kind`.
+    pub fn the_one(&self, kind: &str) -> (String, String) {
+        let found: Vec<&Document> = self
+            .documents
+            .iter()
+            .filter(|d| d.resource.kind == kind)
+            .collect();
+        let [document] = found[..] else {
+            panic!("{DEMO_FILE} should have one {kind}, has {}", found.len());
+        };
+        (
+            document.object.namespace().unwrap_or_default(),
+            document.object.name_any(),
+        )
+    }
+
     /// The names of the demo's documents of `kind`.
     fn names_of(&self, kind: &str) -> Vec<String> {
         self.documents
@@ -313,11 +381,19 @@ impl Drop for Demo {
                 dir.keep().display()
             );
         }
+        let created = lock(&self.created).clone();
+        let of_kind = |kind: &str| -> Vec<String> {
+            created
+                .iter()
+                .filter(|(k, _)| k == kind)
+                .map(|(_, name)| name.clone())
+                .collect()
+        };
         clean_up(
             &self.config,
             failed,
-            &self.names_of("Namespace"),
-            &self.names_of("AccountMapping"),
+            &of_kind("Namespace"),
+            &of_kind("AccountMapping"),
         );
     }
 }
