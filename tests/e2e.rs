@@ -35,7 +35,7 @@ use e2e_support::{
     CREATE, Cluster, Controller, ControllerOptions, ControllerPreset, DELETE,
     ENVIRONMENT_ACCESS_KEY, ENVIRONMENT_ACCOUNT, Eac, Emulator, EmulatorOptions, EmulatorPreset,
     GET, KUBECONFIG_VAR, LEASE_NAME, MANAGEMENT_ACCOUNT, OTHER_REGION, REFUSED_CONTROLLER_FLAGS,
-    REGION, ROLE_ARN, SERVING_MESSAGE, SKIP_MESSAGE, UNTAG, UPDATE, condition, design_example,
+    REGION, ROLE_ARN, SERVING_MESSAGE, SKIP_MESSAGE, TAG, UNTAG, UPDATE, condition, design_example,
     e2e_kubeconfig, eac, emulator_calls, emulator_sdk, get_connection, has_condition,
     has_connection, http_request, http_until, invalid_cases, list_connections,
     parse_emulator_banner, parse_http_response, parse_serving_line, raw_manifest, reads,
@@ -709,6 +709,12 @@ async fn an_edit_held_up_by_throttling_is_not_reported_applied_until_it_is() {
         .await;
     assert_eq!(ready_generation(&applied), Some(2));
     assert_eq!(status(&applied).role_arn.as_deref(), Some(NEW_ROLE_ARN));
+    let calls = emulator.calls().await;
+    assert_eq!(
+        (calls.count(UPDATE), calls.throttled),
+        (4, 3),
+        "the three throttled Updates, then the one applied: {calls:?}"
+    );
 }
 
 /// A resource back with a new uid (its cluster rebuilt from Git, or restored without its status):
@@ -753,6 +759,14 @@ async fn a_resource_back_with_a_new_uid_is_pointed_to_its_former_connection_and_
         .expect("delete the resource");
     ns.wait_deleted("rebuilt", &uid(&first)).await;
 
+    // The predecessor's connection, as its controller left it (calls counted from here: the
+    // new controller's alone).
+    let old_tags = tags_of(&sdk, &old_arn).await;
+    assert_eq!(old_tags.get(TAG_UID), Some(&uid(&first)), "{old_tags:?}");
+    let before = emulator.calls().await;
+    let changes =
+        |c: &proton_emulator::CallCounts| [UPDATE, TAG, UNTAG, DELETE].map(|op| (op, c.count(op)));
+
     // The new cluster: the same manifest from Git, a new controller.
     ns.apply(&eac("rebuilt", spec("rebuilt"))).await;
     let _controller = ns
@@ -761,15 +775,28 @@ async fn a_resource_back_with_a_new_uid_is_pointed_to_its_former_connection_and_
     let back = ns
         .wait_eac(
             "rebuilt",
-            &format!("Stalled=True reason Conflict naming connection {old_id}"),
+            &format!(
+                "Stalled=True reason Conflict naming connection {old_id}, and the stale intent \
+                 annotation dropped"
+            ),
             CONVERGE,
             |o| {
                 has_condition(o, "Stalled", "True", Some("Conflict"))
                     && condition(o, "Stalled").is_some_and(|c| c.message.contains(&old_id))
+                    // The record of the refused Create goes with its annotation, in a write of
+                    // its own after the status: an adopt-id set before it is seen would meet
+                    // the record and wait for the Create's window instead.
+                    && !o.annotations().contains_key(INTENT_ANNOTATION)
             },
         )
         .await;
     assert_ne!(uid(&back), uid(&first), "a new uid");
+    let event = ns.wait_event(&uid(&back), "Conflict").await;
+    let note = event.note.unwrap_or_default();
+    assert!(
+        note.contains(&old_id) && note.contains(&old_arn),
+        "the Event names the connection: {note}"
+    );
     let message = &condition(&back, "Stalled").expect("Stalled").message;
     assert!(message.contains(&old_arn), "{message}");
     assert!(
@@ -777,7 +804,18 @@ async fn a_resource_back_with_a_new_uid_is_pointed_to_its_former_connection_and_
         "{message}"
     );
     assert_eq!(status(&back).id, None, "nothing taken over");
-    assert_eq!(list_connections(&sdk).await.len(), 1, "nothing created");
+    let at_conflict = emulator.calls().await;
+    assert_eq!(
+        at_conflict.count(CREATE),
+        before.count(CREATE) + 1,
+        "one Create, refused: {at_conflict:?}"
+    );
+    assert_eq!(
+        changes(&at_conflict),
+        changes(&before),
+        "the former connection is not changed: {at_conflict:?}"
+    );
+    assert_eq!(tags_of(&sdk, &old_arn).await, old_tags, "nor retagged");
 
     // The recovery as the report gives it.
     sdk.untag_resource()
@@ -803,6 +841,13 @@ async fn a_resource_back_with_a_new_uid_is_pointed_to_its_former_connection_and_
         .await;
     let tags = tags_of(&sdk, &old_arn).await;
     assert_eq!(tags.get(TAG_UID), Some(&uid(&adopted)), "{tags:?}");
+    ns.wait_event(&uid(&adopted), "Adopted").await;
+    let after = emulator.calls().await;
+    assert_eq!(
+        after.count(CREATE),
+        at_conflict.count(CREATE),
+        "no Create to adopt: {after:?}"
+    );
     assert_eq!(list_connections(&sdk).await.len(), 1);
 }
 

@@ -117,6 +117,7 @@ pub fn reads(calls: &CallCounts) -> u64 {
 pub const UPDATE: &str = "UpdateEnvironmentAccountConnection";
 pub const DELETE: &str = "DeleteEnvironmentAccountConnection";
 pub const UNTAG: &str = "UntagResource";
+pub const TAG: &str = "TagResource";
 
 /// How long each kind of wait may take before the test fails.
 pub mod timeouts {
