@@ -1844,7 +1844,17 @@ fn a_resource_asking_to_adopt_adopts_at_once_once_its_record_of_creates_is_dropp
             assert!(requeue >= secs(45), "the Conflict's retry: {requeue:?}");
             continue;
         }
-        assert!(requeue <= secs(1), "back at once to adopt: {requeue:?}");
+        assert!(requeue <= secs(2), "back at once to adopt: {requeue:?}");
+        // After failures in a row (a drop that does not hold, say) it backs off as a passing
+        // fault does, still before the Conflict's retry.
+        let mut again = Case::new().status(creating()).adopting();
+        again.failures = 3;
+        let trace = reconcile(&mut again, &mut proton.clone(), now());
+        let backed_off = trace.reported().requeue;
+        assert!(
+            (secs(6)..=secs(10)).contains(&backed_off),
+            "the fourth failure in a row: {backed_off:?}"
+        );
         case.failures += 1;
         let trace = reconcile(&mut case, &mut proton, later(now(), secs(101)));
         assert_eq!(
@@ -3127,6 +3137,7 @@ fn the_controllers_own_write_is_awaited_until_the_cache_shows_it() {
     let remembered = Memory {
         written: Some(Written::new(&written, Some("7".into()))),
         unwritten: None,
+        ..Memory::default()
     };
     // What is kept of the write is its version and a hash, not the status.
     assert!(remembered.written.as_ref().unwrap().is(&written));
@@ -3150,6 +3161,7 @@ fn the_controllers_own_write_is_awaited_until_the_cache_shows_it() {
     let mut unversioned = Memory {
         written: Some(Written::new(&written, None)),
         unwritten: None,
+        ..Memory::default()
     };
     assert!(
         unversioned.catch_up(Some(&behind), None),
@@ -3175,6 +3187,7 @@ fn a_connection_learned_but_not_written_is_never_created_again() {
     let memory = Memory {
         written: None,
         unwritten: Some(Box::new(learned.clone())),
+        ..Memory::default()
     };
 
     let s = effective_status(Some(&stored), None, &memory);
@@ -3206,6 +3219,7 @@ fn a_connection_learned_but_not_written_is_never_created_again() {
     let unwritten_intent = Memory {
         written: None,
         unwritten: Some(Box::new(intent(1, now()))),
+        ..Memory::default()
     };
     assert_eq!(effective_status(Some(&bare), None, &unwritten_intent), bare);
     // The same connection already stored: the stored status wins.

@@ -942,8 +942,9 @@ async fn an_observer_follows_a_connection_made_by_hand_and_never_changes_or_dele
 }
 
 /// As a cluster admin: AccountMapping `name` maps the namespaces labelled `label` (key, value)
-/// to role `eac-e2e` in `account`.
+/// to role `eac-e2e` in `account`; deleted with `owner`'s namespace.
 async fn map_label(
+    owner: &e2e_support::TestNamespace,
     mappings: &Api<eac_controller::mapping::AccountMapping>,
     name: &str,
     (key, value): (&str, &str),
@@ -968,6 +969,7 @@ async fn map_label(
         e2e_support::NAMESPACE_LABEL.to_string(),
         "true".to_string(),
     )]));
+    owner.owns_mapping(name);
     mappings
         .patch(
             name,
@@ -998,7 +1000,7 @@ async fn two_namespaces_mapped_to_two_accounts_get_connections_in_their_own_acco
     let mappings: Api<AccountMapping> = Api::all(cluster.client.clone());
     let mut created = Vec::new();
     for (ns, account) in [(&a, "111111111111"), (&b, "222222222222")] {
-        map_label(&mappings, &ns.name, (LABEL, &ns.name), account).await;
+        map_label(ns, &mappings, &ns.name, (LABEL, &ns.name), account).await;
         created.push(ns.name.clone());
     }
     let with_mappings = || ControllerOptions::preset(ControllerPreset::AccountMappings);
@@ -1141,7 +1143,14 @@ async fn a_policy_reads_again_as_soon_as_a_label_maps_its_namespace_to_the_manag
     const LABEL: &str = "eac-e2e/management";
     let emulator = ns.start_emulator().await;
     let mappings: Api<AccountMapping> = Api::all(cluster.client.clone());
-    map_label(&mappings, &ns.name, (LABEL, &ns.name), MANAGEMENT_ACCOUNT).await;
+    map_label(
+        &ns,
+        &mappings,
+        &ns.name,
+        (LABEL, &ns.name),
+        MANAGEMENT_ACCOUNT,
+    )
+    .await;
     let _controller = ns
         .start_controller(
             &emulator,
@@ -3347,7 +3356,9 @@ async fn the_readme_demo_applied_unchanged_is_ready_within_5_s_and_deleted_whole
     );
 
     demo.delete().await;
-    let sdk = emulator_sdk(&emulator.url, "AKIDE2E", REGION);
+    // Signed for the connection's region: in another, Proton would not know it either way.
+    let region = status(&obj).region.clone().expect("the region is pinned");
+    let sdk = emulator_sdk(&emulator.url, "AKIDE2E", &region);
     assert!(
         get_connection(&sdk, &id).await.is_none(),
         "`kubectl delete -f {DEMO_FILE}` deletes the connection in Proton"
@@ -3533,13 +3544,7 @@ async fn harness_runs_the_controller_binary_and_finds_its_metrics_address_in_its
         dir.path(),
         ControllerOptions::default(),
     );
-    let addr = controller.metrics_addr().await;
-    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
-
-    let health = http_request(addr, "GET", "/healthz", None)
-        .await
-        .expect("GET /healthz");
-    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+    let addr = healthy_on_loopback(&controller).await;
     // Ready once the (empty) list is in the watch cache.
     http_until(addr, "/readyz", "HTTP 200", CONVERGE, |r| r.status == 200).await;
     let metrics = http_request(addr, "GET", "/metrics", None)
@@ -3569,6 +3574,18 @@ async fn harness_runs_the_controller_binary_and_finds_its_metrics_address_in_its
     assert!(log.contains(SERVING_MESSAGE), "{log}");
 }
 
+/// The metrics address the controller logs (a free port on the loopback), once `/healthz`
+/// answers there.
+async fn healthy_on_loopback(controller: &Controller) -> std::net::SocketAddr {
+    let addr = controller.metrics_addr().await;
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    let health = http_request(addr, "GET", "/healthz", None)
+        .await
+        .expect("GET /healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+    addr
+}
+
 /// The demo test's controller, offline: README's own command line (with `DEMO_TEST_FLAGS`)
 /// starts it, and the harness finds the emulator inside it from its `DEMO MODE` warning, as
 /// README tells a newcomer to, and reads its call counts there.
@@ -3587,12 +3604,7 @@ async fn harness_starts_readmes_controller_and_finds_the_emulator_inside_it_in_i
     );
     let calls = emulator_calls(emulator.addr).await;
     assert_eq!(calls.count(CREATE), 0, "{calls:?}");
-    let addr = controller.metrics_addr().await;
-    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
-    let health = http_request(addr, "GET", "/healthz", None)
-        .await
-        .expect("GET /healthz");
-    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+    healthy_on_loopback(&controller).await;
     assert_eq!(
         controller.try_exit(),
         None,

@@ -565,28 +565,11 @@ async fn a_resource_back_with_a_new_uid_is_pointed_to_its_former_connection_and_
 /// annotation), and the recovery the report gives works.
 #[tokio::test]
 async fn a_restore_without_the_status_drops_the_former_intent_and_can_adopt() {
-    const OLD_UID: &str = "5e1f0c2a-0d3b-4e4f-8a5b-6c7d8e9f0a1b";
     let env = Env::start().await;
-    env.api.create("prod", OLD_UID, spec("prod"));
-    env.reconcile("prod").await.unwrap();
-    let before = env.api.get("prod").unwrap();
+    let (before, annotations) = predecessor_an_hour_old(&env).await;
     let old_id = before.status.clone().unwrap().id.unwrap();
-    let mut annotations = before.metadata.annotations.clone().unwrap();
-    let intent = annotations.get_mut(INTENT_ANNOTATION).expect("the intent");
-    let mut parsed: serde_json::Value = serde_json::from_str(intent).unwrap();
-    let an_hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
-    parsed["sentAt"] = serde_json::json!(an_hour_ago.to_string());
-    *intent = parsed.to_string();
 
-    // The cluster is lost; the backup is restored without the status.
-    env.api.force_delete("prod");
-    env.api.create("prod", UID, spec("prod"));
-    env.api.edit("prod", |o| {
-        o.metadata.annotations = Some(annotations.clone());
-        o.metadata.finalizers = before.metadata.finalizers.clone();
-    });
-    env.reconcile("prod").await.unwrap();
-    let obj = env.api.get("prod").unwrap();
+    let obj = restored_without_the_status(&env, &before, &annotations).await;
     let (stalled, reason, message) = condition(&obj, "Stalled").unwrap();
     assert_eq!((stalled.as_str(), reason.as_str()), ("True", "Conflict"));
     assert!(message.contains(&old_id), "{message}");
@@ -613,6 +596,89 @@ async fn a_restore_without_the_status_drops_the_former_intent_and_can_adopt() {
     let c = &env.proton().connections()[0];
     assert_eq!(c.tags.get(TAG_UID).map(String::as_str), Some(UID));
     assert_eq!(env.proton().connections().len(), 1);
+}
+
+/// The same restore, from Git with `adopt-id` kept (and the predecessor's connection untagged,
+/// as the recovery asks): once the Conflict's search drops the stale record, the resource comes
+/// back within seconds to adopt, not at the Conflict's retry. A copy the watch brings from
+/// before the annotation's removal (the status write's) is not taken as the record again: the
+/// resource adopts, with no Create from the former intent.
+#[tokio::test]
+async fn a_restore_that_keeps_adopt_id_adopts_within_seconds_of_dropping_the_former_intent() {
+    let env = Env::start().await;
+    let (before, mut annotations) = predecessor_an_hour_old(&env).await;
+    let old_id = before.status.clone().unwrap().id.unwrap();
+    annotations.insert(ADOPT_ANNOTATION.to_string(), old_id.clone());
+    let client = support_client(&env).await;
+    let arn = env.proton().connections()[0].arn.clone();
+    untag_ownership(&client, &arn).await;
+
+    let dropped = restored_without_the_status(&env, &before, &annotations).await;
+    let (_, reason, _) = condition(&dropped, "Stalled").unwrap();
+    assert_eq!(reason, "Conflict");
+    assert!(!kube::ResourceExt::annotations(&dropped).contains_key(INTENT_ANNOTATION));
+    let back_in = env.comes_back_in("prod");
+    assert!(
+        back_in <= Duration::from_secs(2),
+        "back to adopt within seconds, not at the Conflict's retry: {back_in:?}"
+    );
+    let creates = env.calls(CREATE);
+
+    // The watch brings the status write's copy, from before the annotation's removal.
+    let mut stale = dropped.clone();
+    stale.metadata.annotations.get_or_insert_default().insert(
+        INTENT_ANNOTATION.to_string(),
+        annotations[INTENT_ANNOTATION].clone(),
+    );
+    env.ctx.expire_checkpoints();
+    env.reconcile_copy(stale).await.unwrap();
+    let status = env.api.get("prod").unwrap().status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(old_id.as_str()), "adopted");
+    assert_eq!(
+        env.calls(CREATE),
+        creates,
+        "no Create from the former intent"
+    );
+    let c = &env.proton().connections()[0];
+    assert_eq!(c.tags.get(TAG_UID).map(String::as_str), Some(UID));
+}
+
+/// A resource reconciled to its connection under another uid, and its annotations with the
+/// intent it wrote before its Create made an hour old: what a backup taken then restores.
+async fn predecessor_an_hour_old(
+    env: &Env,
+) -> (
+    eac_controller::connection::api::EnvironmentAccountConnection,
+    BTreeMap<String, String>,
+) {
+    const OLD_UID: &str = "5e1f0c2a-0d3b-4e4f-8a5b-6c7d8e9f0a1b";
+    env.api.create("prod", OLD_UID, spec("prod"));
+    env.reconcile("prod").await.unwrap();
+    let before = env.api.get("prod").unwrap();
+    let mut annotations = before.metadata.annotations.clone().unwrap();
+    let intent = annotations.get_mut(INTENT_ANNOTATION).expect("the intent");
+    let mut parsed: serde_json::Value = serde_json::from_str(intent).unwrap();
+    let an_hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    parsed["sentAt"] = serde_json::json!(an_hour_ago.to_string());
+    *intent = parsed.to_string();
+    (before, annotations)
+}
+
+/// The cluster is lost; the backup is restored without the status: `before` under a new uid,
+/// with `annotations` and its finalizer, and reconciled once.
+async fn restored_without_the_status(
+    env: &Env,
+    before: &eac_controller::connection::api::EnvironmentAccountConnection,
+    annotations: &BTreeMap<String, String>,
+) -> eac_controller::connection::api::EnvironmentAccountConnection {
+    env.api.force_delete("prod");
+    env.api.create("prod", UID, spec("prod"));
+    env.api.edit("prod", |o| {
+        o.metadata.annotations = Some(annotations.clone());
+        o.metadata.finalizers = before.metadata.finalizers.clone();
+    });
+    env.reconcile("prod").await.unwrap();
+    env.api.get("prod").unwrap()
 }
 
 /// `aws proton untag-resource --tag-keys` of the three ownership tags, as the Conflict's report

@@ -78,14 +78,7 @@ impl Facts {
         let credentials = triggers.credentials.clone();
         let deleting = obj.metadata.deletion_timestamp.is_some();
         let stored = obj.status.clone();
-        let intent = obj
-            .annotations()
-            .get(INTENT_ANNOTATION)
-            .and_then(|a| Intent::parse(a));
-        let intent_problem = intent
-            .as_ref()
-            .and_then(|i| i.distrust(obj.spec.region.as_deref(), jiff::Timestamp::now()));
-        let intent = intent.filter(|_| intent_problem.is_none());
+        let annotation = obj.annotations().get(INTENT_ANNOTATION).map(String::as_str);
 
         let mut tracked = ctx.tracked();
         // A newer copy may have reached the cache after this reconcile took its copy, and the
@@ -110,6 +103,15 @@ impl Facts {
             }
             t.kind.written_over = None;
         }
+        let annotation = match tracked.get_mut(&uid) {
+            Some(t) => t.kind.memory.intent_to_take(annotation),
+            None => annotation,
+        };
+        let intent = annotation.and_then(Intent::parse);
+        let intent_problem = intent
+            .as_ref()
+            .and_then(|i| i.distrust(obj.spec.region.as_deref(), jiff::Timestamp::now()));
+        let intent = intent.filter(|_| intent_problem.is_none());
         let mut behind_own_status = false;
         let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
         let (status, quiet, failures, resumed, nudged) = match tracked.get_mut(&uid) {
@@ -180,10 +182,9 @@ impl Facts {
             // One not taken is not the controller's to remove as obsolete either: it stays, and
             // is reported, until whoever wrote it removes it.
             intent_annotation: Mutex::new(
-                obj.annotations()
-                    .get(INTENT_ANNOTATION)
+                annotation
                     .filter(|_| intent_problem.is_none())
-                    .cloned(),
+                    .map(str::to_string),
             ),
             notes: Mutex::default(),
             identity: credentials

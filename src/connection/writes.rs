@@ -60,7 +60,7 @@ pub(super) async fn write_status(
     match result {
         Ok(_) => {
             if status.id.is_none() && status.create_sent_at.is_none() {
-                drop_stale_intent(facts).await;
+                drop_stale_intent(ctx, facts).await;
             }
             Ok(())
         }
@@ -76,7 +76,7 @@ pub(super) async fn write_status(
 /// outright): the intent annotation written with the finalizer is obsolete, and is removed so
 /// it does not make a deletion search for a connection that cannot exist. Guarded by its value;
 /// a failure only costs that search.
-pub(super) async fn drop_stale_intent(facts: &Facts) {
+pub(super) async fn drop_stale_intent(ctx: &Context, facts: &Facts) {
     let current = facts
         .intent_annotation
         .lock()
@@ -121,7 +121,9 @@ pub(super) async fn drop_stale_intent(facts: &Facts) {
         .await
     {
         debug!(error = %e, "could not remove the obsolete intent annotation");
+        return;
     }
+    ctx.tracked().entry(&facts.uid).kind.memory.dropped_intent = Some(value);
 }
 
 /// Names the step and the object in a Kubernetes error.

@@ -22,7 +22,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use super::{
-    ChildSlot, Controller, Eac, FIELD_MANAGER, Policy, clean_up, kill_and_reap, lock,
+    ChildSlot, Controller, Eac, FIELD_MANAGER, Policy, clean_up, end_of_test, lock,
     parse_controller_args, repo_path, timeouts, wait_object,
 };
 
@@ -371,16 +371,7 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        for child in lock(&self.children).iter() {
-            kill_and_reap(child);
-        }
-        let failed = std::thread::panicking();
-        if failed && let Some(dir) = self.dir.take() {
-            eprintln!(
-                "e2e: the demo test failed; logs kept in {}",
-                dir.keep().display()
-            );
-        }
+        let failed = end_of_test(&self.children, &mut self.dir);
         let created = lock(&self.created).clone();
         let of_kind = |kind: &str| -> Vec<String> {
             created

@@ -280,6 +280,7 @@ impl Cluster {
             kubeconfig: self.kubeconfig.clone(),
             dir: Some(dir),
             children: Arc::default(),
+            mappings: Mutex::default(),
         }
     }
 
@@ -326,9 +327,17 @@ pub struct TestNamespace {
     kubeconfig: PathBuf,
     dir: Option<TempDir>,
     children: Arc<Mutex<Vec<ChildSlot>>>,
+    /// Cluster-scoped AccountMappings the test made, deleted with the namespace.
+    mappings: Mutex<Vec<String>>,
 }
 
 impl TestNamespace {
+    /// Deletes the AccountMapping `name` with this namespace, even when the test fails: a
+    /// mapping left behind could select a later test's namespaces.
+    pub fn owns_mapping(&self, name: &str) {
+        lock(&self.mappings).push(name.to_string());
+    }
+
     /// Where this test's logs go (kept when the test fails).
     pub fn log_dir(&self) -> &Path {
         self.dir
@@ -561,19 +570,32 @@ impl TestNamespace {
     }
 }
 
+/// The end of a test's guard: its processes killed (their logs printed by their own handles if
+/// the test failed), and its log directory kept if it failed. Returns whether it failed.
+fn end_of_test(children: &Mutex<Vec<ChildSlot>>, dir: &mut Option<TempDir>) -> bool {
+    for child in lock(children).iter() {
+        kill_and_reap(child);
+    }
+    let failed = std::thread::panicking();
+    if failed && let Some(dir) = dir.take() {
+        eprintln!(
+            "e2e: the test failed; logs kept in {}",
+            dir.keep().display()
+        );
+    }
+    failed
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        for child in lock(&self.children).iter() {
-            kill_and_reap(child);
-        }
-        let failed = std::thread::panicking();
-        if failed && let Some(dir) = self.dir.take() {
-            eprintln!(
-                "e2e: the test failed; logs kept in {}",
-                dir.keep().display()
-            );
-        }
-        clean_up(&self.config, failed, std::slice::from_ref(&self.name), &[]);
+        let failed = end_of_test(&self.children, &mut self.dir);
+        let mappings = lock(&self.mappings).clone();
+        clean_up(
+            &self.config,
+            failed,
+            std::slice::from_ref(&self.name),
+            &mappings,
+        );
     }
 }
 
@@ -584,15 +606,17 @@ fn clean_up(config: &Config, failed: bool, namespaces: &[String], mappings: &[St
     // The test's runtime may be shutting down (or unwinding): clean up on a thread of our own
     // with a client of its own.
     let config = config.clone();
+    let (names, kept) = (namespaces.to_vec(), mappings.to_vec());
     let namespaces = namespaces.to_vec();
     let mappings = mappings.to_vec();
     let cleanup = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| vec![format!("cannot start a runtime: {e}")])?;
+            .map_err(|e| vec![format!("cannot start a runtime to clean up: {e}")])?;
         runtime.block_on(async {
-            let client = Client::try_from(config).map_err(|e| vec![e.to_string()])?;
+            let client = Client::try_from(config)
+                .map_err(|e| vec![format!("no client to clean up with: {e}")])?;
             let mut warnings = Vec::new();
             for name in &namespaces {
                 if failed {
@@ -634,12 +658,30 @@ fn clean_up(config: &Config, failed: bool, namespaces: &[String], mappings: &[St
         })
     });
     let warnings = match cleanup.join() {
-        Ok(Ok(warnings)) | Ok(Err(warnings)) => warnings,
-        Err(_) => vec!["the cleanup panicked".to_string()],
+        Ok(Ok(warnings)) => warnings,
+        // Nothing was cleaned up: say what is left, and how to remove it.
+        Ok(Err(warnings)) => warnings
+            .into_iter()
+            .chain(left_behind(&names, &kept))
+            .collect(),
+        Err(_) => std::iter::once("the cleanup panicked".to_string())
+            .chain(left_behind(&names, &kept))
+            .collect(),
     };
     for warning in warnings {
         eprintln!("e2e: WARNING: {warning}");
     }
+}
+
+/// What a cleanup that could not run leaves, with the command that removes it.
+fn left_behind(namespaces: &[String], mappings: &[String]) -> Vec<String> {
+    let namespaces = namespaces
+        .iter()
+        .map(|n| format!("namespace {n} is left: `kubectl delete ns {n}`"));
+    let mappings = mappings
+        .iter()
+        .map(|m| format!("AccountMapping {m} is left: `kubectl delete accountmapping {m}`"));
+    namespaces.chain(mappings).collect()
 }
 
 /// Strips the finalizers of every resource left in the namespace (no controller runs any more

@@ -145,6 +145,10 @@ pub struct Memory {
     pub written: Option<Written>,
     /// The status of a reconcile whose write failed.
     pub unwritten: Option<Box<Status>>,
+    /// The intent annotation this controller removed as obsolete, until the watch shows it
+    /// gone: a copy from before the removal (its status write's, say) still carries it, and
+    /// taking it would put back the record of Creates that the status dropped.
+    pub dropped_intent: Option<String>,
 }
 
 /// A status write the watch cache may not show yet.
@@ -207,6 +211,17 @@ impl Memory {
         }
         self.written.is_some() || self.unwritten.is_some()
     }
+
+    /// The intent annotation to take from a cached copy: none while it is the one this
+    /// controller removed (the copy is from before the removal); once a copy shows it gone, or
+    /// another, the memory of the removal goes.
+    pub fn intent_to_take<'a>(&mut self, annotation: Option<&'a str>) -> Option<&'a str> {
+        if self.dropped_intent.is_some() && self.dropped_intent.as_deref() == annotation {
+            return None;
+        }
+        self.dropped_intent = None;
+        annotation
+    }
 }
 
 /// The status to reconcile from: the cached one (a reconcile starts only once the cache shows
@@ -249,6 +264,24 @@ pub fn effective_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_intent_this_controller_removed_is_not_taken_from_a_copy_from_before_the_removal() {
+        let mut memory = Memory::default();
+        assert_eq!(memory.intent_to_take(Some("a")), Some("a"));
+        memory.dropped_intent = Some("a".into());
+        // Copies from before the removal (the status write's) still carry it.
+        assert_eq!(memory.intent_to_take(Some("a")), None);
+        assert_eq!(memory.intent_to_take(Some("a")), None);
+        // Once a copy shows it gone, the memory goes; an intent written again later counts.
+        assert_eq!(memory.intent_to_take(None), None);
+        assert_eq!(memory.dropped_intent, None);
+        assert_eq!(memory.intent_to_take(Some("a")), Some("a"));
+        // Another value is not the one removed.
+        memory.dropped_intent = Some("a".into());
+        assert_eq!(memory.intent_to_take(Some("b")), Some("b"));
+        assert_eq!(memory.dropped_intent, None);
+    }
 
     fn intent(region: &str, account: &str, sent_at: &str) -> Intent {
         Intent {

@@ -298,10 +298,6 @@ pub enum Outcome {
 /// A reconcile gives up after this many steps (and is retried with backoff).
 pub const MAX_STEPS: usize = 24;
 
-/// How soon a resource asking to adopt comes back once its record of Creates is dropped: time
-/// for the watch to bring that status write (a reconcile ahead of it waits for it).
-const ADOPT_AFTER_RECORD_DROPPED: Duration = Duration::from_secs(1);
-
 /// One reconcile of one resource, from its first step to its final one.
 #[derive(Clone, Debug)]
 pub struct Run<'a> {
@@ -492,15 +488,22 @@ impl<'a> Run<'a> {
     /// of its may still be in flight: the Creates recorded made nothing, so their record goes
     /// (and with it the intent annotation, which a restore may have brought back from a former
     /// resource of this name), and the resource may adopt. One that asks to (`adopt-id`) comes
-    /// back at once for it: its annotation did not change, so nothing else would bring it back
-    /// before the Conflict's retry (a minute, growing to the resync period).
+    /// back for it as after a passing fault (a second, doubling with each failure in a row):
+    /// its annotation did not change, so nothing else would bring it back before the
+    /// Conflict's retry (a minute, growing to the resync period).
     fn report_nothing_of_ours(&self, problem: Problem, now: jiff::Timestamp) -> Step {
         let mut status = self.status.clone();
         status.create_sent_at = None;
         let adopts_next = self.r.adopt_id.is_some() && status.recreations == 0;
         let mut step = self.report_from(&status, problem, now);
         if adopts_next && let Step::Report(reported) = &mut step {
-            reported.requeue = reported.requeue.min(ADOPT_AFTER_RECORD_DROPPED);
+            let soon = retry_after(
+                crate::aws::proton::Retry::Backoff,
+                self.r.failures.saturating_add(1),
+                self.settings.resync,
+                self.jitter,
+            );
+            reported.requeue = reported.requeue.min(soon);
         }
         step
     }
