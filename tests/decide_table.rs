@@ -1850,7 +1850,14 @@ fn a_resource_asking_to_adopt_adopts_at_once_once_its_record_of_creates_is_dropp
         let mut again = Case::new().status(creating()).adopting();
         again.failures = 3;
         let trace = reconcile(&mut again, &mut proton.clone(), now());
-        let backed_off = trace.reported().requeue;
+        assert_eq!(trace.path(), "WhoAmI Create FindOwned Report");
+        let r = trace.reported();
+        assert_eq!(
+            (r.problem.reason, r.problem.retry),
+            ("Conflict", Retry::Terminal)
+        );
+        assert_eq!(r.status.create_sent_at, None, "the record goes again");
+        let backed_off = r.requeue;
         assert!(
             (secs(6)..=secs(10)).contains(&backed_off),
             "the fourth failure in a row: {backed_off:?}"

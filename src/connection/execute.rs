@@ -238,6 +238,7 @@ pub(super) async fn execute(
                     .intent_annotation
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = Some(intent.to_annotation());
+                ctx.tracked().entry(&facts.uid).kind.memory.intent_written();
             }
             finalizers.push(FINALIZER.to_string());
             Ok(if intent.is_some() {

@@ -104,7 +104,12 @@ impl Facts {
             t.kind.written_over = None;
         }
         let annotation = match tracked.get_mut(&uid) {
-            Some(t) => t.kind.memory.intent_to_take(annotation),
+            Some(t) => {
+                t.kind
+                    .memory
+                    .catch_up(stored.as_ref(), obj.metadata.resource_version.as_deref());
+                t.kind.memory.intent_to_take(annotation)
+            }
             None => annotation,
         };
         let intent = annotation.and_then(Intent::parse);
@@ -116,9 +121,6 @@ impl Facts {
         let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
         let (status, quiet, failures, resumed, nudged) = match tracked.get_mut(&uid) {
             Some(t) => {
-                t.kind
-                    .memory
-                    .catch_up(stored.as_ref(), obj.metadata.resource_version.as_deref());
                 behind_own_status = t.kind.memory.written.is_some();
                 let now = Instant::now();
                 let quiet = match deleting {

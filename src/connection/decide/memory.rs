@@ -213,14 +213,24 @@ impl Memory {
     }
 
     /// The intent annotation to take from a cached copy: none while it is the one this
-    /// controller removed (the copy is from before the removal); once a copy shows it gone, or
-    /// another, the memory of the removal goes.
+    /// controller removed (the copy is from before the removal). Once a copy shows it gone, or
+    /// another, the memory of the removal goes; but not while the cache is behind this
+    /// controller's status write (call after [`Memory::catch_up`]): a copy older than that write
+    /// may lack the annotation only because the cache strips it while a connection is recorded.
     pub fn intent_to_take<'a>(&mut self, annotation: Option<&'a str>) -> Option<&'a str> {
         if self.dropped_intent.is_some() && self.dropped_intent.as_deref() == annotation {
             return None;
         }
-        self.dropped_intent = None;
+        if self.written.is_none() {
+            self.dropped_intent = None;
+        }
         annotation
+    }
+
+    /// This controller wrote an intent annotation (with the finalizer): it is never one to
+    /// ignore, even if equal to one it removed before.
+    pub fn intent_written(&mut self) {
+        self.dropped_intent = None;
     }
 }
 
@@ -281,6 +291,16 @@ mod tests {
         memory.dropped_intent = Some("a".into());
         assert_eq!(memory.intent_to_take(Some("b")), Some("b"));
         assert_eq!(memory.dropped_intent, None);
+        // A copy older than this controller's status write (the cache strips the annotation
+        // while a connection is recorded) does not make it forget.
+        memory.dropped_intent = Some("a".into());
+        memory.written = Some(Written::new(&Status::default(), Some("7".into())));
+        assert_eq!(memory.intent_to_take(None), None);
+        assert_eq!(memory.intent_to_take(Some("a")), None);
+        memory.written = None;
+        // An intent this controller writes again is taken, whatever its value.
+        memory.intent_written();
+        assert_eq!(memory.intent_to_take(Some("a")), Some("a"));
     }
 
     fn intent(region: &str, account: &str, sent_at: &str) -> Intent {
