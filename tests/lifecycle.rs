@@ -544,18 +544,7 @@ async fn a_resource_back_with_a_new_uid_is_pointed_to_its_former_connection_and_
 
     // The recovery as the message gives it.
     untag_ownership(&client, &old.arn).await;
-    env.api.edit("prod", |o| {
-        o.metadata.annotations = Some(BTreeMap::from([(
-            ADOPT_ANNOTATION.to_string(),
-            old.id.clone(),
-        )]));
-    });
-    env.reconcile("prod").await.unwrap();
-    let status = env.api.get("prod").unwrap().status.unwrap();
-    assert_eq!(status.id.as_deref(), Some(old.id.as_str()));
-    let c = &env.proton().connections()[0];
-    assert_eq!(c.tags.get(TAG_UID).map(String::as_str), Some(UID));
-    assert_eq!(env.proton().connections().len(), 1);
+    annotate_and_adopt(&env, &old.id).await;
 }
 
 /// A Velero restore without the status: the object comes back with a new uid but with its
@@ -584,15 +573,26 @@ async fn a_restore_without_the_status_drops_the_former_intent_and_can_adopt() {
     let client = support_client(&env).await;
     let arn = env.proton().connections()[0].arn.clone();
     untag_ownership(&client, &arn).await;
+    annotate_and_adopt(&env, &old_id).await;
+}
+
+/// The last step of the recovery the Conflict's report gives: `adopt-id` annotated, and the
+/// resource takes the connection over (recorded, tagged with its uid, no other made).
+async fn annotate_and_adopt(env: &Env, id: &str) {
     env.api.edit("prod", |o| {
         o.metadata
             .annotations
             .get_or_insert_default()
-            .insert(ADOPT_ANNOTATION.to_string(), old_id.clone());
+            .insert(ADOPT_ANNOTATION.to_string(), id.to_string());
     });
     env.reconcile("prod").await.unwrap();
+    adopted(env, id);
+}
+
+/// `prod` has taken connection `id` over: recorded, tagged with its uid, and no other made.
+fn adopted(env: &Env, id: &str) {
     let status = env.api.get("prod").unwrap().status.unwrap();
-    assert_eq!(status.id.as_deref(), Some(old_id.as_str()));
+    assert_eq!(status.id.as_deref(), Some(id), "adopted");
     let c = &env.proton().connections()[0];
     assert_eq!(c.tags.get(TAG_UID).map(String::as_str), Some(UID));
     assert_eq!(env.proton().connections().len(), 1);
@@ -632,15 +632,12 @@ async fn a_restore_that_keeps_adopt_id_adopts_within_seconds_of_dropping_the_for
     );
     env.ctx.expire_checkpoints();
     env.reconcile_copy(stale).await.unwrap();
-    let status = env.api.get("prod").unwrap().status.unwrap();
-    assert_eq!(status.id.as_deref(), Some(old_id.as_str()), "adopted");
+    adopted(&env, &old_id);
     assert_eq!(
         env.calls(CREATE),
         creates,
         "no Create from the former intent"
     );
-    let c = &env.proton().connections()[0];
-    assert_eq!(c.tags.get(TAG_UID).map(String::as_str), Some(UID));
 }
 
 /// A resource reconciled to its connection under another uid, and its annotations with the

@@ -93,7 +93,8 @@ impl Facts {
         }
         let first_sight = !tracked.contains_key(&uid);
         tracked.began(&uid);
-        if let Some(t) = tracked.get_mut(&uid) {
+        let mut entry = tracked.get_mut(&uid);
+        if let Some(t) = entry.as_deref_mut() {
             // Still the copy our own write replaced? Any other copy shows the write, or later.
             let behind = !deleting
                 && t.kind.written_over.is_some()
@@ -103,7 +104,7 @@ impl Facts {
             }
             t.kind.written_over = None;
         }
-        let annotation = match tracked.get_mut(&uid) {
+        let annotation = match entry.as_deref_mut() {
             Some(t) => {
                 t.kind
                     .memory
@@ -119,7 +120,7 @@ impl Facts {
         let intent = intent.filter(|_| intent_problem.is_none());
         let mut behind_own_status = false;
         let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
-        let (status, quiet, failures, resumed, nudged) = match tracked.get_mut(&uid) {
+        let (status, quiet, failures, resumed, nudged) = match entry {
             Some(t) => {
                 behind_own_status = t.kind.memory.written.is_some();
                 let now = Instant::now();

@@ -319,25 +319,33 @@ impl Demo {
             }
         }
         // The rest lives in the namespaces (tests/e2e_args.rs checks it), and goes with them.
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        for name in self.names_of("Namespace") {
-            wait_object(
-                &namespaces,
-                &name,
-                &format!("namespace {name} to be gone"),
-                timeouts::NAMESPACE_DELETED,
-                |o: Option<&Namespace>| o.is_none(),
-            )
+        self.all_gone::<Namespace>("Namespace", timeouts::NAMESPACE_DELETED)
             .await;
-        }
-        let mappings: Api<AccountMapping> = Api::all(self.client.clone());
-        for name in self.names_of("AccountMapping") {
+        self.all_gone::<AccountMapping>("AccountMapping", timeouts::DELETE)
+            .await;
+    }
+
+    /// Waits (named) until the demo's cluster-scoped objects of `kind` are gone.
+    async fn all_gone<K>(&self, kind: &str, timeout: std::time::Duration)
+    where
+        K: kube::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        for name in self.names_of(kind) {
             wait_object(
-                &mappings,
+                &api,
                 &name,
-                &format!("AccountMapping {name} to be gone"),
-                timeouts::DELETE,
-                |o: Option<&AccountMapping>| o.is_none(),
+                &format!("{kind} {name} to be gone"),
+                timeout,
+                |o: Option<&K>| o.is_none(),
             )
             .await;
         }
@@ -418,21 +426,12 @@ pub fn parse_demo_mode_line(line: &str) -> Option<(String, SocketAddr)> {
 impl Controller {
     /// The embedded emulator, from the `DEMO MODE` warning of the log.
     pub async fn embedded_emulator(&self) -> EmbeddedEmulator {
-        match self
-            .log
-            .wait_for_line(
+        let (url, addr) = self
+            .logged(
                 &format!("a `{DEMO_MODE_MESSAGE}` warning with an endpoint"),
-                timeouts::PROCESS_START,
-                |l| parse_demo_mode_line(l).is_some(),
+                parse_demo_mode_line,
             )
-            .await
-        {
-            Ok(line) => {
-                let (url, addr) =
-                    parse_demo_mode_line(&line).expect("the line was matched by its endpoint");
-                EmbeddedEmulator { url, addr }
-            }
-            Err(e) => panic!("{e} (exit: {:?})\n{}", self.try_exit(), self.log.report()),
-        }
+            .await;
+        EmbeddedEmulator { url, addr }
     }
 }

@@ -606,7 +606,7 @@ fn clean_up(config: &Config, failed: bool, namespaces: &[String], mappings: &[St
     // The test's runtime may be shutting down (or unwinding): clean up on a thread of our own
     // with a client of its own.
     let config = config.clone();
-    let (names, kept) = (namespaces.to_vec(), mappings.to_vec());
+    let left = left_behind(namespaces, mappings);
     let namespaces = namespaces.to_vec();
     let mappings = mappings.to_vec();
     let cleanup = std::thread::spawn(move || {
@@ -660,12 +660,9 @@ fn clean_up(config: &Config, failed: bool, namespaces: &[String], mappings: &[St
     let warnings = match cleanup.join() {
         Ok(Ok(warnings)) => warnings,
         // Nothing was cleaned up: say what is left, and how to remove it.
-        Ok(Err(warnings)) => warnings
-            .into_iter()
-            .chain(left_behind(&names, &kept))
-            .collect(),
+        Ok(Err(warnings)) => warnings.into_iter().chain(left).collect(),
         Err(_) => std::iter::once("the cleanup panicked".to_string())
-            .chain(left_behind(&names, &kept))
+            .chain(left)
             .collect(),
     };
     for warning in warnings {
@@ -2052,16 +2049,24 @@ impl Controller {
 
     /// The metrics/health address, from the log line that announces it.
     pub async fn metrics_addr(&self) -> SocketAddr {
-        match self
+        self.logged(
+            &format!("a `{SERVING_MESSAGE}` line with an addr"),
+            parse_serving_line,
+        )
+        .await
+    }
+
+    /// What `parse` reads from the first log line it reads something from (`what`), waited for
+    /// up to the start timeout; else fails with how the process ended and its log.
+    pub async fn logged<T>(&self, what: &str, parse: impl Fn(&str) -> Option<T>) -> T {
+        let found = self
             .log
-            .wait_for_line(
-                &format!("a `{SERVING_MESSAGE}` line with an addr"),
-                timeouts::PROCESS_START,
-                |l| parse_serving_line(l).is_some(),
-            )
-            .await
-        {
-            Ok(line) => parse_serving_line(&line).expect("the line was matched by its address"),
+            .wait_for(what, timeouts::PROCESS_START, |lines| {
+                lines.iter().find_map(|l| parse(l))
+            })
+            .await;
+        match found {
+            Ok(found) => found,
             Err(e) => panic!("{e} (exit: {:?})\n{}", self.try_exit(), self.log.report()),
         }
     }
