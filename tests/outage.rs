@@ -180,6 +180,24 @@ async fn with_leader_election_a_resource_applied_after_a_10_s_outage_is_served_w
     );
 }
 
+/// Waits for the reconcile that created `name`'s connection to be over: its Created Event is
+/// published after its status write was answered. The status shows the id as soon as the API
+/// server applies the write, before its answer reaches the controller: an API server stopped
+/// right then leaves the reconcile to retry the write with backoff, whenever the server is back.
+async fn reconcile_over(env: &Env, name: &str) {
+    env.api
+        .wait_until(
+            &format!("the Created Event of {name} (its reconcile over)"),
+            LIMIT,
+            |api| {
+                api.events()
+                    .iter()
+                    .any(|e| e["reason"] == "Created" && e["regarding"]["name"] == name)
+            },
+        )
+        .await;
+}
+
 /// Without leader election the watch resumes after the API server's process was stopped; the
 /// restarted API server's watch cache, filling, answers it 429 (and, once filled, would answer
 /// 410 Gone: it begins after the outage), and the watch lists again, in pages. A resource
@@ -194,6 +212,7 @@ async fn a_resource_applied_as_the_api_server_returns_comes_in_the_relist_and_is
     env.api
         .wait_for("before", "a connection before the outage", LIMIT, has_id)
         .await;
+    reconcile_over(&env, "before").await;
     let readyz = controller.readyz_addr(LIMIT).await;
     controller
         .until("/readyz ready before the outage", LIMIT, |_| ready(&readyz))
@@ -223,6 +242,9 @@ async fn a_resource_applied_as_the_api_server_returns_comes_in_the_relist_and_is
         let name = format!("after-{outage}");
         env.api.create(&name, &uid(outage), spec(&name));
         let served = served_and_ready_within_5_s(&env, &controller, &readyz, &[&name], back).await;
+        // Before the next outage: a retried write would make the API server fill the kind's
+        // watch cache before the watch comes back, and the watch would not meet the 429.
+        reconcile_over(&env, &name).await;
         assert_eq!(
             env.calls("CreateEnvironmentAccountConnection"),
             1 + outage as u64
