@@ -1462,6 +1462,13 @@ async fn readyz_is_ready_again_after_a_long_outage_though_nothing_changed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controllers_client_tells_the_api_servers_return_after_a_second_unanswered() {
     let (env, _dir, kubeconfig) = over_http().await;
+    // The first request after the return must come within the authorizer's warm-up to be its
+    // 403 (after it, the first request for the kind would be the 429 of its watch cache): 5 s,
+    // not 0.5 s, so a loaded machine cannot make it late.
+    env.api.warm_up_at_restart(WarmUp {
+        authorizer: Duration::from_secs(5),
+        ..WarmUp::KUBE_APISERVER
+    });
     let readiness = eac_controller::http::Readiness::default();
     let client =
         runner::client_telling(kube_config_of(&kubeconfig).await, Some(readiness.clone())).unwrap();

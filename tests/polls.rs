@@ -95,18 +95,26 @@ async fn a_list_shows_news_only_if_it_began_after_the_connection_was_last_seen()
     let env = Env::start_with(patient(), CallBudget::unlimited()).await;
     let names = pending(&env).await;
     env.count_proton_calls_from_now().await;
+    let before_the_list = tokio::time::Instant::now();
     env.resync(&names[0]).await.unwrap();
     assert_eq!(env.calls(LIST), 3);
     // The same connection again at once: the list it was answered by is not news any more,
     // but the next may not begin yet (a list of 250 is spaced by 250 ms); the poll stretches.
+    // Checked when both polls were over within the spacing, as they are unless the machine
+    // stalled for a quarter of a second (then the next list may begin, and rightly does).
     env.resync(&names[0]).await.unwrap();
-    assert_eq!(env.calls(LIST), 3, "not listed again within the spacing");
-    assert_eq!(env.calls(GET), 0, "nor read: the list of 250 ms ago stands");
+    let lists = env.calls(LIST);
+    if before_the_list.elapsed() < Duration::from_millis(N as u64) {
+        assert_eq!(lists, 3, "not listed again within the spacing");
+        assert_eq!(env.calls(GET), 0, "nor read: the list of 250 ms ago stands");
+    } else {
+        println!("the two polls took the whole spacing: the second's check is left out");
+    }
     spacing_passes().await;
     env.resync(&names[0]).await.unwrap();
     assert_eq!(
         env.calls(LIST),
-        6,
+        lists + 3,
         "listed again once the spacing passed, not answered from the old list"
     );
     assert_eq!(env.calls(GET), 0);
