@@ -1010,6 +1010,7 @@ fn a_decision_aws_refuses_holds_up_no_other_request_and_is_tried_again_on_its_ow
         ("Accept", UnmatchedRequests::Leave, ErrorClass::AccessDenied, "AccessDeniedException", "AccessDenied", 30),
         ("Accept", UnmatchedRequests::Leave, ErrorClass::Validation, "ValidationException", "InvalidSpec", 60),
         ("Accept", UnmatchedRequests::Leave, ErrorClass::QuotaExceeded, "ServiceQuotaExceededException", "QuotaExceeded", 60),
+        ("Accept", UnmatchedRequests::Leave, ErrorClass::Unsupported, "UnknownOperationException", "UnsupportedByEndpoint", 60),
         ("Reject", UnmatchedRequests::Reject, ErrorClass::AccessDenied, "AccessDeniedException", "AccessDenied", 30),
         ("Get", UnmatchedRequests::Reject, ErrorClass::AccessDenied, "AccessDeniedException", "AccessDenied", 30),
     ];

@@ -825,6 +825,59 @@ async fn a_terminal_error_stalls_the_resource_with_the_aws_message() {
     assert_eq!(conflicts, 1);
 }
 
+/// A Proton-compatible endpoint short of a call (it does not know the operation, or cannot read
+/// the request as the SDK writes it) stalls the resource with the endpoint named as the fix, and
+/// is retried as a terminal error: every minute at first, not every second, and settling at the
+/// resync period rather than at five minutes. Refused unread, the Create made nothing: deleting
+/// the resource needs no search.
+#[tokio::test]
+async fn an_endpoint_short_of_a_call_stalls_the_resource_and_is_retried_as_terminal() {
+    for code in ["UnknownOperationException", "SerializationException"] {
+        let env = Env::start().await;
+        env.api.create("prod", UID, spec("prod"));
+        env.proton().fail_next(CREATE, code, 100);
+
+        env.reconcile("prod").await.unwrap();
+
+        let obj = env.api.get("prod").unwrap();
+        let synced = condition(&obj, "Synced").unwrap();
+        assert_eq!(
+            (synced.0.as_str(), synced.1.as_str()),
+            ("False", "UnsupportedByEndpoint"),
+            "{code}"
+        );
+        assert!(
+            synced.2.contains(
+                "the endpoint does not serve CreateEnvironmentAccountConnection as AWS Proton does"
+            ) && synced.2.ends_with("see --proton-endpoint)"),
+            "{code}: {}",
+            synced.2
+        );
+        let stalled = condition(&obj, "Stalled").unwrap();
+        assert_eq!(
+            (stalled.0.as_str(), stalled.1.as_str()),
+            ("True", "UnsupportedByEndpoint"),
+            "{code}"
+        );
+        let back = env.comes_back_in("prod");
+        assert!(
+            // A minute less a quarter of jitter; AccessDenied's first wait is 37.5 s at most.
+            back >= std::time::Duration::from_secs(40),
+            "{code}: retried as a terminal error, in {back:?}"
+        );
+        assert!(env.proton().connections().is_empty(), "{code}");
+
+        env.api.delete("prod");
+        env.resync("prod").await.unwrap();
+        assert!(env.api.get("prod").is_none(), "{code}: released");
+        assert_eq!(
+            (env.calls(LIST), env.calls(DELETE)),
+            (0, 0),
+            "{code}: refused unread, the Create made nothing to search for"
+        );
+    }
+}
+
 #[tokio::test]
 async fn access_denied_is_reported_and_not_hot_looped() {
     let env = Env::start().await;

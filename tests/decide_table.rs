@@ -2723,6 +2723,7 @@ fn error_table() -> Vec<(ErrorClass, &'static str, &'static str)> {
         (ErrorClass::QuotaExceeded, "Too many environment account connections", "QuotaExceeded"),
         (ErrorClass::Conflict, "Connection is being deleted", "Conflict"),
         (ErrorClass::NotFound, "Environment prod-eu not found", "NotFound"),
+        (ErrorClass::Unsupported, "Unknown operation", "UnsupportedByEndpoint"),
         (ErrorClass::Other, "Something odd", "AwsError"),
     ]
 }
@@ -2800,6 +2801,7 @@ fn a_first_create_refused_outright_is_no_longer_recorded_as_in_flight() {
         (ErrorClass::Validation, true),
         (ErrorClass::QuotaExceeded, true),
         (ErrorClass::Conflict, true),
+        (ErrorClass::Unsupported, true),
         (ErrorClass::Transient, false),
         (ErrorClass::Unanswered, false),
         (ErrorClass::Other, false),

@@ -30,6 +30,14 @@ pub enum ErrorClass {
     Conflict,
     /// ResourceNotFoundException.
     NotFound,
+    /// The endpoint does not serve the call as AWS does: it does not know the operation
+    /// (awsJson's UnknownOperationException, STS's InvalidAction) or cannot read the request as
+    /// the SDK writes it (SerializationException: a member it does not take, say). A
+    /// Proton-compatible endpoint short of this call; its fix is the endpoint's (an upgrade, or
+    /// another `--proton-endpoint`), or a spec without the member it refuses, so it is
+    /// terminal: retried with backoff, each resource would spend a call every few minutes on it
+    /// for as long as the endpoint stays as it is.
+    Unsupported,
     /// Anything else: unknown error codes, requests the SDK could not build, calls that failed
     /// in the client ([`ProtonError::failed_in_client`]).
     Other,
@@ -60,7 +68,8 @@ impl ErrorClass {
             ErrorClass::Validation
             | ErrorClass::QuotaExceeded
             | ErrorClass::Conflict
-            | ErrorClass::NotFound => Retry::Terminal,
+            | ErrorClass::NotFound
+            | ErrorClass::Unsupported => Retry::Terminal,
         }
     }
 
@@ -75,6 +84,7 @@ impl ErrorClass {
             ErrorClass::QuotaExceeded => "QuotaExceeded",
             ErrorClass::Conflict => "Conflict",
             ErrorClass::NotFound => "NotFound",
+            ErrorClass::Unsupported => "UnsupportedByEndpoint",
             ErrorClass::Other => "AwsError",
             ErrorClass::Deferred => "Deferred",
         }
@@ -122,6 +132,9 @@ impl ErrorClass {
             "ServiceQuotaExceededException" => ErrorClass::QuotaExceeded,
             "ConflictException" => ErrorClass::Conflict,
             "ResourceNotFoundException" => ErrorClass::NotFound,
+            "UnknownOperationException" | "SerializationException" | "InvalidAction" => {
+                ErrorClass::Unsupported
+            }
             _ => ErrorClass::Other,
         }
     }
@@ -268,6 +281,10 @@ impl ProtonError {
                     Heard::Unanswered => ErrorClass::Unanswered,
                     _ => answered_class(&code, status),
                 };
+                let message = match class {
+                    ErrorClass::Unsupported => unsupported(operation, &message),
+                    _ => message,
+                };
                 ProtonError {
                     operation,
                     class,
@@ -329,6 +346,19 @@ impl ProtonError {
         };
         (error, heard)
     }
+}
+
+/// The message of [`ErrorClass::Unsupported`]: the endpoint's own, and where the fix lies (the
+/// endpoint's own message is often only the operation's name, or empty).
+fn unsupported(operation: &'static str, message: &str) -> String {
+    let service = service_of(operation);
+    let flag = match service {
+        "STS" => "--sts-endpoint",
+        _ => "--proton-endpoint",
+    };
+    format!(
+        "{message} (the endpoint does not serve {operation} as AWS {service} does: an endpoint that is not {service}-compatible, or not up to date; see {flag})"
+    )
 }
 
 /// What a failed call says of the service's reach (see [`crate::aws::reach`]); the class of its
@@ -560,6 +590,20 @@ mod tests {
                 "Conflict",
             ),
             (
+                "an operation the endpoint does not know",
+                answered(400, "UnknownOperationException"),
+                H::Answered,
+                C::Unsupported,
+                "UnsupportedByEndpoint",
+            ),
+            (
+                "a request the endpoint cannot read",
+                answered(400, "SerializationException"),
+                H::Answered,
+                C::Unsupported,
+                "UnsupportedByEndpoint",
+            ),
+            (
                 "expired",
                 answered(400, "ExpiredTokenException"),
                 H::Answered,
@@ -641,6 +685,21 @@ mod tests {
         assert_eq!(unsent.reason(), "AwsUnavailable");
         let (role, _) = ProtonError::from_sdk("AssumeRole", answered(403, "AccessDenied"));
         assert_eq!(role.reason(), "AssumeRoleFailed");
+        // An endpoint short of a call is told where the fix lies, after its own message.
+        let (proton, _) = ProtonError::from_sdk(
+            "UpdateEnvironmentAccountConnection",
+            answered(400, "UnknownOperationException"),
+        );
+        assert_eq!(
+            proton.message,
+            "m (the endpoint does not serve UpdateEnvironmentAccountConnection as AWS Proton does: an endpoint that is not Proton-compatible, or not up to date; see --proton-endpoint)"
+        );
+        let (sts, _) = ProtonError::from_sdk("AssumeRole", answered(400, "InvalidAction"));
+        assert!(
+            sts.message.ends_with("see --sts-endpoint)"),
+            "{}",
+            sts.message
+        );
     }
 
     #[test]
@@ -702,6 +761,18 @@ mod tests {
                 ErrorClass::AccessDenied,
                 Retry::Slow,
             ),
+            // awsJson's protocol errors, and the awsQuery protocol's (STS's) unknown action.
+            (
+                "UnknownOperationException",
+                ErrorClass::Unsupported,
+                Retry::Terminal,
+            ),
+            (
+                "SerializationException",
+                ErrorClass::Unsupported,
+                Retry::Terminal,
+            ),
+            ("InvalidAction", ErrorClass::Unsupported, Retry::Terminal),
             ("SomethingNew", ErrorClass::Other, Retry::Backoff),
         ];
         for (code, class, retry) in cases {

@@ -478,6 +478,10 @@ mod tests {
                 false,
             ),
             (error(ErrorClass::Validation, "ValidationException"), false),
+            (
+                error(ErrorClass::Unsupported, "UnknownOperationException"),
+                false,
+            ),
             (error(ErrorClass::Other, "SomethingNew"), false),
         ];
         for (e, waits) in cases {

@@ -347,7 +347,7 @@ fn namesake_told(run: &Run) -> Option<String> {
 fn may_hide_our_own(class: ErrorClass, replay: bool) -> bool {
     match class {
         ErrorClass::Conflict => true,
-        ErrorClass::Validation | ErrorClass::Other => replay,
+        ErrorClass::Validation | ErrorClass::Unsupported | ErrorClass::Other => replay,
         _ => false,
     }
 }
@@ -360,6 +360,7 @@ fn creates_nothing(class: ErrorClass) -> bool {
         | ErrorClass::Validation
         | ErrorClass::QuotaExceeded
         | ErrorClass::Conflict
+        | ErrorClass::Unsupported
         | ErrorClass::Deferred => true,
         ErrorClass::Transient
         | ErrorClass::Unanswered
