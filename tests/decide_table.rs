@@ -2852,6 +2852,48 @@ fn a_first_create_refused_outright_is_no_longer_recorded_as_in_flight() {
     }
 }
 
+/// A SerializationException is an endpoint short of a call (terminal, `UnsupportedByEndpoint`),
+/// but unlike an operation it does not know it does not prove the Create made nothing: a server
+/// of the awsJson protocol answers it also for an answer it could not write, after it acted. The
+/// Create stays recorded as in flight, and deleting the resource searches for it.
+#[test]
+fn a_create_answered_serialization_exception_may_have_made_its_connection() {
+    for (code, in_flight) in [
+        ("SerializationException", true),
+        ("UnknownOperationException", false),
+    ] {
+        let mut case = Case::new();
+        let mut proton = Fake::empty();
+        proton.answered.push((
+            "Create",
+            ProtonError {
+                operation: "CreateEnvironmentAccountConnection",
+                class: ErrorClass::Unsupported,
+                code: code.into(),
+                message: "no".into(),
+                retry_in: None,
+            },
+        ));
+        let trace = reconcile(&mut case, &mut proton, now());
+        let s = &trace.reported().status;
+        assert_eq!(
+            cond_of(s, STALLED),
+            ("True", "UnsupportedByEndpoint"),
+            "{code}"
+        );
+        assert_eq!(
+            s.create_sent_at,
+            in_flight.then(|| now().to_string()),
+            "{code}"
+        );
+        let release = match in_flight {
+            true => vec![Step::WhoAmI, find_step()],
+            false => vec![Step::RemoveFinalizer],
+        };
+        assert_eq!(first_steps(&case.clone().deleting()), release, "{code}");
+    }
+}
+
 /// A Create whose credentials could not be had (the mapped role's AssumeRole failed, even for
 /// a passing fault that could have been answered later) was never sent, nor was one held back
 /// as its region does not answer (another call there waiting already), and one refused for

@@ -31,12 +31,12 @@ pub enum ErrorClass {
     /// ResourceNotFoundException.
     NotFound,
     /// The endpoint does not serve the call as AWS does: it does not know the operation
-    /// (awsJson's UnknownOperationException, STS's InvalidAction) or cannot read the request as
-    /// the SDK writes it (SerializationException: a member it does not take, say). A
-    /// Proton-compatible endpoint short of this call; its fix is the endpoint's (an upgrade, or
-    /// another `--proton-endpoint`), or a spec without the member it refuses, so it is
-    /// terminal: retried with backoff, each resource would spend a call every few minutes on it
-    /// for as long as the endpoint stays as it is.
+    /// (awsJson's UnknownOperationException, STS's InvalidAction) or cannot read the request,
+    /// or write its answer, as the protocol has them (SerializationException: a body or a
+    /// member's type it does not take). A Proton-compatible endpoint short of this call; its fix
+    /// is the endpoint's (an upgrade, or another `--proton-endpoint`), so it is terminal:
+    /// retried with backoff, each resource would spend a call every few minutes on it for as
+    /// long as the endpoint stays as it is.
     Unsupported,
     /// Anything else: unknown error codes, requests the SDK could not build, calls that failed
     /// in the client ([`ProtonError::failed_in_client`]).
@@ -132,13 +132,14 @@ impl ErrorClass {
             "ServiceQuotaExceededException" => ErrorClass::QuotaExceeded,
             "ConflictException" => ErrorClass::Conflict,
             "ResourceNotFoundException" => ErrorClass::NotFound,
-            "UnknownOperationException" | "SerializationException" | "InvalidAction" => {
-                ErrorClass::Unsupported
-            }
+            "UnknownOperationException" | SERIALIZATION | "InvalidAction" => ErrorClass::Unsupported,
             _ => ErrorClass::Other,
         }
     }
 }
+
+/// awsJson's code for a body it could not read, or an answer it could not write.
+const SERIALIZATION: &str = "SerializationException";
 
 /// The code of [`ProtonError::late`].
 const SEND_WINDOW_PASSED: &str = "SendWindowPassed";
@@ -239,6 +240,14 @@ impl ProtonError {
     /// credentials would most likely fail the same way.
     pub fn failed_in_client(&self) -> bool {
         self.class == ErrorClass::Other && self.code == FAILED_IN_CLIENT
+    }
+
+    /// Whether the endpoint refused the call before anything could act on it: an operation it
+    /// does not know (routing fails before any handler runs). A SerializationException is not
+    /// one: a server of the awsJson protocol (smithy-rs's, say) answers it also for an answer
+    /// it could not write, after the handler acted.
+    pub fn refused_unrouted(&self) -> bool {
+        self.class == ErrorClass::Unsupported && self.code != SERIALIZATION
     }
 
     /// Whether this is [`ProtonError::late`]'s.
@@ -348,8 +357,9 @@ impl ProtonError {
     }
 }
 
-/// The message of [`ErrorClass::Unsupported`]: the endpoint's own, and where the fix lies (the
-/// endpoint's own message is often only the operation's name, or empty).
+/// The message of [`ErrorClass::Unsupported`]: where the fix lies, then the endpoint's own words
+/// (often only the operation's name; or a deserializer's, long enough for a condition's cut to
+/// take the end).
 fn unsupported(operation: &'static str, message: &str) -> String {
     let service = service_of(operation);
     let flag = match service {
@@ -357,7 +367,7 @@ fn unsupported(operation: &'static str, message: &str) -> String {
         _ => "--proton-endpoint",
     };
     format!(
-        "{message} (the endpoint does not serve {operation} as AWS {service} does: an endpoint that is not {service}-compatible, or not up to date; see {flag})"
+        "the endpoint does not serve this call as AWS {service} does (not {service}-compatible, or not up to date; see {flag}): {message}"
     )
 }
 
@@ -685,18 +695,20 @@ mod tests {
         assert_eq!(unsent.reason(), "AwsUnavailable");
         let (role, _) = ProtonError::from_sdk("AssumeRole", answered(403, "AccessDenied"));
         assert_eq!(role.reason(), "AssumeRoleFailed");
-        // An endpoint short of a call is told where the fix lies, after its own message.
+        // An endpoint short of a call is told where the fix lies, before its own message.
         let (proton, _) = ProtonError::from_sdk(
             "UpdateEnvironmentAccountConnection",
             answered(400, "UnknownOperationException"),
         );
         assert_eq!(
             proton.message,
-            "m (the endpoint does not serve UpdateEnvironmentAccountConnection as AWS Proton does: an endpoint that is not Proton-compatible, or not up to date; see --proton-endpoint)"
+            "the endpoint does not serve this call as AWS Proton does (not Proton-compatible, or not up to date; see --proton-endpoint): m"
         );
         let (sts, _) = ProtonError::from_sdk("AssumeRole", answered(400, "InvalidAction"));
         assert!(
-            sts.message.ends_with("see --sts-endpoint)"),
+            sts.message
+                .starts_with("the endpoint does not serve this call as AWS STS does (")
+                && sts.message.ends_with("see --sts-endpoint): m"),
             "{}",
             sts.message
         );

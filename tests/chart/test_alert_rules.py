@@ -119,12 +119,18 @@ SCENARIOS: list[dict[str, Any]] = [
         ],
     },
     {
-        "name": "a policy whose Accepts AWS keeps refusing, or whose reconciles end on a problem, is stalled",
+        "name": "a policy whose Accepts AWS keeps refusing (or an endpoint its Rejects), or whose reconciles end on a problem, is stalled",
         "input_series": [
             series(
                 "eac_aws_requests_total",
                 'instance="a",operation="AcceptEnvironmentAccountConnection",outcome="AccessDenied"',
                 "0+2x60",
+            ),
+            # An endpoint without RejectEnvironmentAccountConnection.
+            series(
+                "eac_aws_requests_total",
+                'instance="a",operation="RejectEnvironmentAccountConnection",outcome="UnsupportedByEndpoint"',
+                "0+1x60",
             ),
             # Someone else decided: no problem.
             series(
@@ -143,6 +149,7 @@ SCENARIOS: list[dict[str, Any]] = [
                 "alertname": "EacStalledResources",
                 "exp_alerts": [
                     {"exp_labels": {"result": "AccessDenied", "outcome": "AccessDenied", "kind": "ConnectionAcceptancePolicy", "severity": "warning"}},
+                    {"exp_labels": {"result": "UnsupportedByEndpoint", "outcome": "UnsupportedByEndpoint", "kind": "ConnectionAcceptancePolicy", "severity": "warning"}},
                     {"exp_labels": {"result": "AccountMismatch", "kind": "ConnectionAcceptancePolicy", "severity": "warning"}},
                 ],
             },

@@ -294,7 +294,7 @@ fn failed(run: &mut Run, step: &Step, e: ProtonError) {
                 && !e.is_unreached()
                 && may_hide_our_own(class, *replay)
                 && told.is_none();
-            if (creates_nothing(class)
+            if (creates_nothing(&e)
                 || e.operation != CREATE
                 || e.code.starts_with("ExpiredToken")
                 || e.is_unreached())
@@ -353,15 +353,15 @@ fn may_hide_our_own(class: ErrorClass, replay: bool) -> bool {
 }
 
 /// Whether an error answer to a Create proves that it created nothing.
-fn creates_nothing(class: ErrorClass) -> bool {
-    match class {
+fn creates_nothing(e: &ProtonError) -> bool {
+    match e.class {
         ErrorClass::Throttled
         | ErrorClass::AccessDenied
         | ErrorClass::Validation
         | ErrorClass::QuotaExceeded
         | ErrorClass::Conflict
-        | ErrorClass::Unsupported
         | ErrorClass::Deferred => true,
+        ErrorClass::Unsupported => e.refused_unrouted(),
         ErrorClass::Transient
         | ErrorClass::Unanswered
         | ErrorClass::NotFound
