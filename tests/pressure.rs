@@ -40,6 +40,13 @@ async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// Waits for the controller's PENDING gauge, counted from its watch cache at each scrape, to
+/// read `n`.
+async fn pending_gauge_reaches(env: &Env, n: usize, what: &str) {
+    let series = format!("eac_connections{{status=\"PENDING\"}} {n}");
+    eventually(what, LIMIT, || env.ctx.metrics.encode().contains(&series)).await;
+}
+
 /// The whole controller as `run` wires it, until the returned sender is dropped or fired.
 fn run_controller(
     env: &Env,
@@ -516,13 +523,7 @@ async fn state_kept_per_resource_goes_when_the_resource_leaves_the_watch() {
         .expect("three tracked")
         .unwrap();
     // Counted from the watch cache at the scrape: the last status write may not be in it yet.
-    eventually("the gauge to count the three PENDING", LIMIT, || {
-        env.ctx
-            .metrics
-            .encode()
-            .contains("eac_connections{status=\"PENDING\"} 3")
-    })
-    .await;
+    pending_gauge_reaches(&env, 3, "the gauge to count the three PENDING").await;
 
     // Force-deleted (finalizer stripped), and relabelled out of this controller's shard.
     env.api.edit("forced", |o| o.metadata.finalizers = None);
@@ -535,13 +536,7 @@ async fn state_kept_per_resource_goes_when_the_resource_leaves_the_watch() {
         .await
         .expect("only the resource still watched is tracked")
         .unwrap();
-    eventually("the gauge to follow the watch cache", LIMIT, || {
-        env.ctx
-            .metrics
-            .encode()
-            .contains("eac_connections{status=\"PENDING\"} 1")
-    })
-    .await;
+    pending_gauge_reaches(&env, 1, "the gauge to follow the watch cache").await;
     let _ = stop.send(());
     task.await.unwrap();
     assert!(
